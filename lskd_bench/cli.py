@@ -51,6 +51,8 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         set_dotted(o, "kd.t_squared", False)
     if args.no_baseline:
         o["baseline"] = False
+    if args.no_fuse:
+        o["fuse"] = False
     for flag, key in (("data_root", "data.root"), ("init_checkpoint", "teacher.init_checkpoint"),
                       ("student_init_checkpoint", "student.init_checkpoint"), ("teacher_checkpoint", "teacher.checkpoint")):
         val = getattr(args, flag)
@@ -71,15 +73,21 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _resolve(args: argparse.Namespace):
     from .config import load_yaml
-    from .leaderboard import collect, write_outputs
-    from .runners.cells import plan_cells
-    from .runners.grid import resolve_config, run_grid
-    from .runners.store import check_writable_dir
+    from .runners.grid import resolve
 
     file_cfg = load_yaml(args.config) if args.config else {}
-    cfg = resolve_config(args.task, file_cfg, _run_overrides(args))
+    return resolve(args.task, file_cfg, _run_overrides(args), file_label=f"config {args.config}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .leaderboard import collect, write_outputs
+    from .runners.cells import plan_cells
+    from .runners.grid import run_grid
+    from .runners.store import check_writable_dir
+
+    cfg = _resolve(args).cfg
     out = Path(args.out)
     check_writable_dir(out)
     if args.dry_run:
@@ -92,10 +100,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
         return 130
     rows = [r for r in collect(out) if r["task"] == cfg["task"]]
-    _, md = write_outputs(rows, out / cfg["task"] / "leaderboard")
-    print(md, end="")
+    if rows:
+        _, md = write_outputs(rows, out / cfg["task"] / "leaderboard")
+        print(md, end="")
     print(summary.line())
+    if not summary.ok:
+        for line in summary.failure_lines():
+            print(line, file=sys.stderr)
+        print("run the same command again to retry the failed cells", file=sys.stderr)
+        return 1
     return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from .config import describe_config
+
+    print(describe_config(_resolve(args)), end="")
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from .tasks import get_task
+
+    resolved = _resolve(args)
+    task = get_task(resolved.cfg["task"])
+    report = task.check_data(resolved.cfg, progress=not args.no_progress)
+    counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())
+    for line in report.notes:
+        print(line)
+    for line in report.problems:
+        print(f"problem: {line}")
+    if report.ok:
+        print(f"{task.name}: data OK ({counts})")
+        return 0
+    print(f"lskd-bench: error: {task.name}: {len(report.problems)} problem(s) in the data ({counts})", file=sys.stderr)
+    return 2
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -157,14 +196,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="lskd-bench", description="Label smoothing x knowledge distillation benchmark suite.")
-    p.add_argument("--version", action="version", version=f"lskd-bench {__version__}")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
-
-    r = sub.add_parser("run", help="train the teacher/student grid of a task (resumable)",
-                       description="Train teachers (one per alpha, label smoothing), KD students (one per alpha x T x seed) "
-                       "and a no-KD baseline student per seed. Finished cells are reused; an interrupted run resumes.")
+def _add_config_options(r: argparse.ArgumentParser) -> None:
+    """The options that make up a run's config (shared by run, config and check-data)."""
     r.add_argument("--task", help="task name (default: digits, or the config file's 'task'); see 'lskd-bench tasks'")
     r.add_argument("--config", help="YAML config merged over the task's defaults")
     r.add_argument("--grid", help="swept axes, comma-separated from {alpha,T} (default: alpha,T); "
@@ -173,7 +206,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--temperatures", help="KD temperatures (default: 1,2,3,64)")
     r.add_argument("--seeds", help="student seeds (default: 0)")
     r.add_argument("--methods", help="KD methods to train students with (default: kd); see the methods registry")
-    r.add_argument("--out", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     r.add_argument("--data-root", help="data directory of image tasks (ImageFolder for imagenet*, CUB_200_2011/ for cub200*)")
     r.add_argument("--init-checkpoint", help="local weights to start the teacher from (e.g. ImageNet-pretrained for CUB)")
     r.add_argument("--student-init-checkpoint", help="local weights to start the students from")
@@ -191,7 +223,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--num-workers", type=int, help="data-loader worker processes (image tasks)")
     r.add_argument("--compile", action="store_true", help="torch.compile the student/teacher being trained")
     r.add_argument("--channels-last", action="store_true", help="channels_last memory format on CUDA")
+    r.add_argument("--no-fuse", action="store_true", help="train every cell in its own data pass (default: the students "
+                   "of one teacher share each batch and the teacher forward)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config value, e.g. --set student.epochs=5 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lskd-bench", description="Label smoothing x knowledge distillation benchmark suite.")
+    p.add_argument("--version", action="version", version=f"lskd-bench {__version__}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    r = sub.add_parser("run", help="train the teacher/student grid of a task (resumable)",
+                       description="Train teachers (one per alpha, label smoothing), KD students (one per alpha x T x seed) "
+                       "and a no-KD baseline student per seed. Finished cells are reused; an interrupted run resumes. "
+                       "Exit codes: 0 all cells finished, 1 some cells failed (see error.json; re-run to retry), "
+                       "2 bad input (nothing trained).")
+    _add_config_options(r)
+    r.add_argument("--out", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     r.add_argument("--dry-run", action="store_true", help="list the cell directories and exit")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
@@ -230,6 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     vz.add_argument("--seed", type=int, help="student seed (default: the lowest)")
     vz.add_argument("--out", help="PNG path (default: RUNS/<task>/analysis/projection_<A>_<B>_<C>_<split>.png)")
     vz.set_defaults(func=cmd_visualize)
+
+    c = sub.add_parser("config", help="print the resolved config of a run, with where each value came from",
+                       description="Resolve the config as 'run' would (schema defaults <- task recipe <- --config FILE <- "
+                       "flags and --set) and print every key with its value and source.")
+    _add_config_options(c)
+    c.set_defaults(func=cmd_config)
+
+    cd = sub.add_parser("check-data", help="scan a task's data root: layout, every file decoded, duplicates",
+                        description="Check the data root of a task before training: the layout (class folders, CUB index "
+                        "files, IWSLT line counts), then decode every file with a progress bar. Exit 0 when clean, 2 with "
+                        "one line per problem otherwise.")
+    _add_config_options(cd)
+    cd.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cd.set_defaults(func=cmd_check_data)
 
     t = sub.add_parser("tasks", help="list registered tasks")
     t.set_defaults(func=cmd_tasks)

@@ -1,4 +1,6 @@
-"""Configs are plain nested dicts: task defaults <- YAML file <- CLI overrides.
+"""Configs are plain nested dicts, resolved in layers: schema defaults <- the task's recipe <- a YAML
+file <- command-line overrides. Every layer is checked against the typed schema (``schema.py``), so an
+unknown key or a wrong type is one error line naming the layer it came from.
 
 A cell's identity is the hash of the part of the config that can change its result, so a re-run with
 the same settings finds its finished cells and a run with other settings never overwrites them.
@@ -9,11 +11,16 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import yaml
 
 from .errors import UsageError
+from .schema import RUN, Section, flatten
+
+if TYPE_CHECKING:
+    from .tasks import Task
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -76,3 +83,53 @@ def config_hash(obj: Any, length: int = 12) -> str:
     """Stable short hash of a JSON-able object (key order does not matter)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def full_schema(task: "Task") -> Section:
+    """The schema of a run of ``task``: the common sections, the task's data and role sections, and one
+    section per registered KD method with parameters."""
+    from .methods import method_sections
+
+    return RUN.extend({"data": task.data_schema, "teacher": task.train_schema, "student": task.train_schema,
+                       **method_sections()})
+
+
+@dataclass
+class Resolved:
+    cfg: dict[str, Any]
+    provenance: dict[str, str]  # dotted key -> the layer that set it
+
+
+def resolve_layers(task: "Task", layers: list[tuple[str, Mapping[str, Any]]]) -> Resolved:
+    """Merge ``layers`` (label, partial config) over the schema defaults; check each layer, then the result."""
+    schema = full_schema(task)
+    cfg: dict[str, Any] = schema.defaults()
+    provenance = {k: "default" for k in flatten(cfg)}
+    for label, layer in layers:
+        if not layer:
+            continue
+        try:
+            schema.check(layer)
+        except UsageError as exc:
+            raise UsageError(f"{exc} ({label})") from None
+        cfg = deep_merge(cfg, layer)
+        for key in flatten(layer):
+            provenance[key] = label
+            for k in [k for k in provenance if k.startswith(key + ".")]:  # a layer set a whole section
+                provenance[k] = label
+    return Resolved(schema.check(cfg), provenance)
+
+
+def describe_config(resolved: Resolved, schema: Optional[Section] = None) -> str:
+    """``key: value  # layer`` lines of a resolved config, in schema order."""
+    flat = flatten(resolved.cfg)
+    width = max((len(k) + len(_yaml_scalar(v)) for k, v in flat.items()), default=0) + 4
+    lines = []
+    for key, value in flat.items():
+        text = f"{key}: {_yaml_scalar(value)}"
+        lines.append(f"{text:<{width}}# {resolved.provenance.get(key, 'default')}")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_scalar(v: Any) -> str:
+    return yaml.safe_dump(v, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()

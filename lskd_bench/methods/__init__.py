@@ -1,84 +1,144 @@
 """Training objectives, one registry entry each.
 
-A method is an object with ``needs_teacher`` and ``loss(student_logits, targets, teacher_logits, ctx)``;
-``ctx`` carries ``alpha`` (label smoothing of this cell's targets), ``T`` (temperature) and the ``kd``
-config section. Third-party methods register through the ``lskd_bench.methods`` entry-point group.
+A method is a ``Method`` subclass registered by name. The runner builds one instance per cell,
+``method = cls(params, alpha=..., T=...)`` with ``params`` its own config section (``cfg[name]``,
+typed by ``cls.params``), and calls ``method.loss(student_logits, targets, teacher_logits, ctx)`` on
+the positions that count: one row per image, or one row per non-pad target token for translation.
+
+What a method needs from its teacher is ``teacher_signal``:
+
+- ``None``: no teacher (label-smoothed cross-entropy: teachers and the no-KD baseline);
+- ``"logits"``: the teacher's logits on the same batch (word-level KD and every logit method);
+- ``"targets"``: teacher-generated targets (sequence-level KD: the student trains on the teacher's beam
+  outputs, which the task produces once per teacher; see ``Task.teacher_targets``).
+
+A method with learnable parameters (a learnable temperature, say) is also an ``nn.Module``: the runner
+adds its parameters to the student's optimizer and saves its state in every checkpoint.
+Third-party methods register through the ``lskd_bench.methods`` entry-point group.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol
+from typing import Any, Optional
 
 import torch
 
+from ..errors import UsageError
 from ..registry import Registry
+from ..schema import Field, Section
 from .losses import kd_kl, kd_loss, ls_cross_entropy, smoothed_targets
 
 
 @dataclass
 class LossContext:
+    """What a loss may read besides the logits: this cell's alpha/T and where training stands."""
+
     alpha: float = 0.0
     T: Optional[float] = None
-    kd: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0  # 0-based epoch of this step
+    epochs: int = 1  # epochs of the run
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Method(Protocol):
-    needs_teacher: bool
-    description: str
+class Method:
+    """Base class of training objectives; subclasses set the class attributes and ``loss``."""
 
-    def loss(
-        self,
-        student_logits: torch.Tensor,
-        targets: torch.Tensor,
-        teacher_logits: Optional[torch.Tensor],
-        ctx: LossContext,
-    ) -> torch.Tensor: ...
+    description: str = ""
+    teacher_signal: Optional[str] = "logits"  # None | "logits" | "targets"
+    uses_temperature: bool = True  # False: one student per alpha, the T axis does not apply
+    task_kinds: tuple[str, ...] = ("classification", "translation")
+    params: Section = Section({})
+
+    def __init__(self, params: Optional[dict[str, Any]] = None, *, alpha: float = 0.0, T: Optional[float] = None):
+        self.p = self.params.check(params or {}, type(self).__name__)
+        self.alpha, self.T = alpha, T
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.teacher_signal is not None
+
+    def loss(self, student_logits: torch.Tensor, targets: torch.Tensor, teacher_logits: Optional[torch.Tensor],
+             ctx: LossContext) -> torch.Tensor:
+        raise NotImplementedError
 
 
-METHODS: Registry[Method] = Registry("method", "lskd_bench.methods")
+METHODS: Registry[type[Method]] = Registry("method", "lskd_bench.methods")
+TEACHER_METHOD = "ls"  # what teachers and the no-KD baseline train with
 
 
 @METHODS.register("ls")
-class LabelSmoothing:
-    """Cross-entropy on label-smoothed targets; alpha = 0 is plain cross-entropy (teachers, no-KD baseline)."""
+class LabelSmoothing(Method):
+    """Cross-entropy on label-smoothed targets ``(1 - alpha) * onehot + alpha / K``; alpha = 0 is plain CE.
 
-    needs_teacher = False
+    Equal to the official code's ``(1 - alpha) * NLL + alpha * mean_k(-log p_k)``."""
+
     description = "cross-entropy with label smoothing alpha (teachers and the no-KD baseline)"
+    teacher_signal = None
+    uses_temperature = False
 
     def loss(self, student_logits, targets, teacher_logits, ctx):
         return ls_cross_entropy(student_logits, targets, ctx.alpha)
 
 
 @METHODS.register("kd")
-class HintonKD:
-    """Hinton KD: (1 - lambda) * CE + lambda * T^2 * KL(teacher_T || student_T)."""
+class HintonKD(Method):
+    """Hinton et al. (2015), "Distilling the knowledge in a neural network", eq. (2) with the T^2 factor:
+    ``(1 - lambda) * CE(y, s) + lambda * T^2 * KL(softmax(t/T) || softmax(s/T))``. For translation this is
+    word-level KD: one row per non-pad target position."""
 
-    needs_teacher = True
     description = "Hinton KD: (1-lambda)*CE + lambda*T^2*KL(softmax(t/T) || softmax(s/T))"
+    params = Section(
+        {
+            "lambda": Field(float, 0.5, "weight of the KD term (1: pure KD, no cross-entropy)", min=0.0, max=1.0),
+            "t_squared": Field(bool, True, "scale the KD term by T^2 (Hinton et al.)"),
+        },
+        "Hinton KD",
+    )
 
     def loss(self, student_logits, targets, teacher_logits, ctx):
-        return kd_loss(
-            student_logits,
-            teacher_logits,
-            targets,
-            T=float(ctx.T),
-            lam=float(ctx.kd.get("lambda", 0.5)),
-            t_squared=bool(ctx.kd.get("t_squared", True)),
-        )
+        return kd_loss(student_logits, teacher_logits, targets, T=float(ctx.T), lam=self.p["lambda"],
+                       t_squared=self.p["t_squared"])
 
 
-def get_method(name: str) -> Method:
-    obj = METHODS.get(name)
-    return obj() if isinstance(obj, type) else obj
+def method_class(name: str) -> type[Method]:
+    return METHODS.get(name)
+
+
+def build_method(name: str, cfg: dict[str, Any], *, alpha: float = 0.0, T: Optional[float] = None) -> Method:
+    cls = METHODS.get(name)
+    return cls(cfg.get(name), alpha=alpha, T=T)
+
+
+def check_student_methods(names: list[str], task_kind: str) -> None:
+    """Each name is a known KD method that applies to ``task_kind`` (UsageError otherwise)."""
+    if not names:
+        raise UsageError("methods needs at least one KD method")
+    kd_names = [n for n, c in METHODS.items() if c.teacher_signal is not None]
+    for n in names:
+        cls = METHODS.get(n) if n in METHODS else None
+        if cls is None or cls.teacher_signal is None:
+            raise UsageError(f"unknown KD method {n!r} (known: {', '.join(kd_names)})")
+        if task_kind not in cls.task_kinds:
+            ok = [k for k in kd_names if task_kind in METHODS.get(k).task_kinds]
+            raise UsageError(f"method {n!r} does not apply to {task_kind} tasks (these do: {', '.join(ok)})")
+
+
+def method_sections() -> dict[str, Section]:
+    """The config section of every registered method that has parameters."""
+    return {name: cls.params for name, cls in METHODS.items() if cls.params.fields}
 
 
 __all__ = [
     "METHODS",
+    "TEACHER_METHOD",
     "LossContext",
     "Method",
-    "get_method",
+    "build_method",
+    "check_student_methods",
     "kd_kl",
     "kd_loss",
     "ls_cross_entropy",
+    "method_class",
+    "method_sections",
     "smoothed_targets",
 ]

@@ -55,9 +55,19 @@ def _fmt(x: Optional[float]) -> str:
 
 
 def _identity(task: str, role: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """The part of the config that can change a cell's result (hardware settings are left out)."""
+    """The part of the config that can change a cell's result: the schema's identity keys of the data
+    section and of the role's recipe (hardware settings, checkpoint and eval intervals are left out)."""
+    from ..config import full_schema
+    from ..tasks import get_task
+
+    schema = full_schema(get_task(task))
     section = "teacher" if role == "teacher" else "student"
-    return {"task": task, "role": role, "data": cfg.get("data", {}), "train": cfg[section]}
+    return {
+        "task": task,
+        "role": role,
+        "data": schema.fields["data"].identity(cfg.get("data", {})),
+        "train": schema.fields[section].identity(cfg[section]),
+    }
 
 
 def grid_values(cfg: dict[str, Any]) -> tuple[list[float], list[float]]:
@@ -69,11 +79,16 @@ def grid_values(cfg: dict[str, Any]) -> tuple[list[float], list[float]]:
 
 
 def plan_cells(cfg: dict[str, Any]) -> list[Cell]:
-    """All cells of the configured grid, teachers first (a student's teacher precedes it)."""
+    """All cells of the configured grid, teachers first (a student's teacher precedes it).
+
+    A method without a temperature (``uses_temperature = False``) gets one student per alpha (T = None).
+    """
+    from ..methods import method_class
+
     task = cfg["task"]
     alphas, temps = grid_values(cfg)
     seeds = [int(s) for s in cfg["grid"]["seeds"]]
-    teacher_seed = int(cfg["teacher"].get("seed", seeds[0]))
+    teacher_seed = seeds[0] if cfg["teacher"].get("seed") is None else int(cfg["teacher"]["seed"])
     t_arch, s_arch = cfg["teacher"]["arch"], cfg["student"]["arch"]
 
     cells: list[Cell] = []
@@ -87,13 +102,14 @@ def plan_cells(cfg: dict[str, Any]) -> list[Cell]:
             ident = {**_identity(task, "baseline", cfg), "method": "ls", "alpha": 0.0, "seed": seed}
             cells.append(Cell(task, "baseline", s_arch, "ls", 0.0, None, seed, config_hash(ident, 8)))
         for method in cfg["methods"]:
+            mcls = method_class(method)
             for a in alphas:
-                for t in temps:
+                for t in temps if mcls.uses_temperature else [None]:
                     tcell = teachers[a]
                     ident = {
                         **_identity(task, "student", cfg),
                         "method": method,
-                        "kd": cfg.get("kd", {}),
+                        "params": mcls.params.identity(cfg.get(method, {})),
                         "T": t,
                         "seed": seed,
                         "teacher": tcell.hash,
@@ -103,22 +119,10 @@ def plan_cells(cfg: dict[str, Any]) -> list[Cell]:
 
 
 def validate_grid(cfg: dict[str, Any]) -> None:
+    """Cross-key rules the per-key schema cannot express."""
     grid = cfg["grid"]
-    for axis in grid["axes"]:
-        if axis not in GRID_AXES:
-            raise UsageError(f"unknown grid axis {axis!r} (known: {', '.join(GRID_AXES)})")
-    alphas = list(grid["alphas"]) + [grid["fixed"]["alpha"]]
-    for a in alphas:
-        if not isinstance(a, (int, float)) or not (0.0 <= float(a) < 1.0):
-            raise UsageError(f"alpha must be in [0, 1), got {a!r}")
-    for t in list(grid["temperatures"]) + [grid["fixed"]["T"]]:
-        if not isinstance(t, (int, float)) or not float(t) > 0:
-            raise UsageError(f"temperature T must be > 0, got {t!r}")
-    if not grid["seeds"]:
-        raise UsageError("at least one seed is needed")
-    for s in grid["seeds"]:
-        if not isinstance(s, int) or s < 0:
-            raise UsageError(f"seeds must be non-negative integers, got {s!r}")
-    lam = cfg.get("kd", {}).get("lambda", 0.5)
-    if not isinstance(lam, (int, float)) or not (0.0 <= float(lam) <= 1.0):
-        raise UsageError(f"kd.lambda must be in [0, 1], got {lam!r}")
+    if len(set(grid["axes"])) != len(grid["axes"]):
+        raise UsageError(f"grid.axes lists an axis twice: {', '.join(grid['axes'])}")
+    for name, values in (("grid.alphas", grid["alphas"]), ("grid.temperatures", grid["temperatures"]), ("grid.seeds", grid["seeds"])):
+        if len(set(values)) != len(values):
+            raise UsageError(f"{name} lists a value twice: {values}")

@@ -1,12 +1,15 @@
-"""Executors decide where and how the pending cells of a grid train.
+"""Executors decide where and how the units (fused groups of cells) of a grid train.
 
-- ``local``: one after the other in this process (default; data and the current teacher are cached).
-- ``subprocess``: each cell in a fresh ``python -m lskd_bench.runners.worker`` process, ``--jobs N`` at
+- ``local``: one unit after the other in this process (default; data and the current teacher are cached).
+- ``subprocess``: each unit in a fresh ``python -m lskd_bench.runners.worker`` process, ``--jobs N`` at
   a time, a student starting only after its teacher finished.
-- ``torchrun``: each cell as a DDP job of ``--nproc-per-node N`` processes (GPUs; gloo on the CPU).
+- ``torchrun``: each unit as a DDP job of ``--nproc-per-node N`` processes (GPUs; gloo on the CPU).
+
+Whatever the executor, the process that trains a cell holds its lock (``runners/lock.py``): cells held by
+another ``lskd-bench run`` on the same directory are waited for, never trained twice.
 
 Third-party executors (a cluster scheduler, say) register through the ``lskd_bench.executors``
-entry-point group: a class whose ``run(job, cells)`` trains the given cells.
+entry-point group: a class whose ``run(job, units)`` trains the given units.
 """
 from __future__ import annotations
 
@@ -14,12 +17,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from ..registry import Registry
 from . import store
+from .lock import CellLock, Heartbeat, is_stale, read_lock
 
 if TYPE_CHECKING:
     from .cells import Cell
@@ -27,30 +30,72 @@ if TYPE_CHECKING:
 
 
 class Executor(Protocol):
-    def run(self, job: "GridJob", cells: list["Cell"]) -> None: ...
+    def run(self, job: "GridJob", units: list[list["Cell"]]) -> None: ...
 
 
 EXECUTORS: Registry[type] = Registry("executor", "lskd_bench.executors")
 
 
+def claim(job: "GridJob", unit: list["Cell"]) -> tuple[list["Cell"], list[CellLock], list["Cell"]]:
+    """Lock what we can of ``unit``: (cells now ours, their locks, cells another process holds)."""
+    stale_s = float(job.cfg.get("lock", {}).get("stale_s", 300.0))
+    mine, locks, busy = [], [], []
+    for c in unit:
+        lock = CellLock(c.dir(job.out))
+        if lock.try_acquire(stale_s):
+            if store.read_result(c.dir(job.out)) is not None:  # finished between our check and the lock
+                lock.release()
+                continue
+            mine.append(c)
+            locks.append(lock)
+        else:
+            busy.append(c)
+    return mine, locks, busy
+
+
+def train_unit_here(job: "GridJob", unit: list["Cell"], device, teacher_cache: Optional[dict] = None,
+                    progress: bool = True):
+    """Lock, train and release ``unit`` in this process. Returns (outcomes, busy cells)."""
+    from .grid import unit_inputs
+    from .train import train_group
+
+    mine, locks, busy = claim(job, unit)
+    outcomes = []
+    if mine:
+        try:
+            with Heartbeat(locks, float(job.cfg.get("lock", {}).get("heartbeat_s", 10.0))):
+                data, teacher = unit_inputs(job, mine, device, teacher_cache)
+                outcomes = train_group(job.task, mine, job.cfg, data, [c.dir(job.out) for c in mine],
+                                       teacher=teacher, progress=progress)
+        finally:
+            for lock in locks:
+                lock.release()
+    return outcomes, busy
+
+
 @EXECUTORS.register("local")
 class LocalExecutor:
-    def run(self, job: "GridJob", cells: list["Cell"]) -> None:
-        from .train import load_model, resolve_device, train_cell
+    def run(self, job: "GridJob", units: list[list["Cell"]]) -> None:
+        from .grid import Scheduler
+        from .train import resolve_device
 
         device = resolve_device(job.cfg)
-        data = job.data()
-        teacher_key, teacher = None, None
-        for cell in job.progress_iter(cells):
-            tmodel = None
-            if cell.teacher is not None:
-                if teacher_key != cell.teacher.hash:
-                    tdir = cell.teacher.dir(job.out)
-                    teacher = load_model(job.task, cell.teacher.arch, data, job.cfg, tdir / store.MODEL, device)
-                    teacher_key = cell.teacher.hash
-                tmodel = teacher
-            train_cell(job.task, cell, job.cfg, data, cell.dir(job.out), teacher=tmodel, progress=job.progress)
-            job.mark_done(cell)
+        sched = Scheduler(job, units)
+        teacher_cache: dict = {}
+        try:
+            while not sched.done():
+                unit = sched.next_unit()
+                if unit is None:
+                    sched.idle()
+                    continue
+                outcomes, busy = train_unit_here(job, unit, device, teacher_cache, progress=job.progress)
+                for c in busy:
+                    sched.finish(c, False, busy=True)
+                for o in outcomes:
+                    sched.finish(o.cell, o.error is None, o.error)
+                sched.poll_waiting()
+        finally:
+            sched.close()
 
 
 @EXECUTORS.register("subprocess")
@@ -63,45 +108,63 @@ class SubprocessExecutor:
     def max_jobs(self, job: "GridJob") -> int:
         return max(1, int(job.cfg.get("jobs", 1)))
 
-    def run(self, job: "GridJob", cells: list["Cell"]) -> None:
+    def run(self, job: "GridJob", units: list[list["Cell"]]) -> None:
+        import time
+
+        from .grid import Scheduler, raise_if_data_error
+
         spec = job.write_spec()
-        pending = list(cells)
-        running: dict[str, tuple[subprocess.Popen, "Cell"]] = {}
-        done = {c.hash for c in cells if store.read_result(c.dir(job.out)) is not None}
-        waiting_on = {c.hash for c in cells}
+        sched = Scheduler(job, units)
+        running: list[tuple[subprocess.Popen, list["Cell"]]] = []
         jobs = self.max_jobs(job)
         env = dict(os.environ)
         if jobs > 1:
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
-        bar = job.progress_bar(len(cells))
+        stale_s = float(job.cfg.get("lock", {}).get("stale_s", 300.0))
         try:
-            while pending or running:
-                for cell in list(pending):
-                    if len(running) >= jobs:
+            while not sched.done() or running:
+                started = False
+                while len(running) < jobs:
+                    unit = sched.next_unit()
+                    if unit is None:
                         break
-                    if cell.teacher is not None and cell.teacher.hash in waiting_on and cell.teacher.hash not in done:
-                        continue
-                    cmd = [*self.launcher(job), "--spec", str(spec), "--cell", cell.hash]
-                    running[cell.hash] = (subprocess.Popen(cmd, env=env), cell)
-                    pending.remove(cell)
-                for key, (proc, cell) in list(running.items()):
+                    for c in unit:
+                        store.clear_error(c.dir(job.out))
+                    cmd = [*self.launcher(job), "--spec", str(spec), "--cells", ",".join(c.hash for c in unit)]
+                    running.append((subprocess.Popen(cmd, env=env), unit))
+                    started = True
+                for proc, unit in list(running):
                     rc = proc.poll()
                     if rc is None:
                         continue
-                    del running[key]
-                    if rc != 0:
-                        raise RuntimeError(f"cell {cell.name} failed in its worker process (exit {rc})")
-                    done.add(key)
-                    job.mark_done(cell)
-                    bar.update(1)
-                if running:
-                    time.sleep(self.poll_seconds)
+                    running.remove((proc, unit))
+                    for c in unit:
+                        d = c.dir(job.out)
+                        if store.read_result(d) is not None:
+                            sched.finish(c, True)
+                            continue
+                        err = store.read_error(d)
+                        if err is not None:
+                            sched.finish(c, False, f"{err.get('error')}: {err.get('message')}")
+                            continue
+                        info = read_lock(d)
+                        if info is not None and not is_stale(info, stale_s):
+                            sched.finish(c, False, busy=True)  # another run holds it
+                        else:
+                            sched.finish(c, False, f"worker process exited with code {rc}")
+                    raise_if_data_error(unit, job.out)
+                sched.poll_waiting()
+                if not started:
+                    if running or sched.waiting:
+                        time.sleep(self.poll_seconds if running else float(job.cfg.get("lock", {}).get("poll_s", 1.0)))
+                    elif not sched.done():
+                        sched.idle()
         finally:
-            for proc, _ in running.values():
+            for proc, _ in running:
                 proc.terminate()
-            for proc, _ in running.values():
+            for proc, _ in running:
                 proc.wait()
-            bar.close()
+            sched.close()
 
 
 def read_spec(path: Path) -> dict:
@@ -110,8 +173,8 @@ def read_spec(path: Path) -> dict:
 
 @EXECUTORS.register("torchrun")
 class TorchrunExecutor(SubprocessExecutor):
-    """Each cell as one DDP job of ``nproc_per_node`` processes (``lskd-bench run --nproc-per-node N``),
-    one cell at a time, launched through ``torch.distributed.run`` (torchrun)."""
+    """Each unit as one DDP job of ``nproc_per_node`` processes (``lskd-bench run --nproc-per-node N``),
+    one unit at a time, launched through ``torch.distributed.run`` (torchrun)."""
 
     def launcher(self, job: "GridJob") -> list[str]:
         n = int(job.cfg.get("nproc_per_node", 1))

@@ -5,6 +5,8 @@
         model.pt      final weights (teachers are reused by their students from here)
         state.pt      last epoch checkpoint while the cell trains; removed once it finishes
         features.npz  penultimate features/labels and head weights for `lskd-bench analyze`
+        lock.json     present while a process trains the cell (see runners/lock.py)
+        error.json    why the cell's last attempt failed (removed when it is retried)
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ RESULT = "result.json"
 MODEL = "model.pt"
 STATE = "state.pt"
 FEATURES = "features.npz"
+ERROR = "error.json"
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -77,6 +80,36 @@ def iter_results(root: Path) -> Iterator[dict[str, Any]]:
         if res is not None:
             res.setdefault("cell_dir", str(p.parent))
             yield res
+
+
+def write_error(cell_dir: Path, cell: Any, exc: BaseException, **where: Any) -> None:
+    """Record why a cell failed; best effort (the disk may be what failed)."""
+    import traceback
+    from datetime import datetime, timezone
+
+    try:
+        write_json(Path(cell_dir) / ERROR, {
+            "cell": cell.describe(),
+            "error": type(exc).__name__,
+            "message": str(exc),
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:],
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **where,
+        })  # fmt: skip
+    except OSError:
+        pass
+
+
+def read_error(cell_dir: Path) -> dict[str, Any] | None:
+    p = Path(cell_dir) / ERROR
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def clear_error(cell_dir: Path) -> None:
+    (Path(cell_dir) / ERROR).unlink(missing_ok=True)
 
 
 def check_writable_dir(path: Path) -> None:

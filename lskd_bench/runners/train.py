@@ -1,4 +1,19 @@
-"""Train and evaluate one cell; checkpoint every epoch so an interrupted cell resumes where it stopped."""
+"""The shared training loop: one cell, or a fused group of cells that share every batch.
+
+A group is trained in one data pass: each step loads one batch, runs the teacher once (eval mode,
+inference mode, bf16 on CUDA) when a member needs its logits, then every member does its own forward,
+backward and optimizer step. A cell trained alone is a group of one, through the same code, so fused and
+unfused training give the same result bit for bit on the CPU:
+
+- the batches of an epoch depend only on (seed, epoch), and each sample's augmentation is seeded by
+  (seed, epoch, index) (``tasks.base.GuardedDataset``);
+- each member keeps its own random-number state (dropout...), swapped in around its step;
+- each member checkpoints its own state (``state.pt``): model, optimizer, method parameters, RNG,
+  position (epoch, step within the epoch, updates), history, best metrics.
+
+A killed group resumes every member from its last checkpoint; members at different positions join the
+pass when it reaches them. ``checkpoint_every`` adds checkpoints within an epoch (translation).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -6,15 +21,18 @@ import math
 import os
 import platform
 import time
+import traceback
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..methods import LossContext, get_method
+from ..errors import DataError
+from ..methods import LossContext, Method, build_method
 from ..tasks import Task, TaskData, iterate_batches
 from ..tasks.base import autocast
 from . import store
@@ -37,23 +55,27 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def build_optimizer(model: nn.Module, hp: dict[str, Any]) -> torch.optim.Optimizer:
+def build_optimizer(params: Sequence[nn.Parameter], hp: dict[str, Any]) -> torch.optim.Optimizer:
     name = str(hp.get("optimizer", "sgd")).lower()
     lr, wd = float(hp["lr"]), float(hp.get("weight_decay", 0.0))
-    # no weight decay on biases and norm parameters
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    params = [p for p in params if p.requires_grad]
+    # no weight decay on biases and norm parameters (nor on 0-d method parameters such as a temperature)
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [g for g in ({"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=float(hp.get("momentum", 0.9)), nesterov=bool(hp.get("nesterov", False)))
+    betas = tuple(hp.get("betas", (0.9, 0.999)))
+    eps = float(hp.get("adam_eps", 1e-8))
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps)
     if name == "adamw":
-        betas = tuple(hp.get("betas", (0.9, 0.999)))
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
-    raise ValueError(f"unknown optimizer {name!r} (known: sgd, adamw)")
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    raise ValueError(f"unknown optimizer {name!r} (known: sgd, adam, adamw)")
 
 
 def lr_factor(hp: dict[str, Any], epoch: int) -> float:
-    """Multiplier of the base learning rate for (0-based) ``epoch``."""
+    """Multiplier of the base learning rate for (0-based) ``epoch`` (epoch schedules)."""
     epochs = int(hp["epochs"])
     warm = int(hp.get("warmup_epochs", 0))
     if epoch < warm:
@@ -68,13 +90,377 @@ def lr_factor(hp: dict[str, Any], epoch: int) -> float:
         return float(hp.get("gamma", 0.1)) ** sum(epoch >= m for m in hp["milestones"])
     if sched in ("constant", "none"):
         return 1.0
-    raise ValueError(f"unknown schedule {sched!r} (known: cosine, step, multistep, constant)")
+    raise ValueError(f"unknown schedule {sched!r} (known: cosine, step, multistep, constant, inverse_sqrt)")
+
+
+def learning_rate(hp: dict[str, Any], epoch: int, update: int) -> float:
+    """The lr of the next step. ``inverse_sqrt`` (fairseq's): linear warm-up from ``warmup_init_lr`` over
+    ``warmup_updates`` updates, then ``lr * sqrt(warmup_updates / update)``; other schedules per epoch."""
+    lr = float(hp["lr"])
+    if hp.get("schedule") == "inverse_sqrt":
+        warm = int(hp.get("warmup_updates", 0))
+        step = update + 1
+        if step <= warm:
+            init = float(hp.get("warmup_init_lr", 0.0))
+            return init + (lr - init) * step / warm
+        return lr * math.sqrt(max(warm, 1) / step)
+    return lr * lr_factor(hp, epoch)
+
+
+def build_model(task: Task, arch: str, data: TaskData, cfg: dict[str, Any]) -> nn.Module:
+    return task.build_model(arch, data, cfg)
 
 
 def load_model(task: Task, arch: str, data: TaskData, cfg: dict[str, Any], path: Path, device: torch.device) -> nn.Module:
-    model = task.build_model(arch, data.num_classes, cfg)
+    model = build_model(task, arch, data, cfg)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.to(device).eval()
+
+
+class CellFailed(Exception):
+    """One member of a group failed (non-finite loss, out of memory...): the others carry on."""
+
+
+@dataclass
+class Outcome:
+    cell: Cell
+    result: Optional[dict[str, Any]] = None
+    error: Optional[str] = None
+
+
+def _role_cfg(cfg: dict[str, Any], cell: Cell) -> dict[str, Any]:
+    return cfg["teacher"] if cell.role == "teacher" else cfg["student"]
+
+
+@dataclass
+class Member:
+    """One cell being trained: its model, optimizer, method, random state and position."""
+
+    task: Task
+    cell: Cell
+    cfg: dict[str, Any]
+    data: TaskData
+    dir: Path
+    device: torch.device
+    model: nn.Module = field(init=False)
+    method: Method = field(init=False)
+    epoch: int = 0  # epochs finished
+    step: int = 0  # batches done within the current epoch
+    update: int = 0  # optimizer updates in total
+    history: list = field(default_factory=list)
+    best: Optional[dict[str, Any]] = None
+    train_seconds: float = 0.0
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    skipped: list = field(default_factory=list)
+    finished: bool = False
+
+    def __post_init__(self) -> None:
+        cell, cfg, device = self.cell, self.cfg, self.device
+        self.hp = _role_cfg(cfg, cell)
+        self.method = build_method(cell.method, cfg, alpha=cell.alpha, T=cell.T)
+        self.alpha = cell.alpha if cell.role == "teacher" else 0.0
+        torch.manual_seed(cell.seed)
+        self.model = build_model(self.task, cell.arch, self.data, cfg).to(device)
+        if cfg.get("channels_last") and device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.method_params: list[nn.Parameter] = []
+        if isinstance(self.method, nn.Module):
+            self.method.to(device)
+            self.method_params = list(self.method.parameters())
+        self.opt = build_optimizer([*self.model.parameters(), *self.method_params], self.hp)
+        # a trained teacher supplied by the user (--teacher-checkpoint) is evaluated, not trained
+        self.given = self.hp.get("checkpoint") if cell.role == "teacher" else None
+        self.epochs = 0 if self.given else int(self.hp["epochs"])
+        self.max_updates = self.hp.get("max_updates")
+        self.state_path = self.dir / store.STATE
+        if not self.state_path.is_file() and (self.given or self.hp.get("init_checkpoint")):
+            from ..models import load_init_checkpoint
+
+            load_init_checkpoint(self.model, self.given or self.hp["init_checkpoint"])
+        self.rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        if self.state_path.is_file():
+            self._restore(torch.load(self.state_path, map_location="cpu", weights_only=False))
+        self.rank, world = dist_info()
+        self.step_model: nn.Module = self.model
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.step_model = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.get("compile"):
+            self.step_model = torch.compile(self.step_model)
+        self.ctx = LossContext(alpha=self.alpha, T=cell.T, epochs=max(self.epochs, 1))
+
+    # -- state ------------------------------------------------------------------------------------
+    def _restore(self, st: dict[str, Any]) -> None:
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"])
+        if st.get("method") and isinstance(self.method, nn.Module):
+            self.method.load_state_dict(st["method"])
+        self.rng = st["rng"]
+        if self.cuda_rng is not None and st.get("cuda_rng") is not None:
+            self.cuda_rng = st["cuda_rng"]
+        self.epoch, self.step, self.update = st["epoch"], st.get("step", 0), st.get("update", 0)
+        self.history, self.train_seconds = st["history"], st["train_seconds"]
+        self.best = st.get("best")
+        self.loss_sum, self.loss_count = st.get("loss_sum", 0.0), st.get("loss_count", 0)
+        self.skipped = st.get("skipped", [])
+
+    def checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        store.save_torch(self.state_path, {
+            "epoch": self.epoch, "step": self.step, "update": self.update,
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "method": self.method.state_dict() if isinstance(self.method, nn.Module) else None,
+            "rng": self.rng, "cuda_rng": self.cuda_rng, "history": self.history, "best": self.best,
+            "train_seconds": self.train_seconds, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
+            "skipped": self.skipped,
+        })  # fmt: skip
+
+    @contextlib.contextmanager
+    def rng_scope(self):
+        """This member's random state in, around its own work; the caller's back afterwards."""
+        outer = torch.get_rng_state()
+        outer_cuda = torch.cuda.get_rng_state(self.device) if self.cuda_rng is not None else None
+        torch.set_rng_state(self.rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.cuda_rng, self.device)
+        try:
+            yield
+        finally:
+            self.rng = torch.get_rng_state()
+            torch.set_rng_state(outer)
+            if self.cuda_rng is not None:
+                self.cuda_rng = torch.cuda.get_rng_state(self.device)
+                torch.cuda.set_rng_state(outer_cuda, self.device)
+
+    # -- training -----------------------------------------------------------------------------------
+    def done(self) -> bool:
+        return self.epoch >= self.epochs or (self.max_updates is not None and self.update >= self.max_updates)
+
+    def wants(self, epoch: int, i: int) -> bool:
+        """Does this member step on batch ``i`` of ``epoch``?"""
+        return not self.finished and not self.done() and self.epoch == epoch and self.step <= i
+
+    def train_step(self, batch: Any, t_logits: Optional[torch.Tensor], epoch: int) -> float:
+        t0 = time.perf_counter()
+        lr = learning_rate(self.hp, epoch, self.update)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.ctx.epoch = epoch
+        with self.rng_scope():
+            self.model.train()
+            with autocast(self.device, self.cfg):
+                s_logits, targets = self.task.forward(self.step_model, batch)
+            loss = self.method.loss(s_logits.float(), targets, t_logits, self.ctx)
+            if not torch.isfinite(loss):
+                raise CellFailed(f"non-finite loss ({float(loss)}) at epoch {epoch + 1}, update {self.update + 1}")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if float(self.hp.get("clip_norm", 0.0)) > 0:
+                torch.nn.utils.clip_grad_norm_([*self.model.parameters(), *self.method_params], float(self.hp["clip_norm"]))
+            self.opt.step()
+        n = int(targets.numel())
+        self.loss_sum += float(loss.detach()) * n
+        self.loss_count += n
+        self.step += 1
+        self.update += 1
+        self.train_seconds += time.perf_counter() - t0
+        return float(loss.detach())
+
+    def end_epoch(self, epoch: int) -> None:
+        total, count = self.loss_sum, self.loss_count
+        _, world = dist_info()
+        if world > 1:
+            sums = torch.tensor([total, float(count)], device=self.device)
+            torch.distributed.all_reduce(sums)
+            total, count = float(sums[0]), int(sums[1])
+        entry = {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": self.opt.param_groups[0]["lr"], "updates": self.update}
+        self.epoch, self.step, self.loss_sum, self.loss_count = epoch + 1, 0, 0.0, 0
+        every = int(self.hp.get("eval_every", 1))
+        if self.done() or self.epoch % every == 0:
+            entry["eval"] = self.evaluate()
+        self.history.append(entry)
+        self.checkpoint()
+
+    def evaluate(self) -> dict[str, float]:
+        _, world = dist_info()
+        metrics: dict[str, float] = {}
+        if self.rank == 0:
+            with self.rng_scope():
+                metrics = self.task.evaluate(self.model, self.data, self.cfg, self.device)
+            key = self.task.primary_metric
+            if self.best is None or metrics[key] > self.best["metrics"][key]:
+                self.best = {"epoch": self.epoch, "metrics": metrics}
+        if world > 1:
+            torch.distributed.barrier()
+        return metrics
+
+    def finish(self) -> Optional[dict[str, Any]]:
+        """Final evaluation, weights, features and result.json (rank 0); removes the epoch state."""
+        self.finished = True
+        _, world = dist_info()
+        if self.rank != 0:
+            if world > 1:
+                torch.distributed.barrier()
+            return None
+        t0 = time.perf_counter()
+        last = self.history[-1].get("eval") if self.history else None
+        if last is None:  # --teacher-checkpoint (no epochs) or max_updates hit mid-epoch
+            last = self.evaluate()
+        eval_seconds = time.perf_counter() - t0
+        store.save_torch(self.dir / store.MODEL, {k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        if self.task.supports_analysis:
+            export_features(self.model, self.data, self.cfg, self.device, self.dir / store.FEATURES)
+        result = {
+            "cell": self.cell.describe(),
+            "metrics": last,
+            "best": self.best,
+            "epochs": self.epoch if not self.given else 0,
+            "updates": self.update,
+            "config": {
+                "train": self.hp,
+                "method": self.method.p if self.method.params.fields and self.method.needs_teacher else None,
+                "data": self.cfg.get("data", {}),
+            },
+            "timings": {"train_s": self.train_seconds, "eval_s": eval_seconds, "wall_s": self.train_seconds + eval_seconds},
+            "history": self.history,
+            "num_params": sum(p.numel() for p in self.model.parameters()),
+            "skipped_samples": sorted(set(self.skipped)),
+            "env": {"torch": torch.__version__, "device": str(self.device), "processes": world, "python": platform.python_version()},
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        store.write_json(self.dir / store.RESULT, result)
+        with contextlib.suppress(FileNotFoundError):
+            self.state_path.unlink()
+        if world > 1:
+            torch.distributed.barrier()
+        return result
+
+
+def _teacher_logits(task: Task, teacher: nn.Module, batch: Any, device: torch.device, cfg: dict[str, Any]) -> torch.Tensor:
+    with torch.inference_mode(), autocast(device, cfg):
+        t_logits, _ = task.forward(teacher, batch)
+    t_logits = t_logits.float().clone()  # leave inference mode for autograd
+    if not torch.isfinite(t_logits).all():
+        raise FloatingPointError("the teacher gives non-finite logits")
+    return t_logits
+
+
+def _short(cell: Cell) -> str:
+    if cell.role == "teacher":
+        return f"a{cell.alpha:g}"
+    if cell.role == "baseline":
+        return "base"
+    return f"{cell.method}:a{cell.alpha:g}" + ("" if cell.T is None else f"T{cell.T:g}")
+
+
+def train_group(
+    task: Task,
+    cells: Sequence[Cell],
+    cfg: dict[str, Any],
+    data: TaskData,
+    dirs: Sequence[Path],
+    *,
+    teacher: Optional[nn.Module] = None,
+    progress: bool = True,
+    on_epoch_end: Optional[Callable[[int], None]] = None,
+    on_step: Optional[Callable[[int, int], None]] = None,
+) -> list[Outcome]:
+    """Train ``cells`` (same role recipe and seed, same teacher) in one data pass; write each one's result.
+
+    A member whose own step fails (non-finite loss, out of memory) gets ``error.json`` and leaves the group;
+    a failure of the shared work (data, teacher) fails every member. A ``DataError`` is re-raised after
+    the members' errors are written (bad input stops the grid).
+    """
+    from tqdm.auto import tqdm
+
+    device = resolve_device(cfg)
+    outcomes = {c.hash: Outcome(c) for c in cells}
+    members: list[Member] = []
+    for cell, d in zip(cells, dirs):
+        d.mkdir(parents=True, exist_ok=True)
+        store.clear_error(d)
+        members.append(Member(task, cell, cfg, data, d, device))
+    needs_logits = any(m.method.teacher_signal == "logits" for m in members)
+    if needs_logits and teacher is None:
+        raise ValueError(f"{cells[0].name}: method {cells[0].method!r} needs a teacher")
+    rank, world = dist_info()
+    seed = cells[0].seed
+    hp = members[0].hp
+    epochs = max(m.epochs for m in members)
+    start = min((m.epoch for m in members if not m.done()), default=epochs)
+    skipped = sorted({p for m in members for p in m.skipped})  # unreadable samples (data.on_bad_sample=skip)
+    label = cells[0].name if len(cells) == 1 else f"{len(cells)} fused: " + ", ".join(_short(c) for c in cells)
+    bar = tqdm(total=epochs, initial=start, desc=label, unit="ep", leave=False, disable=not (progress and rank == 0))
+
+    def fail(m: Member, exc: BaseException) -> None:
+        outcomes[m.cell.hash].error = f"{type(exc).__name__}: {exc}"
+        m.finished = True
+        if rank == 0:
+            store.write_error(m.dir, m.cell, exc, epoch=m.epoch, update=m.update)
+
+    try:
+        for epoch in range(start, epochs):
+            active = [m for m in members if not m.finished and not m.done() and m.epoch == epoch]
+            if not active:
+                continue
+            first = min(m.step for m in active)
+            batches = task.train_batches(data, hp, cfg, seed=seed, epoch=epoch, shard=(rank, world), start=first,
+                                         pin_memory=device.type == "cuda", skipped=skipped)
+            for i, batch in enumerate(batches, first):
+                stepping = [m for m in active if m.wants(epoch, i)]
+                if not stepping:
+                    if all(m.finished or m.done() for m in active):
+                        break
+                    continue
+                batch = task.to_device(batch, device, cfg)
+                t_logits = None
+                if any(m.method.teacher_signal == "logits" for m in stepping):
+                    t_logits = _teacher_logits(task, teacher, batch, device, cfg)
+                for m in stepping:
+                    try:
+                        m.train_step(batch, t_logits, epoch)
+                    except (CellFailed, torch.OutOfMemoryError) as exc:
+                        fail(m, exc)
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                        continue
+                    every = hp.get("checkpoint_every")
+                    if every and m.update % int(every) == 0:
+                        m.checkpoint()
+                if on_step is not None:
+                    on_step(epoch, i)
+            for m in active:
+                if not m.finished:
+                    m.skipped = sorted(set(skipped))
+                    m.end_epoch(epoch)
+            bar.update(1)
+            bar.set_postfix_str(" ".join(f"{_short(m.cell)}={m.history[-1]['loss']:.3f}" for m in active
+                                         if not m.finished and m.history))
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1)
+        for m in members:
+            if not m.finished:
+                outcomes[m.cell.hash].result = m.finish()
+    except DataError as exc:
+        for m in members:
+            if not m.finished:
+                fail(m, exc)
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - shared work failed: every unfinished member fails with it
+        for m in members:
+            if not m.finished:
+                fail(m, exc)
+        if os.environ.get("LSKD_DEBUG"):
+            traceback.print_exc()
+    finally:
+        bar.close()
+    return [outcomes[c.hash] for c in cells]
 
 
 def train_cell(
@@ -87,133 +473,23 @@ def train_cell(
     teacher: Optional[nn.Module] = None,
     progress: bool = True,
     on_epoch_end: Optional[Callable[[int], None]] = None,
+    on_step: Optional[Callable[[int, int], None]] = None,
 ) -> dict[str, Any]:
-    """Train ``cell`` to completion (resuming from ``state.pt`` if present) and write its result.
-
-    ``teacher`` is the trained teacher for KD cells (eval mode, on the training device).
-    """
-    from tqdm.auto import tqdm
-
-    device = resolve_device(cfg)
-    role_cfg = cfg["teacher"] if cell.role == "teacher" else cfg["student"]
-    method = get_method(cell.method)
-    if method.needs_teacher and teacher is None:
-        raise ValueError(f"{cell.name}: method {cell.method!r} needs a teacher")
-    ctx = LossContext(alpha=cell.alpha if cell.role == "teacher" else 0.0, T=cell.T, kd=cfg.get("kd", {}))
-
-    torch.manual_seed(cell.seed)
-    model = task.build_model(cell.arch, data.num_classes, cfg).to(device)
-    if cfg.get("channels_last") and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    opt = build_optimizer(model, role_cfg)
-    # a trained teacher supplied by the user (--teacher-checkpoint) is evaluated, not trained
-    given = role_cfg.get("checkpoint") if cell.role == "teacher" else None
-    epochs = 0 if given else int(role_cfg["epochs"])
-    start_epoch, history, train_seconds = 0, [], 0.0
-
-    state_path = cell_dir / store.STATE
-    if not state_path.is_file() and (given or role_cfg.get("init_checkpoint")):
-        from ..models import load_init_checkpoint
-
-        load_init_checkpoint(model, given or role_cfg["init_checkpoint"])
-    if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        start_epoch, history, train_seconds = state["epoch"], state["history"], state["train_seconds"]
-
-    rank, world = dist_info()
-    step_model: nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.get("compile"):
-        step_model = torch.compile(step_model)
-    progress = progress and rank == 0
-    bs = max(1, int(role_cfg["batch_size"]) // world)  # the global batch stays batch_size
-    workers = int(cfg.get("num_workers", 0))
-    pin = device.type == "cuda"
-    bar = tqdm(total=epochs, initial=start_epoch, desc=cell.name, unit="ep", leave=False, disable=not progress)
-    try:
-        for epoch in range(start_epoch, epochs):
-            t0 = time.perf_counter()
-            for g in opt.param_groups:
-                g["lr"] = float(role_cfg["lr"]) * lr_factor(role_cfg, epoch)
-            model.train()
-            total, count = 0.0, 0
-            for x, y in iterate_batches(data.train, bs, shuffle=True, seed=cell.seed, epoch=epoch, num_workers=workers, pin_memory=pin, drop_last=len(data.train) > bs * world, shard=(rank, world)):
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if cfg.get("channels_last") and device.type == "cuda" and x.ndim == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                t_logits = None
-                if method.needs_teacher:
-                    with torch.inference_mode(), autocast(device, cfg):
-                        t_logits = teacher(x).float()
-                    t_logits = t_logits.clone()  # leave inference mode for autograd
-                    if not torch.isfinite(t_logits).all():
-                        raise FloatingPointError(f"{cell.name}: the teacher {cell.teacher.name} gives non-finite logits")
-                with autocast(device, cfg):
-                    s_logits = step_model(x)
-                loss = method.loss(s_logits.float(), y, t_logits, ctx)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{cell.name}: non-finite loss at epoch {epoch + 1}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(y)
-                count += len(y)
-            if world > 1:
-                sums = torch.tensor([total, float(count)], device=device)
-                torch.distributed.all_reduce(sums)
-                total, count = float(sums[0]), int(sums[1])
-            train_seconds += time.perf_counter() - t0
-            history.append({"epoch": epoch + 1, "loss": total / max(count, 1), "lr": opt.param_groups[0]["lr"]})
-            if rank == 0:
-                store.save_torch(
-                    state_path,
-                    {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "history": history, "train_seconds": train_seconds},
-                )
-            bar.update(1)
-            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1)
-    finally:
-        bar.close()
-
-    if rank != 0:  # rank 0 evaluates and writes; the others wait for it
-        torch.distributed.barrier()
-        return {}
-    t0 = time.perf_counter()
-    metrics = task.evaluate(model, data, cfg, device)
-    eval_seconds = time.perf_counter() - t0
-    store.save_torch(cell_dir / store.MODEL, {k: v.detach().cpu() for k, v in model.state_dict().items()})
-    export_features(model, data, cfg, device, cell_dir / store.FEATURES)
-    result = {
-        "cell": cell.describe(),
-        "metrics": metrics,
-        "epochs": epochs,
-        "config": {"train": role_cfg, "kd": cfg.get("kd", {}) if method.needs_teacher else None, "data": cfg.get("data", {})},
-        "timings": {"train_s": train_seconds, "eval_s": eval_seconds, "wall_s": train_seconds + eval_seconds},
-        "history": history,
-        "num_params": sum(p.numel() for p in model.parameters()),
-        "env": {"torch": torch.__version__, "device": str(device), "processes": world, "python": platform.python_version()},
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    store.write_json(cell_dir / store.RESULT, result)
-    with contextlib.suppress(FileNotFoundError):
-        state_path.unlink()
-    if world > 1:
-        torch.distributed.barrier()
-    return result
+    """Train one cell (a group of one) and return its result; raise ``RuntimeError`` if it failed."""
+    (out,) = train_group(task, [cell], cfg, data, [cell_dir], teacher=teacher, progress=progress,
+                         on_epoch_end=on_epoch_end, on_step=on_step)
+    if out.error is not None:
+        raise RuntimeError(f"{cell.name} failed: {out.error}")
+    return out.result or {}
 
 
+# ------------------------------------------------------------------------------------------ features
 @torch.inference_mode()
 def penultimate(model: nn.Module, ds, cfg: dict[str, Any], device: torch.device, indices=None) -> np.ndarray:
     model.eval()
     feats = []
-    for x, _ in iterate_batches(ds, int(cfg.get("eval_batch_size", 256)), shuffle=False, indices=indices, num_workers=int(cfg.get("num_workers", 0))):
+    for x, _ in iterate_batches(ds, int(cfg.get("eval_batch_size", 256)), indices=indices, num_workers=int(cfg.get("num_workers", 0)),
+                                on_bad_sample=cfg.get("data", {}).get("on_bad_sample", "error")):
         with autocast(device, cfg):
             feats.append(model.features(x.to(device)).float().cpu())
     return torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32)

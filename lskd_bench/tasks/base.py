@@ -1,14 +1,29 @@
-"""What a task plugin provides: data, teacher/student model factories, metrics and default config."""
+"""What a task plugin provides, and the shared machinery of classification tasks.
+
+The shared training loop (``runners/train.py``) owns optimisation, schedules, resume, DDP and the result
+store. A task owns its data and models and tells the loop three things:
+
+- ``train_batches(...)``: the batches of one epoch, in an order that depends only on (seed, epoch), so a
+  resumed or fused run sees exactly the batches an uninterrupted, unfused run sees;
+- ``forward(model, batch)``: logits and integer targets over the positions that count, shape (N, K) and
+  (N,): one row per image, or one row per non-pad target token for translation;
+- ``evaluate(model, data, cfg, device)``: the task's metrics (top-1/top-5, BLEU...).
+"""
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
+from ..errors import DataError
 from ..metrics import topk_correct
+from ..schema import TRAIN, Section
 
 
 class InMemoryDataset(Dataset):
@@ -65,84 +80,204 @@ class ClassifierNet(nn.Module):
         return self.head(self.backbone(x))
 
 
-def iterate_batches(
-    ds: Dataset,
+# ------------------------------------------------------------------------------------------ batch plans
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The sample order of one epoch: a function of (seed, epoch) only."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def batch_plan(
+    n: int,
     batch_size: int,
     *,
     shuffle: bool,
     seed: int = 0,
     epoch: int = 0,
-    num_workers: int = 0,
-    pin_memory: bool = False,
     drop_last: bool = False,
-    indices: Optional[torch.Tensor] = None,
     shard: tuple[int, int] = (0, 1),
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (x, y) batches; the order depends only on (seed, epoch), so a resumed run sees the same batches.
-
-    ``shard=(rank, world)`` gives each DDP process every world-th sample of the same permutation,
-    trimmed so that all processes take the same number of steps.
-    """
-    n = len(ds)
+    indices: Optional[torch.Tensor] = None,
+) -> list[torch.Tensor]:
+    """Index batches of one epoch. ``shard=(rank, world)`` gives each DDP process every world-th sample of
+    the same permutation, trimmed so that all processes take the same number of steps."""
     if indices is None:
-        if shuffle:
-            g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-            indices = torch.randperm(n, generator=g)
-        else:
-            indices = torch.arange(n)
+        indices = epoch_permutation(n, seed, epoch) if shuffle else torch.arange(n)
     rank, world = shard
     if world > 1:
         indices = indices[: len(indices) - len(indices) % world][rank::world]
+    stop = len(indices) - (len(indices) % batch_size if drop_last else 0)
+    return [indices[i : i + batch_size] for i in range(0, stop, batch_size)]
+
+
+@dataclass(frozen=True)
+class BadSample:
+    """Returned in place of a sample that failed to load; the collate function applies the policy."""
+
+    path: str
+    reason: str
+
+
+class GuardedDataset(Dataset):
+    """Wraps a map-style dataset of files so that
+
+    - each sample's random augmentation is seeded by (seed, epoch, index): identical whatever the worker
+      count, the resume point or the other students sharing the data pass;
+    - a sample that fails to load comes back as ``BadSample(path, reason)`` instead of raising inside a
+      worker (see ``guarded_collate``).
+    """
+
+    def __init__(self, ds: Dataset, seed: int, epoch: int):
+        self.ds, self.seed, self.epoch = ds, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        s = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(i)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(s)
+                state = random.getstate()
+                random.seed(s)
+                try:
+                    return self.ds[i]
+                finally:
+                    random.setstate(state)
+        except Exception as exc:  # noqa: BLE001 - any decode failure becomes a BadSample
+            return BadSample(sample_path(self.ds, i), f"{type(exc).__name__}: {exc}")
+
+
+def sample_path(ds: Dataset, i: int) -> str:
+    samples = getattr(ds, "samples", None)
+    if samples is not None:
+        return str(samples[i][0])
+    return f"sample {i}"
+
+
+def guarded_collate(policy: str, skipped: Optional[list[str]] = None) -> Callable[[list], Any]:
+    """Collate that raises ``DataError`` on a ``BadSample`` (policy ``error``) or drops it (``skip``)."""
+
+    def collate(items: list):
+        bad = [s for s in items if isinstance(s, BadSample)]
+        if bad:
+            if policy != "skip":
+                raise DataError(f"cannot read {bad[0].path}: {bad[0].reason} "
+                                "(check the data with 'lskd-bench check-data', or --set data.on_bad_sample=skip)")
+            if skipped is not None:
+                skipped.extend(b.path for b in bad)
+            items = [s for s in items if not isinstance(s, BadSample)]
+            if not items:
+                return None
+        return default_collate(items)
+
+    return collate
+
+
+class Batches:
+    """The batches of one epoch: ``len()`` is known up front, iteration loads them."""
+
+    def __init__(self, n: int, it: Callable[[], Iterator[Any]]):
+        self._n, self._it = n, it
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._it()
+
+
+def load_batches(
+    ds: Dataset,
+    plan: Sequence[torch.Tensor],
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    on_bad_sample: str = "error",
+    skipped: Optional[list[str]] = None,
+) -> Batches:
+    """Load the planned batches of ``ds`` ((x, y) pairs); in-memory data is sliced directly."""
     if isinstance(ds, InMemoryDataset):
-        stop = len(indices) - (len(indices) % batch_size if drop_last else 0)
-        for i in range(0, stop, batch_size):
-            idx = indices[i : i + batch_size]
-            yield ds.x[idx], ds.y[idx]
-        return
-    loader = DataLoader(
-        torch.utils.data.Subset(ds, indices.tolist()),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        drop_last=drop_last,
-        persistent_workers=False,
-        worker_init_fn=_seed_worker,
-        generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
-    )
-    yield from loader
+        return Batches(len(plan), lambda: ((ds.x[idx], ds.y[idx]) for idx in plan))
+
+    def it():
+        loader = DataLoader(
+            GuardedDataset(ds, seed, epoch),
+            batch_sampler=[idx.tolist() for idx in plan],
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            collate_fn=guarded_collate(on_bad_sample, skipped),
+            worker_init_fn=_seed_worker,
+        )
+        return (b for b in loader if b is not None)
+
+    return Batches(len(plan), it)
+
+
+def iterate_batches(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
+                    num_workers: int = 0, indices: Optional[torch.Tensor] = None, on_bad_sample: str = "error"):
+    """(x, y) batches of a whole split (evaluation, feature export)."""
+    plan = batch_plan(len(ds), batch_size, shuffle=shuffle, seed=seed, epoch=epoch, indices=indices)
+    return load_batches(ds, plan, seed=seed, epoch=epoch, num_workers=num_workers, on_bad_sample=on_bad_sample)
 
 
 def _seed_worker(worker_id: int) -> None:  # pragma: no cover - runs in worker processes
-    import random
-
-    import numpy as np
-
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)
 
 
+# ------------------------------------------------------------------------------------------------ Task
+@dataclass
+class DataReport:
+    """What ``lskd-bench check-data`` found: counts per split and problems (each one line)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
 class Task:
-    """Base class of task plugins. Subclasses set ``name``/``description`` and implement the hooks."""
+    """Base class of task plugins. Subclasses set the class attributes and implement the hooks."""
 
     name: str = ""
     description: str = ""
+    kind: str = "classification"  # or "translation": which KD methods apply
     metric_names: tuple[str, ...] = ("top1", "top5")
     primary_metric: str = "top1"
+    supports_analysis: bool = True  # penultimate features exported for analyze / visualize
+    data_schema: Section = Section({})
+    train_schema: Section = TRAIN
 
     # -- config -----------------------------------------------------------------------------------
     def default_config(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The task's recipe: values that differ from the schema defaults."""
+        return {}
+
+    def recipe_source(self) -> str:
+        return f"task {self.name} defaults"
 
     def validate(self, cfg: dict[str, Any]) -> None:
-        """Check task-specific settings (data root layout, arch names); raise UsageError."""
+        """Cheap checks of task-specific settings (data root layout, arch names); raise UsageError."""
+
+    def check_data(self, cfg: dict[str, Any], progress: bool = True) -> DataReport:
+        """Scan the whole data root (decode every file...) for ``lskd-bench check-data``."""
+        self.validate(cfg)
+        data = self.load_data(cfg)
+        return DataReport(counts={"train": len(data.train), "val": len(data.val)})
 
     # -- data and models --------------------------------------------------------------------------
-    def load_data(self, cfg: dict[str, Any]) -> TaskData:
+    def load_data(self, cfg: dict[str, Any], cache_dir: Optional[Path] = None) -> TaskData:
+        """``cache_dir`` is a per-task directory of the run where derived data (a sub-word model) may
+        be cached and shared by all cells."""
         raise NotImplementedError
 
-    def build_model(self, arch: str, num_classes: int, cfg: dict[str, Any]) -> ClassifierNet:
+    def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any]) -> nn.Module:
         raise NotImplementedError
 
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:
@@ -150,14 +285,43 @@ class Task:
         as siblings and dissimilar ones across distant branches). Empty: no hierarchy known."""
         return {}
 
+    # -- the training loop's hooks (classification defaults) ---------------------------------------
+    def train_batches(self, data: TaskData, role_cfg: dict[str, Any], cfg: dict[str, Any], *, seed: int, epoch: int,
+                      shard: tuple[int, int] = (0, 1), start: int = 0, pin_memory: bool = False,
+                      skipped: Optional[list[str]] = None) -> Batches:
+        """The training batches of ``epoch`` from batch number ``start`` on."""
+        rank, world = shard
+        bs = max(1, int(role_cfg["batch_size"]) // world)  # the global batch stays batch_size
+        n = len(data.train)
+        plan = batch_plan(n, bs, shuffle=True, seed=seed, epoch=epoch, drop_last=n > bs * world, shard=shard)
+        return load_batches(data.train, plan[start:], seed=seed, epoch=epoch, num_workers=int(cfg.get("num_workers", 0)),
+                            pin_memory=pin_memory, on_bad_sample=cfg.get("data", {}).get("on_bad_sample", "error"),
+                            skipped=skipped)
+
+    def to_device(self, batch: Any, device: torch.device, cfg: dict[str, Any]) -> Any:
+        x, y = batch
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if cfg.get("channels_last") and device.type == "cuda" and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def forward(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        return model(x), y
+
+    def teacher_targets(self, teacher: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device,
+                        cache: Path) -> TaskData:
+        """The training data relabelled by the teacher (sequence-level KD); cached at ``cache``."""
+        raise NotImplementedError(f"task {self.name} does not produce teacher-generated targets")
+
     # -- evaluation -------------------------------------------------------------------------------
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device) -> dict[str, float]:
         model.eval()
         totals = {1: 0, 5: 0}
         n = 0
-        bs = int(cfg.get("eval_batch_size", 256))
-        for x, y in iterate_batches(data.val, bs, shuffle=False, num_workers=int(cfg.get("num_workers", 0))):
+        for x, y in iterate_batches(data.val, int(cfg.get("eval_batch_size", 256)), num_workers=int(cfg.get("num_workers", 0)),
+                                    on_bad_sample=cfg.get("data", {}).get("on_bad_sample", "error")):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, cfg):
                 logits = model(x)

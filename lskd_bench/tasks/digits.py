@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..schema import Field, Section
 from . import TASKS
 from .base import ClassifierNet, InMemoryDataset, Task, TaskData
 
@@ -70,6 +71,13 @@ def _load_split(val_fraction: float, split_seed: int):
 class DigitsTask(Task):
     name = "digits"
     description = "embedded default: sklearn 8x8 digits, cnn_wide -> cnn_tiny, offline, ~25 s on 2 CPU cores"
+    data_schema = Section(
+        {
+            "val_fraction": Field(float, 0.25, "share of each class held out for validation", min=0.0, max=1.0,
+                                  min_exclusive=True, max_exclusive=True),
+            "split_seed": Field(int, 0, "seed of the fixed stratified train/val split", min=0),
+        }
+    )
 
     def default_config(self) -> dict[str, Any]:
         common = {
@@ -83,10 +91,8 @@ class DigitsTask(Task):
             "schedule": "cosine",
         }
         return {
-            "data": {"val_fraction": 0.25, "split_seed": 0},
             "teacher": {"arch": "cnn_wide", **common},
             "student": {"arch": "cnn_tiny", **common},
-            "analysis": {"train_per_class": None, "val_per_class": None},
         }
 
     def validate(self, cfg: dict[str, Any]) -> None:
@@ -94,11 +100,8 @@ class DigitsTask(Task):
             arch = cfg[role]["arch"]
             if arch not in ARCHS:
                 raise UsageError(f"unknown {role} arch {arch!r} for task digits (known: {', '.join(sorted(ARCHS))})")
-        vf = cfg["data"]["val_fraction"]
-        if not (isinstance(vf, (int, float)) and 0 < vf < 1):
-            raise UsageError(f"data.val_fraction must be in (0, 1), got {vf!r}")
 
-    def load_data(self, cfg: dict[str, Any]) -> TaskData:
+    def load_data(self, cfg: dict[str, Any], cache_dir=None) -> TaskData:
         xtr, ytr, xva, yva = _load_split(float(cfg["data"]["val_fraction"]), int(cfg["data"]["split_seed"]))
         return TaskData(
             train=InMemoryDataset(xtr, ytr),
@@ -107,8 +110,8 @@ class DigitsTask(Task):
             class_names=[str(i) for i in range(10)],
         )
 
-    def build_model(self, arch: str, num_classes: int, cfg: dict[str, Any]) -> ClassifierNet:
-        return cnn(ARCHS[arch], num_classes)
+    def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any]) -> ClassifierNet:
+        return cnn(ARCHS[arch], data.num_classes)
 
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:
         from ..analysis.hierarchy import groups_to_parents

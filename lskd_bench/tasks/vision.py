@@ -13,16 +13,72 @@ import yaml
 from torch.utils.data import Dataset
 
 from ..errors import UsageError
+from ..schema import Field, Section
 from . import TASKS
-from .base import ClassifierNet, Task, TaskData
+from .base import ClassifierNet, DataReport, Task, TaskData
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-IMG_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# torchvision's ImageFolder extensions (torchvision.datasets.folder.IMG_EXTENSIONS)
+IMG_EXT = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+IMAGE_DATA = Section(
+    {
+        "root": Field(str, None, "data directory (--data-root)", nullable=True),
+        "image_size": Field(int, 224, "training crop / evaluation size in pixels", min=8),
+        "on_bad_sample": Field(str, "error", "a sample that cannot be decoded: error (stop, naming the file) or skip it",
+                               choices=("error", "skip")),
+    }
+)
 
 
 def load_recipe(name: str) -> dict[str, Any]:
     text = resources.files("lskd_bench").joinpath("configs", f"{name}.yaml").read_text()
     return yaml.safe_load(text)
+
+
+def decode_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be used as an image (fully decoded, as training will), or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.width < 1 or im.height < 1:
+                return "empty image"
+    except Exception as exc:  # noqa: BLE001 - every decoder failure is a finding
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def scan_files(files: list[tuple[str, Path]], report: DataReport, progress: bool, workers: int = 0) -> None:
+    """Decode every file (threads), adding one problem line per unreadable file and per set of duplicates."""
+    import hashlib
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    def one(item):
+        split, path = item
+        try:
+            digest = hashlib.md5(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            return split, path, f"cannot read: {exc.strerror or exc}", None
+        return split, path, decode_problem(path), digest
+
+    seen: dict[str, list[str]] = {}
+    n = workers or min(8, (os.cpu_count() or 1) * 2)
+    with ThreadPoolExecutor(n) as pool, tqdm(total=len(files), desc="decoding", unit="img", disable=not progress) as bar:
+        for split, path, problem, digest in pool.map(one, files, chunksize=64):
+            if problem:
+                report.problems.append(f"{path}: {problem}")
+            if digest:
+                seen.setdefault(digest, []).append(str(path))
+            bar.update(1)
+    for paths in seen.values():
+        if len(paths) > 1:
+            report.problems.append(f"duplicate files (same content): {', '.join(sorted(paths)[:4])}"
+                                   + (f" and {len(paths) - 4} more" if len(paths) > 4 else ""))
 
 
 def transforms(image_size: int, train: bool):
@@ -37,9 +93,13 @@ class ImageClassificationTask(Task):
     recipe: str = ""
     archs: tuple[str, ...] = ()
     layout: str = ""
+    data_schema = IMAGE_DATA
 
     def default_config(self) -> dict[str, Any]:
         return load_recipe(self.recipe)
+
+    def recipe_source(self) -> str:
+        return f"recipe lskd_bench/configs/{self.recipe}.yaml"
 
     def validate(self, cfg: dict[str, Any]) -> None:
         for role in ("teacher", "student"):
@@ -60,15 +120,33 @@ class ImageClassificationTask(Task):
     def check_layout(self, cfg: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def build_model(self, arch: str, num_classes: int, cfg: dict[str, Any]) -> ClassifierNet:
+    def files(self, cfg: dict[str, Any]) -> list[tuple[str, Path]]:
+        """(split, path) of every image the task reads."""
+        raise NotImplementedError
+
+    def check_data(self, cfg: dict[str, Any], progress: bool = True) -> DataReport:
+        self.check_layout(cfg)
+        files = self.files(cfg)
+        report = DataReport()
+        for split, _ in files:
+            report.counts[split] = report.counts.get(split, 0) + 1
+        scan_files(files, report, progress, int(cfg.get("num_workers", 0)))
+        return report
+
+    def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any]) -> ClassifierNet:
         from ..models import build_image_model
 
-        return build_image_model(arch, num_classes)
+        return build_image_model(arch, data.num_classes)
 
 
 # ---------------------------------------------------------------------------------------------- ImageNet
 def _class_dirs(split: Path) -> list[str]:
     return sorted(p.name for p in split.iterdir() if p.is_dir())
+
+
+def _images(d: Path) -> list[Path]:
+    """Image files under class folder ``d`` (any depth, as ImageFolder reads them)."""
+    return sorted(p for p in d.rglob("*") if p.suffix.lower() in IMG_EXT and p.is_file())
 
 
 class ImageNetBase(ImageClassificationTask):
@@ -82,10 +160,21 @@ class ImageNetBase(ImageClassificationTask):
                 raise UsageError(f"{self.name}: {d} is missing or has no class folders; {self.layout}")
         tr, va = _class_dirs(root / "train"), _class_dirs(root / "val")
         if tr != va:
-            diff = sorted(set(tr) ^ set(va))[:3]
-            raise UsageError(f"{self.name}: train/ and val/ class folders differ (e.g. {', '.join(diff)}); {self.layout}")
+            only_tr, only_va = sorted(set(tr) - set(va)), sorted(set(va) - set(tr))
+            what = (f"{len(only_tr)} class(es) missing from val/ (e.g. {', '.join(only_tr[:3])})" if only_tr else
+                    f"{len(only_va)} class(es) in val/ but not in train/ (e.g. {', '.join(only_va[:3])})")
+            raise UsageError(f"{self.name}: train/ and val/ class folders differ: {what}; {self.layout}")
+        for split in ("train", "val"):
+            for c in tr:
+                d = root / split / c
+                if not any(p.suffix.lower() in IMG_EXT for p in d.rglob("*")):
+                    raise UsageError(f"{self.name}: class folder {d} has no image files ({', '.join(IMG_EXT)}); {self.layout}")
 
-    def load_data(self, cfg: dict[str, Any]) -> TaskData:
+    def files(self, cfg: dict[str, Any]) -> list[tuple[str, Path]]:
+        root = self.root(cfg)
+        return [(split, p) for split in ("train", "val") for c in _class_dirs(root / split) for p in _images(root / split / c)]
+
+    def load_data(self, cfg: dict[str, Any], cache_dir=None) -> TaskData:
         from torchvision.datasets import ImageFolder
 
         root, size = self.root(cfg), int(cfg["data"]["image_size"])
@@ -188,11 +277,28 @@ class CUBBase(ImageClassificationTask):
         split = _read_table(d / "train_test_split.txt", 2)
         if set(images) != set(labels) or set(images) != set(split):
             raise UsageError(f"{self.name}: images.txt, image_class_labels.txt and train_test_split.txt list different image ids")
-        first = d / "images" / next(iter(images.values()))[0]
-        if not first.is_file():
-            raise UsageError(f"{self.name}: {first} (from images.txt) does not exist; {self.layout}")
+        classes = _read_table(d / "classes.txt", 2)
+        bad = sorted({int(v[0]) for v in labels.values() if not v[0].isdigit() or int(v[0]) not in classes})
+        if bad:
+            raise UsageError(f"{self.name}: image_class_labels.txt uses class ids not in classes.txt (e.g. {bad[0]})")
+        for want, split_name in (("1", "train"), ("0", "test")):
+            have = {labels[i][0] for i in images if split[i][0] == want}
+            missing = sorted(set(map(str, classes)) - have, key=int)
+            if missing:
+                raise UsageError(f"{self.name}: class {classes[int(missing[0])][0]} has no {split_name} images "
+                                 f"({len(missing)} class(es) without; train_test_split.txt)")
+        absent = [images[i][0] for i in sorted(images) if not (d / "images" / images[i][0]).is_file()]
+        if absent:
+            raise UsageError(f"{self.name}: {d / 'images' / absent[0]} (from images.txt) does not exist"
+                             f" ({len(absent)} listed file(s) missing); {self.layout}")
 
-    def load_data(self, cfg: dict[str, Any]) -> TaskData:
+    def files(self, cfg: dict[str, Any]) -> list[tuple[str, Path]]:
+        d = cub_dir(self.root(cfg))
+        images = _read_table(d / "images.txt", 2)
+        split = _read_table(d / "train_test_split.txt", 2)
+        return [("train" if split[i][0] == "1" else "test", d / "images" / images[i][0]) for i in sorted(images)]
+
+    def load_data(self, cfg: dict[str, Any], cache_dir=None) -> TaskData:
         root, size = self.root(cfg), int(cfg["data"]["image_size"])
         train = CUBDataset(root, True, transforms(size, True))
         return TaskData(

@@ -1,0 +1,273 @@
+"""The typed config schema: every key lskd-bench reads, its type, default, bounds and help.
+
+A config is a plain nested dict. ``Section`` describes one level of it: ``Field`` leaves and nested
+sections. ``Section.check(value)`` returns the value with every default filled in and every type
+normalised (an int given for a float becomes a float), or raises ``UsageError`` naming the dotted key,
+the expected type and, for a typo, the closest known key (``did you mean teacher.epochs?``).
+
+The schema is the single place that lists defaults. Tasks add their own ``data`` section and extend
+the ``teacher``/``student`` sections; KD methods add one section each, named after the method.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+from .errors import UsageError
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config value.
+
+    ``type`` is int, float, bool, str, or a one-element list ``[int]`` / ``[float]`` / ``[str]`` for a
+    list of that type. ``identity=False`` keeps the key out of a cell's hash (settings that cannot
+    change a result: checkpoint interval, hardware).
+    """
+
+    type: Any
+    default: Any
+    help: str = ""
+    choices: tuple = ()
+    min: Optional[float] = None
+    max: Optional[float] = None
+    min_exclusive: bool = False
+    max_exclusive: bool = False
+    nullable: bool = False
+    identity: bool = True
+    check: Optional[Callable[[Any], Optional[str]]] = None  # extra rule: returns an error text or None
+
+    def type_name(self) -> str:
+        if isinstance(self.type, list):
+            return f"a list of {_TYPE_NAMES[self.type[0]].removeprefix('an ').removeprefix('a ')}s"
+        return _TYPE_NAMES[self.type]
+
+    def normalise(self, value: Any, key: str) -> Any:
+        if value is None:
+            if self.nullable or self.default is None:
+                return None
+            raise UsageError(f"{key} must be {self.type_name()}, got null")
+        if isinstance(self.type, list):
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+                raise UsageError(f"{key} must be {self.type_name()}, got {value!r}")
+            out = [self._scalar(self.type[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+            for v in out:
+                self._bounds(v, key)
+        else:
+            out = self._scalar(self.type, value, key)
+            self._bounds(out, key)
+        if self.check is not None:
+            err = self.check(out)
+            if err:
+                raise UsageError(f"{key} {err}, got {value!r}")
+        return out
+
+    def _scalar(self, typ: Any, value: Any, key: str) -> Any:
+        ok = False
+        if typ is bool:
+            ok = isinstance(value, bool)
+        elif typ is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif typ is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            value = float(value) if ok else value
+        elif typ is str:
+            ok = isinstance(value, str)
+        if not ok:
+            raise UsageError(f"{key} must be {_TYPE_NAMES[typ]}, got {value!r}")
+        if self.choices and value not in self.choices:
+            raise UsageError(f"{key} must be one of {', '.join(map(str, self.choices))}, got {value!r}{_suggest(str(value), self.choices)}")
+        return value
+
+    def _bounds(self, v: Any, key: str) -> None:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            return
+        lo, hi = self.min, self.max
+        bad_lo = lo is not None and (v <= lo if self.min_exclusive else v < lo)
+        bad_hi = hi is not None and (v >= hi if self.max_exclusive else v > hi)
+        if bad_lo or bad_hi:
+            if hi is None:
+                rule = f"{'>' if self.min_exclusive else '>='} {lo:g}"
+            elif lo is None:
+                rule = f"{'<' if self.max_exclusive else '<='} {hi:g}"
+            else:
+                rule = f"in {'(' if self.min_exclusive else '['}{lo:g}, {hi:g}{')' if self.max_exclusive else ']'}"
+            raise UsageError(f"{key} must be {rule}, got {v!r}")
+
+
+class Section:
+    """A mapping of keys to ``Field`` leaves and nested ``Section``s."""
+
+    def __init__(self, fields: Mapping[str, "Field | Section"], help: str = ""):
+        self.fields: dict[str, Field | Section] = dict(fields)
+        self.help = help
+
+    def extend(self, more: Mapping[str, "Field | Section"]) -> "Section":
+        """A copy with ``more`` added or replacing keys."""
+        return Section({**self.fields, **more}, self.help)
+
+    def defaults(self) -> dict[str, Any]:
+        return {k: (f.defaults() if isinstance(f, Section) else _copy(f.default)) for k, f in self.fields.items()}
+
+    def check(self, value: Any, path: str = "") -> dict[str, Any]:
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise UsageError(f"{path or 'the config'} must be a mapping, got {value!r}")
+        for key in value:
+            if key not in self.fields:
+                dotted = f"{path}.{key}" if path else str(key)
+                known = [f"{path}.{k}" if path else k for k in self.fields]
+                hint = _suggest(dotted, known) or (f" (known: {', '.join(sorted(self.fields))})" if len(self.fields) <= 12 else "")
+                raise UsageError(f"unknown config key {dotted}{hint}")
+        out: dict[str, Any] = {}
+        for key, f in self.fields.items():
+            dotted = f"{path}.{key}" if path else key
+            if isinstance(f, Section):
+                out[key] = f.check(value.get(key), dotted)
+            else:
+                out[key] = f.normalise(value[key], dotted) if key in value else _copy(f.default)
+        return out
+
+    def identity(self, value: Mapping[str, Any]) -> dict[str, Any]:
+        """``value`` without the keys marked ``identity=False`` (what a cell's hash covers)."""
+        out = {}
+        for key, f in self.fields.items():
+            if key not in value:
+                continue
+            if isinstance(f, Section):
+                out[key] = f.identity(value[key])
+            elif f.identity:
+                out[key] = value[key]
+        return out
+
+    def walk(self, prefix: str = "") -> Iterator[tuple[str, Field]]:
+        for key, f in self.fields.items():
+            dotted = f"{prefix}.{key}" if prefix else key
+            if isinstance(f, Section):
+                yield from f.walk(dotted)
+            else:
+                yield dotted, f
+
+
+def _copy(v: Any) -> Any:
+    return list(v) if isinstance(v, list) else v
+
+
+def _suggest(word: str, candidates: Sequence[str]) -> str:
+    best = difflib.get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f" (did you mean {best[0]}?)" if best else ""
+
+
+def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        dotted = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, dotted))
+        else:
+            out[dotted] = v
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ sections
+def positive_int(help: str, default: Any, **kw) -> Field:
+    return Field(int, default, help, min=1, **kw)
+
+
+TRAIN = Section(
+    {
+        "arch": Field(str, "", "model architecture (the task lists the ones it offers)"),
+        "epochs": positive_int("training epochs", 30),
+        "max_updates": Field(int, None, "stop after this many optimizer updates (epochs still bound the run)", min=1, nullable=True),
+        "batch_size": positive_int("global batch size (split across DDP processes)", 64),
+        "optimizer": Field(str, "sgd", "optimizer", choices=("sgd", "adam", "adamw")),
+        "lr": Field(float, 0.05, "base learning rate", min=0.0, min_exclusive=True),
+        "momentum": Field(float, 0.9, "SGD momentum", min=0.0, max=1.0),
+        "nesterov": Field(bool, False, "Nesterov momentum (SGD)"),
+        "weight_decay": Field(float, 0.0, "weight decay (not applied to biases and norm parameters)", min=0.0),
+        "betas": Field([float], [0.9, 0.999], "Adam/AdamW betas", min=0.0, max=1.0, max_exclusive=True,
+                       check=lambda v: None if len(v) == 2 else "must hold two values"),
+        "adam_eps": Field(float, 1e-8, "Adam/AdamW epsilon", min=0.0, min_exclusive=True),
+        "schedule": Field(str, "cosine", "learning-rate schedule: cosine/step/multistep/constant per epoch, "
+                          "inverse_sqrt per update", choices=("cosine", "step", "multistep", "constant", "inverse_sqrt")),
+        "step_size": Field(int, 30, "epochs between decays (schedule: step)", min=1),
+        "milestones": Field([int], [], "epochs at which the lr decays (schedule: multistep)", min=1),
+        "gamma": Field(float, 0.1, "decay factor (step, multistep)", min=0.0, min_exclusive=True),
+        "warmup_epochs": Field(int, 0, "linear warm-up epochs (epoch schedules)", min=0),
+        "warmup_updates": Field(int, 0, "linear warm-up updates (inverse_sqrt)", min=0),
+        "warmup_init_lr": Field(float, 0.0, "lr at update 0 of the warm-up (inverse_sqrt)", min=0.0),
+        "clip_norm": Field(float, 0.0, "gradient-norm clipping (0: off)", min=0.0),
+        "seed": Field(int, None, "teacher seed (default: the first grid seed)", min=0, nullable=True),
+        "init_checkpoint": Field(str, None, "local weights to start from (lskd-bench or library format)", nullable=True),
+        "checkpoint": Field(str, None, "teacher only: an already trained teacher, evaluated and distilled, not trained", nullable=True),
+        "checkpoint_every": Field(int, None, "also checkpoint every N updates within an epoch (resume mid-epoch)",
+                                  min=1, nullable=True, identity=False),
+        "eval_every": Field(int, 1, "evaluate every N epochs (and always after the last) for best/last metrics",
+                            min=1, identity=False),
+    },
+    "training recipe of one role",
+)
+
+GRID = Section(
+    {
+        "axes": Field([str], ["alpha", "T"], "swept axes", choices=("alpha", "T")),
+        "alphas": Field([float], [0.0, 0.1], "teacher label smoothing values", min=0.0, max=1.0, max_exclusive=True,
+                        check=lambda v: None if v else "needs at least one value"),
+        "temperatures": Field([float], [1.0, 2.0, 3.0, 64.0], "KD temperatures", min=0.0, min_exclusive=True,
+                              check=lambda v: None if v else "needs at least one value"),
+        "seeds": Field([int], [0], "student seeds", min=0, check=lambda v: None if v else "needs at least one seed"),
+        "fixed": Section(
+            {
+                "alpha": Field(float, 0.1, "alpha when the alpha axis is not swept", min=0.0, max=1.0, max_exclusive=True),
+                "T": Field(float, 1.0, "T when the T axis is not swept", min=0.0, min_exclusive=True),
+            }
+        ),
+    },
+    "the alpha x T x seed grid",
+)
+
+ANALYSIS = Section(
+    {
+        "export": Field(bool, True, "save penultimate features (features.npz) of every finished cell", identity=False),
+        "train_per_class": Field(int, None, "train samples per class exported (null: all)", min=1, nullable=True, identity=False),
+        "val_per_class": Field(int, None, "val samples per class exported (null: all)", min=1, nullable=True, identity=False),
+    }
+)
+
+LOCK = Section(
+    {
+        "heartbeat_s": Field(float, 10.0, "seconds between a training process's lock heartbeats", min=0.1, identity=False),
+        "stale_s": Field(float, 300.0, "a lock without a heartbeat for this long is stale (its owner died)",
+                         min=1.0, identity=False),
+        "poll_s": Field(float, 1.0, "seconds between checks on cells another process trains", min=0.01, identity=False),
+    },
+    "cross-process cell locks",
+)
+
+RUN = Section(
+    {
+        "task": Field(str, "digits", "task name"),
+        "methods": Field([str], ["kd"], "KD methods students are trained with"),
+        "baseline": Field(bool, True, "train the no-KD student (cross-entropy) per seed"),
+        "grid": GRID,
+        "analysis": ANALYSIS,
+        "lock": LOCK,
+        "device": Field(str, "auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"), identity=False),
+        "amp": Field(str, "bf16", "bf16 autocast on CUDA, or fp32", choices=("bf16", "fp32"), identity=False),
+        "compile": Field(bool, False, "torch.compile the model being trained", identity=False),
+        "channels_last": Field(bool, False, "channels_last memory format on CUDA", identity=False),
+        "num_workers": Field(int, 0, "data-loader worker processes", min=0, identity=False),
+        "eval_batch_size": Field(int, 256, "batch size of evaluation and feature export", min=1, identity=False),
+        "executor": Field(str, "local", "where cells train (local, subprocess, torchrun, or a plugin)", identity=False),
+        "jobs": Field(int, 1, "cells trained at once by the subprocess executor", min=1, identity=False),
+        "nproc_per_node": Field(int, 1, "DDP processes per cell (torchrun executor)", min=1, identity=False),
+        "fuse": Field(bool, True, "train the students of one teacher (and seed) in one shared data pass", identity=False),
+        "max_fused": Field(int, 8, "at most this many cells in one fused pass (larger groups are split)", min=1, identity=False),
+    }
+)
