@@ -20,10 +20,11 @@ def main() -> None:
     ap.add_argument("--keep", help="run directory to keep (default: a temporary one)")
     args = ap.parse_args()
     cfg = resolve_config(args.task, {}, {})
+    print(f"training the default {args.task} grid from scratch (a progress bar per cell group follows)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.keep or tmp)
         t0 = time.perf_counter()
-        summary = run_grid(cfg, out, progress=False)
+        summary = run_grid(cfg, out, progress=True)
         total = time.perf_counter() - t0
         print(f"{'cell':<40} {'train_s':>8} {'eval_s':>7} {'top1':>7}")
         for cell in summary.cells:

@@ -23,14 +23,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(step, steps: int, warmup: int, batch: int, device: torch.device) -> float:
-    for _ in range(warmup):
+def measure(name: str, step, steps: int, warmup: int, batch: int, device: torch.device) -> float:
+    """Images/second of ``step``; prints a line per step as it goes (a CPU step can take seconds)."""
+    for i in range(warmup):
+        t0 = time.perf_counter()
         step()
-    sync(device)
+        sync(device)
+        print(f"  {name}: warm-up step {i + 1}/{warmup} ({time.perf_counter() - t0:.2f} s)", flush=True)
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for i in range(steps):
+        t1 = time.perf_counter()
         step()
-    sync(device)
+        sync(device)
+        print(f"  {name}: step {i + 1}/{steps} ({time.perf_counter() - t1:.2f} s)", flush=True)
     return steps * batch / (time.perf_counter() - t0)
 
 
@@ -48,6 +53,10 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     args = ap.parse_args()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device: {name}; batch {args.batch_size}, {args.image_size}px, {args.classes} classes, "
+          f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}{', channels_last' if args.channels_last else ''}"
+          f"{', compiled' if args.compile else ''}; {args.warmup} warm-up + {args.steps} timed steps each", flush=True)
     cfg = {"amp": "bf16"}
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device).contiguous(memory_format=fmt)
@@ -69,7 +78,7 @@ def main() -> None:
         t_opt.step()
 
     teacher.train()
-    teacher_ips = measure(teacher_train, args.steps, args.warmup, args.batch_size, device)
+    teacher_ips = measure("teacher training", teacher_train, args.steps, args.warmup, args.batch_size, device)
 
     teacher.eval()
     student, student_step = prepare(args.student)
@@ -87,10 +96,7 @@ def main() -> None:
         s_opt.step()
 
     student.train()
-    kd_ips = measure(kd_train, args.steps, args.warmup, args.batch_size, device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; batch {args.batch_size}, {args.image_size}px, {args.classes} classes, "
-          f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}{', channels_last' if args.channels_last else ''}{', compiled' if args.compile else ''}")
+    kd_ips = measure("KD student training", kd_train, args.steps, args.warmup, args.batch_size, device)
     print(f"teacher training ({args.teacher}, LS CE):          {teacher_ips:9.1f} images/s")
     print(f"KD student training ({args.teacher} -> {args.student}): {kd_ips:9.1f} images/s")
     print(f"ratio KD student / teacher training:        {kd_ips / teacher_ips:9.2f}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Optional
@@ -64,6 +65,9 @@ def set_dotted(cfg: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse ``key.sub=value`` (value read as YAML, so numbers and lists get their types)."""
     if "=" not in text:
@@ -76,6 +80,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
     return key, value
 
 
@@ -91,7 +97,7 @@ def full_schema(task: "Task") -> Section:
     from .methods import method_sections
 
     return RUN.extend({"data": task.data_schema, "teacher": task.train_schema, "student": task.train_schema,
-                       **method_sections()})
+                       **task.extra_sections, **method_sections()})
 
 
 @dataclass

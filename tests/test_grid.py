@@ -107,11 +107,11 @@ def test_killed_run_resumes_at_unfinished_cells(tmp_path):
         "--alphas", "0,0.1", "--temperatures", "1,2,3", "--set", "teacher.epochs=2", "--set", "student.epochs=12",
     ]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
+    hang_guard = time.time() + 15 * 60  # only stops a hung test; nothing here depends on speed
     try:
-        while len(finished(out)) < 4:
+        while len(finished(out)) < 4:  # the event: the teachers and the first fused student group are done
             assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.time() < deadline, "grid made no progress"
+            assert time.time() < hang_guard, "the grid hung"
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()

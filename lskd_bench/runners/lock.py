@@ -27,13 +27,18 @@ def _host() -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Is ``pid`` a live process of this host (a zombie that nobody reaped yet counts as dead)?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 @dataclass

@@ -107,12 +107,9 @@ def learning_rate(hp: dict[str, Any], epoch: int, update: int) -> float:
     return lr * lr_factor(hp, epoch)
 
 
-def build_model(task: Task, arch: str, data: TaskData, cfg: dict[str, Any]) -> nn.Module:
-    return task.build_model(arch, data, cfg)
-
-
-def load_model(task: Task, arch: str, data: TaskData, cfg: dict[str, Any], path: Path, device: torch.device) -> nn.Module:
-    model = build_model(task, arch, data, cfg)
+def load_model(task: Task, arch: str, data: TaskData, cfg: dict[str, Any], path: Path, device: torch.device,
+               role: str = "teacher") -> nn.Module:
+    model = task.build_model(arch, data, cfg, cfg[role])
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.to(device).eval()
 
@@ -161,7 +158,7 @@ class Member:
         self.method = build_method(cell.method, cfg, alpha=cell.alpha, T=cell.T)
         self.alpha = cell.alpha if cell.role == "teacher" else 0.0
         torch.manual_seed(cell.seed)
-        self.model = build_model(self.task, cell.arch, self.data, cfg).to(device)
+        self.model = self.task.build_model(cell.arch, self.data, cfg, self.hp).to(device)
         if cfg.get("channels_last") and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.method_params: list[nn.Parameter] = []
@@ -256,7 +253,7 @@ class Member:
                 s_logits, targets = self.task.forward(self.step_model, batch)
             loss = self.method.loss(s_logits.float(), targets, t_logits, self.ctx)
             if not torch.isfinite(loss):
-                raise CellFailed(f"non-finite loss ({float(loss)}) at epoch {epoch + 1}, update {self.update + 1}")
+                raise CellFailed(f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, update {self.update + 1}")
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if float(self.hp.get("clip_norm", 0.0)) > 0:
@@ -300,9 +297,9 @@ class Member:
 
     def finish(self) -> Optional[dict[str, Any]]:
         """Final evaluation, weights, features and result.json (rank 0); removes the epoch state."""
-        self.finished = True
         _, world = dist_info()
         if self.rank != 0:
+            self.finished = True
             if world > 1:
                 torch.distributed.barrier()
             return None
@@ -318,6 +315,9 @@ class Member:
             "cell": self.cell.describe(),
             "metrics": last,
             "best": self.best,
+            "primary_metric": self.task.primary_metric,
+            "metric_names": list(self.task.metric_names),
+            "metric_info": self.task.metric_info(self.cfg),
             "epochs": self.epoch if not self.given else 0,
             "updates": self.update,
             "config": {
@@ -333,6 +333,7 @@ class Member:
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         store.write_json(self.dir / store.RESULT, result)
+        self.finished = True
         with contextlib.suppress(FileNotFoundError):
             self.state_path.unlink()
         if world > 1:
@@ -423,20 +424,22 @@ def train_group(
                 for m in stepping:
                     try:
                         m.train_step(batch, t_logits, epoch)
-                    except (CellFailed, torch.OutOfMemoryError) as exc:
+                        every = hp.get("checkpoint_every")
+                        if every and m.update % int(every) == 0:
+                            m.checkpoint()
+                    except (CellFailed, torch.OutOfMemoryError, OSError) as exc:
                         fail(m, exc)
                         if device.type == "cuda":
                             torch.cuda.empty_cache()
-                        continue
-                    every = hp.get("checkpoint_every")
-                    if every and m.update % int(every) == 0:
-                        m.checkpoint()
                 if on_step is not None:
                     on_step(epoch, i)
             for m in active:
                 if not m.finished:
                     m.skipped = sorted(set(skipped))
-                    m.end_epoch(epoch)
+                    try:
+                        m.end_epoch(epoch)
+                    except OSError as exc:  # the checkpoint could not be written (disk full...)
+                        fail(m, exc)
             bar.update(1)
             bar.set_postfix_str(" ".join(f"{_short(m.cell)}={m.history[-1]['loss']:.3f}" for m in active
                                          if not m.finished and m.history))
@@ -444,7 +447,10 @@ def train_group(
                 on_epoch_end(epoch + 1)
         for m in members:
             if not m.finished:
-                outcomes[m.cell.hash].result = m.finish()
+                try:
+                    outcomes[m.cell.hash].result = m.finish()
+                except OSError as exc:  # weights or result could not be written: no result.json
+                    fail(m, exc)
     except DataError as exc:
         for m in members:
             if not m.finished:

@@ -154,23 +154,41 @@ def sample_path(ds: Dataset, i: int) -> str:
     return f"sample {i}"
 
 
-def guarded_collate(policy: str, skipped: Optional[list[str]] = None) -> Callable[[list], Any]:
-    """Collate that raises ``DataError`` on a ``BadSample`` (policy ``error``) or drops it (``skip``)."""
+@dataclass(frozen=True)
+class PartialBatch:
+    """A batch from which unreadable samples were dropped (policy ``skip``), with their paths."""
+
+    batch: Any
+    skipped: tuple[str, ...]
+
+
+def guarded_collate(policy: str) -> Callable[[list], Any]:
+    """Collate that drops ``BadSample``s (policy ``skip``: a ``PartialBatch``) or returns the first one
+    (``error``). It never raises, because it may run in a worker process: ``unwrap_batch`` acts on the
+    result in the main process."""
 
     def collate(items: list):
         bad = [s for s in items if isinstance(s, BadSample)]
-        if bad:
-            if policy != "skip":
-                raise DataError(f"cannot read {bad[0].path}: {bad[0].reason} "
-                                "(check the data with 'lskd-bench check-data', or --set data.on_bad_sample=skip)")
-            if skipped is not None:
-                skipped.extend(b.path for b in bad)
-            items = [s for s in items if not isinstance(s, BadSample)]
-            if not items:
-                return None
-        return default_collate(items)
+        if not bad:
+            return default_collate(items)
+        if policy != "skip":
+            return bad[0]
+        good = [s for s in items if not isinstance(s, BadSample)]
+        return PartialBatch(default_collate(good) if good else None, tuple(b.path for b in bad))
 
     return collate
+
+
+def unwrap_batch(batch: Any, skipped: Optional[list[str]]) -> Any:
+    """The batch to train on (None: every sample was skipped); raise ``DataError`` for a bad sample."""
+    if isinstance(batch, BadSample):
+        raise DataError(f"cannot read {batch.path}: {batch.reason} "
+                        "(check the data with 'lskd-bench check-data', or --set data.on_bad_sample=skip)")
+    if isinstance(batch, PartialBatch):
+        if skipped is not None:
+            skipped.extend(batch.skipped)
+        return batch.batch
+    return batch
 
 
 class Batches:
@@ -207,10 +225,10 @@ def load_batches(
             batch_sampler=[idx.tolist() for idx in plan],
             num_workers=num_workers,
             pin_memory=pin_memory,
-            collate_fn=guarded_collate(on_bad_sample, skipped),
+            collate_fn=guarded_collate(on_bad_sample),
             worker_init_fn=_seed_worker,
         )
-        return (b for b in loader if b is not None)
+        return (b for b in (unwrap_batch(raw, skipped) for raw in loader) if b is not None)
 
     return Batches(len(plan), it)
 
@@ -253,6 +271,8 @@ class Task:
     supports_analysis: bool = True  # penultimate features exported for analyze / visualize
     data_schema: Section = Section({})
     train_schema: Section = TRAIN
+    extra_sections: dict[str, Section] = {}  # more top-level config sections of this task
+    metric_labels: dict[str, str] = {"top1": "top-1 accuracy (%)", "top5": "top-5 accuracy (%)"}
 
     # -- config -----------------------------------------------------------------------------------
     def default_config(self) -> dict[str, Any]:
@@ -277,8 +297,13 @@ class Task:
         be cached and shared by all cells."""
         raise NotImplementedError
 
-    def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any]) -> nn.Module:
+    def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any], hp: dict[str, Any]) -> nn.Module:
+        """A fresh model; ``hp`` is the role's recipe (``cfg["teacher"]`` or ``cfg["student"]``)."""
         raise NotImplementedError
+
+    def metric_info(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """How the metrics were computed (e.g. sacreBLEU's signature), saved in result.json."""
+        return {}
 
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:
         """Child -> parent links over class names and their ancestors (analysis picks similar classes

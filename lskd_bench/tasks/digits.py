@@ -110,7 +110,7 @@ class DigitsTask(Task):
             class_names=[str(i) for i in range(10)],
         )
 
-    def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any]) -> ClassifierNet:
+    def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any], hp: dict[str, Any]) -> ClassifierNet:
         return cnn(ARCHS[arch], data.num_classes)
 
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:

@@ -25,8 +25,8 @@ IMAGE_DATA = Section(
     {
         "root": Field(str, None, "data directory (--data-root)", nullable=True),
         "image_size": Field(int, 224, "training crop / evaluation size in pixels", min=8),
-        "on_bad_sample": Field(str, "error", "a sample that cannot be decoded: error (stop, naming the file) or skip it",
-                               choices=("error", "skip")),
+        "on_bad_sample": Field(str, "error", "a sample that cannot be decoded: error (stop, naming the file) or skip it "
+                               "(listed in result.json)", choices=("error", "skip"), identity=False),
     }
 )
 
@@ -133,7 +133,7 @@ class ImageClassificationTask(Task):
         scan_files(files, report, progress, int(cfg.get("num_workers", 0)))
         return report
 
-    def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any]) -> ClassifierNet:
+    def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any], hp: dict[str, Any]) -> ClassifierNet:
         from ..models import build_image_model
 
         return build_image_model(arch, data.num_classes)

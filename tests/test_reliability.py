@@ -1,0 +1,285 @@
+"""Reliability: config schema errors, bad data, cross-process locks, failing cells, failing disks."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lskd_bench.methods import METHODS, HintonKD
+from lskd_bench.runners import store
+from lskd_bench.runners.lock import LOCK, CellLock, read_lock
+
+from .image_fixtures import WNIDS, make_imagefolder
+
+HANG_GUARD_S = 15 * 60  # only prevents a hung test; no assertion depends on speed
+
+
+def results(out: Path) -> dict[str, dict]:
+    return {p.parent.name.rsplit("-", 1)[0]: json.loads(p.read_text()) for p in out.rglob(store.RESULT)}
+
+
+# ------------------------------------------------------------------------------------------ config
+def test_config_command_prints_values_and_their_sources(tmp_path, cli):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("student:\n  epochs: 7\n")
+    rc, out, err = cli("config", "--task", "digits", "--config", str(cfg), "--set", "teacher.lr=0.2", "--seeds", "0,1")
+    assert rc == 0, err
+    lines = {line.split(":", 1)[0]: line for line in out.splitlines()}
+    assert re.fullmatch(r"teacher\.lr: 0\.2 +# command line", lines["teacher.lr"])
+    assert re.fullmatch(rf"student\.epochs: 7 +# config {re.escape(str(cfg))}", lines["student.epochs"])
+    assert re.fullmatch(r"teacher\.epochs: 30 +# task digits defaults", lines["teacher.epochs"])
+    assert re.fullmatch(r"grid\.seeds: \[0, 1\] +# command line", lines["grid.seeds"])
+    assert re.fullmatch(r"grid\.alphas: \[0\.0, 0\.1\] +# default", lines["grid.alphas"])
+    assert re.fullmatch(r"kd\.lambda: 0\.5 +# default", lines["kd.lambda"])
+
+
+def test_unknown_key_in_config_file_names_the_file(tmp_path, cli):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("teacher:\n  epoch: 5\n")
+    rc, _, err = cli("run", "--out", str(tmp_path / "runs"), "--config", str(cfg))
+    assert rc == 2 and err.count("\n") == 1
+    assert f"unknown config key teacher.epoch (did you mean teacher.epochs?) (config {cfg})" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_typo_does_not_change_cell_hashes(tiny_cfg):
+    """A key nothing reads cannot reach a cell's identity: it is refused before planning."""
+    from lskd_bench.errors import UsageError
+    from lskd_bench.runners.grid import resolve_config
+
+    from .conftest import tiny_overrides
+
+    with pytest.raises(UsageError, match="did you mean teacher.epochs"):
+        resolve_config("digits", {}, {**tiny_overrides(), "teacher": {"epochs": 1, "epoch": 5}})
+
+
+def test_non_identity_keys_keep_the_hash(tiny_cfg):
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.grid import resolve_config
+
+    from .conftest import tiny_overrides
+
+    other = resolve_config("digits", {}, {**tiny_overrides(), "eval_batch_size": 7, "num_workers": 1,
+                                          "student": {"epochs": 1, "eval_every": 5, "checkpoint_every": 3}})
+    assert [c.hash for c in plan_cells(other)] == [c.hash for c in plan_cells(tiny_cfg)]
+    changed = resolve_config("digits", {}, {**tiny_overrides(), "student": {"epochs": 1, "lr": 0.01}})
+    assert {c.hash for c in plan_cells(changed) if c.role == "teacher"} == {c.hash for c in plan_cells(tiny_cfg) if c.role == "teacher"}
+    assert {c.hash for c in plan_cells(changed) if c.role == "student"}.isdisjoint({c.hash for c in plan_cells(tiny_cfg)})
+
+
+# ------------------------------------------------------------------------------------------ data
+FAST = ["--epochs", "1", "--batch-size", "4", "--lr", "0.001", "--num-workers", "2", "--alphas", "0.1", "--temperatures", "1", "--set", "data.image_size=32",
+        "--no-progress"]
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_jpeg_check_data_and_run(tmp_path, cli):
+    root = make_imagefolder(tmp_path / "inet")
+    bad = sorted((root / "train" / WNIDS[1]).iterdir())[1]
+    truncate(bad)
+    rc, out, err = cli("check-data", "--task", "imagenet", "--data-root", str(root), "--no-progress")
+    assert rc == 2
+    assert f"problem: {bad}: OSError: Truncated File Read" in out
+    assert "imagenet: 1 problem(s) in the data (train 12, val 6)" in err
+
+    runs = tmp_path / "runs"
+    rc, _, err = cli("run", "--task", "imagenet", "--data-root", str(root), "--out", str(runs), *FAST)
+    assert rc == 2 and err.count("\n") == 1
+    assert f"lskd-bench: error: cannot read {bad}: OSError: Truncated File Read" in err
+    errors = [json.loads(p.read_text()) for p in runs.rglob(store.ERROR)]
+    assert errors and all(e["error"] == "DataError" for e in errors)
+    assert not list(runs.rglob(store.RESULT))
+
+    rc, out, err = cli("run", "--task", "imagenet", "--data-root", str(root), "--out", str(runs), *FAST,
+                       "--set", "data.on_bad_sample=skip")
+    assert rc == 0, err
+    res = results(runs)
+    assert res["teacher_resnet50_a0.1_s0"]["skipped_samples"] == [str(bad)]
+    assert not list(runs.rglob(store.ERROR))  # the retried cells' errors are gone
+
+
+def test_check_data_clean_root_and_duplicates(tmp_path, cli):
+    root = make_imagefolder(tmp_path / "inet")
+    rc, out, _ = cli("check-data", "--task", "imagenet", "--data-root", str(root), "--no-progress")
+    assert rc == 0 and "imagenet: data OK (train 12, val 6)" in out
+    src = sorted((root / "train" / WNIDS[0]).iterdir())[0]
+    (root / "val" / WNIDS[0] / "copy.JPEG").write_bytes(src.read_bytes())
+    rc, out, _ = cli("check-data", "--task", "imagenet", "--data-root", str(root), "--no-progress")
+    assert rc == 2 and "problem: duplicate files (same content): " in out and "copy.JPEG" in out
+
+
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        (lambda r: [p.unlink() for p in (r / "train" / WNIDS[0]).iterdir()], f"class folder {{root}}/train/{WNIDS[0]} has no image files"),
+        (lambda r: __import__("shutil").rmtree(r / "val" / WNIDS[2]), f"1 class(es) missing from val/ (e.g. {WNIDS[2]})"),
+    ],
+)
+def test_bad_class_folders_exit_2_before_writing(tmp_path, cli, breakage, message):
+    root = make_imagefolder(tmp_path / "inet")
+    breakage(root)
+    rc, _, err = cli("run", "--task", "imagenet", "--data-root", str(root), "--out", str(tmp_path / "runs"), *FAST)
+    assert rc == 2 and err.count("\n") == 1 and message.format(root=root) in err
+    assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------------------ failures
+class NaNAtT2(HintonKD):
+    """Hinton KD whose loss turns non-finite at T = 2: one failing cell in a healthy grid."""
+
+    def loss(self, student_logits, targets, teacher_logits, ctx):
+        loss = super().loss(student_logits, targets, teacher_logits, ctx)
+        return loss * float("nan") if ctx.T == 2.0 else loss
+
+
+@pytest.fixture
+def nan_method():
+    METHODS.add("nan_at_t2", NaNAtT2)
+    yield "nan_at_t2"
+    METHODS._items.pop("nan_at_t2", None)
+
+
+def test_failing_cell_is_recorded_and_the_grid_carries_on(tmp_path, cli, nan_method):
+    argv = ["run", "--out", str(tmp_path), "--alphas", "0.1", "--temperatures", "1,2", "--epochs", "1",
+            "--methods", f"kd,{nan_method}", "--no-progress"]
+    rc, out, err = cli(*argv)
+    assert rc == 1
+    assert "6 cells: trained 5, reused 0 finished, 1 failed" in out
+    assert f"failed: student_{nan_method}_cnn_tiny_a0.1_T2_s0: CellFailed: non-finite loss" in err
+    assert "run the same command again to retry the failed cells" in err
+    done = results(tmp_path)
+    assert f"student_{nan_method}_cnn_tiny_a0.1_T1_s0" in done and f"student_kd_cnn_tiny_a0.1_T2_s0" in done
+    (error_file,) = tmp_path.rglob(store.ERROR)
+    err_json = json.loads(error_file.read_text())
+    assert err_json["error"] == "CellFailed" and err_json["cell"]["T"] == 2.0 and err_json["epoch"] == 0
+    assert not (error_file.parent / store.RESULT).exists() and not (error_file.parent / LOCK).exists()
+    rc, out, _ = cli(*argv)  # a re-run retries only the failed cell (and it fails again)
+    assert rc == 1 and "6 cells: trained 0, reused 5 finished, 1 failed" in out
+
+
+def test_failed_teacher_blocks_only_its_students(tmp_path, cli):
+    rc, out, err = cli("run", "--out", str(tmp_path), "--alphas", "0.1", "--temperatures", "1,2", "--epochs", "2",
+                       "--set", "teacher.lr=1e30", "--no-progress")
+    assert rc == 1
+    assert "4 cells: trained 1, reused 0 finished, 1 failed, 2 not run (teacher failed)" in out
+    assert "not run: student_kd_cnn_tiny_a0.1_T1_s0: its teacher teacher_cnn_wide_a0.1_s0 failed" in err
+    assert list(results(tmp_path)) == ["baseline_cnn_tiny_s0"]
+
+
+@pytest.mark.parametrize("target,expect_epoch", [(store.RESULT, 2), (store.STATE, 1)])
+def test_disk_full_fails_the_cell_cleanly(tmp_path, monkeypatch, tiny_cfg, target, expect_epoch):
+    """A write that fails (ENOSPC) leaves no partial file and an intact previous checkpoint; a re-run finishes."""
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.train import train_group
+    from lskd_bench.tasks import get_task
+
+    task = get_task("digits")
+    cfg = {**tiny_cfg, "teacher": {**tiny_cfg["teacher"], "epochs": 2}}
+    data = task.load_data(cfg)
+    teacher = next(c for c in plan_cells(cfg) if c.role == "teacher")
+    d = tmp_path / "cell"
+    real_fsync = os.fsync
+    writes = {"n": 0}
+
+    def fsync(fd):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if f".{target}." in name:
+            writes["n"] += 1
+            if target == store.RESULT or writes["n"] == 2:  # result.json, or the 2nd epoch's state.pt
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    (outcome,) = train_group(task, [teacher], cfg, data, [d], progress=False)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert outcome.error and "No space left on device" in outcome.error
+    assert not (d / store.RESULT).exists()
+    assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]  # no partial file
+    assert json.loads((d / store.ERROR).read_text())["error"] == "OSError"
+    assert torch.load(d / store.STATE, weights_only=False)["epoch"] == expect_epoch  # intact checkpoint
+    seen = []
+    (outcome,) = train_group(task, [teacher], cfg, data, [d], progress=False, on_epoch_end=seen.append)
+    assert outcome.error is None and (d / store.RESULT).is_file() and not (d / store.ERROR).exists()
+    assert seen == ([] if expect_epoch == 2 else [2])  # resumed from the checkpoint, nothing retrained
+
+
+# ------------------------------------------------------------------------------------------ locks
+def test_lock_is_exclusive_and_stale_locks_are_taken_over(tmp_path):
+    a, b = CellLock(tmp_path), CellLock(tmp_path)
+    assert a.try_acquire(stale_s=60) and not b.try_acquire(stale_s=60)
+    assert read_lock(tmp_path).pid == os.getpid()
+    a.release()
+    assert b.try_acquire(stale_s=60)
+    b.release()
+    # a dead owner on this host: stale at once
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / LOCK).write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid, "token": "x", "since": 0}))
+    assert CellLock(tmp_path).try_acquire(stale_s=60)
+    # a live owner on another machine whose heartbeat stopped: stale once older than stale_s
+    (tmp_path / LOCK).write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "y", "since": 0}))
+    assert not CellLock(tmp_path).try_acquire(stale_s=60)
+    old = time.time() - 120
+    os.utime(tmp_path / LOCK, (old, old))
+    assert CellLock(tmp_path).try_acquire(stale_s=60)
+
+
+def test_two_concurrent_runs_train_every_cell_exactly_once(tmp_path):
+    args = [sys.executable, "-m", "lskd_bench", "run", "--out", str(tmp_path), "--no-progress", "--alphas", "0,0.1",
+            "--temperatures", "1,2", "--epochs", "3", "--no-fuse", "--set", "lock.poll_s=0.05"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=HANG_GUARD_S) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
+    counts = []
+    for out, _ in outs:
+        m = re.search(r"7 cells: trained (\d+), reused (\d+) finished(?:, (\d+) finished by another process)?", out)
+        assert m, out
+        trained, reused, other = (int(g or 0) for g in m.groups())
+        assert trained + reused + other == 7
+        counts.append(trained)
+    assert sum(counts) == 7  # no cell was trained twice
+    assert len(results(tmp_path)) == 7 and not list(tmp_path.rglob(LOCK))
+
+
+def test_run_waits_for_a_cell_held_by_a_live_process(tmp_path, cli):
+    """A cell locked by another live process is not trained here; once the holder lets go without a
+    result, this run trains it."""
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.grid import resolve_config
+
+    cfg = resolve_config("digits", {}, {"grid": {"alphas": [0.1], "temperatures": [1.0]}, "baseline": False,
+                                        "teacher": {"epochs": 1}, "student": {"epochs": 1}})
+    teacher = next(c for c in plan_cells(cfg) if c.role == "teacher")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        d = teacher.dir(tmp_path)
+        d.mkdir(parents=True)
+        (d / LOCK).write_text(json.dumps({"host": os.uname().nodename, "pid": holder.pid, "token": "z", "since": 0}))
+        import threading
+
+        def release_later():
+            while not (tmp_path / "digits" / "configs").exists():  # the run has started
+                time.sleep(0.05)
+            time.sleep(0.5)
+            holder.kill()  # dies without a result: its lock is stale (left unreaped: a zombie counts as dead)
+
+        threading.Thread(target=release_later, daemon=True).start()
+        rc, out, err = cli("run", "--out", str(tmp_path), "--alphas", "0.1", "--temperatures", "1", "--epochs", "1",
+                           "--no-baseline", "--no-progress", "--set", "lock.poll_s=0.05")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert rc == 0, err
+    assert "2 cells: trained 2, reused 0 finished" in out
