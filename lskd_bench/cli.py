@@ -143,7 +143,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     runs = Path(args.runs)
     if not runs.is_dir():
         raise UsageError(f"runs directory {runs} does not exist")
-    rows = collect(runs)
+    rows = collect(runs, args.select)
     if not rows:
         raise UsageError(f"no finished cells under {runs}")
     out = Path(args.out) if args.out else runs / "leaderboard"
@@ -247,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb = sub.add_parser("leaderboard", help="CSV + markdown leaderboard of finished cells")
     lb.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     lb.add_argument("--out", help="output FILE: writes FILE.csv and FILE.md (default: RUNS/leaderboard)")
+    lb.add_argument("--select", default="best", choices=("best", "last"),
+                    help="metrics of the best evaluated epoch (default, as the paper) or of the last epoch")
     lb.set_defaults(func=cmd_leaderboard)
 
     an = sub.add_parser("analyze", help="diffusion index eta of the KD students' penultimate features",

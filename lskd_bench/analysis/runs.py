@@ -52,6 +52,10 @@ class RunIndex:
             raise UsageError(f"no finished cells of task {task!r} under {runs} (found: {', '.join(tasks)})")
         self.task = task
         self.records = [r for k, r in latest.items() if k[0] == task]
+        if any(r.result.get("primary_metric") == "bleu" for r in self.records):
+            raise UsageError(f"task {task!r} is a translation task: the diffusion index and the penultimate-layer "
+                             "projection are defined for classification tasks (class centroids), so analyze and "
+                             "visualize do not apply to it")
 
     def students(self, method: str = "kd", seed: Optional[int] = None) -> list[CellRecord]:
         rs = [r for r in self.records if r.cell["role"] == "student" and r.cell["method"] == method]

@@ -1,4 +1,9 @@
-"""Leaderboard: one CSV row per finished cell and markdown tables in the paper's layout."""
+"""Leaderboard: one CSV row per finished cell and markdown tables in the paper's layout.
+
+Every result holds the metrics of the last epoch and of the best evaluated epoch (by the task's primary
+metric). The paper's tables report the best epoch, which is the default here (``select="best"``);
+``select="last"`` reports the final weights.
+"""
 from __future__ import annotations
 
 import csv
@@ -10,16 +15,31 @@ from typing import Any, Iterable
 
 from ..runners import store
 
-CSV_COLUMNS = [
-    "task", "role", "teacher_arch", "student_arch", "method", "alpha", "T", "seed",
-    "top1", "top5", "epochs", "wall_s", "config_hash",
-]  # fmt: skip
+BASE_COLUMNS = ["task", "role", "teacher_arch", "student_arch", "method", "alpha", "T", "seed"]
+TAIL_COLUMNS = ["select", "epoch", "epochs", "wall_s", "config_hash"]
+KNOWN_METRICS = ["top1", "top5", "bleu", "chrf", "bleu_tok"]  # column order of the CSV
+METRIC_LABELS = {
+    "top1": "top-1 accuracy (%)",
+    "top5": "top-5 accuracy (%)",
+    "bleu": "detokenised sacreBLEU",
+    "chrf": "chrF2",
+    "bleu_tok": "tokenised lower-cased BLEU",
+}
+DEFAULT_DISPLAY = ("top1", "top5")
+SELECTIONS = ("best", "last")
 
 
-def row_of(result: dict[str, Any]) -> dict[str, Any]:
+def display_metrics(result: dict[str, Any]) -> list[str]:
+    """The metrics a table cell shows: top-1 / top-5 for classification, BLEU for translation."""
+    names = result.get("metric_names") or list(DEFAULT_DISPLAY)
+    return ["bleu"] if result.get("primary_metric") == "bleu" else list(names[:2])
+
+
+def row_of(result: dict[str, Any], select: str = "best") -> dict[str, Any]:
     c = result["cell"]
     role = c["role"]
-    m = result["metrics"]
+    best = result.get("best") or {"epoch": result.get("epochs"), "metrics": result["metrics"]}
+    chosen = best if select == "best" else {"epoch": result.get("epochs"), "metrics": result["metrics"]}
     return {
         "task": c["task"],
         "role": role,
@@ -29,8 +49,11 @@ def row_of(result: dict[str, Any]) -> dict[str, Any]:
         "alpha": "" if role == "baseline" else float(c["alpha"]),
         "T": "" if c["T"] is None else float(c["T"]),
         "seed": int(c["seed"]),
-        "top1": float(m["top1"]),
-        "top5": float(m["top5"]),
+        "metrics": {k: float(v) for k, v in chosen["metrics"].items()},
+        "primary": result.get("primary_metric", "top1"),
+        "display": display_metrics(result),
+        "select": select,
+        "epoch": chosen.get("epoch") if chosen.get("epoch") is not None else "",
         "epochs": int(result["epochs"]),
         "wall_s": round(float(result["timings"]["wall_s"]), 3),
         "config_hash": c["hash"],
@@ -45,21 +68,29 @@ def _sort_key(r: dict[str, Any]):
     return (r["task"], _ROLE_ORDER.get(r["role"], 9), r["method"], str(r["alpha"]), -1 if r["T"] == "" else r["T"], r["seed"], r["config_hash"])
 
 
-def collect(runs: Path) -> list[dict[str, Any]]:
+def collect(runs: Path, select: str = "best") -> list[dict[str, Any]]:
     """Rows for every finished cell under ``runs``, in a stable order."""
-    return sorted((row_of(r) for r in store.iter_results(Path(runs))), key=_sort_key)
+    return sorted((row_of(r, select) for r in store.iter_results(Path(runs))), key=_sort_key)
+
+
+def metric_columns(rows: Iterable[dict[str, Any]]) -> list[str]:
+    present = {m for r in rows for m in r["metrics"]}
+    return [m for m in KNOWN_METRICS if m in present] + sorted(present - set(KNOWN_METRICS))
 
 
 def to_csv(rows: Iterable[dict[str, Any]]) -> str:
+    rows = list(rows)
+    mcols = metric_columns(rows)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(BASE_COLUMNS + mcols + TAIL_COLUMNS)
     for r in rows:
-        w.writerow({k: (f"{r[k]:.3f}" if k in ("top1", "top5") else r[k]) for k in CSV_COLUMNS})
+        metrics = [f"{r['metrics'][m]:.3f}" if m in r["metrics"] else "" for m in mcols]
+        w.writerow([r[k] for k in BASE_COLUMNS] + metrics + [r[k] for k in TAIL_COLUMNS])
     return buf.getvalue()
 
 
-def _latest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def latest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Where one cell was run with several configs, keep the most recently finished one."""
     best: dict[tuple, dict[str, Any]] = {}
     for r in rows:
@@ -69,16 +100,16 @@ def _latest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(best.values())
 
 
-def _stat(values: list[float]) -> str:
+def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def _cell_text(rows: list[dict[str, Any]], bold: bool = False) -> str:
+def cell_text(rows: list[dict[str, Any]], bold: bool = False) -> str:
     if not rows:
         return "—"
-    text = f"{_stat([r['top1'] for r in rows])} / {_stat([r['top5'] for r in rows])}"
+    text = " / ".join(mean_std([r["metrics"][m] for r in rows]) for m in rows[0]["display"])
     return f"**{text}**" if bold else text
 
 
@@ -88,11 +119,12 @@ def _fmt_num(x: float) -> str:
 
 def to_markdown(rows: Iterable[dict[str, Any]]) -> str:
     """One table per (task, teacher arch, student arch, KD method): teacher row, then one row per T."""
-    rows = _latest(list(rows))
+    rows = latest(list(rows))
     by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_task[r["task"]].append(r)
     out: list[str] = []
+    notes: dict[tuple, None] = {}
     for task in sorted(by_task):
         trs = by_task[task]
         teachers = [r for r in trs if r["role"] == "teacher"]
@@ -103,39 +135,45 @@ def to_markdown(rows: Iterable[dict[str, Any]]) -> str:
             groups = sorted({(r["teacher_arch"], "", "") for r in teachers})
         for t_arch, s_arch, method in groups:
             out.append(_table(task, t_arch, s_arch, method, teachers, students, baselines))
+        notes[(tuple(trs[0]["display"]), trs[0]["select"])] = None
     if not out:
         return "_No finished cells._\n"
-    note = (
-        "Cells: top-1 / top-5 accuracy (%) on the validation split. Bold: best student top-1. "
-        "With several seeds: mean ± sample standard deviation."
-    )
-    return "\n".join(out) + note + "\n"
+    lines = []
+    for display, select in notes:
+        what = " / ".join(METRIC_LABELS.get(m, m) for m in display)
+        where = "the test split" if "bleu" in display else "the validation split"
+        epoch = "best evaluated epoch (as the paper)" if select == "best" else "last epoch"
+        lines.append(f"Cells: {what} on {where}, {epoch}. Bold: best student. "
+                     "With several seeds: mean ± sample standard deviation.")
+    return "\n".join(out) + "\n".join(lines) + "\n"
 
 
 def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
     tch = [r for r in teachers if r["teacher_arch"] == t_arch]
     stu = [r for r in students if (r["teacher_arch"], r["student_arch"], r["method"]) == (t_arch, s_arch, method)]
     alphas = sorted({r["alpha"] for r in tch + stu})
-    temps = sorted({r["T"] for r in stu})
+    temps = sorted({r["T"] for r in stu}, key=lambda t: -1 if t == "" else t)
 
     def select(rs, alpha, T=None):
         return [r for r in rs if r["alpha"] == alpha and (T is None or r["T"] == T)]
 
-    means = {(a, t): statistics.mean(r["top1"] for r in select(stu, a, t)) for a in alphas for t in temps if select(stu, a, t)}
+    means = {(a, t): statistics.mean(r["metrics"][r["primary"]] for r in select(stu, a, t))
+             for a in alphas for t in temps if select(stu, a, t)}
     best = max(means.values()) if means else None
     title = f"### {task}: {t_arch}" + (f" → {s_arch} ({method})" if s_arch else "")
     lines = [title, "", "| | " + " | ".join(f"α = {a:.1f}" for a in alphas) + " |", "|---|" + "---|" * len(alphas)]
-    lines.append(f"| Teacher ({t_arch}) | " + " | ".join(_cell_text(select(tch, a)) for a in alphas) + " |")
+    lines.append(f"| Teacher ({t_arch}) | " + " | ".join(cell_text(select(tch, a)) for a in alphas) + " |")
     for t in temps:
         cells = []
         for a in alphas:
             sel = select(stu, a, t)
-            cells.append(_cell_text(sel, bold=bool(sel) and means.get((a, t)) == best))
-        lines.append(f"| T = {_fmt_num(t)} | " + " | ".join(cells) + " |")
+            cells.append(cell_text(sel, bold=bool(sel) and means.get((a, t)) == best))
+        label = "no T" if t == "" else f"T = {_fmt_num(t)}"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
     base = [r for r in baselines if r["student_arch"] == s_arch]
     if base:
-        lines += [f"Student without KD ({s_arch}, cross-entropy): {_cell_text(base)}", ""]
+        lines += [f"Student without KD ({s_arch}, cross-entropy): {cell_text(base)}", ""]
     return "\n".join(lines) + "\n"
 
 

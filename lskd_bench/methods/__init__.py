@@ -100,6 +100,24 @@ class HintonKD(Method):
                        t_squared=self.p["t_squared"])
 
 
+@METHODS.register("seqkd")
+class SequenceKD(Method):
+    """Sequence-level KD (Kim & Rush, 2016, "Sequence-Level Knowledge Distillation", section 3.2): the student
+    is trained with cross-entropy on the teacher's beam-search translations of the training sources instead of
+    the references. The task produces those targets once per teacher (``Task.teacher_targets``); the loss
+    itself is (label-smoothed) cross-entropy on them. No temperature: one student per alpha."""
+
+    description = "sequence-level KD (Kim & Rush 2016): cross-entropy on the teacher's beam outputs"
+    teacher_signal = "targets"
+    uses_temperature = False
+    task_kinds = ("translation",)
+    params = Section({"label_smoothing": Field(float, 0.0, "label smoothing of the student's targets", min=0.0, max=1.0,
+                                               max_exclusive=True)}, "sequence-level KD")
+
+    def loss(self, student_logits, targets, teacher_logits, ctx):
+        return ls_cross_entropy(student_logits, targets, self.p["label_smoothing"])
+
+
 def method_class(name: str) -> type[Method]:
     return METHODS.get(name)
 

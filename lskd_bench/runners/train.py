@@ -147,6 +147,7 @@ class Member:
     history: list = field(default_factory=list)
     best: Optional[dict[str, Any]] = None
     train_seconds: float = 0.0
+    eval_seconds: float = 0.0
     loss_sum: float = 0.0
     loss_count: int = 0
     skipped: list = field(default_factory=list)
@@ -200,6 +201,7 @@ class Member:
             self.cuda_rng = st["cuda_rng"]
         self.epoch, self.step, self.update = st["epoch"], st.get("step", 0), st.get("update", 0)
         self.history, self.train_seconds = st["history"], st["train_seconds"]
+        self.eval_seconds = st.get("eval_seconds", 0.0)
         self.best = st.get("best")
         self.loss_sum, self.loss_count = st.get("loss_sum", 0.0), st.get("loss_count", 0)
         self.skipped = st.get("skipped", [])
@@ -212,7 +214,7 @@ class Member:
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "method": self.method.state_dict() if isinstance(self.method, nn.Module) else None,
             "rng": self.rng, "cuda_rng": self.cuda_rng, "history": self.history, "best": self.best,
-            "train_seconds": self.train_seconds, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
+            "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
             "skipped": self.skipped,
         })  # fmt: skip
 
@@ -286,8 +288,10 @@ class Member:
         _, world = dist_info()
         metrics: dict[str, float] = {}
         if self.rank == 0:
+            t0 = time.perf_counter()
             with self.rng_scope():
                 metrics = self.task.evaluate(self.model, self.data, self.cfg, self.device)
+            self.eval_seconds += time.perf_counter() - t0
             key = self.task.primary_metric
             if self.best is None or metrics[key] > self.best["metrics"][key]:
                 self.best = {"epoch": self.epoch, "metrics": metrics}
@@ -303,11 +307,10 @@ class Member:
             if world > 1:
                 torch.distributed.barrier()
             return None
-        t0 = time.perf_counter()
         last = self.history[-1].get("eval") if self.history else None
         if last is None:  # --teacher-checkpoint (no epochs) or max_updates hit mid-epoch
             last = self.evaluate()
-        eval_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
         store.save_torch(self.dir / store.MODEL, {k: v.detach().cpu() for k, v in self.model.state_dict().items()})
         if self.task.supports_analysis:
             export_features(self.model, self.data, self.cfg, self.device, self.dir / store.FEATURES)
@@ -325,7 +328,8 @@ class Member:
                 "method": self.method.p if self.method.params.fields and self.method.needs_teacher else None,
                 "data": self.cfg.get("data", {}),
             },
-            "timings": {"train_s": self.train_seconds, "eval_s": eval_seconds, "wall_s": self.train_seconds + eval_seconds},
+            "timings": {"train_s": self.train_seconds, "eval_s": self.eval_seconds, "export_s": time.perf_counter() - t0,
+                        "wall_s": self.train_seconds + self.eval_seconds},
             "history": self.history,
             "num_params": sum(p.numel() for p in self.model.parameters()),
             "skipped_samples": sorted(set(self.skipped)),

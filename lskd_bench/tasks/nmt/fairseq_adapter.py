@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import warnings
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Optional, Sequence
@@ -20,6 +21,8 @@ import torch
 from ...errors import UsageError
 
 logging.getLogger("fairseq").setLevel(logging.WARNING)  # fairseq logs INFO lines at import
+# fairseq 0.12 passes a bool key-padding mask with a float attention mask; torch warns on every step
+warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask and attn_mask")
 
 
 def _fairseq():

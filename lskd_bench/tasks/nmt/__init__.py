@@ -1,0 +1,368 @@
+"""Machine translation tasks: IWSLT En->De / En->Ru (Transformer -> Transformer, BLEU) and an offline demo.
+
+The shared runner trains them like every other task. What is specific lives here:
+
+- a batch is a fairseq-style padded sample; ``forward`` returns the logits and targets of the non-pad
+  target positions, so word-level KD and every logit method apply token by token;
+- batches are length-bucketed with ``max_tokens`` (fairseq's batch_by_size) and shuffled per (seed, epoch);
+- ``evaluate`` decodes the test split with beam search and scores it with sacreBLEU;
+- ``teacher_targets`` translates the training sources with the teacher (sequence-level KD).
+
+fairseq, sentencepiece and sacreBLEU come with ``pip install -e ".[nmt]"``; only
+``fairseq_adapter`` imports fairseq.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from ...errors import UsageError
+from ...schema import TRAIN, Field, Section
+from .. import TASKS
+from ..base import Batches, DataReport, Task, TaskData, autocast
+from .corpus import LAYOUTS, Corpus, read_corpus
+
+PAD, EOS = 1, 2
+
+
+def _direction(v: str) -> Optional[str]:
+    parts = v.split("-")
+    return None if len(parts) == 2 and all(p.isalpha() for p in parts) and parts[0] != parts[1] else "must look like en-de"
+
+
+NMT_DATA = Section(
+    {
+        "root": Field(str, None, "IWSLT data directory (--data-root): the raw release or a plain layout", nullable=True),
+        "direction": Field(str, "en-de", "source-target languages, e.g. en-de (or de-en for the reverse)", check=_direction),
+        "layout": Field(str, "auto", "raw (IWSLT release files), plain (train/valid/test.<lang>) or auto",
+                        choices=("auto", "raw", "plain")),
+        "test_sets": Field([str], [], "raw layout: use only the dev/tst files whose name contains one of these "
+                           "(default: all of them, as fairseq's prepare-iwslt14.sh)"),
+        "valid_every": Field(int, 23, "every N-th training pair is held out for validation (raw layout)", min=2),
+        "max_len": Field(int, 175, "training pairs longer than this many words (either side) are dropped", min=1),
+        "len_ratio": Field(float, 1.5, "training pairs whose word counts differ by more than this ratio are dropped", min=1.0),
+        "vocab_size": Field(int, 10000, "joint SentencePiece vocabulary size (at most; small corpora get fewer)", min=16),
+        "subword_model": Field(str, "unigram", "SentencePiece model type", choices=("unigram", "bpe")),
+        "on_bad_sample": Field(str, "error", "a line that is not valid UTF-8: error (naming file and line) or skip the pair",
+                               choices=("error", "skip"), identity=False),
+    }
+)
+
+GENERATION = Section(
+    {
+        "beam": Field(int, 5, "beam size", min=1, identity=False),
+        "lenpen": Field(float, 1.0, "length penalty", identity=False),
+        "max_len_a": Field(float, 0.0, "max output length = a * source length + b", min=0.0, identity=False),
+        "max_len_b": Field(int, 200, "max output length = a * source length + b", min=1, identity=False),
+        "max_sentences": Field(int, 128, "sentences decoded at once", min=1, identity=False),
+        "limit": Field(int, None, "score only the first N test sentences (quick looks; null: all)", min=1,
+                       nullable=True, identity=False),
+    },
+    "beam search for evaluation and sequence-level KD",
+)
+
+NMT_TRAIN = TRAIN.extend(
+    {
+        "batch_size": Field(int, None, "at most this many sentence pairs per batch (null: only max_tokens bounds it)",
+                            min=1, nullable=True),
+        "max_tokens": Field(int, 4096, "tokens per batch and process (fairseq's --max-tokens)", min=16),
+        "dropout": Field(float, 0.3, "dropout", min=0.0, max=1.0, max_exclusive=True),
+        "attention_dropout": Field(float, 0.0, "attention dropout", min=0.0, max=1.0, max_exclusive=True),
+        "activation_dropout": Field(float, 0.0, "dropout after the FFN activation", min=0.0, max=1.0, max_exclusive=True),
+        "share_decoder_input_output_embed": Field(bool, True, "tie the decoder's input and output embeddings"),
+        "share_all_embeddings": Field(bool, False, "tie encoder and decoder embeddings too (joint vocabulary)"),
+        "max_positions": Field(int, 1024, "longest sequence the positional embeddings cover", min=8),
+    }
+)
+
+
+@dataclass
+class Split:
+    """A parallel split: token ids (with eos) and the original text of each side."""
+
+    src: list[np.ndarray]
+    tgt: list[np.ndarray]
+    src_text: list[str]
+    tgt_text: list[str]
+    _lens: Optional[tuple[np.ndarray, np.ndarray]] = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def lens(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._lens is None:
+            self._lens = (np.array([len(s) for s in self.src], np.int64), np.array([len(t) for t in self.tgt], np.int64))
+        return self._lens
+
+    def with_targets(self, tgt: list[np.ndarray], tgt_text: list[str]) -> "Split":
+        return Split(self.src, tgt, self.src_text, tgt_text)
+
+
+def _recipe(name: str) -> dict[str, Any]:
+    return yaml.safe_load(resources.files("lskd_bench").joinpath("configs", f"{name}.yaml").read_text())
+
+
+def _move(obj: Any, device: torch.device) -> Any:
+    if torch.is_tensor(obj):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: _move(v, device) for k, v in obj.items()}
+    return obj
+
+
+class TranslationTask(Task):
+    kind = "translation"
+    metric_names = ("bleu", "chrf", "bleu_tok")
+    primary_metric = "bleu"
+    metric_labels = {"bleu": "detokenised sacreBLEU", "chrf": "chrF2", "bleu_tok": "tokenised lower-cased BLEU"}
+    supports_analysis = False
+    data_schema = NMT_DATA
+    train_schema = NMT_TRAIN
+    extra_sections = {"generation": GENERATION}
+    recipe = ""
+    archs: tuple[str, ...] = ()
+
+    # -- config -------------------------------------------------------------------------------------
+    def default_config(self) -> dict[str, Any]:
+        return _recipe(self.recipe)
+
+    def recipe_source(self) -> str:
+        return f"recipe lskd_bench/configs/{self.recipe}.yaml"
+
+    def langs(self, cfg: dict[str, Any]) -> tuple[str, str]:
+        src, tgt = cfg["data"]["direction"].split("-")
+        return src, tgt
+
+    def validate(self, cfg: dict[str, Any]) -> None:
+        from .fairseq_adapter import ARCHS
+
+        for role in ("teacher", "student"):
+            arch = cfg[role]["arch"]
+            if arch not in ARCHS:
+                raise UsageError(f"{role} arch {arch!r} is not offered by task {self.name} (known: {', '.join(ARCHS)})")
+        self.check_source(cfg)
+
+    def check_source(self, cfg: dict[str, Any]) -> None:
+        root = cfg["data"].get("root")
+        if not root:
+            raise UsageError(f"task {self.name} needs --data-root DIR; {LAYOUTS}")
+        from .corpus import detect_layout
+
+        root = Path(root)
+        if not root.is_dir():
+            raise UsageError(f"data root {root} is not a directory; {LAYOUTS}")
+        if cfg["data"]["layout"] == "auto":
+            detect_layout(root, *self.langs(cfg))
+
+    def corpus(self, cfg: dict[str, Any]) -> Corpus:
+        d = cfg["data"]
+        src, tgt = self.langs(cfg)
+        return read_corpus(Path(d["root"]), src, tgt, d["layout"], policy=d["on_bad_sample"], max_len=d["max_len"],
+                           len_ratio=d["len_ratio"], valid_every=d["valid_every"], test_sets=tuple(d["test_sets"]))
+
+    def check_data(self, cfg: dict[str, Any], progress: bool = True) -> DataReport:
+        self.check_source(cfg)
+        c = self.corpus(cfg)
+        return DataReport(counts=c.counts(), notes=c.report)
+
+    # -- data ---------------------------------------------------------------------------------------
+    def load_data(self, cfg: dict[str, Any], cache_dir: Optional[Path] = None) -> TaskData:
+        from .subword import encoded, subword_model
+
+        corpus = self.corpus(cfg)
+        d = cfg["data"]
+        train_text = [s for s, _ in corpus.train] + [t for _, t in corpus.train]
+        sw = subword_model(train_text, cache_dir, int(d["vocab_size"]), d["subword_model"])
+        texts = {f"{split}_{side}": [p[i] for p in getattr(corpus, split)]
+                 for split in ("train", "valid", "test") for i, side in enumerate(("src", "tgt"))}
+        ids = encoded(sw, self.name, texts)
+
+        def split(name: str) -> Split:
+            return Split(ids[f"{name}_src"], ids[f"{name}_tgt"], texts[f"{name}_src"], texts[f"{name}_tgt"])
+
+        from .fairseq_adapter import make_dictionary
+
+        dictionary = make_dictionary(sw.pieces())
+        return TaskData(train=split("train"), val=split("test"), num_classes=len(dictionary), class_names=[],
+                        extras={"valid": split("valid"), "dictionary": dictionary, "subwords": sw, "report": corpus.report})
+
+    def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any], hp: dict[str, Any]) -> nn.Module:
+        from .fairseq_adapter import build_transformer
+
+        return build_transformer(arch, data.extras["dictionary"], hp)
+
+    # -- the training loop's hooks ------------------------------------------------------------------
+    def train_batches(self, data: TaskData, role_cfg: dict[str, Any], cfg: dict[str, Any], *, seed: int, epoch: int,
+                      shard: tuple[int, int] = (0, 1), start: int = 0, pin_memory: bool = False,
+                      skipped: Optional[list[str]] = None) -> Batches:
+        """Length-bucketed batches of ``max_tokens`` (per process, as fairseq), in an order drawn from
+        (seed, epoch): a random permutation, stably sorted by source then target length, cut into batches,
+        the batches shuffled. With DDP each process takes every world-th batch."""
+        from .fairseq_adapter import length_batches
+
+        split: Split = data.train
+        src_lens, tgt_lens = split.lens()
+        rng = np.random.default_rng([seed, epoch])
+        perm = rng.permutation(len(split))
+        order = perm[np.lexsort((tgt_lens[perm], src_lens[perm]))]
+        batches = length_batches(src_lens, tgt_lens, int(role_cfg["max_tokens"]), role_cfg.get("batch_size"), order)
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        rank, world = shard
+        if world > 1:
+            batches = batches[: len(batches) - len(batches) % world][rank::world]
+        batches = batches[start:]
+        return Batches(len(batches), lambda: (self.collate(split, b) for b in batches))
+
+    def collate(self, split: Split, idx) -> dict:
+        from .fairseq_adapter import collate
+
+        samples = [{"id": int(i), "source": torch.from_numpy(split.src[i].astype(np.int64)),
+                    "target": torch.from_numpy(split.tgt[i].astype(np.int64))} for i in idx]
+        return collate(samples, PAD, EOS)
+
+    def to_device(self, batch: Any, device: torch.device, cfg: dict[str, Any]) -> Any:
+        return _move(batch, device)
+
+    def forward(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        net = batch["net_input"]
+        logits, _ = model(net["src_tokens"], net["src_lengths"], net["prev_output_tokens"])
+        target = batch["target"]
+        keep = target.ne(PAD)
+        return logits[keep], target[keep]
+
+    # -- decoding -----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def translate(self, model: nn.Module, data: TaskData, split: Split, cfg: dict[str, Any], device: torch.device,
+                  limit: Optional[int] = None, progress: bool = False) -> list[list[int]]:
+        """Beam-search token ids (no eos) for the first ``limit`` sentences of ``split``, in order."""
+        from tqdm.auto import tqdm
+
+        from .fairseq_adapter import generate, generator
+
+        g = cfg["generation"]
+        model.eval()
+        gen = generator(model, data.extras["dictionary"], g["beam"], g["lenpen"], g["max_len_a"], g["max_len_b"])
+        n = len(split) if limit is None else min(limit, len(split))
+        src_lens = split.lens()[0][:n]
+        order = np.argsort(src_lens, kind="stable")
+        out: list[Optional[list[int]]] = [None] * n
+        step = int(g["max_sentences"])
+        for i in tqdm(range(0, n, step), desc="beam search", unit="batch", leave=False, disable=not progress):
+            idx = order[i : i + step]
+            sample = _move(self.collate(split, idx), device)
+            with autocast(device, cfg):
+                hyps = generate(gen, sample)
+            for sid, hyp in zip(sample["id"].tolist(), hyps):
+                out[sid] = hyp
+        return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device) -> dict[str, float]:
+        from .scoring import translation_scores
+
+        test: Split = data.val
+        ids = self.translate(model, data, test, cfg, device, cfg["generation"].get("limit"))
+        sw = data.extras["subwords"]
+        hyps = [sw.decode(h) for h in ids]
+        metrics, _ = translation_scores(hyps, test.tgt_text[: len(hyps)], self.langs(cfg)[1])
+        return metrics
+
+    def metric_info(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        from .scoring import translation_scores
+
+        _, sig = translation_scores(["a"], ["a"], self.langs(cfg)[1])
+        return {"signatures": sig, "split": "test", "generation": cfg["generation"]}
+
+    def teacher_targets(self, teacher: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device,
+                        cache: Path) -> TaskData:
+        """The training split with the teacher's beam-search translations as targets (Kim & Rush, 2016),
+        computed once per teacher and generation settings, cached under the teacher's cell directory."""
+        from ...runners import store
+        from .subword import file_lock
+
+        g = {k: cfg["generation"][k] for k in ("beam", "lenpen", "max_len_a", "max_len_b")}
+        key = hashlib.sha256(repr((sorted(g.items()), len(data.train))).encode()).hexdigest()[:12]
+        path = Path(cache) / f"targets-{key}.npz"
+        with file_lock(Path(cache) / f".targets-{key}.lock"):
+            if path.is_file():
+                with np.load(path) as z:
+                    tgt = np.split(z["ids"], np.cumsum(z["lens"])[:-1])
+            else:
+                hyps = self.translate(teacher, data, data.train, cfg, device, progress=True)
+                tgt = [np.array([*h, EOS], dtype=np.int32) for h in hyps]
+                lens = np.array([len(t) for t in tgt], np.int64)
+                store.atomic_write(path, lambda f: np.savez(f, ids=np.concatenate(tgt), lens=lens))
+        sw = data.extras["subwords"]
+        train = data.train.with_targets(list(tgt), [sw.decode(t.tolist()) for t in tgt])
+        return TaskData(train=train, val=data.val, num_classes=data.num_classes, class_names=data.class_names,
+                        extras=data.extras)
+
+
+@TASKS.register("iwslt_ende")
+class IWSLTEnDe(TranslationTask):
+    name = "iwslt_ende"
+    description = "IWSLT En->De (raw release or plain layout), transformer_iwslt_de_en -> transformer_iwslt_de_en_small, BLEU"
+    recipe = "iwslt"
+
+
+@TASKS.register("iwslt_enru")
+class IWSLTEnRu(TranslationTask):
+    name = "iwslt_enru"
+    description = "IWSLT En->Ru (raw release or plain layout), transformer_iwslt_de_en -> transformer_iwslt_de_en_small, BLEU"
+    recipe = "iwslt"
+
+    def default_config(self) -> dict[str, Any]:
+        cfg = super().default_config()
+        cfg.setdefault("data", {})["direction"] = "en-ru"
+        return cfg
+
+
+class GettextDemo(TranslationTask):
+    """Offline demo on Django's translation catalogues (see ``gettext_corpus``)."""
+
+    recipe = "nmt_demo"
+    target = ""
+
+    def check_source(self, cfg: dict[str, Any]) -> None:
+        from .gettext_corpus import django_root
+
+        if cfg["data"].get("root"):
+            raise UsageError(f"task {self.name} reads Django's bundled catalogues and takes no --data-root")
+        src, tgt = self.langs(cfg)
+        if src != "en" or tgt != self.target:
+            raise UsageError(f"task {self.name} translates en-{self.target} only (data.direction)")
+        django_root()
+
+    def corpus(self, cfg: dict[str, Any]) -> Corpus:
+        from .gettext_corpus import read_gettext_corpus
+
+        return read_gettext_corpus(self.target)
+
+    def default_config(self) -> dict[str, Any]:
+        cfg = super().default_config()
+        cfg.setdefault("data", {})["direction"] = f"en-{self.target}"
+        return cfg
+
+
+@TASKS.register("demo_ende")
+class DemoEnDe(GettextDemo):
+    name = "demo_ende"
+    description = ("NMT demo, offline: ~640 real En->De UI strings from Django's catalogues (not a benchmark), "
+                   "transformer_tiny -> transformer_micro, ~5 min on 2 CPU cores")
+    target = "de"
+
+
+@TASKS.register("demo_enru")
+class DemoEnRu(GettextDemo):
+    name = "demo_enru"
+    description = ("NMT demo, offline: ~650 real En->Ru UI strings from Django's catalogues (not a benchmark), "
+                   "transformer_tiny -> transformer_micro")
+    target = "ru"

@@ -1,0 +1,264 @@
+"""Machine translation: corpus readers on fixture files in the real layouts, sub-word cache, word-level KD over
+non-pad positions, a tiny grid end to end with BLEU, mid-epoch resume, sequence-level KD, bad roots."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from lskd_bench.errors import UsageError
+from lskd_bench.runners import store
+from lskd_bench.tasks.nmt.corpus import read_corpus
+
+from .conftest import require
+from .nmt_fixtures import make_plain, make_raw_iwslt, pairs
+
+fairseq = require("fairseq", "the NMT stack (pip install -e '.[nmt]')")
+
+
+def tiny_nmt(root, **extra) -> dict:
+    role = {"arch": "transformer_micro", "epochs": 2, "max_tokens": 256, "lr": 3e-3, "warmup_updates": 4, "eval_every": 1}
+    o = {
+        "data": {"root": str(root), "vocab_size": 60},
+        "generation": {"beam": 2, "max_len_a": 1.0, "max_len_b": 5},
+        "grid": {"alphas": [0.0, 0.1], "temperatures": [1.0, 2.0]},
+        "teacher": dict(role),
+        "student": dict(role),
+    }
+    for k, v in extra.items():
+        o[k] = {**o.get(k, {}), **v} if isinstance(v, dict) else v
+    return o
+
+
+# ------------------------------------------------------------------------------------------ readers
+def test_raw_iwslt_layout_is_read_like_prepare_iwslt14(tmp_path):
+    make_raw_iwslt(tmp_path, "de-en", n_train=60)
+    c = read_corpus(tmp_path, "en", "de")  # finds ROOT/de-en/ and the de-en pair name for an en-de direction
+    text = pairs(60)
+    # metadata lines dropped (3 talk headers x 4 tags), each <title> kept as a pair: 63 pairs, every 23rd held out
+    kept = []
+    for i, p in enumerate(text):
+        if i % 20 == 0:
+            kept.append(("Jane Doe: A talk", "Jane Doe: Ein Vortrag"))
+        kept.append(p)
+    assert c.valid == [p for i, p in enumerate(kept, 1) if i % 23 == 0]
+    assert c.train == [p for i, p in enumerate(kept, 1) if i % 23 != 0]
+    assert c.test == pairs(4, 100) + pairs(5, 104)  # dev2010 then tst2010, in name order
+    assert "train.tags: 12 metadata line pair(s) dropped" in c.report
+    assert any(line.startswith("test: 9 segments from IWSLT14.TED.dev2010, IWSLT14.TED.tst2010") for line in c.report)
+    only = read_corpus(tmp_path, "en", "de", test_sets=("tst2010",))
+    assert only.test == pairs(5, 104)
+
+
+def test_raw_layout_reverse_direction_and_xml_entities(tmp_path):
+    d = make_raw_iwslt(tmp_path, "en-de", n_train=30)
+    (d / "IWSLT14.TED.tst2010.en-de.en.xml").write_text('<seg id="1"> Tom &amp; Jerry </seg>\n<seg id="2"> b </seg>\n'
+                                                       '<seg id="3"> c </seg>\n<seg id="4"> d </seg>\n<seg id="5"> e </seg>\n')
+    c = read_corpus(d, "de", "en")
+    assert c.test[4][1] == "Tom & Jerry" and c.test[4][0] == pairs(5, 104)[0][1]
+
+
+def test_plain_layout_and_cleaning_counts(tmp_path):
+    root = make_plain(tmp_path, n_train=10, n_valid=3, n_test=4)
+    with open(root / "train.en", "a") as f:
+        f.write("word " * 200 + "\n" + "one\n" + "\n")
+    with open(root / "train.de", "a") as f:
+        f.write("wort " * 200 + "\n" + "eins zwei drei vier\n" + "leer\n")
+    c = read_corpus(root, "en", "de", max_len=175, len_ratio=1.5)
+    assert c.counts() == {"train": 10, "valid": 3, "test": 4}
+    assert c.report[0] == "train: 13 pairs read, kept 10 (dropped 1 empty/undecodable, 1 over 175 words, 1 with length ratio over 1.5)"
+
+
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        (lambda r: (r / "train.de").write_text("a\nb\n"), "train.en has 10 lines but {root}/train.de has 2: the files are not aligned"),
+        (lambda r: (r / "train.de").write_bytes(b"gut\n\xff\xfe kaputt\n" + b"x\n" * 8), "{root}/train.de:2: not valid UTF-8"),
+        (lambda r: (r / "test.de").unlink(), "{root}/test.de is missing; expected the raw IWSLT layout"),
+    ],
+)
+def test_plain_layout_errors_name_the_file(tmp_path, breakage, message):
+    root = make_plain(tmp_path / "d", n_train=10)
+    breakage(root)
+    with pytest.raises(UsageError) as err:
+        read_corpus(root, "en", "de")
+    assert message.format(root=root) in str(err.value)
+
+
+def test_bad_utf8_can_be_skipped(tmp_path):
+    root = make_plain(tmp_path, n_train=10)
+    lines = (root / "train.de").read_bytes().splitlines(keepends=True)
+    lines[3] = b"\xff\xfe\n"
+    (root / "train.de").write_bytes(b"".join(lines))
+    c = read_corpus(root, "en", "de", policy="skip")
+    assert len(c.train) == 9 and "train.de: 1 line(s) not valid UTF-8, skipped" in c.report
+
+
+@pytest.mark.parametrize("make", [lambda p: p, lambda p: (p.mkdir() or p)])
+def test_bad_root_exits_2_naming_both_layouts(tmp_path, cli, make):
+    root = make(tmp_path / "nowhere")
+    rc, _, err = cli("run", "--task", "iwslt_ende", "--data-root", str(root), "--out", str(tmp_path / "runs"))
+    assert rc == 2 and err.count("\n") == 1
+    assert "expected the raw IWSLT layout (train.tags.<pair>.<lang>" in err and "or a plain one (train.<lang>" in err
+    assert "wit3.fbk.eu" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_check_data_reports_counts(tmp_path, cli):
+    make_raw_iwslt(tmp_path, "de-en", n_train=60)
+    rc, out, _ = cli("check-data", "--task", "iwslt_ende", "--data-root", str(tmp_path))
+    assert rc == 0
+    assert "iwslt_ende: data OK (train 61, valid 2, test 9)" in out
+    assert "train: 61 pairs read, kept 61" in out
+
+
+# ------------------------------------------------------------------------------------------ sub-words
+def test_subword_model_is_cached_by_content(tmp_path):
+    from lskd_bench.runners.grid import resolve_config
+    from lskd_bench.tasks import get_task
+
+    root = make_plain(tmp_path / "data")
+    cfg = resolve_config("iwslt_ende", {}, tiny_nmt(root))
+    task = get_task("iwslt_ende")
+    data = task.load_data(cfg, cache_dir=tmp_path / "cache")
+    (model,) = (tmp_path / "cache").glob("spm-*/spm.model")
+    mtime = model.stat().st_mtime_ns
+    again = task.load_data(cfg, cache_dir=tmp_path / "cache")
+    assert model.stat().st_mtime_ns == mtime  # reused, not retrained
+    assert [a.tolist() for a in again.train.src] == [a.tolist() for a in data.train.src]
+    sw = data.extras["subwords"]
+    assert sw.decode(data.val.tgt[0].tolist()) == data.val.tgt_text[0]  # round trip, eos dropped
+    assert all(s[-1] == 2 for s in data.train.src)  # every sentence ends with eos
+    cfg2 = resolve_config("iwslt_ende", {}, tiny_nmt(root, data={"vocab_size": 50}))
+    task.load_data(cfg2, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("spm-*/spm.model"))) == 2  # other settings: another model
+
+
+# ------------------------------------------------------------------------------------------ word-level KD
+def test_word_level_kd_counts_only_non_pad_positions(tmp_path):
+    """forward() keeps the non-pad target positions, so KD equals the hand computation over those rows."""
+    from lskd_bench.methods import LossContext, build_method
+    from lskd_bench.tasks.nmt import PAD, TranslationTask
+
+    V = 7
+    target = torch.tensor([[4, 5, 2, PAD], [6, 2, PAD, PAD]])  # two sentences, 3 and 2 real tokens
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = logits
+
+        def forward(self, src, lengths, prev):
+            return self.logits, None
+
+    g = torch.Generator().manual_seed(0)
+    s_full, t_full = torch.randn(2, 4, V, generator=g), torch.randn(2, 4, V, generator=g)
+    batch = {"net_input": {"src_tokens": None, "src_lengths": None, "prev_output_tokens": None}, "target": target}
+    task = TranslationTask()
+    s, y = task.forward(Fixed(s_full), batch)
+    t, _ = task.forward(Fixed(t_full), batch)
+    assert s.shape == (5, V) and y.tolist() == [4, 5, 2, 6, 2]
+    T = 2.0
+    kd = build_method("kd", {"kd": {"lambda": 1.0}}, T=T)
+    got = kd.loss(s, y, t, LossContext(T=T)).item()
+
+    def log_softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    rows = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    sl = log_softmax(np.stack([s_full[i, j].numpy() for i, j in rows]) / T)
+    tl = log_softmax(np.stack([t_full[i, j].numpy() for i, j in rows]) / T)
+    expected = T * T * (np.exp(tl) * (tl - sl)).sum(-1).mean()
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ the grid
+def test_tiny_grid_end_to_end_with_bleu(tmp_path, cli):
+    from lskd_bench.config import load_yaml  # noqa: F401  (config files are YAML; here overrides via --set)
+
+    root = make_plain(tmp_path / "data")
+    cfg_file = tmp_path / "nmt.yaml"
+    import yaml
+
+    o = tiny_nmt(root)
+    o["data"].pop("root")
+    cfg_file.write_text(yaml.safe_dump(o))
+    argv = ["run", "--task", "iwslt_ende", "--data-root", str(root), "--config", str(cfg_file), "--out", str(tmp_path / "runs"),
+            "--grid", "alpha,T", "--no-progress"]
+    rc, out, err = cli(*argv)
+    assert rc == 0, err
+    assert "7 cells: trained 7, reused 0 finished" in out
+    assert "### iwslt_ende: transformer_micro → transformer_micro (kd)" in out
+    assert "| Teacher (transformer_micro) |" in out and "| T = 2 |" in out
+    assert "detokenised sacreBLEU on the test split" in out
+    res = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob(store.RESULT)]
+    assert len(res) == 7
+    for r in res:
+        assert set(r["metrics"]) == {"bleu", "chrf", "bleu_tok"} and 0.0 <= r["metrics"]["bleu"] <= 100.0
+        assert r["metric_info"]["signatures"]["bleu"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+        assert r["primary_metric"] == "bleu" and len(r["history"]) == 2
+    csv = (tmp_path / "runs" / "iwslt_ende" / "leaderboard.csv").read_text().splitlines()
+    assert csv[0].startswith("task,role,teacher_arch,student_arch,method,alpha,T,seed,bleu,chrf,bleu_tok,")
+    assert len(list((tmp_path / "runs" / "iwslt_ende" / "cache").glob("spm-*/spm.model"))) == 1  # one shared model
+    rc, out, _ = cli(*argv)
+    assert rc == 0 and "7 cells: trained 0, reused 7" in out
+    rc, _, err = cli("analyze", "--runs", str(tmp_path / "runs"), "--target", "x")
+    assert rc == 2 and "is a translation task" in err
+
+
+def test_killed_mid_epoch_resumes_to_identical_weights(tmp_path):
+    """checkpoint_every writes within-epoch checkpoints; a cell interrupted mid-epoch resumes at the next
+    batch with its RNG (dropout) state and ends bit-identical to an uninterrupted run."""
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.grid import resolve_config
+    from lskd_bench.runners.train import train_cell
+    from lskd_bench.tasks import get_task
+
+    root = make_plain(tmp_path / "data", n_train=80)
+    cfg = resolve_config("iwslt_ende", {}, tiny_nmt(root, teacher={"max_tokens": 64, "checkpoint_every": 1, "eval_every": 2,
+                                                                     "dropout": 0.3}))
+    task = get_task("iwslt_ende")
+    data = task.load_data(cfg, cache_dir=tmp_path / "cache")
+    teacher = next(c for c in plan_cells(cfg) if c.role == "teacher")
+    steps = len(task.train_batches(data, cfg["teacher"], cfg, seed=0, epoch=1))
+    assert steps >= 4
+    ref = train_cell(task, teacher, cfg, data, tmp_path / "ref", progress=False)
+
+    def stop(epoch, i):
+        if (epoch, i) == (1, 2):
+            raise KeyboardInterrupt
+
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train_cell(task, teacher, cfg, data, cut, progress=False, on_step=stop)
+    st = torch.load(cut / store.STATE, weights_only=False)
+    assert (st["epoch"], st["step"]) == (1, 3)  # mid-epoch: 3 batches of the 2nd epoch done
+    seen = []
+    res = train_cell(task, teacher, cfg, data, cut, progress=False, on_step=lambda e, i: seen.append((e, i)))
+    assert seen[0] == (1, 3) and len(seen) == steps - 3  # only the remaining batches ran
+    a, b = torch.load(tmp_path / "ref" / store.MODEL), torch.load(cut / store.MODEL)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert res["metrics"] == ref["metrics"] and res["updates"] == ref["updates"]
+
+
+def test_sequence_level_kd_trains_on_teacher_outputs(tmp_path, cli):
+    root = make_plain(tmp_path / "data")
+    import yaml
+
+    o = tiny_nmt(root, grid={"alphas": [0.1], "temperatures": [1.0, 2.0]})
+    o["data"].pop("root")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(o))
+    rc, out, err = cli("run", "--task", "iwslt_ende", "--data-root", str(root), "--config", str(tmp_path / "c.yaml"),
+                       "--methods", "seqkd", "--out", str(tmp_path / "runs"), "--no-baseline", "--no-progress")
+    assert rc == 0, err
+    assert "2 cells: trained 2" in out  # teacher + one seqkd student per alpha: no temperature axis
+    assert "| no T |" in out
+    (cache,) = (tmp_path / "runs" / "iwslt_ende").glob("teacher_*/teacher_targets/targets-*.npz")
+    z = np.load(cache)
+    assert len(z["lens"]) == 48 and (z["ids"] == 2).sum() == 48  # one teacher translation (with eos) per pair
+    rc, _, err = cli("run", "--methods", "seqkd", "--out", str(tmp_path / "r2"))
+    assert rc == 2 and "method 'seqkd' does not apply to classification tasks" in err
