@@ -153,6 +153,21 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .leaderboard.compare import compare
+
+    runs = Path(args.runs)
+    if not runs.is_dir():
+        raise UsageError(f"runs directory {runs} does not exist")
+    out = Path(args.out) if args.out else runs / "compare"
+    if out.suffix in (".md", ".csv"):
+        out = out.with_suffix("")
+    text, paths = compare(runs, out, baseline=args.baseline, metric=args.metric, task=args.task, select=args.select)
+    print(text, end="")
+    print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    return 0
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis.report import analyze, write_report
 
@@ -250,6 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--select", default="best", choices=("best", "last"),
                     help="metrics of the best evaluated epoch (default, as the paper) or of the last epoch")
     lb.set_defaults(func=cmd_leaderboard)
+
+    cp = sub.add_parser("compare", help="KD methods side by side vs a baseline method: mean ± std over seeds, Welch t-test",
+                        description="One table per task: a row per KD method (plus teacher and no-KD student), a column "
+                        "per (alpha, T) cell, mean ± std over seeds, difference to the baseline method and Welch's t-test "
+                        "over seeds; a second table asks whether the LS teacher beats alpha = 0 at each T; a PNG of the "
+                        "metric vs T per method. Writes OUT.md, OUT.csv, OUT_ls.csv and OUT_<task>.png.")
+    cp.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
+    cp.add_argument("--baseline", default="kd", help="the method the others are compared with (default kd)")
+    cp.add_argument("--metric", help="metric to compare (default: the task's primary: top1, bleu)")
+    cp.add_argument("--task", help="only this task")
+    cp.add_argument("--select", default="best", choices=("best", "last"), help="best evaluated epoch (default) or last")
+    cp.add_argument("--out", help="output prefix (default: RUNS/compare)")
+    cp.set_defaults(func=cmd_compare)
 
     an = sub.add_parser("analyze", help="diffusion index eta of the KD students' penultimate features",
                         description="eta(T1,T2; target, S) = mean over k in S of [d(c_t(T2), c_k(T2)) - d(c_t(T1), c_k(T1))] "

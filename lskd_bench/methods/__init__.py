@@ -61,6 +61,10 @@ class Method:
              ctx: LossContext) -> torch.Tensor:
         raise NotImplementedError
 
+    def report(self) -> dict[str, float]:
+        """Values worth logging per epoch (a learned temperature...), saved in the history."""
+        return {}
+
 
 METHODS: Registry[type[Method]] = Registry("method", "lskd_bench.methods")
 TEACHER_METHOD = "ls"  # what teachers and the no-KD baseline train with
@@ -145,6 +149,8 @@ def method_sections() -> dict[str, Section]:
     """The config section of every registered method that has parameters."""
     return {name: cls.params for name, cls in METHODS.items() if cls.params.fields}
 
+
+from . import zoo  # noqa: E402,F401  (registers dkd, kd_std, dist, ttm, nkd, ctkd)
 
 __all__ = [
     "METHODS",

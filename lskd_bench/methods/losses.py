@@ -1,9 +1,11 @@
-"""Loss functions: label-smoothed cross-entropy and Hinton knowledge distillation.
+"""Loss functions: label-smoothed cross-entropy, Hinton knowledge distillation and the method zoo's losses.
 
 All functions take logits of shape (N, K) and integer targets of shape (N,); sequence tasks flatten
 their (batch, length) positions and drop padding before calling them.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -49,3 +51,96 @@ def kd_loss(
     ce = F.cross_entropy(_upcast(student_logits), targets) if lam < 1.0 else student_logits.new_zeros(())
     scale = T * T if t_squared else 1.0
     return (1.0 - lam) * ce + lam * scale * kd_kl(student_logits, teacher_logits, T)
+
+
+# ------------------------------------------------------------------------------------------ the method zoo
+def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Z-score each row (Sun et al., CVPR 2024, eq. 9): ``(z - mean(z)) / (std(z) + eps)`` with the unbiased
+    standard deviation, as ``normalize`` in the authors' code (sunshangquan/logit-standardization-KD,
+    mdistiller/distillers/KD.py)."""
+    z = _upcast(logits)
+    return (z - z.mean(dim=-1, keepdim=True)) / (eps + z.std(dim=-1, keepdim=True))
+
+
+def dkd_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+              T: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(TCKD, NCKD) of Decoupled KD (Zhao et al., CVPR 2022, eq. 7), each already scaled by T^2 and averaged
+    over rows, as ``dkd_loss`` in mdistiller (megvii-research/mdistiller, mdistiller/distillers/DKD.py):
+
+    - TCKD = KL(b_t || b_s) over the binary (target, all non-targets) probabilities;
+    - NCKD = KL(p~_t || p~_s) over the distribution among the non-target classes (the target logit is masked
+      with -1000 before the softmax, as the authors do).
+    """
+    s, t = _upcast(student_logits) / T, _upcast(teacher_logits) / T
+    gt = F.one_hot(targets, s.shape[-1]).to(torch.bool)
+    ps, pt = F.softmax(s, dim=-1), F.softmax(t, dim=-1)
+    bs = torch.stack([(ps * gt).sum(-1), (ps * ~gt).sum(-1)], dim=-1)
+    bt = torch.stack([(pt * gt).sum(-1), (pt * ~gt).sum(-1)], dim=-1)
+    tckd = F.kl_div(torch.log(bs), bt, reduction="sum") / targets.shape[0]
+    log_ns = F.log_softmax(s - 1000.0 * gt, dim=-1)
+    nt = F.softmax(t - 1000.0 * gt, dim=-1)
+    nckd = F.kl_div(log_ns, nt, reduction="sum") / targets.shape[0]
+    return tckd * T * T, nckd * T * T
+
+
+def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of each row of ``a`` with the same row of ``b`` (DIST's cosine of centred rows)."""
+    a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def dist_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inter, intra) relation losses of DIST (Huang et al., NeurIPS 2022, eqs. 6-8), each scaled by tau^2, as
+    hunto/image_classification_sota lib/models/losses/dist_kd.py: inter = 1 - mean Pearson correlation of each
+    sample's class probabilities; intra = the same over each class's probabilities across the batch."""
+    ys, yt = F.softmax(_upcast(student_logits) / tau, dim=1), F.softmax(_upcast(teacher_logits) / tau, dim=1)
+    inter = 1.0 - pearson_rows(ys, yt).mean()
+    intra = 1.0 - pearson_rows(ys.t(), yt.t()).mean()
+    return tau * tau * inter, tau * tau * intra
+
+
+def ttm_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Transformed Teacher Matching (Zheng & Yang, ICLR 2024, eq. 11): ``KL(p_t^gamma / Z || softmax(s))``, the
+    teacher's probabilities power-transformed (a temperature 1/gamma on the teacher only), the student's at
+    temperature 1, no T^2 factor; as zkxufo/TTM distiller_zoo/ttm.py."""
+    log_ps = F.log_softmax(_upcast(student_logits), dim=-1)
+    log_pt = F.log_softmax(gamma * _upcast(teacher_logits), dim=-1)  # == log(p_t^gamma / sum p_t^gamma)
+    return F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean")
+
+
+def nkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, T: float,
+             gamma: float) -> torch.Tensor:
+    """Normalized KD (Yang et al., ICCV 2023, eq. 8), as yzd-v/cls_KD mmcls/models/dis_losses/nkd.py:
+    ``-mean(t_y * log s_y) - gamma * T^2 * mean(sum_{k!=y} softmax(t_nt/T)_k * log softmax(s_nt/T)_k)``, where
+    t_y is the teacher's target probability (no gradient) and *_nt are the logits without the target class."""
+    s, t = _upcast(student_logits), _upcast(teacher_logits)
+    n, k = s.shape
+    y = targets.view(-1, 1)
+    s_y = F.log_softmax(s, dim=1).gather(1, y)
+    t_y = F.softmax(t, dim=1).gather(1, y).detach()
+    loss_t = -(t_y * s_y).mean()
+    keep = torch.ones_like(s, dtype=torch.bool).scatter_(1, y, False)
+    s_nt, t_nt = s[keep].view(n, k - 1), t[keep].view(n, k - 1)
+    loss_non = (F.softmax(t_nt / T, dim=1) * F.log_softmax(s_nt / T, dim=1)).sum(1).mean()
+    return loss_t - gamma * T * T * loss_non
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward; the backward multiplies the gradient by ``scale`` (CTKD's curriculum value, from 0 down
+    to -1: the temperature ascends the KD loss the student descends), as zhengli97/CTKD models/temp_global.py."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def cosine_curriculum(epoch: int, loops: int, start: float, end: float) -> float:
+    """CTKD's CosineDecay (train_student.py): ``start`` at epoch 0 to ``end`` at epoch ``loops`` (1-based
+    epochs there; ``epoch`` here is 1-based too), constant afterwards."""
+    i = min(max(epoch, 0), loops)
+    return (math.cos(i * math.pi / loops) + 1.0) * 0.5 * (start - end) + end

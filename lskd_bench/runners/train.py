@@ -276,7 +276,8 @@ class Member:
             sums = torch.tensor([total, float(count)], device=self.device)
             torch.distributed.all_reduce(sums)
             total, count = float(sums[0]), int(sums[1])
-        entry = {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": self.opt.param_groups[0]["lr"], "updates": self.update}
+        entry = {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": self.opt.param_groups[0]["lr"], "updates": self.update,
+                 **self.method.report()}
         self.epoch, self.step, self.loss_sum, self.loss_count = epoch + 1, 0, 0.0, 0
         every = int(self.hp.get("eval_every", 1))
         if self.done() or self.epoch % every == 0:

@@ -23,6 +23,7 @@ from ...errors import UsageError
 logging.getLogger("fairseq").setLevel(logging.WARNING)  # fairseq logs INFO lines at import
 # fairseq 0.12 passes a bool key-padding mask with a float attention mask; torch warns on every step
 warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask and attn_mask")
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)  # at fairseq import
 
 
 def _fairseq():

@@ -1,0 +1,251 @@
+"""``lskd-bench compare``: KD methods side by side against a baseline method, with seeds and significance.
+
+Per task, table 1 has a row per method (plus the teacher and the no-KD student) and a column per
+(alpha, T) cell of the grid; each cell is the mean ± sample std over seeds of one metric, the difference to
+the baseline method in the same cell, and a mark where Welch's two-sided t-test over the seeds (unequal
+variances) gives p < 0.05 (*) or p < 0.01 (**); "n/a" where a side has a single seed. Methods without a
+temperature (DIST, TTM, CTKD, seqKD) fill the "no T" columns and are compared with the baseline method at
+T = 1 (the paper's recommended setting; its lowest T if 1 was not run). The best mean per column is bold.
+
+Table 2 answers the paper's question per method: is the label-smoothed teacher (the largest alpha) better
+or worse than alpha = 0 at each T (difference, Welch p)?
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import UsageError
+from ..runners import store
+from . import collect, latest
+
+NO_T = ""  # the T of a cell whose method has no temperature
+
+
+def welch_p(a: list[float], b: list[float]) -> Optional[float]:
+    """Two-sided p-value of Welch's t-test; None when either side has fewer than two values."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    va, vb = statistics.variance(a), statistics.variance(b)
+    if va == 0 and vb == 0:
+        return 1.0 if statistics.mean(a) == statistics.mean(b) else 0.0
+    from scipy import stats
+
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def mark(p: Optional[float]) -> str:
+    if p is None:
+        return ", n/a"
+    return " **" if p < 0.01 else " *" if p < 0.05 else ""
+
+
+def _ms(v: list[float]) -> str:
+    return f"{v[0]:.2f}" if len(v) == 1 else f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}"
+
+
+class Comparison:
+    def __init__(self, rows: list[dict[str, Any]], task: str, metric: str, baseline: str):
+        self.task, self.metric, self.baseline = task, metric, baseline
+        rows = [r for r in latest(rows) if r["task"] == task]
+        if not rows:
+            raise UsageError(f"no finished cells of task {task!r}")
+        missing = [r for r in rows if metric not in r["metrics"]]
+        if missing:
+            have = sorted(rows[0]["metrics"])
+            raise UsageError(f"metric {metric!r} is not in the results of task {task!r} (have: {', '.join(have)})")
+        self.values: dict[tuple, list[float]] = defaultdict(list)  # (method, alpha, T) -> per-seed values
+        self.teacher: dict[float, list[float]] = defaultdict(list)
+        self.no_kd: list[float] = []
+        for r in rows:
+            v = r["metrics"][metric]
+            if r["role"] == "teacher":
+                self.teacher[r["alpha"]].append(v)
+            elif r["role"] == "baseline":
+                self.no_kd.append(v)
+            else:
+                self.values[(r["method"], r["alpha"], r["T"])].append(v)
+        self.methods = sorted({k[0] for k in self.values}, key=lambda m: (m != baseline, m))
+        if baseline not in self.methods:
+            raise UsageError(f"baseline method {baseline!r} has no finished students in task {task!r} "
+                             f"(found: {', '.join(self.methods) or 'none'})")
+        self.alphas = sorted({k[1] for k in self.values} | set(self.teacher))
+        temps = sorted({k[2] for k in self.values if k[2] != NO_T})
+        self.columns = [(a, t) for a in self.alphas for t in temps]
+        if any(k[2] == NO_T for k in self.values):
+            self.columns += [(a, NO_T) for a in self.alphas]
+
+    def baseline_cell(self, alpha: float, T: Any) -> list[float]:
+        if T != NO_T:
+            return self.values.get((self.baseline, alpha, T), [])
+        ts = sorted(t for (m, a, t) in self.values if m == self.baseline and a == alpha and t != NO_T)
+        if not ts:
+            return self.values.get((self.baseline, alpha, NO_T), [])
+        return self.values[(self.baseline, alpha, 1.0 if 1.0 in ts else ts[0])]
+
+    # -- table 1 -----------------------------------------------------------------------------------
+    def cells(self) -> list[dict[str, Any]]:
+        out = []
+        for m in self.methods:
+            for a, t in self.columns:
+                v = self.values.get((m, a, t))
+                if not v:
+                    continue
+                base = self.baseline_cell(a, t)
+                p = welch_p(v, base) if base and m != self.baseline else None
+                out.append({"task": self.task, "metric": self.metric, "method": m, "alpha": a, "T": t, "n": len(v),
+                            "mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+                            "baseline": self.baseline, "baseline_mean": statistics.mean(base) if base else None,
+                            "delta": statistics.mean(v) - statistics.mean(base) if base else None, "p_value": p})
+        return out
+
+    def table(self) -> str:
+        head = [f"α = {a:.1f}, " + ("no T" if t == NO_T else f"T = {t:g}") for a, t in self.columns]
+        best = {}
+        for col in self.columns:
+            means = [statistics.mean(self.values[(m, *col)]) for m in self.methods if self.values.get((m, *col))]
+            best[col] = max(means) if means else None
+        lines = [f"### {self.task}: methods vs {self.baseline} ({self.metric})", "",
+                 "| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+        lines.append("| teacher | " + " | ".join(_ms(self.teacher[a]) if self.teacher.get(a) else "—" for a, _ in self.columns) + " |")
+        if self.no_kd:
+            lines.append("| no KD | " + " | ".join(self._cell(self.no_kd, self.baseline_cell(a, t), False) for a, t in self.columns) + " |")
+        for m in self.methods:
+            cells = []
+            for col in self.columns:
+                v = self.values.get((m, *col))
+                if not v:
+                    cells.append("—")
+                    continue
+                text = self._cell(v, self.baseline_cell(*col), m != self.baseline)
+                cells.append(text.replace(_ms(v), f"**{_ms(v)}**", 1) if statistics.mean(v) == best[col] else text)
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def _cell(self, v: list[float], base: list[float], compare: bool) -> str:
+        text = _ms(v)
+        if compare and base:
+            d = statistics.mean(v) - statistics.mean(base)
+            text += f" ({d:+.2f}{mark(welch_p(v, base))})"
+        return text
+
+    # -- table 2 ----------------------------------------------------------------------------------
+    def ls_rows(self) -> list[dict[str, Any]]:
+        if len(self.alphas) < 2:
+            return []
+        a0, a1 = self.alphas[0], self.alphas[-1]
+        out = []
+        for m in self.methods:
+            for t in sorted({k[2] for k in self.values if k[0] == m}, key=lambda x: (x == NO_T, x if x != NO_T else 0)):
+                v0, v1 = self.values.get((m, a0, t)), self.values.get((m, a1, t))
+                if not v0 or not v1:
+                    continue
+                d = statistics.mean(v1) - statistics.mean(v0)
+                p = welch_p(v1, v0)
+                verdict = ("LS teacher better" if d > 0 else "LS teacher worse" if d < 0 else "equal")
+                if p is None:
+                    verdict += " (single seed: no test)"
+                elif p >= 0.05:
+                    verdict += " (not significant)"
+                out.append({"task": self.task, "metric": self.metric, "method": m, "T": t, "alpha_ls": a1, "alpha_0": a0,
+                            "mean_ls": statistics.mean(v1), "mean_0": statistics.mean(v0), "delta": d, "p_value": p,
+                            "verdict": verdict})
+        return out
+
+    def ls_table(self) -> str:
+        rows = self.ls_rows()
+        if not rows:
+            return ""
+        a0, a1 = rows[0]["alpha_0"], rows[0]["alpha_ls"]
+        lines = [f"#### Is the LS teacher (α = {a1:g}) better than α = {a0:g}? ({self.metric})", "",
+                 "| method | T | α = %g | α = %g | Δ | Welch p | verdict |" % (a0, a1), "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            v0, v1 = self.values[(r["method"], a0, r["T"])], self.values[(r["method"], a1, r["T"])]
+            p = "n/a" if r["p_value"] is None else f"{r['p_value']:.3g}"
+            t = "no T" if r["T"] == NO_T else f"{r['T']:g}"
+            lines.append(f"| {r['method']} | {t} | {_ms(v0)} | {_ms(v1)} | {r['delta']:+.2f} | {p} | {r['verdict']} |")
+        return "\n".join(lines) + "\n"
+
+    # -- plot ---------------------------------------------------------------------------------------
+    def plot(self, path: Path) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        n = len(self.methods)
+        cols = min(4, n)
+        temps = sorted({t for (_, _, t) in self.values if t != NO_T}) or [1.0]
+        fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(3.2 * cols, 2.6 * math.ceil(n / cols)),
+                                 squeeze=False, sharey=True)
+        for ax, m in zip(axes.flat, self.methods):
+            for a in self.alphas:
+                pts = sorted((t, v) for (mm, aa, t), v in self.values.items() if mm == m and aa == a and t != NO_T)
+                if pts:
+                    ax.errorbar([t for t, _ in pts], [statistics.mean(v) for _, v in pts],
+                                yerr=[statistics.stdev(v) if len(v) > 1 else 0 for _, v in pts], marker="o", capsize=3,
+                                label=f"α = {a:g}")
+                elif self.values.get((m, a, NO_T)):
+                    v = self.values[(m, a, NO_T)]
+                    ax.axhline(statistics.mean(v), linestyle="--", color=f"C{self.alphas.index(a)}", label=f"α = {a:g} (no T)")
+            ax.set_xscale("log")
+            ax.set_xticks(temps, [f"{t:g}" for t in temps])
+            ax.minorticks_off()
+            ax.set_title(m, fontsize=9)
+            ax.set_xlabel("T")
+            ax.legend(fontsize=7)
+        for ax in list(axes.flat)[n:]:
+            ax.axis("off")
+        axes[0][0].set_ylabel(self.metric)
+        fig.suptitle(f"{self.task}: {self.metric} vs T (mean ± std over seeds)", fontsize=10)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+        plt.close(fig)
+        return path
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else "" if v is None else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+NOTE = ("Cells: mean ± sample std over seeds (difference to the baseline method in the same cell; Welch's two-sided "
+        "t-test over seeds: * p < 0.05, ** p < 0.01, n/a with a single seed). Methods without a temperature ('no T' "
+        "columns) are compared with the baseline at T = 1. Bold: the best KD method in the column.")
+
+
+def compare(runs: Path, out: Path, baseline: str = "kd", metric: Optional[str] = None, task: Optional[str] = None,
+            select: str = "best") -> tuple[str, list[Path]]:
+    """Write OUT.md, OUT.csv (table 1 cells), OUT_ls.csv (table 2) and OUT_<task>.png; return the markdown."""
+    rows = collect(Path(runs), select)
+    tasks = sorted({r["task"] for r in rows if r["role"] == "student"})
+    if task is not None:
+        tasks = [t for t in tasks if t == task]
+    if not tasks:
+        raise UsageError(f"no finished KD students under {runs}" + (f" for task {task!r}" if task else ""))
+    md, cells, ls, written = [], [], [], []
+    for t in tasks:
+        primary = next(r["primary"] for r in rows if r["task"] == t)
+        cmp = Comparison(rows, t, metric or primary, baseline)
+        md += [cmp.table(), cmp.ls_table()]
+        cells += cmp.cells()
+        ls += cmp.ls_rows()
+        written.append(cmp.plot(out.parent / f"{out.name}_{t}.png"))
+    text = "\n".join(x for x in md if x) + "\n" + NOTE + "\n"
+    store.atomic_write(out.with_name(out.name + ".md"), lambda f: f.write(text), mode="w")
+    store.atomic_write(out.with_name(out.name + ".csv"), lambda f: f.write(_csv(cells)), mode="w")
+    if ls:
+        store.atomic_write(out.with_name(out.name + "_ls.csv"), lambda f: f.write(_csv(ls)), mode="w")
+    return text, [out.with_name(out.name + ".md"), out.with_name(out.name + ".csv"), *written]

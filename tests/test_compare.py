@@ -1,0 +1,119 @@
+"""``lskd-bench compare``: tables and significance from fixture results; a third-party method through its
+entry point, run and compared like the zoo."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lskd_bench.leaderboard.compare import welch_p
+from lskd_bench.runners import store
+
+from .test_leaderboard import result
+
+VALUES = {
+    ("kd", 0.0, 1.0): [90, 91, 92], ("kd", 0.1, 1.0): [92, 93, 94], ("kd", 0.0, 4.0): [89, 90, 91], ("kd", 0.1, 4.0): [85, 86, 87],
+    ("dkd", 0.0, 1.0): [95, 96, 97], ("dkd", 0.1, 1.0): [92.5, 93, 94.5], ("dkd", 0.0, 4.0): [90, 90.5, 91],
+    ("dkd", 0.1, 4.0): [88, 89, 90], ("dist", 0.0, None): [93], ("dist", 0.1, None): [94],
+}  # fmt: skip
+
+EXPECTED = """\
+### digits: methods vs kd (top1)
+
+| method | α = 0.0, T = 1 | α = 0.0, T = 4 | α = 0.1, T = 1 | α = 0.1, T = 4 | α = 0.0, no T | α = 0.1, no T |
+|---|---|---|---|---|---|---|
+| teacher | 99.00 | 99.00 | 99.50 | 99.50 | 99.00 | 99.50 |
+| no KD | 95.50 ± 0.50 | 95.50 ± 0.50 | 95.50 ± 0.50 | 95.50 ± 0.50 | 95.50 ± 0.50 | 95.50 ± 0.50 |
+| kd | 91.00 ± 1.00 | 90.00 ± 1.00 | 93.00 ± 1.00 | 86.00 ± 1.00 | — | — |
+| dist | — | — | — | — | **93.00** (+2.00, n/a) | **94.00** (+1.00, n/a) |
+| dkd | **96.00 ± 1.00** (+5.00 **) | **90.50 ± 0.50** (+0.50) | **93.33 ± 1.04** (+0.33) | **89.00 ± 1.00** (+3.00 *) | — | — |
+
+#### Is the LS teacher (α = 0.1) better than α = 0? (top1)
+
+| method | T | α = 0 | α = 0.1 | Δ | Welch p | verdict |
+|---|---|---|---|---|---|---|
+| kd | 1 | 91.00 ± 1.00 | 93.00 ± 1.00 | +2.00 | 0.0705 | LS teacher better (not significant) |
+| kd | 4 | 90.00 ± 1.00 | 86.00 ± 1.00 | -4.00 | 0.00805 | LS teacher worse |
+| dist | no T | 93.00 | 94.00 | +1.00 | n/a | LS teacher better (single seed: no test) |
+| dkd | 1 | 96.00 ± 1.00 | 93.33 ± 1.04 | -2.67 | 0.033 | LS teacher worse |
+| dkd | 4 | 90.50 ± 0.50 | 89.00 ± 1.00 | -1.50 | 0.104 | LS teacher worse (not significant) |
+
+Cells: mean ± sample std over seeds (difference to the baseline method in the same cell; Welch's two-sided \
+t-test over seeds: * p < 0.05, ** p < 0.01, n/a with a single seed). Methods without a temperature ('no T' \
+columns) are compared with the baseline at T = 1. Bold: the best KD method in the column.
+"""
+
+
+def write_fixture(root: Path) -> None:
+    rows = [result("teacher", "big", 0.0, None, 0, 99.0, 100.0, "t0", "big"),
+            result("teacher", "big", 0.1, None, 0, 99.5, 100.0, "t1", "big")]
+    rows += [result("baseline", "small", 0.0, None, s, v, 99.0, f"b{s}") for s, v in enumerate([95.0, 95.5, 96.0])]
+    i = 0
+    for (m, a, t), vs in VALUES.items():
+        for s, v in enumerate(vs):
+            rows.append(result("student", "small", a, t, s, float(v), 99.0, f"{m}{i}", "big", method=m))
+            i += 1
+    for i, r in enumerate(rows):
+        store.write_json(root / "digits" / f"c{i}" / store.RESULT, r)
+
+
+def test_welch_p_against_hand_computation():
+    # kd vs dkd at alpha 0, T 1: t = 5 / sqrt(1/3 + 1/3) = 6.124, df = 4 (equal variances) -> p = 0.00361
+    assert welch_p([95, 96, 97], [90, 91, 92]) == pytest.approx(0.003605, rel=1e-3)
+    assert welch_p([93], [90, 91, 92]) is None
+    assert welch_p([1, 1], [1, 1]) == 1.0
+
+
+def test_compare_tables_csv_and_plot(tmp_path, cli):
+    write_fixture(tmp_path)
+    rc, out, err = cli("compare", "--runs", str(tmp_path))
+    assert rc == 0, err
+    assert out == EXPECTED
+    assert (tmp_path / "compare.md").read_text() == EXPECTED
+    lines = (tmp_path / "compare.csv").read_text().splitlines()
+    assert lines[0] == "task,metric,method,alpha,T,n,mean,std,baseline,baseline_mean,delta,p_value"
+    assert "digits,top1,dkd,0,1,3,96,1,kd,91,5,0.00360" in (tmp_path / "compare.csv").read_text()
+    assert len(lines) == 1 + 10
+    ls = (tmp_path / "compare_ls.csv").read_text()
+    assert "digits,top1,kd,4,0.1,0,86,90,-4,0.00804989,LS teacher worse" in ls
+    png = (tmp_path / "compare_digits.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_errors(tmp_path, cli):
+    write_fixture(tmp_path)
+    rc, _, err = cli("compare", "--runs", str(tmp_path), "--baseline", "nkd")
+    assert rc == 2 and "baseline method 'nkd' has no finished students in task 'digits' (found: dist, dkd, kd)" in err
+    rc, _, err = cli("compare", "--runs", str(tmp_path), "--metric", "bleu")
+    assert rc == 2 and "metric 'bleu' is not in the results of task 'digits' (have: top1, top5)" in err
+
+
+def test_third_party_method_through_entry_point(tmp_path):
+    """The example package, made importable with a .dist-info entry-point file (what pip install writes),
+    is run through `lskd-bench run` against the zoo's teachers and compared."""
+    site = tmp_path / "site"
+    site.mkdir()
+    example = Path(__file__).resolve().parents[1] / "examples" / "third_party_method"
+    shutil.copy(example / "lskd_example_method.py", site)
+    info = site / "lskd_example_method-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lskd-example-method\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[lskd_bench.methods]\nreverse_kd = lskd_example_method:ReverseKD\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    runs = tmp_path / "runs"
+    base = [sys.executable, "-m", "lskd_bench"]
+    p = subprocess.run([*base, "run", "--out", str(runs), "--methods", "kd,reverse_kd", "--alphas", "0.1", "--temperatures",
+                        "1,2", "--seeds", "0,1", "--epochs", "2", "--no-progress", "--set", "reverse_kd.lambda=0.7"],
+                       env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "### digits: cnn_wide → cnn_tiny (reverse_kd)" in p.stdout
+    assert "11 cells: trained 11" in p.stdout  # 1 teacher + 2 baselines + 2 methods x 2 T x 2 seeds
+    p = subprocess.run([*base, "compare", "--runs", str(runs)], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "| reverse_kd |" in p.stdout and "| kd |" in p.stdout
+    p = subprocess.run([*base, "run", "--out", str(runs), "--set", "reverse_kd.lamda=0.7"], env=env, capture_output=True, text=True)
+    assert p.returncode == 2 and "did you mean reverse_kd.lambda?" in p.stderr
