@@ -195,10 +195,11 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     from .analysis.plot import visualize
     from .analysis.runs import RunIndex
 
-    classes = _list_of(str, "--classes")(args.classes)
-    out = Path(args.out) if args.out else Path(args.runs) / RunIndex(Path(args.runs), args.task).task / "analysis" / f"projection_{'_'.join(classes)}_{args.split}.png"
+    classes = _list_of(str, "--classes")(args.classes) if args.classes else []
+    name = "_".join(classes) if classes else "default"
+    out = Path(args.out) if args.out else Path(args.runs) / RunIndex(Path(args.runs), args.task).task / "analysis" / f"projection_{name}_{args.split}.png"
     path, (w, h) = visualize(Path(args.runs), classes, out, split=args.split, task=args.task, method=args.method,
-                             seed=args.seed, per_class=args.per_class)
+                             seed=args.seed, per_class=args.per_class, val_per_class=args.val_per_class)
     print(f"wrote {path} ({w}x{h} px)")
     return 0
 
@@ -297,12 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     an.set_defaults(func=cmd_analyze)
 
     vz = sub.add_parser("visualize", help="penultimate-layer projection plots (PNG)",
-                        description="Orthonormal basis of the 3 classes' final-layer weights (QR), features projected "
-                        "onto it, PCA to 2-D; one panel per teacher alpha x (teacher, student at each T).")
+                        description="The official algorithm: features with a constant 1 appended, orthonormal basis of the "
+                        "3 classes' final-layer rows [w | b] (QR), features and centroids projected onto it, PCA to 2-D "
+                        "fitted on the train projections + centroids and reused for val; one panel per teacher alpha x "
+                        "(teacher, student at each T).")
     vz.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
-    vz.add_argument("--classes", required=True, help="exactly three class names or indexes, comma-separated")
+    vz.add_argument("--classes", help="exactly three class names or indexes, comma-separated (default: the task's; "
+                    "ImageNet: miniature poodle, standard poodle, submarine, as the paper)")
     vz.add_argument("--split", default="train", choices=("train", "val"), help="features of this split (default train)")
-    vz.add_argument("--per-class", type=int, default=150, help="samples drawn per class (default 150, as the paper)")
+    vz.add_argument("--per-class", type=int, default=150, help="first N train samples per class (default 150, as the official code)")
+    vz.add_argument("--val-per-class", type=int, default=50, help="first N val samples per class (default 50, as the official code)")
     vz.add_argument("--task", help="task, when the run directory holds several")
     vz.add_argument("--method", default="kd", help="KD method of the students (default kd)")
     vz.add_argument("--seed", type=int, help="student seed (default: the lowest)")

@@ -54,6 +54,24 @@ def _unwrap(obj: Any) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
+def init_path(template: str, alpha: float) -> Path:
+    """The checkpoint a cell starts from: ``{alpha}`` in the path becomes the cell's teacher alpha (``0``,
+    ``0.1``), so each CUB teacher can start from the ImageNet teacher of its own alpha; a glob pattern must
+    match exactly one file (e.g. ``runs/imagenet/teacher_resnet50_a{alpha}_s0-*/model.pt``)."""
+    import glob
+
+    text = str(template).replace("{alpha}", f"{float(alpha):g}")
+    if any(ch in text for ch in "*?["):
+        hits = sorted(glob.glob(text))
+        if len(hits) != 1:
+            raise UsageError(f"init checkpoint pattern {text} matches {len(hits)} files (it must match one)")
+        text = hits[0]
+    path = Path(text)
+    if not path.is_file():
+        raise UsageError(f"init checkpoint {path} does not exist")
+    return path
+
+
 def load_init_checkpoint(model: ClassifierNet, path: str | Path) -> int:
     """Load local weights into ``model``: lskd-bench's own format, or the library's (torchvision/timm)
     format, whose tensors map onto the backbone. Tensors whose shape differs (a 1000-class head on a

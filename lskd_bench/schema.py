@@ -190,7 +190,9 @@ TRAIN = Section(
         "lr": Field(float, 0.05, "base learning rate", min=0.0, min_exclusive=True),
         "momentum": Field(float, 0.9, "SGD momentum", min=0.0, max=1.0),
         "nesterov": Field(bool, False, "Nesterov momentum (SGD)"),
-        "weight_decay": Field(float, 0.0, "weight decay (not applied to biases and norm parameters)", min=0.0),
+        "weight_decay": Field(float, 0.0, "weight decay", min=0.0),
+        "decay_norm_and_bias": Field(bool, False, "apply weight decay to biases and norm parameters too (the official "
+                                     "code does; lskd-bench's default leaves them out)"),
         "betas": Field([float], [0.9, 0.999], "Adam/AdamW betas", min=0.0, max=1.0, max_exclusive=True,
                        check=lambda v: None if len(v) == 2 else "must hold two values"),
         "adam_eps": Field(float, 1e-8, "Adam/AdamW epsilon", min=0.0, min_exclusive=True),
@@ -199,7 +201,8 @@ TRAIN = Section(
         "step_size": Field(int, 30, "epochs between decays (schedule: step)", min=1),
         "milestones": Field([int], [], "epochs at which the lr decays (schedule: multistep)", min=1),
         "gamma": Field(float, 0.1, "decay factor (step, multistep)", min=0.0, min_exclusive=True),
-        "warmup_epochs": Field(int, 0, "linear warm-up epochs (epoch schedules)", min=0),
+        "warmup_epochs": Field(int, 0, "linear warm-up over the first N epochs, per update (epoch schedules; the official "
+                               "ImageNet student's 5-epoch warm-up)", min=0),
         "warmup_updates": Field(int, 0, "linear warm-up updates (inverse_sqrt)", min=0),
         "warmup_init_lr": Field(float, 0.0, "lr at update 0 of the warm-up (inverse_sqrt)", min=0.0),
         "clip_norm": Field(float, 0.0, "gradient-norm clipping (0: off)", min=0.0),

@@ -52,6 +52,9 @@ EXPECTED_MD = """\
 
 Student without KD (small, cross-entropy): 95.00 / 99.00
 
+- Claim: at T = 1 the LS teacher (α = 0.1) gives the better student: ours **yes**
+- Claim: the LS teacher's student degrades faster from T = 1 to T = 64: ours **yes**
+
 Cells: top-1 accuracy (%) / top-5 accuracy (%) on the validation split, best evaluated epoch (as the paper). Bold: best student. With several seeds: mean ± sample standard deviation.
 """
 
@@ -94,3 +97,50 @@ def test_csv_md_pair_keeps_dots_in_the_name(tmp_path):
     assert csv_path.name == "eta_T1.5-T3.csv" and md_path.read_text() == "b\n"
     csv_path, _ = store.write_csv_md(tmp_path / "board.md", "a\n", "b\n")
     assert csv_path.name == "board.csv"
+
+
+def imagenet_result(role, arch, alpha, T, seed, top1, h):
+    r = result(role, arch, alpha, T, seed, top1, 90.0, h, "resnet50")
+    r["cell"]["task"] = "imagenet"
+    return r
+
+
+EXPECTED_PAPER_MD = """\
+### imagenet: resnet50 → resnet18 (kd)
+
+| | α = 0.0 | α = 0.1 |
+|---|---|---|
+| Teacher (resnet50) | 76.00 / 90.00 (paper 76.13, -0.13) | 76.50 / 90.00 (paper 76.20, +0.30) |
+| T = 1 | 71.00 / 90.00 (paper 71.49, -0.49) | **71.20 / 90.00** (paper 71.67, -0.47) |
+| T = 64 | 67.00 / 90.00 (paper 66.19, +0.81) | 66.00 / 90.00 (paper 64.36, +1.64) |
+
+Paper values: official README.md (ResNet-50 -> ResNet-18 KD); (paper P, ±D) = the paper's top1 and ours minus it.
+
+- Claim: at T = 1 the LS teacher (α = 0.1) gives the better student: ours **yes**, paper yes
+- Claim: the LS teacher's student degrades faster from T = 1 to T = 64: ours **yes**, paper yes
+
+Cells: top-1 accuracy (%) / top-5 accuracy (%) on the validation split, best evaluated epoch (as the paper). \
+Bold: best student. With several seeds: mean ± sample standard deviation.
+"""
+
+
+def test_paper_values_deltas_and_claims_from_fixture_results(tmp_path):
+    rows = [
+        imagenet_result("teacher", "resnet50", 0.0, None, 0, 76.0, "t0"),
+        imagenet_result("teacher", "resnet50", 0.1, None, 0, 76.5, "t1"),
+        imagenet_result("student", "resnet18", 0.0, 1.0, 0, 71.0, "s0"),
+        imagenet_result("student", "resnet18", 0.1, 1.0, 0, 71.2, "s1"),
+        imagenet_result("student", "resnet18", 0.0, 64.0, 0, 67.0, "s2"),
+        imagenet_result("student", "resnet18", 0.1, 64.0, 0, 66.0, "s3"),
+    ]
+    for i, r in enumerate(rows):
+        store.write_json(tmp_path / "imagenet" / f"c{i}" / store.RESULT, r)
+    assert to_markdown(collect(tmp_path)) == EXPECTED_PAPER_MD
+
+
+def test_claims_on_a_grid_that_contradicts_the_paper():
+    from lskd_bench.leaderboard.reference import claims
+
+    got = claims({(0.0, 1.0): [72.0], (0.1, 1.0): [71.0], (0.0, 3.0): [69.0], (0.1, 3.0): [69.5]})
+    assert [v for _, v in got] == [False, False]
+    assert [v for _, v in claims({(0.1, 1.0): [71.0]})] == [None, None]  # one alpha: cannot tell

@@ -1,5 +1,7 @@
 """``lskd-bench visualize``: penultimate-layer projections in one grid figure (rows: teacher alpha;
-columns: the teacher, then its students by T)."""
+columns: the teacher, then its students by T), by the official algorithm (``projection.official_projection``):
+the first ``per_class`` exported samples of each class (deterministic transforms), PCA fitted on the training
+projections and centroids of each model and reused for its validation points; centroids drawn as stars."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import UsageError
-from .projection import penultimate_projection
+from .projection import official_projection
 from .runs import CellRecord, RunIndex, resolve_class
 
 PANEL_INCHES = 3.0
@@ -16,25 +18,26 @@ DPI = 100
 COLORS = ("#1f77b4", "#d62728", "#2ca02c")
 
 
-def _subsample(labels: np.ndarray, classes: Sequence[int], per_class: Optional[int], seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    keep = []
-    for k in classes:
-        idx = np.flatnonzero(labels == k)
-        if per_class is not None and len(idx) > per_class:
-            idx = np.sort(rng.choice(idx, per_class, replace=False))
-        keep.append(idx)
-    return np.concatenate(keep)
+def _first(labels: np.ndarray, classes: Sequence[int], per_class: Optional[int]) -> np.ndarray:
+    """The first ``per_class`` samples of each class, in export order (the official code's choice)."""
+    return np.concatenate([np.flatnonzero(labels == k)[:per_class] for k in classes])
 
 
-def panel_points(record: CellRecord, classes: Sequence[str], split: str, per_class: Optional[int]):
+def panel_points(record: CellRecord, classes: Sequence[str], split: str, per_class: Optional[int],
+                 val_per_class: Optional[int] = 50):
+    """(2-D points, their labels, 2-D centroids, class indexes, class names) of one model's panel."""
     f = record.features()
     names = [str(c) for c in f["class_names"]]
     idx = [resolve_class(c, names) for c in classes]
-    labels = f[f"{split}_labels"]
-    keep = _subsample(labels, idx, per_class)
-    pts = penultimate_projection(f[f"{split}_features"][keep], f["head_weight"], idx)
-    return pts, labels[keep], idx, [names[i] for i in idx]
+    parts = {}
+    for s, n in (("train", per_class), ("val", val_per_class)):
+        keep = _first(f[f"{s}_labels"], idx, n)
+        parts[s] = (f[f"{s}_features"][keep], f[f"{s}_labels"][keep])
+    if "head_bias" not in f:
+        raise UsageError(f"{record.dir} exports no head bias (re-train it with this version of lskd-bench)")
+    (tr_pts, tr_c), (va_pts, va_c) = official_projection(parts["train"], f["head_weight"], f["head_bias"], idx, [parts["val"]])
+    pts, cents = (tr_pts, tr_c) if split == "train" else (va_pts, va_c)
+    return pts, parts[split][1], cents, idx, [names[i] for i in idx]
 
 
 def visualize(
@@ -46,6 +49,7 @@ def visualize(
     method: str = "kd",
     seed: Optional[int] = None,
     per_class: Optional[int] = 150,
+    val_per_class: Optional[int] = 50,
 ) -> tuple[Path, tuple[int, int]]:
     """Draw the grid figure to ``out`` (PNG); return the path and its (width, height) in pixels."""
     import matplotlib
@@ -53,11 +57,17 @@ def visualize(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    index = RunIndex(runs, task)
+    if not classes:
+        from ..tasks import get_task
+
+        classes = list(get_task(index.task).projection_classes)
+        if not classes:
+            raise UsageError(f"task {index.task!r} has no default classes to project: give --classes A,B,C")
     if len(classes) != 3:
         raise UsageError(f"--classes needs exactly 3 classes, got {len(classes)}")
     if split not in ("train", "val"):
         raise UsageError(f"--split must be train or val, got {split!r}")
-    index = RunIndex(runs, task)
     students = index.students(method, seed)
     teachers = index.teachers()
     alphas = sorted({float(r.cell["alpha"]) for r in students + teachers})
@@ -74,10 +84,11 @@ def visualize(
             if rec is None:
                 ax.text(0.5, 0.5, "not trained", ha="center", va="center", transform=ax.transAxes)
                 continue
-            pts, labels, idx, names = panel_points(rec, classes, split, per_class)
-            for color, k, name in zip(COLORS, idx, names):
+            pts, labels, cents, idx, names = panel_points(rec, classes, split, per_class, val_per_class)
+            for color, k, name, c in zip(COLORS, idx, names, cents):
                 m = labels == k
                 ax.scatter(pts[m, 0], pts[m, 1], s=6, c=color, alpha=0.6, label=name, linewidths=0)
+                ax.scatter([c[0]], [c[1]], s=80, c=color, marker="*", edgecolors="black", linewidths=0.6)
             if i == 0 and j == 0:
                 ax.legend(fontsize=7, loc="best", markerscale=2)
     fig.suptitle(f"{index.task}: penultimate-layer projection ({split})", fontsize=10)

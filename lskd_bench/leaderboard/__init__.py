@@ -106,11 +106,16 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def cell_text(rows: list[dict[str, Any]], bold: bool = False) -> str:
+def cell_text(rows: list[dict[str, Any]], bold: bool = False, paper: Any = None) -> str:
+    """``top1 / top5`` (mean ± std over seeds), bold if best; with a paper value: `` (paper P, ±D)``."""
     if not rows:
-        return "—"
+        return "—" if paper is None else f"— (paper {paper:.2f})"
     text = " / ".join(mean_std([r["metrics"][m] for r in rows]) for m in rows[0]["display"])
-    return f"**{text}**" if bold else text
+    text = f"**{text}**" if bold else text
+    if paper is not None:
+        ours = statistics.mean(r["metrics"][r["primary"]] for r in rows)
+        text += f" (paper {paper:.2f}, {ours - paper:+.2f})"
+    return text
 
 
 def _fmt_num(x: float) -> str:
@@ -149,6 +154,9 @@ def to_markdown(rows: Iterable[dict[str, Any]]) -> str:
 
 
 def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
+    from .reference import claims_text, find
+
+    ref = find(task, t_arch, s_arch, method) if s_arch else None
     tch = [r for r in teachers if r["teacher_arch"] == t_arch]
     stu = [r for r in students if (r["teacher_arch"], r["student_arch"], r["method"]) == (t_arch, s_arch, method)]
     alphas = sorted({r["alpha"] for r in tch + stu})
@@ -162,18 +170,24 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
     best = max(means.values()) if means else None
     title = f"### {task}: {t_arch}" + (f" → {s_arch} ({method})" if s_arch else "")
     lines = [title, "", "| | " + " | ".join(f"α = {a:.1f}" for a in alphas) + " |", "|---|" + "---|" * len(alphas)]
-    lines.append(f"| Teacher ({t_arch}) | " + " | ".join(cell_text(select(tch, a)) for a in alphas) + " |")
+    paper = (lambda a, T=None: ref.value(a, T)) if ref is not None else (lambda a, T=None: None)
+    lines.append(f"| Teacher ({t_arch}) | " + " | ".join(cell_text(select(tch, a), paper=paper(a)) for a in alphas) + " |")
     for t in temps:
         cells = []
         for a in alphas:
             sel = select(stu, a, t)
-            cells.append(cell_text(sel, bold=bool(sel) and means.get((a, t)) == best))
+            cells.append(cell_text(sel, bold=bool(sel) and means.get((a, t)) == best, paper=None if t == "" else paper(a, t)))
         label = "no T" if t == "" else f"T = {_fmt_num(t)}"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
     base = [r for r in baselines if r["student_arch"] == s_arch]
     if base:
         lines += [f"Student without KD ({s_arch}, cross-entropy): {cell_text(base)}", ""]
+    if ref is not None:
+        lines += [f"Paper values: {ref.source}; (paper P, ±D) = the paper's {ref.metrics[0]} and ours minus it.", ""]
+    if stu and any(t != "" for t in temps):
+        cells = {(r["alpha"], r["T"]): [x["metrics"][x["primary"]] for x in select(stu, r["alpha"], r["T"])] for r in stu}
+        lines += [*claims_text(cells, ref), ""]
     return "\n".join(lines) + "\n"
 
 

@@ -59,9 +59,11 @@ def build_optimizer(params: Sequence[nn.Parameter], hp: dict[str, Any]) -> torch
     name = str(hp.get("optimizer", "sgd")).lower()
     lr, wd = float(hp["lr"]), float(hp.get("weight_decay", 0.0))
     params = [p for p in params if p.requires_grad]
-    # no weight decay on biases and norm parameters (nor on 0-d method parameters such as a temperature)
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
+    # no weight decay on biases and norm parameters (nor on 1-d method parameters such as a temperature),
+    # unless decay_norm_and_bias (the official code decays every parameter)
+    every = bool(hp.get("decay_norm_and_bias", False))
+    decay = [p for p in params if p.ndim > 1 or every]
+    no_decay = [p for p in params if p.ndim <= 1 and not every]
     groups = [g for g in ({"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=float(hp.get("momentum", 0.9)), nesterov=bool(hp.get("nesterov", False)))
@@ -75,15 +77,11 @@ def build_optimizer(params: Sequence[nn.Parameter], hp: dict[str, Any]) -> torch
 
 
 def lr_factor(hp: dict[str, Any], epoch: int) -> float:
-    """Multiplier of the base learning rate for (0-based) ``epoch`` (epoch schedules)."""
+    """Multiplier of the base learning rate for (0-based) ``epoch`` (epoch schedules, before warm-up)."""
     epochs = int(hp["epochs"])
-    warm = int(hp.get("warmup_epochs", 0))
-    if epoch < warm:
-        return (epoch + 1) / (warm + 1)
     sched = str(hp.get("schedule", "cosine"))
     if sched == "cosine":
-        span = max(epochs - warm, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * (epoch - warm) / span))
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
     if sched == "step":
         return float(hp.get("gamma", 0.1)) ** (epoch // int(hp["step_size"]))
     if sched == "multistep":
@@ -93,9 +91,11 @@ def lr_factor(hp: dict[str, Any], epoch: int) -> float:
     raise ValueError(f"unknown schedule {sched!r} (known: cosine, step, multistep, constant, inverse_sqrt)")
 
 
-def learning_rate(hp: dict[str, Any], epoch: int, update: int) -> float:
+def learning_rate(hp: dict[str, Any], epoch: int, update: int, steps_per_epoch: int = 1) -> float:
     """The lr of the next step. ``inverse_sqrt`` (fairseq's): linear warm-up from ``warmup_init_lr`` over
-    ``warmup_updates`` updates, then ``lr * sqrt(warmup_updates / update)``; other schedules per epoch."""
+    ``warmup_updates`` updates, then ``lr * sqrt(warmup_updates / update)``. Other schedules set the lr per
+    epoch; during the first ``warmup_epochs`` epochs it is scaled by ``(1 + update) / (warmup_epochs *
+    steps_per_epoch)``, the official ImageNet student's warm-up (train_student_dali.py, lines 651-653)."""
     lr = float(hp["lr"])
     if hp.get("schedule") == "inverse_sqrt":
         warm = int(hp.get("warmup_updates", 0))
@@ -104,7 +104,11 @@ def learning_rate(hp: dict[str, Any], epoch: int, update: int) -> float:
             init = float(hp.get("warmup_init_lr", 0.0))
             return init + (lr - init) * step / warm
         return lr * math.sqrt(max(warm, 1) / step)
-    return lr * lr_factor(hp, epoch)
+    lr = lr * lr_factor(hp, epoch)
+    warm = int(hp.get("warmup_epochs", 0))
+    if epoch < warm:
+        lr *= (1 + update) / (warm * max(steps_per_epoch, 1))
+    return lr
 
 
 def load_model(task: Task, arch: str, data: TaskData, cfg: dict[str, Any], path: Path, device: torch.device,
@@ -173,9 +177,9 @@ class Member:
         self.max_updates = self.hp.get("max_updates")
         self.state_path = self.dir / store.STATE
         if not self.state_path.is_file() and (self.given or self.hp.get("init_checkpoint")):
-            from ..models import load_init_checkpoint
+            from ..models import init_path, load_init_checkpoint
 
-            load_init_checkpoint(self.model, self.given or self.hp["init_checkpoint"])
+            load_init_checkpoint(self.model, self.given or init_path(self.hp["init_checkpoint"], cell.alpha))
         self.rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         if self.state_path.is_file():
@@ -243,9 +247,9 @@ class Member:
         """Does this member step on batch ``i`` of ``epoch``?"""
         return not self.finished and not self.done() and self.epoch == epoch and self.step <= i
 
-    def train_step(self, batch: Any, t_logits: Optional[torch.Tensor], epoch: int) -> float:
+    def train_step(self, batch: Any, t_logits: Optional[torch.Tensor], epoch: int, steps_per_epoch: int = 1) -> float:
         t0 = time.perf_counter()
-        lr = learning_rate(self.hp, epoch, self.update)
+        lr = learning_rate(self.hp, epoch, self.update, steps_per_epoch)
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.ctx.epoch = epoch
@@ -416,6 +420,7 @@ def train_group(
             first = min(m.step for m in active)
             batches = task.train_batches(data, hp, cfg, seed=seed, epoch=epoch, shard=(rank, world), start=first,
                                          pin_memory=device.type == "cuda", skipped=skipped)
+            steps = first + len(batches)
             for i, batch in enumerate(batches, first):
                 stepping = [m for m in active if m.wants(epoch, i)]
                 if not stepping:
@@ -428,7 +433,7 @@ def train_group(
                     t_logits = _teacher_logits(task, teacher, batch, device, cfg)
                 for m in stepping:
                     try:
-                        m.train_step(batch, t_logits, epoch)
+                        m.train_step(batch, t_logits, epoch, steps)
                         every = hp.get("checkpoint_every")
                         if every and m.update % int(every) == 0:
                             m.checkpoint()

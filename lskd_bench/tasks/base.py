@@ -269,6 +269,7 @@ class Task:
     metric_names: tuple[str, ...] = ("top1", "top5")
     primary_metric: str = "top1"
     supports_analysis: bool = True  # penultimate features exported for analyze / visualize
+    projection_classes: tuple[str, ...] = ()  # visualize's default class triple
     data_schema: Section = Section({})
     train_schema: Section = TRAIN
     extra_sections: dict[str, Section] = {}  # more top-level config sections of this task

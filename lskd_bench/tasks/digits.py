@@ -70,6 +70,7 @@ def _load_split(val_fraction: float, split_seed: int):
 @TASKS.register("digits")
 class DigitsTask(Task):
     name = "digits"
+    projection_classes = ("3", "5", "8")
     description = "embedded default: sklearn 8x8 digits, cnn_wide -> cnn_tiny, offline, ~25 s on 2 CPU cores"
     data_schema = Section(
         {

@@ -25,6 +25,16 @@ IMAGE_DATA = Section(
     {
         "root": Field(str, None, "data directory (--data-root)", nullable=True),
         "image_size": Field(int, 224, "training crop / evaluation size in pixels", min=8),
+        "eval_resize": Field(int, None, "evaluation: resize the shorter side to this, then centre-crop image_size "
+                             "(default: image_size / 0.875, i.e. 256 for 224)", min=8, nullable=True),
+        "crop_scale": Field([float], [0.08, 1.0], "RandomResizedCrop area range", min=0.0, max=1.0,
+                            check=lambda v: None if len(v) == 2 and v[0] <= v[1] else "must be [low, high]"),
+        "crop_ratio": Field([float], [3 / 4, 4 / 3], "RandomResizedCrop aspect-ratio range", min=0.0, min_exclusive=True,
+                            check=lambda v: None if len(v) == 2 and v[0] <= v[1] else "must be [low, high]"),
+        "rotation": Field(float, 0.0, "RandomRotation in degrees (0: off)", min=0.0, max=180.0),
+        "grayscale": Field(float, 0.0, "RandomGrayscale probability", min=0.0, max=1.0),
+        "color_jitter": Field([float], [0.0, 0.0], "ColorJitter brightness and contrast (0: off)", min=0.0,
+                              check=lambda v: None if len(v) == 2 else "must be [brightness, contrast]"),
         "on_bad_sample": Field(str, "error", "a sample that cannot be decoded: error (stop, naming the file) or skip it "
                                "(listed in result.json)", choices=("error", "skip"), identity=False),
     }
@@ -32,8 +42,13 @@ IMAGE_DATA = Section(
 
 
 def load_recipe(name: str) -> dict[str, Any]:
+    """A recipe YAML; ``base: other`` merges it over ``other.yaml`` (compact recipes extend their parents)."""
+    from ..config import deep_merge
+
     text = resources.files("lskd_bench").joinpath("configs", f"{name}.yaml").read_text()
-    return yaml.safe_load(text)
+    data = yaml.safe_load(text) or {}
+    base = data.pop("base", None)
+    return deep_merge(load_recipe(base), data) if base else data
 
 
 def decode_problem(path: Path) -> str | None:
@@ -81,12 +96,24 @@ def scan_files(files: list[tuple[str, Path]], report: DataReport, progress: bool
                                    + (f" and {len(paths) - 4} more" if len(paths) > 4 else ""))
 
 
-def transforms(image_size: int, train: bool):
+def transforms(d: dict[str, Any], train: bool):
+    """torchvision transforms from the data section: RandomResizedCrop (+ rotation, grayscale, colour jitter
+    as configured) + flip for training, Resize + CenterCrop for evaluation."""
     from torchvision import transforms as T
 
-    if train:
-        return T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
-    return T.Compose([T.Resize(int(round(image_size / 0.875))), T.CenterCrop(image_size), T.ToTensor(), T.Normalize(MEAN, STD)])
+    size = int(d["image_size"])
+    if not train:
+        resize = d.get("eval_resize") or int(round(size / 0.875))
+        return T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor(), T.Normalize(MEAN, STD)])
+    steps = [T.RandomResizedCrop(size, scale=tuple(d["crop_scale"]), ratio=tuple(d["crop_ratio"])), T.RandomHorizontalFlip()]
+    if d.get("rotation"):
+        steps.append(T.RandomRotation(d["rotation"], interpolation=T.InterpolationMode.BILINEAR))
+    if d.get("grayscale"):
+        steps.append(T.RandomGrayscale(d["grayscale"]))
+    b, c = d.get("color_jitter") or (0.0, 0.0)
+    if b or c:
+        steps.append(T.ColorJitter(brightness=b, contrast=c))
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
 class ImageClassificationTask(Task):
@@ -107,8 +134,12 @@ class ImageClassificationTask(Task):
             if arch not in self.archs:
                 raise UsageError(f"{role} arch {arch!r} is not offered by task {self.name} (known: {', '.join(self.archs)})")
             ckpt = cfg[role].get("init_checkpoint")
-            if ckpt and not Path(ckpt).is_file():
-                raise UsageError(f"{role}.init_checkpoint {ckpt} does not exist")
+            if ckpt:
+                from ..models import init_path
+                from ..runners.cells import grid_values
+
+                for alpha in grid_values(cfg)[0]:
+                    init_path(ckpt, alpha)
         self.check_layout(cfg)
 
     def root(self, cfg: dict[str, Any]) -> Path:
@@ -150,6 +181,8 @@ def _images(d: Path) -> list[Path]:
 
 
 class ImageNetBase(ImageClassificationTask):
+    # the official visualisation's triple (alpha-LS-KD_imagenet_centroids.py:119-121)
+    projection_classes = ("n02113712", "n02113799", "n04347754")  # miniature poodle, standard poodle, submarine
     layout = "expected DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG (val sorted into class folders)"
 
     def check_layout(self, cfg: dict[str, Any]) -> None:
@@ -177,14 +210,14 @@ class ImageNetBase(ImageClassificationTask):
     def load_data(self, cfg: dict[str, Any], cache_dir=None) -> TaskData:
         from torchvision.datasets import ImageFolder
 
-        root, size = self.root(cfg), int(cfg["data"]["image_size"])
-        train = ImageFolder(root / "train", transforms(size, True))  # class index = sorted wnids
+        root, d = self.root(cfg), cfg["data"]
+        train = ImageFolder(root / "train", transforms(d, True))  # class index = sorted wnids
         return TaskData(
             train=train,
-            val=ImageFolder(root / "val", transforms(size, False)),
+            val=ImageFolder(root / "val", transforms(d, False)),
             num_classes=len(train.classes),
             class_names=list(train.classes),
-            train_eval=ImageFolder(root / "train", transforms(size, False)),
+            train_eval=ImageFolder(root / "train", transforms(d, False)),
         )
 
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:
@@ -299,14 +332,14 @@ class CUBBase(ImageClassificationTask):
         return [("train" if split[i][0] == "1" else "test", d / "images" / images[i][0]) for i in sorted(images)]
 
     def load_data(self, cfg: dict[str, Any], cache_dir=None) -> TaskData:
-        root, size = self.root(cfg), int(cfg["data"]["image_size"])
-        train = CUBDataset(root, True, transforms(size, True))
+        root, d = self.root(cfg), cfg["data"]
+        train = CUBDataset(root, True, transforms(d, True))
         return TaskData(
             train=train,
-            val=CUBDataset(root, False, transforms(size, False)),
+            val=CUBDataset(root, False, transforms(d, False)),
             num_classes=len(train.classes),
             class_names=train.classes,
-            train_eval=CUBDataset(root, True, transforms(size, False)),
+            train_eval=CUBDataset(root, True, transforms(d, False)),
         )
 
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:

@@ -1,0 +1,103 @@
+"""The paper's published tables as data (``lskd_bench/data/paper_reference.yaml``), and the paper's two
+qualitative claims checked on any grid:
+
+1. at T = 1 the LS teacher (the largest alpha) gives the better student;
+2. the LS teacher's student degrades faster with T than the alpha = 0 teacher's: its drop from T = 1 to the
+   largest T is larger.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Optional
+
+import yaml
+
+
+@dataclass
+class Reference:
+    task: str
+    teacher_arch: str
+    student_arch: str
+    method: str
+    metrics: list[str]
+    source: str
+    teacher: dict[float, list[float]]
+    students: dict[float, dict[float, list[float]]]
+
+    def value(self, alpha: float, T: Optional[float] = None, metric: Optional[str] = None) -> Optional[float]:
+        table = self.teacher if T is None else self.students.get(float(T), {})
+        vals = table.get(float(alpha))
+        m = metric or self.metrics[0]
+        if vals is None or m not in self.metrics or self.metrics.index(m) >= len(vals):
+            return None
+        return vals[self.metrics.index(m)]
+
+
+@lru_cache(maxsize=1)
+def references() -> tuple[Reference, ...]:
+    data = yaml.safe_load(resources.files("lskd_bench").joinpath("data", "paper_reference.yaml").read_text())
+    out = []
+    for t in data["tables"]:
+        out.append(Reference(
+            t["task"], t["teacher_arch"], t["student_arch"], t["method"], list(t["metrics"]), t["source"],
+            {float(a): list(v) for a, v in t["teacher"].items()},
+            {float(T): {float(a): list(v) for a, v in row.items()} for T, row in t["students"].items()},
+        ))  # fmt: skip
+    return tuple(out)
+
+
+def find(task: str, teacher_arch: str, student_arch: str, method: str) -> Optional[Reference]:
+    for r in references():
+        if (r.task == task and r.method == method and r.teacher_arch in (teacher_arch, "any")
+                and r.student_arch in (student_arch, "any")):
+            return r
+    return None
+
+
+def _mean(cells: dict, alpha: float, T: float) -> Optional[float]:
+    v = cells.get((alpha, T))
+    return statistics.mean(v) if v else None
+
+
+def claims(cells: dict[tuple[float, float], list[float]]) -> list[tuple[str, Optional[bool]]]:
+    """The two claims on student values ``cells[(alpha, T)]``; None where the grid cannot tell."""
+    alphas = sorted({a for a, _ in cells})
+    temps = sorted({t for _, t in cells if t != ""})
+    if len(alphas) < 2 or 1.0 not in temps:
+        return [("at T = 1 the LS teacher gives the better student", None),
+                ("the LS teacher's student degrades faster with T", None)]
+    a0, a1 = alphas[0], alphas[-1]
+    s0, s1 = _mean(cells, a0, 1.0), _mean(cells, a1, 1.0)
+    c1 = None if s0 is None or s1 is None else s1 > s0
+    tmax = temps[-1]
+    c2 = None
+    if tmax > 1.0:
+        e0, e1 = _mean(cells, a0, tmax), _mean(cells, a1, tmax)
+        if None not in (s0, s1, e0, e1):
+            c2 = (s1 - e1) > (s0 - e0)
+    return [(f"at T = 1 the LS teacher (α = {a1:g}) gives the better student", c1),
+            (f"the LS teacher's student degrades faster from T = 1 to T = {tmax:g}", c2)]
+
+
+def reference_cells(ref: Reference) -> dict[tuple[float, float], list[float]]:
+    return {(a, T): [vals[0]] for T, row in ref.students.items() for a, vals in row.items()}
+
+
+def claims_text(cells: dict[tuple[float, float], list[float]], ref: Optional[Reference]) -> list[str]:
+    mark = {True: "yes", False: "no", None: "n/a"}
+    ours = claims(cells)
+    paper = claims(reference_cells(ref)) if ref is not None else [(c, None) for c, _ in ours]
+    lines = []
+    for (claim, v), (_, p) in zip(ours, paper):
+        text = f"- Claim: {claim}: ours **{mark[v]}**"
+        if ref is not None:
+            text += f", paper {mark[p]}"
+        lines.append(text)
+    return lines
+
+
+def as_dict(ref: Reference) -> dict[str, Any]:
+    return {"source": ref.source, "metrics": ref.metrics}
