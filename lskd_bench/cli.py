@@ -67,6 +67,13 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     for flag in ("compile", "channels_last"):
         if getattr(args, flag):
             o[flag] = True
+    if getattr(args, "runner_profile", None):
+        from .runners.slurm import load_profile
+
+        o["slurm"] = load_profile(args.runner_profile)
+        o.setdefault("executor", "slurm")
+    if getattr(args, "wait", False):
+        set_dotted(o, "slurm.wait", True)
     for item in args.set or []:
         key, value = parse_override(item)
         set_dotted(o, key, value)
@@ -104,6 +111,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         _, md = write_outputs(rows, out / cfg["task"] / "leaderboard")
         print(md, end="")
     print(summary.line())
+    if summary.submitted and not cfg["slurm"].get("wait"):
+        from .runners.slurm import read_job
+
+        jobs = sorted({read_job(c.dir(out))["job_id"] for c in summary.submitted}, key=int)
+        print(f"Slurm jobs: {' '.join(jobs)}\nwatch them with: lskd-bench status --runs {out}   (or squeue -j {','.join(jobs)})")
     if not summary.ok:
         for line in summary.failure_lines():
             print(line, file=sys.stderr)
@@ -204,6 +216,25 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from .runners.slurm import status_rows
+
+    runs = Path(args.runs)
+    if not runs.is_dir():
+        raise UsageError(f"runs directory {runs} does not exist")
+    rows = status_rows(runs, args.task)
+    if not rows:
+        raise UsageError(f"no cells under {runs}")
+    width = max(len(r["cell"]) for r in rows)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+        detail = r["detail"].replace("\n", "\n" + " " * (width + 28))
+        print(f"{r['cell']:<{width}}  {r['state']:<11}  {r['job'] or '-':>9}  {detail}".rstrip())
+    print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from .tasks import get_task, task_names
 
@@ -232,7 +263,10 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--kd-lambda", type=float, help="weight of the KD term (default 0.5)")
     r.add_argument("--no-t-squared", action="store_true", help="do not scale the KD term by T^2")
     r.add_argument("--no-baseline", action="store_true", help="skip the no-KD baseline student")
-    r.add_argument("--executor", help="where cells train: local (default), subprocess or torchrun")
+    r.add_argument("--executor", help="where cells train: local (default), subprocess, torchrun or slurm")
+    r.add_argument("--runner-profile", help="executor profile YAML (runners/slurm.yaml: partition, GPUs, time...); "
+                   "implies --executor slurm")
+    r.add_argument("--wait", action="store_true", help="slurm: block with a progress bar until every cell settled")
     r.add_argument("--jobs", type=int, help="cells trained at once by the subprocess executor")
     r.add_argument("--device", help="auto (default), cpu or cuda")
     r.add_argument("--nproc-per-node", type=int, help="train each cell with DDP over N processes (torchrun executor)")
@@ -327,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(cd)
     cd.add_argument("--no-progress", action="store_true", help="no progress bar")
     cd.set_defaults(func=cmd_check_data)
+
+    st = sub.add_parser("status", help="per cell: finished / running / queued / failed (Slurm job ids, log tails)")
+    st.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
+    st.add_argument("--task", help="only this task")
+    st.set_defaults(func=cmd_status)
 
     t = sub.add_parser("tasks", help="list registered tasks")
     t.set_defaults(func=cmd_tasks)

@@ -95,9 +95,10 @@ def full_schema(task: "Task") -> Section:
     """The schema of a run of ``task``: the common sections, the task's data and role sections, and one
     section per registered KD method with parameters."""
     from .methods import method_sections
+    from .runners.slurm import PROFILE
 
     return RUN.extend({"data": task.data_schema, "teacher": task.train_schema, "student": task.train_schema,
-                       **task.extra_sections, **method_sections()})
+                       "slurm": PROFILE, **task.extra_sections, **method_sections()})
 
 
 @dataclass

@@ -12,6 +12,7 @@ def tiny_overrides(epochs: int = 1, **extra):
         "teacher": {"epochs": epochs},
         "student": {"epochs": epochs},
     }
+    o["grid"] = {**o["grid"], **extra.pop("grid", {})}  # one seed unless a test asks for more
     o.update(extra)
     return o
 

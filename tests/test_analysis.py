@@ -140,7 +140,7 @@ def digits_runs(tmp_path_factory):
     from lskd_bench.runners.grid import resolve_config, run_grid
 
     out = tmp_path_factory.mktemp("runs")
-    cfg = resolve_config("digits", {}, {"grid": {"alphas": [0.0, 0.1], "temperatures": [1.0, 3.0]}, "teacher": {"epochs": 2}, "student": {"epochs": 2}})
+    cfg = resolve_config("digits", {}, {"grid": {"alphas": [0.0, 0.1], "temperatures": [1.0, 3.0], "seeds": [0]}, "teacher": {"epochs": 2}, "student": {"epochs": 2}})
     run_grid(cfg, out, progress=False)
     return out
 

@@ -68,7 +68,7 @@ def test_leaderboard_without_runs(tmp_path, cli):
 
 
 def test_run_prints_leaderboard_and_resumes(tmp_path, cli):
-    argv = ["run", "--out", str(tmp_path), "--alphas", "0.1", "--temperatures", "2", "--epochs", "1", "--no-progress"]
+    argv = ["run", "--out", str(tmp_path), "--alphas", "0.1", "--temperatures", "2", "--epochs", "1", "--seeds", "0", "--no-progress"]
     rc, out, _ = cli(*argv)
     assert rc == 0
     assert "| T = 2 | **" in out and "3 cells: trained 3, reused 0" in out

@@ -7,7 +7,7 @@ import pytest
 
 from lskd_bench.runners import store
 
-ARGS = ["--alphas", "0.1", "--temperatures", "2", "--epochs", "2", "--no-progress"]
+ARGS = ["--alphas", "0.1", "--temperatures", "2", "--epochs", "2", "--seeds", "0", "--no-progress"]
 
 
 @pytest.mark.parametrize("extra", [["--executor", "subprocess", "--jobs", "2"], ["--nproc-per-node", "2"]])

@@ -188,7 +188,7 @@ ALL = "kd,dkd,dist,kd_std,ttm,ctkd,nkd"
 
 def test_all_methods_on_digits_share_teachers_and_show_their_axes(tmp_path, cli):
     rc, out, err = cli("run", "--out", str(tmp_path), "--methods", ALL, "--alphas", "0,0.1", "--temperatures", "1,4",
-                       "--epochs", "1", "--no-progress")
+                       "--epochs", "1", "--seeds", "0", "--no-progress")
     assert rc == 0, err
     # 2 teachers + baseline + 4 T-methods x 2 alphas x 2 T + 3 no-T methods x 2 alphas
     assert "25 cells: trained 25, reused 0" in out

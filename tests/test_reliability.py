@@ -38,7 +38,8 @@ def test_config_command_prints_values_and_their_sources(tmp_path, cli):
     assert re.fullmatch(r"teacher\.epochs: 30 +# task digits defaults", lines["teacher.epochs"])
     assert re.fullmatch(r"grid\.seeds: \[0, 1\] +# command line", lines["grid.seeds"])
     assert re.fullmatch(r"grid\.alphas: \[0\.0, 0\.1\] +# default", lines["grid.alphas"])
-    assert re.fullmatch(r"kd\.lambda: 0\.5 +# default", lines["kd.lambda"])
+    assert re.fullmatch(r"kd\.lambda: 1\.0 +# task digits defaults", lines["kd.lambda"])
+    assert re.fullmatch(r"kd\.t_squared: true +# default", lines["kd.t_squared"])
 
 
 def test_unknown_key_in_config_file_names_the_file(tmp_path, cli):
@@ -152,7 +153,7 @@ def nan_method():
 
 
 def test_failing_cell_is_recorded_and_the_grid_carries_on(tmp_path, cli, nan_method):
-    argv = ["run", "--out", str(tmp_path), "--alphas", "0.1", "--temperatures", "1,2", "--epochs", "1",
+    argv = ["run", "--out", str(tmp_path), "--alphas", "0.1", "--temperatures", "1,2", "--epochs", "1", "--seeds", "0",
             "--methods", f"kd,{nan_method}", "--no-progress"]
     rc, out, err = cli(*argv)
     assert rc == 1
@@ -170,7 +171,7 @@ def test_failing_cell_is_recorded_and_the_grid_carries_on(tmp_path, cli, nan_met
 
 
 def test_failed_teacher_blocks_only_its_students(tmp_path, cli):
-    rc, out, err = cli("run", "--out", str(tmp_path), "--alphas", "0.1", "--temperatures", "1,2", "--epochs", "2",
+    rc, out, err = cli("run", "--out", str(tmp_path), "--alphas", "0.1", "--temperatures", "1,2", "--epochs", "2", "--seeds", "0",
                        "--set", "teacher.lr=1e30", "--no-progress")
     assert rc == 1
     assert "4 cells: trained 1, reused 0 finished, 1 failed, 2 not run (teacher failed)" in out
@@ -238,7 +239,7 @@ def test_lock_is_exclusive_and_stale_locks_are_taken_over(tmp_path):
 
 def test_two_concurrent_runs_train_every_cell_exactly_once(tmp_path):
     args = [sys.executable, "-m", "lskd_bench", "run", "--out", str(tmp_path), "--no-progress", "--alphas", "0,0.1",
-            "--temperatures", "1,2", "--epochs", "3", "--no-fuse", "--set", "lock.poll_s=0.05"]
+            "--temperatures", "1,2", "--epochs", "3", "--seeds", "0", "--no-fuse", "--set", "lock.poll_s=0.05"]
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=HANG_GUARD_S) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
@@ -259,7 +260,7 @@ def test_run_waits_for_a_cell_held_by_a_live_process(tmp_path, cli):
     from lskd_bench.runners.cells import plan_cells
     from lskd_bench.runners.grid import resolve_config
 
-    cfg = resolve_config("digits", {}, {"grid": {"alphas": [0.1], "temperatures": [1.0]}, "baseline": False,
+    cfg = resolve_config("digits", {}, {"grid": {"alphas": [0.1], "temperatures": [1.0], "seeds": [0]}, "baseline": False,
                                         "teacher": {"epochs": 1}, "student": {"epochs": 1}})
     teacher = next(c for c in plan_cells(cfg) if c.role == "teacher")
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
@@ -276,7 +277,7 @@ def test_run_waits_for_a_cell_held_by_a_live_process(tmp_path, cli):
             holder.kill()  # dies without a result: its lock is stale (left unreaped: a zombie counts as dead)
 
         threading.Thread(target=release_later, daemon=True).start()
-        rc, out, err = cli("run", "--out", str(tmp_path), "--alphas", "0.1", "--temperatures", "1", "--epochs", "1",
+        rc, out, err = cli("run", "--out", str(tmp_path), "--alphas", "0.1", "--temperatures", "1", "--epochs", "1", "--seeds", "0",
                            "--no-baseline", "--no-progress", "--set", "lock.poll_s=0.05")
     finally:
         holder.kill()

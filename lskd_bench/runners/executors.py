@@ -182,3 +182,6 @@ class TorchrunExecutor(SubprocessExecutor):
 
     def max_jobs(self, job: "GridJob") -> int:
         return 1
+
+
+from . import slurm as _slurm  # noqa: E402,F401  (registers the slurm executor)

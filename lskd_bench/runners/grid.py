@@ -31,7 +31,9 @@ def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Ma
     cfg["task"] = name
     validate_grid(cfg)
     check_student_methods(cfg["methods"], task.kind)
-    EXECUTORS.get(cfg["executor"])
+    executor = EXECUTORS.get(cfg["executor"])
+    if hasattr(executor, "validate"):
+        executor.validate(cfg)
     if cfg["student"].get("checkpoint"):
         raise UsageError("student.checkpoint is not used: students are trained (did you mean student.init_checkpoint?)")
     if cfg["teacher"].get("checkpoint"):
@@ -89,6 +91,8 @@ class GridJob:
     failed: dict[str, tuple[Cell, str]] = field(default_factory=dict)  # hash -> (cell, reason)
     blocked: list[Cell] = field(default_factory=list)
     elsewhere: list[Cell] = field(default_factory=list)  # finished by another process while we waited
+    submitted: list[Cell] = field(default_factory=list)  # handed to a cluster scheduler (not finished yet)
+    queued: list[Cell] = field(default_factory=list)  # already queued or running in the scheduler
     _data: Optional[TaskData] = None
 
     def data(self) -> TaskData:
@@ -262,6 +266,8 @@ class GridSummary:
     failed: list[tuple[Cell, str]] = field(default_factory=list)
     blocked: list[Cell] = field(default_factory=list)
     elsewhere: list[Cell] = field(default_factory=list)
+    submitted: list[Cell] = field(default_factory=list)
+    queued: list[Cell] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -269,6 +275,10 @@ class GridSummary:
 
     def line(self) -> str:
         extra = ""
+        if self.submitted:
+            extra += f", submitted {len(self.submitted)} to Slurm"
+        if self.queued:
+            extra += f", {len(self.queued)} already queued or running in Slurm"
         if self.elsewhere:
             extra += f", {len(self.elsewhere)} finished by another process"
         if self.failed:
@@ -301,6 +311,6 @@ def run_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridSumma
         units = fuse_units(pending, bool(cfg.get("fuse", True)), int(cfg.get("max_fused", 8)))
         executor = EXECUTORS.get(cfg["executor"])()
         executor.run(job, units)
-    return GridSummary(cells, job.trained, reused, time.perf_counter() - t0, out,
-                       failed=list(job.failed.values()), blocked=job.blocked, elsewhere=job.elsewhere)
+    return GridSummary(cells, job.trained, reused, time.perf_counter() - t0, out, failed=list(job.failed.values()),
+                       blocked=job.blocked, elsewhere=job.elsewhere, submitted=job.submitted, queued=job.queued)
 

@@ -155,6 +155,7 @@ class Member:
     loss_sum: float = 0.0
     loss_count: int = 0
     skipped: list = field(default_factory=list)
+    resumes: list = field(default_factory=list)  # where each resumed run picked up (epoch, step, time)
     finished: bool = False
 
     def __post_init__(self) -> None:
@@ -209,6 +210,8 @@ class Member:
         self.best = st.get("best")
         self.loss_sum, self.loss_count = st.get("loss_sum", 0.0), st.get("loss_count", 0)
         self.skipped = st.get("skipped", [])
+        self.resumes = [*st.get("resumes", []), {"epoch": self.epoch, "step": self.step,
+                                                  "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
 
     def checkpoint(self) -> None:
         if self.rank != 0:
@@ -219,7 +222,7 @@ class Member:
             "method": self.method.state_dict() if isinstance(self.method, nn.Module) else None,
             "rng": self.rng, "cuda_rng": self.cuda_rng, "history": self.history, "best": self.best,
             "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
-            "skipped": self.skipped,
+            "skipped": self.skipped, "resumes": self.resumes,
         })  # fmt: skip
 
     @contextlib.contextmanager
@@ -338,6 +341,7 @@ class Member:
             "history": self.history,
             "num_params": sum(p.numel() for p in self.model.parameters()),
             "skipped_samples": sorted(set(self.skipped)),
+            "resumes": self.resumes,
             "env": {"torch": torch.__version__, "device": str(self.device), "processes": world, "python": platform.python_version()},
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -359,6 +363,17 @@ def _teacher_logits(task: Task, teacher: nn.Module, batch: Any, device: torch.de
     return t_logits
 
 
+def _tick(profile: Optional[dict[str, float]], key: str, since: float, device: torch.device) -> float:
+    """Add the time since ``since`` to ``profile[key]`` (synchronising CUDA first); return the new mark."""
+    if profile is None:
+        return since
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    now = time.perf_counter()
+    profile[key] = profile.get(key, 0.0) + now - since
+    return now
+
+
 def _short(cell: Cell) -> str:
     if cell.role == "teacher":
         return f"a{cell.alpha:g}"
@@ -378,8 +393,12 @@ def train_group(
     progress: bool = True,
     on_epoch_end: Optional[Callable[[int], None]] = None,
     on_step: Optional[Callable[[int, int], None]] = None,
+    profile: Optional[dict[str, float]] = None,
 ) -> list[Outcome]:
     """Train ``cells`` (same role recipe and seed, same teacher) in one data pass; write each one's result.
+
+    ``profile``, if given, accumulates wall seconds spent loading batches (``data``), in the teacher forward
+    (``teacher``) and in the members' steps (``students``).
 
     A member whose own step fails (non-finite loss, out of memory) gets ``error.json`` and leaves the group;
     a failure of the shared work (data, teacher) fails every member. A ``DataError`` is re-raised after
@@ -421,6 +440,7 @@ def train_group(
             batches = task.train_batches(data, hp, cfg, seed=seed, epoch=epoch, shard=(rank, world), start=first,
                                          pin_memory=device.type == "cuda", skipped=skipped)
             steps = first + len(batches)
+            clock = time.perf_counter()
             for i, batch in enumerate(batches, first):
                 stepping = [m for m in active if m.wants(epoch, i)]
                 if not stepping:
@@ -428,9 +448,11 @@ def train_group(
                         break
                     continue
                 batch = task.to_device(batch, device, cfg)
+                clock = _tick(profile, "data", clock, device)
                 t_logits = None
                 if any(m.method.teacher_signal == "logits" for m in stepping):
                     t_logits = _teacher_logits(task, teacher, batch, device, cfg)
+                    clock = _tick(profile, "teacher", clock, device)
                 for m in stepping:
                     try:
                         m.train_step(batch, t_logits, epoch, steps)
@@ -441,6 +463,7 @@ def train_group(
                         fail(m, exc)
                         if device.type == "cuda":
                             torch.cuda.empty_cache()
+                clock = _tick(profile, "students", clock, device)
                 if on_step is not None:
                     on_step(epoch, i)
             for m in active:

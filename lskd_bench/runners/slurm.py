@@ -1,0 +1,371 @@
+"""The ``slurm`` executor: a grid submitted to a Slurm cluster through submitit, one job per training unit.
+
+- Each pending unit (a cell, or a fused group of students) becomes one job; a student job depends on its
+  teacher's job (``--dependency=afterok:<id>``), so the whole grid is submitted at once and Slurm orders it.
+- The job runs ``TrainUnitJob``: it takes the cells' locks (waiting for a stale lock to expire rather than
+  training a cell twice), trains with the shared loop and writes results to the shared run directory.
+  Multi-GPU and multi-node jobs run DDP over submitit's tasks (one per GPU), rank 0 writing results.
+- On time-out or preemption submitit calls ``checkpoint()``, which requeues the same unit: it resumes from the
+  cells' epoch checkpoints (``state.pt``).
+- Job states come from ``squeue`` (no accounting database needed): a job that left the queue without its
+  cells' results failed (cancelled, timed out, out of memory); ``error.json`` then records the tail of its log.
+- Each submitted cell gets ``slurm.json`` (job id, log paths), which ``lskd-bench status`` and re-submission
+  read: finished cells and cells whose job is still queued or running are not submitted again.
+
+A shared filesystem between the submitting machine and the compute nodes is assumed (the run directory,
+the profile's log folder, and the Python environment).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from ..config import load_yaml
+from ..errors import UsageError
+from ..schema import Field, Section
+from . import store
+from .executors import EXECUTORS
+
+if TYPE_CHECKING:
+    from .cells import Cell
+    from .grid import GridJob
+
+SLURM_JSON = "slurm.json"
+
+PROFILE = Section(
+    {
+        "partition": Field(str, None, "Slurm partition", nullable=True, identity=False),
+        "account": Field(str, None, "account to charge", nullable=True, identity=False),
+        "qos": Field(str, None, "quality of service", nullable=True, identity=False),
+        "nodes": Field(int, 1, "nodes per job (DDP across them)", min=1, identity=False),
+        "gpus_per_node": Field(int, 0, "GPUs per node (one DDP process each; 0: one CPU process)", min=0, identity=False),
+        "cpus_per_task": Field(int, 4, "CPUs per process (data-loader workers)", min=1, identity=False),
+        "mem_gb": Field(float, None, "memory per node in GB (null: the partition's default)", min=0.0, nullable=True,
+                        identity=False),
+        "time_min": Field(int, 1440, "time limit per job in minutes (a timed-out job is requeued and resumes)", min=1,
+                          identity=False),
+        "setup": Field([str], [], "shell lines run before the job (module load ..., source venv/bin/activate)",
+                       identity=False),
+        "sbatch_args": Field([str], [], "extra sbatch options as key=value, e.g. constraint=a100", identity=False),
+        "log_dir": Field(str, None, "submitit's folder for scripts and logs (default: RUNS/<task>/slurm)", nullable=True,
+                         identity=False),
+        "poll_s": Field(float, 10.0, "seconds between squeue polls with --wait", min=0.1, identity=False),
+        "wait": Field(bool, False, "block until every cell settled, then print the leaderboard", identity=False),
+    },
+    "the slurm executor's profile (--runner-profile FILE.yaml)",
+)
+
+
+def _require(cmd: str) -> str:
+    path = shutil.which(cmd)
+    if path is None:
+        raise UsageError(f"the slurm executor needs {cmd} on PATH (is this a Slurm login node?)")
+    return path
+
+
+def load_profile(path: str | Path) -> dict[str, Any]:
+    data = load_yaml(path)
+    try:
+        return PROFILE.check(data)
+    except UsageError as exc:
+        raise UsageError(f"{exc} (runner profile {path})") from None
+
+
+def partitions() -> list[str]:
+    out = subprocess.run([_require("sinfo"), "-h", "-o", "%R"], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise UsageError(f"sinfo failed: {out.stderr.strip() or out.stdout.strip()}")
+    return sorted({line.strip() for line in out.stdout.splitlines() if line.strip()})
+
+
+def queue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """{job id: (state, reason)} of the given jobs still known to squeue (PENDING, RUNNING, ...)."""
+    if not job_ids:
+        return {}
+    out = subprocess.run([_require("squeue"), "-h", "-o", "%i|%T|%r", "-j", ",".join(job_ids)],
+                         capture_output=True, text=True, timeout=60)
+    states = {}
+    for line in out.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3:
+            states[parts[0]] = (parts[1], parts[2])
+    return states
+
+
+def read_job(cell_dir: Path) -> Optional[dict[str, Any]]:
+    try:
+        return json.loads((Path(cell_dir) / SLURM_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def log_tail(info: dict[str, Any], lines: int = 15) -> str:
+    for key in ("stderr", "stdout"):
+        p = Path(info.get(key, ""))
+        if p.is_file():
+            text = p.read_text(errors="replace").strip().splitlines()
+            if text:
+                return "\n".join(text[-lines:])
+    return "(no log yet)"
+
+
+class TrainUnitJob:
+    """What a Slurm job runs: train one unit of a grid (spec written by the grid runner). Checkpointable:
+    on time-out or preemption submitit requeues it and it resumes from the cells' checkpoints."""
+
+    def __init__(self, spec: str, hashes: list[str]):
+        self.spec, self.hashes = spec, hashes
+
+    def __call__(self) -> dict[str, Any]:
+        import torch
+
+        from ..tasks import get_task
+        from .cells import plan_cells
+        from .executors import claim, read_spec
+        from .grid import GridJob, unit_inputs
+        from .lock import Heartbeat
+        from .train import resolve_device, train_group
+
+        spec = read_spec(self.spec)
+        cfg, out = spec["config"], Path(spec["out"])
+        by_hash = {c.hash: c for c in plan_cells(cfg)}
+        unit = [by_hash[h] for h in self.hashes]
+        world, rank = self._init_distributed(cfg)
+        job = GridJob(get_task(cfg["task"]), cfg, out, progress=False)
+        mine, locks = [], []
+        if rank == 0:
+            poll = float(cfg.get("lock", {}).get("poll_s", 1.0))
+            while True:  # wait for cells another process holds; a dead holder's lock goes stale
+                got, got_locks, busy = claim(job, [c for c in unit if c not in mine])
+                mine += got
+                locks += got_locks
+                if not busy:
+                    break
+                time.sleep(max(poll, 5.0))
+        if world > 1:
+            box = [[c.hash for c in mine]]
+            torch.distributed.broadcast_object_list(box, src=0)
+            mine = [by_hash[h] for h in box[0]]
+        outcomes = []
+        try:
+            if mine:
+                with Heartbeat(locks, float(cfg.get("lock", {}).get("heartbeat_s", 10.0))):
+                    data, teacher = unit_inputs(job, mine, resolve_device(cfg))
+                    outcomes = train_group(job.task, mine, cfg, data, [c.dir(out) for c in mine], teacher=teacher,
+                                           progress=False)
+        finally:
+            for lock in locks:
+                lock.release()
+            if world > 1:
+                torch.distributed.destroy_process_group()
+        return {o.cell.name: (o.error or "finished") for o in outcomes}
+
+    @staticmethod
+    def _init_distributed(cfg: dict[str, Any]) -> tuple[int, int]:
+        """One process per GPU (submitit tasks): set torch.distributed's environment from submitit's."""
+        try:
+            import submitit
+
+            env = submitit.JobEnvironment()
+        except (ImportError, RuntimeError):
+            return 1, 0
+        if env.num_tasks <= 1:
+            return 1, 0
+        import torch
+
+        os.environ.update({
+            "RANK": str(env.global_rank), "LOCAL_RANK": str(env.local_rank), "WORLD_SIZE": str(env.num_tasks),
+            "MASTER_ADDR": env.hostnames[0], "MASTER_PORT": str(20000 + int(str(env.job_id).split("_")[0]) % 20000),
+        })  # fmt: skip
+        backend = "nccl" if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu" else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(env.local_rank)
+        torch.distributed.init_process_group(backend)
+        return env.num_tasks, env.global_rank
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(TrainUnitJob(self.spec, self.hashes))
+
+
+@EXECUTORS.register("slurm")
+class SlurmExecutor:
+    """Submit every pending unit as a Slurm job (teachers first; students ``afterok`` their teacher's job)."""
+
+    @staticmethod
+    def validate(cfg: dict[str, Any]) -> None:
+        """Bad input before anything is written: no sbatch, unknown partition."""
+        _require("sbatch")
+        _require("squeue")
+        part = cfg["slurm"].get("partition")
+        if part:
+            known = partitions()
+            if part not in known:
+                raise UsageError(f"unknown Slurm partition {part!r} (known: {', '.join(known) or 'none'})")
+
+    def run(self, job: "GridJob", units: list[list["Cell"]]) -> None:
+        import submitit
+
+        prof = job.cfg["slurm"]
+        spec = str(job.write_spec())
+        folder = Path(prof.get("log_dir") or job.out / job.cfg["task"] / "slurm")
+        live = self._live_jobs(job, units)
+        job_of: dict[str, str] = {}  # cell hash -> job id of the job that will produce it
+        for cell_hash, (jid, _) in live.items():
+            job_of[cell_hash] = jid
+        for unit in units:
+            todo = [c for c in unit if store.read_result(c.dir(job.out)) is None and c.hash not in live]
+            for c in unit:
+                if c.hash in live:
+                    job.queued.append(c)
+            if not todo:
+                continue
+            ex = submitit.SlurmExecutor(folder=folder)
+            params = self._parameters(prof, job.cfg, todo)
+            tcell = todo[0].teacher
+            if tcell is not None and store.read_result(tcell.dir(job.out)) is None:
+                if tcell.hash not in job_of:
+                    raise RuntimeError(f"{todo[0].name}: its teacher {tcell.name} is neither finished nor submitted")
+                params["dependency"] = f"afterok:{job_of[tcell.hash]}"
+            ex.update_parameters(**params)
+            for c in todo:
+                store.clear_error(c.dir(job.out))
+            sj = ex.submit(TrainUnitJob(spec, [c.hash for c in todo]))
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            for c in todo:
+                job_of[c.hash] = sj.job_id
+                store.write_json(c.dir(job.out) / SLURM_JSON, {
+                    "job_id": sj.job_id, "submitted_at": now, "unit": [x.name for x in todo],
+                    "stdout": str(sj.paths.stdout), "stderr": str(sj.paths.stderr),
+                    "dependency": params.get("dependency"),
+                })  # fmt: skip
+                job.submitted.append(c)
+        if prof.get("wait"):
+            self.wait(job, units, job_of, float(prof.get("poll_s", 10.0)))
+
+    @staticmethod
+    def _parameters(prof: dict[str, Any], cfg: dict[str, Any], unit: list["Cell"]) -> dict[str, Any]:
+        gpus = int(prof["gpus_per_node"])
+        params: dict[str, Any] = {
+            "job_name": f"lskd-{cfg['task']}-{unit[0].name}"[:120],
+            "time": int(prof["time_min"]),
+            "nodes": int(prof["nodes"]),
+            "ntasks_per_node": max(1, gpus),
+            "cpus_per_task": int(prof["cpus_per_task"]),
+            "signal_delay_s": 120,
+            "stderr_to_stdout": False,
+        }
+        if gpus:
+            params["gpus_per_node"] = gpus
+        for key in ("partition", "account", "qos"):
+            if prof.get(key):
+                params[key] = prof[key]
+        if prof.get("mem_gb"):
+            params["mem"] = f"{int(prof['mem_gb'])}G"
+        if prof.get("setup"):
+            params["setup"] = list(prof["setup"])
+        extra = {}
+        for item in prof.get("sbatch_args") or []:
+            key, _, value = item.lstrip("-").partition("=")
+            extra[key] = value if value else True
+        if extra:
+            params["additional_parameters"] = extra
+        return params
+
+    @staticmethod
+    def _live_jobs(job: "GridJob", units: list[list["Cell"]]) -> dict[str, tuple[str, str]]:
+        """Cells whose previously submitted job is still queued or running: {hash: (job id, state)}."""
+        infos = {c.hash: read_job(c.dir(job.out)) for u in units for c in u}
+        ids = sorted({i["job_id"] for i in infos.values() if i})
+        states = queue_states(ids)
+        return {h: (i["job_id"], states[i["job_id"]][0]) for h, i in infos.items() if i and i["job_id"] in states}
+
+    def wait(self, job: "GridJob", units: list[list["Cell"]], job_of: dict[str, str], poll_s: float) -> None:
+        """Block until every cell is finished or its job left the queue without a result (then failed)."""
+        cells = [c for u in units for c in u]
+        bar = job.progress_bar(len(cells))
+        settled: set[str] = set()
+        try:
+            while len(settled) < len(cells):
+                states = queue_states(sorted(set(job_of.values())))
+                for c in cells:
+                    if c.hash in settled:
+                        continue
+                    d = c.dir(job.out)
+                    if store.read_result(d) is not None:
+                        settled.add(c.hash)
+                        job.mark_done(c)
+                        bar.update(1)
+                        continue
+                    jid = job_of.get(c.hash)
+                    if jid is not None and jid not in states:  # left the queue without a result
+                        note_failure(c, d)
+                        err = store.read_error(d) or {}
+                        job.failed[c.hash] = (c, f"{err.get('error')}: {err.get('message')}")
+                        settled.add(c.hash)
+                        bar.update(1)
+                if len(settled) < len(cells):
+                    time.sleep(poll_s)
+        finally:
+            bar.close()
+
+
+def note_failure(cell: "Cell", d: Path) -> None:
+    """A job ended without the cell's result: keep the cell's own error.json, or write one with the log tail."""
+    if store.read_error(d) is not None:
+        return
+    info = read_job(d) or {}
+    store.write_error(d, cell, RuntimeError(
+        f"Slurm job {info.get('job_id')} ended without a result (cancelled, timed out, out of memory or failed "
+        f"before training); log tail:\n{log_tail(info)}"), job_id=info.get("job_id"))  # fmt: skip
+
+
+def status_rows(runs: Path, task: Optional[str] = None) -> list[dict[str, str]]:
+    """Per cell under ``runs``: finished / running / queued / failed / interrupted / pending, with job ids."""
+    from .lock import is_stale, read_lock
+
+    dirs = sorted(p for p in Path(runs).glob("*/*") if p.is_dir() and "-" in p.name and p.name.split("_")[0] in
+                  ("teacher", "student", "baseline"))
+    if task:
+        dirs = [p for p in dirs if p.parent.name == task]
+    infos = {p: read_job(p) for p in dirs}
+    ids = sorted({i["job_id"] for i in infos.values() if i})
+    states: dict[str, tuple[str, str]] = {}
+    if ids and shutil.which("squeue"):
+        states = queue_states(ids)
+    rows = []
+    for p in dirs:
+        info = infos[p] or {}
+        jid = info.get("job_id", "")
+        row = {"task": p.parent.name, "cell": p.name, "job": jid, "state": "", "detail": ""}
+        lock = read_lock(p)
+        if store.read_result(p) is not None:
+            row["state"] = "finished"
+        elif jid and jid in states:
+            st, reason = states[jid]
+            row["state"] = "running" if st == "RUNNING" else "queued"
+            row["detail"] = st if st == "RUNNING" else f"{st} ({reason})"
+        elif lock is not None and not is_stale(lock, 300.0):
+            row["state"] = "running"
+            row["detail"] = lock.describe()
+        elif store.read_error(p) is not None:
+            err = store.read_error(p)
+            row["state"] = "failed"
+            row["detail"] = f"{err.get('error')}: {err.get('message')}"
+        elif jid:
+            row["state"] = "failed"
+            row["detail"] = f"job {jid} left the queue without a result; log tail:\n{log_tail(info)}"
+        elif (p / store.STATE).is_file():
+            row["state"] = "interrupted"
+            row["detail"] = "an epoch checkpoint exists: run again to resume"
+        else:
+            row["state"] = "pending"
+        rows.append(row)
+    return rows
