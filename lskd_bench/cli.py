@@ -67,11 +67,6 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     for flag in ("compile", "channels_last"):
         if getattr(args, flag):
             o[flag] = True
-    if getattr(args, "runner_profile", None):
-        from .runners.slurm import load_profile
-
-        o["slurm"] = load_profile(args.runner_profile)
-        o.setdefault("executor", "slurm")
     if getattr(args, "wait", False):
         set_dotted(o, "slurm.wait", True)
     for item in args.set or []:
@@ -80,12 +75,20 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
-def _resolve(args: argparse.Namespace):
+def _resolve(args: argparse.Namespace, check_executor: bool = True):
     from .config import load_yaml
     from .runners.grid import resolve
 
     file_cfg = load_yaml(args.config) if args.config else {}
-    return resolve(args.task, file_cfg, _run_overrides(args), file_label=f"config {args.config}")
+    profile = None
+    if getattr(args, "runner_profile", None):
+        from .runners.slurm import load_profile
+
+        raw = load_yaml(args.runner_profile)
+        load_profile(args.runner_profile)  # checked here, to name the file in errors
+        profile = (f"runner profile {args.runner_profile}", {"executor": "slurm", "slurm": raw})
+    return resolve(args.task, file_cfg, _run_overrides(args), file_label=f"config {args.config}",
+                   check_executor=check_executor, profile=profile)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -127,14 +130,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     from .config import describe_config
 
-    print(describe_config(_resolve(args)), end="")
+    print(describe_config(_resolve(args, check_executor=False)), end="")
     return 0
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
     from .tasks import get_task
 
-    resolved = _resolve(args)
+    resolved = _resolve(args, check_executor=False)
     task = get_task(resolved.cfg["task"])
     report = task.check_data(resolved.cfg, progress=not args.no_progress)
     counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())

@@ -21,18 +21,21 @@ from .lock import read_lock
 
 
 def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Mapping[str, Any],
-            file_label: str = "config file") -> Resolved:
-    """schema defaults <- task recipe <- YAML file <- CLI overrides, checked (UsageError on bad input)."""
+            file_label: str = "config file", check_executor: bool = True,
+            profile: Optional[tuple[str, Mapping[str, Any]]] = None) -> Resolved:
+    """schema defaults <- task recipe <- YAML file <- executor profile <- CLI overrides, checked (UsageError on
+    bad input)."""
     name = task_name or file_cfg.get("task") or DEFAULT_TASK
     task = get_task(name)
     res = resolve_layers(task, [(task.recipe_source(), task.default_config()), (file_label, file_cfg),
+                                *([profile] if profile else []),
                                 ("command line", {**overrides, "task": name} if task_name else dict(overrides))])
     cfg = res.cfg
     cfg["task"] = name
     validate_grid(cfg)
     check_student_methods(cfg["methods"], task.kind)
     executor = EXECUTORS.get(cfg["executor"])
-    if hasattr(executor, "validate"):
+    if check_executor and hasattr(executor, "validate"):
         executor.validate(cfg)
     if cfg["student"].get("checkpoint"):
         raise UsageError("student.checkpoint is not used: students are trained (did you mean student.init_checkpoint?)")

@@ -80,7 +80,8 @@ def load_profile(path: str | Path) -> dict[str, Any]:
 def partitions() -> list[str]:
     out = subprocess.run([_require("sinfo"), "-h", "-o", "%R"], capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
-        raise UsageError(f"sinfo failed: {out.stderr.strip() or out.stdout.strip()}")
+        lines = (out.stderr.strip() or out.stdout.strip() or "no output").splitlines()
+        raise UsageError(f"sinfo failed ({lines[-1].strip()}): is SLURM_CONF set and the controller up?")
     return sorted({line.strip() for line in out.stdout.splitlines() if line.strip()})
 
 
@@ -271,7 +272,7 @@ class SlurmExecutor:
             params["mem"] = f"{int(prof['mem_gb'])}G"
         if prof.get("setup"):
             params["setup"] = list(prof["setup"])
-        extra = {}
+        extra: dict[str, Any] = {"kill-on-invalid-dep": "yes"}  # a student whose teacher's job failed is cancelled
         for item in prof.get("sbatch_args") or []:
             key, _, value = item.lstrip("-").partition("=")
             extra[key] = value if value else True
@@ -285,6 +286,10 @@ class SlurmExecutor:
         infos = {c.hash: read_job(c.dir(job.out)) for u in units for c in u}
         ids = sorted({i["job_id"] for i in infos.values() if i})
         states = queue_states(ids)
+        stuck = sorted(j for j, (_, reason) in states.items() if "DependencyNeverSatisfied" in reason)
+        if stuck:  # waiting on a job that failed: cancel, they are submitted again below
+            subprocess.run([_require("scancel"), *stuck], capture_output=True, timeout=60)
+            states = {j: v for j, v in states.items() if j not in stuck}
         return {h: (i["job_id"], states[i["job_id"]][0]) for h, i in infos.items() if i and i["job_id"] in states}
 
     def wait(self, job: "GridJob", units: list[list["Cell"]], job_of: dict[str, str], poll_s: float) -> None:
