@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true")
     args = ap.parse_args()
     print(f"bench_fusion: torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {args.device}", flush=True)
-    grid = {"alphas": [0.1], "temperatures": [1.0, 2.0, 3.0, 64.0]}
+    grid = {"alphas": [0.1], "temperatures": [1.0, 2.0, 3.0, 64.0], "seeds": [0]}
     if args.workload in ("digits", "both"):
         run("digits", {"grid": grid, "device": args.device}, "digits")
     if args.workload in ("imagenet", "both"):

@@ -152,12 +152,17 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 2
 
 
-def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from .leaderboard import collect, write_outputs
-
+def _runs_dir(args: argparse.Namespace) -> Path:
     runs = Path(args.runs)
     if not runs.is_dir():
         raise UsageError(f"runs directory {runs} does not exist")
+    return runs
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from .leaderboard import collect, write_outputs
+
+    runs = _runs_dir(args)
     rows = collect(runs, args.select)
     if not rows:
         raise UsageError(f"no finished cells under {runs}")
@@ -171,9 +176,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .leaderboard.compare import compare
 
-    runs = Path(args.runs)
-    if not runs.is_dir():
-        raise UsageError(f"runs directory {runs} does not exist")
+    runs = _runs_dir(args)
     out = Path(args.out) if args.out else runs / "compare"
     if out.suffix in (".md", ".csv"):
         out = out.with_suffix("")
@@ -222,9 +225,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from .runners.slurm import status_rows
 
-    runs = Path(args.runs)
-    if not runs.is_dir():
-        raise UsageError(f"runs directory {runs} does not exist")
+    runs = _runs_dir(args)
     rows = status_rows(runs, args.task)
     if not rows:
         raise UsageError(f"no cells under {runs}")
@@ -235,6 +236,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         detail = r["detail"].replace("\n", "\n" + " " * (width + 28))
         print(f"{r['cell']:<{width}}  {r['state']:<11}  {r['job'] or '-':>9}  {detail}".rstrip())
     print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from .methods import METHODS, TEACHER_METHOD
+
+    for name, cls in METHODS.items():
+        if name == TEACHER_METHOD:
+            continue
+        axes = "alpha x T" if cls.uses_temperature else "alpha (no T axis)"
+        kinds = "/".join(cls.task_kinds)
+        print(f"{name:<10} {axes:<24} {kinds:<26} {cls.description}")
     return 0
 
 
@@ -254,16 +267,19 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
                    "an axis not swept takes grid.fixed (alpha 0.1, T 1)")
     r.add_argument("--alphas", help="teacher label-smoothing values (default: 0,0.1)")
     r.add_argument("--temperatures", help="KD temperatures (default: 1,2,3,64)")
-    r.add_argument("--seeds", help="student seeds (default: 0)")
-    r.add_argument("--methods", help="KD methods to train students with (default: kd); see the methods registry")
-    r.add_argument("--data-root", help="data directory of image tasks (ImageFolder for imagenet*, CUB_200_2011/ for cub200*)")
+    r.add_argument("--seeds", help="student seeds (default: the task's; digits 0,1,2, the others 0)")
+    r.add_argument("--methods", help="KD methods to train students with, comma-separated (default: kd); "
+                   "see 'lskd-bench methods'")
+    r.add_argument("--data-root", help="data directory (ImageFolder for imagenet*, CUB_200_2011/ for cub200*, "
+                   "the raw IWSLT release or train/valid/test.<lang> for iwslt_*)")
     r.add_argument("--init-checkpoint", help="local weights to start the teacher from (e.g. ImageNet-pretrained for CUB)")
     r.add_argument("--student-init-checkpoint", help="local weights to start the students from")
     r.add_argument("--teacher-checkpoint", help="an already trained teacher (one alpha): evaluated and distilled, not trained")
     r.add_argument("--epochs", type=int, help="epochs for teacher and student")
     r.add_argument("--batch-size", type=int, help="batch size for teacher and student")
     r.add_argument("--lr", type=float, help="base learning rate for teacher and student")
-    r.add_argument("--kd-lambda", type=float, help="weight of the KD term (default 0.5)")
+    r.add_argument("--kd-lambda", type=float, help="kd method: weight of the KD term (default: the task's; 1.0, pure "
+                   "KD as the official code, for every built-in task)")
     r.add_argument("--no-t-squared", action="store_true", help="do not scale the KD term by T^2")
     r.add_argument("--no-baseline", action="store_true", help="skip the no-KD baseline student")
     r.add_argument("--executor", help="where cells train: local (default), subprocess, torchrun or slurm")
@@ -369,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     st.add_argument("--task", help="only this task")
     st.set_defaults(func=cmd_status)
+
+    mt = sub.add_parser("methods", help="list the KD methods: grid axes, task kinds, objective")
+    mt.set_defaults(func=cmd_methods)
 
     t = sub.add_parser("tasks", help="list registered tasks")
     t.set_defaults(func=cmd_tasks)

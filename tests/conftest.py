@@ -43,3 +43,19 @@ def require(module: str, what: str):
     if os.environ.get("LSKD_REQUIRE_ALL") == "1":
         return importlib.import_module(module)
     return pytest.importorskip(module, reason=f"{module} is not installed: {what}")
+
+
+@pytest.fixture(scope="session")
+def imagenet_root(tmp_path_factory):
+    """A tiny ImageFolder in ImageNet's layout (3 classes, 4 train / 2 val JPEGs each)."""
+    from .image_fixtures import make_imagefolder
+
+    return make_imagefolder(tmp_path_factory.mktemp("imagenet"))
+
+
+@pytest.fixture(scope="session")
+def cub_root(tmp_path_factory):
+    """A tiny official CUB_200_2011 folder (its parent directory)."""
+    from .image_fixtures import make_cub
+
+    return make_cub(tmp_path_factory.mktemp("cub")).parent

@@ -212,17 +212,3 @@ def test_all_methods_on_image_tasks(task, fixture, roles, request, tmp_path):
     for cell in summary.cells:
         res = json.loads((cell.dir(tmp_path) / store.RESULT).read_text())
         assert 0 <= res["metrics"]["top1"] <= 100
-
-
-@pytest.fixture(scope="module")
-def imagenet_root(tmp_path_factory):
-    from .image_fixtures import make_imagefolder
-
-    return make_imagefolder(tmp_path_factory.mktemp("imagenet"))
-
-
-@pytest.fixture(scope="module")
-def cub_root(tmp_path_factory):
-    from .image_fixtures import make_cub
-
-    return make_cub(tmp_path_factory.mktemp("cub")).parent

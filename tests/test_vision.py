@@ -30,16 +30,6 @@ def tiny(root, **role):
     return o
 
 
-@pytest.fixture(scope="module")
-def imagenet_root(tmp_path_factory):
-    return make_imagefolder(tmp_path_factory.mktemp("imagenet"))
-
-
-@pytest.fixture(scope="module")
-def cub_root(tmp_path_factory):
-    return make_cub(tmp_path_factory.mktemp("cub")).parent
-
-
 def test_tasks_lists_the_image_tasks(cli):
     rc, out, _ = cli("tasks")
     names = [line.split()[0] for line in out.splitlines()]

@@ -407,6 +407,8 @@ def train_group(
     from tqdm.auto import tqdm
 
     device = resolve_device(cfg)
+    if len({(c.seed, c.role == "teacher") for c in cells}) != 1:
+        raise ValueError("a fused group shares one seed and one role recipe: " + ", ".join(c.name for c in cells))
     outcomes = {c.hash: Outcome(c) for c in cells}
     members: list[Member] = []
     for cell, d in zip(cells, dirs):
