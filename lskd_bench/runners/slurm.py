@@ -133,6 +133,9 @@ class TrainUnitJob:
         from .lock import Heartbeat
         from .train import resolve_device, train_group
 
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+        if cpus:  # one intra-op thread per allocated CPU: oversubscribed OpenMP threads spin and crawl
+            torch.set_num_threads(max(1, int(cpus)))
         spec = read_spec(self.spec)
         cfg, out = spec["config"], Path(spec["out"])
         by_hash = {c.hash: c for c in plan_cells(cfg)}
@@ -355,8 +358,8 @@ def status_rows(runs: Path, task: Optional[str] = None) -> list[dict[str, str]]:
             row["state"] = "finished"
         elif jid and jid in states:
             st, reason = states[jid]
-            row["state"] = "running" if st == "RUNNING" else "queued"
-            row["detail"] = st if st == "RUNNING" else f"{st} ({reason})"
+            row["state"] = "running" if st in ("RUNNING", "COMPLETING") else "queued"
+            row["detail"] = st if st in ("RUNNING", "COMPLETING") else f"{st} ({reason})"
         elif lock is not None and not is_stale(lock, 300.0):
             row["state"] = "running"
             row["detail"] = lock.describe()
