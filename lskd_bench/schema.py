@@ -122,7 +122,8 @@ class Section:
             if key not in self.fields:
                 dotted = f"{path}.{key}" if path else str(key)
                 known = [f"{path}.{k}" if path else k for k in self.fields]
-                hint = _suggest(dotted, known) or (f" (known: {', '.join(sorted(self.fields))})" if len(self.fields) <= 12 else "")
+                hint = _suggest(dotted, known) or (f" (known: {', '.join(sorted(self.fields))})" if len(self.fields) <= 12
+                                                   else " ('lskd-bench config' lists every key)")
                 raise UsageError(f"unknown config key {dotted}{hint}")
         out: dict[str, Any] = {}
         for key, f in self.fields.items():
