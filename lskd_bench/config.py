@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping
 
 import yaml
 
@@ -127,7 +127,7 @@ def resolve_layers(task: "Task", layers: list[tuple[str, Mapping[str, Any]]]) ->
     return Resolved(schema.check(cfg), provenance)
 
 
-def describe_config(resolved: Resolved, schema: Optional[Section] = None) -> str:
+def describe_config(resolved: Resolved) -> str:
     """``key: value  # layer`` lines of a resolved config, in schema order."""
     flat = flatten(resolved.cfg)
     width = max((len(k) + len(_yaml_scalar(v)) for k, v in flat.items()), default=0) + 4

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .errors import UsageError
 
@@ -145,14 +145,6 @@ class Section:
             elif f.identity:
                 out[key] = value[key]
         return out
-
-    def walk(self, prefix: str = "") -> Iterator[tuple[str, Field]]:
-        for key, f in self.fields.items():
-            dotted = f"{prefix}.{key}" if prefix else key
-            if isinstance(f, Section):
-                yield from f.walk(dotted)
-            else:
-                yield dotted, f
 
 
 def _copy(v: Any) -> Any:

@@ -82,8 +82,3 @@ def official_projection(train: tuple[np.ndarray, np.ndarray], head_weight: np.nd
             fitted = PCA2.fit(np.concatenate([proj, cents]))
         out.append((fitted.transform(proj), fitted.transform(cents)))
     return out
-
-
-def penultimate_projection(features: np.ndarray, head_weight: np.ndarray, classes: Sequence[int]) -> np.ndarray:
-    """The 2-D points of the features of these three classes (no bias; PCA on the points themselves)."""
-    return pca_2d(project(features, projection_basis(head_weight, classes)))

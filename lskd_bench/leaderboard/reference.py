@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Optional
+from typing import Optional
 
 import yaml
 
@@ -97,7 +97,3 @@ def claims_text(cells: dict[tuple[float, float], list[float]], ref: Optional[Ref
             text += f", paper {mark[p]}"
         lines.append(text)
     return lines
-
-
-def as_dict(ref: Reference) -> dict[str, Any]:
-    return {"source": ref.source, "metrics": ref.metrics}

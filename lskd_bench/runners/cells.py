@@ -54,13 +54,9 @@ def _fmt(x: Optional[float]) -> str:
     return "none" if x is None else f"{float(x):g}"
 
 
-def _identity(task: str, role: str, cfg: dict[str, Any]) -> dict[str, Any]:
+def _identity(task: str, role: str, cfg: dict[str, Any], schema: Any) -> dict[str, Any]:
     """The part of the config that can change a cell's result: the schema's identity keys of the data
     section and of the role's recipe (hardware settings, checkpoint and eval intervals are left out)."""
-    from ..config import full_schema
-    from ..tasks import get_task
-
-    schema = full_schema(get_task(task))
     section = "teacher" if role == "teacher" else "student"
     return {
         "task": task,
@@ -83,9 +79,12 @@ def plan_cells(cfg: dict[str, Any]) -> list[Cell]:
 
     A method without a temperature (``uses_temperature = False``) gets one student per alpha (T = None).
     """
+    from ..config import full_schema
     from ..methods import method_class
+    from ..tasks import get_task
 
     task = cfg["task"]
+    schema = full_schema(get_task(task))  # built once: every cell's identity reads it
     alphas, temps = grid_values(cfg)
     seeds = [int(s) for s in cfg["grid"]["seeds"]]
     teacher_seed = seeds[0] if cfg["teacher"].get("seed") is None else int(cfg["teacher"]["seed"])
@@ -94,12 +93,12 @@ def plan_cells(cfg: dict[str, Any]) -> list[Cell]:
     cells: list[Cell] = []
     teachers: dict[float, Cell] = {}
     for a in alphas:
-        ident = {**_identity(task, "teacher", cfg), "method": "ls", "alpha": a, "seed": teacher_seed}
+        ident = {**_identity(task, "teacher", cfg, schema), "method": "ls", "alpha": a, "seed": teacher_seed}
         teachers[a] = Cell(task, "teacher", t_arch, "ls", a, None, teacher_seed, config_hash(ident, 8))
         cells.append(teachers[a])
     for seed in seeds:
         if cfg.get("baseline", True):
-            ident = {**_identity(task, "baseline", cfg), "method": "ls", "alpha": 0.0, "seed": seed}
+            ident = {**_identity(task, "baseline", cfg, schema), "method": "ls", "alpha": 0.0, "seed": seed}
             cells.append(Cell(task, "baseline", s_arch, "ls", 0.0, None, seed, config_hash(ident, 8)))
         for method in cfg["methods"]:
             mcls = method_class(method)
@@ -107,7 +106,7 @@ def plan_cells(cfg: dict[str, Any]) -> list[Cell]:
                 for t in temps if mcls.uses_temperature else [None]:
                     tcell = teachers[a]
                     ident = {
-                        **_identity(task, "student", cfg),
+                        **_identity(task, "student", cfg, schema),
                         "method": method,
                         "params": mcls.params.identity(cfg.get(method, {})),
                         "T": t,
