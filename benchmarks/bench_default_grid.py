@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lskd_bench.runners import store
+from lskd_bench import store
 from lskd_bench.runners.grid import resolve_config, run_grid
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lskd_bench.runners import store
+from lskd_bench import store
 from lskd_bench.runners.cells import plan_cells
 from lskd_bench.runners.grid import resolve_config
 from lskd_bench.runners.train import load_model, resolve_device, train_group

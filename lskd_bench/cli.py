@@ -7,7 +7,20 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import __version__
+from .analysis.plot import visualize
+from .analysis.report import analyze, write_report
+from .analysis.runs import RunIndex
+from .config import Resolved, describe_config, load_yaml, parse_override, set_dotted
 from .errors import UsageError
+from .leaderboard import collect, write_outputs
+from .leaderboard.compare import compare
+from .methods import METHODS, TEACHER_METHOD
+from .registry import EXECUTORS
+from .runners.cells import plan_cells
+from .runners.grid import resolve, run_grid
+from .runners.status import status_rows
+from .store import check_writable_dir
+from .tasks import get_task, task_names
 
 DEFAULT_RUNS = "runs"
 
@@ -31,8 +44,6 @@ def _list_of(kind: Callable[[str], Any], flag: str) -> Callable[[str], list]:
 
 
 def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from .config import parse_override, set_dotted
-
     o: dict[str, Any] = {}
     if args.grid is not None:
         set_dotted(o, "grid.axes", _list_of(str, "--grid")(args.grid))
@@ -67,36 +78,47 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     for flag in ("compile", "channels_last"):
         if getattr(args, flag):
             o[flag] = True
-    if getattr(args, "wait", False):
-        set_dotted(o, "slurm.wait", True)
     for item in args.set or []:
         key, value = parse_override(item)
         set_dotted(o, key, value)
     return o
 
 
-def _resolve(args: argparse.Namespace, check_executor: bool = True):
-    from .config import load_yaml
-    from .runners.grid import resolve
+def _profile_layer(path: str, executor: Optional[str]) -> tuple[str, dict[str, Any]]:
+    """``--runner-profile FILE``: the config section of ``executor`` (default: the one registered executor
+    that has a section, the slurm executor), as a config layer that also selects the executor."""
+    if executor is None:
+        with_section = [n for n, cls in EXECUTORS.items() if getattr(cls, "config_section", None)]
+        if len(with_section) != 1:
+            raise UsageError(f"--runner-profile needs --executor (executors with a profile: {', '.join(with_section)})")
+        executor = with_section[0]
+    section = getattr(EXECUTORS.get(executor), "config_section", None)
+    if section is None:
+        raise UsageError(f"executor {executor} takes no --runner-profile")
+    raw = load_yaml(path)
+    try:
+        section.check(raw)  # checked here, to name the file in errors
+    except UsageError as exc:
+        raise UsageError(f"{exc} (runner profile {path})") from None
+    return f"runner profile {path}", {"executor": executor, executor: raw}
 
+
+def _resolve(args: argparse.Namespace, check_executor: bool = True) -> Resolved:
     file_cfg = load_yaml(args.config) if args.config else {}
-    profile = None
-    if getattr(args, "runner_profile", None):
-        from .runners.slurm import load_profile
-
-        raw = load_yaml(args.runner_profile)
-        load_profile(args.runner_profile)  # checked here, to name the file in errors
-        profile = (f"runner profile {args.runner_profile}", {"executor": "slurm", "slurm": raw})
-    return resolve(args.task, file_cfg, _run_overrides(args), file_label=f"config {args.config}",
-                   check_executor=check_executor, profile=profile)
+    profile = _profile_layer(args.runner_profile, args.executor) if getattr(args, "runner_profile", None) else None
+    overrides = _run_overrides(args)
+    resolved = resolve(args.task, file_cfg, overrides, file_label=f"config {args.config}", check_executor=check_executor,
+                       profile=profile)
+    if getattr(args, "wait", False):  # the chosen executor's "wait" (an executor that submits jobs and returns)
+        name = resolved.cfg["executor"]
+        if "wait" in resolved.cfg.get(name, {}):
+            set_dotted(overrides, f"{name}.wait", True)
+            resolved = resolve(args.task, file_cfg, overrides, file_label=f"config {args.config}",
+                               check_executor=check_executor, profile=profile)
+    return resolved
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .leaderboard import collect, write_outputs
-    from .runners.cells import plan_cells
-    from .runners.grid import run_grid
-    from .runners.store import check_writable_dir
-
     cfg = _resolve(args).cfg
     out = Path(args.out)
     check_writable_dir(out)
@@ -114,11 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _, md = write_outputs(rows, out / cfg["task"] / "leaderboard")
         print(md, end="")
     print(summary.line())
-    if summary.submitted and not cfg["slurm"].get("wait"):
-        from .runners.slurm import read_job
-
-        jobs = sorted({read_job(c.dir(out))["job_id"] for c in summary.submitted}, key=int)
-        print(f"Slurm jobs: {' '.join(jobs)}\nwatch them with: lskd-bench status --runs {out}   (or squeue -j {','.join(jobs)})")
+    for line in summary.notes:  # the executor's (the Slurm job ids to watch...)
+        print(line)
     if not summary.ok:
         for line in summary.failure_lines():
             print(line, file=sys.stderr)
@@ -128,15 +147,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from .config import describe_config
-
     print(describe_config(_resolve(args, check_executor=False)), end="")
     return 0
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
-    from .tasks import get_task
-
     resolved = _resolve(args, check_executor=False)
     task = get_task(resolved.cfg["task"])
     report = task.check_data(resolved.cfg, progress=not args.no_progress)
@@ -160,8 +175,6 @@ def _runs_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from .leaderboard import collect, write_outputs
-
     runs = _runs_dir(args)
     rows = collect(runs, args.select)
     if not rows:
@@ -174,8 +187,6 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .leaderboard.compare import compare
-
     runs = _runs_dir(args)
     out = Path(args.out) if args.out else runs / "compare"
     if out.suffix in (".md", ".csv"):
@@ -187,8 +198,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .analysis.report import analyze, write_report
-
     split = _list_of(str, "--target")
     rows = analyze(
         Path(args.runs),
@@ -210,9 +219,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
-    from .analysis.plot import visualize
-    from .analysis.runs import RunIndex
-
     classes = _list_of(str, "--classes")(args.classes) if args.classes else []
     name = "_".join(classes) if classes else "default"
     out = Path(args.out) if args.out else Path(args.runs) / RunIndex(Path(args.runs), args.task).task / "analysis" / f"projection_{name}_{args.split}.png"
@@ -223,8 +229,6 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .runners.slurm import status_rows
-
     runs = _runs_dir(args)
     rows = status_rows(runs, args.task)
     if not rows:
@@ -240,8 +244,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from .methods import METHODS, TEACHER_METHOD
-
     for name, cls in METHODS.items():
         if name == TEACHER_METHOD:
             continue
@@ -252,8 +254,6 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from .tasks import get_task, task_names
-
     for name in task_names():
         print(f"{name:<18} {get_task(name).description}")
     return 0
@@ -278,8 +278,8 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--epochs", type=int, help="epochs for teacher and student")
     r.add_argument("--batch-size", type=int, help="batch size for teacher and student")
     r.add_argument("--lr", type=float, help="base learning rate for teacher and student")
-    r.add_argument("--kd-lambda", type=float, help="kd method: weight of the KD term (default: the task's; 1.0, pure "
-                   "KD as the official code, for every built-in task)")
+    r.add_argument("--kd-lambda", type=float, help="kd method: weight of the KD term (default 1.0: pure KD, the paper's "
+                   "and the official code's objective)")
     r.add_argument("--no-t-squared", action="store_true", help="do not scale the KD term by T^2")
     r.add_argument("--no-baseline", action="store_true", help="skip the no-KD baseline student")
     r.add_argument("--executor", help="where cells train: local (default), subprocess, torchrun or slurm")

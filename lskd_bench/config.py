@@ -7,32 +7,20 @@ the same settings finds its finished cells and a run with other settings never o
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
 from pathlib import Path
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import yaml
 
 from .errors import UsageError
-from .schema import RUN, Section, flatten
-
-if TYPE_CHECKING:
-    from .tasks import Task
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Return a copy of ``base`` with ``override`` merged in (dicts recursively, the rest replaced)."""
-    out = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+from .methods import method_sections
+from .registry import EXECUTORS
+from .schema import RUN, Section, deep_merge, flatten  # noqa: F401  (deep_merge: re-exported)
+from .tasks import Task
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -91,14 +79,16 @@ def config_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-def full_schema(task: "Task") -> Section:
-    """The schema of a run of ``task``: the common sections, the task's data and role sections, and one
-    section per registered KD method with parameters."""
-    from .methods import method_sections
-    from .runners.slurm import PROFILE
+def executor_sections() -> dict[str, Section]:
+    """The config section of every registered executor that declares one (``config_section``)."""
+    return {name: cls.config_section for name, cls in EXECUTORS.items() if getattr(cls, "config_section", None)}
 
+
+def full_schema(task: Task) -> Section:
+    """The schema of a run of ``task``: the common sections, the task's data and role sections, one section
+    per registered KD method with parameters and one per registered executor with a config section."""
     return RUN.extend({"data": task.data_schema, "teacher": task.train_schema, "student": task.train_schema,
-                       "slurm": PROFILE, **task.extra_sections, **method_sections()})
+                       **executor_sections(), **task.extra_sections, **method_sections()})
 
 
 @dataclass
@@ -107,7 +97,7 @@ class Resolved:
     provenance: dict[str, str]  # dotted key -> the layer that set it
 
 
-def resolve_layers(task: "Task", layers: list[tuple[str, Mapping[str, Any]]]) -> Resolved:
+def resolve_layers(task: Task, layers: list[tuple[str, Mapping[str, Any]]]) -> Resolved:
     """Merge ``layers`` (label, partial config) over the schema defaults; check each layer, then the result."""
     schema = full_schema(task)
     cfg: dict[str, Any] = schema.defaults()

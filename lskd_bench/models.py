@@ -5,6 +5,7 @@ Weights are never downloaded (``pretrained`` is off); ``load_init_checkpoint`` r
 """
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,21 @@ import torch
 from torch import nn
 
 from .errors import UsageError
-from .tasks.base import ClassifierNet
+
+class ClassifierNet(nn.Module):
+    """A backbone producing penultimate features and a linear head: what the analysis reads."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
 
 # arch name -> (library, constructor name)
 ARCHS = {
@@ -29,11 +44,11 @@ def build_image_model(arch: str, num_classes: int) -> ClassifierNet:
         raise UsageError(f"unknown arch {arch!r} (known: {', '.join(sorted(ARCHS))})")
     lib, name = ARCHS[arch]
     if lib == "timm":
-        import timm
+        import timm  # heavy: imported only when a timm architecture is built
 
         backbone = timm.create_model(name, pretrained=False, num_classes=0)  # forward -> pooled features
         return ClassifierNet(backbone, backbone.num_features, num_classes)
-    import torchvision
+    import torchvision  # heavy: imported only when a torchvision architecture is built
 
     net = getattr(torchvision.models, name)(weights=None)
     if hasattr(net, "fc"):  # ResNets
@@ -58,8 +73,6 @@ def init_path(template: str, alpha: float) -> Path:
     """The checkpoint a cell starts from: ``{alpha}`` in the path becomes the cell's teacher alpha (``0``,
     ``0.1``), so each CUB teacher can start from the ImageNet teacher of its own alpha; a glob pattern must
     match exactly one file (e.g. ``runs/imagenet/teacher_resnet50_a{alpha}_s0-*/model.pt``)."""
-    import glob
-
     text = str(template).replace("{alpha}", f"{float(alpha):g}")
     if any(ch in text for ch in "*?["):
         hits = sorted(glob.glob(text))

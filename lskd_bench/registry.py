@@ -1,7 +1,8 @@
 """One registry pattern for tasks, KD methods and executors.
 
 Built-in entries register with the ``@REGISTRY.register("name")`` decorator when their module is
-imported. Third-party packages add entries through Python entry points: a package declares, e.g.::
+imported; a registry lists its built-in modules (``builtin``) and imports them the first time it is looked
+up, so the package that defines a registry never imports its plugins at module level. Third-party packages add entries through Python entry points: a package declares, e.g.::
 
     [project.entry-points."lskd_bench.methods"]
     my_kd = "my_pkg.kd:MyKD"
@@ -10,8 +11,9 @@ and ``lskd-bench`` loads it the first time the registry is looked up.
 """
 from __future__ import annotations
 
+import importlib
 from importlib import metadata
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterator, Sequence, TypeVar
 
 from .errors import UsageError
 
@@ -19,9 +21,10 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, entry_point_group: str):
+    def __init__(self, kind: str, entry_point_group: str, builtin: Sequence[str] = ()):
         self.kind = kind
         self.group = entry_point_group
+        self.builtin = tuple(builtin)  # modules whose import registers the built-in entries
         self._items: dict[str, T] = {}
         self._entry_points_loaded = False
 
@@ -41,6 +44,8 @@ class Registry(Generic[T]):
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
+        for module in self.builtin:
+            importlib.import_module(module)
         for ep in metadata.entry_points(group=self.group):
             if ep.name not in self._items:
                 self._items[ep.name] = ep.load()
@@ -64,3 +69,10 @@ class Registry(Generic[T]):
     def __contains__(self, name: str) -> bool:
         self._load_entry_points()
         return name in self._items
+
+
+# The executor registry lives here, below the config layer, so that the config schema can collect each
+# executor's own section (``config_section``) as it does each method's; the executors themselves
+# (runners/executors.py, runners/slurm.py) register when it is first looked up.
+EXECUTORS: Registry[type] = Registry("executor", "lskd_bench.executors",
+                                     builtin=("lskd_bench.runners.executors", "lskd_bench.runners.slurm"))

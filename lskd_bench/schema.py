@@ -10,6 +10,7 @@ the ``teacher``/``student`` sections; KD methods add one section each, named aft
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 from dataclasses import dataclass
@@ -166,6 +167,25 @@ def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[dotted] = v
     return out
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``base`` with ``override`` merged in (dicts recursively, the rest replaced)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def grid_values(cfg: Mapping[str, Any]) -> tuple[list[float], list[float]]:
+    """(alphas, temperatures) a resolved config's grid runs: a swept axis takes its list, the other its fixed value."""
+    grid = cfg["grid"]
+    alphas = grid["alphas"] if "alpha" in grid["axes"] else [grid["fixed"]["alpha"]]
+    temps = grid["temperatures"] if "T" in grid["axes"] else [grid["fixed"]["T"]]
+    return [float(a) for a in alphas], [float(t) for t in temps]
 
 
 # ------------------------------------------------------------------------------------------------ sections

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lskd_bench.leaderboard.compare import welch_p
-from lskd_bench.runners import store
+from lskd_bench import store
 
 from .test_leaderboard import result
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from lskd_bench.runners import store
+from lskd_bench import store
 
 ARGS = ["--alphas", "0.1", "--temperatures", "2", "--epochs", "2", "--seeds", "0", "--no-progress"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lskd_bench.runners import store
+from lskd_bench import store
 from lskd_bench.runners.cells import plan_cells
 from lskd_bench.runners.grid import fuse_units, resolve_config, run_grid
 from lskd_bench.runners.train import load_model, train_group
@@ -100,16 +100,16 @@ def test_members_at_different_positions_train_together(setup, tmp_path):
 def test_fuse_units_grouping_and_split(tiny_cfg):
     cfg = resolve_config("digits", {}, tiny_overrides(methods=["kd", "dist"]))
     cells = plan_cells(cfg)
-    units = fuse_units(cells)
+    units = fuse_units(cells, fuse=True, max_fused=cfg["max_fused"])
     roles = [sorted(c.role for c in u) for u in units]
     assert roles[0] == ["teacher", "teacher"]  # both alphas' teachers share one pass
     by_teacher = [u for u in units if u[0].role != "teacher"]
     assert len(by_teacher) == 2  # one group per teacher (alpha)
     assert sum(c.role == "baseline" for u in by_teacher for c in u) == 1  # the baseline joins one of them
     assert all(len({c.teacher.hash for c in u if c.teacher}) == 1 for u in by_teacher)
-    split = fuse_units(cells, max_fused=2)
+    split = fuse_units(cells, fuse=True, max_fused=2)
     assert max(len(u) for u in split) == 2 and sorted(c.hash for u in split for c in u) == sorted(c.hash for c in cells)
-    assert all(len(u) == 1 for u in fuse_units(cells, fuse=False))
+    assert all(len(u) == 1 for u in fuse_units(cells, fuse=False, max_fused=cfg["max_fused"]))
 
 
 def test_adding_a_temperature_trains_only_that_student(tmp_path):

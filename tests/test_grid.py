@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lskd_bench.runners import store
+from lskd_bench import store
 from lskd_bench.runners.cells import plan_cells
 from lskd_bench.runners.grid import resolve_config, run_grid
 from lskd_bench.runners.train import train_cell

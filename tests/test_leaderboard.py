@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from lskd_bench.leaderboard import collect, to_csv, to_markdown, write_outputs
-from lskd_bench.runners import store
+from lskd_bench import store
 
 
 def result(role, arch, alpha, T, seed, top1, top5, h, teacher_arch=None, method=None):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lskd_bench.errors import UsageError
-from lskd_bench.runners import store
+from lskd_bench import store
 from lskd_bench.tasks.nmt.corpus import read_corpus
 
 from .conftest import require

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lskd_bench.methods import METHODS, HintonKD
-from lskd_bench.runners import store
+from lskd_bench import store
 from lskd_bench.runners.lock import LOCK, CellLock, read_lock
 
 from .image_fixtures import WNIDS, make_imagefolder
@@ -35,10 +35,10 @@ def test_config_command_prints_values_and_their_sources(tmp_path, cli):
     lines = {line.split(":", 1)[0]: line for line in out.splitlines()}
     assert re.fullmatch(r"teacher\.lr: 0\.2 +# command line", lines["teacher.lr"])
     assert re.fullmatch(rf"student\.epochs: 7 +# config {re.escape(str(cfg))}", lines["student.epochs"])
-    assert re.fullmatch(r"teacher\.epochs: 30 +# task digits defaults", lines["teacher.epochs"])
+    assert re.fullmatch(r"teacher\.epochs: 30 +# recipe lskd_bench/configs/digits\.yaml", lines["teacher.epochs"])
     assert re.fullmatch(r"grid\.seeds: \[0, 1\] +# command line", lines["grid.seeds"])
     assert re.fullmatch(r"grid\.alphas: \[0\.0, 0\.1\] +# default", lines["grid.alphas"])
-    assert re.fullmatch(r"kd\.lambda: 1\.0 +# task digits defaults", lines["kd.lambda"])
+    assert re.fullmatch(r"kd\.lambda: 1\.0 +# recipe lskd_bench/configs/digits\.yaml", lines["kd.lambda"])
     assert re.fullmatch(r"kd\.t_squared: true +# default", lines["kd.t_squared"])
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lskd_bench.runners import store
+from lskd_bench import store
 
 from .conftest import require
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lskd_bench.models import ARCHS, build_image_model, load_init_checkpoint
-from lskd_bench.runners import store
+from lskd_bench import store
 from lskd_bench.runners.grid import resolve_config, run_grid
 from lskd_bench.tasks import get_task
 
@@ -129,7 +129,7 @@ def test_arch_not_offered_by_task(tmp_path, cli, imagenet_root):
 
 
 def test_wordnet_hierarchy_picks_siblings():
-    from lskd_bench.analysis.hierarchy import load_wordnet_parents, similar_and_dissimilar
+    from lskd_bench.hierarchy import load_wordnet_parents, similar_and_dissimilar
 
     parents = load_wordnet_parents()
     assert parents["n01440764"] == "n01439121"  # tench -> cyprinid

@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import UsageError
+from ..tasks import get_task
 from .projection import official_projection
 from .runs import CellRecord, RunIndex, resolve_class
 
@@ -52,15 +53,13 @@ def visualize(
     val_per_class: Optional[int] = 50,
 ) -> tuple[Path, tuple[int, int]]:
     """Draw the grid figure to ``out`` (PNG); return the path and its (width, height) in pixels."""
-    import matplotlib
+    import matplotlib  # heavy: imported only when a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     index = RunIndex(runs, task)
     if not classes:
-        from ..tasks import get_task
-
         classes = list(get_task(index.task).projection_classes)
         if not classes:
             raise UsageError(f"task {index.task!r} has no default classes to project: give --classes A,B,C")

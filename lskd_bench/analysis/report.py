@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..errors import UsageError
-from ..runners import store
+from .. import store
 from ..tasks import get_task
 from .diffusion import diffusion_index, verdict
-from .hierarchy import similar_and_dissimilar
+from ..hierarchy import similar_and_dissimilar
 from .runs import RunIndex, resolve_class
 
 CSV_COLUMNS = ["task", "student_arch", "method", "seed", "alpha", "t1", "t2", "target", "similar", "dissimilar",

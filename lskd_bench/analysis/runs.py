@@ -8,7 +8,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import UsageError
-from ..runners import store
+from .. import store
 
 
 @dataclass

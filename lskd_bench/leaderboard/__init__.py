@@ -13,7 +13,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..runners import store
+from .. import store
+from .reference import claims_text, find
 
 BASE_COLUMNS = ["task", "role", "teacher_arch", "student_arch", "method", "alpha", "T", "seed"]
 TAIL_COLUMNS = ["select", "epoch", "epochs", "wall_s", "config_hash"]
@@ -154,8 +155,6 @@ def to_markdown(rows: Iterable[dict[str, Any]]) -> str:
 
 
 def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
-    from .reference import claims_text, find
-
     ref = find(task, t_arch, s_arch, method) if s_arch else None
     tch = [r for r in teachers if r["teacher_arch"] == t_arch]
     stu = [r for r in students if (r["teacher_arch"], r["student_arch"], r["method"]) == (t_arch, s_arch, method)]

@@ -16,12 +16,13 @@ import csv
 import io
 import math
 import statistics
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional
 
+from .. import store
 from ..errors import UsageError
-from ..runners import store
 from . import collect, latest
 
 NO_T = ""  # the T of a cell whose method has no temperature
@@ -34,9 +35,7 @@ def welch_p(a: list[float], b: list[float]) -> Optional[float]:
     va, vb = statistics.variance(a), statistics.variance(b)
     if va == 0 and vb == 0:
         return 1.0 if statistics.mean(a) == statistics.mean(b) else 0.0
-    import warnings
-
-    from scipy import stats
+    from scipy import stats  # heavy (scipy): imported on first use
 
     with warnings.catch_warnings():  # near-identical seeds: scipy warns about precision, the p-value stands
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -177,7 +176,7 @@ class Comparison:
 
     # -- plot ---------------------------------------------------------------------------------------
     def plot(self, path: Path) -> Path:
-        import matplotlib
+        import matplotlib  # heavy: imported only when a figure is drawn
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

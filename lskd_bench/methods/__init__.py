@@ -66,7 +66,8 @@ class Method:
         return {}
 
 
-METHODS: Registry[type[Method]] = Registry("method", "lskd_bench.methods")
+# methods/zoo.py (dkd, kd_std, dist, ttm, nkd, ctkd) registers itself when the registry is first looked up
+METHODS: Registry[type[Method]] = Registry("method", "lskd_bench.methods", builtin=("lskd_bench.methods.zoo",))
 TEACHER_METHOD = "ls"  # what teachers and the no-KD baseline train with
 
 
@@ -93,7 +94,8 @@ class HintonKD(Method):
     description = "Hinton KD: (1-lambda)*CE + lambda*T^2*KL(softmax(t/T) || softmax(s/T))"
     params = Section(
         {
-            "lambda": Field(float, 0.5, "weight of the KD term (1: pure KD, no cross-entropy)", min=0.0, max=1.0),
+            "lambda": Field(float, 1.0, "weight of the KD term (1, the default: pure KD, no cross-entropy, the paper's and "
+                            "the official code's objective)", min=0.0, max=1.0),
             "t_squared": Field(bool, True, "scale the KD term by T^2 (Hinton et al.)"),
         },
         "Hinton KD",
@@ -128,7 +130,7 @@ def method_class(name: str) -> type[Method]:
 
 def build_method(name: str, cfg: dict[str, Any], *, alpha: float = 0.0, T: Optional[float] = None) -> Method:
     cls = METHODS.get(name)
-    return cls(cfg.get(name), alpha=alpha, T=T)
+    return cls(cfg[name] if cls.params.fields else {}, alpha=alpha, T=T)
 
 
 def check_student_methods(names: list[str], task_kind: str) -> None:
@@ -149,8 +151,6 @@ def method_sections() -> dict[str, Section]:
     """The config section of every registered method that has parameters."""
     return {name: cls.params for name, cls in METHODS.items() if cls.params.fields}
 
-
-from . import zoo  # noqa: E402,F401  (registers dkd, kd_std, dist, ttm, nkd, ctkd)
 
 __all__ = [
     "METHODS",

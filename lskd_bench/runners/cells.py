@@ -5,8 +5,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ..config import config_hash
+from ..config import config_hash, full_schema
 from ..errors import UsageError
+from ..methods import method_class
+from ..schema import Section, grid_values
+from ..tasks import get_task
 
 GRID_AXES = ("alpha", "T")
 
@@ -54,24 +57,16 @@ def _fmt(x: Optional[float]) -> str:
     return "none" if x is None else f"{float(x):g}"
 
 
-def _identity(task: str, role: str, cfg: dict[str, Any], schema: Any) -> dict[str, Any]:
+def _identity(task: str, role: str, cfg: dict[str, Any], schema: Section) -> dict[str, Any]:
     """The part of the config that can change a cell's result: the schema's identity keys of the data
     section and of the role's recipe (hardware settings, checkpoint and eval intervals are left out)."""
     section = "teacher" if role == "teacher" else "student"
     return {
         "task": task,
         "role": role,
-        "data": schema.fields["data"].identity(cfg.get("data", {})),
+        "data": schema.fields["data"].identity(cfg["data"]),
         "train": schema.fields[section].identity(cfg[section]),
     }
-
-
-def grid_values(cfg: dict[str, Any]) -> tuple[list[float], list[float]]:
-    """(alphas, temperatures) the grid runs: a swept axis takes its list, the other its fixed value."""
-    grid = cfg["grid"]
-    alphas = grid["alphas"] if "alpha" in grid["axes"] else [grid["fixed"]["alpha"]]
-    temps = grid["temperatures"] if "T" in grid["axes"] else [grid["fixed"]["T"]]
-    return [float(a) for a in alphas], [float(t) for t in temps]
 
 
 def plan_cells(cfg: dict[str, Any]) -> list[Cell]:
@@ -79,15 +74,11 @@ def plan_cells(cfg: dict[str, Any]) -> list[Cell]:
 
     A method without a temperature (``uses_temperature = False``) gets one student per alpha (T = None).
     """
-    from ..config import full_schema
-    from ..methods import method_class
-    from ..tasks import get_task
-
     task = cfg["task"]
     schema = full_schema(get_task(task))  # built once: every cell's identity reads it
     alphas, temps = grid_values(cfg)
     seeds = [int(s) for s in cfg["grid"]["seeds"]]
-    teacher_seed = seeds[0] if cfg["teacher"].get("seed") is None else int(cfg["teacher"]["seed"])
+    teacher_seed = seeds[0] if cfg["teacher"]["seed"] is None else cfg["teacher"]["seed"]
     t_arch, s_arch = cfg["teacher"]["arch"], cfg["student"]["arch"]
 
     cells: list[Cell] = []
@@ -97,7 +88,7 @@ def plan_cells(cfg: dict[str, Any]) -> list[Cell]:
         teachers[a] = Cell(task, "teacher", t_arch, "ls", a, None, teacher_seed, config_hash(ident, 8))
         cells.append(teachers[a])
     for seed in seeds:
-        if cfg.get("baseline", True):
+        if cfg["baseline"]:
             ident = {**_identity(task, "baseline", cfg, schema), "method": "ls", "alpha": 0.0, "seed": seed}
             cells.append(Cell(task, "baseline", s_arch, "ls", 0.0, None, seed, config_hash(ident, 8)))
         for method in cfg["methods"]:
@@ -108,7 +99,7 @@ def plan_cells(cfg: dict[str, Any]) -> list[Cell]:
                     ident = {
                         **_identity(task, "student", cfg, schema),
                         "method": method,
-                        "params": mcls.params.identity(cfg.get(method, {})),
+                        "params": mcls.params.identity(cfg[method] if mcls.params.fields else {}),
                         "T": t,
                         "seed": seed,
                         "teacher": tcell.hash,

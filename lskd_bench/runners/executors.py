@@ -13,72 +13,47 @@ entry-point group: a class whose ``run(job, units)`` trains the given units.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Protocol
+from typing import Any, Optional
 
-from ..registry import Registry
-from . import store
-from .lock import CellLock, Heartbeat, is_stale, read_lock
-
-if TYPE_CHECKING:
-    from .cells import Cell
-    from .grid import GridJob
-
-
-class Executor(Protocol):
-    def run(self, job: "GridJob", units: list[list["Cell"]]) -> None: ...
+from .. import store
+from ..registry import EXECUTORS
+from ..schema import Section
+from .cells import Cell
+from .lock import is_stale, read_lock
+from .scheduler import Scheduler, raise_if_data_error
+from .train import resolve_device
+from .units import GridJob, claim, read_spec, train_unit  # noqa: F401  (claim, read_spec: re-exported)
 
 
-EXECUTORS: Registry[type] = Registry("executor", "lskd_bench.executors")
+class Executor:
+    """Base class of executors. ``run`` trains the given units, each through ``units.train_unit`` in whatever
+    process or job it starts. ``config_section``, if set, is collected into the run config under the
+    executor's registered name (a cluster profile: ``--runner-profile FILE`` sets it)."""
 
+    config_section: Optional[Section] = None
 
-def claim(job: "GridJob", unit: list["Cell"]) -> tuple[list["Cell"], list[CellLock], list["Cell"]]:
-    """Lock what we can of ``unit``: (cells now ours, their locks, cells another process holds)."""
-    stale_s = float(job.cfg.get("lock", {}).get("stale_s", 300.0))
-    mine, locks, busy = [], [], []
-    for c in unit:
-        lock = CellLock(c.dir(job.out))
-        if lock.try_acquire(stale_s):
-            if store.read_result(c.dir(job.out)) is not None:  # finished between our check and the lock
-                lock.release()
-                continue
-            mine.append(c)
-            locks.append(lock)
-        else:
-            busy.append(c)
-    return mine, locks, busy
+    @staticmethod
+    def validate(cfg: dict[str, Any]) -> None:
+        """Checks before anything is written (a missing scheduler command...); raise UsageError."""
 
+    def run(self, job: GridJob, units: list[list[Cell]]) -> None:
+        raise NotImplementedError
 
-def train_unit_here(job: "GridJob", unit: list["Cell"], device, teacher_cache: Optional[dict] = None,
-                    progress: bool = True):
-    """Lock, train and release ``unit`` in this process. Returns (outcomes, busy cells)."""
-    from .grid import unit_inputs
-    from .train import train_group
-
-    mine, locks, busy = claim(job, unit)
-    outcomes = []
-    if mine:
-        try:
-            with Heartbeat(locks, float(job.cfg.get("lock", {}).get("heartbeat_s", 10.0))):
-                data, teacher = unit_inputs(job, mine, device, teacher_cache)
-                outcomes = train_group(job.task, mine, job.cfg, data, [c.dir(job.out) for c in mine],
-                                       teacher=teacher, progress=progress)
-        finally:
-            for lock in locks:
-                lock.release()
-    return outcomes, busy
+    @staticmethod
+    def status(dirs: list[Path]) -> dict[Path, dict[str, str]]:
+        """This executor's view of cells that are not finished, for ``lskd-bench status``: per cell
+        directory it knows about, ``{"state": ..., "detail": ..., "job": ...}``."""
+        return {}
 
 
 @EXECUTORS.register("local")
-class LocalExecutor:
-    def run(self, job: "GridJob", units: list[list["Cell"]]) -> None:
-        from .grid import Scheduler
-        from .train import resolve_device
-
+class LocalExecutor(Executor):
+    def run(self, job: GridJob, units: list[list[Cell]]) -> None:
         device = resolve_device(job.cfg)
         sched = Scheduler(job, units)
         teacher_cache: dict = {}
@@ -88,7 +63,7 @@ class LocalExecutor:
                 if unit is None:
                     sched.idle()
                     continue
-                outcomes, busy = train_unit_here(job, unit, device, teacher_cache, progress=job.progress)
+                outcomes, busy = train_unit(job, unit, device=device, teacher_cache=teacher_cache)
                 for c in busy:
                     sched.finish(c, False, busy=True)
                 for o in outcomes:
@@ -99,28 +74,24 @@ class LocalExecutor:
 
 
 @EXECUTORS.register("subprocess")
-class SubprocessExecutor:
+class SubprocessExecutor(Executor):
     poll_seconds = 0.2
 
-    def launcher(self, job: "GridJob") -> list[str]:
+    def launcher(self, job: GridJob) -> list[str]:
         return [sys.executable, "-m", "lskd_bench.runners.worker"]
 
-    def max_jobs(self, job: "GridJob") -> int:
-        return max(1, int(job.cfg.get("jobs", 1)))
+    def max_jobs(self, job: GridJob) -> int:
+        return job.cfg["jobs"]
 
-    def run(self, job: "GridJob", units: list[list["Cell"]]) -> None:
-        import time
-
-        from .grid import Scheduler, raise_if_data_error
-
+    def run(self, job: GridJob, units: list[list[Cell]]) -> None:
         spec = job.write_spec()
         sched = Scheduler(job, units)
-        running: list[tuple[subprocess.Popen, list["Cell"]]] = []
+        running: list[tuple[subprocess.Popen, list[Cell]]] = []
         jobs = self.max_jobs(job)
         env = dict(os.environ)
         if jobs > 1:
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
-        stale_s = float(job.cfg.get("lock", {}).get("stale_s", 300.0))
+        stale_s = job.cfg["lock"]["stale_s"]
         try:
             while not sched.done() or running:
                 started = False
@@ -156,7 +127,7 @@ class SubprocessExecutor:
                 sched.poll_waiting()
                 if not started:
                     if running or sched.waiting:
-                        time.sleep(self.poll_seconds if running else float(job.cfg.get("lock", {}).get("poll_s", 1.0)))
+                        time.sleep(self.poll_seconds if running else job.cfg["lock"]["poll_s"])
                     elif not sched.done():
                         sched.idle()
         finally:
@@ -167,21 +138,14 @@ class SubprocessExecutor:
             sched.close()
 
 
-def read_spec(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
 @EXECUTORS.register("torchrun")
 class TorchrunExecutor(SubprocessExecutor):
     """Each unit as one DDP job of ``nproc_per_node`` processes (``lskd-bench run --nproc-per-node N``),
     one unit at a time, launched through ``torch.distributed.run`` (torchrun)."""
 
-    def launcher(self, job: "GridJob") -> list[str]:
-        n = int(job.cfg.get("nproc_per_node", 1))
+    def launcher(self, job: GridJob) -> list[str]:
+        n = job.cfg["nproc_per_node"]
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "-m", "lskd_bench.runners.worker"]
 
-    def max_jobs(self, job: "GridJob") -> int:
+    def max_jobs(self, job: GridJob) -> int:
         return 1
-
-
-from . import slurm as _slurm  # noqa: E402,F401  (registers the slurm executor)

@@ -1,5 +1,6 @@
 """The grid runner: resolve the config, plan cells, skip the finished ones, group the rest into training
-units (fused data passes) and hand them to an executor, which trains them under cross-process locks."""
+units (fused data passes) and hand them to an executor, which trains them under cross-process locks
+(``runners/units.py``)."""
 from __future__ import annotations
 
 import time
@@ -10,14 +11,15 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
+from .. import store
 from ..config import Resolved, config_hash, resolve_layers
-from ..errors import DataError, UsageError
+from ..errors import UsageError
 from ..methods import check_student_methods, method_class
-from ..tasks import DEFAULT_TASK, Task, TaskData, get_task
-from . import store
+from ..registry import EXECUTORS
+from ..tasks import DEFAULT_TASK, get_task
 from .cells import Cell, grid_values, plan_cells, validate_grid
-from .executors import EXECUTORS
-from .lock import read_lock
+from .scheduler import Scheduler, raise_if_data_error  # noqa: F401  (re-exported)
+from .units import GridJob, unit_inputs  # noqa: F401  (re-exported)
 
 
 def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Mapping[str, Any],
@@ -37,17 +39,13 @@ def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Ma
     executor = EXECUTORS.get(cfg["executor"])
     if check_executor and hasattr(executor, "validate"):
         executor.validate(cfg)
-    if cfg["student"].get("checkpoint"):
+    if cfg["student"]["checkpoint"]:
         raise UsageError("student.checkpoint is not used: students are trained (did you mean student.init_checkpoint?)")
-    if cfg["teacher"].get("checkpoint"):
+    if cfg["teacher"]["checkpoint"]:
         if not Path(cfg["teacher"]["checkpoint"]).is_file():
             raise UsageError(f"teacher checkpoint {cfg['teacher']['checkpoint']} does not exist")
         if len(grid_values(cfg)[0]) != 1:
             raise UsageError("--teacher-checkpoint gives one teacher: run one alpha at a time (--alphas A)")
-    for role in ("teacher", "student"):
-        hp = cfg[role]
-        if hp["schedule"] == "step" and hp.get("step_size") is None:
-            raise UsageError(f"{role}.schedule step needs {role}.step_size")
     task.validate(cfg)
     return res
 
@@ -57,7 +55,7 @@ def resolve_config(task_name: Optional[str], file_cfg: Mapping[str, Any], overri
 
 
 # ------------------------------------------------------------------------------------------ units
-def fuse_units(cells: list[Cell], fuse: bool = True, max_fused: int = 8) -> list[list[Cell]]:
+def fuse_units(cells: list[Cell], *, fuse: bool, max_fused: int) -> list[list[Cell]]:
     """Group cells that can share one data pass: same role recipe, same seed and the same teacher
     (teachers of all alphas together; the no-KD baseline joins the first student group of its seed;
     students on teacher-generated targets train on other data, so they group only with each other).
@@ -84,180 +82,6 @@ def fuse_units(cells: list[Cell], fuse: bool = True, max_fused: int = 8) -> list
     return units
 
 
-@dataclass
-class GridJob:
-    task: Task
-    cfg: dict[str, Any]
-    out: Path
-    progress: bool = True
-    trained: list[Cell] = field(default_factory=list)
-    failed: dict[str, tuple[Cell, str]] = field(default_factory=dict)  # hash -> (cell, reason)
-    blocked: list[Cell] = field(default_factory=list)
-    elsewhere: list[Cell] = field(default_factory=list)  # finished by another process while we waited
-    submitted: list[Cell] = field(default_factory=list)  # handed to a cluster scheduler (not finished yet)
-    queued: list[Cell] = field(default_factory=list)  # already queued or running in the scheduler
-    _data: Optional[TaskData] = None
-
-    def data(self) -> TaskData:
-        if self._data is None:
-            self._data = self.task.load_data(self.cfg, cache_dir=self.cache_dir())
-        return self._data
-
-    def cache_dir(self) -> Path:
-        return self.out / self.cfg["task"] / "cache"
-
-    def mark_done(self, cell: Cell) -> None:
-        self.trained.append(cell)
-
-    def progress_bar(self, total: int):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=f"{self.cfg['task']} grid", unit="cell", disable=not self.progress)
-
-    def write_spec(self) -> Path:
-        path = self.out / self.cfg["task"] / "configs" / f"spec-{config_hash(self.cfg)}.json"
-        store.write_json(path, {"config": self.cfg, "out": str(self.out), "progress": False})
-        return path
-
-
-def unit_inputs(job: GridJob, unit: list[Cell], device, teacher_cache: Optional[dict] = None):
-    """(data, teacher model) a unit trains with; teacher-target students get the relabelled data."""
-    from .train import load_model
-
-    data = job.data()
-    tcell = unit[0].teacher if unit[0].role == "student" else None
-    if tcell is None:
-        return data, None
-    cache = teacher_cache if teacher_cache is not None else {}
-    if tcell.hash not in cache:
-        cache.clear()  # one teacher in memory at a time
-        cache[tcell.hash] = load_model(job.task, tcell.arch, data, job.cfg, tcell.dir(job.out) / store.MODEL, device)
-    teacher = cache[tcell.hash]
-    if method_class(unit[0].method).teacher_signal == "targets":
-        data = job.task.teacher_targets(teacher, data, job.cfg, device, tcell.dir(job.out) / "teacher_targets")
-    return data, teacher
-
-
-# ------------------------------------------------------------------------------------------ scheduling
-class Scheduler:
-    """Hands out units whose teachers are finished, and tracks every cell to a final state:
-    done (here or by another process), failed (error.json) or blocked (its teacher failed).
-
-    Cells another process is training (a live lock) are waited for: polled until their result appears,
-    their lock is released (then they are ours to train) or the other process records a failure."""
-
-    def __init__(self, job: GridJob, units: list[list[Cell]]):
-        self.job = job
-        self.queue = [list(u) for u in units]
-        self.total = sum(len(u) for u in units)
-        self.settled: dict[str, str] = {}  # hash -> done | failed | blocked
-        self.waiting: dict[str, Cell] = {}  # held by another process
-        self.running: set[str] = set()
-        self.bar = job.progress_bar(self.total)
-        self.cfg_lock = job.cfg.get("lock", {})
-
-    # -- states -----------------------------------------------------------------------------------
-    def _settle(self, cell: Cell, state: str) -> None:
-        if cell.hash in self.settled:
-            return
-        self.settled[cell.hash] = state
-        self.bar.update(1)
-        self.bar.set_postfix_str(cell.name)
-
-    def _teacher_state(self, cell: Cell) -> str:
-        """ready | wait | failed"""
-        t = cell.teacher
-        if t is None or store.read_result(t.dir(self.job.out)) is not None:
-            return "ready"
-        if self.settled.get(t.hash) in ("failed", "blocked"):
-            return "failed"
-        return "wait"
-
-    def done(self) -> bool:
-        return not self.queue and not self.waiting and not self.running
-
-    def next_unit(self) -> Optional[list[Cell]]:
-        """The first queued unit that can start now (members already finished or blocked are dropped)."""
-        for unit in list(self.queue):
-            members = []
-            for c in unit:
-                if store.read_result(c.dir(self.job.out)) is not None:
-                    self._settle(c, "done")
-                    if c not in self.job.trained:
-                        self.job.elsewhere.append(c)
-                    continue
-                state = self._teacher_state(c)
-                if state == "failed":
-                    self.job.blocked.append(c)
-                    self._settle(c, "blocked")
-                    continue
-                members.append(c)
-            if not members:
-                self.queue.remove(unit)
-                continue
-            if any(self._teacher_state(c) == "wait" for c in members):
-                unit[:] = members
-                continue
-            self.queue.remove(unit)
-            for c in members:
-                self.running.add(c.hash)
-            return members
-        return None
-
-    def finish(self, cell: Cell, result_ok: bool, reason: Optional[str] = None, busy: bool = False) -> None:
-        """Record the end of our attempt at ``cell``: trained, failed, or held by someone else (busy)."""
-        self.running.discard(cell.hash)
-        if busy:
-            self.waiting[cell.hash] = cell
-            return
-        if result_ok:
-            self.job.mark_done(cell)
-            self._settle(cell, "done")
-        else:
-            self.job.failed[cell.hash] = (cell, reason or "failed")
-            self._settle(cell, "failed")
-
-    def poll_waiting(self) -> None:
-        """Settle the cells other processes hold once they finish; requeue those they let go."""
-        stale_s = float(self.cfg_lock.get("stale_s", 300.0))
-        from .lock import is_stale
-
-        for h, cell in list(self.waiting.items()):
-            d = cell.dir(self.job.out)
-            if store.read_result(d) is not None:
-                del self.waiting[h]
-                self.job.elsewhere.append(cell)
-                self._settle(cell, "done")
-                continue
-            info = read_lock(d)
-            if info is not None and not is_stale(info, stale_s):
-                continue
-            del self.waiting[h]
-            err = store.read_error(d)
-            if err is not None:
-                self.job.failed[h] = (cell, f"{err.get('error')}: {err.get('message')} (in another process)")
-                self._settle(cell, "failed")
-            else:
-                self.queue.append([cell])
-
-    def idle(self) -> None:
-        """Nothing can start: wait a little for teachers or cells held elsewhere."""
-        self.poll_waiting()
-        if self.waiting or self.queue:
-            time.sleep(float(self.cfg_lock.get("poll_s", 1.0)))
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def raise_if_data_error(cells: list[Cell], out: Path) -> None:
-    """A data error in any cell is bad input for the whole grid: stop with its message."""
-    for c in cells:
-        err = store.read_error(c.dir(out))
-        if err and err.get("error") == "DataError":
-            raise DataError(err.get("message", "unreadable sample"))
-
-
 # ------------------------------------------------------------------------------------------ run
 @dataclass
 class GridSummary:
@@ -271,6 +95,7 @@ class GridSummary:
     elsewhere: list[Cell] = field(default_factory=list)
     submitted: list[Cell] = field(default_factory=list)
     queued: list[Cell] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -311,9 +136,9 @@ def run_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridSumma
         store.atomic_write(cfg_path, lambda f: yaml.safe_dump(cfg, f, sort_keys=False), mode="w")
     job = GridJob(task, cfg, out, progress)
     if pending:
-        units = fuse_units(pending, bool(cfg.get("fuse", True)), int(cfg.get("max_fused", 8)))
+        units = fuse_units(pending, fuse=cfg["fuse"], max_fused=cfg["max_fused"])
         executor = EXECUTORS.get(cfg["executor"])()
         executor.run(job, units)
     return GridSummary(cells, job.trained, reused, time.perf_counter() - t0, out, failed=list(job.failed.values()),
-                       blocked=job.blocked, elsewhere=job.elsewhere, submitted=job.submitted, queued=job.queued)
+                       blocked=job.blocked, elsewhere=job.elsewhere, submitted=job.submitted, queued=job.queued, notes=job.notes)
 

@@ -24,17 +24,18 @@ import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
-from ..config import load_yaml
+import torch
+
+from .. import store
 from ..errors import UsageError
+from ..registry import EXECUTORS
 from ..schema import Field, Section
-from . import store
-from .executors import EXECUTORS
-
-if TYPE_CHECKING:
-    from .cells import Cell
-    from .grid import GridJob
+from ..tasks import get_task
+from .cells import Cell, plan_cells
+from .executors import Executor
+from .units import GridJob, distributed, read_spec, train_unit
 
 SLURM_JSON = "slurm.json"
 
@@ -67,14 +68,6 @@ def _require(cmd: str) -> str:
     if path is None:
         raise UsageError(f"the slurm executor needs {cmd} on PATH (is this a Slurm login node?)")
     return path
-
-
-def load_profile(path: str | Path) -> dict[str, Any]:
-    data = load_yaml(path)
-    try:
-        return PROFILE.check(data)
-    except UsageError as exc:
-        raise UsageError(f"{exc} (runner profile {path})") from None
 
 
 def partitions() -> list[str]:
@@ -124,102 +117,69 @@ class TrainUnitJob:
         self.spec, self.hashes = spec, hashes
 
     def __call__(self) -> dict[str, Any]:
-        import torch
-
-        from ..tasks import get_task
-        from .cells import plan_cells
-        from .executors import claim, read_spec
-        from .grid import GridJob, unit_inputs
-        from .lock import Heartbeat
-        from .train import resolve_device, train_group
-
         cpus = os.environ.get("SLURM_CPUS_PER_TASK")
         if cpus:  # one intra-op thread per allocated CPU: oversubscribed OpenMP threads spin and crawl
             torch.set_num_threads(max(1, int(cpus)))
         spec = read_spec(self.spec)
-        cfg, out = spec["config"], Path(spec["out"])
+        cfg = spec["config"]
         by_hash = {c.hash: c for c in plan_cells(cfg)}
         unit = [by_hash[h] for h in self.hashes]
-        world, rank = self._init_distributed(cfg)
-        job = GridJob(get_task(cfg["task"]), cfg, out, progress=False)
-        mine, locks = [], []
-        if rank == 0:
-            poll = float(cfg.get("lock", {}).get("poll_s", 1.0))
-            while True:  # wait for cells another process holds; a dead holder's lock goes stale
-                got, got_locks, busy = claim(job, [c for c in unit if c not in mine])
-                mine += got
-                locks += got_locks
-                if not busy:
-                    break
-                time.sleep(max(poll, 5.0))
-        if world > 1:
-            box = [[c.hash for c in mine]]
-            torch.distributed.broadcast_object_list(box, src=0)
-            mine = [by_hash[h] for h in box[0]]
-        outcomes = []
-        try:
-            if mine:
-                with Heartbeat(locks, float(cfg.get("lock", {}).get("heartbeat_s", 10.0))):
-                    data, teacher = unit_inputs(job, mine, resolve_device(cfg))
-                    outcomes = train_group(job.task, mine, cfg, data, [c.dir(out) for c in mine], teacher=teacher,
-                                           progress=False)
-        finally:
-            for lock in locks:
-                lock.release()
-            if world > 1:
-                torch.distributed.destroy_process_group()
+        _environment_from_submitit()
+        with distributed(cfg):
+            job = GridJob(get_task(cfg["task"]), cfg, Path(spec["out"]), progress=False)
+            outcomes, _ = train_unit(job, unit, wait_for_busy=True)
         return {o.cell.name: (o.error or "finished") for o in outcomes}
 
-    @staticmethod
-    def _init_distributed(cfg: dict[str, Any]) -> tuple[int, int]:
-        """One process per GPU (submitit tasks): set torch.distributed's environment from submitit's."""
-        try:
-            import submitit
-
-            env = submitit.JobEnvironment()
-        except (ImportError, RuntimeError):
-            return 1, 0
-        if env.num_tasks <= 1:
-            return 1, 0
-        import torch
-
-        os.environ.update({
-            "RANK": str(env.global_rank), "LOCAL_RANK": str(env.local_rank), "WORLD_SIZE": str(env.num_tasks),
-            "MASTER_ADDR": env.hostnames[0], "MASTER_PORT": str(20000 + int(str(env.job_id).split("_")[0]) % 20000),
-        })  # fmt: skip
-        backend = "nccl" if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu" else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(env.local_rank)
-        torch.distributed.init_process_group(backend)
-        return env.num_tasks, env.global_rank
-
     def checkpoint(self, *args: Any, **kwargs: Any):
-        import submitit
+        import submitit  # optional [slurm] extra: imported where a Slurm job needs it
 
         return submitit.helpers.DelayedSubmission(TrainUnitJob(self.spec, self.hashes))
 
 
+def _environment_from_submitit() -> None:
+    """A job of several tasks (one per GPU) is one process group: torch.distributed's environment
+    (``init_distributed`` reads it) from submitit's view of the job."""
+    try:
+        import submitit  # optional [slurm] extra: imported where a Slurm job needs it
+
+        env = submitit.JobEnvironment()
+    except (ImportError, RuntimeError):
+        return
+    if env.num_tasks <= 1:
+        return
+    os.environ.update({
+        "RANK": str(env.global_rank), "LOCAL_RANK": str(env.local_rank), "WORLD_SIZE": str(env.num_tasks),
+        "MASTER_ADDR": env.hostnames[0], "MASTER_PORT": str(20000 + int(str(env.job_id).split("_")[0]) % 20000),
+    })  # fmt: skip
+
+
 @EXECUTORS.register("slurm")
-class SlurmExecutor:
+class SlurmExecutor(Executor):
     """Submit every pending unit as a Slurm job (teachers first; students ``afterok`` their teacher's job)."""
+
+    config_section = PROFILE
+
+    @staticmethod
+    def status(dirs: list[Path]) -> dict[Path, dict[str, str]]:
+        return slurm_status(dirs)
 
     @staticmethod
     def validate(cfg: dict[str, Any]) -> None:
         """Bad input before anything is written: no sbatch, unknown partition."""
         _require("sbatch")
         _require("squeue")
-        part = cfg["slurm"].get("partition")
+        part = cfg["slurm"]["partition"]
         if part:
             known = partitions()
             if part not in known:
                 raise UsageError(f"unknown Slurm partition {part!r} (known: {', '.join(known) or 'none'})")
 
-    def run(self, job: "GridJob", units: list[list["Cell"]]) -> None:
-        import submitit
+    def run(self, job: GridJob, units: list[list[Cell]]) -> None:
+        import submitit  # optional [slurm] extra: imported where the executor runs
 
         prof = job.cfg["slurm"]
         spec = str(job.write_spec())
-        folder = Path(prof.get("log_dir") or job.out / job.cfg["task"] / "slurm")
+        folder = Path(prof["log_dir"] or job.out / job.cfg["task"] / "slurm")
         live = self._live_jobs(job, units)
         job_of: dict[str, str] = {}  # cell hash -> job id of the job that will produce it
         for cell_hash, (jid, _) in live.items():
@@ -251,11 +211,15 @@ class SlurmExecutor:
                     "dependency": params.get("dependency"),
                 })  # fmt: skip
                 job.submitted.append(c)
-        if prof.get("wait"):
-            self.wait(job, units, job_of, float(prof.get("poll_s", 10.0)))
+        if prof["wait"]:
+            self.wait(job, units, job_of, prof["poll_s"])
+        elif job.submitted:
+            jobs = sorted({job_of[c.hash] for c in job.submitted}, key=int)
+            job.notes.append(f"Slurm jobs: {' '.join(jobs)}\nwatch them with: lskd-bench status --runs {job.out}   "
+                             f"(or squeue -j {','.join(jobs)})")
 
     @staticmethod
-    def _parameters(prof: dict[str, Any], cfg: dict[str, Any], unit: list["Cell"]) -> dict[str, Any]:
+    def _parameters(prof: dict[str, Any], cfg: dict[str, Any], unit: list[Cell]) -> dict[str, Any]:
         gpus = int(prof["gpus_per_node"])
         params: dict[str, Any] = {
             "job_name": f"lskd-{cfg['task']}-{unit[0].name}"[:120],
@@ -269,14 +233,14 @@ class SlurmExecutor:
         if gpus:
             params["gpus_per_node"] = gpus
         for key in ("partition", "account", "qos"):
-            if prof.get(key):
+            if prof[key]:
                 params[key] = prof[key]
-        if prof.get("mem_gb"):
+        if prof["mem_gb"]:
             params["mem"] = f"{int(prof['mem_gb'])}G"
-        if prof.get("setup"):
+        if prof["setup"]:
             params["setup"] = list(prof["setup"])
         extra: dict[str, Any] = {"kill-on-invalid-dep": "yes"}  # a student whose teacher's job failed is cancelled
-        for item in prof.get("sbatch_args") or []:
+        for item in prof["sbatch_args"]:
             key, _, value = item.lstrip("-").partition("=")
             extra[key] = value if value else True
         if extra:
@@ -284,7 +248,7 @@ class SlurmExecutor:
         return params
 
     @staticmethod
-    def _live_jobs(job: "GridJob", units: list[list["Cell"]]) -> dict[str, tuple[str, str]]:
+    def _live_jobs(job: GridJob, units: list[list[Cell]]) -> dict[str, tuple[str, str]]:
         """Cells whose previously submitted job is still queued or running: {hash: (job id, state)}."""
         infos = {c.hash: read_job(c.dir(job.out)) for u in units for c in u}
         ids = sorted({i["job_id"] for i in infos.values() if i})
@@ -295,7 +259,7 @@ class SlurmExecutor:
             states = {j: v for j, v in states.items() if j not in stuck}
         return {h: (i["job_id"], states[i["job_id"]][0]) for h, i in infos.items() if i and i["job_id"] in states}
 
-    def wait(self, job: "GridJob", units: list[list["Cell"]], job_of: dict[str, str], poll_s: float) -> None:
+    def wait(self, job: GridJob, units: list[list[Cell]], job_of: dict[str, str], poll_s: float) -> None:
         """Block until every cell is finished or its job left the queue without a result (then failed)."""
         cells = [c for u in units for c in u]
         bar = job.progress_bar(len(cells))
@@ -325,7 +289,7 @@ class SlurmExecutor:
             bar.close()
 
 
-def note_failure(cell: "Cell", d: Path) -> None:
+def note_failure(cell: Cell, d: Path) -> None:
     """A job ended without the cell's result: keep the cell's own error.json, or write one with the log tail."""
     if store.read_error(d) is not None:
         return
@@ -335,45 +299,24 @@ def note_failure(cell: "Cell", d: Path) -> None:
         f"before training); log tail:\n{log_tail(info)}"), job_id=info.get("job_id"))  # fmt: skip
 
 
-def status_rows(runs: Path, task: Optional[str] = None) -> list[dict[str, str]]:
-    """Per cell under ``runs``: finished / running / queued / failed / interrupted / pending, with job ids."""
-    from .lock import is_stale, read_lock
-
-    dirs = sorted(p for p in Path(runs).glob("*/*") if p.is_dir() and "-" in p.name and p.name.split("_")[0] in
-                  ("teacher", "student", "baseline"))
-    if task:
-        dirs = [p for p in dirs if p.parent.name == task]
+def slurm_status(dirs: list[Path]) -> dict[Path, dict[str, str]]:
+    """The slurm executor's view of the cells it submitted (``SlurmExecutor.status``): queued or running
+    in Slurm (``live``), or gone from the queue without a result (``ended``, with the log tail)."""
     infos = {p: read_job(p) for p in dirs}
     ids = sorted({i["job_id"] for i in infos.values() if i})
     states: dict[str, tuple[str, str]] = {}
     if ids and shutil.which("squeue"):
         states = queue_states(ids)
-    rows = []
-    for p in dirs:
-        info = infos[p] or {}
-        jid = info.get("job_id", "")
-        row = {"task": p.parent.name, "cell": p.name, "job": jid, "state": "", "detail": ""}
-        lock = read_lock(p)
-        if store.read_result(p) is not None:
-            row["state"] = "finished"
-        elif jid and jid in states:
+    view: dict[Path, dict[str, str]] = {}
+    for p, info in infos.items():
+        if not info:
+            continue
+        jid = info["job_id"]
+        if jid in states:
             st, reason = states[jid]
-            row["state"] = "running" if st in ("RUNNING", "COMPLETING") else "queued"
-            row["detail"] = st if st in ("RUNNING", "COMPLETING") else f"{st} ({reason})"
-        elif lock is not None and not is_stale(lock, 300.0):
-            row["state"] = "running"
-            row["detail"] = lock.describe()
-        elif store.read_error(p) is not None:
-            err = store.read_error(p)
-            row["state"] = "failed"
-            row["detail"] = f"{err.get('error')}: {err.get('message')}"
-        elif jid:
-            row["state"] = "failed"
-            row["detail"] = f"job {jid} left the queue without a result; log tail:\n{log_tail(info)}"
-        elif (p / store.STATE).is_file():
-            row["state"] = "interrupted"
-            row["detail"] = "an epoch checkpoint exists: run again to resume"
+            live = st in ("RUNNING", "COMPLETING")
+            view[p] = {"job": jid, "live": "running" if live else "queued", "detail": st if live else f"{st} ({reason})"}
         else:
-            row["state"] = "pending"
-        rows.append(row)
-    return rows
+            view[p] = {"job": jid, "ended": f"job {jid} left the queue without a result; log tail:\n{log_tail(info)}"}
+    return view
+

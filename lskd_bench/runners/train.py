@@ -30,17 +30,21 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
 from ..errors import DataError
 from ..methods import LossContext, Method, build_method
+from ..models import init_path, load_init_checkpoint
 from ..tasks import Task, TaskData, iterate_batches
-from ..tasks.base import autocast
-from . import store
+from ..tasks.base import autocast, on_bad_sample
+from .. import store
 from .cells import Cell
+from .optim import build_optimizer, learning_rate, lr_factor  # noqa: F401  (re-exported)
 
 
 def resolve_device(cfg: dict[str, Any]) -> torch.device:
-    want = str(cfg.get("device", "auto"))
+    want = cfg["device"]
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
     if want == "cuda" and dist_info()[1] > 1:
@@ -53,62 +57,6 @@ def dist_info() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def build_optimizer(params: Sequence[nn.Parameter], hp: dict[str, Any]) -> torch.optim.Optimizer:
-    name = str(hp.get("optimizer", "sgd")).lower()
-    lr, wd = float(hp["lr"]), float(hp.get("weight_decay", 0.0))
-    params = [p for p in params if p.requires_grad]
-    # no weight decay on biases and norm parameters (nor on 1-d method parameters such as a temperature),
-    # unless decay_norm_and_bias (the official code decays every parameter)
-    every = bool(hp.get("decay_norm_and_bias", False))
-    decay = [p for p in params if p.ndim > 1 or every]
-    no_decay = [p for p in params if p.ndim <= 1 and not every]
-    groups = [g for g in ({"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=float(hp.get("momentum", 0.9)), nesterov=bool(hp.get("nesterov", False)))
-    betas = tuple(hp.get("betas", (0.9, 0.999)))
-    eps = float(hp.get("adam_eps", 1e-8))
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
-    raise ValueError(f"unknown optimizer {name!r} (known: sgd, adam, adamw)")
-
-
-def lr_factor(hp: dict[str, Any], epoch: int) -> float:
-    """Multiplier of the base learning rate for (0-based) ``epoch`` (epoch schedules, before warm-up)."""
-    epochs = int(hp["epochs"])
-    sched = str(hp.get("schedule", "cosine"))
-    if sched == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
-    if sched == "step":
-        return float(hp.get("gamma", 0.1)) ** (epoch // int(hp["step_size"]))
-    if sched == "multistep":
-        return float(hp.get("gamma", 0.1)) ** sum(epoch >= m for m in hp["milestones"])
-    if sched in ("constant", "none"):
-        return 1.0
-    raise ValueError(f"unknown schedule {sched!r} (known: cosine, step, multistep, constant, inverse_sqrt)")
-
-
-def learning_rate(hp: dict[str, Any], epoch: int, update: int, steps_per_epoch: int = 1) -> float:
-    """The lr of the next step. ``inverse_sqrt`` (fairseq's): linear warm-up from ``warmup_init_lr`` over
-    ``warmup_updates`` updates, then ``lr * sqrt(warmup_updates / update)``. Other schedules set the lr per
-    epoch; during the first ``warmup_epochs`` epochs it is scaled by ``(1 + update) / (warmup_epochs *
-    steps_per_epoch)``, the official ImageNet student's warm-up (train_student_dali.py, lines 651-653)."""
-    lr = float(hp["lr"])
-    if hp.get("schedule") == "inverse_sqrt":
-        warm = int(hp.get("warmup_updates", 0))
-        step = update + 1
-        if step <= warm:
-            init = float(hp.get("warmup_init_lr", 0.0))
-            return init + (lr - init) * step / warm
-        return lr * math.sqrt(max(warm, 1) / step)
-    lr = lr * lr_factor(hp, epoch)
-    warm = int(hp.get("warmup_epochs", 0))
-    if epoch < warm:
-        lr *= (1 + update) / (warm * max(steps_per_epoch, 1))
-    return lr
 
 
 def load_model(task: Task, arch: str, data: TaskData, cfg: dict[str, Any], path: Path, device: torch.device,
@@ -165,7 +113,7 @@ class Member:
         self.alpha = cell.alpha if cell.role == "teacher" else 0.0
         torch.manual_seed(cell.seed)
         self.model = self.task.build_model(cell.arch, self.data, cfg, self.hp).to(device)
-        if cfg.get("channels_last") and device.type == "cuda":
+        if cfg["channels_last"] and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.method_params: list[nn.Parameter] = []
         if isinstance(self.method, nn.Module):
@@ -173,13 +121,11 @@ class Member:
             self.method_params = list(self.method.parameters())
         self.opt = build_optimizer([*self.model.parameters(), *self.method_params], self.hp)
         # a trained teacher supplied by the user (--teacher-checkpoint) is evaluated, not trained
-        self.given = self.hp.get("checkpoint") if cell.role == "teacher" else None
+        self.given = self.hp["checkpoint"] if cell.role == "teacher" else None
         self.epochs = 0 if self.given else int(self.hp["epochs"])
-        self.max_updates = self.hp.get("max_updates")
+        self.max_updates = self.hp["max_updates"]
         self.state_path = self.dir / store.STATE
-        if not self.state_path.is_file() and (self.given or self.hp.get("init_checkpoint")):
-            from ..models import init_path, load_init_checkpoint
-
+        if not self.state_path.is_file() and (self.given or self.hp["init_checkpoint"]):
             load_init_checkpoint(self.model, self.given or init_path(self.hp["init_checkpoint"], cell.alpha))
         self.rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
@@ -188,10 +134,8 @@ class Member:
         self.rank, world = dist_info()
         self.step_model: nn.Module = self.model
         if world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
             self.step_model = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        if cfg.get("compile"):
+        if cfg["compile"]:
             self.step_model = torch.compile(self.step_model)
         self.ctx = LossContext(alpha=self.alpha, T=cell.T, epochs=max(self.epochs, 1))
 
@@ -265,8 +209,8 @@ class Member:
                 raise CellFailed(f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, update {self.update + 1}")
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            if float(self.hp.get("clip_norm", 0.0)) > 0:
-                torch.nn.utils.clip_grad_norm_([*self.model.parameters(), *self.method_params], float(self.hp["clip_norm"]))
+            if self.hp["clip_norm"] > 0:
+                torch.nn.utils.clip_grad_norm_([*self.model.parameters(), *self.method_params], self.hp["clip_norm"])
             self.opt.step()
         n = int(targets.numel())
         self.loss_sum += float(loss.detach()) * n
@@ -286,7 +230,7 @@ class Member:
         entry = {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": self.opt.param_groups[0]["lr"], "updates": self.update,
                  **self.method.report()}
         self.epoch, self.step, self.loss_sum, self.loss_count = epoch + 1, 0, 0.0, 0
-        every = int(self.hp.get("eval_every", 1))
+        every = self.hp["eval_every"]
         if self.done() or self.epoch % every == 0:
             entry["eval"] = self.evaluate()
         self.history.append(entry)
@@ -334,7 +278,7 @@ class Member:
             "config": {
                 "train": self.hp,
                 "method": self.method.p if self.method.params.fields and self.method.needs_teacher else None,
-                "data": self.cfg.get("data", {}),
+                "data": self.cfg["data"],
             },
             "timings": {"train_s": self.train_seconds, "eval_s": self.eval_seconds, "export_s": time.perf_counter() - t0,
                         "wall_s": self.train_seconds + self.eval_seconds},
@@ -404,8 +348,6 @@ def train_group(
     a failure of the shared work (data, teacher) fails every member. A ``DataError`` is re-raised after
     the members' errors are written (bad input stops the grid).
     """
-    from tqdm.auto import tqdm
-
     device = resolve_device(cfg)
     if len({(c.seed, c.role == "teacher") for c in cells}) != 1:
         raise ValueError("a fused group shares one seed and one role recipe: " + ", ".join(c.name for c in cells))
@@ -458,8 +400,8 @@ def train_group(
                 for m in stepping:
                     try:
                         m.train_step(batch, t_logits, epoch, steps)
-                        every = hp.get("checkpoint_every")
-                        if every and m.update % int(every) == 0:
+                        every = hp["checkpoint_every"]
+                        if every and m.update % every == 0:
                             m.checkpoint()
                     except (CellFailed, torch.OutOfMemoryError, OSError) as exc:
                         fail(m, exc)
@@ -529,8 +471,8 @@ def train_cell(
 def penultimate(model: nn.Module, ds, cfg: dict[str, Any], device: torch.device, indices=None) -> np.ndarray:
     model.eval()
     feats = []
-    for x, _ in iterate_batches(ds, int(cfg.get("eval_batch_size", 256)), indices=indices, num_workers=int(cfg.get("num_workers", 0)),
-                                on_bad_sample=cfg.get("data", {}).get("on_bad_sample", "error")):
+    for x, _ in iterate_batches(ds, cfg["eval_batch_size"], indices=indices, num_workers=cfg["num_workers"],
+                                on_bad_sample=on_bad_sample(cfg)):
         with autocast(device, cfg):
             feats.append(model.features(x.to(device)).float().cpu())
     return torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32)
@@ -547,11 +489,11 @@ def _per_class_indices(labels: torch.Tensor, cap: Optional[int]) -> Optional[tor
 
 def export_features(model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device, path: Path) -> None:
     """Save what the diffusion analysis needs: penultimate features + labels (train and val) and the head."""
-    an = cfg.get("analysis", {}) or {}
-    if an.get("export", True) is False:
+    an = cfg["analysis"]
+    if not an["export"]:
         return
     out: dict[str, np.ndarray] = {}
-    for split, key, cap in (("train_eval", "train", an.get("train_per_class")), ("val", "val", an.get("val_per_class"))):
+    for split, key, cap in (("train_eval", "train", an["train_per_class"]), ("val", "val", an["val_per_class"])):
         labels = data.labels(split)
         idx = _per_class_indices(labels, cap)
         out[f"{key}_features"] = penultimate(model, data.split(split), cfg, device, idx)

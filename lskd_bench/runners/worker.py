@@ -1,20 +1,19 @@
 """Train one unit (a cell, or a fused group of cells) of a grid in its own process.
 
 Used by the ``subprocess`` and ``torchrun`` executors; under torchrun every rank runs it and rank 0 holds
-the cells' locks. The parent reads the outcome from the run directory (result.json / error.json).
-Exit code 2: a data error (bad input for the whole grid).
+the cells' locks (``units.train_unit``). The parent reads the outcome from the run directory (result.json /
+error.json). Exit code 2: a data error (bad input for the whole grid).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from pathlib import Path
 
 from ..errors import DataError
 from ..tasks import get_task
 from .cells import plan_cells
-from .executors import claim, read_spec
-from .lock import Heartbeat
+from .units import GridJob, distributed, read_spec, train_unit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,50 +22,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cells", "--cell", required=True, help="comma-separated hashes of the cells to train together")
     args = ap.parse_args(argv)
     spec = read_spec(args.spec)
-    cfg, out = spec["config"], spec["out"]
+    cfg = spec["config"]
     by_hash = {c.hash: c for c in plan_cells(cfg)}
     unit = [by_hash[h] for h in args.cells.split(",")]
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    import torch
-
-    if world > 1:  # launched by torchrun: one process per GPU (gloo on the CPU)
-        backend = "nccl" if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu" else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        torch.distributed.init_process_group(backend)
-    from pathlib import Path
-
-    from .grid import GridJob, unit_inputs
-    from .train import resolve_device, train_group
-
-    job = GridJob(get_task(cfg["task"]), cfg, Path(out), progress=bool(spec.get("progress", False)))
-    rank = torch.distributed.get_rank() if world > 1 else 0
-    mine, locks = [], []
-    if rank == 0:
-        mine, locks, _ = claim(job, unit)
-    if world > 1:
-        box = [[c.hash for c in mine]]
-        torch.distributed.broadcast_object_list(box, src=0)
-        mine = [by_hash[h] for h in box[0]]
-    try:
-        if not mine:
-            return 0
-        with Heartbeat(locks, float(cfg.get("lock", {}).get("heartbeat_s", 10.0))):
-            device = resolve_device(cfg)
-            if world > 1 and rank != 0:
-                torch.distributed.barrier()  # rank 0 builds shared caches (sub-words, teacher targets) first
-            data, teacher = unit_inputs(job, mine, device)
-            if world > 1 and rank == 0:
-                torch.distributed.barrier()
-            train_group(job.task, mine, cfg, data, [c.dir(job.out) for c in mine], teacher=teacher, progress=job.progress)
-    except DataError as exc:
-        print(f"lskd-bench: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        for lock in locks:
-            lock.release()
-        if world > 1:
-            torch.distributed.destroy_process_group()
+    with distributed(cfg):  # launched by torchrun: one process per GPU (gloo on the CPU)
+        job = GridJob(get_task(cfg["task"]), cfg, Path(spec["out"]), progress=bool(spec["progress"]))
+        try:
+            train_unit(job, unit)
+        except DataError as exc:
+            print(f"lskd-bench: error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

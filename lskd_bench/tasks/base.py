@@ -14,16 +14,19 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from importlib import resources
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..errors import DataError
 from ..metrics import topk_correct
-from ..schema import TRAIN, Section
+from ..models import ClassifierNet  # noqa: F401  (re-exported: task plugins build it)
+from ..schema import TRAIN, Section, deep_merge
 
 
 class InMemoryDataset(Dataset):
@@ -63,21 +66,6 @@ class TaskData:
         if targets is None:
             raise TypeError(f"{type(ds).__name__} exposes no .targets")
         return torch.as_tensor(targets)
-
-
-class ClassifierNet(nn.Module):
-    """A backbone producing penultimate features and a linear head: what the analysis reads."""
-
-    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int):
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(feature_dim, num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
 
 
 # ------------------------------------------------------------------------------------------ batch plans
@@ -247,6 +235,15 @@ def _seed_worker(worker_id: int) -> None:  # pragma: no cover - runs in worker p
 
 
 # ------------------------------------------------------------------------------------------------ Task
+def load_recipe(name: str) -> dict[str, Any]:
+    """The recipe ``lskd_bench/configs/<name>.yaml``; ``base: other`` merges it over ``other.yaml`` (compact
+    recipes extend their parents)."""
+    text = resources.files("lskd_bench").joinpath("configs", f"{name}.yaml").read_text()
+    data = yaml.safe_load(text) or {}
+    base = data.pop("base", None)
+    return deep_merge(load_recipe(base), data) if base else data
+
+
 @dataclass
 class DataReport:
     """What ``lskd-bench check-data`` found: counts per split and problems (each one line)."""
@@ -270,6 +267,7 @@ class Task:
     primary_metric: str = "top1"
     supports_analysis: bool = True  # penultimate features exported for analyze / visualize
     projection_classes: tuple[str, ...] = ()  # visualize's default class triple
+    recipe: str = ""  # lskd_bench/configs/<recipe>.yaml: the task's default config over the schema's
     data_schema: Section = Section({})
     train_schema: Section = TRAIN
     extra_sections: dict[str, Section] = {}  # more top-level config sections of this task
@@ -277,11 +275,11 @@ class Task:
 
     # -- config -----------------------------------------------------------------------------------
     def default_config(self) -> dict[str, Any]:
-        """The task's recipe: values that differ from the schema defaults."""
-        return {}
+        """The task's recipe (values that differ from the schema defaults): ``lskd_bench/configs/<recipe>.yaml``."""
+        return load_recipe(self.recipe) if self.recipe else {}
 
     def recipe_source(self) -> str:
-        return f"task {self.name} defaults"
+        return f"recipe lskd_bench/configs/{self.recipe}.yaml" if self.recipe else f"task {self.name} defaults"
 
     def validate(self, cfg: dict[str, Any]) -> None:
         """Cheap checks of task-specific settings (data root layout, arch names); raise UsageError."""
@@ -320,14 +318,13 @@ class Task:
         bs = max(1, int(role_cfg["batch_size"]) // world)  # the global batch stays batch_size
         n = len(data.train)
         plan = batch_plan(n, bs, shuffle=True, seed=seed, epoch=epoch, drop_last=n > bs * world, shard=shard)
-        return load_batches(data.train, plan[start:], seed=seed, epoch=epoch, num_workers=int(cfg.get("num_workers", 0)),
-                            pin_memory=pin_memory, on_bad_sample=cfg.get("data", {}).get("on_bad_sample", "error"),
-                            skipped=skipped)
+        return load_batches(data.train, plan[start:], seed=seed, epoch=epoch, num_workers=cfg["num_workers"],
+                            pin_memory=pin_memory, on_bad_sample=on_bad_sample(cfg), skipped=skipped)
 
     def to_device(self, batch: Any, device: torch.device, cfg: dict[str, Any]) -> Any:
         x, y = batch
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if cfg.get("channels_last") and device.type == "cuda" and x.ndim == 4:
+        if cfg["channels_last"] and device.type == "cuda" and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
@@ -346,8 +343,8 @@ class Task:
         model.eval()
         totals = {1: 0, 5: 0}
         n = 0
-        for x, y in iterate_batches(data.val, int(cfg.get("eval_batch_size", 256)), num_workers=int(cfg.get("num_workers", 0)),
-                                    on_bad_sample=cfg.get("data", {}).get("on_bad_sample", "error")):
+        for x, y in iterate_batches(data.val, cfg["eval_batch_size"], num_workers=cfg["num_workers"],
+                                    on_bad_sample=on_bad_sample(cfg)):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, cfg):
                 logits = model(x)
@@ -358,7 +355,13 @@ class Task:
         return {"top1": 100.0 * totals[1] / n, "top5": 100.0 * totals[5] / n}
 
 
+def on_bad_sample(cfg: dict[str, Any]) -> str:
+    """The data section's policy for unreadable samples; "error" for tasks whose data has no such key
+    (in-memory data cannot be unreadable)."""
+    return cfg["data"].get("on_bad_sample", "error")
+
+
 def autocast(device: torch.device, cfg: dict[str, Any]):
     """bf16 autocast on CUDA when ``amp: bf16`` (the default there); a no-op on the CPU."""
-    enabled = device.type == "cuda" and str(cfg.get("amp", "bf16")) == "bf16"
+    enabled = device.type == "cuda" and cfg["amp"] == "bf16"
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)

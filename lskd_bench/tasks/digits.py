@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..hierarchy import groups_to_parents
 from ..schema import Field, Section
 from . import TASKS
-from .base import ClassifierNet, InMemoryDataset, Task, TaskData
+from ..models import ClassifierNet
+from .base import InMemoryDataset, Task, TaskData
 
 # Digits grouped by stroke shape, the task's own "semantic" hierarchy: classes in one group are the
 # visually similar ones (the analysis picks similar classes within a group, dissimilar ones across).
@@ -49,7 +51,7 @@ ARCHS = {"cnn_wide": (32, 64, 128), "cnn_tiny": (8, 16)}
 
 @lru_cache(maxsize=1)
 def _load_split(val_fraction: float, split_seed: int):
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # heavy (scikit-learn): only when the digits data loads
 
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
@@ -70,6 +72,7 @@ def _load_split(val_fraction: float, split_seed: int):
 @TASKS.register("digits")
 class DigitsTask(Task):
     name = "digits"
+    recipe = "digits"
     projection_classes = ("3", "5", "8")
     description = "embedded default: sklearn 8x8 digits, cnn_wide -> cnn_tiny, 3 seeds, offline, ~1 min on 2 CPU cores"
     data_schema = Section(
@@ -79,27 +82,6 @@ class DigitsTask(Task):
             "split_seed": Field(int, 0, "seed of the fixed stratified train/val split", min=0),
         }
     )
-
-    def default_config(self) -> dict[str, Any]:
-        common = {
-            "epochs": 30,
-            "batch_size": 64,
-            "optimizer": "sgd",
-            "lr": 0.05,
-            "momentum": 0.9,
-            "nesterov": True,
-            "weight_decay": 5e-4,
-            "schedule": "cosine",
-        }
-        # three seeds (mean ± std) and the paper's pure-KD objective: with them the default grid shows what it
-        # can (measured: the LS teacher's students fall behind at T = 64, p = 0.01 over 3 seeds) instead of
-        # single-seed noise; lambda 0.5 saturated every cell at ~98 %
-        return {
-            "grid": {"seeds": [0, 1, 2]},
-            "kd": {"lambda": 1.0},
-            "teacher": {"arch": "cnn_wide", **common},
-            "student": {"arch": "cnn_tiny", **common},
-        }
 
     def validate(self, cfg: dict[str, Any]) -> None:
         for role in ("teacher", "student"):
@@ -120,6 +102,4 @@ class DigitsTask(Task):
         return cnn(ARCHS[arch], data.num_classes)
 
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:
-        from ..analysis.hierarchy import groups_to_parents
-
         return groups_to_parents(DIGIT_GROUPS)

@@ -4,18 +4,23 @@ Recipes (epochs, optimizer, schedule) ship as YAML in ``lskd_bench/configs/<task
 """
 from __future__ import annotations
 
-from importlib import resources
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
+from PIL import Image
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from ..errors import UsageError
-from ..schema import Field, Section
+from ..hierarchy import groups_to_parents, load_wordnet_parents
+from ..models import ClassifierNet, build_image_model, init_path
+from ..schema import Field, Section, grid_values
 from . import TASKS
-from .base import ClassifierNet, DataReport, Task, TaskData
+from .base import DataReport, Task, TaskData, load_recipe  # noqa: F401  (load_recipe: re-exported)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # torchvision's ImageFolder extensions (torchvision.datasets.folder.IMG_EXTENSIONS)
@@ -41,20 +46,8 @@ IMAGE_DATA = Section(
 )
 
 
-def load_recipe(name: str) -> dict[str, Any]:
-    """A recipe YAML; ``base: other`` merges it over ``other.yaml`` (compact recipes extend their parents)."""
-    from ..config import deep_merge
-
-    text = resources.files("lskd_bench").joinpath("configs", f"{name}.yaml").read_text()
-    data = yaml.safe_load(text) or {}
-    base = data.pop("base", None)
-    return deep_merge(load_recipe(base), data) if base else data
-
-
 def decode_problem(path: Path) -> str | None:
     """Why ``path`` cannot be used as an image (fully decoded, as training will), or None."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             im.load()
@@ -67,12 +60,6 @@ def decode_problem(path: Path) -> str | None:
 
 def scan_files(files: list[tuple[str, Path]], report: DataReport, progress: bool, workers: int = 0) -> None:
     """Decode every file (threads), adding one problem line per unreadable file and per set of duplicates."""
-    import hashlib
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm.auto import tqdm
-
     def one(item):
         split, path = item
         try:
@@ -99,18 +86,18 @@ def scan_files(files: list[tuple[str, Path]], report: DataReport, progress: bool
 def transforms(d: dict[str, Any], train: bool):
     """torchvision transforms from the data section: RandomResizedCrop (+ rotation, grayscale, colour jitter
     as configured) + flip for training, Resize + CenterCrop for evaluation."""
-    from torchvision import transforms as T
+    from torchvision import transforms as T  # heavy: torchvision loads only when an image task builds its data
 
     size = int(d["image_size"])
     if not train:
-        resize = d.get("eval_resize") or int(round(size / 0.875))
+        resize = d["eval_resize"] or int(round(size / 0.875))
         return T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor(), T.Normalize(MEAN, STD)])
     steps = [T.RandomResizedCrop(size, scale=tuple(d["crop_scale"]), ratio=tuple(d["crop_ratio"])), T.RandomHorizontalFlip()]
-    if d.get("rotation"):
+    if d["rotation"]:
         steps.append(T.RandomRotation(d["rotation"], interpolation=T.InterpolationMode.BILINEAR))
-    if d.get("grayscale"):
+    if d["grayscale"]:
         steps.append(T.RandomGrayscale(d["grayscale"]))
-    b, c = d.get("color_jitter") or (0.0, 0.0)
+    b, c = d["color_jitter"]
     if b or c:
         steps.append(T.ColorJitter(brightness=b, contrast=c))
     return T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)])
@@ -122,28 +109,19 @@ class ImageClassificationTask(Task):
     layout: str = ""
     data_schema = IMAGE_DATA
 
-    def default_config(self) -> dict[str, Any]:
-        return load_recipe(self.recipe)
-
-    def recipe_source(self) -> str:
-        return f"recipe lskd_bench/configs/{self.recipe}.yaml"
-
     def validate(self, cfg: dict[str, Any]) -> None:
         for role in ("teacher", "student"):
             arch = cfg[role]["arch"]
             if arch not in self.archs:
                 raise UsageError(f"{role} arch {arch!r} is not offered by task {self.name} (known: {', '.join(self.archs)})")
-            ckpt = cfg[role].get("init_checkpoint")
+            ckpt = cfg[role]["init_checkpoint"]
             if ckpt:
-                from ..models import init_path
-                from ..runners.cells import grid_values
-
                 for alpha in grid_values(cfg)[0]:
                     init_path(ckpt, alpha)
         self.check_layout(cfg)
 
     def root(self, cfg: dict[str, Any]) -> Path:
-        root = cfg.get("data", {}).get("root")
+        root = cfg["data"]["root"]
         if not root:
             raise UsageError(f"task {self.name} needs --data-root DIR ({self.layout})")
         return Path(root)
@@ -161,12 +139,10 @@ class ImageClassificationTask(Task):
         report = DataReport()
         for split, _ in files:
             report.counts[split] = report.counts.get(split, 0) + 1
-        scan_files(files, report, progress, int(cfg.get("num_workers", 0)))
+        scan_files(files, report, progress, cfg["num_workers"])
         return report
 
     def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any], hp: dict[str, Any]) -> ClassifierNet:
-        from ..models import build_image_model
-
         return build_image_model(arch, data.num_classes)
 
 
@@ -208,7 +184,7 @@ class ImageNetBase(ImageClassificationTask):
         return [(split, p) for split in ("train", "val") for c in _class_dirs(root / split) for p in _images(root / split / c)]
 
     def load_data(self, cfg: dict[str, Any], cache_dir=None) -> TaskData:
-        from torchvision.datasets import ImageFolder
+        from torchvision.datasets import ImageFolder  # heavy: only when ImageNet data loads
 
         root, d = self.root(cfg), cfg["data"]
         train = ImageFolder(root / "train", transforms(d, True))  # class index = sorted wnids
@@ -221,8 +197,6 @@ class ImageNetBase(ImageClassificationTask):
         )
 
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:
-        from ..analysis.hierarchy import load_wordnet_parents
-
         return load_wordnet_parents()
 
 
@@ -267,8 +241,6 @@ class CUBDataset(Dataset):
     """The official CUB_200_2011 folder read through its index files (labels are 1-based there)."""
 
     def __init__(self, root: Path, train: bool, transform=None):
-        from PIL import Image  # noqa: F401  (fail early if Pillow is missing)
-
         d = cub_dir(Path(root))
         images = _read_table(d / "images.txt", 2)
         labels = _read_table(d / "image_class_labels.txt", 2)
@@ -284,8 +256,6 @@ class CUBDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i):
-        from PIL import Image
-
         path, y = self.samples[i]
         with Image.open(path) as im:
             img = im.convert("RGB")
@@ -343,8 +313,6 @@ class CUBBase(ImageClassificationTask):
         )
 
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:
-        from ..analysis.hierarchy import groups_to_parents
-
         groups: dict[str, list[str]] = {}
         for c in class_names:
             groups.setdefault(cub_genus(c), []).append(c)

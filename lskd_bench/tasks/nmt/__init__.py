@@ -15,20 +15,24 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
+from tqdm.auto import tqdm
 
+from ... import store
 from ...errors import UsageError
 from ...schema import TRAIN, Field, Section
 from .. import TASKS
 from ..base import Batches, DataReport, Task, TaskData, autocast
-from .corpus import LAYOUTS, Corpus, read_corpus
+from .corpus import LAYOUTS, Corpus, detect_layout, read_corpus
+from .fairseq_adapter import ARCHS, build_transformer, collate, generate, generator, length_batches, make_dictionary
+from .gettext_corpus import django_root, read_gettext_corpus
+from .scoring import translation_scores
+from .subword import encoded, file_lock, subword_model
 
 PAD, EOS = 1, 2
 
@@ -106,10 +110,6 @@ class Split:
         return Split(self.src, tgt, self.src_text, tgt_text)
 
 
-def _recipe(name: str) -> dict[str, Any]:
-    return yaml.safe_load(resources.files("lskd_bench").joinpath("configs", f"{name}.yaml").read_text())
-
-
 def _move(obj: Any, device: torch.device) -> Any:
     if torch.is_tensor(obj):
         return obj.to(device, non_blocking=True)
@@ -131,19 +131,11 @@ class TranslationTask(Task):
     archs: tuple[str, ...] = ()
 
     # -- config -------------------------------------------------------------------------------------
-    def default_config(self) -> dict[str, Any]:
-        return _recipe(self.recipe)
-
-    def recipe_source(self) -> str:
-        return f"recipe lskd_bench/configs/{self.recipe}.yaml"
-
     def langs(self, cfg: dict[str, Any]) -> tuple[str, str]:
         src, tgt = cfg["data"]["direction"].split("-")
         return src, tgt
 
     def validate(self, cfg: dict[str, Any]) -> None:
-        from .fairseq_adapter import ARCHS
-
         for role in ("teacher", "student"):
             arch = cfg[role]["arch"]
             if arch not in ARCHS:
@@ -151,11 +143,9 @@ class TranslationTask(Task):
         self.check_source(cfg)
 
     def check_source(self, cfg: dict[str, Any]) -> None:
-        root = cfg["data"].get("root")
+        root = cfg["data"]["root"]
         if not root:
             raise UsageError(f"task {self.name} needs --data-root DIR; {LAYOUTS}")
-        from .corpus import detect_layout
-
         root = Path(root)
         if not root.is_dir():
             raise UsageError(f"data root {root} is not a directory; {LAYOUTS}")
@@ -175,8 +165,6 @@ class TranslationTask(Task):
 
     # -- data ---------------------------------------------------------------------------------------
     def load_data(self, cfg: dict[str, Any], cache_dir: Optional[Path] = None) -> TaskData:
-        from .subword import encoded, subword_model
-
         corpus = self.corpus(cfg)
         d = cfg["data"]
         train_text = [s for s, _ in corpus.train] + [t for _, t in corpus.train]
@@ -188,15 +176,11 @@ class TranslationTask(Task):
         def split(name: str) -> Split:
             return Split(ids[f"{name}_src"], ids[f"{name}_tgt"], texts[f"{name}_src"], texts[f"{name}_tgt"])
 
-        from .fairseq_adapter import make_dictionary
-
         dictionary = make_dictionary(sw.pieces())
         return TaskData(train=split("train"), val=split("test"), num_classes=len(dictionary), class_names=[],
                         extras={"valid": split("valid"), "dictionary": dictionary, "subwords": sw, "report": corpus.report})
 
     def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any], hp: dict[str, Any]) -> nn.Module:
-        from .fairseq_adapter import build_transformer
-
         return build_transformer(arch, data.extras["dictionary"], hp)
 
     # -- the training loop's hooks ------------------------------------------------------------------
@@ -206,14 +190,12 @@ class TranslationTask(Task):
         """Length-bucketed batches of ``max_tokens`` (per process, as fairseq), in an order drawn from
         (seed, epoch): a random permutation, stably sorted by source then target length, cut into batches,
         the batches shuffled. With DDP each process takes every world-th batch."""
-        from .fairseq_adapter import length_batches
-
         split: Split = data.train
         src_lens, tgt_lens = split.lens()
         rng = np.random.default_rng([seed, epoch])
         perm = rng.permutation(len(split))
         order = perm[np.lexsort((tgt_lens[perm], src_lens[perm]))]
-        batches = length_batches(src_lens, tgt_lens, int(role_cfg["max_tokens"]), role_cfg.get("batch_size"), order)
+        batches = length_batches(src_lens, tgt_lens, int(role_cfg["max_tokens"]), role_cfg["batch_size"], order)
         batches = [batches[i] for i in rng.permutation(len(batches))]
         rank, world = shard
         if world > 1:
@@ -222,8 +204,6 @@ class TranslationTask(Task):
         return Batches(len(batches), lambda: (self.collate(split, b) for b in batches))
 
     def collate(self, split: Split, idx) -> dict:
-        from .fairseq_adapter import collate
-
         samples = [{"id": int(i), "source": torch.from_numpy(split.src[i].astype(np.int64)),
                     "target": torch.from_numpy(split.tgt[i].astype(np.int64))} for i in idx]
         return collate(samples, PAD, EOS)
@@ -243,10 +223,6 @@ class TranslationTask(Task):
     def translate(self, model: nn.Module, data: TaskData, split: Split, cfg: dict[str, Any], device: torch.device,
                   limit: Optional[int] = None, progress: bool = False) -> list[list[int]]:
         """Beam-search token ids (no eos) for the first ``limit`` sentences of ``split``, in order."""
-        from tqdm.auto import tqdm
-
-        from .fairseq_adapter import generate, generator
-
         g = cfg["generation"]
         model.eval()
         gen = generator(model, data.extras["dictionary"], g["beam"], g["lenpen"], g["max_len_a"], g["max_len_b"])
@@ -266,18 +242,14 @@ class TranslationTask(Task):
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device) -> dict[str, float]:
-        from .scoring import translation_scores
-
         test: Split = data.val
-        ids = self.translate(model, data, test, cfg, device, cfg["generation"].get("limit"))
+        ids = self.translate(model, data, test, cfg, device, cfg["generation"]["limit"])
         sw = data.extras["subwords"]
         hyps = [sw.decode(h) for h in ids]
         metrics, _ = translation_scores(hyps, test.tgt_text[: len(hyps)], self.langs(cfg)[1])
         return metrics
 
     def metric_info(self, cfg: dict[str, Any]) -> dict[str, Any]:
-        from .scoring import translation_scores
-
         _, sig = translation_scores(["a"], ["a"], self.langs(cfg)[1])
         return {"signatures": sig, "split": "test", "generation": cfg["generation"]}
 
@@ -285,9 +257,6 @@ class TranslationTask(Task):
                         cache: Path) -> TaskData:
         """The training split with the teacher's beam-search translations as targets (Kim & Rush, 2016),
         computed once per teacher and generation settings, cached under the teacher's cell directory."""
-        from ...runners import store
-        from .subword import file_lock
-
         g = {k: cfg["generation"][k] for k in ("beam", "lenpen", "max_len_a", "max_len_b")}
         key = hashlib.sha256(repr((sorted(g.items()), len(data.train))).encode()).hexdigest()[:12]
         path = Path(cache) / f"targets-{key}.npz"
@@ -332,9 +301,7 @@ class GettextDemo(TranslationTask):
     target = ""
 
     def check_source(self, cfg: dict[str, Any]) -> None:
-        from .gettext_corpus import django_root
-
-        if cfg["data"].get("root"):
+        if cfg["data"]["root"]:
             raise UsageError(f"task {self.name} reads Django's bundled catalogues and takes no --data-root")
         src, tgt = self.langs(cfg)
         if src != "en" or tgt != self.target:
@@ -342,8 +309,6 @@ class GettextDemo(TranslationTask):
         django_root()
 
     def corpus(self, cfg: dict[str, Any]) -> Corpus:
-        from .gettext_corpus import read_gettext_corpus
-
         return read_gettext_corpus(self.target)
 
     def default_config(self) -> dict[str, Any]:

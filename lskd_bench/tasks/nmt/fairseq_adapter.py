@@ -28,11 +28,11 @@ warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", ca
 
 def _fairseq():
     try:
-        import fairseq  # noqa: F401
+        import fairseq  # noqa: F401  (optional [nmt] extra, heavy: imported on first use)
         from fairseq.models.transformer import transformer_legacy  # noqa: F401  (registers the archs)
     except ImportError as exc:
         raise UsageError(f"the translation tasks need fairseq: pip install -e \".[nmt]\" ({exc})") from None
-    import fairseq.data
+    import fairseq.data  # optional [nmt] extra, heavy
 
     return fairseq
 
@@ -78,8 +78,8 @@ def make_dictionary(pieces: Sequence[str]):
 
 def build_transformer(arch: str, dictionary, hp: dict[str, Any]) -> torch.nn.Module:
     fs = _fairseq()
-    from fairseq.models import ARCH_CONFIG_REGISTRY
-    from fairseq.models.transformer import TransformerModel
+    from fairseq.models import ARCH_CONFIG_REGISTRY  # optional [nmt] extra, heavy: after _fairseq()
+    from fairseq.models.transformer import TransformerModel  # optional [nmt] extra, heavy: after _fairseq()
 
     spec = ARCHS[arch]
     args = argparse.Namespace(
@@ -102,7 +102,7 @@ def length_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int, 
     """fairseq's batch_by_size over ``order`` (indices sorted by length): each batch holds at most
     ``max_tokens`` tokens counted as ``len(batch) * longest side``, and at most ``max_sentences`` pairs."""
     _fairseq()
-    from fairseq.data import data_utils
+    from fairseq.data import data_utils  # optional [nmt] extra, heavy: after _fairseq()
 
     num_tokens = np.maximum(src_lens, tgt_lens).astype(np.int64)
     too_long = int((num_tokens > max_tokens).sum())
@@ -116,14 +116,14 @@ def length_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int, 
 def collate(samples: list[dict], pad: int, eos: int) -> dict:
     """Pad a batch as fairseq does: left-padded sources, targets with prev_output_tokens (eos first)."""
     _fairseq()
-    from fairseq.data.language_pair_dataset import collate as fs_collate
+    from fairseq.data.language_pair_dataset import collate as fs_collate  # optional [nmt] extra, heavy: after _fairseq()
 
     return fs_collate(samples, pad_idx=pad, eos_idx=eos, left_pad_source=True, left_pad_target=False)
 
 
 def generator(model: torch.nn.Module, dictionary, beam: int, lenpen: float, max_len_a: float, max_len_b: int):
     _fairseq()
-    from fairseq.sequence_generator import SequenceGenerator
+    from fairseq.sequence_generator import SequenceGenerator  # optional [nmt] extra, heavy: after _fairseq()
 
     return SequenceGenerator([model], dictionary, beam_size=beam, len_penalty=lenpen, max_len_a=max_len_a,
                              max_len_b=max_len_b)

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 @lru_cache(maxsize=4)
 def _moses(lang: str):
-    from sacremoses import MosesTokenizer
+    from sacremoses import MosesTokenizer  # optional [nmt] extra: imported on first use
 
     return MosesTokenizer(lang=lang)
 
@@ -25,7 +25,7 @@ def moses_lower(texts: list[str], lang: str) -> list[str]:
 
 def translation_scores(hyps: list[str], refs: list[str], tgt_lang: str) -> tuple[dict[str, float], dict[str, str]]:
     """(metrics, signatures) of hypotheses against one reference each."""
-    from sacrebleu.metrics import BLEU, CHRF
+    from sacrebleu.metrics import BLEU, CHRF  # optional [nmt] extra: imported on first use
 
     bleu, chrf, tok = BLEU(), CHRF(), BLEU(tokenize="none", force=True)
     b = bleu.corpus_score(hyps, [refs])

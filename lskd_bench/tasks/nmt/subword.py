@@ -12,13 +12,14 @@ import fcntl
 import hashlib
 import io
 import os
+import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
 
+from ... import store
 from ...errors import UsageError
-from ...runners import store
 
 # fairseq's special-symbol layout, so that SentencePiece ids are dictionary indices
 SPECIAL = {"bos_id": 0, "pad_id": 1, "eos_id": 2, "unk_id": 3}
@@ -26,7 +27,7 @@ SPECIAL = {"bos_id": 0, "pad_id": 1, "eos_id": 2, "unk_id": 3}
 
 def _spm():
     try:
-        import sentencepiece as spm
+        import sentencepiece as spm  # optional [nmt] extra: imported on first use
     except ImportError:
         raise UsageError("the translation tasks need sentencepiece: pip install -e \".[nmt]\"") from None
     return spm
@@ -75,8 +76,6 @@ def subword_model(train_texts: list[str], cache_dir: Optional[Path], vocab_size:
     spm = _spm()
     key = corpus_key(train_texts, vocab_size, model_type)
     if cache_dir is None:  # no run directory (a test, check-data): a private temporary cache
-        import tempfile
-
         cache_dir = Path(tempfile.gettempdir()) / f"lskd-bench-spm-{os.getuid()}"
     d = Path(cache_dir) / f"spm-{key}"
     model = d / "spm.model"

@@ -1,0 +1,54 @@
+"""``lskd-bench status``: the state of every cell of a run directory, from its files (result, lock, error,
+epoch checkpoint), with the view of each executor that tracks cells elsewhere (the slurm executor: job ids,
+queue states, log tails)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from .. import store
+from ..registry import EXECUTORS
+from ..schema import LOCK
+from .lock import is_stale, read_lock
+
+ROLES = ("teacher", "student", "baseline")
+
+
+def cell_dirs(runs: Path, task: Optional[str] = None) -> list[Path]:
+    dirs = sorted(p for p in Path(runs).glob("*/*") if p.is_dir() and "-" in p.name and p.name.split("_")[0] in ROLES)
+    return [p for p in dirs if task is None or p.parent.name == task]
+
+
+def status_rows(runs: Path, task: Optional[str] = None) -> list[dict[str, str]]:
+    """Per cell under ``runs``: finished / running / queued / failed / interrupted / pending, with job ids.
+
+    An executor's live view (a queued or running job) comes before the cell's own lock and error files;
+    its ``ended`` view (a job gone without a result) only explains a cell with neither."""
+    dirs = cell_dirs(runs, task)
+    views: dict[Path, dict[str, str]] = {}
+    for _, executor in EXECUTORS.items():
+        for p, v in executor.status(dirs).items():
+            views.setdefault(p, v)
+    stale_s = LOCK.fields["stale_s"].default  # the run's own setting is not known here
+    rows = []
+    for p in dirs:
+        view = views.get(p, {})
+        row = {"task": p.parent.name, "cell": p.name, "job": view.get("job", ""), "state": "", "detail": ""}
+        lock = read_lock(p)
+        err = store.read_error(p)
+        if store.read_result(p) is not None:
+            row["state"] = "finished"
+        elif view.get("live"):
+            row["state"], row["detail"] = view["live"], view.get("detail", "")
+        elif lock is not None and not is_stale(lock, stale_s):
+            row["state"], row["detail"] = "running", lock.describe()
+        elif err is not None:
+            row["state"], row["detail"] = "failed", f"{err.get('error')}: {err.get('message')}"
+        elif view.get("ended"):
+            row["state"], row["detail"] = "failed", view["ended"]
+        elif (p / store.STATE).is_file():
+            row["state"], row["detail"] = "interrupted", "an epoch checkpoint exists: run again to resume"
+        else:
+            row["state"] = "pending"
+        rows.append(row)
+    return rows
