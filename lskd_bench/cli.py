@@ -58,10 +58,14 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         val = getattr(args, flag)
         if val is not None:
             set_dotted(o, key, str(Path(val).absolute()))
-    for flag in ("executor", "jobs", "device", "nproc_per_node", "num_workers"):
+    for flag in ("executor", "jobs", "device", "nproc_per_node", "num_workers", "per_gpu"):
         val = getattr(args, flag)
         if val is not None:
             o[flag] = val
+    if args.gpus is not None:
+        from .runners.devices import parse_gpus
+
+        o["gpus"] = ",".join(parse_gpus(args.gpus))
     if args.nproc_per_node and args.nproc_per_node > 1 and args.executor is None:
         o["executor"] = "torchrun"
     for flag in ("compile", "channels_last"):
@@ -282,13 +286,19 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
                    "KD as the official code, for every built-in task)")
     r.add_argument("--no-t-squared", action="store_true", help="do not scale the KD term by T^2")
     r.add_argument("--no-baseline", action="store_true", help="skip the no-KD baseline student")
-    r.add_argument("--executor", help="where cells train: local (default), subprocess, torchrun or slurm")
+    r.add_argument("--executor", help="where cells train: auto (default: subprocess over every GPU on a machine with "
+                   "several, else local), local (in this process), subprocess, torchrun or slurm")
     r.add_argument("--runner-profile", help="executor profile YAML (runners/slurm.yaml: partition, GPUs, time...); "
                    "implies --executor slurm")
     r.add_argument("--wait", action="store_true", help="slurm: block with a progress bar until every cell settled")
-    r.add_argument("--jobs", type=int, help="cells trained at once by the subprocess executor")
+    r.add_argument("--jobs", type=int, help="at most N units at once (subprocess/torchrun; default: one per GPU slot, "
+                   "1 on the CPU)")
+    r.add_argument("--gpus", help="GPU ids to spread the grid over, comma-separated, e.g. 0,1,2,3 (default: "
+                   "CUDA_VISIBLE_DEVICES if set, else every GPU); each unit's worker sees only its own")
+    r.add_argument("--per-gpu", type=int, help="units sharing one GPU at a time (default 1; small models: 2-8)")
     r.add_argument("--device", help="auto (default), cpu or cuda")
-    r.add_argument("--nproc-per-node", type=int, help="train each cell with DDP over N processes (torchrun executor)")
+    r.add_argument("--nproc-per-node", type=int, help="train each unit with DDP over N processes on N GPUs of its own "
+                   "(torchrun executor; units run side by side while GPUs are free)")
     r.add_argument("--num-workers", type=int, help="data-loader worker processes (image tasks)")
     r.add_argument("--compile", action="store_true", help="torch.compile the student/teacher being trained")
     r.add_argument("--channels-last", action="store_true", help="channels_last memory format on CUDA")

@@ -37,6 +37,7 @@ from ..tasks import Task, TaskData, iterate_batches
 from ..tasks.base import autocast
 from . import store
 from .cells import Cell
+from .devices import device_record
 
 
 def resolve_device(cfg: dict[str, Any]) -> torch.device:
@@ -342,7 +343,8 @@ class Member:
             "num_params": sum(p.numel() for p in self.model.parameters()),
             "skipped_samples": sorted(set(self.skipped)),
             "resumes": self.resumes,
-            "env": {"torch": torch.__version__, "device": str(self.device), "processes": world, "python": platform.python_version()},
+            "env": {"torch": torch.__version__, "device": str(self.device), "processes": world, "python": platform.python_version(),
+                    **device_record(self.device, world)},
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         store.write_json(self.dir / store.RESULT, result)
