@@ -1,4 +1,4 @@
-"""``lskd-bench`` command line: run, leaderboard, tasks, analyze, visualize."""
+"""``lskd-bench`` command line: run, leaderboard, tasks, analyze, visualize, plot."""
 from __future__ import annotations
 
 import argparse
@@ -226,6 +226,15 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .analysis.curves import plot_curves
+
+    paths = plot_curves(_runs_dir(args), Path(args.out) if args.out else None, task=args.task)
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .runners.slurm import status_rows
 
@@ -376,6 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
     vz.add_argument("--seed", type=int, help="student seed (default: the lowest)")
     vz.add_argument("--out", help="PNG path (default: RUNS/<task>/analysis/projection_<A>_<B>_<C>_<split>.png)")
     vz.set_defaults(func=cmd_visualize)
+
+    pl = sub.add_parser("plot", help="training curves (loss and validation metric vs epoch) of every finished cell (PNG)",
+                        description="One PNG per task and group (the teachers of an architecture; the students of one "
+                        "method and seed, with the no-KD student in black), from the history in each result.json: "
+                        "training loss and the task's metric against epoch; colour: alpha, line style: T. Live "
+                        "curves: logging.tensorboard: true, then tensorboard --logdir RUNS.")
+    pl.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
+    pl.add_argument("--task", help="only this task")
+    pl.add_argument("--out", help="folder (default: RUNS/<task>/curves; else OUT/<task>/)")
+    pl.set_defaults(func=cmd_plot)
 
     c = sub.add_parser("config", help="print the resolved config of a run, with where each value came from",
                        description="Resolve the config as 'run' would (schema defaults <- task recipe <- --config FILE <- "

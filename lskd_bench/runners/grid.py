@@ -48,6 +48,11 @@ def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Ma
         hp = cfg[role]
         if hp["schedule"] == "step" and hp.get("step_size") is None:
             raise UsageError(f"{role}.schedule step needs {role}.step_size")
+    if cfg["logging"]["tensorboard"]:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise UsageError("logging.tensorboard needs the tensorboard package: pip install 'lskd-bench[tensorboard]'")
     task.validate(cfg)
     return res
 
