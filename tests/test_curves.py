@@ -75,3 +75,41 @@ def test_tensorboard_without_the_package_is_a_one_line_error(tmp_path, cli, monk
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
     rc, _, err = cli("run", "--out", str(tmp_path), *ARGS, "--set", "logging.tensorboard=true")
     assert rc == 2 and "logging.tensorboard needs the tensorboard package" in err
+
+
+def test_resumed_cell_keeps_one_clean_tensorboard_curve(tmp_path):
+    """Events written after the last checkpoint of an interrupted cell are dropped when it resumes: the curve
+    equals the uninterrupted one (same steps, same values: resume is bit-identical on the CPU)."""
+    require("tensorboard", "logging.tensorboard (pip install 'lskd-bench[tensorboard]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.grid import resolve_config
+    from lskd_bench.runners.train import train_cell
+    from lskd_bench.tasks import get_task
+
+    from .conftest import tiny_overrides
+
+    cfg = resolve_config("digits", {}, tiny_overrides(epochs=2, logging={"tensorboard": True, "every_updates": 5}))
+    task = get_task("digits")
+    data = task.load_data(cfg)
+    teacher = next(c for c in plan_cells(cfg) if c.role == "teacher")
+    train_cell(task, teacher, cfg, data, tmp_path / "ref", progress=False)
+
+    def stop_mid_epoch_two(epoch, i):
+        if epoch == 1 and i == 10:  # past the end-of-epoch-1 checkpoint and two logged steps
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_cell(task, teacher, cfg, data, tmp_path / "cut", progress=False, on_step=stop_mid_epoch_two)
+    train_cell(task, teacher, cfg, data, tmp_path / "cut", progress=False)
+
+    def curve(d, tag):
+        acc = EventAccumulator(str(d / "tensorboard"))
+        acc.Reload()
+        return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+    for tag in ("train/loss_step", "epoch/loss", "val/top1"):
+        ref, cut = curve(tmp_path / "ref", tag), curve(tmp_path / "cut", tag)
+        assert cut == ref and len({s for s, _ in cut}) == len(cut)
+    assert len(list((tmp_path / "cut" / "tensorboard").iterdir())) == 2  # one event file per process run

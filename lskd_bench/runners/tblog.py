@@ -18,7 +18,8 @@ class TensorBoardLog:
     def __init__(self, cell_dir: Path, every: int, start_update: int = 0):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(Path(cell_dir) / DIRNAME), purge_step=start_update or None)
+        # every event up to the checkpoint's update was written before it; later ones are discarded
+        self.writer = SummaryWriter(str(Path(cell_dir) / DIRNAME), purge_step=start_update + 1 if start_update else None)
         self.every = max(1, int(every))
 
     def step(self, update: int, loss: float, lr: float) -> None:
