@@ -85,14 +85,15 @@ def plot_group(task: str, key: tuple, results: list[dict[str, Any]], path: Path,
     style = {t: STYLES[i % len(STYLES)] for i, t in enumerate(temps)}
     metric = results[0].get("primary_metric", "top1")
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(12, 4.6), dpi=DPI)
-    order = sorted(results, key=lambda r: (r["cell"]["role"] == "baseline", r["cell"]["alpha"], r["cell"]["T"] or 0))
+    order = sorted(results, key=lambda r: (r["cell"]["role"] != "baseline", r["cell"]["alpha"], r["cell"]["T"] or 0))
     for r in order:
         c = r["cell"]
         hist = r.get("history") or []
         if c["role"] == "baseline":
-            kw: dict[str, Any] = {"color": "black", "linestyle": "-", "linewidth": 2.2}
+            kw: dict[str, Any] = {"color": "black", "linestyle": "-", "linewidth": 2.6, "zorder": 1}  # under the students
         else:
-            kw = {"color": colour[c["alpha"]], "linestyle": style[c["T"]] if c["T"] is not None else "-", "linewidth": 1.6}
+            kw = {"color": colour[c["alpha"]], "linestyle": style[c["T"]] if c["T"] is not None else "-", "linewidth": 1.6,
+                  "zorder": 2}
         ax_loss.plot([h["epoch"] for h in hist], [h["loss"] for h in hist], **kw)
         ev = [h for h in hist if h.get("eval") and metric in h["eval"]]
         ax_metric.plot([h["epoch"] for h in ev], [h["eval"][metric] for h in ev], marker="." if len(ev) < 15 else None, **kw)
@@ -109,7 +110,7 @@ def plot_group(task: str, key: tuple, results: list[dict[str, Any]], path: Path,
     present_t = sorted({r["cell"]["T"] for r in results if r["cell"]["T"] is not None})
     handles += [Line2D([], [], color="grey", linestyle=style[t], linewidth=1.6, label=f"T = {_fmt(t)}") for t in present_t]
     if any(r["cell"]["role"] == "baseline" for r in results):
-        handles.append(Line2D([], [], color="black", linewidth=2.2, label="no KD"))
+        handles.append(Line2D([], [], color="black", linewidth=2.6, label="no KD"))
     fig.legend(handles=handles, loc="center right", frameon=False)
     fig.suptitle(group_title(task, key))
     fig.tight_layout(rect=(0, 0, 0.86, 1))
