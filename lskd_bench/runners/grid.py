@@ -3,6 +3,7 @@ units (fused data passes) and hand them to an executor, which trains them under 
 (``runners/units.py``)."""
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Ma
             raise UsageError(f"teacher checkpoint {cfg['teacher']['checkpoint']} does not exist")
         if len(grid_values(cfg)[0]) != 1:
             raise UsageError("--teacher-checkpoint gives one teacher: run one alpha at a time (--alphas A)")
+    if cfg["logging"]["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
+        raise UsageError("logging.tensorboard needs the tensorboard package: pip install 'lskd-bench[tensorboard]'")
     task.validate(cfg)
     return res
 

@@ -59,10 +59,12 @@ class GridJob:
     def progress_bar(self, total: int):
         return tqdm(total=total, desc=f"{self.cfg['task']} grid", unit="cell", disable=not self.progress)
 
-    def write_spec(self) -> Path:
-        """The run spec a worker process or a cluster job reads (``read_spec``)."""
-        path = self.out / self.cfg["task"] / "configs" / f"spec-{config_hash(self.cfg)}.json"
-        store.write_json(path, {"config": self.cfg, "out": str(self.out), "progress": False})
+    def write_spec(self, overrides: Optional[dict[str, Any]] = None) -> Path:
+        """The run spec a worker process or a cluster job reads (``read_spec``); ``overrides`` change settings
+        outside the cells' identity (per-process data-loader workers)."""
+        cfg = {**self.cfg, **(overrides or {})}
+        path = self.out / self.cfg["task"] / "configs" / f"spec-{config_hash(cfg)}.json"
+        store.write_json(path, {"config": cfg, "out": str(self.out), "progress": False})
         return path
 
 
