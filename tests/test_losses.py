@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lskd_bench.methods import LossContext, build_method, kd_loss, ls_cross_entropy, smoothed_targets
+from lskd_bench.methods import LossContext, build_method, kd_loss, ls_cross_entropy, smoothed_targets, total_loss
 
 
 def softmax(z):
@@ -73,10 +73,13 @@ def test_kd_equal_logits_leaves_only_ce():
 
 def test_registered_methods_use_context():
     s, t, y = torch.tensor(LOGITS), torch.tensor(TEACHER), torch.tensor(TARGETS)
-    kd = build_method("kd", {"kd": {"lambda": 0.3, "t_squared": True}}, T=2.0)
+    kd = build_method("kd", {"kd": {"lambda": 0.3, "t_squared": True}})
     assert kd.needs_teacher
-    got = kd.loss(s, y, t, LossContext(T=2.0))
+    terms = kd.loss(s, y, t, LossContext(T=2.0))
+    got = total_loss(terms)
     assert got.item() == pytest.approx(kd_loss(s, t, y, 2.0, 0.3, True).item())
+    ce = torch.nn.functional.cross_entropy(s, y).item()
+    assert terms["ce"].item() == pytest.approx(0.7 * ce) and terms["kd"].item() == pytest.approx(got.item() - 0.7 * ce)
     ls = build_method("ls", {})
     assert not ls.needs_teacher
     assert ls.loss(s, y, None, LossContext(alpha=0.1)).item() == pytest.approx(ls_cross_entropy(s, y, 0.1).item())

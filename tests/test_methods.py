@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lskd_bench.methods import METHODS, LossContext, build_method
+from lskd_bench.methods import METHODS, LossContext, build_method, total_loss
 from lskd_bench.methods.losses import cosine_curriculum
 from lskd_bench import store
 
@@ -32,8 +32,8 @@ def kl(p, q):  # KL(p || q) per row
 
 
 def run(name, cfg=None, T=None, epoch=0):
-    m = build_method(name, {name: cfg or {}}, T=T)
-    return m.loss(torch.tensor(S), torch.tensor(Y), torch.tensor(TT), LossContext(T=T, epoch=epoch)).item()
+    m = build_method(name, {name: cfg or {}})
+    return total_loss(m.loss(torch.tensor(S), torch.tensor(Y), torch.tensor(TT), LossContext(T=T, epoch=epoch))).item()
 
 
 @pytest.mark.parametrize("T", [1.0, 4.0])
@@ -65,10 +65,10 @@ def test_kd_std_zscores_before_softening(T):
     expected = ce(S, Y) + 9.0 * T * T * kl(softmax(zscore(TT) / T), softmax(zscore(S) / T)).mean()
     assert run("kd_std", None, T) == pytest.approx(expected, rel=1e-6)
     # the same pre-process on DKD equals DKD on z-scored logits (CE on the raw logits)
-    m = build_method("dkd", {"dkd": {"standardize": True, "ce_weight": 0.0}}, T=T)
-    ref = build_method("dkd", {"dkd": {"ce_weight": 0.0}}, T=T)
-    a = m.loss(torch.tensor(S), torch.tensor(Y), torch.tensor(TT), LossContext(T=T)).item()
-    b = ref.loss(torch.tensor(zscore(S)), torch.tensor(Y), torch.tensor(zscore(TT)), LossContext(T=T)).item()
+    m = build_method("dkd", {"dkd": {"standardize": True, "ce_weight": 0.0}})
+    ref = build_method("dkd", {"dkd": {"ce_weight": 0.0}})
+    a = total_loss(m.loss(torch.tensor(S), torch.tensor(Y), torch.tensor(TT), LossContext(T=T))).item()
+    b = total_loss(ref.loss(torch.tensor(zscore(S)), torch.tensor(Y), torch.tensor(zscore(TT)), LossContext(T=T))).item()
     assert a == pytest.approx(b, rel=1e-6)
 
 
@@ -128,7 +128,7 @@ def test_ctkd_curriculum_and_gradient_reversal():
     # epochs are 0-based here and 1-based in the official loop: our epoch e takes its decay value at e + 1
     for epoch, scale in ((0, cosine_curriculum(1, 5, 0.0, -1.0)), (2, cosine_curriculum(3, 5, 0.0, -1.0)), (9, -1.0)):
         m.theta.grad = None
-        loss = m.loss(s, y, t, LossContext(epoch=epoch))
+        loss = total_loss(m.loss(s, y, t, LossContext(epoch=epoch)))
         assert loss.item() == pytest.approx(kd_of(1.0), rel=1e-6)  # the forward pass is unchanged
         loss.backward()
         assert m.theta.grad.item() == pytest.approx(scale * dkd_dtheta, rel=1e-4, abs=1e-9)  # reversed, scaled

@@ -140,7 +140,7 @@ def test_subword_model_is_cached_by_content(tmp_path):
 # ------------------------------------------------------------------------------------------ word-level KD
 def test_word_level_kd_counts_only_non_pad_positions(tmp_path):
     """forward() keeps the non-pad target positions, so KD equals the hand computation over those rows."""
-    from lskd_bench.methods import LossContext, build_method
+    from lskd_bench.methods import LossContext, build_method, total_loss
     from lskd_bench.tasks.nmt import PAD, TranslationTask
 
     V = 7
@@ -162,8 +162,8 @@ def test_word_level_kd_counts_only_non_pad_positions(tmp_path):
     t, _ = task.forward(Fixed(t_full), batch)
     assert s.shape == (5, V) and y.tolist() == [4, 5, 2, 6, 2]
     T = 2.0
-    kd = build_method("kd", {"kd": {"lambda": 1.0}}, T=T)
-    got = kd.loss(s, y, t, LossContext(T=T)).item()
+    kd = build_method("kd", {"kd": {"lambda": 1.0}})
+    got = total_loss(kd.loss(s, y, t, LossContext(T=T))).item()
 
     def log_softmax(z):
         z = z - z.max(-1, keepdims=True)

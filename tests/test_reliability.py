@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lskd_bench.methods import METHODS, HintonKD
+from lskd_bench.methods import METHODS, HintonKD, total_loss
 from lskd_bench import store
 from lskd_bench.runners.lock import LOCK, CellLock, read_lock
 
@@ -141,7 +141,7 @@ class NaNAtT2(HintonKD):
     """Hinton KD whose loss turns non-finite at T = 2: one failing cell in a healthy grid."""
 
     def loss(self, student_logits, targets, teacher_logits, ctx):
-        loss = super().loss(student_logits, targets, teacher_logits, ctx)
+        loss = total_loss(super().loss(student_logits, targets, teacher_logits, ctx))
         return loss * float("nan") if ctx.T == 2.0 else loss
 
 

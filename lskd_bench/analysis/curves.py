@@ -13,9 +13,9 @@ from typing import Any, Optional
 
 from .. import store
 from ..errors import UsageError
+from ..tasks import result_metrics
 
 STYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 1, 2))]
-METRIC_LABELS = {"top1": "top-1 accuracy (%)", "top5": "top-5 accuracy (%)", "bleu": "BLEU"}
 DPI = 100
 
 
@@ -83,7 +83,9 @@ def plot_group(task: str, key: tuple, results: list[dict[str, Any]], path: Path,
     cmap = matplotlib.colormaps["plasma"]
     colour = {a: cmap(0.85 * i / max(len(alphas) - 1, 1)) for i, a in enumerate(alphas)}
     style = {t: STYLES[i % len(STYLES)] for i, t in enumerate(temps)}
-    metric = results[0].get("primary_metric", "top1")
+    specs = result_metrics(results[0])
+    metric = results[0].get("primary_metric") or specs[0].name
+    label = next((m.label for m in specs if m.name == metric), metric)
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(12, 4.6), dpi=DPI)
     order = sorted(results, key=lambda r: (r["cell"]["role"] != "baseline", r["cell"]["alpha"], r["cell"]["T"] or 0))
     for r in order:
@@ -98,7 +100,7 @@ def plot_group(task: str, key: tuple, results: list[dict[str, Any]], path: Path,
         ev = [h for h in hist if h.get("eval") and metric in h["eval"]]
         ax_metric.plot([h["epoch"] for h in ev], [h["eval"][metric] for h in ev], marker="." if len(ev) < 15 else None, **kw)
     ax_loss.set(xlabel="epoch", ylabel="training loss (own objective)", title="training loss")
-    ax_metric.set(xlabel="epoch", ylabel=METRIC_LABELS.get(metric, metric), title=f"validation {metric}")
+    ax_metric.set(xlabel="epoch", ylabel=label, title=f"validation {metric}")
     losses = [h["loss"] for r in results for h in r.get("history") or []]
     if losses and min(losses) > 0 and max(losses) / min(losses) > 30:  # T^2-scaled KD losses span decades
         ax_loss.set_yscale("log")

@@ -7,8 +7,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import UsageError
 from .. import store
+from ..errors import UsageError
+from ..tasks import TASKS, get_task
 
 
 @dataclass
@@ -52,7 +53,7 @@ class RunIndex:
             raise UsageError(f"no finished cells of task {task!r} under {runs} (found: {', '.join(tasks)})")
         self.task = task
         self.records = [r for k, r in latest.items() if k[0] == task]
-        if any(r.result.get("primary_metric") == "bleu" for r in self.records):
+        if task in TASKS and not get_task(task).supports_analysis:
             raise UsageError(f"task {task!r} is a translation task: the diffusion index and the penultimate-layer "
                              "projection are defined for classification tasks (class centroids), so analyze and "
                              "visualize do not apply to it")

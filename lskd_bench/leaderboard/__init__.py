@@ -14,26 +14,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import store
+from ..metrics import MetricSpec
+from ..tasks import result_metrics
 from .reference import claims_text, find
 
 BASE_COLUMNS = ["task", "role", "teacher_arch", "student_arch", "method", "alpha", "T", "seed"]
 TAIL_COLUMNS = ["select", "epoch", "epochs", "wall_s", "config_hash"]
-KNOWN_METRICS = ["top1", "top5", "bleu", "chrf", "bleu_tok"]  # column order of the CSV
-METRIC_LABELS = {
-    "top1": "top-1 accuracy (%)",
-    "top5": "top-5 accuracy (%)",
-    "bleu": "detokenised sacreBLEU",
-    "chrf": "chrF2",
-    "bleu_tok": "tokenised lower-cased BLEU",
-}
-DEFAULT_DISPLAY = ("top1", "top5")
 SELECTIONS = ("best", "last")
-
-
-def display_metrics(result: dict[str, Any]) -> list[str]:
-    """The metrics a table cell shows: top-1 / top-5 for classification, BLEU for translation."""
-    names = result.get("metric_names") or list(DEFAULT_DISPLAY)
-    return ["bleu"] if result.get("primary_metric") == "bleu" else list(names[:2])
 
 
 def row_of(result: dict[str, Any], select: str = "best") -> dict[str, Any]:
@@ -41,6 +28,7 @@ def row_of(result: dict[str, Any], select: str = "best") -> dict[str, Any]:
     role = c["role"]
     best = result.get("best") or {"epoch": result.get("epochs"), "metrics": result["metrics"]}
     chosen = best if select == "best" else {"epoch": result.get("epochs"), "metrics": result["metrics"]}
+    specs = {m.name: m for m in result_metrics(result)}
     return {
         "task": c["task"],
         "role": role,
@@ -51,8 +39,10 @@ def row_of(result: dict[str, Any], select: str = "best") -> dict[str, Any]:
         "T": "" if c["T"] is None else float(c["T"]),
         "seed": int(c["seed"]),
         "metrics": {k: float(v) for k, v in chosen["metrics"].items()},
-        "primary": result.get("primary_metric", "top1"),
-        "display": display_metrics(result),
+        "primary": result.get("primary_metric") or next(iter(specs)),
+        "display": [n for n, m in specs.items() if m.shown],  # what a table cell shows (top-1 / top-5, BLEU)
+        "specs": specs,
+        "split": (result.get("metric_info") or {}).get("split", "val"),  # where the metrics were measured
         "select": select,
         "epoch": chosen.get("epoch") if chosen.get("epoch") is not None else "",
         "epochs": int(result["epochs"]),
@@ -75,8 +65,12 @@ def collect(runs: Path, select: str = "best") -> list[dict[str, Any]]:
 
 
 def metric_columns(rows: Iterable[dict[str, Any]]) -> list[str]:
-    present = {m for r in rows for m in r["metrics"]}
-    return [m for m in KNOWN_METRICS if m in present] + sorted(present - set(KNOWN_METRICS))
+    """Every metric of the rows, in the order their tasks declare them (tasks in row order)."""
+    out: dict[str, None] = {}
+    for r in rows:
+        out.update(dict.fromkeys(n for n in r["specs"] if n in r["metrics"]))
+        out.update(dict.fromkeys(sorted(r["metrics"])))
+    return list(out)
 
 
 def to_csv(rows: Iterable[dict[str, Any]]) -> str:
@@ -101,17 +95,21 @@ def latest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(best.values())
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], fmt: str = ".2f") -> str:
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:{fmt}}"
+    return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
+
+
+def spec_of(row: dict[str, Any], name: str) -> MetricSpec:
+    return row["specs"].get(name) or MetricSpec(name, name)
 
 
 def cell_text(rows: list[dict[str, Any]], bold: bool = False, paper: Any = None) -> str:
     """``top1 / top5`` (mean ± std over seeds), bold if best; with a paper value: `` (paper P, ±D)``."""
     if not rows:
         return "—" if paper is None else f"— (paper {paper:.2f})"
-    text = " / ".join(mean_std([r["metrics"][m] for r in rows]) for m in rows[0]["display"])
+    text = " / ".join(mean_std([r["metrics"][m] for r in rows], spec_of(rows[0], m).format) for m in rows[0]["display"])
     text = f"**{text}**" if bold else text
     if paper is not None:
         ours = statistics.mean(r["metrics"][r["primary"]] for r in rows)
@@ -141,13 +139,14 @@ def to_markdown(rows: Iterable[dict[str, Any]]) -> str:
             groups = sorted({(r["teacher_arch"], "", "") for r in teachers})
         for t_arch, s_arch, method in groups:
             out.append(_table(task, t_arch, s_arch, method, teachers, students, baselines))
-        notes[(tuple(trs[0]["display"]), trs[0]["select"])] = None
+        labels = tuple(spec_of(trs[0], m).label for m in trs[0]["display"])
+        notes[(labels, trs[0]["split"], trs[0]["select"])] = None
     if not out:
         return "_No finished cells._\n"
     lines = []
-    for display, select in notes:
-        what = " / ".join(METRIC_LABELS.get(m, m) for m in display)
-        where = "the test split" if "bleu" in display else "the validation split"
+    for labels, split, select in notes:
+        what = " / ".join(labels)
+        where = "the test split" if split == "test" else "the validation split"
         epoch = "best evaluated epoch (as the paper)" if select == "best" else "last epoch"
         lines.append(f"Cells: {what} on {where}, {epoch}. Bold: best student. "
                      "With several seeds: mean ± sample standard deviation.")
@@ -166,7 +165,7 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
 
     means = {(a, t): statistics.mean(r["metrics"][r["primary"]] for r in select(stu, a, t))
              for a in alphas for t in temps if select(stu, a, t)}
-    best = max(means.values()) if means else None
+    best = spec_of((stu or tch)[0], (stu or tch)[0]["primary"]).best(list(means.values())) if means else None
     title = f"### {task}: {t_arch}" + (f" → {s_arch} ({method})" if s_arch else "")
     lines = [title, "", "| | " + " | ".join(f"α = {a:.1f}" for a in alphas) + " |", "|---|" + "---|" * len(alphas)]
     paper = (lambda a, T=None: ref.value(a, T)) if ref is not None else (lambda a, T=None: None)

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from .. import store
 from ..errors import UsageError
-from . import collect, latest
+from . import collect, latest, spec_of
 
 NO_T = ""  # the T of a cell whose method has no temperature
 
@@ -62,6 +62,7 @@ class Comparison:
         if missing:
             have = sorted(rows[0]["metrics"])
             raise UsageError(f"metric {metric!r} is not in the results of task {task!r} (have: {', '.join(have)})")
+        self.spec = spec_of(rows[0], metric)  # its direction decides "best" and "better"
         self.values: dict[tuple, list[float]] = defaultdict(list)  # (method, alpha, T) -> per-seed values
         self.teacher: dict[float, list[float]] = defaultdict(list)
         self.no_kd: list[float] = []
@@ -112,7 +113,7 @@ class Comparison:
         best = {}
         for col in self.columns:
             means = [statistics.mean(self.values[(m, *col)]) for m in self.methods if self.values.get((m, *col))]
-            best[col] = max(means) if means else None
+            best[col] = self.spec.best(means) if means else None
         lines = [f"### {self.task}: methods vs {self.baseline} ({self.metric})", "",
                  "| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
         lines.append("| teacher | " + " | ".join(_ms(self.teacher[a]) if self.teacher.get(a) else "—" for a, _ in self.columns) + " |")
@@ -150,7 +151,8 @@ class Comparison:
                     continue
                 d = statistics.mean(v1) - statistics.mean(v0)
                 p = welch_p(v1, v0)
-                verdict = ("LS teacher better" if d > 0 else "LS teacher worse" if d < 0 else "equal")
+                verdict = ("equal" if d == 0 else "LS teacher better" if self.spec.better(statistics.mean(v1), statistics.mean(v0))
+                           else "LS teacher worse")
                 if p is None:
                     verdict += " (single seed: no test)"
                 elif p >= 0.05:

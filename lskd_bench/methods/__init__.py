@@ -1,9 +1,11 @@
 """Training objectives, one registry entry each.
 
 A method is a ``Method`` subclass registered by name. The runner builds one instance per cell,
-``method = cls(params, alpha=..., T=...)`` with ``params`` its own config section (``cfg[name]``,
+``method = cls(params)`` with ``params`` its own config section (``cfg[name]``,
 typed by ``cls.params``), and calls ``method.loss(student_logits, targets, teacher_logits, ctx)`` on
 the positions that count: one row per image, or one row per non-pad target token for translation.
+``loss`` returns a scalar tensor, or named terms (``{"ce": ..., "kd": ...}``) whose sum is the loss: each
+term's epoch mean is logged (``loss_<name>`` in result.json's history, the progress bar, TensorBoard).
 
 What a method needs from its teacher is ``teacher_signal``:
 
@@ -19,19 +21,34 @@ Third-party methods register through the ``lskd_bench.methods`` entry-point grou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
 from ..errors import UsageError
 from ..registry import Registry
 from ..schema import Field, Section
-from .losses import kd_kl, kd_loss, ls_cross_entropy, smoothed_targets
+from .losses import kd_kl, kd_loss, kd_terms, ls_cross_entropy, smoothed_targets
+
+Loss = Union[torch.Tensor, dict[str, torch.Tensor]]  # what Method.loss returns
+
+
+def total_loss(loss: Loss) -> torch.Tensor:
+    """A method's loss: the tensor itself, or the sum of its named terms (in their order)."""
+    if not isinstance(loss, dict):
+        return loss
+    terms = iter(loss.values())
+    total = next(terms)
+    for t in terms:
+        total = total + t
+    return total
 
 
 @dataclass
 class LossContext:
-    """What a loss may read besides the logits: this cell's alpha/T and where training stands."""
+    """What a loss may read besides the logits: where training stands, and this cell's grid values: ``alpha``
+    is the label smoothing the cell itself trains with (a teacher's alpha; 0 for students, whose teacher's alpha
+    lives in the teacher's logits), ``T`` the cell's temperature (None for methods without a T axis)."""
 
     alpha: float = 0.0
     T: Optional[float] = None
@@ -49,16 +66,16 @@ class Method:
     task_kinds: tuple[str, ...] = ("classification", "translation")
     params: Section = Section({})
 
-    def __init__(self, params: Optional[dict[str, Any]] = None, *, alpha: float = 0.0, T: Optional[float] = None):
-        self.p = self.params.check(params or {}, type(self).__name__)
-        self.alpha, self.T = alpha, T
+    def __init__(self, params: Optional[dict[str, Any]] = None):
+        self.p = self.params.check(params or {}, type(self).__name__)  # alpha and T: read ctx.alpha / ctx.T
 
     @property
     def needs_teacher(self) -> bool:
         return self.teacher_signal is not None
 
     def loss(self, student_logits: torch.Tensor, targets: torch.Tensor, teacher_logits: Optional[torch.Tensor],
-             ctx: LossContext) -> torch.Tensor:
+             ctx: LossContext) -> Loss:
+        """The loss of one batch: a scalar tensor, or named terms whose sum is the loss."""
         raise NotImplementedError
 
     def report(self) -> dict[str, float]:
@@ -102,8 +119,8 @@ class HintonKD(Method):
     )
 
     def loss(self, student_logits, targets, teacher_logits, ctx):
-        return kd_loss(student_logits, teacher_logits, targets, T=float(ctx.T), lam=self.p["lambda"],
-                       t_squared=self.p["t_squared"])
+        return kd_terms(student_logits, teacher_logits, targets, T=float(ctx.T), lam=self.p["lambda"],
+                        t_squared=self.p["t_squared"])
 
 
 @METHODS.register("seqkd")
@@ -128,9 +145,10 @@ def method_class(name: str) -> type[Method]:
     return METHODS.get(name)
 
 
-def build_method(name: str, cfg: dict[str, Any], *, alpha: float = 0.0, T: Optional[float] = None) -> Method:
+def build_method(name: str, cfg: dict[str, Any]) -> Method:
+    """The method ``name`` with its section of the resolved config ``cfg``."""
     cls = METHODS.get(name)
-    return cls(cfg[name] if cls.params.fields else {}, alpha=alpha, T=T)
+    return cls(cfg[name] if cls.params.fields else {})
 
 
 def check_student_methods(names: list[str], task_kind: str) -> None:
@@ -161,8 +179,10 @@ __all__ = [
     "check_student_methods",
     "kd_kl",
     "kd_loss",
+    "kd_terms",
     "ls_cross_entropy",
     "method_class",
     "method_sections",
     "smoothed_targets",
+    "total_loss",
 ]

@@ -48,9 +48,16 @@ def kd_loss(
 
     The ``T^2`` factor (on by default) keeps the soft-target gradients' magnitude independent of T.
     """
+    terms = kd_terms(student_logits, teacher_logits, targets, T, lam, t_squared)
+    return terms["ce"] + terms["kd"]
+
+
+def kd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, T: float,
+             lam: float = 0.5, t_squared: bool = True) -> dict[str, torch.Tensor]:
+    """``kd_loss``'s two weighted terms: ``{"ce": (1 - lam) * CE, "kd": lam * T^2 * KL}``."""
     ce = F.cross_entropy(_upcast(student_logits), targets) if lam < 1.0 else student_logits.new_zeros(())
     scale = T * T if t_squared else 1.0
-    return (1.0 - lam) * ce + lam * scale * kd_kl(student_logits, teacher_logits, T)
+    return {"ce": (1.0 - lam) * ce, "kd": lam * scale * kd_kl(student_logits, teacher_logits, T)}
 
 
 # ------------------------------------------------------------------------------------------ the method zoo

@@ -58,7 +58,7 @@ class DKD(Method):
             s, t = standardize(s), standardize(t)
         tckd, nckd = dkd_parts(s, t, targets, float(ctx.T))
         ramp = min((ctx.epoch + 1) / self.p["warmup"], 1.0)
-        return _ce(student_logits, targets, self.p["ce_weight"]) + ramp * (self.p["alpha"] * tckd + self.p["beta"] * nckd)
+        return {"ce": _ce(student_logits, targets, self.p["ce_weight"]), "kd": ramp * (self.p["alpha"] * tckd + self.p["beta"] * nckd)}
 
 
 @METHODS.register("kd_std")
@@ -78,7 +78,7 @@ class KDStandardized(Method):
     def loss(self, student_logits, targets, teacher_logits, ctx):
         T = float(ctx.T)
         kl = kd_kl(standardize(student_logits), standardize(teacher_logits), T)
-        return _ce(student_logits, targets, self.p["ce_weight"]) + self.p["kd_weight"] * T * T * kl
+        return {"ce": _ce(student_logits, targets, self.p["ce_weight"]), "kd": self.p["kd_weight"] * T * T * kl}
 
 
 @METHODS.register("dist")
@@ -101,7 +101,7 @@ class DIST(Method):
     def loss(self, student_logits, targets, teacher_logits, ctx):
         inter, intra = dist_parts(student_logits, teacher_logits, self.p["tau"])
         kd = self.p["beta"] * inter + self.p["gamma"] * intra
-        return _ce(student_logits, targets, self.p["ce_weight"]) + self.p["kd_weight"] * kd
+        return {"ce": _ce(student_logits, targets, self.p["ce_weight"]), "kd": self.p["kd_weight"] * kd}
 
 
 @METHODS.register("ttm")
@@ -122,7 +122,7 @@ class TTM(Method):
 
     def loss(self, student_logits, targets, teacher_logits, ctx):
         kl = ttm_kl(student_logits, teacher_logits, self.p["gamma"])
-        return _ce(student_logits, targets, self.p["ce_weight"]) + self.p["kd_weight"] * kl
+        return {"ce": _ce(student_logits, targets, self.p["ce_weight"]), "kd": self.p["kd_weight"] * kl}
 
 
 @METHODS.register("nkd")
@@ -141,7 +141,7 @@ class NKD(Method):
 
     def loss(self, student_logits, targets, teacher_logits, ctx):
         nkd = nkd_loss(student_logits, teacher_logits, targets, float(ctx.T), self.p["gamma"])
-        return _ce(student_logits, targets, self.p["ce_weight"]) + self.p["kd_weight"] * nkd
+        return {"ce": _ce(student_logits, targets, self.p["ce_weight"]), "kd": self.p["kd_weight"] * nkd}
 
 
 @METHODS.register("ctkd")
@@ -167,9 +167,9 @@ class CTKD(nn.Module, Method):
         "grl_epochs": Field(int, 5, "epochs of the cosine curriculum", min=1),
     }, "Curriculum Temperature KD")  # fmt: skip
 
-    def __init__(self, params: Optional[dict[str, Any]] = None, *, alpha: float = 0.0, T: Optional[float] = None):
+    def __init__(self, params: Optional[dict[str, Any]] = None):
         nn.Module.__init__(self)
-        Method.__init__(self, params, alpha=alpha, T=T)
+        Method.__init__(self, params)
         self.theta = nn.Parameter(torch.ones(1))
 
     def grl_scale(self, epoch: int) -> float:
@@ -185,7 +185,7 @@ class CTKD(nn.Module, Method):
         log_ps = F.log_softmax(_upcast(student_logits) / T, dim=-1)
         log_pt = F.log_softmax(_upcast(teacher_logits) / T, dim=-1)
         kl = F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean")
-        return _ce(student_logits, targets, self.p["ce_weight"]) + self.p["kd_weight"] * (T * T).squeeze() * kl
+        return {"ce": _ce(student_logits, targets, self.p["ce_weight"]), "kd": self.p["kd_weight"] * (T * T).squeeze() * kl}
 
     def report(self) -> dict[str, float]:
         with torch.no_grad():

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..errors import DataError
-from ..methods import LossContext, Method, build_method
+from ..methods import LossContext, Method, build_method, total_loss
 from ..models import init_path, load_init_checkpoint
 from ..tasks import Task, TaskData, iterate_batches
 from ..tasks.base import autocast, on_bad_sample
@@ -104,6 +104,7 @@ class Member:
     eval_seconds: float = 0.0
     loss_sum: float = 0.0
     loss_count: int = 0
+    term_sums: dict = field(default_factory=dict)  # per named loss term (a method returning a dict): sum * n
     skipped: list = field(default_factory=list)
     resumes: list = field(default_factory=list)  # where each resumed run picked up (epoch, step, time)
     finished: bool = False
@@ -111,7 +112,7 @@ class Member:
     def __post_init__(self) -> None:
         cell, cfg, device = self.cell, self.cfg, self.device
         self.hp = _role_cfg(cfg, cell)
-        self.method = build_method(cell.method, cfg, alpha=cell.alpha, T=cell.T)
+        self.method = build_method(cell.method, cfg)
         self.alpha = cell.alpha if cell.role == "teacher" else 0.0
         torch.manual_seed(cell.seed)
         self.model = self.task.build_model(cell.arch, self.data, cfg, self.hp).to(device)
@@ -156,6 +157,7 @@ class Member:
         self.eval_seconds = st.get("eval_seconds", 0.0)
         self.best = st.get("best")
         self.loss_sum, self.loss_count = st.get("loss_sum", 0.0), st.get("loss_count", 0)
+        self.term_sums = st.get("term_sums", {})
         self.skipped = st.get("skipped", [])
         self.resumes = [*st.get("resumes", []), {"epoch": self.epoch, "step": self.step,
                                                   "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
@@ -169,6 +171,7 @@ class Member:
             "method": self.method.state_dict() if isinstance(self.method, nn.Module) else None,
             "rng": self.rng, "cuda_rng": self.cuda_rng, "history": self.history, "best": self.best,
             "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
+            "term_sums": self.term_sums,
             "skipped": self.skipped, "resumes": self.resumes,
         })  # fmt: skip
 
@@ -207,7 +210,8 @@ class Member:
             self.model.train()
             with autocast(self.device, self.cfg):
                 s_logits, targets = self.task.forward(self.step_model, batch)
-            loss = self.method.loss(s_logits.float(), targets, t_logits, self.ctx)
+            terms = self.method.loss(s_logits.float(), targets, t_logits, self.ctx)
+            loss = total_loss(terms)
             if not torch.isfinite(loss):
                 raise CellFailed(f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, update {self.update + 1}")
             self.opt.zero_grad(set_to_none=True)
@@ -218,6 +222,9 @@ class Member:
         n = int(targets.numel())
         self.loss_sum += float(loss.detach()) * n
         self.loss_count += n
+        if isinstance(terms, dict):
+            for k, v in terms.items():
+                self.term_sums[k] = self.term_sums.get(k, 0.0) + float(v.detach()) * n
         self.step += 1
         self.update += 1
         self.train_seconds += time.perf_counter() - t0
@@ -227,14 +234,16 @@ class Member:
 
     def end_epoch(self, epoch: int) -> None:
         total, count = self.loss_sum, self.loss_count
+        names = sorted(self.term_sums)
+        terms = [self.term_sums[k] for k in names]
         _, world = dist_info()
         if world > 1:
-            sums = torch.tensor([total, float(count)], device=self.device)
+            sums = torch.tensor([total, float(count), *terms], device=self.device)
             torch.distributed.all_reduce(sums)
-            total, count = float(sums[0]), int(sums[1])
+            total, count, terms = float(sums[0]), int(sums[1]), [float(v) for v in sums[2:]]
         entry = {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": self.opt.param_groups[0]["lr"], "updates": self.update,
-                 **self.method.report()}
-        self.epoch, self.step, self.loss_sum, self.loss_count = epoch + 1, 0, 0.0, 0
+                 **{f"loss_{k}": v / max(count, 1) for k, v in zip(names, terms)}, **self.method.report()}
+        self.epoch, self.step, self.loss_sum, self.loss_count, self.term_sums = epoch + 1, 0, 0.0, 0, {}
         every = self.hp["eval_every"]
         if self.done() or self.epoch % every == 0:
             entry["eval"] = self.evaluate()
@@ -252,7 +261,7 @@ class Member:
                 metrics = self.task.evaluate(self.model, self.data, self.cfg, self.device)
             self.eval_seconds += time.perf_counter() - t0
             key = self.task.primary_metric
-            if self.best is None or metrics[key] > self.best["metrics"][key]:
+            if self.best is None or self.task.metric(key).better(metrics[key], self.best["metrics"][key]):
                 self.best = {"epoch": self.epoch, "metrics": metrics}
         if world > 1:
             torch.distributed.barrier()
@@ -279,6 +288,7 @@ class Member:
             "best": self.best,
             "primary_metric": self.task.primary_metric,
             "metric_names": list(self.task.metric_names),
+            "metric_specs": [m.as_dict() for m in self.task.metrics],
             "metric_info": self.task.metric_info(self.cfg),
             "epochs": self.epoch if not self.given else 0,
             "updates": self.update,
@@ -326,6 +336,12 @@ def _tick(profile: Optional[dict[str, float]], key: str, since: float, device: t
     return now
 
 
+def _losses(entry: dict[str, Any]) -> str:
+    """``0.512`` or, for a method with named terms, ``0.512(ce 0.201 kd 0.311)``."""
+    terms = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in entry.items() if k.startswith("loss_"))
+    return f"{entry['loss']:.3f}" + (f"({terms})" if terms else "")
+
+
 def _short(cell: Cell) -> str:
     if cell.role == "teacher":
         return f"a{cell.alpha:g}"
@@ -356,105 +372,137 @@ def train_group(
     a failure of the shared work (data, teacher) fails every member. A ``DataError`` is re-raised after
     the members' errors are written (bad input stops the grid).
     """
-    device = resolve_device(cfg)
-    if len({(c.seed, c.role == "teacher") for c in cells}) != 1:
-        raise ValueError("a fused group shares one seed and one role recipe: " + ", ".join(c.name for c in cells))
-    outcomes = {c.hash: Outcome(c) for c in cells}
-    members: list[Member] = []
-    for cell, d in zip(cells, dirs):
-        d.mkdir(parents=True, exist_ok=True)
-        store.clear_error(d)
-        members.append(Member(task, cell, cfg, data, d, device))
-    needs_logits = any(m.method.teacher_signal == "logits" for m in members)
-    if needs_logits and teacher is None:
-        raise ValueError(f"{cells[0].name}: method {cells[0].method!r} needs a teacher")
-    rank, world = dist_info()
-    seed = cells[0].seed
-    hp = members[0].hp
-    epochs = max(m.epochs for m in members)
-    start = min((m.epoch for m in members if not m.done()), default=epochs)
-    skipped = sorted({p for m in members for p in m.skipped})  # unreadable samples (data.on_bad_sample=skip)
-    label = cells[0].name if len(cells) == 1 else f"{len(cells)} fused: " + ", ".join(_short(c) for c in cells)
-    bar = tqdm(total=epochs, initial=start, desc=label, unit="ep", leave=False, disable=not (progress and rank == 0))
+    group = FusedGroup(task, cells, cfg, data, dirs, teacher, on_step, profile)
+    return group.run(progress, on_epoch_end)
 
-    def fail(m: Member, exc: BaseException) -> None:
-        outcomes[m.cell.hash].error = f"{type(exc).__name__}: {exc}"
+
+class FusedGroup:
+    """The members of one data pass and their shared work: the epoch loop (``run``), one epoch's batches
+    (``epoch``), one batch (``step``: the teacher forward once, then each member's step) and the end of an
+    epoch (``end_epoch``: each member's evaluation and checkpoint)."""
+
+    def __init__(self, task: Task, cells: Sequence[Cell], cfg: dict[str, Any], data: TaskData, dirs: Sequence[Path],
+                 teacher: Optional[nn.Module], on_step: Optional[Callable[[int, int], None]],
+                 profile: Optional[dict[str, float]]):
+        self.task, self.cells, self.cfg, self.data, self.teacher = task, cells, cfg, data, teacher
+        self.on_step, self.profile = on_step, profile
+        self.device = resolve_device(cfg)
+        if len({(c.seed, c.role == "teacher") for c in cells}) != 1:
+            raise ValueError("a fused group shares one seed and one role recipe: " + ", ".join(c.name for c in cells))
+        self.outcomes = {c.hash: Outcome(c) for c in cells}
+        self.members: list[Member] = []
+        for cell, d in zip(cells, dirs):
+            d.mkdir(parents=True, exist_ok=True)
+            store.clear_error(d)
+            self.members.append(Member(task, cell, cfg, data, d, self.device))
+        if any(m.method.teacher_signal == "logits" for m in self.members) and teacher is None:
+            raise ValueError(f"{cells[0].name}: method {cells[0].method!r} needs a teacher")
+        self.rank, self.world = dist_info()
+        self.seed = cells[0].seed
+        self.hp = self.members[0].hp
+        self.skipped = sorted({p for m in self.members for p in m.skipped})  # unreadable samples (on_bad_sample=skip)
+
+    def fail(self, m: Member, exc: BaseException) -> None:
+        self.outcomes[m.cell.hash].error = f"{type(exc).__name__}: {exc}"
         m.finished = True
-        if rank == 0:
+        if self.rank == 0:
             store.write_error(m.dir, m.cell, exc, epoch=m.epoch, update=m.update)
 
-    try:
-        for epoch in range(start, epochs):
-            active = [m for m in members if not m.finished and not m.done() and m.epoch == epoch]
-            if not active:
-                continue
-            first = min(m.step for m in active)
-            batches = task.train_batches(data, hp, cfg, seed=seed, epoch=epoch, shard=(rank, world), start=first,
-                                         pin_memory=device.type == "cuda", skipped=skipped)
-            steps = first + len(batches)
-            clock = time.perf_counter()
-            for i, batch in enumerate(batches, first):
-                stepping = [m for m in active if m.wants(epoch, i)]
-                if not stepping:
-                    if all(m.finished or m.done() for m in active):
-                        break
+    def unfinished(self) -> list[Member]:
+        return [m for m in self.members if not m.finished]
+
+    # -- the epoch loop -----------------------------------------------------------------------------
+    def run(self, progress: bool, on_epoch_end: Optional[Callable[[int], None]]) -> list[Outcome]:
+        cells = self.cells
+        epochs = max(m.epochs for m in self.members)
+        start = min((m.epoch for m in self.members if not m.done()), default=epochs)
+        label = cells[0].name if len(cells) == 1 else f"{len(cells)} fused: " + ", ".join(_short(c) for c in cells)
+        bar = tqdm(total=epochs, initial=start, desc=label, unit="ep", leave=False,
+                   disable=not (progress and self.rank == 0))
+        try:
+            for epoch in range(start, epochs):
+                active = [m for m in self.members if not m.finished and not m.done() and m.epoch == epoch]
+                if not active:
                     continue
-                batch = task.to_device(batch, device, cfg)
-                clock = _tick(profile, "data", clock, device)
-                t_logits = None
-                if any(m.method.teacher_signal == "logits" for m in stepping):
-                    t_logits = _teacher_logits(task, teacher, batch, device, cfg)
-                    clock = _tick(profile, "teacher", clock, device)
-                for m in stepping:
-                    try:
-                        m.train_step(batch, t_logits, epoch, steps)
-                        every = hp["checkpoint_every"]
-                        if every and m.update % every == 0:
-                            m.checkpoint()
-                    except (CellFailed, torch.OutOfMemoryError, OSError) as exc:
-                        fail(m, exc)
-                        if device.type == "cuda":
-                            torch.cuda.empty_cache()
-                clock = _tick(profile, "students", clock, device)
-                if on_step is not None:
-                    on_step(epoch, i)
-            for m in active:
-                if not m.finished:
-                    m.skipped = sorted(set(skipped))
-                    try:
-                        m.end_epoch(epoch)
-                    except OSError as exc:  # the checkpoint could not be written (disk full...)
-                        fail(m, exc)
-            bar.update(1)
-            bar.set_postfix_str(" ".join(f"{_short(m.cell)}={m.history[-1]['loss']:.3f}" for m in active
-                                         if not m.finished and m.history))
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1)
-        for m in members:
-            if not m.finished:
+                self.epoch(epoch, active)
+                self.end_epoch(epoch, active)
+                bar.update(1)
+                bar.set_postfix_str(" ".join(f"{_short(m.cell)}={_losses(m.history[-1])}" for m in active
+                                             if not m.finished and m.history))
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch + 1)
+            for m in self.unfinished():
                 try:
-                    outcomes[m.cell.hash].result = m.finish()
+                    self.outcomes[m.cell.hash].result = m.finish()
                 except OSError as exc:  # weights or result could not be written: no result.json
-                    fail(m, exc)
-    except DataError as exc:
-        for m in members:
+                    self.fail(m, exc)
+        except DataError as exc:
+            for m in self.unfinished():
+                self.fail(m, exc)
+            raise
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - shared work failed: every unfinished member fails with it
+            for m in self.unfinished():
+                self.fail(m, exc)
+            if os.environ.get("LSKD_DEBUG"):
+                traceback.print_exc()
+        finally:
+            bar.close()
+            for m in self.members:
+                if m.tb is not None:
+                    m.tb.close()
+        return [self.outcomes[c.hash] for c in cells]
+
+    # -- one epoch ----------------------------------------------------------------------------------
+    def epoch(self, epoch: int, active: list[Member]) -> None:
+        """The batches of ``epoch`` from the earliest position of the ``active`` members on."""
+        first = min(m.step for m in active)
+        batches = self.task.train_batches(self.data, self.hp, self.cfg, seed=self.seed, epoch=epoch,
+                                          shard=(self.rank, self.world), start=first,
+                                          pin_memory=self.device.type == "cuda", skipped=self.skipped)
+        steps = first + len(batches)
+        clock = time.perf_counter()
+        for i, batch in enumerate(batches, first):
+            stepping = [m for m in active if m.wants(epoch, i)]
+            if not stepping:
+                if all(m.finished or m.done() for m in active):
+                    break
+                continue
+            clock = self.step(batch, stepping, epoch, steps, clock)
+            if self.on_step is not None:
+                self.on_step(epoch, i)
+
+    def step(self, batch: Any, stepping: list[Member], epoch: int, steps: int, clock: float) -> float:
+        """One batch: to the device, the teacher's logits once (if a member needs them), each member's step."""
+        device, profile = self.device, self.profile
+        batch = self.task.to_device(batch, device, self.cfg)
+        clock = _tick(profile, "data", clock, device)
+        t_logits = None
+        if any(m.method.teacher_signal == "logits" for m in stepping):
+            t_logits = _teacher_logits(self.task, self.teacher, batch, device, self.cfg)
+            clock = _tick(profile, "teacher", clock, device)
+        for m in stepping:
+            try:
+                m.train_step(batch, t_logits, epoch, steps)
+                every = self.hp["checkpoint_every"]
+                if every and m.update % every == 0:
+                    m.checkpoint()
+            except (CellFailed, torch.OutOfMemoryError, OSError) as exc:
+                self.fail(m, exc)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+        return _tick(profile, "students", clock, device)
+
+    def end_epoch(self, epoch: int, active: list[Member]) -> None:
+        """Each active member's history entry, evaluation (when due) and checkpoint."""
+        for m in active:
             if not m.finished:
-                fail(m, exc)
-        raise
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as exc:  # noqa: BLE001 - shared work failed: every unfinished member fails with it
-        for m in members:
-            if not m.finished:
-                fail(m, exc)
-        if os.environ.get("LSKD_DEBUG"):
-            traceback.print_exc()
-    finally:
-        bar.close()
-        for m in members:
-            if m.tb is not None:
-                m.tb.close()
-    return [outcomes[c.hash] for c in cells]
+                m.skipped = sorted(set(self.skipped))
+                try:
+                    m.end_epoch(epoch)
+                except OSError as exc:  # the checkpoint could not be written (disk full...)
+                    self.fail(m, exc)
 
 
 def train_cell(

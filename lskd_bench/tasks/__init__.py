@@ -4,6 +4,9 @@ Third-party tasks register through the ``lskd_bench.tasks`` entry-point group (a
 """
 from __future__ import annotations
 
+from typing import Any, Mapping
+
+from ..metrics import MetricSpec
 from ..registry import Registry
 from .base import ClassifierNet, InMemoryDataset, Task, TaskData, iterate_batches
 
@@ -23,5 +26,16 @@ def task_names() -> list[str]:
     return TASKS.names()
 
 
+def result_metrics(result: Mapping[str, Any]) -> list[MetricSpec]:
+    """The metric specs a result.json reports, in table order: those it records (``metric_specs``); for a
+    result written before they were recorded, its task's declaration (or bare names for an unknown task)."""
+    if result.get("metric_specs"):
+        return [MetricSpec.from_dict(d) for d in result["metric_specs"]]
+    task = result["cell"]["task"]
+    declared = {m.name: m for m in get_task(task).metrics} if task in TASKS else {}
+    names = result.get("metric_names") or list(result["metrics"])
+    return [declared.get(n, MetricSpec(n, n)) for n in names]
+
+
 __all__ = ["TASKS", "DEFAULT_TASK", "ClassifierNet", "InMemoryDataset", "Task", "TaskData", "get_task",
-           "iterate_batches", "task_names"]
+           "iterate_batches", "result_metrics", "task_names"]

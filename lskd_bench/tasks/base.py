@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..errors import DataError
-from ..metrics import topk_correct
+from ..metrics import TOPK, MetricSpec, topk_correct
 from ..models import ClassifierNet  # noqa: F401  (re-exported: task plugins build it)
 from ..schema import TRAIN, Section, deep_merge
 
@@ -263,15 +263,21 @@ class Task:
     name: str = ""
     description: str = ""
     kind: str = "classification"  # or "translation": which KD methods apply
-    metric_names: tuple[str, ...] = ("top1", "top5")
-    primary_metric: str = "top1"
+    metrics: tuple[MetricSpec, ...] = TOPK  # what evaluate() returns, in table order
+    primary_metric: str = "top1"  # picks the best epoch (in its direction) and the leaderboard's bold cell
     supports_analysis: bool = True  # penultimate features exported for analyze / visualize
     projection_classes: tuple[str, ...] = ()  # visualize's default class triple
     recipe: str = ""  # lskd_bench/configs/<recipe>.yaml: the task's default config over the schema's
     data_schema: Section = Section({})
     train_schema: Section = TRAIN
     extra_sections: dict[str, Section] = {}  # more top-level config sections of this task
-    metric_labels: dict[str, str] = {"top1": "top-1 accuracy (%)", "top5": "top-5 accuracy (%)"}
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.metrics)
+
+    def metric(self, name: str) -> MetricSpec:
+        return next(m for m in self.metrics if m.name == name)
 
     # -- config -----------------------------------------------------------------------------------
     def default_config(self) -> dict[str, Any]:

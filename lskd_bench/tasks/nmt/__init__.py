@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ... import store
 from ...errors import UsageError
+from ...metrics import MetricSpec
 from ...schema import TRAIN, Field, Section
 from .. import TASKS
 from ..base import Batches, DataReport, Task, TaskData, autocast
@@ -120,9 +121,9 @@ def _move(obj: Any, device: torch.device) -> Any:
 
 class TranslationTask(Task):
     kind = "translation"
-    metric_names = ("bleu", "chrf", "bleu_tok")
+    metrics = (MetricSpec("bleu", "detokenised sacreBLEU"), MetricSpec("chrf", "chrF2", shown=False),
+               MetricSpec("bleu_tok", "tokenised lower-cased BLEU", shown=False))
     primary_metric = "bleu"
-    metric_labels = {"bleu": "detokenised sacreBLEU", "chrf": "chrF2", "bleu_tok": "tokenised lower-cased BLEU"}
     supports_analysis = False
     data_schema = NMT_DATA
     train_schema = NMT_TRAIN
