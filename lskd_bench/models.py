@@ -72,10 +72,12 @@ def init_path(template: str, alpha: float) -> Path:
     return path
 
 
-def load_init_checkpoint(model: ClassifierNet, path: str | Path) -> int:
+def load_init_checkpoint(model: nn.Module, path: str | Path, strict: bool = False) -> int:
     """Load local weights into ``model``: lskd-bench's own format, or the library's (torchvision/timm)
-    format, whose tensors map onto the backbone. Tensors whose shape differs (a 1000-class head on a
-    200-class task) are skipped. Returns how many tensors were loaded."""
+    format, whose tensors map onto the backbone, or a ``{"model": state_dict}`` training checkpoint (the
+    shared CIFAR teachers). Tensors whose shape differs (a 1000-class head on a 200-class task) are skipped,
+    unless ``strict`` (a trained teacher): then every tensor of the model must come from the checkpoint.
+    Returns how many tensors were loaded."""
     path = Path(path)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -91,5 +93,10 @@ def load_init_checkpoint(model: ClassifierNet, path: str | Path) -> int:
                 break
     if not mapped:
         raise UsageError(f"checkpoint {path} has no tensor matching the model")
+    missing = [k for k in own if k not in mapped]
+    if strict and missing:
+        raise UsageError(f"checkpoint {path} lacks {len(missing)} of the model's {len(own)} tensors (e.g. {missing[0]}"
+                         f"{', shape ' + str(tuple(sd[missing[0]].shape)) + ' there' if missing[0] in sd else ''}): "
+                         "is it a checkpoint of this architecture and number of classes?")
     model.load_state_dict(mapped, strict=False)
     return len(mapped)
