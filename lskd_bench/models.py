@@ -17,17 +17,23 @@ from .tasks.base import ClassifierNet
 # arch name -> (library, constructor name)
 ARCHS = {
     "resnet18": ("torchvision", "resnet18"),
+    "resnet34": ("torchvision", "resnet34"),
     "resnet50": ("torchvision", "resnet50"),
     "convnext_tiny": ("torchvision", "convnext_tiny"),
     "efficientnet_b0": ("timm", "efficientnet_b0"),
     "mobilenetv2_100": ("timm", "mobilenetv2_100"),
+    "mobilenet_v1": ("lskd_bench", "MobileNetV1"),  # mdistiller's ImageNet MobileNet-V1 (cifar_models.py)
 }
 
 
-def build_image_model(arch: str, num_classes: int) -> ClassifierNet:
+def build_image_model(arch: str, num_classes: int) -> nn.Module:
     if arch not in ARCHS:
         raise UsageError(f"unknown arch {arch!r} (known: {', '.join(sorted(ARCHS))})")
     lib, name = ARCHS[arch]
+    if lib == "lskd_bench":
+        from . import cifar_models
+
+        return getattr(cifar_models, name)(num_classes)
     if lib == "timm":
         import timm
 
@@ -87,7 +93,9 @@ def load_init_checkpoint(model: nn.Module, path: str | Path, strict: bool = Fals
     own = model.state_dict()
     mapped: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
-        for cand in (k, f"backbone.{k}"):
+        # the library's classifier (torchvision fc / classifier.N, timm classifier) is ClassifierNet's head
+        head = f"head.{k.rsplit('.', 1)[-1]}" if k.split(".")[0] in ("fc", "classifier") else None
+        for cand in (k, f"backbone.{k}", *([head] if head else [])):
             if cand in own and own[cand].shape == v.shape:
                 mapped[cand] = v
                 break

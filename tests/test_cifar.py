@@ -250,3 +250,37 @@ def test_unknown_pair_and_pairs_on_other_tasks(cifar_root, cli):
     assert rc == 2 and "task digits has no teacher-student pairs" in err
     rc, out, _ = cli("tasks")
     assert rc == 0 and "pairs (--pair): resnet56-resnet20, resnet110-resnet32, resnet32x4-resnet8x4" in out
+
+
+# ------------------------------------------------------------------------------------ imagenet pairs
+@pytest.mark.parametrize("pair, teacher, student, beta", [("resnet34-resnet18", "resnet34", "resnet18", 0.5),
+                                                           ("resnet50-mobilenet_v1", "resnet50", "mobilenet_v1", 2.0)])
+def test_imagenet_pairs_use_mdistillers_recipe(imagenet_root, pair, teacher, student, beta):
+    cfg = resolve("imagenet", {}, {"data": {"root": str(imagenet_root)}, "pair": pair}).cfg
+    s = cfg["student"]
+    assert (cfg["teacher"]["arch"], s["arch"], cfg["dkd"]["beta"], cfg["kd"]["lambda"]) == (teacher, student, beta, 0.5)
+    assert (s["epochs"], s["batch_size"], s["lr"], s["schedule"], s["milestones"], s["warmup_epochs"], s["weight_decay"]) == (
+        100, 512, 0.2, "multistep", [30, 60, 90], 0, 1e-4)
+    # without --pair the imagenet recipe stays the LS-KD paper's
+    base = resolve("imagenet", {}, {"data": {"root": str(imagenet_root)}}).cfg
+    assert (base["pair"], base["student"]["arch"], base["student"]["epochs"]) == (None, "resnet18", 200)
+
+
+def test_torchvision_format_teacher_loads_strictly(tmp_path):
+    import torchvision
+
+    from lskd_bench.models import build_image_model, load_init_checkpoint
+
+    ref = torchvision.models.resnet34(weights=None)  # what torchvision's pretrained file holds (1000 classes)
+    path = tmp_path / "resnet34.pth"
+    torch.save(ref.state_dict(), path)
+    model = build_image_model("resnet34", 1000)
+    assert load_init_checkpoint(model, path, strict=True) == len(ref.state_dict())
+    assert torch.equal(model.head.weight, ref.fc.weight)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), ref.eval()(x))
+    with pytest.raises(UsageError, match="lacks 2 of the model's"):  # a 3-class model: the 1000-class head is missing
+        load_init_checkpoint(build_image_model("resnet34", 3), path, strict=True)
+    mv1 = build_image_model("mobilenet_v1", 1000)
+    assert mv1(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
