@@ -102,21 +102,22 @@ def augment_params(indices: torch.Tensor, seed: int, epoch: int) -> torch.Tensor
 
 
 def crop_flip(xp: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """Crop 32 x 32 windows at (dy, dx) from padded images (N, C, 40, 40), reversing columns where flip = 1."""
-    n, c = xp.shape[:2]
+    """Crop 32 x 32 windows at (dy, dx) from padded images (N, C, H, W), reversing columns where flip = 1: one
+    ``gather`` over the flattened pixels (several times faster than 4-D advanced indexing)."""
+    n, c, h, w = xp.shape
     ar = torch.arange(SIZE, device=xp.device)
     dy, dx, flip = (params[:, i].to(xp.device) for i in range(3))
     rows = dy[:, None] + ar
     cols = dx[:, None] + torch.where(flip[:, None].bool(), SIZE - 1 - ar, ar)
-    return xp[torch.arange(n, device=xp.device)[:, None, None, None], torch.arange(c, device=xp.device)[None, :, None, None],
-              rows[:, None, :, None], cols[:, None, None, :]]
+    flat = (rows[:, :, None] * w + cols[:, None, :]).reshape(n, 1, SIZE * SIZE).expand(n, c, SIZE * SIZE)
+    return xp.reshape(n, c, h * w).gather(2, flat).reshape(n, c, SIZE, SIZE)
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float, ToTensor + Normalize(MEAN, STD)."""
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    return (x.float() / 255.0 - mean) / std
+    """uint8 (N, 3, H, W) -> float, ToTensor + Normalize(MEAN, STD) as one multiply-add."""
+    scale = torch.tensor([1.0 / (255.0 * s) for s in STD], device=x.device).view(1, 3, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(MEAN, STD)], device=x.device).view(1, 3, 1, 1)
+    return torch.addcmul(shift, x.float(), scale)
 
 
 class _Normalised:
