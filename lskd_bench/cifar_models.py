@@ -435,7 +435,7 @@ class MobileNetV2(CifarNet):
 # -------------------------------------------------------------------------------- MobileNet-V1 (ImageNet)
 class MobileNetV1(CifarNet):
     """MobileNet-V1 1.0 for 224 x 224 ImageNet as mdistiller's models/imagenet/mobilenetv1.py: ``model`` (a stem
-    and 13 depthwise-separable convs, then AvgPool2d(7)) and ``fc``. Default PyTorch initialisation."""
+    and 13 depthwise-separable convs, then global average pooling) and ``fc``. Default PyTorch initialisation."""
 
     def __init__(self, num_classes: int = 1000):
         super().__init__()
@@ -447,7 +447,8 @@ class MobileNetV1(CifarNet):
 
         plan = [(32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1), (256, 512, 2),
                 *[(512, 512, 1)] * 5, (512, 1024, 2), (1024, 1024, 1)]
-        self.model = nn.Sequential(_conv_bn_relu(3, 32, 3, 2), *[dw(*p) for p in plan], nn.AvgPool2d(7))
+        # mdistiller pools with AvgPool2d(7): the same at 224 px; adaptive so that other sizes work too
+        self.model = nn.Sequential(_conv_bn_relu(3, 32, 3, 2), *[dw(*p) for p in plan], nn.AdaptiveAvgPool2d(1))
         self.fc = nn.Linear(1024, num_classes)
 
     def features(self, x):
