@@ -99,7 +99,7 @@ def plan_cells(cfg: dict[str, Any]) -> list[Cell]:
                     ident = {
                         **_identity(task, "student", cfg, schema),
                         "method": method,
-                        "params": mcls.params.identity(cfg[method] if mcls.params.fields else {}),
+                        "params": mcls.identity_params(cfg[method] if mcls.params.fields else {}),
                         "T": t,
                         "seed": seed,
                         "teacher": tcell.hash,

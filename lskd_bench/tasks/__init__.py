@@ -12,7 +12,8 @@ from .base import ClassifierNet, InMemoryDataset, Task, TaskData, iterate_batche
 
 # the built-in task modules register themselves when the registry is first looked up
 TASKS: Registry[type[Task]] = Registry("task", "lskd_bench.tasks",
-                                       builtin=("lskd_bench.tasks.digits", "lskd_bench.tasks.nmt", "lskd_bench.tasks.vision"))
+                                       builtin=("lskd_bench.tasks.cifar", "lskd_bench.tasks.digits", "lskd_bench.tasks.nmt",
+                                                "lskd_bench.tasks.vision"))
 
 DEFAULT_TASK = "digits"
 

@@ -23,10 +23,10 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..metrics import TOPK, MetricSpec, topk_correct
 from ..models import ClassifierNet  # noqa: F401  (re-exported: task plugins build it)
-from ..schema import TRAIN, Section, deep_merge
+from ..schema import TRAIN, Field, Section, _suggest, deep_merge
 
 
 class InMemoryDataset(Dataset):
@@ -244,6 +244,12 @@ def load_recipe(name: str) -> dict[str, Any]:
     return deep_merge(load_recipe(base), data) if base else data
 
 
+# top-level config key of tasks with pairs (``Task.pairs_recipe``): not part of a cell's identity, the values
+# it sets (archs, recipe, method parameters) are
+PAIR = Field(str, None, "teacher-student pair whose published recipe is applied over the task's (--pair; "
+             "'lskd-bench tasks' lists them)", nullable=True)
+
+
 @dataclass
 class DataReport:
     """What ``lskd-bench check-data`` found: counts per split and problems (each one line)."""
@@ -278,6 +284,7 @@ class Task:
 
     def metric(self, name: str) -> MetricSpec:
         return next(m for m in self.metrics if m.name == name)
+    pairs_recipe: str = ""  # lskd_bench/configs/<name>.yaml with the task's teacher-student pairs (--pair)
 
     # -- config -----------------------------------------------------------------------------------
     def default_config(self) -> dict[str, Any]:
@@ -286,6 +293,25 @@ class Task:
 
     def recipe_source(self) -> str:
         return f"recipe lskd_bench/configs/{self.recipe}.yaml" if self.recipe else f"task {self.name} defaults"
+
+    def pairs(self) -> dict[str, dict[str, Any]]:
+        """Named teacher-student pairs, each a partial config (its published recipe) with a ``source``."""
+        if not self.pairs_recipe:
+            return {}
+        text = resources.files("lskd_bench").joinpath("configs", f"{self.pairs_recipe}.yaml").read_text()
+        return dict(yaml.safe_load(text)["pairs"])
+
+    def pair_layer(self, pair: str) -> tuple[str, dict[str, Any]]:
+        """The config layer of ``pair`` (applied over the task's recipe, under config files and the command line)."""
+        pairs = self.pairs()
+        if not pairs:
+            raise UsageError(f"task {self.name} has no teacher-student pairs (--pair applies to: "
+                             "cifar100, imagenet)")
+        if pair not in pairs:
+            raise UsageError(f"unknown pair {pair!r} for task {self.name}{_suggest(pair, list(pairs))} "
+                             f"(known: {', '.join(pairs)})")
+        layer = {k: v for k, v in pairs[pair].items() if k != "source"}
+        return f"pair {pair} (lskd_bench/configs/{self.pairs_recipe}.yaml)", {**layer, "pair": pair}
 
     def validate(self, cfg: dict[str, Any]) -> None:
         """Cheap checks of task-specific settings (data root layout, arch names); raise UsageError."""

@@ -20,7 +20,7 @@ from ..hierarchy import groups_to_parents, load_wordnet_parents
 from ..models import ClassifierNet, build_image_model, init_path
 from ..schema import Field, Section, grid_values
 from . import TASKS
-from .base import DataReport, Task, TaskData, load_recipe  # noqa: F401  (load_recipe: re-exported)
+from .base import PAIR, DataReport, Task, TaskData, load_recipe  # noqa: F401  (load_recipe: re-exported)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # torchvision's ImageFolder extensions (torchvision.datasets.folder.IMG_EXTENSIONS)
@@ -203,9 +203,12 @@ class ImageNetBase(ImageClassificationTask):
 @TASKS.register("imagenet")
 class ImageNetTask(ImageNetBase):
     name = "imagenet"
-    description = "ImageNet-1K (ImageFolder train/ val/), resnet50 -> resnet18 (or -> resnet50)"
+    description = ("ImageNet-1K (ImageFolder train/ val/), resnet50 -> resnet18 (or -> resnet50); --pair for the KD "
+                   "benchmark's resnet34 -> resnet18 and resnet50 -> mobilenet_v1 (mdistiller recipe)")
     recipe = "imagenet"
-    archs = ("resnet50", "resnet18")
+    archs = ("resnet50", "resnet18", "resnet34", "mobilenet_v1")
+    pairs_recipe = "imagenet_pairs"
+    extra_sections = {"pair": PAIR}
 
 
 @TASKS.register("imagenet_compact")
