@@ -58,7 +58,7 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         val = getattr(args, flag)
         if val is not None:
             set_dotted(o, key, str(Path(val).absolute()))
-    for flag in ("executor", "jobs", "device", "nproc_per_node", "num_workers"):
+    for flag in ("executor", "jobs", "device", "nproc_per_node", "num_workers", "threads"):
         val = getattr(args, flag)
         if val is not None:
             o[flag] = val
@@ -97,22 +97,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runners.grid import run_grid
     from .runners.store import check_writable_dir
 
+    from .errors import raise_on_sigterm
+    from .tasks import get_task
+
     cfg = _resolve(args).cfg
     out = Path(args.out)
     check_writable_dir(out)
     if args.dry_run:
+        get_task(cfg["task"]).check_layout(cfg)  # the data check run makes before writing anything
         for cell in plan_cells(cfg):
             print(cell.dir(out))
         return 0
+    raise_on_sigterm()
     try:
         summary = run_grid(cfg, out, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        sig = getattr(exc, "signal_name", "SIGINT")
+        print(f"\ninterrupted ({sig}): finished cells are saved, unfinished ones resume from their last checkpoint; "
+              "run the same command again to resume", file=sys.stderr)
+        return int(getattr(exc, "code", 130))
     rows = [r for r in collect(out) if r["task"] == cfg["task"]]
     if rows:
         _, md = write_outputs(rows, out / cfg["task"] / "leaderboard")
         print(md, end="")
+    for line in summary.repairs:
+        print(line)
     print(summary.line())
     if summary.submitted and not cfg["slurm"].get("wait"):
         from .runners.slurm import read_job
@@ -290,6 +299,8 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--device", help="auto (default), cpu or cuda")
     r.add_argument("--nproc-per-node", type=int, help="train each cell with DDP over N processes (torchrun executor)")
     r.add_argument("--num-workers", type=int, help="data-loader worker processes (image tasks)")
+    r.add_argument("--threads", type=int, help="intra-op CPU threads per training process (default: the CPUs this "
+                   "process may use, divided by --jobs)")
     r.add_argument("--compile", action="store_true", help="torch.compile the student/teacher being trained")
     r.add_argument("--channels-last", action="store_true", help="channels_last memory format on CUDA")
     r.add_argument("--no-fuse", action="store_true", help="train every cell in its own data pass (default: the students "
@@ -405,6 +416,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except UsageError as exc:
         print(f"lskd-bench: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the machine, not the input: a full disk (DiskFull names the file)...
+        import errno
+
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"lskd-bench: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

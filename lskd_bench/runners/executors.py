@@ -43,6 +43,8 @@ def claim(job: "GridJob", unit: list["Cell"]) -> tuple[list["Cell"], list[CellLo
     for c in unit:
         lock = CellLock(c.dir(job.out))
         if lock.try_acquire(stale_s):
+            if lock.took_over:
+                job.repairs.append(f"repaired: {c.name}: {lock.took_over}")
             if store.read_result(c.dir(job.out)) is not None:  # finished between our check and the lock
                 lock.release()
                 continue
@@ -67,6 +69,7 @@ def train_unit_here(job: "GridJob", unit: list["Cell"], device, teacher_cache: O
                 data, teacher = unit_inputs(job, mine, device, teacher_cache)
                 outcomes = train_group(job.task, mine, job.cfg, data, [c.dir(job.out) for c in mine],
                                        teacher=teacher, progress=progress)
+                job.repairs += [line for o in outcomes for line in o.notes]
         finally:
             for lock in locks:
                 lock.release()
@@ -77,11 +80,15 @@ def train_unit_here(job: "GridJob", unit: list["Cell"], device, teacher_cache: O
 class LocalExecutor:
     def run(self, job: "GridJob", units: list[list["Cell"]]) -> None:
         from .grid import Scheduler
-        from .train import resolve_device
+        from .train import resolve_device, threads_scope
 
         device = resolve_device(job.cfg)
         sched = Scheduler(job, units)
         teacher_cache: dict = {}
+        with threads_scope(job.cfg):
+            self._loop(job, sched, device, teacher_cache)
+
+    def _loop(self, job: "GridJob", sched, device, teacher_cache: dict) -> None:
         try:
             while not sched.done():
                 unit = sched.next_unit()
@@ -118,8 +125,9 @@ class SubprocessExecutor:
         running: list[tuple[subprocess.Popen, list["Cell"]]] = []
         jobs = self.max_jobs(job)
         env = dict(os.environ)
-        if jobs > 1:
-            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+        from .train import thread_count
+
+        env["OMP_NUM_THREADS"] = str(thread_count(job.cfg))  # the worker also sets torch's count from the config
         stale_s = float(job.cfg.get("lock", {}).get("stale_s", 300.0))
         try:
             while not sched.done() or running:

@@ -2,6 +2,7 @@
 units (fused data passes) and hand them to an executor, which trains them under cross-process locks."""
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -96,6 +97,7 @@ class GridJob:
     elsewhere: list[Cell] = field(default_factory=list)  # finished by another process while we waited
     submitted: list[Cell] = field(default_factory=list)  # handed to a cluster scheduler (not finished yet)
     queued: list[Cell] = field(default_factory=list)  # already queued or running in the scheduler
+    repairs: list[str] = field(default_factory=list)  # one line per damaged file recovered from
     _data: Optional[TaskData] = None
 
     def data(self) -> TaskData:
@@ -108,6 +110,12 @@ class GridJob:
 
     def mark_done(self, cell: Cell) -> None:
         self.trained.append(cell)
+
+    def say(self, line: str) -> None:
+        """A line for the user while the grid runs (stderr, above any progress bar)."""
+        from tqdm.auto import tqdm
+
+        tqdm.write(line, file=sys.stderr)
 
     def progress_bar(self, total: int):
         from tqdm.auto import tqdm
@@ -153,6 +161,7 @@ class Scheduler:
         self.settled: dict[str, str] = {}  # hash -> done | failed | blocked
         self.waiting: dict[str, Cell] = {}  # held by another process
         self.running: set[str] = set()
+        self.told: set[str] = set()  # cells whose wait was announced
         self.bar = job.progress_bar(self.total)
         self.cfg_lock = job.cfg.get("lock", {})
 
@@ -208,6 +217,13 @@ class Scheduler:
         """Record the end of our attempt at ``cell``: trained, failed, or held by someone else (busy)."""
         self.running.discard(cell.hash)
         if busy:
+            if cell.hash not in self.waiting and cell.hash not in self.told:
+                self.told.add(cell.hash)
+                info = read_lock(cell.dir(self.job.out))
+                stale_s = float(self.cfg_lock.get("stale_s", 300.0))
+                self.job.say(f"waiting: {cell.name} is locked ({info.describe() if info else 'lock released'}; "
+                             f"{cell.dir(self.job.out) / 'lock.json'}); taken over if its owner dies or it goes "
+                             f"{stale_s:g} s without a heartbeat (lock.stale_s)")
             self.waiting[cell.hash] = cell
             return
         if result_ok:
@@ -234,7 +250,7 @@ class Scheduler:
                 continue
             del self.waiting[h]
             err = store.read_error(d)
-            if err is not None:
+            if err is not None and err.get("error") != "Interrupted":
                 self.job.failed[h] = (cell, f"{err.get('error')}: {err.get('message')} (in another process)")
                 self._settle(cell, "failed")
             else:
@@ -271,6 +287,7 @@ class GridSummary:
     elsewhere: list[Cell] = field(default_factory=list)
     submitted: list[Cell] = field(default_factory=list)
     queued: list[Cell] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -299,21 +316,27 @@ class GridSummary:
 
 def run_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridSummary:
     """Train every unfinished cell of the grid in ``cfg`` under ``out``; finished cells are reused."""
+    from .repair import repair_cells
+
     t0 = time.perf_counter()
     out = Path(out)
     store.check_writable_dir(out)
     task = get_task(cfg["task"])
     cells = plan_cells(cfg)
+    if any(store.read_result(c.dir(out)) is None for c in cells):
+        task.check_layout(cfg)  # bad data is bad input: stop before anything is written
+    repairs = repair_cells(cells, out)
     pending = [c for c in cells if store.read_result(c.dir(out)) is None]
     reused = [c for c in cells if c not in pending]
     cfg_path = out / cfg["task"] / "configs" / f"{config_hash(cfg)}.yaml"
     if not cfg_path.exists():
         store.atomic_write(cfg_path, lambda f: yaml.safe_dump(cfg, f, sort_keys=False), mode="w")
-    job = GridJob(task, cfg, out, progress)
+    job = GridJob(task, cfg, out, progress, repairs=repairs)
     if pending:
         units = fuse_units(pending, bool(cfg.get("fuse", True)), int(cfg.get("max_fused", 8)))
         executor = EXECUTORS.get(cfg["executor"])()
         executor.run(job, units)
     return GridSummary(cells, job.trained, reused, time.perf_counter() - t0, out, failed=list(job.failed.values()),
-                       blocked=job.blocked, elsewhere=job.elsewhere, submitted=job.submitted, queued=job.queued)
+                       blocked=job.blocked, elsewhere=job.elsewhere, submitted=job.submitted, queued=job.queued,
+                       repairs=job.repairs)
 

@@ -338,6 +338,7 @@ def note_failure(cell: "Cell", d: Path) -> None:
 def status_rows(runs: Path, task: Optional[str] = None) -> list[dict[str, str]]:
     """Per cell under ``runs``: finished / running / queued / failed / interrupted / pending, with job ids."""
     from .lock import is_stale, read_lock
+    from .repair import status_problem
 
     dirs = sorted(p for p in Path(runs).glob("*/*") if p.is_dir() and "-" in p.name and p.name.split("_")[0] in
                   ("teacher", "student", "baseline"))
@@ -354,7 +355,12 @@ def status_rows(runs: Path, task: Optional[str] = None) -> list[dict[str, str]]:
         jid = info.get("job_id", "")
         row = {"task": p.parent.name, "cell": p.name, "job": jid, "state": "", "detail": ""}
         lock = read_lock(p)
-        if store.read_result(p) is not None:
+        damage = status_problem(p, p.name.split("_")[0])
+        err = store.read_error(p)
+        if damage is not None:
+            row["state"] = "damaged"
+            row["detail"] = damage
+        elif store.read_result(p) is not None:
             row["state"] = "finished"
         elif jid and jid in states:
             st, reason = states[jid]
@@ -363,8 +369,10 @@ def status_rows(runs: Path, task: Optional[str] = None) -> list[dict[str, str]]:
         elif lock is not None and not is_stale(lock, 300.0):
             row["state"] = "running"
             row["detail"] = lock.describe()
-        elif store.read_error(p) is not None:
-            err = store.read_error(p)
+        elif err is not None and err.get("error") == "Interrupted":
+            row["state"] = "interrupted"
+            row["detail"] = str(err.get("message"))
+        elif err is not None:
             row["state"] = "failed"
             row["detail"] = f"{err.get('error')}: {err.get('message')}"
         elif jid:

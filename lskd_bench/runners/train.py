@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import DataError
+from ..errors import DataError, Interrupted
 from ..methods import LossContext, Method, build_method
 from ..tasks import Task, TaskData, iterate_batches
 from ..tasks.base import autocast
@@ -46,6 +46,38 @@ def resolve_device(cfg: dict[str, Any]) -> torch.device:
     if want == "cuda" and dist_info()[1] > 1:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(want)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: taskset, cgroups cpusets, Slurm), not the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def thread_count(cfg: dict[str, Any]) -> int:
+    """Intra-op threads of one training process: ``threads``, else the usable CPUs shared by the processes
+    that train at once (``jobs`` with the subprocess executor, ``nproc_per_node`` under torchrun), at most
+    ``OMP_NUM_THREADS`` when the environment sets it."""
+    if cfg.get("threads"):
+        return int(cfg["threads"])
+    executor = cfg.get("executor", "local")
+    at_once = int(cfg.get("jobs", 1)) if executor == "subprocess" else int(cfg.get("nproc_per_node", 1)) if executor == "torchrun" else 1
+    n = max(1, usable_cpus() // max(at_once, 1))
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return min(n, int(omp)) if omp.isdigit() and int(omp) > 0 else n
+
+
+@contextlib.contextmanager
+def threads_scope(cfg: dict[str, Any]):
+    """torch's intra-op thread count set from the config around a local run, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(thread_count(cfg))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def dist_info() -> tuple[int, int]:
@@ -111,6 +143,18 @@ def learning_rate(hp: dict[str, Any], epoch: int, update: int, steps_per_epoch: 
     return lr
 
 
+def environment(device: torch.device, processes: int = 1) -> dict[str, Any]:
+    """Where a result was computed: floating-point results are bit-identical on one machine and build, and
+    may differ slightly across CPUs and library builds."""
+    from .. import __version__
+    from ..envinfo import cpu_model, git_commit
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return {"lskd_bench": __version__, "commit": git_commit(), "torch": torch.__version__, "device": str(device),
+            "device_name": name, "cpu": cpu_model(), "threads": torch.get_num_threads(), "processes": processes,
+            "python": platform.python_version()}
+
+
 def load_model(task: Task, arch: str, data: TaskData, cfg: dict[str, Any], path: Path, device: torch.device,
                role: str = "teacher") -> nn.Module:
     model = task.build_model(arch, data, cfg, cfg[role])
@@ -127,6 +171,7 @@ class Outcome:
     cell: Cell
     result: Optional[dict[str, Any]] = None
     error: Optional[str] = None
+    notes: list[str] = field(default_factory=list)  # repairs made while starting the cell
 
 
 def _role_cfg(cfg: dict[str, Any], cell: Cell) -> dict[str, Any]:
@@ -157,6 +202,7 @@ class Member:
     skipped: list = field(default_factory=list)
     resumes: list = field(default_factory=list)  # where each resumed run picked up (epoch, step, time)
     finished: bool = False
+    notes: list = field(default_factory=list)  # repairs (a checkpoint that would not load, moved aside)
 
     def __post_init__(self) -> None:
         cell, cfg, device = self.cell, self.cfg, self.device
@@ -177,14 +223,15 @@ class Member:
         self.epochs = 0 if self.given else int(self.hp["epochs"])
         self.max_updates = self.hp.get("max_updates")
         self.state_path = self.dir / store.STATE
-        if not self.state_path.is_file() and (self.given or self.hp.get("init_checkpoint")):
+        state = self._load_state()
+        if state is None and (self.given or self.hp.get("init_checkpoint")):
             from ..models import init_path, load_init_checkpoint
 
             load_init_checkpoint(self.model, self.given or init_path(self.hp["init_checkpoint"], cell.alpha))
         self.rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        if self.state_path.is_file():
-            self._restore(torch.load(self.state_path, map_location="cpu", weights_only=False))
+        if state is not None:
+            self._restore(state)
         self.rank, world = dist_info()
         self.step_model: nn.Module = self.model
         if world > 1:
@@ -196,6 +243,20 @@ class Member:
         self.ctx = LossContext(alpha=self.alpha, T=cell.T, epochs=max(self.epochs, 1))
 
     # -- state ------------------------------------------------------------------------------------
+    def _load_state(self) -> Optional[dict[str, Any]]:
+        """The last checkpoint; one that does not load is moved aside and the cell starts from scratch
+        (the model is still as built: nothing was restored)."""
+        if not self.state_path.is_file():
+            return None
+        try:
+            return torch.load(self.state_path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - truncated or corrupt: any failure
+            aside = store.move_aside(self.state_path)
+            why = str(exc).splitlines()[0] if str(exc) else ""
+            self.notes.append(f"repaired: {self.cell.name}: {store.STATE} is corrupt ({type(exc).__name__}: {why}): "
+                              f"moved to {aside.name}; the cell restarts from scratch")
+            return None
+
     def _restore(self, st: dict[str, Any]) -> None:
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optimizer"])
@@ -342,7 +403,7 @@ class Member:
             "num_params": sum(p.numel() for p in self.model.parameters()),
             "skipped_samples": sorted(set(self.skipped)),
             "resumes": self.resumes,
-            "env": {"torch": torch.__version__, "device": str(self.device), "processes": world, "python": platform.python_version()},
+            "env": environment(self.device, processes=world),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         store.write_json(self.dir / store.RESULT, result)
@@ -372,6 +433,29 @@ def _tick(profile: Optional[dict[str, float]], key: str, since: float, device: t
     now = time.perf_counter()
     profile[key] = profile.get(key, 0.0) + now - since
     return now
+
+
+class StepMeter:
+    """Progress within an epoch, at most once every ``interval`` seconds: ``step i/n, R steps/s, loss L``
+    (long epochs would otherwise look hung). ``clock`` is injectable for tests."""
+
+    def __init__(self, interval: float = 2.0, clock: Callable[[], float] = time.monotonic):
+        self.interval, self.clock = interval, clock
+        self.total, self.t0, self.first, self.last = 0, 0.0, 0, float("-inf")
+
+    def start(self, first: int, total: int) -> None:
+        self.first, self.total, self.t0 = first, total, self.clock()
+        self.last = self.t0
+
+    def update(self, step: int, losses: dict[str, float]) -> Optional[str]:
+        """``step``: batches done so far in the epoch. A line when ``interval`` passed since the last one."""
+        now = self.clock()
+        if now - self.last < self.interval:
+            return None
+        self.last = now
+        rate = (step - self.first) / max(now - self.t0, 1e-9)
+        loss = " ".join(f"{k}={v:.3f}" for k, v in losses.items())
+        return f"step {step}/{self.total}, {rate:.2f} steps/s, loss {loss}"
 
 
 def _short(cell: Cell) -> str:
@@ -415,6 +499,7 @@ def train_group(
         d.mkdir(parents=True, exist_ok=True)
         store.clear_error(d)
         members.append(Member(task, cell, cfg, data, d, device))
+        outcomes[cell.hash].notes = members[-1].notes
     needs_logits = any(m.method.teacher_signal == "logits" for m in members)
     if needs_logits and teacher is None:
         raise ValueError(f"{cells[0].name}: method {cells[0].method!r} needs a teacher")
@@ -425,7 +510,9 @@ def train_group(
     start = min((m.epoch for m in members if not m.done()), default=epochs)
     skipped = sorted({p for m in members for p in m.skipped})  # unreadable samples (data.on_bad_sample=skip)
     label = cells[0].name if len(cells) == 1 else f"{len(cells)} fused: " + ", ".join(_short(c) for c in cells)
-    bar = tqdm(total=epochs, initial=start, desc=label, unit="ep", leave=False, disable=not (progress and rank == 0))
+    show = progress and rank == 0
+    bar = tqdm(total=epochs, initial=start, desc=label, unit="ep", leave=False, disable=not show)
+    meter = StepMeter()
 
     def fail(m: Member, exc: BaseException) -> None:
         outcomes[m.cell.hash].error = f"{type(exc).__name__}: {exc}"
@@ -443,6 +530,8 @@ def train_group(
                                          pin_memory=device.type == "cuda", skipped=skipped)
             steps = first + len(batches)
             clock = time.perf_counter()
+            meter.start(first, steps)
+            losses: dict[str, float] = {}
             for i, batch in enumerate(batches, first):
                 stepping = [m for m in active if m.wants(epoch, i)]
                 if not stepping:
@@ -457,7 +546,7 @@ def train_group(
                     clock = _tick(profile, "teacher", clock, device)
                 for m in stepping:
                     try:
-                        m.train_step(batch, t_logits, epoch, steps)
+                        losses[_short(m.cell)] = m.train_step(batch, t_logits, epoch, steps)
                         every = hp.get("checkpoint_every")
                         if every and m.update % int(every) == 0:
                             m.checkpoint()
@@ -466,6 +555,10 @@ def train_group(
                         if device.type == "cuda":
                             torch.cuda.empty_cache()
                 clock = _tick(profile, "students", clock, device)
+                if show:
+                    line = meter.update(i + 1, losses)
+                    if line is not None:
+                        bar.set_postfix_str(f"epoch {epoch + 1}: {line}")
                 if on_step is not None:
                     on_step(epoch, i)
             for m in active:
@@ -491,7 +584,16 @@ def train_group(
             if not m.finished:
                 fail(m, exc)
         raise
-    except (KeyboardInterrupt, SystemExit):
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM through errors.raise_on_sigterm
+        if rank == 0:
+            sig = getattr(exc, "signal_name", "SIGINT")
+            for m in members:
+                if not m.finished:
+                    store.write_error(m.dir, m.cell, Interrupted(sig), epoch=m.epoch, update=m.update, message=(
+                        f"stopped by {sig} at epoch {m.epoch + 1}, step {m.step}: run again to resume from the last "
+                        f"checkpoint"))
+        raise
+    except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - shared work failed: every unfinished member fails with it
         for m in members:

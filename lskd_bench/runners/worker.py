@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     import torch
 
+    from ..errors import Interrupted, raise_on_sigterm
+    from .train import thread_count
+
+    raise_on_sigterm()
+    torch.set_num_threads(thread_count(cfg))
+
     if world > 1:  # launched by torchrun: one process per GPU (gloo on the CPU)
         backend = "nccl" if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu" else "gloo"
         if backend == "nccl":
@@ -62,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"lskd-bench: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        return exc.code
     finally:
+        for line in job.repairs:
+            print(line, file=sys.stderr)
         for lock in locks:
             lock.release()
         if world > 1:

@@ -286,6 +286,11 @@ class Task:
     def validate(self, cfg: dict[str, Any]) -> None:
         """Cheap checks of task-specific settings (data root layout, arch names); raise UsageError."""
 
+    def check_layout(self, cfg: dict[str, Any]) -> None:
+        """The data check ``run`` (and ``run --dry-run``) makes before writing anything: the layout and index
+        files as training will read them (not every sample's content; ``check-data`` decodes those).
+        Raise UsageError. Built-in data (digits) has nothing to check."""
+
     def check_data(self, cfg: dict[str, Any], progress: bool = True) -> DataReport:
         """Scan the whole data root (decode every file...) for ``lskd-bench check-data``."""
         self.validate(cfg)

@@ -13,6 +13,8 @@ fairseq, sentencepiece and sacreBLEU come with ``pip install -e ".[nmt]"``; only
 """
 from __future__ import annotations
 
+import json
+
 import hashlib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -165,8 +167,18 @@ class TranslationTask(Task):
     def corpus(self, cfg: dict[str, Any]) -> Corpus:
         d = cfg["data"]
         src, tgt = self.langs(cfg)
+        cached, self._checked = getattr(self, "_checked", None), None
+        if cached is not None and cached[0] == json.dumps(d, sort_keys=True, default=str):
+            return cached[1]  # just read by check_layout in this run: not read twice
         return read_corpus(Path(d["root"]), src, tgt, d["layout"], policy=d["on_bad_sample"], max_len=d["max_len"],
                            len_ratio=d["len_ratio"], valid_every=d["valid_every"], test_sets=tuple(d["test_sets"]))
+
+    def check_layout(self, cfg: dict[str, Any]) -> None:
+        """Read the corpus as training will (every layout and alignment error is found here); the next
+        ``corpus()`` call of the same config reuses it."""
+        self.check_source(cfg)
+        corpus = self.corpus(cfg)
+        self._checked = (json.dumps(cfg["data"], sort_keys=True, default=str), corpus)
 
     def check_data(self, cfg: dict[str, Any], progress: bool = True) -> DataReport:
         self.check_source(cfg)
