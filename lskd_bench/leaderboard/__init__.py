@@ -58,6 +58,7 @@ def row_of(result: dict[str, Any], select: str = "best") -> dict[str, Any]:
         "wall_s": round(float(result["timings"]["wall_s"]), 3),
         "config_hash": c["hash"],
         "_finished_at": result.get("finished_at", ""),
+        "_env": result.get("env") or {},
     }
 
 
@@ -140,6 +141,10 @@ def to_markdown(rows: Iterable[dict[str, Any]]) -> str:
             groups = sorted({(r["teacher_arch"], "", "") for r in teachers})
         for t_arch, s_arch, method in groups:
             out.append(_table(task, t_arch, s_arch, method, teachers, students, baselines))
+        shown = {s_arch for _, s_arch, _ in groups}
+        for arch in sorted({r["student_arch"] for r in baselines} - shown):  # baselines without a KD table
+            out.append(f"### {task}: {arch} without KD\n\nStudent without KD ({arch}, cross-entropy): "
+                       f"{cell_text([r for r in baselines if r['student_arch'] == arch])}\n")
         notes[(tuple(trs[0]["display"]), trs[0]["select"])] = None
     if not out:
         return "_No finished cells._\n"
@@ -191,8 +196,44 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
     return "\n".join(lines) + "\n"
 
 
+ENV_NOTE = ("Floating-point results are bit-identical when rerun on one machine with the same builds; they may "
+            "differ slightly across CPUs, devices and library builds.")
+
+
+def environment_md(rows: Iterable[dict[str, Any]]) -> str:
+    """Where the results of ``rows`` were computed (distinct values over the cells shown), and what wrote the table."""
+    from .. import __version__
+    from ..envinfo import git_commit
+
+    envs = [r.get("_env") or {} for r in latest(list(rows))]
+
+    def distinct(fmt) -> str:
+        vals = sorted({fmt(e) for e in envs if fmt(e) is not None})
+        return "; ".join(vals) if vals else "not recorded"
+
+    def opt(key: str):
+        return lambda e: None if e.get(key) is None else str(e[key])
+
+    lines = [
+        "Environment:",
+        "",
+        "- trained with lskd-bench " + distinct(lambda e: None if e.get("lskd_bench") is None else
+                                                f"{e['lskd_bench']} (commit {e.get('commit', 'unknown')})"),
+        "- torch " + distinct(opt("torch")),
+        "- device " + distinct(lambda e: None if e.get("device") is None else
+                               e["device"] + (f" ({e['device_name']})" if e.get("device_name") else "")),
+        "- CPU " + distinct(opt("cpu")),
+        "- threads per process " + distinct(opt("threads")),
+        f"- table written by lskd-bench {__version__} (commit {git_commit()})",
+        "",
+        ENV_NOTE,
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def write_outputs(rows: list[dict[str, Any]], out: Path) -> tuple[Path, str]:
-    """Write ``OUT.csv`` and ``OUT.md`` (``out`` with or without a suffix); return the CSV path and the markdown."""
-    md_text = to_markdown(rows)
+    """Write ``OUT.csv`` and ``OUT.md`` (``out`` with or without a suffix); return the CSV path and the markdown.
+    The markdown ends with the environment the results came from (``environment_md``)."""
+    md_text = to_markdown(rows) + "\n" + environment_md(rows)
     csv_path, _ = store.write_csv_md(out, to_csv(rows), md_text)
     return csv_path, md_text

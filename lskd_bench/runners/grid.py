@@ -14,6 +14,7 @@ import yaml
 from ..config import Resolved, config_hash, resolve_layers
 from ..errors import DataError, UsageError
 from ..methods import check_student_methods, method_class
+from ..models import init_path, read_checkpoint
 from ..tasks import DEFAULT_TASK, Task, TaskData, get_task
 from . import store
 from .cells import Cell, grid_values, plan_cells, validate_grid
@@ -45,6 +46,11 @@ def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Ma
             raise UsageError(f"teacher checkpoint {cfg['teacher']['checkpoint']} does not exist")
         if len(grid_values(cfg)[0]) != 1:
             raise UsageError("--teacher-checkpoint gives one teacher: run one alpha at a time (--alphas A)")
+        read_checkpoint(cfg["teacher"]["checkpoint"])
+    for role in ("teacher", "student"):
+        if cfg[role].get("init_checkpoint"):
+            for a in grid_values(cfg)[0]:
+                read_checkpoint(init_path(cfg[role]["init_checkpoint"], a))
     for role in ("teacher", "student"):
         hp = cfg[role]
         if hp["schedule"] == "step" and hp.get("step_size") is None:

@@ -176,8 +176,36 @@ def _class_dirs(split: Path) -> list[str]:
 
 
 def _images(d: Path) -> list[Path]:
-    """Image files under class folder ``d`` (any depth, as ImageFolder reads them)."""
-    return sorted(p for p in d.rglob("*") if p.suffix.lower() in IMG_EXT and p.is_file())
+    """Image files under class folder ``d``: the one listing both ``check-data`` and training read.
+
+    ImageFolder's walk and order (``sorted(os.walk(d, followlinks=True))``, names sorted; any entry with an
+    image extension, so a dangling link is listed and then fails to decode, in both), except that a directory
+    reached twice (a symlink loop) is walked once."""
+    import os
+
+    seen: set[str] = set()
+    found: list[tuple[str, list[str]]] = []
+    for root, dirs, names in os.walk(d, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [x for x in dirs if os.path.realpath(os.path.join(root, x)) not in seen]
+        found.append((root, names))
+    return [Path(root, n) for root, names in sorted(found) for n in sorted(names) if n.lower().endswith(IMG_EXT)]
+
+
+def _image_folder(split_dir: Path, transform):
+    """torchvision's ImageFolder over the shared listing (``_images``)."""
+    from torchvision.datasets import ImageFolder
+
+    class ListedImageFolder(ImageFolder):
+        @staticmethod
+        def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+            return [(str(p), class_to_idx[c]) for c in sorted(class_to_idx) for p in _images(Path(directory) / c)]
+
+    return ListedImageFolder(split_dir, transform)
 
 
 class ImageNetBase(ImageClassificationTask):
@@ -200,7 +228,7 @@ class ImageNetBase(ImageClassificationTask):
         for split in ("train", "val"):
             for c in tr:
                 d = root / split / c
-                if not any(p.suffix.lower() in IMG_EXT for p in d.rglob("*")):
+                if not _images(d):
                     raise UsageError(f"{self.name}: class folder {d} has no image files ({', '.join(IMG_EXT)}); {self.layout}")
 
     def files(self, cfg: dict[str, Any]) -> list[tuple[str, Path]]:
@@ -208,16 +236,14 @@ class ImageNetBase(ImageClassificationTask):
         return [(split, p) for split in ("train", "val") for c in _class_dirs(root / split) for p in _images(root / split / c)]
 
     def load_data(self, cfg: dict[str, Any], cache_dir=None) -> TaskData:
-        from torchvision.datasets import ImageFolder
-
         root, d = self.root(cfg), cfg["data"]
-        train = ImageFolder(root / "train", transforms(d, True))  # class index = sorted wnids
+        train = _image_folder(root / "train", transforms(d, True))  # class index = sorted wnids
         return TaskData(
             train=train,
-            val=ImageFolder(root / "val", transforms(d, False)),
+            val=_image_folder(root / "val", transforms(d, False)),
             num_classes=len(train.classes),
             class_names=list(train.classes),
-            train_eval=ImageFolder(root / "train", transforms(d, False)),
+            train_eval=_image_folder(root / "train", transforms(d, False)),
         )
 
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:
@@ -253,7 +279,14 @@ def cub_dir(root: Path) -> Path:
 
 def _read_table(path: Path, n: int) -> dict[int, list[str]]:
     rows = {}
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split(maxsplit=n - 1)
@@ -310,8 +343,17 @@ class CUBBase(ImageClassificationTask):
         split = _read_table(d / "train_test_split.txt", 2)
         if set(images) != set(labels) or set(images) != set(split):
             raise UsageError(f"{self.name}: images.txt, image_class_labels.txt and train_test_split.txt list different image ids")
+        for name, table in (("image_class_labels.txt", labels), ("train_test_split.txt", split)):
+            for i, (v,) in sorted(table.items()):
+                if not v.isdigit() or (name == "train_test_split.txt" and v not in ("0", "1")):
+                    want = "1 (train) or 0 (test)" if name == "train_test_split.txt" else "one integer class id"
+                    raise UsageError(f"{self.name}: {d / name}: image {i} has {v!r}, expected {want}")
         classes = _read_table(d / "classes.txt", 2)
-        bad = sorted({int(v[0]) for v in labels.values() if not v[0].isdigit() or int(v[0]) not in classes})
+        if sorted(classes) != list(range(1, len(classes) + 1)):
+            gap = next(k for k in range(1, len(classes) + 2) if k not in classes)
+            raise UsageError(f"{self.name}: {d / 'classes.txt'}: class ids must be 1..{len(classes)} without gaps "
+                             f"(id {gap} is missing; a subset of CUB must be renumbered, in image_class_labels.txt too)")
+        bad = sorted({int(v[0]) for v in labels.values() if int(v[0]) not in classes})
         if bad:
             raise UsageError(f"{self.name}: image_class_labels.txt uses class ids not in classes.txt (e.g. {bad[0]})")
         for want, split_name in (("1", "train"), ("0", "test")):
