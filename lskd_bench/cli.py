@@ -108,9 +108,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         for cell in plan_cells(cfg):
             print(cell.dir(out))
         return 0
-    raise_on_sigterm()
     try:
-        summary = run_grid(cfg, out, progress=not args.no_progress)
+        with raise_on_sigterm():
+            summary = run_grid(cfg, out, progress=not args.no_progress)
     except KeyboardInterrupt as exc:
         sig = getattr(exc, "signal_name", "SIGINT")
         print(f"\ninterrupted ({sig}): finished cells are saved, unfinished ones resume from their last checkpoint; "
@@ -172,7 +172,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from .leaderboard import collect, write_outputs
 
     runs = _runs_dir(args)
-    rows = collect(runs, args.select)
+    problems: list[str] = []
+    rows = collect(runs, args.select, problems)
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
     if not rows:
         raise UsageError(f"no finished cells under {runs}")
     out = Path(args.out) if args.out else runs / "leaderboard"

@@ -26,15 +26,27 @@ class Interrupted(KeyboardInterrupt):
         self.code = code
 
 
-def raise_on_sigterm() -> None:
-    """Handle SIGTERM like SIGINT: unwind (locks released, cells recorded as interrupted), exit 143."""
-    import signal
-    import threading
+class raise_on_sigterm:
+    """Handle SIGTERM like SIGINT while active: unwind (locks released, cells recorded as interrupted) and
+    exit 143. A context manager (the previous handler comes back) or a plain call (stays installed)."""
 
-    if threading.current_thread() is not threading.main_thread():
-        return
+    def __init__(self) -> None:
+        import signal
+        import threading
 
-    def handler(signum, frame):
-        raise Interrupted("SIGTERM", 128 + signal.SIGTERM)
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handler)
 
-    signal.signal(signal.SIGTERM, handler)
+    @staticmethod
+    def _handler(signum, frame):
+        raise Interrupted("SIGTERM", 128 + signum)
+
+    def __enter__(self) -> "raise_on_sigterm":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)

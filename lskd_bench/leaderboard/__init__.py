@@ -69,9 +69,9 @@ def _sort_key(r: dict[str, Any]):
     return (r["task"], _ROLE_ORDER.get(r["role"], 9), r["method"], str(r["alpha"]), -1 if r["T"] == "" else r["T"], r["seed"], r["config_hash"])
 
 
-def collect(runs: Path, select: str = "best") -> list[dict[str, Any]]:
-    """Rows for every finished cell under ``runs``, in a stable order."""
-    return sorted((row_of(r, select) for r in store.iter_results(Path(runs))), key=_sort_key)
+def collect(runs: Path, select: str = "best", problems: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows for every finished cell under ``runs``, in a stable order (unusable results: a line in ``problems``)."""
+    return sorted((row_of(r, select) for r in store.iter_results(Path(runs), problems)), key=_sort_key)
 
 
 def metric_columns(rows: Iterable[dict[str, Any]]) -> list[str]:

@@ -176,10 +176,13 @@ def move_aside(path: Path, tag: str = "corrupt") -> Path:
     return aside
 
 
-def iter_results(root: Path) -> Iterator[dict[str, Any]]:
-    """Every finished cell's result under ``root`` (any depth), sorted by path."""
+def iter_results(root: Path, problems: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Every finished cell's result under ``root`` (any depth), sorted by path; an unusable result.json is
+    skipped, with a line appended to ``problems`` if given."""
     for p in sorted(Path(root).rglob(RESULT)):
-        res = read_result(p.parent)
+        res, problem = load_result(p.parent)
+        if problem and problems is not None:
+            problems.append(f"{p} {problem}: skipped ('lskd-bench run' trains the cell again)")
         if res is not None:
             res.setdefault("cell_dir", str(p.parent))
             yield res
