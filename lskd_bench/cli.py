@@ -320,10 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train teachers (one per alpha, label smoothing), KD students (one per alpha x T x seed) "
                        "and a no-KD baseline student per seed. Finished cells are reused; an interrupted run resumes. "
                        "Exit codes: 0 all cells finished, 1 some cells failed (see error.json; re-run to retry), "
-                       "2 bad input (nothing trained).")
+                       "2 bad input (nothing trained), 130/143 stopped by SIGINT/SIGTERM (run again to resume). Damaged files in the "
+                       "run directory are repaired, one 'repaired:' line each.")
     _add_config_options(r)
     r.add_argument("--out", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
-    r.add_argument("--dry-run", action="store_true", help="list the cell directories and exit")
+    r.add_argument("--dry-run", action="store_true", help="check the data layout, list the cell directories and exit")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
 

@@ -247,7 +247,9 @@ def compare(runs: Path, out: Path, baseline: str = "kd", metric: Optional[str] =
         cells += cmp.cells()
         ls += cmp.ls_rows()
         written.append(cmp.plot(out.parent / f"{out.name}_{t}.png"))
-    text = "\n".join(x for x in md if x) + "\n" + NOTE + "\n"
+    from . import environment_md
+
+    text = "\n".join(x for x in md if x) + "\n" + NOTE + "\n\n" + environment_md(rows)
     store.atomic_write(out.with_name(out.name + ".md"), lambda f: f.write(text), mode="w")
     store.atomic_write(out.with_name(out.name + ".csv"), lambda f: f.write(_csv(cells)), mode="w")
     if ls:

@@ -40,6 +40,16 @@ def claim(job: "GridJob", unit: list["Cell"]) -> tuple[list["Cell"], list[CellLo
     """Lock what we can of ``unit``: (cells now ours, their locks, cells another process holds)."""
     stale_s = float(job.cfg.get("lock", {}).get("stale_s", 300.0))
     mine, locks, busy = [], [], []
+    try:
+        _claim_each(job, unit, stale_s, mine, locks, busy)
+    except BaseException:  # a full disk while locking: let go of what we hold
+        for lock in locks:
+            lock.release()
+        raise
+    return mine, locks, busy
+
+
+def _claim_each(job, unit, stale_s, mine, locks, busy) -> None:
     for c in unit:
         lock = CellLock(c.dir(job.out))
         if lock.try_acquire(stale_s):
@@ -52,21 +62,29 @@ def claim(job: "GridJob", unit: list["Cell"]) -> tuple[list["Cell"], list[CellLo
             locks.append(lock)
         else:
             busy.append(c)
-    return mine, locks, busy
 
 
 def train_unit_here(job: "GridJob", unit: list["Cell"], device, teacher_cache: Optional[dict] = None,
                     progress: bool = True):
     """Lock, train and release ``unit`` in this process. Returns (outcomes, busy cells)."""
+    from ..errors import DataError
     from .grid import unit_inputs
-    from .train import train_group
+    from .train import Outcome, train_group
 
     mine, locks, busy = claim(job, unit)
     outcomes = []
     if mine:
         try:
             with Heartbeat(locks, float(job.cfg.get("lock", {}).get("heartbeat_s", 10.0))):
-                data, teacher = unit_inputs(job, mine, device, teacher_cache)
+                try:
+                    data, teacher = unit_inputs(job, mine, device, teacher_cache)
+                except (DataError, KeyboardInterrupt):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the teacher (or its targets) unusable: these cells fail
+                    for c in mine:
+                        store.write_error(c.dir(job.out), c, exc)
+                    why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    return [Outcome(c, error=f"cannot prepare the teacher's inputs: {why}") for c in mine], busy
                 outcomes = train_group(job.task, mine, job.cfg, data, [c.dir(job.out) for c in mine],
                                        teacher=teacher, progress=progress)
                 job.repairs += [line for o in outcomes for line in o.notes]
