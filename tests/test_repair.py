@@ -371,17 +371,21 @@ def test_sigterm_releases_locks_records_interrupted_and_exits_143(tmp_path, cli)
 
 
 # ------------------------------------------------------------------------------------------ case 11: threads, progress
-def test_thread_count_from_usable_cpus_and_concurrent_jobs(monkeypatch):
+def test_thread_count_from_usable_cpus(monkeypatch):
+    from lskd_bench.runners.executors import SubprocessExecutor
+    from lskd_bench.runners.grid import GridJob
     from lskd_bench.runners.train import thread_count
+    from lskd_bench.tasks import get_task
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))  # 8 CPUs allowed (of any machine size)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert thread_count({"threads": None}) == 8
-    assert thread_count({"threads": None, "executor": "subprocess", "jobs": 3}) == 2
-    assert thread_count({"threads": None, "executor": "torchrun", "nproc_per_node": 16}) == 1
-    assert thread_count({"threads": 3, "executor": "subprocess", "jobs": 3}) == 3
+    assert thread_count({"threads": 3}) == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert thread_count({"threads": None}) == 2
+    # the subprocess executor shares the same CPUs among the units it runs at once
+    job = GridJob(get_task("digits"), {"jobs": 3, "device": "cpu", "num_workers": 0}, Path("."))
+    assert SubprocessExecutor().plan(job)[1:3] == (3, 2)
 
 
 def test_threads_setting_is_applied_recorded_and_not_part_of_the_hash(tmp_path, cli, tiny_cfg):

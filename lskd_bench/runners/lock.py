@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 LOCK = "lock.json"
+ENV_GPUS = "LSKD_GPUS"  # set by the subprocess/torchrun executors: the GPU ids given to a worker
 
 
 def _host() -> str:
@@ -54,12 +55,14 @@ class LockInfo:
     token: str
     since: float
     age: float  # seconds since the last heartbeat
+    devices: Optional[str] = None  # the GPU ids the owner was given (LSKD_GPUS), e.g. "2" or "2,3"
     problem: Optional[str] = None  # why the content could not be read (then judged by its age only)
 
     def describe(self) -> str:
         if self.problem:
             return f"unreadable lock ({self.problem}), last touched {self.age:.0f} s ago"
-        return f"pid {self.pid} on {self.host}, heartbeat {self.age:.0f} s ago"
+        gpus = f", GPU{'s' if ',' in self.devices else ''} {self.devices}" if self.devices else ""
+        return f"pid {self.pid} on {self.host}{gpus}, heartbeat {self.age:.0f} s ago"
 
 
 def read_lock(cell_dir: Path) -> Optional[LockInfo]:
@@ -71,12 +74,18 @@ def read_lock(cell_dir: Path) -> Optional[LockInfo]:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        return LockInfo("?", -1, "?", 0.0, 0.0, f"cannot be read: {exc.strerror or exc}")
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            age = 0.0
+        return LockInfo("?", -1, "?", 0.0, age, problem=f"cannot be read: {exc.strerror or exc}")
     try:
         data = json.loads(raw.decode())
-        return LockInfo(str(data["host"]), int(data["pid"]), str(data["token"]), float(data["since"]), age)
+        devices = data.get("devices")
+        return LockInfo(str(data["host"]), int(data["pid"]), str(data["token"]), float(data["since"]), age,
+                        str(devices) if devices else None)
     except (ValueError, KeyError, TypeError, AttributeError):
-        return LockInfo("?", -1, "?", 0.0, age, "empty" if not raw.strip() else "not a lock record")
+        return LockInfo("?", -1, "?", 0.0, age, problem="empty" if not raw.strip() else "not a lock record")
 
 
 def is_stale(info: LockInfo, stale_s: float) -> bool:
@@ -123,7 +132,10 @@ class CellLock:
         from .store import DiskFull
 
         tmp = self.dir / f".{LOCK}.{self.token}.tmp"
-        record = json.dumps({"host": _host(), "pid": os.getpid(), "token": self.token, "since": time.time()})
+        body = {"host": _host(), "pid": os.getpid(), "token": self.token, "since": time.time()}
+        if os.environ.get(ENV_GPUS):
+            body["devices"] = os.environ[ENV_GPUS]
+        record = json.dumps(body)
         try:
             try:
                 with open(tmp, "w") as f:

@@ -37,6 +37,8 @@ from ..tasks import Task, TaskData, iterate_batches
 from ..tasks.base import autocast
 from . import store
 from .cells import Cell
+from .devices import device_record
+from .tblog import open_log
 
 
 def resolve_device(cfg: dict[str, Any]) -> torch.device:
@@ -48,23 +50,15 @@ def resolve_device(cfg: dict[str, Any]) -> torch.device:
     return torch.device(want)
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask: taskset, cgroups cpusets, Slurm), not the machine's."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 def thread_count(cfg: dict[str, Any]) -> int:
-    """Intra-op threads of one training process: ``threads``, else the usable CPUs shared by the processes
-    that train at once (``jobs`` with the subprocess executor, ``nproc_per_node`` under torchrun), at most
-    ``OMP_NUM_THREADS`` when the environment sets it."""
+    """Intra-op threads of a local run (one training process): ``threads``, else the CPUs this process may
+    use (its affinity mask: taskset, cgroup cpusets, Slurm), at most ``OMP_NUM_THREADS`` when the environment
+    sets it. The subprocess/torchrun executors divide the CPUs among their workers themselves (``plan``)."""
+    from .devices import cpu_count
+
     if cfg.get("threads"):
         return int(cfg["threads"])
-    executor = cfg.get("executor", "local")
-    at_once = int(cfg.get("jobs", 1)) if executor == "subprocess" else int(cfg.get("nproc_per_node", 1)) if executor == "torchrun" else 1
-    n = max(1, usable_cpus() // max(at_once, 1))
+    n = max(1, cpu_count())
     omp = os.environ.get("OMP_NUM_THREADS", "")
     return min(n, int(omp)) if omp.isdigit() and int(omp) > 0 else n
 
@@ -233,6 +227,7 @@ class Member:
         if state is not None:
             self._restore(state)
         self.rank, world = dist_info()
+        self.tb = open_log(self.dir, cfg, self.update, self.rank)  # None unless logging.tensorboard
         self.step_model: nn.Module = self.model
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -335,6 +330,8 @@ class Member:
         self.step += 1
         self.update += 1
         self.train_seconds += time.perf_counter() - t0
+        if self.tb is not None:
+            self.tb.step(self.update, float(loss.detach()), lr)
         return float(loss.detach())
 
     def end_epoch(self, epoch: int) -> None:
@@ -351,6 +348,8 @@ class Member:
         if self.done() or self.epoch % every == 0:
             entry["eval"] = self.evaluate()
         self.history.append(entry)
+        if self.tb is not None:
+            self.tb.epoch(self.update, entry)
         self.checkpoint()
 
     def evaluate(self) -> dict[str, float]:
@@ -403,7 +402,7 @@ class Member:
             "num_params": sum(p.numel() for p in self.model.parameters()),
             "skipped_samples": sorted(set(self.skipped)),
             "resumes": self.resumes,
-            "env": environment(self.device, processes=world),
+            "env": {**environment(self.device, processes=world), **device_record(self.device, world)},
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         store.write_json(self.dir / store.RESULT, result)
@@ -603,6 +602,9 @@ def train_group(
             traceback.print_exc()
     finally:
         bar.close()
+        for m in members:
+            if m.tb is not None:
+                m.tb.close()
     return [outcomes[c.hash] for c in cells]
 
 

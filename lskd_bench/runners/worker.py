@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ..errors import Interrupted, raise_on_sigterm
-    from .train import thread_count
 
     raise_on_sigterm()
-    torch.set_num_threads(thread_count(cfg))
+    if cfg.get("threads"):  # else OMP_NUM_THREADS, set by the executor for this worker's share of the CPUs
+        torch.set_num_threads(int(cfg["threads"]))
 
     if world > 1:  # launched by torchrun: one process per GPU (gloo on the CPU)
         backend = "nccl" if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu" else "gloo"
