@@ -80,7 +80,10 @@ def read_checkpoint(path: str | Path) -> Any:
     except OSError as exc:
         raise UsageError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError (truncated zip), EOFError...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        if "WeightsUnpickler error:" in text:  # keep the finding, not torch's advice to load it unsafely
+            text = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+        first = text.splitlines()[0] if text else type(exc).__name__
         raise UsageError(f"{path} is not a PyTorch checkpoint of weights ({type(exc).__name__}: {first[:200]})") from None
 
 

@@ -254,6 +254,7 @@ def test_bad_inputs_are_one_line_exit_2(tmp_path, cli):
             rc, _, err = cli("run", "--out", str(tmp_path / "runs"), flag, str(junk), *TINY)
             assert rc == 2 and err.count("\n") == 1, err
             assert err.startswith(f"lskd-bench: error: {junk} is not a PyTorch checkpoint of weights ({error}: ")
+            assert "weights_only" not in err  # not PyTorch's advice to load it unsafely
     assert not (tmp_path / "runs").exists()
 
 

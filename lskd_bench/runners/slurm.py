@@ -336,7 +336,7 @@ def note_failure(cell: "Cell", d: Path) -> None:
 
 
 def status_rows(runs: Path, task: Optional[str] = None) -> list[dict[str, str]]:
-    """Per cell under ``runs``: finished / running / queued / failed / interrupted / pending, with job ids."""
+    """Per cell under ``runs``: damaged / finished / running / queued / failed / interrupted / pending, with job ids."""
     from .lock import is_stale, read_lock
     from .repair import status_problem
 
@@ -383,5 +383,7 @@ def status_rows(runs: Path, task: Optional[str] = None) -> list[dict[str, str]]:
             row["detail"] = "an epoch checkpoint exists: run again to resume"
         else:
             row["state"] = "pending"
+            if lock is not None and lock.problem:
+                row["detail"] = f"lock.json: {lock.describe()}: 'lskd-bench run' takes it over"
         rows.append(row)
     return rows
