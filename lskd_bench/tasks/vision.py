@@ -181,10 +181,15 @@ def _images(d: Path) -> list[Path]:
     ImageFolder's walk and order (``sorted(os.walk(d, followlinks=True))``, names sorted; any entry with an
     image extension, so a dangling link is listed and then fails to decode, in both), except that a directory
     reached twice (a symlink loop) is walked once."""
+    found = sorted(_walk(d))
+    return [Path(root, n) for root, names in found for n in sorted(names) if n.lower().endswith(IMG_EXT)]
+
+
+def _walk(d: Path):
+    """``os.walk(d, followlinks=True)`` that enters each real directory once: (root, file names)."""
     import os
 
     seen: set[str] = set()
-    found: list[tuple[str, list[str]]] = []
     for root, dirs, names in os.walk(d, followlinks=True):
         real = os.path.realpath(root)
         if real in seen:
@@ -192,8 +197,12 @@ def _images(d: Path) -> list[Path]:
             continue
         seen.add(real)
         dirs[:] = [x for x in dirs if os.path.realpath(os.path.join(root, x)) not in seen]
-        found.append((root, names))
-    return [Path(root, n) for root, names in sorted(found) for n in sorted(names) if n.lower().endswith(IMG_EXT)]
+        yield root, names
+
+
+def _has_images(d: Path) -> bool:
+    """Does ``_images(d)`` list anything? (stops at the first image: cheap on a full ImageNet)"""
+    return any(n.lower().endswith(IMG_EXT) for _, names in _walk(d) for n in names)
 
 
 def _image_folder(split_dir: Path, transform):
@@ -228,7 +237,7 @@ class ImageNetBase(ImageClassificationTask):
         for split in ("train", "val"):
             for c in tr:
                 d = root / split / c
-                if not _images(d):
+                if not _has_images(d):
                     raise UsageError(f"{self.name}: class folder {d} has no image files ({', '.join(IMG_EXT)}); {self.layout}")
 
     def files(self, cfg: dict[str, Any]) -> list[tuple[str, Path]]:
