@@ -72,7 +72,7 @@ def _claim_each(job, unit, stale_s, mine, locks, busy) -> None:
 def train_unit_here(job: "GridJob", unit: list["Cell"], device, teacher_cache: Optional[dict] = None,
                     progress: bool = True):
     """Lock, train and release ``unit`` in this process. Returns (outcomes, busy cells)."""
-    from ..errors import DataError
+    from ..errors import UsageError
     from .grid import unit_inputs
     from .train import Outcome, train_group
 
@@ -83,7 +83,7 @@ def train_unit_here(job: "GridJob", unit: list["Cell"], device, teacher_cache: O
             with Heartbeat(locks, float(job.cfg.get("lock", {}).get("heartbeat_s", 10.0))):
                 try:
                     data, teacher = unit_inputs(job, mine, device, teacher_cache)
-                except (DataError, KeyboardInterrupt):
+                except (UsageError, KeyboardInterrupt):  # bad input (data...) stops the grid
                     raise
                 except Exception as exc:  # noqa: BLE001 - the teacher (or its targets) unusable: these cells fail
                     for c in mine:
