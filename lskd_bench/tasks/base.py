@@ -11,6 +11,7 @@ store. A task owns its data and models and tells the loop three things:
 """
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,19 +163,19 @@ class PartialBatch:
     skipped: tuple[str, ...]
 
 
-def guarded_collate(policy: str) -> Callable[[list], Any]:
-    """Collate that drops ``BadSample``s (policy ``skip``: a ``PartialBatch``) or returns the first one
-    (``error``). It never raises, because it may run in a worker process: ``unwrap_batch`` acts on the
-    result in the main process."""
+def guarded_collate(policy: str, inner: Callable[[list], Any] = default_collate) -> Callable[[list], Any]:
+    """Collate (``inner``) that drops ``BadSample``s (policy ``skip``: a ``PartialBatch``) or returns the
+    first one (``error``). It never raises, because it may run in a worker process: ``unwrap_batch`` acts on
+    the result in the main process."""
 
     def collate(items: list):
         bad = [s for s in items if isinstance(s, BadSample)]
         if not bad:
-            return default_collate(items)
+            return inner(items)
         if policy != "skip":
             return bad[0]
         good = [s for s in items if not isinstance(s, BadSample)]
-        return PartialBatch(default_collate(good) if good else None, tuple(b.path for b in bad))
+        return PartialBatch(inner(good) if good else None, tuple(b.path for b in bad))
 
     return collate
 
@@ -215,9 +216,15 @@ def load_batches(
     on_bad_sample: str = "error",
     skipped: Optional[list[str]] = None,
 ) -> Batches:
-    """Load the planned batches of ``ds`` ((x, y) pairs); in-memory data is sliced directly."""
+    """Load the planned batches of ``ds`` ((x, y) pairs); in-memory data is sliced directly.
+
+    A dataset with ``collate`` and ``finish_batch(batch, device)`` methods (``device_images.EncodedImages``)
+    has its workers return raw samples that ``finish_batch`` completes on ``ds.device`` (GPU decoding), one
+    batch ahead in a background thread (on its own CUDA stream), so that the next batch is decoded while
+    the caller trains on this one."""
     if isinstance(ds, InMemoryDataset):
         return Batches(len(plan), lambda: ((ds.x[idx], ds.y[idx]) for idx in plan))
+    finish = getattr(ds, "finish_batch", None)
 
     def it():
         loader = DataLoader(
@@ -225,12 +232,83 @@ def load_batches(
             batch_sampler=[idx.tolist() for idx in plan],
             num_workers=num_workers,
             pin_memory=pin_memory,
-            collate_fn=guarded_collate(on_bad_sample),
+            collate_fn=guarded_collate(on_bad_sample, getattr(ds, "collate", default_collate)),
             worker_init_fn=_seed_worker,
+            prefetch_factor=4 if num_workers and finish is not None else None,
         )
-        return (b for b in (unwrap_batch(raw, skipped) for raw in loader) if b is not None)
+        raw = (unwrap_batch(b, skipped) for b in loader)
+        if finish is not None:
+            raw = finished_ahead((b for b in raw if b is not None), finish, getattr(ds, "device", torch.device("cpu")),
+                                 on_bad_sample, skipped)
+        return (b for b in raw if b is not None)
 
     return Batches(len(plan), it)
+
+
+def finished_ahead(raw: Iterator[Any], finish: Callable, device: torch.device, policy: str,
+                   skipped: Optional[list[str]], depth: int = 2) -> Iterator[Any]:
+    """``finish(batch, device)`` of each raw batch, computed up to ``depth`` batches ahead in a thread (on
+    CUDA: on a side stream, the consumer's stream waiting on an event before it reads a batch). The bad
+    samples ``finish`` reports follow the policy, as ``unwrap_batch`` applies it to the workers' output."""
+    import queue
+    import threading
+
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # the caller's device, not the thread's
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        try:
+            with torch.cuda.device(device) if stream is not None else contextlib.nullcontext():
+                for b in raw:
+                    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                        out, bad = finish(b, device)
+                        event = None
+                        if stream is not None:
+                            event = torch.cuda.Event()
+                            event.record(stream)
+                    if not put(("batch", out, bad, event)):
+                        return
+            put(("end", None, None, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(("error", exc, None, None))
+
+    thread = threading.Thread(target=work, name="lskd-finish-batches", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, out, bad, event = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise out
+            if bad:
+                if policy != "skip":
+                    unwrap_batch(bad[0], skipped)  # raises DataError naming the file
+                if skipped is not None:
+                    skipped.extend(b.path for b in bad)
+            if event is not None:
+                current = torch.cuda.current_stream(device)
+                current.wait_event(event)
+                for t in out or ():
+                    if torch.is_tensor(t) and t.is_cuda:
+                        t.record_stream(current)
+            if out is not None:
+                yield out
+    finally:
+        stop.set()
+        thread.join(timeout=60)
 
 
 def iterate_batches(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
