@@ -13,7 +13,8 @@ transforms inside the loader workers. On a GPU that is the bottleneck, so this p
   normalisation; evaluation resizes the shorter side and centre-crops.
 
 An image ``decode_jpeg`` refuses (a PNG saved as .JPEG, CMYK on nvJPEG, a truncated file...) is decoded by
-PIL for that sample; one PIL cannot read either is a bad sample, with PIL's message, as in the CPU pipeline.
+PIL from its file for that sample; one PIL cannot read either is a bad sample with PIL's message, exactly as
+the CPU pipeline reports it (``data.on_bad_sample``: stop naming the file, or skip it).
 Pixel values differ slightly from the PIL pipeline (different JPEG decoder builds and resampling kernels);
 ``tests/test_device_images.py`` bounds the difference on the fixtures.
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -85,21 +86,23 @@ class EncodedBatch:
         return EncodedBatch([d.pin_memory() for d in self.data], self.augs, self.labels.pin_memory(), self.paths)
 
 
-def pil_rgb(source) -> "Any":
-    """The CPU pipeline's decoder (torchvision's ``pil_loader``): a path or a file object -> RGB PIL image."""
+def pil_rgb(path) -> "Any":
+    """A path -> RGB PIL image (CUBDataset's decoder; ImageFolder's ``loader`` opens the file first)."""
     from PIL import Image
 
-    with Image.open(source) as im:
+    with Image.open(path) as im:
         return im.convert("RGB")
 
 
 class EncodedImages(Dataset):
     """``samples`` ((path, label) pairs, as ImageFolder and CUBDataset hold them) served as ``Encoded``
-    items; ``d`` is the data section (crop scale/ratio, CUB rotation, grayscale, jitter, sizes)."""
+    items; ``d`` is the data section (crop scale/ratio, CUB rotation, grayscale, jitter, sizes); ``loader``
+    the CPU pipeline's decoder (path -> RGB PIL image), used for the images decode_jpeg refuses so that a bad
+    file fails with the very error the CPU pipeline gives."""
 
     def __init__(self, samples: Sequence[tuple[Any, int]], classes: list[str], d: dict[str, Any], train: bool,
-                 device: torch.device = torch.device("cpu")):
-        self.device = device
+                 device: torch.device = torch.device("cpu"), loader: Callable[[Any], Any] = pil_rgb):
+        self.device, self.loader = device, loader
         self.samples = [(Path(p), int(y)) for p, y in samples]
         self.targets = [y for _, y in self.samples]
         self.classes = list(classes)
@@ -124,7 +127,7 @@ class EncodedImages(Dataset):
         try:
             header = Image.open(io.BytesIO(raw))  # reads the header only: size, mode
         except Exception:  # noqa: BLE001 - not an image: PIL's own error, naming the file as the CPU path does
-            header = pil_rgb(path)
+            header = self.loader(path)
         with header:
             aug = self.draw(header) if self.train else None
         return Encoded(torch.frombuffer(bytearray(raw), dtype=torch.uint8), aug, y, str(path))
@@ -159,7 +162,7 @@ class EncodedImages(Dataset):
     def finish_batch(self, batch: EncodedBatch, device: torch.device) -> tuple[Optional[tuple], list[BadSample]]:
         """Decode and augment on ``device`` (``self.device`` with its index resolved by the caller): ((x, y) or
         None if no sample survived, the bad samples)."""
-        imgs, bad = decode_images(batch.data, batch.paths, device)
+        imgs, bad = decode_images(batch.data, batch.paths, device, self.loader)
         keep = [k for k, im in enumerate(imgs) if im is not None]
         if not keep:
             return None, bad
@@ -172,7 +175,7 @@ class EncodedImages(Dataset):
         return (normalise(x), y), bad
 
 
-def decode_images(data: list[torch.Tensor], paths: list[str], device: torch.device):
+def decode_images(data: list[torch.Tensor], paths: list[str], device: torch.device, loader: Callable[[Any], Any] = pil_rgb):
     """uint8 (3, H, W) images on ``device`` (None for a sample nothing can decode) and the bad samples.
     One ``decode_jpeg`` call for the batch (nvJPEG's batched decoder on CUDA); if it refuses, one call per
     image, and PIL for the images it refuses."""
@@ -191,7 +194,7 @@ def decode_images(data: list[torch.Tensor], paths: list[str], device: torch.devi
     for k, im in enumerate(out):
         if im is None:
             try:
-                out[k] = pil_to_tensor(pil_rgb(io.BytesIO(data[k].numpy().tobytes()))).to(device, non_blocking=True)
+                out[k] = pil_to_tensor(loader(paths[k])).to(device, non_blocking=True)  # from the file: the CPU path's error
             except Exception as exc:  # noqa: BLE001 - PIL's reason, as the CPU pipeline reports it
                 bad.append(BadSample(paths[k], f"{type(exc).__name__}: {exc}"))
     return out, bad
@@ -216,15 +219,15 @@ def augment(imgs: list[torch.Tensor], augs: list[Aug], size: int) -> torch.Tenso
     for k, (im, a) in enumerate(zip(imgs, augs)):
         t, left, h, w = a.box
         x[k] = _resize(im[:, t : t + h, left : left + w].float(), [size, size])
-    x.clamp_(0, 255)
+    x.clamp_(0, 255).round_()  # each step rounds to whole grey levels, as the PIL pipeline's 8-bit images do
     flip = torch.tensor([a.flip for a in augs], device=dev)
     if flip.any():
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     if any(a.angle for a in augs):
-        x = rotate(x, [a.angle for a in augs])
+        x = rotate(x, [a.angle for a in augs]).round_()
     gray = torch.tensor([a.gray for a in augs], device=dev)
     if gray.any():
-        x = torch.where(gray[:, None, None, None], _gray(x).expand_as(x), x)
+        x = torch.where(gray[:, None, None, None], _gray(x).round_().expand_as(x), x)
     steps = max((len(a.jitter) for a in augs), default=0)
     for step in range(steps):  # each sample's ops in its own order; factor 1 leaves a sample unchanged
         for op in (0, 1):
@@ -233,10 +236,10 @@ def augment(imgs: list[torch.Tensor], augs: list[Aug], size: int) -> torch.Tenso
                 continue
             fac = torch.tensor(f, device=dev)[:, None, None, None]
             if op == 0:  # PIL ImageEnhance.Brightness: blend with black
-                x = (x * fac).clamp_(0, 255)
+                x = (x * fac).clamp_(0, 255).floor_()  # PIL's Image.blend truncates
             else:  # PIL ImageEnhance.Contrast: blend with the rounded mean of the grayscale image
                 mean = torch.floor(_gray(x).round().mean(dim=(1, 2, 3), keepdim=True) + 0.5)
-                x = (mean + fac * (x - mean)).clamp_(0, 255)
+                x = (mean + fac * (x - mean)).clamp_(0, 255).floor_()
     return x
 
 
@@ -276,7 +279,7 @@ def eval_crop(imgs: list[torch.Tensor], resize: int, size: int) -> torch.Tensor:
         if [h, w] != hw:
             im = _resize(im.float(), hw)
         x[k] = center_crop(im.float(), [size, size])
-    return x.clamp_(0, 255)
+    return x.clamp_(0, 255).round_()
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:

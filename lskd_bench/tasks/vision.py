@@ -107,9 +107,9 @@ def image_splits(cfg: dict[str, Any], train, val, train_eval) -> tuple[Dataset, 
 
     if decode_mode(cfg) != "gpu":
         return train, val, train_eval
-    d, dev = cfg["data"], decode_device(cfg)
-    return (EncodedImages(train.samples, train.classes, d, True, dev), EncodedImages(val.samples, val.classes, d, False, dev),
-            EncodedImages(train.samples, train.classes, d, False, dev))
+    d, dev, load = cfg["data"], decode_device(cfg), train.loader
+    return (EncodedImages(train.samples, train.classes, d, True, dev, load), EncodedImages(val.samples, val.classes, d, False, dev, load),
+            EncodedImages(train.samples, train.classes, d, False, dev, load))
 
 
 def transforms(d: dict[str, Any], train: bool):
@@ -298,12 +298,16 @@ class CUBDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i):
+        path, y = self.samples[i]
+        img = self.loader(path)
+        return (self.transform(img) if self.transform else img), y
+
+    @staticmethod
+    def loader(path):
         from PIL import Image
 
-        path, y = self.samples[i]
         with Image.open(path) as im:
-            img = im.convert("RGB")
-        return (self.transform(img) if self.transform else img), y
+            return im.convert("RGB")
 
 
 def cub_genus(class_name: str) -> str:
