@@ -234,7 +234,6 @@ def load_batches(
             pin_memory=pin_memory,
             collate_fn=guarded_collate(on_bad_sample, getattr(ds, "collate", default_collate)),
             worker_init_fn=_seed_worker,
-            prefetch_factor=4 if num_workers and finish is not None else None,
         )
         raw = (unwrap_batch(b, skipped) for b in loader)
         if finish is not None:
