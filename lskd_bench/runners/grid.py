@@ -48,6 +48,11 @@ def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Ma
         hp = cfg[role]
         if hp["schedule"] == "step" and hp.get("step_size") is None:
             raise UsageError(f"{role}.schedule step needs {role}.step_size")
+    if cfg["logging"]["tensorboard"]:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise UsageError("logging.tensorboard needs the tensorboard package: pip install 'lskd-bench[tensorboard]'")
     task.validate(cfg)
     return res
 
@@ -114,9 +119,12 @@ class GridJob:
 
         return tqdm(total=total, desc=f"{self.cfg['task']} grid", unit="cell", disable=not self.progress)
 
-    def write_spec(self) -> Path:
-        path = self.out / self.cfg["task"] / "configs" / f"spec-{config_hash(self.cfg)}.json"
-        store.write_json(path, {"config": self.cfg, "out": str(self.out), "progress": False})
+    def write_spec(self, overrides: Optional[dict[str, Any]] = None) -> Path:
+        """The config workers read; ``overrides`` change settings outside the cells' identity (per-process
+        data-loader workers)."""
+        cfg = {**self.cfg, **(overrides or {})}
+        path = self.out / self.cfg["task"] / "configs" / f"spec-{config_hash(cfg)}.json"
+        store.write_json(path, {"config": cfg, "out": str(self.out), "progress": False})
         return path
 
 
