@@ -307,7 +307,7 @@ def finished_ahead(raw: Iterator[Any], finish: Callable, device: torch.device, p
                 yield out
     finally:
         stop.set()
-        thread.join(timeout=60)
+        thread.join(timeout=10)  # it may be waiting for one more batch from the loader
 
 
 def iterate_batches(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,

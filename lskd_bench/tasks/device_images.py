@@ -220,13 +220,13 @@ def augment(imgs: list[torch.Tensor], augs: list[Aug], size: int) -> torch.Tenso
         t, left, h, w = a.box
         x[k] = _resize(im[:, t : t + h, left : left + w].float(), [size, size])
     x.clamp_(0, 255).round_()  # each step rounds to whole grey levels, as the PIL pipeline's 8-bit images do
-    flip = torch.tensor([a.flip for a in augs], device=dev)
-    if flip.any():
+    if any(a.flip for a in augs):  # decided on the host: no device synchronisation
+        flip = _on(dev, [a.flip for a in augs])
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     if any(a.angle for a in augs):
         x = rotate(x, [a.angle for a in augs]).round_()
-    gray = torch.tensor([a.gray for a in augs], device=dev)
-    if gray.any():
+    if any(a.gray for a in augs):
+        gray = _on(dev, [a.gray for a in augs])
         x = torch.where(gray[:, None, None, None], _gray(x).round_().expand_as(x), x)
     steps = max((len(a.jitter) for a in augs), default=0)
     for step in range(steps):  # each sample's ops in its own order; factor 1 leaves a sample unchanged
@@ -234,7 +234,7 @@ def augment(imgs: list[torch.Tensor], augs: list[Aug], size: int) -> torch.Tenso
             f = [a.jitter[step][1] if len(a.jitter) > step and a.jitter[step][0] == op else 1.0 for a in augs]
             if all(v == 1.0 for v in f):
                 continue
-            fac = torch.tensor(f, device=dev)[:, None, None, None]
+            fac = _on(dev, f)[:, None, None, None]
             if op == 0:  # PIL ImageEnhance.Brightness: blend with black
                 x = (x * fac).clamp_(0, 255).floor_()  # PIL's Image.blend truncates
             else:  # PIL ImageEnhance.Contrast: blend with the rounded mean of the grayscale image
@@ -251,7 +251,7 @@ def rotate(x: torch.Tensor, degrees: list[float]) -> torch.Tensor:
     import math
 
     n, _, h, w = x.shape
-    r = torch.tensor([math.radians(a) for a in degrees], device=x.device)
+    r = _on(x.device, [math.radians(a) for a in degrees])
     c, s, z = torch.cos(r), torch.sin(r), torch.zeros_like(r)
     theta = torch.stack([torch.stack([c, -s, z], 1), torch.stack([s, c, z], 1)], 1)  # (N, 2, 3), normalised coords
     grid = torch.nn.functional.affine_grid(theta, [n, 3, h, w], align_corners=False)
@@ -259,6 +259,14 @@ def rotate(x: torch.Tensor, degrees: list[float]) -> torch.Tensor:
     u, v = ((grid[..., 0] + 1) * w - 1) / 2, ((grid[..., 1] + 1) * h - 1) / 2  # source pixel coordinates
     inside = (u >= -0.5) & (u < w - 0.5) & (v >= -0.5) & (v < h - 0.5)
     return out * inside[:, None].to(out.dtype)
+
+
+def _on(device: torch.device, values: list) -> torch.Tensor:
+    """A small host list as a tensor on ``device``, copied without blocking (pinned on CUDA)."""
+    t = torch.tensor(values)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -284,6 +292,6 @@ def eval_crop(imgs: list[torch.Tensor], resize: int, size: int) -> torch.Tensor:
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
     """[0, 255] -> ToTensor + Normalize(MEAN, STD)."""
-    mean = torch.tensor(MEAN, device=x.device)[None, :, None, None] * 255
-    std = torch.tensor(STD, device=x.device)[None, :, None, None] * 255
+    mean = _on(x.device, [m * 255 for m in MEAN])[None, :, None, None]
+    std = _on(x.device, [s * 255 for s in STD])[None, :, None, None]
     return (x - mean) / std
