@@ -19,8 +19,9 @@ channels_last on CUDA, as the runner trains):
 It prints a first line at once and a line per step, then the table, which it also writes to ``--out``.
 ``--small`` runs the same code on the CPU in seconds (tiny images, batches and models; tests/test_gpu_check.py).
 
-One call on the lent GPU machine (../shared/gpu/README.md): from the checkout, here,
-    bash ../shared/gpu/prepare.sh
+One call on the lent GPU machine (/work/shared/gpu/README.md; ../shared/gpu from the main checkout): from the
+checkout, here,
+    bash /work/shared/gpu/prepare.sh
 then one device call with carry [".device-wheels"] and timeout 600:
     source .device-wheels/prelude.sh && python3 benchmarks/gpu_check.py --wait-fairseq 300 \\
         --out $OUT/gpu_check.md 2>&1 | tee $OUT/gpu_check.log
@@ -510,7 +511,8 @@ def estimate(s: Setup, m: dict[str, float], gpus: int = 8) -> str:
     lines.append(f"Assumptions: runner efficiency teacher {eff_t:.0%}, fused students {eff_s:.0%} (measured above, "
                  f"1.0 when not measured); images {IMAGENET_TRAIN:,} (ImageNet) / {CUB_TRAIN:,} (CUB) a epoch, cost scaled by "
                  f"pixels from {s.size}px; compact students' figures are their synthetic steps; IWSLT "
-                 f"{IWSLT_TGT_TOKENS:,.0f} target tokens an epoch (assumed), students unfused; the baseline shares a teacher's group.")
+                 f"{IWSLT_TGT_TOKENS:,.0f} target tokens an epoch (assumed), students unfused; the baseline shares a teacher's group; "
+                 "each table counts its own two teachers (tables of one task share them: an overcount).")
     return "\n".join(lines)
 
 
