@@ -58,7 +58,7 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         val = getattr(args, flag)
         if val is not None:
             set_dotted(o, key, str(Path(val).absolute()))
-    for flag in ("executor", "jobs", "device", "nproc_per_node", "num_workers", "per_gpu"):
+    for flag in ("pair", "executor", "jobs", "device", "nproc_per_node", "num_workers", "per_gpu"):
         val = getattr(args, flag)
         if val is not None:
             o[flag] = val
@@ -268,7 +268,11 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     from .tasks import get_task, task_names
 
     for name in task_names():
-        print(f"{name:<18} {get_task(name).description}")
+        task = get_task(name)
+        print(f"{name:<18} {task.description}")
+        pairs = task.pairs()
+        if pairs:
+            print(f"{'':<18} pairs (--pair): {', '.join(pairs)}")
     return 0
 
 
@@ -276,6 +280,8 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
     """The options that make up a run's config (shared by run, config and check-data)."""
     r.add_argument("--task", help="task name (default: digits, or the config file's 'task'); see 'lskd-bench tasks'")
     r.add_argument("--config", help="YAML config merged over the task's defaults")
+    r.add_argument("--pair", help="teacher-student pair whose published recipe (archs, lr, method hyper-parameters) "
+                   "is applied over the task's, e.g. resnet32x4-resnet8x4 (cifar100); 'lskd-bench tasks' lists them")
     r.add_argument("--grid", help="swept axes, comma-separated from {alpha,T} (default: alpha,T); "
                    "an axis not swept takes grid.fixed (alpha 0.1, T 1)")
     r.add_argument("--alphas", help="teacher label-smoothing values (default: 0,0.1)")

@@ -23,11 +23,14 @@ from .lock import read_lock
 def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Mapping[str, Any],
             file_label: str = "config file", check_executor: bool = True,
             profile: Optional[tuple[str, Mapping[str, Any]]] = None) -> Resolved:
-    """schema defaults <- task recipe <- YAML file <- executor profile <- CLI overrides, checked (UsageError on
-    bad input)."""
+    """schema defaults <- task recipe <- pair recipe (``pair``) <- YAML file <- executor profile <- CLI overrides,
+    checked (UsageError on bad input)."""
     name = task_name or file_cfg.get("task") or DEFAULT_TASK
     task = get_task(name)
-    res = resolve_layers(task, [(task.recipe_source(), task.default_config()), (file_label, file_cfg),
+    recipe = task.default_config()
+    pair = overrides.get("pair") or file_cfg.get("pair") or recipe.get("pair")
+    pair_layers = [task.pair_layer(str(pair))] if pair else []  # the pair's published recipe over the task's
+    res = resolve_layers(task, [(task.recipe_source(), recipe), *pair_layers, (file_label, file_cfg),
                                 *([profile] if profile else []),
                                 ("command line", {**overrides, "task": name} if task_name else dict(overrides))])
     cfg = res.cfg

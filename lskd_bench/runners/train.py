@@ -182,7 +182,8 @@ class Member:
         if not self.state_path.is_file() and (self.given or self.hp.get("init_checkpoint")):
             from ..models import init_path, load_init_checkpoint
 
-            load_init_checkpoint(self.model, self.given or init_path(self.hp["init_checkpoint"], cell.alpha))
+            load_init_checkpoint(self.model, self.given or init_path(self.hp["init_checkpoint"], cell.alpha),
+                                 strict=bool(self.given))
         self.rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         if self.state_path.is_file():
