@@ -132,15 +132,19 @@ def test_unreadable_file_same_error_and_skip_as_the_pil_pipeline(tmp_path, break
     root = make_imagefolder(tmp_path / "inet")
     bad = sorted((root / "train" / WNIDS[1]).iterdir())[1]
     breakage(bad)
-    errors, kept = {}, {}
+    errors, kept, before = {}, {}, {}
     for decode in ("cpu", "gpu"):
         data = data_of(root, decode)
+        got = []
         with pytest.raises(DataError) as info:
-            _batches(data.train)
-        errors[decode] = str(info.value)
+            for b in load_batches(data.train, batch_plan(len(data.train), 2, shuffle=False)):
+                got.append(b)
+        errors[decode], before[decode] = str(info.value), len(got)
+        assert isinstance(data.train, EncodedImages) == (decode == "gpu")
         skipped: list = []
         kept[decode] = [y.tolist() for _, y in _batches(data.train, skipped=skipped, on_bad_sample="skip")], skipped
     assert errors["gpu"] == errors["cpu"] and str(bad) in errors["gpu"]
+    assert before["gpu"] == before["cpu"] == 2  # the batches before the bad one (file 6 of 12, batches of 2) came first
     assert kept["gpu"] == kept["cpu"] and kept["gpu"][1] == [str(bad)]
 
 

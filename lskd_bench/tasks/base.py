@@ -11,7 +11,6 @@ store. A task owns its data and models and tells the loop three things:
 """
 from __future__ import annotations
 
-import contextlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,9 +234,10 @@ def load_batches(
             collate_fn=guarded_collate(on_bad_sample, getattr(ds, "collate", default_collate)),
             worker_init_fn=_seed_worker,
         )
-        raw = (unwrap_batch(b, skipped) for b in loader)
+        batches = iter(loader)  # worker processes start here, in the caller's thread (never fork from the finishing thread)
+        raw = (unwrap_batch(b, skipped) for b in batches)
         if finish is not None:
-            raw = finished_ahead((b for b in raw if b is not None), finish, getattr(ds, "device", torch.device("cpu")),
+            raw = finished_ahead(iter(b for b in raw if b is not None), finish, getattr(ds, "device", torch.device("cpu")),
                                  on_bad_sample, skipped)
         return (b for b in raw if b is not None)
 
@@ -246,68 +246,67 @@ def load_batches(
 
 def finished_ahead(raw: Iterator[Any], finish: Callable, device: torch.device, policy: str,
                    skipped: Optional[list[str]], depth: int = 2) -> Iterator[Any]:
-    """``finish(batch, device)`` of each raw batch, computed up to ``depth`` batches ahead in a thread (on
-    CUDA: on a side stream, the consumer's stream waiting on an event before it reads a batch). The bad
-    samples ``finish`` reports follow the policy, as ``unwrap_batch`` applies it to the workers' output."""
-    import queue
-    import threading
+    """``finish(batch, device)`` of each raw batch, up to ``depth`` batches ahead in one background thread (on
+    CUDA: on a side stream; the consumer's stream waits on an event before it reads a batch). The raw batches
+    are pulled here, in the caller's thread: loading without workers seeds the global RNG per sample, which
+    must not race with the caller's own use of it. The bad samples ``finish`` reports follow the policy, as
+    ``unwrap_batch`` applies it to the workers' output; an error while loading comes after the batches before it."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
 
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # the caller's device, not the thread's
-    q: queue.Queue = queue.Queue(depth)
-    stop = threading.Event()
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def job(b):
+        if stream is None:
+            return (*finish(b, device), None)
+        with torch.cuda.device(device), torch.cuda.stream(stream):
+            out, bad = finish(b, device)
+            event = torch.cuda.Event()
+            event.record(stream)
+        return out, bad, event
 
-    def work() -> None:
-        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    def ready(out, bad, event):
+        if bad:
+            if policy != "skip":
+                unwrap_batch(bad[0], skipped)  # raises DataError naming the file
+            if skipped is not None:
+                skipped.extend(b.path for b in bad)
+        if event is not None:
+            current = torch.cuda.current_stream(device)
+            current.wait_event(event)
+            for t in out or ():
+                if torch.is_tensor(t) and t.is_cuda:
+                    t.record_stream(current)
+        return out
+
+    pending: deque = deque()
+    error: Optional[BaseException] = None
+    with ThreadPoolExecutor(1, thread_name_prefix="lskd-finish") as pool:
         try:
-            with torch.cuda.device(device) if stream is not None else contextlib.nullcontext():
-                for b in raw:
-                    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                        out, bad = finish(b, device)
-                        event = None
-                        if stream is not None:
-                            event = torch.cuda.Event()
-                            event.record(stream)
-                    if not put(("batch", out, bad, event)):
-                        return
-            put(("end", None, None, None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
-            put(("error", exc, None, None))
-
-    thread = threading.Thread(target=work, name="lskd-finish-batches", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, out, bad, event = q.get()
-            if kind == "end":
+            while True:
+                if error is None and len(pending) <= depth:
+                    try:
+                        b = next(raw)
+                    except StopIteration:
+                        error = StopIteration()
+                    except Exception as exc:  # noqa: BLE001 - raised after the batches already loaded
+                        error = exc
+                    else:
+                        pending.append(pool.submit(job, b))
+                    continue
+                if pending:
+                    out = ready(*pending.popleft().result())
+                    if out is not None:
+                        yield out
+                    continue
+                if error is not None and not isinstance(error, StopIteration):
+                    raise error
                 return
-            if kind == "error":
-                raise out
-            if bad:
-                if policy != "skip":
-                    unwrap_batch(bad[0], skipped)  # raises DataError naming the file
-                if skipped is not None:
-                    skipped.extend(b.path for b in bad)
-            if event is not None:
-                current = torch.cuda.current_stream(device)
-                current.wait_event(event)
-                for t in out or ():
-                    if torch.is_tensor(t) and t.is_cuda:
-                        t.record_stream(current)
-            if out is not None:
-                yield out
-    finally:
-        stop.set()
-        thread.join(timeout=10)  # it may be waiting for one more batch from the loader
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def iterate_batches(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
