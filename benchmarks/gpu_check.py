@@ -80,7 +80,7 @@ class Setup:
         self.cuda = self.device.type == "cuda"
         cpus = os.cpu_count() or 2
         if args.small:  # resnet18 stands in for the teacher: the same code, a CPU-sized model
-            self.size, self.batch, self.steps, self.warmup = 16, 4, 2, 1
+            self.size, self.batch, self.steps, self.warmup = 16, 4, 3, 2
             self.classes, self.per_class, self.workers, self.measure_from = 2, 8, 2, 1
         else:
             self.size, self.batch, self.steps, self.warmup = 224, 256, 10, 3
