@@ -218,8 +218,8 @@ def load_batches(
     """Load the planned batches of ``ds`` ((x, y) pairs); in-memory data is sliced directly.
 
     A dataset with ``collate`` and ``finish_batch(batch, device)`` methods (``device_images.EncodedImages``)
-    has its workers return raw samples that ``finish_batch`` completes on ``ds.device`` (GPU decoding), one
-    batch ahead in a background thread (on its own CUDA stream), so that the next batch is decoded while
+    has its workers return raw samples that ``finish_batch`` completes on ``ds.device`` (GPU decoding), up to two
+    batches ahead in a background thread (on its own CUDA stream), so that the next batch is decoded while
     the caller trains on this one."""
     if isinstance(ds, InMemoryDataset):
         return Batches(len(plan), lambda: ((ds.x[idx], ds.y[idx]) for idx in plan))
