@@ -61,6 +61,73 @@ def test_raw_layout_reverse_direction_and_xml_entities(tmp_path):
     assert c.test[4][1] == "Tom & Jerry" and c.test[4][0] == pairs(5, 104)[0][1]
 
 
+def _insert(path, at: int, lines: list[str]) -> None:
+    text = path.read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join(text[:at] + lines + text[at:]) + "\n", encoding="utf-8")
+
+
+def test_raw_reader_drops_only_the_known_metadata_tags(tmp_path):
+    """As prepare-iwslt14.sh / prepare-iwslt17-multilingual.sh: <url>, <talkid>, <keywords>, <speaker>,
+    <reviewer>, <translator> lines go, <title>/<description> keep their text, and a real sentence that
+    starts with '<' (software UI strings in TED-like corpora) stays a pair."""
+    d = make_raw_iwslt(tmp_path, "de-en", n_train=20)  # one talk header: 4 tags + <title>, then 20 pairs
+    extra_en = ["<reviewer>Ann Smith</reviewer>", "<translator href='x'>Bo Li</translator>",
+                "<description>A talk about cats.</description>", "<internal> is reserved.",
+                "<aliases> must contain at least one <alias>"]
+    extra_de = ["<reviewer>Ann Smith</reviewer>", "<translator href='x'>Bo Li</translator>",
+                "<description>Ein Vortrag über Katzen.</description>", "<internal> ist reserviert.",
+                "<aliases> muss mindestens ein <alias> enthalten"]
+    _insert(d / "train.tags.de-en.en", 5, extra_en)
+    _insert(d / "train.tags.de-en.de", 5, extra_de)
+    c = read_corpus(tmp_path, "en", "de", valid_every=1000)
+    assert "train.tags: 6 metadata line pair(s) dropped" in c.report  # 4 header tags + reviewer + translator
+    assert c.train[:5] == [("Jane Doe: A talk", "Jane Doe: Ein Vortrag"), ("A talk about cats.", "Ein Vortrag über Katzen."),
+                           ("<internal> is reserved.", "<internal> ist reserviert."),
+                           ("<aliases> must contain at least one <alias>", "<aliases> muss mindestens ein <alias> enthalten"),
+                           pairs(1)[0]]
+    assert len(c.train) == 24
+
+
+def test_raw_reader_misaligned_metadata_exits_2_naming_the_line(tmp_path, cli):
+    """A metadata line deleted on one side and a line appended keeps the line counts equal: without the
+    check every later pair would be shifted by one."""
+    d = make_raw_iwslt(tmp_path, "de-en", n_train=60)
+    de = (d / "train.tags.de-en.de").read_text(encoding="utf-8").splitlines()
+    assert de[26] == "<keywords>talks, science</keywords>"  # the second talk header (line 27)
+    (d / "train.tags.de-en.de").write_text("\n".join(de[:26] + de[27:] + ["Noch ein Satz."]) + "\n", encoding="utf-8")
+    rc, _, err = cli("check-data", "--task", "iwslt_ende", "--data-root", str(tmp_path))
+    assert rc == 2 and err.count("\n") == 1
+    assert (f"{d}/train.tags.de-en.en and {d}/train.tags.de-en.de are misaligned at line 27: a <keywords> line in the en "
+            "file, a <speaker> line in the de file") in err
+
+
+@pytest.mark.parametrize("side", ["en", "de"])
+def test_raw_test_set_with_a_side_missing_exits_2(tmp_path, cli, side):
+    d = make_raw_iwslt(tmp_path, "de-en", n_train=30)
+    (d / f"IWSLT14.TED.tst2010.de-en.{side}.xml").unlink()
+    other = "de" if side == "en" else "en"
+    rc, _, err = cli("check-data", "--task", "iwslt_ende", "--data-root", str(tmp_path))
+    assert rc == 2
+    assert (f"{d}/IWSLT14.TED.tst2010.de-en.{side}.xml is missing (the {side} side of "
+            f"IWSLT14.TED.tst2010.de-en.{other}.xml); a test set needs both sides") in err
+
+
+def test_raw_seg_id_mismatch_names_the_first_differing_id(tmp_path):
+    d = make_raw_iwslt(tmp_path, "de-en", n_train=30)
+    p = d / "IWSLT14.TED.dev2010.de-en.de.xml"
+    p.write_text(p.read_text(encoding="utf-8").replace('<seg id="3">', '<seg id="33">'), encoding="utf-8")
+    with pytest.raises(UsageError) as err:
+        read_corpus(tmp_path, "en", "de")
+    assert ('IWSLT14.TED.dev2010.de-en.en.xml and IWSLT14.TED.dev2010.de-en.de.xml hold different <seg> ids: segment 3 '
+            'is <seg id="3"> in the en file, <seg id="33"> in the de file') in str(err.value)
+    q = d / "IWSLT14.TED.tst2010.de-en.de.xml"
+    q.write_text(q.read_text(encoding="utf-8").replace('<seg id="33">', '<seg id="3">'), encoding="utf-8")
+    p.write_text("\n".join(x for x in p.read_text(encoding="utf-8").splitlines() if 'id="33"' not in x and 'id="4"' not in x))
+    with pytest.raises(UsageError) as err:
+        read_corpus(tmp_path, "en", "de")
+    assert 'segment 3 is <seg id="3"> in the en file, missing (the file ends after 2 segments) in the de file' in str(err.value)
+
+
 def test_plain_layout_and_cleaning_counts(tmp_path):
     root = make_plain(tmp_path, n_train=10, n_valid=3, n_test=4)
     with open(root / "train.en", "a") as f:
