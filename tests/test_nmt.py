@@ -79,13 +79,13 @@ def test_raw_reader_drops_only_the_known_metadata_tags(tmp_path):
                 "<aliases> muss mindestens ein <alias> enthalten"]
     _insert(d / "train.tags.de-en.en", 5, extra_en)
     _insert(d / "train.tags.de-en.de", 5, extra_de)
-    c = read_corpus(tmp_path, "en", "de", valid_every=1000)
+    c = read_corpus(tmp_path, "en", "de")
     assert "train.tags: 6 metadata line pair(s) dropped" in c.report  # 4 header tags + reviewer + translator
     assert c.train[:5] == [("Jane Doe: A talk", "Jane Doe: Ein Vortrag"), ("A talk about cats.", "Ein Vortrag über Katzen."),
                            ("<internal> is reserved.", "<internal> ist reserviert."),
                            ("<aliases> must contain at least one <alias>", "<aliases> muss mindestens ein <alias> enthalten"),
                            pairs(1)[0]]
-    assert len(c.train) == 24
+    assert len(c.train) + len(c.valid) == 24 and len(c.valid) == 1
 
 
 def test_raw_reader_misaligned_metadata_exits_2_naming_the_line(tmp_path, cli):
@@ -329,3 +329,113 @@ def test_sequence_level_kd_trains_on_teacher_outputs(tmp_path, cli):
     assert len(z["lens"]) == 48 and (z["ids"] == 2).sum() == 48  # one teacher translation (with eos) per pair
     rc, _, err = cli("run", "--methods", "seqkd", "--out", str(tmp_path / "r2"))
     assert rc == 2 and "method 'seqkd' does not apply to classification tasks" in err
+
+
+# ------------------------------------------------------------------------------------------ model selection, files, translate
+def _sacrebleu_cli(ref, hyp) -> list[float]:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "sacrebleu", str(ref), "-i", str(hyp), "-m", "bleu", "chrf", "-b", "-w", "4"],
+                         capture_output=True, text=True, check=True).stdout
+    return [float(x) for x in out.replace("[", "").replace("]", "").replace(",", " ").split()]
+
+
+def test_selection_on_valid_hypotheses_rescore_and_translate(tmp_path, cli):
+    """Done-when of the issue: a tiny grid on a few hundred real pairs (Django's catalogues in the plain layout)
+    selects its epoch on the valid split, stores test BLEU at the selected and last epochs, writes hypothesis
+    files whose sacreBLEU (the sacrebleu command itself) equals the stored scores, and 'translate' turns a
+    20-line file into 20 lines (and the test sources into the stored hypotheses)."""
+    require("django", "Django's catalogues are the real corpus")
+    import yaml
+
+    from .nmt_fixtures import make_django_plain
+
+    root = make_django_plain(tmp_path / "data")
+    role = {"epochs": 4, "max_tokens": 256, "lr": 5e-3, "warmup_updates": 10}
+    o = tiny_nmt(root, data={"vocab_size": 200}, generation={"max_len_a": 1.2, "max_len_b": 8},
+                 grid={"alphas": [0.1], "temperatures": [2.0]}, teacher=role, student=role)
+    o["data"].pop("root")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(o))
+    runs = tmp_path / "runs"
+    rc, out, err = cli("run", "--task", "iwslt_ende", "--data-root", str(root), "--config", str(tmp_path / "c.yaml"),
+                       "--out", str(runs), "--no-progress", "--no-baseline")
+    assert rc == 0, err
+    assert "2 cells: trained 2" in out and "selected on the valid split (lowest validation loss)" in out
+    chrf = []
+    for d in sorted((runs / "iwslt_ende").glob("*-*/")):
+        r = json.loads((d / store.RESULT).read_text())
+        assert r["config"]["task"] == r["run_config"]["task"] == "iwslt_ende"
+        assert {k: r["selection"][k] for k in ("split", "metric", "mode")} == {"split": "valid", "metric": "valid_loss", "mode": "min"}
+        losses = [h["selection"] for h in r["history"]]
+        assert len(losses) == 4 and all(x > 0 for x in losses)
+        sel = losses.index(min(losses)) + 1
+        assert r["best"]["epoch"] == r["selection"]["epoch"] == sel and r["best"]["score"] == min(losses)
+        assert r["best"]["metrics"] == r["history"][sel - 1]["eval"] and r["metrics"] == r["history"][-1]["eval"]
+        assert r["weights"] == {"last": "model.pt", "selected": "model.pt" if sel == 4 else "model_selected.pt"}
+        assert (d / r["weights"]["selected"]).is_file() and (d / "spm.model").is_file()
+        refs = (d / "test.ref.de").read_text(encoding="utf-8").splitlines()
+        assert refs == [line for line in (root / "test.de").read_text(encoding="utf-8").splitlines()]
+        for which, metrics in (("selected", r["best"]["metrics"]), ("last", r["metrics"])):
+            chrf.append(metrics["chrf"])
+            hyp = d / r["files"]["hypotheses"][which]
+            assert len(hyp.read_text(encoding="utf-8").splitlines()) == len(refs)
+            assert _sacrebleu_cli(d / "test.ref.de", hyp) == [round(metrics["bleu"], 4), round(metrics["chrf"], 4)]
+            rc, out, _ = cli("score", "--ref", str(d / "test.ref.de"), "--hyp", str(hyp))
+            assert rc == 0 and f"bleu_tok {metrics['bleu_tok']:8.4f}  moses(de)+lowercase|" in out
+    assert len(chrf) == 4 and max(chrf) > 0  # some hypotheses are not empty: the re-scoring compares real text
+    teacher = next((runs / "iwslt_ende").glob("teacher_*"))
+    # the test sources, translated by the selected weights in one batch as in evaluation: the stored hypotheses
+    rc, out, err = cli("translate", "--runs", str(runs), "--cell", teacher.name.rsplit("-", 1)[0], "-i",
+                       str(teacher / "test.src.en"), "--no-progress")
+    assert rc == 0, err
+    assert out == (teacher / "test.hyp.selected.de").read_text(encoding="utf-8")
+    assert f"with {teacher.name} (selected weights, epoch " in err and "beam 2, lenpen 1" in err
+    # 20 lines in (an empty one, one with a U+2028 inside), 20 out, in order
+    lines = (root / "valid.en").read_text(encoding="utf-8").splitlines()[:18] + ["", "Save\u2028and continue"]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rc, _, err = cli("translate", "--run", str(teacher), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "out.txt"),
+                     "--beam", "1", "--weights", "last", "--no-progress")
+    assert rc == 0, err
+    got = (tmp_path / "out.txt").read_text(encoding="utf-8").split("\n")
+    assert len(got) == 21 and got[-1] == "" and got[18] == ""  # 20 lines, each ended by a newline
+    assert "translated 20 line(s)" in err and "(last weights, epoch 4)" in err and "beam 1" in err
+    rc, _, err = cli("translate", "--runs", str(runs), "--cell", "nope", "-i", str(tmp_path / "in.txt"))
+    assert rc == 2 and f"no finished cell named 'nope' under {runs}" in err
+
+
+@pytest.mark.parametrize("select_on", ["valid_loss", "valid_bleu"])
+def test_best_epoch_is_selected_on_valid_not_test(tmp_path, monkeypatch, select_on):
+    """The reported epoch follows the validation score (scripted here: epoch 2 is best on valid loss), its test
+    metrics, weights and hypotheses are kept, and the last epoch's beside them."""
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.grid import resolve_config
+    from lskd_bench.runners.train import train_cell
+    from lskd_bench.tasks import get_task
+    from lskd_bench.tasks.nmt import TranslationTask
+    from lskd_bench.tasks.nmt.scoring import translation_scores
+
+    scripted = iter([2.0, 1.0, 3.0])
+    monkeypatch.setattr(TranslationTask, "valid_loss", lambda *a, **k: next(scripted))
+    root = make_plain(tmp_path / "data", n_train=80)
+    cfg = resolve_config("iwslt_ende", {}, tiny_nmt(root, teacher={"epochs": 3, "select_on": select_on}))
+    task = get_task("iwslt_ende")
+    data = task.load_data(cfg, cache_dir=tmp_path / "cache")
+    teacher = next(c for c in plan_cells(cfg) if c.role == "teacher")
+    r = train_cell(task, teacher, cfg, data, tmp_path / "t", progress=False)
+    scores = [h["selection"] for h in r["history"]]
+    if select_on == "valid_loss":
+        assert scores == [2.0, 1.0, 3.0] and r["best"]["epoch"] == 2
+        assert r["selection"]["mode"] == "min"
+    else:  # real validation BLEU, highest first
+        assert r["selection"]["mode"] == "max" and r["best"]["epoch"] == scores.index(max(scores)) + 1
+    sel = r["best"]["epoch"]
+    assert r["best"]["metrics"] == r["history"][sel - 1]["eval"] and r["metrics"] == r["history"][-1]["eval"]
+    assert r["selection"]["split"] == "valid" and r["selection"]["metric"] == select_on
+    if sel != 3:
+        a, b = torch.load(tmp_path / "t" / "model_selected.pt"), torch.load(tmp_path / "t" / store.MODEL)
+        assert any(not torch.equal(a[k], b[k]) for k in a)
+    refs = (tmp_path / "t" / "test.ref.de").read_text(encoding="utf-8").splitlines()
+    for which, metrics in (("selected", r["best"]["metrics"]), ("last", r["metrics"])):
+        hyps = (tmp_path / "t" / f"test.hyp.{which}.de").read_text(encoding="utf-8").splitlines()
+        assert translation_scores(hyps, refs, "de")[0] == metrics

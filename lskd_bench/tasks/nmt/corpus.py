@@ -249,7 +249,8 @@ def read_corpus(root: Path, src: str, tgt: str, layout: str = "auto", **kw) -> C
     else:
         kw.pop("test_sets", None)
         corpus = read_plain(root, src, tgt, **kw)
-    for name, pairs in (("train", corpus.train), ("test", corpus.test)):
+    for name, pairs in (("train", corpus.train), ("valid", corpus.valid), ("test", corpus.test)):
         if not pairs:
-            raise UsageError(f"{root}: the {name} split of {src}-{tgt} is empty after reading; {LAYOUTS}")
+            why = " (the reported epoch is selected on it: give valid.<lang> files or more training pairs)" if name == "valid" else ""
+            raise UsageError(f"{root}: the {name} split of {src}-{tgt} is empty after reading{why}; {LAYOUTS}")
     return corpus
