@@ -361,16 +361,16 @@ def test_selection_on_valid_hypotheses_rescore_and_translate(tmp_path, cli):
     rc, out, err = cli("run", "--task", "iwslt_ende", "--data-root", str(root), "--config", str(tmp_path / "c.yaml"),
                        "--out", str(runs), "--no-progress", "--no-baseline")
     assert rc == 0, err
-    assert "2 cells: trained 2" in out and "selected on the valid split (lowest validation loss)" in out
+    assert "2 cells: trained 2" in out and "selected on the valid split (highest validation BLEU, same beam)" in out
     chrf = []
     for d in sorted((runs / "iwslt_ende").glob("*-*/")):
         r = json.loads((d / store.RESULT).read_text())
         assert r["config"]["task"] == r["run_config"]["task"] == "iwslt_ende"
-        assert {k: r["selection"][k] for k in ("split", "metric", "mode")} == {"split": "valid", "metric": "valid_loss", "mode": "min"}
-        losses = [h["selection"] for h in r["history"]]
-        assert len(losses) == 4 and all(x > 0 for x in losses)
-        sel = losses.index(min(losses)) + 1
-        assert r["best"]["epoch"] == r["selection"]["epoch"] == sel and r["best"]["score"] == min(losses)
+        assert {k: r["selection"][k] for k in ("split", "metric", "mode")} == {"split": "valid", "metric": "valid_bleu", "mode": "max"}
+        scores = [h["selection"] for h in r["history"]]
+        assert len(scores) == 4 and all(0 <= x <= 100 for x in scores)
+        sel = scores.index(max(scores)) + 1  # the first of equal scores
+        assert r["best"]["epoch"] == r["selection"]["epoch"] == sel and r["best"]["score"] == max(scores)
         assert r["best"]["metrics"] == r["history"][sel - 1]["eval"] and r["metrics"] == r["history"][-1]["eval"]
         assert r["weights"] == {"last": "model.pt", "selected": "model.pt" if sel == 4 else "model_selected.pt"}
         assert (d / r["weights"]["selected"]).is_file() and (d / "spm.model").is_file()

@@ -6,8 +6,8 @@ The shared runner trains them like every other task. What is specific lives here
   target positions, so word-level KD and every logit method apply token by token;
 - batches are length-bucketed with ``max_tokens`` (fairseq's batch_by_size) and shuffled per (seed, epoch);
 - ``evaluate`` decodes the test split with beam search and scores it with sacreBLEU; the epoch reported as
-  "best" is selected on the validation split (``select_on``: validation loss by default, or validation
-  BLEU), never on test; the test hypotheses of the selected and last epochs are written beside result.json;
+  "best" is selected on the validation split (``select_on``: validation BLEU with the same beam by default,
+  or validation loss), never on test; the test hypotheses of the selected and last epochs are written beside result.json;
 - ``teacher_targets`` translates the training sources with the teacher (sequence-level KD).
 
 fairseq, sentencepiece and sacreBLEU come with ``pip install -e ".[nmt]"``; only
@@ -82,10 +82,11 @@ NMT_TRAIN = TRAIN.extend(
         "share_decoder_input_output_embed": Field(bool, True, "tie the decoder's input and output embeddings"),
         "share_all_embeddings": Field(bool, False, "tie encoder and decoder embeddings too (joint vocabulary)"),
         "max_positions": Field(int, 1024, "longest sequence the positional embeddings cover", min=8),
-        "select_on": Field(str, "valid_loss", "how the reported ('best') epoch is chosen among the evaluated ones, on the "
-                           "validation split: valid_loss (cross-entropy of the references, as fairseq's checkpoint_best; "
-                           "no decoding) or valid_bleu (beam search with the generation settings)",
-                           choices=("valid_loss", "valid_bleu"), identity=False),
+        "select_on": Field(str, "valid_bleu", "how the reported ('best') epoch is chosen among the evaluated ones, on the "
+                           "validation split: valid_bleu (sacreBLEU of a beam search with the generation settings, the "
+                           "reported metric) or valid_loss (cross-entropy of the references, fairseq's checkpoint_best; "
+                           "no decoding, but label smoothing and KD temperature shift it apart from BLEU)",
+                           choices=("valid_bleu", "valid_loss"), identity=False),
     }
 )
 

@@ -9,9 +9,10 @@ Raw IWSLT (as in the release tarballs, e.g. ``de-en.tgz`` of IWSLT 2014 or ``en-
 ``prepare-iwslt17-multilingual.sh``): the known metadata lines (``<url>``, ``<talkid>``, ``<keywords>``,
 ``<speaker>``, ``<reviewer>``, ``<translator>``, ``<doc ...>``, ``</doc>``) are dropped, ``<title>`` and
 ``<description>`` keep their text, every other line is a sentence (even one starting with ``<``). The two
-sides' metadata lines must sit at the same line numbers (an error names the first one that does not); validation = every 23rd training pair; test = all dev/tst sets
-concatenated in name order (IWSLT14: dev2010, TEDX.dev2012, tst2010-2012). Moses' clean-corpus rules
-filter the training pairs: 1 to ``max_len`` words a side, length ratio at most ``len_ratio``.
+sides' metadata lines must sit at the same line numbers (an error names the first one that does not).
+Validation = every 23rd training pair; test = all dev/tst sets concatenated in name order (IWSLT14:
+dev2010, TEDX.dev2012, tst2010-2012), each with both sides and the same ``<seg>`` ids. Moses' clean-corpus
+rules filter the training pairs: 1 to ``max_len`` words a side, length ratio at most ``len_ratio``.
 
 Plain layout: ``ROOT/{train,valid,test}.<lang>``, one sentence a line, aligned by line (valid optional:
 every 23rd training pair otherwise).
