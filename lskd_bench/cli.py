@@ -362,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     lb.add_argument("--out", help="output FILE: writes FILE.csv and FILE.md (default: RUNS/leaderboard)")
     lb.add_argument("--select", default="best", choices=("best", "last"),
-                    help="metrics of the best evaluated epoch (default, as the paper) or of the last epoch")
+                    help="metrics of the selected epoch (default: image tasks the best on val, which is their test set, as "
+                    "the paper; translation the epoch selected on the valid split, test metrics) or of the last epoch")
     lb.set_defaults(func=cmd_leaderboard)
 
     cp = sub.add_parser("compare", help="KD methods side by side vs a baseline method: mean ± std over seeds, Welch t-test",
@@ -374,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--baseline", default="kd", help="the method the others are compared with (default kd)")
     cp.add_argument("--metric", help="metric to compare (default: the task's primary: top1, bleu)")
     cp.add_argument("--task", help="only this task")
-    cp.add_argument("--select", default="best", choices=("best", "last"), help="best evaluated epoch (default) or last")
+    cp.add_argument("--select", default="best", choices=("best", "last"),
+                    help="selected epoch (default; translation: selected on the valid split) or last")
     cp.add_argument("--out", help="output prefix (default: RUNS/compare)")
     cp.set_defaults(func=cmd_compare)
 
