@@ -265,7 +265,9 @@ def cmd_translate(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     where = f"epoch {cell.epoch}" if cell.epoch is not None else "final weights"
     note = f"; {cut} line(s) cut to the model's longest input" if cut else ""
-    print(f"translated {len(lines)} line(s) with {cell_dir.name} ({args.weights} weights, {where}) on {device}, "
+    if cell.weights != args.weights:
+        where += f"; the cell predates {args.weights} weights"
+    print(f"translated {len(lines)} line(s) with {cell_dir.name} ({cell.weights} weights, {where}) on {device}, "
           f"beam {gen['beam']}, lenpen {gen['lenpen']:g}{note}", file=sys.stderr)
     return 0
 

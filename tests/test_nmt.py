@@ -402,6 +402,21 @@ def test_selection_on_valid_hypotheses_rescore_and_translate(tmp_path, cli):
     assert "translated 20 line(s)" in err and "(last weights, epoch 4)" in err and "beam 1" in err
     rc, _, err = cli("translate", "--runs", str(runs), "--cell", "nope", "-i", str(tmp_path / "in.txt"))
     assert rc == 2 and f"no finished cell named 'nope' under {runs}" in err
+    # a cell finished before run_config, spm.model and the selected weights were stored: rebuilt from its recipe,
+    # its recorded data/role/generation settings and the run's one cached sub-word model
+    import shutil
+
+    old = tmp_path / "old" / "iwslt_ende"
+    shutil.copytree(teacher, old / teacher.name)
+    shutil.copytree(runs / "iwslt_ende" / "cache", old / "cache")
+    r = json.loads((old / teacher.name / store.RESULT).read_text())
+    for key in ("run_config", "files", "weights", "selection"):
+        del r[key]
+    store.write_json(old / teacher.name / store.RESULT, r)
+    (old / teacher.name / "spm.model").unlink()
+    rc, out, err = cli("translate", "--run", str(old / teacher.name), "-i", str(teacher / "test.src.en"), "--no-progress")
+    assert rc == 0, err
+    assert out == (teacher / "test.hyp.last.de").read_text(encoding="utf-8") and "the cell predates selected weights" in err
 
 
 @pytest.mark.parametrize("select_on", ["valid_loss", "valid_bleu"])
