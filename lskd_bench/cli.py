@@ -264,6 +264,53 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_translate(args: argparse.Namespace) -> int:
+    from .runners import store
+    from .runners.inference import find_cell, load_cell, read_text_lines, translate_lines
+    from .runners.train import resolve_device
+
+    cell_dir = find_cell(args.run, args.runs if args.cell else None, args.cell)
+    device = resolve_device({"device": args.device})
+    lines = read_text_lines(args.input)
+    cell = load_cell(cell_dir, args.weights, device)
+    gen = cell.cfg["generation"]
+    for flag, key in (("beam", "beam"), ("lenpen", "lenpen"), ("max_len_a", "max_len_a"), ("max_len_b", "max_len_b"),
+                      ("max_sentences", "max_sentences")):
+        val = getattr(args, flag)
+        if val is not None:
+            if (flag in ("beam", "max_len_b", "max_sentences") and val < 1) or (flag == "max_len_a" and val < 0):
+                raise UsageError(f"--{flag.replace('_', '-')} must be {'>= 0' if flag == 'max_len_a' else '>= 1'}, got {val:g}")
+            gen[key] = val
+    out, cut = translate_lines(cell, lines, device, progress=not args.no_progress)
+    text = "".join(line + "\n" for line in out)
+    if args.output:
+        store.atomic_write(Path(args.output), lambda f: f.write(text.encode("utf-8")))
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    where = f"epoch {cell.epoch}" if cell.epoch is not None else "final weights"
+    note = f"; {cut} line(s) cut to the model's longest input" if cut else ""
+    if cell.weights != args.weights:
+        where += f"; the cell predates {args.weights} weights"
+    print(f"translated {len(lines)} line(s) with {cell_dir.name} ({cell.weights} weights, {where}) on {device}, "
+          f"beam {gen['beam']}, lenpen {gen['lenpen']:g}{note}", file=sys.stderr)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .runners.inference import score_files
+
+    lang = args.lang or Path(args.ref).suffix.lstrip(".")
+    if not (lang.isalpha() and 2 <= len(lang) <= 3):
+        raise UsageError(f"give --lang (the target language, for the Moses tokeniser of bleu_tok): {args.ref} has no "
+                         "language suffix such as .de")
+    metrics, sig, n = score_files(args.ref, args.hyp, lang)
+    for key in ("bleu", "chrf", "bleu_tok"):
+        print(f"{key:<9}{metrics[key]:8.4f}  {sig[key]}")
+    print(f"{n} segment(s)", file=sys.stderr)
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from .methods import METHODS, TEACHER_METHOD
 
@@ -357,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     lb.add_argument("--out", help="output FILE: writes FILE.csv and FILE.md (default: RUNS/leaderboard)")
     lb.add_argument("--select", default="best", choices=("best", "last"),
-                    help="metrics of the best evaluated epoch (default, as the paper) or of the last epoch")
+                    help="metrics of the selected epoch (default: image tasks the best on val, which is their test set, as "
+                    "the paper; translation the epoch selected on the valid split, test metrics) or of the last epoch")
     lb.set_defaults(func=cmd_leaderboard)
 
     cp = sub.add_parser("compare", help="KD methods side by side vs a baseline method: mean ± std over seeds, Welch t-test",
@@ -369,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--baseline", default="kd", help="the method the others are compared with (default kd)")
     cp.add_argument("--metric", help="metric to compare (default: the task's primary: top1, bleu)")
     cp.add_argument("--task", help="only this task")
-    cp.add_argument("--select", default="best", choices=("best", "last"), help="best evaluated epoch (default) or last")
+    cp.add_argument("--select", default="best", choices=("best", "last"),
+                    help="selected epoch (default; translation: selected on the valid split) or last")
     cp.add_argument("--out", help="output prefix (default: RUNS/compare)")
     cp.set_defaults(func=cmd_compare)
 
@@ -435,6 +484,37 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     st.add_argument("--task", help="only this task")
     st.set_defaults(func=cmd_status)
+
+    tr = sub.add_parser("translate", help="translate a file or stdin with a finished translation cell",
+                        description="Rebuild a finished translation cell from its result.json (config, weights, spm.model "
+                        "beside them) and translate one sentence per input line: detokenised, one output line per input line "
+                        "(an empty line stays empty), in input order; beam search batched as in evaluation, on CUDA when "
+                        "available. The weights of the selected epoch by default (the leaderboard's number), or --weights last.")
+    tr.add_argument("--run", help="the cell directory, RUNS/TASK/CELL-HASH")
+    tr.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory to look --cell up in (default: {DEFAULT_RUNS})")
+    tr.add_argument("--cell", help="cell name, with or without -HASH (e.g. teacher_transformer_tiny_a0.1_s0)")
+    tr.add_argument("--input", "-i", help="UTF-8 text file, one sentence a line (default: stdin)")
+    tr.add_argument("--output", "-o", help="write the translations here (default: stdout)")
+    tr.add_argument("--weights", default="selected", choices=("selected", "last"),
+                    help="weights of the selected epoch (default) or of the last epoch")
+    tr.add_argument("--beam", type=int, help="beam size (default: the cell's generation.beam)")
+    tr.add_argument("--lenpen", type=float, help="length penalty (default: the cell's generation.lenpen)")
+    tr.add_argument("--max-len-a", type=float, help="max output length = a * source length + b (default: the cell's)")
+    tr.add_argument("--max-len-b", type=int, help="max output length = a * source length + b (default: the cell's)")
+    tr.add_argument("--max-sentences", type=int, help="sentences decoded at once (default: the cell's)")
+    tr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto (default: CUDA when available), cpu or cuda")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.set_defaults(func=cmd_translate)
+
+    sc = sub.add_parser("score", help="sacreBLEU BLEU, chrF2 and tokenised BLEU of a hypothesis file against references",
+                        description="Score a hypothesis file against a reference file (one segment a line) exactly as the "
+                        "runner scores the test split: detokenised sacreBLEU (13a), chrF2, and BLEU over Moses-tokenised "
+                        "lower-cased text; prints each score with its signature. A cell's test.hyp.selected.<lang> against "
+                        "its test.ref.<lang> gives the numbers stored in result.json.")
+    sc.add_argument("--ref", required=True, help="reference file, e.g. RUNS/TASK/CELL/test.ref.de")
+    sc.add_argument("--hyp", required=True, help="hypothesis file, e.g. RUNS/TASK/CELL/test.hyp.selected.de")
+    sc.add_argument("--lang", help="target language for the Moses tokeniser (default: the reference file's suffix)")
+    sc.set_defaults(func=cmd_score)
 
     mt = sub.add_parser("methods", help="list the KD methods: grid axes, task kinds, objective")
     mt.set_defaults(func=cmd_methods)

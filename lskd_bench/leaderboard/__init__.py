@@ -1,8 +1,13 @@
 """Leaderboard: one CSV row per finished cell and markdown tables in the paper's layout.
 
-Every result holds the metrics of the last epoch and of the best evaluated epoch (by the task's primary
-metric). The paper's tables report the best epoch, which is the default here (``select="best"``);
-``select="last"`` reports the final weights.
+Every result holds the metrics of the last epoch and of the selected ("best") evaluated epoch. Two conventions:
+
+- image tasks: the best epoch by the primary metric on the validation split, which is the test set (the
+  paper's convention, as its official code reports);
+- translation: the epoch selected on the valid split (validation loss, or BLEU with ``select_on:
+  valid_bleu``), its test metrics reported; tables show the last epoch's test BLEU beside it.
+
+``select="best"`` (the default) reports the selected epoch; ``select="last"`` the final weights.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from ..runners import store
 
 BASE_COLUMNS = ["task", "role", "teacher_arch", "student_arch", "method", "alpha", "T", "seed"]
 TAIL_COLUMNS = ["select", "epoch", "epochs", "wall_s", "config_hash"]
+OTHER_PREFIX = {"best": "last_", "last": "selected_"}  # translation rows: the other epoch's metrics, as extra columns
 KNOWN_METRICS = ["top1", "top5", "bleu", "chrf", "bleu_tok"]  # column order of the CSV
 METRIC_LABELS = {
     "top1": "top-1 accuracy (%)",
@@ -40,6 +46,13 @@ def row_of(result: dict[str, Any], select: str = "best") -> dict[str, Any]:
     role = c["role"]
     best = result.get("best") or {"epoch": result.get("epochs"), "metrics": result["metrics"]}
     chosen = best if select == "best" else {"epoch": result.get("epochs"), "metrics": result["metrics"]}
+    selection = result.get("selection") or {}
+    other: dict[str, float] = {}
+    if selection.get("split") == "valid":  # translation: report the other epoch beside the chosen one
+        other_metrics = result["metrics"] if select == "best" else best["metrics"]
+        other = {OTHER_PREFIX[select] + k: float(v) for k, v in other_metrics.items()}
+    from .reference import recipe_differences
+
     return {
         "task": c["task"],
         "role": role,
@@ -50,6 +63,9 @@ def row_of(result: dict[str, Any], select: str = "best") -> dict[str, Any]:
         "T": "" if c["T"] is None else float(c["T"]),
         "seed": int(c["seed"]),
         "metrics": {k: float(v) for k, v in chosen["metrics"].items()},
+        "other": other,
+        "selected_on": _selected_on(result),
+        "recipe_diff": recipe_differences(result),
         "primary": result.get("primary_metric", "top1"),
         "display": display_metrics(result),
         "select": select,
@@ -60,6 +76,15 @@ def row_of(result: dict[str, Any], select: str = "best") -> dict[str, Any]:
         "_finished_at": result.get("finished_at", ""),
         "_env": result.get("env") or {},
     }
+
+
+def _selected_on(result: dict[str, Any]) -> str:
+    """Where the reported ("best") epoch was chosen: "val" (image tasks: the test set, as the paper), "valid:<metric>"
+    (translation), or "test" (translation results written before selection on the valid split)."""
+    sel = result.get("selection")
+    if sel:
+        return "valid:" + sel["metric"] if sel.get("split") == "valid" else str(sel.get("split", "val"))
+    return "test" if result.get("primary_metric") == "bleu" else "val"
 
 
 _ROLE_ORDER = {"teacher": 0, "baseline": 1, "student": 2}
@@ -80,14 +105,20 @@ def metric_columns(rows: Iterable[dict[str, Any]]) -> list[str]:
 
 
 def to_csv(rows: Iterable[dict[str, Any]]) -> str:
+    """One row per cell. Translation rows add the other epoch's metrics (``last_bleu``... beside the selected
+    epoch's) and ``selected_on``; image-only tables keep the plain columns."""
     rows = list(rows)
     mcols = metric_columns(rows)
+    present = {k for r in rows for k in r.get("other", {})}
+    ocols = [p + m for p in ("last_", "selected_") for m in mcols if p + m in present]
+    tail = TAIL_COLUMNS + (["selected_on"] if ocols else [])
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(BASE_COLUMNS + mcols + TAIL_COLUMNS)
+    w.writerow(BASE_COLUMNS + mcols + ocols + tail)
     for r in rows:
         metrics = [f"{r['metrics'][m]:.3f}" if m in r["metrics"] else "" for m in mcols]
-        w.writerow([r[k] for k in BASE_COLUMNS] + metrics + [r[k] for k in TAIL_COLUMNS])
+        other = [f"{r['other'][c]:.3f}" if c in r.get("other", {}) else "" for c in ocols]
+        w.writerow([r[k] for k in BASE_COLUMNS] + metrics + other + [r[k] for k in tail])
     return buf.getvalue()
 
 
@@ -113,10 +144,21 @@ def cell_text(rows: list[dict[str, Any]], bold: bool = False, paper: Any = None)
         return "—" if paper is None else f"— (paper {paper:.2f})"
     text = " / ".join(mean_std([r["metrics"][m] for r in rows]) for m in rows[0]["display"])
     text = f"**{text}**" if bold else text
+    if all(r.get("other") for r in rows):  # translation: the other epoch's value in brackets
+        prefix = OTHER_PREFIX[rows[0]["select"]]
+        which = prefix.rstrip("_")
+        text += f" ({which} " + " / ".join(mean_std([r["other"][prefix + m] for r in rows]) for m in rows[0]["display"]) + ")"
     if paper is not None:
         ours = statistics.mean(r["metrics"][r["primary"]] for r in rows)
         text += f" (paper {paper:.2f}, {ours - paper:+.2f})"
     return text
+
+
+_SELECTED_ON = {
+    "valid:valid_loss": "the valid split (lowest validation loss)",
+    "valid:valid_bleu": "the valid split (highest validation BLEU, same beam)",
+    "test": "the test split (results written before selection on the valid split: re-run them)",
+}
 
 
 def _fmt_num(x: float) -> str:
@@ -145,15 +187,23 @@ def to_markdown(rows: Iterable[dict[str, Any]]) -> str:
         for arch in sorted({r["student_arch"] for r in baselines} - shown):  # baselines without a KD table
             out.append(f"### {task}: {arch} without KD\n\nStudent without KD ({arch}, cross-entropy): "
                        f"{cell_text([r for r in baselines if r['student_arch'] == arch])}\n")
-        notes[(tuple(trs[0]["display"]), trs[0]["select"])] = None
+        on = sorted({r["selected_on"] for r in trs})
+        notes[(tuple(trs[0]["display"]), trs[0]["select"], tuple(on))] = None
     if not out:
         return "_No finished cells._\n"
     lines = []
-    for display, select in notes:
+    for display, select, on in notes:
         what = " / ".join(METRIC_LABELS.get(m, m) for m in display)
-        where = "the test split" if "bleu" in display else "the validation split"
-        epoch = "best evaluated epoch (as the paper)" if select == "best" else "last epoch"
-        lines.append(f"Cells: {what} on {where}, {epoch}. Bold: best student. "
+        if "bleu" not in display:
+            epoch = "best evaluated epoch (as the paper)" if select == "best" else "last epoch"
+            lines.append(f"Cells: {what} on the validation split, {epoch}. Bold: best student. "
+                         "With several seeds: mean ± sample standard deviation.")
+            continue
+        how = "; ".join(_SELECTED_ON.get(o, o) for o in on)
+        epoch = (f"the epoch selected on {how}" if select == "best" else "the last epoch") + (
+            " (in brackets: the " + ("last epoch" if select == "best" else "selected epoch") + ")"
+            if any(o.startswith("valid:") for o in on) else "")
+        lines.append(f"Cells: {what} on the test split, {epoch}. Bold: best student. "
                      "With several seeds: mean ± sample standard deviation.")
     return "\n".join(out) + "\n".join(lines) + "\n"
 
@@ -175,7 +225,15 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
     best = max(means.values()) if means else None
     title = f"### {task}: {t_arch}" + (f" → {s_arch} ({method})" if s_arch else "")
     lines = [title, "", "| | " + " | ".join(f"α = {a:.1f}" for a in alphas) + " |", "|---|" + "---|" * len(alphas)]
-    paper = (lambda a, T=None: ref.value(a, T)) if ref is not None else (lambda a, T=None: None)
+    differ: list[str] = []  # why the paper's numbers are not compared cell by cell
+    if ref is not None:
+        diffs = [r["recipe_diff"] for r in tch + stu]
+        if any(d is None for d in diffs):
+            differ = [_UNKNOWN]
+        else:
+            differ = sorted({k for d in diffs for k in d})
+    same = ref is not None and not differ
+    paper = (lambda a, T=None: ref.value(a, T)) if same else (lambda a, T=None: None)
     lines.append(f"| Teacher ({t_arch}) | " + " | ".join(cell_text(select(tch, a), paper=paper(a)) for a in alphas) + " |")
     for t in temps:
         cells = []
@@ -188,8 +246,16 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
     base = [r for r in baselines if r["student_arch"] == s_arch]
     if base:
         lines += [f"Student without KD ({s_arch}, cross-entropy): {cell_text(base)}", ""]
-    if ref is not None:
-        lines += [f"Paper values: {ref.source}; (paper P, ±D) = the paper's {ref.metrics[0]} and ours minus it.", ""]
+    if same:
+        lines += [f"Paper values: {ref.source}; (paper P, ±D) = the paper's {ref.metrics[0]} and ours minus it "
+                  "(this grid runs the paper's recipe).", ""]
+    elif ref is not None:
+        if differ == [_UNKNOWN]:
+            why = "Some results of this grid do not record their config: it cannot be matched with the paper's recipe."
+        else:
+            why = ("This grid differs from the paper's recipe in " + ", ".join(differ[:8])
+                   + (f" and {len(differ) - 8} more" if len(differ) > 8 else "") + ".")
+        lines += [f"Paper (different setup, not compared cell by cell): {ref.source}: {_paper_row(ref)}. {why}", ""]
     if stu and any(t != "" for t in temps):
         cells = {(r["alpha"], r["T"]): [x["metrics"][x["primary"]] for x in select(stu, r["alpha"], r["T"])] for r in stu}
         lines += [*claims_text(cells, ref), ""]
@@ -229,6 +295,18 @@ def environment_md(rows: Iterable[dict[str, Any]]) -> str:
         ENV_NOTE,
     ]
     return "\n".join(lines) + "\n"
+
+
+_UNKNOWN = "?"
+
+
+def _paper_row(ref) -> str:
+    """The paper's table in one line: teacher and T = 1 student per alpha."""
+    parts = []
+    for a in sorted(ref.teacher):
+        t1 = ref.value(a, 1.0)
+        parts.append(f"α = {a:g}: teacher {ref.value(a):.2f}" + (f", T = 1 student {t1:.2f}" if t1 is not None else ""))
+    return "; ".join(parts) + f" ({ref.metrics[0]})"
 
 
 def write_outputs(rows: list[dict[str, Any]], out: Path) -> tuple[Path, str]:

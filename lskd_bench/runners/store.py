@@ -3,6 +3,8 @@
     DIR/<task>/<cell-name>-<hash>/
         result.json   metrics + config + timings; written last: its presence means "finished"
         model.pt      final weights (teachers are reused by their students from here)
+        model_selected.pt  weights of the selected ("best") epoch, when it is not the last one
+        test.*        translation: test hypotheses of the selected and last epochs, references, sources
         state.pt      last epoch checkpoint while the cell trains; removed once it finishes
         features.npz  penultimate features/labels and head weights for `lskd-bench analyze`
         lock.json     present while a process trains the cell (see runners/lock.py)
@@ -26,6 +28,7 @@ from ..errors import UsageError
 
 RESULT = "result.json"
 MODEL = "model.pt"
+SELECTED = "model_selected.pt"
 STATE = "state.pt"
 FEATURES = "features.npz"
 ERROR = "error.json"
@@ -88,6 +91,11 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
 
 def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"), mode="w")
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    """One text line per item (UTF-8, '\\n' endings), written atomically."""
+    atomic_write(path, lambda f: f.write("".join(line + "\n" for line in lines).encode("utf-8")))
 
 
 def write_csv_md(out: Path, csv_text: str, md_text: str) -> tuple[Path, Path]:

@@ -197,6 +197,7 @@ class Member:
     resumes: list = field(default_factory=list)  # where each resumed run picked up (epoch, step, time)
     finished: bool = False
     notes: list = field(default_factory=list)  # repairs (a checkpoint that would not load, moved aside)
+    last_score: Optional[float] = None  # the selection score of the last evaluation (None: the primary metric)
 
     def __post_init__(self) -> None:
         cell, cfg, device = self.cell, self.cfg, self.device
@@ -348,22 +349,38 @@ class Member:
         every = int(self.hp.get("eval_every", 1))
         if self.done() or self.epoch % every == 0:
             entry["eval"] = self.evaluate()
+            if self.last_score is not None:
+                entry["selection"] = self.last_score
         self.history.append(entry)
         if self.tb is not None:
             self.tb.epoch(self.update, entry)
         self.checkpoint()
 
     def evaluate(self) -> dict[str, float]:
+        """Evaluate (rank 0), update the selected ("best") epoch and write the task's output files."""
         _, world = dist_info()
         metrics: dict[str, float] = {}
+        self.last_score = None
         if self.rank == 0:
             t0 = time.perf_counter()
             with self.rng_scope():
-                metrics = self.task.evaluate(self.model, self.data, self.cfg, self.device)
-            self.eval_seconds += time.perf_counter() - t0
+                ev = self.task.assess(self.model, self.data, self.cfg, self.device, self.hp)
+            metrics = ev.metrics
             key = self.task.primary_metric
-            if self.best is None or metrics[key] > self.best["metrics"][key]:
-                self.best = {"epoch": self.epoch, "metrics": metrics}
+            score = float(metrics[key] if ev.selection is None else ev.selection)
+            self.last_score = None if ev.selection is None else score
+            mode = self.task.selection(self.cfg, self.hp)["mode"]
+            prev = None if self.best is None else self.best.get("score")
+            if prev is None and self.best is not None and ev.selection is None:
+                prev = self.best["metrics"][key]  # a best recorded before the score was stored
+            improved = prev is None or (score < prev if mode == "min" else score > prev)
+            if improved:
+                self.best = {"epoch": self.epoch, "metrics": metrics, "score": score}
+                store.save_torch(self.dir / store.SELECTED, {k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+            for name, lines in ev.outputs.items():
+                for which in (("last", "selected") if improved else ("last",)) if "{which}" in name else ("",):
+                    store.write_lines(self.dir / name.format(which=which), lines)
+            self.eval_seconds += time.perf_counter() - t0
         if world > 1:
             torch.distributed.barrier()
         return metrics
@@ -381,6 +398,12 @@ class Member:
             last = self.evaluate()
         t0 = time.perf_counter()
         store.save_torch(self.dir / store.MODEL, {k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        selected = store.SELECTED
+        if self.best is None or self.best["epoch"] == self.epoch or not (self.dir / store.SELECTED).is_file():
+            selected = store.MODEL  # the last epoch is the selected one
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / store.SELECTED).unlink()
+        files = self.task.export_artifacts(self.data, self.cfg, self.dir)
         if self.task.supports_analysis:
             export_features(self.model, self.data, self.cfg, self.device, self.dir / store.FEATURES)
         result = {
@@ -390,13 +413,19 @@ class Member:
             "primary_metric": self.task.primary_metric,
             "metric_names": list(self.task.metric_names),
             "metric_info": self.task.metric_info(self.cfg),
+            "selection": {**self.task.selection(self.cfg, self.hp), "epoch": (self.best or {}).get("epoch"),
+                          "score": (self.best or {}).get("score")},
+            "weights": {"last": store.MODEL, "selected": selected},
+            "files": files,
             "epochs": self.epoch if not self.given else 0,
             "updates": self.update,
             "config": {
+                "task": self.task.name,
                 "train": self.hp,
                 "method": self.method.p if self.method.params.fields and self.method.needs_teacher else None,
                 "data": self.cfg.get("data", {}),
             },
+            "run_config": self.cfg,  # the whole resolved config: what 'lskd-bench translate' rebuilds the cell from
             "timings": {"train_s": self.train_seconds, "eval_s": self.eval_seconds, "export_s": time.perf_counter() - t0,
                         "wall_s": self.train_seconds + self.eval_seconds},
             "history": self.history,

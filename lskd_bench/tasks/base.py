@@ -7,7 +7,11 @@ store. A task owns its data and models and tells the loop three things:
   resumed or fused run sees exactly the batches an uninterrupted, unfused run sees;
 - ``forward(model, batch)``: logits and integer targets over the positions that count, shape (N, K) and
   (N,): one row per image, or one row per non-pad target token for translation;
-- ``evaluate(model, data, cfg, device)``: the task's metrics (top-1/top-5, BLEU...).
+- ``evaluate(model, data, cfg, device)``: the task's metrics (top-1/top-5, BLEU...);
+- ``assess(model, data, cfg, device, hp)``: those metrics plus the score the best epoch is selected on and
+  files to keep (translation: validation loss or BLEU, test hypotheses); by default the metrics alone,
+  the best epoch then being the one with the highest primary metric on ``val`` (the paper's image convention,
+  where ``val`` is the test set).
 """
 from __future__ import annotations
 
@@ -329,6 +333,20 @@ PAIR = Field(str, None, "teacher-student pair whose published recipe is applied 
              "'lskd-bench tasks' lists them)", nullable=True)
 
 @dataclass
+class Evaluation:
+    """What one evaluation of a model gives the training loop.
+
+    ``metrics``: the reported metrics (on ``data.val``: the test split). ``selection``: the score the best
+    epoch is chosen on (None: ``metrics[primary_metric]``, higher is better). ``outputs``: files written into
+    the cell directory, name -> lines; ``{which}`` in a name becomes ``last`` (every evaluation) and
+    ``selected`` (the evaluations that improve the selection score)."""
+
+    metrics: dict[str, float]
+    selection: Optional[float] = None
+    outputs: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
 class DataReport:
     """What ``lskd-bench check-data`` found: counts per split and problems (each one line)."""
 
@@ -418,6 +436,12 @@ class Task:
         """How the metrics were computed (e.g. sacreBLEU's signature), saved in result.json."""
         return {}
 
+    def selection(self, cfg: dict[str, Any], hp: dict[str, Any]) -> dict[str, Any]:
+        """How the best epoch is chosen (saved in result.json): split, metric, mode ("max" or "min").
+        Classification: the primary metric on ``val``, which is the test set, as the paper reports."""
+        return {"split": "val", "metric": self.primary_metric, "mode": "max",
+                "note": "the validation split is the test set (the paper's convention)"}
+
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:
         """Child -> parent links over class names and their ancestors (analysis picks similar classes
         as siblings and dissimilar ones across distant branches). Empty: no hierarchy known."""
@@ -452,7 +476,17 @@ class Task:
         """The training data relabelled by the teacher (sequence-level KD); cached at ``cache``."""
         raise NotImplementedError(f"task {self.name} does not produce teacher-generated targets")
 
+    def export_artifacts(self, data: TaskData, cfg: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
+        """Copy what using the finished cell needs besides its weights into ``cell_dir`` (a sub-word model);
+        return the files, by role, for result.json."""
+        return {}
+
     # -- evaluation -------------------------------------------------------------------------------
+    def assess(self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device,
+               hp: dict[str, Any]) -> Evaluation:
+        """One evaluation for the training loop (``hp``: the role's recipe); see ``Evaluation``."""
+        return Evaluation(self.evaluate(model, data, cfg, device))
+
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device) -> dict[str, float]:
         model.eval()
