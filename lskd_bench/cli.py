@@ -12,7 +12,7 @@ from .analysis.plot import visualize
 from .analysis.report import analyze, write_report
 from .analysis.runs import RunIndex
 from .config import Resolved, describe_config, load_yaml, parse_override, set_dotted
-from .errors import UsageError
+from .errors import UsageError, raise_on_sigterm
 from .leaderboard import collect, write_outputs
 from .leaderboard.compare import compare
 from .methods import METHODS, TEACHER_METHOD
@@ -20,8 +20,10 @@ from .registry import EXECUTORS
 from .runners.cells import plan_cells
 from .runners.devices import parse_gpus
 from .runners.grid import resolve, run_grid
+from .runners.inference import find_cell, load_cell, read_text_lines, score_files, translate_lines
 from .runners.status import status_rows
-from .store import check_writable_dir
+from .runners.train import resolve_device
+from .store import atomic_write, check_writable_dir
 from .tasks import get_task, task_names
 
 DEFAULT_RUNS = "runs"
@@ -71,7 +73,7 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         val = getattr(args, flag)
         if val is not None:
             set_dotted(o, key, str(Path(val).absolute()))
-    for flag in ("pair", "executor", "jobs", "device", "nproc_per_node", "num_workers", "per_gpu"):
+    for flag in ("pair", "executor", "jobs", "device", "nproc_per_node", "num_workers", "per_gpu", "threads"):
         val = getattr(args, flag)
         if val is not None:
             o[flag] = val
@@ -127,18 +129,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_writable_dir(out)
     if args.dry_run:
+        get_task(cfg["task"]).check_layout(cfg)  # the data check run makes before writing anything
         for cell in plan_cells(cfg):
             print(cell.dir(out))
         return 0
     try:
-        summary = run_grid(cfg, out, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
-        return 130
+        with raise_on_sigterm():
+            summary = run_grid(cfg, out, progress=not args.no_progress)
+    except KeyboardInterrupt as exc:
+        sig = getattr(exc, "signal_name", "SIGINT")
+        print(f"\ninterrupted ({sig}): finished cells are saved, unfinished ones resume from their last checkpoint; "
+              "run the same command again to resume", file=sys.stderr)
+        return int(getattr(exc, "code", 130))
     rows = [r for r in collect(out) if r["task"] == cfg["task"]]
     if rows:
         _, md = write_outputs(rows, out / cfg["task"] / "leaderboard")
         print(md, end="")
+    for line in summary.repairs:
+        print(line)
     print(summary.line())
     for line in summary.notes:  # the executor's (the Slurm job ids to watch...)
         print(line)
@@ -180,7 +188,10 @@ def _runs_dir(args: argparse.Namespace) -> Path:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     runs = _runs_dir(args)
-    rows = collect(runs, args.select)
+    problems: list[str] = []
+    rows = collect(runs, args.select, problems)
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
     if not rows:
         raise UsageError(f"no finished cells under {runs}")
     out = Path(args.out) if args.out else runs / "leaderboard"
@@ -254,6 +265,47 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_translate(args: argparse.Namespace) -> int:
+    cell_dir = find_cell(args.run, args.runs if args.cell else None, args.cell)
+    device = resolve_device({"device": args.device})
+    lines = read_text_lines(args.input)
+    cell = load_cell(cell_dir, args.weights, device)
+    gen = cell.cfg["generation"]
+    for flag, key in (("beam", "beam"), ("lenpen", "lenpen"), ("max_len_a", "max_len_a"), ("max_len_b", "max_len_b"),
+                      ("max_sentences", "max_sentences")):
+        val = getattr(args, flag)
+        if val is not None:
+            if (flag in ("beam", "max_len_b", "max_sentences") and val < 1) or (flag == "max_len_a" and val < 0):
+                raise UsageError(f"--{flag.replace('_', '-')} must be {'>= 0' if flag == 'max_len_a' else '>= 1'}, got {val:g}")
+            gen[key] = val
+    out, cut = translate_lines(cell, lines, device, progress=not args.no_progress)
+    text = "".join(line + "\n" for line in out)
+    if args.output:
+        atomic_write(Path(args.output), lambda f: f.write(text.encode("utf-8")))
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    where = f"epoch {cell.epoch}" if cell.epoch is not None else "final weights"
+    note = f"; {cut} line(s) cut to the model's longest input" if cut else ""
+    if cell.weights != args.weights:
+        where += f"; the cell predates {args.weights} weights"
+    print(f"translated {len(lines)} line(s) with {cell_dir.name} ({cell.weights} weights, {where}) on {device}, "
+          f"beam {gen['beam']}, lenpen {gen['lenpen']:g}{note}", file=sys.stderr)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    lang = args.lang or Path(args.ref).suffix.lstrip(".")
+    if not (lang.isalpha() and 2 <= len(lang) <= 3):
+        raise UsageError(f"give --lang (the target language, for the Moses tokeniser of bleu_tok): {args.ref} has no "
+                         "language suffix such as .de")
+    metrics, sig, n = score_files(args.ref, args.hyp, lang)
+    for key in ("bleu", "chrf", "bleu_tok"):
+        print(f"{key:<9}{metrics[key]:8.4f}  {sig[key]}")
+    print(f"{n} segment(s)", file=sys.stderr)
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     for name, cls in METHODS.items():
         if name == TEACHER_METHOD:
@@ -313,6 +365,8 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--nproc-per-node", type=int, help="train each unit with DDP over N processes on N GPUs of its own "
                    "(torchrun executor; units run side by side while GPUs are free)")
     r.add_argument("--num-workers", type=int, help="data-loader worker processes (image tasks)")
+    r.add_argument("--threads", type=int, help="intra-op CPU threads per training process (default: the CPUs this "
+                   "process may use, divided by --jobs)")
     r.add_argument("--compile", action="store_true", help="torch.compile the student/teacher being trained")
     r.add_argument("--channels-last", action="store_true", help="channels_last memory format on CUDA")
     r.add_argument("--no-fuse", action="store_true", help="train every cell in its own data pass (default: the students "
@@ -329,10 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train teachers (one per alpha, label smoothing), KD students (one per alpha x T x seed) "
                        "and a no-KD baseline student per seed. Finished cells are reused; an interrupted run resumes. "
                        "Exit codes: 0 all cells finished, 1 some cells failed (see error.json; re-run to retry), "
-                       "2 bad input (nothing trained).")
+                       "2 bad input (nothing trained), 130/143 stopped by SIGINT/SIGTERM (run again to resume). Damaged files in the "
+                       "run directory are repaired, one 'repaired:' line each.")
     _add_config_options(r)
     r.add_argument("--out", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
-    r.add_argument("--dry-run", action="store_true", help="list the cell directories and exit")
+    r.add_argument("--dry-run", action="store_true", help="check the data layout, list the cell directories and exit")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
 
@@ -340,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     lb.add_argument("--out", help="output FILE: writes FILE.csv and FILE.md (default: RUNS/leaderboard)")
     lb.add_argument("--select", default="best", choices=("best", "last"),
-                    help="metrics of the best evaluated epoch (default, as the paper) or of the last epoch")
+                    help="metrics of the selected epoch (default: image tasks the best on val, which is their test set, as "
+                    "the paper; translation the epoch selected on the valid split, test metrics) or of the last epoch")
     lb.set_defaults(func=cmd_leaderboard)
 
     cp = sub.add_parser("compare", help="KD methods side by side vs a baseline method: mean ± std over seeds, Welch t-test",
@@ -352,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--baseline", default="kd", help="the method the others are compared with (default kd)")
     cp.add_argument("--metric", help="metric to compare (default: the task's primary: top1, bleu)")
     cp.add_argument("--task", help="only this task")
-    cp.add_argument("--select", default="best", choices=("best", "last"), help="best evaluated epoch (default) or last")
+    cp.add_argument("--select", default="best", choices=("best", "last"),
+                    help="selected epoch (default; translation: selected on the valid split) or last")
     cp.add_argument("--out", help="output prefix (default: RUNS/compare)")
     cp.set_defaults(func=cmd_compare)
 
@@ -419,6 +476,37 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--task", help="only this task")
     st.set_defaults(func=cmd_status)
 
+    tr = sub.add_parser("translate", help="translate a file or stdin with a finished translation cell",
+                        description="Rebuild a finished translation cell from its result.json (config, weights, spm.model "
+                        "beside them) and translate one sentence per input line: detokenised, one output line per input line "
+                        "(an empty line stays empty), in input order; beam search batched as in evaluation, on CUDA when "
+                        "available. The weights of the selected epoch by default (the leaderboard's number), or --weights last.")
+    tr.add_argument("--run", help="the cell directory, RUNS/TASK/CELL-HASH")
+    tr.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory to look --cell up in (default: {DEFAULT_RUNS})")
+    tr.add_argument("--cell", help="cell name, with or without -HASH (e.g. teacher_transformer_tiny_a0.1_s0)")
+    tr.add_argument("--input", "-i", help="UTF-8 text file, one sentence a line (default: stdin)")
+    tr.add_argument("--output", "-o", help="write the translations here (default: stdout)")
+    tr.add_argument("--weights", default="selected", choices=("selected", "last"),
+                    help="weights of the selected epoch (default) or of the last epoch")
+    tr.add_argument("--beam", type=int, help="beam size (default: the cell's generation.beam)")
+    tr.add_argument("--lenpen", type=float, help="length penalty (default: the cell's generation.lenpen)")
+    tr.add_argument("--max-len-a", type=float, help="max output length = a * source length + b (default: the cell's)")
+    tr.add_argument("--max-len-b", type=int, help="max output length = a * source length + b (default: the cell's)")
+    tr.add_argument("--max-sentences", type=int, help="sentences decoded at once (default: the cell's)")
+    tr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto (default: CUDA when available), cpu or cuda")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.set_defaults(func=cmd_translate)
+
+    sc = sub.add_parser("score", help="sacreBLEU BLEU, chrF2 and tokenised BLEU of a hypothesis file against references",
+                        description="Score a hypothesis file against a reference file (one segment a line) exactly as the "
+                        "runner scores the test split: detokenised sacreBLEU (13a), chrF2, and BLEU over Moses-tokenised "
+                        "lower-cased text; prints each score with its signature. A cell's test.hyp.selected.<lang> against "
+                        "its test.ref.<lang> gives the numbers stored in result.json.")
+    sc.add_argument("--ref", required=True, help="reference file, e.g. RUNS/TASK/CELL/test.ref.de")
+    sc.add_argument("--hyp", required=True, help="hypothesis file, e.g. RUNS/TASK/CELL/test.hyp.selected.de")
+    sc.add_argument("--lang", help="target language for the Moses tokeniser (default: the reference file's suffix)")
+    sc.set_defaults(func=cmd_score)
+
     mt = sub.add_parser("methods", help="list the KD methods: grid axes, task kinds, objective")
     mt.set_defaults(func=cmd_methods)
 
@@ -438,6 +526,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except UsageError as exc:
         print(f"lskd-bench: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the machine, not the input: a full disk (DiskFull names the file)...
+        import errno
+
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"lskd-bench: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise UsageError(f"config {path} is not UTF-8 text (byte {exc.start}, line {line})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -90,6 +90,21 @@ def init_path(template: str, alpha: float) -> Path:
     return path
 
 
+def read_checkpoint(path: str | Path) -> Any:
+    """``torch.load`` of local weights (tensors only); anything else is a one-line UsageError naming the file."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise UsageError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError (truncated zip), EOFError...
+        text = str(exc).strip()
+        if "WeightsUnpickler error:" in text:  # keep the finding, not torch's advice to load it unsafely
+            text = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise UsageError(f"{path} is not a PyTorch checkpoint of weights ({type(exc).__name__}: {first[:200]})") from None
+
+
 def load_init_checkpoint(model: nn.Module, path: str | Path, strict: bool = False) -> int:
     """Load local weights into ``model``: lskd-bench's own format, or the library's (torchvision/timm)
     format, whose tensors map onto the backbone, or a ``{"model": state_dict}`` training checkpoint (the
@@ -97,11 +112,7 @@ def load_init_checkpoint(model: nn.Module, path: str | Path, strict: bool = Fals
     unless ``strict`` (a trained teacher): then every tensor of the model must come from the checkpoint.
     Returns how many tensors were loaded."""
     path = Path(path)
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as exc:
-        raise UsageError(f"cannot read checkpoint {path}: {exc}") from None
-    sd = _unwrap(raw)
+    sd = _unwrap(read_checkpoint(path))
     own = model.state_dict()
     mapped: dict[str, torch.Tensor] = {}
     for k, v in sd.items():

@@ -289,6 +289,8 @@ RUN = Section(
         "compile": Field(bool, False, "torch.compile the model being trained", identity=False),
         "channels_last": Field(bool, False, "channels_last memory format on CUDA", identity=False),
         "num_workers": Field(int, 0, "data-loader worker processes", min=0, identity=False),
+        "threads": Field(int, None, "intra-op CPU threads per training process (null: the CPUs this process may "
+                         "use, divided by the cells trained at once)", min=1, nullable=True, identity=False),
         "eval_batch_size": Field(int, 256, "batch size of evaluation and feature export", min=1, identity=False),
         "executor": Field(str, "auto", "where cells train: local, subprocess, torchrun, slurm or a plugin; auto: "
                           "subprocess over every GPU with several GPUs (or gpus/per_gpu given), torchrun with "

@@ -3,6 +3,8 @@
     DIR/<task>/<cell-name>-<hash>/
         result.json   metrics + config + timings; written last: its presence means "finished"
         model.pt      final weights (teachers are reused by their students from here)
+        model_selected.pt  weights of the selected ("best") epoch, when it is not the last one
+        test.*        translation: test hypotheses of the selected and last epochs, references, sources
         state.pt      last epoch checkpoint while the cell trains; removed once it finishes
         features.npz  penultimate features/labels and head weights for `lskd-bench analyze`
         lock.json     present while a process trains the cell (see runners/lock.py)
@@ -10,10 +12,14 @@
 """
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import tempfile
+import time
 import traceback
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -24,31 +30,74 @@ from .errors import UsageError
 
 RESULT = "result.json"
 MODEL = "model.pt"
+SELECTED = "model_selected.pt"
 STATE = "state.pt"
 FEATURES = "features.npz"
 ERROR = "error.json"
 
 
-def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through ``write(fileobj)`` to a temp file beside ``path``, fsync, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+class DiskFull(OSError):
+    """A write failed for lack of space; the message names the file (``no space left on device while writing X``)."""
+
+    def __init__(self, path: Path):
+        super().__init__(errno.ENOSPC, f"no space left on device while writing {path}")
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def umask() -> int:
+    """The process umask, read without changing it (``/proc``), else by setting and restoring it."""
     try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write through ``write(fileobj)`` to a temp file beside ``path``, fsync, then rename over it.
+
+    The file gets the mode a plain ``open()`` would give (0666 less the umask; ``mkstemp`` alone makes 0600).
+    A full disk raises ``DiskFull`` naming ``path``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DiskFull(path) from exc
+        raise
+    try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not isinstance(exc, DiskFull):
+            raise DiskFull(path) from exc
         raise
 
 
 def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"), mode="w")
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    """One text line per item (UTF-8, '\\n' endings), written atomically."""
+    atomic_write(path, lambda f: f.write("".join(line + "\n" for line in lines).encode("utf-8")))
 
 
 def write_csv_md(out: Path, csv_text: str, md_text: str) -> tuple[Path, Path]:
@@ -62,23 +111,88 @@ def write_csv_md(out: Path, csv_text: str, md_text: str) -> tuple[Path, Path]:
 
 
 def save_torch(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """``torch.save`` through memory, so that a full disk is a plain ``OSError`` (torch's own writer turns it
+    into ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+
+
+RESULT_KEYS = ("cell", "metrics", "epochs", "timings")
+
+
+def load_result(cell_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(result, problem): the cell's result.json if usable, else why not (both None: the cell has none)."""
+    p = Path(cell_dir) / RESULT
+    if not p.exists():
+        return None, None
+    try:
+        res = json.loads(p.read_text())
+    except UnicodeDecodeError:
+        return None, "is not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        return None, f"is not valid JSON (truncated?): {exc}"
+    except OSError as exc:
+        return None, f"cannot be read: {exc.strerror or exc}"
+    if not isinstance(res, dict):
+        return None, "does not hold a JSON object"
+    missing = [k for k in RESULT_KEYS if k not in res]
+    if missing:
+        return None, f"lacks {', '.join(missing)}"
+    if not isinstance(res["cell"], dict) or not isinstance(res["metrics"], dict):
+        return None, "has a malformed cell or metrics entry"
+    return res, None
+
+
+def result_problem(cell_dir: Path) -> str | None:
+    """Why the cell's result.json cannot be used (None: absent or fine)."""
+    return load_result(cell_dir)[1]
 
 
 def read_result(cell_dir: Path) -> dict[str, Any] | None:
-    p = cell_dir / RESULT
-    if not p.is_file():
-        return None
+    """The cell's result, or None when it has none or an unusable one (``result_problem`` says why)."""
+    return load_result(cell_dir)[0]
+
+
+def torch_file_problem(path: Path, full: bool = False) -> str | None:
+    """Why a file written by ``torch.save`` is unusable (None: fine): missing, or not a complete archive
+    (a truncated file lacks the zip's central directory). ``full`` also loads it (weights only)."""
+    path = Path(path)
+    if not path.is_file():
+        return "is missing"
     try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+        with zipfile.ZipFile(path) as z:
+            z.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        return f"is corrupt ({exc or type(exc).__name__})"
+    if full:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any failure means unusable
+            return f"is corrupt ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    return None
 
 
-def iter_results(root: Path) -> Iterator[dict[str, Any]]:
-    """Every finished cell's result under ``root`` (any depth), sorted by path."""
+def move_aside(path: Path, tag: str = "corrupt") -> Path:
+    """Rename a damaged file to ``NAME.<tag>-<UTC time>`` beside it (kept, never deleted); return the new path."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.{tag}-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.{tag}-{stamp}-{n}")
+    os.rename(path, aside)
+    return aside
+
+
+def iter_results(root: Path, problems: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Every finished cell's result under ``root`` (any depth), sorted by path; an unusable result.json is
+    skipped, with a line appended to ``problems`` if given."""
     for p in sorted(Path(root).rglob(RESULT)):
-        res = read_result(p.parent)
+        res, problem = load_result(p.parent)
+        if problem and problems is not None:
+            problems.append(f"{p} {problem}: skipped ('lskd-bench run' trains the cell again)")
         if res is not None:
             res.setdefault("cell_dir", str(p.parent))
             yield res

@@ -53,3 +53,18 @@ def make_plain(root: Path, n_train: int = 48, n_valid: int = 4, n_test: int = 6,
         (root / f"{split}.{src}").write_text("\n".join(p[0] for p in ps) + "\n", encoding="utf-8")
         (root / f"{split}.{tgt}").write_text("\n".join(p[1] for p in ps) + "\n", encoding="utf-8")
     return root
+
+
+def make_django_plain(root: Path, lang: str = "de", every: int = 2) -> Path:
+    """A plain-layout corpus of a few hundred real sentence pairs: every ``every``-th pair of Django's bundled
+    En->``lang`` UI-string catalogues (the demo's source; ~780 pairs for de), split by position: a tenth
+    test, a tenth valid, the rest train."""
+    from lskd_bench.tasks.nmt.gettext_corpus import catalogue_pairs
+
+    ps = catalogue_pairs(lang)[::every]
+    root.mkdir(parents=True, exist_ok=True)
+    splits = {"test": ps[0::10], "valid": ps[5::10], "train": [p for i, p in enumerate(ps) if i % 10 not in (0, 5)]}
+    for split, sp in splits.items():
+        (root / f"{split}.en").write_text("".join(s + "\n" for s, _ in sp), encoding="utf-8")
+        (root / f"{split}.{lang}").write_text("".join(t + "\n" for _, t in sp), encoding="utf-8")
+    return root

@@ -75,9 +75,12 @@ def test_write_outputs_and_cli(tmp_path, cli):
     write_fixture(tmp_path)
     write_outputs(collect(tmp_path), tmp_path / "board.md")
     assert (tmp_path / "board.csv").read_text() == EXPECTED_CSV
-    assert (tmp_path / "board.md").read_text() == EXPECTED_MD
+    md = (tmp_path / "board.md").read_text()
+    assert md.startswith(EXPECTED_MD + "\nEnvironment:\n")
+    assert "- torch not recorded\n" in md  # the fixture's results predate environment recording
+    assert "bit-identical when rerun on one machine" in md
     rc, out, _ = cli("leaderboard", "--runs", str(tmp_path), "--out", str(tmp_path / "lb"))
-    assert rc == 0 and out == EXPECTED_MD
+    assert rc == 0 and out == md
     assert (tmp_path / "lb.csv").read_text() == EXPECTED_CSV
 
 
@@ -99,9 +102,18 @@ def test_csv_md_pair_keeps_dots_in_the_name(tmp_path):
     assert csv_path.name == "board.csv"
 
 
-def imagenet_result(role, arch, alpha, T, seed, top1, h):
+def imagenet_result(role, arch, alpha, T, seed, top1, h, **changes):
+    """A result whose recorded config is the imagenet recipe (the paper's), with ``changes`` (dotted keys)."""
+    from lskd_bench.config import resolve_layers, set_dotted
+    from lskd_bench.tasks import get_task
+
     r = result(role, arch, alpha, T, seed, top1, 90.0, h, "resnet50")
     r["cell"]["task"] = "imagenet"
+    task = get_task("imagenet")
+    over = {"data": {"root": "/somewhere/imagenet"}}
+    for k, v in changes.items():
+        set_dotted(over, k.replace("__", "."), v)
+    r["run_config"] = resolve_layers(task, [("recipe", task.default_config()), ("test", over)]).cfg
     return r
 
 
@@ -114,7 +126,8 @@ EXPECTED_PAPER_MD = """\
 | T = 1 | 71.00 / 90.00 (paper 71.49, -0.49) | **71.20 / 90.00** (paper 71.67, -0.47) |
 | T = 64 | 67.00 / 90.00 (paper 66.19, +0.81) | 66.00 / 90.00 (paper 64.36, +1.64) |
 
-Paper values: official README.md (ResNet-50 -> ResNet-18 KD); (paper P, ±D) = the paper's top1 and ours minus it.
+Paper values: official README.md (ResNet-50 -> ResNet-18 KD); (paper P, ±D) = the paper's top1 and ours minus it \
+(this grid runs the paper's recipe).
 
 - Claim: at T = 1 the LS teacher (α = 0.1) gives the better student: ours **yes**, paper yes
 - Claim: the LS teacher's student degrades faster from T = 1 to T = 64: ours **yes**, paper yes
@@ -136,6 +149,31 @@ def test_paper_values_deltas_and_claims_from_fixture_results(tmp_path):
     for i, r in enumerate(rows):
         store.write_json(tmp_path / "imagenet" / f"c{i}" / store.RESULT, r)
     assert to_markdown(collect(tmp_path)) == EXPECTED_PAPER_MD
+
+
+def test_paper_values_only_where_the_recipe_is_the_papers(tmp_path):
+    """A grid that changed the recipe (here the students' epochs, or a result recording no config) gets the
+    paper's numbers once, labelled as a different setup, and no per-cell deltas."""
+    rows = [
+        imagenet_result("teacher", "resnet50", 0.0, None, 0, 76.0, "t0"),
+        imagenet_result("teacher", "resnet50", 0.1, None, 0, 76.5, "t1"),
+        imagenet_result("student", "resnet18", 0.0, 1.0, 0, 71.0, "s0", student__epochs=20, kd__lambda=0.5),
+        imagenet_result("student", "resnet18", 0.1, 1.0, 0, 71.2, "s1", student__epochs=20, kd__lambda=0.5),
+    ]
+    for i, r in enumerate(rows):
+        store.write_json(tmp_path / "imagenet" / f"c{i}" / store.RESULT, r)
+    md = to_markdown(collect(tmp_path))
+    assert "(paper" not in md
+    assert ("Paper (different setup, not compared cell by cell): official README.md (ResNet-50 -> ResNet-18 KD): "
+            "α = 0: teacher 76.13, T = 1 student 71.49; α = 0.1: teacher 76.20, T = 1 student 71.67 (top1). This grid "
+            "differs from the paper's recipe in kd.lambda, student.epochs.") in md
+    del rows[0]["run_config"]
+    store.write_json(tmp_path / "imagenet" / "c0" / store.RESULT, rows[0])
+    for i in (2, 3):
+        store.write_json(tmp_path / "imagenet" / f"c{i}" / store.RESULT, imagenet_result(*[
+            ("student", "resnet18", 0.0, 1.0, 0, 71.0, "s0"), ("student", "resnet18", 0.1, 1.0, 0, 71.2, "s1")][i - 2]))
+    md = to_markdown(collect(tmp_path))
+    assert "(paper" not in md and "Some results of this grid do not record their config" in md
 
 
 def test_claims_on_a_grid_that_contradicts_the_paper():

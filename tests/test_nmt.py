@@ -61,6 +61,73 @@ def test_raw_layout_reverse_direction_and_xml_entities(tmp_path):
     assert c.test[4][1] == "Tom & Jerry" and c.test[4][0] == pairs(5, 104)[0][1]
 
 
+def _insert(path, at: int, lines: list[str]) -> None:
+    text = path.read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join(text[:at] + lines + text[at:]) + "\n", encoding="utf-8")
+
+
+def test_raw_reader_drops_only_the_known_metadata_tags(tmp_path):
+    """As prepare-iwslt14.sh / prepare-iwslt17-multilingual.sh: <url>, <talkid>, <keywords>, <speaker>,
+    <reviewer>, <translator> lines go, <title>/<description> keep their text, and a real sentence that
+    starts with '<' (software UI strings in TED-like corpora) stays a pair."""
+    d = make_raw_iwslt(tmp_path, "de-en", n_train=20)  # one talk header: 4 tags + <title>, then 20 pairs
+    extra_en = ["<reviewer>Ann Smith</reviewer>", "<translator href='x'>Bo Li</translator>",
+                "<description>A talk about cats.</description>", "<internal> is reserved.",
+                "<aliases> must contain at least one <alias>"]
+    extra_de = ["<reviewer>Ann Smith</reviewer>", "<translator href='x'>Bo Li</translator>",
+                "<description>Ein Vortrag über Katzen.</description>", "<internal> ist reserviert.",
+                "<aliases> muss mindestens ein <alias> enthalten"]
+    _insert(d / "train.tags.de-en.en", 5, extra_en)
+    _insert(d / "train.tags.de-en.de", 5, extra_de)
+    c = read_corpus(tmp_path, "en", "de")
+    assert "train.tags: 6 metadata line pair(s) dropped" in c.report  # 4 header tags + reviewer + translator
+    assert c.train[:5] == [("Jane Doe: A talk", "Jane Doe: Ein Vortrag"), ("A talk about cats.", "Ein Vortrag über Katzen."),
+                           ("<internal> is reserved.", "<internal> ist reserviert."),
+                           ("<aliases> must contain at least one <alias>", "<aliases> muss mindestens ein <alias> enthalten"),
+                           pairs(1)[0]]
+    assert len(c.train) + len(c.valid) == 24 and len(c.valid) == 1
+
+
+def test_raw_reader_misaligned_metadata_exits_2_naming_the_line(tmp_path, cli):
+    """A metadata line deleted on one side and a line appended keeps the line counts equal: without the
+    check every later pair would be shifted by one."""
+    d = make_raw_iwslt(tmp_path, "de-en", n_train=60)
+    de = (d / "train.tags.de-en.de").read_text(encoding="utf-8").splitlines()
+    assert de[26] == "<keywords>talks, science</keywords>"  # the second talk header (line 27)
+    (d / "train.tags.de-en.de").write_text("\n".join(de[:26] + de[27:] + ["Noch ein Satz."]) + "\n", encoding="utf-8")
+    rc, _, err = cli("check-data", "--task", "iwslt_ende", "--data-root", str(tmp_path))
+    assert rc == 2 and err.count("\n") == 1
+    assert (f"{d}/train.tags.de-en.en and {d}/train.tags.de-en.de are misaligned at line 27: a <keywords> line in the en "
+            "file, a <speaker> line in the de file") in err
+
+
+@pytest.mark.parametrize("side", ["en", "de"])
+def test_raw_test_set_with_a_side_missing_exits_2(tmp_path, cli, side):
+    d = make_raw_iwslt(tmp_path, "de-en", n_train=30)
+    (d / f"IWSLT14.TED.tst2010.de-en.{side}.xml").unlink()
+    other = "de" if side == "en" else "en"
+    rc, _, err = cli("check-data", "--task", "iwslt_ende", "--data-root", str(tmp_path))
+    assert rc == 2
+    assert (f"{d}/IWSLT14.TED.tst2010.de-en.{side}.xml is missing (the {side} side of "
+            f"IWSLT14.TED.tst2010.de-en.{other}.xml); a test set needs both sides") in err
+
+
+def test_raw_seg_id_mismatch_names_the_first_differing_id(tmp_path):
+    d = make_raw_iwslt(tmp_path, "de-en", n_train=30)
+    p = d / "IWSLT14.TED.dev2010.de-en.de.xml"
+    p.write_text(p.read_text(encoding="utf-8").replace('<seg id="3">', '<seg id="33">'), encoding="utf-8")
+    with pytest.raises(UsageError) as err:
+        read_corpus(tmp_path, "en", "de")
+    assert ('IWSLT14.TED.dev2010.de-en.en.xml and IWSLT14.TED.dev2010.de-en.de.xml hold different <seg> ids: segment 3 '
+            'is <seg id="3"> in the en file, <seg id="33"> in the de file') in str(err.value)
+    q = d / "IWSLT14.TED.tst2010.de-en.de.xml"
+    q.write_text(q.read_text(encoding="utf-8").replace('<seg id="33">', '<seg id="3">'), encoding="utf-8")
+    p.write_text("\n".join(x for x in p.read_text(encoding="utf-8").splitlines() if 'id="33"' not in x and 'id="4"' not in x))
+    with pytest.raises(UsageError) as err:
+        read_corpus(tmp_path, "en", "de")
+    assert 'segment 3 is <seg id="3"> in the en file, missing (the file ends after 2 segments) in the de file' in str(err.value)
+
+
 def test_plain_layout_and_cleaning_counts(tmp_path):
     root = make_plain(tmp_path, n_train=10, n_valid=3, n_test=4)
     with open(root / "train.en", "a") as f:
@@ -262,3 +329,128 @@ def test_sequence_level_kd_trains_on_teacher_outputs(tmp_path, cli):
     assert len(z["lens"]) == 48 and (z["ids"] == 2).sum() == 48  # one teacher translation (with eos) per pair
     rc, _, err = cli("run", "--methods", "seqkd", "--out", str(tmp_path / "r2"))
     assert rc == 2 and "method 'seqkd' does not apply to classification tasks" in err
+
+
+# ------------------------------------------------------------------------------------------ model selection, files, translate
+def _sacrebleu_cli(ref, hyp) -> list[float]:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "sacrebleu", str(ref), "-i", str(hyp), "-m", "bleu", "chrf", "-b", "-w", "4"],
+                         capture_output=True, text=True, check=True).stdout
+    return [float(x) for x in out.replace("[", "").replace("]", "").replace(",", " ").split()]
+
+
+def test_selection_on_valid_hypotheses_rescore_and_translate(tmp_path, cli):
+    """Done-when of the issue: a tiny grid on a few hundred real pairs (Django's catalogues in the plain layout)
+    selects its epoch on the valid split, stores test BLEU at the selected and last epochs, writes hypothesis
+    files whose sacreBLEU (the sacrebleu command itself) equals the stored scores, and 'translate' turns a
+    20-line file into 20 lines (and the test sources into the stored hypotheses)."""
+    require("django", "Django's catalogues are the real corpus")
+    import yaml
+
+    from .nmt_fixtures import make_django_plain
+
+    root = make_django_plain(tmp_path / "data")
+    role = {"epochs": 4, "max_tokens": 256, "lr": 5e-3, "warmup_updates": 10}
+    o = tiny_nmt(root, data={"vocab_size": 200}, generation={"max_len_a": 1.2, "max_len_b": 8},
+                 grid={"alphas": [0.1], "temperatures": [2.0]}, teacher=role, student=role)
+    o["data"].pop("root")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(o))
+    runs = tmp_path / "runs"
+    rc, out, err = cli("run", "--task", "iwslt_ende", "--data-root", str(root), "--config", str(tmp_path / "c.yaml"),
+                       "--out", str(runs), "--no-progress", "--no-baseline")
+    assert rc == 0, err
+    assert "2 cells: trained 2" in out and "selected on the valid split (highest validation BLEU, same beam)" in out
+    chrf = []
+    for d in sorted((runs / "iwslt_ende").glob("*-*/")):
+        r = json.loads((d / store.RESULT).read_text())
+        assert r["config"]["task"] == r["run_config"]["task"] == "iwslt_ende"
+        assert {k: r["selection"][k] for k in ("split", "metric", "mode")} == {"split": "valid", "metric": "valid_bleu", "mode": "max"}
+        scores = [h["selection"] for h in r["history"]]
+        assert len(scores) == 4 and all(0 <= x <= 100 for x in scores)
+        sel = scores.index(max(scores)) + 1  # the first of equal scores
+        assert r["best"]["epoch"] == r["selection"]["epoch"] == sel and r["best"]["score"] == max(scores)
+        assert r["best"]["metrics"] == r["history"][sel - 1]["eval"] and r["metrics"] == r["history"][-1]["eval"]
+        assert r["weights"] == {"last": "model.pt", "selected": "model.pt" if sel == 4 else "model_selected.pt"}
+        assert (d / r["weights"]["selected"]).is_file() and (d / "spm.model").is_file()
+        refs = (d / "test.ref.de").read_text(encoding="utf-8").splitlines()
+        assert refs == [line for line in (root / "test.de").read_text(encoding="utf-8").splitlines()]
+        for which, metrics in (("selected", r["best"]["metrics"]), ("last", r["metrics"])):
+            chrf.append(metrics["chrf"])
+            hyp = d / r["files"]["hypotheses"][which]
+            assert len(hyp.read_text(encoding="utf-8").splitlines()) == len(refs)
+            assert _sacrebleu_cli(d / "test.ref.de", hyp) == [round(metrics["bleu"], 4), round(metrics["chrf"], 4)]
+            rc, out, _ = cli("score", "--ref", str(d / "test.ref.de"), "--hyp", str(hyp))
+            assert rc == 0 and f"bleu_tok {metrics['bleu_tok']:8.4f}  moses(de)+lowercase|" in out
+    assert len(chrf) == 4 and max(chrf) > 0  # some hypotheses are not empty: the re-scoring compares real text
+    teacher = next((runs / "iwslt_ende").glob("teacher_*"))
+    # the test sources, translated by the selected weights in one batch as in evaluation: the stored hypotheses
+    rc, out, err = cli("translate", "--runs", str(runs), "--cell", teacher.name.rsplit("-", 1)[0], "-i",
+                       str(teacher / "test.src.en"), "--no-progress")
+    assert rc == 0, err
+    assert out == (teacher / "test.hyp.selected.de").read_text(encoding="utf-8")
+    assert f"with {teacher.name} (selected weights, epoch " in err and "beam 2, lenpen 1" in err
+    # 20 lines in (an empty one, one with a U+2028 inside), 20 out, in order
+    lines = (root / "valid.en").read_text(encoding="utf-8").splitlines()[:18] + ["", "Save\u2028and continue"]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rc, _, err = cli("translate", "--run", str(teacher), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "out.txt"),
+                     "--beam", "1", "--weights", "last", "--no-progress")
+    assert rc == 0, err
+    got = (tmp_path / "out.txt").read_text(encoding="utf-8").split("\n")
+    assert len(got) == 21 and got[-1] == "" and got[18] == ""  # 20 lines, each ended by a newline
+    assert "translated 20 line(s)" in err and "(last weights, epoch 4)" in err and "beam 1" in err
+    rc, _, err = cli("translate", "--runs", str(runs), "--cell", "nope", "-i", str(tmp_path / "in.txt"))
+    assert rc == 2 and f"no finished cell named 'nope' under {runs}" in err
+    # a cell finished before run_config, spm.model and the selected weights were stored: rebuilt from its recipe,
+    # its recorded data/role/generation settings and the run's one cached sub-word model
+    import shutil
+
+    old = tmp_path / "old" / "iwslt_ende"
+    shutil.copytree(teacher, old / teacher.name)
+    shutil.copytree(runs / "iwslt_ende" / "cache", old / "cache")
+    r = json.loads((old / teacher.name / store.RESULT).read_text())
+    for key in ("run_config", "files", "weights", "selection"):
+        del r[key]
+    store.write_json(old / teacher.name / store.RESULT, r)
+    (old / teacher.name / "spm.model").unlink()
+    rc, out, err = cli("translate", "--run", str(old / teacher.name), "-i", str(teacher / "test.src.en"), "--no-progress")
+    assert rc == 0, err
+    assert out == (teacher / "test.hyp.last.de").read_text(encoding="utf-8") and "the cell predates selected weights" in err
+
+
+@pytest.mark.parametrize("select_on", ["valid_loss", "valid_bleu"])
+def test_best_epoch_is_selected_on_valid_not_test(tmp_path, monkeypatch, select_on):
+    """The reported epoch follows the validation score (scripted here: epoch 2 is best on valid loss), its test
+    metrics, weights and hypotheses are kept, and the last epoch's beside them."""
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.grid import resolve_config
+    from lskd_bench.runners.train import train_cell
+    from lskd_bench.tasks import get_task
+    from lskd_bench.tasks.nmt import TranslationTask
+    from lskd_bench.tasks.nmt.scoring import translation_scores
+
+    scripted = iter([2.0, 1.0, 3.0])
+    monkeypatch.setattr(TranslationTask, "valid_loss", lambda *a, **k: next(scripted))
+    root = make_plain(tmp_path / "data", n_train=80)
+    cfg = resolve_config("iwslt_ende", {}, tiny_nmt(root, teacher={"epochs": 3, "select_on": select_on}))
+    task = get_task("iwslt_ende")
+    data = task.load_data(cfg, cache_dir=tmp_path / "cache")
+    teacher = next(c for c in plan_cells(cfg) if c.role == "teacher")
+    r = train_cell(task, teacher, cfg, data, tmp_path / "t", progress=False)
+    scores = [h["selection"] for h in r["history"]]
+    if select_on == "valid_loss":
+        assert scores == [2.0, 1.0, 3.0] and r["best"]["epoch"] == 2
+        assert r["selection"]["mode"] == "min"
+    else:  # real validation BLEU, highest first
+        assert r["selection"]["mode"] == "max" and r["best"]["epoch"] == scores.index(max(scores)) + 1
+    sel = r["best"]["epoch"]
+    assert r["best"]["metrics"] == r["history"][sel - 1]["eval"] and r["metrics"] == r["history"][-1]["eval"]
+    assert r["selection"]["split"] == "valid" and r["selection"]["metric"] == select_on
+    if sel != 3:
+        a, b = torch.load(tmp_path / "t" / "model_selected.pt"), torch.load(tmp_path / "t" / store.MODEL)
+        assert any(not torch.equal(a[k], b[k]) for k in a)
+    refs = (tmp_path / "t" / "test.ref.de").read_text(encoding="utf-8").splitlines()
+    for which, metrics in (("selected", r["best"]["metrics"]), ("last", r["metrics"])):
+        hyps = (tmp_path / "t" / f"test.hyp.{which}.de").read_text(encoding="utf-8").splitlines()
+        assert translation_scores(hyps, refs, "de")[0] == metrics

@@ -205,10 +205,10 @@ def test_disk_full_fails_the_cell_cleanly(tmp_path, monkeypatch, tiny_cfg, targe
     monkeypatch.setattr(os, "fsync", fsync)
     (outcome,) = train_group(task, [teacher], cfg, data, [d], progress=False)
     monkeypatch.setattr(os, "fsync", real_fsync)
-    assert outcome.error and "No space left on device" in outcome.error
+    assert outcome.error == f"DiskFull: no space left on device while writing {d / target}"  # names the cause
     assert not (d / store.RESULT).exists()
     assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]  # no partial file
-    assert json.loads((d / store.ERROR).read_text())["error"] == "OSError"
+    assert json.loads((d / store.ERROR).read_text())["error"] == "DiskFull"
     assert torch.load(d / store.STATE, weights_only=False)["epoch"] == expect_epoch  # intact checkpoint
     seen = []
     (outcome,) = train_group(task, [teacher], cfg, data, [d], progress=False, on_epoch_end=seen.append)

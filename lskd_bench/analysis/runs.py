@@ -25,8 +25,12 @@ class CellRecord:
         path = self.dir / store.FEATURES
         if not path.is_file():
             raise UsageError(f"{self.dir} has no {store.FEATURES} (trained with analysis.export=false?)")
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except Exception as exc:  # noqa: BLE001 - BadZipFile (truncated), EOFError, ValueError...
+            raise UsageError(f"{path} is unreadable ({type(exc).__name__}: {exc}); delete the cell's result.json "
+                             f"and run again to recompute it") from None
 
 
 class RunIndex:

@@ -1,8 +1,13 @@
 """Leaderboard: one CSV row per finished cell and markdown tables in the paper's layout.
 
-Every result holds the metrics of the last epoch and of the best evaluated epoch (by the task's primary
-metric). The paper's tables report the best epoch, which is the default here (``select="best"``);
-``select="last"`` reports the final weights.
+Every result holds the metrics of the last epoch and of the selected ("best") evaluated epoch. Two conventions:
+
+- image tasks: the best epoch by the primary metric on the validation split, which is the test set (the
+  paper's convention, as its official code reports);
+- translation: the epoch selected on the valid split (validation loss, or BLEU with ``select_on:
+  valid_bleu``), its test metrics reported; tables show the last epoch's test BLEU beside it.
+
+``select="best"`` (the default) reports the selected epoch; ``select="last"`` the final weights.
 """
 from __future__ import annotations
 
@@ -13,13 +18,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from .. import store
+from .. import __version__, store
+from ..envinfo import git_commit
 from ..metrics import MetricSpec
 from ..tasks import result_metrics
-from .reference import claims_text, find
+from .reference import claims_text, find, recipe_differences
 
 BASE_COLUMNS = ["task", "role", "teacher_arch", "student_arch", "method", "alpha", "T", "seed"]
 TAIL_COLUMNS = ["select", "epoch", "epochs", "wall_s", "config_hash"]
+OTHER_PREFIX = {"best": "last_", "last": "selected_"}  # translation rows: the other epoch's metrics, as extra columns
 SELECTIONS = ("best", "last")
 
 
@@ -29,6 +36,11 @@ def row_of(result: dict[str, Any], select: str = "best") -> dict[str, Any]:
     best = result.get("best") or {"epoch": result.get("epochs"), "metrics": result["metrics"]}
     chosen = best if select == "best" else {"epoch": result.get("epochs"), "metrics": result["metrics"]}
     specs = {m.name: m for m in result_metrics(result)}
+    selection = result.get("selection") or {}
+    other: dict[str, float] = {}
+    if selection.get("split") == "valid":  # translation: report the other epoch beside the chosen one
+        other_metrics = result["metrics"] if select == "best" else best["metrics"]
+        other = {OTHER_PREFIX[select] + k: float(v) for k, v in other_metrics.items()}
     return {
         "task": c["task"],
         "role": role,
@@ -42,14 +54,32 @@ def row_of(result: dict[str, Any], select: str = "best") -> dict[str, Any]:
         "primary": result.get("primary_metric") or next(iter(specs)),
         "display": [n for n, m in specs.items() if m.shown],  # what a table cell shows (top-1 / top-5, BLEU)
         "specs": specs,
-        "split": (result.get("metric_info") or {}).get("split", "val"),  # where the metrics were measured
+        "split": _metric_split(result),  # where the metrics were measured
+        "other": other,
+        "selected_on": _selected_on(result),
+        "recipe_diff": recipe_differences(result),
         "select": select,
         "epoch": chosen.get("epoch") if chosen.get("epoch") is not None else "",
         "epochs": int(result["epochs"]),
         "wall_s": round(float(result["timings"]["wall_s"]), 3),
         "config_hash": c["hash"],
         "_finished_at": result.get("finished_at", ""),
+        "_env": result.get("env") or {},
     }
+
+
+def _selected_on(result: dict[str, Any]) -> str:
+    """Where the reported ("best") epoch was chosen: "val" (image tasks: the test set, as the paper), "valid:<metric>"
+    (translation), or "test" (translation results written before selection on the valid split)."""
+    sel = result.get("selection")
+    if sel:
+        return "valid:" + sel["metric"] if sel.get("split") == "valid" else str(sel.get("split", "val"))
+    return "test" if _metric_split(result) == "test" else "val"
+
+
+def _metric_split(result: dict[str, Any]) -> str:
+    """The split the result's metrics were measured on, as its task recorded it (``metric_info``)."""
+    return (result.get("metric_info") or {}).get("split", "val")
 
 
 _ROLE_ORDER = {"teacher": 0, "baseline": 1, "student": 2}
@@ -59,9 +89,9 @@ def _sort_key(r: dict[str, Any]):
     return (r["task"], _ROLE_ORDER.get(r["role"], 9), r["method"], str(r["alpha"]), -1 if r["T"] == "" else r["T"], r["seed"], r["config_hash"])
 
 
-def collect(runs: Path, select: str = "best") -> list[dict[str, Any]]:
-    """Rows for every finished cell under ``runs``, in a stable order."""
-    return sorted((row_of(r, select) for r in store.iter_results(Path(runs))), key=_sort_key)
+def collect(runs: Path, select: str = "best", problems: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows for every finished cell under ``runs``, in a stable order (unusable results: a line in ``problems``)."""
+    return sorted((row_of(r, select) for r in store.iter_results(Path(runs), problems)), key=_sort_key)
 
 
 def metric_columns(rows: Iterable[dict[str, Any]]) -> list[str]:
@@ -74,14 +104,20 @@ def metric_columns(rows: Iterable[dict[str, Any]]) -> list[str]:
 
 
 def to_csv(rows: Iterable[dict[str, Any]]) -> str:
+    """One row per cell. Translation rows add the other epoch's metrics (``last_bleu``... beside the selected
+    epoch's) and ``selected_on``; image-only tables keep the plain columns."""
     rows = list(rows)
     mcols = metric_columns(rows)
+    present = {k for r in rows for k in r.get("other", {})}
+    ocols = [p + m for p in ("last_", "selected_") for m in mcols if p + m in present]
+    tail = TAIL_COLUMNS + (["selected_on"] if ocols else [])
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(BASE_COLUMNS + mcols + TAIL_COLUMNS)
+    w.writerow(BASE_COLUMNS + mcols + ocols + tail)
     for r in rows:
         metrics = [f"{r['metrics'][m]:.3f}" if m in r["metrics"] else "" for m in mcols]
-        w.writerow([r[k] for k in BASE_COLUMNS] + metrics + [r[k] for k in TAIL_COLUMNS])
+        other = [f"{r['other'][c]:.3f}" if c in r.get("other", {}) else "" for c in ocols]
+        w.writerow([r[k] for k in BASE_COLUMNS] + metrics + other + [r[k] for k in tail])
     return buf.getvalue()
 
 
@@ -111,10 +147,22 @@ def cell_text(rows: list[dict[str, Any]], bold: bool = False, paper: Any = None)
         return "—" if paper is None else f"— (paper {paper:.2f})"
     text = " / ".join(mean_std([r["metrics"][m] for r in rows], spec_of(rows[0], m).format) for m in rows[0]["display"])
     text = f"**{text}**" if bold else text
+    if all(r.get("other") for r in rows):  # translation: the other epoch's value in brackets
+        prefix = OTHER_PREFIX[rows[0]["select"]]
+        which = prefix.rstrip("_")
+        text += f" ({which} " + " / ".join(mean_std([r["other"][prefix + m] for r in rows], spec_of(rows[0], m).format)
+                                          for m in rows[0]["display"]) + ")"
     if paper is not None:
         ours = statistics.mean(r["metrics"][r["primary"]] for r in rows)
         text += f" (paper {paper:.2f}, {ours - paper:+.2f})"
     return text
+
+
+_SELECTED_ON = {
+    "valid:valid_loss": "the valid split (lowest validation loss)",
+    "valid:valid_bleu": "the valid split (highest validation BLEU, same beam)",
+    "test": "the test split (results written before selection on the valid split: re-run them)",
+}
 
 
 def _fmt_num(x: float) -> str:
@@ -139,16 +187,28 @@ def to_markdown(rows: Iterable[dict[str, Any]]) -> str:
             groups = sorted({(r["teacher_arch"], "", "") for r in teachers})
         for t_arch, s_arch, method in groups:
             out.append(_table(task, t_arch, s_arch, method, teachers, students, baselines))
+        shown = {s_arch for _, s_arch, _ in groups}
+        for arch in sorted({r["student_arch"] for r in baselines} - shown):  # baselines without a KD table
+            out.append(f"### {task}: {arch} without KD\n\nStudent without KD ({arch}, cross-entropy): "
+                       f"{cell_text([r for r in baselines if r['student_arch'] == arch])}\n")
+        on = sorted({r["selected_on"] for r in trs})
         labels = tuple(spec_of(trs[0], m).label for m in trs[0]["display"])
-        notes[(labels, trs[0]["split"], trs[0]["select"])] = None
+        notes[(labels, trs[0]["split"], trs[0]["select"], tuple(on))] = None
     if not out:
         return "_No finished cells._\n"
     lines = []
-    for labels, split, select in notes:
+    for labels, split, select, on in notes:
         what = " / ".join(labels)
-        where = "the test split" if split == "test" else "the validation split"
-        epoch = "best evaluated epoch (as the paper)" if select == "best" else "last epoch"
-        lines.append(f"Cells: {what} on {where}, {epoch}. Bold: best student. "
+        if split != "test":  # image tasks: the validation split is the test set (the paper's convention)
+            epoch = "best evaluated epoch (as the paper)" if select == "best" else "last epoch"
+            lines.append(f"Cells: {what} on the validation split, {epoch}. Bold: best student. "
+                         "With several seeds: mean ± sample standard deviation.")
+            continue
+        how = "; ".join(_SELECTED_ON.get(o, o) for o in on)
+        epoch = (f"the epoch selected on {how}" if select == "best" else "the last epoch") + (
+            " (in brackets: the " + ("last epoch" if select == "best" else "selected epoch") + ")"
+            if any(o.startswith("valid:") for o in on) else "")
+        lines.append(f"Cells: {what} on the test split, {epoch}. Bold: best student. "
                      "With several seeds: mean ± sample standard deviation.")
     return "\n".join(out) + "\n".join(lines) + "\n"
 
@@ -168,7 +228,15 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
     best = spec_of((stu or tch)[0], (stu or tch)[0]["primary"]).best(list(means.values())) if means else None
     title = f"### {task}: {t_arch}" + (f" → {s_arch} ({method})" if s_arch else "")
     lines = [title, "", "| | " + " | ".join(f"α = {a:.1f}" for a in alphas) + " |", "|---|" + "---|" * len(alphas)]
-    paper = (lambda a, T=None: ref.value(a, T)) if ref is not None else (lambda a, T=None: None)
+    differ: list[str] = []  # why the paper's numbers are not compared cell by cell
+    if ref is not None:
+        diffs = [r["recipe_diff"] for r in tch + stu]
+        if any(d is None for d in diffs):
+            differ = [_UNKNOWN]
+        else:
+            differ = sorted({k for d in diffs for k in d})
+    same = ref is not None and not differ
+    paper = (lambda a, T=None: ref.value(a, T)) if same else (lambda a, T=None: None)
     lines.append(f"| Teacher ({t_arch}) | " + " | ".join(cell_text(select(tch, a), paper=paper(a)) for a in alphas) + " |")
     for t in temps:
         cells = []
@@ -181,16 +249,69 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
     base = [r for r in baselines if r["student_arch"] == s_arch]
     if base:
         lines += [f"Student without KD ({s_arch}, cross-entropy): {cell_text(base)}", ""]
-    if ref is not None:
-        lines += [f"Paper values: {ref.source}; (paper P, ±D) = the paper's {ref.metrics[0]} and ours minus it.", ""]
+    if same:
+        lines += [f"Paper values: {ref.source}; (paper P, ±D) = the paper's {ref.metrics[0]} and ours minus it "
+                  "(this grid runs the paper's recipe).", ""]
+    elif ref is not None:
+        if differ == [_UNKNOWN]:
+            why = "Some results of this grid do not record their config: it cannot be matched with the paper's recipe."
+        else:
+            why = ("This grid differs from the paper's recipe in " + ", ".join(differ[:8])
+                   + (f" and {len(differ) - 8} more" if len(differ) > 8 else "") + ".")
+        lines += [f"Paper (different setup, not compared cell by cell): {ref.source}: {_paper_row(ref)}. {why}", ""]
     if stu and any(t != "" for t in temps):
         cells = {(r["alpha"], r["T"]): [x["metrics"][x["primary"]] for x in select(stu, r["alpha"], r["T"])] for r in stu}
         lines += [*claims_text(cells, ref), ""]
     return "\n".join(lines) + "\n"
 
 
+ENV_NOTE = ("Floating-point results are bit-identical when rerun on one machine with the same builds; they may "
+            "differ slightly across CPUs, devices and library builds.")
+
+
+def environment_md(rows: Iterable[dict[str, Any]]) -> str:
+    """Where the results of ``rows`` were computed (distinct values over the cells shown), and what wrote the table."""
+    envs = [r.get("_env") or {} for r in latest(list(rows))]
+
+    def distinct(fmt) -> str:
+        vals = sorted({fmt(e) for e in envs if fmt(e) is not None})
+        return "; ".join(vals) if vals else "not recorded"
+
+    def opt(key: str):
+        return lambda e: None if e.get(key) is None else str(e[key])
+
+    lines = [
+        "Environment:",
+        "",
+        "- trained with lskd-bench " + distinct(lambda e: None if e.get("lskd_bench") is None else
+                                                f"{e['lskd_bench']} (commit {e.get('commit', 'unknown')})"),
+        "- torch " + distinct(opt("torch")),
+        "- device " + distinct(lambda e: None if e.get("device") is None else
+                               e["device"] + (f" ({e['device_name']})" if e.get("device_name") else "")),
+        "- CPU " + distinct(opt("cpu")),
+        "- threads per process " + distinct(opt("threads")),
+        f"- table written by lskd-bench {__version__} (commit {git_commit()})",
+        "",
+        ENV_NOTE,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+_UNKNOWN = "?"
+
+
+def _paper_row(ref) -> str:
+    """The paper's table in one line: teacher and T = 1 student per alpha."""
+    parts = []
+    for a in sorted(ref.teacher):
+        t1 = ref.value(a, 1.0)
+        parts.append(f"α = {a:g}: teacher {ref.value(a):.2f}" + (f", T = 1 student {t1:.2f}" if t1 is not None else ""))
+    return "; ".join(parts) + f" ({ref.metrics[0]})"
+
+
 def write_outputs(rows: list[dict[str, Any]], out: Path) -> tuple[Path, str]:
-    """Write ``OUT.csv`` and ``OUT.md`` (``out`` with or without a suffix); return the CSV path and the markdown."""
-    md_text = to_markdown(rows)
+    """Write ``OUT.csv`` and ``OUT.md`` (``out`` with or without a suffix); return the CSV path and the markdown.
+    The markdown ends with the environment the results came from (``environment_md``)."""
+    md_text = to_markdown(rows) + "\n" + environment_md(rows)
     csv_path, _ = store.write_csv_md(out, to_csv(rows), md_text)
     return csv_path, md_text

@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from .. import store
 from ..errors import UsageError
-from . import collect, latest, spec_of
+from . import collect, environment_md, latest, spec_of
 from .reference import kd_references, kd_sources
 
 NO_T = ""  # the T of a cell whose method has no temperature
@@ -292,7 +292,7 @@ def compare(runs: Path, out: Path, baseline: str = "kd", metric: Optional[str] =
         cells += cmp.cells()
         ls += cmp.ls_rows()
         written.append(cmp.plot(out.parent / f"{out.name}_{t}.png"))
-    text = "\n".join(x for x in md if x) + "\n" + NOTE + "\n"
+    text = "\n".join(x for x in md if x) + "\n" + NOTE + "\n\n" + environment_md(rows)
     store.atomic_write(out.with_name(out.name + ".md"), lambda f: f.write(text), mode="w")
     store.atomic_write(out.with_name(out.name + ".csv"), lambda f: f.write(_csv(cells)), mode="w")
     if ls:

@@ -15,6 +15,11 @@ from typing import Optional
 
 import yaml
 
+from ..config import full_schema, resolve_layers
+from ..errors import UsageError
+from ..schema import flatten
+from ..tasks import get_task
+
 
 @dataclass
 class Reference:
@@ -55,6 +60,47 @@ def find(task: str, teacher_arch: str, student_arch: str, method: str) -> Option
                 and r.student_arch in (student_arch, "any")):
             return r
     return None
+
+
+# keys that cannot make a cell's setup differ from the paper's: where the data lives
+_NOT_RECIPE = {"data.root", "data.layout"}
+
+
+@lru_cache(maxsize=16)
+def _task_recipe(task_name: str):
+    """(schema, resolved built-in recipe) of a task; None for a task this install does not know."""
+    try:
+        task = get_task(task_name)
+    except UsageError:
+        return None
+    return full_schema(task), resolve_layers(task, [("recipe", task.default_config())]).cfg
+
+
+def recipe_differences(result: dict) -> Optional[list[str]]:
+    """Dotted config keys (identity keys only) where a finished cell's setup differs from its task's built-in
+    recipe, the paper's: data, the teacher's recipe, and for a student its recipe and its method's parameters.
+    None when the result does not record its config (then it cannot be compared with the paper)."""
+    cell = result["cell"]
+    known = _task_recipe(cell["task"])
+    cfg = result.get("run_config")
+    if known is None or (not cfg and not (result.get("config") or {}).get("train")):
+        return None
+    schema, recipe = known
+    teacher = cell["role"] == "teacher"
+    if not cfg:  # written before run_config: the cell's own role, data and method parameters
+        c = result["config"]
+        cfg = {"data": c.get("data") or {}, "teacher" if teacher else "student": c["train"]}
+        if c.get("method"):
+            cfg[cell["method"]] = c["method"]
+    sections = ["data", "teacher"] if teacher else ["data", "teacher", "student", cell["method"]]
+    diffs = []
+    for sec in sections:
+        if sec not in cfg or sec not in schema.fields or not hasattr(schema.fields[sec], "identity"):
+            continue
+        ours = flatten(schema.fields[sec].identity(cfg[sec]), sec)
+        theirs = flatten(schema.fields[sec].identity(recipe.get(sec, {})), sec)
+        diffs += [k for k in sorted(set(ours) | set(theirs)) if k not in _NOT_RECIPE and ours.get(k) != theirs.get(k)]
+    return diffs
 
 
 def _mean(cells: dict, alpha: float, T: float) -> Optional[float]:

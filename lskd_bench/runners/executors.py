@@ -34,7 +34,7 @@ from . import devices
 from .devices import DevicePool, discover, worker_env
 from .lock import is_stale, read_lock
 from .scheduler import Scheduler, raise_if_data_error
-from .train import resolve_device
+from .train import resolve_device, threads_scope
 from .units import GridJob, claim, read_spec, train_unit  # noqa: F401  (claim, read_spec: re-exported)
 
 
@@ -66,6 +66,10 @@ class LocalExecutor(Executor):
         device = resolve_device(job.cfg)
         sched = Scheduler(job, units)
         teacher_cache: dict = {}
+        with threads_scope(job.cfg):
+            self._loop(job, sched, device, teacher_cache)
+
+    def _loop(self, job: GridJob, sched: Scheduler, device, teacher_cache: dict) -> None:
         try:
             while not sched.done():
                 unit = sched.next_unit()
@@ -116,7 +120,7 @@ class SubprocessExecutor(Executor):
         else:
             at_once = jobs if jobs else 1
         share = max(1, devices.cpu_count() // max(1, at_once * k))
-        threads = int(cfg["threads"]) if cfg.get("threads") else share
+        threads = int(cfg["threads"]) if cfg["threads"] else share
         workers = min(cfg["num_workers"], share)
         return pool, max(1, at_once), threads, workers
 
@@ -224,10 +228,6 @@ class DeviceLog:
         where = f"GPU{'s' if gpus and len(gpus) > 1 else ''} {','.join(gpus or [])}"
         cells = ", ".join(c.name + (f" {s}" if states else "") for c, s in zip(unit, states or [""] * len(unit)))
         self.say(f"{what:<5} {where:<8} {cells}")
-
-
-def read_spec(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
 
 
 @EXECUTORS.register("torchrun")

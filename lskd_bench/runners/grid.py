@@ -16,9 +16,11 @@ from .. import store
 from ..config import Resolved, config_hash, resolve_layers
 from ..errors import UsageError
 from ..methods import check_student_methods, method_class
+from ..models import init_path, read_checkpoint
 from ..registry import EXECUTORS
 from ..tasks import DEFAULT_TASK, get_task
 from .cells import Cell, grid_values, plan_cells, validate_grid
+from .repair import repair_cells
 from .scheduler import Scheduler, raise_if_data_error  # noqa: F401  (re-exported)
 from .units import GridJob, unit_inputs  # noqa: F401  (re-exported)
 
@@ -50,6 +52,11 @@ def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Ma
             raise UsageError(f"teacher checkpoint {cfg['teacher']['checkpoint']} does not exist")
         if len(grid_values(cfg)[0]) != 1:
             raise UsageError("--teacher-checkpoint gives one teacher: run one alpha at a time (--alphas A)")
+        read_checkpoint(cfg["teacher"]["checkpoint"])
+    for role in ("teacher", "student"):
+        if cfg[role]["init_checkpoint"]:
+            for a in grid_values(cfg)[0]:
+                read_checkpoint(init_path(cfg[role]["init_checkpoint"], a))
     if cfg["logging"]["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
         raise UsageError("logging.tensorboard needs the tensorboard package: pip install 'lskd-bench[tensorboard]'")
     task.validate(cfg)
@@ -102,6 +109,7 @@ class GridSummary:
     submitted: list[Cell] = field(default_factory=list)
     queued: list[Cell] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -135,16 +143,20 @@ def run_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridSumma
     store.check_writable_dir(out)
     task = get_task(cfg["task"])
     cells = plan_cells(cfg)
+    if any(store.read_result(c.dir(out)) is None for c in cells):
+        task.check_layout(cfg)  # bad data is bad input: stop before anything is written
+    repairs = repair_cells(cells, out)
     pending = [c for c in cells if store.read_result(c.dir(out)) is None]
     reused = [c for c in cells if c not in pending]
     cfg_path = out / cfg["task"] / "configs" / f"{config_hash(cfg)}.yaml"
     if not cfg_path.exists():
         store.atomic_write(cfg_path, lambda f: yaml.safe_dump(cfg, f, sort_keys=False), mode="w")
-    job = GridJob(task, cfg, out, progress)
+    job = GridJob(task, cfg, out, progress, repairs=repairs)
     if pending:
         units = fuse_units(pending, fuse=cfg["fuse"], max_fused=cfg["max_fused"])
         executor = EXECUTORS.get(cfg["executor"])()
         executor.run(job, units)
     return GridSummary(cells, job.trained, reused, time.perf_counter() - t0, out, failed=list(job.failed.values()),
-                       blocked=job.blocked, elsewhere=job.elsewhere, submitted=job.submitted, queued=job.queued, notes=job.notes)
+                       blocked=job.blocked, elsewhere=job.elsewhere, submitted=job.submitted, queued=job.queued,
+                       notes=job.notes, repairs=job.repairs)
 

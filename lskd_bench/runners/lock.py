@@ -6,9 +6,15 @@ every ``heartbeat_s`` seconds from a background thread. A lock is *stale* when i
 process on this host, or when its heartbeat is older than ``stale_s`` (an owner on another machine that
 crashed). A stale lock is taken over by renaming it away (only one contender's rename succeeds) and
 creating a fresh one.
+
+The lock is written complete before it appears (a temp file hard-linked to ``lock.json``, which fails if the
+name exists), so a full disk never leaves an empty lock behind. A lock whose content cannot be read (empty,
+truncated: left by an older version or a damaged disk) names no owner: it is judged by its age alone, stale
+once its mtime is older than ``stale_s``; ``describe()`` says so, and whoever takes it over reports it.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -18,6 +24,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
+
+from ..store import DiskFull
 
 LOCK = "lock.json"
 ENV_GPUS = "LSKD_GPUS"  # set by the subprocess/torchrun executors: the GPU ids given to a worker
@@ -50,25 +58,36 @@ class LockInfo:
     since: float
     age: float  # seconds since the last heartbeat
     devices: Optional[str] = None  # the GPU ids the owner was given (LSKD_GPUS), e.g. "2" or "2,3"
+    problem: Optional[str] = None  # why the content could not be read (then judged by its age only)
 
     def describe(self) -> str:
+        if self.problem:
+            return f"unreadable lock ({self.problem}), last touched {self.age:.0f} s ago"
         gpus = f", GPU{'s' if ',' in self.devices else ''} {self.devices}" if self.devices else ""
         return f"pid {self.pid} on {self.host}{gpus}, heartbeat {self.age:.0f} s ago"
 
 
 def read_lock(cell_dir: Path) -> Optional[LockInfo]:
+    """The lock of ``cell_dir``; None only when there is none."""
     path = Path(cell_dir) / LOCK
     try:
-        data = json.loads(path.read_text())
+        raw = path.read_bytes()
         age = time.time() - path.stat().st_mtime
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            age = 0.0
+        return LockInfo("?", -1, "?", 0.0, age, problem=f"cannot be read: {exc.strerror or exc}")
     try:
+        data = json.loads(raw.decode())
         devices = data.get("devices")
         return LockInfo(str(data["host"]), int(data["pid"]), str(data["token"]), float(data["since"]), age,
                         str(devices) if devices else None)
-    except (KeyError, TypeError, ValueError):
-        return LockInfo("?", -1, "?", 0.0, age)  # unreadable content: judged by its age only
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return LockInfo("?", -1, "?", 0.0, age, problem="empty" if not raw.strip() else "not a lock record")
 
 
 def is_stale(info: LockInfo, stale_s: float) -> bool:
@@ -85,6 +104,7 @@ class CellLock:
         self.path = self.dir / LOCK
         self.token = uuid.uuid4().hex
         self.held = False
+        self.took_over: Optional[str] = None  # set when a stale lock with unreadable content was taken over
 
     def try_acquire(self, stale_s: float) -> bool:
         """Take the lock if it is free or stale; False if another live process holds it."""
@@ -103,18 +123,52 @@ class CellLock:
             except FileNotFoundError:
                 continue
             aside.unlink(missing_ok=True)
+            if info.problem:
+                self.took_over = (f"{self.path} was unreadable ({info.problem}) and untouched for {info.age:.0f} s "
+                                  f"(> lock.stale_s {stale_s:g} s): taken over")
         return False
 
     def _create(self) -> bool:
+        """Publish a complete lock record under ``lock.json`` unless the name exists (link is atomic and
+        exclusive, NFS included): the lock never exists half-written."""
+        tmp = self.dir / f".{LOCK}.{self.token}.tmp"
+        body = {"host": _host(), "pid": os.getpid(), "token": self.token, "since": time.time()}
+        if os.environ.get(ENV_GPUS):
+            body["devices"] = os.environ[ENV_GPUS]
+        record = json.dumps(body)
+        try:
+            try:
+                with open(tmp, "w") as f:
+                    f.write(record)
+                    f.flush()
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise DiskFull(self.path) from exc
+                raise
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                return False
+            except OSError as exc:  # a filesystem without hard links: exclusive create, then write
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                return self._create_excl(record)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.held = True
+        return True
+
+    def _create_excl(self, record: str) -> bool:
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            body = {"host": _host(), "pid": os.getpid(), "token": self.token, "since": time.time()}
-            if os.environ.get(ENV_GPUS):
-                body["devices"] = os.environ[ENV_GPUS]
-            json.dump(body, f)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(record)
+        except OSError:
+            self.path.unlink(missing_ok=True)  # never leave an empty lock behind
+            raise
         self.held = True
         return True
 

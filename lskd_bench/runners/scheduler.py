@@ -28,6 +28,7 @@ class Scheduler:
         self.settled: dict[str, str] = {}  # hash -> done | failed | blocked
         self.waiting: dict[str, Cell] = {}  # held by another process
         self.running: set[str] = set()
+        self.told: set[str] = set()  # cells whose wait was announced
         self.bar = job.progress_bar(self.total)
         self.cfg_lock = job.cfg["lock"]
 
@@ -83,6 +84,13 @@ class Scheduler:
         """Record the end of our attempt at ``cell``: trained, failed, or held by someone else (busy)."""
         self.running.discard(cell.hash)
         if busy:
+            if cell.hash not in self.waiting and cell.hash not in self.told:
+                self.told.add(cell.hash)
+                info = read_lock(cell.dir(self.job.out))
+                stale_s = self.cfg_lock["stale_s"]
+                self.job.say(f"waiting: {cell.name} is locked ({info.describe() if info else 'lock released'}; "
+                             f"{cell.dir(self.job.out) / 'lock.json'}); taken over if its owner dies or it goes "
+                             f"{stale_s:g} s without a heartbeat (lock.stale_s)")
             self.waiting[cell.hash] = cell
             return
         if result_ok:
@@ -107,7 +115,7 @@ class Scheduler:
                 continue
             del self.waiting[h]
             err = store.read_error(d)
-            if err is not None:
+            if err is not None and err.get("error") != "Interrupted":
                 self.job.failed[h] = (cell, f"{err.get('error')}: {err.get('message')} (in another process)")
                 self._settle(cell, "failed")
             else:

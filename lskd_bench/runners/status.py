@@ -10,6 +10,7 @@ from .. import store
 from ..registry import EXECUTORS
 from ..schema import LOCK
 from .lock import is_stale, read_lock
+from .repair import status_problem
 
 ROLES = ("teacher", "student", "baseline")
 
@@ -20,7 +21,7 @@ def cell_dirs(runs: Path, task: Optional[str] = None) -> list[Path]:
 
 
 def status_rows(runs: Path, task: Optional[str] = None) -> list[dict[str, str]]:
-    """Per cell under ``runs``: finished / running / queued / failed / interrupted / pending, with job ids.
+    """Per cell under ``runs``: damaged / finished / running / queued / failed / interrupted / pending, with job ids.
 
     An executor's live view (a queued or running job) comes before the cell's own lock and error files;
     its ``ended`` view (a job gone without a result) only explains a cell with neither."""
@@ -36,12 +37,17 @@ def status_rows(runs: Path, task: Optional[str] = None) -> list[dict[str, str]]:
         row = {"task": p.parent.name, "cell": p.name, "job": view.get("job", ""), "state": "", "detail": ""}
         lock = read_lock(p)
         err = store.read_error(p)
-        if store.read_result(p) is not None:
+        damage = status_problem(p, p.name.split("_")[0])
+        if damage is not None:
+            row["state"], row["detail"] = "damaged", damage
+        elif store.read_result(p) is not None:
             row["state"] = "finished"
         elif view.get("live"):
             row["state"], row["detail"] = view["live"], view.get("detail", "")
         elif lock is not None and not is_stale(lock, stale_s):
             row["state"], row["detail"] = "running", lock.describe()
+        elif err is not None and err.get("error") == "Interrupted":
+            row["state"], row["detail"] = "interrupted", str(err.get("message"))
         elif err is not None:
             row["state"], row["detail"] = "failed", f"{err.get('error')}: {err.get('message')}"
         elif view.get("ended"):
@@ -50,5 +56,7 @@ def status_rows(runs: Path, task: Optional[str] = None) -> list[dict[str, str]]:
             row["state"], row["detail"] = "interrupted", "an epoch checkpoint exists: run again to resume"
         else:
             row["state"] = "pending"
+            if lock is not None and lock.problem:
+                row["detail"] = f"lock.json: {lock.describe()}: 'lskd-bench run' takes it over"
         rows.append(row)
     return rows

@@ -33,14 +33,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..errors import DataError
+from .. import __version__
+from ..envinfo import cpu_model, git_commit
+from ..errors import DataError, Interrupted
 from ..methods import LossContext, Method, build_method, total_loss
 from ..models import init_path, load_init_checkpoint
 from ..tasks import Task, TaskData, iterate_batches
 from ..tasks.base import autocast, on_bad_sample
 from .. import store
 from .cells import Cell
-from .devices import device_record
+from .devices import cpu_count, device_record
 from .tblog import open_log
 from .optim import build_optimizer, learning_rate, lr_factor  # noqa: F401  (re-exported)
 
@@ -54,11 +56,42 @@ def resolve_device(cfg: dict[str, Any]) -> torch.device:
     return torch.device(want)
 
 
+def thread_count(cfg: dict[str, Any]) -> int:
+    """Intra-op threads of a local run (one training process): ``threads``, else the CPUs this process may
+    use (its affinity mask: taskset, cgroup cpusets, Slurm), at most ``OMP_NUM_THREADS`` when the environment
+    sets it. The subprocess/torchrun executors divide the CPUs among their workers themselves (``plan``)."""
+    if cfg["threads"]:
+        return int(cfg["threads"])
+    n = max(1, cpu_count())
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return min(n, int(omp)) if omp.isdigit() and int(omp) > 0 else n
+
+
+@contextlib.contextmanager
+def threads_scope(cfg: dict[str, Any]):
+    """torch's intra-op thread count set from the config around a local run, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(thread_count(cfg))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def dist_info() -> tuple[int, int]:
     """(rank, world size) of the torch.distributed process group; (0, 1) without one."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def environment(device: torch.device, processes: int = 1) -> dict[str, Any]:
+    """Where a result was computed: floating-point results are bit-identical on one machine and build, and
+    may differ slightly across CPUs and library builds."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return {"lskd_bench": __version__, "commit": git_commit(), "torch": torch.__version__, "device": str(device),
+            "device_name": name, "cpu": cpu_model(), "threads": torch.get_num_threads(), "processes": processes,
+            "python": platform.python_version()}
 
 
 def load_model(task: Task, arch: str, data: TaskData, cfg: dict[str, Any], path: Path, device: torch.device,
@@ -77,6 +110,7 @@ class Outcome:
     cell: Cell
     result: Optional[dict[str, Any]] = None
     error: Optional[str] = None
+    notes: list[str] = field(default_factory=list)  # repairs made while starting the cell
 
 
 def _role_cfg(cfg: dict[str, Any], cell: Cell) -> dict[str, Any]:
@@ -108,6 +142,8 @@ class Member:
     skipped: list = field(default_factory=list)
     resumes: list = field(default_factory=list)  # where each resumed run picked up (epoch, step, time)
     finished: bool = False
+    notes: list = field(default_factory=list)  # repairs (a checkpoint that would not load, moved aside)
+    last_score: Optional[float] = None  # the selection score of the last evaluation (None: the primary metric)
 
     def __post_init__(self) -> None:
         cell, cfg, device = self.cell, self.cfg, self.device
@@ -128,13 +164,14 @@ class Member:
         self.epochs = 0 if self.given else int(self.hp["epochs"])
         self.max_updates = self.hp["max_updates"]
         self.state_path = self.dir / store.STATE
-        if not self.state_path.is_file() and (self.given or self.hp["init_checkpoint"]):
+        state = self._load_state()
+        if state is None and (self.given or self.hp["init_checkpoint"]):
             load_init_checkpoint(self.model, self.given or init_path(self.hp["init_checkpoint"], cell.alpha),
                                  strict=bool(self.given))
         self.rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        if self.state_path.is_file():
-            self._restore(torch.load(self.state_path, map_location="cpu", weights_only=False))
+        if state is not None:
+            self._restore(state)
         self.rank, world = dist_info()
         self.tb = open_log(self.dir, cfg, self.update, self.rank)  # None unless logging.tensorboard
         self.step_model: nn.Module = self.model
@@ -145,6 +182,20 @@ class Member:
         self.ctx = LossContext(alpha=self.alpha, T=cell.T, epochs=max(self.epochs, 1))
 
     # -- state ------------------------------------------------------------------------------------
+    def _load_state(self) -> Optional[dict[str, Any]]:
+        """The last checkpoint; one that does not load is moved aside and the cell starts from scratch
+        (the model is still as built: nothing was restored)."""
+        if not self.state_path.is_file():
+            return None
+        try:
+            return torch.load(self.state_path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - truncated or corrupt: any failure
+            aside = store.move_aside(self.state_path)
+            why = str(exc).splitlines()[0] if str(exc) else ""
+            self.notes.append(f"repaired: {self.cell.name}: {store.STATE} is corrupt ({type(exc).__name__}: {why}): "
+                              f"moved to {aside.name}; the cell restarts from scratch")
+            return None
+
     def _restore(self, st: dict[str, Any]) -> None:
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optimizer"])
@@ -248,22 +299,38 @@ class Member:
         every = self.hp["eval_every"]
         if self.done() or self.epoch % every == 0:
             entry["eval"] = self.evaluate()
+            if self.last_score is not None:
+                entry["selection"] = self.last_score
         self.history.append(entry)
         if self.tb is not None:
             self.tb.epoch(self.update, entry)
         self.checkpoint()
 
     def evaluate(self) -> dict[str, float]:
+        """Evaluate (rank 0), update the selected ("best") epoch and write the task's output files."""
         _, world = dist_info()
         metrics: dict[str, float] = {}
+        self.last_score = None
         if self.rank == 0:
             t0 = time.perf_counter()
             with self.rng_scope():
-                metrics = self.task.evaluate(self.model, self.data, self.cfg, self.device)
-            self.eval_seconds += time.perf_counter() - t0
+                ev = self.task.assess(self.model, self.data, self.cfg, self.device, self.hp)
+            metrics = ev.metrics
             key = self.task.primary_metric
-            if self.best is None or self.task.metric(key).better(metrics[key], self.best["metrics"][key]):
-                self.best = {"epoch": self.epoch, "metrics": metrics}
+            score = float(metrics[key] if ev.selection is None else ev.selection)
+            self.last_score = None if ev.selection is None else score
+            mode = self.task.selection(self.cfg, self.hp)["mode"]
+            prev = None if self.best is None else self.best.get("score")
+            if prev is None and self.best is not None and ev.selection is None:
+                prev = self.best["metrics"][key]  # a best recorded before the score was stored
+            improved = prev is None or (score < prev if mode == "min" else score > prev)
+            if improved:
+                self.best = {"epoch": self.epoch, "metrics": metrics, "score": score}
+                store.save_torch(self.dir / store.SELECTED, {k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+            for name, lines in ev.outputs.items():
+                for which in (("last", "selected") if improved else ("last",)) if "{which}" in name else ("",):
+                    store.write_lines(self.dir / name.format(which=which), lines)
+            self.eval_seconds += time.perf_counter() - t0
         if world > 1:
             torch.distributed.barrier()
         return metrics
@@ -281,6 +348,12 @@ class Member:
             last = self.evaluate()
         t0 = time.perf_counter()
         store.save_torch(self.dir / store.MODEL, {k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        selected = store.SELECTED
+        if self.best is None or self.best["epoch"] == self.epoch or not (self.dir / store.SELECTED).is_file():
+            selected = store.MODEL  # the last epoch is the selected one
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / store.SELECTED).unlink()
+        files = self.task.export_artifacts(self.data, self.cfg, self.dir)
         if self.task.supports_analysis:
             export_features(self.model, self.data, self.cfg, self.device, self.dir / store.FEATURES)
         result = {
@@ -291,21 +364,26 @@ class Member:
             "metric_names": list(self.task.metric_names),
             "metric_specs": [m.as_dict() for m in self.task.metrics],
             "metric_info": self.task.metric_info(self.cfg),
+            "selection": {**self.task.selection(self.cfg, self.hp), "epoch": (self.best or {}).get("epoch"),
+                          "score": (self.best or {}).get("score")},
+            "weights": {"last": store.MODEL, "selected": selected},
+            "files": files,
             "epochs": self.epoch if not self.given else 0,
             "updates": self.update,
             "config": {
+                "task": self.task.name,
                 "train": self.hp,
                 "method": self.method.p if self.method.params.fields and self.method.needs_teacher else None,
                 "data": self.cfg["data"],
             },
+            "run_config": self.cfg,  # the whole resolved config: what 'lskd-bench translate' rebuilds the cell from
             "timings": {"train_s": self.train_seconds, "eval_s": self.eval_seconds, "export_s": time.perf_counter() - t0,
                         "wall_s": self.train_seconds + self.eval_seconds},
             "history": self.history,
             "num_params": sum(p.numel() for p in self.model.parameters()),
             "skipped_samples": sorted(set(self.skipped)),
             "resumes": self.resumes,
-            "env": {"torch": torch.__version__, "device": str(self.device), "processes": world, "python": platform.python_version(),
-                    **device_record(self.device, world)},
+            "env": {**environment(self.device, processes=world), **device_record(self.device, world)},
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         store.write_json(self.dir / store.RESULT, result)
@@ -341,6 +419,29 @@ def _losses(entry: dict[str, Any]) -> str:
     """``0.512`` or, for a method with named terms, ``0.512(ce 0.201 kd 0.311)``."""
     terms = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in entry.items() if k.startswith("loss_"))
     return f"{entry['loss']:.3f}" + (f"({terms})" if terms else "")
+
+
+class StepMeter:
+    """Progress within an epoch, at most once every ``interval`` seconds: ``step i/n, R steps/s, loss L``
+    (long epochs would otherwise look hung). ``clock`` is injectable for tests."""
+
+    def __init__(self, interval: float = 2.0, clock: Callable[[], float] = time.monotonic):
+        self.interval, self.clock = interval, clock
+        self.total, self.t0, self.first, self.last = 0, 0.0, 0, float("-inf")
+
+    def start(self, first: int, total: int) -> None:
+        self.first, self.total, self.t0 = first, total, self.clock()
+        self.last = self.t0
+
+    def update(self, step: int, losses: dict[str, float]) -> Optional[str]:
+        """``step``: batches done so far in the epoch. A line when ``interval`` passed since the last one."""
+        now = self.clock()
+        if now - self.last < self.interval:
+            return None
+        self.last = now
+        rate = (step - self.first) / max(now - self.t0, 1e-9)
+        loss = " ".join(f"{k}={v:.3f}" for k, v in losses.items())
+        return f"step {step}/{self.total}, {rate:.2f} steps/s, loss {loss}"
 
 
 def _short(cell: Cell) -> str:
@@ -396,12 +497,16 @@ class FusedGroup:
             d.mkdir(parents=True, exist_ok=True)
             store.clear_error(d)
             self.members.append(Member(task, cell, cfg, data, d, self.device))
+            self.outcomes[cell.hash].notes = self.members[-1].notes
         if any(m.method.teacher_signal == "logits" for m in self.members) and teacher is None:
             raise ValueError(f"{cells[0].name}: method {cells[0].method!r} needs a teacher")
         self.rank, self.world = dist_info()
         self.seed = cells[0].seed
         self.hp = self.members[0].hp
         self.skipped = sorted({p for m in self.members for p in m.skipped})  # unreadable samples (on_bad_sample=skip)
+        self.bar: Optional[tqdm] = None
+        self.show = False  # progress lines (rank 0 with progress on)
+        self.meter = StepMeter()
 
     def fail(self, m: Member, exc: BaseException) -> None:
         self.outcomes[m.cell.hash].error = f"{type(exc).__name__}: {exc}"
@@ -418,8 +523,8 @@ class FusedGroup:
         epochs = max(m.epochs for m in self.members)
         start = min((m.epoch for m in self.members if not m.done()), default=epochs)
         label = cells[0].name if len(cells) == 1 else f"{len(cells)} fused: " + ", ".join(_short(c) for c in cells)
-        bar = tqdm(total=epochs, initial=start, desc=label, unit="ep", leave=False,
-                   disable=not (progress and self.rank == 0))
+        self.show = progress and self.rank == 0
+        bar = self.bar = tqdm(total=epochs, initial=start, desc=label, unit="ep", leave=False, disable=not self.show)
         try:
             for epoch in range(start, epochs):
                 active = [m for m in self.members if not m.finished and not m.done() and m.epoch == epoch]
@@ -441,7 +546,15 @@ class FusedGroup:
             for m in self.unfinished():
                 self.fail(m, exc)
             raise
-        except (KeyboardInterrupt, SystemExit):
+        except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM through errors.raise_on_sigterm
+            if self.rank == 0:
+                sig = getattr(exc, "signal_name", "SIGINT")
+                for m in self.unfinished():
+                    store.write_error(m.dir, m.cell, Interrupted(sig), epoch=m.epoch, update=m.update, message=(
+                        f"stopped by {sig} at epoch {m.epoch + 1}, step {m.step}: run again to resume from the last "
+                        f"checkpoint"))
+            raise
+        except SystemExit:
             raise
         except Exception as exc:  # noqa: BLE001 - shared work failed: every unfinished member fails with it
             for m in self.unfinished():
@@ -464,18 +577,26 @@ class FusedGroup:
                                           pin_memory=self.device.type == "cuda", skipped=self.skipped)
         steps = first + len(batches)
         clock = time.perf_counter()
+        self.meter.start(first, steps)
+        losses: dict[str, float] = {}  # each member's last step loss, for the progress line
         for i, batch in enumerate(batches, first):
             stepping = [m for m in active if m.wants(epoch, i)]
             if not stepping:
                 if all(m.finished or m.done() for m in active):
                     break
                 continue
-            clock = self.step(batch, stepping, epoch, steps, clock)
+            clock = self.step(batch, stepping, epoch, steps, clock, losses)
+            if self.show and self.bar is not None:
+                line = self.meter.update(i + 1, losses)
+                if line is not None:
+                    self.bar.set_postfix_str(f"epoch {epoch + 1}: {line}")
             if self.on_step is not None:
                 self.on_step(epoch, i)
 
-    def step(self, batch: Any, stepping: list[Member], epoch: int, steps: int, clock: float) -> float:
-        """One batch: to the device, the teacher's logits once (if a member needs them), each member's step."""
+    def step(self, batch: Any, stepping: list[Member], epoch: int, steps: int, clock: float,
+             losses: Optional[dict[str, float]] = None) -> float:
+        """One batch: to the device, the teacher's logits once (if a member needs them), each member's step
+        (its loss recorded in ``losses`` under the member's short name)."""
         device, profile = self.device, self.profile
         batch = self.task.to_device(batch, device, self.cfg)
         clock = _tick(profile, "data", clock, device)
@@ -485,7 +606,9 @@ class FusedGroup:
             clock = _tick(profile, "teacher", clock, device)
         for m in stepping:
             try:
-                m.train_step(batch, t_logits, epoch, steps)
+                loss = m.train_step(batch, t_logits, epoch, steps)
+                if losses is not None:
+                    losses[_short(m.cell)] = loss
                 every = self.hp["checkpoint_every"]
                 if every and m.update % every == 0:
                     m.checkpoint()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .. import store
 from ..config import config_hash
+from ..errors import UsageError
 from ..methods import method_class
 from ..tasks import Task, TaskData
 from .cells import Cell
@@ -43,6 +45,7 @@ class GridJob:
     submitted: list[Cell] = field(default_factory=list)  # handed to a cluster scheduler (not finished yet)
     queued: list[Cell] = field(default_factory=list)  # already queued or running in the scheduler
     notes: list[str] = field(default_factory=list)  # lines the executor wants printed after the summary
+    repairs: list[str] = field(default_factory=list)  # one line per damaged file recovered from
     _data: Optional[TaskData] = None
 
     def data(self) -> TaskData:
@@ -55,6 +58,10 @@ class GridJob:
 
     def mark_done(self, cell: Cell) -> None:
         self.trained.append(cell)
+
+    def say(self, line: str) -> None:
+        """A line for the user while the grid runs (stderr, above any progress bar)."""
+        tqdm.write(line, file=sys.stderr)
 
     def progress_bar(self, total: int):
         return tqdm(total=total, desc=f"{self.cfg['task']} grid", unit="cell", disable=not self.progress)
@@ -89,11 +96,27 @@ def unit_inputs(job: GridJob, unit: list[Cell], device, teacher_cache: Optional[
 
 
 def claim(job: GridJob, unit: list[Cell]) -> tuple[list[Cell], list[CellLock], list[Cell]]:
-    """Lock what we can of ``unit``: (cells now ours, their locks, cells another process holds)."""
-    mine, locks, busy = [], [], []
+    """Lock what we can of ``unit``: (cells now ours, their locks, cells another process holds). A lock taken
+    over from a dead or unreadable one is recorded in ``job.repairs``; a failure while locking (a full disk)
+    releases the locks already taken."""
+    mine: list[Cell] = []
+    locks: list[CellLock] = []
+    busy: list[Cell] = []
+    try:
+        _claim_each(job, unit, mine, locks, busy)
+    except BaseException:
+        for lock in locks:
+            lock.release()
+        raise
+    return mine, locks, busy
+
+
+def _claim_each(job: GridJob, unit: list[Cell], mine: list[Cell], locks: list[CellLock], busy: list[Cell]) -> None:
     for c in unit:
         lock = CellLock(c.dir(job.out))
         if lock.try_acquire(job.cfg["lock"]["stale_s"]):
+            if lock.took_over:
+                job.repairs.append(f"repaired: {c.name}: {lock.took_over}")
             if store.read_result(c.dir(job.out)) is not None:  # finished between our check and the lock
                 lock.release()
                 continue
@@ -101,7 +124,6 @@ def claim(job: GridJob, unit: list[Cell]) -> tuple[list[Cell], list[CellLock], l
             locks.append(lock)
         else:
             busy.append(c)
-    return mine, locks, busy
 
 
 def train_unit(job: GridJob, unit: list[Cell], *, device: Optional[torch.device] = None,
@@ -134,11 +156,22 @@ def train_unit(job: GridJob, unit: list[Cell], *, device: Optional[torch.device]
                 device = device if device is not None else resolve_device(job.cfg)
                 if world > 1 and rank != 0:
                     torch.distributed.barrier()  # rank 0 builds shared caches (sub-words, teacher targets) first
-                data, teacher = unit_inputs(job, mine, device, teacher_cache)
+                try:
+                    data, teacher = unit_inputs(job, mine, device, teacher_cache)
+                except (UsageError, KeyboardInterrupt):  # bad input (data...) stops the grid
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the teacher (or its targets) unusable: these cells fail
+                    if world > 1:
+                        raise  # the other ranks wait on this one: the whole process group stops
+                    for c in mine:
+                        store.write_error(c.dir(job.out), c, exc)
+                    why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    return [Outcome(c, error=f"cannot prepare the teacher's inputs: {why}") for c in mine], busy
                 if world > 1 and rank == 0:
                     torch.distributed.barrier()
                 outcomes = train_group(job.task, mine, job.cfg, data, [c.dir(job.out) for c in mine], teacher=teacher,
                                        progress=job.progress)
+                job.repairs += [line for o in outcomes for line in o.notes]
     finally:
         for lock in locks:
             lock.release()

@@ -10,7 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import DataError
+import torch
+
+from ..errors import DataError, Interrupted, raise_on_sigterm
 from ..tasks import get_task
 from .cells import plan_cells
 from .units import GridJob, distributed, read_spec, train_unit
@@ -25,13 +27,21 @@ def main(argv: list[str] | None = None) -> int:
     cfg = spec["config"]
     by_hash = {c.hash: c for c in plan_cells(cfg)}
     unit = [by_hash[h] for h in args.cells.split(",")]
+    raise_on_sigterm()  # SIGTERM (Slurm, timeout) unwinds like SIGINT: locks released, cells recorded interrupted
+    if cfg["threads"]:  # else OMP_NUM_THREADS, set by the executor for this worker's share of the CPUs
+        torch.set_num_threads(int(cfg["threads"]))
+    job = GridJob(get_task(cfg["task"]), cfg, Path(spec["out"]), progress=bool(spec["progress"]))
     with distributed(cfg):  # launched by torchrun: one process per GPU (gloo on the CPU)
-        job = GridJob(get_task(cfg["task"]), cfg, Path(spec["out"]), progress=bool(spec["progress"]))
         try:
             train_unit(job, unit)
         except DataError as exc:
             print(f"lskd-bench: error: {exc}", file=sys.stderr)
             return 2
+        except Interrupted as exc:
+            return exc.code
+        finally:
+            for line in job.repairs:
+                print(line, file=sys.stderr)
     return 0
 
 

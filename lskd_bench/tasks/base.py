@@ -7,7 +7,11 @@ store. A task owns its data and models and tells the loop three things:
   resumed or fused run sees exactly the batches an uninterrupted, unfused run sees;
 - ``forward(model, batch)``: logits and integer targets over the positions that count, shape (N, K) and
   (N,): one row per image, or one row per non-pad target token for translation;
-- ``evaluate(model, data, cfg, device)``: the task's metrics (top-1/top-5, BLEU...).
+- ``evaluate(model, data, cfg, device)``: the task's metrics (top-1/top-5, BLEU...);
+- ``assess(model, data, cfg, device, hp)``: those metrics plus the score the best epoch is selected on and
+  files to keep (translation: validation loss or BLEU, test hypotheses); by default the metrics alone,
+  the best epoch then being the one with the highest primary metric on ``val`` (the paper's image convention,
+  where ``val`` is the test set).
 """
 from __future__ import annotations
 
@@ -150,19 +154,19 @@ class PartialBatch:
     skipped: tuple[str, ...]
 
 
-def guarded_collate(policy: str) -> Callable[[list], Any]:
-    """Collate that drops ``BadSample``s (policy ``skip``: a ``PartialBatch``) or returns the first one
-    (``error``). It never raises, because it may run in a worker process: ``unwrap_batch`` acts on the
-    result in the main process."""
+def guarded_collate(policy: str, inner: Callable[[list], Any] = default_collate) -> Callable[[list], Any]:
+    """Collate (``inner``) that drops ``BadSample``s (policy ``skip``: a ``PartialBatch``) or returns the
+    first one (``error``). It never raises, because it may run in a worker process: ``unwrap_batch`` acts on
+    the result in the main process."""
 
     def collate(items: list):
         bad = [s for s in items if isinstance(s, BadSample)]
         if not bad:
-            return default_collate(items)
+            return inner(items)
         if policy != "skip":
             return bad[0]
         good = [s for s in items if not isinstance(s, BadSample)]
-        return PartialBatch(default_collate(good) if good else None, tuple(b.path for b in bad))
+        return PartialBatch(inner(good) if good else None, tuple(b.path for b in bad))
 
     return collate
 
@@ -203,9 +207,15 @@ def load_batches(
     on_bad_sample: str = "error",
     skipped: Optional[list[str]] = None,
 ) -> Batches:
-    """Load the planned batches of ``ds`` ((x, y) pairs); in-memory data is sliced directly."""
+    """Load the planned batches of ``ds`` ((x, y) pairs); in-memory data is sliced directly.
+
+    A dataset with ``collate`` and ``finish_batch(batch, device)`` methods (``device_images.EncodedImages``)
+    has its workers return raw samples that ``finish_batch`` completes on ``ds.device`` (GPU decoding), up to two
+    batches ahead in a background thread (on its own CUDA stream), so that the next batch is decoded while
+    the caller trains on this one."""
     if isinstance(ds, InMemoryDataset):
         return Batches(len(plan), lambda: ((ds.x[idx], ds.y[idx]) for idx in plan))
+    finish = getattr(ds, "finish_batch", None)
 
     def it():
         loader = DataLoader(
@@ -213,12 +223,82 @@ def load_batches(
             batch_sampler=[idx.tolist() for idx in plan],
             num_workers=num_workers,
             pin_memory=pin_memory,
-            collate_fn=guarded_collate(on_bad_sample),
+            collate_fn=guarded_collate(on_bad_sample, getattr(ds, "collate", default_collate)),
             worker_init_fn=_seed_worker,
         )
-        return (b for b in (unwrap_batch(raw, skipped) for raw in loader) if b is not None)
+        batches = iter(loader)  # worker processes start here, in the caller's thread (never fork from the finishing thread)
+        raw = (unwrap_batch(b, skipped) for b in batches)
+        if finish is not None:
+            raw = finished_ahead(iter(b for b in raw if b is not None), finish, getattr(ds, "device", torch.device("cpu")),
+                                 on_bad_sample, skipped)
+        return (b for b in raw if b is not None)
 
     return Batches(len(plan), it)
+
+
+def finished_ahead(raw: Iterator[Any], finish: Callable, device: torch.device, policy: str,
+                   skipped: Optional[list[str]], depth: int = 2) -> Iterator[Any]:
+    """``finish(batch, device)`` of each raw batch, up to ``depth`` batches ahead in one background thread (on
+    CUDA: on a side stream; the consumer's stream waits on an event before it reads a batch). The raw batches
+    are pulled here, in the caller's thread: loading without workers seeds the global RNG per sample, which
+    must not race with the caller's own use of it. The bad samples ``finish`` reports follow the policy, as
+    ``unwrap_batch`` applies it to the workers' output; an error while loading comes after the batches before it."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # the caller's device, not the thread's
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def job(b):
+        if stream is None:
+            return (*finish(b, device), None)
+        with torch.cuda.device(device), torch.cuda.stream(stream):
+            out, bad = finish(b, device)
+            event = torch.cuda.Event()
+            event.record(stream)
+        return out, bad, event
+
+    def ready(out, bad, event):
+        if bad:
+            if policy != "skip":
+                unwrap_batch(bad[0], skipped)  # raises DataError naming the file
+            if skipped is not None:
+                skipped.extend(b.path for b in bad)
+        if event is not None:
+            current = torch.cuda.current_stream(device)
+            current.wait_event(event)
+            for t in out or ():
+                if torch.is_tensor(t) and t.is_cuda:
+                    t.record_stream(current)
+        return out
+
+    pending: deque = deque()
+    error: Optional[BaseException] = None
+    with ThreadPoolExecutor(1, thread_name_prefix="lskd-finish") as pool:
+        try:
+            while True:
+                if error is None and len(pending) <= depth:
+                    try:
+                        b = next(raw)
+                    except StopIteration:
+                        error = StopIteration()
+                    except Exception as exc:  # noqa: BLE001 - raised after the batches already loaded
+                        error = exc
+                    else:
+                        pending.append(pool.submit(job, b))
+                    continue
+                if pending:
+                    out = ready(*pending.popleft().result())
+                    if out is not None:
+                        yield out
+                    continue
+                if error is not None and not isinstance(error, StopIteration):
+                    raise error
+                return
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def iterate_batches(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
@@ -248,6 +328,20 @@ def load_recipe(name: str) -> dict[str, Any]:
 # it sets (archs, recipe, method parameters) are
 PAIR = Field(str, None, "teacher-student pair whose published recipe is applied over the task's (--pair; "
              "'lskd-bench tasks' lists them)", nullable=True)
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation of a model gives the training loop.
+
+    ``metrics``: the reported metrics (on ``data.val``: the test split). ``selection``: the score the best
+    epoch is chosen on (None: ``metrics[primary_metric]``, higher is better). ``outputs``: files written into
+    the cell directory, name -> lines; ``{which}`` in a name becomes ``last`` (every evaluation) and
+    ``selected`` (the evaluations that improve the selection score)."""
+
+    metrics: dict[str, float]
+    selection: Optional[float] = None
+    outputs: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -316,6 +410,11 @@ class Task:
     def validate(self, cfg: dict[str, Any]) -> None:
         """Cheap checks of task-specific settings (data root layout, arch names); raise UsageError."""
 
+    def check_layout(self, cfg: dict[str, Any]) -> None:
+        """The data check ``run`` (and ``run --dry-run``) makes before writing anything: the layout and index
+        files as training will read them (not every sample's content; ``check-data`` decodes those).
+        Raise UsageError. Built-in data (digits) has nothing to check."""
+
     def check_data(self, cfg: dict[str, Any], progress: bool = True) -> DataReport:
         """Scan the whole data root (decode every file...) for ``lskd-bench check-data``."""
         self.validate(cfg)
@@ -335,6 +434,13 @@ class Task:
     def metric_info(self, cfg: dict[str, Any]) -> dict[str, Any]:
         """How the metrics were computed (e.g. sacreBLEU's signature), saved in result.json."""
         return {}
+
+    def selection(self, cfg: dict[str, Any], hp: dict[str, Any]) -> dict[str, Any]:
+        """How the best epoch is chosen (saved in result.json): split, metric, mode ("max" or "min").
+        By default the primary metric, in its declared direction, on ``val``, which is the test set, as the paper reports."""
+        higher = self.metric(self.primary_metric).higher_is_better
+        return {"split": "val", "metric": self.primary_metric, "mode": "max" if higher else "min",
+                "note": "the validation split is the test set (the paper's convention)"}
 
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:
         """Child -> parent links over class names and their ancestors (analysis picks similar classes
@@ -369,7 +475,17 @@ class Task:
         """The training data relabelled by the teacher (sequence-level KD); cached at ``cache``."""
         raise NotImplementedError(f"task {self.name} does not produce teacher-generated targets")
 
+    def export_artifacts(self, data: TaskData, cfg: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
+        """Copy what using the finished cell needs besides its weights into ``cell_dir`` (a sub-word model);
+        return the files, by role, for result.json."""
+        return {}
+
     # -- evaluation -------------------------------------------------------------------------------
+    def assess(self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device,
+               hp: dict[str, Any]) -> Evaluation:
+        """One evaluation for the training loop (``hp``: the role's recipe); see ``Evaluation``."""
+        return Evaluation(self.evaluate(model, data, cfg, device))
+
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device) -> dict[str, float]:
         model.eval()

@@ -21,8 +21,8 @@ from ..models import ClassifierNet, build_image_model, init_path
 from ..schema import Field, Section, grid_values
 from . import TASKS
 from .base import PAIR, DataReport, Task, TaskData, load_recipe  # noqa: F401  (load_recipe: re-exported)
+from .device_images import MEAN, STD, EncodedImages, decode_device, decode_mode
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # torchvision's ImageFolder extensions (torchvision.datasets.folder.IMG_EXTENSIONS)
 IMG_EXT = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -40,6 +40,10 @@ IMAGE_DATA = Section(
         "grayscale": Field(float, 0.0, "RandomGrayscale probability", min=0.0, max=1.0),
         "color_jitter": Field([float], [0.0, 0.0], "ColorJitter brightness and contrast (0: off)", min=0.0,
                               check=lambda v: None if len(v) == 2 else "must be [brightness, contrast]"),
+        "decode": Field(str, "auto", "where images are decoded and augmented: cpu (PIL in the loader workers), gpu (workers "
+                        "read bytes; torchvision.io.decode_jpeg and tensor augmentation on the training device, nvJPEG on "
+                        "CUDA, the same crop boxes), auto (gpu when training on CUDA)", choices=("auto", "cpu", "gpu"),
+                        identity=False),
         "on_bad_sample": Field(str, "error", "a sample that cannot be decoded: error (stop, naming the file) or skip it "
                                "(listed in result.json)", choices=("error", "skip"), identity=False),
     }
@@ -81,6 +85,16 @@ def scan_files(files: list[tuple[str, Path]], report: DataReport, progress: bool
         if len(paths) > 1:
             report.problems.append(f"duplicate files (same content): {', '.join(sorted(paths)[:4])}"
                                    + (f" and {len(paths) - 4} more" if len(paths) > 4 else ""))
+
+
+def image_splits(cfg: dict[str, Any], train, val, train_eval) -> tuple[Dataset, Dataset, Dataset]:
+    """The (train, val, train_eval) datasets of the configured pipeline: the PIL-transform datasets as
+    given (``data.decode: cpu``), or the same samples as ``EncodedImages`` decoded on the device (gpu)."""
+    if decode_mode(cfg) != "gpu":
+        return train, val, train_eval
+    d, dev, load = cfg["data"], decode_device(cfg), train.loader
+    return (EncodedImages(train.samples, train.classes, d, True, dev, load), EncodedImages(val.samples, val.classes, d, False, dev, load),
+            EncodedImages(train.samples, train.classes, d, False, dev, load))
 
 
 def transforms(d: dict[str, Any], train: bool):
@@ -152,8 +166,43 @@ def _class_dirs(split: Path) -> list[str]:
 
 
 def _images(d: Path) -> list[Path]:
-    """Image files under class folder ``d`` (any depth, as ImageFolder reads them)."""
-    return sorted(p for p in d.rglob("*") if p.suffix.lower() in IMG_EXT and p.is_file())
+    """Image files under class folder ``d``: the one listing both ``check-data`` and training read.
+
+    ImageFolder's walk and order (``sorted(os.walk(d, followlinks=True))``, names sorted; any entry with an
+    image extension, so a dangling link is listed and then fails to decode, in both), except that a directory
+    reached twice (a symlink loop) is walked once."""
+    found = sorted(_walk(d))
+    return [Path(root, n) for root, names in found for n in sorted(names) if n.lower().endswith(IMG_EXT)]
+
+
+def _walk(d: Path):
+    """``os.walk(d, followlinks=True)`` that enters each real directory once: (root, file names)."""
+    seen: set[str] = set()
+    for root, dirs, names in os.walk(d, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [x for x in dirs if os.path.realpath(os.path.join(root, x)) not in seen]
+        yield root, names
+
+
+def _has_images(d: Path) -> bool:
+    """Does ``_images(d)`` list anything? (stops at the first image: cheap on a full ImageNet)"""
+    return any(n.lower().endswith(IMG_EXT) for _, names in _walk(d) for n in names)
+
+
+def _image_folder(split_dir: Path, transform):
+    """torchvision's ImageFolder over the shared listing (``_images``)."""
+    from torchvision.datasets import ImageFolder  # heavy: torchvision loads only when ImageNet data loads
+
+    class ListedImageFolder(ImageFolder):
+        @staticmethod
+        def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+            return [(str(p), class_to_idx[c]) for c in sorted(class_to_idx) for p in _images(Path(directory) / c)]
+
+    return ListedImageFolder(split_dir, transform)
 
 
 class ImageNetBase(ImageClassificationTask):
@@ -176,7 +225,7 @@ class ImageNetBase(ImageClassificationTask):
         for split in ("train", "val"):
             for c in tr:
                 d = root / split / c
-                if not any(p.suffix.lower() in IMG_EXT for p in d.rglob("*")):
+                if not _has_images(d):
                     raise UsageError(f"{self.name}: class folder {d} has no image files ({', '.join(IMG_EXT)}); {self.layout}")
 
     def files(self, cfg: dict[str, Any]) -> list[tuple[str, Path]]:
@@ -184,17 +233,13 @@ class ImageNetBase(ImageClassificationTask):
         return [(split, p) for split in ("train", "val") for c in _class_dirs(root / split) for p in _images(root / split / c)]
 
     def load_data(self, cfg: dict[str, Any], cache_dir=None) -> TaskData:
-        from torchvision.datasets import ImageFolder  # heavy: only when ImageNet data loads
-
         root, d = self.root(cfg), cfg["data"]
-        train = ImageFolder(root / "train", transforms(d, True))  # class index = sorted wnids
-        return TaskData(
-            train=train,
-            val=ImageFolder(root / "val", transforms(d, False)),
-            num_classes=len(train.classes),
-            class_names=list(train.classes),
-            train_eval=ImageFolder(root / "train", transforms(d, False)),
-        )
+        train = _image_folder(root / "train", transforms(d, True))  # class index = sorted wnids
+        val = _image_folder(root / "val", transforms(d, False))
+        train_eval = _image_folder(root / "train", transforms(d, False)) if decode_mode(cfg) == "cpu" else train
+        train, val, train_eval = image_splits(cfg, train, val, train_eval)
+        return TaskData(train=train, val=val, num_classes=len(train.classes), class_names=list(train.classes),
+                        train_eval=train_eval)
 
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:
         return load_wordnet_parents()
@@ -230,7 +275,14 @@ def cub_dir(root: Path) -> Path:
 
 def _read_table(path: Path, n: int) -> dict[int, list[str]]:
     rows = {}
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split(maxsplit=n - 1)
@@ -260,9 +312,13 @@ class CUBDataset(Dataset):
 
     def __getitem__(self, i):
         path, y = self.samples[i]
-        with Image.open(path) as im:
-            img = im.convert("RGB")
+        img = self.loader(path)
         return (self.transform(img) if self.transform else img), y
+
+    @staticmethod
+    def loader(path):
+        with Image.open(path) as im:
+            return im.convert("RGB")
 
 
 def cub_genus(class_name: str) -> str:
@@ -283,8 +339,17 @@ class CUBBase(ImageClassificationTask):
         split = _read_table(d / "train_test_split.txt", 2)
         if set(images) != set(labels) or set(images) != set(split):
             raise UsageError(f"{self.name}: images.txt, image_class_labels.txt and train_test_split.txt list different image ids")
+        for name, table in (("image_class_labels.txt", labels), ("train_test_split.txt", split)):
+            for i, (v,) in sorted(table.items()):
+                if not v.isdigit() or (name == "train_test_split.txt" and v not in ("0", "1")):
+                    want = "1 (train) or 0 (test)" if name == "train_test_split.txt" else "one integer class id"
+                    raise UsageError(f"{self.name}: {d / name}: image {i} has {v!r}, expected {want}")
         classes = _read_table(d / "classes.txt", 2)
-        bad = sorted({int(v[0]) for v in labels.values() if not v[0].isdigit() or int(v[0]) not in classes})
+        if sorted(classes) != list(range(1, len(classes) + 1)):
+            gap = next(k for k in range(1, len(classes) + 2) if k not in classes)
+            raise UsageError(f"{self.name}: {d / 'classes.txt'}: class ids must be 1..{len(classes)} without gaps "
+                             f"(id {gap} is missing; a subset of CUB must be renumbered, in image_class_labels.txt too)")
+        bad = sorted({int(v[0]) for v in labels.values() if int(v[0]) not in classes})
         if bad:
             raise UsageError(f"{self.name}: image_class_labels.txt uses class ids not in classes.txt (e.g. {bad[0]})")
         for want, split_name in (("1", "train"), ("0", "test")):
@@ -307,13 +372,10 @@ class CUBBase(ImageClassificationTask):
     def load_data(self, cfg: dict[str, Any], cache_dir=None) -> TaskData:
         root, d = self.root(cfg), cfg["data"]
         train = CUBDataset(root, True, transforms(d, True))
-        return TaskData(
-            train=train,
-            val=CUBDataset(root, False, transforms(d, False)),
-            num_classes=len(train.classes),
-            class_names=train.classes,
-            train_eval=CUBDataset(root, True, transforms(d, False)),
-        )
+        train, val, train_eval = image_splits(cfg, train, CUBDataset(root, False, transforms(d, False)),
+                                              CUBDataset(root, True, transforms(d, False)))
+        return TaskData(train=train, val=val, num_classes=len(train.classes), class_names=train.classes,
+                        train_eval=train_eval)
 
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:
         groups: dict[str, list[str]] = {}

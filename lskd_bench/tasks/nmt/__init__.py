@@ -5,7 +5,9 @@ The shared runner trains them like every other task. What is specific lives here
 - a batch is a fairseq-style padded sample; ``forward`` returns the logits and targets of the non-pad
   target positions, so word-level KD and every logit method apply token by token;
 - batches are length-bucketed with ``max_tokens`` (fairseq's batch_by_size) and shuffled per (seed, epoch);
-- ``evaluate`` decodes the test split with beam search and scores it with sacreBLEU;
+- ``evaluate`` decodes the test split with beam search and scores it with sacreBLEU; the epoch reported as
+  "best" is selected on the validation split (``select_on``: validation BLEU with the same beam by default,
+  or validation loss), never on test; the test hypotheses of the selected and last epochs are written beside result.json;
 - ``teacher_targets`` translates the training sources with the teacher (sequence-level KD).
 
 fairseq, sentencepiece and sacreBLEU come with ``pip install -e ".[nmt]"``; only
@@ -14,6 +16,7 @@ fairseq, sentencepiece and sacreBLEU come with ``pip install -e ".[nmt]"``; only
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -28,12 +31,12 @@ from ...errors import UsageError
 from ...metrics import MetricSpec
 from ...schema import TRAIN, Field, Section
 from .. import TASKS
-from ..base import Batches, DataReport, Task, TaskData, autocast
+from ..base import Batches, DataReport, Evaluation, Task, TaskData, autocast
 from .corpus import LAYOUTS, Corpus, detect_layout, read_corpus
 from .fairseq_adapter import ARCHS, build_transformer, collate, generate, generator, length_batches, make_dictionary
 from .gettext_corpus import django_root, read_gettext_corpus
 from .scoring import translation_scores
-from .subword import encoded, file_lock, subword_model
+from .subword import SubwordModel, encoded, file_lock, subword_model
 
 PAD, EOS = 1, 2
 
@@ -85,6 +88,11 @@ NMT_TRAIN = TRAIN.extend(
         "share_decoder_input_output_embed": Field(bool, True, "tie the decoder's input and output embeddings"),
         "share_all_embeddings": Field(bool, False, "tie encoder and decoder embeddings too (joint vocabulary)"),
         "max_positions": Field(int, 1024, "longest sequence the positional embeddings cover", min=8),
+        "select_on": Field(str, "valid_bleu", "how the reported ('best') epoch is chosen among the evaluated ones, on the "
+                           "validation split: valid_bleu (sacreBLEU of a beam search with the generation settings, the "
+                           "reported metric) or valid_loss (cross-entropy of the references, fairseq's checkpoint_best; "
+                           "no decoding, but label smoothing and KD temperature shift it apart from BLEU)",
+                           choices=("valid_bleu", "valid_loss"), identity=False),
     }
 )
 
@@ -156,8 +164,18 @@ class TranslationTask(Task):
     def corpus(self, cfg: dict[str, Any]) -> Corpus:
         d = cfg["data"]
         src, tgt = self.langs(cfg)
+        cached, self._checked = getattr(self, "_checked", None), None
+        if cached is not None and cached[0] == json.dumps(d, sort_keys=True, default=str):
+            return cached[1]  # just read by check_layout in this run: not read twice
         return read_corpus(Path(d["root"]), src, tgt, d["layout"], policy=d["on_bad_sample"], max_len=d["max_len"],
                            len_ratio=d["len_ratio"], valid_every=d["valid_every"], test_sets=tuple(d["test_sets"]))
+
+    def check_layout(self, cfg: dict[str, Any]) -> None:
+        """Read the corpus as training will (every layout and alignment error is found here); the next
+        ``corpus()`` call of the same config reuses it."""
+        self.check_source(cfg)
+        corpus = self.corpus(cfg)
+        self._checked = (json.dumps(cfg["data"], sort_keys=True, default=str), corpus)
 
     def check_data(self, cfg: dict[str, Any], progress: bool = True) -> DataReport:
         self.check_source(cfg)
@@ -243,12 +261,91 @@ class TranslationTask(Task):
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device) -> dict[str, float]:
+        hyps, refs = self._test_hypotheses(model, data, cfg, device)
+        metrics, _ = translation_scores(hyps, refs, self.langs(cfg)[1])
+        return metrics
+
+    def _test_hypotheses(self, model: nn.Module, data: TaskData, cfg: dict[str, Any],
+                         device: torch.device) -> tuple[list[str], list[str]]:
+        """Detokenised beam-search translations of the test split (``generation.limit`` first ones) and
+        their references, in test order."""
         test: Split = data.val
         ids = self.translate(model, data, test, cfg, device, cfg["generation"]["limit"])
         sw = data.extras["subwords"]
-        hyps = [sw.decode(h) for h in ids]
-        metrics, _ = translation_scores(hyps, test.tgt_text[: len(hyps)], self.langs(cfg)[1])
-        return metrics
+        return [sw.decode(h) for h in ids], test.tgt_text[: len(ids)]
+
+    def assess(self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device,
+               hp: dict[str, Any]) -> Evaluation:
+        """Test metrics, the validation score the epoch is selected on, and the test files: hypotheses
+        (``test.hyp.{last,selected}.<tgt>``), references (``test.ref.<tgt>``) and sources (``test.src.<src>``),
+        one sentence a line in test order, so that ``sacrebleu test.ref.de -i test.hyp.selected.de``
+        reproduces the stored score."""
+        src, tgt = self.langs(cfg)
+        hyps, refs = self._test_hypotheses(model, data, cfg, device)
+        metrics, _ = translation_scores(hyps, refs, tgt)
+        valid: Split = data.extras["valid"]
+        if hp["select_on"] == "valid_bleu":
+            sw = data.extras["subwords"]
+            vh = [sw.decode(h) for h in self.translate(model, data, valid, cfg, device)]
+            score = translation_scores(vh, valid.tgt_text, tgt)[0]["bleu"]
+        else:
+            score = self.valid_loss(model, valid, hp, cfg, device)
+        outputs = {f"test.hyp.{{which}}.{tgt}": hyps, f"test.ref.{tgt}": refs,
+                   f"test.src.{src}": data.val.src_text[: len(hyps)]}
+        return Evaluation(metrics, selection=score, outputs=outputs)
+
+    @torch.no_grad()  # not inference mode: fairseq caches the decoder's future mask, which training reuses
+    def valid_loss(self, model: nn.Module, split: Split, hp: dict[str, Any], cfg: dict[str, Any],
+                   device: torch.device) -> float:
+        """Mean cross-entropy (nats per target token, eos included, no label smoothing) of the references of
+        ``split`` under teacher forcing: the same measure for every cell whatever its training loss."""
+        model.eval()
+        src_lens, tgt_lens = split.lens()
+        longest = np.maximum(src_lens, tgt_lens)
+        order = np.argsort(longest, kind="stable")
+        cap = int(hp["max_tokens"])
+        total, count, batch = 0.0, 0, []
+        for k, i in enumerate(order):
+            batch.append(i)
+            nxt = order[k + 1] if k + 1 < len(order) else None
+            if nxt is None or (len(batch) + 1) * int(longest[nxt]) > cap:
+                sample = _move(self.collate(split, np.array(batch)), device)
+                with autocast(device, cfg):
+                    logits, target = self.forward(model, sample)
+                total += float(torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum"))
+                count += int(target.numel())
+                batch = []
+        return total / max(count, 1)
+
+    def selection(self, cfg: dict[str, Any], hp: dict[str, Any]) -> dict[str, Any]:
+        how = hp["select_on"]
+        return {"split": "valid", "metric": how, "mode": "min" if how == "valid_loss" else "max",
+                "note": "valid_loss: mean cross-entropy (nats/token) of the validation references; valid_bleu: "
+                        "detokenised sacreBLEU of the validation split with the generation settings"}
+
+    def export_artifacts(self, data: TaskData, cfg: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
+        """The SentencePiece model beside the weights (``lskd-bench translate`` needs nothing else), and the
+        test files."""
+        sw = data.extras["subwords"]
+        store.atomic_write(Path(cell_dir) / "spm.model", lambda f: f.write(sw.path.read_bytes()))
+        src, tgt = self.langs(cfg)
+        return {"subword_model": "spm.model", "hypotheses": {w: f"test.hyp.{w}.{tgt}" for w in ("selected", "last")},
+                "references": f"test.ref.{tgt}", "sources": f"test.src.{src}"}
+
+    def inference_data(self, cell_dir: Path, result: dict[str, Any]) -> TaskData:
+        """The sub-word model and dictionary of a finished cell, without its corpus (``lskd-bench translate``)."""
+        name = (result.get("files") or {}).get("subword_model")
+        path = Path(cell_dir) / name if name else None
+        if path is None or not path.is_file():  # a cell finished before spm.model was copied beside it
+            found = sorted(Path(cell_dir).parent.glob("cache/spm-*/spm.model"))
+            if len(found) != 1:
+                raise UsageError(f"{cell_dir}: no spm.model beside the weights, and {len(found)} sub-word models in "
+                                 f"{Path(cell_dir).parent / 'cache'}: cannot tell which one the cell used")
+            path = found[0]
+        sw = SubwordModel(path)
+        dictionary = make_dictionary(sw.pieces())
+        return TaskData(train=None, val=None, num_classes=len(dictionary), class_names=[],
+                        extras={"dictionary": dictionary, "subwords": sw})
 
     def metric_info(self, cfg: dict[str, Any]) -> dict[str, Any]:
         _, sig = translation_scores(["a"], ["a"], self.langs(cfg)[1])

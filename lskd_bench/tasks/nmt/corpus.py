@@ -5,11 +5,14 @@ Raw IWSLT (as in the release tarballs, e.g. ``de-en.tgz`` of IWSLT 2014 or ``en-
     ROOT[/<pair>]/train.tags.<pair>.<lang>               one segment a line, with XML-ish metadata lines
     ROOT[/<pair>]/IWSLT*.TED*.{dev,tst}*.<pair>.<lang>.xml   <seg id="N"> ... </seg> elements
 
-``<pair>`` is ``de-en`` or ``en-de`` (either order is found). As fairseq's ``prepare-iwslt14.sh``:
-metadata lines (``<url>``, ``<talkid>``, ``<keywords>``, ``<speaker>``...) are dropped, ``<title>`` and
-``<description>`` keep their text; validation = every 23rd training pair; test = all dev/tst sets
-concatenated in name order (IWSLT14: dev2010, TEDX.dev2012, tst2010-2012). Moses' clean-corpus rules
-filter the training pairs: 1 to ``max_len`` words a side, length ratio at most ``len_ratio``.
+``<pair>`` is ``de-en`` or ``en-de`` (either order is found). As fairseq's ``prepare-iwslt14.sh`` (and
+``prepare-iwslt17-multilingual.sh``): the known metadata lines (``<url>``, ``<talkid>``, ``<keywords>``,
+``<speaker>``, ``<reviewer>``, ``<translator>``, ``<doc ...>``, ``</doc>``) are dropped, ``<title>`` and
+``<description>`` keep their text, every other line is a sentence (even one starting with ``<``). The two
+sides' metadata lines must sit at the same line numbers (an error names the first one that does not).
+Validation = every 23rd training pair; test = all dev/tst sets concatenated in name order (IWSLT14:
+dev2010, TEDX.dev2012, tst2010-2012), each with both sides and the same ``<seg>`` ids. Moses' clean-corpus
+rules filter the training pairs: 1 to ``max_len`` words a side, length ratio at most ``len_ratio``.
 
 Plain layout: ``ROOT/{train,valid,test}.<lang>``, one sentence a line, aligned by line (valid optional:
 every 23rd training pair otherwise).
@@ -33,6 +36,8 @@ LAYOUTS = (
 
 _SEG = re.compile(r'<seg id="?\s*(\d+)\s*"?>\s*(.*?)\s*</seg>', re.IGNORECASE)
 _KEEP = re.compile(r"^\s*<(title|description)>(.*)</\1>\s*$", re.IGNORECASE)
+META_TAGS = ("url", "talkid", "keywords", "speaker", "reviewer", "translator", "doc")
+_META = re.compile(r"^\s*</?(" + "|".join(META_TAGS) + r")(?=[\s>/])", re.IGNORECASE)
 
 
 @dataclass
@@ -127,48 +132,70 @@ def read_raw(root: Path, src: str, tgt: str, *, policy: str = "error", max_len: 
     if not paths[tgt].is_file():
         raise UsageError(f"{paths[tgt]} is missing (found {paths[src].name}); {LAYOUTS}")
     lines = {lang: _read_lines(p, policy, report) for lang, p in paths.items()}
-    _check_same_length(paths[src], lines[src], paths[tgt], lines[tgt])
     pairs, meta = [], 0
-    for s, t in zip(lines[src], lines[tgt]):
+    for n, (s, t) in enumerate(zip(lines[src], lines[tgt]), 1):
         kind_s, s = _tag_line(s)
         kind_t, t = _tag_line(t)
-        if kind_s == "meta" or kind_t == "meta":
+        if kind_s != kind_t:  # a metadata line deleted or added on one side: every later pair would be shifted
+            raise UsageError(f"{paths[src]} and {paths[tgt]} are misaligned at line {n}: {_kind_text(kind_s)} in the "
+                             f"{src} file, {_kind_text(kind_t)} in the {tgt} file (metadata lines must sit at the same "
+                             "line numbers on both sides)")
+        if kind_s not in ("text", "title", "description"):
             meta += 1
             continue
         pairs.append((s, t))
+    _check_same_length(paths[src], lines[src], paths[tgt], lines[tgt])
     report.append(f"train.tags: {meta} metadata line pair(s) dropped")
     valid = [p for i, p in enumerate(pairs, 1) if i % valid_every == 0]
     train = [p for i, p in enumerate(pairs, 1) if i % valid_every != 0]
     train = clean_train(train, max_len, len_ratio, report)
     test: list[tuple[Optional[str], Optional[str]]] = []
-    found = sorted(d.glob(f"IWSLT*.TED*.*.{pair}.{src}.xml"))
-    found = [p for p in found if re.search(r"\.(dev|tst)\d", p.name)]
+    sets = set()  # test set names (IWSLT14.TED.dev2010...) found on either side
+    for lang in (src, tgt):
+        for p in d.glob(f"IWSLT*.TED*.*.{pair}.{lang}.xml"):
+            if re.search(r"\.(dev|tst)\d", p.name):
+                sets.add(p.name[: -len(f".{pair}.{lang}.xml")])
     if test_sets:
-        found = [p for p in found if any(t in p.name for t in test_sets)]
-    if not found:
+        sets = {n for n in sets if any(t in n for t in test_sets)}
+    if not sets:
         raise UsageError(f"{d}: no IWSLT*.TED*.{{dev,tst}}*.{pair}.{src}.xml test files; {LAYOUTS}")
-    for p in found:
-        q = p.with_name(p.name.replace(f".{pair}.{src}.xml", f".{pair}.{tgt}.xml"))
-        if not q.is_file():
-            raise UsageError(f"{q} is missing (the {tgt} side of {p.name})")
+    found = sorted(sets)
+    for name in found:
+        p, q = d / f"{name}.{pair}.{src}.xml", d / f"{name}.{pair}.{tgt}.xml"
+        for have, miss, lang in ((q, p, src), (p, q, tgt)):
+            if not miss.is_file():
+                raise UsageError(f"{miss} is missing (the {lang} side of {have.name}); a test set needs both sides")
         segs_s, segs_t = _segs(p, policy, report), _segs(q, policy, report)
-        if [i for i, _ in segs_s] != [i for i, _ in segs_t]:
-            raise UsageError(f"{p.name} and {q.name} hold different <seg> ids ({len(segs_s)} vs {len(segs_t)} segments)")
+        ids_s, ids_t = [i for i, _ in segs_s], [i for i, _ in segs_t]
+        if ids_s != ids_t:
+            k = next((k for k, (a, b) in enumerate(zip(ids_s, ids_t)) if a != b), min(len(ids_s), len(ids_t)))
+            raise UsageError(f"{p.name} and {q.name} hold different <seg> ids: segment {k + 1} is "
+                             f"{_seg_at(ids_s, k)} in the {src} file, {_seg_at(ids_t, k)} in the {tgt} file")
         test += [(a, b) for (_, a), (_, b) in zip(segs_s, segs_t)]
-    report.append(f"test: {len(test)} segments from {', '.join(p.name.split(f'.{pair}')[0] for p in found)}")
+    report.append(f"test: {len(test)} segments from {', '.join(found)}")
     return Corpus(train, _nonempty(valid, "valid", report), _nonempty(test, "test", report), report)
 
 
 def _tag_line(line: Optional[str]) -> tuple[str, Optional[str]]:
-    """("text" | "meta", text) of a train.tags line: metadata tags dropped, title/description kept."""
+    """(kind, text) of a train.tags line: kind is "text", "title"/"description" (text kept) or the
+    metadata tag's name (dropped). Only the known tags are metadata: ``<aliases> must ...`` is a sentence."""
     if line is None:
         return "text", None
     m = _KEEP.match(line)
     if m:
-        return "text", m.group(2).strip()
-    if line.lstrip().startswith("<"):
-        return "meta", None
+        return m.group(1).lower(), m.group(2).strip()
+    m = _META.match(line)
+    if m:
+        return m.group(1).lower(), None
     return "text", line
+
+
+def _kind_text(kind: str) -> str:
+    return "a sentence" if kind == "text" else f"a <{kind}> line"
+
+
+def _seg_at(ids: list[int], k: int) -> str:
+    return f'<seg id="{ids[k]}">' if k < len(ids) else f"missing (the file ends after {len(ids)} segments)"
 
 
 def _segs(path: Path, policy: str, report: list[str]) -> list[tuple[int, Optional[str]]]:
@@ -223,7 +250,8 @@ def read_corpus(root: Path, src: str, tgt: str, layout: str = "auto", **kw) -> C
     else:
         kw.pop("test_sets", None)
         corpus = read_plain(root, src, tgt, **kw)
-    for name, pairs in (("train", corpus.train), ("test", corpus.test)):
+    for name, pairs in (("train", corpus.train), ("valid", corpus.valid), ("test", corpus.test)):
         if not pairs:
-            raise UsageError(f"{root}: the {name} split of {src}-{tgt} is empty after reading; {LAYOUTS}")
+            why = " (the reported epoch is selected on it: give valid.<lang> files or more training pairs)" if name == "valid" else ""
+            raise UsageError(f"{root}: the {name} split of {src}-{tgt} is empty after reading{why}; {LAYOUTS}")
     return corpus
