@@ -21,6 +21,7 @@ Pixel values differ slightly from the PIL pipeline (different JPEG decoder build
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -35,10 +36,10 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def decode_mode(cfg: dict[str, Any]) -> str:
     """``data.decode`` resolved: ``auto`` is ``gpu`` when training runs on CUDA, ``cpu`` otherwise."""
-    mode = str(cfg.get("data", {}).get("decode", "auto"))
+    mode = str(cfg["data"]["decode"])
     if mode != "auto":
         return mode
-    dev = str(cfg.get("device", "auto"))
+    dev = str(cfg["device"])
     on_cuda = dev.startswith("cuda") or (dev == "auto" and torch.cuda.is_available())
     return "gpu" if on_cuda else "cpu"
 
@@ -46,7 +47,7 @@ def decode_mode(cfg: dict[str, Any]) -> str:
 def decode_device(cfg: dict[str, Any]) -> torch.device:
     """Where batches are decoded: the training device on CUDA (the current device at decode time when the
     config names no index, i.e. each DDP process's own GPU), else the CPU."""
-    dev = str(cfg.get("device", "auto"))
+    dev = str(cfg["device"])
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(dev) if dev.startswith("cuda") else torch.device("cpu")
@@ -108,9 +109,9 @@ class EncodedImages(Dataset):
         self.classes = list(classes)
         self.d, self.train = dict(d), train
         self.size = int(d["image_size"])
-        self.eval_resize = int(d.get("eval_resize") or int(round(self.size / 0.875)))
+        self.eval_resize = int(d["eval_resize"] or int(round(self.size / 0.875)))
         self._jitter = None
-        b, c = d.get("color_jitter") or (0.0, 0.0)
+        b, c = d["color_jitter"]
         if train and (b or c):
             from torchvision import transforms as T
 
@@ -142,9 +143,9 @@ class EncodedImages(Dataset):
         box = T.RandomResizedCrop.get_params(img, list(d["crop_scale"]), list(d["crop_ratio"]))
         flip = bool(torch.rand(1) < 0.5)
         angle = 0.0
-        if d.get("rotation"):
+        if d["rotation"]:
             angle = T.RandomRotation.get_params([-float(d["rotation"]), float(d["rotation"])])
-        gray = bool(d.get("grayscale")) and bool(torch.rand(1) < float(d["grayscale"]))
+        gray = bool(d["grayscale"]) and bool(torch.rand(1) < float(d["grayscale"]))
         jitter: tuple[tuple[int, float], ...] = ()
         if self._jitter is not None:
             cj = self._jitter
@@ -248,8 +249,6 @@ def rotate(x: torch.Tensor, degrees: list[float]) -> torch.Tensor:
     ``Image.rotate(angle, BILINEAR)`` does (RandomRotation on the CPU pipeline): bilinear with the edge pixels
     repeated for a point inside the source, black for a point outside it (within 1 grey level of PIL on the
     tests' images; torchvision's tensor rotate blends the border with black instead)."""
-    import math
-
     n, _, h, w = x.shape
     r = _on(x.device, [math.radians(a) for a in degrees])
     c, s, z = torch.cos(r), torch.sin(r), torch.zeros_like(r)
