@@ -286,7 +286,7 @@ def fairseq_run(bin_dir: Path, args: list[str]) -> tuple[list[int], list[float]]
             st = json.loads(m.group(1))
             wpb, wps = float(st["wpb"]), float(st["wps"])
             tokens.append(int(round(wpb)))
-            seconds.append(wpb / wps)
+            seconds.append(wpb / wps if wps > 0 else 0.0)  # the first update: no interval yet (skipped)
     if not tokens:
         raise SystemExit("bench_nmt: no per-update lines in fairseq-train's log")
     return tokens, seconds
@@ -300,6 +300,7 @@ def vs_fairseq(device: str = "cpu", *, arch: str = DEMO["teacher"], vocab: int =
     corpus = _corpus_for(vocab, max_tokens, updates, mean_len)
     ours: tuple[list[int], list[float]] = ([], [])
     theirs: tuple[list[int], list[float]] = ([], [])
+    ratios: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench_nmt-fairseq-") as tmp:
         text, bin_dir = Path(tmp) / "text", Path(tmp) / "bin"
         write_text(corpus, text)
@@ -317,12 +318,15 @@ def vs_fairseq(device: str = "cpu", *, arch: str = DEMO["teacher"], vocab: int =
             a = loop_run(corpus, role="teacher", teacher=arch, student=arch, max_tokens=max_tokens, updates=updates,
                          device=device, dropout=dropout, **train)
             b = fairseq_run(bin_dir, args)
-            log(f"round {r + 1}/{rounds}: lskd-bench {_rate(*a, skip):9.0f}  fairseq-train {_rate(*b, skip):9.0f} target tokens/s "
-                f"({len(a[0])} and {len(b[0])} updates, {sum(a[0])} and {sum(b[0])} target tokens)")
+            ratios.append(_rate(*a, skip) / _rate(*b, skip))
+            log(f"round {r + 1}/{rounds}: lskd-bench {_rate(*a, skip):9.0f}  fairseq-train {_rate(*b, skip):9.0f} target tokens/s, "
+                f"ratio {ratios[-1]:.3f} ({len(a[0])} and {len(b[0])} updates, {sum(a[0])} and {sum(b[0])} target tokens)")
             for acc, new in ((ours, a), (theirs, b)):
                 acc[0].extend(new[0][skip:])
                 acc[1].extend(new[1][skip:])
     mine, other = _rate(*ours, 0), _rate(*theirs, 0)
+    if rounds > 1:
+        log(f"median of the {rounds} rounds' ratios: {statistics.median(ratios):.3f}")
     return mine, other, mine / other
 
 

@@ -97,9 +97,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runners.grid import run_grid
     from .runners.store import check_writable_dir
 
+    from .runners.train import auto_cpu_reason
+
     cfg = _resolve(args).cfg
     out = Path(args.out)
     check_writable_dir(out)
+    reason = auto_cpu_reason(cfg)
+    if reason:
+        print(f"device auto: training on the CPU: {reason}", file=sys.stderr)
     if args.dry_run:
         for cell in plan_cells(cfg):
             print(cell.dir(out))

@@ -286,6 +286,11 @@ class Task:
     def validate(self, cfg: dict[str, Any]) -> None:
         """Cheap checks of task-specific settings (data root layout, arch names); raise UsageError."""
 
+    def cpu_reason(self, cfg: dict[str, Any]) -> Optional[str]:
+        """Why ``device: auto`` should train on the CPU although a GPU is there (models too small to gain from
+        it), or None."""
+        return None
+
     def check_data(self, cfg: dict[str, Any], progress: bool = True) -> DataReport:
         """Scan the whole data root (decode every file...) for ``lskd-bench check-data``."""
         self.validate(cfg)
