@@ -39,7 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -330,6 +330,29 @@ def vs_fairseq(device: str = "cpu", *, arch: str = DEMO["teacher"], vocab: int =
     return mine, other, mine / other
 
 
+# ------------------------------------------------------------------------------------------ GPU check rows
+def gpu_rows(device: str = "cuda") -> list[tuple[str, Callable[[], float], Optional[float], str]]:
+    """(name, measure, lower bound or None, unit) of the translation rows of ``benchmarks/gpu_check.py``: the
+    IWSLT recipe (41.8 M teacher, 8.8 M student, vocab 10k, max_tokens 4096) on one GPU, bf16."""
+    r = {k: RECIPE[k] for k in ("teacher", "vocab", "max_tokens")}
+    rs = {**r, "student": RECIPE["student"]}
+    return [
+        ("nmt teacher step (IWSLT recipe)", lambda: teacher_step(device, **r), BOUNDS["teacher_step"], "target tokens/s"),
+        ("nmt KD student step (one student)", lambda: kd_step(device, **rs), None, "target tokens/s"),
+        ("nmt fused group of 5 KD students", lambda: fused_students(device, members=5, **rs), None,
+         "target tokens/s (all members)"),
+        ("nmt beam-5 decoding (256 sentences, max_tokens 8192)",
+         lambda: beam_decoding(device, teacher=r["teacher"], vocab=r["vocab"], sentences=256, gen_max_tokens=8192),
+         BOUNDS["beam_decoding"], "target tokens/s"),
+        ("nmt lskd-bench / fairseq-train teacher (IWSLT recipe)",
+         lambda: vs_fairseq(device, arch=r["teacher"], vocab=r["vocab"], max_tokens=r["max_tokens"], updates=40, skip=5,
+                            rounds=1, log=lambda s: None)[2], BOUNDS["vs_fairseq"], "ratio"),
+        ("nmt demo teacher (transformer_tiny) on the GPU / on the CPU",
+         lambda: teacher_step(device, updates=30) / teacher_step("cpu", updates=30), None,
+         "ratio (device auto keeps the demo on the CPU)"),
+    ]
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -345,6 +368,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--members", type=int, default=5, help="students in the fused group")
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--compile", action="store_true", help="torch.compile the models being trained (cfg compile)")
+    ap.add_argument("--pad-to-multiple", type=int, default=1, help="pad batch lengths to a multiple (teacher/student "
+                    "pad_to_multiple: shapes repeat, for --compile)")
     ap.add_argument("--vs-fairseq", action="store_true", help="teacher training side by side with fairseq-train")
     ap.add_argument("--rounds", type=int, default=2, help="--vs-fairseq: alternations of the two trainers")
     ap.add_argument("--iwslt-train-tokens", type=float, default=None,
@@ -356,7 +381,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     teacher, student = args.teacher or base["teacher"], args.student or base["student"]
     vocab, max_tokens = args.vocab or base["vocab"], args.max_tokens or base["max_tokens"]
     name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    train = {"compile": True} if args.compile else {}
+    train: dict[str, Any] = {"pad_to_multiple": args.pad_to_multiple}
+    if args.compile:
+        train["compile"] = True
     print(f"device: {name}; {teacher} -> {student}, vocab {vocab}, max_tokens {max_tokens}, mean length {args.mean_len}, "
           f"{'bf16 autocast' if device == 'cuda' else 'fp32'}", flush=True)
     if args.vs_fairseq:

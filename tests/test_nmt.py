@@ -371,3 +371,26 @@ def test_device_auto_keeps_tiny_translation_models_on_the_cpu(tmp_path, monkeypa
     assert train.resolve_device({**tiny, "device": "cuda"}).type == "cuda"  # an explicit choice wins
     big = resolve_config("iwslt_ende", {}, tiny_nmt(root, student={"arch": "transformer_iwslt_de_en_small"}))
     assert train.auto_cpu_reason(big) is None and train.resolve_device(big).type == "cuda"
+
+
+def test_pad_to_multiple_repeats_shapes_and_keeps_the_loss(tmp_path):
+    from lskd_bench.runners.grid import resolve_config
+    from lskd_bench.tasks import get_task
+
+    root = make_plain(tmp_path / "data")
+    cfg = resolve_config("iwslt_ende", {}, tiny_nmt(root, teacher={"dropout": 0.0, "pad_to_multiple": 8}))
+    task = get_task("iwslt_ende")
+    data = task.load_data(cfg, cache_dir=tmp_path / "cache")
+    plain_cfg = {**cfg["teacher"], "pad_to_multiple": 1}
+    padded = list(task.train_batches(data, cfg["teacher"], cfg, seed=0, epoch=0))
+    plain = list(task.train_batches(data, plain_cfg, cfg, seed=0, epoch=0))
+    assert len(padded) == len(plain) > 1
+    assert any(b["target"].shape[1] % 8 for b in plain)  # the plain lengths vary
+    torch.manual_seed(0)
+    model = task.build_model("transformer_micro", data, cfg, cfg["teacher"]).eval()
+    for p8, p1 in zip(padded, plain):
+        for t in (p8["net_input"]["src_tokens"], p8["net_input"]["prev_output_tokens"], p8["target"]):
+            assert t.shape[1] % 8 == 0
+        s8, y8 = task.forward(model, p8)
+        s1, y1 = task.forward(model, p1)
+        assert torch.equal(y8, y1) and torch.allclose(s8, s1, rtol=1e-4, atol=1e-5)

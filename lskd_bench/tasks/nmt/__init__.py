@@ -83,6 +83,9 @@ NMT_TRAIN = TRAIN.extend(
         "share_decoder_input_output_embed": Field(bool, True, "tie the decoder's input and output embeddings"),
         "share_all_embeddings": Field(bool, False, "tie encoder and decoder embeddings too (joint vocabulary)"),
         "max_positions": Field(int, 1024, "longest sequence the positional embeddings cover", min=8),
+        "pad_to_multiple": Field(int, 1, "pad training batches' lengths up to a multiple of this, so that shapes repeat "
+                                 "(for --compile / CUDA; the loss skips the padding, but dropout draws other masks)",
+                                 min=1, identity=False),
     }
 )
 
@@ -250,14 +253,15 @@ class TranslationTask(Task):
         if world > 1:
             batches = batches[: len(batches) - len(batches) % world][rank::world]
         batches = batches[start:]
-        return Batches(len(batches), lambda: (self.collate(split, b) for b in batches))
+        multiple = int(role_cfg.get("pad_to_multiple") or 1)
+        return Batches(len(batches), lambda: (self.collate(split, b, multiple) for b in batches))
 
-    def collate(self, split: Split, idx) -> dict:
+    def collate(self, split: Split, idx, pad_to_multiple: int = 1) -> dict:
         from .fairseq_adapter import collate
 
         samples = [{"id": int(i), "source": torch.from_numpy(split.src[i].astype(np.int64)),
                     "target": torch.from_numpy(split.tgt[i].astype(np.int64))} for i in idx]
-        batch = collate(samples, PAD, EOS)
+        batch = collate(samples, PAD, EOS, pad_to_multiple)
         # the flat positions of the non-pad targets, found here on the host: forward() gathers them without
         # the device-to-host sync a boolean mask costs
         batch["target_index"] = batch["target"].reshape(-1).ne(PAD).nonzero().squeeze(1)

@@ -114,12 +114,14 @@ def length_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int, 
                                     num_tokens_vec=num_tokens[order], max_tokens=max_tokens, max_sentences=max_sentences)
 
 
-def collate(samples: list[dict], pad: int, eos: int) -> dict:
-    """Pad a batch as fairseq does: left-padded sources, targets with prev_output_tokens (eos first)."""
+def collate(samples: list[dict], pad: int, eos: int, pad_to_multiple: int = 1) -> dict:
+    """Pad a batch as fairseq does: left-padded sources, targets with prev_output_tokens (eos first), both
+    lengths rounded up to a multiple of ``pad_to_multiple`` (fairseq's --pad-to-multiple)."""
     _fairseq()
     from fairseq.data.language_pair_dataset import collate as fs_collate
 
-    return fs_collate(samples, pad_idx=pad, eos_idx=eos, left_pad_source=True, left_pad_target=False)
+    return fs_collate(samples, pad_idx=pad, eos_idx=eos, left_pad_source=True, left_pad_target=False,
+                      pad_to_multiple=pad_to_multiple)
 
 
 def generator(model: torch.nn.Module, dictionary, beam: int, lenpen: float, max_len_a: float, max_len_b: int):
