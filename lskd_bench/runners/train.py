@@ -268,8 +268,8 @@ class Member:
     def _accumulate(self, loss: torch.Tensor, n: int) -> None:
         """Add the step's loss to the epoch's sum on the device: no host sync (float64, so the sum equals the
         Python-float sum of earlier versions bit for bit)."""
-        if self._loss_acc is None:
-            self._loss_acc = torch.tensor(self.loss_sum, dtype=torch.float64, device=loss.device)
+        if self._loss_acc is None:  # torch.full: a fill kernel, not a host-to-device copy (which would sync)
+            self._loss_acc = torch.full((), self.loss_sum, dtype=torch.float64, device=loss.device)
         self._loss_acc += loss.detach().double() * n
         self.loss_count += n
 
@@ -299,12 +299,13 @@ class Member:
             if loss.device.type != "cuda":
                 if not torch.isfinite(loss):
                     raise CellFailed(f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, update {self.update + 1}")
-            else:  # remember the first non-finite update on the device
+            else:  # remember the first non-finite update and its loss on the device (fill kernels, no copies)
                 if self._bad is None:
-                    self._bad = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=loss.device)
+                    self._bad = torch.full((2,), -1.0, dtype=torch.float64, device=loss.device)
                 first = (self._bad[0] < 0) & ~torch.isfinite(loss.detach())
-                self._bad.copy_(torch.where(first, torch.stack([loss.new_tensor(float(self.update)).double(),
-                                                                loss.detach().double()]), self._bad))
+                now = torch.stack([torch.full((), float(self.update), dtype=torch.float64, device=loss.device),
+                                   loss.detach().double()])
+                self._bad = torch.where(first, now, self._bad)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if float(self.hp.get("clip_norm", 0.0)) > 0:

@@ -118,6 +118,8 @@ def _recipe(name: str) -> dict[str, Any]:
 
 def _move(obj: Any, device: torch.device) -> Any:
     if torch.is_tensor(obj):
+        if device.type == "cuda":  # from pinned memory the copy is asynchronous: the host does not wait
+            obj = obj.pin_memory()
         return obj.to(device, non_blocking=True)
     if isinstance(obj, dict):
         return {k: _move(v, device) for k, v in obj.items()}
