@@ -292,7 +292,8 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
                    "implies --executor slurm")
     r.add_argument("--wait", action="store_true", help="slurm: block with a progress bar until every cell settled")
     r.add_argument("--jobs", type=int, help="cells trained at once by the subprocess executor")
-    r.add_argument("--device", help="auto (default), cpu or cuda")
+    r.add_argument("--device", help="auto (default: cuda if available, except for models too small to gain from it, "
+                   "such as the NMT demo's, which stay on the CPU and say so), cpu or cuda")
     r.add_argument("--nproc-per-node", type=int, help="train each cell with DDP over N processes (torchrun executor)")
     r.add_argument("--num-workers", type=int, help="data-loader worker processes (image tasks)")
     r.add_argument("--compile", action="store_true", help="torch.compile the student/teacher being trained")
