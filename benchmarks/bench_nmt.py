@@ -44,7 +44,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from lskd_bench.tasks.nmt import EOS, IWSLTEnDe, Split
+from lskd_bench.tasks.nmt import EOS, PAD, IWSLTEnDe, Split
 from lskd_bench.tasks.nmt import fairseq_adapter as fa
 
 # the issue's goals (issue 16) for the GPU check; figures in target tokens/s at the IWSLT recipe
@@ -56,6 +56,28 @@ BOUNDS = {
 
 RECIPE = {"teacher": "transformer_iwslt_de_en", "student": "transformer_iwslt_de_en_small", "vocab": 10000, "max_tokens": 4096}
 DEMO = {"teacher": "transformer_tiny", "student": "transformer_micro", "vocab": 1000, "max_tokens": 1024}
+
+
+# ------------------------------------------------------------------------------------------ a synthetic batch
+def batch(rng, vocab: int, max_tokens: int, mean_len: int, device) -> dict:
+    """One collated batch of random sentences within ``max_tokens`` (sentences x longest side), on ``device``."""
+    samples, i, longest = [], 0, 0
+    while True:
+        ls, lt = (max(2, int(rng.normal(mean_len, mean_len / 4))) for _ in range(2))
+        longest = max(longest, ls, lt)
+        if (len(samples) + 1) * longest > max_tokens:
+            break
+        samples.append({"id": i, "source": torch.from_numpy(np.append(rng.integers(4, vocab, ls - 1), EOS)),
+                        "target": torch.from_numpy(np.append(rng.integers(4, vocab, lt - 1), EOS))})
+        i += 1
+    b = fa.collate(samples, PAD, EOS)
+    b["target_index"] = b["target"].reshape(-1).ne(PAD).nonzero().squeeze(1)
+    return IWSLTEnDe().to_device(b, torch.device(device), {})
+
+
+def logits_of(model, b):
+    """The training forward of the translation task: logits and targets of the non-pad positions."""
+    return IWSLTEnDe().forward(model, b)
 
 
 # ------------------------------------------------------------------------------------------ the corpus
@@ -331,9 +353,21 @@ def vs_fairseq(device: str = "cpu", *, arch: str = DEMO["teacher"], vocab: int =
 
 
 # ------------------------------------------------------------------------------------------ GPU check rows
-def gpu_rows(device: str = "cuda") -> list[tuple[str, Callable[[], float], Optional[float], str]]:
+def gpu_rows(device: str = "cuda", small: bool = False) -> list[tuple[str, Callable[[], float], Optional[float], str]]:
     """(name, measure, lower bound or None, unit) of the translation rows of ``benchmarks/gpu_check.py``: the
-    IWSLT recipe (41.8 M teacher, 8.8 M student, vocab 10k, max_tokens 4096) on one GPU, bf16."""
+    IWSLT recipe (41.8 M teacher, 8.8 M student, vocab 10k, max_tokens 4096) on one GPU, bf16. ``small``: the
+    demo's models, max_tokens 256, a few updates, no fairseq-train (seconds on a CPU, for tests)."""
+    if small:
+        r = {"teacher": DEMO["teacher"], "vocab": DEMO["vocab"], "max_tokens": 256, "updates": 4, "skip": 1, "mean_len": 8}
+        rs = {**r, "student": DEMO["student"]}
+        return [
+            ("nmt teacher step (demo models, small)", lambda: teacher_step(device, **r), None, "target tokens/s"),
+            ("nmt KD student step (small)", lambda: kd_step(device, **rs), None, "target tokens/s"),
+            ("nmt fused group of 5 KD students (small)", lambda: fused_students(device, members=5, **rs), None,
+             "target tokens/s (all members)"),
+            ("nmt beam-5 decoding (small)", lambda: beam_decoding(device, teacher=r["teacher"], vocab=r["vocab"], sentences=8,
+                                                                  mean_len=8, rounds=1), None, "target tokens/s"),
+        ]
     r = {k: RECIPE[k] for k in ("teacher", "vocab", "max_tokens")}
     rs = {**r, "student": RECIPE["student"]}
     return [
