@@ -136,10 +136,11 @@ def config(corpus: Corpus, root: Path, *, teacher: str, student: str, max_tokens
     for split in ("train", "test"):
         for side in ("en", "de"):
             (root / f"{split}.{side}").touch()  # the task checks that a corpus is there; the bench supplies it
+    compile_ = bool(train.pop("compile", False))  # a run setting, not a role's
     role = {"max_tokens": max_tokens, "max_updates": updates, "epochs": 10_000, "eval_every": 10_000,
             "checkpoint_every": None, "dropout": dropout, **train}
     return resolve_config("iwslt_ende", {}, {
-        "data": {"root": str(root), "vocab_size": corpus.vocab}, "device": device,
+        "data": {"root": str(root), "vocab_size": corpus.vocab}, "device": device, "compile": compile_,
         "teacher": {**role, "arch": teacher}, "student": {**role, "arch": student},
         "grid": {"alphas": list(alphas), "temperatures": list(temperatures)},
         "generation": {"limit": 1, "beam": 1, "max_len_b": 2},  # the loop's final evaluation: negligible
