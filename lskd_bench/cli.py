@@ -1,4 +1,4 @@
-"""``lskd-bench`` command line: run, leaderboard, tasks, analyze, visualize."""
+"""``lskd-bench`` command line: run, leaderboard, tasks, analyze, visualize, plot."""
 from __future__ import annotations
 
 import argparse
@@ -58,10 +58,14 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         val = getattr(args, flag)
         if val is not None:
             set_dotted(o, key, str(Path(val).absolute()))
-    for flag in ("executor", "jobs", "device", "nproc_per_node", "num_workers"):
+    for flag in ("pair", "executor", "jobs", "device", "nproc_per_node", "num_workers", "per_gpu"):
         val = getattr(args, flag)
         if val is not None:
             o[flag] = val
+    if args.gpus is not None:
+        from .runners.devices import parse_gpus
+
+        o["gpus"] = ",".join(parse_gpus(args.gpus))
     if args.nproc_per_node and args.nproc_per_node > 1 and args.executor is None:
         o["executor"] = "torchrun"
     for flag in ("compile", "channels_last"):
@@ -227,6 +231,15 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .analysis.curves import plot_curves
+
+    paths = plot_curves(_runs_dir(args), Path(args.out) if args.out else None, task=args.task)
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .runners.slurm import status_rows
 
@@ -260,7 +273,11 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     from .tasks import get_task, task_names
 
     for name in task_names():
-        print(f"{name:<18} {get_task(name).description}")
+        task = get_task(name)
+        print(f"{name:<18} {task.description}")
+        pairs = task.pairs()
+        if pairs:
+            print(f"{'':<18} pairs (--pair): {', '.join(pairs)}")
     return 0
 
 
@@ -268,6 +285,8 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
     """The options that make up a run's config (shared by run, config and check-data)."""
     r.add_argument("--task", help="task name (default: digits, or the config file's 'task'); see 'lskd-bench tasks'")
     r.add_argument("--config", help="YAML config merged over the task's defaults")
+    r.add_argument("--pair", help="teacher-student pair whose published recipe (archs, lr, method hyper-parameters) "
+                   "is applied over the task's, e.g. resnet32x4-resnet8x4 (cifar100); 'lskd-bench tasks' lists them")
     r.add_argument("--grid", help="swept axes, comma-separated from {alpha,T} (default: alpha,T); "
                    "an axis not swept takes grid.fixed (alpha 0.1, T 1)")
     r.add_argument("--alphas", help="teacher label-smoothing values (default: 0,0.1)")
@@ -287,14 +306,20 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
                    "KD as the official code, for every built-in task)")
     r.add_argument("--no-t-squared", action="store_true", help="do not scale the KD term by T^2")
     r.add_argument("--no-baseline", action="store_true", help="skip the no-KD baseline student")
-    r.add_argument("--executor", help="where cells train: local (default), subprocess, torchrun or slurm")
+    r.add_argument("--executor", help="where cells train: auto (default: subprocess over every GPU on a machine with "
+                   "several, else local), local (in this process), subprocess, torchrun or slurm")
     r.add_argument("--runner-profile", help="executor profile YAML (runners/slurm.yaml: partition, GPUs, time...); "
                    "implies --executor slurm")
     r.add_argument("--wait", action="store_true", help="slurm: block with a progress bar until every cell settled")
-    r.add_argument("--jobs", type=int, help="cells trained at once by the subprocess executor")
+    r.add_argument("--jobs", type=int, help="at most N units at once (subprocess/torchrun; default: one per GPU slot, "
+                   "1 on the CPU)")
+    r.add_argument("--gpus", help="GPU ids to spread the grid over, comma-separated, e.g. 0,1,2,3 (default: "
+                   "CUDA_VISIBLE_DEVICES if set, else every GPU); each unit's worker sees only its own")
+    r.add_argument("--per-gpu", type=int, help="units sharing one GPU at a time (default 1; small models: 2-8)")
     r.add_argument("--device", help="auto (default: cuda if available, except for models too small to gain from it, "
                    "such as the NMT demo's, which stay on the CPU and say so), cpu or cuda")
-    r.add_argument("--nproc-per-node", type=int, help="train each cell with DDP over N processes (torchrun executor)")
+    r.add_argument("--nproc-per-node", type=int, help="train each unit with DDP over N processes on N GPUs of its own "
+                   "(torchrun executor; units run side by side while GPUs are free)")
     r.add_argument("--num-workers", type=int, help="data-loader worker processes (image tasks)")
     r.add_argument("--compile", action="store_true", help="torch.compile the student/teacher being trained")
     r.add_argument("--channels-last", action="store_true", help="channels_last memory format on CUDA")
@@ -372,6 +397,16 @@ def build_parser() -> argparse.ArgumentParser:
     vz.add_argument("--seed", type=int, help="student seed (default: the lowest)")
     vz.add_argument("--out", help="PNG path (default: RUNS/<task>/analysis/projection_<A>_<B>_<C>_<split>.png)")
     vz.set_defaults(func=cmd_visualize)
+
+    pl = sub.add_parser("plot", help="training curves (loss and validation metric vs epoch) of every finished cell (PNG)",
+                        description="One PNG per task and group (the teachers of an architecture; the students of one "
+                        "method and seed, with the no-KD student in black), from the history in each result.json: "
+                        "training loss and the task's metric against epoch; colour: alpha, line style: T. Live "
+                        "curves: logging.tensorboard: true, then tensorboard --logdir RUNS.")
+    pl.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
+    pl.add_argument("--task", help="only this task")
+    pl.add_argument("--out", help="folder (default: RUNS/<task>/curves; else OUT/<task>/)")
+    pl.set_defaults(func=cmd_plot)
 
     c = sub.add_parser("config", help="print the resolved config of a run, with where each value came from",
                        description="Resolve the config as 'run' would (schema defaults <- task recipe <- --config FILE <- "

@@ -17,17 +17,23 @@ from .tasks.base import ClassifierNet
 # arch name -> (library, constructor name)
 ARCHS = {
     "resnet18": ("torchvision", "resnet18"),
+    "resnet34": ("torchvision", "resnet34"),
     "resnet50": ("torchvision", "resnet50"),
     "convnext_tiny": ("torchvision", "convnext_tiny"),
     "efficientnet_b0": ("timm", "efficientnet_b0"),
     "mobilenetv2_100": ("timm", "mobilenetv2_100"),
+    "mobilenet_v1": ("lskd_bench", "MobileNetV1"),  # mdistiller's ImageNet MobileNet-V1 (cifar_models.py)
 }
 
 
-def build_image_model(arch: str, num_classes: int) -> ClassifierNet:
+def build_image_model(arch: str, num_classes: int) -> nn.Module:
     if arch not in ARCHS:
         raise UsageError(f"unknown arch {arch!r} (known: {', '.join(sorted(ARCHS))})")
     lib, name = ARCHS[arch]
+    if lib == "lskd_bench":
+        from . import cifar_models
+
+        return getattr(cifar_models, name)(num_classes)
     if lib == "timm":
         import timm
 
@@ -72,10 +78,12 @@ def init_path(template: str, alpha: float) -> Path:
     return path
 
 
-def load_init_checkpoint(model: ClassifierNet, path: str | Path) -> int:
+def load_init_checkpoint(model: nn.Module, path: str | Path, strict: bool = False) -> int:
     """Load local weights into ``model``: lskd-bench's own format, or the library's (torchvision/timm)
-    format, whose tensors map onto the backbone. Tensors whose shape differs (a 1000-class head on a
-    200-class task) are skipped. Returns how many tensors were loaded."""
+    format, whose tensors map onto the backbone, or a ``{"model": state_dict}`` training checkpoint (the
+    shared CIFAR teachers). Tensors whose shape differs (a 1000-class head on a 200-class task) are skipped,
+    unless ``strict`` (a trained teacher): then every tensor of the model must come from the checkpoint.
+    Returns how many tensors were loaded."""
     path = Path(path)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -85,11 +93,18 @@ def load_init_checkpoint(model: ClassifierNet, path: str | Path) -> int:
     own = model.state_dict()
     mapped: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
-        for cand in (k, f"backbone.{k}"):
+        # the library's classifier (torchvision fc / classifier.N, timm classifier) is ClassifierNet's head
+        head = f"head.{k.rsplit('.', 1)[-1]}" if k.split(".")[0] in ("fc", "classifier") else None
+        for cand in (k, f"backbone.{k}", *([head] if head else [])):
             if cand in own and own[cand].shape == v.shape:
                 mapped[cand] = v
                 break
     if not mapped:
         raise UsageError(f"checkpoint {path} has no tensor matching the model")
+    missing = [k for k in own if k not in mapped]
+    if strict and missing:
+        raise UsageError(f"checkpoint {path} lacks {len(missing)} of the model's {len(own)} tensors (e.g. {missing[0]}"
+                         f"{', shape ' + str(tuple(sd[missing[0]].shape)) + ' there' if missing[0] in sd else ''}): "
+                         "is it a checkpoint of this architecture and number of classes?")
     model.load_state_dict(mapped, strict=False)
     return len(mapped)

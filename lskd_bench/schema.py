@@ -246,6 +246,15 @@ LOCK = Section(
     "cross-process cell locks",
 )
 
+LOGGING = Section(
+    {
+        "tensorboard": Field(bool, False, "write TensorBoard event files per cell (CELL/tensorboard/: loss, lr, loss terms, "
+                             "metrics; needs the tensorboard extra)", identity=False),
+        "every_updates": Field(int, 50, "TensorBoard: log the step loss and lr every N updates", min=1, identity=False),
+    },
+    "training curves",
+)
+
 RUN = Section(
     {
         "task": Field(str, "digits", "task name"),
@@ -254,6 +263,7 @@ RUN = Section(
         "grid": GRID,
         "analysis": ANALYSIS,
         "lock": LOCK,
+        "logging": LOGGING,
         "device": Field(str, "auto", "auto (cuda if available, unless the task's models are too small to gain from it), cpu or cuda",
                         choices=("auto", "cpu", "cuda"), identity=False),
         "amp": Field(str, "bf16", "bf16 autocast on CUDA, or fp32", choices=("bf16", "fp32"), identity=False),
@@ -261,9 +271,16 @@ RUN = Section(
         "channels_last": Field(bool, False, "channels_last memory format on CUDA", identity=False),
         "num_workers": Field(int, 0, "data-loader worker processes", min=0, identity=False),
         "eval_batch_size": Field(int, 256, "batch size of evaluation and feature export", min=1, identity=False),
-        "executor": Field(str, "local", "where cells train (local, subprocess, torchrun, or a plugin)", identity=False),
-        "jobs": Field(int, 1, "cells trained at once by the subprocess executor", min=1, identity=False),
-        "nproc_per_node": Field(int, 1, "DDP processes per cell (torchrun executor)", min=1, identity=False),
+        "executor": Field(str, "auto", "where cells train: local, subprocess, torchrun, slurm or a plugin; auto: "
+                          "subprocess over every GPU with several GPUs (or gpus/per_gpu given), torchrun with "
+                          "nproc_per_node > 1, else local", identity=False),
+        "jobs": Field(int, None, "units trained at once by the subprocess/torchrun executors (null: one per GPU slot, "
+                      "1 without GPUs)", min=1, nullable=True, identity=False),
+        "gpus": Field(str, None, "comma-separated GPU ids the subprocess/torchrun executors may use, e.g. \"0,1,2,3\" "
+                      "(null: CUDA_VISIBLE_DEVICES if set, else every GPU)", nullable=True, identity=False,
+                      check=lambda v: None if all(p.strip() for p in v.split(",")) else "must be comma-separated GPU ids"),
+        "per_gpu": Field(int, 1, "units sharing one GPU at a time (subprocess/torchrun executors)", min=1, identity=False),
+        "nproc_per_node": Field(int, 1, "DDP processes (GPUs) per unit (torchrun executor)", min=1, identity=False),
         "fuse": Field(bool, True, "train the students of one teacher (and seed) in one shared data pass", identity=False),
         "max_fused": Field(int, 8, "at most this many cells in one fused pass (larger groups are split)", min=1, identity=False),
     }

@@ -43,3 +43,32 @@ def make_cub(root: Path, per_class: tuple[int, int] = (4, 2)) -> Path:
     for fname, rows in (("images.txt", images), ("image_class_labels.txt", labels), ("train_test_split.txt", split), ("classes.txt", classes)):
         (d / fname).write_text("\n".join(rows) + "\n")
     return d
+
+
+def make_cifar100(root: Path, per_class: tuple[int, int] = (6, 2), classes: int = 100) -> Path:
+    """A ``cifar-100-python/`` folder in the release's format: ``train``/``test`` pickles (dicts with bytes keys:
+    ``data`` uint8 (N, 3072) rows of R, G, B planes, ``fine_labels``, ``coarse_labels``, ``filenames``,
+    ``batch_label``) and ``meta`` (``fine_label_names``, ``coarse_label_names``). Images are class-coloured
+    noise, so a model can learn them."""
+    import pickle
+
+    d = root / "cifar-100-python"
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = [f"class{c:02d}" for c in range(classes)]
+    names[:3] = ["apple", "pear", "bus"]
+    for split, n in (("train", per_class[0]), ("test", per_class[1])):
+        labels = np.repeat(np.arange(classes), n)
+        rng.shuffle(labels)
+        img = rng.integers(0, 90, size=(len(labels), 3, 32, 32), dtype=np.uint8)
+        for i, c in enumerate(labels):
+            img[i, c % 3] += np.uint8(60 + (c // 3) * 3)  # a class-dependent colour
+        blob = {b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))], b"batch_label": split.encode(),
+                b"fine_labels": labels.tolist(), b"coarse_labels": (labels // 5).tolist(),
+                b"data": img.reshape(len(labels), -1)}
+        with open(d / split, "wb") as f:
+            pickle.dump(blob, f, protocol=2)
+    with open(d / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [s.encode() for s in names],
+                     b"coarse_label_names": [f"super{i}".encode() for i in range(classes // 5)]}, f, protocol=2)
+    return d

@@ -7,7 +7,7 @@ import pytest
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--task", "nope"], "unknown task 'nope' (known: cub200, cub200_compact, demo_ende, demo_enru, digits, imagenet, imagenet_compact, iwslt_ende, iwslt_enru)"),
+        (["--task", "nope"], "unknown task 'nope' (known: cifar100, cub200, cub200_compact, demo_ende, demo_enru, digits, imagenet, imagenet_compact, iwslt_ende, iwslt_enru)"),
         (["--alphas", "0,1.0"], "grid.alphas must be in [0, 1), got 1.0 (command line)"),
         (["--alphas", "-0.1"], "grid.alphas must be in [0, 1), got -0.1"),
         (["--temperatures", "1,0"], "grid.temperatures must be > 0, got 0.0"),

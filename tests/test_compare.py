@@ -117,3 +117,34 @@ def test_third_party_method_through_entry_point(tmp_path):
     assert "| reverse_kd |" in p.stdout and "| kd |" in p.stdout
     p = subprocess.run([*base, "run", "--out", str(runs), "--set", "reverse_kd.lamda=0.7"], env=env, capture_output=True, text=True)
     assert p.returncode == 2 and "did you mean reverse_kd.lambda?" in p.stderr
+
+
+def test_published_references_beside_ours():
+    """The mdistiller rows of a pair the run trained, beside our alpha = 0 students at the reference's T."""
+    from lskd_bench.leaderboard.compare import reference_rows, reference_table
+    from lskd_bench.leaderboard.reference import kd_references
+
+    def row(method, alpha, T, seed, top1, s_arch="resnet8x4"):
+        return {"task": "cifar100", "role": "student", "teacher_arch": "resnet32x4", "student_arch": s_arch,
+                "method": method, "alpha": alpha, "T": T, "seed": seed, "metrics": {"top1": top1}, "_finished_at": seed}
+
+    rows = [row("kd", 0.0, 4.0, 0, 73.0), row("kd", 0.0, 4.0, 1, 74.0), row("kd", 0.1, 4.0, 0, 10.0),
+            row("kd", 0.0, 2.0, 0, 10.0), row("dkd", 0.0, 2.0, 0, 70.0), row("kd", 0.0, 4.0, 0, 50.0, "resnet8")]
+    refs = {r["method"]: r for r in reference_rows(rows, "cifar100", "top1")}
+    assert set(refs) == {"kd", "dkd"}  # kd_std was not run; resnet32x4 -> resnet8 has no reference
+    kd = refs["kd"]
+    assert (kd["pair"], kd["T"], kd["reference"], kd["n"], kd["mean"]) == ("resnet32x4-resnet8x4", 4.0, 73.33, 2, 73.5)
+    assert kd["delta"] == pytest.approx(73.5 - 73.33) and kd["source"] == "[M] README.md:54"
+    assert refs["dkd"]["reference"] == 76.32 and refs["dkd"]["n"] == 0 and refs["dkd"]["mean"] is None  # T 4 not run
+    text = reference_table(list(refs.values()))
+    assert "| resnet32x4-resnet8x4 | kd | α = 0, T = 4 | 73.33 | 73.50 ± 0.71 (n=2) | +0.17 |" in text
+    assert "| resnet32x4-resnet8x4 | dkd | α = 0, T = 4 | 76.32 | not run | — |" in text
+    assert "megvii-research/mdistiller@a08d46f" in text
+    assert reference_rows(rows, "cifar100", "top5") == []
+    # every reference names a pair the task offers, with its archs
+    from lskd_bench.tasks import get_task
+
+    for r in kd_references():
+        pairs = get_task(r.task).pairs()
+        assert r.pair in pairs, r
+        assert (pairs[r.pair]["teacher"]["arch"], pairs[r.pair]["student"]["arch"]) == (r.teacher_arch, r.student_arch)

@@ -38,3 +38,8 @@ def test_recipe_hashes(task):
     cfg = resolve_layers(t, [(t.recipe_source(), t.default_config()),
                              ("command line", {"task": task, "data": {"root": f"/data/{task}"}, "methods": ["kd", "dkd"]})]).cfg
     assert _names(cfg) == GOLDEN[task]
+
+
+def test_demo_grid_hashes():
+    pytest.importorskip("django")  # the NMT demo's corpus
+    assert _names(resolve("demo_ende", {}, {}).cfg) == GOLDEN["demo_ende"]

@@ -65,11 +65,61 @@ def test_kd_std_zscores_before_softening(T):
     expected = ce(S, Y) + 9.0 * T * T * kl(softmax(zscore(TT) / T), softmax(zscore(S) / T)).mean()
     assert run("kd_std", None, T) == pytest.approx(expected, rel=1e-6)
     # the same pre-process on DKD equals DKD on z-scored logits (CE on the raw logits)
-    m = build_method("dkd", {"dkd": {"standardize": True, "ce_weight": 0.0}}, T=T)
+    m = build_method("dkd", {"dkd": {"standardize": True, "std_weight": 1.0, "ce_weight": 0.0}}, T=T)
     ref = build_method("dkd", {"dkd": {"ce_weight": 0.0}}, T=T)
     a = m.loss(torch.tensor(S), torch.tensor(Y), torch.tensor(TT), LossContext(T=T)).item()
     b = ref.loss(torch.tensor(zscore(S)), torch.tensor(Y), torch.tensor(zscore(TT)), LossContext(T=T)).item()
     assert a == pytest.approx(b, rel=1e-6)
+
+
+def authors_dkd(logits_student, logits_teacher, target, alpha, beta, temperature):
+    """logit-standardization-KD mdistiller/distillers/DKD.py dkd_loss(..., logit_stand=True), op for op."""
+    import torch.nn.functional as F
+
+    def normalize(z):
+        return (z - z.mean(dim=-1, keepdims=True)) / (1e-7 + z.std(dim=-1, keepdims=True))
+
+    s, t = normalize(logits_student), normalize(logits_teacher)
+    gt = torch.zeros_like(s).scatter_(1, target.unsqueeze(1), 1).bool()
+    other = torch.ones_like(s).scatter_(1, target.unsqueeze(1), 0).bool()
+
+    def cat_mask(p):
+        return torch.cat([(p * gt).sum(1, keepdims=True), (p * other).sum(1, keepdims=True)], 1)
+
+    ps, pt = cat_mask(F.softmax(s / temperature, 1)), cat_mask(F.softmax(t / temperature, 1))
+    tckd = F.kl_div(torch.log(ps), pt, reduction="sum") * temperature**2 / target.shape[0]
+    pt2 = F.softmax(t / temperature - 1000.0 * gt, dim=1)
+    ls2 = F.log_softmax(s / temperature - 1000.0 * gt, dim=1)
+    nckd = F.kl_div(ls2, pt2, reduction="sum") * temperature**2 / target.shape[0]
+    return alpha * tckd + beta * nckd
+
+
+@pytest.mark.parametrize("beta", [8.0, 2.0])
+def test_dkd_standardize_is_the_authors_recipe(beta):
+    """At the authors' settings (tools/train.py:116-118: alpha and beta x 9, base temperature 2), on CIFAR-like
+    random logits, after the warm-up, CE weight 1."""
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(64, 100, generator=g, dtype=torch.float64) * 3, torch.randn(64, 100, generator=g, dtype=torch.float64) * 5
+    y = torch.randint(0, 100, (64,), generator=g)
+    want = torch.nn.functional.cross_entropy(s, y) + 1.0 * authors_dkd(s, t, y, 1.0 * 9, beta * 9, 2.0)
+    m = build_method("dkd", {"dkd": {"standardize": True, "beta": beta, "warmup": 20}}, T=2.0)
+    got = m.loss(s, y, t, LossContext(T=2.0, epoch=25))
+    assert got.item() == pytest.approx(want.item(), rel=1e-9)
+    # without the x 9 (std_weight 1) it is a different loss: what dkd.standardize computed before
+    old = build_method("dkd", {"dkd": {"standardize": True, "beta": beta, "warmup": 20, "std_weight": 1.0}}, T=2.0)
+    assert abs(old.loss(s, y, t, LossContext(T=2.0, epoch=25)).item() - want.item()) > 0.1
+
+
+def test_std_weight_enters_the_hash_only_with_standardize():
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.grid import resolve
+
+    def hashes(dkd):
+        cfg = resolve("digits", {}, {"methods": ["dkd"], "dkd": dkd}).cfg
+        return [c.hash for c in plan_cells(cfg) if c.method == "dkd"]
+
+    assert hashes({}) == hashes({"std_weight": 3.0})
+    assert hashes({"standardize": True}) != hashes({"standardize": True, "std_weight": 3.0})
 
 
 def pearson_rows(a, b, eps=1e-8):  # DIST's Pearson: cosine of centred rows, eps in the denominator

@@ -9,6 +9,10 @@ T = 1 (the paper's recommended setting; its lowest T if 1 was not run). The best
 
 Table 2 answers the paper's question per method: is the label-smoothed teacher (the largest alpha) better
 or worse than alpha = 0 at each T (difference, Welch p)?
+
+Table 3, where the task's pairs have published KD-benchmark numbers (``data/kd_reference.yaml``: mdistiller's
+CIFAR-100 / ImageNet tables...), puts each reference beside our students of the same pair and method at the
+reference's cell (alpha 0, its T), with the delta, the source and the recipe the reference was produced with.
 """
 from __future__ import annotations
 
@@ -214,6 +218,46 @@ class Comparison:
         return path
 
 
+# ------------------------------------------------------------------------------------ published references
+def reference_rows(rows: list[dict[str, Any]], task: str, metric: str) -> list[dict[str, Any]]:
+    """Each published KD-benchmark number (``data/kd_reference.yaml``) of a pair and method this task ran, beside
+    our students of that pair at the reference's cell (alpha 0, its T; ``n`` 0 when that cell was not run)."""
+    from .reference import kd_references
+
+    if metric != "top1":
+        return []
+    students = [r for r in latest(rows) if r["task"] == task and r["role"] == "student"]
+    ran = {(r["teacher_arch"], r["student_arch"], r["method"]) for r in students}
+    out = []
+    for ref in kd_references():
+        if ref.task != task or (ref.teacher_arch, ref.student_arch, ref.method) not in ran:
+            continue
+        v = [r["metrics"][metric] for r in students if (r["teacher_arch"], r["student_arch"], r["method"]) ==
+             (ref.teacher_arch, ref.student_arch, ref.method) and r["alpha"] == 0.0 and r["T"] == ref.T]
+        mean = statistics.mean(v) if v else None
+        out.append({"task": task, "pair": ref.pair, "method": ref.method, "alpha": 0.0, "T": ref.T, "reference": ref.top1,
+                    "n": len(v), "mean": mean, "std": statistics.stdev(v) if len(v) > 1 else 0.0 if v else None,
+                    "delta": None if mean is None else mean - ref.top1, "source": ref.source, "recipe": ref.recipe})
+    return out
+
+
+def reference_table(refs: list[dict[str, Any]]) -> str:
+    from .reference import kd_sources
+
+    if not refs:
+        return ""
+    lines = [f"#### {refs[0]['task']}: published references (top1, teachers without LS: α = 0)", "",
+             "| pair | method | cell | reference | ours | Δ (ours − ref) | source | reference recipe |", "|---|---|---|---|---|---|---|---|"]
+    for r in refs:
+        ours = "not run" if r["mean"] is None else (f"{r['mean']:.2f}" if r["n"] == 1 else f"{r['mean']:.2f} ± {r['std']:.2f} (n={r['n']})")
+        delta = "—" if r["delta"] is None else f"{r['delta']:+.2f}"
+        lines.append(f"| {r['pair']} | {r['method']} | α = 0, T = {r['T']:g} | {r['reference']:.2f} | {ours} | {delta} | "
+                     f"{r['source']} | {r['recipe']} |")
+    lines += ["", "Sources: " + kd_sources() + ". A reference is one published run per pair; ours is as configured "
+              "(recipe, epochs, data) in this run: compare like with like."]
+    return "\n".join(lines) + "\n"
+
+
 def _csv(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
@@ -232,18 +276,21 @@ NOTE = ("Cells: mean ± sample std over seeds (difference to the baseline method
 
 def compare(runs: Path, out: Path, baseline: str = "kd", metric: Optional[str] = None, task: Optional[str] = None,
             select: str = "best") -> tuple[str, list[Path]]:
-    """Write OUT.md, OUT.csv (table 1 cells), OUT_ls.csv (table 2) and OUT_<task>.png; return the markdown."""
+    """Write OUT.md, OUT.csv (table 1 cells), OUT_ls.csv (table 2), OUT_reference.csv (table 3, where published
+    references exist) and OUT_<task>.png; return the markdown."""
     rows = collect(Path(runs), select)
     tasks = sorted({r["task"] for r in rows if r["role"] == "student"})
     if task is not None:
         tasks = [t for t in tasks if t == task]
     if not tasks:
         raise UsageError(f"no finished KD students under {runs}" + (f" for task {task!r}" if task else ""))
-    md, cells, ls, written = [], [], [], []
+    md, cells, ls, refs, written = [], [], [], [], []
     for t in tasks:
         primary = next(r["primary"] for r in rows if r["task"] == t)
         cmp = Comparison(rows, t, metric or primary, baseline)
-        md += [cmp.table(), cmp.ls_table()]
+        ref = reference_rows(rows, t, metric or primary)
+        md += [cmp.table(), cmp.ls_table(), reference_table(ref)]
+        refs += ref
         cells += cmp.cells()
         ls += cmp.ls_rows()
         written.append(cmp.plot(out.parent / f"{out.name}_{t}.png"))
@@ -252,4 +299,7 @@ def compare(runs: Path, out: Path, baseline: str = "kd", metric: Optional[str] =
     store.atomic_write(out.with_name(out.name + ".csv"), lambda f: f.write(_csv(cells)), mode="w")
     if ls:
         store.atomic_write(out.with_name(out.name + "_ls.csv"), lambda f: f.write(_csv(ls)), mode="w")
-    return text, [out.with_name(out.name + ".md"), out.with_name(out.name + ".csv"), *written]
+    if refs:
+        store.atomic_write(out.with_name(out.name + "_reference.csv"), lambda f: f.write(_csv(refs)), mode="w")
+    extra = [out.with_name(out.name + "_reference.csv")] if refs else []
+    return text, [out.with_name(out.name + ".md"), out.with_name(out.name + ".csv"), *extra, *written]

@@ -97,3 +97,46 @@ def claims_text(cells: dict[tuple[float, float], list[float]], ref: Optional[Ref
             text += f", paper {mark[p]}"
         lines.append(text)
     return lines
+
+
+# ------------------------------------------------------------------------------ KD-benchmark references
+@dataclass(frozen=True)
+class KDReference:
+    """One published number of a KD benchmark (``lskd_bench/data/kd_reference.yaml``): ``method`` distilling
+    ``teacher_arch`` into ``student_arch`` at temperature ``T`` (teachers without label smoothing: alpha 0)."""
+
+    task: str
+    teacher_arch: str
+    student_arch: str
+    method: str
+    T: float
+    top1: float
+    source: str
+    recipe: str
+
+    @property
+    def pair(self) -> str:
+        return f"{self.teacher_arch}-{self.student_arch}"
+
+
+@lru_cache(maxsize=1)
+def kd_references() -> tuple[KDReference, ...]:
+    data = yaml.safe_load(resources.files("lskd_bench").joinpath("data", "kd_reference.yaml").read_text())
+    return tuple(KDReference(r["task"], r["teacher_arch"], r["student_arch"], r["method"], float(r["T"]), float(r["top1"]),
+                             r["source"], r["recipe"]) for r in data["references"])
+
+
+def kd_sources() -> str:
+    """The header lines of the references file that name the sources (``[M]``, ``[S]``...)."""
+    text = resources.files("lskd_bench").joinpath("data", "kd_reference.yaml").read_text()
+    keep, out = False, []
+    for line in text.splitlines():
+        body = line.lstrip("# ").rstrip()
+        if body.startswith("["):
+            keep = True
+            out.append(body)
+        elif keep and line.startswith("#       "):
+            continue
+        elif not line.startswith("#"):
+            break
+    return "; ".join(out)

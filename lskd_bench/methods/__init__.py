@@ -53,6 +53,11 @@ class Method:
         self.p = self.params.check(params or {}, type(self).__name__)
         self.alpha, self.T = alpha, T
 
+    @classmethod
+    def identity_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        """The part of the method's checked parameters ``p`` that a student cell's hash covers."""
+        return cls.params.identity(p)
+
     @property
     def needs_teacher(self) -> bool:
         return self.teacher_signal is not None

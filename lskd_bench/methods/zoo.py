@@ -40,8 +40,13 @@ class DKD(Method):
     """Decoupled KD (Zhao et al., CVPR 2022), eq. 7: ``ce_weight * CE + min(epoch / warmup, 1) * (alpha * TCKD +
     beta * NCKD)`` at the grid's T. Matches mdistiller (megvii-research/mdistiller, mdistiller/distillers/DKD.py);
     defaults from its ImageNet ResNet-34 -> ResNet-18 config (configs/imagenet/r34_r18/dkd.yaml: beta 0.5,
-    warm-up 1 epoch; CIFAR-100 uses beta 8, warm-up 20). ``standardize`` z-scores both logits first (Sun et
-    al., CVPR 2024: the logit-standardisation pre-process)."""
+    warm-up 1 epoch). On CIFAR-100 mdistiller's defaults are beta 8, T 4, warm-up 20 (engine/cfg.py:162-167), but
+    its per-pair configs set beta per pair (2 for res56_res20 / res110_res32, 6 for vgg13_vgg8, vgg13_mv2 and the
+    wrn_40_2 pairs: configs/cifar100/dkd/*.yaml:19): task cifar100 applies them with ``--pair``.
+    ``standardize`` is logit-standardised DKD as its authors run it (Sun et al., CVPR 2024;
+    sunshangquan/logit-standardization-KD tools/train.py:116-118): both logits z-scored first, and alpha and beta
+    multiplied by ``std_weight`` (their ``--kd-weight``, default 9: train.py:104); their base temperature (2 by
+    default, train.py:103) is the grid's T here, so their setting is the T = 2 cell."""
 
     description = "Decoupled KD (Zhao et al. 2022): alpha*TCKD + beta*NCKD with warm-up"
     params = Section({
@@ -49,16 +54,30 @@ class DKD(Method):
         "alpha": Field(float, 1.0, "weight of the target-class term TCKD", min=0.0),
         "beta": Field(float, 0.5, "weight of the non-target term NCKD", min=0.0),
         "warmup": Field(int, 1, "epochs over which the DKD term ramps up linearly (1-based, as mdistiller)", min=1),
-        "standardize": Field(bool, False, "z-score the logits before softening (logit standardisation)"),
+        "standardize": Field(bool, False, "z-score the logits before softening and scale alpha, beta by std_weight "
+                             "(logit-standardised DKD; the authors' base temperature 2 is the grid's T = 2)"),
+        "std_weight": Field(float, 9.0, "with standardize: alpha and beta are multiplied by this (the authors' "
+                            "--kd-weight)", min=0.0),
     }, "Decoupled KD")  # fmt: skip
+
+    @classmethod
+    def identity_params(cls, p):
+        """``std_weight`` only acts with ``standardize``: without it, it stays out of the cell hash (results of
+        plain DKD keep their names)."""
+        out = super().identity_params(p)
+        if not out.get("standardize"):
+            out.pop("std_weight", None)
+        return out
 
     def loss(self, student_logits, targets, teacher_logits, ctx):
         s, t = student_logits, teacher_logits
+        scale = 1.0
         if self.p["standardize"]:
             s, t = standardize(s), standardize(t)
+            scale = self.p["std_weight"]
         tckd, nckd = dkd_parts(s, t, targets, float(ctx.T))
         ramp = min((ctx.epoch + 1) / self.p["warmup"], 1.0)
-        return _ce(student_logits, targets, self.p["ce_weight"]) + ramp * (self.p["alpha"] * tckd + self.p["beta"] * nckd)
+        return _ce(student_logits, targets, self.p["ce_weight"]) + ramp * scale * (self.p["alpha"] * tckd + self.p["beta"] * nckd)
 
 
 @METHODS.register("kd_std")

@@ -108,7 +108,7 @@ def plan_cells(cfg: dict[str, Any]) -> list[Cell]:
                     ident = {
                         **_identity(task, "student", cfg, schema),
                         "method": method,
-                        "params": mcls.params.identity(cfg.get(method, {})),
+                        "params": mcls.identity_params(cfg.get(method, {})),
                         "T": t,
                         "seed": seed,
                         "teacher": tcell.hash,

@@ -23,11 +23,14 @@ from .lock import read_lock
 def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Mapping[str, Any],
             file_label: str = "config file", check_executor: bool = True,
             profile: Optional[tuple[str, Mapping[str, Any]]] = None) -> Resolved:
-    """schema defaults <- task recipe <- YAML file <- executor profile <- CLI overrides, checked (UsageError on
-    bad input)."""
+    """schema defaults <- task recipe <- pair recipe (``pair``) <- YAML file <- executor profile <- CLI overrides,
+    checked (UsageError on bad input)."""
     name = task_name or file_cfg.get("task") or DEFAULT_TASK
     task = get_task(name)
-    res = resolve_layers(task, [(task.recipe_source(), task.default_config()), (file_label, file_cfg),
+    recipe = task.default_config()
+    pair = overrides.get("pair") or file_cfg.get("pair") or recipe.get("pair")
+    pair_layers = [task.pair_layer(str(pair))] if pair else []  # the pair's published recipe over the task's
+    res = resolve_layers(task, [(task.recipe_source(), recipe), *pair_layers, (file_label, file_cfg),
                                 *([profile] if profile else []),
                                 ("command line", {**overrides, "task": name} if task_name else dict(overrides))])
     cfg = res.cfg
@@ -48,6 +51,11 @@ def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Ma
         hp = cfg[role]
         if hp["schedule"] == "step" and hp.get("step_size") is None:
             raise UsageError(f"{role}.schedule step needs {role}.step_size")
+    if cfg["logging"]["tensorboard"]:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise UsageError("logging.tensorboard needs the tensorboard package: pip install 'lskd-bench[tensorboard]'")
     task.validate(cfg)
     return res
 
@@ -114,9 +122,12 @@ class GridJob:
 
         return tqdm(total=total, desc=f"{self.cfg['task']} grid", unit="cell", disable=not self.progress)
 
-    def write_spec(self) -> Path:
-        path = self.out / self.cfg["task"] / "configs" / f"spec-{config_hash(self.cfg)}.json"
-        store.write_json(path, {"config": self.cfg, "out": str(self.out), "progress": False})
+    def write_spec(self, overrides: Optional[dict[str, Any]] = None) -> Path:
+        """The config workers read; ``overrides`` change settings outside the cells' identity (per-process
+        data-loader workers)."""
+        cfg = {**self.cfg, **(overrides or {})}
+        path = self.out / self.cfg["task"] / "configs" / f"spec-{config_hash(cfg)}.json"
+        store.write_json(path, {"config": cfg, "out": str(self.out), "progress": False})
         return path
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 LOCK = "lock.json"
+ENV_GPUS = "LSKD_GPUS"  # set by the subprocess/torchrun executors: the GPU ids given to a worker
 
 
 def _host() -> str:
@@ -48,9 +49,11 @@ class LockInfo:
     token: str
     since: float
     age: float  # seconds since the last heartbeat
+    devices: Optional[str] = None  # the GPU ids the owner was given (LSKD_GPUS), e.g. "2" or "2,3"
 
     def describe(self) -> str:
-        return f"pid {self.pid} on {self.host}, heartbeat {self.age:.0f} s ago"
+        gpus = f", GPU{'s' if ',' in self.devices else ''} {self.devices}" if self.devices else ""
+        return f"pid {self.pid} on {self.host}{gpus}, heartbeat {self.age:.0f} s ago"
 
 
 def read_lock(cell_dir: Path) -> Optional[LockInfo]:
@@ -61,7 +64,9 @@ def read_lock(cell_dir: Path) -> Optional[LockInfo]:
     except (OSError, ValueError):
         return None
     try:
-        return LockInfo(str(data["host"]), int(data["pid"]), str(data["token"]), float(data["since"]), age)
+        devices = data.get("devices")
+        return LockInfo(str(data["host"]), int(data["pid"]), str(data["token"]), float(data["since"]), age,
+                        str(devices) if devices else None)
     except (KeyError, TypeError, ValueError):
         return LockInfo("?", -1, "?", 0.0, age)  # unreadable content: judged by its age only
 
@@ -106,7 +111,10 @@ class CellLock:
         except FileExistsError:
             return False
         with os.fdopen(fd, "w") as f:
-            json.dump({"host": _host(), "pid": os.getpid(), "token": self.token, "since": time.time()}, f)
+            body = {"host": _host(), "pid": os.getpid(), "token": self.token, "since": time.time()}
+            if os.environ.get(ENV_GPUS):
+                body["devices"] = os.environ[ENV_GPUS]
+            json.dump(body, f)
         self.held = True
         return True
 

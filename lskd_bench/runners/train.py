@@ -37,6 +37,8 @@ from ..tasks import Task, TaskData, iterate_batches
 from ..tasks.base import autocast
 from . import store
 from .cells import Cell
+from .devices import device_record
+from .tblog import open_log
 
 
 def auto_cpu_reason(cfg: dict[str, Any]) -> Optional[str]:
@@ -194,12 +196,14 @@ class Member:
         if not self.state_path.is_file() and (self.given or self.hp.get("init_checkpoint")):
             from ..models import init_path, load_init_checkpoint
 
-            load_init_checkpoint(self.model, self.given or init_path(self.hp["init_checkpoint"], cell.alpha))
+            load_init_checkpoint(self.model, self.given or init_path(self.hp["init_checkpoint"], cell.alpha),
+                                 strict=bool(self.given))
         self.rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         if self.state_path.is_file():
             self._restore(torch.load(self.state_path, map_location="cpu", weights_only=False))
         self.rank, world = dist_info()
+        self.tb = open_log(self.dir, cfg, self.update, self.rank)  # None unless logging.tensorboard
         self.step_model: nn.Module = self.model
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -315,6 +319,8 @@ class Member:
         self.step += 1
         self.update += 1
         self.train_seconds += time.perf_counter() - t0  # on CUDA: host time (the queue keeps it near the device's)
+        if self.tb is not None:
+            self.tb.step(self.update, loss.detach(), lr)  # converted to a float (a sync) only when written
         return loss.detach()
 
     def end_epoch(self, epoch: int) -> None:
@@ -333,6 +339,8 @@ class Member:
         if self.done() or self.epoch % every == 0:
             entry["eval"] = self.evaluate()
         self.history.append(entry)
+        if self.tb is not None:
+            self.tb.epoch(self.update, entry)
         self.checkpoint()
 
     def evaluate(self) -> dict[str, float]:
@@ -385,7 +393,8 @@ class Member:
             "num_params": sum(p.numel() for p in self.model.parameters()),
             "skipped_samples": sorted(set(self.skipped)),
             "resumes": self.resumes,
-            "env": {"torch": torch.__version__, "device": str(self.device), "processes": world, "python": platform.python_version()},
+            "env": {"torch": torch.__version__, "device": str(self.device), "processes": world, "python": platform.python_version(),
+                    **device_record(self.device, world)},
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         store.write_json(self.dir / store.RESULT, result)
@@ -544,6 +553,9 @@ def train_group(
             traceback.print_exc()
     finally:
         bar.close()
+        for m in members:
+            if m.tb is not None:
+                m.tb.close()
     return [outcomes[c.hash] for c in cells]
 
 

@@ -24,7 +24,7 @@ def task_names() -> list[str]:
 
 
 def _import_builtin() -> None:
-    from . import digits, nmt, vision  # noqa: F401  (they register themselves)
+    from . import cifar, digits, nmt, vision  # noqa: F401  (they register themselves)
 
 
 __all__ = ["TASKS", "DEFAULT_TASK", "ClassifierNet", "InMemoryDataset", "Task", "TaskData", "get_task", "iterate_batches", "task_names"]

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..metrics import topk_correct
-from ..schema import TRAIN, Section
+from ..schema import TRAIN, Field, Section
 
 
 class InMemoryDataset(Dataset):
@@ -247,6 +247,11 @@ def _seed_worker(worker_id: int) -> None:  # pragma: no cover - runs in worker p
 
 
 # ------------------------------------------------------------------------------------------------ Task
+# top-level config key of tasks with pairs (``Task.pairs_recipe``): not part of a cell's identity, the values
+# it sets (archs, recipe, method parameters) are
+PAIR = Field(str, None, "teacher-student pair whose published recipe is applied over the task's (--pair; "
+             "'lskd-bench tasks' lists them)", nullable=True)
+
 @dataclass
 class DataReport:
     """What ``lskd-bench check-data`` found: counts per split and problems (each one line)."""
@@ -274,6 +279,7 @@ class Task:
     train_schema: Section = TRAIN
     extra_sections: dict[str, Section] = {}  # more top-level config sections of this task
     metric_labels: dict[str, str] = {"top1": "top-1 accuracy (%)", "top5": "top-5 accuracy (%)"}
+    pairs_recipe: str = ""  # lskd_bench/configs/<name>.yaml with the task's teacher-student pairs (--pair)
 
     # -- config -----------------------------------------------------------------------------------
     def default_config(self) -> dict[str, Any]:
@@ -282,6 +288,31 @@ class Task:
 
     def recipe_source(self) -> str:
         return f"task {self.name} defaults"
+
+    def pairs(self) -> dict[str, dict[str, Any]]:
+        """Named teacher-student pairs, each a partial config (its published recipe) with a ``source``."""
+        if not self.pairs_recipe:
+            return {}
+        from importlib import resources
+
+        import yaml
+
+        text = resources.files("lskd_bench").joinpath("configs", f"{self.pairs_recipe}.yaml").read_text()
+        return dict(yaml.safe_load(text)["pairs"])
+
+    def pair_layer(self, pair: str) -> tuple[str, dict[str, Any]]:
+        """The config layer of ``pair`` (applied over the task's recipe, under config files and the command line)."""
+        from ..schema import _suggest
+
+        pairs = self.pairs()
+        if not pairs:
+            raise UsageError(f"task {self.name} has no teacher-student pairs (--pair applies to: "
+                             "cifar100, imagenet)")
+        if pair not in pairs:
+            raise UsageError(f"unknown pair {pair!r} for task {self.name}{_suggest(pair, list(pairs))} "
+                             f"(known: {', '.join(pairs)})")
+        layer = {k: v for k, v in pairs[pair].items() if k != "source"}
+        return f"pair {pair} (lskd_bench/configs/{self.pairs_recipe}.yaml)", {**layer, "pair": pair}
 
     def validate(self, cfg: dict[str, Any]) -> None:
         """Cheap checks of task-specific settings (data root layout, arch names); raise UsageError."""

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from ..errors import UsageError
 from ..schema import Field, Section
 from . import TASKS
-from .base import ClassifierNet, DataReport, Task, TaskData
+from .base import PAIR, ClassifierNet, DataReport, Task, TaskData
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # torchvision's ImageFolder extensions (torchvision.datasets.folder.IMG_EXTENSIONS)
@@ -229,9 +229,12 @@ class ImageNetBase(ImageClassificationTask):
 @TASKS.register("imagenet")
 class ImageNetTask(ImageNetBase):
     name = "imagenet"
-    description = "ImageNet-1K (ImageFolder train/ val/), resnet50 -> resnet18 (or -> resnet50)"
+    description = ("ImageNet-1K (ImageFolder train/ val/), resnet50 -> resnet18 (or -> resnet50); --pair for the KD "
+                   "benchmark's resnet34 -> resnet18 and resnet50 -> mobilenet_v1 (mdistiller recipe)")
     recipe = "imagenet"
-    archs = ("resnet50", "resnet18")
+    archs = ("resnet50", "resnet18", "resnet34", "mobilenet_v1")
+    pairs_recipe = "imagenet_pairs"
+    extra_sections = {"pair": PAIR}
 
 
 @TASKS.register("imagenet_compact")
