@@ -20,7 +20,8 @@ two ``--rounds`` times (this machine is shared: side by side, never an absolute 
 tokens/s for both (updates after the first ``--skip`` excluded: start-up), then as its last line
 ``ratio lskd-bench / fairseq-train: R``. Both time an update from the end of the previous one (data
 loading, step and logging included): fairseq-train from its own per-update meters (``wpb / wps`` of
-``--log-interval 1``), lskd-bench from the loop's ``on_step`` callback.
+``--log-interval 1``), lskd-bench from the loop's ``on_step`` callback. The figures are medians over the
+rounds; R is the median of the rounds' paired ratios.
 
 The functions ``teacher_step``, ``kd_step``, ``fused_students``, ``beam_decoding`` and ``vs_fairseq`` return
 their figure, and ``BOUNDS`` holds the issue's goals, for ``benchmarks/gpu_check.py``.
@@ -319,10 +320,11 @@ def vs_fairseq(device: str = "cpu", *, arch: str = DEMO["teacher"], vocab: int =
                updates: int = 60, skip: int = 5, rounds: int = 2, mean_len: int = 24, dropout: float = 0.3,
                log=print, **train) -> tuple[float, float, float]:
     """Teacher training of ``arch`` with fairseq-train and with lskd-bench's loop, alternating ``rounds`` times;
-    (lskd-bench tokens/s, fairseq-train tokens/s, ratio), each pooled over the rounds."""
+    (lskd-bench tokens/s, fairseq-train tokens/s, ratio): the medians over the rounds, the ratio the median of
+    each round's paired ratio (robust to a round that another process disturbed)."""
     corpus = _corpus_for(vocab, max_tokens, updates, mean_len)
-    ours: tuple[list[int], list[float]] = ([], [])
-    theirs: tuple[list[int], list[float]] = ([], [])
+    ours: list[float] = []
+    theirs: list[float] = []
     ratios: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench_nmt-fairseq-") as tmp:
         text, bin_dir = Path(tmp) / "text", Path(tmp) / "bin"
@@ -341,16 +343,12 @@ def vs_fairseq(device: str = "cpu", *, arch: str = DEMO["teacher"], vocab: int =
             a = loop_run(corpus, role="teacher", teacher=arch, student=arch, max_tokens=max_tokens, updates=updates,
                          device=device, dropout=dropout, **train)
             b = fairseq_run(bin_dir, args)
-            ratios.append(_rate(*a, skip) / _rate(*b, skip))
+            ours.append(_rate(*a, skip))
+            theirs.append(_rate(*b, skip))
+            ratios.append(ours[-1] / theirs[-1])
             log(f"round {r + 1}/{rounds}: lskd-bench {_rate(*a, skip):9.0f}  fairseq-train {_rate(*b, skip):9.0f} target tokens/s, "
                 f"ratio {ratios[-1]:.3f} ({len(a[0])} and {len(b[0])} updates, {sum(a[0])} and {sum(b[0])} target tokens)")
-            for acc, new in ((ours, a), (theirs, b)):
-                acc[0].extend(new[0][skip:])
-                acc[1].extend(new[1][skip:])
-    mine, other = _rate(*ours, 0), _rate(*theirs, 0)
-    if rounds > 1:
-        log(f"median of the {rounds} rounds' ratios: {statistics.median(ratios):.3f}")
-    return mine, other, mine / other
+    return statistics.median(ours), statistics.median(theirs), statistics.median(ratios)
 
 
 # ------------------------------------------------------------------------------------------ GPU check rows
@@ -406,7 +404,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--pad-to-multiple", type=int, default=1, help="pad batch lengths to a multiple (teacher/student "
                     "pad_to_multiple: shapes repeat, for --compile)")
     ap.add_argument("--vs-fairseq", action="store_true", help="teacher training side by side with fairseq-train")
-    ap.add_argument("--rounds", type=int, default=2, help="--vs-fairseq: alternations of the two trainers")
+    ap.add_argument("--rounds", type=int, default=3, help="--vs-fairseq: alternations of the two trainers (medians)")
     ap.add_argument("--iwslt-train-tokens", type=float, default=None,
                     help="target tokens per epoch of the real corpus, to print the grid's estimated hours")
     ap.add_argument("--epochs", type=int, default=50)
@@ -426,9 +424,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         mine, other, ratio = vs_fairseq(device, arch=teacher, vocab=vocab, max_tokens=max_tokens, updates=updates,
                                         rounds=args.rounds, mean_len=args.mean_len,
                                         log=lambda s: print(s, flush=True), **train)
-        print(f"teacher training ({teacher}), lskd-bench loop     {mine:12.0f} target tokens/s")
-        print(f"teacher training ({teacher}), fairseq-train       {other:12.0f} target tokens/s")
-        print(f"ratio lskd-bench / fairseq-train: {ratio:.3f}")
+        print(f"teacher training ({teacher}), lskd-bench loop     {mine:12.0f} target tokens/s (median of {args.rounds} rounds)")
+        print(f"teacher training ({teacher}), fairseq-train       {other:12.0f} target tokens/s (median of {args.rounds} rounds)")
+        print(f"ratio lskd-bench / fairseq-train: {ratio:.3f}")  # the median of the rounds' paired ratios
         return
     updates = args.updates or 20
     common = {"vocab": vocab, "max_tokens": max_tokens, "updates": updates, "mean_len": args.mean_len, **train}
