@@ -414,7 +414,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     teacher, student = args.teacher or base["teacher"], args.student or base["student"]
     vocab, max_tokens = args.vocab or base["vocab"], args.max_tokens or base["max_tokens"]
     name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    train: dict[str, Any] = {"pad_to_multiple": args.pad_to_multiple}
+    train: dict[str, Any] = {"pad_to_multiple": args.pad_to_multiple} if args.pad_to_multiple > 1 else {}
     if args.compile:
         train["compile"] = True
     print(f"device: {name}; {teacher} -> {student}, vocab {vocab}, max_tokens {max_tokens}, mean length {args.mean_len}, "
