@@ -200,8 +200,8 @@ class TranslationTask(Task):
         archs = {cfg[r]["arch"] for r in ("teacher", "student")}
         if all(a in ARCHS and ARCHS[a].tiny for a in archs):
             return (f"{' and '.join(sorted(archs))} are too small to gain from a GPU (a step is a few hundred tiny "
-                    "kernel launches: one demo seed had not finished after 265 s on an H200; the whole demo grid takes ~475 s on 2 CPU "
-                    "cores); --device cuda overrides")
+                    "kernel launches: one demo seed had not finished after 265 s on an H200; the whole demo grid "
+                    "takes ~475 s on 2 CPU cores); --device cuda overrides")
         return None
 
     def check_source(self, cfg: dict[str, Any]) -> None:
