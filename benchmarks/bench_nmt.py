@@ -339,10 +339,14 @@ def vs_fairseq(device: str = "cpu", *, arch: str = DEMO["teacher"], vocab: int =
                      dropout=dropout, **train)
         args = fairseq_args(arch, cfg["teacher"], max_tokens, updates, device)
         log(f"fairseq-train {' '.join(args)}")
-        for r in range(rounds):
-            a = loop_run(corpus, role="teacher", teacher=arch, student=arch, max_tokens=max_tokens, updates=updates,
-                         device=device, dropout=dropout, **train)
-            b = fairseq_run(bin_dir, args)
+        for r in range(rounds):  # the order alternates too, so that a drifting load favours neither
+            run_ours = lambda: loop_run(corpus, role="teacher", teacher=arch, student=arch,  # noqa: E731
+                                        max_tokens=max_tokens, updates=updates, device=device, dropout=dropout, **train)
+            if r % 2 == 0:
+                a, b = run_ours(), fairseq_run(bin_dir, args)
+            else:
+                b = fairseq_run(bin_dir, args)
+                a = run_ours()
             ours.append(_rate(*a, skip))
             theirs.append(_rate(*b, skip))
             ratios.append(ours[-1] / theirs[-1])

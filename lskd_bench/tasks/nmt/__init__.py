@@ -17,7 +17,7 @@ import hashlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -116,32 +116,16 @@ def _recipe(name: str) -> dict[str, Any]:
     return yaml.safe_load(resources.files("lskd_bench").joinpath("configs", f"{name}.yaml").read_text())
 
 
-def _move(obj: Any, device: torch.device, pin: bool = False) -> Any:
-    """``obj``'s tensors on ``device``; on the way to CUDA (or with ``pin``) through pinned memory, from which
-    the copy is asynchronous: the host does not wait for the device."""
+def _move(obj: Any, device: torch.device) -> Any:
+    """``obj``'s tensors on ``device``; to CUDA through pinned memory, from which the copy is asynchronous (the
+    host does not wait for the device)."""
     if torch.is_tensor(obj):
-        if (pin or device.type == "cuda") and not obj.is_pinned():
+        if device.type == "cuda":
             obj = obj.pin_memory()
-        return obj if device.type == "cpu" else obj.to(device, non_blocking=True)
+        return obj.to(device, non_blocking=True)
     if isinstance(obj, dict):
-        return {k: _move(v, device, pin) for k, v in obj.items()}
+        return {k: _move(v, device) for k, v in obj.items()}
     return obj
-
-
-def _one_ahead(make, items: list) -> Iterator[Any]:
-    """``make(item)`` for each item, in order, the next one made in a background thread while the caller
-    works on the current one (as fairseq's loader worker; collation is a few ms of Python a batch)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    if not items:
-        return
-    with ThreadPoolExecutor(1, thread_name_prefix="lskd-collate") as pool:
-        ahead = pool.submit(make, items[0])
-        for item in items[1:]:
-            current = ahead.result()
-            ahead = pool.submit(make, item)
-            yield current
-        yield ahead.result()
 
 
 def generation_batches(src_lens: np.ndarray, max_sentences: int, max_tokens: Optional[int]) -> list[np.ndarray]:
@@ -274,12 +258,7 @@ class TranslationTask(Task):
             batches = batches[: len(batches) - len(batches) % world][rank::world]
         batches = batches[start:]
         multiple = int(role_cfg.get("pad_to_multiple") or 1)
-
-        def make(b):
-            batch = self.collate(split, b, multiple)
-            return _move(batch, torch.device("cpu"), pin=True) if pin_memory else batch
-
-        return Batches(len(batches), lambda: _one_ahead(make, batches))
+        return Batches(len(batches), lambda: (self.collate(split, b, multiple) for b in batches))
 
     def collate(self, split: Split, idx, pad_to_multiple: int = 1) -> dict:
         from .fairseq_adapter import collate
