@@ -162,19 +162,19 @@ class PartialBatch:
     skipped: tuple[str, ...]
 
 
-def guarded_collate(policy: str) -> Callable[[list], Any]:
-    """Collate that drops ``BadSample``s (policy ``skip``: a ``PartialBatch``) or returns the first one
-    (``error``). It never raises, because it may run in a worker process: ``unwrap_batch`` acts on the
-    result in the main process."""
+def guarded_collate(policy: str, inner: Callable[[list], Any] = default_collate) -> Callable[[list], Any]:
+    """Collate (``inner``) that drops ``BadSample``s (policy ``skip``: a ``PartialBatch``) or returns the
+    first one (``error``). It never raises, because it may run in a worker process: ``unwrap_batch`` acts on
+    the result in the main process."""
 
     def collate(items: list):
         bad = [s for s in items if isinstance(s, BadSample)]
         if not bad:
-            return default_collate(items)
+            return inner(items)
         if policy != "skip":
             return bad[0]
         good = [s for s in items if not isinstance(s, BadSample)]
-        return PartialBatch(default_collate(good) if good else None, tuple(b.path for b in bad))
+        return PartialBatch(inner(good) if good else None, tuple(b.path for b in bad))
 
     return collate
 
@@ -215,9 +215,15 @@ def load_batches(
     on_bad_sample: str = "error",
     skipped: Optional[list[str]] = None,
 ) -> Batches:
-    """Load the planned batches of ``ds`` ((x, y) pairs); in-memory data is sliced directly."""
+    """Load the planned batches of ``ds`` ((x, y) pairs); in-memory data is sliced directly.
+
+    A dataset with ``collate`` and ``finish_batch(batch, device)`` methods (``device_images.EncodedImages``)
+    has its workers return raw samples that ``finish_batch`` completes on ``ds.device`` (GPU decoding), up to two
+    batches ahead in a background thread (on its own CUDA stream), so that the next batch is decoded while
+    the caller trains on this one."""
     if isinstance(ds, InMemoryDataset):
         return Batches(len(plan), lambda: ((ds.x[idx], ds.y[idx]) for idx in plan))
+    finish = getattr(ds, "finish_batch", None)
 
     def it():
         loader = DataLoader(
@@ -225,12 +231,82 @@ def load_batches(
             batch_sampler=[idx.tolist() for idx in plan],
             num_workers=num_workers,
             pin_memory=pin_memory,
-            collate_fn=guarded_collate(on_bad_sample),
+            collate_fn=guarded_collate(on_bad_sample, getattr(ds, "collate", default_collate)),
             worker_init_fn=_seed_worker,
         )
-        return (b for b in (unwrap_batch(raw, skipped) for raw in loader) if b is not None)
+        batches = iter(loader)  # worker processes start here, in the caller's thread (never fork from the finishing thread)
+        raw = (unwrap_batch(b, skipped) for b in batches)
+        if finish is not None:
+            raw = finished_ahead(iter(b for b in raw if b is not None), finish, getattr(ds, "device", torch.device("cpu")),
+                                 on_bad_sample, skipped)
+        return (b for b in raw if b is not None)
 
     return Batches(len(plan), it)
+
+
+def finished_ahead(raw: Iterator[Any], finish: Callable, device: torch.device, policy: str,
+                   skipped: Optional[list[str]], depth: int = 2) -> Iterator[Any]:
+    """``finish(batch, device)`` of each raw batch, up to ``depth`` batches ahead in one background thread (on
+    CUDA: on a side stream; the consumer's stream waits on an event before it reads a batch). The raw batches
+    are pulled here, in the caller's thread: loading without workers seeds the global RNG per sample, which
+    must not race with the caller's own use of it. The bad samples ``finish`` reports follow the policy, as
+    ``unwrap_batch`` applies it to the workers' output; an error while loading comes after the batches before it."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # the caller's device, not the thread's
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def job(b):
+        if stream is None:
+            return (*finish(b, device), None)
+        with torch.cuda.device(device), torch.cuda.stream(stream):
+            out, bad = finish(b, device)
+            event = torch.cuda.Event()
+            event.record(stream)
+        return out, bad, event
+
+    def ready(out, bad, event):
+        if bad:
+            if policy != "skip":
+                unwrap_batch(bad[0], skipped)  # raises DataError naming the file
+            if skipped is not None:
+                skipped.extend(b.path for b in bad)
+        if event is not None:
+            current = torch.cuda.current_stream(device)
+            current.wait_event(event)
+            for t in out or ():
+                if torch.is_tensor(t) and t.is_cuda:
+                    t.record_stream(current)
+        return out
+
+    pending: deque = deque()
+    error: Optional[BaseException] = None
+    with ThreadPoolExecutor(1, thread_name_prefix="lskd-finish") as pool:
+        try:
+            while True:
+                if error is None and len(pending) <= depth:
+                    try:
+                        b = next(raw)
+                    except StopIteration:
+                        error = StopIteration()
+                    except Exception as exc:  # noqa: BLE001 - raised after the batches already loaded
+                        error = exc
+                    else:
+                        pending.append(pool.submit(job, b))
+                    continue
+                if pending:
+                    out = ready(*pending.popleft().result())
+                    if out is not None:
+                        yield out
+                    continue
+                if error is not None and not isinstance(error, StopIteration):
+                    raise error
+                return
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def iterate_batches(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,

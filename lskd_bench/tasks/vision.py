@@ -16,8 +16,8 @@ from ..errors import UsageError
 from ..schema import Field, Section
 from . import TASKS
 from .base import PAIR, ClassifierNet, DataReport, Task, TaskData
+from .device_images import MEAN, STD, decode_mode
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # torchvision's ImageFolder extensions (torchvision.datasets.folder.IMG_EXTENSIONS)
 IMG_EXT = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -35,6 +35,10 @@ IMAGE_DATA = Section(
         "grayscale": Field(float, 0.0, "RandomGrayscale probability", min=0.0, max=1.0),
         "color_jitter": Field([float], [0.0, 0.0], "ColorJitter brightness and contrast (0: off)", min=0.0,
                               check=lambda v: None if len(v) == 2 else "must be [brightness, contrast]"),
+        "decode": Field(str, "auto", "where images are decoded and augmented: cpu (PIL in the loader workers), gpu (workers "
+                        "read bytes; torchvision.io.decode_jpeg and tensor augmentation on the training device, nvJPEG on "
+                        "CUDA, the same crop boxes), auto (gpu when training on CUDA)", choices=("auto", "cpu", "gpu"),
+                        identity=False),
         "on_bad_sample": Field(str, "error", "a sample that cannot be decoded: error (stop, naming the file) or skip it "
                                "(listed in result.json)", choices=("error", "skip"), identity=False),
     }
@@ -94,6 +98,18 @@ def scan_files(files: list[tuple[str, Path]], report: DataReport, progress: bool
         if len(paths) > 1:
             report.problems.append(f"duplicate files (same content): {', '.join(sorted(paths)[:4])}"
                                    + (f" and {len(paths) - 4} more" if len(paths) > 4 else ""))
+
+
+def image_splits(cfg: dict[str, Any], train, val, train_eval) -> tuple[Dataset, Dataset, Dataset]:
+    """The (train, val, train_eval) datasets of the configured pipeline: the PIL-transform datasets as
+    given (``data.decode: cpu``), or the same samples as ``EncodedImages`` decoded on the device (gpu)."""
+    from .device_images import EncodedImages, decode_device, decode_mode
+
+    if decode_mode(cfg) != "gpu":
+        return train, val, train_eval
+    d, dev, load = cfg["data"], decode_device(cfg), train.loader
+    return (EncodedImages(train.samples, train.classes, d, True, dev, load), EncodedImages(val.samples, val.classes, d, False, dev, load),
+            EncodedImages(train.samples, train.classes, d, False, dev, load))
 
 
 def transforms(d: dict[str, Any], train: bool):
@@ -212,13 +228,11 @@ class ImageNetBase(ImageClassificationTask):
 
         root, d = self.root(cfg), cfg["data"]
         train = ImageFolder(root / "train", transforms(d, True))  # class index = sorted wnids
-        return TaskData(
-            train=train,
-            val=ImageFolder(root / "val", transforms(d, False)),
-            num_classes=len(train.classes),
-            class_names=list(train.classes),
-            train_eval=ImageFolder(root / "train", transforms(d, False)),
-        )
+        val = ImageFolder(root / "val", transforms(d, False))
+        train_eval = ImageFolder(root / "train", transforms(d, False)) if decode_mode(cfg) == "cpu" else train
+        train, val, train_eval = image_splits(cfg, train, val, train_eval)
+        return TaskData(train=train, val=val, num_classes=len(train.classes), class_names=list(train.classes),
+                        train_eval=train_eval)
 
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:
         from ..analysis.hierarchy import load_wordnet_parents
@@ -287,12 +301,16 @@ class CUBDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i):
+        path, y = self.samples[i]
+        img = self.loader(path)
+        return (self.transform(img) if self.transform else img), y
+
+    @staticmethod
+    def loader(path):
         from PIL import Image
 
-        path, y = self.samples[i]
         with Image.open(path) as im:
-            img = im.convert("RGB")
-        return (self.transform(img) if self.transform else img), y
+            return im.convert("RGB")
 
 
 def cub_genus(class_name: str) -> str:
@@ -337,13 +355,10 @@ class CUBBase(ImageClassificationTask):
     def load_data(self, cfg: dict[str, Any], cache_dir=None) -> TaskData:
         root, d = self.root(cfg), cfg["data"]
         train = CUBDataset(root, True, transforms(d, True))
-        return TaskData(
-            train=train,
-            val=CUBDataset(root, False, transforms(d, False)),
-            num_classes=len(train.classes),
-            class_names=train.classes,
-            train_eval=CUBDataset(root, True, transforms(d, False)),
-        )
+        train, val, train_eval = image_splits(cfg, train, CUBDataset(root, False, transforms(d, False)),
+                                              CUBDataset(root, True, transforms(d, False)))
+        return TaskData(train=train, val=val, num_classes=len(train.classes), class_names=train.classes,
+                        train_eval=train_eval)
 
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:
         from ..analysis.hierarchy import groups_to_parents

@@ -1,0 +1,551 @@
+"""One GPU check of every GPU-relevant workload of the suite: one table of achieved figure, its bound, ratio.
+
+    python benchmarks/gpu_check.py [--out gpu_check.md] [--small] [--skip digits,ddp,nmt,...]
+
+Rows (a bound is what the same work reaches on synthetic tensors already on the device, bf16 autocast and
+channels_last on CUDA, as the runner trains):
+
+- synthetic steps (the bounds): ResNet-50 teacher step (LS cross-entropy), ResNet-50 teacher forward, the student
+  steps of every student architecture of the paper's tables, and the KD step ResNet-50 -> ResNet-18;
+- the runner's fused ResNet-50 -> ResNet-18 group (4 KD temperatures + the baseline: 5 students) on generated
+  JPEGs at 224 px, ``data.decode=cpu`` (PIL in loader workers) and ``data.decode=gpu`` (nvJPEG + tensor
+  augmentation), against the bound teacher forward + 5 student steps; and the data pipelines alone;
+- teacher training through the runner (gpu decode) against the synthetic teacher step;
+- the digits default grid for one seed (wall seconds) and one digits group through torchrun DDP with one process against
+  the same group in-process;
+- translation (needs fairseq): teacher step, KD step and beam decoding, through benchmarks/bench_nmt.py's functions;
+- then an estimate of the wall time of every table of the paper on one 8-GPU node, from the figures above.
+
+It prints a first line at once and a line per step, then the table, which it also writes to ``--out``.
+``--small`` runs the same code on the CPU in seconds (tiny images, batches and models; tests/test_gpu_check.py).
+
+One call on the lent GPU machine (/work/shared/gpu/README.md; ../shared/gpu from the main checkout): from the
+checkout, here,
+    bash /work/shared/gpu/prepare.sh
+then one device call with carry [".device-wheels"] and timeout 600:
+    source .device-wheels/prelude.sh && python3 benchmarks/gpu_check.py --wait-fairseq 300 \\
+        --out $OUT/gpu_check.md 2>&1 | tee $OUT/gpu_check.log
+(the prelude builds fairseq in the background; the translation rows come last and wait for it). Give the
+machine back afterwards. The whole script is meant to stay under 8 minutes on one H100/H200.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+T0 = time.perf_counter()
+
+
+def say(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", flush=True)
+
+
+ROWS: list[dict[str, Any]] = []
+
+
+def row(workload: str, achieved: Optional[float], unit: str, bound: Optional[float] = None, note: str = "",
+        higher_is_better: bool = True) -> None:
+    ratio = None
+    if achieved and bound:
+        ratio = achieved / bound if higher_is_better else bound / achieved
+    ROWS.append({"workload": workload, "achieved": achieved, "unit": unit, "bound": bound, "ratio": ratio, "note": note})
+    a = "-" if achieved is None else f"{achieved:,.1f} {unit}"
+    say(f"  = {workload}: {a}" + (f" (bound {bound:,.1f}, ratio {ratio:.0%})" if ratio is not None else "") + (f"; {note}" if note else ""))
+
+
+def table() -> str:
+    lines = ["| workload | achieved | bound | ratio | note |", "|---|---:|---:|---:|---|"]
+    for r in ROWS:
+        a = "-" if r["achieved"] is None else f"{r['achieved']:,.1f} {r['unit']}"
+        b = "-" if r["bound"] is None else f"{r['bound']:,.1f} {r['unit']}"
+        q = "-" if r["ratio"] is None else f"{r['ratio']:.0%}"
+        lines.append(f"| {r['workload']} | {a} | {b} | {q} | {r['note']} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ settings
+class Setup:
+    def __init__(self, args):
+        import torch
+
+        self.small = args.small
+        self.device = torch.device("cpu" if args.small else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.cuda = self.device.type == "cuda"
+        cpus = os.cpu_count() or 2
+        if args.small:  # resnet18 stands in for the teacher: the same code, a CPU-sized model
+            self.size, self.batch, self.steps, self.warmup = 16, 4, 3, 2
+            self.classes, self.per_class, self.workers, self.measure_from = 2, 8, 2, 1
+        else:
+            self.size, self.batch, self.steps, self.warmup = 224, 256, 10, 3
+            # enough steps that the loader's read-ahead (2 batches per worker) is used up before measuring
+            self.workers = max(1, min(14, cpus - 2))
+            self.measure_from = 2 * self.workers + 2
+            self.classes, self.per_class = 16, (self.measure_from + 30) * self.batch // 16
+        self.teacher = "resnet18" if args.small else "resnet50"
+        self.students = ["resnet18"] if args.small else ["resnet18", "resnet50", "efficientnet_b0", "mobilenetv2_100"]
+        self.cfg = {"amp": "bf16"}
+
+    def describe(self) -> str:
+        import torch
+
+        dev = torch.cuda.get_device_name(self.device) if self.cuda else f"cpu ({torch.get_num_threads()} threads)"
+        return (f"device {dev}; torch {torch.__version__}; {self.size}px, batch {self.batch}; "
+                f"{'bf16 autocast, channels_last' if self.cuda else 'fp32'}{'; --small' if self.small else ''}")
+
+
+def sync(dev) -> None:
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def rate(name: str, fn: Callable[[], None], items: int, s: Setup) -> float:
+    for _ in range(s.warmup):
+        fn()
+    sync(s.device)
+    t0 = time.perf_counter()
+    for _ in range(s.steps):
+        fn()
+    sync(s.device)
+    return s.steps * items / (time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------ synthetic bounds
+def synthetic(s: Setup) -> dict[str, float]:
+    """Images/s of each step on synthetic tensors: the bounds."""
+    import torch
+
+    from lskd_bench.methods import kd_loss, ls_cross_entropy
+    from lskd_bench.models import build_image_model
+    from lskd_bench.tasks.base import autocast
+
+    dev, fmt = s.device, (torch.channels_last if s.cuda else torch.contiguous_format)
+    x = torch.randn(s.batch, 3, s.size, s.size, device=dev).contiguous(memory_format=fmt)
+    y = torch.randint(0, 1000, (s.batch,), device=dev)
+    out: dict[str, float] = {}
+
+    def model(arch):
+        return build_image_model(arch, 1000).to(dev).to(memory_format=fmt)
+
+    teacher = model(s.teacher)
+    opt = torch.optim.SGD(teacher.parameters(), lr=0.01, momentum=0.9)
+
+    def teacher_step():
+        with autocast(dev, s.cfg):
+            logits = teacher(x)
+        loss = ls_cross_entropy(logits.float(), y, 0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    say(f"synthetic: {s.teacher} teacher step...")
+    teacher.train()
+    out["teacher_step"] = rate("teacher", teacher_step, s.batch, s)
+    row(f"synthetic: {s.teacher} teacher step (LS CE)", out["teacher_step"], "img/s", note="bound of teacher training")
+    teacher.eval()
+
+    def teacher_fwd():
+        with torch.inference_mode(), autocast(dev, s.cfg):
+            teacher(x)
+
+    say(f"synthetic: {s.teacher} teacher forward...")
+    out["teacher_fwd"] = rate("teacher forward", teacher_fwd, s.batch, s)
+    row(f"synthetic: {s.teacher} teacher forward (inference)", out["teacher_fwd"], "img/s")
+    with torch.inference_mode(), autocast(dev, s.cfg):
+        t_logits = teacher(x).float()
+    t_logits = t_logits.clone()
+    for arch in s.students:
+        student = model(arch).train()
+        sopt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
+
+        def student_step():
+            with autocast(dev, s.cfg):
+                logits = student(x)
+            loss = kd_loss(logits.float(), t_logits, y, T=4.0, lam=1.0)
+            sopt.zero_grad(set_to_none=True)
+            loss.backward()
+            sopt.step()
+
+        say(f"synthetic: {arch} student step...")
+        out[f"student_{arch}"] = rate(arch, student_step, s.batch, s)
+        row(f"synthetic: {arch} student step (KD loss, teacher logits given)", out[f"student_{arch}"], "img/s")
+
+        if arch == "resnet18":
+            def kd_step():
+                with torch.inference_mode(), autocast(dev, s.cfg):
+                    t = teacher(x).float()
+                t = t.clone()
+                with autocast(dev, s.cfg):
+                    logits = student(x)
+                loss = kd_loss(logits.float(), t, y, T=4.0, lam=1.0)
+                sopt.zero_grad(set_to_none=True)
+                loss.backward()
+                sopt.step()
+
+            say(f"synthetic: KD step {s.teacher} -> resnet18...")
+            out["kd_step"] = rate("kd", kd_step, s.batch, s)
+            row(f"synthetic: KD step {s.teacher} -> resnet18 (teacher forward + student step)", out["kd_step"], "img/s")
+        del student, sopt
+    out["group5"] = 1.0 / (1.0 / out["teacher_fwd"] + 5.0 / out["student_resnet18"])
+    del teacher, opt
+    if s.cuda:
+        torch.cuda.empty_cache()
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the runner
+def make_jpegs(root: Path, s: Setup) -> Path:
+    """An ImageFolder of smooth, natural-looking JPEGs (ImageNet-like sizes and file sizes at 224 px)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    h, w = (max(s.size + 8, int(s.size * 1.6)), max(s.size + 16, int(s.size * 1.8)))
+    jobs = [(root / split / f"n{c:08d}" / f"{i}.JPEG", c * 100_000 + i + (50_000 if split == "val" else 0), h, w)
+            for split, n in (("train", s.per_class), ("val", max(2, s.per_class // 8)))
+            for c in range(s.classes) for i in range(n)]
+    for p, *_ in jobs:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(max(1, min(16, os.cpu_count() or 1))) as pool:
+        list(pool.map(_jpeg, jobs, chunksize=64))
+    return root
+
+
+def _jpeg(job) -> None:
+    import numpy as np
+    from PIL import Image
+
+    path, seed, h, w = job
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, size=(h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((w, h), Image.BICUBIC)
+    arr = np.asarray(img).astype(np.int16) + rng.integers(-12, 13, size=(h, w, 3))
+    Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def runner_cfg(root: Path, s: Setup, decode: str) -> dict:
+    from lskd_bench.runners.grid import resolve_config
+
+    role = {"epochs": 1, "batch_size": s.batch, "lr": 0.01, "warmup_epochs": 0}
+    return resolve_config("imagenet", {}, {
+        "data": {"root": str(root), "image_size": s.size, "decode": decode},
+        "grid": {"alphas": [0.1], "temperatures": [1.0, 2.0, 3.0, 64.0], "seeds": [0]},
+        "teacher": {**role, "arch": s.teacher}, "student": {**role, "arch": "resnet18"}, "num_workers": s.workers, "eval_batch_size": s.batch,
+        "device": str(s.device), "channels_last": s.cuda, "analysis": {"export": False},
+    })  # fmt: skip
+
+
+def timed_group(task, cells, cfg, data, out: Path, s: Setup, teacher=None) -> tuple[float, dict]:
+    """Images/s of the step loop of one epoch, from step ``measure_from`` on (the loader's read-ahead used
+    up), and the profile's shares."""
+    from lskd_bench.runners.train import train_group
+
+    stamps: list[float] = []
+    prof: dict[str, float] = {}
+    res = train_group(task, cells, cfg, data, [out / c.name for c in cells], teacher=teacher, progress=False,
+                      on_step=lambda e, i: stamps.append(time.perf_counter()), profile=prof)
+    for r in res:
+        if r.error:
+            raise RuntimeError(r.error)
+    k = min(s.measure_from, len(stamps) - 2)
+    ips = (len(stamps) - 1 - k) * s.batch / (stamps[-1] - stamps[k])
+    return ips, prof
+
+
+def runner_rows(s: Setup, bounds: dict[str, float], work: Path) -> dict[str, float]:
+    import torch
+
+    from lskd_bench.models import build_image_model
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.tasks import get_task
+    from lskd_bench.tasks.base import iterate_batches
+
+    n = s.classes * s.per_class
+    say(f"runner: writing {n} training JPEGs ({s.classes} classes)...")
+    root = make_jpegs(work / "inet", s)
+    task = get_task("imagenet")
+    out: dict[str, float] = {}
+    for decode in ("cpu", "gpu"):
+        cfg = runner_cfg(root, s, decode)
+        data = task.load_data(cfg)
+        say(f"runner: data pipeline alone, decode={decode} ({s.workers} workers)...")
+        t0, seen = None, 0
+        for i, (x, _) in enumerate(iterate_batches(data.train, s.batch, shuffle=True, num_workers=s.workers)):
+            x = x.to(s.device, non_blocking=True)
+            if i == s.measure_from:
+                sync(s.device)
+                t0 = time.perf_counter()
+            elif i > s.measure_from:
+                seen += len(x)
+        sync(s.device)
+        pipe = seen / (time.perf_counter() - t0) if t0 and seen else None
+        row(f"data pipeline alone, {s.size}px, decode={decode}", pipe, "img/s", bounds["group5"],
+            note="vs the fused group's bound: the loader must outrun it")
+        cells = plan_cells(cfg)
+        students = [c for c in cells if c.role != "teacher"]
+        fmt = torch.channels_last if s.cuda else torch.contiguous_format
+        tmodel = build_image_model(s.teacher, len(data.class_names)).to(s.device).to(memory_format=fmt).eval()
+        say(f"runner: fused {s.teacher} -> resnet18 group of {len(students)}, decode={decode}...")
+        ips, prof = timed_group(task, students, cfg, data, work / f"fused_{decode}", s, teacher=tmodel)
+        tot = sum(prof.values()) or 1.0
+        out[f"fused_{decode}"] = ips
+        row(f"runner: fused {s.teacher} -> resnet18 x{len(students)}, {s.size}px JPEGs, decode={decode}", ips, "img/s",
+            bounds["group5"], note=f"step loop: data {prof.get('data', 0) / tot:.0%}, teacher {prof.get('teacher', 0) / tot:.0%}, "
+                                  f"students {prof.get('students', 0) / tot:.0%}")
+        if decode == "gpu":
+            teacher = next(c for c in cells if c.role == "teacher")
+            say(f"runner: {s.teacher} teacher training, decode=gpu...")
+            ips, _ = timed_group(task, [teacher], cfg, data, work / "teacher", s)
+            out["teacher_runner"] = ips
+            row(f"runner: {s.teacher} teacher training, {s.size}px JPEGs, decode=gpu", ips, "img/s", bounds["teacher_step"])
+        del tmodel
+    return out
+
+
+def digits_rows(s: Setup, work: Path, skip: set[str]) -> None:
+    from lskd_bench.runners.grid import resolve_config, run_grid
+
+    if "digits" not in skip:
+        over: dict = {"device": str(s.device), "grid": {"seeds": [0]}}  # one of the default grid's 3 seeds
+        if s.small:
+            over.update({"grid": {"alphas": [0.1], "temperatures": [4.0], "seeds": [0]}, "teacher": {"epochs": 1},
+                         "student": {"epochs": 1}})
+        say("digits: the default grid, seed 0" + (" (cut down: --small)" if s.small else "") + "...")
+        t0 = time.perf_counter()
+        summary = run_grid(resolve_config("digits", {}, over), work / "digits", progress=False)
+        row(f"digits default grid, seed 0 ({len(summary.trained)} cells)", time.perf_counter() - t0, "s", higher_is_better=False)
+    if "ddp" not in skip:
+        walls = {}
+        for executor in ("local", "torchrun"):
+            say(f"digits: one group through the {executor} executor...")
+            cmd = [sys.executable, "-m", "lskd_bench", "run", "--task", "digits", "--out", str(work / f"ddp_{executor}"),
+                   "--executor", executor, "--alphas", "0.1", "--temperatures", "4", "--set", "grid.seeds=[0]",
+                   "--epochs", "1" if s.small else "5", "--device", str(s.device), "--no-progress"]
+            if executor == "torchrun":
+                cmd += ["--nproc-per-node", "1"]
+            t0 = time.perf_counter()
+            p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+            walls[executor] = time.perf_counter() - t0
+            if p.returncode != 0:
+                row(f"digits via {executor}", None, "s", note=f"FAILED rc {p.returncode}: {p.stderr.strip().splitlines()[-1:]}")
+                return
+        row("digits grid (3 cells) via torchrun DDP, 1 process", walls["torchrun"], "s", walls["local"],
+            note="bound: the same run with the local executor", higher_is_better=False)
+
+
+# ------------------------------------------------------------------------------------------ translation
+def nmt_rows(s: Setup, wait_s: float) -> dict[str, float]:
+    """Teacher step, KD step and beam decoding (target tokens/s) through bench_nmt.py's functions."""
+    import importlib
+    import importlib.util
+
+    deadline = time.perf_counter() + wait_s
+    while importlib.util.find_spec("fairseq") is None or subprocess.run([sys.executable, "-c", "import fairseq"],
+                                                                         capture_output=True).returncode != 0:
+        if time.perf_counter() >= deadline:
+            row("translation rows", None, "tok/s", note="skipped: fairseq is not importable")
+            return {}
+        say("translation: waiting for fairseq (being built)...")
+        time.sleep(10)
+        importlib.invalidate_caches()
+    try:
+        import numpy as np
+        import torch
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        bench = importlib.import_module("bench_nmt")
+        batch_fn, logits_of = getattr(bench, "batch"), getattr(bench, "logits_of")
+        from lskd_bench.methods import kd_loss, ls_cross_entropy
+        from lskd_bench.tasks.base import autocast
+        from lskd_bench.tasks.nmt import PAD
+        from lskd_bench.tasks.nmt import fairseq_adapter as fa
+    except Exception as exc:  # noqa: BLE001 - bench_nmt.py is edited by others: say what broke, keep the table
+        row("translation rows", None, "tok/s", note=f"skipped: {type(exc).__name__}: {exc}")
+        return {}
+    out: dict[str, float] = {}
+    try:
+        dev = s.device
+        tarch, sarch = ("transformer_tiny", "transformer_micro") if s.small else ("transformer_iwslt_de_en", "transformer_iwslt_de_en_small")
+        vocab, max_tokens, mean_len = (1000, 256, 8) if s.small else (10000, 4096, 24)
+        d = fa.make_dictionary(["<s>", "<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(vocab - 4)])
+        hp = {"dropout": 0.3, "attention_dropout": 0.0, "activation_dropout": 0.0, "share_decoder_input_output_embed": True,
+              "share_all_embeddings": False, "max_positions": 1024}
+        b = batch_fn(np.random.default_rng(0), vocab, max_tokens, mean_len, dev)
+        tokens = int(b["target"].ne(PAD).sum())
+        teacher, student = fa.build_transformer(tarch, d, hp).to(dev), fa.build_transformer(sarch, d, hp).to(dev)
+        t_opt = torch.optim.Adam(teacher.parameters(), lr=1e-4, betas=(0.9, 0.98))
+        s_opt = torch.optim.Adam(student.parameters(), lr=1e-4, betas=(0.9, 0.98))
+
+        def teacher_step():
+            teacher.train()
+            with autocast(dev, s.cfg):
+                z, y = logits_of(teacher, b)
+            loss = ls_cross_entropy(z.float(), y, 0.1)
+            t_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            t_opt.step()
+
+        def kd_step():
+            teacher.eval()
+            with torch.inference_mode(), autocast(dev, s.cfg):
+                t, _ = logits_of(teacher, b)
+            t = t.float().clone()
+            student.train()
+            with autocast(dev, s.cfg):
+                z, y = logits_of(student, b)
+            loss = kd_loss(z.float(), t, y, T=1.0, lam=1.0)
+            s_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            s_opt.step()
+
+        say(f"translation: {tarch} teacher step ({tokens} target tokens a batch)...")
+        out["nmt_teacher"] = rate("nmt teacher", teacher_step, tokens, s)
+        row(f"translation: {tarch} teacher step (synthetic batch)", out["nmt_teacher"], "tok/s")
+        say(f"translation: KD step {tarch} -> {sarch}...")
+        out["nmt_kd"] = rate("nmt kd", kd_step, tokens, s)
+        row(f"translation: KD step {tarch} -> {sarch} (synthetic batch)", out["nmt_kd"], "tok/s")
+        teacher.eval()
+        n_sent = min(4 if s.small else 256, b["target"].shape[0])
+        small = {**b, "net_input": {k: v[:n_sent] for k, v in b["net_input"].items()}, "id": b["id"][:n_sent]}
+        gen = fa.generator(teacher, d, 5, 1.0, 0.0, mean_len * 2)
+        counted = {"n": 0}
+
+        def decode():
+            with torch.inference_mode(), autocast(dev, s.cfg):
+                hyps = fa.generate(gen, small)
+            counted["n"] = sum(len(h) + 1 for h in hyps)
+
+        say(f"translation: beam 5 decoding, {n_sent} sentences...")
+        decode()
+        t0 = time.perf_counter()
+        for _ in range(2):
+            decode()
+        sync(dev)
+        row(f"translation: beam 5 decoding ({tarch}, {n_sent} random-weight sentences)",
+            2 * counted["n"] / (time.perf_counter() - t0), "tok/s", note="random weights: hypotheses run to max length")
+    except Exception as exc:  # noqa: BLE001
+        row("translation rows", None, "tok/s", note=f"failed: {type(exc).__name__}: {exc}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ paper estimate
+IMAGENET_TRAIN, CUB_TRAIN = 1_281_167, 5_994
+IWSLT_TGT_TOKENS = 4.0e6  # target sub-word tokens per epoch of IWSLT14 (~160k pairs); assumed, not measured
+PAPER_TABLES = [  # (table, task, student arch)
+    ("ImageNet resnet50 -> resnet18", "imagenet", "resnet18"),
+    ("ImageNet resnet50 -> resnet50", "imagenet", "resnet50"),
+    ("ImageNet resnet50 -> efficientnet_b0", "imagenet_compact", "efficientnet_b0"),
+    ("ImageNet resnet50 -> mobilenetv2_100", "imagenet_compact", "mobilenetv2_100"),
+    ("CUB resnet50 -> resnet18", "cub200", "resnet18"),
+    ("CUB resnet50 -> resnet50", "cub200", "resnet50"),
+    ("CUB resnet50 -> efficientnet_b0", "cub200_compact", "efficientnet_b0"),
+    ("CUB resnet50 -> mobilenetv2_100", "cub200_compact", "mobilenetv2_100"),
+    ("IWSLT En->De", "iwslt_ende", None),
+    ("IWSLT En->Ru", "iwslt_enru", None),
+]
+
+
+def recipe_cells(task_name: str, student: Optional[str]):
+    from lskd_bench.config import resolve_layers
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.tasks import get_task
+
+    t = get_task(task_name)
+    over: dict = {"task": task_name, "data": {"root": "/nonexistent"}}
+    if student:
+        over["student"] = {"arch": student}
+    cfg = resolve_layers(t, [(t.recipe_source(), t.default_config()), ("gpu_check", over)]).cfg
+    return cfg, plan_cells(cfg)
+
+
+def estimate(s: Setup, m: dict[str, float], gpus: int = 8) -> str:
+    """Hours of each paper table on one node of ``gpus`` GPUs: GPU-seconds of every cell from the measured
+    per-image (per-token) costs, fused students sharing one teacher forward, the runner's measured efficiency
+    (achieved / bound) applied, divided over the GPUs (ideal packing / DDP scaling; evaluation not counted)."""
+    lines = [f"Estimated wall time of the paper's tables on one {gpus}-GPU node (this GPU's figures; ideal scaling over "
+             f"{gpus} GPUs; training only)", "", "| table | teachers | students | epochs T/S | GPU-hours | node hours |",
+             "|---|---:|---:|---:|---:|---:|"]
+    eff_t = min(1.0, m.get("teacher_runner", 0) / m["teacher_step"]) if m.get("teacher_runner") else 1.0
+    eff_s = min(1.0, m.get("fused_gpu", 0) / m["group5"]) if m.get("fused_gpu") else 1.0
+    total = 0.0
+    for name, task_name, student in PAPER_TABLES:
+        try:
+            cfg, cells = recipe_cells(task_name, student)
+        except Exception as exc:  # noqa: BLE001 - a task that cannot be planned here (missing extra)
+            lines.append(f"| {name} | - | - | - | - | not planned: {type(exc).__name__} |")
+            continue
+        teachers = [c for c in cells if c.role == "teacher"]
+        students = [c for c in cells if c.role != "teacher"]
+        et, es = int(cfg["teacher"]["epochs"]), int(cfg["student"]["epochs"])
+        if student is None:  # translation: per target token
+            if not m.get("nmt_teacher"):
+                lines.append(f"| {name} | {len(teachers)} | {len(students)} | {et}/{es} | - | no translation figures |")
+                continue
+            t_tok = 1.0 / m["nmt_teacher"]
+            s_tok = 1.0 / m["nmt_kd"]  # unfused, teacher forward included
+            gpu_s = IWSLT_TGT_TOKENS * (len(teachers) * et * t_tok + len(students) * es * s_tok)
+        else:
+            key = f"student_{student}"
+            if key not in m:
+                lines.append(f"| {name} | {len(teachers)} | {len(students)} | {et}/{es} | - | {student} not measured |")
+                continue
+            n = IMAGENET_TRAIN if task_name.startswith("imagenet") else CUB_TRAIN
+            px = (int(cfg["data"]["image_size"]) / s.size) ** 2  # cost scales with pixels
+            t_img = px / m["teacher_step"] / eff_t
+            fwd, st = px / m["teacher_fwd"], px / m[key]
+            per_teacher = {}
+            for c in students:
+                per_teacher.setdefault(c.teacher.hash if c.teacher else None, []).append(c)
+            s_img_total = sum((fwd + len(g) * st) / eff_s for g in per_teacher.values())  # fused groups
+            gpu_s = n * (len(teachers) * et * t_img + es * s_img_total)
+        total += gpu_s
+        lines.append(f"| {name} | {len(teachers)} | {len(students)} | {et}/{es} | {gpu_s / 3600:,.1f} | {gpu_s / 3600 / gpus:,.1f} |")
+    lines.append(f"| all tables | | | | {total / 3600:,.1f} | {total / 3600 / gpus:,.1f} |")
+    lines.append("")
+    lines.append(f"Assumptions: runner efficiency teacher {eff_t:.0%}, fused students {eff_s:.0%} (measured above, "
+                 f"1.0 when not measured); images {IMAGENET_TRAIN:,} (ImageNet) / {CUB_TRAIN:,} (CUB) a epoch, cost scaled by "
+                 f"pixels from {s.size}px; compact students' figures are their synthetic steps; IWSLT "
+                 f"{IWSLT_TGT_TOKENS:,.0f} target tokens an epoch (assumed), students unfused; the baseline shares a teacher's group; "
+                 "each table counts its own two teachers (tables of one task share them: an overcount).")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="gpu_check.md", help="where the table goes (markdown)")
+    ap.add_argument("--small", action="store_true", help="tiny sizes on the CPU: the same code in seconds")
+    ap.add_argument("--skip", default="", help="comma-separated: synthetic, runner, digits, ddp, nmt")
+    ap.add_argument("--wait-fairseq", type=float, default=0.0, help="seconds to wait for fairseq to become importable")
+    args = ap.parse_args(argv)
+    print("gpu_check: starting (imports, then one line per step)", flush=True)
+    s = Setup(args)
+    skip = {x.strip() for x in args.skip.split(",") if x.strip()}
+    say(s.describe())
+    measured: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if "synthetic" not in skip:
+            measured.update(synthetic(s))
+        if "runner" not in skip and measured:
+            measured.update(runner_rows(s, measured, work))
+        digits_rows(s, work, skip)
+        if "nmt" not in skip:
+            measured.update(nmt_rows(s, args.wait_fairseq))
+    text = f"# gpu_check ({s.describe()})\n\n{table()}\n"
+    if measured:
+        text += "\n" + estimate(s, measured) + "\n"
+    print("\n" + text, flush=True)
+    Path(args.out).write_text(text)
+    (Path(args.out).with_suffix(".json")).write_text(json.dumps({"setup": s.describe(), "rows": ROWS, "measured": measured}, indent=1))
+    say(f"written {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
