@@ -364,27 +364,27 @@ def gpu_rows(device: str = "cuda", small: bool = False) -> list[tuple[str, Calla
         r = {"teacher": DEMO["teacher"], "vocab": DEMO["vocab"], "max_tokens": 256, "updates": 4, "skip": 1, "mean_len": 8}
         rs = {**r, "student": DEMO["student"]}
         return [
-            ("nmt teacher step (demo models, small)", lambda: teacher_step(device, **r), None, "target tokens/s"),
-            ("nmt KD student step (small)", lambda: kd_step(device, **rs), None, "target tokens/s"),
-            ("nmt fused group of 5 KD students (small)", lambda: fused_students(device, members=5, **rs), None,
+            ("teacher step (demo models, small)", lambda: teacher_step(device, **r), None, "target tokens/s"),
+            ("KD student step (small)", lambda: kd_step(device, **rs), None, "target tokens/s"),
+            ("fused group of 5 KD students (small)", lambda: fused_students(device, members=5, **rs), None,
              "target tokens/s (all members)"),
-            ("nmt beam-5 decoding (small)", lambda: beam_decoding(device, teacher=r["teacher"], vocab=r["vocab"], sentences=8,
+            ("beam-5 decoding (small)", lambda: beam_decoding(device, teacher=r["teacher"], vocab=r["vocab"], sentences=8,
                                                                   mean_len=8, rounds=1), None, "target tokens/s"),
         ]
     r = {k: RECIPE[k] for k in ("teacher", "vocab", "max_tokens")}
     rs = {**r, "student": RECIPE["student"]}
     return [
-        ("nmt teacher step (IWSLT recipe)", lambda: teacher_step(device, **r), BOUNDS["teacher_step"], "target tokens/s"),
-        ("nmt KD student step (one student)", lambda: kd_step(device, **rs), None, "target tokens/s"),
-        ("nmt fused group of 5 KD students", lambda: fused_students(device, members=5, **rs), None,
+        ("teacher step (IWSLT recipe)", lambda: teacher_step(device, **r), BOUNDS["teacher_step"], "target tokens/s"),
+        ("KD student step (one student)", lambda: kd_step(device, **rs), None, "target tokens/s"),
+        ("fused group of 5 KD students", lambda: fused_students(device, members=5, **rs), None,
          "target tokens/s (all members)"),
-        ("nmt beam-5 decoding (256 sentences, max_tokens 8192)",
+        ("beam-5 decoding (256 sentences, max_tokens 8192)",
          lambda: beam_decoding(device, teacher=r["teacher"], vocab=r["vocab"], sentences=256, gen_max_tokens=8192),
          BOUNDS["beam_decoding"], "target tokens/s"),
-        ("nmt lskd-bench / fairseq-train teacher (IWSLT recipe)",
+        ("lskd-bench / fairseq-train teacher (IWSLT recipe)",
          lambda: vs_fairseq(device, arch=r["teacher"], vocab=r["vocab"], max_tokens=r["max_tokens"], updates=40, skip=5,
                             rounds=1, log=lambda s: None)[2], BOUNDS["vs_fairseq"], "ratio"),
-        ("nmt demo teacher (transformer_tiny) on the GPU / on the CPU",
+        ("demo teacher (transformer_tiny) on the GPU / on the CPU",
          lambda: teacher_step(device, updates=30) / teacher_step("cpu", updates=30), None,
          "ratio (device auto keeps the demo on the CPU)"),
     ]
