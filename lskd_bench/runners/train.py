@@ -41,10 +41,20 @@ from .devices import device_record
 from .tblog import open_log
 
 
+def auto_cpu_reason(cfg: dict[str, Any]) -> Optional[str]:
+    """Why ``device: auto`` keeps this run on the CPU although CUDA is available (the task's models are
+    tiny), or None."""
+    if str(cfg.get("device", "auto")) != "auto" or not torch.cuda.is_available() or not cfg.get("task"):
+        return None
+    from ..tasks import get_task
+
+    return get_task(cfg["task"]).cpu_reason(cfg)
+
+
 def resolve_device(cfg: dict[str, Any]) -> torch.device:
     want = str(cfg.get("device", "auto"))
     if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
+        want = "cuda" if torch.cuda.is_available() and auto_cpu_reason(cfg) is None else "cpu"
     if want == "cuda" and dist_info()[1] > 1:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(want)
@@ -95,10 +105,12 @@ def build_optimizer(params: Sequence[nn.Parameter], hp: dict[str, Any]) -> torch
         return torch.optim.SGD(groups, lr=lr, momentum=float(hp.get("momentum", 0.9)), nesterov=bool(hp.get("nesterov", False)))
     betas = tuple(hp.get("betas", (0.9, 0.999)))
     eps = float(hp.get("adam_eps", 1e-8))
+    # the fused kernel (one per parameter on the CPU, one per step on CUDA): the same update to rounding
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps)
+        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps, fused=fused)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
     raise ValueError(f"unknown optimizer {name!r} (known: sgd, adam, adamw)")
 
 
@@ -198,6 +210,8 @@ class Member:
     finished: bool = False
     notes: list = field(default_factory=list)  # repairs (a checkpoint that would not load, moved aside)
     last_score: Optional[float] = None  # the selection score of the last evaluation (None: the primary metric)
+    _loss_acc: Optional[torch.Tensor] = field(default=None, repr=False)  # the epoch's loss sum, on the device
+    _bad: Optional[torch.Tensor] = field(default=None, repr=False)  # CUDA: (first non-finite update or -1, its loss)
 
     def __post_init__(self) -> None:
         cell, cfg, device = self.cell, self.cfg, self.device
@@ -272,6 +286,7 @@ class Member:
                                                   "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
 
     def checkpoint(self) -> None:
+        self.sync()  # never write the state of a step that went non-finite
         if self.rank != 0:
             return
         store.save_torch(self.state_path, {
@@ -308,7 +323,27 @@ class Member:
         """Does this member step on batch ``i`` of ``epoch``?"""
         return not self.finished and not self.done() and self.epoch == epoch and self.step <= i
 
-    def train_step(self, batch: Any, t_logits: Optional[torch.Tensor], epoch: int, steps_per_epoch: int = 1) -> float:
+    def _accumulate(self, loss: torch.Tensor, n: int) -> None:
+        """Add the step's loss to the epoch's sum on the device: no host sync (float64, so the sum equals the
+        Python-float sum of earlier versions bit for bit)."""
+        if self._loss_acc is None:  # torch.full: a fill kernel, not a host-to-device copy (which would sync)
+            self._loss_acc = torch.full((), self.loss_sum, dtype=torch.float64, device=loss.device)
+        self._loss_acc += loss.detach().double() * n
+        self.loss_count += n
+
+    def sync(self) -> None:
+        """Bring the device-side loss sum to the host and raise ``CellFailed`` if a step since the last sync
+        had a non-finite loss (on CUDA the check waits until here: a checkpoint, the epoch's end)."""
+        if self._bad is not None:
+            bad, value = int(self._bad[0]), float(self._bad[1])
+            if bad >= 0:
+                raise CellFailed(f"non-finite loss ({value}) at update {bad + 1} (epoch {self.epoch + 1})")
+        if self._loss_acc is not None:
+            self.loss_sum = float(self._loss_acc)
+
+    def train_step(self, batch: Any, t_logits: Optional[torch.Tensor], epoch: int, steps_per_epoch: int = 1) -> torch.Tensor:
+        """One optimizer step. On the CPU a non-finite loss raises ``CellFailed`` at once; on CUDA the step
+        does not wait for the device (no host sync): ``sync()`` raises it at the next checkpoint or epoch end."""
         t0 = time.perf_counter()
         lr = learning_rate(self.hp, epoch, self.update, steps_per_epoch)
         for g in self.opt.param_groups:
@@ -319,24 +354,31 @@ class Member:
             with autocast(self.device, self.cfg):
                 s_logits, targets = self.task.forward(self.step_model, batch)
             loss = self.method.loss(s_logits.float(), targets, t_logits, self.ctx)
-            if not torch.isfinite(loss):
-                raise CellFailed(f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, update {self.update + 1}")
+            if loss.device.type != "cuda":
+                if not torch.isfinite(loss):
+                    raise CellFailed(f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, update {self.update + 1}")
+            else:  # remember the first non-finite update and its loss on the device (fill kernels, no copies)
+                if self._bad is None:
+                    self._bad = torch.full((2,), -1.0, dtype=torch.float64, device=loss.device)
+                first = (self._bad[0] < 0) & ~torch.isfinite(loss.detach())
+                now = torch.stack([torch.full((), float(self.update), dtype=torch.float64, device=loss.device),
+                                   loss.detach().double()])
+                self._bad = torch.where(first, now, self._bad)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if float(self.hp.get("clip_norm", 0.0)) > 0:
                 torch.nn.utils.clip_grad_norm_([*self.model.parameters(), *self.method_params], float(self.hp["clip_norm"]))
             self.opt.step()
-        n = int(targets.numel())
-        self.loss_sum += float(loss.detach()) * n
-        self.loss_count += n
+        self._accumulate(loss, int(targets.shape[0]))
         self.step += 1
         self.update += 1
-        self.train_seconds += time.perf_counter() - t0
+        self.train_seconds += time.perf_counter() - t0  # on CUDA: host time (the queue keeps it near the device's)
         if self.tb is not None:
-            self.tb.step(self.update, float(loss.detach()), lr)
-        return float(loss.detach())
+            self.tb.step(self.update, loss.detach(), lr)  # converted to a float (a sync) only when written
+        return loss.detach()
 
     def end_epoch(self, epoch: int) -> None:
+        self.sync()
         total, count = self.loss_sum, self.loss_count
         _, world = dist_info()
         if world > 1:
@@ -346,6 +388,7 @@ class Member:
         entry = {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": self.opt.param_groups[0]["lr"], "updates": self.update,
                  **self.method.report()}
         self.epoch, self.step, self.loss_sum, self.loss_count = epoch + 1, 0, 0.0, 0
+        self._loss_acc = None
         every = int(self.hp.get("eval_every", 1))
         if self.done() or self.epoch % every == 0:
             entry["eval"] = self.evaluate()
@@ -448,7 +491,7 @@ def _teacher_logits(task: Task, teacher: nn.Module, batch: Any, device: torch.de
     with torch.inference_mode(), autocast(device, cfg):
         t_logits, _ = task.forward(teacher, batch)
     t_logits = t_logits.float().clone()  # leave inference mode for autograd
-    if not torch.isfinite(t_logits).all():
+    if device.type != "cuda" and not torch.isfinite(t_logits).all():  # on CUDA: the students' losses tell
         raise FloatingPointError("the teacher gives non-finite logits")
     return t_logits
 
@@ -595,7 +638,7 @@ def train_group(
                     m.skipped = sorted(set(skipped))
                     try:
                         m.end_epoch(epoch)
-                    except OSError as exc:  # the checkpoint could not be written (disk full...)
+                    except (CellFailed, OSError) as exc:  # a deferred non-finite loss; the checkpoint not written
                         fail(m, exc)
             bar.update(1)
             bar.set_postfix_str(" ".join(f"{_short(m.cell)}={m.history[-1]['loss']:.3f}" for m in active
