@@ -13,7 +13,9 @@ channels_last on CUDA, as the runner trains):
 - teacher training through the runner (gpu decode) against the synthetic teacher step;
 - the digits default grid for one seed (wall seconds) and one digits group through torchrun DDP with one process against
   the same group in-process;
-- translation (needs fairseq): teacher step, KD step and beam decoding, through benchmarks/bench_nmt.py's functions;
+- translation (needs fairseq): teacher step, KD step and beam decoding on a synthetic batch (the bounds), then
+  through the runner (bench_nmt.gpu_rows): teacher step, KD step, a fused group of 5 KD students, beam-5
+  decoding batched by generation.max_tokens, lskd-bench / fairseq-train, and the demo's teacher GPU / CPU;
 - then an estimate of the wall time of every table of the paper on one 8-GPU node, from the figures above.
 
 It prints a first line at once and a line per step, then the table, which it also writes to ``--out``.
@@ -341,7 +343,8 @@ def digits_rows(s: Setup, work: Path, skip: set[str]) -> None:
 
 # ------------------------------------------------------------------------------------------ translation
 def nmt_rows(s: Setup, wait_s: float) -> dict[str, float]:
-    """Teacher step, KD step and beam decoding (target tokens/s) through bench_nmt.py's functions."""
+    """Teacher step, KD step and beam decoding (target tokens/s) on a synthetic batch, then the runner's rows of
+    bench_nmt.gpu_rows() against them."""
     import importlib
     import importlib.util
 
@@ -431,6 +434,22 @@ def nmt_rows(s: Setup, wait_s: float) -> dict[str, float]:
             2 * counted["n"] / (time.perf_counter() - t0), "tok/s", note="random weights: hypotheses run to max length")
     except Exception as exc:  # noqa: BLE001
         row("translation rows", None, "tok/s", note=f"failed: {type(exc).__name__}: {exc}")
+        return out
+    # the runner's own loop (train_group) and task.translate, bench_nmt.gpu_rows: the synthetic steps above are
+    # the bounds of the loop's teacher and KD steps; the issue's goals (bench_nmt.BOUNDS) are in the notes
+    bounds = {"teacher step": out.get("nmt_teacher"), "KD student step": out.get("nmt_kd")}
+    for name, measure, goal, unit in bench.gpu_rows(dev.type, small=s.small):
+        say(f"translation: {name}...")
+        try:
+            achieved = measure()
+        except Exception as exc:  # noqa: BLE001 - one failed row must not lose the table
+            row(f"translation: {name}", None, unit, note=f"failed: {type(exc).__name__}: {exc}")
+            continue
+        bound = next((v for k, v in bounds.items() if k in name), None)
+        note = ("through the runner" + (f"; goal {goal:,.3g} {unit}" if goal else ""))
+        row(f"translation: {name}", achieved, unit, bound, note)
+        if "fused group" in name:
+            out["nmt_fused5"] = achieved
     return out
 
 

@@ -22,7 +22,7 @@ from .runners.devices import parse_gpus
 from .runners.grid import resolve, run_grid
 from .runners.inference import find_cell, load_cell, read_text_lines, score_files, translate_lines
 from .runners.status import status_rows
-from .runners.train import resolve_device
+from .runners.train import auto_cpu_reason, resolve_device
 from .store import atomic_write, check_writable_dir
 from .tasks import get_task, task_names
 
@@ -128,6 +128,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _resolve(args).cfg
     out = Path(args.out)
     check_writable_dir(out)
+    reason = auto_cpu_reason(cfg)
+    if reason:
+        print(f"device auto: training on the CPU: {reason}", file=sys.stderr)
     if args.dry_run:
         get_task(cfg["task"]).check_layout(cfg)  # the data check run makes before writing anything
         for cell in plan_cells(cfg):
@@ -361,7 +364,8 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--gpus", help="GPU ids to spread the grid over, comma-separated, e.g. 0,1,2,3 (default: "
                    "CUDA_VISIBLE_DEVICES if set, else every GPU); each unit's worker sees only its own")
     r.add_argument("--per-gpu", type=int, help="units sharing one GPU at a time (default 1; small models: 2-8)")
-    r.add_argument("--device", help="auto (default), cpu or cuda")
+    r.add_argument("--device", help="auto (default: cuda if available, except for models too small to gain from it, "
+                   "such as the NMT demo's, which stay on the CPU and say so), cpu or cuda")
     r.add_argument("--nproc-per-node", type=int, help="train each unit with DDP over N processes on N GPUs of its own "
                    "(torchrun executor; units run side by side while GPUs are free)")
     r.add_argument("--num-workers", type=int, help="data-loader worker processes (image tasks)")

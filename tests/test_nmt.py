@@ -218,7 +218,7 @@ def test_word_level_kd_counts_only_non_pad_positions(tmp_path):
             super().__init__()
             self.logits = logits
 
-        def forward(self, src, lengths, prev):
+        def forward(self, src, lengths, prev, **kw):
             return self.logits, None
 
     g = torch.Generator().manual_seed(0)
@@ -454,3 +454,135 @@ def test_best_epoch_is_selected_on_valid_not_test(tmp_path, monkeypatch, select_
     for which, metrics in (("selected", r["best"]["metrics"]), ("last", r["metrics"])):
         hyps = (tmp_path / "t" / f"test.hyp.{which}.de").read_text(encoding="utf-8").splitlines()
         assert translation_scores(hyps, refs, "de")[0] == metrics
+
+
+# ------------------------------------------------------------------------------------------ speed paths
+def test_fast_training_step_keeps_loss_gradients_and_update_on_a_fixed_batch(tmp_path):
+    """The loop's fast path (non-pad positions gathered by an index found on the host, SDPA in every
+    attention layer, cross_entropy(label_smoothing), fused Adam) against the plain one (boolean mask, fairseq's
+    default forward, one-hot smoothed targets, single-tensor Adam) on one fixed batch."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from lskd_bench.methods import LossContext, build_method, total_loss
+    from lskd_bench.runners.grid import resolve_config
+    from lskd_bench.runners.train import build_optimizer
+    from lskd_bench.tasks import get_task
+    from lskd_bench.tasks.nmt import PAD
+
+    root = make_plain(tmp_path / "data")
+    cfg = resolve_config("iwslt_ende", {}, tiny_nmt(root, teacher={"dropout": 0.0}))
+    task = get_task("iwslt_ende")
+    data = task.load_data(cfg, cache_dir=tmp_path / "cache")
+    batch = task.collate(data.train, np.arange(16))
+    assert batch["target"].eq(PAD).any()  # the batch is padded
+    torch.manual_seed(0)
+    model = task.build_model("transformer_micro", data, cfg, cfg["teacher"]).train()
+    ref = copy.deepcopy(model)
+
+    net = batch["net_input"]
+    logits, _ = ref(net["src_tokens"], net["src_lengths"], net["prev_output_tokens"])
+    keep = batch["target"].ne(PAD)
+    s_ref, y = logits[keep], batch["target"][keep]
+    q = 0.9 * F.one_hot(y, s_ref.shape[-1]).float() + 0.1 / s_ref.shape[-1]
+    ref_loss = -(q * F.log_softmax(s_ref, -1)).sum(-1).mean()
+
+    s, y_fast = task.forward(model, batch)
+    s_mask, _ = task.forward(model, {k: v for k, v in batch.items() if k != "target_index"})
+    assert torch.equal(s, s_mask) and torch.equal(y_fast, y)  # the index gathers exactly the masked rows
+    loss = total_loss(build_method("ls", cfg).loss(s, y_fast, None, LossContext(alpha=0.1)))  # ctx.alpha: the method's
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+    assert s.shape == s_ref.shape and torch.allclose(s, s_ref, rtol=1e-5, atol=1e-5)
+
+    ref_loss.backward()
+    loss.backward()
+    grads = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, grads[name].grad, rtol=1e-4, atol=1e-7), name
+    for name, p in model.named_parameters():  # the optimizers compared on the same gradients
+        grads[name].grad = p.grad.clone()
+    opt = build_optimizer(list(model.parameters()), cfg["teacher"])
+    assert opt.defaults["fused"]
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=opt.param_groups[0]["lr"], betas=tuple(cfg["teacher"]["betas"]),
+                               foreach=False)
+    opt.step()
+    ref_opt.step()
+    for name, p in model.named_parameters():
+        assert torch.allclose(p, grads[name], rtol=1e-6, atol=1e-9), name
+
+
+def test_generation_batches_by_sentences_and_tokens():
+    from lskd_bench.tasks.nmt import generation_batches
+
+    lens = np.array([5, 3, 9, 3, 7, 4])  # sorted (stable): 1, 3, 5, 0, 4, 2
+
+    def plan(*a):
+        return [b.tolist() for b in generation_batches(lens, *a)]
+
+    assert plan(3, None) == [[1, 3, 5], [0, 4, 2]]
+    assert plan(3, 12) == [[1, 3, 5], [0], [4], [2]]  # 3 x 4 = 12 fits; 2 x 7 and 2 x 9 do not
+    assert plan(8, 6) == [[1, 3], [5], [0], [4], [2]]  # a sentence longer than the bound decodes alone
+    assert plan(8, 1000) == [[1, 3, 5, 0, 4, 2]]
+
+
+def test_translate_obeys_generation_max_tokens_and_keeps_order(tmp_path, monkeypatch):
+    from lskd_bench.runners.grid import resolve_config
+    from lskd_bench.tasks import get_task
+    from lskd_bench.tasks.nmt import PAD
+    from lskd_bench.tasks.nmt import fairseq_adapter as fa
+
+    root = make_plain(tmp_path / "data")
+    cfg = resolve_config("iwslt_ende", {}, tiny_nmt(root, generation={"max_tokens": 20}))
+    task = get_task("iwslt_ende")
+    data = task.load_data(cfg, cache_dir=tmp_path / "cache")
+    shapes = []
+
+    def fake_generate(gen, sample):  # "translates" each sentence into its own source (no eos, no padding)
+        src = sample["net_input"]["src_tokens"]
+        shapes.append(tuple(src.shape))
+        return [[t for t in row.tolist() if t not in (PAD, 2)] for row in src]
+
+    monkeypatch.setattr(fa, "generate", fake_generate)
+    model = task.build_model("transformer_micro", data, cfg, cfg["teacher"])
+    out = task.translate(model, data, data.val, cfg, torch.device("cpu"))
+    assert out == [s[:-1].tolist() for s in data.val.src]  # every sentence, in split order
+    assert sum(n for n, _ in shapes) == len(data.val) and len(shapes) > 1
+    assert all(n * width <= 20 or n == 1 for n, width in shapes)
+
+
+def test_device_auto_keeps_tiny_translation_models_on_the_cpu(tmp_path, monkeypatch):
+    from lskd_bench.runners import train
+    from lskd_bench.runners.grid import resolve_config
+
+    root = make_plain(tmp_path / "data")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    tiny = resolve_config("iwslt_ende", {}, tiny_nmt(root, teacher={"arch": "transformer_tiny"}))
+    assert "transformer_micro and transformer_tiny are too small" in train.auto_cpu_reason(tiny)
+    assert train.resolve_device(tiny).type == "cpu"
+    assert train.resolve_device({**tiny, "device": "cuda"}).type == "cuda"  # an explicit choice wins
+    big = resolve_config("iwslt_ende", {}, tiny_nmt(root, student={"arch": "transformer_iwslt_de_en_small"}))
+    assert train.auto_cpu_reason(big) is None and train.resolve_device(big).type == "cuda"
+
+
+def test_pad_to_multiple_repeats_shapes_and_keeps_the_loss(tmp_path):
+    from lskd_bench.runners.grid import resolve_config
+    from lskd_bench.tasks import get_task
+
+    root = make_plain(tmp_path / "data")
+    cfg = resolve_config("iwslt_ende", {}, tiny_nmt(root, teacher={"dropout": 0.0, "pad_to_multiple": 8}))
+    task = get_task("iwslt_ende")
+    data = task.load_data(cfg, cache_dir=tmp_path / "cache")
+    plain_cfg = {**cfg["teacher"], "pad_to_multiple": 1}
+    padded = list(task.train_batches(data, cfg["teacher"], cfg, seed=0, epoch=0))
+    plain = list(task.train_batches(data, plain_cfg, cfg, seed=0, epoch=0))
+    assert len(padded) == len(plain) > 1
+    assert any(b["target"].shape[1] % 8 for b in plain)  # the plain lengths vary
+    torch.manual_seed(0)
+    model = task.build_model("transformer_micro", data, cfg, cfg["teacher"]).eval()
+    for p8, p1 in zip(padded, plain):
+        for t in (p8["net_input"]["src_tokens"], p8["net_input"]["prev_output_tokens"], p8["target"]):
+            assert t.shape[1] % 8 == 0
+        s8, y8 = task.forward(model, p8)
+        s1, y1 = task.forward(model, p1)
+        assert torch.equal(y8, y1) and torch.allclose(s8, s1, rtol=1e-4, atol=1e-5)

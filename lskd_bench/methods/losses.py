@@ -23,10 +23,10 @@ def smoothed_targets(targets: torch.Tensor, num_classes: int, alpha: float) -> t
 
 
 def ls_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy between ``smoothed_targets(targets, K, alpha)`` and ``softmax(logits)``."""
-    logp = F.log_softmax(_upcast(logits), dim=-1)
-    q = smoothed_targets(targets, logits.shape[-1], alpha).to(logp.dtype)
-    return -(q * logp).sum(dim=-1).mean()
+    """Mean cross-entropy between ``smoothed_targets(targets, K, alpha)`` and ``softmax(logits)``: PyTorch's
+    ``cross_entropy(label_smoothing=alpha)``, ``(1 - alpha) * nll + alpha * mean_k(-log p_k)``, the same value
+    without building the (N, K) target distribution."""
+    return F.cross_entropy(_upcast(logits), targets, label_smoothing=float(alpha))
 
 
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:

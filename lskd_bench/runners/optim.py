@@ -23,10 +23,12 @@ def build_optimizer(params: Sequence[nn.Parameter], hp: dict[str, Any]) -> torch
         return torch.optim.SGD(groups, lr=lr, momentum=hp["momentum"], nesterov=hp["nesterov"])
     betas = tuple(hp["betas"])
     eps = hp["adam_eps"]
+    # the fused kernel (one per parameter on the CPU, one per step on CUDA): the same update to rounding
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps)
+        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps, fused=fused)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
     raise ValueError(f"unknown optimizer {name!r} (known: sgd, adam, adamw)")
 
 

@@ -22,9 +22,10 @@ class TensorBoardLog:
         self.writer = SummaryWriter(str(Path(cell_dir) / DIRNAME), purge_step=start_update + 1 if start_update else None)
         self.every = max(1, int(every))
 
-    def step(self, update: int, loss: float, lr: float) -> None:
+    def step(self, update: int, loss: Any, lr: float) -> None:
+        """``loss``: a float or a 0-d tensor, read (a host sync on CUDA) only on the updates written."""
         if update % self.every == 0:
-            self.writer.add_scalar("train/loss_step", loss, update)
+            self.writer.add_scalar("train/loss_step", float(loss), update)
             self.writer.add_scalar("train/lr", lr, update)
 
     def epoch(self, update: int, entry: dict[str, Any]) -> None:

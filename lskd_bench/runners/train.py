@@ -38,7 +38,7 @@ from ..envinfo import cpu_model, git_commit
 from ..errors import DataError, Interrupted
 from ..methods import LossContext, Method, build_method, total_loss
 from ..models import init_path, load_init_checkpoint
-from ..tasks import Task, TaskData, iterate_batches
+from ..tasks import Task, TaskData, get_task, iterate_batches
 from ..tasks.base import autocast, on_bad_sample
 from .. import store
 from .cells import Cell
@@ -47,10 +47,18 @@ from .tblog import open_log
 from .optim import build_optimizer, learning_rate, lr_factor  # noqa: F401  (re-exported)
 
 
+def auto_cpu_reason(cfg: dict[str, Any]) -> Optional[str]:
+    """Why ``device: auto`` keeps this run on the CPU although CUDA is available (the task's models are
+    tiny), or None."""
+    if cfg["device"] != "auto" or not torch.cuda.is_available() or not cfg.get("task"):  # no task: translate's device
+        return None
+    return get_task(cfg["task"]).cpu_reason(cfg)
+
+
 def resolve_device(cfg: dict[str, Any]) -> torch.device:
     want = cfg["device"]
     if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
+        want = "cuda" if torch.cuda.is_available() and auto_cpu_reason(cfg) is None else "cpu"
     if want == "cuda" and dist_info()[1] > 1:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(want)
@@ -144,6 +152,9 @@ class Member:
     finished: bool = False
     notes: list = field(default_factory=list)  # repairs (a checkpoint that would not load, moved aside)
     last_score: Optional[float] = None  # the selection score of the last evaluation (None: the primary metric)
+    _loss_acc: Optional[torch.Tensor] = field(default=None, repr=False)  # the epoch's loss sum, on the device
+    _term_acc: Optional[dict] = field(default=None, repr=False)  # the epoch's named loss-term sums, on the device
+    _bad: Optional[torch.Tensor] = field(default=None, repr=False)  # CUDA: (first non-finite update or -1, its loss)
 
     def __post_init__(self) -> None:
         cell, cfg, device = self.cell, self.cfg, self.device
@@ -215,6 +226,7 @@ class Member:
                                                   "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
 
     def checkpoint(self) -> None:
+        self.sync()  # never write the state of a step that went non-finite
         if self.rank != 0:
             return
         store.save_torch(self.state_path, {
@@ -252,7 +264,37 @@ class Member:
         """Does this member step on batch ``i`` of ``epoch``?"""
         return not self.finished and not self.done() and self.epoch == epoch and self.step <= i
 
-    def train_step(self, batch: Any, t_logits: Optional[torch.Tensor], epoch: int, steps_per_epoch: int = 1) -> float:
+    def _accumulate(self, loss: torch.Tensor, terms: Any, n: int) -> None:
+        """Add the step's loss (and its named terms) to the epoch's sums on the device: no host sync (float64, so
+        the sum equals the Python-float sum of earlier versions bit for bit)."""
+        if self._loss_acc is None:  # torch.full: a fill kernel, not a host-to-device copy (which would sync)
+            self._loss_acc = torch.full((), self.loss_sum, dtype=torch.float64, device=loss.device)
+        self._loss_acc += loss.detach().double() * n
+        if isinstance(terms, dict):
+            if self._term_acc is None:
+                self._term_acc = {k: torch.full((), v, dtype=torch.float64, device=loss.device)
+                                  for k, v in self.term_sums.items()}
+            for k, v in terms.items():
+                if k not in self._term_acc:
+                    self._term_acc[k] = torch.zeros((), dtype=torch.float64, device=loss.device)
+                self._term_acc[k] += v.detach().double() * n
+        self.loss_count += n
+
+    def sync(self) -> None:
+        """Bring the device-side loss sum to the host and raise ``CellFailed`` if a step since the last sync
+        had a non-finite loss (on CUDA the check waits until here: a checkpoint, the epoch's end)."""
+        if self._bad is not None:
+            bad, value = int(self._bad[0]), float(self._bad[1])
+            if bad >= 0:
+                raise CellFailed(f"non-finite loss ({value}) at update {bad + 1} (epoch {self.epoch + 1})")
+        if self._loss_acc is not None:
+            self.loss_sum = float(self._loss_acc)
+        if self._term_acc is not None:
+            self.term_sums = {k: float(v) for k, v in self._term_acc.items()}
+
+    def train_step(self, batch: Any, t_logits: Optional[torch.Tensor], epoch: int, steps_per_epoch: int = 1) -> torch.Tensor:
+        """One optimizer step. On the CPU a non-finite loss raises ``CellFailed`` at once; on CUDA the step
+        does not wait for the device (no host sync): ``sync()`` raises it at the next checkpoint or epoch end."""
         t0 = time.perf_counter()
         lr = learning_rate(self.hp, epoch, self.update, steps_per_epoch)
         for g in self.opt.param_groups:
@@ -264,27 +306,31 @@ class Member:
                 s_logits, targets = self.task.forward(self.step_model, batch)
             terms = self.method.loss(s_logits.float(), targets, t_logits, self.ctx)
             loss = total_loss(terms)
-            if not torch.isfinite(loss):
-                raise CellFailed(f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, update {self.update + 1}")
+            if loss.device.type != "cuda":
+                if not torch.isfinite(loss):
+                    raise CellFailed(f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, update {self.update + 1}")
+            else:  # remember the first non-finite update and its loss on the device (fill kernels, no copies)
+                if self._bad is None:
+                    self._bad = torch.full((2,), -1.0, dtype=torch.float64, device=loss.device)
+                first = (self._bad[0] < 0) & ~torch.isfinite(loss.detach())
+                now = torch.stack([torch.full((), float(self.update), dtype=torch.float64, device=loss.device),
+                                   loss.detach().double()])
+                self._bad = torch.where(first, now, self._bad)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.hp["clip_norm"] > 0:
                 torch.nn.utils.clip_grad_norm_([*self.model.parameters(), *self.method_params], self.hp["clip_norm"])
             self.opt.step()
-        n = int(targets.numel())
-        self.loss_sum += float(loss.detach()) * n
-        self.loss_count += n
-        if isinstance(terms, dict):
-            for k, v in terms.items():
-                self.term_sums[k] = self.term_sums.get(k, 0.0) + float(v.detach()) * n
+        self._accumulate(loss, terms, int(targets.shape[0]))
         self.step += 1
         self.update += 1
-        self.train_seconds += time.perf_counter() - t0
+        self.train_seconds += time.perf_counter() - t0  # on CUDA: host time (the queue keeps it near the device's)
         if self.tb is not None:
-            self.tb.step(self.update, float(loss.detach()), lr)
-        return float(loss.detach())
+            self.tb.step(self.update, loss.detach(), lr)  # converted to a float (a sync) only when written
+        return loss.detach()
 
     def end_epoch(self, epoch: int) -> None:
+        self.sync()
         total, count = self.loss_sum, self.loss_count
         names = sorted(self.term_sums)
         terms = [self.term_sums[k] for k in names]
@@ -296,6 +342,7 @@ class Member:
         entry = {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": self.opt.param_groups[0]["lr"], "updates": self.update,
                  **{f"loss_{k}": v / max(count, 1) for k, v in zip(names, terms)}, **self.method.report()}
         self.epoch, self.step, self.loss_sum, self.loss_count, self.term_sums = epoch + 1, 0, 0.0, 0, {}
+        self._loss_acc, self._term_acc = None, None
         every = self.hp["eval_every"]
         if self.done() or self.epoch % every == 0:
             entry["eval"] = self.evaluate()
@@ -399,7 +446,7 @@ def _teacher_logits(task: Task, teacher: nn.Module, batch: Any, device: torch.de
     with torch.inference_mode(), autocast(device, cfg):
         t_logits, _ = task.forward(teacher, batch)
     t_logits = t_logits.float().clone()  # leave inference mode for autograd
-    if not torch.isfinite(t_logits).all():
+    if device.type != "cuda" and not torch.isfinite(t_logits).all():  # on CUDA: the students' losses tell
         raise FloatingPointError("the teacher gives non-finite logits")
     return t_logits
 
@@ -625,7 +672,7 @@ class FusedGroup:
                 m.skipped = sorted(set(self.skipped))
                 try:
                     m.end_epoch(epoch)
-                except OSError as exc:  # the checkpoint could not be written (disk full...)
+                except (CellFailed, OSError) as exc:  # a deferred non-finite loss; the checkpoint not written
                     self.fail(m, exc)
 
 

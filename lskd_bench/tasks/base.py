@@ -415,6 +415,11 @@ class Task:
         files as training will read them (not every sample's content; ``check-data`` decodes those).
         Raise UsageError. Built-in data (digits) has nothing to check."""
 
+    def cpu_reason(self, cfg: dict[str, Any]) -> Optional[str]:
+        """Why ``device: auto`` should train on the CPU although a GPU is there (models too small to gain from
+        it), or None."""
+        return None
+
     def check_data(self, cfg: dict[str, Any], progress: bool = True) -> DataReport:
         """Scan the whole data root (decode every file...) for ``lskd-bench check-data``."""
         self.validate(cfg)

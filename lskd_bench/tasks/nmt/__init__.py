@@ -33,7 +33,8 @@ from ...schema import TRAIN, Field, Section
 from .. import TASKS
 from ..base import Batches, DataReport, Evaluation, Task, TaskData, autocast
 from .corpus import LAYOUTS, Corpus, detect_layout, read_corpus
-from .fairseq_adapter import ARCHS, build_transformer, collate, generate, generator, length_batches, make_dictionary
+from . import fairseq_adapter
+from .fairseq_adapter import ARCHS, build_transformer, collate, generator, length_batches, make_dictionary
 from .gettext_corpus import django_root, read_gettext_corpus
 from .scoring import translation_scores
 from .subword import SubwordModel, encoded, file_lock, subword_model
@@ -71,6 +72,9 @@ GENERATION = Section(
         "max_len_a": Field(float, 0.0, "max output length = a * source length + b", min=0.0, identity=False),
         "max_len_b": Field(int, 200, "max output length = a * source length + b", min=1, identity=False),
         "max_sentences": Field(int, 128, "sentences decoded at once", min=1, identity=False),
+        "max_tokens": Field(int, None, "and at most this many source tokens a batch, counted as sentences x longest "
+                            "source (fairseq-generate's --max-tokens; null: max_sentences only)",
+                            min=1, nullable=True, identity=False),
         "limit": Field(int, None, "score only the first N test sentences (quick looks; null: all)", min=1,
                        nullable=True, identity=False),
     },
@@ -93,6 +97,9 @@ NMT_TRAIN = TRAIN.extend(
                            "reported metric) or valid_loss (cross-entropy of the references, fairseq's checkpoint_best; "
                            "no decoding, but label smoothing and KD temperature shift it apart from BLEU)",
                            choices=("valid_bleu", "valid_loss"), identity=False),
+        "pad_to_multiple": Field(int, 1, "pad training batches' lengths up to a multiple of this, so that shapes repeat "
+                                 "(for --compile / CUDA; the loss skips the padding, but dropout draws other masks)",
+                                 min=1, identity=False),
     }
 )
 
@@ -120,11 +127,33 @@ class Split:
 
 
 def _move(obj: Any, device: torch.device) -> Any:
+    """``obj``'s tensors on ``device``; to CUDA through pinned memory, from which the copy is asynchronous (the
+    host does not wait for the device)."""
     if torch.is_tensor(obj):
+        if device.type == "cuda":
+            obj = obj.pin_memory()
         return obj.to(device, non_blocking=True)
     if isinstance(obj, dict):
         return {k: _move(v, device) for k, v in obj.items()}
     return obj
+
+
+def generation_batches(src_lens: np.ndarray, max_sentences: int, max_tokens: Optional[int]) -> list[np.ndarray]:
+    """Sentence indices sorted by source length (stable), cut into batches of at most ``max_sentences``
+    sentences and, with ``max_tokens``, at most ``max_tokens`` tokens counted as sentences x longest source
+    (fairseq-generate's rule). A sentence longer than the bound decodes alone."""
+    order = np.argsort(src_lens, kind="stable")
+    if max_tokens is None:
+        return [order[i : i + max_sentences] for i in range(0, len(order), max_sentences)]
+    batches, start = [], 0
+    for end in range(1, len(order) + 1):
+        size, longest = end - start, int(src_lens[order[end - 1]])  # sorted: the last is the longest
+        if end - start > 1 and (size > max_sentences or size * longest > max_tokens):
+            batches.append(order[start : end - 1])
+            start = end - 1
+    if start < len(order):
+        batches.append(order[start:])
+    return batches
 
 
 class TranslationTask(Task):
@@ -150,6 +179,14 @@ class TranslationTask(Task):
             if arch not in ARCHS:
                 raise UsageError(f"{role} arch {arch!r} is not offered by task {self.name} (known: {', '.join(ARCHS)})")
         self.check_source(cfg)
+
+    def cpu_reason(self, cfg: dict[str, Any]) -> Optional[str]:
+        archs = {cfg[r]["arch"] for r in ("teacher", "student")}
+        if all(a in ARCHS and ARCHS[a].tiny for a in archs):
+            return (f"{' and '.join(sorted(archs))} are too small to gain from a GPU (a step is a few hundred tiny "
+                    "kernel launches: one demo seed had not finished after 265 s on an H200; the whole demo grid "
+                    "takes ~475 s on 2 CPU cores); --device cuda overrides")
+        return None
 
     def check_source(self, cfg: dict[str, Any]) -> None:
         root = cfg["data"]["root"]
@@ -220,22 +257,32 @@ class TranslationTask(Task):
         if world > 1:
             batches = batches[: len(batches) - len(batches) % world][rank::world]
         batches = batches[start:]
-        return Batches(len(batches), lambda: (self.collate(split, b) for b in batches))
+        multiple = int(role_cfg["pad_to_multiple"])
+        return Batches(len(batches), lambda: (self.collate(split, b, multiple) for b in batches))
 
-    def collate(self, split: Split, idx) -> dict:
+    def collate(self, split: Split, idx, pad_to_multiple: int = 1) -> dict:
         samples = [{"id": int(i), "source": torch.from_numpy(split.src[i].astype(np.int64)),
                     "target": torch.from_numpy(split.tgt[i].astype(np.int64))} for i in idx]
-        return collate(samples, PAD, EOS)
+        batch = collate(samples, PAD, EOS, pad_to_multiple)
+        # the flat positions of the non-pad targets, found here on the host: forward() gathers them without
+        # the device-to-host sync a boolean mask costs
+        batch["target_index"] = batch["target"].reshape(-1).ne(PAD).nonzero().squeeze(1)
+        return batch
 
     def to_device(self, batch: Any, device: torch.device, cfg: dict[str, Any]) -> Any:
         return _move(batch, device)
 
     def forward(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         net = batch["net_input"]
-        logits, _ = model(net["src_tokens"], net["src_lengths"], net["prev_output_tokens"])
+        # alignment_layer=-1: no layer returns its encoder-attention weights (fairseq returns the last layer's by
+        # default, which forces the explicit attention path); every attention runs as PyTorch SDPA
+        logits, _ = model(net["src_tokens"], net["src_lengths"], net["prev_output_tokens"], alignment_layer=-1)
         target = batch["target"]
-        keep = target.ne(PAD)
-        return logits[keep], target[keep]
+        index = batch.get("target_index")
+        if index is None:
+            keep = target.ne(PAD)
+            return logits[keep], target[keep]
+        return logits.reshape(-1, logits.shape[-1]).index_select(0, index), target.reshape(-1).index_select(0, index)
 
     # -- decoding -----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -246,15 +293,12 @@ class TranslationTask(Task):
         model.eval()
         gen = generator(model, data.extras["dictionary"], g["beam"], g["lenpen"], g["max_len_a"], g["max_len_b"])
         n = len(split) if limit is None else min(limit, len(split))
-        src_lens = split.lens()[0][:n]
-        order = np.argsort(src_lens, kind="stable")
         out: list[Optional[list[int]]] = [None] * n
-        step = int(g["max_sentences"])
-        for i in tqdm(range(0, n, step), desc="beam search", unit="batch", leave=False, disable=not progress):
-            idx = order[i : i + step]
+        batches = generation_batches(split.lens()[0][:n], int(g["max_sentences"]), g["max_tokens"])
+        for idx in tqdm(batches, desc="beam search", unit="batch", leave=False, disable=not progress):
             sample = _move(self.collate(split, idx), device)
             with autocast(device, cfg):
-                hyps = generate(gen, sample)
+                hyps = fairseq_adapter.generate(gen, sample)  # looked up at call time (tests replace it)
             for sid, hyp in zip(sample["id"].tolist(), hyps):
                 out[sid] = hyp
         return out  # type: ignore[return-value]

@@ -42,6 +42,7 @@ class ArchSpec:
     fairseq_arch: str
     overrides: dict
     note: str
+    tiny: bool = False  # launch-bound on a GPU: device auto trains it on the CPU
 
 
 # lskd-bench arch name -> a registered fairseq architecture and overrides of its defaults
@@ -55,12 +56,12 @@ ARCHS: dict[str, ArchSpec] = {
         "transformer_iwslt_de_en",
         {"encoder_embed_dim": 128, "decoder_embed_dim": 128, "encoder_ffn_embed_dim": 256, "decoder_ffn_embed_dim": 256,
          "encoder_layers": 2, "decoder_layers": 2},
-        "2+2 layers, 128-d, FFN 256, 4 heads (the CPU demo's teacher)"),
+        "2+2 layers, 128-d, FFN 256, 4 heads (the CPU demo's teacher)", tiny=True),
     "transformer_micro": ArchSpec(
         "transformer_iwslt_de_en",
         {"encoder_embed_dim": 64, "decoder_embed_dim": 64, "encoder_ffn_embed_dim": 128, "decoder_ffn_embed_dim": 128,
          "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2, "decoder_attention_heads": 2},
-        "1+1 layer, 64-d, FFN 128, 2 heads (the CPU demo's student)"),
+        "1+1 layer, 64-d, FFN 128, 2 heads (the CPU demo's student)", tiny=True),
 }
 
 
@@ -113,12 +114,14 @@ def length_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int, 
                                     num_tokens_vec=num_tokens[order], max_tokens=max_tokens, max_sentences=max_sentences)
 
 
-def collate(samples: list[dict], pad: int, eos: int) -> dict:
-    """Pad a batch as fairseq does: left-padded sources, targets with prev_output_tokens (eos first)."""
+def collate(samples: list[dict], pad: int, eos: int, pad_to_multiple: int = 1) -> dict:
+    """Pad a batch as fairseq does: left-padded sources, targets with prev_output_tokens (eos first), both
+    lengths rounded up to a multiple of ``pad_to_multiple`` (fairseq's --pad-to-multiple)."""
     _fairseq()
     from fairseq.data.language_pair_dataset import collate as fs_collate  # optional [nmt] extra, heavy: after _fairseq()
 
-    return fs_collate(samples, pad_idx=pad, eos_idx=eos, left_pad_source=True, left_pad_target=False)
+    return fs_collate(samples, pad_idx=pad, eos_idx=eos, left_pad_source=True, left_pad_target=False,
+                      pad_to_multiple=pad_to_multiple)
 
 
 def generator(model: torch.nn.Module, dictionary, beam: int, lenpen: float, max_len_a: float, max_len_b: int):
