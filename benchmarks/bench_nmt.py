@@ -284,7 +284,7 @@ def fairseq_args(arch: str, hp: dict[str, Any], max_tokens: int, updates: int, d
         out.append("--share-decoder-input-output-embed")
     out += ["--dropout", str(hp["dropout"]), "--attention-dropout", str(hp["attention_dropout"]),
             "--activation-dropout", str(hp["activation_dropout"]),
-            "--optimizer", "adam", "--adam-betas", str(tuple(hp["betas"])), "--adam-eps", str(hp.get("adam_eps", 1e-8)),
+            "--optimizer", "adam", "--adam-betas", str(tuple(hp["betas"])), "--adam-eps", str(hp["adam_eps"]),
             "--lr", str(hp["lr"]), "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(hp["warmup_updates"]),
             "--warmup-init-lr", str(hp["warmup_init_lr"]), "--weight-decay", str(hp["weight_decay"]),
             "--clip-norm", str(hp["clip_norm"]),
