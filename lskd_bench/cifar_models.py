@@ -59,6 +59,16 @@ def _init_msra(model: nn.Module, linear_std: float | None = None) -> None:
             m.bias.data.zero_()
 
 
+def _init_kaiming(model: nn.Module) -> None:
+    """RepDistiller's ResNet init: conv Kaiming-normal (fan_out, relu), BN (1, 0)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+
+
 # ---------------------------------------------------------------------------------------------- ResNet
 class BasicBlock(nn.Module):
     expansion = 1
@@ -91,12 +101,7 @@ class ResNet(CifarNet):
         self.layer3 = self._layer(widths[3], n, 2)
         self.avgpool = nn.AvgPool2d(8)
         self.fc = nn.Linear(widths[3], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        _init_kaiming(self)
 
     def _layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         down = None
@@ -148,12 +153,7 @@ class ResNet50(CifarNet):
         self.layer4 = self._layer(512, 3, 2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.linear = nn.Linear(2048, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        _init_kaiming(self)
 
     def _layer(self, planes: int, n: int, stride: int) -> nn.Sequential:
         layers = []
