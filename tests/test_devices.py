@@ -210,3 +210,24 @@ def test_bad_gpu_lists_are_one_line_errors(tmp_path, cli):
     assert rc == 2 and err.startswith("lskd-bench: error: gpus must be comma-separated")
     rc, _, err = cli("run", "--out", str(tmp_path), *TINY, "--gpus", "0,1", "--nproc-per-node", "4")
     assert rc == 2 and "nproc_per_node 4 needs 4 GPUs per unit; only 2 available" in err
+
+
+def test_interrupted_run_logs_the_end_of_every_unit_it_stopped(tmp_path, cli, monkeypatch):
+    """Ctrl-C / SIGTERM in the parent stops the running workers: devices.log gets their 'end' lines too."""
+    from lskd_bench.runners.scheduler import Scheduler
+
+    wrapper = tmp_path / "slow_worker.py"
+    wrapper.write_text("import time\ntime.sleep(600)\n")
+    monkeypatch.setattr(SubprocessExecutor, "launcher", lambda self, job: [sys.executable, str(wrapper)])
+
+    def interrupt(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Scheduler, "poll_waiting", interrupt)  # right after the first units started
+    runs = tmp_path / "runs"
+    rc, _, _ = cli("run", "--out", str(runs), *TINY, "--temperatures", "1", "--no-baseline", "--gpus", "0,1")
+    assert rc == 130
+    log = replay(runs)  # asserts every started unit ended and no GPU stays loaded
+    assert [e for e, _ in log["order"]] == ["start", "end"]
+    assert log["order"][1][1] == log["order"][0][1]
+    assert (runs / "digits" / "devices.log").read_text().splitlines()[-1].endswith(" stopped")

@@ -200,8 +200,10 @@ class SubprocessExecutor(Executor):
         finally:
             for proc, _, _ in running:
                 proc.terminate()
-            for proc, _, _ in running:
+            for proc, unit, gpus in running:
                 proc.wait()
+                if log is not None:  # every start has its end, an interrupted run's too
+                    log.event("end", gpus, unit, ["stopped"] * len(unit))
             sched.close()
 
     @staticmethod
