@@ -437,3 +437,17 @@ def test_results_and_leaderboard_record_the_environment(tmp_path, cli):
     assert f"- trained with lskd-bench {__version__} (commit {env['commit']})\n" in md
     assert f"- torch {torch.__version__}\n- device cpu ({cpu_model()})\n- CPU {cpu_model()}\n- threads per process 1\n" in md
     assert "bit-identical when rerun on one machine" in md and md in out
+
+
+def test_status_does_not_promise_a_repair_run_will_not_make(tmp_path, cli):
+    """A finished teacher without model.pt whose students all finished: run leaves it (nothing needs it), so
+    status must not say that run retrains it."""
+    rc, _, err = cli("run", "--out", str(tmp_path), *TINY)
+    assert rc == 0, err
+    teacher = cell_dirs(tmp_path)["teacher_cnn_wide_a0.1_s0"]
+    (teacher / store.MODEL).unlink()
+    rc, out, err = cli("run", "--out", str(tmp_path), *TINY)
+    assert rc == 0 and "trained 0" in out and "repaired:" not in out, out
+    rc, out, _ = cli("status", "--runs", str(tmp_path))
+    assert re.search(rf"{teacher.name} +damaged +- +model\.pt is missing: 'lskd-bench run' repairs it when a student "
+                     r"still needs this teacher", out), out

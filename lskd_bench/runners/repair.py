@@ -75,4 +75,7 @@ def status_problem(d: Path, role: str) -> Optional[str]:
     problems = cell_problems(d, role)
     if not problems:
         return None
-    return "; ".join(f"{f} {p}" for f, p in problems) + ": 'lskd-bench run' repairs it (trains the cell again)"
+    fix = "'lskd-bench run' repairs it (trains the cell again)"
+    if all(f == store.MODEL for f, _ in problems):  # repair_cells retrains a teacher only for students that need it
+        fix = "'lskd-bench run' repairs it when a student still needs this teacher (trains it again)"
+    return "; ".join(f"{f} {p}" for f, p in problems) + ": " + fix
