@@ -113,3 +113,15 @@ def test_resumed_cell_keeps_one_clean_tensorboard_curve(tmp_path):
         ref, cut = curve(tmp_path / "ref", tag), curve(tmp_path / "cut", tag)
         assert cut == ref and len({s for s, _ in cut}) == len(cut)
     assert len(list((tmp_path / "cut" / "tensorboard").iterdir())) == 2  # one event file per process run
+
+
+def test_metric_panel_names_the_split_its_numbers_come_from(runs):
+    """Image tasks evaluate on val (their test set); translation's history holds test BLEU, the epoch being
+    selected on valid: the panel must not call test BLEU 'validation'."""
+    from lskd_bench.analysis.curves import metric_title
+
+    (teacher,) = [p for p in (runs / "digits").iterdir() if p.name.startswith("teacher_cnn_wide_a0_s0-")]
+    digits = json.loads((teacher / store.RESULT).read_text())
+    assert metric_title(digits, "top1") == "validation top1"
+    nmt = {"selection": {"split": "valid", "metric": "valid_bleu", "mode": "max", "epoch": 1}}
+    assert metric_title(nmt, "bleu") == "test bleu (epoch selected on valid)"

@@ -71,6 +71,13 @@ def group_title(task: str, key: tuple) -> str:
     return f"{task}: {method} students {t_arch} -> {arch}, seed {seed} (black: no-KD student)"
 
 
+def metric_title(result: dict[str, Any], metric: str) -> str:
+    """The history's metrics are on ``data.val``: the validation split of image tasks (it is their test set),
+    the test split of a task that selects its epoch on a split of its own (translation: ``valid``)."""
+    split = (result.get("selection") or {}).get("split")
+    return f"validation {metric}" if split in (None, "val") else f"test {metric} (epoch selected on {split})"
+
+
 def plot_group(task: str, key: tuple, results: list[dict[str, Any]], path: Path, alphas: list[float],
                temps: list[float]) -> Path:
     import matplotlib  # heavy: imported only when a figure is drawn
@@ -100,7 +107,7 @@ def plot_group(task: str, key: tuple, results: list[dict[str, Any]], path: Path,
         ev = [h for h in hist if h.get("eval") and metric in h["eval"]]
         ax_metric.plot([h["epoch"] for h in ev], [h["eval"][metric] for h in ev], marker="." if len(ev) < 15 else None, **kw)
     ax_loss.set(xlabel="epoch", ylabel="training loss (own objective)", title="training loss")
-    ax_metric.set(xlabel="epoch", ylabel=label, title=f"validation {metric}")
+    ax_metric.set(xlabel="epoch", ylabel=label, title=metric_title(results[0], metric))
     losses = [h["loss"] for r in results for h in r.get("history") or []]
     if losses and min(losses) > 0 and max(losses) / min(losses) > 30:  # T^2-scaled KD losses span decades
         ax_loss.set_yscale("log")
