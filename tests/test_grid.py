@@ -93,6 +93,8 @@ def test_interrupted_cell_resumes_to_identical_weights(tmp_path):
     seen = []
     res = train_cell(task, teacher, cfg, data, cut_dir, progress=False, on_epoch_end=seen.append)
     assert seen == [3, 4]  # only the unfinished epochs ran
+    # where it picked up, numbered as history and the 'stopped by ... at epoch E, step S' message (1-based)
+    assert [(r["epoch"], r["step"]) for r in res["resumes"]] == [(3, 0)]
     assert [h["loss"] for h in res["history"]] == [h["loss"] for h in ref["history"]]
     a = torch.load(ref_dir / store.MODEL, weights_only=True)
     b = torch.load(cut_dir / store.MODEL, weights_only=True)

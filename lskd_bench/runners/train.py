@@ -222,7 +222,7 @@ class Member:
         self.loss_sum, self.loss_count = st.get("loss_sum", 0.0), st.get("loss_count", 0)
         self.term_sums = st.get("term_sums", {})
         self.skipped = st.get("skipped", [])
-        self.resumes = [*st.get("resumes", []), {"epoch": self.epoch, "step": self.step,
+        self.resumes = [*st.get("resumes", []), {"epoch": self.epoch + 1, "step": self.step,  # 1-based, as history
                                                   "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
 
     def checkpoint(self) -> None:
