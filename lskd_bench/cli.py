@@ -257,7 +257,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     runs = _runs_dir(args)
     rows = status_rows(runs, args.task)
     if not rows:
-        raise UsageError(f"no cells under {runs}")
+        raise UsageError(f"no cells of task {args.task!r} under {runs}" if args.task else f"no cells under {runs}")
     width = max(len(r["cell"]) for r in rows)
     counts: dict[str, int] = {}
     for r in rows:

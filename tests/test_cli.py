@@ -75,3 +75,11 @@ def test_run_prints_leaderboard_and_resumes(tmp_path, cli):
     assert (tmp_path / "digits" / "leaderboard.csv").read_text().count("\n") == 4
     rc, out, _ = cli(*argv)
     assert rc == 0 and "3 cells: trained 0, reused 3" in out
+
+
+def test_status_of_a_task_without_cells_names_the_task(tmp_path, cli):
+    rc, _, err = cli("run", "--out", str(tmp_path), "--alphas", "0.1", "--temperatures", "1", "--seeds", "0", "--epochs", "1",
+                     "--no-baseline", "--no-progress")
+    assert rc == 0, err
+    rc, _, err = cli("status", "--runs", str(tmp_path), "--task", "cub200")
+    assert rc == 2 and err == f"lskd-bench: error: no cells of task 'cub200' under {tmp_path}\n", err
