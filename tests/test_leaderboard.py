@@ -182,3 +182,6 @@ def test_claims_on_a_grid_that_contradicts_the_paper():
     got = claims({(0.0, 1.0): [72.0], (0.1, 1.0): [71.0], (0.0, 3.0): [69.0], (0.1, 3.0): [69.5]})
     assert [v for _, v in got] == [False, False]
     assert [v for _, v in claims({(0.1, 1.0): [71.0]})] == [None, None]  # one alpha: cannot tell
+    # T = 1 only: claim 1 is decided, claim 2 is not, and does not read 'from T = 1 to T = 1'
+    (c1, v1), (c2, v2) = claims({(0.0, 1.0): [72.0], (0.1, 1.0): [71.0]})
+    assert (v1, v2) == (False, None) and "T = 1 to T = 1" not in c2 and "one temperature" in c2

@@ -125,7 +125,8 @@ def claims(cells: dict[tuple[float, float], list[float]]) -> list[tuple[str, Opt
         if None not in (s0, s1, e0, e1):
             c2 = (s1 - e1) > (s0 - e0)
     return [(f"at T = 1 the LS teacher (α = {a1:g}) gives the better student", c1),
-            (f"the LS teacher's student degrades faster from T = 1 to T = {tmax:g}", c2)]
+            (f"the LS teacher's student degrades faster from T = 1 to T = {tmax:g}" if tmax > 1.0
+             else "the LS teacher's student degrades faster with T (one temperature: untested)", c2)]
 
 
 def reference_cells(ref: Reference) -> dict[tuple[float, float], list[float]]:
