@@ -299,7 +299,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     lang = args.lang or Path(args.ref).suffix.lstrip(".")
-    if not (lang.isalpha() and 2 <= len(lang) <= 3):
+    if not (lang.isalpha() and 2 <= len(lang) <= 3) or (not args.lang and len(lang) != 2):  # ref.txt is not 'txt'
         raise UsageError(f"give --lang (the target language, for the Moses tokeniser of bleu_tok): {args.ref} has no "
                          "language suffix such as .de")
     metrics, sig, n = score_files(args.ref, args.hyp, lang)

@@ -83,3 +83,11 @@ def test_status_of_a_task_without_cells_names_the_task(tmp_path, cli):
     assert rc == 0, err
     rc, _, err = cli("status", "--runs", str(tmp_path), "--task", "cub200")
     assert rc == 2 and err == f"lskd-bench: error: no cells of task 'cub200' under {tmp_path}\n", err
+
+
+def test_score_does_not_take_a_file_extension_for_the_language(tmp_path, cli):
+    """ref.txt has no language suffix: bleu_tok must not be computed with a Moses tokeniser for 'txt'."""
+    for name in ("ref.txt", "hyp.txt"):
+        (tmp_path / name).write_text("ein Haus\n")
+    rc, _, err = cli("score", "--ref", str(tmp_path / "ref.txt"), "--hyp", str(tmp_path / "hyp.txt"))
+    assert rc == 2 and err.startswith("lskd-bench: error: give --lang"), err
