@@ -651,9 +651,9 @@ class FusedGroup:
     def epoch(self, epoch: int, active: list[Member]) -> None:
         """The batches of ``epoch`` from the earliest position of the ``active`` members on."""
         first = min(m.step for m in active)
+        clock = time.perf_counter()  # opening the epoch's loading counts as waiting for data (profile)
         n, lead, batches = self.open_epoch(epoch, first)
         steps = first + n
-        clock = time.perf_counter()
         self.meter.start(first, steps)
         losses: dict[str, float] = {}  # each member's last step loss, for the progress line
         try:
