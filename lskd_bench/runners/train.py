@@ -39,7 +39,7 @@ from ..errors import DataError, Interrupted
 from ..methods import LossContext, Method, build_method, total_loss
 from ..models import init_path, load_init_checkpoint
 from ..tasks import Task, TaskData, get_task, iterate_batches
-from ..tasks.base import autocast, on_bad_sample
+from ..tasks.base import autocast, close_batches, on_bad_sample
 from .. import store
 from .cells import Cell
 from .devices import cpu_count, device_record
@@ -554,6 +554,7 @@ class FusedGroup:
         self.bar: Optional[tqdm] = None
         self.show = False  # progress lines (rank 0 with progress on)
         self.meter = StepMeter()
+        self.ahead: Optional[tuple[tuple[int, int], tuple[int, int, Any]]] = None  # ((epoch, first), open_epoch())
 
     def fail(self, m: Member, exc: BaseException) -> None:
         self.outcomes[m.cell.hash].error = f"{type(exc).__name__}: {exc}"
@@ -609,6 +610,7 @@ class FusedGroup:
             if os.environ.get("LSKD_DEBUG"):
                 traceback.print_exc()
         finally:
+            self.close_ahead()
             bar.close()
             for m in self.members:
                 if m.tb is not None:
@@ -616,29 +618,62 @@ class FusedGroup:
         return [self.outcomes[c.hash] for c in cells]
 
     # -- one epoch ----------------------------------------------------------------------------------
-    def epoch(self, epoch: int, active: list[Member]) -> None:
-        """The batches of ``epoch`` from the earliest position of the ``active`` members on."""
-        first = min(m.step for m in active)
+    read_ahead = True  # open the next epoch's loading before this one ends (benchmarks switch it off to compare)
+
+    def open_epoch(self, epoch: int, first: int) -> tuple[int, int, Any]:
+        """(number of batches, their ``lead``, iterator) of ``epoch`` from batch ``first`` on: the one opened ahead if it is
+        for the same (epoch, first), else a new one (a stale one is closed)."""
+        if self.ahead is not None:
+            key, opened = self.ahead
+            self.ahead = None
+            if key == (epoch, first):
+                return opened
+            close_batches(opened[2])
         batches = self.task.train_batches(self.data, self.hp, self.cfg, seed=self.seed, epoch=epoch,
                                           shard=(self.rank, self.world), start=first,
                                           pin_memory=self.device.type == "cuda", skipped=self.skipped)
-        steps = first + len(batches)
-        clock = time.perf_counter()
+        return len(batches), batches.lead, iter(batches)
+
+    def open_ahead(self, epoch: int) -> None:
+        """Open the batches of ``epoch + 1`` now (its loading starts), from the position its members will start
+        at: 0 for those finishing ``epoch``, their own step for members waiting there. Nothing if none will train."""
+        nxt = [m for m in self.members if not m.finished and m.epoch in (epoch, epoch + 1) and m.epochs > epoch + 1]
+        if self.ahead is not None or not nxt:
+            return
+        first = min(0 if m.epoch == epoch else m.step for m in nxt)
+        self.ahead = ((epoch + 1, first), self.open_epoch(epoch + 1, first))
+
+    def close_ahead(self) -> None:
+        if self.ahead is not None:
+            close_batches(self.ahead[1][2])
+            self.ahead = None
+
+    def epoch(self, epoch: int, active: list[Member]) -> None:
+        """The batches of ``epoch`` from the earliest position of the ``active`` members on."""
+        first = min(m.step for m in active)
+        clock = time.perf_counter()  # opening the epoch's loading counts as waiting for data (profile)
+        n, lead, batches = self.open_epoch(epoch, first)
+        steps = first + n
         self.meter.start(first, steps)
         losses: dict[str, float] = {}  # each member's last step loss, for the progress line
-        for i, batch in enumerate(batches, first):
-            stepping = [m for m in active if m.wants(epoch, i)]
-            if not stepping:
-                if all(m.finished or m.done() for m in active):
-                    break
-                continue
-            clock = self.step(batch, stepping, epoch, steps, clock, losses)
-            if self.show and self.bar is not None:
-                line = self.meter.update(i + 1, losses)
-                if line is not None:
-                    self.bar.set_postfix_str(f"epoch {epoch + 1}: {line}")
-            if self.on_step is not None:
-                self.on_step(epoch, i)
+        try:
+            for i, batch in enumerate(batches, first):
+                if self.read_ahead and steps - 1 - i <= lead:
+                    self.open_ahead(epoch)
+                stepping = [m for m in active if m.wants(epoch, i)]
+                if not stepping:
+                    if all(m.finished or m.done() for m in active):
+                        break
+                    continue
+                clock = self.step(batch, stepping, epoch, steps, clock, losses)
+                if self.show and self.bar is not None:
+                    line = self.meter.update(i + 1, losses)
+                    if line is not None:
+                        self.bar.set_postfix_str(f"epoch {epoch + 1}: {line}")
+                if self.on_step is not None:
+                    self.on_step(epoch, i)
+        finally:
+            close_batches(batches)
 
     def step(self, batch: Any, stepping: list[Member], epoch: int, steps: int, clock: float,
              losses: Optional[dict[str, float]] = None) -> float:

@@ -4,7 +4,9 @@ The shared training loop (``runners/train.py``) owns optimisation, schedules, re
 store. A task owns its data and models and tells the loop three things:
 
 - ``train_batches(...)``: the batches of one epoch, in an order that depends only on (seed, epoch), so a
-  resumed or fused run sees exactly the batches an uninterrupted, unfused run sees;
+  resumed or fused run sees exactly the batches an uninterrupted, unfused run sees. The loop opens the next
+  epoch's batches (``iter()``) while the last ``Batches.lead`` batches of the current one are consumed, so
+  loading that starts at ``iter()`` (DataLoader workers) runs across the epoch boundary;
 - ``forward(model, batch)``: logits and integer targets over the positions that count, shape (N, K) and
   (N,): one row per image, or one row per non-pad target token for translation;
 - ``evaluate(model, data, cfg, device)``: the task's metrics (top-1/top-5, BLEU...);
@@ -184,16 +186,69 @@ def unwrap_batch(batch: Any, skipped: Optional[list[str]]) -> Any:
 
 
 class Batches:
-    """The batches of one epoch: ``len()`` is known up front, iteration loads them."""
+    """The batches of one epoch: ``len()`` is known up front, iteration loads them. ``lead`` is how many
+    batches its loader reads ahead of the consumer: once no more than ``lead`` batches remain, the loader
+    has all its work in hand and the runner opens the next epoch's iterator, so that epoch's first batches
+    load while this one finishes (``iter()`` starts the loading; ``close_batches`` stops it)."""
 
-    def __init__(self, n: int, it: Callable[[], Iterator[Any]]):
-        self._n, self._it = n, it
+    def __init__(self, n: int, it: Callable[[], Iterator[Any]], lead: int = 0):
+        self._n, self._it, self.lead = n, it, lead
 
     def __len__(self) -> int:
         return self._n
 
     def __iter__(self) -> Iterator[Any]:
         return self._it()
+
+
+class LoaderIterator:
+    """The batches of one epoch from a ``DataLoader``: its worker processes start when this is made (they begin
+    reading at once, ``prefetch_factor`` batches each) and are stopped and joined by ``close()``, which
+    exhaustion, an error while loading and ``close_batches`` call: no worker outlives the epoch's use."""
+
+    def __init__(self, loader: DataLoader, wrap: Callable[[Iterator[Any]], Iterator[Any]]):
+        self._loader_it: Any = iter(loader)  # the workers fork here, in the caller's thread
+        self._it = wrap(self._loader_it)
+        self._started = False
+
+    def __iter__(self) -> "LoaderIterator":
+        return self
+
+    def __next__(self) -> Any:
+        if self._loader_it is None:
+            raise StopIteration
+        if not self._started:
+            # The loader draws its workers' base seed from its own generator; the one draw that iter(loader) took
+            # from the global RNG is taken here, when the epoch is consumed, so the caller's random stream (dropout)
+            # is the same whether this epoch was opened ahead or not.
+            self._started = True
+            torch.empty((), dtype=torch.int64).random_()
+        try:
+            return next(self._it)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        it, self._loader_it = self._loader_it, None
+        if it is None:
+            return
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()  # the batch pipeline (and a finished_ahead thread) first
+        shutdown = getattr(it, "_shutdown_workers", None)  # joins the workers; __del__ would do it later
+        if shutdown is not None:
+            shutdown()
+
+
+def close_batches(it: Any) -> None:
+    """Stop an epoch's loading early (its worker processes end); a no-op for in-process iterators."""
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
+
+
+PREFETCH = 2  # batches each DataLoader worker reads ahead (torch's default prefetch_factor)
 
 
 def load_batches(
@@ -217,6 +272,13 @@ def load_batches(
         return Batches(len(plan), lambda: ((ds.x[idx], ds.y[idx]) for idx in plan))
     finish = getattr(ds, "finish_batch", None)
 
+    def wrap(batches: Iterator[Any]) -> Iterator[Any]:
+        raw = (unwrap_batch(b, skipped) for b in batches)
+        if finish is not None:
+            raw = finished_ahead(iter(b for b in raw if b is not None), finish, getattr(ds, "device", torch.device("cpu")),
+                                 on_bad_sample, skipped)
+        return (b for b in raw if b is not None)
+
     def it():
         loader = DataLoader(
             GuardedDataset(ds, seed, epoch),
@@ -225,15 +287,13 @@ def load_batches(
             pin_memory=pin_memory,
             collate_fn=guarded_collate(on_bad_sample, getattr(ds, "collate", default_collate)),
             worker_init_fn=_seed_worker,
+            prefetch_factor=PREFETCH if num_workers > 0 else None,
+            generator=torch.Generator().manual_seed(seed * 100_003 + epoch),  # see LoaderIterator.__next__
         )
-        batches = iter(loader)  # worker processes start here, in the caller's thread (never fork from the finishing thread)
-        raw = (unwrap_batch(b, skipped) for b in batches)
-        if finish is not None:
-            raw = finished_ahead(iter(b for b in raw if b is not None), finish, getattr(ds, "device", torch.device("cpu")),
-                                 on_bad_sample, skipped)
-        return (b for b in raw if b is not None)
+        # worker processes start here, in the caller's thread (never fork from the finishing thread)
+        return LoaderIterator(loader, wrap)
 
-    return Batches(len(plan), it)
+    return Batches(len(plan), it, lead=num_workers * PREFETCH)
 
 
 def finished_ahead(raw: Iterator[Any], finish: Callable, device: torch.device, policy: str,
