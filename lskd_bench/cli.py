@@ -198,6 +198,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if not rows:
         raise UsageError(f"no finished cells under {runs}")
     out = Path(args.out) if args.out else runs / "leaderboard"
+    check_writable_dir(out.parent)
     csv_path, md = write_outputs(rows, out)
     print(md, end="")
     print(f"wrote {csv_path} and .md ({len(rows)} cells)", file=sys.stderr)
@@ -209,6 +210,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else runs / "compare"
     if out.suffix in (".md", ".csv"):
         out = out.with_suffix("")
+    check_writable_dir(out.parent)
     text, paths = compare(runs, out, baseline=args.baseline, metric=args.metric, task=args.task, select=args.select)
     print(text, end="")
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
@@ -230,6 +232,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         limit=args.limit,
     )
     out = Path(args.out) if args.out else Path(args.runs) / rows[0]["task"] / "analysis" / f"eta_T{args.t1:g}-T{args.t2:g}"
+    check_writable_dir(out.parent)
     csv_path, md = write_report(rows, out)
     print(md, end="")
     print(f"wrote {csv_path} and .md", file=sys.stderr)
@@ -240,6 +243,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     classes = _list_of(str, "--classes")(args.classes) if args.classes else []
     name = "_".join(classes) if classes else "default"
     out = Path(args.out) if args.out else Path(args.runs) / RunIndex(Path(args.runs), args.task).task / "analysis" / f"projection_{name}_{args.split}.png"
+    check_writable_dir(out.parent)
     path, (w, h) = visualize(Path(args.runs), classes, out, split=args.split, task=args.task, method=args.method,
                              seed=args.seed, per_class=args.per_class, val_per_class=args.val_per_class)
     print(f"wrote {path} ({w}x{h} px)")
@@ -247,6 +251,8 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    if args.out:
+        check_writable_dir(Path(args.out))
     paths = plot_curves(_runs_dir(args), Path(args.out) if args.out else None, task=args.task)
     for p in paths:
         print(f"wrote {p}")
@@ -270,6 +276,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_translate(args: argparse.Namespace) -> int:
     cell_dir = find_cell(args.run, args.runs if args.cell else None, args.cell)
+    if args.output:
+        check_writable_dir(Path(args.output).absolute().parent)  # before translating, not after
     device = resolve_device({"device": args.device})
     lines = read_text_lines(args.input)
     cell = load_cell(cell_dir, args.weights, device)

@@ -91,3 +91,16 @@ def test_score_does_not_take_a_file_extension_for_the_language(tmp_path, cli):
         (tmp_path / name).write_text("ein Haus\n")
     rc, _, err = cli("score", "--ref", str(tmp_path / "ref.txt"), "--hyp", str(tmp_path / "hyp.txt"))
     assert rc == 2 and err.startswith("lskd-bench: error: give --lang"), err
+
+
+def test_report_commands_with_an_unwritable_output_are_one_line_errors(tmp_path, cli):
+    runs = tmp_path / "runs"
+    rc, _, err = cli("run", "--out", str(runs), "--alphas", "0.1", "--temperatures", "1", "--seeds", "0", "--epochs", "1",
+                     "--no-progress")
+    assert rc == 0, err
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the output's folder should be
+    for argv in (["leaderboard", "--out", str(blocker / "lb")], ["compare", "--out", str(blocker / "cmp")],
+                 ["plot", "--out", str(blocker / "curves")]):
+        rc, _, err = cli(*argv, "--runs", str(runs))
+        assert rc == 2 and err.startswith("lskd-bench: error: output directory ") and err.count("\n") == 1, (argv, err)
