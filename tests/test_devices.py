@@ -82,6 +82,57 @@ def test_threads_and_loader_workers_are_divided(monkeypatch, tiny_cfg, tmp_path)
     assert devices.worker_env({"OMP_NUM_THREADS": "1"}, None, 4)["OMP_NUM_THREADS"] == "1"  # the user's value wins
 
 
+def test_loader_workers_divide_the_cores(monkeypatch):
+    monkeypatch.setattr(devices, "cpu_count", lambda: 2)
+    assert devices.loader_workers(8, 1) == 2  # imagenet's recipe (8) on a 2-core machine
+    assert devices.loader_workers(8, 2) == 1 and devices.loader_workers(8, 5) == 1  # at least 1 per process
+    assert devices.loader_workers(0, 1) == 0 and devices.loader_workers(1, 1) == 1  # never raised
+    monkeypatch.setattr(devices, "cpu_count", lambda: 16)
+    assert devices.loader_workers(8, 1) == 8 and devices.loader_workers(8, 4) == 4
+
+
+def test_local_executor_caps_loader_workers_at_the_cores(monkeypatch, tiny_cfg, tmp_path):
+    from lskd_bench.runners import executors
+    from lskd_bench.runners.executors import LocalExecutor
+    from lskd_bench.runners.grid import GridJob
+    from lskd_bench.tasks import get_task
+
+    seen = []
+
+    def fake_train_unit(job, unit, **kw):
+        seen.append(job.cfg["num_workers"])
+        return [], []
+
+    monkeypatch.setattr(executors, "train_unit", fake_train_unit)
+    monkeypatch.setattr(executors, "Scheduler", _OneUnitScheduler)
+    for cores, asked, applied in ((2, 8, 2), (16, 8, 8), (2, 0, 0)):
+        monkeypatch.setattr(devices, "cpu_count", lambda: cores)
+        job = GridJob(get_task("digits"), {**tiny_cfg, "device": "cpu", "num_workers": asked}, tmp_path, progress=False)
+        LocalExecutor().run(job, [[]])
+        assert seen.pop() == applied
+        assert job.cfg["num_workers"] == asked  # the job's own config is left as resolved
+
+
+class _OneUnitScheduler:
+    def __init__(self, job, units):
+        self.units = list(units)
+
+    def done(self):
+        return not self.units
+
+    def next_unit(self):
+        return self.units.pop()
+
+    def finish(self, *a, **k):
+        pass
+
+    def poll_waiting(self):
+        pass
+
+    def close(self):
+        pass
+
+
 # ------------------------------------------------------------------------------------------ whole runs
 def replay(out: Path, per_gpu: int = 1) -> dict:
     """Replay devices.log: check no GPU ever holds more than ``per_gpu`` units and every unit's GPUs are

@@ -59,6 +59,18 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_share(procs: int) -> int:
+    """CPU cores each of ``procs`` processes running at once gets (at least 1)."""
+    return max(1, cpu_count() // max(1, procs))
+
+
+def loader_workers(requested: int, procs: int) -> int:
+    """Data-loader workers per process: the recipe's ``num_workers`` capped at the process's CPU share, so
+    ``procs`` processes at once do not start more loader workers than the machine has cores (every executor
+    that trains on this machine applies it; ``num_workers`` is not a hash key)."""
+    return min(int(requested), cpu_share(procs))
+
+
 class DevicePool:
     """GPU slots: ``per_gpu`` per GPU. ``acquire(k)`` gives k distinct GPUs (the least loaded first, then in
     the listed order) or None when fewer than k have a free slot; ``release`` gives them back."""

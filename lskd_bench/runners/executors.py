@@ -66,8 +66,16 @@ class LocalExecutor(Executor):
         device = resolve_device(job.cfg)
         sched = Scheduler(job, units)
         teacher_cache: dict = {}
-        with threads_scope(job.cfg):
-            self._loop(job, sched, device, teacher_cache)
+        cfg = job.cfg
+        # one process trains: its loader workers are capped at the machine's cores, as the subprocess path does
+        workers = devices.loader_workers(cfg["num_workers"], 1)
+        if workers != cfg["num_workers"]:
+            job.cfg = {**cfg, "num_workers": workers}
+        try:
+            with threads_scope(job.cfg):
+                self._loop(job, sched, device, teacher_cache)
+        finally:
+            job.cfg = cfg
 
     def _loop(self, job: GridJob, sched: Scheduler, device, teacher_cache: dict) -> None:
         try:
@@ -119,9 +127,9 @@ class SubprocessExecutor(Executor):
             at_once = min(jobs, at_once) if jobs else at_once
         else:
             at_once = jobs if jobs else 1
-        share = max(1, devices.cpu_count() // max(1, at_once * k))
+        share = devices.cpu_share(at_once * k)
         threads = int(cfg["threads"]) if cfg["threads"] else share
-        workers = min(cfg["num_workers"], share)
+        workers = devices.loader_workers(cfg["num_workers"], at_once * k)
         return pool, max(1, at_once), threads, workers
 
     def run(self, job: GridJob, units: list[list[Cell]]) -> None:
