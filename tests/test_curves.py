@@ -125,3 +125,31 @@ def test_metric_panel_names_the_split_its_numbers_come_from(runs):
     assert metric_title(digits, "top1") == "validation top1"
     nmt = {"selection": {"split": "valid", "metric": "valid_bleu", "mode": "max", "epoch": 1}}
     assert metric_title(nmt, "bleu") == "test bleu (epoch selected on valid)"
+
+
+@pytest.mark.parametrize("task_name, eval_tag, select_tag", [
+    ("digits", "val/top1", None),  # image tasks: "val" is the test set the paper reports, and the selection split
+    ("iwslt_ende", "test/bleu", "select/valid_bleu"),  # translation: test-split BLEU, epoch selected on valid
+])
+def test_tensorboard_tags_name_the_split_evaluated(tmp_path, task_name, eval_tag, select_tag):
+    require("tensorboard", "logging.tensorboard (pip install 'lskd-bench[tensorboard]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lskd_bench.runners.tblog import TensorBoardLog
+    from lskd_bench.tasks import get_task
+
+    selection = get_task(task_name).selection({}, {"select_on": "valid_bleu"})
+    log = TensorBoardLog(tmp_path, 1, selection=selection)
+    metric = eval_tag.split("/")[1]
+    entry = {"epoch": 1, "loss": 2.5, "lr": 0.1, "updates": 7, "eval": {metric: 21.5}}
+    if select_tag:
+        entry["selection"] = 18.25  # the history's selection score (valid-split BLEU)
+    log.epoch(7, entry)
+    log.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert tags == {"epoch/epoch", "epoch/loss", "epoch/lr", eval_tag} | ({select_tag} if select_tag else set())
+    assert [(e.step, e.value) for e in acc.Scalars(eval_tag)] == [(7, 21.5)]
+    if select_tag:
+        assert [(e.step, e.value) for e in acc.Scalars(select_tag)] == [(7, 18.25)]

@@ -184,7 +184,7 @@ class Member:
         if state is not None:
             self._restore(state)
         self.rank, world = dist_info()
-        self.tb = open_log(self.dir, cfg, self.update, self.rank)  # None unless logging.tensorboard
+        self.tb = open_log(self.dir, cfg, self.update, self.rank, self.task.selection(cfg, self.hp))  # None unless logging.tensorboard
         self.step_model: nn.Module = self.model
         if world > 1:
             self.step_model = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
