@@ -84,6 +84,37 @@ def test_bad_folders_are_one_line_errors(tmp_path, cli, damage, needle):
     assert err.startswith("lskd-bench: error: ") and needle in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("damage, needle", [
+    ("truncated_test", "is not a CIFAR python pickle"),
+    ("garbage_meta", "is not a CIFAR python pickle"),
+    ("meta_without_names", "lacks 'fine_label_names'"),
+    ("test_without_labels", "lacks 'fine_labels'"),
+])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_damaged_pickles_stop_run_and_dry_run_before_anything_is_written(tmp_path, cli, damage, needle, dry_run):
+    d = make_cifar100(tmp_path, per_class=(1, 1))
+    if damage == "truncated_test":
+        blob = (d / "test").read_bytes()
+        (d / "test").write_bytes(blob[: len(blob) // 2])
+    elif damage == "garbage_meta":
+        (d / "meta").write_bytes(b"garbage, not a pickle")
+    elif damage == "meta_without_names":
+        with open(d / "meta", "wb") as f:
+            pickle.dump({b"coarse_label_names": [b"x"]}, f)
+    else:
+        with open(d / "test", "rb") as f:
+            raw = pickle.load(f, encoding="bytes")
+        del raw[b"fine_labels"]
+        with open(d / "test", "wb") as f:
+            pickle.dump(raw, f)
+    out = tmp_path / "runs"
+    rc, stdout, err = cli("run", "--task", "cifar100", "--data-root", str(tmp_path), "--out", str(out), "--no-progress",
+                          *(["--dry-run"] if dry_run else []))
+    assert rc == 2 and stdout == "", (rc, stdout, err)
+    assert err.startswith("lskd-bench: error: cifar100: ") and needle in err and len(err.strip().splitlines()) == 1
+    assert [p for p in out.rglob("*") if p.is_file()] == []  # no configs, no teacher folder
+
+
 # -------------------------------------------------------------------------------------- augmentation
 def test_crop_flip_is_torchvision_crop_then_flip():
     import torchvision.transforms.functional as TF
