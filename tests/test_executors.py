@@ -22,3 +22,76 @@ def test_process_executors_finish_every_cell(tmp_path, cli, extra):
     assert all(len(r["history"]) == 2 for r in results)
     rc, out, _ = cli("run", "--out", str(tmp_path), *ARGS, *extra)
     assert rc == 0 and "trained 0, reused 3" in out
+
+
+def _children(pid: int) -> list[int]:
+    """Descendants of ``pid`` (from /proc) that are workers or their torchrun launcher."""
+    from pathlib import Path
+
+    parents, cmds = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmds[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        tree += kids
+        todo += kids
+    return [c for c in tree if b"lskd_bench.runners.worker" in cmds[c] or b"torch.distributed.run" in cmds[c]]
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has exited (its new parent may never reap it)
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+@pytest.mark.parametrize("extra", [["--executor", "subprocess", "--jobs", "1"], ["--nproc-per-node", "2"]])
+def test_worker_dies_with_a_killed_parent(tmp_path, extra):
+    """kill -9 of ``lskd-bench run`` must not leave its worker training (and holding its GPU) as an orphan."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "lskd_bench", "run", "--out", str(tmp_path), "--alphas", "0", "--temperatures", "1",
+           "--epochs", "100000", "--seeds", "0", "--no-progress", *extra]
+    parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 300  # hang guard only
+        want = 3 if "--nproc-per-node" in extra else 1  # torchrun: the launcher and its two ranks
+        while len(workers) < want and time.monotonic() < deadline and parent.poll() is None:
+            workers = _children(parent.pid)
+            time.sleep(0.1)
+        assert workers, "the run started no worker"
+        # the worker is training the teacher (it wrote a checkpoint) before the parent is killed
+        while not list(tmp_path.rglob("state.pt")) and time.monotonic() < deadline and all(map(_alive, workers)):
+            time.sleep(0.1)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 120  # hang guard only: SIGTERM unwinds the worker in well under that
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), "the worker outlived its killed parent"
+        # it went through its SIGTERM path: lock released, the cell recorded as interrupted (resumable)
+        (cell,) = [p.parent for p in tmp_path.rglob("error.json")]
+        assert not (cell / "lock.json").exists()
+        assert json.loads((cell / "error.json").read_text())["error"] == "Interrupted"
+    finally:
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()

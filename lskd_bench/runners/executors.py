@@ -18,6 +18,7 @@ entry-point group: a class whose ``run(job, units)`` trains the given units.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -94,6 +95,32 @@ class LocalExecutor(Executor):
             sched.close()
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> Optional[Any]:
+    """A ``preexec_fn`` that makes a worker (or the torchrun launcher, which stops its ranks) receive SIGTERM
+    when this process dies, even by SIGKILL: an orphan would go on training and hold its GPU while a new run
+    hands that GPU to another unit. The worker's SIGTERM path releases its locks and records 'interrupted'.
+    Linux only (prctl); None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
 @EXECUTORS.register("subprocess")
 class SubprocessExecutor(Executor):
     """Units in worker processes, several at a time. With GPUs (``runners/devices.py``) each unit gets its
@@ -144,6 +171,7 @@ class SubprocessExecutor(Executor):
                     f"executor; --gpus, --per-gpu, --jobs or --executor local to change)", first=True)
         sched = Scheduler(job, units)
         running: list[tuple[subprocess.Popen, list[Cell], Optional[list[str]]]] = []
+        preexec = die_with_parent()
         stale_s = job.cfg["lock"]["stale_s"]
         try:
             while not sched.done() or running:
@@ -163,7 +191,7 @@ class SubprocessExecutor(Executor):
                         store.clear_error(c.dir(job.out))
                     cmd = [*self.launcher(job), "--spec", str(spec), "--cells", ",".join(c.hash for c in unit)]
                     env = worker_env(os.environ, gpus, threads)
-                    running.append((subprocess.Popen(cmd, env=env), unit, gpus))
+                    running.append((subprocess.Popen(cmd, env=env, preexec_fn=preexec), unit, gpus))
                     if log is not None:
                         log.event("start", gpus, unit)
                     started = True
