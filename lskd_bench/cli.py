@@ -306,6 +306,9 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    for path in (args.ref, args.hyp):  # a missing file is the first thing to say, before the language
+        if not Path(path).is_file():
+            raise UsageError(f"cannot read {path}: no such file")
     lang = args.lang or Path(args.ref).suffix.lstrip(".")
     if not (lang.isalpha() and 2 <= len(lang) <= 3) or (not args.lang and len(lang) != 2):  # ref.txt is not 'txt'
         raise UsageError(f"give --lang (the target language, for the Moses tokeniser of bleu_tok): {args.ref} has no "
@@ -378,7 +381,7 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
                    "(torchrun executor; units run side by side while GPUs are free)")
     r.add_argument("--num-workers", type=int, help="data-loader worker processes (image tasks)")
     r.add_argument("--threads", type=int, help="intra-op CPU threads per training process (default: the CPUs this "
-                   "process may use, divided by --jobs)")
+                   "process may use, divided among the units training at once x --nproc-per-node)")
     r.add_argument("--compile", action="store_true", help="torch.compile the student/teacher being trained")
     r.add_argument("--channels-last", action="store_true", help="channels_last memory format on CUDA")
     r.add_argument("--no-fuse", action="store_true", help="train every cell in its own data pass (default: the students "

@@ -104,3 +104,17 @@ def test_report_commands_with_an_unwritable_output_are_one_line_errors(tmp_path,
                  ["plot", "--out", str(blocker / "curves")]):
         rc, _, err = cli(*argv, "--runs", str(runs))
         assert rc == 2 and err.startswith("lskd-bench: error: output directory ") and err.count("\n") == 1, (argv, err)
+
+
+def test_score_names_a_missing_file_before_asking_for_the_language(tmp_path, cli):
+    (tmp_path / "hyp.txt").write_text("a\n")
+    rc, _, err = cli("score", "--ref", str(tmp_path / "nope.txt"), "--hyp", str(tmp_path / "hyp.txt"))
+    assert rc == 2 and f"cannot read {tmp_path / 'nope.txt'}: no such file" in err
+
+
+def test_translate_cell_name_suggests_the_close_finished_cell(tmp_path, cli):
+    d = tmp_path / "runs" / "iwslt_ende" / "teacher_transformer_micro_a0_s0-0123abcd"
+    d.mkdir(parents=True)
+    (d / "result.json").write_text("{}")
+    rc, _, err = cli("translate", "--runs", str(tmp_path / "runs"), "--cell", "teacher_transformer_micro_a0")
+    assert rc == 2 and "(did you mean teacher_transformer_micro_a0_s0?)" in err

@@ -19,6 +19,8 @@ from lskd_bench.tasks import get_task
 from lskd_bench.tasks.base import GuardedDataset, batch_plan, iterate_batches, load_batches
 from lskd_bench.tasks.device_images import EncodedImages, decode_mode
 
+from .test_fusion import same_weights
+
 from .image_fixtures import WNIDS, make_imagefolder
 
 CUB_AUG = {"rotation": 15.0, "grayscale": 0.3, "color_jitter": [0.4, 0.4]}  # the CUB recipe's extras
@@ -167,15 +169,6 @@ def test_decode_is_not_part_of_the_cell_hash(imagenet_root):
     assert names["auto"] == names["cpu"] == names["gpu"]
 
 
-def _weights(d):
-    return torch.load(d / store.MODEL, weights_only=True)
-
-
-def _same(a, b):
-    wa, wb = _weights(a), _weights(b)
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
 def test_fused_and_resumed_students_identical_with_gpu_decode(imagenet_root, tmp_path):
     role = {"epochs": 2, "batch_size": 4, "lr": 0.001, "warmup_epochs": 0}
     cfg = resolve_config("imagenet", {}, {
@@ -197,7 +190,7 @@ def test_fused_and_resumed_students_identical_with_gpu_decode(imagenet_root, tmp
     for c, f in zip(students, fused):
         (alone,) = train_group(task, [c], cfg, data, [tmp_path / "alone" / c.name], teacher=tmodel, progress=False)
         assert f.error is None and alone.error is None
-        assert _same(tmp_path / "fused" / c.name, tmp_path / "alone" / c.name), c.name
+        assert same_weights(tmp_path / "fused" / c.name, tmp_path / "alone" / c.name), c.name
         assert f.result["metrics"] == alone.result["metrics"]
 
     def stop_mid_epoch(epoch, i):
@@ -211,6 +204,6 @@ def test_fused_and_resumed_students_identical_with_gpu_decode(imagenet_root, tmp
     assert all(torch.load(cut / c.name / store.STATE, weights_only=False)["epoch"] == 1 for c in students)
     out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False)
     assert all(o.error is None for o in out)
-    assert all(_same(cut / c.name, tmp_path / "alone" / c.name) for c in students)
+    assert all(same_weights(cut / c.name, tmp_path / "alone" / c.name) for c in students)
     res = json.loads((cut / students[0].name / store.RESULT).read_text())
     assert res["config"]["data"]["decode"] == "gpu"

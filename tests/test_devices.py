@@ -282,3 +282,16 @@ def test_interrupted_run_logs_the_end_of_every_unit_it_stopped(tmp_path, cli, mo
     assert [e for e, _ in log["order"]] == ["start", "end"]
     assert log["order"][1][1] == log["order"][0][1]
     assert (runs / "digits" / "devices.log").read_text().splitlines()[-1].endswith(" stopped")
+
+
+def test_gpu_flags_that_cannot_apply_are_said(tmp_path, cli, monkeypatch):
+    """--gpus/--per-gpu with the in-process executor, and --per-gpu where there is no GPU, are noted, not silently ignored."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible
+    rc, _, err = cli("run", "--out", str(tmp_path / "a"), *TINY, "--alphas", "0", "--temperatures", "1", "--no-baseline",
+                     "--gpus", "0", "--executor", "local")
+    assert rc == 0, err
+    assert "note: --gpus and --per-gpu are used by the subprocess and torchrun executors" in err
+    rc, _, err = cli("run", "--out", str(tmp_path / "b"), *TINY, "--alphas", "0", "--temperatures", "1", "--no-baseline",
+                     "--per-gpu", "2", "--executor", "subprocess")
+    assert rc == 0, err
+    assert "note: --per-gpu 2 has no effect: no GPU here; 1 unit at a time on the CPU (--jobs N)" in err

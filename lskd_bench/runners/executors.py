@@ -64,6 +64,9 @@ class Executor:
 @EXECUTORS.register("local")
 class LocalExecutor(Executor):
     def run(self, job: GridJob, units: list[list[Cell]]) -> None:
+        if job.cfg["gpus"] is not None or job.cfg["per_gpu"] > 1:
+            job.say("note: --gpus and --per-gpu are used by the subprocess and torchrun executors; the local executor "
+                    "trains one unit at a time on one device (--executor subprocess to spread units over GPUs)")
         device = resolve_device(job.cfg)
         sched = Scheduler(job, units)
         teacher_cache: dict = {}
@@ -169,6 +172,9 @@ class SubprocessExecutor(Executor):
                     f"{self._packing(pool, k)}, {jobs} unit{'s' if jobs > 1 else ''} at a time, {threads} CPU "
                     f"thread{'s' if threads > 1 else ''} per process ({type(self).__name__.removesuffix('Executor').lower()} "
                     f"executor; --gpus, --per-gpu, --jobs or --executor local to change)", first=True)
+        elif job.cfg["per_gpu"] > 1:
+            job.say(f"note: --per-gpu {job.cfg['per_gpu']} has no effect: no GPU here; {jobs} unit"
+                    f"{'s' if jobs > 1 else ''} at a time on the CPU (--jobs N)")
         sched = Scheduler(job, units)
         running: list[tuple[subprocess.Popen, list[Cell], Optional[list[str]]]] = []
         preexec = die_with_parent()

@@ -6,6 +6,7 @@ so neither the training data nor the run's cache is read.
 """
 from __future__ import annotations
 
+import difflib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,10 @@ def find_cell(run: Optional[str] = None, runs: Optional[str] = None, name: Optio
         raise UsageError(f"runs directory {root} does not exist")
     found = sorted({p.parent for pat in (f"*/{name}", f"*/{name}-*") for p in root.glob(f"{pat}/{store.RESULT}")})
     if not found:
-        raise UsageError(f"no finished cell named {name!r} under {root} ('lskd-bench status --runs {root}' lists them)")
+        names = sorted({p.parent.name.rsplit("-", 1)[0] for p in root.glob(f"*/*/{store.RESULT}")})
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6) or [n for n in names if n.startswith(name)][:1]
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UsageError(f"no finished cell named {name!r} under {root}{hint} ('lskd-bench status --runs {root}' lists them)")
     if len(found) > 1:
         raise UsageError(f"{len(found)} finished cells match {name!r} under {root}: "
                          + ", ".join(p.name for p in found) + " (give NAME-HASH)")
