@@ -19,7 +19,7 @@ from lskd_bench.tasks import get_task
 from lskd_bench.tasks.base import GuardedDataset, batch_plan, iterate_batches, load_batches
 from lskd_bench.tasks.device_images import EncodedImages, decode_mode
 
-from .test_fusion import same_weights
+from .test_fusion import assert_fused_equals_alone, same_weights
 
 from .image_fixtures import WNIDS, make_imagefolder
 
@@ -186,12 +186,7 @@ def test_fused_and_resumed_students_identical_with_gpu_decode(imagenet_root, tmp
     tmodel = load_model(task, teacher.arch, data, cfg, tmp_path / "t" / store.MODEL, torch.device("cpu"))
     students = [c for c in cells if c.role != "teacher"]
     assert len(students) == 2
-    fused = train_group(task, students, cfg, data, [tmp_path / "fused" / c.name for c in students], teacher=tmodel, progress=False)
-    for c, f in zip(students, fused):
-        (alone,) = train_group(task, [c], cfg, data, [tmp_path / "alone" / c.name], teacher=tmodel, progress=False)
-        assert f.error is None and alone.error is None
-        assert same_weights(tmp_path / "fused" / c.name, tmp_path / "alone" / c.name), c.name
-        assert f.result["metrics"] == alone.result["metrics"]
+    assert_fused_equals_alone(task, students, cfg, data, tmodel, tmp_path)
 
     def stop_mid_epoch(epoch, i):
         if epoch == 1 and i == 1:

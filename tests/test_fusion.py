@@ -24,6 +24,18 @@ def same_weights(a, b) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def assert_fused_equals_alone(task, students, cfg, data, tmodel, tmp_path) -> None:
+    """``students`` trained in one fused group under tmp_path/fused and one by one under tmp_path/alone: the same
+    weights, metrics and loss history, member by member."""
+    fused = train_group(task, students, cfg, data, [tmp_path / "fused" / c.name for c in students], teacher=tmodel, progress=False)
+    for c, f in zip(students, fused):
+        (alone,) = train_group(task, [c], cfg, data, [tmp_path / "alone" / c.name], teacher=tmodel, progress=False)
+        assert f.error is None and alone.error is None
+        assert same_weights(tmp_path / "fused" / c.name, tmp_path / "alone" / c.name), c.name
+        assert f.result["metrics"] == alone.result["metrics"]
+        assert [h["loss"] for h in f.result["history"]] == [h["loss"] for h in alone.result["history"]]
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A digits config with kd at T 1 and 4, ctkd (a method with its own parameter) and the baseline, and a
@@ -44,13 +56,7 @@ def setup(tmp_path_factory):
 def test_fused_students_equal_students_trained_alone(setup, tmp_path):
     cfg, task, data, students, tmodel, _ = setup
     assert len(students) == 4  # baseline, kd T1, kd T4, ctkd
-    fused = train_group(task, students, cfg, data, [tmp_path / "fused" / c.name for c in students], teacher=tmodel, progress=False)
-    for c, f in zip(students, fused):
-        (alone,) = train_group(task, [c], cfg, data, [tmp_path / "alone" / c.name], teacher=tmodel, progress=False)
-        assert f.error is None and alone.error is None
-        assert same_weights(tmp_path / "fused" / c.name, tmp_path / "alone" / c.name), c.name
-        assert f.result["metrics"] == alone.result["metrics"]
-        assert [h["loss"] for h in f.result["history"]] == [h["loss"] for h in alone.result["history"]]
+    assert_fused_equals_alone(task, students, cfg, data, tmodel, tmp_path)
     # the order of the members does not matter either
     rev = list(reversed(students))
     train_group(task, rev, cfg, data, [tmp_path / "rev" / c.name for c in rev], teacher=tmodel, progress=False)
