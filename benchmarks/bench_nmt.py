@@ -258,11 +258,25 @@ def beam_decoding(device: str = "cpu", *, teacher: str = DEMO["teacher"], vocab:
 FAIRSEQ_BIN = Path(sys.executable).parent
 
 
-def _fairseq_tool(name: str) -> str:
-    for cand in (FAIRSEQ_BIN / name, shutil.which(name)):
-        if cand and Path(cand).is_file():
-            return str(cand)
-    raise SystemExit(f"bench_nmt: {name} not found next to {sys.executable} nor on PATH (pip install fairseq)")
+def _fairseq_tool(name: str) -> list[str]:
+    """The command that runs fairseq's console script ``name`` (fairseq-train...): the script next to this
+    interpreter, else its module run by this interpreter (``python -m fairseq_cli.train``: fairseq installed with
+    ``pip --target``, as on the GPU machine, puts its scripts in a bin/ that is on no PATH), else the one on PATH."""
+    import importlib.util
+
+    if (FAIRSEQ_BIN / name).is_file():
+        return [str(FAIRSEQ_BIN / name)]
+    module = "fairseq_cli." + name.removeprefix("fairseq-").replace("-", "_")
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:  # no fairseq_cli package at all
+        found = False
+    if found:
+        return [sys.executable, "-m", module]
+    on_path = shutil.which(name)
+    if on_path:
+        return [on_path]
+    raise SystemExit(f"bench_nmt: {name} not found next to {sys.executable}, as {module} nor on PATH (pip install fairseq)")
 
 
 def write_text(corpus: Corpus, root: Path) -> None:
@@ -299,7 +313,7 @@ def fairseq_args(arch: str, hp: dict[str, Any], max_tokens: int, updates: int, d
 def fairseq_run(bin_dir: Path, args: list[str]) -> tuple[list[int], list[float]]:
     """Run fairseq-train; (target tokens, seconds) per update from its per-update json log (wpb / wps)."""
     threads = str(torch.get_num_threads())  # the same intra-op threads as this process
-    proc = subprocess.run([_fairseq_tool("fairseq-train"), str(bin_dir), *args], capture_output=True, text=True,
+    proc = subprocess.run([*_fairseq_tool("fairseq-train"), str(bin_dir), *args], capture_output=True, text=True,
                           env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
     if proc.returncode != 0:
         raise SystemExit(f"bench_nmt: fairseq-train failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -329,7 +343,7 @@ def vs_fairseq(device: str = "cpu", *, arch: str = DEMO["teacher"], vocab: int =
     with tempfile.TemporaryDirectory(prefix="bench_nmt-fairseq-") as tmp:
         text, bin_dir = Path(tmp) / "text", Path(tmp) / "bin"
         write_text(corpus, text)
-        pre = subprocess.run([_fairseq_tool("fairseq-preprocess"), "--source-lang", "en", "--target-lang", "de",
+        pre = subprocess.run([*_fairseq_tool("fairseq-preprocess"), "--source-lang", "en", "--target-lang", "de",
                               "--trainpref", str(text / "train"), "--validpref", str(text / "valid"), "--destdir", str(bin_dir),
                               "--srcdict", str(text / "dict.txt"), "--tgtdict", str(text / "dict.txt"), "--workers", "1"],
                              capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})

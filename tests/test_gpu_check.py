@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,3 +34,27 @@ def test_gpu_check_small_prints_and_writes_one_table(tmp_path):
     text = out.read_text()
     assert text in p.stdout and "| workload | achieved | bound | ratio | note |" in text
     assert "ImageNet resnet50 -> resnet18" in text and "| all tables |" in text
+
+
+def _benchmarks(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_nmt
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check, "ROWS", [])
+    return gpu_check, bench_nmt
+
+
+def test_fairseq_tools_run_as_modules_when_their_scripts_are_on_no_path(tmp_path, monkeypatch):
+    """On the GPU machine fairseq is built with ``pip install --target /tmp/site_fs`` (shared/gpu/prelude.sh): its
+    console scripts land in /tmp/site_fs/bin, next to no interpreter and on no PATH. vs_fairseq (gpu_check's
+    'lskd-bench / fairseq-train' row) then runs them as modules of this interpreter."""
+    pytest.importorskip("fairseq_cli")
+    _, bench_nmt = _benchmarks(monkeypatch)
+    monkeypatch.setattr(bench_nmt, "FAIRSEQ_BIN", tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    for name, module in (("fairseq-preprocess", "fairseq_cli.preprocess"), ("fairseq-train", "fairseq_cli.train")):
+        assert bench_nmt._fairseq_tool(name) == [sys.executable, "-m", module]
+    p = subprocess.run([*bench_nmt._fairseq_tool("fairseq-preprocess"), "--help"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=600)
+    assert p.returncode == 0 and "--trainpref" in p.stdout, p.stderr[-2000:]
