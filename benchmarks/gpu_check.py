@@ -54,12 +54,24 @@ ROWS: list[dict[str, Any]] = []
 
 def row(workload: str, achieved: Optional[float], unit: str, bound: Optional[float] = None, note: str = "",
         higher_is_better: bool = True) -> None:
+    note = " ".join(str(note).split()).replace("|", "/")  # one table cell: an error's text has newlines and pipes
     ratio = None
     if achieved and bound:
         ratio = achieved / bound if higher_is_better else bound / achieved
     ROWS.append({"workload": workload, "achieved": achieved, "unit": unit, "bound": bound, "ratio": ratio, "note": note})
     a = "-" if achieved is None else f"{achieved:,.1f} {unit}"
     say(f"  = {workload}: {a}" + (f" (bound {bound:,.1f}, ratio {ratio:.0%})" if ratio is not None else "") + (f"; {note}" if note else ""))
+
+
+def failed(workload: str, unit: str, exc: BaseException) -> None:
+    """A row for work that raised: the error in the table (its first and last lines), the whole traceback in the
+    log, and the check goes on (one GPU call: a crash would lose every row measured so far)."""
+    import traceback
+
+    say(f"  ! {workload} failed:\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
+    lines = [ln for ln in f"{type(exc).__name__}: {exc}".splitlines() if ln.strip()] or [type(exc).__name__]
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    row(workload, None, unit, note=f"failed: {text[:400]}")
 
 
 def table() -> str:
@@ -121,8 +133,8 @@ def rate(name: str, fn: Callable[[], None], items: int, s: Setup) -> float:
 
 
 # ------------------------------------------------------------------------------------ synthetic bounds
-def synthetic(s: Setup) -> dict[str, float]:
-    """Images/s of each step on synthetic tensors: the bounds."""
+def synthetic(s: Setup, out: Optional[dict[str, float]] = None) -> dict[str, float]:
+    """Images/s of each step on synthetic tensors: the bounds (added to ``out`` as they are measured)."""
     import torch
 
     from lskd_bench.methods import kd_loss, ls_cross_entropy
@@ -132,7 +144,7 @@ def synthetic(s: Setup) -> dict[str, float]:
     dev, fmt = s.device, (torch.channels_last if s.cuda else torch.contiguous_format)
     x = torch.randn(s.batch, 3, s.size, s.size, device=dev).contiguous(memory_format=fmt)
     y = torch.randint(0, 1000, (s.batch,), device=dev)
-    out: dict[str, float] = {}
+    out = {} if out is None else out
 
     def model(arch):
         return build_image_model(arch, 1000).to(dev).to(memory_format=fmt)
@@ -165,42 +177,58 @@ def synthetic(s: Setup) -> dict[str, float]:
         t_logits = teacher(x).float()
     t_logits = t_logits.clone()
     for arch in s.students:
-        student = model(arch).train()
-        sopt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
-
-        def student_step():
-            with autocast(dev, s.cfg):
-                logits = student(x)
-            loss = kd_loss(logits.float(), t_logits, y, T=4.0, lam=1.0)
-            sopt.zero_grad(set_to_none=True)
-            loss.backward()
-            sopt.step()
-
-        say(f"synthetic: {arch} student step...")
-        out[f"student_{arch}"] = rate(arch, student_step, s.batch, s)
-        row(f"synthetic: {arch} student step (KD loss, teacher logits given)", out[f"student_{arch}"], "img/s")
-
-        if arch == "resnet18":
-            def kd_step():
-                with torch.inference_mode(), autocast(dev, s.cfg):
-                    t = teacher(x).float()
-                t = t.clone()
-                with autocast(dev, s.cfg):
-                    logits = student(x)
-                loss = kd_loss(logits.float(), t, y, T=4.0, lam=1.0)
-                sopt.zero_grad(set_to_none=True)
-                loss.backward()
-                sopt.step()
-
-            say(f"synthetic: KD step {s.teacher} -> resnet18...")
-            out["kd_step"] = rate("kd", kd_step, s.batch, s)
-            row(f"synthetic: KD step {s.teacher} -> resnet18 (teacher forward + student step)", out["kd_step"], "img/s")
-        del student, sopt
-    out["group5"] = 1.0 / (1.0 / out["teacher_fwd"] + 5.0 / out["student_resnet18"])
+        try:
+            student_rows(s, arch, model, teacher, x, y, t_logits, out)
+        except Exception as exc:  # noqa: BLE001 - one architecture failing (out of memory...) must not lose the others
+            failed(f"synthetic: {arch} student step", "img/s", exc)
+        if s.cuda:
+            torch.cuda.empty_cache()
+    if "teacher_fwd" in out and "student_resnet18" in out:
+        out["group5"] = 1.0 / (1.0 / out["teacher_fwd"] + 5.0 / out["student_resnet18"])
     del teacher, opt
     if s.cuda:
         torch.cuda.empty_cache()
     return out
+
+
+def student_rows(s: Setup, arch: str, model, teacher, x, y, t_logits, out: dict[str, float]) -> None:
+    """The synthetic student step of ``arch`` (and, for resnet18, the KD step with the teacher's forward)."""
+    import torch
+
+    from lskd_bench.methods import kd_loss
+    from lskd_bench.tasks.base import autocast
+
+    dev = s.device
+    student = model(arch).train()
+    sopt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
+
+    def student_step():
+        with autocast(dev, s.cfg):
+            logits = student(x)
+        loss = kd_loss(logits.float(), t_logits, y, T=4.0, lam=1.0)
+        sopt.zero_grad(set_to_none=True)
+        loss.backward()
+        sopt.step()
+
+    say(f"synthetic: {arch} student step...")
+    out[f"student_{arch}"] = rate(arch, student_step, s.batch, s)
+    row(f"synthetic: {arch} student step (KD loss, teacher logits given)", out[f"student_{arch}"], "img/s")
+
+    if arch == "resnet18":
+        def kd_step():
+            with torch.inference_mode(), autocast(dev, s.cfg):
+                t = teacher(x).float()
+            t = t.clone()
+            with autocast(dev, s.cfg):
+                logits = student(x)
+            loss = kd_loss(logits.float(), t, y, T=4.0, lam=1.0)
+            sopt.zero_grad(set_to_none=True)
+            loss.backward()
+            sopt.step()
+
+        say(f"synthetic: KD step {s.teacher} -> resnet18...")
+        out["kd_step"] = rate("kd", kd_step, s.batch, s)
+        row(f"synthetic: KD step {s.teacher} -> resnet18 (teacher forward + student step)", out["kd_step"], "img/s")
 
 
 # ------------------------------------------------------------------------------------------ the runner
@@ -261,6 +289,8 @@ def timed_group(task, cells, cfg, data, out: Path, s: Setup, teacher=None) -> tu
 
 
 def runner_rows(s: Setup, bounds: dict[str, float], work: Path) -> dict[str, float]:
+    """The data pipeline alone and the fused group, with cpu and with gpu decoding, then teacher training (gpu
+    decoding); a piece that fails is a failed row and the others still run."""
     import torch
 
     from lskd_bench.models import build_image_model
@@ -273,9 +303,8 @@ def runner_rows(s: Setup, bounds: dict[str, float], work: Path) -> dict[str, flo
     root = make_jpegs(work / "inet", s)
     task = get_task("imagenet")
     out: dict[str, float] = {}
-    for decode in ("cpu", "gpu"):
-        cfg = runner_cfg(root, s, decode)
-        data = task.load_data(cfg)
+
+    def pipeline(decode: str, data) -> None:
         say(f"runner: data pipeline alone, decode={decode} ({s.workers} workers)...")
         t0, seen = None, 0
         for i, (x, _) in enumerate(iterate_batches(data.train, s.batch, shuffle=True, num_workers=s.workers)):
@@ -287,9 +316,10 @@ def runner_rows(s: Setup, bounds: dict[str, float], work: Path) -> dict[str, flo
                 seen += len(x)
         sync(s.device)
         pipe = seen / (time.perf_counter() - t0) if t0 and seen else None
-        row(f"data pipeline alone, {s.size}px, decode={decode}", pipe, "img/s", bounds["group5"],
+        row(f"data pipeline alone, {s.size}px, decode={decode}", pipe, "img/s", bounds.get("group5"),
             note="vs the fused group's bound: the loader must outrun it")
-        cells = plan_cells(cfg)
+
+    def fused(decode: str, cfg, data, cells) -> None:
         students = [c for c in cells if c.role != "teacher"]
         fmt = torch.channels_last if s.cuda else torch.contiguous_format
         tmodel = build_image_model(s.teacher, len(data.class_names)).to(s.device).to(memory_format=fmt).eval()
@@ -298,15 +328,35 @@ def runner_rows(s: Setup, bounds: dict[str, float], work: Path) -> dict[str, flo
         tot = sum(prof.values()) or 1.0
         out[f"fused_{decode}"] = ips
         row(f"runner: fused {s.teacher} -> resnet18 x{len(students)}, {s.size}px JPEGs, decode={decode}", ips, "img/s",
-            bounds["group5"], note=f"step loop: data {prof.get('data', 0) / tot:.0%}, teacher {prof.get('teacher', 0) / tot:.0%}, "
-                                  f"students {prof.get('students', 0) / tot:.0%}")
+            bounds.get("group5"), note=f"step loop: data {prof.get('data', 0) / tot:.0%}, teacher {prof.get('teacher', 0) / tot:.0%}, "
+                                       f"students {prof.get('students', 0) / tot:.0%}")
+
+    def teacher_training(cfg, data, cells) -> None:
+        teacher = next(c for c in cells if c.role == "teacher")
+        say(f"runner: {s.teacher} teacher training, decode=gpu...")
+        ips, _ = timed_group(task, [teacher], cfg, data, work / "teacher", s)
+        out["teacher_runner"] = ips
+        row(f"runner: {s.teacher} teacher training, {s.size}px JPEGs, decode=gpu", ips, "img/s", bounds.get("teacher_step"))
+
+    for decode in ("cpu", "gpu"):
+        try:
+            cfg = runner_cfg(root, s, decode)
+            data = task.load_data(cfg)
+            cells = plan_cells(cfg)
+        except Exception as exc:  # noqa: BLE001 - see failed()
+            failed(f"runner, decode={decode}", "img/s", exc)
+            continue
+        pieces = [(f"data pipeline alone, decode={decode}", lambda: pipeline(decode, data)),
+                  (f"runner: fused group, decode={decode}", lambda: fused(decode, cfg, data, cells))]
         if decode == "gpu":
-            teacher = next(c for c in cells if c.role == "teacher")
-            say(f"runner: {s.teacher} teacher training, decode=gpu...")
-            ips, _ = timed_group(task, [teacher], cfg, data, work / "teacher", s)
-            out["teacher_runner"] = ips
-            row(f"runner: {s.teacher} teacher training, {s.size}px JPEGs, decode=gpu", ips, "img/s", bounds["teacher_step"])
-        del tmodel
+            pieces.append(("runner: teacher training, decode=gpu", lambda: teacher_training(cfg, data, cells)))
+        for name, piece in pieces:
+            try:
+                piece()
+            except Exception as exc:  # noqa: BLE001 - see failed()
+                failed(name, "img/s", exc)
+            if s.cuda:
+                torch.cuda.empty_cache()
     return out
 
 
@@ -320,8 +370,14 @@ def digits_rows(s: Setup, work: Path, skip: set[str]) -> None:
                          "student": {"epochs": 1}})
         say("digits: the default grid, seed 0" + (" (cut down: --small)" if s.small else "") + "...")
         t0 = time.perf_counter()
-        summary = run_grid(resolve_config("digits", {}, over), work / "digits", progress=False)
-        row(f"digits default grid, seed 0 ({len(summary.trained)} cells)", time.perf_counter() - t0, "s", higher_is_better=False)
+        try:
+            summary = run_grid(resolve_config("digits", {}, over), work / "digits", progress=False)
+        except Exception as exc:  # noqa: BLE001 - see failed()
+            failed("digits default grid, seed 0", "s", exc)
+        else:
+            bad = "; ".join(f"{c.name}: {why}" for c, why in summary.failed)
+            row(f"digits default grid, seed 0 ({len(summary.trained)} cells)", time.perf_counter() - t0, "s",
+                higher_is_better=False, note=f"{len(summary.failed)} FAILED: {bad}" if bad else "")
     if "ddp" not in skip:
         walls = {}
         for executor in ("local", "torchrun"):
@@ -332,9 +388,15 @@ def digits_rows(s: Setup, work: Path, skip: set[str]) -> None:
             if executor == "torchrun":
                 cmd += ["--nproc-per-node", "1"]
             t0 = time.perf_counter()
-            p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+            try:  # a hung launcher must not take the rest of the one GPU call with it
+                p = subprocess.run(cmd, capture_output=True, text=True, timeout=120 if s.small else 240,
+                                   env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+            except subprocess.TimeoutExpired as exc:
+                failed(f"digits via {executor}", "s", exc)
+                return
             walls[executor] = time.perf_counter() - t0
             if p.returncode != 0:
+                say(f"  ! digits via {executor} failed (rc {p.returncode}):\n" + "\n".join(p.stderr.strip().splitlines()[-20:]))
                 row(f"digits via {executor}", None, "s", note=f"FAILED rc {p.returncode}: {p.stderr.strip().splitlines()[-1:]}")
                 return
         row("digits grid (3 cells) via torchrun DDP, 1 process", walls["torchrun"], "s", walls["local"],
@@ -432,9 +494,8 @@ def nmt_rows(s: Setup, wait_s: float) -> dict[str, float]:
         sync(dev)
         row(f"translation: beam 5 decoding ({tarch}, {n_sent} random-weight sentences)",
             2 * counted["n"] / (time.perf_counter() - t0), "tok/s", note="random weights: hypotheses run to max length")
-    except Exception as exc:  # noqa: BLE001
-        row("translation rows", None, "tok/s", note=f"failed: {type(exc).__name__}: {exc}")
-        return out
+    except Exception as exc:  # noqa: BLE001 - see failed(); the runner's rows below still run
+        failed("translation: synthetic steps", "tok/s", exc)
     # the runner's own loop (train_group) and task.translate, bench_nmt.gpu_rows: the synthetic steps above are
     # the bounds of the loop's teacher and KD steps; the issue's goals (bench_nmt.BOUNDS) are in the notes
     bounds = {"teacher step": out.get("nmt_teacher"), "KD student step": out.get("nmt_kd")}
@@ -442,8 +503,8 @@ def nmt_rows(s: Setup, wait_s: float) -> dict[str, float]:
         say(f"translation: {name}...")
         try:
             achieved = measure()
-        except Exception as exc:  # noqa: BLE001 - one failed row must not lose the table
-            row(f"translation: {name}", None, unit, note=f"failed: {type(exc).__name__}: {exc}")
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - one failed row must not lose the table (bench_nmt
+            failed(f"translation: {name}", unit, exc)  # raises SystemExit when fairseq-train or -preprocess fails)
             continue
         bound = next((v for k, v in bounds.items() if k in name), None)
         note = ("through the runner" + (f"; goal {goal:,.3g} {unit}" if goal else ""))
@@ -547,23 +608,38 @@ def main(argv: Optional[list[str]] = None) -> int:
     skip = {x.strip() for x in args.skip.split(",") if x.strip()}
     say(s.describe())
     measured: dict[str, float] = {}
+    sections: list[tuple[str, str, Callable[[Path], Any]]] = [
+        ("synthetic", "synthetic steps", lambda work: synthetic(s, measured)),
+        ("runner", "runner rows", lambda work: measured.update(runner_rows(s, measured, work))),
+        ("digits", "digits rows", lambda work: digits_rows(s, work, skip)),
+        ("nmt", "translation rows", lambda work: measured.update(nmt_rows(s, args.wait_fairseq))),
+    ]
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        if "synthetic" not in skip:
-            measured.update(synthetic(s))
-        if "runner" not in skip and measured:
-            measured.update(runner_rows(s, measured, work))
-        digits_rows(s, work, skip)
-        if "nmt" not in skip:
-            measured.update(nmt_rows(s, args.wait_fairseq))
-    text = f"# gpu_check ({s.describe()})\n\n{table()}\n"
-    if measured:
-        text += "\n" + estimate(s, measured) + "\n"
+        for key, name, run in sections:
+            if key in skip and key != "digits":  # digits_rows reads skip itself (digits, ddp)
+                continue
+            try:
+                run(Path(tmp))
+            except Exception as exc:  # noqa: BLE001 - see failed(): the sections after it still run
+                failed(name, "-", exc)
+            write(args.out, s, measured)  # the rows so far: a call cut off at its time limit keeps them
+    text = write(args.out, s, measured, estimated=True)
     print("\n" + text, flush=True)
-    Path(args.out).write_text(text)
-    (Path(args.out).with_suffix(".json")).write_text(json.dumps({"setup": s.describe(), "rows": ROWS, "measured": measured}, indent=1))
     say(f"written {args.out}")
     return 0
+
+
+def write(out: str, s: Setup, measured: dict[str, float], estimated: bool = False) -> str:
+    """The table (and, at the end, the paper estimate) to ``out`` and the rows to ``out`` .json; the text."""
+    text = f"# gpu_check ({s.describe()})\n\n{table()}\n"
+    if estimated and measured:
+        try:
+            text += "\n" + estimate(s, measured) + "\n"
+        except Exception as exc:  # noqa: BLE001 - the table is written whatever the estimate does
+            text += f"\nno estimate: {type(exc).__name__}: {exc}\n"
+    Path(out).write_text(text)
+    Path(out).with_suffix(".json").write_text(json.dumps({"setup": s.describe(), "rows": ROWS, "measured": measured}, indent=1))
+    return text
 
 
 if __name__ == "__main__":

@@ -45,6 +45,41 @@ def _benchmarks(monkeypatch):
     return gpu_check, bench_nmt
 
 
+def test_gpu_check_writes_its_table_when_sections_and_rows_fail(tmp_path, monkeypatch, capsys):
+    """The GPU check is one call on a lent machine: a section that raises (a CUDA error in the synthetic steps, the
+    runner, the digits grid) or a translation row that exits (bench_nmt raises SystemExit when fairseq-train fails)
+    is a failed row with its error on one line, and the sections after it still run and the table is written."""
+    pytest.importorskip("fairseq")  # nmt_rows waits for fairseq to be importable
+    gpu_check, bench_nmt = _benchmarks(monkeypatch)
+
+    def boom(what):
+        def f(*a, **k):
+            raise RuntimeError(f"CUDA error: {what}\nsecond line | with a pipe\nlast line of {what}")
+        return f
+
+    def fairseq_train_failed():
+        raise SystemExit("bench_nmt: fairseq-train failed (exit 1):\nTraceback (most recent call last):\nValueError: bf16")
+
+    monkeypatch.setattr(gpu_check, "synthetic", boom("synthetic"))
+    monkeypatch.setattr(gpu_check, "runner_rows", boom("runner"))
+    monkeypatch.setattr(gpu_check, "digits_rows", boom("digits"))
+    monkeypatch.setattr(bench_nmt, "batch", boom("nmt batch"))
+    monkeypatch.setattr(bench_nmt, "gpu_rows", lambda device, small=False: [
+        ("vs fairseq", fairseq_train_failed, 1.0, "ratio"), ("after it", lambda: 2.5, None, "tok/s")])
+    out = tmp_path / "check.md"
+    assert gpu_check.main(["--small", "--out", str(out)]) == 0
+    rows = {r["workload"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    for name, what in (("synthetic steps", "synthetic"), ("runner rows", "runner"), ("digits rows", "digits"),
+                       ("translation: synthetic steps", "nmt batch")):
+        assert rows[name]["achieved"] is None
+        assert rows[name]["note"] == f"failed: RuntimeError: CUDA error: {what} ... last line of {what}"
+    assert rows["translation: vs fairseq"]["note"] == "failed: SystemExit: bench_nmt: fairseq-train failed (exit 1): ... ValueError: bf16"
+    assert rows["translation: after it"]["achieved"] == 2.5
+    table = [ln for ln in out.read_text().splitlines() if ln.startswith("|")]
+    assert len(table) == 2 + len(rows) and all(ln.count("|") == 6 for ln in table)  # no cell broken by an error's text
+    assert "second line | with a pipe" in capsys.readouterr().out  # the whole error is in the log
+
+
 def test_fairseq_tools_run_as_modules_when_their_scripts_are_on_no_path(tmp_path, monkeypatch):
     """On the GPU machine fairseq is built with ``pip install --target /tmp/site_fs`` (shared/gpu/prelude.sh): its
     console scripts land in /tmp/site_fs/bin, next to no interpreter and on no PATH. vs_fairseq (gpu_check's
