@@ -452,11 +452,13 @@ def _teacher_logits(task: Task, teacher: nn.Module, batch: Any, device: torch.de
 
 
 def _tick(profile: Optional[dict[str, float]], key: str, since: float, device: torch.device) -> float:
-    """Add the time since ``since`` to ``profile[key]`` (synchronising CUDA first); return the new mark."""
+    """Add the time since ``since`` to ``profile[key]`` (waiting for the step's CUDA stream first); return the new mark.
+    Only the consumer's stream: a device-wide synchronize would also wait for the batches the GPU pipeline decodes
+    ahead on its side stream (``tasks.base.finished_ahead``), serialising the overlap the profile is meant to show."""
     if profile is None:
         return since
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.current_stream(device).synchronize()
     now = time.perf_counter()
     profile[key] = profile.get(key, 0.0) + now - since
     return now
