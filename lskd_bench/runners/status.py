@@ -38,7 +38,7 @@ def planned_dirs(runs: Path, task: Optional[str] = None) -> list[Path]:
         try:
             cfg = yaml.safe_load(configs[-1].read_text(encoding="utf-8"))
             dirs += [c.dir(runs) for c in plan_cells(cfg)]
-        except (UsageError, KeyError, TypeError, ValueError, yaml.YAMLError, UnicodeDecodeError):
+        except (UsageError, LookupError, AttributeError, TypeError, ValueError, yaml.YAMLError, OSError):
             continue
     return dirs
 
