@@ -12,9 +12,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import shutil
 import tempfile
 import time
 import traceback
@@ -31,6 +33,7 @@ RESULT = "result.json"
 MODEL = "model.pt"
 SELECTED = "model_selected.pt"
 STATE = "state.pt"
+STATE_PREV = "state.prev.pt"  # the checkpoint before state.pt: resumed from when state.pt is damaged
 FEATURES = "features.npz"
 ERROR = "error.json"
 
@@ -125,6 +128,20 @@ class _KeepWriteError:
 
     def flush(self) -> None:
         self.f.flush()
+
+
+def keep_previous(path: Path, prev: Path) -> None:
+    """Before ``path`` is replaced: make ``prev`` the file ``path`` holds now (a hard link, no copy; a copy where
+    the file system has no links). ``path`` itself stays in place until its replacement is complete."""
+    if not path.is_file():
+        return
+    with contextlib.suppress(FileNotFoundError):
+        prev.unlink()
+    try:
+        os.link(path, prev)
+    except OSError:
+        with contextlib.suppress(OSError):
+            shutil.copyfile(path, prev)
 
 
 def save_torch(path: Path, obj: Any) -> None:

@@ -66,7 +66,11 @@ def repair_cells(cells: list[Cell], out: Path) -> list[str]:
             problem = store.torch_file_problem(d / store.STATE)
             if problem:
                 aside = store.move_aside(d / store.STATE)
-                say(c, f"{store.STATE} {problem}: moved to {aside.name}; the cell restarts from scratch")
+                prev = d / store.STATE_PREV
+                then = "the cell restarts from scratch"
+                if prev.exists() and store.torch_file_problem(prev) is None:
+                    then = f"the cell resumes from the previous checkpoint {store.STATE_PREV}"
+                say(c, f"{store.STATE} {problem}: moved to {aside.name}; {then}")
     return lines
 
 

@@ -77,7 +77,7 @@ def status_rows(runs: Path, task: Optional[str] = None) -> list[dict[str, str]]:
             row["state"], row["detail"] = "failed", f"{err.get('error')}: {err.get('message')}"
         elif view.get("ended"):
             row["state"], row["detail"] = "failed", view["ended"]
-        elif (p / store.STATE).is_file():
+        elif (p / store.STATE).is_file() or (p / store.STATE_PREV).is_file():
             row["state"], row["detail"] = "interrupted", "an epoch checkpoint exists: run again to resume"
         elif not p.is_dir():
             row["state"], row["detail"] = "pending", "not started"
