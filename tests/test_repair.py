@@ -205,6 +205,9 @@ def test_repair_says_the_cell_resumes_from_the_previous_checkpoint(tmp_path, cli
     model = (student / store.MODEL).read_bytes()
     (student / store.STATE).write_bytes(model[: len(model) // 2])  # damaged
     (student / store.STATE_PREV).write_bytes(model)  # stands in for a complete earlier checkpoint
+    rc, out, _ = cli("status", "--runs", str(tmp_path))
+    assert re.search(rf"{student.name} +damaged +- +state\.pt is corrupt \(File is not a zip file\): 'lskd-bench run' "
+                     r"repairs it \(resumes from the previous checkpoint state\.prev\.pt\)", out), out
     cfg = yaml.safe_load(next((tmp_path / "digits" / "configs").glob("*.yaml")).read_text())
     repairs = repair_cells(plan_cells(cfg), tmp_path)
     assert len(repairs) == 1

@@ -82,4 +82,6 @@ def status_problem(d: Path, role: str) -> Optional[str]:
     fix = "'lskd-bench run' repairs it (trains the cell again)"
     if all(f == store.MODEL for f, _ in problems):  # repair_cells retrains a teacher only for students that need it
         fix = "'lskd-bench run' repairs it when a student still needs this teacher (trains it again)"
+    elif [f for f, _ in problems] == [store.STATE] and store.torch_file_problem(d / store.STATE_PREV) is None:
+        fix = f"'lskd-bench run' repairs it (resumes from the previous checkpoint {store.STATE_PREV})"
     return "; ".join(f"{f} {p}" for f, p in problems) + ": " + fix
