@@ -486,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("--no-progress", action="store_true", help="no progress bar")
     cd.set_defaults(func=cmd_check_data)
 
-    st = sub.add_parser("status", help="per cell: finished / running / queued / failed (Slurm job ids, log tails)")
+    st = sub.add_parser("status", help="per cell: finished / running / queued / failed / pending, with the cells of the newest run not started yet (Slurm job ids, log tails)")
     st.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     st.add_argument("--task", help="only this task")
     st.set_defaults(func=cmd_status)

@@ -12,10 +12,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import errno
-import io
 import json
 import os
+import shutil
 import tempfile
 import time
 import traceback
@@ -32,6 +33,7 @@ RESULT = "result.json"
 MODEL = "model.pt"
 SELECTED = "model_selected.pt"
 STATE = "state.pt"
+STATE_PREV = "state.prev.pt"  # the checkpoint before state.pt: resumed from when state.pt is damaged
 FEATURES = "features.npz"
 ERROR = "error.json"
 
@@ -110,12 +112,51 @@ def write_csv_md(out: Path, csv_text: str, md_text: str) -> tuple[Path, Path]:
     return paths
 
 
+class _KeepWriteError:
+    """A file wrapper that remembers the ``OSError`` its ``write`` raised: torch's zip writer turns it into
+    ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``, which hides a full disk."""
+
+    def __init__(self, f: Any):
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def keep_previous(path: Path, prev: Path) -> None:
+    """Before ``path`` is replaced: make ``prev`` the file ``path`` holds now (a hard link, no copy; a copy where
+    the file system has no links). ``path`` itself stays in place until its replacement is complete."""
+    if not path.is_file():
+        return
+    with contextlib.suppress(FileNotFoundError):
+        prev.unlink()
+    try:
+        os.link(path, prev)
+    except OSError:
+        with contextlib.suppress(OSError):
+            shutil.copyfile(path, prev)
+
+
 def save_torch(path: Path, obj: Any) -> None:
-    """``torch.save`` through memory, so that a full disk is a plain ``OSError`` (torch's own writer turns it
-    into ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+    """``torch.save`` streamed to a temp file and renamed (no copy of a checkpoint in memory); a full disk stays an
+    ``OSError`` (``DiskFull``)."""
+    def write(f: Any) -> None:
+        out = _KeepWriteError(f)
+        try:
+            torch.save(obj, out)
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None
+            raise
+
+    atomic_write(path, write)
 
 
 RESULT_KEYS = ("cell", "metrics", "epochs", "timings")

@@ -53,6 +53,26 @@ def test_parent_or_folder_itself(cifar_root):
     assert torch.equal(a.train.raw, b.train.raw)
 
 
+def test_run_reads_the_pickles_once_while_they_are_unchanged(tmp_path, monkeypatch):
+    import os
+
+    from lskd_bench.tasks import cifar
+
+    make_cifar100(tmp_path)
+    reads = []
+    real = cifar.read_split
+    monkeypatch.setattr(cifar, "read_split", lambda d, name, k: reads.append(name) or real(d, name, k))
+    task, cfg = get_task("cifar100"), _cfg(tmp_path)
+    task.check_layout(cfg)  # what 'run' does before writing anything, then it trains from load_data
+    data = task.load_data(cfg)
+    assert reads == ["train", "test"]
+    train = tmp_path / "cifar-100-python" / "train"
+    st = train.stat()
+    os.utime(train, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # the file changed: read again
+    again = task.load_data(cfg)
+    assert reads == ["train", "test", "train", "test"] and torch.equal(again.train.raw, data.train.raw)
+
+
 @pytest.mark.parametrize("damage, needle", [
     ("missing_dir", "does not exist"),
     ("no_meta", "lacks meta"),

@@ -85,6 +85,25 @@ def test_status_of_a_task_without_cells_names_the_task(tmp_path, cli):
     assert rc == 2 and err == f"lskd-bench: error: no cells of task 'cub200' under {tmp_path}\n", err
 
 
+def test_status_lists_the_cells_a_run_has_not_started_yet(tmp_path, cli):
+    """A grid in progress (here: one of its cells' folders not made yet) shows every planned cell, the missing one
+    as pending/not started; the newest run's grid is the one listed."""
+    import shutil
+
+    small = ["--out", str(tmp_path), "--temperatures", "1", "--seeds", "0", "--epochs", "1", "--no-progress"]
+    rc, _, err = cli("run", *small, "--alphas", "0.1", "--no-baseline")
+    assert rc == 0, err
+    rc, _, err = cli("run", *small, "--alphas", "0,0.1")  # the newest grid: 2 teachers, baseline, 2 students
+    assert rc == 0, err
+    student = next((tmp_path / "digits").glob("student_kd_*_a0_T1_s0-*"))
+    shutil.rmtree(student)
+    rc, out, _ = cli("status", "--runs", str(tmp_path))
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[-1] == "4 finished, 1 pending"
+    assert any(line.startswith(student.name) and "pending" in line and "not started" in line for line in lines), out
+
+
 def test_score_does_not_take_a_file_extension_for_the_language(tmp_path, cli):
     """ref.txt has no language suffix: bleu_tok must not be computed with a Moses tokeniser for 'txt'."""
     for name in ("ref.txt", "hyp.txt"):

@@ -155,6 +155,67 @@ def test_checkpoint_that_does_not_load_is_moved_aside(tmp_path, tiny_cfg):
     assert out.result["metrics"] == ref.result["metrics"] and out.result["resumes"] == []
 
 
+def test_damaged_checkpoint_resumes_from_the_one_before(tmp_path):
+    """state.pt cut short after epoch 3: the cell resumes from state.prev.pt (epoch 2), says so once, and ends
+    bit-identical to an uninterrupted run; finishing removes both checkpoints."""
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.grid import resolve_config
+    from lskd_bench.runners.train import train_cell
+    from lskd_bench.tasks import get_task
+
+    from .conftest import tiny_overrides
+
+    cfg = resolve_config("digits", {}, tiny_overrides(epochs=4))
+    task = get_task("digits")
+    data = task.load_data(cfg)
+    teacher = next(c for c in plan_cells(cfg) if c.role == "teacher")
+    ref = train_cell(task, teacher, cfg, data, tmp_path / "ref", progress=False)
+
+    def stop_after_three(epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    d = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train_cell(task, teacher, cfg, data, d, progress=False, on_epoch_end=stop_after_three)
+    assert torch.load(d / store.STATE_PREV, weights_only=False)["epoch"] == 2
+    data_pt = (d / store.STATE).read_bytes()
+    (d / store.STATE).write_bytes(data_pt[: len(data_pt) // 2])
+
+    seen = []
+    res = train_cell(task, teacher, cfg, data, d, progress=False, on_epoch_end=seen.append)
+    assert seen == [3, 4]  # epoch 3 again (its checkpoint was lost), then 4
+    assert [(r["epoch"], r["step"]) for r in res["resumes"]] == [(3, 0)]
+    assert [h["loss"] for h in res["history"]] == [h["loss"] for h in ref["history"]]
+    assert res["metrics"] == ref["metrics"]
+    assert len(list(d.glob("state.pt.corrupt-*"))) == 1
+    assert not (d / store.STATE).exists() and not (d / store.STATE_PREV).exists()
+
+
+def test_repair_says_the_cell_resumes_from_the_previous_checkpoint(tmp_path, cli):
+    import yaml
+
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.repair import repair_cells
+
+    rc, _, err = cli("run", "--out", str(tmp_path), *TINY)
+    assert rc == 0, err
+    student = cell_dirs(tmp_path)["student_kd_cnn_tiny_a0.1_T1_s0"]
+    (student / store.RESULT).unlink()
+    model = (student / store.MODEL).read_bytes()
+    (student / store.STATE).write_bytes(model[: len(model) // 2])  # damaged
+    (student / store.STATE_PREV).write_bytes(model)  # stands in for a complete earlier checkpoint
+    rc, out, _ = cli("status", "--runs", str(tmp_path))
+    assert re.search(rf"{student.name} +damaged +- +state\.pt is corrupt \(File is not a zip file\): 'lskd-bench run' "
+                     r"repairs it \(resumes from the previous checkpoint state\.prev\.pt\)", out), out
+    cfg = yaml.safe_load(next((tmp_path / "digits" / "configs").glob("*.yaml")).read_text())
+    repairs = repair_cells(plan_cells(cfg), tmp_path)
+    assert len(repairs) == 1
+    assert re.fullmatch(r"repaired: student_kd_cnn_tiny_a0\.1_T1_s0: state\.pt is corrupt \(File is not a zip file\): "
+                        r"moved to state\.pt\.corrupt-\d{8}T\d{6}Z; the cell resumes from the previous checkpoint "
+                        r"state\.prev\.pt", repairs[0])
+
+
 # ------------------------------------------------------------------------------------------ cases 3, 5, 8: results
 @pytest.mark.parametrize("content,problem", [(b"{}", "lacks cell, metrics, epochs, timings"),
                                              (b'{"cell": {"task"', "is not valid JSON (truncated?)")])

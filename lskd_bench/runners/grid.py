@@ -4,6 +4,7 @@ units (fused data passes) and hand them to an executor, which trains them under 
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -151,6 +152,8 @@ def run_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridSumma
     cfg_path = out / cfg["task"] / "configs" / f"{config_hash(cfg)}.yaml"
     if not cfg_path.exists():
         store.atomic_write(cfg_path, lambda f: yaml.safe_dump(cfg, f, sort_keys=False), mode="w")
+    else:
+        os.utime(cfg_path)  # the newest config is this run's grid: 'status' lists its cells not started yet
     job = GridJob(task, cfg, out, progress, repairs=repairs)
     if pending:
         units = fuse_units(pending, fuse=cfg["fuse"], max_fused=cfg["max_fused"])

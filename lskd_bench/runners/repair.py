@@ -66,7 +66,11 @@ def repair_cells(cells: list[Cell], out: Path) -> list[str]:
             problem = store.torch_file_problem(d / store.STATE)
             if problem:
                 aside = store.move_aside(d / store.STATE)
-                say(c, f"{store.STATE} {problem}: moved to {aside.name}; the cell restarts from scratch")
+                prev = d / store.STATE_PREV
+                then = "the cell restarts from scratch"
+                if prev.exists() and store.torch_file_problem(prev) is None:
+                    then = f"the cell resumes from the previous checkpoint {store.STATE_PREV}"
+                say(c, f"{store.STATE} {problem}: moved to {aside.name}; {then}")
     return lines
 
 
@@ -78,4 +82,6 @@ def status_problem(d: Path, role: str) -> Optional[str]:
     fix = "'lskd-bench run' repairs it (trains the cell again)"
     if all(f == store.MODEL for f, _ in problems):  # repair_cells retrains a teacher only for students that need it
         fix = "'lskd-bench run' repairs it when a student still needs this teacher (trains it again)"
+    elif [f for f, _ in problems] == [store.STATE] and store.torch_file_problem(d / store.STATE_PREV) is None:
+        fix = f"'lskd-bench run' repairs it (resumes from the previous checkpoint {store.STATE_PREV})"
     return "; ".join(f"{f} {p}" for f, p in problems) + ": " + fix

@@ -6,9 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
 from .. import store
+from ..errors import UsageError
 from ..registry import EXECUTORS
 from ..schema import LOCK
+from .cells import plan_cells
 from .lock import is_stale, read_lock
 from .repair import status_problem
 
@@ -20,12 +24,33 @@ def cell_dirs(runs: Path, task: Optional[str] = None) -> list[Path]:
     return [p for p in dirs if task is None or p.parent.name == task]
 
 
+def planned_dirs(runs: Path, task: Optional[str] = None) -> list[Path]:
+    """The cell folders of the grid each task's newest run planned (``TASK/configs/<hash>.yaml``, touched by every
+    ``lskd-bench run``), so cells a running grid has not started yet are listed too. A config that no longer
+    plans (an older version's keys, a task no longer registered) is skipped: its cells show through their folders."""
+    dirs = []
+    for cfg_dir in sorted(Path(runs).glob("*/configs")):
+        if task is not None and cfg_dir.parent.name != task:
+            continue
+        configs = sorted(cfg_dir.glob("*.yaml"), key=lambda p: p.stat().st_mtime)
+        if not configs:
+            continue
+        try:
+            cfg = yaml.safe_load(configs[-1].read_text(encoding="utf-8"))
+            dirs += [c.dir(runs) for c in plan_cells(cfg)]
+        except (UsageError, LookupError, AttributeError, TypeError, ValueError, yaml.YAMLError, OSError):
+            continue
+    return dirs
+
+
 def status_rows(runs: Path, task: Optional[str] = None) -> list[dict[str, str]]:
-    """Per cell under ``runs``: damaged / finished / running / queued / failed / interrupted / pending, with job ids.
+    """Per cell under ``runs`` (and per cell the newest run of each task planned but has not started):
+    damaged / finished / running / queued / failed / interrupted / pending, with job ids.
 
     An executor's live view (a queued or running job) comes before the cell's own lock and error files;
     its ``ended`` view (a job gone without a result) only explains a cell with neither."""
     dirs = cell_dirs(runs, task)
+    dirs = sorted(set(dirs) | set(planned_dirs(runs, task)))
     views: dict[Path, dict[str, str]] = {}
     for _, executor in EXECUTORS.items():
         for p, v in executor.status(dirs).items():
@@ -52,8 +77,10 @@ def status_rows(runs: Path, task: Optional[str] = None) -> list[dict[str, str]]:
             row["state"], row["detail"] = "failed", f"{err.get('error')}: {err.get('message')}"
         elif view.get("ended"):
             row["state"], row["detail"] = "failed", view["ended"]
-        elif (p / store.STATE).is_file():
+        elif (p / store.STATE).is_file() or (p / store.STATE_PREV).is_file():
             row["state"], row["detail"] = "interrupted", "an epoch checkpoint exists: run again to resume"
+        elif not p.is_dir():
+            row["state"], row["detail"] = "pending", "not started"
         else:
             row["state"] = "pending"
             if lock is not None and lock.problem:

@@ -194,18 +194,29 @@ class Member:
 
     # -- state ------------------------------------------------------------------------------------
     def _load_state(self) -> Optional[dict[str, Any]]:
-        """The last checkpoint; one that does not load is moved aside and the cell starts from scratch
-        (the model is still as built: nothing was restored)."""
-        if not self.state_path.is_file():
-            return None
-        try:
-            return torch.load(self.state_path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - truncated or corrupt: any failure
-            aside = store.move_aside(self.state_path)
-            why = str(exc).splitlines()[0] if str(exc) else ""
-            self.notes.append(f"repaired: {self.cell.name}: {store.STATE} is corrupt ({type(exc).__name__}: {why}): "
-                              f"moved to {aside.name}; the cell restarts from scratch")
-            return None
+        """The last checkpoint, else the one before it (``state.prev.pt``); one that does not load is moved aside
+        (said once) and, with neither, the cell starts from scratch (the model is still as built)."""
+        prev_path = self.dir / store.STATE_PREV
+        damaged = None
+        for path in (self.state_path, prev_path):
+            if not path.is_file():
+                continue
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as exc:  # noqa: BLE001 - truncated or corrupt: any failure
+                aside = store.move_aside(path)
+                why = str(exc).splitlines()[0] if str(exc) else ""
+                damaged = f"{damaged}; " if damaged else ""
+                damaged += f"{path.name} is corrupt ({type(exc).__name__}: {why}): moved to {aside.name}"
+                continue
+            if path == prev_path:
+                why = damaged or f"{store.STATE} is missing (the run stopped while checkpointing)"
+                self.notes.append(f"repaired: {self.cell.name}: {why}; resumed from the previous checkpoint "
+                                  f"{store.STATE_PREV} (epoch {state['epoch'] + 1}, step {state.get('step', 0)})")
+            return state
+        if damaged:
+            self.notes.append(f"repaired: {self.cell.name}: {damaged}; the cell restarts from scratch")
+        return None
 
     def _restore(self, st: dict[str, Any]) -> None:
         self.model.load_state_dict(st["model"])
@@ -229,6 +240,7 @@ class Member:
         self.sync()  # never write the state of a step that went non-finite
         if self.rank != 0:
             return
+        store.keep_previous(self.state_path, self.dir / store.STATE_PREV)  # a damaged state.pt resumes from it
         store.save_torch(self.state_path, {
             "epoch": self.epoch, "step": self.step, "update": self.update,
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
@@ -435,8 +447,9 @@ class Member:
         }
         store.write_json(self.dir / store.RESULT, result)
         self.finished = True
-        with contextlib.suppress(FileNotFoundError):
-            self.state_path.unlink()
+        for name in (store.STATE, store.STATE_PREV):
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / name).unlink()
         if world > 1:
             torch.distributed.barrier()
         return result

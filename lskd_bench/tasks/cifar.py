@@ -31,6 +31,7 @@ STD = (0.2675, 0.2565, 0.2761)
 PAD, SIZE = 4, 32
 FILES = ("train", "test", "meta")
 LAYOUT = "expected DIR/cifar-100-python/{train,test,meta} (or that folder itself): the official python release"
+_LAST_READ: dict[str, Any] = {}  # one slot: the key (folder, files' size and mtime) and what _read returned
 
 CIFAR_DATA = Section(
     {
@@ -191,8 +192,14 @@ class CIFAR100Task(Task):
 
     @staticmethod
     def _read(d: Path) -> tuple[list[str], tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        names = read_meta(d)
-        return names, read_split(d, "train", len(names)), read_split(d, "test", len(names))
+        """The three pickles, read once per process while the files are unchanged (``run`` checks the layout, then
+        trains from the same read)."""
+        key = (str(d.resolve()), *((f, (d / f).stat().st_size, (d / f).stat().st_mtime_ns) for f in FILES))
+        if _LAST_READ.get("key") != key:
+            _LAST_READ.clear()
+            names = read_meta(d)
+            _LAST_READ.update(key=key, value=(names, read_split(d, "train", len(names)), read_split(d, "test", len(names))))
+        return _LAST_READ["value"]
 
     def check_data(self, cfg: dict[str, Any], progress: bool = True) -> DataReport:
         data = self.load_data(cfg)
