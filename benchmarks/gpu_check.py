@@ -18,7 +18,9 @@ channels_last on CUDA, as the runner trains):
   decoding batched by generation.max_tokens, lskd-bench / fairseq-train, and the demo's teacher GPU / CPU;
 - then an estimate of the wall time of every table of the paper on one 8-GPU node, from the figures above.
 
-It prints a first line at once and a line per step, then the table, which it also writes to ``--out``.
+It prints a first line at once and a line per step, then the table, which it also writes to ``--out`` (and
+rewrites there after each section, so that a call cut off at its time limit keeps the rows measured). Work that
+fails is a row with its error (the traceback in the log) and the check goes on.
 ``--small`` runs the same code on the CPU in seconds (tiny images, batches and models; tests/test_gpu_check.py).
 
 One call on the lent GPU machine (/work/shared/gpu/README.md; ../shared/gpu from the main checkout): from the
