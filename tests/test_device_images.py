@@ -202,3 +202,32 @@ def test_fused_and_resumed_students_identical_with_gpu_decode(imagenet_root, tmp
     assert all(same_weights(cut / c.name, tmp_path / "alone" / c.name) for c in students)
     res = json.loads((cut / students[0].name / store.RESULT).read_text())
     assert res["config"]["data"]["decode"] == "gpu"
+
+
+def test_cuda_decode_waits_for_the_stream_it_decodes_into(monkeypatch):
+    """torchvision's CUDA decode_jpeg allocates its outputs on the caller's stream and has nvJPEG write them from
+    another stream without waiting (pytorch/vision#9606): memory freed by the previous batch's augmentation, whose
+    kernels may still be queued on that stream, would be overwritten under them. decode_images therefore
+    synchronises the caller's stream before every CUDA decode (simulated: a fake stream, a fake decoder)."""
+    import torchvision.io
+
+    from lskd_bench.tasks import device_images
+
+    calls = []
+
+    class Stream:
+        def synchronize(self):
+            calls.append("synchronize")
+
+    def fake_decode(data, mode, device):
+        calls.append("decode")
+        return [torch.zeros(3, 2, 2, dtype=torch.uint8) for _ in data] if isinstance(data, list) else torch.zeros(3, 2, 2)
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", fake_decode)
+    data = [torch.zeros(4, dtype=torch.uint8)] * 3
+    imgs, bad = device_images.decode_images(data, ["a", "b", "c"], torch.device("cuda", 0))
+    assert calls == ["synchronize", "decode"] and len(imgs) == 3 and not bad
+    calls.clear()
+    device_images.decode_images(data, ["a", "b", "c"], torch.device("cpu"))
+    assert calls == ["decode"]  # the CPU decoder is synchronous: nothing to wait for

@@ -182,6 +182,12 @@ def decode_images(data: list[torch.Tensor], paths: list[str], device: torch.devi
     image, and PIL for the images it refuses."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    if device.type == "cuda":
+        # torchvision's CUDA decoder allocates its outputs on this (the caller's) stream but has nvJPEG write them
+        # from its own stream without waiting for this one (and nvJPEG's hardware engine ignores stream order):
+        # a block the previous batch's augmentation freed here, its kernels still queued, would be overwritten
+        # under them (pytorch/vision#9606, meta-pytorch/torchcodec#1634). Let this stream's work finish first.
+        torch.cuda.current_stream(device).synchronize()
     try:
         out: list = list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
     except RuntimeError:
