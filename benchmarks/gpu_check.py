@@ -19,8 +19,8 @@ channels_last on CUDA, as the runner trains):
 - then an estimate of the wall time of every table of the paper on one 8-GPU node, from the figures above.
 
 It prints a first line at once and a line per step, then the table, which it also writes to ``--out`` (and
-rewrites there after each section, so that a call cut off at its time limit keeps the rows measured). Work that
-fails is a row with its error (the traceback in the log) and the check goes on.
+rewrites there, with the estimate so far, after each section: a call cut off at its time limit keeps what it
+measured). Work that fails is a row with its error (the traceback in the log) and the check goes on.
 ``--small`` runs the same code on the CPU in seconds (tiny images, batches and models; tests/test_gpu_check.py).
 
 One call on the lent GPU machine (/work/shared/gpu/README.md; ../shared/gpu from the main checkout): from the
@@ -625,16 +625,16 @@ def main(argv: Optional[list[str]] = None) -> int:
             except Exception as exc:  # noqa: BLE001 - see failed(): the sections after it still run
                 failed(name, "-", exc)
             write(args.out, s, measured)  # the rows so far: a call cut off at its time limit keeps them
-    text = write(args.out, s, measured, estimated=True)
+    text = write(args.out, s, measured)
     print("\n" + text, flush=True)
     say(f"written {args.out}")
     return 0
 
 
-def write(out: str, s: Setup, measured: dict[str, float], estimated: bool = False) -> str:
-    """The table (and, at the end, the paper estimate) to ``out`` and the rows to ``out`` .json; the text."""
+def write(out: str, s: Setup, measured: dict[str, float]) -> str:
+    """The table and the paper estimate from the figures so far to ``out``, the rows to ``out`` .json; the text."""
     text = f"# gpu_check ({s.describe()})\n\n{table()}\n"
-    if estimated and measured:
+    if measured:
         try:
             text += "\n" + estimate(s, measured) + "\n"
         except Exception as exc:  # noqa: BLE001 - the table is written whatever the estimate does

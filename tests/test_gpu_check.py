@@ -93,3 +93,27 @@ def test_fairseq_tools_run_as_modules_when_their_scripts_are_on_no_path(tmp_path
     p = subprocess.run([*bench_nmt._fairseq_tool("fairseq-preprocess"), "--help"], capture_output=True, text=True,
                        env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=600)
     assert p.returncode == 0 and "--trainpref" in p.stdout, p.stderr[-2000:]
+
+
+def test_gpu_check_table_and_estimate_are_on_disk_before_the_last_section_ends(tmp_path, monkeypatch):
+    """A device call cut off at its time limit (here: the translation section interrupted) keeps the rows and the
+    paper estimate of the sections that finished."""
+    gpu_check, _ = _benchmarks(monkeypatch)
+
+    def synthetic(s, out):
+        out.update({"teacher_step": 100.0, "teacher_fwd": 300.0, "student_resnet18": 200.0, "group5": 30.0})
+        gpu_check.row("synthetic: stand-in", 100.0, "img/s")
+
+    def cut_off(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpu_check, "synthetic", synthetic)
+    monkeypatch.setattr(gpu_check, "runner_rows", lambda s, m, work: {})
+    monkeypatch.setattr(gpu_check, "digits_rows", lambda s, work, skip: None)
+    monkeypatch.setattr(gpu_check, "nmt_rows", cut_off)
+    out = tmp_path / "check.md"
+    with pytest.raises(KeyboardInterrupt):
+        gpu_check.main(["--small", "--out", str(out)])
+    text = out.read_text()
+    assert "| synthetic: stand-in | 100.0 img/s |" in text
+    assert "| ImageNet resnet50 -> resnet18 |" in text and "| all tables |" in text
