@@ -341,6 +341,8 @@ def runner_rows(s: Setup, bounds: dict[str, float], work: Path) -> dict[str, flo
         row(f"runner: {s.teacher} teacher training, {s.size}px JPEGs, decode=gpu", ips, "img/s", bounds.get("teacher_step"))
 
     for decode in ("cpu", "gpu"):
+        if decode == "gpu" and not nvjpeg_probe(root, s):
+            continue
         try:
             cfg = runner_cfg(root, s, decode)
             data = task.load_data(cfg)
@@ -360,6 +362,28 @@ def runner_rows(s: Setup, bounds: dict[str, float], work: Path) -> dict[str, flo
             if s.cuda:
                 torch.cuda.empty_cache()
     return out
+
+
+def nvjpeg_probe(root: Path, s: Setup) -> bool:
+    """One batched ``decode_jpeg`` of 8 of the JPEGs on the check's device against the CPU decoder, as a row. False
+    (the decode=gpu rows are skipped) if it fails: every image would then go through PIL in the one finishing
+    thread, minutes of a call that has no minutes to spare."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    name = f"decode probe: decode_jpeg of 8 JPEGs on {s.device.type} ({'nvJPEG' if s.cuda else 'libjpeg'})"
+    try:
+        files = sorted((root / "train").rglob("*.JPEG"))[:8]
+        data = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in files]
+        on_dev = decode_jpeg(data, mode=ImageReadMode.RGB, device=s.device)
+        sync(s.device)
+        ref = decode_jpeg(data, mode=ImageReadMode.RGB)
+        diff = max(float((a.cpu().float() - b.float()).abs().mean()) for a, b in zip(on_dev, ref))
+    except Exception as exc:  # noqa: BLE001 - see failed()
+        failed(name + " (the decode=gpu rows are skipped)", "-", exc)
+        return False
+    row(name, None, "-", note=f"works; largest mean absolute difference from the CPU decoder {diff:.2f} grey levels")
+    return True
 
 
 def digits_rows(s: Setup, work: Path, skip: set[str]) -> None:

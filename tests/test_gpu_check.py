@@ -117,3 +117,25 @@ def test_gpu_check_table_and_estimate_are_on_disk_before_the_last_section_ends(t
     text = out.read_text()
     assert "| synthetic: stand-in | 100.0 img/s |" in text
     assert "| ImageNet resnet50 -> resnet18 |" in text and "| all tables |" in text
+
+
+def test_decode_probe_failing_skips_the_gpu_decode_rows(tmp_path, monkeypatch):
+    """If decode_jpeg cannot decode on the device (nvJPEG missing or refused by the machine's runtime), every
+    image of the decode=gpu rows would go through PIL in one thread: the probe says why and those rows are skipped."""
+    gpu_check, _ = _benchmarks(monkeypatch)
+    import argparse
+
+    import torchvision.io
+
+    s = gpu_check.Setup(argparse.Namespace(small=True))
+    s.classes, s.per_class = 1, 8
+    root = gpu_check.make_jpegs(tmp_path / "inet", s)
+    assert gpu_check.nvjpeg_probe(root, s) and "works" in gpu_check.ROWS[-1]["note"]
+
+    def refused(data, mode, device="cpu"):
+        raise RuntimeError("Failed to initialize nvjpeg with hardware backend: 7")
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", refused)
+    assert not gpu_check.nvjpeg_probe(root, s)
+    assert gpu_check.ROWS[-1]["note"] == "failed: RuntimeError: Failed to initialize nvjpeg with hardware backend: 7"
+    assert "decode=gpu rows are skipped" in gpu_check.ROWS[-1]["workload"]
