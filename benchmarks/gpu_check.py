@@ -430,17 +430,22 @@ def digits_rows(s: Setup, work: Path, skip: set[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ translation
+WAIT_UNTIL = 420.0  # --wait-fairseq waits at most until this many seconds after the start (the call has 600)
+
 def nmt_rows(s: Setup, wait_s: float) -> dict[str, float]:
     """Teacher step, KD step and beam decoding (target tokens/s) on a synthetic batch, then the runner's rows of
     bench_nmt.gpu_rows() against them."""
     import importlib
     import importlib.util
 
-    deadline = time.perf_counter() + wait_s
+    # not past WAIT_UNTIL seconds into the check either: a build that failed would otherwise hold the one device
+    # call (600 s) for the whole wait, and a build still running by then leaves no time for these rows
+    deadline = min(time.perf_counter() + wait_s, T0 + WAIT_UNTIL)
     while importlib.util.find_spec("fairseq") is None or subprocess.run([sys.executable, "-c", "import fairseq"],
                                                                          capture_output=True).returncode != 0:
         if time.perf_counter() >= deadline:
-            row("translation rows", None, "tok/s", note="skipped: fairseq is not importable")
+            row("translation rows", None, "tok/s", note=f"skipped: fairseq is not importable "
+                f"(waited until {time.perf_counter() - T0:.0f} s into the check)")
             return {}
         say("translation: waiting for fairseq (being built)...")
         time.sleep(10)
@@ -627,7 +632,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--out", default="gpu_check.md", help="where the table goes (markdown)")
     ap.add_argument("--small", action="store_true", help="tiny sizes on the CPU: the same code in seconds")
     ap.add_argument("--skip", default="", help="comma-separated: synthetic, runner, digits, ddp, nmt")
-    ap.add_argument("--wait-fairseq", type=float, default=0.0, help="seconds to wait for fairseq to become importable")
+    ap.add_argument("--wait-fairseq", type=float, default=0.0, help="seconds to wait for fairseq to become importable (not past 7 minutes into the check)")
     args = ap.parse_args(argv)
     print("gpu_check: starting (imports, then one line per step)", flush=True)
     s = Setup(args)

@@ -139,3 +139,23 @@ def test_decode_probe_failing_skips_the_gpu_decode_rows(tmp_path, monkeypatch):
     assert not gpu_check.nvjpeg_probe(root, s)
     assert gpu_check.ROWS[-1]["note"] == "failed: RuntimeError: Failed to initialize nvjpeg with hardware backend: 7"
     assert "decode=gpu rows are skipped" in gpu_check.ROWS[-1]["workload"]
+
+
+def test_fairseq_wait_ends_by_the_check_s_wait_limit(monkeypatch):
+    """--wait-fairseq 300 started late in the check (a fairseq build that failed) ends at WAIT_UNTIL seconds after
+    the start, not 300 s later: the one device call has 600 s."""
+    gpu_check, _ = _benchmarks(monkeypatch)
+    import argparse
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fairseq" else real(name, *a))
+    monkeypatch.setattr(gpu_check, "T0", gpu_check.time.perf_counter() - gpu_check.WAIT_UNTIL)  # 7 minutes in
+
+    def no_sleep(seconds):
+        raise AssertionError(f"waited {seconds} s past the wait limit")
+
+    monkeypatch.setattr(gpu_check.time, "sleep", no_sleep)
+    s = gpu_check.Setup(argparse.Namespace(small=True))
+    assert gpu_check.nmt_rows(s, wait_s=300) == {}
+    assert gpu_check.ROWS[-1]["note"].startswith("skipped: fairseq is not importable")
