@@ -389,10 +389,7 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config value, e.g. --set student.epochs=5 (repeatable)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="lskd-bench", description="Label smoothing x knowledge distillation benchmark suite.")
-    p.add_argument("--version", action="version", version=f"lskd-bench {__version__}")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+def _parser_run(sub) -> None:
 
     r = sub.add_parser("run", help="train the teacher/student grid of a task (resumable)",
                        description="Train teachers (one per alpha, label smoothing), KD students (one per alpha x T x seed) "
@@ -406,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
 
+
+def _parser_leaderboard(sub) -> None:
     lb = sub.add_parser("leaderboard", help="CSV + markdown leaderboard of finished cells")
     lb.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     lb.add_argument("--out", help="output FILE: writes FILE.csv and FILE.md (default: RUNS/leaderboard)")
@@ -414,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "the paper; translation the epoch selected on the valid split, test metrics) or of the last epoch")
     lb.set_defaults(func=cmd_leaderboard)
 
+
+def _parser_compare(sub) -> None:
     cp = sub.add_parser("compare", help="KD methods side by side vs a baseline method: mean ± std over seeds, Welch t-test",
                         description="One table per task: a row per KD method (plus teacher and no-KD student), a column "
                         "per (alpha, T) cell, mean ± std over seeds, difference to the baseline method and Welch's t-test "
@@ -428,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", help="output prefix (default: RUNS/compare)")
     cp.set_defaults(func=cmd_compare)
 
+
+def _parser_analyze(sub) -> None:
     an = sub.add_parser("analyze", help="diffusion index eta of the KD students' penultimate features",
                         description="eta(T1,T2; target, S) = mean over k in S of [d(c_t(T2), c_k(T2)) - d(c_t(T1), c_k(T1))] "
                         "/ d(c_t(T1), c_k(T1)), c = class centroids of the student's penultimate features, d = Euclidean; "
@@ -445,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--out", help="output FILE: writes FILE.csv and FILE.md (default: RUNS/<task>/analysis/eta_T<t1>-T<t2>)")
     an.set_defaults(func=cmd_analyze)
 
+
+def _parser_visualize(sub) -> None:
     vz = sub.add_parser("visualize", help="penultimate-layer projection plots (PNG)",
                         description="The official algorithm: features with a constant 1 appended, orthonormal basis of the "
                         "3 classes' final-layer rows [w | b] (QR), features and centroids projected onto it, PCA to 2-D "
@@ -462,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     vz.add_argument("--out", help="PNG path (default: RUNS/<task>/analysis/projection_<A>_<B>_<C>_<split>.png)")
     vz.set_defaults(func=cmd_visualize)
 
+
+def _parser_plot(sub) -> None:
     pl = sub.add_parser("plot", help="training curves (loss and validation metric vs epoch) of every finished cell (PNG)",
                         description="One PNG per task and group (the teachers of an architecture; the students of one "
                         "method and seed, with the no-KD student in black), from the history in each result.json: "
@@ -472,12 +479,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", help="folder (default: RUNS/<task>/curves; else OUT/<task>/)")
     pl.set_defaults(func=cmd_plot)
 
+
+def _parser_config(sub) -> None:
     c = sub.add_parser("config", help="print the resolved config of a run, with where each value came from",
                        description="Resolve the config as 'run' would (schema defaults <- task recipe <- --config FILE <- "
                        "flags and --set) and print every key with its value and source.")
     _add_config_options(c)
     c.set_defaults(func=cmd_config)
 
+
+def _parser_check_data(sub) -> None:
     cd = sub.add_parser("check-data", help="scan a task's data root: layout, every file decoded, duplicates",
                         description="Check the data root of a task before training: the layout (class folders, CUB index "
                         "files, IWSLT line counts), then decode every file with a progress bar. Exit 0 when clean, 2 with "
@@ -486,11 +497,15 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("--no-progress", action="store_true", help="no progress bar")
     cd.set_defaults(func=cmd_check_data)
 
+
+def _parser_status(sub) -> None:
     st = sub.add_parser("status", help="per cell: finished / running / queued / failed / pending, with the cells of the newest run not started yet (Slurm job ids, log tails)")
     st.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     st.add_argument("--task", help="only this task")
     st.set_defaults(func=cmd_status)
 
+
+def _parser_translate(sub) -> None:
     tr = sub.add_parser("translate", help="translate a file or stdin with a finished translation cell",
                         description="Rebuild a finished translation cell from its result.json (config, weights, spm.model "
                         "beside them) and translate one sentence per input line: detokenised, one output line per input line "
@@ -512,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_translate)
 
+
+def _parser_score(sub) -> None:
     sc = sub.add_parser("score", help="sacreBLEU BLEU, chrF2 and tokenised BLEU of a hypothesis file against references",
                         description="Score a hypothesis file against a reference file (one segment a line) exactly as the "
                         "runner scores the test split: detokenised sacreBLEU (13a), chrF2, and BLEU over Moses-tokenised "
@@ -522,11 +539,25 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--lang", help="target language for the Moses tokeniser (default: the reference file's suffix)")
     sc.set_defaults(func=cmd_score)
 
+
+def _parser_methods(sub) -> None:
     mt = sub.add_parser("methods", help="list the KD methods: grid axes, task kinds, objective")
     mt.set_defaults(func=cmd_methods)
 
+
+def _parser_tasks(sub) -> None:
     t = sub.add_parser("tasks", help="list registered tasks")
     t.set_defaults(func=cmd_tasks)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lskd-bench", description="Label smoothing x knowledge distillation benchmark suite.")
+    p.add_argument("--version", action="version", version=f"lskd-bench {__version__}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    for add in (_parser_run, _parser_leaderboard, _parser_compare, _parser_analyze, _parser_visualize, _parser_plot,
+                _parser_config, _parser_check_data, _parser_status, _parser_translate, _parser_score, _parser_methods,
+                _parser_tasks):
+        add(sub)
     return p
 
 

@@ -34,6 +34,18 @@ def tiny_nmt(root, **extra) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ readers
+def test_importing_fairseq_leaves_the_root_logger_alone():
+    """fairseq's text_to_speech task calls logging.basicConfig(level=DEBUG) when imported: without the adapter's
+    guard, every library's debug lines (torch.compile's file locks, ...) flood a run's stderr."""
+    import subprocess
+    import sys
+
+    code = ("import logging; from lskd_bench.tasks.nmt.fairseq_adapter import _fairseq; _fairseq(); "
+            "import fairseq.tasks.text_to_speech; r = logging.getLogger(); print(r.level, len(r.handlers))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["30", "0"]  # WARNING, no handler: as before the import
+
+
 def test_raw_iwslt_layout_is_read_like_prepare_iwslt14(tmp_path):
     make_raw_iwslt(tmp_path, "de-en", n_train=60)
     c = read_corpus(tmp_path, "en", "de")  # finds ROOT/de-en/ and the de-en pair name for an en-de direction

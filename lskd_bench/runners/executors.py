@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
@@ -177,27 +178,20 @@ class SubprocessExecutor(Executor):
                     f"{'s' if jobs > 1 else ''} at a time on the CPU (--jobs N)")
         sched = Scheduler(job, units)
         running: list[tuple[subprocess.Popen, list[Cell], Optional[list[str]]]] = []
-        preexec = die_with_parent()
-        stale_s = job.cfg["lock"]["stale_s"]
+        launch = Launch(job, self.launcher(job), spec, threads, die_with_parent())
         try:
             while not sched.done() or running:
                 started = False
                 while len(running) < jobs:
-                    gpus = None
-                    if pool:
-                        gpus = pool.acquire(k)
-                        if gpus is None:
-                            break
+                    gpus = pool.acquire(k) if pool else None
+                    if pool and gpus is None:
+                        break
                     unit = sched.next_unit()
                     if unit is None:
                         if gpus is not None:
                             pool.release(gpus)
                         break
-                    for c in unit:
-                        store.clear_error(c.dir(job.out))
-                    cmd = [*self.launcher(job), "--spec", str(spec), "--cells", ",".join(c.hash for c in unit)]
-                    env = worker_env(os.environ, gpus, threads)
-                    running.append((subprocess.Popen(cmd, env=env, preexec_fn=preexec), unit, gpus))
+                    running.append((launch(unit, gpus), unit, gpus))
                     if log is not None:
                         log.event("start", gpus, unit)
                     started = True
@@ -209,25 +203,7 @@ class SubprocessExecutor(Executor):
                     running.remove(entry)
                     if gpus is not None:
                         pool.release(gpus)  # whatever the outcome: a failed unit fails alone
-                    states = []
-                    for c in unit:
-                        d = c.dir(job.out)
-                        if store.read_result(d) is not None:
-                            sched.finish(c, True)
-                            states.append("done")
-                            continue
-                        err = store.read_error(d)
-                        if err is not None:
-                            sched.finish(c, False, f"{err.get('error')}: {err.get('message')}")
-                            states.append("failed")
-                            continue
-                        info = read_lock(d)
-                        if info is not None and not is_stale(info, stale_s):
-                            sched.finish(c, False, busy=True)  # another run holds it
-                            states.append("held elsewhere")
-                        else:
-                            sched.finish(c, False, f"worker process exited with code {rc}")
-                            states.append(f"failed (exit {rc})")
+                    states = [self._outcome(job, sched, c, rc) for c in unit]
                     if log is not None:
                         log.event("end", gpus, unit, states)
                     raise_if_data_error(unit, job.out)
@@ -249,10 +225,45 @@ class SubprocessExecutor(Executor):
             sched.close()
 
     @staticmethod
+    def _outcome(job: GridJob, sched: Scheduler, c: Cell, rc: int) -> str:
+        """Tell the scheduler how cell ``c`` of a worker that exited with ``rc`` ended; its devices.log word."""
+        d = c.dir(job.out)
+        if store.read_result(d) is not None:
+            sched.finish(c, True)
+            return "done"
+        err = store.read_error(d)
+        if err is not None:
+            sched.finish(c, False, f"{err.get('error')}: {err.get('message')}")
+            return "failed"
+        info = read_lock(d)
+        if info is not None and not is_stale(info, job.cfg["lock"]["stale_s"]):
+            sched.finish(c, False, busy=True)  # another run holds it
+            return "held elsewhere"
+        sched.finish(c, False, f"worker process exited with code {rc}")
+        return f"failed (exit {rc})"
+
+    @staticmethod
     def _packing(pool: DevicePool, k: int) -> str:
         if k > 1:
             return f"{k} GPUs per unit" + (f", {pool.per_gpu} units per GPU" if pool.per_gpu > 1 else "")
         return "one unit per GPU" if pool.per_gpu == 1 else f"{pool.per_gpu} units per GPU"
+
+
+@dataclass
+class Launch:
+    """Starts one worker process for a unit: the launcher command, the unit's cell hashes, its GPUs and threads."""
+
+    job: GridJob
+    launcher: list[str]
+    spec: Path
+    threads: int
+    preexec: Optional[Any]
+
+    def __call__(self, unit: list[Cell], gpus: Optional[list[str]]) -> subprocess.Popen:
+        for c in unit:
+            store.clear_error(c.dir(self.job.out))
+        cmd = [*self.launcher, "--spec", str(self.spec), "--cells", ",".join(c.hash for c in unit)]
+        return subprocess.Popen(cmd, env=worker_env(os.environ, gpus, self.threads), preexec_fn=self.preexec)
 
 
 class DeviceLog:

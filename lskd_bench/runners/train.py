@@ -189,6 +189,9 @@ class Member:
         if world > 1:
             self.step_model = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         if cfg["compile"]:
+            # the eager random stream (dropout masks): a compiled cell draws what the same cell draws uncompiled,
+            # so compile stays out of the cell's identity and resume/fusion stay exact
+            torch._inductor.config.fallback_random = True
             self.step_model = torch.compile(self.step_model)
         self.ctx = LossContext(alpha=self.alpha, T=cell.T, epochs=max(self.epochs, 1))
 

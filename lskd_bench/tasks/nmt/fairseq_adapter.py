@@ -27,11 +27,20 @@ warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", ca
 
 
 def _fairseq():
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
     try:
         import fairseq  # noqa: F401  (optional [nmt] extra, heavy: imported on first use)
         from fairseq.models.transformer import transformer_legacy  # noqa: F401  (registers the archs)
     except ImportError as exc:
         raise UsageError(f"the translation tasks need fairseq: pip install -e \".[nmt]\" ({exc})") from None
+    finally:
+        # fairseq's text_to_speech task calls logging.basicConfig(level=DEBUG) at import: every library's debug
+        # lines (torch.compile's file locks, ...) would reach stderr; the root logger is put back as it was
+        root.setLevel(level)
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
     import fairseq.data  # optional [nmt] extra, heavy
 
     return fairseq
