@@ -204,13 +204,16 @@ def student_rows(s: Setup, arch: str, model, teacher, x, y, t_logits, out: dict[
     student = model(arch).train()
     sopt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
 
-    def student_step():
+    def student_update(teacher_logits):
         with autocast(dev, s.cfg):
             logits = student(x)
-        loss = kd_loss(logits.float(), t_logits, y, T=4.0, lam=1.0)
+        loss = kd_loss(logits.float(), teacher_logits, y, T=4.0, lam=1.0)
         sopt.zero_grad(set_to_none=True)
         loss.backward()
         sopt.step()
+
+    def student_step():
+        student_update(t_logits)
 
     say(f"synthetic: {arch} student step...")
     out[f"student_{arch}"] = rate(arch, student_step, s.batch, s)
@@ -220,13 +223,7 @@ def student_rows(s: Setup, arch: str, model, teacher, x, y, t_logits, out: dict[
         def kd_step():
             with torch.inference_mode(), autocast(dev, s.cfg):
                 t = teacher(x).float()
-            t = t.clone()
-            with autocast(dev, s.cfg):
-                logits = student(x)
-            loss = kd_loss(logits.float(), t, y, T=4.0, lam=1.0)
-            sopt.zero_grad(set_to_none=True)
-            loss.backward()
-            sopt.step()
+            student_update(t.clone())
 
         say(f"synthetic: KD step {s.teacher} -> resnet18...")
         out["kd_step"] = rate("kd", kd_step, s.batch, s)
