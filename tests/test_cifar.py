@@ -176,9 +176,24 @@ def test_resumed_epoch_sees_the_same_batches(cifar_root):
     assert len(full) == 600 // 64 and len(tail) == len(full) - 4
     for (xa, ya), (xb, yb) in zip(full[4:], tail):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    # augmented: not the plain normalised images
-    x0, _ = full[0]
+    # augmented: each sample is RandomCrop(32, padding=4) + flip (torchvision's, at the sample's own offsets) of
+    # its image, normalised, not the plain normalised image
+    import torchvision.transforms.functional as TF
+
+    from lskd_bench.tasks.base import batch_plan
+
+    x0, y0 = full[0]
     assert x0.shape == (64, 3, 32, 32) and x0.dtype == torch.float32
+    idx = batch_plan(600, 64, shuffle=True, seed=1, epoch=2, drop_last=True)[0]
+    assert torch.equal(y0, data.train.y[idx])
+    mean, std = torch.tensor(MEAN)[:, None, None], torch.tensor(STD)[:, None, None]
+    changed = 0
+    for k, (i, (dy, dx, flip)) in enumerate(zip(idx.tolist(), augment_params(idx, 1, 2).tolist())):
+        want = TF.crop(TF.pad(data.train.raw[i], [4]), dy, dx, 32, 32)
+        want = TF.hflip(want) if flip else want
+        assert torch.allclose(x0[k], (want.float() / 255 - mean) / std, atol=1e-5), k
+        changed += not torch.allclose(x0[k], (data.train.raw[i].float() / 255 - mean) / std, atol=1e-5)
+    assert changed > 32  # most samples moved or flipped
 
 
 # --------------------------------------------------------------------------------------- architectures
