@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import require
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,7 +51,7 @@ def test_gpu_check_writes_its_table_when_sections_and_rows_fail(tmp_path, monkey
     """The GPU check is one call on a lent machine: a section that raises (a CUDA error in the synthetic steps, the
     runner, the digits grid) or a translation row that exits (bench_nmt raises SystemExit when fairseq-train fails)
     is a failed row with its error on one line, and the sections after it still run and the table is written."""
-    pytest.importorskip("fairseq")  # nmt_rows waits for fairseq to be importable
+    require("fairseq", "the translation rows (pip install -e '.[nmt]')")  # nmt_rows waits for fairseq to be importable
     gpu_check, bench_nmt = _benchmarks(monkeypatch)
 
     def boom(what):
@@ -84,7 +86,7 @@ def test_fairseq_tools_run_as_modules_when_their_scripts_are_on_no_path(tmp_path
     """On the GPU machine fairseq is built with ``pip install --target /tmp/site_fs`` (shared/gpu/prelude.sh): its
     console scripts land in /tmp/site_fs/bin, next to no interpreter and on no PATH. vs_fairseq (gpu_check's
     'lskd-bench / fairseq-train' row) then runs them as modules of this interpreter."""
-    pytest.importorskip("fairseq_cli")
+    require("fairseq_cli", "fairseq's command-line tools (pip install -e '.[nmt]')")
     _, bench_nmt = _benchmarks(monkeypatch)
     monkeypatch.setattr(bench_nmt, "FAIRSEQ_BIN", tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path))

@@ -14,6 +14,8 @@ from lskd_bench.runners.cells import plan_cells
 from lskd_bench.runners.grid import resolve
 from lskd_bench.tasks import get_task
 
+from .conftest import require
+
 GOLDEN = json.loads((Path(__file__).parent / "data" / "cell_hashes.json").read_text())
 DATA_TASKS = ["imagenet", "cub200", "imagenet_compact", "cub200_compact", "iwslt_ende", "iwslt_enru"]
 
@@ -41,5 +43,5 @@ def test_recipe_hashes(task):
 
 
 def test_demo_grid_hashes():
-    pytest.importorskip("django")  # the NMT demo's corpus
+    require("django", "the NMT demo's corpus (pip install -e '.[nmt]')")
     assert _names(resolve("demo_ende", {}, {}).cfg) == GOLDEN["demo_ende"]
