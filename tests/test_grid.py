@@ -146,8 +146,13 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path):
     data = task.load_data(eager_cfg)
     teacher = next(c for c in plan_cells(eager_cfg) if c.role == "teacher")
     assert teacher.hash == next(c for c in plan_cells(compiled_cfg) if c.role == "teacher").hash  # not identity
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     eager = train_cell(task, teacher, eager_cfg, data, tmp_path / "eager", progress=False)
+    assert counters["stats"]["unique_graphs"] == 0  # nothing compiled without compile: true
     compiled = train_cell(task, teacher, compiled_cfg, data, tmp_path / "compiled", progress=False)
+    assert counters["stats"]["unique_graphs"] > 0  # dynamo captured the model's graph: compile: true was applied
     assert [h["loss"] for h in compiled["history"]] == pytest.approx([h["loss"] for h in eager["history"]], rel=2e-2)
     a = torch.load(tmp_path / "eager" / store.MODEL, weights_only=True)
     b = torch.load(tmp_path / "compiled" / store.MODEL, weights_only=True)
