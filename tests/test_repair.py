@@ -461,10 +461,15 @@ def test_threads_setting_is_applied_recorded_and_not_part_of_the_hash(tmp_path, 
     assert [c.hash for c in plan_cells(resolve_config("digits", {}, {**tiny_overrides(), "threads": 3}))] == \
         [c.hash for c in plan_cells(tiny_cfg)]
     before = torch.get_num_threads()
-    rc, _, err = cli("run", "--out", str(tmp_path), *TINY, "--no-baseline", "--threads", "1")
+    torch.set_num_threads(2)  # not the value asked for: a run that did not apply --threads 1 would record 2
+    try:
+        rc, _, err = cli("run", "--out", str(tmp_path), *TINY, "--no-baseline", "--threads", "1")
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
     assert rc == 0, err
     envs = [json.loads(p.read_text())["env"] for p in tmp_path.rglob(store.RESULT)]
-    assert [e["threads"] for e in envs] == [1, 1] and torch.get_num_threads() == before
+    assert [e["threads"] for e in envs] == [1, 1] and after == 2  # applied during the run, restored after it
 
 
 def test_step_progress_is_rate_limited_with_rate_and_loss():
