@@ -33,6 +33,15 @@ def test_gpu_check_small_prints_and_writes_one_table(tmp_path):
     assert ddp["achieved"] and "FAILED" not in ddp["note"]
     nmt = [r for r in rows if r["workload"].startswith("translation")]
     assert all(r["achieved"] for r in nmt) or any("fairseq is not importable" in r["note"] for r in nmt)
+    # every section ran: a section that raises is a row named as the section with "failed: ..." (the check goes on),
+    # so the names above are there either way. Measured rows only, but for the probe (no figure, it says "works")
+    # and, where fairseq may be missing (not in CI: LSKD_REQUIRE_ALL=1), the translation rows' skip
+    may_skip = os.environ.get("LSKD_REQUIRE_ALL") != "1"
+    broken = [(r["workload"], r["note"]) for r in rows
+              if r["note"].startswith("failed") or "FAILED" in r["note"] or (r["achieved"] is None and not (
+                  (r["workload"].startswith("decode probe") and r["note"].startswith("works"))
+                  or (may_skip and r["note"].startswith("skipped: fairseq is not importable"))))]
+    assert broken == [], broken
     text = out.read_text()
     assert text in p.stdout and "| workload | achieved | bound | ratio | note |" in text
     assert "ImageNet resnet50 -> resnet18" in text and "| all tables |" in text
