@@ -16,7 +16,8 @@ channels_last on CUDA, as the runner trains):
 - translation (needs fairseq): teacher step, KD step and beam decoding on a synthetic batch (the bounds), then
   through the runner (bench_nmt.gpu_rows): teacher step, KD step, a fused group of 5 KD students, beam-5
   decoding batched by generation.max_tokens, lskd-bench / fairseq-train, and the demo's teacher GPU / CPU;
-- then an estimate of the wall time of every table of the paper on one 8-GPU node, from the figures above.
+- then an estimate of the wall time of every table of the paper on one 8-GPU node (training and evaluation, the
+  runner's own fusion of students), from the figures above.
 
 It prints a first line at once and a line per step, then the table, which it also writes to ``--out`` (and
 rewrites there, with the estimate so far, after each section: a call cut off at its time limit keeps what it
@@ -539,12 +540,22 @@ def nmt_rows(s: Setup, wait_s: float) -> dict[str, float]:
         row(f"translation: {name}", achieved, unit, bound, note)
         if "fused group" in name:
             out["nmt_fused5"] = achieved
+        elif "beam-5" in name:
+            out["nmt_beam"] = achieved
     return out
 
 
 # ------------------------------------------------------------------------------------------ paper estimate
 IMAGENET_TRAIN, CUB_TRAIN = 1_281_167, 5_994
+IMAGENET_VAL, CUB_TEST = 50_000, 5_794  # what each evaluation classifies
 IWSLT_TGT_TOKENS = 4.0e6  # target sub-word tokens per epoch of IWSLT14 (~160k pairs); assumed, not measured
+IWSLT_EVAL_TGT_TOKENS = 3.4e5  # decoded per evaluation: valid (7,283) + test (6,750) sentences x ~24; assumed
+STUDENT_FORWARD_SHARE = 1 / 3  # an evaluation forward of a student costs ~1/3 of its training step (no backward)
+
+
+def evaluations(epochs: int, every: int) -> int:
+    """How often the runner evaluates a cell: every ``every`` epochs and after the last (runners/train.py)."""
+    return len(set(range(every, epochs + 1, every)) | {epochs}) if epochs else 0
 PAPER_TABLES = [  # (table, task, student arch)
     ("ImageNet resnet50 -> resnet18", "imagenet", "resnet18"),
     ("ImageNet resnet50 -> resnet50", "imagenet", "resnet50"),
@@ -575,10 +586,13 @@ def recipe_cells(task_name: str, student: Optional[str]):
 def estimate(s: Setup, m: dict[str, float], gpus: int = 8) -> str:
     """Hours of each paper table on one node of ``gpus`` GPUs: GPU-seconds of every cell from the measured
     per-image (per-token) costs, fused students sharing one teacher forward, the runner's measured efficiency
-    (achieved / bound) applied, divided over the GPUs (ideal packing / DDP scaling; evaluation not counted)."""
+    (achieved / bound) applied, plus evaluation, divided over the GPUs (ideal packing / DDP scaling)."""
+    from lskd_bench.runners.grid import fuse_units
+
     lines = [f"Estimated wall time of the paper's tables on one {gpus}-GPU node (this GPU's figures; ideal scaling over "
-             f"{gpus} GPUs; training only)", "", "| table | teachers | students | epochs T/S | GPU-hours | node hours |",
-             "|---|---:|---:|---:|---:|---:|"]
+             f"{gpus} GPUs; training and evaluation)", "",
+             "| table | teachers | students | epochs T/S | GPU-hours | of which evaluation | node hours |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     eff_t = min(1.0, m.get("teacher_runner", 0) / m["teacher_step"]) if m.get("teacher_runner") else 1.0
     eff_s = min(1.0, m.get("fused_gpu", 0) / m["group5"]) if m.get("fused_gpu") else 1.0
     total = 0.0
@@ -586,40 +600,50 @@ def estimate(s: Setup, m: dict[str, float], gpus: int = 8) -> str:
         try:
             cfg, cells = recipe_cells(task_name, student)
         except Exception as exc:  # noqa: BLE001 - a task that cannot be planned here (missing extra)
-            lines.append(f"| {name} | - | - | - | - | not planned: {type(exc).__name__} |")
+            lines.append(f"| {name} | - | - | - | - | - | not planned: {type(exc).__name__} |")
             continue
         teachers = [c for c in cells if c.role == "teacher"]
         students = [c for c in cells if c.role != "teacher"]
         et, es = int(cfg["teacher"]["epochs"]), int(cfg["student"]["epochs"])
+        evals = len(teachers) * evaluations(et, int(cfg["teacher"]["eval_every"])), \
+            len(students) * evaluations(es, int(cfg["student"]["eval_every"]))
         if student is None:  # translation: per target token
             if not m.get("nmt_teacher"):
-                lines.append(f"| {name} | {len(teachers)} | {len(students)} | {et}/{es} | - | no translation figures |")
+                lines.append(f"| {name} | {len(teachers)} | {len(students)} | {et}/{es} | - | - | no translation figures |")
                 continue
             t_tok = 1.0 / m["nmt_teacher"]
-            s_tok = 1.0 / m["nmt_kd"]  # unfused, teacher forward included
-            gpu_s = IWSLT_TGT_TOKENS * (len(teachers) * et * t_tok + len(students) * es * s_tok)
+            # per student token: in a fused group of 5 when measured (the runner fuses a teacher's students), else alone
+            s_tok = 1.0 / m["nmt_fused5"] if m.get("nmt_fused5") else 1.0 / m["nmt_kd"]
+            eval_s = sum(evals) * IWSLT_EVAL_TGT_TOKENS / m["nmt_beam"] if m.get("nmt_beam") else 0.0
+            gpu_s = IWSLT_TGT_TOKENS * (len(teachers) * et * t_tok + len(students) * es * s_tok) + eval_s
         else:
             key = f"student_{student}"
             if key not in m:
-                lines.append(f"| {name} | {len(teachers)} | {len(students)} | {et}/{es} | - | {student} not measured |")
+                lines.append(f"| {name} | {len(teachers)} | {len(students)} | {et}/{es} | - | - | {student} not measured |")
                 continue
-            n = IMAGENET_TRAIN if task_name.startswith("imagenet") else CUB_TRAIN
+            imagenet = task_name.startswith("imagenet")
+            n, n_eval = (IMAGENET_TRAIN, IMAGENET_VAL) if imagenet else (CUB_TRAIN, CUB_TEST)
             px = (int(cfg["data"]["image_size"]) / s.size) ** 2  # cost scales with pixels
             t_img = px / m["teacher_step"] / eff_t
             fwd, st = px / m["teacher_fwd"], px / m[key]
-            per_teacher = {}
-            for c in students:
-                per_teacher.setdefault(c.teacher.hash if c.teacher else None, []).append(c)
-            s_img_total = sum((fwd + len(g) * st) / eff_s for g in per_teacher.values())  # fused groups
-            gpu_s = n * (len(teachers) * et * t_img + es * s_img_total)
+            # the runner's own fusion (a teacher's students, the baseline in its seed's first group): one teacher
+            # forward per group that has a teacher, then each member's step
+            groups = fuse_units(students, fuse=bool(cfg["fuse"]), max_fused=int(cfg["max_fused"]))
+            s_img_total = sum((fwd * any(c.teacher for c in g) + len(g) * st) / eff_s for g in groups)
+            eval_s = n_eval * (evals[0] * fwd + evals[1] * st * STUDENT_FORWARD_SHARE)
+            gpu_s = n * (len(teachers) * et * t_img + es * s_img_total) + eval_s
         total += gpu_s
-        lines.append(f"| {name} | {len(teachers)} | {len(students)} | {et}/{es} | {gpu_s / 3600:,.1f} | {gpu_s / 3600 / gpus:,.1f} |")
-    lines.append(f"| all tables | | | | {total / 3600:,.1f} | {total / 3600 / gpus:,.1f} |")
+        lines.append(f"| {name} | {len(teachers)} | {len(students)} | {et}/{es} | {gpu_s / 3600:,.1f} | "
+                     f"{eval_s / 3600:,.1f} | {gpu_s / 3600 / gpus:,.1f} |")
+    lines.append(f"| all tables | | | | {total / 3600:,.1f} | | {total / 3600 / gpus:,.1f} |")
     lines.append("")
     lines.append(f"Assumptions: runner efficiency teacher {eff_t:.0%}, fused students {eff_s:.0%} (measured above, "
                  f"1.0 when not measured); images {IMAGENET_TRAIN:,} (ImageNet) / {CUB_TRAIN:,} (CUB) a epoch, cost scaled by "
-                 f"pixels from {s.size}px; compact students' figures are their synthetic steps; IWSLT "
-                 f"{IWSLT_TGT_TOKENS:,.0f} target tokens an epoch (assumed), students unfused; the baseline shares a teacher's group; "
+                 f"pixels from {s.size}px; compact students' figures are their synthetic steps; evaluation: every "
+                 f"eval_every epochs and the last, {IMAGENET_VAL:,} / {CUB_TEST:,} images (a student's forward taken as "
+                 f"{STUDENT_FORWARD_SHARE:.2g} of its step), IWSLT {IWSLT_EVAL_TGT_TOKENS:,.0f} target tokens decoded "
+                 f"(valid + test) at the beam-5 row's rate; IWSLT {IWSLT_TGT_TOKENS:,.0f} target tokens an epoch (assumed), "
+                 f"students {'fused by 5' if m.get('nmt_fused5') else 'unfused'}; the baseline shares a teacher's group; "
                  "each table counts its own two teachers (tables of one task share them: an overcount).")
     return "\n".join(lines)
 

@@ -170,3 +170,25 @@ def test_fairseq_wait_ends_by_the_check_s_wait_limit(monkeypatch):
     s = gpu_check.Setup(argparse.Namespace(small=True))
     assert gpu_check.nmt_rows(s, wait_s=300) == {}
     assert gpu_check.ROWS[-1]["note"].startswith("skipped: fairseq is not importable")
+
+
+def test_paper_estimate_counts_training_and_evaluation_by_hand(monkeypatch):
+    """The IWSLT En->De row from given figures, computed by hand: 2 teachers and 9 students (8 KD + baseline), 50
+    epochs each, evaluated every 5 epochs (10 evaluations a cell); students fused by 5.
+    training 4e6 tokens x (2 x 50 / 100k + 9 x 50 / 200k) = 13,000 s; evaluation 110 x 340k / 20k = 1,870 s."""
+    from types import SimpleNamespace
+
+    gpu_check, _ = _benchmarks(monkeypatch)
+    assert [gpu_check.evaluations(50, 5), gpu_check.evaluations(90, 1), gpu_check.evaluations(7, 5)] == [10, 90, 2]
+    m = {"teacher_step": 1000.0, "teacher_fwd": 3000.0, "student_resnet18": 3000.0, "group5": 500.0,
+         "nmt_teacher": 1e5, "nmt_kd": 1.5e5, "nmt_fused5": 2e5, "nmt_beam": 2e4}
+    text = gpu_check.estimate(SimpleNamespace(size=224), m)
+    row = next(line for line in text.splitlines() if line.startswith("| IWSLT En->De |"))
+    assert row == f"| IWSLT En->De | 2 | 9 | 50/50 | {14_870 / 3600:,.1f} | {1_870 / 3600:,.1f} | {14_870 / 3600 / 8:,.1f} |"
+    # ImageNet R50 -> R18 at 224 px: teachers 2 x 90 epochs at 1000 img/s; two fused groups a student epoch (4 KD
+    # students + the baseline, 4 KD students: (1/3000 + g/3000) s an image); every epoch evaluates 50k images
+    train = 1_281_167 * (2 * 90 / 1000 + 200 * ((1 + 5) / 3000 + (1 + 4) / 3000))
+    evaluation = 50_000 * (2 * 90 / 3000 + 9 * 200 / 3000 / 3)
+    row = next(line for line in text.splitlines() if line.startswith("| ImageNet resnet50 -> resnet18 |"))
+    assert row == (f"| ImageNet resnet50 -> resnet18 | 2 | 9 | 90/200 | {(train + evaluation) / 3600:,.1f} | "
+                   f"{evaluation / 3600:,.1f} | {(train + evaluation) / 3600 / 8:,.1f} |")
