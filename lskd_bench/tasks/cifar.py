@@ -194,7 +194,7 @@ class CIFAR100Task(Task):
     def _read(d: Path) -> tuple[list[str], tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """The three pickles, read once per process while the files are unchanged (``run`` checks the layout, then
         trains from the same read)."""
-        key = (str(d.resolve()), *((f, (d / f).stat().st_size, (d / f).stat().st_mtime_ns) for f in FILES))
+        key = (str(d.resolve()), *((f, st.st_size, st.st_mtime_ns) for f, st in ((f, (d / f).stat()) for f in FILES)))
         if _LAST_READ.get("key") != key:
             _LAST_READ.clear()
             names = read_meta(d)
