@@ -280,6 +280,9 @@ RUN = Section(
         "task": Field(str, "digits", "task name"),
         "methods": Field([str], ["kd"], "KD methods students are trained with"),
         "baseline": Field(bool, True, "train the no-KD student (cross-entropy) per seed"),
+        "teacher_weights": Field(str, "last", "the teacher weights a student distils from: its last epoch's (model.pt) "
+                                 "or its selected epoch's (model_selected.pt); each recipe follows its reference code",
+                                 choices=("last", "selected")),
         "grid": GRID,
         "analysis": ANALYSIS,
         "lock": LOCK,

@@ -100,6 +100,8 @@ def recipe_differences(result: dict) -> Optional[list[str]]:
         ours = flatten(schema.fields[sec].identity(cfg[sec]), sec)
         theirs = flatten(schema.fields[sec].identity(recipe.get(sec, {})), sec)
         diffs += [k for k in sorted(set(ours) | set(theirs)) if k not in _NOT_RECIPE and ours.get(k) != theirs.get(k)]
+    if cell["role"] == "student" and cfg.get("teacher_weights", "last") != recipe.get("teacher_weights", "last"):
+        diffs.append("teacher_weights")  # a result without the key distilled from the teacher's last weights
     return diffs
 
 

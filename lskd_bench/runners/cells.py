@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from .. import store
 from ..config import config_hash, full_schema
 from ..errors import UsageError
 from ..methods import method_class
@@ -69,6 +70,34 @@ def _identity(task: str, role: str, cfg: dict[str, Any], schema: Section) -> dic
     }
 
 
+def _weights_identity(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The teacher weights a student distils from, as part of its identity. Students distilled from the last
+    weights before this choice existed: "last" stays out of the hash, so their cells keep their names."""
+    return {"teacher_weights": "selected"} if cfg["teacher_weights"] == "selected" else {}
+
+
+def teacher_weights(teacher: Cell, out: Path, which: str) -> tuple[Path, dict[str, Any]]:
+    """The weights file of a finished ``teacher`` a student distils from (``which``: "last" or "selected"), and
+    what result.json records of it: {"cell", "which", "file", "epoch"}. A teacher finished before lskd-bench kept
+    the selected epoch's weights has only its last ones: asking for "selected" then is an error (retrain it)."""
+    d = teacher.dir(out)
+    result = store.read_result(d) or {}
+    last_epoch = result.get("epochs")
+    if which == "last":
+        name, epoch = store.MODEL, last_epoch
+    else:
+        name = (result.get("weights") or {}).get("selected")
+        epoch = (result.get("best") or {}).get("epoch", last_epoch)
+        if name is None:
+            if result.get("best") and epoch != last_epoch:
+                raise RuntimeError(f"teacher {teacher.name} kept no weights of its selected epoch {epoch} (finished "
+                                   f"before lskd-bench saved them): train it again, or set teacher_weights: last")
+            name, epoch = store.MODEL, last_epoch
+    record = {"cell": f"{teacher.name}-{teacher.hash}", "which": which, "file": name, "epoch": epoch,
+              "last_epoch": last_epoch}
+    return d / name, record
+
+
 def plan_cells(cfg: dict[str, Any]) -> list[Cell]:
     """All cells of the configured grid, teachers first (a student's teacher precedes it).
 
@@ -103,6 +132,7 @@ def plan_cells(cfg: dict[str, Any]) -> list[Cell]:
                         "T": t,
                         "seed": seed,
                         "teacher": tcell.hash,
+                        **_weights_identity(cfg),
                     }
                     cells.append(Cell(task, "student", s_arch, method, a, t, seed, config_hash(ident, 8), tcell))
     return cells

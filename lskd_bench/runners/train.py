@@ -41,7 +41,7 @@ from ..models import init_path, load_init_checkpoint
 from ..tasks import Task, TaskData, get_task, iterate_batches
 from ..tasks.base import autocast, close_batches, on_bad_sample
 from .. import store
-from .cells import Cell
+from .cells import Cell, teacher_weights
 from .devices import cpu_count, device_record
 from .tblog import open_log
 from .optim import build_optimizer, learning_rate, lr_factor  # noqa: F401  (re-exported)
@@ -429,6 +429,8 @@ class Member:
             "selection": {**self.task.selection(self.cfg, self.hp), "epoch": (self.best or {}).get("epoch"),
                           "score": (self.best or {}).get("score")},
             "weights": {"last": store.MODEL, "selected": selected},
+            "teacher_weights": teacher_weights(self.cell.teacher, self.dir.parent.parent, self.cfg["teacher_weights"])[1]
+            if self.cell.teacher is not None else None,  # which teacher epoch this student distilled from
             "files": files,
             "epochs": self.epoch if not self.given else 0,
             "updates": self.update,

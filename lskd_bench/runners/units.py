@@ -25,7 +25,7 @@ from ..config import config_hash
 from ..errors import UsageError
 from ..methods import method_class
 from ..tasks import Task, TaskData
-from .cells import Cell
+from .cells import Cell, teacher_weights
 from .lock import CellLock, Heartbeat
 from .train import Outcome, dist_info, load_model, resolve_device, train_group
 
@@ -88,10 +88,12 @@ def unit_inputs(job: GridJob, unit: list[Cell], device, teacher_cache: Optional[
     cache = teacher_cache if teacher_cache is not None else {}
     if tcell.hash not in cache:
         cache.clear()  # one teacher in memory at a time
-        cache[tcell.hash] = load_model(job.task, tcell.arch, data, job.cfg, tcell.dir(job.out) / store.MODEL, device)
+        path, _ = teacher_weights(tcell, job.out, job.cfg["teacher_weights"])  # last or selected epoch: the recipe's
+        cache[tcell.hash] = load_model(job.task, tcell.arch, data, job.cfg, path, device)
     teacher = cache[tcell.hash]
     if method_class(unit[0].method).teacher_signal == "targets":
-        data = job.task.teacher_targets(teacher, data, job.cfg, device, tcell.dir(job.out) / "teacher_targets")
+        cached = "teacher_targets" + ("_selected" if job.cfg["teacher_weights"] == "selected" else "")  # per weights
+        data = job.task.teacher_targets(teacher, data, job.cfg, device, tcell.dir(job.out) / cached)
     return data, teacher
 
 
