@@ -34,13 +34,13 @@ EXPECTED = """\
 
 #### Is the LS teacher (α = 0.1) better than α = 0? (top1)
 
-| method | T | α = 0 | α = 0.1 | Δ | Welch p | verdict |
-|---|---|---|---|---|---|---|
-| kd | 1 | 91.00 ± 1.00 | 93.00 ± 1.00 | +2.00 | 0.0705 | LS teacher better (not significant) |
-| kd | 4 | 90.00 ± 1.00 | 86.00 ± 1.00 | -4.00 | 0.00805 | LS teacher worse |
-| dist | no T | 93.00 | 94.00 | +1.00 | n/a | LS teacher better (single seed: no test) |
-| dkd | 1 | 96.00 ± 1.00 | 93.33 ± 1.04 | -2.67 | 0.033 | LS teacher worse |
-| dkd | 4 | 90.50 ± 0.50 | 89.00 ± 1.00 | -1.50 | 0.104 | LS teacher worse (not significant) |
+| method | T | α = 0 | α = 0.1 | Δ | Welch p | n | verdict |
+|---|---|---|---|---|---|---|---|
+| kd | 1 | 91.00 ± 1.00 | 93.00 ± 1.00 | +2.00 | 0.0705 | 3 | LS teacher better (not significant) |
+| kd | 4 | 90.00 ± 1.00 | 86.00 ± 1.00 | -4.00 | 0.00805 | 3 | LS teacher worse (significant, p < 0.05) |
+| dist | no T | 93.00 | 94.00 | +1.00 | n/a | 1 | undetermined (1 seed) |
+| dkd | 1 | 96.00 ± 1.00 | 93.33 ± 1.04 | -2.67 | 0.033 | 3 | LS teacher worse (significant, p < 0.05) |
+| dkd | 4 | 90.50 ± 0.50 | 89.00 ± 1.00 | -1.50 | 0.104 | 3 | LS teacher worse (not significant) |
 
 Cells: mean ± sample std over seeds (difference to the baseline method in the same cell; Welch's two-sided \
 t-test over seeds: * p < 0.05, ** p < 0.01, n/a with a single seed). Methods without a temperature ('no T' \
@@ -79,7 +79,10 @@ def test_compare_tables_csv_and_plot(tmp_path, cli):
     assert "digits,top1,dkd,0,1,3,96,1,kd,91,5,0.00360" in (tmp_path / "compare.csv").read_text()
     assert len(lines) == 1 + 10
     ls = (tmp_path / "compare_ls.csv").read_text()
-    assert "digits,top1,kd,4,0.1,0,86,90,-4,0.00804989,LS teacher worse" in ls
+    assert ls.splitlines()[0] == ("task,metric,method,T,alpha_ls,alpha_0,mean_ls,mean_0,delta,p_value,n_ls,n_0,direction,"
+                                  "significant,verdict")
+    assert 'digits,top1,kd,4,0.1,0,86,90,-4,0.00804989,3,3,LS teacher worse,yes,"LS teacher worse (significant' in ls
+    assert "digits,top1,dist,,0.1,0,94,93,1,,1,1,LS teacher better,,undetermined (1 seed)" in ls
     png = (tmp_path / "compare_digits.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -22,7 +22,7 @@ from .. import __version__, store
 from ..envinfo import git_commit
 from ..metrics import MetricSpec
 from ..tasks import result_metrics
-from .reference import claims_text, find, recipe_differences
+from .reference import claim_rows, claims_text, find, recipe_differences
 
 BASE_COLUMNS = ["task", "role", "teacher_arch", "student_arch", "method", "alpha", "T", "seed"]
 TAIL_COLUMNS = ["select", "epoch", "epochs", "wall_s", "config_hash"]
@@ -234,7 +234,9 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
         if any(d is None for d in diffs):
             differ = [_UNKNOWN]
         else:
-            differ = sorted({k for d in diffs for k in d})
+            matched = {f"{role}.arch" for role, arch in (("teacher", ref.teacher_arch), ("student", ref.student_arch))
+                       if arch != "any"}  # find() matched these to the paper's table: not a difference
+            differ = sorted({k for d in diffs for k in d} - matched)
     same = ref is not None and not differ
     paper = (lambda a, T=None: ref.value(a, T)) if same else (lambda a, T=None: None)
     lines.append(f"| Teacher ({t_arch}) | " + " | ".join(cell_text(select(tch, a), paper=paper(a)) for a in alphas) + " |")
@@ -260,9 +262,41 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
                    + (f" and {len(differ) - 8} more" if len(differ) > 8 else "") + ".")
         lines += [f"Paper (different setup, not compared cell by cell): {ref.source}: {_paper_row(ref)}. {why}", ""]
     if stu and any(t != "" for t in temps):
-        cells = {(r["alpha"], r["T"]): [x["metrics"][x["primary"]] for x in select(stu, r["alpha"], r["T"])] for r in stu}
-        lines += [*claims_text(cells, ref), ""]
+        lines += [*claims_text(_claim_cells(stu), ref), ""]
     return "\n".join(lines) + "\n"
+
+
+def _claim_cells(stu: list[dict[str, Any]]) -> dict[tuple, dict[int, float]]:
+    """Student values for the claims: ``{(alpha, T): {seed: primary metric}}``."""
+    cells: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for r in stu:
+        cells[(r["alpha"], r["T"])][r["seed"]] = r["metrics"][r["primary"]]
+    return dict(cells)
+
+
+CLAIM_COLUMNS = ["task", "teacher_arch", "student_arch", "method", "metric", "claim", "text", "verdict", "direction",
+                 "delta", "p_value", "n_ls", "n_0", "significant", "paper_direction", "paper_delta"]
+
+
+def claims_csv(rows: Iterable[dict[str, Any]]) -> str:
+    """The claims under every table as CSV columns: verdict, direction, difference of means, Welch p-value, seeds
+    per side, significance (p < 0.05), and the paper's direction and difference where it published the table."""
+    rows = latest(list(rows))
+    out = []
+    for task in sorted({r["task"] for r in rows}):
+        stu_all = [r for r in rows if r["task"] == task and r["role"] == "student"]
+        for t_arch, s_arch, method in sorted({(r["teacher_arch"], r["student_arch"], r["method"]) for r in stu_all}):
+            stu = [r for r in stu_all if (r["teacher_arch"], r["student_arch"], r["method"]) == (t_arch, s_arch, method)]
+            if not any(r["T"] != "" for r in stu):
+                continue
+            out += claim_rows(_claim_cells(stu), find(task, t_arch, s_arch, method), task=task, teacher_arch=t_arch,
+                              student_arch=s_arch, method=method, metric=stu[0]["primary"])
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CLAIM_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in out:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else "" if v is None else v) for k, v in r.items()})
+    return buf.getvalue()
 
 
 ENV_NOTE = ("Floating-point results are bit-identical when rerun on one machine with the same builds; they may "
@@ -310,8 +344,10 @@ def _paper_row(ref) -> str:
 
 
 def write_outputs(rows: list[dict[str, Any]], out: Path) -> tuple[Path, str]:
-    """Write ``OUT.csv`` and ``OUT.md`` (``out`` with or without a suffix); return the CSV path and the markdown.
-    The markdown ends with the environment the results came from (``environment_md``)."""
+    """Write ``OUT.csv``, ``OUT.md`` and ``OUT_claims.csv`` (``out`` with or without a suffix); return the CSV path
+    and the markdown. The markdown ends with the environment the results came from (``environment_md``)."""
     md_text = to_markdown(rows) + "\n" + environment_md(rows)
     csv_path, _ = store.write_csv_md(out, to_csv(rows), md_text)
+    text = claims_csv(rows)
+    store.atomic_write(csv_path.with_name(csv_path.stem + "_claims.csv"), lambda f: f.write(text), mode="w")
     return csv_path, md_text

@@ -20,7 +20,6 @@ import csv
 import io
 import math
 import statistics
-import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional
@@ -28,23 +27,9 @@ from typing import Any, Optional
 from .. import store
 from ..errors import UsageError
 from . import collect, environment_md, latest, spec_of
-from .reference import kd_references, kd_sources
+from .reference import SIGNIFICANCE, kd_references, kd_sources, welch_p
 
 NO_T = ""  # the T of a cell whose method has no temperature
-
-
-def welch_p(a: list[float], b: list[float]) -> Optional[float]:
-    """Two-sided p-value of Welch's t-test; None when either side has fewer than two values."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    va, vb = statistics.variance(a), statistics.variance(b)
-    if va == 0 and vb == 0:
-        return 1.0 if statistics.mean(a) == statistics.mean(b) else 0.0
-    from scipy import stats  # heavy (scipy): imported on first use
-
-    with warnings.catch_warnings():  # near-identical seeds: scipy warns about precision, the p-value stands
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def mark(p: Optional[float]) -> str:
@@ -156,15 +141,16 @@ class Comparison:
                     continue
                 d = statistics.mean(v1) - statistics.mean(v0)
                 p = welch_p(v1, v0)
-                verdict = ("equal" if d == 0 else "LS teacher better" if self.spec.better(statistics.mean(v1), statistics.mean(v0))
-                           else "LS teacher worse")
-                if p is None:
-                    verdict += " (single seed: no test)"
-                elif p >= 0.05:
-                    verdict += " (not significant)"
+                direction = ("equal" if d == 0 else "LS teacher better" if self.spec.better(statistics.mean(v1), statistics.mean(v0))
+                             else "LS teacher worse")
+                if p is None:  # a single seed on a side: no test, no verdict
+                    verdict = "undetermined (1 seed)"
+                else:
+                    verdict = direction + (f" (significant, p < {SIGNIFICANCE:g})" if p < SIGNIFICANCE else " (not significant)")
                 out.append({"task": self.task, "metric": self.metric, "method": m, "T": t, "alpha_ls": a1, "alpha_0": a0,
                             "mean_ls": statistics.mean(v1), "mean_0": statistics.mean(v0), "delta": d, "p_value": p,
-                            "verdict": verdict})
+                            "n_ls": len(v1), "n_0": len(v0), "direction": direction,
+                            "significant": "" if p is None else "yes" if p < SIGNIFICANCE else "no", "verdict": verdict})
         return out
 
     def ls_table(self) -> str:
@@ -173,12 +159,13 @@ class Comparison:
             return ""
         a0, a1 = rows[0]["alpha_0"], rows[0]["alpha_ls"]
         lines = [f"#### Is the LS teacher (α = {a1:g}) better than α = {a0:g}? ({self.metric})", "",
-                 "| method | T | α = %g | α = %g | Δ | Welch p | verdict |" % (a0, a1), "|---|---|---|---|---|---|---|"]
+                 "| method | T | α = %g | α = %g | Δ | Welch p | n | verdict |" % (a0, a1), "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             v0, v1 = self.values[(r["method"], a0, r["T"])], self.values[(r["method"], a1, r["T"])]
             p = "n/a" if r["p_value"] is None else f"{r['p_value']:.3g}"
             t = "no T" if r["T"] == NO_T else f"{r['T']:g}"
-            lines.append(f"| {r['method']} | {t} | {_ms(v0)} | {_ms(v1)} | {r['delta']:+.2f} | {p} | {r['verdict']} |")
+            n = f"{r['n_ls']}" if r["n_ls"] == r["n_0"] else f"{r['n_ls']} and {r['n_0']}"
+            lines.append(f"| {r['method']} | {t} | {_ms(v0)} | {_ms(v1)} | {r['delta']:+.2f} | {p} | {n} | {r['verdict']} |")
         return "\n".join(lines) + "\n"
 
     # -- plot ---------------------------------------------------------------------------------------

@@ -4,14 +4,18 @@ qualitative claims checked on any grid:
 1. at T = 1 the LS teacher (the largest alpha) gives the better student;
 2. the LS teacher's student degrades faster with T than the alpha = 0 teacher's: its drop from T = 1 to the
    largest T is larger.
+
+Each claim states its evidence (``Claim``): the difference of means in the claim's direction, Welch's two-sided
+p-value over seeds and the number of seeds; with a single seed on a side it is "undetermined (1 seed)".
 """
 from __future__ import annotations
 
 import statistics
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import yaml
 
@@ -105,47 +109,129 @@ def recipe_differences(result: dict) -> Optional[list[str]]:
     return diffs
 
 
-def _mean(cells: dict, alpha: float, T: float) -> Optional[float]:
-    v = cells.get((alpha, T))
-    return statistics.mean(v) if v else None
+SIGNIFICANCE = 0.05  # a claim's difference is called significant below this two-sided Welch p-value
 
 
-def claims(cells: dict[tuple[float, float], list[float]]) -> list[tuple[str, Optional[bool]]]:
-    """The two claims on student values ``cells[(alpha, T)]``; None where the grid cannot tell."""
+def welch_p(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
+    """Two-sided p-value of Welch's t-test (``scipy.stats.ttest_ind(a, b, equal_var=False)``); None when either
+    side has fewer than two values. Both sides without variance: 1 if their means are equal, else 0."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    if statistics.variance(a) == 0 and statistics.variance(b) == 0:
+        return 1.0 if statistics.mean(a) == statistics.mean(b) else 0.0
+    from scipy import stats  # heavy (scipy): imported on first use
+
+    with warnings.catch_warnings():  # near-identical seeds: scipy warns about precision, the p-value stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_ind(list(a), list(b), equal_var=False).pvalue)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One of the paper's claims checked on a grid, with its evidence: the claim's difference of means
+    (positive: the claim's direction), Welch's two-sided p-value over seeds and the values on each side."""
+
+    text: str
+    delta: Optional[float] = None  # None: the grid cannot tell (one alpha, a missing cell)
+    p_value: Optional[float] = None  # None: a side with a single value (no test)
+    n: tuple[int, int] = (0, 0)  # values on the LS side, on the alpha = 0 side
+
+    @property
+    def holds(self) -> Optional[bool]:
+        return None if self.delta is None else self.delta > 0
+
+    @property
+    def verdict(self) -> str:
+        """"yes"/"no" (the direction of the difference, with at least two seeds a side), "undetermined (1 seed)",
+        or "n/a" where the grid cannot tell."""
+        if self.delta is None:
+            return "n/a"
+        if self.p_value is None:
+            return "undetermined (1 seed)"
+        return "yes" if self.holds else "no"
+
+    @property
+    def significant(self) -> Optional[bool]:
+        return None if self.p_value is None else self.p_value < SIGNIFICANCE
+
+    def evidence(self) -> str:
+        """``+0.96, p = 0.482, n = 3: not significant`` (``+0.74, n = 1`` without a test)."""
+        if self.delta is None:
+            return ""
+        n = f"n = {self.n[0]}" if self.n[0] == self.n[1] else f"n = {self.n[0]} and {self.n[1]}"
+        if self.p_value is None:
+            return f"{self.delta:+.2f}, {n}"
+        sig = f"significant (p < {SIGNIFICANCE:g})" if self.significant else "not significant"
+        return f"{self.delta:+.2f}, p = {self.p_value:.3g}, {n}: {sig}"
+
+
+def _values(cells: dict, alpha: float, T: float) -> dict:
+    """``{seed: value}`` of one cell (a list is numbered)."""
+    v = cells.get((alpha, T)) or {}
+    return dict(v) if isinstance(v, dict) else dict(enumerate(v))
+
+
+def claims(cells: dict[tuple[float, float], Any]) -> list[Claim]:
+    """The two claims on student values ``cells[(alpha, T)]`` (``{seed: value}``, or a list of values):
+
+    1. at T = 1 the LS teacher's (largest alpha) students beat alpha = 0's: difference of means, Welch over seeds;
+    2. the LS teacher's students degrade faster from T = 1 to the largest T: each seed's drop (its T = 1 value
+       minus its largest-T value, same seed), LS drops minus alpha = 0 drops, Welch over those drops."""
     alphas = sorted({a for a, _ in cells})
     temps = sorted({t for _, t in cells if t != ""})
     if len(alphas) < 2 or 1.0 not in temps:
-        return [("at T = 1 the LS teacher gives the better student", None),
-                ("the LS teacher's student degrades faster with T", None)]
+        return [Claim("at T = 1 the LS teacher gives the better student"),
+                Claim("the LS teacher's student degrades faster with T")]
     a0, a1 = alphas[0], alphas[-1]
-    s0, s1 = _mean(cells, a0, 1.0), _mean(cells, a1, 1.0)
-    c1 = None if s0 is None or s1 is None else s1 > s0
+    s0, s1 = _values(cells, a0, 1.0), _values(cells, a1, 1.0)
+    c1 = Claim(f"at T = 1 the LS teacher (α = {a1:g}) gives the better student")
+    if s0 and s1:
+        v1, v0 = list(s1.values()), list(s0.values())
+        c1 = Claim(c1.text, statistics.mean(v1) - statistics.mean(v0), welch_p(v1, v0), (len(v1), len(v0)))
     tmax = temps[-1]
-    c2 = None
-    if tmax > 1.0:
-        e0, e1 = _mean(cells, a0, tmax), _mean(cells, a1, tmax)
-        if None not in (s0, s1, e0, e1):
-            c2 = (s1 - e1) > (s0 - e0)
-    return [(f"at T = 1 the LS teacher (α = {a1:g}) gives the better student", c1),
-            (f"the LS teacher's student degrades faster from T = 1 to T = {tmax:g}" if tmax > 1.0
-             else "the LS teacher's student degrades faster with T (one temperature: untested)", c2)]
+    if tmax <= 1.0:
+        return [c1, Claim("the LS teacher's student degrades faster with T (one temperature: untested)")]
+    c2 = Claim(f"the LS teacher's student degrades faster from T = 1 to T = {tmax:g}")
+    e0, e1 = _values(cells, a0, tmax), _values(cells, a1, tmax)
+    d1 = [s1[k] - e1[k] for k in sorted(s1.keys() & e1.keys())]
+    d0 = [s0[k] - e0[k] for k in sorted(s0.keys() & e0.keys())]
+    if d0 and d1:
+        c2 = Claim(c2.text, statistics.mean(d1) - statistics.mean(d0), welch_p(d1, d0), (len(d1), len(d0)))
+    return [c1, c2]
 
 
 def reference_cells(ref: Reference) -> dict[tuple[float, float], list[float]]:
     return {(a, T): [vals[0]] for T, row in ref.students.items() for a, vals in row.items()}
 
 
-def claims_text(cells: dict[tuple[float, float], list[float]], ref: Optional[Reference]) -> list[str]:
-    mark = {True: "yes", False: "no", None: "n/a"}
+def claims_text(cells: dict[tuple[float, float], Any], ref: Optional[Reference]) -> list[str]:
+    """One line per claim: our verdict with its evidence, and the paper's (one run per cell: no test)."""
     ours = claims(cells)
-    paper = claims(reference_cells(ref)) if ref is not None else [(c, None) for c, _ in ours]
+    paper = claims(reference_cells(ref)) if ref is not None else [None] * len(ours)
     lines = []
-    for (claim, v), (_, p) in zip(ours, paper):
-        text = f"- Claim: {claim}: ours **{mark[v]}**"
-        if ref is not None:
-            text += f", paper {mark[p]}"
+    for c, p in zip(ours, paper):
+        text = f"- Claim: {c.text}: ours **{c.verdict}**" + (f": {c.evidence()}" if c.delta is not None else "")
+        if p is not None:
+            text += ("; paper n/a" if p.delta is None else
+                     f"; paper {'yes' if p.holds else 'no'}: {p.delta:+.2f} (one run per cell: no test)")
         lines.append(text)
     return lines
+
+
+def claim_rows(cells: dict[tuple[float, float], Any], ref: Optional[Reference], **key: Any) -> list[dict[str, Any]]:
+    """The claims as CSV rows: ``key`` (task, archs, method), the claim, verdict, delta, p-value, n per side,
+    significance, and the paper's verdict and delta."""
+    ours = claims(cells)
+    paper = claims(reference_cells(ref)) if ref is not None else [None] * len(ours)
+    rows = []
+    for i, (c, p) in enumerate(zip(ours, paper), 1):
+        rows.append({**key, "claim": i, "text": c.text, "verdict": c.verdict,
+                     "direction": "" if c.holds is None else "yes" if c.holds else "no",
+                     "delta": c.delta, "p_value": c.p_value, "n_ls": c.n[0], "n_0": c.n[1],
+                     "significant": "" if c.significant is None else "yes" if c.significant else "no",
+                     "paper_direction": "" if p is None or p.holds is None else "yes" if p.holds else "no",
+                     "paper_delta": None if p is None else p.delta})
+    return rows
 
 
 # ------------------------------------------------------------------------------ KD-benchmark references
