@@ -327,6 +327,17 @@ def cmd_methods(args: argparse.Namespace) -> int:
         axes = "alpha x T" if cls.uses_temperature else "alpha (no T axis)"
         kinds = "/".join(cls.task_kinds)
         print(f"{name:<10} {axes:<24} {kinds:<26} {cls.description}")
+    for tname in task_names():
+        task = get_task(tname)
+        per_pair, shared = task.pair_settings()
+        if not per_pair and not shared:
+            continue
+        print(f"\n{tname} --pair NAME: method settings per pair (lskd_bench/configs/{task.pairs_recipe}.yaml, each value "
+              "cited):")
+        for m, keys in per_pair.items():
+            print(f"  {m:<10} per pair: {', '.join(keys)}")
+        for m, why in shared.items():
+            print(f"  {m:<10} {' '.join(why.split())}")
     return 0
 
 

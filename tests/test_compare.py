@@ -151,3 +151,38 @@ def test_published_references_beside_ours():
         pairs = get_task(r.task).pairs()
         assert r.pair in pairs, r
         assert (pairs[r.pair]["teacher"]["arch"], pairs[r.pair]["student"]["arch"]) == (r.teacher_arch, r.student_arch)
+
+
+def test_compare_says_which_methods_have_per_pair_settings(tmp_path, cli):
+    rows = []
+    for pair, (t_arch, s_arch) in {"ResNet50-MobileNetV2": ("ResNet50", "MobileNetV2"),
+                                   "resnet32x4-ShuffleV1": ("resnet32x4", "ShuffleV1")}.items():
+        for m, t in (("kd", 4.0), ("kd_std", 4.0), ("dist", None)):
+            for seed in (0, 1):
+                r = result("student", s_arch, 0.0, t, seed, 70.0 + seed, 90.0, f"{pair}{m}{seed}", t_arch, method=m)
+                r["cell"]["task"], r["run_config"] = "cifar100", {"pair": pair}
+                rows.append(r)
+    for i, r in enumerate(rows):
+        store.write_json(tmp_path / "cifar100" / f"c{i}" / store.RESULT, r)
+    rc, out, err = cli("compare", "--runs", str(tmp_path))
+    assert rc == 0, err
+    assert "Pair ResNet50-MobileNetV2: per-pair settings kd_std (kd_weight = 1)." in out  # [S] README.md:103
+    assert "Pair resnet32x4-ShuffleV1: per-pair settings kd_std (the recipe's: no value published for this pair)." in out
+    assert "One setting for every pair (their authors publish no per-pair values; `lskd-bench methods` says why): dist, kd." in out
+
+
+def test_methods_lists_per_pair_and_shared_settings(cli):
+    rc, out, _ = cli("methods")
+    block = out.split("cifar100 --pair NAME:")[1].split("\n\n")[0]
+    assert "  dkd        per pair: beta\n" in block and "  kd_std     per pair: kd_weight\n" in block
+    for m in ("dist", "ttm", "nkd", "ctkd"):
+        assert f"  {m:<10} one setting: " in block
+
+
+def test_pair_applies_its_published_kd_std_weight():
+    from lskd_bench.tasks import get_task
+
+    pairs = get_task("cifar100")
+    assert pairs.pair_layer("ResNet50-MobileNetV2")[1]["kd_std"] == {"kd_weight": 1.0}  # [S] README.md:103
+    assert pairs.pair_layer("vgg13-vgg8")[1]["kd_std"] == {"kd_weight": 9.0}  # [S] README.md:90
+    assert "kd_std" not in pairs.pair_layer("wrn_40_2-ShuffleV1")[1]  # none published: the recipe's

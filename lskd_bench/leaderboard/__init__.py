@@ -65,6 +65,7 @@ def row_of(result: dict[str, Any], select: str = "best") -> dict[str, Any]:
         "config_hash": c["hash"],
         "_finished_at": result.get("finished_at", ""),
         "_env": result.get("env") or {},
+        "_pair": (result.get("run_config") or {}).get("pair"),  # the --pair whose published recipe the cell used
     }
 
 

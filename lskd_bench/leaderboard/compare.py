@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 from .. import store
 from ..errors import UsageError
+from ..tasks import get_task
 from . import collect, environment_md, latest, spec_of
 from .reference import SIGNIFICANCE, kd_references, kd_sources, welch_p
 
@@ -259,6 +260,35 @@ NOTE = ("Cells: mean ± sample std over seeds (difference to the baseline method
         "columns) are compared with the baseline at T = 1. Bold: the best KD method in the column.")
 
 
+def pair_note(rows: list[dict[str, Any]], task: str) -> str:
+    """Which methods of ``task``'s students have per-pair settings (their values in each pair run) and which have
+    one setting for every pair (their authors publish none per pair); empty for a task without pairs."""
+    students = [r for r in rows if r["task"] == task and r["role"] == "student"]
+    pairs = sorted({r.get("_pair") for r in students if r.get("_pair")})
+    if not pairs:
+        return ""
+    t = get_task(task)
+    per_pair, shared = t.pair_settings()
+    table = t.pairs()
+    methods = sorted({r["method"] for r in students})
+    def fmt(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    lines = []
+    for pair in pairs:
+        vals = []
+        for m in (m for m in methods if m in per_pair):
+            mine = table.get(pair, {}).get(m) or {}
+            vals.append(f"{m} ({', '.join(f'{k} = {fmt(v)}' for k, v in sorted(mine.items()))})" if mine
+                        else f"{m} (the recipe's: no value published for this pair)")
+        lines.append(f"Pair {pair}: per-pair settings " + (", ".join(vals) if vals else "none") + ".")
+    one = [m for m in methods if m in shared and not any(table.get(p, {}).get(m) for p in pairs)]
+    if one:
+        lines.append("One setting for every pair (their authors publish no per-pair values; `lskd-bench methods` "
+                     "says why): " + ", ".join(one) + ".")
+    return " ".join(lines) + f" Values and sources: lskd_bench/configs/{t.pairs_recipe}.yaml.\n"
+
+
 def compare(runs: Path, out: Path, baseline: str = "kd", metric: Optional[str] = None, task: Optional[str] = None,
             select: str = "best") -> tuple[str, list[Path]]:
     """Write OUT.md, OUT.csv (table 1 cells), OUT_ls.csv (table 2), OUT_reference.csv (table 3, where published
@@ -274,7 +304,7 @@ def compare(runs: Path, out: Path, baseline: str = "kd", metric: Optional[str] =
         primary = next(r["primary"] for r in rows if r["task"] == t)
         cmp = Comparison(rows, t, metric or primary, baseline)
         ref = reference_rows(rows, t, metric or primary)
-        md += [cmp.table(), cmp.ls_table(), reference_table(ref)]
+        md += [cmp.table(), pair_note(rows, t), cmp.ls_table(), reference_table(ref)]
         refs += ref
         cells += cmp.cells()
         ls += cmp.ls_rows()

@@ -455,6 +455,20 @@ class Task:
         text = resources.files("lskd_bench").joinpath("configs", f"{self.pairs_recipe}.yaml").read_text()
         return dict(yaml.safe_load(text)["pairs"])
 
+    def pair_settings(self) -> tuple[dict[str, list[str]], dict[str, str]]:
+        """KD-method settings across the pairs: ({method: keys some pair sets}, {method: why it has one setting for
+        every pair}); the pairs recipe's ``shared`` block gives the reasons (their authors publish no per-pair values)."""
+        if not self.pairs_recipe:
+            return {}, {}
+        text = resources.files("lskd_bench").joinpath("configs", f"{self.pairs_recipe}.yaml").read_text()
+        data = yaml.safe_load(text)
+        per_pair: dict[str, set] = {}
+        for layer in data["pairs"].values():
+            for section, values in layer.items():
+                if section not in ("source", "teacher", "student", "data") and isinstance(values, dict):
+                    per_pair.setdefault(section, set()).update(values)
+        return {m: sorted(k) for m, k in sorted(per_pair.items())}, dict(data.get("shared") or {})
+
     def pair_layer(self, pair: str) -> tuple[str, dict[str, Any]]:
         """The config layer of ``pair`` (applied over the task's recipe, under config files and the command line)."""
         pairs = self.pairs()
