@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import __version__
+from . import __version__, results
 from .analysis.curves import plot_curves
 from .analysis.plot import visualize
 from .analysis.report import analyze, write_report
@@ -202,6 +202,21 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     csv_path, md = write_outputs(rows, out)
     print(md, end="")
     print(f"wrote {csv_path} and .md ({len(rows)} cells)", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    runs = _runs_dir(args)
+    problems: list[str] = []
+    df = results.load(runs, args.select, problems)
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
+    if df.empty:
+        raise UsageError(f"no finished cells under {runs}")
+    out = Path(args.out) if args.out else runs / f"results.{args.format}"
+    check_writable_dir(out.parent)
+    results.export(df, out, args.format)
+    print(f"wrote {out} ({len(df)} cells, {len(df.columns)} columns)", file=sys.stderr)
     return 0
 
 
@@ -425,6 +440,19 @@ def _parser_leaderboard(sub) -> None:
     lb.set_defaults(func=cmd_leaderboard)
 
 
+def _parser_export(sub) -> None:
+    ex = sub.add_parser("export", help="every finished cell as one table row (CSV, Parquet or JSON Lines)",
+                        description="One row per finished cell: task, role, archs, method, teacher alpha, T, seed, every "
+                        "metric, the selected epoch, the teacher epoch a student used, cell hash and environment columns "
+                        "(in Python: lskd_bench.results.load(RUNS), a pandas DataFrame).")
+    ex.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
+    ex.add_argument("--format", default="csv", choices=results.FORMATS, help="csv (default), parquet (pyarrow) or jsonl")
+    ex.add_argument("--out", help="output file (default: RUNS/results.FORMAT)")
+    ex.add_argument("--select", default="best", choices=("best", "last"),
+                    help="metrics under their plain names: the selected epoch's (default) or the last epoch's")
+    ex.set_defaults(func=cmd_export)
+
+
 def _parser_compare(sub) -> None:
     cp = sub.add_parser("compare", help="KD methods side by side vs a baseline method: mean ± std over seeds, Welch t-test",
                         description="One table per task: a row per KD method (plus teacher and no-KD student), a column "
@@ -565,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lskd-bench", description="Label smoothing x knowledge distillation benchmark suite.")
     p.add_argument("--version", action="version", version=f"lskd-bench {__version__}")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
-    for add in (_parser_run, _parser_leaderboard, _parser_compare, _parser_analyze, _parser_visualize, _parser_plot,
+    for add in (_parser_run, _parser_leaderboard, _parser_export, _parser_compare, _parser_analyze, _parser_visualize, _parser_plot,
                 _parser_config, _parser_check_data, _parser_status, _parser_translate, _parser_score, _parser_methods,
                 _parser_tasks):
         add(sub)

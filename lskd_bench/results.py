@@ -1,0 +1,135 @@
+"""A run directory's results as one tidy pandas DataFrame, and its export (``lskd-bench export``).
+
+``load(runs_dir)`` reads every finished cell's ``result.json`` under ``runs_dir`` (any depth; an unusable one is
+skipped, with a line in ``problems``) into one row per cell:
+
+- identity: ``task``, ``role`` (teacher / student / baseline), ``cell`` (its directory name), ``teacher_arch``,
+  ``student_arch``, ``method``, ``alpha`` (the teacher's label smoothing; NaN for the no-KD baseline), ``T`` (NaN
+  for methods without a temperature and for teachers), ``seed``, ``config_hash``;
+- every metric of the reported epoch under its own name (``top1``, ``top5``, ``bleu``...: the selected epoch with
+  ``select="best"``, the last with ``select="last"``) and the other epoch's with a prefix (``last_`` or
+  ``selected_``); ``primary_metric``; ``epoch`` (the reported epoch), ``selected_epoch``, ``epochs``,
+  ``selected_on`` (where the epoch was selected), ``select``;
+- for students, the teacher they distilled from: ``teacher_cell``, ``teacher_weights`` (last / selected) and
+  ``teacher_epoch`` (empty for results written before it was recorded);
+- ``wall_s``, ``finished_at``, ``cell_dir`` and the environment it ran in as ``env_<key>`` columns
+  (``env_lskd_bench``, ``env_commit``, ``env_torch``, ``env_device``, ``env_cpu``, ``env_threads``...).
+
+pandas is imported when a frame is built (heavy: not on every CLI start).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+from . import store
+from .errors import UsageError
+from .tasks import result_metrics
+
+FORMATS = ("csv", "parquet", "jsonl")
+ID_COLUMNS = ["task", "role", "cell", "teacher_arch", "student_arch", "method", "alpha", "T", "seed", "config_hash"]
+OTHER_PREFIX = {"best": "last_", "last": "selected_"}  # the other epoch's metrics beside the reported one's
+_ROLE_ORDER = {"teacher": 0, "baseline": 1, "student": 2}
+
+
+def selected_on(result: dict[str, Any]) -> str:
+    """Where the selected ("best") epoch was chosen: "val" (image tasks: the test set, as the paper),
+    "valid:<metric>" (translation), or "test" (translation results written before selection on the valid split)."""
+    sel = result.get("selection")
+    if sel:
+        return "valid:" + sel["metric"] if sel.get("split") == "valid" else str(sel.get("split", "val"))
+    return "test" if (result.get("metric_info") or {}).get("split", "val") == "test" else "val"
+
+
+def record(result: dict[str, Any], select: str = "best") -> dict[str, Any]:
+    """One cell's row (see the module docstring); ``select`` "best" reports the selected epoch, "last" the last."""
+    if select not in OTHER_PREFIX:
+        raise UsageError(f"select must be best or last, got {select!r}")
+    c = result["cell"]
+    role = c["role"]
+    last = {"epoch": result.get("epochs"), "metrics": result["metrics"]}
+    best = result.get("best") or last
+    chosen, other = (best, last) if select == "best" else (last, best)
+    specs = result_metrics(result)
+    tw = result.get("teacher_weights") or {}
+    row: dict[str, Any] = {
+        "task": c["task"],
+        "role": role,
+        "cell": Path(str(result.get("cell_dir", ""))).name or f"{c.get('name', '')}-{c['hash']}",
+        "teacher_arch": c["arch"] if role == "teacher" else (c.get("teacher_arch") or ""),
+        "student_arch": "" if role == "teacher" else c["arch"],
+        "method": c["method"],
+        "alpha": math.nan if role == "baseline" else float(c["alpha"]),
+        "T": math.nan if c["T"] is None else float(c["T"]),
+        "seed": int(c["seed"]),
+        "config_hash": c["hash"],
+    }
+    row.update({k: float(v) for k, v in chosen["metrics"].items()})
+    row.update({OTHER_PREFIX[select] + k: float(v) for k, v in other["metrics"].items()})
+    row.update({
+        "primary_metric": result.get("primary_metric") or (specs[0].name if specs else ""),
+        "select": select,
+        "epoch": chosen.get("epoch"),
+        "selected_epoch": best.get("epoch"),
+        "epochs": int(result["epochs"]),
+        "selected_on": selected_on(result),
+        "teacher_cell": c.get("teacher") or "",
+        "teacher_weights": tw.get("which", ""),
+        "teacher_epoch": tw.get("epoch"),
+        "wall_s": float(result["timings"]["wall_s"]),
+        "finished_at": result.get("finished_at", ""),
+        "cell_dir": str(result.get("cell_dir", "")),
+    })
+    for k, v in sorted((result.get("env") or {}).items()):
+        row["env_" + k] = ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+    return row
+
+
+def _sort_key(r: dict[str, Any]):
+    return (r["task"], _ROLE_ORDER.get(r["role"], 9), r["method"], -1.0 if math.isnan(r["alpha"]) else r["alpha"],
+            -1.0 if math.isnan(r["T"]) else r["T"], r["seed"], r["config_hash"])
+
+
+def load(runs_dir: Path, select: str = "best", problems: Optional[list[str]] = None):
+    """Every finished cell under ``runs_dir`` as a pandas DataFrame, one row per cell, in a stable order (task,
+    role, method, alpha, T, seed). Unusable results are skipped (a line each in ``problems``)."""
+    import pandas as pd  # heavy: imported when a frame is built
+
+    rows = sorted((record(r, select) for r in store.iter_results(Path(runs_dir), problems)), key=_sort_key)
+    if not rows:
+        return pd.DataFrame(columns=ID_COLUMNS)
+    metric_names: dict[str, None] = {}
+    for r in rows:  # metric columns right after the identity, in the order the rows hold them
+        metric_names.update(dict.fromkeys(k for k in r if k not in ID_COLUMNS and k not in _TAIL and not k.startswith("env_")))
+    env = sorted({k for r in rows for k in r if k.startswith("env_")})
+    columns = ID_COLUMNS + list(metric_names) + _TAIL + env
+    df = pd.DataFrame.from_records(rows, columns=columns)
+    df["seed"] = df["seed"].astype("int64")
+    df["epochs"] = df["epochs"].astype("int64")
+    for col in ("epoch", "selected_epoch", "teacher_epoch"):
+        df[col] = df[col].astype("Int64")  # nullable: results without the value
+    return df
+
+
+_TAIL = ["primary_metric", "select", "epoch", "selected_epoch", "epochs", "selected_on", "teacher_cell",
+         "teacher_weights", "teacher_epoch", "wall_s", "finished_at", "cell_dir"]
+
+
+def export(df, path: Path, fmt: str) -> Path:
+    """Write ``df`` as CSV, Parquet (pyarrow) or JSON Lines to ``path`` (atomically); return the path."""
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    path = Path(path)
+    if fmt == "csv":
+        text = df.to_csv(index=False, lineterminator="\n")
+        store.atomic_write(path, lambda f: f.write(text), mode="w")
+    elif fmt == "jsonl":  # Python's float repr (round-trips exactly; pandas' to_json keeps 10 digits); NaN/NA -> null
+        rows = df.astype(object).where(df.notna(), None).to_dict("records")
+        text = "".join(json.dumps({k: v.item() if hasattr(v, "item") else v for k, v in r.items()}, ensure_ascii=False)
+                       + "\n" for r in rows)
+        store.atomic_write(path, lambda f: f.write(text), mode="w")
+    else:
+        store.atomic_write(path, lambda f: df.to_parquet(f, index=False, engine="pyarrow"))
+    return path

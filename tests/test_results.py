@@ -1,0 +1,75 @@
+"""``lskd_bench.results``: a run directory as one pandas DataFrame, and ``lskd-bench export``."""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from lskd_bench import results, store
+from lskd_bench.runners.grid import run_grid
+
+
+@pytest.fixture(scope="module")
+def finished_grid(tmp_path_factory):
+    from lskd_bench.runners.grid import resolve_config
+
+    from .conftest import tiny_overrides
+
+    out = tmp_path_factory.mktemp("grid")
+    run_grid(resolve_config("digits", {}, tiny_overrides(epochs=2)), out, progress=False)
+    return out
+
+
+def test_one_row_per_finished_cell_with_its_result_json_values(finished_grid):
+    df = results.load(finished_grid)
+    files = sorted(finished_grid.rglob(store.RESULT))
+    assert len(df) == len(files) == 7 and df["cell"].is_unique
+    assert list(df.columns[:10]) == results.ID_COLUMNS
+    assert set(df["role"]) == {"teacher", "student", "baseline"}
+    for path in files:
+        res = json.loads(path.read_text())
+        row = df[df["cell"] == path.parent.name].iloc[0]
+        best = res["best"]
+        assert (row["task"], row["role"], row["method"], row["seed"], row["config_hash"]) == (
+            "digits", res["cell"]["role"], res["cell"]["method"], res["cell"]["seed"], res["cell"]["hash"])
+        assert {m: row[m] for m in best["metrics"]} == best["metrics"]  # the selected epoch's, exactly
+        assert {m: row["last_" + m] for m in res["metrics"]} == res["metrics"]  # and the last epoch's
+        assert row["selected_epoch"] == best["epoch"] and row["epochs"] == res["epochs"] == 2
+        assert row["env_torch"] == res["env"]["torch"] and row["env_threads"] == res["env"]["threads"]
+        if res["cell"]["role"] == "baseline":
+            assert math.isnan(row["alpha"]) and math.isnan(row["T"])
+        else:
+            assert row["alpha"] == res["cell"]["alpha"]
+        if res["cell"]["role"] == "student":
+            assert row["T"] == res["cell"]["T"] and row["teacher_epoch"] == res["teacher_weights"]["epoch"]
+            assert row["teacher_weights"] == "selected"  # digits follows the official image code
+    last = results.load(finished_grid, select="last")
+    assert list(last["top1"]) == list(df["last_top1"]) and list(last["selected_top1"]) == list(df["top1"])
+
+
+def test_aggregates_with_pandas_like_the_leaderboard(finished_grid):
+    df = results.load(finished_grid)
+    means = df[df["role"] == "student"].pivot_table(index="T", columns="alpha", values="top1", aggfunc="mean")
+    assert means.shape == (2, 2)  # T 1, 4 x alpha 0, 0.1
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_export_round_trips(finished_grid, tmp_path, cli, fmt):
+    out = tmp_path / f"all.{fmt}"
+    rc, _, err = cli("export", "--runs", str(finished_grid), "--format", fmt, "--out", str(out))
+    assert rc == 0 and f"wrote {out} (7 cells" in err
+    df = results.load(finished_grid)
+    back = {"parquet": pd.read_parquet, "csv": pd.read_csv, "jsonl": lambda p: pd.read_json(p, lines=True)}[fmt](out)
+    assert list(back.columns) == list(df.columns) and len(back) == len(df)
+    assert list(back["cell"]) == list(df["cell"]) and list(back["top1"]) == list(df["top1"])
+    if fmt == "parquet":  # types survive too
+        pd.testing.assert_frame_equal(back, df)
+
+
+def test_export_errors(tmp_path, cli):
+    rc, _, err = cli("export", "--runs", str(tmp_path))
+    assert rc == 2 and err.strip() == f"lskd-bench: error: no finished cells under {tmp_path}"
+    rc, _, err = cli("export", "--runs", str(tmp_path / "nope"))
+    assert rc == 2 and "does not exist" in err
