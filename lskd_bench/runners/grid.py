@@ -84,8 +84,8 @@ def fuse_units(cells: list[Cell], *, fuse: bool, max_fused: int) -> list[list[Ce
         elif c.role == "baseline":
             baselines.append(c)
         else:
-            signal = method_class(c.method).teacher_signal
-            key = ("student", c.seed, c.teacher.hash) if signal == "logits" else ("targets", c.seed, c.teacher.hash, c.method)
+            targets = method_class(c.method).needs.teacher_targets
+            key = ("targets", c.seed, c.teacher.hash, c.method) if targets else ("student", c.seed, c.teacher.hash)
             groups[key].append(c)
     for b in baselines:
         host = next((k for k in groups if k[0] == "student" and k[1] == b.seed), None)

@@ -36,7 +36,8 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..envinfo import cpu_model, git_commit
 from ..errors import DataError, Interrupted
-from ..methods import LossContext, Method, build_method, total_loss
+from ..methods import LossContext, Method, Probe, build_method, total_loss
+from ..outputs import Layout, Outputs, Tap, describe
 from ..models import init_path, load_init_checkpoint
 from ..tasks import Task, TaskData, get_task, iterate_batches
 from ..tasks.base import autocast, close_batches, on_bad_sample
@@ -126,6 +127,29 @@ def _role_cfg(cfg: dict[str, Any], cell: Cell) -> dict[str, Any]:
 
 
 @dataclass
+class TeacherView:
+    """The fused group's teacher as feature methods see it: the model, where its named outputs are and its
+    outputs on the probe batch ``x`` (built once per group, only when a member reads more than logits)."""
+
+    model: nn.Module
+    layout: Layout
+    x: torch.Tensor
+    probe: Outputs
+
+
+def probe_outputs(model: nn.Module, layout: Layout, names: Sequence[str], x: torch.Tensor) -> Outputs:
+    """``model``'s named outputs on ``x`` (eval mode, no gradient, the caller's random state untouched)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), Tap(model, layout, names) as tap:
+            logits = model(x)
+    finally:
+        model.train(was_training)
+    return Outputs({**tap.out, "logits": logits})
+
+
+@dataclass
 class Member:
     """One cell being trained: its model, optimizer, method, random state and position."""
 
@@ -135,6 +159,7 @@ class Member:
     data: TaskData
     dir: Path
     device: torch.device
+    teacher: Optional[TeacherView] = None  # feature methods: the group's teacher, for setup()
     model: nn.Module = field(init=False)
     method: Method = field(init=False)
     epoch: int = 0  # epochs finished
@@ -165,6 +190,9 @@ class Member:
         self.model = self.task.build_model(cell.arch, self.data, cfg, self.hp).to(device)
         if cfg["channels_last"] and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.tap: Optional[Tap] = None  # captures the student's named outputs (feature methods)
+        if self.method.needs.features:
+            self._setup_method()
         self.method_params: list[nn.Parameter] = []
         if isinstance(self.method, nn.Module):
             self.method.to(device)
@@ -194,6 +222,19 @@ class Member:
             torch._inductor.config.fallback_random = True
             self.step_model = torch.compile(self.step_model)
         self.ctx = LossContext(alpha=self.alpha, T=cell.T, epochs=max(self.epochs, 1))
+
+    def _setup_method(self) -> None:
+        """The student's layout and tap, and the method's trainable parts sized from a probe forward of both
+        models (drawing their initial values from the cell's random stream, as the model did)."""
+        view = self.teacher
+        if view is None:
+            raise ValueError(f"{self.cell.name}: method {self.cell.method!r} needs a teacher")
+        layout = describe(self.model, view.x)
+        self.tap = Tap(self.model, layout, self.method.needs.student)
+        s = probe_outputs(self.model, layout, self.tap.names, view.x)
+        t = Outputs({k: view.probe[k] for k in Tap(view.model, view.layout, self.method.needs.teacher).names + ["logits"]})
+        self.method.setup(Probe(self.model, view.model, s, t, layout, view.layout, len(self.data.train),
+                                self.data.num_classes))
 
     # -- state ------------------------------------------------------------------------------------
     def _load_state(self) -> Optional[dict[str, Any]]:
@@ -307,7 +348,8 @@ class Member:
         if self._term_acc is not None:
             self.term_sums = {k: float(v) for k, v in self._term_acc.items()}
 
-    def train_step(self, batch: Any, t_logits: Optional[torch.Tensor], epoch: int, steps_per_epoch: int = 1) -> torch.Tensor:
+    def train_step(self, batch: Any, t_out: Optional[Outputs], epoch: int, steps_per_epoch: int = 1,
+                   indices: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One optimizer step. On the CPU a non-finite loss raises ``CellFailed`` at once; on CUDA the step
         does not wait for the device (no host sync): ``sync()`` raises it at the next checkpoint or epoch end."""
         t0 = time.perf_counter()
@@ -315,11 +357,15 @@ class Member:
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.ctx.epoch = epoch
+        self.ctx.indices = indices
         with self.rng_scope():
             self.model.train()
-            with autocast(self.device, self.cfg):
+            with autocast(self.device, self.cfg), (self.tap or contextlib.nullcontext()):
                 s_logits, targets = self.task.forward(self.step_model, batch)
-            terms = self.method.loss(s_logits.float(), targets, t_logits, self.ctx)
+            s_out = Outputs(logits=s_logits.float())
+            if self.tap is not None:
+                s_out.update({k: v.float() for k, v in self.tap.out.items()})
+            terms = self.method.compute(s_out, targets, t_out, self.ctx)
             loss = total_loss(terms)
             if loss.device.type != "cuda":
                 if not torch.isfinite(loss):
@@ -557,14 +603,19 @@ class FusedGroup:
         if len({(c.seed, c.role == "teacher") for c in cells}) != 1:
             raise ValueError("a fused group shares one seed and one role recipe: " + ", ".join(c.name for c in cells))
         self.outcomes = {c.hash: Outcome(c) for c in cells}
+        needs = [build_method(c.method, cfg).needs if c.role == "student" else None for c in cells]
+        if any(n is not None and n.teacher for n in needs) and teacher is None:
+            raise ValueError(f"{cells[0].name}: method {cells[0].method!r} needs a teacher")
+        view = None
+        if any(n is not None and n.features for n in needs):
+            view = self.teacher_view(teacher, [n for n in needs if n is not None])
         self.members: list[Member] = []
         for cell, d in zip(cells, dirs):
             d.mkdir(parents=True, exist_ok=True)
             store.clear_error(d)
-            self.members.append(Member(task, cell, cfg, data, d, self.device))
+            self.members.append(Member(task, cell, cfg, data, d, self.device, view))
             self.outcomes[cell.hash].notes = self.members[-1].notes
-        if any(m.method.teacher_signal == "logits" for m in self.members) and teacher is None:
-            raise ValueError(f"{cells[0].name}: method {cells[0].method!r} needs a teacher")
+        self.t_layout = view.layout if view is not None else None
         self.rank, self.world = dist_info()
         self.seed = cells[0].seed
         self.hp = self.members[0].hp
@@ -572,7 +623,17 @@ class FusedGroup:
         self.bar: Optional[tqdm] = None
         self.show = False  # progress lines (rank 0 with progress on)
         self.meter = StepMeter()
-        self.ahead: Optional[tuple[tuple[int, int], tuple[int, int, Any]]] = None  # ((epoch, first), open_epoch())
+        self.ahead: Optional[tuple[tuple[int, int], tuple[int, int, Any, Any]]] = None  # ((epoch, first), open_epoch())
+
+    def teacher_view(self, teacher: nn.Module, needs: list) -> TeacherView:
+        """The teacher's layout and its outputs (all the members' teacher needs) on a probe batch of two training
+        samples (unaugmented)."""
+        ds = self.data.split("train_eval")
+        x, _ = next(iter(iterate_batches(ds, 2, indices=torch.arange(min(2, len(ds))), on_bad_sample="error")))
+        x = x.to(self.device)
+        layout = describe(teacher, x)
+        names = list(dict.fromkeys(k for n in needs for k in n.teacher))
+        return TeacherView(teacher, layout, x, probe_outputs(teacher, layout, names, x))
 
     def fail(self, m: Member, exc: BaseException) -> None:
         self.outcomes[m.cell.hash].error = f"{type(exc).__name__}: {exc}"
@@ -638,9 +699,10 @@ class FusedGroup:
     # -- one epoch ----------------------------------------------------------------------------------
     read_ahead = True  # open the next epoch's loading before this one ends (benchmarks switch it off to compare)
 
-    def open_epoch(self, epoch: int, first: int) -> tuple[int, int, Any]:
-        """(number of batches, their ``lead``, iterator) of ``epoch`` from batch ``first`` on: the one opened ahead if it is
-        for the same (epoch, first), else a new one (a stale one is closed)."""
+    def open_epoch(self, epoch: int, first: int) -> tuple[int, int, Any, Any]:
+        """(number of batches, their ``lead``, iterator, their sample indices or None) of ``epoch`` from batch
+        ``first`` on: the one opened ahead if it is for the same (epoch, first), else a new one (a stale one is
+        closed)."""
         if self.ahead is not None:
             key, opened = self.ahead
             self.ahead = None
@@ -650,7 +712,7 @@ class FusedGroup:
         batches = self.task.train_batches(self.data, self.hp, self.cfg, seed=self.seed, epoch=epoch,
                                           shard=(self.rank, self.world), start=first,
                                           pin_memory=self.device.type == "cuda", skipped=self.skipped)
-        return len(batches), batches.lead, iter(batches)
+        return len(batches), batches.lead, iter(batches), batches.plan
 
     def open_ahead(self, epoch: int) -> None:
         """Open the batches of ``epoch + 1`` now (its loading starts), from the position its members will start
@@ -670,7 +732,7 @@ class FusedGroup:
         """The batches of ``epoch`` from the earliest position of the ``active`` members on."""
         first = min(m.step for m in active)
         clock = time.perf_counter()  # opening the epoch's loading counts as waiting for data (profile)
-        n, lead, batches = self.open_epoch(epoch, first)
+        n, lead, batches, plan = self.open_epoch(epoch, first)
         steps = first + n
         self.meter.start(first, steps)
         losses: dict[str, float] = {}  # each member's last step loss, for the progress line
@@ -683,7 +745,8 @@ class FusedGroup:
                     if all(m.finished or m.done() for m in active):
                         break
                     continue
-                clock = self.step(batch, stepping, epoch, steps, clock, losses)
+                idx = plan[i - first] if plan is not None else None
+                clock = self.step(batch, stepping, epoch, steps, clock, losses, idx)
                 if self.show and self.bar is not None:
                     line = self.meter.update(i + 1, losses)
                     if line is not None:
@@ -694,19 +757,22 @@ class FusedGroup:
             close_batches(batches)
 
     def step(self, batch: Any, stepping: list[Member], epoch: int, steps: int, clock: float,
-             losses: Optional[dict[str, float]] = None) -> float:
-        """One batch: to the device, the teacher's logits once (if a member needs them), each member's step
-        (its loss recorded in ``losses`` under the member's short name)."""
+             losses: Optional[dict[str, float]] = None, indices: Optional[torch.Tensor] = None) -> float:
+        """One batch: to the device, the teacher's outputs once (the union of what the stepping members need),
+        each member's step (its loss recorded in ``losses`` under the member's short name)."""
         device, profile = self.device, self.profile
         batch = self.task.to_device(batch, device, self.cfg)
         clock = _tick(profile, "data", clock, device)
-        t_logits = None
-        if any(m.method.teacher_signal == "logits" for m in stepping):
-            t_logits = _teacher_logits(self.task, self.teacher, batch, device, self.cfg)
+        t_out = None
+        wanted = list(dict.fromkeys(k for m in stepping for k in m.method.needs.teacher))
+        if wanted:
+            t_out = self.teacher_outputs(batch, wanted)
             clock = _tick(profile, "teacher", clock, device)
+        if indices is not None and any(m.method.needs.indices for m in stepping):
+            indices = indices.to(device, non_blocking=True)
         for m in stepping:
             try:
-                loss = m.train_step(batch, t_logits, epoch, steps)
+                loss = m.train_step(batch, t_out, epoch, steps, indices if m.method.needs.indices else None)
                 if losses is not None:
                     losses[_short(m.cell)] = loss
                 every = self.hp["checkpoint_every"]
@@ -717,6 +783,18 @@ class FusedGroup:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
         return _tick(profile, "students", clock, device)
+
+    def teacher_outputs(self, batch: Any, names: list[str]) -> Outputs:
+        """The teacher's outputs ``names`` on ``batch``: the logits alone as before (inference mode, copied out of it),
+        or, when a member reads features, the named outputs captured under ``no_grad`` (float32)."""
+        if names == ["logits"] or self.t_layout is None:
+            return Outputs(logits=_teacher_logits(self.task, self.teacher, batch, self.device, self.cfg))
+        with torch.no_grad(), autocast(self.device, self.cfg), Tap(self.teacher, self.t_layout, names) as tap:
+            logits, _ = self.task.forward(self.teacher, batch)
+        out = Outputs({k: v.float() for k, v in tap.out.items()})
+        if "logits" in names:
+            out["logits"] = logits.float()
+        return out
 
     def end_epoch(self, epoch: int, active: list[Member]) -> None:
         """Each active member's history entry, evaluation (when due) and checkpoint."""
