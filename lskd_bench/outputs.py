@@ -8,7 +8,8 @@ Names (the same tensors RepDistiller's ``is_feat=True`` / mdistiller's ``feats``
   the first level of ``feature_info``, at reduction 2);
 - ``stage1`` ... ``stageN``: the output of each stage (post-activation, ``feat[1:-1]``);
 - ``preact_stageK``: the same stage before its final activation (RepDistiller's ``preact=True``), where the
-  stage ends in an activation module.
+  stage ends in an activation module;
+- shorthands a method may declare: ``stages`` (every ``stage1..N`` of the model), ``preact_stages``.
 
 Where the stages are, per model, in this order of preference: the model's own table ``feature_stages``
 (name -> module path: lskd-bench's CIFAR and digits models), timm's ``feature_info`` (every timm model), else a
@@ -138,6 +139,24 @@ def _probe_stages(order: list[tuple[str, tuple[int, ...]]], mods: dict[str, nn.M
     return {f"stage{i + 1}": last[r] for i, r in enumerate(seen)}
 
 
+def expand(layout: Layout, names: Iterable[str]) -> list[str]:
+    """``names`` with the shorthands resolved: ``stages`` = every ``stage1..N`` of the layout (not the stem
+    ``stage0``), ``preact_stages`` = their pre-activations."""
+    out: list[str] = []
+    for n in names:
+        if n == "stages":
+            out += [k for k in _ordered(layout.stages) if k != "stage0"]
+        elif n == "preact_stages":
+            out += [f"preact_{k}" for k in _ordered(layout.stages) if k != "stage0"]
+        else:
+            out.append(n)
+    return out
+
+
+def _ordered(stages: dict[str, str]) -> list[str]:
+    return sorted(stages, key=lambda k: int(_STAGE.match(k).group(2)))
+
+
 class Tap:
     """Captures the named outputs ``names`` (all but ``logits``, which the caller has) of ``model`` during the
     forward passes made inside ``with tap:``; ``tap.out`` holds the last pass's tensors. Pre-activations are
@@ -145,7 +164,7 @@ class Tap:
 
     def __init__(self, model: nn.Module, layout: Layout, names: Iterable[str]):
         self.model, self.layout = model, layout
-        self.names = [n for n in dict.fromkeys(names) if n != "logits"]
+        self.names = [n for n in dict.fromkeys(expand(layout, names)) if n != "logits"]
         missing = [n for n in self.names if n != "embedding" and n not in layout.stages
                    and not (n.startswith("preact_") and n.removeprefix("preact_") in layout.preact)]
         if missing:
