@@ -38,6 +38,7 @@ from ..envinfo import cpu_model, git_commit
 from ..errors import DataError, Interrupted
 from ..methods import LossContext, Method, Probe, build_method, total_loss
 from ..outputs import Layout, Outputs, Tap, describe
+from .probe import TeacherView, probe_outputs, setup_method
 from ..models import init_path, load_init_checkpoint
 from ..tasks import Task, TaskData, get_task, iterate_batches
 from ..tasks.base import autocast, close_batches, on_bad_sample
@@ -164,29 +165,6 @@ def _role_cfg(cfg: dict[str, Any], cell: Cell) -> dict[str, Any]:
 
 
 @dataclass
-class TeacherView:
-    """The fused group's teacher as feature methods see it: the model, where its named outputs are and its
-    outputs on the probe batch ``x`` (built once per group, only when a member reads more than logits)."""
-
-    model: nn.Module
-    layout: Layout
-    x: torch.Tensor
-    probe: Outputs
-
-
-def probe_outputs(model: nn.Module, layout: Layout, names: Sequence[str], x: torch.Tensor) -> Outputs:
-    """``model``'s named outputs on ``x`` (eval mode, no gradient, the caller's random state untouched)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]), Tap(model, layout, names) as tap:
-            logits = model(x)
-    finally:
-        model.train(was_training)
-    return Outputs({**tap.out, "logits": logits})
-
-
-@dataclass
 class Member:
     """One cell being trained: its model, optimizer, method, random state and position."""
 
@@ -262,17 +240,11 @@ class Member:
         self.ctx = LossContext(alpha=self.alpha, T=cell.T, epochs=max(self.epochs - self.init.epochs, 1))
 
     def _setup_method(self) -> None:
-        """The student's layout and tap, and the method's trainable parts sized from a probe forward of both
-        models (drawing their initial values from the cell's random stream, as the model did)."""
-        view = self.teacher
-        if view is None:
+        """The student's tap, and the method's trainable parts sized from a probe forward of both models (their
+        initial values drawn from the cell's random stream, as the model's were)."""
+        if self.teacher is None:
             raise ValueError(f"{self.cell.name}: method {self.cell.method!r} needs a teacher")
-        layout = describe(self.model, view.x)
-        self.tap = Tap(self.model, layout, self.method.needs.student)
-        s = probe_outputs(self.model, layout, self.tap.names, view.x)
-        t = Outputs({k: view.probe[k] for k in Tap(view.model, view.layout, self.method.needs.teacher).names + ["logits"]})
-        self.method.setup(Probe(self.model, view.model, s, t, layout, view.layout, len(self.data.train),
-                                self.data.num_classes))
+        self.tap = setup_method(self.method, self.model, self.teacher, len(self.data.train), self.data.num_classes)
 
     # -- state ------------------------------------------------------------------------------------
     def _load_state(self) -> Optional[dict[str, Any]]:
@@ -887,12 +859,14 @@ def train_cell(
 # ------------------------------------------------------------------------------------------ features
 @torch.inference_mode()
 def penultimate(model: nn.Module, ds, cfg: dict[str, Any], device: torch.device, indices=None) -> np.ndarray:
+    """The named output ``embedding`` (the head's input) of every sample of ``ds``."""
     model.eval()
     feats = []
     for x, _ in iterate_batches(ds, cfg["eval_batch_size"], indices=indices, num_workers=cfg["num_workers"],
                                 on_bad_sample=on_bad_sample(cfg)):
-        with autocast(device, cfg):
-            feats.append(model.features(x.to(device)).float().cpu())
+        with autocast(device, cfg), Tap(model, Layout(), ["embedding"]) as tap:
+            model(x.to(device))
+        feats.append(tap.out["embedding"].float().cpu())
     return torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32)
 
 
