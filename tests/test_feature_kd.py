@@ -146,3 +146,36 @@ def test_a_connector_that_cannot_be_sized_names_both_shapes():
         ConvReg((8, 2, 2), (16, 8, 8))
     assert ConvReg((8, 4, 4), (16, 2, 2))(torch.randn(1, 8, 4, 4)).shape == (1, 16, 2, 2)  # stride 2
     assert ConvReg((8, 2, 2), (16, 4, 4))(torch.randn(1, 8, 2, 2)).shape == (1, 16, 4, 4)  # transposed
+
+
+def test_third_party_feature_method_through_entry_point(tmp_path):
+    """The example package (examples/third_party_feature_method), made importable with a .dist-info entry-point
+    file as pip install writes it, runs through `lskd-bench run` with its X+kd composition, and `compare` lists it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    site = tmp_path / "site"
+    site.mkdir()
+    example = Path(__file__).resolve().parents[1] / "examples" / "third_party_feature_method"
+    assert len((example / "lskd_example_feature.py").read_text().splitlines()) <= 40
+    shutil.copy(example / "lskd_example_feature.py", site)
+    info = site / "lskd_example_feature-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lskd-example-feature\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[lskd_bench.methods]\ncosine_hint = lskd_example_feature:CosineHint\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    runs = tmp_path / "runs"
+    base = [sys.executable, "-m", "lskd_bench"]
+    p = subprocess.run([*base, "run", "--out", str(runs), "--methods", "kd,cosine_hint,cosine_hint+kd", "--alphas", "0.1",
+                        "--temperatures", "4", "--seeds", "0", "--epochs", "2", "--no-progress"],
+                       env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "5 cells: trained 5" in p.stdout  # teacher, baseline, kd, cosine_hint, cosine_hint+kd
+    p = subprocess.run([*base, "methods"], env=env, capture_output=True, text=True)
+    assert "cosine_hint" in p.stdout and "needs: student logits+embedding, teacher embedding" in p.stdout
+    p = subprocess.run([*base, "compare", "--runs", str(runs)], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "| cosine_hint |" in p.stdout and "| cosine_hint+kd |" in p.stdout
