@@ -91,7 +91,7 @@ def unit_inputs(job: GridJob, unit: list[Cell], device, teacher_cache: Optional[
         path, _ = teacher_weights(tcell, job.out, job.cfg["teacher_weights"])  # last or selected epoch: the recipe's
         cache[tcell.hash] = load_model(job.task, tcell.arch, data, job.cfg, path, device)
     teacher = cache[tcell.hash]
-    if method_class(unit[0].method).teacher_signal == "targets":
+    if method_class(unit[0].method).needs.teacher_targets:
         cached = "teacher_targets" + ("_selected" if job.cfg["teacher_weights"] == "selected" else "")  # per weights
         data = job.task.teacher_targets(teacher, data, job.cfg, device, tcell.dir(job.out) / cached)
     return data, teacher
