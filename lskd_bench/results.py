@@ -113,6 +113,14 @@ def load(runs_dir: Path, select: str = "best", problems: Optional[list[str]] = N
     return df
 
 
+CELL_KEY = ["task", "role", "teacher_arch", "student_arch", "method", "alpha", "T", "seed"]
+
+
+def latest(df):
+    """Where one cell was run with several configs, its most recently finished row (ties: the later row)."""
+    return df.sort_values("finished_at", kind="stable").drop_duplicates(CELL_KEY, keep="last").sort_index()
+
+
 _TAIL = ["primary_metric", "select", "epoch", "selected_epoch", "epochs", "selected_on", "teacher_cell",
          "teacher_weights", "teacher_epoch", "wall_s", "finished_at", "cell_dir"]
 

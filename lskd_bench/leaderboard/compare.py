@@ -24,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional
 
-from .. import store
+from .. import results, store
 from ..errors import UsageError
 from ..tasks import get_task
 from . import collect, environment_md, latest, spec_of
@@ -44,7 +44,9 @@ def _ms(v: list[float]) -> str:
 
 
 class Comparison:
-    def __init__(self, rows: list[dict[str, Any]], task: str, metric: str, baseline: str):
+    def __init__(self, rows: list[dict[str, Any]], task: str, metric: str, baseline: str, frame: Any = None):
+        """``rows``: the leaderboard's rows (metric specs); ``frame``: the same results as ``results.load``'s
+        DataFrame, whose per-cell values the tables aggregate (built from ``rows`` when not given)."""
         self.task, self.metric, self.baseline = task, metric, baseline
         rows = [r for r in latest(rows) if r["task"] == task]
         if not rows:
@@ -56,15 +58,15 @@ class Comparison:
         self.spec = spec_of(rows[0], metric)  # its direction decides "best" and "better"
         self.values: dict[tuple, list[float]] = defaultdict(list)  # (method, alpha, T) -> per-seed values
         self.teacher: dict[float, list[float]] = defaultdict(list)
-        self.no_kd: list[float] = []
-        for r in rows:
-            v = r["metrics"][metric]
-            if r["role"] == "teacher":
-                self.teacher[r["alpha"]].append(v)
-            elif r["role"] == "baseline":
-                self.no_kd.append(v)
-            else:
-                self.values[(r["method"], r["alpha"], r["T"])].append(v)
+        if frame is None:
+            frame = _frame(rows, metric)
+        df = results.latest(frame)
+        df = df[df["task"] == task]
+        for (m, a, t), v in df[df["role"] == "student"].groupby(["method", "alpha", "T"], dropna=False, sort=False)[metric]:
+            self.values[(m, float(a), NO_T if math.isnan(t) else float(t))] = v.tolist()
+        for a, v in df[df["role"] == "teacher"].groupby("alpha", sort=False)[metric]:
+            self.teacher[float(a)] = v.tolist()
+        self.no_kd: list[float] = df.loc[df["role"] == "baseline", metric].tolist()
         self.methods = sorted({k[0] for k in self.values}, key=lambda m: (m != baseline, m))
         if baseline not in self.methods:
             raise UsageError(f"baseline method {baseline!r} has no finished students in task {task!r} "
@@ -208,6 +210,15 @@ class Comparison:
         return path
 
 
+def _frame(rows: list[dict[str, Any]], metric: str):
+    """The columns of ``results.load``'s frame that the comparison reads, from leaderboard rows."""
+    import pandas as pd  # heavy: imported when a comparison is built
+
+    return pd.DataFrame.from_records([{**{k: r[k] for k in results.CELL_KEY}, metric: r["metrics"].get(metric),
+                                       "finished_at": r["_finished_at"]} for r in rows]).replace({"alpha": {"": math.nan},
+                                                                                                  "T": {"": math.nan}})
+
+
 # ------------------------------------------------------------------------------------ published references
 def reference_rows(rows: list[dict[str, Any]], task: str, metric: str) -> list[dict[str, Any]]:
     """Each published KD-benchmark number (``data/kd_reference.yaml``) of a pair and method this task ran, beside
@@ -294,6 +305,7 @@ def compare(runs: Path, out: Path, baseline: str = "kd", metric: Optional[str] =
     """Write OUT.md, OUT.csv (table 1 cells), OUT_ls.csv (table 2), OUT_reference.csv (table 3, where published
     references exist) and OUT_<task>.png; return the markdown."""
     rows = collect(Path(runs), select)
+    frame = results.load(Path(runs), select)  # the per-cell values every table aggregates (groupby)
     tasks = sorted({r["task"] for r in rows if r["role"] == "student"})
     if task is not None:
         tasks = [t for t in tasks if t == task]
@@ -302,7 +314,7 @@ def compare(runs: Path, out: Path, baseline: str = "kd", metric: Optional[str] =
     md, cells, ls, refs, written = [], [], [], [], []
     for t in tasks:
         primary = next(r["primary"] for r in rows if r["task"] == t)
-        cmp = Comparison(rows, t, metric or primary, baseline)
+        cmp = Comparison(rows, t, metric or primary, baseline, frame)
         ref = reference_rows(rows, t, metric or primary)
         md += [cmp.table(), pair_note(rows, t), cmp.ls_table(), reference_table(ref)]
         refs += ref
