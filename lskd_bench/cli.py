@@ -201,7 +201,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     check_writable_dir(out.parent)
     csv_path, md = write_outputs(rows, out)
     print(md, end="")
-    print(f"wrote {csv_path} and .md ({len(rows)} cells)", file=sys.stderr)
+    print(f"wrote {csv_path}, .md and _claims.csv ({len(rows)} cells)", file=sys.stderr)
     return 0
 
 
@@ -435,7 +435,8 @@ def _parser_run(sub) -> None:
 def _parser_leaderboard(sub) -> None:
     lb = sub.add_parser("leaderboard", help="CSV + markdown leaderboard of finished cells")
     lb.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
-    lb.add_argument("--out", help="output FILE: writes FILE.csv and FILE.md (default: RUNS/leaderboard)")
+    lb.add_argument("--out", help="output FILE: writes FILE.csv, FILE.md and FILE_claims.csv (the claims' verdicts, "
+                    "differences, Welch p-values and n) (default: RUNS/leaderboard)")
     lb.add_argument("--select", default="best", choices=("best", "last"),
                     help="metrics of the selected epoch (default: image tasks the best on val, which is their test set, as "
                     "the paper; translation the epoch selected on the valid split, test metrics) or of the last epoch")
