@@ -27,7 +27,8 @@ def test_every_row_has_a_source_line_and_a_number():
 
 
 def test_pairs_are_lskd_pairs_of_known_archs():
-    pairs = yaml.safe_load(resources.files("lskd_bench").joinpath("configs", "cifar100_pairs.yaml").read_text())["pairs"]
+    text = resources.files("lskd_bench").joinpath("configs", "cifar100_pairs.yaml").read_text()
+    pairs = yaml.safe_load(text)["pairs"]
     data = load()["pairs"]
     assert len(data) == 13 and set(data) <= set(pairs)
     for key in data:

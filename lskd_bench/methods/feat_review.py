@@ -112,7 +112,9 @@ class ReviewKD(FeatureMethod):
                                "(ReviewKD CIFAR-100/model/reviewkd.py:69; mdistiller engine/cfg.py:158)",
                                min=1, max=1 << 16),
         teacher_preact=Field(bool, True, "compare with the teacher's pre-activation stages (ReviewKD "
-                             "CIFAR-100/train.py:222 preact=True); false: its stage outputs"))
+                             "CIFAR-100/train.py:222 preact=True); false: its stage outputs, for teachers without "
+                             "pre-activations (WRN: the authors apply the next block's bn1 there, "
+                             "model/wide_resnet_cifar.py:120-123, which lskd-bench's layout does not capture)"))
 
     def __init__(self, params=None):
         super().__init__(params)
