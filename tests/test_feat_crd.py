@@ -41,7 +41,9 @@ def _np_embed(x, w, b):
 def _np_nce(x, n):
     m = x.shape[1] - 1
     pn = 1.0 / n
-    return -(np.log(x[:, 0] / (x[:, 0] + m * pn + 1e-7)).sum() + np.log(m * pn / (x[:, 1:] + m * pn + 1e-7)).sum()) / len(x)
+    pos = np.log(x[:, 0] / (x[:, 0] + m * pn + 1e-7)).sum()
+    neg = np.log(m * pn / (x[:, 1:] + m * pn + 1e-7)).sum()
+    return -(pos + neg) / len(x)
 
 
 def test_crd_loss_memory_update_and_z_match_numpy():
@@ -227,11 +229,11 @@ def test_init_stage_hooks():
     fsp = build_method("fsp", {"fsp": {}})
     assert fsp.init_modules(student) == [student.backbone]
     ft = build_method("ft", {"ft": {}})
-    assert ft.init_lr({"lr": 0.05, "arch": "resnet8x4"}) == 0.01  # helper/pretrain.py:12-13
+    assert ft.init_lr({"lr": 0.05, "arch": "resnet8x4"}) == 0.01  # helper/pretrain.py:22-25
     assert ft.init_lr({"lr": 0.05, "arch": "cnn_tiny"}) == 0.05
     assert ft.init_lr({"lr": 0.01, "arch": "MobileNetV2"}) == 0.01
-    ft.setup(Probe(student, teacher, Outputs(stage2=torch.zeros(2, 16, 4, 4)), Outputs(stage3=torch.zeros(2, 128, 2, 2)),
-                   None, None, 10, 10))
+    ft.setup(Probe(student, teacher, Outputs(stage2=torch.zeros(2, 16, 4, 4)),
+                   Outputs(stage3=torch.zeros(2, 128, 2, 2)), None, None, 10, 10))
     assert ft.init_modules(student) == [ft.paraphraser]
     # the init losses reach what the init stage trains
     g = torch.Generator().manual_seed(0)

@@ -80,16 +80,16 @@ def draw_negatives(labels: torch.Tensor, targets: torch.Tensor, k: int, gen: tor
 @METHODS.register("crd")
 class CRD(FeatureMethod):
     """Contrastive Representation Distillation (Tian et al., ICLR 2020) as RepDistiller's ``CRDLoss``
-    (``crd/criterion.py:8``, ``crd/memory.py:5`` ContrastMemory): the student's and the teacher's embeddings
+    (``crd/criterion.py:8``, ``crd/memory.py:6`` ContrastMemory): the student's and the teacher's embeddings
     (``feat[-1]``: ``embedding``) are projected by ``Embed`` to ``feat_dim`` 128 and L2-normalised; a memory
     bank holds one student and one teacher vector per training sample (``probe.num_samples`` rows, initialised
-    uniform in [-stdv, stdv], stdv = 1/sqrt(feat_dim/3), ``memory.py:18-20``). For each sample, the positive (its
+    uniform in [-stdv, stdv], stdv = 1/sqrt(feat_dim/3), ``memory.py:19-21``). For each sample, the positive (its
     own index, ``mode='exact'``) and ``nce_k`` 16384 negatives are scored against the other side's memory,
-    ``exp(v.m / nce_t) / Z`` (nce_t 0.07), ``Z = mean * n_data`` fixed at the first batch (``memory.py:48-55``;
+    ``exp(v.m / nce_t) / Z`` (nce_t 0.07), ``Z = mean * n_data`` fixed at the first batch (``memory.py:49-57``;
     kept in the buffer ``z``); the loss is ``ContrastLoss`` of the student-anchored plus the teacher-anchored
     scores, weight beta 0.8 (``run_cifar_distill.sh:231``; CRD+KD
     is ``crd+kd``, ``-a 1``, line 234). After the loss, under no_grad, the batch's memory
-    rows become ``normalise(nce_m * memory + (1 - nce_m) * v)``, nce_m 0.5 (``memory.py:62-76``).
+    rows become ``normalise(nce_m * memory + (1 - nce_m) * v)``, nce_m 0.5 (``memory.py:63-77``).
 
     Negatives: RepDistiller draws them in the dataset (``CIFAR100InstanceSample``, ``dataset/cifar100.py:166``)
     with numpy's global RNG, from the samples of the other classes. Here they are drawn in the method, the same
@@ -100,10 +100,10 @@ class CRD(FeatureMethod):
     -1 until seen; ``probe.labels`` fills it up front where the runner supplies it): until a sample has been
     seen, it may be drawn as a negative of its own class.
 
-    parity: RepDistiller@b84f547 crd/criterion.py:31 CRDLoss.forward (+ crd/memory.py:25 ContrastMemory.forward)
-    on the same embed weights, memory, indices and negatives (B 8, N 200, K 64, dims 24/40, first and second
-    batch): loss max relative difference 0.0e+00, gradient (student embedding, both Embed weights) 0.0e+00,
-    memory after the update 0.0e+00, Z 0.0e+00.
+    parity: RepDistiller@b84f547 crd/criterion.py:31 CRDLoss.forward (+ crd/memory.py:23 ContrastMemory.forward),
+    same seed (equal Embed weights and memory bank as built), same indices and negatives, two batches (B 8,
+    N 200, K 64, embedding dims 24/40): loss and gradient (both embeddings, both Embed weights and bias) max
+    relative difference 0.0e+00; memory after each update 0.0e+00; Z 0.0e+00.
     """
 
     description = "CRD: ce*CE + beta*(NCE_s + NCE_t) with a memory bank of 16384 negatives, beta 0.8"
@@ -227,19 +227,19 @@ def _init_epochs() -> Field:
 
 
 class _InitStage(FeatureMethod):
-    """A method with RepDistiller's initialisation stage (``helper/pretrain.py:6`` init)."""
+    """A method with RepDistiller's initialisation stage (``helper/pretrain.py:11`` init)."""
 
     def init_stage(self) -> int:
         return int(self.p["init_epochs"])
 
     def init_lr(self, hp: dict[str, Any]) -> float:
-        return float(hp["lr"])  # pretrain.py:22 (opt.learning_rate)
+        return float(hp["lr"])  # pretrain.py:27 (opt.learning_rate)
 
 
 @METHODS.register("ab")
 class AB(_InitStage):
     """Activation Boundaries (Heo et al., AAAI 2019) as RepDistiller: the init stage (``train_student.py:227-238``,
-    ``pretrain.py:58-61``) trains the student's feature modules (all but the classifier head,
+    ``pretrain.py:63-67``) trains the student's feature modules (all but the classifier head,
     ``get_feat_modules``) and a ``Connector`` on ``sum ABLoss(Connector(student preact stages), teacher preact
     stages)`` (``preact=True``; ``AB.py``: margin 1, stage i weighted ``2**(i-n+1)``, n the student's stage count);
     the main stage is then plain ``ce * CE``: RepDistiller's ``loss_kd = 0`` for abound (``loops.py:171-173``),
@@ -248,8 +248,8 @@ class AB(_InitStage):
     as many). The init stage runs as part of the cell (``init_epochs`` 30).
 
     parity: RepDistiller@b84f547 distiller_zoo/AB.py:16 ABLoss.forward + models/util.py:65 Connector (same
-    connector weights), resnet32x4/resnet8x4-shaped pre-activations: loss max relative difference 0.0e+00,
-    gradient 0.0e+00.
+    seed: equal connector weights), pre-activations shaped as resnet32x4/resnet8x4's (identity connectors) and
+    with half the student channels (ConvReg connectors): loss and gradient max relative difference 0.0e+00.
     """
 
     description = ("AB: an init stage (init_epochs, part of the cell) fits the student's pre-activation "
@@ -328,7 +328,7 @@ def factor_transfer(f_s: torch.Tensor, f_t: torch.Tensor, p1: int = 2, p2: int =
     return d.abs().mean() if p2 == 1 else d.pow(p2).mean()
 
 
-# students for which RepDistiller's FT init stage uses lr 0.01 (helper/pretrain.py:12-15)
+# students for which RepDistiller's FT init stage uses lr 0.01 (helper/pretrain.py:22-25)
 FT_INIT_LR_001 = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",
                   "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2")
 
@@ -337,15 +337,16 @@ FT_INIT_LR_001 = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "re
 class FT(_InitStage):
     """Factor Transfer (Kim et al., NeurIPS 2018) as RepDistiller (``train_student.py:239-253``): the init stage
     trains a ``Paraphraser`` of the teacher's last stage (``feat[-2]``) to reconstruct it (MSE,
-    ``pretrain.py:62-65``; lr 0.01 for the CIFAR ResNet/WRN students, else the student's lr, ``pretrain.py:12-15``);
+    ``pretrain.py:68-71``; lr 0.01 for the CIFAR ResNet/WRN students, else the student's lr, ``pretrain.py:22-27``);
     then the student trains with ``ce * CE + beta * FactorTransfer(Translator(student last stage),
     Paraphraser.encoder(teacher last stage))``, beta 200 (``run_cifar_distill.sh:225``), the translator trained
     with the student, the paraphraser frozen (not in RepDistiller's ``trainable_list``; here no gradient reaches
     it). The init stage runs as part of the cell (``init_epochs`` 30).
 
-    parity: RepDistiller@b84f547 distiller_zoo/FT.py:13 FactorTransfer + models/util.py Paraphraser/Translator
-    (same weights), resnet32x4/resnet8x4 last-stage shapes: main loss max relative difference 0.0e+00, gradient
-    0.0e+00; init loss (MSE of the reconstruction) 0.0e+00, gradient 0.0e+00.
+    parity: RepDistiller@b84f547 distiller_zoo/FT.py:14 FactorTransfer.forward + models/util.py:7,44 Paraphraser,
+    Translator (same seed: equal weights), resnet32x4/resnet8x4 last-stage shapes (256x8x8) and a 64x4x4 student
+    map (pooling branch): main loss and gradient max relative difference 0.0e+00; init loss (MSELoss of the
+    reconstruction, pretrain.py:68-71) and gradient 0.0e+00.
     """
 
     description = ("FT: an init stage (init_epochs, part of the cell) trains a paraphraser of the teacher's last "
@@ -375,7 +376,8 @@ class FT(_InitStage):
         factor_s = self.translator(student.stages()[-1])
         with torch.no_grad():  # the paraphraser is frozen after its init stage
             factor_t = self.paraphraser(teacher.stages()[-1], is_factor=True)
-        return {"ce": self.cross_entropy(student, targets), "feat": self.p["beta"] * factor_transfer(factor_s, factor_t)}
+        ft = factor_transfer(factor_s, factor_t)
+        return {"ce": self.cross_entropy(student, targets), "feat": self.p["beta"] * ft}
 
 
 # ------------------------------------------------------------------------------------------------------ FSP
@@ -393,7 +395,7 @@ def fsp_matrices(g: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def fsp_losses(g_s: list[torch.Tensor], g_t: list[torch.Tensor]) -> list[torch.Tensor]:
     """Per pair of consecutive maps, the mean squared difference of the student's and teacher's FSP matrices
-    (``FSP.py:79``); where channel counts differ (RepDistiller raises ValueError), the larger matrix is
+    (``FSP.py:26``); where channel counts differ (RepDistiller raises ValueError), the larger matrix is
     average-pooled to the smaller (``feat_common.pool_matrix_to_smaller``)."""
     return [(s - t).pow(2).mean() for s, t in (pool_matrix_to_smaller(s, t) for s, t in
                                                zip(fsp_matrices(g_s), fsp_matrices(g_t)))]
@@ -403,7 +405,7 @@ def fsp_losses(g_s: list[torch.Tensor], g_t: list[torch.Tensor]) -> list[torch.T
 class FSP(_InitStage):
     """FSP (Yim et al., CVPR 2017) as RepDistiller (``train_student.py:254-263``): the init stage trains the
     student's feature modules (all but the classifier head) on ``sum FSP(student maps, teacher maps)``
-    (``pretrain.py:66-68``), the maps being the stem and every stage (``feat[:-1]``: the stem ``stage0`` where the
+    (``pretrain.py:72-74``), the maps being the stem and every stage (``feat[:-1]``: the stem ``stage0`` where the
     model names one); the main stage is then plain ``ce * CE`` (RepDistiller's ``loss_kd = 0`` for fsp,
     ``loops.py:174-176``). -b 50 (``run_cifar_distill.sh:227``) weighs nothing. Deviations, only where
     RepDistiller's pairs never go: FSP matrices of different channel counts (RepDistiller raises ValueError) are
@@ -414,8 +416,8 @@ class FSP(_InitStage):
     outputs module offers a shorthand for "stem where present + stages", the stem is not requested (the CIFAR
     pair then compares 2 matrices where RepDistiller compares 3).
 
-    parity: RepDistiller@b84f547 distiller_zoo/FSP.py:79 FSP.forward, resnet32x4/resnet8x4 stem+stage shapes: loss
-    max relative difference 0.0e+00, gradient 0.0e+00.
+    parity: RepDistiller@b84f547 distiller_zoo/FSP.py:19 FSP.forward, resnet32x4/resnet8x4 stem + stage shapes
+    (four maps, three matrices): init loss and gradient max relative difference 0.0e+00.
     """
 
     description = ("FSP: an init stage (init_epochs, part of the cell) fits the student's FSP matrices to the "
