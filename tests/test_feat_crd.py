@@ -46,8 +46,9 @@ def _np_nce(x, n):
     return -(pos + neg) / len(x)
 
 
-def test_crd_loss_memory_update_and_z_match_numpy():
-    n, k = 12, 5
+@pytest.mark.parametrize("k", [5, 12])  # 12: more draws than memory rows (the scores of every row, then gathered)
+def test_crd_loss_memory_update_and_z_match_numpy(k):
+    n = 12
     m = _crd(n, k, momentum=0.3)  # not 0.5: m and 1 - m must not be interchangeable
     g = torch.Generator().manual_seed(1)
     y = torch.tensor([0, 4, 8])

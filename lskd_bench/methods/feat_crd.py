@@ -67,8 +67,13 @@ def draw_negatives(labels: torch.Tensor, targets: torch.Tensor, k: int, gen: tor
     if n_none:
         raise UsageError("crd: a sample has no training sample of another class to contrast with")
     out = torch.empty(len(targets), k, dtype=torch.long, device=dev)
-    if n_few:  # with replacement, uniform over the other classes' samples
-        out[few] = torch.multinomial(eligible[few].float(), k, replacement=True, generator=gen)
+    if n_few:  # with replacement, uniform over the other classes' samples: the r-th of a row's eligible indices
+        el = eligible[few]
+        order = torch.argsort((~el).to(torch.uint8), dim=1, stable=True)  # each row's eligible indices first
+        u = torch.rand(n_few, k, generator=gen, device=dev, dtype=torch.float64)
+        cnt = counts[few].unsqueeze(1)
+        r = torch.minimum((u * cnt).long(), cnt - 1)
+        out[few] = order.gather(1, r)
     many = ~few
     if n_few < len(targets):  # without replacement: the k largest of uniform keys, the ineligible keyed below 0
         keys = torch.rand(len(targets) - n_few, labels.numel(), generator=gen, device=dev)
@@ -102,8 +107,11 @@ class CRD(FeatureMethod):
 
     parity: RepDistiller@b84f547 crd/criterion.py:31 CRDLoss.forward (+ crd/memory.py:23 ContrastMemory.forward),
     same seed (equal Embed weights and memory bank as built), same indices and negatives, two batches (B 8,
-    N 200, K 64, embedding dims 24/40): loss and gradient (both embeddings, both Embed weights and bias) max
-    relative difference 0.0e+00; memory after each update 0.0e+00; Z 0.0e+00.
+    K 64, embedding dims 24/40): with N 200 (RepDistiller's gather-then-bmm, the path whenever N > K + 1, as
+    CIFAR-100's 50000 > 16385) loss and gradient (both embeddings, both Embed weights and bias) max relative
+    difference 0.0e+00, memory after each update 0.0e+00, Z 0.0e+00; with N 50 (fewer rows than draws: every
+    row's score by one matmul, then gathered; the negatives then drawn with replacement) loss 7.5e-08, gradient
+    6.1e-07, memory 0.0e+00, Z 0.0e+00.
     """
 
     description = "CRD: ce*CE + beta*(NCE_s + NCE_t) with a memory bank of 16384 negatives, beta 0.8"
@@ -162,11 +170,17 @@ class CRD(FeatureMethod):
         """Scores (B, 1+K, 1) of the student-anchored (teacher memory) and teacher-anchored (student memory)
         pairs of the projected ``f_s``, ``f_t`` and memory rows ``idx`` (B, 1+K); sets Z at the first batch."""
         b, k1 = idx.shape
-        d, T = self.memory_s.shape[1], self.p["nce_t"]
-        w_s = self.memory_s.index_select(0, idx.reshape(-1)).view(b, k1, d)
-        out_t = torch.exp(torch.div(torch.bmm(w_s, f_t.view(b, d, 1)), T))
-        w_t = self.memory_t.index_select(0, idx.reshape(-1)).view(b, k1, d)
-        out_s = torch.exp(torch.div(torch.bmm(w_t, f_s.view(b, d, 1)), T))
+        n, d = self.memory_s.shape
+        T = self.p["nce_t"]
+        if n > k1:  # RepDistiller's computation (memory.py:38-46): the (B, 1+K, D) memory rows, then bmm
+            w_s = self.memory_s.index_select(0, idx.reshape(-1)).view(b, k1, d)
+            out_t = torch.exp(torch.div(torch.bmm(w_s, f_t.view(b, d, 1)), T))
+            w_t = self.memory_t.index_select(0, idx.reshape(-1)).view(b, k1, d)
+            out_s = torch.exp(torch.div(torch.bmm(w_t, f_s.view(b, d, 1)), T))
+        else:  # fewer memory rows than draws (a small data set): every row's score once, then the drawn ones
+            # (a copy of the memory: backward needs it as it is now, and the update below changes it in place)
+            out_t = torch.exp(torch.div(f_t.mm(self.memory_s.t().clone()).gather(1, idx), T)).unsqueeze(-1)
+            out_s = torch.exp(torch.div(f_s.mm(self.memory_t.t().clone()).gather(1, idx), T)).unsqueeze(-1)
         with torch.no_grad():  # no host sync: Z is the first batch's value from then on
             first = torch.stack([out_s.mean(), out_t.mean()]) * self.n_data
             self.z.copy_(torch.where(self.z < 0, first, self.z))
