@@ -195,6 +195,22 @@ class FeatureMethod(nn.Module, Method):
     def loss(self, student: Outputs, targets: torch.Tensor, teacher: Outputs, ctx: LossContext) -> Loss:  # type: ignore[override]
         raise NotImplementedError
 
+    # -- an initialisation stage (RepDistiller's AB, FT, FSP: helper/pretrain.py ``init``) -------------------
+    def init_stage(self) -> int:
+        """Epochs of the initialisation stage that runs first, as part of the cell (0: none)."""
+        return 0
+
+    def init_modules(self, student: nn.Module) -> list[nn.Module]:
+        """What the initialisation stage trains (the rest of the student is in eval mode meanwhile)."""
+        raise NotImplementedError
+
+    def init_lr(self, hp: dict[str, Any]) -> float:
+        """The initialisation stage's constant SGD learning rate (``hp``: the student's recipe)."""
+        return float(hp["lr"])
+
+    def init_loss(self, student: Outputs, targets: torch.Tensor, teacher: Outputs, ctx: LossContext) -> Loss:
+        raise NotImplementedError
+
     def cross_entropy(self, student: Outputs, targets: torch.Tensor) -> torch.Tensor:
         return self.p["ce"] * F.cross_entropy(student["logits"].float(), targets)
 
@@ -235,6 +251,18 @@ class Composite(FeatureMethod):
 
     def setup(self, probe: Probe) -> None:
         self.inner.setup(probe)
+
+    def init_stage(self) -> int:
+        return self.inner.init_stage()
+
+    def init_modules(self, student: nn.Module) -> list[nn.Module]:
+        return self.inner.init_modules(student)
+
+    def init_lr(self, hp: dict[str, Any]) -> float:
+        return self.inner.init_lr(hp)
+
+    def init_loss(self, student, targets, teacher, ctx):
+        return self.inner.init_loss(student, targets, teacher, ctx)
 
     def loss(self, student, targets, teacher, ctx):
         terms = self.inner.compute(student, targets, teacher, ctx)

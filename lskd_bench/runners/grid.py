@@ -21,6 +21,7 @@ from ..models import init_path, read_checkpoint
 from ..registry import EXECUTORS
 from ..tasks import DEFAULT_TASK, get_task
 from .cells import Cell, grid_values, plan_cells, validate_grid
+from .probe import check_feature_methods
 from .repair import repair_cells
 from .scheduler import Scheduler, raise_if_data_error  # noqa: F401  (re-exported)
 from .units import GridJob, unit_inputs  # noqa: F401  (re-exported)
@@ -61,6 +62,7 @@ def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Ma
     if cfg["logging"]["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
         raise UsageError("logging.tensorboard needs the tensorboard package: pip install 'lskd-bench[tensorboard]'")
     task.validate(cfg)
+    check_feature_methods(task, cfg)
     return res
 
 

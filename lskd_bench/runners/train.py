@@ -38,6 +38,7 @@ from ..envinfo import cpu_model, git_commit
 from ..errors import DataError, Interrupted
 from ..methods import LossContext, Method, Probe, build_method, total_loss
 from ..outputs import Layout, Outputs, Tap, describe
+from .probe import TeacherView, probe_outputs, setup_method
 from ..models import init_path, load_init_checkpoint
 from ..tasks import Task, TaskData, get_task, iterate_batches
 from ..tasks.base import autocast, close_batches, on_bad_sample
@@ -110,6 +111,43 @@ def load_model(task: Task, arch: str, data: TaskData, cfg: dict[str, Any], path:
     return model.to(device).eval()
 
 
+class InitStage:
+    """A method's initialisation stage (RepDistiller's AB, FT, FSP: ``helper/pretrain.py`` ``init``): its first
+    ``epochs`` epochs train ``modules`` alone with ``init_loss`` and their own SGD at a constant lr, the rest of the
+    student in eval mode (``model_s.eval(); init_modules.train()``). ``updates``: where the main schedule starts.
+    Without one (every logit method), ``epochs`` is 0 and nothing changes."""
+
+    def __init__(self, epochs: int = 0, modules: Sequence[nn.Module] = (), lr: float = 0.0,
+                 opt: Optional[torch.optim.Optimizer] = None):
+        self.epochs, self.modules, self.lr, self.opt = epochs, list(modules), lr, opt
+        self.params = [p for m in self.modules for p in m.parameters() if p.requires_grad]
+        self.updates = 0
+
+    @classmethod
+    def of(cls, method: Method, model: nn.Module, hp: dict[str, Any]) -> "InitStage":
+        epochs = int(method.init_stage()) if hasattr(method, "init_stage") else 0
+        if not epochs:
+            return cls()
+        modules = method.init_modules(model)
+        lr = float(method.init_lr(hp))
+        params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=lr, momentum=hp["momentum"], weight_decay=hp["weight_decay"])
+        return cls(epochs, modules, lr, opt)
+
+    def train_mode(self, model: nn.Module) -> None:
+        model.eval()
+        for m in self.modules:
+            m.train()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.opt.state_dict() if self.opt is not None else None, "updates": self.updates}
+
+    def load_state_dict(self, st: Optional[dict[str, Any]]) -> None:
+        if st and self.opt is not None:
+            self.opt.load_state_dict(st["optimizer"])
+            self.updates = st["updates"]
+
+
 class CellFailed(Exception):
     """One member of a group failed (non-finite loss, out of memory...): the others carry on."""
 
@@ -124,29 +162,6 @@ class Outcome:
 
 def _role_cfg(cfg: dict[str, Any], cell: Cell) -> dict[str, Any]:
     return cfg["teacher"] if cell.role == "teacher" else cfg["student"]
-
-
-@dataclass
-class TeacherView:
-    """The fused group's teacher as feature methods see it: the model, where its named outputs are and its
-    outputs on the probe batch ``x`` (built once per group, only when a member reads more than logits)."""
-
-    model: nn.Module
-    layout: Layout
-    x: torch.Tensor
-    probe: Outputs
-
-
-def probe_outputs(model: nn.Module, layout: Layout, names: Sequence[str], x: torch.Tensor) -> Outputs:
-    """``model``'s named outputs on ``x`` (eval mode, no gradient, the caller's random state untouched)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]), Tap(model, layout, names) as tap:
-            logits = model(x)
-    finally:
-        model.train(was_training)
-    return Outputs({**tap.out, "logits": logits})
 
 
 @dataclass
@@ -200,7 +215,8 @@ class Member:
         self.opt = build_optimizer([*self.model.parameters(), *self.method_params], self.hp)
         # a trained teacher supplied by the user (--teacher-checkpoint) is evaluated, not trained
         self.given = self.hp["checkpoint"] if cell.role == "teacher" else None
-        self.epochs = 0 if self.given else int(self.hp["epochs"])
+        self.init = InitStage.of(self.method, self.model, self.hp)  # a method's initialisation stage (AB, FT, FSP)
+        self.epochs = 0 if self.given else int(self.hp["epochs"]) + self.init.epochs
         self.max_updates = self.hp["max_updates"]
         self.state_path = self.dir / store.STATE
         state = self._load_state()
@@ -221,20 +237,14 @@ class Member:
             # so compile stays out of the cell's identity and resume/fusion stay exact
             torch._inductor.config.fallback_random = True
             self.step_model = torch.compile(self.step_model)
-        self.ctx = LossContext(alpha=self.alpha, T=cell.T, epochs=max(self.epochs, 1))
+        self.ctx = LossContext(alpha=self.alpha, T=cell.T, epochs=max(self.epochs - self.init.epochs, 1))
 
     def _setup_method(self) -> None:
-        """The student's layout and tap, and the method's trainable parts sized from a probe forward of both
-        models (drawing their initial values from the cell's random stream, as the model did)."""
-        view = self.teacher
-        if view is None:
+        """The student's tap, and the method's trainable parts sized from a probe forward of both models (their
+        initial values drawn from the cell's random stream, as the model's were)."""
+        if self.teacher is None:
             raise ValueError(f"{self.cell.name}: method {self.cell.method!r} needs a teacher")
-        layout = describe(self.model, view.x)
-        self.tap = Tap(self.model, layout, self.method.needs.student)
-        s = probe_outputs(self.model, layout, self.tap.names, view.x)
-        t = Outputs({k: view.probe[k] for k in Tap(view.model, view.layout, self.method.needs.teacher).names + ["logits"]})
-        self.method.setup(Probe(self.model, view.model, s, t, layout, view.layout, len(self.data.train),
-                                self.data.num_classes))
+        self.tap = setup_method(self.method, self.model, self.teacher, len(self.data.train), self.data.num_classes)
 
     # -- state ------------------------------------------------------------------------------------
     def _load_state(self) -> Optional[dict[str, Any]]:
@@ -267,6 +277,7 @@ class Member:
         self.opt.load_state_dict(st["optimizer"])
         if st.get("method") and isinstance(self.method, nn.Module):
             self.method.load_state_dict(st["method"])
+        self.init.load_state_dict(st.get("init"))
         self.rng = st["rng"]
         if self.cuda_rng is not None and st.get("cuda_rng") is not None:
             self.cuda_rng = st["cuda_rng"]
@@ -293,6 +304,7 @@ class Member:
             "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
             "term_sums": self.term_sums,
             "skipped": self.skipped, "resumes": self.resumes,
+            **({"init": self.init.state_dict()} if self.init.epochs else {}),
         })  # fmt: skip
 
     @contextlib.contextmanager
@@ -353,19 +365,28 @@ class Member:
         """One optimizer step. On the CPU a non-finite loss raises ``CellFailed`` at once; on CUDA the step
         does not wait for the device (no host sync): ``sync()`` raises it at the next checkpoint or epoch end."""
         t0 = time.perf_counter()
-        lr = learning_rate(self.hp, epoch, self.update, steps_per_epoch)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        self.ctx.epoch = epoch
+        stage = self.init if epoch < self.init.epochs else None
+        if stage is not None:
+            opt, lr, params = stage.opt, stage.lr, stage.params
+        else:
+            opt, params = self.opt, None
+            lr = learning_rate(self.hp, epoch - self.init.epochs, self.update - self.init.updates, steps_per_epoch)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+        self.ctx.epoch = epoch - (0 if stage is not None else self.init.epochs)
         self.ctx.indices = indices
         with self.rng_scope():
-            self.model.train()
+            if stage is not None:
+                stage.train_mode(self.model)
+            else:
+                self.model.train()
             with autocast(self.device, self.cfg), (self.tap or contextlib.nullcontext()):
                 s_logits, targets = self.task.forward(self.step_model, batch)
             s_out = Outputs(logits=s_logits.float())
             if self.tap is not None:
                 s_out.update({k: v.float() for k, v in self.tap.out.items()})
-            terms = self.method.compute(s_out, targets, t_out, self.ctx)
+            compute = self.method.init_loss if stage is not None else self.method.compute
+            terms = compute(s_out, targets, t_out, self.ctx)
             loss = total_loss(terms)
             if loss.device.type != "cuda":
                 if not torch.isfinite(loss):
@@ -377,11 +398,12 @@ class Member:
                 now = torch.stack([torch.full((), float(self.update), dtype=torch.float64, device=loss.device),
                                    loss.detach().double()])
                 self._bad = torch.where(first, now, self._bad)
-            self.opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.hp["clip_norm"] > 0:
-                torch.nn.utils.clip_grad_norm_([*self.model.parameters(), *self.method_params], self.hp["clip_norm"])
-            self.opt.step()
+                torch.nn.utils.clip_grad_norm_(params or [*self.model.parameters(), *self.method_params],
+                                               self.hp["clip_norm"])
+            opt.step()
         self._accumulate(loss, terms, int(targets.shape[0]))
         self.step += 1
         self.update += 1
@@ -400,12 +422,18 @@ class Member:
             sums = torch.tensor([total, float(count), *terms], device=self.device)
             torch.distributed.all_reduce(sums)
             total, count, terms = float(sums[0]), int(sums[1]), [float(v) for v in sums[2:]]
-        entry = {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": self.opt.param_groups[0]["lr"], "updates": self.update,
-                 **{f"loss_{k}": v / max(count, 1) for k, v in zip(names, terms)}, **self.method.report()}
+        in_init = epoch < self.init.epochs
+        lr = self.init.lr if in_init else self.opt.param_groups[0]["lr"]
+        entry = {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": lr, "updates": self.update,
+                 **{f"loss_{k}": v / max(count, 1) for k, v in zip(names, terms)}, **self.method.report(),
+                 **({"stage": "init"} if in_init else {})}
         self.epoch, self.step, self.loss_sum, self.loss_count, self.term_sums = epoch + 1, 0, 0.0, 0, {}
         self._loss_acc, self._term_acc = None, None
+        if self.epoch == self.init.epochs and in_init:
+            self.init.updates = self.update  # the main schedule counts its updates from here
         every = self.hp["eval_every"]
-        if self.done() or self.epoch % every == 0:
+        main = self.epoch - self.init.epochs
+        if self.done() or (main > 0 and main % every == 0):
             entry["eval"] = self.evaluate()
             if self.last_score is not None:
                 entry["selection"] = self.last_score
@@ -477,6 +505,7 @@ class Member:
             "weights": {"last": store.MODEL, "selected": selected},
             "files": files,
             "epochs": self.epoch if not self.given else 0,
+            **({"init_epochs": self.init.epochs} if self.init.epochs else {}),
             "updates": self.update,
             "config": {
                 "task": self.task.name,
@@ -830,12 +859,14 @@ def train_cell(
 # ------------------------------------------------------------------------------------------ features
 @torch.inference_mode()
 def penultimate(model: nn.Module, ds, cfg: dict[str, Any], device: torch.device, indices=None) -> np.ndarray:
+    """The named output ``embedding`` (the head's input) of every sample of ``ds``."""
     model.eval()
     feats = []
     for x, _ in iterate_batches(ds, cfg["eval_batch_size"], indices=indices, num_workers=cfg["num_workers"],
                                 on_bad_sample=on_bad_sample(cfg)):
-        with autocast(device, cfg):
-            feats.append(model.features(x.to(device)).float().cpu())
+        with autocast(device, cfg), Tap(model, Layout(), ["embedding"]) as tap:
+            model(x.to(device))
+        feats.append(tap.out["embedding"].float().cpu())
     return torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32)
 
 

@@ -477,6 +477,11 @@ class Task:
         files as training will read them (not every sample's content; ``check-data`` decodes those).
         Raise UsageError. Built-in data (digits) has nothing to check."""
 
+    def probe_shape(self, cfg: dict[str, Any]) -> Optional[tuple[int, ...]]:
+        """The shape of one input sample (C, H, W), for checking a feature method's needs against the models before
+        any data is read; None: the task's models have no named outputs (translation)."""
+        return None
+
     def cpu_reason(self, cfg: dict[str, Any]) -> Optional[str]:
         """Why ``device: auto`` should train on the CPU although a GPU is there (models too small to gain from
         it), or None."""

@@ -219,6 +219,9 @@ class CIFAR100Task(Task):
         return TaskData(train=train, val=CifarSplit(xte, yte), num_classes=len(names), class_names=names,
                         train_eval=train, extras={"padded": None})
 
+    def probe_shape(self, cfg: dict[str, Any]) -> tuple[int, ...]:
+        return (3, 32, 32)
+
     def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any], hp: dict[str, Any]):
         return build_image_model(arch, data.num_classes) if is_library_arch(arch) else build_cifar_model(arch, data.num_classes)
 

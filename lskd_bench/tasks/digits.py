@@ -101,6 +101,9 @@ class DigitsTask(Task):
             class_names=[str(i) for i in range(10)],
         )
 
+    def probe_shape(self, cfg: dict[str, Any]) -> tuple[int, ...]:
+        return (1, 8, 8)
+
     def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any], hp: dict[str, Any]) -> ClassifierNet:
         return cnn(ARCHS[arch], data.num_classes)
 

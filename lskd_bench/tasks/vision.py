@@ -161,6 +161,9 @@ class ImageClassificationTask(Task):
     def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any], hp: dict[str, Any]) -> ClassifierNet:
         return build_image_model(arch, data.num_classes)
 
+    def probe_shape(self, cfg: dict[str, Any]) -> tuple[int, ...]:
+        return (3, int(cfg["data"]["image_size"]), int(cfg["data"]["image_size"]))
+
 
 # ---------------------------------------------------------------------------------------------- ImageNet
 def _class_dirs(split: Path) -> list[str]:
