@@ -251,3 +251,46 @@ def test_ab_and_fsp_main_stage_is_cross_entropy_only():
         m = build_method(name, {name: {}})
         out = m.loss(Outputs(logits=logits), y, Outputs(), LossContext())
         assert set(out) == {"ce"} and out["ce"].item() == pytest.approx(nn.functional.cross_entropy(logits, y).item())
+
+
+def test_killed_crd_and_ab_cells_resume_bit_identically(tmp_path):
+    """In the runner: a CRD cell (memory bank, Z, the negatives' generator) and an AB cell (its init stage) killed
+    after their second epoch and resumed end with the weights of uninterrupted runs."""
+    from lskd_bench import store
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.grid import resolve_config
+    from lskd_bench.runners.train import load_model, train_group
+    from lskd_bench.tasks import get_task
+
+    from .conftest import tiny_overrides
+    from .test_fusion import same_weights
+
+    cfg = resolve_config("digits", {}, tiny_overrides(epochs=3, methods=["crd", "ab"], grid={"alphas": [0.1]},
+                                                      baseline=False, crd={"nce_k": 64}, ab={"init_epochs": 1}))
+    task = get_task("digits")
+    data = task.load_data(cfg)
+    cells = plan_cells(cfg)
+    teacher = next(c for c in cells if c.role == "teacher")
+    (o,) = train_group(task, [teacher], cfg, data, [teacher.dir(tmp_path / "t")], progress=False)
+    assert o.error is None
+    tmodel = load_model(task, teacher.arch, data, cfg, teacher.dir(tmp_path / "t") / store.MODEL, torch.device("cpu"))
+    students = [c for c in cells if c.role == "student"]
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    train_group(task, students, cfg, data, [ref / c.name for c in students], teacher=tmodel, progress=False)
+
+    def stop(epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False,
+                    on_epoch_end=stop)
+    crd = next(c for c in students if c.method == "crd")
+    state = torch.load(cut / crd.name / store.STATE, weights_only=False)
+    assert {"memory_s", "memory_t", "z", "labels", "_extra_state"} <= set(state["method"])
+    assert state["method"]["_extra_state"]["generator"] is not None
+    out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False)
+    assert all(o.error is None for o in out)
+    assert all(same_weights(cut / c.name, ref / c.name) for c in students)
+    student_keys = set(task.build_model(crd.arch, data, cfg, cfg["student"]).state_dict())
+    assert set(torch.load(cut / crd.name / store.MODEL, weights_only=True)) == student_keys  # no memory exported
