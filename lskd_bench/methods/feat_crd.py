@@ -92,9 +92,9 @@ class CRD(FeatureMethod):
     own index, ``mode='exact'``) and ``nce_k`` 16384 negatives are scored against the other side's memory,
     ``exp(v.m / nce_t) / Z`` (nce_t 0.07), ``Z = mean * n_data`` fixed at the first batch (``memory.py:49-57``;
     kept in the buffer ``z``); the loss is ``ContrastLoss`` of the student-anchored plus the teacher-anchored
-    scores, weight beta 0.8 (``run_cifar_distill.sh:231``; CRD+KD
-    is ``crd+kd``, ``-a 1``, line 234). After the loss, under no_grad, the batch's memory
-    rows become ``normalise(nce_m * memory + (1 - nce_m) * v)``, nce_m 0.5 (``memory.py:63-77``).
+    scores, weight beta 0.8 (``run_cifar_distill.sh:231``; CRD+KD is ``crd+kd``, ``-a 1``, line 234). After the
+    loss, under no_grad, the batch's memory rows become ``normalise(nce_m * memory + (1 - nce_m) * v)``, nce_m 0.5
+    (``memory.py:63-77``).
 
     Negatives: RepDistiller draws them in the dataset (``CIFAR100InstanceSample``, ``dataset/cifar100.py:166``)
     with numpy's global RNG, from the samples of the other classes. Here they are drawn in the method, the same
