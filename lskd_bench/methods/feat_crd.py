@@ -426,17 +426,13 @@ class FSP(_InitStage):
     compared after average-pooling the larger to the smaller; the models' map lists are zipped (the stages both
     have). The init stage runs as part of the cell (``init_epochs`` 30).
 
-    Note: ``needs`` lists ``stages`` (stage1..N) and the stem ``stage0`` is read where the tap has it; until the
-    outputs module offers a shorthand for "stem where present + stages", the stem is not requested (the CIFAR
-    pair then compares 2 matrices where RepDistiller compares 3).
-
     parity: RepDistiller@b84f547 distiller_zoo/FSP.py:19 FSP.forward, resnet32x4/resnet8x4 stem + stage shapes
     (four maps, three matrices): init loss and gradient max relative difference 0.0e+00.
     """
 
     description = ("FSP: an init stage (init_epochs, part of the cell) fits the student's FSP matrices to the "
                    "teacher's, then ce*CE")
-    needs = Needs(student=("logits", "stages"), teacher=("stages",))
+    needs = Needs(student=("logits", "stem_stages"), teacher=("stem_stages",))  # feat[:-1]
     params = feature_section("FSP", 50.0, "scripts/run_cifar_distill.sh:227", init_epochs=_init_epochs())
 
     def init_modules(self, student: nn.Module) -> list[nn.Module]:

@@ -4,7 +4,7 @@ method needs exists in both models, and its parts can be sized)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -49,14 +49,16 @@ def teacher_view(teacher: nn.Module, data: TaskData, device: torch.device, needs
     return TeacherView(teacher, layout, x, probe_outputs(teacher, layout, names, x))
 
 
-def setup_method(method: Method, model: nn.Module, view: TeacherView, num_samples: int, num_classes: int) -> Tap:
-    """The student's tap for ``method.needs.student``, after ``method.setup`` from a probe forward of both models."""
+def setup_method(method: Method, model: nn.Module, view: TeacherView, num_samples: int, num_classes: int,
+                 labels: Optional[torch.Tensor] = None) -> Tap:
+    """The student's tap for ``method.needs.student``, after ``method.setup`` from a probe forward of both models
+    (``labels``: the training samples' classes, for methods that read sample indices)."""
     layout = describe(model, view.x)
     tap = Tap(model, layout, method.needs.student)
     s = probe_outputs(model, layout, tap.names, view.x)
     t_names = Tap(view.model, view.layout, method.needs.teacher).names + ["logits"]
     t = Outputs({k: view.probe[k] for k in t_names})
-    method.setup(Probe(model, view.model, s, t, layout, view.layout, num_samples, num_classes))
+    method.setup(Probe(model, view.model, s, t, layout, view.layout, num_samples, num_classes, labels))
     return tap
 
 

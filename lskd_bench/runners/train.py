@@ -244,7 +244,9 @@ class Member:
         initial values drawn from the cell's random stream, as the model's were)."""
         if self.teacher is None:
             raise ValueError(f"{self.cell.name}: method {self.cell.method!r} needs a teacher")
-        self.tap = setup_method(self.method, self.model, self.teacher, len(self.data.train), self.data.num_classes)
+        labels = self.data.labels("train") if self.method.needs.indices else None
+        self.tap = setup_method(self.method, self.model, self.teacher, len(self.data.train), self.data.num_classes,
+                                labels)
 
     # -- state ------------------------------------------------------------------------------------
     def _load_state(self) -> Optional[dict[str, Any]]:
