@@ -84,6 +84,10 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     for flag in ("compile", "channels_last"):
         if getattr(args, flag):
             o[flag] = True
+    if args.loggers is not None:
+        set_dotted(o, "logging.loggers", _list_of(str, "--loggers")(args.loggers))
+    if args.log_format is not None:
+        set_dotted(o, "logging.format", args.log_format)
     for item in args.set or []:
         key, value = parse_override(item)
         set_dotted(o, key, value)
@@ -386,6 +390,11 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--channels-last", action="store_true", help="channels_last memory format on CUDA")
     r.add_argument("--no-fuse", action="store_true", help="train every cell in its own data pass (default: the students "
                    "of one teacher share each batch and the teacher forward)")
+    r.add_argument("--loggers", help="experiment trackers, one run per cell, comma-separated: tensorboard, wandb, "
+                   "mlflow or a plugin (logging.loggers; W&B and MLflow read their own WANDB_* / MLFLOW_* variables)")
+    r.add_argument("--log-format", choices=("auto", "bar", "plain", "json"),
+                   help="progress output (logging.format): bar, plain lines for batch logs (every logging.interval_s, "
+                   "default 60 s), json (one object a line); auto (default): bar on a terminal, else plain")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config value, e.g. --set student.epochs=5 (repeatable)")
 
 
@@ -473,7 +482,7 @@ def _parser_plot(sub) -> None:
                         description="One PNG per task and group (the teachers of an architecture; the students of one "
                         "method and seed, with the no-KD student in black), from the history in each result.json: "
                         "training loss and the task's metric against epoch; colour: alpha, line style: T. Live "
-                        "curves: logging.tensorboard: true, then tensorboard --logdir RUNS.")
+                        "curves: run --loggers tensorboard, then tensorboard --logdir RUNS (or wandb, mlflow).")
     pl.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     pl.add_argument("--task", help="only this task")
     pl.add_argument("--out", help="folder (default: RUNS/<task>/curves; else OUT/<task>/)")
