@@ -86,7 +86,7 @@ class Lines:
         self.n += n
 
     def note(self, text: str, line: Optional[str] = None, throttle: bool = False, **fields: Any) -> None:
-        """``line``: the plain line's text (default ``n/total unit, text``); ``throttle``: only when ``interval``
+        """``line``: the plain line's text (default ``n/total units, text``); ``throttle``: only when ``interval``
         seconds passed since this bar's previous line."""
         mono = time.monotonic()
         if throttle and mono - self.last < self.interval:
@@ -100,7 +100,7 @@ class Lines:
                 record["event"] = "progress"
             _emit(json.dumps(record))
         else:
-            body = line if line is not None else f"{self.n}/{self.total} {self.unit}, {text}"
+            body = line if line is not None else f"{self.n}/{self.total} {self.unit}s, {text}"
             _emit(f"{now:%Y-%m-%d %H:%M:%S} {self.desc}: {body}")
 
     def close(self) -> None:
