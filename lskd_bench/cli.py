@@ -17,6 +17,7 @@ from .leaderboard import collect, write_outputs
 from .leaderboard.compare import compare
 from .methods import METHODS, TEACHER_METHOD
 from .registry import EXECUTORS
+from .report import write_report as write_html_report
 from .runners.cells import plan_cells
 from .runners.devices import parse_gpus
 from .runners.grid import resolve, run_grid
@@ -275,6 +276,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         detail = r["detail"].replace("\n", "\n" + " " * (width + 28))
         print(f"{r['cell']:<{width}}  {r['state']:<11}  {r['job'] or '-':>9}  {detail}".rstrip())
     print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    runs = _runs_dir(args)
+    out = Path(args.out) if args.out else runs / "report.html"
+    check_writable_dir(out.absolute().parent)
+    path = write_html_report(runs, out)
+    print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
     return 0
 
 
@@ -554,6 +564,17 @@ def _parser_methods(sub) -> None:
     mt.set_defaults(func=cmd_methods)
 
 
+def _parser_report(sub) -> None:
+    rp = sub.add_parser("report", help="one self-contained HTML page of a run directory (tables, heatmaps, curves)",
+                        description="One static HTML file, opened offline in any browser (CSS, JavaScript and images "
+                        "inline, no network): per-cell status, the leaderboard with the paper's numbers and deltas, per "
+                        "task the alpha x T heatmap of the students and the methods' comparison with its tests, the "
+                        "training curves and the environment. Click a column header to sort a table.")
+    rp.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
+    rp.add_argument("--out", help="HTML file (default: RUNS/report.html)")
+    rp.set_defaults(func=cmd_report)
+
+
 def _parser_tasks(sub) -> None:
     t = sub.add_parser("tasks", help="list registered tasks")
     t.set_defaults(func=cmd_tasks)
@@ -564,8 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"lskd-bench {__version__}")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     for add in (_parser_run, _parser_leaderboard, _parser_compare, _parser_analyze, _parser_visualize, _parser_plot,
-                _parser_config, _parser_check_data, _parser_status, _parser_translate, _parser_score, _parser_methods,
-                _parser_tasks):
+                _parser_config, _parser_check_data, _parser_status, _parser_report, _parser_translate, _parser_score,
+                _parser_methods, _parser_tasks):
         add(sub)
     return p
 
