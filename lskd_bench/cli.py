@@ -567,9 +567,9 @@ def _parser_methods(sub) -> None:
 def _parser_report(sub) -> None:
     rp = sub.add_parser("report", help="one self-contained HTML page of a run directory (tables, heatmaps, curves)",
                         description="One static HTML file, opened offline in any browser (CSS, JavaScript and images "
-                        "inline, no network): per-cell status, the leaderboard with the paper's numbers and deltas, per "
-                        "task the alpha x T heatmap of the students and the methods' comparison with its tests, the "
-                        "training curves and the environment. Click a column header to sort a table.")
+                        "inline, no network): per-cell status, the leaderboard with the paper's numbers and deltas, "
+                        "per task the alpha x T heatmap of the students and the methods' comparison with its tests, "
+                        "the training curves and the environment. Click a column header to sort a table.")
     rp.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     rp.add_argument("--out", help="HTML file (default: RUNS/report.html)")
     rp.set_defaults(func=cmd_report)

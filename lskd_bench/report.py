@@ -27,8 +27,8 @@ from .leaderboard.compare import NO_T, Comparison, compare
 from .runners.status import status_rows
 
 CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1400px;padding:0 24px 48px;
-color:#1d1d1f;background:#fff}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1400px;
+padding:0 24px 48px;color:#1d1d1f;background:#fff}
 h1{font-size:22px;margin:24px 0 4px}h2{font-size:18px;margin:32px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
 h3{font-size:15px;margin:20px 0 6px}h4{font-size:14px;margin:16px 0 6px}
 nav a{margin-right:14px}.meta{color:#666}
@@ -130,7 +130,8 @@ def html_table(head: list[str], rows: list[list[Any]], raw: bool = False, classe
     trs = []
     for j, row in enumerate(rows):
         cls = (classes or [None] * len(rows))[j]
-        tds = "".join((f'<td class="{cls}">' if cls and k == 1 else "<td>") + fmt(c) + "</td>" for k, c in enumerate(row))
+        tds = "".join((f'<td class="{cls}">' if cls and k == 1 else "<td>") + fmt(c) + "</td>"
+                      for k, c in enumerate(row))
         trs.append(f"<tr>{tds}</tr>")
     return f'<table class="sortable"><thead><tr>{th}</tr></thead><tbody>{"".join(trs)}</tbody></table>'
 
@@ -217,7 +218,8 @@ def _task_sections(runs: Path, rows: list[dict[str, Any]], work: Path) -> list[t
         try:
             png = heatmap_png(Comparison(rows, task, primary, baseline))
             if png is not None:
-                parts.append(f"<h3>{html.escape(task)}: α × T ({html.escape(primary)})</h3>" + _img(png, f"{task} alpha x T heatmap"))
+                parts.append(f"<h3>{html.escape(task)}: α × T ({html.escape(primary)})</h3>"
+                             + _img(png, f"{task} alpha x T heatmap"))
             text, paths = compare(runs, work / f"compare_{task}", baseline=baseline, task=task)
             text = text.split("\nEnvironment:\n", 1)[0]  # the environment has its own section
             parts.append(markdown_html(text))
@@ -258,8 +260,8 @@ def build_report(runs: Path) -> str:
             sections.append(("curves", "Training curves", _curves_section(runs, work)))
             sections.append(("environment", "Environment", markdown_html(environment_md(rows))))
     if problems:
-        sections.append(("problems", "Unreadable results", "<ul>" + "".join(f"<li>{html.escape(p)}</li>" for p in problems)
-                         + "</ul>"))
+        items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
+        sections.append(("problems", "Unreadable results", f"<ul>{items}</ul>"))
     nav = " ".join(f'<a href="#{sid}">{html.escape(title)}</a>' for sid, title, _ in sections)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     body = "\n".join(f'<section id="{sid}"><h2>{html.escape(title)}</h2>\n{content}\n</section>'

@@ -272,7 +272,8 @@ LOGGING = Section(
                              "metrics; needs the tensorboard extra)", identity=False),
         "every_updates": Field(int, 50, "loggers: log the step loss and lr every N updates", min=1, identity=False),
         "loggers": Field([str], [], "experiment trackers, one run per cell: tensorboard, wandb, mlflow or a plugin "
-                         "(entry points lskd_bench.loggers); logging.tensorboard: true adds tensorboard", identity=False),
+                         "(entry points lskd_bench.loggers); logging.tensorboard: true adds tensorboard",
+                         identity=False),
         "project": Field(str, "lskd-bench", "W&B project and MLflow experiment of the cells' runs (WANDB_PROJECT / "
                          "MLFLOW_EXPERIMENT_NAME win when set)", identity=False),
         "close_timeout_s": Field(float, 60.0, "at the end of a cell, wait at most this long for the loggers to write "

@@ -3,12 +3,12 @@ CI installs it) and checked on the rendered page: the tables' cells, every image
 the sort working."""
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -30,10 +30,12 @@ window.addEventListener("error", function (e) {
   __errors.push(Array.prototype.join.call(arguments, " ")); orig.apply(console, arguments); }; })();
 window.addEventListener("load", function () {
   var table = document.querySelector("#status table"), th = table.querySelectorAll("th")[0];
-  var order = function () { return Array.prototype.map.call(table.tBodies[0].rows, function (r) { return r.cells[0].textContent; }); };
+  var order = function () {
+    return Array.prototype.map.call(table.tBodies[0].rows, function (r) { return r.cells[0].textContent; }); };
   th.click(); var asc = order(); th.click(); var desc = order();
   var out = {errors: __errors, asc: asc, desc: desc,
-    images: Array.prototype.map.call(document.images, function (i) { return [i.alt, i.complete, i.naturalWidth, i.naturalHeight]; }),
+    images: Array.prototype.map.call(document.images, function (i) {
+      return [i.alt, i.complete, i.naturalWidth, i.naturalHeight]; }),
     tables: Array.prototype.map.call(document.querySelectorAll("table"), function (t) {
       return Array.prototype.map.call(t.rows, function (r) {
         return Array.prototype.map.call(r.cells, function (c) { return c.textContent.trim(); }); }); })};
@@ -83,7 +85,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
                           capture_output=True, text=True, timeout=180)  # a hang guard, not a timing
     found = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout, re.S)
     assert found, proc.stderr[-3000:]
-    probe = json.loads(found.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    probe = json.loads(html.unescape(found.group(1)))
     assert probe["errors"] == []
     console = [ln for ln in proc.stderr.splitlines() if ":CONSOLE" in ln]
     assert console == []  # the page writes nothing to the console

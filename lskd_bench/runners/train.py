@@ -510,7 +510,8 @@ class StepMeter:
         self.last = now
         rate = (step - self.first) / max(now - self.t0, 1e-9)
         loss = " ".join(f"{k}={v:.3f}" for k, v in losses.items())
-        self.fields = {"step": step, "steps": self.total, "steps_per_s": rate, "loss": {k: float(v) for k, v in losses.items()}}
+        self.fields = {"step": step, "steps": self.total, "steps_per_s": rate,
+                       "loss": {k: float(v) for k, v in losses.items()}}
         return f"step {step}/{self.total}, {rate:.2f} steps/s, loss {loss}"
 
 

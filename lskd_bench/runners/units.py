@@ -63,7 +63,8 @@ class GridJob:
         progress.say(self.cfg, line)
 
     def progress_bar(self, total: int):
-        return progress.progress_bar(self.cfg, total=total, desc=f"{self.cfg['task']} grid", unit="cell", show=self.progress)
+        return progress.progress_bar(self.cfg, total=total, desc=f"{self.cfg['task']} grid", unit="cell",
+                                     show=self.progress)
 
     def write_spec(self, overrides: Optional[dict[str, Any]] = None) -> Path:
         """The run spec a worker process or a cluster job reads (``read_spec``); ``overrides`` change settings

@@ -133,7 +133,8 @@ def epoch_scalars(entry: dict[str, Any], selection: Optional[dict[str, Any]] = N
 def final_scalars(result: dict[str, Any]) -> dict[str, float]:
     """The selected ("best") epoch's metrics and the last epoch's, from a result.json."""
     best = result.get("best") or {}
-    out = {f"selected/{k}": float(v) for k, v in (best.get("metrics") or result.get("metrics") or {}).items() if _number(v)}
+    chosen = best.get("metrics") or result.get("metrics") or {}
+    out = {f"selected/{k}": float(v) for k, v in chosen.items() if _number(v)}
     if _number(best.get("epoch")):
         out["selected/epoch"] = float(best["epoch"])
     out.update({f"last/{k}": float(v) for k, v in (result.get("metrics") or {}).items() if _number(v)})
