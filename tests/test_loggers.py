@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lskd_bench.runners import store
+from lskd_bench.runners import loggers
 from lskd_bench.runners.loggers import LOGGERS, STATE, Logger
 
 from .conftest import require, tiny_overrides
@@ -187,6 +188,9 @@ def fake_loggers():
     LOGGERS.add("broken", Broken)
     LOGGERS.add("stuck", Stuck)
     yield
+    drained = threading.Event()  # what the logger thread still holds runs before they are unregistered
+    loggers._get_worker().submit(drained.set)
+    assert drained.wait(300)
     for name in ("broken", "stuck"):
         LOGGERS._items.pop(name, None)
 

@@ -220,12 +220,13 @@ class CellLoggers:
         self.run, self.every, self.close_timeout_s = run, max(1, int(every)), close_timeout_s
         self.live: dict[str, Logger] = {}
         self.worker = _get_worker()
-        self._submit(lambda: self._open(names))
+        classes = {name: LOGGERS.get(name) for name in names}  # checked before the grid started
+        self._submit(lambda: self._open(classes))
 
-    def _open(self, names: list[str]) -> None:
-        for name in names:
+    def _open(self, classes: dict[str, type]) -> None:
+        for name, cls in classes.items():
             try:
-                self.live[name] = LOGGERS.get(name)(self.run)
+                self.live[name] = cls(self.run)
             except Exception as exc:  # noqa: BLE001 - a tracker that cannot start never stops training
                 self._failed(name, exc)
 
