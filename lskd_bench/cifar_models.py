@@ -305,10 +305,12 @@ class ShuffleNetV1(CifarNet):
     4 / 8 / 4 units of 240 / 480 / 960 channels, each stage opening with a stride-2 unit."""
 
     head_name = "linear"
+    feature_stages = {"stage0": "relu", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3"}
 
     def __init__(self, num_classes: int = 100, out_planes=(240, 480, 960), num_blocks=(4, 8, 4), groups: int = 3):
         super().__init__()
         self.conv1, self.bn1 = nn.Conv2d(3, 24, 1, bias=False), nn.BatchNorm2d(24)
+        self.relu = nn.ReLU()
         self.in_planes = 24
         self.layer1 = self._layer(out_planes[0], num_blocks[0], groups)
         self.layer2 = self._layer(out_planes[1], num_blocks[1], groups)
@@ -324,7 +326,7 @@ class ShuffleNetV1(CifarNet):
         return nn.Sequential(*layers)
 
     def features(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return F.avg_pool2d(x, 4).flatten(1)
 
@@ -367,10 +369,12 @@ class ShuffleNetV2(CifarNet):
     unit then 3 / 7 / 3 units of 116 / 232 / 464 channels), a 1x1 conv to 1024, average pooling."""
 
     head_name = "linear"
+    feature_stages = {"stage0": "relu", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3"}
 
     def __init__(self, num_classes: int = 100, out_channels=(116, 232, 464, 1024), num_blocks=(3, 7, 3)):
         super().__init__()
         self.conv1, self.bn1 = nn.Conv2d(3, 24, 1, bias=False), nn.BatchNorm2d(24)
+        self.relu = nn.ReLU()
         self.in_channels = 24
         self.layer1 = self._layer(out_channels[0], num_blocks[0])
         self.layer2 = self._layer(out_channels[1], num_blocks[1])
@@ -386,7 +390,7 @@ class ShuffleNetV2(CifarNet):
         return nn.Sequential(*layers)
 
     def features(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
         return F.avg_pool2d(x, 4).flatten(1)
@@ -417,6 +421,8 @@ class MobileNetV2(CifarNet):
     conv, classifier ``Sequential(Linear)``."""
 
     head_name = "classifier"
+    feature_stages = {"stage0": "conv1", "stage1": "blocks.1", "stage2": "blocks.2", "stage3": "blocks.4",
+                      "stage4": "blocks.6"}  # RepDistiller mobilenetv2.py forward(is_feat=True): f0..f4
 
     def __init__(self, num_classes: int = 100, expand: int = 6, width: float = 0.5):
         super().__init__()

@@ -77,4 +77,5 @@ def check_feature_methods(task: Task, cfg: dict[str, Any]) -> None:
             try:
                 setup_method(method, student, view, 2, 10)
             except UsageError as exc:
-                raise UsageError(f"method {name}: student {cfg['student']['arch']}: {exc}") from None
+                archs = f"{cfg['teacher']['arch']} -> {cfg['student']['arch']}"
+                raise UsageError(f"method {name}: {archs}: {exc}") from None
