@@ -17,6 +17,7 @@ from .leaderboard import collect, write_outputs
 from .leaderboard.compare import compare
 from .methods import METHODS, TEACHER_METHOD
 from .registry import EXECUTORS
+from .report import write_report as write_html_report
 from .runners.cells import plan_cells
 from .runners.devices import parse_gpus
 from .runners.grid import resolve, run_grid
@@ -84,6 +85,10 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     for flag in ("compile", "channels_last"):
         if getattr(args, flag):
             o[flag] = True
+    if args.loggers is not None:
+        set_dotted(o, "logging.loggers", _list_of(str, "--loggers")(args.loggers))
+    if args.log_format is not None:
+        set_dotted(o, "logging.format", args.log_format)
     for item in args.set or []:
         key, value = parse_override(item)
         set_dotted(o, key, value)
@@ -289,6 +294,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    runs = _runs_dir(args)
+    out = Path(args.out) if args.out else runs / "report.html"
+    check_writable_dir(out.absolute().parent)
+    path = write_html_report(runs, out)
+    print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
+    return 0
+
+
 def cmd_translate(args: argparse.Namespace) -> int:
     cell_dir = find_cell(args.run, args.runs if args.cell else None, args.cell)
     if args.output:
@@ -414,6 +428,11 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--channels-last", action="store_true", help="channels_last memory format on CUDA")
     r.add_argument("--no-fuse", action="store_true", help="train every cell in its own data pass (default: the students "
                    "of one teacher share each batch and the teacher forward)")
+    r.add_argument("--loggers", help="experiment trackers, one run per cell, comma-separated: tensorboard, wandb, "
+                   "mlflow or a plugin (logging.loggers; W&B and MLflow read their own WANDB_* / MLFLOW_* variables)")
+    r.add_argument("--log-format", choices=("auto", "bar", "plain", "json"),
+                   help="progress output (logging.format): bar, plain lines for batch logs (every logging.interval_s, "
+                   "default 60 s), json (one object a line); auto (default): bar on a terminal, else plain")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config value, e.g. --set student.epochs=5 (repeatable)")
 
 
@@ -515,7 +534,7 @@ def _parser_plot(sub) -> None:
                         description="One PNG per task and group (the teachers of an architecture; the students of one "
                         "method and seed, with the no-KD student in black), from the history in each result.json: "
                         "training loss and the task's metric against epoch; colour: alpha, line style: T. Live "
-                        "curves: logging.tensorboard: true, then tensorboard --logdir RUNS.")
+                        "curves: run --loggers tensorboard, then tensorboard --logdir RUNS (or wandb, mlflow).")
     pl.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     pl.add_argument("--task", help="only this task")
     pl.add_argument("--out", help="folder (default: RUNS/<task>/curves; else OUT/<task>/)")
@@ -587,6 +606,17 @@ def _parser_methods(sub) -> None:
     mt.set_defaults(func=cmd_methods)
 
 
+def _parser_report(sub) -> None:
+    rp = sub.add_parser("report", help="one self-contained HTML page of a run directory (tables, heatmaps, curves)",
+                        description="One static HTML file, opened offline in any browser (CSS, JavaScript and images "
+                        "inline, no network): per-cell status, the leaderboard with the paper's numbers and deltas, "
+                        "per task the alpha x T heatmap of the students and the methods' comparison with its tests, "
+                        "the training curves and the environment. Click a column header to sort a table.")
+    rp.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
+    rp.add_argument("--out", help="HTML file (default: RUNS/report.html)")
+    rp.set_defaults(func=cmd_report)
+
+
 def _parser_tasks(sub) -> None:
     t = sub.add_parser("tasks", help="list registered tasks")
     t.set_defaults(func=cmd_tasks)
@@ -596,9 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lskd-bench", description="Label smoothing x knowledge distillation benchmark suite.")
     p.add_argument("--version", action="version", version=f"lskd-bench {__version__}")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
-    for add in (_parser_run, _parser_leaderboard, _parser_export, _parser_compare, _parser_analyze, _parser_visualize, _parser_plot,
-                _parser_config, _parser_check_data, _parser_status, _parser_translate, _parser_score, _parser_methods,
-                _parser_tasks):
+    for add in (_parser_run, _parser_leaderboard, _parser_export, _parser_compare, _parser_analyze, _parser_visualize,
+                _parser_plot, _parser_config, _parser_check_data, _parser_status, _parser_report, _parser_translate,
+                _parser_score, _parser_methods, _parser_tasks):
         add(sub)
     return p
 

@@ -9,7 +9,8 @@ Names (the same tensors RepDistiller's ``is_feat=True`` / mdistiller's ``feats``
 - ``stage1`` ... ``stageN``: the output of each stage (post-activation, ``feat[1:-1]``);
 - ``preact_stageK``: the same stage before its final activation (RepDistiller's ``preact=True``), where the
   stage ends in an activation module;
-- shorthands a method may declare: ``stages`` (every ``stage1..N`` of the model), ``preact_stages``.
+- shorthands a method may declare: ``stages`` (every ``stage1..N`` of the model), ``preact_stages``,
+  ``stem_stages`` (``stage0`` where the model has one, then every stage).
 
 Where the stages are, per model, in this order of preference: the model's own table ``feature_stages``
 (name -> module path: lskd-bench's CIFAR and digits models), timm's ``feature_info`` (every timm model), else a
@@ -141,13 +142,16 @@ def _probe_stages(order: list[tuple[str, tuple[int, ...]]], mods: dict[str, nn.M
 
 def expand(layout: Layout, names: Iterable[str]) -> list[str]:
     """``names`` with the shorthands resolved: ``stages`` = every ``stage1..N`` of the layout (not the stem
-    ``stage0``), ``preact_stages`` = their pre-activations."""
+    ``stage0``), ``preact_stages`` = their pre-activations, ``stem_stages`` = the stem where the layout has one and
+    every stage (RepDistiller's ``feat[:-1]``)."""
     out: list[str] = []
     for n in names:
         if n == "stages":
             out += [k for k in _ordered(layout.stages) if k != "stage0"]
         elif n == "preact_stages":
             out += [f"preact_{k}" for k in _ordered(layout.stages) if k != "stage0"]
+        elif n == "stem_stages":
+            out += _ordered(layout.stages)
         else:
             out.append(n)
     return out

@@ -270,9 +270,21 @@ LOGGING = Section(
     {
         "tensorboard": Field(bool, False, "write TensorBoard event files per cell (CELL/tensorboard/: loss, lr, loss terms, "
                              "metrics; needs the tensorboard extra)", identity=False),
-        "every_updates": Field(int, 50, "TensorBoard: log the step loss and lr every N updates", min=1, identity=False),
+        "every_updates": Field(int, 50, "loggers: log the step loss and lr every N updates", min=1, identity=False),
+        "loggers": Field([str], [], "experiment trackers, one run per cell: tensorboard, wandb, mlflow or a plugin "
+                         "(entry points lskd_bench.loggers); logging.tensorboard: true adds tensorboard",
+                         identity=False),
+        "project": Field(str, "lskd-bench", "W&B project and MLflow experiment of the cells' runs (WANDB_PROJECT / "
+                         "MLFLOW_EXPERIMENT_NAME win when set)", identity=False),
+        "close_timeout_s": Field(float, 60.0, "at the end of a cell, wait at most this long for the loggers to write "
+                                 "what is queued", min=0.0, identity=False),
+        "format": Field(str, "auto", "progress output: bar (bars on the terminal), plain (a line every interval_s and "
+                        "at each epoch end), json (the same as one JSON object a line), auto (bar when stdout and "
+                        "stderr are terminals, else plain)", choices=("auto", "bar", "plain", "json"), identity=False),
+        "interval_s": Field(float, 60.0, "plain/json progress: seconds between lines within an epoch", min=0.0,
+                            min_exclusive=True, identity=False),
     },
-    "training curves",
+    "training curves, trackers and progress output",
 )
 
 RUN = Section(

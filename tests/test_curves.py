@@ -142,11 +142,12 @@ def test_tensorboard_tags_name_the_split_evaluated(tmp_path, task_name, eval_tag
     require("tensorboard", "logging.tensorboard (pip install 'lskd-bench[tensorboard]')")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from lskd_bench.runners.tblog import TensorBoardLog
+    from lskd_bench.runners.loggers import CellRun
+    from lskd_bench.runners.loggers.tensorboard import TensorBoardLogger
     from lskd_bench.tasks import get_task
 
     selection = get_task(task_name).selection({}, {"select_on": "valid_bleu"})
-    log = TensorBoardLog(tmp_path, 1, selection=selection)
+    log = TensorBoardLogger(CellRun(tmp_path, selection=selection))
     metric = eval_tag.split("/")[1]
     entry = {"epoch": 1, "loss": 2.5, "lr": 0.1, "updates": 7, "eval": {metric: 21.5}}
     if select_tag:

@@ -87,9 +87,10 @@ def test_penultimate_export_reads_the_embedding_output():
 
 @pytest.fixture(scope="module")
 def feature_setup(tmp_path_factory):
-    """Digits, a trained teacher (alpha 0.1) and the students of FitNet, FitNet+KD and KD (T 4) under it."""
+    """Digits, a trained teacher (alpha 0.1) and the students of FitNet, CRD (its memory bank and negatives),
+    FitNet+KD and KD (T 4) under it."""
     base = tmp_path_factory.mktemp("features")
-    cfg = resolve_config("digits", {}, tiny_overrides(epochs=3, methods=["fitnet", "fitnet+kd", "kd"],
+    cfg = resolve_config("digits", {}, tiny_overrides(epochs=3, methods=["fitnet", "crd", "fitnet+kd", "kd"],
                                                       grid={"alphas": [0.1], "temperatures": [4.0]}, baseline=False))
     task = get_task("digits")
     data = task.load_data(cfg)
@@ -103,7 +104,7 @@ def feature_setup(tmp_path_factory):
 
 def test_feature_and_logit_students_fused_equal_students_trained_alone(feature_setup, tmp_path):
     cfg, task, data, students, tmodel = feature_setup
-    assert sorted(c.method for c in students) == ["fitnet", "fitnet+kd", "kd"]
+    assert sorted(c.method for c in students) == ["crd", "fitnet", "fitnet+kd", "kd"]
     assert_fused_equals_alone(task, students, cfg, data, tmodel, tmp_path)
 
 
@@ -123,6 +124,8 @@ def test_killed_feature_group_resumes_bit_identically_and_exports_only_the_stude
     fit = next(c for c in students if c.method == "fitnet")
     state = torch.load(cut / fit.name / store.STATE, weights_only=True)
     assert any(k.startswith("regressor.") for k in state["method"])  # the connector is checkpointed
+    crd = torch.load(cut / next(c for c in students if c.method == "crd").name / store.STATE, weights_only=True)
+    assert {"memory_s", "memory_t"} <= {k.rsplit(".", 1)[-1] for k in crd["method"]}  # and CRD's memory bank
     out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False)
     assert all(o.error is None for o in out)
     assert all(same_weights(cut / c.name, ref / c.name) for c in students)

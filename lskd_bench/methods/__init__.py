@@ -105,6 +105,7 @@ class Probe:
     t_layout: Any
     num_samples: int
     num_classes: int
+    labels: Optional[torch.Tensor] = None  # the training samples' classes, by index (None: not known up front)
 
 
 @dataclass

@@ -3,7 +3,6 @@ units (fused data passes) and hand them to an executor, which trains them under 
 (``runners/units.py``)."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from collections import defaultdict
@@ -21,6 +20,7 @@ from ..models import init_path, read_checkpoint
 from ..registry import EXECUTORS
 from ..tasks import DEFAULT_TASK, get_task
 from .cells import Cell, grid_values, plan_cells, validate_grid
+from .loggers import check_loggers
 from .probe import check_feature_methods
 from .repair import repair_cells
 from .scheduler import Scheduler, raise_if_data_error  # noqa: F401  (re-exported)
@@ -59,8 +59,7 @@ def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Ma
         if cfg[role]["init_checkpoint"]:
             for a in grid_values(cfg)[0]:
                 read_checkpoint(init_path(cfg[role]["init_checkpoint"], a))
-    if cfg["logging"]["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
-        raise UsageError("logging.tensorboard needs the tensorboard package: pip install 'lskd-bench[tensorboard]'")
+    check_loggers(cfg)
     task.validate(cfg)
     check_feature_methods(task, cfg)
     return res

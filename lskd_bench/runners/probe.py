@@ -4,7 +4,7 @@ method needs exists in both models, and its parts can be sized)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import UsageError
 from ..methods import Method, Probe, build_method, method_class
 from ..outputs import Layout, Outputs, Tap, describe
-from ..tasks import Task, TaskData
+from ..tasks import Task, TaskData, iterate_batches
 
 
 @dataclass
@@ -38,14 +38,27 @@ def probe_outputs(model: nn.Module, layout: Layout, names: Sequence[str], x: tor
     return Outputs({**tap.out, "logits": logits})
 
 
-def setup_method(method: Method, model: nn.Module, view: TeacherView, num_samples: int, num_classes: int) -> Tap:
-    """The student's tap for ``method.needs.student``, after ``method.setup`` from a probe forward of both models."""
+def teacher_view(teacher: nn.Module, data: TaskData, device: torch.device, needs: list) -> TeacherView:
+    """The teacher's layout and its outputs (every member's teacher needs) on a probe batch of the first two
+    training samples, unaugmented."""
+    ds = data.split("train_eval")
+    x, _ = next(iter(iterate_batches(ds, 2, indices=torch.arange(min(2, len(ds))), on_bad_sample="error")))
+    x = x.to(device)
+    layout = describe(teacher, x)
+    names = list(dict.fromkeys(k for n in needs for k in n.teacher))
+    return TeacherView(teacher, layout, x, probe_outputs(teacher, layout, names, x))
+
+
+def setup_method(method: Method, model: nn.Module, view: TeacherView, num_samples: int, num_classes: int,
+                 labels: Optional[torch.Tensor] = None) -> Tap:
+    """The student's tap for ``method.needs.student``, after ``method.setup`` from a probe forward of both models
+    (``labels``: the training samples' classes, for methods that read sample indices)."""
     layout = describe(model, view.x)
     tap = Tap(model, layout, method.needs.student)
     s = probe_outputs(model, layout, tap.names, view.x)
     t_names = Tap(view.model, view.layout, method.needs.teacher).names + ["logits"]
     t = Outputs({k: view.probe[k] for k in t_names})
-    method.setup(Probe(model, view.model, s, t, layout, view.layout, num_samples, num_classes))
+    method.setup(Probe(model, view.model, s, t, layout, view.layout, num_samples, num_classes, labels))
     return tap
 
 

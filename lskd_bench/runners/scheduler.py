@@ -38,7 +38,7 @@ class Scheduler:
             return
         self.settled[cell.hash] = state
         self.bar.update(1)
-        self.bar.set_postfix_str(cell.name)
+        self.bar.note(cell.name, event="cell", cell=cell.name, state=state)
 
     def _teacher_state(self, cell: Cell) -> str:
         """ready | wait | failed"""

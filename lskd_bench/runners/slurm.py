@@ -275,6 +275,7 @@ class SlurmExecutor(Executor):
                         settled.add(c.hash)
                         job.mark_done(c)
                         bar.update(1)
+                        bar.note(c.name, event="cell", cell=c.name, state="done")
                         continue
                     jid = job_of.get(c.hash)
                     if jid is not None and jid not in states:  # left the queue without a result
@@ -283,6 +284,7 @@ class SlurmExecutor(Executor):
                         job.failed[c.hash] = (c, f"{err.get('error')}: {err.get('message')}")
                         settled.add(c.hash)
                         bar.update(1)
+                        bar.note(c.name, event="cell", cell=c.name, state="failed")
                 if len(settled) < len(cells):
                     time.sleep(poll_s)
         finally:

@@ -31,21 +31,21 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from .. import __version__
 from ..envinfo import cpu_model, git_commit
 from ..errors import DataError, Interrupted
-from ..methods import LossContext, Method, Probe, build_method, total_loss
-from ..outputs import Layout, Outputs, Tap, describe
-from .probe import TeacherView, probe_outputs, setup_method
+from ..methods import LossContext, Method, build_method, total_loss
 from ..models import init_path, load_init_checkpoint
+from ..outputs import Layout, Outputs, Tap
 from ..tasks import Task, TaskData, get_task, iterate_batches
 from ..tasks.base import autocast, close_batches, on_bad_sample
 from .. import store
 from .cells import Cell, teacher_weights
 from .devices import cpu_count, device_record
-from .tblog import open_log
+from .loggers import open_loggers
+from .probe import TeacherView, setup_method, teacher_view
+from .progress import line_interval, progress_bar
 from .optim import build_optimizer, learning_rate, lr_factor  # noqa: F401  (re-exported)
 
 
@@ -228,7 +228,8 @@ class Member:
         if state is not None:
             self._restore(state)
         self.rank, world = dist_info()
-        self.tb = open_log(self.dir, cfg, self.update, self.rank, self.task.selection(cfg, self.hp))  # None unless logging.tensorboard
+        self.log = open_loggers(self.dir, self.cell, cfg, self.update, self.rank,
+                                self.task.selection(cfg, self.hp))  # None unless logging turns a logger on
         self.step_model: nn.Module = self.model
         if world > 1:
             self.step_model = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -244,7 +245,9 @@ class Member:
         initial values drawn from the cell's random stream, as the model's were)."""
         if self.teacher is None:
             raise ValueError(f"{self.cell.name}: method {self.cell.method!r} needs a teacher")
-        self.tap = setup_method(self.method, self.model, self.teacher, len(self.data.train), self.data.num_classes)
+        labels = self.data.labels("train") if self.method.needs.indices else None
+        self.tap = setup_method(self.method, self.model, self.teacher, len(self.data.train), self.data.num_classes,
+                                labels)
 
     # -- state ------------------------------------------------------------------------------------
     def _load_state(self) -> Optional[dict[str, Any]]:
@@ -382,6 +385,9 @@ class Member:
                 self.model.train()
             with autocast(self.device, self.cfg), (self.tap or contextlib.nullcontext()):
                 s_logits, targets = self.task.forward(self.step_model, batch)
+            if indices is not None and indices.numel() != targets.numel():
+                raise CellFailed(f"method {self.cell.method} reads each sample's index, but this batch lost samples "
+                                 "(data.on_bad_sample: skip): fix the data (lskd-bench check-data) or drop the skip")
             s_out = Outputs(logits=s_logits.float())
             if self.tap is not None:
                 s_out.update({k: v.float() for k, v in self.tap.out.items()})
@@ -408,8 +414,8 @@ class Member:
         self.step += 1
         self.update += 1
         self.train_seconds += time.perf_counter() - t0  # on CUDA: host time (the queue keeps it near the device's)
-        if self.tb is not None:
-            self.tb.step(self.update, loss.detach(), lr)  # converted to a float (a sync) only when written
+        if self.log is not None:
+            self.log.step(self.update, loss.detach(), lr)  # converted to a float (a sync) only when logged
         return loss.detach()
 
     def end_epoch(self, epoch: int) -> None:
@@ -438,8 +444,8 @@ class Member:
             if self.last_score is not None:
                 entry["selection"] = self.last_score
         self.history.append(entry)
-        if self.tb is not None:
-            self.tb.epoch(self.update, entry)
+        if self.log is not None:
+            self.log.epoch(self.update, entry)
         self.checkpoint()
 
     def evaluate(self) -> dict[str, float]:
@@ -526,6 +532,8 @@ class Member:
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         store.write_json(self.dir / store.RESULT, result)
+        if self.log is not None:
+            self.log.finish(result)
         self.finished = True
         for name in (store.STATE, store.STATE_PREV):
             with contextlib.suppress(FileNotFoundError):
@@ -570,6 +578,7 @@ class StepMeter:
     def __init__(self, interval: float = 2.0, clock: Callable[[], float] = time.monotonic):
         self.interval, self.clock = interval, clock
         self.total, self.t0, self.first, self.last = 0, 0.0, 0, float("-inf")
+        self.fields: dict[str, Any] = {}  # the last line's numbers (JSON progress)
 
     def start(self, first: int, total: int) -> None:
         self.first, self.total, self.t0 = first, total, self.clock()
@@ -583,6 +592,8 @@ class StepMeter:
         self.last = now
         rate = (step - self.first) / max(now - self.t0, 1e-9)
         loss = " ".join(f"{k}={v:.3f}" for k, v in losses.items())
+        self.fields = {"step": step, "steps": self.total, "steps_per_s": rate,
+                       "loss": {k: float(v) for k, v in losses.items()}}
         return f"step {step}/{self.total}, {rate:.2f} steps/s, loss {loss}"
 
 
@@ -639,7 +650,7 @@ class FusedGroup:
             raise ValueError(f"{cells[0].name}: method {cells[0].method!r} needs a teacher")
         view = None
         if any(n is not None and n.features for n in needs):
-            view = self.teacher_view(teacher, [n for n in needs if n is not None])
+            view = teacher_view(teacher, data, self.device, [n for n in needs if n is not None])
         self.members: list[Member] = []
         for cell, d in zip(cells, dirs):
             d.mkdir(parents=True, exist_ok=True)
@@ -651,20 +662,11 @@ class FusedGroup:
         self.seed = cells[0].seed
         self.hp = self.members[0].hp
         self.skipped = sorted({p for m in self.members for p in m.skipped})  # unreadable samples (on_bad_sample=skip)
-        self.bar: Optional[tqdm] = None
+        self.bar: Any = None  # progress.progress_bar
         self.show = False  # progress lines (rank 0 with progress on)
-        self.meter = StepMeter()
+        interval = line_interval(cfg)  # plain/json lines: logging.interval_s; bars: StepMeter's own rate
+        self.meter = StepMeter() if interval is None else StepMeter(interval)
         self.ahead: Optional[tuple[tuple[int, int], tuple[int, int, Any, Any]]] = None  # ((epoch, first), open_epoch())
-
-    def teacher_view(self, teacher: nn.Module, needs: list) -> TeacherView:
-        """The teacher's layout and its outputs (all the members' teacher needs) on a probe batch of two training
-        samples (unaugmented)."""
-        ds = self.data.split("train_eval")
-        x, _ = next(iter(iterate_batches(ds, 2, indices=torch.arange(min(2, len(ds))), on_bad_sample="error")))
-        x = x.to(self.device)
-        layout = describe(teacher, x)
-        names = list(dict.fromkeys(k for n in needs for k in n.teacher))
-        return TeacherView(teacher, layout, x, probe_outputs(teacher, layout, names, x))
 
     def fail(self, m: Member, exc: BaseException) -> None:
         self.outcomes[m.cell.hash].error = f"{type(exc).__name__}: {exc}"
@@ -682,7 +684,8 @@ class FusedGroup:
         start = min((m.epoch for m in self.members if not m.done()), default=epochs)
         label = cells[0].name if len(cells) == 1 else f"{len(cells)} fused: " + ", ".join(_short(c) for c in cells)
         self.show = progress and self.rank == 0
-        bar = self.bar = tqdm(total=epochs, initial=start, desc=label, unit="ep", leave=False, disable=not self.show)
+        bar = self.bar = progress_bar(self.cfg, total=epochs, initial=start, desc=label, unit="ep", leave=False,
+                                      show=self.show)
         try:
             for epoch in range(start, epochs):
                 active = [m for m in self.members if not m.finished and not m.done() and m.epoch == epoch]
@@ -691,8 +694,10 @@ class FusedGroup:
                 self.epoch(epoch, active)
                 self.end_epoch(epoch, active)
                 bar.update(1)
-                bar.set_postfix_str(" ".join(f"{_short(m.cell)}={_losses(m.history[-1])}" for m in active
-                                             if not m.finished and m.history))
+                done = {_short(m.cell): m.history[-1] for m in active if not m.finished and m.history}
+                text = " ".join(f"{k}={_losses(h)}" for k, h in done.items())
+                bar.note(text, line=f"epoch {epoch + 1}/{epochs} done, loss {text}", throttle=epoch + 1 < epochs,
+                         event="epoch", epoch=epoch + 1, epochs=epochs, members=done)
                 if on_epoch_end is not None:
                     on_epoch_end(epoch + 1)
             for m in self.unfinished():
@@ -723,8 +728,8 @@ class FusedGroup:
             self.close_ahead()
             bar.close()
             for m in self.members:
-                if m.tb is not None:
-                    m.tb.close()
+                if m.log is not None:
+                    m.log.close()
         return [self.outcomes[c.hash] for c in cells]
 
     # -- one epoch ----------------------------------------------------------------------------------
@@ -781,7 +786,9 @@ class FusedGroup:
                 if self.show and self.bar is not None:
                     line = self.meter.update(i + 1, losses)
                     if line is not None:
-                        self.bar.set_postfix_str(f"epoch {epoch + 1}: {line}")
+                        epochs = max(m.epochs for m in self.members)
+                        self.bar.note(f"epoch {epoch + 1}: {line}", line=f"epoch {epoch + 1}/{epochs} {line}",
+                                      event="step", epoch=epoch + 1, epochs=epochs, **self.meter.fields)
                 if self.on_step is not None:
                     self.on_step(epoch, i)
         finally:

@@ -11,20 +11,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import store
 from ..config import config_hash
 from ..errors import UsageError
 from ..methods import method_class
 from ..tasks import Task, TaskData
+from . import progress
 from .cells import Cell, teacher_weights
 from .lock import CellLock, Heartbeat
 from .train import Outcome, dist_info, load_model, resolve_device, train_group
@@ -61,10 +60,11 @@ class GridJob:
 
     def say(self, line: str) -> None:
         """A line for the user while the grid runs (stderr, above any progress bar)."""
-        tqdm.write(line, file=sys.stderr)
+        progress.say(self.cfg, line)
 
     def progress_bar(self, total: int):
-        return tqdm(total=total, desc=f"{self.cfg['task']} grid", unit="cell", disable=not self.progress)
+        return progress.progress_bar(self.cfg, total=total, desc=f"{self.cfg['task']} grid", unit="cell",
+                                     show=self.progress)
 
     def write_spec(self, overrides: Optional[dict[str, Any]] = None) -> Path:
         """The run spec a worker process or a cluster job reads (``read_spec``); ``overrides`` change settings

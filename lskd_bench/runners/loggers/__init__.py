@@ -1,0 +1,294 @@
+"""Experiment trackers ("loggers") as a registry: one tracker run per cell (``logging.loggers``).
+
+Built-in: ``tensorboard`` (event files in CELL/tensorboard/), ``wandb`` (Weights & Biases; offline with
+``WANDB_MODE=offline``, files under ``WANDB_DIR``) and ``mlflow`` (to ``MLFLOW_TRACKING_URI``). Third-party
+packages register a ``Logger`` subclass through the ``lskd_bench.loggers`` entry-point group::
+
+    [project.entry-points."lskd_bench.loggers"]
+    my_tracker = "my_pkg.track:MyLogger"
+
+A logger gets every call through ``CellLoggers``, which runs them on one background thread per process, in
+order: the training loop only puts events on a queue (a float read every ``logging.every_updates`` updates,
+as before), so a slow tracker (a server far away or gone) never slows training, and a logger that raises
+(no disk, no server) is switched off for that cell with one warning per logger and process: training never
+fails because of a tracker. A full queue drops events (one warning).
+
+Each tracker run holds the resolved config as parameters, the cell (hash, task, role, method, alpha, T,
+seed) as tags, ``train/loss_step`` and ``train/lr`` every ``logging.every_updates`` updates, every number of
+an epoch's history entry as ``epoch/<key>``, the evaluated metrics as ``val/<metric>`` (``test/<metric>``
+for translation, its selection score as ``select/<metric>``), and at the end the selected epoch's metrics
+(``selected/<metric>``, ``selected/epoch``) and the last epoch's (``last/<metric>``). A logger that names a
+run keeps its id in CELL/loggers.json, so a resumed cell continues the same run.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ... import store
+from ...errors import UsageError
+from ...registry import Registry
+from ...schema import flatten
+
+LOGGERS: Registry[type] = Registry("logger", "lskd_bench.loggers", builtin=(
+    "lskd_bench.runners.loggers.tensorboard", "lskd_bench.runners.loggers.wandb_run",
+    "lskd_bench.runners.loggers.mlflow_run"))
+STATE = "loggers.json"  # CELL/loggers.json: each logger's run id, for a resumed cell
+QUEUE_MAX = 100_000  # events waiting for the logger thread before new ones are dropped
+
+
+@dataclass
+class CellRun:
+    """What a logger knows of the cell it logs: its folder, the cell, the resolved config, the update the
+    training (re)starts from (0: a new cell), the task's selection (which split the best epoch is chosen on)."""
+
+    dir: Path
+    cell: Any = None  # runners.cells.Cell
+    cfg: dict[str, Any] = field(default_factory=dict)
+    start_update: int = 0
+    selection: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.cell.name if self.cell is not None else Path(self.dir).name
+
+    def tags(self) -> dict[str, str]:
+        """The cell's identity and grid values, as strings."""
+        if self.cell is None:
+            return {}
+        d = self.cell.describe()
+        keys = ("task", "role", "method", "arch", "alpha", "T", "seed", "teacher")
+        return {"cell": d["name"], "cell_hash": d["hash"], **{k: "" if d[k] is None else str(d[k]) for k in keys}}
+
+    def params(self) -> dict[str, str]:
+        """The resolved config, flattened (``teacher.lr``), values as strings."""
+        return {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in flatten(self.cfg).items()}
+
+    def recall(self, logger: str) -> Optional[dict[str, Any]]:
+        """What ``logger`` remembered of this cell's run (its id), or None."""
+        try:
+            return json.loads((Path(self.dir) / STATE).read_text()).get(logger)
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def remember(self, logger: str, value: dict[str, Any]) -> None:
+        path = Path(self.dir) / STATE
+        try:
+            state = json.loads(path.read_text())
+            state = state if isinstance(state, dict) else {}
+        except (OSError, ValueError):
+            state = {}
+        state[logger] = value
+        store.write_json(path, state)
+
+
+class Logger:
+    """One tracker run for one cell. A subclass opens (or, for a resumed cell, reopens) its run in
+    ``__init__``; every method may raise: the caller warns once and stops calling it. ``requires``: the
+    module it imports and the pip extra that installs it (checked before a grid starts)."""
+
+    requires: Optional[tuple[str, str]] = None
+
+    def __init__(self, run: CellRun):
+        self.run = run
+
+    def step(self, update: int, loss: float, lr: float) -> None:
+        """Every ``logging.every_updates`` updates: the step's loss and learning rate."""
+
+    def epoch(self, update: int, entry: dict[str, Any]) -> None:
+        """At the end of an epoch: its history entry (``epoch_scalars``)."""
+
+    def finish(self, result: dict[str, Any]) -> None:
+        """The cell finished: its result.json (``final_scalars``)."""
+
+    def close(self) -> None:
+        """The training process leaves the cell (finished, failed or interrupted)."""
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def epoch_scalars(entry: dict[str, Any], selection: Optional[dict[str, Any]] = None) -> dict[str, float]:
+    """The numbers of one history entry, named as every logger writes them: ``epoch/<key>``, the metrics by the
+    split they are computed on (``val/<metric>``, or ``test/<metric>`` for a task that selects on a split of its
+    own, whose score is ``select/<metric>``)."""
+    selection = selection or {}
+    prefix = "val" if selection.get("split", "val") == "val" else "test"
+    out = {f"epoch/{k}": float(v) for k, v in entry.items() if k not in ("updates", "eval", "selection") and _number(v)}
+    out.update({f"{prefix}/{k}": float(v) for k, v in (entry.get("eval") or {}).items() if _number(v)})
+    if _number(entry.get("selection")):
+        out[f"select/{selection.get('metric', 'score')}"] = float(entry["selection"])
+    return out
+
+
+def final_scalars(result: dict[str, Any]) -> dict[str, float]:
+    """The selected ("best") epoch's metrics and the last epoch's, from a result.json."""
+    best = result.get("best") or {}
+    chosen = best.get("metrics") or result.get("metrics") or {}
+    out = {f"selected/{k}": float(v) for k, v in chosen.items() if _number(v)}
+    if _number(best.get("epoch")):
+        out["selected/epoch"] = float(best["epoch"])
+    out.update({f"last/{k}": float(v) for k, v in (result.get("metrics") or {}).items() if _number(v)})
+    return out
+
+
+# ------------------------------------------------------------------------------------------ names
+def logger_names(cfg: dict[str, Any]) -> list[str]:
+    """The loggers a config turns on: ``logging.loggers``, plus ``tensorboard`` for ``logging.tensorboard: true``."""
+    names = list(cfg["logging"]["loggers"])
+    if cfg["logging"]["tensorboard"] and "tensorboard" not in names:
+        names.append("tensorboard")
+    return list(dict.fromkeys(names))
+
+
+def check_loggers(cfg: dict[str, Any]) -> None:
+    """UsageError for an unknown logger or one whose package is not installed."""
+    for name in logger_names(cfg):
+        cls = LOGGERS.get(name)
+        req = getattr(cls, "requires", None)
+        if req and importlib.util.find_spec(req[0]) is None:
+            key = "logging.tensorboard" if name == "tensorboard" and name not in cfg["logging"]["loggers"] \
+                else f"logger {name}"
+            raise UsageError(f"{key} needs the {req[0]} package: pip install 'lskd-bench[{req[1]}]'")
+
+
+# ------------------------------------------------------------------------------------------ the thread
+_warned: set[str] = set()
+_warn_lock = threading.Lock()
+
+
+def warn_once(key: str, line: str) -> None:
+    with _warn_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    try:
+        print(f"lskd-bench: warning: {line}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr closed
+        pass
+
+
+class _Worker:
+    """The process's logger thread: runs queued calls one at a time, in order."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_MAX)
+        self.thread = threading.Thread(target=self._loop, name="lskd-loggers", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            fn = self.queue.get()
+            try:
+                fn()
+            except BaseException:  # noqa: BLE001 - CellLoggers wraps each call; this keeps the thread alive
+                pass
+
+    def submit(self, fn: Callable[[], None]) -> bool:
+        try:
+            self.queue.put_nowait(fn)
+            return True
+        except queue.Full:
+            return False
+
+
+_worker: Optional[_Worker] = None
+_worker_lock = threading.Lock()
+
+
+def _get_worker() -> _Worker:
+    global _worker
+    with _worker_lock:
+        if _worker is None or not _worker.thread.is_alive():
+            _worker = _Worker()
+        return _worker
+
+
+class CellLoggers:
+    """The loggers of one cell, called from the training loop; each call is queued for the logger thread."""
+
+    def __init__(self, names: list[str], run: CellRun, every: int, close_timeout_s: float):
+        self.run, self.every, self.close_timeout_s = run, max(1, int(every)), close_timeout_s
+        self.live: dict[str, Logger] = {}
+        self.worker = _get_worker()
+        classes = {name: LOGGERS.get(name) for name in names}  # checked before the grid started
+        self._submit(lambda: self._open(classes))
+
+    def _open(self, classes: dict[str, type]) -> None:
+        for name, cls in classes.items():
+            try:
+                self.live[name] = cls(self.run)
+            except Exception as exc:  # noqa: BLE001 - a tracker that cannot start never stops training
+                self._failed(name, exc)
+
+    def _failed(self, name: str, exc: BaseException) -> None:
+        self.live.pop(name, None)
+        warn_once(f"logger:{name}", f"logger {name} failed ({self.run.name}: {type(exc).__name__}: {exc}); it logs "
+                  "nothing more for that cell (training goes on)")
+
+    def _each(self, method: str, *args: Any) -> None:
+        for name, logger in list(self.live.items()):
+            try:
+                getattr(logger, method)(*args)
+            except Exception as exc:  # noqa: BLE001
+                self._failed(name, exc)
+                if method != "close":
+                    try:
+                        logger.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+
+    def _submit(self, fn: Callable[[], None]) -> None:
+        if not self.worker.submit(fn):
+            warn_once("logger-queue", f"the loggers fall behind: events dropped ({QUEUE_MAX} waiting)")
+
+    def step(self, update: int, loss: Any, lr: float) -> None:
+        """``loss``: a float or a 0-d tensor, read (a host sync on CUDA) only on the updates logged."""
+        if update % self.every == 0:
+            loss_f, lr_f = float(loss), float(lr)
+            self._submit(lambda: self._each("step", update, loss_f, lr_f))
+
+    def epoch(self, update: int, entry: dict[str, Any]) -> None:
+        entry = copy.deepcopy(entry)
+        self._submit(lambda: self._each("epoch", update, entry))
+
+    def finish(self, result: dict[str, Any]) -> None:
+        self._submit(lambda: self._each("finish", result))
+
+    def close(self) -> None:
+        """Close every logger, waiting at most ``logging.close_timeout_s`` for the queued events."""
+        done = threading.Event()
+
+        def close_all() -> None:
+            try:
+                self._each("close")
+            finally:
+                self.live.clear()
+                done.set()
+
+        if not self.worker.submit(close_all):
+            return
+        t0 = time.monotonic()
+        if not done.wait(self.close_timeout_s):
+            warn_once("logger-close", f"the loggers of {self.run.name} are still busy after "
+                      f"{time.monotonic() - t0:.0f} s (logging.close_timeout_s): training goes on without waiting")
+
+
+def open_loggers(cell_dir: Path, cell: Any, cfg: dict[str, Any], start_update: int, rank: int,
+                 selection: Optional[dict[str, Any]] = None) -> Optional[CellLoggers]:
+    """The cell's loggers (rank 0 only), or None when the config turns none on."""
+    names = logger_names(cfg)
+    if rank != 0 or not names:
+        return None
+    log_cfg = cfg["logging"]
+    run = CellRun(Path(cell_dir), cell, cfg, start_update, selection or {})
+    return CellLoggers(names, run, log_cfg["every_updates"], log_cfg["close_timeout_s"])

@@ -1,0 +1,89 @@
+"""``mlflow``: one MLflow run per cell, where ``MLFLOW_TRACKING_URI`` points (a ``file:`` store, SQLite, a
+server); unset, MLflow's own default (``sqlite:///mlflow.db`` in the working directory since MLflow 3.7,
+``./mlruns`` before). The experiment is ``MLFLOW_EXPERIMENT_NAME`` or ``logging.project``.
+
+Params: the resolved config, flattened (``teacher.lr``). Tags: the cell (``cell``, ``cell_hash``, ``task``,
+``role``, ``method``, ``alpha``, ``T``, ``seed``, ``teacher``). Metrics: step = optimizer updates; the step
+values are sent in one batch at each epoch end. A resumed cell reopens its run (id in CELL/loggers.json); the
+values logged after its last checkpoint are logged again at the same steps.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from . import LOGGERS, CellRun, Logger, epoch_scalars, final_scalars
+
+MAX_PARAMS, MAX_METRICS, MAX_VALUE = 100, 1000, 6000  # MLflow's log_batch limits
+
+
+@LOGGERS.register("mlflow")
+class MLflowLogger(Logger):
+    requires = ("mlflow", "mlflow")
+
+    def __init__(self, run: CellRun):
+        super().__init__(run)
+        from mlflow.entities import Metric, Param  # optional [mlflow] extra: only when this logger is on
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        self.Metric = Metric
+        self.client = MlflowClient()
+        self.pending: list = []
+        self.finished = False
+        prior = run.recall("mlflow")
+        self.run_id = None
+        if prior and prior.get("run_id"):
+            try:
+                info = self.client.get_run(prior["run_id"]).info
+                if info.lifecycle_stage == "active":
+                    self.run_id = info.run_id
+                    self.client.update_run(self.run_id, status="RUNNING")
+            except MlflowException:  # another tracking URI, or the run was deleted: start a new one
+                self.run_id = None
+        if self.run_id is None:
+            tags = run.tags()
+            created = self.client.create_run(self._experiment(MlflowException), run_name=run.name, tags=tags)
+            self.run_id = created.info.run_id
+            run.remember("mlflow", {"run_id": self.run_id, "tracking_uri": str(self.client.tracking_uri)})
+            params = [Param(k, v[:MAX_VALUE]) for k, v in run.params().items()]
+            for i in range(0, len(params), MAX_PARAMS):
+                self.client.log_batch(self.run_id, params=params[i: i + MAX_PARAMS])
+
+    def _experiment(self, MlflowException) -> str:
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or self.run.cfg.get("logging", {}).get("project") or "Default"
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except MlflowException:  # created by another process meanwhile
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def _add(self, values: dict[str, float], update: int) -> None:
+        now = int(time.time() * 1000)
+        self.pending += [self.Metric(k, v, now, update) for k, v in values.items()]
+
+    def _flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for i in range(0, len(pending), MAX_METRICS):
+            self.client.log_batch(self.run_id, metrics=pending[i: i + MAX_METRICS])
+
+    def step(self, update: int, loss: float, lr: float) -> None:
+        self._add({"train/loss_step": loss, "train/lr": lr}, update)
+
+    def epoch(self, update: int, entry: dict[str, Any]) -> None:
+        self._add(epoch_scalars(entry, self.run.selection), update)
+        self._flush()
+
+    def finish(self, result: dict[str, Any]) -> None:
+        self._add(final_scalars(result), int(result.get("updates") or 0))
+        self._flush()
+        self.client.set_terminated(self.run_id, "FINISHED")
+        self.finished = True
+
+    def close(self) -> None:
+        if not self.finished:
+            self._flush()
+            self.client.set_terminated(self.run_id, "KILLED")  # failed or interrupted: a resume reopens it
