@@ -22,7 +22,7 @@ from .. import __version__, store
 from ..envinfo import git_commit
 from ..metrics import MetricSpec
 from ..tasks import result_metrics
-from .reference import claim_rows, claims_text, find, recipe_differences
+from .reference import claim_rows, claims_text, find, ls_answer_text, recipe_differences
 
 BASE_COLUMNS = ["task", "role", "teacher_arch", "student_arch", "method", "alpha", "T", "seed"]
 TAIL_COLUMNS = ["select", "epoch", "epochs", "wall_s", "config_hash"]
@@ -264,6 +264,12 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
         lines += [f"Paper (different setup, not compared cell by cell): {ref.source}: {_paper_row(ref)}. {why}", ""]
     if stu and any(t != "" for t in temps):
         lines += [*claims_text(_claim_cells(stu), ref), ""]
+    elif stu and len(alphas) >= 2:  # no T axis (feature methods, DIST, TTM, CTKD): the LS question alone
+        v0, v1 = ([r["metrics"][r["primary"]] for r in select(stu, a, "")] for a in (alphas[0], alphas[-1]))
+        if v0 and v1:
+            spec = spec_of(stu[0], stu[0]["primary"])
+            lines += [f"- Does the LS teacher (α = {alphas[-1]:g}) help this method, against α = {alphas[0]:g}? "
+                      f"ours **{ls_answer_text(v0, v1, spec.better)}**", ""]
     return "\n".join(lines) + "\n"
 
 

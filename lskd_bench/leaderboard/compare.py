@@ -28,7 +28,7 @@ from .. import results, store
 from ..errors import UsageError
 from ..tasks import get_task
 from . import collect, environment_md, latest, spec_of
-from .reference import SIGNIFICANCE, kd_references, kd_sources, welch_p
+from .reference import SIGNIFICANCE, kd_references, kd_sources, ls_answer_text, welch_p
 
 NO_T = ""  # the T of a cell whose method has no temperature
 
@@ -171,6 +171,21 @@ class Comparison:
             lines.append(f"| {r['method']} | {t} | {_ms(v0)} | {_ms(v1)} | {r['delta']:+.2f} | {p} | {n} | {r['verdict']} |")
         return "\n".join(lines) + "\n"
 
+    def feature_ls_table(self) -> str:
+        """The project's question asked of the feature methods: does the LS teacher help or hurt each one?"""
+        feats = [r for r in self.ls_rows() if _is_feature(r["method"])]
+        if not feats:
+            return ""
+        a0, a1 = feats[0]["alpha_0"], feats[0]["alpha_ls"]
+        lines = [f"#### Feature distillation: does the LS teacher (α = {a1:g}) help or hurt? ({self.metric})", "",
+                 "| method | T | α = %g | α = %g | answer |" % (a0, a1), "|---|---|---|---|---|"]
+        for r in feats:
+            v0, v1 = self.values[(r["method"], a0, r["T"])], self.values[(r["method"], a1, r["T"])]
+            t = "no T" if r["T"] == NO_T else f"{r['T']:g}"
+            lines.append(f"| {r['method']} | {t} | {_ms(v0)} | {_ms(v1)} | {ls_answer_text(v0, v1, self.spec.better)} |")
+        lines += ["", f"Welch's t-test over seeds; helps / hurts: p < {SIGNIFICANCE:g}; one seed a side: undetermined."]
+        return "\n".join(lines) + "\n"
+
     # -- plot ---------------------------------------------------------------------------------------
     def plot(self, path: Path) -> Path:
         import matplotlib  # heavy: imported only when a figure is drawn
@@ -210,6 +225,16 @@ class Comparison:
         return path
 
 
+def _is_feature(method: str) -> bool:
+    """A feature method (or X+kd) of the registry; False for a name no longer registered."""
+    from ..methods import FeatureMethod, method_class
+
+    try:
+        return issubclass(method_class(method), FeatureMethod)
+    except Exception:  # noqa: BLE001 - an unknown (third-party, uninstalled) method: not shown as a feature method
+        return False
+
+
 def _frame(rows: list[dict[str, Any]], metric: str):
     """The columns of ``results.load``'s frame that the comparison reads, from leaderboard rows."""
     import pandas as pd  # heavy: imported when a comparison is built
@@ -231,8 +256,9 @@ def reference_rows(rows: list[dict[str, Any]], task: str, metric: str) -> list[d
     for ref in kd_references():
         if ref.task != task or (ref.teacher_arch, ref.student_arch, ref.method) not in ran:
             continue
+        T = NO_T if ref.T is None else ref.T
         v = [r["metrics"][metric] for r in students if (r["teacher_arch"], r["student_arch"], r["method"]) ==
-             (ref.teacher_arch, ref.student_arch, ref.method) and r["alpha"] == 0.0 and r["T"] == ref.T]
+             (ref.teacher_arch, ref.student_arch, ref.method) and r["alpha"] == 0.0 and r["T"] == T]
         mean = statistics.mean(v) if v else None
         out.append({"task": task, "pair": ref.pair, "method": ref.method, "alpha": 0.0, "T": ref.T, "reference": ref.top1,
                     "n": len(v), "mean": mean, "std": statistics.stdev(v) if len(v) > 1 else 0.0 if v else None,
@@ -248,7 +274,8 @@ def reference_table(refs: list[dict[str, Any]]) -> str:
     for r in refs:
         ours = "not run" if r["mean"] is None else (f"{r['mean']:.2f}" if r["n"] == 1 else f"{r['mean']:.2f} ± {r['std']:.2f} (n={r['n']})")
         delta = "—" if r["delta"] is None else f"{r['delta']:+.2f}"
-        lines.append(f"| {r['pair']} | {r['method']} | α = 0, T = {r['T']:g} | {r['reference']:.2f} | {ours} | {delta} | "
+        cell = "α = 0" + ("" if r["T"] is None else f", T = {r['T']:g}")
+        lines.append(f"| {r['pair']} | {r['method']} | {cell} | {r['reference']:.2f} | {ours} | {delta} | "
                      f"{r['source']} | {r['recipe']} |")
     lines += ["", "Sources: " + kd_sources() + ". A reference is one published run per pair; ours is as configured "
               "(recipe, epochs, data) in this run: compare like with like."]
@@ -316,7 +343,7 @@ def compare(runs: Path, out: Path, baseline: str = "kd", metric: Optional[str] =
         primary = next(r["primary"] for r in rows if r["task"] == t)
         cmp = Comparison(rows, t, metric or primary, baseline, frame)
         ref = reference_rows(rows, t, metric or primary)
-        md += [cmp.table(), pair_note(rows, t), cmp.ls_table(), reference_table(ref)]
+        md += [cmp.table(), pair_note(rows, t), cmp.ls_table(), cmp.feature_ls_table(), reference_table(ref)]
         refs += ref
         cells += cmp.cells()
         ls += cmp.ls_rows()

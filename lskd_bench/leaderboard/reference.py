@@ -165,6 +165,26 @@ class Claim:
         return f"{self.delta:+.2f}, p = {self.p_value:.3g}, {n}: {sig}"
 
 
+def ls_answer(v0: Sequence[float], v1: Sequence[float], better) -> tuple[str, float, Optional[float]]:
+    """Does the label-smoothed teacher help its student? (answer, difference of means ``v1 - v0``, Welch p):
+    ``helps`` / ``hurts`` (significant, by the metric's direction ``better(a, b)``), ``no significant difference``,
+    or ``undetermined (1 seed)`` when a side has one value."""
+    d = statistics.mean(v1) - statistics.mean(v0)
+    p = welch_p(v1, v0)
+    if p is None:
+        return "undetermined (1 seed)", d, p
+    if p >= SIGNIFICANCE:
+        return "no significant difference", d, p
+    return ("helps" if better(statistics.mean(v1), statistics.mean(v0)) else "hurts"), d, p
+
+
+def ls_answer_text(v0: Sequence[float], v1: Sequence[float], better) -> str:
+    """``helps: +0.96, p = 0.03, n = 3`` (n: seeds per side)."""
+    answer, d, p = ls_answer(v0, v1, better)
+    n = f"{len(v1)}" if len(v1) == len(v0) else f"{len(v1)} and {len(v0)}"
+    return f"{answer}: {d:+.2f}" + ("" if p is None else f", p = {p:.3g}") + f", n = {n}"
+
+
 def _values(cells: dict, alpha: float, T: float) -> dict:
     """``{seed: value}`` of one cell (a list is numbered)."""
     v = cells.get((alpha, T)) or {}
@@ -244,7 +264,7 @@ class KDReference:
     teacher_arch: str
     student_arch: str
     method: str
-    T: float
+    T: Optional[float]  # None: a method without a temperature
     top1: float
     source: str
     recipe: str
@@ -257,13 +277,32 @@ class KDReference:
 @lru_cache(maxsize=1)
 def kd_references() -> tuple[KDReference, ...]:
     data = yaml.safe_load(resources.files("lskd_bench").joinpath("data", "kd_reference.yaml").read_text())
-    return tuple(KDReference(r["task"], r["teacher_arch"], r["student_arch"], r["method"], float(r["T"]), float(r["top1"]),
-                             r["source"], r["recipe"]) for r in data["references"])
+    logit = tuple(KDReference(r["task"], r["teacher_arch"], r["student_arch"], r["method"], float(r["T"]),
+                              float(r["top1"]), r["source"], r["recipe"]) for r in data["references"])
+    return logit + feature_references()
+
+
+FEATURE_RECIPE = ("RepDistiller: 240 epochs, batch 64, SGD lr 0.05 (0.01 for MobileNetV2/ShuffleNet students), "
+                  "-r 1 -a 0 -b beta")
+
+
+def feature_references() -> tuple[KDReference, ...]:
+    """RepDistiller's README numbers of the feature methods (``data/feature_reference.yaml``), one per pair: the
+    cell is alpha 0 with no T (``T`` None). Its KD rows are left to mdistiller's (``kd_reference.yaml``)."""
+    from .feature_reference import rows
+
+    return tuple(KDReference("cifar100", *pair.split("-"), what, None, top1, "[R] " + source.removeprefix("[R] "),
+                             FEATURE_RECIPE)
+                 for pair, what, top1, source in rows() if what not in ("teacher", "student", "kd"))
 
 
 def kd_sources() -> str:
-    """The header lines of the references file that name the sources (``[M]``, ``[S]``...)."""
-    text = resources.files("lskd_bench").joinpath("data", "kd_reference.yaml").read_text()
+    """The header lines of the reference files that name the sources (``[M]``, ``[S]``, ``[R]``...)."""
+    return "; ".join(_sources("kd_reference.yaml") + _sources("feature_reference.yaml")[:1])  # [R] (not [O]: unmapped)
+
+
+def _sources(name: str) -> list[str]:
+    text = resources.files("lskd_bench").joinpath("data", name).read_text(encoding="utf-8")
     keep, out = False, []
     for line in text.splitlines():
         body = line.lstrip("# ").rstrip()
@@ -274,4 +313,4 @@ def kd_sources() -> str:
             continue
         elif not line.startswith("#"):
             break
-    return "; ".join(out)
+    return out
