@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -18,7 +19,7 @@ from .leaderboard.compare import compare
 from .methods import METHODS, TEACHER_METHOD
 from .registry import EXECUTORS
 from .runners.cells import plan_cells
-from .runners.devices import parse_gpus
+from .runners.devices import parse_gpus, require_cuda
 from .runners.grid import resolve, run_grid
 from .runners.inference import find_cell, load_cell, read_text_lines, score_files, translate_lines
 from .runners.status import status_rows
@@ -211,7 +212,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if out.suffix in (".md", ".csv"):
         out = out.with_suffix("")
     check_writable_dir(out.parent)
-    text, paths = compare(runs, out, baseline=args.baseline, metric=args.metric, task=args.task, select=args.select)
+    problems: list[str] = []
+    text, paths = compare(runs, out, baseline=args.baseline, metric=args.metric, task=args.task, select=args.select,
+                          problems=problems)
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
     print(text, end="")
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return 0
@@ -253,7 +258,10 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     if args.out:
         check_writable_dir(Path(args.out))
-    paths = plot_curves(_runs_dir(args), Path(args.out) if args.out else None, task=args.task)
+    problems: list[str] = []
+    paths = plot_curves(_runs_dir(args), Path(args.out) if args.out else None, task=args.task, problems=problems)
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
     for p in paths:
         print(f"wrote {p}")
     return 0
@@ -275,6 +283,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
+    require_cuda({"device": args.device})
     cell_dir = find_cell(args.run, args.runs if args.cell else None, args.cell)
     if args.output:
         check_writable_dir(Path(args.output).absolute().parent)  # before translating, not after
@@ -561,7 +570,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away (| head)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    """Every command goes through here: bad input is one line and exit 2; a closed output pipe (``| head -1``)
+    ends the command quietly."""
+    try:
+        try:
+            rc = _main(argv)
+        except SystemExit as exc:  # --help, --version: their text may meet a closed pipe too
+            rc = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe prints "Exception ignored..."
+        return rc
+    except BrokenPipeError:
+        try:  # nothing more reaches the reader: send what is still buffered nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return SIGPIPE_EXIT
+
+
+def _main(argv: Optional[list[str]]) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -284,3 +284,115 @@ def test_run_waits_for_a_cell_held_by_a_live_process(tmp_path, cli):
         holder.wait()
     assert rc == 0, err
     assert "2 cells: trained 2, reused 0 finished" in out
+
+
+# ------------------------------------------------------------------------------------------ hand-edited results
+_EDITS = {
+    "metrics a list": lambda r: r.update(metrics=[1, 2]),
+    "metrics empty": lambda r: r.update(metrics={}),
+    "metric a string": lambda r: r["metrics"].update(top1="high"),
+    "alpha a string": lambda r: r["cell"].update(alpha="0.1"),
+    "role missing": lambda r: r["cell"].pop("role"),
+    "seed a string": lambda r: r["cell"].update(seed="0"),
+    "T a list": lambda r: r["cell"].update(T=[1]),
+    "history a dict": lambda r: r.update(history={"epoch": 1}),
+    "history row a list": lambda r: r["history"].append([3, 1.0]),
+    "history loss a string": lambda r: r["history"][0].update(loss="x"),
+    "history eval a list": lambda r: r["history"][0].update(eval=[40.0]),
+    "best metrics a list": lambda r: r.update(best={"epoch": 1, "metrics": [1]}),
+    "epochs a string": lambda r: r.update(epochs="2"),
+    "timings without wall_s": lambda r: r.update(timings={}),
+    "metric_specs a string": lambda r: r.update(metric_specs="top1"),
+    "selection a list": lambda r: r.update(selection=["valid"]),
+    "run_config a list": lambda r: r.update(run_config=[1]),
+}
+
+
+@pytest.mark.parametrize("edit", list(_EDITS))
+def test_hand_edited_result_of_wrong_types_is_skipped_and_named(tmp_path, cli, edit):
+    """leaderboard, compare and plot skip a result.json of the wrong types with a warning naming the file, as they do
+    for one that is not JSON, and report the other cells."""
+    from .test_security import _fake_results
+
+    runs = tmp_path / "runs"
+    _fake_results(runs)
+    bad = next(p for p in sorted(runs.rglob(store.RESULT)) if "student_dkd" in str(p))
+    res = json.loads(bad.read_text())
+    _EDITS[edit](res)
+    bad.write_text(json.dumps(res))
+    for argv in (["leaderboard"], ["compare"], ["plot"]):
+        rc, _, err = cli(*argv, "--runs", str(runs))
+        assert rc == 0, (argv, err)
+        assert f"warning: {bad} " in err and "skipped" in err, (argv, err)
+        assert "Traceback" not in err
+
+
+def test_live_local_owner_is_never_stale_whatever_its_heartbeat_age(tmp_path, cli):
+    """heartbeat_s >= stale_s used to let a second run take over a live owner's lock (two runs trained the same
+    cells): a live owner on this host is judged by its process, not its heartbeat; a reused pid is not its owner;
+    and a heartbeat interval that could outlast stale_s is refused."""
+    a = CellLock(tmp_path)
+    assert a.try_acquire(stale_s=60)
+    old = time.time() - 3600
+    os.utime(tmp_path / LOCK, (old, old))  # no heartbeat for an hour, owner (this process) alive
+    assert read_lock(tmp_path).age > 60
+    assert not CellLock(tmp_path).try_acquire(stale_s=60)
+    a.release()
+    rec = {"host": os.uname().nodename, "pid": os.getpid(), "token": "x", "since": 0, "start": 1}  # a reused pid
+    (tmp_path / LOCK).write_text(json.dumps(rec))
+    assert CellLock(tmp_path).try_acquire(stale_s=60)
+    rc, _, err = cli("run", "--dry-run", "--out", str(tmp_path / "runs"), "--set", "lock.heartbeat_s=300",
+                     "--set", "lock.stale_s=300")
+    assert rc == 2 and err == ("lskd-bench: error: lock.heartbeat_s (300) must be at most half of lock.stale_s (300): "
+                               "a lock is taken over when its heartbeat is older than stale_s\n")
+
+
+@pytest.mark.parametrize("argv", [["tasks"], ["methods"], ["config"], ["--help"], ["run", "--help"],
+                                  ["run", "--dry-run", "--out", "{tmp}/runs"], ["leaderboard", "--runs", "{tmp}/runs"],
+                                  ["status", "--runs", "{tmp}/runs"]])
+def test_closed_output_pipe_ends_every_command_quietly(tmp_path, argv):
+    """`lskd-bench tasks | head -c1`: the reader is gone before the command writes (a pipe whose read end is
+    closed, so the write fails every time): no traceback, no 'Exception ignored', exit 141 as SIGPIPE'd tools."""
+    from .test_security import _fake_results
+
+    _fake_results(tmp_path / "runs")
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "lskd_bench", *[a.format(tmp=tmp_path) for a in argv]],
+                              stdout=w, stderr=subprocess.PIPE, text=True, timeout=HANG_GUARD_S)
+    finally:
+        os.close(w)
+    expected = 0 if "--help" in argv else 141  # argparse's help swallows the failed write itself
+    assert proc.returncode == expected and "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, \
+        proc.stderr
+    assert "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_head_reads_the_first_line_of_tasks(tmp_path):
+    out = subprocess.run(f"{sys.executable} -m lskd_bench tasks | head -c1; echo; "
+                         f"{sys.executable} -m lskd_bench methods | head -1", shell=True, capture_output=True,
+                         text=True, timeout=HANG_GUARD_S)
+    assert out.stderr == "" and out.stdout.count("\n") == 2 and out.stdout.startswith("c\nctkd ")
+
+
+FAST_DIGITS = ["--epochs", "1", "--alphas", "0.1", "--temperatures", "1", "--seeds", "0", "--no-progress"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+@pytest.mark.parametrize("argv, needle", [
+    (["run", "--device", "cuda"], "device cuda: torch sees no CUDA GPU on this machine; use --device cpu or auto"),
+    (["run", "--device", "cuda", "--executor", "subprocess"], "device cuda: torch sees no CUDA GPU"),
+    (["run", "--gpus", "3"], "gpus 3: torch sees no CUDA GPU on this machine; leave out --gpus (and --per-gpu) to "
+                             "train on the CPU"),
+    (["run", "--gpus", "0,1", "--nproc-per-node", "2"], "gpus 0,1: torch sees no CUDA GPU"),
+    (["translate", "--run", "{tmp}/none", "--device", "cuda"], "device cuda: torch sees no CUDA GPU"),
+])
+def test_gpu_options_without_a_gpu_are_one_line(tmp_path, cli, argv, needle):
+    """--device cuda and --gpus on a machine without a GPU: one line, exit 2, nothing written (they used to
+    train on the CPU saying '1 GPU (3)', or end in a traceback)."""
+    runs = tmp_path / "runs"
+    rc, out, err = cli(*[a.format(tmp=tmp_path) for a in argv], *(["--out", str(runs), *FAST_DIGITS]
+                                                                   if argv[0] == "run" else []))
+    assert rc == 2 and err.count("\n") == 1 and needle in err, err
+    assert not runs.exists()

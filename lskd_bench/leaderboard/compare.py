@@ -273,10 +273,10 @@ NOTE = ("Cells: mean ± sample std over seeds (difference to the baseline method
 
 
 def compare(runs: Path, out: Path, baseline: str = "kd", metric: Optional[str] = None, task: Optional[str] = None,
-            select: str = "best") -> tuple[str, list[Path]]:
+            select: str = "best", problems: Optional[list[str]] = None) -> tuple[str, list[Path]]:
     """Write OUT.md, OUT.csv (table 1 cells), OUT_ls.csv (table 2), OUT_reference.csv (table 3, where published
     references exist) and OUT_<task>.png; return the markdown."""
-    rows = collect(Path(runs), select)
+    rows = collect(Path(runs), select, problems)  # unusable results: a line each in ``problems``
     tasks = sorted({r["task"] for r in rows if r["role"] == "student"})
     if task is not None:
         tasks = [t for t in tasks if t == task]

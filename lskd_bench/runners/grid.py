@@ -42,6 +42,9 @@ def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Ma
     cfg = res.cfg
     cfg["task"] = name
     validate_grid(cfg)
+    if cfg["lock"]["heartbeat_s"] * 2 > cfg["lock"]["stale_s"]:  # a live owner elsewhere must look alive
+        raise UsageError(f"lock.heartbeat_s ({cfg['lock']['heartbeat_s']:g}) must be at most half of lock.stale_s "
+                         f"({cfg['lock']['stale_s']:g}): a lock is taken over when its heartbeat is older than stale_s")
     check_student_methods(cfg["methods"], task.kind)
     executor = EXECUTORS.get(cfg["executor"])
     if check_executor and hasattr(executor, "validate"):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -46,10 +46,56 @@ def cifar_dir(root: Path) -> Path:
     return root / "cifar-100-python" if (root / "cifar-100-python").is_dir() else root
 
 
+def _numpy_global(module: str, name: str) -> Any:
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+# (module, name) -> what it resolves to: the only globals a release pickle names (numpy arrays, and bytes as
+# Python 3 writes them at protocol 2); anything else (os.system, eval, ...) is refused unresolved
+_RELEASE_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
+    ("_codecs", "encode"): lambda: __import__("_codecs").encode,
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): lambda: _numpy_global("numpy._core.multiarray", "_reconstruct")
+       for core in ("core", "_core")},
+    **{(f"numpy.{core}.numeric", "_frombuffer"): lambda: _numpy_global("numpy._core.numeric", "_frombuffer")
+       for core in ("core", "_core")},
+}
+
+
+class _ReleaseUnpickler(pickle.Unpickler):
+    """Reads what the official CIFAR-100 pickles hold (dicts, lists, str, bytes, ints, numpy arrays) and nothing
+    else: a pickle names the functions it calls, and one that names any other (a planted ``os.system``) is refused
+    before it is looked up, so a data file never runs code (SECURITY.md)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        get = _RELEASE_GLOBALS.get((module, name))
+        if get is None:
+            raise pickle.UnpicklingError(f"global '{module}.{name}' is forbidden (a CIFAR pickle holds only lists, "
+                                         "bytes, numbers and numpy arrays)")
+        return get()
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("persistent ids are forbidden")
+
+
+def _checked_arrays(obj: Any, depth: int = 0) -> None:
+    """No object arrays (their items would be opaque): every array is of numbers or bytes."""
+    if depth > 4:
+        return
+    if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
+        raise pickle.UnpicklingError("an array of Python objects (the release holds uint8 arrays)")
+    for v in obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ():
+        _checked_arrays(v, depth + 1)
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            raw = pickle.load(f, encoding="bytes")
+            raw = _ReleaseUnpickler(f, encoding="bytes").load()
+        _checked_arrays(raw)
     except OSError as exc:
         raise UsageError(f"cifar100: cannot read {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
