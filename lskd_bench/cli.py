@@ -576,6 +576,9 @@ SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer whose rea
 def main(argv: Optional[list[str]] = None) -> int:
     """Every command goes through here: bad input is one line and exit 2; a closed output pipe (``| head -1``)
     ends the command quietly."""
+    for stream in (sys.stdout, sys.stderr):  # an ASCII locale (LANG=C) cannot print 'α': escape, never fail
+        if hasattr(stream, "reconfigure") and stream.encoding.lower().replace("-", "") != "utf8":
+            stream.reconfigure(errors="backslashreplace")
     try:
         try:
             rc = _main(argv)

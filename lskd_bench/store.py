@@ -78,7 +78,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
         raise
     try:
         os.fchmod(fd, 0o666 & ~umask())
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -168,7 +168,7 @@ def load_result(cell_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
     if not p.exists():
         return None, None
     try:
-        res = json.loads(p.read_text())
+        res = json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         return None, "is not UTF-8 text"
     except json.JSONDecodeError as exc:
@@ -329,7 +329,7 @@ def write_error(cell_dir: Path, cell: Any, exc: BaseException, **where: Any) -> 
 def read_error(cell_dir: Path) -> dict[str, Any] | None:
     p = Path(cell_dir) / ERROR
     try:
-        return json.loads(p.read_text())
+        return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
 

@@ -396,3 +396,115 @@ def test_gpu_options_without_a_gpu_are_one_line(tmp_path, cli, argv, needle):
                                                                    if argv[0] == "run" else []))
     assert rc == 2 and err.count("\n") == 1 and needle in err, err
     assert not runs.exists()
+
+
+# ------------------------------------------------------------------------------------------ CIFAR: run checks as check-data
+def _edit_cifar_train(d: Path, edit) -> None:
+    import pickle
+
+    with open(d / "train", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    edit(raw)
+    with open(d / "train", "wb") as f:
+        pickle.dump(raw, f, protocol=2)
+
+
+def test_cifar_without_train_images_stops_run_as_check_data_does(tmp_path, cli):
+    """A train pickle with 0 images: check-data exits 2; run --dry-run and run used to exit 0 and train."""
+    import numpy as np
+
+    from .image_fixtures import make_cifar100
+
+    d = make_cifar100(tmp_path / "data", per_class=(1, 1))
+    _edit_cifar_train(d, lambda raw: raw.update({b"data": np.zeros((0, 3072), np.uint8), b"fine_labels": []}))
+    base = ["--task", "cifar100", "--data-root", str(tmp_path / "data")]
+    rc, out, err = cli("check-data", "--no-progress", *base)
+    assert rc == 2 and "problem: train: 100 class(es) without images (e.g. apple) (it holds no images)" in out
+    runs = tmp_path / "runs"
+    for extra in (["--dry-run"], ["--epochs", "1", "--no-progress"]):
+        rc, _, err = cli("run", "--out", str(runs), *base, *extra)
+        assert rc == 2 and err == (f"lskd-bench: error: cifar100: {d}: train: 100 class(es) without images (e.g. "
+                                   "apple) (it holds no images)\n"), err
+        assert not runs.exists()
+
+
+@pytest.mark.parametrize("labels, needle", [
+    (lambda n: [3.5] + [0] * (n - 1), "fine_labels must be integers, got 3.5"),
+    (lambda n: [True] * n, "fine_labels must be integers, got True"),
+    (lambda n: [5] * (n - 1) + [-1], "1 fine_labels outside 0..99 (e.g. image {last}: -1)"),  # not the largest valid
+])
+def test_cifar_labels_are_integers_in_range_and_the_example_is_a_bad_one(tmp_path, cli, labels, needle):
+    from .image_fixtures import make_cifar100
+
+    d = make_cifar100(tmp_path / "data", per_class=(1, 1))
+    _edit_cifar_train(d, lambda raw: raw.update({b"fine_labels": labels(len(raw[b"fine_labels"]))}))
+    rc, _, err = cli("run", "--dry-run", "--out", str(tmp_path / "runs"), "--task", "cifar100", "--data-root",
+                     str(tmp_path / "data"))
+    assert rc == 2 and err.count("\n") == 1 and needle.format(last=99) in err, err
+
+
+def test_ascii_locale_reads_recipes_and_writes_tables(tmp_path):
+    """Under LANG=C without Python's UTF-8 mode the locale encoding is ASCII: the shipped recipes (UTF-8, 'mean ±
+    std') are read as UTF-8 and tables with 'α' are written as UTF-8 and printed escaped, not a traceback."""
+    from .test_security import _fake_results
+
+    _fake_results(tmp_path / "runs")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    out = {}
+    for argv in (["config"], ["tasks"], ["leaderboard", "--runs", str(tmp_path / "runs")]):
+        proc = subprocess.run([sys.executable, "-m", "lskd_bench", *argv], env=env, capture_output=True,
+                              timeout=HANG_GUARD_S)
+        assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr.decode(errors="replace")
+        out[argv[0]] = proc.stdout
+    assert "α = 0.0" in (tmp_path / "runs" / "leaderboard.md").read_text(encoding="utf-8")
+    assert b"\\u03b1 = 0.0" in out["leaderboard"]
+
+
+def test_yaml_key_given_twice_is_one_line(tmp_path, cli):
+    """A second 'teacher:' block used to drop the first silently."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("teacher:\n  epochs: 7\nstudent:\n  epochs: 2\nteacher:\n  lr: 0.2\n")
+    rc, _, err = cli("config", "--config", str(cfg))
+    assert rc == 2 and err == (f"lskd-bench: error: config {cfg}: key 'teacher' appears twice in one mapping "
+                               "(lines 1 and 5); merge the two\n")
+    cfg.write_text("teacher:\n  epochs: 7\n  epochs: 8\n")
+    rc, _, err = cli("run", "--dry-run", "--config", str(cfg), "--out", str(tmp_path / "runs"))
+    assert rc == 2 and "key 'epochs' appears twice in one mapping (lines 2 and 3)" in err
+
+
+def test_method_given_twice_is_one_line(tmp_path, cli):
+    rc, _, err = cli("run", "--dry-run", "--methods", "kd,dkd,kd", "--out", str(tmp_path / "runs"))
+    assert rc == 2 and err == "lskd-bench: error: methods lists kd twice: kd, dkd, kd\n"
+
+
+def test_byte_order_marks_are_not_text(tmp_path, cli, cub_root):
+    """A UTF-8 BOM (Windows editors) used to become part of the first reference BLEU scores, of the first line
+    translate/score read, and a 'field-count' error in a CUB index file."""
+    import shutil
+
+    from lskd_bench.runners.inference import read_text_lines
+    from lskd_bench.tasks.nmt.corpus import read_corpus
+
+    from .nmt_fixtures import make_plain
+
+    root = make_plain(tmp_path / "corpus", n_train=10, n_valid=3, n_test=4)
+    clean = read_corpus(root, "en", "de")
+    for name in ("test.de", "train.en"):
+        (root / name).write_bytes(b"\xef\xbb\xbf" + (root / name).read_bytes())
+    bom = read_corpus(root, "en", "de")
+    assert bom.test == clean.test and bom.train == clean.train
+    (tmp_path / "in.txt").write_bytes(b"\xef\xbb\xbfHallo\nWelt\n")
+    assert read_text_lines(str(tmp_path / "in.txt")) == ["Hallo", "Welt"]
+    cub = tmp_path / "cub"
+    shutil.copytree(cub_root, cub)
+    index = next(cub.rglob("images.txt"))
+    index.write_bytes(b"\xef\xbb\xbf" + index.read_bytes())
+    rc, out, err = cli("check-data", "--task", "cub200", "--data-root", str(cub), "--no-progress")
+    assert rc == 0, err
+
+
+def test_score_on_empty_files_is_one_line(tmp_path, cli):
+    for name in ("ref.de", "hyp.de"):
+        (tmp_path / name).write_text("")
+    rc, _, err = cli("score", "--ref", str(tmp_path / "ref.de"), "--hyp", str(tmp_path / "hyp.de"))
+    assert rc == 2 and err == f"lskd-bench: error: {tmp_path / 'ref.de'} is empty: nothing to score\n"

@@ -88,16 +88,17 @@ def test_planted_cifar_pickle_runs_no_code_in_check_data_or_dry_run(tmp_path, cl
 
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])
-def test_restricted_unpickler_reads_the_release_format(tmp_path, protocol):
+@pytest.mark.parametrize("n", [2, 0])
+def test_restricted_unpickler_reads_the_release_format(tmp_path, protocol, n):
     """dicts of bytes keys, lists of ints and bytes, uint8 arrays: as the release (protocol 2, Python 2 cPickle) and
     as re-saved by Python 3 (protocols 4 and 5)."""
     from lskd_bench.tasks.cifar import _unpickle
 
-    img = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
-    blob = {b"data": img, b"fine_labels": [3, 7], b"filenames": [b"a.png", b"b.png"], b"batch_label": b"training"}
+    img = (np.arange(n * 3072) % 256).astype(np.uint8).reshape(n, 3072)  # n = 0: b"" pickles as a call of bytes()
+    blob = {b"data": img, b"fine_labels": [3, 7][:n], b"filenames": [b"a.png", b"b.png"][:n], b"batch_label": b""}
     (tmp_path / "train").write_bytes(pickle.dumps(blob, protocol=protocol))
     raw = _unpickle(tmp_path / "train")
-    assert raw["fine_labels"] == [3, 7] and raw["filenames"] == [b"a.png", b"b.png"]
+    assert raw["fine_labels"] == [3, 7][:n] and raw["filenames"] == [b"a.png", b"b.png"][:n]
     assert raw["data"].dtype == np.uint8 and (raw["data"] == img).all()
 
 

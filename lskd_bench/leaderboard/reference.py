@@ -43,7 +43,7 @@ class Reference:
 
 @lru_cache(maxsize=1)
 def references() -> tuple[Reference, ...]:
-    data = yaml.safe_load(resources.files("lskd_bench").joinpath("data", "paper_reference.yaml").read_text())
+    data = yaml.safe_load(resources.files("lskd_bench").joinpath("data", "paper_reference.yaml").read_text(encoding="utf-8"))
     out = []
     for t in data["tables"]:
         out.append(Reference(
@@ -168,14 +168,14 @@ class KDReference:
 
 @lru_cache(maxsize=1)
 def kd_references() -> tuple[KDReference, ...]:
-    data = yaml.safe_load(resources.files("lskd_bench").joinpath("data", "kd_reference.yaml").read_text())
+    data = yaml.safe_load(resources.files("lskd_bench").joinpath("data", "kd_reference.yaml").read_text(encoding="utf-8"))
     return tuple(KDReference(r["task"], r["teacher_arch"], r["student_arch"], r["method"], float(r["T"]), float(r["top1"]),
                              r["source"], r["recipe"]) for r in data["references"])
 
 
 def kd_sources() -> str:
     """The header lines of the references file that name the sources (``[M]``, ``[S]``...)."""
-    text = resources.files("lskd_bench").joinpath("data", "kd_reference.yaml").read_text()
+    text = resources.files("lskd_bench").joinpath("data", "kd_reference.yaml").read_text(encoding="utf-8")
     keep, out = False, []
     for line in text.splitlines():
         body = line.lstrip("# ").rstrip()

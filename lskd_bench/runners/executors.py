@@ -281,7 +281,7 @@ class DeviceLog:
     def say(self, text: str, first: bool = False) -> None:
         line = f"lskd-bench: {text}" if first else text
         print(line, flush=True)
-        with open(self.path, "a") as f:
+        with open(self.path, "a", encoding="utf-8") as f:
             f.write(f"{datetime.now().isoformat(timespec='seconds')} {line}\n")
 
     def event(self, what: str, gpus: Optional[list[str]], unit: list[Cell], states: Optional[list[str]] = None) -> None:

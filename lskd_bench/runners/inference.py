@@ -108,7 +108,7 @@ def read_text_lines(path: Optional[str]) -> list[str]:
             raw, where = Path(path).read_bytes(), str(path)
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    lines = raw.split(b"\n")
+    lines = raw.removeprefix(b"\xef\xbb\xbf").split(b"\n")  # a UTF-8 byte-order mark is not text
     if lines and lines[-1] == b"":
         lines.pop()
     out = []
@@ -145,6 +145,8 @@ def score_files(ref: str, hyp: str, lang: str) -> tuple[dict[str, float], dict[s
     """sacreBLEU's BLEU, chrF2 and tokenised lower-cased BLEU of a hypothesis file against a reference file,
     exactly as the runner scores the test split."""
     refs, hyps = read_text_lines(ref), read_text_lines(hyp)
+    if not refs:
+        raise UsageError(f"{ref} is empty: nothing to score")
     if len(refs) != len(hyps):
         raise UsageError(f"{hyp} has {len(hyps)} lines but {ref} has {len(refs)}: one hypothesis per reference line")
     metrics, sig = translation_scores(hyps, refs, lang)

@@ -158,7 +158,7 @@ class CellLock:
         record = json.dumps(body)
         try:
             try:
-                with open(tmp, "w") as f:
+                with open(tmp, "w", encoding="utf-8") as f:
                     f.write(record)
                     f.flush()
             except OSError as exc:

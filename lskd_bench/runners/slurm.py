@@ -94,7 +94,7 @@ def queue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
 
 def read_job(cell_dir: Path) -> Optional[dict[str, Any]]:
     try:
-        return json.loads((Path(cell_dir) / SLURM_JSON).read_text())
+        return json.loads((Path(cell_dir) / SLURM_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -103,7 +103,7 @@ def log_tail(info: dict[str, Any], lines: int = 15) -> str:
     for key in ("stderr", "stdout"):
         p = Path(info.get(key, ""))
         if p.is_file():
-            text = p.read_text(errors="replace").strip().splitlines()
+            text = p.read_text(encoding="utf-8", errors="replace").strip().splitlines()
             if text:
                 return "\n".join(text[-lines:])
     return "(no log yet)"

@@ -378,7 +378,7 @@ def _seed_worker(worker_id: int) -> None:  # pragma: no cover - runs in worker p
 def load_recipe(name: str) -> dict[str, Any]:
     """The recipe ``lskd_bench/configs/<name>.yaml``; ``base: other`` merges it over ``other.yaml`` (compact
     recipes extend their parents)."""
-    text = resources.files("lskd_bench").joinpath("configs", f"{name}.yaml").read_text()
+    text = resources.files("lskd_bench").joinpath("configs", f"{name}.yaml").read_text(encoding="utf-8")
     data = yaml.safe_load(text) or {}
     base = data.pop("base", None)
     return deep_merge(load_recipe(base), data) if base else data
@@ -452,7 +452,7 @@ class Task:
         """Named teacher-student pairs, each a partial config (its published recipe) with a ``source``."""
         if not self.pairs_recipe:
             return {}
-        text = resources.files("lskd_bench").joinpath("configs", f"{self.pairs_recipe}.yaml").read_text()
+        text = resources.files("lskd_bench").joinpath("configs", f"{self.pairs_recipe}.yaml").read_text(encoding="utf-8")
         return dict(yaml.safe_load(text)["pairs"])
 
     def pair_layer(self, pair: str) -> tuple[str, dict[str, Any]]:

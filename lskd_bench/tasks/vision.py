@@ -276,7 +276,7 @@ def cub_dir(root: Path) -> Path:
 def _read_table(path: Path, n: int) -> dict[int, list[str]]:
     rows = {}
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (Windows editors) is not a field
     except UnicodeDecodeError as exc:
         line = exc.object[: exc.start].count(b"\n") + 1
         raise UsageError(f"{path}:{line}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None

@@ -58,7 +58,7 @@ def _read_lines(path: Path, policy: str, report: list[str]) -> list[Optional[str
     with open(path, "rb") as f:
         for i, raw in enumerate(f, 1):
             try:
-                out.append(raw.decode("utf-8").rstrip("\r\n"))
+                out.append(raw.decode("utf-8-sig" if i == 1 else "utf-8").rstrip("\r\n"))  # no BOM in a sentence
             except UnicodeDecodeError as exc:
                 if policy != "skip":
                     raise UsageError(f"{path}:{i}: not valid UTF-8 ({exc.reason} at byte {exc.start}); "
