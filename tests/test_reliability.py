@@ -508,3 +508,35 @@ def test_score_on_empty_files_is_one_line(tmp_path, cli):
         (tmp_path / name).write_text("")
     rc, _, err = cli("score", "--ref", str(tmp_path / "ref.de"), "--hyp", str(tmp_path / "hyp.de"))
     assert rc == 2 and err == f"lskd-bench: error: {tmp_path / 'ref.de'} is empty: nothing to score\n"
+
+
+def test_fifos_named_like_data_never_block(tmp_path, cli, imagenet_root, cub_root):
+    """A FIFO named like an image in a class folder is skipped unopened by check-data and run alike; one named like
+    CUB's images.txt or a corpus file is refused unopened (opening a FIFO waits forever for a writer)."""
+    import shutil
+
+    from .nmt_fixtures import make_plain
+
+    inet = tmp_path / "inet"
+    shutil.copytree(imagenet_root, inet)
+    cls = sorted((inet / "train").iterdir())[0]
+    os.mkfifo(cls / "fifo.JPEG")
+    rc, out, err = cli("check-data", "--task", "imagenet", "--data-root", str(inet), "--no-progress")
+    assert rc == 0, err
+    assert "imagenet: data OK (train 12, val 6)" in out  # the FIFO is not listed
+    cub = tmp_path / "cub"
+    shutil.copytree(cub_root, cub)
+    index = next(cub.rglob("images.txt"))
+    index.unlink()
+    os.mkfifo(index)
+    for argv in (["check-data", "--no-progress"], ["run", "--dry-run", "--out", str(tmp_path / "runs")]):
+        rc, _, err = cli(*argv, "--task", "cub200", "--data-root", str(cub))
+        assert rc == 2 and err == f"lskd-bench: error: {index} is a FIFO, not a data file: refused unopened\n", err
+    corpus = make_plain(tmp_path / "corpus", n_train=10, n_valid=3, n_test=4)
+    (corpus / "test.de").unlink()
+    os.mkfifo(corpus / "test.de")
+    from lskd_bench.errors import UsageError
+    from lskd_bench.tasks.nmt.corpus import read_corpus
+
+    with pytest.raises(UsageError, match=r"corpus/test.de is (a FIFO|missing)"):
+        read_corpus(corpus, "en", "de")

@@ -17,7 +17,9 @@ store. A task owns its data and models and tells the loop three things:
 """
 from __future__ import annotations
 
+import os
 import random
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from importlib import resources
@@ -402,6 +404,18 @@ class Evaluation:
     metrics: dict[str, float]
     selection: Optional[float] = None
     outputs: dict[str, list[str]] = field(default_factory=dict)
+
+
+def refuse_special(path: Path) -> None:
+    """UsageError for a data file that is not a regular file (a FIFO, socket, device, folder), before it is
+    opened: opening a FIFO waits forever for a writer."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the read that follows says so
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise UsageError(f"{path} is {kind}, not a data file: refused unopened")
 
 
 @dataclass

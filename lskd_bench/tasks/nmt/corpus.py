@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from ...errors import UsageError
+from ..base import refuse_special
 
 IWSLT_URL = "https://wit3.fbk.eu (IWSLT 2014/2017 TED talks)"
 LAYOUTS = (
@@ -55,6 +56,7 @@ def _read_lines(path: Path, policy: str, report: list[str]) -> list[Optional[str
     """Lines of a UTF-8 file; an undecodable line is an error naming it, or None (policy skip)."""
     out: list[Optional[str]] = []
     bad = 0
+    refuse_special(path)  # a FIFO named train.en would block the open
     with open(path, "rb") as f:
         for i, raw in enumerate(f, 1):
             try:
