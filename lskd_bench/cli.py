@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from .runners.devices import parse_gpus, require_cuda
 from .runners.grid import resolve, run_grid
 from .runners.inference import find_cell, load_cell, read_text_lines, score_files, translate_lines
 from .runners.status import status_rows
+from .schema import _num
 from .runners.train import auto_cpu_reason, resolve_device
 from .store import atomic_write, check_writable_dir
 from .tasks import get_task, task_names
@@ -44,6 +46,20 @@ def _list_of(kind: Callable[[str], Any], flag: str) -> Callable[[str], list]:
             return [kind(s) for s in items]
         except ValueError:
             raise UsageError(f"{flag}: invalid value in {text!r}") from None
+
+    return parse
+
+
+def _number(kind: type, flag: str, lo: float, hi: float, lo_open: bool = False) -> Callable[[str], Any]:
+    """An argparse type for an option the schema does not check: a finite number within [lo, hi] (lo_open: > lo)."""
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise UsageError(f"{flag} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(v) or (v <= lo if lo_open else v < lo) or v > hi:
+            raise UsageError(f"{flag} must be {'>' if lo_open else '>='} {_num(lo)} and <= {_num(hi)}, got {text}")
+        return v
 
     return parse
 
@@ -448,12 +464,15 @@ def _parser_analyze(sub) -> None:
     an.add_argument("--target", required=True, help="target class name(s) or index(es), comma-separated")
     an.add_argument("--similar", help="S1: semantically similar classes (default: from the task's class hierarchy)")
     an.add_argument("--dissimilar", help="S2: dissimilar classes (default: from the task's class hierarchy)")
-    an.add_argument("--t1", type=float, default=1.0, help="lower temperature (default 1)")
-    an.add_argument("--t2", type=float, default=3.0, help="higher temperature (default 3)")
-    an.add_argument("--limit", type=int, help="at most this many classes in S1 and S2 when chosen from the hierarchy")
+    an.add_argument("--t1", type=_number(float, "--t1", 0, 1e6, lo_open=True), default=1.0,
+                    help="lower temperature (default 1)")
+    an.add_argument("--t2", type=_number(float, "--t2", 0, 1e6, lo_open=True), default=3.0,
+                    help="higher temperature (default 3)")
+    an.add_argument("--limit", type=_number(int, "--limit", 1, 2**31 - 1),
+                    help="at most this many classes in S1 and S2 when chosen from the hierarchy")
     an.add_argument("--task", help="task, when the run directory holds several")
     an.add_argument("--method", default="kd", help="KD method of the students (default kd)")
-    an.add_argument("--seed", type=int, help="student seed (default: the lowest)")
+    an.add_argument("--seed", type=_number(int, "--seed", 0, 2**31 - 1), help="student seed (default: the lowest)")
     an.add_argument("--out", help="output FILE: writes FILE.csv and FILE.md (default: RUNS/<task>/analysis/eta_T<t1>-T<t2>)")
     an.set_defaults(func=cmd_analyze)
 
@@ -468,11 +487,13 @@ def _parser_visualize(sub) -> None:
     vz.add_argument("--classes", help="exactly three class names or indexes, comma-separated (default: the task's; "
                     "ImageNet: miniature poodle, standard poodle, submarine, as the paper)")
     vz.add_argument("--split", default="train", choices=("train", "val"), help="features of this split (default train)")
-    vz.add_argument("--per-class", type=int, default=150, help="first N train samples per class (default 150, as the official code)")
-    vz.add_argument("--val-per-class", type=int, default=50, help="first N val samples per class (default 50, as the official code)")
+    vz.add_argument("--per-class", type=_number(int, "--per-class", 1, 2**31 - 1), default=150,
+                    help="first N train samples per class (default 150, as the official code)")
+    vz.add_argument("--val-per-class", type=_number(int, "--val-per-class", 1, 2**31 - 1), default=50,
+                    help="first N val samples per class (default 50, as the official code)")
     vz.add_argument("--task", help="task, when the run directory holds several")
     vz.add_argument("--method", default="kd", help="KD method of the students (default kd)")
-    vz.add_argument("--seed", type=int, help="student seed (default: the lowest)")
+    vz.add_argument("--seed", type=_number(int, "--seed", 0, 2**31 - 1), help="student seed (default: the lowest)")
     vz.add_argument("--out", help="PNG path (default: RUNS/<task>/analysis/projection_<A>_<B>_<C>_<split>.png)")
     vz.set_defaults(func=cmd_visualize)
 
@@ -527,11 +548,16 @@ def _parser_translate(sub) -> None:
     tr.add_argument("--output", "-o", help="write the translations here (default: stdout)")
     tr.add_argument("--weights", default="selected", choices=("selected", "last"),
                     help="weights of the selected epoch (default) or of the last epoch")
-    tr.add_argument("--beam", type=int, help="beam size (default: the cell's generation.beam)")
-    tr.add_argument("--lenpen", type=float, help="length penalty (default: the cell's generation.lenpen)")
-    tr.add_argument("--max-len-a", type=float, help="max output length = a * source length + b (default: the cell's)")
-    tr.add_argument("--max-len-b", type=int, help="max output length = a * source length + b (default: the cell's)")
-    tr.add_argument("--max-sentences", type=int, help="sentences decoded at once (default: the cell's)")
+    tr.add_argument("--beam", type=_number(int, "--beam", 1, 1024),
+                    help="beam size (default: the cell's generation.beam)")
+    tr.add_argument("--lenpen", type=_number(float, "--lenpen", -1e3, 1e3),
+                    help="length penalty (default: the cell's generation.lenpen)")
+    tr.add_argument("--max-len-a", type=_number(float, "--max-len-a", 0, 1e3),
+                    help="max output length = a * source length + b (default: the cell's)")
+    tr.add_argument("--max-len-b", type=_number(int, "--max-len-b", 1, 2**31 - 1),
+                    help="max output length = a * source length + b (default: the cell's)")
+    tr.add_argument("--max-sentences", type=_number(int, "--max-sentences", 1, 2**31 - 1),
+                    help="sentences decoded at once (default: the cell's)")
     tr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto (default: CUDA when available), cpu or cuda")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_translate)

@@ -56,7 +56,7 @@ PROFILE = Section(
         "sbatch_args": Field([str], [], "extra sbatch options as key=value, e.g. constraint=a100", identity=False),
         "log_dir": Field(str, None, "submitit's folder for scripts and logs (default: RUNS/<task>/slurm)", nullable=True,
                          identity=False),
-        "poll_s": Field(float, 10.0, "seconds between squeue polls with --wait", min=0.1, identity=False),
+        "poll_s": Field(float, 10.0, "seconds between squeue polls with --wait", min=0.1, max=3600.0, identity=False),
         "wait": Field(bool, False, "block until every cell settled, then print the leaderboard", identity=False),
     },
     "the slurm executor's profile (--runner-profile FILE.yaml)",

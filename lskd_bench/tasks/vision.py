@@ -30,9 +30,9 @@ IMG_EXT = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".w
 IMAGE_DATA = Section(
     {
         "root": Field(str, None, "data directory (--data-root)", nullable=True),
-        "image_size": Field(int, 224, "training crop / evaluation size in pixels", min=8),
+        "image_size": Field(int, 224, "training crop / evaluation size in pixels", min=8, max=8192),
         "eval_resize": Field(int, None, "evaluation: resize the shorter side to this, then centre-crop image_size "
-                             "(default: image_size / 0.875, i.e. 256 for 224)", min=8, nullable=True),
+                             "(default: image_size / 0.875, i.e. 256 for 224)", min=8, max=16384, nullable=True),
         "crop_scale": Field([float], [0.08, 1.0], "RandomResizedCrop area range", min=0.0, max=1.0,
                             check=lambda v: None if len(v) == 2 and v[0] <= v[1] else "must be [low, high]"),
         "crop_ratio": Field([float], [3 / 4, 4 / 3], "RandomResizedCrop aspect-ratio range", min=0.0, min_exclusive=True,

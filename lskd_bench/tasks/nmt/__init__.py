@@ -67,7 +67,7 @@ NMT_DATA = Section(
 
 GENERATION = Section(
     {
-        "beam": Field(int, 5, "beam size", min=1, identity=False),
+        "beam": Field(int, 5, "beam size", min=1, max=1024, identity=False),
         "lenpen": Field(float, 1.0, "length penalty", identity=False),
         "max_len_a": Field(float, 0.0, "max output length = a * source length + b", min=0.0, identity=False),
         "max_len_b": Field(int, 200, "max output length = a * source length + b", min=1, identity=False),
