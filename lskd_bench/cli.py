@@ -302,6 +302,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
     require_cuda({"device": args.device})
     cell_dir = find_cell(args.run, args.runs if args.cell else None, args.cell)
     if args.output:
+        if Path(args.output).is_dir():
+            raise UsageError(f"-o/--output {args.output} is a directory: give a file name")
         check_writable_dir(Path(args.output).absolute().parent)  # before translating, not after
     device = resolve_device({"device": args.device})
     lines = read_text_lines(args.input)
@@ -630,6 +632,9 @@ def _main(argv: Optional[list[str]]) -> int:
         return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"lskd-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except (IsADirectoryError, NotADirectoryError) as exc:  # an output path that is a folder, or under a file
+        print(f"lskd-bench: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
     except OSError as exc:  # the machine, not the input: a full disk (DiskFull names the file)...
         import errno

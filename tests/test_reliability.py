@@ -592,3 +592,30 @@ def test_every_numeric_key_of_every_task_has_an_upper_bound_and_refuses_nan():
 def test_huge_and_nan_options_are_one_line(tmp_path, cli, argv, needle):
     rc, _, err = cli(*argv, *(["--out", str(tmp_path / "runs")] if argv[0] == "run" else []))
     assert rc == 2 and err.count("\n") == 1 and needle in err, err
+
+
+def test_cell_or_task_folder_replaced_by_a_file_is_one_line(tmp_path, cli):
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.grid import resolve_config
+
+    from .conftest import tiny_overrides
+
+    args = ["--alphas", "0.1", "--temperatures", "1", "--seeds", "0", "--epochs", "1", "--no-progress"]
+    cell = next(c for c in plan_cells(resolve_config("digits", {}, tiny_overrides(grid={"alphas": [0.1],
+                                                                                         "temperatures": [1.0]})))
+                if c.role == "student")
+    runs = tmp_path / "runs"
+    (runs / "digits").mkdir(parents=True)
+    cell.dir(runs).write_text("x")
+    rc, _, err = cli("run", "--out", str(runs), *args)
+    assert rc == 2 and err == (f"lskd-bench: error: {cell.dir(runs)} is a file where lskd-bench keeps a folder: move "
+                               "it away and run again\n"), err
+    cell.dir(runs).unlink()
+    (runs / "digits").rmdir()
+    (runs / "digits").write_text("x")
+    rc, _, err = cli("run", "--out", str(runs), *args)
+    assert rc == 2 and f"{runs / 'digits'} is a file where lskd-bench keeps a folder" in err
+    for argv in (["status"], ["leaderboard"], ["plot"], ["compare"]):
+        rc, _, err = cli(*argv, "--runs", str(runs))
+        assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+

@@ -147,6 +147,9 @@ def run_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridSumma
     store.check_writable_dir(out)
     task = get_task(cfg["task"])
     cells = plan_cells(cfg)
+    for d in (out / cfg["task"], out / cfg["task"] / "configs", *(c.dir(out) for c in cells)):
+        if d.exists() and not d.is_dir():  # a file where a folder belongs: no cell can be written there
+            raise UsageError(f"{d} is a file where lskd-bench keeps a folder: move it away and run again")
     if any(store.read_result(c.dir(out)) is None for c in cells):
         task.check_layout(cfg)  # bad data is bad input: stop before anything is written
     repairs = repair_cells(cells, out)

@@ -85,15 +85,45 @@ def load_cell(cell_dir: Path, weights: str = "selected", device: Optional[torch.
     task = get_task(result["cell"]["task"])
     if task.kind != "translation":
         raise UsageError(f"{cell_dir.name} is a cell of task {task.name} ({task.kind}): translate takes a translation cell")
-    cfg = cell_config(task, result)
-    data = task.inference_data(cell_dir, result)
     role = "teacher" if result["cell"]["role"] == "teacher" else "student"
-    model = task.build_model(result["cell"]["arch"], data, cfg, cfg[role])
+    try:
+        cfg = cell_config(task, result)
+        lacks = [k for k in (role, "generation", "data") if not isinstance(cfg.get(k), dict)]
+        if lacks:
+            raise ValueError(f"no {', '.join(lacks)} section")
+    except UsageError as exc:
+        raise UsageError(f"{cell_dir / store.RESULT}: its config does not resolve ({exc}); train the cell again") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UsageError(f"{cell_dir / store.RESULT}: damaged run_config ({type(exc).__name__}: {exc}); "
+                         "train the cell again") from None
+    try:
+        data = task.inference_data(cell_dir, result)
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - sentencepiece/OS errors of a missing or truncated spm.model
+        raise UsageError(f"{cell_dir}: cannot rebuild the cell's vocabulary from its files ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}); train the cell again") from None
+    try:
+        model = task.build_model(result["cell"]["arch"], data, cfg, cfg[role])
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a run_config edited into values the model cannot take
+        raise UsageError(f"{cell_dir / store.RESULT}: its config does not build a model ({type(exc).__name__}: "
+                         f"{exc}); train the cell again") from None
     name = (result.get("weights") or {}).get(weights, store.MODEL)
     epoch = (result.get("selection") or {}).get("epoch") if weights == "selected" else result.get("epochs")
     if weights == "selected" and "weights" not in result:
         name, weights, epoch = store.MODEL, "last", result.get("epochs")  # a result from before model selection
-    model.load_state_dict(torch.load(cell_dir / name, map_location="cpu", weights_only=True))
+    if not store.safe_name(name):
+        raise UsageError(f"{cell_dir / store.RESULT}: weights file {name!r} is not a file name in the cell")
+    problem = store.torch_file_problem(cell_dir / name)
+    try:
+        if problem:
+            raise ValueError(problem)
+        model.load_state_dict(torch.load(cell_dir / name, map_location="cpu", weights_only=True))
+    except Exception as exc:  # noqa: BLE001 - missing, truncated, not weights, or another model's
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"{cell_dir / name}: unusable weights ({why}); train the cell again") from None
     device = device or torch.device("cpu")
     return LoadedCell(cell_dir, result, task, cfg, data, model.to(device).eval(), weights, epoch)
 
