@@ -4,10 +4,13 @@ They follow the definitions of CRD's RepDistiller and mdistiller (megvii-researc
 ``mdistiller/models/cifar/*.py``): same layers, same order, same module names, so ``state_dict()`` keys
 match the widely shared ``cifar_teachers`` checkpoints (``{"model": state_dict, ...}``, e.g.
 ``resnet32x4_vanilla/ckpt_epoch_240.pth``) and ``--teacher-checkpoint`` loads them as they are. The
-weight initialisation follows each file too. What differs: ``forward`` returns the logits only (the
-intermediate feature maps the feature-distillation methods read are not exposed), and every model offers
-``features(x)`` (the pooled penultimate vector) and ``head`` (its final linear layer), the interface of
-``ClassifierNet`` that the analysis reads.
+weight initialisation follows each file too. What differs: ``forward`` returns the logits only; the
+intermediate feature maps that feature-distillation methods read are captured by forward hooks at the modules
+named in each class's ``feature_stages`` (``lskd_bench/outputs.py``; the tensors of RepDistiller's
+``is_feat=True``: the stem ``stage0``, the stages ``stage1..N``), so the activations after a stem or a stage are
+parameter-free ``nn.ReLU`` modules where the original applies ``F.relu`` (same values, same ``state_dict``). Every
+model offers ``features(x)`` (the pooled penultimate vector) and ``head`` (its final linear layer), the interface
+of ``ClassifierNet`` that the analysis reads.
 
 Also here: MobileNet-V1 for 224 x 224 ImageNet as mdistiller defines it (models/imagenet/mobilenetv1.py),
 the student of its ResNet-50 -> MobileNet-V1 pair.
@@ -82,12 +85,14 @@ class BasicBlock(nn.Module):
 
     def forward(self, x):
         out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))  # its input: the pre-activation
 
 
 class ResNet(CifarNet):
     """CIFAR ResNet of He et al. (2016, sec. 4.2): 3 stages of (depth - 2) / 6 basic blocks at 32/16/8 px;
     ``widths`` = (stem, stage 1, 2, 3): (16, 16, 32, 64) for resnet20/32/56/110, 4x for resnet8x4/32x4."""
+
+    feature_stages = {"stage0": "relu", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3"}
 
     def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int = 100):
         super().__init__()
@@ -131,22 +136,25 @@ class _Bottleneck(nn.Module):
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != out:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+        self.relu = nn.ReLU()  # the block's last activation: its input is the pre-activation
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
-        return F.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+        return self.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
 
 
 class ResNet50(CifarNet):
     """The ImageNet ResNet-50 layout on 32 x 32 inputs (3x3 stem, no max-pool), as CRD's resnetv2.py."""
 
     head_name = "linear"
+    feature_stages = {"stage0": "relu", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "stage4": "layer4"}
 
     def __init__(self, num_classes: int = 100):
         super().__init__()
         self.in_planes = 64
         self.conv1, self.bn1 = _conv3x3(3, 64), nn.BatchNorm2d(64)
+        self.relu = nn.ReLU()
         self.layer1 = self._layer(64, 3, 1)
         self.layer2 = self._layer(128, 4, 2)
         self.layer3 = self._layer(256, 6, 2)
@@ -163,7 +171,7 @@ class ResNet50(CifarNet):
         return nn.Sequential(*layers)
 
     def features(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.avgpool(x).flatten(1)
 
@@ -200,6 +208,8 @@ class _NetworkBlock(nn.Module):
 class WideResNet(CifarNet):
     """WRN-depth-k: 3 groups of (depth - 4) / 6 pre-activation blocks of width 16k / 32k / 64k."""
 
+    feature_stages = {"stage0": "conv1", "stage1": "block1", "stage2": "block2", "stage3": "block3"}
+
     def __init__(self, depth: int, widen: int, num_classes: int = 100):
         super().__init__()
         assert (depth - 4) % 6 == 0, "depth must be 6n + 4"
@@ -233,12 +243,14 @@ class VGG(CifarNet):
     max-pools after the first three, global average pooling, one linear layer."""
 
     head_name = "classifier"
+    feature_stages = {f"stage{i}": f"relu{i}" for i in range(5)}
 
     def __init__(self, cfg: list[list[int]], num_classes: int = 100):
         super().__init__()
         cins = [3] + [c[-1] for c in cfg[:-1]]
         for i, (c, cin) in enumerate(zip(cfg, cins)):
             setattr(self, f"block{i}", self._block(c, cin))
+            setattr(self, f"relu{i}", nn.ReLU())  # each block's last activation (input: the pre-activation)
         self.pool0, self.pool1, self.pool2, self.pool3 = (nn.MaxPool2d(2, 2) for _ in range(4))
         self.pool4 = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = nn.Linear(512, num_classes)
@@ -254,13 +266,13 @@ class VGG(CifarNet):
 
     def features(self, x):
         h = x.shape[2]
-        x = self.pool0(F.relu(self.block0(x)))
-        x = self.pool1(F.relu(self.block1(x)))
-        x = self.pool2(F.relu(self.block2(x)))
-        x = F.relu(self.block3(x))
+        x = self.pool0(self.relu0(self.block0(x)))
+        x = self.pool1(self.relu1(self.block1(x)))
+        x = self.pool2(self.relu2(self.block2(x)))
+        x = self.relu3(self.block3(x))
         if h == 64:
             x = self.pool3(x)
-        x = F.relu(self.block4(x))
+        x = self.relu4(self.block4(x))
         return self.pool4(x).flatten(1)
 
 
@@ -293,10 +305,12 @@ class ShuffleNetV1(CifarNet):
     4 / 8 / 4 units of 240 / 480 / 960 channels, each stage opening with a stride-2 unit."""
 
     head_name = "linear"
+    feature_stages = {"stage0": "relu", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3"}
 
     def __init__(self, num_classes: int = 100, out_planes=(240, 480, 960), num_blocks=(4, 8, 4), groups: int = 3):
         super().__init__()
         self.conv1, self.bn1 = nn.Conv2d(3, 24, 1, bias=False), nn.BatchNorm2d(24)
+        self.relu = nn.ReLU()
         self.in_planes = 24
         self.layer1 = self._layer(out_planes[0], num_blocks[0], groups)
         self.layer2 = self._layer(out_planes[1], num_blocks[1], groups)
@@ -312,7 +326,7 @@ class ShuffleNetV1(CifarNet):
         return nn.Sequential(*layers)
 
     def features(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return F.avg_pool2d(x, 4).flatten(1)
 
@@ -355,10 +369,12 @@ class ShuffleNetV2(CifarNet):
     unit then 3 / 7 / 3 units of 116 / 232 / 464 channels), a 1x1 conv to 1024, average pooling."""
 
     head_name = "linear"
+    feature_stages = {"stage0": "relu", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3"}
 
     def __init__(self, num_classes: int = 100, out_channels=(116, 232, 464, 1024), num_blocks=(3, 7, 3)):
         super().__init__()
         self.conv1, self.bn1 = nn.Conv2d(3, 24, 1, bias=False), nn.BatchNorm2d(24)
+        self.relu = nn.ReLU()
         self.in_channels = 24
         self.layer1 = self._layer(out_channels[0], num_blocks[0])
         self.layer2 = self._layer(out_channels[1], num_blocks[1])
@@ -374,7 +390,7 @@ class ShuffleNetV2(CifarNet):
         return nn.Sequential(*layers)
 
     def features(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
         return F.avg_pool2d(x, 4).flatten(1)
@@ -405,6 +421,8 @@ class MobileNetV2(CifarNet):
     conv, classifier ``Sequential(Linear)``."""
 
     head_name = "classifier"
+    feature_stages = {"stage0": "conv1", "stage1": "blocks.1", "stage2": "blocks.2", "stage3": "blocks.4",
+                      "stage4": "blocks.6"}  # RepDistiller mobilenetv2.py forward(is_feat=True): f0..f4
 
     def __init__(self, num_classes: int = 100, expand: int = 6, width: float = 0.5):
         super().__init__()

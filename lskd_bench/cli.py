@@ -354,6 +354,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         axes = "alpha x T" if cls.uses_temperature else "alpha (no T axis)"
         kinds = "/".join(cls.task_kinds)
         print(f"{name:<10} {axes:<24} {kinds:<26} {cls.description}")
+        print(f"{'':<10} needs: {cls.needs.describe()}")
+    print("FEATURE+kd (e.g. crd+kd): a feature method plus compose.kd_weight*T^2*KL on the logits (alpha x T)")
     return 0
 
 

@@ -30,7 +30,8 @@ class ClassifierNet(nn.Module):
         return self.head(self.backbone(x))
 
 
-# arch name -> (library, constructor name)
+# arch name -> (library, constructor name); any other timm or torchvision classifier by ``timm:NAME`` /
+# ``torchvision:NAME`` (e.g. ``timm:resnet26d``, ``torchvision:regnet_y_400mf``)
 ARCHS = {
     "resnet18": ("torchvision", "resnet18"),
     "resnet34": ("torchvision", "resnet34"),
@@ -40,29 +41,88 @@ ARCHS = {
     "mobilenetv2_100": ("timm", "mobilenetv2_100"),
     "mobilenet_v1": ("lskd_bench", "MobileNetV1"),  # mdistiller's ImageNet MobileNet-V1 (cifar_models.py)
 }
+LIBRARIES = ("timm", "torchvision")
+
+# where the named stages of torchvision's families are (lskd_bench.outputs; mdistiller's ImageNet ResNet ``feats``:
+# the stem before the max-pool, then each layer); other torchvision models are probed
+TORCHVISION_STAGES = {
+    "ResNet": {"stage0": "relu", **{f"stage{i}": f"layer{i}" for i in range(1, 5)}},
+    "ConvNeXt": {f"stage{i}": f"features.{2 * i - 1}" for i in range(1, 5)},
+}
+
+
+def resolve_arch(arch: str) -> tuple[str, str]:
+    """(library, constructor name) of ``arch``: a name of the table above or ``library:name``."""
+    if arch in ARCHS:
+        return ARCHS[arch]
+    lib, sep, name = arch.partition(":")
+    if sep and lib in LIBRARIES and name:
+        return lib, name
+    raise UsageError(f"unknown arch {arch!r} (known: {', '.join(sorted(ARCHS))}, or timm:NAME / torchvision:NAME "
+                     "for any classifier of those libraries)")
+
+
+def is_library_arch(arch: str) -> bool:
+    return arch.partition(":")[0] in LIBRARIES and ":" in arch
+
+
+def check_library_arch(arch: str) -> None:
+    """A ``timm:NAME`` / ``torchvision:NAME`` arch names a classifier of that library (UsageError otherwise)."""
+    lib, name = resolve_arch(arch)
+    if lib == "timm":
+        import timm
+
+        if not timm.is_model(name):
+            raise UsageError(f"timm has no model {name!r} (timm.list_models() lists them, e.g. resnet26d)")
+    else:
+        import torchvision
+
+        if name not in torchvision.models.list_models(torchvision.models):
+            raise UsageError(f"torchvision has no classification model {name!r} (torchvision.models.list_models() "
+                             "lists them, e.g. regnet_y_400mf)")
+
+
+def _torchvision_net(name: str) -> nn.Module:
+    import torchvision  # heavy: imported only when a torchvision architecture is built
+
+    check_library_arch(f"torchvision:{name}")
+    return torchvision.models.get_model(name, weights=None)
+
+
+def _timm_net(name: str) -> nn.Module:
+    import timm  # heavy: imported only when a timm architecture is built
+
+    check_library_arch(f"timm:{name}")
+    return timm.create_model(name, pretrained=False, num_classes=0)  # forward -> pooled features
+
+
+def _strip_classifier(net: nn.Module) -> tuple[nn.Module, int]:
+    """A torchvision classifier with its last linear layer replaced by identity, and that layer's input size."""
+    for attr in ("fc", "head", "classifier", "heads"):
+        layer = getattr(net, attr, None)
+        if isinstance(layer, nn.Linear):
+            setattr(net, attr, nn.Identity())
+            return net, layer.in_features
+        if isinstance(layer, nn.Sequential) and isinstance(layer[-1], nn.Linear):
+            dim = layer[-1].in_features
+            layer[-1] = nn.Identity()
+            return net, dim
+    raise UsageError(f"cannot find the final linear layer of torchvision's {type(net).__name__}")
 
 
 def build_image_model(arch: str, num_classes: int) -> nn.Module:
-    if arch not in ARCHS:
-        raise UsageError(f"unknown arch {arch!r} (known: {', '.join(sorted(ARCHS))})")
-    lib, name = ARCHS[arch]
+    lib, name = resolve_arch(arch)
     if lib == "lskd_bench":
         return getattr(cifar_models, name)(num_classes)
     if lib == "timm":
-        import timm  # heavy: imported only when a timm architecture is built
-
-        backbone = timm.create_model(name, pretrained=False, num_classes=0)  # forward -> pooled features
+        backbone = _timm_net(name)
         return ClassifierNet(backbone, backbone.num_features, num_classes)
-    import torchvision  # heavy: imported only when a torchvision architecture is built
-
-    net = getattr(torchvision.models, name)(weights=None)
-    if hasattr(net, "fc"):  # ResNets
-        dim = net.fc.in_features
-        net.fc = nn.Identity()
-    else:  # ConvNeXt: classifier = LayerNorm2d, Flatten, Linear
-        dim = net.classifier[-1].in_features
-        net.classifier[-1] = nn.Identity()
-    return ClassifierNet(net, dim, num_classes)
+    net, dim = _strip_classifier(_torchvision_net(name))
+    model = ClassifierNet(net, dim, num_classes)
+    table = TORCHVISION_STAGES.get(type(net).__name__)
+    if table is not None:
+        model.feature_stages = {k: f"backbone.{v}" for k, v in table.items()}
+    return model
 
 
 def _unwrap(obj: Any) -> dict[str, torch.Tensor]:

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from lskd_bench.config import resolve_layers
-from lskd_bench.methods import METHODS, LossContext, build_method, total_loss
+from lskd_bench.methods import METHODS, FeatureMethod, LossContext, Probe, build_method, method_class, total_loss
+from lskd_bench.outputs import Outputs, Tap, describe
 from lskd_bench.metrics import MetricSpec
 from lskd_bench.registry import EXECUTORS
 from lskd_bench.runners.executors import Executor
@@ -23,7 +24,11 @@ from .conftest import tiny_overrides
 K = 7
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+LOGIT_METHODS = [n for n in METHODS.names() if not issubclass(METHODS.get(n), FeatureMethod)]
+FEATURE_METHODS = [n for n in METHODS.names() if issubclass(METHODS.get(n), FeatureMethod)]
+
+
+@pytest.mark.parametrize("name", LOGIT_METHODS)
 def test_method_loss_is_a_finite_differentiable_sum_of_its_terms(name):
     cls = METHODS.get(name)
     m = build_method(name, {name: {}})
@@ -43,6 +48,55 @@ def test_method_loss_is_a_finite_differentiable_sum_of_its_terms(name):
     assert isinstance(cls.params, Section) and cls.description
     if isinstance(m, nn.Module):  # its parameters are optimised with the student
         assert list(m.parameters())
+
+
+def _pair(kind: str):
+    from lskd_bench.cifar_models import build_cifar_model
+    from lskd_bench.tasks.digits import ARCHS, cnn
+
+    torch.manual_seed(0)
+    if kind == "digits":  # unequal stage counts (3 vs 2) and widths
+        return cnn(ARCHS["cnn_wide"], 10), cnn(ARCHS["cnn_tiny"], 10), torch.randn(6, 1, 8, 8), 10
+    return build_cifar_model("resnet32x4", 100), build_cifar_model("resnet8x4", 100), torch.randn(6, 3, 32, 32), 100
+
+
+def _outputs(model, layout, names, x, grad: bool) -> Outputs:
+    with torch.set_grad_enabled(grad), Tap(model, layout, names) as tap:
+        logits = model(x)
+    return Outputs({**tap.out, "logits": logits})
+
+
+@pytest.mark.parametrize("kind", ["digits", "cifar"])
+@pytest.mark.parametrize("name", [*FEATURE_METHODS, *(f"{n}+kd" for n in FEATURE_METHODS)])
+def test_feature_method_sets_up_from_a_probe_and_trains_the_student_and_its_parts(name, kind):
+    """Every feature method (and its X+kd composition): built from a probe forward of a teacher and a student,
+    its loss is a finite sum of its terms, and its gradient reaches the student and every part it trains."""
+    cls = method_class(name)
+    teacher, student, x, k = _pair(kind)
+    teacher.eval()
+    m = build_method(name, {name.partition("+")[0]: {}, "compose": {}})
+    assert m.needs.needs_teacher and cls.description and "classification" in cls.task_kinds
+    t_layout, s_layout = describe(teacher, x), describe(student, x)
+    t_names = [n for n in Tap(teacher, t_layout, m.needs.teacher).names]
+    probe = Probe(student, teacher, _outputs(student, s_layout, m.needs.student, x[:2], False),
+                  _outputs(teacher, t_layout, t_names, x[:2], False), s_layout, t_layout, num_samples=50, num_classes=k)
+    m.setup(probe)
+    y = torch.randint(0, k, (len(x),))
+    t = _outputs(teacher, t_layout, t_names, x, False)
+    student.train()
+    s = _outputs(student, s_layout, m.needs.student, x, True)
+    ctx = LossContext(T=4.0 if cls.uses_temperature else None, epoch=0, epochs=10,
+                      indices=torch.arange(len(x)) if m.needs.indices else None)
+    out = m.compute(s, y, t, ctx)
+    loss = total_loss(out)
+    assert loss.ndim == 0 and math.isfinite(loss.item())
+    if isinstance(out, dict):
+        assert loss.item() == pytest.approx(sum(v.item() for v in out.values()), rel=1e-5, abs=1e-6)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())  # the teacher is never trained
+    trained = [p for p in m.parameters() if p.requires_grad]
+    assert all(p.grad is not None for p in trained), [n for n, p in m.named_parameters() if p.grad is None]
 
 
 @pytest.mark.parametrize("name", task_names())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lskd_bench.methods import METHODS, LossContext, build_method, total_loss
+from lskd_bench.methods import METHODS, FeatureMethod, LossContext, build_method, total_loss
 from lskd_bench.methods.losses import cosine_curriculum
 from lskd_bench import store
 
@@ -186,13 +186,17 @@ def test_ctkd_curriculum_and_gradient_reversal():
 
 def test_every_method_is_registered_with_its_axes():
     assert set(METHODS.names()) >= {"kd", "dkd", "dist", "kd_std", "ttm", "ctkd", "nkd", "seqkd"}
-    no_t = {n for n, c in METHODS.items() if not c.uses_temperature and c.teacher_signal}
+    no_t = {n for n, c in METHODS.items()
+            if not c.uses_temperature and c.needs.needs_teacher and not issubclass(c, FeatureMethod)}
     assert no_t == {"dist", "ttm", "ctkd", "seqkd"}
 
 
 def test_unknown_method_lists_the_known_ones(tmp_path, cli):
     rc, _, err = cli("run", "--methods", "kd,magic", "--out", str(tmp_path / "r"))
-    assert rc == 2 and "unknown KD method 'magic' (known: ctkd, dist, dkd, kd, kd_std, nkd, seqkd, ttm)" in err
+    assert rc == 2 and "unknown KD method 'magic' (known: " in err
+    known = err.split("(known: ", 1)[1]
+    assert all(n in known for n in ("ctkd", "dist", "dkd", "kd", "kd_std", "nkd", "seqkd", "ttm", "fitnet"))
+    assert "ls," not in known and "FEATURE+kd" in known  # the teachers' objective is not a KD method
 
 
 # ------------------------------------------------------------------------------------------ in the runner

@@ -1,21 +1,27 @@
 """Training objectives, one registry entry each.
 
 A method is a ``Method`` subclass registered by name. The runner builds one instance per cell,
-``method = cls(params)`` with ``params`` its own config section (``cfg[name]``,
-typed by ``cls.params``), and calls ``method.loss(student_logits, targets, teacher_logits, ctx)`` on
-the positions that count: one row per image, or one row per non-pad target token for translation.
+``method = cls(params)`` with ``params`` its own config section (``cfg[name]``, typed by ``cls.params``).
+
+What a method reads is ``needs`` (a ``Needs``): which named outputs of the student and of the teacher
+(``lskd_bench.outputs``: ``logits``, ``embedding``, ``stage0..N``, ``preact_stageK``), whether it trains on
+teacher-generated targets, whether it needs each sample's index in the training set (CRD's memory bank).
+The teacher runs once per batch for a fused group and returns the union of what its members need, nothing else.
+
+- A **logit method** (``Method``) implements ``loss(student_logits, targets, teacher_logits, ctx)``, called on the
+  positions that count: one row per image, or one row per non-pad target token for translation. Its needs are
+  ``teacher_signal``: ``None`` (no teacher: label-smoothed cross-entropy for teachers and the no-KD baseline),
+  ``"logits"`` (word-level KD and every logit method), ``"targets"`` (sequence-level KD: the student trains on the
+  teacher's beam outputs, which the task produces once per teacher; see ``Task.teacher_targets``).
+- A **feature method** (``FeatureMethod``, an ``nn.Module``) declares ``needs`` and implements
+  ``loss(student, targets, teacher, ctx)`` on ``Outputs`` (name -> tensor) and ``setup(probe)``, which builds its
+  trainable parts (connectors, embeddings, a memory bank) sized from a probe forward of both models.
+
 ``loss`` returns a scalar tensor, or named terms (``{"ce": ..., "kd": ...}``) whose sum is the loss: each
 term's epoch mean is logged (``loss_<name>`` in result.json's history, the progress bar, TensorBoard).
-
-What a method needs from its teacher is ``teacher_signal``:
-
-- ``None``: no teacher (label-smoothed cross-entropy: teachers and the no-KD baseline);
-- ``"logits"``: the teacher's logits on the same batch (word-level KD and every logit method);
-- ``"targets"``: teacher-generated targets (sequence-level KD: the student trains on the teacher's beam
-  outputs, which the task produces once per teacher; see ``Task.teacher_targets``).
-
-A method with learnable parameters (a learnable temperature, say) is also an ``nn.Module``: the runner
-adds its parameters to the student's optimizer and saves its state in every checkpoint.
+A method that is an ``nn.Module`` has its parameters trained with the student's optimizer and its state
+(parameters and buffers) saved in every checkpoint; none of it is part of the student's exported weights.
+``a+kd`` (e.g. ``crd+kd``) composes a feature method with Hinton KD (``Composite``).
 Third-party methods register through the ``lskd_bench.methods`` entry-point group.
 """
 from __future__ import annotations
@@ -24,10 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ..errors import UsageError
 from ..registry import Registry
 from ..schema import Field, Section
+from ..outputs import Outputs
 from .losses import kd_kl, kd_loss, kd_terms, ls_cross_entropy, smoothed_targets
 
 Loss = Union[torch.Tensor, dict[str, torch.Tensor]]  # what Method.loss returns
@@ -44,6 +53,60 @@ def total_loss(loss: Loss) -> torch.Tensor:
     return total
 
 
+@dataclass(frozen=True)
+class Needs:
+    """What a method reads: named outputs of the student and of the teacher (``()``: no teacher), teacher-made
+    targets (sequence-level KD), and the samples' indices in the training set (``ctx.indices``)."""
+
+    student: tuple[str, ...] = ("logits",)
+    teacher: tuple[str, ...] = ("logits",)
+    teacher_targets: bool = False
+    indices: bool = False
+
+    @classmethod
+    def from_signal(cls, signal: Optional[str]) -> "Needs":
+        """The needs of a logit method's ``teacher_signal``."""
+        if signal is None:
+            return cls(teacher=())
+        if signal == "targets":
+            return cls(teacher=(), teacher_targets=True)
+        return cls()
+
+    @property
+    def needs_teacher(self) -> bool:
+        return bool(self.teacher) or self.teacher_targets
+
+    @property
+    def features(self) -> bool:
+        """Reads more than logits (the runner captures named outputs)."""
+        return set(self.student) != {"logits"} or bool(set(self.teacher) - {"logits"})
+
+    def describe(self) -> str:
+        parts = [f"student {'+'.join(self.student)}"]
+        if self.teacher:
+            parts.append(f"teacher {'+'.join(self.teacher)}")
+        if self.teacher_targets:
+            parts.append("teacher beam outputs")
+        if self.indices:
+            parts.append("sample indices")
+        return ", ".join(parts)
+
+
+@dataclass
+class Probe:
+    """What ``FeatureMethod.setup`` sizes its parts from: both models, their outputs on a probe batch (eval mode,
+    no gradient), their layouts (``lskd_bench.outputs.Layout``: where each stage is) and the data's size."""
+
+    student: nn.Module
+    teacher: nn.Module
+    s: Outputs
+    t: Outputs
+    s_layout: Any
+    t_layout: Any
+    num_samples: int
+    num_classes: int
+
+
 @dataclass
 class LossContext:
     """What a loss may read besides the logits: where training stands, and this cell's grid values: ``alpha``
@@ -54,6 +117,7 @@ class LossContext:
     T: Optional[float] = None
     epoch: int = 0  # 0-based epoch of this step
     epochs: int = 1  # epochs of the run
+    indices: Optional[torch.Tensor] = None  # the batch's sample indices in the training set (needs.indices)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,10 +125,16 @@ class Method:
     """Base class of training objectives; subclasses set the class attributes and ``loss``."""
 
     description: str = ""
-    teacher_signal: Optional[str] = "logits"  # None | "logits" | "targets"
+    teacher_signal: Optional[str] = "logits"  # None | "logits" | "targets" (a logit method's needs)
+    needs: Needs = Needs()  # derived from teacher_signal unless a class declares it
     uses_temperature: bool = True  # False: one student per alpha, the T axis does not apply
     task_kinds: tuple[str, ...] = ("classification", "translation")
     params: Section = Section({})
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "needs" not in cls.__dict__ and "teacher_signal" in cls.__dict__:
+            cls.needs = Needs.from_signal(cls.teacher_signal)
 
     def __init__(self, params: Optional[dict[str, Any]] = None):
         self.p = self.params.check(params or {}, type(self).__name__)  # alpha and T: read ctx.alpha / ctx.T
@@ -76,7 +146,14 @@ class Method:
 
     @property
     def needs_teacher(self) -> bool:
-        return self.teacher_signal is not None
+        return self.needs.needs_teacher
+
+    def setup(self, probe: Probe) -> None:
+        """Build trainable parts from a probe forward (feature methods); nothing for logit methods."""
+
+    def compute(self, student: Outputs, targets: torch.Tensor, teacher: Optional[Outputs], ctx: LossContext) -> Loss:
+        """The loss from named outputs: a logit method's ``loss`` on the logits."""
+        return self.loss(student["logits"], targets, None if teacher is None else teacher.get("logits"), ctx)
 
     def loss(self, student_logits: torch.Tensor, targets: torch.Tensor, teacher_logits: Optional[torch.Tensor],
              ctx: LossContext) -> Loss:
@@ -88,8 +165,141 @@ class Method:
         return {}
 
 
-# methods/zoo.py (dkd, kd_std, dist, ttm, nkd, ctkd) registers itself when the registry is first looked up
-METHODS: Registry[type[Method]] = Registry("method", "lskd_bench.methods", builtin=("lskd_bench.methods.zoo",))
+def feature_section(title: str, beta: float, source: str, **more: Field) -> Section:
+    """A feature method's parameters: RepDistiller's loss weights (``gamma*CE + beta*feature``; its ``-r`` and
+    ``-b``; the KD weight ``-a`` is ``compose.kd_weight`` of ``X+kd``) and the method's own."""
+    return Section({
+        "ce": Field(float, 1.0, "weight of the cross-entropy term (RepDistiller's -r, gamma)", min=0.0, max=1e6),
+        "beta": Field(float, beta, f"weight of the feature term (RepDistiller's -b; {source})", min=0.0, max=1e9),
+        **more,
+    }, title)
+
+
+class FeatureMethod(nn.Module, Method):
+    """A method that reads named outputs (``needs``) and may own trainable parts, built in ``setup`` from a
+    probe forward. ``loss(student, targets, teacher, ctx)`` receives ``Outputs`` of both models; the usual
+    objective is ``ce * CE + beta * feature term`` (``self.cross_entropy`` gives the first)."""
+
+    teacher_signal = "logits"
+    needs = Needs(student=("logits",), teacher=())
+    uses_temperature = False
+    task_kinds = ("classification",)
+
+    def __init__(self, params: Optional[dict[str, Any]] = None):
+        nn.Module.__init__(self)
+        Method.__init__(self, params)
+
+    def compute(self, student: Outputs, targets: torch.Tensor, teacher: Optional[Outputs], ctx: LossContext) -> Loss:
+        return self.loss(student, targets, teacher, ctx)
+
+    def loss(self, student: Outputs, targets: torch.Tensor, teacher: Outputs, ctx: LossContext) -> Loss:  # type: ignore[override]
+        raise NotImplementedError
+
+    # -- an initialisation stage (RepDistiller's AB, FT, FSP: helper/pretrain.py ``init``) -------------------
+    def init_stage(self) -> int:
+        """Epochs of the initialisation stage that runs first, as part of the cell (0: none)."""
+        return 0
+
+    def init_modules(self, student: nn.Module) -> list[nn.Module]:
+        """What the initialisation stage trains (the rest of the student is in eval mode meanwhile)."""
+        raise NotImplementedError
+
+    def init_lr(self, hp: dict[str, Any]) -> float:
+        """The initialisation stage's constant SGD learning rate (``hp``: the student's recipe)."""
+        return float(hp["lr"])
+
+    def init_loss(self, student: Outputs, targets: torch.Tensor, teacher: Outputs, ctx: LossContext) -> Loss:
+        raise NotImplementedError
+
+    def cross_entropy(self, student: Outputs, targets: torch.Tensor) -> torch.Tensor:
+        return self.p["ce"] * F.cross_entropy(student["logits"].float(), targets)
+
+    def forward(self, *args: Any) -> torch.Tensor:  # nn.Module protocol; the runner calls compute()
+        return self.compute(*args)
+
+
+COMPOSE = Section({
+    "kd_weight": Field(float, 1.0, "weight of the Hinton KD term T^2*KL of a composition X+kd (RepDistiller's -a; "
+                       "its README runs CRD+KD with -a 1)", min=0.0, max=1e6),
+}, "composition X+kd")
+
+
+class Composite(FeatureMethod):
+    """``X+kd``: a feature method X plus ``compose.kd_weight * T^2 * KL(softmax(t/T) || softmax(s/T))`` on the
+    logits (RepDistiller ``train_student.py``: ``loss = gamma * loss_cls + alpha * loss_div + beta * loss_kd`` with
+    ``DistillKL``'s T^2). One student per alpha x T."""
+
+    uses_temperature = True
+    base: type[FeatureMethod] = FeatureMethod
+
+    def __init__(self, params: Optional[dict[str, Any]] = None):
+        params = dict(params or {})
+        compose = params.pop("compose", {})
+        nn.Module.__init__(self)
+        self.p = self.params.check(params, self.base.__name__)
+        self.compose = COMPOSE.check(compose, "compose")
+        self.inner = self.base(self.p)
+        n = self.inner.needs
+        self.needs = Needs(student=tuple(dict.fromkeys((*n.student, "logits"))),
+                           teacher=tuple(dict.fromkeys((*n.teacher, "logits"))), indices=n.indices)
+
+    @classmethod
+    def identity_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        p = dict(p)
+        compose = p.pop("compose", {})
+        return {**cls.base.identity_params(p), "compose": COMPOSE.identity(COMPOSE.check(compose, "compose"))}
+
+    def setup(self, probe: Probe) -> None:
+        self.inner.setup(probe)
+
+    def init_stage(self) -> int:
+        return self.inner.init_stage()
+
+    def init_modules(self, student: nn.Module) -> list[nn.Module]:
+        return self.inner.init_modules(student)
+
+    def init_lr(self, hp: dict[str, Any]) -> float:
+        return self.inner.init_lr(hp)
+
+    def init_loss(self, student, targets, teacher, ctx):
+        return self.inner.init_loss(student, targets, teacher, ctx)
+
+    def loss(self, student, targets, teacher, ctx):
+        terms = self.inner.compute(student, targets, teacher, ctx)
+        terms = dict(terms) if isinstance(terms, dict) else {"feat": terms}
+        T = float(ctx.T)
+        terms["kd"] = self.compose["kd_weight"] * T * T * kd_kl(student["logits"], teacher["logits"], T)
+        return terms
+
+    def report(self) -> dict[str, float]:
+        return self.inner.report()
+
+
+def _composite(name: str) -> type[Method]:
+    """The class of ``X+kd`` (X a feature method)."""
+    first, _, second = name.partition("+")
+    base = METHODS.get(first) if first in METHODS else None
+    if second != "kd" or base is None or not issubclass(base, FeatureMethod) or issubclass(base, Composite):
+        feats = [n for n, c in METHODS.items() if issubclass(c, FeatureMethod)]
+        raise UsageError(f"unknown method {name!r}: a composition is FEATURE+kd with a feature method "
+                         f"({', '.join(feats) or 'none registered'})")
+    needs = base.needs
+    cls = type(f"{base.__name__}PlusKD", (Composite,), {
+        "base": base,
+        "params": base.params,
+        "needs": Needs(student=tuple(dict.fromkeys((*needs.student, "logits"))),
+                       teacher=tuple(dict.fromkeys((*needs.teacher, "logits"))), indices=needs.indices),
+        "description": f"{first} + Hinton KD: {base.description} + compose.kd_weight*T^2*KL",
+    })
+    return cls
+
+
+# the built-in method modules register themselves when the registry is first looked up: methods/zoo.py (dkd,
+# kd_std, dist, ttm, nkd, ctkd) and the feature methods (feat_*.py)
+METHODS: Registry[type[Method]] = Registry("method", "lskd_bench.methods", builtin=(
+    "lskd_bench.methods.zoo", "lskd_bench.methods.feat_repd", "lskd_bench.methods.feat_crd",
+    "lskd_bench.methods.feat_review"))
+_COMPOSITES: dict[str, type[Method]] = {}
 TEACHER_METHOD = "ls"  # what teachers and the no-KD baseline train with
 
 
@@ -147,40 +357,60 @@ class SequenceKD(Method):
 
 
 def method_class(name: str) -> type[Method]:
+    if "+" in name:
+        if name not in _COMPOSITES:
+            _COMPOSITES[name] = _composite(name)
+        return _COMPOSITES[name]
     return METHODS.get(name)
+
+
+def method_params(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config a method is built with: its own section (a composition ``X+kd``: X's, and ``compose``)."""
+    cls = method_class(name)
+    if issubclass(cls, Composite):
+        return {**cfg[name.partition("+")[0]], "compose": cfg["compose"]}
+    return cfg[name] if cls.params.fields else {}
 
 
 def build_method(name: str, cfg: dict[str, Any]) -> Method:
     """The method ``name`` with its section of the resolved config ``cfg``."""
-    cls = METHODS.get(name)
-    return cls(cfg[name] if cls.params.fields else {})
+    return method_class(name)(method_params(name, cfg))
 
 
 def check_student_methods(names: list[str], task_kind: str) -> None:
     """Each name is a known KD method that applies to ``task_kind`` (UsageError otherwise)."""
     if not names:
         raise UsageError("methods needs at least one KD method")
-    kd_names = [n for n, c in METHODS.items() if c.teacher_signal is not None]
+    kd_names = [n for n, c in METHODS.items() if c.needs.needs_teacher]
     for n in names:
-        cls = METHODS.get(n) if n in METHODS else None
-        if cls is None or cls.teacher_signal is None:
-            raise UsageError(f"unknown KD method {n!r} (known: {', '.join(kd_names)})")
+        cls = (method_class(n) if "+" in n else METHODS.get(n)) if ("+" in n or n in METHODS) else None
+        if cls is None or not cls.needs.needs_teacher:
+            raise UsageError(f"unknown KD method {n!r} (known: {', '.join(kd_names)}, and FEATURE+kd compositions)")
         if task_kind not in cls.task_kinds:
             ok = [k for k in kd_names if task_kind in METHODS.get(k).task_kinds]
             raise UsageError(f"method {n!r} does not apply to {task_kind} tasks (these do: {', '.join(ok)})")
 
 
 def method_sections() -> dict[str, Section]:
-    """The config section of every registered method that has parameters."""
-    return {name: cls.params for name, cls in METHODS.items() if cls.params.fields}
+    """The config section of every registered method that has parameters, and ``compose`` (X+kd)."""
+    sections = {name: cls.params for name, cls in METHODS.items() if cls.params.fields}
+    if any(issubclass(cls, FeatureMethod) for _, cls in METHODS.items()):
+        sections["compose"] = COMPOSE
+    return sections
 
 
 __all__ = [
     "METHODS",
     "TEACHER_METHOD",
+    "Composite",
+    "FeatureMethod",
     "LossContext",
     "Method",
+    "Needs",
+    "Probe",
     "build_method",
+    "feature_section",
+    "method_params",
     "check_student_methods",
     "kd_kl",
     "kd_loss",

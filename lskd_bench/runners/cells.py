@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from ..config import config_hash, full_schema
 from ..errors import UsageError
-from ..methods import method_class
+from ..methods import method_class, method_params
 from ..schema import Section, grid_values
 from ..tasks import get_task
 
@@ -99,7 +99,7 @@ def plan_cells(cfg: dict[str, Any]) -> list[Cell]:
                     ident = {
                         **_identity(task, "student", cfg, schema),
                         "method": method,
-                        "params": mcls.identity_params(cfg[method] if mcls.params.fields else {}),
+                        "params": mcls.identity_params(method_params(method, cfg)),
                         "T": t,
                         "seed": seed,
                         "teacher": tcell.hash,

@@ -21,6 +21,7 @@ from ..models import init_path, read_checkpoint
 from ..registry import EXECUTORS
 from ..tasks import DEFAULT_TASK, get_task
 from .cells import Cell, grid_values, plan_cells, validate_grid
+from .probe import check_feature_methods
 from .repair import repair_cells
 from .scheduler import Scheduler, raise_if_data_error  # noqa: F401  (re-exported)
 from .units import GridJob, unit_inputs  # noqa: F401  (re-exported)
@@ -64,6 +65,7 @@ def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Ma
     if cfg["logging"]["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
         raise UsageError("logging.tensorboard needs the tensorboard package: pip install 'lskd-bench[tensorboard]'")
     task.validate(cfg)
+    check_feature_methods(task, cfg)
     return res
 
 
@@ -87,8 +89,8 @@ def fuse_units(cells: list[Cell], *, fuse: bool, max_fused: int) -> list[list[Ce
         elif c.role == "baseline":
             baselines.append(c)
         else:
-            signal = method_class(c.method).teacher_signal
-            key = ("student", c.seed, c.teacher.hash) if signal == "logits" else ("targets", c.seed, c.teacher.hash, c.method)
+            targets = method_class(c.method).needs.teacher_targets
+            key = ("targets", c.seed, c.teacher.hash, c.method) if targets else ("student", c.seed, c.teacher.hash)
             groups[key].append(c)
     for b in baselines:
         host = next((k for k in groups if k[0] == "student" and k[1] == b.seed), None)

@@ -36,7 +36,9 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..envinfo import cpu_model, git_commit
 from ..errors import DataError, Interrupted
-from ..methods import LossContext, Method, build_method, total_loss
+from ..methods import LossContext, Method, Probe, build_method, total_loss
+from ..outputs import Layout, Outputs, Tap, describe
+from .probe import TeacherView, probe_outputs, setup_method
 from ..models import init_path, load_init_checkpoint
 from ..tasks import Task, TaskData, get_task, iterate_batches
 from ..tasks.base import autocast, close_batches, on_bad_sample
@@ -109,6 +111,43 @@ def load_model(task: Task, arch: str, data: TaskData, cfg: dict[str, Any], path:
     return model.to(device).eval()
 
 
+class InitStage:
+    """A method's initialisation stage (RepDistiller's AB, FT, FSP: ``helper/pretrain.py`` ``init``): its first
+    ``epochs`` epochs train ``modules`` alone with ``init_loss`` and their own SGD at a constant lr, the rest of the
+    student in eval mode (``model_s.eval(); init_modules.train()``). ``updates``: where the main schedule starts.
+    Without one (every logit method), ``epochs`` is 0 and nothing changes."""
+
+    def __init__(self, epochs: int = 0, modules: Sequence[nn.Module] = (), lr: float = 0.0,
+                 opt: Optional[torch.optim.Optimizer] = None):
+        self.epochs, self.modules, self.lr, self.opt = epochs, list(modules), lr, opt
+        self.params = [p for m in self.modules for p in m.parameters() if p.requires_grad]
+        self.updates = 0
+
+    @classmethod
+    def of(cls, method: Method, model: nn.Module, hp: dict[str, Any]) -> "InitStage":
+        epochs = int(method.init_stage()) if hasattr(method, "init_stage") else 0
+        if not epochs:
+            return cls()
+        modules = method.init_modules(model)
+        lr = float(method.init_lr(hp))
+        params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=lr, momentum=hp["momentum"], weight_decay=hp["weight_decay"])
+        return cls(epochs, modules, lr, opt)
+
+    def train_mode(self, model: nn.Module) -> None:
+        model.eval()
+        for m in self.modules:
+            m.train()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.opt.state_dict() if self.opt is not None else None, "updates": self.updates}
+
+    def load_state_dict(self, st: Optional[dict[str, Any]]) -> None:
+        if st and self.opt is not None:
+            self.opt.load_state_dict(st["optimizer"])
+            self.updates = st["updates"]
+
+
 class CellFailed(Exception):
     """One member of a group failed (non-finite loss, out of memory...): the others carry on."""
 
@@ -135,6 +174,7 @@ class Member:
     data: TaskData
     dir: Path
     device: torch.device
+    teacher: Optional[TeacherView] = None  # feature methods: the group's teacher, for setup()
     model: nn.Module = field(init=False)
     method: Method = field(init=False)
     epoch: int = 0  # epochs finished
@@ -165,6 +205,9 @@ class Member:
         self.model = self.task.build_model(cell.arch, self.data, cfg, self.hp).to(device)
         if cfg["channels_last"] and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.tap: Optional[Tap] = None  # captures the student's named outputs (feature methods)
+        if self.method.needs.features:
+            self._setup_method()
         self.method_params: list[nn.Parameter] = []
         if isinstance(self.method, nn.Module):
             self.method.to(device)
@@ -172,7 +215,8 @@ class Member:
         self.opt = build_optimizer([*self.model.parameters(), *self.method_params], self.hp)
         # a trained teacher supplied by the user (--teacher-checkpoint) is evaluated, not trained
         self.given = self.hp["checkpoint"] if cell.role == "teacher" else None
-        self.epochs = 0 if self.given else int(self.hp["epochs"])
+        self.init = InitStage.of(self.method, self.model, self.hp)  # a method's initialisation stage (AB, FT, FSP)
+        self.epochs = 0 if self.given else int(self.hp["epochs"]) + self.init.epochs
         self.max_updates = self.hp["max_updates"]
         self.state_path = self.dir / store.STATE
         state = self._load_state()
@@ -193,7 +237,14 @@ class Member:
             # so compile stays out of the cell's identity and resume/fusion stay exact
             torch._inductor.config.fallback_random = True
             self.step_model = torch.compile(self.step_model)
-        self.ctx = LossContext(alpha=self.alpha, T=cell.T, epochs=max(self.epochs, 1))
+        self.ctx = LossContext(alpha=self.alpha, T=cell.T, epochs=max(self.epochs - self.init.epochs, 1))
+
+    def _setup_method(self) -> None:
+        """The student's tap, and the method's trainable parts sized from a probe forward of both models (their
+        initial values drawn from the cell's random stream, as the model's were)."""
+        if self.teacher is None:
+            raise ValueError(f"{self.cell.name}: method {self.cell.method!r} needs a teacher")
+        self.tap = setup_method(self.method, self.model, self.teacher, len(self.data.train), self.data.num_classes)
 
     # -- state ------------------------------------------------------------------------------------
     def _load_state(self) -> Optional[dict[str, Any]]:
@@ -226,6 +277,7 @@ class Member:
         self.opt.load_state_dict(st["optimizer"])
         if st.get("method") and isinstance(self.method, nn.Module):
             self.method.load_state_dict(st["method"])
+        self.init.load_state_dict(st.get("init"))
         self.rng = st["rng"]
         if self.cuda_rng is not None and st.get("cuda_rng") is not None:
             self.cuda_rng = st["cuda_rng"]
@@ -252,6 +304,7 @@ class Member:
             "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
             "term_sums": self.term_sums,
             "skipped": self.skipped, "resumes": self.resumes,
+            **({"init": self.init.state_dict()} if self.init.epochs else {}),
         })  # fmt: skip
 
     @contextlib.contextmanager
@@ -307,19 +360,33 @@ class Member:
         if self._term_acc is not None:
             self.term_sums = {k: float(v) for k, v in self._term_acc.items()}
 
-    def train_step(self, batch: Any, t_logits: Optional[torch.Tensor], epoch: int, steps_per_epoch: int = 1) -> torch.Tensor:
+    def train_step(self, batch: Any, t_out: Optional[Outputs], epoch: int, steps_per_epoch: int = 1,
+                   indices: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One optimizer step. On the CPU a non-finite loss raises ``CellFailed`` at once; on CUDA the step
         does not wait for the device (no host sync): ``sync()`` raises it at the next checkpoint or epoch end."""
         t0 = time.perf_counter()
-        lr = learning_rate(self.hp, epoch, self.update, steps_per_epoch)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        self.ctx.epoch = epoch
+        stage = self.init if epoch < self.init.epochs else None
+        if stage is not None:
+            opt, lr, params = stage.opt, stage.lr, stage.params
+        else:
+            opt, params = self.opt, None
+            lr = learning_rate(self.hp, epoch - self.init.epochs, self.update - self.init.updates, steps_per_epoch)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+        self.ctx.epoch = epoch - (0 if stage is not None else self.init.epochs)
+        self.ctx.indices = indices
         with self.rng_scope():
-            self.model.train()
-            with autocast(self.device, self.cfg):
+            if stage is not None:
+                stage.train_mode(self.model)
+            else:
+                self.model.train()
+            with autocast(self.device, self.cfg), (self.tap or contextlib.nullcontext()):
                 s_logits, targets = self.task.forward(self.step_model, batch)
-            terms = self.method.loss(s_logits.float(), targets, t_logits, self.ctx)
+            s_out = Outputs(logits=s_logits.float())
+            if self.tap is not None:
+                s_out.update({k: v.float() for k, v in self.tap.out.items()})
+            compute = self.method.init_loss if stage is not None else self.method.compute
+            terms = compute(s_out, targets, t_out, self.ctx)
             loss = total_loss(terms)
             if loss.device.type != "cuda":
                 if not torch.isfinite(loss):
@@ -331,11 +398,12 @@ class Member:
                 now = torch.stack([torch.full((), float(self.update), dtype=torch.float64, device=loss.device),
                                    loss.detach().double()])
                 self._bad = torch.where(first, now, self._bad)
-            self.opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.hp["clip_norm"] > 0:
-                torch.nn.utils.clip_grad_norm_([*self.model.parameters(), *self.method_params], self.hp["clip_norm"])
-            self.opt.step()
+                torch.nn.utils.clip_grad_norm_(params or [*self.model.parameters(), *self.method_params],
+                                               self.hp["clip_norm"])
+            opt.step()
         self._accumulate(loss, terms, int(targets.shape[0]))
         self.step += 1
         self.update += 1
@@ -354,12 +422,18 @@ class Member:
             sums = torch.tensor([total, float(count), *terms], device=self.device)
             torch.distributed.all_reduce(sums)
             total, count, terms = float(sums[0]), int(sums[1]), [float(v) for v in sums[2:]]
-        entry = {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": self.opt.param_groups[0]["lr"], "updates": self.update,
-                 **{f"loss_{k}": v / max(count, 1) for k, v in zip(names, terms)}, **self.method.report()}
+        in_init = epoch < self.init.epochs
+        lr = self.init.lr if in_init else self.opt.param_groups[0]["lr"]
+        entry = {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": lr, "updates": self.update,
+                 **{f"loss_{k}": v / max(count, 1) for k, v in zip(names, terms)}, **self.method.report(),
+                 **({"stage": "init"} if in_init else {})}
         self.epoch, self.step, self.loss_sum, self.loss_count, self.term_sums = epoch + 1, 0, 0.0, 0, {}
         self._loss_acc, self._term_acc = None, None
+        if self.epoch == self.init.epochs and in_init:
+            self.init.updates = self.update  # the main schedule counts its updates from here
         every = self.hp["eval_every"]
-        if self.done() or self.epoch % every == 0:
+        main = self.epoch - self.init.epochs
+        if self.done() or (main > 0 and main % every == 0):
             entry["eval"] = self.evaluate()
             if self.last_score is not None:
                 entry["selection"] = self.last_score
@@ -431,6 +505,7 @@ class Member:
             "weights": {"last": store.MODEL, "selected": selected},
             "files": files,
             "epochs": self.epoch if not self.given else 0,
+            **({"init_epochs": self.init.epochs} if self.init.epochs else {}),
             "updates": self.update,
             "config": {
                 "task": self.task.name,
@@ -557,14 +632,19 @@ class FusedGroup:
         if len({(c.seed, c.role == "teacher") for c in cells}) != 1:
             raise ValueError("a fused group shares one seed and one role recipe: " + ", ".join(c.name for c in cells))
         self.outcomes = {c.hash: Outcome(c) for c in cells}
+        needs = [build_method(c.method, cfg).needs if c.role == "student" else None for c in cells]
+        if any(n is not None and n.teacher for n in needs) and teacher is None:
+            raise ValueError(f"{cells[0].name}: method {cells[0].method!r} needs a teacher")
+        view = None
+        if any(n is not None and n.features for n in needs):
+            view = self.teacher_view(teacher, [n for n in needs if n is not None])
         self.members: list[Member] = []
         for cell, d in zip(cells, dirs):
             d.mkdir(parents=True, exist_ok=True)
             store.clear_error(d)
-            self.members.append(Member(task, cell, cfg, data, d, self.device))
+            self.members.append(Member(task, cell, cfg, data, d, self.device, view))
             self.outcomes[cell.hash].notes = self.members[-1].notes
-        if any(m.method.teacher_signal == "logits" for m in self.members) and teacher is None:
-            raise ValueError(f"{cells[0].name}: method {cells[0].method!r} needs a teacher")
+        self.t_layout = view.layout if view is not None else None
         self.rank, self.world = dist_info()
         self.seed = cells[0].seed
         self.hp = self.members[0].hp
@@ -572,7 +652,17 @@ class FusedGroup:
         self.bar: Optional[tqdm] = None
         self.show = False  # progress lines (rank 0 with progress on)
         self.meter = StepMeter()
-        self.ahead: Optional[tuple[tuple[int, int], tuple[int, int, Any]]] = None  # ((epoch, first), open_epoch())
+        self.ahead: Optional[tuple[tuple[int, int], tuple[int, int, Any, Any]]] = None  # ((epoch, first), open_epoch())
+
+    def teacher_view(self, teacher: nn.Module, needs: list) -> TeacherView:
+        """The teacher's layout and its outputs (all the members' teacher needs) on a probe batch of two training
+        samples (unaugmented)."""
+        ds = self.data.split("train_eval")
+        x, _ = next(iter(iterate_batches(ds, 2, indices=torch.arange(min(2, len(ds))), on_bad_sample="error")))
+        x = x.to(self.device)
+        layout = describe(teacher, x)
+        names = list(dict.fromkeys(k for n in needs for k in n.teacher))
+        return TeacherView(teacher, layout, x, probe_outputs(teacher, layout, names, x))
 
     def fail(self, m: Member, exc: BaseException) -> None:
         self.outcomes[m.cell.hash].error = f"{type(exc).__name__}: {exc}"
@@ -638,9 +728,10 @@ class FusedGroup:
     # -- one epoch ----------------------------------------------------------------------------------
     read_ahead = True  # open the next epoch's loading before this one ends (benchmarks switch it off to compare)
 
-    def open_epoch(self, epoch: int, first: int) -> tuple[int, int, Any]:
-        """(number of batches, their ``lead``, iterator) of ``epoch`` from batch ``first`` on: the one opened ahead if it is
-        for the same (epoch, first), else a new one (a stale one is closed)."""
+    def open_epoch(self, epoch: int, first: int) -> tuple[int, int, Any, Any]:
+        """(number of batches, their ``lead``, iterator, their sample indices or None) of ``epoch`` from batch
+        ``first`` on: the one opened ahead if it is for the same (epoch, first), else a new one (a stale one is
+        closed)."""
         if self.ahead is not None:
             key, opened = self.ahead
             self.ahead = None
@@ -650,7 +741,7 @@ class FusedGroup:
         batches = self.task.train_batches(self.data, self.hp, self.cfg, seed=self.seed, epoch=epoch,
                                           shard=(self.rank, self.world), start=first,
                                           pin_memory=self.device.type == "cuda", skipped=self.skipped)
-        return len(batches), batches.lead, iter(batches)
+        return len(batches), batches.lead, iter(batches), batches.plan
 
     def open_ahead(self, epoch: int) -> None:
         """Open the batches of ``epoch + 1`` now (its loading starts), from the position its members will start
@@ -670,7 +761,7 @@ class FusedGroup:
         """The batches of ``epoch`` from the earliest position of the ``active`` members on."""
         first = min(m.step for m in active)
         clock = time.perf_counter()  # opening the epoch's loading counts as waiting for data (profile)
-        n, lead, batches = self.open_epoch(epoch, first)
+        n, lead, batches, plan = self.open_epoch(epoch, first)
         steps = first + n
         self.meter.start(first, steps)
         losses: dict[str, float] = {}  # each member's last step loss, for the progress line
@@ -683,7 +774,8 @@ class FusedGroup:
                     if all(m.finished or m.done() for m in active):
                         break
                     continue
-                clock = self.step(batch, stepping, epoch, steps, clock, losses)
+                idx = plan[i - first] if plan is not None else None
+                clock = self.step(batch, stepping, epoch, steps, clock, losses, idx)
                 if self.show and self.bar is not None:
                     line = self.meter.update(i + 1, losses)
                     if line is not None:
@@ -694,19 +786,22 @@ class FusedGroup:
             close_batches(batches)
 
     def step(self, batch: Any, stepping: list[Member], epoch: int, steps: int, clock: float,
-             losses: Optional[dict[str, float]] = None) -> float:
-        """One batch: to the device, the teacher's logits once (if a member needs them), each member's step
-        (its loss recorded in ``losses`` under the member's short name)."""
+             losses: Optional[dict[str, float]] = None, indices: Optional[torch.Tensor] = None) -> float:
+        """One batch: to the device, the teacher's outputs once (the union of what the stepping members need),
+        each member's step (its loss recorded in ``losses`` under the member's short name)."""
         device, profile = self.device, self.profile
         batch = self.task.to_device(batch, device, self.cfg)
         clock = _tick(profile, "data", clock, device)
-        t_logits = None
-        if any(m.method.teacher_signal == "logits" for m in stepping):
-            t_logits = _teacher_logits(self.task, self.teacher, batch, device, self.cfg)
+        t_out = None
+        wanted = list(dict.fromkeys(k for m in stepping for k in m.method.needs.teacher))
+        if wanted:
+            t_out = self.teacher_outputs(batch, wanted)
             clock = _tick(profile, "teacher", clock, device)
+        if indices is not None and any(m.method.needs.indices for m in stepping):
+            indices = indices.to(device, non_blocking=True)
         for m in stepping:
             try:
-                loss = m.train_step(batch, t_logits, epoch, steps)
+                loss = m.train_step(batch, t_out, epoch, steps, indices if m.method.needs.indices else None)
                 if losses is not None:
                     losses[_short(m.cell)] = loss
                 every = self.hp["checkpoint_every"]
@@ -717,6 +812,18 @@ class FusedGroup:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
         return _tick(profile, "students", clock, device)
+
+    def teacher_outputs(self, batch: Any, names: list[str]) -> Outputs:
+        """The teacher's outputs ``names`` on ``batch``: the logits alone as before (inference mode, copied out of it),
+        or, when a member reads features, the named outputs captured under ``no_grad`` (float32)."""
+        if names == ["logits"] or self.t_layout is None:
+            return Outputs(logits=_teacher_logits(self.task, self.teacher, batch, self.device, self.cfg))
+        with torch.no_grad(), autocast(self.device, self.cfg), Tap(self.teacher, self.t_layout, names) as tap:
+            logits, _ = self.task.forward(self.teacher, batch)
+        out = Outputs({k: v.float() for k, v in tap.out.items()})
+        if "logits" in names:
+            out["logits"] = logits.float()
+        return out
 
     def end_epoch(self, epoch: int, active: list[Member]) -> None:
         """Each active member's history entry, evaluation (when due) and checkpoint."""
@@ -752,12 +859,14 @@ def train_cell(
 # ------------------------------------------------------------------------------------------ features
 @torch.inference_mode()
 def penultimate(model: nn.Module, ds, cfg: dict[str, Any], device: torch.device, indices=None) -> np.ndarray:
+    """The named output ``embedding`` (the head's input) of every sample of ``ds``."""
     model.eval()
     feats = []
     for x, _ in iterate_batches(ds, cfg["eval_batch_size"], indices=indices, num_workers=cfg["num_workers"],
                                 on_bad_sample=on_bad_sample(cfg)):
-        with autocast(device, cfg):
-            feats.append(model.features(x.to(device)).float().cpu())
+        with autocast(device, cfg), Tap(model, Layout(), ["embedding"]) as tap:
+            model(x.to(device))
+        feats.append(tap.out["embedding"].float().cpu())
     return torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32)
 
 

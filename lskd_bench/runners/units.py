@@ -90,7 +90,7 @@ def unit_inputs(job: GridJob, unit: list[Cell], device, teacher_cache: Optional[
         cache.clear()  # one teacher in memory at a time
         cache[tcell.hash] = load_model(job.task, tcell.arch, data, job.cfg, tcell.dir(job.out) / store.MODEL, device)
     teacher = cache[tcell.hash]
-    if method_class(unit[0].method).teacher_signal == "targets":
+    if method_class(unit[0].method).needs.teacher_targets:
         data = job.task.teacher_targets(teacher, data, job.cfg, device, tcell.dir(job.out) / "teacher_targets")
     return data, teacher
 

@@ -191,10 +191,12 @@ class Batches:
     """The batches of one epoch: ``len()`` is known up front, iteration loads them. ``lead`` is how many
     batches its loader reads ahead of the consumer: once no more than ``lead`` batches remain, the loader
     has all its work in hand and the runner opens the next epoch's iterator, so that epoch's first batches
-    load while this one finishes (``iter()`` starts the loading; ``close_batches`` stops it)."""
+    load while this one finishes (``iter()`` starts the loading; ``close_batches`` stops it). ``plan``, where
+    known, is each batch's sample indices in the split (what methods with ``needs.indices`` read: CRD)."""
 
-    def __init__(self, n: int, it: Callable[[], Iterator[Any]], lead: int = 0):
-        self._n, self._it, self.lead = n, it, lead
+    def __init__(self, n: int, it: Callable[[], Iterator[Any]], lead: int = 0,
+                 plan: Optional[Sequence[torch.Tensor]] = None):
+        self._n, self._it, self.lead, self.plan = n, it, lead, plan
 
     def __len__(self) -> int:
         return self._n
@@ -271,7 +273,7 @@ def load_batches(
     batches ahead in a background thread (on its own CUDA stream), so that the next batch is decoded while
     the caller trains on this one."""
     if isinstance(ds, InMemoryDataset):
-        return Batches(len(plan), lambda: ((ds.x[idx], ds.y[idx]) for idx in plan))
+        return Batches(len(plan), lambda: ((ds.x[idx], ds.y[idx]) for idx in plan), plan=plan)
     finish = getattr(ds, "finish_batch", None)
 
     def wrap(batches: Iterator[Any]) -> Iterator[Any]:
@@ -295,7 +297,7 @@ def load_batches(
         # worker processes start here, in the caller's thread (never fork from the finishing thread)
         return LoaderIterator(loader, wrap)
 
-    return Batches(len(plan), it, lead=num_workers * PREFETCH)
+    return Batches(len(plan), it, lead=num_workers * PREFETCH, plan=plan)
 
 
 def finished_ahead(raw: Iterator[Any], finish: Callable, device: torch.device, policy: str,
@@ -488,6 +490,11 @@ class Task:
         """The data check ``run`` (and ``run --dry-run``) makes before writing anything: the layout and index
         files as training will read them (not every sample's content; ``check-data`` decodes those).
         Raise UsageError. Built-in data (digits) has nothing to check."""
+
+    def probe_shape(self, cfg: dict[str, Any]) -> Optional[tuple[int, ...]]:
+        """The shape of one input sample (C, H, W), for checking a feature method's needs against the models before
+        any data is read; None: the task's models have no named outputs (translation)."""
+        return None
 
     def cpu_reason(self, cfg: dict[str, Any]) -> Optional[str]:
         """Why ``device: auto`` should train on the CPU although a GPU is there (models too small to gain from

@@ -22,6 +22,7 @@ import torch
 
 from ..cifar_models import CIFAR_ARCHS, build_cifar_model
 from ..errors import UsageError
+from ..models import build_image_model, check_library_arch, is_library_arch
 from ..schema import Field, Section
 from . import TASKS
 from .base import PAIR, Batches, DataReport, InMemoryDataset, Task, TaskData, batch_plan
@@ -220,7 +221,9 @@ class CIFAR100Task(Task):
     def validate(self, cfg: dict[str, Any]) -> None:
         for role in ("teacher", "student"):
             arch = cfg[role]["arch"]
-            if arch not in CIFAR_ARCHS:
+            if is_library_arch(arch):
+                check_library_arch(arch)
+            elif arch not in CIFAR_ARCHS:
                 raise UsageError(f"{role} arch {arch!r} is not offered by task cifar100 (known: {', '.join(CIFAR_ARCHS)})")
         self._check_files(cfg)
 
@@ -285,8 +288,11 @@ class CIFAR100Task(Task):
         return TaskData(train=train, val=CifarSplit(xte, yte), num_classes=len(names), class_names=names,
                         train_eval=train, extras={"padded": None})
 
+    def probe_shape(self, cfg: dict[str, Any]) -> tuple[int, ...]:
+        return (3, 32, 32)
+
     def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any], hp: dict[str, Any]):
-        return build_cifar_model(arch, data.num_classes)
+        return build_image_model(arch, data.num_classes) if is_library_arch(arch) else build_cifar_model(arch, data.num_classes)
 
     # -- augmentation on batched tensors --------------------------------------------------------------
     def train_batches(self, data: TaskData, role_cfg: dict[str, Any], cfg: dict[str, Any], *, seed: int, epoch: int,
@@ -298,7 +304,7 @@ class CIFAR100Task(Task):
         n = len(ds)
         plan = batch_plan(n, bs, shuffle=True, seed=seed, epoch=epoch, drop_last=n > bs * world, shard=shard)[start:]
         if not cfg["data"]["augment"]:
-            return Batches(len(plan), lambda: ((normalise(ds.raw[idx]), ds.y[idx]) for idx in plan))
+            return Batches(len(plan), lambda: ((normalise(ds.raw[idx]), ds.y[idx]) for idx in plan), plan=plan)
         if data.extras.get("padded") is None:  # zero padding as RandomCrop(32, padding=4), once per process
             data.extras["padded"] = torch.nn.functional.pad(ds.raw, (PAD, PAD, PAD, PAD))
         xp = data.extras["padded"]
@@ -308,7 +314,7 @@ class CIFAR100Task(Task):
                 parts = (xp[idx], augment_params(idx, seed, epoch), ds.y[idx])
                 yield AugmentedBatch(t.pin_memory() for t in parts) if pin_memory else AugmentedBatch(parts)
 
-        return Batches(len(plan), it)
+        return Batches(len(plan), it, plan=plan)
 
     def to_device(self, batch: Any, device: torch.device, cfg: dict[str, Any]) -> Any:
         if isinstance(batch, AugmentedBatch):

@@ -43,7 +43,10 @@ def cnn(widths: tuple[int, ...], num_classes: int) -> ClassifierNet:
         layers += _conv_block(cin, w, pool=i < len(widths) - 1)
         cin = w
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return ClassifierNet(nn.Sequential(*layers), cin, num_classes)
+    net = ClassifierNet(nn.Sequential(*layers), cin, num_classes)
+    relus = [i for i, m in enumerate(layers) if isinstance(m, nn.ReLU)]  # each block's output (lskd_bench.outputs)
+    net.feature_stages = {f"stage{k + 1}": f"backbone.{i}" for k, i in enumerate(relus)}
+    return net
 
 
 ARCHS = {"cnn_wide": (32, 64, 128), "cnn_tiny": (8, 16)}
@@ -97,6 +100,9 @@ class DigitsTask(Task):
             num_classes=10,
             class_names=[str(i) for i in range(10)],
         )
+
+    def probe_shape(self, cfg: dict[str, Any]) -> tuple[int, ...]:
+        return (1, 8, 8)
 
     def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any], hp: dict[str, Any]) -> ClassifierNet:
         return cnn(ARCHS[arch], data.num_classes)

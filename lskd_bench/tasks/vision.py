@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from ..hierarchy import groups_to_parents, load_wordnet_parents
-from ..models import ClassifierNet, build_image_model, init_path
+from ..models import ClassifierNet, build_image_model, check_library_arch, init_path, is_library_arch
 from ..schema import Field, Section, grid_values
 from . import TASKS
 from .base import (PAIR, DataReport, Task, TaskData, load_recipe,  # noqa: F401  (load_recipe: re-exported)
@@ -127,7 +127,9 @@ class ImageClassificationTask(Task):
     def validate(self, cfg: dict[str, Any]) -> None:
         for role in ("teacher", "student"):
             arch = cfg[role]["arch"]
-            if arch not in self.archs:
+            if is_library_arch(arch):
+                check_library_arch(arch)
+            elif arch not in self.archs:
                 raise UsageError(f"{role} arch {arch!r} is not offered by task {self.name} (known: {', '.join(self.archs)})")
             ckpt = cfg[role]["init_checkpoint"]
             if ckpt:
@@ -159,6 +161,9 @@ class ImageClassificationTask(Task):
 
     def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any], hp: dict[str, Any]) -> ClassifierNet:
         return build_image_model(arch, data.num_classes)
+
+    def probe_shape(self, cfg: dict[str, Any]) -> tuple[int, ...]:
+        return (3, int(cfg["data"]["image_size"]), int(cfg["data"]["image_size"]))
 
 
 # ---------------------------------------------------------------------------------------------- ImageNet

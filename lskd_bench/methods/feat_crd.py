@@ -1,0 +1,1 @@
+"""Feature methods (being written)."""

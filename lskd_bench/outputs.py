@@ -1,0 +1,195 @@
+"""Named outputs of an image classifier's forward pass, for the methods that read more than logits.
+
+Names (the same tensors RepDistiller's ``is_feat=True`` / mdistiller's ``feats`` return for the CIFAR family):
+
+- ``logits``: the model's output;
+- ``embedding``: the pooled penultimate vector, the input of the final linear layer (``model.head``);
+- ``stage0``: the stem's output, where the model's table names one (RepDistiller's ``feat[0]``; for timm models
+  the first level of ``feature_info``, at reduction 2);
+- ``stage1`` ... ``stageN``: the output of each stage (post-activation, ``feat[1:-1]``);
+- ``preact_stageK``: the same stage before its final activation (RepDistiller's ``preact=True``), where the
+  stage ends in an activation module;
+- shorthands a method may declare: ``stages`` (every ``stage1..N`` of the model), ``preact_stages``.
+
+Where the stages are, per model, in this order of preference: the model's own table ``feature_stages``
+(name -> module path: lskd-bench's CIFAR and digits models), timm's ``feature_info`` (every timm model), else a
+probe forward that takes, at each spatial resolution, the last block-level module to produce it (other
+torchvision and plain ``nn.Module`` backbones). Outputs are captured with forward hooks while a ``Tap`` is open: nothing per
+architecture, and nothing is kept that no method asked for.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from .errors import UsageError
+
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Hardtanh)
+_STAGE = re.compile(r"(preact_)?stage(\d+)$")
+
+
+class Outputs(dict):
+    """name -> tensor of one forward pass; ``stages()`` lists ``stage1..N`` in order (``pre=True``: their
+    pre-activations)."""
+
+    def stages(self, pre: bool = False, stem: bool = False) -> list[torch.Tensor]:
+        keys = [k for k in self if (m := _STAGE.match(k)) and bool(m.group(1)) == pre and (stem or m.group(2) != "0")]
+        return [self[k] for k in sorted(keys, key=lambda k: int(_STAGE.match(k).group(2)))]
+
+
+def head_module(model: nn.Module) -> nn.Module:
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Module):
+        raise UsageError(f"{type(model).__name__} has no final linear layer 'head' (its embedding cannot be read)")
+    return head
+
+
+def _modules_by_path(model: nn.Module) -> dict[str, nn.Module]:
+    return dict(model.named_modules())
+
+
+@dataclass
+class Layout:
+    """Where a model's named outputs come from: ``stages`` name -> module path, ``preact`` name -> the path of
+    the activation module whose input is that stage's pre-activation, ``shapes`` name -> per-sample shape."""
+
+    stages: dict[str, str] = field(default_factory=dict)
+    preact: dict[str, str] = field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        return ["logits", "embedding", *self.stages, *(f"preact_{k}" for k in self.preact)]
+
+
+def _timm_stages(model: nn.Module) -> Optional[dict[str, str]]:
+    backbone = getattr(model, "backbone", None)
+    info = getattr(backbone, "feature_info", None)
+    if info is None:
+        return None
+    entries = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
+    return {f"stage{i}": f"backbone.{d['module']}" for i, d in enumerate(entries)}
+
+
+@torch.no_grad()
+def describe(model: nn.Module, x: torch.Tensor) -> Layout:
+    """The layout of ``model``'s named outputs, from one probe forward of ``x`` (eval mode; the caller's random
+    state and the model's mode are left as they were)."""
+    mods = _modules_by_path(model)
+    order: list[tuple[str, tuple[int, ...]]] = []  # (path, output shape) in order of completion
+    calls: list[str] = []  # paths in order of call
+    hooks = []
+    for path, m in mods.items():
+        if not path:
+            continue
+        hooks.append(m.register_forward_pre_hook(lambda mod, inp, p=path: calls.append(p)))
+        hooks.append(m.register_forward_hook(
+            lambda mod, inp, out, p=path: order.append((p, tuple(out.shape[1:]) if torch.is_tensor(out) else ()))))
+    head_in: list[tuple[int, ...]] = []
+    hooks.append(head_module(model).register_forward_pre_hook(lambda mod, inp: head_in.append(tuple(inp[0].shape[1:]))))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            model(x)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    shape_of = {}
+    for p, s in order:
+        shape_of[p] = s  # the last call of a module (a ReLU used twice in a block) wins
+    stages = getattr(model, "feature_stages", None) or _timm_stages(model) or _probe_stages(order, mods)
+    stages = {k: v for k, v in stages.items() if v in mods}
+    layout = Layout(stages=dict(stages))
+    layout.shapes = {"embedding": head_in[-1] if head_in else (), **{k: shape_of.get(v, ()) for k, v in stages.items()}}
+    for name, path in stages.items():
+        inside = [p for p in calls if p == path or p.startswith(path + ".")]
+        leaves = [p for p in inside if not any(q.startswith(p + ".") for q in mods if q != p)]
+        if leaves and isinstance(mods[leaves[-1]], ACTIVATIONS):
+            layout.preact[name] = leaves[-1]
+            layout.shapes[f"preact_{name}"] = layout.shapes[name]
+    return layout
+
+
+POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.Flatten)
+
+
+def _probe_stages(order: list[tuple[str, tuple[int, ...]]], mods: dict[str, nn.Module]) -> dict[str, str]:
+    """``stage1..N``: at each spatial resolution, in the order the forward reaches them, the last block-level
+    module (a child of a top-level container, or a top-level module) whose output has it; what follows the first
+    global pooling is the head."""
+    root = "backbone." if "backbone" in mods and "head" in mods else ""
+    last: dict[tuple[int, int], str] = {}
+    seen: list[tuple[int, int]] = []
+    for path, shape in order:
+        if not path.startswith(root) or path[len(root):].count(".") > 1:
+            continue
+        if isinstance(mods[path], POOLS):
+            break
+        if len(shape) != 3:
+            continue
+        res = (shape[1], shape[2])
+        if res not in last:
+            seen.append(res)
+        last[res] = path
+    return {f"stage{i + 1}": last[r] for i, r in enumerate(seen)}
+
+
+def expand(layout: Layout, names: Iterable[str]) -> list[str]:
+    """``names`` with the shorthands resolved: ``stages`` = every ``stage1..N`` of the layout (not the stem
+    ``stage0``), ``preact_stages`` = their pre-activations."""
+    out: list[str] = []
+    for n in names:
+        if n == "stages":
+            out += [k for k in _ordered(layout.stages) if k != "stage0"]
+        elif n == "preact_stages":
+            out += [f"preact_{k}" for k in _ordered(layout.stages) if k != "stage0"]
+        else:
+            out.append(n)
+    return out
+
+
+def _ordered(stages: dict[str, str]) -> list[str]:
+    return sorted(stages, key=lambda k: int(_STAGE.match(k).group(2)))
+
+
+class Tap:
+    """Captures the named outputs ``names`` (all but ``logits``, which the caller has) of ``model`` during the
+    forward passes made inside ``with tap:``; ``tap.out`` holds the last pass's tensors. Pre-activations are
+    cloned when captured (the activation may run in place)."""
+
+    def __init__(self, model: nn.Module, layout: Layout, names: Iterable[str]):
+        self.model, self.layout = model, layout
+        self.names = [n for n in dict.fromkeys(expand(layout, names)) if n != "logits"]
+        missing = [n for n in self.names if n != "embedding" and n not in layout.stages
+                   and not (n.startswith("preact_") and n.removeprefix("preact_") in layout.preact)]
+        if missing:
+            raise UsageError(f"{type(model).__name__} has no output {missing[0]!r} (it has: {', '.join(layout.names())})")
+        self.out = Outputs()
+        self._hooks: list = []
+
+    def _put(self, name: str, value: torch.Tensor) -> None:
+        self.out[name] = value
+
+    def __enter__(self) -> "Tap":
+        self.out = Outputs()
+        mods = _modules_by_path(self.model)
+        for n in self.names:
+            if n == "embedding":
+                h = head_module(self.model).register_forward_pre_hook(lambda m, inp, n=n: self._put(n, inp[0]))
+            elif n.startswith("preact_"):
+                path = self.layout.preact[n.removeprefix("preact_")]
+                h = mods[path].register_forward_pre_hook(lambda m, inp, n=n: self._put(n, inp[0].clone()))
+            else:
+                h = mods[self.layout.stages[n]].register_forward_hook(lambda m, inp, out, n=n: self._put(n, out))
+            self._hooks.append(h)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []

@@ -1,0 +1,81 @@
+"""Probing models for feature methods: a teacher's view shared by a fused group, the student's tap and the
+method's setup from a probe forward, and the check ``run`` makes before anything is written (every output a
+method needs exists in both models, and its parts can be sized)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from ..methods import Method, Probe, build_method, method_class
+from ..outputs import Layout, Outputs, Tap, describe
+from ..tasks import Task, TaskData
+
+
+@dataclass
+class TeacherView:
+    """The fused group's teacher as feature methods see it: the model, where its named outputs are and its
+    outputs on the probe batch ``x`` (built once per group, only when a member reads more than logits)."""
+
+    model: nn.Module
+    layout: Layout
+    x: torch.Tensor
+    probe: Outputs
+
+
+def probe_outputs(model: nn.Module, layout: Layout, names: Sequence[str], x: torch.Tensor) -> Outputs:
+    """``model``'s named outputs on ``x`` (eval mode, no gradient, the caller's random state untouched)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), Tap(model, layout, names) as tap:
+            logits = model(x)
+    finally:
+        model.train(was_training)
+    return Outputs({**tap.out, "logits": logits})
+
+
+def setup_method(method: Method, model: nn.Module, view: TeacherView, num_samples: int, num_classes: int) -> Tap:
+    """The student's tap for ``method.needs.student``, after ``method.setup`` from a probe forward of both models."""
+    layout = describe(model, view.x)
+    tap = Tap(model, layout, method.needs.student)
+    s = probe_outputs(model, layout, tap.names, view.x)
+    t_names = Tap(view.model, view.layout, method.needs.teacher).names + ["logits"]
+    t = Outputs({k: view.probe[k] for k in t_names})
+    method.setup(Probe(model, view.model, s, t, layout, view.layout, num_samples, num_classes))
+    return tap
+
+
+def check_feature_methods(task: Task, cfg: dict[str, Any]) -> None:
+    """UsageError (one line) if a feature method of ``cfg["methods"]`` needs an output the teacher or student
+    lacks, or cannot size its parts from them: checked on freshly built models and a random probe batch, before
+    any data is read or anything is written."""
+    names = [n for n in cfg["methods"] if method_class(n).needs.features]
+    if not names:
+        return
+    shape = task.probe_shape(cfg)
+    if shape is None:
+        raise UsageError(f"methods {', '.join(names)} read intermediate outputs, which task {task.name} does not give "
+                         "(they apply to the image tasks)")
+    stand_in = TaskData(train=[], val=[], num_classes=10, class_names=[str(i) for i in range(10)])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        teacher = task.build_model(cfg["teacher"]["arch"], stand_in, cfg, cfg["teacher"]).eval()
+        student = task.build_model(cfg["student"]["arch"], stand_in, cfg, cfg["student"])
+        x = torch.randn(2, *shape)
+        t_layout = describe(teacher, x)
+        for name in names:
+            method = build_method(name, cfg)
+            try:
+                t_names = Tap(teacher, t_layout, method.needs.teacher).names
+            except UsageError as exc:
+                raise UsageError(f"method {name}: teacher {cfg['teacher']['arch']}: {exc}") from None
+            view = TeacherView(teacher, t_layout, x, probe_outputs(teacher, t_layout, t_names, x))
+            try:
+                setup_method(method, student, view, 2, 10)
+            except UsageError as exc:
+                archs = f"{cfg['teacher']['arch']} -> {cfg['student']['arch']}"
+                raise UsageError(f"method {name}: {archs}: {exc}") from None
