@@ -619,3 +619,35 @@ def test_cell_or_task_folder_replaced_by_a_file_is_one_line(tmp_path, cli):
         rc, _, err = cli(*argv, "--runs", str(runs))
         assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
 
+
+
+def test_the_same_data_at_another_path_reuses_the_finished_cells(tmp_path, cli):
+    """data.root is part of a cell's hash (pinned: tests/test_hashes.py); the same data at another path used to
+    retrain the grid. Cells now record their data's fingerprint (data.json) and a run on the same content at
+    another path links to them; other content trains anew."""
+    import shutil
+
+    from .image_fixtures import make_cifar100
+
+    make_cifar100(tmp_path / "a", per_class=(1, 1))
+    args = ["--task", "cifar100", "--alphas", "0.1", "--temperatures", "1", "--seeds", "0", "--epochs", "1",
+            "--batch-size", "50", "--no-baseline", "--no-progress", "--out", str(tmp_path / "runs")]
+    rc, out, err = cli("run", "--data-root", str(tmp_path / "a"), *args)
+    assert rc == 0 and "2 cells: trained 2" in out, err
+    first = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "runs").rglob(store.RESULT)}
+    assert all((tmp_path / "runs" / "cifar100" / name / "data.json").is_file() for name in first)
+    for name in first:  # as results made before data.json: found while their data is still at their path
+        (tmp_path / "runs" / "cifar100" / name / "data.json").unlink()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # the same data, elsewhere
+    rc, out, err = cli("run", "--data-root", str(tmp_path / "b"), *args)
+    assert rc == 0 and "2 cells: trained 0, reused 2 finished" in out, out + err
+    found = [line for line in out.splitlines() if line.startswith("found: ")]
+    assert len(found) == 2 and all(f"finished at {tmp_path / 'a'}: " in line for line in found), out
+    rc, out, _ = cli("leaderboard", "--runs", str(tmp_path / "runs"))
+    assert rc == 0 and "(2 cells)" in _
+    # other content at another path trains anew
+    shutil.copytree(tmp_path / "a", tmp_path / "c")
+    _edit_cifar_train(tmp_path / "c" / "cifar-100-python",
+                      lambda raw: raw.update({b"fine_labels": list(reversed(raw[b"fine_labels"]))}))
+    rc, out, err = cli("run", "--data-root", str(tmp_path / "c"), *args)
+    assert rc == 0 and "2 cells: trained 2" in out and "found: " not in out, out + err

@@ -22,6 +22,7 @@ from ..registry import EXECUTORS
 from ..tasks import DEFAULT_TASK, get_task
 from .cells import Cell, grid_values, plan_cells, validate_grid
 from .probe import check_feature_methods
+from .moved import find_moved, record_fingerprints
 from .repair import repair_cells
 from .scheduler import Scheduler, raise_if_data_error  # noqa: F401  (re-exported)
 from .units import GridJob, unit_inputs  # noqa: F401  (re-exported)
@@ -155,6 +156,7 @@ def run_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridSumma
     if any(store.read_result(c.dir(out)) is None for c in cells):
         task.check_layout(cfg)  # bad data is bad input: stop before anything is written
     repairs = repair_cells(cells, out)
+    repairs += find_moved(cells, cfg, out)  # the same data at another path: its finished cells are reused
     pending = [c for c in cells if store.read_result(c.dir(out)) is None]
     reused = [c for c in cells if c not in pending]
     cfg_path = out / cfg["task"] / "configs" / f"{config_hash(cfg)}.yaml"
@@ -167,6 +169,7 @@ def run_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridSumma
         units = fuse_units(pending, fuse=cfg["fuse"], max_fused=cfg["max_fused"])
         executor = EXECUTORS.get(cfg["executor"])()
         executor.run(job, units)
+    record_fingerprints(cells, cfg, out)  # what data each finished cell saw, for runs of it at another path
     return GridSummary(cells, job.trained, reused, time.perf_counter() - t0, out, failed=list(job.failed.values()),
                        blocked=job.blocked, elsewhere=job.elsewhere, submitted=job.submitted, queued=job.queued,
                        notes=job.notes, repairs=job.repairs)
