@@ -94,8 +94,8 @@ class Field:
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             return
         lo, hi = self.min, self.max
-        if hi is None and isinstance(v, int):  # ints reach C ints (seeds, threads, sizes): 10**20 is no value
-            hi = INT_MAX
+        if hi is None and isinstance(v, int) and v > INT_MAX:  # ints reach C ints (seeds, threads, sizes)
+            raise UsageError(f"{key} must be <= {INT_MAX}, got {v!r}")
         bad_lo = lo is not None and (v <= lo if self.min_exclusive else v < lo)
         bad_hi = hi is not None and (v >= hi if self.max_exclusive else v > hi)
         if bad_lo or bad_hi:
