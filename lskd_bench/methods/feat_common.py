@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
+from ..outputs import head_module
 
 
 def paired(s: list[torch.Tensor], t: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -28,6 +29,32 @@ def pool_to_smaller(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, tor
     elif hb > ha:
         b = F.adaptive_avg_pool2d(b, (ha, a.shape[3]))
     return a, b
+
+
+def pool_matrix_to_smaller(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two batches of matrices ``(N, R, C)`` at the smaller row and column counts (adaptive average pooling of
+    the larger; for FSP matrices of maps with different channel counts this equals the FSP matrix of the maps
+    with their channels average-pooled in groups, as the matrix is bilinear in the two maps)."""
+    rows, cols = min(a.shape[1], b.shape[1]), min(a.shape[2], b.shape[2])
+
+    def fit(m: torch.Tensor) -> torch.Tensor:
+        return m if m.shape[1:] == (rows, cols) else F.adaptive_avg_pool2d(m.unsqueeze(1), (rows, cols)).squeeze(1)
+
+    return fit(a), fit(b)
+
+
+def feature_modules(model: nn.Module) -> list[nn.Module]:
+    """The model's top-level modules except its classifier head (``outputs.head_module``): RepDistiller's
+    ``model.get_feat_modules()`` (every layer up to the last stage), what AB and FSP's init stage train."""
+    head = head_module(model)
+    return [m for m in model.children() if not any(sub is head for sub in m.modules())]
+
+
+def set_trainable(modules: list[nn.Module], on: bool) -> None:
+    """``requires_grad`` of every parameter of ``modules`` (parts trained by an init stage only)."""
+    for m in modules:
+        for p in m.parameters():
+            p.requires_grad_(on)
 
 
 def aligned_last(*lists: list) -> list[list]:

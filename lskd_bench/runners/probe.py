@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import UsageError
 from ..methods import Method, Probe, build_method, method_class
 from ..outputs import Layout, Outputs, Tap, describe
-from ..tasks import Task, TaskData
+from ..tasks import Task, TaskData, iterate_batches
 
 
 @dataclass
@@ -36,6 +36,17 @@ def probe_outputs(model: nn.Module, layout: Layout, names: Sequence[str], x: tor
     finally:
         model.train(was_training)
     return Outputs({**tap.out, "logits": logits})
+
+
+def teacher_view(teacher: nn.Module, data: TaskData, device: torch.device, needs: list) -> TeacherView:
+    """The teacher's layout and its outputs (every member's teacher needs) on a probe batch of the first two
+    training samples, unaugmented."""
+    ds = data.split("train_eval")
+    x, _ = next(iter(iterate_batches(ds, 2, indices=torch.arange(min(2, len(ds))), on_bad_sample="error")))
+    x = x.to(device)
+    layout = describe(teacher, x)
+    names = list(dict.fromkeys(k for n in needs for k in n.teacher))
+    return TeacherView(teacher, layout, x, probe_outputs(teacher, layout, names, x))
 
 
 def setup_method(method: Method, model: nn.Module, view: TeacherView, num_samples: int, num_classes: int) -> Tap:

@@ -36,15 +36,15 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..envinfo import cpu_model, git_commit
 from ..errors import DataError, Interrupted
-from ..methods import LossContext, Method, Probe, build_method, total_loss
-from ..outputs import Layout, Outputs, Tap, describe
-from .probe import TeacherView, probe_outputs, setup_method
+from ..methods import LossContext, Method, build_method, total_loss
 from ..models import init_path, load_init_checkpoint
+from ..outputs import Layout, Outputs, Tap
 from ..tasks import Task, TaskData, get_task, iterate_batches
 from ..tasks.base import autocast, close_batches, on_bad_sample
 from .. import store
 from .cells import Cell
 from .devices import cpu_count, device_record
+from .probe import TeacherView, setup_method, teacher_view
 from .tblog import open_log
 from .optim import build_optimizer, learning_rate, lr_factor  # noqa: F401  (re-exported)
 
@@ -382,6 +382,9 @@ class Member:
                 self.model.train()
             with autocast(self.device, self.cfg), (self.tap or contextlib.nullcontext()):
                 s_logits, targets = self.task.forward(self.step_model, batch)
+            if indices is not None and indices.numel() != targets.numel():
+                raise CellFailed(f"method {self.cell.method} reads each sample's index, but this batch lost samples "
+                                 "(data.on_bad_sample: skip): fix the data (lskd-bench check-data) or drop the skip")
             s_out = Outputs(logits=s_logits.float())
             if self.tap is not None:
                 s_out.update({k: v.float() for k, v in self.tap.out.items()})
@@ -637,7 +640,7 @@ class FusedGroup:
             raise ValueError(f"{cells[0].name}: method {cells[0].method!r} needs a teacher")
         view = None
         if any(n is not None and n.features for n in needs):
-            view = self.teacher_view(teacher, [n for n in needs if n is not None])
+            view = teacher_view(teacher, data, self.device, [n for n in needs if n is not None])
         self.members: list[Member] = []
         for cell, d in zip(cells, dirs):
             d.mkdir(parents=True, exist_ok=True)
@@ -653,16 +656,6 @@ class FusedGroup:
         self.show = False  # progress lines (rank 0 with progress on)
         self.meter = StepMeter()
         self.ahead: Optional[tuple[tuple[int, int], tuple[int, int, Any, Any]]] = None  # ((epoch, first), open_epoch())
-
-    def teacher_view(self, teacher: nn.Module, needs: list) -> TeacherView:
-        """The teacher's layout and its outputs (all the members' teacher needs) on a probe batch of two training
-        samples (unaugmented)."""
-        ds = self.data.split("train_eval")
-        x, _ = next(iter(iterate_batches(ds, 2, indices=torch.arange(min(2, len(ds))), on_bad_sample="error")))
-        x = x.to(self.device)
-        layout = describe(teacher, x)
-        names = list(dict.fromkeys(k for n in needs for k in n.teacher))
-        return TeacherView(teacher, layout, x, probe_outputs(teacher, layout, names, x))
 
     def fail(self, m: Member, exc: BaseException) -> None:
         self.outcomes[m.cell.hash].error = f"{type(exc).__name__}: {exc}"
