@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -19,10 +21,11 @@ from .methods import METHODS, TEACHER_METHOD
 from .registry import EXECUTORS
 from .report import write_report as write_html_report
 from .runners.cells import plan_cells
-from .runners.devices import parse_gpus
+from .runners.devices import parse_gpus, require_cuda
 from .runners.grid import resolve, run_grid
 from .runners.inference import find_cell, load_cell, read_text_lines, score_files, translate_lines
 from .runners.status import status_rows
+from .schema import _num
 from .runners.train import auto_cpu_reason, resolve_device
 from .store import atomic_write, check_writable_dir
 from .tasks import get_task, task_names
@@ -44,6 +47,20 @@ def _list_of(kind: Callable[[str], Any], flag: str) -> Callable[[str], list]:
             return [kind(s) for s in items]
         except ValueError:
             raise UsageError(f"{flag}: invalid value in {text!r}") from None
+
+    return parse
+
+
+def _number(kind: type, flag: str, lo: float, hi: float, lo_open: bool = False) -> Callable[[str], Any]:
+    """An argparse type for an option the schema does not check: a finite number within [lo, hi] (lo_open: > lo)."""
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise UsageError(f"{flag} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(v) or (v <= lo if lo_open else v < lo) or v > hi:
+            raise UsageError(f"{flag} must be {'>' if lo_open else '>='} {_num(lo)} and <= {_num(hi)}, got {text}")
+        return v
 
     return parse
 
@@ -231,7 +248,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if out.suffix in (".md", ".csv"):
         out = out.with_suffix("")
     check_writable_dir(out.parent)
-    text, paths = compare(runs, out, baseline=args.baseline, metric=args.metric, task=args.task, select=args.select)
+    problems: list[str] = []
+    text, paths = compare(runs, out, baseline=args.baseline, metric=args.metric, task=args.task, select=args.select,
+                          problems=problems)
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
     print(text, end="")
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return 0
@@ -273,7 +294,10 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     if args.out:
         check_writable_dir(Path(args.out))
-    paths = plot_curves(_runs_dir(args), Path(args.out) if args.out else None, task=args.task)
+    problems: list[str] = []
+    paths = plot_curves(_runs_dir(args), Path(args.out) if args.out else None, task=args.task, problems=problems)
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
     for p in paths:
         print(f"wrote {p}")
     return 0
@@ -304,8 +328,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
+    require_cuda({"device": args.device})
     cell_dir = find_cell(args.run, args.runs if args.cell else None, args.cell)
     if args.output:
+        if Path(args.output).is_dir():
+            raise UsageError(f"-o/--output {args.output} is a directory: give a file name")
         check_writable_dir(Path(args.output).absolute().parent)  # before translating, not after
     device = resolve_device({"device": args.device})
     lines = read_text_lines(args.input)
@@ -500,12 +527,15 @@ def _parser_analyze(sub) -> None:
     an.add_argument("--target", required=True, help="target class name(s) or index(es), comma-separated")
     an.add_argument("--similar", help="S1: semantically similar classes (default: from the task's class hierarchy)")
     an.add_argument("--dissimilar", help="S2: dissimilar classes (default: from the task's class hierarchy)")
-    an.add_argument("--t1", type=float, default=1.0, help="lower temperature (default 1)")
-    an.add_argument("--t2", type=float, default=3.0, help="higher temperature (default 3)")
-    an.add_argument("--limit", type=int, help="at most this many classes in S1 and S2 when chosen from the hierarchy")
+    an.add_argument("--t1", type=_number(float, "--t1", 0, 1e6, lo_open=True), default=1.0,
+                    help="lower temperature (default 1)")
+    an.add_argument("--t2", type=_number(float, "--t2", 0, 1e6, lo_open=True), default=3.0,
+                    help="higher temperature (default 3)")
+    an.add_argument("--limit", type=_number(int, "--limit", 1, 2**31 - 1),
+                    help="at most this many classes in S1 and S2 when chosen from the hierarchy")
     an.add_argument("--task", help="task, when the run directory holds several")
     an.add_argument("--method", default="kd", help="KD method of the students (default kd)")
-    an.add_argument("--seed", type=int, help="student seed (default: the lowest)")
+    an.add_argument("--seed", type=_number(int, "--seed", 0, 2**31 - 1), help="student seed (default: the lowest)")
     an.add_argument("--out", help="output FILE: writes FILE.csv and FILE.md (default: RUNS/<task>/analysis/eta_T<t1>-T<t2>)")
     an.set_defaults(func=cmd_analyze)
 
@@ -520,11 +550,13 @@ def _parser_visualize(sub) -> None:
     vz.add_argument("--classes", help="exactly three class names or indexes, comma-separated (default: the task's; "
                     "ImageNet: miniature poodle, standard poodle, submarine, as the paper)")
     vz.add_argument("--split", default="train", choices=("train", "val"), help="features of this split (default train)")
-    vz.add_argument("--per-class", type=int, default=150, help="first N train samples per class (default 150, as the official code)")
-    vz.add_argument("--val-per-class", type=int, default=50, help="first N val samples per class (default 50, as the official code)")
+    vz.add_argument("--per-class", type=_number(int, "--per-class", 1, 2**31 - 1), default=150,
+                    help="first N train samples per class (default 150, as the official code)")
+    vz.add_argument("--val-per-class", type=_number(int, "--val-per-class", 1, 2**31 - 1), default=50,
+                    help="first N val samples per class (default 50, as the official code)")
     vz.add_argument("--task", help="task, when the run directory holds several")
     vz.add_argument("--method", default="kd", help="KD method of the students (default kd)")
-    vz.add_argument("--seed", type=int, help="student seed (default: the lowest)")
+    vz.add_argument("--seed", type=_number(int, "--seed", 0, 2**31 - 1), help="student seed (default: the lowest)")
     vz.add_argument("--out", help="PNG path (default: RUNS/<task>/analysis/projection_<A>_<B>_<C>_<split>.png)")
     vz.set_defaults(func=cmd_visualize)
 
@@ -579,11 +611,16 @@ def _parser_translate(sub) -> None:
     tr.add_argument("--output", "-o", help="write the translations here (default: stdout)")
     tr.add_argument("--weights", default="selected", choices=("selected", "last"),
                     help="weights of the selected epoch (default) or of the last epoch")
-    tr.add_argument("--beam", type=int, help="beam size (default: the cell's generation.beam)")
-    tr.add_argument("--lenpen", type=float, help="length penalty (default: the cell's generation.lenpen)")
-    tr.add_argument("--max-len-a", type=float, help="max output length = a * source length + b (default: the cell's)")
-    tr.add_argument("--max-len-b", type=int, help="max output length = a * source length + b (default: the cell's)")
-    tr.add_argument("--max-sentences", type=int, help="sentences decoded at once (default: the cell's)")
+    tr.add_argument("--beam", type=_number(int, "--beam", 1, 1024),
+                    help="beam size (default: the cell's generation.beam)")
+    tr.add_argument("--lenpen", type=_number(float, "--lenpen", -1e3, 1e3),
+                    help="length penalty (default: the cell's generation.lenpen)")
+    tr.add_argument("--max-len-a", type=_number(float, "--max-len-a", 0, 1e3),
+                    help="max output length = a * source length + b (default: the cell's)")
+    tr.add_argument("--max-len-b", type=_number(int, "--max-len-b", 1, 2**31 - 1),
+                    help="max output length = a * source length + b (default: the cell's)")
+    tr.add_argument("--max-sentences", type=_number(int, "--max-sentences", 1, 2**31 - 1),
+                    help="sentences decoded at once (default: the cell's)")
     tr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto (default: CUDA when available), cpu or cuda")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_translate)
@@ -633,7 +670,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away (| head)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    """Every command goes through here: bad input is one line and exit 2; a closed output pipe (``| head -1``)
+    ends the command quietly."""
+    for stream in (sys.stdout, sys.stderr):  # an ASCII locale (LANG=C) cannot print 'α': escape, never fail
+        if hasattr(stream, "reconfigure") and stream.encoding.lower().replace("-", "") != "utf8":
+            stream.reconfigure(errors="backslashreplace")
+    try:
+        try:
+            rc = _main(argv)
+        except SystemExit as exc:  # --help, --version: their text may meet a closed pipe too
+            rc = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe prints "Exception ignored..."
+        return rc
+    except BrokenPipeError:
+        try:  # nothing more reaches the reader: send what is still buffered nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return SIGPIPE_EXIT
+
+
+def _main(argv: Optional[list[str]]) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -643,6 +704,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"lskd-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except (IsADirectoryError, NotADirectoryError) as exc:  # an output path that is a folder, or under a file
+        print(f"lskd-bench: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
     except OSError as exc:  # the machine, not the input: a full disk (DiskFull names the file)...
         import errno

@@ -23,6 +23,25 @@ from .schema import RUN, Section, deep_merge, flatten  # noqa: F401  (deep_merge
 from .tasks import Task
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (plain YAML keeps the last one, so a
+    second ``teacher:`` block silently drops the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise UsageError(f"key {key!r} appears twice in one mapping (lines {seen[key]} and {line}); "
+                                 "merge the two")
+            try:
+                seen[key] = line
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; any failure is a UsageError naming the file."""
     try:
@@ -33,7 +52,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         line = exc.object[: exc.start].count(b"\n") + 1
         raise UsageError(f"config {path} is not UTF-8 text (byte {exc.start}, line {line})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+    except UsageError as exc:
+        raise UsageError(f"config {path}: {exc}") from None
     except yaml.YAMLError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid YAML"
         raise UsageError(f"config {path} is not valid YAML: {first}") from None

@@ -64,7 +64,7 @@ def load_wordnet_parents() -> dict[str, str]:
     """WordNet 3.0 hypernym links of the ImageNet-1K classes and their ancestors (wnid -> parent wnid),
     from ``lskd_bench/data/imagenet_wordnet.tsv`` (see tools/build_imagenet_hierarchy.py)."""
     parents = {}
-    text = resources.files("lskd_bench").joinpath("data", "imagenet_wordnet.tsv").read_text()
+    text = resources.files("lskd_bench").joinpath("data", "imagenet_wordnet.tsv").read_text(encoding="utf-8")
     for line in text.splitlines():
         if line and not line.startswith("#"):
             wnid, parent, _ = line.split("\t", 2)

@@ -19,6 +19,12 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from .errors import UsageError
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+INT_MAX = 2**31 - 1  # the bound of an int Field without its own max
+
+
+def _num(x: float) -> str:
+    """A bound as written: 2147483647, not 2.14748e+09; 0.1 as 0.1."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
 
 
 @dataclass(frozen=True)
@@ -88,15 +94,18 @@ class Field:
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             return
         lo, hi = self.min, self.max
+        if hi is None and isinstance(v, int) and v > INT_MAX:  # ints reach C ints (seeds, threads, sizes)
+            raise UsageError(f"{key} must be <= {INT_MAX}, got {v!r}")
         bad_lo = lo is not None and (v <= lo if self.min_exclusive else v < lo)
         bad_hi = hi is not None and (v >= hi if self.max_exclusive else v > hi)
         if bad_lo or bad_hi:
             if hi is None:
-                rule = f"{'>' if self.min_exclusive else '>='} {lo:g}"
+                rule = f"{'>' if self.min_exclusive else '>='} {_num(lo)}"
             elif lo is None:
-                rule = f"{'<' if self.max_exclusive else '<='} {hi:g}"
+                rule = f"{'<' if self.max_exclusive else '<='} {_num(hi)}"
             else:
-                rule = f"in {'(' if self.min_exclusive else '['}{lo:g}, {hi:g}{')' if self.max_exclusive else ']'}"
+                rule = (f"in {'(' if self.min_exclusive else '['}{_num(lo)}, {_num(hi)}"
+                        f"{')' if self.max_exclusive else ']'}")
             raise UsageError(f"{key} must be {rule}, got {v!r}")
 
 
@@ -258,10 +267,10 @@ ANALYSIS = Section(
 
 LOCK = Section(
     {
-        "heartbeat_s": Field(float, 10.0, "seconds between a training process's lock heartbeats", min=0.1, identity=False),
+        "heartbeat_s": Field(float, 10.0, "seconds between a training process's lock heartbeats", min=0.1, max=3600.0, identity=False),
         "stale_s": Field(float, 300.0, "a lock without a heartbeat for this long is stale (its owner died)",
-                         min=1.0, identity=False),
-        "poll_s": Field(float, 1.0, "seconds between checks on cells another process trains", min=0.01, identity=False),
+                         min=1.0, max=30 * 86400.0, identity=False),
+        "poll_s": Field(float, 1.0, "seconds between checks on cells another process trains", min=0.01, max=3600.0, identity=False),
     },
     "cross-process cell locks",
 )
@@ -304,9 +313,9 @@ RUN = Section(
         "amp": Field(str, "bf16", "bf16 autocast on CUDA, or fp32", choices=("bf16", "fp32"), identity=False),
         "compile": Field(bool, False, "torch.compile the model being trained", identity=False),
         "channels_last": Field(bool, False, "channels_last memory format on CUDA", identity=False),
-        "num_workers": Field(int, 0, "data-loader worker processes", min=0, identity=False),
+        "num_workers": Field(int, 0, "data-loader worker processes", min=0, max=1024, identity=False),
         "threads": Field(int, None, "intra-op CPU threads per training process (null: the CPUs this process may "
-                         "use, divided by the cells trained at once)", min=1, nullable=True, identity=False),
+                         "use, divided by the cells trained at once)", min=1, max=4096, nullable=True, identity=False),
         "eval_batch_size": Field(int, 256, "batch size of evaluation and feature export", min=1, identity=False),
         "executor": Field(str, "auto", "where cells train: local, subprocess, torchrun, slurm or a plugin; auto: "
                           "subprocess over every GPU with several GPUs (or gpus/per_gpu given), torchrun with "
@@ -316,8 +325,8 @@ RUN = Section(
         "gpus": Field(str, None, "comma-separated GPU ids the subprocess/torchrun executors may use, e.g. \"0,1,2,3\" "
                       "(null: CUDA_VISIBLE_DEVICES if set, else every GPU)", nullable=True, identity=False,
                       check=lambda v: None if all(p.strip() for p in v.split(",")) else "must be comma-separated GPU ids"),
-        "per_gpu": Field(int, 1, "units sharing one GPU at a time (subprocess/torchrun executors)", min=1, identity=False),
-        "nproc_per_node": Field(int, 1, "DDP processes (GPUs) per unit (torchrun executor)", min=1, identity=False),
+        "per_gpu": Field(int, 1, "units sharing one GPU at a time (subprocess/torchrun executors)", min=1, max=256, identity=False),
+        "nproc_per_node": Field(int, 1, "DDP processes (GPUs) per unit (torchrun executor)", min=1, max=1024, identity=False),
         "fuse": Field(bool, True, "train the students of one teacher (and seed) in one shared data pass", identity=False),
         "max_fused": Field(int, 8, "at most this many cells in one fused pass (larger groups are split)", min=1, identity=False),
     }

@@ -78,7 +78,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
         raise
     try:
         os.fchmod(fd, 0o666 & ~umask())
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -168,7 +168,7 @@ def load_result(cell_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
     if not p.exists():
         return None, None
     try:
-        res = json.loads(p.read_text())
+        res = json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         return None, "is not UTF-8 text"
     except json.JSONDecodeError as exc:
@@ -180,9 +180,81 @@ def load_result(cell_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
     missing = [k for k in RESULT_KEYS if k not in res]
     if missing:
         return None, f"lacks {', '.join(missing)}"
-    if not isinstance(res["cell"], dict) or not isinstance(res["metrics"], dict):
-        return None, "has a malformed cell or metrics entry"
-    return res, None
+    problem = result_shape_problem(res)
+    return (None, problem) if problem else (res, None)
+
+
+ROLES = ("teacher", "student", "baseline")
+_NAME_KEYS = ("task", "arch", "method", "hash")  # each becomes part of a file name somewhere
+_OPTIONAL_NAME_KEYS = ("name", "teacher_arch")  # absent from results of older versions (or None)
+
+
+def safe_name(value: Any) -> bool:
+    """Can ``value`` be one component of a file name (no separator, not '.' or '..', no control characters)?
+    Names read from a run directory are untrusted (SECURITY.md): one with '../' would write outside the output."""
+    return (isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
+            and value.isprintable())
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _metrics_problem(m: Any, what: str) -> str | None:
+    if not isinstance(m, dict) or not m:
+        return f"has {what} that are not a non-empty mapping of names to numbers ({type(m).__name__})"
+    bad = next((k for k, v in m.items() if not isinstance(k, str) or not _number(v)), None)
+    return None if bad is None else f"has {what} with a non-numeric value ({bad}: {m[bad]!r})"
+
+
+def result_shape_problem(res: dict[str, Any]) -> str | None:
+    """Why a parsed result.json (hand-edited, or from another program) cannot be read as train.py writes it: the
+    types every reader (leaderboard, compare, plot, analyze, status) relies on, and names safe as file names."""
+    c = res["cell"]
+    if not isinstance(c, dict):
+        return f"has a cell entry that is not a mapping ({type(c).__name__})"
+    if c.get("role") not in ROLES:
+        return f"has cell.role {c.get('role')!r}, not one of {', '.join(ROLES)}"
+    for key in _NAME_KEYS + _OPTIONAL_NAME_KEYS:
+        if not safe_name(c.get(key)) and (key in _NAME_KEYS or c.get(key) is not None):
+            return f"has cell.{key} {c.get(key)!r}, not a plain name (no path separators)"
+    if not (_number(c.get("alpha")) or (c["role"] == "baseline" and c.get("alpha") is None)):
+        return f"has cell.alpha {c.get('alpha')!r}, not a number"
+    if not (c.get("T") is None or _number(c["T"])):
+        return f"has cell.T {c['T']!r}, not a number"
+    if not isinstance(c.get("seed"), int) or isinstance(c.get("seed"), bool):
+        return f"has cell.seed {c.get('seed')!r}, not an integer"
+    problem = _metrics_problem(res["metrics"], "metrics")
+    if problem:
+        return problem
+    best = res.get("best")
+    if best is not None and (not isinstance(best, dict) or _metrics_problem(best.get("metrics"), "best.metrics")):
+        return _metrics_problem(best.get("metrics") if isinstance(best, dict) else None, "best.metrics")
+    if not isinstance(res["epochs"], int) or isinstance(res["epochs"], bool):
+        return f"has epochs {res['epochs']!r}, not an integer"
+    if not isinstance(res["timings"], dict) or not _number(res["timings"].get("wall_s")):
+        return "has timings without a numeric wall_s"
+    history = res.get("history")
+    if history is not None:
+        if not isinstance(history, list):
+            return f"has a history that is not a list ({type(history).__name__})"
+        for i, h in enumerate(history):
+            ok = isinstance(h, dict) and _number(h.get("epoch")) and _number(h.get("loss"))
+            if not ok or ("eval" in h and h["eval"] is not None and _metrics_problem(h["eval"], "eval")):
+                return f"has history row {i + 1} without a numeric epoch, loss and eval metrics ({str(h)[:60]})"
+    for key in ("selection", "metric_info", "env", "run_config", "config"):
+        if res.get(key) is not None and not isinstance(res[key], dict):
+            return f"has a {key} entry that is not a mapping ({type(res[key]).__name__})"
+    if res.get("primary_metric") is not None and not isinstance(res["primary_metric"], str):
+        return f"has primary_metric {res['primary_metric']!r}, not a name"
+    specs = res.get("metric_specs")
+    if specs is not None and not (isinstance(specs, list) and all(isinstance(d, dict) and isinstance(d.get("name"), str)
+                                                                  for d in specs)):
+        return "has metric_specs that are not a list of {name: ...} mappings"
+    names = res.get("metric_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        return "has metric_names that are not a list of names"
+    return None
 
 
 def result_problem(cell_dir: Path) -> str | None:
@@ -235,7 +307,7 @@ def iter_results(root: Path, problems: list[str] | None = None) -> Iterator[dict
         if problem and problems is not None:
             problems.append(f"{p} {problem}: skipped ('lskd-bench run' trains the cell again)")
         if res is not None:
-            res.setdefault("cell_dir", str(p.parent))
+            res["cell_dir"] = str(p.parent)  # where it lies, never what the file claims
             yield res
 
 
@@ -257,7 +329,7 @@ def write_error(cell_dir: Path, cell: Any, exc: BaseException, **where: Any) -> 
 def read_error(cell_dir: Path) -> dict[str, Any] | None:
     p = Path(cell_dir) / ERROR
     try:
-        return json.loads(p.read_text())
+        return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
 

@@ -16,6 +16,13 @@ from lskd_bench.runners.executors import AutoExecutor, SubprocessExecutor, Torch
 TINY = ["--alphas", "0,0.1", "--temperatures", "1,4", "--epochs", "1", "--seeds", "0", "--no-progress"]
 
 
+@pytest.fixture(autouse=True)
+def gpu_machine(monkeypatch):
+    """The parent process stands in for a GPU machine (explicit ``gpus`` are refused where torch sees no GPU);
+    its workers train on the CPU, carrying the fake ids."""
+    monkeypatch.setattr(devices, "cuda_available", lambda: True)
+
+
 # ------------------------------------------------------------------------------------------ pool and discovery
 def test_pool_gives_distinct_gpus_and_takes_them_back():
     pool = DevicePool(["0", "1", "2"])

@@ -598,3 +598,57 @@ def test_pad_to_multiple_repeats_shapes_and_keeps_the_loss(tmp_path):
         s8, y8 = task.forward(model, p8)
         s1, y1 = task.forward(model, p1)
         assert torch.equal(y8, y1) and torch.allclose(s8, s1, rtol=1e-4, atol=1e-5)
+
+
+def test_long_test_line_is_cut_and_damaged_cells_translate_in_one_line(tmp_path, cli):
+    """Issue 26: a test line far longer than the model's positions is cut in evaluation, as translate cuts it, and
+    said (it went whole to the encoder: gigabytes); translate on a cell whose weights, spm.model or run_config are
+    missing or damaged, or with -o a directory, is one line, exit 2."""
+    import shutil
+
+    root = make_plain(tmp_path / "data", n_train=24, n_valid=3, n_test=3)
+    long_line = " ".join(["word"] * 3000)  # ~3000 sub-words > max_positions 64
+    (root / "test.en").write_text((root / "test.en").read_text(encoding="utf-8") + long_line + "\n", encoding="utf-8")
+    (root / "test.de").write_text((root / "test.de").read_text(encoding="utf-8") + "Wort\n", encoding="utf-8")
+    role = {"epochs": 1, "max_positions": 64}
+    o = tiny_nmt(root, grid={"alphas": [0.1], "temperatures": [1.0]}, teacher=role, student=role)
+    import yaml
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(o))
+    runs = tmp_path / "runs"
+    rc, out, err = cli("run", "--task", "iwslt_ende", "--config", str(tmp_path / "c.yaml"), "--out", str(runs),
+                       "--no-progress", "--no-baseline")
+    assert rc == 0, err
+    assert "note: test: 1 source line(s) longer than 64 sub-words cut to the models' longest input (e.g. line 4)" in err
+    teacher = next((runs / "iwslt_ende").glob("teacher_*"))
+    (tmp_path / "in.txt").write_text("hello\n", encoding="utf-8")
+
+    def damaged(name, edit):
+        d = tmp_path / name
+        shutil.copytree(teacher, d)
+        edit(d)
+        return d
+
+    def edit_result(d, change):
+        r = json.loads((d / store.RESULT).read_text())
+        change(r)
+        (d / store.RESULT).write_text(json.dumps(r))
+
+    cases = {
+        "model missing": (lambda d: (d / "model.pt").unlink(), "model.pt: unusable weights (is missing)"),
+        "model truncated": (lambda d: (d / "model.pt").write_bytes((d / "model.pt").read_bytes()[:100]),
+                            "model.pt: unusable weights (is corrupt"),
+        "spm missing": (lambda d: (d / "spm.model").unlink(), "spm.model"),
+        "spm truncated": (lambda d: (d / "spm.model").write_bytes((d / "spm.model").read_bytes()[:50]),
+                          "cannot rebuild the cell's vocabulary"),
+        "run_config a list": (lambda d: edit_result(d, lambda r: r.update(run_config=[1])), "run_config"),
+        "run_config without generation": (lambda d: edit_result(d, lambda r: r["run_config"].pop("generation")),
+                                          "train the cell again"),
+    }
+    for name, (edit, needle) in cases.items():
+        d = damaged(name.replace(" ", "_"), edit)
+        rc, _, err = cli("translate", "--run", str(d), "-i", str(tmp_path / "in.txt"), "--weights", "last",
+                         "--no-progress")
+        assert rc == 2 and err.count("\n") == 1 and needle in err, (name, err)
+    rc, _, err = cli("translate", "--run", str(teacher), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path))
+    assert rc == 2 and err == f"lskd-bench: error: -o/--output {tmp_path} is a directory: give a file name\n"

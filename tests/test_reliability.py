@@ -284,3 +284,370 @@ def test_run_waits_for_a_cell_held_by_a_live_process(tmp_path, cli):
         holder.wait()
     assert rc == 0, err
     assert "2 cells: trained 2, reused 0 finished" in out
+
+
+# ------------------------------------------------------------------------------------------ hand-edited results
+_EDITS = {
+    "metrics a list": lambda r: r.update(metrics=[1, 2]),
+    "metrics empty": lambda r: r.update(metrics={}),
+    "metric a string": lambda r: r["metrics"].update(top1="high"),
+    "alpha a string": lambda r: r["cell"].update(alpha="0.1"),
+    "role missing": lambda r: r["cell"].pop("role"),
+    "seed a string": lambda r: r["cell"].update(seed="0"),
+    "T a list": lambda r: r["cell"].update(T=[1]),
+    "history a dict": lambda r: r.update(history={"epoch": 1}),
+    "history row a list": lambda r: r["history"].append([3, 1.0]),
+    "history loss a string": lambda r: r["history"][0].update(loss="x"),
+    "history eval a list": lambda r: r["history"][0].update(eval=[40.0]),
+    "best metrics a list": lambda r: r.update(best={"epoch": 1, "metrics": [1]}),
+    "epochs a string": lambda r: r.update(epochs="2"),
+    "timings without wall_s": lambda r: r.update(timings={}),
+    "metric_specs a string": lambda r: r.update(metric_specs="top1"),
+    "selection a list": lambda r: r.update(selection=["valid"]),
+    "run_config a list": lambda r: r.update(run_config=[1]),
+}
+
+
+@pytest.mark.parametrize("edit", list(_EDITS))
+def test_hand_edited_result_of_wrong_types_is_skipped_and_named(tmp_path, cli, edit):
+    """leaderboard, compare and plot skip a result.json of the wrong types with a warning naming the file, as they do
+    for one that is not JSON, and report the other cells."""
+    from .test_security import _fake_results
+
+    runs = tmp_path / "runs"
+    _fake_results(runs)
+    bad = next(p for p in sorted(runs.rglob(store.RESULT)) if "student_dkd" in str(p))
+    res = json.loads(bad.read_text())
+    _EDITS[edit](res)
+    bad.write_text(json.dumps(res))
+    for argv in (["leaderboard"], ["compare"], ["plot"]):
+        rc, _, err = cli(*argv, "--runs", str(runs))
+        assert rc == 0, (argv, err)
+        assert f"warning: {bad} " in err and "skipped" in err, (argv, err)
+        assert "Traceback" not in err
+
+
+def test_live_local_owner_is_never_stale_whatever_its_heartbeat_age(tmp_path, cli):
+    """heartbeat_s >= stale_s used to let a second run take over a live owner's lock (two runs trained the same
+    cells): a live owner on this host is judged by its process, not its heartbeat; a reused pid is not its owner;
+    and a heartbeat interval that could outlast stale_s is refused."""
+    a = CellLock(tmp_path)
+    assert a.try_acquire(stale_s=60)
+    old = time.time() - 3600
+    os.utime(tmp_path / LOCK, (old, old))  # no heartbeat for an hour, owner (this process) alive
+    assert read_lock(tmp_path).age > 60
+    assert not CellLock(tmp_path).try_acquire(stale_s=60)
+    a.release()
+    rec = {"host": os.uname().nodename, "pid": os.getpid(), "token": "x", "since": 0, "start": 1}  # a reused pid
+    (tmp_path / LOCK).write_text(json.dumps(rec))
+    assert CellLock(tmp_path).try_acquire(stale_s=60)
+    rc, _, err = cli("run", "--dry-run", "--out", str(tmp_path / "runs"), "--set", "lock.heartbeat_s=300",
+                     "--set", "lock.stale_s=300")
+    assert rc == 2 and err == ("lskd-bench: error: lock.heartbeat_s (300) must be at most half of lock.stale_s (300): "
+                               "a lock is taken over when its heartbeat is older than stale_s\n")
+
+
+@pytest.mark.parametrize("argv", [["tasks"], ["methods"], ["config"], ["--help"], ["run", "--help"],
+                                  ["run", "--dry-run", "--out", "{tmp}/runs"], ["leaderboard", "--runs", "{tmp}/runs"],
+                                  ["status", "--runs", "{tmp}/runs"]])
+def test_closed_output_pipe_ends_every_command_quietly(tmp_path, argv):
+    """`lskd-bench tasks | head -c1`: the reader is gone before the command writes (a pipe whose read end is
+    closed, so the write fails every time): no traceback, no 'Exception ignored', exit 141 as SIGPIPE'd tools."""
+    from .test_security import _fake_results
+
+    _fake_results(tmp_path / "runs")
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "lskd_bench", *[a.format(tmp=tmp_path) for a in argv]],
+                              stdout=w, stderr=subprocess.PIPE, text=True, timeout=HANG_GUARD_S)
+    finally:
+        os.close(w)
+    expected = 0 if "--help" in argv else 141  # argparse's help swallows the failed write itself
+    assert proc.returncode == expected and "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, \
+        proc.stderr
+    assert "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_head_reads_the_first_line_of_tasks(tmp_path):
+    out = subprocess.run(f"{sys.executable} -m lskd_bench tasks | head -c1; echo; "
+                         f"{sys.executable} -m lskd_bench methods | head -1", shell=True, capture_output=True,
+                         text=True, timeout=HANG_GUARD_S)
+    assert out.stderr == "" and out.stdout.count("\n") == 2 and out.stdout.startswith("c\n") and len(out.stdout) > 10
+
+
+FAST_DIGITS = ["--epochs", "1", "--alphas", "0.1", "--temperatures", "1", "--seeds", "0", "--no-progress"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+@pytest.mark.parametrize("argv, needle", [
+    (["run", "--device", "cuda"], "device cuda: torch sees no CUDA GPU on this machine; use --device cpu or auto"),
+    (["run", "--device", "cuda", "--executor", "subprocess"], "device cuda: torch sees no CUDA GPU"),
+    (["run", "--gpus", "3"], "gpus 3: torch sees no CUDA GPU on this machine; leave out --gpus (and --per-gpu) to "
+                             "train on the CPU"),
+    (["run", "--gpus", "0,1", "--nproc-per-node", "2"], "gpus 0,1: torch sees no CUDA GPU"),
+    (["translate", "--run", "{tmp}/none", "--device", "cuda"], "device cuda: torch sees no CUDA GPU"),
+])
+def test_gpu_options_without_a_gpu_are_one_line(tmp_path, cli, argv, needle):
+    """--device cuda and --gpus on a machine without a GPU: one line, exit 2, nothing written (they used to
+    train on the CPU saying '1 GPU (3)', or end in a traceback)."""
+    runs = tmp_path / "runs"
+    rc, out, err = cli(*[a.format(tmp=tmp_path) for a in argv], *(["--out", str(runs), *FAST_DIGITS]
+                                                                   if argv[0] == "run" else []))
+    assert rc == 2 and err.count("\n") == 1 and needle in err, err
+    assert not runs.exists()
+
+
+# ------------------------------------------------------------------------------------------ CIFAR: run checks as check-data
+def _edit_cifar_train(d: Path, edit) -> None:
+    import pickle
+
+    with open(d / "train", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    edit(raw)
+    with open(d / "train", "wb") as f:
+        pickle.dump(raw, f, protocol=2)
+
+
+def test_cifar_without_train_images_stops_run_as_check_data_does(tmp_path, cli):
+    """A train pickle with 0 images: check-data exits 2; run --dry-run and run used to exit 0 and train."""
+    import numpy as np
+
+    from .image_fixtures import make_cifar100
+
+    d = make_cifar100(tmp_path / "data", per_class=(1, 1))
+    _edit_cifar_train(d, lambda raw: raw.update({b"data": np.zeros((0, 3072), np.uint8), b"fine_labels": []}))
+    base = ["--task", "cifar100", "--data-root", str(tmp_path / "data")]
+    rc, out, err = cli("check-data", "--no-progress", *base)
+    assert rc == 2 and "problem: train: 100 class(es) without images (e.g. apple) (it holds no images)" in out
+    runs = tmp_path / "runs"
+    for extra in (["--dry-run"], ["--epochs", "1", "--no-progress"]):
+        rc, _, err = cli("run", "--out", str(runs), *base, *extra)
+        assert rc == 2 and err == (f"lskd-bench: error: cifar100: {d}: train: 100 class(es) without images (e.g. "
+                                   "apple) (it holds no images)\n"), err
+        assert not runs.exists()
+
+
+@pytest.mark.parametrize("labels, needle", [
+    (lambda n: [3.5] + [0] * (n - 1), "fine_labels must be integers, got 3.5"),
+    (lambda n: [True] * n, "fine_labels must be integers, got True"),
+    (lambda n: [5] * (n - 1) + [-1], "1 fine_labels outside 0..99 (e.g. image {last}: -1)"),  # not the largest valid
+])
+def test_cifar_labels_are_integers_in_range_and_the_example_is_a_bad_one(tmp_path, cli, labels, needle):
+    from .image_fixtures import make_cifar100
+
+    d = make_cifar100(tmp_path / "data", per_class=(1, 1))
+    _edit_cifar_train(d, lambda raw: raw.update({b"fine_labels": labels(len(raw[b"fine_labels"]))}))
+    rc, _, err = cli("run", "--dry-run", "--out", str(tmp_path / "runs"), "--task", "cifar100", "--data-root",
+                     str(tmp_path / "data"))
+    assert rc == 2 and err.count("\n") == 1 and needle.format(last=99) in err, err
+
+
+def test_ascii_locale_reads_recipes_and_writes_tables(tmp_path):
+    """Under LANG=C without Python's UTF-8 mode the locale encoding is ASCII: the shipped recipes (UTF-8, 'mean ±
+    std') are read as UTF-8 and tables with 'α' are written as UTF-8 and printed escaped, not a traceback."""
+    from .test_security import _fake_results
+
+    _fake_results(tmp_path / "runs")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    out = {}
+    for argv in (["config"], ["tasks"], ["leaderboard", "--runs", str(tmp_path / "runs")]):
+        proc = subprocess.run([sys.executable, "-m", "lskd_bench", *argv], env=env, capture_output=True,
+                              timeout=HANG_GUARD_S)
+        assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr.decode(errors="replace")
+        out[argv[0]] = proc.stdout
+    assert "α = 0.0" in (tmp_path / "runs" / "leaderboard.md").read_text(encoding="utf-8")
+    assert b"\\u03b1 = 0.0" in out["leaderboard"]
+
+
+def test_yaml_key_given_twice_is_one_line(tmp_path, cli):
+    """A second 'teacher:' block used to drop the first silently."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("teacher:\n  epochs: 7\nstudent:\n  epochs: 2\nteacher:\n  lr: 0.2\n")
+    rc, _, err = cli("config", "--config", str(cfg))
+    assert rc == 2 and err == (f"lskd-bench: error: config {cfg}: key 'teacher' appears twice in one mapping "
+                               "(lines 1 and 5); merge the two\n")
+    cfg.write_text("teacher:\n  epochs: 7\n  epochs: 8\n")
+    rc, _, err = cli("run", "--dry-run", "--config", str(cfg), "--out", str(tmp_path / "runs"))
+    assert rc == 2 and "key 'epochs' appears twice in one mapping (lines 2 and 3)" in err
+
+
+def test_method_given_twice_is_one_line(tmp_path, cli):
+    rc, _, err = cli("run", "--dry-run", "--methods", "kd,dkd,kd", "--out", str(tmp_path / "runs"))
+    assert rc == 2 and err == "lskd-bench: error: methods lists kd twice: kd, dkd, kd\n"
+
+
+def test_byte_order_marks_are_not_text(tmp_path, cli, cub_root):
+    """A UTF-8 BOM (Windows editors) used to become part of the first reference BLEU scores, of the first line
+    translate/score read, and a 'field-count' error in a CUB index file."""
+    import shutil
+
+    from lskd_bench.runners.inference import read_text_lines
+    from lskd_bench.tasks.nmt.corpus import read_corpus
+
+    from .nmt_fixtures import make_plain
+
+    root = make_plain(tmp_path / "corpus", n_train=10, n_valid=3, n_test=4)
+    clean = read_corpus(root, "en", "de")
+    for name in ("test.de", "train.en"):
+        (root / name).write_bytes(b"\xef\xbb\xbf" + (root / name).read_bytes())
+    bom = read_corpus(root, "en", "de")
+    assert bom.test == clean.test and bom.train == clean.train
+    (tmp_path / "in.txt").write_bytes(b"\xef\xbb\xbfHallo\nWelt\n")
+    assert read_text_lines(str(tmp_path / "in.txt")) == ["Hallo", "Welt"]
+    cub = tmp_path / "cub"
+    shutil.copytree(cub_root, cub)
+    index = next(cub.rglob("images.txt"))
+    index.write_bytes(b"\xef\xbb\xbf" + index.read_bytes())
+    rc, out, err = cli("check-data", "--task", "cub200", "--data-root", str(cub), "--no-progress")
+    assert rc == 0, err
+
+
+def test_score_on_empty_files_is_one_line(tmp_path, cli):
+    for name in ("ref.de", "hyp.de"):
+        (tmp_path / name).write_text("")
+    rc, _, err = cli("score", "--ref", str(tmp_path / "ref.de"), "--hyp", str(tmp_path / "hyp.de"))
+    assert rc == 2 and err == f"lskd-bench: error: {tmp_path / 'ref.de'} is empty: nothing to score\n"
+
+
+def test_fifos_named_like_data_never_block(tmp_path, cli, imagenet_root, cub_root):
+    """A FIFO named like an image in a class folder is skipped unopened by check-data and run alike; one named like
+    CUB's images.txt or a corpus file is refused unopened (opening a FIFO waits forever for a writer)."""
+    import shutil
+
+    from .nmt_fixtures import make_plain
+
+    inet = tmp_path / "inet"
+    shutil.copytree(imagenet_root, inet)
+    cls = sorted((inet / "train").iterdir())[0]
+    os.mkfifo(cls / "fifo.JPEG")
+    rc, out, err = cli("check-data", "--task", "imagenet", "--data-root", str(inet), "--no-progress")
+    assert rc == 0, err
+    assert "imagenet: data OK (train 12, val 6)" in out  # the FIFO is not listed
+    cub = tmp_path / "cub"
+    shutil.copytree(cub_root, cub)
+    index = next(cub.rglob("images.txt"))
+    index.unlink()
+    os.mkfifo(index)
+    for argv in (["check-data", "--no-progress"], ["run", "--dry-run", "--out", str(tmp_path / "runs")]):
+        rc, _, err = cli(*argv, "--task", "cub200", "--data-root", str(cub))
+        assert rc == 2 and err == f"lskd-bench: error: {index} is a FIFO, not a data file: refused unopened\n", err
+    corpus = make_plain(tmp_path / "corpus", n_train=10, n_valid=3, n_test=4)
+    (corpus / "test.de").unlink()
+    os.mkfifo(corpus / "test.de")
+    from lskd_bench.errors import UsageError
+    from lskd_bench.tasks.nmt.corpus import read_corpus
+
+    with pytest.raises(UsageError, match=r"corpus/test.de is (a FIFO|missing)"):
+        read_corpus(corpus, "en", "de")
+
+
+def _numeric_fields(section, prefix=""):
+    from lskd_bench.schema import Section
+
+    for key, f in section.fields.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(f, Section):
+            yield from _numeric_fields(f, dotted)
+        elif f.type in (int, float, [int], [float]):
+            yield dotted, f
+
+
+def test_every_numeric_key_of_every_task_has_an_upper_bound_and_refuses_nan():
+    """Every int key refuses 10**20 (seeds, threads, sizes reach C ints: a traceback before), every float key NaN
+    and infinity; the time keys that reach timers refuse 1e300. Checked over every task's full schema."""
+    from lskd_bench.config import full_schema
+    from lskd_bench.errors import UsageError
+    from lskd_bench.tasks import get_task, task_names
+
+    seen = 0
+    for task in task_names():
+        for key, f in _numeric_fields(full_schema(get_task(task))):
+            scalar = f.type[0] if isinstance(f.type, list) else f.type
+            bad = [10**20] if scalar is int else [float("nan"), float("inf"), -float("inf")]
+            for v in bad:
+                with pytest.raises(UsageError, match=re.escape(key)):
+                    f.normalise([v] if isinstance(f.type, list) else v, key)
+            seen += 1
+    assert seen > 50
+    for key in ("lock.heartbeat_s", "lock.stale_s", "lock.poll_s", "slurm.poll_s"):
+        section, name = key.split(".")
+        f = full_schema(get_task("digits")).fields[section].fields[name]
+        with pytest.raises(UsageError, match=re.escape(key)):
+            f.normalise(1e300, key)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["run", "--dry-run", "--seeds", "100000000000000000000"], "grid.seeds must be <= 2147483647, got 10000"),
+    (["run", "--dry-run", "--set", "lock.heartbeat_s=1e300"], "lock.heartbeat_s must be in [0.1, 3600], got 1e+300"),
+    (["run", "--dry-run", "--threads", "99999999999"], "threads must be in [1, 4096], got 99999999999"),
+    (["run", "--dry-run", "--set", "teacher.seed=1e20"], "teacher.seed must be an integer"),
+    (["analyze", "--target", "x", "--t1", "nan"], "--t1 must be > 0 and <= 1000000, got nan"),
+    (["analyze", "--target", "x", "--limit", "100000000000000000000"], "--limit must be >= 1 and <= 2147483647"),
+    (["visualize", "--per-class", "0"], "--per-class must be >= 1 and <= 2147483647, got 0"),
+    (["translate", "--run", "x", "--lenpen", "nan"], "--lenpen must be >= -1000 and <= 1000, got nan"),
+    (["translate", "--run", "x", "--max-len-a", "inf"], "--max-len-a must be >= 0 and <= 1000, got inf"),
+    (["translate", "--run", "x", "--beam", "100000000000"], "--beam must be >= 1 and <= 1024"),
+])
+def test_huge_and_nan_options_are_one_line(tmp_path, cli, argv, needle):
+    rc, _, err = cli(*argv, *(["--out", str(tmp_path / "runs")] if argv[0] == "run" else []))
+    assert rc == 2 and err.count("\n") == 1 and needle in err, err
+
+
+def test_cell_or_task_folder_replaced_by_a_file_is_one_line(tmp_path, cli):
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.grid import resolve_config
+
+    from .conftest import tiny_overrides
+
+    args = ["--alphas", "0.1", "--temperatures", "1", "--seeds", "0", "--epochs", "1", "--no-progress"]
+    cell = next(c for c in plan_cells(resolve_config("digits", {}, tiny_overrides(grid={"alphas": [0.1],
+                                                                                         "temperatures": [1.0]})))
+                if c.role == "student")
+    runs = tmp_path / "runs"
+    (runs / "digits").mkdir(parents=True)
+    cell.dir(runs).write_text("x")
+    rc, _, err = cli("run", "--out", str(runs), *args)
+    assert rc == 2 and err == (f"lskd-bench: error: {cell.dir(runs)} is a file where lskd-bench keeps a folder: move "
+                               "it away and run again\n"), err
+    cell.dir(runs).unlink()
+    (runs / "digits").rmdir()
+    (runs / "digits").write_text("x")
+    rc, _, err = cli("run", "--out", str(runs), *args)
+    assert rc == 2 and f"{runs / 'digits'} is a file where lskd-bench keeps a folder" in err
+    for argv in (["status"], ["leaderboard"], ["plot"], ["compare"]):
+        rc, _, err = cli(*argv, "--runs", str(runs))
+        assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+
+
+
+def test_the_same_data_at_another_path_reuses_the_finished_cells(tmp_path, cli):
+    """data.root is part of a cell's hash (pinned: tests/test_hashes.py); the same data at another path used to
+    retrain the grid. Cells now record their data's fingerprint (data.json) and a run on the same content at
+    another path links to them; other content trains anew."""
+    import shutil
+
+    from .image_fixtures import make_cifar100
+
+    make_cifar100(tmp_path / "a", per_class=(1, 1))
+    args = ["--task", "cifar100", "--alphas", "0.1", "--temperatures", "1", "--seeds", "0", "--epochs", "1",
+            "--batch-size", "50", "--no-baseline", "--no-progress", "--out", str(tmp_path / "runs")]
+    rc, out, err = cli("run", "--data-root", str(tmp_path / "a"), *args)
+    assert rc == 0 and "2 cells: trained 2" in out, err
+    first = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "runs").rglob(store.RESULT)}
+    assert all((tmp_path / "runs" / "cifar100" / name / "data.json").is_file() for name in first)
+    for name in first:  # as results made before data.json: found while their data is still at their path
+        (tmp_path / "runs" / "cifar100" / name / "data.json").unlink()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # the same data, elsewhere
+    rc, out, err = cli("run", "--data-root", str(tmp_path / "b"), *args)
+    assert rc == 0 and "2 cells: trained 0, reused 2 finished" in out, out + err
+    found = [line for line in out.splitlines() if line.startswith("found: ")]
+    assert len(found) == 2 and all(f"finished at {tmp_path / 'a'}: " in line for line in found), out
+    rc, out, _ = cli("leaderboard", "--runs", str(tmp_path / "runs"))
+    assert rc == 0 and "(2 cells)" in _
+    # other content at another path trains anew
+    shutil.copytree(tmp_path / "a", tmp_path / "c")
+    _edit_cifar_train(tmp_path / "c" / "cifar-100-python",
+                      lambda raw: raw.update({b"fine_labels": list(reversed(raw[b"fine_labels"]))}))
+    rc, out, err = cli("run", "--data-root", str(tmp_path / "c"), *args)
+    assert rc == 0 and "2 cells: trained 2" in out and "found: " not in out, out + err

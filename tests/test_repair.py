@@ -124,7 +124,8 @@ def test_run_announces_a_wait_on_an_unreadable_lock_then_takes_it_over(tmp_path,
     d = next(c for c in plan_cells(cfg) if c.role == "teacher").dir(tmp_path)
     d.mkdir(parents=True)
     (d / LOCK).write_bytes(b"")  # fresh: taken over once lock.stale_s (1 s) passed without a touch
-    rc, out, err = cli("run", "--out", str(tmp_path), *TINY, "--no-baseline", "--set", "lock.stale_s=1",
+    rc, out, err = cli("run", "--out", str(tmp_path), *TINY, "--no-baseline", "--set", "lock.stale_s=1", "--set",
+                       "lock.heartbeat_s=0.5",
                        "--set", "lock.poll_s=0.05")
     assert rc == 0, err
     assert re.search(r"waiting: teacher_cnn_wide_a0\.1_s0 is locked \(unreadable lock \(empty\), last touched \d+ s ago; "

@@ -23,14 +23,16 @@ def _fmt(v: float) -> str:
     return f"{v:g}"
 
 
-def group_results(runs: Path, task: Optional[str] = None) -> dict[str, dict[tuple, list[dict[str, Any]]]]:
-    """{task: {group key: [result, ...]}} of the finished cells under ``runs`` (latest result per cell name)."""
+def group_results(runs: Path, task: Optional[str] = None,
+                  problems: Optional[list[str]] = None) -> dict[str, dict[tuple, list[dict[str, Any]]]]:
+    """{task: {group key: [result, ...]}} of the finished cells under ``runs`` (latest result per cell name;
+    unusable results: a line each in ``problems``)."""
     latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for res in store.iter_results(runs):
+    for res in store.iter_results(runs, problems):
         c = res["cell"]
         if task and c["task"] != task:
             continue
-        key = (c["task"], c["name"])
+        key = (c["task"], c.get("name") or c["hash"])
         if key not in latest or res.get("finished_at", "") >= latest[key].get("finished_at", ""):
             latest[key] = res
     if not latest:
@@ -129,11 +131,12 @@ def plot_group(task: str, key: tuple, results: list[dict[str, Any]], path: Path,
     return path
 
 
-def plot_curves(runs: Path, out: Optional[Path] = None, task: Optional[str] = None) -> list[Path]:
+def plot_curves(runs: Path, out: Optional[Path] = None, task: Optional[str] = None,
+                problems: Optional[list[str]] = None) -> list[Path]:
     """Write one PNG per (task, group) under ``out`` (default RUNS/<task>/curves/); return their paths."""
     runs = Path(runs)
     paths = []
-    for t, groups in sorted(group_results(runs, task).items()):
+    for t, groups in sorted(group_results(runs, task, problems).items()):
         every = [r for rs in groups.values() for r in rs]
         alphas = sorted({r["cell"]["alpha"] for r in every})
         temps = sorted({r["cell"]["T"] for r in every if r["cell"]["T"] is not None})

@@ -92,7 +92,15 @@ def _sort_key(r: dict[str, Any]):
 
 def collect(runs: Path, select: str = "best", problems: list[str] | None = None) -> list[dict[str, Any]]:
     """Rows for every finished cell under ``runs``, in a stable order (unusable results: a line in ``problems``)."""
-    return sorted((row_of(r, select) for r in store.iter_results(Path(runs), problems)), key=_sort_key)
+    rows = []
+    for r in store.iter_results(Path(runs), problems):
+        try:
+            rows.append(row_of(r, select))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # hand-edited beyond what store checks
+            if problems is not None:
+                problems.append(f"{Path(r['cell_dir']) / store.RESULT} has a malformed entry ({type(exc).__name__}: "
+                                f"{exc}): skipped ('lskd-bench run' trains the cell again)")
+    return sorted(rows, key=_sort_key)
 
 
 def metric_columns(rows: Iterable[dict[str, Any]]) -> list[str]:

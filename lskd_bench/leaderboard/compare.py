@@ -328,10 +328,10 @@ def pair_note(rows: list[dict[str, Any]], task: str) -> str:
 
 
 def compare(runs: Path, out: Path, baseline: str = "kd", metric: Optional[str] = None, task: Optional[str] = None,
-            select: str = "best") -> tuple[str, list[Path]]:
+            select: str = "best", problems: Optional[list[str]] = None) -> tuple[str, list[Path]]:
     """Write OUT.md, OUT.csv (table 1 cells), OUT_ls.csv (table 2), OUT_reference.csv (table 3, where published
     references exist) and OUT_<task>.png; return the markdown."""
-    rows = collect(Path(runs), select)
+    rows = collect(Path(runs), select, problems)  # unusable results: a line each in ``problems``
     frame = results.load(Path(runs), select)  # the per-cell values every table aggregates (groupby)
     tasks = sorted({r["task"] for r in rows if r["role"] == "student"})
     if task is not None:

@@ -47,7 +47,7 @@ class Reference:
 
 @lru_cache(maxsize=1)
 def references() -> tuple[Reference, ...]:
-    data = yaml.safe_load(resources.files("lskd_bench").joinpath("data", "paper_reference.yaml").read_text())
+    data = yaml.safe_load(resources.files("lskd_bench").joinpath("data", "paper_reference.yaml").read_text(encoding="utf-8"))
     out = []
     for t in data["tables"]:
         out.append(Reference(
@@ -276,7 +276,7 @@ class KDReference:
 
 @lru_cache(maxsize=1)
 def kd_references() -> tuple[KDReference, ...]:
-    data = yaml.safe_load(resources.files("lskd_bench").joinpath("data", "kd_reference.yaml").read_text())
+    data = yaml.safe_load(resources.files("lskd_bench").joinpath("data", "kd_reference.yaml").read_text(encoding="utf-8"))
     logit = tuple(KDReference(r["task"], r["teacher_arch"], r["student_arch"], r["method"], float(r["T"]),
                               float(r["top1"]), r["source"], r["recipe"]) for r in data["references"])
     return logit + feature_references()

@@ -146,3 +146,6 @@ def validate_grid(cfg: dict[str, Any]) -> None:
     for name, values in (("grid.alphas", grid["alphas"]), ("grid.temperatures", grid["temperatures"]), ("grid.seeds", grid["seeds"])):
         if len(set(values)) != len(values):
             raise UsageError(f"{name} lists a value twice: {values}")
+    if len(set(cfg["methods"])) != len(cfg["methods"]):  # kd,kd planned one cell twice
+        twice = next(m for m in cfg["methods"] if cfg["methods"].count(m) > 1)
+        raise UsageError(f"methods lists {twice} twice: {', '.join(cfg['methods'])}")

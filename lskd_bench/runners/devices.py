@@ -6,8 +6,9 @@ set, else every GPU torch sees (none on a CPU-only machine or with ``device: cpu
 distinct GPUs. The worker of a unit sees only its GPUs (``CUDA_VISIBLE_DEVICES``), so ``cuda:0`` (DDP rank
 r: ``cuda:r``) is the GPU it was given.
 
-Explicit ``gpus`` are not checked against the hardware: on a machine without CUDA they are labels the
-workers carry (how the tests prove the assignment).
+Explicit ``gpus`` are not checked against the ids the machine has (they may be UUIDs, or outside this process's
+``CUDA_VISIBLE_DEVICES``), but a machine where torch sees no GPU at all refuses them (``require_cuda``), as it
+refuses ``device: cuda``: training would silently run on the CPU.
 """
 from __future__ import annotations
 
@@ -28,6 +29,22 @@ def parse_gpus(text: str) -> list[str]:
     if len(set(ids)) != len(ids):
         raise UsageError(f"gpus names a GPU twice: {text!r}")
     return ids
+
+
+def cuda_available() -> bool:
+    """Can torch use a CUDA GPU in this process? (one place, so tests can stand in for a GPU machine)"""
+    return torch.cuda.is_available()
+
+
+def require_cuda(cfg: Mapping[str, Any], where: str = "") -> None:
+    """UsageError when the config asks for GPUs (``device: cuda``, explicit ``gpus``) on a machine without one."""
+    if cuda_available():
+        return
+    if cfg.get("device") == "cuda":
+        raise UsageError(f"device cuda: torch sees no CUDA GPU on this machine{where}; use --device cpu or auto")
+    if cfg.get("gpus") is not None:
+        raise UsageError(f"gpus {cfg['gpus']}: torch sees no CUDA GPU on this machine{where}; leave out --gpus "
+                         "(and --per-gpu) to train on the CPU")
 
 
 def discover(cfg: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None) -> list[str]:

@@ -33,7 +33,7 @@ from ..registry import EXECUTORS
 from ..schema import Section
 from .cells import Cell
 from . import devices
-from .devices import DevicePool, discover, worker_env
+from .devices import DevicePool, discover, require_cuda, worker_env
 from .lock import is_stale, read_lock
 from .scheduler import Scheduler, raise_if_data_error
 from .train import resolve_device, threads_scope
@@ -64,6 +64,10 @@ class Executor:
 
 @EXECUTORS.register("local")
 class LocalExecutor(Executor):
+    @classmethod
+    def validate(cls, cfg: dict) -> None:
+        require_cuda({"device": cfg["device"]})  # gpus: ignored here, with a note
+
     def run(self, job: GridJob, units: list[list[Cell]]) -> None:
         if job.cfg["gpus"] is not None or job.cfg["per_gpu"] > 1:
             job.say("note: --gpus and --per-gpu are used by the subprocess and torchrun executors; the local executor "
@@ -141,6 +145,7 @@ class SubprocessExecutor(Executor):
 
     @classmethod
     def validate(cls, cfg: dict) -> None:
+        require_cuda(cfg)
         gpus = discover(cfg)
         k = cls().procs_per_unit(cfg)
         if gpus and k > len(gpus):
@@ -276,7 +281,7 @@ class DeviceLog:
     def say(self, text: str, first: bool = False) -> None:
         line = f"lskd-bench: {text}" if first else text
         print(line, flush=True)
-        with open(self.path, "a") as f:
+        with open(self.path, "a", encoding="utf-8") as f:
             f.write(f"{datetime.now().isoformat(timespec='seconds')} {line}\n")
 
     def event(self, what: str, gpus: Optional[list[str]], unit: list[Cell], states: Optional[list[str]] = None) -> None:

@@ -22,6 +22,7 @@ from ..tasks import DEFAULT_TASK, get_task
 from .cells import Cell, grid_values, plan_cells, validate_grid
 from .loggers import check_loggers
 from .probe import check_feature_methods
+from .moved import find_moved, record_fingerprints
 from .repair import repair_cells
 from .scheduler import Scheduler, raise_if_data_error  # noqa: F401  (re-exported)
 from .units import GridJob, unit_inputs  # noqa: F401  (re-exported)
@@ -43,6 +44,9 @@ def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Ma
     cfg = res.cfg
     cfg["task"] = name
     validate_grid(cfg)
+    if cfg["lock"]["heartbeat_s"] * 2 > cfg["lock"]["stale_s"]:  # a live owner elsewhere must look alive
+        raise UsageError(f"lock.heartbeat_s ({cfg['lock']['heartbeat_s']:g}) must be at most half of lock.stale_s "
+                         f"({cfg['lock']['stale_s']:g}): a lock is taken over when its heartbeat is older than stale_s")
     check_student_methods(cfg["methods"], task.kind)
     executor = EXECUTORS.get(cfg["executor"])
     if check_executor and hasattr(executor, "validate"):
@@ -145,9 +149,13 @@ def run_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridSumma
     store.check_writable_dir(out)
     task = get_task(cfg["task"])
     cells = plan_cells(cfg)
+    for d in (out / cfg["task"], out / cfg["task"] / "configs", *(c.dir(out) for c in cells)):
+        if d.exists() and not d.is_dir():  # a file where a folder belongs: no cell can be written there
+            raise UsageError(f"{d} is a file where lskd-bench keeps a folder: move it away and run again")
     if any(store.read_result(c.dir(out)) is None for c in cells):
         task.check_layout(cfg)  # bad data is bad input: stop before anything is written
     repairs = repair_cells(cells, out)
+    repairs += find_moved(cells, cfg, out)  # the same data at another path: its finished cells are reused
     pending = [c for c in cells if store.read_result(c.dir(out)) is None]
     reused = [c for c in cells if c not in pending]
     cfg_path = out / cfg["task"] / "configs" / f"{config_hash(cfg)}.yaml"
@@ -160,6 +168,7 @@ def run_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridSumma
         units = fuse_units(pending, fuse=cfg["fuse"], max_fused=cfg["max_fused"])
         executor = EXECUTORS.get(cfg["executor"])()
         executor.run(job, units)
+    record_fingerprints(cells, cfg, out)  # what data each finished cell saw, for runs of it at another path
     return GridSummary(cells, job.trained, reused, time.perf_counter() - t0, out, failed=list(job.failed.values()),
                        blocked=job.blocked, elsewhere=job.elsewhere, submitted=job.submitted, queued=job.queued,
                        notes=job.notes, repairs=job.repairs)

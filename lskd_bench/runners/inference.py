@@ -85,15 +85,45 @@ def load_cell(cell_dir: Path, weights: str = "selected", device: Optional[torch.
     task = get_task(result["cell"]["task"])
     if task.kind != "translation":
         raise UsageError(f"{cell_dir.name} is a cell of task {task.name} ({task.kind}): translate takes a translation cell")
-    cfg = cell_config(task, result)
-    data = task.inference_data(cell_dir, result)
     role = "teacher" if result["cell"]["role"] == "teacher" else "student"
-    model = task.build_model(result["cell"]["arch"], data, cfg, cfg[role])
+    try:
+        cfg = cell_config(task, result)
+        lacks = [k for k in (role, "generation", "data") if not isinstance(cfg.get(k), dict)]
+        if lacks:
+            raise ValueError(f"no {', '.join(lacks)} section")
+    except UsageError as exc:
+        raise UsageError(f"{cell_dir / store.RESULT}: its config does not resolve ({exc}); train the cell again") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UsageError(f"{cell_dir / store.RESULT}: damaged run_config ({type(exc).__name__}: {exc}); "
+                         "train the cell again") from None
+    try:
+        data = task.inference_data(cell_dir, result)
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - sentencepiece/OS errors of a missing or truncated spm.model
+        raise UsageError(f"{cell_dir}: cannot rebuild the cell's vocabulary from its files ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}); train the cell again") from None
+    try:
+        model = task.build_model(result["cell"]["arch"], data, cfg, cfg[role])
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a run_config edited into values the model cannot take
+        raise UsageError(f"{cell_dir / store.RESULT}: its config does not build a model ({type(exc).__name__}: "
+                         f"{exc}); train the cell again") from None
     name = (result.get("weights") or {}).get(weights, store.MODEL)
     epoch = (result.get("selection") or {}).get("epoch") if weights == "selected" else result.get("epochs")
     if weights == "selected" and "weights" not in result:
         name, weights, epoch = store.MODEL, "last", result.get("epochs")  # a result from before model selection
-    model.load_state_dict(torch.load(cell_dir / name, map_location="cpu", weights_only=True))
+    if not store.safe_name(name):
+        raise UsageError(f"{cell_dir / store.RESULT}: weights file {name!r} is not a file name in the cell")
+    problem = store.torch_file_problem(cell_dir / name)
+    try:
+        if problem:
+            raise ValueError(problem)
+        model.load_state_dict(torch.load(cell_dir / name, map_location="cpu", weights_only=True))
+    except Exception as exc:  # noqa: BLE001 - missing, truncated, not weights, or another model's
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"{cell_dir / name}: unusable weights ({why}); train the cell again") from None
     device = device or torch.device("cpu")
     return LoadedCell(cell_dir, result, task, cfg, data, model.to(device).eval(), weights, epoch)
 
@@ -108,7 +138,7 @@ def read_text_lines(path: Optional[str]) -> list[str]:
             raw, where = Path(path).read_bytes(), str(path)
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    lines = raw.split(b"\n")
+    lines = raw.removeprefix(b"\xef\xbb\xbf").split(b"\n")  # a UTF-8 byte-order mark is not text
     if lines and lines[-1] == b"":
         lines.pop()
     out = []
@@ -145,6 +175,8 @@ def score_files(ref: str, hyp: str, lang: str) -> tuple[dict[str, float], dict[s
     """sacreBLEU's BLEU, chrF2 and tokenised lower-cased BLEU of a hypothesis file against a reference file,
     exactly as the runner scores the test split."""
     refs, hyps = read_text_lines(ref), read_text_lines(hyp)
+    if not refs:
+        raise UsageError(f"{ref} is empty: nothing to score")
     if len(refs) != len(hyps):
         raise UsageError(f"{hyp} has {len(hyps)} lines but {ref} has {len(refs)}: one hypothesis per reference line")
     metrics, sig = translation_scores(hyps, refs, lang)

@@ -3,9 +3,10 @@
 A cell is locked by creating ``DIR/<task>/<cell>/lock.json`` with ``O_CREAT | O_EXCL`` (atomic on local
 filesystems and on NFSv3+). The file names its owner (host, pid, a random token) and the owner touches it
 every ``heartbeat_s`` seconds from a background thread. A lock is *stale* when its owner is a dead
-process on this host, or when its heartbeat is older than ``stale_s`` (an owner on another machine that
-crashed). A stale lock is taken over by renaming it away (only one contender's rename succeeds) and
-creating a fresh one.
+process on this host (a live one on this host never is), or, for an owner on another machine, when its heartbeat
+is older than ``stale_s`` (it crashed). The record also holds the owner's process start time, so a pid that a new
+process reused after the owner died is not mistaken for it. A stale lock is taken over by renaming it away (only
+one contender's rename succeeds) and creating a fresh one.
 
 The lock is written complete before it appears (a temp file hard-linked to ``lock.json``, which fails if the
 name exists), so a full disk never leaves an empty lock behind. A lock whose content cannot be read (empty,
@@ -50,6 +51,15 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+def _start_time(pid: int) -> Optional[int]:
+    """When ``pid`` started (clock ticks since boot, /proc/PID/stat field 22); None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 @dataclass
 class LockInfo:
     host: str
@@ -59,6 +69,7 @@ class LockInfo:
     age: float  # seconds since the last heartbeat
     devices: Optional[str] = None  # the GPU ids the owner was given (LSKD_GPUS), e.g. "2" or "2,3"
     problem: Optional[str] = None  # why the content could not be read (then judged by its age only)
+    start: Optional[int] = None  # the owner's process start time (``_start_time``), where recorded
 
     def describe(self) -> str:
         if self.problem:
@@ -83,16 +94,22 @@ def read_lock(cell_dir: Path) -> Optional[LockInfo]:
         return LockInfo("?", -1, "?", 0.0, age, problem=f"cannot be read: {exc.strerror or exc}")
     try:
         data = json.loads(raw.decode())
-        devices = data.get("devices")
+        devices, start = data.get("devices"), data.get("start")
         return LockInfo(str(data["host"]), int(data["pid"]), str(data["token"]), float(data["since"]), age,
-                        str(devices) if devices else None)
+                        str(devices) if devices else None, start=int(start) if start is not None else None)
     except (ValueError, KeyError, TypeError, AttributeError):
         return LockInfo("?", -1, "?", 0.0, age, problem="empty" if not raw.strip() else "not a lock record")
 
 
 def is_stale(info: LockInfo, stale_s: float) -> bool:
-    if info.host == _host() and info.pid > 0 and not _pid_alive(info.pid):
-        return True
+    """An owner on this host is judged by its process alone: dead is stale, alive is never (however old its
+    heartbeat: a heartbeat interval as long as ``stale_s`` must not hand a live owner's cell to a second run).
+    An owner elsewhere, or an unreadable lock, is stale once untouched for ``stale_s``."""
+    if info.host == _host() and info.pid > 0:
+        if not _pid_alive(info.pid):
+            return True
+        now = _start_time(info.pid) if info.start is not None else None
+        return now is not None and now != info.start  # the pid was reused: its owner is gone
     return info.age > stale_s
 
 
@@ -133,12 +150,15 @@ class CellLock:
         exclusive, NFS included): the lock never exists half-written."""
         tmp = self.dir / f".{LOCK}.{self.token}.tmp"
         body = {"host": _host(), "pid": os.getpid(), "token": self.token, "since": time.time()}
+        start = _start_time(os.getpid())
+        if start is not None:
+            body["start"] = start
         if os.environ.get(ENV_GPUS):
             body["devices"] = os.environ[ENV_GPUS]
         record = json.dumps(body)
         try:
             try:
-                with open(tmp, "w") as f:
+                with open(tmp, "w", encoding="utf-8") as f:
                     f.write(record)
                     f.flush()
             except OSError as exc:

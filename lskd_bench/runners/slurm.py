@@ -56,7 +56,7 @@ PROFILE = Section(
         "sbatch_args": Field([str], [], "extra sbatch options as key=value, e.g. constraint=a100", identity=False),
         "log_dir": Field(str, None, "submitit's folder for scripts and logs (default: RUNS/<task>/slurm)", nullable=True,
                          identity=False),
-        "poll_s": Field(float, 10.0, "seconds between squeue polls with --wait", min=0.1, identity=False),
+        "poll_s": Field(float, 10.0, "seconds between squeue polls with --wait", min=0.1, max=3600.0, identity=False),
         "wait": Field(bool, False, "block until every cell settled, then print the leaderboard", identity=False),
     },
     "the slurm executor's profile (--runner-profile FILE.yaml)",
@@ -94,7 +94,7 @@ def queue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
 
 def read_job(cell_dir: Path) -> Optional[dict[str, Any]]:
     try:
-        return json.loads((Path(cell_dir) / SLURM_JSON).read_text())
+        return json.loads((Path(cell_dir) / SLURM_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -103,7 +103,7 @@ def log_tail(info: dict[str, Any], lines: int = 15) -> str:
     for key in ("stderr", "stdout"):
         p = Path(info.get(key, ""))
         if p.is_file():
-            text = p.read_text(errors="replace").strip().splitlines()
+            text = p.read_text(encoding="utf-8", errors="replace").strip().splitlines()
             if text:
                 return "\n".join(text[-lines:])
     return "(no log yet)"

@@ -259,7 +259,7 @@ class Member:
             if not path.is_file():
                 continue
             try:
-                state = torch.load(path, map_location="cpu", weights_only=False)
+                state = torch.load(path, map_location="cpu", weights_only=True)  # plain data only (SECURITY.md)
             except Exception as exc:  # noqa: BLE001 - truncated or corrupt: any failure
                 aside = store.move_aside(path)
                 why = str(exc).splitlines()[0] if str(exc) else ""

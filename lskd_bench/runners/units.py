@@ -76,7 +76,7 @@ class GridJob:
 
 
 def read_spec(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def unit_inputs(job: GridJob, unit: list[Cell], device, teacher_cache: Optional[dict] = None):

@@ -17,7 +17,9 @@ store. A task owns its data and models and tells the loop three things:
 """
 from __future__ import annotations
 
+import os
 import random
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from importlib import resources
@@ -380,7 +382,7 @@ def _seed_worker(worker_id: int) -> None:  # pragma: no cover - runs in worker p
 def load_recipe(name: str) -> dict[str, Any]:
     """The recipe ``lskd_bench/configs/<name>.yaml``; ``base: other`` merges it over ``other.yaml`` (compact
     recipes extend their parents)."""
-    text = resources.files("lskd_bench").joinpath("configs", f"{name}.yaml").read_text()
+    text = resources.files("lskd_bench").joinpath("configs", f"{name}.yaml").read_text(encoding="utf-8")
     data = yaml.safe_load(text) or {}
     base = data.pop("base", None)
     return deep_merge(load_recipe(base), data) if base else data
@@ -404,6 +406,18 @@ class Evaluation:
     metrics: dict[str, float]
     selection: Optional[float] = None
     outputs: dict[str, list[str]] = field(default_factory=dict)
+
+
+def refuse_special(path: Path) -> None:
+    """UsageError for a data file that is not a regular file (a FIFO, socket, device, folder), before it is
+    opened: opening a FIFO waits forever for a writer."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the read that follows says so
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise UsageError(f"{path} is {kind}, not a data file: refused unopened")
 
 
 @dataclass
@@ -454,7 +468,7 @@ class Task:
         """Named teacher-student pairs, each a partial config (its published recipe) with a ``source``."""
         if not self.pairs_recipe:
             return {}
-        text = resources.files("lskd_bench").joinpath("configs", f"{self.pairs_recipe}.yaml").read_text()
+        text = resources.files("lskd_bench").joinpath("configs", f"{self.pairs_recipe}.yaml").read_text(encoding="utf-8")
         return dict(yaml.safe_load(text)["pairs"])
 
     def pair_settings(self) -> tuple[dict[str, list[str]], dict[str, str]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -47,10 +47,58 @@ def cifar_dir(root: Path) -> Path:
     return root / "cifar-100-python" if (root / "cifar-100-python").is_dir() else root
 
 
+def _numpy_global(module: str, name: str) -> Any:
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+# (module, name) -> what it resolves to: the only globals a release pickle names (numpy arrays, and bytes as
+# Python 3 writes them at protocol 2); anything else (os.system, eval, ...) is refused unresolved
+_RELEASE_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
+    ("_codecs", "encode"): lambda: __import__("_codecs").encode,
+    ("__builtin__", "bytes"): lambda: bytes,  # b"" at protocol 2 (an empty array's data)
+    ("builtins", "bytes"): lambda: bytes,
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): lambda: _numpy_global("numpy._core.multiarray", "_reconstruct")
+       for core in ("core", "_core")},
+    **{(f"numpy.{core}.numeric", "_frombuffer"): lambda: _numpy_global("numpy._core.numeric", "_frombuffer")
+       for core in ("core", "_core")},
+}
+
+
+class _ReleaseUnpickler(pickle.Unpickler):
+    """Reads what the official CIFAR-100 pickles hold (dicts, lists, str, bytes, ints, numpy arrays) and nothing
+    else: a pickle names the functions it calls, and one that names any other (a planted ``os.system``) is refused
+    before it is looked up, so a data file never runs code (SECURITY.md)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        get = _RELEASE_GLOBALS.get((module, name))
+        if get is None:
+            raise pickle.UnpicklingError(f"global '{module}.{name}' is forbidden (a CIFAR pickle holds only lists, "
+                                         "bytes, numbers and numpy arrays)")
+        return get()
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("persistent ids are forbidden")
+
+
+def _checked_arrays(obj: Any, depth: int = 0) -> None:
+    """No object arrays (their items would be opaque): every array is of numbers or bytes."""
+    if depth > 4:
+        return
+    if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
+        raise pickle.UnpicklingError("an array of Python objects (the release holds uint8 arrays)")
+    for v in obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ():
+        _checked_arrays(v, depth + 1)
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            raw = pickle.load(f, encoding="bytes")
+            raw = _ReleaseUnpickler(f, encoding="bytes").load()
+        _checked_arrays(raw)
     except OSError as exc:
         raise UsageError(f"cifar100: cannot read {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
@@ -73,8 +121,16 @@ def read_split(d: Path, name: str, num_classes: int) -> tuple[torch.Tensor, torc
         raise UsageError(f"cifar100: {path}: 'data' must be uint8 rows of 3072 values, got {data.dtype} {tuple(data.shape)}")
     if labels.shape != (len(data),):
         raise UsageError(f"cifar100: {path}: {len(labels)} fine_labels for {len(data)} images")
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise UsageError(f"cifar100: {path}: fine_labels outside 0..{num_classes - 1} (e.g. {int(labels.max())})")
+    if labels.size == 0:
+        labels = labels.astype(np.int64)  # [] reads as float64
+    if labels.dtype == object or labels.dtype.kind not in "iu":  # 3.5 would be cut to 3, True taken for 1
+        bad = next((v for v in labels.tolist() if not isinstance(v, int) or isinstance(v, bool)), labels.dtype)
+        raise UsageError(f"cifar100: {path}: fine_labels must be integers, got {bad!r}")
+    outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(outside):
+        i = int(outside[0])
+        raise UsageError(f"cifar100: {path}: {len(outside)} fine_labels outside 0..{num_classes - 1} "
+                         f"(e.g. image {i}: {int(labels[i])})")
     x = torch.from_numpy(data.reshape(-1, 3, SIZE, SIZE).copy())
     return x, torch.from_numpy(labels.astype(np.int64))
 
@@ -190,8 +246,13 @@ class CIFAR100Task(Task):
     def check_layout(self, cfg: dict[str, Any]) -> None:
         """Read the three pickles as training will (the loader's own checks: meta's class names, train/test's
         keys, shapes, dtype and labels), so a truncated or garbage file stops ``run`` and ``run --dry-run``
-        before anything is written (a few seconds: the release is ~180 MB)."""
-        self._read(self._check_files(cfg))
+        before anything is written (a few seconds: the release is ~180 MB), and the checks ``check-data`` makes."""
+        d = self._check_files(cfg)
+        names, (_, ytr), (_, yte) = self._read(d)
+        problems = self._problems(names, {"train": ytr, "test": yte})
+        if problems:
+            more = f" ({len(problems) - 1} more problem(s): 'lskd-bench check-data' lists them)" if len(problems) > 1 else ""
+            raise UsageError(f"cifar100: {d}: {problems[0]}{more}")
 
     @staticmethod
     def _read(d: Path) -> tuple[list[str], tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
@@ -204,13 +265,21 @@ class CIFAR100Task(Task):
             _LAST_READ.update(key=key, value=(names, read_split(d, "train", len(names)), read_split(d, "test", len(names))))
         return _LAST_READ["value"]
 
+    @staticmethod
+    def _problems(names: list[str], splits: dict[str, torch.Tensor]) -> list[str]:
+        """What ``check-data`` reports and ``run`` refuses alike: a split whose classes lack images."""
+        problems = []
+        for split, y in splits.items():
+            missing = sorted(set(range(len(names))) - set(y.unique().tolist()))
+            if missing:
+                problems.append(f"{split}: {len(missing)} class(es) without images (e.g. {names[missing[0]]})"
+                                + (" (it holds no images)" if len(y) == 0 else ""))
+        return problems
+
     def check_data(self, cfg: dict[str, Any], progress: bool = True) -> DataReport:
         data = self.load_data(cfg)
         report = DataReport(counts={"train": len(data.train), "test": len(data.val)})
-        for split, ds in (("train", data.train), ("test", data.val)):
-            missing = sorted(set(range(data.num_classes)) - set(ds.y.unique().tolist()))
-            if missing:
-                report.problems.append(f"{split}: {len(missing)} class(es) without images (e.g. {data.class_names[missing[0]]})")
+        report.problems += self._problems(data.class_names, {"train": data.train.y, "test": data.val.y})
         return report
 
     def load_data(self, cfg: dict[str, Any], cache_dir: Optional[Path] = None) -> TaskData:

@@ -20,7 +20,8 @@ from ..hierarchy import groups_to_parents, load_wordnet_parents
 from ..models import ClassifierNet, build_image_model, check_library_arch, init_path, is_library_arch
 from ..schema import Field, Section, grid_values
 from . import TASKS
-from .base import PAIR, DataReport, Task, TaskData, load_recipe  # noqa: F401  (load_recipe: re-exported)
+from .base import (PAIR, DataReport, Task, TaskData, load_recipe,  # noqa: F401  (load_recipe: re-exported)
+                   refuse_special)
 from .device_images import MEAN, STD, EncodedImages, decode_device, decode_mode
 
 # torchvision's ImageFolder extensions (torchvision.datasets.folder.IMG_EXTENSIONS)
@@ -29,9 +30,9 @@ IMG_EXT = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".w
 IMAGE_DATA = Section(
     {
         "root": Field(str, None, "data directory (--data-root)", nullable=True),
-        "image_size": Field(int, 224, "training crop / evaluation size in pixels", min=8),
+        "image_size": Field(int, 224, "training crop / evaluation size in pixels", min=8, max=8192),
         "eval_resize": Field(int, None, "evaluation: resize the shorter side to this, then centre-crop image_size "
-                             "(default: image_size / 0.875, i.e. 256 for 224)", min=8, nullable=True),
+                             "(default: image_size / 0.875, i.e. 256 for 224)", min=8, max=16384, nullable=True),
         "crop_scale": Field([float], [0.08, 1.0], "RandomResizedCrop area range", min=0.0, max=1.0,
                             check=lambda v: None if len(v) == 2 and v[0] <= v[1] else "must be [low, high]"),
         "crop_ratio": Field([float], [3 / 4, 4 / 3], "RandomResizedCrop aspect-ratio range", min=0.0, min_exclusive=True,
@@ -181,15 +182,30 @@ def _images(d: Path) -> list[Path]:
 
 
 def _walk(d: Path):
-    """``os.walk(d, followlinks=True)`` that enters each real directory once: (root, file names)."""
+    """``os.walk(d, followlinks=True)`` that enters each real directory once: (root, file names). Only regular
+    files and dangling links are named: a FIFO, socket or device (``fifo.JPEG``) is skipped unopened, since
+    opening a FIFO waits forever for a writer. Entry types come from the directory listing (no stat per file)."""
     seen: set[str] = set()
-    for root, dirs, names in os.walk(d, followlinks=True):
+    todo = [str(d)]
+    while todo:
+        root = todo.pop()
         real = os.path.realpath(root)
         if real in seen:
-            dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = [x for x in dirs if os.path.realpath(os.path.join(root, x)) not in seen]
+        try:
+            entries = list(os.scandir(root))
+        except OSError:
+            continue
+        names = []
+        for e in entries:
+            try:
+                if e.is_dir():  # follows links, as os.walk(followlinks=True)
+                    todo.append(e.path)
+                elif e.is_file() or (e.is_symlink() and not os.path.exists(e.path)):
+                    names.append(e.name)
+            except OSError:
+                names.append(e.name)  # listed: it fails to decode, naming it (as a dangling link)
         yield root, names
 
 
@@ -280,8 +296,9 @@ def cub_dir(root: Path) -> Path:
 
 def _read_table(path: Path, n: int) -> dict[int, list[str]]:
     rows = {}
+    refuse_special(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (Windows editors) is not a field
     except UnicodeDecodeError as exc:
         line = exc.object[: exc.start].count(b"\n") + 1
         raise UsageError(f"{path}:{line}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
@@ -365,7 +382,8 @@ class CUBBase(ImageClassificationTask):
                                  f"({len(missing)} class(es) without; train_test_split.txt)")
         absent = [images[i][0] for i in sorted(images) if not (d / "images" / images[i][0]).is_file()]
         if absent:
-            raise UsageError(f"{self.name}: {d / 'images' / absent[0]} (from images.txt) does not exist"
+            raise UsageError(f"{self.name}: {d / 'images' / absent[0]} (from images.txt) does not exist or is not a "
+                             "regular file"
                              f" ({len(absent)} listed file(s) missing); {self.layout}")
 
     def files(self, cfg: dict[str, Any]) -> list[tuple[str, Path]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -67,7 +68,7 @@ NMT_DATA = Section(
 
 GENERATION = Section(
     {
-        "beam": Field(int, 5, "beam size", min=1, identity=False),
+        "beam": Field(int, 5, "beam size", min=1, max=1024, identity=False),
         "lenpen": Field(float, 1.0, "length penalty", identity=False),
         "max_len_a": Field(float, 0.0, "max output length = a * source length + b", min=0.0, identity=False),
         "max_len_b": Field(int, 200, "max output length = a * source length + b", min=1, identity=False),
@@ -228,13 +229,28 @@ class TranslationTask(Task):
         texts = {f"{split}_{side}": [p[i] for p in getattr(corpus, split)]
                  for split in ("train", "valid", "test") for i, side in enumerate(("src", "tgt"))}
         ids = encoded(sw, self.name, texts)
+        report = list(corpus.report)
+        # evaluation cuts long sources to the models' longest input, as 'translate' does (a 1 MB line used to
+        # go whole to the encoder); the valid split's references too (its teacher-forced loss)
+        longest = min(int(cfg[role]["max_positions"]) for role in ("teacher", "student"))
+        for key in ("valid_src", "valid_tgt", "test_src"):
+            arrays = ids[key] = list(ids[key])
+            cut = [i for i, a in enumerate(arrays) if len(a) > longest]
+            for i in cut:
+                arrays[i] = np.append(arrays[i][: longest - 1], arrays[i][-1])  # keep the eos
+            if cut:
+                name, side = key.split("_")
+                note = (f"{name}: {len(cut)} {'source' if side == 'src' else 'reference'} line(s) longer than "
+                        f"{longest} sub-words cut to the models' longest input (e.g. line {cut[0] + 1})")
+                report.append(note)
+                print(f"note: {note}", file=sys.stderr)
 
         def split(name: str) -> Split:
             return Split(ids[f"{name}_src"], ids[f"{name}_tgt"], texts[f"{name}_src"], texts[f"{name}_tgt"])
 
         dictionary = make_dictionary(sw.pieces())
         return TaskData(train=split("train"), val=split("test"), num_classes=len(dictionary), class_names=[],
-                        extras={"valid": split("valid"), "dictionary": dictionary, "subwords": sw, "report": corpus.report})
+                        extras={"valid": split("valid"), "dictionary": dictionary, "subwords": sw, "report": report})
 
     def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any], hp: dict[str, Any]) -> nn.Module:
         return build_transformer(arch, data.extras["dictionary"], hp)

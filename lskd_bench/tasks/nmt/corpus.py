@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from ...errors import UsageError
+from ..base import refuse_special
 
 IWSLT_URL = "https://wit3.fbk.eu (IWSLT 2014/2017 TED talks)"
 LAYOUTS = (
@@ -55,10 +56,11 @@ def _read_lines(path: Path, policy: str, report: list[str]) -> list[Optional[str
     """Lines of a UTF-8 file; an undecodable line is an error naming it, or None (policy skip)."""
     out: list[Optional[str]] = []
     bad = 0
+    refuse_special(path)  # a FIFO named train.en would block the open
     with open(path, "rb") as f:
         for i, raw in enumerate(f, 1):
             try:
-                out.append(raw.decode("utf-8").rstrip("\r\n"))
+                out.append(raw.decode("utf-8-sig" if i == 1 else "utf-8").rstrip("\r\n"))  # no BOM in a sentence
             except UnicodeDecodeError as exc:
                 if policy != "skip":
                     raise UsageError(f"{path}:{i}: not valid UTF-8 ({exc.reason} at byte {exc.start}); "
