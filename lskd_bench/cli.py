@@ -509,7 +509,8 @@ def _parser_compare(sub) -> None:
                         "over seeds; a second table asks whether the LS teacher beats alpha = 0 at each T; a PNG of the "
                         "metric vs T per method. Writes OUT.md, OUT.csv, OUT_ls.csv and OUT_<task>.png.")
     cp.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
-    cp.add_argument("--baseline", default="kd", help="the method the others are compared with (default kd)")
+    cp.add_argument("--baseline", help="the method the others are compared with (default: kd, or the first method "
+                    "a task ran when it ran no kd)")
     cp.add_argument("--metric", help="metric to compare (default: the task's primary: top1, bleu)")
     cp.add_argument("--task", help="only this task")
     cp.add_argument("--select", default="best", choices=("best", "last"),

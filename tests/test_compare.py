@@ -186,3 +186,34 @@ def test_pair_applies_its_published_kd_std_weight():
     assert pairs.pair_layer("ResNet50-MobileNetV2")[1]["kd_std"] == {"kd_weight": 1.0}  # [S] README.md:103
     assert pairs.pair_layer("vgg13-vgg8")[1]["kd_std"] == {"kd_weight": 9.0}  # [S] README.md:90
     assert "kd_std" not in pairs.pair_layer("wrn_40_2-ShuffleV1")[1]  # none published: the recipe's
+
+
+def test_feature_methods_get_the_ls_answer_with_welchs_test(tmp_path):
+    """Per feature method: helps / hurts only when Welch's p < 0.05 (the p printed is scipy's), otherwise no
+    significant difference; one seed a side is undetermined; the leaderboard says the same under the method's
+    table; compare's default baseline is kd, or the first method when the run has no kd."""
+    from scipy import stats
+
+    from lskd_bench.leaderboard import collect, to_markdown
+    from lskd_bench.leaderboard.compare import compare
+
+    values = {("fitnet", 0.0): [60.0, 61.0, 62.0], ("fitnet", 0.1): [64.0, 65.0, 66.0],
+              ("at", 0.0): [70.0, 72.0, 71.0], ("at", 0.1): [69.0, 73.0, 71.5], ("crd", 0.0): [50.0], ("crd", 0.1): [40.0]}
+    rows = [result("teacher", "big", 0.0, None, 0, 99.0, 100.0, "t0", "big"),
+            result("teacher", "big", 0.1, None, 0, 99.5, 100.0, "t1", "big")]
+    for i, ((m, a), vs) in enumerate(values.items()):
+        rows += [result("student", "small", a, None, s, v, 99.0, f"{m}{i}{s}", "big", method=m) for s, v in enumerate(vs)]
+    for i, r in enumerate(rows):
+        store.write_json(tmp_path / "digits" / f"c{i}" / store.RESULT, r)
+    text, _ = compare(tmp_path, tmp_path / "cmp")
+    assert "### digits: methods vs at (top1)" in text  # no kd in this run: the first method is the baseline
+    table = text.split("#### Feature distillation: does the LS teacher (α = 0.1) help or hurt? (top1)")[1]
+    p_fit = stats.ttest_ind(values[("fitnet", 0.1)], values[("fitnet", 0.0)], equal_var=False).pvalue
+    p_at = stats.ttest_ind(values[("at", 0.1)], values[("at", 0.0)], equal_var=False).pvalue
+    assert p_fit < 0.05 <= p_at
+    assert f"| fitnet | no T | 61.00 ± 1.00 | 65.00 ± 1.00 | helps: +4.00, p = {p_fit:.3g}, n = 3 |" in table
+    assert f"| at | no T | 71.00 ± 1.00 | 71.17 ± 2.02 | no significant difference: +0.17, p = {p_at:.3g}, n = 3 |" in table
+    assert "| crd | no T | 50.00 | 40.00 | undetermined (1 seed): -10.00, n = 1 |" in table
+    md = to_markdown(collect(tmp_path))
+    assert f"ours **helps: +4.00, p = {p_fit:.3g}, n = 3**" in md
+    assert "ours **undetermined (1 seed): -10.00, n = 1**" in md

@@ -44,7 +44,7 @@ def _ms(v: list[float]) -> str:
 
 
 class Comparison:
-    def __init__(self, rows: list[dict[str, Any]], task: str, metric: str, baseline: str, frame: Any = None):
+    def __init__(self, rows: list[dict[str, Any]], task: str, metric: str, baseline: Optional[str], frame: Any = None):
         """``rows``: the leaderboard's rows (metric specs); ``frame``: the same results as ``results.load``'s
         DataFrame, whose per-cell values the tables aggregate (built from ``rows`` when not given)."""
         self.task, self.metric, self.baseline = task, metric, baseline
@@ -67,7 +67,10 @@ class Comparison:
         for a, v in df[df["role"] == "teacher"].groupby("alpha", sort=False)[metric]:
             self.teacher[float(a)] = v.tolist()
         self.no_kd: list[float] = df.loc[df["role"] == "baseline", metric].tolist()
-        self.methods = sorted({k[0] for k in self.values}, key=lambda m: (m != baseline, m))
+        found = sorted({k[0] for k in self.values})
+        if baseline is None:  # not asked for: kd, else the first method this task ran (said in the table's title)
+            baseline = self.baseline = "kd" if "kd" in found or not found else found[0]
+        self.methods = sorted(found, key=lambda m: (m != baseline, m))
         if baseline not in self.methods:
             raise UsageError(f"baseline method {baseline!r} has no finished students in task {task!r} "
                              f"(found: {', '.join(self.methods) or 'none'})")
@@ -327,7 +330,7 @@ def pair_note(rows: list[dict[str, Any]], task: str) -> str:
     return " ".join(lines) + f" Values and sources: lskd_bench/configs/{t.pairs_recipe}.yaml.\n"
 
 
-def compare(runs: Path, out: Path, baseline: str = "kd", metric: Optional[str] = None, task: Optional[str] = None,
+def compare(runs: Path, out: Path, baseline: Optional[str] = None, metric: Optional[str] = None, task: Optional[str] = None,
             select: str = "best", problems: Optional[list[str]] = None) -> tuple[str, list[Path]]:
     """Write OUT.md, OUT.csv (table 1 cells), OUT_ls.csv (table 2), OUT_reference.csv (table 3, where published
     references exist) and OUT_<task>.png; return the markdown."""
