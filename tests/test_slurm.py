@@ -133,8 +133,8 @@ def test_wait_returns_when_a_job_dies_without_its_result(slurm, tmp_path):
                              "--wait", *GRID, "--set", "teacher.epochs=400", "--set", "baseline=false"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: list(runs.rglob("slurm.json")), "the submission")
-        jid = json.loads(next(runs.rglob("slurm.json")).read_text())["job_id"]
+        wait_for(lambda: list(runs.rglob("teacher_*/slurm.json")), "the submission")
+        jid = json.loads(next(runs.rglob("teacher_*/slurm.json")).read_text())["job_id"]  # the teacher's job
         wait_for(lambda: f"{jid} RUNNING" in squeue(env), "the teacher's job to start")
         subprocess.run(["scancel", jid], env=env, check=True)
         out, err = proc.communicate(timeout=HANG_GUARD_S)

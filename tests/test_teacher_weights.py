@@ -79,10 +79,11 @@ def test_a_teacher_without_selected_weights_is_an_error_when_they_differ(tmp_pat
     tcell, _ = _cells(_cfg("selected"))
     d = tcell.dir(tmp_path)
     d.mkdir(parents=True)
-    old = {"cell": {}, "metrics": {}, "timings": {}, "epochs": 5, "best": {"epoch": 3}}  # before "weights" existed
+    old = {"cell": tcell.describe(), "metrics": {"top1": 90.0}, "timings": {"wall_s": 1.0}, "epochs": 5,
+           "best": {"epoch": 3, "metrics": {"top1": 91.0}}}  # a result from before "weights" existed
     store.write_json(d / store.RESULT, old)
     with pytest.raises(RuntimeError, match="selected epoch 3"):
         teacher_weights(tcell, tmp_path, "selected")
     assert teacher_weights(tcell, tmp_path, "last")[0] == d / store.MODEL
-    store.write_json(d / store.RESULT, {**old, "best": {"epoch": 5}})  # selected = last: model.pt is right
+    store.write_json(d / store.RESULT, {**old, "best": {"epoch": 5, "metrics": {"top1": 91.0}}})  # selected = last
     assert teacher_weights(tcell, tmp_path, "selected")[1]["epoch"] == 5
