@@ -10,7 +10,7 @@ Names (the same tensors RepDistiller's ``is_feat=True`` / mdistiller's ``feats``
 - ``preact_stageK``: the same stage before its final activation (RepDistiller's ``preact=True``), where the
   stage ends in an activation module;
 - shorthands a method may declare: ``stages`` (every ``stage1..N`` of the model), ``preact_stages``,
-  ``stem_stages`` (``stage0`` where the model has one, then every stage).
+  ``stem_stages`` (``stage0`` where the model has one, then every stage), ``last_stage`` (the deepest stage).
 
 Where the stages are, per model, in this order of preference: the model's own table ``feature_stages``
 (name -> module path: lskd-bench's CIFAR and digits models), timm's ``feature_info`` (every timm model), else a
@@ -143,7 +143,7 @@ def _probe_stages(order: list[tuple[str, tuple[int, ...]]], mods: dict[str, nn.M
 def expand(layout: Layout, names: Iterable[str]) -> list[str]:
     """``names`` with the shorthands resolved: ``stages`` = every ``stage1..N`` of the layout (not the stem
     ``stage0``), ``preact_stages`` = their pre-activations, ``stem_stages`` = the stem where the layout has one and
-    every stage (RepDistiller's ``feat[:-1]``)."""
+    every stage (RepDistiller's ``feat[:-1]``), ``last_stage`` = the deepest stage alone (``feat[-2]``)."""
     out: list[str] = []
     for n in names:
         if n == "stages":
@@ -152,6 +152,8 @@ def expand(layout: Layout, names: Iterable[str]) -> list[str]:
             out += [f"preact_{k}" for k in _ordered(layout.stages) if k != "stage0"]
         elif n == "stem_stages":
             out += _ordered(layout.stages)
+        elif n == "last_stage":
+            out += _ordered(layout.stages)[-1:]
         else:
             out.append(n)
     return out

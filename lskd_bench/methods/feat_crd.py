@@ -365,7 +365,7 @@ class FT(_InitStage):
 
     description = ("FT: an init stage (init_epochs, part of the cell) trains a paraphraser of the teacher's last "
                    "stage, then ce*CE + beta*|factor_s - factor_t|, beta 200")
-    needs = Needs(student=("logits", "stages"), teacher=("stages",))
+    needs = Needs(student=("logits", "last_stage"), teacher=("last_stage",))  # feat[-2]
     params = feature_section("FT", 200.0, "scripts/run_cifar_distill.sh:225", init_epochs=_init_epochs())
 
     def setup(self, probe: Probe) -> None:

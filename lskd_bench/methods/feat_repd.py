@@ -194,7 +194,7 @@ class SP(FeatureMethod):
     0.0e+00 / 0.0e+00 (float32 and float64)."""
 
     description = "similarity-preserving KD: ce*CE + beta*||norm(G_t)-norm(G_s)||^2/N^2 on the last stage, beta 3000"
-    needs = Needs(student=("logits", "stages"), teacher=("stages",))
+    needs = Needs(student=("logits", "last_stage"), teacher=("last_stage",))  # feat[-2]
     params = feature_section("SP", 3000.0, f"{SCRIPT}:11")
 
     def loss(self, student, targets, teacher, ctx):
