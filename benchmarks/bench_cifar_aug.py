@@ -4,6 +4,7 @@ mdistiller's data loader runs), on random uint8 images; images/s of each and the
 
     python benchmarks/bench_cifar_aug.py [--images 4096] [--batch-size 64] [--device cpu|cuda]
 """
+
 from __future__ import annotations
 
 import argparse

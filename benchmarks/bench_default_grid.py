@@ -1,7 +1,8 @@
 """Run the default grid (digits: 2 teachers + 8 KD students + baseline) from scratch; print seconds per cell.
 
-    python benchmarks/bench_default_grid.py [--keep DIR]
+python benchmarks/bench_default_grid.py [--keep DIR]
 """
+
 from __future__ import annotations
 
 import argparse

@@ -10,6 +10,7 @@ batch of each epoch after the first (opening the loader included: the epoch-boun
 waits, and the run's wall time; then after/before ratios. The script checks that both modes give the same
 weights.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,12 @@ def make_cub(root: Path, classes: int, per_class: int, val: int, size: int) -> P
 
     d = root / "CUB_200_2011"
     rng = np.random.default_rng(0)
-    rows: dict[str, list[str]] = {"images.txt": [], "image_class_labels.txt": [], "train_test_split.txt": [],
-                                  "classes.txt": []}
+    rows: dict[str, list[str]] = {
+        "images.txt": [],
+        "image_class_labels.txt": [],
+        "train_test_split.txt": [],
+        "classes.txt": [],
+    }
     k = 0
     for c in range(1, classes + 1):
         name = f"{c:03d}.Bird_{c}"
@@ -90,8 +95,11 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        print(f"writing a CUB-like folder: {args.classes} classes x {args.per_class} training JPEGs "
-              f"({args.jpeg_size} px)...", flush=True)
+        print(
+            f"writing a CUB-like folder: {args.classes} classes x {args.per_class} training JPEGs "
+            f"({args.jpeg_size} px)...",
+            flush=True,
+        )
         root = make_cub(base / "cub", args.classes, args.per_class, 1, args.jpeg_size)
         role = {"arch": "resnet18", "epochs": args.epochs, "batch_size": args.batch_size, "lr": 0.001}
         cfg = resolve_config("cub200", {}, {
@@ -104,16 +112,21 @@ def main() -> None:
         data = task.load_data(cfg)
         cell = next(c for c in plan_cells(cfg) if c.role == "teacher")
         steps = len(data.train) // args.batch_size
-        print(f"{args.epochs} epochs of {steps} steps, batch {args.batch_size}, {args.num_workers} workers, "
-              f"{args.repeats} runs per mode, alternating", flush=True)
+        print(
+            f"{args.epochs} epochs of {steps} steps, batch {args.batch_size}, {args.num_workers} workers, "
+            f"{args.repeats} runs per mode, alternating",
+            flush=True,
+        )
         rows: dict[str, list[tuple[float, float, float]]] = {"before": [], "read-ahead": []}
         weights = {}
         for r in range(args.repeats):
             for mode in ("before", "read-ahead"):
                 b, d, w, weights[mode] = one_run(task, cfg, data, cell, base / f"{mode}-{r}", mode == "read-ahead")
                 rows[mode].append((b, d, w))
-                print(f"  run {r + 1} {mode:>10}: boundary wait {b:6.3f} s, all data waits {d:6.3f} s, "
-                      f"wall {w:6.2f} s", flush=True)
+                print(
+                    f"  run {r + 1} {mode:>10}: boundary wait {b:6.3f} s, all data waits {d:6.3f} s, wall {w:6.2f} s",
+                    flush=True,
+                )
         same = all(torch.equal(weights["before"][k], weights["read-ahead"][k]) for k in weights["before"])
         med = {m: [statistics.median(x[j] for x in v) for j in range(3)] for m, v in rows.items()}
         print(f"\n{'mode':>10} | boundary wait (s) | data waits (s) | wall (s)")

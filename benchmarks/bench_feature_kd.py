@@ -12,6 +12,7 @@
 3. ``memory``: per method, the teacher outputs kept per batch of 64 (bytes), and the parameters and buffers
    the method owns for CIFAR-100's 50,000 training samples (CRD's memory bank).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,9 @@ def bench_steps(names: list[str], rounds: int, steps: int) -> None:
     for name in ["kd", *names]:
         _, student = _models()
         m, tap, layout = _method(name, teacher, student, x)
-        opt = torch.optim.SGD([*student.parameters(), *(m.parameters() if isinstance(m, torch.nn.Module) else [])],
-                              lr=0.01, momentum=0.9)
+        opt = torch.optim.SGD(
+            [*student.parameters(), *(m.parameters() if isinstance(m, torch.nn.Module) else [])], lr=0.01, momentum=0.9
+        )
         runs[name] = (m, tap, layout, student, opt)
 
     def one(name: str) -> float:
@@ -87,7 +89,9 @@ def bench_steps(names: list[str], rounds: int, steps: int) -> None:
             with tap if tap is not None else _null():
                 s_logits = student(x)
             s = Outputs(logits=s_logits, **(tap.out if tap is not None else {}))
-            ctx = LossContext(T=4.0 if m.uses_temperature else None, epochs=240, indices=idx if m.needs.indices else None)
+            ctx = LossContext(
+                T=4.0 if m.uses_temperature else None, epochs=240, indices=idx if m.needs.indices else None
+            )
             loss = total_loss(m.compute(s, y, t, ctx))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -106,8 +110,10 @@ def bench_steps(names: list[str], rounds: int, steps: int) -> None:
         for n in names:
             ratios[n].append(got[n] / got["kd"])
         print(f"round {r + 1}/{rounds}: " + " ".join(f"{n} {got[n] / got['kd']:.2f}" for n in names), flush=True)
-    print(f"\nstudent step / KD's step, resnet32x4 -> resnet8x4, batch 64, {torch.get_num_threads()} threads, "
-          f"median of {rounds} rounds of {steps} steps (KD: {statistics.median(secs['kd']) * 1e3:.0f} ms a step here)")
+    print(
+        f"\nstudent step / KD's step, resnet32x4 -> resnet8x4, batch 64, {torch.get_num_threads()} threads, "
+        f"median of {rounds} rounds of {steps} steps (KD: {statistics.median(secs['kd']) * 1e3:.0f} ms a step here)"
+    )
     print("| method | step / KD step |\n|---|---|")
     for n in names:
         print(f"| {n} | {statistics.median(ratios[n]):.2f} |")
@@ -150,28 +156,39 @@ with tempfile.TemporaryDirectory() as tmp:
 def bench_fused(against: str, rounds: int, epochs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "old"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old), against], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(old), against], check=True, capture_output=True
+        )
         try:
             times: dict[str, list[float]] = {"old": [], "new": []}
             metrics = {}
             for r in range(rounds):
-                for label in (("old", "new") if r % 2 == 0 else ("new", "old")):
+                for label in ("old", "new") if r % 2 == 0 else ("new", "old"):
                     root = old if label == "old" else REPO
                     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-                    p = subprocess.run([sys.executable, "-c", FUSED_SCRIPT, str(epochs)], env=env, capture_output=True,
-                                       text=True, check=True)
+                    p = subprocess.run(
+                        [sys.executable, "-c", FUSED_SCRIPT, str(epochs)],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
                     line = next(ln for ln in p.stdout.splitlines() if ln.startswith("SECONDS"))
                     times[label].append(float(line.split()[1]))
                     metrics[label] = line.split()[2:]
-                print(f"round {r + 1}/{rounds}: old {times['old'][-1]:.2f} s, new {times['new'][-1]:.2f} s, "
-                      f"old/new {times['old'][-1] / times['new'][-1]:.3f}", flush=True)
+                print(
+                    f"round {r + 1}/{rounds}: old {times['old'][-1]:.2f} s, new {times['new'][-1]:.2f} s, "
+                    f"old/new {times['old'][-1] / times['new'][-1]:.3f}",
+                    flush=True,
+                )
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], capture_output=True)
     ratio = statistics.median(o / n for o, n in zip(times["old"], times["new"]))
-    print(f"\nlogit-only fused group (digits, 5 students, {epochs} epochs, 1 thread), {against} vs this checkout: "
-          f"median ratio old/new {ratio:.3f} ({'no slower' if ratio >= 0.97 else 'SLOWER'}); "
-          f"same final metrics: {'yes' if metrics['old'] == metrics['new'] else 'NO'}")
+    print(
+        f"\nlogit-only fused group (digits, 5 students, {epochs} epochs, 1 thread), {against} vs this checkout: "
+        f"median ratio old/new {ratio:.3f} ({'no slower' if ratio >= 0.97 else 'SLOWER'}); "
+        f"same final metrics: {'yes' if metrics['old'] == metrics['new'] else 'NO'}"
+    )
 
 
 def bench_memory(names: list[str]) -> None:
@@ -206,7 +223,8 @@ def main() -> None:
     from lskd_bench.methods import METHODS, FeatureMethod
 
     names = [n for n in args.methods.split(",") if n] or [
-        n for n, c in METHODS.items() if issubclass(c, FeatureMethod)] + (["crd+kd"] if "crd" in METHODS else [])
+        n for n, c in METHODS.items() if issubclass(c, FeatureMethod)
+    ] + (["crd+kd"] if "crd" in METHODS else [])
     print(f"bench_feature_kd: torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     if args.part in ("memory", "all"):
         bench_memory(names)

@@ -11,6 +11,7 @@ teacher forward, student steps). The teacher is trained first and not timed.
 Both modes train the same cells from the same teacher; the script checks that each student's final metrics
 are identical in the two modes and says so.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,23 +66,31 @@ def run(task_name: str, overrides: dict, label: str) -> None:
             t0 = time.perf_counter()
             units = [[c] for c in students] if mode == "sequential" else [students]
             for unit in units:
-                res = train_group(task, unit, cfg, data, [c.dir(out) for c in unit], teacher=tmodel,
-                                  progress=False, profile=prof)
+                res = train_group(
+                    task, unit, cfg, data, [c.dir(out) for c in unit], teacher=tmodel, progress=False, profile=prof
+                )
                 for c, r in zip(unit, res):
                     assert r.error is None, r.error
                     metrics[(mode, c.name)] = r.result["metrics"]
             timings[mode] = time.perf_counter() - t0
             profiles[mode] = prof
         same = all(metrics[("sequential", c.name)] == metrics[("fused", c.name)] for c in students)
-    print(f"\n[{label}] {len(students)} students ({', '.join(c.name.split('_s')[0].replace('student_kd_', '') for c in students)})")
+    print(
+        f"\n[{label}] {len(students)} students ({', '.join(c.name.split('_s')[0].replace('student_kd_', '') for c in students)})"
+    )
     print(f"{'mode':<12} {'wall s':>8} {'data':>7} {'teacher':>8} {'students':>9}   (share of the timed step loop)")
     for mode in ("sequential", "fused"):
         p = profiles[mode]
         tot = sum(p.values()) or 1.0
-        print(f"{mode:<12} {timings[mode]:8.1f} {p.get('data', 0) / tot:7.0%} {p.get('teacher', 0) / tot:8.0%} "
-              f"{p.get('students', 0) / tot:9.0%}")
-    print(f"speed-up fused / sequential: {timings['sequential'] / timings['fused']:.2f}x; "
-          f"students' final metrics identical in both modes: {'yes' if same else 'NO'}", flush=True)
+        print(
+            f"{mode:<12} {timings[mode]:8.1f} {p.get('data', 0) / tot:7.0%} {p.get('teacher', 0) / tot:8.0%} "
+            f"{p.get('students', 0) / tot:9.0%}"
+        )
+    print(
+        f"speed-up fused / sequential: {timings['sequential'] / timings['fused']:.2f}x; "
+        f"students' final metrics identical in both modes: {'yes' if same else 'NO'}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -96,13 +105,19 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--channels-last", action="store_true")
     args = ap.parse_args()
-    print(f"bench_fusion: torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {args.device}", flush=True)
+    print(
+        f"bench_fusion: torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {args.device}",
+        flush=True,
+    )
     grid = {"alphas": [0.1], "temperatures": [1.0, 2.0, 3.0, 64.0], "seeds": [0]}
     if args.workload in ("digits", "both"):
         run("digits", {"grid": grid, "device": args.device}, "digits")
     if args.workload in ("imagenet", "both"):
         with tempfile.TemporaryDirectory() as tmp:
-            print(f"[imagenet] writing {args.classes} x {args.per_class} JPEGs ({args.image_size + 32}x{args.image_size + 48})...", flush=True)
+            print(
+                f"[imagenet] writing {args.classes} x {args.per_class} JPEGs ({args.image_size + 32}x{args.image_size + 48})...",
+                flush=True,
+            )
             root = make_imagefolder(Path(tmp) / "inet", args.classes, args.per_class, args.image_size)
             role = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": 0.01, "warmup_epochs": 0}
             run("imagenet", {

@@ -26,6 +26,7 @@ rounds; R is the median of the rounds' paired ratios.
 The functions ``teacher_step``, ``kd_step``, ``fused_students``, ``beam_decoding`` and ``vs_fairseq`` return
 their figure, and ``BOUNDS`` holds the issue's goals, for ``benchmarks/gpu_check.py``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,12 @@ BOUNDS = {
     "vs_fairseq": 1.0,  # lskd-bench / fairseq-train target tokens/s, same device, same max_tokens
 }
 
-RECIPE = {"teacher": "transformer_iwslt_de_en", "student": "transformer_iwslt_de_en_small", "vocab": 10000, "max_tokens": 4096}
+RECIPE = {
+    "teacher": "transformer_iwslt_de_en",
+    "student": "transformer_iwslt_de_en_small",
+    "vocab": 10000,
+    "max_tokens": 4096,
+}
 DEMO = {"teacher": "transformer_tiny", "student": "transformer_micro", "vocab": 1000, "max_tokens": 1024}
 
 
@@ -68,8 +74,13 @@ def batch(rng, vocab: int, max_tokens: int, mean_len: int, device) -> dict:
         longest = max(longest, ls, lt)
         if (len(samples) + 1) * longest > max_tokens:
             break
-        samples.append({"id": i, "source": torch.from_numpy(np.append(rng.integers(4, vocab, ls - 1), EOS)),
-                        "target": torch.from_numpy(np.append(rng.integers(4, vocab, lt - 1), EOS))})
+        samples.append(
+            {
+                "id": i,
+                "source": torch.from_numpy(np.append(rng.integers(4, vocab, ls - 1), EOS)),
+                "target": torch.from_numpy(np.append(rng.integers(4, vocab, lt - 1), EOS)),
+            }
+        )
         i += 1
     b = fa.collate(samples, PAD, EOS)
     b["target_index"] = b["target"].reshape(-1).ne(PAD).nonzero().squeeze(1)
@@ -129,8 +140,20 @@ class _Counting(IWSLTEnDe):
         return out
 
 
-def config(corpus: Corpus, root: Path, *, teacher: str, student: str, max_tokens: int, updates: int, device: str,
-           dropout: float = 0.3, alphas=(0.1,), temperatures=(1.0,), **train) -> dict[str, Any]:
+def config(
+    corpus: Corpus,
+    root: Path,
+    *,
+    teacher: str,
+    student: str,
+    max_tokens: int,
+    updates: int,
+    device: str,
+    dropout: float = 0.3,
+    alphas=(0.1,),
+    temperatures=(1.0,),
+    **train,
+) -> dict[str, Any]:
     """The IWSLT recipe with the given models and batch, stopping after ``updates`` updates."""
     from lskd_bench.runners.grid import resolve_config
 
@@ -138,30 +161,61 @@ def config(corpus: Corpus, root: Path, *, teacher: str, student: str, max_tokens
         for side in ("en", "de"):
             (root / f"{split}.{side}").touch()  # the task checks that a corpus is there; the bench supplies it
     compile_ = bool(train.pop("compile", False))  # a run setting, not a role's
-    role = {"max_tokens": max_tokens, "max_updates": updates, "epochs": 10_000, "eval_every": 10_000,
-            "checkpoint_every": None, "dropout": dropout, **train}
-    return resolve_config("iwslt_ende", {}, {
-        "data": {"root": str(root), "vocab_size": corpus.vocab}, "device": device, "compile": compile_,
-        "teacher": {**role, "arch": teacher}, "student": {**role, "arch": student},
-        "grid": {"alphas": list(alphas), "temperatures": list(temperatures)},
-        "generation": {"limit": 1, "beam": 1, "max_len_b": 2},  # the loop's final evaluation: negligible
-    })
+    role = {
+        "max_tokens": max_tokens,
+        "max_updates": updates,
+        "epochs": 10_000,
+        "eval_every": 10_000,
+        "checkpoint_every": None,
+        "dropout": dropout,
+        **train,
+    }
+    return resolve_config(
+        "iwslt_ende",
+        {},
+        {
+            "data": {"root": str(root), "vocab_size": corpus.vocab},
+            "device": device,
+            "compile": compile_,
+            "teacher": {**role, "arch": teacher},
+            "student": {**role, "arch": student},
+            "grid": {"alphas": list(alphas), "temperatures": list(temperatures)},
+            "generation": {"limit": 1, "beam": 1, "max_len_b": 2},  # the loop's final evaluation: negligible
+        },
+    )
 
 
 def task_data(corpus: Corpus):
     from lskd_bench.tasks import TaskData
 
     d = fa.make_dictionary(["<s>", "<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(corpus.vocab - 4)])
-    return TaskData(train=corpus.train, val=corpus.test, num_classes=len(d), class_names=[],
-                    extras={"valid": corpus.test, "dictionary": d, "subwords": _Words(), "report": []})
+    return TaskData(
+        train=corpus.train,
+        val=corpus.test,
+        num_classes=len(d),
+        class_names=[],
+        extras={"valid": corpus.test, "dictionary": d, "subwords": _Words(), "report": []},
+    )
 
 
 def _rate(tokens: list[int], seconds: list[float], skip: int) -> float:
     return sum(tokens[skip:]) / max(sum(seconds[skip:]), 1e-9)
 
 
-def loop_run(corpus: Corpus, *, role: str, teacher: str, student: str, max_tokens: int, updates: int, device: str,
-             members: int = 1, skip: int = 2, dropout: float = 0.3, **train) -> tuple[list[int], list[float]]:
+def loop_run(
+    corpus: Corpus,
+    *,
+    role: str,
+    teacher: str,
+    student: str,
+    max_tokens: int,
+    updates: int,
+    device: str,
+    members: int = 1,
+    skip: int = 2,
+    dropout: float = 0.3,
+    **train,
+) -> tuple[list[int], list[float]]:
     """Train through ``train_group`` for ``updates`` updates; (target tokens, seconds) per update, each update
     timed from the end of the previous one. ``role`` teacher: ``members`` teachers (alphas 0.1, 0.2...);
     student: ``members`` word-level KD students (T = 1, 2...) of a randomly initialised teacher."""
@@ -171,8 +225,19 @@ def loop_run(corpus: Corpus, *, role: str, teacher: str, student: str, max_token
     with tempfile.TemporaryDirectory(prefix="bench_nmt-") as tmp:
         alphas = [round(0.1 * (i + 1), 2) for i in range(members)] if role == "teacher" else [0.1]
         temps = [float(i + 1) for i in range(members)]
-        cfg = config(corpus, Path(tmp), teacher=teacher, student=student, max_tokens=max_tokens, updates=updates,
-                     device=device, dropout=dropout, alphas=alphas, temperatures=temps, **train)
+        cfg = config(
+            corpus,
+            Path(tmp),
+            teacher=teacher,
+            student=student,
+            max_tokens=max_tokens,
+            updates=updates,
+            device=device,
+            dropout=dropout,
+            alphas=alphas,
+            temperatures=temps,
+            **train,
+        )
         cfg["methods"], cfg["baseline"] = ["kd"], False
         task, data = _Counting(), task_data(corpus)
         cells = [c for c in plan_cells(cfg) if (c.role == "teacher") == (role == "teacher")][:members]
@@ -182,8 +247,16 @@ def loop_run(corpus: Corpus, *, role: str, teacher: str, student: str, max_token
             dev = resolve_device(cfg)
             t_model = task.build_model(teacher, data, cfg, cfg["teacher"]).to(dev).eval()
         marks = [time.perf_counter()]
-        train_group(task, cells, cfg, data, [Path(tmp) / c.name for c in cells], teacher=t_model, progress=False,
-                    on_step=lambda e, i: marks.append(_synced(cfg)))
+        train_group(
+            task,
+            cells,
+            cfg,
+            data,
+            [Path(tmp) / c.name for c in cells],
+            teacher=t_model,
+            progress=False,
+            on_step=lambda e, i: marks.append(_synced(cfg)),
+        )
     per = len(cells)
     tokens = [sum(task.tokens[i : i + per]) for i in range(0, len(task.tokens), per)]
     seconds = list(np.diff(marks))
@@ -202,40 +275,107 @@ def _corpus_for(vocab: int, max_tokens: int, updates: int, mean_len: int) -> Cor
     return make_corpus(vocab, n_train=per_batch * (updates + 4), mean_len=mean_len)
 
 
-def teacher_step(device: str = "cpu", *, teacher: str = DEMO["teacher"], vocab: int = DEMO["vocab"],
-                 max_tokens: int = DEMO["max_tokens"], updates: int = 20, skip: int = 3, mean_len: int = 24, **train) -> float:
+def teacher_step(
+    device: str = "cpu",
+    *,
+    teacher: str = DEMO["teacher"],
+    vocab: int = DEMO["vocab"],
+    max_tokens: int = DEMO["max_tokens"],
+    updates: int = 20,
+    skip: int = 3,
+    mean_len: int = 24,
+    **train,
+) -> float:
     """Teacher training (label-smoothed CE) through the loop: target tokens/s."""
     c = _corpus_for(vocab, max_tokens, updates, mean_len)
-    tok, sec = loop_run(c, role="teacher", teacher=teacher, student=teacher, max_tokens=max_tokens, updates=updates,
-                        device=device, **train)
+    tok, sec = loop_run(
+        c,
+        role="teacher",
+        teacher=teacher,
+        student=teacher,
+        max_tokens=max_tokens,
+        updates=updates,
+        device=device,
+        **train,
+    )
     return _rate(tok, sec, skip)
 
 
-def kd_step(device: str = "cpu", *, teacher: str = DEMO["teacher"], student: str = DEMO["student"], vocab: int = DEMO["vocab"],
-            max_tokens: int = DEMO["max_tokens"], updates: int = 20, skip: int = 3, mean_len: int = 24, **train) -> float:
+def kd_step(
+    device: str = "cpu",
+    *,
+    teacher: str = DEMO["teacher"],
+    student: str = DEMO["student"],
+    vocab: int = DEMO["vocab"],
+    max_tokens: int = DEMO["max_tokens"],
+    updates: int = 20,
+    skip: int = 3,
+    mean_len: int = 24,
+    **train,
+) -> float:
     """One word-level KD student (teacher forward + student step) through the loop: target tokens/s."""
-    return fused_students(device, members=1, teacher=teacher, student=student, vocab=vocab, max_tokens=max_tokens,
-                          updates=updates, skip=skip, mean_len=mean_len, **train)
+    return fused_students(
+        device,
+        members=1,
+        teacher=teacher,
+        student=student,
+        vocab=vocab,
+        max_tokens=max_tokens,
+        updates=updates,
+        skip=skip,
+        mean_len=mean_len,
+        **train,
+    )
 
 
-def fused_students(device: str = "cpu", *, members: int = 5, teacher: str = DEMO["teacher"], student: str = DEMO["student"],
-                   vocab: int = DEMO["vocab"], max_tokens: int = DEMO["max_tokens"], updates: int = 20, skip: int = 3,
-                   mean_len: int = 24, **train) -> float:
+def fused_students(
+    device: str = "cpu",
+    *,
+    members: int = 5,
+    teacher: str = DEMO["teacher"],
+    student: str = DEMO["student"],
+    vocab: int = DEMO["vocab"],
+    max_tokens: int = DEMO["max_tokens"],
+    updates: int = 20,
+    skip: int = 3,
+    mean_len: int = 24,
+    **train,
+) -> float:
     """A fused group of ``members`` KD students sharing each batch and one teacher forward: target tokens/s
     summed over the members (compare with ``members * kd_step``'s time)."""
     c = _corpus_for(vocab, max_tokens, updates, mean_len)
-    tok, sec = loop_run(c, role="student", teacher=teacher, student=student, max_tokens=max_tokens, updates=updates,
-                        device=device, members=members, **train)
+    tok, sec = loop_run(
+        c,
+        role="student",
+        teacher=teacher,
+        student=student,
+        max_tokens=max_tokens,
+        updates=updates,
+        device=device,
+        members=members,
+        **train,
+    )
     return _rate(tok, sec, skip)
 
 
-def beam_decoding(device: str = "cpu", *, teacher: str = DEMO["teacher"], vocab: int = DEMO["vocab"], beam: int = 5,
-                  sentences: int = 64, mean_len: int = 24, gen_max_tokens: Optional[int] = None, rounds: int = 2) -> float:
+def beam_decoding(
+    device: str = "cpu",
+    *,
+    teacher: str = DEMO["teacher"],
+    vocab: int = DEMO["vocab"],
+    beam: int = 5,
+    sentences: int = 64,
+    mean_len: int = 24,
+    gen_max_tokens: Optional[int] = None,
+    rounds: int = 2,
+) -> float:
     """``task.translate`` with beam ``beam`` over ``sentences`` held-out sentences (random weights; the output
     length is capped at 1.2 x source + 10 as in the demo): generated target tokens/s (eos included)."""
     c = make_corpus(vocab, n_train=8, n_test=sentences, mean_len=mean_len)
     with tempfile.TemporaryDirectory(prefix="bench_nmt-") as tmp:
-        cfg = config(c, Path(tmp), teacher=teacher, student=teacher, max_tokens=DEMO["max_tokens"], updates=1, device=device)
+        cfg = config(
+            c, Path(tmp), teacher=teacher, student=teacher, max_tokens=DEMO["max_tokens"], updates=1, device=device
+        )
     cfg["generation"].update(beam=beam, max_len_a=1.2, max_len_b=10, limit=None)
     if gen_max_tokens is not None:
         cfg["generation"]["max_tokens"] = gen_max_tokens
@@ -276,7 +416,9 @@ def _fairseq_tool(name: str) -> list[str]:
     on_path = shutil.which(name)
     if on_path:
         return [on_path]
-    raise SystemExit(f"bench_nmt: {name} not found next to {sys.executable}, as {module} nor on PATH (pip install fairseq)")
+    raise SystemExit(
+        f"bench_nmt: {name} not found next to {sys.executable}, as {module} nor on PATH (pip install fairseq)"
+    )
 
 
 def write_text(corpus: Corpus, root: Path) -> None:
@@ -296,16 +438,51 @@ def fairseq_args(arch: str, hp: dict[str, Any], max_tokens: int, updates: int, d
         out += [f"--{k.replace('_', '-')}", str(v)]
     if hp["share_decoder_input_output_embed"]:
         out.append("--share-decoder-input-output-embed")
-    out += ["--dropout", str(hp["dropout"]), "--attention-dropout", str(hp["attention_dropout"]),
-            "--activation-dropout", str(hp["activation_dropout"]),
-            "--optimizer", "adam", "--adam-betas", str(tuple(hp["betas"])), "--adam-eps", str(hp["adam_eps"]),
-            "--lr", str(hp["lr"]), "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(hp["warmup_updates"]),
-            "--warmup-init-lr", str(hp["warmup_init_lr"]), "--weight-decay", str(hp["weight_decay"]),
-            "--clip-norm", str(hp["clip_norm"]),
-            "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
-            "--max-tokens", str(max_tokens), "--required-batch-size-multiple", "1", "--max-update", str(updates),
-            "--seed", "0", "--no-save", "--disable-validation", "--no-progress-bar", "--log-format", "json",
-            "--log-interval", "1"]
+    out += [
+        "--dropout",
+        str(hp["dropout"]),
+        "--attention-dropout",
+        str(hp["attention_dropout"]),
+        "--activation-dropout",
+        str(hp["activation_dropout"]),
+        "--optimizer",
+        "adam",
+        "--adam-betas",
+        str(tuple(hp["betas"])),
+        "--adam-eps",
+        str(hp["adam_eps"]),
+        "--lr",
+        str(hp["lr"]),
+        "--lr-scheduler",
+        "inverse_sqrt",
+        "--warmup-updates",
+        str(hp["warmup_updates"]),
+        "--warmup-init-lr",
+        str(hp["warmup_init_lr"]),
+        "--weight-decay",
+        str(hp["weight_decay"]),
+        "--clip-norm",
+        str(hp["clip_norm"]),
+        "--criterion",
+        "label_smoothed_cross_entropy",
+        "--label-smoothing",
+        "0.1",
+        "--max-tokens",
+        str(max_tokens),
+        "--required-batch-size-multiple",
+        "1",
+        "--max-update",
+        str(updates),
+        "--seed",
+        "0",
+        "--no-save",
+        "--disable-validation",
+        "--no-progress-bar",
+        "--log-format",
+        "json",
+        "--log-interval",
+        "1",
+    ]
     out += ["--cpu"] if device == "cpu" else ["--bf16"]
     return out
 
@@ -313,8 +490,12 @@ def fairseq_args(arch: str, hp: dict[str, Any], max_tokens: int, updates: int, d
 def fairseq_run(bin_dir: Path, args: list[str]) -> tuple[list[int], list[float]]:
     """Run fairseq-train; (target tokens, seconds) per update from its per-update json log (wpb / wps)."""
     threads = str(torch.get_num_threads())  # the same intra-op threads as this process
-    proc = subprocess.run([*_fairseq_tool("fairseq-train"), str(bin_dir), *args], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
+    proc = subprocess.run(
+        [*_fairseq_tool("fairseq-train"), str(bin_dir), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
+    )
     if proc.returncode != 0:
         raise SystemExit(f"bench_nmt: fairseq-train failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     tokens, seconds = [], []
@@ -330,9 +511,20 @@ def fairseq_run(bin_dir: Path, args: list[str]) -> tuple[list[int], list[float]]
     return tokens, seconds
 
 
-def vs_fairseq(device: str = "cpu", *, arch: str = DEMO["teacher"], vocab: int = DEMO["vocab"], max_tokens: int = DEMO["max_tokens"],
-               updates: int = 60, skip: int = 5, rounds: int = 2, mean_len: int = 24, dropout: float = 0.3,
-               log=print, **train) -> tuple[float, float, float]:
+def vs_fairseq(
+    device: str = "cpu",
+    *,
+    arch: str = DEMO["teacher"],
+    vocab: int = DEMO["vocab"],
+    max_tokens: int = DEMO["max_tokens"],
+    updates: int = 60,
+    skip: int = 5,
+    rounds: int = 2,
+    mean_len: int = 24,
+    dropout: float = 0.3,
+    log=print,
+    **train,
+) -> tuple[float, float, float]:
     """Teacher training of ``arch`` with fairseq-train and with lskd-bench's loop, alternating ``rounds`` times;
     (lskd-bench tokens/s, fairseq-train tokens/s, ratio): the medians over the rounds, the ratio the median of
     each round's paired ratio (robust to a round that another process disturbed)."""
@@ -343,19 +535,57 @@ def vs_fairseq(device: str = "cpu", *, arch: str = DEMO["teacher"], vocab: int =
     with tempfile.TemporaryDirectory(prefix="bench_nmt-fairseq-") as tmp:
         text, bin_dir = Path(tmp) / "text", Path(tmp) / "bin"
         write_text(corpus, text)
-        pre = subprocess.run([*_fairseq_tool("fairseq-preprocess"), "--source-lang", "en", "--target-lang", "de",
-                              "--trainpref", str(text / "train"), "--validpref", str(text / "valid"), "--destdir", str(bin_dir),
-                              "--srcdict", str(text / "dict.txt"), "--tgtdict", str(text / "dict.txt"), "--workers", "1"],
-                             capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        pre = subprocess.run(
+            [
+                *_fairseq_tool("fairseq-preprocess"),
+                "--source-lang",
+                "en",
+                "--target-lang",
+                "de",
+                "--trainpref",
+                str(text / "train"),
+                "--validpref",
+                str(text / "valid"),
+                "--destdir",
+                str(bin_dir),
+                "--srcdict",
+                str(text / "dict.txt"),
+                "--tgtdict",
+                str(text / "dict.txt"),
+                "--workers",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
         if pre.returncode != 0:
             raise SystemExit(f"bench_nmt: fairseq-preprocess failed:\n{pre.stderr[-3000:]}")
-        cfg = config(corpus, Path(tmp), teacher=arch, student=arch, max_tokens=max_tokens, updates=updates, device=device,
-                     dropout=dropout, **train)
+        cfg = config(
+            corpus,
+            Path(tmp),
+            teacher=arch,
+            student=arch,
+            max_tokens=max_tokens,
+            updates=updates,
+            device=device,
+            dropout=dropout,
+            **train,
+        )
         args = fairseq_args(arch, cfg["teacher"], max_tokens, updates, device)
         log(f"fairseq-train {' '.join(args)}")
         for r in range(rounds):  # the order alternates too, so that a drifting load favours neither
-            run_ours = lambda: loop_run(corpus, role="teacher", teacher=arch, student=arch,  # noqa: E731
-                                        max_tokens=max_tokens, updates=updates, device=device, dropout=dropout, **train)
+            run_ours = lambda: loop_run(
+                corpus,
+                role="teacher",
+                teacher=arch,
+                student=arch,  # noqa: E731
+                max_tokens=max_tokens,
+                updates=updates,
+                device=device,
+                dropout=dropout,
+                **train,
+            )
             if r % 2 == 0:
                 a, b = run_ours(), fairseq_run(bin_dir, args)
             else:
@@ -364,8 +594,10 @@ def vs_fairseq(device: str = "cpu", *, arch: str = DEMO["teacher"], vocab: int =
             ours.append(_rate(*a, skip))
             theirs.append(_rate(*b, skip))
             ratios.append(ours[-1] / theirs[-1])
-            log(f"round {r + 1}/{rounds}: lskd-bench {_rate(*a, skip):9.0f}  fairseq-train {_rate(*b, skip):9.0f} target tokens/s, "
-                f"ratio {ratios[-1]:.3f} ({len(a[0])} and {len(b[0])} updates, {sum(a[0])} and {sum(b[0])} target tokens)")
+            log(
+                f"round {r + 1}/{rounds}: lskd-bench {_rate(*a, skip):9.0f}  fairseq-train {_rate(*b, skip):9.0f} target tokens/s, "
+                f"ratio {ratios[-1]:.3f} ({len(a[0])} and {len(b[0])} updates, {sum(a[0])} and {sum(b[0])} target tokens)"
+            )
     return statistics.median(ours), statistics.median(theirs), statistics.median(ratios)
 
 
@@ -375,41 +607,86 @@ def gpu_rows(device: str = "cuda", small: bool = False) -> list[tuple[str, Calla
     IWSLT recipe (41.8 M teacher, 8.8 M student, vocab 10k, max_tokens 4096) on one GPU, bf16. ``small``: the
     demo's models, max_tokens 256, a few updates, no fairseq-train (seconds on a CPU, for tests)."""
     if small:
-        r = {"teacher": DEMO["teacher"], "vocab": DEMO["vocab"], "max_tokens": 256, "updates": 4, "skip": 1, "mean_len": 8}
+        r = {
+            "teacher": DEMO["teacher"],
+            "vocab": DEMO["vocab"],
+            "max_tokens": 256,
+            "updates": 4,
+            "skip": 1,
+            "mean_len": 8,
+        }
         rs = {**r, "student": DEMO["student"]}
         return [
             ("teacher step (demo models, small)", lambda: teacher_step(device, **r), None, "target tokens/s"),
             ("KD student step (small)", lambda: kd_step(device, **rs), None, "target tokens/s"),
-            ("fused group of 5 KD students (small)", lambda: fused_students(device, members=5, **rs), None,
-             "target tokens/s (all members)"),
-            ("beam-5 decoding (small)", lambda: beam_decoding(device, teacher=r["teacher"], vocab=r["vocab"], sentences=8,
-                                                                  mean_len=8, rounds=1), None, "target tokens/s"),
+            (
+                "fused group of 5 KD students (small)",
+                lambda: fused_students(device, members=5, **rs),
+                None,
+                "target tokens/s (all members)",
+            ),
+            (
+                "beam-5 decoding (small)",
+                lambda: beam_decoding(
+                    device, teacher=r["teacher"], vocab=r["vocab"], sentences=8, mean_len=8, rounds=1
+                ),
+                None,
+                "target tokens/s",
+            ),
         ]
     r = {k: RECIPE[k] for k in ("teacher", "vocab", "max_tokens")}
     rs = {**r, "student": RECIPE["student"]}
     return [
         ("teacher step (IWSLT recipe)", lambda: teacher_step(device, **r), BOUNDS["teacher_step"], "target tokens/s"),
         ("KD student step (one student)", lambda: kd_step(device, **rs), None, "target tokens/s"),
-        ("fused group of 5 KD students", lambda: fused_students(device, members=5, **rs), None,
-         "target tokens/s (all members)"),
-        ("beam-5 decoding (256 sentences, max_tokens 8192)",
-         lambda: beam_decoding(device, teacher=r["teacher"], vocab=r["vocab"], sentences=256, gen_max_tokens=8192),
-         BOUNDS["beam_decoding"], "target tokens/s"),
-        ("lskd-bench / fairseq-train teacher (IWSLT recipe)",
-         lambda: vs_fairseq(device, arch=r["teacher"], vocab=r["vocab"], max_tokens=r["max_tokens"], updates=40, skip=5,
-                            rounds=1, log=lambda s: None)[2], BOUNDS["vs_fairseq"], "ratio"),
-        ("demo teacher (transformer_tiny) on the GPU / on the CPU",
-         lambda: teacher_step(device, updates=30) / teacher_step("cpu", updates=30), None,
-         "ratio (device auto keeps the demo on the CPU)"),
+        (
+            "fused group of 5 KD students",
+            lambda: fused_students(device, members=5, **rs),
+            None,
+            "target tokens/s (all members)",
+        ),
+        (
+            "beam-5 decoding (256 sentences, max_tokens 8192)",
+            lambda: beam_decoding(device, teacher=r["teacher"], vocab=r["vocab"], sentences=256, gen_max_tokens=8192),
+            BOUNDS["beam_decoding"],
+            "target tokens/s",
+        ),
+        (
+            "lskd-bench / fairseq-train teacher (IWSLT recipe)",
+            lambda: vs_fairseq(
+                device,
+                arch=r["teacher"],
+                vocab=r["vocab"],
+                max_tokens=r["max_tokens"],
+                updates=40,
+                skip=5,
+                rounds=1,
+                log=lambda s: None,
+            )[2],
+            BOUNDS["vs_fairseq"],
+            "ratio",
+        ),
+        (
+            "demo teacher (transformer_tiny) on the GPU / on the CPU",
+            lambda: teacher_step(device, updates=30) / teacher_step("cpu", updates=30),
+            None,
+            "ratio (device auto keeps the demo on the CPU)",
+        ),
     ]
 
 
 # ------------------------------------------------------------------------------------------ CLI
 def main(argv: Optional[list[str]] = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--recipe", action="store_true", help="the IWSLT recipe's models, vocab 10k, max_tokens 4096 "
-                    "(default on CUDA; the demo's tiny models, vocab 1k, max_tokens 1024 on the CPU)")
+    ap.add_argument(
+        "--recipe",
+        action="store_true",
+        help="the IWSLT recipe's models, vocab 10k, max_tokens 4096 "
+        "(default on CUDA; the demo's tiny models, vocab 1k, max_tokens 1024 on the CPU)",
+    )
     ap.add_argument("--teacher", choices=sorted(fa.ARCHS))
     ap.add_argument("--student", choices=sorted(fa.ARCHS))
     ap.add_argument("--vocab", type=int)
@@ -419,12 +696,20 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--members", type=int, default=5, help="students in the fused group")
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--compile", action="store_true", help="torch.compile the models being trained (cfg compile)")
-    ap.add_argument("--pad-to-multiple", type=int, default=1, help="pad batch lengths to a multiple (teacher/student "
-                    "pad_to_multiple: shapes repeat, for --compile)")
+    ap.add_argument(
+        "--pad-to-multiple",
+        type=int,
+        default=1,
+        help="pad batch lengths to a multiple (teacher/student pad_to_multiple: shapes repeat, for --compile)",
+    )
     ap.add_argument("--vs-fairseq", action="store_true", help="teacher training side by side with fairseq-train")
     ap.add_argument("--rounds", type=int, default=3, help="--vs-fairseq: alternations of the two trainers (medians)")
-    ap.add_argument("--iwslt-train-tokens", type=float, default=None,
-                    help="target tokens per epoch of the real corpus, to print the grid's estimated hours")
+    ap.add_argument(
+        "--iwslt-train-tokens",
+        type=float,
+        default=None,
+        help="target tokens per epoch of the real corpus, to print the grid's estimated hours",
+    )
     ap.add_argument("--epochs", type=int, default=50)
     args = ap.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -435,15 +720,30 @@ def main(argv: Optional[list[str]] = None) -> None:
     train: dict[str, Any] = {"pad_to_multiple": args.pad_to_multiple} if args.pad_to_multiple > 1 else {}
     if args.compile:
         train["compile"] = True
-    print(f"device: {name}; {teacher} -> {student}, vocab {vocab}, max_tokens {max_tokens}, mean length {args.mean_len}, "
-          f"{'bf16 autocast' if device == 'cuda' else 'fp32'}", flush=True)
+    print(
+        f"device: {name}; {teacher} -> {student}, vocab {vocab}, max_tokens {max_tokens}, mean length {args.mean_len}, "
+        f"{'bf16 autocast' if device == 'cuda' else 'fp32'}",
+        flush=True,
+    )
     if args.vs_fairseq:
         updates = args.updates or 60
-        mine, other, ratio = vs_fairseq(device, arch=teacher, vocab=vocab, max_tokens=max_tokens, updates=updates,
-                                        rounds=args.rounds, mean_len=args.mean_len,
-                                        log=lambda s: print(s, flush=True), **train)
-        print(f"teacher training ({teacher}), lskd-bench loop     {mine:12.0f} target tokens/s (median of {args.rounds} rounds)")
-        print(f"teacher training ({teacher}), fairseq-train       {other:12.0f} target tokens/s (median of {args.rounds} rounds)")
+        mine, other, ratio = vs_fairseq(
+            device,
+            arch=teacher,
+            vocab=vocab,
+            max_tokens=max_tokens,
+            updates=updates,
+            rounds=args.rounds,
+            mean_len=args.mean_len,
+            log=lambda s: print(s, flush=True),
+            **train,
+        )
+        print(
+            f"teacher training ({teacher}), lskd-bench loop     {mine:12.0f} target tokens/s (median of {args.rounds} rounds)"
+        )
+        print(
+            f"teacher training ({teacher}), fairseq-train       {other:12.0f} target tokens/s (median of {args.rounds} rounds)"
+        )
         print(f"ratio lskd-bench / fairseq-train: {ratio:.3f}")  # the median of the rounds' paired ratios
         return
     updates = args.updates or 20
@@ -455,17 +755,23 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     t_tps = show(f"teacher training ({teacher})", teacher_step(device, teacher=teacher, **common))
     k_tps = show(f"KD student training ({student})", kd_step(device, teacher=teacher, student=student, **common))
-    f_tps = show(f"fused group of {args.members} KD students ({student})",
-                 fused_students(device, members=args.members, teacher=teacher, student=student, **common))
+    f_tps = show(
+        f"fused group of {args.members} KD students ({student})",
+        fused_students(device, members=args.members, teacher=teacher, student=student, **common),
+    )
     print(f"fusion gain: {f_tps / k_tps:.2f}x the tokens/s of one KD student trained alone")
-    show(f"beam {args.beam} decoding ({teacher}, 64 sentences)",
-         beam_decoding(device, teacher=teacher, vocab=vocab, beam=args.beam, mean_len=args.mean_len))
+    show(
+        f"beam {args.beam} decoding ({teacher}, 64 sentences)",
+        beam_decoding(device, teacher=teacher, vocab=vocab, beam=args.beam, mean_len=args.mean_len),
+    )
     if args.iwslt_train_tokens:
         per_epoch_t = args.iwslt_train_tokens / t_tps
         per_epoch_s = args.iwslt_train_tokens / f_tps  # one student's epoch, trained in a fused group
         total = args.epochs * (2 * per_epoch_t + 9 * per_epoch_s) / 3600  # 2 teachers, 8 KD students + baseline
-        print(f"estimated IWSLT grid ({args.epochs} epochs, 2 teachers + 9 students fused by {args.members}): "
-              f"{total:.1f} device-hours (training only; evaluation and data loading not included)")
+        print(
+            f"estimated IWSLT grid ({args.epochs} epochs, 2 teachers + 9 students fused by {args.members}): "
+            f"{total:.1f} device-hours (training only; evaluation and data loading not included)"
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ subprocess executor on one GPU: once with ``--per-gpu 1`` and once with ``--per-
 between rounds). Prints each wall time and the ratio (one at a time / packed), and checks both runs reached
 the same cells. Without CUDA the ids are labels and both runs train on the CPU (a smoke test, not a figure).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,21 @@ from lskd_bench.runners import store
 
 
 def run(task: str, out: Path, gpu: str, per_gpu: int) -> float:
-    cmd = [sys.executable, "-m", "lskd_bench", "run", "--task", task, "--out", str(out), "--gpus", gpu,
-           "--per-gpu", str(per_gpu), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lskd_bench",
+        "run",
+        "--task",
+        task,
+        "--out",
+        str(out),
+        "--gpus",
+        gpu,
+        "--per-gpu",
+        str(per_gpu),
+        "--no-progress",
+    ]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0
@@ -36,7 +50,9 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    print(f"device: {torch.cuda.get_device_name(int(args.gpu)) if torch.cuda.is_available() else 'CPU (no CUDA: smoke test only)'}")
+    print(
+        f"device: {torch.cuda.get_device_name(int(args.gpu)) if torch.cuda.is_available() else 'CPU (no CUDA: smoke test only)'}"
+    )
     ratios = []
     for r in range(args.rounds):
         order = [1, args.per_gpu] if r % 2 == 0 else [args.per_gpu, 1]

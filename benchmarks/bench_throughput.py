@@ -6,6 +6,7 @@
 
 On CUDA it uses bf16 autocast, as the runner does.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,9 +55,12 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; batch {args.batch_size}, {args.image_size}px, {args.classes} classes, "
-          f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}{', channels_last' if args.channels_last else ''}"
-          f"{', compiled' if args.compile else ''}; {args.warmup} warm-up + {args.steps} timed steps each", flush=True)
+    print(
+        f"device: {name}; batch {args.batch_size}, {args.image_size}px, {args.classes} classes, "
+        f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}{', channels_last' if args.channels_last else ''}"
+        f"{', compiled' if args.compile else ''}; {args.warmup} warm-up + {args.steps} timed steps each",
+        flush=True,
+    )
     cfg = {"amp": "bf16"}
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device).contiguous(memory_format=fmt)

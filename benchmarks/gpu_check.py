@@ -33,6 +33,7 @@ then one device call with carry [".device-wheels"] and timeout 600:
 (the prelude builds fairseq in the background; the translation rows come last and wait for it). Give the
 machine back afterwards. The whole script is meant to stay under 8 minutes on one H100/H200.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,15 +56,27 @@ def say(msg: str) -> None:
 ROWS: list[dict[str, Any]] = []
 
 
-def row(workload: str, achieved: Optional[float], unit: str, bound: Optional[float] = None, note: str = "",
-        higher_is_better: bool = True) -> None:
+def row(
+    workload: str,
+    achieved: Optional[float],
+    unit: str,
+    bound: Optional[float] = None,
+    note: str = "",
+    higher_is_better: bool = True,
+) -> None:
     note = " ".join(str(note).split()).replace("|", "/")  # one table cell: an error's text has newlines and pipes
     ratio = None
     if achieved and bound:
         ratio = achieved / bound if higher_is_better else bound / achieved
-    ROWS.append({"workload": workload, "achieved": achieved, "unit": unit, "bound": bound, "ratio": ratio, "note": note})
+    ROWS.append(
+        {"workload": workload, "achieved": achieved, "unit": unit, "bound": bound, "ratio": ratio, "note": note}
+    )
     a = "-" if achieved is None else f"{achieved:,.1f} {unit}"
-    say(f"  = {workload}: {a}" + (f" (bound {bound:,.1f}, ratio {ratio:.0%})" if ratio is not None else "") + (f"; {note}" if note else ""))
+    say(
+        f"  = {workload}: {a}"
+        + (f" (bound {bound:,.1f}, ratio {ratio:.0%})" if ratio is not None else "")
+        + (f"; {note}" if note else "")
+    )
 
 
 def failed(workload: str, unit: str, exc: BaseException) -> None:
@@ -113,8 +126,10 @@ class Setup:
         import torch
 
         dev = torch.cuda.get_device_name(self.device) if self.cuda else f"cpu ({torch.get_num_threads()} threads)"
-        return (f"device {dev}; torch {torch.__version__}; {self.size}px, batch {self.batch}; "
-                f"{'bf16 autocast, channels_last' if self.cuda else 'fp32'}{'; --small' if self.small else ''}")
+        return (
+            f"device {dev}; torch {torch.__version__}; {self.size}px, batch {self.batch}; "
+            f"{'bf16 autocast, channels_last' if self.cuda else 'fp32'}{'; --small' if self.small else ''}"
+        )
 
 
 def sync(dev) -> None:
@@ -221,6 +236,7 @@ def student_rows(s: Setup, arch: str, model, teacher, x, y, t_logits, out: dict[
     row(f"synthetic: {arch} student step (KD loss, teacher logits given)", out[f"student_{arch}"], "img/s")
 
     if arch == "resnet18":
+
         def kd_step():
             with torch.inference_mode(), autocast(dev, s.cfg):
                 t = teacher(x).float()
@@ -237,9 +253,12 @@ def make_jpegs(root: Path, s: Setup) -> Path:
     from concurrent.futures import ProcessPoolExecutor
 
     h, w = (max(s.size + 8, int(s.size * 1.6)), max(s.size + 16, int(s.size * 1.8)))
-    jobs = [(root / split / f"n{c:08d}" / f"{i}.JPEG", c * 100_000 + i + (50_000 if split == "val" else 0), h, w)
-            for split, n in (("train", s.per_class), ("val", max(2, s.per_class // 8)))
-            for c in range(s.classes) for i in range(n)]
+    jobs = [
+        (root / split / f"n{c:08d}" / f"{i}.JPEG", c * 100_000 + i + (50_000 if split == "val" else 0), h, w)
+        for split, n in (("train", s.per_class), ("val", max(2, s.per_class // 8)))
+        for c in range(s.classes)
+        for i in range(n)
+    ]
     for p, *_ in jobs:
         p.parent.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max(1, min(16, os.cpu_count() or 1))) as pool:
@@ -278,8 +297,17 @@ def timed_group(task, cells, cfg, data, out: Path, s: Setup, teacher=None) -> tu
 
     stamps: list[float] = []
     prof: dict[str, float] = {}
-    res = train_group(task, cells, cfg, data, [out / c.name for c in cells], teacher=teacher, progress=False,
-                      on_step=lambda e, i: stamps.append(time.perf_counter()), profile=prof)
+    res = train_group(
+        task,
+        cells,
+        cfg,
+        data,
+        [out / c.name for c in cells],
+        teacher=teacher,
+        progress=False,
+        on_step=lambda e, i: stamps.append(time.perf_counter()),
+        profile=prof,
+    )
     for r in res:
         if r.error:
             raise RuntimeError(r.error)
@@ -316,8 +344,13 @@ def runner_rows(s: Setup, bounds: dict[str, float], work: Path) -> dict[str, flo
                 seen += len(x)
         sync(s.device)
         pipe = seen / (time.perf_counter() - t0) if t0 and seen else None
-        row(f"data pipeline alone, {s.size}px, decode={decode}", pipe, "img/s", bounds.get("group5"),
-            note="vs the fused group's bound: the loader must outrun it")
+        row(
+            f"data pipeline alone, {s.size}px, decode={decode}",
+            pipe,
+            "img/s",
+            bounds.get("group5"),
+            note="vs the fused group's bound: the loader must outrun it",
+        )
 
     def fused(decode: str, cfg, data, cells) -> None:
         students = [c for c in cells if c.role != "teacher"]
@@ -327,16 +360,26 @@ def runner_rows(s: Setup, bounds: dict[str, float], work: Path) -> dict[str, flo
         ips, prof = timed_group(task, students, cfg, data, work / f"fused_{decode}", s, teacher=tmodel)
         tot = sum(prof.values()) or 1.0
         out[f"fused_{decode}"] = ips
-        row(f"runner: fused {s.teacher} -> resnet18 x{len(students)}, {s.size}px JPEGs, decode={decode}", ips, "img/s",
-            bounds.get("group5"), note=f"step loop: data {prof.get('data', 0) / tot:.0%}, teacher {prof.get('teacher', 0) / tot:.0%}, "
-                                       f"students {prof.get('students', 0) / tot:.0%}")
+        row(
+            f"runner: fused {s.teacher} -> resnet18 x{len(students)}, {s.size}px JPEGs, decode={decode}",
+            ips,
+            "img/s",
+            bounds.get("group5"),
+            note=f"step loop: data {prof.get('data', 0) / tot:.0%}, teacher {prof.get('teacher', 0) / tot:.0%}, "
+            f"students {prof.get('students', 0) / tot:.0%}",
+        )
 
     def teacher_training(cfg, data, cells) -> None:
         teacher = next(c for c in cells if c.role == "teacher")
         say(f"runner: {s.teacher} teacher training, decode=gpu...")
         ips, _ = timed_group(task, [teacher], cfg, data, work / "teacher", s)
         out["teacher_runner"] = ips
-        row(f"runner: {s.teacher} teacher training, {s.size}px JPEGs, decode=gpu", ips, "img/s", bounds.get("teacher_step"))
+        row(
+            f"runner: {s.teacher} teacher training, {s.size}px JPEGs, decode=gpu",
+            ips,
+            "img/s",
+            bounds.get("teacher_step"),
+        )
 
     for decode in ("cpu", "gpu"):
         if decode == "gpu" and not nvjpeg_probe(root, s):
@@ -348,8 +391,10 @@ def runner_rows(s: Setup, bounds: dict[str, float], work: Path) -> dict[str, flo
         except Exception as exc:  # noqa: BLE001 - see failed()
             failed(f"runner, decode={decode}", "img/s", exc)
             continue
-        pieces = [(f"data pipeline alone, decode={decode}", lambda: pipeline(decode, data)),
-                  (f"runner: fused group, decode={decode}", lambda: fused(decode, cfg, data, cells))]
+        pieces = [
+            (f"data pipeline alone, decode={decode}", lambda: pipeline(decode, data)),
+            (f"runner: fused group, decode={decode}", lambda: fused(decode, cfg, data, cells)),
+        ]
         if decode == "gpu":
             pieces.append(("runner: teacher training, decode=gpu", lambda: teacher_training(cfg, data, cells)))
         for name, piece in pieces:
@@ -390,8 +435,13 @@ def digits_rows(s: Setup, work: Path, skip: set[str]) -> None:
     if "digits" not in skip:
         over: dict = {"device": str(s.device), "grid": {"seeds": [0]}}  # one of the default grid's 3 seeds
         if s.small:
-            over.update({"grid": {"alphas": [0.1], "temperatures": [4.0], "seeds": [0]}, "teacher": {"epochs": 1},
-                         "student": {"epochs": 1}})
+            over.update(
+                {
+                    "grid": {"alphas": [0.1], "temperatures": [4.0], "seeds": [0]},
+                    "teacher": {"epochs": 1},
+                    "student": {"epochs": 1},
+                }
+            )
         say("digits: the default grid, seed 0" + (" (cut down: --small)" if s.small else "") + "...")
         t0 = time.perf_counter()
         try:
@@ -400,35 +450,80 @@ def digits_rows(s: Setup, work: Path, skip: set[str]) -> None:
             failed("digits default grid, seed 0", "s", exc)
         else:
             bad = "; ".join(f"{c.name}: {why}" for c, why in summary.failed)
-            row(f"digits default grid, seed 0 ({len(summary.trained)} cells)", time.perf_counter() - t0, "s",
-                higher_is_better=False, note=f"{len(summary.failed)} FAILED: {bad}" if bad else "")
+            row(
+                f"digits default grid, seed 0 ({len(summary.trained)} cells)",
+                time.perf_counter() - t0,
+                "s",
+                higher_is_better=False,
+                note=f"{len(summary.failed)} FAILED: {bad}" if bad else "",
+            )
     if "ddp" not in skip:
         walls = {}
         for executor in ("local", "torchrun"):
             say(f"digits: one group through the {executor} executor...")
-            cmd = [sys.executable, "-m", "lskd_bench", "run", "--task", "digits", "--out", str(work / f"ddp_{executor}"),
-                   "--executor", executor, "--alphas", "0.1", "--temperatures", "4", "--set", "grid.seeds=[0]",
-                   "--epochs", "1" if s.small else "5", "--device", str(s.device), "--no-progress"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "lskd_bench",
+                "run",
+                "--task",
+                "digits",
+                "--out",
+                str(work / f"ddp_{executor}"),
+                "--executor",
+                executor,
+                "--alphas",
+                "0.1",
+                "--temperatures",
+                "4",
+                "--set",
+                "grid.seeds=[0]",
+                "--epochs",
+                "1" if s.small else "5",
+                "--device",
+                str(s.device),
+                "--no-progress",
+            ]
             if executor == "torchrun":
                 cmd += ["--nproc-per-node", "1"]
             t0 = time.perf_counter()
             try:  # a hung launcher must not take the rest of the one GPU call with it
-                p = subprocess.run(cmd, capture_output=True, text=True, timeout=120 if s.small else 240,
-                                   env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                p = subprocess.run(
+                    cmd,
+                    capture_output=True,
+                    text=True,
+                    timeout=120 if s.small else 240,
+                    env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                )
             except subprocess.TimeoutExpired as exc:
                 failed(f"digits via {executor}", "s", exc)
                 return
             walls[executor] = time.perf_counter() - t0
             if p.returncode != 0:
-                say(f"  ! digits via {executor} failed (rc {p.returncode}):\n" + "\n".join(p.stderr.strip().splitlines()[-20:]))
-                row(f"digits via {executor}", None, "s", note=f"FAILED rc {p.returncode}: {p.stderr.strip().splitlines()[-1:]}")
+                say(
+                    f"  ! digits via {executor} failed (rc {p.returncode}):\n"
+                    + "\n".join(p.stderr.strip().splitlines()[-20:])
+                )
+                row(
+                    f"digits via {executor}",
+                    None,
+                    "s",
+                    note=f"FAILED rc {p.returncode}: {p.stderr.strip().splitlines()[-1:]}",
+                )
                 return
-        row("digits grid (3 cells) via torchrun DDP, 1 process", walls["torchrun"], "s", walls["local"],
-            note="bound: the same run with the local executor", higher_is_better=False)
+        row(
+            "digits grid (3 cells) via torchrun DDP, 1 process",
+            walls["torchrun"],
+            "s",
+            walls["local"],
+            note="bound: the same run with the local executor",
+            higher_is_better=False,
+        )
 
 
 # ------------------------------------------------------------------------------------------ translation
 WAIT_UNTIL = 420.0  # --wait-fairseq waits at most until this many seconds after the start (the call has 600)
+
 
 def nmt_rows(s: Setup, wait_s: float) -> dict[str, float]:
     """Teacher step, KD step and beam decoding (target tokens/s) on a synthetic batch, then the runner's rows of
@@ -439,11 +534,18 @@ def nmt_rows(s: Setup, wait_s: float) -> dict[str, float]:
     # not past WAIT_UNTIL seconds into the check either: a build that failed would otherwise hold the one device
     # call (600 s) for the whole wait, and a build still running by then leaves no time for these rows
     deadline = min(time.perf_counter() + wait_s, T0 + WAIT_UNTIL)
-    while importlib.util.find_spec("fairseq") is None or subprocess.run([sys.executable, "-c", "import fairseq"],
-                                                                         capture_output=True).returncode != 0:
+    while (
+        importlib.util.find_spec("fairseq") is None
+        or subprocess.run([sys.executable, "-c", "import fairseq"], capture_output=True).returncode != 0
+    ):
         if time.perf_counter() >= deadline:
-            row("translation rows", None, "tok/s", note=f"skipped: fairseq is not importable "
-                f"(waited until {time.perf_counter() - T0:.0f} s into the check)")
+            row(
+                "translation rows",
+                None,
+                "tok/s",
+                note=f"skipped: fairseq is not importable "
+                f"(waited until {time.perf_counter() - T0:.0f} s into the check)",
+            )
             return {}
         say("translation: waiting for fairseq (being built)...")
         time.sleep(10)
@@ -465,11 +567,21 @@ def nmt_rows(s: Setup, wait_s: float) -> dict[str, float]:
     out: dict[str, float] = {}
     try:
         dev = s.device
-        tarch, sarch = ("transformer_tiny", "transformer_micro") if s.small else ("transformer_iwslt_de_en", "transformer_iwslt_de_en_small")
+        tarch, sarch = (
+            ("transformer_tiny", "transformer_micro")
+            if s.small
+            else ("transformer_iwslt_de_en", "transformer_iwslt_de_en_small")
+        )
         vocab, max_tokens, mean_len = (1000, 256, 8) if s.small else (10000, 4096, 24)
         d = fa.make_dictionary(["<s>", "<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(vocab - 4)])
-        hp = {"dropout": 0.3, "attention_dropout": 0.0, "activation_dropout": 0.0, "share_decoder_input_output_embed": True,
-              "share_all_embeddings": False, "max_positions": 1024}
+        hp = {
+            "dropout": 0.3,
+            "attention_dropout": 0.0,
+            "activation_dropout": 0.0,
+            "share_decoder_input_output_embed": True,
+            "share_all_embeddings": False,
+            "max_positions": 1024,
+        }
         b = batch_fn(np.random.default_rng(0), vocab, max_tokens, mean_len, dev)
         tokens = int(b["target"].ne(PAD).sum())
         teacher, student = fa.build_transformer(tarch, d, hp).to(dev), fa.build_transformer(sarch, d, hp).to(dev)
@@ -521,8 +633,12 @@ def nmt_rows(s: Setup, wait_s: float) -> dict[str, float]:
         for _ in range(2):
             decode()
         sync(dev)
-        row(f"translation: beam 5 decoding ({tarch}, {n_sent} random-weight sentences)",
-            2 * counted["n"] / (time.perf_counter() - t0), "tok/s", note="random weights: hypotheses run to max length")
+        row(
+            f"translation: beam 5 decoding ({tarch}, {n_sent} random-weight sentences)",
+            2 * counted["n"] / (time.perf_counter() - t0),
+            "tok/s",
+            note="random weights: hypotheses run to max length",
+        )
     except Exception as exc:  # noqa: BLE001 - see failed(); the runner's rows below still run
         failed("translation: synthetic steps", "tok/s", exc)
     # the runner's own loop (train_group) and task.translate, bench_nmt.gpu_rows: the synthetic steps above are
@@ -536,7 +652,7 @@ def nmt_rows(s: Setup, wait_s: float) -> dict[str, float]:
             failed(f"translation: {name}", unit, exc)  # raises SystemExit when fairseq-train or -preprocess fails)
             continue
         bound = next((v for k, v in bounds.items() if k in name), None)
-        note = ("through the runner" + (f"; goal {goal:,.3g} {unit}" if goal else ""))
+        note = "through the runner" + (f"; goal {goal:,.3g} {unit}" if goal else "")
         row(f"translation: {name}", achieved, unit, bound, note)
         if "fused group" in name:
             out["nmt_fused5"] = achieved
@@ -556,6 +672,8 @@ STUDENT_FORWARD_SHARE = 1 / 3  # an evaluation forward of a student costs ~1/3 o
 def evaluations(epochs: int, every: int) -> int:
     """How often the runner evaluates a cell: every ``every`` epochs and after the last (runners/train.py)."""
     return len(set(range(every, epochs + 1, every)) | {epochs}) if epochs else 0
+
+
 PAPER_TABLES = [  # (table, task, student arch)
     ("ImageNet resnet50 -> resnet18", "imagenet", "resnet18"),
     ("ImageNet resnet50 -> resnet50", "imagenet", "resnet50"),
@@ -589,10 +707,13 @@ def estimate(s: Setup, m: dict[str, float], gpus: int = 8) -> str:
     (achieved / bound) applied, plus evaluation, divided over the GPUs (ideal packing / DDP scaling)."""
     from lskd_bench.runners.grid import fuse_units
 
-    lines = [f"Estimated wall time of the paper's tables on one {gpus}-GPU node (this GPU's figures; ideal scaling over "
-             f"{gpus} GPUs; training and evaluation)", "",
-             "| table | teachers | students | epochs T/S | GPU-hours | of which evaluation | node hours |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Estimated wall time of the paper's tables on one {gpus}-GPU node (this GPU's figures; ideal scaling over "
+        f"{gpus} GPUs; training and evaluation)",
+        "",
+        "| table | teachers | students | epochs T/S | GPU-hours | of which evaluation | node hours |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     eff_t = min(1.0, m.get("teacher_runner", 0) / m["teacher_step"]) if m.get("teacher_runner") else 1.0
     eff_s = min(1.0, m.get("fused_gpu", 0) / m["group5"]) if m.get("fused_gpu") else 1.0
     total = 0.0
@@ -605,11 +726,15 @@ def estimate(s: Setup, m: dict[str, float], gpus: int = 8) -> str:
         teachers = [c for c in cells if c.role == "teacher"]
         students = [c for c in cells if c.role != "teacher"]
         et, es = int(cfg["teacher"]["epochs"]), int(cfg["student"]["epochs"])
-        evals = len(teachers) * evaluations(et, int(cfg["teacher"]["eval_every"])), \
-            len(students) * evaluations(es, int(cfg["student"]["eval_every"]))
+        evals = (
+            len(teachers) * evaluations(et, int(cfg["teacher"]["eval_every"])),
+            len(students) * evaluations(es, int(cfg["student"]["eval_every"])),
+        )
         if student is None:  # translation: per target token
             if not m.get("nmt_teacher"):
-                lines.append(f"| {name} | {len(teachers)} | {len(students)} | {et}/{es} | - | - | no translation figures |")
+                lines.append(
+                    f"| {name} | {len(teachers)} | {len(students)} | {et}/{es} | - | - | no translation figures |"
+                )
                 continue
             t_tok = 1.0 / m["nmt_teacher"]
             # per student token: in a fused group of 5 when measured (the runner fuses a teacher's students), else alone
@@ -619,7 +744,9 @@ def estimate(s: Setup, m: dict[str, float], gpus: int = 8) -> str:
         else:
             key = f"student_{student}"
             if key not in m:
-                lines.append(f"| {name} | {len(teachers)} | {len(students)} | {et}/{es} | - | - | {student} not measured |")
+                lines.append(
+                    f"| {name} | {len(teachers)} | {len(students)} | {et}/{es} | - | - | {student} not measured |"
+                )
                 continue
             imagenet = task_name.startswith("imagenet")
             n, n_eval = (IMAGENET_TRAIN, IMAGENET_VAL) if imagenet else (CUB_TRAIN, CUB_TEST)
@@ -633,18 +760,22 @@ def estimate(s: Setup, m: dict[str, float], gpus: int = 8) -> str:
             eval_s = n_eval * (evals[0] * fwd + evals[1] * st * STUDENT_FORWARD_SHARE)
             gpu_s = n * (len(teachers) * et * t_img + es * s_img_total) + eval_s
         total += gpu_s
-        lines.append(f"| {name} | {len(teachers)} | {len(students)} | {et}/{es} | {gpu_s / 3600:,.1f} | "
-                     f"{eval_s / 3600:,.1f} | {gpu_s / 3600 / gpus:,.1f} |")
+        lines.append(
+            f"| {name} | {len(teachers)} | {len(students)} | {et}/{es} | {gpu_s / 3600:,.1f} | "
+            f"{eval_s / 3600:,.1f} | {gpu_s / 3600 / gpus:,.1f} |"
+        )
     lines.append(f"| all tables | | | | {total / 3600:,.1f} | | {total / 3600 / gpus:,.1f} |")
     lines.append("")
-    lines.append(f"Assumptions: runner efficiency teacher {eff_t:.0%}, fused students {eff_s:.0%} (measured above, "
-                 f"1.0 when not measured); images {IMAGENET_TRAIN:,} (ImageNet) / {CUB_TRAIN:,} (CUB) a epoch, cost scaled by "
-                 f"pixels from {s.size}px; compact students' figures are their synthetic steps; evaluation: every "
-                 f"eval_every epochs and the last, {IMAGENET_VAL:,} / {CUB_TEST:,} images (a student's forward taken as "
-                 f"{STUDENT_FORWARD_SHARE:.2g} of its step), IWSLT {IWSLT_EVAL_TGT_TOKENS:,.0f} target tokens decoded "
-                 f"(valid + test) at the beam-5 row's rate; IWSLT {IWSLT_TGT_TOKENS:,.0f} target tokens an epoch (assumed), "
-                 f"students {'fused by 5' if m.get('nmt_fused5') else 'unfused'}; the baseline shares a teacher's group; "
-                 "each table counts its own two teachers (tables of one task share them: an overcount).")
+    lines.append(
+        f"Assumptions: runner efficiency teacher {eff_t:.0%}, fused students {eff_s:.0%} (measured above, "
+        f"1.0 when not measured); images {IMAGENET_TRAIN:,} (ImageNet) / {CUB_TRAIN:,} (CUB) a epoch, cost scaled by "
+        f"pixels from {s.size}px; compact students' figures are their synthetic steps; evaluation: every "
+        f"eval_every epochs and the last, {IMAGENET_VAL:,} / {CUB_TEST:,} images (a student's forward taken as "
+        f"{STUDENT_FORWARD_SHARE:.2g} of its step), IWSLT {IWSLT_EVAL_TGT_TOKENS:,.0f} target tokens decoded "
+        f"(valid + test) at the beam-5 row's rate; IWSLT {IWSLT_TGT_TOKENS:,.0f} target tokens an epoch (assumed), "
+        f"students {'fused by 5' if m.get('nmt_fused5') else 'unfused'}; the baseline shares a teacher's group; "
+        "each table counts its own two teachers (tables of one task share them: an overcount)."
+    )
     return "\n".join(lines)
 
 
@@ -653,7 +784,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--out", default="gpu_check.md", help="where the table goes (markdown)")
     ap.add_argument("--small", action="store_true", help="tiny sizes on the CPU: the same code in seconds")
     ap.add_argument("--skip", default="", help="comma-separated: synthetic, runner, digits, ddp, nmt")
-    ap.add_argument("--wait-fairseq", type=float, default=0.0, help="seconds to wait for fairseq to become importable (not past 7 minutes into the check)")
+    ap.add_argument(
+        "--wait-fairseq",
+        type=float,
+        default=0.0,
+        help="seconds to wait for fairseq to become importable (not past 7 minutes into the check)",
+    )
     args = ap.parse_args(argv)
     print("gpu_check: starting (imports, then one line per step)", flush=True)
     s = Setup(args)
@@ -690,7 +826,9 @@ def write(out: str, s: Setup, measured: dict[str, float]) -> str:
         except Exception as exc:  # noqa: BLE001 - the table is written whatever the estimate does
             text += f"\nno estimate: {type(exc).__name__}: {exc}\n"
     Path(out).write_text(text)
-    Path(out).with_suffix(".json").write_text(json.dumps({"setup": s.describe(), "rows": ROWS, "measured": measured}, indent=1))
+    Path(out).with_suffix(".json").write_text(
+        json.dumps({"setup": s.describe(), "rows": ROWS, "measured": measured}, indent=1)
+    )
     return text
 
 

@@ -15,6 +15,7 @@ of ``ClassifierNet`` that the analysis reads.
 Also here: MobileNet-V1 for 224 x 224 ImageNet as mdistiller defines it (models/imagenet/mobilenetv1.py),
 the student of its ResNet-50 -> MobileNet-V1 pair.
 """
+
 from __future__ import annotations
 
 import math
@@ -199,7 +200,9 @@ class _WideBlock(nn.Module):
 class _NetworkBlock(nn.Module):
     def __init__(self, n: int, cin: int, cout: int, stride: int):
         super().__init__()
-        self.layer = nn.Sequential(*[_WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n)])
+        self.layer = nn.Sequential(
+            *[_WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n)]
+        )
 
     def forward(self, x):
         return self.layer(x)
@@ -398,7 +401,9 @@ class ShuffleNetV2(CifarNet):
 
 # ------------------------------------------------------------------------------------------ MobileNet-V2
 def _conv_bn_relu(cin: int, cout: int, k: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class _InvertedResidual(nn.Module):
@@ -407,9 +412,14 @@ class _InvertedResidual(nn.Module):
         hid = cin * expand
         self.use_res_connect = stride == 1 and cin == cout
         self.conv = nn.Sequential(
-            nn.Conv2d(cin, hid, 1, 1, 0, bias=False), nn.BatchNorm2d(hid), nn.ReLU(inplace=True),
-            nn.Conv2d(hid, hid, 3, stride, 1, groups=hid, bias=False), nn.BatchNorm2d(hid), nn.ReLU(inplace=True),
-            nn.Conv2d(hid, cout, 1, 1, 0, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(cin, hid, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(hid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hid, hid, 3, stride, 1, groups=hid, bias=False),
+            nn.BatchNorm2d(hid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hid, cout, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(cout),
         )
 
     def forward(self, x):
@@ -421,13 +431,25 @@ class MobileNetV2(CifarNet):
     conv, classifier ``Sequential(Linear)``."""
 
     head_name = "classifier"
-    feature_stages = {"stage0": "conv1", "stage1": "blocks.1", "stage2": "blocks.2", "stage3": "blocks.4",
-                      "stage4": "blocks.6"}  # RepDistiller mobilenetv2.py forward(is_feat=True): f0..f4
+    feature_stages = {
+        "stage0": "conv1",
+        "stage1": "blocks.1",
+        "stage2": "blocks.2",
+        "stage3": "blocks.4",
+        "stage4": "blocks.6",
+    }  # RepDistiller mobilenetv2.py forward(is_feat=True): f0..f4
 
     def __init__(self, num_classes: int = 100, expand: int = 6, width: float = 0.5):
         super().__init__()
-        setting = [[1, 16, 1, 1], [expand, 24, 2, 1], [expand, 32, 3, 2], [expand, 64, 4, 2],
-                   [expand, 96, 3, 1], [expand, 160, 3, 2], [expand, 320, 1, 1]]
+        setting = [
+            [1, 16, 1, 1],
+            [expand, 24, 2, 1],
+            [expand, 32, 3, 2],
+            [expand, 64, 4, 2],
+            [expand, 96, 3, 1],
+            [expand, 160, 3, 2],
+            [expand, 320, 1, 1],
+        ]
         cin = int(32 * width)
         self.conv1 = _conv_bn_relu(3, cin, 3, 2)
         self.blocks = nn.ModuleList()
@@ -460,11 +482,25 @@ class MobileNetV1(CifarNet):
 
         def dw(cin, cout, stride):
             return nn.Sequential(
-                nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
-                nn.Conv2d(cin, cout, 1, 1, 0, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+                nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False),
+                nn.BatchNorm2d(cin),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(cin, cout, 1, 1, 0, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            )
 
-        plan = [(32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1), (256, 512, 2),
-                *[(512, 512, 1)] * 5, (512, 1024, 2), (1024, 1024, 1)]
+        plan = [
+            (32, 64, 1),
+            (64, 128, 2),
+            (128, 128, 1),
+            (128, 256, 2),
+            (256, 256, 1),
+            (256, 512, 2),
+            *[(512, 512, 1)] * 5,
+            (512, 1024, 2),
+            (1024, 1024, 1),
+        ]
         # mdistiller pools with AvgPool2d(7): the same at 224 px; adaptive so that other sizes work too
         self.model = nn.Sequential(_conv_bn_relu(3, 32, 3, 2), *[dw(*p) for p in plan], nn.AdaptiveAvgPool2d(1))
         self.fc = nn.Linear(1024, num_classes)

@@ -1,4 +1,5 @@
 """``lskd-bench`` command line: run, leaderboard, tasks, analyze, visualize, plot."""
+
 from __future__ import annotations
 
 import argparse
@@ -53,6 +54,7 @@ def _list_of(kind: Callable[[str], Any], flag: str) -> Callable[[str], list]:
 
 def _number(kind: type, flag: str, lo: float, hi: float, lo_open: bool = False) -> Callable[[str], Any]:
     """An argparse type for an option the schema does not check: a finite number within [lo, hi] (lo_open: > lo)."""
+
     def parse(text: str) -> Any:
         try:
             v = kind(text)
@@ -69,7 +71,12 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     o: dict[str, Any] = {}
     if args.grid is not None:
         set_dotted(o, "grid.axes", _list_of(str, "--grid")(args.grid))
-    for flag, key, kind in (("alphas", "grid.alphas", float), ("temperatures", "grid.temperatures", float), ("seeds", "grid.seeds", int), ("methods", "methods", str)):
+    for flag, key, kind in (
+        ("alphas", "grid.alphas", float),
+        ("temperatures", "grid.temperatures", float),
+        ("seeds", "grid.seeds", int),
+        ("methods", "methods", str),
+    ):
         val = getattr(args, flag)
         if val is not None:
             set_dotted(o, key, _list_of(kind, f"--{flag}")(val))
@@ -86,8 +93,12 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         o["baseline"] = False
     if args.no_fuse:
         o["fuse"] = False
-    for flag, key in (("data_root", "data.root"), ("init_checkpoint", "teacher.init_checkpoint"),
-                      ("student_init_checkpoint", "student.init_checkpoint"), ("teacher_checkpoint", "teacher.checkpoint")):
+    for flag, key in (
+        ("data_root", "data.root"),
+        ("init_checkpoint", "teacher.init_checkpoint"),
+        ("student_init_checkpoint", "student.init_checkpoint"),
+        ("teacher_checkpoint", "teacher.checkpoint"),
+    ):
         val = getattr(args, flag)
         if val is not None:
             set_dotted(o, key, str(Path(val).absolute()))
@@ -135,14 +146,26 @@ def _resolve(args: argparse.Namespace, check_executor: bool = True) -> Resolved:
     file_cfg = load_yaml(args.config) if args.config else {}
     profile = _profile_layer(args.runner_profile, args.executor) if getattr(args, "runner_profile", None) else None
     overrides = _run_overrides(args)
-    resolved = resolve(args.task, file_cfg, overrides, file_label=f"config {args.config}", check_executor=check_executor,
-                       profile=profile)
+    resolved = resolve(
+        args.task,
+        file_cfg,
+        overrides,
+        file_label=f"config {args.config}",
+        check_executor=check_executor,
+        profile=profile,
+    )
     if getattr(args, "wait", False):  # the chosen executor's "wait" (an executor that submits jobs and returns)
         name = resolved.cfg["executor"]
         if "wait" in resolved.cfg.get(name, {}):
             set_dotted(overrides, f"{name}.wait", True)
-            resolved = resolve(args.task, file_cfg, overrides, file_label=f"config {args.config}",
-                               check_executor=check_executor, profile=profile)
+            resolved = resolve(
+                args.task,
+                file_cfg,
+                overrides,
+                file_label=f"config {args.config}",
+                check_executor=check_executor,
+                profile=profile,
+            )
     return resolved
 
 
@@ -163,8 +186,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             summary = run_grid(cfg, out, progress=not args.no_progress)
     except KeyboardInterrupt as exc:
         sig = getattr(exc, "signal_name", "SIGINT")
-        print(f"\ninterrupted ({sig}): finished cells are saved, unfinished ones resume from their last checkpoint; "
-              "run the same command again to resume", file=sys.stderr)
+        print(
+            f"\ninterrupted ({sig}): finished cells are saved, unfinished ones resume from their last checkpoint; "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
         return int(getattr(exc, "code", 130))
     rows = [r for r in collect(out) if r["task"] == cfg["task"]]
     if rows:
@@ -249,8 +275,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         out = out.with_suffix("")
     check_writable_dir(out.parent)
     problems: list[str] = []
-    text, paths = compare(runs, out, baseline=args.baseline, metric=args.metric, task=args.task, select=args.select,
-                          problems=problems)
+    text, paths = compare(
+        runs, out, baseline=args.baseline, metric=args.metric, task=args.task, select=args.select, problems=problems
+    )
     for line in problems:
         print(f"warning: {line}", file=sys.stderr)
     print(text, end="")
@@ -272,7 +299,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         seed=args.seed,
         limit=args.limit,
     )
-    out = Path(args.out) if args.out else Path(args.runs) / rows[0]["task"] / "analysis" / f"eta_T{args.t1:g}-T{args.t2:g}"
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(args.runs) / rows[0]["task"] / "analysis" / f"eta_T{args.t1:g}-T{args.t2:g}"
+    )
     check_writable_dir(out.parent)
     csv_path, md = write_report(rows, out)
     print(md, end="")
@@ -283,10 +314,26 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_visualize(args: argparse.Namespace) -> int:
     classes = _list_of(str, "--classes")(args.classes) if args.classes else []
     name = "_".join(classes) if classes else "default"
-    out = Path(args.out) if args.out else Path(args.runs) / RunIndex(Path(args.runs), args.task).task / "analysis" / f"projection_{name}_{args.split}.png"
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(args.runs)
+        / RunIndex(Path(args.runs), args.task).task
+        / "analysis"
+        / f"projection_{name}_{args.split}.png"
+    )
     check_writable_dir(out.parent)
-    path, (w, h) = visualize(Path(args.runs), classes, out, split=args.split, task=args.task, method=args.method,
-                             seed=args.seed, per_class=args.per_class, val_per_class=args.val_per_class)
+    path, (w, h) = visualize(
+        Path(args.runs),
+        classes,
+        out,
+        split=args.split,
+        task=args.task,
+        method=args.method,
+        seed=args.seed,
+        per_class=args.per_class,
+        val_per_class=args.val_per_class,
+    )
     print(f"wrote {path} ({w}x{h} px)")
     return 0
 
@@ -338,12 +385,19 @@ def cmd_translate(args: argparse.Namespace) -> int:
     lines = read_text_lines(args.input)
     cell = load_cell(cell_dir, args.weights, device)
     gen = cell.cfg["generation"]
-    for flag, key in (("beam", "beam"), ("lenpen", "lenpen"), ("max_len_a", "max_len_a"), ("max_len_b", "max_len_b"),
-                      ("max_sentences", "max_sentences")):
+    for flag, key in (
+        ("beam", "beam"),
+        ("lenpen", "lenpen"),
+        ("max_len_a", "max_len_a"),
+        ("max_len_b", "max_len_b"),
+        ("max_sentences", "max_sentences"),
+    ):
         val = getattr(args, flag)
         if val is not None:
             if (flag in ("beam", "max_len_b", "max_sentences") and val < 1) or (flag == "max_len_a" and val < 0):
-                raise UsageError(f"--{flag.replace('_', '-')} must be {'>= 0' if flag == 'max_len_a' else '>= 1'}, got {val:g}")
+                raise UsageError(
+                    f"--{flag.replace('_', '-')} must be {'>= 0' if flag == 'max_len_a' else '>= 1'}, got {val:g}"
+                )
             gen[key] = val
     out, cut = translate_lines(cell, lines, device, progress=not args.no_progress)
     text = "".join(line + "\n" for line in out)
@@ -356,8 +410,11 @@ def cmd_translate(args: argparse.Namespace) -> int:
     note = f"; {cut} line(s) cut to the model's longest input" if cut else ""
     if cell.weights != args.weights:
         where += f"; the cell predates {args.weights} weights"
-    print(f"translated {len(lines)} line(s) with {cell_dir.name} ({cell.weights} weights, {where}) on {device}, "
-          f"beam {gen['beam']}, lenpen {gen['lenpen']:g}{note}", file=sys.stderr)
+    print(
+        f"translated {len(lines)} line(s) with {cell_dir.name} ({cell.weights} weights, {where}) on {device}, "
+        f"beam {gen['beam']}, lenpen {gen['lenpen']:g}{note}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -367,8 +424,10 @@ def cmd_score(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot read {path}: no such file")
     lang = args.lang or Path(args.ref).suffix.lstrip(".")
     if not (lang.isalpha() and 2 <= len(lang) <= 3) or (not args.lang and len(lang) != 2):  # ref.txt is not 'txt'
-        raise UsageError(f"give --lang (the target language, for the Moses tokeniser of bleu_tok): {args.ref} has no "
-                         "language suffix such as .de")
+        raise UsageError(
+            f"give --lang (the target language, for the Moses tokeniser of bleu_tok): {args.ref} has no "
+            "language suffix such as .de"
+        )
     metrics, sig, n = score_files(args.ref, args.hyp, lang)
     for key in ("bleu", "chrf", "bleu_tok"):
         print(f"{key:<9}{metrics[key]:8.4f}  {sig[key]}")
@@ -390,8 +449,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
         per_pair, shared = task.pair_settings()
         if not per_pair and not shared:
             continue
-        print(f"\n{tname} --pair NAME: method settings per pair (lskd_bench/configs/{task.pairs_recipe}.yaml, each value "
-              "cited):")
+        print(
+            f"\n{tname} --pair NAME: method settings per pair (lskd_bench/configs/{task.pairs_recipe}.yaml, each value "
+            "cited):"
+        )
         for m, keys in per_pair.items():
             print(f"  {m:<10} per pair: {', '.join(keys)}")
         for m, why in shared.items():
@@ -413,64 +474,118 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
     """The options that make up a run's config (shared by run, config and check-data)."""
     r.add_argument("--task", help="task name (default: digits, or the config file's 'task'); see 'lskd-bench tasks'")
     r.add_argument("--config", help="YAML config merged over the task's defaults")
-    r.add_argument("--pair", help="teacher-student pair whose published recipe (archs, lr, method hyper-parameters) "
-                   "is applied over the task's, e.g. resnet32x4-resnet8x4 (cifar100); 'lskd-bench tasks' lists them")
-    r.add_argument("--grid", help="swept axes, comma-separated from {alpha,T} (default: alpha,T); "
-                   "an axis not swept takes grid.fixed (alpha 0.1, T 1)")
+    r.add_argument(
+        "--pair",
+        help="teacher-student pair whose published recipe (archs, lr, method hyper-parameters) "
+        "is applied over the task's, e.g. resnet32x4-resnet8x4 (cifar100); 'lskd-bench tasks' lists them",
+    )
+    r.add_argument(
+        "--grid",
+        help="swept axes, comma-separated from {alpha,T} (default: alpha,T); "
+        "an axis not swept takes grid.fixed (alpha 0.1, T 1)",
+    )
     r.add_argument("--alphas", help="teacher label-smoothing values (default: 0,0.1)")
     r.add_argument("--temperatures", help="KD temperatures (default: 1,2,3,64)")
     r.add_argument("--seeds", help="student seeds (default: the task's; digits 0,1,2, the others 0)")
-    r.add_argument("--methods", help="KD methods to train students with, comma-separated (default: kd); "
-                   "see 'lskd-bench methods'")
-    r.add_argument("--data-root", help="data directory (ImageFolder for imagenet*, CUB_200_2011/ for cub200*, "
-                   "the raw IWSLT release or train/valid/test.<lang> for iwslt_*)")
-    r.add_argument("--init-checkpoint", help="local weights to start the teacher from (e.g. ImageNet-pretrained for CUB)")
+    r.add_argument(
+        "--methods", help="KD methods to train students with, comma-separated (default: kd); see 'lskd-bench methods'"
+    )
+    r.add_argument(
+        "--data-root",
+        help="data directory (ImageFolder for imagenet*, CUB_200_2011/ for cub200*, "
+        "the raw IWSLT release or train/valid/test.<lang> for iwslt_*)",
+    )
+    r.add_argument(
+        "--init-checkpoint", help="local weights to start the teacher from (e.g. ImageNet-pretrained for CUB)"
+    )
     r.add_argument("--student-init-checkpoint", help="local weights to start the students from")
-    r.add_argument("--teacher-checkpoint", help="an already trained teacher (one alpha): evaluated and distilled, not trained")
+    r.add_argument(
+        "--teacher-checkpoint", help="an already trained teacher (one alpha): evaluated and distilled, not trained"
+    )
     r.add_argument("--epochs", type=int, help="epochs for teacher and student")
     r.add_argument("--batch-size", type=int, help="batch size for teacher and student")
     r.add_argument("--lr", type=float, help="base learning rate for teacher and student")
-    r.add_argument("--kd-lambda", type=float, help="kd method: weight of the KD term (default 1.0: pure KD, the paper's "
-                   "and the official code's objective)")
+    r.add_argument(
+        "--kd-lambda",
+        type=float,
+        help="kd method: weight of the KD term (default 1.0: pure KD, the paper's and the official code's objective)",
+    )
     r.add_argument("--no-t-squared", action="store_true", help="do not scale the KD term by T^2")
     r.add_argument("--no-baseline", action="store_true", help="skip the no-KD baseline student")
-    r.add_argument("--executor", help="where cells train: auto (default: subprocess over every GPU on a machine with "
-                   "several, else local), local (in this process), subprocess, torchrun or slurm")
-    r.add_argument("--runner-profile", help="executor profile YAML (runners/slurm.yaml: partition, GPUs, time...); "
-                   "implies --executor slurm")
+    r.add_argument(
+        "--executor",
+        help="where cells train: auto (default: subprocess over every GPU on a machine with "
+        "several, else local), local (in this process), subprocess, torchrun or slurm",
+    )
+    r.add_argument(
+        "--runner-profile",
+        help="executor profile YAML (runners/slurm.yaml: partition, GPUs, time...); implies --executor slurm",
+    )
     r.add_argument("--wait", action="store_true", help="slurm: block with a progress bar until every cell settled")
-    r.add_argument("--jobs", type=int, help="at most N units at once (subprocess/torchrun; default: one per GPU slot, "
-                   "1 on the CPU)")
-    r.add_argument("--gpus", help="GPU ids to spread the grid over, comma-separated, e.g. 0,1,2,3 (default: "
-                   "CUDA_VISIBLE_DEVICES if set, else every GPU); each unit's worker sees only its own")
+    r.add_argument(
+        "--jobs",
+        type=int,
+        help="at most N units at once (subprocess/torchrun; default: one per GPU slot, 1 on the CPU)",
+    )
+    r.add_argument(
+        "--gpus",
+        help="GPU ids to spread the grid over, comma-separated, e.g. 0,1,2,3 (default: "
+        "CUDA_VISIBLE_DEVICES if set, else every GPU); each unit's worker sees only its own",
+    )
     r.add_argument("--per-gpu", type=int, help="units sharing one GPU at a time (default 1; small models: 2-8)")
-    r.add_argument("--device", help="auto (default: cuda if available, except for models too small to gain from it, "
-                   "such as the NMT demo's, which stay on the CPU and say so), cpu or cuda")
-    r.add_argument("--nproc-per-node", type=int, help="train each unit with DDP over N processes on N GPUs of its own "
-                   "(torchrun executor; units run side by side while GPUs are free)")
+    r.add_argument(
+        "--device",
+        help="auto (default: cuda if available, except for models too small to gain from it, "
+        "such as the NMT demo's, which stay on the CPU and say so), cpu or cuda",
+    )
+    r.add_argument(
+        "--nproc-per-node",
+        type=int,
+        help="train each unit with DDP over N processes on N GPUs of its own "
+        "(torchrun executor; units run side by side while GPUs are free)",
+    )
     r.add_argument("--num-workers", type=int, help="data-loader worker processes (image tasks)")
-    r.add_argument("--threads", type=int, help="intra-op CPU threads per training process (default: the CPUs this "
-                   "process may use, divided among the units training at once x --nproc-per-node)")
+    r.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op CPU threads per training process (default: the CPUs this "
+        "process may use, divided among the units training at once x --nproc-per-node)",
+    )
     r.add_argument("--compile", action="store_true", help="torch.compile the student/teacher being trained")
     r.add_argument("--channels-last", action="store_true", help="channels_last memory format on CUDA")
-    r.add_argument("--no-fuse", action="store_true", help="train every cell in its own data pass (default: the students "
-                   "of one teacher share each batch and the teacher forward)")
-    r.add_argument("--loggers", help="experiment trackers, one run per cell, comma-separated: tensorboard, wandb, "
-                   "mlflow or a plugin (logging.loggers; W&B and MLflow read their own WANDB_* / MLFLOW_* variables)")
-    r.add_argument("--log-format", choices=("auto", "bar", "plain", "json"),
-                   help="progress output (logging.format): bar, plain lines for batch logs (every logging.interval_s, "
-                   "default 60 s), json (one object a line); auto (default): bar on a terminal, else plain")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config value, e.g. --set student.epochs=5 (repeatable)")
+    r.add_argument(
+        "--no-fuse",
+        action="store_true",
+        help="train every cell in its own data pass (default: the students "
+        "of one teacher share each batch and the teacher forward)",
+    )
+    r.add_argument(
+        "--loggers",
+        help="experiment trackers, one run per cell, comma-separated: tensorboard, wandb, "
+        "mlflow or a plugin (logging.loggers; W&B and MLflow read their own WANDB_* / MLFLOW_* variables)",
+    )
+    r.add_argument(
+        "--log-format",
+        choices=("auto", "bar", "plain", "json"),
+        help="progress output (logging.format): bar, plain lines for batch logs (every logging.interval_s, "
+        "default 60 s), json (one object a line); auto (default): bar on a terminal, else plain",
+    )
+    r.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="any config value, e.g. --set student.epochs=5 (repeatable)"
+    )
 
 
 def _parser_run(sub) -> None:
 
-    r = sub.add_parser("run", help="train the teacher/student grid of a task (resumable)",
-                       description="Train teachers (one per alpha, label smoothing), KD students (one per alpha x T x seed) "
-                       "and a no-KD baseline student per seed. Finished cells are reused; an interrupted run resumes. "
-                       "Exit codes: 0 all cells finished, 1 some cells failed (see error.json; re-run to retry), "
-                       "2 bad input (nothing trained), 130/143 stopped by SIGINT/SIGTERM (run again to resume). Damaged files in the "
-                       "run directory are repaired, one 'repaired:' line each.")
+    r = sub.add_parser(
+        "run",
+        help="train the teacher/student grid of a task (resumable)",
+        description="Train teachers (one per alpha, label smoothing), KD students (one per alpha x T x seed) "
+        "and a no-KD baseline student per seed. Finished cells are reused; an interrupted run resumes. "
+        "Exit codes: 0 all cells finished, 1 some cells failed (see error.json; re-run to retry), "
+        "2 bad input (nothing trained), 130/143 stopped by SIGINT/SIGTERM (run again to resume). Damaged files in the "
+        "run directory are repaired, one 'repaired:' line each.",
+    )
     _add_config_options(r)
     r.add_argument("--out", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     r.add_argument("--dry-run", action="store_true", help="check the data layout, list the cell directories and exit")
@@ -481,80 +596,129 @@ def _parser_run(sub) -> None:
 def _parser_leaderboard(sub) -> None:
     lb = sub.add_parser("leaderboard", help="CSV + markdown leaderboard of finished cells")
     lb.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
-    lb.add_argument("--out", help="output FILE: writes FILE.csv, FILE.md and FILE_claims.csv (the claims' verdicts, "
-                    "differences, Welch p-values and n) (default: RUNS/leaderboard)")
-    lb.add_argument("--select", default="best", choices=("best", "last"),
-                    help="metrics of the selected epoch (default: image tasks the best on val, which is their test set, as "
-                    "the paper; translation the epoch selected on the valid split, test metrics) or of the last epoch")
+    lb.add_argument(
+        "--out",
+        help="output FILE: writes FILE.csv, FILE.md and FILE_claims.csv (the claims' verdicts, "
+        "differences, Welch p-values and n) (default: RUNS/leaderboard)",
+    )
+    lb.add_argument(
+        "--select",
+        default="best",
+        choices=("best", "last"),
+        help="metrics of the selected epoch (default: image tasks the best on val, which is their test set, as "
+        "the paper; translation the epoch selected on the valid split, test metrics) or of the last epoch",
+    )
     lb.set_defaults(func=cmd_leaderboard)
 
 
 def _parser_export(sub) -> None:
-    ex = sub.add_parser("export", help="every finished cell as one table row (CSV, Parquet or JSON Lines)",
-                        description="One row per finished cell: task, role, archs, method, teacher alpha, T, seed, every "
-                        "metric, the selected epoch, the teacher epoch a student used, cell hash and environment columns "
-                        "(in Python: lskd_bench.results.load(RUNS), a pandas DataFrame).")
+    ex = sub.add_parser(
+        "export",
+        help="every finished cell as one table row (CSV, Parquet or JSON Lines)",
+        description="One row per finished cell: task, role, archs, method, teacher alpha, T, seed, every "
+        "metric, the selected epoch, the teacher epoch a student used, cell hash and environment columns "
+        "(in Python: lskd_bench.results.load(RUNS), a pandas DataFrame).",
+    )
     ex.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
-    ex.add_argument("--format", default="csv", choices=results.FORMATS, help="csv (default), parquet (pyarrow) or jsonl")
+    ex.add_argument(
+        "--format", default="csv", choices=results.FORMATS, help="csv (default), parquet (pyarrow) or jsonl"
+    )
     ex.add_argument("--out", help="output file (default: RUNS/results.FORMAT)")
-    ex.add_argument("--select", default="best", choices=("best", "last"),
-                    help="metrics under their plain names: the selected epoch's (default) or the last epoch's")
+    ex.add_argument(
+        "--select",
+        default="best",
+        choices=("best", "last"),
+        help="metrics under their plain names: the selected epoch's (default) or the last epoch's",
+    )
     ex.set_defaults(func=cmd_export)
 
 
 def _parser_compare(sub) -> None:
-    cp = sub.add_parser("compare", help="KD methods side by side vs a baseline method: mean ± std over seeds, Welch t-test",
-                        description="One table per task: a row per KD method (plus teacher and no-KD student), a column "
-                        "per (alpha, T) cell, mean ± std over seeds, difference to the baseline method and Welch's t-test "
-                        "over seeds; a second table asks whether the LS teacher beats alpha = 0 at each T; a PNG of the "
-                        "metric vs T per method. Writes OUT.md, OUT.csv, OUT_ls.csv and OUT_<task>.png.")
+    cp = sub.add_parser(
+        "compare",
+        help="KD methods side by side vs a baseline method: mean ± std over seeds, Welch t-test",
+        description="One table per task: a row per KD method (plus teacher and no-KD student), a column "
+        "per (alpha, T) cell, mean ± std over seeds, difference to the baseline method and Welch's t-test "
+        "over seeds; a second table asks whether the LS teacher beats alpha = 0 at each T; a PNG of the "
+        "metric vs T per method. Writes OUT.md, OUT.csv, OUT_ls.csv and OUT_<task>.png.",
+    )
     cp.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
-    cp.add_argument("--baseline", help="the method the others are compared with (default: kd, or the first method "
-                    "a task ran when it ran no kd)")
+    cp.add_argument(
+        "--baseline",
+        help="the method the others are compared with (default: kd, or the first method a task ran when it ran no kd)",
+    )
     cp.add_argument("--metric", help="metric to compare (default: the task's primary: top1, bleu)")
     cp.add_argument("--task", help="only this task")
-    cp.add_argument("--select", default="best", choices=("best", "last"),
-                    help="selected epoch (default; translation: selected on the valid split) or last")
+    cp.add_argument(
+        "--select",
+        default="best",
+        choices=("best", "last"),
+        help="selected epoch (default; translation: selected on the valid split) or last",
+    )
     cp.add_argument("--out", help="output prefix (default: RUNS/compare)")
     cp.set_defaults(func=cmd_compare)
 
 
 def _parser_analyze(sub) -> None:
-    an = sub.add_parser("analyze", help="diffusion index eta of the KD students' penultimate features",
-                        description="eta(T1,T2; target, S) = mean over k in S of [d(c_t(T2), c_k(T2)) - d(c_t(T1), c_k(T1))] "
-                        "/ d(c_t(T1), c_k(T1)), c = class centroids of the student's penultimate features, d = Euclidean; "
-                        "per teacher alpha, on train and val features. Systematic diffusion: eta(S1) < 0 and eta(S2) > 0.")
+    an = sub.add_parser(
+        "analyze",
+        help="diffusion index eta of the KD students' penultimate features",
+        description="eta(T1,T2; target, S) = mean over k in S of [d(c_t(T2), c_k(T2)) - d(c_t(T1), c_k(T1))] "
+        "/ d(c_t(T1), c_k(T1)), c = class centroids of the student's penultimate features, d = Euclidean; "
+        "per teacher alpha, on train and val features. Systematic diffusion: eta(S1) < 0 and eta(S2) > 0.",
+    )
     an.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     an.add_argument("--target", required=True, help="target class name(s) or index(es), comma-separated")
     an.add_argument("--similar", help="S1: semantically similar classes (default: from the task's class hierarchy)")
     an.add_argument("--dissimilar", help="S2: dissimilar classes (default: from the task's class hierarchy)")
-    an.add_argument("--t1", type=_number(float, "--t1", 0, 1e6, lo_open=True), default=1.0,
-                    help="lower temperature (default 1)")
-    an.add_argument("--t2", type=_number(float, "--t2", 0, 1e6, lo_open=True), default=3.0,
-                    help="higher temperature (default 3)")
-    an.add_argument("--limit", type=_number(int, "--limit", 1, 2**31 - 1),
-                    help="at most this many classes in S1 and S2 when chosen from the hierarchy")
+    an.add_argument(
+        "--t1", type=_number(float, "--t1", 0, 1e6, lo_open=True), default=1.0, help="lower temperature (default 1)"
+    )
+    an.add_argument(
+        "--t2", type=_number(float, "--t2", 0, 1e6, lo_open=True), default=3.0, help="higher temperature (default 3)"
+    )
+    an.add_argument(
+        "--limit",
+        type=_number(int, "--limit", 1, 2**31 - 1),
+        help="at most this many classes in S1 and S2 when chosen from the hierarchy",
+    )
     an.add_argument("--task", help="task, when the run directory holds several")
     an.add_argument("--method", default="kd", help="KD method of the students (default kd)")
     an.add_argument("--seed", type=_number(int, "--seed", 0, 2**31 - 1), help="student seed (default: the lowest)")
-    an.add_argument("--out", help="output FILE: writes FILE.csv and FILE.md (default: RUNS/<task>/analysis/eta_T<t1>-T<t2>)")
+    an.add_argument(
+        "--out", help="output FILE: writes FILE.csv and FILE.md (default: RUNS/<task>/analysis/eta_T<t1>-T<t2>)"
+    )
     an.set_defaults(func=cmd_analyze)
 
 
 def _parser_visualize(sub) -> None:
-    vz = sub.add_parser("visualize", help="penultimate-layer projection plots (PNG)",
-                        description="The official algorithm: features with a constant 1 appended, orthonormal basis of the "
-                        "3 classes' final-layer rows [w | b] (QR), features and centroids projected onto it, PCA to 2-D "
-                        "fitted on the train projections + centroids and reused for val; one panel per teacher alpha x "
-                        "(teacher, student at each T).")
+    vz = sub.add_parser(
+        "visualize",
+        help="penultimate-layer projection plots (PNG)",
+        description="The official algorithm: features with a constant 1 appended, orthonormal basis of the "
+        "3 classes' final-layer rows [w | b] (QR), features and centroids projected onto it, PCA to 2-D "
+        "fitted on the train projections + centroids and reused for val; one panel per teacher alpha x "
+        "(teacher, student at each T).",
+    )
     vz.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
-    vz.add_argument("--classes", help="exactly three class names or indexes, comma-separated (default: the task's; "
-                    "ImageNet: miniature poodle, standard poodle, submarine, as the paper)")
+    vz.add_argument(
+        "--classes",
+        help="exactly three class names or indexes, comma-separated (default: the task's; "
+        "ImageNet: miniature poodle, standard poodle, submarine, as the paper)",
+    )
     vz.add_argument("--split", default="train", choices=("train", "val"), help="features of this split (default train)")
-    vz.add_argument("--per-class", type=_number(int, "--per-class", 1, 2**31 - 1), default=150,
-                    help="first N train samples per class (default 150, as the official code)")
-    vz.add_argument("--val-per-class", type=_number(int, "--val-per-class", 1, 2**31 - 1), default=50,
-                    help="first N val samples per class (default 50, as the official code)")
+    vz.add_argument(
+        "--per-class",
+        type=_number(int, "--per-class", 1, 2**31 - 1),
+        default=150,
+        help="first N train samples per class (default 150, as the official code)",
+    )
+    vz.add_argument(
+        "--val-per-class",
+        type=_number(int, "--val-per-class", 1, 2**31 - 1),
+        default=50,
+        help="first N val samples per class (default 50, as the official code)",
+    )
     vz.add_argument("--task", help="task, when the run directory holds several")
     vz.add_argument("--method", default="kd", help="KD method of the students (default kd)")
     vz.add_argument("--seed", type=_number(int, "--seed", 0, 2**31 - 1), help="student seed (default: the lowest)")
@@ -563,11 +727,14 @@ def _parser_visualize(sub) -> None:
 
 
 def _parser_plot(sub) -> None:
-    pl = sub.add_parser("plot", help="training curves (loss and validation metric vs epoch) of every finished cell (PNG)",
-                        description="One PNG per task and group (the teachers of an architecture; the students of one "
-                        "method and seed, with the no-KD student in black), from the history in each result.json: "
-                        "training loss and the task's metric against epoch; colour: alpha, line style: T. Live "
-                        "curves: run --loggers tensorboard, then tensorboard --logdir RUNS (or wandb, mlflow).")
+    pl = sub.add_parser(
+        "plot",
+        help="training curves (loss and validation metric vs epoch) of every finished cell (PNG)",
+        description="One PNG per task and group (the teachers of an architecture; the students of one "
+        "method and seed, with the no-KD student in black), from the history in each result.json: "
+        "training loss and the task's metric against epoch; colour: alpha, line style: T. Live "
+        "curves: run --loggers tensorboard, then tensorboard --logdir RUNS (or wandb, mlflow).",
+    )
     pl.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     pl.add_argument("--task", help="only this task")
     pl.add_argument("--out", help="folder (default: RUNS/<task>/curves; else OUT/<task>/)")
@@ -575,64 +742,103 @@ def _parser_plot(sub) -> None:
 
 
 def _parser_config(sub) -> None:
-    c = sub.add_parser("config", help="print the resolved config of a run, with where each value came from",
-                       description="Resolve the config as 'run' would (schema defaults <- task recipe <- --config FILE <- "
-                       "flags and --set) and print every key with its value and source.")
+    c = sub.add_parser(
+        "config",
+        help="print the resolved config of a run, with where each value came from",
+        description="Resolve the config as 'run' would (schema defaults <- task recipe <- --config FILE <- "
+        "flags and --set) and print every key with its value and source.",
+    )
     _add_config_options(c)
     c.set_defaults(func=cmd_config)
 
 
 def _parser_check_data(sub) -> None:
-    cd = sub.add_parser("check-data", help="scan a task's data root: layout, every file decoded, duplicates",
-                        description="Check the data root of a task before training: the layout (class folders, CUB index "
-                        "files, IWSLT line counts), then decode every file with a progress bar. Exit 0 when clean, 2 with "
-                        "one line per problem otherwise.")
+    cd = sub.add_parser(
+        "check-data",
+        help="scan a task's data root: layout, every file decoded, duplicates",
+        description="Check the data root of a task before training: the layout (class folders, CUB index "
+        "files, IWSLT line counts), then decode every file with a progress bar. Exit 0 when clean, 2 with "
+        "one line per problem otherwise.",
+    )
     _add_config_options(cd)
     cd.add_argument("--no-progress", action="store_true", help="no progress bar")
     cd.set_defaults(func=cmd_check_data)
 
 
 def _parser_status(sub) -> None:
-    st = sub.add_parser("status", help="per cell: finished / running / queued / failed / pending, with the cells of the newest run not started yet (Slurm job ids, log tails)")
+    st = sub.add_parser(
+        "status",
+        help="per cell: finished / running / queued / failed / pending, with the cells of the newest run not started yet (Slurm job ids, log tails)",
+    )
     st.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     st.add_argument("--task", help="only this task")
     st.set_defaults(func=cmd_status)
 
 
 def _parser_translate(sub) -> None:
-    tr = sub.add_parser("translate", help="translate a file or stdin with a finished translation cell",
-                        description="Rebuild a finished translation cell from its result.json (config, weights, spm.model "
-                        "beside them) and translate one sentence per input line: detokenised, one output line per input line "
-                        "(an empty line stays empty), in input order; beam search batched as in evaluation, on CUDA when "
-                        "available. The weights of the selected epoch by default (the leaderboard's number), or --weights last.")
+    tr = sub.add_parser(
+        "translate",
+        help="translate a file or stdin with a finished translation cell",
+        description="Rebuild a finished translation cell from its result.json (config, weights, spm.model "
+        "beside them) and translate one sentence per input line: detokenised, one output line per input line "
+        "(an empty line stays empty), in input order; beam search batched as in evaluation, on CUDA when "
+        "available. The weights of the selected epoch by default (the leaderboard's number), or --weights last.",
+    )
     tr.add_argument("--run", help="the cell directory, RUNS/TASK/CELL-HASH")
-    tr.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory to look --cell up in (default: {DEFAULT_RUNS})")
+    tr.add_argument(
+        "--runs", default=DEFAULT_RUNS, help=f"run directory to look --cell up in (default: {DEFAULT_RUNS})"
+    )
     tr.add_argument("--cell", help="cell name, with or without -HASH (e.g. teacher_transformer_tiny_a0.1_s0)")
     tr.add_argument("--input", "-i", help="UTF-8 text file, one sentence a line (default: stdin)")
     tr.add_argument("--output", "-o", help="write the translations here (default: stdout)")
-    tr.add_argument("--weights", default="selected", choices=("selected", "last"),
-                    help="weights of the selected epoch (default) or of the last epoch")
-    tr.add_argument("--beam", type=_number(int, "--beam", 1, 1024),
-                    help="beam size (default: the cell's generation.beam)")
-    tr.add_argument("--lenpen", type=_number(float, "--lenpen", -1e3, 1e3),
-                    help="length penalty (default: the cell's generation.lenpen)")
-    tr.add_argument("--max-len-a", type=_number(float, "--max-len-a", 0, 1e3),
-                    help="max output length = a * source length + b (default: the cell's)")
-    tr.add_argument("--max-len-b", type=_number(int, "--max-len-b", 1, 2**31 - 1),
-                    help="max output length = a * source length + b (default: the cell's)")
-    tr.add_argument("--max-sentences", type=_number(int, "--max-sentences", 1, 2**31 - 1),
-                    help="sentences decoded at once (default: the cell's)")
-    tr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto (default: CUDA when available), cpu or cuda")
+    tr.add_argument(
+        "--weights",
+        default="selected",
+        choices=("selected", "last"),
+        help="weights of the selected epoch (default) or of the last epoch",
+    )
+    tr.add_argument(
+        "--beam", type=_number(int, "--beam", 1, 1024), help="beam size (default: the cell's generation.beam)"
+    )
+    tr.add_argument(
+        "--lenpen",
+        type=_number(float, "--lenpen", -1e3, 1e3),
+        help="length penalty (default: the cell's generation.lenpen)",
+    )
+    tr.add_argument(
+        "--max-len-a",
+        type=_number(float, "--max-len-a", 0, 1e3),
+        help="max output length = a * source length + b (default: the cell's)",
+    )
+    tr.add_argument(
+        "--max-len-b",
+        type=_number(int, "--max-len-b", 1, 2**31 - 1),
+        help="max output length = a * source length + b (default: the cell's)",
+    )
+    tr.add_argument(
+        "--max-sentences",
+        type=_number(int, "--max-sentences", 1, 2**31 - 1),
+        help="sentences decoded at once (default: the cell's)",
+    )
+    tr.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="auto (default: CUDA when available), cpu or cuda",
+    )
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_translate)
 
 
 def _parser_score(sub) -> None:
-    sc = sub.add_parser("score", help="sacreBLEU BLEU, chrF2 and tokenised BLEU of a hypothesis file against references",
-                        description="Score a hypothesis file against a reference file (one segment a line) exactly as the "
-                        "runner scores the test split: detokenised sacreBLEU (13a), chrF2, and BLEU over Moses-tokenised "
-                        "lower-cased text; prints each score with its signature. A cell's test.hyp.selected.<lang> against "
-                        "its test.ref.<lang> gives the numbers stored in result.json.")
+    sc = sub.add_parser(
+        "score",
+        help="sacreBLEU BLEU, chrF2 and tokenised BLEU of a hypothesis file against references",
+        description="Score a hypothesis file against a reference file (one segment a line) exactly as the "
+        "runner scores the test split: detokenised sacreBLEU (13a), chrF2, and BLEU over Moses-tokenised "
+        "lower-cased text; prints each score with its signature. A cell's test.hyp.selected.<lang> against "
+        "its test.ref.<lang> gives the numbers stored in result.json.",
+    )
     sc.add_argument("--ref", required=True, help="reference file, e.g. RUNS/TASK/CELL/test.ref.de")
     sc.add_argument("--hyp", required=True, help="hypothesis file, e.g. RUNS/TASK/CELL/test.hyp.selected.de")
     sc.add_argument("--lang", help="target language for the Moses tokeniser (default: the reference file's suffix)")
@@ -645,11 +851,14 @@ def _parser_methods(sub) -> None:
 
 
 def _parser_report(sub) -> None:
-    rp = sub.add_parser("report", help="one self-contained HTML page of a run directory (tables, heatmaps, curves)",
-                        description="One static HTML file, opened offline in any browser (CSS, JavaScript and images "
-                        "inline, no network): per-cell status, the leaderboard with the paper's numbers and deltas, "
-                        "per task the alpha x T heatmap of the students and the methods' comparison with its tests, "
-                        "the training curves and the environment. Click a column header to sort a table.")
+    rp = sub.add_parser(
+        "report",
+        help="one self-contained HTML page of a run directory (tables, heatmaps, curves)",
+        description="One static HTML file, opened offline in any browser (CSS, JavaScript and images "
+        "inline, no network): per-cell status, the leaderboard with the paper's numbers and deltas, "
+        "per task the alpha x T heatmap of the students and the methods' comparison with its tests, "
+        "the training curves and the environment. Click a column header to sort a table.",
+    )
     rp.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     rp.add_argument("--out", help="HTML file (default: RUNS/report.html)")
     rp.set_defaults(func=cmd_report)
@@ -664,9 +873,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lskd-bench", description="Label smoothing x knowledge distillation benchmark suite.")
     p.add_argument("--version", action="version", version=f"lskd-bench {__version__}")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
-    for add in (_parser_run, _parser_leaderboard, _parser_export, _parser_compare, _parser_analyze, _parser_visualize,
-                _parser_plot, _parser_config, _parser_check_data, _parser_status, _parser_report, _parser_translate,
-                _parser_score, _parser_methods, _parser_tasks):
+    for add in (
+        _parser_run,
+        _parser_leaderboard,
+        _parser_export,
+        _parser_compare,
+        _parser_analyze,
+        _parser_visualize,
+        _parser_plot,
+        _parser_config,
+        _parser_check_data,
+        _parser_status,
+        _parser_report,
+        _parser_translate,
+        _parser_score,
+        _parser_methods,
+        _parser_tasks,
+    ):
         add(sub)
     return p
 

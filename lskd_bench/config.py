@@ -5,6 +5,7 @@ unknown key or a wrong type is one error line naming the layer it came from.
 A cell's identity is the hash of the part of the config that can change its result, so a re-run with
 the same settings finds its finished cells and a run with other settings never overwrites them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,8 +34,9 @@ class _StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             if key in seen:
-                raise UsageError(f"key {key!r} appears twice in one mapping (lines {seen[key]} and {line}); "
-                                 "merge the two")
+                raise UsageError(
+                    f"key {key!r} appears twice in one mapping (lines {seen[key]} and {line}); merge the two"
+                )
             try:
                 seen[key] = line
             except TypeError:  # an unhashable key: PyYAML's own error follows
@@ -111,8 +113,16 @@ def executor_sections() -> dict[str, Section]:
 def full_schema(task: Task) -> Section:
     """The schema of a run of ``task``: the common sections, the task's data and role sections, one section
     per registered KD method with parameters and one per registered executor with a config section."""
-    return RUN.extend({"data": task.data_schema, "teacher": task.train_schema, "student": task.train_schema,
-                       **executor_sections(), **task.extra_sections, **method_sections()})
+    return RUN.extend(
+        {
+            "data": task.data_schema,
+            "teacher": task.train_schema,
+            "student": task.train_schema,
+            **executor_sections(),
+            **task.extra_sections,
+            **method_sections(),
+        }
+    )
 
 
 @dataclass

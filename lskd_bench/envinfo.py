@@ -1,4 +1,5 @@
 """Facts about the machine and the installed code, for recording where a result came from."""
+
 from __future__ import annotations
 
 import functools
@@ -25,12 +26,17 @@ def git_commit() -> str:
     """The commit of the lskd-bench source tree (``+dirty`` with local changes); ``unknown`` outside git."""
     src = Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "-C", str(src), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if head.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no", "--", "."],
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no", "--", "."],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -4,6 +4,7 @@ Similar classes of a target: its siblings (same parent); if it has none, the nea
 descendants. Dissimilar classes: those whose lowest common ancestor with the target is the shallowest
 one available (for a tree with one root: a different top-level branch).
 """
+
 from __future__ import annotations
 
 from importlib import resources

@@ -1,4 +1,5 @@
 """Evaluation metrics, and how a task declares the metrics it reports (``MetricSpec``)."""
+
 from __future__ import annotations
 
 import dataclasses

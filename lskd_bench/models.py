@@ -3,6 +3,7 @@ backbone (penultimate features) and the linear head that ``ClassifierNet`` expec
 
 Weights are never downloaded (``pretrained`` is off); ``load_init_checkpoint`` reads local files.
 """
+
 from __future__ import annotations
 
 import glob
@@ -14,6 +15,7 @@ from torch import nn
 
 from . import cifar_models
 from .errors import UsageError
+
 
 class ClassifierNet(nn.Module):
     """A backbone producing penultimate features and a linear head: what the analysis reads."""
@@ -58,8 +60,10 @@ def resolve_arch(arch: str) -> tuple[str, str]:
     lib, sep, name = arch.partition(":")
     if sep and lib in LIBRARIES and name:
         return lib, name
-    raise UsageError(f"unknown arch {arch!r} (known: {', '.join(sorted(ARCHS))}, or timm:NAME / torchvision:NAME "
-                     "for any classifier of those libraries)")
+    raise UsageError(
+        f"unknown arch {arch!r} (known: {', '.join(sorted(ARCHS))}, or timm:NAME / torchvision:NAME "
+        "for any classifier of those libraries)"
+    )
 
 
 def is_library_arch(arch: str) -> bool:
@@ -78,8 +82,10 @@ def check_library_arch(arch: str) -> None:
         import torchvision
 
         if name not in torchvision.models.list_models(torchvision.models):
-            raise UsageError(f"torchvision has no classification model {name!r} (torchvision.models.list_models() "
-                             "lists them, e.g. regnet_y_400mf)")
+            raise UsageError(
+                f"torchvision has no classification model {name!r} (torchvision.models.list_models() "
+                "lists them, e.g. regnet_y_400mf)"
+            )
 
 
 def _torchvision_net(name: str) -> nn.Module:
@@ -162,7 +168,9 @@ def read_checkpoint(path: str | Path) -> Any:
         if "WeightsUnpickler error:" in text:  # keep the finding, not torch's advice to load it unsafely
             text = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
         first = text.splitlines()[0] if text else type(exc).__name__
-        raise UsageError(f"{path} is not a PyTorch checkpoint of weights ({type(exc).__name__}: {first[:200]})") from None
+        raise UsageError(
+            f"{path} is not a PyTorch checkpoint of weights ({type(exc).__name__}: {first[:200]})"
+        ) from None
 
 
 def load_init_checkpoint(model: nn.Module, path: str | Path, strict: bool = False) -> int:
@@ -186,8 +194,10 @@ def load_init_checkpoint(model: nn.Module, path: str | Path, strict: bool = Fals
         raise UsageError(f"checkpoint {path} has no tensor matching the model")
     missing = [k for k in own if k not in mapped]
     if strict and missing:
-        raise UsageError(f"checkpoint {path} lacks {len(missing)} of the model's {len(own)} tensors (e.g. {missing[0]}"
-                         f"{', shape ' + str(tuple(sd[missing[0]].shape)) + ' there' if missing[0] in sd else ''}): "
-                         "is it a checkpoint of this architecture and number of classes?")
+        raise UsageError(
+            f"checkpoint {path} lacks {len(missing)} of the model's {len(own)} tensors (e.g. {missing[0]}"
+            f"{', shape ' + str(tuple(sd[missing[0]].shape)) + ' there' if missing[0] in sd else ''}): "
+            "is it a checkpoint of this architecture and number of classes?"
+        )
     model.load_state_dict(mapped, strict=False)
     return len(mapped)

@@ -18,6 +18,7 @@ probe forward that takes, at each spatial resolution, the last block-level modul
 torchvision and plain ``nn.Module`` backbones). Outputs are captured with forward hooks while a ``Tap`` is open: nothing per
 architecture, and nothing is kept that no method asked for.
 """
+
 from __future__ import annotations
 
 import re
@@ -87,8 +88,11 @@ def describe(model: nn.Module, x: torch.Tensor) -> Layout:
         if not path:
             continue
         hooks.append(m.register_forward_pre_hook(lambda mod, inp, p=path: calls.append(p)))
-        hooks.append(m.register_forward_hook(
-            lambda mod, inp, out, p=path: order.append((p, tuple(out.shape[1:]) if torch.is_tensor(out) else ()))))
+        hooks.append(
+            m.register_forward_hook(
+                lambda mod, inp, out, p=path: order.append((p, tuple(out.shape[1:]) if torch.is_tensor(out) else ()))
+            )
+        )
     head_in: list[tuple[int, ...]] = []
     hooks.append(head_module(model).register_forward_pre_hook(lambda mod, inp: head_in.append(tuple(inp[0].shape[1:]))))
     was_training = model.training
@@ -127,7 +131,7 @@ def _probe_stages(order: list[tuple[str, tuple[int, ...]]], mods: dict[str, nn.M
     last: dict[tuple[int, int], str] = {}
     seen: list[tuple[int, int]] = []
     for path, shape in order:
-        if not path.startswith(root) or path[len(root):].count(".") > 1:
+        if not path.startswith(root) or path[len(root) :].count(".") > 1:
             continue
         if isinstance(mods[path], POOLS):
             break
@@ -171,10 +175,17 @@ class Tap:
     def __init__(self, model: nn.Module, layout: Layout, names: Iterable[str]):
         self.model, self.layout = model, layout
         self.names = [n for n in dict.fromkeys(expand(layout, names)) if n != "logits"]
-        missing = [n for n in self.names if n != "embedding" and n not in layout.stages
-                   and not (n.startswith("preact_") and n.removeprefix("preact_") in layout.preact)]
+        missing = [
+            n
+            for n in self.names
+            if n != "embedding"
+            and n not in layout.stages
+            and not (n.startswith("preact_") and n.removeprefix("preact_") in layout.preact)
+        ]
         if missing:
-            raise UsageError(f"{type(model).__name__} has no output {missing[0]!r} (it has: {', '.join(layout.names())})")
+            raise UsageError(
+                f"{type(model).__name__} has no output {missing[0]!r} (it has: {', '.join(layout.names())})"
+            )
         self.out = Outputs()
         self._hooks: list = []
 

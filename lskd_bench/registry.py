@@ -9,6 +9,7 @@ up, so the package that defines a registry never imports its plugins at module l
 
 and ``lskd-bench`` loads it the first time the registry is looked up.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -74,5 +75,6 @@ class Registry(Generic[T]):
 # The executor registry lives here, below the config layer, so that the config schema can collect each
 # executor's own section (``config_section``) as it does each method's; the executors themselves
 # (runners/executors.py, runners/slurm.py) register when it is first looked up.
-EXECUTORS: Registry[type] = Registry("executor", "lskd_bench.executors",
-                                     builtin=("lskd_bench.runners.executors", "lskd_bench.runners.slurm"))
+EXECUTORS: Registry[type] = Registry(
+    "executor", "lskd_bench.executors", builtin=("lskd_bench.runners.executors", "lskd_bench.runners.slurm")
+)

@@ -7,6 +7,7 @@ the alpha x T heatmap of the students' mean metric and the methods' comparison w
 is turned into HTML tables here; figures are PNGs inlined as ``data:`` URIs, CSS and the few lines of
 JavaScript that sort a table by a clicked column are inline too.
 """
+
 from __future__ import annotations
 
 import base64
@@ -130,8 +131,9 @@ def html_table(head: list[str], rows: list[list[Any]], raw: bool = False, classe
     trs = []
     for j, row in enumerate(rows):
         cls = (classes or [None] * len(rows))[j]
-        tds = "".join((f'<td class="{cls}">' if cls and k == 1 else "<td>") + fmt(c) + "</td>"
-                      for k, c in enumerate(row))
+        tds = "".join(
+            (f'<td class="{cls}">' if cls and k == 1 else "<td>") + fmt(c) + "</td>" for k, c in enumerate(row)
+        )
         trs.append(f"<tr>{tds}</tr>")
     return f'<table class="sortable"><thead><tr>{th}</tr></thead><tbody>{"".join(trs)}</tbody></table>'
 
@@ -161,8 +163,9 @@ def heatmap_png(cmp: Comparison) -> Optional[bytes]:
     temps = sorted({c["T"] for c in cells})
     cols = min(3, len(methods))
     rows = math.ceil(len(methods) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.2 + 1.1 * len(temps) * cols, 0.9 + 0.55 * len(alphas) * rows + 0.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(1.2 + 1.1 * len(temps) * cols, 0.9 + 0.55 * len(alphas) * rows + 0.6), squeeze=False
+    )
     values = [c["mean"] for c in cells]
     lo, hi = min(values), max(values)
     reverse = not cmp.spec.higher_is_better
@@ -185,7 +188,7 @@ def heatmap_png(cmp: Comparison) -> Optional[bytes]:
         ax.set_ylabel("teacher α")
         ax.set_title(m, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.05)
-    for ax in list(axes.flat)[len(methods):]:
+    for ax in list(axes.flat)[len(methods) :]:
         ax.axis("off")
     fig.suptitle(f"{cmp.task}: student {cmp.metric}, mean over seeds", fontsize=10)
     fig.tight_layout()
@@ -218,8 +221,10 @@ def _task_sections(runs: Path, rows: list[dict[str, Any]], work: Path) -> list[t
         try:
             png = heatmap_png(Comparison(rows, task, primary, baseline))
             if png is not None:
-                parts.append(f"<h3>{html.escape(task)}: α × T ({html.escape(primary)})</h3>"
-                             + _img(png, f"{task} alpha x T heatmap"))
+                parts.append(
+                    f"<h3>{html.escape(task)}: α × T ({html.escape(primary)})</h3>"
+                    + _img(png, f"{task} alpha x T heatmap")
+                )
             text, paths = compare(runs, work / f"compare_{task}", baseline=baseline, task=task)
             text = text.split("\nEnvironment:\n", 1)[0]  # the environment has its own section
             parts.append(markdown_html(text))
@@ -264,14 +269,17 @@ def build_report(runs: Path) -> str:
         sections.append(("problems", "Unreadable results", f"<ul>{items}</ul>"))
     nav = " ".join(f'<a href="#{sid}">{html.escape(title)}</a>' for sid, title, _ in sections)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    body = "\n".join(f'<section id="{sid}"><h2>{html.escape(title)}</h2>\n{content}\n</section>'
-                     for sid, title, content in sections)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>lskd-bench report: {html.escape(str(runs))}</title><style>{CSS}</style></head>\n<body>\n"
-            f"<h1>lskd-bench report</h1><p class=\"meta\">{html.escape(str(runs.resolve()))} · {len(rows)} finished "
-            f"cells · written {stamp} by lskd-bench {__version__} · click a column header to sort a table</p>\n"
-            f"<nav>{nav}</nav>\n{body}\n<script>{SORT_JS}</script>\n</body></html>\n")
+    body = "\n".join(
+        f'<section id="{sid}"><h2>{html.escape(title)}</h2>\n{content}\n</section>' for sid, title, content in sections
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>lskd-bench report: {html.escape(str(runs))}</title><style>{CSS}</style></head>\n<body>\n"
+        f'<h1>lskd-bench report</h1><p class="meta">{html.escape(str(runs.resolve()))} · {len(rows)} finished '
+        f"cells · written {stamp} by lskd-bench {__version__} · click a column header to sort a table</p>\n"
+        f"<nav>{nav}</nav>\n{body}\n<script>{SORT_JS}</script>\n</body></html>\n"
+    )
 
 
 def write_report(runs: Path, out: Path) -> Path:

@@ -17,6 +17,7 @@ skipped, with a line in ``problems``) into one row per cell:
 
 pandas is imported when a frame is built (heavy: not on every CLI start).
 """
+
 from __future__ import annotations
 
 import json
@@ -68,28 +69,37 @@ def record(result: dict[str, Any], select: str = "best") -> dict[str, Any]:
     }
     row.update({k: float(v) for k, v in chosen["metrics"].items()})
     row.update({OTHER_PREFIX[select] + k: float(v) for k, v in other["metrics"].items()})
-    row.update({
-        "primary_metric": result.get("primary_metric") or (specs[0].name if specs else ""),
-        "select": select,
-        "epoch": chosen.get("epoch"),
-        "selected_epoch": best.get("epoch"),
-        "epochs": int(result["epochs"]),
-        "selected_on": selected_on(result),
-        "teacher_cell": c.get("teacher") or "",
-        "teacher_weights": tw.get("which", ""),
-        "teacher_epoch": tw.get("epoch"),
-        "wall_s": float(result["timings"]["wall_s"]),
-        "finished_at": result.get("finished_at", ""),
-        "cell_dir": str(result.get("cell_dir", "")),
-    })
+    row.update(
+        {
+            "primary_metric": result.get("primary_metric") or (specs[0].name if specs else ""),
+            "select": select,
+            "epoch": chosen.get("epoch"),
+            "selected_epoch": best.get("epoch"),
+            "epochs": int(result["epochs"]),
+            "selected_on": selected_on(result),
+            "teacher_cell": c.get("teacher") or "",
+            "teacher_weights": tw.get("which", ""),
+            "teacher_epoch": tw.get("epoch"),
+            "wall_s": float(result["timings"]["wall_s"]),
+            "finished_at": result.get("finished_at", ""),
+            "cell_dir": str(result.get("cell_dir", "")),
+        }
+    )
     for k, v in sorted((result.get("env") or {}).items()):
         row["env_" + k] = ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else v
     return row
 
 
 def _sort_key(r: dict[str, Any]):
-    return (r["task"], _ROLE_ORDER.get(r["role"], 9), r["method"], -1.0 if math.isnan(r["alpha"]) else r["alpha"],
-            -1.0 if math.isnan(r["T"]) else r["T"], r["seed"], r["config_hash"])
+    return (
+        r["task"],
+        _ROLE_ORDER.get(r["role"], 9),
+        r["method"],
+        -1.0 if math.isnan(r["alpha"]) else r["alpha"],
+        -1.0 if math.isnan(r["T"]) else r["T"],
+        r["seed"],
+        r["config_hash"],
+    )
 
 
 def load(runs_dir: Path, select: str = "best", problems: Optional[list[str]] = None):
@@ -102,7 +112,9 @@ def load(runs_dir: Path, select: str = "best", problems: Optional[list[str]] = N
         return pd.DataFrame(columns=ID_COLUMNS)
     metric_names: dict[str, None] = {}
     for r in rows:  # metric columns right after the identity, in the order the rows hold them
-        metric_names.update(dict.fromkeys(k for k in r if k not in ID_COLUMNS and k not in _TAIL and not k.startswith("env_")))
+        metric_names.update(
+            dict.fromkeys(k for k in r if k not in ID_COLUMNS and k not in _TAIL and not k.startswith("env_"))
+        )
     env = sorted({k for r in rows for k in r if k.startswith("env_")})
     columns = ID_COLUMNS + list(metric_names) + _TAIL + env
     df = pd.DataFrame.from_records(rows, columns=columns)
@@ -121,8 +133,20 @@ def latest(df):
     return df.sort_values("finished_at", kind="stable").drop_duplicates(CELL_KEY, keep="last").sort_index()
 
 
-_TAIL = ["primary_metric", "select", "epoch", "selected_epoch", "epochs", "selected_on", "teacher_cell",
-         "teacher_weights", "teacher_epoch", "wall_s", "finished_at", "cell_dir"]
+_TAIL = [
+    "primary_metric",
+    "select",
+    "epoch",
+    "selected_epoch",
+    "epochs",
+    "selected_on",
+    "teacher_cell",
+    "teacher_weights",
+    "teacher_epoch",
+    "wall_s",
+    "finished_at",
+    "cell_dir",
+]
 
 
 def export(df, path: Path, fmt: str) -> Path:
@@ -135,8 +159,10 @@ def export(df, path: Path, fmt: str) -> Path:
         store.atomic_write(path, lambda f: f.write(text), mode="w")
     elif fmt == "jsonl":  # Python's float repr (round-trips exactly; pandas' to_json keeps 10 digits); NaN/NA -> null
         rows = df.astype(object).where(df.notna(), None).to_dict("records")
-        text = "".join(json.dumps({k: v.item() if hasattr(v, "item") else v for k, v in r.items()}, ensure_ascii=False)
-                       + "\n" for r in rows)
+        text = "".join(
+            json.dumps({k: v.item() if hasattr(v, "item") else v for k, v in r.items()}, ensure_ascii=False) + "\n"
+            for r in rows
+        )
         store.atomic_write(path, lambda f: f.write(text), mode="w")
     else:
         store.atomic_write(path, lambda f: df.to_parquet(f, index=False, engine="pyarrow"))

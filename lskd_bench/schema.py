@@ -8,6 +8,7 @@ the expected type and, for a typo, the closest known key (``did you mean teacher
 The schema is the single place that lists defaults. Tasks add their own ``data`` section and extend
 the ``teacher``/``student`` sections; KD methods add one section each, named after the method.
 """
+
 from __future__ import annotations
 
 import copy
@@ -87,7 +88,9 @@ class Field:
         if not ok:
             raise UsageError(f"{key} must be {_TYPE_NAMES[typ]}, got {value!r}")
         if self.choices and value not in self.choices:
-            raise UsageError(f"{key} must be one of {', '.join(map(str, self.choices))}, got {value!r}{_suggest(str(value), self.choices)}")
+            raise UsageError(
+                f"{key} must be one of {', '.join(map(str, self.choices))}, got {value!r}{_suggest(str(value), self.choices)}"
+            )
         return value
 
     def _bounds(self, v: Any, key: str) -> None:
@@ -104,8 +107,9 @@ class Field:
             elif lo is None:
                 rule = f"{'<' if self.max_exclusive else '<='} {_num(hi)}"
             else:
-                rule = (f"in {'(' if self.min_exclusive else '['}{_num(lo)}, {_num(hi)}"
-                        f"{')' if self.max_exclusive else ']'}")
+                rule = (
+                    f"in {'(' if self.min_exclusive else '['}{_num(lo)}, {_num(hi)}{')' if self.max_exclusive else ']'}"
+                )
             raise UsageError(f"{key} must be {rule}, got {v!r}")
 
 
@@ -132,8 +136,11 @@ class Section:
             if key not in self.fields:
                 dotted = f"{path}.{key}" if path else str(key)
                 known = [f"{path}.{k}" if path else k for k in self.fields]
-                hint = _suggest(dotted, known) or (f" (known: {', '.join(sorted(self.fields))})" if len(self.fields) <= 12
-                                                   else " ('lskd-bench config' lists every key)")
+                hint = _suggest(dotted, known) or (
+                    f" (known: {', '.join(sorted(self.fields))})"
+                    if len(self.fields) <= 12
+                    else " ('lskd-bench config' lists every key)"
+                )
                 raise UsageError(f"unknown config key {dotted}{hint}")
         out: dict[str, Any] = {}
         for key, f in self.fields.items():
@@ -206,35 +213,68 @@ TRAIN = Section(
     {
         "arch": Field(str, "", "model architecture (the task lists the ones it offers)"),
         "epochs": positive_int("training epochs", 30),
-        "max_updates": Field(int, None, "stop after this many optimizer updates (epochs still bound the run)", min=1, nullable=True),
+        "max_updates": Field(
+            int, None, "stop after this many optimizer updates (epochs still bound the run)", min=1, nullable=True
+        ),
         "batch_size": positive_int("global batch size (split across DDP processes)", 64),
         "optimizer": Field(str, "sgd", "optimizer", choices=("sgd", "adam", "adamw")),
         "lr": Field(float, 0.05, "base learning rate", min=0.0, min_exclusive=True),
         "momentum": Field(float, 0.9, "SGD momentum", min=0.0, max=1.0),
         "nesterov": Field(bool, False, "Nesterov momentum (SGD)"),
         "weight_decay": Field(float, 0.0, "weight decay", min=0.0),
-        "decay_norm_and_bias": Field(bool, False, "apply weight decay to biases and norm parameters too (the official "
-                                     "code does; lskd-bench's default leaves them out)"),
-        "betas": Field([float], [0.9, 0.999], "Adam/AdamW betas", min=0.0, max=1.0, max_exclusive=True,
-                       check=lambda v: None if len(v) == 2 else "must hold two values"),
+        "decay_norm_and_bias": Field(
+            bool,
+            False,
+            "apply weight decay to biases and norm parameters too (the official "
+            "code does; lskd-bench's default leaves them out)",
+        ),
+        "betas": Field(
+            [float],
+            [0.9, 0.999],
+            "Adam/AdamW betas",
+            min=0.0,
+            max=1.0,
+            max_exclusive=True,
+            check=lambda v: None if len(v) == 2 else "must hold two values",
+        ),
         "adam_eps": Field(float, 1e-8, "Adam/AdamW epsilon", min=0.0, min_exclusive=True),
-        "schedule": Field(str, "cosine", "learning-rate schedule: cosine/step/multistep/constant per epoch, "
-                          "inverse_sqrt per update", choices=("cosine", "step", "multistep", "constant", "inverse_sqrt")),
+        "schedule": Field(
+            str,
+            "cosine",
+            "learning-rate schedule: cosine/step/multistep/constant per epoch, inverse_sqrt per update",
+            choices=("cosine", "step", "multistep", "constant", "inverse_sqrt"),
+        ),
         "step_size": Field(int, 30, "epochs between decays (schedule: step)", min=1),
         "milestones": Field([int], [], "epochs at which the lr decays (schedule: multistep)", min=1),
         "gamma": Field(float, 0.1, "decay factor (step, multistep)", min=0.0, min_exclusive=True),
-        "warmup_epochs": Field(int, 0, "linear warm-up over the first N epochs, per update (epoch schedules; the official "
-                               "ImageNet student's 5-epoch warm-up)", min=0),
+        "warmup_epochs": Field(
+            int,
+            0,
+            "linear warm-up over the first N epochs, per update (epoch schedules; the official "
+            "ImageNet student's 5-epoch warm-up)",
+            min=0,
+        ),
         "warmup_updates": Field(int, 0, "linear warm-up updates (inverse_sqrt)", min=0),
         "warmup_init_lr": Field(float, 0.0, "lr at update 0 of the warm-up (inverse_sqrt)", min=0.0),
         "clip_norm": Field(float, 0.0, "gradient-norm clipping (0: off)", min=0.0),
         "seed": Field(int, None, "teacher seed (default: the first grid seed)", min=0, nullable=True),
-        "init_checkpoint": Field(str, None, "local weights to start from (lskd-bench or library format)", nullable=True),
-        "checkpoint": Field(str, None, "teacher only: an already trained teacher, evaluated and distilled, not trained", nullable=True),
-        "checkpoint_every": Field(int, None, "also checkpoint every N updates within an epoch (resume mid-epoch)",
-                                  min=1, nullable=True, identity=False),
-        "eval_every": Field(int, 1, "evaluate every N epochs (and always after the last) for best/last metrics",
-                            min=1, identity=False),
+        "init_checkpoint": Field(
+            str, None, "local weights to start from (lskd-bench or library format)", nullable=True
+        ),
+        "checkpoint": Field(
+            str, None, "teacher only: an already trained teacher, evaluated and distilled, not trained", nullable=True
+        ),
+        "checkpoint_every": Field(
+            int,
+            None,
+            "also checkpoint every N updates within an epoch (resume mid-epoch)",
+            min=1,
+            nullable=True,
+            identity=False,
+        ),
+        "eval_every": Field(
+            int, 1, "evaluate every N epochs (and always after the last) for best/last metrics", min=1, identity=False
+        ),
     },
     "training recipe of one role",
 )
@@ -242,14 +282,29 @@ TRAIN = Section(
 GRID = Section(
     {
         "axes": Field([str], ["alpha", "T"], "swept axes", choices=("alpha", "T")),
-        "alphas": Field([float], [0.0, 0.1], "teacher label smoothing values", min=0.0, max=1.0, max_exclusive=True,
-                        check=lambda v: None if v else "needs at least one value"),
-        "temperatures": Field([float], [1.0, 2.0, 3.0, 64.0], "KD temperatures", min=0.0, min_exclusive=True,
-                              check=lambda v: None if v else "needs at least one value"),
+        "alphas": Field(
+            [float],
+            [0.0, 0.1],
+            "teacher label smoothing values",
+            min=0.0,
+            max=1.0,
+            max_exclusive=True,
+            check=lambda v: None if v else "needs at least one value",
+        ),
+        "temperatures": Field(
+            [float],
+            [1.0, 2.0, 3.0, 64.0],
+            "KD temperatures",
+            min=0.0,
+            min_exclusive=True,
+            check=lambda v: None if v else "needs at least one value",
+        ),
         "seeds": Field([int], [0], "student seeds", min=0, check=lambda v: None if v else "needs at least one seed"),
         "fixed": Section(
             {
-                "alpha": Field(float, 0.1, "alpha when the alpha axis is not swept", min=0.0, max=1.0, max_exclusive=True),
+                "alpha": Field(
+                    float, 0.1, "alpha when the alpha axis is not swept", min=0.0, max=1.0, max_exclusive=True
+                ),
                 "T": Field(float, 1.0, "T when the T axis is not swept", min=0.0, min_exclusive=True),
             }
         ),
@@ -260,38 +315,83 @@ GRID = Section(
 ANALYSIS = Section(
     {
         "export": Field(bool, True, "save penultimate features (features.npz) of every finished cell", identity=False),
-        "train_per_class": Field(int, None, "train samples per class exported (null: all)", min=1, nullable=True, identity=False),
-        "val_per_class": Field(int, None, "val samples per class exported (null: all)", min=1, nullable=True, identity=False),
+        "train_per_class": Field(
+            int, None, "train samples per class exported (null: all)", min=1, nullable=True, identity=False
+        ),
+        "val_per_class": Field(
+            int, None, "val samples per class exported (null: all)", min=1, nullable=True, identity=False
+        ),
     }
 )
 
 LOCK = Section(
     {
-        "heartbeat_s": Field(float, 10.0, "seconds between a training process's lock heartbeats", min=0.1, max=3600.0, identity=False),
-        "stale_s": Field(float, 300.0, "a lock without a heartbeat for this long is stale (its owner died)",
-                         min=1.0, max=30 * 86400.0, identity=False),
-        "poll_s": Field(float, 1.0, "seconds between checks on cells another process trains", min=0.01, max=3600.0, identity=False),
+        "heartbeat_s": Field(
+            float, 10.0, "seconds between a training process's lock heartbeats", min=0.1, max=3600.0, identity=False
+        ),
+        "stale_s": Field(
+            float,
+            300.0,
+            "a lock without a heartbeat for this long is stale (its owner died)",
+            min=1.0,
+            max=30 * 86400.0,
+            identity=False,
+        ),
+        "poll_s": Field(
+            float, 1.0, "seconds between checks on cells another process trains", min=0.01, max=3600.0, identity=False
+        ),
     },
     "cross-process cell locks",
 )
 
 LOGGING = Section(
     {
-        "tensorboard": Field(bool, False, "write TensorBoard event files per cell (CELL/tensorboard/: loss, lr, loss terms, "
-                             "metrics; needs the tensorboard extra)", identity=False),
+        "tensorboard": Field(
+            bool,
+            False,
+            "write TensorBoard event files per cell (CELL/tensorboard/: loss, lr, loss terms, "
+            "metrics; needs the tensorboard extra)",
+            identity=False,
+        ),
         "every_updates": Field(int, 50, "loggers: log the step loss and lr every N updates", min=1, identity=False),
-        "loggers": Field([str], [], "experiment trackers, one run per cell: tensorboard, wandb, mlflow or a plugin "
-                         "(entry points lskd_bench.loggers); logging.tensorboard: true adds tensorboard",
-                         identity=False),
-        "project": Field(str, "lskd-bench", "W&B project and MLflow experiment of the cells' runs (WANDB_PROJECT / "
-                         "MLFLOW_EXPERIMENT_NAME win when set)", identity=False),
-        "close_timeout_s": Field(float, 60.0, "at the end of a cell, wait at most this long for the loggers to write "
-                                 "what is queued", min=0.0, identity=False),
-        "format": Field(str, "auto", "progress output: bar (bars on the terminal), plain (a line every interval_s and "
-                        "at each epoch end), json (the same as one JSON object a line), auto (bar when stdout and "
-                        "stderr are terminals, else plain)", choices=("auto", "bar", "plain", "json"), identity=False),
-        "interval_s": Field(float, 60.0, "plain/json progress: seconds between lines within an epoch", min=0.0,
-                            min_exclusive=True, identity=False),
+        "loggers": Field(
+            [str],
+            [],
+            "experiment trackers, one run per cell: tensorboard, wandb, mlflow or a plugin "
+            "(entry points lskd_bench.loggers); logging.tensorboard: true adds tensorboard",
+            identity=False,
+        ),
+        "project": Field(
+            str,
+            "lskd-bench",
+            "W&B project and MLflow experiment of the cells' runs (WANDB_PROJECT / "
+            "MLFLOW_EXPERIMENT_NAME win when set)",
+            identity=False,
+        ),
+        "close_timeout_s": Field(
+            float,
+            60.0,
+            "at the end of a cell, wait at most this long for the loggers to write what is queued",
+            min=0.0,
+            identity=False,
+        ),
+        "format": Field(
+            str,
+            "auto",
+            "progress output: bar (bars on the terminal), plain (a line every interval_s and "
+            "at each epoch end), json (the same as one JSON object a line), auto (bar when stdout and "
+            "stderr are terminals, else plain)",
+            choices=("auto", "bar", "plain", "json"),
+            identity=False,
+        ),
+        "interval_s": Field(
+            float,
+            60.0,
+            "plain/json progress: seconds between lines within an epoch",
+            min=0.0,
+            min_exclusive=True,
+            identity=False,
+        ),
     },
     "training curves, trackers and progress output",
 )
@@ -301,33 +401,75 @@ RUN = Section(
         "task": Field(str, "digits", "task name"),
         "methods": Field([str], ["kd"], "KD methods students are trained with"),
         "baseline": Field(bool, True, "train the no-KD student (cross-entropy) per seed"),
-        "teacher_weights": Field(str, "last", "the teacher weights a student distils from: its last epoch's (model.pt) "
-                                 "or its selected epoch's (model_selected.pt); each recipe follows its reference code",
-                                 choices=("last", "selected")),
+        "teacher_weights": Field(
+            str,
+            "last",
+            "the teacher weights a student distils from: its last epoch's (model.pt) "
+            "or its selected epoch's (model_selected.pt); each recipe follows its reference code",
+            choices=("last", "selected"),
+        ),
         "grid": GRID,
         "analysis": ANALYSIS,
         "lock": LOCK,
         "logging": LOGGING,
-        "device": Field(str, "auto", "auto (cuda if available, unless the task's models are too small to gain from it), cpu or cuda",
-                        choices=("auto", "cpu", "cuda"), identity=False),
+        "device": Field(
+            str,
+            "auto",
+            "auto (cuda if available, unless the task's models are too small to gain from it), cpu or cuda",
+            choices=("auto", "cpu", "cuda"),
+            identity=False,
+        ),
         "amp": Field(str, "bf16", "bf16 autocast on CUDA, or fp32", choices=("bf16", "fp32"), identity=False),
         "compile": Field(bool, False, "torch.compile the model being trained", identity=False),
         "channels_last": Field(bool, False, "channels_last memory format on CUDA", identity=False),
         "num_workers": Field(int, 0, "data-loader worker processes", min=0, max=1024, identity=False),
-        "threads": Field(int, None, "intra-op CPU threads per training process (null: the CPUs this process may "
-                         "use, divided by the cells trained at once)", min=1, max=4096, nullable=True, identity=False),
+        "threads": Field(
+            int,
+            None,
+            "intra-op CPU threads per training process (null: the CPUs this process may "
+            "use, divided by the cells trained at once)",
+            min=1,
+            max=4096,
+            nullable=True,
+            identity=False,
+        ),
         "eval_batch_size": Field(int, 256, "batch size of evaluation and feature export", min=1, identity=False),
-        "executor": Field(str, "auto", "where cells train: local, subprocess, torchrun, slurm or a plugin; auto: "
-                          "subprocess over every GPU with several GPUs (or gpus/per_gpu given), torchrun with "
-                          "nproc_per_node > 1, else local", identity=False),
-        "jobs": Field(int, None, "units trained at once by the subprocess/torchrun executors (null: one per GPU slot, "
-                      "1 without GPUs)", min=1, nullable=True, identity=False),
-        "gpus": Field(str, None, "comma-separated GPU ids the subprocess/torchrun executors may use, e.g. \"0,1,2,3\" "
-                      "(null: CUDA_VISIBLE_DEVICES if set, else every GPU)", nullable=True, identity=False,
-                      check=lambda v: None if all(p.strip() for p in v.split(",")) else "must be comma-separated GPU ids"),
-        "per_gpu": Field(int, 1, "units sharing one GPU at a time (subprocess/torchrun executors)", min=1, max=256, identity=False),
-        "nproc_per_node": Field(int, 1, "DDP processes (GPUs) per unit (torchrun executor)", min=1, max=1024, identity=False),
-        "fuse": Field(bool, True, "train the students of one teacher (and seed) in one shared data pass", identity=False),
-        "max_fused": Field(int, 8, "at most this many cells in one fused pass (larger groups are split)", min=1, identity=False),
+        "executor": Field(
+            str,
+            "auto",
+            "where cells train: local, subprocess, torchrun, slurm or a plugin; auto: "
+            "subprocess over every GPU with several GPUs (or gpus/per_gpu given), torchrun with "
+            "nproc_per_node > 1, else local",
+            identity=False,
+        ),
+        "jobs": Field(
+            int,
+            None,
+            "units trained at once by the subprocess/torchrun executors (null: one per GPU slot, 1 without GPUs)",
+            min=1,
+            nullable=True,
+            identity=False,
+        ),
+        "gpus": Field(
+            str,
+            None,
+            'comma-separated GPU ids the subprocess/torchrun executors may use, e.g. "0,1,2,3" '
+            "(null: CUDA_VISIBLE_DEVICES if set, else every GPU)",
+            nullable=True,
+            identity=False,
+            check=lambda v: None if all(p.strip() for p in v.split(",")) else "must be comma-separated GPU ids",
+        ),
+        "per_gpu": Field(
+            int, 1, "units sharing one GPU at a time (subprocess/torchrun executors)", min=1, max=256, identity=False
+        ),
+        "nproc_per_node": Field(
+            int, 1, "DDP processes (GPUs) per unit (torchrun executor)", min=1, max=1024, identity=False
+        ),
+        "fuse": Field(
+            bool, True, "train the students of one teacher (and seed) in one shared data pass", identity=False
+        ),
+        "max_fused": Field(
+            int, 8, "at most this many cells in one fused pass (larger groups are split)", min=1, identity=False
+        ),
     }
 )

@@ -1,15 +1,16 @@
 """On-disk layout of a run directory; every file is written atomically (temp file + rename).
 
-    DIR/<task>/<cell-name>-<hash>/
-        result.json   metrics + config + timings; written last: its presence means "finished"
-        model.pt      final weights (teachers are reused by their students from here)
-        model_selected.pt  weights of the selected ("best") epoch, when it is not the last one
-        test.*        translation: test hypotheses of the selected and last epochs, references, sources
-        state.pt      last epoch checkpoint while the cell trains; removed once it finishes
-        features.npz  penultimate features/labels and head weights for `lskd-bench analyze`
-        lock.json     present while a process trains the cell (see runners/lock.py)
-        error.json    why the cell's last attempt failed (removed when it is retried)
+DIR/<task>/<cell-name>-<hash>/
+    result.json   metrics + config + timings; written last: its presence means "finished"
+    model.pt      final weights (teachers are reused by their students from here)
+    model_selected.pt  weights of the selected ("best") epoch, when it is not the last one
+    test.*        translation: test hypotheses of the selected and last epochs, references, sources
+    state.pt      last epoch checkpoint while the cell trains; removed once it finishes
+    features.npz  penultimate features/labels and head weights for `lskd-bench analyze`
+    lock.json     present while a process trains the cell (see runners/lock.py)
+    error.json    why the cell's last attempt failed (removed when it is retried)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -147,6 +148,7 @@ def keep_previous(path: Path, prev: Path) -> None:
 def save_torch(path: Path, obj: Any) -> None:
     """``torch.save`` streamed to a temp file and renamed (no copy of a checkpoint in memory); a full disk stays an
     ``OSError`` (``DiskFull``)."""
+
     def write(f: Any) -> None:
         out = _KeepWriteError(f)
         try:
@@ -192,8 +194,13 @@ _OPTIONAL_NAME_KEYS = ("name", "teacher_arch")  # absent from results of older v
 def safe_name(value: Any) -> bool:
     """Can ``value`` be one component of a file name (no separator, not '.' or '..', no control characters)?
     Names read from a run directory are untrusted (SECURITY.md): one with '../' would write outside the output."""
-    return (isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
-            and value.isprintable())
+    return (
+        isinstance(value, str)
+        and value not in ("", ".", "..")
+        and "/" not in value
+        and "\\" not in value
+        and value.isprintable()
+    )
 
 
 def _number(v: Any) -> bool:
@@ -248,8 +255,9 @@ def result_shape_problem(res: dict[str, Any]) -> str | None:
     if res.get("primary_metric") is not None and not isinstance(res["primary_metric"], str):
         return f"has primary_metric {res['primary_metric']!r}, not a name"
     specs = res.get("metric_specs")
-    if specs is not None and not (isinstance(specs, list) and all(isinstance(d, dict) and isinstance(d.get("name"), str)
-                                                                  for d in specs)):
+    if specs is not None and not (
+        isinstance(specs, list) and all(isinstance(d, dict) and isinstance(d.get("name"), str) for d in specs)
+    ):
         return "has metric_specs that are not a list of {name: ...} mappings"
     names = res.get("metric_names")
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):

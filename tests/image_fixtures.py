@@ -1,4 +1,5 @@
 """Tiny data sets in the real on-disk layouts: ImageNet ImageFolder and the official CUB_200_2011 folder."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,7 +41,12 @@ def make_cub(root: Path, per_class: tuple[int, int] = (4, 2)) -> Path:
                 images.append(f"{img_id} {rel}")
                 labels.append(f"{img_id} {c}")
                 split.append(f"{img_id} {is_train}")
-    for fname, rows in (("images.txt", images), ("image_class_labels.txt", labels), ("train_test_split.txt", split), ("classes.txt", classes)):
+    for fname, rows in (
+        ("images.txt", images),
+        ("image_class_labels.txt", labels),
+        ("train_test_split.txt", split),
+        ("classes.txt", classes),
+    ):
         (d / fname).write_text("\n".join(rows) + "\n")
     return d
 
@@ -63,12 +69,22 @@ def make_cifar100(root: Path, per_class: tuple[int, int] = (6, 2), classes: int 
         img = rng.integers(0, 90, size=(len(labels), 3, 32, 32), dtype=np.uint8)
         for i, c in enumerate(labels):
             img[i, c % 3] += np.uint8(60 + (c // 3) * 3)  # a class-dependent colour
-        blob = {b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))], b"batch_label": split.encode(),
-                b"fine_labels": labels.tolist(), b"coarse_labels": (labels // 5).tolist(),
-                b"data": img.reshape(len(labels), -1)}
+        blob = {
+            b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))],
+            b"batch_label": split.encode(),
+            b"fine_labels": labels.tolist(),
+            b"coarse_labels": (labels // 5).tolist(),
+            b"data": img.reshape(len(labels), -1),
+        }
         with open(d / split, "wb") as f:
             pickle.dump(blob, f, protocol=2)
     with open(d / "meta", "wb") as f:
-        pickle.dump({b"fine_label_names": [s.encode() for s in names],
-                     b"coarse_label_names": [f"super{i}".encode() for i in range(classes // 5)]}, f, protocol=2)
+        pickle.dump(
+            {
+                b"fine_label_names": [s.encode() for s in names],
+                b"coarse_label_names": [f"super{i}".encode() for i in range(classes // 5)],
+            },
+            f,
+            protocol=2,
+        )
     return d

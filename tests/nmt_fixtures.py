@@ -1,4 +1,5 @@
 """Tiny parallel corpora in the real on-disk layouts: the raw IWSLT release and a plain prepared one."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,12 @@ def make_raw_iwslt(root: Path, pair: str = "de-en", n_train: int = 60, n_test: t
     en, de = [], []
     for i, (e, g) in enumerate(pairs(n_train)):
         if i % 20 == 0:  # a talk header, as in the release files
-            for tag in ("<url>http://www.ted.com/talks/x.html</url>", "<keywords>talks, science</keywords>",
-                        "<speaker>Jane Doe</speaker>", f"<talkid>{i}</talkid>"):
+            for tag in (
+                "<url>http://www.ted.com/talks/x.html</url>",
+                "<keywords>talks, science</keywords>",
+                "<speaker>Jane Doe</speaker>",
+                f"<talkid>{i}</talkid>",
+            ):
                 en.append(tag)
                 de.append(tag)
             en.append("<title>Jane Doe: A talk</title>")
@@ -41,12 +46,16 @@ def make_raw_iwslt(root: Path, pair: str = "de-en", n_train: int = 60, n_test: t
             body = "\n".join(segs)
             (d / f"{name}.{pair}.{lang}.xml").write_text(
                 f'<?xml version="1.0" encoding="UTF-8"?>\n<mteval>\n<srcset setid="{name}" srclang="english">\n'
-                f'<doc docid="1" genre="lectures">\n{body}\n</doc>\n</srcset>\n</mteval>\n', encoding="utf-8")
+                f'<doc docid="1" genre="lectures">\n{body}\n</doc>\n</srcset>\n</mteval>\n',
+                encoding="utf-8",
+            )
         offset += n
     return d
 
 
-def make_plain(root: Path, n_train: int = 48, n_valid: int = 4, n_test: int = 6, src: str = "en", tgt: str = "de") -> Path:
+def make_plain(
+    root: Path, n_train: int = 48, n_valid: int = 4, n_test: int = 6, src: str = "en", tgt: str = "de"
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for split, n, off in (("train", n_train, 0), ("valid", n_valid, 200), ("test", n_test, 300)):
         ps = pairs(n, off)

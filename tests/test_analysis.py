@@ -1,4 +1,5 @@
 """Diffusion index, projection, verdict, hierarchy-based class choice, the PNG and the analyze CLI."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -75,7 +76,12 @@ def test_projection_keeps_distances_of_features_in_the_span():
     flat = coeffs.copy()
     flat[:, 2] = 0
     p2 = pca_2d(project(flat @ W[classes], q))
-    np.testing.assert_allclose(np.linalg.norm(p2[:, None] - p2[None], axis=-1), np.linalg.norm((flat @ W[classes])[:, None] - (flat @ W[classes])[None], axis=-1), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        np.linalg.norm(p2[:, None] - p2[None], axis=-1),
+        np.linalg.norm((flat @ W[classes])[:, None] - (flat @ W[classes])[None], axis=-1),
+        rtol=1e-9,
+        atol=1e-9,
+    )
 
 
 def test_official_projection_uses_bias_rows_and_the_train_pca_for_val():
@@ -103,7 +109,9 @@ def test_official_projection_uses_bias_rows_and_the_train_pca_for_val():
     np.testing.assert_allclose(tr_c, pca.transform(cents), atol=1e-10)
     vproj = with_bias(val) @ q
     np.testing.assert_allclose(va_pts, pca.transform(vproj), atol=1e-10)  # the train PCA, reused
-    np.testing.assert_allclose(va_c, pca.transform(np.stack([vproj[val_labels == k].mean(0) for k in classes])), atol=1e-10)
+    np.testing.assert_allclose(
+        va_c, pca.transform(np.stack([vproj[val_labels == k].mean(0) for k in classes])), atol=1e-10
+    )
 
 
 def test_projection_rejects_dependent_weights():
@@ -140,7 +148,15 @@ def digits_runs(tmp_path_factory):
     from lskd_bench.runners.grid import resolve_config, run_grid
 
     out = tmp_path_factory.mktemp("runs")
-    cfg = resolve_config("digits", {}, {"grid": {"alphas": [0.0, 0.1], "temperatures": [1.0, 3.0], "seeds": [0]}, "teacher": {"epochs": 2}, "student": {"epochs": 2}})
+    cfg = resolve_config(
+        "digits",
+        {},
+        {
+            "grid": {"alphas": [0.0, 0.1], "temperatures": [1.0, 3.0], "seeds": [0]},
+            "teacher": {"epochs": 2},
+            "student": {"epochs": 2},
+        },
+    )
     run_grid(cfg, out, progress=False)
     return out
 

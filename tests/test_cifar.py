@@ -1,5 +1,6 @@
 """Task cifar100 on a generated cifar-100-python folder in the release's pickle format; the CIFAR architectures
 (parameter counts, the shared cifar_teachers key layout, --teacher-checkpoint); per-pair recipes."""
+
 from __future__ import annotations
 
 import json
@@ -73,13 +74,16 @@ def test_run_reads_the_pickles_once_while_they_are_unchanged(tmp_path, monkeypat
     assert reads == ["train", "test", "train", "test"] and torch.equal(again.train.raw, data.train.raw)
 
 
-@pytest.mark.parametrize("damage, needle", [
-    ("missing_dir", "does not exist"),
-    ("no_meta", "lacks meta"),
-    ("garbage", "is not a CIFAR python pickle"),
-    ("bad_shape", "must be uint8 rows of 3072"),
-    ("bad_label", "fine_labels outside 0..99"),
-])
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        ("missing_dir", "does not exist"),
+        ("no_meta", "lacks meta"),
+        ("garbage", "is not a CIFAR python pickle"),
+        ("bad_shape", "must be uint8 rows of 3072"),
+        ("bad_label", "fine_labels outside 0..99"),
+    ],
+)
 def test_bad_folders_are_one_line_errors(tmp_path, cli, damage, needle):
     d = make_cifar100(tmp_path, per_class=(1, 1))
     if damage == "missing_dir":
@@ -99,17 +103,22 @@ def test_bad_folders_are_one_line_errors(tmp_path, cli, damage, needle):
                 raw[b"fine_labels"][0] = 100
             with open(d / "train", "wb") as f:
                 pickle.dump(raw, f)
-    rc, out, err = cli("run", "--task", "cifar100", "--data-root", str(root), "--out", str(tmp_path / "runs"), "--no-progress")
+    rc, out, err = cli(
+        "run", "--task", "cifar100", "--data-root", str(root), "--out", str(tmp_path / "runs"), "--no-progress"
+    )
     assert rc == 2, err
     assert err.startswith("lskd-bench: error: ") and needle in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("damage, needle", [
-    ("truncated_test", "is not a CIFAR python pickle"),
-    ("garbage_meta", "is not a CIFAR python pickle"),
-    ("meta_without_names", "lacks 'fine_label_names'"),
-    ("test_without_labels", "lacks 'fine_labels'"),
-])
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        ("truncated_test", "is not a CIFAR python pickle"),
+        ("garbage_meta", "is not a CIFAR python pickle"),
+        ("meta_without_names", "lacks 'fine_label_names'"),
+        ("test_without_labels", "lacks 'fine_labels'"),
+    ],
+)
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_damaged_pickles_stop_run_and_dry_run_before_anything_is_written(tmp_path, cli, damage, needle, dry_run):
     d = make_cifar100(tmp_path, per_class=(1, 1))
@@ -128,8 +137,17 @@ def test_damaged_pickles_stop_run_and_dry_run_before_anything_is_written(tmp_pat
         with open(d / "test", "wb") as f:
             pickle.dump(raw, f)
     out = tmp_path / "runs"
-    rc, stdout, err = cli("run", "--task", "cifar100", "--data-root", str(tmp_path), "--out", str(out), "--no-progress",
-                          *(["--dry-run"] if dry_run else []))
+    rc, stdout, err = cli(
+        "run",
+        "--task",
+        "cifar100",
+        "--data-root",
+        str(tmp_path),
+        "--out",
+        str(out),
+        "--no-progress",
+        *(["--dry-run"] if dry_run else []),
+    )
     assert rc == 2 and stdout == "", (rc, stdout, err)
     assert err.startswith("lskd-bench: error: cifar100: ") and needle in err and len(err.strip().splitlines()) == 1
     assert [p for p in out.rglob("*") if p.is_file()] == []  # no configs, no teacher folder
@@ -170,7 +188,10 @@ def test_resumed_epoch_sees_the_same_batches(cifar_root):
     cpu = torch.device("cpu")
 
     def batches(start):
-        return [task.to_device(b, cpu, cfg) for b in task.train_batches(data, cfg["student"], cfg, seed=1, epoch=2, start=start)]
+        return [
+            task.to_device(b, cpu, cfg)
+            for b in task.train_batches(data, cfg["student"], cfg, seed=1, epoch=2, start=start)
+        ]
 
     full, tail = batches(0), batches(4)
     assert len(full) == 600 // 64 and len(tail) == len(full) - 4
@@ -201,12 +222,27 @@ def test_resumed_epoch_sees_the_same_batches(cifar_root):
 # state dict and outputs, against that code), and the counts the CIFAR KD literature's tables give, in millions
 # (e.g. 7.43 M resnet32x4, 1.23 M resnet8x4, 2.26 M wrn_40_2; rounded or truncated to 0.01 M).
 PARAMS = {
-    "resnet8": (83_892, None), "resnet14": (181_108, None), "resnet20": (278_324, 0.28), "resnet32": (472_756, 0.47),
-    "resnet44": (667_188, None), "resnet56": (861_620, 0.86), "resnet110": (1_736_564, 1.74),
-    "resnet8x4": (1_233_540, 1.23), "resnet32x4": (7_433_860, 7.43), "ResNet50": (23_705_252, 23.71),
-    "wrn_16_1": (180_916, None), "wrn_16_2": (703_284, 0.70), "wrn_40_1": (569_780, 0.57), "wrn_40_2": (2_255_156, 2.26),
-    "vgg8": (3_965_028, 3.96), "vgg11": (9_277_284, None), "vgg13": (9_462_180, 9.46), "vgg16": (14_774_436, None),
-    "vgg19": (20_086_692, None), "ShuffleV1": (949_258, 0.95), "ShuffleV2": (1_355_528, 1.36),
+    "resnet8": (83_892, None),
+    "resnet14": (181_108, None),
+    "resnet20": (278_324, 0.28),
+    "resnet32": (472_756, 0.47),
+    "resnet44": (667_188, None),
+    "resnet56": (861_620, 0.86),
+    "resnet110": (1_736_564, 1.74),
+    "resnet8x4": (1_233_540, 1.23),
+    "resnet32x4": (7_433_860, 7.43),
+    "ResNet50": (23_705_252, 23.71),
+    "wrn_16_1": (180_916, None),
+    "wrn_16_2": (703_284, 0.70),
+    "wrn_40_1": (569_780, 0.57),
+    "wrn_40_2": (2_255_156, 2.26),
+    "vgg8": (3_965_028, 3.96),
+    "vgg11": (9_277_284, None),
+    "vgg13": (9_462_180, 9.46),
+    "vgg16": (14_774_436, None),
+    "vgg19": (20_086_692, None),
+    "ShuffleV1": (949_258, 0.95),
+    "ShuffleV2": (1_355_528, 1.36),
     "MobileNetV2": (812_836, 0.81),
 }
 
@@ -233,9 +269,13 @@ def test_features_and_head_make_the_logits(arch):
 
 
 def _bn(prefix: str, c: int) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.weight": torch.rand(c) + 0.5, f"{prefix}.bias": torch.randn(c) * 0.1,
-            f"{prefix}.running_mean": torch.randn(c) * 0.1, f"{prefix}.running_var": torch.rand(c) + 0.5,
-            f"{prefix}.num_batches_tracked": torch.tensor(1000)}
+    return {
+        f"{prefix}.weight": torch.rand(c) + 0.5,
+        f"{prefix}.bias": torch.randn(c) * 0.1,
+        f"{prefix}.running_mean": torch.randn(c) * 0.1,
+        f"{prefix}.running_var": torch.rand(c) + 0.5,
+        f"{prefix}.num_batches_tracked": torch.tensor(1000),
+    }
 
 
 def shared_resnet8x4_checkpoint() -> dict:
@@ -247,9 +287,16 @@ def shared_resnet8x4_checkpoint() -> dict:
     cin = 32
     for i, c in enumerate((64, 128, 256), 1):
         p = f"layer{i}.0"
-        sd.update({f"{p}.conv1.weight": torch.randn(c, cin, 3, 3, generator=g) * 0.05, **_bn(f"{p}.bn1", c),
-                   f"{p}.conv2.weight": torch.randn(c, c, 3, 3, generator=g) * 0.05, **_bn(f"{p}.bn2", c),
-                   f"{p}.downsample.0.weight": torch.randn(c, cin, 1, 1, generator=g) * 0.1, **_bn(f"{p}.downsample.1", c)})
+        sd.update(
+            {
+                f"{p}.conv1.weight": torch.randn(c, cin, 3, 3, generator=g) * 0.05,
+                **_bn(f"{p}.bn1", c),
+                f"{p}.conv2.weight": torch.randn(c, c, 3, 3, generator=g) * 0.05,
+                **_bn(f"{p}.bn2", c),
+                f"{p}.downsample.0.weight": torch.randn(c, cin, 1, 1, generator=g) * 0.1,
+                **_bn(f"{p}.downsample.1", c),
+            }
+        )
         cin = c
     sd.update({"fc.weight": torch.randn(100, 256, generator=g) * 0.05, "fc.bias": torch.zeros(100)})
     return {"epoch": 240, "model": sd, "accuracy": 79.42, "optimizer": {"state": {}, "param_groups": []}}
@@ -261,9 +308,29 @@ def test_shared_teacher_checkpoint_loads_through_cli(cifar_root, tmp_path, cli):
     path.parent.mkdir()
     torch.save(ckpt, path)
     out = tmp_path / "runs"
-    rc, _, err = cli("run", "--task", "cifar100", "--data-root", str(cifar_root), "--out", str(out),
-                     "--set", "teacher.arch=resnet8x4", "--set", "student.arch=resnet8", "--teacher-checkpoint", str(path),
-                     "--alphas", "0", "--temperatures", "4", "--epochs", "1", "--no-baseline", "--no-progress")
+    rc, _, err = cli(
+        "run",
+        "--task",
+        "cifar100",
+        "--data-root",
+        str(cifar_root),
+        "--out",
+        str(out),
+        "--set",
+        "teacher.arch=resnet8x4",
+        "--set",
+        "student.arch=resnet8",
+        "--teacher-checkpoint",
+        str(path),
+        "--alphas",
+        "0",
+        "--temperatures",
+        "4",
+        "--epochs",
+        "1",
+        "--no-baseline",
+        "--no-progress",
+    )
     assert rc == 0, err
     (tdir,) = (out / "cifar100").glob("teacher_resnet8x4_*")
     saved = torch.load(tdir / "model.pt", weights_only=True)
@@ -273,9 +340,27 @@ def test_shared_teacher_checkpoint_loads_through_cli(cifar_root, tmp_path, cli):
     (sdir,) = (out / "cifar100").glob("student_kd_resnet8_*")
     assert json.loads((sdir / "result.json").read_text())["metrics"]["top1"] >= 0
     # a checkpoint of another architecture is refused, not half-loaded
-    rc, _, err = cli("run", "--task", "cifar100", "--data-root", str(cifar_root), "--out", str(tmp_path / "runs2"),
-                     "--set", "teacher.arch=resnet32x4", "--teacher-checkpoint", str(path), "--alphas", "0",
-                     "--temperatures", "4", "--epochs", "1", "--no-baseline", "--no-progress")
+    rc, _, err = cli(
+        "run",
+        "--task",
+        "cifar100",
+        "--data-root",
+        str(cifar_root),
+        "--out",
+        str(tmp_path / "runs2"),
+        "--set",
+        "teacher.arch=resnet32x4",
+        "--teacher-checkpoint",
+        str(path),
+        "--alphas",
+        "0",
+        "--temperatures",
+        "4",
+        "--epochs",
+        "1",
+        "--no-baseline",
+        "--no-progress",
+    )
     assert rc == 2 and "lacks" in err and "of the model's" in err and len(err.strip().splitlines()) == 1, err
 
 
@@ -286,26 +371,43 @@ def test_default_recipe_is_mdistillers(cifar_root):
     assert (cfg["teacher"]["arch"], cfg["student"]["arch"]) == ("resnet32x4", "resnet8x4")
     s = cfg["student"]
     assert (s["epochs"], s["batch_size"], s["lr"], s["momentum"], s["weight_decay"], s["milestones"], s["gamma"]) == (
-        240, 64, 0.05, 0.9, 5e-4, [150, 180, 210], 0.1)
+        240,
+        64,
+        0.05,
+        0.9,
+        5e-4,
+        [150, 180, 210],
+        0.1,
+    )
     assert s["schedule"] == "multistep" and s["decay_norm_and_bias"] and not s["nesterov"]
     assert cfg["kd"]["lambda"] == 0.9 and 4.0 in cfg["grid"]["temperatures"]
     assert (cfg["dkd"]["beta"], cfg["dkd"]["warmup"]) == (8.0, 20)
 
 
-@pytest.mark.parametrize("pair, teacher, student, lr, beta", [
-    ("resnet56-resnet20", "resnet56", "resnet20", 0.05, 2.0),
-    ("vgg13-vgg8", "vgg13", "vgg8", 0.05, 6.0),
-    ("wrn_40_2-ShuffleV1", "wrn_40_2", "ShuffleV1", 0.01, 8.0),
-    ("vgg13-MobileNetV2", "vgg13", "MobileNetV2", 0.01, 6.0),
-])
+@pytest.mark.parametrize(
+    "pair, teacher, student, lr, beta",
+    [
+        ("resnet56-resnet20", "resnet56", "resnet20", 0.05, 2.0),
+        ("vgg13-vgg8", "vgg13", "vgg8", 0.05, 6.0),
+        ("wrn_40_2-ShuffleV1", "wrn_40_2", "ShuffleV1", 0.01, 8.0),
+        ("vgg13-MobileNetV2", "vgg13", "MobileNetV2", 0.01, 6.0),
+    ],
+)
 def test_pair_recipes(cifar_root, tmp_path, pair, teacher, student, lr, beta):
     res = resolve("cifar100", {}, {"data": {"root": str(cifar_root)}, "pair": pair})
     cfg = res.cfg
-    assert (cfg["teacher"]["arch"], cfg["student"]["arch"], cfg["student"]["lr"], cfg["dkd"]["beta"]) == (teacher, student, lr, beta)
+    assert (cfg["teacher"]["arch"], cfg["student"]["arch"], cfg["student"]["lr"], cfg["dkd"]["beta"]) == (
+        teacher,
+        student,
+        lr,
+        beta,
+    )
     assert cfg["teacher"]["lr"] == 0.05
     assert res.provenance["student.arch"].startswith(f"pair {pair}")
     # the same pair from a config file; the file's own values and --set still win over the pair's
-    res = resolve("cifar100", {"pair": pair, "student": {"lr": 0.02}}, {"data": {"root": str(cifar_root)}, "dkd": {"beta": 1.0}})
+    res = resolve(
+        "cifar100", {"pair": pair, "student": {"lr": 0.02}}, {"data": {"root": str(cifar_root)}, "dkd": {"beta": 1.0}}
+    )
     assert (res.cfg["student"]["arch"], res.cfg["student"]["lr"], res.cfg["dkd"]["beta"]) == (student, 0.02, 1.0)
 
 
@@ -319,14 +421,23 @@ def test_unknown_pair_and_pairs_on_other_tasks(cifar_root, cli):
 
 
 # ------------------------------------------------------------------------------------ imagenet pairs
-@pytest.mark.parametrize("pair, teacher, student, beta", [("resnet34-resnet18", "resnet34", "resnet18", 0.5),
-                                                           ("resnet50-mobilenet_v1", "resnet50", "mobilenet_v1", 2.0)])
+@pytest.mark.parametrize(
+    "pair, teacher, student, beta",
+    [("resnet34-resnet18", "resnet34", "resnet18", 0.5), ("resnet50-mobilenet_v1", "resnet50", "mobilenet_v1", 2.0)],
+)
 def test_imagenet_pairs_use_mdistillers_recipe(imagenet_root, pair, teacher, student, beta):
     cfg = resolve("imagenet", {}, {"data": {"root": str(imagenet_root)}, "pair": pair}).cfg
     s = cfg["student"]
     assert (cfg["teacher"]["arch"], s["arch"], cfg["dkd"]["beta"], cfg["kd"]["lambda"]) == (teacher, student, beta, 0.5)
-    assert (s["epochs"], s["batch_size"], s["lr"], s["schedule"], s["milestones"], s["warmup_epochs"], s["weight_decay"]) == (
-        100, 512, 0.2, "multistep", [30, 60, 90], 0, 1e-4)
+    assert (
+        s["epochs"],
+        s["batch_size"],
+        s["lr"],
+        s["schedule"],
+        s["milestones"],
+        s["warmup_epochs"],
+        s["weight_decay"],
+    ) == (100, 512, 0.2, "multistep", [30, 60, 90], 0, 1e-4)
     # without --pair the imagenet recipe stays the LS-KD paper's
     base = resolve("imagenet", {}, {"data": {"root": str(imagenet_root)}}).cfg
     assert (base["pair"], base["student"]["arch"], base["student"]["epochs"]) == (None, "resnet18", 200)

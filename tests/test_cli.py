@@ -1,4 +1,5 @@
 """CLI behaviour: bad input exits 2 with one clear line and writes nothing; tasks list; a tiny run."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,10 @@ import pytest
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--task", "nope"], "unknown task 'nope' (known: cifar100, cub200, cub200_compact, demo_ende, demo_enru, digits, imagenet, imagenet_compact, iwslt_ende, iwslt_enru)"),
+        (
+            ["--task", "nope"],
+            "unknown task 'nope' (known: cifar100, cub200, cub200_compact, demo_ende, demo_enru, digits, imagenet, imagenet_compact, iwslt_ende, iwslt_enru)",
+        ),
         (["--alphas", "0,1.0"], "grid.alphas must be in [0, 1), got 1.0 (command line)"),
         (["--alphas", "-0.1"], "grid.alphas must be in [0, 1), got -0.1"),
         (["--temperatures", "1,0"], "grid.temperatures must be > 0, got 0.0"),
@@ -17,12 +21,18 @@ import pytest
         (["--methods", "magic"], "unknown KD method 'magic' (known: ab, at, cc, crd, ctkd, dist, dkd, "),
         (["--methods", "ls"], "unknown KD method 'ls' (known: ab, at, cc, crd, ctkd, dist, dkd, "),
         (["--config", "/nonexistent/cfg.yaml"], "cannot read config /nonexistent/cfg.yaml"),
-        (["--set", "teacher.epoch=5"], "unknown config key teacher.epoch (did you mean teacher.epochs?) (command line)"),
+        (
+            ["--set", "teacher.epoch=5"],
+            "unknown config key teacher.epoch (did you mean teacher.epochs?) (command line)",
+        ),
         (["--set", "nonsense.key=3"], "unknown config key nonsense"),
         (["--set", "student.epochs=five"], "student.epochs must be an integer, got 'five' (command line)"),
         (["--set", "student.epochs=0"], "student.epochs must be >= 1, got 0"),
         (["--set", "kd.lambda=2"], "kd.lambda must be in [0, 1], got 2.0"),
-        (["--set", "student.optimizer=adan"], "student.optimizer must be one of sgd, adam, adamw, got 'adan' (did you mean adam?)"),
+        (
+            ["--set", "student.optimizer=adan"],
+            "student.optimizer must be one of sgd, adam, adamw, got 'adan' (did you mean adam?)",
+        ),
         (["--set", "grid.seeds=[0,0]"], "grid.seeds lists a value twice"),
         (["--set", "student.checkpoint=/x.pt"], "did you mean student.init_checkpoint?"),
     ],
@@ -68,7 +78,20 @@ def test_leaderboard_without_runs(tmp_path, cli):
 
 
 def test_run_prints_leaderboard_and_resumes(tmp_path, cli):
-    argv = ["run", "--out", str(tmp_path), "--alphas", "0.1", "--temperatures", "2", "--epochs", "1", "--seeds", "0", "--no-progress"]
+    argv = [
+        "run",
+        "--out",
+        str(tmp_path),
+        "--alphas",
+        "0.1",
+        "--temperatures",
+        "2",
+        "--epochs",
+        "1",
+        "--seeds",
+        "0",
+        "--no-progress",
+    ]
     rc, out, _ = cli(*argv)
     assert rc == 0
     assert "| T = 2 | **" in out and "3 cells: trained 3, reused 0" in out
@@ -78,8 +101,21 @@ def test_run_prints_leaderboard_and_resumes(tmp_path, cli):
 
 
 def test_status_of_a_task_without_cells_names_the_task(tmp_path, cli):
-    rc, _, err = cli("run", "--out", str(tmp_path), "--alphas", "0.1", "--temperatures", "1", "--seeds", "0", "--epochs", "1",
-                     "--no-baseline", "--no-progress")
+    rc, _, err = cli(
+        "run",
+        "--out",
+        str(tmp_path),
+        "--alphas",
+        "0.1",
+        "--temperatures",
+        "1",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--no-baseline",
+        "--no-progress",
+    )
     assert rc == 0, err
     rc, _, err = cli("status", "--runs", str(tmp_path), "--task", "cub200")
     assert rc == 2 and err == f"lskd-bench: error: no cells of task 'cub200' under {tmp_path}\n", err
@@ -114,13 +150,28 @@ def test_score_does_not_take_a_file_extension_for_the_language(tmp_path, cli):
 
 def test_report_commands_with_an_unwritable_output_are_one_line_errors(tmp_path, cli):
     runs = tmp_path / "runs"
-    rc, _, err = cli("run", "--out", str(runs), "--alphas", "0.1", "--temperatures", "1", "--seeds", "0", "--epochs", "1",
-                     "--no-progress")
+    rc, _, err = cli(
+        "run",
+        "--out",
+        str(runs),
+        "--alphas",
+        "0.1",
+        "--temperatures",
+        "1",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--no-progress",
+    )
     assert rc == 0, err
     blocker = tmp_path / "file"
     blocker.write_text("")  # a file where the output's folder should be
-    for argv in (["leaderboard", "--out", str(blocker / "lb")], ["compare", "--out", str(blocker / "cmp")],
-                 ["plot", "--out", str(blocker / "curves")]):
+    for argv in (
+        ["leaderboard", "--out", str(blocker / "lb")],
+        ["compare", "--out", str(blocker / "cmp")],
+        ["plot", "--out", str(blocker / "curves")],
+    ):
         rc, _, err = cli(*argv, "--runs", str(runs))
         assert rc == 2 and err.startswith("lskd-bench: error: output directory ") and err.count("\n") == 1, (argv, err)
 

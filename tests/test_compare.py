@@ -1,5 +1,6 @@
 """``lskd-bench compare``: tables and significance from fixture results; a third-party method through its
 entry point, run and compared like the zoo."""
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,10 @@ columns) are compared with the baseline at T = 1. Bold: the best KD method in th
 
 
 def write_fixture(root: Path) -> None:
-    rows = [result("teacher", "big", 0.0, None, 0, 99.0, 100.0, "t0", "big"),
-            result("teacher", "big", 0.1, None, 0, 99.5, 100.0, "t1", "big")]
+    rows = [
+        result("teacher", "big", 0.0, None, 0, 99.0, 100.0, "t0", "big"),
+        result("teacher", "big", 0.1, None, 0, 99.5, 100.0, "t1", "big"),
+    ]
     rows += [result("baseline", "small", 0.0, None, s, v, 99.0, f"b{s}") for s, v in enumerate([95.0, 95.5, 96.0])]
     i = 0
     for (m, a, t), vs in VALUES.items():
@@ -79,8 +82,9 @@ def test_compare_tables_csv_and_plot(tmp_path, cli):
     assert "digits,top1,dkd,0,1,3,96,1,kd,91,5,0.00360" in (tmp_path / "compare.csv").read_text()
     assert len(lines) == 1 + 10
     ls = (tmp_path / "compare_ls.csv").read_text()
-    assert ls.splitlines()[0] == ("task,metric,method,T,alpha_ls,alpha_0,mean_ls,mean_0,delta,p_value,n_ls,n_0,direction,"
-                                  "significant,verdict")
+    assert ls.splitlines()[0] == (
+        "task,metric,method,T,alpha_ls,alpha_0,mean_ls,mean_0,delta,p_value,n_ls,n_0,direction,significant,verdict"
+    )
     assert 'digits,top1,kd,4,0.1,0,86,90,-4,0.00804989,3,3,LS teacher worse,yes,"LS teacher worse (significant' in ls
     assert "digits,top1,dist,,0.1,0,94,93,1,,1,1,LS teacher better,,undetermined (1 seed)" in ls
     png = (tmp_path / "compare_digits.png").read_bytes()
@@ -109,16 +113,39 @@ def test_third_party_method_through_entry_point(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     runs = tmp_path / "runs"
     base = [sys.executable, "-m", "lskd_bench"]
-    p = subprocess.run([*base, "run", "--out", str(runs), "--methods", "kd,reverse_kd", "--alphas", "0.1", "--temperatures",
-                        "1,2", "--seeds", "0,1", "--epochs", "2", "--no-progress", "--set", "reverse_kd.lambda=0.7"],
-                       env=env, capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            *base,
+            "run",
+            "--out",
+            str(runs),
+            "--methods",
+            "kd,reverse_kd",
+            "--alphas",
+            "0.1",
+            "--temperatures",
+            "1,2",
+            "--seeds",
+            "0,1",
+            "--epochs",
+            "2",
+            "--no-progress",
+            "--set",
+            "reverse_kd.lambda=0.7",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     assert "### digits: cnn_wide → cnn_tiny (reverse_kd)" in p.stdout
     assert "11 cells: trained 11" in p.stdout  # 1 teacher + 2 baselines + 2 methods x 2 T x 2 seeds
     p = subprocess.run([*base, "compare", "--runs", str(runs)], env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "| reverse_kd |" in p.stdout and "| kd |" in p.stdout
-    p = subprocess.run([*base, "run", "--out", str(runs), "--set", "reverse_kd.lamda=0.7"], env=env, capture_output=True, text=True)
+    p = subprocess.run(
+        [*base, "run", "--out", str(runs), "--set", "reverse_kd.lamda=0.7"], env=env, capture_output=True, text=True
+    )
     assert p.returncode == 2 and "did you mean reverse_kd.lambda?" in p.stderr
 
 
@@ -128,11 +155,27 @@ def test_published_references_beside_ours():
     from lskd_bench.leaderboard.reference import kd_references
 
     def row(method, alpha, T, seed, top1, s_arch="resnet8x4"):
-        return {"task": "cifar100", "role": "student", "teacher_arch": "resnet32x4", "student_arch": s_arch,
-                "method": method, "alpha": alpha, "T": T, "seed": seed, "metrics": {"top1": top1}, "_finished_at": seed}
+        return {
+            "task": "cifar100",
+            "role": "student",
+            "teacher_arch": "resnet32x4",
+            "student_arch": s_arch,
+            "method": method,
+            "alpha": alpha,
+            "T": T,
+            "seed": seed,
+            "metrics": {"top1": top1},
+            "_finished_at": seed,
+        }
 
-    rows = [row("kd", 0.0, 4.0, 0, 73.0), row("kd", 0.0, 4.0, 1, 74.0), row("kd", 0.1, 4.0, 0, 10.0),
-            row("kd", 0.0, 2.0, 0, 10.0), row("dkd", 0.0, 2.0, 0, 70.0), row("kd", 0.0, 4.0, 0, 50.0, "resnet8")]
+    rows = [
+        row("kd", 0.0, 4.0, 0, 73.0),
+        row("kd", 0.0, 4.0, 1, 74.0),
+        row("kd", 0.1, 4.0, 0, 10.0),
+        row("kd", 0.0, 2.0, 0, 10.0),
+        row("dkd", 0.0, 2.0, 0, 70.0),
+        row("kd", 0.0, 4.0, 0, 50.0, "resnet8"),
+    ]
     refs = {r["method"]: r for r in reference_rows(rows, "cifar100", "top1")}
     assert set(refs) == {"kd", "dkd"}  # kd_std was not run; resnet32x4 -> resnet8 has no reference
     kd = refs["kd"]
@@ -155,8 +198,10 @@ def test_published_references_beside_ours():
 
 def test_compare_says_which_methods_have_per_pair_settings(tmp_path, cli):
     rows = []
-    for pair, (t_arch, s_arch) in {"ResNet50-MobileNetV2": ("ResNet50", "MobileNetV2"),
-                                   "resnet32x4-ShuffleV1": ("resnet32x4", "ShuffleV1")}.items():
+    for pair, (t_arch, s_arch) in {
+        "ResNet50-MobileNetV2": ("ResNet50", "MobileNetV2"),
+        "resnet32x4-ShuffleV1": ("resnet32x4", "ShuffleV1"),
+    }.items():
         for m, t in (("kd", 4.0), ("kd_std", 4.0), ("dist", None)):
             for seed in (0, 1):
                 r = result("student", s_arch, 0.0, t, seed, 70.0 + seed, 90.0, f"{pair}{m}{seed}", t_arch, method=m)
@@ -167,8 +212,13 @@ def test_compare_says_which_methods_have_per_pair_settings(tmp_path, cli):
     rc, out, err = cli("compare", "--runs", str(tmp_path))
     assert rc == 0, err
     assert "Pair ResNet50-MobileNetV2: per-pair settings kd_std (kd_weight = 1)." in out  # [S] README.md:103
-    assert "Pair resnet32x4-ShuffleV1: per-pair settings kd_std (the recipe's: no value published for this pair)." in out
-    assert "One setting for every pair (their authors publish no per-pair values; `lskd-bench methods` says why): dist, kd." in out
+    assert (
+        "Pair resnet32x4-ShuffleV1: per-pair settings kd_std (the recipe's: no value published for this pair)." in out
+    )
+    assert (
+        "One setting for every pair (their authors publish no per-pair values; `lskd-bench methods` says why): dist, kd."
+        in out
+    )
 
 
 def test_methods_lists_per_pair_and_shared_settings(cli):
@@ -197,12 +247,22 @@ def test_feature_methods_get_the_ls_answer_with_welchs_test(tmp_path):
     from lskd_bench.leaderboard import collect, to_markdown
     from lskd_bench.leaderboard.compare import compare
 
-    values = {("fitnet", 0.0): [60.0, 61.0, 62.0], ("fitnet", 0.1): [64.0, 65.0, 66.0],
-              ("at", 0.0): [70.0, 72.0, 71.0], ("at", 0.1): [69.0, 73.0, 71.5], ("crd", 0.0): [50.0], ("crd", 0.1): [40.0]}
-    rows = [result("teacher", "big", 0.0, None, 0, 99.0, 100.0, "t0", "big"),
-            result("teacher", "big", 0.1, None, 0, 99.5, 100.0, "t1", "big")]
+    values = {
+        ("fitnet", 0.0): [60.0, 61.0, 62.0],
+        ("fitnet", 0.1): [64.0, 65.0, 66.0],
+        ("at", 0.0): [70.0, 72.0, 71.0],
+        ("at", 0.1): [69.0, 73.0, 71.5],
+        ("crd", 0.0): [50.0],
+        ("crd", 0.1): [40.0],
+    }
+    rows = [
+        result("teacher", "big", 0.0, None, 0, 99.0, 100.0, "t0", "big"),
+        result("teacher", "big", 0.1, None, 0, 99.5, 100.0, "t1", "big"),
+    ]
     for i, ((m, a), vs) in enumerate(values.items()):
-        rows += [result("student", "small", a, None, s, v, 99.0, f"{m}{i}{s}", "big", method=m) for s, v in enumerate(vs)]
+        rows += [
+            result("student", "small", a, None, s, v, 99.0, f"{m}{i}{s}", "big", method=m) for s, v in enumerate(vs)
+        ]
     for i, r in enumerate(rows):
         store.write_json(tmp_path / "digits" / f"c{i}" / store.RESULT, r)
     text, _ = compare(tmp_path, tmp_path / "cmp")
@@ -212,7 +272,10 @@ def test_feature_methods_get_the_ls_answer_with_welchs_test(tmp_path):
     p_at = stats.ttest_ind(values[("at", 0.1)], values[("at", 0.0)], equal_var=False).pvalue
     assert p_fit < 0.05 <= p_at
     assert f"| fitnet | no T | 61.00 ± 1.00 | 65.00 ± 1.00 | helps: +4.00, p = {p_fit:.3g}, n = 3 |" in table
-    assert f"| at | no T | 71.00 ± 1.00 | 71.17 ± 2.02 | no significant difference: +0.17, p = {p_at:.3g}, n = 3 |" in table
+    assert (
+        f"| at | no T | 71.00 ± 1.00 | 71.17 ± 2.02 | no significant difference: +0.17, p = {p_at:.3g}, n = 3 |"
+        in table
+    )
     assert "| crd | no T | 50.00 | 40.00 | undetermined (1 seed): -10.00, n = 1 |" in table
     md = to_markdown(collect(tmp_path))
     assert f"ours **helps: +4.00, p = {p_fit:.3g}, n = 3**" in md

@@ -1,5 +1,6 @@
 """Contracts every registered plugin keeps, parametrised over the registries (as timm tests every model of
 ``list_models()``): a method, task or executor added later is checked without editing this file."""
+
 from __future__ import annotations
 
 import json
@@ -78,15 +79,27 @@ def test_feature_method_sets_up_from_a_probe_and_trains_the_student_and_its_part
     assert m.needs.needs_teacher and cls.description and "classification" in cls.task_kinds
     t_layout, s_layout = describe(teacher, x), describe(student, x)
     t_names = [n for n in Tap(teacher, t_layout, m.needs.teacher).names]
-    probe = Probe(student, teacher, _outputs(student, s_layout, m.needs.student, x[:2], False),
-                  _outputs(teacher, t_layout, t_names, x[:2], False), s_layout, t_layout, num_samples=50, num_classes=k)
+    probe = Probe(
+        student,
+        teacher,
+        _outputs(student, s_layout, m.needs.student, x[:2], False),
+        _outputs(teacher, t_layout, t_names, x[:2], False),
+        s_layout,
+        t_layout,
+        num_samples=50,
+        num_classes=k,
+    )
     m.setup(probe)
     y = torch.randint(0, k, (len(x),))
     t = _outputs(teacher, t_layout, t_names, x, False)
     student.train()
     s = _outputs(student, s_layout, m.needs.student, x, True)
-    ctx = LossContext(T=4.0 if cls.uses_temperature else None, epoch=0, epochs=10,
-                      indices=torch.arange(len(x)) if m.needs.indices else None)
+    ctx = LossContext(
+        T=4.0 if cls.uses_temperature else None,
+        epoch=0,
+        epochs=10,
+        indices=torch.arange(len(x)) if m.needs.indices else None,
+    )
     out = m.compute(s, y, t, ctx)
     loss = total_loss(out)
     assert loss.ndim == 0 and math.isfinite(loss.item())
@@ -120,8 +133,11 @@ def test_executor_is_an_executor(name):
 
 def test_loss_terms_are_logged_per_epoch(tmp_path):
     """A method with named terms (kd: ce and kd) logs each term's epoch mean; their sum is the epoch's loss."""
-    cfg = resolve_config("digits", {}, tiny_overrides(epochs=2, grid={"alphas": [0.1], "temperatures": [4.0]},
-                                                      baseline=False, kd={"lambda": 0.5}))
+    cfg = resolve_config(
+        "digits",
+        {},
+        tiny_overrides(epochs=2, grid={"alphas": [0.1], "temperatures": [4.0]}, baseline=False, kd={"lambda": 0.5}),
+    )
     run_grid(cfg, tmp_path, progress=False)
     (res,) = [json.loads(p.read_text()) for p in tmp_path.rglob("result.json") if "student_" in p.parent.name]
     for h in res["history"]:

@@ -1,4 +1,5 @@
 """``lskd-bench plot`` (training curves from result.json histories) and the optional TensorBoard files."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,11 @@ def runs(tmp_path_factory):
     import importlib.util
 
     out = tmp_path_factory.mktemp("curves")
-    tb = ["--set", "logging.tensorboard=true", "--set", "logging.every_updates=5"] if importlib.util.find_spec("tensorboard") else []
+    tb = (
+        ["--set", "logging.tensorboard=true", "--set", "logging.every_updates=5"]
+        if importlib.util.find_spec("tensorboard")
+        else []
+    )
     assert main(["run", "--out", str(out), *ARGS, *tb]) == 0
     return out
 
@@ -33,8 +38,8 @@ def test_plot_writes_one_png_per_group(runs, cli):
     groups = group_results(runs)["digits"]
     assert {k: sorted(r["cell"]["name"] for r in v) for k, v in groups.items()} == {
         ("teachers", "cnn_wide"): ["teacher_cnn_wide_a0.1_s0", "teacher_cnn_wide_a0_s0"],
-        ("students", "cnn_tiny", "cnn_wide", "kd", 0): ["baseline_cnn_tiny_s0"] + sorted(
-            f"student_kd_cnn_tiny_a{a}_T{t}_s0" for a in ("0", "0.1") for t in ("1", "4")),
+        ("students", "cnn_tiny", "cnn_wide", "kd", 0): ["baseline_cnn_tiny_s0"]
+        + sorted(f"student_kd_cnn_tiny_a{a}_T{t}_s0" for a in ("0", "0.1") for t in ("1", "4")),
     }
     rc, out, err = cli("plot", "--runs", str(runs))
     assert rc == 0, err
@@ -68,8 +73,9 @@ def test_tensorboard_events_match_the_history(runs):
         tags = set(acc.Tags()["scalars"])
         assert {"epoch/loss", "epoch/lr", "epoch/epoch", "val/top1", "val/top5", "train/loss_step", "train/lr"} <= tags
         hist = result["history"]
-        assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in acc.Scalars("epoch/loss")] == \
-            [(h["updates"], h["loss"]) for h in hist]
+        assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in acc.Scalars("epoch/loss")] == [
+            (h["updates"], h["loss"]) for h in hist
+        ]
         assert [pytest.approx(e.value, rel=1e-6) for e in acc.Scalars("val/top1")] == [h["eval"]["top1"] for h in hist]
         steps = [e.step for e in acc.Scalars("train/loss_step")]
         assert steps == list(range(5, result["updates"] + 1, 5))
@@ -134,10 +140,13 @@ def test_metric_panel_names_the_split_its_numbers_come_from(runs):
     assert metric_title(nmt, "bleu") == "test bleu (epoch selected on valid)"
 
 
-@pytest.mark.parametrize("task_name, eval_tag, select_tag", [
-    ("digits", "val/top1", None),  # image tasks: "val" is the test set the paper reports, and the selection split
-    ("iwslt_ende", "test/bleu", "select/valid_bleu"),  # translation: test-split BLEU, epoch selected on valid
-])
+@pytest.mark.parametrize(
+    "task_name, eval_tag, select_tag",
+    [
+        ("digits", "val/top1", None),  # image tasks: "val" is the test set the paper reports, and the selection split
+        ("iwslt_ende", "test/bleu", "select/valid_bleu"),  # translation: test-split BLEU, epoch selected on valid
+    ],
+)
 def test_tensorboard_tags_name_the_split_evaluated(tmp_path, task_name, eval_tag, select_tag):
     require("tensorboard", "logging.tensorboard (pip install 'lskd-bench[tensorboard]')")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

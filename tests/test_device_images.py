@@ -1,6 +1,7 @@
 """data.decode=gpu on the CPU (torchvision.io.decode_jpeg decodes on the CPU too): the same augmentation
 parameters as the PIL pipeline for every (seed, epoch, index), images within a stated tolerance of it, PIL
 fallback for an image decode_jpeg refuses, the same errors for unreadable files, and fusion/resume identity."""
+
 from __future__ import annotations
 
 import io
@@ -35,7 +36,9 @@ def data_of(root, decode, **d):
 def test_decode_auto_is_gpu_only_on_cuda():
     assert decode_mode({"data": {"decode": "auto"}, "device": "cpu"}) == "cpu"
     assert decode_mode({"data": {"decode": "auto"}, "device": "cuda"}) == "gpu"
-    assert decode_mode({"data": {"decode": "auto"}, "device": "auto"}) == ("gpu" if torch.cuda.is_available() else "cpu")
+    assert decode_mode({"data": {"decode": "auto"}, "device": "auto"}) == (
+        "gpu" if torch.cuda.is_available() else "cpu"
+    )
     assert decode_mode({"data": {"decode": "gpu"}, "device": "cpu"}) == "gpu"
 
 
@@ -127,7 +130,9 @@ def _truncate(path):
     path.write_bytes(data[: len(data) // 2])
 
 
-@pytest.mark.parametrize("breakage", [_truncate, lambda p: p.write_bytes(b"not an image")], ids=["truncated", "garbage"])
+@pytest.mark.parametrize(
+    "breakage", [_truncate, lambda p: p.write_bytes(b"not an image")], ids=["truncated", "garbage"]
+)
 def test_unreadable_file_same_error_and_skip_as_the_pil_pipeline(tmp_path, breakage):
     from lskd_bench.errors import DataError
 
@@ -154,9 +159,30 @@ def test_run_with_gpu_decode_exits_2_naming_the_file(tmp_path, cli):
     root = make_imagefolder(tmp_path / "inet")
     bad = sorted((root / "train" / WNIDS[1]).iterdir())[1]
     _truncate(bad)
-    rc, _, err = cli("run", "--task", "imagenet", "--data-root", str(root), "--out", str(tmp_path / "runs"), "--epochs", "1",
-                     "--batch-size", "4", "--num-workers", "2", "--alphas", "0.1", "--temperatures", "1",
-                     "--set", "data.image_size=32", "--set", "data.decode=gpu", "--no-progress")
+    rc, _, err = cli(
+        "run",
+        "--task",
+        "imagenet",
+        "--data-root",
+        str(root),
+        "--out",
+        str(tmp_path / "runs"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "2",
+        "--alphas",
+        "0.1",
+        "--temperatures",
+        "1",
+        "--set",
+        "data.image_size=32",
+        "--set",
+        "data.decode=gpu",
+        "--no-progress",
+    )
     assert rc == 2 and err.count("\n") == 1
     assert f"lskd-bench: error: cannot read {bad}: OSError: Truncated File Read" in err
 
@@ -194,8 +220,16 @@ def test_fused_and_resumed_students_identical_with_gpu_decode(imagenet_root, tmp
 
     cut = tmp_path / "cut"  # killed in epoch 2: resumes from the end of epoch 1
     with pytest.raises(KeyboardInterrupt):
-        train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False,
-                    on_step=stop_mid_epoch)
+        train_group(
+            task,
+            students,
+            cfg,
+            data,
+            [cut / c.name for c in students],
+            teacher=tmodel,
+            progress=False,
+            on_step=stop_mid_epoch,
+        )
     assert all(torch.load(cut / c.name / store.STATE, weights_only=False)["epoch"] == 1 for c in students)
     out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False)
     assert all(o.error is None for o in out)
@@ -221,7 +255,9 @@ def test_cuda_decode_waits_for_the_stream_it_decodes_into(monkeypatch):
 
     def fake_decode(data, mode, device):
         calls.append("decode")
-        return [torch.zeros(3, 2, 2, dtype=torch.uint8) for _ in data] if isinstance(data, list) else torch.zeros(3, 2, 2)
+        return (
+            [torch.zeros(3, 2, 2, dtype=torch.uint8) for _ in data] if isinstance(data, list) else torch.zeros(3, 2, 2)
+        )
 
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
     monkeypatch.setattr(torchvision.io, "decode_jpeg", fake_decode)

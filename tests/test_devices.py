@@ -1,6 +1,7 @@
 """Local GPU scheduling (runners/devices.py and the subprocess/torchrun executors) with fake GPU ids: no CUDA
 needed. Workers carry the ids they were given in CUDA_VISIBLE_DEVICES, which every result.json records,
 and the parent appends each start and end to RUNS/<task>/devices.log, which the tests replay."""
+
 from __future__ import annotations
 
 import json
@@ -203,8 +204,20 @@ def _start_time(out: Path, name: str) -> str:
 
 
 def test_per_gpu_packs_units_on_one_gpu(tmp_path, cli):
-    rc, out, err = cli("run", "--out", str(tmp_path), *TINY, "--temperatures", "1", "--no-fuse", "--no-baseline",
-                       "--gpus", "5", "--per-gpu", "2")
+    rc, out, err = cli(
+        "run",
+        "--out",
+        str(tmp_path),
+        *TINY,
+        "--temperatures",
+        "1",
+        "--no-fuse",
+        "--no-baseline",
+        "--gpus",
+        "5",
+        "--per-gpu",
+        "2",
+    )
     assert rc == 0, err
     assert "1 GPU (5): 2 units per GPU, 2 units at a time" in out.splitlines()[0]
     log = replay(tmp_path, per_gpu=2)
@@ -217,18 +230,29 @@ def test_failed_unit_frees_its_gpu(tmp_path, cli, monkeypatch):
     from lskd_bench.runners.cells import plan_cells
     from lskd_bench.runners.grid import resolve_config
 
-    cfg = resolve_config("digits", {}, {"grid": {"alphas": [0.0, 0.1], "temperatures": [1.0], "seeds": [0]},
-                                        "teacher": {"epochs": 1}, "student": {"epochs": 1}})
+    cfg = resolve_config(
+        "digits",
+        {},
+        {
+            "grid": {"alphas": [0.0, 0.1], "temperatures": [1.0], "seeds": [0]},
+            "teacher": {"epochs": 1},
+            "student": {"epochs": 1},
+        },
+    )
     doomed = next(c for c in plan_cells(cfg) if c.role == "teacher" and c.alpha == 0.0)
     wrapper = tmp_path / "dying_worker.py"
-    wrapper.write_text("import os, sys\n"
-                       "from lskd_bench.runners.worker import main\n"
-                       "cells = sys.argv[sys.argv.index('--cells') + 1].split(',')\n"
-                       "sys.exit(3 if os.environ['LSKD_TEST_DOOMED'] in cells else main(sys.argv[1:]))\n")
+    wrapper.write_text(
+        "import os, sys\n"
+        "from lskd_bench.runners.worker import main\n"
+        "cells = sys.argv[sys.argv.index('--cells') + 1].split(',')\n"
+        "sys.exit(3 if os.environ['LSKD_TEST_DOOMED'] in cells else main(sys.argv[1:]))\n"
+    )
     monkeypatch.setenv("LSKD_TEST_DOOMED", doomed.hash)
     monkeypatch.setattr(SubprocessExecutor, "launcher", lambda self, job: [sys.executable, str(wrapper)])
     runs = tmp_path / "runs"
-    rc, out, err = cli("run", "--out", str(runs), *TINY, "--temperatures", "1", "--no-baseline", "--no-fuse", "--gpus", "0")
+    rc, out, err = cli(
+        "run", "--out", str(runs), *TINY, "--temperatures", "1", "--no-baseline", "--no-fuse", "--gpus", "0"
+    )
     assert rc == 1
     assert f"failed: {doomed.name}: worker process exited with code 3" in err
     assert "not run: student_kd_cnn_tiny_a0_T1_s0" in err
@@ -294,11 +318,37 @@ def test_interrupted_run_logs_the_end_of_every_unit_it_stopped(tmp_path, cli, mo
 def test_gpu_flags_that_cannot_apply_are_said(tmp_path, cli, monkeypatch):
     """--gpus/--per-gpu with the in-process executor, and --per-gpu where there is no GPU, are noted, not silently ignored."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible
-    rc, _, err = cli("run", "--out", str(tmp_path / "a"), *TINY, "--alphas", "0", "--temperatures", "1", "--no-baseline",
-                     "--gpus", "0", "--executor", "local")
+    rc, _, err = cli(
+        "run",
+        "--out",
+        str(tmp_path / "a"),
+        *TINY,
+        "--alphas",
+        "0",
+        "--temperatures",
+        "1",
+        "--no-baseline",
+        "--gpus",
+        "0",
+        "--executor",
+        "local",
+    )
     assert rc == 0, err
     assert "note: --gpus and --per-gpu are used by the subprocess and torchrun executors" in err
-    rc, _, err = cli("run", "--out", str(tmp_path / "b"), *TINY, "--alphas", "0", "--temperatures", "1", "--no-baseline",
-                     "--per-gpu", "2", "--executor", "subprocess")
+    rc, _, err = cli(
+        "run",
+        "--out",
+        str(tmp_path / "b"),
+        *TINY,
+        "--alphas",
+        "0",
+        "--temperatures",
+        "1",
+        "--no-baseline",
+        "--per-gpu",
+        "2",
+        "--executor",
+        "subprocess",
+    )
     assert rc == 0, err
     assert "note: --per-gpu 2 has no effect: no GPU here; 1 unit at a time on the CPU (--jobs N)" in err

@@ -1,6 +1,7 @@
 """Loading across the epoch boundary (DataLoader workers, num_workers > 0, on the image fixtures): epoch e+1's
 loading starts before epoch e ends, results equal those of the epoch-by-epoch loading (resumed, fused or
 alone), and no worker process outlives a run that finishes, fails or is interrupted."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -85,8 +86,9 @@ def test_next_epoch_is_read_while_the_last_batches_train(imagenet_root, tmp_path
 
 
 @pytest.mark.parametrize("decode", ["cpu", "gpu"])
-def test_read_ahead_results_equal_epoch_by_epoch_loading_fused_alone_and_resumed(imagenet_root, tmp_path, decode,
-                                                                                  monkeypatch):
+def test_read_ahead_results_equal_epoch_by_epoch_loading_fused_alone_and_resumed(
+    imagenet_root, tmp_path, decode, monkeypatch
+):
     cfg = _cfg(imagenet_root, decode, epochs=3, checkpoint_every=1)
     cfg["teacher"]["epochs"] = 1
     task = get_task("imagenet")
@@ -99,8 +101,9 @@ def test_read_ahead_results_equal_epoch_by_epoch_loading_fused_alone_and_resumed
     assert len(students) == 2
 
     def run(name, cells, **kw):
-        out = train_group(task, cells, cfg, data, [tmp_path / name / c.name for c in cells], teacher=tmodel,
-                          progress=False, **kw)
+        out = train_group(
+            task, cells, cfg, data, [tmp_path / name / c.name for c in cells], teacher=tmodel, progress=False, **kw
+        )
         assert all(o.error is None for o in out)
         return {c.name: torch.load(tmp_path / name / c.name / store.MODEL, weights_only=True) for c in cells}
 

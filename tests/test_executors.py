@@ -1,4 +1,5 @@
 """The subprocess and torchrun (DDP, gloo on the CPU) executors train the same cells as the local one."""
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,24 @@ def test_worker_dies_with_a_killed_parent(tmp_path, extra):
     import sys
     import time
 
-    cmd = [sys.executable, "-m", "lskd_bench", "run", "--out", str(tmp_path), "--alphas", "0", "--temperatures", "1",
-           "--epochs", "100000", "--seeds", "0", "--no-progress", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lskd_bench",
+        "run",
+        "--out",
+        str(tmp_path),
+        "--alphas",
+        "0",
+        "--temperatures",
+        "1",
+        "--epochs",
+        "100000",
+        "--seeds",
+        "0",
+        "--no-progress",
+        *extra,
+    ]
     parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
     workers: list[int] = []
     try:

@@ -1,5 +1,6 @@
 """CRD, AB, FT, FSP (lskd_bench/methods/feat_crd.py): each loss against a NumPy computation, RepDistiller's
 defaults, the init-stage hooks, and CRD's memory bank and negatives surviving a checkpoint round trip."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,9 @@ from lskd_bench.outputs import Outputs
 
 def _crd(n=12, k=5, ds=6, dt=7, classes=3, seed=0, labels=True, momentum=0.5):
     m = build_method("crd", {"crd": {"nce_k": k, "feat_dim": 4, "nce_m": momentum}})
-    probe = Probe(None, None, Outputs(embedding=torch.zeros(2, ds)), Outputs(embedding=torch.zeros(2, dt)), None, None,
-                  n, classes)
+    probe = Probe(
+        None, None, Outputs(embedding=torch.zeros(2, ds)), Outputs(embedding=torch.zeros(2, dt)), None, None, n, classes
+    )
     torch.manual_seed(seed)
     m.setup(probe)
     if labels:
@@ -26,7 +28,13 @@ def _crd(n=12, k=5, ds=6, dt=7, classes=3, seed=0, labels=True, momentum=0.5):
 def test_defaults_are_repdistillers():
     crd = build_method("crd", {"crd": {}}).p
     assert (crd["beta"], crd["ce"], crd["feat_dim"], crd["nce_k"], crd["nce_t"], crd["nce_m"]) == (
-        0.8, 1.0, 128, 16384, 0.07, 0.5)
+        0.8,
+        1.0,
+        128,
+        16384,
+        0.07,
+        0.5,
+    )
     for name, beta in (("ab", 1.0), ("ft", 200.0), ("fsp", 50.0)):
         m = build_method(name, {name: {}})
         assert m.p["beta"] == beta and m.p["init_epochs"] == 30 and m.init_stage() == 30
@@ -35,7 +43,7 @@ def test_defaults_are_repdistillers():
 
 def _np_embed(x, w, b):
     z = x @ w.T + b
-    return z / np.sqrt((z ** 2).sum(1, keepdims=True))
+    return z / np.sqrt((z**2).sum(1, keepdims=True))
 
 
 def _np_nce(x, n):
@@ -100,8 +108,11 @@ def test_crd_negatives_are_other_classes_drawn_without_replacement_unless_too_fe
 def _batch(seed, n=12, b=4):
     g = torch.Generator().manual_seed(seed)
     y = torch.randperm(n, generator=g)[:b]
-    return y, Outputs(embedding=torch.randn(b, 6, generator=g), logits=torch.randn(b, 3, generator=g)), \
-        Outputs(embedding=torch.randn(b, 7, generator=g))
+    return (
+        y,
+        Outputs(embedding=torch.randn(b, 6, generator=g), logits=torch.randn(b, 3, generator=g)),
+        Outputs(embedding=torch.randn(b, 7, generator=g)),
+    )
 
 
 def test_crd_loss_uses_own_index_as_positive_and_updates_only_the_batch_rows():
@@ -172,17 +183,28 @@ def test_ft_losses_match_numpy():
     t = ft.numpy().reshape(2, 5, 4, 2, 4, 2).mean((3, 5))  # average-pooled to the student's 4x4
 
     def factor(f):
-        v = (f ** 2).mean(1).reshape(2, -1)
+        v = (f**2).mean(1).reshape(2, -1)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
     assert got == pytest.approx(np.abs(factor(fs.numpy()) - factor(t)).mean(), rel=1e-12)
     m = build_method("ft", {"ft": {}})
-    m.setup(Probe(None, None, Outputs(stage1=torch.zeros(2, 3, 4, 4)), Outputs(stage1=torch.zeros(2, 6, 8, 8)),
-                  None, None, 10, 3))
+    m.setup(
+        Probe(
+            None,
+            None,
+            Outputs(stage1=torch.zeros(2, 3, 4, 4)),
+            Outputs(stage1=torch.zeros(2, 6, 8, 8)),
+            None,
+            None,
+            10,
+            3,
+        )
+    )
     f = torch.randn(2, 6, 8, 8, generator=g)
     _, rec = m.paraphraser(f)
     assert m.init_loss(None, None, Outputs(stage1=f), None)["init"].item() == pytest.approx(
-        ((rec - f) ** 2).mean().item(), rel=1e-6)
+        ((rec - f) ** 2).mean().item(), rel=1e-6
+    )
 
 
 def test_fsp_loss_matches_numpy_including_channel_pooling():
@@ -195,7 +217,8 @@ def test_fsp_loss_matches_numpy_including_channel_pooling():
             r = bot.shape[2] // top.shape[2]
             bot = bot.reshape(*bot.shape[:2], top.shape[2], r, top.shape[2], r).mean((3, 5))
         return np.einsum("nbs,nts->ntb", bot.reshape(*bot.shape[:2], -1), top.reshape(*top.shape[:2], -1)) / (
-            bot.shape[2] * bot.shape[3])
+            bot.shape[2] * bot.shape[3]
+        )
 
     got = M.fsp_losses(s, t)
     assert len(got) == 1
@@ -218,8 +241,11 @@ def _digits_pair():
 def test_init_stage_hooks():
     teacher, student = _digits_pair()
     s_pre = Outputs(preact_stage1=torch.zeros(2, 8, 8, 8), preact_stage2=torch.zeros(2, 16, 4, 4))
-    t_pre = Outputs(preact_stage1=torch.zeros(2, 32, 8, 8), preact_stage2=torch.zeros(2, 64, 4, 4),
-                    preact_stage3=torch.zeros(2, 128, 2, 2))
+    t_pre = Outputs(
+        preact_stage1=torch.zeros(2, 32, 8, 8),
+        preact_stage2=torch.zeros(2, 64, 4, 4),
+        preact_stage3=torch.zeros(2, 128, 2, 2),
+    )
     ab = build_method("ab", {"ab": {}})
     ab.setup(Probe(student, teacher, s_pre, t_pre, None, None, 10, 10))
     assert not any(p.requires_grad for p in ab.connector.parameters())  # the main stage does not train it
@@ -233,8 +259,18 @@ def test_init_stage_hooks():
     assert ft.init_lr({"lr": 0.05, "arch": "resnet8x4"}) == 0.01  # helper/pretrain.py:22-25
     assert ft.init_lr({"lr": 0.05, "arch": "cnn_tiny"}) == 0.05
     assert ft.init_lr({"lr": 0.01, "arch": "MobileNetV2"}) == 0.01
-    ft.setup(Probe(student, teacher, Outputs(stage2=torch.zeros(2, 16, 4, 4)),
-                   Outputs(stage3=torch.zeros(2, 128, 2, 2)), None, None, 10, 10))
+    ft.setup(
+        Probe(
+            student,
+            teacher,
+            Outputs(stage2=torch.zeros(2, 16, 4, 4)),
+            Outputs(stage3=torch.zeros(2, 128, 2, 2)),
+            None,
+            None,
+            10,
+            10,
+        )
+    )
     assert ft.init_modules(student) == [ft.paraphraser]
     # the init losses reach what the init stage trains
     g = torch.Generator().manual_seed(0)
@@ -265,8 +301,18 @@ def test_killed_crd_and_ab_cells_resume_bit_identically(tmp_path):
     from .conftest import tiny_overrides
     from .test_fusion import same_weights
 
-    cfg = resolve_config("digits", {}, tiny_overrides(epochs=3, methods=["crd", "ab"], grid={"alphas": [0.1]},
-                                                      baseline=False, crd={"nce_k": 64}, ab={"init_epochs": 1}))
+    cfg = resolve_config(
+        "digits",
+        {},
+        tiny_overrides(
+            epochs=3,
+            methods=["crd", "ab"],
+            grid={"alphas": [0.1]},
+            baseline=False,
+            crd={"nce_k": 64},
+            ab={"init_epochs": 1},
+        ),
+    )
     task = get_task("digits")
     data = task.load_data(cfg)
     cells = plan_cells(cfg)
@@ -283,8 +329,16 @@ def test_killed_crd_and_ab_cells_resume_bit_identically(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False,
-                    on_epoch_end=stop)
+        train_group(
+            task,
+            students,
+            cfg,
+            data,
+            [cut / c.name for c in students],
+            teacher=tmodel,
+            progress=False,
+            on_epoch_end=stop,
+        )
     crd = next(c for c in students if c.method == "crd")
     state = torch.load(cut / crd.name / store.STATE, weights_only=False)
     assert {"memory_s", "memory_t", "z", "labels", "_extra_state"} <= set(state["method"])

@@ -1,6 +1,7 @@
 """RepDistiller's feature methods (lskd_bench/methods/feat_repd.py): each loss against an independent NumPy
 computation on a small case, the default weights against RepDistiller's (scripts/run_cifar_distill.sh, the loss
 classes' signatures, train_student.py), and what each method trains."""
+
 from __future__ import annotations
 
 import math
@@ -85,7 +86,7 @@ def test_at_is_the_mean_squared_difference_of_normalised_attention_maps_summed_o
     s, t = _maps(rng, S_SHAPES), _maps(rng, T_SHAPES)
 
     def att(f, p):
-        a = (f ** p).mean(axis=1).reshape(len(f), -1)
+        a = (f**p).mean(axis=1).reshape(len(f), -1)
         return a / np.linalg.norm(a, axis=1, keepdims=True)
 
     for p in (2, 3):
@@ -125,7 +126,7 @@ def test_sp_compares_row_normalised_gram_matrices_of_the_last_stages():
     fs, ft = s[-1].reshape(N, -1), t[-1].reshape(N, -1)  # the last stage of each: (6, 2, 2) and (9, 1, 1)
     gs, gt = fs @ fs.T, ft @ ft.T
     gs, gt = gs / np.linalg.norm(gs, axis=1, keepdims=True), gt / np.linalg.norm(gt, axis=1, keepdims=True)
-    want = ((gt - gs) ** 2).sum() / N ** 2
+    want = ((gt - gs) ** 2).sum() / N**2
     m = _method("sp", _outs(s), _outs(t))
     assert _feat(m, _outs(s), _outs(t)) == pytest.approx(want, rel=1e-10)
 
@@ -169,7 +170,7 @@ def test_vid_is_the_gaussian_nll_of_the_teacher_under_a_1x1_conv_regressor_with_
 
 def _smooth_l1(x, y):
     d = np.abs(x - y)
-    return np.where(d < 1, 0.5 * d ** 2, d - 0.5).mean()
+    return np.where(d < 1, 0.5 * d**2, d - 0.5).mean()
 
 
 def test_rkd_weights_smooth_l1_of_mean_normalised_distances_and_of_angles():

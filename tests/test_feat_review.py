@@ -1,5 +1,6 @@
 """ReviewKD and OFD (lskd_bench/methods/feat_review.py) against independent NumPy computations on small cases,
 their default weights against the authors' cited values, and the BN that OFD's margins come from."""
+
 from __future__ import annotations
 
 import math
@@ -38,7 +39,7 @@ def np_conv(x, conv):
     out = np.zeros((x.shape[0], w.shape[0], h, wd))
     for i in range(k):
         for j in range(k):
-            out += np.einsum("nchw,oc->nohw", xp[:, :, i:i + h, j:j + wd], w[:, :, i, j])
+            out += np.einsum("nchw,oc->nohw", xp[:, :, i : i + h, j : j + wd], w[:, :, i, j])
     if conv.bias is not None:
         out += conv.bias.detach().double().numpy().reshape(1, -1, 1, 1)
     return out
@@ -77,11 +78,23 @@ def _np(t):
 def _reviewkd_case(epoch, **params):
     torch.manual_seed(0)
     B = 3
-    s = Outputs({"stage1": torch.randn(B, 2, 4, 4), "stage2": torch.randn(B, 3, 2, 2), "embedding": torch.randn(B, 4),
-                 "logits": torch.randn(B, 5)})
+    s = Outputs(
+        {
+            "stage1": torch.randn(B, 2, 4, 4),
+            "stage2": torch.randn(B, 3, 2, 2),
+            "embedding": torch.randn(B, 4),
+            "logits": torch.randn(B, 5),
+        }
+    )
     # the teacher has one more stage: the two deepest pair with the student's (aligned_last)
-    t = Outputs({"preact_stage1": torch.randn(B, 7, 8, 8), "preact_stage2": torch.randn(B, 3, 4, 4),
-                 "preact_stage3": torch.randn(B, 2, 2, 2), "embedding": torch.randn(B, 5)})
+    t = Outputs(
+        {
+            "preact_stage1": torch.randn(B, 7, 8, 8),
+            "preact_stage2": torch.randn(B, 3, 4, 4),
+            "preact_stage3": torch.randn(B, 2, 2, 2),
+            "embedding": torch.randn(B, 5),
+        }
+    )
     m = build_method("reviewkd", {"reviewkd": params})
     m.setup(Probe(None, None, s, t, None, None, 10, 5))
     m.train()
@@ -142,7 +155,7 @@ def test_margin_is_the_mean_of_the_negative_part_of_the_bn_gaussian():
     got = bn_margin(bn).flatten().tolist()
     assert got[0] == pytest.approx(-2 / math.sqrt(2 * math.pi), rel=1e-6)  # N(0, 1): E[x | x < 0] = -sqrt(2/pi)
     for c, (g, b) in enumerate([(2.0, 1.0), (0.5, -0.3)]):  # |gamma|, beta: b - g * phi(b/g) / Phi(-b/g)
-        phi = math.exp(-(b / g) ** 2 / 2) / math.sqrt(2 * math.pi)
+        phi = math.exp(-((b / g) ** 2) / 2) / math.sqrt(2 * math.pi)
         Phi = 0.5 * (1 + math.erf(-b / g / math.sqrt(2)))
         assert got[c + 1] == pytest.approx(b - g * phi / Phi, rel=1e-6)
     assert got[3] == pytest.approx(-3.0)  # Phi(-5) < 0.001: -3 |gamma| (distiller.py:39)
@@ -204,12 +217,15 @@ def test_ofd_connector_init_and_state():
     assert {"margin1", "margin2"} <= set(m.state_dict())  # the margins travel with checkpoints
 
 
-@pytest.mark.parametrize("arch, expected", [
-    ("resnet8x4", ["layer1.0.bn2", "layer2.0.bn2", "layer3.0.bn2"]),  # not the downsample BN run after bn2
-    ("resnet32x4", ["layer1.4.bn2", "layer2.4.bn2", "layer3.4.bn2"]),
-    ("ResNet50", ["layer1.2.bn3", "layer2.3.bn3", "layer3.5.bn3", "layer4.2.bn3"]),
-    ("vgg8", ["block1.1", "block2.1", "block3.1", "block4.1"]),
-])
+@pytest.mark.parametrize(
+    "arch, expected",
+    [
+        ("resnet8x4", ["layer1.0.bn2", "layer2.0.bn2", "layer3.0.bn2"]),  # not the downsample BN run after bn2
+        ("resnet32x4", ["layer1.4.bn2", "layer2.4.bn2", "layer3.4.bn2"]),
+        ("ResNet50", ["layer1.2.bn3", "layer2.3.bn3", "layer3.5.bn3", "layer4.2.bn3"]),
+        ("vgg8", ["block1.1", "block2.1", "block3.1", "block4.1"]),
+    ],
+)
 def test_bn_before_each_preactivation_is_what_the_authors_list(arch, expected):
     """OFD's get_bn_before_relu (clovaai CIFAR-100/models/ResNet.py; mdistiller models/cifar/*.py): the last BN
     of each stage's main path, found here from the graph, not per architecture."""
@@ -236,7 +252,12 @@ def test_aligned_last_keeps_the_deepest():
 
 def test_default_weights_are_the_authors_cifar100_values():
     rk = METHODS.get("reviewkd").params.check({}, "reviewkd")
-    assert (rk["beta"], rk["warmup_epochs"], rk["max_mid_channels"], rk["teacher_preact"], rk["ce"]) == \
-        (5.0, 20.0, 512, True, 1.0)  # reviewKD.sh:7, train.py:50, reviewkd.py:69, train.py:222
+    assert (rk["beta"], rk["warmup_epochs"], rk["max_mid_channels"], rk["teacher_preact"], rk["ce"]) == (
+        5.0,
+        20.0,
+        512,
+        True,
+        1.0,
+    )  # reviewKD.sh:7, train.py:50, reviewkd.py:69, train.py:222
     ofd = METHODS.get("ofd").params.check({}, "ofd")
     assert (ofd["beta"], ofd["ce"]) == (1e-3, 1.0)  # train_with_distillation.py:91 "/ batch_size / 1000"

@@ -2,6 +2,7 @@
 method's parts are sized from a probe, trained with the student, checkpointed and never exported; fused groups of
 feature and logit methods equal their members trained alone, and a killed group resumes bit for bit; bad needs are
 one line before anything is written."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,7 +36,9 @@ def test_named_outputs_of_a_cifar_resnet_are_repdistillers_feats():
         f2 = m.layer2(f1)
         block = m.layer3[-1]
         h = m.layer3[:-1](f2)
-        pre3 = block.bn2(block.conv2(F.relu(block.bn1(block.conv1(h))))) + (h if block.downsample is None else block.downsample(h))
+        pre3 = block.bn2(block.conv2(F.relu(block.bn1(block.conv1(h))))) + (
+            h if block.downsample is None else block.downsample(h)
+        )
     out = tap.out
     assert [k for k in layout.stages] == ["stage0", "stage1", "stage2", "stage3"]
     assert torch.equal(out["stage0"], f0) and torch.equal(out["stage1"], f1) and torch.equal(out["stage2"], f2)
@@ -43,8 +46,16 @@ def test_named_outputs_of_a_cifar_resnet_are_repdistillers_feats():
     assert (out["preact_stage3"] < 0).any()  # really before the ReLU (the in-place ReLU did not overwrite it)
     assert torch.equal(out["embedding"], m.features(x)) and torch.equal(logits, m.fc(out["embedding"]))
     assert [t.shape[1] for t in out.stages()] == [64, 128, 256]
-    assert set(out) == {"stage0", "stage1", "stage2", "stage3", "preact_stage1", "preact_stage2", "preact_stage3",
-                        "embedding"}  # nothing that was not asked for
+    assert set(out) == {
+        "stage0",
+        "stage1",
+        "stage2",
+        "stage3",
+        "preact_stage1",
+        "preact_stage2",
+        "preact_stage3",
+        "embedding",
+    }  # nothing that was not asked for
 
 
 def test_tap_names_what_exists_for_an_unknown_output():
@@ -90,8 +101,16 @@ def feature_setup(tmp_path_factory):
     """Digits, a trained teacher (alpha 0.1) and the students of FitNet, CRD (its memory bank and negatives),
     FitNet+KD and KD (T 4) under it."""
     base = tmp_path_factory.mktemp("features")
-    cfg = resolve_config("digits", {}, tiny_overrides(epochs=3, methods=["fitnet", "crd", "fitnet+kd", "kd"],
-                                                      grid={"alphas": [0.1], "temperatures": [4.0]}, baseline=False))
+    cfg = resolve_config(
+        "digits",
+        {},
+        tiny_overrides(
+            epochs=3,
+            methods=["fitnet", "crd", "fitnet+kd", "kd"],
+            grid={"alphas": [0.1], "temperatures": [4.0]},
+            baseline=False,
+        ),
+    )
     task = get_task("digits")
     data = task.load_data(cfg)
     cells = plan_cells(cfg)
@@ -119,8 +138,16 @@ def test_killed_feature_group_resumes_bit_identically_and_exports_only_the_stude
 
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
-        train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False,
-                    on_epoch_end=stop)
+        train_group(
+            task,
+            students,
+            cfg,
+            data,
+            [cut / c.name for c in students],
+            teacher=tmodel,
+            progress=False,
+            on_epoch_end=stop,
+        )
     fit = next(c for c in students if c.method == "fitnet")
     state = torch.load(cut / fit.name / store.STATE, weights_only=True)
     assert any(k.startswith("regressor.") for k in state["method"])  # the connector is checkpointed
@@ -136,7 +163,10 @@ def test_killed_feature_group_resumes_bit_identically_and_exports_only_the_stude
 def test_a_stage_the_architecture_lacks_is_one_line_before_anything_is_written(tmp_path, cli):
     rc, _, err = cli("run", "--methods", "fitnet", "--set", "fitnet.hint_layer=7", "--out", str(tmp_path / "r"))
     assert rc == 2 and err.count("\n") == 1
-    assert "method fitnet: teacher cnn_wide: ClassifierNet has no output 'stage7' (it has: logits, embedding, stage1" in err
+    assert (
+        "method fitnet: teacher cnn_wide: ClassifierNet has no output 'stage7' (it has: logits, embedding, stage1"
+        in err
+    )
     assert not (tmp_path / "r").exists()
     rc, _, err = cli("run", "--task", "demo_ende", "--methods", "fitnet", "--out", str(tmp_path / "r"))
     assert rc == 2 and "method 'fitnet' does not apply to translation tasks (these do: " in err
@@ -172,9 +202,28 @@ def test_third_party_feature_method_through_entry_point(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     runs = tmp_path / "runs"
     base = [sys.executable, "-m", "lskd_bench"]
-    p = subprocess.run([*base, "run", "--out", str(runs), "--methods", "kd,cosine_hint,cosine_hint+kd", "--alphas", "0.1",
-                        "--temperatures", "4", "--seeds", "0", "--epochs", "2", "--no-progress"],
-                       env=env, capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            *base,
+            "run",
+            "--out",
+            str(runs),
+            "--methods",
+            "kd,cosine_hint,cosine_hint+kd",
+            "--alphas",
+            "0.1",
+            "--temperatures",
+            "4",
+            "--seeds",
+            "0",
+            "--epochs",
+            "2",
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     assert "5 cells: trained 5" in p.stdout  # teacher, baseline, kd, cosine_hint, cosine_hint+kd
     p = subprocess.run([*base, "methods"], env=env, capture_output=True, text=True)

@@ -1,4 +1,5 @@
 """The feature-method reference numbers (lskd_bench/data/feature_reference.yaml) and their loader."""
+
 from __future__ import annotations
 
 import re
@@ -34,8 +35,15 @@ def test_pairs_are_lskd_pairs_of_known_archs():
     for key in data:
         assert (pairs[key]["teacher"]["arch"], pairs[key]["student"]["arch"]) == tuple(key.split("-"))
         assert all(a in CIFAR_ARCHS for a in key.split("-"))
-    same_type = ["wrn_40_2-wrn_16_2", "wrn_40_2-wrn_40_1", "resnet56-resnet20", "resnet110-resnet20",
-                 "resnet110-resnet32", "resnet32x4-resnet8x4", "vgg13-vgg8"]
+    same_type = [
+        "wrn_40_2-wrn_16_2",
+        "wrn_40_2-wrn_40_1",
+        "resnet56-resnet20",
+        "resnet110-resnet20",
+        "resnet110-resnet32",
+        "resnet32x4-resnet8x4",
+        "vgg13-vgg8",
+    ]
     for key in same_type:
         assert list(data[key]["methods"]) == [m for m in REPD if not (key == "wrn_40_2-wrn_40_1" and m == "fsp")]
     for key in set(data) - set(same_type):
@@ -72,8 +80,9 @@ def test_a_row_without_a_source_or_number_is_refused(monkeypatch):
         feature_reference.load.cache_clear()
 
 
-@pytest.mark.parametrize("pair, teacher, student", [("resnet110-resnet20", "resnet110", "resnet20"),
-                                                    ("ResNet50-vgg8", "ResNet50", "vgg8")])
+@pytest.mark.parametrize(
+    "pair, teacher, student", [("resnet110-resnet20", "resnet110", "resnet20"), ("ResNet50-vgg8", "ResNet50", "vgg8")]
+)
 def test_the_two_added_pairs_resolve(tmp_path, pair, teacher, student):
     from lskd_bench.runners.grid import resolve
 
@@ -83,6 +92,10 @@ def test_the_two_added_pairs_resolve(tmp_path, pair, teacher, student):
     res = resolve("cifar100", {}, {"data": {"root": str(tmp_path)}, "pair": pair})
     cfg = res.cfg
     assert (cfg["teacher"]["arch"], cfg["student"]["arch"], cfg["student"]["lr"], cfg["teacher"]["lr"]) == (
-        teacher, student, 0.05, 0.05)  # RepDistiller train_student.py:50, train_teacher.py:36
+        teacher,
+        student,
+        0.05,
+        0.05,
+    )  # RepDistiller train_student.py:50, train_teacher.py:36
     assert cfg["dkd"]["beta"] == 8.0  # no published DKD beta for these pairs: the recipe's default
     assert res.provenance["student.arch"].startswith(f"pair {pair}")

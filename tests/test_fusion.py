@@ -1,6 +1,7 @@
 """Fused grid training: the students of one teacher share each batch and the teacher forward, and end
 bit-identical to students trained alone; groups resume per member, split at max_fused, and a new temperature
 trains one student."""
+
 from __future__ import annotations
 
 import pytest
@@ -27,7 +28,9 @@ def same_weights(a, b) -> bool:
 def assert_fused_equals_alone(task, students, cfg, data, tmodel, tmp_path) -> None:
     """``students`` trained in one fused group under tmp_path/fused and one by one under tmp_path/alone: the same
     weights, metrics and loss history, member by member."""
-    fused = train_group(task, students, cfg, data, [tmp_path / "fused" / c.name for c in students], teacher=tmodel, progress=False)
+    fused = train_group(
+        task, students, cfg, data, [tmp_path / "fused" / c.name for c in students], teacher=tmodel, progress=False
+    )
     for c, f in zip(students, fused):
         (alone,) = train_group(task, [c], cfg, data, [tmp_path / "alone" / c.name], teacher=tmodel, progress=False)
         assert f.error is None and alone.error is None
@@ -41,7 +44,11 @@ def setup(tmp_path_factory):
     """A digits config with kd at T 1 and 4, ctkd (a method with its own parameter) and the baseline, and a
     trained teacher."""
     base = tmp_path_factory.mktemp("fusion")
-    cfg = resolve_config("digits", {}, tiny_overrides(epochs=3, methods=["kd", "ctkd"], grid={"alphas": [0.1], "temperatures": [1.0, 4.0]}))
+    cfg = resolve_config(
+        "digits",
+        {},
+        tiny_overrides(epochs=3, methods=["kd", "ctkd"], grid={"alphas": [0.1], "temperatures": [1.0, 4.0]}),
+    )
     task = get_task("digits")
     data = task.load_data(cfg)
     cells = plan_cells(cfg)
@@ -74,14 +81,31 @@ def test_killed_fused_group_resumes_every_member(setup, tmp_path):
 
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
-        train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False, on_epoch_end=stop)
+        train_group(
+            task,
+            students,
+            cfg,
+            data,
+            [cut / c.name for c in students],
+            teacher=tmodel,
+            progress=False,
+            on_epoch_end=stop,
+        )
     assert all(torch.load(cut / c.name / store.STATE, weights_only=False)["epoch"] == 2 for c in students)
     # one member finishes alone in the meantime; the others resume from epoch 2 in a group that still holds it
     (o,) = train_group(task, [students[1]], cfg, data, [cut / students[1].name], teacher=tmodel, progress=False)
     assert o.error is None
     seen = []
-    train_group(task, [s for i, s in enumerate(students) if i != 1], cfg, data,
-                [cut / c.name for i, c in enumerate(students) if i != 1], teacher=tmodel, progress=False, on_epoch_end=seen.append)
+    train_group(
+        task,
+        [s for i, s in enumerate(students) if i != 1],
+        cfg,
+        data,
+        [cut / c.name for i, c in enumerate(students) if i != 1],
+        teacher=tmodel,
+        progress=False,
+        on_epoch_end=seen.append,
+    )
     assert seen == [3]  # only the unfinished epoch ran
     assert all(same_weights(cut / c.name, ref / c.name) for c in students)
 

@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.py --small: the GPU check's own code (synthetic bounds, the runner's fused group with
 cpu and gpu decoding, teacher training, digits grid, torchrun DDP, translation, the paper estimate) on the CPU."""
+
 from __future__ import annotations
 
 import json
@@ -18,14 +19,35 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_small_prints_and_writes_one_table(tmp_path):
     out = tmp_path / "check.md"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", str(ROOT / "benchmarks" / "gpu_check.py"),
-                        "--small", "--out", str(out)], capture_output=True, text=True, env=env, timeout=3600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "ignore::DeprecationWarning",
+            str(ROOT / "benchmarks" / "gpu_check.py"),
+            "--small",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3600,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.splitlines()[0].startswith("gpu_check: starting")
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     names = [r["workload"] for r in rows]
-    for want in ("synthetic: resnet18 teacher step", "synthetic: KD step", "decode=cpu", "decode=gpu", "teacher training",
-                 "digits default grid", "torchrun DDP, 1 process", "translation"):
+    for want in (
+        "synthetic: resnet18 teacher step",
+        "synthetic: KD step",
+        "decode=cpu",
+        "decode=gpu",
+        "teacher training",
+        "digits default grid",
+        "torchrun DDP, 1 process",
+        "translation",
+    ):
         assert any(want in n for n in names), (want, names)
     fused = [r for r in rows if r["workload"].startswith("runner: fused")]
     assert len(fused) == 2 and all(r["achieved"] > 0 and r["bound"] > 0 and r["ratio"] > 0 for r in fused)
@@ -37,10 +59,19 @@ def test_gpu_check_small_prints_and_writes_one_table(tmp_path):
     # so the names above are there either way. Measured rows only, but for the probe (no figure, it says "works")
     # and, where fairseq may be missing (not in CI: LSKD_REQUIRE_ALL=1), the translation rows' skip
     may_skip = os.environ.get("LSKD_REQUIRE_ALL") != "1"
-    broken = [(r["workload"], r["note"]) for r in rows
-              if r["note"].startswith("failed") or "FAILED" in r["note"] or (r["achieved"] is None and not (
-                  (r["workload"].startswith("decode probe") and r["note"].startswith("works"))
-                  or (may_skip and r["note"].startswith("skipped: fairseq is not importable"))))]
+    broken = [
+        (r["workload"], r["note"])
+        for r in rows
+        if r["note"].startswith("failed")
+        or "FAILED" in r["note"]
+        or (
+            r["achieved"] is None
+            and not (
+                (r["workload"].startswith("decode probe") and r["note"].startswith("works"))
+                or (may_skip and r["note"].startswith("skipped: fairseq is not importable"))
+            )
+        )
+    ]
     assert broken == [], broken
     text = out.read_text()
     assert text in p.stdout and "| workload | achieved | bound | ratio | note |" in text
@@ -66,25 +97,41 @@ def test_gpu_check_writes_its_table_when_sections_and_rows_fail(tmp_path, monkey
     def boom(what):
         def f(*a, **k):
             raise RuntimeError(f"CUDA error: {what}\nsecond line | with a pipe\nlast line of {what}")
+
         return f
 
     def fairseq_train_failed():
-        raise SystemExit("bench_nmt: fairseq-train failed (exit 1):\nTraceback (most recent call last):\nValueError: bf16")
+        raise SystemExit(
+            "bench_nmt: fairseq-train failed (exit 1):\nTraceback (most recent call last):\nValueError: bf16"
+        )
 
     monkeypatch.setattr(gpu_check, "synthetic", boom("synthetic"))
     monkeypatch.setattr(gpu_check, "runner_rows", boom("runner"))
     monkeypatch.setattr(gpu_check, "digits_rows", boom("digits"))
     monkeypatch.setattr(bench_nmt, "batch", boom("nmt batch"))
-    monkeypatch.setattr(bench_nmt, "gpu_rows", lambda device, small=False: [
-        ("vs fairseq", fairseq_train_failed, 1.0, "ratio"), ("after it", lambda: 2.5, None, "tok/s")])
+    monkeypatch.setattr(
+        bench_nmt,
+        "gpu_rows",
+        lambda device, small=False: [
+            ("vs fairseq", fairseq_train_failed, 1.0, "ratio"),
+            ("after it", lambda: 2.5, None, "tok/s"),
+        ],
+    )
     out = tmp_path / "check.md"
     assert gpu_check.main(["--small", "--out", str(out)]) == 0
     rows = {r["workload"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
-    for name, what in (("synthetic steps", "synthetic"), ("runner rows", "runner"), ("digits rows", "digits"),
-                       ("translation: synthetic steps", "nmt batch")):
+    for name, what in (
+        ("synthetic steps", "synthetic"),
+        ("runner rows", "runner"),
+        ("digits rows", "digits"),
+        ("translation: synthetic steps", "nmt batch"),
+    ):
         assert rows[name]["achieved"] is None
         assert rows[name]["note"] == f"failed: RuntimeError: CUDA error: {what} ... last line of {what}"
-    assert rows["translation: vs fairseq"]["note"] == "failed: SystemExit: bench_nmt: fairseq-train failed (exit 1): ... ValueError: bf16"
+    assert (
+        rows["translation: vs fairseq"]["note"]
+        == "failed: SystemExit: bench_nmt: fairseq-train failed (exit 1): ... ValueError: bf16"
+    )
     assert rows["translation: after it"]["achieved"] == 2.5
     table = [ln for ln in out.read_text().splitlines() if ln.startswith("|")]
     assert len(table) == 2 + len(rows) and all(ln.count("|") == 6 for ln in table)  # no cell broken by an error's text
@@ -101,8 +148,13 @@ def test_fairseq_tools_run_as_modules_when_their_scripts_are_on_no_path(tmp_path
     monkeypatch.setenv("PATH", str(tmp_path))
     for name, module in (("fairseq-preprocess", "fairseq_cli.preprocess"), ("fairseq-train", "fairseq_cli.train")):
         assert bench_nmt._fairseq_tool(name) == [sys.executable, "-m", module]
-    p = subprocess.run([*bench_nmt._fairseq_tool("fairseq-preprocess"), "--help"], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=600)
+    p = subprocess.run(
+        [*bench_nmt._fairseq_tool("fairseq-preprocess"), "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        timeout=600,
+    )
     assert p.returncode == 0 and "--trainpref" in p.stdout, p.stderr[-2000:]
 
 
@@ -180,15 +232,28 @@ def test_paper_estimate_counts_training_and_evaluation_by_hand(monkeypatch):
 
     gpu_check, _ = _benchmarks(monkeypatch)
     assert [gpu_check.evaluations(50, 5), gpu_check.evaluations(90, 1), gpu_check.evaluations(7, 5)] == [10, 90, 2]
-    m = {"teacher_step": 1000.0, "teacher_fwd": 3000.0, "student_resnet18": 3000.0, "group5": 500.0,
-         "nmt_teacher": 1e5, "nmt_kd": 1.5e5, "nmt_fused5": 2e5, "nmt_beam": 2e4}
+    m = {
+        "teacher_step": 1000.0,
+        "teacher_fwd": 3000.0,
+        "student_resnet18": 3000.0,
+        "group5": 500.0,
+        "nmt_teacher": 1e5,
+        "nmt_kd": 1.5e5,
+        "nmt_fused5": 2e5,
+        "nmt_beam": 2e4,
+    }
     text = gpu_check.estimate(SimpleNamespace(size=224), m)
     row = next(line for line in text.splitlines() if line.startswith("| IWSLT En->De |"))
-    assert row == f"| IWSLT En->De | 2 | 9 | 50/50 | {14_870 / 3600:,.1f} | {1_870 / 3600:,.1f} | {14_870 / 3600 / 8:,.1f} |"
+    assert (
+        row
+        == f"| IWSLT En->De | 2 | 9 | 50/50 | {14_870 / 3600:,.1f} | {1_870 / 3600:,.1f} | {14_870 / 3600 / 8:,.1f} |"
+    )
     # ImageNet R50 -> R18 at 224 px: teachers 2 x 90 epochs at 1000 img/s; two fused groups a student epoch (4 KD
     # students + the baseline, 4 KD students: (1/3000 + g/3000) s an image); every epoch evaluates 50k images
     train = 1_281_167 * (2 * 90 / 1000 + 200 * ((1 + 5) / 3000 + (1 + 4) / 3000))
     evaluation = 50_000 * (2 * 90 / 3000 + 9 * 200 / 3000 / 3)
     row = next(line for line in text.splitlines() if line.startswith("| ImageNet resnet50 -> resnet18 |"))
-    assert row == (f"| ImageNet resnet50 -> resnet18 | 2 | 9 | 90/200 | {(train + evaluation) / 3600:,.1f} | "
-                   f"{evaluation / 3600:,.1f} | {(train + evaluation) / 3600 / 8:,.1f} |")
+    assert row == (
+        f"| ImageNet resnet50 -> resnet18 | 2 | 9 | 90/200 | {(train + evaluation) / 3600:,.1f} | "
+        f"{evaluation / 3600:,.1f} | {(train + evaluation) / 3600 / 8:,.1f} |"
+    )

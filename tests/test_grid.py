@@ -1,4 +1,5 @@
 """The grid runner: expected cells, nothing retrained on re-run, resume after a kill or an interrupt."""
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@
 a8affe1). A failure here means existing run directories would retrain: only update the file when a
 result really changes, and say so in the commit message.
 """
+
 import json
 from pathlib import Path
 
@@ -29,16 +30,22 @@ def test_default_grid_hashes():
 
 
 def test_methods_grid_hashes():
-    cfg = resolve("digits", {}, {"methods": ["kd", "dkd", "dist", "kd_std", "ttm", "ctkd", "nkd"],
-                                 "grid": {"seeds": [0, 1, 2]}}).cfg
+    cfg = resolve(
+        "digits", {}, {"methods": ["kd", "dkd", "dist", "kd_std", "ttm", "ctkd", "nkd"], "grid": {"seeds": [0, 1, 2]}}
+    ).cfg
     assert _names(cfg) == GOLDEN["digits_methods"]
 
 
 @pytest.mark.parametrize("task", DATA_TASKS)
 def test_recipe_hashes(task):
     t = get_task(task)  # planned without a data root check: only the recipe and schema matter here
-    cfg = resolve_layers(t, [(t.recipe_source(), t.default_config()),
-                             ("command line", {"task": task, "data": {"root": f"/data/{task}"}, "methods": ["kd", "dkd"]})]).cfg
+    cfg = resolve_layers(
+        t,
+        [
+            (t.recipe_source(), t.default_config()),
+            ("command line", {"task": task, "data": {"root": f"/data/{task}"}, "methods": ["kd", "dkd"]}),
+        ],
+    ).cfg
     assert _names(cfg) == GOLDEN[task]
 
 

@@ -1,4 +1,5 @@
 """The package's declared layers (pyproject.toml, [tool.importlinter]) hold, and every module imports alone."""
+
 from __future__ import annotations
 
 import os
@@ -12,15 +13,27 @@ from .conftest import require
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted(
     ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-    for p in (ROOT / "lskd_bench").rglob("*.py") if p.name != "__main__.py"
+    for p in (ROOT / "lskd_bench").rglob("*.py")
+    if p.name != "__main__.py"
 )
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess:
     """``lint-imports`` with the contracts of ``root``/pyproject.toml, on the package under ``root``."""
     env = {**os.environ, "PYTHONPATH": str(root)}
-    return subprocess.run([sys.executable, "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()",
-                           "--no-cache"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from importlinter.cli import lint_imports_command; lint_imports_command()",
+            "--no-cache",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_layers_contract_is_kept():
@@ -66,6 +79,11 @@ def test_every_module_imports_alone():
     """Each module, imported first in a fresh interpreter (a forked child that has imported nothing of
     lskd_bench), imports: no module depends on another having been imported before it."""
     assert "lskd_bench.runners.units" in MODULES and "lskd_bench.cli" in MODULES
-    proc = subprocess.run([sys.executable, "-c", IMPORT_EACH_ALONE, *MODULES], env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORT_EACH_ALONE, *MODULES],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-500:] + proc.stderr[-3000:]

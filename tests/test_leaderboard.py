@@ -1,4 +1,5 @@
 """Leaderboard CSV and markdown from hand-written results."""
+
 from __future__ import annotations
 
 import pytest
@@ -168,14 +169,22 @@ def test_paper_values_only_where_the_recipe_is_the_papers(tmp_path):
         store.write_json(tmp_path / "imagenet" / f"c{i}" / store.RESULT, r)
     md = to_markdown(collect(tmp_path))
     assert "(paper" not in md
-    assert ("Paper (different setup, not compared cell by cell): official README.md (ResNet-50 -> ResNet-18 KD): "
-            "α = 0: teacher 76.13, T = 1 student 71.49; α = 0.1: teacher 76.20, T = 1 student 71.67 (top1). This grid "
-            "differs from the paper's recipe in kd.lambda, student.epochs.") in md
+    assert (
+        "Paper (different setup, not compared cell by cell): official README.md (ResNet-50 -> ResNet-18 KD): "
+        "α = 0: teacher 76.13, T = 1 student 71.49; α = 0.1: teacher 76.20, T = 1 student 71.67 (top1). This grid "
+        "differs from the paper's recipe in kd.lambda, student.epochs."
+    ) in md
     del rows[0]["run_config"]
     store.write_json(tmp_path / "imagenet" / "c0" / store.RESULT, rows[0])
     for i in (2, 3):
-        store.write_json(tmp_path / "imagenet" / f"c{i}" / store.RESULT, imagenet_result(*[
-            ("student", "resnet18", 0.0, 1.0, 0, 71.0, "s0"), ("student", "resnet18", 0.1, 1.0, 0, 71.2, "s1")][i - 2]))
+        store.write_json(
+            tmp_path / "imagenet" / f"c{i}" / store.RESULT,
+            imagenet_result(
+                *[("student", "resnet18", 0.0, 1.0, 0, 71.0, "s0"), ("student", "resnet18", 0.1, 1.0, 0, 71.2, "s1")][
+                    i - 2
+                ]
+            ),
+        )
     md = to_markdown(collect(tmp_path))
     assert "(paper" not in md and "Some results of this grid do not record their config" in md
 
@@ -186,7 +195,9 @@ def test_claims_on_a_grid_that_contradicts_the_paper():
     got = claims({(0.0, 1.0): [72.0], (0.1, 1.0): [71.0], (0.0, 3.0): [69.0], (0.1, 3.0): [69.5]})
     assert [c.holds for c in got] == [False, False]
     assert [c.verdict for c in got] == ["undetermined (1 seed)"] * 2  # one seed: a direction, no verdict
-    got = claims({(0.0, 1.0): [72.0, 72.5], (0.1, 1.0): [71.0, 71.2], (0.0, 3.0): [69.0, 69.1], (0.1, 3.0): [69.5, 69.0]})
+    got = claims(
+        {(0.0, 1.0): [72.0, 72.5], (0.1, 1.0): [71.0, 71.2], (0.0, 3.0): [69.0, 69.1], (0.1, 3.0): [69.5, 69.0]}
+    )
     assert [c.verdict for c in got] == ["no", "no"]
     assert [c.holds for c in claims({(0.1, 1.0): [71.0]})] == [None, None]  # one alpha: cannot tell
     # T = 1 only: claim 1 is decided, claim 2 is not, and does not read 'from T = 1 to T = 1'
@@ -196,8 +207,10 @@ def test_claims_on_a_grid_that_contradicts_the_paper():
 
 def _grid_results(root, values):
     """Student results of ``values[(alpha, T)] = [per-seed top-1]`` (and the two teachers) under ``root``."""
-    rows = [result("teacher", "big", 0.0, None, 0, 99.0, 100.0, "t0", "big"),
-            result("teacher", "big", 0.1, None, 0, 99.5, 100.0, "t1", "big")]
+    rows = [
+        result("teacher", "big", 0.0, None, 0, 99.0, 100.0, "t0", "big"),
+        result("teacher", "big", 0.1, None, 0, 99.5, 100.0, "t1", "big"),
+    ]
     for (a, t), vs in values.items():
         rows += [result("student", "small", a, t, s, v, 100.0, f"s{a}-{t}-{s}", "big") for s, v in enumerate(vs)]
     for i, r in enumerate(rows):
@@ -218,8 +231,12 @@ def test_claim_p_values_are_welchs(tmp_path, cli):
     """Seeds with known means and variances: the printed and CSV p-values are scipy's Welch test."""
     from scipy import stats
 
-    values = {(0.0, 1.0): [96.0, 97.0, 98.0], (0.1, 1.0): [97.0, 99.0, 98.5, 99.5],  # claim 1: LS +1.5
-              (0.0, 64.0): [95.0, 97.0, 96.0], (0.1, 64.0): [90.0, 93.0, 91.0, 91.0]}
+    values = {
+        (0.0, 1.0): [96.0, 97.0, 98.0],
+        (0.1, 1.0): [97.0, 99.0, 98.5, 99.5],  # claim 1: LS +1.5
+        (0.0, 64.0): [95.0, 97.0, 96.0],
+        (0.1, 64.0): [90.0, 93.0, 91.0, 91.0],
+    }
     _grid_results(tmp_path, values)
     rc, out, _ = cli("leaderboard", "--runs", str(tmp_path), "--out", str(tmp_path / "lb"))
     assert rc == 0
@@ -227,36 +244,54 @@ def test_claim_p_values_are_welchs(tmp_path, cli):
     drops_ls = [a - b for a, b in zip(values[(0.1, 1.0)], values[(0.1, 64.0)])]  # per seed: T = 1 minus T = 64
     drops_0 = [a - b for a, b in zip(values[(0.0, 1.0)], values[(0.0, 64.0)])]
     p2 = stats.ttest_ind(drops_ls, drops_0, equal_var=False).pvalue
-    assert (f"- Claim: at T = 1 the LS teacher (α = 0.1) gives the better student: ours **yes**: +1.50, "
-            f"p = {p1:.3g}, n = 4 and 3: not significant") in out
-    assert (f"- Claim: the LS teacher's student degrades faster from T = 1 to T = 64: ours **yes**: "
-            f"+{sum(drops_ls) / 4 - sum(drops_0) / 3:.2f}, p = {p2:.3g}, n = 4 and 3: significant (p < 0.05)") in out
+    assert (
+        f"- Claim: at T = 1 the LS teacher (α = 0.1) gives the better student: ours **yes**: +1.50, "
+        f"p = {p1:.3g}, n = 4 and 3: not significant"
+    ) in out
+    assert (
+        f"- Claim: the LS teacher's student degrades faster from T = 1 to T = 64: ours **yes**: "
+        f"+{sum(drops_ls) / 4 - sum(drops_0) / 3:.2f}, p = {p2:.3g}, n = 4 and 3: significant (p < 0.05)"
+    ) in out
     import csv
 
     rows = list(csv.DictReader((tmp_path / "lb_claims.csv").open()))
     assert [float(r["p_value"]) for r in rows] == [pytest.approx(p1, rel=1e-5), pytest.approx(p2, rel=1e-5)]
-    assert [(r["verdict"], r["n_ls"], r["n_0"], r["significant"]) for r in rows] == [("yes", "4", "3", "no"),
-                                                                                      ("yes", "4", "3", "yes")]
+    assert [(r["verdict"], r["n_ls"], r["n_0"], r["significant"]) for r in rows] == [
+        ("yes", "4", "3", "no"),
+        ("yes", "4", "3", "yes"),
+    ]
 
 
-@pytest.mark.parametrize("task_name, student, paper", [
-    ("cub200", "resnet18", ["81.58", "82.07", "80.17", "80.95", "73.61", "67.16"]),  # README.md:86, :87, :90
-    ("cub200", "resnet50", ["81.58", "82.07", "82.90", "83.74", "79.78", "77.21"]),  # README.md:95, :96, :99
-    ("cub200_compact", "mobilenetv2_100", ["81.58", "82.07", "81.14", "81.73", "75.44", "70.44"]),  # :107-111
-])
+@pytest.mark.parametrize(
+    "task_name, student, paper",
+    [
+        ("cub200", "resnet18", ["81.58", "82.07", "80.17", "80.95", "73.61", "67.16"]),  # README.md:86, :87, :90
+        ("cub200", "resnet50", ["81.58", "82.07", "82.90", "83.74", "79.78", "77.21"]),  # README.md:95, :96, :99
+        ("cub200_compact", "mobilenetv2_100", ["81.58", "82.07", "81.14", "81.73", "75.44", "70.44"]),  # :107-111
+    ],
+)
 def test_cub_paper_tables_and_deltas(tmp_path, task_name, student, paper):
     """CUB grids with the paper's recipe print the official README's CUB and compact-student numbers cell by cell
     (a resnet50 student is the paper's other CUB table, not a different setup)."""
     over = {} if student in ("resnet18", "mobilenetv2_100") else {"student__arch": student}
-    rows = [imagenet_result("teacher", "resnet50", 0.0, None, 0, 80.0, "t0", task_name),
-            imagenet_result("teacher", "resnet50", 0.1, None, 0, 80.0, "t1", task_name)]
-    rows += [imagenet_result("student", student, a, t, 0, 70.0, f"s{a}{t}", task_name, **over)
-             for a in (0.0, 0.1) for t in (1.0, 64.0)]
+    rows = [
+        imagenet_result("teacher", "resnet50", 0.0, None, 0, 80.0, "t0", task_name),
+        imagenet_result("teacher", "resnet50", 0.1, None, 0, 80.0, "t1", task_name),
+    ]
+    rows += [
+        imagenet_result("student", student, a, t, 0, 70.0, f"s{a}{t}", task_name, **over)
+        for a in (0.0, 0.1)
+        for t in (1.0, 64.0)
+    ]
     for i, r in enumerate(rows):
         store.write_json(tmp_path / task_name / f"c{i}" / store.RESULT, r)
     md = to_markdown(collect(tmp_path))
     teacher_row, t1_row, t64_row = [line for line in md.splitlines() if line.startswith(("| Teacher", "| T = "))]
-    got = [cell.split("(paper ")[1].split(",")[0] for row in (teacher_row, t1_row, t64_row) for cell in row.split(" | ")[1:]]
+    got = [
+        cell.split("(paper ")[1].split(",")[0]
+        for row in (teacher_row, t1_row, t64_row)
+        for cell in row.split(" | ")[1:]
+    ]
     assert got == paper
     assert f"(paper {paper[0]}, {80.0 - float(paper[0]):+.2f})" in teacher_row
     assert "Paper values: official src/image_classification/README.md:" in md and "different setup" not in md

@@ -1,6 +1,7 @@
 """Experiment trackers (``logging.loggers``): MLflow and W&B runs read back through their own formats, one run
 per cell, a resumed cell continuing its run, and a logger that fails or hangs never failing or holding up
 training."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,19 @@ from lskd_bench.runners.loggers import LOGGERS, STATE, Logger
 from .conftest import require, tiny_overrides
 
 # one teacher (alpha 0.1), one KD student (T 4), the no-KD student: 3 cells, 2 epochs of ~23 updates
-ARGS = ["--alphas", "0.1", "--temperatures", "4", "--seeds", "0", "--epochs", "2", "--no-progress",
-        "--set", "logging.every_updates=5"]
+ARGS = [
+    "--alphas",
+    "0.1",
+    "--temperatures",
+    "4",
+    "--seeds",
+    "0",
+    "--epochs",
+    "2",
+    "--no-progress",
+    "--set",
+    "logging.every_updates=5",
+]
 
 
 def _cells(out: Path) -> dict[str, dict]:
@@ -34,8 +46,9 @@ def test_mlflow_one_run_per_cell_with_params_tags_and_metrics(tmp_path, cli, mon
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    rc, _, err = cli("run", "--out", str(tmp_path / "runs"), *ARGS, "--loggers", "mlflow",
-                     "--set", "logging.project=t1")
+    rc, _, err = cli(
+        "run", "--out", str(tmp_path / "runs"), *ARGS, "--loggers", "mlflow", "--set", "logging.project=t1"
+    )
     assert rc == 0, err
     cells = _cells(tmp_path / "runs")
     assert len(cells) == 3
@@ -115,11 +128,11 @@ def _wandb_records(path: Path):
         if left < 7:
             pos += left
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos: pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if length == 0 and kind == 0:
             pos += left
             continue
-        chunk, pos = data[pos + 7: pos + 7 + length], pos + 7 + length
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         buf = chunk if kind in (1, 2) else buf + chunk
         if kind in (1, 4):
             rec = pb.Record()
@@ -152,13 +165,20 @@ def test_wandb_offline_run_files_hold_the_metrics(tmp_path, cli, monkeypatch):
         assert json.loads((cell_dir / STATE).read_text())["wandb"]["id"] == run.run_id
         assert run.display_name == result["cell"]["name"] and run.project == "lskd-bench"
         assert config["teacher"]["epochs"] == 2 and "role=" not in " ".join(run.tags) and "seed=0" in run.tags
-        rows = [{_key(i): json.loads(i.value_json) for i in r.history.item} for r in records
-                if r.WhichOneof("record_type") == "history"]
+        rows = [
+            {_key(i): json.loads(i.value_json) for i in r.history.item}
+            for r in records
+            if r.WhichOneof("record_type") == "history"
+        ]
         epochs = [(r["update"], r["epoch/loss"]) for r in rows if "epoch/loss" in r]
         assert epochs == [(h["updates"], pytest.approx(h["loss"])) for h in result["history"]]
         assert [r["update"] for r in rows if "train/loss_step" in r] == list(range(5, result["updates"] + 1, 5))
-        summary = {_key(i): json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "summary"
-                   for i in r.summary.update}
+        summary = {
+            _key(i): json.loads(i.value_json)
+            for r in records
+            if r.WhichOneof("record_type") == "summary"
+            for i in r.summary.update
+        }
         assert summary["selected/top1"] == pytest.approx(result["best"]["metrics"]["top1"])
     assert seen == set(cells)
 
@@ -208,8 +228,9 @@ def test_a_hanging_logger_does_not_hold_up_training(tmp_path, cli, fake_loggers)
     """The logger never returns from opening its run: every cell still trains and finishes; closing a cell waits
     at most logging.close_timeout_s for it and says so."""
     try:
-        rc, _, err = cli("run", "--out", str(tmp_path), *ARGS, "--loggers", "stuck",
-                         "--set", "logging.close_timeout_s=0.2")
+        rc, _, err = cli(
+            "run", "--out", str(tmp_path), *ARGS, "--loggers", "stuck", "--set", "logging.close_timeout_s=0.2"
+        )
         assert rc == 0, err
         assert Stuck.opened.is_set() and not Stuck.release.is_set()
         assert len(_cells(tmp_path)) == 3
@@ -221,7 +242,8 @@ def test_a_hanging_logger_does_not_hold_up_training(tmp_path, cli, fake_loggers)
 def test_unknown_or_missing_logger_is_one_error_line(tmp_path, cli, monkeypatch):
     rc, _, err = cli("run", "--out", str(tmp_path), *ARGS, "--loggers", "tensorboard,wandbb")
     assert rc == 2 and err.strip().splitlines() == [
-        "lskd-bench: error: unknown logger 'wandbb' (known: mlflow, tensorboard, wandb)"]
+        "lskd-bench: error: unknown logger 'wandbb' (known: mlflow, tensorboard, wandb)"
+    ]
     import importlib.util
 
     real = importlib.util.find_spec

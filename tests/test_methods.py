@@ -1,5 +1,6 @@
 """The KD method zoo: each loss against a NumPy computation on fixed logits, CTKD's gradient reversal and
 curriculum, method parameters through resume, every method on every classification task."""
+
 from __future__ import annotations
 
 import json
@@ -68,7 +69,9 @@ def test_kd_std_zscores_before_softening(T):
     m = build_method("dkd", {"dkd": {"standardize": True, "std_weight": 1.0, "ce_weight": 0.0}})
     ref = build_method("dkd", {"dkd": {"ce_weight": 0.0}})
     a = total_loss(m.loss(torch.tensor(S), torch.tensor(Y), torch.tensor(TT), LossContext(T=T))).item()
-    b = total_loss(ref.loss(torch.tensor(zscore(S)), torch.tensor(Y), torch.tensor(zscore(TT)), LossContext(T=T))).item()
+    b = total_loss(
+        ref.loss(torch.tensor(zscore(S)), torch.tensor(Y), torch.tensor(zscore(TT)), LossContext(T=T))
+    ).item()
     assert a == pytest.approx(b, rel=1e-6)
 
 
@@ -99,7 +102,10 @@ def test_dkd_standardize_is_the_authors_recipe(beta):
     """At the authors' settings (tools/train.py:116-118: alpha and beta x 9, base temperature 2), on CIFAR-like
     random logits, after the warm-up, CE weight 1."""
     g = torch.Generator().manual_seed(0)
-    s, t = torch.randn(64, 100, generator=g, dtype=torch.float64) * 3, torch.randn(64, 100, generator=g, dtype=torch.float64) * 5
+    s, t = (
+        torch.randn(64, 100, generator=g, dtype=torch.float64) * 3,
+        torch.randn(64, 100, generator=g, dtype=torch.float64) * 5,
+    )
     y = torch.randint(0, 100, (64,), generator=g)
     want = torch.nn.functional.cross_entropy(s, y) + 1.0 * authors_dkd(s, t, y, 1.0 * 9, beta * 9, 2.0)
     m = build_method("dkd", {"dkd": {"standardize": True, "beta": beta, "warmup": 20}})
@@ -186,8 +192,11 @@ def test_ctkd_curriculum_and_gradient_reversal():
 
 def test_every_method_is_registered_with_its_axes():
     assert set(METHODS.names()) >= {"kd", "dkd", "dist", "kd_std", "ttm", "ctkd", "nkd", "seqkd"}
-    no_t = {n for n, c in METHODS.items()
-            if not c.uses_temperature and c.needs.needs_teacher and not issubclass(c, FeatureMethod)}
+    no_t = {
+        n
+        for n, c in METHODS.items()
+        if not c.uses_temperature and c.needs.needs_teacher and not issubclass(c, FeatureMethod)
+    }
     assert no_t == {"dist", "ttm", "ctkd", "seqkd"}
 
 
@@ -209,7 +218,9 @@ def test_ctkd_temperature_survives_resume(tmp_path):
 
     from .conftest import tiny_overrides
 
-    cfg = resolve_config("digits", {}, tiny_overrides(epochs=3, methods=["ctkd"], grid={"alphas": [0.1], "temperatures": [1.0]}))
+    cfg = resolve_config(
+        "digits", {}, tiny_overrides(epochs=3, methods=["ctkd"], grid={"alphas": [0.1], "temperatures": [1.0]})
+    )
     task = get_task("digits")
     data = task.load_data(cfg)
     cells = plan_cells(cfg)
@@ -241,8 +252,22 @@ ALL = "kd,dkd,dist,kd_std,ttm,ctkd,nkd"
 
 
 def test_all_methods_on_digits_share_teachers_and_show_their_axes(tmp_path, cli):
-    rc, out, err = cli("run", "--out", str(tmp_path), "--methods", ALL, "--alphas", "0,0.1", "--temperatures", "1,4",
-                       "--epochs", "1", "--seeds", "0", "--no-progress")
+    rc, out, err = cli(
+        "run",
+        "--out",
+        str(tmp_path),
+        "--methods",
+        ALL,
+        "--alphas",
+        "0,0.1",
+        "--temperatures",
+        "1,4",
+        "--epochs",
+        "1",
+        "--seeds",
+        "0",
+        "--no-progress",
+    )
     assert rc == 0, err
     # 2 teachers + baseline + 4 T-methods x 2 alphas x 2 T + 3 no-T methods x 2 alphas
     assert "25 cells: trained 25, reused 0" in out
@@ -252,8 +277,10 @@ def test_all_methods_on_digits_share_teachers_and_show_their_axes(tmp_path, cli)
     assert len(teachers) == 2  # every method distilled from the same two teachers
 
 
-@pytest.mark.parametrize("task,fixture,roles", [("imagenet", "imagenet_root", {}),
-                                                 ("cub200_compact", "cub_root", {"student": "mobilenetv2_100"})])
+@pytest.mark.parametrize(
+    "task,fixture,roles",
+    [("imagenet", "imagenet_root", {}), ("cub200_compact", "cub_root", {"student": "mobilenetv2_100"})],
+)
 def test_all_methods_on_image_tasks(task, fixture, roles, request, tmp_path):
     from lskd_bench.runners.grid import resolve_config, run_grid
 

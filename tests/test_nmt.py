@@ -1,5 +1,6 @@
 """Machine translation: corpus readers on fixture files in the real layouts, sub-word cache, word-level KD over
 non-pad positions, a tiny grid end to end with BLEU, mid-epoch resume, sequence-level KD, bad roots."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,14 @@ fairseq = require("fairseq", "the NMT stack (pip install -e '.[nmt]')")
 
 
 def tiny_nmt(root, **extra) -> dict:
-    role = {"arch": "transformer_micro", "epochs": 2, "max_tokens": 256, "lr": 3e-3, "warmup_updates": 4, "eval_every": 1}
+    role = {
+        "arch": "transformer_micro",
+        "epochs": 2,
+        "max_tokens": 256,
+        "lr": 3e-3,
+        "warmup_updates": 4,
+        "eval_every": 1,
+    }
     o = {
         "data": {"root": str(root), "vocab_size": 60},
         "generation": {"beam": 2, "max_len_a": 1.0, "max_len_b": 5},
@@ -40,8 +48,10 @@ def test_importing_fairseq_leaves_the_root_logger_alone():
     import subprocess
     import sys
 
-    code = ("import logging; from lskd_bench.tasks.nmt.fairseq_adapter import _fairseq; _fairseq(); "
-            "import fairseq.tasks.text_to_speech; r = logging.getLogger(); print(r.level, len(r.handlers))")
+    code = (
+        "import logging; from lskd_bench.tasks.nmt.fairseq_adapter import _fairseq; _fairseq(); "
+        "import fairseq.tasks.text_to_speech; r = logging.getLogger(); print(r.level, len(r.handlers))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["30", "0"]  # WARNING, no handler: as before the import
 
@@ -67,8 +77,10 @@ def test_raw_iwslt_layout_is_read_like_prepare_iwslt14(tmp_path):
 
 def test_raw_layout_reverse_direction_and_xml_entities(tmp_path):
     d = make_raw_iwslt(tmp_path, "en-de", n_train=30)
-    (d / "IWSLT14.TED.tst2010.en-de.en.xml").write_text('<seg id="1"> Tom &amp; Jerry </seg>\n<seg id="2"> b </seg>\n'
-                                                       '<seg id="3"> c </seg>\n<seg id="4"> d </seg>\n<seg id="5"> e </seg>\n')
+    (d / "IWSLT14.TED.tst2010.en-de.en.xml").write_text(
+        '<seg id="1"> Tom &amp; Jerry </seg>\n<seg id="2"> b </seg>\n'
+        '<seg id="3"> c </seg>\n<seg id="4"> d </seg>\n<seg id="5"> e </seg>\n'
+    )
     c = read_corpus(d, "de", "en")
     assert c.test[4][1] == "Tom & Jerry" and c.test[4][0] == pairs(5, 104)[0][1]
 
@@ -83,20 +95,31 @@ def test_raw_reader_drops_only_the_known_metadata_tags(tmp_path):
     <reviewer>, <translator> lines go, <title>/<description> keep their text, and a real sentence that
     starts with '<' (software UI strings in TED-like corpora) stays a pair."""
     d = make_raw_iwslt(tmp_path, "de-en", n_train=20)  # one talk header: 4 tags + <title>, then 20 pairs
-    extra_en = ["<reviewer>Ann Smith</reviewer>", "<translator href='x'>Bo Li</translator>",
-                "<description>A talk about cats.</description>", "<internal> is reserved.",
-                "<aliases> must contain at least one <alias>"]
-    extra_de = ["<reviewer>Ann Smith</reviewer>", "<translator href='x'>Bo Li</translator>",
-                "<description>Ein Vortrag über Katzen.</description>", "<internal> ist reserviert.",
-                "<aliases> muss mindestens ein <alias> enthalten"]
+    extra_en = [
+        "<reviewer>Ann Smith</reviewer>",
+        "<translator href='x'>Bo Li</translator>",
+        "<description>A talk about cats.</description>",
+        "<internal> is reserved.",
+        "<aliases> must contain at least one <alias>",
+    ]
+    extra_de = [
+        "<reviewer>Ann Smith</reviewer>",
+        "<translator href='x'>Bo Li</translator>",
+        "<description>Ein Vortrag über Katzen.</description>",
+        "<internal> ist reserviert.",
+        "<aliases> muss mindestens ein <alias> enthalten",
+    ]
     _insert(d / "train.tags.de-en.en", 5, extra_en)
     _insert(d / "train.tags.de-en.de", 5, extra_de)
     c = read_corpus(tmp_path, "en", "de")
     assert "train.tags: 6 metadata line pair(s) dropped" in c.report  # 4 header tags + reviewer + translator
-    assert c.train[:5] == [("Jane Doe: A talk", "Jane Doe: Ein Vortrag"), ("A talk about cats.", "Ein Vortrag über Katzen."),
-                           ("<internal> is reserved.", "<internal> ist reserviert."),
-                           ("<aliases> must contain at least one <alias>", "<aliases> muss mindestens ein <alias> enthalten"),
-                           pairs(1)[0]]
+    assert c.train[:5] == [
+        ("Jane Doe: A talk", "Jane Doe: Ein Vortrag"),
+        ("A talk about cats.", "Ein Vortrag über Katzen."),
+        ("<internal> is reserved.", "<internal> ist reserviert."),
+        ("<aliases> must contain at least one <alias>", "<aliases> muss mindestens ein <alias> enthalten"),
+        pairs(1)[0],
+    ]
     assert len(c.train) + len(c.valid) == 24 and len(c.valid) == 1
 
 
@@ -109,8 +132,10 @@ def test_raw_reader_misaligned_metadata_exits_2_naming_the_line(tmp_path, cli):
     (d / "train.tags.de-en.de").write_text("\n".join(de[:26] + de[27:] + ["Noch ein Satz."]) + "\n", encoding="utf-8")
     rc, _, err = cli("check-data", "--task", "iwslt_ende", "--data-root", str(tmp_path))
     assert rc == 2 and err.count("\n") == 1
-    assert (f"{d}/train.tags.de-en.en and {d}/train.tags.de-en.de are misaligned at line 27: a <keywords> line in the en "
-            "file, a <speaker> line in the de file") in err
+    assert (
+        f"{d}/train.tags.de-en.en and {d}/train.tags.de-en.de are misaligned at line 27: a <keywords> line in the en "
+        "file, a <speaker> line in the de file"
+    ) in err
 
 
 @pytest.mark.parametrize("side", ["en", "de"])
@@ -120,8 +145,10 @@ def test_raw_test_set_with_a_side_missing_exits_2(tmp_path, cli, side):
     other = "de" if side == "en" else "en"
     rc, _, err = cli("check-data", "--task", "iwslt_ende", "--data-root", str(tmp_path))
     assert rc == 2
-    assert (f"{d}/IWSLT14.TED.tst2010.de-en.{side}.xml is missing (the {side} side of "
-            f"IWSLT14.TED.tst2010.de-en.{other}.xml); a test set needs both sides") in err
+    assert (
+        f"{d}/IWSLT14.TED.tst2010.de-en.{side}.xml is missing (the {side} side of "
+        f"IWSLT14.TED.tst2010.de-en.{other}.xml); a test set needs both sides"
+    ) in err
 
 
 def test_raw_seg_id_mismatch_names_the_first_differing_id(tmp_path):
@@ -130,14 +157,20 @@ def test_raw_seg_id_mismatch_names_the_first_differing_id(tmp_path):
     p.write_text(p.read_text(encoding="utf-8").replace('<seg id="3">', '<seg id="33">'), encoding="utf-8")
     with pytest.raises(UsageError) as err:
         read_corpus(tmp_path, "en", "de")
-    assert ('IWSLT14.TED.dev2010.de-en.en.xml and IWSLT14.TED.dev2010.de-en.de.xml hold different <seg> ids: segment 3 '
-            'is <seg id="3"> in the en file, <seg id="33"> in the de file') in str(err.value)
+    assert (
+        "IWSLT14.TED.dev2010.de-en.en.xml and IWSLT14.TED.dev2010.de-en.de.xml hold different <seg> ids: segment 3 "
+        'is <seg id="3"> in the en file, <seg id="33"> in the de file'
+    ) in str(err.value)
     q = d / "IWSLT14.TED.tst2010.de-en.de.xml"
     q.write_text(q.read_text(encoding="utf-8").replace('<seg id="33">', '<seg id="3">'), encoding="utf-8")
-    p.write_text("\n".join(x for x in p.read_text(encoding="utf-8").splitlines() if 'id="33"' not in x and 'id="4"' not in x))
+    p.write_text(
+        "\n".join(x for x in p.read_text(encoding="utf-8").splitlines() if 'id="33"' not in x and 'id="4"' not in x)
+    )
     with pytest.raises(UsageError) as err:
         read_corpus(tmp_path, "en", "de")
-    assert 'segment 3 is <seg id="3"> in the en file, missing (the file ends after 2 segments) in the de file' in str(err.value)
+    assert 'segment 3 is <seg id="3"> in the en file, missing (the file ends after 2 segments) in the de file' in str(
+        err.value
+    )
 
 
 def test_plain_layout_and_cleaning_counts(tmp_path):
@@ -148,14 +181,23 @@ def test_plain_layout_and_cleaning_counts(tmp_path):
         f.write("wort " * 200 + "\n" + "eins zwei drei vier\n" + "leer\n")
     c = read_corpus(root, "en", "de", max_len=175, len_ratio=1.5)
     assert c.counts() == {"train": 10, "valid": 3, "test": 4}
-    assert c.report[0] == "train: 13 pairs read, kept 10 (dropped 1 empty/undecodable, 1 over 175 words, 1 with length ratio over 1.5)"
+    assert (
+        c.report[0]
+        == "train: 13 pairs read, kept 10 (dropped 1 empty/undecodable, 1 over 175 words, 1 with length ratio over 1.5)"
+    )
 
 
 @pytest.mark.parametrize(
     "breakage,message",
     [
-        (lambda r: (r / "train.de").write_text("a\nb\n"), "train.en has 10 lines but {root}/train.de has 2: the files are not aligned"),
-        (lambda r: (r / "train.de").write_bytes(b"gut\n\xff\xfe kaputt\n" + b"x\n" * 8), "{root}/train.de:2: not valid UTF-8"),
+        (
+            lambda r: (r / "train.de").write_text("a\nb\n"),
+            "train.en has 10 lines but {root}/train.de has 2: the files are not aligned",
+        ),
+        (
+            lambda r: (r / "train.de").write_bytes(b"gut\n\xff\xfe kaputt\n" + b"x\n" * 8),
+            "{root}/train.de:2: not valid UTF-8",
+        ),
         (lambda r: (r / "test.de").unlink(), "{root}/test.de is missing; expected the raw IWSLT layout"),
     ],
 )
@@ -176,7 +218,7 @@ def test_bad_utf8_can_be_skipped(tmp_path):
     assert len(c.train) == 9 and "train.de: 1 line(s) not valid UTF-8, skipped" in c.report
 
 
-@pytest.mark.parametrize("make", [lambda p: p, lambda p: (p.mkdir() or p)])
+@pytest.mark.parametrize("make", [lambda p: p, lambda p: p.mkdir() or p])
 def test_bad_root_exits_2_naming_both_layouts(tmp_path, cli, make):
     root = make(tmp_path / "nowhere")
     rc, _, err = cli("run", "--task", "iwslt_ende", "--data-root", str(root), "--out", str(tmp_path / "runs"))
@@ -266,8 +308,20 @@ def test_tiny_grid_end_to_end_with_bleu(tmp_path, cli):
     o = tiny_nmt(root)
     o["data"].pop("root")
     cfg_file.write_text(yaml.safe_dump(o))
-    argv = ["run", "--task", "iwslt_ende", "--data-root", str(root), "--config", str(cfg_file), "--out", str(tmp_path / "runs"),
-            "--grid", "alpha,T", "--no-progress"]
+    argv = [
+        "run",
+        "--task",
+        "iwslt_ende",
+        "--data-root",
+        str(root),
+        "--config",
+        str(cfg_file),
+        "--out",
+        str(tmp_path / "runs"),
+        "--grid",
+        "alpha,T",
+        "--no-progress",
+    ]
     rc, out, err = cli(*argv)
     assert rc == 0, err
     assert "7 cells: trained 7, reused 0 finished" in out
@@ -298,8 +352,11 @@ def test_killed_mid_epoch_resumes_to_identical_weights(tmp_path):
     from lskd_bench.tasks import get_task
 
     root = make_plain(tmp_path / "data", n_train=80)
-    cfg = resolve_config("iwslt_ende", {}, tiny_nmt(root, teacher={"max_tokens": 64, "checkpoint_every": 1, "eval_every": 2,
-                                                                     "dropout": 0.3}))
+    cfg = resolve_config(
+        "iwslt_ende",
+        {},
+        tiny_nmt(root, teacher={"max_tokens": 64, "checkpoint_every": 1, "eval_every": 2, "dropout": 0.3}),
+    )
     task = get_task("iwslt_ende")
     data = task.load_data(cfg, cache_dir=tmp_path / "cache")
     teacher = next(c for c in plan_cells(cfg) if c.role == "teacher")
@@ -331,8 +388,21 @@ def test_sequence_level_kd_trains_on_teacher_outputs(tmp_path, cli):
     o = tiny_nmt(root, grid={"alphas": [0.1], "temperatures": [1.0, 2.0]})
     o["data"].pop("root")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(o))
-    rc, out, err = cli("run", "--task", "iwslt_ende", "--data-root", str(root), "--config", str(tmp_path / "c.yaml"),
-                       "--methods", "seqkd", "--out", str(tmp_path / "runs"), "--no-baseline", "--no-progress")
+    rc, out, err = cli(
+        "run",
+        "--task",
+        "iwslt_ende",
+        "--data-root",
+        str(root),
+        "--config",
+        str(tmp_path / "c.yaml"),
+        "--methods",
+        "seqkd",
+        "--out",
+        str(tmp_path / "runs"),
+        "--no-baseline",
+        "--no-progress",
+    )
     assert rc == 0, err
     assert "2 cells: trained 2" in out  # teacher + one seqkd student per alpha: no temperature axis
     assert "| no T |" in out
@@ -348,8 +418,12 @@ def _sacrebleu_cli(ref, hyp) -> list[float]:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "sacrebleu", str(ref), "-i", str(hyp), "-m", "bleu", "chrf", "-b", "-w", "4"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "sacrebleu", str(ref), "-i", str(hyp), "-m", "bleu", "chrf", "-b", "-w", "4"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [float(x) for x in out.replace("[", "").replace("]", "").replace(",", " ").split()]
 
 
@@ -365,20 +439,41 @@ def test_selection_on_valid_hypotheses_rescore_and_translate(tmp_path, cli):
 
     root = make_django_plain(tmp_path / "data")
     role = {"epochs": 4, "max_tokens": 256, "lr": 5e-3, "warmup_updates": 10}
-    o = tiny_nmt(root, data={"vocab_size": 200}, generation={"max_len_a": 1.2, "max_len_b": 8},
-                 grid={"alphas": [0.1], "temperatures": [2.0]}, teacher=role, student=role)
+    o = tiny_nmt(
+        root,
+        data={"vocab_size": 200},
+        generation={"max_len_a": 1.2, "max_len_b": 8},
+        grid={"alphas": [0.1], "temperatures": [2.0]},
+        teacher=role,
+        student=role,
+    )
     o["data"].pop("root")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(o))
     runs = tmp_path / "runs"
-    rc, out, err = cli("run", "--task", "iwslt_ende", "--data-root", str(root), "--config", str(tmp_path / "c.yaml"),
-                       "--out", str(runs), "--no-progress", "--no-baseline")
+    rc, out, err = cli(
+        "run",
+        "--task",
+        "iwslt_ende",
+        "--data-root",
+        str(root),
+        "--config",
+        str(tmp_path / "c.yaml"),
+        "--out",
+        str(runs),
+        "--no-progress",
+        "--no-baseline",
+    )
     assert rc == 0, err
     assert "2 cells: trained 2" in out and "selected on the valid split (highest validation BLEU, same beam)" in out
     chrf = []
     for d in sorted((runs / "iwslt_ende").glob("*-*/")):
         r = json.loads((d / store.RESULT).read_text())
         assert r["config"]["task"] == r["run_config"]["task"] == "iwslt_ende"
-        assert {k: r["selection"][k] for k in ("split", "metric", "mode")} == {"split": "valid", "metric": "valid_bleu", "mode": "max"}
+        assert {k: r["selection"][k] for k in ("split", "metric", "mode")} == {
+            "split": "valid",
+            "metric": "valid_bleu",
+            "mode": "max",
+        }
         scores = [h["selection"] for h in r["history"]]
         assert len(scores) == 4 and all(0 <= x <= 100 for x in scores)
         sel = scores.index(max(scores)) + 1  # the first of equal scores
@@ -398,16 +493,36 @@ def test_selection_on_valid_hypotheses_rescore_and_translate(tmp_path, cli):
     assert len(chrf) == 4 and max(chrf) > 0  # some hypotheses are not empty: the re-scoring compares real text
     teacher = next((runs / "iwslt_ende").glob("teacher_*"))
     # the test sources, translated by the selected weights in one batch as in evaluation: the stored hypotheses
-    rc, out, err = cli("translate", "--runs", str(runs), "--cell", teacher.name.rsplit("-", 1)[0], "-i",
-                       str(teacher / "test.src.en"), "--no-progress")
+    rc, out, err = cli(
+        "translate",
+        "--runs",
+        str(runs),
+        "--cell",
+        teacher.name.rsplit("-", 1)[0],
+        "-i",
+        str(teacher / "test.src.en"),
+        "--no-progress",
+    )
     assert rc == 0, err
     assert out == (teacher / "test.hyp.selected.de").read_text(encoding="utf-8")
     assert f"with {teacher.name} (selected weights, epoch " in err and "beam 2, lenpen 1" in err
     # 20 lines in (an empty one, one with a U+2028 inside), 20 out, in order
     lines = (root / "valid.en").read_text(encoding="utf-8").splitlines()[:18] + ["", "Save\u2028and continue"]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    rc, _, err = cli("translate", "--run", str(teacher), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "out.txt"),
-                     "--beam", "1", "--weights", "last", "--no-progress")
+    rc, _, err = cli(
+        "translate",
+        "--run",
+        str(teacher),
+        "-i",
+        str(tmp_path / "in.txt"),
+        "-o",
+        str(tmp_path / "out.txt"),
+        "--beam",
+        "1",
+        "--weights",
+        "last",
+        "--no-progress",
+    )
     assert rc == 0, err
     got = (tmp_path / "out.txt").read_text(encoding="utf-8").split("\n")
     assert len(got) == 21 and got[-1] == "" and got[18] == ""  # 20 lines, each ended by a newline
@@ -426,9 +541,14 @@ def test_selection_on_valid_hypotheses_rescore_and_translate(tmp_path, cli):
         del r[key]
     store.write_json(old / teacher.name / store.RESULT, r)
     (old / teacher.name / "spm.model").unlink()
-    rc, out, err = cli("translate", "--run", str(old / teacher.name), "-i", str(teacher / "test.src.en"), "--no-progress")
+    rc, out, err = cli(
+        "translate", "--run", str(old / teacher.name), "-i", str(teacher / "test.src.en"), "--no-progress"
+    )
     assert rc == 0, err
-    assert out == (teacher / "test.hyp.last.de").read_text(encoding="utf-8") and "the cell predates selected weights" in err
+    assert (
+        out == (teacher / "test.hyp.last.de").read_text(encoding="utf-8")
+        and "the cell predates selected weights" in err
+    )
 
 
 @pytest.mark.parametrize("select_on", ["valid_loss", "valid_bleu"])
@@ -516,8 +636,9 @@ def test_fast_training_step_keeps_loss_gradients_and_update_on_a_fixed_batch(tmp
         grads[name].grad = p.grad.clone()
     opt = build_optimizer(list(model.parameters()), cfg["teacher"])
     assert opt.defaults["fused"]
-    ref_opt = torch.optim.Adam(ref.parameters(), lr=opt.param_groups[0]["lr"], betas=tuple(cfg["teacher"]["betas"]),
-                               foreach=False)
+    ref_opt = torch.optim.Adam(
+        ref.parameters(), lr=opt.param_groups[0]["lr"], betas=tuple(cfg["teacher"]["betas"]), foreach=False
+    )
     opt.step()
     ref_opt.step()
     for name, p in model.named_parameters():
@@ -616,8 +737,17 @@ def test_long_test_line_is_cut_and_damaged_cells_translate_in_one_line(tmp_path,
 
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(o))
     runs = tmp_path / "runs"
-    rc, out, err = cli("run", "--task", "iwslt_ende", "--config", str(tmp_path / "c.yaml"), "--out", str(runs),
-                       "--no-progress", "--no-baseline")
+    rc, out, err = cli(
+        "run",
+        "--task",
+        "iwslt_ende",
+        "--config",
+        str(tmp_path / "c.yaml"),
+        "--out",
+        str(runs),
+        "--no-progress",
+        "--no-baseline",
+    )
     assert rc == 0, err
     assert "note: test: 1 source line(s) longer than 64 sub-words cut to the models' longest input (e.g. line 4)" in err
     teacher = next((runs / "iwslt_ende").glob("teacher_*"))
@@ -636,19 +766,26 @@ def test_long_test_line_is_cut_and_damaged_cells_translate_in_one_line(tmp_path,
 
     cases = {
         "model missing": (lambda d: (d / "model.pt").unlink(), "model.pt: unusable weights (is missing)"),
-        "model truncated": (lambda d: (d / "model.pt").write_bytes((d / "model.pt").read_bytes()[:100]),
-                            "model.pt: unusable weights (is corrupt"),
+        "model truncated": (
+            lambda d: (d / "model.pt").write_bytes((d / "model.pt").read_bytes()[:100]),
+            "model.pt: unusable weights (is corrupt",
+        ),
         "spm missing": (lambda d: (d / "spm.model").unlink(), "spm.model"),
-        "spm truncated": (lambda d: (d / "spm.model").write_bytes((d / "spm.model").read_bytes()[:50]),
-                          "cannot rebuild the cell's vocabulary"),
+        "spm truncated": (
+            lambda d: (d / "spm.model").write_bytes((d / "spm.model").read_bytes()[:50]),
+            "cannot rebuild the cell's vocabulary",
+        ),
         "run_config a list": (lambda d: edit_result(d, lambda r: r.update(run_config=[1])), "run_config"),
-        "run_config without generation": (lambda d: edit_result(d, lambda r: r["run_config"].pop("generation")),
-                                          "train the cell again"),
+        "run_config without generation": (
+            lambda d: edit_result(d, lambda r: r["run_config"].pop("generation")),
+            "train the cell again",
+        ),
     }
     for name, (edit, needle) in cases.items():
         d = damaged(name.replace(" ", "_"), edit)
-        rc, _, err = cli("translate", "--run", str(d), "-i", str(tmp_path / "in.txt"), "--weights", "last",
-                         "--no-progress")
+        rc, _, err = cli(
+            "translate", "--run", str(d), "-i", str(tmp_path / "in.txt"), "--weights", "last", "--no-progress"
+        )
         assert rc == 2 and err.count("\n") == 1 and needle in err, (name, err)
     rc, _, err = cli("translate", "--run", str(teacher), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path))
     assert rc == 2 and err == f"lskd-bench: error: -o/--output {tmp_path} is a directory: give a file name\n"

@@ -1,5 +1,6 @@
 """Progress output for batch systems (``logging.format``): plain lines when the output is not a terminal,
 one JSON object a line with ``--log-format json``, bars on a terminal."""
+
 from __future__ import annotations
 
 import io
@@ -24,8 +25,14 @@ def test_redirected_output_is_plain_lines_a_few_per_cell(tmp_path):
     log = tmp_path / "log.txt"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with open(log, "wb") as f:
-        proc = subprocess.run([sys.executable, "-m", "lskd_bench", "run", "--out", str(tmp_path / "runs"), *ARGS],
-                              stdout=f, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, timeout=900)
+        proc = subprocess.run(
+            [sys.executable, "-m", "lskd_bench", "run", "--out", str(tmp_path / "runs"), *ARGS],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+            timeout=900,
+        )
     text = log.read_bytes()
     assert proc.returncode == 0, text[-2000:]
     assert b"\r" not in text and b"\x1b[" not in text

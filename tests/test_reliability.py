@@ -1,4 +1,5 @@
 """Reliability: config schema errors, bad data, cross-process locks, failing cells, failing disks."""
+
 from __future__ import annotations
 
 import errno
@@ -68,17 +69,44 @@ def test_non_identity_keys_keep_the_hash(tiny_cfg):
 
     from .conftest import tiny_overrides
 
-    other = resolve_config("digits", {}, {**tiny_overrides(), "eval_batch_size": 7, "num_workers": 1,
-                                          "student": {"epochs": 1, "eval_every": 5, "checkpoint_every": 3}})
+    other = resolve_config(
+        "digits",
+        {},
+        {
+            **tiny_overrides(),
+            "eval_batch_size": 7,
+            "num_workers": 1,
+            "student": {"epochs": 1, "eval_every": 5, "checkpoint_every": 3},
+        },
+    )
     assert [c.hash for c in plan_cells(other)] == [c.hash for c in plan_cells(tiny_cfg)]
     changed = resolve_config("digits", {}, {**tiny_overrides(), "student": {"epochs": 1, "lr": 0.01}})
-    assert {c.hash for c in plan_cells(changed) if c.role == "teacher"} == {c.hash for c in plan_cells(tiny_cfg) if c.role == "teacher"}
-    assert {c.hash for c in plan_cells(changed) if c.role == "student"}.isdisjoint({c.hash for c in plan_cells(tiny_cfg)})
+    assert {c.hash for c in plan_cells(changed) if c.role == "teacher"} == {
+        c.hash for c in plan_cells(tiny_cfg) if c.role == "teacher"
+    }
+    assert {c.hash for c in plan_cells(changed) if c.role == "student"}.isdisjoint(
+        {c.hash for c in plan_cells(tiny_cfg)}
+    )
 
 
 # ------------------------------------------------------------------------------------------ data
-FAST = ["--epochs", "1", "--batch-size", "4", "--lr", "0.001", "--num-workers", "2", "--alphas", "0.1", "--temperatures", "1", "--set", "data.image_size=32",
-        "--no-progress"]
+FAST = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "4",
+    "--lr",
+    "0.001",
+    "--num-workers",
+    "2",
+    "--alphas",
+    "0.1",
+    "--temperatures",
+    "1",
+    "--set",
+    "data.image_size=32",
+    "--no-progress",
+]
 
 
 def truncate(path: Path) -> None:
@@ -103,8 +131,18 @@ def test_truncated_jpeg_check_data_and_run(tmp_path, cli):
     assert errors and all(e["error"] == "DataError" for e in errors)
     assert not list(runs.rglob(store.RESULT))
 
-    rc, out, err = cli("run", "--task", "imagenet", "--data-root", str(root), "--out", str(runs), *FAST,
-                       "--set", "data.on_bad_sample=skip")
+    rc, out, err = cli(
+        "run",
+        "--task",
+        "imagenet",
+        "--data-root",
+        str(root),
+        "--out",
+        str(runs),
+        *FAST,
+        "--set",
+        "data.on_bad_sample=skip",
+    )
     assert rc == 0, err
     res = results(runs)
     assert res["teacher_resnet50_a0.1_s0"]["skipped_samples"] == [str(bad)]
@@ -124,8 +162,14 @@ def test_check_data_clean_root_and_duplicates(tmp_path, cli):
 @pytest.mark.parametrize(
     "breakage,message",
     [
-        (lambda r: [p.unlink() for p in (r / "train" / WNIDS[0]).iterdir()], f"class folder {{root}}/train/{WNIDS[0]} has no image files"),
-        (lambda r: __import__("shutil").rmtree(r / "val" / WNIDS[2]), f"1 class(es) missing from val/ (e.g. {WNIDS[2]})"),
+        (
+            lambda r: [p.unlink() for p in (r / "train" / WNIDS[0]).iterdir()],
+            f"class folder {{root}}/train/{WNIDS[0]} has no image files",
+        ),
+        (
+            lambda r: __import__("shutil").rmtree(r / "val" / WNIDS[2]),
+            f"1 class(es) missing from val/ (e.g. {WNIDS[2]})",
+        ),
     ],
 )
 def test_bad_class_folders_exit_2_before_writing(tmp_path, cli, breakage, message):
@@ -153,8 +197,22 @@ def nan_method():
 
 
 def test_failing_cell_is_recorded_and_the_grid_carries_on(tmp_path, cli, nan_method):
-    argv = ["run", "--out", str(tmp_path), "--alphas", "0.1", "--temperatures", "1,2", "--epochs", "1", "--seeds", "0",
-            "--methods", f"kd,{nan_method}", "--no-progress"]
+    argv = [
+        "run",
+        "--out",
+        str(tmp_path),
+        "--alphas",
+        "0.1",
+        "--temperatures",
+        "1,2",
+        "--epochs",
+        "1",
+        "--seeds",
+        "0",
+        "--methods",
+        f"kd,{nan_method}",
+        "--no-progress",
+    ]
     rc, out, err = cli(*argv)
     assert rc == 1
     assert "6 cells: trained 5, reused 0 finished, 1 failed" in out
@@ -171,8 +229,22 @@ def test_failing_cell_is_recorded_and_the_grid_carries_on(tmp_path, cli, nan_met
 
 
 def test_failed_teacher_blocks_only_its_students(tmp_path, cli):
-    rc, out, err = cli("run", "--out", str(tmp_path), "--alphas", "0.1", "--temperatures", "1,2", "--epochs", "2", "--seeds", "0",
-                       "--set", "teacher.lr=1e30", "--no-progress")
+    rc, out, err = cli(
+        "run",
+        "--out",
+        str(tmp_path),
+        "--alphas",
+        "0.1",
+        "--temperatures",
+        "1,2",
+        "--epochs",
+        "2",
+        "--seeds",
+        "0",
+        "--set",
+        "teacher.lr=1e30",
+        "--no-progress",
+    )
     assert rc == 1
     assert "4 cells: trained 1, reused 0 finished, 1 failed, 2 not run (teacher failed)" in out
     assert "not run: student_kd_cnn_tiny_a0.1_T1_s0: its teacher teacher_cnn_wide_a0.1_s0 failed" in err
@@ -238,8 +310,26 @@ def test_lock_is_exclusive_and_stale_locks_are_taken_over(tmp_path):
 
 
 def test_two_concurrent_runs_train_every_cell_exactly_once(tmp_path):
-    args = [sys.executable, "-m", "lskd_bench", "run", "--out", str(tmp_path), "--no-progress", "--alphas", "0,0.1",
-            "--temperatures", "1,2", "--epochs", "3", "--seeds", "0", "--no-fuse", "--set", "lock.poll_s=0.05"]
+    args = [
+        sys.executable,
+        "-m",
+        "lskd_bench",
+        "run",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        "--alphas",
+        "0,0.1",
+        "--temperatures",
+        "1,2",
+        "--epochs",
+        "3",
+        "--seeds",
+        "0",
+        "--no-fuse",
+        "--set",
+        "lock.poll_s=0.05",
+    ]
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=HANG_GUARD_S) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
@@ -260,8 +350,16 @@ def test_run_waits_for_a_cell_held_by_a_live_process(tmp_path, cli):
     from lskd_bench.runners.cells import plan_cells
     from lskd_bench.runners.grid import resolve_config
 
-    cfg = resolve_config("digits", {}, {"grid": {"alphas": [0.1], "temperatures": [1.0], "seeds": [0]}, "baseline": False,
-                                        "teacher": {"epochs": 1}, "student": {"epochs": 1}})
+    cfg = resolve_config(
+        "digits",
+        {},
+        {
+            "grid": {"alphas": [0.1], "temperatures": [1.0], "seeds": [0]},
+            "baseline": False,
+            "teacher": {"epochs": 1},
+            "student": {"epochs": 1},
+        },
+    )
     teacher = next(c for c in plan_cells(cfg) if c.role == "teacher")
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
@@ -277,8 +375,23 @@ def test_run_waits_for_a_cell_held_by_a_live_process(tmp_path, cli):
             holder.kill()  # dies without a result: its lock is stale (left unreaped: a zombie counts as dead)
 
         threading.Thread(target=release_later, daemon=True).start()
-        rc, out, err = cli("run", "--out", str(tmp_path), "--alphas", "0.1", "--temperatures", "1", "--epochs", "1", "--seeds", "0",
-                           "--no-baseline", "--no-progress", "--set", "lock.poll_s=0.05")
+        rc, out, err = cli(
+            "run",
+            "--out",
+            str(tmp_path),
+            "--alphas",
+            "0.1",
+            "--temperatures",
+            "1",
+            "--epochs",
+            "1",
+            "--seeds",
+            "0",
+            "--no-baseline",
+            "--no-progress",
+            "--set",
+            "lock.poll_s=0.05",
+        )
     finally:
         holder.kill()
         holder.wait()
@@ -341,15 +454,35 @@ def test_live_local_owner_is_never_stale_whatever_its_heartbeat_age(tmp_path, cl
     rec = {"host": os.uname().nodename, "pid": os.getpid(), "token": "x", "since": 0, "start": 1}  # a reused pid
     (tmp_path / LOCK).write_text(json.dumps(rec))
     assert CellLock(tmp_path).try_acquire(stale_s=60)
-    rc, _, err = cli("run", "--dry-run", "--out", str(tmp_path / "runs"), "--set", "lock.heartbeat_s=300",
-                     "--set", "lock.stale_s=300")
-    assert rc == 2 and err == ("lskd-bench: error: lock.heartbeat_s (300) must be at most half of lock.stale_s (300): "
-                               "a lock is taken over when its heartbeat is older than stale_s\n")
+    rc, _, err = cli(
+        "run",
+        "--dry-run",
+        "--out",
+        str(tmp_path / "runs"),
+        "--set",
+        "lock.heartbeat_s=300",
+        "--set",
+        "lock.stale_s=300",
+    )
+    assert rc == 2 and err == (
+        "lskd-bench: error: lock.heartbeat_s (300) must be at most half of lock.stale_s (300): "
+        "a lock is taken over when its heartbeat is older than stale_s\n"
+    )
 
 
-@pytest.mark.parametrize("argv", [["tasks"], ["methods"], ["config"], ["--help"], ["run", "--help"],
-                                  ["run", "--dry-run", "--out", "{tmp}/runs"], ["leaderboard", "--runs", "{tmp}/runs"],
-                                  ["status", "--runs", "{tmp}/runs"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tasks"],
+        ["methods"],
+        ["config"],
+        ["--help"],
+        ["run", "--help"],
+        ["run", "--dry-run", "--out", "{tmp}/runs"],
+        ["leaderboard", "--runs", "{tmp}/runs"],
+        ["status", "--runs", "{tmp}/runs"],
+    ],
+)
 def test_closed_output_pipe_ends_every_command_quietly(tmp_path, argv):
     """`lskd-bench tasks | head -c1`: the reader is gone before the command writes (a pipe whose read end is
     closed, so the write fails every time): no traceback, no 'Exception ignored', exit 141 as SIGPIPE'd tools."""
@@ -359,20 +492,30 @@ def test_closed_output_pipe_ends_every_command_quietly(tmp_path, argv):
     r, w = os.pipe()
     os.close(r)
     try:
-        proc = subprocess.run([sys.executable, "-m", "lskd_bench", *[a.format(tmp=tmp_path) for a in argv]],
-                              stdout=w, stderr=subprocess.PIPE, text=True, timeout=HANG_GUARD_S)
+        proc = subprocess.run(
+            [sys.executable, "-m", "lskd_bench", *[a.format(tmp=tmp_path) for a in argv]],
+            stdout=w,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=HANG_GUARD_S,
+        )
     finally:
         os.close(w)
     expected = 0 if "--help" in argv else 141  # argparse's help swallows the failed write itself
-    assert proc.returncode == expected and "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, \
+    assert proc.returncode == expected and "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, (
         proc.stderr
+    )
     assert "BrokenPipe" not in proc.stderr, proc.stderr
 
 
 def test_head_reads_the_first_line_of_tasks(tmp_path):
-    out = subprocess.run(f"{sys.executable} -m lskd_bench tasks | head -c1; echo; "
-                         f"{sys.executable} -m lskd_bench methods | head -1", shell=True, capture_output=True,
-                         text=True, timeout=HANG_GUARD_S)
+    out = subprocess.run(
+        f"{sys.executable} -m lskd_bench tasks | head -c1; echo; {sys.executable} -m lskd_bench methods | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
     assert out.stderr == "" and out.stdout.count("\n") == 2 and out.stdout.startswith("c\n") and len(out.stdout) > 10
 
 
@@ -380,20 +523,26 @@ FAST_DIGITS = ["--epochs", "1", "--alphas", "0.1", "--temperatures", "1", "--see
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
-@pytest.mark.parametrize("argv, needle", [
-    (["run", "--device", "cuda"], "device cuda: torch sees no CUDA GPU on this machine; use --device cpu or auto"),
-    (["run", "--device", "cuda", "--executor", "subprocess"], "device cuda: torch sees no CUDA GPU"),
-    (["run", "--gpus", "3"], "gpus 3: torch sees no CUDA GPU on this machine; leave out --gpus (and --per-gpu) to "
-                             "train on the CPU"),
-    (["run", "--gpus", "0,1", "--nproc-per-node", "2"], "gpus 0,1: torch sees no CUDA GPU"),
-    (["translate", "--run", "{tmp}/none", "--device", "cuda"], "device cuda: torch sees no CUDA GPU"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["run", "--device", "cuda"], "device cuda: torch sees no CUDA GPU on this machine; use --device cpu or auto"),
+        (["run", "--device", "cuda", "--executor", "subprocess"], "device cuda: torch sees no CUDA GPU"),
+        (
+            ["run", "--gpus", "3"],
+            "gpus 3: torch sees no CUDA GPU on this machine; leave out --gpus (and --per-gpu) to train on the CPU",
+        ),
+        (["run", "--gpus", "0,1", "--nproc-per-node", "2"], "gpus 0,1: torch sees no CUDA GPU"),
+        (["translate", "--run", "{tmp}/none", "--device", "cuda"], "device cuda: torch sees no CUDA GPU"),
+    ],
+)
 def test_gpu_options_without_a_gpu_are_one_line(tmp_path, cli, argv, needle):
     """--device cuda and --gpus on a machine without a GPU: one line, exit 2, nothing written (they used to
     train on the CPU saying '1 GPU (3)', or end in a traceback)."""
     runs = tmp_path / "runs"
-    rc, out, err = cli(*[a.format(tmp=tmp_path) for a in argv], *(["--out", str(runs), *FAST_DIGITS]
-                                                                   if argv[0] == "run" else []))
+    rc, out, err = cli(
+        *[a.format(tmp=tmp_path) for a in argv], *(["--out", str(runs), *FAST_DIGITS] if argv[0] == "run" else [])
+    )
     assert rc == 2 and err.count("\n") == 1 and needle in err, err
     assert not runs.exists()
 
@@ -423,23 +572,31 @@ def test_cifar_without_train_images_stops_run_as_check_data_does(tmp_path, cli):
     runs = tmp_path / "runs"
     for extra in (["--dry-run"], ["--epochs", "1", "--no-progress"]):
         rc, _, err = cli("run", "--out", str(runs), *base, *extra)
-        assert rc == 2 and err == (f"lskd-bench: error: cifar100: {d}: train: 100 class(es) without images (e.g. "
-                                   "apple) (it holds no images)\n"), err
+        assert rc == 2 and err == (
+            f"lskd-bench: error: cifar100: {d}: train: 100 class(es) without images (e.g. apple) (it holds no images)\n"
+        ), err
         assert not runs.exists()
 
 
-@pytest.mark.parametrize("labels, needle", [
-    (lambda n: [3.5] + [0] * (n - 1), "fine_labels must be integers, got 3.5"),
-    (lambda n: [True] * n, "fine_labels must be integers, got True"),
-    (lambda n: [5] * (n - 1) + [-1], "1 fine_labels outside 0..99 (e.g. image {last}: -1)"),  # not the largest valid
-])
+@pytest.mark.parametrize(
+    "labels, needle",
+    [
+        (lambda n: [3.5] + [0] * (n - 1), "fine_labels must be integers, got 3.5"),
+        (lambda n: [True] * n, "fine_labels must be integers, got True"),
+        (
+            lambda n: [5] * (n - 1) + [-1],
+            "1 fine_labels outside 0..99 (e.g. image {last}: -1)",
+        ),  # not the largest valid
+    ],
+)
 def test_cifar_labels_are_integers_in_range_and_the_example_is_a_bad_one(tmp_path, cli, labels, needle):
     from .image_fixtures import make_cifar100
 
     d = make_cifar100(tmp_path / "data", per_class=(1, 1))
     _edit_cifar_train(d, lambda raw: raw.update({b"fine_labels": labels(len(raw[b"fine_labels"]))}))
-    rc, _, err = cli("run", "--dry-run", "--out", str(tmp_path / "runs"), "--task", "cifar100", "--data-root",
-                     str(tmp_path / "data"))
+    rc, _, err = cli(
+        "run", "--dry-run", "--out", str(tmp_path / "runs"), "--task", "cifar100", "--data-root", str(tmp_path / "data")
+    )
     assert rc == 2 and err.count("\n") == 1 and needle.format(last=99) in err, err
 
 
@@ -452,8 +609,9 @@ def test_ascii_locale_reads_recipes_and_writes_tables(tmp_path):
     env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
     out = {}
     for argv in (["config"], ["tasks"], ["leaderboard", "--runs", str(tmp_path / "runs")]):
-        proc = subprocess.run([sys.executable, "-m", "lskd_bench", *argv], env=env, capture_output=True,
-                              timeout=HANG_GUARD_S)
+        proc = subprocess.run(
+            [sys.executable, "-m", "lskd_bench", *argv], env=env, capture_output=True, timeout=HANG_GUARD_S
+        )
         assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr.decode(errors="replace")
         out[argv[0]] = proc.stdout
     assert "α = 0.0" in (tmp_path / "runs" / "leaderboard.md").read_text(encoding="utf-8")
@@ -465,8 +623,9 @@ def test_yaml_key_given_twice_is_one_line(tmp_path, cli):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("teacher:\n  epochs: 7\nstudent:\n  epochs: 2\nteacher:\n  lr: 0.2\n")
     rc, _, err = cli("config", "--config", str(cfg))
-    assert rc == 2 and err == (f"lskd-bench: error: config {cfg}: key 'teacher' appears twice in one mapping "
-                               "(lines 1 and 5); merge the two\n")
+    assert rc == 2 and err == (
+        f"lskd-bench: error: config {cfg}: key 'teacher' appears twice in one mapping (lines 1 and 5); merge the two\n"
+    )
     cfg.write_text("teacher:\n  epochs: 7\n  epochs: 8\n")
     rc, _, err = cli("run", "--dry-run", "--config", str(cfg), "--out", str(tmp_path / "runs"))
     assert rc == 2 and "key 'epochs' appears twice in one mapping (lines 2 and 3)" in err
@@ -577,18 +736,24 @@ def test_every_numeric_key_of_every_task_has_an_upper_bound_and_refuses_nan():
             f.normalise(1e300, key)
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["run", "--dry-run", "--seeds", "100000000000000000000"], "grid.seeds must be <= 2147483647, got 10000"),
-    (["run", "--dry-run", "--set", "lock.heartbeat_s=1e300"], "lock.heartbeat_s must be in [0.1, 3600], got 1e+300"),
-    (["run", "--dry-run", "--threads", "99999999999"], "threads must be in [1, 4096], got 99999999999"),
-    (["run", "--dry-run", "--set", "teacher.seed=1e20"], "teacher.seed must be an integer"),
-    (["analyze", "--target", "x", "--t1", "nan"], "--t1 must be > 0 and <= 1000000, got nan"),
-    (["analyze", "--target", "x", "--limit", "100000000000000000000"], "--limit must be >= 1 and <= 2147483647"),
-    (["visualize", "--per-class", "0"], "--per-class must be >= 1 and <= 2147483647, got 0"),
-    (["translate", "--run", "x", "--lenpen", "nan"], "--lenpen must be >= -1000 and <= 1000, got nan"),
-    (["translate", "--run", "x", "--max-len-a", "inf"], "--max-len-a must be >= 0 and <= 1000, got inf"),
-    (["translate", "--run", "x", "--beam", "100000000000"], "--beam must be >= 1 and <= 1024"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["run", "--dry-run", "--seeds", "100000000000000000000"], "grid.seeds must be <= 2147483647, got 10000"),
+        (
+            ["run", "--dry-run", "--set", "lock.heartbeat_s=1e300"],
+            "lock.heartbeat_s must be in [0.1, 3600], got 1e+300",
+        ),
+        (["run", "--dry-run", "--threads", "99999999999"], "threads must be in [1, 4096], got 99999999999"),
+        (["run", "--dry-run", "--set", "teacher.seed=1e20"], "teacher.seed must be an integer"),
+        (["analyze", "--target", "x", "--t1", "nan"], "--t1 must be > 0 and <= 1000000, got nan"),
+        (["analyze", "--target", "x", "--limit", "100000000000000000000"], "--limit must be >= 1 and <= 2147483647"),
+        (["visualize", "--per-class", "0"], "--per-class must be >= 1 and <= 2147483647, got 0"),
+        (["translate", "--run", "x", "--lenpen", "nan"], "--lenpen must be >= -1000 and <= 1000, got nan"),
+        (["translate", "--run", "x", "--max-len-a", "inf"], "--max-len-a must be >= 0 and <= 1000, got inf"),
+        (["translate", "--run", "x", "--beam", "100000000000"], "--beam must be >= 1 and <= 1024"),
+    ],
+)
 def test_huge_and_nan_options_are_one_line(tmp_path, cli, argv, needle):
     rc, _, err = cli(*argv, *(["--out", str(tmp_path / "runs")] if argv[0] == "run" else []))
     assert rc == 2 and err.count("\n") == 1 and needle in err, err
@@ -601,15 +766,18 @@ def test_cell_or_task_folder_replaced_by_a_file_is_one_line(tmp_path, cli):
     from .conftest import tiny_overrides
 
     args = ["--alphas", "0.1", "--temperatures", "1", "--seeds", "0", "--epochs", "1", "--no-progress"]
-    cell = next(c for c in plan_cells(resolve_config("digits", {}, tiny_overrides(grid={"alphas": [0.1],
-                                                                                         "temperatures": [1.0]})))
-                if c.role == "student")
+    cell = next(
+        c
+        for c in plan_cells(resolve_config("digits", {}, tiny_overrides(grid={"alphas": [0.1], "temperatures": [1.0]})))
+        if c.role == "student"
+    )
     runs = tmp_path / "runs"
     (runs / "digits").mkdir(parents=True)
     cell.dir(runs).write_text("x")
     rc, _, err = cli("run", "--out", str(runs), *args)
-    assert rc == 2 and err == (f"lskd-bench: error: {cell.dir(runs)} is a file where lskd-bench keeps a folder: move "
-                               "it away and run again\n"), err
+    assert rc == 2 and err == (
+        f"lskd-bench: error: {cell.dir(runs)} is a file where lskd-bench keeps a folder: move it away and run again\n"
+    ), err
     cell.dir(runs).unlink()
     (runs / "digits").rmdir()
     (runs / "digits").write_text("x")
@@ -618,7 +786,6 @@ def test_cell_or_task_folder_replaced_by_a_file_is_one_line(tmp_path, cli):
     for argv in (["status"], ["leaderboard"], ["plot"], ["compare"]):
         rc, _, err = cli(*argv, "--runs", str(runs))
         assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
-
 
 
 def test_the_same_data_at_another_path_reuses_the_finished_cells(tmp_path, cli):
@@ -630,8 +797,24 @@ def test_the_same_data_at_another_path_reuses_the_finished_cells(tmp_path, cli):
     from .image_fixtures import make_cifar100
 
     make_cifar100(tmp_path / "a", per_class=(1, 1))
-    args = ["--task", "cifar100", "--alphas", "0.1", "--temperatures", "1", "--seeds", "0", "--epochs", "1",
-            "--batch-size", "50", "--no-baseline", "--no-progress", "--out", str(tmp_path / "runs")]
+    args = [
+        "--task",
+        "cifar100",
+        "--alphas",
+        "0.1",
+        "--temperatures",
+        "1",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--no-baseline",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "runs"),
+    ]
     rc, out, err = cli("run", "--data-root", str(tmp_path / "a"), *args)
     assert rc == 0 and "2 cells: trained 2" in out, err
     first = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "runs").rglob(store.RESULT)}
@@ -647,7 +830,9 @@ def test_the_same_data_at_another_path_reuses_the_finished_cells(tmp_path, cli):
     assert rc == 0 and "(2 cells)" in _
     # other content at another path trains anew
     shutil.copytree(tmp_path / "a", tmp_path / "c")
-    _edit_cifar_train(tmp_path / "c" / "cifar-100-python",
-                      lambda raw: raw.update({b"fine_labels": list(reversed(raw[b"fine_labels"]))}))
+    _edit_cifar_train(
+        tmp_path / "c" / "cifar-100-python",
+        lambda raw: raw.update({b"fine_labels": list(reversed(raw[b"fine_labels"]))}),
+    )
     rc, out, err = cli("run", "--data-root", str(tmp_path / "c"), *args)
     assert rc == 0 and "2 cells: trained 2" in out and "found: " not in out, out + err

@@ -1,6 +1,7 @@
 """Reliability, round 2: damaged run directories, check-data agreeing with run, one-line errors, full disks,
 the umask, SIGTERM, the thread setting, per-step progress and the environment of published tables.
 Each test names the case of issue 18 it reproduces."""
+
 from __future__ import annotations
 
 import errno
@@ -26,8 +27,23 @@ from .nmt_fixtures import make_plain
 
 HANG_GUARD_S = 15 * 60  # only prevents a hung test; no assertion depends on speed
 TINY = ["--alphas", "0.1", "--temperatures", "1", "--seeds", "0", "--epochs", "1", "--no-progress"]
-IMG = ["--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--lr", "0.001", "--alphas", "0.1", "--temperatures", "1",
-       "--set", "data.image_size=32", "--no-progress"]
+IMG = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "4",
+    "--num-workers",
+    "0",
+    "--lr",
+    "0.001",
+    "--alphas",
+    "0.1",
+    "--temperatures",
+    "1",
+    "--set",
+    "data.image_size=32",
+    "--no-progress",
+]
 
 
 def cell_dirs(out: Path) -> dict[str, Path]:
@@ -49,8 +65,11 @@ def test_damaged_run_dir_finishes_the_grid_with_one_line_per_repair(tmp_path, cl
     rc, _, err = cli("run", "--out", str(tmp_path), *TINY)
     assert rc == 0, err
     dirs = cell_dirs(tmp_path)
-    teacher, student, base = (dirs["teacher_cnn_wide_a0.1_s0"], dirs["student_kd_cnn_tiny_a0.1_T1_s0"],
-                              dirs["baseline_cnn_tiny_s0"])
+    teacher, student, base = (
+        dirs["teacher_cnn_wide_a0.1_s0"],
+        dirs["student_kd_cnn_tiny_a0.1_T1_s0"],
+        dirs["baseline_cnn_tiny_s0"],
+    )
     before = {d.name: metrics(d) for d in (teacher, student, base)}
     (teacher / store.MODEL).unlink()
     for d in (student, base):
@@ -69,15 +88,27 @@ def test_damaged_run_dir_finishes_the_grid_with_one_line_per_repair(tmp_path, cl
     assert rc == 0, err
     repairs = [line for line in out.splitlines() if line.startswith("repaired: ")]
     assert len(repairs) == 3, out
-    assert re.fullmatch(r"repaired: teacher_cnn_wide_a0\.1_s0: model\.pt is missing: the teacher is trained again "
-                        r"\(result\.json moved to result\.json\.unusable-model-\d{8}T\d{6}Z\)", repairs[0])
-    assert re.fullmatch(r"repaired: student_kd_cnn_tiny_a0\.1_T1_s0: state\.pt is corrupt \(File is not a zip file\): "
-                        r"moved to state\.pt\.corrupt-\d{8}T\d{6}Z; the cell restarts from scratch", repairs[1])
-    assert re.fullmatch(rf"repaired: baseline_cnn_tiny_s0: {re.escape(str(base / LOCK))} was unreadable \(empty\) and "
-                        r"untouched for 72\d\d s \(> lock\.stale_s 300 s\): taken over", repairs[2])
+    assert re.fullmatch(
+        r"repaired: teacher_cnn_wide_a0\.1_s0: model\.pt is missing: the teacher is trained again "
+        r"\(result\.json moved to result\.json\.unusable-model-\d{8}T\d{6}Z\)",
+        repairs[0],
+    )
+    assert re.fullmatch(
+        r"repaired: student_kd_cnn_tiny_a0\.1_T1_s0: state\.pt is corrupt \(File is not a zip file\): "
+        r"moved to state\.pt\.corrupt-\d{8}T\d{6}Z; the cell restarts from scratch",
+        repairs[1],
+    )
+    assert re.fullmatch(
+        rf"repaired: baseline_cnn_tiny_s0: {re.escape(str(base / LOCK))} was unreadable \(empty\) and "
+        r"untouched for 72\d\d s \(> lock\.stale_s 300 s\): taken over",
+        repairs[2],
+    )
     assert "3 cells: trained 3, reused 0 finished" in out
     # nothing lost: the damaged files are kept beside; retrained cells match the first run bit for bit
-    assert len(list(teacher.glob("result.json.unusable-model-*"))) == 1 and len(list(student.glob("state.pt.corrupt-*"))) == 1
+    assert (
+        len(list(teacher.glob("result.json.unusable-model-*"))) == 1
+        and len(list(student.glob("state.pt.corrupt-*"))) == 1
+    )
     assert {d.name: metrics(d) for d in (teacher, student, base)} == before
     assert not list(tmp_path.rglob(LOCK)) and not list(tmp_path.rglob(store.STATE))
 
@@ -104,13 +135,17 @@ def test_lock_is_never_left_half_written(tmp_path, monkeypatch):
     def full_disk_open(path, mode="r", *a, **k):
         f = real_open(path, mode, *a, **k)
         if str(path).endswith(".tmp") and LOCK in str(path):
+
             def write(_):
                 raise OSError(errno.ENOSPC, "No space left on device")
+
             f.write = write
         return f
 
     monkeypatch.setattr("builtins.open", full_disk_open)
-    with pytest.raises(store.DiskFull, match=f"no space left on device while writing {re.escape(str(tmp_path / LOCK))}"):
+    with pytest.raises(
+        store.DiskFull, match=f"no space left on device while writing {re.escape(str(tmp_path / LOCK))}"
+    ):
         CellLock(tmp_path).try_acquire(stale_s=60)
     assert list(tmp_path.iterdir()) == []
 
@@ -119,17 +154,38 @@ def test_run_announces_a_wait_on_an_unreadable_lock_then_takes_it_over(tmp_path,
     from lskd_bench.runners.cells import plan_cells
     from lskd_bench.runners.grid import resolve_config
 
-    cfg = resolve_config("digits", {}, {"grid": {"alphas": [0.1], "temperatures": [1.0], "seeds": [0]}, "baseline": False,
-                                        "teacher": {"epochs": 1}, "student": {"epochs": 1}})
+    cfg = resolve_config(
+        "digits",
+        {},
+        {
+            "grid": {"alphas": [0.1], "temperatures": [1.0], "seeds": [0]},
+            "baseline": False,
+            "teacher": {"epochs": 1},
+            "student": {"epochs": 1},
+        },
+    )
     d = next(c for c in plan_cells(cfg) if c.role == "teacher").dir(tmp_path)
     d.mkdir(parents=True)
     (d / LOCK).write_bytes(b"")  # fresh: taken over once lock.stale_s (1 s) passed without a touch
-    rc, out, err = cli("run", "--out", str(tmp_path), *TINY, "--no-baseline", "--set", "lock.stale_s=1", "--set",
-                       "lock.heartbeat_s=0.5",
-                       "--set", "lock.poll_s=0.05")
+    rc, out, err = cli(
+        "run",
+        "--out",
+        str(tmp_path),
+        *TINY,
+        "--no-baseline",
+        "--set",
+        "lock.stale_s=1",
+        "--set",
+        "lock.heartbeat_s=0.5",
+        "--set",
+        "lock.poll_s=0.05",
+    )
     assert rc == 0, err
-    assert re.search(r"waiting: teacher_cnn_wide_a0\.1_s0 is locked \(unreadable lock \(empty\), last touched \d+ s ago; "
-                     r".*lock\.json\); taken over if its owner dies or it goes 1 s without a heartbeat", err)
+    assert re.search(
+        r"waiting: teacher_cnn_wide_a0\.1_s0 is locked \(unreadable lock \(empty\), last touched \d+ s ago; "
+        r".*lock\.json\); taken over if its owner dies or it goes 1 s without a heartbeat",
+        err,
+    )
     assert "2 cells: trained 2, reused 0 finished" in out
 
 
@@ -151,7 +207,9 @@ def test_checkpoint_that_does_not_load_is_moved_aside(tmp_path, tiny_cfg):
     (out,) = train_group(task, [teacher], tiny_cfg, data, [d], progress=False)
     assert out.error is None
     (note,) = out.notes
-    assert note.startswith(f"repaired: {teacher.name}: state.pt is corrupt (") and "the cell restarts from scratch" in note
+    assert (
+        note.startswith(f"repaired: {teacher.name}: state.pt is corrupt (") and "the cell restarts from scratch" in note
+    )
     assert len(list(d.glob("state.pt.corrupt-*"))) == 1
     assert out.result["metrics"] == ref.result["metrics"] and out.result["resumes"] == []
 
@@ -207,19 +265,27 @@ def test_repair_says_the_cell_resumes_from_the_previous_checkpoint(tmp_path, cli
     (student / store.STATE).write_bytes(model[: len(model) // 2])  # damaged
     (student / store.STATE_PREV).write_bytes(model)  # stands in for a complete earlier checkpoint
     rc, out, _ = cli("status", "--runs", str(tmp_path))
-    assert re.search(rf"{student.name} +damaged +- +state\.pt is corrupt \(File is not a zip file\): 'lskd-bench run' "
-                     r"repairs it \(resumes from the previous checkpoint state\.prev\.pt\)", out), out
+    assert re.search(
+        rf"{student.name} +damaged +- +state\.pt is corrupt \(File is not a zip file\): 'lskd-bench run' "
+        r"repairs it \(resumes from the previous checkpoint state\.prev\.pt\)",
+        out,
+    ), out
     cfg = yaml.safe_load(next((tmp_path / "digits" / "configs").glob("*.yaml")).read_text())
     repairs = repair_cells(plan_cells(cfg), tmp_path)
     assert len(repairs) == 1
-    assert re.fullmatch(r"repaired: student_kd_cnn_tiny_a0\.1_T1_s0: state\.pt is corrupt \(File is not a zip file\): "
-                        r"moved to state\.pt\.corrupt-\d{8}T\d{6}Z; the cell resumes from the previous checkpoint "
-                        r"state\.prev\.pt", repairs[0])
+    assert re.fullmatch(
+        r"repaired: student_kd_cnn_tiny_a0\.1_T1_s0: state\.pt is corrupt \(File is not a zip file\): "
+        r"moved to state\.pt\.corrupt-\d{8}T\d{6}Z; the cell resumes from the previous checkpoint "
+        r"state\.prev\.pt",
+        repairs[0],
+    )
 
 
 # ------------------------------------------------------------------------------------------ cases 3, 5, 8: results
-@pytest.mark.parametrize("content,problem", [(b"{}", "lacks cell, metrics, epochs, timings"),
-                                             (b'{"cell": {"task"', "is not valid JSON (truncated?)")])
+@pytest.mark.parametrize(
+    "content,problem",
+    [(b"{}", "lacks cell, metrics, epochs, timings"), (b'{"cell": {"task"', "is not valid JSON (truncated?)")],
+)
 def test_bad_result_json_is_reported_and_the_cell_retrained(tmp_path, cli, content, problem):
     rc, _, err = cli("run", "--out", str(tmp_path), *TINY, "--no-baseline")
     assert rc == 0, err
@@ -233,8 +299,11 @@ def test_bad_result_json_is_reported_and_the_cell_retrained(tmp_path, cli, conte
     assert f"warning: {student / store.RESULT} {problem}" in err  # ...and said so
     rc, out, err = cli("run", "--out", str(tmp_path), *TINY, "--no-baseline")
     assert rc == 0, err
-    assert re.search(rf"repaired: student_kd_cnn_tiny_a0\.1_T1_s0: result\.json {re.escape(problem)}.*: moved to "
-                     r"result\.json\.corrupt-\d{8}T\d{6}Z; the cell is trained again", out)
+    assert re.search(
+        rf"repaired: student_kd_cnn_tiny_a0\.1_T1_s0: result\.json {re.escape(problem)}.*: moved to "
+        r"result\.json\.corrupt-\d{8}T\d{6}Z; the cell is trained again",
+        out,
+    )
     assert "2 cells: trained 1, reused 1 finished" in out and metrics(student) == good
 
 
@@ -243,7 +312,9 @@ def test_leaderboard_with_only_the_baseline_finished(tmp_path, cli):
     assert rc == 1
     rc, out, _ = cli("leaderboard", "--runs", str(tmp_path))
     assert rc == 0 and "_No finished cells._" not in out
-    assert re.search(r"### digits: cnn_tiny without KD\n\nStudent without KD \(cnn_tiny, cross-entropy\): \d+\.\d\d / ", out)
+    assert re.search(
+        r"### digits: cnn_tiny without KD\n\nStudent without KD \(cnn_tiny, cross-entropy\): \d+\.\d\d / ", out
+    )
 
 
 # ------------------------------------------------------------------------------------------ case 4: one listing
@@ -281,17 +352,39 @@ def _renumber_class_3_as_5(d: Path) -> None:
     (d / "image_class_labels.txt").write_text("".join(f"{i} {'5' if c == '3' else c}\n" for i, c in rows))
 
 
-@pytest.mark.parametrize("edit,message", [
-    (_renumber_class_3_as_5, "class ids must be 1..3 without gaps (id 3 is missing; a subset of CUB must be renumbered"),
-    (lambda d: (d / "train_test_split.txt").write_text((d / "train_test_split.txt").read_text().replace("1 1\n", "1 2\n", 1)),
-     "train_test_split.txt: image 1 has '2', expected 1 (train) or 0 (test)"),
-    (lambda d: (d / "train_test_split.txt").write_text((d / "train_test_split.txt").read_text().replace("1 1\n", "1 1 0\n", 1)),
-     "train_test_split.txt: image 1 has '1 0', expected 1 (train) or 0 (test)"),
-    (lambda d: (d / "image_class_labels.txt").write_text((d / "image_class_labels.txt").read_text().replace("1 1\n", "1 one\n", 1)),
-     "image_class_labels.txt: image 1 has 'one', expected one integer class id"),
-    (lambda d: (d / "classes.txt").write_bytes(b"1 \xff\xfeAlbatross\n" + (d / "classes.txt").read_bytes().split(b"\n", 1)[1]),
-     "classes.txt:1: not valid UTF-8 (invalid start byte at byte 2)"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (
+            _renumber_class_3_as_5,
+            "class ids must be 1..3 without gaps (id 3 is missing; a subset of CUB must be renumbered",
+        ),
+        (
+            lambda d: (d / "train_test_split.txt").write_text(
+                (d / "train_test_split.txt").read_text().replace("1 1\n", "1 2\n", 1)
+            ),
+            "train_test_split.txt: image 1 has '2', expected 1 (train) or 0 (test)",
+        ),
+        (
+            lambda d: (d / "train_test_split.txt").write_text(
+                (d / "train_test_split.txt").read_text().replace("1 1\n", "1 1 0\n", 1)
+            ),
+            "train_test_split.txt: image 1 has '1 0', expected 1 (train) or 0 (test)",
+        ),
+        (
+            lambda d: (d / "image_class_labels.txt").write_text(
+                (d / "image_class_labels.txt").read_text().replace("1 1\n", "1 one\n", 1)
+            ),
+            "image_class_labels.txt: image 1 has 'one', expected one integer class id",
+        ),
+        (
+            lambda d: (d / "classes.txt").write_bytes(
+                b"1 \xff\xfeAlbatross\n" + (d / "classes.txt").read_bytes().split(b"\n", 1)[1]
+            ),
+            "classes.txt:1: not valid UTF-8 (invalid start byte at byte 2)",
+        ),
+    ],
+)
 def test_cub_index_faults_are_one_line_before_anything_is_written(tmp_path, cli, edit, message):
     root = _cub(tmp_path, edit)
     for cmd in (["check-data", "--no-progress"], ["run", "--out", str(tmp_path / "runs"), *IMG]):
@@ -379,7 +472,8 @@ def test_written_files_honour_the_umask(tmp_path, mask, mode):
     finally:
         os.umask(old)
     assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == dict.fromkeys(
-        ["r.json", "m.pt", "board.csv", "board.md"], mode)
+        ["r.json", "m.pt", "board.csv", "board.md"], mode
+    )
 
 
 def test_run_writes_group_readable_files_under_umask_022(tmp_path, cli):
@@ -398,7 +492,9 @@ def test_translation_layout_error_writes_nothing(tmp_path, cli):
     root = make_plain(tmp_path / "d", n_train=10)
     (root / "train.de").write_text("a\nb\n")
     for extra in ([], ["--dry-run"]):
-        rc, _, err = cli("run", "--task", "iwslt_ende", "--data-root", str(root), "--out", str(tmp_path / "runs"), *extra)
+        rc, _, err = cli(
+            "run", "--task", "iwslt_ende", "--data-root", str(root), "--out", str(tmp_path / "runs"), *extra
+        )
         assert rc == 2 and err.count("\n") == 1 and "the files are not aligned" in err
     assert not (tmp_path / "runs").exists()
 
@@ -407,15 +503,27 @@ def test_dry_run_checks_the_data_layout(tmp_path, cli):
     root = make_imagefolder(tmp_path / "inet")
     for p in (root / "val" / WNIDS[1]).iterdir():
         p.unlink()
-    rc, out, err = cli("run", "--task", "imagenet", "--data-root", str(root), "--out", str(tmp_path / "runs"), "--dry-run")
+    rc, out, err = cli(
+        "run", "--task", "imagenet", "--data-root", str(root), "--out", str(tmp_path / "runs"), "--dry-run"
+    )
     assert rc == 2 and out == "" and f"class folder {root}/val/{WNIDS[1]} has no image files" in err
     assert not (tmp_path / "runs").exists()
 
 
 # ------------------------------------------------------------------------------------------ case 10: SIGTERM
 def test_sigterm_releases_locks_records_interrupted_and_exits_143(tmp_path, cli):
-    args = [sys.executable, "-m", "lskd_bench", "run", "--out", str(tmp_path), *TINY, "--no-baseline",
-            "--set", "teacher.epochs=50"]
+    args = [
+        sys.executable,
+        "-m",
+        "lskd_bench",
+        "run",
+        "--out",
+        str(tmp_path),
+        *TINY,
+        "--no-baseline",
+        "--set",
+        "teacher.epochs=50",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + HANG_GUARD_S
     while not list(tmp_path.rglob(store.STATE)):  # wait until the teacher checkpointed its first epoch
@@ -428,8 +536,11 @@ def test_sigterm_releases_locks_records_interrupted_and_exits_143(tmp_path, cli)
     (teacher,) = [d for d in (tmp_path / "digits").iterdir() if d.name.startswith("teacher")]
     assert not (teacher / LOCK).exists() and (teacher / store.STATE).is_file()
     rec = json.loads((teacher / store.ERROR).read_text())
-    assert rec["error"] == "Interrupted" and re.fullmatch(r"stopped by SIGTERM at epoch \d+, step \d+: run again to "
-                                                          r"resume from the last checkpoint", rec["message"])
+    assert rec["error"] == "Interrupted" and re.fullmatch(
+        r"stopped by SIGTERM at epoch \d+, step \d+: run again to "
+        r"resume from the last checkpoint",
+        rec["message"],
+    )
     rc, out, _ = cli("status", "--runs", str(tmp_path))
     assert re.search(rf"{teacher.name} +interrupted +- +stopped by SIGTERM", out)
 
@@ -448,7 +559,15 @@ def test_thread_count_from_usable_cpus(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert thread_count({"threads": None}) == 2
     # the subprocess executor shares the same CPUs among the units it runs at once
-    cfg = {"jobs": 3, "device": "cpu", "num_workers": 0, "gpus": None, "per_gpu": 1, "nproc_per_node": 1, "threads": None}
+    cfg = {
+        "jobs": 3,
+        "device": "cpu",
+        "num_workers": 0,
+        "gpus": None,
+        "per_gpu": 1,
+        "nproc_per_node": 1,
+        "threads": None,
+    }
     job = GridJob(get_task("digits"), cfg, Path("."))  # a resolved config's keys
     assert SubprocessExecutor().plan(job)[1:3] == (3, 2)
 
@@ -459,8 +578,9 @@ def test_threads_setting_is_applied_recorded_and_not_part_of_the_hash(tmp_path, 
 
     from .conftest import tiny_overrides
 
-    assert [c.hash for c in plan_cells(resolve_config("digits", {}, {**tiny_overrides(), "threads": 3}))] == \
-        [c.hash for c in plan_cells(tiny_cfg)]
+    assert [c.hash for c in plan_cells(resolve_config("digits", {}, {**tiny_overrides(), "threads": 3}))] == [
+        c.hash for c in plan_cells(tiny_cfg)
+    ]
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # not the value asked for: a run that did not apply --threads 1 would record 2
     try:
@@ -502,7 +622,10 @@ def test_results_and_leaderboard_record_the_environment(tmp_path, cli):
     assert env["cpu"] == cpu_model() and env["threads"] == 1 and env["commit"]
     md = (tmp_path / "digits" / "leaderboard.md").read_text()
     assert f"- trained with lskd-bench {__version__} (commit {env['commit']})\n" in md
-    assert f"- torch {torch.__version__}\n- device cpu ({cpu_model()})\n- CPU {cpu_model()}\n- threads per process 1\n" in md
+    assert (
+        f"- torch {torch.__version__}\n- device cpu ({cpu_model()})\n- CPU {cpu_model()}\n- threads per process 1\n"
+        in md
+    )
     assert "bit-identical when rerun on one machine" in md and md in out
 
 
@@ -516,5 +639,8 @@ def test_status_does_not_promise_a_repair_run_will_not_make(tmp_path, cli):
     rc, out, err = cli("run", "--out", str(tmp_path), *TINY)
     assert rc == 0 and "trained 0" in out and "repaired:" not in out, out
     rc, out, _ = cli("status", "--runs", str(tmp_path))
-    assert re.search(rf"{teacher.name} +damaged +- +model\.pt is missing: 'lskd-bench run' repairs it when a student "
-                     r"still needs this teacher", out), out
+    assert re.search(
+        rf"{teacher.name} +damaged +- +model\.pt is missing: 'lskd-bench run' repairs it when a student "
+        r"still needs this teacher",
+        out,
+    ), out

@@ -1,6 +1,7 @@
 """``lskd-bench report``: one self-contained HTML page, opened in headless Chromium (Debian's ``chromium``;
 CI installs it) and checked on the rendered page: the tables' cells, every image decoded, no console output,
 the sort working."""
+
 from __future__ import annotations
 
 import html
@@ -15,9 +16,18 @@ import pytest
 from lskd_bench.leaderboard import collect
 
 ARGS = ["--alphas", "0,0.1", "--temperatures", "1,4", "--seeds", "0", "--epochs", "1", "--no-progress"]
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--enable-logging=stderr", "--v=0"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-logging=stderr",
+    "--v=0",
+]
 
 # runs first in the page (before its own script): records errors and console.error calls; once loaded, writes
 # what the test checks into <pre id="probe">, after sorting the status table by its first column both ways
@@ -80,9 +90,19 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     chromium = _chromium()
     probed = tmp_path / "probed.html"
     probed.write_text(page.read_text(encoding="utf-8").replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
-    proc = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-                           "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()],
-                          capture_output=True, text=True, timeout=180)  # a hang guard, not a timing
+    proc = subprocess.run(
+        [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            probed.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # a hang guard, not a timing
     found = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout, re.S)
     assert found, proc.stderr[-3000:]
     probe = json.loads(html.unescape(found.group(1)))
@@ -100,14 +120,25 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     rows = collect(runs)
     teachers = {r["alpha"]: r["metrics"] for r in rows if r["role"] == "teacher"}
     assert leaderboard[0] == ["", "α = 0.0", "α = 0.1"]
-    assert leaderboard[1] == ["Teacher (cnn_wide)"] + [f"{teachers[a]['top1']:.2f} / {teachers[a]['top5']:.2f}"
-                                                       for a in (0.0, 0.1)]
+    assert leaderboard[1] == ["Teacher (cnn_wide)"] + [
+        f"{teachers[a]['top1']:.2f} / {teachers[a]['top5']:.2f}" for a in (0.0, 0.1)
+    ]
     assert [row[0] for row in leaderboard[2:]] == ["T = 1", "T = 4"]
     compare = next(t for t in rest if t[0][0] == "method" and t[0][1] == "α = 0.0, T = 1")
     assert [row[0] for row in compare[1:]] == ["teacher", "no KD", "kd"]
 
     shot = tmp_path / "report.png"
-    subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", "--hide-scrollbars",
-                    "--window-size=1400,2400", f"--screenshot={shot}", page.as_uri()],
-                   capture_output=True, timeout=180)
+    subprocess.run(
+        [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp_path / 'profile2'}",
+            "--hide-scrollbars",
+            "--window-size=1400,2400",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        timeout=180,
+    )
     assert shot.stat().st_size > 20_000

@@ -1,4 +1,5 @@
 """``lskd_bench.results``: a run directory as one pandas DataFrame, and ``lskd-bench export``."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,12 @@ def test_one_row_per_finished_cell_with_its_result_json_values(finished_grid):
         row = df[df["cell"] == path.parent.name].iloc[0]
         best = res["best"]
         assert (row["task"], row["role"], row["method"], row["seed"], row["config_hash"]) == (
-            "digits", res["cell"]["role"], res["cell"]["method"], res["cell"]["seed"], res["cell"]["hash"])
+            "digits",
+            res["cell"]["role"],
+            res["cell"]["method"],
+            res["cell"]["seed"],
+            res["cell"]["hash"],
+        )
         assert {m: row[m] for m in best["metrics"]} == best["metrics"]  # the selected epoch's, exactly
         assert {m: row["last_" + m] for m in res["metrics"]} == res["metrics"]  # and the last epoch's
         assert row["selected_epoch"] == best["epoch"] and row["epochs"] == res["epochs"] == 2

@@ -1,5 +1,6 @@
 """Security (SECURITY.md): a run directory, a data file and a result file are untrusted input. Nothing read from
 them runs code, and no name read from them becomes a path outside the folder a command writes to."""
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,12 @@ def test_planted_checkpoint_runs_no_code_when_its_cell_resumes(tmp_path, tiny_cf
 
 def test_no_unrestricted_unpickling_in_the_package():
     """Every torch.load is weights-only; the only pickle reader is the restricted CIFAR unpickler."""
-    hits = subprocess.run(["grep", "-rn", "--include=*.py", r"weights_only=False\|pickle.load(\|pickle.loads(\|Unpickler(",
-                           "lskd_bench"], cwd=ROOT, capture_output=True, text=True).stdout.splitlines()
+    hits = subprocess.run(
+        ["grep", "-rn", "--include=*.py", r"weights_only=False\|pickle.load(\|pickle.loads(\|Unpickler(", "lskd_bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
     assert {h.split(":")[0] for h in hits} == {"lskd_bench/tasks/cifar.py"}, hits
     assert all("_ReleaseUnpickler" in h or "RestrictedUnpickler" in h for h in hits), hits
 
@@ -107,17 +112,24 @@ def test_restricted_unpickler_reads_a_python2_release_pickle(tmp_path):
     from lskd_bench.tasks.cifar import _unpickle
 
     # what Python 2.7 + numpy 1.x write for {'fine_labels': [1], 'data': numpy.zeros((1, 2), numpy.uint8)}
-    py2 = (b"\x80\x02}q\x01(U\x0bfine_labelsq\x02]q\x03K\x01aU\x04dataq\x04cnumpy.core.multiarray\n_reconstruct\n"
-           b"q\x05cnumpy\nndarray\nq\x06K\x00\x85U\x01b\x87Rq\x07(K\x01K\x01K\x02\x86cnumpy\ndtype\nq\x08U\x02u1K\x00"
-           b"K\x01\x87Rq\t(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89U\x02\x05\x06tbu.")
+    py2 = (
+        b"\x80\x02}q\x01(U\x0bfine_labelsq\x02]q\x03K\x01aU\x04dataq\x04cnumpy.core.multiarray\n_reconstruct\n"
+        b"q\x05cnumpy\nndarray\nq\x06K\x00\x85U\x01b\x87Rq\x07(K\x01K\x01K\x02\x86cnumpy\ndtype\nq\x08U\x02u1K\x00"
+        b"K\x01\x87Rq\t(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89U\x02\x05\x06tbu."
+    )
     (tmp_path / "train").write_bytes(py2)
     raw = _unpickle(tmp_path / "train")
     assert raw["fine_labels"] == [1] and raw["data"].dtype == np.uint8 and raw["data"].tolist() == [[5, 6]]
 
 
 # ------------------------------------------------------------------------------------------ result names
-def _fake_results(runs: Path, task: str = "digits", arch: str = "cnn_tiny", bad_field: str | None = None,
-                  bad_value: str = "../../../ESCAPE") -> None:
+def _fake_results(
+    runs: Path,
+    task: str = "digits",
+    arch: str = "cnn_tiny",
+    bad_field: str | None = None,
+    bad_value: str = "../../../ESCAPE",
+) -> None:
     """A finished teacher and two students (kd, dkd) per alpha, written as train.py writes them."""
     cells = []
     for a in (0.0, 0.1):
@@ -129,10 +141,18 @@ def _fake_results(runs: Path, task: str = "digits", arch: str = "cnn_tiny", bad_
         cell = {"task": task, "seed": 0, "hash": f"{i:012x}", "name": name, "teacher": None, **c}
         if bad_field and c["role"] == "student" and c["method"] == "dkd":
             cell[bad_field] = bad_value
-        res = {"cell": cell, "metrics": {"top1": 50.0 + i, "top5": 90.0}, "best": None, "epochs": 2,
-               "primary_metric": "top1", "timings": {"wall_s": 1.0},
-               "history": [{"epoch": 1, "loss": 2.0, "eval": {"top1": 40.0}}, {"epoch": 2, "loss": 1.0,
-                                                                             "eval": {"top1": 50.0 + i}}]}
+        res = {
+            "cell": cell,
+            "metrics": {"top1": 50.0 + i, "top5": 90.0},
+            "best": None,
+            "epochs": 2,
+            "primary_metric": "top1",
+            "timings": {"wall_s": 1.0},
+            "history": [
+                {"epoch": 1, "loss": 2.0, "eval": {"top1": 40.0}},
+                {"epoch": 2, "loss": 1.0, "eval": {"top1": 50.0 + i}},
+            ],
+        }
         d = runs / "digits" / f"{name}-{i:012x}"
         d.mkdir(parents=True)
         (d / store.RESULT).write_text(json.dumps(res))

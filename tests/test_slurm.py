@@ -2,6 +2,7 @@
 sbatch with teacher -> student dependencies, status, re-submission skipping, a job killed with scancel
 resuming from its checkpoint, and --wait returning when a job dies without its result. Skipped, with the
 reason, where Slurm cannot start here; the bad-input checks that need no cluster always run."""
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,13 @@ HANG_GUARD_S = 15 * 60
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    proc = subprocess.run(["bash", str(ROOT / "tests" / "slurm" / "start.sh")], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "tests" / "slurm" / "start.sh")], capture_output=True, text=True, timeout=600
+    )
     if proc.returncode != 0:
-        pytest.skip(f"a local Slurm could not start here (start.sh exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+        pytest.skip(
+            f"a local Slurm could not start here (start.sh exit {proc.returncode}): {proc.stderr.strip()[-300:]}"
+        )
     conf = proc.stdout.strip().splitlines()[-1]
     profile = tmp_path_factory.mktemp("profile") / "slurm.yaml"
     profile.write_text("partition: debug\ncpus_per_task: 1\ntime_min: 30\npoll_s: 0.5\n")
@@ -38,7 +43,9 @@ def slurm(tmp_path_factory):
 
 
 def lskd(env, *args, check=True, timeout=HANG_GUARD_S):
-    p = subprocess.run([sys.executable, "-m", "lskd_bench", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, "-m", "lskd_bench", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check:
         assert p.returncode == 0, p.stderr
     return p
@@ -66,8 +73,18 @@ GRID = ["--alphas", "0.1", "--temperatures", "1,2", "--seeds", "0", "--no-progre
 def test_grid_through_sbatch_with_dependencies_status_and_resubmission(slurm, tmp_path):
     env, profile = slurm
     runs = tmp_path / "runs"
-    args = ["run", "--out", str(runs), "--runner-profile", str(profile), *GRID, "--set", "teacher.epochs=20",
-            "--set", "student.epochs=2"]
+    args = [
+        "run",
+        "--out",
+        str(runs),
+        "--runner-profile",
+        str(profile),
+        *GRID,
+        "--set",
+        "teacher.epochs=20",
+        "--set",
+        "student.epochs=2",
+    ]
     first = lskd(env, *args)
     assert "4 cells: trained 0, reused 0 finished, submitted 4 to Slurm" in first.stdout
     teacher_job, student_job = job_ids(first.stdout)  # the teacher alone, the fused student group after it
@@ -96,8 +113,20 @@ def test_grid_through_sbatch_with_dependencies_status_and_resubmission(slurm, tm
 def test_scancelled_job_resumes_from_its_checkpoint_on_resubmission(slurm, tmp_path):
     env, profile = slurm
     runs = tmp_path / "runs"
-    args = ["run", "--out", str(runs), "--runner-profile", str(profile), *GRID, "--set", "teacher.epochs=400",
-            "--set", "student.epochs=1", "--set", "baseline=false"]
+    args = [
+        "run",
+        "--out",
+        str(runs),
+        "--runner-profile",
+        str(profile),
+        *GRID,
+        "--set",
+        "teacher.epochs=400",
+        "--set",
+        "student.epochs=1",
+        "--set",
+        "baseline=false",
+    ]
     first = lskd(env, *args)
     teacher_job = job_ids(first.stdout)[0]
     (tdir,) = [p for p in (runs / "digits").iterdir() if p.name.startswith("teacher_")]
@@ -113,10 +142,14 @@ def test_scancelled_job_resumes_from_its_checkpoint_on_resubmission(slurm, tmp_p
     wait_for(checkpointed, "the teacher's epoch checkpoint")
     subprocess.run(["scancel", teacher_job], env=env, check=True)
     wait_for(lambda: teacher_job not in squeue(env), "the cancelled job to leave the queue")
-    wait_for(lambda: not any(line.split()[0] != teacher_job for line in squeue(env).splitlines()),
-             "the students' job (killed: its dependency can never be satisfied)")
+    wait_for(
+        lambda: not any(line.split()[0] != teacher_job for line in squeue(env).splitlines()),
+        "the students' job (killed: its dependency can never be satisfied)",
+    )
     status = lskd(env, "status", "--runs", str(runs)).stdout
-    assert re.search(rf"teacher_cnn_wide_a0\.1_s0-\w+\s+failed\s+{teacher_job}\s+job {teacher_job} left the queue", status)
+    assert re.search(
+        rf"teacher_cnn_wide_a0\.1_s0-\w+\s+failed\s+{teacher_job}\s+job {teacher_job} left the queue", status
+    )
 
     lskd(env, *args, "--wait")  # re-submission: the teacher resumes, then its students train
     res = json.loads((tdir / store.RESULT).read_text())
@@ -129,9 +162,28 @@ def test_wait_returns_when_a_job_dies_without_its_result(slurm, tmp_path):
     """No accounting database: the executor reads squeue, so a cancelled job cannot leave --wait hanging."""
     env, profile = slurm
     runs = tmp_path / "runs"
-    proc = subprocess.Popen([sys.executable, "-m", "lskd_bench", "run", "--out", str(runs), "--runner-profile", str(profile),
-                             "--wait", *GRID, "--set", "teacher.epochs=400", "--set", "baseline=false"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lskd_bench",
+            "run",
+            "--out",
+            str(runs),
+            "--runner-profile",
+            str(profile),
+            "--wait",
+            *GRID,
+            "--set",
+            "teacher.epochs=400",
+            "--set",
+            "baseline=false",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(lambda: list(runs.rglob("teacher_*/slurm.json")), "the submission")
         jid = json.loads(next(runs.rglob("teacher_*/slurm.json")).read_text())["job_id"]  # the teacher's job
@@ -142,8 +194,10 @@ def test_wait_returns_when_a_job_dies_without_its_result(slurm, tmp_path):
         proc.kill()
     assert proc.returncode == 1
     assert f"failed: teacher_cnn_wide_a0.1_s0: RuntimeError: Slurm job {jid} ended without a result" in err
-    assert "not run: student_kd_cnn_tiny_a0.1_T1_s0: its teacher teacher_cnn_wide_a0.1_s0 failed" in err or \
-        "student_kd_cnn_tiny_a0.1_T1_s0" in err
+    assert (
+        "not run: student_kd_cnn_tiny_a0.1_T1_s0: its teacher teacher_cnn_wide_a0.1_s0 failed" in err
+        or "student_kd_cnn_tiny_a0.1_T1_s0" in err
+    )
 
 
 # ------------------------------------------------------------------------------------------ bad input (no cluster)
@@ -151,8 +205,12 @@ def test_no_sbatch_on_path(tmp_path):
     profile = tmp_path / "p.yaml"
     profile.write_text("partition: debug\n")
     env = {**os.environ, "PATH": str(tmp_path)}
-    p = subprocess.run([sys.executable, "-m", "lskd_bench", "run", "--out", str(tmp_path / "runs"), "--runner-profile",
-                        str(profile)], env=env, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "lskd_bench", "run", "--out", str(tmp_path / "runs"), "--runner-profile", str(profile)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 2 and p.stderr.count("\n") == 1
     assert "the slurm executor needs sbatch on PATH" in p.stderr
     assert not (tmp_path / "runs").exists()

@@ -1,5 +1,6 @@
 """Which teacher weights a student distils from (``teacher_weights``: the recipe's reference code decides), and
 result.json's record of it."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,11 @@ from .conftest import tiny_overrides
 
 
 def _cfg(which: str):
-    return resolve_config("digits", {}, tiny_overrides(epochs=2, grid={"alphas": [0.1], "temperatures": [4.0]},
-                                                       baseline=False, teacher_weights=which))
+    return resolve_config(
+        "digits",
+        {},
+        tiny_overrides(epochs=2, grid={"alphas": [0.1], "temperatures": [4.0]}, baseline=False, teacher_weights=which),
+    )
 
 
 def _cells(cfg):
@@ -26,12 +30,29 @@ def _cells(cfg):
 
 
 def test_recipes_follow_their_reference_code():
-    recipe = {t: get_task(t).default_config()["teacher_weights"] for t in
-              ("digits", "imagenet", "imagenet_compact", "cub200", "cub200_compact", "cifar100", "iwslt_ende", "demo_ende")}
-    assert recipe == {"digits": "selected", "imagenet": "selected", "imagenet_compact": "selected",  # official -best.pth.tar
-                      "cub200": "selected", "cub200_compact": "selected",
-                      "cifar100": "last",  # mdistiller's ckpt_epoch_240.pth
-                      "iwslt_ende": "last", "demo_ende": "last"}  # multilingual-kd: the model when training stops
+    recipe = {
+        t: get_task(t).default_config()["teacher_weights"]
+        for t in (
+            "digits",
+            "imagenet",
+            "imagenet_compact",
+            "cub200",
+            "cub200_compact",
+            "cifar100",
+            "iwslt_ende",
+            "demo_ende",
+        )
+    }
+    assert recipe == {
+        "digits": "selected",
+        "imagenet": "selected",
+        "imagenet_compact": "selected",  # official -best.pth.tar
+        "cub200": "selected",
+        "cub200_compact": "selected",
+        "cifar100": "last",  # mdistiller's ckpt_epoch_240.pth
+        "iwslt_ende": "last",
+        "demo_ende": "last",
+    }  # multilingual-kd: the model when training stops
 
 
 def test_the_choice_is_part_of_a_students_identity_only():
@@ -47,8 +68,13 @@ def test_student_distils_from_the_selected_epoch_and_records_it(tmp_path):
     run_grid(cfg, tmp_path, progress=False)
     tres = store.read_result(tcell.dir(tmp_path))
     rec = store.read_result(scell.dir(tmp_path))["teacher_weights"]
-    assert rec == {"cell": f"{tcell.name}-{tcell.hash}", "which": "selected", "file": tres["weights"]["selected"],
-                   "epoch": tres["best"]["epoch"], "last_epoch": 2}
+    assert rec == {
+        "cell": f"{tcell.name}-{tcell.hash}",
+        "which": "selected",
+        "file": tres["weights"]["selected"],
+        "epoch": tres["best"]["epoch"],
+        "last_epoch": 2,
+    }
     first = torch.load(scell.dir(tmp_path) / store.MODEL)
     selected_was_last = tres["weights"]["selected"] == store.MODEL
 
@@ -79,8 +105,13 @@ def test_a_teacher_without_selected_weights_is_an_error_when_they_differ(tmp_pat
     tcell, _ = _cells(_cfg("selected"))
     d = tcell.dir(tmp_path)
     d.mkdir(parents=True)
-    old = {"cell": tcell.describe(), "metrics": {"top1": 90.0}, "timings": {"wall_s": 1.0}, "epochs": 5,
-           "best": {"epoch": 3, "metrics": {"top1": 91.0}}}  # a result from before "weights" existed
+    old = {
+        "cell": tcell.describe(),
+        "metrics": {"top1": 90.0},
+        "timings": {"wall_s": 1.0},
+        "epochs": 5,
+        "best": {"epoch": 3, "metrics": {"top1": 91.0}},
+    }  # a result from before "weights" existed
     store.write_json(d / store.RESULT, old)
     with pytest.raises(RuntimeError, match="selected epoch 3"):
         teacher_weights(tcell, tmp_path, "selected")

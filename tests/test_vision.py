@@ -1,4 +1,5 @@
 """Image tasks on tiny fixtures in the real layouts: loaders, models, a 1-epoch grid per task, errors."""
+
 from __future__ import annotations
 
 import json
@@ -104,10 +105,30 @@ def test_init_checkpoint_from_library_format_skips_mismatched_head(tmp_path):
 @pytest.mark.parametrize(
     "task,make,breakage,message",
     [
-        ("imagenet", make_imagefolder, lambda r: __import__("shutil").rmtree(r / "val"), "val is missing or has no class folders"),
-        ("imagenet", make_imagefolder, lambda r: (r / "val" / "n99999999").mkdir(), "train/ and val/ class folders differ"),
-        ("cub200", lambda r: make_cub(r).parent, lambda r: (r / "CUB_200_2011" / "classes.txt").unlink(), "lacks classes.txt"),
-        ("cub200", lambda r: make_cub(r).parent, lambda r: (r / "CUB_200_2011" / "images.txt").write_text("1\n"), "expected 2 fields"),
+        (
+            "imagenet",
+            make_imagefolder,
+            lambda r: __import__("shutil").rmtree(r / "val"),
+            "val is missing or has no class folders",
+        ),
+        (
+            "imagenet",
+            make_imagefolder,
+            lambda r: (r / "val" / "n99999999").mkdir(),
+            "train/ and val/ class folders differ",
+        ),
+        (
+            "cub200",
+            lambda r: make_cub(r).parent,
+            lambda r: (r / "CUB_200_2011" / "classes.txt").unlink(),
+            "lacks classes.txt",
+        ),
+        (
+            "cub200",
+            lambda r: make_cub(r).parent,
+            lambda r: (r / "CUB_200_2011" / "images.txt").write_text("1\n"),
+            "expected 2 fields",
+        ),
     ],
 )
 def test_malformed_data_root_exits_2(tmp_path, cli, task, make, breakage, message):
@@ -124,7 +145,17 @@ def test_missing_data_root_names_layout(tmp_path, cli):
 
 
 def test_arch_not_offered_by_task(tmp_path, cli, imagenet_root):
-    rc, _, err = cli("run", "--task", "imagenet", "--data-root", str(imagenet_root), "--set", "student.arch=vgg16", "--out", str(tmp_path / "r"))
+    rc, _, err = cli(
+        "run",
+        "--task",
+        "imagenet",
+        "--data-root",
+        str(imagenet_root),
+        "--set",
+        "student.arch=vgg16",
+        "--out",
+        str(tmp_path / "r"),
+    )
     assert rc == 2 and "student arch 'vgg16' is not offered by task imagenet" in err
 
 

@@ -8,6 +8,7 @@ PyPI); the 1,000 wnids default to timm's bundled timm/data/_info/imagenet_synset
 the 8-digit synset offset in data.noun. Where a synset has several hypernyms the first listed is kept,
 so the result is a tree. Output columns: wnid, parent wnid (empty at the root), first lemma.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-noun", required=True, type=Path)
     ap.add_argument("--synsets", type=Path)
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "lskd_bench/data/imagenet_wordnet.tsv")
+    ap.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "lskd_bench/data/imagenet_wordnet.tsv"
+    )
     args = ap.parse_args()
     if args.synsets is None:
         import timm
@@ -55,7 +58,9 @@ def main() -> None:
             parent, lemma = db[off]
             rows["n" + off] = ("n" + parent if parent else "", lemma)
             off = parent
-    lines = ["# wnid\tparent\tlemma  (WordNet 3.0 hypernyms of the ImageNet-1K classes; WordNet licence: WORDNET_LICENSE)"]
+    lines = [
+        "# wnid\tparent\tlemma  (WordNet 3.0 hypernyms of the ImageNet-1K classes; WordNet licence: WORDNET_LICENSE)"
+    ]
     lines += [f"{w}\t{p}\t{lem}" for w, (p, lem) in sorted(rows.items())]
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}: {len(rows)} synsets")

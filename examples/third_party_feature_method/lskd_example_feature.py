@@ -5,6 +5,7 @@
 e_s, e_t: the student's and teacher's pooled penultimate embeddings; P: a linear projector sized in setup()
 from a probe forward, trained with the student, checkpointed, never exported with it.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F

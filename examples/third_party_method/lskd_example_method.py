@@ -6,6 +6,7 @@
 through the ``lskd_bench.methods`` entry point in pyproject.toml; its parameters live in the config
 section named after the entry point (``--set reverse_kd.lambda=0.7``).
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F

@@ -5,6 +5,7 @@ arch, KD method, seed), with the no-KD baseline of that seed in black. Left pane
 epoch (the cell's own objective, so a KD student's loss moves with T); right panel: the task's primary
 metric at each evaluated epoch. Colour: the teacher's alpha; line style: T.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -23,8 +24,9 @@ def _fmt(v: float) -> str:
     return f"{v:g}"
 
 
-def group_results(runs: Path, task: Optional[str] = None,
-                  problems: Optional[list[str]] = None) -> dict[str, dict[tuple, list[dict[str, Any]]]]:
+def group_results(
+    runs: Path, task: Optional[str] = None, problems: Optional[list[str]] = None
+) -> dict[str, dict[tuple, list[dict[str, Any]]]]:
     """{task: {group key: [result, ...]}} of the finished cells under ``runs`` (latest result per cell name;
     unusable results: a line each in ``problems``)."""
     latest: dict[tuple[str, str], dict[str, Any]] = {}
@@ -80,8 +82,9 @@ def metric_title(result: dict[str, Any], metric: str) -> str:
     return f"validation {metric}" if split in (None, "val") else f"test {metric} (epoch selected on {split})"
 
 
-def plot_group(task: str, key: tuple, results: list[dict[str, Any]], path: Path, alphas: list[float],
-               temps: list[float]) -> Path:
+def plot_group(
+    task: str, key: tuple, results: list[dict[str, Any]], path: Path, alphas: list[float], temps: list[float]
+) -> Path:
     import matplotlib  # heavy: imported only when a figure is drawn
 
     matplotlib.use("Agg")
@@ -101,13 +104,24 @@ def plot_group(task: str, key: tuple, results: list[dict[str, Any]], path: Path,
         c = r["cell"]
         hist = r.get("history") or []
         if c["role"] == "baseline":
-            kw: dict[str, Any] = {"color": "black", "linestyle": "-", "linewidth": 2.6, "zorder": 1}  # under the students
+            kw: dict[str, Any] = {
+                "color": "black",
+                "linestyle": "-",
+                "linewidth": 2.6,
+                "zorder": 1,
+            }  # under the students
         else:
-            kw = {"color": colour[c["alpha"]], "linestyle": style[c["T"]] if c["T"] is not None else "-", "linewidth": 1.6,
-                  "zorder": 2}
+            kw = {
+                "color": colour[c["alpha"]],
+                "linestyle": style[c["T"]] if c["T"] is not None else "-",
+                "linewidth": 1.6,
+                "zorder": 2,
+            }
         ax_loss.plot([h["epoch"] for h in hist], [h["loss"] for h in hist], **kw)
         ev = [h for h in hist if h.get("eval") and metric in h["eval"]]
-        ax_metric.plot([h["epoch"] for h in ev], [h["eval"][metric] for h in ev], marker="." if len(ev) < 15 else None, **kw)
+        ax_metric.plot(
+            [h["epoch"] for h in ev], [h["eval"][metric] for h in ev], marker="." if len(ev) < 15 else None, **kw
+        )
     ax_loss.set(xlabel="epoch", ylabel="training loss (own objective)", title="training loss")
     ax_metric.set(xlabel="epoch", ylabel=label, title=metric_title(results[0], metric))
     losses = [h["loss"] for r in results for h in r.get("history") or []]
@@ -119,7 +133,9 @@ def plot_group(task: str, key: tuple, results: list[dict[str, Any]], path: Path,
     present_a = sorted({r["cell"]["alpha"] for r in results if r["cell"]["role"] != "baseline"})
     handles = [Line2D([], [], color=colour[a], linewidth=3, label=f"alpha = {_fmt(a)}") for a in present_a]
     present_t = sorted({r["cell"]["T"] for r in results if r["cell"]["T"] is not None})
-    handles += [Line2D([], [], color="grey", linestyle=style[t], linewidth=1.6, label=f"T = {_fmt(t)}") for t in present_t]
+    handles += [
+        Line2D([], [], color="grey", linestyle=style[t], linewidth=1.6, label=f"T = {_fmt(t)}") for t in present_t
+    ]
     if any(r["cell"]["role"] == "baseline" for r in results):
         handles.append(Line2D([], [], color="black", linewidth=2.6, label="no KD"))
     fig.legend(handles=handles, loc="center right", frameon=False)
@@ -131,8 +147,9 @@ def plot_group(task: str, key: tuple, results: list[dict[str, Any]], path: Path,
     return path
 
 
-def plot_curves(runs: Path, out: Optional[Path] = None, task: Optional[str] = None,
-                problems: Optional[list[str]] = None) -> list[Path]:
+def plot_curves(
+    runs: Path, out: Optional[Path] = None, task: Optional[str] = None, problems: Optional[list[str]] = None
+) -> list[Path]:
     """Write one PNG per (task, group) under ``out`` (default RUNS/<task>/curves/); return their paths."""
     runs = Path(runs)
     paths = []

@@ -7,6 +7,7 @@ at temperature T, and d the Euclidean distance between centroids, in the full pe
 other normalisation than the division by the T1 distance in the formula. eta(S) < 0: the target
 class moved (relatively) closer to the classes of S as T grew from T1 to T2.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Sequence

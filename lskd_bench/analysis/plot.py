@@ -2,6 +2,7 @@
 columns: the teacher, then its students by T), by the official algorithm (``projection.official_projection``):
 the first ``per_class`` exported samples of each class (deterministic transforms), PCA fitted on the training
 projections and centroids of each model and reused for its validation points; centroids drawn as stars."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,9 @@ def _first(labels: np.ndarray, classes: Sequence[int], per_class: Optional[int])
     return np.concatenate([np.flatnonzero(labels == k)[:per_class] for k in classes])
 
 
-def panel_points(record: CellRecord, classes: Sequence[str], split: str, per_class: Optional[int],
-                 val_per_class: Optional[int] = 50):
+def panel_points(
+    record: CellRecord, classes: Sequence[str], split: str, per_class: Optional[int], val_per_class: Optional[int] = 50
+):
     """(2-D points, their labels, 2-D centroids, class indexes, class names) of one model's panel."""
     f = record.features()
     names = [str(c) for c in f["class_names"]]
@@ -36,7 +38,9 @@ def panel_points(record: CellRecord, classes: Sequence[str], split: str, per_cla
         parts[s] = (f[f"{s}_features"][keep], f[f"{s}_labels"][keep])
     if "head_bias" not in f:
         raise UsageError(f"{record.dir} exports no head bias (re-train it with this version of lskd-bench)")
-    (tr_pts, tr_c), (va_pts, va_c) = official_projection(parts["train"], f["head_weight"], f["head_bias"], idx, [parts["val"]])
+    (tr_pts, tr_c), (va_pts, va_c) = official_projection(
+        parts["train"], f["head_weight"], f["head_bias"], idx, [parts["val"]]
+    )
     pts, cents = (tr_pts, tr_c) if split == "train" else (va_pts, va_c)
     return pts, parts[split][1], cents, idx, [names[i] for i in idx]
 
@@ -74,7 +78,9 @@ def visualize(
     ncols, nrows = 1 + len(temps), len(alphas)
     fig, axes = plt.subplots(nrows, ncols, figsize=(PANEL_INCHES * ncols, PANEL_INCHES * nrows), dpi=DPI, squeeze=False)
     for i, alpha in enumerate(alphas):
-        panels = [("teacher", index.find(teachers, alpha))] + [(f"T = {t:g}", index.find(students, alpha, t)) for t in temps]
+        panels = [("teacher", index.find(teachers, alpha))] + [
+            (f"T = {t:g}", index.find(students, alpha, t)) for t in temps
+        ]
         for j, (label, rec) in enumerate(panels):
             ax = axes[i][j]
             ax.set_xticks([])

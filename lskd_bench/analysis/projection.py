@@ -11,6 +11,7 @@ src/visualization/alpha-LS-KD_imagenet_centroids.py):
 The official script indexes the biases with the plotted classes' positions (0, 1, 2) instead of their class
 ids (:178); lskd-bench uses the biases of the three plotted classes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ def with_bias(features: np.ndarray) -> np.ndarray:
     return np.concatenate([f, np.ones((len(f), 1))], axis=1)
 
 
-def projection_basis(head_weight: np.ndarray, classes: Sequence[int], head_bias: Optional[np.ndarray] = None) -> np.ndarray:
+def projection_basis(
+    head_weight: np.ndarray, classes: Sequence[int], head_bias: Optional[np.ndarray] = None
+) -> np.ndarray:
     """Orthonormal basis (D' x 3) of the span of the three classes' head rows: ``[w_k | b_k]`` (D + 1) when the
     bias is given, ``w_k`` (D) otherwise."""
     rows = np.asarray(head_weight, dtype=np.float64)[list(classes)]
@@ -67,8 +70,13 @@ def centroids(points: np.ndarray, labels: np.ndarray, classes: Sequence[int]) ->
     return np.stack([points[labels == k].mean(axis=0) for k in classes])
 
 
-def official_projection(train: tuple[np.ndarray, np.ndarray], head_weight: np.ndarray, head_bias: np.ndarray,
-                        classes: Sequence[int], others: Sequence[tuple[np.ndarray, np.ndarray]] = ()):
+def official_projection(
+    train: tuple[np.ndarray, np.ndarray],
+    head_weight: np.ndarray,
+    head_bias: np.ndarray,
+    classes: Sequence[int],
+    others: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+):
     """The official algorithm for one model: ``train`` and each of ``others`` are (features, labels) of the
     three classes' samples. Returns, for train then each other split, (2-D points, 2-D class centroids), all
     through the PCA fitted on the train projections and train centroids."""

@@ -1,4 +1,5 @@
 """``lskd-bench analyze``: the diffusion-index table for a run directory."""
+
 from __future__ import annotations
 
 import csv
@@ -122,7 +123,11 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         if key not in seen:
             seen.add(key)
             lines.append(f"- target {r['target']}: S1 (similar) = {r['similar']}; S2 (dissimilar) = {r['dissimilar']}")
-    lines += ["", "Systematic diffusion: η(S1) < 0 and η(S2) > 0 (the target moves towards similar classes and away from dissimilar ones as T grows).", ""]
+    lines += [
+        "",
+        "Systematic diffusion: η(S1) < 0 and η(S2) > 0 (the target moves towards similar classes and away from dissimilar ones as T grows).",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
 """Find the finished cells an analysis needs in a run directory."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,10 @@ class CellRecord:
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
         except Exception as exc:  # noqa: BLE001 - BadZipFile (truncated), EOFError, ValueError...
-            raise UsageError(f"{path} is unreadable ({type(exc).__name__}: {exc}); delete the cell's result.json "
-                             f"and run again to recompute it") from None
+            raise UsageError(
+                f"{path} is unreadable ({type(exc).__name__}: {exc}); delete the cell's result.json "
+                f"and run again to recompute it"
+            ) from None
 
 
 class RunIndex:
@@ -58,9 +61,11 @@ class RunIndex:
         self.task = task
         self.records = [r for k, r in latest.items() if k[0] == task]
         if task in TASKS and not get_task(task).supports_analysis:
-            raise UsageError(f"task {task!r} is a translation task: the diffusion index and the penultimate-layer "
-                             "projection are defined for classification tasks (class centroids), so analyze and "
-                             "visualize do not apply to it")
+            raise UsageError(
+                f"task {task!r} is a translation task: the diffusion index and the penultimate-layer "
+                "projection are defined for classification tasks (class centroids), so analyze and "
+                "visualize do not apply to it"
+            )
 
     def students(self, method: str = "kd", seed: Optional[int] = None) -> list[CellRecord]:
         rs = [r for r in self.records if r.cell["role"] == "student" and r.cell["method"] == method]

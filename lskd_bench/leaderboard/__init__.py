@@ -9,6 +9,7 @@ Every result holds the metrics of the last epoch and of the selected ("best") ev
 
 ``select="best"`` (the default) reports the selected epoch; ``select="last"`` the final weights.
 """
+
 from __future__ import annotations
 
 import csv
@@ -87,7 +88,15 @@ _ROLE_ORDER = {"teacher": 0, "baseline": 1, "student": 2}
 
 
 def _sort_key(r: dict[str, Any]):
-    return (r["task"], _ROLE_ORDER.get(r["role"], 9), r["method"], str(r["alpha"]), -1 if r["T"] == "" else r["T"], r["seed"], r["config_hash"])
+    return (
+        r["task"],
+        _ROLE_ORDER.get(r["role"], 9),
+        r["method"],
+        str(r["alpha"]),
+        -1 if r["T"] == "" else r["T"],
+        r["seed"],
+        r["config_hash"],
+    )
 
 
 def collect(runs: Path, select: str = "best", problems: list[str] | None = None) -> list[dict[str, Any]]:
@@ -98,8 +107,10 @@ def collect(runs: Path, select: str = "best", problems: list[str] | None = None)
             rows.append(row_of(r, select))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # hand-edited beyond what store checks
             if problems is not None:
-                problems.append(f"{Path(r['cell_dir']) / store.RESULT} has a malformed entry ({type(exc).__name__}: "
-                                f"{exc}): skipped ('lskd-bench run' trains the cell again)")
+                problems.append(
+                    f"{Path(r['cell_dir']) / store.RESULT} has a malformed entry ({type(exc).__name__}: "
+                    f"{exc}): skipped ('lskd-bench run' trains the cell again)"
+                )
     return sorted(rows, key=_sort_key)
 
 
@@ -159,8 +170,13 @@ def cell_text(rows: list[dict[str, Any]], bold: bool = False, paper: Any = None)
     if all(r.get("other") for r in rows):  # translation: the other epoch's value in brackets
         prefix = OTHER_PREFIX[rows[0]["select"]]
         which = prefix.rstrip("_")
-        text += f" ({which} " + " / ".join(mean_std([r["other"][prefix + m] for r in rows], spec_of(rows[0], m).format)
-                                          for m in rows[0]["display"]) + ")"
+        text += (
+            f" ({which} "
+            + " / ".join(
+                mean_std([r["other"][prefix + m] for r in rows], spec_of(rows[0], m).format) for m in rows[0]["display"]
+            )
+            + ")"
+        )
     if paper is not None:
         ours = statistics.mean(r["metrics"][r["primary"]] for r in rows)
         text += f" (paper {paper:.2f}, {ours - paper:+.2f})"
@@ -198,8 +214,10 @@ def to_markdown(rows: Iterable[dict[str, Any]]) -> str:
             out.append(_table(task, t_arch, s_arch, method, teachers, students, baselines))
         shown = {s_arch for _, s_arch, _ in groups}
         for arch in sorted({r["student_arch"] for r in baselines} - shown):  # baselines without a KD table
-            out.append(f"### {task}: {arch} without KD\n\nStudent without KD ({arch}, cross-entropy): "
-                       f"{cell_text([r for r in baselines if r['student_arch'] == arch])}\n")
+            out.append(
+                f"### {task}: {arch} without KD\n\nStudent without KD ({arch}, cross-entropy): "
+                f"{cell_text([r for r in baselines if r['student_arch'] == arch])}\n"
+            )
         on = sorted({r["selected_on"] for r in trs})
         labels = tuple(spec_of(trs[0], m).label for m in trs[0]["display"])
         notes[(labels, trs[0]["split"], trs[0]["select"], tuple(on))] = None
@@ -210,15 +228,21 @@ def to_markdown(rows: Iterable[dict[str, Any]]) -> str:
         what = " / ".join(labels)
         if split != "test":  # image tasks: the validation split is the test set (the paper's convention)
             epoch = "best evaluated epoch (as the paper)" if select == "best" else "last epoch"
-            lines.append(f"Cells: {what} on the validation split, {epoch}. Bold: best student. "
-                         "With several seeds: mean ± sample standard deviation.")
+            lines.append(
+                f"Cells: {what} on the validation split, {epoch}. Bold: best student. "
+                "With several seeds: mean ± sample standard deviation."
+            )
             continue
         how = "; ".join(_SELECTED_ON.get(o, o) for o in on)
         epoch = (f"the epoch selected on {how}" if select == "best" else "the last epoch") + (
             " (in brackets: the " + ("last epoch" if select == "best" else "selected epoch") + ")"
-            if any(o.startswith("valid:") for o in on) else "")
-        lines.append(f"Cells: {what} on the test split, {epoch}. Bold: best student. "
-                     "With several seeds: mean ± sample standard deviation.")
+            if any(o.startswith("valid:") for o in on)
+            else ""
+        )
+        lines.append(
+            f"Cells: {what} on the test split, {epoch}. Bold: best student. "
+            "With several seeds: mean ± sample standard deviation."
+        )
     return "\n".join(out) + "\n".join(lines) + "\n"
 
 
@@ -232,8 +256,12 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
     def select(rs, alpha, T=None):
         return [r for r in rs if r["alpha"] == alpha and (T is None or r["T"] == T)]
 
-    means = {(a, t): statistics.mean(r["metrics"][r["primary"]] for r in select(stu, a, t))
-             for a in alphas for t in temps if select(stu, a, t)}
+    means = {
+        (a, t): statistics.mean(r["metrics"][r["primary"]] for r in select(stu, a, t))
+        for a in alphas
+        for t in temps
+        if select(stu, a, t)
+    }
     best = spec_of((stu or tch)[0], (stu or tch)[0]["primary"]).best(list(means.values())) if means else None
     title = f"### {task}: {t_arch}" + (f" → {s_arch} ({method})" if s_arch else "")
     lines = [title, "", "| | " + " | ".join(f"α = {a:.1f}" for a in alphas) + " |", "|---|" + "---|" * len(alphas)]
@@ -243,17 +271,24 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
         if any(d is None for d in diffs):
             differ = [_UNKNOWN]
         else:
-            matched = {f"{role}.arch" for role, arch in (("teacher", ref.teacher_arch), ("student", ref.student_arch))
-                       if arch != "any"}  # find() matched these to the paper's table: not a difference
+            matched = {
+                f"{role}.arch"
+                for role, arch in (("teacher", ref.teacher_arch), ("student", ref.student_arch))
+                if arch != "any"
+            }  # find() matched these to the paper's table: not a difference
             differ = sorted({k for d in diffs for k in d} - matched)
     same = ref is not None and not differ
     paper = (lambda a, T=None: ref.value(a, T)) if same else (lambda a, T=None: None)
-    lines.append(f"| Teacher ({t_arch}) | " + " | ".join(cell_text(select(tch, a), paper=paper(a)) for a in alphas) + " |")
+    lines.append(
+        f"| Teacher ({t_arch}) | " + " | ".join(cell_text(select(tch, a), paper=paper(a)) for a in alphas) + " |"
+    )
     for t in temps:
         cells = []
         for a in alphas:
             sel = select(stu, a, t)
-            cells.append(cell_text(sel, bold=bool(sel) and means.get((a, t)) == best, paper=None if t == "" else paper(a, t)))
+            cells.append(
+                cell_text(sel, bold=bool(sel) and means.get((a, t)) == best, paper=None if t == "" else paper(a, t))
+            )
         label = "no T" if t == "" else f"T = {_fmt_num(t)}"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -261,14 +296,21 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
     if base:
         lines += [f"Student without KD ({s_arch}, cross-entropy): {cell_text(base)}", ""]
     if same:
-        lines += [f"Paper values: {ref.source}; (paper P, ±D) = the paper's {ref.metrics[0]} and ours minus it "
-                  "(this grid runs the paper's recipe).", ""]
+        lines += [
+            f"Paper values: {ref.source}; (paper P, ±D) = the paper's {ref.metrics[0]} and ours minus it "
+            "(this grid runs the paper's recipe).",
+            "",
+        ]
     elif ref is not None:
         if differ == [_UNKNOWN]:
             why = "Some results of this grid do not record their config: it cannot be matched with the paper's recipe."
         else:
-            why = ("This grid differs from the paper's recipe in " + ", ".join(differ[:8])
-                   + (f" and {len(differ) - 8} more" if len(differ) > 8 else "") + ".")
+            why = (
+                "This grid differs from the paper's recipe in "
+                + ", ".join(differ[:8])
+                + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
+                + "."
+            )
         lines += [f"Paper (different setup, not compared cell by cell): {ref.source}: {_paper_row(ref)}. {why}", ""]
     if stu and any(t != "" for t in temps):
         lines += [*claims_text(_claim_cells(stu), ref), ""]
@@ -276,8 +318,11 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
         v0, v1 = ([r["metrics"][r["primary"]] for r in select(stu, a, "")] for a in (alphas[0], alphas[-1]))
         if v0 and v1:
             spec = spec_of(stu[0], stu[0]["primary"])
-            lines += [f"- Does the LS teacher (α = {alphas[-1]:g}) help this method, against α = {alphas[0]:g}? "
-                      f"ours **{ls_answer_text(v0, v1, spec.better)}**", ""]
+            lines += [
+                f"- Does the LS teacher (α = {alphas[-1]:g}) help this method, against α = {alphas[0]:g}? "
+                f"ours **{ls_answer_text(v0, v1, spec.better)}**",
+                "",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -289,8 +334,24 @@ def _claim_cells(stu: list[dict[str, Any]]) -> dict[tuple, dict[int, float]]:
     return dict(cells)
 
 
-CLAIM_COLUMNS = ["task", "teacher_arch", "student_arch", "method", "metric", "claim", "text", "verdict", "direction",
-                 "delta", "p_value", "n_ls", "n_0", "significant", "paper_direction", "paper_delta"]
+CLAIM_COLUMNS = [
+    "task",
+    "teacher_arch",
+    "student_arch",
+    "method",
+    "metric",
+    "claim",
+    "text",
+    "verdict",
+    "direction",
+    "delta",
+    "p_value",
+    "n_ls",
+    "n_0",
+    "significant",
+    "paper_direction",
+    "paper_delta",
+]
 
 
 def claims_csv(rows: Iterable[dict[str, Any]]) -> str:
@@ -301,11 +362,20 @@ def claims_csv(rows: Iterable[dict[str, Any]]) -> str:
     for task in sorted({r["task"] for r in rows}):
         stu_all = [r for r in rows if r["task"] == task and r["role"] == "student"]
         for t_arch, s_arch, method in sorted({(r["teacher_arch"], r["student_arch"], r["method"]) for r in stu_all}):
-            stu = [r for r in stu_all if (r["teacher_arch"], r["student_arch"], r["method"]) == (t_arch, s_arch, method)]
+            stu = [
+                r for r in stu_all if (r["teacher_arch"], r["student_arch"], r["method"]) == (t_arch, s_arch, method)
+            ]
             if not any(r["T"] != "" for r in stu):
                 continue
-            out += claim_rows(_claim_cells(stu), find(task, t_arch, s_arch, method), task=task, teacher_arch=t_arch,
-                              student_arch=s_arch, method=method, metric=stu[0]["primary"])
+            out += claim_rows(
+                _claim_cells(stu),
+                find(task, t_arch, s_arch, method),
+                task=task,
+                teacher_arch=t_arch,
+                student_arch=s_arch,
+                method=method,
+                metric=stu[0]["primary"],
+            )
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CLAIM_COLUMNS, lineterminator="\n")
     w.writeheader()
@@ -314,8 +384,10 @@ def claims_csv(rows: Iterable[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-ENV_NOTE = ("Floating-point results are bit-identical when rerun on one machine with the same builds; they may "
-            "differ slightly across CPUs, devices and library builds.")
+ENV_NOTE = (
+    "Floating-point results are bit-identical when rerun on one machine with the same builds; they may "
+    "differ slightly across CPUs, devices and library builds."
+)
 
 
 def environment_md(rows: Iterable[dict[str, Any]]) -> str:
@@ -332,11 +404,21 @@ def environment_md(rows: Iterable[dict[str, Any]]) -> str:
     lines = [
         "Environment:",
         "",
-        "- trained with lskd-bench " + distinct(lambda e: None if e.get("lskd_bench") is None else
-                                                f"{e['lskd_bench']} (commit {e.get('commit', 'unknown')})"),
+        "- trained with lskd-bench "
+        + distinct(
+            lambda e: (
+                None if e.get("lskd_bench") is None else f"{e['lskd_bench']} (commit {e.get('commit', 'unknown')})"
+            )
+        ),
         "- torch " + distinct(opt("torch")),
-        "- device " + distinct(lambda e: None if e.get("device") is None else
-                               e["device"] + (f" ({e['device_name']})" if e.get("device_name") else "")),
+        "- device "
+        + distinct(
+            lambda e: (
+                None
+                if e.get("device") is None
+                else e["device"] + (f" ({e['device_name']})" if e.get("device_name") else "")
+            )
+        ),
         "- CPU " + distinct(opt("cpu")),
         "- threads per process " + distinct(opt("threads")),
         f"- table written by lskd-bench {__version__} (commit {git_commit()})",

@@ -14,6 +14,7 @@ Table 3, where the task's pairs have published KD-benchmark numbers (``data/kd_r
 CIFAR-100 / ImageNet tables...), puts each reference beside our students of the same pair and method at the
 reference's cell (alpha 0, its T), with the delta, the source and the recipe the reference was produced with.
 """
+
 from __future__ import annotations
 
 import csv
@@ -62,7 +63,9 @@ class Comparison:
             frame = _frame(rows, metric)
         df = results.latest(frame)
         df = df[df["task"] == task]
-        for (m, a, t), v in df[df["role"] == "student"].groupby(["method", "alpha", "T"], dropna=False, sort=False)[metric]:
+        for (m, a, t), v in df[df["role"] == "student"].groupby(["method", "alpha", "T"], dropna=False, sort=False)[
+            metric
+        ]:
             self.values[(m, float(a), NO_T if math.isnan(t) else float(t))] = v.tolist()
         for a, v in df[df["role"] == "teacher"].groupby("alpha", sort=False)[metric]:
             self.teacher[float(a)] = v.tolist()
@@ -72,8 +75,10 @@ class Comparison:
             baseline = self.baseline = "kd" if "kd" in found or not found else found[0]
         self.methods = sorted(found, key=lambda m: (m != baseline, m))
         if baseline not in self.methods:
-            raise UsageError(f"baseline method {baseline!r} has no finished students in task {task!r} "
-                             f"(found: {', '.join(self.methods) or 'none'})")
+            raise UsageError(
+                f"baseline method {baseline!r} has no finished students in task {task!r} "
+                f"(found: {', '.join(self.methods) or 'none'})"
+            )
         self.alphas = sorted({k[1] for k in self.values} | set(self.teacher))
         temps = sorted({k[2] for k in self.values if k[2] != NO_T})
         self.columns = [(a, t) for a in self.alphas for t in temps]
@@ -98,10 +103,22 @@ class Comparison:
                     continue
                 base = self.baseline_cell(a, t)
                 p = welch_p(v, base) if base and m != self.baseline else None
-                out.append({"task": self.task, "metric": self.metric, "method": m, "alpha": a, "T": t, "n": len(v),
-                            "mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
-                            "baseline": self.baseline, "baseline_mean": statistics.mean(base) if base else None,
-                            "delta": statistics.mean(v) - statistics.mean(base) if base else None, "p_value": p})
+                out.append(
+                    {
+                        "task": self.task,
+                        "metric": self.metric,
+                        "method": m,
+                        "alpha": a,
+                        "T": t,
+                        "n": len(v),
+                        "mean": statistics.mean(v),
+                        "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+                        "baseline": self.baseline,
+                        "baseline_mean": statistics.mean(base) if base else None,
+                        "delta": statistics.mean(v) - statistics.mean(base) if base else None,
+                        "p_value": p,
+                    }
+                )
         return out
 
     def table(self) -> str:
@@ -110,11 +127,23 @@ class Comparison:
         for col in self.columns:
             means = [statistics.mean(self.values[(m, *col)]) for m in self.methods if self.values.get((m, *col))]
             best[col] = self.spec.best(means) if means else None
-        lines = [f"### {self.task}: methods vs {self.baseline} ({self.metric})", "",
-                 "| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
-        lines.append("| teacher | " + " | ".join(_ms(self.teacher[a]) if self.teacher.get(a) else "—" for a, _ in self.columns) + " |")
+        lines = [
+            f"### {self.task}: methods vs {self.baseline} ({self.metric})",
+            "",
+            "| method | " + " | ".join(head) + " |",
+            "|---|" + "---|" * len(head),
+        ]
+        lines.append(
+            "| teacher | "
+            + " | ".join(_ms(self.teacher[a]) if self.teacher.get(a) else "—" for a, _ in self.columns)
+            + " |"
+        )
         if self.no_kd:
-            lines.append("| no KD | " + " | ".join(self._cell(self.no_kd, self.baseline_cell(a, t), False) for a, t in self.columns) + " |")
+            lines.append(
+                "| no KD | "
+                + " | ".join(self._cell(self.no_kd, self.baseline_cell(a, t), False) for a, t in self.columns)
+                + " |"
+            )
         for m in self.methods:
             cells = []
             for col in self.columns:
@@ -147,16 +176,38 @@ class Comparison:
                     continue
                 d = statistics.mean(v1) - statistics.mean(v0)
                 p = welch_p(v1, v0)
-                direction = ("equal" if d == 0 else "LS teacher better" if self.spec.better(statistics.mean(v1), statistics.mean(v0))
-                             else "LS teacher worse")
+                direction = (
+                    "equal"
+                    if d == 0
+                    else "LS teacher better"
+                    if self.spec.better(statistics.mean(v1), statistics.mean(v0))
+                    else "LS teacher worse"
+                )
                 if p is None:  # a single seed on a side: no test, no verdict
                     verdict = "undetermined (1 seed)"
                 else:
-                    verdict = direction + (f" (significant, p < {SIGNIFICANCE:g})" if p < SIGNIFICANCE else " (not significant)")
-                out.append({"task": self.task, "metric": self.metric, "method": m, "T": t, "alpha_ls": a1, "alpha_0": a0,
-                            "mean_ls": statistics.mean(v1), "mean_0": statistics.mean(v0), "delta": d, "p_value": p,
-                            "n_ls": len(v1), "n_0": len(v0), "direction": direction,
-                            "significant": "" if p is None else "yes" if p < SIGNIFICANCE else "no", "verdict": verdict})
+                    verdict = direction + (
+                        f" (significant, p < {SIGNIFICANCE:g})" if p < SIGNIFICANCE else " (not significant)"
+                    )
+                out.append(
+                    {
+                        "task": self.task,
+                        "metric": self.metric,
+                        "method": m,
+                        "T": t,
+                        "alpha_ls": a1,
+                        "alpha_0": a0,
+                        "mean_ls": statistics.mean(v1),
+                        "mean_0": statistics.mean(v0),
+                        "delta": d,
+                        "p_value": p,
+                        "n_ls": len(v1),
+                        "n_0": len(v0),
+                        "direction": direction,
+                        "significant": "" if p is None else "yes" if p < SIGNIFICANCE else "no",
+                        "verdict": verdict,
+                    }
+                )
         return out
 
     def ls_table(self) -> str:
@@ -164,14 +215,20 @@ class Comparison:
         if not rows:
             return ""
         a0, a1 = rows[0]["alpha_0"], rows[0]["alpha_ls"]
-        lines = [f"#### Is the LS teacher (α = {a1:g}) better than α = {a0:g}? ({self.metric})", "",
-                 "| method | T | α = %g | α = %g | Δ | Welch p | n | verdict |" % (a0, a1), "|---|---|---|---|---|---|---|---|"]
+        lines = [
+            f"#### Is the LS teacher (α = {a1:g}) better than α = {a0:g}? ({self.metric})",
+            "",
+            "| method | T | α = %g | α = %g | Δ | Welch p | n | verdict |" % (a0, a1),
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
             v0, v1 = self.values[(r["method"], a0, r["T"])], self.values[(r["method"], a1, r["T"])]
             p = "n/a" if r["p_value"] is None else f"{r['p_value']:.3g}"
             t = "no T" if r["T"] == NO_T else f"{r['T']:g}"
             n = f"{r['n_ls']}" if r["n_ls"] == r["n_0"] else f"{r['n_ls']} and {r['n_0']}"
-            lines.append(f"| {r['method']} | {t} | {_ms(v0)} | {_ms(v1)} | {r['delta']:+.2f} | {p} | {n} | {r['verdict']} |")
+            lines.append(
+                f"| {r['method']} | {t} | {_ms(v0)} | {_ms(v1)} | {r['delta']:+.2f} | {p} | {n} | {r['verdict']} |"
+            )
         return "\n".join(lines) + "\n"
 
     def feature_ls_table(self) -> str:
@@ -180,12 +237,18 @@ class Comparison:
         if not feats:
             return ""
         a0, a1 = feats[0]["alpha_0"], feats[0]["alpha_ls"]
-        lines = [f"#### Feature distillation: does the LS teacher (α = {a1:g}) help or hurt? ({self.metric})", "",
-                 "| method | T | α = %g | α = %g | answer |" % (a0, a1), "|---|---|---|---|---|"]
+        lines = [
+            f"#### Feature distillation: does the LS teacher (α = {a1:g}) help or hurt? ({self.metric})",
+            "",
+            "| method | T | α = %g | α = %g | answer |" % (a0, a1),
+            "|---|---|---|---|---|",
+        ]
         for r in feats:
             v0, v1 = self.values[(r["method"], a0, r["T"])], self.values[(r["method"], a1, r["T"])]
             t = "no T" if r["T"] == NO_T else f"{r['T']:g}"
-            lines.append(f"| {r['method']} | {t} | {_ms(v0)} | {_ms(v1)} | {ls_answer_text(v0, v1, self.spec.better)} |")
+            lines.append(
+                f"| {r['method']} | {t} | {_ms(v0)} | {_ms(v1)} | {ls_answer_text(v0, v1, self.spec.better)} |"
+            )
         lines += ["", f"Welch's t-test over seeds; helps / hurts: p < {SIGNIFICANCE:g}; one seed a side: undetermined."]
         return "\n".join(lines) + "\n"
 
@@ -199,18 +262,26 @@ class Comparison:
         n = len(self.methods)
         cols = min(4, n)
         temps = sorted({t for (_, _, t) in self.values if t != NO_T}) or [1.0]
-        fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(3.2 * cols, 2.6 * math.ceil(n / cols)),
-                                 squeeze=False, sharey=True)
+        fig, axes = plt.subplots(
+            math.ceil(n / cols), cols, figsize=(3.2 * cols, 2.6 * math.ceil(n / cols)), squeeze=False, sharey=True
+        )
         for ax, m in zip(axes.flat, self.methods):
             for a in self.alphas:
                 pts = sorted((t, v) for (mm, aa, t), v in self.values.items() if mm == m and aa == a and t != NO_T)
                 if pts:
-                    ax.errorbar([t for t, _ in pts], [statistics.mean(v) for _, v in pts],
-                                yerr=[statistics.stdev(v) if len(v) > 1 else 0 for _, v in pts], marker="o", capsize=3,
-                                label=f"α = {a:g}")
+                    ax.errorbar(
+                        [t for t, _ in pts],
+                        [statistics.mean(v) for _, v in pts],
+                        yerr=[statistics.stdev(v) if len(v) > 1 else 0 for _, v in pts],
+                        marker="o",
+                        capsize=3,
+                        label=f"α = {a:g}",
+                    )
                 elif self.values.get((m, a, NO_T)):
                     v = self.values[(m, a, NO_T)]
-                    ax.axhline(statistics.mean(v), linestyle="--", color=f"C{self.alphas.index(a)}", label=f"α = {a:g} (no T)")
+                    ax.axhline(
+                        statistics.mean(v), linestyle="--", color=f"C{self.alphas.index(a)}", label=f"α = {a:g} (no T)"
+                    )
             ax.set_xscale("log")
             ax.set_xticks(temps, [f"{t:g}" for t in temps])
             ax.minorticks_off()
@@ -242,9 +313,12 @@ def _frame(rows: list[dict[str, Any]], metric: str):
     """The columns of ``results.load``'s frame that the comparison reads, from leaderboard rows."""
     import pandas as pd  # heavy: imported when a comparison is built
 
-    return pd.DataFrame.from_records([{**{k: r[k] for k in results.CELL_KEY}, metric: r["metrics"].get(metric),
-                                       "finished_at": r["_finished_at"]} for r in rows]).replace({"alpha": {"": math.nan},
-                                                                                                  "T": {"": math.nan}})
+    return pd.DataFrame.from_records(
+        [
+            {**{k: r[k] for k in results.CELL_KEY}, metric: r["metrics"].get(metric), "finished_at": r["_finished_at"]}
+            for r in rows
+        ]
+    ).replace({"alpha": {"": math.nan}, "T": {"": math.nan}})
 
 
 # ------------------------------------------------------------------------------------ published references
@@ -260,28 +334,59 @@ def reference_rows(rows: list[dict[str, Any]], task: str, metric: str) -> list[d
         if ref.task != task or (ref.teacher_arch, ref.student_arch, ref.method) not in ran:
             continue
         T = NO_T if ref.T is None else ref.T
-        v = [r["metrics"][metric] for r in students if (r["teacher_arch"], r["student_arch"], r["method"]) ==
-             (ref.teacher_arch, ref.student_arch, ref.method) and r["alpha"] == 0.0 and r["T"] == T]
+        v = [
+            r["metrics"][metric]
+            for r in students
+            if (r["teacher_arch"], r["student_arch"], r["method"]) == (ref.teacher_arch, ref.student_arch, ref.method)
+            and r["alpha"] == 0.0
+            and r["T"] == T
+        ]
         mean = statistics.mean(v) if v else None
-        out.append({"task": task, "pair": ref.pair, "method": ref.method, "alpha": 0.0, "T": ref.T, "reference": ref.top1,
-                    "n": len(v), "mean": mean, "std": statistics.stdev(v) if len(v) > 1 else 0.0 if v else None,
-                    "delta": None if mean is None else mean - ref.top1, "source": ref.source, "recipe": ref.recipe})
+        out.append(
+            {
+                "task": task,
+                "pair": ref.pair,
+                "method": ref.method,
+                "alpha": 0.0,
+                "T": ref.T,
+                "reference": ref.top1,
+                "n": len(v),
+                "mean": mean,
+                "std": statistics.stdev(v) if len(v) > 1 else 0.0 if v else None,
+                "delta": None if mean is None else mean - ref.top1,
+                "source": ref.source,
+                "recipe": ref.recipe,
+            }
+        )
     return out
 
 
 def reference_table(refs: list[dict[str, Any]]) -> str:
     if not refs:
         return ""
-    lines = [f"#### {refs[0]['task']}: published references (top1, teachers without LS: α = 0)", "",
-             "| pair | method | cell | reference | ours | Δ (ours − ref) | source | reference recipe |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"#### {refs[0]['task']}: published references (top1, teachers without LS: α = 0)",
+        "",
+        "| pair | method | cell | reference | ours | Δ (ours − ref) | source | reference recipe |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in refs:
-        ours = "not run" if r["mean"] is None else (f"{r['mean']:.2f}" if r["n"] == 1 else f"{r['mean']:.2f} ± {r['std']:.2f} (n={r['n']})")
+        ours = (
+            "not run"
+            if r["mean"] is None
+            else (f"{r['mean']:.2f}" if r["n"] == 1 else f"{r['mean']:.2f} ± {r['std']:.2f} (n={r['n']})")
+        )
         delta = "—" if r["delta"] is None else f"{r['delta']:+.2f}"
         cell = "α = 0" + ("" if r["T"] is None else f", T = {r['T']:g}")
-        lines.append(f"| {r['pair']} | {r['method']} | {cell} | {r['reference']:.2f} | {ours} | {delta} | "
-                     f"{r['source']} | {r['recipe']} |")
-    lines += ["", "Sources: " + kd_sources() + ". A reference is one published run per pair; ours is as configured "
-              "(recipe, epochs, data) in this run: compare like with like."]
+        lines.append(
+            f"| {r['pair']} | {r['method']} | {cell} | {r['reference']:.2f} | {ours} | {delta} | "
+            f"{r['source']} | {r['recipe']} |"
+        )
+    lines += [
+        "",
+        "Sources: " + kd_sources() + ". A reference is one published run per pair; ours is as configured "
+        "(recipe, epochs, data) in this run: compare like with like.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -296,9 +401,11 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-NOTE = ("Cells: mean ± sample std over seeds (difference to the baseline method in the same cell; Welch's two-sided "
-        "t-test over seeds: * p < 0.05, ** p < 0.01, n/a with a single seed). Methods without a temperature ('no T' "
-        "columns) are compared with the baseline at T = 1. Bold: the best KD method in the column.")
+NOTE = (
+    "Cells: mean ± sample std over seeds (difference to the baseline method in the same cell; Welch's two-sided "
+    "t-test over seeds: * p < 0.05, ** p < 0.01, n/a with a single seed). Methods without a temperature ('no T' "
+    "columns) are compared with the baseline at T = 1. Bold: the best KD method in the column."
+)
 
 
 def pair_note(rows: list[dict[str, Any]], task: str) -> str:
@@ -312,6 +419,7 @@ def pair_note(rows: list[dict[str, Any]], task: str) -> str:
     per_pair, shared = t.pair_settings()
     table = t.pairs()
     methods = sorted({r["method"] for r in students})
+
     def fmt(v: Any) -> str:
         return f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -320,18 +428,30 @@ def pair_note(rows: list[dict[str, Any]], task: str) -> str:
         vals = []
         for m in (m for m in methods if m in per_pair):
             mine = table.get(pair, {}).get(m) or {}
-            vals.append(f"{m} ({', '.join(f'{k} = {fmt(v)}' for k, v in sorted(mine.items()))})" if mine
-                        else f"{m} (the recipe's: no value published for this pair)")
+            vals.append(
+                f"{m} ({', '.join(f'{k} = {fmt(v)}' for k, v in sorted(mine.items()))})"
+                if mine
+                else f"{m} (the recipe's: no value published for this pair)"
+            )
         lines.append(f"Pair {pair}: per-pair settings " + (", ".join(vals) if vals else "none") + ".")
     one = [m for m in methods if m in shared and not any(table.get(p, {}).get(m) for p in pairs)]
     if one:
-        lines.append("One setting for every pair (their authors publish no per-pair values; `lskd-bench methods` "
-                     "says why): " + ", ".join(one) + ".")
+        lines.append(
+            "One setting for every pair (their authors publish no per-pair values; `lskd-bench methods` "
+            "says why): " + ", ".join(one) + "."
+        )
     return " ".join(lines) + f" Values and sources: lskd_bench/configs/{t.pairs_recipe}.yaml.\n"
 
 
-def compare(runs: Path, out: Path, baseline: Optional[str] = None, metric: Optional[str] = None, task: Optional[str] = None,
-            select: str = "best", problems: Optional[list[str]] = None) -> tuple[str, list[Path]]:
+def compare(
+    runs: Path,
+    out: Path,
+    baseline: Optional[str] = None,
+    metric: Optional[str] = None,
+    task: Optional[str] = None,
+    select: str = "best",
+    problems: Optional[list[str]] = None,
+) -> tuple[str, list[Path]]:
     """Write OUT.md, OUT.csv (table 1 cells), OUT_ls.csv (table 2), OUT_reference.csv (table 3, where published
     references exist) and OUT_<task>.png; return the markdown."""
     rows = collect(Path(runs), select, problems)  # unusable results: a line each in ``problems``

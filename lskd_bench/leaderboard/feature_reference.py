@@ -6,6 +6,7 @@
 "unmapped": [row, ...]}`` where a row is ``{"top1": float, "source": "file:line", ...}``; ``rows()`` lists
 every (pair, what, top1, source) of ``pairs``.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

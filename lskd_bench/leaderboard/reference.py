@@ -8,6 +8,7 @@ qualitative claims checked on any grid:
 Each claim states its evidence (``Claim``): the difference of means in the claim's direction, Welch's two-sided
 p-value over seeds and the number of seeds; with a single seed on a side it is "undetermined (1 seed)".
 """
+
 from __future__ import annotations
 
 import statistics
@@ -47,7 +48,9 @@ class Reference:
 
 @lru_cache(maxsize=1)
 def references() -> tuple[Reference, ...]:
-    data = yaml.safe_load(resources.files("lskd_bench").joinpath("data", "paper_reference.yaml").read_text(encoding="utf-8"))
+    data = yaml.safe_load(
+        resources.files("lskd_bench").joinpath("data", "paper_reference.yaml").read_text(encoding="utf-8")
+    )
     out = []
     for t in data["tables"]:
         out.append(Reference(
@@ -60,8 +63,12 @@ def references() -> tuple[Reference, ...]:
 
 def find(task: str, teacher_arch: str, student_arch: str, method: str) -> Optional[Reference]:
     for r in references():
-        if (r.task == task and r.method == method and r.teacher_arch in (teacher_arch, "any")
-                and r.student_arch in (student_arch, "any")):
+        if (
+            r.task == task
+            and r.method == method
+            and r.teacher_arch in (teacher_arch, "any")
+            and r.student_arch in (student_arch, "any")
+        ):
             return r
     return None
 
@@ -142,7 +149,7 @@ class Claim:
 
     @property
     def verdict(self) -> str:
-        """"yes"/"no" (the direction of the difference, with at least two seeds a side), "undetermined (1 seed)",
+        """ "yes"/"no" (the direction of the difference, with at least two seeds a side), "undetermined (1 seed)",
         or "n/a" where the grid cannot tell."""
         if self.delta is None:
             return "n/a"
@@ -200,8 +207,10 @@ def claims(cells: dict[tuple[float, float], Any]) -> list[Claim]:
     alphas = sorted({a for a, _ in cells})
     temps = sorted({t for _, t in cells if t != ""})
     if len(alphas) < 2 or 1.0 not in temps:
-        return [Claim("at T = 1 the LS teacher gives the better student"),
-                Claim("the LS teacher's student degrades faster with T")]
+        return [
+            Claim("at T = 1 the LS teacher gives the better student"),
+            Claim("the LS teacher's student degrades faster with T"),
+        ]
     a0, a1 = alphas[0], alphas[-1]
     s0, s1 = _values(cells, a0, 1.0), _values(cells, a1, 1.0)
     c1 = Claim(f"at T = 1 the LS teacher (α = {a1:g}) gives the better student")
@@ -232,8 +241,11 @@ def claims_text(cells: dict[tuple[float, float], Any], ref: Optional[Reference])
     for c, p in zip(ours, paper):
         text = f"- Claim: {c.text}: ours **{c.verdict}**" + (f": {c.evidence()}" if c.delta is not None else "")
         if p is not None:
-            text += ("; paper n/a" if p.delta is None else
-                     f"; paper {'yes' if p.holds else 'no'}: {p.delta:+.2f} (one run per cell: no test)")
+            text += (
+                "; paper n/a"
+                if p.delta is None
+                else f"; paper {'yes' if p.holds else 'no'}: {p.delta:+.2f} (one run per cell: no test)"
+            )
         lines.append(text)
     return lines
 
@@ -245,12 +257,22 @@ def claim_rows(cells: dict[tuple[float, float], Any], ref: Optional[Reference], 
     paper = claims(reference_cells(ref)) if ref is not None else [None] * len(ours)
     rows = []
     for i, (c, p) in enumerate(zip(ours, paper), 1):
-        rows.append({**key, "claim": i, "text": c.text, "verdict": c.verdict,
-                     "direction": "" if c.holds is None else "yes" if c.holds else "no",
-                     "delta": c.delta, "p_value": c.p_value, "n_ls": c.n[0], "n_0": c.n[1],
-                     "significant": "" if c.significant is None else "yes" if c.significant else "no",
-                     "paper_direction": "" if p is None or p.holds is None else "yes" if p.holds else "no",
-                     "paper_delta": None if p is None else p.delta})
+        rows.append(
+            {
+                **key,
+                "claim": i,
+                "text": c.text,
+                "verdict": c.verdict,
+                "direction": "" if c.holds is None else "yes" if c.holds else "no",
+                "delta": c.delta,
+                "p_value": c.p_value,
+                "n_ls": c.n[0],
+                "n_0": c.n[1],
+                "significant": "" if c.significant is None else "yes" if c.significant else "no",
+                "paper_direction": "" if p is None or p.holds is None else "yes" if p.holds else "no",
+                "paper_delta": None if p is None else p.delta,
+            }
+        )
     return rows
 
 
@@ -276,14 +298,28 @@ class KDReference:
 
 @lru_cache(maxsize=1)
 def kd_references() -> tuple[KDReference, ...]:
-    data = yaml.safe_load(resources.files("lskd_bench").joinpath("data", "kd_reference.yaml").read_text(encoding="utf-8"))
-    logit = tuple(KDReference(r["task"], r["teacher_arch"], r["student_arch"], r["method"], float(r["T"]),
-                              float(r["top1"]), r["source"], r["recipe"]) for r in data["references"])
+    data = yaml.safe_load(
+        resources.files("lskd_bench").joinpath("data", "kd_reference.yaml").read_text(encoding="utf-8")
+    )
+    logit = tuple(
+        KDReference(
+            r["task"],
+            r["teacher_arch"],
+            r["student_arch"],
+            r["method"],
+            float(r["T"]),
+            float(r["top1"]),
+            r["source"],
+            r["recipe"],
+        )
+        for r in data["references"]
+    )
     return logit + feature_references()
 
 
-FEATURE_RECIPE = ("RepDistiller: 240 epochs, batch 64, SGD lr 0.05 (0.01 for MobileNetV2/ShuffleNet students), "
-                  "-r 1 -a 0 -b beta")
+FEATURE_RECIPE = (
+    "RepDistiller: 240 epochs, batch 64, SGD lr 0.05 (0.01 for MobileNetV2/ShuffleNet students), -r 1 -a 0 -b beta"
+)
 
 
 def feature_references() -> tuple[KDReference, ...]:
@@ -291,9 +327,13 @@ def feature_references() -> tuple[KDReference, ...]:
     cell is alpha 0 with no T (``T`` None). Its KD rows are left to mdistiller's (``kd_reference.yaml``)."""
     from .feature_reference import rows
 
-    return tuple(KDReference("cifar100", *pair.split("-"), what, None, top1, "[R] " + source.removeprefix("[R] "),
-                             FEATURE_RECIPE)
-                 for pair, what, top1, source in rows() if what not in ("teacher", "student", "kd"))
+    return tuple(
+        KDReference(
+            "cifar100", *pair.split("-"), what, None, top1, "[R] " + source.removeprefix("[R] "), FEATURE_RECIPE
+        )
+        for pair, what, top1, source in rows()
+        if what not in ("teacher", "student", "kd")
+    )
 
 
 def kd_sources() -> str:

@@ -24,6 +24,7 @@ A method that is an ``nn.Module`` has its parameters trained with the student's 
 ``a+kd`` (e.g. ``crd+kd``) composes a feature method with Hinton KD (``Composite``).
 Third-party methods register through the ``lskd_bench.methods`` entry-point group.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -156,8 +157,13 @@ class Method:
         """The loss from named outputs: a logit method's ``loss`` on the logits."""
         return self.loss(student["logits"], targets, None if teacher is None else teacher.get("logits"), ctx)
 
-    def loss(self, student_logits: torch.Tensor, targets: torch.Tensor, teacher_logits: Optional[torch.Tensor],
-             ctx: LossContext) -> Loss:
+    def loss(
+        self,
+        student_logits: torch.Tensor,
+        targets: torch.Tensor,
+        teacher_logits: Optional[torch.Tensor],
+        ctx: LossContext,
+    ) -> Loss:
         """The loss of one batch: a scalar tensor, or named terms whose sum is the loss."""
         raise NotImplementedError
 
@@ -169,11 +175,14 @@ class Method:
 def feature_section(title: str, beta: float, source: str, **more: Field) -> Section:
     """A feature method's parameters: RepDistiller's loss weights (``gamma*CE + beta*feature``; its ``-r`` and
     ``-b``; the KD weight ``-a`` is ``compose.kd_weight`` of ``X+kd``) and the method's own."""
-    return Section({
-        "ce": Field(float, 1.0, "weight of the cross-entropy term (RepDistiller's -r, gamma)", min=0.0, max=1e6),
-        "beta": Field(float, beta, f"weight of the feature term (RepDistiller's -b; {source})", min=0.0, max=1e9),
-        **more,
-    }, title)
+    return Section(
+        {
+            "ce": Field(float, 1.0, "weight of the cross-entropy term (RepDistiller's -r, gamma)", min=0.0, max=1e6),
+            "beta": Field(float, beta, f"weight of the feature term (RepDistiller's -b; {source})", min=0.0, max=1e9),
+            **more,
+        },
+        title,
+    )
 
 
 class FeatureMethod(nn.Module, Method):
@@ -219,10 +228,19 @@ class FeatureMethod(nn.Module, Method):
         return self.compute(*args)
 
 
-COMPOSE = Section({
-    "kd_weight": Field(float, 1.0, "weight of the Hinton KD term T^2*KL of a composition X+kd (RepDistiller's -a; "
-                       "its README runs CRD+KD with -a 1)", min=0.0, max=1e6),
-}, "composition X+kd")
+COMPOSE = Section(
+    {
+        "kd_weight": Field(
+            float,
+            1.0,
+            "weight of the Hinton KD term T^2*KL of a composition X+kd (RepDistiller's -a; "
+            "its README runs CRD+KD with -a 1)",
+            min=0.0,
+            max=1e6,
+        ),
+    },
+    "composition X+kd",
+)
 
 
 class Composite(FeatureMethod):
@@ -241,8 +259,11 @@ class Composite(FeatureMethod):
         self.compose = COMPOSE.check(compose, "compose")
         self.inner = self.base(self.p)
         n = self.inner.needs
-        self.needs = Needs(student=tuple(dict.fromkeys((*n.student, "logits"))),
-                           teacher=tuple(dict.fromkeys((*n.teacher, "logits"))), indices=n.indices)
+        self.needs = Needs(
+            student=tuple(dict.fromkeys((*n.student, "logits"))),
+            teacher=tuple(dict.fromkeys((*n.teacher, "logits"))),
+            indices=n.indices,
+        )
 
     @classmethod
     def identity_params(cls, p: dict[str, Any]) -> dict[str, Any]:
@@ -282,24 +303,40 @@ def _composite(name: str) -> type[Method]:
     base = METHODS.get(first) if first in METHODS else None
     if second != "kd" or base is None or not issubclass(base, FeatureMethod) or issubclass(base, Composite):
         feats = [n for n, c in METHODS.items() if issubclass(c, FeatureMethod)]
-        raise UsageError(f"unknown method {name!r}: a composition is FEATURE+kd with a feature method "
-                         f"({', '.join(feats) or 'none registered'})")
+        raise UsageError(
+            f"unknown method {name!r}: a composition is FEATURE+kd with a feature method "
+            f"({', '.join(feats) or 'none registered'})"
+        )
     needs = base.needs
-    cls = type(f"{base.__name__}PlusKD", (Composite,), {
-        "base": base,
-        "params": base.params,
-        "needs": Needs(student=tuple(dict.fromkeys((*needs.student, "logits"))),
-                       teacher=tuple(dict.fromkeys((*needs.teacher, "logits"))), indices=needs.indices),
-        "description": f"{first} + Hinton KD: {base.description} + compose.kd_weight*T^2*KL",
-    })
+    cls = type(
+        f"{base.__name__}PlusKD",
+        (Composite,),
+        {
+            "base": base,
+            "params": base.params,
+            "needs": Needs(
+                student=tuple(dict.fromkeys((*needs.student, "logits"))),
+                teacher=tuple(dict.fromkeys((*needs.teacher, "logits"))),
+                indices=needs.indices,
+            ),
+            "description": f"{first} + Hinton KD: {base.description} + compose.kd_weight*T^2*KL",
+        },
+    )
     return cls
 
 
 # the built-in method modules register themselves when the registry is first looked up: methods/zoo.py (dkd,
 # kd_std, dist, ttm, nkd, ctkd) and the feature methods (feat_*.py)
-METHODS: Registry[type[Method]] = Registry("method", "lskd_bench.methods", builtin=(
-    "lskd_bench.methods.zoo", "lskd_bench.methods.feat_repd", "lskd_bench.methods.feat_crd",
-    "lskd_bench.methods.feat_review"))
+METHODS: Registry[type[Method]] = Registry(
+    "method",
+    "lskd_bench.methods",
+    builtin=(
+        "lskd_bench.methods.zoo",
+        "lskd_bench.methods.feat_repd",
+        "lskd_bench.methods.feat_crd",
+        "lskd_bench.methods.feat_review",
+    ),
+)
 _COMPOSITES: dict[str, type[Method]] = {}
 TEACHER_METHOD = "ls"  # what teachers and the no-KD baseline train with
 
@@ -327,16 +364,23 @@ class HintonKD(Method):
     description = "Hinton KD: (1-lambda)*CE + lambda*T^2*KL(softmax(t/T) || softmax(s/T))"
     params = Section(
         {
-            "lambda": Field(float, 1.0, "weight of the KD term (1, the default: pure KD, no cross-entropy, the paper's and "
-                            "the official code's objective)", min=0.0, max=1.0),
+            "lambda": Field(
+                float,
+                1.0,
+                "weight of the KD term (1, the default: pure KD, no cross-entropy, the paper's and "
+                "the official code's objective)",
+                min=0.0,
+                max=1.0,
+            ),
             "t_squared": Field(bool, True, "scale the KD term by T^2 (Hinton et al.)"),
         },
         "Hinton KD",
     )
 
     def loss(self, student_logits, targets, teacher_logits, ctx):
-        return kd_terms(student_logits, teacher_logits, targets, T=float(ctx.T), lam=self.p["lambda"],
-                        t_squared=self.p["t_squared"])
+        return kd_terms(
+            student_logits, teacher_logits, targets, T=float(ctx.T), lam=self.p["lambda"], t_squared=self.p["t_squared"]
+        )
 
 
 @METHODS.register("seqkd")
@@ -350,8 +394,14 @@ class SequenceKD(Method):
     teacher_signal = "targets"
     uses_temperature = False
     task_kinds = ("translation",)
-    params = Section({"label_smoothing": Field(float, 0.0, "label smoothing of the student's targets", min=0.0, max=1.0,
-                                               max_exclusive=True)}, "sequence-level KD")
+    params = Section(
+        {
+            "label_smoothing": Field(
+                float, 0.0, "label smoothing of the student's targets", min=0.0, max=1.0, max_exclusive=True
+            )
+        },
+        "sequence-level KD",
+    )
 
     def loss(self, student_logits, targets, teacher_logits, ctx):
         return ls_cross_entropy(student_logits, targets, self.p["label_smoothing"])

@@ -1,4 +1,5 @@
 """What the feature methods share: pairing stages of two networks and resizing maps to each other."""
+
 from __future__ import annotations
 
 import re
@@ -61,7 +62,7 @@ def aligned_last(*lists: list) -> list[list]:
     """The last ``min(len)`` entries of each list: the deepest stages both networks have (mdistiller's
     ``_align_list``, distillers/OFD.py:163-165, used where a teacher has more stages than its student)."""
     n = min(len(x) for x in lists)
-    return [list(x[len(x) - n:]) for x in lists]
+    return [list(x[len(x) - n :]) for x in lists]
 
 
 def stage_keys(out: dict, pre: bool = False) -> list[str]:
@@ -84,8 +85,10 @@ def _probe_input(model: nn.Module, layout: Any) -> Optional[torch.Tensor]:
         x = torch.zeros(2, conv.in_channels, h * f, w * f, device=p.device, dtype=p.dtype)
         got: dict[str, tuple] = {}
         mods = dict(model.named_modules())
-        hooks = [mods[path].register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, tuple(o.shape[1:])))
-                 for n, path in layout.stages.items()]
+        hooks = [
+            mods[path].register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, tuple(o.shape[1:])))
+            for n, path in layout.stages.items()
+        ]
         try:
             with torch.no_grad():
                 model(x)
@@ -108,8 +111,9 @@ def bn_before_preact(model: nn.Module, layout: Any, stages: list[str]) -> list[n
     mods = dict(model.named_modules())
     missing = [s for s in stages if s not in layout.preact]
     if missing:
-        raise UsageError(f"{type(model).__name__} has no pre-activation of {missing[0]} (it has: "
-                         f"{', '.join(layout.names())})")
+        raise UsageError(
+            f"{type(model).__name__} has no pre-activation of {missing[0]} (it has: {', '.join(layout.names())})"
+        )
     was_training = model.training
     model.eval()
     bn_of: dict[Any, nn.Module] = {}
@@ -118,12 +122,19 @@ def bn_before_preact(model: nn.Module, layout: Any, stages: list[str]) -> list[n
     try:
         x = _probe_input(model, layout)
         if x is None:
-            raise UsageError(f"cannot find an input size for {type(model).__name__} that gives its stage shapes "
-                             f"{layout.shapes} (needed to find the BatchNorm before each pre-activation)")
-        hooks = [m.register_forward_hook(lambda mod, i, o: bn_of.__setitem__(o.grad_fn, mod))
-                 for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        hooks += [mods[layout.preact[s]].register_forward_pre_hook(
-            lambda mod, i, s=s: pre.__setitem__(s, i[0].grad_fn)) for s in stages]
+            raise UsageError(
+                f"cannot find an input size for {type(model).__name__} that gives its stage shapes "
+                f"{layout.shapes} (needed to find the BatchNorm before each pre-activation)"
+            )
+        hooks = [
+            m.register_forward_hook(lambda mod, i, o: bn_of.__setitem__(o.grad_fn, mod))
+            for m in model.modules()
+            if isinstance(m, nn.BatchNorm2d)
+        ]
+        hooks += [
+            mods[layout.preact[s]].register_forward_pre_hook(lambda mod, i, s=s: pre.__setitem__(s, i[0].grad_fn))
+            for s in stages
+        ]
         with torch.enable_grad(), torch.random.fork_rng(devices=[]):
             model(x.requires_grad_(True))
     finally:
@@ -147,7 +158,9 @@ def bn_before_preact(model: nn.Module, layout: Any, stages: list[str]) -> list[n
     for s in stages:
         bn = find(pre.get(s))
         if bn is None:
-            raise UsageError(f"{type(model).__name__}: the pre-activation of {s} is not the output of a BatchNorm2d "
-                             f"(or a sum with one), which a margin from BN statistics needs")
+            raise UsageError(
+                f"{type(model).__name__}: the pre-activation of {s} is not the output of a BatchNorm2d "
+                f"(or a sum with one), which a margin from BN statistics needs"
+            )
         out.append(bn)
     return out

@@ -7,6 +7,7 @@ AB, FT and FSP first run RepDistiller's ``init`` stage (``helper/pretrain.py``):
 only ``init_modules`` with ``init_loss`` (SGD at the constant ``init_lr``; the rest of the student in eval mode),
 as part of the cell; then the normal training.
 """
+
 from __future__ import annotations
 
 import math
@@ -117,12 +118,21 @@ class CRD(FeatureMethod):
     description = "CRD: ce*CE + beta*(NCE_s + NCE_t) with a memory bank of 16384 negatives, beta 0.8"
     needs = Needs(student=("logits", "embedding"), teacher=("embedding",), indices=True)
     params = feature_section(
-        "CRD", 0.8, "scripts/run_cifar_distill.sh:231",
-        feat_dim=Field(int, 128, "projection dimension (RepDistiller --feat_dim, train_student.py:81)", min=1,
-                       max=1 << 16),
+        "CRD",
+        0.8,
+        "scripts/run_cifar_distill.sh:231",
+        feat_dim=Field(
+            int, 128, "projection dimension (RepDistiller --feat_dim, train_student.py:81)", min=1, max=1 << 16
+        ),
         nce_k=Field(int, 16384, "negatives per sample (--nce_k, train_student.py:83)", min=1, max=1 << 24),
-        nce_t=Field(float, 0.07, "temperature of the scores (--nce_t, train_student.py:84)", min=0.0,
-                    min_exclusive=True, max=1e3),
+        nce_t=Field(
+            float,
+            0.07,
+            "temperature of the scores (--nce_t, train_student.py:84)",
+            min=0.0,
+            min_exclusive=True,
+            max=1e3,
+        ),
         nce_m=Field(float, 0.5, "momentum of the memory update (--nce_m, train_student.py:85)", min=0.0, max=1.0),
     )
 
@@ -137,8 +147,12 @@ class CRD(FeatureMethod):
         self.register_buffer("memory_t", torch.rand(n, d).mul_(2 * stdv).add_(-stdv))
         self.register_buffer("z", torch.full((2,), -1.0))  # Z of the student- and teacher-anchored scores
         labels = getattr(probe, "labels", None)
-        self.register_buffer("labels", torch.full((n,), -1, dtype=torch.long) if labels is None
-                             else torch.as_tensor(labels, dtype=torch.long).clone())
+        self.register_buffer(
+            "labels",
+            torch.full((n,), -1, dtype=torch.long)
+            if labels is None
+            else torch.as_tensor(labels, dtype=torch.long).clone(),
+        )
         self.seed = int(torch.randint(0, 2**62, (1,)).item())  # the negatives' stream, from the cell's stream
         self._gen: Optional[torch.Generator] = None
         self._gen_state: Optional[torch.Tensor] = None  # a checkpointed state, set when the generator is made
@@ -152,8 +166,10 @@ class CRD(FeatureMethod):
                 try:
                     g.set_state(self._gen_state)
                 except RuntimeError as exc:
-                    raise UsageError(f"crd: the checkpointed negatives' generator does not fit a {device.type} "
-                                     f"generator (resumed on another device type?): {exc}") from None
+                    raise UsageError(
+                        f"crd: the checkpointed negatives' generator does not fit a {device.type} "
+                        f"generator (resumed on another device type?): {exc}"
+                    ) from None
                 self._gen_state = None
             self._gen = g
         return self._gen
@@ -215,8 +231,9 @@ def ab_losses(g_s: list[torch.Tensor], g_t: list[torch.Tensor], n: int, margin: 
     bsz = g_s[0].shape[0]
     out = []
     for i, (s, t) in enumerate(zip(g_s, g_t)):
-        l2 = ((s + margin) ** 2 * ((s > -margin) & (t <= 0)).float()
-              + (s - margin) ** 2 * ((s <= margin) & (t > 0)).float())
+        l2 = (s + margin) ** 2 * ((s > -margin) & (t <= 0)).float() + (s - margin) ** 2 * (
+            (s <= margin) & (t > 0)
+        ).float()
         out.append(2 ** (i - n + 1) * torch.abs(l2).sum() / bsz / 1000 * 3)
     return out
 
@@ -227,17 +244,26 @@ class Connector(nn.Module):
 
     def __init__(self, s_shapes: list[tuple[int, ...]], t_shapes: list[tuple[int, ...]]):
         super().__init__()
-        self.connectors = nn.ModuleList([
-            nn.Sequential() if s[0] == t[0] and s[1] == t[1] else ConvReg(tuple(s), tuple(t), use_relu=False)
-            for s, t in zip(s_shapes, t_shapes)])
+        self.connectors = nn.ModuleList(
+            [
+                nn.Sequential() if s[0] == t[0] and s[1] == t[1] else ConvReg(tuple(s), tuple(t), use_relu=False)
+                for s, t in zip(s_shapes, t_shapes)
+            ]
+        )
 
     def forward(self, g_s: list[torch.Tensor]) -> list[torch.Tensor]:
         return [c(g) for c, g in zip(self.connectors, g_s)]
 
 
 def _init_epochs() -> Field:
-    return Field(int, 30, "epochs of the initialisation stage, run first as part of the cell (RepDistiller "
-                 "--init_epochs, train_student.py:47)", min=0, max=100_000)
+    return Field(
+        int,
+        30,
+        "epochs of the initialisation stage, run first as part of the cell (RepDistiller "
+        "--init_epochs, train_student.py:47)",
+        min=0,
+        max=100_000,
+    )
 
 
 class _InitStage(FeatureMethod):
@@ -266,12 +292,18 @@ class AB(_InitStage):
     with half the student channels (ConvReg connectors): loss and gradient max relative difference 0.0e+00.
     """
 
-    description = ("AB: an init stage (init_epochs, part of the cell) fits the student's pre-activation "
-                   "boundaries to the teacher's, then ce*CE")
+    description = (
+        "AB: an init stage (init_epochs, part of the cell) fits the student's pre-activation "
+        "boundaries to the teacher's, then ce*CE"
+    )
     needs = Needs(student=("logits", "preact_stages"), teacher=("preact_stages",))
-    params = feature_section("AB", 1.0, "scripts/run_cifar_distill.sh:223", init_epochs=_init_epochs(),
-                             margin=Field(float, 1.0, "margin of the boundary loss (ABLoss margin, AB.py:11)",
-                                          min=0.0, max=1e6))
+    params = feature_section(
+        "AB",
+        1.0,
+        "scripts/run_cifar_distill.sh:223",
+        init_epochs=_init_epochs(),
+        margin=Field(float, 1.0, "margin of the boundary loss (ABLoss margin, AB.py:11)", min=0.0, max=1e6),
+    )
 
     def setup(self, probe: Probe) -> None:
         s, t = probe.s.stages(pre=True), probe.t.stages(pre=True)
@@ -296,8 +328,11 @@ class AB(_InitStage):
 # ------------------------------------------------------------------------------------------------------- FT
 def _ft_block(c_in: int, c_out: int, bn: bool, transposed: bool = False) -> list[nn.Module]:
     conv = nn.ConvTranspose2d if transposed else nn.Conv2d
-    return [conv(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out) if bn else nn.Sequential(),
-            nn.LeakyReLU(0.1, inplace=True)]
+    return [
+        conv(c_in, c_out, 3, 1, 1),
+        nn.BatchNorm2d(c_out) if bn else nn.Sequential(),
+        nn.LeakyReLU(0.1, inplace=True),
+    ]
 
 
 class Paraphraser(nn.Module):
@@ -308,8 +343,9 @@ class Paraphraser(nn.Module):
         super().__init__()
         out = int(c * k)
         self.encoder = nn.Sequential(*_ft_block(c, c, use_bn), *_ft_block(c, out, use_bn), *_ft_block(out, out, use_bn))
-        self.decoder = nn.Sequential(*_ft_block(out, out, use_bn, True), *_ft_block(out, c, use_bn, True),
-                                     *_ft_block(c, c, use_bn, True))
+        self.decoder = nn.Sequential(
+            *_ft_block(out, out, use_bn, True), *_ft_block(out, c, use_bn, True), *_ft_block(c, c, use_bn, True)
+        )
 
     def forward(self, f: torch.Tensor, is_factor: bool = False):
         factor = self.encoder(f)
@@ -323,8 +359,9 @@ class Translator(nn.Module):
     def __init__(self, c_s: int, c_t: int, k: float = 0.5, use_bn: bool = True):
         super().__init__()
         out = int(c_t * k)
-        self.encoder = nn.Sequential(*_ft_block(c_s, c_s, use_bn), *_ft_block(c_s, out, use_bn),
-                                     *_ft_block(out, out, use_bn))
+        self.encoder = nn.Sequential(
+            *_ft_block(c_s, c_s, use_bn), *_ft_block(c_s, out, use_bn), *_ft_block(out, out, use_bn)
+        )
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.encoder(f)
@@ -343,8 +380,21 @@ def factor_transfer(f_s: torch.Tensor, f_t: torch.Tensor, p1: int = 2, p2: int =
 
 
 # students for which RepDistiller's FT init stage uses lr 0.01 (helper/pretrain.py:22-25)
-FT_INIT_LR_001 = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",
-                  "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2")
+FT_INIT_LR_001 = (
+    "resnet8",
+    "resnet14",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "resnet8x4",
+    "resnet32x4",
+    "wrn_16_1",
+    "wrn_16_2",
+    "wrn_40_1",
+    "wrn_40_2",
+)
 
 
 @METHODS.register("ft")
@@ -363,8 +413,10 @@ class FT(_InitStage):
     reconstruction, pretrain.py:68-71) and gradient 0.0e+00.
     """
 
-    description = ("FT: an init stage (init_epochs, part of the cell) trains a paraphraser of the teacher's last "
-                   "stage, then ce*CE + beta*|factor_s - factor_t|, beta 200")
+    description = (
+        "FT: an init stage (init_epochs, part of the cell) trains a paraphraser of the teacher's last "
+        "stage, then ce*CE + beta*|factor_s - factor_t|, beta 200"
+    )
     needs = Needs(student=("logits", "last_stage"), teacher=("last_stage",))  # feat[-2]
     params = feature_section("FT", 200.0, "scripts/run_cifar_distill.sh:225", init_epochs=_init_epochs())
 
@@ -411,8 +463,10 @@ def fsp_losses(g_s: list[torch.Tensor], g_t: list[torch.Tensor]) -> list[torch.T
     """Per pair of consecutive maps, the mean squared difference of the student's and teacher's FSP matrices
     (``FSP.py:26``); where channel counts differ (RepDistiller raises ValueError), the larger matrix is
     average-pooled to the smaller (``feat_common.pool_matrix_to_smaller``)."""
-    return [(s - t).pow(2).mean() for s, t in (pool_matrix_to_smaller(s, t) for s, t in
-                                               zip(fsp_matrices(g_s), fsp_matrices(g_t)))]
+    return [
+        (s - t).pow(2).mean()
+        for s, t in (pool_matrix_to_smaller(s, t) for s, t in zip(fsp_matrices(g_s), fsp_matrices(g_t)))
+    ]
 
 
 @METHODS.register("fsp")
@@ -430,8 +484,10 @@ class FSP(_InitStage):
     (four maps, three matrices): init loss and gradient max relative difference 0.0e+00.
     """
 
-    description = ("FSP: an init stage (init_epochs, part of the cell) fits the student's FSP matrices to the "
-                   "teacher's, then ce*CE")
+    description = (
+        "FSP: an init stage (init_epochs, part of the cell) fits the student's FSP matrices to the "
+        "teacher's, then ce*CE"
+    )
     needs = Needs(student=("logits", "stem_stages"), teacher=("stem_stages",))  # feat[:-1]
     params = feature_section("FSP", 50.0, "scripts/run_cifar_distill.sh:227", init_epochs=_init_epochs())
 

@@ -18,6 +18,7 @@ ResNet-8x4-sized stages (N 16, 64/128/256 channels at 32/16/8) and embeddings (N
 Each method's docstring records "loss / gradient" as the max over those runs of max|ours - theirs| / max|theirs|,
 the gradient with respect to the student's features (and the method's own parameters).
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,10 @@ class ConvReg(nn.Module):
         elif s_h >= t_h:
             self.conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
         else:
-            raise UsageError(f"FitNet cannot regress a student map of shape {tuple(s_shape)} onto a teacher map of "
-                             f"shape {tuple(t_shape)} (the student map is smaller and not half the size)")
+            raise UsageError(
+                f"FitNet cannot regress a student map of shape {tuple(s_shape)} onto a teacher map of "
+                f"shape {tuple(t_shape)} (the student map is smaller and not half the size)"
+            )
         self.bn = nn.BatchNorm2d(t_c)
         self.relu = nn.ReLU(inplace=True)
         self.use_relu = use_relu
@@ -74,9 +77,19 @@ class FitNet(FeatureMethod):
 
     description = "FitNet hints: ce*CE + beta*MSE(ConvReg(s_stage), t_stage), beta 100, stage 2"
     needs = Needs(student=("logits", "stage2"), teacher=("stage2",))  # the default hint_layer's
-    params = feature_section("FitNet", 100.0, f"{SCRIPT}:7", hint_layer=Field(
-        int, 2, "the stage whose output is the hint (RepDistiller --hint_layer: feat[2], the second stage; "
-        "train_student.py:88)", min=0, max=64))
+    params = feature_section(
+        "FitNet",
+        100.0,
+        f"{SCRIPT}:7",
+        hint_layer=Field(
+            int,
+            2,
+            "the stage whose output is the hint (RepDistiller --hint_layer: feat[2], the second stage; "
+            "train_student.py:88)",
+            min=0,
+            max=64,
+        ),
+    )
 
     def __init__(self, params=None):
         super().__init__(params)
@@ -92,6 +105,7 @@ class FitNet(FeatureMethod):
 
 
 # -- stage-wise losses ------------------------------------------------------------------------------------------
+
 
 def attention_map(f: torch.Tensor, p: int) -> torch.Tensor:
     """AT's spatial attention of a map (N, C, H, W): the channel mean of ``f**p``, flattened and L2-normalised
@@ -154,9 +168,18 @@ class AT(FeatureMethod):
 
     description = "attention transfer: ce*CE + beta*sum_stages mean((a_s-a_t)^2), a=normalize(mean_c f^p), beta 1000"
     needs = Needs(student=("logits", "stages"), teacher=("stages",))
-    params = feature_section("AT", 1000.0, f"{SCRIPT}:9", p=Field(
-        int, 2, "the power p of the attention map mean_c f^p (RepDistiller Attention(p=2), distiller_zoo/AT.py:11)",
-        min=1, max=16))
+    params = feature_section(
+        "AT",
+        1000.0,
+        f"{SCRIPT}:9",
+        p=Field(
+            int,
+            2,
+            "the power p of the attention map mean_c f^p (RepDistiller Attention(p=2), distiller_zoo/AT.py:11)",
+            min=1,
+            max=16,
+        ),
+    )
 
     def loss(self, student, targets, teacher, ctx):
         feat = _stagewise(student, teacher, lambda s, t: at_loss(s, t, self.p["p"]))
@@ -204,6 +227,7 @@ class SP(FeatureMethod):
 
 # -- VID --------------------------------------------------------------------------------------------------------
 
+
 class VIDRegressor(nn.Module):
     """VID's Gaussian predictor of a teacher map from a student map (RepDistiller ``distiller_zoo/VID.py:12-36``):
     the mean is three 1x1 convs without bias (ReLU between; middle width ``mid``), the variance per teacher
@@ -212,9 +236,12 @@ class VIDRegressor(nn.Module):
     def __init__(self, c_in: int, mid: int, c_out: int, init_pred_var: float, eps: float):
         super().__init__()
         self.mean = nn.Sequential(
-            nn.Conv2d(c_in, mid, kernel_size=1, bias=False), nn.ReLU(),
-            nn.Conv2d(mid, mid, kernel_size=1, bias=False), nn.ReLU(),
-            nn.Conv2d(mid, c_out, kernel_size=1, bias=False))
+            nn.Conv2d(c_in, mid, kernel_size=1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(mid, mid, kernel_size=1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(mid, c_out, kernel_size=1, bias=False),
+        )
         self.log_scale = nn.Parameter(torch.full((c_out,), math.log(math.exp(init_pred_var - eps) - 1.0)))
         self.eps = eps
 
@@ -241,16 +268,35 @@ class VID(FeatureMethod):
     description = "variational information distillation: ce*CE + beta*sum_stages Gaussian NLL(t | 1x1-conv(s)), beta 1"
     needs = Needs(student=("logits", "stages"), teacher=("stages",))
     params = feature_section(
-        "VID", 1.0, f"{SCRIPT}:15",
-        init_pred_var=Field(float, 5.0, "initial variance of each teacher channel's Gaussian (RepDistiller VIDLoss "
-                            "init_pred_var, distiller_zoo/VID.py:16)", min=0.0, min_exclusive=True, max=1e6),
-        eps=Field(float, 1e-5, "floor added to the variance (RepDistiller VIDLoss eps, distiller_zoo/VID.py:17)",
-                  min=0.0, min_exclusive=True, max=1.0))
+        "VID",
+        1.0,
+        f"{SCRIPT}:15",
+        init_pred_var=Field(
+            float,
+            5.0,
+            "initial variance of each teacher channel's Gaussian (RepDistiller VIDLoss "
+            "init_pred_var, distiller_zoo/VID.py:16)",
+            min=0.0,
+            min_exclusive=True,
+            max=1e6,
+        ),
+        eps=Field(
+            float,
+            1e-5,
+            "floor added to the variance (RepDistiller VIDLoss eps, distiller_zoo/VID.py:17)",
+            min=0.0,
+            min_exclusive=True,
+            max=1.0,
+        ),
+    )
 
     def setup(self, probe: Probe) -> None:
-        self.regressors = nn.ModuleList([
-            VIDRegressor(s.shape[1], t.shape[1], t.shape[1], self.p["init_pred_var"], self.p["eps"])
-            for s, t in paired(probe.s.stages(), probe.t.stages())])
+        self.regressors = nn.ModuleList(
+            [
+                VIDRegressor(s.shape[1], t.shape[1], t.shape[1], self.p["init_pred_var"], self.p["eps"])
+                for s, t in paired(probe.s.stages(), probe.t.stages())
+            ]
+        )
 
     def loss(self, student, targets, teacher, ctx):
         pairs = paired(student.stages(), teacher.stages())
@@ -261,6 +307,7 @@ class VID(FeatureMethod):
 
 
 # -- losses on the embedding -----------------------------------------------------------------------------------
+
 
 def correlation_loss(e_s: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
     """CC as RepDistiller restructured it from the authors' code (``distiller_zoo/CC.py:14-17``): with
@@ -333,17 +380,28 @@ class CC(FeatureMethod):
 
     description = "correlation congruence: ce*CE + beta*mean_i <d_i, d_i+1>, d=|z_s-z_t| (linear embeddings), beta 0.02"
     needs = Needs(student=("logits", "embedding"), teacher=("embedding",))
-    params = feature_section("CC", 0.02, f"{SCRIPT}:13", feat_dim=Field(
-        int, 128, "width of the linear embeddings of the student's and the teacher's embedding (RepDistiller "
-        "--feat_dim, train_student.py:81)", min=1, max=1 << 16))
+    params = feature_section(
+        "CC",
+        0.02,
+        f"{SCRIPT}:13",
+        feat_dim=Field(
+            int,
+            128,
+            "width of the linear embeddings of the student's and the teacher's embedding (RepDistiller "
+            "--feat_dim, train_student.py:81)",
+            min=1,
+            max=1 << 16,
+        ),
+    )
 
     def setup(self, probe: Probe) -> None:
         self.embed_s = nn.Linear(probe.s["embedding"].flatten(1).shape[1], self.p["feat_dim"])
         self.embed_t = nn.Linear(probe.t["embedding"].flatten(1).shape[1], self.p["feat_dim"])
 
     def loss(self, student, targets, teacher, ctx):
-        feat = correlation_loss(self.embed_s(student["embedding"].flatten(1)),
-                                self.embed_t(teacher["embedding"].flatten(1)))
+        feat = correlation_loss(
+            self.embed_s(student["embedding"].flatten(1)), self.embed_t(teacher["embedding"].flatten(1))
+        )
         return {"ce": self.cross_entropy(student, targets), "feat": self.p["beta"] * feat}
 
 
@@ -359,11 +417,24 @@ class RKD(FeatureMethod):
     description = "relational KD: ce*CE + beta*(25*smoothL1(distances) + 50*smoothL1(angles)) of embeddings, beta 1"
     needs = Needs(student=("logits", "embedding"), teacher=("embedding",))
     params = feature_section(
-        "RKD", 1.0, f"{SCRIPT}:17",
-        w_d=Field(float, 25.0, "weight of the distance term (RepDistiller RKDLoss w_d, distiller_zoo/RKD.py:10)",
-                  min=0.0, max=1e6),
-        w_a=Field(float, 50.0, "weight of the angle term (RepDistiller RKDLoss w_a, distiller_zoo/RKD.py:10)",
-                  min=0.0, max=1e6))
+        "RKD",
+        1.0,
+        f"{SCRIPT}:17",
+        w_d=Field(
+            float,
+            25.0,
+            "weight of the distance term (RepDistiller RKDLoss w_d, distiller_zoo/RKD.py:10)",
+            min=0.0,
+            max=1e6,
+        ),
+        w_a=Field(
+            float,
+            50.0,
+            "weight of the angle term (RepDistiller RKDLoss w_a, distiller_zoo/RKD.py:10)",
+            min=0.0,
+            max=1e6,
+        ),
+    )
 
     def loss(self, student, targets, teacher, ctx):
         feat = rkd_loss(student["embedding"], teacher["embedding"], self.p["w_d"], self.p["w_a"])

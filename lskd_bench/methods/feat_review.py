@@ -12,6 +12,7 @@ dvlab-research/ReviewKD CIFAR-100/train.py never calls ``teacher.eval()``; clova
 CIFAR-100/train_with_distillation.py:75 ``d_net.t_net.train()``); lskd-bench's teacher runs in eval mode, as
 every other method's. That changes the teacher's features, not the loss formulas checked below.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,9 @@ class ABF(nn.Module):
     def __init__(self, cin: int, mid: int, cout: int, fuse: bool):
         super().__init__()
         self.conv1 = nn.Sequential(nn.Conv2d(cin, mid, kernel_size=1, bias=False), nn.BatchNorm2d(mid))
-        self.conv2 = nn.Sequential(nn.Conv2d(mid, cout, kernel_size=3, stride=1, padding=1, bias=False),
-                                   nn.BatchNorm2d(cout))
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(mid, cout, kernel_size=3, stride=1, padding=1, bias=False), nn.BatchNorm2d(cout)
+        )
         self.att_conv = nn.Sequential(nn.Conv2d(mid * 2, 2, kernel_size=1), nn.Sigmoid()) if fuse else None
         nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
         nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
@@ -73,8 +75,13 @@ def hcl(fstudent: list[torch.Tensor], fteacher: list[torch.Tensor]) -> torch.Ten
             if size >= h:
                 continue
             cnt /= 2.0
-            loss = loss + F.mse_loss(F.adaptive_avg_pool2d(fs, (size, size)),
-                                     F.adaptive_avg_pool2d(ft, (size, size)), reduction="mean") * cnt
+            loss = (
+                loss
+                + F.mse_loss(
+                    F.adaptive_avg_pool2d(fs, (size, size)), F.adaptive_avg_pool2d(ft, (size, size)), reduction="mean"
+                )
+                * cnt
+            )
             tot += cnt
         total = total + loss / tot
     return total
@@ -98,23 +105,42 @@ class ReviewKD(FeatureMethod):
     aligned shapes), loss and gradient (student maps and every ABF parameter) max relative difference
     0.0e+00 in float64 and in float32."""
 
-    description = ("ReviewKD: ce*CE + beta*min(1,epoch/warmup)*HCL(ABF review chain of student stages, teacher "
-                   "pre-activation stages), beta 5, warm-up 20 epochs")
+    description = (
+        "ReviewKD: ce*CE + beta*min(1,epoch/warmup)*HCL(ABF review chain of student stages, teacher "
+        "pre-activation stages), beta 5, warm-up 20 epochs"
+    )
     needs = Needs(student=("logits", "stages", "embedding"), teacher=("preact_stages", "embedding"))
     params = feature_section(
-        "ReviewKD", 5.0, "ReviewKD CIFAR-100/script/reviewKD.sh:7 --kd-loss-weight 5.0 for resnet32x4->resnet8x4 "
+        "ReviewKD",
+        5.0,
+        "ReviewKD CIFAR-100/script/reviewKD.sh:7 --kd-loss-weight 5.0 for resnet32x4->resnet8x4 "
         "(also :1-9 for the WRN/ShuffleV1 pairs; 8.0 for ShuffleV2 :11, 0.6 resnet56->resnet20 :13, 1.0 "
         "resnet110->resnet32 :15); mdistiller configs/cifar100/reviewkd.yaml:10",
-        warmup_epochs=Field(float, 20.0, "epochs over which the feature weight ramps up linearly from 0 (ReviewKD "
-                            "CIFAR-100/train.py:50 --kd-warm-up 20; mdistiller engine/cfg.py:153); 0: none",
-                            min=0.0, max=1e6),
-        max_mid_channels=Field(int, 512, "the ABFs' middle width is min(this, the student's embedding width) "
-                               "(ReviewKD CIFAR-100/model/reviewkd.py:69; mdistiller engine/cfg.py:158)",
-                               min=1, max=1 << 16),
-        teacher_preact=Field(bool, True, "compare with the teacher's pre-activation stages (ReviewKD "
-                             "CIFAR-100/train.py:222 preact=True); false: its stage outputs, for teachers without "
-                             "pre-activations (WRN: the authors apply the next block's bn1 there, "
-                             "model/wide_resnet_cifar.py:120-123, which lskd-bench's layout does not capture)"))
+        warmup_epochs=Field(
+            float,
+            20.0,
+            "epochs over which the feature weight ramps up linearly from 0 (ReviewKD "
+            "CIFAR-100/train.py:50 --kd-warm-up 20; mdistiller engine/cfg.py:153); 0: none",
+            min=0.0,
+            max=1e6,
+        ),
+        max_mid_channels=Field(
+            int,
+            512,
+            "the ABFs' middle width is min(this, the student's embedding width) "
+            "(ReviewKD CIFAR-100/model/reviewkd.py:69; mdistiller engine/cfg.py:158)",
+            min=1,
+            max=1 << 16,
+        ),
+        teacher_preact=Field(
+            bool,
+            True,
+            "compare with the teacher's pre-activation stages (ReviewKD "
+            "CIFAR-100/train.py:222 preact=True); false: its stage outputs, for teachers without "
+            "pre-activations (WRN: the authors apply the next block's bn1 there, "
+            "model/wide_resnet_cifar.py:120-123, which lskd-bench's layout does not capture)",
+        ),
+    )
 
     def __init__(self, params=None):
         super().__init__(params)
@@ -126,15 +152,15 @@ class ReviewKD(FeatureMethod):
         t_stages = [teacher[k] for k in stage_keys(teacher, pre=self.p["teacher_preact"])]
         s_stages, t_stages = aligned_last(s_stages, t_stages)
         emb_s, emb_t = student["embedding"], teacher["embedding"]
-        return ([*s_stages, emb_s.reshape(*emb_s.shape[:2], 1, 1)],
-                [*t_stages, emb_t.reshape(*emb_t.shape[:2], 1, 1)])
+        return ([*s_stages, emb_s.reshape(*emb_s.shape[:2], 1, 1)], [*t_stages, emb_t.reshape(*emb_t.shape[:2], 1, 1)])
 
     def setup(self, probe: Probe) -> None:
         s, t = self._features(probe.s, probe.t)
         mid = min(self.p["max_mid_channels"], s[-1].shape[1])
         # built shallowest first, as reviewkd.py:70-71 (the same draws from the random stream)
-        self.abfs = nn.ModuleList([ABF(fs.shape[1], mid, ft.shape[1], i < len(s) - 1)
-                                   for i, (fs, ft) in enumerate(zip(s, t))])
+        self.abfs = nn.ModuleList(
+            [ABF(fs.shape[1], mid, ft.shape[1], i < len(s) - 1) for i, (fs, ft) in enumerate(zip(s, t))]
+        )
         self.out_sizes = [tuple(ft.shape[2:]) for ft in t]
 
     def review(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -171,7 +197,7 @@ def bn_margin(bn: nn.BatchNorm2d) -> torch.Tensor:
             continue
         cdf = 0.5 * math.erfc(m / s / math.sqrt(2.0))  # norm.cdf(-m / s)
         if cdf > 0.001:
-            margin.append(-s * math.exp(-(m / s) ** 2 / 2) / math.sqrt(2 * math.pi) / cdf + m)
+            margin.append(-s * math.exp(-((m / s) ** 2) / 2) / math.sqrt(2 * math.pi) / cdf + m)
         else:
             margin.append(-3 * s)
     device = bn.weight.device if bn.weight is not None else None
@@ -217,16 +243,23 @@ class OFD(FeatureMethod):
     mdistiller@a08d46f distillers/OFD.py:142-161 ofd_loss (also the digits pair: 3 vs 2 stages, pooled),
     loss <= 2.5e-16 (float64), gradient 0.0e+00."""
 
-    description = ("OFD: ce*CE + beta*sum_i 2^-(k-1-i) partial-L2(connector(s_preact_i), max(t_preact_i, "
-                   "margin_i))/batch, beta 1e-3")
+    description = (
+        "OFD: ce*CE + beta*sum_i 2^-(k-1-i) partial-L2(connector(s_preact_i), max(t_preact_i, "
+        "margin_i))/batch, beta 1e-3"
+    )
     needs = Needs(student=("logits", "preact_stages"), teacher=("preact_stages",))
-    params = feature_section("OFD", 1e-3, "overhaul-distillation CIFAR-100/train_with_distillation.py:91 "
-                             "loss_distill.sum() / batch_size / 1000; mdistiller engine/cfg.py:103")
+    params = feature_section(
+        "OFD",
+        1e-3,
+        "overhaul-distillation CIFAR-100/train_with_distillation.py:91 "
+        "loss_distill.sum() / batch_size / 1000; mdistiller engine/cfg.py:103",
+    )
 
     def setup(self, probe: Probe) -> None:
         s_keys, t_keys = aligned_last(stage_keys(probe.s, pre=True), stage_keys(probe.t, pre=True))
-        self.connectors = nn.ModuleList([connector(probe.s[a].shape[1], probe.t[b].shape[1])
-                                         for a, b in zip(s_keys, t_keys)])
+        self.connectors = nn.ModuleList(
+            [connector(probe.s[a].shape[1], probe.t[b].shape[1]) for a, b in zip(s_keys, t_keys)]
+        )
         bns = bn_before_preact(probe.teacher, probe.t_layout, [k.removeprefix("preact_") for k in t_keys])
         for i, bn in enumerate(bns):
             self.register_buffer(f"margin{i + 1}", bn_margin(bn))

@@ -3,6 +3,7 @@
 All functions take logits of shape (N, K) and integer targets of shape (N,); sequence tasks flatten
 their (batch, length) positions and drop padding before calling them.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,8 +53,14 @@ def kd_loss(
     return terms["ce"] + terms["kd"]
 
 
-def kd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, T: float,
-             lam: float = 0.5, t_squared: bool = True) -> dict[str, torch.Tensor]:
+def kd_terms(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    T: float,
+    lam: float = 0.5,
+    t_squared: bool = True,
+) -> dict[str, torch.Tensor]:
     """``kd_loss``'s two weighted terms: ``{"ce": (1 - lam) * CE, "kd": lam * T^2 * KL}``."""
     ce = F.cross_entropy(_upcast(student_logits), targets) if lam < 1.0 else student_logits.new_zeros(())
     scale = T * T if t_squared else 1.0
@@ -69,8 +76,9 @@ def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     return (z - z.mean(dim=-1, keepdim=True)) / (eps + z.std(dim=-1, keepdim=True))
 
 
-def dkd_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-              T: float) -> tuple[torch.Tensor, torch.Tensor]:
+def dkd_parts(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, T: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(TCKD, NCKD) of Decoupled KD (Zhao et al., CVPR 2022, eq. 7), each already scaled by T^2 and averaged
     over rows, as ``dkd_loss`` in mdistiller (megvii-research/mdistiller, mdistiller/distillers/DKD.py):
 
@@ -96,7 +104,9 @@ def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.T
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
 
 
-def dist_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+def dist_parts(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(inter, intra) relation losses of DIST (Huang et al., NeurIPS 2022, eqs. 6-8), each scaled by tau^2, as
     hunto/image_classification_sota lib/models/losses/dist_kd.py: inter = 1 - mean Pearson correlation of each
     sample's class probabilities; intra = the same over each class's probabilities across the batch."""
@@ -115,8 +125,9 @@ def ttm_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, gamma: fl
     return F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean")
 
 
-def nkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, T: float,
-             gamma: float) -> torch.Tensor:
+def nkd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, T: float, gamma: float
+) -> torch.Tensor:
     """Normalized KD (Yang et al., ICCV 2023, eq. 8), as yzd-v/cls_KD mmcls/models/dis_losses/nkd.py:
     ``-mean(t_y * log s_y) - gamma * T^2 * mean(sum_{k!=y} softmax(t_nt/T)_k * log softmax(s_nt/T)_k)``, where
     t_y is the teacher's target probability (no gradient) and *_nt are the logits without the target class."""

@@ -6,6 +6,7 @@ Which grid axes apply: methods with ``uses_temperature = True`` take the grid's 
 alpha x T); the others have their own temperature (DIST's tau, TTM's gamma, CTKD's learned T) and get one
 student per alpha.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -77,8 +78,10 @@ class DKD(Method):
             scale = self.p["std_weight"]
         tckd, nckd = dkd_parts(s, t, targets, float(ctx.T))
         ramp = min((ctx.epoch + 1) / self.p["warmup"], 1.0)
-        return {"ce": _ce(student_logits, targets, self.p["ce_weight"]),
-                "kd": ramp * scale * (self.p["alpha"] * tckd + self.p["beta"] * nckd)}
+        return {
+            "ce": _ce(student_logits, targets, self.p["ce_weight"]),
+            "kd": ramp * scale * (self.p["alpha"] * tckd + self.p["beta"] * nckd),
+        }
 
 
 @METHODS.register("kd_std")
@@ -205,7 +208,10 @@ class CTKD(nn.Module, Method):
         log_ps = F.log_softmax(_upcast(student_logits) / T, dim=-1)
         log_pt = F.log_softmax(_upcast(teacher_logits) / T, dim=-1)
         kl = F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean")
-        return {"ce": _ce(student_logits, targets, self.p["ce_weight"]), "kd": self.p["kd_weight"] * (T * T).squeeze() * kl}
+        return {
+            "ce": _ce(student_logits, targets, self.p["ce_weight"]),
+            "kd": self.p["kd_weight"] * (T * T).squeeze() * kl,
+        }
 
     def report(self) -> dict[str, float]:
         with torch.no_grad():

@@ -1,4 +1,5 @@
 """Plan the cells of an alpha x T grid: teachers, KD students and the no-KD baseline."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -90,11 +91,18 @@ def teacher_weights(teacher: Cell, out: Path, which: str) -> tuple[Path, dict[st
         epoch = (result.get("best") or {}).get("epoch", last_epoch)
         if name is None:
             if result.get("best") and epoch != last_epoch:
-                raise RuntimeError(f"teacher {teacher.name} kept no weights of its selected epoch {epoch} (finished "
-                                   f"before lskd-bench saved them): train it again, or set teacher_weights: last")
+                raise RuntimeError(
+                    f"teacher {teacher.name} kept no weights of its selected epoch {epoch} (finished "
+                    f"before lskd-bench saved them): train it again, or set teacher_weights: last"
+                )
             name, epoch = store.MODEL, last_epoch
-    record = {"cell": f"{teacher.name}-{teacher.hash}", "which": which, "file": name, "epoch": epoch,
-              "last_epoch": last_epoch}
+    record = {
+        "cell": f"{teacher.name}-{teacher.hash}",
+        "which": which,
+        "file": name,
+        "epoch": epoch,
+        "last_epoch": last_epoch,
+    }
     return d / name, record
 
 
@@ -143,7 +151,11 @@ def validate_grid(cfg: dict[str, Any]) -> None:
     grid = cfg["grid"]
     if len(set(grid["axes"])) != len(grid["axes"]):
         raise UsageError(f"grid.axes lists an axis twice: {', '.join(grid['axes'])}")
-    for name, values in (("grid.alphas", grid["alphas"]), ("grid.temperatures", grid["temperatures"]), ("grid.seeds", grid["seeds"])):
+    for name, values in (
+        ("grid.alphas", grid["alphas"]),
+        ("grid.temperatures", grid["temperatures"]),
+        ("grid.seeds", grid["seeds"]),
+    ):
         if len(set(values)) != len(values):
             raise UsageError(f"{name} lists a value twice: {values}")
     if len(set(cfg["methods"])) != len(cfg["methods"]):  # kd,kd planned one cell twice

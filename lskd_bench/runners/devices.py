@@ -10,6 +10,7 @@ Explicit ``gpus`` are not checked against the ids the machine has (they may be U
 ``CUDA_VISIBLE_DEVICES``), but a machine where torch sees no GPU at all refuses them (``require_cuda``), as it
 refuses ``device: cuda``: training would silently run on the CPU.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,10 @@ def require_cuda(cfg: Mapping[str, Any], where: str = "") -> None:
     if cfg.get("device") == "cuda":
         raise UsageError(f"device cuda: torch sees no CUDA GPU on this machine{where}; use --device cpu or auto")
     if cfg.get("gpus") is not None:
-        raise UsageError(f"gpus {cfg['gpus']}: torch sees no CUDA GPU on this machine{where}; leave out --gpus "
-                         "(and --per-gpu) to train on the CPU")
+        raise UsageError(
+            f"gpus {cfg['gpus']}: torch sees no CUDA GPU on this machine{where}; leave out --gpus "
+            "(and --per-gpu) to train on the CPU"
+        )
 
 
 def discover(cfg: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None) -> list[str]:

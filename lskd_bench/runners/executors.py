@@ -15,6 +15,7 @@ another ``lskd-bench run`` on the same directory are waited for, never trained t
 Third-party executors (a cluster scheduler, say) register through the ``lskd_bench.executors``
 entry-point group: a class whose ``run(job, units)`` trains the given units.
 """
+
 from __future__ import annotations
 
 import os
@@ -70,8 +71,10 @@ class LocalExecutor(Executor):
 
     def run(self, job: GridJob, units: list[list[Cell]]) -> None:
         if job.cfg["gpus"] is not None or job.cfg["per_gpu"] > 1:
-            job.say("note: --gpus and --per-gpu are used by the subprocess and torchrun executors; the local executor "
-                    "trains one unit at a time on one device (--executor subprocess to spread units over GPUs)")
+            job.say(
+                "note: --gpus and --per-gpu are used by the subprocess and torchrun executors; the local executor "
+                "trains one unit at a time on one device (--executor subprocess to spread units over GPUs)"
+            )
         device = resolve_device(job.cfg)
         sched = Scheduler(job, units)
         teacher_cache: dict = {}
@@ -149,8 +152,9 @@ class SubprocessExecutor(Executor):
         gpus = discover(cfg)
         k = cls().procs_per_unit(cfg)
         if gpus and k > len(gpus):
-            raise UsageError(f"nproc_per_node {k} needs {k} GPUs per unit; only {len(gpus)} available "
-                             f"({','.join(gpus)})")
+            raise UsageError(
+                f"nproc_per_node {k} needs {k} GPUs per unit; only {len(gpus)} available ({','.join(gpus)})"
+            )
 
     def plan(self, job: GridJob) -> tuple[DevicePool, int, int, int]:
         """(GPU pool, units at once, CPU threads per process, data-loader workers per process)."""
@@ -174,13 +178,18 @@ class SubprocessExecutor(Executor):
         spec = job.write_spec({"num_workers": workers} if workers != job.cfg["num_workers"] else None)
         log = DeviceLog(job) if pool else None
         if log is not None:
-            log.say(f"{len(pool.gpus)} GPU{'s' if len(pool.gpus) > 1 else ''} ({','.join(pool.gpus)}): "
-                    f"{self._packing(pool, k)}, {jobs} unit{'s' if jobs > 1 else ''} at a time, {threads} CPU "
-                    f"thread{'s' if threads > 1 else ''} per process ({type(self).__name__.removesuffix('Executor').lower()} "
-                    f"executor; --gpus, --per-gpu, --jobs or --executor local to change)", first=True)
+            log.say(
+                f"{len(pool.gpus)} GPU{'s' if len(pool.gpus) > 1 else ''} ({','.join(pool.gpus)}): "
+                f"{self._packing(pool, k)}, {jobs} unit{'s' if jobs > 1 else ''} at a time, {threads} CPU "
+                f"thread{'s' if threads > 1 else ''} per process ({type(self).__name__.removesuffix('Executor').lower()} "
+                f"executor; --gpus, --per-gpu, --jobs or --executor local to change)",
+                first=True,
+            )
         elif job.cfg["per_gpu"] > 1:
-            job.say(f"note: --per-gpu {job.cfg['per_gpu']} has no effect: no GPU here; {jobs} unit"
-                    f"{'s' if jobs > 1 else ''} at a time on the CPU (--jobs N)")
+            job.say(
+                f"note: --per-gpu {job.cfg['per_gpu']} has no effect: no GPU here; {jobs} unit"
+                f"{'s' if jobs > 1 else ''} at a time on the CPU (--jobs N)"
+            )
         sched = Scheduler(job, units)
         running: list[tuple[subprocess.Popen, list[Cell], Optional[list[str]]]] = []
         launch = Launch(job, self.launcher(job), spec, threads, die_with_parent())
@@ -297,7 +306,15 @@ class TorchrunExecutor(SubprocessExecutor):
 
     def launcher(self, job: GridJob) -> list[str]:
         n = self.procs_per_unit(job.cfg)
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "-m", "lskd_bench.runners.worker"]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={n}",
+            "-m",
+            "lskd_bench.runners.worker",
+        ]
 
     def procs_per_unit(self, cfg: dict) -> int:
         return cfg["nproc_per_node"]

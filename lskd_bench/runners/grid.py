@@ -1,6 +1,7 @@
 """The grid runner: resolve the config, plan cells, skip the finished ones, group the rest into training
 units (fused data passes) and hand them to an executor, which trains them under cross-process locks
 (``runners/units.py``)."""
+
 from __future__ import annotations
 
 import os
@@ -28,9 +29,14 @@ from .scheduler import Scheduler, raise_if_data_error  # noqa: F401  (re-exporte
 from .units import GridJob, unit_inputs  # noqa: F401  (re-exported)
 
 
-def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Mapping[str, Any],
-            file_label: str = "config file", check_executor: bool = True,
-            profile: Optional[tuple[str, Mapping[str, Any]]] = None) -> Resolved:
+def resolve(
+    task_name: Optional[str],
+    file_cfg: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    file_label: str = "config file",
+    check_executor: bool = True,
+    profile: Optional[tuple[str, Mapping[str, Any]]] = None,
+) -> Resolved:
     """schema defaults <- task recipe <- pair recipe (``pair``) <- YAML file <- executor profile <- CLI overrides,
     checked (UsageError on bad input)."""
     name = task_name or file_cfg.get("task") or DEFAULT_TASK
@@ -38,15 +44,24 @@ def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Ma
     recipe = task.default_config()
     pair = overrides.get("pair") or file_cfg.get("pair") or recipe.get("pair")
     pair_layers = [task.pair_layer(str(pair))] if pair else []  # the pair's published recipe over the task's
-    res = resolve_layers(task, [(task.recipe_source(), recipe), *pair_layers, (file_label, file_cfg),
-                                *([profile] if profile else []),
-                                ("command line", {**overrides, "task": name} if task_name else dict(overrides))])
+    res = resolve_layers(
+        task,
+        [
+            (task.recipe_source(), recipe),
+            *pair_layers,
+            (file_label, file_cfg),
+            *([profile] if profile else []),
+            ("command line", {**overrides, "task": name} if task_name else dict(overrides)),
+        ],
+    )
     cfg = res.cfg
     cfg["task"] = name
     validate_grid(cfg)
     if cfg["lock"]["heartbeat_s"] * 2 > cfg["lock"]["stale_s"]:  # a live owner elsewhere must look alive
-        raise UsageError(f"lock.heartbeat_s ({cfg['lock']['heartbeat_s']:g}) must be at most half of lock.stale_s "
-                         f"({cfg['lock']['stale_s']:g}): a lock is taken over when its heartbeat is older than stale_s")
+        raise UsageError(
+            f"lock.heartbeat_s ({cfg['lock']['heartbeat_s']:g}) must be at most half of lock.stale_s "
+            f"({cfg['lock']['stale_s']:g}): a lock is taken over when its heartbeat is older than stale_s"
+        )
     check_student_methods(cfg["methods"], task.kind)
     executor = EXECUTORS.get(cfg["executor"])
     if check_executor and hasattr(executor, "validate"):
@@ -69,7 +84,9 @@ def resolve(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Ma
     return res
 
 
-def resolve_config(task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+def resolve_config(
+    task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Mapping[str, Any]
+) -> dict[str, Any]:
     return resolve(task_name, file_cfg, overrides).cfg
 
 
@@ -133,8 +150,10 @@ class GridSummary:
             extra += f", {len(self.failed)} failed"
         if self.blocked:
             extra += f", {len(self.blocked)} not run (teacher failed)"
-        return (f"{len(self.cells)} cells: trained {len(self.trained)}, reused {len(self.reused)} finished{extra} "
-                f"({self.wall_s:.1f} s) -> {self.out}")
+        return (
+            f"{len(self.cells)} cells: trained {len(self.trained)}, reused {len(self.reused)} finished{extra} "
+            f"({self.wall_s:.1f} s) -> {self.out}"
+        )
 
     def failure_lines(self) -> list[str]:
         lines = [f"failed: {c.name}: {reason} (see {c.dir(self.out) / store.ERROR})" for c, reason in self.failed]
@@ -169,7 +188,17 @@ def run_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridSumma
         executor = EXECUTORS.get(cfg["executor"])()
         executor.run(job, units)
     record_fingerprints(cells, cfg, out)  # what data each finished cell saw, for runs of it at another path
-    return GridSummary(cells, job.trained, reused, time.perf_counter() - t0, out, failed=list(job.failed.values()),
-                       blocked=job.blocked, elsewhere=job.elsewhere, submitted=job.submitted, queued=job.queued,
-                       notes=job.notes, repairs=job.repairs)
-
+    return GridSummary(
+        cells,
+        job.trained,
+        reused,
+        time.perf_counter() - t0,
+        out,
+        failed=list(job.failed.values()),
+        blocked=job.blocked,
+        elsewhere=job.elsewhere,
+        submitted=job.submitted,
+        queued=job.queued,
+        notes=job.notes,
+        repairs=job.repairs,
+    )

@@ -4,6 +4,7 @@ A finished translation cell holds everything needed (``result.json`` with the wh
 ``run_config``, the weights ``model.pt`` / ``model_selected.pt`` and the SentencePiece model ``spm.model``),
 so neither the training data nor the run's cache is read.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -46,10 +47,15 @@ def find_cell(run: Optional[str] = None, runs: Optional[str] = None, name: Optio
         names = sorted({p.parent.name.rsplit("-", 1)[0] for p in root.glob(f"*/*/{store.RESULT}")})
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.6) or [n for n in names if n.startswith(name)][:1]
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise UsageError(f"no finished cell named {name!r} under {root}{hint} ('lskd-bench status --runs {root}' lists them)")
+        raise UsageError(
+            f"no finished cell named {name!r} under {root}{hint} ('lskd-bench status --runs {root}' lists them)"
+        )
     if len(found) > 1:
-        raise UsageError(f"{len(found)} finished cells match {name!r} under {root}: "
-                         + ", ".join(p.name for p in found) + " (give NAME-HASH)")
+        raise UsageError(
+            f"{len(found)} finished cells match {name!r} under {root}: "
+            + ", ".join(p.name for p in found)
+            + " (give NAME-HASH)"
+        )
     return found[0]
 
 
@@ -84,7 +90,9 @@ def load_cell(cell_dir: Path, weights: str = "selected", device: Optional[torch.
         raise UsageError(f"{cell_dir / store.RESULT} cannot be read as JSON (a damaged cell: train it again)")
     task = get_task(result["cell"]["task"])
     if task.kind != "translation":
-        raise UsageError(f"{cell_dir.name} is a cell of task {task.name} ({task.kind}): translate takes a translation cell")
+        raise UsageError(
+            f"{cell_dir.name} is a cell of task {task.name} ({task.kind}): translate takes a translation cell"
+        )
     role = "teacher" if result["cell"]["role"] == "teacher" else "student"
     try:
         cfg = cell_config(task, result)
@@ -92,24 +100,31 @@ def load_cell(cell_dir: Path, weights: str = "selected", device: Optional[torch.
         if lacks:
             raise ValueError(f"no {', '.join(lacks)} section")
     except UsageError as exc:
-        raise UsageError(f"{cell_dir / store.RESULT}: its config does not resolve ({exc}); train the cell again") from None
+        raise UsageError(
+            f"{cell_dir / store.RESULT}: its config does not resolve ({exc}); train the cell again"
+        ) from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise UsageError(f"{cell_dir / store.RESULT}: damaged run_config ({type(exc).__name__}: {exc}); "
-                         "train the cell again") from None
+        raise UsageError(
+            f"{cell_dir / store.RESULT}: damaged run_config ({type(exc).__name__}: {exc}); train the cell again"
+        ) from None
     try:
         data = task.inference_data(cell_dir, result)
     except UsageError:
         raise
     except Exception as exc:  # noqa: BLE001 - sentencepiece/OS errors of a missing or truncated spm.model
-        raise UsageError(f"{cell_dir}: cannot rebuild the cell's vocabulary from its files ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}); train the cell again") from None
+        raise UsageError(
+            f"{cell_dir}: cannot rebuild the cell's vocabulary from its files ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); train the cell again"
+        ) from None
     try:
         model = task.build_model(result["cell"]["arch"], data, cfg, cfg[role])
     except UsageError:
         raise
     except Exception as exc:  # noqa: BLE001 - a run_config edited into values the model cannot take
-        raise UsageError(f"{cell_dir / store.RESULT}: its config does not build a model ({type(exc).__name__}: "
-                         f"{exc}); train the cell again") from None
+        raise UsageError(
+            f"{cell_dir / store.RESULT}: its config does not build a model ({type(exc).__name__}: "
+            f"{exc}); train the cell again"
+        ) from None
     name = (result.get("weights") or {}).get(weights, store.MODEL)
     epoch = (result.get("selection") or {}).get("epoch") if weights == "selected" else result.get("epochs")
     if weights == "selected" and "weights" not in result:
@@ -150,7 +165,9 @@ def read_text_lines(path: Optional[str]) -> list[str]:
     return out
 
 
-def translate_lines(cell: LoadedCell, lines: list[str], device: torch.device, progress: bool = False) -> tuple[list[str], int]:
+def translate_lines(
+    cell: LoadedCell, lines: list[str], device: torch.device, progress: bool = False
+) -> tuple[list[str], int]:
     """Detokenised translations of ``lines`` in input order (an empty line stays empty), batched as the
     task's beam search batches; and how many sources were cut to the model's longest input."""
     sw = cell.data.extras["subwords"]

@@ -13,6 +13,7 @@ name exists), so a full disk never leaves an empty lock behind. A lock whose con
 truncated: left by an older version or a damaged disk) names no owner: it is judged by its age alone, stale
 once its mtime is older than ``stale_s``; ``describe()`` says so, and whoever takes it over reports it.
 """
+
 from __future__ import annotations
 
 import errno
@@ -95,8 +96,15 @@ def read_lock(cell_dir: Path) -> Optional[LockInfo]:
     try:
         data = json.loads(raw.decode())
         devices, start = data.get("devices"), data.get("start")
-        return LockInfo(str(data["host"]), int(data["pid"]), str(data["token"]), float(data["since"]), age,
-                        str(devices) if devices else None, start=int(start) if start is not None else None)
+        return LockInfo(
+            str(data["host"]),
+            int(data["pid"]),
+            str(data["token"]),
+            float(data["since"]),
+            age,
+            str(devices) if devices else None,
+            start=int(start) if start is not None else None,
+        )
     except (ValueError, KeyError, TypeError, AttributeError):
         return LockInfo("?", -1, "?", 0.0, age, problem="empty" if not raw.strip() else "not a lock record")
 
@@ -141,8 +149,10 @@ class CellLock:
                 continue
             aside.unlink(missing_ok=True)
             if info.problem:
-                self.took_over = (f"{self.path} was unreadable ({info.problem}) and untouched for {info.age:.0f} s "
-                                  f"(> lock.stale_s {stale_s:g} s): taken over")
+                self.took_over = (
+                    f"{self.path} was unreadable ({info.problem}) and untouched for {info.age:.0f} s "
+                    f"(> lock.stale_s {stale_s:g} s): taken over"
+                )
         return False
 
     def _create(self) -> bool:

@@ -15,6 +15,7 @@ line. Students follow their teachers: their hashes re-plan through the teacher's
 being found at their own path by their hash, and at another path once their data.json exists or their old path
 still holds the same data.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -87,8 +88,13 @@ def recorded_fingerprint(d: Path) -> Optional[str]:
 def record_fingerprints(cells: list[Cell], cfg: dict[str, Any], out: Path) -> None:
     """``data.json`` in each finished cell of ``cells`` that lacks one (the data at ``cfg``'s root is the cell's:
     its hash covers that root)."""
-    todo = [c.dir(out) for c in cells if not os.path.islink(c.dir(out)) and store.read_result(c.dir(out)) is not None
-            and recorded_fingerprint(c.dir(out)) is None]
+    todo = [
+        c.dir(out)
+        for c in cells
+        if not os.path.islink(c.dir(out))
+        and store.read_result(c.dir(out)) is not None
+        and recorded_fingerprint(c.dir(out)) is None
+    ]
     fp = data_fingerprint(cfg) if todo else None
     for d in todo if fp else []:
         try:
@@ -133,7 +139,8 @@ def find_moved(cells: list[Cell], cfg: dict[str, Any], out: Path) -> list[str]:
                 os.symlink(cand.name, d, target_is_directory=True)
             except FileExistsError:
                 break
-            lines.append(f"found: {c.name}: the same data (fingerprint {fp}) finished at {root}: {cand.name} "
-                         f"reused as {d.name}")
+            lines.append(
+                f"found: {c.name}: the same data (fingerprint {fp}) finished at {root}: {cand.name} reused as {d.name}"
+            )
             break
     return lines

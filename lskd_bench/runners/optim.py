@@ -1,5 +1,6 @@
 """Optimiser and learning-rate schedule of one role's recipe (``cfg["teacher"]`` / ``cfg["student"]``, resolved:
 every key is present, see ``schema.TRAIN``)."""
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,9 @@ def build_optimizer(params: Sequence[nn.Parameter], hp: dict[str, Any]) -> torch
     every = hp["decay_norm_and_bias"]
     decay = [p for p in params if p.ndim > 1 or every]
     no_decay = [p for p in params if p.ndim <= 1 and not every]
-    groups = [g for g in ({"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    groups = [
+        g for g in ({"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]
+    ]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=hp["momentum"], nesterov=hp["nesterov"])
     betas = tuple(hp["betas"])

@@ -1,6 +1,7 @@
 """Probing models for feature methods: a teacher's view shared by a fused group, the student's tap and the
 method's setup from a probe forward, and the check ``run`` makes before anything is written (every output a
 method needs exists in both models, and its parts can be sized)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,8 +50,14 @@ def teacher_view(teacher: nn.Module, data: TaskData, device: torch.device, needs
     return TeacherView(teacher, layout, x, probe_outputs(teacher, layout, names, x))
 
 
-def setup_method(method: Method, model: nn.Module, view: TeacherView, num_samples: int, num_classes: int,
-                 labels: Optional[torch.Tensor] = None) -> Tap:
+def setup_method(
+    method: Method,
+    model: nn.Module,
+    view: TeacherView,
+    num_samples: int,
+    num_classes: int,
+    labels: Optional[torch.Tensor] = None,
+) -> Tap:
     """The student's tap for ``method.needs.student``, after ``method.setup`` from a probe forward of both models
     (``labels``: the training samples' classes, for methods that read sample indices)."""
     layout = describe(model, view.x)
@@ -71,8 +78,10 @@ def check_feature_methods(task: Task, cfg: dict[str, Any]) -> None:
         return
     shape = task.probe_shape(cfg)
     if shape is None:
-        raise UsageError(f"methods {', '.join(names)} read intermediate outputs, which task {task.name} does not give "
-                         "(they apply to the image tasks)")
+        raise UsageError(
+            f"methods {', '.join(names)} read intermediate outputs, which task {task.name} does not give "
+            "(they apply to the image tasks)"
+        )
     stand_in = TaskData(train=[], val=[], num_classes=10, class_names=[str(i) for i in range(10)])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -9,6 +9,7 @@ log), e.g.
 ``json``: the same events as one JSON object a line. ``auto``: ``bar`` when stdout and stderr are both
 terminals, else ``plain``. Lines go to stderr, where the bars go.
 """
+
 from __future__ import annotations
 
 import json
@@ -94,8 +95,15 @@ class Lines:
         self.last = mono
         now = datetime.now(timezone.utc).astimezone()
         if self.fmt == "json":
-            record = {"time": now.isoformat(timespec="seconds"), "source": self.desc, "n": self.n, "total": self.total,
-                      "unit": self.unit, "elapsed_s": round(mono - self.t0, 3), **_jsonable(fields)}
+            record = {
+                "time": now.isoformat(timespec="seconds"),
+                "source": self.desc,
+                "n": self.n,
+                "total": self.total,
+                "unit": self.unit,
+                "elapsed_s": round(mono - self.t0, 3),
+                **_jsonable(fields),
+            }
             if "event" not in record:
                 record["event"] = "progress"
             _emit(json.dumps(record))
@@ -118,8 +126,9 @@ class Off:
         pass
 
 
-def progress_bar(cfg: dict[str, Any], *, total: int, desc: str, unit: str, show: bool = True, initial: int = 0,
-                 leave: bool = True):
+def progress_bar(
+    cfg: dict[str, Any], *, total: int, desc: str, unit: str, show: bool = True, initial: int = 0, leave: bool = True
+):
     """A ``Bar``, ``Lines`` or ``Off`` (``show`` false) for ``total`` steps of ``unit``."""
     if not show:
         return Off()
@@ -135,7 +144,14 @@ def say(cfg: dict[str, Any], text: str) -> None:
     if fmt == "bar":
         tqdm.write(text, file=sys.stderr)
     elif fmt == "json":
-        _emit(json.dumps({"time": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
-                          "event": "message", "text": text}))
+        _emit(
+            json.dumps(
+                {
+                    "time": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
+                    "event": "message",
+                    "text": text,
+                }
+            )
+        )
     else:
         _emit(text)

@@ -10,6 +10,7 @@ that is safe. Nothing is deleted: a damaged file is renamed beside itself (``NAM
 
 Each repair is one line: ``repaired: <cell>: <file> <problem>: <what was done>``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,7 +50,9 @@ def repair_cells(cells: list[Cell], out: Path) -> list[str]:
         if problem:
             aside = store.move_aside(d / store.RESULT)
             say(c, f"{store.RESULT} {problem}: moved to {aside.name}; the cell is trained again")
-    needed = {c.teacher.hash: c.teacher for c in cells if c.teacher is not None and store.read_result(c.dir(out)) is None}
+    needed = {
+        c.teacher.hash: c.teacher for c in cells if c.teacher is not None and store.read_result(c.dir(out)) is None
+    }
     for t in needed.values():
         d = t.dir(out)
         if store.read_result(d) is None:

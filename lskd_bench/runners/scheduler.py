@@ -1,6 +1,7 @@
 """Which unit trains next, for the executors that train units from this process (``local``) or from its
 children (``subprocess``, ``torchrun``): a unit starts once its teachers are finished, and every cell is
 tracked to a final state."""
+
 from __future__ import annotations
 
 import time
@@ -88,9 +89,11 @@ class Scheduler:
                 self.told.add(cell.hash)
                 info = read_lock(cell.dir(self.job.out))
                 stale_s = self.cfg_lock["stale_s"]
-                self.job.say(f"waiting: {cell.name} is locked ({info.describe() if info else 'lock released'}; "
-                             f"{cell.dir(self.job.out) / 'lock.json'}); taken over if its owner dies or it goes "
-                             f"{stale_s:g} s without a heartbeat (lock.stale_s)")
+                self.job.say(
+                    f"waiting: {cell.name} is locked ({info.describe() if info else 'lock released'}; "
+                    f"{cell.dir(self.job.out) / 'lock.json'}); taken over if its owner dies or it goes "
+                    f"{stale_s:g} s without a heartbeat (lock.stale_s)"
+                )
             self.waiting[cell.hash] = cell
             return
         if result_ok:

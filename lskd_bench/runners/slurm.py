@@ -15,6 +15,7 @@
 A shared filesystem between the submitting machine and the compute nodes is assumed (the run directory,
 the profile's log folder, and the Python environment).
 """
+
 from __future__ import annotations
 
 import json
@@ -45,17 +46,27 @@ PROFILE = Section(
         "account": Field(str, None, "account to charge", nullable=True, identity=False),
         "qos": Field(str, None, "quality of service", nullable=True, identity=False),
         "nodes": Field(int, 1, "nodes per job (DDP across them)", min=1, identity=False),
-        "gpus_per_node": Field(int, 0, "GPUs per node (one DDP process each; 0: one CPU process)", min=0, identity=False),
+        "gpus_per_node": Field(
+            int, 0, "GPUs per node (one DDP process each; 0: one CPU process)", min=0, identity=False
+        ),
         "cpus_per_task": Field(int, 4, "CPUs per process (data-loader workers)", min=1, identity=False),
-        "mem_gb": Field(float, None, "memory per node in GB (null: the partition's default)", min=0.0, nullable=True,
-                        identity=False),
-        "time_min": Field(int, 1440, "time limit per job in minutes (a timed-out job is requeued and resumes)", min=1,
-                          identity=False),
-        "setup": Field([str], [], "shell lines run before the job (module load ..., source venv/bin/activate)",
-                       identity=False),
+        "mem_gb": Field(
+            float, None, "memory per node in GB (null: the partition's default)", min=0.0, nullable=True, identity=False
+        ),
+        "time_min": Field(
+            int, 1440, "time limit per job in minutes (a timed-out job is requeued and resumes)", min=1, identity=False
+        ),
+        "setup": Field(
+            [str], [], "shell lines run before the job (module load ..., source venv/bin/activate)", identity=False
+        ),
         "sbatch_args": Field([str], [], "extra sbatch options as key=value, e.g. constraint=a100", identity=False),
-        "log_dir": Field(str, None, "submitit's folder for scripts and logs (default: RUNS/<task>/slurm)", nullable=True,
-                         identity=False),
+        "log_dir": Field(
+            str,
+            None,
+            "submitit's folder for scripts and logs (default: RUNS/<task>/slurm)",
+            nullable=True,
+            identity=False,
+        ),
         "poll_s": Field(float, 10.0, "seconds between squeue polls with --wait", min=0.1, max=3600.0, identity=False),
         "wait": Field(bool, False, "block until every cell settled, then print the leaderboard", identity=False),
     },
@@ -82,8 +93,12 @@ def queue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     """{job id: (state, reason)} of the given jobs still known to squeue (PENDING, RUNNING, ...)."""
     if not job_ids:
         return {}
-    out = subprocess.run([_require("squeue"), "-h", "-o", "%i|%T|%r", "-j", ",".join(job_ids)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [_require("squeue"), "-h", "-o", "%i|%T|%r", "-j", ",".join(job_ids)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     states = {}
     for line in out.stdout.splitlines():
         parts = line.strip().split("|")
@@ -215,8 +230,10 @@ class SlurmExecutor(Executor):
             self.wait(job, units, job_of, prof["poll_s"])
         elif job.submitted:
             jobs = sorted({job_of[c.hash] for c in job.submitted}, key=int)
-            job.notes.append(f"Slurm jobs: {' '.join(jobs)}\nwatch them with: lskd-bench status --runs {job.out}   "
-                             f"(or squeue -j {','.join(jobs)})")
+            job.notes.append(
+                f"Slurm jobs: {' '.join(jobs)}\nwatch them with: lskd-bench status --runs {job.out}   "
+                f"(or squeue -j {','.join(jobs)})"
+            )
 
     @staticmethod
     def _parameters(prof: dict[str, Any], cfg: dict[str, Any], unit: list[Cell]) -> dict[str, Any]:
@@ -317,8 +334,11 @@ def slurm_status(dirs: list[Path]) -> dict[Path, dict[str, str]]:
         if jid in states:
             st, reason = states[jid]
             live = st in ("RUNNING", "COMPLETING")
-            view[p] = {"job": jid, "live": "running" if live else "queued", "detail": st if live else f"{st} ({reason})"}
+            view[p] = {
+                "job": jid,
+                "live": "running" if live else "queued",
+                "detail": st if live else f"{st} ({reason})",
+            }
         else:
             view[p] = {"job": jid, "ended": f"job {jid} left the queue without a result; log tail:\n{log_tail(info)}"}
     return view
-

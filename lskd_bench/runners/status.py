@@ -1,6 +1,7 @@
 """``lskd-bench status``: the state of every cell of a run directory, from its files (result, lock, error,
 epoch checkpoint), with the view of each executor that tracks cells elsewhere (the slurm executor: job ids,
 queue states, log tails)."""
+
 from __future__ import annotations
 
 from pathlib import Path

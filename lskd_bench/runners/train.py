@@ -14,6 +14,7 @@ unfused training give the same result bit for bit on the CPU:
 A killed group resumes every member from its last checkpoint; members at different positions join the
 pass when it reaches them. ``checkpoint_every`` adds checkpoints within an epoch (translation).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -99,13 +100,22 @@ def environment(device: torch.device, processes: int = 1) -> dict[str, Any]:
     """Where a result was computed: floating-point results are bit-identical on one machine and build, and
     may differ slightly across CPUs and library builds."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
-    return {"lskd_bench": __version__, "commit": git_commit(), "torch": torch.__version__, "device": str(device),
-            "device_name": name, "cpu": cpu_model(), "threads": torch.get_num_threads(), "processes": processes,
-            "python": platform.python_version()}
+    return {
+        "lskd_bench": __version__,
+        "commit": git_commit(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "device_name": name,
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "processes": processes,
+        "python": platform.python_version(),
+    }
 
 
-def load_model(task: Task, arch: str, data: TaskData, cfg: dict[str, Any], path: Path, device: torch.device,
-               role: str = "teacher") -> nn.Module:
+def load_model(
+    task: Task, arch: str, data: TaskData, cfg: dict[str, Any], path: Path, device: torch.device, role: str = "teacher"
+) -> nn.Module:
     model = task.build_model(arch, data, cfg, cfg[role])
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.to(device).eval()
@@ -117,8 +127,13 @@ class InitStage:
     student in eval mode (``model_s.eval(); init_modules.train()``). ``updates``: where the main schedule starts.
     Without one (every logit method), ``epochs`` is 0 and nothing changes."""
 
-    def __init__(self, epochs: int = 0, modules: Sequence[nn.Module] = (), lr: float = 0.0,
-                 opt: Optional[torch.optim.Optimizer] = None):
+    def __init__(
+        self,
+        epochs: int = 0,
+        modules: Sequence[nn.Module] = (),
+        lr: float = 0.0,
+        opt: Optional[torch.optim.Optimizer] = None,
+    ):
         self.epochs, self.modules, self.lr, self.opt = epochs, list(modules), lr, opt
         self.params = [p for m in self.modules for p in m.parameters() if p.requires_grad]
         self.updates = 0
@@ -221,18 +236,22 @@ class Member:
         self.state_path = self.dir / store.STATE
         state = self._load_state()
         if state is None and (self.given or self.hp["init_checkpoint"]):
-            load_init_checkpoint(self.model, self.given or init_path(self.hp["init_checkpoint"], cell.alpha),
-                                 strict=bool(self.given))
+            load_init_checkpoint(
+                self.model, self.given or init_path(self.hp["init_checkpoint"], cell.alpha), strict=bool(self.given)
+            )
         self.rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         if state is not None:
             self._restore(state)
         self.rank, world = dist_info()
-        self.log = open_loggers(self.dir, self.cell, cfg, self.update, self.rank,
-                                self.task.selection(cfg, self.hp))  # None unless logging turns a logger on
+        self.log = open_loggers(
+            self.dir, self.cell, cfg, self.update, self.rank, self.task.selection(cfg, self.hp)
+        )  # None unless logging turns a logger on
         self.step_model: nn.Module = self.model
         if world > 1:
-            self.step_model = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.step_model = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
         if cfg["compile"]:
             # the eager random stream (dropout masks): a compiled cell draws what the same cell draws uncompiled,
             # so compile stays out of the cell's identity and resume/fusion stay exact
@@ -246,8 +265,9 @@ class Member:
         if self.teacher is None:
             raise ValueError(f"{self.cell.name}: method {self.cell.method!r} needs a teacher")
         labels = self.data.labels("train") if self.method.needs.indices else None
-        self.tap = setup_method(self.method, self.model, self.teacher, len(self.data.train), self.data.num_classes,
-                                labels)
+        self.tap = setup_method(
+            self.method, self.model, self.teacher, len(self.data.train), self.data.num_classes, labels
+        )
 
     # -- state ------------------------------------------------------------------------------------
     def _load_state(self) -> Optional[dict[str, Any]]:
@@ -268,8 +288,10 @@ class Member:
                 continue
             if path == prev_path:
                 why = damaged or f"{store.STATE} is missing (the run stopped while checkpointing)"
-                self.notes.append(f"repaired: {self.cell.name}: {why}; resumed from the previous checkpoint "
-                                  f"{store.STATE_PREV} (epoch {state['epoch'] + 1}, step {state.get('step', 0)})")
+                self.notes.append(
+                    f"repaired: {self.cell.name}: {why}; resumed from the previous checkpoint "
+                    f"{store.STATE_PREV} (epoch {state['epoch'] + 1}, step {state.get('step', 0)})"
+                )
             return state
         if damaged:
             self.notes.append(f"repaired: {self.cell.name}: {damaged}; the cell restarts from scratch")
@@ -291,8 +313,14 @@ class Member:
         self.loss_sum, self.loss_count = st.get("loss_sum", 0.0), st.get("loss_count", 0)
         self.term_sums = st.get("term_sums", {})
         self.skipped = st.get("skipped", [])
-        self.resumes = [*st.get("resumes", []), {"epoch": self.epoch + 1, "step": self.step,  # 1-based, as history
-                                                  "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
+        self.resumes = [
+            *st.get("resumes", []),
+            {
+                "epoch": self.epoch + 1,
+                "step": self.step,  # 1-based, as history
+                "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            },
+        ]
 
     def checkpoint(self) -> None:
         self.sync()  # never write the state of a step that went non-finite
@@ -343,8 +371,9 @@ class Member:
         self._loss_acc += loss.detach().double() * n
         if isinstance(terms, dict):
             if self._term_acc is None:
-                self._term_acc = {k: torch.full((), v, dtype=torch.float64, device=loss.device)
-                                  for k, v in self.term_sums.items()}
+                self._term_acc = {
+                    k: torch.full((), v, dtype=torch.float64, device=loss.device) for k, v in self.term_sums.items()
+                }
             for k, v in terms.items():
                 if k not in self._term_acc:
                     self._term_acc[k] = torch.zeros((), dtype=torch.float64, device=loss.device)
@@ -363,8 +392,14 @@ class Member:
         if self._term_acc is not None:
             self.term_sums = {k: float(v) for k, v in self._term_acc.items()}
 
-    def train_step(self, batch: Any, t_out: Optional[Outputs], epoch: int, steps_per_epoch: int = 1,
-                   indices: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def train_step(
+        self,
+        batch: Any,
+        t_out: Optional[Outputs],
+        epoch: int,
+        steps_per_epoch: int = 1,
+        indices: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """One optimizer step. On the CPU a non-finite loss raises ``CellFailed`` at once; on CUDA the step
         does not wait for the device (no host sync): ``sync()`` raises it at the next checkpoint or epoch end."""
         t0 = time.perf_counter()
@@ -383,11 +418,13 @@ class Member:
                 stage.train_mode(self.model)
             else:
                 self.model.train()
-            with autocast(self.device, self.cfg), (self.tap or contextlib.nullcontext()):
+            with autocast(self.device, self.cfg), self.tap or contextlib.nullcontext():
                 s_logits, targets = self.task.forward(self.step_model, batch)
             if indices is not None and indices.numel() != targets.numel():
-                raise CellFailed(f"method {self.cell.method} reads each sample's index, but this batch lost samples "
-                                 "(data.on_bad_sample: skip): fix the data (lskd-bench check-data) or drop the skip")
+                raise CellFailed(
+                    f"method {self.cell.method} reads each sample's index, but this batch lost samples "
+                    "(data.on_bad_sample: skip): fix the data (lskd-bench check-data) or drop the skip"
+                )
             s_out = Outputs(logits=s_logits.float())
             if self.tap is not None:
                 s_out.update({k: v.float() for k, v in self.tap.out.items()})
@@ -396,19 +433,26 @@ class Member:
             loss = total_loss(terms)
             if loss.device.type != "cuda":
                 if not torch.isfinite(loss):
-                    raise CellFailed(f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, update {self.update + 1}")
+                    raise CellFailed(
+                        f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, update {self.update + 1}"
+                    )
             else:  # remember the first non-finite update and its loss on the device (fill kernels, no copies)
                 if self._bad is None:
                     self._bad = torch.full((2,), -1.0, dtype=torch.float64, device=loss.device)
                 first = (self._bad[0] < 0) & ~torch.isfinite(loss.detach())
-                now = torch.stack([torch.full((), float(self.update), dtype=torch.float64, device=loss.device),
-                                   loss.detach().double()])
+                now = torch.stack(
+                    [
+                        torch.full((), float(self.update), dtype=torch.float64, device=loss.device),
+                        loss.detach().double(),
+                    ]
+                )
                 self._bad = torch.where(first, now, self._bad)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.hp["clip_norm"] > 0:
-                torch.nn.utils.clip_grad_norm_(params or [*self.model.parameters(), *self.method_params],
-                                               self.hp["clip_norm"])
+                torch.nn.utils.clip_grad_norm_(
+                    params or [*self.model.parameters(), *self.method_params], self.hp["clip_norm"]
+                )
             opt.step()
         self._accumulate(loss, terms, int(targets.shape[0]))
         self.step += 1
@@ -430,9 +474,15 @@ class Member:
             total, count, terms = float(sums[0]), int(sums[1]), [float(v) for v in sums[2:]]
         in_init = epoch < self.init.epochs
         lr = self.init.lr if in_init else self.opt.param_groups[0]["lr"]
-        entry = {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": lr, "updates": self.update,
-                 **{f"loss_{k}": v / max(count, 1) for k, v in zip(names, terms)}, **self.method.report(),
-                 **({"stage": "init"} if in_init else {})}
+        entry = {
+            "epoch": epoch + 1,
+            "loss": total / max(count, 1),
+            "lr": lr,
+            "updates": self.update,
+            **{f"loss_{k}": v / max(count, 1) for k, v in zip(names, terms)},
+            **self.method.report(),
+            **({"stage": "init"} if in_init else {}),
+        }
         self.epoch, self.step, self.loss_sum, self.loss_count, self.term_sums = epoch + 1, 0, 0.0, 0, {}
         self._loss_acc, self._term_acc = None, None
         if self.epoch == self.init.epochs and in_init:
@@ -468,7 +518,9 @@ class Member:
             improved = prev is None or (score < prev if mode == "min" else score > prev)
             if improved:
                 self.best = {"epoch": self.epoch, "metrics": metrics, "score": score}
-                store.save_torch(self.dir / store.SELECTED, {k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+                store.save_torch(
+                    self.dir / store.SELECTED, {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+                )
             for name, lines in ev.outputs.items():
                 for which in (("last", "selected") if improved else ("last",)) if "{which}" in name else ("",):
                     store.write_lines(self.dir / name.format(which=which), lines)
@@ -506,11 +558,17 @@ class Member:
             "metric_names": list(self.task.metric_names),
             "metric_specs": [m.as_dict() for m in self.task.metrics],
             "metric_info": self.task.metric_info(self.cfg),
-            "selection": {**self.task.selection(self.cfg, self.hp), "epoch": (self.best or {}).get("epoch"),
-                          "score": (self.best or {}).get("score")},
+            "selection": {
+                **self.task.selection(self.cfg, self.hp),
+                "epoch": (self.best or {}).get("epoch"),
+                "score": (self.best or {}).get("score"),
+            },
             "weights": {"last": store.MODEL, "selected": selected},
-            "teacher_weights": teacher_weights(self.cell.teacher, self.dir.parent.parent, self.cfg["teacher_weights"])[1]
-            if self.cell.teacher is not None else None,  # which teacher epoch this student distilled from
+            "teacher_weights": teacher_weights(self.cell.teacher, self.dir.parent.parent, self.cfg["teacher_weights"])[
+                1
+            ]
+            if self.cell.teacher is not None
+            else None,  # which teacher epoch this student distilled from
             "files": files,
             "epochs": self.epoch if not self.given else 0,
             **({"init_epochs": self.init.epochs} if self.init.epochs else {}),
@@ -522,8 +580,12 @@ class Member:
                 "data": self.cfg["data"],
             },
             "run_config": self.cfg,  # the whole resolved config: what 'lskd-bench translate' rebuilds the cell from
-            "timings": {"train_s": self.train_seconds, "eval_s": self.eval_seconds, "export_s": time.perf_counter() - t0,
-                        "wall_s": self.train_seconds + self.eval_seconds},
+            "timings": {
+                "train_s": self.train_seconds,
+                "eval_s": self.eval_seconds,
+                "export_s": time.perf_counter() - t0,
+                "wall_s": self.train_seconds + self.eval_seconds,
+            },
             "history": self.history,
             "num_params": sum(p.numel() for p in self.model.parameters()),
             "skipped_samples": sorted(set(self.skipped)),
@@ -543,7 +605,9 @@ class Member:
         return result
 
 
-def _teacher_logits(task: Task, teacher: nn.Module, batch: Any, device: torch.device, cfg: dict[str, Any]) -> torch.Tensor:
+def _teacher_logits(
+    task: Task, teacher: nn.Module, batch: Any, device: torch.device, cfg: dict[str, Any]
+) -> torch.Tensor:
     with torch.inference_mode(), autocast(device, cfg):
         t_logits, _ = task.forward(teacher, batch)
     t_logits = t_logits.float().clone()  # leave inference mode for autograd
@@ -592,8 +656,12 @@ class StepMeter:
         self.last = now
         rate = (step - self.first) / max(now - self.t0, 1e-9)
         loss = " ".join(f"{k}={v:.3f}" for k, v in losses.items())
-        self.fields = {"step": step, "steps": self.total, "steps_per_s": rate,
-                       "loss": {k: float(v) for k, v in losses.items()}}
+        self.fields = {
+            "step": step,
+            "steps": self.total,
+            "steps_per_s": rate,
+            "loss": {k: float(v) for k, v in losses.items()},
+        }
         return f"step {step}/{self.total}, {rate:.2f} steps/s, loss {loss}"
 
 
@@ -636,9 +704,17 @@ class FusedGroup:
     (``epoch``), one batch (``step``: the teacher forward once, then each member's step) and the end of an
     epoch (``end_epoch``: each member's evaluation and checkpoint)."""
 
-    def __init__(self, task: Task, cells: Sequence[Cell], cfg: dict[str, Any], data: TaskData, dirs: Sequence[Path],
-                 teacher: Optional[nn.Module], on_step: Optional[Callable[[int, int], None]],
-                 profile: Optional[dict[str, float]]):
+    def __init__(
+        self,
+        task: Task,
+        cells: Sequence[Cell],
+        cfg: dict[str, Any],
+        data: TaskData,
+        dirs: Sequence[Path],
+        teacher: Optional[nn.Module],
+        on_step: Optional[Callable[[int, int], None]],
+        profile: Optional[dict[str, float]],
+    ):
         self.task, self.cells, self.cfg, self.data, self.teacher = task, cells, cfg, data, teacher
         self.on_step, self.profile = on_step, profile
         self.device = resolve_device(cfg)
@@ -684,8 +760,9 @@ class FusedGroup:
         start = min((m.epoch for m in self.members if not m.done()), default=epochs)
         label = cells[0].name if len(cells) == 1 else f"{len(cells)} fused: " + ", ".join(_short(c) for c in cells)
         self.show = progress and self.rank == 0
-        bar = self.bar = progress_bar(self.cfg, total=epochs, initial=start, desc=label, unit="ep", leave=False,
-                                      show=self.show)
+        bar = self.bar = progress_bar(
+            self.cfg, total=epochs, initial=start, desc=label, unit="ep", leave=False, show=self.show
+        )
         try:
             for epoch in range(start, epochs):
                 active = [m for m in self.members if not m.finished and not m.done() and m.epoch == epoch]
@@ -696,8 +773,15 @@ class FusedGroup:
                 bar.update(1)
                 done = {_short(m.cell): m.history[-1] for m in active if not m.finished and m.history}
                 text = " ".join(f"{k}={_losses(h)}" for k, h in done.items())
-                bar.note(text, line=f"epoch {epoch + 1}/{epochs} done, loss {text}", throttle=epoch + 1 < epochs,
-                         event="epoch", epoch=epoch + 1, epochs=epochs, members=done)
+                bar.note(
+                    text,
+                    line=f"epoch {epoch + 1}/{epochs} done, loss {text}",
+                    throttle=epoch + 1 < epochs,
+                    event="epoch",
+                    epoch=epoch + 1,
+                    epochs=epochs,
+                    members=done,
+                )
                 if on_epoch_end is not None:
                     on_epoch_end(epoch + 1)
             for m in self.unfinished():
@@ -713,9 +797,17 @@ class FusedGroup:
             if self.rank == 0:
                 sig = getattr(exc, "signal_name", "SIGINT")
                 for m in self.unfinished():
-                    store.write_error(m.dir, m.cell, Interrupted(sig), epoch=m.epoch, update=m.update, message=(
-                        f"stopped by {sig} at epoch {m.epoch + 1}, step {m.step}: run again to resume from the last "
-                        f"checkpoint"))
+                    store.write_error(
+                        m.dir,
+                        m.cell,
+                        Interrupted(sig),
+                        epoch=m.epoch,
+                        update=m.update,
+                        message=(
+                            f"stopped by {sig} at epoch {m.epoch + 1}, step {m.step}: run again to resume from the last "
+                            f"checkpoint"
+                        ),
+                    )
             raise
         except SystemExit:
             raise
@@ -745,9 +837,17 @@ class FusedGroup:
             if key == (epoch, first):
                 return opened
             close_batches(opened[2])
-        batches = self.task.train_batches(self.data, self.hp, self.cfg, seed=self.seed, epoch=epoch,
-                                          shard=(self.rank, self.world), start=first,
-                                          pin_memory=self.device.type == "cuda", skipped=self.skipped)
+        batches = self.task.train_batches(
+            self.data,
+            self.hp,
+            self.cfg,
+            seed=self.seed,
+            epoch=epoch,
+            shard=(self.rank, self.world),
+            start=first,
+            pin_memory=self.device.type == "cuda",
+            skipped=self.skipped,
+        )
         return len(batches), batches.lead, iter(batches), batches.plan
 
     def open_ahead(self, epoch: int) -> None:
@@ -787,15 +887,29 @@ class FusedGroup:
                     line = self.meter.update(i + 1, losses)
                     if line is not None:
                         epochs = max(m.epochs for m in self.members)
-                        self.bar.note(f"epoch {epoch + 1}: {line}", line=f"epoch {epoch + 1}/{epochs} {line}",
-                                      event="step", epoch=epoch + 1, epochs=epochs, **self.meter.fields)
+                        self.bar.note(
+                            f"epoch {epoch + 1}: {line}",
+                            line=f"epoch {epoch + 1}/{epochs} {line}",
+                            event="step",
+                            epoch=epoch + 1,
+                            epochs=epochs,
+                            **self.meter.fields,
+                        )
                 if self.on_step is not None:
                     self.on_step(epoch, i)
         finally:
             close_batches(batches)
 
-    def step(self, batch: Any, stepping: list[Member], epoch: int, steps: int, clock: float,
-             losses: Optional[dict[str, float]] = None, indices: Optional[torch.Tensor] = None) -> float:
+    def step(
+        self,
+        batch: Any,
+        stepping: list[Member],
+        epoch: int,
+        steps: int,
+        clock: float,
+        losses: Optional[dict[str, float]] = None,
+        indices: Optional[torch.Tensor] = None,
+    ) -> float:
         """One batch: to the device, the teacher's outputs once (the union of what the stepping members need),
         each member's step (its loss recorded in ``losses`` under the member's short name)."""
         device, profile = self.device, self.profile
@@ -858,8 +972,17 @@ def train_cell(
     on_step: Optional[Callable[[int, int], None]] = None,
 ) -> dict[str, Any]:
     """Train one cell (a group of one) and return its result; raise ``RuntimeError`` if it failed."""
-    (out,) = train_group(task, [cell], cfg, data, [cell_dir], teacher=teacher, progress=progress,
-                         on_epoch_end=on_epoch_end, on_step=on_step)
+    (out,) = train_group(
+        task,
+        [cell],
+        cfg,
+        data,
+        [cell_dir],
+        teacher=teacher,
+        progress=progress,
+        on_epoch_end=on_epoch_end,
+        on_step=on_step,
+    )
     if out.error is not None:
         raise RuntimeError(f"{cell.name} failed: {out.error}")
     return out.result or {}
@@ -871,8 +994,9 @@ def penultimate(model: nn.Module, ds, cfg: dict[str, Any], device: torch.device,
     """The named output ``embedding`` (the head's input) of every sample of ``ds``."""
     model.eval()
     feats = []
-    for x, _ in iterate_batches(ds, cfg["eval_batch_size"], indices=indices, num_workers=cfg["num_workers"],
-                                on_bad_sample=on_bad_sample(cfg)):
+    for x, _ in iterate_batches(
+        ds, cfg["eval_batch_size"], indices=indices, num_workers=cfg["num_workers"], on_bad_sample=on_bad_sample(cfg)
+    ):
         with autocast(device, cfg), Tap(model, Layout(), ["embedding"]) as tap:
             model(x.to(device))
         feats.append(tap.out["embedding"].float().cpu())

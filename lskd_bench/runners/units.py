@@ -6,6 +6,7 @@ executor takes, whether the unit trains in this process (``local``), in a worker
 unit's inputs (data, teacher) -> ``train_group`` -> release. ``distributed`` sets up (and tears down) the
 process group of a multi-process unit (torchrun ranks, Slurm tasks).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,8 +64,9 @@ class GridJob:
         progress.say(self.cfg, line)
 
     def progress_bar(self, total: int):
-        return progress.progress_bar(self.cfg, total=total, desc=f"{self.cfg['task']} grid", unit="cell",
-                                     show=self.progress)
+        return progress.progress_bar(
+            self.cfg, total=total, desc=f"{self.cfg['task']} grid", unit="cell", show=self.progress
+        )
 
     def write_spec(self, overrides: Optional[dict[str, Any]] = None) -> Path:
         """The run spec a worker process or a cluster job reads (``read_spec``); ``overrides`` change settings
@@ -128,8 +130,14 @@ def _claim_each(job: GridJob, unit: list[Cell], mine: list[Cell], locks: list[Ce
             busy.append(c)
 
 
-def train_unit(job: GridJob, unit: list[Cell], *, device: Optional[torch.device] = None,
-               teacher_cache: Optional[dict] = None, wait_for_busy: bool = False) -> tuple[list[Outcome], list[Cell]]:
+def train_unit(
+    job: GridJob,
+    unit: list[Cell],
+    *,
+    device: Optional[torch.device] = None,
+    teacher_cache: Optional[dict] = None,
+    wait_for_busy: bool = False,
+) -> tuple[list[Outcome], list[Cell]]:
     """Lock, train and release ``unit`` (every rank of a process group calls it; rank 0 holds the locks).
 
     Cells another process holds are returned as busy, or, with ``wait_for_busy`` (a cluster job, which has
@@ -171,8 +179,15 @@ def train_unit(job: GridJob, unit: list[Cell], *, device: Optional[torch.device]
                     return [Outcome(c, error=f"cannot prepare the teacher's inputs: {why}") for c in mine], busy
                 if world > 1 and rank == 0:
                     torch.distributed.barrier()
-                outcomes = train_group(job.task, mine, job.cfg, data, [c.dir(job.out) for c in mine], teacher=teacher,
-                                       progress=job.progress)
+                outcomes = train_group(
+                    job.task,
+                    mine,
+                    job.cfg,
+                    data,
+                    [c.dir(job.out) for c in mine],
+                    teacher=teacher,
+                    progress=job.progress,
+                )
                 job.repairs += [line for o in outcomes for line in o.notes]
     finally:
         for lock in locks:

@@ -4,6 +4,7 @@ Used by the ``subprocess`` and ``torchrun`` executors; under torchrun every rank
 the cells' locks (``units.train_unit``). The parent reads the outcome from the run directory (result.json /
 error.json). Exit code 2: a data error (bad input for the whole grid).
 """
+
 from __future__ import annotations
 
 import argparse

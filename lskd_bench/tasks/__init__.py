@@ -2,6 +2,7 @@
 
 Third-party tasks register through the ``lskd_bench.tasks`` entry-point group (a Task subclass).
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -11,9 +12,11 @@ from ..registry import Registry
 from .base import ClassifierNet, InMemoryDataset, Task, TaskData, iterate_batches
 
 # the built-in task modules register themselves when the registry is first looked up
-TASKS: Registry[type[Task]] = Registry("task", "lskd_bench.tasks",
-                                       builtin=("lskd_bench.tasks.cifar", "lskd_bench.tasks.digits", "lskd_bench.tasks.nmt",
-                                                "lskd_bench.tasks.vision"))
+TASKS: Registry[type[Task]] = Registry(
+    "task",
+    "lskd_bench.tasks",
+    builtin=("lskd_bench.tasks.cifar", "lskd_bench.tasks.digits", "lskd_bench.tasks.nmt", "lskd_bench.tasks.vision"),
+)
 
 DEFAULT_TASK = "digits"
 
@@ -38,5 +41,15 @@ def result_metrics(result: Mapping[str, Any]) -> list[MetricSpec]:
     return [declared.get(n, MetricSpec(n, n)) for n in names]
 
 
-__all__ = ["TASKS", "DEFAULT_TASK", "ClassifierNet", "InMemoryDataset", "Task", "TaskData", "get_task",
-           "iterate_batches", "result_metrics", "task_names"]
+__all__ = [
+    "TASKS",
+    "DEFAULT_TASK",
+    "ClassifierNet",
+    "InMemoryDataset",
+    "Task",
+    "TaskData",
+    "get_task",
+    "iterate_batches",
+    "result_metrics",
+    "task_names",
+]

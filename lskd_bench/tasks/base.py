@@ -15,6 +15,7 @@ store. A task owns its data and models and tells the loop three things:
   the best epoch then being the one with the highest primary metric on ``val`` (the paper's image convention,
   where ``val`` is the test set).
 """
+
 from __future__ import annotations
 
 import os
@@ -178,8 +179,10 @@ def guarded_collate(policy: str, inner: Callable[[list], Any] = default_collate)
 def unwrap_batch(batch: Any, skipped: Optional[list[str]]) -> Any:
     """The batch to train on (None: every sample was skipped); raise ``DataError`` for a bad sample."""
     if isinstance(batch, BadSample):
-        raise DataError(f"cannot read {batch.path}: {batch.reason} "
-                        "(check the data with 'lskd-bench check-data', or --set data.on_bad_sample=skip)")
+        raise DataError(
+            f"cannot read {batch.path}: {batch.reason} "
+            "(check the data with 'lskd-bench check-data', or --set data.on_bad_sample=skip)"
+        )
     if isinstance(batch, PartialBatch):
         if skipped is not None:
             skipped.extend(batch.skipped)
@@ -194,8 +197,9 @@ class Batches:
     load while this one finishes (``iter()`` starts the loading; ``close_batches`` stops it). ``plan``, where
     known, is each batch's sample indices in the split (what methods with ``needs.indices`` read: CRD)."""
 
-    def __init__(self, n: int, it: Callable[[], Iterator[Any]], lead: int = 0,
-                 plan: Optional[Sequence[torch.Tensor]] = None):
+    def __init__(
+        self, n: int, it: Callable[[], Iterator[Any]], lead: int = 0, plan: Optional[Sequence[torch.Tensor]] = None
+    ):
         self._n, self._it, self.lead, self.plan = n, it, lead, plan
 
     def __len__(self) -> int:
@@ -279,8 +283,13 @@ def load_batches(
     def wrap(batches: Iterator[Any]) -> Iterator[Any]:
         raw = (unwrap_batch(b, skipped) for b in batches)
         if finish is not None:
-            raw = finished_ahead(iter(b for b in raw if b is not None), finish, getattr(ds, "device", torch.device("cpu")),
-                                 on_bad_sample, skipped)
+            raw = finished_ahead(
+                iter(b for b in raw if b is not None),
+                finish,
+                getattr(ds, "device", torch.device("cpu")),
+                on_bad_sample,
+                skipped,
+            )
         return (b for b in raw if b is not None)
 
     def it():
@@ -300,8 +309,14 @@ def load_batches(
     return Batches(len(plan), it, lead=num_workers * PREFETCH, plan=plan)
 
 
-def finished_ahead(raw: Iterator[Any], finish: Callable, device: torch.device, policy: str,
-                   skipped: Optional[list[str]], depth: int = 2) -> Iterator[Any]:
+def finished_ahead(
+    raw: Iterator[Any],
+    finish: Callable,
+    device: torch.device,
+    policy: str,
+    skipped: Optional[list[str]],
+    depth: int = 2,
+) -> Iterator[Any]:
     """``finish(batch, device)`` of each raw batch, up to ``depth`` batches ahead in one background thread (on
     CUDA: on a side stream; the consumer's stream waits on an event before it reads a batch). The raw batches
     are pulled here, in the caller's thread: loading without workers seeds the global RNG per sample, which
@@ -365,8 +380,17 @@ def finished_ahead(raw: Iterator[Any], finish: Callable, device: torch.device, p
                 f.cancel()
 
 
-def iterate_batches(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
-                    num_workers: int = 0, indices: Optional[torch.Tensor] = None, on_bad_sample: str = "error"):
+def iterate_batches(
+    ds: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    num_workers: int = 0,
+    indices: Optional[torch.Tensor] = None,
+    on_bad_sample: str = "error",
+):
     """(x, y) batches of a whole split (evaluation, feature export)."""
     plan = batch_plan(len(ds), batch_size, shuffle=shuffle, seed=seed, epoch=epoch, indices=indices)
     return load_batches(ds, plan, seed=seed, epoch=epoch, num_workers=num_workers, on_bad_sample=on_bad_sample)
@@ -390,8 +414,12 @@ def load_recipe(name: str) -> dict[str, Any]:
 
 # top-level config key of tasks with pairs (``Task.pairs_recipe``): not part of a cell's identity, the values
 # it sets (archs, recipe, method parameters) are
-PAIR = Field(str, None, "teacher-student pair whose published recipe is applied over the task's (--pair; "
-             "'lskd-bench tasks' lists them)", nullable=True)
+PAIR = Field(
+    str,
+    None,
+    "teacher-student pair whose published recipe is applied over the task's (--pair; 'lskd-bench tasks' lists them)",
+    nullable=True,
+)
 
 
 @dataclass
@@ -454,6 +482,7 @@ class Task:
 
     def metric(self, name: str) -> MetricSpec:
         return next(m for m in self.metrics if m.name == name)
+
     pairs_recipe: str = ""  # lskd_bench/configs/<name>.yaml with the task's teacher-student pairs (--pair)
 
     # -- config -----------------------------------------------------------------------------------
@@ -468,7 +497,9 @@ class Task:
         """Named teacher-student pairs, each a partial config (its published recipe) with a ``source``."""
         if not self.pairs_recipe:
             return {}
-        text = resources.files("lskd_bench").joinpath("configs", f"{self.pairs_recipe}.yaml").read_text(encoding="utf-8")
+        text = (
+            resources.files("lskd_bench").joinpath("configs", f"{self.pairs_recipe}.yaml").read_text(encoding="utf-8")
+        )
         return dict(yaml.safe_load(text)["pairs"])
 
     def pair_settings(self) -> tuple[dict[str, list[str]], dict[str, str]]:
@@ -489,11 +520,11 @@ class Task:
         """The config layer of ``pair`` (applied over the task's recipe, under config files and the command line)."""
         pairs = self.pairs()
         if not pairs:
-            raise UsageError(f"task {self.name} has no teacher-student pairs (--pair applies to: "
-                             "cifar100, imagenet)")
+            raise UsageError(f"task {self.name} has no teacher-student pairs (--pair applies to: cifar100, imagenet)")
         if pair not in pairs:
-            raise UsageError(f"unknown pair {pair!r} for task {self.name}{_suggest(pair, list(pairs))} "
-                             f"(known: {', '.join(pairs)})")
+            raise UsageError(
+                f"unknown pair {pair!r} for task {self.name}{_suggest(pair, list(pairs))} (known: {', '.join(pairs)})"
+            )
         layer = {k: v for k, v in pairs[pair].items() if k != "source"}
         return f"pair {pair} (lskd_bench/configs/{self.pairs_recipe}.yaml)", {**layer, "pair": pair}
 
@@ -539,8 +570,12 @@ class Task:
         """How the best epoch is chosen (saved in result.json): split, metric, mode ("max" or "min").
         By default the primary metric, in its declared direction, on ``val``, which is the test set, as the paper reports."""
         higher = self.metric(self.primary_metric).higher_is_better
-        return {"split": "val", "metric": self.primary_metric, "mode": "max" if higher else "min",
-                "note": "the validation split is the test set (the paper's convention)"}
+        return {
+            "split": "val",
+            "metric": self.primary_metric,
+            "mode": "max" if higher else "min",
+            "note": "the validation split is the test set (the paper's convention)",
+        }
 
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:
         """Child -> parent links over class names and their ancestors (analysis picks similar classes
@@ -548,16 +583,34 @@ class Task:
         return {}
 
     # -- the training loop's hooks (classification defaults) ---------------------------------------
-    def train_batches(self, data: TaskData, role_cfg: dict[str, Any], cfg: dict[str, Any], *, seed: int, epoch: int,
-                      shard: tuple[int, int] = (0, 1), start: int = 0, pin_memory: bool = False,
-                      skipped: Optional[list[str]] = None) -> Batches:
+    def train_batches(
+        self,
+        data: TaskData,
+        role_cfg: dict[str, Any],
+        cfg: dict[str, Any],
+        *,
+        seed: int,
+        epoch: int,
+        shard: tuple[int, int] = (0, 1),
+        start: int = 0,
+        pin_memory: bool = False,
+        skipped: Optional[list[str]] = None,
+    ) -> Batches:
         """The training batches of ``epoch`` from batch number ``start`` on."""
         rank, world = shard
         bs = max(1, int(role_cfg["batch_size"]) // world)  # the global batch stays batch_size
         n = len(data.train)
         plan = batch_plan(n, bs, shuffle=True, seed=seed, epoch=epoch, drop_last=n > bs * world, shard=shard)
-        return load_batches(data.train, plan[start:], seed=seed, epoch=epoch, num_workers=cfg["num_workers"],
-                            pin_memory=pin_memory, on_bad_sample=on_bad_sample(cfg), skipped=skipped)
+        return load_batches(
+            data.train,
+            plan[start:],
+            seed=seed,
+            epoch=epoch,
+            num_workers=cfg["num_workers"],
+            pin_memory=pin_memory,
+            on_bad_sample=on_bad_sample(cfg),
+            skipped=skipped,
+        )
 
     def to_device(self, batch: Any, device: torch.device, cfg: dict[str, Any]) -> Any:
         x, y = batch
@@ -570,8 +623,9 @@ class Task:
         x, y = batch
         return model(x), y
 
-    def teacher_targets(self, teacher: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device,
-                        cache: Path) -> TaskData:
+    def teacher_targets(
+        self, teacher: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device, cache: Path
+    ) -> TaskData:
         """The training data relabelled by the teacher (sequence-level KD); cached at ``cache``."""
         raise NotImplementedError(f"task {self.name} does not produce teacher-generated targets")
 
@@ -581,8 +635,9 @@ class Task:
         return {}
 
     # -- evaluation -------------------------------------------------------------------------------
-    def assess(self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device,
-               hp: dict[str, Any]) -> Evaluation:
+    def assess(
+        self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device, hp: dict[str, Any]
+    ) -> Evaluation:
         """One evaluation for the training loop (``hp``: the role's recipe); see ``Evaluation``."""
         return Evaluation(self.evaluate(model, data, cfg, device))
 
@@ -591,8 +646,9 @@ class Task:
         model.eval()
         totals = {1: 0, 5: 0}
         n = 0
-        for x, y in iterate_batches(data.val, cfg["eval_batch_size"], num_workers=cfg["num_workers"],
-                                    on_bad_sample=on_bad_sample(cfg)):
+        for x, y in iterate_batches(
+            data.val, cfg["eval_batch_size"], num_workers=cfg["num_workers"], on_bad_sample=on_bad_sample(cfg)
+        ):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, cfg):
                 logits = model(x)

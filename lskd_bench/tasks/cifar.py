@@ -11,6 +11,7 @@ augmentation of an uninterrupted, unfused one.
 Models: ``lskd_bench.cifar_models`` (state-dict names of the shared ``cifar_teachers`` checkpoints).
 Recipes: ``configs/cifar100.yaml`` (common) and ``configs/cifar100_pairs.yaml`` (per pair, ``--pair``).
 """
+
 from __future__ import annotations
 
 import pickle
@@ -61,10 +62,14 @@ _RELEASE_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
     ("builtins", "bytes"): lambda: bytes,
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
-    **{(f"numpy.{core}.multiarray", "_reconstruct"): lambda: _numpy_global("numpy._core.multiarray", "_reconstruct")
-       for core in ("core", "_core")},
-    **{(f"numpy.{core}.numeric", "_frombuffer"): lambda: _numpy_global("numpy._core.numeric", "_frombuffer")
-       for core in ("core", "_core")},
+    **{
+        (f"numpy.{core}.multiarray", "_reconstruct"): lambda: _numpy_global("numpy._core.multiarray", "_reconstruct")
+        for core in ("core", "_core")
+    },
+    **{
+        (f"numpy.{core}.numeric", "_frombuffer"): lambda: _numpy_global("numpy._core.numeric", "_frombuffer")
+        for core in ("core", "_core")
+    },
 }
 
 
@@ -76,8 +81,10 @@ class _ReleaseUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         get = _RELEASE_GLOBALS.get((module, name))
         if get is None:
-            raise pickle.UnpicklingError(f"global '{module}.{name}' is forbidden (a CIFAR pickle holds only lists, "
-                                         "bytes, numbers and numpy arrays)")
+            raise pickle.UnpicklingError(
+                f"global '{module}.{name}' is forbidden (a CIFAR pickle holds only lists, "
+                "bytes, numbers and numpy arrays)"
+            )
         return get()
 
     def persistent_load(self, pid: Any) -> Any:
@@ -102,7 +109,9 @@ def _unpickle(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise UsageError(f"cifar100: cannot read {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise UsageError(f"cifar100: {path} is not a CIFAR python pickle ({type(exc).__name__}: {exc}); {LAYOUT}") from None
+        raise UsageError(
+            f"cifar100: {path} is not a CIFAR python pickle ({type(exc).__name__}: {exc}); {LAYOUT}"
+        ) from None
     if not isinstance(raw, dict):
         raise UsageError(f"cifar100: {path} holds a {type(raw).__name__}, not the release's dict; {LAYOUT}")
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in raw.items()}
@@ -118,7 +127,9 @@ def read_split(d: Path, name: str, num_classes: int) -> tuple[torch.Tensor, torc
     data = np.asarray(raw["data"])
     labels = np.asarray(raw["fine_labels"])
     if data.ndim != 2 or data.shape[1] != 3 * SIZE * SIZE or data.dtype != np.uint8:
-        raise UsageError(f"cifar100: {path}: 'data' must be uint8 rows of 3072 values, got {data.dtype} {tuple(data.shape)}")
+        raise UsageError(
+            f"cifar100: {path}: 'data' must be uint8 rows of 3072 values, got {data.dtype} {tuple(data.shape)}"
+        )
     if labels.shape != (len(data),):
         raise UsageError(f"cifar100: {path}: {len(labels)} fine_labels for {len(data)} images")
     if labels.size == 0:
@@ -129,8 +140,10 @@ def read_split(d: Path, name: str, num_classes: int) -> tuple[torch.Tensor, torc
     outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if len(outside):
         i = int(outside[0])
-        raise UsageError(f"cifar100: {path}: {len(outside)} fine_labels outside 0..{num_classes - 1} "
-                         f"(e.g. image {i}: {int(labels[i])})")
+        raise UsageError(
+            f"cifar100: {path}: {len(outside)} fine_labels outside 0..{num_classes - 1} "
+            f"(e.g. image {i}: {int(labels[i])})"
+        )
     x = torch.from_numpy(data.reshape(-1, 3, SIZE, SIZE).copy())
     return x, torch.from_numpy(labels.astype(np.int64))
 
@@ -210,8 +223,10 @@ class AugmentedBatch(tuple):
 @TASKS.register("cifar100")
 class CIFAR100Task(Task):
     name = "cifar100"
-    description = ("CIFAR-100 (cifar-100-python/), the KD literature's pairs (default resnet32x4 -> resnet8x4; "
-                   "--pair), mdistiller recipes")
+    description = (
+        "CIFAR-100 (cifar-100-python/), the KD literature's pairs (default resnet32x4 -> resnet8x4; "
+        "--pair), mdistiller recipes"
+    )
     data_schema = CIFAR_DATA
     recipe = "cifar100"
     pairs_recipe = "cifar100_pairs"
@@ -224,7 +239,9 @@ class CIFAR100Task(Task):
             if is_library_arch(arch):
                 check_library_arch(arch)
             elif arch not in CIFAR_ARCHS:
-                raise UsageError(f"{role} arch {arch!r} is not offered by task cifar100 (known: {', '.join(CIFAR_ARCHS)})")
+                raise UsageError(
+                    f"{role} arch {arch!r} is not offered by task cifar100 (known: {', '.join(CIFAR_ARCHS)})"
+                )
         self._check_files(cfg)
 
     def root(self, cfg: dict[str, Any]) -> Path:
@@ -251,7 +268,11 @@ class CIFAR100Task(Task):
         names, (_, ytr), (_, yte) = self._read(d)
         problems = self._problems(names, {"train": ytr, "test": yte})
         if problems:
-            more = f" ({len(problems) - 1} more problem(s): 'lskd-bench check-data' lists them)" if len(problems) > 1 else ""
+            more = (
+                f" ({len(problems) - 1} more problem(s): 'lskd-bench check-data' lists them)"
+                if len(problems) > 1
+                else ""
+            )
             raise UsageError(f"cifar100: {d}: {problems[0]}{more}")
 
     @staticmethod
@@ -262,7 +283,9 @@ class CIFAR100Task(Task):
         if _LAST_READ.get("key") != key:
             _LAST_READ.clear()
             names = read_meta(d)
-            _LAST_READ.update(key=key, value=(names, read_split(d, "train", len(names)), read_split(d, "test", len(names))))
+            _LAST_READ.update(
+                key=key, value=(names, read_split(d, "train", len(names)), read_split(d, "test", len(names)))
+            )
         return _LAST_READ["value"]
 
     @staticmethod
@@ -272,8 +295,10 @@ class CIFAR100Task(Task):
         for split, y in splits.items():
             missing = sorted(set(range(len(names))) - set(y.unique().tolist()))
             if missing:
-                problems.append(f"{split}: {len(missing)} class(es) without images (e.g. {names[missing[0]]})"
-                                + (" (it holds no images)" if len(y) == 0 else ""))
+                problems.append(
+                    f"{split}: {len(missing)} class(es) without images (e.g. {names[missing[0]]})"
+                    + (" (it holds no images)" if len(y) == 0 else "")
+                )
         return problems
 
     def check_data(self, cfg: dict[str, Any], progress: bool = True) -> DataReport:
@@ -285,19 +310,39 @@ class CIFAR100Task(Task):
     def load_data(self, cfg: dict[str, Any], cache_dir: Optional[Path] = None) -> TaskData:
         names, (xtr, ytr), (xte, yte) = self._read(self._check_files(cfg))
         train = CifarSplit(xtr, ytr)
-        return TaskData(train=train, val=CifarSplit(xte, yte), num_classes=len(names), class_names=names,
-                        train_eval=train, extras={"padded": None})
+        return TaskData(
+            train=train,
+            val=CifarSplit(xte, yte),
+            num_classes=len(names),
+            class_names=names,
+            train_eval=train,
+            extras={"padded": None},
+        )
 
     def probe_shape(self, cfg: dict[str, Any]) -> tuple[int, ...]:
         return (3, 32, 32)
 
     def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any], hp: dict[str, Any]):
-        return build_image_model(arch, data.num_classes) if is_library_arch(arch) else build_cifar_model(arch, data.num_classes)
+        return (
+            build_image_model(arch, data.num_classes)
+            if is_library_arch(arch)
+            else build_cifar_model(arch, data.num_classes)
+        )
 
     # -- augmentation on batched tensors --------------------------------------------------------------
-    def train_batches(self, data: TaskData, role_cfg: dict[str, Any], cfg: dict[str, Any], *, seed: int, epoch: int,
-                      shard: tuple[int, int] = (0, 1), start: int = 0, pin_memory: bool = False,
-                      skipped: Optional[list[str]] = None) -> Batches:
+    def train_batches(
+        self,
+        data: TaskData,
+        role_cfg: dict[str, Any],
+        cfg: dict[str, Any],
+        *,
+        seed: int,
+        epoch: int,
+        shard: tuple[int, int] = (0, 1),
+        start: int = 0,
+        pin_memory: bool = False,
+        skipped: Optional[list[str]] = None,
+    ) -> Batches:
         rank, world = shard
         bs = max(1, int(role_cfg["batch_size"]) // world)
         ds: CifarSplit = data.train  # type: ignore[assignment]

@@ -18,6 +18,7 @@ the CPU pipeline reports it (``data.on_bad_sample``: stop naming the file, or sk
 Pixel values differ slightly from the PIL pipeline (different JPEG decoder builds and resampling kernels);
 ``tests/test_device_images.py`` bounds the difference on the fixtures.
 """
+
 from __future__ import annotations
 
 import io
@@ -101,8 +102,15 @@ class EncodedImages(Dataset):
     the CPU pipeline's decoder (path -> RGB PIL image), used for the images decode_jpeg refuses so that a bad
     file fails with the very error the CPU pipeline gives."""
 
-    def __init__(self, samples: Sequence[tuple[Any, int]], classes: list[str], d: dict[str, Any], train: bool,
-                 device: torch.device = torch.device("cpu"), loader: Callable[[Any], Any] = pil_rgb):
+    def __init__(
+        self,
+        samples: Sequence[tuple[Any, int]],
+        classes: list[str],
+        d: dict[str, Any],
+        train: bool,
+        device: torch.device = torch.device("cpu"),
+        loader: Callable[[Any], Any] = pil_rgb,
+    ):
         self.device, self.loader = device, loader
         self.samples = [(Path(p), int(y)) for p, y in samples]
         self.targets = [y for _, y in self.samples]
@@ -151,14 +159,20 @@ class EncodedImages(Dataset):
             cj = self._jitter
             order, b, c, _, _ = cj.get_params(cj.brightness, cj.contrast, cj.saturation, cj.hue)
             factors = {0: b, 1: c}
-            jitter = tuple((int(k), float(factors[int(k)])) for k in order if int(k) in factors and factors[int(k)] is not None)
+            jitter = tuple(
+                (int(k), float(factors[int(k)])) for k in order if int(k) in factors and factors[int(k)] is not None
+            )
         return Aug(tuple(int(v) for v in box), flip, float(angle), gray, jitter)
 
     # -- batches --------------------------------------------------------------------------------------
     @staticmethod
     def collate(items: list[Encoded]) -> EncodedBatch:
-        return EncodedBatch([s.data for s in items], [s.aug for s in items], torch.tensor([s.label for s in items]),
-                            [s.path for s in items])
+        return EncodedBatch(
+            [s.data for s in items],
+            [s.aug for s in items],
+            torch.tensor([s.label for s in items]),
+            [s.path for s in items],
+        )
 
     def finish_batch(self, batch: EncodedBatch, device: torch.device) -> tuple[Optional[tuple], list[BadSample]]:
         """Decode and augment on ``device`` (``self.device`` with its index resolved by the caller): ((x, y) or
@@ -176,7 +190,9 @@ class EncodedImages(Dataset):
         return (normalise(x), y), bad
 
 
-def decode_images(data: list[torch.Tensor], paths: list[str], device: torch.device, loader: Callable[[Any], Any] = pil_rgb):
+def decode_images(
+    data: list[torch.Tensor], paths: list[str], device: torch.device, loader: Callable[[Any], Any] = pil_rgb
+):
     """uint8 (3, H, W) images on ``device`` (None for a sample nothing can decode) and the bad samples.
     One ``decode_jpeg`` call for the batch (nvJPEG's batched decoder on CUDA); if it refuses, one call per
     image, and PIL for the images it refuses."""
@@ -201,7 +217,9 @@ def decode_images(data: list[torch.Tensor], paths: list[str], device: torch.devi
     for k, im in enumerate(out):
         if im is None:
             try:
-                out[k] = pil_to_tensor(loader(paths[k])).to(device, non_blocking=True)  # from the file: the CPU path's error
+                out[k] = pil_to_tensor(loader(paths[k])).to(
+                    device, non_blocking=True
+                )  # from the file: the CPU path's error
             except Exception as exc:  # noqa: BLE001 - PIL's reason, as the CPU pipeline reports it
                 bad.append(BadSample(paths[k], f"{type(exc).__name__}: {exc}"))
     return out, bad
@@ -215,7 +233,9 @@ def pil_to_tensor(img) -> torch.Tensor:
 
 def _resize(img: torch.Tensor, size: list[int]) -> torch.Tensor:
     """Antialiased bilinear resize of one (3, H, W) float image (PIL's resampling, as torchvision's)."""
-    return torch.nn.functional.interpolate(img[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    return torch.nn.functional.interpolate(img[None], size=size, mode="bilinear", align_corners=False, antialias=True)[
+        0
+    ]
 
 
 def augment(imgs: list[torch.Tensor], augs: list[Aug], size: int) -> torch.Tensor:
@@ -276,7 +296,7 @@ def _on(device: torch.device, values: list) -> torch.Tensor:
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
     """ITU-R 601-2 luma (PIL's convert("L")), (N, 1, H, W)."""
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def eval_crop(imgs: list[torch.Tensor], resize: int, size: int) -> torch.Tensor:

@@ -4,6 +4,7 @@ The images ship inside the scikit-learn wheel (``sklearn/datasets/data/digits.cs
 offline. The split is a fixed stratified 75 % / 25 % train / val split. Teacher: a 3-block CNN
 (94 k parameters); student: a 2-block CNN (1.4 k parameters).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -30,7 +31,11 @@ DIGIT_GROUPS = {
 
 
 def _conv_block(cin: int, cout: int, pool: bool) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
     if pool:
         layers.append(nn.MaxPool2d(2))
     return layers
@@ -80,8 +85,15 @@ class DigitsTask(Task):
     description = "embedded default: sklearn 8x8 digits, cnn_wide -> cnn_tiny, 3 seeds, offline, ~1 min on 2 CPU cores"
     data_schema = Section(
         {
-            "val_fraction": Field(float, 0.25, "share of each class held out for validation", min=0.0, max=1.0,
-                                  min_exclusive=True, max_exclusive=True),
+            "val_fraction": Field(
+                float,
+                0.25,
+                "share of each class held out for validation",
+                min=0.0,
+                max=1.0,
+                min_exclusive=True,
+                max_exclusive=True,
+            ),
             "split_seed": Field(int, 0, "seed of the fixed stratified train/val split", min=0),
         }
     )

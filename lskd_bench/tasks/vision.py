@@ -2,6 +2,7 @@
 
 Recipes (epochs, optimizer, schedule) ship as YAML in ``lskd_bench/configs/<task>.yaml``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,14 @@ from ..hierarchy import groups_to_parents, load_wordnet_parents
 from ..models import ClassifierNet, build_image_model, check_library_arch, init_path, is_library_arch
 from ..schema import Field, Section, grid_values
 from . import TASKS
-from .base import (PAIR, DataReport, Task, TaskData, load_recipe,  # noqa: F401  (load_recipe: re-exported)
-                   refuse_special)
+from .base import (
+    PAIR,
+    DataReport,
+    Task,
+    TaskData,
+    load_recipe,  # noqa: F401  (load_recipe: re-exported)
+    refuse_special,
+)
 from .device_images import MEAN, STD, EncodedImages, decode_device, decode_mode
 
 # torchvision's ImageFolder extensions (torchvision.datasets.folder.IMG_EXTENSIONS)
@@ -31,22 +38,56 @@ IMAGE_DATA = Section(
     {
         "root": Field(str, None, "data directory (--data-root)", nullable=True),
         "image_size": Field(int, 224, "training crop / evaluation size in pixels", min=8, max=8192),
-        "eval_resize": Field(int, None, "evaluation: resize the shorter side to this, then centre-crop image_size "
-                             "(default: image_size / 0.875, i.e. 256 for 224)", min=8, max=16384, nullable=True),
-        "crop_scale": Field([float], [0.08, 1.0], "RandomResizedCrop area range", min=0.0, max=1.0,
-                            check=lambda v: None if len(v) == 2 and v[0] <= v[1] else "must be [low, high]"),
-        "crop_ratio": Field([float], [3 / 4, 4 / 3], "RandomResizedCrop aspect-ratio range", min=0.0, min_exclusive=True,
-                            check=lambda v: None if len(v) == 2 and v[0] <= v[1] else "must be [low, high]"),
+        "eval_resize": Field(
+            int,
+            None,
+            "evaluation: resize the shorter side to this, then centre-crop image_size "
+            "(default: image_size / 0.875, i.e. 256 for 224)",
+            min=8,
+            max=16384,
+            nullable=True,
+        ),
+        "crop_scale": Field(
+            [float],
+            [0.08, 1.0],
+            "RandomResizedCrop area range",
+            min=0.0,
+            max=1.0,
+            check=lambda v: None if len(v) == 2 and v[0] <= v[1] else "must be [low, high]",
+        ),
+        "crop_ratio": Field(
+            [float],
+            [3 / 4, 4 / 3],
+            "RandomResizedCrop aspect-ratio range",
+            min=0.0,
+            min_exclusive=True,
+            check=lambda v: None if len(v) == 2 and v[0] <= v[1] else "must be [low, high]",
+        ),
         "rotation": Field(float, 0.0, "RandomRotation in degrees (0: off)", min=0.0, max=180.0),
         "grayscale": Field(float, 0.0, "RandomGrayscale probability", min=0.0, max=1.0),
-        "color_jitter": Field([float], [0.0, 0.0], "ColorJitter brightness and contrast (0: off)", min=0.0,
-                              check=lambda v: None if len(v) == 2 else "must be [brightness, contrast]"),
-        "decode": Field(str, "auto", "where images are decoded and augmented: cpu (PIL in the loader workers), gpu (workers "
-                        "read bytes; torchvision.io.decode_jpeg and tensor augmentation on the training device, nvJPEG on "
-                        "CUDA, the same crop boxes), auto (gpu when training on CUDA)", choices=("auto", "cpu", "gpu"),
-                        identity=False),
-        "on_bad_sample": Field(str, "error", "a sample that cannot be decoded: error (stop, naming the file) or skip it "
-                               "(listed in result.json)", choices=("error", "skip"), identity=False),
+        "color_jitter": Field(
+            [float],
+            [0.0, 0.0],
+            "ColorJitter brightness and contrast (0: off)",
+            min=0.0,
+            check=lambda v: None if len(v) == 2 else "must be [brightness, contrast]",
+        ),
+        "decode": Field(
+            str,
+            "auto",
+            "where images are decoded and augmented: cpu (PIL in the loader workers), gpu (workers "
+            "read bytes; torchvision.io.decode_jpeg and tensor augmentation on the training device, nvJPEG on "
+            "CUDA, the same crop boxes), auto (gpu when training on CUDA)",
+            choices=("auto", "cpu", "gpu"),
+            identity=False,
+        ),
+        "on_bad_sample": Field(
+            str,
+            "error",
+            "a sample that cannot be decoded: error (stop, naming the file) or skip it (listed in result.json)",
+            choices=("error", "skip"),
+            identity=False,
+        ),
     }
 )
 
@@ -65,6 +106,7 @@ def decode_problem(path: Path) -> str | None:
 
 def scan_files(files: list[tuple[str, Path]], report: DataReport, progress: bool, workers: int = 0) -> None:
     """Decode every file (threads), adding one problem line per unreadable file and per set of duplicates."""
+
     def one(item):
         split, path = item
         try:
@@ -75,7 +117,10 @@ def scan_files(files: list[tuple[str, Path]], report: DataReport, progress: bool
 
     seen: dict[str, list[str]] = {}
     n = workers or min(8, (os.cpu_count() or 1) * 2)
-    with ThreadPoolExecutor(n) as pool, tqdm(total=len(files), desc="decoding", unit="img", disable=not progress) as bar:
+    with (
+        ThreadPoolExecutor(n) as pool,
+        tqdm(total=len(files), desc="decoding", unit="img", disable=not progress) as bar,
+    ):
         for split, path, problem, digest in pool.map(one, files, chunksize=64):
             if problem:
                 report.problems.append(f"{path}: {problem}")
@@ -84,8 +129,10 @@ def scan_files(files: list[tuple[str, Path]], report: DataReport, progress: bool
             bar.update(1)
     for paths in seen.values():
         if len(paths) > 1:
-            report.problems.append(f"duplicate files (same content): {', '.join(sorted(paths)[:4])}"
-                                   + (f" and {len(paths) - 4} more" if len(paths) > 4 else ""))
+            report.problems.append(
+                f"duplicate files (same content): {', '.join(sorted(paths)[:4])}"
+                + (f" and {len(paths) - 4} more" if len(paths) > 4 else "")
+            )
 
 
 def image_splits(cfg: dict[str, Any], train, val, train_eval) -> tuple[Dataset, Dataset, Dataset]:
@@ -94,8 +141,11 @@ def image_splits(cfg: dict[str, Any], train, val, train_eval) -> tuple[Dataset, 
     if decode_mode(cfg) != "gpu":
         return train, val, train_eval
     d, dev, load = cfg["data"], decode_device(cfg), train.loader
-    return (EncodedImages(train.samples, train.classes, d, True, dev, load), EncodedImages(val.samples, val.classes, d, False, dev, load),
-            EncodedImages(train.samples, train.classes, d, False, dev, load))
+    return (
+        EncodedImages(train.samples, train.classes, d, True, dev, load),
+        EncodedImages(val.samples, val.classes, d, False, dev, load),
+        EncodedImages(train.samples, train.classes, d, False, dev, load),
+    )
 
 
 def transforms(d: dict[str, Any], train: bool):
@@ -107,7 +157,10 @@ def transforms(d: dict[str, Any], train: bool):
     if not train:
         resize = d["eval_resize"] or int(round(size / 0.875))
         return T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor(), T.Normalize(MEAN, STD)])
-    steps = [T.RandomResizedCrop(size, scale=tuple(d["crop_scale"]), ratio=tuple(d["crop_ratio"])), T.RandomHorizontalFlip()]
+    steps = [
+        T.RandomResizedCrop(size, scale=tuple(d["crop_scale"]), ratio=tuple(d["crop_ratio"])),
+        T.RandomHorizontalFlip(),
+    ]
     if d["rotation"]:
         steps.append(T.RandomRotation(d["rotation"], interpolation=T.InterpolationMode.BILINEAR))
     if d["grayscale"]:
@@ -130,7 +183,9 @@ class ImageClassificationTask(Task):
             if is_library_arch(arch):
                 check_library_arch(arch)
             elif arch not in self.archs:
-                raise UsageError(f"{role} arch {arch!r} is not offered by task {self.name} (known: {', '.join(self.archs)})")
+                raise UsageError(
+                    f"{role} arch {arch!r} is not offered by task {self.name} (known: {', '.join(self.archs)})"
+                )
             ckpt = cfg[role]["init_checkpoint"]
             if ckpt:
                 for alpha in grid_values(cfg)[0]:
@@ -240,18 +295,28 @@ class ImageNetBase(ImageClassificationTask):
         tr, va = _class_dirs(root / "train"), _class_dirs(root / "val")
         if tr != va:
             only_tr, only_va = sorted(set(tr) - set(va)), sorted(set(va) - set(tr))
-            what = (f"{len(only_tr)} class(es) missing from val/ (e.g. {', '.join(only_tr[:3])})" if only_tr else
-                    f"{len(only_va)} class(es) in val/ but not in train/ (e.g. {', '.join(only_va[:3])})")
+            what = (
+                f"{len(only_tr)} class(es) missing from val/ (e.g. {', '.join(only_tr[:3])})"
+                if only_tr
+                else f"{len(only_va)} class(es) in val/ but not in train/ (e.g. {', '.join(only_va[:3])})"
+            )
             raise UsageError(f"{self.name}: train/ and val/ class folders differ: {what}; {self.layout}")
         for split in ("train", "val"):
             for c in tr:
                 d = root / split / c
                 if not _has_images(d):
-                    raise UsageError(f"{self.name}: class folder {d} has no image files ({', '.join(IMG_EXT)}); {self.layout}")
+                    raise UsageError(
+                        f"{self.name}: class folder {d} has no image files ({', '.join(IMG_EXT)}); {self.layout}"
+                    )
 
     def files(self, cfg: dict[str, Any]) -> list[tuple[str, Path]]:
         root = self.root(cfg)
-        return [(split, p) for split in ("train", "val") for c in _class_dirs(root / split) for p in _images(root / split / c)]
+        return [
+            (split, p)
+            for split in ("train", "val")
+            for c in _class_dirs(root / split)
+            for p in _images(root / split / c)
+        ]
 
     def load_data(self, cfg: dict[str, Any], cache_dir=None) -> TaskData:
         root, d = self.root(cfg), cfg["data"]
@@ -259,8 +324,9 @@ class ImageNetBase(ImageClassificationTask):
         val = _image_folder(root / "val", transforms(d, False))
         train_eval = _image_folder(root / "train", transforms(d, False)) if decode_mode(cfg) == "cpu" else train
         train, val, train_eval = image_splits(cfg, train, val, train_eval)
-        return TaskData(train=train, val=val, num_classes=len(train.classes), class_names=list(train.classes),
-                        train_eval=train_eval)
+        return TaskData(
+            train=train, val=val, num_classes=len(train.classes), class_names=list(train.classes), train_eval=train_eval
+        )
 
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:
         return load_wordnet_parents()
@@ -269,8 +335,10 @@ class ImageNetBase(ImageClassificationTask):
 @TASKS.register("imagenet")
 class ImageNetTask(ImageNetBase):
     name = "imagenet"
-    description = ("ImageNet-1K (ImageFolder train/ val/), resnet50 -> resnet18 (or -> resnet50); --pair for the KD "
-                   "benchmark's resnet34 -> resnet18 and resnet50 -> mobilenet_v1 (mdistiller recipe)")
+    description = (
+        "ImageNet-1K (ImageFolder train/ val/), resnet50 -> resnet18 (or -> resnet50); --pair for the KD "
+        "benchmark's resnet34 -> resnet18 and resnet50 -> mobilenet_v1 (mdistiller recipe)"
+    )
     recipe = "imagenet"
     archs = ("resnet50", "resnet18", "resnet34", "mobilenet_v1")
     pairs_recipe = "imagenet_pairs"
@@ -360,7 +428,9 @@ class CUBBase(ImageClassificationTask):
         labels = _read_table(d / "image_class_labels.txt", 2)
         split = _read_table(d / "train_test_split.txt", 2)
         if set(images) != set(labels) or set(images) != set(split):
-            raise UsageError(f"{self.name}: images.txt, image_class_labels.txt and train_test_split.txt list different image ids")
+            raise UsageError(
+                f"{self.name}: images.txt, image_class_labels.txt and train_test_split.txt list different image ids"
+            )
         for name, table in (("image_class_labels.txt", labels), ("train_test_split.txt", split)):
             for i, (v,) in sorted(table.items()):
                 if not v.isdigit() or (name == "train_test_split.txt" and v not in ("0", "1")):
@@ -369,8 +439,10 @@ class CUBBase(ImageClassificationTask):
         classes = _read_table(d / "classes.txt", 2)
         if sorted(classes) != list(range(1, len(classes) + 1)):
             gap = next(k for k in range(1, len(classes) + 2) if k not in classes)
-            raise UsageError(f"{self.name}: {d / 'classes.txt'}: class ids must be 1..{len(classes)} without gaps "
-                             f"(id {gap} is missing; a subset of CUB must be renumbered, in image_class_labels.txt too)")
+            raise UsageError(
+                f"{self.name}: {d / 'classes.txt'}: class ids must be 1..{len(classes)} without gaps "
+                f"(id {gap} is missing; a subset of CUB must be renumbered, in image_class_labels.txt too)"
+            )
         bad = sorted({int(v[0]) for v in labels.values() if int(v[0]) not in classes})
         if bad:
             raise UsageError(f"{self.name}: image_class_labels.txt uses class ids not in classes.txt (e.g. {bad[0]})")
@@ -378,13 +450,17 @@ class CUBBase(ImageClassificationTask):
             have = {labels[i][0] for i in images if split[i][0] == want}
             missing = sorted(set(map(str, classes)) - have, key=int)
             if missing:
-                raise UsageError(f"{self.name}: class {classes[int(missing[0])][0]} has no {split_name} images "
-                                 f"({len(missing)} class(es) without; train_test_split.txt)")
+                raise UsageError(
+                    f"{self.name}: class {classes[int(missing[0])][0]} has no {split_name} images "
+                    f"({len(missing)} class(es) without; train_test_split.txt)"
+                )
         absent = [images[i][0] for i in sorted(images) if not (d / "images" / images[i][0]).is_file()]
         if absent:
-            raise UsageError(f"{self.name}: {d / 'images' / absent[0]} (from images.txt) does not exist or is not a "
-                             "regular file"
-                             f" ({len(absent)} listed file(s) missing); {self.layout}")
+            raise UsageError(
+                f"{self.name}: {d / 'images' / absent[0]} (from images.txt) does not exist or is not a "
+                "regular file"
+                f" ({len(absent)} listed file(s) missing); {self.layout}"
+            )
 
     def files(self, cfg: dict[str, Any]) -> list[tuple[str, Path]]:
         d = cub_dir(self.root(cfg))
@@ -395,10 +471,12 @@ class CUBBase(ImageClassificationTask):
     def load_data(self, cfg: dict[str, Any], cache_dir=None) -> TaskData:
         root, d = self.root(cfg), cfg["data"]
         train = CUBDataset(root, True, transforms(d, True))
-        train, val, train_eval = image_splits(cfg, train, CUBDataset(root, False, transforms(d, False)),
-                                              CUBDataset(root, True, transforms(d, False)))
-        return TaskData(train=train, val=val, num_classes=len(train.classes), class_names=train.classes,
-                        train_eval=train_eval)
+        train, val, train_eval = image_splits(
+            cfg, train, CUBDataset(root, False, transforms(d, False)), CUBDataset(root, True, transforms(d, False))
+        )
+        return TaskData(
+            train=train, val=val, num_classes=len(train.classes), class_names=train.classes, train_eval=train_eval
+        )
 
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:
         groups: dict[str, list[str]] = {}

@@ -20,6 +20,7 @@ for translation, its selection score as ``select/<metric>``), and at the end the
 (``selected/<metric>``, ``selected/epoch``) and the last epoch's (``last/<metric>``). A logger that names a
 run keeps its id in CELL/loggers.json, so a resumed cell continues the same run.
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,9 +39,15 @@ from ...errors import UsageError
 from ...registry import Registry
 from ...schema import flatten
 
-LOGGERS: Registry[type] = Registry("logger", "lskd_bench.loggers", builtin=(
-    "lskd_bench.runners.loggers.tensorboard", "lskd_bench.runners.loggers.wandb_run",
-    "lskd_bench.runners.loggers.mlflow_run"))
+LOGGERS: Registry[type] = Registry(
+    "logger",
+    "lskd_bench.loggers",
+    builtin=(
+        "lskd_bench.runners.loggers.tensorboard",
+        "lskd_bench.runners.loggers.wandb_run",
+        "lskd_bench.runners.loggers.mlflow_run",
+    ),
+)
 STATE = "loggers.json"  # CELL/loggers.json: each logger's run id, for a resumed cell
 QUEUE_MAX = 100_000  # events waiting for the logger thread before new ones are dropped
 
@@ -156,8 +163,11 @@ def check_loggers(cfg: dict[str, Any]) -> None:
         cls = LOGGERS.get(name)
         req = getattr(cls, "requires", None)
         if req and importlib.util.find_spec(req[0]) is None:
-            key = "logging.tensorboard" if name == "tensorboard" and name not in cfg["logging"]["loggers"] \
+            key = (
+                "logging.tensorboard"
+                if name == "tensorboard" and name not in cfg["logging"]["loggers"]
                 else f"logger {name}"
+            )
             raise UsageError(f"{key} needs the {req[0]} package: pip install 'lskd-bench[{req[1]}]'")
 
 
@@ -232,8 +242,11 @@ class CellLoggers:
 
     def _failed(self, name: str, exc: BaseException) -> None:
         self.live.pop(name, None)
-        warn_once(f"logger:{name}", f"logger {name} failed ({self.run.name}: {type(exc).__name__}: {exc}); it logs "
-                  "nothing more for that cell (training goes on)")
+        warn_once(
+            f"logger:{name}",
+            f"logger {name} failed ({self.run.name}: {type(exc).__name__}: {exc}); it logs "
+            "nothing more for that cell (training goes on)",
+        )
 
     def _each(self, method: str, *args: Any) -> None:
         for name, logger in list(self.live.items()):
@@ -279,12 +292,21 @@ class CellLoggers:
             return
         t0 = time.monotonic()
         if not done.wait(self.close_timeout_s):
-            warn_once("logger-close", f"the loggers of {self.run.name} are still busy after "
-                      f"{time.monotonic() - t0:.0f} s (logging.close_timeout_s): training goes on without waiting")
+            warn_once(
+                "logger-close",
+                f"the loggers of {self.run.name} are still busy after "
+                f"{time.monotonic() - t0:.0f} s (logging.close_timeout_s): training goes on without waiting",
+            )
 
 
-def open_loggers(cell_dir: Path, cell: Any, cfg: dict[str, Any], start_update: int, rank: int,
-                 selection: Optional[dict[str, Any]] = None) -> Optional[CellLoggers]:
+def open_loggers(
+    cell_dir: Path,
+    cell: Any,
+    cfg: dict[str, Any],
+    start_update: int,
+    rank: int,
+    selection: Optional[dict[str, Any]] = None,
+) -> Optional[CellLoggers]:
     """The cell's loggers (rank 0 only), or None when the config turns none on."""
     names = logger_names(cfg)
     if rank != 0 or not names:

@@ -7,6 +7,7 @@ Params: the resolved config, flattened (``teacher.lr``). Tags: the cell (``cell`
 values are sent in one batch at each epoch end. A resumed cell reopens its run (id in CELL/loggers.json); the
 values logged after its last checkpoint are logged again at the same steps.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,7 +50,7 @@ class MLflowLogger(Logger):
             run.remember("mlflow", {"run_id": self.run_id, "tracking_uri": str(self.client.tracking_uri)})
             params = [Param(k, v[:MAX_VALUE]) for k, v in run.params().items()]
             for i in range(0, len(params), MAX_PARAMS):
-                self.client.log_batch(self.run_id, params=params[i: i + MAX_PARAMS])
+                self.client.log_batch(self.run_id, params=params[i : i + MAX_PARAMS])
 
     def _experiment(self, MlflowException) -> str:
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or self.run.cfg.get("logging", {}).get("project") or "Default"
@@ -68,7 +69,7 @@ class MLflowLogger(Logger):
     def _flush(self) -> None:
         pending, self.pending = self.pending, []
         for i in range(0, len(pending), MAX_METRICS):
-            self.client.log_batch(self.run_id, metrics=pending[i: i + MAX_METRICS])
+            self.client.log_batch(self.run_id, metrics=pending[i : i + MAX_METRICS])
 
     def step(self, update: int, loss: float, lr: float) -> None:
         self._add({"train/loss_step": loss, "train/lr": lr}, update)

@@ -3,6 +3,7 @@
 Step axis: optimizer updates. A resumed cell purges the events written after its checkpoint, so each cell
 shows one clean curve while the grid trains.
 """
+
 from __future__ import annotations
 
 from typing import Any

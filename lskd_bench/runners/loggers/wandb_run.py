@@ -4,6 +4,7 @@ no account (run files under ``WANDB_DIR``/wandb/, uploaded later with ``wandb sy
 alpha, T, seed; group: the task; metrics against ``update`` (optimizer updates); the selected and last
 epochs' metrics in the run summary. A resumed cell reopens its run (id in CELL/loggers.json).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,14 @@ class WandbLogger(Logger):
         prior = run.recall("wandb")
         kw: dict[str, Any] = {
             "project": os.environ.get("WANDB_PROJECT") or run.cfg.get("logging", {}).get("project"),
-            "name": run.name, "group": tags.get("task"), "job_type": tags.get("role"),
-            "tags": [f"{k}={tags[k]}" if k not in ("task", "role") else tags[k]
-                     for k in ("task", "role", "method", "alpha", "T", "seed") if tags.get(k)],
+            "name": run.name,
+            "group": tags.get("task"),
+            "job_type": tags.get("role"),
+            "tags": [
+                f"{k}={tags[k]}" if k not in ("task", "role") else tags[k]
+                for k in ("task", "role", "method", "alpha", "T", "seed")
+                if tags.get(k)
+            ],
             "reinit": "create_new",  # several cells (a fused group) log at once
             "settings": wandb.Settings(console="off", silent=True),
         }

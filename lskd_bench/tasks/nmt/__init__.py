@@ -13,6 +13,7 @@ The shared runner trains them like every other task. What is specific lives here
 fairseq, sentencepiece and sacreBLEU come with ``pip install -e ".[nmt]"``; only
 ``fairseq_adapter`` imports fairseq.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,24 +46,47 @@ PAD, EOS = 1, 2
 
 def _direction(v: str) -> Optional[str]:
     parts = v.split("-")
-    return None if len(parts) == 2 and all(p.isalpha() for p in parts) and parts[0] != parts[1] else "must look like en-de"
+    return (
+        None if len(parts) == 2 and all(p.isalpha() for p in parts) and parts[0] != parts[1] else "must look like en-de"
+    )
 
 
 NMT_DATA = Section(
     {
-        "root": Field(str, None, "IWSLT data directory (--data-root): the raw release or a plain layout", nullable=True),
-        "direction": Field(str, "en-de", "source-target languages, e.g. en-de (or de-en for the reverse)", check=_direction),
-        "layout": Field(str, "auto", "raw (IWSLT release files), plain (train/valid/test.<lang>) or auto",
-                        choices=("auto", "raw", "plain")),
-        "test_sets": Field([str], [], "raw layout: use only the dev/tst files whose name contains one of these "
-                           "(default: all of them, as fairseq's prepare-iwslt14.sh)"),
+        "root": Field(
+            str, None, "IWSLT data directory (--data-root): the raw release or a plain layout", nullable=True
+        ),
+        "direction": Field(
+            str, "en-de", "source-target languages, e.g. en-de (or de-en for the reverse)", check=_direction
+        ),
+        "layout": Field(
+            str,
+            "auto",
+            "raw (IWSLT release files), plain (train/valid/test.<lang>) or auto",
+            choices=("auto", "raw", "plain"),
+        ),
+        "test_sets": Field(
+            [str],
+            [],
+            "raw layout: use only the dev/tst files whose name contains one of these "
+            "(default: all of them, as fairseq's prepare-iwslt14.sh)",
+        ),
         "valid_every": Field(int, 23, "every N-th training pair is held out for validation (raw layout)", min=2),
         "max_len": Field(int, 175, "training pairs longer than this many words (either side) are dropped", min=1),
-        "len_ratio": Field(float, 1.5, "training pairs whose word counts differ by more than this ratio are dropped", min=1.0),
-        "vocab_size": Field(int, 10000, "joint SentencePiece vocabulary size (at most; small corpora get fewer)", min=16),
+        "len_ratio": Field(
+            float, 1.5, "training pairs whose word counts differ by more than this ratio are dropped", min=1.0
+        ),
+        "vocab_size": Field(
+            int, 10000, "joint SentencePiece vocabulary size (at most; small corpora get fewer)", min=16
+        ),
         "subword_model": Field(str, "unigram", "SentencePiece model type", choices=("unigram", "bpe")),
-        "on_bad_sample": Field(str, "error", "a line that is not valid UTF-8: error (naming file and line) or skip the pair",
-                               choices=("error", "skip"), identity=False),
+        "on_bad_sample": Field(
+            str,
+            "error",
+            "a line that is not valid UTF-8: error (naming file and line) or skip the pair",
+            choices=("error", "skip"),
+            identity=False,
+        ),
     }
 )
 
@@ -73,34 +97,63 @@ GENERATION = Section(
         "max_len_a": Field(float, 0.0, "max output length = a * source length + b", min=0.0, identity=False),
         "max_len_b": Field(int, 200, "max output length = a * source length + b", min=1, identity=False),
         "max_sentences": Field(int, 128, "sentences decoded at once", min=1, identity=False),
-        "max_tokens": Field(int, None, "and at most this many source tokens a batch, counted as sentences x longest "
-                            "source (fairseq-generate's --max-tokens; null: max_sentences only)",
-                            min=1, nullable=True, identity=False),
-        "limit": Field(int, None, "score only the first N test sentences (quick looks; null: all)", min=1,
-                       nullable=True, identity=False),
+        "max_tokens": Field(
+            int,
+            None,
+            "and at most this many source tokens a batch, counted as sentences x longest "
+            "source (fairseq-generate's --max-tokens; null: max_sentences only)",
+            min=1,
+            nullable=True,
+            identity=False,
+        ),
+        "limit": Field(
+            int,
+            None,
+            "score only the first N test sentences (quick looks; null: all)",
+            min=1,
+            nullable=True,
+            identity=False,
+        ),
     },
     "beam search for evaluation and sequence-level KD",
 )
 
 NMT_TRAIN = TRAIN.extend(
     {
-        "batch_size": Field(int, None, "at most this many sentence pairs per batch (null: only max_tokens bounds it)",
-                            min=1, nullable=True),
+        "batch_size": Field(
+            int,
+            None,
+            "at most this many sentence pairs per batch (null: only max_tokens bounds it)",
+            min=1,
+            nullable=True,
+        ),
         "max_tokens": Field(int, 4096, "tokens per batch and process (fairseq's --max-tokens)", min=16),
         "dropout": Field(float, 0.3, "dropout", min=0.0, max=1.0, max_exclusive=True),
         "attention_dropout": Field(float, 0.0, "attention dropout", min=0.0, max=1.0, max_exclusive=True),
-        "activation_dropout": Field(float, 0.0, "dropout after the FFN activation", min=0.0, max=1.0, max_exclusive=True),
+        "activation_dropout": Field(
+            float, 0.0, "dropout after the FFN activation", min=0.0, max=1.0, max_exclusive=True
+        ),
         "share_decoder_input_output_embed": Field(bool, True, "tie the decoder's input and output embeddings"),
         "share_all_embeddings": Field(bool, False, "tie encoder and decoder embeddings too (joint vocabulary)"),
         "max_positions": Field(int, 1024, "longest sequence the positional embeddings cover", min=8),
-        "select_on": Field(str, "valid_bleu", "how the reported ('best') epoch is chosen among the evaluated ones, on the "
-                           "validation split: valid_bleu (sacreBLEU of a beam search with the generation settings, the "
-                           "reported metric) or valid_loss (cross-entropy of the references, fairseq's checkpoint_best; "
-                           "no decoding, but label smoothing and KD temperature shift it apart from BLEU)",
-                           choices=("valid_bleu", "valid_loss"), identity=False),
-        "pad_to_multiple": Field(int, 1, "pad training batches' lengths up to a multiple of this, so that shapes repeat "
-                                 "(for --compile / CUDA; the loss skips the padding, but dropout draws other masks)",
-                                 min=1, identity=False),
+        "select_on": Field(
+            str,
+            "valid_bleu",
+            "how the reported ('best') epoch is chosen among the evaluated ones, on the "
+            "validation split: valid_bleu (sacreBLEU of a beam search with the generation settings, the "
+            "reported metric) or valid_loss (cross-entropy of the references, fairseq's checkpoint_best; "
+            "no decoding, but label smoothing and KD temperature shift it apart from BLEU)",
+            choices=("valid_bleu", "valid_loss"),
+            identity=False,
+        ),
+        "pad_to_multiple": Field(
+            int,
+            1,
+            "pad training batches' lengths up to a multiple of this, so that shapes repeat "
+            "(for --compile / CUDA; the loss skips the padding, but dropout draws other masks)",
+            min=1,
+            identity=False,
+        ),
     }
 )
 
@@ -120,7 +173,10 @@ class Split:
 
     def lens(self) -> tuple[np.ndarray, np.ndarray]:
         if self._lens is None:
-            self._lens = (np.array([len(s) for s in self.src], np.int64), np.array([len(t) for t in self.tgt], np.int64))
+            self._lens = (
+                np.array([len(s) for s in self.src], np.int64),
+                np.array([len(t) for t in self.tgt], np.int64),
+            )
         return self._lens
 
     def with_targets(self, tgt: list[np.ndarray], tgt_text: list[str]) -> "Split":
@@ -159,8 +215,11 @@ def generation_batches(src_lens: np.ndarray, max_sentences: int, max_tokens: Opt
 
 class TranslationTask(Task):
     kind = "translation"
-    metrics = (MetricSpec("bleu", "detokenised sacreBLEU"), MetricSpec("chrf", "chrF2", shown=False),
-               MetricSpec("bleu_tok", "tokenised lower-cased BLEU", shown=False))
+    metrics = (
+        MetricSpec("bleu", "detokenised sacreBLEU"),
+        MetricSpec("chrf", "chrF2", shown=False),
+        MetricSpec("bleu_tok", "tokenised lower-cased BLEU", shown=False),
+    )
     primary_metric = "bleu"
     supports_analysis = False
     data_schema = NMT_DATA
@@ -184,9 +243,11 @@ class TranslationTask(Task):
     def cpu_reason(self, cfg: dict[str, Any]) -> Optional[str]:
         archs = {cfg[r]["arch"] for r in ("teacher", "student")}
         if all(a in ARCHS and ARCHS[a].tiny for a in archs):
-            return (f"{' and '.join(sorted(archs))} are too small to gain from a GPU (a step is a few hundred tiny "
-                    "kernel launches: one demo seed had not finished after 265 s on an H200; the whole demo grid "
-                    "takes ~475 s on 2 CPU cores); --device cuda overrides")
+            return (
+                f"{' and '.join(sorted(archs))} are too small to gain from a GPU (a step is a few hundred tiny "
+                "kernel launches: one demo seed had not finished after 265 s on an H200; the whole demo grid "
+                "takes ~475 s on 2 CPU cores); --device cuda overrides"
+            )
         return None
 
     def check_source(self, cfg: dict[str, Any]) -> None:
@@ -205,8 +266,17 @@ class TranslationTask(Task):
         cached, self._checked = getattr(self, "_checked", None), None
         if cached is not None and cached[0] == json.dumps(d, sort_keys=True, default=str):
             return cached[1]  # just read by check_layout in this run: not read twice
-        return read_corpus(Path(d["root"]), src, tgt, d["layout"], policy=d["on_bad_sample"], max_len=d["max_len"],
-                           len_ratio=d["len_ratio"], valid_every=d["valid_every"], test_sets=tuple(d["test_sets"]))
+        return read_corpus(
+            Path(d["root"]),
+            src,
+            tgt,
+            d["layout"],
+            policy=d["on_bad_sample"],
+            max_len=d["max_len"],
+            len_ratio=d["len_ratio"],
+            valid_every=d["valid_every"],
+            test_sets=tuple(d["test_sets"]),
+        )
 
     def check_layout(self, cfg: dict[str, Any]) -> None:
         """Read the corpus as training will (every layout and alignment error is found here); the next
@@ -226,8 +296,11 @@ class TranslationTask(Task):
         d = cfg["data"]
         train_text = [s for s, _ in corpus.train] + [t for _, t in corpus.train]
         sw = subword_model(train_text, cache_dir, int(d["vocab_size"]), d["subword_model"])
-        texts = {f"{split}_{side}": [p[i] for p in getattr(corpus, split)]
-                 for split in ("train", "valid", "test") for i, side in enumerate(("src", "tgt"))}
+        texts = {
+            f"{split}_{side}": [p[i] for p in getattr(corpus, split)]
+            for split in ("train", "valid", "test")
+            for i, side in enumerate(("src", "tgt"))
+        }
         ids = encoded(sw, self.name, texts)
         report = list(corpus.report)
         # evaluation cuts long sources to the models' longest input, as 'translate' does (a 1 MB line used to
@@ -240,8 +313,10 @@ class TranslationTask(Task):
                 arrays[i] = np.append(arrays[i][: longest - 1], arrays[i][-1])  # keep the eos
             if cut:
                 name, side = key.split("_")
-                note = (f"{name}: {len(cut)} {'source' if side == 'src' else 'reference'} line(s) longer than "
-                        f"{longest} sub-words cut to the models' longest input (e.g. line {cut[0] + 1})")
+                note = (
+                    f"{name}: {len(cut)} {'source' if side == 'src' else 'reference'} line(s) longer than "
+                    f"{longest} sub-words cut to the models' longest input (e.g. line {cut[0] + 1})"
+                )
                 report.append(note)
                 print(f"note: {note}", file=sys.stderr)
 
@@ -249,16 +324,31 @@ class TranslationTask(Task):
             return Split(ids[f"{name}_src"], ids[f"{name}_tgt"], texts[f"{name}_src"], texts[f"{name}_tgt"])
 
         dictionary = make_dictionary(sw.pieces())
-        return TaskData(train=split("train"), val=split("test"), num_classes=len(dictionary), class_names=[],
-                        extras={"valid": split("valid"), "dictionary": dictionary, "subwords": sw, "report": report})
+        return TaskData(
+            train=split("train"),
+            val=split("test"),
+            num_classes=len(dictionary),
+            class_names=[],
+            extras={"valid": split("valid"), "dictionary": dictionary, "subwords": sw, "report": report},
+        )
 
     def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any], hp: dict[str, Any]) -> nn.Module:
         return build_transformer(arch, data.extras["dictionary"], hp)
 
     # -- the training loop's hooks ------------------------------------------------------------------
-    def train_batches(self, data: TaskData, role_cfg: dict[str, Any], cfg: dict[str, Any], *, seed: int, epoch: int,
-                      shard: tuple[int, int] = (0, 1), start: int = 0, pin_memory: bool = False,
-                      skipped: Optional[list[str]] = None) -> Batches:
+    def train_batches(
+        self,
+        data: TaskData,
+        role_cfg: dict[str, Any],
+        cfg: dict[str, Any],
+        *,
+        seed: int,
+        epoch: int,
+        shard: tuple[int, int] = (0, 1),
+        start: int = 0,
+        pin_memory: bool = False,
+        skipped: Optional[list[str]] = None,
+    ) -> Batches:
         """Length-bucketed batches of ``max_tokens`` (per process, as fairseq), in an order drawn from
         (seed, epoch): a random permutation, stably sorted by source then target length, cut into batches,
         the batches shuffled. With DDP each process takes every world-th batch."""
@@ -277,8 +367,14 @@ class TranslationTask(Task):
         return Batches(len(batches), lambda: (self.collate(split, b, multiple) for b in batches))
 
     def collate(self, split: Split, idx, pad_to_multiple: int = 1) -> dict:
-        samples = [{"id": int(i), "source": torch.from_numpy(split.src[i].astype(np.int64)),
-                    "target": torch.from_numpy(split.tgt[i].astype(np.int64))} for i in idx]
+        samples = [
+            {
+                "id": int(i),
+                "source": torch.from_numpy(split.src[i].astype(np.int64)),
+                "target": torch.from_numpy(split.tgt[i].astype(np.int64)),
+            }
+            for i in idx
+        ]
         batch = collate(samples, PAD, EOS, pad_to_multiple)
         # the flat positions of the non-pad targets, found here on the host: forward() gathers them without
         # the device-to-host sync a boolean mask costs
@@ -302,8 +398,16 @@ class TranslationTask(Task):
 
     # -- decoding -----------------------------------------------------------------------------------
     @torch.inference_mode()
-    def translate(self, model: nn.Module, data: TaskData, split: Split, cfg: dict[str, Any], device: torch.device,
-                  limit: Optional[int] = None, progress: bool = False) -> list[list[int]]:
+    def translate(
+        self,
+        model: nn.Module,
+        data: TaskData,
+        split: Split,
+        cfg: dict[str, Any],
+        device: torch.device,
+        limit: Optional[int] = None,
+        progress: bool = False,
+    ) -> list[list[int]]:
         """Beam-search token ids (no eos) for the first ``limit`` sentences of ``split``, in order."""
         g = cfg["generation"]
         model.eval()
@@ -325,8 +429,9 @@ class TranslationTask(Task):
         metrics, _ = translation_scores(hyps, refs, self.langs(cfg)[1])
         return metrics
 
-    def _test_hypotheses(self, model: nn.Module, data: TaskData, cfg: dict[str, Any],
-                         device: torch.device) -> tuple[list[str], list[str]]:
+    def _test_hypotheses(
+        self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device
+    ) -> tuple[list[str], list[str]]:
         """Detokenised beam-search translations of the test split (``generation.limit`` first ones) and
         their references, in test order."""
         test: Split = data.val
@@ -334,8 +439,9 @@ class TranslationTask(Task):
         sw = data.extras["subwords"]
         return [sw.decode(h) for h in ids], test.tgt_text[: len(ids)]
 
-    def assess(self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device,
-               hp: dict[str, Any]) -> Evaluation:
+    def assess(
+        self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device, hp: dict[str, Any]
+    ) -> Evaluation:
         """Test metrics, the validation score the epoch is selected on, and the test files: hypotheses
         (``test.hyp.{last,selected}.<tgt>``), references (``test.ref.<tgt>``) and sources (``test.src.<src>``),
         one sentence a line in test order, so that ``sacrebleu test.ref.de -i test.hyp.selected.de``
@@ -350,13 +456,17 @@ class TranslationTask(Task):
             score = translation_scores(vh, valid.tgt_text, tgt)[0]["bleu"]
         else:
             score = self.valid_loss(model, valid, hp, cfg, device)
-        outputs = {f"test.hyp.{{which}}.{tgt}": hyps, f"test.ref.{tgt}": refs,
-                   f"test.src.{src}": data.val.src_text[: len(hyps)]}
+        outputs = {
+            f"test.hyp.{{which}}.{tgt}": hyps,
+            f"test.ref.{tgt}": refs,
+            f"test.src.{src}": data.val.src_text[: len(hyps)],
+        }
         return Evaluation(metrics, selection=score, outputs=outputs)
 
     @torch.no_grad()  # not inference mode: fairseq caches the decoder's future mask, which training reuses
-    def valid_loss(self, model: nn.Module, split: Split, hp: dict[str, Any], cfg: dict[str, Any],
-                   device: torch.device) -> float:
+    def valid_loss(
+        self, model: nn.Module, split: Split, hp: dict[str, Any], cfg: dict[str, Any], device: torch.device
+    ) -> float:
         """Mean cross-entropy (nats per target token, eos included, no label smoothing) of the references of
         ``split`` under teacher forcing: the same measure for every cell whatever its training loss."""
         model.eval()
@@ -379,9 +489,13 @@ class TranslationTask(Task):
 
     def selection(self, cfg: dict[str, Any], hp: dict[str, Any]) -> dict[str, Any]:
         how = hp["select_on"]
-        return {"split": "valid", "metric": how, "mode": "min" if how == "valid_loss" else "max",
-                "note": "valid_loss: mean cross-entropy (nats/token) of the validation references; valid_bleu: "
-                        "detokenised sacreBLEU of the validation split with the generation settings"}
+        return {
+            "split": "valid",
+            "metric": how,
+            "mode": "min" if how == "valid_loss" else "max",
+            "note": "valid_loss: mean cross-entropy (nats/token) of the validation references; valid_bleu: "
+            "detokenised sacreBLEU of the validation split with the generation settings",
+        }
 
     def export_artifacts(self, data: TaskData, cfg: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
         """The SentencePiece model beside the weights (``lskd-bench translate`` needs nothing else), and the
@@ -389,8 +503,12 @@ class TranslationTask(Task):
         sw = data.extras["subwords"]
         store.atomic_write(Path(cell_dir) / "spm.model", lambda f: f.write(sw.path.read_bytes()))
         src, tgt = self.langs(cfg)
-        return {"subword_model": "spm.model", "hypotheses": {w: f"test.hyp.{w}.{tgt}" for w in ("selected", "last")},
-                "references": f"test.ref.{tgt}", "sources": f"test.src.{src}"}
+        return {
+            "subword_model": "spm.model",
+            "hypotheses": {w: f"test.hyp.{w}.{tgt}" for w in ("selected", "last")},
+            "references": f"test.ref.{tgt}",
+            "sources": f"test.src.{src}",
+        }
 
     def inference_data(self, cell_dir: Path, result: dict[str, Any]) -> TaskData:
         """The sub-word model and dictionary of a finished cell, without its corpus (``lskd-bench translate``)."""
@@ -399,20 +517,28 @@ class TranslationTask(Task):
         if path is None or not path.is_file():  # a cell finished before spm.model was copied beside it
             found = sorted(Path(cell_dir).parent.glob("cache/spm-*/spm.model"))
             if len(found) != 1:
-                raise UsageError(f"{cell_dir}: no spm.model beside the weights, and {len(found)} sub-word models in "
-                                 f"{Path(cell_dir).parent / 'cache'}: cannot tell which one the cell used")
+                raise UsageError(
+                    f"{cell_dir}: no spm.model beside the weights, and {len(found)} sub-word models in "
+                    f"{Path(cell_dir).parent / 'cache'}: cannot tell which one the cell used"
+                )
             path = found[0]
         sw = SubwordModel(path)
         dictionary = make_dictionary(sw.pieces())
-        return TaskData(train=None, val=None, num_classes=len(dictionary), class_names=[],
-                        extras={"dictionary": dictionary, "subwords": sw})
+        return TaskData(
+            train=None,
+            val=None,
+            num_classes=len(dictionary),
+            class_names=[],
+            extras={"dictionary": dictionary, "subwords": sw},
+        )
 
     def metric_info(self, cfg: dict[str, Any]) -> dict[str, Any]:
         _, sig = translation_scores(["a"], ["a"], self.langs(cfg)[1])
         return {"signatures": sig, "split": "test", "generation": cfg["generation"]}
 
-    def teacher_targets(self, teacher: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device,
-                        cache: Path) -> TaskData:
+    def teacher_targets(
+        self, teacher: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device, cache: Path
+    ) -> TaskData:
         """The training split with the teacher's beam-search translations as targets (Kim & Rush, 2016),
         computed once per teacher and generation settings, cached under the teacher's cell directory."""
         g = {k: cfg["generation"][k] for k in ("beam", "lenpen", "max_len_a", "max_len_b")}
@@ -429,21 +555,26 @@ class TranslationTask(Task):
                 store.atomic_write(path, lambda f: np.savez(f, ids=np.concatenate(tgt), lens=lens))
         sw = data.extras["subwords"]
         train = data.train.with_targets(list(tgt), [sw.decode(t.tolist()) for t in tgt])
-        return TaskData(train=train, val=data.val, num_classes=data.num_classes, class_names=data.class_names,
-                        extras=data.extras)
+        return TaskData(
+            train=train, val=data.val, num_classes=data.num_classes, class_names=data.class_names, extras=data.extras
+        )
 
 
 @TASKS.register("iwslt_ende")
 class IWSLTEnDe(TranslationTask):
     name = "iwslt_ende"
-    description = "IWSLT En->De (raw release or plain layout), transformer_iwslt_de_en -> transformer_iwslt_de_en_small, BLEU"
+    description = (
+        "IWSLT En->De (raw release or plain layout), transformer_iwslt_de_en -> transformer_iwslt_de_en_small, BLEU"
+    )
     recipe = "iwslt"
 
 
 @TASKS.register("iwslt_enru")
 class IWSLTEnRu(TranslationTask):
     name = "iwslt_enru"
-    description = "IWSLT En->Ru (raw release or plain layout), transformer_iwslt_de_en -> transformer_iwslt_de_en_small, BLEU"
+    description = (
+        "IWSLT En->Ru (raw release or plain layout), transformer_iwslt_de_en -> transformer_iwslt_de_en_small, BLEU"
+    )
     recipe = "iwslt"
 
     def default_config(self) -> dict[str, Any]:
@@ -478,14 +609,18 @@ class GettextDemo(TranslationTask):
 @TASKS.register("demo_ende")
 class DemoEnDe(GettextDemo):
     name = "demo_ende"
-    description = ("NMT demo, offline: ~640 real En->De UI strings from Django's catalogues (not a benchmark), "
-                   "transformer_tiny -> transformer_micro, ~7.5 min on 2 CPU cores")
+    description = (
+        "NMT demo, offline: ~640 real En->De UI strings from Django's catalogues (not a benchmark), "
+        "transformer_tiny -> transformer_micro, ~7.5 min on 2 CPU cores"
+    )
     target = "de"
 
 
 @TASKS.register("demo_enru")
 class DemoEnRu(GettextDemo):
     name = "demo_enru"
-    description = ("NMT demo, offline: ~650 real En->Ru UI strings from Django's catalogues (not a benchmark), "
-                   "transformer_tiny -> transformer_micro")
+    description = (
+        "NMT demo, offline: ~650 real En->Ru UI strings from Django's catalogues (not a benchmark), "
+        "transformer_tiny -> transformer_micro"
+    )
     target = "ru"

@@ -17,6 +17,7 @@ rules filter the training pairs: 1 to ``max_len`` words a side, length ratio at 
 Plain layout: ``ROOT/{train,valid,test}.<lang>``, one sentence a line, aligned by line (valid optional:
 every 23rd training pair otherwise).
 """
+
 from __future__ import annotations
 
 import html
@@ -63,8 +64,10 @@ def _read_lines(path: Path, policy: str, report: list[str]) -> list[Optional[str
                 out.append(raw.decode("utf-8-sig" if i == 1 else "utf-8").rstrip("\r\n"))  # no BOM in a sentence
             except UnicodeDecodeError as exc:
                 if policy != "skip":
-                    raise UsageError(f"{path}:{i}: not valid UTF-8 ({exc.reason} at byte {exc.start}); "
-                                     "fix the file or --set data.on_bad_sample=skip") from None
+                    raise UsageError(
+                        f"{path}:{i}: not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+                        "fix the file or --set data.on_bad_sample=skip"
+                    ) from None
                 out.append(None)
                 bad += 1
     if bad:
@@ -97,8 +100,9 @@ def _check_same_length(a: Path, la: list, b: Path, lb: list) -> None:
         raise UsageError(f"{a} has {len(la)} lines but {b} has {len(lb)}: the files are not aligned")
 
 
-def clean_train(pairs: list[tuple[Optional[str], Optional[str]]], max_len: int, len_ratio: float,
-                report: list[str]) -> list[tuple[str, str]]:
+def clean_train(
+    pairs: list[tuple[Optional[str], Optional[str]]], max_len: int, len_ratio: float, report: list[str]
+) -> list[tuple[str, str]]:
     """Moses clean-corpus-n rules: drop empty or undecodable pairs, pairs with more than ``max_len`` words
     a side, and pairs whose word counts differ by more than ``len_ratio`` (either way)."""
     out, empty, long_, ratio = [], 0, 0, 0
@@ -114,8 +118,10 @@ def clean_train(pairs: list[tuple[Optional[str], Optional[str]]], max_len: int, 
             ratio += 1
             continue
         out.append((s.strip(), t.strip()))
-    report.append(f"train: {len(pairs)} pairs read, kept {len(out)} (dropped {empty} empty/undecodable, "
-                  f"{long_} over {max_len} words, {ratio} with length ratio over {len_ratio:g})")
+    report.append(
+        f"train: {len(pairs)} pairs read, kept {len(out)} (dropped {empty} empty/undecodable, "
+        f"{long_} over {max_len} words, {ratio} with length ratio over {len_ratio:g})"
+    )
     return out
 
 
@@ -126,8 +132,17 @@ def _nonempty(pairs: list[tuple[Optional[str], Optional[str]]], name: str, repor
     return out
 
 
-def read_raw(root: Path, src: str, tgt: str, *, policy: str = "error", max_len: int = 175, len_ratio: float = 1.5,
-             valid_every: int = 23, test_sets: tuple[str, ...] = ()) -> Corpus:
+def read_raw(
+    root: Path,
+    src: str,
+    tgt: str,
+    *,
+    policy: str = "error",
+    max_len: int = 175,
+    len_ratio: float = 1.5,
+    valid_every: int = 23,
+    test_sets: tuple[str, ...] = (),
+) -> Corpus:
     d, pair = _pair_dir(root, src, tgt)
     report: list[str] = []
     paths = {lang: d / f"train.tags.{pair}.{lang}" for lang in (src, tgt)}
@@ -139,9 +154,11 @@ def read_raw(root: Path, src: str, tgt: str, *, policy: str = "error", max_len: 
         kind_s, s = _tag_line(s)
         kind_t, t = _tag_line(t)
         if kind_s != kind_t:  # a metadata line deleted or added on one side: every later pair would be shifted
-            raise UsageError(f"{paths[src]} and {paths[tgt]} are misaligned at line {n}: {_kind_text(kind_s)} in the "
-                             f"{src} file, {_kind_text(kind_t)} in the {tgt} file (metadata lines must sit at the same "
-                             "line numbers on both sides)")
+            raise UsageError(
+                f"{paths[src]} and {paths[tgt]} are misaligned at line {n}: {_kind_text(kind_s)} in the "
+                f"{src} file, {_kind_text(kind_t)} in the {tgt} file (metadata lines must sit at the same "
+                "line numbers on both sides)"
+            )
         if kind_s not in ("text", "title", "description"):
             meta += 1
             continue
@@ -171,8 +188,10 @@ def read_raw(root: Path, src: str, tgt: str, *, policy: str = "error", max_len: 
         ids_s, ids_t = [i for i, _ in segs_s], [i for i, _ in segs_t]
         if ids_s != ids_t:
             k = next((k for k, (a, b) in enumerate(zip(ids_s, ids_t)) if a != b), min(len(ids_s), len(ids_t)))
-            raise UsageError(f"{p.name} and {q.name} hold different <seg> ids: segment {k + 1} is "
-                             f"{_seg_at(ids_s, k)} in the {src} file, {_seg_at(ids_t, k)} in the {tgt} file")
+            raise UsageError(
+                f"{p.name} and {q.name} hold different <seg> ids: segment {k + 1} is "
+                f"{_seg_at(ids_s, k)} in the {src} file, {_seg_at(ids_t, k)} in the {tgt} file"
+            )
         test += [(a, b) for (_, a), (_, b) in zip(segs_s, segs_t)]
     report.append(f"test: {len(test)} segments from {', '.join(found)}")
     return Corpus(train, _nonempty(valid, "valid", report), _nonempty(test, "test", report), report)
@@ -213,8 +232,16 @@ def _segs(path: Path, policy: str, report: list[str]) -> list[tuple[int, Optiona
     return out
 
 
-def read_plain(root: Path, src: str, tgt: str, *, policy: str = "error", max_len: int = 175, len_ratio: float = 1.5,
-               valid_every: int = 23) -> Corpus:
+def read_plain(
+    root: Path,
+    src: str,
+    tgt: str,
+    *,
+    policy: str = "error",
+    max_len: int = 175,
+    len_ratio: float = 1.5,
+    valid_every: int = 23,
+) -> Corpus:
     report: list[str] = []
     splits: dict[str, list] = {}
     for split in ("train", "valid", "test"):
@@ -247,13 +274,19 @@ def read_corpus(root: Path, src: str, tgt: str, layout: str = "auto", **kw) -> C
         try:
             _pair_dir(root, src, tgt)
         except FileNotFoundError:
-            raise UsageError(f"{root}: no train.tags.{src}-{tgt}.{src} or train.tags.{tgt}-{src}.{src}; {LAYOUTS}") from None
+            raise UsageError(
+                f"{root}: no train.tags.{src}-{tgt}.{src} or train.tags.{tgt}-{src}.{src}; {LAYOUTS}"
+            ) from None
         corpus = read_raw(root, src, tgt, **kw)
     else:
         kw.pop("test_sets", None)
         corpus = read_plain(root, src, tgt, **kw)
     for name, pairs in (("train", corpus.train), ("valid", corpus.valid), ("test", corpus.test)):
         if not pairs:
-            why = " (the reported epoch is selected on it: give valid.<lang> files or more training pairs)" if name == "valid" else ""
+            why = (
+                " (the reported epoch is selected on it: give valid.<lang> files or more training pairs)"
+                if name == "valid"
+                else ""
+            )
             raise UsageError(f"{root}: the {name} split of {src}-{tgt} is empty after reading{why}; {LAYOUTS}")
     return corpus

@@ -10,6 +10,7 @@ The files are read directly (``gettext`` parses .mo files); Django itself is nev
 Split: by a hash of the English text, 10 % test, 10 % valid, 80 % train (stable across Django versions
 for strings that did not change).
 """
+
 from __future__ import annotations
 
 import gettext
@@ -24,7 +25,9 @@ from .corpus import Corpus
 def django_root() -> Path:
     spec = importlib.util.find_spec("django")
     if spec is None or not spec.submodule_search_locations:
-        raise UsageError("the NMT demo reads Django's translation catalogues: pip install -e \".[nmt]\" (installs django)")
+        raise UsageError(
+            'the NMT demo reads Django\'s translation catalogues: pip install -e ".[nmt]" (installs django)'
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -54,6 +57,8 @@ def read_gettext_corpus(tgt_lang: str) -> Corpus:
     for s, t in pairs:
         bucket = int(hashlib.md5(s.encode()).hexdigest(), 16) % 10
         (test if bucket == 0 else valid if bucket == 1 else train).append((s, t))
-    report = [f"Django {tgt_lang} catalogues ({django_root()}): {len(pairs)} pairs -> "
-              f"train {len(train)}, valid {len(valid)}, test {len(test)}"]
+    report = [
+        f"Django {tgt_lang} catalogues ({django_root()}): {len(pairs)} pairs -> "
+        f"train {len(train)}, valid {len(valid)}, test {len(test)}"
+    ]
     return Corpus(train, valid, test, report)

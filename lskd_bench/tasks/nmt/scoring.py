@@ -6,6 +6,7 @@
   the style of the official code's fairseq recipe, which scored Moses-tokenised lower-cased IWSLT text.
   It is usually a few points higher than ``bleu`` and is not comparable with it.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -32,6 +33,9 @@ def translation_scores(hyps: list[str], refs: list[str], tgt_lang: str) -> tuple
     c = chrf.corpus_score(hyps, [refs])
     t = tok.corpus_score(moses_lower(hyps, tgt_lang), [moses_lower(refs, tgt_lang)])
     metrics = {"bleu": float(b.score), "chrf": float(c.score), "bleu_tok": float(t.score)}
-    info = {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature()),
-            "bleu_tok": f"moses({tgt_lang})+lowercase|{tok.get_signature()}"}
+    info = {
+        "bleu": str(bleu.get_signature()),
+        "chrf": str(chrf.get_signature()),
+        "bleu_tok": f"moses({tgt_lang})+lowercase|{tok.get_signature()}",
+    }
     return metrics, info

@@ -5,6 +5,7 @@ The model and the encoded corpus live under ``<run dir>/<task>/cache/spm-<hash>/
 and the SentencePiece settings, so another corpus or vocabulary size gets its own model. Building is
 guarded by a file lock, so concurrent processes build it once.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,7 +30,7 @@ def _spm():
     try:
         import sentencepiece as spm  # optional [nmt] extra: imported on first use
     except ImportError:
-        raise UsageError("the translation tasks need sentencepiece: pip install -e \".[nmt]\"") from None
+        raise UsageError('the translation tasks need sentencepiece: pip install -e ".[nmt]"') from None
     return spm
 
 
@@ -83,9 +84,17 @@ def subword_model(train_texts: list[str], cache_dir: Optional[Path], vocab_size:
         if not model.is_file():
             buf = io.BytesIO()
             spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(train_texts), model_writer=buf, vocab_size=vocab_size, model_type=model_type,
-                character_coverage=1.0, hard_vocab_limit=False, input_sentence_size=2_000_000,
-                shuffle_input_sentence=True, num_threads=min(16, os.cpu_count() or 1), minloglevel=2, **SPECIAL,
+                sentence_iterator=iter(train_texts),
+                model_writer=buf,
+                vocab_size=vocab_size,
+                model_type=model_type,
+                character_coverage=1.0,
+                hard_vocab_limit=False,
+                input_sentence_size=2_000_000,
+                shuffle_input_sentence=True,
+                num_threads=min(16, os.cpu_count() or 1),
+                minloglevel=2,
+                **SPECIAL,
             )
             store.atomic_write(model, lambda f: f.write(buf.getvalue()))
     return SubwordModel(model)
@@ -103,7 +112,9 @@ def encoded(model: SubwordModel, name: str, texts_by_split: dict[str, list[str]]
     with file_lock(model.path.parent / f".{path.name}.lock"):
         if path.is_file():
             with np.load(path) as z:
-                return {split: np.split(z[f"{split}_ids"], np.cumsum(z[f"{split}_lens"])[:-1]) for split in texts_by_split}
+                return {
+                    split: np.split(z[f"{split}_ids"], np.cumsum(z[f"{split}_lens"])[:-1]) for split in texts_by_split
+                }
         out = {split: model.encode(texts) for split, texts in texts_by_split.items()}
         arrays = {}
         for split, seqs in out.items():
