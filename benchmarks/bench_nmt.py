@@ -39,9 +39,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -366,7 +367,7 @@ def beam_decoding(
     beam: int = 5,
     sentences: int = 64,
     mean_len: int = 24,
-    gen_max_tokens: Optional[int] = None,
+    gen_max_tokens: int | None = None,
     rounds: int = 2,
 ) -> float:
     """``task.translate`` with beam ``beam`` over ``sentences`` held-out sentences (random weights; the output
@@ -579,7 +580,7 @@ def vs_fairseq(
                 corpus,
                 role="teacher",
                 teacher=arch,
-                student=arch,  # noqa: E731
+                student=arch,
                 max_tokens=max_tokens,
                 updates=updates,
                 device=device,
@@ -602,7 +603,7 @@ def vs_fairseq(
 
 
 # ------------------------------------------------------------------------------------------ GPU check rows
-def gpu_rows(device: str = "cuda", small: bool = False) -> list[tuple[str, Callable[[], float], Optional[float], str]]:
+def gpu_rows(device: str = "cuda", small: bool = False) -> list[tuple[str, Callable[[], float], float | None, str]]:
     """(name, measure, lower bound or None, unit) of the translation rows of ``benchmarks/gpu_check.py``: the
     IWSLT recipe (41.8 M teacher, 8.8 M student, vocab 10k, max_tokens 4096) on one GPU, bf16. ``small``: the
     demo's models, max_tokens 256, a few updates, no fairseq-train (seconds on a CPU, for tests)."""
@@ -676,7 +677,7 @@ def gpu_rows(device: str = "cuda", small: bool = False) -> list[tuple[str, Calla
 
 
 # ------------------------------------------------------------------------------------------ CLI
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -43,8 +43,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 T0 = time.perf_counter()
 
@@ -58,9 +59,9 @@ ROWS: list[dict[str, Any]] = []
 
 def row(
     workload: str,
-    achieved: Optional[float],
+    achieved: float | None,
     unit: str,
-    bound: Optional[float] = None,
+    bound: float | None = None,
     note: str = "",
     higher_is_better: bool = True,
 ) -> None:
@@ -151,11 +152,11 @@ def rate(name: str, fn: Callable[[], None], items: int, s: Setup) -> float:
 
 
 # ------------------------------------------------------------------------------------ synthetic bounds
-def synthetic(s: Setup, out: Optional[dict[str, float]] = None) -> dict[str, float]:
+def synthetic(s: Setup, out: dict[str, float] | None = None) -> dict[str, float]:
     """Images/s of each step on synthetic tensors: the bounds (added to ``out`` as they are measured)."""
     import torch
 
-    from lskd_bench.methods import kd_loss, ls_cross_entropy
+    from lskd_bench.methods import ls_cross_entropy
     from lskd_bench.models import build_image_model
     from lskd_bench.tasks.base import autocast
 
@@ -197,7 +198,7 @@ def synthetic(s: Setup, out: Optional[dict[str, float]] = None) -> dict[str, flo
     for arch in s.students:
         try:
             student_rows(s, arch, model, teacher, x, y, t_logits, out)
-        except Exception as exc:  # noqa: BLE001 - one architecture failing (out of memory...) must not lose the others
+        except Exception as exc:
             failed(f"synthetic: {arch} student step", "img/s", exc)
         if s.cuda:
             torch.cuda.empty_cache()
@@ -388,7 +389,7 @@ def runner_rows(s: Setup, bounds: dict[str, float], work: Path) -> dict[str, flo
             cfg = runner_cfg(root, s, decode)
             data = task.load_data(cfg)
             cells = plan_cells(cfg)
-        except Exception as exc:  # noqa: BLE001 - see failed()
+        except Exception as exc:
             failed(f"runner, decode={decode}", "img/s", exc)
             continue
         pieces = [
@@ -400,7 +401,7 @@ def runner_rows(s: Setup, bounds: dict[str, float], work: Path) -> dict[str, flo
         for name, piece in pieces:
             try:
                 piece()
-            except Exception as exc:  # noqa: BLE001 - see failed()
+            except Exception as exc:
                 failed(name, "img/s", exc)
             if s.cuda:
                 torch.cuda.empty_cache()
@@ -422,7 +423,7 @@ def nvjpeg_probe(root: Path, s: Setup) -> bool:
         sync(s.device)
         ref = decode_jpeg(data, mode=ImageReadMode.RGB)
         diff = max(float((a.cpu().float() - b.float()).abs().mean()) for a, b in zip(on_dev, ref))
-    except Exception as exc:  # noqa: BLE001 - see failed()
+    except Exception as exc:
         failed(name + " (the decode=gpu rows are skipped)", "-", exc)
         return False
     row(name, None, "-", note=f"works; largest mean absolute difference from the CPU decoder {diff:.2f} grey levels")
@@ -446,7 +447,7 @@ def digits_rows(s: Setup, work: Path, skip: set[str]) -> None:
         t0 = time.perf_counter()
         try:
             summary = run_grid(resolve_config("digits", {}, over), work / "digits", progress=False)
-        except Exception as exc:  # noqa: BLE001 - see failed()
+        except Exception as exc:
             failed("digits default grid, seed 0", "s", exc)
         else:
             bad = "; ".join(f"{c.name}: {why}" for c, why in summary.failed)
@@ -556,12 +557,12 @@ def nmt_rows(s: Setup, wait_s: float) -> dict[str, float]:
 
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         bench = importlib.import_module("bench_nmt")
-        batch_fn, logits_of = getattr(bench, "batch"), getattr(bench, "logits_of")
+        batch_fn, logits_of = bench.batch, bench.logits_of
         from lskd_bench.methods import kd_loss, ls_cross_entropy
         from lskd_bench.tasks.base import autocast
         from lskd_bench.tasks.nmt import PAD
         from lskd_bench.tasks.nmt import fairseq_adapter as fa
-    except Exception as exc:  # noqa: BLE001 - bench_nmt.py is edited by others: say what broke, keep the table
+    except Exception as exc:
         row("translation rows", None, "tok/s", note=f"skipped: {type(exc).__name__}: {exc}")
         return {}
     out: dict[str, float] = {}
@@ -639,7 +640,7 @@ def nmt_rows(s: Setup, wait_s: float) -> dict[str, float]:
             "tok/s",
             note="random weights: hypotheses run to max length",
         )
-    except Exception as exc:  # noqa: BLE001 - see failed(); the runner's rows below still run
+    except Exception as exc:
         failed("translation: synthetic steps", "tok/s", exc)
     # the runner's own loop (train_group) and task.translate, bench_nmt.gpu_rows: the synthetic steps above are
     # the bounds of the loop's teacher and KD steps; the issue's goals (bench_nmt.BOUNDS) are in the notes
@@ -648,7 +649,7 @@ def nmt_rows(s: Setup, wait_s: float) -> dict[str, float]:
         say(f"translation: {name}...")
         try:
             achieved = measure()
-        except (Exception, SystemExit) as exc:  # noqa: BLE001 - one failed row must not lose the table (bench_nmt
+        except (Exception, SystemExit) as exc:
             failed(f"translation: {name}", unit, exc)  # raises SystemExit when fairseq-train or -preprocess fails)
             continue
         bound = next((v for k, v in bounds.items() if k in name), None)
@@ -688,7 +689,7 @@ PAPER_TABLES = [  # (table, task, student arch)
 ]
 
 
-def recipe_cells(task_name: str, student: Optional[str]):
+def recipe_cells(task_name: str, student: str | None):
     from lskd_bench.config import resolve_layers
     from lskd_bench.runners.cells import plan_cells
     from lskd_bench.tasks import get_task
@@ -720,7 +721,7 @@ def estimate(s: Setup, m: dict[str, float], gpus: int = 8) -> str:
     for name, task_name, student in PAPER_TABLES:
         try:
             cfg, cells = recipe_cells(task_name, student)
-        except Exception as exc:  # noqa: BLE001 - a task that cannot be planned here (missing extra)
+        except Exception as exc:
             lines.append(f"| {name} | - | - | - | - | - | not planned: {type(exc).__name__} |")
             continue
         teachers = [c for c in cells if c.role == "teacher"]
@@ -779,7 +780,7 @@ def estimate(s: Setup, m: dict[str, float], gpus: int = 8) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="gpu_check.md", help="where the table goes (markdown)")
     ap.add_argument("--small", action="store_true", help="tiny sizes on the CPU: the same code in seconds")
@@ -808,7 +809,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 continue
             try:
                 run(Path(tmp))
-            except Exception as exc:  # noqa: BLE001 - see failed(): the sections after it still run
+            except Exception as exc:
                 failed(name, "-", exc)
             write(args.out, s, measured)  # the rows so far: a call cut off at its time limit keeps them
     text = write(args.out, s, measured)
@@ -823,7 +824,7 @@ def write(out: str, s: Setup, measured: dict[str, float]) -> str:
     if measured:
         try:
             text += "\n" + estimate(s, measured) + "\n"
-        except Exception as exc:  # noqa: BLE001 - the table is written whatever the estimate does
+        except Exception as exc:
             text += f"\nno estimate: {type(exc).__name__}: {exc}\n"
     Path(out).write_text(text)
     Path(out).with_suffix(".json").write_text(

@@ -6,8 +6,9 @@ import argparse
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from . import __version__, results
 from .analysis.curves import plot_curves
@@ -26,8 +27,8 @@ from .runners.devices import parse_gpus, require_cuda
 from .runners.grid import resolve, run_grid
 from .runners.inference import find_cell, load_cell, read_text_lines, score_files, translate_lines
 from .runners.status import status_rows
-from .schema import _num
 from .runners.train import auto_cpu_reason, resolve_device
+from .schema import _num
 from .store import atomic_write, check_writable_dir
 from .tasks import get_task, task_names
 
@@ -123,7 +124,7 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
-def _profile_layer(path: str, executor: Optional[str]) -> tuple[str, dict[str, Any]]:
+def _profile_layer(path: str, executor: str | None) -> tuple[str, dict[str, Any]]:
     """``--runner-profile FILE``: the config section of ``executor`` (default: the one registered executor
     that has a section, the slurm executor), as a config layer that also selects the executor."""
     if executor is None:
@@ -897,7 +898,7 @@ def build_parser() -> argparse.ArgumentParser:
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away (| head)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Every command goes through here: bad input is one line and exit 2; a closed output pipe (``| head -1``)
     ends the command quietly."""
     for stream in (sys.stdout, sys.stderr):  # an ASCII locale (LANG=C) cannot print 'α': escape, never fail
@@ -918,7 +919,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return SIGPIPE_EXIT
 
 
-def _main(argv: Optional[list[str]]) -> int:
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -11,16 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any
 
 import yaml
 
 from .errors import UsageError
 from .methods import method_sections
 from .registry import EXECUTORS
-from .schema import RUN, Section, deep_merge, flatten  # noqa: F401  (deep_merge: re-exported)
+from .schema import RUN, Section, deep_merge, flatten
 from .tasks import Task
 
 
@@ -54,7 +55,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         line = exc.object[: exc.start].count(b"\n") + 1
         raise UsageError(f"config {path} is not UTF-8 text (byte {exc.start}, line {line})") from None
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+        data = yaml.load(text, Loader=_StrictLoader)
     except UsageError as exc:
         raise UsageError(f"config {path}: {exc}") from None
     except yaml.YAMLError as exc:
@@ -135,7 +136,7 @@ def resolve_layers(task: Task, layers: list[tuple[str, Mapping[str, Any]]]) -> R
     """Merge ``layers`` (label, partial config) over the schema defaults; check each layer, then the result."""
     schema = full_schema(task)
     cfg: dict[str, Any] = schema.defaults()
-    provenance = {k: "default" for k in flatten(cfg)}
+    provenance = dict.fromkeys(flatten(cfg), "default")
     for label, layer in layers:
         if not layer:
             continue

@@ -7,8 +7,8 @@ one available (for a tree with one root: a different top-level branch).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from importlib import resources
-from typing import Mapping, Sequence
 
 
 def ancestors(node: str, parents: Mapping[str, str]) -> list[str]:

@@ -163,7 +163,7 @@ def read_checkpoint(path: str | Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:
         raise UsageError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError (truncated zip), EOFError...
+    except Exception as exc:
         text = str(exc).strip()
         if "WeightsUnpickler error:" in text:  # keep the finding, not torch's advice to load it unsafely
             text = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())

@@ -22,8 +22,8 @@ architecture, and nothing is kept that no method asked for.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
 
 import torch
 from torch import nn
@@ -67,7 +67,7 @@ class Layout:
         return ["logits", "embedding", *self.stages, *(f"preact_{k}" for k in self.preact)]
 
 
-def _timm_stages(model: nn.Module) -> Optional[dict[str, str]]:
+def _timm_stages(model: nn.Module) -> dict[str, str] | None:
     backbone = getattr(model, "backbone", None)
     info = getattr(backbone, "feature_info", None)
     if info is None:
@@ -192,7 +192,7 @@ class Tap:
     def _put(self, name: str, value: torch.Tensor) -> None:
         self.out[name] = value
 
-    def __enter__(self) -> "Tap":
+    def __enter__(self) -> Tap:
         self.out = Outputs()
         mods = _modules_by_path(self.model)
         for n in self.names:

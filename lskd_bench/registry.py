@@ -13,8 +13,9 @@ and ``lskd-bench`` loads it the first time the registry is looked up.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
-from typing import Callable, Generic, Iterator, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 from .errors import UsageError
 

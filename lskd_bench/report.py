@@ -18,7 +18,7 @@ import re
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from . import __version__, store
 from .analysis.curves import plot_curves
@@ -124,7 +124,7 @@ def _table(block: list[str]) -> str:
     return html_table(head, body, raw=True)
 
 
-def html_table(head: list[str], rows: list[list[Any]], raw: bool = False, classes: Optional[list[str]] = None) -> str:
+def html_table(head: list[str], rows: list[list[Any]], raw: bool = False, classes: list[str] | None = None) -> str:
     """A sortable table; ``raw``: the cells are markdown (else plain text)."""
     fmt = _inline if raw else (lambda s: html.escape(str(s)))
     th = "".join(f"<th>{fmt(h)}</th>" for h in head)
@@ -147,7 +147,7 @@ def _img(data: bytes, alt: str) -> str:
     return f'<img src="{_png_uri(data)}" alt="{html.escape(alt)}">'
 
 
-def heatmap_png(cmp: Comparison) -> Optional[bytes]:
+def heatmap_png(cmp: Comparison) -> bytes | None:
     """Mean metric over seeds of each (method, alpha, T) student cell (``Comparison.cells``), one panel per method
     with a T axis: rows alpha, columns T. None when no method has one."""
     cells = [c for c in cmp.cells() if c["T"] != NO_T]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from . import store
 from .errors import UsageError
@@ -102,7 +102,7 @@ def _sort_key(r: dict[str, Any]):
     )
 
 
-def load(runs_dir: Path, select: str = "best", problems: Optional[list[str]] = None):
+def load(runs_dir: Path, select: str = "best", problems: list[str] | None = None):
     """Every finished cell under ``runs_dir`` as a pandas DataFrame, one row per cell, in a stable order (task,
     role, method, alpha, T, seed). Unusable results are skipped (a line each in ``problems``)."""
     import pandas as pd  # heavy: imported when a frame is built

@@ -14,8 +14,9 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any
 
 from .errors import UsageError
 
@@ -41,13 +42,13 @@ class Field:
     default: Any
     help: str = ""
     choices: tuple = ()
-    min: Optional[float] = None
-    max: Optional[float] = None
+    min: float | None = None
+    max: float | None = None
     min_exclusive: bool = False
     max_exclusive: bool = False
     nullable: bool = False
     identity: bool = True
-    check: Optional[Callable[[Any], Optional[str]]] = None  # extra rule: returns an error text or None
+    check: Callable[[Any], str | None] | None = None  # extra rule: returns an error text or None
 
     def type_name(self) -> str:
         if isinstance(self.type, list):
@@ -116,11 +117,11 @@ class Field:
 class Section:
     """A mapping of keys to ``Field`` leaves and nested ``Section``s."""
 
-    def __init__(self, fields: Mapping[str, "Field | Section"], help: str = ""):
+    def __init__(self, fields: Mapping[str, Field | Section], help: str = ""):
         self.fields: dict[str, Field | Section] = dict(fields)
         self.help = help
 
-    def extend(self, more: Mapping[str, "Field | Section"]) -> "Section":
+    def extend(self, more: Mapping[str, Field | Section]) -> Section:
         """A copy with ``more`` added or replacing keys."""
         return Section({**self.fields, **more}, self.help)
 

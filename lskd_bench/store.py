@@ -22,9 +22,10 @@ import tempfile
 import time
 import traceback
 import zipfile
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -289,7 +290,7 @@ def torch_file_problem(path: Path, full: bool = False) -> str | None:
     if full:
         try:
             torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any failure means unusable
+        except Exception as exc:
             return f"is corrupt ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
     return None
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from lskd_bench.analysis.diffusion import class_centroids, diffusion_index, verdict
-from lskd_bench.hierarchy import ancestors, groups_to_parents, lca_depth, similar_and_dissimilar
 from lskd_bench.analysis.projection import PCA2, official_projection, pca_2d, project, projection_basis, with_bias
+from lskd_bench.hierarchy import ancestors, groups_to_parents, lca_depth, similar_and_dissimilar
 
 
 def features_at(centroids: dict[int, list[float]], n: int = 4, seed: int = 0):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lskd_bench.leaderboard.compare import welch_p
 from lskd_bench import store
+from lskd_bench.leaderboard.compare import welch_p
 
 from .test_leaderboard import result
 

@@ -12,8 +12,8 @@ from torch import nn
 
 from lskd_bench.config import resolve_layers
 from lskd_bench.methods import METHODS, FeatureMethod, LossContext, Probe, build_method, method_class, total_loss
-from lskd_bench.outputs import Outputs, Tap, describe
 from lskd_bench.metrics import MetricSpec
+from lskd_bench.outputs import Outputs, Tap, describe
 from lskd_bench.registry import EXECUTORS
 from lskd_bench.runners.executors import Executor
 from lskd_bench.runners.grid import resolve_config, run_grid

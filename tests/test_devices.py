@@ -4,7 +4,6 @@ and the parent appends each start and end to RUNS/<task>/devices.log, which the 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lskd_bench.leaderboard import collect, to_csv, to_markdown, write_outputs
 from lskd_bench import store
+from lskd_bench.leaderboard import collect, to_csv, to_markdown, write_outputs
 
 
 def result(role, arch, alpha, T, seed, top1, top5, h, teacher_arch=None, method=None):

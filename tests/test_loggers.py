@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lskd_bench.runners import store
-from lskd_bench.runners import loggers
+from lskd_bench.runners import loggers, store
 from lskd_bench.runners.loggers import LOGGERS, STATE, Logger
 
 from .conftest import require, tiny_overrides

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from lskd_bench import store
 from lskd_bench.methods import METHODS, FeatureMethod, LossContext, build_method, total_loss
 from lskd_bench.methods.losses import cosine_curriculum
-from lskd_bench import store
 
 S = np.array([[2.0, 0.5, -1.0, 0.0, 1.2], [0.1, 0.2, 3.0, -2.0, 0.4], [1.0, -0.3, 0.2, 0.8, -1.5]])
 TT = np.array([[3.0, 1.0, -0.5, 0.2, 0.9], [-1.0, 0.0, 2.5, 0.5, 0.1], [0.3, 0.6, -0.2, 1.9, -0.4]])

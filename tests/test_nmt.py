@@ -4,14 +4,13 @@ non-pad positions, a tiny grid end to end with BLEU, mid-epoch resume, sequence-
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
 
-from lskd_bench.errors import UsageError
 from lskd_bench import store
+from lskd_bench.errors import UsageError
 from lskd_bench.tasks.nmt.corpus import read_corpus
 
 from .conftest import require

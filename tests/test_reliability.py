@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lskd_bench.methods import METHODS, HintonKD, total_loss
 from lskd_bench import store
+from lskd_bench.methods import METHODS, HintonKD, total_loss
 from lskd_bench.runners.lock import LOCK, CellLock, read_lock
 
 from .image_fixtures import WNIDS, make_imagefolder
@@ -219,7 +219,7 @@ def test_failing_cell_is_recorded_and_the_grid_carries_on(tmp_path, cli, nan_met
     assert f"failed: student_{nan_method}_cnn_tiny_a0.1_T2_s0: CellFailed: non-finite loss" in err
     assert "run the same command again to retry the failed cells" in err
     done = results(tmp_path)
-    assert f"student_{nan_method}_cnn_tiny_a0.1_T1_s0" in done and f"student_kd_cnn_tiny_a0.1_T2_s0" in done
+    assert f"student_{nan_method}_cnn_tiny_a0.1_T1_s0" in done and "student_kd_cnn_tiny_a0.1_T2_s0" in done
     (error_file,) = tmp_path.rglob(store.ERROR)
     err_json = json.loads(error_file.read_text())
     assert err_json["error"] == "CellFailed" and err_json["cell"]["T"] == 2.0 and err_json["epoch"] == 0

@@ -136,7 +136,7 @@ def test_scancelled_job_resumes_from_its_checkpoint_on_resubmission(slurm, tmp_p
             import torch
 
             return torch.load(tdir / store.STATE, weights_only=False)["epoch"] >= 2
-        except Exception:  # noqa: BLE001 - not written yet, or being replaced
+        except Exception:
             return False
 
     wait_for(checkpointed, "the teacher's epoch checkpoint")

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from lskd_bench.models import ARCHS, build_image_model, load_init_checkpoint
 from lskd_bench import store
+from lskd_bench.models import ARCHS, build_image_model, load_init_checkpoint
 from lskd_bench.runners.grid import resolve_config, run_grid
 from lskd_bench.tasks import get_task
 

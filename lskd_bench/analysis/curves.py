@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .. import store
 from ..errors import UsageError
@@ -25,7 +25,7 @@ def _fmt(v: float) -> str:
 
 
 def group_results(
-    runs: Path, task: Optional[str] = None, problems: Optional[list[str]] = None
+    runs: Path, task: str | None = None, problems: list[str] | None = None
 ) -> dict[str, dict[tuple, list[dict[str, Any]]]]:
     """{task: {group key: [result, ...]}} of the finished cells under ``runs`` (latest result per cell name;
     unusable results: a line each in ``problems``)."""
@@ -148,7 +148,7 @@ def plot_group(
 
 
 def plot_curves(
-    runs: Path, out: Optional[Path] = None, task: Optional[str] = None, problems: Optional[list[str]] = None
+    runs: Path, out: Path | None = None, task: str | None = None, problems: list[str] | None = None
 ) -> list[Path]:
     """Write one PNG per (task, group) under ``out`` (default RUNS/<task>/curves/); return their paths."""
     runs = Path(runs)

@@ -10,7 +10,7 @@ class moved (relatively) closer to the classes of S as T grew from T1 to T2.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

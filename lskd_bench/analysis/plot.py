@@ -5,8 +5,8 @@ projections and centroids of each model and reused for its validation points; ce
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -20,13 +20,13 @@ DPI = 100
 COLORS = ("#1f77b4", "#d62728", "#2ca02c")
 
 
-def _first(labels: np.ndarray, classes: Sequence[int], per_class: Optional[int]) -> np.ndarray:
+def _first(labels: np.ndarray, classes: Sequence[int], per_class: int | None) -> np.ndarray:
     """The first ``per_class`` samples of each class, in export order (the official code's choice)."""
     return np.concatenate([np.flatnonzero(labels == k)[:per_class] for k in classes])
 
 
 def panel_points(
-    record: CellRecord, classes: Sequence[str], split: str, per_class: Optional[int], val_per_class: Optional[int] = 50
+    record: CellRecord, classes: Sequence[str], split: str, per_class: int | None, val_per_class: int | None = 50
 ):
     """(2-D points, their labels, 2-D centroids, class indexes, class names) of one model's panel."""
     f = record.features()
@@ -50,11 +50,11 @@ def visualize(
     classes: Sequence[str],
     out: Path,
     split: str = "train",
-    task: Optional[str] = None,
+    task: str | None = None,
     method: str = "kd",
-    seed: Optional[int] = None,
-    per_class: Optional[int] = 150,
-    val_per_class: Optional[int] = 50,
+    seed: int | None = None,
+    per_class: int | None = 150,
+    val_per_class: int | None = 50,
 ) -> tuple[Path, tuple[int, int]]:
     """Draw the grid figure to ``out`` (PNG); return the path and its (width, height) in pixels."""
     import matplotlib  # heavy: imported only when a figure is drawn

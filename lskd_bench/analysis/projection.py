@@ -14,8 +14,8 @@ ids (:178); lskd-bench uses the biases of the three plotted classes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -26,7 +26,7 @@ def with_bias(features: np.ndarray) -> np.ndarray:
 
 
 def projection_basis(
-    head_weight: np.ndarray, classes: Sequence[int], head_bias: Optional[np.ndarray] = None
+    head_weight: np.ndarray, classes: Sequence[int], head_bias: np.ndarray | None = None
 ) -> np.ndarray:
     """Orthonormal basis (D' x 3) of the span of the three classes' head rows: ``[w_k | b_k]`` (D + 1) when the
     bias is given, ``w_k`` (D) otherwise."""
@@ -52,7 +52,7 @@ class PCA2:
     axes: np.ndarray  # 2 x d
 
     @classmethod
-    def fit(cls, points: np.ndarray) -> "PCA2":
+    def fit(cls, points: np.ndarray) -> PCA2:
         mean = points.mean(axis=0)
         _, _, vt = np.linalg.svd(points - mean, full_matrices=False)
         return cls(mean, vt[:2])
@@ -82,7 +82,7 @@ def official_projection(
     through the PCA fitted on the train projections and train centroids."""
     basis = projection_basis(head_weight, classes, head_bias)
     out = []
-    fitted: Optional[PCA2] = None
+    fitted: PCA2 | None = None
     for feats, labels in (train, *others):
         proj = project(with_bias(feats), basis)
         cents = centroids(proj, labels, classes)

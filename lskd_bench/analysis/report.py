@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
-from ..errors import UsageError
 from .. import store
+from ..errors import UsageError
+from ..hierarchy import similar_and_dissimilar
 from ..tasks import get_task
 from .diffusion import diffusion_index, verdict
-from ..hierarchy import similar_and_dissimilar
 from .runs import RunIndex, resolve_class
 
 CSV_COLUMNS = ["task", "student_arch", "method", "seed", "alpha", "t1", "t2", "target", "similar", "dissimilar",
                "train_s1", "train_s2", "val_s1", "val_s2", "verdict"]  # fmt: skip
 
 
-def choose_groups(task: str, target: str, class_names: list[str], limit: Optional[int]) -> tuple[list[str], list[str]]:
+def choose_groups(task: str, target: str, class_names: list[str], limit: int | None) -> tuple[list[str], list[str]]:
     try:
         parents = get_task(task).class_hierarchy(class_names)
     except UsageError:  # a task whose plugin is not installed here
@@ -42,14 +43,14 @@ def combined_verdict(train: str, val: str) -> str:
 def analyze(
     runs: Path,
     targets: Sequence[str],
-    similar: Optional[Sequence[str]] = None,
-    dissimilar: Optional[Sequence[str]] = None,
+    similar: Sequence[str] | None = None,
+    dissimilar: Sequence[str] | None = None,
     t1: float = 1.0,
     t2: float = 3.0,
-    task: Optional[str] = None,
+    task: str | None = None,
     method: str = "kd",
-    seed: Optional[int] = None,
-    limit: Optional[int] = None,
+    seed: int | None = None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
     if not t1 < t2:
         raise UsageError(f"--t1 must be lower than --t2 (got {t1:g} and {t2:g})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +29,7 @@ class CellRecord:
         try:
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
-        except Exception as exc:  # noqa: BLE001 - BadZipFile (truncated), EOFError, ValueError...
+        except Exception as exc:
             raise UsageError(
                 f"{path} is unreadable ({type(exc).__name__}: {exc}); delete the cell's result.json "
                 f"and run again to recompute it"
@@ -39,7 +39,7 @@ class CellRecord:
 class RunIndex:
     """Latest finished result per (task, role, arch, method, alpha, T, seed) under a run directory."""
 
-    def __init__(self, runs: Path, task: Optional[str] = None):
+    def __init__(self, runs: Path, task: str | None = None):
         runs = Path(runs)
         if not runs.is_dir():
             raise UsageError(f"runs directory {runs} does not exist")
@@ -67,7 +67,7 @@ class RunIndex:
                 "visualize do not apply to it"
             )
 
-    def students(self, method: str = "kd", seed: Optional[int] = None) -> list[CellRecord]:
+    def students(self, method: str = "kd", seed: int | None = None) -> list[CellRecord]:
         rs = [r for r in self.records if r.cell["role"] == "student" and r.cell["method"] == method]
         if not rs:
             raise UsageError(f"no finished {method} students of task {self.task!r}")
@@ -80,7 +80,7 @@ class RunIndex:
     def teachers(self) -> list[CellRecord]:
         return [r for r in self.records if r.cell["role"] == "teacher"]
 
-    def find(self, records: list[CellRecord], alpha: float, T: Optional[float] = None) -> Optional[CellRecord]:
+    def find(self, records: list[CellRecord], alpha: float, T: float | None = None) -> CellRecord | None:
         for r in records:
             if float(r.cell["alpha"]) == float(alpha) and (T is None or float(r.cell["T"]) == float(T)):
                 return r

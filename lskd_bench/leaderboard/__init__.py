@@ -16,8 +16,9 @@ import csv
 import io
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .. import __version__, store
 from ..envinfo import git_commit

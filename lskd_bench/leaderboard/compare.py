@@ -23,7 +23,7 @@ import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .. import results, store
 from ..errors import UsageError
@@ -34,7 +34,7 @@ from .reference import SIGNIFICANCE, kd_references, kd_sources, ls_answer_text, 
 NO_T = ""  # the T of a cell whose method has no temperature
 
 
-def mark(p: Optional[float]) -> str:
+def mark(p: float | None) -> str:
     if p is None:
         return ", n/a"
     return " **" if p < 0.01 else " *" if p < 0.05 else ""
@@ -45,7 +45,7 @@ def _ms(v: list[float]) -> str:
 
 
 class Comparison:
-    def __init__(self, rows: list[dict[str, Any]], task: str, metric: str, baseline: Optional[str], frame: Any = None):
+    def __init__(self, rows: list[dict[str, Any]], task: str, metric: str, baseline: str | None, frame: Any = None):
         """``rows``: the leaderboard's rows (metric specs); ``frame``: the same results as ``results.load``'s
         DataFrame, whose per-cell values the tables aggregate (built from ``rows`` when not given)."""
         self.task, self.metric, self.baseline = task, metric, baseline
@@ -305,7 +305,7 @@ def _is_feature(method: str) -> bool:
 
     try:
         return issubclass(method_class(method), FeatureMethod)
-    except Exception:  # noqa: BLE001 - an unknown (third-party, uninstalled) method: not shown as a feature method
+    except Exception:
         return False
 
 
@@ -446,11 +446,11 @@ def pair_note(rows: list[dict[str, Any]], task: str) -> str:
 def compare(
     runs: Path,
     out: Path,
-    baseline: Optional[str] = None,
-    metric: Optional[str] = None,
-    task: Optional[str] = None,
+    baseline: str | None = None,
+    metric: str | None = None,
+    task: str | None = None,
     select: str = "best",
-    problems: Optional[list[str]] = None,
+    problems: list[str] | None = None,
 ) -> tuple[str, list[Path]]:
     """Write OUT.md, OUT.csv (table 1 cells), OUT_ls.csv (table 2), OUT_reference.csv (table 3, where published
     references exist) and OUT_<task>.png; return the markdown."""

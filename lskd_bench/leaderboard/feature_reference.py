@@ -9,9 +9,10 @@ every (pair, what, top1, source) of ``pairs``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import statistics
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import yaml
 
@@ -37,7 +38,7 @@ class Reference:
     teacher: dict[float, list[float]]
     students: dict[float, dict[float, list[float]]]
 
-    def value(self, alpha: float, T: Optional[float] = None, metric: Optional[str] = None) -> Optional[float]:
+    def value(self, alpha: float, T: float | None = None, metric: str | None = None) -> float | None:
         table = self.teacher if T is None else self.students.get(float(T), {})
         vals = table.get(float(alpha))
         m = metric or self.metrics[0]
@@ -61,7 +62,7 @@ def references() -> tuple[Reference, ...]:
     return tuple(out)
 
 
-def find(task: str, teacher_arch: str, student_arch: str, method: str) -> Optional[Reference]:
+def find(task: str, teacher_arch: str, student_arch: str, method: str) -> Reference | None:
     for r in references():
         if (
             r.task == task
@@ -87,7 +88,7 @@ def _task_recipe(task_name: str):
     return full_schema(task), resolve_layers(task, [("recipe", task.default_config())]).cfg
 
 
-def recipe_differences(result: dict) -> Optional[list[str]]:
+def recipe_differences(result: dict) -> list[str] | None:
     """Dotted config keys (identity keys only) where a finished cell's setup differs from its task's built-in
     recipe, the paper's: data, the teacher's recipe, and for a student its recipe and its method's parameters.
     None when the result does not record its config (then it cannot be compared with the paper)."""
@@ -119,7 +120,7 @@ def recipe_differences(result: dict) -> Optional[list[str]]:
 SIGNIFICANCE = 0.05  # a claim's difference is called significant below this two-sided Welch p-value
 
 
-def welch_p(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
+def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Two-sided p-value of Welch's t-test (``scipy.stats.ttest_ind(a, b, equal_var=False)``); None when either
     side has fewer than two values. Both sides without variance: 1 if their means are equal, else 0."""
     if len(a) < 2 or len(b) < 2:
@@ -139,12 +140,12 @@ class Claim:
     (positive: the claim's direction), Welch's two-sided p-value over seeds and the values on each side."""
 
     text: str
-    delta: Optional[float] = None  # None: the grid cannot tell (one alpha, a missing cell)
-    p_value: Optional[float] = None  # None: a side with a single value (no test)
+    delta: float | None = None  # None: the grid cannot tell (one alpha, a missing cell)
+    p_value: float | None = None  # None: a side with a single value (no test)
     n: tuple[int, int] = (0, 0)  # values on the LS side, on the alpha = 0 side
 
     @property
-    def holds(self) -> Optional[bool]:
+    def holds(self) -> bool | None:
         return None if self.delta is None else self.delta > 0
 
     @property
@@ -158,7 +159,7 @@ class Claim:
         return "yes" if self.holds else "no"
 
     @property
-    def significant(self) -> Optional[bool]:
+    def significant(self) -> bool | None:
         return None if self.p_value is None else self.p_value < SIGNIFICANCE
 
     def evidence(self) -> str:
@@ -172,7 +173,7 @@ class Claim:
         return f"{self.delta:+.2f}, p = {self.p_value:.3g}, {n}: {sig}"
 
 
-def ls_answer(v0: Sequence[float], v1: Sequence[float], better) -> tuple[str, float, Optional[float]]:
+def ls_answer(v0: Sequence[float], v1: Sequence[float], better) -> tuple[str, float, float | None]:
     """Does the label-smoothed teacher help its student? (answer, difference of means ``v1 - v0``, Welch p):
     ``helps`` / ``hurts`` (significant, by the metric's direction ``better(a, b)``), ``no significant difference``,
     or ``undetermined (1 seed)`` when a side has one value."""
@@ -233,7 +234,7 @@ def reference_cells(ref: Reference) -> dict[tuple[float, float], list[float]]:
     return {(a, T): [vals[0]] for T, row in ref.students.items() for a, vals in row.items()}
 
 
-def claims_text(cells: dict[tuple[float, float], Any], ref: Optional[Reference]) -> list[str]:
+def claims_text(cells: dict[tuple[float, float], Any], ref: Reference | None) -> list[str]:
     """One line per claim: our verdict with its evidence, and the paper's (one run per cell: no test)."""
     ours = claims(cells)
     paper = claims(reference_cells(ref)) if ref is not None else [None] * len(ours)
@@ -250,7 +251,7 @@ def claims_text(cells: dict[tuple[float, float], Any], ref: Optional[Reference])
     return lines
 
 
-def claim_rows(cells: dict[tuple[float, float], Any], ref: Optional[Reference], **key: Any) -> list[dict[str, Any]]:
+def claim_rows(cells: dict[tuple[float, float], Any], ref: Reference | None, **key: Any) -> list[dict[str, Any]]:
     """The claims as CSV rows: ``key`` (task, archs, method), the claim, verdict, delta, p-value, n per side,
     significance, and the paper's verdict and delta."""
     ours = claims(cells)
@@ -286,7 +287,7 @@ class KDReference:
     teacher_arch: str
     student_arch: str
     method: str
-    T: Optional[float]  # None: a method without a temperature
+    T: float | None  # None: a method without a temperature
     top1: float
     source: str
     recipe: str

@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
+from ..outputs import Outputs
 from ..registry import Registry
 from ..schema import Field, Section
-from ..outputs import Outputs
 from .losses import kd_kl, kd_loss, kd_terms, ls_cross_entropy, smoothed_targets
 
 Loss = Union[torch.Tensor, dict[str, torch.Tensor]]  # what Method.loss returns
@@ -65,7 +65,7 @@ class Needs:
     indices: bool = False
 
     @classmethod
-    def from_signal(cls, signal: Optional[str]) -> "Needs":
+    def from_signal(cls, signal: str | None) -> Needs:
         """The needs of a logit method's ``teacher_signal``."""
         if signal is None:
             return cls(teacher=())
@@ -106,7 +106,7 @@ class Probe:
     t_layout: Any
     num_samples: int
     num_classes: int
-    labels: Optional[torch.Tensor] = None  # the training samples' classes, by index (None: not known up front)
+    labels: torch.Tensor | None = None  # the training samples' classes, by index (None: not known up front)
 
 
 @dataclass
@@ -116,10 +116,10 @@ class LossContext:
     lives in the teacher's logits), ``T`` the cell's temperature (None for methods without a T axis)."""
 
     alpha: float = 0.0
-    T: Optional[float] = None
+    T: float | None = None
     epoch: int = 0  # 0-based epoch of this step
     epochs: int = 1  # epochs of the run
-    indices: Optional[torch.Tensor] = None  # the batch's sample indices in the training set (needs.indices)
+    indices: torch.Tensor | None = None  # the batch's sample indices in the training set (needs.indices)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -127,7 +127,7 @@ class Method:
     """Base class of training objectives; subclasses set the class attributes and ``loss``."""
 
     description: str = ""
-    teacher_signal: Optional[str] = "logits"  # None | "logits" | "targets" (a logit method's needs)
+    teacher_signal: str | None = "logits"  # None | "logits" | "targets" (a logit method's needs)
     needs: Needs = Needs()  # derived from teacher_signal unless a class declares it
     uses_temperature: bool = True  # False: one student per alpha, the T axis does not apply
     task_kinds: tuple[str, ...] = ("classification", "translation")
@@ -138,7 +138,7 @@ class Method:
         if "needs" not in cls.__dict__ and "teacher_signal" in cls.__dict__:
             cls.needs = Needs.from_signal(cls.teacher_signal)
 
-    def __init__(self, params: Optional[dict[str, Any]] = None):
+    def __init__(self, params: dict[str, Any] | None = None):
         self.p = self.params.check(params or {}, type(self).__name__)  # alpha and T: read ctx.alpha / ctx.T
 
     @classmethod
@@ -153,7 +153,7 @@ class Method:
     def setup(self, probe: Probe) -> None:
         """Build trainable parts from a probe forward (feature methods); nothing for logit methods."""
 
-    def compute(self, student: Outputs, targets: torch.Tensor, teacher: Optional[Outputs], ctx: LossContext) -> Loss:
+    def compute(self, student: Outputs, targets: torch.Tensor, teacher: Outputs | None, ctx: LossContext) -> Loss:
         """The loss from named outputs: a logit method's ``loss`` on the logits."""
         return self.loss(student["logits"], targets, None if teacher is None else teacher.get("logits"), ctx)
 
@@ -161,7 +161,7 @@ class Method:
         self,
         student_logits: torch.Tensor,
         targets: torch.Tensor,
-        teacher_logits: Optional[torch.Tensor],
+        teacher_logits: torch.Tensor | None,
         ctx: LossContext,
     ) -> Loss:
         """The loss of one batch: a scalar tensor, or named terms whose sum is the loss."""
@@ -195,11 +195,11 @@ class FeatureMethod(nn.Module, Method):
     uses_temperature = False
     task_kinds = ("classification",)
 
-    def __init__(self, params: Optional[dict[str, Any]] = None):
+    def __init__(self, params: dict[str, Any] | None = None):
         nn.Module.__init__(self)
         Method.__init__(self, params)
 
-    def compute(self, student: Outputs, targets: torch.Tensor, teacher: Optional[Outputs], ctx: LossContext) -> Loss:
+    def compute(self, student: Outputs, targets: torch.Tensor, teacher: Outputs | None, ctx: LossContext) -> Loss:
         return self.loss(student, targets, teacher, ctx)
 
     def loss(self, student: Outputs, targets: torch.Tensor, teacher: Outputs, ctx: LossContext) -> Loss:  # type: ignore[override]
@@ -251,7 +251,7 @@ class Composite(FeatureMethod):
     uses_temperature = True
     base: type[FeatureMethod] = FeatureMethod
 
-    def __init__(self, params: Optional[dict[str, Any]] = None):
+    def __init__(self, params: dict[str, Any] | None = None):
         params = dict(params or {})
         compose = params.pop("compose", {})
         nn.Module.__init__(self)
@@ -460,14 +460,14 @@ __all__ = [
     "Needs",
     "Probe",
     "build_method",
-    "feature_section",
-    "method_params",
     "check_student_methods",
+    "feature_section",
     "kd_kl",
     "kd_loss",
     "kd_terms",
     "ls_cross_entropy",
     "method_class",
+    "method_params",
     "method_sections",
     "smoothed_targets",
     "total_loss",

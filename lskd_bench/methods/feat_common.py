@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +72,7 @@ def stage_keys(out: dict, pre: bool = False) -> list[str]:
     return [k for _, k in sorted(keys)]
 
 
-def _probe_input(model: nn.Module, layout: Any) -> Optional[torch.Tensor]:
+def _probe_input(model: nn.Module, layout: Any) -> torch.Tensor | None:
     """An all-zero input batch of 2 at the resolution that reproduces the spatial sizes of ``layout.shapes``
     (the largest stage size times 1, 2, 4 or 8), or None."""
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
@@ -142,7 +142,7 @@ def bn_before_preact(model: nn.Module, layout: Any, stages: list[str]) -> list[n
         for h in hooks:
             h.remove()
 
-    def find(node: Any) -> Optional[nn.Module]:
+    def find(node: Any) -> nn.Module | None:
         if node is None:
             return None
         if node in bn_of:

@@ -11,11 +11,11 @@ as part of the cell; then the normal training.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import UsageError
 from ..schema import Field
@@ -154,8 +154,8 @@ class CRD(FeatureMethod):
             else torch.as_tensor(labels, dtype=torch.long).clone(),
         )
         self.seed = int(torch.randint(0, 2**62, (1,)).item())  # the negatives' stream, from the cell's stream
-        self._gen: Optional[torch.Generator] = None
-        self._gen_state: Optional[torch.Tensor] = None  # a checkpointed state, set when the generator is made
+        self._gen: torch.Generator | None = None
+        self._gen_state: torch.Tensor | None = None  # a checkpointed state, set when the generator is made
 
     # -- the negatives' generator, checkpointed with the method ------------------------------------------------
     def generator(self, device: torch.device) -> torch.Generator:

@@ -24,14 +24,14 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import UsageError
 from ..outputs import Outputs
+from ..schema import Field
 from . import METHODS, FeatureMethod, Needs, Probe, feature_section
 from .feat_common import paired, pool_to_smaller
-from ..schema import Field
 
 SCRIPT = "scripts/run_cifar_distill.sh"  # RepDistiller's per-method -b, one line per method
 

@@ -9,7 +9,7 @@ student per alpha.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -190,7 +190,7 @@ class CTKD(nn.Module, Method):
         "grl_epochs": Field(int, 5, "epochs of the cosine curriculum", min=1),
     }, "Curriculum Temperature KD")  # fmt: skip
 
-    def __init__(self, params: Optional[dict[str, Any]] = None):
+    def __init__(self, params: dict[str, Any] | None = None):
         nn.Module.__init__(self)
         Method.__init__(self, params)
         self.theta = nn.Parameter(torch.ones(1))

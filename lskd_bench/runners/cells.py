@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .. import store
 from ..config import config_hash, full_schema
@@ -23,10 +23,10 @@ class Cell:
     arch: str
     method: str  # registry name of the training objective ("ls" for teachers and the baseline)
     alpha: float  # label smoothing of the teacher (a student's: its teacher's; the baseline: 0)
-    T: Optional[float]
+    T: float | None
     seed: int
     hash: str
-    teacher: Optional["Cell"] = None
+    teacher: Cell | None = None
 
     @property
     def name(self) -> str:
@@ -55,7 +55,7 @@ class Cell:
         }
 
 
-def _fmt(x: Optional[float]) -> str:
+def _fmt(x: float | None) -> str:
     return "none" if x is None else f"{float(x):g}"
 
 

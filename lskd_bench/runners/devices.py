@@ -14,7 +14,8 @@ refuses ``device: cuda``: training would silently run on the CPU.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -50,7 +51,7 @@ def require_cuda(cfg: Mapping[str, Any], where: str = "") -> None:
         )
 
 
-def discover(cfg: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None) -> list[str]:
+def discover(cfg: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> list[str]:
     """The GPU ids this run may use (see the module docstring); [] means CPU only."""
     env = os.environ if environ is None else environ
     if cfg["gpus"] is not None:
@@ -98,7 +99,7 @@ class DevicePool:
     def __init__(self, gpus: list[str], per_gpu: int = 1):
         self.gpus = list(gpus)
         self.per_gpu = int(per_gpu)
-        self.load = {g: 0 for g in self.gpus}
+        self.load = dict.fromkeys(self.gpus, 0)
 
     def __bool__(self) -> bool:
         return bool(self.gpus)
@@ -113,7 +114,7 @@ class DevicePool:
     def busy(self) -> bool:
         return any(self.load.values())
 
-    def acquire(self, k: int = 1) -> Optional[list[str]]:
+    def acquire(self, k: int = 1) -> list[str] | None:
         if k > len(self.gpus):
             raise ValueError(f"a unit of {k} processes needs {k} GPUs; only {len(self.gpus)} are available")
         open_ = [g for g in self.gpus if self.load[g] < self.per_gpu]
@@ -132,7 +133,7 @@ class DevicePool:
             self.load[g] -= 1
 
 
-def worker_env(base: Mapping[str, str], gpus: Optional[list[str]], threads: int) -> dict[str, str]:
+def worker_env(base: Mapping[str, str], gpus: list[str] | None, threads: int) -> dict[str, str]:
     """The environment of one unit's worker: its GPUs only, and its share of the CPU threads (an
     ``OMP_NUM_THREADS`` the user set wins)."""
     env = dict(base)

@@ -26,14 +26,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .. import store
 from ..errors import UsageError
 from ..registry import EXECUTORS
 from ..schema import Section
-from .cells import Cell
 from . import devices
+from .cells import Cell
 from .devices import DevicePool, discover, require_cuda, worker_env
 from .lock import is_stale, read_lock
 from .scheduler import Scheduler, raise_if_data_error
@@ -46,7 +46,7 @@ class Executor:
     process or job it starts. ``config_section``, if set, is collected into the run config under the
     executor's registered name (a cluster profile: ``--runner-profile FILE`` sets it)."""
 
-    config_section: Optional[Section] = None
+    config_section: Section | None = None
 
     @classmethod
     def validate(cls, cfg: dict[str, Any]) -> None:
@@ -109,7 +109,7 @@ class LocalExecutor(Executor):
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def die_with_parent() -> Optional[Any]:
+def die_with_parent() -> Any | None:
     """A ``preexec_fn`` that makes a worker (or the torchrun launcher, which stops its ranks) receive SIGTERM
     when this process dies, even by SIGKILL: an orphan would go on training and hold its GPU while a new run
     hands that GPU to another unit. The worker's SIGTERM path releases its locks and records 'interrupted'.
@@ -191,7 +191,7 @@ class SubprocessExecutor(Executor):
                 f"{'s' if jobs > 1 else ''} at a time on the CPU (--jobs N)"
             )
         sched = Scheduler(job, units)
-        running: list[tuple[subprocess.Popen, list[Cell], Optional[list[str]]]] = []
+        running: list[tuple[subprocess.Popen, list[Cell], list[str] | None]] = []
         launch = Launch(job, self.launcher(job), spec, threads, die_with_parent())
         try:
             while not sched.done() or running:
@@ -271,9 +271,9 @@ class Launch:
     launcher: list[str]
     spec: Path
     threads: int
-    preexec: Optional[Any]
+    preexec: Any | None
 
-    def __call__(self, unit: list[Cell], gpus: Optional[list[str]]) -> subprocess.Popen:
+    def __call__(self, unit: list[Cell], gpus: list[str] | None) -> subprocess.Popen:
         for c in unit:
             store.clear_error(c.dir(self.job.out))
         cmd = [*self.launcher, "--spec", str(self.spec), "--cells", ",".join(c.hash for c in unit)]
@@ -293,7 +293,7 @@ class DeviceLog:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(f"{datetime.now().isoformat(timespec='seconds')} {line}\n")
 
-    def event(self, what: str, gpus: Optional[list[str]], unit: list[Cell], states: Optional[list[str]] = None) -> None:
+    def event(self, what: str, gpus: list[str] | None, unit: list[Cell], states: list[str] | None = None) -> None:
         where = f"GPU{'s' if gpus and len(gpus) > 1 else ''} {','.join(gpus or [])}"
         cells = ", ".join(c.name + (f" {s}" if states else "") for c, s in zip(unit, states or [""] * len(unit)))
         self.say(f"{what:<5} {where:<8} {cells}")

@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import yaml
 
@@ -22,20 +23,20 @@ from ..registry import EXECUTORS
 from ..tasks import DEFAULT_TASK, get_task
 from .cells import Cell, grid_values, plan_cells, validate_grid
 from .loggers import check_loggers
-from .probe import check_feature_methods
 from .moved import find_moved, record_fingerprints
+from .probe import check_feature_methods
 from .repair import repair_cells
 from .scheduler import Scheduler, raise_if_data_error  # noqa: F401  (re-exported)
 from .units import GridJob, unit_inputs  # noqa: F401  (re-exported)
 
 
 def resolve(
-    task_name: Optional[str],
+    task_name: str | None,
     file_cfg: Mapping[str, Any],
     overrides: Mapping[str, Any],
     file_label: str = "config file",
     check_executor: bool = True,
-    profile: Optional[tuple[str, Mapping[str, Any]]] = None,
+    profile: tuple[str, Mapping[str, Any]] | None = None,
 ) -> Resolved:
     """schema defaults <- task recipe <- pair recipe (``pair``) <- YAML file <- executor profile <- CLI overrides,
     checked (UsageError on bad input)."""
@@ -84,9 +85,7 @@ def resolve(
     return res
 
 
-def resolve_config(
-    task_name: Optional[str], file_cfg: Mapping[str, Any], overrides: Mapping[str, Any]
-) -> dict[str, Any]:
+def resolve_config(task_name: str | None, file_cfg: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     return resolve(task_name, file_cfg, overrides).cfg
 
 

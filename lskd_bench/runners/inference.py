@@ -11,7 +11,7 @@ import difflib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from ..tasks.nmt.scoring import translation_scores
 WEIGHTS = ("selected", "last")
 
 
-def find_cell(run: Optional[str] = None, runs: Optional[str] = None, name: Optional[str] = None) -> Path:
+def find_cell(run: str | None = None, runs: str | None = None, name: str | None = None) -> Path:
     """The directory of a finished cell: ``run`` (DIR/TASK/CELL) or the cell called ``name`` (with or
     without its -HASH) under the run directory ``runs``."""
     if run:
@@ -68,7 +68,7 @@ class LoadedCell:
     data: Any
     model: nn.Module
     weights: str  # "selected" or "last"
-    epoch: Optional[int]
+    epoch: int | None
 
 
 def cell_config(task, result: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +84,7 @@ def cell_config(task, result: dict[str, Any]) -> dict[str, Any]:
     return resolve_layers(task, [("recipe", task.default_config()), ("result.json", known)]).cfg
 
 
-def load_cell(cell_dir: Path, weights: str = "selected", device: Optional[torch.device] = None) -> LoadedCell:
+def load_cell(cell_dir: Path, weights: str = "selected", device: torch.device | None = None) -> LoadedCell:
     result = store.read_result(cell_dir)
     if result is None:
         raise UsageError(f"{cell_dir / store.RESULT} cannot be read as JSON (a damaged cell: train it again)")
@@ -111,7 +111,7 @@ def load_cell(cell_dir: Path, weights: str = "selected", device: Optional[torch.
         data = task.inference_data(cell_dir, result)
     except UsageError:
         raise
-    except Exception as exc:  # noqa: BLE001 - sentencepiece/OS errors of a missing or truncated spm.model
+    except Exception as exc:
         raise UsageError(
             f"{cell_dir}: cannot rebuild the cell's vocabulary from its files ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); train the cell again"
@@ -120,7 +120,7 @@ def load_cell(cell_dir: Path, weights: str = "selected", device: Optional[torch.
         model = task.build_model(result["cell"]["arch"], data, cfg, cfg[role])
     except UsageError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a run_config edited into values the model cannot take
+    except Exception as exc:
         raise UsageError(
             f"{cell_dir / store.RESULT}: its config does not build a model ({type(exc).__name__}: "
             f"{exc}); train the cell again"
@@ -136,14 +136,14 @@ def load_cell(cell_dir: Path, weights: str = "selected", device: Optional[torch.
         if problem:
             raise ValueError(problem)
         model.load_state_dict(torch.load(cell_dir / name, map_location="cpu", weights_only=True))
-    except Exception as exc:  # noqa: BLE001 - missing, truncated, not weights, or another model's
+    except Exception as exc:
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UsageError(f"{cell_dir / name}: unusable weights ({why}); train the cell again") from None
     device = device or torch.device("cpu")
     return LoadedCell(cell_dir, result, task, cfg, data, model.to(device).eval(), weights, epoch)
 
 
-def read_text_lines(path: Optional[str]) -> list[str]:
+def read_text_lines(path: str | None) -> list[str]:
     """Lines of a UTF-8 file (or stdin for None / "-"), split on '\\n' only (a U+2028 inside a sentence
     is not a line break), a trailing newline not making an extra line."""
     if path in (None, "-"):

@@ -23,9 +23,10 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from ..store import DiskFull
 
@@ -52,7 +53,7 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _start_time(pid: int) -> Optional[int]:
+def _start_time(pid: int) -> int | None:
     """When ``pid`` started (clock ticks since boot, /proc/PID/stat field 22); None where unknown."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -68,9 +69,9 @@ class LockInfo:
     token: str
     since: float
     age: float  # seconds since the last heartbeat
-    devices: Optional[str] = None  # the GPU ids the owner was given (LSKD_GPUS), e.g. "2" or "2,3"
-    problem: Optional[str] = None  # why the content could not be read (then judged by its age only)
-    start: Optional[int] = None  # the owner's process start time (``_start_time``), where recorded
+    devices: str | None = None  # the GPU ids the owner was given (LSKD_GPUS), e.g. "2" or "2,3"
+    problem: str | None = None  # why the content could not be read (then judged by its age only)
+    start: int | None = None  # the owner's process start time (``_start_time``), where recorded
 
     def describe(self) -> str:
         if self.problem:
@@ -79,7 +80,7 @@ class LockInfo:
         return f"pid {self.pid} on {self.host}{gpus}, heartbeat {self.age:.0f} s ago"
 
 
-def read_lock(cell_dir: Path) -> Optional[LockInfo]:
+def read_lock(cell_dir: Path) -> LockInfo | None:
     """The lock of ``cell_dir``; None only when there is none."""
     path = Path(cell_dir) / LOCK
     try:
@@ -129,7 +130,7 @@ class CellLock:
         self.path = self.dir / LOCK
         self.token = uuid.uuid4().hex
         self.held = False
-        self.took_over: Optional[str] = None  # set when a stale lock with unreadable content was taken over
+        self.took_over: str | None = None  # set when a stale lock with unreadable content was taken over
 
     def try_acquire(self, stale_s: float) -> bool:
         """Take the lock if it is free or stale; False if another live process holds it."""
@@ -233,7 +234,7 @@ class Heartbeat:
             for lock in self.locks:
                 lock.heartbeat()
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 

@@ -23,7 +23,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .. import store
 from .cells import Cell, plan_cells
@@ -54,7 +54,7 @@ def _listing(root: Path) -> list[tuple[str, int, str]]:
     return sorted(out)
 
 
-def data_fingerprint(cfg: dict[str, Any]) -> Optional[str]:
+def data_fingerprint(cfg: dict[str, Any]) -> str | None:
     """The fingerprint of the data under ``cfg["data"]["root"]``; None without a root (built-in data)."""
     root = (cfg.get("data") or {}).get("root")
     if not root or not Path(root).is_dir():
@@ -77,7 +77,7 @@ def data_fingerprint(cfg: dict[str, Any]) -> Optional[str]:
     return fp
 
 
-def recorded_fingerprint(d: Path) -> Optional[str]:
+def recorded_fingerprint(d: Path) -> str | None:
     try:
         rec = json.loads((Path(d) / DATA_JSON).read_text(encoding="utf-8"))
         return str(rec["fingerprint"]) if isinstance(rec, dict) and rec.get("fingerprint") else None
@@ -103,7 +103,7 @@ def record_fingerprints(cells: list[Cell], cfg: dict[str, Any], out: Path) -> No
             pass  # a read-only run directory: the cell is still found at its own path
 
 
-def _root_of(result: dict[str, Any]) -> Optional[str]:
+def _root_of(result: dict[str, Any]) -> str | None:
     cfg = result.get("run_config") or result.get("config") or {}
     data = cfg.get("data") if isinstance(cfg, dict) else None
     return data.get("root") if isinstance(data, dict) else None
@@ -115,7 +115,7 @@ def find_moved(cells: list[Cell], cfg: dict[str, Any], out: Path) -> list[str]:
     if not (cfg.get("data") or {}).get("root"):
         return []
     lines: list[str] = []
-    fp: Optional[str] = None
+    fp: str | None = None
     for c in cells:  # teachers first: a student's re-planned hash goes through its teacher's
         d = c.dir(out)
         if os.path.lexists(d):

@@ -4,7 +4,8 @@ every key is present, see ``schema.TRAIN``)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -4,8 +4,9 @@ method needs exists in both models, and its parts can be sized)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,7 +57,7 @@ def setup_method(
     view: TeacherView,
     num_samples: int,
     num_classes: int,
-    labels: Optional[torch.Tensor] = None,
+    labels: torch.Tensor | None = None,
 ) -> Tap:
     """The student's tap for ``method.needs.student``, after ``method.setup`` from a probe forward of both models
     (``labels``: the training samples' classes, for methods that read sample indices)."""

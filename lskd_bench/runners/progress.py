@@ -16,7 +16,7 @@ import json
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -34,7 +34,7 @@ def output_format(cfg: dict[str, Any]) -> str:
     return ("bar" if _tty() else "plain") if fmt == "auto" else fmt
 
 
-def line_interval(cfg: dict[str, Any]) -> Optional[float]:
+def line_interval(cfg: dict[str, Any]) -> float | None:
     """Seconds between progress lines within an epoch; None for bars (they keep their own rate)."""
     return None if output_format(cfg) == "bar" else float(cfg["logging"]["interval_s"])
 
@@ -68,7 +68,7 @@ class Bar:
     def update(self, n: int = 1) -> None:
         self.bar.update(n)
 
-    def note(self, text: str, line: Optional[str] = None, throttle: bool = False, **fields: Any) -> None:
+    def note(self, text: str, line: str | None = None, throttle: bool = False, **fields: Any) -> None:
         self.bar.set_postfix_str(text)
 
     def close(self) -> None:
@@ -86,7 +86,7 @@ class Lines:
     def update(self, n: int = 1) -> None:
         self.n += n
 
-    def note(self, text: str, line: Optional[str] = None, throttle: bool = False, **fields: Any) -> None:
+    def note(self, text: str, line: str | None = None, throttle: bool = False, **fields: Any) -> None:
         """``line``: the plain line's text (default ``n/total units, text``); ``throttle``: only when ``interval``
         seconds passed since this bar's previous line."""
         mono = time.monotonic()
@@ -119,7 +119,7 @@ class Off:
     def update(self, n: int = 1) -> None:
         pass
 
-    def note(self, text: str, line: Optional[str] = None, throttle: bool = False, **fields: Any) -> None:
+    def note(self, text: str, line: str | None = None, throttle: bool = False, **fields: Any) -> None:
         pass
 
     def close(self) -> None:

@@ -14,7 +14,6 @@ Each repair is one line: ``repaired: <cell>: <file> <problem>: <what was done>``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from .. import store
 from .cells import Cell
@@ -77,7 +76,7 @@ def repair_cells(cells: list[Cell], out: Path) -> list[str]:
     return lines
 
 
-def status_problem(d: Path, role: str) -> Optional[str]:
+def status_problem(d: Path, role: str) -> str | None:
     """One line for ``lskd-bench status`` when the cell directory is damaged (cheap checks only)."""
     problems = cell_problems(d, role)
     if not problems:

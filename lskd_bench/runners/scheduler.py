@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 from .. import store
 from ..errors import DataError
@@ -53,7 +52,7 @@ class Scheduler:
     def done(self) -> bool:
         return not self.queue and not self.waiting and not self.running
 
-    def next_unit(self) -> Optional[list[Cell]]:
+    def next_unit(self) -> list[Cell] | None:
         """The first queued unit that can start now (members already finished or blocked are dropped)."""
         for unit in list(self.queue):
             members = []
@@ -81,7 +80,7 @@ class Scheduler:
             return members
         return None
 
-    def finish(self, cell: Cell, result_ok: bool, reason: Optional[str] = None, busy: bool = False) -> None:
+    def finish(self, cell: Cell, result_ok: bool, reason: str | None = None, busy: bool = False) -> None:
         """Record the end of our attempt at ``cell``: trained, failed, or held by someone else (busy)."""
         self.running.discard(cell.hash)
         if busy:

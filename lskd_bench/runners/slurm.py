@@ -25,7 +25,7 @@ import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -107,7 +107,7 @@ def queue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     return states
 
 
-def read_job(cell_dir: Path) -> Optional[dict[str, Any]]:
+def read_job(cell_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((Path(cell_dir) / SLURM_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError):

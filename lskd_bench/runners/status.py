@@ -5,7 +5,6 @@ queue states, log tails)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import yaml
 
@@ -20,12 +19,12 @@ from .repair import status_problem
 ROLES = ("teacher", "student", "baseline")
 
 
-def cell_dirs(runs: Path, task: Optional[str] = None) -> list[Path]:
+def cell_dirs(runs: Path, task: str | None = None) -> list[Path]:
     dirs = sorted(p for p in Path(runs).glob("*/*") if p.is_dir() and "-" in p.name and p.name.split("_")[0] in ROLES)
     return [p for p in dirs if task is None or p.parent.name == task]
 
 
-def planned_dirs(runs: Path, task: Optional[str] = None) -> list[Path]:
+def planned_dirs(runs: Path, task: str | None = None) -> list[Path]:
     """The cell folders of the grid each task's newest run planned (``TASK/configs/<hash>.yaml``, touched by every
     ``lskd-bench run``), so cells a running grid has not started yet are listed too. A config that no longer
     plans (an older version's keys, a task no longer registered) is skipped: its cells show through their folders."""
@@ -44,7 +43,7 @@ def planned_dirs(runs: Path, task: Optional[str] = None) -> list[Path]:
     return dirs
 
 
-def status_rows(runs: Path, task: Optional[str] = None) -> list[dict[str, str]]:
+def status_rows(runs: Path, task: str | None = None) -> list[dict[str, str]]:
     """Per cell under ``runs`` (and per cell the newest run of each task planned but has not started):
     damaged / finished / running / queued / failed / interrupted / pending, with job ids.
 

@@ -18,22 +18,22 @@ pass when it reaches them. ``checkpoint_every`` adds checkpoints within an epoch
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import platform
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import __version__
+from .. import __version__, store
 from ..envinfo import cpu_model, git_commit
 from ..errors import DataError, Interrupted
 from ..methods import LossContext, Method, build_method, total_loss
@@ -41,16 +41,15 @@ from ..models import init_path, load_init_checkpoint
 from ..outputs import Layout, Outputs, Tap
 from ..tasks import Task, TaskData, get_task, iterate_batches
 from ..tasks.base import autocast, close_batches, on_bad_sample
-from .. import store
 from .cells import Cell, teacher_weights
 from .devices import cpu_count, device_record
 from .loggers import open_loggers
+from .optim import build_optimizer, learning_rate, lr_factor  # noqa: F401  (re-exported)
 from .probe import TeacherView, setup_method, teacher_view
 from .progress import line_interval, progress_bar
-from .optim import build_optimizer, learning_rate, lr_factor  # noqa: F401  (re-exported)
 
 
-def auto_cpu_reason(cfg: dict[str, Any]) -> Optional[str]:
+def auto_cpu_reason(cfg: dict[str, Any]) -> str | None:
     """Why ``device: auto`` keeps this run on the CPU although CUDA is available (the task's models are
     tiny), or None."""
     if cfg["device"] != "auto" or not torch.cuda.is_available() or not cfg.get("task"):  # no task: translate's device
@@ -132,14 +131,14 @@ class InitStage:
         epochs: int = 0,
         modules: Sequence[nn.Module] = (),
         lr: float = 0.0,
-        opt: Optional[torch.optim.Optimizer] = None,
+        opt: torch.optim.Optimizer | None = None,
     ):
         self.epochs, self.modules, self.lr, self.opt = epochs, list(modules), lr, opt
         self.params = [p for m in self.modules for p in m.parameters() if p.requires_grad]
         self.updates = 0
 
     @classmethod
-    def of(cls, method: Method, model: nn.Module, hp: dict[str, Any]) -> "InitStage":
+    def of(cls, method: Method, model: nn.Module, hp: dict[str, Any]) -> InitStage:
         epochs = int(method.init_stage()) if hasattr(method, "init_stage") else 0
         if not epochs:
             return cls()
@@ -157,7 +156,7 @@ class InitStage:
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.opt.state_dict() if self.opt is not None else None, "updates": self.updates}
 
-    def load_state_dict(self, st: Optional[dict[str, Any]]) -> None:
+    def load_state_dict(self, st: dict[str, Any] | None) -> None:
         if st and self.opt is not None:
             self.opt.load_state_dict(st["optimizer"])
             self.updates = st["updates"]
@@ -170,8 +169,8 @@ class CellFailed(Exception):
 @dataclass
 class Outcome:
     cell: Cell
-    result: Optional[dict[str, Any]] = None
-    error: Optional[str] = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
     notes: list[str] = field(default_factory=list)  # repairs made while starting the cell
 
 
@@ -189,14 +188,14 @@ class Member:
     data: TaskData
     dir: Path
     device: torch.device
-    teacher: Optional[TeacherView] = None  # feature methods: the group's teacher, for setup()
+    teacher: TeacherView | None = None  # feature methods: the group's teacher, for setup()
     model: nn.Module = field(init=False)
     method: Method = field(init=False)
     epoch: int = 0  # epochs finished
     step: int = 0  # batches done within the current epoch
     update: int = 0  # optimizer updates in total
     history: list = field(default_factory=list)
-    best: Optional[dict[str, Any]] = None
+    best: dict[str, Any] | None = None
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     loss_sum: float = 0.0
@@ -206,10 +205,10 @@ class Member:
     resumes: list = field(default_factory=list)  # where each resumed run picked up (epoch, step, time)
     finished: bool = False
     notes: list = field(default_factory=list)  # repairs (a checkpoint that would not load, moved aside)
-    last_score: Optional[float] = None  # the selection score of the last evaluation (None: the primary metric)
-    _loss_acc: Optional[torch.Tensor] = field(default=None, repr=False)  # the epoch's loss sum, on the device
-    _term_acc: Optional[dict] = field(default=None, repr=False)  # the epoch's named loss-term sums, on the device
-    _bad: Optional[torch.Tensor] = field(default=None, repr=False)  # CUDA: (first non-finite update or -1, its loss)
+    last_score: float | None = None  # the selection score of the last evaluation (None: the primary metric)
+    _loss_acc: torch.Tensor | None = field(default=None, repr=False)  # the epoch's loss sum, on the device
+    _term_acc: dict | None = field(default=None, repr=False)  # the epoch's named loss-term sums, on the device
+    _bad: torch.Tensor | None = field(default=None, repr=False)  # CUDA: (first non-finite update or -1, its loss)
 
     def __post_init__(self) -> None:
         cell, cfg, device = self.cell, self.cfg, self.device
@@ -220,7 +219,7 @@ class Member:
         self.model = self.task.build_model(cell.arch, self.data, cfg, self.hp).to(device)
         if cfg["channels_last"] and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.tap: Optional[Tap] = None  # captures the student's named outputs (feature methods)
+        self.tap: Tap | None = None  # captures the student's named outputs (feature methods)
         if self.method.needs.features:
             self._setup_method()
         self.method_params: list[nn.Parameter] = []
@@ -270,7 +269,7 @@ class Member:
         )
 
     # -- state ------------------------------------------------------------------------------------
-    def _load_state(self) -> Optional[dict[str, Any]]:
+    def _load_state(self) -> dict[str, Any] | None:
         """The last checkpoint, else the one before it (``state.prev.pt``); one that does not load is moved aside
         (said once) and, with neither, the cell starts from scratch (the model is still as built)."""
         prev_path = self.dir / store.STATE_PREV
@@ -280,7 +279,7 @@ class Member:
                 continue
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)  # plain data only (SECURITY.md)
-            except Exception as exc:  # noqa: BLE001 - truncated or corrupt: any failure
+            except Exception as exc:
                 aside = store.move_aside(path)
                 why = str(exc).splitlines()[0] if str(exc) else ""
                 damaged = f"{damaged}; " if damaged else ""
@@ -395,10 +394,10 @@ class Member:
     def train_step(
         self,
         batch: Any,
-        t_out: Optional[Outputs],
+        t_out: Outputs | None,
         epoch: int,
         steps_per_epoch: int = 1,
-        indices: Optional[torch.Tensor] = None,
+        indices: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One optimizer step. On the CPU a non-finite loss raises ``CellFailed`` at once; on CUDA the step
         does not wait for the device (no host sync): ``sync()`` raises it at the next checkpoint or epoch end."""
@@ -529,7 +528,7 @@ class Member:
             torch.distributed.barrier()
         return metrics
 
-    def finish(self) -> Optional[dict[str, Any]]:
+    def finish(self) -> dict[str, Any] | None:
         """Final evaluation, weights, features and result.json (rank 0); removes the epoch state."""
         _, world = dist_info()
         if self.rank != 0:
@@ -616,7 +615,7 @@ def _teacher_logits(
     return t_logits
 
 
-def _tick(profile: Optional[dict[str, float]], key: str, since: float, device: torch.device) -> float:
+def _tick(profile: dict[str, float] | None, key: str, since: float, device: torch.device) -> float:
     """Add the time since ``since`` to ``profile[key]`` (waiting for the step's CUDA stream first); return the new mark.
     Only the consumer's stream: a device-wide synchronize would also wait for the batches the GPU pipeline decodes
     ahead on its side stream (``tasks.base.finished_ahead``), serialising the overlap the profile is meant to show."""
@@ -648,7 +647,7 @@ class StepMeter:
         self.first, self.total, self.t0 = first, total, self.clock()
         self.last = self.t0
 
-    def update(self, step: int, losses: dict[str, float]) -> Optional[str]:
+    def update(self, step: int, losses: dict[str, float]) -> str | None:
         """``step``: batches done so far in the epoch. A line when ``interval`` passed since the last one."""
         now = self.clock()
         if now - self.last < self.interval:
@@ -680,11 +679,11 @@ def train_group(
     data: TaskData,
     dirs: Sequence[Path],
     *,
-    teacher: Optional[nn.Module] = None,
+    teacher: nn.Module | None = None,
     progress: bool = True,
-    on_epoch_end: Optional[Callable[[int], None]] = None,
-    on_step: Optional[Callable[[int, int], None]] = None,
-    profile: Optional[dict[str, float]] = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    profile: dict[str, float] | None = None,
 ) -> list[Outcome]:
     """Train ``cells`` (same role recipe and seed, same teacher) in one data pass; write each one's result.
 
@@ -711,9 +710,9 @@ class FusedGroup:
         cfg: dict[str, Any],
         data: TaskData,
         dirs: Sequence[Path],
-        teacher: Optional[nn.Module],
-        on_step: Optional[Callable[[int, int], None]],
-        profile: Optional[dict[str, float]],
+        teacher: nn.Module | None,
+        on_step: Callable[[int, int], None] | None,
+        profile: dict[str, float] | None,
     ):
         self.task, self.cells, self.cfg, self.data, self.teacher = task, cells, cfg, data, teacher
         self.on_step, self.profile = on_step, profile
@@ -742,7 +741,7 @@ class FusedGroup:
         self.show = False  # progress lines (rank 0 with progress on)
         interval = line_interval(cfg)  # plain/json lines: logging.interval_s; bars: StepMeter's own rate
         self.meter = StepMeter() if interval is None else StepMeter(interval)
-        self.ahead: Optional[tuple[tuple[int, int], tuple[int, int, Any, Any]]] = None  # ((epoch, first), open_epoch())
+        self.ahead: tuple[tuple[int, int], tuple[int, int, Any, Any]] | None = None  # ((epoch, first), open_epoch())
 
     def fail(self, m: Member, exc: BaseException) -> None:
         self.outcomes[m.cell.hash].error = f"{type(exc).__name__}: {exc}"
@@ -754,7 +753,7 @@ class FusedGroup:
         return [m for m in self.members if not m.finished]
 
     # -- the epoch loop -----------------------------------------------------------------------------
-    def run(self, progress: bool, on_epoch_end: Optional[Callable[[int], None]]) -> list[Outcome]:
+    def run(self, progress: bool, on_epoch_end: Callable[[int], None] | None) -> list[Outcome]:
         cells = self.cells
         epochs = max(m.epochs for m in self.members)
         start = min((m.epoch for m in self.members if not m.done()), default=epochs)
@@ -811,7 +810,7 @@ class FusedGroup:
             raise
         except SystemExit:
             raise
-        except Exception as exc:  # noqa: BLE001 - shared work failed: every unfinished member fails with it
+        except Exception as exc:
             for m in self.unfinished():
                 self.fail(m, exc)
             if os.environ.get("LSKD_DEBUG"):
@@ -907,8 +906,8 @@ class FusedGroup:
         epoch: int,
         steps: int,
         clock: float,
-        losses: Optional[dict[str, float]] = None,
-        indices: Optional[torch.Tensor] = None,
+        losses: dict[str, float] | None = None,
+        indices: torch.Tensor | None = None,
     ) -> float:
         """One batch: to the device, the teacher's outputs once (the union of what the stepping members need),
         each member's step (its loss recorded in ``losses`` under the member's short name)."""
@@ -966,10 +965,10 @@ def train_cell(
     data: TaskData,
     cell_dir: Path,
     *,
-    teacher: Optional[nn.Module] = None,
+    teacher: nn.Module | None = None,
     progress: bool = True,
-    on_epoch_end: Optional[Callable[[int], None]] = None,
-    on_step: Optional[Callable[[int, int], None]] = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Train one cell (a group of one) and return its result; raise ``RuntimeError`` if it failed."""
     (out,) = train_group(
@@ -1003,7 +1002,7 @@ def penultimate(model: nn.Module, ds, cfg: dict[str, Any], device: torch.device,
     return torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32)
 
 
-def _per_class_indices(labels: torch.Tensor, cap: Optional[int]) -> Optional[torch.Tensor]:
+def _per_class_indices(labels: torch.Tensor, cap: int | None) -> torch.Tensor | None:
     if cap is None:
         return None
     keep = []

@@ -13,9 +13,10 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 
@@ -46,7 +47,7 @@ class GridJob:
     queued: list[Cell] = field(default_factory=list)  # already queued or running in the scheduler
     notes: list[str] = field(default_factory=list)  # lines the executor wants printed after the summary
     repairs: list[str] = field(default_factory=list)  # one line per damaged file recovered from
-    _data: Optional[TaskData] = None
+    _data: TaskData | None = None
 
     def data(self) -> TaskData:
         if self._data is None:
@@ -68,7 +69,7 @@ class GridJob:
             self.cfg, total=total, desc=f"{self.cfg['task']} grid", unit="cell", show=self.progress
         )
 
-    def write_spec(self, overrides: Optional[dict[str, Any]] = None) -> Path:
+    def write_spec(self, overrides: dict[str, Any] | None = None) -> Path:
         """The run spec a worker process or a cluster job reads (``read_spec``); ``overrides`` change settings
         outside the cells' identity (per-process data-loader workers)."""
         cfg = {**self.cfg, **(overrides or {})}
@@ -81,7 +82,7 @@ def read_spec(path: Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def unit_inputs(job: GridJob, unit: list[Cell], device, teacher_cache: Optional[dict] = None):
+def unit_inputs(job: GridJob, unit: list[Cell], device, teacher_cache: dict | None = None):
     """(data, teacher model) a unit trains with; teacher-target students get the relabelled data."""
     data = job.data()
     tcell = unit[0].teacher if unit[0].role == "student" else None
@@ -134,8 +135,8 @@ def train_unit(
     job: GridJob,
     unit: list[Cell],
     *,
-    device: Optional[torch.device] = None,
-    teacher_cache: Optional[dict] = None,
+    device: torch.device | None = None,
+    teacher_cache: dict | None = None,
     wait_for_busy: bool = False,
 ) -> tuple[list[Outcome], list[Cell]]:
     """Lock, train and release ``unit`` (every rank of a process group calls it; rank 0 holds the locks).
@@ -170,7 +171,7 @@ def train_unit(
                     data, teacher = unit_inputs(job, mine, device, teacher_cache)
                 except (UsageError, KeyboardInterrupt):  # bad input (data...) stops the grid
                     raise
-                except Exception as exc:  # noqa: BLE001 - the teacher (or its targets) unusable: these cells fail
+                except Exception as exc:
                     if world > 1:
                         raise  # the other ranks wait on this one: the whole process group stops
                     for c in mine:

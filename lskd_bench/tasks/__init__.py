@@ -5,7 +5,8 @@ Third-party tasks register through the ``lskd_bench.tasks`` entry-point group (a
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..metrics import MetricSpec
 from ..registry import Registry
@@ -42,8 +43,8 @@ def result_metrics(result: Mapping[str, Any]) -> list[MetricSpec]:
 
 
 __all__ = [
-    "TASKS",
     "DEFAULT_TASK",
+    "TASKS",
     "ClassifierNet",
     "InMemoryDataset",
     "Task",

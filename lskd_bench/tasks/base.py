@@ -21,10 +21,11 @@ from __future__ import annotations
 import os
 import random
 import stat
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from importlib import resources
-from typing import Any, Callable, Iterator, Optional, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,7 +60,7 @@ class TaskData:
     num_classes: int
     class_names: list[str]
     # training split without augmentation (feature extraction for analysis); defaults to ``train``
-    train_eval: Optional[Dataset] = None
+    train_eval: Dataset | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def split(self, name: str) -> Dataset:
@@ -93,7 +94,7 @@ def batch_plan(
     epoch: int = 0,
     drop_last: bool = False,
     shard: tuple[int, int] = (0, 1),
-    indices: Optional[torch.Tensor] = None,
+    indices: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Index batches of one epoch. ``shard=(rank, world)`` gives each DDP process every world-th sample of
     the same permutation, trimmed so that all processes take the same number of steps."""
@@ -140,7 +141,7 @@ class GuardedDataset(Dataset):
                     return self.ds[i]
                 finally:
                     random.setstate(state)
-        except Exception as exc:  # noqa: BLE001 - any decode failure becomes a BadSample
+        except Exception as exc:
             return BadSample(sample_path(self.ds, i), f"{type(exc).__name__}: {exc}")
 
 
@@ -176,7 +177,7 @@ def guarded_collate(policy: str, inner: Callable[[list], Any] = default_collate)
     return collate
 
 
-def unwrap_batch(batch: Any, skipped: Optional[list[str]]) -> Any:
+def unwrap_batch(batch: Any, skipped: list[str] | None) -> Any:
     """The batch to train on (None: every sample was skipped); raise ``DataError`` for a bad sample."""
     if isinstance(batch, BadSample):
         raise DataError(
@@ -198,7 +199,7 @@ class Batches:
     known, is each batch's sample indices in the split (what methods with ``needs.indices`` read: CRD)."""
 
     def __init__(
-        self, n: int, it: Callable[[], Iterator[Any]], lead: int = 0, plan: Optional[Sequence[torch.Tensor]] = None
+        self, n: int, it: Callable[[], Iterator[Any]], lead: int = 0, plan: Sequence[torch.Tensor] | None = None
     ):
         self._n, self._it, self.lead, self.plan = n, it, lead, plan
 
@@ -219,7 +220,7 @@ class LoaderIterator:
         self._it = wrap(self._loader_it)
         self._started = False
 
-    def __iter__(self) -> "LoaderIterator":
+    def __iter__(self) -> LoaderIterator:
         return self
 
     def __next__(self) -> Any:
@@ -268,7 +269,7 @@ def load_batches(
     num_workers: int = 0,
     pin_memory: bool = False,
     on_bad_sample: str = "error",
-    skipped: Optional[list[str]] = None,
+    skipped: list[str] | None = None,
 ) -> Batches:
     """Load the planned batches of ``ds`` ((x, y) pairs); in-memory data is sliced directly.
 
@@ -314,7 +315,7 @@ def finished_ahead(
     finish: Callable,
     device: torch.device,
     policy: str,
-    skipped: Optional[list[str]],
+    skipped: list[str] | None,
     depth: int = 2,
 ) -> Iterator[Any]:
     """``finish(batch, device)`` of each raw batch, up to ``depth`` batches ahead in one background thread (on
@@ -353,7 +354,7 @@ def finished_ahead(
         return out
 
     pending: deque = deque()
-    error: Optional[BaseException] = None
+    error: BaseException | None = None
     with ThreadPoolExecutor(1, thread_name_prefix="lskd-finish") as pool:
         try:
             while True:
@@ -362,7 +363,7 @@ def finished_ahead(
                         b = next(raw)
                     except StopIteration:
                         error = StopIteration()
-                    except Exception as exc:  # noqa: BLE001 - raised after the batches already loaded
+                    except Exception as exc:
                         error = exc
                     else:
                         pending.append(pool.submit(job, b))
@@ -388,7 +389,7 @@ def iterate_batches(
     seed: int = 0,
     epoch: int = 0,
     num_workers: int = 0,
-    indices: Optional[torch.Tensor] = None,
+    indices: torch.Tensor | None = None,
     on_bad_sample: str = "error",
 ):
     """(x, y) batches of a whole split (evaluation, feature export)."""
@@ -432,7 +433,7 @@ class Evaluation:
     ``selected`` (the evaluations that improve the selection score)."""
 
     metrics: dict[str, float]
-    selection: Optional[float] = None
+    selection: float | None = None
     outputs: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -536,12 +537,12 @@ class Task:
         files as training will read them (not every sample's content; ``check-data`` decodes those).
         Raise UsageError. Built-in data (digits) has nothing to check."""
 
-    def probe_shape(self, cfg: dict[str, Any]) -> Optional[tuple[int, ...]]:
+    def probe_shape(self, cfg: dict[str, Any]) -> tuple[int, ...] | None:
         """The shape of one input sample (C, H, W), for checking a feature method's needs against the models before
         any data is read; None: the task's models have no named outputs (translation)."""
         return None
 
-    def cpu_reason(self, cfg: dict[str, Any]) -> Optional[str]:
+    def cpu_reason(self, cfg: dict[str, Any]) -> str | None:
         """Why ``device: auto`` should train on the CPU although a GPU is there (models too small to gain from
         it), or None."""
         return None
@@ -553,7 +554,7 @@ class Task:
         return DataReport(counts={"train": len(data.train), "val": len(data.val)})
 
     # -- data and models --------------------------------------------------------------------------
-    def load_data(self, cfg: dict[str, Any], cache_dir: Optional[Path] = None) -> TaskData:
+    def load_data(self, cfg: dict[str, Any], cache_dir: Path | None = None) -> TaskData:
         """``cache_dir`` is a per-task directory of the run where derived data (a sub-word model) may
         be cached and shared by all cells."""
         raise NotImplementedError
@@ -594,7 +595,7 @@ class Task:
         shard: tuple[int, int] = (0, 1),
         start: int = 0,
         pin_memory: bool = False,
-        skipped: Optional[list[str]] = None,
+        skipped: list[str] | None = None,
     ) -> Batches:
         """The training batches of ``epoch`` from batch number ``start`` on."""
         rank, world = shard

@@ -15,8 +15,9 @@ Recipes: ``configs/cifar100.yaml`` (common) and ``configs/cifar100_pairs.yaml`` 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,7 +109,7 @@ def _unpickle(path: Path) -> dict[str, Any]:
         _checked_arrays(raw)
     except OSError as exc:
         raise UsageError(f"cifar100: cannot read {path}: {exc.strerror or exc}") from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
+    except Exception as exc:
         raise UsageError(
             f"cifar100: {path} is not a CIFAR python pickle ({type(exc).__name__}: {exc}); {LAYOUT}"
         ) from None
@@ -307,7 +308,7 @@ class CIFAR100Task(Task):
         report.problems += self._problems(data.class_names, {"train": data.train.y, "test": data.val.y})
         return report
 
-    def load_data(self, cfg: dict[str, Any], cache_dir: Optional[Path] = None) -> TaskData:
+    def load_data(self, cfg: dict[str, Any], cache_dir: Path | None = None) -> TaskData:
         names, (xtr, ytr), (xte, yte) = self._read(self._check_files(cfg))
         train = CifarSplit(xtr, ytr)
         return TaskData(
@@ -341,7 +342,7 @@ class CIFAR100Task(Task):
         shard: tuple[int, int] = (0, 1),
         start: int = 0,
         pin_memory: bool = False,
-        skipped: Optional[list[str]] = None,
+        skipped: list[str] | None = None,
     ) -> Batches:
         rank, world = shard
         bs = max(1, int(role_cfg["batch_size"]) // world)

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -72,7 +73,7 @@ class Encoded:
     """One sample as a loader worker returns it: the file's bytes, its augmentation (None: evaluation)."""
 
     data: torch.Tensor  # uint8, 1-D
-    aug: Optional[Aug]
+    aug: Aug | None
     label: int
     path: str
 
@@ -80,15 +81,15 @@ class Encoded:
 @dataclass
 class EncodedBatch:
     data: list[torch.Tensor]
-    augs: list[Optional[Aug]]
+    augs: list[Aug | None]
     labels: torch.Tensor
     paths: list[str]
 
-    def pin_memory(self) -> "EncodedBatch":  # DataLoader(pin_memory=True) calls this in its pinning thread
+    def pin_memory(self) -> EncodedBatch:  # DataLoader(pin_memory=True) calls this in its pinning thread
         return EncodedBatch([d.pin_memory() for d in self.data], self.augs, self.labels.pin_memory(), self.paths)
 
 
-def pil_rgb(path) -> "Any":
+def pil_rgb(path) -> Any:
     """A path -> RGB PIL image (CUBDataset's decoder; ImageFolder's ``loader`` opens the file first)."""
     from PIL import Image
 
@@ -135,7 +136,7 @@ class EncodedImages(Dataset):
         raw = path.read_bytes()
         try:
             header = Image.open(io.BytesIO(raw))  # reads the header only: size, mode
-        except Exception:  # noqa: BLE001 - not an image: PIL's own error, naming the file as the CPU path does
+        except Exception:
             header = self.loader(path)
         with header:
             aug = self.draw(header) if self.train else None
@@ -174,7 +175,7 @@ class EncodedImages(Dataset):
             [s.path for s in items],
         )
 
-    def finish_batch(self, batch: EncodedBatch, device: torch.device) -> tuple[Optional[tuple], list[BadSample]]:
+    def finish_batch(self, batch: EncodedBatch, device: torch.device) -> tuple[tuple | None, list[BadSample]]:
         """Decode and augment on ``device`` (``self.device`` with its index resolved by the caller): ((x, y) or
         None if no sample survived, the bad samples)."""
         imgs, bad = decode_images(batch.data, batch.paths, device, self.loader)
@@ -220,7 +221,7 @@ def decode_images(
                 out[k] = pil_to_tensor(loader(paths[k])).to(
                     device, non_blocking=True
                 )  # from the file: the CPU path's error
-            except Exception as exc:  # noqa: BLE001 - PIL's reason, as the CPU pipeline reports it
+            except Exception as exc:
                 bad.append(BadSample(paths[k], f"{type(exc).__name__}: {exc}"))
     return out, bad
 

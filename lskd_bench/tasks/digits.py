@@ -16,9 +16,9 @@ from torch import nn
 
 from ..errors import UsageError
 from ..hierarchy import groups_to_parents
+from ..models import ClassifierNet
 from ..schema import Field, Section
 from . import TASKS
-from ..models import ClassifierNet
 from .base import InMemoryDataset, Task, TaskData
 
 # Digits grouped by stroke shape, the task's own "semantic" hierarchy: classes in one group are the

@@ -30,9 +30,10 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from ... import store
 from ...errors import UsageError
@@ -79,7 +80,7 @@ class CellRun:
         """The resolved config, flattened (``teacher.lr``), values as strings."""
         return {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in flatten(self.cfg).items()}
 
-    def recall(self, logger: str) -> Optional[dict[str, Any]]:
+    def recall(self, logger: str) -> dict[str, Any] | None:
         """What ``logger`` remembered of this cell's run (its id), or None."""
         try:
             return json.loads((Path(self.dir) / STATE).read_text()).get(logger)
@@ -102,7 +103,7 @@ class Logger:
     ``__init__``; every method may raise: the caller warns once and stops calling it. ``requires``: the
     module it imports and the pip extra that installs it (checked before a grid starts)."""
 
-    requires: Optional[tuple[str, str]] = None
+    requires: tuple[str, str] | None = None
 
     def __init__(self, run: CellRun):
         self.run = run
@@ -124,7 +125,7 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def epoch_scalars(entry: dict[str, Any], selection: Optional[dict[str, Any]] = None) -> dict[str, float]:
+def epoch_scalars(entry: dict[str, Any], selection: dict[str, Any] | None = None) -> dict[str, float]:
     """The numbers of one history entry, named as every logger writes them: ``epoch/<key>``, the metrics by the
     split they are computed on (``val/<metric>``, or ``test/<metric>`` for a task that selects on a split of its
     own, whose score is ``select/<metric>``)."""
@@ -200,7 +201,7 @@ class _Worker:
             fn = self.queue.get()
             try:
                 fn()
-            except BaseException:  # noqa: BLE001 - CellLoggers wraps each call; this keeps the thread alive
+            except BaseException:
                 pass
 
     def submit(self, fn: Callable[[], None]) -> bool:
@@ -211,7 +212,7 @@ class _Worker:
             return False
 
 
-_worker: Optional[_Worker] = None
+_worker: _Worker | None = None
 _worker_lock = threading.Lock()
 
 
@@ -237,7 +238,7 @@ class CellLoggers:
         for name, cls in classes.items():
             try:
                 self.live[name] = cls(self.run)
-            except Exception as exc:  # noqa: BLE001 - a tracker that cannot start never stops training
+            except Exception as exc:
                 self._failed(name, exc)
 
     def _failed(self, name: str, exc: BaseException) -> None:
@@ -252,12 +253,12 @@ class CellLoggers:
         for name, logger in list(self.live.items()):
             try:
                 getattr(logger, method)(*args)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self._failed(name, exc)
                 if method != "close":
                     try:
                         logger.close()
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         pass
 
     def _submit(self, fn: Callable[[], None]) -> None:
@@ -305,8 +306,8 @@ def open_loggers(
     cfg: dict[str, Any],
     start_update: int,
     rank: int,
-    selection: Optional[dict[str, Any]] = None,
-) -> Optional[CellLoggers]:
+    selection: dict[str, Any] | None = None,
+) -> CellLoggers | None:
     """The cell's loggers (rank 0 only), or None when the config turns none on."""
     names = logger_names(cfg)
     if rank != 0 or not names:

@@ -34,8 +34,8 @@ from ...metrics import MetricSpec
 from ...schema import TRAIN, Field, Section
 from .. import TASKS
 from ..base import Batches, DataReport, Evaluation, Task, TaskData, autocast
-from .corpus import LAYOUTS, Corpus, detect_layout, read_corpus
 from . import fairseq_adapter
+from .corpus import LAYOUTS, Corpus, detect_layout, read_corpus
 from .fairseq_adapter import ARCHS, build_transformer, collate, generator, length_batches, make_dictionary
 from .gettext_corpus import django_root, read_gettext_corpus
 from .scoring import translation_scores
@@ -44,7 +44,7 @@ from .subword import SubwordModel, encoded, file_lock, subword_model
 PAD, EOS = 1, 2
 
 
-def _direction(v: str) -> Optional[str]:
+def _direction(v: str) -> str | None:
     parts = v.split("-")
     return (
         None if len(parts) == 2 and all(p.isalpha() for p in parts) and parts[0] != parts[1] else "must look like en-de"
@@ -166,7 +166,7 @@ class Split:
     tgt: list[np.ndarray]
     src_text: list[str]
     tgt_text: list[str]
-    _lens: Optional[tuple[np.ndarray, np.ndarray]] = field(default=None, repr=False)
+    _lens: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.src)
@@ -179,7 +179,7 @@ class Split:
             )
         return self._lens
 
-    def with_targets(self, tgt: list[np.ndarray], tgt_text: list[str]) -> "Split":
+    def with_targets(self, tgt: list[np.ndarray], tgt_text: list[str]) -> Split:
         return Split(self.src, tgt, self.src_text, tgt_text)
 
 
@@ -195,7 +195,7 @@ def _move(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-def generation_batches(src_lens: np.ndarray, max_sentences: int, max_tokens: Optional[int]) -> list[np.ndarray]:
+def generation_batches(src_lens: np.ndarray, max_sentences: int, max_tokens: int | None) -> list[np.ndarray]:
     """Sentence indices sorted by source length (stable), cut into batches of at most ``max_sentences``
     sentences and, with ``max_tokens``, at most ``max_tokens`` tokens counted as sentences x longest source
     (fairseq-generate's rule). A sentence longer than the bound decodes alone."""
@@ -240,7 +240,7 @@ class TranslationTask(Task):
                 raise UsageError(f"{role} arch {arch!r} is not offered by task {self.name} (known: {', '.join(ARCHS)})")
         self.check_source(cfg)
 
-    def cpu_reason(self, cfg: dict[str, Any]) -> Optional[str]:
+    def cpu_reason(self, cfg: dict[str, Any]) -> str | None:
         archs = {cfg[r]["arch"] for r in ("teacher", "student")}
         if all(a in ARCHS and ARCHS[a].tiny for a in archs):
             return (
@@ -291,7 +291,7 @@ class TranslationTask(Task):
         return DataReport(counts=c.counts(), notes=c.report)
 
     # -- data ---------------------------------------------------------------------------------------
-    def load_data(self, cfg: dict[str, Any], cache_dir: Optional[Path] = None) -> TaskData:
+    def load_data(self, cfg: dict[str, Any], cache_dir: Path | None = None) -> TaskData:
         corpus = self.corpus(cfg)
         d = cfg["data"]
         train_text = [s for s, _ in corpus.train] + [t for _, t in corpus.train]
@@ -347,7 +347,7 @@ class TranslationTask(Task):
         shard: tuple[int, int] = (0, 1),
         start: int = 0,
         pin_memory: bool = False,
-        skipped: Optional[list[str]] = None,
+        skipped: list[str] | None = None,
     ) -> Batches:
         """Length-bucketed batches of ``max_tokens`` (per process, as fairseq), in an order drawn from
         (seed, epoch): a random permutation, stably sorted by source then target length, cut into batches,
@@ -405,7 +405,7 @@ class TranslationTask(Task):
         split: Split,
         cfg: dict[str, Any],
         device: torch.device,
-        limit: Optional[int] = None,
+        limit: int | None = None,
         progress: bool = False,
     ) -> list[list[int]]:
         """Beam-search token ids (no eos) for the first ``limit`` sentences of ``split``, in order."""
@@ -413,7 +413,7 @@ class TranslationTask(Task):
         model.eval()
         gen = generator(model, data.extras["dictionary"], g["beam"], g["lenpen"], g["max_len_a"], g["max_len_b"])
         n = len(split) if limit is None else min(limit, len(split))
-        out: list[Optional[list[int]]] = [None] * n
+        out: list[list[int] | None] = [None] * n
         batches = generation_batches(split.lens()[0][:n], int(g["max_sentences"]), g["max_tokens"])
         for idx in tqdm(batches, desc="beam search", unit="batch", leave=False, disable=not progress):
             sample = _move(self.collate(split, idx), device)

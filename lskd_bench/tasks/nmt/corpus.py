@@ -24,7 +24,6 @@ import html
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ...errors import UsageError
 from ..base import refuse_special
@@ -53,9 +52,9 @@ class Corpus:
         return {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)}
 
 
-def _read_lines(path: Path, policy: str, report: list[str]) -> list[Optional[str]]:
+def _read_lines(path: Path, policy: str, report: list[str]) -> list[str | None]:
     """Lines of a UTF-8 file; an undecodable line is an error naming it, or None (policy skip)."""
-    out: list[Optional[str]] = []
+    out: list[str | None] = []
     bad = 0
     refuse_special(path)  # a FIFO named train.en would block the open
     with open(path, "rb") as f:
@@ -101,7 +100,7 @@ def _check_same_length(a: Path, la: list, b: Path, lb: list) -> None:
 
 
 def clean_train(
-    pairs: list[tuple[Optional[str], Optional[str]]], max_len: int, len_ratio: float, report: list[str]
+    pairs: list[tuple[str | None, str | None]], max_len: int, len_ratio: float, report: list[str]
 ) -> list[tuple[str, str]]:
     """Moses clean-corpus-n rules: drop empty or undecodable pairs, pairs with more than ``max_len`` words
     a side, and pairs whose word counts differ by more than ``len_ratio`` (either way)."""
@@ -125,7 +124,7 @@ def clean_train(
     return out
 
 
-def _nonempty(pairs: list[tuple[Optional[str], Optional[str]]], name: str, report: list[str]) -> list[tuple[str, str]]:
+def _nonempty(pairs: list[tuple[str | None, str | None]], name: str, report: list[str]) -> list[tuple[str, str]]:
     out = [(s.strip(), t.strip()) for s, t in pairs if s and t and s.strip() and t.strip()]
     if len(out) != len(pairs):
         report.append(f"{name}: dropped {len(pairs) - len(out)} empty/undecodable pair(s)")
@@ -168,7 +167,7 @@ def read_raw(
     valid = [p for i, p in enumerate(pairs, 1) if i % valid_every == 0]
     train = [p for i, p in enumerate(pairs, 1) if i % valid_every != 0]
     train = clean_train(train, max_len, len_ratio, report)
-    test: list[tuple[Optional[str], Optional[str]]] = []
+    test: list[tuple[str | None, str | None]] = []
     sets = set()  # test set names (IWSLT14.TED.dev2010...) found on either side
     for lang in (src, tgt):
         for p in d.glob(f"IWSLT*.TED*.*.{pair}.{lang}.xml"):
@@ -197,7 +196,7 @@ def read_raw(
     return Corpus(train, _nonempty(valid, "valid", report), _nonempty(test, "test", report), report)
 
 
-def _tag_line(line: Optional[str]) -> tuple[str, Optional[str]]:
+def _tag_line(line: str | None) -> tuple[str, str | None]:
     """(kind, text) of a train.tags line: kind is "text", "title"/"description" (text kept) or the
     metadata tag's name (dropped). Only the known tags are metadata: ``<aliases> must ...`` is a sentence."""
     if line is None:
@@ -219,7 +218,7 @@ def _seg_at(ids: list[int], k: int) -> str:
     return f'<seg id="{ids[k]}">' if k < len(ids) else f"missing (the file ends after {len(ids)} segments)"
 
 
-def _segs(path: Path, policy: str, report: list[str]) -> list[tuple[int, Optional[str]]]:
+def _segs(path: Path, policy: str, report: list[str]) -> list[tuple[int, str | None]]:
     out = []
     for line in _read_lines(path, policy, report):
         if line is None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ def _fairseq():
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     try:
-        import fairseq  # noqa: F401  (optional [nmt] extra, heavy: imported on first use)
+        import fairseq
         from fairseq.models.transformer import transformer_legacy  # noqa: F401  (registers the archs)
     except ImportError as exc:
         raise UsageError(f'the translation tasks need fairseq: pip install -e ".[nmt]" ({exc})') from None
@@ -136,7 +137,7 @@ def build_transformer(arch: str, dictionary, hp: dict[str, Any]) -> torch.nn.Mod
 
 
 def length_batches(
-    src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int, max_sentences: Optional[int], order: np.ndarray
+    src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int, max_sentences: int | None, order: np.ndarray
 ) -> list[np.ndarray]:
     """fairseq's batch_by_size over ``order`` (indices sorted by length): each batch holds at most
     ``max_tokens`` tokens counted as ``len(batch) * longest side``, and at most ``max_sentences`` pairs."""

@@ -40,7 +40,7 @@ def catalogue_pairs(lang: str, root: Path | None = None) -> list[tuple[str, str]
     pairs: dict[str, str] = {}
     for path in files:
         with open(path, "rb") as f:
-            catalog = gettext.GNUTranslations(f)._catalog  # noqa: SLF001 - the parsed message table
+            catalog = gettext.GNUTranslations(f)._catalog
         for key, value in catalog.items():
             if not isinstance(key, str) or not key or not value:
                 continue  # plural forms are keyed (msgid, n); "" is the header

@@ -14,8 +14,8 @@ import hashlib
 import io
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 
@@ -72,7 +72,7 @@ class SubwordModel:
         return self.sp.decode([i for i in ids if i >= SPECIAL["unk_id"]])  # bos, pad and eos dropped
 
 
-def subword_model(train_texts: list[str], cache_dir: Optional[Path], vocab_size: int, model_type: str) -> SubwordModel:
+def subword_model(train_texts: list[str], cache_dir: Path | None, vocab_size: int, model_type: str) -> SubwordModel:
     """Train (or reuse) the joint model on ``train_texts`` (source and target sentences of the train split)."""
     spm = _spm()
     key = corpus_key(train_texts, vocab_size, model_type)
