@@ -1,4 +1,4 @@
-"""What a task plugin provides, and the shared machinery of classification tasks.
+"""What a task plugin provides (the plugin API), and the default hooks of classification tasks.
 
 The shared training loop (``runners/train.py``) owns optimisation, schedules, resume, DDP and the result
 store. A task owns its data and models and tells the loop three things:
@@ -14,43 +14,50 @@ store. A task owns its data and models and tells the loop three things:
   files to keep (translation: validation loss or BLEU, test hypotheses); by default the metrics alone,
   the best epoch then being the one with the highest primary metric on ``val`` (the paper's image convention,
   where ``val`` is the test set).
+
+The loading engine the hooks use (batch plans, ``load_batches``, read-ahead) is ``tasks/loading.py``; its
+public names are re-exported here, where task plugins import them.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import stat
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import Dataset
 
-from ..errors import DataError, UsageError
+from ..errors import UsageError
 from ..metrics import TOPK, MetricSpec, topk_correct
 from ..models import ClassifierNet  # noqa: F401  (re-exported: task plugins build it)
 from ..schema import TRAIN, Field, Section, _suggest, deep_merge
 
-
-class InMemoryDataset(Dataset):
-    """Whole split as two tensors; batched by indexing, with no DataLoader overhead."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        assert len(x) == len(y)
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
+# the loading engine (tasks/loading.py), re-exported: task plugins build their batches with these
+from .loading import (  # noqa: F401
+    PREFETCH,
+    BadSample,
+    Batches,
+    GuardedDataset,
+    InMemoryDataset,
+    LoaderIterator,
+    PartialBatch,
+    batch_plan,
+    close_batches,
+    epoch_permutation,
+    epoch_seed,
+    finished_ahead,
+    guarded_collate,
+    iterate_batches,
+    load_batches,
+    sample_path,
+    unwrap_batch,
+)
 
 
 @dataclass
@@ -76,331 +83,6 @@ class TaskData:
         if targets is None:
             raise TypeError(f"{type(ds).__name__} exposes no .targets")
         return torch.as_tensor(targets)
-
-
-# ------------------------------------------------------------------------------------------ batch plans
-def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The sample order of one epoch: a function of (seed, epoch) only."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
-def batch_plan(
-    n: int,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    seed: int = 0,
-    epoch: int = 0,
-    drop_last: bool = False,
-    shard: tuple[int, int] = (0, 1),
-    indices: torch.Tensor | None = None,
-) -> list[torch.Tensor]:
-    """Index batches of one epoch. ``shard=(rank, world)`` gives each DDP process every world-th sample of
-    the same permutation, trimmed so that all processes take the same number of steps."""
-    if indices is None:
-        indices = epoch_permutation(n, seed, epoch) if shuffle else torch.arange(n)
-    rank, world = shard
-    if world > 1:
-        indices = indices[: len(indices) - len(indices) % world][rank::world]
-    stop = len(indices) - (len(indices) % batch_size if drop_last else 0)
-    return [indices[i : i + batch_size] for i in range(0, stop, batch_size)]
-
-
-@dataclass(frozen=True)
-class BadSample:
-    """Returned in place of a sample that failed to load; the collate function applies the policy."""
-
-    path: str
-    reason: str
-
-
-class GuardedDataset(Dataset):
-    """Wraps a map-style dataset of files so that
-
-    - each sample's random augmentation is seeded by (seed, epoch, index): identical whatever the worker
-      count, the resume point or the other students sharing the data pass;
-    - a sample that fails to load comes back as ``BadSample(path, reason)`` instead of raising inside a
-      worker (see ``guarded_collate``).
-    """
-
-    def __init__(self, ds: Dataset, seed: int, epoch: int):
-        self.ds, self.seed, self.epoch = ds, seed, epoch
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int):
-        s = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(i)
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(s)
-                state = random.getstate()
-                random.seed(s)
-                try:
-                    return self.ds[i]
-                finally:
-                    random.setstate(state)
-        except Exception as exc:
-            return BadSample(sample_path(self.ds, i), f"{type(exc).__name__}: {exc}")
-
-
-def sample_path(ds: Dataset, i: int) -> str:
-    samples = getattr(ds, "samples", None)
-    if samples is not None:
-        return str(samples[i][0])
-    return f"sample {i}"
-
-
-@dataclass(frozen=True)
-class PartialBatch:
-    """A batch from which unreadable samples were dropped (policy ``skip``), with their paths."""
-
-    batch: Any
-    skipped: tuple[str, ...]
-
-
-def guarded_collate(policy: str, inner: Callable[[list], Any] = default_collate) -> Callable[[list], Any]:
-    """Collate (``inner``) that drops ``BadSample``s (policy ``skip``: a ``PartialBatch``) or returns the
-    first one (``error``). It never raises, because it may run in a worker process: ``unwrap_batch`` acts on
-    the result in the main process."""
-
-    def collate(items: list):
-        bad = [s for s in items if isinstance(s, BadSample)]
-        if not bad:
-            return inner(items)
-        if policy != "skip":
-            return bad[0]
-        good = [s for s in items if not isinstance(s, BadSample)]
-        return PartialBatch(inner(good) if good else None, tuple(b.path for b in bad))
-
-    return collate
-
-
-def unwrap_batch(batch: Any, skipped: list[str] | None) -> Any:
-    """The batch to train on (None: every sample was skipped); raise ``DataError`` for a bad sample."""
-    if isinstance(batch, BadSample):
-        raise DataError(
-            f"cannot read {batch.path}: {batch.reason} "
-            "(check the data with 'lskd-bench check-data', or --set data.on_bad_sample=skip)"
-        )
-    if isinstance(batch, PartialBatch):
-        if skipped is not None:
-            skipped.extend(batch.skipped)
-        return batch.batch
-    return batch
-
-
-class Batches:
-    """The batches of one epoch: ``len()`` is known up front, iteration loads them. ``lead`` is how many
-    batches its loader reads ahead of the consumer: once no more than ``lead`` batches remain, the loader
-    has all its work in hand and the runner opens the next epoch's iterator, so that epoch's first batches
-    load while this one finishes (``iter()`` starts the loading; ``close_batches`` stops it). ``plan``, where
-    known, is each batch's sample indices in the split (what methods with ``needs.indices`` read: CRD)."""
-
-    def __init__(
-        self, n: int, it: Callable[[], Iterator[Any]], lead: int = 0, plan: Sequence[torch.Tensor] | None = None
-    ):
-        self._n, self._it, self.lead, self.plan = n, it, lead, plan
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __iter__(self) -> Iterator[Any]:
-        return self._it()
-
-
-class LoaderIterator:
-    """The batches of one epoch from a ``DataLoader``: its worker processes start when this is made (they begin
-    reading at once, ``prefetch_factor`` batches each) and are stopped and joined by ``close()``, which
-    exhaustion, an error while loading and ``close_batches`` call: no worker outlives the epoch's use."""
-
-    def __init__(self, loader: DataLoader, wrap: Callable[[Iterator[Any]], Iterator[Any]]):
-        self._loader_it: Any = iter(loader)  # the workers fork here, in the caller's thread
-        self._it = wrap(self._loader_it)
-        self._started = False
-
-    def __iter__(self) -> LoaderIterator:
-        return self
-
-    def __next__(self) -> Any:
-        if self._loader_it is None:
-            raise StopIteration
-        if not self._started:
-            # The loader draws its workers' base seed from its own generator; the one draw that iter(loader) took
-            # from the global RNG is taken here, when the epoch is consumed, so the caller's random stream (dropout)
-            # is the same whether this epoch was opened ahead or not.
-            self._started = True
-            torch.empty((), dtype=torch.int64).random_()
-        try:
-            return next(self._it)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        it, self._loader_it = self._loader_it, None
-        if it is None:
-            return
-        close = getattr(self._it, "close", None)
-        if close is not None:
-            close()  # the batch pipeline (and a finished_ahead thread) first
-        shutdown = getattr(it, "_shutdown_workers", None)  # joins the workers; __del__ would do it later
-        if shutdown is not None:
-            shutdown()
-
-
-def close_batches(it: Any) -> None:
-    """Stop an epoch's loading early (its worker processes end); a no-op for in-process iterators."""
-    close = getattr(it, "close", None)
-    if close is not None:
-        close()
-
-
-PREFETCH = 2  # batches each DataLoader worker reads ahead (torch's default prefetch_factor)
-
-
-def load_batches(
-    ds: Dataset,
-    plan: Sequence[torch.Tensor],
-    *,
-    seed: int = 0,
-    epoch: int = 0,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-    on_bad_sample: str = "error",
-    skipped: list[str] | None = None,
-) -> Batches:
-    """Load the planned batches of ``ds`` ((x, y) pairs); in-memory data is sliced directly.
-
-    A dataset with ``collate`` and ``finish_batch(batch, device)`` methods (``device_images.EncodedImages``)
-    has its workers return raw samples that ``finish_batch`` completes on ``ds.device`` (GPU decoding), up to two
-    batches ahead in a background thread (on its own CUDA stream), so that the next batch is decoded while
-    the caller trains on this one."""
-    if isinstance(ds, InMemoryDataset):
-        return Batches(len(plan), lambda: ((ds.x[idx], ds.y[idx]) for idx in plan), plan=plan)
-    finish = getattr(ds, "finish_batch", None)
-
-    def wrap(batches: Iterator[Any]) -> Iterator[Any]:
-        raw = (unwrap_batch(b, skipped) for b in batches)
-        if finish is not None:
-            raw = finished_ahead(
-                iter(b for b in raw if b is not None),
-                finish,
-                getattr(ds, "device", torch.device("cpu")),
-                on_bad_sample,
-                skipped,
-            )
-        return (b for b in raw if b is not None)
-
-    def it():
-        loader = DataLoader(
-            GuardedDataset(ds, seed, epoch),
-            batch_sampler=[idx.tolist() for idx in plan],
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            collate_fn=guarded_collate(on_bad_sample, getattr(ds, "collate", default_collate)),
-            worker_init_fn=_seed_worker,
-            prefetch_factor=PREFETCH if num_workers > 0 else None,
-            generator=torch.Generator().manual_seed(seed * 100_003 + epoch),  # see LoaderIterator.__next__
-        )
-        # worker processes start here, in the caller's thread (never fork from the finishing thread)
-        return LoaderIterator(loader, wrap)
-
-    return Batches(len(plan), it, lead=num_workers * PREFETCH, plan=plan)
-
-
-def finished_ahead(
-    raw: Iterator[Any],
-    finish: Callable,
-    device: torch.device,
-    policy: str,
-    skipped: list[str] | None,
-    depth: int = 2,
-) -> Iterator[Any]:
-    """``finish(batch, device)`` of each raw batch, up to ``depth`` batches ahead in one background thread (on
-    CUDA: on a side stream; the consumer's stream waits on an event before it reads a batch). The raw batches
-    are pulled here, in the caller's thread: loading without workers seeds the global RNG per sample, which
-    must not race with the caller's own use of it. The bad samples ``finish`` reports follow the policy, as
-    ``unwrap_batch`` applies it to the workers' output; an error while loading comes after the batches before it."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())  # the caller's device, not the thread's
-    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-
-    def job(b):
-        if stream is None:
-            return (*finish(b, device), None)
-        with torch.cuda.device(device), torch.cuda.stream(stream):
-            out, bad = finish(b, device)
-            event = torch.cuda.Event()
-            event.record(stream)
-        return out, bad, event
-
-    def ready(out, bad, event):
-        if bad:
-            if policy != "skip":
-                unwrap_batch(bad[0], skipped)  # raises DataError naming the file
-            if skipped is not None:
-                skipped.extend(b.path for b in bad)
-        if event is not None:
-            current = torch.cuda.current_stream(device)
-            current.wait_event(event)
-            for t in out or ():
-                if torch.is_tensor(t) and t.is_cuda:
-                    t.record_stream(current)
-        return out
-
-    pending: deque = deque()
-    error: BaseException | None = None
-    with ThreadPoolExecutor(1, thread_name_prefix="lskd-finish") as pool:
-        try:
-            while True:
-                if error is None and len(pending) <= depth:
-                    try:
-                        b = next(raw)
-                    except StopIteration:
-                        error = StopIteration()
-                    except Exception as exc:
-                        error = exc
-                    else:
-                        pending.append(pool.submit(job, b))
-                    continue
-                if pending:
-                    out = ready(*pending.popleft().result())
-                    if out is not None:
-                        yield out
-                    continue
-                if error is not None and not isinstance(error, StopIteration):
-                    raise error
-                return
-        finally:
-            for f in pending:
-                f.cancel()
-
-
-def iterate_batches(
-    ds: Dataset,
-    batch_size: int,
-    *,
-    shuffle: bool = False,
-    seed: int = 0,
-    epoch: int = 0,
-    num_workers: int = 0,
-    indices: torch.Tensor | None = None,
-    on_bad_sample: str = "error",
-):
-    """(x, y) batches of a whole split (evaluation, feature export)."""
-    plan = batch_plan(len(ds), batch_size, shuffle=shuffle, seed=seed, epoch=epoch, indices=indices)
-    return load_batches(ds, plan, seed=seed, epoch=epoch, num_workers=num_workers, on_bad_sample=on_bad_sample)
-
-
-def _seed_worker(worker_id: int) -> None:  # pragma: no cover - runs in worker processes
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    random.seed(s)
 
 
 # ------------------------------------------------------------------------------------------------ Task

@@ -5,7 +5,7 @@ transforms inside the loader workers. On a GPU that is the bottleneck, so this p
 
 - loader workers only read each file's bytes, read the image size from its header (PIL, no decoding) and
   draw the sample's augmentation parameters with torchvision's own ``get_params`` functions, from the same
-  per-sample RNG seeded by (seed, epoch, index) (``tasks.base.GuardedDataset``) and in the same order as the
+  per-sample RNG seeded by (seed, epoch, index) (``tasks.loading.GuardedDataset``) and in the same order as the
   CPU pipeline's ``Compose``: crop boxes, flips, angles, grayscale draws and jitter factors are identical;
 - the main process decodes the batch with ``torchvision.io.decode_jpeg`` on the device (nvJPEG on CUDA; on
   the CPU it runs libjpeg-turbo, which is how the tests exercise this code) and applies those parameters with
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .base import BadSample
+from .loading import BadSample
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
