@@ -17,7 +17,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -27,14 +27,15 @@ from ..errors import UsageError
 from ..models import build_image_model, check_library_arch, is_library_arch
 from ..schema import Field, Section
 from . import TASKS
-from .base import PAIR, Batches, DataReport, InMemoryDataset, Task, TaskData, batch_plan
+from .base import PAIR, DataReport, Task, TaskData
+from .cache import KeyedCache, files_key
+from .loading import Batches, InMemoryDataset, batch_plan
 
 MEAN = (0.5071, 0.4867, 0.4408)  # mdistiller dataset/cifar100.py:123
 STD = (0.2675, 0.2565, 0.2761)
 PAD, SIZE = 4, 32
 FILES = ("train", "test", "meta")
 LAYOUT = "expected DIR/cifar-100-python/{train,test,meta} (or that folder itself): the official python release"
-_LAST_READ: dict[str, Any] = {}  # one slot: the key (folder, files' size and mtime) and what _read returned
 
 CIFAR_DATA = Section(
     {
@@ -157,6 +158,15 @@ def read_meta(d: Path) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
+Release = tuple[list[str], tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def read_release(d: Path) -> Release:
+    """(class names, (train images, labels), (test images, labels)) of the release folder ``d``."""
+    names = read_meta(d)
+    return names, read_split(d, "train", len(names)), read_split(d, "test", len(names))
+
+
 # --------------------------------------------------------------------------------------- augmentation
 _M = 2_147_483_647  # 2^31 - 1: every product below stays under 2^62 (no int64 overflow)
 
@@ -233,6 +243,8 @@ class CIFAR100Task(Task):
     pairs_recipe = "cifar100_pairs"
     extra_sections = {"pair": PAIR}
     projection_classes = ("apple", "pear", "bus")  # two similar fruits, one distant vehicle
+    # the last release read, shared by every instance of the task (the layout check and training make their own)
+    release_cache: ClassVar[KeyedCache[Release]] = KeyedCache()
 
     def validate(self, cfg: dict[str, Any]) -> None:
         for role in ("teacher", "student"):
@@ -276,18 +288,11 @@ class CIFAR100Task(Task):
             )
             raise UsageError(f"cifar100: {d}: {problems[0]}{more}")
 
-    @staticmethod
-    def _read(d: Path) -> tuple[list[str], tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    @classmethod
+    def _read(cls, d: Path) -> Release:
         """The three pickles, read once per process while the files are unchanged (``run`` checks the layout, then
-        trains from the same read)."""
-        key = (str(d.resolve()), *((f, st.st_size, st.st_mtime_ns) for f, st in ((f, (d / f).stat()) for f in FILES)))
-        if _LAST_READ.get("key") != key:
-            _LAST_READ.clear()
-            names = read_meta(d)
-            _LAST_READ.update(
-                key=key, value=(names, read_split(d, "train", len(names)), read_split(d, "test", len(names)))
-            )
-        return _LAST_READ["value"]
+        trains from the same read): kept in ``release_cache`` under the files' paths, sizes and mtimes."""
+        return cls.release_cache.get(files_key(d / f for f in FILES), lambda: read_release(d))
 
     @staticmethod
     def _problems(names: list[str], splits: dict[str, torch.Tensor]) -> list[str]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -28,6 +29,7 @@ from .base import (
     load_recipe,  # noqa: F401  (load_recipe: re-exported)
     refuse_special,
 )
+from .cache import KeyedCache, files_key
 from .device_images import MEAN, STD, EncodedImages, decode_device, decode_mode
 
 # torchvision's ImageFolder extensions (torchvision.datasets.folder.IMG_EXTENSIONS)
@@ -381,15 +383,29 @@ def _read_table(path: Path, n: int) -> dict[int, list[str]]:
     return rows
 
 
-class CUBDataset(Dataset):
-    """The official CUB_200_2011 folder read through its index files (labels are 1-based there)."""
+@dataclass(frozen=True)
+class CubIndex:
+    """The index tables of a CUB_200_2011 folder (``CUB_FILES``), each {id: [fields after the id]}."""
 
-    def __init__(self, root: Path, train: bool, transform=None):
+    images: dict[int, list[str]]  # image id -> [path under images/]
+    labels: dict[int, list[str]]  # image id -> [class id, 1-based]
+    split: dict[int, list[str]]  # image id -> ["1"] (train) or ["0"] (test)
+    classes: dict[int, list[str]]  # class id -> [class name]
+
+
+def read_cub_index(d: Path) -> CubIndex:
+    """The four index tables of the CUB_200_2011 folder ``d``, read in ``CUB_FILES`` order."""
+    return CubIndex(*(_read_table(d / f, 2) for f in CUB_FILES))
+
+
+class CUBDataset(Dataset):
+    """The official CUB_200_2011 folder read through its index files (labels are 1-based there); ``index``: the
+    folder's tables already read (``CUBBase.cub_index``), else they are read here."""
+
+    def __init__(self, root: Path, train: bool, transform=None, index: CubIndex | None = None):
         d = cub_dir(Path(root))
-        images = _read_table(d / "images.txt", 2)
-        labels = _read_table(d / "image_class_labels.txt", 2)
-        split = _read_table(d / "train_test_split.txt", 2)
-        classes = _read_table(d / "classes.txt", 2)
+        index = index or read_cub_index(d)
+        images, labels, split, classes = index.images, index.labels, index.split, index.classes
         self.classes = [classes[k][0] for k in sorted(classes)]
         ids = sorted(i for i in images if (split[i][0] == "1") == train)
         self.samples = [(d / "images" / images[i][0], int(labels[i][0]) - 1) for i in ids]
@@ -417,15 +433,34 @@ def cub_genus(class_name: str) -> str:
 
 class CUBBase(ImageClassificationTask):
     layout = "expected the official CUB_200_2011/ folder: images.txt, image_class_labels.txt, train_test_split.txt, classes.txt, images/"
+    # the last index read, shared by every instance: the layout check, check-data's listing and the three datasets
+    # of load_data use one read while the four files are unchanged
+    index_cache: ClassVar[KeyedCache[CubIndex]] = KeyedCache()
+
+    @classmethod
+    def cub_index(cls, d: Path) -> CubIndex:
+        """``read_cub_index(d)``, kept in ``index_cache`` under the index files' paths, sizes and mtimes."""
+        return cls.index_cache.get(files_key(d / f for f in CUB_FILES), lambda: read_cub_index(d))
 
     def check_layout(self, cfg: dict[str, Any]) -> None:
         d = cub_dir(self.root(cfg))
         missing = [f for f in (*CUB_FILES, "images") if not (d / f).exists()]
         if missing:
             raise UsageError(f"{self.name}: {d} lacks {', '.join(missing)}; {self.layout}")
-        images = _read_table(d / "images.txt", 2)
-        labels = _read_table(d / "image_class_labels.txt", 2)
-        split = _read_table(d / "train_test_split.txt", 2)
+        index = self.cub_index(d)
+        self._check_index(d, index)
+        images = index.images
+        absent = [images[i][0] for i in sorted(images) if not (d / "images" / images[i][0]).is_file()]
+        if absent:
+            raise UsageError(
+                f"{self.name}: {d / 'images' / absent[0]} (from images.txt) does not exist or is not a "
+                "regular file"
+                f" ({len(absent)} listed file(s) missing); {self.layout}"
+            )
+
+    def _check_index(self, d: Path, index: CubIndex) -> None:
+        """The index tables agree: the same image ids, valid values, class ids 1..n, every class in both splits."""
+        images, labels, split, classes = index.images, index.labels, index.split, index.classes
         if set(images) != set(labels) or set(images) != set(split):
             raise UsageError(
                 f"{self.name}: images.txt, image_class_labels.txt and train_test_split.txt list different image ids"
@@ -435,7 +470,6 @@ class CUBBase(ImageClassificationTask):
                 if not v.isdigit() or (name == "train_test_split.txt" and v not in ("0", "1")):
                     want = "1 (train) or 0 (test)" if name == "train_test_split.txt" else "one integer class id"
                     raise UsageError(f"{self.name}: {d / name}: image {i} has {v!r}, expected {want}")
-        classes = _read_table(d / "classes.txt", 2)
         if sorted(classes) != list(range(1, len(classes) + 1)):
             gap = next(k for k in range(1, len(classes) + 2) if k not in classes)
             raise UsageError(
@@ -453,26 +487,19 @@ class CUBBase(ImageClassificationTask):
                     f"{self.name}: class {classes[int(missing[0])][0]} has no {split_name} images "
                     f"({len(missing)} class(es) without; train_test_split.txt)"
                 )
-        absent = [images[i][0] for i in sorted(images) if not (d / "images" / images[i][0]).is_file()]
-        if absent:
-            raise UsageError(
-                f"{self.name}: {d / 'images' / absent[0]} (from images.txt) does not exist or is not a "
-                "regular file"
-                f" ({len(absent)} listed file(s) missing); {self.layout}"
-            )
 
     def files(self, cfg: dict[str, Any]) -> list[tuple[str, Path]]:
         d = cub_dir(self.root(cfg))
-        images = _read_table(d / "images.txt", 2)
-        split = _read_table(d / "train_test_split.txt", 2)
+        index = self.cub_index(d)
+        images, split = index.images, index.split
         return [("train" if split[i][0] == "1" else "test", d / "images" / images[i][0]) for i in sorted(images)]
 
     def load_data(self, cfg: dict[str, Any], cache_dir=None) -> TaskData:
         root, d = self.root(cfg), cfg["data"]
-        train = CUBDataset(root, True, transforms(d, True))
-        train, val, train_eval = image_splits(
-            cfg, train, CUBDataset(root, False, transforms(d, False)), CUBDataset(root, True, transforms(d, False))
-        )
+        index = self.cub_index(cub_dir(root))
+        train = CUBDataset(root, True, transforms(d, True), index)
+        val = CUBDataset(root, False, transforms(d, False), index)
+        train, val, train_eval = image_splits(cfg, train, val, CUBDataset(root, True, transforms(d, False), index))
         return TaskData(
             train=train, val=val, num_classes=len(train.classes), class_names=train.classes, train_eval=train_eval
         )

@@ -33,9 +33,11 @@ from ...errors import UsageError
 from ...metrics import MetricSpec
 from ...schema import TRAIN, Field, Section
 from .. import TASKS
-from ..base import Batches, DataReport, Evaluation, Task, TaskData, autocast
+from ..base import DataReport, Evaluation, Task, TaskData, autocast
+from ..cache import KeyedCache, files_key
+from ..loading import Batches
 from . import fairseq_adapter
-from .corpus import LAYOUTS, Corpus, detect_layout, read_corpus
+from .corpus import LAYOUTS, Corpus, corpus_files, detect_layout, read_corpus
 from .fairseq_adapter import ARCHS, build_transformer, collate, generator, length_batches, make_dictionary
 from .gettext_corpus import django_root, read_gettext_corpus
 from .scoring import translation_scores
@@ -228,6 +230,11 @@ class TranslationTask(Task):
     recipe = ""
     archs: tuple[str, ...] = ()
 
+    def __init__(self) -> None:
+        # the corpus check_layout read, handed once (then dropped: it is large) to the next corpus() call whose
+        # data settings and corpus files (paths, sizes, mtimes) are the same: run checks, then trains from it
+        self.checked_corpus: KeyedCache[Corpus] = KeyedCache()
+
     # -- config -------------------------------------------------------------------------------------
     def langs(self, cfg: dict[str, Any]) -> tuple[str, str]:
         src, tgt = cfg["data"]["direction"].split("-")
@@ -260,12 +267,19 @@ class TranslationTask(Task):
         if cfg["data"]["layout"] == "auto":
             detect_layout(root, *self.langs(cfg))
 
+    def corpus_key(self, cfg: dict[str, Any]) -> tuple:
+        """What a corpus read with ``cfg`` depends on: the data settings and the files it may be read from (their
+        paths, sizes and modification times)."""
+        d = cfg["data"]
+        files = corpus_files(Path(d["root"]), *self.langs(cfg)) if d["root"] else []
+        return json.dumps(d, sort_keys=True, default=str), files_key(files)
+
     def corpus(self, cfg: dict[str, Any]) -> Corpus:
+        cached = self.checked_corpus.take(self.corpus_key(cfg))
+        if cached is not None:
+            return cached  # just read by check_layout in this run: not read twice
         d = cfg["data"]
         src, tgt = self.langs(cfg)
-        cached, self._checked = getattr(self, "_checked", None), None
-        if cached is not None and cached[0] == json.dumps(d, sort_keys=True, default=str):
-            return cached[1]  # just read by check_layout in this run: not read twice
         return read_corpus(
             Path(d["root"]),
             src,
@@ -280,10 +294,10 @@ class TranslationTask(Task):
 
     def check_layout(self, cfg: dict[str, Any]) -> None:
         """Read the corpus as training will (every layout and alignment error is found here); the next
-        ``corpus()`` call of the same config reuses it."""
+        ``corpus()`` call of the same data settings and unchanged files reuses it (``checked_corpus``)."""
         self.check_source(cfg)
-        corpus = self.corpus(cfg)
-        self._checked = (json.dumps(cfg["data"], sort_keys=True, default=str), corpus)
+        key = self.corpus_key(cfg)
+        self.checked_corpus.put(key, self.corpus(cfg))
 
     def check_data(self, cfg: dict[str, Any], progress: bool = True) -> DataReport:
         self.check_source(cfg)

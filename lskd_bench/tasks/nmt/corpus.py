@@ -21,6 +21,7 @@ every 23rd training pair otherwise).
 from __future__ import annotations
 
 import html
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,18 @@ def _pair_dir(root: Path, src: str, tgt: str) -> tuple[Path, str]:
             if (d / f"train.tags.{pair}.{src}").is_file():
                 return d, pair
     raise FileNotFoundError
+
+
+def corpus_files(root: Path, src: str, tgt: str) -> list[Path]:
+    """Every file a ``src``-``tgt`` corpus under ``root`` may be read from, in either layout: the regular files in
+    ``root`` and in its ``<src>-<tgt>`` and ``<tgt>-<src>`` folders, sorted (what a cached read is keyed on)."""
+    found = []
+    for d in (root, root / f"{src}-{tgt}", root / f"{tgt}-{src}"):
+        try:
+            found += [Path(e.path) for e in os.scandir(d) if e.is_file()]
+        except OSError:
+            continue  # no such folder
+    return sorted(found)
 
 
 def detect_layout(root: Path, src: str, tgt: str) -> str:
