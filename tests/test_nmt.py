@@ -257,6 +257,22 @@ def test_subword_model_is_cached_by_content(tmp_path):
     assert len(list((tmp_path / "cache").glob("spm-*/spm.model"))) == 2  # other settings: another model
 
 
+def test_task_data_names_the_evaluated_split_and_the_output_size(tmp_path):
+    """For translation ``TaskData.val`` holds the test split and ``num_classes`` the vocabulary size: the honest
+    names ``test`` and ``num_outputs`` read the same values, and the old names keep working."""
+    from lskd_bench.runners.grid import resolve_config
+    from lskd_bench.tasks import TaskData, get_task
+
+    root = make_plain(tmp_path / "data", n_test=6, n_valid=4)
+    data = get_task("iwslt_ende").load_data(resolve_config("iwslt_ende", {}, tiny_nmt(root)), tmp_path / "cache")
+    test_en = (root / "test.en").read_text().splitlines()
+    assert data.test is data.val is data.split("test") and data.test.src_text == test_en
+    assert data.extras["valid"].src_text == (root / "valid.en").read_text().splitlines()
+    assert data.num_outputs == data.num_classes == len(data.extras["dictionary"]) and data.class_names == []
+    third_party = TaskData(train=[1], val=[2], num_classes=3, class_names=["a", "b", "c"])
+    assert third_party.test == [2] and third_party.num_outputs == 3
+
+
 # ------------------------------------------------------------------------------------------ word-level KD
 def test_word_level_kd_counts_only_non_pad_positions(tmp_path):
     """forward() keeps the non-pad target positions, so KD equals the hand computation over those rows."""

@@ -62,15 +62,35 @@ from .loading import (  # noqa: F401
 
 @dataclass
 class TaskData:
+    """A task's data as the training loop reads it.
+
+    Two fields keep the names of the paper's image tasks although they mean more: ``val`` is the held-out split
+    ``evaluate`` reports on, the *test* split of every built-in task (ImageNet's val/ folder is its test set, the
+    paper's convention; CUB's and CIFAR's test sets; digits' one held-out split; translation's test set, its
+    validation split being ``extras["valid"]``); ``num_classes`` is the models' output size, the vocabulary size
+    for translation. Read them by the honest names ``test`` and ``num_outputs`` (aliases of the same values);
+    tasks set the fields."""
+
     train: Dataset
-    val: Dataset
-    num_classes: int
-    class_names: list[str]
+    val: Dataset  # the evaluated split: the test set (also read as ``test``)
+    num_classes: int  # the models' output size: classes, or the vocabulary (also read as ``num_outputs``)
+    class_names: list[str]  # empty where outputs are not named classes (translation)
     # training split without augmentation (feature extraction for analysis); defaults to ``train``
     train_eval: Dataset | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def test(self) -> Dataset:
+        """The split ``evaluate`` reports on (the ``val`` field): the test set."""
+        return self.val
+
+    @property
+    def num_outputs(self) -> int:
+        """The models' output size (the ``num_classes`` field): classes, or the vocabulary for translation."""
+        return self.num_classes
+
     def split(self, name: str) -> Dataset:
+        """``train``, ``val`` (= ``test``) or ``train_eval`` (the training split without augmentation)."""
         if name == "train_eval":
             return self.train_eval if self.train_eval is not None else self.train
         return getattr(self, name)
@@ -330,7 +350,7 @@ class Task:
         totals = {1: 0, 5: 0}
         n = 0
         for x, y in iterate_batches(
-            data.val, cfg["eval_batch_size"], num_workers=cfg["num_workers"], on_bad_sample=on_bad_sample(cfg)
+            data.test, cfg["eval_batch_size"], num_workers=cfg["num_workers"], on_bad_sample=on_bad_sample(cfg)
         ):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, cfg):

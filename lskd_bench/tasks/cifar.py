@@ -309,8 +309,8 @@ class CIFAR100Task(Task):
 
     def check_data(self, cfg: dict[str, Any], progress: bool = True) -> DataReport:
         data = self.load_data(cfg)
-        report = DataReport(counts={"train": len(data.train), "test": len(data.val)})
-        report.problems += self._problems(data.class_names, {"train": data.train.y, "test": data.val.y})
+        report = DataReport(counts={"train": len(data.train), "test": len(data.test)})
+        report.problems += self._problems(data.class_names, {"train": data.train.y, "test": data.test.y})
         return report
 
     def load_data(self, cfg: dict[str, Any], cache_dir: Path | None = None) -> TaskData:

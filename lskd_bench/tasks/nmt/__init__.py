@@ -340,8 +340,8 @@ class TranslationTask(Task):
         dictionary = make_dictionary(sw.pieces())
         return TaskData(
             train=split("train"),
-            val=split("test"),
-            num_classes=len(dictionary),
+            val=split("test"),  # TaskData.val is the evaluated split (read as .test): translation's test set
+            num_classes=len(dictionary),  # the output size (read as .num_outputs): the vocabulary
             class_names=[],
             extras={"valid": split("valid"), "dictionary": dictionary, "subwords": sw, "report": report},
         )
@@ -448,7 +448,7 @@ class TranslationTask(Task):
     ) -> tuple[list[str], list[str]]:
         """Detokenised beam-search translations of the test split (``generation.limit`` first ones) and
         their references, in test order."""
-        test: Split = data.val
+        test: Split = data.test
         ids = self.translate(model, data, test, cfg, device, cfg["generation"]["limit"])
         sw = data.extras["subwords"]
         return [sw.decode(h) for h in ids], test.tgt_text[: len(ids)]
