@@ -7,6 +7,7 @@ batch or in what order, and an error or an early stop leaves no worker thread or
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
 
@@ -306,3 +307,42 @@ def test_the_plugin_api_re_exports_the_engine():
         "unwrap_batch",
     ):
         assert getattr(base, name) is getattr(loading, name), name
+
+
+def test_on_cuda_the_consumer_waits_for_the_side_stream_before_it_reads_a_batch(monkeypatch):
+    """The CUDA hand-over, simulated without a GPU: each batch is finished on the side stream, which records an
+    event after it; the consumer's stream waits on that event before the batch is handed over."""
+    log = []
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_event(self, event):
+            log.append(("wait", event.batch, self.name))
+
+    class Event:
+        def record(self, stream):
+            self.batch = current[0]
+            log.append(("record", self.batch, stream.name))
+
+    current = [None]
+    side, consumer = Stream("side"), Stream("consumer")
+    entered = []
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: side)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: consumer)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: entered.append(s.name) or contextlib.nullcontext())
+
+    def finish(b, device):
+        assert device == torch.device("cuda", 0)
+        current[0] = int(b)
+        return (b,), []
+
+    got = []
+    for (b,) in finished_ahead(iter(range(4)), finish, torch.device("cuda", 0), "error", None):
+        assert log[-1] == ("wait", b, "consumer")  # waited on this batch's event just before
+        got.append(b)
+    assert got == [0, 1, 2, 3] and entered == ["side"] * 4
+    assert [e for e in log if e[0] == "record"] == [("record", i, "side") for i in range(4)]
