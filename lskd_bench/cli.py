@@ -769,7 +769,8 @@ def _parser_check_data(sub) -> None:
 def _parser_status(sub) -> None:
     st = sub.add_parser(
         "status",
-        help="per cell: finished / running / queued / failed / pending, with the cells of the newest run not started yet (Slurm job ids, log tails)",
+        help="per cell: finished / running / queued / failed / pending, with the cells of the newest run not "
+        "started yet (Slurm job ids, log tails)",
     )
     st.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     st.add_argument("--task", help="only this task")

@@ -90,7 +90,8 @@ class Field:
             raise UsageError(f"{key} must be {_TYPE_NAMES[typ]}, got {value!r}")
         if self.choices and value not in self.choices:
             raise UsageError(
-                f"{key} must be one of {', '.join(map(str, self.choices))}, got {value!r}{_suggest(str(value), self.choices)}"
+                f"{key} must be one of {', '.join(map(str, self.choices))}, "
+                f"got {value!r}{_suggest(str(value), self.choices)}"
             )
         return value
 

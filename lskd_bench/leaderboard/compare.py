@@ -218,7 +218,7 @@ class Comparison:
         lines = [
             f"#### Is the LS teacher (α = {a1:g}) better than α = {a0:g}? ({self.metric})",
             "",
-            "| method | T | α = %g | α = %g | Δ | Welch p | n | verdict |" % (a0, a1),
+            f"| method | T | α = {a0:g} | α = {a1:g} | Δ | Welch p | n | verdict |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
@@ -240,7 +240,7 @@ class Comparison:
         lines = [
             f"#### Feature distillation: does the LS teacher (α = {a1:g}) help or hurt? ({self.metric})",
             "",
-            "| method | T | α = %g | α = %g | answer |" % (a0, a1),
+            f"| method | T | α = {a0:g} | α = {a1:g} | answer |",
             "|---|---|---|---|---|",
         ]
         for r in feats:
