@@ -187,6 +187,29 @@ def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def field_at(section: Section, dotted: str) -> Field:
+    """The ``Field`` at a dotted key (``grid.fixed.alpha``)."""
+    node: Field | Section = section
+    for part in dotted.split("."):
+        if not isinstance(node, Section) or part not in node.fields:
+            raise KeyError(dotted)
+        node = node.fields[part]
+    if not isinstance(node, Field):
+        raise KeyError(dotted)
+    return node
+
+
+def default_text(section: Section, dotted: str) -> str:
+    """A key's default as help texts show it (lists comma-separated, numbers in ``:g``), read from the schema so
+    that the CLI never restates a default."""
+    value = field_at(section, dotted).default
+
+    def one(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    return ",".join(one(v) for v in value) if isinstance(value, list) else one(value)
+
+
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """Return a copy of ``base`` with ``override`` merged in (dicts recursively, the rest replaced)."""
     out = copy.deepcopy(dict(base))
