@@ -50,7 +50,8 @@ class Executor:
     cells' ``CellOutcome``s (a cell left out is read from its folder: ``state.cell_state``), ``cancel()``.
 
     ``capacity(plan)``: (GPU pool or None, GPUs per unit, units at once). ``open(plan)`` / ``close()`` around the
-    loop (``close`` returns lines for the run summary). ``orders_dependencies``: the backend itself starts a
+    loop (``close`` returns lines for the run summary); ``reports_progress``: a bar of the settled cells (not
+    for an executor that only submits jobs). ``orders_dependencies``: the backend itself starts a
     student after its teacher (Slurm's ``afterok``), so the loop starts a student once its teacher started.
     ``config_section``, if set, is collected into the run config under the executor's registered name (a
     cluster profile: ``--runner-profile FILE`` sets it)."""
@@ -58,6 +59,7 @@ class Executor:
     config_section: Section | None = None
     orders_dependencies = False
     poll_seconds = 0.2  # between polls of running units
+    reports_progress = True  # a progress bar of the settled cells
 
     @classmethod
     def validate(cls, cfg: dict[str, Any]) -> None:

@@ -29,12 +29,12 @@ class Scheduler:
     """Hands out units whose teachers are finished, and tracks every cell to its outcome: trained (here),
     elsewhere (by another process), failed, blocked (its teacher failed), submitted or queued (a cluster's).
     ``after_start``: a student may start once its teacher's unit started (the executor's backend orders them,
-    as Slurm does with ``afterok``).
+    as Slurm does with ``afterok``). ``show``: a progress bar of the settled cells.
 
     Cells another process is training (a live lock) are waited for: polled until their result appears,
     their lock is released (then they are ours to train) or the other process records a failure."""
 
-    def __init__(self, plan: GridPlan, after_start: bool = False):
+    def __init__(self, plan: GridPlan, after_start: bool = False, show: bool = True):
         self.plan = plan
         self.queue = [list(u) for u in plan.units]
         self.outcomes: dict[str, CellOutcome] = {}  # hash -> what became of the cell
@@ -42,7 +42,7 @@ class Scheduler:
         self.running: set[str] = set()
         self.told: set[str] = set()  # cells whose wait was announced
         self.after_start = after_start
-        self.bar = plan.progress_bar(sum(len(u) for u in plan.units))
+        self.bar = plan.progress_bar(sum(len(u) for u in plan.units), show=show)
         self.cfg_lock = plan.cfg["lock"]
 
     def settle(self, outcome: CellOutcome) -> None:
@@ -152,6 +152,7 @@ class Starter(Protocol):
 
     orders_dependencies: bool
     poll_seconds: float
+    reports_progress: bool
 
     def capacity(self, plan: GridPlan) -> tuple[DevicePool | None, int, int]: ...
 
@@ -170,7 +171,7 @@ def run_units(plan: GridPlan, executor: Starter) -> list[CellOutcome]:
     soon as its teachers are finished, collect the outcomes of the units that ended, wait for cells held
     elsewhere. An interrupted run cancels the units still running."""
     pool, per_unit, at_once = executor.capacity(plan)
-    sched = Scheduler(plan, after_start=executor.orders_dependencies)
+    sched = Scheduler(plan, after_start=executor.orders_dependencies, show=executor.reports_progress)
     running: list[Running] = []
     try:
         while not sched.done() or running:

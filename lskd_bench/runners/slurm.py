@@ -199,6 +199,7 @@ class SlurmExecutor(Executor):
     def open(self, plan: GridPlan) -> None:
         self.prof, self.out = plan.cfg["slurm"], plan.out
         self.poll_seconds = self.prof["poll_s"]
+        self.reports_progress = self.prof["wait"]  # submitting only: no bar (the summary says what was submitted)
         self.spec = str(plan.write_spec())
         self.folder = Path(self.prof["log_dir"] or plan.out / plan.cfg["task"] / "slurm")
         self.live = self._live_jobs(plan)

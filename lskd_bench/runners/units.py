@@ -57,9 +57,9 @@ class GridPlan:
         """A line for the user while the grid runs (stderr, above any progress bar)."""
         progress.say(self.cfg, line)
 
-    def progress_bar(self, total: int):
+    def progress_bar(self, total: int, show: bool = True):
         return progress.progress_bar(
-            self.cfg, total=total, desc=f"{self.cfg['task']} grid", unit="cell", show=self.progress
+            self.cfg, total=total, desc=f"{self.cfg['task']} grid", unit="cell", show=self.progress and show
         )
 
     def write_spec(self, overrides: dict[str, Any] | None = None) -> Path:

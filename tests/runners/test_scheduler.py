@@ -50,6 +50,7 @@ class Later:
 class Fake:
     orders_dependencies = False
     poll_seconds = 0.0
+    reports_progress = False
 
     def __init__(self, out, gpus=("0", "1", "2", "3", "4", "5"), fail=()):
         self.out, self.pool, self.fail, self.log = out, DevicePool(list(gpus), 1), set(fail), []
