@@ -94,7 +94,7 @@ class UnitResult:
 
     outcomes: tuple[Outcome, ...] = ()
     busy: tuple[Cell, ...] = ()
-    notes: tuple[str, ...] = ()
+    notes: tuple[tuple[Cell, str], ...] = ()  # (the cell, its repair line)
 
 
 def read_spec(path: Path) -> dict:
@@ -127,7 +127,7 @@ class Claim:
     mine: list[Cell] = field(default_factory=list)
     locks: list[CellLock] = field(default_factory=list)
     busy: list[Cell] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    notes: list[tuple[Cell, str]] = field(default_factory=list)
 
     def release(self) -> None:
         for lock in self.locks:
@@ -146,7 +146,7 @@ def claim(ctx: UnitContext, unit: list[Cell], into: Claim | None = None) -> Clai
                 got.busy.append(c)
                 continue
             if lock.took_over:
-                got.notes.append(f"repaired: {c.name}: {lock.took_over}")
+                got.notes.append((c, f"repaired: {c.name}: {lock.took_over}"))
             if store.read_result(c.dir(ctx.out)) is not None:  # finished between our check and the lock
                 lock.release()
                 continue
@@ -195,7 +195,7 @@ def train_unit(
                 outcomes = _train_claimed(ctx, got.mine, device, teacher_cache)
     finally:
         got.release()
-    notes = [*got.notes, *(line for o in outcomes for line in o.notes)]
+    notes = [*got.notes, *((o.cell, line) for o in outcomes for line in o.notes)]
     return UnitResult(tuple(outcomes), tuple(got.busy), tuple(notes))
 
 

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except Interrupted as exc:
             return exc.code
-    for line in done.notes:
+    for _, line in done.notes:
         print(line, file=sys.stderr)
     return 0
 
