@@ -1,6 +1,8 @@
-"""The grid runner: resolve the config, plan cells, skip the finished ones, group the rest into training
-units (fused data passes) and hand them to an executor, which trains them under cross-process locks
-(``runners/units.py``)."""
+"""The grid runner: resolve the config (``resolve``: the one call a command line makes), plan the grid once
+into a frozen ``units.GridPlan`` (cells, the finished ones reused, the rest grouped into training units of
+fused data passes), run it through the configured executor under the one scheduling loop
+(``scheduler.run_units``; cells train under cross-process locks, ``runners/units.py``) and sum up the cells'
+outcomes (``GridSummary``)."""
 
 from __future__ import annotations
 
