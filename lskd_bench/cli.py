@@ -144,30 +144,16 @@ def _profile_layer(path: str, executor: str | None) -> tuple[str, dict[str, Any]
 
 
 def _resolve(args: argparse.Namespace, check_executor: bool = True) -> Resolved:
-    file_cfg = load_yaml(args.config) if args.config else {}
-    profile = _profile_layer(args.runner_profile, args.executor) if getattr(args, "runner_profile", None) else None
-    overrides = _run_overrides(args)
-    resolved = resolve(
+    """The run's config from the command line: one call into the resolver (``runners.grid.resolve``)."""
+    return resolve(
         args.task,
-        file_cfg,
-        overrides,
+        load_yaml(args.config) if args.config else {},
+        _run_overrides(args),
         file_label=f"config {args.config}",
         check_executor=check_executor,
-        profile=profile,
+        profile=_profile_layer(args.runner_profile, args.executor) if getattr(args, "runner_profile", None) else None,
+        wait=bool(getattr(args, "wait", False)),
     )
-    if getattr(args, "wait", False):  # the chosen executor's "wait" (an executor that submits jobs and returns)
-        name = resolved.cfg["executor"]
-        if "wait" in resolved.cfg.get(name, {}):
-            set_dotted(overrides, f"{name}.wait", True)
-            resolved = resolve(
-                args.task,
-                file_cfg,
-                overrides,
-                file_label=f"config {args.config}",
-                check_executor=check_executor,
-                profile=profile,
-            )
-    return resolved
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -126,8 +126,10 @@ def full_schema(task: Task) -> Section:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Resolved:
+    """A resolved, checked config and where each value came from."""
+
     cfg: dict[str, Any]
     provenance: dict[str, str]  # dotted key -> the layer that set it
 

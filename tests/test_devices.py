@@ -69,14 +69,10 @@ def test_discover_sources(monkeypatch):
 
 
 def test_threads_and_loader_workers_are_divided(monkeypatch, tiny_cfg, tmp_path):
-    from lskd_bench.runners.grid import GridJob
-    from lskd_bench.tasks import get_task
-
     monkeypatch.setattr(devices, "cpu_count", lambda: 16)
 
     def plan(executor, **cfg):
-        job = GridJob(get_task("digits"), {**tiny_cfg, **cfg}, tmp_path, progress=False)
-        pool, at_once, threads, workers = executor.plan(job)
+        pool, at_once, threads, workers = executor.layout({**tiny_cfg, **cfg})
         return pool.gpus, at_once, threads, workers
 
     assert plan(SubprocessExecutor(), gpus="0,1,2,3", num_workers=8) == (["0", "1", "2", "3"], 4, 4, 4)
@@ -101,43 +97,27 @@ def test_loader_workers_divide_the_cores(monkeypatch):
 def test_local_executor_caps_loader_workers_at_the_cores(monkeypatch, tiny_cfg, tmp_path):
     from lskd_bench.runners import executors
     from lskd_bench.runners.executors import LocalExecutor
-    from lskd_bench.runners.grid import GridJob
+    from lskd_bench.runners.units import GridPlan, UnitResult
     from lskd_bench.tasks import get_task
 
     seen = []
 
-    def fake_train_unit(job, unit, **kw):
-        seen.append(job.cfg["num_workers"])
-        return [], []
+    def fake_train_unit(ctx, unit, **kw):
+        seen.append(ctx.cfg["num_workers"])
+        return UnitResult()
 
     monkeypatch.setattr(executors, "train_unit", fake_train_unit)
-    monkeypatch.setattr(executors, "Scheduler", _OneUnitScheduler)
     for cores, asked, applied in ((2, 8, 2), (16, 8, 8), (2, 0, 0)):
-        monkeypatch.setattr(devices, "cpu_count", lambda: cores)
-        job = GridJob(get_task("digits"), {**tiny_cfg, "device": "cpu", "num_workers": asked}, tmp_path, progress=False)
-        LocalExecutor().run(job, [[]])
+        monkeypatch.setattr(devices, "cpu_count", lambda cores=cores: cores)
+        plan = GridPlan(
+            get_task("digits"), {**tiny_cfg, "device": "cpu", "num_workers": asked}, tmp_path, progress=False
+        )
+        executor = LocalExecutor()
+        executor.open(plan)
+        executor.start(plan, [], None)
+        executor.close()
         assert seen.pop() == applied
-        assert job.cfg["num_workers"] == asked  # the job's own config is left as resolved
-
-
-class _OneUnitScheduler:
-    def __init__(self, job, units):
-        self.units = list(units)
-
-    def done(self):
-        return not self.units
-
-    def next_unit(self):
-        return self.units.pop()
-
-    def finish(self, *a, **k):
-        pass
-
-    def poll_waiting(self):
-        pass
-
-    def close(self):
-        pass
+        assert plan.cfg["num_workers"] == asked  # the plan's own config is left as resolved
 
 
 # ------------------------------------------------------------------------------------------ whole runs

@@ -547,9 +547,7 @@ def test_sigterm_releases_locks_records_interrupted_and_exits_143(tmp_path, cli)
 # ------------------------------------------------------------------------------------------ case 11: threads, progress
 def test_thread_count_from_usable_cpus(monkeypatch):
     from lskd_bench.runners.executors import SubprocessExecutor
-    from lskd_bench.runners.grid import GridJob
     from lskd_bench.runners.train import thread_count
-    from lskd_bench.tasks import get_task
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))  # 8 CPUs allowed (of any machine size)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -567,8 +565,7 @@ def test_thread_count_from_usable_cpus(monkeypatch):
         "nproc_per_node": 1,
         "threads": None,
     }
-    job = GridJob(get_task("digits"), cfg, Path("."))  # a resolved config's keys
-    assert SubprocessExecutor().plan(job)[1:3] == (3, 2)
+    assert SubprocessExecutor().layout(cfg)[1:3] == (3, 2)  # a resolved config's keys
 
 
 def test_threads_setting_is_applied_recorded_and_not_part_of_the_hash(tmp_path, cli, tiny_cfg):

@@ -12,17 +12,19 @@
 Whatever the executor, the process that trains a cell holds its lock (``runners/lock.py``): cells held by
 another ``lskd-bench run`` on the same directory are waited for, never trained twice.
 
+Every executor runs under the one scheduling loop (``scheduler.run_units``: dependency order, GPU slots,
+cells held elsewhere, outcomes); an executor only starts a unit and returns a handle (``Executor.start``).
 Third-party executors (a cluster scheduler, say) register through the ``lskd_bench.executors``
-entry-point group: a class whose ``run(job, units)`` trains the given units.
+entry-point group: an ``Executor`` subclass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -35,25 +37,60 @@ from ..schema import Section
 from . import devices
 from .cells import Cell
 from .devices import DevicePool, discover, require_cuda, worker_env
-from .lock import is_stale, read_lock
-from .scheduler import Scheduler, raise_if_data_error
+from .scheduler import Handle, run_units
+from .state import CellOutcome, outcome_from_disk
 from .train import resolve_device, threads_scope
-from .units import GridJob, claim, read_spec, train_unit  # noqa: F401  (claim, read_spec: re-exported)
+from .units import GridPlan, UnitResult, train_unit
 
 
 class Executor:
-    """Base class of executors. ``run`` trains the given units, each through ``units.train_unit`` in whatever
-    process or job it starts. ``config_section``, if set, is collected into the run config under the
-    executor's registered name (a cluster profile: ``--runner-profile FILE`` sets it)."""
+    """Base class of executors. An executor starts units; the scheduling loop (``scheduler.run_units``) decides
+    which and when. ``start(plan, unit, gpus)`` starts one unit (each cell trains through ``units.train_unit`` in
+    whatever process or job it starts) and returns a ``Handle``: ``poll()`` None while it runs, ``result()`` the
+    cells' ``CellOutcome``s (a cell left out is read from its folder: ``state.cell_state``), ``cancel()``.
+
+    ``capacity(plan)``: (GPU pool or None, GPUs per unit, units at once). ``open(plan)`` / ``close()`` around the
+    loop (``close`` returns lines for the run summary); ``reports_progress``: a bar of the settled cells (not
+    for an executor that only submits jobs). ``orders_dependencies``: the backend itself starts a
+    student after its teacher (Slurm's ``afterok``), so the loop starts a student once its teacher started.
+    ``config_section``, if set, is collected into the run config under the executor's registered name (a
+    cluster profile: ``--runner-profile FILE`` sets it)."""
 
     config_section: Section | None = None
+    orders_dependencies = False
+    poll_seconds = 0.2  # between polls of running units
+    reports_progress = True  # a progress bar of the settled cells
 
     @classmethod
     def validate(cls, cfg: dict[str, Any]) -> None:
         """Checks before anything is written (a missing scheduler command...); raise UsageError."""
 
-    def run(self, job: GridJob, units: list[list[Cell]]) -> None:
+    @classmethod
+    def for_config(cls, cfg: dict[str, Any]) -> Executor:
+        """The executor that runs a grid of ``cfg`` (``auto`` picks one)."""
+        return cls()
+
+    def capacity(self, plan: GridPlan) -> tuple[DevicePool | None, int, int]:
+        return None, 1, 1
+
+    def open(self, plan: GridPlan) -> None:
+        """Before the first unit starts (a spec file, a note for the user)."""
+
+    def start(self, plan: GridPlan, unit: list[Cell], gpus: list[str] | None) -> Handle:
         raise NotImplementedError
+
+    def close(self) -> list[str]:
+        """After the last unit ended (or the run stopped): lines printed after the run summary."""
+        return []
+
+    def run(self, plan: GridPlan) -> tuple[list[CellOutcome], list[str]]:
+        """Every unit of ``plan`` through the scheduling loop: (the cells' outcomes, the executor's notes)."""
+        self.open(plan)
+        try:
+            outcomes = run_units(plan, self)
+        finally:
+            notes = self.close()
+        return outcomes, notes
 
     @staticmethod
     def status(dirs: list[Path]) -> dict[Path, dict[str, str]]:
@@ -63,47 +100,65 @@ class Executor:
         return {}
 
 
+@dataclass
+class Finished:
+    """The handle of a unit that ran to its end inside ``start`` (the local executor)."""
+
+    outcomes: list[CellOutcome]
+
+    def poll(self) -> bool:
+        return True
+
+    def result(self) -> list[CellOutcome]:
+        return self.outcomes
+
+    def cancel(self) -> None:
+        pass
+
+
+def unit_result_outcomes(done: UnitResult) -> list[CellOutcome]:
+    """``units.train_unit``'s result as the cells' outcomes (repair lines with the cell they name)."""
+    notes: dict[str, list[str]] = {}
+    for cell, line in done.notes:
+        notes.setdefault(cell.hash, []).append(line)
+    got = [
+        CellOutcome(o.cell, "failed" if o.error else "trained", o.error or "", tuple(notes.pop(o.cell.hash, [])))
+        for o in done.outcomes
+    ]
+    got += [CellOutcome(c, "busy", notes=tuple(notes.pop(c.hash, []))) for c in done.busy]
+    return got
+
+
 @EXECUTORS.register("local")
 class LocalExecutor(Executor):
+    """One unit after the other in this process; the data and the current teacher stay in memory."""
+
     @classmethod
     def validate(cls, cfg: dict) -> None:
         require_cuda({"device": cfg["device"]})  # gpus: ignored here, with a note
 
-    def run(self, job: GridJob, units: list[list[Cell]]) -> None:
-        if job.cfg["gpus"] is not None or job.cfg["per_gpu"] > 1:
-            job.say(
+    def open(self, plan: GridPlan) -> None:
+        cfg = plan.cfg
+        if cfg["gpus"] is not None or cfg["per_gpu"] > 1:
+            plan.say(
                 "note: --gpus and --per-gpu are used by the subprocess and torchrun executors; the local executor "
                 "trains one unit at a time on one device (--executor subprocess to spread units over GPUs)"
             )
-        device = resolve_device(job.cfg)
-        sched = Scheduler(job, units)
-        teacher_cache: dict = {}
-        cfg = job.cfg
         # one process trains: its loader workers are capped at the machine's cores, as the subprocess path does
-        workers = devices.loader_workers(cfg["num_workers"], 1)
-        if workers != cfg["num_workers"]:
-            job.cfg = {**cfg, "num_workers": workers}
-        try:
-            with threads_scope(job.cfg):
-                self._loop(job, sched, device, teacher_cache)
-        finally:
-            job.cfg = cfg
+        self.ctx = plan.with_cfg(num_workers=devices.loader_workers(cfg["num_workers"], 1)).context()
+        self.device = resolve_device(self.ctx.cfg)
+        self.teacher_cache: dict = {}
+        self.scope = contextlib.ExitStack()
+        self.scope.enter_context(threads_scope(self.ctx.cfg))
 
-    def _loop(self, job: GridJob, sched: Scheduler, device, teacher_cache: dict) -> None:
-        try:
-            while not sched.done():
-                unit = sched.next_unit()
-                if unit is None:
-                    sched.idle()
-                    continue
-                outcomes, busy = train_unit(job, unit, device=device, teacher_cache=teacher_cache)
-                for c in busy:
-                    sched.finish(c, False, busy=True)
-                for o in outcomes:
-                    sched.finish(o.cell, o.error is None, o.error)
-                sched.poll_waiting()
-        finally:
-            sched.close()
+    def start(self, plan: GridPlan, unit: list[Cell], gpus: list[str] | None) -> Finished:
+        done = train_unit(self.ctx, unit, device=self.device, teacher_cache=self.teacher_cache)
+        return Finished(unit_result_outcomes(done))
+
+    def close(self) -> list[str]:
+        self.scope.close()
+        self.teacher_cache.clear()
+        return []
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -138,9 +193,7 @@ class SubprocessExecutor(Executor):
     own (``per_gpu`` units share one); without, ``--jobs N`` units run at once on the CPU. The CPU threads
     and data-loader workers are divided among the processes that run at once."""
 
-    poll_seconds = 0.2
-
-    def launcher(self, job: GridJob) -> list[str]:
+    def launcher(self, plan: GridPlan) -> list[str]:
         return [sys.executable, "-m", "lskd_bench.runners.worker"]
 
     def procs_per_unit(self, cfg: dict) -> int:
@@ -156,9 +209,8 @@ class SubprocessExecutor(Executor):
                 f"nproc_per_node {k} needs {k} GPUs per unit; only {len(gpus)} available ({','.join(gpus)})"
             )
 
-    def plan(self, job: GridJob) -> tuple[DevicePool, int, int, int]:
+    def layout(self, cfg: dict) -> tuple[DevicePool, int, int, int]:
         """(GPU pool, units at once, CPU threads per process, data-loader workers per process)."""
-        cfg = job.cfg
         pool = DevicePool(discover(cfg), cfg["per_gpu"])
         k = self.procs_per_unit(cfg)
         jobs = cfg["jobs"]
@@ -172,89 +224,36 @@ class SubprocessExecutor(Executor):
         workers = devices.loader_workers(cfg["num_workers"], at_once * k)
         return pool, max(1, at_once), threads, workers
 
-    def run(self, job: GridJob, units: list[list[Cell]]) -> None:
-        pool, jobs, threads, workers = self.plan(job)
-        k = self.procs_per_unit(job.cfg)
-        spec = job.write_spec({"num_workers": workers} if workers != job.cfg["num_workers"] else None)
-        log = DeviceLog(job) if pool else None
-        if log is not None:
-            log.say(
+    def capacity(self, plan: GridPlan) -> tuple[DevicePool | None, int, int]:
+        pool, jobs, _, _ = self.layout(plan.cfg)
+        return (pool if pool else None), self.procs_per_unit(plan.cfg), jobs
+
+    def open(self, plan: GridPlan) -> None:
+        pool, jobs, threads, workers = self.layout(plan.cfg)
+        spec = plan.write_spec({"num_workers": workers} if workers != plan.cfg["num_workers"] else None)
+        self.log = DeviceLog(plan) if pool else None
+        self.launch = Launch(plan, self.launcher(plan), spec, threads, die_with_parent())
+        s = "s" if jobs > 1 else ""
+        if self.log is not None:
+            name = type(self).__name__.removesuffix("Executor").lower()
+            self.log.say(
                 f"{len(pool.gpus)} GPU{'s' if len(pool.gpus) > 1 else ''} ({','.join(pool.gpus)}): "
-                f"{self._packing(pool, k)}, {jobs} unit{'s' if jobs > 1 else ''} at a time, {threads} CPU "
-                f"thread{'s' if threads > 1 else ''} per process ({type(self).__name__.removesuffix('Executor').lower()} "
-                f"executor; --gpus, --per-gpu, --jobs or --executor local to change)",
+                f"{self._packing(pool, self.procs_per_unit(plan.cfg))}, {jobs} unit{s} at a time, {threads} CPU "
+                f"thread{'s' if threads > 1 else ''} per process ({name} executor; --gpus, --per-gpu, --jobs or "
+                "--executor local to change)",
                 first=True,
             )
-        elif job.cfg["per_gpu"] > 1:
-            job.say(
-                f"note: --per-gpu {job.cfg['per_gpu']} has no effect: no GPU here; {jobs} unit"
-                f"{'s' if jobs > 1 else ''} at a time on the CPU (--jobs N)"
+        elif plan.cfg["per_gpu"] > 1:
+            plan.say(
+                f"note: --per-gpu {plan.cfg['per_gpu']} has no effect: no GPU here; {jobs} unit{s} at a time on "
+                "the CPU (--jobs N)"
             )
-        sched = Scheduler(job, units)
-        running: list[tuple[subprocess.Popen, list[Cell], list[str] | None]] = []
-        launch = Launch(job, self.launcher(job), spec, threads, die_with_parent())
-        try:
-            while not sched.done() or running:
-                started = False
-                while len(running) < jobs:
-                    gpus = pool.acquire(k) if pool else None
-                    if pool and gpus is None:
-                        break
-                    unit = sched.next_unit()
-                    if unit is None:
-                        if gpus is not None:
-                            pool.release(gpus)
-                        break
-                    running.append((launch(unit, gpus), unit, gpus))
-                    if log is not None:
-                        log.event("start", gpus, unit)
-                    started = True
-                for entry in list(running):
-                    proc, unit, gpus = entry
-                    rc = proc.poll()
-                    if rc is None:
-                        continue
-                    running.remove(entry)
-                    if gpus is not None:
-                        pool.release(gpus)  # whatever the outcome: a failed unit fails alone
-                    states = [self._outcome(job, sched, c, rc) for c in unit]
-                    if log is not None:
-                        log.event("end", gpus, unit, states)
-                    raise_if_data_error(unit, job.out)
-                sched.poll_waiting()
-                if not started:
-                    if pool and not running and pool.busy():
-                        raise RuntimeError(f"GPU slots leaked: {pool.load}")  # a bug, never a hang
-                    if running or sched.waiting:
-                        time.sleep(self.poll_seconds if running else job.cfg["lock"]["poll_s"])
-                    elif not sched.done():
-                        sched.idle()
-        finally:
-            for proc, _, _ in running:
-                proc.terminate()
-            for proc, unit, gpus in running:
-                proc.wait()
-                if log is not None:  # every start has its end, an interrupted run's too
-                    log.event("end", gpus, unit, ["stopped"] * len(unit))
-            sched.close()
 
-    @staticmethod
-    def _outcome(job: GridJob, sched: Scheduler, c: Cell, rc: int) -> str:
-        """Tell the scheduler how cell ``c`` of a worker that exited with ``rc`` ended; its devices.log word."""
-        d = c.dir(job.out)
-        if store.read_result(d) is not None:
-            sched.finish(c, True)
-            return "done"
-        err = store.read_error(d)
-        if err is not None:
-            sched.finish(c, False, f"{err.get('error')}: {err.get('message')}")
-            return "failed"
-        info = read_lock(d)
-        if info is not None and not is_stale(info, job.cfg["lock"]["stale_s"]):
-            sched.finish(c, False, busy=True)  # another run holds it
-            return "held elsewhere"
-        sched.finish(c, False, f"worker process exited with code {rc}")
-        return f"failed (exit {rc})"
+    def start(self, plan: GridPlan, unit: list[Cell], gpus: list[str] | None) -> WorkerHandle:
+        handle = WorkerHandle(self.launch(unit, gpus), unit, gpus, self.log, plan.out, plan.cfg["lock"]["stale_s"])
+        if self.log is not None:
+            self.log.event("start", gpus, unit)
+        return handle
 
     @staticmethod
     def _packing(pool: DevicePool, k: int) -> str:
@@ -264,10 +263,47 @@ class SubprocessExecutor(Executor):
 
 
 @dataclass
+class WorkerHandle:
+    """A unit in a worker process (a torchrun launcher and its ranks): its outcome is read from the cells'
+    folders once the process exited; devices.log gets the unit's end."""
+
+    proc: subprocess.Popen
+    unit: list[Cell]
+    gpus: list[str] | None
+    log: DeviceLog | None
+    out: Path
+    stale_s: float
+
+    def poll(self) -> bool | None:
+        return None if self.proc.poll() is None else True
+
+    def result(self) -> list[CellOutcome]:
+        rc = self.proc.returncode
+        got = [outcome_from_disk(c, self.out, self.stale_s, f"worker process exited with code {rc}") for c in self.unit]
+        if self.log is not None:
+            self.log.event("end", self.gpus, self.unit, [self._word(o, rc) for o in got])
+        return got
+
+    @staticmethod
+    def _word(o: CellOutcome, rc: int) -> str:
+        if o.state == "trained":
+            return "done"
+        if o.state == "busy":
+            return "held elsewhere"
+        return "failed" if not o.reason.startswith("worker process exited") else f"failed (exit {rc})"
+
+    def cancel(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+        if self.log is not None:  # every start has its end, an interrupted run's too
+            self.log.event("end", self.gpus, self.unit, ["stopped"] * len(self.unit))
+
+
+@dataclass
 class Launch:
     """Starts one worker process for a unit: the launcher command, the unit's cell hashes, its GPUs and threads."""
 
-    job: GridJob
+    plan: GridPlan
     launcher: list[str]
     spec: Path
     threads: int
@@ -275,7 +311,7 @@ class Launch:
 
     def __call__(self, unit: list[Cell], gpus: list[str] | None) -> subprocess.Popen:
         for c in unit:
-            store.clear_error(c.dir(self.job.out))
+            store.clear_error(c.dir(self.plan.out))
         cmd = [*self.launcher, "--spec", str(self.spec), "--cells", ",".join(c.hash for c in unit)]
         return subprocess.Popen(cmd, env=worker_env(os.environ, gpus, self.threads), preexec_fn=self.preexec)
 
@@ -283,8 +319,8 @@ class Launch:
 class DeviceLog:
     """The assignment log: which unit ran on which GPUs, appended to RUNS/<task>/devices.log and echoed."""
 
-    def __init__(self, job: GridJob):
-        self.path = job.out / job.cfg["task"] / "devices.log"
+    def __init__(self, plan: GridPlan):
+        self.path = plan.out / plan.cfg["task"] / "devices.log"
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def say(self, text: str, first: bool = False) -> None:
@@ -304,8 +340,8 @@ class TorchrunExecutor(SubprocessExecutor):
     """Each unit as one DDP job of ``nproc_per_node`` processes (``lskd-bench run --nproc-per-node N``),
     one unit at a time, launched through ``torch.distributed.run`` (torchrun)."""
 
-    def launcher(self, job: GridJob) -> list[str]:
-        n = self.procs_per_unit(job.cfg)
+    def launcher(self, plan: GridPlan) -> list[str]:
+        n = self.procs_per_unit(plan.cfg)
         return [
             sys.executable,
             "-m",
@@ -337,5 +373,6 @@ class AutoExecutor(Executor):
     def validate(cls, cfg: dict) -> None:
         EXECUTORS.get(cls.choose(cfg)).validate(cfg)
 
-    def run(self, job: GridJob, units: list[list[Cell]]) -> None:
-        EXECUTORS.get(self.choose(job.cfg))().run(job, units)
+    @classmethod
+    def for_config(cls, cfg: dict) -> Executor:
+        return EXECUTORS.get(cls.choose(cfg)).for_config(cfg)

@@ -1,6 +1,8 @@
-"""The grid runner: resolve the config, plan cells, skip the finished ones, group the rest into training
-units (fused data passes) and hand them to an executor, which trains them under cross-process locks
-(``runners/units.py``)."""
+"""The grid runner: resolve the config (``resolve``: the one call a command line makes), plan the grid once
+into a frozen ``units.GridPlan`` (cells, the finished ones reused, the rest grouped into training units of
+fused data passes), run it through the configured executor under the one scheduling loop
+(``scheduler.run_units``; cells train under cross-process locks, ``runners/units.py``) and sum up the cells'
+outcomes (``GridSummary``)."""
 
 from __future__ import annotations
 
@@ -20,14 +22,15 @@ from ..errors import UsageError
 from ..methods import check_student_methods, method_class
 from ..models import init_path, read_checkpoint
 from ..registry import EXECUTORS
-from ..tasks import DEFAULT_TASK, get_task
+from ..schema import deep_merge
+from ..tasks import DEFAULT_TASK, Task, get_task
 from .cells import Cell, grid_values, plan_cells, validate_grid
 from .loggers import check_loggers
 from .moved import find_moved, record_fingerprints
 from .probe import check_feature_methods
 from .repair import repair_cells
-from .scheduler import Scheduler, raise_if_data_error  # noqa: F401  (re-exported)
-from .units import GridJob, unit_inputs  # noqa: F401  (re-exported)
+from .state import CellOutcome
+from .units import GridPlan
 
 
 def resolve(
@@ -37,26 +40,39 @@ def resolve(
     file_label: str = "config file",
     check_executor: bool = True,
     profile: tuple[str, Mapping[str, Any]] | None = None,
+    wait: bool = False,
 ) -> Resolved:
     """schema defaults <- task recipe <- pair recipe (``pair``) <- YAML file <- executor profile <- CLI overrides,
-    checked (UsageError on bad input)."""
+    checked (UsageError on bad input): the one call that turns a command line into a run's config, with where
+    each value came from. ``wait``: set the chosen executor's ``wait`` (one that submits jobs and returns)."""
     name = task_name or file_cfg.get("task") or DEFAULT_TASK
     task = get_task(name)
+    command_line = {**overrides, "task": name} if task_name else dict(overrides)
+    res = resolve_layers(task, _layers(task, file_cfg, file_label, profile, command_line))
+    executor = res.cfg["executor"]
+    if wait and "wait" in res.cfg.get(executor, {}):
+        command_line = deep_merge(command_line, {executor: {"wait": True}})
+        res = resolve_layers(task, _layers(task, file_cfg, file_label, profile, command_line))
+    res.cfg["task"] = name
+    check_run_config(task, res.cfg, check_executor)
+    return res
+
+
+def _layers(task, file_cfg, file_label, profile, command_line) -> list[tuple[str, Mapping[str, Any]]]:
     recipe = task.default_config()
-    pair = overrides.get("pair") or file_cfg.get("pair") or recipe.get("pair")
+    pair = command_line.get("pair") or file_cfg.get("pair") or recipe.get("pair")
     pair_layers = [task.pair_layer(str(pair))] if pair else []  # the pair's published recipe over the task's
-    res = resolve_layers(
-        task,
-        [
-            (task.recipe_source(), recipe),
-            *pair_layers,
-            (file_label, file_cfg),
-            *([profile] if profile else []),
-            ("command line", {**overrides, "task": name} if task_name else dict(overrides)),
-        ],
-    )
-    cfg = res.cfg
-    cfg["task"] = name
+    return [
+        (task.recipe_source(), recipe),
+        *pair_layers,
+        (file_label, file_cfg),
+        *([profile] if profile else []),
+        ("command line", command_line),
+    ]
+
+
+def check_run_config(task: Task, cfg: dict[str, Any], check_executor: bool = True) -> None:
+    """The checks across keys, registries and files that the per-key schema cannot make."""
     validate_grid(cfg)
     if cfg["lock"]["heartbeat_s"] * 2 > cfg["lock"]["stale_s"]:  # a live owner elsewhere must look alive
         raise UsageError(
@@ -67,6 +83,13 @@ def resolve(
     executor = EXECUTORS.get(cfg["executor"])
     if check_executor and hasattr(executor, "validate"):
         executor.validate(cfg)
+    _check_checkpoints(cfg)
+    check_loggers(cfg)
+    task.validate(cfg)
+    check_feature_methods(task, cfg)
+
+
+def _check_checkpoints(cfg: dict[str, Any]) -> None:
     if cfg["student"]["checkpoint"]:
         raise UsageError("student.checkpoint is not used: students are trained (did you mean student.init_checkpoint?)")
     if cfg["teacher"]["checkpoint"]:
@@ -79,10 +102,6 @@ def resolve(
         if cfg[role]["init_checkpoint"]:
             for a in grid_values(cfg)[0]:
                 read_checkpoint(init_path(cfg[role]["init_checkpoint"], a))
-    check_loggers(cfg)
-    task.validate(cfg)
-    check_feature_methods(task, cfg)
-    return res
 
 
 def resolve_config(task_name: str | None, file_cfg: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -118,8 +137,10 @@ def fuse_units(cells: list[Cell], *, fuse: bool, max_fused: int) -> list[list[Ce
 
 
 # ------------------------------------------------------------------------------------------ run
-@dataclass
+@dataclass(frozen=True)
 class GridSummary:
+    """What a run did, built from its cells' outcomes (``GridSummary.of``)."""
+
     cells: list[Cell]
     trained: list[Cell]
     reused: list[Cell]
@@ -132,6 +153,26 @@ class GridSummary:
     queued: list[Cell] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     repairs: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, plan: GridPlan, outcomes: list[CellOutcome], notes: list[str], wall_s: float) -> GridSummary:
+        def cells(state: str) -> list[Cell]:
+            return [o.cell for o in outcomes if o.state == state]
+
+        return cls(
+            list(plan.cells),
+            cells("trained"),
+            list(plan.reused),
+            wall_s,
+            plan.out,
+            failed=[(o.cell, o.reason or "failed") for o in outcomes if o.state == "failed"],
+            blocked=cells("blocked"),
+            elsewhere=cells("elsewhere"),
+            submitted=cells("submitted"),
+            queued=cells("queued"),
+            notes=list(notes),
+            repairs=[*plan.repairs, *(line for o in outcomes for line in o.notes)],
+        )
 
     @property
     def ok(self) -> bool:
@@ -160,9 +201,9 @@ class GridSummary:
         return lines
 
 
-def run_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridSummary:
-    """Train every unfinished cell of the grid in ``cfg`` under ``out``; finished cells are reused."""
-    t0 = time.perf_counter()
+def plan_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridPlan:
+    """Plan the grid of ``cfg`` under ``out`` once: check the folders and the data, repair damaged files, reuse
+    finished cells (also those moved from another data path), record the config, group the rest into units."""
     out = Path(out)
     store.check_writable_dir(out)
     task = get_task(cfg["task"])
@@ -175,29 +216,33 @@ def run_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridSumma
     repairs = repair_cells(cells, out)
     repairs += find_moved(cells, cfg, out)  # the same data at another path: its finished cells are reused
     pending = [c for c in cells if store.read_result(c.dir(out)) is None]
-    reused = [c for c in cells if c not in pending]
+    _record_config(cfg, out)
+    units = fuse_units(pending, fuse=cfg["fuse"], max_fused=cfg["max_fused"]) if pending else []
+    return GridPlan(
+        task, cfg, out, tuple(cells), tuple(tuple(u) for u in units),
+        tuple(c for c in cells if c not in pending), tuple(repairs), progress,
+    )  # fmt: skip
+
+
+def _record_config(cfg: dict[str, Any], out: Path) -> None:
     cfg_path = out / cfg["task"] / "configs" / f"{config_hash(cfg)}.yaml"
     if not cfg_path.exists():
         store.atomic_write(cfg_path, lambda f: yaml.safe_dump(cfg, f, sort_keys=False), mode="w")
     else:
         os.utime(cfg_path)  # the newest config is this run's grid: 'status' lists its cells not started yet
-    job = GridJob(task, cfg, out, progress, repairs=repairs)
-    if pending:
-        units = fuse_units(pending, fuse=cfg["fuse"], max_fused=cfg["max_fused"])
-        executor = EXECUTORS.get(cfg["executor"])()
-        executor.run(job, units)
-    record_fingerprints(cells, cfg, out)  # what data each finished cell saw, for runs of it at another path
-    return GridSummary(
-        cells,
-        job.trained,
-        reused,
-        time.perf_counter() - t0,
-        out,
-        failed=list(job.failed.values()),
-        blocked=job.blocked,
-        elsewhere=job.elsewhere,
-        submitted=job.submitted,
-        queued=job.queued,
-        notes=job.notes,
-        repairs=job.repairs,
-    )
+
+
+def run_plan(plan: GridPlan) -> tuple[list[CellOutcome], list[str]]:
+    """The planned units through the configured executor: (the cells' outcomes, the executor's notes)."""
+    if not plan.units:
+        return [], []
+    return EXECUTORS.get(plan.cfg["executor"]).for_config(plan.cfg).run(plan)
+
+
+def run_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridSummary:
+    """Train every unfinished cell of the grid in ``cfg`` under ``out``; finished cells are reused."""
+    t0 = time.perf_counter()
+    plan = plan_grid(cfg, out, progress)
+    outcomes, notes = run_plan(plan)
+    record_fingerprints(list(plan.cells), cfg, plan.out)  # what data each finished cell saw, for moved runs
+    return GridSummary.of(plan, outcomes, notes, time.perf_counter() - t0)

@@ -94,6 +94,29 @@ def load_cell(cell_dir: Path, weights: str = "selected", device: torch.device | 
             f"{cell_dir.name} is a cell of task {task.name} ({task.kind}): translate takes a translation cell"
         )
     role = "teacher" if result["cell"]["role"] == "teacher" else "student"
+    cfg = _resolved_cell_config(cell_dir, task, result, role)
+    data = _rebuilt(
+        lambda: task.inference_data(cell_dir, result),
+        lambda why: f"{cell_dir}: cannot rebuild the cell's vocabulary from its files ({why})",
+    )
+    model = _rebuilt(
+        lambda: task.build_model(result["cell"]["arch"], data, cfg, cfg[role]),
+        lambda why: f"{cell_dir / store.RESULT}: its config does not build a model ({why})",
+    )
+    name, weights, epoch = _weights_file(cell_dir, result, weights)
+    problem = store.torch_file_problem(cell_dir / name)
+    try:
+        if problem:
+            raise ValueError(problem)
+        model.load_state_dict(torch.load(cell_dir / name, map_location="cpu", weights_only=True))
+    except Exception as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"{cell_dir / name}: unusable weights ({why}); train the cell again") from None
+    device = device or torch.device("cpu")
+    return LoadedCell(cell_dir, result, task, cfg, data, model.to(device).eval(), weights, epoch)
+
+
+def _resolved_cell_config(cell_dir: Path, task, result: dict[str, Any], role: str) -> dict[str, Any]:
     try:
         cfg = cell_config(task, result)
         lacks = [k for k in (role, "generation", "data") if not isinstance(cfg.get(k), dict)]
@@ -107,40 +130,29 @@ def load_cell(cell_dir: Path, weights: str = "selected", device: torch.device | 
         raise UsageError(
             f"{cell_dir / store.RESULT}: damaged run_config ({type(exc).__name__}: {exc}); train the cell again"
         ) from None
+    return cfg
+
+
+def _rebuilt(build, message) -> Any:
+    """``build()``; any failure but bad input is a UsageError ``message(why) + "; train the cell again"``."""
     try:
-        data = task.inference_data(cell_dir, result)
+        return build()
     except UsageError:
         raise
     except Exception as exc:
-        raise UsageError(
-            f"{cell_dir}: cannot rebuild the cell's vocabulary from its files ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); train the cell again"
-        ) from None
-    try:
-        model = task.build_model(result["cell"]["arch"], data, cfg, cfg[role])
-    except UsageError:
-        raise
-    except Exception as exc:
-        raise UsageError(
-            f"{cell_dir / store.RESULT}: its config does not build a model ({type(exc).__name__}: "
-            f"{exc}); train the cell again"
-        ) from None
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise UsageError(f"{message(why)}; train the cell again") from None
+
+
+def _weights_file(cell_dir: Path, result: dict[str, Any], weights: str) -> tuple[str, str, int | None]:
+    """(file name, "selected" | "last", epoch) of the weights asked for."""
     name = (result.get("weights") or {}).get(weights, store.MODEL)
     epoch = (result.get("selection") or {}).get("epoch") if weights == "selected" else result.get("epochs")
     if weights == "selected" and "weights" not in result:
         name, weights, epoch = store.MODEL, "last", result.get("epochs")  # a result from before model selection
     if not store.safe_name(name):
         raise UsageError(f"{cell_dir / store.RESULT}: weights file {name!r} is not a file name in the cell")
-    problem = store.torch_file_problem(cell_dir / name)
-    try:
-        if problem:
-            raise ValueError(problem)
-        model.load_state_dict(torch.load(cell_dir / name, map_location="cpu", weights_only=True))
-    except Exception as exc:
-        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UsageError(f"{cell_dir / name}: unusable weights ({why}); train the cell again") from None
-    device = device or torch.device("cpu")
-    return LoadedCell(cell_dir, result, task, cfg, data, model.to(device).eval(), weights, epoch)
+    return name, weights, epoch
 
 
 def read_text_lines(path: str | None) -> list[str]:

@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,9 @@ from ..schema import Field, Section
 from ..tasks import get_task
 from .cells import Cell, plan_cells
 from .executors import Executor
-from .units import GridJob, distributed, read_spec, train_unit
+from .scheduler import Handle
+from .state import CellOutcome, outcome_from_disk
+from .units import GridPlan, UnitContext, distributed, read_spec, train_unit
 
 SLURM_JSON = "slurm.json"
 
@@ -141,9 +144,9 @@ class TrainUnitJob:
         unit = [by_hash[h] for h in self.hashes]
         _environment_from_submitit()
         with distributed(cfg):
-            job = GridJob(get_task(cfg["task"]), cfg, Path(spec["out"]), progress=False)
-            outcomes, _ = train_unit(job, unit, wait_for_busy=True)
-        return {o.cell.name: (o.error or "finished") for o in outcomes}
+            ctx = UnitContext(get_task(cfg["task"]), cfg, Path(spec["out"]), progress=False)
+            done = train_unit(ctx, unit, wait_for_busy=True)
+        return {o.cell.name: (o.error or "finished") for o in done.outcomes}
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         import submitit  # optional [slurm] extra: imported where a Slurm job needs it
@@ -173,6 +176,7 @@ class SlurmExecutor(Executor):
     """Submit every pending unit as a Slurm job (teachers first; students ``afterok`` their teacher's job)."""
 
     config_section = PROFILE
+    orders_dependencies = True  # a student's job waits for its teacher's (afterok): submitted right after it
 
     @staticmethod
     def status(dirs: list[Path]) -> dict[Path, dict[str, str]]:
@@ -189,51 +193,61 @@ class SlurmExecutor(Executor):
             if part not in known:
                 raise UsageError(f"unknown Slurm partition {part!r} (known: {', '.join(known) or 'none'})")
 
-    def run(self, job: GridJob, units: list[list[Cell]]) -> None:
+    def capacity(self, plan: GridPlan) -> tuple[None, int, int]:
+        return None, 1, max(1, len(plan.units))  # every unit at once: Slurm queues them
+
+    def open(self, plan: GridPlan) -> None:
+        self.prof, self.out = plan.cfg["slurm"], plan.out
+        self.poll_seconds = self.prof["poll_s"]
+        self.reports_progress = self.prof["wait"]  # submitting only: no bar (the summary says what was submitted)
+        self.spec = str(plan.write_spec())
+        self.folder = Path(self.prof["log_dir"] or plan.out / plan.cfg["task"] / "slurm")
+        self.live = self._live_jobs(plan)
+        self.job_of = {cell_hash: jid for cell_hash, (jid, _) in self.live.items()}  # hash -> job producing it
+        self.submitted: list[str] = []  # job ids submitted by this run
+        self.queue = QueueView()
+
+    def start(self, plan: GridPlan, unit: list[Cell], gpus: list[str] | None) -> Handle:
+        queued = [c for c in unit if c.hash in self.live]
+        todo = [c for c in unit if c.hash not in self.live]
+        if todo:
+            self._submit(plan, todo)
+        if self.prof["wait"]:
+            return WaitingJobs(self, plan.out, unit, plan.cfg["lock"]["stale_s"])
+        return Submitted([CellOutcome(c, "queued") for c in queued] + [CellOutcome(c, "submitted") for c in todo])
+
+    def _submit(self, plan: GridPlan, todo: list[Cell]) -> None:
         import submitit  # optional [slurm] extra: imported where the executor runs
 
-        prof = job.cfg["slurm"]
-        spec = str(job.write_spec())
-        folder = Path(prof["log_dir"] or job.out / job.cfg["task"] / "slurm")
-        live = self._live_jobs(job, units)
-        job_of: dict[str, str] = {}  # cell hash -> job id of the job that will produce it
-        for cell_hash, (jid, _) in live.items():
-            job_of[cell_hash] = jid
-        for unit in units:
-            todo = [c for c in unit if store.read_result(c.dir(job.out)) is None and c.hash not in live]
-            for c in unit:
-                if c.hash in live:
-                    job.queued.append(c)
-            if not todo:
-                continue
-            ex = submitit.SlurmExecutor(folder=folder)
-            params = self._parameters(prof, job.cfg, todo)
-            tcell = todo[0].teacher
-            if tcell is not None and store.read_result(tcell.dir(job.out)) is None:
-                if tcell.hash not in job_of:
-                    raise RuntimeError(f"{todo[0].name}: its teacher {tcell.name} is neither finished nor submitted")
-                params["dependency"] = f"afterok:{job_of[tcell.hash]}"
-            ex.update_parameters(**params)
-            for c in todo:
-                store.clear_error(c.dir(job.out))
-            sj = ex.submit(TrainUnitJob(spec, [c.hash for c in todo]))
-            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            for c in todo:
-                job_of[c.hash] = sj.job_id
-                store.write_json(c.dir(job.out) / SLURM_JSON, {
-                    "job_id": sj.job_id, "submitted_at": now, "unit": [x.name for x in todo],
-                    "stdout": str(sj.paths.stdout), "stderr": str(sj.paths.stderr),
-                    "dependency": params.get("dependency"),
-                })  # fmt: skip
-                job.submitted.append(c)
-        if prof["wait"]:
-            self.wait(job, units, job_of, prof["poll_s"])
-        elif job.submitted:
-            jobs = sorted({job_of[c.hash] for c in job.submitted}, key=int)
-            job.notes.append(
-                f"Slurm jobs: {' '.join(jobs)}\nwatch them with: lskd-bench status --runs {job.out}   "
-                f"(or squeue -j {','.join(jobs)})"
-            )
+        ex = submitit.SlurmExecutor(folder=self.folder)
+        params = self._parameters(self.prof, plan.cfg, todo)
+        tcell = todo[0].teacher
+        if tcell is not None and store.read_result(tcell.dir(plan.out)) is None:
+            if tcell.hash not in self.job_of:
+                raise RuntimeError(f"{todo[0].name}: its teacher {tcell.name} is neither finished nor submitted")
+            params["dependency"] = f"afterok:{self.job_of[tcell.hash]}"
+        ex.update_parameters(**params)
+        for c in todo:
+            store.clear_error(c.dir(plan.out))
+        sj = ex.submit(TrainUnitJob(self.spec, [c.hash for c in todo]))
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.submitted.append(sj.job_id)
+        for c in todo:
+            self.job_of[c.hash] = sj.job_id
+            store.write_json(c.dir(plan.out) / SLURM_JSON, {
+                "job_id": sj.job_id, "submitted_at": now, "unit": [x.name for x in todo],
+                "stdout": str(sj.paths.stdout), "stderr": str(sj.paths.stderr),
+                "dependency": params.get("dependency"),
+            })  # fmt: skip
+
+    def close(self) -> list[str]:
+        if self.prof["wait"] or not self.submitted:
+            return []
+        jobs = sorted(set(self.submitted), key=int)
+        return [
+            f"Slurm jobs: {' '.join(jobs)}\nwatch them with: lskd-bench status --runs {self.out}   "
+            f"(or squeue -j {','.join(jobs)})"
+        ]
 
     @staticmethod
     def _parameters(prof: dict[str, Any], cfg: dict[str, Any], unit: list[Cell]) -> dict[str, Any]:
@@ -265,9 +279,9 @@ class SlurmExecutor(Executor):
         return params
 
     @staticmethod
-    def _live_jobs(job: GridJob, units: list[list[Cell]]) -> dict[str, tuple[str, str]]:
+    def _live_jobs(plan: GridPlan) -> dict[str, tuple[str, str]]:
         """Cells whose previously submitted job is still queued or running: {hash: (job id, state)}."""
-        infos = {c.hash: read_job(c.dir(job.out)) for u in units for c in u}
+        infos = {c.hash: read_job(c.dir(plan.out)) for u in plan.units for c in u}
         ids = sorted({i["job_id"] for i in infos.values() if i})
         states = queue_states(ids)
         stuck = sorted(j for j, (_, reason) in states.items() if "DependencyNeverSatisfied" in reason)
@@ -276,36 +290,62 @@ class SlurmExecutor(Executor):
             states = {j: v for j, v in states.items() if j not in stuck}
         return {h: (i["job_id"], states[i["job_id"]][0]) for h, i in infos.items() if i and i["job_id"] in states}
 
-    def wait(self, job: GridJob, units: list[list[Cell]], job_of: dict[str, str], poll_s: float) -> None:
-        """Block until every cell is finished or its job left the queue without a result (then failed)."""
-        cells = [c for u in units for c in u]
-        bar = job.progress_bar(len(cells))
-        settled: set[str] = set()
-        try:
-            while len(settled) < len(cells):
-                states = queue_states(sorted(set(job_of.values())))
-                for c in cells:
-                    if c.hash in settled:
-                        continue
-                    d = c.dir(job.out)
-                    if store.read_result(d) is not None:
-                        settled.add(c.hash)
-                        job.mark_done(c)
-                        bar.update(1)
-                        bar.note(c.name, event="cell", cell=c.name, state="done")
-                        continue
-                    jid = job_of.get(c.hash)
-                    if jid is not None and jid not in states:  # left the queue without a result
-                        note_failure(c, d)
-                        err = store.read_error(d) or {}
-                        job.failed[c.hash] = (c, f"{err.get('error')}: {err.get('message')}")
-                        settled.add(c.hash)
-                        bar.update(1)
-                        bar.note(c.name, event="cell", cell=c.name, state="failed")
-                if len(settled) < len(cells):
-                    time.sleep(poll_s)
-        finally:
-            bar.close()
+
+@dataclass
+class Submitted:
+    """The handle of a unit handed to Slurm without waiting (``slurm.wait`` false): done at once."""
+
+    outcomes: list[CellOutcome]
+
+    def poll(self) -> bool:
+        return True
+
+    def result(self) -> list[CellOutcome]:
+        return self.outcomes
+
+    def cancel(self) -> None:
+        pass
+
+
+class QueueView:
+    """squeue's states of the jobs, read at most once per poll of the loop (every handle asks)."""
+
+    def __init__(self) -> None:
+        self.at = -1.0
+        self.states: dict[str, tuple[str, str]] = {}
+
+    def has(self, job_ids: set[str], max_age_s: float) -> set[str]:
+        if time.monotonic() - self.at > max_age_s:
+            self.states, self.at = queue_states(sorted(job_ids)), time.monotonic()
+        return set(self.states)
+
+
+@dataclass
+class WaitingJobs:
+    """The handle of a unit's jobs with ``--wait``: done once every cell has its result or its job left the
+    queue without one (then failed, its error.json holding the log tail)."""
+
+    executor: SlurmExecutor
+    out: Path
+    unit: list[Cell]
+    stale_s: float
+
+    def poll(self) -> bool | None:
+        ex = self.executor
+        alive = ex.queue.has(set(ex.job_of.values()), ex.poll_seconds / 2)
+        for c in self.unit:
+            if store.read_result(c.dir(self.out)) is None and ex.job_of.get(c.hash) in alive:
+                return None
+        return True
+
+    def result(self) -> list[CellOutcome]:
+        for c in self.unit:
+            if store.read_result(c.dir(self.out)) is None:
+                note_failure(c, c.dir(self.out))  # error.json: the cell's own, or the job's log tail
+        return [outcome_from_disk(c, self.out, self.stale_s, "Slurm job ended without a result") for c in self.unit]
+
+    def cancel(self) -> None:
+        pass  # the jobs go on in Slurm: the next run finds them queued or finished
 
 
 def note_failure(cell: Cell, d: Path) -> None:

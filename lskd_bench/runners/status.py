@@ -8,13 +8,11 @@ from pathlib import Path
 
 import yaml
 
-from .. import store
 from ..errors import UsageError
 from ..registry import EXECUTORS
 from ..schema import LOCK
 from .cells import plan_cells
-from .lock import is_stale, read_lock
-from .repair import status_problem
+from .state import cell_state
 
 ROLES = ("teacher", "student", "baseline")
 
@@ -45,10 +43,7 @@ def planned_dirs(runs: Path, task: str | None = None) -> list[Path]:
 
 def status_rows(runs: Path, task: str | None = None) -> list[dict[str, str]]:
     """Per cell under ``runs`` (and per cell the newest run of each task planned but has not started):
-    damaged / finished / running / queued / failed / interrupted / pending, with job ids.
-
-    An executor's live view (a queued or running job) comes before the cell's own lock and error files;
-    its ``ended`` view (a job gone without a result) only explains a cell with neither."""
+    damaged / finished / running / queued / failed / interrupted / pending (``state.cell_state``), with job ids."""
     dirs = cell_dirs(runs, task)
     dirs = sorted(set(dirs) | set(planned_dirs(runs, task)))
     views: dict[Path, dict[str, str]] = {}
@@ -59,31 +54,7 @@ def status_rows(runs: Path, task: str | None = None) -> list[dict[str, str]]:
     rows = []
     for p in dirs:
         view = views.get(p, {})
-        row = {"task": p.parent.name, "cell": p.name, "job": view.get("job", ""), "state": "", "detail": ""}
-        lock = read_lock(p)
-        err = store.read_error(p)
-        damage = status_problem(p, p.name.split("_")[0])
-        if damage is not None:
-            row["state"], row["detail"] = "damaged", damage
-        elif store.read_result(p) is not None:
-            row["state"] = "finished"
-        elif view.get("live"):
-            row["state"], row["detail"] = view["live"], view.get("detail", "")
-        elif lock is not None and not is_stale(lock, stale_s):
-            row["state"], row["detail"] = "running", lock.describe()
-        elif err is not None and err.get("error") == "Interrupted":
-            row["state"], row["detail"] = "interrupted", str(err.get("message"))
-        elif err is not None:
-            row["state"], row["detail"] = "failed", f"{err.get('error')}: {err.get('message')}"
-        elif view.get("ended"):
-            row["state"], row["detail"] = "failed", view["ended"]
-        elif (p / store.STATE).is_file() or (p / store.STATE_PREV).is_file():
-            row["state"], row["detail"] = "interrupted", "an epoch checkpoint exists: run again to resume"
-        elif not p.is_dir():
-            row["state"], row["detail"] = "pending", "not started"
-        else:
-            row["state"] = "pending"
-            if lock is not None and lock.problem:
-                row["detail"] = f"lock.json: {lock.describe()}: 'lskd-bench run' takes it over"
-        rows.append(row)
+        st = cell_state(p, stale_s=stale_s, view=view)
+        rows.append({"task": p.parent.name, "cell": p.name, "job": view.get("job", ""), "state": st.state,
+                     "detail": st.detail})  # fmt: skip
     return rows

@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,42 +31,35 @@ from .lock import CellLock, Heartbeat
 from .train import Outcome, dist_info, load_model, resolve_device, train_group
 
 
-@dataclass
-class GridJob:
-    """A grid being run: its task, resolved config, run directory, and what became of its cells."""
+@dataclass(frozen=True)
+class GridPlan:
+    """A grid planned once (``grid.plan_grid``), the immutable description a runner receives: its task, resolved
+    config, run directory, every planned cell, the units (fused groups) of the unfinished ones, the finished
+    cells reused, and the repairs made while planning."""
 
     task: Task
     cfg: dict[str, Any]
     out: Path
+    cells: tuple[Cell, ...] = ()
+    units: tuple[tuple[Cell, ...], ...] = ()
+    reused: tuple[Cell, ...] = ()
+    repairs: tuple[str, ...] = ()
     progress: bool = True
-    trained: list[Cell] = field(default_factory=list)
-    failed: dict[str, tuple[Cell, str]] = field(default_factory=dict)  # hash -> (cell, reason)
-    blocked: list[Cell] = field(default_factory=list)
-    elsewhere: list[Cell] = field(default_factory=list)  # finished by another process while we waited
-    submitted: list[Cell] = field(default_factory=list)  # handed to a cluster scheduler (not finished yet)
-    queued: list[Cell] = field(default_factory=list)  # already queued or running in the scheduler
-    notes: list[str] = field(default_factory=list)  # lines the executor wants printed after the summary
-    repairs: list[str] = field(default_factory=list)  # one line per damaged file recovered from
-    _data: TaskData | None = None
 
-    def data(self) -> TaskData:
-        if self._data is None:
-            self._data = self.task.load_data(self.cfg, cache_dir=self.cache_dir())
-        return self._data
+    def with_cfg(self, **changes: Any) -> GridPlan:
+        """The same plan with settings outside the cells' identity changed (per-process loader workers)."""
+        return replace(self, cfg={**self.cfg, **changes})
 
-    def cache_dir(self) -> Path:
-        return self.out / self.cfg["task"] / "cache"
-
-    def mark_done(self, cell: Cell) -> None:
-        self.trained.append(cell)
+    def context(self) -> UnitContext:
+        return UnitContext(self.task, self.cfg, self.out, self.progress)
 
     def say(self, line: str) -> None:
         """A line for the user while the grid runs (stderr, above any progress bar)."""
         progress.say(self.cfg, line)
 
-    def progress_bar(self, total: int):
+    def progress_bar(self, total: int, show: bool = True):
         return progress.progress_bar(
-            self.cfg, total=total, desc=f"{self.cfg['task']} grid", unit="cell", show=self.progress
+            self.cfg, total=total, desc=f"{self.cfg['task']} grid", unit="cell", show=self.progress and show
         )
 
     def write_spec(self, overrides: dict[str, Any] | None = None) -> Path:
@@ -78,122 +71,154 @@ class GridJob:
         return path
 
 
+@dataclass
+class UnitContext:
+    """What training a unit reads: task, config, run directory, and the task's data (loaded once, kept)."""
+
+    task: Task
+    cfg: dict[str, Any]
+    out: Path
+    progress: bool = True
+    _data: TaskData | None = None
+
+    def data(self) -> TaskData:
+        if self._data is None:
+            self._data = self.task.load_data(self.cfg, cache_dir=self.out / self.cfg["task"] / "cache")
+        return self._data
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """What ``train_unit`` did: the outcomes of the cells trained here, the cells another process holds, and
+    one line per repair (a lock taken over, a damaged checkpoint)."""
+
+    outcomes: tuple[Outcome, ...] = ()
+    busy: tuple[Cell, ...] = ()
+    notes: tuple[tuple[Cell, str], ...] = ()  # (the cell, its repair line)
+
+
 def read_spec(path: Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def unit_inputs(job: GridJob, unit: list[Cell], device, teacher_cache: dict | None = None):
+def unit_inputs(ctx: UnitContext, unit: list[Cell], device, teacher_cache: dict | None = None):
     """(data, teacher model) a unit trains with; teacher-target students get the relabelled data."""
-    data = job.data()
+    data = ctx.data()
     tcell = unit[0].teacher if unit[0].role == "student" else None
     if tcell is None:
         return data, None
     cache = teacher_cache if teacher_cache is not None else {}
     if tcell.hash not in cache:
         cache.clear()  # one teacher in memory at a time
-        path, _ = teacher_weights(tcell, job.out, job.cfg["teacher_weights"])  # last or selected epoch: the recipe's
-        cache[tcell.hash] = load_model(job.task, tcell.arch, data, job.cfg, path, device)
+        path, _ = teacher_weights(tcell, ctx.out, ctx.cfg["teacher_weights"])  # last or selected epoch: the recipe's
+        cache[tcell.hash] = load_model(ctx.task, tcell.arch, data, ctx.cfg, path, device)
     teacher = cache[tcell.hash]
     if method_class(unit[0].method).needs.teacher_targets:
-        cached = "teacher_targets" + ("_selected" if job.cfg["teacher_weights"] == "selected" else "")  # per weights
-        data = job.task.teacher_targets(teacher, data, job.cfg, device, tcell.dir(job.out) / cached)
+        cached = "teacher_targets" + ("_selected" if ctx.cfg["teacher_weights"] == "selected" else "")  # per weights
+        data = ctx.task.teacher_targets(teacher, data, ctx.cfg, device, tcell.dir(ctx.out) / cached)
     return data, teacher
 
 
-def claim(job: GridJob, unit: list[Cell]) -> tuple[list[Cell], list[CellLock], list[Cell]]:
-    """Lock what we can of ``unit``: (cells now ours, their locks, cells another process holds). A lock taken
-    over from a dead or unreadable one is recorded in ``job.repairs``; a failure while locking (a full disk)
-    releases the locks already taken."""
-    mine: list[Cell] = []
-    locks: list[CellLock] = []
-    busy: list[Cell] = []
-    try:
-        _claim_each(job, unit, mine, locks, busy)
-    except BaseException:
-        for lock in locks:
+@dataclass
+class Claim:
+    """The cells of a unit locked here (``mine``, ``locks``), those another process holds (``busy``), and one
+    line per lock taken over from a dead or unreadable one (``notes``)."""
+
+    mine: list[Cell] = field(default_factory=list)
+    locks: list[CellLock] = field(default_factory=list)
+    busy: list[Cell] = field(default_factory=list)
+    notes: list[tuple[Cell, str]] = field(default_factory=list)
+
+    def release(self) -> None:
+        for lock in self.locks:
             lock.release()
-        raise
-    return mine, locks, busy
 
 
-def _claim_each(job: GridJob, unit: list[Cell], mine: list[Cell], locks: list[CellLock], busy: list[Cell]) -> None:
-    for c in unit:
-        lock = CellLock(c.dir(job.out))
-        if lock.try_acquire(job.cfg["lock"]["stale_s"]):
+def claim(ctx: UnitContext, unit: list[Cell], into: Claim | None = None) -> Claim:
+    """Lock what we can of ``unit`` (added to ``into``); a failure while locking (a full disk) releases the
+    locks already taken."""
+    got = into if into is not None else Claim()
+    got.busy = []
+    try:
+        for c in unit:
+            lock = CellLock(c.dir(ctx.out))
+            if not lock.try_acquire(ctx.cfg["lock"]["stale_s"]):
+                got.busy.append(c)
+                continue
             if lock.took_over:
-                job.repairs.append(f"repaired: {c.name}: {lock.took_over}")
-            if store.read_result(c.dir(job.out)) is not None:  # finished between our check and the lock
+                got.notes.append((c, f"repaired: {c.name}: {lock.took_over}"))
+            if store.read_result(c.dir(ctx.out)) is not None:  # finished between our check and the lock
                 lock.release()
                 continue
-            mine.append(c)
-            locks.append(lock)
-        else:
-            busy.append(c)
+            got.mine.append(c)
+            got.locks.append(lock)
+    except BaseException:
+        got.release()
+        raise
+    return got
+
+
+def _claim_on_rank0(ctx: UnitContext, unit: list[Cell], wait_for_busy: bool) -> Claim:
+    """Rank 0 claims (waiting for busy cells with ``wait_for_busy``); the ranks of a process group agree."""
+    rank, world = dist_info()
+    got = Claim()
+    if rank == 0:
+        claim(ctx, unit, got)
+        while wait_for_busy and got.busy:
+            time.sleep(max(ctx.cfg["lock"]["poll_s"], 5.0))
+            claim(ctx, got.busy, got)
+    if world > 1:
+        by_hash = {c.hash: c for c in unit}
+        box = [[c.hash for c in got.mine]]
+        torch.distributed.broadcast_object_list(box, src=0)
+        got.mine = [by_hash[h] for h in box[0]]
+    return got
 
 
 def train_unit(
-    job: GridJob,
+    ctx: UnitContext,
     unit: list[Cell],
     *,
     device: torch.device | None = None,
     teacher_cache: dict | None = None,
     wait_for_busy: bool = False,
-) -> tuple[list[Outcome], list[Cell]]:
+) -> UnitResult:
     """Lock, train and release ``unit`` (every rank of a process group calls it; rank 0 holds the locks).
 
     Cells another process holds are returned as busy, or, with ``wait_for_busy`` (a cluster job, which has
-    nothing else to do), waited for until their holder finishes or dies (its lock goes stale).
-    Returns (outcomes of the cells trained here, busy cells)."""
-    rank, world = dist_info()
-    mine: list[Cell] = []
-    locks: list[CellLock] = []
-    busy: list[Cell] = []
-    if rank == 0:
-        mine, locks, busy = claim(job, unit)
-        while wait_for_busy and busy:
-            time.sleep(max(job.cfg["lock"]["poll_s"], 5.0))
-            got, got_locks, busy = claim(job, busy)
-            mine += got
-            locks += got_locks
-    if world > 1:
-        by_hash = {c.hash: c for c in unit}
-        box = [[c.hash for c in mine]]
-        torch.distributed.broadcast_object_list(box, src=0)
-        mine = [by_hash[h] for h in box[0]]
+    nothing else to do), waited for until their holder finishes or dies (its lock goes stale)."""
+    got = _claim_on_rank0(ctx, unit, wait_for_busy)
     outcomes: list[Outcome] = []
     try:
-        if mine:
-            with Heartbeat(locks, job.cfg["lock"]["heartbeat_s"]):
-                device = device if device is not None else resolve_device(job.cfg)
-                if world > 1 and rank != 0:
-                    torch.distributed.barrier()  # rank 0 builds shared caches (sub-words, teacher targets) first
-                try:
-                    data, teacher = unit_inputs(job, mine, device, teacher_cache)
-                except (UsageError, KeyboardInterrupt):  # bad input (data...) stops the grid
-                    raise
-                except Exception as exc:
-                    if world > 1:
-                        raise  # the other ranks wait on this one: the whole process group stops
-                    for c in mine:
-                        store.write_error(c.dir(job.out), c, exc)
-                    why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                    return [Outcome(c, error=f"cannot prepare the teacher's inputs: {why}") for c in mine], busy
-                if world > 1 and rank == 0:
-                    torch.distributed.barrier()
-                outcomes = train_group(
-                    job.task,
-                    mine,
-                    job.cfg,
-                    data,
-                    [c.dir(job.out) for c in mine],
-                    teacher=teacher,
-                    progress=job.progress,
-                )
-                job.repairs += [line for o in outcomes for line in o.notes]
+        if got.mine:
+            with Heartbeat(got.locks, ctx.cfg["lock"]["heartbeat_s"]):
+                outcomes = _train_claimed(ctx, got.mine, device, teacher_cache)
     finally:
-        for lock in locks:
-            lock.release()
-    return outcomes, busy
+        got.release()
+    notes = [*got.notes, *((o.cell, line) for o in outcomes for line in o.notes)]
+    return UnitResult(tuple(outcomes), tuple(got.busy), tuple(notes))
+
+
+def _train_claimed(ctx: UnitContext, mine: list[Cell], device, teacher_cache: dict | None) -> list[Outcome]:
+    rank, world = dist_info()
+    device = device if device is not None else resolve_device(ctx.cfg)
+    if world > 1 and rank != 0:
+        torch.distributed.barrier()  # rank 0 builds shared caches (sub-words, teacher targets) first
+    try:
+        data, teacher = unit_inputs(ctx, mine, device, teacher_cache)
+    except (UsageError, KeyboardInterrupt):  # bad input (data...) stops the grid
+        raise
+    except Exception as exc:
+        if world > 1:
+            raise  # the other ranks wait on this one: the whole process group stops
+        for c in mine:
+            store.write_error(c.dir(ctx.out), c, exc)
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return [Outcome(c, error=f"cannot prepare the teacher's inputs: {why}") for c in mine]
+    if world > 1 and rank == 0:
+        torch.distributed.barrier()
+    dirs = [c.dir(ctx.out) for c in mine]
+    return train_group(ctx.task, mine, ctx.cfg, data, dirs, teacher=teacher, progress=ctx.progress)
 
 
 def init_distributed(cfg: dict[str, Any]) -> tuple[int, int]:

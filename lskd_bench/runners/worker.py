@@ -16,7 +16,7 @@ import torch
 from ..errors import DataError, Interrupted, raise_on_sigterm
 from ..tasks import get_task
 from .cells import plan_cells
-from .units import GridJob, distributed, read_spec, train_unit
+from .units import UnitContext, distributed, read_spec, train_unit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,18 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     raise_on_sigterm()  # SIGTERM (Slurm, timeout) unwinds like SIGINT: locks released, cells recorded interrupted
     if cfg["threads"]:  # else OMP_NUM_THREADS, set by the executor for this worker's share of the CPUs
         torch.set_num_threads(int(cfg["threads"]))
-    job = GridJob(get_task(cfg["task"]), cfg, Path(spec["out"]), progress=bool(spec["progress"]))
+    ctx = UnitContext(get_task(cfg["task"]), cfg, Path(spec["out"]), progress=bool(spec["progress"]))
     with distributed(cfg):  # launched by torchrun: one process per GPU (gloo on the CPU)
         try:
-            train_unit(job, unit)
+            done = train_unit(ctx, unit)
         except DataError as exc:
             print(f"lskd-bench: error: {exc}", file=sys.stderr)
             return 2
         except Interrupted as exc:
             return exc.code
-        finally:
-            for line in job.repairs:
-                print(line, file=sys.stderr)
+    for _, line in done.notes:
+        print(line, file=sys.stderr)
     return 0
 
 
