@@ -39,6 +39,12 @@ from ..models import ClassifierNet  # noqa: F401  (re-exported: task plugins bui
 from ..schema import TRAIN, Field, Section, _suggest, deep_merge
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's sample order and of its loader's generator: a function of (seed, epoch) only, so
+    resumed and fused runs draw what an uninterrupted one draws."""
+    return seed * 100_003 + epoch
+
+
 class InMemoryDataset(Dataset):
     """Whole split as two tensors; batched by indexing, with no DataLoader overhead."""
 
@@ -81,7 +87,7 @@ class TaskData:
 # ------------------------------------------------------------------------------------------ batch plans
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The sample order of one epoch: a function of (seed, epoch) only."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     return torch.randperm(n, generator=g)
 
 
@@ -302,7 +308,7 @@ def load_batches(
             collate_fn=guarded_collate(on_bad_sample, getattr(ds, "collate", default_collate)),
             worker_init_fn=_seed_worker,
             prefetch_factor=PREFETCH if num_workers > 0 else None,
-            generator=torch.Generator().manual_seed(seed * 100_003 + epoch),  # see LoaderIterator.__next__
+            generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)),  # see LoaderIterator.__next__
         )
         # worker processes start here, in the caller's thread (never fork from the finishing thread)
         return LoaderIterator(loader, wrap)
