@@ -8,8 +8,8 @@ skipped, with a line in ``problems``) into one row per cell:
   for methods without a temperature and for teachers), ``seed``, ``config_hash``;
 - every metric of the reported epoch under its own name (``top1``, ``top5``, ``bleu``...: the selected epoch with
   ``select="selected"`` (or its alias ``"best"``), the last with ``select="last"``) and the other epoch's with a
-  prefix (``last_`` or ``selected_``); ``primary_metric``; ``epoch`` (the reported epoch), ``selected_epoch``, ``epochs``,
-  ``selected_on`` (where the epoch was selected), ``select``;
+  prefix (``last_`` or ``selected_``); ``primary_metric``; ``epoch`` (the reported epoch), ``selected_epoch``,
+  ``epochs``, ``selected_on`` (where the epoch was selected), ``select`` ("selected" or "last");
 - for students, the teacher they distilled from: ``teacher_cell``, ``teacher_weights`` (last / selected) and
   ``teacher_epoch`` (empty for results written before it was recorded);
 - ``wall_s``, ``finished_at``, ``cell_dir`` and the environment it ran in as ``env_<key>`` columns
