@@ -603,10 +603,11 @@ def _parser_leaderboard(sub) -> None:
     )
     lb.add_argument(
         "--select",
-        default="best",
-        choices=("best", "last"),
+        default="selected",
+        choices=("selected", "last", "best"),
         help="metrics of the selected epoch (default: image tasks the best on val, which is their test set, as "
-        "the paper; translation the epoch selected on the valid split, test metrics) or of the last epoch",
+        "the paper; translation the epoch selected on the valid split, test metrics) or of the last epoch; "
+        "best: the same as selected",
     )
     lb.set_defaults(func=cmd_leaderboard)
 
@@ -626,9 +627,10 @@ def _parser_export(sub) -> None:
     ex.add_argument("--out", help="output file (default: RUNS/results.FORMAT)")
     ex.add_argument(
         "--select",
-        default="best",
-        choices=("best", "last"),
-        help="metrics under their plain names: the selected epoch's (default) or the last epoch's",
+        default="selected",
+        choices=("selected", "last", "best"),
+        help="metrics under their plain names: the selected epoch's (default) or the last epoch's; best: the same "
+        "as selected",
     )
     ex.set_defaults(func=cmd_export)
 
@@ -651,9 +653,9 @@ def _parser_compare(sub) -> None:
     cp.add_argument("--task", help="only this task")
     cp.add_argument(
         "--select",
-        default="best",
-        choices=("best", "last"),
-        help="selected epoch (default; translation: selected on the valid split) or last",
+        default="selected",
+        choices=("selected", "last", "best"),
+        help="selected epoch (default; translation: selected on the valid split) or last; best: the same as selected",
     )
     cp.add_argument("--out", help="output prefix (default: RUNS/compare)")
     cp.set_defaults(func=cmd_compare)

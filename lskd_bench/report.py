@@ -252,7 +252,7 @@ def build_report(runs: Path) -> str:
     """The page's HTML."""
     runs = Path(runs)
     problems: list[str] = []
-    rows = collect(runs, "best", problems)
+    rows = collect(runs, "selected", problems)
     if not rows and not status_rows(runs):
         raise UsageError(f"no cells under {runs}")
     sections: list[tuple[str, str, str]] = [("status", "Cells", _status_section(runs))]

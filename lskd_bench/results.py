@@ -7,9 +7,9 @@ skipped, with a line in ``problems``) into one row per cell:
   ``student_arch``, ``method``, ``alpha`` (the teacher's label smoothing; NaN for the no-KD baseline), ``T`` (NaN
   for methods without a temperature and for teachers), ``seed``, ``config_hash``;
 - every metric of the reported epoch under its own name (``top1``, ``top5``, ``bleu``...: the selected epoch with
-  ``select="best"``, the last with ``select="last"``) and the other epoch's with a prefix (``last_`` or
-  ``selected_``); ``primary_metric``; ``epoch`` (the reported epoch), ``selected_epoch``, ``epochs``,
-  ``selected_on`` (where the epoch was selected), ``select``;
+  ``select="selected"`` (or its alias ``"best"``), the last with ``select="last"``) and the other epoch's with a
+  prefix (``last_`` or ``selected_``); ``primary_metric``; ``epoch`` (the reported epoch), ``selected_epoch``,
+  ``epochs``, ``selected_on`` (where the epoch was selected), ``select`` ("selected" or "last");
 - for students, the teacher they distilled from: ``teacher_cell``, ``teacher_weights`` (last / selected) and
   ``teacher_epoch`` (empty for results written before it was recorded);
 - ``wall_s``, ``finished_at``, ``cell_dir`` and the environment it ran in as ``env_<key>`` columns
@@ -31,12 +31,14 @@ from .tasks import result_metrics
 
 FORMATS = ("csv", "parquet", "jsonl")
 ID_COLUMNS = ["task", "role", "cell", "teacher_arch", "student_arch", "method", "alpha", "T", "seed", "config_hash"]
-OTHER_PREFIX = {"best": "last_", "last": "selected_"}  # the other epoch's metrics beside the reported one's
+SELECTIONS = ("selected", "last")  # which epoch a row reports: the selected one (result.json's "best") or the last
+SELECT_ALIASES = {"best": "selected"}  # the earlier name of "selected", still accepted
+OTHER_PREFIX = {"selected": "last_", "last": "selected_"}  # the other epoch's metrics beside the reported one's
 _ROLE_ORDER = {"teacher": 0, "baseline": 1, "student": 2}
 
 
 def selected_on(result: dict[str, Any]) -> str:
-    """Where the selected ("best") epoch was chosen: "val" (image tasks: the test set, as the paper),
+    """Where the selected epoch was chosen: "val" (image tasks: the test set, as the paper),
     "valid:<metric>" (translation), or "test" (translation results written before selection on the valid split)."""
     sel = result.get("selection")
     if sel:
@@ -44,15 +46,23 @@ def selected_on(result: dict[str, Any]) -> str:
     return "test" if (result.get("metric_info") or {}).get("split", "val") == "test" else "val"
 
 
-def record(result: dict[str, Any], select: str = "best") -> dict[str, Any]:
-    """One cell's row (see the module docstring); ``select`` "best" reports the selected epoch, "last" the last."""
-    if select not in OTHER_PREFIX:
-        raise UsageError(f"select must be best or last, got {select!r}")
+def select_name(select: str) -> str:
+    """``select`` under its one name, "selected" or "last" ("best": an alias of "selected"); UsageError otherwise."""
+    name = SELECT_ALIASES.get(select, select)
+    if name not in SELECTIONS:
+        raise UsageError(f"select must be selected (or best) or last, got {select!r}")
+    return name
+
+
+def record(result: dict[str, Any], select: str = "selected") -> dict[str, Any]:
+    """One cell's row (see the module docstring); ``select`` "selected" (alias "best") reports the selected epoch,
+    "last" the last."""
+    select = select_name(select)
     c = result["cell"]
     role = c["role"]
     last = {"epoch": result.get("epochs"), "metrics": result["metrics"]}
-    best = result.get("best") or last
-    chosen, other = (best, last) if select == "best" else (last, best)
+    best = store.selected_epoch(result) or last
+    chosen, other = (best, last) if select == "selected" else (last, best)
     specs = result_metrics(result)
     tw = result.get("teacher_weights") or {}
     row: dict[str, Any] = {
@@ -102,7 +112,7 @@ def _sort_key(r: dict[str, Any]):
     )
 
 
-def load(runs_dir: Path, select: str = "best", problems: list[str] | None = None):
+def load(runs_dir: Path, select: str = "selected", problems: list[str] | None = None):
     """Every finished cell under ``runs_dir`` as a pandas DataFrame, one row per cell, in a stable order (task,
     role, method, alpha, T, seed). Unusable results are skipped (a line each in ``problems``)."""
     import pandas as pd  # heavy: imported when a frame is built

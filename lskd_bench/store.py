@@ -3,7 +3,7 @@
 DIR/<task>/<cell-name>-<hash>/
     result.json   metrics + config + timings; written last: its presence means "finished"
     model.pt      final weights (teachers are reused by their students from here)
-    model_selected.pt  weights of the selected ("best") epoch, when it is not the last one
+    model_selected.pt  weights of the selected epoch (result.json's ``best``), when it is not the last one
     test.*        translation: test hypotheses of the selected and last epochs, references, sources
     state.pt      last epoch checkpoint while the cell trains; removed once it finishes
     features.npz  penultimate features/labels and head weights for `lskd-bench analyze`
@@ -235,7 +235,7 @@ def result_shape_problem(res: dict[str, Any]) -> str | None:
     problem = _metrics_problem(res["metrics"], "metrics")
     if problem:
         return problem
-    best = res.get("best")
+    best = selected_epoch(res)
     if best is not None and (not isinstance(best, dict) or _metrics_problem(best.get("metrics"), "best.metrics")):
         return _metrics_problem(best.get("metrics") if isinstance(best, dict) else None, "best.metrics")
     if not isinstance(res["epochs"], int) or isinstance(res["epochs"], bool):
@@ -274,6 +274,13 @@ def result_problem(cell_dir: Path) -> str | None:
 def read_result(cell_dir: Path) -> dict[str, Any] | None:
     """The cell's result, or None when it has none or an unusable one (``result_problem`` says why)."""
     return load_result(cell_dir)[0]
+
+
+def selected_epoch(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The selected epoch of a result: ``{"epoch", "metrics", "score"}`` (``score`` absent in results written
+    before it was stored), or None when none was evaluated. result.json keeps it under the key ``best``, the name
+    it has had since the first version, so that every result reads alike; read it through this function only."""
+    return result.get("best")
 
 
 def torch_file_problem(path: Path, full: bool = False) -> str | None:

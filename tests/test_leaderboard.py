@@ -34,14 +34,14 @@ FIXTURE = [
 
 EXPECTED_CSV = """\
 task,role,teacher_arch,student_arch,method,alpha,T,seed,top1,top5,select,epoch,epochs,wall_s,config_hash
-digits,teacher,big,,ls,0.0,,0,99.000,100.000,best,30,30,1.5,t0
-digits,teacher,big,,ls,0.1,,0,99.500,100.000,best,30,30,1.5,t1
-digits,baseline,,small,ls,,,0,95.000,99.000,best,30,30,1.5,b0
-digits,student,big,small,kd,0.0,1.0,0,96.000,99.500,best,30,30,1.5,s1
-digits,student,big,small,kd,0.0,1.0,1,97.000,99.700,best,30,30,1.5,s2
-digits,student,big,small,kd,0.0,64.0,0,94.250,99.000,best,30,30,1.5,s4
-digits,student,big,small,kd,0.1,1.0,0,97.500,99.900,best,30,30,1.5,s3
-digits,student,big,small,kd,0.1,64.0,0,93.000,98.500,best,30,30,1.5,s5
+digits,teacher,big,,ls,0.0,,0,99.000,100.000,selected,30,30,1.5,t0
+digits,teacher,big,,ls,0.1,,0,99.500,100.000,selected,30,30,1.5,t1
+digits,baseline,,small,ls,,,0,95.000,99.000,selected,30,30,1.5,b0
+digits,student,big,small,kd,0.0,1.0,0,96.000,99.500,selected,30,30,1.5,s1
+digits,student,big,small,kd,0.0,1.0,1,97.000,99.700,selected,30,30,1.5,s2
+digits,student,big,small,kd,0.0,64.0,0,94.250,99.000,selected,30,30,1.5,s4
+digits,student,big,small,kd,0.1,1.0,0,97.500,99.900,selected,30,30,1.5,s3
+digits,student,big,small,kd,0.1,64.0,0,93.000,98.500,selected,30,30,1.5,s5
 """
 
 EXPECTED_MD = """\

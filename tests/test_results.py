@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from lskd_bench import results, store
+from lskd_bench.errors import UsageError
 from lskd_bench.runners.grid import run_grid
 
 
@@ -53,6 +54,22 @@ def test_one_row_per_finished_cell_with_its_result_json_values(finished_grid):
             assert row["teacher_weights"] == "selected"  # digits follows the official image code
     last = results.load(finished_grid, select="last")
     assert list(last["top1"]) == list(df["last_top1"]) and list(last["selected_top1"]) == list(df["top1"])
+
+
+def test_select_best_is_an_alias_of_selected(finished_grid, cli, tmp_path):
+    df = results.load(finished_grid)
+    assert set(df["select"]) == {"selected"}
+    pd.testing.assert_frame_equal(results.load(finished_grid, select="best"), df)
+    with pytest.raises(UsageError, match="select must be selected"):
+        results.load(finished_grid, select="top")
+    outs = {}
+    for select in ("best", "selected"):
+        rc, _, err = cli(
+            "leaderboard", "--runs", str(finished_grid), "--select", select, "--out", str(tmp_path / select)
+        )
+        assert rc == 0, err
+        outs[select] = [(tmp_path / f"{select}{ext}").read_text() for ext in (".csv", ".md")]
+    assert outs["best"] == outs["selected"]
 
 
 def test_aggregates_with_pandas_like_the_leaderboard(finished_grid):

@@ -1,13 +1,15 @@
 """Leaderboard: one CSV row per finished cell and markdown tables in the paper's layout.
 
-Every result holds the metrics of the last epoch and of the selected ("best") evaluated epoch. Two conventions:
+Every result holds the metrics of the last epoch and of the selected evaluated epoch (result.json's ``best``).
+Two conventions:
 
 - image tasks: the best epoch by the primary metric on the validation split, which is the test set (the
   paper's convention, as its official code reports);
 - translation: the epoch selected on the valid split (validation loss, or BLEU with ``select_on:
   valid_bleu``), its test metrics reported; tables show the last epoch's test BLEU beside it.
 
-``select="best"`` (the default) reports the selected epoch; ``select="last"`` the final weights.
+``select="selected"`` (the default; ``"best"`` is its alias) reports the selected epoch; ``select="last"`` the final
+weights.
 """
 
 from __future__ import annotations
@@ -23,25 +25,25 @@ from typing import Any
 from .. import __version__, store
 from ..envinfo import git_commit
 from ..metrics import MetricSpec
+from ..results import OTHER_PREFIX, select_name
 from ..tasks import result_metrics
 from .reference import claim_rows, claims_text, find, ls_answer_text, recipe_differences
 
 BASE_COLUMNS = ["task", "role", "teacher_arch", "student_arch", "method", "alpha", "T", "seed"]
 TAIL_COLUMNS = ["select", "epoch", "epochs", "wall_s", "config_hash"]
-OTHER_PREFIX = {"best": "last_", "last": "selected_"}  # translation rows: the other epoch's metrics, as extra columns
-SELECTIONS = ("best", "last")
 
 
-def row_of(result: dict[str, Any], select: str = "best") -> dict[str, Any]:
+def row_of(result: dict[str, Any], select: str = "selected") -> dict[str, Any]:
+    select = select_name(select)
     c = result["cell"]
     role = c["role"]
-    best = result.get("best") or {"epoch": result.get("epochs"), "metrics": result["metrics"]}
-    chosen = best if select == "best" else {"epoch": result.get("epochs"), "metrics": result["metrics"]}
+    best = store.selected_epoch(result) or {"epoch": result.get("epochs"), "metrics": result["metrics"]}
+    chosen = best if select == "selected" else {"epoch": result.get("epochs"), "metrics": result["metrics"]}
     specs = {m.name: m for m in result_metrics(result)}
     selection = result.get("selection") or {}
     other: dict[str, float] = {}
     if selection.get("split") == "valid":  # translation: report the other epoch beside the chosen one
-        other_metrics = result["metrics"] if select == "best" else best["metrics"]
+        other_metrics = result["metrics"] if select == "selected" else best["metrics"]
         other = {OTHER_PREFIX[select] + k: float(v) for k, v in other_metrics.items()}
     return {
         "task": c["task"],
@@ -72,7 +74,7 @@ def row_of(result: dict[str, Any], select: str = "best") -> dict[str, Any]:
 
 
 def _selected_on(result: dict[str, Any]) -> str:
-    """Where the reported ("best") epoch was chosen: "val" (image tasks: the test set, as the paper), "valid:<metric>"
+    """Where the reported (selected) epoch was chosen: "val" (image tasks: the test set, as the paper), "valid:<metric>"
     (translation), or "test" (translation results written before selection on the valid split)."""
     sel = result.get("selection")
     if sel:
@@ -100,7 +102,7 @@ def _sort_key(r: dict[str, Any]):
     )
 
 
-def collect(runs: Path, select: str = "best", problems: list[str] | None = None) -> list[dict[str, Any]]:
+def collect(runs: Path, select: str = "selected", problems: list[str] | None = None) -> list[dict[str, Any]]:
     """Rows for every finished cell under ``runs``, in a stable order (unusable results: a line in ``problems``)."""
     rows = []
     for r in store.iter_results(Path(runs), problems):
@@ -229,15 +231,15 @@ def to_markdown(rows: Iterable[dict[str, Any]]) -> str:
     for labels, split, select, on in notes:
         what = " / ".join(labels)
         if split != "test":  # image tasks: the validation split is the test set (the paper's convention)
-            epoch = "best evaluated epoch (as the paper)" if select == "best" else "last epoch"
+            epoch = "best evaluated epoch (as the paper)" if select == "selected" else "last epoch"
             lines.append(
                 f"Cells: {what} on the validation split, {epoch}. Bold: best student. "
                 "With several seeds: mean ± sample standard deviation."
             )
             continue
         how = "; ".join(_SELECTED_ON.get(o, o) for o in on)
-        epoch = (f"the epoch selected on {how}" if select == "best" else "the last epoch") + (
-            " (in brackets: the " + ("last epoch" if select == "best" else "selected epoch") + ")"
+        epoch = (f"the epoch selected on {how}" if select == "selected" else "the last epoch") + (
+            " (in brackets: the " + ("last epoch" if select == "selected" else "selected epoch") + ")"
             if any(o.startswith("valid:") for o in on)
             else ""
         )

@@ -449,7 +449,7 @@ def compare(
     baseline: str | None = None,
     metric: str | None = None,
     task: str | None = None,
-    select: str = "best",
+    select: str = "selected",
     problems: list[str] | None = None,
 ) -> tuple[str, list[Path]]:
     """Write OUT.md, OUT.csv (table 1 cells), OUT_ls.csv (table 2), OUT_reference.csv (table 3, where published

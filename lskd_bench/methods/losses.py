@@ -30,8 +30,9 @@ def ls_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, alpha: float =
     return F.cross_entropy(_upcast(logits), targets, label_smoothing=float(alpha))
 
 
-def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
-    """``KL(softmax(t/T) || softmax(s/T))`` averaged over the N rows (no T^2 factor)."""
+def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float | torch.Tensor) -> torch.Tensor:
+    """``KL(softmax(t/T) || softmax(s/T))`` averaged over the N rows (no T^2 factor); ``T`` a float, or a tensor
+    that broadcasts (CTKD's learned temperature, which the gradient reaches through it)."""
     log_ps = F.log_softmax(_upcast(student_logits) / T, dim=-1)
     log_pt = F.log_softmax(_upcast(teacher_logits) / T, dim=-1)
     return F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean")

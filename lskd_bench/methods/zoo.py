@@ -205,9 +205,7 @@ class CTKD(nn.Module, Method):
 
     def loss(self, student_logits, targets, teacher_logits, ctx: LossContext):
         T = self.temperature(self.grl_scale(ctx.epoch))
-        log_ps = F.log_softmax(_upcast(student_logits) / T, dim=-1)
-        log_pt = F.log_softmax(_upcast(teacher_logits) / T, dim=-1)
-        kl = F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean")
+        kl = kd_kl(student_logits, teacher_logits, T)  # T a tensor: its gradient reaches theta
         return {
             "ce": _ce(student_logits, targets, self.p["ce_weight"]),
             "kd": self.p["kd_weight"] * (T * T).squeeze() * kl,

@@ -88,9 +88,9 @@ def teacher_weights(teacher: Cell, out: Path, which: str) -> tuple[Path, dict[st
         name, epoch = store.MODEL, last_epoch
     else:
         name = (result.get("weights") or {}).get("selected")
-        epoch = (result.get("best") or {}).get("epoch", last_epoch)
+        epoch = (store.selected_epoch(result) or {}).get("epoch", last_epoch)
         if name is None:
-            if result.get("best") and epoch != last_epoch:
+            if store.selected_epoch(result) and epoch != last_epoch:
                 raise RuntimeError(
                     f"teacher {teacher.name} kept no weights of its selected epoch {epoch} (finished "
                     f"before lskd-bench saved them): train it again, or set teacher_weights: last"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -33,20 +32,25 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import __version__, store
-from ..envinfo import cpu_model, git_commit
+from .. import store
 from ..errors import DataError, Interrupted
 from ..methods import LossContext, Method, build_method, total_loss
 from ..models import init_path, load_init_checkpoint
 from ..outputs import Layout, Outputs, Tap
 from ..tasks import Task, TaskData, get_task, iterate_batches
 from ..tasks.base import autocast, close_batches, on_bad_sample
-from .cells import Cell, teacher_weights
-from .devices import cpu_count, device_record
+from .cells import Cell
+from .checkpoint import StateFiles
+from .devices import cpu_count
+from .epoch_loss import CellFailed, LossSums, NonFiniteWatch
+from .evaluation import Evaluator
 from .loggers import open_loggers
 from .optim import build_optimizer, learning_rate, lr_factor  # noqa: F401  (re-exported)
 from .probe import TeacherView, setup_method, teacher_view
 from .progress import line_interval, progress_bar
+from .result_file import environment, result_record, save_final_weights  # noqa: F401  (environment: re-exported)
+from .rng import RngState
+from .selection import Selector
 
 
 def auto_cpu_reason(cfg: dict[str, Any]) -> str | None:
@@ -93,23 +97,6 @@ def dist_info() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def environment(device: torch.device, processes: int = 1) -> dict[str, Any]:
-    """Where a result was computed: floating-point results are bit-identical on one machine and build, and
-    may differ slightly across CPUs and library builds."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
-    return {
-        "lskd_bench": __version__,
-        "commit": git_commit(),
-        "torch": torch.__version__,
-        "device": str(device),
-        "device_name": name,
-        "cpu": cpu_model(),
-        "threads": torch.get_num_threads(),
-        "processes": processes,
-        "python": platform.python_version(),
-    }
 
 
 def load_model(
@@ -162,10 +149,6 @@ class InitStage:
             self.updates = st["updates"]
 
 
-class CellFailed(Exception):
-    """One member of a group failed (non-finite loss, out of memory...): the others carry on."""
-
-
 @dataclass
 class Outcome:
     cell: Cell
@@ -174,13 +157,18 @@ class Outcome:
     notes: list[str] = field(default_factory=list)  # repairs made while starting the cell
 
 
-def _role_cfg(cfg: dict[str, Any], cell: Cell) -> dict[str, Any]:
+def role_hp(cfg: dict[str, Any], cell: Cell) -> dict[str, Any]:
+    """The recipe ``hp`` a cell trains with: the teacher's (``cfg["teacher"]``) or the students' (``cfg["student"]``);
+    result.json keeps it as ``config.train``."""
     return cfg["teacher"] if cell.role == "teacher" else cfg["student"]
 
 
 @dataclass
 class Member:
-    """One cell being trained: its model, optimizer, method, random state and position."""
+    """One cell being trained: its model, optimizer, method and position (epoch, step, updates, history), with
+    collaborators that keep their own state: ``rng`` (its random stream), ``losses`` (the epoch's loss sums),
+    ``watch`` (the deferred non-finite check), ``selector`` and ``evaluator`` (the selected epoch, evaluations),
+    ``states`` (its checkpoint files). ``state_dict()`` is what a checkpoint holds; ``finish`` writes the result."""
 
     task: Task
     cell: Cell
@@ -195,29 +183,39 @@ class Member:
     step: int = 0  # batches done within the current epoch
     update: int = 0  # optimizer updates in total
     history: list = field(default_factory=list)
-    best: dict[str, Any] | None = None
     train_seconds: float = 0.0
-    eval_seconds: float = 0.0
-    loss_sum: float = 0.0
-    loss_count: int = 0
-    term_sums: dict = field(default_factory=dict)  # per named loss term (a method returning a dict): sum * n
     skipped: list = field(default_factory=list)
     resumes: list = field(default_factory=list)  # where each resumed run picked up (epoch, step, time)
     finished: bool = False
     notes: list = field(default_factory=list)  # repairs (a checkpoint that would not load, moved aside)
-    last_score: float | None = None  # the selection score of the last evaluation (None: the primary metric)
-    _loss_acc: torch.Tensor | None = field(default=None, repr=False)  # the epoch's loss sum, on the device
-    _term_acc: dict | None = field(default=None, repr=False)  # the epoch's named loss-term sums, on the device
-    _bad: torch.Tensor | None = field(default=None, repr=False)  # CUDA: (first non-finite update or -1, its loss)
 
     def __post_init__(self) -> None:
-        cell, cfg, device = self.cell, self.cfg, self.device
-        self.hp = _role_cfg(cfg, cell)
-        self.method = build_method(cell.method, cfg)
+        self.hp = role_hp(self.cfg, self.cell)
+        self._build()
+        self.losses, self.watch = LossSums(), NonFiniteWatch()
+        self.selector = Selector.of(self.task.selection(self.cfg, self.hp))
+        self.evaluator = Evaluator(self.task, self.data, self.cfg, self.hp, self.dir, self.device, self.selector)
+        self.states = StateFiles(self.dir, self.cell.name, self.notes)
+        state = self.states.load()
+        if state is None and (self.given or self.hp["init_checkpoint"]):
+            init = self.given or init_path(self.hp["init_checkpoint"], self.cell.alpha)
+            load_init_checkpoint(self.model, init, strict=bool(self.given))
+        self.rng = RngState(self.device)  # the stream after the model's initial draws
+        if state is not None:
+            self.load_state_dict(state)
+        self.rank, self.world = dist_info()
+        self.log = open_loggers(self.dir, self.cell, self.cfg, self.update, self.rank, self.selector.spec())
+        self.step_model = self._step_model()
+        self.ctx = LossContext(alpha=self.alpha, T=self.cell.T, epochs=max(self.epochs - self.init.epochs, 1))
+
+    def _build(self) -> None:
+        """Model (from the cell's seed), method, optimizer and the method's initialisation stage."""
+        cell, device = self.cell, self.device
+        self.method = build_method(cell.method, self.cfg)
         self.alpha = cell.alpha if cell.role == "teacher" else 0.0
         torch.manual_seed(cell.seed)
-        self.model = self.task.build_model(cell.arch, self.data, cfg, self.hp).to(device)
-        if cfg["channels_last"] and device.type == "cuda":
+        self.model = self.task.build_model(cell.arch, self.data, self.cfg, self.hp).to(device)
+        if self.cfg["channels_last"] and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.tap: Tap | None = None  # captures the student's named outputs (feature methods)
         if self.method.needs.features:
@@ -232,31 +230,19 @@ class Member:
         self.init = InitStage.of(self.method, self.model, self.hp)  # a method's initialisation stage (AB, FT, FSP)
         self.epochs = 0 if self.given else int(self.hp["epochs"]) + self.init.epochs
         self.max_updates = self.hp["max_updates"]
-        self.state_path = self.dir / store.STATE
-        state = self._load_state()
-        if state is None and (self.given or self.hp["init_checkpoint"]):
-            load_init_checkpoint(
-                self.model, self.given or init_path(self.hp["init_checkpoint"], cell.alpha), strict=bool(self.given)
-            )
-        self.rng = torch.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        if state is not None:
-            self._restore(state)
-        self.rank, world = dist_info()
-        self.log = open_loggers(
-            self.dir, self.cell, cfg, self.update, self.rank, self.task.selection(cfg, self.hp)
-        )  # None unless logging turns a logger on
-        self.step_model: nn.Module = self.model
-        if world > 1:
-            self.step_model = DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        if cfg["compile"]:
+
+    def _step_model(self) -> nn.Module:
+        """What a step runs: the model, in DistributedDataParallel with several processes, compiled on request."""
+        step_model: nn.Module = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            step_model = DistributedDataParallel(self.model, device_ids=ids)
+        if self.cfg["compile"]:
             # the eager random stream (dropout masks): a compiled cell draws what the same cell draws uncompiled,
             # so compile stays out of the cell's identity and resume/fusion stay exact
             torch._inductor.config.fallback_random = True
-            self.step_model = torch.compile(self.step_model)
-        self.ctx = LossContext(alpha=self.alpha, T=cell.T, epochs=max(self.epochs - self.init.epochs, 1))
+            step_model = torch.compile(step_model)
+        return step_model
 
     def _setup_method(self) -> None:
         """The student's tap, and the method's trainable parts sized from a probe forward of both models (their
@@ -269,90 +255,46 @@ class Member:
         )
 
     # -- state ------------------------------------------------------------------------------------
-    def _load_state(self) -> dict[str, Any] | None:
-        """The last checkpoint, else the one before it (``state.prev.pt``); one that does not load is moved aside
-        (said once) and, with neither, the cell starts from scratch (the model is still as built)."""
-        prev_path = self.dir / store.STATE_PREV
-        damaged = None
-        for path in (self.state_path, prev_path):
-            if not path.is_file():
-                continue
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)  # plain data only (SECURITY.md)
-            except Exception as exc:
-                aside = store.move_aside(path)
-                why = str(exc).splitlines()[0] if str(exc) else ""
-                damaged = f"{damaged}; " if damaged else ""
-                damaged += f"{path.name} is corrupt ({type(exc).__name__}: {why}): moved to {aside.name}"
-                continue
-            if path == prev_path:
-                why = damaged or f"{store.STATE} is missing (the run stopped while checkpointing)"
-                self.notes.append(
-                    f"repaired: {self.cell.name}: {why}; resumed from the previous checkpoint "
-                    f"{store.STATE_PREV} (epoch {state['epoch'] + 1}, step {state.get('step', 0)})"
-                )
-            return state
-        if damaged:
-            self.notes.append(f"repaired: {self.cell.name}: {damaged}; the cell restarts from scratch")
-        return None
+    def state_dict(self) -> dict[str, Any]:
+        """What ``state.pt`` holds: model, optimizer, method parameters, random state, position, history, the
+        selected epoch, times, the epoch's loss sums (its keys unchanged since the first version)."""
+        method = self.method.state_dict() if isinstance(self.method, nn.Module) else None
+        return {
+            "epoch": self.epoch, "step": self.step, "update": self.update,
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "method": method,
+            **self.rng.state_dict(), "history": self.history, **self.selector.state_dict(),
+            "train_seconds": self.train_seconds, **self.evaluator.state_dict(), **self.losses.state_dict(),
+            "skipped": self.skipped, "resumes": self.resumes,
+            **({"init": self.init.state_dict()} if self.init.epochs else {}),
+        }  # fmt: skip
 
-    def _restore(self, st: dict[str, Any]) -> None:
+    def load_state_dict(self, st: dict[str, Any]) -> None:
+        """Resume from a checkpoint (``state_dict()``); the resume is recorded in ``resumes``."""
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optimizer"])
         if st.get("method") and isinstance(self.method, nn.Module):
             self.method.load_state_dict(st["method"])
         self.init.load_state_dict(st.get("init"))
-        self.rng = st["rng"]
-        if self.cuda_rng is not None and st.get("cuda_rng") is not None:
-            self.cuda_rng = st["cuda_rng"]
+        self.rng.load_state_dict(st)
         self.epoch, self.step, self.update = st["epoch"], st.get("step", 0), st.get("update", 0)
         self.history, self.train_seconds = st["history"], st["train_seconds"]
-        self.eval_seconds = st.get("eval_seconds", 0.0)
-        self.best = st.get("best")
-        self.loss_sum, self.loss_count = st.get("loss_sum", 0.0), st.get("loss_count", 0)
-        self.term_sums = st.get("term_sums", {})
+        self.evaluator.load_state_dict(st)
+        self.selector.load_state_dict(st)
+        self.losses.load_state_dict(st)
         self.skipped = st.get("skipped", [])
-        self.resumes = [
-            *st.get("resumes", []),
-            {
-                "epoch": self.epoch + 1,
-                "step": self.step,  # 1-based, as history
-                "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            },
-        ]
+        at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.resumes = [*st.get("resumes", []), {"epoch": self.epoch + 1, "step": self.step, "at": at}]  # 1-based
 
     def checkpoint(self) -> None:
         self.sync()  # never write the state of a step that went non-finite
-        if self.rank != 0:
-            return
-        store.keep_previous(self.state_path, self.dir / store.STATE_PREV)  # a damaged state.pt resumes from it
-        store.save_torch(self.state_path, {
-            "epoch": self.epoch, "step": self.step, "update": self.update,
-            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-            "method": self.method.state_dict() if isinstance(self.method, nn.Module) else None,
-            "rng": self.rng, "cuda_rng": self.cuda_rng, "history": self.history, "best": self.best,
-            "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
-            "term_sums": self.term_sums,
-            "skipped": self.skipped, "resumes": self.resumes,
-            **({"init": self.init.state_dict()} if self.init.epochs else {}),
-        })  # fmt: skip
+        if self.rank == 0:
+            self.states.save(self.state_dict())
 
-    @contextlib.contextmanager
-    def rng_scope(self):
-        """This member's random state in, around its own work; the caller's back afterwards."""
-        outer = torch.get_rng_state()
-        outer_cuda = torch.cuda.get_rng_state(self.device) if self.cuda_rng is not None else None
-        torch.set_rng_state(self.rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state(self.cuda_rng, self.device)
-        try:
-            yield
-        finally:
-            self.rng = torch.get_rng_state()
-            torch.set_rng_state(outer)
-            if self.cuda_rng is not None:
-                self.cuda_rng = torch.cuda.get_rng_state(self.device)
-                torch.cuda.set_rng_state(outer_cuda, self.device)
+    def sync(self) -> None:
+        """Raise ``CellFailed`` if a step since the start had a non-finite loss, and bring the epoch's loss sums to
+        the host (on CUDA both wait until here: a checkpoint, the epoch's end)."""
+        self.watch.check(self.epoch)
+        self.losses.sync()
 
     # -- training -----------------------------------------------------------------------------------
     def done(self) -> bool:
@@ -361,35 +303,6 @@ class Member:
     def wants(self, epoch: int, i: int) -> bool:
         """Does this member step on batch ``i`` of ``epoch``?"""
         return not self.finished and not self.done() and self.epoch == epoch and self.step <= i
-
-    def _accumulate(self, loss: torch.Tensor, terms: Any, n: int) -> None:
-        """Add the step's loss (and its named terms) to the epoch's sums on the device: no host sync (float64, so
-        the sum equals the Python-float sum of earlier versions bit for bit)."""
-        if self._loss_acc is None:  # torch.full: a fill kernel, not a host-to-device copy (which would sync)
-            self._loss_acc = torch.full((), self.loss_sum, dtype=torch.float64, device=loss.device)
-        self._loss_acc += loss.detach().double() * n
-        if isinstance(terms, dict):
-            if self._term_acc is None:
-                self._term_acc = {
-                    k: torch.full((), v, dtype=torch.float64, device=loss.device) for k, v in self.term_sums.items()
-                }
-            for k, v in terms.items():
-                if k not in self._term_acc:
-                    self._term_acc[k] = torch.zeros((), dtype=torch.float64, device=loss.device)
-                self._term_acc[k] += v.detach().double() * n
-        self.loss_count += n
-
-    def sync(self) -> None:
-        """Bring the device-side loss sum to the host and raise ``CellFailed`` if a step since the last sync
-        had a non-finite loss (on CUDA the check waits until here: a checkpoint, the epoch's end)."""
-        if self._bad is not None:
-            bad, value = int(self._bad[0]), float(self._bad[1])
-            if bad >= 0:
-                raise CellFailed(f"non-finite loss ({value}) at update {bad + 1} (epoch {self.epoch + 1})")
-        if self._loss_acc is not None:
-            self.loss_sum = float(self._loss_acc)
-        if self._term_acc is not None:
-            self.term_sums = {k: float(v) for k, v in self._term_acc.items()}
 
     def train_step(
         self,
@@ -402,50 +315,12 @@ class Member:
         """One optimizer step. On the CPU a non-finite loss raises ``CellFailed`` at once; on CUDA the step
         does not wait for the device (no host sync): ``sync()`` raises it at the next checkpoint or epoch end."""
         t0 = time.perf_counter()
-        stage = self.init if epoch < self.init.epochs else None
-        if stage is not None:
-            opt, lr, params = stage.opt, stage.lr, stage.params
-        else:
-            opt, params = self.opt, None
-            lr = learning_rate(self.hp, epoch - self.init.epochs, self.update - self.init.updates, steps_per_epoch)
-            for g in self.opt.param_groups:
-                g["lr"] = lr
+        stage, opt, lr, params = self._schedule(epoch, steps_per_epoch)
         self.ctx.epoch = epoch - (0 if stage is not None else self.init.epochs)
         self.ctx.indices = indices
-        with self.rng_scope():
-            if stage is not None:
-                stage.train_mode(self.model)
-            else:
-                self.model.train()
-            with autocast(self.device, self.cfg), self.tap or contextlib.nullcontext():
-                s_logits, targets = self.task.forward(self.step_model, batch)
-            if indices is not None and indices.numel() != targets.numel():
-                raise CellFailed(
-                    f"method {self.cell.method} reads each sample's index, but this batch lost samples "
-                    "(data.on_bad_sample: skip): fix the data (lskd-bench check-data) or drop the skip"
-                )
-            s_out = Outputs(logits=s_logits.float())
-            if self.tap is not None:
-                s_out.update({k: v.float() for k, v in self.tap.out.items()})
-            compute = self.method.init_loss if stage is not None else self.method.compute
-            terms = compute(s_out, targets, t_out, self.ctx)
-            loss = total_loss(terms)
-            if loss.device.type != "cuda":
-                if not torch.isfinite(loss):
-                    raise CellFailed(
-                        f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, update {self.update + 1}"
-                    )
-            else:  # remember the first non-finite update and its loss on the device (fill kernels, no copies)
-                if self._bad is None:
-                    self._bad = torch.full((2,), -1.0, dtype=torch.float64, device=loss.device)
-                first = (self._bad[0] < 0) & ~torch.isfinite(loss.detach())
-                now = torch.stack(
-                    [
-                        torch.full((), float(self.update), dtype=torch.float64, device=loss.device),
-                        loss.detach().double(),
-                    ]
-                )
-                self._bad = torch.where(first, now, self._bad)
+        with self.rng.scope():
+            loss, terms, n = self._loss(batch, t_out, stage, indices)
+            self.watch.see(loss, epoch, self.update)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.hp["clip_norm"] > 0:
@@ -453,7 +328,7 @@ class Member:
                     params or [*self.model.parameters(), *self.method_params], self.hp["clip_norm"]
                 )
             opt.step()
-        self._accumulate(loss, terms, int(targets.shape[0]))
+        self.losses.add(loss, terms, n)
         self.step += 1
         self.update += 1
         self.train_seconds += time.perf_counter() - t0  # on CUDA: host time (the queue keeps it near the device's)
@@ -461,146 +336,109 @@ class Member:
             self.log.step(self.update, loss.detach(), lr)  # converted to a float (a sync) only when logged
         return loss.detach()
 
+    def _schedule(self, epoch: int, steps_per_epoch: int) -> tuple[InitStage | None, Any, float, list | None]:
+        """(the initialisation stage or None, the optimizer, its learning rate, the parameters to clip or None: all)
+        of a step in ``epoch``; the main schedule's learning rate is set on the optimizer."""
+        if epoch < self.init.epochs:
+            return self.init, self.init.opt, self.init.lr, self.init.params
+        lr = learning_rate(self.hp, epoch - self.init.epochs, self.update - self.init.updates, steps_per_epoch)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        return None, self.opt, lr, None
+
+    def _loss(
+        self, batch: Any, t_out: Outputs | None, stage: InitStage | None, indices: torch.Tensor | None
+    ) -> tuple[torch.Tensor, Any, int]:
+        """(the step's loss, the method's terms, the number of samples): the forward in training mode and the
+        method's loss (the initialisation stage's, during it)."""
+        if stage is not None:
+            stage.train_mode(self.model)
+        else:
+            self.model.train()
+        with autocast(self.device, self.cfg), self.tap or contextlib.nullcontext():
+            s_logits, targets = self.task.forward(self.step_model, batch)
+        if indices is not None and indices.numel() != targets.numel():
+            raise CellFailed(
+                f"method {self.cell.method} reads each sample's index, but this batch lost samples "
+                "(data.on_bad_sample: skip): fix the data (lskd-bench check-data) or drop the skip"
+            )
+        s_out = Outputs(logits=s_logits.float())
+        if self.tap is not None:
+            s_out.update({k: v.float() for k, v in self.tap.out.items()})
+        compute = self.method.init_loss if stage is not None else self.method.compute
+        terms = compute(s_out, targets, t_out, self.ctx)
+        return total_loss(terms), terms, int(targets.shape[0])
+
     def end_epoch(self, epoch: int) -> None:
+        """The epoch's history entry, its evaluation when due, and a checkpoint."""
         self.sync()
-        total, count = self.loss_sum, self.loss_count
-        names = sorted(self.term_sums)
-        terms = [self.term_sums[k] for k in names]
-        _, world = dist_info()
-        if world > 1:
-            sums = torch.tensor([total, float(count), *terms], device=self.device)
-            torch.distributed.all_reduce(sums)
-            total, count, terms = float(sums[0]), int(sums[1]), [float(v) for v in sums[2:]]
         in_init = epoch < self.init.epochs
-        lr = self.init.lr if in_init else self.opt.param_groups[0]["lr"]
-        entry = {
-            "epoch": epoch + 1,
-            "loss": total / max(count, 1),
-            "lr": lr,
-            "updates": self.update,
-            **{f"loss_{k}": v / max(count, 1) for k, v in zip(names, terms)},
-            **self.method.report(),
-            **({"stage": "init"} if in_init else {}),
-        }
-        self.epoch, self.step, self.loss_sum, self.loss_count, self.term_sums = epoch + 1, 0, 0.0, 0, {}
-        self._loss_acc, self._term_acc = None, None
+        entry = self._epoch_entry(epoch, in_init)
+        self.epoch, self.step = epoch + 1, 0
+        self.losses.reset()
         if self.epoch == self.init.epochs and in_init:
             self.init.updates = self.update  # the main schedule counts its updates from here
-        every = self.hp["eval_every"]
         main = self.epoch - self.init.epochs
-        if self.done() or (main > 0 and main % every == 0):
+        if self.done() or (main > 0 and main % self.hp["eval_every"] == 0):
             entry["eval"] = self.evaluate()
-            if self.last_score is not None:
-                entry["selection"] = self.last_score
+            if self.selector.last_score is not None:
+                entry["selection"] = self.selector.last_score
         self.history.append(entry)
         if self.log is not None:
             self.log.epoch(self.update, entry)
         self.checkpoint()
 
+    def _epoch_entry(self, epoch: int, in_init: bool) -> dict[str, Any]:
+        """The history entry of ``epoch``: mean loss (and terms, summed over the processes), lr, updates."""
+        total, count = self.losses.loss_sum, self.losses.loss_count
+        names = sorted(self.losses.term_sums)
+        terms = [self.losses.term_sums[k] for k in names]
+        if self.world > 1:
+            sums = torch.tensor([total, float(count), *terms], device=self.device)
+            torch.distributed.all_reduce(sums)
+            total, count, terms = float(sums[0]), int(sums[1]), [float(v) for v in sums[2:]]
+        return {
+            "epoch": epoch + 1,
+            "loss": total / max(count, 1),
+            "lr": self.init.lr if in_init else self.opt.param_groups[0]["lr"],
+            "updates": self.update,
+            **{f"loss_{k}": v / max(count, 1) for k, v in zip(names, terms)},
+            **self.method.report(),
+            **({"stage": "init"} if in_init else {}),
+        }
+
     def evaluate(self) -> dict[str, float]:
-        """Evaluate (rank 0), update the selected ("best") epoch and write the task's output files."""
-        _, world = dist_info()
+        """Evaluate (rank 0): the metrics; the selected epoch and the task's output files updated."""
         metrics: dict[str, float] = {}
-        self.last_score = None
         if self.rank == 0:
-            t0 = time.perf_counter()
-            with self.rng_scope():
-                ev = self.task.assess(self.model, self.data, self.cfg, self.device, self.hp)
-            metrics = ev.metrics
-            key = self.task.primary_metric
-            score = float(metrics[key] if ev.selection is None else ev.selection)
-            self.last_score = None if ev.selection is None else score
-            mode = self.task.selection(self.cfg, self.hp)["mode"]
-            prev = None if self.best is None else self.best.get("score")
-            if prev is None and self.best is not None and ev.selection is None:
-                prev = self.best["metrics"][key]  # a best recorded before the score was stored
-            improved = prev is None or (score < prev if mode == "min" else score > prev)
-            if improved:
-                self.best = {"epoch": self.epoch, "metrics": metrics, "score": score}
-                store.save_torch(
-                    self.dir / store.SELECTED, {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-                )
-            for name, lines in ev.outputs.items():
-                for which in (("last", "selected") if improved else ("last",)) if "{which}" in name else ("",):
-                    store.write_lines(self.dir / name.format(which=which), lines)
-            self.eval_seconds += time.perf_counter() - t0
-        if world > 1:
+            metrics = self.evaluator(self.model, self.epoch, self.rng)
+        if self.world > 1:
             torch.distributed.barrier()
         return metrics
 
     def finish(self) -> dict[str, Any] | None:
-        """Final evaluation, weights, features and result.json (rank 0); removes the epoch state."""
-        _, world = dist_info()
-        if self.rank != 0:
-            self.finished = True
-            if world > 1:
-                torch.distributed.barrier()
-            return None
+        """Final evaluation, weights, features and result.json (rank 0; None on the others); removes the
+        checkpoints."""
+        result = self._write_result() if self.rank == 0 else None
+        self.finished = True
+        if self.world > 1:
+            torch.distributed.barrier()
+        return result
+
+    def _write_result(self) -> dict[str, Any]:
         last = self.history[-1].get("eval") if self.history else None
         if last is None:  # --teacher-checkpoint (no epochs) or max_updates hit mid-epoch
             last = self.evaluate()
         t0 = time.perf_counter()
-        store.save_torch(self.dir / store.MODEL, {k: v.detach().cpu() for k, v in self.model.state_dict().items()})
-        selected = store.SELECTED
-        if self.best is None or self.best["epoch"] == self.epoch or not (self.dir / store.SELECTED).is_file():
-            selected = store.MODEL  # the last epoch is the selected one
-            with contextlib.suppress(FileNotFoundError):
-                (self.dir / store.SELECTED).unlink()
+        selected = save_final_weights(self.dir, self.model, self.selector.selected, self.epoch)
         files = self.task.export_artifacts(self.data, self.cfg, self.dir)
         if self.task.supports_analysis:
             export_features(self.model, self.data, self.cfg, self.device, self.dir / store.FEATURES)
-        result = {
-            "cell": self.cell.describe(),
-            "metrics": last,
-            "best": self.best,
-            "primary_metric": self.task.primary_metric,
-            "metric_names": list(self.task.metric_names),
-            "metric_specs": [m.as_dict() for m in self.task.metrics],
-            "metric_info": self.task.metric_info(self.cfg),
-            "selection": {
-                **self.task.selection(self.cfg, self.hp),
-                "epoch": (self.best or {}).get("epoch"),
-                "score": (self.best or {}).get("score"),
-            },
-            "weights": {"last": store.MODEL, "selected": selected},
-            "teacher_weights": teacher_weights(self.cell.teacher, self.dir.parent.parent, self.cfg["teacher_weights"])[
-                1
-            ]
-            if self.cell.teacher is not None
-            else None,  # which teacher epoch this student distilled from
-            "files": files,
-            "epochs": self.epoch if not self.given else 0,
-            **({"init_epochs": self.init.epochs} if self.init.epochs else {}),
-            "updates": self.update,
-            "config": {
-                "task": self.task.name,
-                "train": self.hp,
-                "method": self.method.p if self.method.params.fields and self.method.needs_teacher else None,
-                "data": self.cfg["data"],
-            },
-            "run_config": self.cfg,  # the whole resolved config: what 'lskd-bench translate' rebuilds the cell from
-            "timings": {
-                "train_s": self.train_seconds,
-                "eval_s": self.eval_seconds,
-                "export_s": time.perf_counter() - t0,
-                "wall_s": self.train_seconds + self.eval_seconds,
-            },
-            "history": self.history,
-            "num_params": sum(p.numel() for p in self.model.parameters()),
-            "skipped_samples": sorted(set(self.skipped)),
-            "resumes": self.resumes,
-            "env": {**environment(self.device, processes=world), **device_record(self.device, world)},
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+        result = result_record(self, last, selected, files, t0)
         store.write_json(self.dir / store.RESULT, result)
         if self.log is not None:
             self.log.finish(result)
-        self.finished = True
-        for name in (store.STATE, store.STATE_PREV):
-            with contextlib.suppress(FileNotFoundError):
-                (self.dir / name).unlink()
-        if world > 1:
-            torch.distributed.barrier()
+        self.states.remove()
         return result
 
 
@@ -754,74 +592,83 @@ class FusedGroup:
 
     # -- the epoch loop -----------------------------------------------------------------------------
     def run(self, progress: bool, on_epoch_end: Callable[[int], None] | None) -> list[Outcome]:
-        cells = self.cells
+        """Every epoch some member still trains, then each member's result; a member's failure is its outcome's
+        error (and its ``error.json``), a stop by signal is written for every unfinished member and re-raised."""
         epochs = max(m.epochs for m in self.members)
         start = min((m.epoch for m in self.members if not m.done()), default=epochs)
-        label = cells[0].name if len(cells) == 1 else f"{len(cells)} fused: " + ", ".join(_short(c) for c in cells)
         self.show = progress and self.rank == 0
-        bar = self.bar = progress_bar(
-            self.cfg, total=epochs, initial=start, desc=label, unit="ep", leave=False, show=self.show
+        self.bar = progress_bar(
+            self.cfg, total=epochs, initial=start, desc=self.label(), unit="ep", leave=False, show=self.show
         )
         try:
             for epoch in range(start, epochs):
                 active = [m for m in self.members if not m.finished and not m.done() and m.epoch == epoch]
-                if not active:
-                    continue
-                self.epoch(epoch, active)
-                self.end_epoch(epoch, active)
-                bar.update(1)
-                done = {_short(m.cell): m.history[-1] for m in active if not m.finished and m.history}
-                text = " ".join(f"{k}={_losses(h)}" for k, h in done.items())
-                bar.note(
-                    text,
-                    line=f"epoch {epoch + 1}/{epochs} done, loss {text}",
-                    throttle=epoch + 1 < epochs,
-                    event="epoch",
-                    epoch=epoch + 1,
-                    epochs=epochs,
-                    members=done,
-                )
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch + 1)
-            for m in self.unfinished():
-                try:
-                    self.outcomes[m.cell.hash].result = m.finish()
-                except OSError as exc:  # weights or result could not be written: no result.json
-                    self.fail(m, exc)
+                if active:
+                    self.train_epoch(epoch, epochs, active, on_epoch_end)
+            self.finish_all()
         except DataError as exc:
-            for m in self.unfinished():
-                self.fail(m, exc)
+            self.fail_unfinished(exc)
             raise
         except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM through errors.raise_on_sigterm
-            if self.rank == 0:
-                sig = getattr(exc, "signal_name", "SIGINT")
-                for m in self.unfinished():
-                    store.write_error(
-                        m.dir,
-                        m.cell,
-                        Interrupted(sig),
-                        epoch=m.epoch,
-                        update=m.update,
-                        message=(
-                            f"stopped by {sig} at epoch {m.epoch + 1}, step {m.step}: run again to resume from the last "
-                            f"checkpoint"
-                        ),
-                    )
+            self.interrupted(getattr(exc, "signal_name", "SIGINT"))
             raise
         except SystemExit:
             raise
         except Exception as exc:
-            for m in self.unfinished():
-                self.fail(m, exc)
+            self.fail_unfinished(exc)
             if os.environ.get("LSKD_DEBUG"):
                 traceback.print_exc()
         finally:
-            self.close_ahead()
-            bar.close()
-            for m in self.members:
-                if m.log is not None:
-                    m.log.close()
-        return [self.outcomes[c.hash] for c in cells]
+            self.close()
+        return [self.outcomes[c.hash] for c in self.cells]
+
+    def label(self) -> str:
+        cells = self.cells
+        return cells[0].name if len(cells) == 1 else f"{len(cells)} fused: " + ", ".join(_short(c) for c in cells)
+
+    def train_epoch(
+        self, epoch: int, epochs: int, active: list[Member], on_epoch_end: Callable[[int], None] | None
+    ) -> None:
+        """One epoch of the ``active`` members, its end (evaluations, checkpoints) and its progress line."""
+        self.epoch(epoch, active)
+        self.end_epoch(epoch, active)
+        self.bar.update(1)
+        done = {_short(m.cell): m.history[-1] for m in active if not m.finished and m.history}
+        text = " ".join(f"{k}={_losses(h)}" for k, h in done.items())
+        line = f"epoch {epoch + 1}/{epochs} done, loss {text}"
+        self.bar.note(
+            text, line=line, throttle=epoch + 1 < epochs, event="epoch", epoch=epoch + 1, epochs=epochs, members=done
+        )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
+
+    def finish_all(self) -> None:
+        for m in self.unfinished():
+            try:
+                self.outcomes[m.cell.hash].result = m.finish()
+            except OSError as exc:  # weights or result could not be written: no result.json
+                self.fail(m, exc)
+
+    def fail_unfinished(self, exc: BaseException) -> None:
+        for m in self.unfinished():
+            self.fail(m, exc)
+
+    def interrupted(self, sig: str) -> None:
+        """Stopped by ``sig``: each unfinished member's ``error.json`` says where, to resume from (rank 0)."""
+        if self.rank != 0:
+            return
+        for m in self.unfinished():
+            where = f"stopped by {sig} at epoch {m.epoch + 1}, step {m.step}"
+            message = f"{where}: run again to resume from the last checkpoint"
+            store.write_error(m.dir, m.cell, Interrupted(sig), epoch=m.epoch, update=m.update, message=message)
+
+    def close(self) -> None:
+        self.close_ahead()
+        if self.bar is not None:
+            self.bar.close()
+        for m in self.members:
+            if m.log is not None:
+                m.log.close()
 
     # -- one epoch ----------------------------------------------------------------------------------
     read_ahead = True  # open the next epoch's loading before this one ends (benchmarks switch it off to compare)

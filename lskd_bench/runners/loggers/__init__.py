@@ -139,8 +139,8 @@ def epoch_scalars(entry: dict[str, Any], selection: dict[str, Any] | None = None
 
 
 def final_scalars(result: dict[str, Any]) -> dict[str, float]:
-    """The selected ("best") epoch's metrics and the last epoch's, from a result.json."""
-    best = result.get("best") or {}
+    """The selected epoch's metrics and the last epoch's, from a result.json."""
+    best = store.selected_epoch(result) or {}
     chosen = best.get("metrics") or result.get("metrics") or {}
     out = {f"selected/{k}": float(v) for k, v in chosen.items() if _number(v)}
     if _number(best.get("epoch")):

@@ -5,8 +5,8 @@ The shared runner trains them like every other task. What is specific lives here
 - a batch is a fairseq-style padded sample; ``forward`` returns the logits and targets of the non-pad
   target positions, so word-level KD and every logit method apply token by token;
 - batches are length-bucketed with ``max_tokens`` (fairseq's batch_by_size) and shuffled per (seed, epoch);
-- ``evaluate`` decodes the test split with beam search and scores it with sacreBLEU; the epoch reported as
-  "best" is selected on the validation split (``select_on``: validation BLEU with the same beam by default,
+- ``evaluate`` decodes the test split with beam search and scores it with sacreBLEU; the epoch reported
+  (the selected epoch) is chosen on the validation split (``select_on``: validation BLEU with the same beam by default,
   or validation loss), never on test; the test hypotheses of the selected and last epochs are written beside result.json;
 - ``teacher_targets`` translates the training sources with the teacher (sequence-level KD).
 
@@ -141,7 +141,7 @@ NMT_TRAIN = TRAIN.extend(
         "select_on": Field(
             str,
             "valid_bleu",
-            "how the reported ('best') epoch is chosen among the evaluated ones, on the "
+            "how the reported (selected) epoch is chosen among the evaluated ones, on the "
             "validation split: valid_bleu (sacreBLEU of a beam search with the generation settings, the "
             "reported metric) or valid_loss (cross-entropy of the references, fairseq's checkpoint_best; "
             "no decoding, but label smoothing and KD temperature shift it apart from BLEU)",

@@ -1,0 +1,87 @@
+"""A member's running loss within an epoch, kept on the device (no host sync per step), and its deferred check
+for a non-finite loss (on CUDA the check waits for a sync point: a checkpoint, the epoch's end)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class CellFailed(Exception):
+    """One member of a group failed (non-finite loss, out of memory...): the others carry on."""
+
+
+class NonFiniteWatch:
+    """The first update whose loss was not finite. On the CPU ``see`` raises ``CellFailed`` at once; on CUDA it
+    records (update, loss) on the device with fill kernels and no copies, and ``check`` raises it later."""
+
+    def __init__(self) -> None:
+        self._bad: torch.Tensor | None = None  # CUDA: (first non-finite update or -1, its loss)
+
+    def see(self, loss: torch.Tensor, epoch: int, update: int) -> None:
+        """``loss`` of ``update`` (0-based) in ``epoch`` (0-based)."""
+        if loss.device.type != "cuda":
+            if not torch.isfinite(loss):
+                raise CellFailed(f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, update {update + 1}")
+            return
+        if self._bad is None:
+            self._bad = torch.full((2,), -1.0, dtype=torch.float64, device=loss.device)
+        first = (self._bad[0] < 0) & ~torch.isfinite(loss.detach())
+        now = torch.stack(
+            [torch.full((), float(update), dtype=torch.float64, device=loss.device), loss.detach().double()]
+        )
+        self._bad = torch.where(first, now, self._bad)
+
+    def check(self, epoch: int) -> None:
+        """Raise ``CellFailed`` if a loss seen since the start went non-finite (a host sync on CUDA)."""
+        if self._bad is not None:
+            bad, value = int(self._bad[0]), float(self._bad[1])
+            if bad >= 0:
+                raise CellFailed(f"non-finite loss ({value}) at update {bad + 1} (epoch {epoch + 1})")
+
+
+class LossSums:
+    """The epoch's loss sum, sample count and named-term sums (a method returning a dict of terms). Steps add on
+    the device in float64, so the sum equals the Python-float sum of earlier versions bit for bit; ``sync``
+    brings it to the host (checkpoints and the epoch's end)."""
+
+    def __init__(self) -> None:
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.term_sums: dict[str, float] = {}
+        self._loss_acc: torch.Tensor | None = None  # the epoch's loss sum, on the device
+        self._term_acc: dict[str, torch.Tensor] | None = None  # the named terms' sums, on the device
+
+    def add(self, loss: torch.Tensor, terms: Any, n: int) -> None:
+        """A step's mean ``loss`` (and its named ``terms``, when a dict) over ``n`` samples."""
+        if self._loss_acc is None:  # torch.full: a fill kernel, not a host-to-device copy (which would sync)
+            self._loss_acc = torch.full((), self.loss_sum, dtype=torch.float64, device=loss.device)
+        self._loss_acc += loss.detach().double() * n
+        if isinstance(terms, dict):
+            if self._term_acc is None:
+                self._term_acc = {
+                    k: torch.full((), v, dtype=torch.float64, device=loss.device) for k, v in self.term_sums.items()
+                }
+            for k, v in terms.items():
+                if k not in self._term_acc:
+                    self._term_acc[k] = torch.zeros((), dtype=torch.float64, device=loss.device)
+                self._term_acc[k] += v.detach().double() * n
+        self.loss_count += n
+
+    def sync(self) -> None:
+        if self._loss_acc is not None:
+            self.loss_sum = float(self._loss_acc)
+        if self._term_acc is not None:
+            self.term_sums = {k: float(v) for k, v in self._term_acc.items()}
+
+    def reset(self) -> None:
+        """A new epoch."""
+        self.loss_sum, self.loss_count, self.term_sums = 0.0, 0, {}
+        self._loss_acc, self._term_acc = None, None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss_sum": self.loss_sum, "loss_count": self.loss_count, "term_sums": self.term_sums}
+
+    def load_state_dict(self, st: dict[str, Any]) -> None:
+        self.loss_sum, self.loss_count = st.get("loss_sum", 0.0), st.get("loss_count", 0)
+        self.term_sums = st.get("term_sums", {})

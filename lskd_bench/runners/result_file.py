@@ -1,0 +1,107 @@
+"""A finished cell's files: the last weights (``model.pt``), the selected epoch's (``model_selected.pt``, kept
+only when it is not the last) and ``result.json`` (what every report reads)."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__, store
+from ..envinfo import cpu_model, git_commit
+from .cells import teacher_weights
+from .devices import device_record
+from .evaluation import save_weights
+
+
+def environment(device: torch.device, processes: int = 1) -> dict[str, Any]:
+    """Where a result was computed: floating-point results are bit-identical on one machine and build, and
+    may differ slightly across CPUs and library builds."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return {
+        "lskd_bench": __version__,
+        "commit": git_commit(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "device_name": name,
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "processes": processes,
+        "python": platform.python_version(),
+    }
+
+
+def save_final_weights(cell_dir: Path, model: nn.Module, selected: dict[str, Any] | None, epoch: int) -> str:
+    """Write ``model.pt``; the file of the selected epoch's weights: ``model_selected.pt``, or ``model.pt`` when
+    the last epoch is the selected one (or none was), the stale ``model_selected.pt`` then removed."""
+    save_weights(cell_dir / store.MODEL, model)
+    if selected is not None and selected["epoch"] != epoch and (cell_dir / store.SELECTED).is_file():
+        return store.SELECTED
+    with contextlib.suppress(FileNotFoundError):
+        (cell_dir / store.SELECTED).unlink()
+    return store.MODEL
+
+
+def result_record(m: Any, last: dict[str, float], selected_file: str, files: dict[str, Any], t0: float) -> dict:
+    """result.json of the finished member ``m`` (a ``train.Member``): ``last`` the last evaluation's metrics,
+    ``selected_file`` the selected epoch's weights, ``files`` the task's artifacts, ``t0`` when exporting began.
+    ``best`` is the selected epoch (the key every result has had; ``store.selected_epoch`` reads it)."""
+    task, cfg, world = m.task, m.cfg, m.world
+    return {
+        "cell": m.cell.describe(),
+        "metrics": last,
+        "best": m.selector.selected,
+        "primary_metric": task.primary_metric,
+        "metric_names": list(task.metric_names),
+        "metric_specs": [s.as_dict() for s in task.metrics],
+        "metric_info": task.metric_info(cfg),
+        "selection": m.selector.record(),
+        "weights": {"last": store.MODEL, "selected": selected_file},
+        "teacher_weights": _teacher_epoch(m),
+        "files": files,
+        "epochs": m.epoch if not m.given else 0,
+        **({"init_epochs": m.init.epochs} if m.init.epochs else {}),
+        "updates": m.update,
+        "config": _config(m),
+        "run_config": cfg,  # the whole resolved config: what 'lskd-bench translate' rebuilds the cell from
+        "timings": _timings(m, t0),
+        "history": m.history,
+        "num_params": sum(p.numel() for p in m.model.parameters()),
+        "skipped_samples": sorted(set(m.skipped)),
+        "resumes": m.resumes,
+        "env": {**environment(m.device, processes=world), **device_record(m.device, world)},
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _teacher_epoch(m: Any) -> Any:
+    """Which teacher epoch a student distilled from (None for a teacher or a baseline)."""
+    if m.cell.teacher is None:
+        return None
+    return teacher_weights(m.cell.teacher, m.dir.parent.parent, m.cfg["teacher_weights"])[1]
+
+
+def _config(m: Any) -> dict[str, Any]:
+    """What the cell was trained with: ``train`` is the role's recipe (``hp``: the teacher's or the student's)."""
+    method = m.method
+    return {
+        "task": m.task.name,
+        "train": m.hp,
+        "method": method.p if method.params.fields and method.needs_teacher else None,
+        "data": m.cfg["data"],
+    }
+
+
+def _timings(m: Any, t0: float) -> dict[str, float]:
+    return {
+        "train_s": m.train_seconds,
+        "eval_s": m.evaluator.seconds,
+        "export_s": time.perf_counter() - t0,
+        "wall_s": m.train_seconds + m.evaluator.seconds,
+    }
