@@ -64,7 +64,7 @@ def setup_method(
     layout = describe(model, view.x)
     tap = Tap(model, layout, method.needs.student)
     s = probe_outputs(model, layout, tap.names, view.x)
-    t_names = Tap(view.model, view.layout, method.needs.teacher).names + ["logits"]
+    t_names = [*Tap(view.model, view.layout, method.needs.teacher).names, "logits"]
     t = Outputs({k: view.probe[k] for k in t_names})
     method.setup(Probe(model, view.model, s, t, layout, view.layout, num_samples, num_classes, labels))
     return tap

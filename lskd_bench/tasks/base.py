@@ -26,7 +26,7 @@ import stat
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import yaml
@@ -177,7 +177,7 @@ class Task:
     recipe: str = ""  # lskd_bench/configs/<recipe>.yaml: the task's default config over the schema's
     data_schema: Section = Section({})
     train_schema: Section = TRAIN
-    extra_sections: dict[str, Section] = {}  # more top-level config sections of this task
+    extra_sections: ClassVar[dict[str, Section]] = {}  # more top-level config sections of this task
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -207,7 +207,8 @@ class Task:
 
     def pair_settings(self) -> tuple[dict[str, list[str]], dict[str, str]]:
         """KD-method settings across the pairs: ({method: keys some pair sets}, {method: why it has one setting for
-        every pair}); the pairs recipe's ``shared`` block gives the reasons (their authors publish no per-pair values)."""
+        every pair}); the pairs recipe's ``shared`` block gives the reasons (their authors publish no per-pair
+        values)."""
         if not self.pairs_recipe:
             return {}, {}
         text = resources.files("lskd_bench").joinpath("configs", f"{self.pairs_recipe}.yaml").read_text()
@@ -270,8 +271,9 @@ class Task:
         return {}
 
     def selection(self, cfg: dict[str, Any], hp: dict[str, Any]) -> dict[str, Any]:
-        """How the best epoch is chosen (saved in result.json): split, metric, mode ("max" or "min").
-        By default the primary metric, in its declared direction, on ``val``, which is the test set, as the paper reports."""
+        """How the selected epoch is chosen (saved in result.json): split, metric, mode ("max" or "min").
+        By default the primary metric, in its declared direction, on ``val``, which is the test set, as the paper
+        reports."""
         higher = self.metric(self.primary_metric).higher_is_better
         return {
             "split": "val",
@@ -300,7 +302,7 @@ class Task:
         skipped: list[str] | None = None,
     ) -> Batches:
         """The training batches of ``epoch`` from batch number ``start`` on."""
-        rank, world = shard
+        _rank, world = shard
         bs = max(1, int(role_cfg["batch_size"]) // world)  # the global batch stays batch_size
         n = len(data.train)
         plan = batch_plan(n, bs, shuffle=True, seed=seed, epoch=epoch, drop_last=n > bs * world, shard=shard)

@@ -241,7 +241,7 @@ class CIFAR100Task(Task):
     data_schema = CIFAR_DATA
     recipe = "cifar100"
     pairs_recipe = "cifar100_pairs"
-    extra_sections = {"pair": PAIR}
+    extra_sections: ClassVar[dict[str, Section]] = {"pair": PAIR}
     projection_classes = ("apple", "pear", "bus")  # two similar fruits, one distant vehicle
     # the last release read, shared by every instance of the task (the layout check and training make their own)
     release_cache: ClassVar[KeyedCache[Release]] = KeyedCache()
@@ -349,7 +349,7 @@ class CIFAR100Task(Task):
         pin_memory: bool = False,
         skipped: list[str] | None = None,
     ) -> Batches:
-        rank, world = shard
+        _rank, world = shard
         bs = max(1, int(role_cfg["batch_size"]) // world)
         ds: CifarSplit = data.train  # type: ignore[assignment]
         n = len(ds)

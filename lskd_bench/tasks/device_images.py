@@ -109,16 +109,16 @@ class EncodedImages(Dataset):
         classes: list[str],
         d: dict[str, Any],
         train: bool,
-        device: torch.device = torch.device("cpu"),
+        device: torch.device | None = None,
         loader: Callable[[Any], Any] = pil_rgb,
     ):
-        self.device, self.loader = device, loader
+        self.device, self.loader = device if device is not None else torch.device("cpu"), loader
         self.samples = [(Path(p), int(y)) for p, y in samples]
         self.targets = [y for _, y in self.samples]
         self.classes = list(classes)
         self.d, self.train = dict(d), train
         self.size = int(d["image_size"])
-        self.eval_resize = int(d["eval_resize"] or int(round(self.size / 0.875)))
+        self.eval_resize = int(d["eval_resize"] or round(self.size / 0.875))
         self._jitter = None
         b, c = d["color_jitter"]
         if train and (b or c):

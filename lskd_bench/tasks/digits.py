@@ -70,7 +70,7 @@ def _load_split(val_fraction: float, split_seed: int):
     for c in range(10):
         idx = np.flatnonzero(bunch.target == c)
         rng.shuffle(idx)
-        val_idx.extend(idx[: int(round(len(idx) * val_fraction))].tolist())
+        val_idx.extend(idx[: round(len(idx) * val_fraction)].tolist())
     is_val = np.zeros(len(y), dtype=bool)
     is_val[val_idx] = True
     tr, va = torch.from_numpy(~is_val), torch.from_numpy(is_val)

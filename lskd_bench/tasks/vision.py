@@ -122,7 +122,7 @@ def scan_files(files: list[tuple[str, Path]], report: DataReport, progress: bool
         ThreadPoolExecutor(n) as pool,
         tqdm(total=len(files), desc="decoding", unit="img", disable=not progress) as bar,
     ):
-        for split, path, problem, digest in pool.map(one, files, chunksize=64):
+        for _split, path, problem, digest in pool.map(one, files, chunksize=64):
             if problem:
                 report.problems.append(f"{path}: {problem}")
             if digest:
@@ -156,7 +156,7 @@ def transforms(d: dict[str, Any], train: bool):
 
     size = int(d["image_size"])
     if not train:
-        resize = d["eval_resize"] or int(round(size / 0.875))
+        resize = d["eval_resize"] or round(size / 0.875)
         return T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor(), T.Normalize(MEAN, STD)])
     steps = [
         T.RandomResizedCrop(size, scale=tuple(d["crop_scale"]), ratio=tuple(d["crop_ratio"])),
@@ -343,7 +343,7 @@ class ImageNetTask(ImageNetBase):
     recipe = "imagenet"
     archs = ("resnet50", "resnet18", "resnet34", "mobilenet_v1")
     pairs_recipe = "imagenet_pairs"
-    extra_sections = {"pair": PAIR}
+    extra_sections: ClassVar[dict[str, Section]] = {"pair": PAIR}
 
 
 @TASKS.register("imagenet_compact")
@@ -432,7 +432,10 @@ def cub_genus(class_name: str) -> str:
 
 
 class CUBBase(ImageClassificationTask):
-    layout = "expected the official CUB_200_2011/ folder: images.txt, image_class_labels.txt, train_test_split.txt, classes.txt, images/"
+    layout = (
+        "expected the official CUB_200_2011/ folder: images.txt, image_class_labels.txt, train_test_split.txt, "
+        "classes.txt, images/"
+    )
     # the last index read, shared by every instance: the layout check, check-data's listing and the three datasets
     # of load_data use one read while the four files are unchanged
     index_cache: ClassVar[KeyedCache[CubIndex]] = KeyedCache()

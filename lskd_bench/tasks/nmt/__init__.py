@@ -6,8 +6,9 @@ The shared runner trains them like every other task. What is specific lives here
   target positions, so word-level KD and every logit method apply token by token;
 - batches are length-bucketed with ``max_tokens`` (fairseq's batch_by_size) and shuffled per (seed, epoch);
 - ``evaluate`` decodes the test split with beam search and scores it with sacreBLEU; the epoch reported
-  (the selected epoch) is chosen on the validation split (``select_on``: validation BLEU with the same beam by default,
-  or validation loss), never on test; the test hypotheses of the selected and last epochs are written beside result.json;
+  (the selected epoch) is chosen on the validation split (``select_on``: validation BLEU with the same beam by
+  default, or validation loss), never on test; the test hypotheses of the selected and last epochs are written beside
+  result.json;
 - ``teacher_targets`` translates the training sources with the teacher (sequence-level KD).
 
 fairseq, sentencepiece and sacreBLEU come with ``pip install -e ".[nmt]"``; only
@@ -21,7 +22,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -226,7 +227,7 @@ class TranslationTask(Task):
     supports_analysis = False
     data_schema = NMT_DATA
     train_schema = NMT_TRAIN
-    extra_sections = {"generation": GENERATION}
+    extra_sections: ClassVar[dict[str, Section]] = {"generation": GENERATION}
     recipe = ""
     archs: tuple[str, ...] = ()
 

@@ -28,7 +28,7 @@ def django_root() -> Path:
         raise UsageError(
             'the NMT demo reads Django\'s translation catalogues: pip install -e ".[nmt]" (installs django)'
         )
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def catalogue_pairs(lang: str, root: Path | None = None) -> list[tuple[str, str]]:
