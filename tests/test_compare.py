@@ -14,7 +14,7 @@ import pytest
 from lskd_bench import store
 from lskd_bench.leaderboard.compare import welch_p
 
-from .test_leaderboard import result
+from .fixtures import ROOT, result
 
 VALUES = {
     ("kd", 0.0, 1.0): [90, 91, 92], ("kd", 0.1, 1.0): [92, 93, 94], ("kd", 0.0, 4.0): [89, 90, 91], ("kd", 0.1, 4.0): [85, 86, 87],
@@ -104,7 +104,7 @@ def test_third_party_method_through_entry_point(tmp_path):
     is run through `lskd-bench run` against the zoo's teachers and compared."""
     site = tmp_path / "site"
     site.mkdir()
-    example = Path(__file__).resolve().parents[1] / "examples" / "third_party_method"
+    example = ROOT / "examples" / "third_party_method"
     shutil.copy(example / "lskd_example_method.py", site)
     info = site / "lskd_example_method-0.1.0.dist-info"
     info.mkdir()

@@ -20,7 +20,7 @@ from lskd_bench.runners.grid import resolve_config, run_grid
 from lskd_bench.schema import Section
 from lskd_bench.tasks import get_task, task_names
 
-from .conftest import tiny_overrides
+from .fixtures import tiny_overrides
 
 K = 7
 

@@ -298,8 +298,7 @@ def test_killed_crd_and_ab_cells_resume_bit_identically(tmp_path):
     from lskd_bench.runners.train import load_model, train_group
     from lskd_bench.tasks import get_task
 
-    from .conftest import tiny_overrides
-    from .test_fusion import same_weights
+    from .fixtures import same_weights, tiny_overrides
 
     cfg = resolve_config(
         "digits",

@@ -19,8 +19,7 @@ from lskd_bench.runners.grid import resolve_config
 from lskd_bench.runners.train import load_model, train_group
 from lskd_bench.tasks import get_task
 
-from .conftest import tiny_overrides
-from .test_fusion import assert_fused_equals_alone, same_weights
+from .fixtures import ROOT, assert_fused_equals_alone, same_weights, tiny_overrides
 
 
 def test_named_outputs_of_a_cifar_resnet_are_repdistillers_feats():
@@ -188,11 +187,10 @@ def test_third_party_feature_method_through_entry_point(tmp_path):
     import shutil
     import subprocess
     import sys
-    from pathlib import Path
 
     site = tmp_path / "site"
     site.mkdir()
-    example = Path(__file__).resolve().parents[1] / "examples" / "third_party_feature_method"
+    example = ROOT / "examples" / "third_party_feature_method"
     assert len((example / "lskd_example_feature.py").read_text().splitlines()) <= 40
     shutil.copy(example / "lskd_example_feature.py", site)
     info = site / "lskd_example_feature-0.1.0.dist-info"

@@ -13,30 +13,7 @@ from lskd_bench.runners.grid import fuse_units, resolve_config, run_grid
 from lskd_bench.runners.train import load_model, train_group
 from lskd_bench.tasks import get_task
 
-from .conftest import tiny_overrides
-
-
-def weights(d):
-    return torch.load(d / store.MODEL, weights_only=True)
-
-
-def same_weights(a, b) -> bool:
-    wa, wb = weights(a), weights(b)
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def assert_fused_equals_alone(task, students, cfg, data, tmodel, tmp_path) -> None:
-    """``students`` trained in one fused group under tmp_path/fused and one by one under tmp_path/alone: the same
-    weights, metrics and loss history, member by member."""
-    fused = train_group(
-        task, students, cfg, data, [tmp_path / "fused" / c.name for c in students], teacher=tmodel, progress=False
-    )
-    for c, f in zip(students, fused):
-        (alone,) = train_group(task, [c], cfg, data, [tmp_path / "alone" / c.name], teacher=tmodel, progress=False)
-        assert f.error is None and alone.error is None
-        assert same_weights(tmp_path / "fused" / c.name, tmp_path / "alone" / c.name), c.name
-        assert f.result["metrics"] == alone.result["metrics"]
-        assert [h["loss"] for h in f.result["history"]] == [h["loss"] for h in alone.result["history"]]
+from .fixtures import assert_fused_equals_alone, same_weights, tiny_overrides
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from .conftest import require
-
-ROOT = Path(__file__).resolve().parents[1]
+from .fixtures import ROOT, require
 
 
 def test_gpu_check_small_prints_and_writes_one_table(tmp_path):

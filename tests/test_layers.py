@@ -8,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import require
+from .fixtures import ROOT, require
 
-ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted(
     ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
     for p in (ROOT / "lskd_bench").rglob("*.py")

@@ -7,19 +7,7 @@ import pytest
 from lskd_bench import store
 from lskd_bench.leaderboard import collect, to_csv, to_markdown, write_outputs
 
-
-def result(role, arch, alpha, T, seed, top1, top5, h, teacher_arch=None, method=None):
-    return {
-        "cell": {
-            "task": "digits", "role": role, "arch": arch, "method": method or ("kd" if role == "student" else "ls"),
-            "alpha": alpha, "T": T, "seed": seed, "hash": h, "teacher_arch": teacher_arch,
-        },
-        "metrics": {"top1": top1, "top5": top5},
-        "epochs": 30,
-        "timings": {"wall_s": 1.5},
-        "finished_at": "2026-11-24T00:00:00+00:00",
-    }  # fmt: skip
-
+from .fixtures import result
 
 FIXTURE = [
     result("teacher", "big", 0.0, None, 0, 99.0, 100.0, "t0", "big"),

@@ -9,11 +9,11 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 from lskd_bench.runners import progress
 
-ROOT = Path(__file__).resolve().parents[1]
+from .fixtures import ROOT
+
 # a teacher, a KD student, the no-KD student: 3 cells in 2 units (the teacher; the students fused), 2 epochs
 ARGS = ["--alphas", "0.1", "--temperatures", "4", "--seeds", "0", "--epochs", "2"]
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "

@@ -16,7 +16,7 @@ from lskd_bench.runners.grid import run_grid
 def finished_grid(tmp_path_factory):
     from lskd_bench.runners.grid import resolve_config
 
-    from .conftest import tiny_overrides
+    from .fixtures import tiny_overrides
 
     out = tmp_path_factory.mktemp("grid")
     run_grid(resolve_config("digits", {}, tiny_overrides(epochs=2)), out, progress=False)

@@ -3,7 +3,6 @@ them runs code, and no name read from them becomes a path outside the folder a c
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -16,9 +15,7 @@ import torch
 
 from lskd_bench import store
 
-from .image_fixtures import make_cifar100
-
-ROOT = Path(__file__).resolve().parents[1]
+from .fixtures import ROOT, fake_results, make_cifar100
 
 
 class _Planted:
@@ -122,40 +119,6 @@ def test_restricted_unpickler_reads_a_python2_release_pickle(tmp_path):
     assert raw["fine_labels"] == [1] and raw["data"].dtype == np.uint8 and raw["data"].tolist() == [[5, 6]]
 
 
-# ------------------------------------------------------------------------------------------ result names
-def _fake_results(
-    runs: Path,
-    task: str = "digits",
-    arch: str = "cnn_tiny",
-    bad_field: str | None = None,
-    bad_value: str = "../../../ESCAPE",
-) -> None:
-    """A finished teacher and two students (kd, dkd) per alpha, written as train.py writes them."""
-    cells = []
-    for a in (0.0, 0.1):
-        cells.append(dict(role="teacher", arch="cnn_wide", method="ce", alpha=a, T=None, teacher_arch="cnn_wide"))
-        for m in ("kd", "dkd"):
-            cells.append(dict(role="student", arch=arch, method=m, alpha=a, T=1.0, teacher_arch="cnn_wide"))
-    for i, c in enumerate(cells):
-        name = f"{c['role']}_{c['method']}_{i}"
-        cell = {"task": task, "seed": 0, "hash": f"{i:012x}", "name": name, "teacher": None, **c}
-        if bad_field and c["role"] == "student" and c["method"] == "dkd":
-            cell[bad_field] = bad_value
-        res = {
-            "cell": cell,
-            "metrics": {"top1": 50.0 + i, "top5": 90.0},
-            "best": None,
-            "epochs": 2,
-            "primary_metric": "top1",
-            "timings": {"wall_s": 1.0},
-            "history": [
-                {"epoch": 1, "loss": 2.0, "eval": {"top1": 40.0}},
-                {"epoch": 2, "loss": 1.0, "eval": {"top1": 50.0 + i}},
-            ],
-        }
-        d = runs / "digits" / f"{name}-{i:012x}"
-        d.mkdir(parents=True)
-        (d / store.RESULT).write_text(json.dumps(res))
 
 
 def _files(root: Path) -> set[Path]:
@@ -165,7 +128,7 @@ def _files(root: Path) -> set[Path]:
 @pytest.mark.parametrize("field", ["task", "arch", "teacher_arch", "method", "name"])
 def test_names_from_result_json_never_become_paths_outside_the_output(tmp_path, cli, field):
     runs = tmp_path / "a" / "b" / "runs"
-    _fake_results(runs, bad_field=field)
+    fake_results(runs, bad_field=field)
     before = _files(tmp_path)
     for argv in (["plot", "--runs", str(runs)], ["compare", "--runs", str(runs)], ["leaderboard", "--runs", str(runs)]):
         rc, _, err = cli(*argv)

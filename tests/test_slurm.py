@@ -11,17 +11,15 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from lskd_bench import store
 
-from .conftest import require
+from .fixtures import ROOT, require
 
 submitit = require("submitit", "the slurm executor (pip install -e '.[slurm]')")
 
-ROOT = Path(__file__).resolve().parents[1]
 HANG_GUARD_S = 15 * 60
 
 

@@ -12,23 +12,7 @@ from lskd_bench.models import ARCHS, build_image_model, load_init_checkpoint
 from lskd_bench.runners.grid import resolve_config, run_grid
 from lskd_bench.tasks import get_task
 
-from .image_fixtures import CUB_CLASSES, WNIDS, make_cub, make_imagefolder
-
-FAST = {"image_size": 32}
-
-
-def tiny(root, **role):
-    o = {
-        "data": {"root": str(root), **FAST},
-        "grid": {"alphas": [0.1], "temperatures": [1.0]},
-        "num_workers": 0,
-        "eval_batch_size": 8,
-        "teacher": {"epochs": 1, "batch_size": 4, "lr": 0.001},
-        "student": {"epochs": 1, "batch_size": 4, "lr": 0.001},
-    }
-    for r, arch in role.items():
-        o[r]["arch"] = arch
-    return o
+from .fixtures import CUB_CLASSES, WNIDS, make_cub, make_imagefolder, tiny
 
 
 def test_tasks_lists_the_image_tasks(cli):
