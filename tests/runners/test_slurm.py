@@ -16,7 +16,7 @@ import pytest
 
 from lskd_bench import store
 
-from .fixtures import ROOT, require
+from ..fixtures import ROOT, require
 
 submitit = require("submitit", "the slurm executor (pip install -e '.[slurm]')")
 

@@ -15,7 +15,7 @@ from lskd_bench.runners.grid import resolve
 from lskd_bench.tasks import get_task
 from lskd_bench.tasks.cifar import MEAN, STD, augment_params, crop_flip
 
-from .fixtures import make_cifar100
+from ..fixtures import make_cifar100
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from lskd_bench.tasks import get_task
 from lskd_bench.tasks.base import GuardedDataset, batch_plan, iterate_batches, load_batches
 from lskd_bench.tasks.device_images import EncodedImages, decode_mode
 
-from .fixtures import WNIDS, assert_fused_equals_alone, make_imagefolder, same_weights
+from ..fixtures import WNIDS, assert_fused_equals_alone, make_imagefolder, same_weights
 
 CUB_AUG = {"rotation": 15.0, "grayscale": 0.3, "color_jitter": [0.4, 0.4]}  # the CUB recipe's extras
 STD255 = torch.tensor([0.229, 0.224, 0.225])[None, :, None, None] * 255  # normalised units -> grey levels

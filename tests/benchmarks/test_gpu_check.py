@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from .fixtures import ROOT, require
+from ..fixtures import ROOT, require
 
 
 def test_gpu_check_small_prints_and_writes_one_table(tmp_path):

@@ -19,7 +19,7 @@ from lskd_bench.runners.grid import resolve_config
 from lskd_bench.runners.train import load_model, train_group
 from lskd_bench.tasks import get_task
 
-from .fixtures import ROOT, assert_fused_equals_alone, same_weights, tiny_overrides
+from ..fixtures import ROOT, assert_fused_equals_alone, same_weights, tiny_overrides
 
 
 def test_named_outputs_of_a_cifar_resnet_are_repdistillers_feats():

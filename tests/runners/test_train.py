@@ -13,7 +13,7 @@ from lskd_bench.runners.grid import fuse_units, resolve_config, run_grid
 from lskd_bench.runners.train import load_model, train_group
 from lskd_bench.tasks import get_task
 
-from .fixtures import assert_fused_equals_alone, same_weights, tiny_overrides
+from ..fixtures import assert_fused_equals_alone, same_weights, tiny_overrides
 
 
 @pytest.fixture(scope="module")

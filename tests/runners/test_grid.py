@@ -18,7 +18,7 @@ from lskd_bench.runners.grid import resolve_config, run_grid
 from lskd_bench.runners.train import train_cell
 from lskd_bench.tasks import get_task
 
-from .fixtures import tiny_overrides
+from ..fixtures import tiny_overrides
 
 EXPECTED = {
     "teacher_cnn_wide_a0_s0",

@@ -12,7 +12,7 @@ from lskd_bench.models import ARCHS, build_image_model, load_init_checkpoint
 from lskd_bench.runners.grid import resolve_config, run_grid
 from lskd_bench.tasks import get_task
 
-from .fixtures import CUB_CLASSES, WNIDS, make_cub, make_imagefolder, tiny
+from ..fixtures import CUB_CLASSES, WNIDS, make_cub, make_imagefolder, tiny
 
 
 def test_tasks_lists_the_image_tasks(cli):

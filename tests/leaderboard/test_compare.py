@@ -14,7 +14,7 @@ import pytest
 from lskd_bench import store
 from lskd_bench.leaderboard.compare import welch_p
 
-from .fixtures import ROOT, result
+from ..fixtures import ROOT, result
 
 VALUES = {
     ("kd", 0.0, 1.0): [90, 91, 92], ("kd", 0.1, 1.0): [92, 93, 94], ("kd", 0.0, 4.0): [89, 90, 91], ("kd", 0.1, 4.0): [85, 86, 87],

@@ -14,7 +14,7 @@ import pytest
 from lskd_bench.runners import loggers, store
 from lskd_bench.runners.loggers import LOGGERS, STATE, Logger
 
-from .fixtures import require, tiny_overrides
+from ..fixtures import require, tiny_overrides
 
 # one teacher (alpha 0.1), one KD student (T 4), the no-KD student: 3 cells, 2 epochs of ~23 updates
 ARGS = [

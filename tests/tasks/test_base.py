@@ -19,7 +19,7 @@ from lskd_bench.runners.grid import resolve_config
 from lskd_bench.runners.train import FusedGroup, load_model, train_group
 from lskd_bench.tasks import get_task
 
-from .fixtures import WNIDS, make_imagefolder
+from ..fixtures import WNIDS, make_imagefolder
 
 HANG_GUARD = 120.0  # seconds: only a hang reaches it
 

@@ -12,7 +12,7 @@ import sys
 
 from lskd_bench.runners import progress
 
-from .fixtures import ROOT
+from ..fixtures import ROOT
 
 # a teacher, a KD student, the no-KD student: 3 cells in 2 units (the teacher; the students fused), 2 epochs
 ARGS = ["--alphas", "0.1", "--temperatures", "4", "--seeds", "0", "--epochs", "2"]

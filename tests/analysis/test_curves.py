@@ -10,7 +10,7 @@ import pytest
 from lskd_bench.cli import main
 from lskd_bench.runners import store
 
-from .fixtures import require
+from ..fixtures import require
 
 ARGS = ["--alphas", "0,0.1", "--temperatures", "1,4", "--epochs", "2", "--seeds", "0", "--no-progress"]
 
@@ -101,7 +101,7 @@ def test_resumed_cell_keeps_one_clean_tensorboard_curve(tmp_path):
     from lskd_bench.runners.train import train_cell
     from lskd_bench.tasks import get_task
 
-    from .fixtures import tiny_overrides
+    from ..fixtures import tiny_overrides
 
     cfg = resolve_config("digits", {}, tiny_overrides(epochs=2, logging={"tensorboard": True, "every_updates": 5}))
     task = get_task("digits")

@@ -15,7 +15,7 @@ import torch
 
 from lskd_bench import store
 
-from .fixtures import ROOT, fake_results, make_cifar100
+from ..fixtures import ROOT, fake_results, make_cifar100
 
 
 class _Planted:

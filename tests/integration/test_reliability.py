@@ -18,7 +18,7 @@ from lskd_bench import store
 from lskd_bench.methods import METHODS, HintonKD, total_loss
 from lskd_bench.runners.lock import LOCK, CellLock, read_lock
 
-from .fixtures import WNIDS, make_imagefolder
+from ..fixtures import WNIDS, make_imagefolder
 
 HANG_GUARD_S = 15 * 60  # only prevents a hung test; no assertion depends on speed
 
@@ -57,7 +57,7 @@ def test_typo_does_not_change_cell_hashes(tiny_cfg):
     from lskd_bench.errors import UsageError
     from lskd_bench.runners.grid import resolve_config
 
-    from .fixtures import tiny_overrides
+    from ..fixtures import tiny_overrides
 
     with pytest.raises(UsageError, match="did you mean teacher.epochs"):
         resolve_config("digits", {}, {**tiny_overrides(), "teacher": {"epochs": 1, "epoch": 5}})
@@ -67,7 +67,7 @@ def test_non_identity_keys_keep_the_hash(tiny_cfg):
     from lskd_bench.runners.cells import plan_cells
     from lskd_bench.runners.grid import resolve_config
 
-    from .fixtures import tiny_overrides
+    from ..fixtures import tiny_overrides
 
     other = resolve_config(
         "digits",
@@ -425,7 +425,7 @@ _EDITS = {
 def test_hand_edited_result_of_wrong_types_is_skipped_and_named(tmp_path, cli, edit):
     """leaderboard, compare and plot skip a result.json of the wrong types with a warning naming the file, as they do
     for one that is not JSON, and report the other cells."""
-    from .fixtures import fake_results
+    from ..fixtures import fake_results
 
     runs = tmp_path / "runs"
     fake_results(runs)
@@ -486,7 +486,7 @@ def test_live_local_owner_is_never_stale_whatever_its_heartbeat_age(tmp_path, cl
 def test_closed_output_pipe_ends_every_command_quietly(tmp_path, argv):
     """`lskd-bench tasks | head -c1`: the reader is gone before the command writes (a pipe whose read end is
     closed, so the write fails every time): no traceback, no 'Exception ignored', exit 141 as SIGPIPE'd tools."""
-    from .fixtures import fake_results
+    from ..fixtures import fake_results
 
     fake_results(tmp_path / "runs")
     r, w = os.pipe()
@@ -562,7 +562,7 @@ def test_cifar_without_train_images_stops_run_as_check_data_does(tmp_path, cli):
     """A train pickle with 0 images: check-data exits 2; run --dry-run and run used to exit 0 and train."""
     import numpy as np
 
-    from .fixtures import make_cifar100
+    from ..fixtures import make_cifar100
 
     d = make_cifar100(tmp_path / "data", per_class=(1, 1))
     _edit_cifar_train(d, lambda raw: raw.update({b"data": np.zeros((0, 3072), np.uint8), b"fine_labels": []}))
@@ -590,7 +590,7 @@ def test_cifar_without_train_images_stops_run_as_check_data_does(tmp_path, cli):
     ],
 )
 def test_cifar_labels_are_integers_in_range_and_the_example_is_a_bad_one(tmp_path, cli, labels, needle):
-    from .fixtures import make_cifar100
+    from ..fixtures import make_cifar100
 
     d = make_cifar100(tmp_path / "data", per_class=(1, 1))
     _edit_cifar_train(d, lambda raw: raw.update({b"fine_labels": labels(len(raw[b"fine_labels"]))}))
@@ -603,7 +603,7 @@ def test_cifar_labels_are_integers_in_range_and_the_example_is_a_bad_one(tmp_pat
 def test_ascii_locale_reads_recipes_and_writes_tables(tmp_path):
     """Under LANG=C without Python's UTF-8 mode the locale encoding is ASCII: the shipped recipes (UTF-8, 'mean ±
     std') are read as UTF-8 and tables with 'α' are written as UTF-8 and printed escaped, not a traceback."""
-    from .fixtures import fake_results
+    from ..fixtures import fake_results
 
     fake_results(tmp_path / "runs")
     env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
@@ -644,7 +644,7 @@ def test_byte_order_marks_are_not_text(tmp_path, cli, cub_root):
     from lskd_bench.runners.inference import read_text_lines
     from lskd_bench.tasks.nmt.corpus import read_corpus
 
-    from .fixtures import make_plain
+    from ..fixtures import make_plain
 
     root = make_plain(tmp_path / "corpus", n_train=10, n_valid=3, n_test=4)
     clean = read_corpus(root, "en", "de")
@@ -674,7 +674,7 @@ def test_fifos_named_like_data_never_block(tmp_path, cli, imagenet_root, cub_roo
     CUB's images.txt or a corpus file is refused unopened (opening a FIFO waits forever for a writer)."""
     import shutil
 
-    from .fixtures import make_plain
+    from ..fixtures import make_plain
 
     inet = tmp_path / "inet"
     shutil.copytree(imagenet_root, inet)
@@ -763,7 +763,7 @@ def test_cell_or_task_folder_replaced_by_a_file_is_one_line(tmp_path, cli):
     from lskd_bench.runners.cells import plan_cells
     from lskd_bench.runners.grid import resolve_config
 
-    from .fixtures import tiny_overrides
+    from ..fixtures import tiny_overrides
 
     args = ["--alphas", "0.1", "--temperatures", "1", "--seeds", "0", "--epochs", "1", "--no-progress"]
     cell = next(
@@ -794,7 +794,7 @@ def test_the_same_data_at_another_path_reuses_the_finished_cells(tmp_path, cli):
     another path links to them; other content trains anew."""
     import shutil
 
-    from .fixtures import make_cifar100
+    from ..fixtures import make_cifar100
 
     make_cifar100(tmp_path / "a", per_class=(1, 1))
     args = [

@@ -13,7 +13,7 @@ from lskd_bench import store
 from lskd_bench.errors import UsageError
 from lskd_bench.tasks.nmt.corpus import read_corpus
 
-from .fixtures import make_plain, make_raw_iwslt, pairs, require
+from ..fixtures import make_plain, make_raw_iwslt, pairs, require
 
 fairseq = require("fairseq", "the NMT stack (pip install -e '.[nmt]')")
 
@@ -433,7 +433,7 @@ def test_selection_on_valid_hypotheses_rescore_and_translate(tmp_path, cli):
     require("django", "Django's catalogues are the real corpus")
     import yaml
 
-    from .fixtures import make_django_plain
+    from ..fixtures import make_django_plain
 
     root = make_django_plain(tmp_path / "data")
     role = {"epochs": 4, "max_tokens": 256, "lr": 5e-3, "warmup_updates": 10}

@@ -21,7 +21,7 @@ import torch
 from lskd_bench.runners import store
 from lskd_bench.runners.lock import LOCK, CellLock, read_lock
 
-from .fixtures import WNIDS, make_cub, make_imagefolder, make_plain
+from ..fixtures import WNIDS, make_cub, make_imagefolder, make_plain
 
 HANG_GUARD_S = 15 * 60  # only prevents a hung test; no assertion depends on speed
 TINY = ["--alphas", "0.1", "--temperatures", "1", "--seeds", "0", "--epochs", "1", "--no-progress"]
@@ -220,7 +220,7 @@ def test_damaged_checkpoint_resumes_from_the_one_before(tmp_path):
     from lskd_bench.runners.train import train_cell
     from lskd_bench.tasks import get_task
 
-    from .fixtures import tiny_overrides
+    from ..fixtures import tiny_overrides
 
     cfg = resolve_config("digits", {}, tiny_overrides(epochs=4))
     task = get_task("digits")
@@ -574,7 +574,7 @@ def test_threads_setting_is_applied_recorded_and_not_part_of_the_hash(tmp_path, 
     from lskd_bench.runners.cells import plan_cells
     from lskd_bench.runners.grid import resolve_config
 
-    from .fixtures import tiny_overrides
+    from ..fixtures import tiny_overrides
 
     assert [c.hash for c in plan_cells(resolve_config("digits", {}, {**tiny_overrides(), "threads": 3}))] == [
         c.hash for c in plan_cells(tiny_cfg)

@@ -7,7 +7,7 @@ import pytest
 from lskd_bench import store
 from lskd_bench.leaderboard import collect, to_csv, to_markdown, write_outputs
 
-from .fixtures import result
+from ..fixtures import result
 
 FIXTURE = [
     result("teacher", "big", 0.0, None, 0, 99.0, 100.0, "t0", "big"),

@@ -86,7 +86,7 @@ def test_a_row_without_a_source_or_number_is_refused(monkeypatch):
 def test_the_two_added_pairs_resolve(tmp_path, pair, teacher, student):
     from lskd_bench.runners.grid import resolve
 
-    from .fixtures import make_cifar100
+    from ..fixtures import make_cifar100
 
     make_cifar100(tmp_path)
     res = resolve("cifar100", {}, {"data": {"root": str(tmp_path)}, "pair": pair})

@@ -298,7 +298,7 @@ def test_killed_crd_and_ab_cells_resume_bit_identically(tmp_path):
     from lskd_bench.runners.train import load_model, train_group
     from lskd_bench.tasks import get_task
 
-    from .fixtures import same_weights, tiny_overrides
+    from ..fixtures import same_weights, tiny_overrides
 
     cfg = resolve_config(
         "digits",

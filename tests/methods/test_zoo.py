@@ -216,7 +216,7 @@ def test_ctkd_temperature_survives_resume(tmp_path):
     from lskd_bench.runners.train import train_cell
     from lskd_bench.tasks import get_task
 
-    from .fixtures import tiny_overrides
+    from ..fixtures import tiny_overrides
 
     cfg = resolve_config(
         "digits", {}, tiny_overrides(epochs=3, methods=["ctkd"], grid={"alphas": [0.1], "temperatures": [1.0]})
@@ -284,7 +284,7 @@ def test_all_methods_on_digits_share_teachers_and_show_their_axes(tmp_path, cli)
 def test_all_methods_on_image_tasks(task, fixture, roles, request, tmp_path):
     from lskd_bench.runners.grid import resolve_config, run_grid
 
-    from .fixtures import tiny
+    from ..fixtures import tiny
 
     root = request.getfixturevalue(fixture)
     cfg = resolve_config(task, {}, {**tiny(root, **roles), "methods": ALL.split(","), "baseline": False})

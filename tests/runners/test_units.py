@@ -13,7 +13,7 @@ from lskd_bench.runners.cells import plan_cells, teacher_weights
 from lskd_bench.runners.grid import resolve_config, run_grid
 from lskd_bench.tasks import get_task
 
-from .fixtures import tiny_overrides
+from ..fixtures import tiny_overrides
 
 
 def _cfg(which: str):
