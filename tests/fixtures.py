@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import pickle
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +71,6 @@ def make_cifar100(root: Path, per_class: tuple[int, int] = (6, 2), classes: int 
     ``data`` uint8 (N, 3072) rows of R, G, B planes, ``fine_labels``, ``coarse_labels``, ``filenames``,
     ``batch_label``) and ``meta`` (``fine_label_names``, ``coarse_label_names``). Images are class-coloured
     noise, so a model can learn them."""
-    import pickle
 
     d = root / "cifar-100-python"
     d.mkdir(parents=True, exist_ok=True)
@@ -234,7 +235,7 @@ def result(role, arch, alpha, T, seed, top1, top5, h, teacher_arch=None, method=
     }  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------ result names
+# ------------------------------------------------------------------------------------------ results written as train.py writes them
 def fake_results(
     runs: Path,
     task: str = "digits",
@@ -289,3 +290,52 @@ def tiny(root, **role):
     for r, arch in role.items():
         o[r]["arch"] = arch
     return o
+
+
+# ------------------------------------------------------------------------------------------ run directories
+HANG_GUARD_S = 15 * 60  # only prevents a hung test; no assertion depends on speed
+TINY_ARGS = ["--alphas", "0.1", "--temperatures", "1", "--seeds", "0", "--epochs", "1", "--no-progress"]
+IMAGE_ARGS = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "4",
+    "--num-workers",
+    "0",
+    "--lr",
+    "0.001",
+    "--alphas",
+    "0.1",
+    "--temperatures",
+    "1",
+    "--set",
+    "data.image_size=32",
+    "--no-progress",
+]
+
+
+def cell_dirs(out: Path) -> dict[str, Path]:
+    return {p.name.rsplit("-", 1)[0]: p for p in (out / "digits").iterdir() if "_" in p.name}
+
+
+def result_metrics(d: Path) -> dict:
+    return json.loads((d / store.RESULT).read_text())["metrics"]
+
+
+def aged(path: Path, seconds: float) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def results_by_cell(out: Path) -> dict[str, dict]:
+    return {p.parent.name.rsplit("-", 1)[0]: json.loads(p.read_text()) for p in out.rglob(store.RESULT)}
+
+
+# ------------------------------------------------------------------------------------------ data edits
+def edit_cifar_train(d: Path, edit) -> None:
+
+    with open(d / "train", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    edit(raw)
+    with open(d / "train", "wb") as f:
+        pickle.dump(raw, f, protocol=2)

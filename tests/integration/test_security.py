@@ -119,8 +119,6 @@ def test_restricted_unpickler_reads_a_python2_release_pickle(tmp_path):
     assert raw["fine_labels"] == [1] and raw["data"].dtype == np.uint8 and raw["data"].tolist() == [[5, 6]]
 
 
-
-
 def _files(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file()}
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from lskd_bench import store
 from lskd_bench.leaderboard import collect, to_csv, to_markdown, write_outputs
 
-from ..fixtures import result
+from ..fixtures import TINY_ARGS, result
 
 FIXTURE = [
     result("teacher", "big", 0.0, None, 0, 99.0, 100.0, "t0", "big"),
@@ -283,3 +285,13 @@ def test_cub_paper_tables_and_deltas(tmp_path, task_name, student, paper):
     assert got == paper
     assert f"(paper {paper[0]}, {80.0 - float(paper[0]):+.2f})" in teacher_row
     assert "Paper values: official src/image_classification/README.md:" in md and "different setup" not in md
+
+
+def test_leaderboard_with_only_the_baseline_finished(tmp_path, cli):
+    rc, _, err = cli("run", "--out", str(tmp_path), *TINY_ARGS, "--set", "teacher.lr=1e30", "--set", "teacher.epochs=2")
+    assert rc == 1
+    rc, out, _ = cli("leaderboard", "--runs", str(tmp_path))
+    assert rc == 0 and "_No finished cells._" not in out
+    assert re.search(
+        r"### digits: cnn_tiny without KD\n\nStudent without KD \(cnn_tiny, cross-entropy\): \d+\.\d\d / ", out
+    )

@@ -4,6 +4,11 @@ trains one student."""
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -13,7 +18,12 @@ from lskd_bench.runners.grid import fuse_units, resolve_config, run_grid
 from lskd_bench.runners.train import load_model, train_group
 from lskd_bench.tasks import get_task
 
-from ..fixtures import assert_fused_equals_alone, same_weights, tiny_overrides
+from ..fixtures import (
+    TINY_ARGS,
+    assert_fused_equals_alone,
+    same_weights,
+    tiny_overrides,
+)
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +136,145 @@ def test_adding_a_temperature_trains_only_that_student(tmp_path):
     more = resolve_config("digits", {}, tiny_overrides(grid={"alphas": [0.0, 0.1], "temperatures": [1.0, 2.0, 3.0]}))
     second = run_grid(more, tmp_path, progress=False)
     assert sorted(c.name for c in second.trained) == ["student_kd_cnn_tiny_a0.1_T3_s0", "student_kd_cnn_tiny_a0_T3_s0"]
+
+
+@pytest.mark.parametrize("target,expect_epoch", [(store.RESULT, 2), (store.STATE, 1)])
+def test_disk_full_fails_the_cell_cleanly(tmp_path, monkeypatch, tiny_cfg, target, expect_epoch):
+    """A write that fails (ENOSPC) leaves no partial file and an intact previous checkpoint; a re-run finishes."""
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.train import train_group
+    from lskd_bench.tasks import get_task
+
+    task = get_task("digits")
+    cfg = {**tiny_cfg, "teacher": {**tiny_cfg["teacher"], "epochs": 2}}
+    data = task.load_data(cfg)
+    teacher = next(c for c in plan_cells(cfg) if c.role == "teacher")
+    d = tmp_path / "cell"
+    real_fsync = os.fsync
+    writes = {"n": 0}
+
+    def fsync(fd):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if f".{target}." in name:
+            writes["n"] += 1
+            if target == store.RESULT or writes["n"] == 2:  # result.json, or the 2nd epoch's state.pt
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    (outcome,) = train_group(task, [teacher], cfg, data, [d], progress=False)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert outcome.error == f"DiskFull: no space left on device while writing {d / target}"  # names the cause
+    assert not (d / store.RESULT).exists()
+    assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]  # no partial file
+    assert json.loads((d / store.ERROR).read_text())["error"] == "DiskFull"
+    assert torch.load(d / store.STATE, weights_only=False)["epoch"] == expect_epoch  # intact checkpoint
+    seen = []
+    (outcome,) = train_group(task, [teacher], cfg, data, [d], progress=False, on_epoch_end=seen.append)
+    assert outcome.error is None and (d / store.RESULT).is_file() and not (d / store.ERROR).exists()
+    assert seen == ([] if expect_epoch == 2 else [2])  # resumed from the checkpoint, nothing retrained
+
+
+# ------------------------------------------------------------------------------------------ cases 6, 7: disk
+def test_full_disk_during_a_checkpoint_names_the_cause(tmp_path, monkeypatch, tiny_cfg):
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.train import train_group
+    from lskd_bench.tasks import get_task
+
+    task = get_task("digits")
+    teacher = next(c for c in plan_cells(tiny_cfg) if c.role == "teacher")
+    real_fdopen = os.fdopen
+
+    class FullDisk:  # the disk fills while state.pt's bytes are written
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fdopen(fd, *a, **k):
+        f = real_fdopen(fd, *a, **k)
+        return FullDisk(f) if f".{store.STATE}." in os.readlink(f"/proc/self/fd/{fd}") else f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    d = tmp_path / "cell"
+    (out,) = train_group(task, [teacher], tiny_cfg, task.load_data(tiny_cfg), [d], progress=False)
+    assert out.error == f"DiskFull: no space left on device while writing {d / store.STATE}"
+    err = json.loads((d / store.ERROR).read_text())
+    assert err["message"] == f"no space left on device while writing {d / store.STATE}"
+    # no partial file: only the error and, complete, the weights of the epoch selected before the disk filled up
+    assert sorted(p.name for p in d.iterdir()) == sorted([store.ERROR, store.SELECTED])
+
+
+# ------------------------------------------------------------------------------------------ case 11: threads, progress
+def test_thread_count_from_usable_cpus(monkeypatch):
+    from lskd_bench.runners.executors import SubprocessExecutor
+    from lskd_bench.runners.grid import GridJob
+    from lskd_bench.runners.train import thread_count
+    from lskd_bench.tasks import get_task
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))  # 8 CPUs allowed (of any machine size)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert thread_count({"threads": None}) == 8
+    assert thread_count({"threads": 3}) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert thread_count({"threads": None}) == 2
+    # the subprocess executor shares the same CPUs among the units it runs at once
+    cfg = {
+        "jobs": 3,
+        "device": "cpu",
+        "num_workers": 0,
+        "gpus": None,
+        "per_gpu": 1,
+        "nproc_per_node": 1,
+        "threads": None,
+    }
+    job = GridJob(get_task("digits"), cfg, Path("."))  # a resolved config's keys
+    assert SubprocessExecutor().plan(job)[1:3] == (3, 2)
+
+
+def test_threads_setting_is_applied_recorded_and_not_part_of_the_hash(tmp_path, cli, tiny_cfg):
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.grid import resolve_config
+
+    from ..fixtures import tiny_overrides
+
+    assert [c.hash for c in plan_cells(resolve_config("digits", {}, {**tiny_overrides(), "threads": 3}))] == [
+        c.hash for c in plan_cells(tiny_cfg)
+    ]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # not the value asked for: a run that did not apply --threads 1 would record 2
+    try:
+        rc, _, err = cli("run", "--out", str(tmp_path), *TINY_ARGS, "--no-baseline", "--threads", "1")
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert rc == 0, err
+    envs = [json.loads(p.read_text())["env"] for p in tmp_path.rglob(store.RESULT)]
+    assert [e["threads"] for e in envs] == [1, 1] and after == 2  # applied during the run, restored after it
+
+
+def test_step_progress_is_rate_limited_with_rate_and_loss():
+    from lskd_bench.runners.train import StepMeter
+
+    now = [100.0]
+    meter = StepMeter(interval=2.0, clock=lambda: now[0])
+    meter.start(first=10, total=110)
+    shown = []
+    for step in range(11, 111):
+        now[0] += 0.25  # 4 steps/s
+        line = meter.update(step, {"a0.1": 1.5 / step})
+        if line:
+            shown.append(line)
+    assert len(shown) == 12  # once every 2 s of a 25 s epoch
+    assert shown[0] == "step 18/110, 4.00 steps/s, loss a0.1=0.083"
+    assert shown[-1] == "step 106/110, 4.00 steps/s, loss a0.1=0.014"

@@ -15,7 +15,7 @@ from lskd_bench.runners.grid import resolve
 from lskd_bench.tasks import get_task
 from lskd_bench.tasks.cifar import MEAN, STD, augment_params, crop_flip
 
-from ..fixtures import make_cifar100
+from ..fixtures import edit_cifar_train, make_cifar100
 
 
 @pytest.fixture(scope="module")
@@ -460,3 +460,45 @@ def test_torchvision_format_teacher_loads_strictly(tmp_path):
         load_init_checkpoint(build_image_model("resnet34", 3), path, strict=True)
     mv1 = build_image_model("mobilenet_v1", 1000)
     assert mv1(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+
+
+def test_cifar_without_train_images_stops_run_as_check_data_does(tmp_path, cli):
+    """A train pickle with 0 images: check-data exits 2; run --dry-run and run used to exit 0 and train."""
+    import numpy as np
+
+    from ..fixtures import make_cifar100
+
+    d = make_cifar100(tmp_path / "data", per_class=(1, 1))
+    edit_cifar_train(d, lambda raw: raw.update({b"data": np.zeros((0, 3072), np.uint8), b"fine_labels": []}))
+    base = ["--task", "cifar100", "--data-root", str(tmp_path / "data")]
+    rc, out, err = cli("check-data", "--no-progress", *base)
+    assert rc == 2 and "problem: train: 100 class(es) without images (e.g. apple) (it holds no images)" in out
+    runs = tmp_path / "runs"
+    for extra in (["--dry-run"], ["--epochs", "1", "--no-progress"]):
+        rc, _, err = cli("run", "--out", str(runs), *base, *extra)
+        assert rc == 2 and err == (
+            f"lskd-bench: error: cifar100: {d}: train: 100 class(es) without images (e.g. apple) (it holds no images)\n"
+        ), err
+        assert not runs.exists()
+
+
+@pytest.mark.parametrize(
+    "labels, needle",
+    [
+        (lambda n: [3.5] + [0] * (n - 1), "fine_labels must be integers, got 3.5"),
+        (lambda n: [True] * n, "fine_labels must be integers, got True"),
+        (
+            lambda n: [5] * (n - 1) + [-1],
+            "1 fine_labels outside 0..99 (e.g. image {last}: -1)",
+        ),  # not the largest valid
+    ],
+)
+def test_cifar_labels_are_integers_in_range_and_the_example_is_a_bad_one(tmp_path, cli, labels, needle):
+    from ..fixtures import make_cifar100
+
+    d = make_cifar100(tmp_path / "data", per_class=(1, 1))
+    edit_cifar_train(d, lambda raw: raw.update({b"fine_labels": labels(len(raw[b"fine_labels"]))}))
+    rc, _, err = cli(
+        "run", "--dry-run", "--out", str(tmp_path / "runs"), "--task", "cifar100", "--data-root", str(tmp_path / "data")
+    )
+    assert rc == 2 and err.count("\n") == 1 and needle.format(last=99) in err, err

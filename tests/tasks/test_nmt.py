@@ -787,3 +787,15 @@ def test_long_test_line_is_cut_and_damaged_cells_translate_in_one_line(tmp_path,
         assert rc == 2 and err.count("\n") == 1 and needle in err, (name, err)
     rc, _, err = cli("translate", "--run", str(teacher), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path))
     assert rc == 2 and err == f"lskd-bench: error: -o/--output {tmp_path} is a directory: give a file name\n"
+
+
+# ------------------------------------------------------------------------------------------ case 9: data first
+def test_translation_layout_error_writes_nothing(tmp_path, cli):
+    root = make_plain(tmp_path / "d", n_train=10)
+    (root / "train.de").write_text("a\nb\n")
+    for extra in ([], ["--dry-run"]):
+        rc, _, err = cli(
+            "run", "--task", "iwslt_ende", "--data-root", str(root), "--out", str(tmp_path / "runs"), *extra
+        )
+        assert rc == 2 and err.count("\n") == 1 and "the files are not aligned" in err
+    assert not (tmp_path / "runs").exists()

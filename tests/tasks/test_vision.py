@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,15 @@ from lskd_bench.models import ARCHS, build_image_model, load_init_checkpoint
 from lskd_bench.runners.grid import resolve_config, run_grid
 from lskd_bench.tasks import get_task
 
-from ..fixtures import CUB_CLASSES, WNIDS, make_cub, make_imagefolder, tiny
+from ..fixtures import (
+    CUB_CLASSES,
+    IMAGE_ARGS,
+    WNIDS,
+    make_cub,
+    make_imagefolder,
+    results_by_cell,
+    tiny,
+)
 
 
 def test_tasks_lists_the_image_tasks(cli):
@@ -150,3 +159,149 @@ def test_wordnet_hierarchy_picks_siblings():
     assert parents["n01440764"] == "n01439121"  # tench -> cyprinid
     sim, dis = similar_and_dissimilar("n01440764", WNIDS, parents)
     assert sim == ["n01443537"] and dis == ["n02085620"]  # goldfish is a cyprinid too; a Chihuahua is not a fish
+
+
+# ------------------------------------------------------------------------------------------ data
+IMAGENET_ARGS = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "4",
+    "--lr",
+    "0.001",
+    "--num-workers",
+    "2",
+    "--alphas",
+    "0.1",
+    "--temperatures",
+    "1",
+    "--set",
+    "data.image_size=32",
+    "--no-progress",
+]
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_jpeg_check_data_and_run(tmp_path, cli):
+    root = make_imagefolder(tmp_path / "inet")
+    bad = sorted((root / "train" / WNIDS[1]).iterdir())[1]
+    truncate(bad)
+    rc, out, err = cli("check-data", "--task", "imagenet", "--data-root", str(root), "--no-progress")
+    assert rc == 2
+    assert f"problem: {bad}: OSError: Truncated File Read" in out
+    assert "imagenet: 1 problem(s) in the data (train 12, val 6)" in err
+
+    runs = tmp_path / "runs"
+    rc, _, err = cli("run", "--task", "imagenet", "--data-root", str(root), "--out", str(runs), *IMAGENET_ARGS)
+    assert rc == 2 and err.count("\n") == 1
+    assert f"lskd-bench: error: cannot read {bad}: OSError: Truncated File Read" in err
+    errors = [json.loads(p.read_text()) for p in runs.rglob(store.ERROR)]
+    assert errors and all(e["error"] == "DataError" for e in errors)
+    assert not list(runs.rglob(store.RESULT))
+
+    rc, out, err = cli(
+        "run",
+        "--task",
+        "imagenet",
+        "--data-root",
+        str(root),
+        "--out",
+        str(runs),
+        *IMAGENET_ARGS,
+        "--set",
+        "data.on_bad_sample=skip",
+    )
+    assert rc == 0, err
+    res = results_by_cell(runs)
+    assert res["teacher_resnet50_a0.1_s0"]["skipped_samples"] == [str(bad)]
+    assert not list(runs.rglob(store.ERROR))  # the retried cells' errors are gone
+
+
+def test_check_data_clean_root_and_duplicates(tmp_path, cli):
+    root = make_imagefolder(tmp_path / "inet")
+    rc, out, _ = cli("check-data", "--task", "imagenet", "--data-root", str(root), "--no-progress")
+    assert rc == 0 and "imagenet: data OK (train 12, val 6)" in out
+    src = sorted((root / "train" / WNIDS[0]).iterdir())[0]
+    (root / "val" / WNIDS[0] / "copy.JPEG").write_bytes(src.read_bytes())
+    rc, out, _ = cli("check-data", "--task", "imagenet", "--data-root", str(root), "--no-progress")
+    assert rc == 2 and "problem: duplicate files (same content): " in out and "copy.JPEG" in out
+
+
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        (
+            lambda r: [p.unlink() for p in (r / "train" / WNIDS[0]).iterdir()],
+            f"class folder {{root}}/train/{WNIDS[0]} has no image files",
+        ),
+        (
+            lambda r: __import__("shutil").rmtree(r / "val" / WNIDS[2]),
+            f"1 class(es) missing from val/ (e.g. {WNIDS[2]})",
+        ),
+    ],
+)
+def test_bad_class_folders_exit_2_before_writing(tmp_path, cli, breakage, message):
+    root = make_imagefolder(tmp_path / "inet")
+    breakage(root)
+    rc, _, err = cli(
+        "run", "--task", "imagenet", "--data-root", str(root), "--out", str(tmp_path / "runs"), *IMAGENET_ARGS
+    )
+    assert rc == 2 and err.count("\n") == 1 and message.format(root=root) in err
+    assert not (tmp_path / "runs").exists()
+
+
+def _renumber_class_3_as_5(d: Path) -> None:
+    (d / "classes.txt").write_text((d / "classes.txt").read_text().replace("3 ", "5 ", 1))
+    rows = [line.split() for line in (d / "image_class_labels.txt").read_text().splitlines()]
+    (d / "image_class_labels.txt").write_text("".join(f"{i} {'5' if c == '3' else c}\n" for i, c in rows))
+
+
+def _cub(tmp_path: Path, edit) -> Path:
+    d = make_cub(tmp_path / "cub")
+    edit(d)
+    return d.parent
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (
+            _renumber_class_3_as_5,
+            "class ids must be 1..3 without gaps (id 3 is missing; a subset of CUB must be renumbered",
+        ),
+        (
+            lambda d: (d / "train_test_split.txt").write_text(
+                (d / "train_test_split.txt").read_text().replace("1 1\n", "1 2\n", 1)
+            ),
+            "train_test_split.txt: image 1 has '2', expected 1 (train) or 0 (test)",
+        ),
+        (
+            lambda d: (d / "train_test_split.txt").write_text(
+                (d / "train_test_split.txt").read_text().replace("1 1\n", "1 1 0\n", 1)
+            ),
+            "train_test_split.txt: image 1 has '1 0', expected 1 (train) or 0 (test)",
+        ),
+        (
+            lambda d: (d / "image_class_labels.txt").write_text(
+                (d / "image_class_labels.txt").read_text().replace("1 1\n", "1 one\n", 1)
+            ),
+            "image_class_labels.txt: image 1 has 'one', expected one integer class id",
+        ),
+        (
+            lambda d: (d / "classes.txt").write_bytes(
+                b"1 \xff\xfeAlbatross\n" + (d / "classes.txt").read_bytes().split(b"\n", 1)[1]
+            ),
+            "classes.txt:1: not valid UTF-8 (invalid start byte at byte 2)",
+        ),
+    ],
+)
+def test_cub_index_faults_are_one_line_before_anything_is_written(tmp_path, cli, edit, message):
+    root = _cub(tmp_path, edit)
+    for cmd in (["check-data", "--no-progress"], ["run", "--out", str(tmp_path / "runs"), *IMAGE_ARGS]):
+        rc, _, err = cli(cmd[0], "--task", "cub200", "--data-root", str(root), *cmd[1:])
+        assert rc == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "runs").exists()
