@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -76,3 +78,74 @@ def test_run_writes_group_readable_files_under_umask_022(tmp_path, cli):
     assert rc == 0, err
     modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*") if p.is_file()}
     assert len(modes) >= 8 and set(modes.values()) == {0o644}, modes
+
+
+# ------------------------------------------------------------------------------------------ atomic writes
+def _complete_result() -> dict:
+    return {
+        "cell": {
+            "task": "digits",
+            "role": "teacher",
+            "arch": "cnn_wide",
+            "method": "ce",
+            "hash": "0" * 12,
+            "alpha": 0.1,
+            "T": None,
+            "seed": 0,
+        },
+        "metrics": {"top1": 50.0},
+        "epochs": 1,
+        "timings": {"wall_s": 1.0},
+    }
+
+
+def test_write_json_replaces_the_file_whole_and_leaves_no_temp_file(tmp_path):
+    path = tmp_path / "a" / store.RESULT
+    store.write_json(path, {"x": 1})
+    store.write_json(path, {"y": [1, 2]})
+    assert json.loads(path.read_text()) == {"y": [1, 2]}
+    assert [p.name for p in path.parent.iterdir()] == [store.RESULT]
+
+
+def test_a_write_that_fails_keeps_the_old_file_and_no_temp_file(tmp_path):
+    path = tmp_path / store.RESULT
+    store.write_json(path, {"x": 1})
+
+    def half(f):
+        f.write('{"x": ')
+        raise OSError(errno.EIO, "I/O error")
+
+    with pytest.raises(OSError, match="I/O error"):
+        store.atomic_write(path, half, mode="w")
+    assert json.loads(path.read_text()) == {"x": 1} and [p.name for p in tmp_path.iterdir()] == [store.RESULT]
+    with pytest.raises(store.DiskFull, match=re.escape(str(path))):
+        store.atomic_write(path, lambda f: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")), mode="w")
+    assert json.loads(path.read_text()) == {"x": 1}
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (None, None),  # no result.json: not finished, nothing wrong
+        ("cut", "is not valid JSON (truncated?)"),
+        (b"\xff\xfe{}", "is not UTF-8 text"),
+        ("[1, 2]", "does not hold a JSON object"),
+        ('{"metrics": {}}', "lacks cell, epochs, timings"),
+    ],
+)
+def test_read_result_on_a_torn_or_foreign_file_is_none_and_says_why(tmp_path, content, problem):
+    good = json.dumps(_complete_result())
+    if content == "cut":
+        content = good[: len(good) // 2]  # a file cut short (a crash before atomic writes, a full disk)
+    if content is not None:
+        path = tmp_path / store.RESULT
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert store.read_result(tmp_path) is None
+    assert (store.result_problem(tmp_path) or "").startswith(problem or "") and (problem is None) == (
+        store.result_problem(tmp_path) is None
+    )
+
+
+def test_read_result_returns_a_complete_result(tmp_path):
+    store.write_json(tmp_path / store.RESULT, _complete_result())
+    assert store.read_result(tmp_path) == _complete_result() and store.result_problem(tmp_path) is None

@@ -1,4 +1,5 @@
-"""``lskd_bench.runners.lock``: one owner per cell across processes, stale locks taken over, unreadable locks judged by their age."""
+"""``lskd_bench.runners.lock``: one owner per cell across processes, stale locks taken over, unreadable locks
+judged by their age."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 import pytest
 
 from lskd_bench import store
-from lskd_bench.runners.lock import LOCK, CellLock, read_lock
+from lskd_bench.runners.lock import LOCK, CellLock, is_stale, read_lock
 
 from ..fixtures import HANG_GUARD_S, TINY_ARGS, aged, results_by_cell
 
@@ -233,3 +234,38 @@ def test_run_announces_a_wait_on_an_unreadable_lock_then_takes_it_over(tmp_path,
         err,
     )
     assert "2 cells: trained 2, reused 0 finished" in out
+
+
+# ------------------------------------------------------------------------------------------ ownership
+def test_release_never_removes_a_lock_another_process_took_over(tmp_path):
+    mine = CellLock(tmp_path)
+    assert mine.try_acquire(stale_s=60) and mine.owned()
+    other = {"host": "elsewhere", "pid": 1, "token": "theirs", "since": 0}
+    (tmp_path / LOCK).write_text(json.dumps(other))  # taken over while this process was thought dead
+    assert not mine.owned()
+    mine.release()
+    assert read_lock(tmp_path).token == "theirs"
+
+
+def test_heartbeat_keeps_a_held_lock_fresh(tmp_path):
+    mine = CellLock(tmp_path)
+    assert mine.try_acquire(stale_s=60)
+    aged(tmp_path / LOCK, 3600)
+    assert read_lock(tmp_path).age > 3000
+    mine.heartbeat()
+    assert read_lock(tmp_path).age < 60
+    mine.release()
+    assert not (tmp_path / LOCK).exists()
+
+
+def test_a_pid_reused_by_another_process_is_not_the_owner(tmp_path):
+    """The record holds the owner's process start time: this live pid with another start time is a new process
+    that reused the owner's pid, so the lock is stale; with its own start time it is held."""
+    mine = CellLock(tmp_path)
+    assert mine.try_acquire(stale_s=60)
+    record = json.loads((tmp_path / LOCK).read_text())
+    assert record["pid"] == os.getpid() and "start" in record
+    assert not is_stale(read_lock(tmp_path), stale_s=60)
+    (tmp_path / LOCK).write_text(json.dumps({**record, "start": record["start"] - 1, "token": "old"}))
+    assert is_stale(read_lock(tmp_path), stale_s=60)
+    assert CellLock(tmp_path).try_acquire(stale_s=60)
