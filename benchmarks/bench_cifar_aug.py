@@ -33,7 +33,7 @@ def main() -> None:
 
     def ours() -> None:
         for idx in batches:
-            x, _ = task.to_device(AugmentedBatch((xp[idx], augment_params(idx, 0, 0), idx)), device, cfg)
+            task.to_device(AugmentedBatch((xp[idx], augment_params(idx, 0, 0), idx)), device, cfg)
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -42,7 +42,7 @@ def main() -> None:
 
     def torchvision_per_image() -> None:
         for idx in batches:
-            x = torch.stack([tf(pil[i]) for i in idx.tolist()]).to(device)
+            torch.stack([tf(pil[i]) for i in idx.tolist()]).to(device)
         if device.type == "cuda":
             torch.cuda.synchronize()
 

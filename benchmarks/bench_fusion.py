@@ -76,7 +76,8 @@ def run(task_name: str, overrides: dict, label: str) -> None:
             profiles[mode] = prof
         same = all(metrics[("sequential", c.name)] == metrics[("fused", c.name)] for c in students)
     print(
-        f"\n[{label}] {len(students)} students ({', '.join(c.name.split('_s')[0].replace('student_kd_', '') for c in students)})"
+        f"\n[{label}] {len(students)} students "
+        f"({', '.join(c.name.split('_s')[0].replace('student_kd_', '') for c in students)})"
     )
     print(f"{'mode':<12} {'wall s':>8} {'data':>7} {'teacher':>8} {'students':>9}   (share of the timed step loop)")
     for mode in ("sequential", "fused"):
@@ -115,7 +116,8 @@ def main() -> None:
     if args.workload in ("imagenet", "both"):
         with tempfile.TemporaryDirectory() as tmp:
             print(
-                f"[imagenet] writing {args.classes} x {args.per_class} JPEGs ({args.image_size + 32}x{args.image_size + 48})...",
+                f"[imagenet] writing {args.classes} x {args.per_class} JPEGs "
+                f"({args.image_size + 32}x{args.image_size + 48})...",
                 flush=True,
             )
             root = make_imagefolder(Path(tmp) / "inet", args.classes, args.per_class, args.image_size)

@@ -41,6 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -505,7 +506,7 @@ def fairseq_run(bin_dir: Path, args: list[str]) -> tuple[list[int], list[float]]
         if m:
             st = json.loads(m.group(1))
             wpb, wps = float(st["wpb"]), float(st["wps"])
-            tokens.append(int(round(wpb)))
+            tokens.append(round(wpb))
             seconds.append(wpb / wps if wps > 0 else 0.0)  # the first update: no interval yet (skipped)
     if not tokens:
         raise SystemExit("bench_nmt: no per-update lines in fairseq-train's log")
@@ -576,7 +577,8 @@ def vs_fairseq(
         args = fairseq_args(arch, cfg["teacher"], max_tokens, updates, device)
         log(f"fairseq-train {' '.join(args)}")
         for r in range(rounds):  # the order alternates too, so that a drifting load favours neither
-            run_ours = lambda: loop_run(
+            run_ours = partial(
+                loop_run,
                 corpus,
                 role="teacher",
                 teacher=arch,
@@ -596,8 +598,9 @@ def vs_fairseq(
             theirs.append(_rate(*b, skip))
             ratios.append(ours[-1] / theirs[-1])
             log(
-                f"round {r + 1}/{rounds}: lskd-bench {_rate(*a, skip):9.0f}  fairseq-train {_rate(*b, skip):9.0f} target tokens/s, "
-                f"ratio {ratios[-1]:.3f} ({len(a[0])} and {len(b[0])} updates, {sum(a[0])} and {sum(b[0])} target tokens)"
+                f"round {r + 1}/{rounds}: lskd-bench {_rate(*a, skip):9.0f}  "
+                f"fairseq-train {_rate(*b, skip):9.0f} target tokens/s, ratio {ratios[-1]:.3f} "
+                f"({len(a[0])} and {len(b[0])} updates, {sum(a[0])} and {sum(b[0])} target tokens)"
             )
     return statistics.median(ours), statistics.median(theirs), statistics.median(ratios)
 
@@ -740,10 +743,12 @@ def main(argv: list[str] | None = None) -> None:
             **train,
         )
         print(
-            f"teacher training ({teacher}), lskd-bench loop     {mine:12.0f} target tokens/s (median of {args.rounds} rounds)"
+            f"teacher training ({teacher}), lskd-bench loop     {mine:12.0f} target tokens/s "
+            f"(median of {args.rounds} rounds)"
         )
         print(
-            f"teacher training ({teacher}), fairseq-train       {other:12.0f} target tokens/s (median of {args.rounds} rounds)"
+            f"teacher training ({teacher}), fairseq-train       {other:12.0f} target tokens/s "
+            f"(median of {args.rounds} rounds)"
         )
         print(f"ratio lskd-bench / fairseq-train: {ratio:.3f}")  # the median of the rounds' paired ratios
         return

@@ -50,9 +50,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    print(
-        f"device: {torch.cuda.get_device_name(int(args.gpu)) if torch.cuda.is_available() else 'CPU (no CUDA: smoke test only)'}"
-    )
+    cuda = torch.cuda.is_available()
+    print(f"device: {torch.cuda.get_device_name(int(args.gpu)) if cuda else 'CPU (no CUDA: smoke test only)'}")
     ratios = []
     for r in range(args.rounds):
         order = [1, args.per_gpu] if r % 2 == 0 else [args.per_gpu, 1]

@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +205,7 @@ def synthetic(s: Setup, out: dict[str, float] | None = None) -> dict[str, float]
             torch.cuda.empty_cache()
     if "teacher_fwd" in out and "student_resnet18" in out:
         out["group5"] = 1.0 / (1.0 / out["teacher_fwd"] + 5.0 / out["student_resnet18"])
-    del teacher, opt
+    teacher = opt = None  # the closures hold them: freed before empty_cache
     if s.cuda:
         torch.cuda.empty_cache()
     return out
@@ -286,7 +287,8 @@ def runner_cfg(root: Path, s: Setup, decode: str) -> dict:
     return resolve_config("imagenet", {}, {
         "data": {"root": str(root), "image_size": s.size, "decode": decode},
         "grid": {"alphas": [0.1], "temperatures": [1.0, 2.0, 3.0, 64.0], "seeds": [0]},
-        "teacher": {**role, "arch": s.teacher}, "student": {**role, "arch": "resnet18"}, "num_workers": s.workers, "eval_batch_size": s.batch,
+        "teacher": {**role, "arch": s.teacher}, "student": {**role, "arch": "resnet18"},
+        "num_workers": s.workers, "eval_batch_size": s.batch,
         "device": str(s.device), "channels_last": s.cuda, "analysis": {"export": False},
     })  # fmt: skip
 
@@ -393,11 +395,11 @@ def runner_rows(s: Setup, bounds: dict[str, float], work: Path) -> dict[str, flo
             failed(f"runner, decode={decode}", "img/s", exc)
             continue
         pieces = [
-            (f"data pipeline alone, decode={decode}", lambda: pipeline(decode, data)),
-            (f"runner: fused group, decode={decode}", lambda: fused(decode, cfg, data, cells)),
+            (f"data pipeline alone, decode={decode}", partial(pipeline, decode, data)),
+            (f"runner: fused group, decode={decode}", partial(fused, decode, cfg, data, cells)),
         ]
         if decode == "gpu":
-            pieces.append(("runner: teacher training, decode=gpu", lambda: teacher_training(cfg, data, cells)))
+            pieces.append(("runner: teacher training, decode=gpu", partial(teacher_training, cfg, data, cells)))
         for name, piece in pieces:
             try:
                 piece()

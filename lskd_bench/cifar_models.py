@@ -19,6 +19,8 @@ the student of its ResNet-50 -> MobileNet-V1 pair.
 from __future__ import annotations
 
 import math
+from functools import partial
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +95,12 @@ class ResNet(CifarNet):
     """CIFAR ResNet of He et al. (2016, sec. 4.2): 3 stages of (depth - 2) / 6 basic blocks at 32/16/8 px;
     ``widths`` = (stem, stage 1, 2, 3): (16, 16, 32, 64) for resnet20/32/56/110, 4x for resnet8x4/32x4."""
 
-    feature_stages = {"stage0": "relu", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3"}
+    feature_stages: ClassVar[dict[str, str]] = {
+        "stage0": "relu",
+        "stage1": "layer1",
+        "stage2": "layer2",
+        "stage3": "layer3",
+    }
 
     def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int = 100):
         super().__init__()
@@ -149,7 +156,13 @@ class ResNet50(CifarNet):
     """The ImageNet ResNet-50 layout on 32 x 32 inputs (3x3 stem, no max-pool), as CRD's resnetv2.py."""
 
     head_name = "linear"
-    feature_stages = {"stage0": "relu", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "stage4": "layer4"}
+    feature_stages: ClassVar[dict[str, str]] = {
+        "stage0": "relu",
+        "stage1": "layer1",
+        "stage2": "layer2",
+        "stage3": "layer3",
+        "stage4": "layer4",
+    }
 
     def __init__(self, num_classes: int = 100):
         super().__init__()
@@ -211,7 +224,12 @@ class _NetworkBlock(nn.Module):
 class WideResNet(CifarNet):
     """WRN-depth-k: 3 groups of (depth - 4) / 6 pre-activation blocks of width 16k / 32k / 64k."""
 
-    feature_stages = {"stage0": "conv1", "stage1": "block1", "stage2": "block2", "stage3": "block3"}
+    feature_stages: ClassVar[dict[str, str]] = {
+        "stage0": "conv1",
+        "stage1": "block1",
+        "stage2": "block2",
+        "stage3": "block3",
+    }
 
     def __init__(self, depth: int, widen: int, num_classes: int = 100):
         super().__init__()
@@ -246,7 +264,7 @@ class VGG(CifarNet):
     max-pools after the first three, global average pooling, one linear layer."""
 
     head_name = "classifier"
-    feature_stages = {f"stage{i}": f"relu{i}" for i in range(5)}
+    feature_stages: ClassVar[dict[str, str]] = {f"stage{i}": f"relu{i}" for i in range(5)}
 
     def __init__(self, cfg: list[list[int]], num_classes: int = 100):
         super().__init__()
@@ -308,7 +326,12 @@ class ShuffleNetV1(CifarNet):
     4 / 8 / 4 units of 240 / 480 / 960 channels, each stage opening with a stride-2 unit."""
 
     head_name = "linear"
-    feature_stages = {"stage0": "relu", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3"}
+    feature_stages: ClassVar[dict[str, str]] = {
+        "stage0": "relu",
+        "stage1": "layer1",
+        "stage2": "layer2",
+        "stage3": "layer3",
+    }
 
     def __init__(self, num_classes: int = 100, out_planes=(240, 480, 960), num_blocks=(4, 8, 4), groups: int = 3):
         super().__init__()
@@ -372,7 +395,12 @@ class ShuffleNetV2(CifarNet):
     unit then 3 / 7 / 3 units of 116 / 232 / 464 channels), a 1x1 conv to 1024, average pooling."""
 
     head_name = "linear"
-    feature_stages = {"stage0": "relu", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3"}
+    feature_stages: ClassVar[dict[str, str]] = {
+        "stage0": "relu",
+        "stage1": "layer1",
+        "stage2": "layer2",
+        "stage3": "layer3",
+    }
 
     def __init__(self, num_classes: int = 100, out_channels=(116, 232, 464, 1024), num_blocks=(3, 7, 3)):
         super().__init__()
@@ -431,7 +459,7 @@ class MobileNetV2(CifarNet):
     conv, classifier ``Sequential(Linear)``."""
 
     head_name = "classifier"
-    feature_stages = {
+    feature_stages: ClassVar[dict[str, str]] = {
         "stage0": "conv1",
         "stage1": "blocks.1",
         "stage2": "blocks.2",
@@ -525,7 +553,7 @@ CIFAR_ARCHS = {
     "wrn_16_2": lambda k: WideResNet(16, 2, k),
     "wrn_40_1": lambda k: WideResNet(40, 1, k),
     "wrn_40_2": lambda k: WideResNet(40, 2, k),
-    **{name: (lambda cfg: lambda k: VGG(cfg, k))(cfg) for name, cfg in VGG_CFG.items()},
+    **{name: partial(VGG, cfg) for name, cfg in VGG_CFG.items()},
     "ShuffleV1": lambda k: ShuffleNetV1(k),
     "ShuffleV2": lambda k: ShuffleNetV2(k),
     "MobileNetV2": lambda k: MobileNetV2(k),

@@ -19,7 +19,7 @@ from .config import Resolved, describe_config, load_yaml, parse_override, set_do
 from .errors import UsageError, raise_on_sigterm
 from .leaderboard import collect, write_outputs
 from .leaderboard.compare import compare
-from .methods import METHODS, TEACHER_METHOD
+from .methods import METHODS, TEACHER_METHOD, HintonKD
 from .registry import EXECUTORS
 from .report import write_report as write_html_report
 from .runners.cells import plan_cells
@@ -28,7 +28,7 @@ from .runners.grid import resolve, run_grid
 from .runners.inference import find_cell, load_cell, read_text_lines, score_files, translate_lines
 from .runners.status import status_rows
 from .runners.train import auto_cpu_reason, resolve_device
-from .schema import _num
+from .schema import RUN, _num, default_text
 from .store import atomic_write, check_writable_dir
 from .tasks import get_task, task_names
 
@@ -473,7 +473,10 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 def _add_config_options(r: argparse.ArgumentParser) -> None:
     """The options that make up a run's config (shared by run, config and check-data)."""
-    r.add_argument("--task", help="task name (default: digits, or the config file's 'task'); see 'lskd-bench tasks'")
+    r.add_argument(
+        "--task",
+        help=f"task name (default: {default_text(RUN, 'task')}, or the config file's 'task'); see 'lskd-bench tasks'",
+    )
     r.add_argument("--config", help="YAML config merged over the task's defaults")
     r.add_argument(
         "--pair",
@@ -482,14 +485,17 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
     )
     r.add_argument(
         "--grid",
-        help="swept axes, comma-separated from {alpha,T} (default: alpha,T); "
-        "an axis not swept takes grid.fixed (alpha 0.1, T 1)",
+        help=f"swept axes, comma-separated from {{alpha,T}} (default: {default_text(RUN, 'grid.axes')}); "
+        f"an axis not swept takes grid.fixed (alpha {default_text(RUN, 'grid.fixed.alpha')}, "
+        f"T {default_text(RUN, 'grid.fixed.T')})",
     )
-    r.add_argument("--alphas", help="teacher label-smoothing values (default: 0,0.1)")
-    r.add_argument("--temperatures", help="KD temperatures (default: 1,2,3,64)")
-    r.add_argument("--seeds", help="student seeds (default: the task's; digits 0,1,2, the others 0)")
+    r.add_argument("--alphas", help=f"teacher label-smoothing values (default: {default_text(RUN, 'grid.alphas')})")
+    r.add_argument("--temperatures", help=f"KD temperatures (default: {default_text(RUN, 'grid.temperatures')})")
+    r.add_argument("--seeds", help="student seeds (default: the task's; 'lskd-bench config --task NAME' shows them)")
     r.add_argument(
-        "--methods", help="KD methods to train students with, comma-separated (default: kd); see 'lskd-bench methods'"
+        "--methods",
+        help=f"KD methods to train students with, comma-separated (default: {default_text(RUN, 'methods')}); "
+        "see 'lskd-bench methods'",
     )
     r.add_argument(
         "--data-root",
@@ -509,7 +515,8 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
     r.add_argument(
         "--kd-lambda",
         type=float,
-        help="kd method: weight of the KD term (default 1.0: pure KD, the paper's and the official code's objective)",
+        help=f"kd method: weight of the KD term (default {default_text(HintonKD.params, 'lambda')}: pure KD, "
+        "the paper's and the official code's objective)",
     )
     r.add_argument("--no-t-squared", action="store_true", help="do not scale the KD term by T^2")
     r.add_argument("--no-baseline", action="store_true", help="skip the no-KD baseline student")
@@ -533,7 +540,11 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
         help="GPU ids to spread the grid over, comma-separated, e.g. 0,1,2,3 (default: "
         "CUDA_VISIBLE_DEVICES if set, else every GPU); each unit's worker sees only its own",
     )
-    r.add_argument("--per-gpu", type=int, help="units sharing one GPU at a time (default 1; small models: 2-8)")
+    r.add_argument(
+        "--per-gpu",
+        type=int,
+        help=f"units sharing one GPU at a time (default {default_text(RUN, 'per_gpu')}; small models: 2-8)",
+    )
     r.add_argument(
         "--device",
         help="auto (default: cuda if available, except for models too small to gain from it, "
@@ -569,7 +580,8 @@ def _add_config_options(r: argparse.ArgumentParser) -> None:
         "--log-format",
         choices=("auto", "bar", "plain", "json"),
         help="progress output (logging.format): bar, plain lines for batch logs (every logging.interval_s, "
-        "default 60 s), json (one object a line); auto (default): bar on a terminal, else plain",
+        f"default {default_text(RUN, 'logging.interval_s')} s), json (one object a line); "
+        f"{default_text(RUN, 'logging.format')} (default): bar on a terminal, else plain",
     )
     r.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="any config value, e.g. --set student.epochs=5 (repeatable)"
@@ -769,7 +781,8 @@ def _parser_check_data(sub) -> None:
 def _parser_status(sub) -> None:
     st = sub.add_parser(
         "status",
-        help="per cell: finished / running / queued / failed / pending, with the cells of the newest run not started yet (Slurm job ids, log tails)",
+        help="per cell: finished / running / queued / failed / pending, with the cells of the newest run not "
+        "started yet (Slurm job ids, log tails)",
     )
     st.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     st.add_argument("--task", help="only this task")

@@ -26,7 +26,7 @@ def ancestors(node: str, parents: Mapping[str, str]) -> list[str]:
 def lca_depth(a: str, b: str, parents: Mapping[str, str]) -> int:
     """Depth (root = 0) of the lowest common ancestor of ``a`` and ``b``; -1 if they share none."""
     pa = [a, *ancestors(a, parents)]
-    set_b = set([b, *ancestors(b, parents)])
+    set_b = {b, *ancestors(b, parents)}
     for node in pa:
         if node in set_b:
             return len(ancestors(node, parents))

@@ -15,8 +15,8 @@ Names (the same tensors RepDistiller's ``is_feat=True`` / mdistiller's ``feats``
 Where the stages are, per model, in this order of preference: the model's own table ``feature_stages``
 (name -> module path: lskd-bench's CIFAR and digits models), timm's ``feature_info`` (every timm model), else a
 probe forward that takes, at each spatial resolution, the last block-level module to produce it (other
-torchvision and plain ``nn.Module`` backbones). Outputs are captured with forward hooks while a ``Tap`` is open: nothing per
-architecture, and nothing is kept that no method asked for.
+torchvision and plain ``nn.Module`` backbones). Outputs are captured with forward hooks while a ``Tap`` is open:
+nothing per architecture, and nothing is kept that no method asked for.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Built-in entries register with the ``@REGISTRY.register("name")`` decorator when their module is
 imported; a registry lists its built-in modules (``builtin``) and imports them the first time it is looked
-up, so the package that defines a registry never imports its plugins at module level. Third-party packages add entries through Python entry points: a package declares, e.g.::
+up, so the package that defines a registry never imports its plugins at module level. Third-party packages add
+entries through Python entry points: a package declares, e.g.::
 
     [project.entry-points."lskd_bench.methods"]
     my_kd = "my_pkg.kd:MyKD"

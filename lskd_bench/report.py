@@ -175,7 +175,7 @@ def heatmap_png(cmp: Comparison) -> bytes | None:
             if c["method"] == m:
                 grid[alphas.index(c["alpha"])][temps.index(c["T"])] = c["mean"]
         im = ax.imshow(grid, cmap="viridis_r" if reverse else "viridis", vmin=lo, vmax=hi, aspect="auto")
-        for r, a in enumerate(alphas):
+        for r in range(len(alphas)):
             for k, _ in enumerate(temps):
                 v = grid[r][k]
                 if not math.isnan(v):

@@ -90,7 +90,8 @@ class Field:
             raise UsageError(f"{key} must be {_TYPE_NAMES[typ]}, got {value!r}")
         if self.choices and value not in self.choices:
             raise UsageError(
-                f"{key} must be one of {', '.join(map(str, self.choices))}, got {value!r}{_suggest(str(value), self.choices)}"
+                f"{key} must be one of {', '.join(map(str, self.choices))}, "
+                f"got {value!r}{_suggest(str(value), self.choices)}"
             )
         return value
 
@@ -184,6 +185,29 @@ def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[dotted] = v
     return out
+
+
+def field_at(section: Section, dotted: str) -> Field:
+    """The ``Field`` at a dotted key (``grid.fixed.alpha``)."""
+    node: Field | Section = section
+    for part in dotted.split("."):
+        if not isinstance(node, Section) or part not in node.fields:
+            raise KeyError(dotted)
+        node = node.fields[part]
+    if not isinstance(node, Field):
+        raise KeyError(dotted)
+    return node
+
+
+def default_text(section: Section, dotted: str) -> str:
+    """A key's default as help texts show it (lists comma-separated, numbers in ``:g``), read from the schema so
+    that the CLI never restates a default."""
+    value = field_at(section, dotted).default
+
+    def one(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    return ",".join(one(v) for v in value) if isinstance(value, list) else one(value)
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

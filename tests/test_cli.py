@@ -188,3 +188,27 @@ def test_translate_cell_name_suggests_the_close_finished_cell(tmp_path, cli):
     (d / "result.json").write_text("{}")
     rc, _, err = cli("translate", "--runs", str(tmp_path / "runs"), "--cell", "teacher_transformer_micro_a0")
     assert rc == 2 and "(did you mean teacher_transformer_micro_a0_s0?)" in err
+
+
+def test_run_help_shows_the_schemas_defaults_not_its_own(monkeypatch):
+    """The CLI help reads defaults from the schema (the one place a default lives): change a schema default
+    and the help text follows."""
+    import argparse
+    import dataclasses
+
+    from lskd_bench import cli, schema
+
+    def help_of(option: str) -> str:
+        parser = argparse.ArgumentParser()
+        cli._add_config_options(parser)
+        action = next(a for a in parser._actions if option in a.option_strings)
+        return action.help
+
+    assert schema.default_text(schema.RUN, "grid.alphas") == "0,0.1"
+    assert "(default: 0,0.1)" in help_of("--alphas") and "(default: 1,2,3,64)" in help_of("--temperatures")
+    assert "(alpha 0.1, T 1)" in help_of("--grid") and "default 60 s" in help_of("--log-format")
+    temps = dataclasses.replace(schema.field_at(schema.RUN, "grid.temperatures"), default=[1.0, 4.0])
+    monkeypatch.setattr(cli, "RUN", schema.RUN.extend({"grid": schema.GRID.extend({"temperatures": temps})}))
+    assert "(default: 1,4)" in help_of("--temperatures")
+    with pytest.raises(KeyError):
+        schema.field_at(schema.RUN, "grid.nope")

@@ -107,7 +107,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         return "_No rows._\n"
     r0 = rows[0]
     lines = [
-        f"### {r0['task']}: diffusion index η(T1={r0['t1']:g}, T2={r0['t2']:g}), student {r0['student_arch']} ({r0['method']}), seed {r0['seed']}",
+        f"### {r0['task']}: diffusion index η(T1={r0['t1']:g}, T2={r0['t2']:g}), "
+        f"student {r0['student_arch']} ({r0['method']}), seed {r0['seed']}",
         "",
         "| α | target class | Train S1 | Train S2 | Val S1 | Val S2 | verdict |",
         "|---|---|---|---|---|---|---|",
@@ -126,7 +127,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             lines.append(f"- target {r['target']}: S1 (similar) = {r['similar']}; S2 (dissimilar) = {r['dissimilar']}")
     lines += [
         "",
-        "Systematic diffusion: η(S1) < 0 and η(S2) > 0 (the target moves towards similar classes and away from dissimilar ones as T grows).",
+        "Systematic diffusion: η(S1) < 0 and η(S2) > 0 "
+        "(the target moves towards similar classes and away from dissimilar ones as T grows).",
         "",
     ]
     return "\n".join(lines)

@@ -152,7 +152,8 @@ def latest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(best.values())
 
 
-def mean_std(values: list[float], fmt: str = ".2f") -> str:
+def mean_std(values: list[float], fmt: str) -> str:
+    """One value, or mean ± sample standard deviation over seeds, in ``fmt`` (the metric's ``MetricSpec.format``)."""
     if len(values) == 1:
         return f"{values[0]:{fmt}}"
     return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"

@@ -28,7 +28,7 @@ from typing import Any
 from .. import results, store
 from ..errors import UsageError
 from ..tasks import get_task
-from . import collect, environment_md, latest, spec_of
+from . import collect, environment_md, latest, mean_std, spec_of
 from .reference import SIGNIFICANCE, kd_references, kd_sources, ls_answer_text, welch_p
 
 NO_T = ""  # the T of a cell whose method has no temperature
@@ -38,10 +38,6 @@ def mark(p: float | None) -> str:
     if p is None:
         return ", n/a"
     return " **" if p < 0.01 else " *" if p < 0.05 else ""
-
-
-def _ms(v: list[float]) -> str:
-    return f"{v[0]:.2f}" if len(v) == 1 else f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}"
 
 
 class Comparison:
@@ -84,6 +80,10 @@ class Comparison:
         self.columns = [(a, t) for a in self.alphas for t in temps]
         if any(k[2] == NO_T for k in self.values):
             self.columns += [(a, NO_T) for a in self.alphas]
+
+    def _ms(self, values: list[float]) -> str:
+        """Mean ± sample std over seeds in the metric's own format (the leaderboard's ``mean_std``)."""
+        return mean_std(values, self.spec.format)
 
     def baseline_cell(self, alpha: float, T: Any) -> list[float]:
         if T != NO_T:
@@ -135,7 +135,7 @@ class Comparison:
         ]
         lines.append(
             "| teacher | "
-            + " | ".join(_ms(self.teacher[a]) if self.teacher.get(a) else "—" for a, _ in self.columns)
+            + " | ".join(self._ms(self.teacher[a]) if self.teacher.get(a) else "—" for a, _ in self.columns)
             + " |"
         )
         if self.no_kd:
@@ -152,12 +152,14 @@ class Comparison:
                     cells.append("—")
                     continue
                 text = self._cell(v, self.baseline_cell(*col), m != self.baseline)
-                cells.append(text.replace(_ms(v), f"**{_ms(v)}**", 1) if statistics.mean(v) == best[col] else text)
+                cells.append(
+                    text.replace(self._ms(v), f"**{self._ms(v)}**", 1) if statistics.mean(v) == best[col] else text
+                )
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
     def _cell(self, v: list[float], base: list[float], compare: bool) -> str:
-        text = _ms(v)
+        text = self._ms(v)
         if compare and base:
             d = statistics.mean(v) - statistics.mean(base)
             text += f" ({d:+.2f}{mark(welch_p(v, base))})"
@@ -218,7 +220,7 @@ class Comparison:
         lines = [
             f"#### Is the LS teacher (α = {a1:g}) better than α = {a0:g}? ({self.metric})",
             "",
-            "| method | T | α = %g | α = %g | Δ | Welch p | n | verdict |" % (a0, a1),
+            f"| method | T | α = {a0:g} | α = {a1:g} | Δ | Welch p | n | verdict |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
@@ -226,9 +228,8 @@ class Comparison:
             p = "n/a" if r["p_value"] is None else f"{r['p_value']:.3g}"
             t = "no T" if r["T"] == NO_T else f"{r['T']:g}"
             n = f"{r['n_ls']}" if r["n_ls"] == r["n_0"] else f"{r['n_ls']} and {r['n_0']}"
-            lines.append(
-                f"| {r['method']} | {t} | {_ms(v0)} | {_ms(v1)} | {r['delta']:+.2f} | {p} | {n} | {r['verdict']} |"
-            )
+            both = f"{self._ms(v0)} | {self._ms(v1)}"
+            lines.append(f"| {r['method']} | {t} | {both} | {r['delta']:+.2f} | {p} | {n} | {r['verdict']} |")
         return "\n".join(lines) + "\n"
 
     def feature_ls_table(self) -> str:
@@ -240,15 +241,14 @@ class Comparison:
         lines = [
             f"#### Feature distillation: does the LS teacher (α = {a1:g}) help or hurt? ({self.metric})",
             "",
-            "| method | T | α = %g | α = %g | answer |" % (a0, a1),
+            f"| method | T | α = {a0:g} | α = {a1:g} | answer |",
             "|---|---|---|---|---|",
         ]
         for r in feats:
             v0, v1 = self.values[(r["method"], a0, r["T"])], self.values[(r["method"], a1, r["T"])]
             t = "no T" if r["T"] == NO_T else f"{r['T']:g}"
-            lines.append(
-                f"| {r['method']} | {t} | {_ms(v0)} | {_ms(v1)} | {ls_answer_text(v0, v1, self.spec.better)} |"
-            )
+            both = f"{self._ms(v0)} | {self._ms(v1)}"
+            lines.append(f"| {r['method']} | {t} | {both} | {ls_answer_text(v0, v1, self.spec.better)} |")
         lines += ["", f"Welch's t-test over seeds; helps / hurts: p < {SIGNIFICANCE:g}; one seed a side: undetermined."]
         return "\n".join(lines) + "\n"
 

@@ -28,7 +28,7 @@ Third-party methods register through the ``lskd_bench.methods`` entry-point grou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ from ..registry import Registry
 from ..schema import Field, Section
 from .losses import kd_kl, kd_loss, kd_terms, ls_cross_entropy, smoothed_targets
 
-Loss = Union[torch.Tensor, dict[str, torch.Tensor]]  # what Method.loss returns
+Loss = torch.Tensor | dict[str, torch.Tensor]  # what Method.loss returns
 
 
 def total_loss(loss: Loss) -> torch.Tensor:

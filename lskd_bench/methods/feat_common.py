@@ -86,7 +86,7 @@ def _probe_input(model: nn.Module, layout: Any) -> torch.Tensor | None:
         got: dict[str, tuple] = {}
         mods = dict(model.named_modules())
         hooks = [
-            mods[path].register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, tuple(o.shape[1:])))
+            mods[path].register_forward_hook(lambda m, i, o, n=n, got=got: got.__setitem__(n, tuple(o.shape[1:])))
             for n, path in layout.stages.items()
         ]
         try:

@@ -10,6 +10,7 @@ as part of the cell; then the normal training.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -451,7 +452,7 @@ def fsp_matrices(g: list[torch.Tensor]) -> list[torch.Tensor]:
     """RepDistiller ``distiller_zoo/FSP.py`` compute_fsp: for consecutive maps (the larger average-pooled to the
     smaller), the (C_bottom x C_top) matrix of spatial means of channel products."""
     out = []
-    for bot, top in zip(g[:-1], g[1:]):
+    for bot, top in itertools.pairwise(g):
         bot, top = pool_to_smaller(bot, top)
         b = bot.unsqueeze(1).flatten(3)  # (N, 1, Cb, HW)
         t = top.unsqueeze(2).flatten(3)  # (N, Ct, 1, HW)

@@ -280,3 +280,19 @@ def test_feature_methods_get_the_ls_answer_with_welchs_test(tmp_path):
     md = to_markdown(collect(tmp_path))
     assert f"ours **helps: +4.00, p = {p_fit:.3g}, n = 3**" in md
     assert "ours **undetermined (1 seed): -10.00, n = 1**" in md
+
+
+def test_compare_formats_values_in_the_metrics_own_format(tmp_path):
+    """compare and the leaderboard format a metric the same way: mean ± std in its MetricSpec.format (a metric
+    declared ".3f" prints three decimals in every compare table, not compare's own two)."""
+    from lskd_bench.leaderboard import collect
+    from lskd_bench.leaderboard.compare import Comparison
+    from lskd_bench.metrics import MetricSpec
+
+    write_fixture(tmp_path)
+    rows = collect(tmp_path)
+    for r in rows:
+        r["specs"] = {**r["specs"], "top1": MetricSpec("top1", "top-1", format=".3f")}
+    cmp = Comparison(rows, "digits", "top1", "kd")
+    assert "| teacher | 99.000 | 99.000 | 99.500 |" in cmp.table()
+    assert "| kd | 1 | 91.000 ± 1.000 | 93.000 ± 1.000 | +2.00 | 0.0705 | 3 |" in cmp.ls_table()
