@@ -362,5 +362,5 @@ def test_sigterm_releases_locks_records_interrupted_and_exits_143(tmp_path, cli)
         r"resume from the last checkpoint",
         rec["message"],
     )
-    rc, out, _ = cli("status", "--runs", str(tmp_path))
+    _, out, _ = cli("status", "--runs", str(tmp_path))
     assert re.search(rf"{teacher.name} +interrupted +- +stopped by SIGTERM", out)
