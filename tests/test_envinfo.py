@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 
+import pytest
 import torch
 
+from lskd_bench import envinfo
 from lskd_bench.runners import store
 
-from .fixtures import TINY_ARGS
+from .fixtures import ROOT, TINY_ARGS
 
 
+@pytest.mark.slow
 def test_results_and_leaderboard_record_the_environment(tmp_path, cli):
     from lskd_bench import __version__
     from lskd_bench.envinfo import cpu_model
@@ -27,3 +32,14 @@ def test_results_and_leaderboard_record_the_environment(tmp_path, cli):
         in md
     )
     assert "bit-identical when rerun on one machine" in md and md in out
+
+
+def test_git_commit_is_this_checkouts_and_unknown_outside_git(tmp_path, monkeypatch):
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
+    assert re.fullmatch(rf"{head.stdout.strip()}(\+dirty)?", envinfo.git_commit())
+    monkeypatch.setattr(envinfo, "__file__", str(tmp_path / "envinfo.py"))  # a source tree outside git
+    envinfo.git_commit.cache_clear()
+    try:
+        assert envinfo.git_commit() == "unknown"
+    finally:
+        envinfo.git_commit.cache_clear()

@@ -23,6 +23,7 @@ def finished_grid(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_one_row_per_finished_cell_with_its_result_json_values(finished_grid):
     df = results.load(finished_grid)
     files = sorted(finished_grid.rglob(store.RESULT))
@@ -55,12 +56,14 @@ def test_one_row_per_finished_cell_with_its_result_json_values(finished_grid):
     assert list(last["top1"]) == list(df["last_top1"]) and list(last["selected_top1"]) == list(df["top1"])
 
 
+@pytest.mark.slow
 def test_aggregates_with_pandas_like_the_leaderboard(finished_grid):
     df = results.load(finished_grid)
     means = df[df["role"] == "student"].pivot_table(index="T", columns="alpha", values="top1", aggfunc="mean")
     assert means.shape == (2, 2)  # T 1, 4 x alpha 0, 0.1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
 def test_export_round_trips(finished_grid, tmp_path, cli, fmt):
     out = tmp_path / f"all.{fmt}"

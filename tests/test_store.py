@@ -69,6 +69,7 @@ def test_written_files_honour_the_umask(tmp_path, mask, mode):
     )
 
 
+@pytest.mark.slow
 def test_run_writes_group_readable_files_under_umask_022(tmp_path, cli):
     old = os.umask(0o022)
     try:

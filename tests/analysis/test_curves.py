@@ -30,6 +30,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_plot_writes_one_png_per_group(runs, cli):
     from PIL import Image
 
@@ -61,6 +62,7 @@ def test_plot_writes_one_png_per_group(runs, cli):
     assert rc == 2 and "no finished cells of task 'cub200'" in err
 
 
+@pytest.mark.slow
 def test_tensorboard_events_match_the_history(runs):
     require("tensorboard", "logging.tensorboard (pip install 'lskd-bench[tensorboard]')")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -90,6 +92,7 @@ def test_tensorboard_without_the_package_is_a_one_line_error(tmp_path, cli, monk
     assert rc == 2 and "logging.tensorboard needs the tensorboard package" in err
 
 
+@pytest.mark.slow
 def test_resumed_cell_keeps_one_clean_tensorboard_curve(tmp_path):
     """Events written after the last checkpoint of an interrupted cell are dropped when it resumes: the curve
     equals the uninterrupted one (same steps, same values: resume is bit-identical on the CPU)."""
@@ -128,6 +131,7 @@ def test_resumed_cell_keeps_one_clean_tensorboard_curve(tmp_path):
     assert len(list((tmp_path / "cut" / "tensorboard").iterdir())) == 2  # one event file per process run
 
 
+@pytest.mark.slow
 def test_metric_panel_names_the_split_its_numbers_come_from(runs):
     """Image tasks evaluate on val (their test set); translation's history holds test BLEU, the epoch being
     selected on valid: the panel must not call test BLEU 'validation'."""

@@ -76,6 +76,7 @@ def digits_runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_visualize_writes_png_of_expected_size(digits_runs, cli):
     from PIL import Image
 
@@ -88,6 +89,7 @@ def test_visualize_writes_png_of_expected_size(digits_runs, cli):
         assert im.format == "PNG" and im.size == (900, 600)  # 3 columns (teacher, T=1, T=3) x 2 alphas, 300 px each
 
 
+@pytest.mark.slow
 def test_analyze_cli_table(digits_runs, cli):
     rc, out, err = cli("analyze", "--runs", str(digits_runs), "--target", "3", "--out", str(digits_runs / "eta"))
     assert rc == 0, err

@@ -13,6 +13,7 @@ import pytest
 from ..fixtures import ROOT, require
 
 
+@pytest.mark.slow
 def test_gpu_check_small_prints_and_writes_one_table(tmp_path):
     out = tmp_path / "check.md"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -135,6 +136,7 @@ def test_gpu_check_writes_its_table_when_sections_and_rows_fail(tmp_path, monkey
     assert "second line | with a pipe" in capsys.readouterr().out  # the whole error is in the log
 
 
+@pytest.mark.slow
 def test_fairseq_tools_run_as_modules_when_their_scripts_are_on_no_path(tmp_path, monkeypatch):
     """On the GPU machine fairseq is built with ``pip install --target /tmp/site_fs`` (shared/gpu/prelude.sh): its
     console scripts land in /tmp/site_fs/bin, next to no interpreter and on no PATH. vs_fairseq (gpu_check's

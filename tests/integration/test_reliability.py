@@ -22,6 +22,7 @@ from lskd_bench.runners.lock import LOCK
 from ..fixtures import HANG_GUARD_S, IMAGE_ARGS, TINY_ARGS, WNIDS, cell_dirs, edit_cifar_train, make_imagefolder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv",
     [
@@ -60,6 +61,7 @@ def test_closed_output_pipe_ends_every_command_quietly(tmp_path, argv):
     assert "BrokenPipe" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_head_reads_the_first_line_of_tasks(tmp_path):
     out = subprocess.run(
         f"{sys.executable} -m lskd_bench tasks | head -c1; echo; {sys.executable} -m lskd_bench methods | head -1",
@@ -99,6 +101,7 @@ def test_gpu_options_without_a_gpu_are_one_line(tmp_path, cli, argv, needle):
     assert not runs.exists()
 
 
+@pytest.mark.slow
 def test_ascii_locale_reads_recipes_and_writes_tables(tmp_path):
     """Under LANG=C without Python's UTF-8 mode the locale encoding is ASCII: the shipped recipes (UTF-8, 'mean ±
     std') are read as UTF-8 and tables with 'α' are written as UTF-8 and printed escaped, not a traceback."""
@@ -216,6 +219,7 @@ def test_cell_or_task_folder_replaced_by_a_file_is_one_line(tmp_path, cli):
         assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
 
 
+@pytest.mark.slow
 def test_the_same_data_at_another_path_reuses_the_finished_cells(tmp_path, cli):
     """data.root is part of a cell's hash (pinned: tests/test_hashes.py); the same data at another path used to
     retrain the grid. Cells now record their data's fingerprint (data.json) and a run on the same content at
@@ -267,6 +271,7 @@ def test_the_same_data_at_another_path_reuses_the_finished_cells(tmp_path, cli):
 
 
 # ------------------------------------------------------------------------------------------ case 4: one listing
+@pytest.mark.slow
 def test_check_data_and_training_read_the_same_files(tmp_path, cli):
     from lskd_bench.runners.grid import resolve_config
     from lskd_bench.tasks import get_task
@@ -311,6 +316,7 @@ def test_bad_inputs_are_one_line_exit_2(tmp_path, cli):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_truncated_features_npz_is_one_line(tmp_path, cli):
     rc, _, err = cli("run", "--out", str(tmp_path), *TINY_ARGS, "--alphas", "0,0.1")
     assert rc == 0, err
@@ -332,6 +338,7 @@ def test_dry_run_checks_the_data_layout(tmp_path, cli):
 
 
 # ------------------------------------------------------------------------------------------ case 10: SIGTERM
+@pytest.mark.slow
 def test_sigterm_releases_locks_records_interrupted_and_exits_143(tmp_path, cli):
     args = [
         sys.executable,

@@ -40,6 +40,7 @@ def test_planted_pickle_runs_when_loaded_unrestricted(tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("planted", [store.STATE, store.STATE_PREV])
 def test_planted_checkpoint_runs_no_code_when_its_cell_resumes(tmp_path, tiny_cfg, planted):
     """A planted state.pt (or state.prev.pt beside a truncated state.pt) is refused unloaded: moved aside as corrupt,
@@ -64,6 +65,7 @@ def test_planted_checkpoint_runs_no_code_when_its_cell_resumes(tmp_path, tiny_cf
     assert "the cell restarts from scratch" in out.notes[0]
 
 
+@pytest.mark.slow
 def test_no_unrestricted_unpickling_in_the_package():
     """Every torch.load is weights-only; the only pickle reader is the restricted CIFAR unpickler."""
     hits = subprocess.run(
@@ -77,6 +79,7 @@ def test_no_unrestricted_unpickling_in_the_package():
 
 
 # ------------------------------------------------------------------------------------------ CIFAR pickles
+@pytest.mark.slow
 def test_planted_cifar_pickle_runs_no_code_in_check_data_or_dry_run(tmp_path, cli):
     d = make_cifar100(tmp_path / "data", per_class=(1, 1))
     marker = tmp_path / "MARKER"

@@ -99,6 +99,7 @@ def test_compare_errors(tmp_path, cli):
     assert rc == 2 and "metric 'bleu' is not in the results of task 'digits' (have: top1, top5)" in err
 
 
+@pytest.mark.slow
 def test_third_party_method_through_entry_point(tmp_path):
     """The example package, made importable with a .dist-info entry-point file (what pip install writes),
     is run through `lskd-bench run` against the zoo's teachers and compared."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from lskd_bench import store
 from lskd_bench.leaderboard import collect, to_csv, to_markdown, write_outputs
 
@@ -93,8 +95,11 @@ def test_csv_md_pair_keeps_dots_in_the_name(tmp_path):
     assert csv_path.name == "board.csv"
 
 
+@pytest.mark.slow
 def test_leaderboard_with_only_the_baseline_finished(tmp_path, cli):
-    rc, _, _err = cli("run", "--out", str(tmp_path), *TINY_ARGS, "--set", "teacher.lr=1e30", "--set", "teacher.epochs=2")
+    rc, _, _err = cli(
+        "run", "--out", str(tmp_path), *TINY_ARGS, "--set", "teacher.lr=1e30", "--set", "teacher.epochs=2"
+    )
     assert rc == 1
     rc, out, _ = cli("leaderboard", "--runs", str(tmp_path))
     assert rc == 0 and "_No finished cells._" not in out

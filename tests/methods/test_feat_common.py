@@ -120,12 +120,14 @@ def feature_setup(tmp_path_factory):
     return cfg, task, data, [c for c in cells if c.role == "student"], tmodel
 
 
+@pytest.mark.slow
 def test_feature_and_logit_students_fused_equal_students_trained_alone(feature_setup, tmp_path):
     cfg, task, data, students, tmodel = feature_setup
     assert sorted(c.method for c in students) == ["crd", "fitnet", "fitnet+kd", "kd"]
     assert_fused_equals_alone(task, students, cfg, data, tmodel, tmp_path)
 
 
+@pytest.mark.slow
 def test_killed_feature_group_resumes_bit_identically_and_exports_only_the_student(feature_setup, tmp_path):
     cfg, task, data, students, tmodel = feature_setup
     ref = tmp_path / "ref"
@@ -180,6 +182,7 @@ def test_a_connector_that_cannot_be_sized_names_both_shapes():
     assert ConvReg((8, 2, 2), (16, 4, 4))(torch.randn(1, 8, 2, 2)).shape == (1, 16, 4, 4)  # transposed
 
 
+@pytest.mark.slow
 def test_third_party_feature_method_through_entry_point(tmp_path):
     """The example package (examples/third_party_feature_method), made importable with a .dist-info entry-point
     file as pip install writes it, runs through `lskd-bench run` with its X+kd composition, and `compare` lists it."""

@@ -289,6 +289,7 @@ def test_ab_and_fsp_main_stage_is_cross_entropy_only():
         assert set(out) == {"ce"} and out["ce"].item() == pytest.approx(nn.functional.cross_entropy(logits, y).item())
 
 
+@pytest.mark.slow
 def test_killed_crd_and_ab_cells_resume_bit_identically(tmp_path):
     """In the runner: a CRD cell (memory bank, Z, the negatives' generator) and an AB cell (its init stage) killed
     after their second epoch and resumed end with the weights of uninterrupted runs."""

@@ -209,6 +209,7 @@ def test_unknown_method_lists_the_known_ones(tmp_path, cli):
 
 
 # ------------------------------------------------------------------------------------------ in the runner
+@pytest.mark.slow
 def test_ctkd_temperature_survives_resume(tmp_path):
     """The method's own parameter is optimised with the student and restored from the checkpoint."""
     from lskd_bench.runners.cells import plan_cells
@@ -251,6 +252,7 @@ def test_ctkd_temperature_survives_resume(tmp_path):
 ALL = "kd,dkd,dist,kd_std,ttm,ctkd,nkd"
 
 
+@pytest.mark.slow
 def test_all_methods_on_digits_share_teachers_and_show_their_axes(tmp_path, cli):
     rc, out, err = cli(
         "run",
@@ -277,6 +279,7 @@ def test_all_methods_on_digits_share_teachers_and_show_their_axes(tmp_path, cli)
     assert len(teachers) == 2  # every method distilled from the same two teachers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "task,fixture,roles",
     [("imagenet", "imagenet_root", {}), ("cub200_compact", "cub_root", {"student": "mobilenetv2_100"})],

@@ -176,6 +176,7 @@ def results(out: Path) -> dict[str, dict]:
     return {r["cell"]["name"]: r for r in store.iter_results(out)}
 
 
+@pytest.mark.slow
 def test_three_gpus_one_unit_each(tmp_path, cli):
     rc, out, err = cli("run", "--out", str(tmp_path), *TINY, "--no-fuse", "--gpus", "0,1,2")
     assert rc == 0, err
@@ -202,6 +203,7 @@ def _start_time(out: Path, name: str) -> str:
     raise AssertionError(name)
 
 
+@pytest.mark.slow
 def test_per_gpu_packs_units_on_one_gpu(tmp_path, cli):
     rc, out, err = cli(
         "run",
@@ -224,6 +226,7 @@ def test_per_gpu_packs_units_on_one_gpu(tmp_path, cli):
     assert {r["env"]["cuda_visible_devices"] for r in results(tmp_path).values()} == {"5"}
 
 
+@pytest.mark.slow
 def test_failed_unit_frees_its_gpu(tmp_path, cli, monkeypatch):
     """A worker that dies (a lost GPU) fails its cells alone; the GPU goes to the next unit."""
     from lskd_bench.runners.cells import plan_cells
@@ -261,6 +264,7 @@ def test_failed_unit_frees_its_gpu(tmp_path, cli, monkeypatch):
     assert set(results(runs)) == {"teacher_cnn_wide_a0.1_s0", "student_kd_cnn_tiny_a0.1_T1_s0"}
 
 
+@pytest.mark.slow
 def test_torchrun_unit_gets_k_distinct_gpus(tmp_path, cli):
     args = ["--alphas", "0.1", "--temperatures", "2", "--epochs", "1", "--seeds", "0", "--no-progress", "--no-fuse"]
     rc, out, err = cli("run", "--out", str(tmp_path), *args, "--nproc-per-node", "2", "--gpus", "0,1,2,3")
@@ -293,6 +297,7 @@ def test_bad_gpu_lists_are_one_line_errors(tmp_path, cli):
     assert rc == 2 and "nproc_per_node 4 needs 4 GPUs per unit; only 2 available" in err
 
 
+@pytest.mark.slow
 def test_interrupted_run_logs_the_end_of_every_unit_it_stopped(tmp_path, cli, monkeypatch):
     """Ctrl-C / SIGTERM in the parent stops the running workers: devices.log gets their 'end' lines too."""
     from lskd_bench.runners.scheduler import Scheduler
@@ -314,6 +319,7 @@ def test_interrupted_run_logs_the_end_of_every_unit_it_stopped(tmp_path, cli, mo
     assert (runs / "digits" / "devices.log").read_text().splitlines()[-1].endswith(" stopped")
 
 
+@pytest.mark.slow
 def test_gpu_flags_that_cannot_apply_are_said(tmp_path, cli, monkeypatch):
     """--gpus/--per-gpu with the in-process executor, and --per-gpu where there is no GPU, are noted, not silently ignored."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible

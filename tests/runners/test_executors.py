@@ -11,6 +11,7 @@ from lskd_bench import store
 ARGS = ["--alphas", "0.1", "--temperatures", "2", "--epochs", "2", "--seeds", "0", "--no-progress"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [["--executor", "subprocess", "--jobs", "2"], ["--nproc-per-node", "2"]])
 def test_process_executors_finish_every_cell(tmp_path, cli, extra):
     rc, out, err = cli("run", "--out", str(tmp_path), *ARGS, *extra)
@@ -55,6 +56,7 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")  # a zombie has exited (its new parent may never reap it)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 @pytest.mark.parametrize("extra", [["--executor", "subprocess", "--jobs", "1"], ["--nproc-per-node", "2"]])
 def test_worker_dies_with_a_killed_parent(tmp_path, extra):
@@ -112,3 +114,37 @@ def test_worker_dies_with_a_killed_parent(tmp_path, extra):
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_a_process_started_with_die_with_parent_ends_when_its_parent_is_killed():
+    """The hook the subprocess and torchrun executors start workers with, on a ``sleep`` instead of a worker."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import subprocess, time\n"
+        "from lskd_bench.runners.executors import die_with_parent\n"
+        "p = subprocess.Popen(['sleep', '600'], preexec_fn=die_with_parent())\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = None
+    try:
+        child = int(parent.stdout.readline())
+        assert _alive(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 60  # hang guard only
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "the child outlived its killed parent"
+    finally:
+        parent.kill()
+        parent.wait()
+        if child is not None and _alive(child):
+            os.kill(child, signal.SIGKILL)

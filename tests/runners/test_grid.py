@@ -35,6 +35,7 @@ def finished(out: Path) -> dict[str, float]:
     return {p.parent.name: p.stat().st_mtime_ns for p in out.rglob(store.RESULT)}
 
 
+@pytest.mark.slow
 def test_grid_trains_expected_cells_then_reuses_them(tmp_path, tiny_cfg):
     first = run_grid(tiny_cfg, tmp_path, progress=False)
     assert {c.name for c in first.trained} == EXPECTED
@@ -55,6 +56,7 @@ def test_grid_trains_expected_cells_then_reuses_them(tmp_path, tiny_cfg):
     assert finished(tmp_path) == done  # no result file was rewritten
 
 
+@pytest.mark.slow
 def test_changed_student_config_retrains_students_but_reuses_teachers(tmp_path, tiny_cfg):
     run_grid(tiny_cfg, tmp_path, progress=False)
     cfg2 = resolve_config("digits", {}, tiny_overrides(kd={"lambda": 0.9}))
@@ -71,6 +73,7 @@ def test_grid_axes(tiny_cfg):
     assert {n for n in names if n.startswith("student")} == {f"student_kd_cnn_tiny_a0.1_T{t}_s0" for t in (1, 2, 3)}
 
 
+@pytest.mark.slow
 def test_interrupted_cell_resumes_to_identical_weights(tmp_path):
     cfg = resolve_config("digits", {}, tiny_overrides(epochs=4))
     task = get_task("digits")
@@ -102,6 +105,7 @@ def test_interrupted_cell_resumes_to_identical_weights(tmp_path):
     assert res["metrics"] == ref["metrics"]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_at_unfinished_cells(tmp_path):
     out = tmp_path / "runs"
     args = [
@@ -135,6 +139,7 @@ def test_killed_run_resumes_at_unfinished_cells(tmp_path):
     assert {k: after[k] for k in before} == before  # finished cells untouched
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path):
     """compile: true (torch.compile of the model being trained, here on the CPU with inductor) trains the same cell:
     the same losses up to inductor's rounding (its fused kernels round otherwise: ~2e-4 relative after one epoch,

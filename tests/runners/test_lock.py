@@ -20,6 +20,7 @@ from ..fixtures import HANG_GUARD_S, TINY_ARGS, aged, results_by_cell
 
 
 # ------------------------------------------------------------------------------------------ locks
+@pytest.mark.slow
 def test_lock_is_exclusive_and_stale_locks_are_taken_over(tmp_path):
     a, b = CellLock(tmp_path), CellLock(tmp_path)
     assert a.try_acquire(stale_s=60) and not b.try_acquire(stale_s=60)
@@ -40,6 +41,7 @@ def test_lock_is_exclusive_and_stale_locks_are_taken_over(tmp_path):
     assert CellLock(tmp_path).try_acquire(stale_s=60)
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_train_every_cell_exactly_once(tmp_path):
     args = [
         sys.executable,
@@ -75,6 +77,7 @@ def test_two_concurrent_runs_train_every_cell_exactly_once(tmp_path):
     assert len(results_by_cell(tmp_path)) == 7 and not list(tmp_path.rglob(LOCK))
 
 
+@pytest.mark.slow
 def test_run_waits_for_a_cell_held_by_a_live_process(tmp_path, cli):
     """A cell locked by another live process is not trained here; once the holder lets go without a
     result, this run trains it."""
@@ -197,6 +200,7 @@ def test_lock_is_never_left_half_written(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_run_announces_a_wait_on_an_unreadable_lock_then_takes_it_over(tmp_path, cli):
     from lskd_bench.runners.cells import plan_cells
     from lskd_bench.runners.grid import resolve_config

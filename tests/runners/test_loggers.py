@@ -38,6 +38,7 @@ def _cells(out: Path) -> dict[str, dict]:
     return {r["cell"]["hash"]: r for r in results}
 
 
+@pytest.mark.slow
 def test_mlflow_one_run_per_cell_with_params_tags_and_metrics(tmp_path, cli, monkeypatch):
     require("mlflow", "the mlflow logger (pip install 'lskd-bench[mlflow]')")
     from mlflow.tracking import MlflowClient
@@ -81,6 +82,7 @@ def test_mlflow_one_run_per_cell_with_params_tags_and_metrics(tmp_path, cli, mon
         assert run.data.metrics["last/top1"] == pytest.approx(result["metrics"]["top1"])
 
 
+@pytest.mark.slow
 def test_mlflow_resumed_cell_continues_its_run(tmp_path, monkeypatch):
     require("mlflow", "the mlflow logger (pip install 'lskd-bench[mlflow]')")
     from mlflow.tracking import MlflowClient
@@ -143,6 +145,7 @@ def _key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_files_hold_the_metrics(tmp_path, cli, monkeypatch):
     require("wandb", "the wandb logger (pip install 'lskd-bench[wandb]')")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -214,6 +217,7 @@ def fake_loggers():
         LOGGERS._items.pop(name, None)
 
 
+@pytest.mark.slow
 def test_a_failing_logger_warns_once_and_training_goes_on(tmp_path, cli, fake_loggers):
     rc, _, err = cli("run", "--out", str(tmp_path), *ARGS, "--loggers", "broken")
     assert rc == 0, err
@@ -223,6 +227,7 @@ def test_a_failing_logger_warns_once_and_training_goes_on(tmp_path, cli, fake_lo
     assert Broken.calls == 3  # switched off after its first failure in each cell (3 cells, 2 epochs each)
 
 
+@pytest.mark.slow
 def test_a_hanging_logger_does_not_hold_up_training(tmp_path, cli, fake_loggers):
     """The logger never returns from opening its run: every cell still trains and finishes; closing a cell waits
     at most logging.close_timeout_s for it and says so."""

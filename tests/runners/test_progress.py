@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from lskd_bench.runners import progress
 
 from ..fixtures import ROOT
@@ -19,6 +21,7 @@ ARGS = ["--alphas", "0.1", "--temperatures", "4", "--seeds", "0", "--epochs", "2
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "
 
 
+@pytest.mark.slow
 def test_redirected_output_is_plain_lines_a_few_per_cell(tmp_path):
     """As under Slurm or nohup: stdout and stderr to a file. No carriage return; one line per settled cell and,
     with epochs shorter than logging.interval_s (60 s), one line per unit at its last epoch."""
@@ -48,6 +51,7 @@ def test_redirected_output_is_plain_lines_a_few_per_cell(tmp_path):
     assert any(ln.startswith("3 cells: trained 3") for ln in lines)  # the summary is unchanged
 
 
+@pytest.mark.slow
 def test_json_format_one_object_a_line(tmp_path, cli):
     """--log-format json: every progress line is a JSON object: a 'step' event within the epoch (here every step:
     interval_s is tiny), an 'epoch' event at each epoch end that is due (the last one always), a 'cell' event per

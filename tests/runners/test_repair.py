@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import re
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 
 from lskd_bench.runners import store
 from lskd_bench.runners.lock import LOCK
+from lskd_bench.runners.repair import cell_problems, status_problem
 
 from ..fixtures import TINY_ARGS, aged, cell_dirs, result_metrics
 
 
 # ------------------------------------------------------------------------------------------ done when
+@pytest.mark.slow
 def test_damaged_run_dir_finishes_the_grid_with_one_line_per_repair(tmp_path, cli):
     """Cases 1-3 together: an empty lock.json, a truncated state.pt and a deleted teacher model.pt."""
     rc, _, err = cli("run", "--out", str(tmp_path), *TINY_ARGS)
@@ -71,6 +74,7 @@ def test_damaged_run_dir_finishes_the_grid_with_one_line_per_repair(tmp_path, cl
 
 
 # ------------------------------------------------------------------------------------------ case 2: state.pt
+@pytest.mark.slow
 def test_checkpoint_that_does_not_load_is_moved_aside(tmp_path, tiny_cfg):
     """A complete-looking archive that still fails to load: the cell starts from scratch, said once."""
     from lskd_bench.runners.cells import plan_cells
@@ -95,6 +99,7 @@ def test_checkpoint_that_does_not_load_is_moved_aside(tmp_path, tiny_cfg):
     assert out.result["metrics"] == ref.result["metrics"] and out.result["resumes"] == []
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_resumes_from_the_one_before(tmp_path):
     """state.pt cut short after epoch 3: the cell resumes from state.prev.pt (epoch 2), says so once, and ends
     bit-identical to an uninterrupted run; finishing removes both checkpoints."""
@@ -132,6 +137,7 @@ def test_damaged_checkpoint_resumes_from_the_one_before(tmp_path):
     assert not (d / store.STATE).exists() and not (d / store.STATE_PREV).exists()
 
 
+@pytest.mark.slow
 def test_repair_says_the_cell_resumes_from_the_previous_checkpoint(tmp_path, cli):
     import yaml
 
@@ -163,6 +169,7 @@ def test_repair_says_the_cell_resumes_from_the_previous_checkpoint(tmp_path, cli
 
 
 # ------------------------------------------------------------------------------------------ cases 3, 5, 8: results
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "content,problem",
     [(b"{}", "lacks cell, metrics, epochs, timings"), (b'{"cell": {"task"', "is not valid JSON (truncated?)")],
@@ -188,6 +195,7 @@ def test_bad_result_json_is_reported_and_the_cell_retrained(tmp_path, cli, conte
     assert "2 cells: trained 1, reused 1 finished" in out and result_metrics(student) == good
 
 
+@pytest.mark.slow
 def test_status_does_not_promise_a_repair_run_will_not_make(tmp_path, cli):
     """A finished teacher without model.pt whose students all finished: run leaves it (nothing needs it), so
     status must not say that run retrains it."""
@@ -203,3 +211,36 @@ def test_status_does_not_promise_a_repair_run_will_not_make(tmp_path, cli):
         r"still needs this teacher",
         out,
     ), out
+
+
+# ------------------------------------------------------------------------------------------ detection
+def _finished(d: Path, role: str = "teacher") -> None:
+    cell = {"task": "digits", "role": role, "arch": "cnn_wide", "method": "ce", "hash": "0" * 12, "alpha": 0.1}
+    res = {"cell": {**cell, "T": None, "seed": 0}, "metrics": {"top1": 1.0}, "epochs": 1, "timings": {"wall_s": 1.0}}
+    store.write_json(d / store.RESULT, res)
+
+
+def test_status_names_each_damaged_file_and_what_run_will_do(tmp_path):
+    fine = tmp_path / "fine"
+    _finished(fine)
+    store.save_torch(fine / store.MODEL, {"w": torch.zeros(1)})
+    assert cell_problems(fine, "teacher") == [] and status_problem(fine, "teacher") is None
+
+    torn = tmp_path / "torn"
+    _finished(torn)
+    (torn / store.RESULT).write_text((torn / store.RESULT).read_text()[:20])
+    assert [f for f, _ in cell_problems(torn, "student")] == [store.RESULT]
+    assert status_problem(torn, "student").endswith("'lskd-bench run' repairs it (trains the cell again)")
+
+    no_model = tmp_path / "no_model"
+    _finished(no_model)
+    assert status_problem(no_model, "teacher") == (
+        "model.pt is missing: 'lskd-bench run' repairs it when a student still needs this teacher (trains it again)"
+    )
+    assert cell_problems(no_model, "student") == []  # only a teacher's weights are read by others
+
+    resumable = tmp_path / "resumable"
+    store.save_torch(resumable / store.STATE_PREV, {"epoch": 1})
+    (resumable / store.STATE).write_bytes(b"PK\x03\x04 cut")
+    assert status_problem(resumable, "student").startswith(f"{store.STATE} is corrupt")
+    assert status_problem(resumable, "student").endswith(f"(resumes from the previous checkpoint {store.STATE_PREV})")

@@ -29,6 +29,7 @@ def nan_method():
     METHODS._items.pop("nan_at_t2", None)
 
 
+@pytest.mark.slow
 def test_failing_cell_is_recorded_and_the_grid_carries_on(tmp_path, cli, nan_method):
     argv = [
         "run",

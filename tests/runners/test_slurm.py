@@ -68,6 +68,7 @@ def squeue(env) -> str:
 GRID = ["--alphas", "0.1", "--temperatures", "1,2", "--seeds", "0", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_grid_through_sbatch_with_dependencies_status_and_resubmission(slurm, tmp_path):
     env, profile = slurm
     runs = tmp_path / "runs"
@@ -108,6 +109,7 @@ def test_grid_through_sbatch_with_dependencies_status_and_resubmission(slurm, tm
     assert "| T = 2 |" in done.stdout  # the leaderboard of the finished grid
 
 
+@pytest.mark.slow
 def test_scancelled_job_resumes_from_its_checkpoint_on_resubmission(slurm, tmp_path):
     env, profile = slurm
     runs = tmp_path / "runs"
@@ -156,6 +158,7 @@ def test_scancelled_job_resumes_from_its_checkpoint_on_resubmission(slurm, tmp_p
     assert len(list(runs.rglob(store.RESULT))) == 3
 
 
+@pytest.mark.slow
 def test_wait_returns_when_a_job_dies_without_its_result(slurm, tmp_path):
     """No accounting database: the executor reads squeue, so a cancelled job cannot leave --wait hanging."""
     env, profile = slurm
@@ -199,6 +202,7 @@ def test_wait_returns_when_a_job_dies_without_its_result(slurm, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ bad input (no cluster)
+@pytest.mark.slow
 def test_no_sbatch_on_path(tmp_path):
     profile = tmp_path / "p.yaml"
     profile.write_text("partition: debug\n")
@@ -231,6 +235,7 @@ def test_missing_profile(tmp_path, cli):
     assert rc == 2 and "cannot read config" in err
 
 
+@pytest.mark.slow
 def test_unknown_partition(slurm, tmp_path):
     env, _ = slurm
     profile = tmp_path / "p.yaml"

@@ -47,6 +47,7 @@ def setup(tmp_path_factory):
     return cfg, task, data, students, tmodel, base
 
 
+@pytest.mark.slow
 def test_fused_students_equal_students_trained_alone(setup, tmp_path):
     cfg, task, data, students, tmodel, _ = setup
     assert len(students) == 4  # baseline, kd T1, kd T4, ctkd
@@ -57,6 +58,7 @@ def test_fused_students_equal_students_trained_alone(setup, tmp_path):
     assert all(same_weights(tmp_path / "rev" / c.name, tmp_path / "alone" / c.name) for c in students)
 
 
+@pytest.mark.slow
 def test_killed_fused_group_resumes_every_member(setup, tmp_path):
     cfg, task, data, students, tmodel, _ = setup
     ref = tmp_path / "ref"
@@ -97,6 +99,7 @@ def test_killed_fused_group_resumes_every_member(setup, tmp_path):
     assert all(same_weights(cut / c.name, ref / c.name) for c in students)
 
 
+@pytest.mark.slow
 def test_members_at_different_positions_train_together(setup, tmp_path):
     cfg, task, data, students, tmodel, _ = setup
     a, b = students[1], students[2]
@@ -129,6 +132,7 @@ def test_fuse_units_grouping_and_split(tiny_cfg):
     assert all(len(u) == 1 for u in fuse_units(cells, fuse=False, max_fused=cfg["max_fused"]))
 
 
+@pytest.mark.slow
 def test_adding_a_temperature_trains_only_that_student(tmp_path):
     cfg = resolve_config("digits", {}, tiny_overrides(grid={"alphas": [0.0, 0.1], "temperatures": [1.0, 2.0]}))
     first = run_grid(cfg, tmp_path, progress=False)
@@ -138,6 +142,7 @@ def test_adding_a_temperature_trains_only_that_student(tmp_path):
     assert sorted(c.name for c in second.trained) == ["student_kd_cnn_tiny_a0.1_T3_s0", "student_kd_cnn_tiny_a0_T3_s0"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target,expect_epoch", [(store.RESULT, 2), (store.STATE, 1)])
 def test_disk_full_fails_the_cell_cleanly(tmp_path, monkeypatch, tiny_cfg, target, expect_epoch):
     """A write that fails (ENOSPC) leaves no partial file and an intact previous checkpoint; a re-run finishes."""
@@ -176,6 +181,7 @@ def test_disk_full_fails_the_cell_cleanly(tmp_path, monkeypatch, tiny_cfg, targe
 
 
 # ------------------------------------------------------------------------------------------ cases 6, 7: disk
+@pytest.mark.slow
 def test_full_disk_during_a_checkpoint_names_the_cause(tmp_path, monkeypatch, tiny_cfg):
     from lskd_bench.runners.cells import plan_cells
     from lskd_bench.runners.train import train_group
@@ -242,6 +248,7 @@ def test_thread_count_from_usable_cpus(monkeypatch):
     assert SubprocessExecutor().plan(job)[1:3] == (3, 2)
 
 
+@pytest.mark.slow
 def test_threads_setting_is_applied_recorded_and_not_part_of_the_hash(tmp_path, cli, tiny_cfg):
     from lskd_bench.runners.cells import plan_cells
     from lskd_bench.runners.grid import resolve_config

@@ -62,6 +62,7 @@ def test_the_choice_is_part_of_a_students_identity_only():
     assert s_last.hash != s_sel.hash  # its students are not
 
 
+@pytest.mark.slow
 def test_student_distils_from_the_selected_epoch_and_records_it(tmp_path):
     cfg = _cfg("selected")
     tcell, scell = _cells(cfg)

@@ -18,6 +18,7 @@ from lskd_bench.runners.cells import plan_cells
 from lskd_bench.runners.grid import resolve_config
 from lskd_bench.runners.train import FusedGroup, load_model, train_group
 from lskd_bench.tasks import get_task
+from lskd_bench.tasks.base import batch_plan, epoch_permutation
 
 from ..fixtures import WNIDS, make_imagefolder
 
@@ -60,6 +61,7 @@ def _no_workers_left():
     return [p for p in multiprocessing.active_children() if p.is_alive()] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decode", ["cpu", "gpu"])  # gpu: EncodedImages, decoded by torchvision (here on the CPU)
 def test_next_epoch_is_read_while_the_last_batches_train(imagenet_root, tmp_path, decode):
     cfg = _cfg(imagenet_root, decode)
@@ -85,6 +87,7 @@ def test_next_epoch_is_read_while_the_last_batches_train(imagenet_root, tmp_path
     assert _no_workers_left()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decode", ["cpu", "gpu"])
 def test_read_ahead_results_equal_epoch_by_epoch_loading_fused_alone_and_resumed(
     imagenet_root, tmp_path, decode, monkeypatch
@@ -135,6 +138,7 @@ def test_read_ahead_results_equal_epoch_by_epoch_loading_fused_alone_and_resumed
     assert _no_workers_left()
 
 
+@pytest.mark.slow
 def test_no_worker_left_after_a_bad_sample_error(tmp_path):
     root = make_imagefolder(tmp_path / "inet")
     bad = sorted((root / "train" / WNIDS[2]).iterdir())[0]
@@ -150,3 +154,23 @@ def test_no_worker_left_after_a_bad_sample_error(tmp_path):
         assert _no_workers_left()
     else:
         pytest.fail("no DataError")
+
+
+# ------------------------------------------------------------------------------------------ batch plans
+def test_an_epochs_order_is_a_function_of_seed_and_epoch_only():
+    a = torch.cat(batch_plan(10, 3, shuffle=True, seed=1, epoch=2))
+    assert sorted(a.tolist()) == list(range(10))
+    assert torch.equal(a, torch.cat(batch_plan(10, 4, shuffle=True, seed=1, epoch=2)))  # batch size aside
+    assert not torch.equal(a, torch.cat(batch_plan(10, 3, shuffle=True, seed=1, epoch=3)))
+    assert not torch.equal(a, torch.cat(batch_plan(10, 3, shuffle=True, seed=2, epoch=2)))
+    assert [len(b) for b in batch_plan(10, 3, shuffle=False)] == [3, 3, 3, 1]
+    assert [len(b) for b in batch_plan(10, 3, shuffle=False, drop_last=True)] == [3, 3, 3]
+
+
+def test_ddp_shards_take_disjoint_samples_and_the_same_number_of_steps():
+    shards = [batch_plan(11, 2, shuffle=True, seed=0, epoch=0, shard=(r, 3)) for r in range(3)]
+    assert {len(s) for s in shards} == {2}
+    seen = [i for s in shards for b in s for i in b.tolist()]
+    assert len(seen) == len(set(seen)) == 9  # 11 trimmed to 9: every process the same count
+    order = epoch_permutation(11, 0, 0)[:9]
+    assert torch.cat(shards[1]).tolist() == order[1::3].tolist()

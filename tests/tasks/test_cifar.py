@@ -256,6 +256,7 @@ def test_parameter_counts():
     assert sum(p.numel() for p in MobileNetV1(1000).parameters()) == 4_231_976  # ImageNet MobileNet-V1, 4.2M
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet8", "wrn_16_1", "vgg8", "ShuffleV1", "ShuffleV2", "MobileNetV2"])
 def test_features_and_head_make_the_logits(arch):
     torch.manual_seed(0)
@@ -301,6 +302,7 @@ def shared_resnet8x4_checkpoint() -> dict:
     return {"epoch": 240, "model": sd, "accuracy": 79.42, "optimizer": {"state": {}, "param_groups": []}}
 
 
+@pytest.mark.slow
 def test_shared_teacher_checkpoint_loads_through_cli(cifar_root, tmp_path, cli):
     ckpt = shared_resnet8x4_checkpoint()
     path = tmp_path / "resnet8x4_vanilla" / "ckpt_epoch_240.pth"
@@ -442,6 +444,7 @@ def test_imagenet_pairs_use_mdistillers_recipe(imagenet_root, pair, teacher, stu
     assert (base["pair"], base["student"]["arch"], base["student"]["epochs"]) == (None, "resnet18", 200)
 
 
+@pytest.mark.slow
 def test_torchvision_format_teacher_loads_strictly(tmp_path):
     import torchvision
 

@@ -193,6 +193,7 @@ def test_decode_is_not_part_of_the_cell_hash(imagenet_root):
     assert names["auto"] == names["cpu"] == names["gpu"]
 
 
+@pytest.mark.slow
 def test_fused_and_resumed_students_identical_with_gpu_decode(imagenet_root, tmp_path):
     role = {"epochs": 2, "batch_size": 4, "lr": 0.001, "warmup_epochs": 0}
     cfg = resolve_config("imagenet", {}, {

@@ -40,6 +40,7 @@ def tiny_nmt(root, **extra) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ readers
+@pytest.mark.slow
 def test_importing_fairseq_leaves_the_root_logger_alone():
     """fairseq's text_to_speech task calls logging.basicConfig(level=DEBUG) when imported: without the adapter's
     guard, every library's debug lines (torch.compile's file locks, ...) flood a run's stderr."""
@@ -296,6 +297,7 @@ def test_word_level_kd_counts_only_non_pad_positions(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ the grid
+@pytest.mark.slow
 def test_tiny_grid_end_to_end_with_bleu(tmp_path, cli):
     from lskd_bench.config import load_yaml  # noqa: F401  (config files are YAML; here overrides via --set)
 
@@ -341,6 +343,7 @@ def test_tiny_grid_end_to_end_with_bleu(tmp_path, cli):
     assert rc == 2 and "is a translation task" in err
 
 
+@pytest.mark.slow
 def test_killed_mid_epoch_resumes_to_identical_weights(tmp_path):
     """checkpoint_every writes within-epoch checkpoints; a cell interrupted mid-epoch resumes at the next
     batch with its RNG (dropout) state and ends bit-identical to an uninterrupted run."""
@@ -379,6 +382,7 @@ def test_killed_mid_epoch_resumes_to_identical_weights(tmp_path):
     assert res["metrics"] == ref["metrics"] and res["updates"] == ref["updates"]
 
 
+@pytest.mark.slow
 def test_sequence_level_kd_trains_on_teacher_outputs(tmp_path, cli):
     root = make_plain(tmp_path / "data")
     import yaml
@@ -425,6 +429,7 @@ def _sacrebleu_cli(ref, hyp) -> list[float]:
     return [float(x) for x in out.replace("[", "").replace("]", "").replace(",", " ").split()]
 
 
+@pytest.mark.slow
 def test_selection_on_valid_hypotheses_rescore_and_translate(tmp_path, cli):
     """Done-when of the issue: a tiny grid on a few hundred real pairs (Django's catalogues in the plain layout)
     selects its epoch on the valid split, stores test BLEU at the selected and last epochs, writes hypothesis
@@ -549,6 +554,7 @@ def test_selection_on_valid_hypotheses_rescore_and_translate(tmp_path, cli):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("select_on", ["valid_loss", "valid_bleu"])
 def test_best_epoch_is_selected_on_valid_not_test(tmp_path, monkeypatch, select_on):
     """The reported epoch follows the validation score (scripted here: epoch 2 is best on valid loss), its test
@@ -719,6 +725,7 @@ def test_pad_to_multiple_repeats_shapes_and_keeps_the_loss(tmp_path):
         assert torch.equal(y8, y1) and torch.allclose(s8, s1, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_long_test_line_is_cut_and_damaged_cells_translate_in_one_line(tmp_path, cli):
     """Issue 26: a test line far longer than the model's positions is cut in evaluation, as translate cuts it, and
     said (it went whole to the encoder: gigabytes); translate on a cell whose weights, spm.model or run_config are

@@ -50,6 +50,7 @@ def test_cub_loader_reads_the_index_files(cub_root):
     assert parents["029.American_Crow"] == "crow"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "task,fixture,roles",
     [
@@ -186,6 +187,7 @@ def truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+@pytest.mark.slow
 def test_truncated_jpeg_check_data_and_run(tmp_path, cli):
     root = make_imagefolder(tmp_path / "inet")
     bad = sorted((root / "train" / WNIDS[1]).iterdir())[1]
