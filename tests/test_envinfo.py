@@ -36,6 +36,7 @@ def test_results_and_leaderboard_record_the_environment(tmp_path, cli):
 
 def test_git_commit_is_this_checkouts_and_unknown_outside_git(tmp_path, monkeypatch):
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
+    envinfo.git_commit.cache_clear()  # cached per process: HEAD may have moved since an earlier test asked
     assert re.fullmatch(rf"{head.stdout.strip()}(\+dirty)?", envinfo.git_commit())
     monkeypatch.setattr(envinfo, "__file__", str(tmp_path / "envinfo.py"))  # a source tree outside git
     envinfo.git_commit.cache_clear()

@@ -85,6 +85,7 @@ def _benchmarks(monkeypatch):
     return gpu_check, bench_nmt
 
 
+@pytest.mark.slow
 def test_gpu_check_writes_its_table_when_sections_and_rows_fail(tmp_path, monkeypatch, capsys):
     """The GPU check is one call on a lent machine: a section that raises (a CUDA error in the synthetic steps, the
     runner, the digits grid) or a translation row that exits (bench_nmt raises SystemExit when fairseq-train fails)

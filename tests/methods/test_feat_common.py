@@ -65,7 +65,14 @@ def test_tap_names_what_exists_for_an_unknown_output():
     assert "preact_stage2" not in layout.names()  # its blocks end in a convolution: no pre-activation to give
 
 
-@pytest.mark.parametrize("arch,stages", [("timm:resnet26d", 5), ("torchvision:regnet_y_400mf", 5), ("resnet18", 5)])
+@pytest.mark.parametrize(
+    "arch,stages",
+    [
+        pytest.param("timm:resnet26d", 5, marks=pytest.mark.slow),
+        pytest.param("torchvision:regnet_y_400mf", 5, marks=pytest.mark.slow),
+        ("resnet18", 5),
+    ],
+)
 def test_any_timm_or_torchvision_classifier_by_name_with_its_stages(arch, stages):
     torch.manual_seed(0)
     m = build_image_model(arch, 7)

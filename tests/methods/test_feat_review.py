@@ -222,7 +222,9 @@ def test_ofd_connector_init_and_state():
     [
         ("resnet8x4", ["layer1.0.bn2", "layer2.0.bn2", "layer3.0.bn2"]),  # not the downsample BN run after bn2
         ("resnet32x4", ["layer1.4.bn2", "layer2.4.bn2", "layer3.4.bn2"]),
-        ("ResNet50", ["layer1.2.bn3", "layer2.3.bn3", "layer3.5.bn3", "layer4.2.bn3"]),
+        pytest.param(
+            "ResNet50", ["layer1.2.bn3", "layer2.3.bn3", "layer3.5.bn3", "layer4.2.bn3"], marks=pytest.mark.slow
+        ),
         ("vgg8", ["block1.1", "block2.1", "block3.1", "block4.1"]),
     ],
 )

@@ -73,7 +73,12 @@ def test_one_epoch_grid_on_fixture(task, fixture, roles, request, tmp_path):
     assert run_grid(cfg, tmp_path, progress=False).trained == []
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHS))
+FAST_ARCHS = {"resnet18", "mobilenet_v1"}  # building the others takes seconds each: slow
+
+
+@pytest.mark.parametrize(
+    "arch", [a if a in FAST_ARCHS else pytest.param(a, marks=pytest.mark.slow) for a in sorted(ARCHS)]
+)
 def test_model_factory_splits_backbone_and_head(arch):
     model = build_image_model(arch, 5).eval()
     x = torch.randn(2, 3, 32, 32)
