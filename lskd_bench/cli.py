@@ -238,12 +238,17 @@ def _runs_dir(args: argparse.Namespace) -> Path:
     return runs
 
 
+def _warn(problems: list[str]) -> None:
+    """The results a command skipped (unreadable result.json...), a ``warning:`` line each on stderr."""
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     runs = _runs_dir(args)
     problems: list[str] = []
     rows = collect(runs, args.select, problems)
-    for line in problems:
-        print(f"warning: {line}", file=sys.stderr)
+    _warn(problems)
     if not rows:
         raise UsageError(f"no finished cells under {runs}")
     out = Path(args.out) if args.out else runs / "leaderboard"
@@ -258,8 +263,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     runs = _runs_dir(args)
     problems: list[str] = []
     df = results.load(runs, args.select, problems)
-    for line in problems:
-        print(f"warning: {line}", file=sys.stderr)
+    _warn(problems)
     if df.empty:
         raise UsageError(f"no finished cells under {runs}")
     out = Path(args.out) if args.out else runs / f"results.{args.format}"
@@ -279,8 +283,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     text, paths = compare(
         runs, out, baseline=args.baseline, metric=args.metric, task=args.task, select=args.select, problems=problems
     )
-    for line in problems:
-        print(f"warning: {line}", file=sys.stderr)
+    _warn(problems)
     print(text, end="")
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return 0
@@ -288,6 +291,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     split = _list_of(str, "--target")
+    problems: list[str] = []
     rows = analyze(
         Path(args.runs),
         split(args.target),
@@ -299,7 +303,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         method=args.method,
         seed=args.seed,
         limit=args.limit,
+        problems=problems,
     )
+    _warn(problems)
     out = (
         Path(args.out)
         if args.out
@@ -315,21 +321,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_visualize(args: argparse.Namespace) -> int:
     classes = _list_of(str, "--classes")(args.classes) if args.classes else []
     name = "_".join(classes) if classes else "default"
-    out = (
-        Path(args.out)
-        if args.out
-        else Path(args.runs)
-        / RunIndex(Path(args.runs), args.task).task
-        / "analysis"
-        / f"projection_{name}_{args.split}.png"
-    )
+    problems: list[str] = []
+    task = RunIndex(Path(args.runs), args.task, problems).task
+    _warn(problems)
+    out = Path(args.out) if args.out else Path(args.runs) / task / "analysis" / f"projection_{name}_{args.split}.png"
     check_writable_dir(out.parent)
     path, (w, h) = visualize(
         Path(args.runs),
         classes,
         out,
         split=args.split,
-        task=args.task,
+        task=task,
         method=args.method,
         seed=args.seed,
         per_class=args.per_class,
@@ -344,8 +346,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         check_writable_dir(Path(args.out))
     problems: list[str] = []
     paths = plot_curves(_runs_dir(args), Path(args.out) if args.out else None, task=args.task, problems=problems)
-    for line in problems:
-        print(f"warning: {line}", file=sys.stderr)
+    _warn(problems)
     for p in paths:
         print(f"wrote {p}")
     return 0

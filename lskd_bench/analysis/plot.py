@@ -55,6 +55,7 @@ def visualize(
     seed: int | None = None,
     per_class: int | None = 150,
     val_per_class: int | None = 50,
+    problems: list[str] | None = None,
 ) -> tuple[Path, tuple[int, int]]:
     """Draw the grid figure to ``out`` (PNG); return the path and its (width, height) in pixels."""
     import matplotlib  # heavy: imported only when a figure is drawn
@@ -62,7 +63,7 @@ def visualize(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    index = RunIndex(runs, task)
+    index = RunIndex(runs, task, problems)
     if not classes:
         classes = list(get_task(index.task).projection_classes)
         if not classes:

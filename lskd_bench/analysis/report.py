@@ -51,10 +51,11 @@ def analyze(
     method: str = "kd",
     seed: int | None = None,
     limit: int | None = None,
+    problems: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     if not t1 < t2:
         raise UsageError(f"--t1 must be lower than --t2 (got {t1:g} and {t2:g})")
-    index = RunIndex(runs, task)
+    index = RunIndex(runs, task, problems)
     students = index.students(method, seed)
     alphas = sorted({float(r.cell["alpha"]) for r in students})
     rows = []

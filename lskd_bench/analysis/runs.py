@@ -37,14 +37,15 @@ class CellRecord:
 
 
 class RunIndex:
-    """Latest finished result per (task, role, arch, method, alpha, T, seed) under a run directory."""
+    """Latest finished result per (task, role, arch, method, alpha, T, seed) under a run directory; an unusable
+    result.json is skipped with a line in ``problems`` (the caller shows them, as the leaderboard does)."""
 
-    def __init__(self, runs: Path, task: str | None = None):
+    def __init__(self, runs: Path, task: str | None = None, problems: list[str] | None = None):
         runs = Path(runs)
         if not runs.is_dir():
             raise UsageError(f"runs directory {runs} does not exist")
         latest: dict[tuple, CellRecord] = {}
-        for res in store.iter_results(runs):
+        for res in store.iter_results(runs, problems):
             c = res["cell"]
             key = (c["task"], c["role"], c["arch"], c["method"], c["alpha"], c["T"], c["seed"])
             if key not in latest or res.get("finished_at", "") >= latest[key].result.get("finished_at", ""):

@@ -101,3 +101,22 @@ def test_analyze_cli_table(digits_runs, cli):
     assert rc == 2 and "no finished student at alpha 0, T 64" in err
     rc, _, err = cli("analyze", "--runs", str(digits_runs), "--target", "nine")
     assert rc == 2 and "unknown class 'nine'" in err
+
+
+@pytest.mark.slow
+def test_analyze_and_visualize_say_which_results_they_skipped(digits_runs, cli, tmp_path):
+    """An unreadable result.json beside the grid is skipped with a warning naming it (as the leaderboard does),
+    not silently."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(digits_runs, runs)
+    torn = runs / "digits" / "stray_cell" / "result.json"
+    torn.parent.mkdir(parents=True)
+    torn.write_text('{"cell": {"task": "dig', encoding="utf-8")
+    rc, _, err = cli("analyze", "--runs", str(runs), "--target", "3", "--out", str(tmp_path / "eta"))
+    assert rc == 0, err
+    assert f"warning: {torn} " in err and "skipped" in err
+    rc, _, err = cli("visualize", "--runs", str(runs), "--out", str(tmp_path / "p.png"))
+    assert rc == 0, err
+    assert err.count(f"warning: {torn} ") == 1
