@@ -235,7 +235,7 @@ def result(role, arch, alpha, T, seed, top1, top5, h, teacher_arch=None, method=
     }  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------ results written as train.py writes them
+# ------------------------------------------------------------------------------ results written as train.py writes them
 def fake_results(
     runs: Path,
     task: str = "digits",
