@@ -22,7 +22,8 @@ channels_last on CUDA, as the runner trains):
 It prints a first line at once and a line per step, then the table, which it also writes to ``--out`` (and
 rewrites there, with the estimate so far, after each section: a call cut off at its time limit keeps what it
 measured). Work that fails is a row with its error (the traceback in the log) and the check goes on.
-``--small`` runs the same code on the CPU in seconds (tiny images, batches and models; tests/test_gpu_check.py).
+``--small`` runs the same code on the CPU in seconds (tiny images, batches and models;
+tests/benchmarks/test_gpu_check.py).
 
 One call on the lent GPU machine (/work/shared/gpu/README.md; ../shared/gpu from the main checkout): from the
 checkout, here,

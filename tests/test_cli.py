@@ -77,6 +77,7 @@ def test_leaderboard_without_runs(tmp_path, cli):
     assert rc == 2 and "does not exist" in err
 
 
+@pytest.mark.slow
 def test_run_prints_leaderboard_and_resumes(tmp_path, cli):
     argv = [
         "run",
@@ -100,6 +101,7 @@ def test_run_prints_leaderboard_and_resumes(tmp_path, cli):
     assert rc == 0 and "3 cells: trained 0, reused 3" in out
 
 
+@pytest.mark.slow
 def test_status_of_a_task_without_cells_names_the_task(tmp_path, cli):
     rc, _, err = cli(
         "run",
@@ -121,6 +123,7 @@ def test_status_of_a_task_without_cells_names_the_task(tmp_path, cli):
     assert rc == 2 and err == f"lskd-bench: error: no cells of task 'cub200' under {tmp_path}\n", err
 
 
+@pytest.mark.slow
 def test_status_lists_the_cells_a_run_has_not_started_yet(tmp_path, cli):
     """A grid in progress (here: one of its cells' folders not made yet) shows every planned cell, the missing one
     as pending/not started; the newest run's grid is the one listed."""
@@ -148,6 +151,7 @@ def test_score_does_not_take_a_file_extension_for_the_language(tmp_path, cli):
     assert rc == 2 and err.startswith("lskd-bench: error: give --lang"), err
 
 
+@pytest.mark.slow
 def test_report_commands_with_an_unwritable_output_are_one_line_errors(tmp_path, cli):
     runs = tmp_path / "runs"
     rc, _, err = cli(

@@ -20,7 +20,7 @@ from lskd_bench.runners.grid import resolve_config, run_grid
 from lskd_bench.schema import Section
 from lskd_bench.tasks import get_task, task_names
 
-from .conftest import tiny_overrides
+from .fixtures import tiny_overrides
 
 K = 7
 
@@ -67,7 +67,7 @@ def _outputs(model, layout, names, x, grad: bool) -> Outputs:
     return Outputs({**tap.out, "logits": logits})
 
 
-@pytest.mark.parametrize("kind", ["digits", "cifar"])
+@pytest.mark.parametrize("kind", ["digits", pytest.param("cifar", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", [*FEATURE_METHODS, *(f"{n}+kd" for n in FEATURE_METHODS)])
 def test_feature_method_sets_up_from_a_probe_and_trains_the_student_and_its_parts(name, kind):
     """Every feature method (and its X+kd composition): built from a probe forward of a teacher and a student,
@@ -131,6 +131,7 @@ def test_executor_is_an_executor(name):
     assert cls.config_section is None or isinstance(cls.config_section, Section)
 
 
+@pytest.mark.slow
 def test_loss_terms_are_logged_per_epoch(tmp_path):
     """A method with named terms (kd: ce and kd) logs each term's epoch mean; their sum is the epoch's loss."""
     cfg = resolve_config(

@@ -15,7 +15,7 @@ from lskd_bench.runners.cells import plan_cells
 from lskd_bench.runners.grid import resolve
 from lskd_bench.tasks import get_task
 
-from .conftest import require
+from .fixtures import require
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "cell_hashes.json").read_text())
 DATA_TASKS = ["imagenet", "cub200", "imagenet_compact", "cub200_compact", "iwslt_ende", "iwslt_enru"]

@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import require
+import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from .fixtures import ROOT, require
+
 MODULES = sorted(
     ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
     for p in (ROOT / "lskd_bench").rglob("*.py")
@@ -36,6 +37,7 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_layers_contract_is_kept():
     require("importlinter", "the layers contract check (pip install -e '.[test]')")
     proc = lint_imports(ROOT)
@@ -43,6 +45,7 @@ def test_layers_contract_is_kept():
     assert "3 kept, 0 broken" in proc.stdout
 
 
+@pytest.mark.slow
 def test_an_upward_import_breaks_the_contract(tmp_path):
     """A task importing the runner (a layer above it) is reported, naming the import."""
     require("importlinter", "the layers contract check (pip install -e '.[test]')")
@@ -75,6 +78,7 @@ sys.exit(1 if failed else 0)
 """
 
 
+@pytest.mark.slow
 def test_every_module_imports_alone():
     """Each module, imported first in a fresh interpreter (a forked child that has imported nothing of
     lskd_bench), imports: no module depends on another having been imported before it."""

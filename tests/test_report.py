@@ -14,6 +14,7 @@ import subprocess
 import pytest
 
 from lskd_bench.leaderboard import collect
+from lskd_bench.report import html_table, markdown_html
 
 ARGS = ["--alphas", "0,0.1", "--temperatures", "1,4", "--seeds", "0", "--epochs", "1", "--no-progress"]
 CHROMIUM_FLAGS = [
@@ -75,6 +76,7 @@ def report(tmp_path_factory):
     return runs, runs / "report.html"
 
 
+@pytest.mark.slow
 def test_report_is_one_self_contained_file(report):
     runs, page = report
     text = page.read_text(encoding="utf-8")
@@ -85,6 +87,7 @@ def test_report_is_one_self_contained_file(report):
     assert '<section id="status">' in text and '<section id="leaderboard">' in text
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(report, tmp_path):
     runs, page = report
     chromium = _chromium()
@@ -142,3 +145,20 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         timeout=180,
     )
     assert shot.stat().st_size > 20_000
+
+
+def test_markdown_tables_become_escaped_sortable_html():
+    md = (
+        "### a <b> & c\n\n| | α = 0.1 |\n|---|---|\n| T = 1 | **97.5** `x` |\n\n"
+        "- Claim: _ours_\n\nText <script>x</script>\n"
+    )
+    out = markdown_html(md)
+    assert out.splitlines() == [
+        "<h3>a &lt;b&gt; &amp; c</h3>",
+        '<table class="sortable"><thead><tr><th></th><th>α = 0.1</th></tr></thead>'
+        "<tbody><tr><td>T = 1</td><td><strong>97.5</strong> <code>x</code></td></tr></tbody></table>",
+        "<ul><li>Claim: <em>ours</em></li></ul>",
+        "<p>Text &lt;script&gt;x&lt;/script&gt;</p>",
+    ]
+    plain = html_table(["a"], [["<i>", 1]], classes=["w"])
+    assert "<td>&lt;i&gt;</td>" in plain and '<td class="w">1</td>' in plain

@@ -17,13 +17,14 @@ from lskd_bench.runners.grid import run_grid
 def finished_grid(tmp_path_factory):
     from lskd_bench.runners.grid import resolve_config
 
-    from .conftest import tiny_overrides
+    from .fixtures import tiny_overrides
 
     out = tmp_path_factory.mktemp("grid")
     run_grid(resolve_config("digits", {}, tiny_overrides(epochs=2)), out, progress=False)
     return out
 
 
+@pytest.mark.slow
 def test_one_row_per_finished_cell_with_its_result_json_values(finished_grid):
     df = results.load(finished_grid)
     files = sorted(finished_grid.rglob(store.RESULT))
@@ -56,6 +57,7 @@ def test_one_row_per_finished_cell_with_its_result_json_values(finished_grid):
     assert list(last["top1"]) == list(df["last_top1"]) and list(last["selected_top1"]) == list(df["top1"])
 
 
+@pytest.mark.slow
 def test_select_best_is_an_alias_of_selected(finished_grid, cli, tmp_path):
     df = results.load(finished_grid)
     assert set(df["select"]) == {"selected"}
@@ -72,12 +74,14 @@ def test_select_best_is_an_alias_of_selected(finished_grid, cli, tmp_path):
     assert outs["best"] == outs["selected"]
 
 
+@pytest.mark.slow
 def test_aggregates_with_pandas_like_the_leaderboard(finished_grid):
     df = results.load(finished_grid)
     means = df[df["role"] == "student"].pivot_table(index="T", columns="alpha", values="top1", aggfunc="mean")
     assert means.shape == (2, 2)  # T 1, 4 x alpha 0, 0.1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
 def test_export_round_trips(finished_grid, tmp_path, cli, fmt):
     out = tmp_path / f"all.{fmt}"

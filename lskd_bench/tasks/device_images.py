@@ -16,7 +16,7 @@ An image ``decode_jpeg`` refuses (a PNG saved as .JPEG, CMYK on nvJPEG, a trunca
 PIL from its file for that sample; one PIL cannot read either is a bad sample with PIL's message, exactly as
 the CPU pipeline reports it (``data.on_bad_sample``: stop naming the file, or skip it).
 Pixel values differ slightly from the PIL pipeline (different JPEG decoder builds and resampling kernels);
-``tests/test_device_images.py`` bounds the difference on the fixtures.
+``tests/tasks/test_device_images.py`` bounds the difference on the fixtures.
 """
 
 from __future__ import annotations

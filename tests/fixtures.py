@@ -1,0 +1,341 @@
+"""Shared test helpers (plain functions and data; pytest fixtures live in conftest.py): tiny data sets in the
+real on-disk layouts (ImageNet ImageFolder, the official CUB_200_2011 folder, CIFAR-100's pickles, raw and plain
+parallel corpora), tiny grid overrides, hand-written results, and the fused-equals-alone check."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lskd_bench import store
+from lskd_bench.runners.train import train_group
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+
+
+WNIDS = ["n01440764", "n01443537", "n02085620"]  # tench, goldfish, Chihuahua
+CUB_CLASSES = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "029.American_Crow"]
+
+
+def _jpeg(path: Path, cls: int, i: int, size: int = 40) -> None:
+    rng = np.random.default_rng(cls * 1000 + i)
+    img = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
+    img[..., cls % 3] += 150  # class-dependent colour
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path, format="JPEG")
+
+
+def make_imagefolder(root: Path, per_class: tuple[int, int] = (4, 2)) -> Path:
+    for split, n in zip(("train", "val"), per_class):
+        for c, wnid in enumerate(WNIDS):
+            for i in range(n):
+                _jpeg(root / split / wnid / f"{wnid}_{split}_{i}.JPEG", c, i + (100 if split == "val" else 0))
+    return root
+
+
+def make_cub(root: Path, per_class: tuple[int, int] = (4, 2)) -> Path:
+    d = root / "CUB_200_2011"
+    images, labels, split, classes = [], [], [], []
+    img_id = 0
+    for c, name in enumerate(CUB_CLASSES, 1):
+        classes.append(f"{c} {name}")
+        for is_train, n in ((1, per_class[0]), (0, per_class[1])):
+            for _i in range(n):
+                img_id += 1
+                rel = f"{name}/{name.split('.')[1]}_{img_id:04d}.jpg"
+                _jpeg(d / "images" / rel, c - 1, img_id)
+                images.append(f"{img_id} {rel}")
+                labels.append(f"{img_id} {c}")
+                split.append(f"{img_id} {is_train}")
+    for fname, rows in (
+        ("images.txt", images),
+        ("image_class_labels.txt", labels),
+        ("train_test_split.txt", split),
+        ("classes.txt", classes),
+    ):
+        (d / fname).write_text("\n".join(rows) + "\n")
+    return d
+
+
+def make_cifar100(root: Path, per_class: tuple[int, int] = (6, 2), classes: int = 100) -> Path:
+    """A ``cifar-100-python/`` folder in the release's format: ``train``/``test`` pickles (dicts with bytes keys:
+    ``data`` uint8 (N, 3072) rows of R, G, B planes, ``fine_labels``, ``coarse_labels``, ``filenames``,
+    ``batch_label``) and ``meta`` (``fine_label_names``, ``coarse_label_names``). Images are class-coloured
+    noise, so a model can learn them."""
+
+    d = root / "cifar-100-python"
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = [f"class{c:02d}" for c in range(classes)]
+    names[:3] = ["apple", "pear", "bus"]
+    for split, n in (("train", per_class[0]), ("test", per_class[1])):
+        labels = np.repeat(np.arange(classes), n)
+        rng.shuffle(labels)
+        img = rng.integers(0, 90, size=(len(labels), 3, 32, 32), dtype=np.uint8)
+        for i, c in enumerate(labels):
+            img[i, c % 3] += np.uint8(60 + (c // 3) * 3)  # a class-dependent colour
+        blob = {
+            b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))],
+            b"batch_label": split.encode(),
+            b"fine_labels": labels.tolist(),
+            b"coarse_labels": (labels // 5).tolist(),
+            b"data": img.reshape(len(labels), -1),
+        }
+        with open(d / split, "wb") as f:
+            pickle.dump(blob, f, protocol=2)
+    with open(d / "meta", "wb") as f:
+        pickle.dump(
+            {
+                b"fine_label_names": [s.encode() for s in names],
+                b"coarse_label_names": [f"super{i}".encode() for i in range(classes // 5)],
+            },
+            f,
+            protocol=2,
+        )
+    return d
+
+
+SUBJECTS = [("the cat", "die Katze"), ("the dog", "der Hund"), ("the child", "das Kind"), ("my friend", "mein Freund")]
+VERBS = [("sees", "sieht"), ("likes", "mag"), ("finds", "findet")]
+OBJECTS = [("the house", "das Haus"), ("a book", "ein Buch"), ("the garden", "den Garten"), ("the tree", "den Baum")]
+
+
+def sentence(i: int) -> tuple[str, str]:
+    (se, sd), (ve, vd), (oe, od) = SUBJECTS[i % 4], VERBS[(i // 4) % 3], OBJECTS[(i // 12) % 4]
+    return f"{se[0].upper()}{se[1:]} {ve} {oe}.", f"{sd[0].upper()}{sd[1:]} {vd} {od}."
+
+
+def pairs(n: int, offset: int = 0) -> list[tuple[str, str]]:
+    return [sentence(i + offset) for i in range(n)]
+
+
+def make_raw_iwslt(root: Path, pair: str = "de-en", n_train: int = 60, n_test: tuple[int, int] = (4, 5)) -> Path:
+    """``root/<pair>/``: train.tags.<pair>.{en,de} with metadata lines, two dev/tst XML files per language."""
+    d = root / pair
+    d.mkdir(parents=True, exist_ok=True)
+    en, de = [], []
+    for i, (e, g) in enumerate(pairs(n_train)):
+        if i % 20 == 0:  # a talk header, as in the release files
+            for tag in (
+                "<url>http://www.ted.com/talks/x.html</url>",
+                "<keywords>talks, science</keywords>",
+                "<speaker>Jane Doe</speaker>",
+                f"<talkid>{i}</talkid>",
+            ):
+                en.append(tag)
+                de.append(tag)
+            en.append("<title>Jane Doe: A talk</title>")
+            de.append("<title>Jane Doe: Ein Vortrag</title>")
+        en.append(e)
+        de.append(g)
+    (d / f"train.tags.{pair}.en").write_text("\n".join(en) + "\n", encoding="utf-8")
+    (d / f"train.tags.{pair}.de").write_text("\n".join(de) + "\n", encoding="utf-8")
+    offset = 100
+    for name, n in zip(("IWSLT14.TED.dev2010", "IWSLT14.TED.tst2010"), n_test):
+        for lang, col in (("en", 0), ("de", 1)):
+            segs = [f'<seg id="{k + 1}"> {p[col].replace("&", "&amp;")} </seg>' for k, p in enumerate(pairs(n, offset))]
+            body = "\n".join(segs)
+            (d / f"{name}.{pair}.{lang}.xml").write_text(
+                f'<?xml version="1.0" encoding="UTF-8"?>\n<mteval>\n<srcset setid="{name}" srclang="english">\n'
+                f'<doc docid="1" genre="lectures">\n{body}\n</doc>\n</srcset>\n</mteval>\n',
+                encoding="utf-8",
+            )
+        offset += n
+    return d
+
+
+def make_plain(
+    root: Path, n_train: int = 48, n_valid: int = 4, n_test: int = 6, src: str = "en", tgt: str = "de"
+) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n, off in (("train", n_train, 0), ("valid", n_valid, 200), ("test", n_test, 300)):
+        ps = pairs(n, off)
+        (root / f"{split}.{src}").write_text("\n".join(p[0] for p in ps) + "\n", encoding="utf-8")
+        (root / f"{split}.{tgt}").write_text("\n".join(p[1] for p in ps) + "\n", encoding="utf-8")
+    return root
+
+
+def make_django_plain(root: Path, lang: str = "de", every: int = 2) -> Path:
+    """A plain-layout corpus of a few hundred real sentence pairs: every ``every``-th pair of Django's bundled
+    En->``lang`` UI-string catalogues (the demo's source; ~780 pairs for de), split by position: a tenth
+    test, a tenth valid, the rest train."""
+    from lskd_bench.tasks.nmt.gettext_corpus import catalogue_pairs
+
+    ps = catalogue_pairs(lang)[::every]
+    root.mkdir(parents=True, exist_ok=True)
+    splits = {"test": ps[0::10], "valid": ps[5::10], "train": [p for i, p in enumerate(ps) if i % 10 not in (0, 5)]}
+    for split, sp in splits.items():
+        (root / f"{split}.en").write_text("".join(s + "\n" for s, _ in sp), encoding="utf-8")
+        (root / f"{split}.{lang}").write_text("".join(t + "\n" for _, t in sp), encoding="utf-8")
+    return root
+
+
+def tiny_overrides(epochs: int = 1, **extra):
+    o = {
+        "grid": {"alphas": [0.0, 0.1], "temperatures": [1.0, 4.0], "seeds": [0]},
+        "teacher": {"epochs": epochs},
+        "student": {"epochs": epochs},
+    }
+    o["grid"] = {**o["grid"], **extra.pop("grid", {})}  # one seed unless a test asks for more
+    o.update(extra)
+    return o
+
+
+def require(module: str, what: str):
+    """Import an optional dependency, or skip the test module with the reason. CI sets
+    LSKD_REQUIRE_ALL=1, which turns such a skip into a failure: there every test must run."""
+
+    if os.environ.get("LSKD_REQUIRE_ALL") == "1":
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f"{module} is not installed: {what}")
+
+
+def weights(d):
+    return torch.load(d / store.MODEL, weights_only=True)
+
+
+def same_weights(a, b) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def assert_fused_equals_alone(task, students, cfg, data, tmodel, tmp_path) -> None:
+    """``students`` trained in one fused group under tmp_path/fused and one by one under tmp_path/alone: the same
+    weights, metrics and loss history, member by member."""
+    fused = train_group(
+        task, students, cfg, data, [tmp_path / "fused" / c.name for c in students], teacher=tmodel, progress=False
+    )
+    for c, f in zip(students, fused):
+        (alone,) = train_group(task, [c], cfg, data, [tmp_path / "alone" / c.name], teacher=tmodel, progress=False)
+        assert f.error is None and alone.error is None
+        assert same_weights(tmp_path / "fused" / c.name, tmp_path / "alone" / c.name), c.name
+        assert f.result["metrics"] == alone.result["metrics"]
+        assert [h["loss"] for h in f.result["history"]] == [h["loss"] for h in alone.result["history"]]
+
+
+def result(role, arch, alpha, T, seed, top1, top5, h, teacher_arch=None, method=None):
+    return {
+        "cell": {
+            "task": "digits", "role": role, "arch": arch, "method": method or ("kd" if role == "student" else "ls"),
+            "alpha": alpha, "T": T, "seed": seed, "hash": h, "teacher_arch": teacher_arch,
+        },
+        "metrics": {"top1": top1, "top5": top5},
+        "epochs": 30,
+        "timings": {"wall_s": 1.5},
+        "finished_at": "2026-11-24T00:00:00+00:00",
+    }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ results written as train.py writes them
+def fake_results(
+    runs: Path,
+    task: str = "digits",
+    arch: str = "cnn_tiny",
+    bad_field: str | None = None,
+    bad_value: str = "../../../ESCAPE",
+) -> None:
+    """A finished teacher and two students (kd, dkd) per alpha, written as train.py writes them."""
+    cells = []
+    for a in (0.0, 0.1):
+        cells.append(
+            {"role": "teacher", "arch": "cnn_wide", "method": "ce", "alpha": a, "T": None, "teacher_arch": "cnn_wide"}
+        )
+        for m in ("kd", "dkd"):
+            cells.append(
+                {"role": "student", "arch": arch, "method": m, "alpha": a, "T": 1.0, "teacher_arch": "cnn_wide"}
+            )
+    for i, c in enumerate(cells):
+        name = f"{c['role']}_{c['method']}_{i}"
+        cell = {"task": task, "seed": 0, "hash": f"{i:012x}", "name": name, "teacher": None, **c}
+        if bad_field and c["role"] == "student" and c["method"] == "dkd":
+            cell[bad_field] = bad_value
+        res = {
+            "cell": cell,
+            "metrics": {"top1": 50.0 + i, "top5": 90.0},
+            "best": None,
+            "epochs": 2,
+            "primary_metric": "top1",
+            "timings": {"wall_s": 1.0},
+            "history": [
+                {"epoch": 1, "loss": 2.0, "eval": {"top1": 40.0}},
+                {"epoch": 2, "loss": 1.0, "eval": {"top1": 50.0 + i}},
+            ],
+        }
+        d = runs / "digits" / f"{name}-{i:012x}"
+        d.mkdir(parents=True)
+        (d / store.RESULT).write_text(json.dumps(res))
+
+
+FAST = {"image_size": 32}
+
+
+def tiny(root, **role):
+    o = {
+        "data": {"root": str(root), **FAST},
+        "grid": {"alphas": [0.1], "temperatures": [1.0]},
+        "num_workers": 0,
+        "eval_batch_size": 8,
+        "teacher": {"epochs": 1, "batch_size": 4, "lr": 0.001},
+        "student": {"epochs": 1, "batch_size": 4, "lr": 0.001},
+    }
+    for r, arch in role.items():
+        o[r]["arch"] = arch
+    return o
+
+
+# ------------------------------------------------------------------------------------------ run directories
+HANG_GUARD_S = 15 * 60  # only prevents a hung test; no assertion depends on speed
+TINY_ARGS = ["--alphas", "0.1", "--temperatures", "1", "--seeds", "0", "--epochs", "1", "--no-progress"]
+IMAGE_ARGS = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "4",
+    "--num-workers",
+    "0",
+    "--lr",
+    "0.001",
+    "--alphas",
+    "0.1",
+    "--temperatures",
+    "1",
+    "--set",
+    "data.image_size=32",
+    "--no-progress",
+]
+
+
+def cell_dirs(out: Path) -> dict[str, Path]:
+    return {p.name.rsplit("-", 1)[0]: p for p in (out / "digits").iterdir() if "_" in p.name}
+
+
+def result_metrics(d: Path) -> dict:
+    return json.loads((d / store.RESULT).read_text())["metrics"]
+
+
+def aged(path: Path, seconds: float) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def results_by_cell(out: Path) -> dict[str, dict]:
+    return {p.parent.name.rsplit("-", 1)[0]: json.loads(p.read_text()) for p in out.rglob(store.RESULT)}
+
+
+# ------------------------------------------------------------------------------------------ data edits
+def edit_cifar_train(d: Path, edit) -> None:
+
+    with open(d / "train", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    edit(raw)
+    with open(d / "train", "wb") as f:
+        pickle.dump(raw, f, protocol=2)

@@ -1,0 +1,241 @@
+"""Feature distillation in the runner: named outputs are the tensors RepDistiller's ``is_feat`` returns; a
+method's parts are sized from a probe, trained with the student, checkpointed and never exported; fused groups of
+feature and logit methods equal their members trained alone, and a killed group resumes bit for bit; bad needs are
+one line before anything is written."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lskd_bench import store
+from lskd_bench.cifar_models import build_cifar_model
+from lskd_bench.errors import UsageError
+from lskd_bench.models import build_image_model
+from lskd_bench.outputs import Layout, Tap, describe
+from lskd_bench.runners.cells import plan_cells
+from lskd_bench.runners.grid import resolve_config
+from lskd_bench.runners.train import load_model, train_group
+from lskd_bench.tasks import get_task
+
+from ..fixtures import ROOT, assert_fused_equals_alone, same_weights, tiny_overrides
+
+
+def test_named_outputs_of_a_cifar_resnet_are_repdistillers_feats():
+    torch.manual_seed(0)
+    m = build_cifar_model("resnet8x4", 100).eval()
+    x = torch.randn(3, 3, 32, 32)
+    layout = describe(m, x)
+    with torch.no_grad(), Tap(m, layout, ["stage0", "stages", "preact_stages", "embedding"]) as tap:
+        logits = m(x)
+        # by hand, as RepDistiller's resnet.py forward(is_feat=True, preact=True)
+        f0 = F.relu(m.bn1(m.conv1(x)))
+        f1, f2 = m.layer1(f0), None
+        f2 = m.layer2(f1)
+        block = m.layer3[-1]
+        h = m.layer3[:-1](f2)
+        pre3 = block.bn2(block.conv2(F.relu(block.bn1(block.conv1(h))))) + (
+            h if block.downsample is None else block.downsample(h)
+        )
+    out = tap.out
+    assert [k for k in layout.stages] == ["stage0", "stage1", "stage2", "stage3"]
+    assert torch.equal(out["stage0"], f0) and torch.equal(out["stage1"], f1) and torch.equal(out["stage2"], f2)
+    assert torch.equal(out["preact_stage3"], pre3) and torch.equal(out["stage3"], F.relu(pre3))
+    assert (out["preact_stage3"] < 0).any()  # really before the ReLU (the in-place ReLU did not overwrite it)
+    assert torch.equal(out["embedding"], m.features(x)) and torch.equal(logits, m.fc(out["embedding"]))
+    assert [t.shape[1] for t in out.stages()] == [64, 128, 256]
+    assert set(out) == {
+        "stage0",
+        "stage1",
+        "stage2",
+        "stage3",
+        "preact_stage1",
+        "preact_stage2",
+        "preact_stage3",
+        "embedding",
+    }  # nothing that was not asked for
+
+
+def test_tap_names_what_exists_for_an_unknown_output():
+    m = build_cifar_model("wrn_16_2", 100)
+    layout = describe(m, torch.randn(2, 3, 32, 32))
+    with pytest.raises(UsageError, match=r"has no output 'preact_stage2' \(it has: logits, embedding, stage0"):
+        Tap(m, layout, ["preact_stage2"])
+    assert "preact_stage2" not in layout.names()  # its blocks end in a convolution: no pre-activation to give
+
+
+@pytest.mark.parametrize(
+    "arch,stages",
+    [
+        pytest.param("timm:resnet26d", 5, marks=pytest.mark.slow),
+        pytest.param("torchvision:regnet_y_400mf", 5, marks=pytest.mark.slow),
+        ("resnet18", 5),
+    ],
+)
+def test_any_timm_or_torchvision_classifier_by_name_with_its_stages(arch, stages):
+    torch.manual_seed(0)
+    m = build_image_model(arch, 7)
+    x = torch.randn(2, 3, 64, 64)
+    layout = describe(m, x)
+    assert len(layout.stages) == stages and m(x).shape == (2, 7)
+    sizes = [layout.shapes[k][1] for k in layout.stages]
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] == 2  # one per resolution, down to 64 / 32
+    with pytest.raises(UsageError, match="timm has no model 'nope'"):
+        build_image_model("timm:nope", 7)
+    with pytest.raises(UsageError, match="unknown arch 'keras:x'"):
+        build_image_model("keras:x", 7)
+
+
+def test_penultimate_export_reads_the_embedding_output():
+    from lskd_bench.runners.train import penultimate
+
+    torch.manual_seed(0)
+    task = get_task("digits")
+    cfg = resolve_config("digits", {}, tiny_overrides())
+    data = task.load_data(cfg)
+    model = task.build_model("cnn_tiny", data, cfg, cfg["student"]).eval()
+    feats = penultimate(model, data.val, cfg, torch.device("cpu"))
+    with torch.no_grad():
+        want = model.features(data.val.x).numpy()
+    assert feats.shape == want.shape and (abs(feats - want).max() < 1e-6)
+    assert Tap(model, Layout(), ["embedding"]).names == ["embedding"]
+
+
+@pytest.fixture(scope="module")
+def feature_setup(tmp_path_factory):
+    """Digits, a trained teacher (alpha 0.1) and the students of FitNet, CRD (its memory bank and negatives),
+    FitNet+KD and KD (T 4) under it."""
+    base = tmp_path_factory.mktemp("features")
+    cfg = resolve_config(
+        "digits",
+        {},
+        tiny_overrides(
+            epochs=3,
+            methods=["fitnet", "crd", "fitnet+kd", "kd"],
+            grid={"alphas": [0.1], "temperatures": [4.0]},
+            baseline=False,
+        ),
+    )
+    task = get_task("digits")
+    data = task.load_data(cfg)
+    cells = plan_cells(cfg)
+    teacher = next(c for c in cells if c.role == "teacher")
+    (o,) = train_group(task, [teacher], cfg, data, [teacher.dir(base)], progress=False)
+    assert o.error is None
+    tmodel = load_model(task, teacher.arch, data, cfg, teacher.dir(base) / store.MODEL, torch.device("cpu"))
+    return cfg, task, data, [c for c in cells if c.role == "student"], tmodel
+
+
+@pytest.mark.slow
+def test_feature_and_logit_students_fused_equal_students_trained_alone(feature_setup, tmp_path):
+    cfg, task, data, students, tmodel = feature_setup
+    assert sorted(c.method for c in students) == ["crd", "fitnet", "fitnet+kd", "kd"]
+    assert_fused_equals_alone(task, students, cfg, data, tmodel, tmp_path)
+
+
+@pytest.mark.slow
+def test_killed_feature_group_resumes_bit_identically_and_exports_only_the_student(feature_setup, tmp_path):
+    cfg, task, data, students, tmodel = feature_setup
+    ref = tmp_path / "ref"
+    train_group(task, students, cfg, data, [ref / c.name for c in students], teacher=tmodel, progress=False)
+
+    def stop(epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train_group(
+            task,
+            students,
+            cfg,
+            data,
+            [cut / c.name for c in students],
+            teacher=tmodel,
+            progress=False,
+            on_epoch_end=stop,
+        )
+    fit = next(c for c in students if c.method == "fitnet")
+    state = torch.load(cut / fit.name / store.STATE, weights_only=True)
+    assert any(k.startswith("regressor.") for k in state["method"])  # the connector is checkpointed
+    crd = torch.load(cut / next(c for c in students if c.method == "crd").name / store.STATE, weights_only=True)
+    assert {"memory_s", "memory_t"} <= {k.rsplit(".", 1)[-1] for k in crd["method"]}  # and CRD's memory bank
+    out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False)
+    assert all(o.error is None for o in out)
+    assert all(same_weights(cut / c.name, ref / c.name) for c in students)
+    student_keys = set(task.build_model(fit.arch, data, cfg, cfg["student"]).state_dict())
+    assert set(torch.load(cut / fit.name / store.MODEL, weights_only=True)) == student_keys  # no connector exported
+
+
+def test_a_stage_the_architecture_lacks_is_one_line_before_anything_is_written(tmp_path, cli):
+    rc, _, err = cli("run", "--methods", "fitnet", "--set", "fitnet.hint_layer=7", "--out", str(tmp_path / "r"))
+    assert rc == 2 and err.count("\n") == 1
+    assert (
+        "method fitnet: teacher cnn_wide: ClassifierNet has no output 'stage7' (it has: logits, embedding, stage1"
+        in err
+    )
+    assert not (tmp_path / "r").exists()
+    rc, _, err = cli("run", "--task", "demo_ende", "--methods", "fitnet", "--out", str(tmp_path / "r"))
+    assert rc == 2 and "method 'fitnet' does not apply to translation tasks (these do: " in err
+
+
+def test_a_connector_that_cannot_be_sized_names_both_shapes():
+    from lskd_bench.methods.feat_repd import ConvReg
+
+    with pytest.raises(UsageError, match=r"student map of shape \(8, 2, 2\) onto a teacher map of shape \(16, 8, 8\)"):
+        ConvReg((8, 2, 2), (16, 8, 8))
+    assert ConvReg((8, 4, 4), (16, 2, 2))(torch.randn(1, 8, 4, 4)).shape == (1, 16, 2, 2)  # stride 2
+    assert ConvReg((8, 2, 2), (16, 4, 4))(torch.randn(1, 8, 2, 2)).shape == (1, 16, 4, 4)  # transposed
+
+
+@pytest.mark.slow
+def test_third_party_feature_method_through_entry_point(tmp_path):
+    """The example package (examples/third_party_feature_method), made importable with a .dist-info entry-point
+    file as pip install writes it, runs through `lskd-bench run` with its X+kd composition, and `compare` lists it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    site.mkdir()
+    example = ROOT / "examples" / "third_party_feature_method"
+    assert len((example / "lskd_example_feature.py").read_text().splitlines()) <= 40
+    shutil.copy(example / "lskd_example_feature.py", site)
+    info = site / "lskd_example_feature-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lskd-example-feature\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[lskd_bench.methods]\ncosine_hint = lskd_example_feature:CosineHint\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    runs = tmp_path / "runs"
+    base = [sys.executable, "-m", "lskd_bench"]
+    p = subprocess.run(
+        [
+            *base,
+            "run",
+            "--out",
+            str(runs),
+            "--methods",
+            "kd,cosine_hint,cosine_hint+kd",
+            "--alphas",
+            "0.1",
+            "--temperatures",
+            "4",
+            "--seeds",
+            "0",
+            "--epochs",
+            "2",
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "5 cells: trained 5" in p.stdout  # teacher, baseline, kd, cosine_hint, cosine_hint+kd
+    p = subprocess.run([*base, "methods"], env=env, capture_output=True, text=True)
+    assert "cosine_hint" in p.stdout and "needs: student logits+embedding, teacher embedding" in p.stdout
+    p = subprocess.run([*base, "compare", "--runs", str(runs)], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "| cosine_hint |" in p.stdout and "| cosine_hint+kd |" in p.stdout

@@ -1,0 +1,257 @@
+"""Experiment trackers (``logging.loggers``): MLflow and W&B runs read back through their own formats, one run
+per cell, a resumed cell continuing its run, and a logger that fails or hangs never failing or holding up
+training."""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+from pathlib import Path
+
+import pytest
+
+from lskd_bench.runners import loggers, store
+from lskd_bench.runners.loggers import LOGGERS, STATE, Logger
+
+from ..fixtures import require, tiny_overrides
+
+# one teacher (alpha 0.1), one KD student (T 4), the no-KD student: 3 cells, 2 epochs of ~23 updates
+ARGS = [
+    "--alphas",
+    "0.1",
+    "--temperatures",
+    "4",
+    "--seeds",
+    "0",
+    "--epochs",
+    "2",
+    "--no-progress",
+    "--set",
+    "logging.every_updates=5",
+]
+
+
+def _cells(out: Path) -> dict[str, dict]:
+    """cell hash -> result.json of every finished cell."""
+    results = [json.loads(p.read_text()) for p in (out / "digits").glob("*/" + store.RESULT)]
+    return {r["cell"]["hash"]: r for r in results}
+
+
+@pytest.mark.slow
+def test_mlflow_one_run_per_cell_with_params_tags_and_metrics(tmp_path, cli, monkeypatch):
+    require("mlflow", "the mlflow logger (pip install 'lskd-bench[mlflow]')")
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    rc, _, err = cli(
+        "run", "--out", str(tmp_path / "runs"), *ARGS, "--loggers", "mlflow", "--set", "logging.project=t1"
+    )
+    assert rc == 0, err
+    cells = _cells(tmp_path / "runs")
+    assert len(cells) == 3
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("t1")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["cell_hash"] for r in runs) == sorted(cells)  # one run per cell
+    for run in runs:
+        result = cells[run.data.tags["cell_hash"]]
+        cell = result["cell"]
+        cell_dir = tmp_path / "runs" / "digits" / f"{cell['name']}-{cell['hash']}"
+        assert json.loads((cell_dir / STATE).read_text())["mlflow"]["run_id"] == run.info.run_id
+        assert run.info.status == "FINISHED" and run.info.run_name == cell["name"]
+        tags = run.data.tags
+        assert (tags["task"], tags["role"], tags["method"]) == ("digits", cell["role"], cell["method"])
+        assert tags["seed"] == "0"
+        assert tags["alpha"] == str(cell["alpha"]) and tags["T"] == ("" if cell["T"] is None else str(cell["T"]))
+        params = run.data.params
+        assert params["teacher.epochs"] == "2" and params["logging.loggers"] == '["mlflow"]'
+        assert params["grid.temperatures"] == "[4.0]" and params["task"] == "digits"
+
+        def history(key):
+            return [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+
+        hist = result["history"]
+        assert history("epoch/loss") == [(h["updates"], pytest.approx(h["loss"])) for h in hist]
+        assert history("val/top1") == [(h["updates"], pytest.approx(h["eval"]["top1"])) for h in hist]
+        assert [s for s, _ in history("train/loss_step")] == list(range(5, result["updates"] + 1, 5))
+        assert run.data.metrics["selected/top1"] == pytest.approx(result["best"]["metrics"]["top1"])
+        assert run.data.metrics["selected/epoch"] == result["best"]["epoch"]
+        assert run.data.metrics["last/top1"] == pytest.approx(result["metrics"]["top1"])
+
+
+@pytest.mark.slow
+def test_mlflow_resumed_cell_continues_its_run(tmp_path, monkeypatch):
+    require("mlflow", "the mlflow logger (pip install 'lskd-bench[mlflow]')")
+    from mlflow.tracking import MlflowClient
+
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.grid import resolve_config
+    from lskd_bench.runners.train import train_cell
+    from lskd_bench.tasks import get_task
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    cfg = resolve_config("digits", {}, tiny_overrides(epochs=2, logging={"loggers": ["mlflow"], "project": "t2"}))
+    task = get_task("digits")
+    data = task.load_data(cfg)
+    teacher = next(c for c in plan_cells(cfg) if c.role == "teacher")
+
+    def stop_in_epoch_two(epoch, i):
+        if epoch == 1 and i == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_cell(task, teacher, cfg, data, tmp_path / "cell", progress=False, on_step=stop_in_epoch_two)
+    client = MlflowClient(uri)
+    first = json.loads((tmp_path / "cell" / STATE).read_text())["mlflow"]["run_id"]
+    assert client.get_run(first).info.status == "KILLED"
+    result = train_cell(task, teacher, cfg, data, tmp_path / "cell", progress=False)
+    assert json.loads((tmp_path / "cell" / STATE).read_text())["mlflow"]["run_id"] == first
+    (run,) = client.search_runs([client.get_experiment_by_name("t2").experiment_id])
+    assert run.info.run_id == first and run.info.status == "FINISHED"
+    losses = [(m.step, m.value) for m in client.get_metric_history(first, "epoch/loss")]
+    assert losses == [(h["updates"], pytest.approx(h["loss"])) for h in result["history"]]  # both epochs, one run
+
+
+# ------------------------------------------------------------------------------------------ W&B
+def _wandb_records(path: Path):
+    """The records of a W&B run file (``run-<id>.wandb``): a 7-byte header, then LevelDB-log framed records in
+    32 KiB blocks (checksum, length, type), each a ``wandb_internal_pb2.Record``."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block, pos, buf = path.read_bytes(), 32768, 7, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        buf = chunk if kind in (1, 2) else buf + chunk
+        if kind in (1, 4):
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            yield rec
+
+
+def _key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_files_hold_the_metrics(tmp_path, cli, monkeypatch):
+    require("wandb", "the wandb logger (pip install 'lskd-bench[wandb]')")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    rc, _, err = cli("run", "--out", str(tmp_path / "runs"), *ARGS, "--loggers", "wandb")
+    assert rc == 0, err
+    cells = _cells(tmp_path / "runs")
+    files = sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 3  # one run per cell
+    seen = set()
+    for f in files:
+        records = list(_wandb_records(f))
+        (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        config = {u.key: json.loads(u.value_json) for u in run.config.update}
+        result = cells[config["cell"]["cell_hash"]]
+        seen.add(result["cell"]["hash"])
+        cell_dir = tmp_path / "runs" / "digits" / f"{result['cell']['name']}-{result['cell']['hash']}"
+        assert json.loads((cell_dir / STATE).read_text())["wandb"]["id"] == run.run_id
+        assert run.display_name == result["cell"]["name"] and run.project == "lskd-bench"
+        assert config["teacher"]["epochs"] == 2 and "role=" not in " ".join(run.tags) and "seed=0" in run.tags
+        rows = [
+            {_key(i): json.loads(i.value_json) for i in r.history.item}
+            for r in records
+            if r.WhichOneof("record_type") == "history"
+        ]
+        epochs = [(r["update"], r["epoch/loss"]) for r in rows if "epoch/loss" in r]
+        assert epochs == [(h["updates"], pytest.approx(h["loss"])) for h in result["history"]]
+        assert [r["update"] for r in rows if "train/loss_step" in r] == list(range(5, result["updates"] + 1, 5))
+        summary = {
+            _key(i): json.loads(i.value_json)
+            for r in records
+            if r.WhichOneof("record_type") == "summary"
+            for i in r.summary.update
+        }
+        assert summary["selected/top1"] == pytest.approx(result["best"]["metrics"]["top1"])
+    assert seen == set(cells)
+
+
+# ------------------------------------------------------------------------------------------ failures
+class Broken(Logger):
+    calls = 0
+
+    def epoch(self, update, entry):
+        Broken.calls += 1
+        raise OSError(28, "No space left on device")
+
+
+class Stuck(Logger):
+    release = threading.Event()
+    opened = threading.Event()
+
+    def __init__(self, run):
+        super().__init__(run)
+        Stuck.opened.set()
+        Stuck.release.wait(600)  # a server that does not answer
+
+
+@pytest.fixture
+def fake_loggers():
+    LOGGERS.names()  # built-ins first
+    LOGGERS.add("broken", Broken)
+    LOGGERS.add("stuck", Stuck)
+    yield
+    drained = threading.Event()  # what the logger thread still holds runs before they are unregistered
+    loggers._get_worker().submit(drained.set)
+    assert drained.wait(300)
+    for name in ("broken", "stuck"):
+        LOGGERS._items.pop(name, None)
+
+
+@pytest.mark.slow
+def test_a_failing_logger_warns_once_and_training_goes_on(tmp_path, cli, fake_loggers):
+    rc, _, err = cli("run", "--out", str(tmp_path), *ARGS, "--loggers", "broken")
+    assert rc == 0, err
+    assert len(_cells(tmp_path)) == 3
+    warnings = [line for line in err.splitlines() if "logger broken failed" in line]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0] and "training goes on" in warnings[0]
+    assert Broken.calls == 3  # switched off after its first failure in each cell (3 cells, 2 epochs each)
+
+
+@pytest.mark.slow
+def test_a_hanging_logger_does_not_hold_up_training(tmp_path, cli, fake_loggers):
+    """The logger never returns from opening its run: every cell still trains and finishes; closing a cell waits
+    at most logging.close_timeout_s for it and says so."""
+    try:
+        rc, _, err = cli(
+            "run", "--out", str(tmp_path), *ARGS, "--loggers", "stuck", "--set", "logging.close_timeout_s=0.2"
+        )
+        assert rc == 0, err
+        assert Stuck.opened.is_set() and not Stuck.release.is_set()
+        assert len(_cells(tmp_path)) == 3
+        assert "still busy after" in err
+    finally:
+        Stuck.release.set()
+
+
+def test_unknown_or_missing_logger_is_one_error_line(tmp_path, cli, monkeypatch):
+    rc, _, err = cli("run", "--out", str(tmp_path), *ARGS, "--loggers", "tensorboard,wandbb")
+    assert rc == 2 and err.strip().splitlines() == [
+        "lskd-bench: error: unknown logger 'wandbb' (known: mlflow, tensorboard, wandb)"
+    ]
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    rc, _, err = cli("run", "--out", str(tmp_path), *ARGS, "--loggers", "mlflow")
+    assert rc == 2 and "logger mlflow needs the mlflow package: pip install 'lskd-bench[mlflow]'" in err
+    assert not any(tmp_path.iterdir())

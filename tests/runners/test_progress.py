@@ -1,0 +1,99 @@
+"""Progress output for batch systems (``logging.format``): plain lines when the output is not a terminal,
+one JSON object a line with ``--log-format json``, bars on a terminal."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from lskd_bench.runners import progress
+
+from ..fixtures import ROOT
+
+# a teacher, a KD student, the no-KD student: 3 cells in 2 units (the teacher; the students fused), 2 epochs
+ARGS = ["--alphas", "0.1", "--temperatures", "4", "--seeds", "0", "--epochs", "2"]
+STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "
+
+
+@pytest.mark.slow
+def test_redirected_output_is_plain_lines_a_few_per_cell(tmp_path):
+    """As under Slurm or nohup: stdout and stderr to a file. No carriage return; one line per settled cell and,
+    with epochs shorter than logging.interval_s (60 s), one line per unit at its last epoch."""
+    log = tmp_path / "log.txt"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(log, "wb") as f:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lskd_bench", "run", "--out", str(tmp_path / "runs"), *ARGS],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+            timeout=900,
+        )
+    text = log.read_bytes()
+    assert proc.returncode == 0, text[-2000:]
+    assert b"\r" not in text and b"\x1b[" not in text
+    lines = text.decode().splitlines()
+    cells = [ln for ln in lines if re.fullmatch(STAMP + r"digits grid: \d/3 cells, \S+", ln)]
+    assert len(cells) == 3 and cells[-1].split(": ")[1].startswith("3/3 cells")
+    epochs = [ln for ln in lines if re.fullmatch(STAMP + r".+: epoch 2/2 done, loss .+", ln)]
+    assert len(epochs) == 2  # the teacher's unit, the students' unit
+    assert "teacher_cnn_wide_a0.1_s0: epoch 2/2 done, loss " in epochs[0]
+    assert "2 fused: kd:a0.1T4, base: epoch 2/2 done, loss kd:a0.1T4=" in epochs[1]
+    progress_lines = [ln for ln in lines if re.match(STAMP, ln)]
+    assert len(progress_lines) == 5 <= 3 * 3  # a few lines per cell at most
+    assert any(ln.startswith("3 cells: trained 3") for ln in lines)  # the summary is unchanged
+
+
+@pytest.mark.slow
+def test_json_format_one_object_a_line(tmp_path, cli):
+    """--log-format json: every progress line is a JSON object: a 'step' event within the epoch (here every step:
+    interval_s is tiny), an 'epoch' event at each epoch end that is due (the last one always), a 'cell' event per
+    settled cell."""
+    rc, out, err = cli("run", "--out", str(tmp_path), *ARGS, "--log-format", "json", "--set", "logging.interval_s=1e-9")
+    assert rc == 0, err
+    events = [json.loads(line) for line in err.splitlines()]  # raises on any line that is not JSON
+    kinds = [e["event"] for e in events]
+    assert kinds.count("cell") == 3 and {e["cell"] for e in events if e["event"] == "cell"} >= {"baseline_cnn_tiny_s0"}
+    assert [e["n"] for e in events if e["event"] == "cell"] == [1, 2, 3]
+    ends = [e for e in events if e["event"] == "epoch"]
+    assert [(e["epoch"], e["epochs"]) for e in ends] == [(1, 2), (2, 2)] * 2
+    students = ends[3]["members"]
+    assert set(students) == {"kd:a0.1T4", "base"} and {"loss", "loss_kd", "lr", "eval"} <= set(students["kd:a0.1T4"])
+    steps = [e for e in events if e["event"] == "step"]
+    assert steps and all({"epoch", "epochs", "step", "steps", "steps_per_s", "loss"} <= set(e) for e in steps)
+    assert all(0 < e["step"] <= e["steps"] for e in steps) and set(steps[0]["loss"]) == {"a0.1"}
+    assert "\r" not in err and "cells: trained 3" in out
+
+
+def test_auto_is_bars_on_a_terminal_only(monkeypatch):
+    cfg = {"logging": {"format": "auto", "interval_s": 60.0}}
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Tty())
+    monkeypatch.setattr(sys, "stderr", Tty())
+    assert progress.output_format(cfg) == "bar" and progress.line_interval(cfg) is None
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # stdout to a file (| tee, a Slurm log)
+    assert progress.output_format(cfg) == "plain" and progress.line_interval(cfg) == 60.0
+    assert progress.output_format({"logging": {"format": "bar", "interval_s": 60.0}}) == "bar"
+
+
+def test_plain_epoch_lines_are_throttled_but_the_last_is_always_written(monkeypatch, capsys):
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    lines = progress.Lines("plain", "unit", total=4, unit="ep", interval=60.0)
+    for e in range(1, 5):
+        now[0] += 25.0  # epochs of 25 s: a line when 60 s passed since the previous one, and at the last epoch
+        lines.update(1)
+        lines.note("x", line=f"epoch {e}/4 done", throttle=e < 4)
+    written = [ln.split("unit: ")[1] for ln in capsys.readouterr().err.splitlines()]
+    assert written == ["epoch 3/4 done", "epoch 4/4 done"]
