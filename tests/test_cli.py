@@ -10,7 +10,8 @@ import pytest
     [
         (
             ["--task", "nope"],
-            "unknown task 'nope' (known: cifar100, cub200, cub200_compact, demo_ende, demo_enru, digits, imagenet, imagenet_compact, iwslt_ende, iwslt_enru)",
+            "unknown task 'nope' (known: cifar100, cub200, cub200_compact, demo_ende, demo_enru, digits, imagenet, "
+            "imagenet_compact, iwslt_ende, iwslt_enru)",
         ),
         (["--alphas", "0,1.0"], "grid.alphas must be in [0, 1), got 1.0 (command line)"),
         (["--alphas", "-0.1"], "grid.alphas must be in [0, 1), got -0.1"),
@@ -39,7 +40,7 @@ import pytest
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, cli, argv, message):
     out = tmp_path / "runs"
-    rc, stdout, err = cli("run", "--out", str(out), *argv)
+    rc, _stdout, err = cli("run", "--out", str(out), *argv)
     assert rc == 2
     assert err.startswith("lskd-bench: error: ") and message in err
     assert err.count("\n") == 1  # one line

@@ -78,7 +78,7 @@ def test_feature_method_sets_up_from_a_probe_and_trains_the_student_and_its_part
     m = build_method(name, {name.partition("+")[0]: {}, "compose": {}})
     assert m.needs.needs_teacher and cls.description and "classification" in cls.task_kinds
     t_layout, s_layout = describe(teacher, x), describe(student, x)
-    t_names = [n for n in Tap(teacher, t_layout, m.needs.teacher).names]
+    t_names = list(Tap(teacher, t_layout, m.needs.teacher).names)
     probe = Probe(
         student,
         teacher,

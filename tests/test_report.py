@@ -78,7 +78,7 @@ def report(tmp_path_factory):
 
 @pytest.mark.slow
 def test_report_is_one_self_contained_file(report):
-    runs, page = report
+    _runs, page = report
     text = page.read_text(encoding="utf-8")
     refs = re.findall(r'(?:src|href)="([^"]*)"', text)
     assert refs and all(r.startswith(("data:image/png;base64,", "#")) for r in refs)  # nothing to fetch

@@ -39,8 +39,10 @@ def test_plot_writes_one_png_per_group(runs, cli):
     groups = group_results(runs)["digits"]
     assert {k: sorted(r["cell"]["name"] for r in v) for k, v in groups.items()} == {
         ("teachers", "cnn_wide"): ["teacher_cnn_wide_a0.1_s0", "teacher_cnn_wide_a0_s0"],
-        ("students", "cnn_tiny", "cnn_wide", "kd", 0): ["baseline_cnn_tiny_s0"]
-        + sorted(f"student_kd_cnn_tiny_a{a}_T{t}_s0" for a in ("0", "0.1") for t in ("1", "4")),
+        ("students", "cnn_tiny", "cnn_wide", "kd", 0): [
+            "baseline_cnn_tiny_s0",
+            *sorted(f"student_kd_cnn_tiny_a{a}_T{t}_s0" for a in ("0", "0.1") for t in ("1", "4")),
+        ],
     }
     rc, out, err = cli("plot", "--runs", str(runs))
     assert rc == 0, err

@@ -81,7 +81,7 @@ def test_visualize_writes_png_of_expected_size(digits_runs, cli):
     from PIL import Image
 
     png = digits_runs / "proj.png"
-    rc, out, err = cli("visualize", "--runs", str(digits_runs), "--out", str(png))  # digits' default: 3, 5, 8
+    rc, _out, err = cli("visualize", "--runs", str(digits_runs), "--out", str(png))  # digits' default: 3, 5, 8
     assert rc == 0, err
     with Image.open(png) as im:
         im.verify()

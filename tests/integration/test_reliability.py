@@ -94,7 +94,7 @@ def test_gpu_options_without_a_gpu_are_one_line(tmp_path, cli, argv, needle):
     """--device cuda and --gpus on a machine without a GPU: one line, exit 2, nothing written (they used to
     train on the CPU saying '1 GPU (3)', or end in a traceback)."""
     runs = tmp_path / "runs"
-    rc, out, err = cli(
+    rc, _out, err = cli(
         *[a.format(tmp=tmp_path) for a in argv], *(["--out", str(runs), *FAST_DIGITS] if argv[0] == "run" else [])
     )
     assert rc == 2 and err.count("\n") == 1 and needle in err, err
@@ -147,7 +147,7 @@ def test_byte_order_marks_are_not_text(tmp_path, cli, cub_root):
     shutil.copytree(cub_root, cub)
     index = next(cub.rglob("images.txt"))
     index.write_bytes(b"\xef\xbb\xbf" + index.read_bytes())
-    rc, out, err = cli("check-data", "--task", "cub200", "--data-root", str(cub), "--no-progress")
+    rc, _out, err = cli("check-data", "--task", "cub200", "--data-root", str(cub), "--no-progress")
     assert rc == 0, err
 
 

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the expected tables below are as wide as the output they compare with)
 """``lskd-bench compare``: tables and significance from fixture results; a third-party method through its
 entry point, run and compared like the zoo."""
 
@@ -223,7 +224,7 @@ def test_compare_says_which_methods_have_per_pair_settings(tmp_path, cli):
 
 
 def test_methods_lists_per_pair_and_shared_settings(cli):
-    rc, out, _ = cli("methods")
+    _rc, out, _ = cli("methods")
     block = out.split("cifar100 --pair NAME:")[1].split("\n\n")[0]
     assert "  dkd        per pair: beta\n" in block and "  kd_std     per pair: kd_weight\n" in block
     for m in ("dist", "ttm", "nkd", "ctkd"):

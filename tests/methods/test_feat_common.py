@@ -39,7 +39,7 @@ def test_named_outputs_of_a_cifar_resnet_are_repdistillers_feats():
             h if block.downsample is None else block.downsample(h)
         )
     out = tap.out
-    assert [k for k in layout.stages] == ["stage0", "stage1", "stage2", "stage3"]
+    assert list(layout.stages) == ["stage0", "stage1", "stage2", "stage3"]
     assert torch.equal(out["stage0"], f0) and torch.equal(out["stage1"], f1) and torch.equal(out["stage2"], f2)
     assert torch.equal(out["preact_stage3"], pre3) and torch.equal(out["stage3"], F.relu(pre3))
     assert (out["preact_stage3"] < 0).any()  # really before the ReLU (the in-place ReLU did not overwrite it)

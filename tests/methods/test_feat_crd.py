@@ -158,7 +158,7 @@ def test_crd_round_trips_through_state_dict_and_draws_the_same_next_negatives(tm
     nb = M.draw_negatives(b.labels, b.labels[y], 5, b.generator(b.memory_s.device))
     assert torch.equal(na, nb)
     c = _crd(seed=123)  # without the checkpoint: other negatives
-    c.load_state_dict({k: v for k, v in a.state_dict().items()}, strict=True)
+    c.load_state_dict(dict(a.state_dict().items()), strict=True)
     c.set_extra_state({"seed": 999, "generator": None})
     nc = M.draw_negatives(c.labels, c.labels[y], 5, c.generator(c.memory_s.device))
     assert not torch.equal(na, nc)

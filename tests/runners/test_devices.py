@@ -232,7 +232,7 @@ def test_failed_unit_frees_its_gpu(tmp_path, cli, monkeypatch):
     monkeypatch.setenv("LSKD_TEST_DOOMED", doomed.hash)
     monkeypatch.setattr(SubprocessExecutor, "launcher", lambda self, job: [sys.executable, str(wrapper)])
     runs = tmp_path / "runs"
-    rc, out, err = cli(
+    rc, _out, err = cli(
         "run", "--out", str(runs), *TINY, "--temperatures", "1", "--no-baseline", "--no-fuse", "--gpus", "0"
     )
     assert rc == 1
@@ -301,7 +301,8 @@ def test_interrupted_run_logs_the_end_of_every_unit_it_stopped(tmp_path, cli, mo
 
 @pytest.mark.slow
 def test_gpu_flags_that_cannot_apply_are_said(tmp_path, cli, monkeypatch):
-    """--gpus/--per-gpu with the in-process executor, and --per-gpu where there is no GPU, are noted, not silently ignored."""
+    """--gpus/--per-gpu with the in-process executor, and --per-gpu where there is no GPU, are noted, not silently
+    ignored."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible
     rc, _, err = cli(
         "run",

@@ -115,7 +115,8 @@ def test_killed_run_resumes_at_unfinished_cells(tmp_path):
     out = tmp_path / "runs"
     args = [
         sys.executable, "-m", "lskd_bench", "run", "--out", str(out), "--no-progress",
-        "--alphas", "0,0.1", "--temperatures", "1,2,3", "--seeds", "0", "--set", "teacher.epochs=2", "--set", "student.epochs=12",
+        "--alphas", "0,0.1", "--temperatures", "1,2,3", "--seeds", "0",
+        "--set", "teacher.epochs=2", "--set", "student.epochs=12",
     ]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     hang_guard = time.time() + 15 * 60  # only stops a hung test; nothing here depends on speed

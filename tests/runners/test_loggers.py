@@ -70,7 +70,7 @@ def test_mlflow_one_run_per_cell_with_params_tags_and_metrics(tmp_path, cli, mon
         assert params["teacher.epochs"] == "2" and params["logging.loggers"] == '["mlflow"]'
         assert params["grid.temperatures"] == "[4.0]" and params["task"] == "digits"
 
-        def history(key):
+        def history(key, run=run):
             return [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
 
         hist = result["history"]

@@ -190,7 +190,7 @@ def test_wait_returns_when_a_job_dies_without_its_result(slurm, tmp_path):
         jid = json.loads(next(runs.rglob("teacher_*/slurm.json")).read_text())["job_id"]  # the teacher's job
         wait_for(lambda: f"{jid} RUNNING" in squeue(env), "the teacher's job to start")
         subprocess.run(["scancel", jid], env=env, check=True)
-        out, err = proc.communicate(timeout=HANG_GUARD_S)
+        _out, err = proc.communicate(timeout=HANG_GUARD_S)
     finally:
         proc.kill()
     assert proc.returncode == 1

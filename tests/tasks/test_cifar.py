@@ -102,7 +102,7 @@ def test_bad_folders_are_one_line_errors(tmp_path, cli, damage, needle):
                 raw[b"fine_labels"][0] = 100
             with open(d / "train", "wb") as f:
                 pickle.dump(raw, f)
-    rc, out, err = cli(
+    rc, _out, err = cli(
         "run", "--task", "cifar100", "--data-root", str(root), "--out", str(tmp_path / "runs"), "--no-progress"
     )
     assert rc == 2, err

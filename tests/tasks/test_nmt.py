@@ -431,7 +431,7 @@ def test_sequence_level_kd_trains_on_teacher_outputs(tmp_path, cli):
     assert rc == 2 and "method 'seqkd' does not apply to classification tasks" in err
 
 
-# ------------------------------------------------------------------------------------------ model selection, files, translate
+# ------------------------------------------------------------------------------ model selection, files, translate
 def _sacrebleu_cli(ref, hyp) -> list[float]:
     import subprocess
     import sys
@@ -501,7 +501,7 @@ def test_selection_on_valid_hypotheses_rescore_and_translate(tmp_path, cli):
         assert r["weights"] == {"last": "model.pt", "selected": "model.pt" if sel == 4 else "model_selected.pt"}
         assert (d / r["weights"]["selected"]).is_file() and (d / "spm.model").is_file()
         refs = (d / "test.ref.de").read_text(encoding="utf-8").splitlines()
-        assert refs == [line for line in (root / "test.de").read_text(encoding="utf-8").splitlines()]
+        assert refs == list((root / "test.de").read_text(encoding="utf-8").splitlines())
         for which, metrics in (("selected", r["best"]["metrics"]), ("last", r["metrics"])):
             chrf.append(metrics["chrf"])
             hyp = d / r["files"]["hypotheses"][which]
@@ -526,7 +526,7 @@ def test_selection_on_valid_hypotheses_rescore_and_translate(tmp_path, cli):
     assert out == (teacher / "test.hyp.selected.de").read_text(encoding="utf-8")
     assert f"with {teacher.name} (selected weights, epoch " in err and "beam 2, lenpen 1" in err
     # 20 lines in (an empty one, one with a U+2028 inside), 20 out, in order
-    lines = (root / "valid.en").read_text(encoding="utf-8").splitlines()[:18] + ["", "Save\u2028and continue"]
+    lines = [*(root / "valid.en").read_text(encoding="utf-8").splitlines()[:18], "", "Save\u2028and continue"]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     rc, _, err = cli(
         "translate",
@@ -758,7 +758,7 @@ def test_long_test_line_is_cut_and_damaged_cells_translate_in_one_line(tmp_path,
 
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(o))
     runs = tmp_path / "runs"
-    rc, out, err = cli(
+    rc, _out, err = cli(
         "run",
         "--task",
         "iwslt_ende",
