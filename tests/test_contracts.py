@@ -126,8 +126,13 @@ def test_task_declares_its_metrics_and_its_recipe_resolves(name):
 
 @pytest.mark.parametrize("name", EXECUTORS.names())
 def test_executor_is_an_executor(name):
+    """Every executor starts units through the handle API: it (or the one ``for_config`` picks, for ``auto``)
+    implements ``start``; the scheduling loop (``Executor.run``) is the base class's, never its own."""
     cls = EXECUTORS.get(name)
-    assert issubclass(cls, Executor) and cls.run is not Executor.run
+    assert issubclass(cls, Executor) and cls.run is Executor.run
+    cfg = {"nproc_per_node": 1, "gpus": None, "per_gpu": 1, "device": "cpu"}
+    chosen = type(cls.for_config(cfg)) if cls.for_config.__func__ is not Executor.for_config.__func__ else cls
+    assert chosen.start is not Executor.start, f"{name}: no start(plan, unit, gpus)"
     assert cls.config_section is None or isinstance(cls.config_section, Section)
 
 
