@@ -5,7 +5,7 @@ that is safe. Nothing is deleted: a damaged file is renamed beside itself (``NAM
 - a finished teacher whose ``model.pt`` is missing or unreadable while students still need it: its
   result is moved aside, so the teacher is trained again (bit-identical on the same machine).
 - ``state.pt`` that is not a complete checkpoint (truncated by a crash): moved aside, the cell restarts
-  from scratch (``train.Member`` does the same if a complete-looking checkpoint still fails to load).
+  from scratch (``checkpoint.StateFiles`` does the same if a complete-looking checkpoint still fails to load).
 - an unreadable ``lock.json`` is judged by its age (``runners/lock.py``); taking it over is reported too.
 
 Each repair is one line: ``repaired: <cell>: <file> <problem>: <what was done>``.

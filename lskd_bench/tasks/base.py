@@ -10,10 +10,10 @@ store. A task owns its data and models and tells the loop three things:
 - ``forward(model, batch)``: logits and integer targets over the positions that count, shape (N, K) and
   (N,): one row per image, or one row per non-pad target token for translation;
 - ``evaluate(model, data, cfg, device)``: the task's metrics (top-1/top-5, BLEU...);
-- ``assess(model, data, cfg, device, hp)``: those metrics plus the score the best epoch is selected on and
-  files to keep (translation: validation loss or BLEU, test hypotheses); by default the metrics alone,
-  the best epoch then being the one with the highest primary metric on ``val`` (the paper's image convention,
-  where ``val`` is the test set).
+- ``assess(model, data, cfg, device, hp)``: those metrics plus the score the reported (selected) epoch is
+  chosen on and files to keep (translation: validation loss or BLEU, test hypotheses); by default the metrics
+  alone, the selected epoch then being the one with the highest primary metric on ``val`` (the paper's image
+  convention, where ``val`` is the test set).
 
 The loading engine the hooks use (batch plans, ``load_batches``, read-ahead) is ``tasks/loading.py``; its
 public names are re-exported here, where task plugins import them.
@@ -171,7 +171,7 @@ class Task:
     description: str = ""
     kind: str = "classification"  # or "translation": which KD methods apply
     metrics: tuple[MetricSpec, ...] = TOPK  # what evaluate() returns, in table order
-    primary_metric: str = "top1"  # picks the best epoch (in its direction) and the leaderboard's bold cell
+    primary_metric: str = "top1"  # picks the selected epoch (in its direction) and the leaderboard's bold cell
     supports_analysis: bool = True  # penultimate features exported for analyze / visualize
     projection_classes: tuple[str, ...] = ()  # visualize's default class triple
     recipe: str = ""  # lskd_bench/configs/<recipe>.yaml: the task's default config over the schema's

@@ -56,7 +56,7 @@ QUEUE_MAX = 100_000  # events waiting for the logger thread before new ones are 
 @dataclass
 class CellRun:
     """What a logger knows of the cell it logs: its folder, the cell, the resolved config, the update the
-    training (re)starts from (0: a new cell), the task's selection (which split the best epoch is chosen on)."""
+    training (re)starts from (0: a new cell), the task's selection (which split the selected epoch is chosen on)."""
 
     dir: Path
     cell: Any = None  # runners.cells.Cell
