@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -182,12 +182,17 @@ def train_unit(
     device: torch.device | None = None,
     teacher_cache: dict | None = None,
     wait_for_busy: bool = False,
+    claimed: Callable[[list[tuple[Cell, str]]], None] | None = None,
 ) -> UnitResult:
     """Lock, train and release ``unit`` (every rank of a process group calls it; rank 0 holds the locks).
 
     Cells another process holds are returned as busy, or, with ``wait_for_busy`` (a cluster job, which has
-    nothing else to do), waited for until their holder finishes or dies (its lock goes stale)."""
+    nothing else to do), waited for until their holder finishes or dies (its lock goes stale). ``claimed``
+    receives the claim's repair lines (locks taken over) before training, so that a caller whose unit then
+    stops (bad data, a signal) still reports them."""
     got = _claim_on_rank0(ctx, unit, wait_for_busy)
+    if claimed is not None:
+        claimed(list(got.notes))
     outcomes: list[Outcome] = []
     try:
         if got.mine:

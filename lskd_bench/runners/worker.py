@@ -15,8 +15,14 @@ import torch
 
 from ..errors import DataError, Interrupted, raise_on_sigterm
 from ..tasks import get_task
-from .cells import plan_cells
+from .cells import Cell, plan_cells
 from .units import UnitContext, distributed, read_spec, train_unit
+
+
+def _say(notes: list[tuple[Cell, str]]) -> None:
+    """Repair lines ('repaired: ...') on stderr, which the parent shows."""
+    for _, line in notes:
+        print(line, file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,14 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     ctx = UnitContext(get_task(cfg["task"]), cfg, Path(spec["out"]), progress=bool(spec["progress"]))
     with distributed(cfg):  # launched by torchrun: one process per GPU (gloo on the CPU)
         try:
-            done = train_unit(ctx, unit)
+            done = train_unit(ctx, unit, claimed=_say)  # the claim's repair lines at once: said even if it stops
         except DataError as exc:
             print(f"lskd-bench: error: {exc}", file=sys.stderr)
             return 2
         except Interrupted as exc:
             return exc.code
-    for _, line in done.notes:
-        print(line, file=sys.stderr)
+    _say([(o.cell, line) for o in done.outcomes for line in o.notes])  # the cells' own (a checkpoint moved aside)
     return 0
 
 
