@@ -213,7 +213,7 @@ def plan_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridPlan
             raise UsageError(f"{d} is a file where lskd-bench keeps a folder: move it away and run again")
     if any(store.read_result(c.dir(out)) is None for c in cells):
         task.check_layout(cfg)  # bad data is bad input: stop before anything is written
-    repairs = repair_cells(cells, out)
+    repairs = repair_cells(cells, out, cfg["teacher_weights"])
     repairs += find_moved(cells, cfg, out)  # the same data at another path: its finished cells are reused
     pending = [c for c in cells if store.read_result(c.dir(out)) is None]
     _record_config(cfg, out)

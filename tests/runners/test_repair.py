@@ -158,7 +158,7 @@ def test_repair_says_the_cell_resumes_from_the_previous_checkpoint(tmp_path, cli
         out,
     ), out
     cfg = yaml.safe_load(next((tmp_path / "digits" / "configs").glob("*.yaml")).read_text())
-    repairs = repair_cells(plan_cells(cfg), tmp_path)
+    repairs = repair_cells(plan_cells(cfg), tmp_path, cfg["teacher_weights"])
     assert len(repairs) == 1
     assert re.fullmatch(
         r"repaired: student_kd_cnn_tiny_a0\.1_T1_s0: state\.pt is corrupt \(File is not a zip file\): "
@@ -244,3 +244,33 @@ def test_status_names_each_damaged_file_and_what_run_will_do(tmp_path):
     (resumable / store.STATE).write_bytes(b"PK\x03\x04 cut")
     assert status_problem(resumable, "student").startswith(f"{store.STATE} is corrupt")
     assert status_problem(resumable, "student").endswith(f"(resumes from the previous checkpoint {store.STATE_PREV})")
+
+
+@pytest.mark.slow
+def test_a_damaged_selected_teacher_file_is_repaired_when_students_load_it(tmp_path, cli):
+    """digits students load the teacher's selected weights (teacher_weights: selected): a torn
+    model_selected.pt is a damaged teacher (status says so) and the next run trains it again, bit for bit."""
+    import json
+
+    args = TINY_ARGS
+    rc, _, err = cli("run", "--out", str(tmp_path), *args)
+    assert rc == 0, err
+    dirs = cell_dirs(tmp_path)
+    teacher, student = dirs["teacher_cnn_wide_a0.1_s0"], dirs["student_kd_cnn_tiny_a0.1_T1_s0"]
+    # one epoch: the selected epoch is the last; its weights kept as model_selected.pt too (as when they differ)
+    (teacher / store.SELECTED).write_bytes((teacher / store.MODEL).read_bytes())
+    tres = json.loads((teacher / store.RESULT).read_text())
+    tres["weights"]["selected"] = store.SELECTED
+    store.write_json(teacher / store.RESULT, tres)
+    before = {d.name: result_metrics(d) for d in (teacher, student)}
+    data = (teacher / store.SELECTED).read_bytes()
+    (teacher / store.SELECTED).write_bytes(data[: len(data) // 2])
+    (student / store.RESULT).unlink()
+    rc, out, _ = cli("status", "--runs", str(tmp_path))
+    assert re.search(rf"{teacher.name} +damaged +- +model_selected\.pt is corrupt", out), out
+    rc, out, err = cli("run", "--out", str(tmp_path), *args)
+    assert rc == 0, err
+    assert re.search(
+        r"repaired: teacher_cnn_wide_a0\.1_s0: model_selected\.pt is corrupt .*: the teacher is trained again", out
+    ), out
+    assert {d.name: result_metrics(d) for d in (teacher, student)} == before
