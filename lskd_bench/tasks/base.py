@@ -56,6 +56,7 @@ from .loading import (  # noqa: F401
     iterate_batches,
     load_batches,
     sample_path,
+    train_plan,
     unwrap_batch,
 )
 
@@ -302,10 +303,7 @@ class Task:
         skipped: list[str] | None = None,
     ) -> Batches:
         """The training batches of ``epoch`` from batch number ``start`` on."""
-        _rank, world = shard
-        bs = max(1, int(role_cfg["batch_size"]) // world)  # the global batch stays batch_size
-        n = len(data.train)
-        plan = batch_plan(n, bs, shuffle=True, seed=seed, epoch=epoch, drop_last=n > bs * world, shard=shard)
+        plan = train_plan(len(data.train), int(role_cfg["batch_size"]), seed=seed, epoch=epoch, shard=shard)
         return load_batches(
             data.train,
             plan[start:],

@@ -29,7 +29,7 @@ from ..schema import Field, Section
 from . import TASKS
 from .base import PAIR, DataReport, Task, TaskData
 from .cache import KeyedCache, files_key
-from .loading import Batches, InMemoryDataset, batch_plan
+from .loading import Batches, InMemoryDataset, train_plan
 
 MEAN = (0.5071, 0.4867, 0.4408)  # mdistiller dataset/cifar100.py:123
 STD = (0.2675, 0.2565, 0.2761)
@@ -349,11 +349,8 @@ class CIFAR100Task(Task):
         pin_memory: bool = False,
         skipped: list[str] | None = None,
     ) -> Batches:
-        _rank, world = shard
-        bs = max(1, int(role_cfg["batch_size"]) // world)
         ds: CifarSplit = data.train  # type: ignore[assignment]
-        n = len(ds)
-        plan = batch_plan(n, bs, shuffle=True, seed=seed, epoch=epoch, drop_last=n > bs * world, shard=shard)[start:]
+        plan = train_plan(len(ds), int(role_cfg["batch_size"]), seed=seed, epoch=epoch, shard=shard)[start:]
         if not cfg["data"]["augment"]:
             return Batches(len(plan), lambda: ((normalise(ds.raw[idx]), ds.y[idx]) for idx in plan), plan=plan)
         if data.extras.get("padded") is None:  # zero padding as RandomCrop(32, padding=4), once per process

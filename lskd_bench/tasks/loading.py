@@ -82,6 +82,17 @@ def batch_plan(
     return [indices[i : i + batch_size] for i in range(0, stop, batch_size)]
 
 
+def train_plan(
+    n: int, batch_size: int, *, seed: int, epoch: int, shard: tuple[int, int] = (0, 1)
+) -> list[torch.Tensor]:
+    """One process's shuffled training batches of one epoch: each of the ``world`` processes takes
+    ``batch_size // world`` samples a step, so the global batch stays ``batch_size``; the last partial batch is
+    dropped unless the split is smaller than one global batch."""
+    _rank, world = shard
+    bs = max(1, batch_size // world)
+    return batch_plan(n, bs, shuffle=True, seed=seed, epoch=epoch, drop_last=n > bs * world, shard=shard)
+
+
 @dataclass(frozen=True)
 class BadSample:
     """Returned in place of a sample that failed to load; the collate function applies the policy."""

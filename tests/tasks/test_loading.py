@@ -346,3 +346,15 @@ def test_on_cuda_the_consumer_waits_for_the_side_stream_before_it_reads_a_batch(
         got.append(b)
     assert got == [0, 1, 2, 3] and entered == ["side"] * 4
     assert [e for e in log if e[0] == "record"] == [("record", i, "side") for i in range(4)]
+
+
+def test_train_plan_keeps_the_global_batch_and_drops_the_partial_one():
+    """Each of 2 processes takes batch_size // 2 samples a step of the same permutation; the last partial global
+    batch is dropped, unless the whole split is smaller than one global batch."""
+    from lskd_bench.tasks.loading import epoch_permutation, train_plan
+
+    ranks = [train_plan(10, 4, seed=1, epoch=2, shard=(r, 2)) for r in range(2)]
+    assert [len(b) for b in ranks[0]] == [2, 2] and [len(b) for b in ranks[1]] == [2, 2]
+    seen = torch.cat([torch.cat(p) for p in ranks])
+    assert set(seen.tolist()) <= set(epoch_permutation(10, 1, 2)[:8].tolist()) and len(set(seen.tolist())) == 8
+    assert [len(b) for b in train_plan(3, 4, seed=1, epoch=2)] == [3]  # smaller than one batch: kept
