@@ -283,6 +283,12 @@ def selected_epoch(result: dict[str, Any]) -> dict[str, Any] | None:
     return result.get("best")
 
 
+def selected_weights(result: dict[str, Any]) -> str | None:
+    """The file of the selected epoch's weights a result records (``weights.selected``: ``model_selected.pt``, or
+    ``model.pt`` when the selected epoch is the last); None for a result written before lskd-bench recorded it."""
+    return (result.get("weights") or {}).get("selected")
+
+
 def torch_file_problem(path: Path, full: bool = False) -> str | None:
     """Why a file written by ``torch.save`` is unusable (None: fine): missing, or not a complete archive
     (a truncated file lacks the zip's central directory). ``full`` also loads it (weights only)."""

@@ -87,7 +87,7 @@ def teacher_weights(teacher: Cell, out: Path, which: str) -> tuple[Path, dict[st
     if which == "last":
         name, epoch = store.MODEL, last_epoch
     else:
-        name = (result.get("weights") or {}).get("selected")
+        name = store.selected_weights(result)
         epoch = (store.selected_epoch(result) or {}).get("epoch", last_epoch)
         if name is None:
             if store.selected_epoch(result) and epoch != last_epoch:

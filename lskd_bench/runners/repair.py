@@ -60,7 +60,7 @@ def repair_cells(cells: list[Cell], out: Path, teacher_weights: str) -> list[str
 
 def _teacher_files(result: dict, teacher_weights: str) -> list[str]:
     """The weight files of a finished teacher its students may load: model.pt, and the selected epoch's."""
-    selected = (result.get("weights") or {}).get("selected")
+    selected = store.selected_weights(result)
     return [store.MODEL] + ([store.SELECTED] if teacher_weights == "selected" and selected == store.SELECTED else [])
 
 
