@@ -222,6 +222,39 @@ def assert_fused_equals_alone(task, students, cfg, data, tmodel, tmp_path) -> No
         assert [h["loss"] for h in f.result["history"]] == [h["loss"] for h in alone.result["history"]]
 
 
+def train_then_kill(task, students, cfg, data, tmodel, tmp_path, at_epoch: int = 2) -> tuple[Path, Path]:
+    """``students`` trained as one fused group to the end under tmp_path/ref, and again under tmp_path/cut stopped
+    by a KeyboardInterrupt at the end of epoch ``at_epoch``: (ref, cut), for the resume-identity tests."""
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    train_group(task, students, cfg, data, [ref / c.name for c in students], teacher=tmodel, progress=False)
+
+    def stop(epoch):
+        if epoch == at_epoch:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        dirs = [cut / c.name for c in students]
+        train_group(task, students, cfg, data, dirs, teacher=tmodel, progress=False, on_epoch_end=stop)
+    return ref, cut
+
+
+def example_site(tmp_path: Path, example: str, module: str, entry_point: str) -> dict[str, str]:
+    """The module of ``examples/<example>`` made importable as ``pip install`` would leave it: copied to a site
+    folder with a .dist-info holding its ``lskd_bench.methods`` entry point (``name = module:Class``). Returns
+    the environment of a process that sees it."""
+    import shutil
+
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(ROOT / "examples" / example / f"{module}.py", site)
+    dist = module.replace("_", "-")
+    info = site / f"{module}-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(f"[lskd_bench.methods]\n{entry_point}\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+
 def result(role, arch, alpha, T, seed, top1, top5, h, teacher_arch=None, method=None):
     return {
         "cell": {

@@ -4,8 +4,6 @@ entry point, run and compared like the zoo."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +13,7 @@ import pytest
 from lskd_bench import store
 from lskd_bench.leaderboard.compare import welch_p
 
-from ..fixtures import ROOT, result
+from ..fixtures import example_site, result
 
 VALUES = {
     ("kd", 0.0, 1.0): [90, 91, 92], ("kd", 0.1, 1.0): [92, 93, 94], ("kd", 0.0, 4.0): [89, 90, 91], ("kd", 0.1, 4.0): [85, 86, 87],
@@ -104,15 +102,9 @@ def test_compare_errors(tmp_path, cli):
 def test_third_party_method_through_entry_point(tmp_path):
     """The example package, made importable with a .dist-info entry-point file (what pip install writes),
     is run through `lskd-bench run` against the zoo's teachers and compared."""
-    site = tmp_path / "site"
-    site.mkdir()
-    example = ROOT / "examples" / "third_party_method"
-    shutil.copy(example / "lskd_example_method.py", site)
-    info = site / "lskd_example_method-0.1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lskd-example-method\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text("[lskd_bench.methods]\nreverse_kd = lskd_example_method:ReverseKD\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env = example_site(
+        tmp_path, "third_party_method", "lskd_example_method", "reverse_kd = lskd_example_method:ReverseKD"
+    )
     runs = tmp_path / "runs"
     base = [sys.executable, "-m", "lskd_bench"]
     p = subprocess.run(

@@ -19,7 +19,7 @@ from lskd_bench.runners.grid import resolve_config
 from lskd_bench.runners.train import load_model, train_group
 from lskd_bench.tasks import get_task
 
-from ..fixtures import ROOT, assert_fused_equals_alone, same_weights, tiny_overrides
+from ..fixtures import ROOT, assert_fused_equals_alone, example_site, same_weights, tiny_overrides, train_then_kill
 
 
 def test_named_outputs_of_a_cifar_resnet_are_repdistillers_feats():
@@ -137,25 +137,7 @@ def test_feature_and_logit_students_fused_equal_students_trained_alone(feature_s
 @pytest.mark.slow
 def test_killed_feature_group_resumes_bit_identically_and_exports_only_the_student(feature_setup, tmp_path):
     cfg, task, data, students, tmodel = feature_setup
-    ref = tmp_path / "ref"
-    train_group(task, students, cfg, data, [ref / c.name for c in students], teacher=tmodel, progress=False)
-
-    def stop(epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    cut = tmp_path / "cut"
-    with pytest.raises(KeyboardInterrupt):
-        train_group(
-            task,
-            students,
-            cfg,
-            data,
-            [cut / c.name for c in students],
-            teacher=tmodel,
-            progress=False,
-            on_epoch_end=stop,
-        )
+    ref, cut = train_then_kill(task, students, cfg, data, tmodel, tmp_path, at_epoch=2)
     fit = next(c for c in students if c.method == "fitnet")
     state = torch.load(cut / fit.name / store.STATE, weights_only=True)
     assert any(k.startswith("regressor.") for k in state["method"])  # the connector is checkpointed
@@ -193,21 +175,14 @@ def test_a_connector_that_cannot_be_sized_names_both_shapes():
 def test_third_party_feature_method_through_entry_point(tmp_path):
     """The example package (examples/third_party_feature_method), made importable with a .dist-info entry-point
     file as pip install writes it, runs through `lskd-bench run` with its X+kd composition, and `compare` lists it."""
-    import os
-    import shutil
     import subprocess
     import sys
 
-    site = tmp_path / "site"
-    site.mkdir()
     example = ROOT / "examples" / "third_party_feature_method"
     assert len((example / "lskd_example_feature.py").read_text().splitlines()) <= 40
-    shutil.copy(example / "lskd_example_feature.py", site)
-    info = site / "lskd_example_feature-0.1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lskd-example-feature\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text("[lskd_bench.methods]\ncosine_hint = lskd_example_feature:CosineHint\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env = example_site(
+        tmp_path, "third_party_feature_method", "lskd_example_feature", "cosine_hint = lskd_example_feature:CosineHint"
+    )
     runs = tmp_path / "runs"
     base = [sys.executable, "-m", "lskd_bench"]
     p = subprocess.run(

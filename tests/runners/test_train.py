@@ -22,6 +22,7 @@ from ..fixtures import (
     assert_fused_equals_alone,
     same_weights,
     tiny_overrides,
+    train_then_kill,
 )
 
 
@@ -60,25 +61,7 @@ def test_fused_students_equal_students_trained_alone(setup, tmp_path):
 @pytest.mark.slow
 def test_killed_fused_group_resumes_every_member(setup, tmp_path):
     cfg, task, data, students, tmodel, _ = setup
-    ref = tmp_path / "ref"
-    train_group(task, students, cfg, data, [ref / c.name for c in students], teacher=tmodel, progress=False)
-
-    def stop(epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    cut = tmp_path / "cut"
-    with pytest.raises(KeyboardInterrupt):
-        train_group(
-            task,
-            students,
-            cfg,
-            data,
-            [cut / c.name for c in students],
-            teacher=tmodel,
-            progress=False,
-            on_epoch_end=stop,
-        )
+    ref, cut = train_then_kill(task, students, cfg, data, tmodel, tmp_path, at_epoch=2)
     assert all(torch.load(cut / c.name / store.STATE, weights_only=False)["epoch"] == 2 for c in students)
     # one member finishes alone in the meantime; the others resume from epoch 2 in a group that still holds it
     (o,) = train_group(task, [students[1]], cfg, data, [cut / students[1].name], teacher=tmodel, progress=False)
