@@ -68,16 +68,11 @@ def batch_plan(
     seed: int = 0,
     epoch: int = 0,
     drop_last: bool = False,
-    shard: tuple[int, int] = (0, 1),
     indices: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """Index batches of one epoch. ``shard=(rank, world)`` gives each DDP process every world-th sample of
-    the same permutation, trimmed so that all processes take the same number of steps."""
+    """Index batches of one epoch."""
     if indices is None:
         indices = epoch_permutation(n, seed, epoch) if shuffle else torch.arange(n)
-    rank, world = shard
-    if world > 1:
-        indices = indices[: len(indices) - len(indices) % world][rank::world]
     stop = len(indices) - (len(indices) % batch_size if drop_last else 0)
     return [indices[i : i + batch_size] for i in range(0, stop, batch_size)]
 
@@ -85,12 +80,15 @@ def batch_plan(
 def train_plan(
     n: int, batch_size: int, *, seed: int, epoch: int, shard: tuple[int, int] = (0, 1)
 ) -> list[torch.Tensor]:
-    """One process's shuffled training batches of one epoch: each of the ``world`` processes takes
-    ``batch_size // world`` samples a step, so the global batch stays ``batch_size``; the last partial batch is
-    dropped unless the split is smaller than one global batch."""
-    _rank, world = shard
-    bs = max(1, batch_size // world)
-    return batch_plan(n, bs, shuffle=True, seed=seed, epoch=epoch, drop_last=n > bs * world, shard=shard)
+    """One process's shuffled training batches of one epoch. The global batches are one process's (``batch_size``
+    rounded down to a multiple of the ``world`` processes); the last partial one is dropped unless the split is
+    smaller than one global batch. Each process takes its contiguous share of every global batch in rank order
+    (``torch.tensor_split``), so the processes' rows gathered in rank order are one process's batch, in its order
+    (``runners.distributed``: sample-coupled losses such as CC's or CRD's see the same rows in the same order)."""
+    rank, world = shard
+    size = max(1, batch_size // world) * world
+    plan = batch_plan(n, size, shuffle=True, seed=seed, epoch=epoch, drop_last=n > size)
+    return plan if world == 1 else [b.tensor_split(world)[rank] for b in plan]
 
 
 @dataclass(frozen=True)

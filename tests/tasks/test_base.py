@@ -18,7 +18,7 @@ from lskd_bench.runners.cells import plan_cells
 from lskd_bench.runners.grid import resolve_config
 from lskd_bench.runners.train import FusedGroup, load_model, train_group
 from lskd_bench.tasks import get_task
-from lskd_bench.tasks.base import batch_plan, epoch_permutation
+from lskd_bench.tasks.base import batch_plan, epoch_permutation, train_plan
 
 from ..fixtures import WNIDS, make_imagefolder
 
@@ -168,9 +168,8 @@ def test_an_epochs_order_is_a_function_of_seed_and_epoch_only():
 
 
 def test_ddp_shards_take_disjoint_samples_and_the_same_number_of_steps():
-    shards = [batch_plan(11, 2, shuffle=True, seed=0, epoch=0, shard=(r, 3)) for r in range(3)]
-    assert {len(s) for s in shards} == {2}
+    shards = [train_plan(11, 6, seed=0, epoch=0, shard=(r, 3)) for r in range(3)]
+    assert {len(s) for s in shards} == {1}
     seen = [i for s in shards for b in s for i in b.tolist()]
-    assert len(seen) == len(set(seen)) == 9  # 11 trimmed to 9: every process the same count
-    order = epoch_permutation(11, 0, 0)[:9]
-    assert torch.cat(shards[1]).tolist() == order[1::3].tolist()
+    assert len(seen) == len(set(seen)) == 6  # one global batch of 6 (the partial 5 dropped), 2 per process
+    assert seen == epoch_permutation(11, 0, 0)[:6].tolist()

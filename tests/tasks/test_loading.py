@@ -30,6 +30,7 @@ from lskd_bench.tasks.loading import (
     finished_ahead,
     iterate_batches,
     load_batches,
+    train_plan,
 )
 
 CPU = torch.device("cpu")
@@ -100,12 +101,20 @@ def test_a_resumed_epoch_is_the_tail_of_the_uninterrupted_one():
     assert [y.tolist() for _, y in resumed] == [idx.tolist() for idx in full[2:]]
 
 
-def test_shards_take_every_world_th_sample_of_one_permutation():
-    perm = epoch_permutation(11, 0, 2)
-    shards = [batch_plan(11, 2, shuffle=True, seed=0, epoch=2, shard=(r, 3)) for r in range(3)]
-    assert [len(s) for s in shards] == [2, 2, 2]  # 9 samples kept (11 trimmed to a multiple of 3), 3 each
-    for r, s in enumerate(shards):
-        assert torch.cat(s).tolist() == perm[:9][r::3].tolist()
+def test_ranks_rows_in_rank_order_are_one_process_batch_in_its_order():
+    """Several processes split each global batch into contiguous shares: gathered in rank order (as
+    runners.distributed gathers a step's outputs) they are one process's batch, sample for sample."""
+    one = train_plan(23, 6, seed=0, epoch=2)
+    for world in (2, 3):
+        ranks = [train_plan(23, 6, seed=0, epoch=2, shard=(r, world)) for r in range(world)]
+        assert {len(p) for p in ranks} == {len(one)} == {3}  # the partial batch of 5 dropped everywhere
+        for k, batch in enumerate(one):
+            assert [len(p[k]) for p in ranks] == [6 // world] * world
+            assert torch.cat([p[k] for p in ranks]).tolist() == batch.tolist()
+    # a split smaller than one global batch: one batch, shared as evenly as it goes
+    ranks = [train_plan(5, 8, seed=0, epoch=0, shard=(r, 2)) for r in range(2)]
+    assert [len(p[0]) for p in ranks] == [3, 2]
+    assert torch.cat([p[0] for p in ranks]).tolist() == train_plan(5, 8, seed=0, epoch=0)[0].tolist()
 
 
 def test_the_loaders_generator_is_seeded_by_the_epoch_seed():

@@ -822,3 +822,24 @@ def test_translation_layout_error_writes_nothing(tmp_path, cli):
         )
         assert rc == 2 and err.count("\n") == 1 and "the files are not aligned" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_ddp_ranks_share_each_batch_and_their_target_rows_in_rank_order_are_one_process_batch(tmp_path):
+    """Under DDP each rank takes its contiguous share of every batch's sentences (max_tokens is the global
+    batch's): the ranks' target rows, gathered in rank order (runners.distributed), are one process's rows."""
+    from lskd_bench.runners.grid import resolve_config
+    from lskd_bench.tasks import get_task
+
+    root = make_plain(tmp_path / "data")
+    cfg = resolve_config("iwslt_ende", {}, tiny_nmt(root, teacher={"dropout": 0.0}))
+    task = get_task("iwslt_ende")
+    data = task.load_data(cfg, cache_dir=tmp_path / "cache")
+    one = list(task.train_batches(data, cfg["teacher"], cfg, seed=0, epoch=1))
+    ranks = [list(task.train_batches(data, cfg["teacher"], cfg, seed=0, epoch=1, shard=(r, 2))) for r in range(2)]
+    assert len(one) > 1 and [len(r) for r in ranks] == [len(one)] * 2
+    torch.manual_seed(0)
+    model = task.build_model("transformer_micro", data, cfg, cfg["teacher"]).eval()
+    for k, batch in enumerate(one):
+        assert torch.cat([r[k]["id"] for r in ranks]).tolist() == batch["id"].tolist()
+        _, y = task.forward(model, batch)
+        assert torch.cat([task.forward(model, r[k])[1] for r in ranks]).tolist() == y.tolist()

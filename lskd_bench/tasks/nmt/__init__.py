@@ -130,7 +130,7 @@ NMT_TRAIN = TRAIN.extend(
             min=1,
             nullable=True,
         ),
-        "max_tokens": Field(int, 4096, "tokens per batch and process (fairseq's --max-tokens)", min=16),
+        "max_tokens": Field(int, 4096, "tokens per batch (fairseq's --max-tokens; the global batch under DDP)", min=16),
         "dropout": Field(float, 0.3, "dropout", min=0.0, max=1.0, max_exclusive=True),
         "attention_dropout": Field(float, 0.0, "attention dropout", min=0.0, max=1.0, max_exclusive=True),
         "activation_dropout": Field(
@@ -364,9 +364,11 @@ class TranslationTask(Task):
         pin_memory: bool = False,
         skipped: list[str] | None = None,
     ) -> Batches:
-        """Length-bucketed batches of ``max_tokens`` (per process, as fairseq), in an order drawn from
+        """Length-bucketed batches of ``max_tokens``, in an order drawn from
         (seed, epoch): a random permutation, stably sorted by source then target length, cut into batches,
-        the batches shuffled. With DDP each process takes every world-th batch."""
+        the batches shuffled. With DDP the batches stay one process's (``max_tokens`` is the global batch's) and
+        each process takes its contiguous share of each batch's sentences, so the processes' target rows gathered
+        in rank order are one process's (``runners.distributed``)."""
         split: Split = data.train
         src_lens, tgt_lens = split.lens()
         rng = np.random.default_rng([seed, epoch])
@@ -375,8 +377,8 @@ class TranslationTask(Task):
         batches = length_batches(src_lens, tgt_lens, int(role_cfg["max_tokens"]), role_cfg["batch_size"], order)
         batches = [batches[i] for i in rng.permutation(len(batches))]
         rank, world = shard
-        if world > 1:
-            batches = batches[: len(batches) - len(batches) % world][rank::world]
+        if world > 1:  # in collate's order (longest source first), so that the shares in rank order are the batch
+            batches = [np.array_split(b[np.argsort(-src_lens[b], kind="stable")], world)[rank] for b in batches]
         batches = batches[start:]
         multiple = int(role_cfg["pad_to_multiple"])
         return Batches(len(batches), lambda: (self.collate(split, b, multiple) for b in batches))
