@@ -490,6 +490,13 @@ RUN = Section(
         "nproc_per_node": Field(
             int, 1, "DDP processes (GPUs) per unit (torchrun executor)", min=1, max=1024, identity=False
         ),
+        "sync_batchnorm": Field(
+            bool,
+            True,
+            "under several processes, BatchNorm uses the global batch's statistics (as one process does); false: "
+            "each rank's own (its result then depends on the process count: false enters the cell's hash)",
+            identity=False,  # in the hash only when false: runners.cells._batchnorm_identity
+        ),
         "fuse": Field(
             bool, True, "train the students of one teacher (and seed) in one shared data pass", identity=False
         ),

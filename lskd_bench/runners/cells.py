@@ -68,6 +68,7 @@ def _identity(task: str, role: str, cfg: dict[str, Any], schema: Section) -> dic
         "role": role,
         "data": schema.fields["data"].identity(cfg["data"]),
         "train": schema.fields[section].identity(cfg[section]),
+        **_batchnorm_identity(cfg),
     }
 
 
@@ -75,6 +76,13 @@ def _weights_identity(cfg: dict[str, Any]) -> dict[str, Any]:
     """The teacher weights a student distils from, as part of its identity. Students distilled from the last
     weights before this choice existed: "last" stays out of the hash, so their cells keep their names."""
     return {"teacher_weights": "selected"} if cfg["teacher_weights"] == "selected" else {}
+
+
+def _batchnorm_identity(cfg: dict[str, Any]) -> dict[str, Any]:
+    """BatchNorm with each process's own statistics (``sync_batchnorm: false``) trains something else than one
+    process does: part of the identity then; the default (the global batch's statistics) stays out of the hash,
+    so cells planned before the setting existed keep their names."""
+    return {} if cfg["sync_batchnorm"] else {"batchnorm": "per_rank"}
 
 
 def teacher_weights(teacher: Cell, out: Path, which: str) -> tuple[Path, dict[str, Any]]:

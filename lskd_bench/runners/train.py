@@ -42,6 +42,8 @@ from ..tasks.base import autocast, close_batches, on_bad_sample
 from .cells import Cell
 from .checkpoint import StateFiles
 from .devices import cpu_count
+from .distributed import average_grads, gather_step, sync_batchnorm
+from .distributed import world as dist_info
 from .epoch_loss import CellFailed, LossSums, NonFiniteWatch
 from .evaluation import Evaluator
 from .loggers import open_loggers
@@ -90,13 +92,6 @@ def threads_scope(cfg: dict[str, Any]):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world size) of the torch.distributed process group; (0, 1) without one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def load_model(
@@ -215,6 +210,8 @@ class Member:
         self.alpha = cell.alpha if cell.role == "teacher" else 0.0
         torch.manual_seed(cell.seed)
         self.model = self.task.build_model(cell.arch, self.data, self.cfg, self.hp).to(device)
+        if dist_info()[1] > 1 and self.cfg["sync_batchnorm"]:  # the global batch's statistics (runners.distributed)
+            sync_batchnorm(self.model, cell.name)
         if self.cfg["channels_last"] and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.tap: Tap | None = None  # captures the student's named outputs (feature methods)
@@ -323,6 +320,8 @@ class Member:
             self.watch.see(loss, epoch, self.update)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if self.world > 1:  # DDP averaged the model's gradients; the method's parts (the stage's: all) likewise
+                average_grads(self.method_params if stage is None else stage.params)
             if self.hp["clip_norm"] > 0:
                 torch.nn.utils.clip_grad_norm_(
                     params or [*self.model.parameters(), *self.method_params], self.hp["clip_norm"]
@@ -355,8 +354,11 @@ class Member:
             stage.train_mode(self.model)
         else:
             self.model.train()
+        # an initialisation stage trains a part of the student (the head gets no gradient, which DDP would wait
+        # for): it runs the model itself, its gradients averaged in train_step
+        model = self.step_model if stage is None else self.model
         with autocast(self.device, self.cfg), self.tap or contextlib.nullcontext():
-            s_logits, targets = self.task.forward(self.step_model, batch)
+            s_logits, targets = self.task.forward(model, batch)
         if indices is not None and indices.numel() != targets.numel():
             raise CellFailed(
                 f"method {self.cell.method} reads each sample's index, but this batch lost samples "
@@ -365,6 +367,9 @@ class Member:
         s_out = Outputs(logits=s_logits.float())
         if self.tap is not None:
             s_out.update({k: v.float() for k, v in self.tap.out.items()})
+        if self.world > 1:  # the loss of the global batch, on every rank (runners.distributed)
+            s_out, targets, t_out, indices = gather_step(s_out, targets, t_out, indices)
+            self.ctx.indices = indices
         compute = self.method.init_loss if stage is not None else self.method.compute
         terms = compute(s_out, targets, t_out, self.ctx)
         return total_loss(terms), terms, int(targets.shape[0])
@@ -389,14 +394,11 @@ class Member:
         self.checkpoint()
 
     def _epoch_entry(self, epoch: int, in_init: bool) -> dict[str, Any]:
-        """The history entry of ``epoch``: mean loss (and terms, summed over the processes), lr, updates."""
+        """The history entry of ``epoch``: mean loss (and terms), lr, updates. Under several processes every rank
+        summed the losses of the global batch (``runners.distributed``): the same sums everywhere."""
         total, count = self.losses.loss_sum, self.losses.loss_count
         names = sorted(self.losses.term_sums)
         terms = [self.losses.term_sums[k] for k in names]
-        if self.world > 1:
-            sums = torch.tensor([total, float(count), *terms], device=self.device)
-            torch.distributed.all_reduce(sums)
-            total, count, terms = float(sums[0]), int(sums[1]), [float(v) for v in sums[2:]]
         return {
             "epoch": epoch + 1,
             "loss": total / max(count, 1),

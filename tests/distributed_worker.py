@@ -1,0 +1,158 @@
+"""The distributed-equivalence matrix (tests/runners/test_distributed.py, benchmarks/distributed_equivalence.py).
+
+``python -m tests.distributed_worker OUT WORLD RANK`` trains the baseline and the students of ``METHODS`` as
+one fused group on a small digits split, as rank RANK of WORLD gloo processes (WORLD 1: one process, no process
+group), stopped by a KeyboardInterrupt at the end of epoch 1 and resumed to the end of epoch 2. At every
+checkpoint each rank saves what it holds (model, method state, optimizer, history) as
+``OUT/world<W>/<cell>/rank<R>-u<updates>.pt``; the group's teacher is ``OUT/teacher.pt`` (``train_teacher``).
+Fused training equals training each cell alone bit for bit (tests/runners/test_train.py), so one fused group
+stands for every method trained alone.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lskd_bench.runners.cells import plan_cells
+from lskd_bench.runners.grid import resolve_config
+from lskd_bench.runners.train import Member, load_model, train_group
+from lskd_bench.tasks import get_task
+
+# every classification method (seqkd trains on a translation teacher's beam outputs: no image task has it),
+# and a composite (a feature method + Hinton KD)
+METHODS = [
+    *("kd", "kd_std", "dkd", "nkd", "ctkd", "dist", "ttm"),
+    *("fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd", "ofd", "reviewkd"),
+    "crd+kd",
+]
+BATCH = 32  # the global batch: 32 / WORLD per rank
+# a tensor's difference is taken relative to its largest magnitude, but at least this: a momentum whose gradient
+# is zero but for rounding (a conv bias before BatchNorm: ~1e-7) has no meaningful relative difference
+SCALE_FLOOR = 1e-3
+
+
+def config(methods: list[str] = METHODS) -> dict[str, Any]:
+    """Digits with 10 % of each class for training (about 180 samples: 5 steps an epoch), 2 epochs (the
+    initialisation stages of AB, FT and FSP one epoch of them), CRD with 64 negatives."""
+    return resolve_config(
+        "digits",
+        {},
+        {
+            "methods": list(methods),
+            "baseline": True,  # label-smoothed cross-entropy (the teachers' and the baseline's method "ls")
+            "grid": {"alphas": [0.1], "temperatures": [4.0], "seeds": [0]},
+            "data": {"val_fraction": 0.9},
+            "teacher": {"epochs": 1, "batch_size": BATCH},
+            "student": {"epochs": 2, "batch_size": BATCH},
+            "ab": {"init_epochs": 1},
+            "ft": {"init_epochs": 1},
+            "fsp": {"init_epochs": 1},
+            "crd": {"nce_k": 64},
+            "device": "cpu",
+            "threads": 1,
+            "analysis": {"export": False},
+        },
+    )
+
+
+def train_teacher(out: Path) -> None:
+    """The teacher (alpha 0.1, one epoch, one process) as ``out/teacher.pt``."""
+    cfg = config()
+    task = get_task("digits")
+    data = task.load_data(cfg)
+    teacher = next(c for c in plan_cells(cfg) if c.role == "teacher")
+    (o,) = train_group(task, [teacher], cfg, data, [out / "teacher"], progress=False)
+    assert o.error is None, o.error
+    (out / "teacher.pt").write_bytes((out / "teacher" / "model.pt").read_bytes())
+
+
+def _dump_every_checkpoint(rank: int) -> None:
+    """Each rank saves what it holds whenever a member checkpoints (rank 0 alone writes the real state.pt)."""
+    real = Member.checkpoint
+
+    def checkpoint(self: Member) -> None:
+        real(self)
+        method = self.method.state_dict() if isinstance(self.method, nn.Module) else {}
+        held = {"model": self.model.state_dict(), "method": method, "optimizer": self.opt.state_dict()}
+        torch.save({**held, "history": self.history, "update": self.update}, self.dir / f"rank{rank}-u{self.update}.pt")
+
+    Member.checkpoint = checkpoint  # type: ignore[method-assign]
+
+
+def run(out: Path, world: int, rank: int, methods: list[str] = METHODS) -> None:
+    torch.set_num_threads(1)
+    if world > 1:
+        init = f"file://{out / f'rendezvous{world}'}"
+        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    _dump_every_checkpoint(rank)
+    cfg = config(methods)
+    task = get_task("digits")
+    data = task.load_data(cfg)
+    students = [c for c in plan_cells(cfg) if c.role != "teacher"]
+    teacher = load_model(task, cfg["teacher"]["arch"], data, cfg, out / "teacher.pt", torch.device("cpu"))
+    dirs = [out / f"world{world}" / c.name for c in students]
+
+    def stop(epoch: int) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    try:
+        train_group(task, students, cfg, data, dirs, teacher=teacher, progress=False, on_epoch_end=stop)
+    except KeyboardInterrupt:
+        pass
+    if world > 1:
+        dist.barrier()  # rank 0 wrote every state.pt
+    outcomes = train_group(task, students, cfg, data, dirs, teacher=teacher, progress=False)
+    failed = [f"{o.cell.name}: {o.error}" for o in outcomes if o.error is not None]
+    if world > 1:
+        dist.destroy_process_group()
+    if failed:
+        raise SystemExit("\n".join(failed))
+
+
+if __name__ == "__main__":
+    out_dir, n, r = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    run(out_dir, n, r, sys.argv[4].split(",") if len(sys.argv) > 4 else METHODS)
+
+
+def _tensors(held: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The floating-point tensors of what a rank held (model, method state, optimizer state), by name."""
+    out = {f"model.{k}": v for k, v in held["model"].items()}
+    out.update({f"method.{k}": v for k, v in held["method"].items() if isinstance(v, torch.Tensor)})
+    for i, st in held["optimizer"]["state"].items():
+        out.update({f"optimizer.{i}.{k}": v for k, v in st.items() if isinstance(v, torch.Tensor)})
+    return {k: v for k, v in out.items() if v.is_floating_point()}
+
+
+def differences(out: Path, world: int) -> dict[str, dict[str, float]]:
+    """Per cell, after the last checkpoint: the largest difference of WORLD processes' rank 0 from one process
+    (``state``: weights, method state, optimizer momenta, relative to each tensor's largest magnitude or
+    ``SCALE_FLOOR``; ``loss``: the epochs' mean losses, relative; ``top1``: the selected epoch's top-1, in points),
+    and whether every rank held bit for bit what rank 0 held at every checkpoint (``ranks_equal``)."""
+    import json
+
+    rows: dict[str, dict[str, float]] = {}
+    for one in sorted((out / "world1").iterdir()):
+        many = out / f"world{world}" / one.name
+        last = max(int(p.stem.split("-u")[1]) for p in one.glob("rank0-u*.pt"))
+        a = torch.load(one / f"rank0-u{last}.pt", weights_only=True)
+        b = torch.load(many / f"rank0-u{last}.pt", weights_only=True)
+        ta, tb = _tensors(a), _tensors(b)
+        assert ta.keys() == tb.keys(), one.name
+        state = max(float((ta[k] - tb[k]).abs().max() / ta[k].abs().max().clamp_min(SCALE_FLOOR)) for k in ta)
+        loss = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(a["history"], b["history"]))
+        ra, rb = (json.loads((d / "result.json").read_text())["metrics"] for d in (one, many))
+        equal = True
+        for p in many.glob("rank0-u*.pt"):
+            r0 = _tensors(torch.load(p, weights_only=True))
+            for r in range(1, world):
+                rr = _tensors(torch.load(many / p.name.replace("rank0", f"rank{r}"), weights_only=True))
+                equal &= all(torch.equal(r0[k], rr[k]) for k in r0)
+        rows[one.name] = {"state": state, "loss": loss, "top1": abs(ra["top1"] - rb["top1"]), "ranks_equal": equal}
+    return rows

@@ -1,0 +1,157 @@
+"""Several processes train what one process trains (lskd_bench/runners/distributed.py).
+
+The matrix: every classification method (and a composite), fused in one group on a small digits split, trained
+by 1, 2 and 4 gloo processes with the same global batch, stopped at the end of epoch 1 and resumed to the end
+of epoch 2 (tests/distributed_worker.py). Every rank holds bit for bit what rank 0 holds at every checkpoint,
+and rank 0 holds what one process holds to float rounding: weights, method state (connectors, embeddings,
+CRD's memory bank and Z, CTKD's temperature) and optimizer momenta within ``STATE_TOL`` of each tensor's
+largest magnitude, the epochs' losses within ``LOSS_TOL`` relative, the same top-1.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from lskd_bench.errors import UsageError
+from lskd_bench.runners.cells import plan_cells
+from lskd_bench.runners.distributed import sync_batchnorm
+from lskd_bench.runners.grid import resolve_config
+
+from ..distributed_worker import METHODS, differences, train_teacher
+from ..fixtures import ROOT, tiny_overrides
+
+STATE_TOL = 5e-3  # measured: at most 7e-4 (FT's momenta, rounding of gradients that are ~0), most 1e-6
+LOSS_TOL = 1e-4  # measured: at most 5e-6
+HANG_GUARD_S = 15 * 60  # only prevents a hung test
+
+
+def _train(out, world: int) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "tests.distributed_worker", str(out)]
+    procs = [
+        subprocess.Popen([*cmd, str(world), str(r)], cwd=ROOT, env=env, stderr=subprocess.PIPE) for r in range(world)
+    ]
+    errors = [p.communicate(timeout=HANG_GUARD_S)[1].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(errors)
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    out = tmp_path_factory.mktemp("distributed")
+    train_teacher(out)
+    for world in (1, 2, 4):
+        _train(out, world)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 4])
+def test_every_method_trains_with_n_processes_what_one_process_trains(matrix, world):
+    rows = differences(matrix, world)
+    assert {name.split("_cnn_tiny")[0].removeprefix("student_") for name in rows} == {*METHODS, "baseline"}
+    for name, d in rows.items():
+        assert d["ranks_equal"], f"{name}: the ranks' states differ"
+        assert d["state"] < STATE_TOL, (name, d)
+        assert d["loss"] < LOSS_TOL, (name, d)
+        assert d["top1"] == 0.0, (name, d)
+
+
+def test_every_classification_method_is_in_the_matrix():
+    """A new method joins the matrix (or says here why it cannot)."""
+    from lskd_bench.methods import METHODS as REGISTRY
+
+    translation_only = {"seqkd"}  # the teacher's beam outputs: no image task has them
+    assert set(REGISTRY.names()) - translation_only - {"ls"} <= set(METHODS)  # ls: the baseline, in the matrix
+
+
+def test_batchnorm_synchronised_in_place_keeps_its_parameters_and_refuses_what_it_cannot():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.BatchNorm1d(4 * 36))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert sync_batchnorm(model, "cell") == 2
+    assert isinstance(model[1], nn.BatchNorm2d) and type(model[1]).__name__ == "GlobalBatchNorm2d"
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    x = torch.randn(5, 1, 8, 8)
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.BatchNorm1d(4 * 36))
+    plain.load_state_dict(before)
+    assert torch.equal(model(x), plain(x))  # one process: the class's own forward, bit for bit
+    assert torch.equal(model[1].running_mean, plain[1].running_mean)
+
+    class OwnForward(nn.BatchNorm2d):
+        def forward(self, x):
+            return super().forward(x).relu()
+
+    with pytest.raises(UsageError, match=r"cell: 1 is a OwnForward, .*--set sync_batchnorm=false"):
+        sync_batchnorm(nn.Sequential(nn.Identity(), OwnForward(3)), "cell")
+
+
+def test_per_rank_batchnorm_enters_the_hash_and_the_default_does_not():
+    default = [c.hash for c in plan_cells(resolve_config("digits", {}, tiny_overrides()))]
+    same = [c.hash for c in plan_cells(resolve_config("digits", {}, tiny_overrides(sync_batchnorm=True)))]
+    per_rank = [c.hash for c in plan_cells(resolve_config("digits", {}, tiny_overrides(sync_batchnorm=False)))]
+    assert default == same and not set(default) & set(per_rank)
+
+
+def _global_bn_rank(rank: int, world: int, init: str, x: torch.Tensor, out: str) -> None:
+    """Rank ``rank``'s share of ``x`` through a synchronised BatchNorm: its output, its input's gradient, the
+    parameters' gradients summed over the ranks and the running statistics, saved to ``out``."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3)
+    nn.init.uniform_(bn.weight)
+    sync_batchnorm(bn, "t")
+    mine = x.tensor_split(world)[rank].clone().requires_grad_()
+    y = bn(mine)
+    w = torch.arange(y.numel(), dtype=torch.float32).reshape(y.shape).cos()
+    (y * w).sum().backward()
+    for p in (bn.weight, bn.bias):
+        dist.all_reduce(p.grad)
+    torch.save(
+        {
+            "y": y,
+            "dx": mine.grad,
+            "dw": bn.weight.grad,
+            "db": bn.bias.grad,
+            "rm": bn.running_mean,
+            "rv": bn.running_var,
+        },
+        f"{out}.{rank}",
+    )
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_global_batchnorm_of_three_processes_is_batchnorm_of_the_whole_batch(tmp_path):
+    """Output, input and parameter gradients and running statistics of 3 ranks (unequal shares: 3, 3, 2 rows)
+    equal one BatchNorm2d over all 8 rows, to float rounding."""
+    import torch.multiprocessing as mp
+
+    x = torch.randn(8, 3, 4, 4) * 3 + 1
+    out = str(tmp_path / "bn")
+    mp.spawn(_global_bn_rank, args=(3, f"file://{tmp_path / 'init'}", x, out), nprocs=3)
+    got = [torch.load(f"{out}.{r}", weights_only=True) for r in range(3)]
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3)
+    nn.init.uniform_(bn.weight)
+    xx = x.clone().requires_grad_()
+    y = bn(xx)
+    w = torch.cat([torch.arange(p.numel(), dtype=torch.float32).reshape(p.shape).cos() for p in y.tensor_split(3)])
+    (y * w).sum().backward()
+    close = {"atol": 1e-5, "rtol": 1e-5}
+    torch.testing.assert_close(torch.cat([g["y"] for g in got]), y.detach(), **close)
+    torch.testing.assert_close(torch.cat([g["dx"] for g in got]), xx.grad, **close)
+    for g in got:
+        torch.testing.assert_close(g["dw"], bn.weight.grad, **close)
+        torch.testing.assert_close(g["db"], bn.bias.grad, **close)
+        torch.testing.assert_close(g["rm"], bn.running_mean, **close)
+        torch.testing.assert_close(g["rv"], bn.running_var, **close)
