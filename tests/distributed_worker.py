@@ -1,4 +1,4 @@
-"""The distributed-equivalence matrix (tests/runners/test_distributed.py, benchmarks/distributed_equivalence.py).
+"""The distributed-equivalence matrix (tests/runners/test_distributed.py, benchmarks/bench_distributed_equivalence.py).
 
 ``python -m tests.distributed_worker OUT WORLD RANK`` trains the baseline and the students of ``METHODS`` as
 one fused group on a small digits split, as rank RANK of WORLD gloo processes (WORLD 1: one process, no process
@@ -114,6 +114,21 @@ def run(out: Path, world: int, rank: int, methods: list[str] = METHODS) -> None:
         dist.destroy_process_group()
     if failed:
         raise SystemExit("\n".join(failed))
+
+
+def launch(out: Path, world: int, hang_guard_s: float = 15 * 60) -> None:
+    """Train the group as WORLD processes (``run`` in each; the repository on their path); raise with their
+    stderr if one fails."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "tests.distributed_worker", str(out), str(world)]
+    procs = [subprocess.Popen([*cmd, str(r)], cwd=root, env=env, stderr=subprocess.PIPE) for r in range(world)]
+    errors = [p.communicate(timeout=hang_guard_s)[1].decode() for p in procs]
+    if any(p.returncode != 0 for p in procs):
+        raise RuntimeError("\n".join(errors))
 
 
 if __name__ == "__main__":

@@ -10,10 +10,6 @@ largest magnitude, the epochs' losses within ``LOSS_TOL`` relative, the same top
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from torch import nn
@@ -23,22 +19,12 @@ from lskd_bench.runners.cells import plan_cells
 from lskd_bench.runners.distributed import sync_batchnorm
 from lskd_bench.runners.grid import resolve_config
 
-from ..distributed_worker import METHODS, differences, train_teacher
-from ..fixtures import ROOT, tiny_overrides
+from ..distributed_worker import METHODS, differences, launch, train_teacher
+from ..fixtures import tiny_overrides
 
 STATE_TOL = 5e-3  # measured: at most 7e-4 (FT's momenta, rounding of gradients that are ~0), most 1e-6
 LOSS_TOL = 1e-4  # measured: at most 5e-6
 HANG_GUARD_S = 15 * 60  # only prevents a hung test
-
-
-def _train(out, world: int) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "tests.distributed_worker", str(out)]
-    procs = [
-        subprocess.Popen([*cmd, str(world), str(r)], cwd=ROOT, env=env, stderr=subprocess.PIPE) for r in range(world)
-    ]
-    errors = [p.communicate(timeout=HANG_GUARD_S)[1].decode() for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(errors)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +32,7 @@ def matrix(tmp_path_factory):
     out = tmp_path_factory.mktemp("distributed")
     train_teacher(out)
     for world in (1, 2, 4):
-        _train(out, world)
+        launch(out, world, HANG_GUARD_S)
     return out
 
 
