@@ -607,7 +607,7 @@ def _parser_leaderboard(sub) -> None:
         choices=("selected", "last", "best"),
         help="metrics of the selected epoch (default: image tasks the best on val, which is their test set, as "
         "the paper; translation the epoch selected on the valid split, test metrics) or of the last epoch; "
-        "best: the same as selected",
+        "best: the same as selected. A (paper P, ±D) delta is always at the epoch the paper reports (its best)",
     )
     lb.set_defaults(func=cmd_leaderboard)
 
@@ -641,8 +641,10 @@ def _parser_compare(sub) -> None:
         help="KD methods side by side vs a baseline method: mean ± std over seeds, Welch t-test",
         description="One table per task: a row per KD method (plus teacher and no-KD student), a column "
         "per (alpha, T) cell, mean ± std over seeds, difference to the baseline method and Welch's t-test "
-        "over seeds; a second table asks whether the LS teacher beats alpha = 0 at each T; a PNG of the "
-        "metric vs T per method. Writes OUT.md, OUT.csv, OUT_ls.csv and OUT_<task>.png.",
+        "over seeds; a second table asks whether the LS teacher beats alpha = 0 at each T; where the run's pairs "
+        "have published numbers (mdistiller, RepDistiller...), a third sets each beside ours at the epoch its "
+        "source reports (RepDistiller the last, mdistiller's own runs the best: the table names the rule); a PNG "
+        "of the metric vs T per method. Writes OUT.md, OUT.csv, OUT_ls.csv, OUT_reference.csv and OUT_<task>.png.",
     )
     cp.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     cp.add_argument(
@@ -655,7 +657,9 @@ def _parser_compare(sub) -> None:
         "--select",
         default="selected",
         choices=("selected", "last", "best"),
-        help="selected epoch (default; translation: selected on the valid split) or last; best: the same as selected",
+        help="epoch of tables 1 and 2: selected (default; translation: selected on the valid split) or last; best: "
+        "the same as selected. The published references always use their source's epoch (last or best), whatever "
+        "this says",
     )
     cp.add_argument("--out", help="output prefix (default: RUNS/compare)")
     cp.set_defaults(func=cmd_compare)

@@ -27,7 +27,7 @@ from ..envinfo import git_commit
 from ..metrics import MetricSpec
 from ..results import OTHER_PREFIX, select_name
 from ..tasks import result_metrics
-from .reference import claim_rows, claims_text, find, ls_answer_text, recipe_differences
+from .reference import Selection, claim_rows, claims_text, find, ls_answer_text, recipe_differences
 
 BASE_COLUMNS = ["task", "role", "teacher_arch", "student_arch", "method", "alpha", "T", "seed"]
 TAIL_COLUMNS = ["select", "epoch", "epochs", "wall_s", "config_hash"]
@@ -70,6 +70,11 @@ def row_of(result: dict[str, Any], select: str = "selected") -> dict[str, Any]:
         "_finished_at": result.get("finished_at", ""),
         "_env": result.get("env") or {},
         "_pair": (result.get("run_config") or {}).get("pair"),  # the --pair whose published recipe the cell used
+        # both epochs' metrics, whatever ``select`` reports: a published number is set beside ours of its own rule
+        "_by_select": {
+            "selected": {k: float(v) for k, v in best["metrics"].items()},
+            "last": {k: float(v) for k, v in result["metrics"].items()},
+        },
     }
 
 
@@ -165,8 +170,10 @@ def spec_of(row: dict[str, Any], name: str) -> MetricSpec:
     return row["specs"].get(name) or MetricSpec(name, name)
 
 
-def cell_text(rows: list[dict[str, Any]], bold: bool = False, paper: Any = None) -> str:
-    """``top1 / top5`` (mean ± std over seeds), bold if best; with a paper value: `` (paper P, ±D)``."""
+def cell_text(rows: list[dict[str, Any]], bold: bool = False, paper: Any = None, rule: Selection | None = None) -> str:
+    """``top1 / top5`` (mean ± std over seeds), bold if best; with a paper value: `` (paper P, ±D)``, D = ours at
+    the epoch of the paper's selection ``rule`` (``Selection``; None: the rows' own) minus P. Where the rows report
+    another epoch than the rule's: `` (paper P; ours at the best epoch Y, ±D)``."""
     if not rows:
         return "—" if paper is None else f"— (paper {paper:.2f})"
     text = " / ".join(mean_std([r["metrics"][m] for r in rows], spec_of(rows[0], m).format) for m in rows[0]["display"])
@@ -182,8 +189,13 @@ def cell_text(rows: list[dict[str, Any]], bold: bool = False, paper: Any = None)
             + ")"
         )
     if paper is not None:
-        ours = statistics.mean(r["metrics"][r["primary"]] for r in rows)
-        text += f" (paper {paper:.2f}, {ours - paper:+.2f})"
+        same = rule is None or all(r["select"] == rule.select for r in rows)
+        ours = statistics.mean((r["metrics"] if same else r["_by_select"][rule.select])[r["primary"]] for r in rows)
+        text += (
+            f" (paper {paper:.2f}, {ours - paper:+.2f})"
+            if same
+            else f" (paper {paper:.2f}; ours at the {rule.text} {ours:.2f}, {ours - paper:+.2f})"
+        )
     return text
 
 
@@ -283,16 +295,18 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
             differ = sorted({k for d in diffs for k in d} - matched)
     same = ref is not None and not differ
     paper = (lambda a, T=None: ref.value(a, T)) if same else (lambda a, T=None: None)
+    rule = ref.selection if same else None
     lines.append(
-        f"| Teacher ({t_arch}) | " + " | ".join(cell_text(select(tch, a), paper=paper(a)) for a in alphas) + " |"
+        f"| Teacher ({t_arch}) | "
+        + " | ".join(cell_text(select(tch, a), paper=paper(a), rule=rule) for a in alphas)
+        + " |"
     )
     for t in temps:
         cells = []
         for a in alphas:
             sel = select(stu, a, t)
-            cells.append(
-                cell_text(sel, bold=bool(sel) and means.get((a, t)) == best, paper=None if t == "" else paper(a, t))
-            )
+            bold = bool(sel) and means.get((a, t)) == best
+            cells.append(cell_text(sel, bold=bold, paper=None if t == "" else paper(a, t), rule=rule))
         label = "no T" if t == "" else f"T = {_fmt_num(t)}"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -302,7 +316,8 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
     if same:
         lines += [
             f"Paper values: {ref.source}; (paper P, ±D) = the paper's {ref.metrics[0]} and ours minus it "
-            "(this grid runs the paper's recipe).",
+            f"(this grid runs the paper's recipe), ours at the paper's {ref.selection.text} "
+            f"({ref.selection.source}).",
             "",
         ]
     elif ref is not None:
@@ -315,7 +330,11 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
                 + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
                 + "."
             )
-        lines += [f"Paper (different setup, not compared cell by cell): {ref.source}: {_paper_row(ref)}. {why}", ""]
+        lines += [
+            f"Paper (different setup, not compared cell by cell): {ref.source}: {_paper_row(ref)}, "
+            f"{ref.selection.text}. {why}",
+            "",
+        ]
     if stu and any(t != "" for t in temps):
         lines += [*claims_text(_claim_cells(stu), ref), ""]
     elif stu and len(alphas) >= 2:  # no T axis (feature methods, DIST, TTM, CTKD): the LS question alone

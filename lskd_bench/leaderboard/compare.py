@@ -11,8 +11,11 @@ Table 2 answers the paper's question per method: is the label-smoothed teacher (
 or worse than alpha = 0 at each T (difference, Welch p)?
 
 Table 3, where the task's pairs have published KD-benchmark numbers (``data/kd_reference.yaml``: mdistiller's
-CIFAR-100 / ImageNet tables...), puts each reference beside our students of the same pair and method at the
-reference's cell (alpha 0, its T), with the delta, the source and the recipe the reference was produced with.
+CIFAR-100 / ImageNet tables...; ``data/feature_reference.yaml``: RepDistiller's), puts each reference beside our
+students of the same pair and method at the reference's cell (alpha 0, its T), with the delta, the source and the
+recipe the reference was produced with. Each reference is compared at the epoch its source reports (its
+``selection`` rule: RepDistiller the last epoch, mdistiller's own runs the best...): ours is result.json's last or
+selected epoch to match, whatever ``select`` reports in tables 1 and 2; the table names the rule per row.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from .. import results, store
 from ..errors import UsageError
 from ..tasks import get_task
 from . import collect, environment_md, latest, mean_std, spec_of
-from .reference import SIGNIFICANCE, kd_references, kd_sources, ls_answer_text, welch_p
+from .reference import RULE_TEXT, SIGNIFICANCE, kd_references, kd_sources, ls_answer_text, welch_p
 
 NO_T = ""  # the T of a cell whose method has no temperature
 
@@ -323,8 +326,11 @@ def _frame(rows: list[dict[str, Any]], metric: str):
 
 # ------------------------------------------------------------------------------------ published references
 def reference_rows(rows: list[dict[str, Any]], task: str, metric: str) -> list[dict[str, Any]]:
-    """Each published KD-benchmark number (``data/kd_reference.yaml``) of a pair and method this task ran, beside
-    our students of that pair at the reference's cell (alpha 0, its T; ``n`` 0 when that cell was not run)."""
+    """Each published KD-benchmark number (``data/kd_reference.yaml``, ``data/feature_reference.yaml``) of a pair
+    and method this task ran, beside our students of that pair at the reference's cell (alpha 0, its T; ``n`` 0
+    when that cell was not run), each at the epoch of the reference's own selection rule (``rule``: its source
+    reports the best or the last epoch; ours is the selected or the last epoch of result.json), whatever epoch the
+    rows report (``--select``)."""
     if metric != "top1":
         return []
     students = [r for r in latest(rows) if r["task"] == task and r["role"] == "student"]
@@ -335,7 +341,7 @@ def reference_rows(rows: list[dict[str, Any]], task: str, metric: str) -> list[d
             continue
         T = NO_T if ref.T is None else ref.T
         v = [
-            r["metrics"][metric]
+            r["_by_select"][ref.selection.select][metric]
             for r in students
             if (r["teacher_arch"], r["student_arch"], r["method"]) == (ref.teacher_arch, ref.student_arch, ref.method)
             and r["alpha"] == 0.0
@@ -349,12 +355,14 @@ def reference_rows(rows: list[dict[str, Any]], task: str, metric: str) -> list[d
                 "method": ref.method,
                 "alpha": 0.0,
                 "T": ref.T,
+                "rule": ref.selection.rule,
                 "reference": ref.top1,
                 "n": len(v),
                 "mean": mean,
                 "std": statistics.stdev(v) if len(v) > 1 else 0.0 if v else None,
                 "delta": None if mean is None else mean - ref.top1,
                 "source": ref.source,
+                "rule_source": ref.selection.source,
                 "recipe": ref.recipe,
             }
         )
@@ -367,8 +375,9 @@ def reference_table(refs: list[dict[str, Any]]) -> str:
     lines = [
         f"#### {refs[0]['task']}: published references (top1, teachers without LS: α = 0)",
         "",
-        "| pair | method | cell | reference | ours | Δ (ours − ref) | source | reference recipe |",
-        "|---|---|---|---|---|---|---|---|",
+        "| pair | method | cell | epoch (source's rule) | reference | ours | Δ (ours − ref) | source "
+        "| reference recipe |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in refs:
         ours = (
@@ -379,13 +388,18 @@ def reference_table(refs: list[dict[str, Any]]) -> str:
         delta = "—" if r["delta"] is None else f"{r['delta']:+.2f}"
         cell = "α = 0" + ("" if r["T"] is None else f", T = {r['T']:g}")
         lines.append(
-            f"| {r['pair']} | {r['method']} | {cell} | {r['reference']:.2f} | {ours} | {delta} | "
-            f"{r['source']} | {r['recipe']} |"
+            f"| {r['pair']} | {r['method']} | {cell} | {RULE_TEXT[r['rule']]} | {r['reference']:.2f} | {ours} | "
+            f"{delta} | {r['source']} | {r['recipe']} |"
         )
+    rules = {r["rule_source"]: r["rule"] for r in refs}
     lines += [
         "",
         "Sources: " + kd_sources() + ". A reference is one published run per pair; ours is as configured "
         "(recipe, epochs, data) in this run: compare like with like.",
+        "",
+        "Epoch: each reference is set beside our value at the epoch its source reports (best epoch: our "
+        "selected epoch, the best evaluated one; last epoch: our last), whatever --select chooses for the tables "
+        "above. The sources' rules: " + "; ".join(f"{RULE_TEXT[rule]}, {src}" for src, rule in rules.items()) + ".",
     ]
     return "\n".join(lines) + "\n"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -26,6 +26,37 @@ from ..errors import UsageError
 from ..schema import flatten
 from ..tasks import get_task
 
+# ------------------------------------------------------------------------------ selection rules
+RULES = {"best": "selected", "last": "last"}  # a source's rule -> the lskd-bench epoch (``--select``) that matches it
+RULE_TEXT = {"best": "best epoch", "last": "last epoch"}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The epoch a source reports: ``rule`` "best" (the best evaluated epoch; for translation the epoch selected on
+    the valid split) or "last" (the final weights), and ``source``, the file:line that shows it. Our value beside
+    the source's is the result's epoch of the same rule (``select``: result.json's ``best`` or ``last``)."""
+
+    rule: str
+    source: str
+
+    @property
+    def select(self) -> str:
+        return RULES[self.rule]
+
+    @property
+    def text(self) -> str:
+        return RULE_TEXT[self.rule]
+
+
+def selection_of(entry: Any, where: str) -> Selection:
+    """A ``{rule, source}`` mapping of a reference file, checked."""
+    if not isinstance(entry, dict) or entry.get("rule") not in RULES:
+        raise ValueError(f"{where}: selection rule must be one of {', '.join(RULES)} (got {entry!r})")
+    if not isinstance(entry.get("source"), str) or not entry["source"].strip():
+        raise ValueError(f"{where}: selection rule {entry['rule']!r} has no source (file:line)")
+    return Selection(entry["rule"], entry["source"])
+
 
 @dataclass
 class Reference:
@@ -37,6 +68,7 @@ class Reference:
     source: str
     teacher: dict[float, list[float]]
     students: dict[float, dict[float, list[float]]]
+    selection: Selection  # the epoch the paper reports
 
     def value(self, alpha: float, T: float | None = None, metric: str | None = None) -> float | None:
         table = self.teacher if T is None else self.students.get(float(T), {})
@@ -58,6 +90,7 @@ def references() -> tuple[Reference, ...]:
             t["task"], t["teacher_arch"], t["student_arch"], t["method"], list(t["metrics"]), t["source"],
             {float(a): list(v) for a, v in t["teacher"].items()},
             {float(T): {float(a): list(v) for a, v in row.items()} for T, row in t["students"].items()},
+            selection_of(t.get("selection"), f"paper_reference.yaml: {t['task']} {t['source']}"),
         ))  # fmt: skip
     return tuple(out)
 
@@ -291,6 +324,7 @@ class KDReference:
     top1: float
     source: str
     recipe: str
+    selection: Selection  # the epoch the source reports: compare sets ours of the same rule beside it
 
     @property
     def pair(self) -> str:
@@ -302,6 +336,7 @@ def kd_references() -> tuple[KDReference, ...]:
     data = yaml.safe_load(
         resources.files("lskd_bench").joinpath("data", "kd_reference.yaml").read_text(encoding="utf-8")
     )
+    rules = source_rules(data, "kd_reference.yaml")
     logit = tuple(
         KDReference(
             r["task"],
@@ -312,28 +347,63 @@ def kd_references() -> tuple[KDReference, ...]:
             float(r["top1"]),
             r["source"],
             r["recipe"],
+            _rule_of(rules, r.get("selection") or _tag(r["source"]), f"kd_reference.yaml: {r['source']}"),
         )
         for r in data["references"]
     )
-    return logit + feature_references()
+    return logit + feature_references({(r.task, r.pair, r.method) for r in logit})
+
+
+def source_rules(data: dict[str, Any], name: str) -> dict[str, Selection]:
+    """The ``selection`` mapping of a reference file: the rule of each source (``[M]``...) or named group of rows."""
+    rules = data.get("selection")
+    if not isinstance(rules, dict) or not rules:
+        raise ValueError(f"{name}: no selection rules (which epoch each source reports)")
+    return {key: selection_of(v, f"{name}: selection {key}") for key, v in rules.items()}
+
+
+def _tag(source: str) -> str:
+    """``[M]`` of ``[M] README.md:54``."""
+    return source.split("]", 1)[0] + "]"
+
+
+def _rule_of(rules: dict[str, Selection], key: str, where: str) -> Selection:
+    if key not in rules:
+        raise ValueError(f"{where}: no selection rule {key!r} (have: {', '.join(rules)})")
+    return rules[key]
 
 
 FEATURE_RECIPE = (
     "RepDistiller: 240 epochs, batch 64, SGD lr 0.05 (0.01 for MobileNetV2/ShuffleNet students), -r 1 -a 0 -b beta"
 )
+KD_RECIPE = (
+    "RepDistiller: 240 epochs, batch 64, SGD lr 0.05 (0.01 for MobileNetV2/ShuffleNet students); KD T 4 "
+    "(train_student.py:78), -r 0.1 -a 0.9 (scripts/run_cifar_distill.sh:5)"
+)
+KD_T = 4.0  # RepDistiller's --kd_T default (train_student.py:78), the cell of its KD numbers
 
 
-def feature_references() -> tuple[KDReference, ...]:
-    """RepDistiller's README numbers of the feature methods (``data/feature_reference.yaml``), one per pair: the
-    cell is alpha 0 with no T (``T`` None). Its KD rows are left to mdistiller's (``kd_reference.yaml``)."""
-    from .feature_reference import rows
+def feature_references(logit: Collection[tuple[str, str, str]] = ()) -> tuple[KDReference, ...]:
+    """RepDistiller's README numbers (``data/feature_reference.yaml``), one per pair and method: a feature
+    method's cell is alpha 0 with no T (``T`` None), KD's alpha 0 at T 4. A KD number is kept only where
+    ``logit`` (``(task, pair, method)`` of ``kd_reference.yaml``'s rows) has none for the pair: mdistiller's KD
+    rows are RepDistiller's numbers, and RepDistiller alone publishes resnet110-resnet20 and ResNet50-vgg8."""
+    from .feature_reference import load, rows
 
+    rule = _rule_of(source_rules(load(), "feature_reference.yaml"), "[R]", "feature_reference.yaml")
     return tuple(
         KDReference(
-            "cifar100", *pair.split("-"), what, None, top1, "[R] " + source.removeprefix("[R] "), FEATURE_RECIPE
+            "cifar100",
+            *pair.split("-"),
+            what,
+            KD_T if what == "kd" else None,
+            top1,
+            "[R] " + source.removeprefix("[R] "),
+            KD_RECIPE if what == "kd" else FEATURE_RECIPE,
+            rule,
         )
         for pair, what, top1, source in rows()
-        if what not in ("teacher", "student", "kd")
+        if what not in ("teacher", "student") and ("cifar100", pair, what) not in logit
     )
 
 

@@ -94,7 +94,7 @@ class CRD(FeatureMethod):
     own index, ``mode='exact'``) and ``nce_k`` 16384 negatives are scored against the other side's memory,
     ``exp(v.m / nce_t) / Z`` (nce_t 0.07), ``Z = mean * n_data`` fixed at the first batch (``memory.py:49-57``;
     kept in the buffer ``z``); the loss is ``ContrastLoss`` of the student-anchored plus the teacher-anchored
-    scores, weight beta 0.8 (``run_cifar_distill.sh:231``; CRD+KD is ``crd+kd``, ``-a 1``, line 234). After the
+    scores, weight beta 0.8 (``run_cifar_distill.sh:29``; CRD+KD is ``crd+kd``, ``-a 1``, line 32). After the
     loss, under no_grad, the batch's memory rows become ``normalise(nce_m * memory + (1 - nce_m) * v)``, nce_m 0.5
     (``memory.py:63-77``).
 
@@ -121,7 +121,7 @@ class CRD(FeatureMethod):
     params = feature_section(
         "CRD",
         0.8,
-        "scripts/run_cifar_distill.sh:231",
+        "scripts/run_cifar_distill.sh:29",
         feat_dim=Field(
             int, 128, "projection dimension (RepDistiller --feat_dim, train_student.py:81)", min=1, max=1 << 16
         ),
@@ -284,7 +284,7 @@ class AB(_InitStage):
     ``get_feat_modules``) and a ``Connector`` on ``sum ABLoss(Connector(student preact stages), teacher preact
     stages)`` (``preact=True``; ``AB.py``: margin 1, stage i weighted ``2**(i-n+1)``, n the student's stage count);
     the main stage is then plain ``ce * CE``: RepDistiller's ``loss_kd = 0`` for abound (``loops.py:171-173``),
-    the connector not trained further (not in its ``trainable_list``). -b 1 (``run_cifar_distill.sh:223``) weighs
+    the connector not trained further (not in its ``trainable_list``). -b 1 (``run_cifar_distill.sh:21``) weighs
     nothing. Stages are paired by index for the stages both have (``feat_common.paired``; RepDistiller's pairs have
     as many). The init stage runs as part of the cell (``init_epochs`` 30).
 
@@ -301,7 +301,7 @@ class AB(_InitStage):
     params = feature_section(
         "AB",
         1.0,
-        "scripts/run_cifar_distill.sh:223",
+        "scripts/run_cifar_distill.sh:21",
         init_epochs=_init_epochs(),
         margin=Field(float, 1.0, "margin of the boundary loss (ABLoss margin, AB.py:11)", min=0.0, max=1e6),
     )
@@ -404,7 +404,7 @@ class FT(_InitStage):
     trains a ``Paraphraser`` of the teacher's last stage (``feat[-2]``) to reconstruct it (MSE,
     ``pretrain.py:68-71``; lr 0.01 for the CIFAR ResNet/WRN students, else the student's lr, ``pretrain.py:22-27``);
     then the student trains with ``ce * CE + beta * FactorTransfer(Translator(student last stage),
-    Paraphraser.encoder(teacher last stage))``, beta 200 (``run_cifar_distill.sh:225``), the translator trained
+    Paraphraser.encoder(teacher last stage))``, beta 200 (``run_cifar_distill.sh:23``), the translator trained
     with the student, the paraphraser frozen (not in RepDistiller's ``trainable_list``; here no gradient reaches
     it). The init stage runs as part of the cell (``init_epochs`` 30).
 
@@ -419,7 +419,7 @@ class FT(_InitStage):
         "stage, then ce*CE + beta*|factor_s - factor_t|, beta 200"
     )
     needs = Needs(student=("logits", "last_stage"), teacher=("last_stage",))  # feat[-2]
-    params = feature_section("FT", 200.0, "scripts/run_cifar_distill.sh:225", init_epochs=_init_epochs())
+    params = feature_section("FT", 200.0, "scripts/run_cifar_distill.sh:23", init_epochs=_init_epochs())
 
     def setup(self, probe: Probe) -> None:
         c_s, c_t = probe.s.stages()[-1].shape[1], probe.t.stages()[-1].shape[1]
@@ -476,7 +476,7 @@ class FSP(_InitStage):
     student's feature modules (all but the classifier head) on ``sum FSP(student maps, teacher maps)``
     (``pretrain.py:72-74``), the maps being the stem and every stage (``feat[:-1]``: the stem ``stage0`` where the
     model names one); the main stage is then plain ``ce * CE`` (RepDistiller's ``loss_kd = 0`` for fsp,
-    ``loops.py:174-176``). -b 50 (``run_cifar_distill.sh:227``) weighs nothing. Deviations, only where
+    ``loops.py:174-176``). -b 50 (``run_cifar_distill.sh:25``) weighs nothing. Deviations, only where
     RepDistiller's pairs never go: FSP matrices of different channel counts (RepDistiller raises ValueError) are
     compared after average-pooling the larger to the smaller; the models' map lists are zipped (the stages both
     have). The init stage runs as part of the cell (``init_epochs`` 30).
@@ -490,7 +490,7 @@ class FSP(_InitStage):
         "teacher's, then ce*CE"
     )
     needs = Needs(student=("logits", "stem_stages"), teacher=("stem_stages",))  # feat[:-1]
-    params = feature_section("FSP", 50.0, "scripts/run_cifar_distill.sh:227", init_epochs=_init_epochs())
+    params = feature_section("FSP", 50.0, "scripts/run_cifar_distill.sh:25", init_epochs=_init_epochs())
 
     def init_modules(self, student: nn.Module) -> list[nn.Module]:
         return feature_modules(student)

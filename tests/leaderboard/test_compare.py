@@ -144,7 +144,8 @@ def test_third_party_method_through_entry_point(tmp_path):
 
 
 def test_published_references_beside_ours():
-    """The mdistiller rows of a pair the run trained, beside our alpha = 0 students at the reference's T."""
+    """The mdistiller rows of a pair the run trained, beside our alpha = 0 students at the reference's T, at the
+    epoch of the reference's rule (mdistiller's CIFAR KD numbers are RepDistiller's: the last epoch)."""
     from lskd_bench.leaderboard.compare import reference_rows, reference_table
     from lskd_bench.leaderboard.reference import kd_references
 
@@ -159,6 +160,7 @@ def test_published_references_beside_ours():
             "T": T,
             "seed": seed,
             "metrics": {"top1": top1},
+            "_by_select": {"selected": {"top1": top1 + 1.0}, "last": {"top1": top1}},  # best epoch: 1 point up
             "_finished_at": seed,
         }
 
@@ -174,11 +176,12 @@ def test_published_references_beside_ours():
     assert set(refs) == {"kd", "dkd"}  # kd_std was not run; resnet32x4 -> resnet8 has no reference
     kd = refs["kd"]
     assert (kd["pair"], kd["T"], kd["reference"], kd["n"], kd["mean"]) == ("resnet32x4-resnet8x4", 4.0, 73.33, 2, 73.5)
+    assert (kd["rule"], refs["dkd"]["rule"]) == ("last", "best")
     assert kd["delta"] == pytest.approx(73.5 - 73.33) and kd["source"] == "[M] README.md:54"
     assert refs["dkd"]["reference"] == 76.32 and refs["dkd"]["n"] == 0 and refs["dkd"]["mean"] is None  # T 4 not run
     text = reference_table(list(refs.values()))
-    assert "| resnet32x4-resnet8x4 | kd | α = 0, T = 4 | 73.33 | 73.50 ± 0.71 (n=2) | +0.17 |" in text
-    assert "| resnet32x4-resnet8x4 | dkd | α = 0, T = 4 | 76.32 | not run | — |" in text
+    assert "| resnet32x4-resnet8x4 | kd | α = 0, T = 4 | last epoch | 73.33 | 73.50 ± 0.71 (n=2) | +0.17 |" in text
+    assert "| resnet32x4-resnet8x4 | dkd | α = 0, T = 4 | best epoch | 76.32 | not run | — |" in text
     assert "megvii-research/mdistiller@a08d46f" in text
     assert reference_rows(rows, "cifar100", "top5") == []
     # every reference names a pair the task offers, with its archs
@@ -290,3 +293,75 @@ def test_compare_formats_values_in_the_metrics_own_format(tmp_path):
     cmp = Comparison(rows, "digits", "top1", "kd")
     assert "| teacher | 99.000 | 99.000 | 99.500 |" in cmp.table()
     assert "| kd | 1 | 91.000 ± 1.000 | 93.000 ± 1.000 | +2.00 | 0.0705 | 3 |" in cmp.ls_table()
+
+
+def _cifar_result(pair, method, T, seed, last, best, h):
+    """A cifar100 student of ``pair`` whose last epoch (result.json ``metrics``) and selected epoch (``best``)
+    differ."""
+    t_arch, s_arch = pair.split("-")
+    r = result("student", s_arch, 0.0, T, seed, last, 90.0, h, t_arch, method=method)
+    r["cell"]["task"] = "cifar100"
+    r["best"] = {"epoch": 180, "metrics": {"top1": best, "top5": 91.0}}
+    return r
+
+
+def test_each_reference_is_set_beside_ours_at_its_sources_epoch(tmp_path, cli):
+    """RepDistiller reports the last epoch (train_student.py:333-334): its numbers (FitNet, and KD, also as
+    mdistiller's CIFAR KD row) are set beside our last epoch; mdistiller's DKD and logit standardisation's kd_std
+    report the best epoch: beside our selected one. The table and the CSV name the rule; --select changes
+    table 1, not the references."""
+    rows = [
+        _cifar_result("resnet32x4-resnet8x4", "kd", 4.0, 0, 70.0, 72.0, "a"),  # [M] README.md:54 = [R]: last
+        _cifar_result("resnet32x4-resnet8x4", "dkd", 4.0, 0, 74.0, 76.0, "b"),  # [M] README.md:55: best
+        _cifar_result("resnet32x4-resnet8x4", "kd_std", 2.0, 0, 75.0, 77.0, "c"),  # [S] README.md:90: best
+        _cifar_result("resnet32x4-resnet8x4", "fitnet", None, 0, 71.0, 73.0, "d"),  # [R] README.md:81: last
+        _cifar_result("resnet110-resnet20", "kd", 4.0, 0, 69.0, 71.5, "e"),  # [R] README.md:80 only: last
+    ]
+    for i, r in enumerate(rows):
+        store.write_json(tmp_path / "cifar100" / f"c{i}" / store.RESULT, r)
+    rc, out, err = cli("compare", "--runs", str(tmp_path))
+    assert rc == 0, err
+    table = out.split("#### cifar100: published references")[1]
+    want = [
+        "| resnet32x4-resnet8x4 | kd | α = 0, T = 4 | last epoch | 73.33 | 70.00 | -3.33 | [M] README.md:54 |",
+        "| resnet32x4-resnet8x4 | dkd | α = 0, T = 4 | best epoch | 76.32 | 76.00 | -0.32 | [M] README.md:55 |",
+        "| resnet32x4-resnet8x4 | kd_std | α = 0, T = 2 | best epoch | 76.62 | 77.00 | +0.38 | [S] README.md:90 ",
+        "| resnet32x4-resnet8x4 | fitnet | α = 0 | last epoch | 73.50 | 71.00 | -2.50 | [R] README.md:81 |",
+        "| resnet110-resnet20 | kd | α = 0, T = 4 | last epoch | 70.67 | 69.00 | -1.67 | [R] README.md:80 |",
+    ]
+    for line in want:
+        assert line in table, line
+    assert "[R] train_student.py:333-334" in table and "[M] mdistiller/engine/trainer.py:61-62,88-90" in table
+    ref_csv = (tmp_path / "compare_reference.csv").read_text()
+    assert ref_csv.splitlines()[0].startswith("task,pair,method,alpha,T,rule,reference,n,mean,std,delta,source,")
+    assert "cifar100,resnet110-resnet20,kd,0,4,last,70.67,1,69,0,-1.67," in ref_csv
+    assert "cifar100,resnet32x4-resnet8x4,dkd,0,4,best,76.32,1,76,0,-0.32" in ref_csv
+    assert "| kd | — | 71.75 ± 0.35 | — |" in out  # table 1 (both pairs' kd): the selected epoch, the default
+    rc, last, err = cli("compare", "--runs", str(tmp_path), "--select", "last")
+    assert rc == 0, err
+    assert (
+        last.split("#### cifar100: published references")[1].split("Environment:")[0] == table.split("Environment:")[0]
+    )  # the references keep their sources' epochs
+    assert "| kd | — | 69.50 ± 0.71 | — |" in last  # table 1: the last epoch, as asked
+
+
+def test_repdistillers_kd_numbers_without_an_mdistiller_row_are_shown(tmp_path, cli):
+    """resnet110-resnet20 (70.67, README.md:80) and ResNet50-vgg8 (73.81, README.md:99): RepDistiller publishes KD
+    for these pairs and mdistiller does not; each pair's KD has one reference, at T 4."""
+    from lskd_bench.leaderboard.reference import kd_references
+
+    kd = [r for r in kd_references() if r.task == "cifar100" and r.method == "kd"]
+    by_pair = {r.pair: r for r in kd}
+    assert len(by_pair) == len(kd) == 13  # one KD reference per published pair
+    assert (by_pair["resnet110-resnet20"].top1, by_pair["resnet110-resnet20"].T) == (70.67, 4.0)
+    assert (by_pair["ResNet50-vgg8"].top1, by_pair["ResNet50-vgg8"].source) == (73.81, "[R] README.md:99")
+    rows = [
+        _cifar_result("resnet110-resnet20", "kd", 4.0, 0, 70.0, 71.0, "a"),
+        _cifar_result("ResNet50-vgg8", "kd", 4.0, 0, 73.0, 74.0, "b"),
+    ]
+    for i, r in enumerate(rows):
+        store.write_json(tmp_path / "cifar100" / f"c{i}" / store.RESULT, r)
+    rc, out, err = cli("compare", "--runs", str(tmp_path))
+    assert rc == 0, err
+    assert "| resnet110-resnet20 | kd | α = 0, T = 4 | last epoch | 70.67 | 70.00 | -0.67 | [R] README.md:80 |" in out
+    assert "| ResNet50-vgg8 | kd | α = 0, T = 4 | last epoch | 73.81 | 73.00 | -0.81 | [R] README.md:99 |" in out

@@ -35,7 +35,9 @@ EXPECTED_PAPER_MD = """\
 | T = 64 | 67.00 / 90.00 (paper 66.19, +0.81) | 66.00 / 90.00 (paper 64.36, +1.64) |
 
 Paper values: official README.md (ResNet-50 -> ResNet-18 KD); (paper P, ±D) = the paper's top1 and ours minus it \
-(this grid runs the paper's recipe).
+(this grid runs the paper's recipe), ours at the paper's best epoch (official src/image_classification/, its \
+imagenet/train_student_dali.py:403-409,426-428 and imagenet/train_teacher.py:312-318,337-339 (the best top-1 over \
+epochs on val, with its top-5, logged as val/best_acc1, val/best_acc5)).
 
 - Claim: at T = 1 the LS teacher (α = 0.1) gives the better student: ours **undetermined (1 seed)**: +0.20, n = 1; \
 paper yes: +0.18 (one run per cell: no test)
@@ -61,6 +63,26 @@ def test_paper_values_deltas_and_claims_from_fixture_results(tmp_path):
     assert to_markdown(collect(tmp_path)) == EXPECTED_PAPER_MD
 
 
+def test_paper_deltas_use_the_papers_epoch_whatever_select_reports(tmp_path):
+    """The paper reports the best epoch (train_student_dali.py:403-409): its (paper P, ±D) is ours at the selected
+    epoch; with --select last the cell shows the last epoch and says the delta is the best epoch's."""
+    rows = [
+        imagenet_result("teacher", "resnet50", 0.0, None, 0, 75.0, "t0"),
+        imagenet_result("student", "resnet18", 0.0, 1.0, 0, 70.0, "s0"),
+    ]
+    for r, best in zip(rows, (76.0, 71.0)):
+        r["best"] = {"epoch": 80, "metrics": {"top1": best, "top5": 91.0}}
+    for i, r in enumerate(rows):
+        store.write_json(tmp_path / "imagenet" / f"c{i}" / store.RESULT, r)
+    md = to_markdown(collect(tmp_path))
+    assert "| Teacher (resnet50) | 76.00 / 91.00 (paper 76.13, -0.13) |" in md
+    assert "| T = 1 | **71.00 / 91.00** (paper 71.49, -0.49) |" in md
+    assert "ours at the paper's best epoch (official src/image_classification/" in md
+    md = to_markdown(collect(tmp_path, "last"))
+    assert "| Teacher (resnet50) | 75.00 / 90.00 (paper 76.13; ours at the best epoch 76.00, -0.13) |" in md
+    assert "| T = 1 | **70.00 / 90.00** (paper 71.49; ours at the best epoch 71.00, -0.49) |" in md
+
+
 def test_paper_values_only_where_the_recipe_is_the_papers(tmp_path):
     """A grid that changed the recipe (here the students' epochs, or a result recording no config) gets the
     paper's numbers once, labelled as a different setup, and no per-cell deltas."""
@@ -76,8 +98,8 @@ def test_paper_values_only_where_the_recipe_is_the_papers(tmp_path):
     assert "(paper" not in md
     assert (
         "Paper (different setup, not compared cell by cell): official README.md (ResNet-50 -> ResNet-18 KD): "
-        "α = 0: teacher 76.13, T = 1 student 71.49; α = 0.1: teacher 76.20, T = 1 student 71.67 (top1). This grid "
-        "differs from the paper's recipe in kd.lambda, student.epochs."
+        "α = 0: teacher 76.13, T = 1 student 71.49; α = 0.1: teacher 76.20, T = 1 student 71.67 (top1), best epoch. "
+        "This grid differs from the paper's recipe in kd.lambda, student.epochs."
     ) in md
     del rows[0]["run_config"]
     store.write_json(tmp_path / "imagenet" / "c0" / store.RESULT, rows[0])
@@ -200,3 +222,34 @@ def test_cub_paper_tables_and_deltas(tmp_path, task_name, student, paper):
     assert got == paper
     assert f"(paper {paper[0]}, {80.0 - float(paper[0]):+.2f})" in teacher_row
     assert "Paper values: official src/image_classification/README.md:" in md and "different setup" not in md
+
+
+def test_every_reference_records_its_sources_selection_rule():
+    """Each published number carries the epoch its source reports, with the file:line that shows it: RepDistiller
+    the last (train_student.py:333-334), mdistiller and logit standardisation the best (trainer.py's best_acc), the
+    paper the best; mdistiller's CIFAR-100 KD numbers are RepDistiller's, number for number, hence the last."""
+    import re
+
+    from lskd_bench.leaderboard.feature_reference import load
+    from lskd_bench.leaderboard.reference import kd_references, references, selection_of
+
+    refs = kd_references()
+    for r in refs:
+        assert r.selection.rule in ("best", "last") and re.search(r":\d+", r.selection.source), r
+    tag = {r: r.source[:3] for r in refs}
+    assert {r.selection.rule for r in refs if tag[r] == "[R]"} == {"last"}
+    assert "[R] train_student.py:333-334" in next(r for r in refs if tag[r] == "[R]").selection.source
+    assert {r.selection.rule for r in refs if tag[r] == "[S]"} == {"best"}
+    mdist = [r for r in refs if tag[r] == "[M]"]
+    repd = load()["pairs"]
+    for r in mdist:
+        if r.task == "cifar100" and r.method == "kd":
+            assert r.selection.rule == "last" and r.top1 == repd[r.pair]["methods"]["kd"]["top1"], r
+        else:
+            assert r.selection.rule == "best" and "trainer.py:61-62,88-90" in r.selection.source, r
+    assert {r.selection.rule for r in references()} == {"best"}
+    assert {r.selection.select for r in references()} == {"selected"}
+    with pytest.raises(ValueError, match="must be one of best, last"):
+        selection_of({"rule": "final", "source": "x.py:1"}, "t")
+    with pytest.raises(ValueError, match="has no source"):
+        selection_of({"rule": "last"}, "t")

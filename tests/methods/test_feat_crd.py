@@ -41,6 +41,20 @@ def test_defaults_are_repdistillers():
     assert build_method("crd", {"crd": {}}).needs.indices
 
 
+def test_beta_cites_the_line_of_repdistillers_script_that_sets_it():
+    """RepDistiller@b84f547 scripts/run_cifar_distill.sh has 32 lines, one command per method: AB -b 1 on line 21,
+    FT -b 200 on 23, FSP -b 50 on 25, CRD -b 0.8 on 29 (CRD+KD, -a 1, on 32)."""
+    import re
+    from pathlib import Path
+
+    for name, line in (("ab", 21), ("ft", 23), ("fsp", 25), ("crd", 29)):
+        assert f"scripts/run_cifar_distill.sh:{line}" in build_method(name, {name: {}}).params.fields["beta"].help
+    src = Path(M.__file__).read_text()
+    cited = [int(n) for n in re.findall(r"run_cifar_distill\.sh:(\d+)", src)]
+    cited += [int(n) for n in re.findall(r"line (\d+)\)\. After", src)]  # CRD+KD's line in the docstring
+    assert sorted(cited) == [21, 21, 23, 23, 25, 25, 29, 29, 32]
+
+
 def _np_embed(x, w, b):
     z = x @ w.T + b
     return z / np.sqrt((z**2).sum(1, keepdims=True))
