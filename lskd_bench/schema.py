@@ -339,7 +339,13 @@ GRID = Section(
 
 ANALYSIS = Section(
     {
-        "export": Field(bool, True, "save penultimate features (features.npz) of every finished cell", identity=False),
+        "export": Field(
+            bool,
+            False,
+            "save penultimate features (features.npz) when a cell finishes; false: analyze / visualize compute "
+            "them from the cell's final weights when first needed, and keep them",
+            identity=False,
+        ),
         "train_per_class": Field(
             int, None, "train samples per class exported (null: all)", min=1, nullable=True, identity=False
         ),

@@ -6,7 +6,7 @@ DIR/<task>/<cell-name>-<hash>/
     model_selected.pt  weights of the selected epoch (result.json's ``best``), when it is not the last one
     test.*        translation: test hypotheses of the selected and last epochs, references, sources
     state.pt      last epoch checkpoint while the cell trains; removed once it finishes
-    features.npz  penultimate features/labels and head weights for `lskd-bench analyze`
+    features.npz  penultimate features/labels and head weights for `lskd-bench analyze` (written when first read)
     lock.json     present while a process trains the cell (see runners/lock.py)
     error.json    why the cell's last attempt failed (removed when it is retried)
 """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import store
 from ..errors import UsageError
+from ..runners.inference import cell_features
 from ..tasks import TASKS, get_task
 
 
@@ -17,15 +18,15 @@ from ..tasks import TASKS, get_task
 class CellRecord:
     result: dict[str, Any]
     dir: Path
+    data_cache: dict[str, Any] = field(default_factory=dict)  # shared by a RunIndex's records (cell_features)
 
     @property
     def cell(self) -> dict[str, Any]:
         return self.result["cell"]
 
     def features(self) -> dict[str, np.ndarray]:
-        path = self.dir / store.FEATURES
-        if not path.is_file():
-            raise UsageError(f"{self.dir} has no {store.FEATURES} (trained with analysis.export=false?)")
+        """The cell's penultimate features (``features.npz``: computed from its weights and kept the first time)."""
+        path = cell_features(self.dir, self.result, self.data_cache)
         try:
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
@@ -45,11 +46,12 @@ class RunIndex:
         if not runs.is_dir():
             raise UsageError(f"runs directory {runs} does not exist")
         latest: dict[tuple, CellRecord] = {}
+        data_cache: dict[str, Any] = {}  # the data sets loaded to compute features, shared by the records
         for res in store.iter_results(runs, problems):
             c = res["cell"]
             key = (c["task"], c["role"], c["arch"], c["method"], c["alpha"], c["T"], c["seed"])
             if key not in latest or res.get("finished_at", "") >= latest[key].result.get("finished_at", ""):
-                latest[key] = CellRecord(res, Path(res["cell_dir"]))
+                latest[key] = CellRecord(res, Path(res["cell_dir"]), data_cache)
         tasks = sorted({k[0] for k in latest})
         if not tasks:
             raise UsageError(f"no finished cells under {runs}")

@@ -8,6 +8,7 @@ so neither the training data nor the run's cache is read.
 from __future__ import annotations
 
 import difflib
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from ..errors import UsageError
 from ..tasks import get_task
 from ..tasks.nmt import Split
 from ..tasks.nmt.scoring import translation_scores
+from .features import export_features
+from .train import resolve_device, threads_scope
 
 WEIGHTS = ("selected", "last")
 
@@ -104,22 +107,61 @@ def load_cell(cell_dir: Path, weights: str = "selected", device: torch.device | 
         lambda why: f"{cell_dir / store.RESULT}: its config does not build a model ({why})",
     )
     name, weights, epoch = _weights_file(cell_dir, result, weights)
-    problem = store.torch_file_problem(cell_dir / name)
+    _load_weights(model, cell_dir / name)
+    device = device or torch.device("cpu")
+    return LoadedCell(cell_dir, result, task, cfg, data, model.to(device).eval(), weights, epoch)
+
+
+def _load_weights(model: nn.Module, path: Path) -> None:
+    """``model``'s weights from ``path`` (a tensors-only file: never unpickled); damage is one UsageError."""
+    problem = store.torch_file_problem(path)
     try:
         if problem:
             raise ValueError(problem)
-        model.load_state_dict(torch.load(cell_dir / name, map_location="cpu", weights_only=True))
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as exc:
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UsageError(f"{cell_dir / name}: unusable weights ({why}); train the cell again") from None
-    device = device or torch.device("cpu")
-    return LoadedCell(cell_dir, result, task, cfg, data, model.to(device).eval(), weights, epoch)
+        raise UsageError(f"{path}: unusable weights ({why}); train the cell again") from None
+
+
+def cell_features(cell_dir: Path, result: dict[str, Any], data_cache: dict[str, Any] | None = None) -> Path:
+    """``features.npz`` of a finished classification cell: the file if it is there, else computed from the cell's
+    final weights (``model.pt``: the last epoch, which an export at the end of training reads too) on the data it
+    trained on (``run_config``), written into the cell and returned. ``data_cache`` keeps loaded data sets between
+    calls (cells of one task and data config share them)."""
+    path = cell_dir / store.FEATURES
+    if path.is_file():
+        return path
+    task = get_task(result["cell"]["task"])
+    role = "teacher" if result["cell"]["role"] == "teacher" else "student"
+    cfg = _resolved_cell_config(cell_dir, task, result, role)
+    key = json.dumps([task.name, cfg["data"]], sort_keys=True, default=str)
+    cache = {} if data_cache is None else data_cache
+    if key not in cache:
+        cache[key] = _rebuilt(
+            lambda: task.load_data(cfg),
+            lambda why: (
+                f"{cell_dir}: cannot load the data it trained on to compute its features ({why}); "
+                f"restore the data, or run with --set analysis.export=true"
+            ),
+        )
+    data = cache[key]
+    model = _rebuilt(
+        lambda: task.build_model(result["cell"]["arch"], data, cfg, cfg[role]),
+        lambda why: f"{cell_dir / store.RESULT}: its config does not build a model ({why})",
+    )
+    _load_weights(model, cell_dir / store.MODEL)
+    device = resolve_device(cfg)
+    with threads_scope(cfg):
+        export_features(model.to(device), data, cfg, device, path)
+    return path
 
 
 def _resolved_cell_config(cell_dir: Path, task, result: dict[str, Any], role: str) -> dict[str, Any]:
     try:
         cfg = cell_config(task, result)
-        lacks = [k for k in (role, "generation", "data") if not isinstance(cfg.get(k), dict)]
+        needed = (role, "data", "analysis", *(("generation",) if task.kind == "translation" else ()))
+        lacks = [k for k in needed if not isinstance(cfg.get(k), dict)]
         if lacks:
             raise ValueError(f"no {', '.join(lacks)} section")
     except UsageError as exc:

@@ -27,7 +27,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -36,9 +35,9 @@ from .. import store
 from ..errors import DataError, Interrupted
 from ..methods import LossContext, Method, build_method, total_loss
 from ..models import init_path, load_init_checkpoint
-from ..outputs import Layout, Outputs, Tap
-from ..tasks import Task, TaskData, get_task, iterate_batches
-from ..tasks.base import autocast, close_batches, on_bad_sample
+from ..outputs import Outputs, Tap
+from ..tasks import Task, TaskData, get_task
+from ..tasks.base import autocast, close_batches
 from .cells import Cell
 from .checkpoint import StateFiles
 from .devices import cpu_count
@@ -46,6 +45,7 @@ from .distributed import average_grads, gather_step, sync_batchnorm
 from .distributed import world as dist_info
 from .epoch_loss import CellFailed, LossSums, NonFiniteWatch
 from .evaluation import Evaluator
+from .features import export_features, penultimate  # noqa: F401  (penultimate: re-exported)
 from .loggers import open_loggers
 from .optim import build_optimizer, learning_rate, lr_factor  # noqa: F401  (re-exported)
 from .probe import TeacherView, setup_method, teacher_view
@@ -434,7 +434,7 @@ class Member:
         t0 = time.perf_counter()
         selected = save_final_weights(self.dir, self.model, self.selector.selected, self.epoch)
         files = self.task.export_artifacts(self.data, self.cfg, self.dir)
-        if self.task.supports_analysis:
+        if self.task.supports_analysis and self.cfg["analysis"]["export"]:  # else analyze computes them when asked
             export_features(self.model, self.data, self.cfg, self.device, self.dir / store.FEATURES)
         result = result_record(self, last, selected, files, t0)
         store.write_json(self.dir / store.RESULT, result)
@@ -834,48 +834,3 @@ def train_cell(
     if out.error is not None:
         raise RuntimeError(f"{cell.name} failed: {out.error}")
     return out.result or {}
-
-
-# ------------------------------------------------------------------------------------------ features
-@torch.inference_mode()
-def penultimate(model: nn.Module, ds, cfg: dict[str, Any], device: torch.device, indices=None) -> np.ndarray:
-    """The named output ``embedding`` (the head's input) of every sample of ``ds``."""
-    model.eval()
-    feats = []
-    for x, _ in iterate_batches(
-        ds, cfg["eval_batch_size"], indices=indices, num_workers=cfg["num_workers"], on_bad_sample=on_bad_sample(cfg)
-    ):
-        with autocast(device, cfg), Tap(model, Layout(), ["embedding"]) as tap:
-            model(x.to(device))
-        feats.append(tap.out["embedding"].float().cpu())
-    return torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32)
-
-
-def _per_class_indices(labels: torch.Tensor, cap: int | None) -> torch.Tensor | None:
-    if cap is None:
-        return None
-    keep = []
-    for c in labels.unique().tolist():
-        keep.append(torch.nonzero(labels == c).flatten()[: int(cap)])
-    return torch.cat(keep).sort().values
-
-
-def export_features(model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device, path: Path) -> None:
-    """Save what the diffusion analysis needs: penultimate features + labels (train and val) and the head."""
-    an = cfg["analysis"]
-    if not an["export"]:
-        return
-    out: dict[str, np.ndarray] = {}
-    for split, key, cap in (("train_eval", "train", an["train_per_class"]), ("val", "val", an["val_per_class"])):
-        labels = data.labels(split)
-        idx = _per_class_indices(labels, cap)
-        out[f"{key}_features"] = penultimate(model, data.split(split), cfg, device, idx)
-        out[f"{key}_labels"] = (labels if idx is None else labels[idx]).numpy()
-    out["head_weight"] = model.head.weight.detach().float().cpu().numpy()
-    out["head_bias"] = model.head.bias.detach().float().cpu().numpy()
-    out["class_names"] = np.array(data.class_names)
-
-    def write(f):
-        np.savez_compressed(f, **out)
-
-    store.atomic_write(path, write)

@@ -320,6 +320,8 @@ def test_bad_inputs_are_one_line_exit_2(tmp_path, cli):
 def test_truncated_features_npz_is_one_line(tmp_path, cli):
     rc, _, err = cli("run", "--out", str(tmp_path), *TINY_ARGS, "--alphas", "0,0.1")
     assert rc == 0, err
+    rc, _, err = cli("visualize", "--runs", str(tmp_path), "--classes", "0,1,2", "--out", str(tmp_path / "p.png"))
+    assert rc == 0, err  # computed the features and kept them
     feats = cell_dirs(tmp_path)["student_kd_cnn_tiny_a0.1_T1_s0"] / store.FEATURES
     feats.write_bytes(feats.read_bytes()[:1000])
     rc, _, err = cli("visualize", "--runs", str(tmp_path), "--classes", "0,1,2", "--out", str(tmp_path / "p.png"))

@@ -11,6 +11,7 @@ import torch
 from lskd_bench import store
 from lskd_bench.models import ARCHS, build_image_model, load_init_checkpoint
 from lskd_bench.runners.grid import resolve_config, run_grid
+from lskd_bench.runners.inference import cell_features
 from lskd_bench.tasks import get_task
 
 from ..fixtures import (
@@ -68,7 +69,7 @@ def test_one_epoch_grid_on_fixture(task, fixture, roles, request, tmp_path):
     for cell in summary.cells:
         res = json.loads((cell.dir(tmp_path) / store.RESULT).read_text())
         assert 0 <= res["metrics"]["top1"] <= res["metrics"]["top5"] <= 100
-        feats = dict(__import__("numpy").load(cell.dir(tmp_path) / store.FEATURES))
+        feats = dict(__import__("numpy").load(cell_features(cell.dir(tmp_path), res)))  # computed from model.pt
         assert feats["train_features"].shape[0] == 12 and feats["head_weight"].shape[0] == 3
     assert run_grid(cfg, tmp_path, progress=False).trained == []
 
