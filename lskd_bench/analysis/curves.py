@@ -88,6 +88,7 @@ def plot_group(
     import matplotlib  # heavy: imported only when a figure is drawn
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # names from result.json are text, never mathtext ($)
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator

@@ -61,6 +61,7 @@ def visualize(
     import matplotlib  # heavy: imported only when a figure is drawn
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # names from result.json are text, never mathtext ($)
     import matplotlib.pyplot as plt
 
     index = RunIndex(runs, task, problems)

@@ -257,6 +257,7 @@ class Comparison:
         import matplotlib  # heavy: imported only when a figure is drawn
 
         matplotlib.use("Agg")
+        matplotlib.rcParams["text.parse_math"] = False  # names from result.json are text, never mathtext ($)
         import matplotlib.pyplot as plt
 
         n = len(self.methods)
