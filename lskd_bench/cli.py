@@ -618,11 +618,18 @@ def _parser_export(sub) -> None:
         help="every finished cell as one table row (CSV, Parquet or JSON Lines)",
         description="One row per finished cell: task, role, archs, method, teacher alpha, T, seed, every "
         "metric, the selected epoch, the teacher epoch a student used, cell hash and environment columns "
-        "(in Python: lskd_bench.results.load(RUNS), a pandas DataFrame).",
+        "(in Python: lskd_bench.results.load(RUNS), a pandas DataFrame). In CSV, a text cell that starts with "
+        "= + - @, a tab or a carriage return gets a leading ' (OWASP's advice against formula injection: a "
+        "spreadsheet shows it as text); numbers are written as numbers. Parquet and JSON Lines keep every "
+        "value as it is.",
     )
     ex.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     ex.add_argument(
-        "--format", default="csv", choices=results.FORMATS, help="csv (default), parquet (pyarrow) or jsonl"
+        "--format",
+        default="csv",
+        choices=results.FORMATS,
+        help="csv (default; a text cell that would start a spreadsheet formula gets a leading '), "
+        "parquet (pyarrow) or jsonl",
     )
     ex.add_argument("--out", help="output file (default: RUNS/results.FORMAT)")
     ex.add_argument(

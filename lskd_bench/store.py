@@ -17,6 +17,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -112,6 +113,47 @@ def write_csv_md(out: Path, csv_text: str, md_text: str) -> tuple[Path, Path]:
     for path, text in zip(paths, (csv_text, md_text)):
         atomic_write(path, lambda f, text=text: f.write(text), mode="w")
     return paths
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, "CSV Injection"): '=', '+', '-',
+# '@', tab, carriage return (and line feed); the full-width forms too, which some spreadsheets fold to them.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+_PLAIN_NUMBER = re.compile(r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|inf|nan)", re.IGNORECASE)
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` as a CSV cell no spreadsheet runs: a string that starts (after blanks) with a formula character
+    (``FORMULA_START``) gets a leading ``'``, as OWASP recommends, so it is shown as the text it is. Numbers, and
+    strings that are plain numbers (``-1.500``, how the tables write metrics), are kept as they are."""
+    if not isinstance(value, str) or not value or _PLAIN_NUMBER.fullmatch(value):
+        return value
+    if value.lstrip(" \t\r\n").startswith(FORMULA_START) or value[0] in "\t\r\n":
+        return "'" + value
+    return value
+
+
+def csv_row(values: Any) -> list[Any]:
+    """Every cell of a CSV row through ``csv_cell``."""
+    return [csv_cell(v) for v in values]
+
+
+# The tables' CSV rows end in '\n'; a writer told so quotes a cell that holds '\n' but not one that holds a bare
+# '\r', which a spreadsheet reads as a row end (the rest of the cell a new row, its first cell a formula). So the
+# writers are given '\r\n' (every cell with either is quoted) and ``csv_newlines`` turns the row ends into '\n'.
+CSV_LINETERMINATOR = "\r\n"
+
+
+def csv_newlines(text: str) -> str:
+    """CSV ``text`` written with ``CSV_LINETERMINATOR`` with '\n' row ends (line breaks inside quoted cells kept:
+    outside quotes is every even-numbered piece between '"'; a doubled quote inside a cell leaves an empty one)."""
+    parts = text.split('"')
+    parts[::2] = [p.replace("\r\n", "\n") for p in parts[::2]]
+    return '"'.join(parts)
+
+
+def csv_dict(row: dict[str, Any]) -> dict[str, Any]:
+    """A ``csv.DictWriter`` row with every value through ``csv_cell`` (the keys are the writer's field names)."""
+    return {k: csv_cell(v) for k, v in row.items()}
 
 
 class _KeepWriteError:

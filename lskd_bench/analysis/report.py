@@ -96,11 +96,11 @@ def analyze(
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator=store.CSV_LINETERMINATOR)
     w.writeheader()
     for r in rows:
-        w.writerow({k: (f"{r[k]:.6f}" if k.endswith(("_s1", "_s2")) else r[k]) for k in CSV_COLUMNS})
-    return buf.getvalue()
+        w.writerow(store.csv_dict({k: (f"{r[k]:.6f}" if k.endswith(("_s1", "_s2")) else r[k]) for k in CSV_COLUMNS}))
+    return store.csv_newlines(buf.getvalue())
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:

@@ -395,11 +395,13 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    w.writeheader()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator=store.CSV_LINETERMINATOR)
+    w.writerow(dict(zip(w.fieldnames, store.csv_row(w.fieldnames))))  # the header, as writeheader() but neutralised
     for r in rows:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else "" if v is None else v) for k, v in r.items()})
-    return buf.getvalue()
+        w.writerow(
+            store.csv_dict({k: (f"{v:.6g}" if isinstance(v, float) else "" if v is None else v) for k, v in r.items()})
+        )
+    return store.csv_newlines(buf.getvalue())
 
 
 NOTE = (

@@ -3,6 +3,9 @@ them runs code, and no name read from them becomes a path outside the folder a c
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import pickle
 import re
@@ -13,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from lskd_bench import store
+from lskd_bench import results, store
 
 from ..fixtures import ROOT, fake_results, make_cifar100
 
@@ -138,3 +141,107 @@ def test_names_from_result_json_never_become_paths_outside_the_output(tmp_path, 
     written = _files(tmp_path) - before
     assert written and all(p.is_relative_to(runs) for p in written), sorted(written)
     assert not any("ESCAPE" in str(p) for p in written)
+
+
+# ------------------------------------------------------------------------------------------ CSV injection
+FORMULAS = {
+    "task": '=HYPERLINK("http:x","y")',
+    "method": "-2+3+cmd|' C calc'!A0",
+    "env_cpu": "=cmd|' /C calc'!A0",
+    "env_torch": "+SUM(1,2)",
+    "env_device": "@SUM(1+1)*cmd|' /C calc'!A0",
+    "env_threads": "\t=1+1",
+    "env_commit": "\r=1+1",
+    "env_lskd_bench": " =1+1",  # a leading blank: some spreadsheets trim it
+}
+
+
+def _formula_runs(runs: Path) -> Path:
+    fake_results(runs, task=FORMULAS["task"], bad_field="method", bad_value=FORMULAS["method"])
+    for path in runs.rglob("result.json"):
+        res = json.loads(path.read_text())
+        res["env"] = {k.removeprefix("env_"): v for k, v in FORMULAS.items() if k.startswith("env_")}
+        path.write_text(json.dumps(res))
+    return runs
+
+
+def _csv_cells(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def _runs_formula(cell: str) -> bool:
+    """Would a spreadsheet take this cell for a formula? (It starts, after blanks, with = + - @, a tab or CR, and
+    is not a plain number.)"""
+    return bool(cell) and cell.lstrip(" ").startswith(store.FORMULA_START) and not re.fullmatch(NUMBER, cell)
+
+
+NUMBER = r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?"
+
+
+def test_csv_files_from_data_never_start_a_formula(tmp_path, cli):
+    runs = _formula_runs(tmp_path / "runs")
+    for argv in (
+        ["export", "--runs", str(runs), "--format", "csv", "--out", str(tmp_path / "e.csv")],
+        ["leaderboard", "--runs", str(runs), "--out", str(tmp_path / "lb")],
+        ["compare", "--runs", str(runs), "--out", str(tmp_path / "cmp")],
+    ):
+        rc, _, err = cli(*argv)
+        assert rc == 0, (argv, err)
+    written = sorted(tmp_path.glob("*.csv"))
+    assert {p.name for p in written} >= {"e.csv", "lb.csv", "lb_claims.csv", "cmp.csv"}
+    for path in written:
+        cells = [c for row in _csv_cells(path) for c in row]
+        assert not [c for c in cells if _runs_formula(c)], path.name
+    exported = _csv_cells(tmp_path / "e.csv")
+    head, rows = exported[0], [dict(zip(exported[0], r)) for r in exported[1:]]
+    for key, value in FORMULAS.items():  # each neutralised as OWASP says: a leading ', the text otherwise intact
+        assert {r[key] for r in rows if key != "method" or r["method"] not in ("kd", "ce")} == {"'" + value}, key
+    lb = _csv_cells(tmp_path / "lb.csv")
+    assert "'" + FORMULAS["task"] in lb[1] and "'" + FORMULAS["method"] in {c for r in lb for c in r}
+    # numbers stay numbers
+    frame = results.load(runs)
+    assert [float(r["top1"]) for r in rows] == frame["top1"].tolist() and "top1" in head
+
+
+def test_csv_cell_neutralises_strings_and_keeps_numbers():
+    import pandas as pd
+
+    assert [store.csv_cell(v) for v in ("=1", "+1+1", "-1+1", "@A1", "\tx", "\rx", "\nx", " =1", "\uff1d1")] == [
+        "'=1",
+        "'+1+1",
+        "'-1+1",
+        "'@A1",
+        "'\tx",
+        "'\rx",
+        "'\nx",
+        "' =1",
+        "'\uff1d1",
+    ]
+    assert [store.csv_cell(v) for v in (-1.5, -2, "-1.500", "+3", "-1e-05", "-inf", "plain", "", None)] == [
+        -1.5,
+        -2,
+        "-1.500",
+        "+3",
+        "-1e-05",
+        "-inf",
+        "plain",
+        "",
+        None,
+    ]
+    df = pd.DataFrame({"name": ["=1+1", "ok"], "=col": [-1.5, -2.0], "n": pd.array([-3, None], dtype="Int64")})
+    text = results.csv_safe(df).to_csv(index=False, lineterminator="\n")
+    assert text == "name,'=col,n\n'=1+1,-1.5,-3\nok,-2.0,\n"
+    assert df["name"].tolist() == ["=1+1", "ok"]  # the caller's frame is left as it was
+
+
+def test_csv_cell_with_a_carriage_return_stays_one_quoted_cell():
+    """A bare CR ends a row for a spreadsheet: a cell holding one is quoted, so what follows cannot start a row
+    (and a formula); rows still end in '\\n'."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator=store.CSV_LINETERMINATOR)
+    w.writerow(store.csv_row(["a\r=1+1", -1.5, 'q"\r\n']))
+    w.writerow(["b", 2])
+    text = store.csv_newlines(buf.getvalue())
+    assert text == '"a\r=1+1",-1.5,"q""\r\n"\nb,2\n'
+    assert list(csv.reader(io.StringIO(text, newline=""))) == [["a\r=1+1", "-1.5", 'q"\r\n'], ["b", "2"]]
