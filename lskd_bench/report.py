@@ -315,7 +315,8 @@ def build_report(runs: Path) -> str:
     )
 
 
-def write_report(runs: Path, out: Path) -> Path:
-    text = build_report(runs)
-    store.atomic_write(Path(out), lambda f: f.write(text.encode("utf-8")))
-    return Path(out)
+def write_report(runs: Path, out: Path | str, follow: bool = True) -> tuple[str, int]:
+    """Write the page to the output file ``out`` (``store.write_output``: ``-`` is stdout); return how it was
+    written (``store.output_kind``) and its size in bytes."""
+    data = build_report(runs).encode("utf-8")
+    return store.write_output(out, lambda f: f.write(data), follow=follow), len(data)

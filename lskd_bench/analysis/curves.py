@@ -143,7 +143,7 @@ def plot_group(
     fig.suptitle(group_title(task, key))
     fig.tight_layout(rect=(0, 0, 0.86, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    store.write_output(path, lambda f: fig.savefig(f, format="png"), follow=False)  # replaced, never followed
     plt.close(fig)
     return path
 

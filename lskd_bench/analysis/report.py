@@ -135,7 +135,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(rows: list[dict[str, Any]], out: Path) -> tuple[Path, str]:
-    """Write OUT.csv and OUT.md; return the CSV path and the markdown."""
-    csv_path, _ = store.write_csv_md(out, to_csv(rows), md := to_markdown(rows))
+def write_report(rows: list[dict[str, Any]], out: Path, follow: bool = True) -> tuple[Path, str]:
+    """Write OUT.csv and OUT.md (output files: ``store.write_output``); return the CSV path and the markdown."""
+    csv_path, _ = store.write_csv_md(out, to_csv(rows), md := to_markdown(rows), follow=follow)
     return csv_path, md

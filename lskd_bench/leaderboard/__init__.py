@@ -446,11 +446,17 @@ def _paper_row(ref) -> str:
     return "; ".join(parts) + f" ({ref.metrics[0]})"
 
 
-def write_outputs(rows: list[dict[str, Any]], out: Path) -> tuple[Path, str]:
+def output_paths(out: Path) -> list[Path]:
+    """The files ``write_outputs`` writes: ``OUT.csv``, ``OUT.md`` and ``OUT_claims.csv``."""
+    csv_path, md_path = store.csv_md_paths(out)
+    return [csv_path, md_path, csv_path.with_name(csv_path.stem + "_claims.csv")]
+
+
+def write_outputs(rows: list[dict[str, Any]], out: Path, follow: bool = True) -> tuple[Path, str]:
     """Write ``OUT.csv``, ``OUT.md`` and ``OUT_claims.csv`` (``out`` with or without a suffix); return the CSV path
     and the markdown. The markdown ends with the environment the results came from (``environment_md``)."""
     md_text = to_markdown(rows) + "\n" + environment_md(rows)
-    csv_path, _ = store.write_csv_md(out, to_csv(rows), md_text)
+    csv_path, _ = store.write_csv_md(out, to_csv(rows), md_text, follow=follow)
     text = claims_csv(rows)
-    store.atomic_write(csv_path.with_name(csv_path.stem + "_claims.csv"), lambda f: f.write(text), mode="w")
+    store.write_output(output_paths(out)[2], lambda f: f.write(text), mode="w", follow=follow)
     return csv_path, md_text
