@@ -149,6 +149,8 @@ def _what(mode: int) -> str:
         return "is a FIFO"
     if stat.S_ISCHR(mode):
         return "is a character device"
+    if stat.S_ISREG(mode):
+        return "is a regular file"
     return "is not a regular file"
 
 
@@ -221,18 +223,20 @@ def write_output(path: Path | str, write: Callable[[Any], None], mode: str = "wb
         else:
             fd = os.open(path, os.O_WRONLY | os.O_NOCTTY)  # no O_CREAT: it exists; FIFO: waits for a reader
             try:
-                st = os.fstat(fd)
-                if stat.S_ISREG(st.st_mode):  # an open file through /proc/PID/fd: as a shell's '>' would
+                st = os.fstat(fd)  # what was opened, which may not be what was looked at a moment before
+                if stat.S_ISREG(st.st_mode) and _through_proc_fd(Path(path)):  # an open file: as a shell's '>'
                     os.ftruncate(fd, 0)
                 elif not (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
-                    raise UsageError(f"{path}: {_what(st.st_mode)}")
+                    raise UsageError(f"{path}: {_what(st.st_mode)} now (it changed while being opened)")
                 _write_all(fd, data)
             finally:
                 os.close(fd)
+    except BrokenPipeError:  # the reader went away: the CLI ends quietly, as for any closed pipe
+        raise
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise DiskFull(Path(str(name))) from None
-        raise
+        raise UsageError(f"cannot write {name}: {exc.strerror or exc}") from None  # no permission, I/O error...
     return kind
 
 
