@@ -163,9 +163,9 @@ def output_kind(path: Path | str, option: str | None = None, follow: bool = True
         return "stdout"
     try:
         st = os.stat(path) if follow else os.lstat(path)
-    except FileNotFoundError:
-        return "replace"  # nothing there yet (or a link to nothing: replaced like a file)
-    except OSError as exc:  # a parent that is a file, a loop of links, no permission...
+    except (FileNotFoundError, NotADirectoryError):  # nothing there yet (or a link to nothing: replaced like a
+        return "replace"  # file); a parent that is a file: check_output's check_writable_dir says so
+    except OSError as exc:  # a loop of links, no permission...
         raise UsageError(f"{where}: {exc.strerror or exc}") from None
     if not follow:
         if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):

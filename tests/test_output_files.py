@@ -30,8 +30,8 @@ def test_output_kind_by_what_the_path_is(tmp_path):
     assert store.output_kind("-") == "stdout"
     with pytest.raises(UsageError, match=r"^--out .*/dir: is a directory$"):
         store.output_kind(tmp_path / "dir", "--out")
-    with pytest.raises(UsageError, match=r"/file/x: Not a directory$"):
-        store.output_kind(tmp_path / "file" / "x", "--out")
+    with pytest.raises(UsageError, match=r"^output directory .*/file is not writable: .*/file is not a directory$"):
+        store.check_output(tmp_path / "file" / "x", "--out")
     # a path the user did not name: judged by the entry itself, never followed
     assert store.output_kind(tmp_path / "null", follow=False) == "replace"
     with pytest.raises(UsageError, match=r"/fifo: is a FIFO$"):
