@@ -10,15 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, results
+from . import __version__, results, store
 from .analysis.curves import plot_curves
 from .analysis.plot import visualize
 from .analysis.report import analyze, write_report
 from .analysis.runs import RunIndex
 from .config import Resolved, describe_config, load_yaml, parse_override, set_dotted
 from .errors import UsageError, raise_on_sigterm
-from .leaderboard import collect, write_outputs
+from .leaderboard import collect, output_paths, write_outputs
 from .leaderboard.compare import compare
+from .leaderboard.compare import output_paths as compare_paths
 from .methods import METHODS, TEACHER_METHOD, HintonKD
 from .registry import EXECUTORS
 from .report import write_report as write_html_report
@@ -29,7 +30,7 @@ from .runners.inference import find_cell, load_cell, read_text_lines, score_file
 from .runners.status import status_rows
 from .runners.train import auto_cpu_reason, resolve_device
 from .schema import RUN, _num, default_text
-from .store import atomic_write, check_writable_dir
+from .store import check_writable_dir
 from .tasks import get_task, task_names
 
 DEFAULT_RUNS = "runs"
@@ -181,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return int(getattr(exc, "code", 130))
     rows = [r for r in collect(out) if r["task"] == cfg["task"]]
     if rows:
-        _, md = write_outputs(rows, out / cfg["task"] / "leaderboard")
+        _, md = write_outputs(rows, out / cfg["task"] / "leaderboard", follow=False)
         print(md, end="")
     for line in summary.repairs:
         print(line)
@@ -224,6 +225,16 @@ def _runs_dir(args: argparse.Namespace) -> Path:
     return runs
 
 
+def _check_outputs(named: str | None, paths: list[Path], several: str = "") -> None:
+    """Before a command works: can it write each of its output files (``store.check_output``)? ``named``: the
+    --out the user gave (None: the defaults inside RUNS, never followed through a link); ``several``: what a
+    command that writes several files writes, where ``--out -`` (stdout) cannot be."""
+    if named == store.STDOUT and several:
+        raise UsageError(f"--out -: this command writes {several}: give a file name, not - (stdout)")
+    for path in paths:
+        store.check_output(path, "--out" if named else None, follow=bool(named))
+
+
 def _warn(problems: list[str]) -> None:
     """The results a command skipped (unreadable result.json...), a ``warning:`` line each on stderr."""
     for line in problems:
@@ -238,8 +249,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if not rows:
         raise UsageError(f"no finished cells under {runs}")
     out = Path(args.out) if args.out else runs / "leaderboard"
-    check_writable_dir(out.parent)
-    csv_path, md = write_outputs(rows, out)
+    _check_outputs(args.out, output_paths(out), "OUT.csv, OUT.md and OUT_claims.csv")
+    csv_path, md = write_outputs(rows, out, follow=bool(args.out))
     print(md, end="")
     print(f"wrote {csv_path}, .md and _claims.csv ({len(rows)} cells)", file=sys.stderr)
     return 0
@@ -252,10 +263,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     _warn(problems)
     if df.empty:
         raise UsageError(f"no finished cells under {runs}")
-    out = Path(args.out) if args.out else runs / f"results.{args.format}"
-    check_writable_dir(out.parent)
-    results.export(df, out, args.format)
-    print(f"wrote {out} ({len(df)} cells, {len(df.columns)} columns)", file=sys.stderr)
+    out = args.out or runs / f"results.{args.format}"
+    _check_outputs(args.out, [out])
+    results.export(df, out, args.format, follow=bool(args.out))
+    where = "stdout" if str(out) == store.STDOUT else out
+    print(f"wrote {where} ({len(df)} cells, {len(df.columns)} columns)", file=sys.stderr)
     return 0
 
 
@@ -264,10 +276,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else runs / "compare"
     if out.suffix in (".md", ".csv"):
         out = out.with_suffix("")
-    check_writable_dir(out.parent)
+    _check_outputs(args.out, compare_paths(out), "OUT.md, OUT.csv, OUT_ls.csv and figures")
     problems: list[str] = []
     text, paths = compare(
-        runs, out, baseline=args.baseline, metric=args.metric, task=args.task, select=args.select, problems=problems
+        runs,
+        out,
+        baseline=args.baseline,
+        metric=args.metric,
+        task=args.task,
+        select=args.select,
+        problems=problems,
+        follow=bool(args.out),
     )
     _warn(problems)
     print(text, end="")
@@ -297,8 +316,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if args.out
         else Path(args.runs) / rows[0]["task"] / "analysis" / f"eta_T{args.t1:g}-T{args.t2:g}"
     )
-    check_writable_dir(out.parent)
-    csv_path, md = write_report(rows, out)
+    _check_outputs(args.out, list(store.csv_md_paths(out)), "OUT.csv and OUT.md")
+    csv_path, md = write_report(rows, out, follow=bool(args.out))
     print(md, end="")
     print(f"wrote {csv_path} and .md", file=sys.stderr)
     return 0
@@ -310,8 +329,8 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     problems: list[str] = []
     task = RunIndex(Path(args.runs), args.task, problems).task
     _warn(problems)
-    out = Path(args.out) if args.out else Path(args.runs) / task / "analysis" / f"projection_{name}_{args.split}.png"
-    check_writable_dir(out.parent)
+    out = args.out or Path(args.runs) / task / "analysis" / f"projection_{name}_{args.split}.png"
+    _check_outputs(args.out, [out])
     path, (w, h) = visualize(
         Path(args.runs),
         classes,
@@ -322,8 +341,10 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         seed=args.seed,
         per_class=args.per_class,
         val_per_class=args.val_per_class,
+        follow=bool(args.out),
     )
-    print(f"wrote {path} ({w}x{h} px)")
+    to_stdout = bool(args.out) and store.output_kind(args.out) == "stdout"  # the note goes to stderr then
+    print(f"wrote {'stdout' if to_stdout else path} ({w}x{h} px)", file=sys.stderr if to_stdout else sys.stdout)
     return 0
 
 
@@ -355,20 +376,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     runs = _runs_dir(args)
-    out = Path(args.out) if args.out else runs / "report.html"
-    check_writable_dir(out.absolute().parent)
-    path = write_html_report(runs, out)
-    print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
+    out = args.out or runs / "report.html"
+    _check_outputs(args.out, [out])
+    kind, size = write_html_report(runs, out, follow=bool(args.out))
+    if kind == "stdout":  # the page is on stdout: the note goes to stderr
+        print(f"wrote the report to stdout ({size / 1e3:.0f} kB)", file=sys.stderr)
+    else:
+        print(f"wrote {out} ({size / 1e3:.0f} kB)")
     return 0
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
     require_cuda({"device": args.device})
     cell_dir = find_cell(args.run, args.runs if args.cell else None, args.cell)
-    if args.output:
-        if Path(args.output).is_dir():
-            raise UsageError(f"-o/--output {args.output} is a directory: give a file name")
-        check_writable_dir(Path(args.output).absolute().parent)  # before translating, not after
+    if args.output:  # before translating, not after
+        store.check_output(args.output, "-o/--output")
     device = resolve_device({"device": args.device})
     lines = read_text_lines(args.input)
     cell = load_cell(cell_dir, args.weights, device)
@@ -390,7 +412,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     out, cut = translate_lines(cell, lines, device, progress=not args.no_progress)
     text = "".join(line + "\n" for line in out)
     if args.output:
-        atomic_write(Path(args.output), lambda f: f.write(text.encode("utf-8")))
+        store.write_output(args.output, lambda f: f.write(text.encode("utf-8")))
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -618,13 +640,24 @@ def _parser_export(sub) -> None:
         help="every finished cell as one table row (CSV, Parquet or JSON Lines)",
         description="One row per finished cell: task, role, archs, method, teacher alpha, T, seed, every "
         "metric, the selected epoch, the teacher epoch a student used, cell hash and environment columns "
-        "(in Python: lskd_bench.results.load(RUNS), a pandas DataFrame).",
+        "(in Python: lskd_bench.results.load(RUNS), a pandas DataFrame). In CSV, a text cell that starts with "
+        "= + - @, a tab or a carriage return gets a leading ' (OWASP's advice against formula injection: a "
+        "spreadsheet shows it as text); numbers are written as numbers. Parquet and JSON Lines keep every "
+        "value as it is.",
     )
     ex.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     ex.add_argument(
-        "--format", default="csv", choices=results.FORMATS, help="csv (default), parquet (pyarrow) or jsonl"
+        "--format",
+        default="csv",
+        choices=results.FORMATS,
+        help="csv (default; a text cell that would start a spreadsheet formula gets a leading '), "
+        "parquet (pyarrow) or jsonl",
     )
-    ex.add_argument("--out", help="output file (default: RUNS/results.FORMAT)")
+    ex.add_argument(
+        "--out",
+        help="output file; - for stdout; a device or FIFO (/dev/null, a link to one) is written to, not replaced "
+        "(default: RUNS/results.FORMAT)",
+    )
     ex.add_argument(
         "--select",
         default="selected",
@@ -797,7 +830,9 @@ def _parser_translate(sub) -> None:
     )
     tr.add_argument("--cell", help="cell name, with or without -HASH (e.g. teacher_transformer_tiny_a0.1_s0)")
     tr.add_argument("--input", "-i", help="UTF-8 text file, one sentence a line (default: stdin)")
-    tr.add_argument("--output", "-o", help="write the translations here (default: stdout)")
+    tr.add_argument(
+        "--output", "-o", help="write the translations here (default, or -: stdout; a device or FIFO is written to)"
+    )
     tr.add_argument(
         "--weights",
         default="selected",
@@ -867,7 +902,11 @@ def _parser_report(sub) -> None:
         "the training curves and the environment. Click a column header to sort a table.",
     )
     rp.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
-    rp.add_argument("--out", help="HTML file (default: RUNS/report.html)")
+    rp.add_argument(
+        "--out",
+        help="HTML file; - for stdout; a device or FIFO (/dev/null, a link to one) is written to, not replaced "
+        "(default: RUNS/report.html)",
+    )
     rp.set_defaults(func=cmd_report)
 
 

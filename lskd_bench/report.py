@@ -16,6 +16,7 @@ import io
 import math
 import re
 import tempfile
+import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,37 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 """
 
 
+# ------------------------------------------------------------------------------------------ escaping
+# Every string read from a run directory (task, method, architecture and cell names, env values, error details)
+# reaches the page through ``_text`` (element content and attribute values: ``& < > " '`` escaped) or, as an id,
+# through ``Slugs`` (``[a-z0-9-]`` only); nothing from data is ever placed in a script, a style or a URL.
+def _text(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+class Slugs:
+    """Element ids from data: ``[a-z0-9-]`` only, and unique on the page (two names that slug alike get ``-2``,
+    ``-3``...; the page's own ids are reserved first)."""
+
+    def __init__(self, reserved: tuple[str, ...] = ()):
+        self.taken: set[str] = set(reserved)
+
+    def __call__(self, prefix: str, name: Any) -> str:
+        ascii_name = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode("ascii")
+        base = f"{prefix}-" + (_NOT_SLUG.sub("-", ascii_name.lower()).strip("-") or "x")
+        sid, n = base, 2
+        while sid in self.taken:
+            sid, n = f"{base}-{n}", n + 1
+        self.taken.add(sid)
+        return sid
+
+
 # ------------------------------------------------------------------------------------------ markdown
 def _inline(text: str) -> str:
-    out = html.escape(text, quote=False)
+    out = _text(text)
     out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
     out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
     return re.sub(r"(?<![\w])_([^_]+)_(?![\w])", r"<em>\1</em>", out)
@@ -126,13 +155,13 @@ def _table(block: list[str]) -> str:
 
 def html_table(head: list[str], rows: list[list[Any]], raw: bool = False, classes: list[str] | None = None) -> str:
     """A sortable table; ``raw``: the cells are markdown (else plain text)."""
-    fmt = _inline if raw else (lambda s: html.escape(str(s)))
+    fmt = _inline if raw else _text
     th = "".join(f"<th>{fmt(h)}</th>" for h in head)
     trs = []
     for j, row in enumerate(rows):
         cls = (classes or [None] * len(rows))[j]
         tds = "".join(
-            (f'<td class="{cls}">' if cls and k == 1 else "<td>") + fmt(c) + "</td>" for k, c in enumerate(row)
+            (f'<td class="{_text(cls)}">' if cls and k == 1 else "<td>") + fmt(c) + "</td>" for k, c in enumerate(row)
         )
         trs.append(f"<tr>{tds}</tr>")
     return f'<table class="sortable"><thead><tr>{th}</tr></thead><tbody>{"".join(trs)}</tbody></table>'
@@ -144,7 +173,7 @@ def _png_uri(data: bytes) -> str:
 
 
 def _img(data: bytes, alt: str) -> str:
-    return f'<img src="{_png_uri(data)}" alt="{html.escape(alt)}">'
+    return f'<img src="{_png_uri(data)}" alt="{_text(alt)}">'
 
 
 def heatmap_png(cmp: Comparison) -> bytes | None:
@@ -157,6 +186,7 @@ def heatmap_png(cmp: Comparison) -> bytes | None:
     import matplotlib  # heavy: imported only when a figure is drawn
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # names from result.json are text, never mathtext ($)
     import matplotlib.pyplot as plt
 
     alphas = sorted({c["alpha"] for c in cells})
@@ -207,7 +237,7 @@ def _status_section(runs: Path) -> str:
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     body = [[r["cell"], r["state"], r["job"] or "", r["detail"]] for r in rows]
     table = html_table(["cell", "state", "job", "detail"], body, classes=[f"state-{r['state']}" for r in rows])
-    return f"<p>{html.escape(summary)}</p>{table}"
+    return f"<p>{_text(summary)}</p>{table}"
 
 
 def _task_sections(runs: Path, rows: list[dict[str, Any]], work: Path) -> list[tuple[str, str]]:
@@ -222,8 +252,7 @@ def _task_sections(runs: Path, rows: list[dict[str, Any]], work: Path) -> list[t
             png = heatmap_png(Comparison(rows, task, primary, baseline))
             if png is not None:
                 parts.append(
-                    f"<h3>{html.escape(task)}: α × T ({html.escape(primary)})</h3>"
-                    + _img(png, f"{task} alpha x T heatmap")
+                    f"<h3>{_text(task)}: α × T ({_text(primary)})</h3>" + _img(png, f"{task} alpha x T heatmap")
                 )
             text, paths = compare(runs, work / f"compare_{task}", baseline=baseline, task=task)
             text = text.split("\nEnvironment:\n", 1)[0]  # the environment has its own section
@@ -232,7 +261,7 @@ def _task_sections(runs: Path, rows: list[dict[str, Any]], work: Path) -> list[t
                 if p.suffix == ".png":
                     parts.append(_img(p.read_bytes(), f"{task}: {primary} vs T"))
         except UsageError as exc:
-            parts.append(f'<p class="err">{html.escape(str(exc))}</p>')
+            parts.append(f'<p class="err">{_text(str(exc))}</p>')
         out.append((task, "\n".join(parts)))
     return out
 
@@ -241,11 +270,14 @@ def _curves_section(runs: Path, work: Path) -> str:
     try:
         paths = plot_curves(runs, work / "curves")
     except UsageError as exc:
-        return f'<p class="err">{html.escape(str(exc))}</p>'
+        return f'<p class="err">{_text(str(exc))}</p>'
     parts = []
     for p in paths:
-        parts.append(f"<h3>{html.escape(p.parent.name)}: {html.escape(p.stem)}</h3>" + _img(p.read_bytes(), p.stem))
+        parts.append(f"<h3>{_text(p.parent.name)}: {_text(p.stem)}</h3>" + _img(p.read_bytes(), p.stem))
     return "\n".join(parts)
+
+
+PAGE_IDS = ("status", "leaderboard", "curves", "environment", "problems")
 
 
 def build_report(runs: Path) -> str:
@@ -255,34 +287,36 @@ def build_report(runs: Path) -> str:
     rows = collect(runs, "selected", problems)
     if not rows and not status_rows(runs):
         raise UsageError(f"no cells under {runs}")
+    ids = Slugs(reserved=PAGE_IDS)  # ids from data: slugs, unique, never one of the page's own
     sections: list[tuple[str, str, str]] = [("status", "Cells", _status_section(runs))]
     with tempfile.TemporaryDirectory(prefix="lskd-report-") as tmp:
         work = Path(tmp)
         if rows:
             sections.append(("leaderboard", "Leaderboard", markdown_html(to_markdown(rows))))
             for task, body in _task_sections(runs, rows, work):
-                sections.append((f"compare-{task}", f"{task}: methods and α × T", body))
+                sections.append((ids("compare", task), f"{task}: methods and α × T", body))
             sections.append(("curves", "Training curves", _curves_section(runs, work)))
             sections.append(("environment", "Environment", markdown_html(environment_md(rows))))
     if problems:
-        items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
+        items = "".join(f"<li>{_text(p)}</li>" for p in problems)
         sections.append(("problems", "Unreadable results", f"<ul>{items}</ul>"))
-    nav = " ".join(f'<a href="#{sid}">{html.escape(title)}</a>' for sid, title, _ in sections)
+    nav = " ".join(f'<a href="#{_text(sid)}">{_text(title)}</a>' for sid, title, _ in sections)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     body = "\n".join(
-        f'<section id="{sid}"><h2>{html.escape(title)}</h2>\n{content}\n</section>' for sid, title, content in sections
+        f'<section id="{_text(sid)}"><h2>{_text(title)}</h2>\n{content}\n</section>' for sid, title, content in sections
     )
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>lskd-bench report: {html.escape(str(runs))}</title><style>{CSS}</style></head>\n<body>\n"
-        f'<h1>lskd-bench report</h1><p class="meta">{html.escape(str(runs.resolve()))} · {len(rows)} finished '
+        f"<title>lskd-bench report: {_text(str(runs))}</title><style>{CSS}</style></head>\n<body>\n"
+        f'<h1>lskd-bench report</h1><p class="meta">{_text(str(runs.resolve()))} · {len(rows)} finished '
         f"cells · written {stamp} by lskd-bench {__version__} · click a column header to sort a table</p>\n"
         f"<nav>{nav}</nav>\n{body}\n<script>{SORT_JS}</script>\n</body></html>\n"
     )
 
 
-def write_report(runs: Path, out: Path) -> Path:
-    text = build_report(runs)
-    store.atomic_write(Path(out), lambda f: f.write(text.encode("utf-8")))
-    return Path(out)
+def write_report(runs: Path, out: Path | str, follow: bool = True) -> tuple[str, int]:
+    """Write the page to the output file ``out`` (``store.write_output``: ``-`` is stdout); return how it was
+    written (``store.output_kind``) and its size in bytes."""
+    data = build_report(runs).encode("utf-8")
+    return store.write_output(out, lambda f: f.write(data), follow=follow), len(data)

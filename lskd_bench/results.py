@@ -159,21 +159,35 @@ _TAIL = [
 ]
 
 
-def export(df, path: Path, fmt: str) -> Path:
-    """Write ``df`` as CSV, Parquet (pyarrow) or JSON Lines to ``path`` (atomically); return the path."""
+def csv_safe(df):
+    """A copy of ``df`` whose column names and text cells a spreadsheet shows as text (``store.csv_cell``: a
+    string starting with = + - @, tab or CR gets a leading '); numeric columns are left as they are."""
+    import pandas as pd
+
+    out = df.rename(columns=store.csv_cell)
+    for i in range(out.shape[1]):
+        col = out.iloc[:, i]
+        if not pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            out.iloc[:, i] = col.map(store.csv_cell).astype(col.dtype)
+    return out
+
+
+def export(df, path: Path, fmt: str, follow: bool = True) -> Path:
+    """Write ``df`` as CSV, Parquet (pyarrow) or JSON Lines to the output file ``path`` (``store.write_output``:
+    ``-`` is stdout, a device or FIFO is written through, a regular file replaced atomically); return the path."""
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     path = Path(path)
     if fmt == "csv":
-        text = df.to_csv(index=False, lineterminator="\n")
-        store.atomic_write(path, lambda f: f.write(text), mode="w")
+        text = store.csv_newlines(csv_safe(df).to_csv(index=False, lineterminator=store.CSV_LINETERMINATOR))
+        store.write_output(path, lambda f: f.write(text), mode="w", follow=follow)
     elif fmt == "jsonl":  # Python's float repr (round-trips exactly; pandas' to_json keeps 10 digits); NaN/NA -> null
         rows = df.astype(object).where(df.notna(), None).to_dict("records")
         text = "".join(
             json.dumps({k: v.item() if hasattr(v, "item") else v for k, v in r.items()}, ensure_ascii=False) + "\n"
             for r in rows
         )
-        store.atomic_write(path, lambda f: f.write(text), mode="w")
+        store.write_output(path, lambda f: f.write(text), mode="w", follow=follow)
     else:
-        store.atomic_write(path, lambda f: df.to_parquet(f, index=False, engine="pyarrow"))
+        store.write_output(path, lambda f: df.to_parquet(f, index=False, engine="pyarrow"), follow=follow)
     return path

@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
+import re
 import shutil
+import stat
+import sys
 import tempfile
 import time
 import traceback
@@ -95,6 +99,147 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
         raise
 
 
+# ------------------------------------------------------------------------------------------ output files
+# A file a command writes for the user (report --out, export --out, leaderboard/compare/analyze OUT.*, translate
+# -o). ``-`` is stdout. A path that is, or reaches through symlinks, a character device (/dev/null, /dev/full, a
+# terminal), a FIFO, the process's stdout, or another open file through /proc/PID/fd (/dev/stdout, /dev/fd/N)
+# is written through: opened and written, never replaced (as root, replacing /dev/null would destroy the
+# device). A directory, socket or block device is refused with one line naming the option. Anything else (a
+# regular file, a symlink to one, nothing yet) is replaced atomically (``atomic_write``: the link itself, never
+# the file it points to). Paths the user did not name (the defaults inside RUNS, which may hold planted links)
+# are never followed: ``follow=False`` treats them by what the entry itself is.
+STDOUT = "-"
+_PROC_FD = re.compile(r"/proc/(\d+|self|thread-self)(/task/\d+)?/fd")
+
+
+def _same_as_stdout(st: os.stat_result) -> bool:
+    fds = {1}
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        fds.add(sys.stdout.fileno())
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            out = os.fstat(fd)
+            if (out.st_dev, out.st_ino) == (st.st_dev, st.st_ino):
+                return True
+    return False
+
+
+def _through_proc_fd(path: Path) -> bool:
+    """Does ``path`` reach, through its symlinks, an entry of ``/proc/PID/fd`` (an open file of a process)?"""
+    p = os.path.abspath(path)
+    for _ in range(40):  # the kernel's own limit on symlinks in one lookup
+        parent = os.path.realpath(os.path.dirname(p))
+        if _PROC_FD.fullmatch(parent):
+            return True
+        p = os.path.join(parent, os.path.basename(p))
+        if not os.path.islink(p):
+            return False
+        p = os.path.join(parent, os.readlink(p))
+    return False
+
+
+def _what(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    if stat.S_ISSOCK(mode):
+        return "is a socket"
+    if stat.S_ISBLK(mode):
+        return "is a block device"
+    if stat.S_ISFIFO(mode):
+        return "is a FIFO"
+    if stat.S_ISCHR(mode):
+        return "is a character device"
+    if stat.S_ISREG(mode):
+        return "is a regular file"
+    return "is not a regular file"
+
+
+def output_kind(path: Path | str, option: str | None = None, follow: bool = True) -> str:
+    """How the output file ``path`` is written: "stdout", "through" (opened and written) or "replace" (atomically);
+    UsageError (``OPTION PATH: is a directory``) for what cannot be written. ``follow=False``: a path the user did
+    not name: only nothing, a regular file or a symlink (itself replaced) is written."""
+    where = f"{option} {path}" if option else str(path)
+    if follow and str(path) == STDOUT:
+        return "stdout"
+    try:
+        st = os.stat(path) if follow else os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):  # nothing there yet (or a link to nothing: replaced like a
+        return "replace"  # file); a parent that is a file: check_output's check_writable_dir says so
+    except OSError as exc:  # a loop of links, no permission...
+        raise UsageError(f"{where}: {exc.strerror or exc}") from None
+    if not follow:
+        if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            return "replace"
+        raise UsageError(f"{where}: {_what(st.st_mode)}")
+    if _same_as_stdout(st):
+        return "stdout"
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        return "through"
+    if stat.S_ISREG(st.st_mode):
+        return "through" if _through_proc_fd(Path(path)) else "replace"
+    raise UsageError(f"{where}: {_what(st.st_mode)}")
+
+
+def check_output(path: Path | str, option: str, follow: bool = True) -> str:
+    """Before a command works: can it write the output file ``path`` (given as ``option``, or its default when
+    ``follow`` is False)? Its ``output_kind``; for a file to be replaced, its folder must be writable."""
+    kind = output_kind(path, option, follow)
+    if kind == "replace":
+        check_writable_dir(Path(path).absolute().parent)
+    return kind
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_output(path: Path | str, write: Callable[[Any], None], mode: str = "wb", follow: bool = True) -> str:
+    """Write the output file ``path`` through ``write(fileobj)`` by the rules above (``output_kind``); return the
+    kind. A full disk or device (/dev/full) raises ``DiskFull`` naming the path."""
+    kind = output_kind(path, follow=follow)
+    if kind == "replace":
+        atomic_write(Path(path), write, mode)
+        return kind
+    buf: Any = io.BytesIO() if "b" in mode else io.StringIO()
+    write(buf)
+    data = buf.getvalue()
+    data = data.encode("utf-8") if isinstance(data, str) else data
+    name = "stdout" if str(path) == STDOUT else path
+    try:
+        if kind == "stdout":
+            sys.stdout.flush()
+            try:
+                fd = sys.stdout.fileno()
+            except (AttributeError, ValueError, OSError):  # a stream without a descriptor (captured, in tests)
+                if hasattr(sys.stdout, "buffer"):
+                    sys.stdout.buffer.write(data)
+                else:
+                    sys.stdout.write(data.decode("utf-8"))
+                sys.stdout.flush()
+            else:
+                _write_all(fd, data)
+        else:
+            fd = os.open(path, os.O_WRONLY | os.O_NOCTTY)  # no O_CREAT: it exists; FIFO: waits for a reader
+            try:
+                st = os.fstat(fd)  # what was opened, which may not be what was looked at a moment before
+                if stat.S_ISREG(st.st_mode) and _through_proc_fd(Path(path)):  # an open file: as a shell's '>'
+                    os.ftruncate(fd, 0)
+                elif not (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+                    raise UsageError(f"{path}: {_what(st.st_mode)} now (it changed while being opened)")
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+    except BrokenPipeError:  # the reader went away: the CLI ends quietly, as for any closed pipe
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DiskFull(Path(str(name))) from None
+        raise UsageError(f"cannot write {name}: {exc.strerror or exc}") from None  # no permission, I/O error...
+    return kind
+
+
 def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"), mode="w")
 
@@ -104,14 +249,60 @@ def write_lines(path: Path, lines: list[str]) -> None:
     atomic_write(path, lambda f: f.write("".join(line + "\n" for line in lines).encode("utf-8")))
 
 
-def write_csv_md(out: Path, csv_text: str, md_text: str) -> tuple[Path, Path]:
-    """Write ``OUT.csv`` and ``OUT.md``; ``out`` may already end in .csv or .md (other dots are kept)."""
+def csv_md_paths(out: Path) -> tuple[Path, Path]:
+    """``OUT.csv`` and ``OUT.md``; ``out`` may already end in .csv or .md (other dots are kept)."""
     out = Path(out)
     base = out.parent / out.stem if out.suffix in (".csv", ".md") else out
-    paths = (base.with_name(base.name + ".csv"), base.with_name(base.name + ".md"))
+    return base.with_name(base.name + ".csv"), base.with_name(base.name + ".md")
+
+
+def write_csv_md(out: Path, csv_text: str, md_text: str, follow: bool = True) -> tuple[Path, Path]:
+    """Write ``OUT.csv`` and ``OUT.md`` (``csv_md_paths``) as output files (``write_output``)."""
+    paths = csv_md_paths(out)
     for path, text in zip(paths, (csv_text, md_text)):
-        atomic_write(path, lambda f, text=text: f.write(text), mode="w")
+        write_output(path, lambda f, text=text: f.write(text), mode="w", follow=follow)
     return paths
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, "CSV Injection"): '=', '+', '-',
+# '@', tab, carriage return (and line feed); the full-width forms too, which some spreadsheets fold to them.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+_PLAIN_NUMBER = re.compile(r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|inf|nan)", re.IGNORECASE)
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` as a CSV cell no spreadsheet runs: a string that starts (after blanks) with a formula character
+    (``FORMULA_START``) gets a leading ``'``, as OWASP recommends, so it is shown as the text it is. Numbers, and
+    strings that are plain numbers (``-1.500``, how the tables write metrics), are kept as they are."""
+    if not isinstance(value, str) or not value or _PLAIN_NUMBER.fullmatch(value):
+        return value
+    if value.lstrip(" \t\r\n").startswith(FORMULA_START) or value[0] in "\t\r\n":
+        return "'" + value
+    return value
+
+
+def csv_row(values: Any) -> list[Any]:
+    """Every cell of a CSV row through ``csv_cell``."""
+    return [csv_cell(v) for v in values]
+
+
+# The tables' CSV rows end in '\n'; a writer told so quotes a cell that holds '\n' but not one that holds a bare
+# '\r', which a spreadsheet reads as a row end (the rest of the cell a new row, its first cell a formula). So the
+# writers are given '\r\n' (every cell with either is quoted) and ``csv_newlines`` turns the row ends into '\n'.
+CSV_LINETERMINATOR = "\r\n"
+
+
+def csv_newlines(text: str) -> str:
+    """CSV ``text`` written with ``CSV_LINETERMINATOR`` with '\n' row ends (line breaks inside quoted cells kept:
+    outside quotes is every even-numbered piece between '"'; a doubled quote inside a cell leaves an empty one)."""
+    parts = text.split('"')
+    parts[::2] = [p.replace("\r\n", "\n") for p in parts[::2]]
+    return '"'.join(parts)
+
+
+def csv_dict(row: dict[str, Any]) -> dict[str, Any]:
+    """A ``csv.DictWriter`` row with every value through ``csv_cell`` (the keys are the writer's field names)."""
+    return {k: csv_cell(v) for k, v in row.items()}
 
 
 class _KeepWriteError:

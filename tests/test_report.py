@@ -10,11 +10,14 @@ import os
 import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
 
 import pytest
 
 from lskd_bench.leaderboard import collect
-from lskd_bench.report import html_table, markdown_html
+from lskd_bench.report import Slugs, html_table, markdown_html
+
+from .fixtures import fake_results
 
 ARGS = ["--alphas", "0,0.1", "--temperatures", "1,4", "--seeds", "0", "--epochs", "1", "--no-progress"]
 CHROMIUM_FLAGS = [
@@ -162,3 +165,71 @@ def test_markdown_tables_become_escaped_sortable_html():
     ]
     plain = html_table(["a"], [["<i>", 1]], classes=["w"])
     assert "<td>&lt;i&gt;</td>" in plain and '<td class="w">1</td>' in plain
+
+
+HOSTILE_TASK = 't"><img src=x onerror=alert(1)>'
+
+
+class _Tags(HTMLParser):
+    """Every start tag of a page, as the browser's tokenizer sees it: (tag, {attribute: value})."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def _hostile_runs(root):
+    """Two tasks whose names break out of an attribute and slug alike, and an env value that opens an SVG."""
+    for sub, task in (("a", HOSTILE_TASK), ("b", "T <img src=x onerror=alert(1)>")):
+        fake_results(root / sub, task=task)
+    for path in root.rglob("result.json"):
+        res = json.loads(path.read_text())
+        res["env"] = {"cpu": '"><svg onload=alert(2)>', "torch": "'><script>alert(3)</script>"}
+        path.write_text(json.dumps(res))
+    return root
+
+
+def test_report_of_hostile_names_carries_no_markup_of_theirs(tmp_path, cli):
+    runs = _hostile_runs(tmp_path / "runs")
+    rc, _, err = cli("report", "--runs", str(runs), "--out", str(tmp_path / "r.html"))
+    assert rc == 0, err
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    parser = _Tags()
+    parser.feed(text)
+    attrs = [(tag, k, v) for tag, a in parser.tags for k, v in a.items()]
+    assert not [x for x in attrs if x[1].startswith("on")]  # no event handler from data
+    assert {tag for tag, _ in parser.tags}.isdisjoint({"svg", "iframe", "object", "embed"})
+    assert [a for tag, a in parser.tags if tag == "script"] == [{}]  # only the page's own sorting script
+    assert text.count("<script>") == 1 and "alert(3)</script>" not in text
+    assert all(v.startswith("data:image/png;base64,") for tag, k, v in attrs if k == "src")
+    ids = [v for _, k, v in attrs if k == "id"]
+    assert len(ids) == len(set(ids)) and all(re.fullmatch(r"[a-z0-9-]+", i) for i in ids), ids
+    compares = sorted(i for i in ids if i.startswith("compare-"))
+    assert compares == ["compare-t-img-src-x-onerror-alert-1", "compare-t-img-src-x-onerror-alert-1-2"]
+    assert sorted(v[1:] for _, k, v in attrs if k == "href") == sorted(ids)  # every link finds its section
+    assert html.escape(HOSTILE_TASK) in text  # the name is shown, as text
+
+
+def test_slugs_are_plain_and_unique():
+    ids = Slugs(reserved=("compare-a",))
+    assert [ids("compare", n) for n in ("a", "A", "a b", "a-b", "α", "", '"><x')] == [
+        "compare-a-2",
+        "compare-a-3",
+        "compare-a-b",
+        "compare-a-b-2",
+        "compare-x",
+        "compare-x-2",
+        "compare-x-3",
+    ]
+
+
+def test_report_draws_dollar_names_as_text_not_mathtext(tmp_path, cli):
+    runs = tmp_path / "runs"
+    fake_results(runs, task="a$x^$b")  # invalid mathtext: a ParseSyntaxException traceback when parsed
+    rc, _, err = cli("report", "--runs", str(runs), "--out", str(tmp_path / "r.html"))
+    assert rc == 0, err
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert page.count("<img ") >= 3 and 'class="err"' not in page  # heatmap, metric vs T, curves: all drawn

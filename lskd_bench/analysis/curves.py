@@ -88,6 +88,7 @@ def plot_group(
     import matplotlib  # heavy: imported only when a figure is drawn
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # names from result.json are text, never mathtext ($)
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
@@ -142,7 +143,7 @@ def plot_group(
     fig.suptitle(group_title(task, key))
     fig.tight_layout(rect=(0, 0, 0.86, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    store.write_output(path, lambda f: fig.savefig(f, format="png"), follow=False)  # replaced, never followed
     plt.close(fig)
     return path
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import store
 from ..errors import UsageError
 from ..tasks import get_task
 from .projection import official_projection
@@ -56,11 +57,14 @@ def visualize(
     per_class: int | None = 150,
     val_per_class: int | None = 50,
     problems: list[str] | None = None,
+    follow: bool = True,
 ) -> tuple[Path, tuple[int, int]]:
-    """Draw the grid figure to ``out`` (PNG); return the path and its (width, height) in pixels."""
+    """Draw the grid figure to the output file ``out`` (PNG, ``store.write_output``); return the path and its
+    (width, height) in pixels."""
     import matplotlib  # heavy: imported only when a figure is drawn
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # names from result.json are text, never mathtext ($)
     import matplotlib.pyplot as plt
 
     index = RunIndex(runs, task, problems)
@@ -98,10 +102,6 @@ def visualize(
             if i == 0 and j == 0:
                 ax.legend(fontsize=7, loc="best", markerscale=2)
     fig.suptitle(f"{index.task}: penultimate-layer projection ({split})", fontsize=10)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, format="png")
+    store.write_output(out, lambda f: fig.savefig(f, dpi=DPI, format="png"), follow=follow)
     plt.close(fig)
-    tmp.replace(out)
-    return out, (int(PANEL_INCHES * DPI * ncols), int(PANEL_INCHES * DPI * nrows))
+    return Path(out), (int(PANEL_INCHES * DPI * ncols), int(PANEL_INCHES * DPI * nrows))

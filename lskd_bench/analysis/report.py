@@ -96,11 +96,11 @@ def analyze(
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator=store.CSV_LINETERMINATOR)
     w.writeheader()
     for r in rows:
-        w.writerow({k: (f"{r[k]:.6f}" if k.endswith(("_s1", "_s2")) else r[k]) for k in CSV_COLUMNS})
-    return buf.getvalue()
+        w.writerow(store.csv_dict({k: (f"{r[k]:.6f}" if k.endswith(("_s1", "_s2")) else r[k]) for k in CSV_COLUMNS}))
+    return store.csv_newlines(buf.getvalue())
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
@@ -135,7 +135,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(rows: list[dict[str, Any]], out: Path) -> tuple[Path, str]:
-    """Write OUT.csv and OUT.md; return the CSV path and the markdown."""
-    csv_path, _ = store.write_csv_md(out, to_csv(rows), md := to_markdown(rows))
+def write_report(rows: list[dict[str, Any]], out: Path, follow: bool = True) -> tuple[Path, str]:
+    """Write OUT.csv and OUT.md (output files: ``store.write_output``); return the CSV path and the markdown."""
+    csv_path, _ = store.write_csv_md(out, to_csv(rows), md := to_markdown(rows), follow=follow)
     return csv_path, md

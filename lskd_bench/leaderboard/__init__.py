@@ -140,13 +140,13 @@ def to_csv(rows: Iterable[dict[str, Any]]) -> str:
     ocols = [p + m for p in ("last_", "selected_") for m in mcols if p + m in present]
     tail = TAIL_COLUMNS + (["selected_on"] if ocols else [])
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(BASE_COLUMNS + mcols + ocols + tail)
+    w = csv.writer(buf, lineterminator=store.CSV_LINETERMINATOR)
+    w.writerow(store.csv_row(BASE_COLUMNS + mcols + ocols + tail))  # metric names come from result.json
     for r in rows:
         metrics = [f"{r['metrics'][m]:.3f}" if m in r["metrics"] else "" for m in mcols]
         other = [f"{r['other'][c]:.3f}" if c in r.get("other", {}) else "" for c in ocols]
-        w.writerow([r[k] for k in BASE_COLUMNS] + metrics + other + [r[k] for k in tail])
-    return buf.getvalue()
+        w.writerow(store.csv_row([r[k] for k in BASE_COLUMNS] + metrics + other + [r[k] for k in tail]))
+    return store.csv_newlines(buf.getvalue())
 
 
 def latest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -400,11 +400,13 @@ def claims_csv(rows: Iterable[dict[str, Any]]) -> str:
                 metric=stu[0]["primary"],
             )
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CLAIM_COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=CLAIM_COLUMNS, lineterminator=store.CSV_LINETERMINATOR)
     w.writeheader()
     for r in out:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else "" if v is None else v) for k, v in r.items()})
-    return buf.getvalue()
+        w.writerow(
+            store.csv_dict({k: (f"{v:.6g}" if isinstance(v, float) else "" if v is None else v) for k, v in r.items()})
+        )
+    return store.csv_newlines(buf.getvalue())
 
 
 ENV_NOTE = (
@@ -463,11 +465,17 @@ def _paper_row(ref) -> str:
     return "; ".join(parts) + f" ({ref.metrics[0]})"
 
 
-def write_outputs(rows: list[dict[str, Any]], out: Path) -> tuple[Path, str]:
+def output_paths(out: Path) -> list[Path]:
+    """The files ``write_outputs`` writes: ``OUT.csv``, ``OUT.md`` and ``OUT_claims.csv``."""
+    csv_path, md_path = store.csv_md_paths(out)
+    return [csv_path, md_path, csv_path.with_name(csv_path.stem + "_claims.csv")]
+
+
+def write_outputs(rows: list[dict[str, Any]], out: Path, follow: bool = True) -> tuple[Path, str]:
     """Write ``OUT.csv``, ``OUT.md`` and ``OUT_claims.csv`` (``out`` with or without a suffix); return the CSV path
     and the markdown. The markdown ends with the environment the results came from (``environment_md``)."""
     md_text = to_markdown(rows) + "\n" + environment_md(rows)
-    csv_path, _ = store.write_csv_md(out, to_csv(rows), md_text)
+    csv_path, _ = store.write_csv_md(out, to_csv(rows), md_text, follow=follow)
     text = claims_csv(rows)
-    store.atomic_write(csv_path.with_name(csv_path.stem + "_claims.csv"), lambda f: f.write(text), mode="w")
+    store.write_output(output_paths(out)[2], lambda f: f.write(text), mode="w", follow=follow)
     return csv_path, md_text

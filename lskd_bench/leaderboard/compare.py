@@ -260,6 +260,7 @@ class Comparison:
         import matplotlib  # heavy: imported only when a figure is drawn
 
         matplotlib.use("Agg")
+        matplotlib.rcParams["text.parse_math"] = False  # names from result.json are text, never mathtext ($)
         import matplotlib.pyplot as plt
 
         n = len(self.methods)
@@ -297,7 +298,7 @@ class Comparison:
         fig.suptitle(f"{self.task}: {self.metric} vs T (mean ± std over seeds)", fontsize=10)
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
-        store.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+        store.write_output(path, lambda f: fig.savefig(f, format="png", dpi=100), follow=False)  # a name from data
         plt.close(fig)
         return path
 
@@ -408,11 +409,13 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    w.writeheader()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator=store.CSV_LINETERMINATOR)
+    w.writerow(dict(zip(w.fieldnames, store.csv_row(w.fieldnames))))  # the header, as writeheader() but neutralised
     for r in rows:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else "" if v is None else v) for k, v in r.items()})
-    return buf.getvalue()
+        w.writerow(
+            store.csv_dict({k: (f"{v:.6g}" if isinstance(v, float) else "" if v is None else v) for k, v in r.items()})
+        )
+    return store.csv_newlines(buf.getvalue())
 
 
 NOTE = (
@@ -457,6 +460,11 @@ def pair_note(rows: list[dict[str, Any]], task: str) -> str:
     return " ".join(lines) + f" Values and sources: lskd_bench/configs/{t.pairs_recipe}.yaml.\n"
 
 
+def output_paths(out: Path) -> list[Path]:
+    """The tables ``compare`` may write: OUT.md, OUT.csv, OUT_ls.csv, OUT_reference.csv."""
+    return [out.with_name(out.name + suffix) for suffix in (".md", ".csv", "_ls.csv", "_reference.csv")]
+
+
 def compare(
     runs: Path,
     out: Path,
@@ -465,9 +473,11 @@ def compare(
     task: str | None = None,
     select: str = "selected",
     problems: list[str] | None = None,
+    follow: bool = True,
 ) -> tuple[str, list[Path]]:
     """Write OUT.md, OUT.csv (table 1 cells), OUT_ls.csv (table 2), OUT_reference.csv (table 3, where published
-    references exist) and OUT_<task>.png; return the markdown."""
+    references exist) and OUT_<task>.png; return the markdown. The tables are output files
+    (``store.write_output``); the figures, named after tasks, are never written through a link."""
     rows = collect(Path(runs), select, problems)  # unusable results: a line each in ``problems``
     frame = results.load(Path(runs), select)  # the per-cell values every table aggregates (groupby)
     tasks = sorted({r["task"] for r in rows if r["role"] == "student"})
@@ -486,11 +496,12 @@ def compare(
         ls += cmp.ls_rows()
         written.append(cmp.plot(out.parent / f"{out.name}_{t}.png"))
     text = "\n".join(x for x in md if x) + "\n" + NOTE + "\n\n" + environment_md(rows)
-    store.atomic_write(out.with_name(out.name + ".md"), lambda f: f.write(text), mode="w")
-    store.atomic_write(out.with_name(out.name + ".csv"), lambda f: f.write(_csv(cells)), mode="w")
+    md_path, csv_path, ls_path, ref_path = output_paths(out)
+    store.write_output(md_path, lambda f: f.write(text), mode="w", follow=follow)
+    store.write_output(csv_path, lambda f: f.write(_csv(cells)), mode="w", follow=follow)
     if ls:
-        store.atomic_write(out.with_name(out.name + "_ls.csv"), lambda f: f.write(_csv(ls)), mode="w")
+        store.write_output(ls_path, lambda f: f.write(_csv(ls)), mode="w", follow=follow)
     if refs:
-        store.atomic_write(out.with_name(out.name + "_reference.csv"), lambda f: f.write(_csv(refs)), mode="w")
+        store.write_output(ref_path, lambda f: f.write(_csv(refs)), mode="w", follow=follow)
     extra = [out.with_name(out.name + "_reference.csv")] if refs else []
     return text, [out.with_name(out.name + ".md"), out.with_name(out.name + ".csv"), *extra, *written]

@@ -809,7 +809,7 @@ def test_long_test_line_is_cut_and_damaged_cells_translate_in_one_line(tmp_path,
         )
         assert rc == 2 and err.count("\n") == 1 and needle in err, (name, err)
     rc, _, err = cli("translate", "--run", str(teacher), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path))
-    assert rc == 2 and err == f"lskd-bench: error: -o/--output {tmp_path} is a directory: give a file name\n"
+    assert rc == 2 and err == f"lskd-bench: error: -o/--output {tmp_path}: is a directory\n"
 
 
 # ------------------------------------------------------------------------------------------ case 9: data first
