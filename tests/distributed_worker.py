@@ -19,33 +19,57 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lskd_bench.runners.cells import plan_cells
+from lskd_bench.methods import method_class
+from lskd_bench.runners.cells import Cell, plan_cells
 from lskd_bench.runners.grid import resolve_config
-from lskd_bench.runners.train import Member, load_model, train_group
+from lskd_bench.runners.train import Member, train_group
+from lskd_bench.runners.units import UnitContext, unit_inputs
 from lskd_bench.tasks import get_task
 
-# every classification method (seqkd trains on a translation teacher's beam outputs: no image task has it),
-# and a composite (a feature method + Hinton KD)
+# every classification method and a composite (a feature method + Hinton KD); the baseline trains with "ls"
 METHODS = [
     *("kd", "kd_std", "dkd", "nkd", "ctkd", "dist", "ttm"),
     *("fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd", "ofd", "reviewkd"),
     "crd+kd",
 ]
+# translation (a tiny corpus, dropout off: each rank draws its own samples' dropout masks): token-level KD, a
+# learnt temperature, relations across the target tokens of the batch, and sequence-level KD on the teacher's beams
+TRANSLATION_METHODS = ["kd", "ctkd", "dist", "seqkd"]
 BATCH = 32  # the global batch: 32 / WORLD per rank
 # a tensor's difference is taken relative to its largest magnitude, but at least this: a momentum whose gradient
 # is zero but for rounding (a conv bias before BatchNorm: ~1e-7) has no meaningful relative difference
 SCALE_FLOOR = 1e-3
+# parameters whose gradient is zero but for rounding, which Adam turns into full-size steps of noise: an attention
+# key's bias adds the same q.b to each of a query's scores, and softmax ignores it (the translation matrix)
+NO_GRADIENT = (".k_proj.bias",)
 
 
-def config(methods: list[str] = METHODS) -> dict[str, Any]:
-    """Digits with 10 % of each class for training (about 180 samples: 5 steps an epoch), 2 epochs (the
-    initialisation stages of AB, FT and FSP one epoch of them), CRD with 64 negatives."""
+def config(out: Path, kind: str = "images") -> dict[str, Any]:
+    """``images``: digits with 10 % of each class for training (about 180 samples: 5 steps an epoch), 2 epochs
+    (the initialisation stages of AB, FT and FSP one epoch of them), CRD with 64 negatives. ``translation``: a
+    96-pair corpus (``out/corpus``), a micro Transformer, 128 tokens a batch, no dropout."""
+    common = {"baseline": True, "device": "cpu", "threads": 1, "analysis": {"export": False}}
+    if kind == "translation":
+        role = {"arch": "transformer_micro", "max_tokens": 128, "lr": 3e-3, "warmup_updates": 2, "dropout": 0.0}
+        return resolve_config(
+            "iwslt_ende",
+            {},
+            {
+                **common,
+                "methods": TRANSLATION_METHODS,
+                "data": {"root": str(out / "corpus"), "vocab_size": 60},
+                "generation": {"beam": 2, "max_len_a": 1.0, "max_len_b": 5},
+                "grid": {"alphas": [0.1], "temperatures": [2.0], "seeds": [0]},
+                "teacher": {**role, "epochs": 1},
+                "student": {**role, "epochs": 2},
+            },
+        )
     return resolve_config(
         "digits",
         {},
         {
-            "methods": list(methods),
-            "baseline": True,  # label-smoothed cross-entropy (the teachers' and the baseline's method "ls")
+            **common,
+            "methods": METHODS,
             "grid": {"alphas": [0.1], "temperatures": [4.0], "seeds": [0]},
             "data": {"val_fraction": 0.9},
             "teacher": {"epochs": 1, "batch_size": BATCH},
@@ -54,22 +78,32 @@ def config(methods: list[str] = METHODS) -> dict[str, Any]:
             "ft": {"init_epochs": 1},
             "fsp": {"init_epochs": 1},
             "crd": {"nce_k": 64},
-            "device": "cpu",
-            "threads": 1,
-            "analysis": {"export": False},
         },
     )
 
 
-def train_teacher(out: Path) -> None:
-    """The teacher (alpha 0.1, one epoch, one process) as ``out/teacher.pt``."""
-    cfg = config()
-    task = get_task("digits")
-    data = task.load_data(cfg)
+def _units(cfg: dict[str, Any]) -> list[list[Cell]]:
+    """The students and the baseline in fused groups (a student first: its teacher is the unit's), those on the
+    teacher's beam outputs (their own data) apart."""
+    cells = sorted((c for c in plan_cells(cfg) if c.role != "teacher"), key=lambda c: c.role != "student")
+    beams = [c for c in cells if method_class(c.method).needs.teacher_targets]
+    return [u for u in ([c for c in cells if c not in beams], beams) if u]
+
+
+def train_teacher(out: Path, kind: str = "images") -> None:
+    """The teacher (alpha 0.1, one epoch, one process) in its cell under ``out``, and (translation) the corpus
+    and the teacher's beam outputs, so that the ranks only read them."""
+    if kind == "translation":
+        from .fixtures import make_plain
+
+        make_plain(out / "corpus", n_train=96)
+    cfg = config(out, kind)
+    ctx = UnitContext(get_task(cfg["task"]), cfg, out, progress=False)
     teacher = next(c for c in plan_cells(cfg) if c.role == "teacher")
-    (o,) = train_group(task, [teacher], cfg, data, [out / "teacher"], progress=False)
+    (o,) = train_group(ctx.task, [teacher], cfg, ctx.data(), [teacher.dir(out)], progress=False)
     assert o.error is None, o.error
-    (out / "teacher.pt").write_bytes((out / "teacher" / "model.pt").read_bytes())
+    for unit in _units(cfg):
+        unit_inputs(ctx, unit, torch.device("cpu"))
 
 
 def _dump_every_checkpoint(rank: int) -> None:
@@ -85,38 +119,38 @@ def _dump_every_checkpoint(rank: int) -> None:
     Member.checkpoint = checkpoint  # type: ignore[method-assign]
 
 
-def run(out: Path, world: int, rank: int, methods: list[str] = METHODS) -> None:
+def run(out: Path, world: int, rank: int, kind: str = "images") -> None:
     torch.set_num_threads(1)
     if world > 1:
         init = f"file://{out / f'rendezvous{world}'}"
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     _dump_every_checkpoint(rank)
-    cfg = config(methods)
-    task = get_task("digits")
-    data = task.load_data(cfg)
-    students = [c for c in plan_cells(cfg) if c.role != "teacher"]
-    teacher = load_model(task, cfg["teacher"]["arch"], data, cfg, out / "teacher.pt", torch.device("cpu"))
-    dirs = [out / f"world{world}" / c.name for c in students]
+    cfg = config(out, kind)
+    ctx = UnitContext(get_task(cfg["task"]), cfg, out, progress=False)
 
     def stop(epoch: int) -> None:
         if epoch == 1:
             raise KeyboardInterrupt
 
-    try:
-        train_group(task, students, cfg, data, dirs, teacher=teacher, progress=False, on_epoch_end=stop)
-    except KeyboardInterrupt:
-        pass
-    if world > 1:
-        dist.barrier()  # rank 0 wrote every state.pt
-    outcomes = train_group(task, students, cfg, data, dirs, teacher=teacher, progress=False)
-    failed = [f"{o.cell.name}: {o.error}" for o in outcomes if o.error is not None]
+    failed = []
+    for unit in _units(cfg):
+        data, teacher = unit_inputs(ctx, unit, torch.device("cpu"))
+        dirs = [out / f"world{world}" / c.name for c in unit]
+        try:
+            train_group(ctx.task, unit, cfg, data, dirs, teacher=teacher, progress=False, on_epoch_end=stop)
+        except KeyboardInterrupt:
+            pass
+        if world > 1:
+            dist.barrier()  # rank 0 wrote every state.pt
+        outcomes = train_group(ctx.task, unit, cfg, data, dirs, teacher=teacher, progress=False)
+        failed += [f"{o.cell.name}: {o.error}" for o in outcomes if o.error is not None]
     if world > 1:
         dist.destroy_process_group()
     if failed:
         raise SystemExit("\n".join(failed))
 
 
-def launch(out: Path, world: int, hang_guard_s: float = 15 * 60) -> None:
+def launch(out: Path, world: int, kind: str = "images", hang_guard_s: float = 15 * 60) -> None:
     """Train the group as WORLD processes (``run`` in each; the repository on their path); raise with their
     stderr if one fails."""
     import os
@@ -125,7 +159,7 @@ def launch(out: Path, world: int, hang_guard_s: float = 15 * 60) -> None:
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "tests.distributed_worker", str(out), str(world)]
-    procs = [subprocess.Popen([*cmd, str(r)], cwd=root, env=env, stderr=subprocess.PIPE) for r in range(world)]
+    procs = [subprocess.Popen([*cmd, str(r), kind], cwd=root, env=env, stderr=subprocess.PIPE) for r in range(world)]
     errors = [p.communicate(timeout=hang_guard_s)[1].decode() for p in procs]
     if any(p.returncode != 0 for p in procs):
         raise RuntimeError("\n".join(errors))
@@ -133,12 +167,12 @@ def launch(out: Path, world: int, hang_guard_s: float = 15 * 60) -> None:
 
 if __name__ == "__main__":
     out_dir, n, r = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    run(out_dir, n, r, sys.argv[4].split(",") if len(sys.argv) > 4 else METHODS)
+    run(out_dir, n, r, sys.argv[4] if len(sys.argv) > 4 else "images")
 
 
 def _tensors(held: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The floating-point tensors of what a rank held (model, method state, optimizer state), by name."""
-    out = {f"model.{k}": v for k, v in held["model"].items()}
+    out = {f"model.{k}": v for k, v in held["model"].items() if not k.endswith(NO_GRADIENT)}
     out.update({f"method.{k}": v for k, v in held["method"].items() if isinstance(v, torch.Tensor)})
     for i, st in held["optimizer"]["state"].items():
         out.update({f"optimizer.{i}.{k}": v for k, v in st.items() if isinstance(v, torch.Tensor)})
@@ -148,8 +182,9 @@ def _tensors(held: dict[str, Any]) -> dict[str, torch.Tensor]:
 def differences(out: Path, world: int) -> dict[str, dict[str, float]]:
     """Per cell, after the last checkpoint: the largest difference of WORLD processes' rank 0 from one process
     (``state``: weights, method state, optimizer momenta, relative to each tensor's largest magnitude or
-    ``SCALE_FLOOR``; ``loss``: the epochs' mean losses, relative; ``top1``: the selected epoch's top-1, in points),
-    and whether every rank held bit for bit what rank 0 held at every checkpoint (``ranks_equal``)."""
+    ``SCALE_FLOOR``; ``loss``: the epochs' mean losses, relative; ``metric``: the task's primary metric, top-1 or
+    BLEU, in points), and whether every rank held bit for bit what rank 0 held at every checkpoint
+    (``ranks_equal``)."""
     import json
 
     rows: dict[str, dict[str, float]] = {}
@@ -162,12 +197,14 @@ def differences(out: Path, world: int) -> dict[str, dict[str, float]]:
         assert ta.keys() == tb.keys(), one.name
         state = max(float((ta[k] - tb[k]).abs().max() / ta[k].abs().max().clamp_min(SCALE_FLOOR)) for k in ta)
         loss = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(a["history"], b["history"]))
-        ra, rb = (json.loads((d / "result.json").read_text())["metrics"] for d in (one, many))
+        ra, rb = (json.loads((d / "result.json").read_text()) for d in (one, many))
+        metric = ra["primary_metric"]
         equal = True
         for p in many.glob("rank0-u*.pt"):
             r0 = _tensors(torch.load(p, weights_only=True))
             for r in range(1, world):
                 rr = _tensors(torch.load(many / p.name.replace("rank0", f"rank{r}"), weights_only=True))
                 equal &= all(torch.equal(r0[k], rr[k]) for k in r0)
-        rows[one.name] = {"state": state, "loss": loss, "top1": abs(ra["top1"] - rb["top1"]), "ranks_equal": equal}
+        top = abs(ra["metrics"][metric] - rb["metrics"][metric])
+        rows[one.name] = {"state": state, "loss": loss, "metric": top, "ranks_equal": equal}
     return rows
