@@ -132,7 +132,9 @@ def bn_before_preact(model: nn.Module, layout: Any, stages: list[str]) -> list[n
             if isinstance(m, nn.BatchNorm2d)
         ]
         hooks += [
-            mods[layout.preact[s]].register_forward_pre_hook(lambda mod, i, s=s: pre.__setitem__(s, i[0].grad_fn))
+            mods[layout.preact[s]].register_forward_pre_hook(
+                lambda mod, i, s=s: pre.__setitem__(s, i[0].grad_fn if len(i) == 1 else None)
+            )  # several inputs (a concatenation, ShuffleNet-V2's): no one BN before it
             for s in stages
         ]
         with torch.enable_grad(), torch.random.fork_rng(devices=[]):

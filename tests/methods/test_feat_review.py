@@ -226,6 +226,7 @@ def test_ofd_connector_init_and_state():
             "ResNet50", ["layer1.2.bn3", "layer2.3.bn3", "layer3.5.bn3", "layer4.2.bn3"], marks=pytest.mark.slow
         ),
         ("vgg8", ["block1.1", "block2.1", "block3.1", "block4.1"]),
+        ("wrn_16_2", ["block2.layer.0.bn1", "block3.layer.0.bn1", "bn1"]),  # RepDistiller wrn.py:96-101
     ],
 )
 def test_bn_before_each_preactivation_is_what_the_authors_list(arch, expected):
@@ -240,12 +241,17 @@ def test_bn_before_each_preactivation_is_what_the_authors_list(arch, expected):
 
 
 def test_ofd_needs_preactivations_one_line_error():
-    wrn = build_cifar_model("wrn_16_2", 10)
-    layout = describe(wrn, torch.randn(2, 3, 32, 32))
+    net = build_cifar_model("MobileNetV2", 10)
+    net.feature_preacts = {}  # a model without pre-activations
+    layout = describe(net, torch.randn(2, 3, 32, 32))
     with pytest.raises(UsageError, match="no output 'preact_stage1'"):
-        Tap(wrn, layout, METHODS.get("ofd").needs.student)
+        Tap(net, layout, METHODS.get("ofd").needs.student)
     with pytest.raises(UsageError, match="no pre-activation of stage1"):
-        bn_before_preact(wrn, layout, ["stage1"])
+        bn_before_preact(net, layout, ["stage1"])
+    shuffle = build_cifar_model("ShuffleV2", 10)  # a pre-activation made of two parts: no one BN before it
+    layout = describe(shuffle, torch.randn(2, 3, 32, 32))
+    with pytest.raises(UsageError, match="pre-activation of stage1 is not the output of a BatchNorm2d"):
+        bn_before_preact(shuffle, layout, ["stage1"])
 
 
 def test_aligned_last_keeps_the_deepest():
