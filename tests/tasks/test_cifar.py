@@ -544,3 +544,19 @@ def test_cifar_labels_are_integers_in_range_and_the_example_is_a_bad_one(tmp_pat
         "run", "--dry-run", "--out", str(tmp_path / "runs"), "--task", "cifar100", "--data-root", str(tmp_path / "data")
     )
     assert rc == 2 and err.count("\n") == 1 and needle.format(last=99) in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pair", list(get_task("cifar100").pairs()))
+def test_every_pair_dry_runs_ab_ofd_reviewkd(cifar_root, tmp_path, cli, pair):
+    """Issue 33: AB, OFD and ReviewKD read pre-activations, which WRN, ShuffleNet-V1/V2 and MobileNet-V2 now give
+    (RepDistiller's preact=True tensors): run's check before training (the models built, every method set up from
+    a probe) accepts them on every published pair; --dry-run lists their cells and writes nothing."""
+    out = tmp_path / "runs"
+    argv = ["run", "--task", "cifar100", "--pair", pair, "--methods", "ab,ofd,reviewkd", "--dry-run"]
+    rc, stdout, err = cli(*argv, "--data-root", str(cifar_root), "--out", str(out), "--no-progress")
+    assert rc == 0, err
+    cells = stdout.splitlines()
+    for method in ("ab", "ofd", "reviewkd"):
+        assert any(f"/student_{method}_" in c for c in cells), (method, cells)
+    assert not out.exists() or [p for p in out.rglob("*") if p.is_file()] == []
