@@ -10,7 +10,8 @@ Names (the same tensors RepDistiller's ``is_feat=True`` / mdistiller's ``feats``
 - ``preact_stageK``: the same stage before its final activation (RepDistiller's ``preact=True``): where the
   model's table ``feature_preacts`` says (stage name -> the path of the module whose input is the
   pre-activation: lskd-bench's WRN, ShuffleNets and MobileNet-V2, whose pre-activations RepDistiller takes outside
-  the stage or assembles from two tensors), else where the stage ends in an activation module (its input);
+  the stage or assembles from two tensors), else, for a stage the table does not list, where the stage ends in an
+  activation module (its input);
 - shorthands a method may declare: ``stages`` (every ``stage1..N`` of the model), ``preact_stages``,
   ``stem_stages`` (``stage0`` where the model has one, then every stage), ``last_stage`` (the deepest stage).
 
@@ -130,11 +131,11 @@ def describe(model: nn.Module, x: torch.Tensor) -> Layout:
     stages = {k: v for k, v in stages.items() if v in mods}
     layout = Layout(stages=dict(stages))
     layout.shapes = {"embedding": head_in[-1] if head_in else (), **{k: shape_of.get(v, ()) for k, v in stages.items()}}
-    table = getattr(model, "feature_preacts", None)
+    table = getattr(model, "feature_preacts", None) or {}
     for name, path in stages.items():
-        if table is not None:  # the model's own table (a stage it leaves out has none)
-            pre = table.get(name)
-            if pre is None or pre not in in_shape:
+        if name in table:  # the model's own table; a stage it leaves out follows the rule below
+            pre = table[name]
+            if pre not in in_shape:
                 continue
         else:
             inside = [p for p in calls if p == path or p.startswith(path + ".")]
