@@ -157,3 +157,16 @@ def test_every_method_steps_on_every_pair(task_name, pair, name):
     loss = _step(method.compute, student, tap, x, y, t_out, ctx, opt, lambda m: m.train())
     assert math.isfinite(loss), f"{name}: loss {loss}"
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters())), "the student did not change"
+
+
+def test_no_published_reference_for_a_refused_combination():
+    """Every published number that ``compare`` may print (``kd_references``: mdistiller's, [S]'s and RepDistiller's
+    rows) is of a method and pair this matrix steps, none of them refused (a refused cell never has results, and
+    ``compare`` sets references beside cells that ran only)."""
+    from lskd_bench.leaderboard.reference import kd_references
+
+    stepped = {(t, p, m) for t, p, m in CASES}
+    for ref in kd_references():
+        base = ref.method.removesuffix("+kd")
+        assert (ref.task, ref.pair, base) in stepped, ref
+        assert (ref.task, ref.pair, base) not in REFUSED, ref

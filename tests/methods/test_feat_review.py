@@ -227,6 +227,9 @@ def test_ofd_connector_init_and_state():
         ),
         ("vgg8", ["block1.1", "block2.1", "block3.1", "block4.1"]),
         ("wrn_16_2", ["block2.layer.0.bn1", "block3.layer.0.bn1", "bn1"]),  # RepDistiller wrn.py:96-101
+        # RepDistiller mobilenetv2.py:119-124 (blocks[i][-1].conv[-1]; not the identity shortcut's BN)
+        ("MobileNetV2", ["blocks.1.1.conv.7", "blocks.2.2.conv.7", "blocks.4.2.conv.7", "blocks.6.0.conv.7"]),
+        ("ShuffleV1", ["layer1.3.bn3", "layer2.7.bn3", "layer3.3.bn3"]),  # the last unit's main path
     ],
 )
 def test_bn_before_each_preactivation_is_what_the_authors_list(arch, expected):
