@@ -211,8 +211,11 @@ class Tap:
             and not (n.startswith("preact_") and n.removeprefix("preact_") in layout.preact)
         ]
         if missing:
+            why = ""
+            if missing[0].startswith("preact_") and missing[0].removeprefix("preact_") in layout.stages:
+                why = "; its stage does not end in an activation module and the model lists no feature_preacts"
             raise UsageError(
-                f"{type(model).__name__} has no output {missing[0]!r} (it has: {', '.join(layout.names())})"
+                f"{type(model).__name__} has no output {missing[0]!r} (it has: {', '.join(layout.names())}){why}"
             )
         self.out = Outputs()
         self._hooks: list = []
