@@ -8,9 +8,12 @@ weight initialisation follows each file too. What differs: ``forward`` returns t
 intermediate feature maps that feature-distillation methods read are captured by forward hooks at the modules
 named in each class's ``feature_stages`` (``lskd_bench/outputs.py``; the tensors of RepDistiller's
 ``is_feat=True``: the stem ``stage0``, the stages ``stage1..N``), so the activations after a stem or a stage are
-parameter-free ``nn.ReLU`` modules where the original applies ``F.relu`` (same values, same ``state_dict``). Every
-model offers ``features(x)`` (the pooled penultimate vector) and ``head`` (its final linear layer), the interface
-of ``ClassifierNet`` that the analysis reads.
+parameter-free ``nn.ReLU`` modules where the original applies ``F.relu`` (same values, same ``state_dict``). The
+pre-activations of ``is_feat=True, preact=True`` (``preact_stageK``) are the input of the stage's last activation,
+or, where RepDistiller takes them elsewhere (WRN, ShuffleNet-V2, MobileNet-V2), of the module named in the
+class's ``feature_preacts`` (a parameter-free ``PreActivation`` where the original assembles one from two
+tensors). Every model offers ``features(x)`` (the pooled penultimate vector) and ``head`` (its final linear
+layer), the interface of ``ClassifierNet`` that the analysis reads.
 
 Also here: MobileNet-V1 for 224 x 224 ImageNet as mdistiller defines it (models/imagenet/mobilenetv1.py),
 the student of its ResNet-50 -> MobileNet-V1 pair.
@@ -42,6 +45,15 @@ class CifarNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return getattr(self, self.head_name)(self.features(x))
+
+
+class PreActivation(nn.Module):
+    """A parameter-free no-op that marks a pre-activation the forward never forms as one tensor: it is called with
+    its parts, and ``lskd_bench.outputs`` (a forward pre-hook, only while a method reads it) takes their channel
+    concatenation. No weights, no ``state_dict`` entries."""
+
+    def forward(self, *parts: torch.Tensor) -> None:
+        return None
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -222,13 +234,24 @@ class _NetworkBlock(nn.Module):
 
 
 class WideResNet(CifarNet):
-    """WRN-depth-k: 3 groups of (depth - 4) / 6 pre-activation blocks of width 16k / 32k / 64k."""
+    """WRN-depth-k: 3 groups of (depth - 4) / 6 pre-activation blocks of width 16k / 32k / 64k. A group ends in a
+    sum (its blocks pre-activate their input), so a stage's pre-activation is the next BN's output, the input of
+    the ReLU after it, as RepDistiller's wrn.py forward(preact=True) (b84f547 models/wrn.py:118-121:
+    ``block2.layer[0].bn1(f1)``, ``block3.layer[0].bn1(f2)``, ``bn1(f3)``) and OFD's ``get_bn_before_relu``.
+    The values are the same; RepDistiller gets them by calling those BNs a second time, which in training mode
+    also updates their running statistics a second time per step (its AB student): lskd-bench reads what the
+    forward computes and does not repeat that update."""
 
     feature_stages: ClassVar[dict[str, str]] = {
         "stage0": "conv1",
         "stage1": "block1",
         "stage2": "block2",
         "stage3": "block3",
+    }
+    feature_preacts: ClassVar[dict[str, str]] = {
+        "stage1": "block2.layer.0.relu1",
+        "stage2": "block3.layer.0.relu1",
+        "stage3": "relu",
     }
 
     def __init__(self, depth: int, widen: int, num_classes: int = 100):
@@ -313,17 +336,20 @@ class _ShuffleV1Block(nn.Module):
         self.bn2 = nn.BatchNorm2d(mid)
         self.conv3, self.bn3 = nn.Conv2d(mid, cout, 1, groups=groups, bias=False), nn.BatchNorm2d(cout)
         self.shortcut = nn.Sequential(nn.AvgPool2d(3, stride=2, padding=1)) if stride == 2 else nn.Sequential()
+        self.relu = nn.ReLU()  # the unit's last activation: its input is the pre-activation (no weights)
 
     def forward(self, x):
         out = channel_shuffle(F.relu(self.bn1(self.conv1(x))), self.g)
         out = self.bn3(self.conv3(F.relu(self.bn2(self.conv2(out)))))
         res = self.shortcut(x)
-        return F.relu(torch.cat([out, res], 1) if self.stride == 2 else out + res)
+        return self.relu(torch.cat([out, res], 1) if self.stride == 2 else out + res)
 
 
 class ShuffleNetV1(CifarNet):
     """ShuffleNet-V1 (g = 3) for 32 x 32 inputs, as CRD's ShuffleNetv1.py: a 1x1 stem and three stages of
-    4 / 8 / 4 units of 240 / 480 / 960 channels, each stage opening with a stride-2 unit."""
+    4 / 8 / 4 units of 240 / 480 / 960 channels, each stage opening with a stride-2 unit. A stage's
+    pre-activation is its last unit's sum (or concatenation) before the final ReLU (b84f547 ShuffleNetv1.py:
+    the last Bottleneck's ``preact``, returned as ``f1_pre..f3_pre``, :110-111)."""
 
     head_name = "linear"
     feature_stages: ClassVar[dict[str, str]] = {
@@ -342,6 +368,7 @@ class ShuffleNetV1(CifarNet):
         self.layer2 = self._layer(out_planes[1], num_blocks[1], groups)
         self.layer3 = self._layer(out_planes[2], num_blocks[2], groups)
         self.linear = nn.Linear(out_planes[2], num_classes)
+        self.feature_preacts = {f"stage{i + 1}": f"layer{i + 1}.{n - 1}.relu" for i, n in enumerate(num_blocks)}
 
     def _layer(self, cout: int, n: int, groups: int) -> nn.Sequential:
         layers = []
@@ -364,13 +391,15 @@ class _ShuffleV2Block(nn.Module):
         self.conv1, self.bn1 = nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c)
         self.conv2, self.bn2 = nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False), nn.BatchNorm2d(c)
         self.conv3, self.bn3 = nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c)
+        self.preact = PreActivation()  # cat([x1, bn3 output]): the unit's pre-activation, unshuffled
 
     def forward(self, x):
         c = x.shape[1] // 2
         x1, x2 = x[:, :c], x[:, c:]
         out = F.relu(self.bn1(self.conv1(x2)))
-        out = F.relu(self.bn3(self.conv3(self.bn2(self.conv2(out)))))
-        return channel_shuffle(torch.cat([x1, out], 1), 2)
+        pre = self.bn3(self.conv3(self.bn2(self.conv2(out))))
+        self.preact(x1, pre)
+        return channel_shuffle(torch.cat([x1, F.relu(pre)], 1), 2)
 
 
 class _ShuffleV2Down(nn.Module):
@@ -392,7 +421,9 @@ class _ShuffleV2Down(nn.Module):
 
 class ShuffleNetV2(CifarNet):
     """ShuffleNet-V2 1x for 32 x 32 inputs, as CRD's ShuffleNetv2.py: a 1x1 stem, three stages (a stride-2
-    unit then 3 / 7 / 3 units of 116 / 232 / 464 channels), a 1x1 conv to 1024, average pooling."""
+    unit then 3 / 7 / 3 units of 116 / 232 / 464 channels), a 1x1 conv to 1024, average pooling. A stage's
+    pre-activation is its last unit's ``cat([x1, bn3(...)])`` before the channel shuffle (b84f547 ShuffleNetv2.py:
+    the last BasicBlock's ``preact``, returned as ``f1_pre..f3_pre``, :156-157), read at its ``preact`` marker."""
 
     head_name = "linear"
     feature_stages: ClassVar[dict[str, str]] = {
@@ -413,6 +444,7 @@ class ShuffleNetV2(CifarNet):
         self.conv2 = nn.Conv2d(out_channels[2], out_channels[3], 1, 1, 0, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels[3])
         self.linear = nn.Linear(out_channels[3], num_classes)
+        self.feature_preacts = {f"stage{i + 1}": f"layer{i + 1}.{n}.preact" for i, n in enumerate(num_blocks)}
 
     def _layer(self, cout: int, n: int) -> nn.Sequential:
         layers: list[nn.Module] = [_ShuffleV2Down(self.in_channels, cout)]
@@ -456,7 +488,9 @@ class _InvertedResidual(nn.Module):
 
 class MobileNetV2(CifarNet):
     """CRD's CIFAR MobileNet-V2 ``mobile_half``: expansion 6, width 0.5, a stride-2 stem, 1280-channel last
-    conv, classifier ``Sequential(Linear)``."""
+    conv, classifier ``Sequential(Linear)``. Its stages end in a linear BN (no activation): RepDistiller's
+    forward returns the same f1..f4 with ``preact=True`` (b84f547 mobilenetv2.py:157-158), so a stage's
+    pre-activation is the stage's output, read as the input of the module after it."""
 
     head_name = "classifier"
     feature_stages: ClassVar[dict[str, str]] = {
@@ -466,6 +500,12 @@ class MobileNetV2(CifarNet):
         "stage3": "blocks.4",
         "stage4": "blocks.6",
     }  # RepDistiller mobilenetv2.py forward(is_feat=True): f0..f4
+    feature_preacts: ClassVar[dict[str, str]] = {
+        "stage1": "blocks.2",
+        "stage2": "blocks.3",
+        "stage3": "blocks.5",
+        "stage4": "conv2",
+    }
 
     def __init__(self, num_classes: int = 100, expand: int = 6, width: float = 0.5):
         super().__init__()

@@ -7,16 +7,21 @@ Names (the same tensors RepDistiller's ``is_feat=True`` / mdistiller's ``feats``
 - ``stage0``: the stem's output, where the model's table names one (RepDistiller's ``feat[0]``; for timm models
   the first level of ``feature_info``, at reduction 2);
 - ``stage1`` ... ``stageN``: the output of each stage (post-activation, ``feat[1:-1]``);
-- ``preact_stageK``: the same stage before its final activation (RepDistiller's ``preact=True``), where the
-  stage ends in an activation module;
+- ``preact_stageK``: the same stage before its final activation (RepDistiller's ``preact=True``): where the
+  model's table ``feature_preacts`` says (stage name -> the path of the module whose input is the
+  pre-activation: lskd-bench's WRN, ShuffleNets and MobileNet-V2, whose pre-activations RepDistiller takes outside
+  the stage or assembles from two tensors), else, for a stage the table does not list, where the stage ends in an
+  activation module (its input);
 - shorthands a method may declare: ``stages`` (every ``stage1..N`` of the model), ``preact_stages``,
   ``stem_stages`` (``stage0`` where the model has one, then every stage), ``last_stage`` (the deepest stage).
 
 Where the stages are, per model, in this order of preference: the model's own table ``feature_stages``
 (name -> module path: lskd-bench's CIFAR and digits models), timm's ``feature_info`` (every timm model), else a
 probe forward that takes, at each spatial resolution, the last block-level module to produce it (other
-torchvision and plain ``nn.Module`` backbones). Outputs are captured with forward hooks while a ``Tap`` is open:
-nothing per architecture, and nothing is kept that no method asked for.
+torchvision and plain ``nn.Module`` backbones). Outputs are captured with forward hooks while a ``Tap`` is open
+(a pre-activation is the input of its module, or the channel concatenation of its inputs where the module is
+called with several, e.g. ``cifar_models.PreActivation``): no weights, and nothing is kept that no method asked
+for.
 """
 
 from __future__ import annotations
@@ -57,7 +62,8 @@ def _modules_by_path(model: nn.Module) -> dict[str, nn.Module]:
 @dataclass
 class Layout:
     """Where a model's named outputs come from: ``stages`` name -> module path, ``preact`` name -> the path of
-    the activation module whose input is that stage's pre-activation, ``shapes`` name -> per-sample shape."""
+    the module whose input is that stage's pre-activation (``preact_input``), ``shapes`` name -> per-sample
+    shape."""
 
     stages: dict[str, str] = field(default_factory=dict)
     preact: dict[str, str] = field(default_factory=dict)
@@ -65,6 +71,12 @@ class Layout:
 
     def names(self) -> list[str]:
         return ["logits", "embedding", *self.stages, *(f"preact_{k}" for k in self.preact)]
+
+
+def preact_input(inputs: tuple) -> torch.Tensor:
+    """The pre-activation a module's forward pre-hook sees: its input (cloned: an activation may run in place), or
+    the channel concatenation of its inputs where it is called with several (``cifar_models.PreActivation``)."""
+    return inputs[0].clone() if len(inputs) == 1 else torch.cat(inputs, 1)
 
 
 def _timm_stages(model: nn.Module) -> dict[str, str] | None:
@@ -83,11 +95,19 @@ def describe(model: nn.Module, x: torch.Tensor) -> Layout:
     mods = _modules_by_path(model)
     order: list[tuple[str, tuple[int, ...]]] = []  # (path, output shape) in order of completion
     calls: list[str] = []  # paths in order of call
+    in_shape: dict[str, tuple[int, ...]] = {}  # path -> the shape of its input (channels summed over several)
     hooks = []
+
+    def called(p: str, inp: tuple) -> None:
+        calls.append(p)
+        ts = [t for t in inp if torch.is_tensor(t)]
+        if ts and all(t.dim() == ts[0].dim() >= 2 for t in ts):
+            in_shape[p] = (sum(t.shape[1] for t in ts), *ts[0].shape[2:])
+
     for path, m in mods.items():
         if not path:
             continue
-        hooks.append(m.register_forward_pre_hook(lambda mod, inp, p=path: calls.append(p)))
+        hooks.append(m.register_forward_pre_hook(lambda mod, inp, p=path: called(p, inp)))
         hooks.append(
             m.register_forward_hook(
                 lambda mod, inp, out, p=path: order.append((p, tuple(out.shape[1:]) if torch.is_tensor(out) else ()))
@@ -111,12 +131,20 @@ def describe(model: nn.Module, x: torch.Tensor) -> Layout:
     stages = {k: v for k, v in stages.items() if v in mods}
     layout = Layout(stages=dict(stages))
     layout.shapes = {"embedding": head_in[-1] if head_in else (), **{k: shape_of.get(v, ()) for k, v in stages.items()}}
+    table = getattr(model, "feature_preacts", None) or {}
     for name, path in stages.items():
-        inside = [p for p in calls if p == path or p.startswith(path + ".")]
-        leaves = [p for p in inside if not any(q.startswith(p + ".") for q in mods if q != p)]
-        if leaves and isinstance(mods[leaves[-1]], ACTIVATIONS):
-            layout.preact[name] = leaves[-1]
-            layout.shapes[f"preact_{name}"] = layout.shapes[name]
+        if name in table:  # the model's own table; a stage it leaves out follows the rule below
+            pre = table[name]
+            if pre not in in_shape:
+                continue
+        else:
+            inside = [p for p in calls if p == path or p.startswith(path + ".")]
+            leaves = [p for p in inside if not any(q.startswith(p + ".") for q in mods if q != p)]
+            if not leaves or not isinstance(mods[leaves[-1]], ACTIVATIONS):
+                continue
+            pre = leaves[-1]
+        layout.preact[name] = pre
+        layout.shapes[f"preact_{name}"] = in_shape.get(pre, layout.shapes[name])
     return layout
 
 
@@ -170,7 +198,7 @@ def _ordered(stages: dict[str, str]) -> list[str]:
 class Tap:
     """Captures the named outputs ``names`` (all but ``logits``, which the caller has) of ``model`` during the
     forward passes made inside ``with tap:``; ``tap.out`` holds the last pass's tensors. Pre-activations are
-    cloned when captured (the activation may run in place)."""
+    cloned when captured (the activation may run in place; ``preact_input``)."""
 
     def __init__(self, model: nn.Module, layout: Layout, names: Iterable[str]):
         self.model, self.layout = model, layout
@@ -183,8 +211,11 @@ class Tap:
             and not (n.startswith("preact_") and n.removeprefix("preact_") in layout.preact)
         ]
         if missing:
+            why = ""
+            if missing[0].startswith("preact_") and missing[0].removeprefix("preact_") in layout.stages:
+                why = "; its stage does not end in an activation module and the model lists no feature_preacts"
             raise UsageError(
-                f"{type(model).__name__} has no output {missing[0]!r} (it has: {', '.join(layout.names())})"
+                f"{type(model).__name__} has no output {missing[0]!r} (it has: {', '.join(layout.names())}){why}"
             )
         self.out = Outputs()
         self._hooks: list = []
@@ -200,7 +231,7 @@ class Tap:
                 h = head_module(self.model).register_forward_pre_hook(lambda m, inp, n=n: self._put(n, inp[0]))
             elif n.startswith("preact_"):
                 path = self.layout.preact[n.removeprefix("preact_")]
-                h = mods[path].register_forward_pre_hook(lambda m, inp, n=n: self._put(n, inp[0].clone()))
+                h = mods[path].register_forward_pre_hook(lambda m, inp, n=n: self._put(n, preact_input(inp)))
             else:
                 h = mods[self.layout.stages[n]].register_forward_hook(lambda m, inp, out, n=n: self._put(n, out))
             self._hooks.append(h)

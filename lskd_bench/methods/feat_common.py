@@ -104,10 +104,11 @@ def _probe_input(model: nn.Module, layout: Any) -> torch.Tensor | None:
 
 def bn_before_preact(model: nn.Module, layout: Any, stages: list[str]) -> list[nn.BatchNorm2d]:
     """For each stage name (``stageK``), the BatchNorm2d whose output is that stage's pre-activation, or the
-    first addend of it that is one (a residual block's ``bn2(...) + shortcut``: the main path's last BN, what
-    OFD's authors' ``get_bn_before_relu`` lists by hand per architecture, clovaai/overhaul-distillation
-    CIFAR-100/models/*.py). Found from the autograd graph of one hooked forward pass (eval mode, an all-zero
-    input at the layout's resolution), so nothing per architecture; UsageError where there is none."""
+    first addend of it that is one and not an identity shortcut (a residual block's ``bn2(...) + shortcut``, an
+    inverted residual's ``x + conv(x)``: the main path's last BN, what OFD's authors' ``get_bn_before_relu``
+    lists by hand per architecture, clovaai/overhaul-distillation CIFAR-100/models/*.py). Found from the autograd
+    graph of one hooked forward pass (eval mode, an all-zero input at the layout's resolution), so nothing per
+    architecture; UsageError where there is none."""
     mods = dict(model.named_modules())
     missing = [s for s in stages if s not in layout.preact]
     if missing:
@@ -132,7 +133,9 @@ def bn_before_preact(model: nn.Module, layout: Any, stages: list[str]) -> list[n
             if isinstance(m, nn.BatchNorm2d)
         ]
         hooks += [
-            mods[layout.preact[s]].register_forward_pre_hook(lambda mod, i, s=s: pre.__setitem__(s, i[0].grad_fn))
+            mods[layout.preact[s]].register_forward_pre_hook(
+                lambda mod, i, s=s: pre.__setitem__(s, i[0].grad_fn if len(i) == 1 else None)
+            )  # several inputs (a concatenation, ShuffleNet-V2's): no one BN before it
             for s in stages
         ]
         with torch.enable_grad(), torch.random.fork_rng(devices=[]):
@@ -142,13 +145,30 @@ def bn_before_preact(model: nn.Module, layout: Any, stages: list[str]) -> list[n
         for h in hooks:
             h.remove()
 
+    def reaches(node: Any, target: Any) -> bool:
+        """Is ``target`` computed on the way to ``node`` (an ancestor in the autograd graph)?"""
+        seen, stack = set(), [node]
+        while stack:
+            n = stack.pop()
+            if n is None or n in seen:
+                continue
+            if n is target:
+                return True
+            seen.add(n)
+            stack.extend(f for f, _ in n.next_functions)
+        return False
+
     def find(node: Any) -> nn.Module | None:
         if node is None:
             return None
         if node in bn_of:
             return bn_of[node]
         if type(node).__name__.startswith("AddBackward"):
-            for nxt, _ in node.next_functions:
+            addends = [nxt for nxt, _ in node.next_functions if nxt is not None]
+            # an identity shortcut is an addend the other one is computed from (MobileNet-V2's x + conv(x)): the
+            # main path's BN is the other's; otherwise the first addend's (a ResNet's bn2(...) + downsample(x))
+            main = [a for a in addends if not any(b is not a and reaches(b, a) for b in addends)]
+            for nxt in main:
                 found = find(nxt)
                 if found is not None:
                     return found

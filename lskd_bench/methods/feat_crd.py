@@ -286,7 +286,10 @@ class AB(_InitStage):
     the main stage is then plain ``ce * CE``: RepDistiller's ``loss_kd = 0`` for abound (``loops.py:171-173``),
     the connector not trained further (not in its ``trainable_list``). -b 1 (``run_cifar_distill.sh:21``) weighs
     nothing. Stages are paired by index for the stages both have (``feat_common.paired``; RepDistiller's pairs have
-    as many). The init stage runs as part of the cell (``init_epochs`` 30).
+    as many). The init stage runs as part of the cell (``init_epochs`` 30). The pre-activations are RepDistiller's
+    ``preact=True`` tensors for every CIFAR model (``cifar_models``); one difference for a WRN student: RepDistiller
+    gets them by calling the next BN again (wrn.py:118-121), which in training mode updates that BN's running
+    statistics a second time per step; lskd-bench reads the forward's value and updates them once.
 
     parity: RepDistiller@b84f547 distiller_zoo/AB.py:16 ABLoss.forward + models/util.py:65 Connector (same
     seed: equal connector weights), pre-activations shaped as resnet32x4/resnet8x4's (identity connectors) and

@@ -93,8 +93,9 @@ class ReviewKD(FeatureMethod):
     CIFAR-100/model/reviewkd.py, train.py:221-225): the student's stages ``stage1..N`` (post-activation,
     ``is_feat=True``) and its pooled embedding (as a 1x1 map) go through one ABF each, from the deepest up,
     each fusing the deeper level's output (the review path); every output is compared with the teacher's
-    pre-activation stage (``preact=True``; ``teacher_preact: false`` takes the stage outputs, for teachers
-    whose stages do not end in an activation, e.g. WRN) or its embedding by the HCL loss. Channels and sizes
+    pre-activation stage (``preact=True``: for a WRN teacher the next BN's output, as the authors'
+    model/wide_resnet_cifar.py:120-123; ``teacher_preact: false`` takes the stage outputs) or its embedding by the
+    HCL loss. Channels and sizes
     come from the probe (the authors list them per architecture, reviewkd.py:90-150); the middle width is
     ``min(max_mid_channels, student embedding width)`` (reviewkd.py:69). The feature term's weight ramps up
     linearly, ``beta * min(1, epoch / warmup_epochs)`` (0-based epoch; train.py:225).
@@ -136,9 +137,8 @@ class ReviewKD(FeatureMethod):
             bool,
             True,
             "compare with the teacher's pre-activation stages (ReviewKD "
-            "CIFAR-100/train.py:222 preact=True); false: its stage outputs, for teachers without "
-            "pre-activations (WRN: the authors apply the next block's bn1 there, "
-            "model/wide_resnet_cifar.py:120-123, which lskd-bench's layout does not capture)",
+            "CIFAR-100/train.py:222 preact=True; a WRN teacher's are the next block's bn1 output, "
+            "model/wide_resnet_cifar.py:120-123); false: its stage outputs",
         ),
     )
 
@@ -234,7 +234,9 @@ class OFD(FeatureMethod):
     (``feat_common.bn_before_preact``), not listed per architecture (the authors' ``get_bn_before_relu``).
     Stage counts that differ: the deepest stages both have, the teacher's map adaptive-average-pooled to the
     student's size, as mdistiller@a08d46f distillers/OFD.py:142-165 (with each paired stage's own margin).
-    Needs the student's pre-activations (``preact_stages``: CIFAR ResNets, ResNet50, VGG, digits CNNs).
+    Needs the student's pre-activations (``preact_stages``: every lskd-bench CIFAR model, as RepDistiller's
+    ``preact=True``, digits CNNs, torchvision ResNets); a teacher's must each be a BN's output or a sum with one
+    (not ShuffleNet-V2's concatenation, which the authors do not support as a teacher either).
 
     parity: clovaai/overhaul-distillation@76344a8 CIFAR-100/distiller.py:9-72 with train_with_distillation.py:91
     (its Distiller with the same connector weights, margins from the same teacher BNs (random affine values,

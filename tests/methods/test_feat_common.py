@@ -60,9 +60,17 @@ def test_named_outputs_of_a_cifar_resnet_are_repdistillers_feats():
 def test_tap_names_what_exists_for_an_unknown_output():
     m = build_cifar_model("wrn_16_2", 100)
     layout = describe(m, torch.randn(2, 3, 32, 32))
-    with pytest.raises(UsageError, match=r"has no output 'preact_stage2' \(it has: logits, embedding, stage0"):
+    with pytest.raises(UsageError, match=r"has no output 'preact_stage4' \(it has: logits, embedding, stage0"):
+        Tap(m, layout, ["preact_stage4"])
+    m = build_cifar_model("MobileNetV2", 100)
+    m.feature_preacts = {}  # without its table: its stages end in a BN, the activation rule finds the stem's only
+    layout = describe(m, torch.randn(2, 3, 32, 32))
+    with pytest.raises(UsageError, match=r"has no output 'preact_stage2' \(it has: logits, embedding, stage0") as e:
         Tap(m, layout, ["preact_stage2"])
-    assert "preact_stage2" not in layout.names()  # its blocks end in a convolution: no pre-activation to give
+    assert str(e.value).endswith(
+        "; its stage does not end in an activation module and the model lists no feature_preacts"
+    )
+    assert set(layout.preact) == {"stage0"} and "preact_stage2" not in layout.names()
 
 
 @pytest.mark.parametrize(

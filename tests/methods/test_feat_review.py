@@ -226,6 +226,10 @@ def test_ofd_connector_init_and_state():
             "ResNet50", ["layer1.2.bn3", "layer2.3.bn3", "layer3.5.bn3", "layer4.2.bn3"], marks=pytest.mark.slow
         ),
         ("vgg8", ["block1.1", "block2.1", "block3.1", "block4.1"]),
+        ("wrn_16_2", ["block2.layer.0.bn1", "block3.layer.0.bn1", "bn1"]),  # RepDistiller wrn.py:96-101
+        # RepDistiller mobilenetv2.py:119-124 (blocks[i][-1].conv[-1]; not the identity shortcut's BN)
+        ("MobileNetV2", ["blocks.1.1.conv.7", "blocks.2.2.conv.7", "blocks.4.2.conv.7", "blocks.6.0.conv.7"]),
+        ("ShuffleV1", ["layer1.3.bn3", "layer2.7.bn3", "layer3.3.bn3"]),  # the last unit's main path
     ],
 )
 def test_bn_before_each_preactivation_is_what_the_authors_list(arch, expected):
@@ -240,12 +244,17 @@ def test_bn_before_each_preactivation_is_what_the_authors_list(arch, expected):
 
 
 def test_ofd_needs_preactivations_one_line_error():
-    wrn = build_cifar_model("wrn_16_2", 10)
-    layout = describe(wrn, torch.randn(2, 3, 32, 32))
+    net = build_cifar_model("MobileNetV2", 10)
+    net.feature_preacts = {}  # a model without pre-activations
+    layout = describe(net, torch.randn(2, 3, 32, 32))
     with pytest.raises(UsageError, match="no output 'preact_stage1'"):
-        Tap(wrn, layout, METHODS.get("ofd").needs.student)
+        Tap(net, layout, METHODS.get("ofd").needs.student)
     with pytest.raises(UsageError, match="no pre-activation of stage1"):
-        bn_before_preact(wrn, layout, ["stage1"])
+        bn_before_preact(net, layout, ["stage1"])
+    shuffle = build_cifar_model("ShuffleV2", 10)  # a pre-activation made of two parts: no one BN before it
+    layout = describe(shuffle, torch.randn(2, 3, 32, 32))
+    with pytest.raises(UsageError, match="pre-activation of stage1 is not the output of a BatchNorm2d"):
+        bn_before_preact(shuffle, layout, ["stage1"])
 
 
 def test_aligned_last_keeps_the_deepest():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 
@@ -256,6 +257,44 @@ def test_parameter_counts():
     assert sum(p.numel() for p in MobileNetV1(1000).parameters()) == 4_231_976  # ImageNet MobileNet-V1, 4.2M
 
 
+# sha256 (first 16 hex digits) of each model's state_dict "key:shape" lines, recorded at b9ee720: the layout the
+# shared cifar_teachers checkpoints load into. Named outputs are hooks (parameter-free modules at most), never weights.
+STATE_DICT_KEYS = {
+    "resnet8": "ac039310c98e68d8",
+    "resnet14": "92530df46a51a173",
+    "resnet20": "48702a589dcc22ab",
+    "resnet32": "e488f60b23a4db1c",
+    "resnet44": "fcf7a5a278e22506",
+    "resnet56": "1d3465ca54c565c3",
+    "resnet110": "932a055377884f91",
+    "resnet8x4": "4b191cfaf50907ea",
+    "resnet32x4": "670cd82105052059",
+    "ResNet50": "01c941c55d8830fa",
+    "wrn_16_1": "cc273e84a60cb768",
+    "wrn_16_2": "28fc720be1913fd2",
+    "wrn_40_1": "f8967803e64be646",
+    "wrn_40_2": "029bbe2cbcd6d721",
+    "vgg8": "792c36c85a183c23",
+    "vgg11": "7edcbfd7d4b24633",
+    "vgg13": "adbafd0e22ce9038",
+    "vgg16": "4b0f395fe5fbd954",
+    "vgg19": "0820bef0b1c3cee0",
+    "ShuffleV1": "542ef1e4af09fe27",
+    "ShuffleV2": "db138f467cd82af3",
+    "MobileNetV2": "67dd5adb2196190e",
+    "MobileNetV1": "2f621f7d6f95b957",
+}
+
+
+def test_state_dict_keys_and_shapes_are_unchanged():
+    assert set(STATE_DICT_KEYS) == {*CIFAR_ARCHS, "MobileNetV1"}
+    for arch, digest in STATE_DICT_KEYS.items():
+        with torch.device("meta"):
+            m = MobileNetV1(1000) if arch == "MobileNetV1" else build_cifar_model(arch, 100)
+        lines = "\n".join(f"{k}:{tuple(v.shape)}" for k, v in m.state_dict().items())
+        assert hashlib.sha256(lines.encode()).hexdigest()[:16] == digest, arch
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet8", "wrn_16_1", "vgg8", "ShuffleV1", "ShuffleV2", "MobileNetV2"])
 def test_features_and_head_make_the_logits(arch):
@@ -505,3 +544,19 @@ def test_cifar_labels_are_integers_in_range_and_the_example_is_a_bad_one(tmp_pat
         "run", "--dry-run", "--out", str(tmp_path / "runs"), "--task", "cifar100", "--data-root", str(tmp_path / "data")
     )
     assert rc == 2 and err.count("\n") == 1 and needle.format(last=99) in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pair", list(get_task("cifar100").pairs()))
+def test_every_pair_dry_runs_ab_ofd_reviewkd(cifar_root, tmp_path, cli, pair):
+    """Issue 33: AB, OFD and ReviewKD read pre-activations, which WRN, ShuffleNet-V1/V2 and MobileNet-V2 now give
+    (RepDistiller's preact=True tensors): run's check before training (the models built, every method set up from
+    a probe) accepts them on every published pair; --dry-run lists their cells and writes nothing."""
+    out = tmp_path / "runs"
+    argv = ["run", "--task", "cifar100", "--pair", pair, "--methods", "ab,ofd,reviewkd", "--dry-run"]
+    rc, stdout, err = cli(*argv, "--data-root", str(cifar_root), "--out", str(out), "--no-progress")
+    assert rc == 0, err
+    cells = stdout.splitlines()
+    for method in ("ab", "ofd", "reviewkd"):
+        assert any(f"/student_{method}_" in c for c in cells), (method, cells)
+    assert not out.exists() or [p for p in out.rglob("*") if p.is_file()] == []
