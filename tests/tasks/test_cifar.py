@@ -412,6 +412,25 @@ def test_pair_recipes(cifar_root, tmp_path, pair, teacher, student, lr, beta):
     assert (res.cfg["student"]["arch"], res.cfg["student"]["lr"], res.cfg["dkd"]["beta"]) == (student, 0.02, 1.0)
 
 
+@pytest.mark.parametrize("pair", ["resnet56-resnet20", "resnet32x4-ShuffleV2", "ResNet50-vgg8"])
+def test_dist_and_ctkd_get_their_authors_cifar_settings_on_every_pair(cifar_root, pair):
+    res = resolve("cifar100", {}, {"data": {"root": str(cifar_root)}, "pair": pair})
+    dist, ctkd = res.cfg["dist"], res.cfg["ctkd"]
+    # DIST: image_classification_sota@d9662f7 configs/strategies/distill/dist_cifar.yaml:34-36 (kd: dist_t4)
+    assert (dist["tau"], dist["beta"], dist["gamma"], dist["ce_weight"], dist["kd_weight"]) == (4.0, 1.0, 1.0, 1.0, 2.0)
+    # CTKD: CTKD@7d52522 scripts/run_cifar_distill.sh:19 (-r 0.1 -a 0.9), :22 (0 -> -1 over 10 loops)
+    assert (ctkd["ce_weight"], ctkd["kd_weight"], ctkd["grl_epochs"]) == (0.1, 0.9, 10)
+    assert (ctkd["grl_start"], ctkd["grl_end"], ctkd["t_start"], ctkd["t_end"]) == (0.0, -1.0, 1.0, 20.0)
+    assert res.provenance["dist.tau"] == res.provenance["ctkd.grl_epochs"] == "recipe lskd_bench/configs/cifar100.yaml"
+    # an explicit setting still wins, from a config file or the command line
+    res = resolve("cifar100", {"dist": {"tau": 2.0}}, {"data": {"root": str(cifar_root)}, "ctkd": {"kd_weight": 1.0}})
+    assert (res.cfg["dist"]["tau"], res.cfg["ctkd"]["kd_weight"], res.cfg["ctkd"]["ce_weight"]) == (2.0, 1.0, 0.1)
+    # other tasks keep the authors' ImageNet defaults (the schema's)
+    digits = resolve("digits", {}, {}).cfg
+    assert (digits["dist"]["tau"], digits["ctkd"]["ce_weight"], digits["ctkd"]["kd_weight"]) == (1.0, 1.0, 1.0)
+    assert digits["ctkd"]["grl_epochs"] == 5
+
+
 def test_unknown_pair_and_pairs_on_other_tasks(cifar_root, cli):
     with pytest.raises(UsageError, match=r"unknown pair 'resnet32x4-resnet8' .*did you mean resnet32x4-resnet8x4"):
         resolve("cifar100", {}, {"data": {"root": str(cifar_root)}, "pair": "resnet32x4-resnet8"})
