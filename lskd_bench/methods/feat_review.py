@@ -113,9 +113,10 @@ class ReviewKD(FeatureMethod):
     params = feature_section(
         "ReviewKD",
         5.0,
-        "ReviewKD CIFAR-100/script/reviewKD.sh:7 --kd-loss-weight 5.0 for resnet32x4->resnet8x4 "
-        "(also :1-9 for the WRN/ShuffleV1 pairs; 8.0 for ShuffleV2 :11, 0.6 resnet56->resnet20 :13, 1.0 "
-        "resnet110->resnet32 :15); mdistiller configs/cifar100/reviewkd.yaml:10",
+        "ReviewKD@cede6ea CIFAR-100/script/reviewKD.sh:7 --kd-loss-weight 5.0 for resnet32x4->resnet8x4, "
+        "mdistiller configs/cifar100/reviewkd.yaml:10; cifar100 --pair applies the script's per-pair weights: "
+        "5.0 :1-9 (WRN, ShuffleV1 pairs), 8.0 resnet32x4->ShuffleV2 :11, 0.6 resnet56->resnet20 :13, 1.0 "
+        "resnet110->resnet32 :15",
         warmup_epochs=Field(
             float,
             20.0,

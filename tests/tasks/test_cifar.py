@@ -412,6 +412,29 @@ def test_pair_recipes(cifar_root, tmp_path, pair, teacher, student, lr, beta):
     assert (res.cfg["student"]["arch"], res.cfg["student"]["lr"], res.cfg["dkd"]["beta"]) == (student, 0.02, 1.0)
 
 
+@pytest.mark.parametrize(
+    "pair, beta",
+    [
+        ("resnet32x4-ShuffleV2", 8.0),  # ReviewKD@cede6ea CIFAR-100/script/reviewKD.sh:11
+        ("resnet56-resnet20", 0.6),  # :13
+        ("resnet110-resnet32", 1.0),  # :15
+        ("resnet32x4-resnet8x4", 5.0),  # :7
+        ("wrn_40_2-ShuffleV1", 5.0),  # :5
+        ("vgg13-vgg8", 5.0),  # no command for this pair: the schema's (mdistiller reviewkd.yaml:10)
+    ],
+)
+def test_pair_applies_reviewkds_published_weight(cifar_root, pair, beta):
+    res = resolve("cifar100", {}, {"data": {"root": str(cifar_root)}, "pair": pair})
+    assert res.cfg["reviewkd"]["beta"] == beta
+    if beta != 5.0:
+        assert res.provenance["reviewkd.beta"].startswith(f"pair {pair}")
+    # an explicit setting wins over the pair's, from the command line or a config file
+    over = resolve("cifar100", {}, {"data": {"root": str(cifar_root)}, "pair": pair, "reviewkd": {"beta": 2.5}})
+    assert over.cfg["reviewkd"]["beta"] == 2.5 and over.provenance["reviewkd.beta"] == "command line"
+    over = resolve("cifar100", {"pair": pair, "reviewkd": {"beta": 3.0}}, {"data": {"root": str(cifar_root)}})
+    assert over.cfg["reviewkd"]["beta"] == 3.0
+
+
 @pytest.mark.parametrize("pair", ["resnet56-resnet20", "resnet32x4-ShuffleV2", "ResNet50-vgg8"])
 def test_dist_and_ctkd_get_their_authors_cifar_settings_on_every_pair(cifar_root, pair):
     res = resolve("cifar100", {}, {"data": {"root": str(cifar_root)}, "pair": pair})
