@@ -56,10 +56,11 @@ def test_recipe_hashes(task):
     assert _names(cfg) == GOLDEN[task]
 
 
-def cifar100_pair_grid(pair):
+def cifar100_pair_grid(pair, **more):
     t = get_task("cifar100")
     grid = {"alphas": [0.1], "temperatures": [4.0]}
     command_line = {"task": "cifar100", "data": {"root": "/data/cifar100"}, "methods": CIFAR_METHODS, "grid": grid}
+    command_line.update(more)
     layers = [(t.recipe_source(), t.default_config()), t.pair_layer(pair), ("command line", command_line)]
     return resolve_layers(t, layers).cfg
 
@@ -67,6 +68,22 @@ def cifar100_pair_grid(pair):
 @pytest.mark.parametrize("pair", CIFAR_PAIRS)
 def test_cifar100_pair_hashes(pair):
     assert _names(cifar100_pair_grid(pair)) == GOLDEN["cifar100_pairs"][pair]
+
+
+def test_eval_mode_teacher_keeps_the_names_from_before_teacher_mode_existed():
+    """teacher_mode: eval (every teacher before the option) stays out of the hash: ReviewKD and OFD cells in eval
+    mode keep their b9ee720 names; train mode (now their cifar100 default) is another cell."""
+    before = {
+        "ofd": "student_ofd_resnet8x4_a0.1_Tnone_s0-a87241fa",
+        "reviewkd": "student_reviewkd_resnet8x4_a0.1_Tnone_s0-d2f72e23",
+        "ofd+kd": "student_ofd+kd_resnet8x4_a0.1_T4_s0-2d2618a4",
+        "reviewkd+kd": "student_reviewkd+kd_resnet8x4_a0.1_T4_s0-847a45bb",
+    }
+    eval_mode = {"reviewkd": {"teacher_mode": "eval"}, "ofd": {"teacher_mode": "eval"}}
+    names = _names(cifar100_pair_grid("resnet32x4-resnet8x4", **eval_mode))
+    assert all(n in names for n in before.values())
+    names = _names(cifar100_pair_grid("resnet32x4-resnet8x4"))
+    assert not any(n in names for n in before.values())
 
 
 def test_demo_grid_hashes():

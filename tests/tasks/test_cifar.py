@@ -435,6 +435,20 @@ def test_pair_applies_reviewkds_published_weight(cifar_root, pair, beta):
     assert over.cfg["reviewkd"]["beta"] == 3.0
 
 
+def test_reviewkd_and_ofd_teachers_run_in_their_authors_mode(cifar_root):
+    cfg = _cfg(cifar_root, pair="resnet56-resnet20")
+    # ReviewKD@cede6ea CIFAR-100/train.py never calls teacher.eval(); overhaul-distillation@76344a8
+    # CIFAR-100/train_with_distillation.py:75 d_net.t_net.train()
+    assert (cfg["reviewkd"]["teacher_mode"], cfg["ofd"]["teacher_mode"]) == ("train", "train")
+    # elsewhere ReviewKD's teacher is in eval mode (its ImageNet/imagenet_amp.py:358), OFD's in train mode
+    digits = resolve("digits", {}, {}).cfg
+    assert (digits["reviewkd"]["teacher_mode"], digits["ofd"]["teacher_mode"]) == ("eval", "train")
+    over = _cfg(cifar_root, reviewkd={"teacher_mode": "eval"}, ofd={"teacher_mode": "eval"})
+    assert (over["reviewkd"]["teacher_mode"], over["ofd"]["teacher_mode"]) == ("eval", "eval")
+    with pytest.raises(UsageError, match=r"reviewkd\.teacher_mode must be one of eval, train"):
+        _cfg(cifar_root, reviewkd={"teacher_mode": "training"})
+
+
 @pytest.mark.parametrize("pair", ["resnet56-resnet20", "resnet32x4-ShuffleV2", "ResNet50-vgg8"])
 def test_dist_and_ctkd_get_their_authors_cifar_settings_on_every_pair(cifar_root, pair):
     res = resolve("cifar100", {}, {"data": {"root": str(cifar_root)}, "pair": pair})
