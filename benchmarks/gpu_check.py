@@ -759,7 +759,7 @@ def estimate(s: Setup, m: dict[str, float], gpus: int = 8) -> str:
             fwd, st = px / m["teacher_fwd"], px / m[key]
             # the runner's own fusion (a teacher's students, the baseline in its seed's first group): one teacher
             # forward per group that has a teacher, then each member's step
-            groups = fuse_units(students, fuse=bool(cfg["fuse"]), max_fused=int(cfg["max_fused"]))
+            groups = fuse_units(students, cfg, fuse=bool(cfg["fuse"]), max_fused=int(cfg["max_fused"]))
             s_img_total = sum((fwd * any(c.teacher for c in g) + len(g) * st) / eff_s for g in groups)
             eval_s = n_eval * (evals[0] * fwd + evals[1] * st * STUDENT_FORWARD_SHARE)
             gpu_s = n * (len(teachers) * et * t_img + es * s_img_total) + eval_s

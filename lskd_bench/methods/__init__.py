@@ -7,6 +7,9 @@ What a method reads is ``needs`` (a ``Needs``): which named outputs of the stude
 (``lskd_bench.outputs``: ``logits``, ``embedding``, ``stage0..N``, ``preact_stageK``), whether it trains on
 teacher-generated targets, whether it needs each sample's index in the training set (CRD's memory bank).
 The teacher runs once per batch for a fused group and returns the union of what its members need, nothing else.
+A method with a ``teacher_mode`` parameter (``teacher_mode_field``: ReviewKD, OFD) may ask for the teacher's
+BatchNorm layers to normalise with the batch's statistics, as its authors' train-mode teacher does; members whose
+teachers run in different modes never share a pass (``method_teacher_mode``).
 
 - A **logit method** (``Method``) implements ``loss(student_logits, targets, teacher_logits, ctx)``, called on the
   positions that count: one row per image, or one row per non-pad target token for translation. Its needs are
@@ -143,8 +146,19 @@ class Method:
 
     @classmethod
     def identity_params(cls, p: dict[str, Any]) -> dict[str, Any]:
-        """The part of the method's checked parameters ``p`` that a student cell's hash covers."""
-        return cls.params.identity(p)
+        """The part of the method's checked parameters ``p`` that a student cell's hash covers. ``teacher_mode:
+        eval`` stays out of it: every teacher ran in eval mode before the option existed, so those cells keep
+        their names; ``train`` changes the teacher's outputs and the hash."""
+        out = cls.params.identity(p)
+        if out.get("teacher_mode") == "eval":
+            del out["teacher_mode"]
+        return out
+
+    @property
+    def teacher_mode(self) -> str:
+        """How the teacher runs for this method: "eval" (running BatchNorm statistics, every method's default) or
+        "train" (the batch's statistics, as an authors' train-mode teacher: ``teacher_mode_field``)."""
+        return self.p.get("teacher_mode", "eval")
 
     @property
     def needs_teacher(self) -> bool:
@@ -170,6 +184,32 @@ class Method:
     def report(self) -> dict[str, float]:
         """Values worth logging per epoch (a learned temperature...), saved in the history."""
         return {}
+
+
+TEACHER_MODES = ("eval", "train")
+
+
+def teacher_mode_field(default: str, source: str) -> Field:
+    """A method's ``teacher_mode`` parameter: "eval" (the teacher's BatchNorm layers normalise with their running
+    statistics, every other method's teacher) or "train" (with the batch's, as an authors' code that leaves the
+    teacher in train mode under ``no_grad``: the running statistics are left as they are, they are not read in
+    train mode). The teacher's outputs are a function of the batch alone either way (lskd-bench's models have
+    no dropout), so fused and resumed training stay bit-identical."""
+    return Field(
+        str,
+        default,
+        f"teacher BatchNorm statistics: eval (running) or train (the batch's); {source}",
+        choices=TEACHER_MODES,
+    )
+
+
+def method_teacher_mode(name: str, cfg: dict[str, Any]) -> str | None:
+    """How method ``name``'s teacher runs under the resolved ``cfg`` ("eval" / "train"); None for a method that
+    reads no teacher outputs. Members of one fused pass share one teacher forward: they must agree on this."""
+    cls = method_class(name)
+    if not cls.needs.teacher:
+        return None
+    return method_params(name, cfg).get("teacher_mode", "eval")
 
 
 def feature_section(title: str, beta: float, source: str, **more: Field) -> Section:
@@ -453,6 +493,7 @@ def method_sections() -> dict[str, Section]:
 __all__ = [
     "METHODS",
     "TEACHER_METHOD",
+    "TEACHER_MODES",
     "Composite",
     "FeatureMethod",
     "LossContext",
@@ -469,6 +510,8 @@ __all__ = [
     "method_class",
     "method_params",
     "method_sections",
+    "method_teacher_mode",
     "smoothed_targets",
+    "teacher_mode_field",
     "total_loss",
 ]

@@ -7,10 +7,23 @@ stages than the student (or fewer), the deepest stages both have are paired (``f
 mdistiller's OFD does); a map of another spatial size is resized as each reference does (ReviewKD: nearest
 interpolation inside the fusion module; OFD: adaptive average pooling of the teacher's map to the student's).
 
-Both references run the teacher in training mode (its BN layers normalise with batch statistics:
-dvlab-research/ReviewKD CIFAR-100/train.py never calls ``teacher.eval()``; clovaai/overhaul-distillation
-CIFAR-100/train_with_distillation.py:75 ``d_net.t_net.train()``); lskd-bench's teacher runs in eval mode, as
-every other method's. That changes the teacher's features, not the loss formulas checked below.
+The teacher's mode is each method's ``teacher_mode`` (``train``: its BatchNorm layers normalise with the batch's
+statistics, the running ones untouched; ``eval``: with the running ones, as every other method's teacher):
+
+- ReviewKD's authors leave the teacher in train mode on CIFAR-100 (dvlab-research/ReviewKD@cede6ea
+  CIFAR-100/train.py:123-141 builds and loads it and never calls ``teacher.eval()``; :222 runs it) and put it
+  in eval mode on ImageNet (ImageNet/imagenet_amp.py:357-358 ``model.train(); teacher.eval()``), as mdistiller's
+  ReviewKD does (mdistiller@a08d46f distillers/_base.py:12-20). Default ``eval``; the ``cifar100`` recipe sets
+  ``train``.
+- OFD's authors run it in train mode on CIFAR-100 and ImageNet (clovaai/overhaul-distillation@76344a8
+  CIFAR-100/train_with_distillation.py:73-75, ImageNet/train_with_distillation.py:165-167 ``d_net.t_net.train()``),
+  and so does mdistiller's OFD (distillers/OFD.py:114-121 overrides ``train`` without ``teacher.eval()``).
+  Default ``train``.
+
+The mode changes the teacher's features, not the loss formulas checked below. In train mode the authors' BN
+layers also update their running statistics, which nothing reads afterwards (their teachers are not evaluated
+again; the CIFAR models have no dropout): lskd-bench leaves them untouched, so a teacher shared by cells, or
+reloaded on resume, gives the same outputs every time.
 """
 
 from __future__ import annotations
@@ -22,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..schema import Field
-from . import METHODS, FeatureMethod, Needs, Probe, feature_section
+from . import METHODS, FeatureMethod, Needs, Probe, feature_section, teacher_mode_field
 from .feat_common import aligned_last, bn_before_preact, stage_keys
 
 
@@ -114,9 +127,10 @@ class ReviewKD(FeatureMethod):
     params = feature_section(
         "ReviewKD",
         5.0,
-        "ReviewKD CIFAR-100/script/reviewKD.sh:7 --kd-loss-weight 5.0 for resnet32x4->resnet8x4 "
-        "(also :1-9 for the WRN/ShuffleV1 pairs; 8.0 for ShuffleV2 :11, 0.6 resnet56->resnet20 :13, 1.0 "
-        "resnet110->resnet32 :15); mdistiller configs/cifar100/reviewkd.yaml:10",
+        "ReviewKD@cede6ea CIFAR-100/script/reviewKD.sh:7 --kd-loss-weight 5.0 for resnet32x4->resnet8x4, "
+        "mdistiller configs/cifar100/reviewkd.yaml:10; cifar100 --pair applies the script's per-pair weights: "
+        "5.0 :1-9 (WRN, ShuffleV1 pairs), 8.0 resnet32x4->ShuffleV2 :11, 0.6 resnet56->resnet20 :13, 1.0 "
+        "resnet110->resnet32 :15",
         warmup_epochs=Field(
             float,
             20.0,
@@ -139,6 +153,11 @@ class ReviewKD(FeatureMethod):
             "compare with the teacher's pre-activation stages (ReviewKD "
             "CIFAR-100/train.py:222 preact=True; a WRN teacher's are the next block's bn1 output, "
             "model/wide_resnet_cifar.py:120-123); false: its stage outputs",
+        ),
+        teacher_mode=teacher_mode_field(
+            "eval",
+            "ReviewKD ImageNet/imagenet_amp.py:358 teacher.eval() (and mdistiller distillers/_base.py:19); the "
+            "cifar100 recipe sets train, as CIFAR-100/train.py never calls teacher.eval()",
         ),
     )
 
@@ -255,6 +274,11 @@ class OFD(FeatureMethod):
         1e-3,
         "overhaul-distillation CIFAR-100/train_with_distillation.py:91 "
         "loss_distill.sum() / batch_size / 1000; mdistiller engine/cfg.py:103",
+        teacher_mode=teacher_mode_field(
+            "train",
+            "overhaul-distillation CIFAR-100/train_with_distillation.py:75 and ImageNet/:167 d_net.t_net.train(); "
+            "mdistiller distillers/OFD.py:114-121",
+        ),
     )
 
     def setup(self, probe: Probe) -> None:

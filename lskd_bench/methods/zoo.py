@@ -109,7 +109,9 @@ class DIST(Method):
     """DIST (Huang et al., NeurIPS 2022), eq. 9: ``ce_weight * CE + kd_weight * (beta * inter + gamma * intra)``
     with Pearson-correlation relations of the class probabilities at its own ``tau`` (the grid's T does not
     apply). As hunto/image_classification_sota lib/models/losses/dist_kd.py; defaults from its ImageNet config
-    (configs/strategies/distill/resnet_dist.yaml: ori_loss_weight 1, kd_loss_weight 2; beta = gamma = tau = 1)."""
+    (configs/strategies/distill/resnet_dist.yaml: ori_loss_weight 1, kd_loss_weight 2; beta = gamma = tau = 1).
+    On ``cifar100`` the recipe sets tau 4, its CIFAR config's (image_classification_sota@d9662f7, as pinned by
+    hunto/DIST_KD@2418f18: configs/strategies/distill/dist_cifar.yaml:36 ``kd: dist_t4``, weights :34-35 as here)."""
 
     description = "DIST (Huang et al. 2022): inter- and intra-class Pearson relations, own tau"
     uses_temperature = False
@@ -118,7 +120,8 @@ class DIST(Method):
         "kd_weight": Field(float, 2.0, "weight of the DIST term", min=0.0),
         "beta": Field(float, 1.0, "weight of the inter-class relation", min=0.0),
         "gamma": Field(float, 1.0, "weight of the intra-class relation", min=0.0),
-        "tau": Field(float, 1.0, "DIST's own temperature", min=0.0, min_exclusive=True),
+        "tau": Field(float, 1.0, "DIST's own temperature (cifar100: 4, dist_cifar.yaml:36)", min=0.0,
+                     min_exclusive=True),
     }, "DIST")  # fmt: skip
 
     def loss(self, student_logits, targets, teacher_logits, ctx):
@@ -174,7 +177,9 @@ class CTKD(nn.Module, Method):
     reversal whose strength follows a cosine curriculum from ``grl_start`` to ``grl_end`` over ``grl_epochs``
     epochs; loss ``ce_weight * CE + kd_weight * T^2 * KL(softmax(t/T) || softmax(s/T))``. As zhengli97/CTKD
     (models/temp_global.py, helper/loops.py, train_student.py CosineDecay), defaults from its ImageNet script
-    (scripts/run_imagenet_distill.sh: t_start 1, t_end 20, decay 0 -> -1 over 5 epochs, -r 1 -a 1). theta is
+    (scripts/run_imagenet_distill.sh: t_start 1, t_end 20, decay 0 -> -1 over 5 epochs, -r 1 -a 1); on
+    ``cifar100`` the recipe sets its CIFAR script's CE 0.1, KD 0.9 and 10-epoch curriculum (CTKD@7d52522
+    scripts/run_cifar_distill.sh:19 ``-r 0.1 -a 0.9``, :22 ``--decay_loops 10``). theta is
     the method's own parameter: the runner optimises it with the student and saves it in every checkpoint.
     The grid's T does not apply (T is learned); ``temperature()`` reports the current value."""
 
@@ -187,7 +192,7 @@ class CTKD(nn.Module, Method):
         "t_end": Field(float, 20.0, "temperature span: T = t_start + t_end * sigmoid(theta)", min=0.0),
         "grl_start": Field(float, 0.0, "gradient-reversal factor at the first epoch", max=0.0),
         "grl_end": Field(float, -1.0, "gradient-reversal factor after grl_epochs (negative: reversed)", max=0.0),
-        "grl_epochs": Field(int, 5, "epochs of the cosine curriculum", min=1),
+        "grl_epochs": Field(int, 5, "epochs of the cosine curriculum (cifar100: 10, run_cifar_distill.sh:22)", min=1),
     }, "Curriculum Temperature KD")  # fmt: skip
 
     def __init__(self, params: dict[str, Any] | None = None):

@@ -19,7 +19,7 @@ import yaml
 from .. import store
 from ..config import Resolved, config_hash, resolve_layers
 from ..errors import UsageError
-from ..methods import check_student_methods, method_class
+from ..methods import check_student_methods, method_class, method_teacher_mode
 from ..models import init_path, read_checkpoint
 from ..registry import EXECUTORS
 from ..schema import deep_merge
@@ -109,11 +109,12 @@ def resolve_config(task_name: str | None, file_cfg: Mapping[str, Any], overrides
 
 
 # ------------------------------------------------------------------------------------------ units
-def fuse_units(cells: list[Cell], *, fuse: bool, max_fused: int) -> list[list[Cell]]:
-    """Group cells that can share one data pass: same role recipe, same seed and the same teacher
-    (teachers of all alphas together; the no-KD baseline joins the first student group of its seed;
-    students on teacher-generated targets train on other data, so they group only with each other).
-    Groups larger than ``max_fused`` are split. Without ``fuse`` every cell is its own unit."""
+def fuse_units(cells: list[Cell], cfg: dict[str, Any], *, fuse: bool, max_fused: int) -> list[list[Cell]]:
+    """Group cells that can share one data pass: same role recipe, same seed and the same teacher run in the same
+    mode (``method_teacher_mode`` under ``cfg``: the teacher runs once per batch for the group; teachers of all
+    alphas together; the no-KD baseline joins the first student group of its seed; students on teacher-generated
+    targets train on other data, so they group only with each other). Groups larger than ``max_fused`` are split.
+    Without ``fuse`` every cell is its own unit."""
     if not fuse:
         return [[c] for c in cells]
     groups: dict[tuple, list[Cell]] = defaultdict(list)
@@ -125,7 +126,10 @@ def fuse_units(cells: list[Cell], *, fuse: bool, max_fused: int) -> list[list[Ce
             baselines.append(c)
         else:
             targets = method_class(c.method).needs.teacher_targets
-            key = ("targets", c.seed, c.teacher.hash, c.method) if targets else ("student", c.seed, c.teacher.hash)
+            mode = method_teacher_mode(c.method, cfg) or "eval"
+            key = (
+                ("targets", c.seed, c.teacher.hash, c.method) if targets else ("student", c.seed, c.teacher.hash, mode)
+            )
             groups[key].append(c)
     for b in baselines:
         host = next((k for k in groups if k[0] == "student" and k[1] == b.seed), None)
@@ -217,7 +221,7 @@ def plan_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridPlan
     repairs += find_moved(cells, cfg, out)  # the same data at another path: its finished cells are reused
     pending = [c for c in cells if store.read_result(c.dir(out)) is None]
     _record_config(cfg, out)
-    units = fuse_units(pending, fuse=cfg["fuse"], max_fused=cfg["max_fused"]) if pending else []
+    units = fuse_units(pending, cfg, fuse=cfg["fuse"], max_fused=cfg["max_fused"]) if pending else []
     return GridPlan(
         task, cfg, out, tuple(cells), tuple(tuple(u) for u in units),
         tuple(c for c in cells if c not in pending), tuple(repairs), progress,

@@ -4,7 +4,8 @@ method needs exists in both models, and its parts can be sized)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,27 @@ def probe_outputs(model: nn.Module, layout: Layout, names: Sequence[str], x: tor
     finally:
         model.train(was_training)
     return Outputs({**tap.out, "logits": logits})
+
+
+@contextlib.contextmanager
+def teacher_mode(model: nn.Module, mode: str | None) -> Iterator[None]:
+    """Run ``model`` (a teacher, under ``no_grad``) in ``mode`` for the block: "train" puts its BatchNorm layers
+    in train mode without running statistics, so they normalise with the batch's (what an authors' train-mode
+    teacher computes) and their buffers stay as they are (a teacher shared by cells or reloaded on resume gives the
+    same outputs every time); "eval" or None leaves the model as it is (eval mode). Only BatchNorm changes:
+    lskd-bench's models have no dropout, and the outputs stay a function of the batch alone. Restored after."""
+    if mode != "train":
+        yield
+        return
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.track_running_stats) for m in bns]
+    for m in bns:
+        m.training, m.track_running_stats = True, False
+    try:
+        yield
+    finally:
+        for m, (training, track) in zip(bns, saved):
+            m.training, m.track_running_stats = training, track
 
 
 def teacher_view(teacher: nn.Module, data: TaskData, device: torch.device, needs: list) -> TeacherView:

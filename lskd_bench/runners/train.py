@@ -1,6 +1,7 @@
 """The shared training loop: one cell, or a fused group of cells that share every batch.
 
-A group is trained in one data pass: each step loads one batch, runs the teacher once (eval mode,
+A group is trained in one data pass: each step loads one batch, runs the teacher once (eval mode, or its
+BatchNorm on the batch's statistics for the methods whose ``teacher_mode`` is train, never both in one group;
 inference mode, bf16 on CUDA) when a member needs its logits, then every member does its own forward,
 backward and optimizer step. A cell trained alone is a group of one, through the same code, so fused and
 unfused training give the same result bit for bit on the CPU:
@@ -33,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import store
 from ..errors import DataError, Interrupted
-from ..methods import LossContext, Method, build_method, total_loss
+from ..methods import LossContext, Method, build_method, method_teacher_mode, total_loss
 from ..models import init_path, load_init_checkpoint
 from ..outputs import Outputs, Tap
 from ..tasks import Task, TaskData, get_task
@@ -48,7 +49,7 @@ from .evaluation import Evaluator
 from .features import export_features, penultimate  # noqa: F401  (penultimate: re-exported)
 from .loggers import open_loggers
 from .optim import build_optimizer, learning_rate, lr_factor  # noqa: F401  (re-exported)
-from .probe import TeacherView, setup_method, teacher_view
+from .probe import TeacherView, setup_method, teacher_mode, teacher_view
 from .progress import line_interval, progress_bar
 from .result_file import environment, result_record, save_final_weights  # noqa: F401  (environment: re-exported)
 from .rng import RngState
@@ -563,6 +564,10 @@ class FusedGroup:
         needs = [build_method(c.method, cfg).needs if c.role == "student" else None for c in cells]
         if any(n is not None and n.teacher for n in needs) and teacher is None:
             raise ValueError(f"{cells[0].name}: method {cells[0].method!r} needs a teacher")
+        modes = {method_teacher_mode(c.method, cfg) for c in cells if c.role == "student"} - {None}
+        if len(modes) > 1:  # one teacher forward per batch: grid.fuse_units keeps such members apart
+            raise ValueError("a fused group runs its teacher in one mode: " + ", ".join(c.name for c in cells))
+        self.teacher_mode = modes.pop() if modes else None
         view = None
         if any(n is not None and n.features for n in needs):
             view = teacher_view(teacher, data, self.device, [n for n in needs if n is not None])
@@ -787,9 +792,11 @@ class FusedGroup:
     def teacher_outputs(self, batch: Any, names: list[str]) -> Outputs:
         """The teacher's outputs ``names`` on ``batch``: the logits alone as before (inference mode, copied out of it),
         or, when a member reads features, the named outputs captured under ``no_grad`` (float32)."""
+        mode = teacher_mode(self.teacher, self.teacher_mode)  # BatchNorm on the batch's statistics for "train"
         if names == ["logits"] or self.t_layout is None:
-            return Outputs(logits=_teacher_logits(self.task, self.teacher, batch, self.device, self.cfg))
-        with torch.no_grad(), autocast(self.device, self.cfg), Tap(self.teacher, self.t_layout, names) as tap:
+            with mode:
+                return Outputs(logits=_teacher_logits(self.task, self.teacher, batch, self.device, self.cfg))
+        with torch.no_grad(), autocast(self.device, self.cfg), mode, Tap(self.teacher, self.t_layout, names) as tap:
             logits, _ = self.task.forward(self.teacher, batch)
         out = Outputs({k: v.float() for k, v in tap.out.items()})
         if "logits" in names:

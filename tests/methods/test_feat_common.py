@@ -158,6 +158,96 @@ def test_killed_feature_group_resumes_bit_identically_and_exports_only_the_stude
     assert set(torch.load(cut / fit.name / store.MODEL, weights_only=True)) == student_keys  # no connector exported
 
 
+@pytest.fixture(scope="module")
+def train_mode_setup(tmp_path_factory):
+    """Digits, a trained teacher (alpha 0.1) and students whose teacher runs in train mode (BatchNorm on the batch's
+    statistics): OFD (its default), OFD+KD and ReviewKD (teacher_mode: train, as on cifar100)."""
+    base = tmp_path_factory.mktemp("train_mode")
+    over = tiny_overrides(
+        epochs=3,
+        methods=["ofd", "ofd+kd", "reviewkd"],
+        grid={"alphas": [0.1], "temperatures": [4.0]},
+        baseline=False,
+        reviewkd={"teacher_mode": "train", "warmup_epochs": 0.0},
+    )
+    cfg = resolve_config("digits", {}, over)
+    task = get_task("digits")
+    data = task.load_data(cfg)
+    cells = plan_cells(cfg)
+    teacher = next(c for c in cells if c.role == "teacher")
+    (o,) = train_group(task, [teacher], cfg, data, [teacher.dir(base)], progress=False)
+    assert o.error is None
+    path = teacher.dir(base) / store.MODEL
+    tmodel = load_model(task, teacher.arch, data, cfg, path, torch.device("cpu"))
+    return cfg, task, data, [c for c in cells if c.role == "student"], tmodel, path
+
+
+def _buffers(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_train_mode_teacher_is_the_authors_train_mode_forward_and_leaves_the_teacher_as_it_was(train_mode_setup):
+    """ReviewKD's and OFD's authors run the teacher in train mode under no_grad: its BatchNorm layers normalise
+    with the batch's statistics. lskd-bench computes the same outputs bit for bit, without touching the running
+    statistics or the teacher's mode (a teacher shared by cells or reloaded on resume stays the same)."""
+    import copy
+
+    from lskd_bench.runners.probe import teacher_mode
+
+    _cfg, _task, data, _students, tmodel, _ = train_mode_setup
+    x = data.train.x[:16]
+    before = _buffers(tmodel)
+    authors = copy.deepcopy(tmodel).train()  # the authors' teacher: train mode, running statistics updated
+    with torch.no_grad():
+        want = authors(x)
+        eval_out = tmodel(x)
+        with teacher_mode(tmodel, "train"):
+            got = tmodel(x)
+        with teacher_mode(tmodel, "eval"):
+            same = tmodel(x)
+    assert torch.equal(got, want)
+    assert not torch.equal(got, eval_out) and torch.equal(same, eval_out)
+    assert not tmodel.training and not any(m.training for m in tmodel.modules())
+    after = _buffers(tmodel)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert any(not torch.equal(authors.state_dict()[k], before[k]) for k in before)  # theirs moved; ours did not
+
+
+@pytest.mark.slow
+def test_train_mode_teacher_students_fused_equal_students_trained_alone(train_mode_setup, tmp_path):
+    cfg, task, data, students, tmodel, _ = train_mode_setup
+    assert sorted(c.method for c in students) == ["ofd", "ofd+kd", "reviewkd"]
+    before = _buffers(tmodel)
+    assert_fused_equals_alone(task, students, cfg, data, tmodel, tmp_path)
+    assert all(torch.equal(v, before[k]) for k, v in tmodel.state_dict().items())  # shared by every pass above
+
+
+@pytest.mark.slow
+def test_killed_train_mode_teacher_group_resumes_bit_identically(train_mode_setup, tmp_path):
+    cfg, task, data, students, tmodel, path = train_mode_setup
+    ref, cut = train_then_kill(task, students, cfg, data, tmodel, tmp_path, at_epoch=2)
+    fresh = load_model(task, "cnn_wide", data, cfg, path, torch.device("cpu"))  # the teacher reloaded on resume
+    out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=fresh, progress=False)
+    assert all(o.error is None for o in out)
+    assert all(same_weights(cut / c.name, ref / c.name) for c in students)
+
+
+@pytest.mark.slow
+def test_grid_of_train_and_eval_mode_teacher_methods_equals_its_cells_trained_alone(tmp_path):
+    """OFD (teacher in train mode) and KD, FitNet (eval mode) in one grid: fused, they train in two passes that
+    share the teacher model (train mode first); each cell ends as when trained alone, eval mode first."""
+    from lskd_bench.runners.grid import run_grid
+
+    over = {"grid": {"alphas": [0.1], "temperatures": [4.0]}, "epochs": 2}
+    fused_cfg = resolve_config("digits", {}, tiny_overrides(methods=["ofd", "kd", "fitnet"], **over))
+    alone_cfg = resolve_config("digits", {}, tiny_overrides(methods=["kd", "fitnet", "ofd"], fuse=False, **over))
+    fused = run_grid(fused_cfg, tmp_path / "fused", progress=False)
+    alone = run_grid(alone_cfg, tmp_path / "alone", progress=False)
+    assert fused.ok and alone.ok and len(fused.trained) == len(alone.trained) == 5
+    for c in plan_cells(fused_cfg):
+        assert same_weights(c.dir(tmp_path / "fused"), c.dir(tmp_path / "alone")), c.name
+
+
 def test_a_stage_the_architecture_lacks_is_one_line_before_anything_is_written(tmp_path, cli):
     rc, _, err = cli("run", "--methods", "fitnet", "--set", "fitnet.hint_layer=7", "--out", str(tmp_path / "r"))
     assert rc == 2 and err.count("\n") == 1

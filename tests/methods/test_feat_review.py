@@ -272,3 +272,10 @@ def test_default_weights_are_the_authors_cifar100_values():
     )  # reviewKD.sh:7, train.py:50, reviewkd.py:69, train.py:222
     ofd = METHODS.get("ofd").params.check({}, "ofd")
     assert (ofd["beta"], ofd["ce"]) == (1e-3, 1.0)  # train_with_distillation.py:91 "/ batch_size / 1000"
+    # the teacher's mode: OFD's authors train mode everywhere (CIFAR-100/train_with_distillation.py:75, ImageNet/:167);
+    # ReviewKD's eval by default (ImageNet/imagenet_amp.py:358; the cifar100 recipe sets train, CIFAR-100/train.py)
+    assert (ofd["teacher_mode"], rk["teacher_mode"]) == ("train", "eval")
+    # eval stays out of the cell's hash (every teacher before the option), train is in it
+    for cls, p in ((METHODS.get("reviewkd"), rk), (METHODS.get("ofd"), ofd)):
+        assert "teacher_mode" not in cls.identity_params({**p, "teacher_mode": "eval"})
+        assert cls.identity_params({**p, "teacher_mode": "train"})["teacher_mode"] == "train"

@@ -102,16 +102,39 @@ def test_members_at_different_positions_train_together(setup, tmp_path):
 def test_fuse_units_grouping_and_split(tiny_cfg):
     cfg = resolve_config("digits", {}, tiny_overrides(methods=["kd", "dist"]))
     cells = plan_cells(cfg)
-    units = fuse_units(cells, fuse=True, max_fused=cfg["max_fused"])
+    units = fuse_units(cells, cfg, fuse=True, max_fused=cfg["max_fused"])
     roles = [sorted(c.role for c in u) for u in units]
     assert roles[0] == ["teacher", "teacher"]  # both alphas' teachers share one pass
     by_teacher = [u for u in units if u[0].role != "teacher"]
     assert len(by_teacher) == 2  # one group per teacher (alpha)
     assert sum(c.role == "baseline" for u in by_teacher for c in u) == 1  # the baseline joins one of them
     assert all(len({c.teacher.hash for c in u if c.teacher}) == 1 for u in by_teacher)
-    split = fuse_units(cells, fuse=True, max_fused=2)
+    split = fuse_units(cells, cfg, fuse=True, max_fused=2)
     assert max(len(u) for u in split) == 2 and sorted(c.hash for u in split for c in u) == sorted(c.hash for c in cells)
-    assert all(len(u) == 1 for u in fuse_units(cells, fuse=False, max_fused=cfg["max_fused"]))
+    assert all(len(u) == 1 for u in fuse_units(cells, cfg, fuse=False, max_fused=cfg["max_fused"]))
+
+
+def test_members_whose_teachers_run_in_different_modes_train_in_different_passes():
+    """The teacher runs once per batch for a fused group, in one mode: OFD's train-mode teacher (its default) and
+    eval-mode methods are planned into separate units, and a group that mixes them is refused."""
+    from lskd_bench.runners.train import FusedGroup
+
+    over = tiny_overrides(methods=["kd", "ofd", "reviewkd", "ofd+kd"], grid={"alphas": [0.1], "temperatures": [4.0]})
+    cfg = resolve_config("digits", {}, over)
+    students = [c for c in plan_cells(cfg) if c.role != "teacher"]
+    units = fuse_units(students, cfg, fuse=True, max_fused=8)
+    assert sorted(sorted(c.method for c in u) for u in units) == [["kd", "ls", "reviewkd"], ["ofd", "ofd+kd"]]
+    # ReviewKD in train mode joins OFD's pass; everything in eval mode is one pass again
+    cfg = resolve_config("digits", {}, {**over, "reviewkd": {"teacher_mode": "train"}})
+    units = fuse_units([c for c in plan_cells(cfg) if c.role != "teacher"], cfg, fuse=True, max_fused=8)
+    assert sorted(sorted(c.method for c in u) for u in units) == [["kd", "ls"], ["ofd", "ofd+kd", "reviewkd"]]
+    cfg = resolve_config("digits", {}, {**over, "ofd": {"teacher_mode": "eval"}})
+    units = fuse_units([c for c in plan_cells(cfg) if c.role != "teacher"], cfg, fuse=True, max_fused=8)
+    assert [sorted(c.method for c in u) for u in units] == [["kd", "ls", "ofd", "ofd+kd", "reviewkd"]]
+    cfg = resolve_config("digits", {}, over)
+    mixed = [c for c in plan_cells(cfg) if c.method in ("kd", "ofd")]
+    with pytest.raises(ValueError, match="runs its teacher in one mode"):
+        FusedGroup(get_task("digits"), mixed, cfg, None, [], torch.nn.Identity(), None, None)
 
 
 @pytest.mark.slow

@@ -451,6 +451,62 @@ def test_pair_recipes(cifar_root, tmp_path, pair, teacher, student, lr, beta):
     assert (res.cfg["student"]["arch"], res.cfg["student"]["lr"], res.cfg["dkd"]["beta"]) == (student, 0.02, 1.0)
 
 
+@pytest.mark.parametrize(
+    "pair, beta",
+    [
+        ("resnet32x4-ShuffleV2", 8.0),  # ReviewKD@cede6ea CIFAR-100/script/reviewKD.sh:11
+        ("resnet56-resnet20", 0.6),  # :13
+        ("resnet110-resnet32", 1.0),  # :15
+        ("resnet32x4-resnet8x4", 5.0),  # :7
+        ("wrn_40_2-ShuffleV1", 5.0),  # :5
+        ("vgg13-vgg8", 5.0),  # no command for this pair: the schema's (mdistiller reviewkd.yaml:10)
+    ],
+)
+def test_pair_applies_reviewkds_published_weight(cifar_root, pair, beta):
+    res = resolve("cifar100", {}, {"data": {"root": str(cifar_root)}, "pair": pair})
+    assert res.cfg["reviewkd"]["beta"] == beta
+    if beta != 5.0:
+        assert res.provenance["reviewkd.beta"].startswith(f"pair {pair}")
+    # an explicit setting wins over the pair's, from the command line or a config file
+    over = resolve("cifar100", {}, {"data": {"root": str(cifar_root)}, "pair": pair, "reviewkd": {"beta": 2.5}})
+    assert over.cfg["reviewkd"]["beta"] == 2.5 and over.provenance["reviewkd.beta"] == "command line"
+    over = resolve("cifar100", {"pair": pair, "reviewkd": {"beta": 3.0}}, {"data": {"root": str(cifar_root)}})
+    assert over.cfg["reviewkd"]["beta"] == 3.0
+
+
+def test_reviewkd_and_ofd_teachers_run_in_their_authors_mode(cifar_root):
+    cfg = _cfg(cifar_root, pair="resnet56-resnet20")
+    # ReviewKD@cede6ea CIFAR-100/train.py never calls teacher.eval(); overhaul-distillation@76344a8
+    # CIFAR-100/train_with_distillation.py:75 d_net.t_net.train()
+    assert (cfg["reviewkd"]["teacher_mode"], cfg["ofd"]["teacher_mode"]) == ("train", "train")
+    # elsewhere ReviewKD's teacher is in eval mode (its ImageNet/imagenet_amp.py:358), OFD's in train mode
+    digits = resolve("digits", {}, {}).cfg
+    assert (digits["reviewkd"]["teacher_mode"], digits["ofd"]["teacher_mode"]) == ("eval", "train")
+    over = _cfg(cifar_root, reviewkd={"teacher_mode": "eval"}, ofd={"teacher_mode": "eval"})
+    assert (over["reviewkd"]["teacher_mode"], over["ofd"]["teacher_mode"]) == ("eval", "eval")
+    with pytest.raises(UsageError, match=r"reviewkd\.teacher_mode must be one of eval, train"):
+        _cfg(cifar_root, reviewkd={"teacher_mode": "training"})
+
+
+@pytest.mark.parametrize("pair", ["resnet56-resnet20", "resnet32x4-ShuffleV2", "ResNet50-vgg8"])
+def test_dist_and_ctkd_get_their_authors_cifar_settings_on_every_pair(cifar_root, pair):
+    res = resolve("cifar100", {}, {"data": {"root": str(cifar_root)}, "pair": pair})
+    dist, ctkd = res.cfg["dist"], res.cfg["ctkd"]
+    # DIST: image_classification_sota@d9662f7 configs/strategies/distill/dist_cifar.yaml:34-36 (kd: dist_t4)
+    assert (dist["tau"], dist["beta"], dist["gamma"], dist["ce_weight"], dist["kd_weight"]) == (4.0, 1.0, 1.0, 1.0, 2.0)
+    # CTKD: CTKD@7d52522 scripts/run_cifar_distill.sh:19 (-r 0.1 -a 0.9), :22 (0 -> -1 over 10 loops)
+    assert (ctkd["ce_weight"], ctkd["kd_weight"], ctkd["grl_epochs"]) == (0.1, 0.9, 10)
+    assert (ctkd["grl_start"], ctkd["grl_end"], ctkd["t_start"], ctkd["t_end"]) == (0.0, -1.0, 1.0, 20.0)
+    assert res.provenance["dist.tau"] == res.provenance["ctkd.grl_epochs"] == "recipe lskd_bench/configs/cifar100.yaml"
+    # an explicit setting still wins, from a config file or the command line
+    res = resolve("cifar100", {"dist": {"tau": 2.0}}, {"data": {"root": str(cifar_root)}, "ctkd": {"kd_weight": 1.0}})
+    assert (res.cfg["dist"]["tau"], res.cfg["ctkd"]["kd_weight"], res.cfg["ctkd"]["ce_weight"]) == (2.0, 1.0, 0.1)
+    # other tasks keep the authors' ImageNet defaults (the schema's)
+    digits = resolve("digits", {}, {}).cfg
+    assert (digits["dist"]["tau"], digits["ctkd"]["ce_weight"], digits["ctkd"]["kd_weight"]) == (1.0, 1.0, 1.0)
+    assert digits["ctkd"]["grl_epochs"] == 5
+
+
 def test_unknown_pair_and_pairs_on_other_tasks(cifar_root, cli):
     with pytest.raises(UsageError, match=r"unknown pair 'resnet32x4-resnet8' .*did you mean resnet32x4-resnet8x4"):
         resolve("cifar100", {}, {"data": {"root": str(cifar_root)}, "pair": "resnet32x4-resnet8"})
