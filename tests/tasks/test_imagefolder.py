@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from lskd_bench.analysis.report import choose_groups
 from lskd_bench.errors import UsageError
@@ -16,6 +17,8 @@ from lskd_bench.runners.grid import resolve_config
 from lskd_bench.tasks import get_task
 
 from ..fixtures import FOLDER_CLASSES, IMAGE_ARGS, make_classfolder, tiny
+
+STD255 = torch.tensor([0.229, 0.224, 0.225])[None, :, None, None] * 255  # normalised units -> grey levels
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +46,20 @@ def test_imagefolder_reads_any_class_names(folder_root):
     x, y = data.val[0]
     assert x.shape == (3, 32, 32) and y == 0
     assert data.labels("val").tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_device_decoding_reads_the_png_and_jpeg_mix(folder_root):
+    """data.decode=gpu (run on the CPU here): PNGs fall back to PIL, JPEGs of other sizes decode; the batches
+    match the PIL pipeline's (the same bound as tests/tasks/test_device_images.py)."""
+    from lskd_bench.tasks.base import iterate_batches
+    from lskd_bench.tasks.device_images import EncodedImages
+
+    cpu, gpu = (get_task("imagefolder").load_data(_cfg(folder_root, decode=d)) for d in ("cpu", "gpu"))
+    assert isinstance(gpu.val, EncodedImages) and gpu.class_names == FOLDER_CLASSES
+    a, b = list(iterate_batches(cpu.val, 4)), list(iterate_batches(gpu.val, 4))
+    assert [y.tolist() for _, y in a] == [y.tolist() for _, y in b]
+    diff = (torch.cat([x for x, _ in a]) - torch.cat([x for x, _ in b])).abs() * STD255
+    assert diff.max() <= 1.5 and diff.mean() <= 0.3, (float(diff.max()), float(diff.mean()))
 
 
 def test_recipe_defaults_are_the_small_data_ones():
