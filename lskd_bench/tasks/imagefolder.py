@@ -8,6 +8,7 @@ defaults), and an optional class hierarchy for ``analyze`` (``data.hierarchy``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
@@ -95,4 +96,12 @@ class ImageFolderTask(ImageFolderBase):
         return parents
 
     def configured_hierarchy(self, class_names: list[str], cfg: dict[str, Any]) -> dict[str, str]:
-        return self.hierarchy(cfg, class_names) if cfg["data"].get("hierarchy") else {}
+        path = cfg["data"].get("hierarchy")
+        if not path:
+            return {}
+        if not Path(path).exists():
+            raise UsageError(
+                f"{self.name}: the cells' data.hierarchy {path} does not exist (a relative path is read from the "
+                "directory you run in): give --hierarchy FILE, or --similar and --dissimilar"
+            )
+        return self.hierarchy(cfg, class_names)

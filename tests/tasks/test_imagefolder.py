@@ -166,6 +166,10 @@ def test_analyze_without_a_hierarchy_asks_for_similar_and_dissimilar(folder_root
         ["bird"],
         ["dog"],
     )  # analyze --hierarchy FILE
+    with pytest.raises(UsageError, match=r"the cells' data.hierarchy nowhere.txt does not exist .*: give --hierarchy"):
+        choose_groups(
+            "imagefolder", "cat", FOLDER_CLASSES, None, {**cfg, "data": {**cfg["data"], "hierarchy": "nowhere.txt"}}
+        )
     with pytest.raises(UsageError, match="not a regular file"):
         read_hierarchy_file(folder_root)
 
