@@ -79,8 +79,12 @@ class ImageFolderTask(ImageFolderBase):
         report.notes.append(
             f"{self.name}: {len(classes)} classes ({', '.join(classes[:8])}{', ...' * (len(classes) > 8)})"
         )
-        if not cfg["data"]["hierarchy"]:
-            report.notes.append(f"{self.name}: no data.hierarchy: analyze will need --similar and --dissimilar")
+        if cfg["data"]["hierarchy"]:
+            report.notes.append(f"{self.name}: class hierarchy {cfg['data']['hierarchy']} places every class")
+        else:
+            report.notes.append(
+                f"{self.name}: no data.hierarchy: analyze will need --similar and --dissimilar (or --hierarchy FILE)"
+            )
         return report
 
     def hierarchy(self, cfg: dict[str, Any], class_names: list[str]) -> dict[str, str]:

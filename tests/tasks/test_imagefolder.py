@@ -120,6 +120,11 @@ def test_hierarchy_file_is_read_in_both_formats(folder_root, tmp_path, cli):
     js = tmp_path / "h.json"
     js.write_text(json.dumps({"mammal": ["cat", "dog"], "bird": "animal", "mammal_": "x"}))
     task = get_task("imagefolder")
+    rc, out, err = cli(
+        "check-data", "--task", "imagefolder", "--data-root", str(folder_root), "--set", f"data.hierarchy={text}",
+        "--no-progress",
+    )  # fmt: skip
+    assert rc == 0 and f"imagefolder: class hierarchy {text} places every class" in out, err
     for path in (text, js):
         cfg = _cfg(folder_root, hierarchy=str(path))
         task.validate(cfg)  # every class has a parent
