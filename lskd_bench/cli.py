@@ -309,6 +309,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         seed=args.seed,
         limit=args.limit,
         problems=problems,
+        hierarchy=args.hierarchy,
     )
     _warn(problems)
     out = (
@@ -710,6 +711,12 @@ def _parser_analyze(sub) -> None:
     an.add_argument("--target", required=True, help="target class name(s) or index(es), comma-separated")
     an.add_argument("--similar", help="S1: semantically similar classes (default: from the task's class hierarchy)")
     an.add_argument("--dissimilar", help="S2: dissimilar classes (default: from the task's class hierarchy)")
+    an.add_argument(
+        "--hierarchy",
+        metavar="FILE",
+        help="class hierarchy the default S1 / S2 are chosen from, over the task's (and imagefolder's data.hierarchy): "
+        "'child parent' lines or a JSON mapping",
+    )
     an.add_argument(
         "--t1", type=_number(float, "--t1", 0, 1e6, lo_open=True), default=1.0, help="lower temperature (default 1)"
     )

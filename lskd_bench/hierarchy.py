@@ -7,8 +7,14 @@ one available (for a tree with one root: a different top-level branch).
 
 from __future__ import annotations
 
+import json
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from importlib import resources
+from pathlib import Path
+
+from .errors import UsageError
 
 
 def ancestors(node: str, parents: Mapping[str, str]) -> list[str]:
@@ -71,4 +77,65 @@ def load_wordnet_parents() -> dict[str, str]:
             wnid, parent, _ = line.split("\t", 2)
             if parent:
                 parents[wnid] = parent
+    return parents
+
+
+HIERARCHY_FORMAT = (
+    "one 'child parent' pair a line (whitespace-separated, or tab-separated when a name has spaces; '#' comments), "
+    'or a .json file of {"child": "parent"} or {"group": ["class", ...]}'
+)
+
+
+def read_hierarchy_file(path: str | Path) -> dict[str, str]:
+    """Child -> parent links from a user's hierarchy file (``HIERARCHY_FORMAT``); any problem is one UsageError
+    naming the file (and the line)."""
+    path = Path(path)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block: refused unopened
+            raise UsageError(f"class hierarchy {path} is not a regular file")
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"class hierarchy {path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read class hierarchy {path}: {exc.strerror or exc}") from None
+    parents: dict[str, str] = {}
+
+    def link(child: str, parent: str, where: str) -> None:
+        if not child or not parent or child == parent:
+            raise UsageError(f"{where}: expected two different non-empty names, got {child!r} -> {parent!r}")
+        if parents.get(child, parent) != parent:
+            raise UsageError(f"{where}: {child!r} has two parents ({parents[child]!r} and {parent!r})")
+        parents[child] = parent
+
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"class hierarchy {path}: expected a JSON object; {HIERARCHY_FORMAT}")
+        for key, value in data.items():
+            if isinstance(value, str):
+                link(key, value, str(path))
+            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                for member in value:
+                    link(member, key, str(path))
+            else:
+                raise UsageError(f"class hierarchy {path}: {key!r} maps to {value!r}; {HIERARCHY_FORMAT}")
+    else:
+        for i, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = [p.strip() for p in line.split("\t")] if "\t" in line else line.split()
+            if len(parts) != 2:
+                raise UsageError(f"{path}:{i}: expected 'child parent', got {line!r}; {HIERARCHY_FORMAT}")
+            link(*parts, f"{path}:{i}")
+    if not parents:
+        raise UsageError(f"class hierarchy {path} is empty; {HIERARCHY_FORMAT}")
+    for node in parents:
+        try:
+            ancestors(node, parents)
+        except ValueError as exc:
+            raise UsageError(f"class hierarchy {path}: {exc}") from None
     return parents

@@ -42,6 +42,32 @@ def make_imagefolder(root: Path, per_class: tuple[int, int] = (4, 2)) -> Path:
     return root
 
 
+FOLDER_CLASSES = ["bird", "cat", "dog"]  # sorted: class indices 0, 1, 2
+
+
+def make_classfolder(
+    root: Path, classes: tuple[str, ...] | list[str] = FOLDER_CLASSES, per_class: tuple[int, int] = (4, 2)
+) -> Path:
+    """A generic ImageFolder (``imagefolder``'s layout): ``root/{train,val}/<class>/`` with arbitrary class names,
+    small images of mixed formats and sizes (JPEG ``.jpg`` and ``.JPEG``, PNG), class-coloured so a model can
+    learn them."""
+    for split, n in zip(("train", "val"), per_class):
+        for c, name in enumerate(classes):
+            for i in range(n):
+                seed = i + (100 if split == "val" else 0)
+                ext = (".jpg", ".png", ".JPEG")[i % 3]
+                path = root / split / name / f"{name}_{split}_{i}{ext}"
+                if ext == ".png":
+                    rng = np.random.default_rng(c * 1000 + seed)
+                    img = rng.integers(0, 60, size=(36, 44, 3), dtype=np.uint8)
+                    img[..., c % 3] += 150
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(img).save(path, format="PNG")
+                else:
+                    _jpeg(path, c, seed, size=48 if i % 2 else 40)
+    return root
+
+
 def make_cub(root: Path, per_class: tuple[int, int] = (4, 2)) -> Path:
     d = root / "CUB_200_2011"
     images, labels, split, classes = [], [], [], []

@@ -10,8 +10,8 @@ import pytest
     [
         (
             ["--task", "nope"],
-            "unknown task 'nope' (known: cifar100, cub200, cub200_compact, demo_ende, demo_enru, digits, imagenet, "
-            "imagenet_compact, iwslt_ende, iwslt_enru)",
+            "unknown task 'nope' (known: cifar100, cub200, cub200_compact, demo_ende, demo_enru, digits, imagefolder, "
+            "imagenet, imagenet_compact, iwslt_ende, iwslt_enru)",
         ),
         (["--alphas", "0,1.0"], "grid.alphas must be in [0, 1), got 1.0 (command line)"),
         (["--alphas", "-0.1"], "grid.alphas must be in [0, 1), got -0.1"),

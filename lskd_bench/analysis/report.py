@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import store
 from ..errors import UsageError
-from ..hierarchy import similar_and_dissimilar
+from ..hierarchy import read_hierarchy_file, similar_and_dissimilar
 from ..tasks import get_task
 from .diffusion import diffusion_index, verdict
 from .runs import RunIndex, resolve_class
@@ -19,13 +19,34 @@ CSV_COLUMNS = ["task", "student_arch", "method", "seed", "alpha", "t1", "t2", "t
                "train_s1", "train_s2", "val_s1", "val_s2", "verdict"]  # fmt: skip
 
 
-def choose_groups(task: str, target: str, class_names: list[str], limit: int | None) -> tuple[list[str], list[str]]:
+def choose_groups(
+    task: str,
+    target: str,
+    class_names: list[str],
+    limit: int | None,
+    cfg: dict[str, Any] | None = None,
+    hierarchy: str | Path | None = None,
+) -> tuple[list[str], list[str]]:
+    """Similar and dissimilar classes of ``target`` from a class hierarchy: the file ``hierarchy`` (--hierarchy),
+    else the task's; ``cfg``: the resolved config the cells trained with (``run_config``), where a task's
+    hierarchy is configured (``imagefolder``'s ``data.hierarchy``)."""
+    configured = "hierarchy" in ((cfg or {}).get("data") or {})
+    if hierarchy:
+        parents = read_hierarchy_file(hierarchy)
+        if target not in parents:
+            raise UsageError(f"class hierarchy {hierarchy} gives no parent to the target class {target!r}")
+        return similar_and_dissimilar(target, class_names, parents, limit)
     try:
-        parents = get_task(task).class_hierarchy(class_names)
+        t = get_task(task)
     except UsageError:  # a task whose plugin is not installed here
         parents = {}
+    else:
+        parents = t.configured_hierarchy(class_names, cfg) if configured else t.class_hierarchy(class_names)
     if not parents:
-        raise UsageError(f"task {task!r} has no class hierarchy: give --similar and --dissimilar")
+        hint = " (its cells were trained without data.hierarchy)" if configured else ""
+        raise UsageError(
+            f"task {task!r} has no class hierarchy{hint}: give --similar and --dissimilar, or --hierarchy FILE"
+        )
     return similar_and_dissimilar(target, class_names, parents, limit)
 
 
@@ -52,6 +73,7 @@ def analyze(
     seed: int | None = None,
     limit: int | None = None,
     problems: list[str] | None = None,
+    hierarchy: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     if not t1 < t2:
         raise UsageError(f"--t1 must be lower than --t2 (got {t1:g} and {t2:g})")
@@ -72,7 +94,9 @@ def analyze(
             if similar and dissimilar:
                 s1, s2 = list(similar), list(dissimilar)
             else:
-                auto_s1, auto_s2 = choose_groups(index.task, tgt, class_names, limit)
+                auto_s1, auto_s2 = choose_groups(
+                    index.task, tgt, class_names, limit, r1.result.get("run_config"), hierarchy
+                )
                 s1, s2 = list(similar or auto_s1), list(dissimilar or auto_s2)
             if not s1 or not s2:
                 raise UsageError(f"no {'similar' if not s1 else 'dissimilar'} classes found for {tgt!r}")

@@ -16,7 +16,13 @@ from .base import ClassifierNet, InMemoryDataset, Task, TaskData, iterate_batche
 TASKS: Registry[type[Task]] = Registry(
     "task",
     "lskd_bench.tasks",
-    builtin=("lskd_bench.tasks.cifar", "lskd_bench.tasks.digits", "lskd_bench.tasks.nmt", "lskd_bench.tasks.vision"),
+    builtin=(
+        "lskd_bench.tasks.cifar",
+        "lskd_bench.tasks.digits",
+        "lskd_bench.tasks.imagefolder",
+        "lskd_bench.tasks.nmt",
+        "lskd_bench.tasks.vision",
+    ),
 )
 
 DEFAULT_TASK = "digits"

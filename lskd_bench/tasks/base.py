@@ -288,6 +288,11 @@ class Task:
         as siblings and dissimilar ones across distant branches). Empty: no hierarchy known."""
         return {}
 
+    def configured_hierarchy(self, class_names: list[str], cfg: dict[str, Any]) -> dict[str, str]:
+        """``class_hierarchy`` of cells trained with ``cfg`` (their resolved config): what the analysis reads. A task
+        whose hierarchy is part of its config (``imagefolder``'s ``data.hierarchy``) overrides this."""
+        return self.class_hierarchy(class_names)
+
     # -- the training loop's hooks (classification defaults) ---------------------------------------
     def train_batches(
         self,

@@ -270,11 +270,17 @@ def _has_images(d: Path) -> bool:
     return any(n.lower().endswith(IMG_EXT) for _, names in _walk(d) for n in names)
 
 
-def _image_folder(split_dir: Path, transform):
-    """torchvision's ImageFolder over the shared listing (``_images``)."""
+def _image_folder(split_dir: Path, transform, classes: list[str] | None = None):
+    """torchvision's ImageFolder over the shared listing (``_images``); ``classes``: the class folders it reads, in
+    class-index order (default: every folder, sorted, as torchvision)."""
     from torchvision.datasets import ImageFolder  # heavy: torchvision loads only when ImageNet data loads
 
     class ListedImageFolder(ImageFolder):
+        def find_classes(self, directory):
+            if classes is None:
+                return super().find_classes(directory)
+            return list(classes), {c: i for i, c in enumerate(classes)}
+
         @staticmethod
         def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
             return [(str(p), class_to_idx[c]) for c in sorted(class_to_idx) for p in _images(Path(directory) / c)]
@@ -282,10 +288,14 @@ def _image_folder(split_dir: Path, transform):
     return ListedImageFolder(split_dir, transform)
 
 
-class ImageNetBase(ImageClassificationTask):
-    # the official visualisation's triple (alpha-LS-KD_imagenet_centroids.py:119-121)
-    projection_classes = ("n02113712", "n02113799", "n04347754")  # miniature poodle, standard poodle, submarine
-    layout = "expected DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG (val sorted into class folders)"
+class ImageFolderBase(ImageClassificationTask):
+    """A task whose data is an ImageFolder, ``DIR/train/<class>/`` and ``DIR/val/<class>/`` with the same class
+    folders (class index = sorted folder name, as torchvision): ImageNet and any folder of images (``imagefolder``).
+    ``selected_classes`` may restrict the task to some of the folders."""
+
+    def selected_classes(self, cfg: dict[str, Any]) -> list[str] | None:
+        """The class folders the task reads, sorted; None: every folder of train/ (which val/ must match)."""
+        return None
 
     def check_layout(self, cfg: dict[str, Any]) -> None:
         root = self.root(cfg)
@@ -294,6 +304,16 @@ class ImageNetBase(ImageClassificationTask):
             if not d.is_dir() or not _class_dirs(d):
                 raise UsageError(f"{self.name}: {d} is missing or has no class folders; {self.layout}")
         tr, va = _class_dirs(root / "train"), _class_dirs(root / "val")
+        wanted = self.selected_classes(cfg)
+        if wanted is not None:
+            for split, have in (("train", tr), ("val", va)):
+                absent = [c for c in wanted if c not in have]
+                if absent:
+                    raise UsageError(
+                        f"{self.name}: data.classes names {len(absent)} class(es) without a folder in {split}/ "
+                        f"(e.g. {', '.join(absent[:3])}); {self.layout}"
+                    )
+            tr = va = wanted
         if tr != va:
             only_tr, only_va = sorted(set(tr) - set(va)), sorted(set(va) - set(tr))
             what = (
@@ -310,24 +330,37 @@ class ImageNetBase(ImageClassificationTask):
                         f"{self.name}: class folder {d} has no image files ({', '.join(IMG_EXT)}); {self.layout}"
                     )
 
+    def class_folders(self, cfg: dict[str, Any], split: str) -> list[str]:
+        """The class folders of ``split`` the task reads (after ``check_layout``: the class names)."""
+        wanted = self.selected_classes(cfg)
+        return wanted if wanted is not None else _class_dirs(self.root(cfg) / split)
+
     def files(self, cfg: dict[str, Any]) -> list[tuple[str, Path]]:
         root = self.root(cfg)
         return [
             (split, p)
             for split in ("train", "val")
-            for c in _class_dirs(root / split)
+            for c in self.class_folders(cfg, split)
             for p in _images(root / split / c)
         ]
 
     def load_data(self, cfg: dict[str, Any], cache_dir=None) -> TaskData:
-        root, d = self.root(cfg), cfg["data"]
-        train = _image_folder(root / "train", transforms(d, True))  # class index = sorted wnids
-        val = _image_folder(root / "val", transforms(d, False))
-        train_eval = _image_folder(root / "train", transforms(d, False)) if decode_mode(cfg) == "cpu" else train
+        root, d, classes = self.root(cfg), cfg["data"], self.selected_classes(cfg)
+        train = _image_folder(root / "train", transforms(d, True), classes)  # class index = sorted folder names
+        val = _image_folder(root / "val", transforms(d, False), classes)
+        train_eval = (
+            _image_folder(root / "train", transforms(d, False), classes) if decode_mode(cfg) == "cpu" else train
+        )
         train, val, train_eval = image_splits(cfg, train, val, train_eval)
         return TaskData(
             train=train, val=val, num_classes=len(train.classes), class_names=list(train.classes), train_eval=train_eval
         )
+
+
+class ImageNetBase(ImageFolderBase):
+    # the official visualisation's triple (alpha-LS-KD_imagenet_centroids.py:119-121)
+    projection_classes = ("n02113712", "n02113799", "n04347754")  # miniature poodle, standard poodle, submarine
+    layout = "expected DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG (val sorted into class folders)"
 
     def class_hierarchy(self, class_names: list[str]) -> dict[str, str]:
         return load_wordnet_parents()
