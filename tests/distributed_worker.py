@@ -19,9 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lskd_bench.methods import method_class
 from lskd_bench.runners.cells import Cell, plan_cells
-from lskd_bench.runners.grid import resolve_config
+from lskd_bench.runners.grid import fuse_units, resolve_config
 from lskd_bench.runners.train import Member, train_group
 from lskd_bench.runners.units import UnitContext, unit_inputs
 from lskd_bench.tasks import get_task
@@ -83,11 +82,10 @@ def config(out: Path, kind: str = "images") -> dict[str, Any]:
 
 
 def _units(cfg: dict[str, Any]) -> list[list[Cell]]:
-    """The students and the baseline in fused groups (a student first: its teacher is the unit's), those on the
-    teacher's beam outputs (their own data) apart."""
-    cells = sorted((c for c in plan_cells(cfg) if c.role != "teacher"), key=lambda c: c.role != "student")
-    beams = [c for c in cells if method_class(c.method).needs.teacher_targets]
-    return [u for u in ([c for c in cells if c not in beams], beams) if u]
+    """The students and the baseline in the runner's fused groups (``fuse_units``: teachers run in train and in
+    eval mode apart, students on the teacher's beam outputs apart), with no size limit."""
+    cells = [c for c in plan_cells(cfg) if c.role != "teacher"]
+    return fuse_units(cells, cfg, fuse=True, max_fused=len(cells))
 
 
 def train_teacher(out: Path, kind: str = "images") -> None:

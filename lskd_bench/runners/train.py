@@ -568,6 +568,8 @@ class FusedGroup:
         if len(modes) > 1:  # one teacher forward per batch: grid.fuse_units keeps such members apart
             raise ValueError("a fused group runs its teacher in one mode: " + ", ".join(c.name for c in cells))
         self.teacher_mode = modes.pop() if modes else None
+        if self.teacher_mode == "train" and dist_info()[1] > 1 and cfg["sync_batchnorm"]:
+            sync_batchnorm(teacher, "the teacher")  # its batch statistics: the global batch's (runners.distributed)
         view = None
         if any(n is not None and n.features for n in needs):
             view = teacher_view(teacher, data, self.device, [n for n in needs if n is not None])
