@@ -843,3 +843,7 @@ def test_ddp_ranks_share_each_batch_and_their_target_rows_in_rank_order_are_one_
         assert torch.cat([r[k]["id"] for r in ranks]).tolist() == batch["id"].tolist()
         _, y = task.forward(model, batch)
         assert torch.cat([task.forward(model, r[k])[1] for r in ranks]).tolist() == y.tolist()
+    # more processes than a batch has sentences: every rank refuses alike (none would wait on a rank with nothing)
+    fewest = min(len(b["id"]) for b in one)
+    with pytest.raises(UsageError, match=f"a batch of {fewest} sentence.s. cannot be shared by {fewest + 1} processes"):
+        task.train_batches(data, cfg["teacher"], cfg, seed=0, epoch=1, shard=(0, fewest + 1))

@@ -378,6 +378,12 @@ class TranslationTask(Task):
         batches = [batches[i] for i in rng.permutation(len(batches))]
         rank, world = shard
         if world > 1:  # in collate's order (longest source first), so that the shares in rank order are the batch
+            fewest = min(len(b) for b in batches)
+            if fewest < world:  # every rank decides alike: none waits for a rank that has nothing to step on
+                raise UsageError(
+                    f"a batch of {fewest} sentence(s) cannot be shared by {world} processes (each needs one): "
+                    "raise max_tokens or batch_size, or train with fewer processes"
+                )
             batches = [np.array_split(b[np.argsort(-src_lens[b], kind="stable")], world)[rank] for b in batches]
         batches = batches[start:]
         multiple = int(role_cfg["pad_to_multiple"])
