@@ -98,10 +98,20 @@ def _config(m: Any) -> dict[str, Any]:
     }
 
 
-def _timings(m: Any, t0: float) -> dict[str, float]:
+def _timings(m: Any, t0: float) -> dict[str, Any]:
+    """Where the cell's time went. ``wall_s``: the wall time of the passes it trained in (shared with the cells
+    fused with it: ``epochs[i].shared_by``) plus its own evaluations; of the passes, ``data_s`` loading batches and
+    ``teacher_s`` in the teacher (shared too); ``train_s`` its own steps; ``eval_s`` its evaluations; ``export_s``
+    writing its weights and files; ``epochs`` per epoch. On CUDA the split is host time (``synced`` false: the
+    steps do not wait for the device); ``wall_s`` is the device's too (each epoch ends waiting for it)."""
+    times = m.epoch_times
     return {
+        "wall_s": sum(t["wall_s"] for t in times) + m.evaluator.seconds,
+        "data_s": sum(t["data_s"] for t in times),
+        "teacher_s": sum(t["teacher_s"] for t in times),
         "train_s": m.train_seconds,
         "eval_s": m.evaluator.seconds,
         "export_s": time.perf_counter() - t0,
-        "wall_s": m.train_seconds + m.evaluator.seconds,
+        "synced": m.device.type != "cuda",
+        "epochs": times,
     }

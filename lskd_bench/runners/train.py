@@ -184,6 +184,7 @@ class Member:
     resumes: list = field(default_factory=list)  # where each resumed run picked up (epoch, step, time)
     finished: bool = False
     notes: list = field(default_factory=list)  # repairs (a checkpoint that would not load, moved aside)
+    epoch_times: list = field(default_factory=list)  # per epoch: the pass's wall, data, teacher, own steps (timings)
 
     def __post_init__(self) -> None:
         self.hp = role_hp(self.cfg, self.cell)
@@ -262,7 +263,7 @@ class Member:
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "method": method,
             **self.rng.state_dict(), "history": self.history, **self.selector.state_dict(),
             "train_seconds": self.train_seconds, **self.evaluator.state_dict(), **self.losses.state_dict(),
-            "skipped": self.skipped, "resumes": self.resumes,
+            "skipped": self.skipped, "resumes": self.resumes, "epoch_times": self.epoch_times,
             **({"init": self.init.state_dict()} if self.init.epochs else {}),
         }  # fmt: skip
 
@@ -280,6 +281,7 @@ class Member:
         self.selector.load_state_dict(st)
         self.losses.load_state_dict(st)
         self.skipped = st.get("skipped", [])
+        self.epoch_times = st.get("epoch_times", [])
         at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.resumes = [*st.get("resumes", []), {"epoch": self.epoch + 1, "step": self.step, "at": at}]  # 1-based
 
@@ -456,13 +458,12 @@ def _teacher_logits(
     return t_logits
 
 
-def _tick(profile: dict[str, float] | None, key: str, since: float, device: torch.device) -> float:
-    """Add the time since ``since`` to ``profile[key]`` (waiting for the step's CUDA stream first); return the new mark.
-    Only the consumer's stream: a device-wide synchronize would also wait for the batches the GPU pipeline decodes
-    ahead on its side stream (``tasks.base.finished_ahead``), serialising the overlap the profile is meant to show."""
-    if profile is None:
-        return since
-    if device.type == "cuda":
+def _tick(profile: dict[str, float], key: str, since: float, device: torch.device, synced: bool) -> float:
+    """Add the time since ``since`` to ``profile[key]`` (with ``synced`` waiting for the step's CUDA stream first);
+    return the new mark. Only the consumer's stream: a device-wide synchronize would also wait for the batches the
+    GPU pipeline decodes ahead on its side stream (``tasks.base.finished_ahead``), serialising the overlap the
+    profile is meant to show. Without ``synced`` a CUDA time is the host's (what it took to queue the work)."""
+    if synced and device.type == "cuda":
         torch.cuda.current_stream(device).synchronize()
     now = time.perf_counter()
     profile[key] = profile.get(key, 0.0) + now - since
@@ -556,8 +557,12 @@ class FusedGroup:
         profile: dict[str, float] | None,
     ):
         self.task, self.cells, self.cfg, self.data, self.teacher = task, cells, cfg, data, teacher
-        self.on_step, self.profile = on_step, profile
+        self.on_step = on_step
+        # seconds loading data, in the teacher and in the students' steps (timings in result.json); on CUDA the
+        # step waits for the device at each mark only when the caller asked for a profile
+        self.clock: dict[str, float] = profile if profile is not None else {}
         self.device = resolve_device(cfg)
+        self.synced = profile is not None or self.device.type != "cuda"
         if len({(c.seed, c.role == "teacher") for c in cells}) != 1:
             raise ValueError("a fused group shares one seed and one role recipe: " + ", ".join(c.name for c in cells))
         self.outcomes = {c.hash: Outcome(c) for c in cells}
@@ -639,7 +644,20 @@ class FusedGroup:
         self, epoch: int, epochs: int, active: list[Member], on_epoch_end: Callable[[int], None] | None
     ) -> None:
         """One epoch of the ``active`` members, its end (evaluations, checkpoints) and its progress line."""
+        t0, before = time.perf_counter(), dict(self.clock)
+        steps_before = [m.train_seconds for m in active]
         self.epoch(epoch, active)
+        for m, s in zip(active, steps_before):  # the epoch's times, before the checkpoint that keeps them
+            m.epoch_times.append(
+                {
+                    "epoch": epoch + 1,
+                    "wall_s": time.perf_counter() - t0,  # the pass, shared by the members training in it
+                    "data_s": self.clock.get("data", 0.0) - before.get("data", 0.0),
+                    "teacher_s": self.clock.get("teacher", 0.0) - before.get("teacher", 0.0),
+                    "steps_s": m.train_seconds - s,  # this member's own steps
+                    "shared_by": len(active),
+                }
+            )
         self.end_epoch(epoch, active)
         self.bar.update(1)
         done = {_short(m.cell): m.history[-1] for m in active if not m.finished and m.history}
@@ -767,14 +785,14 @@ class FusedGroup:
     ) -> float:
         """One batch: to the device, the teacher's outputs once (the union of what the stepping members need),
         each member's step (its loss recorded in ``losses`` under the member's short name)."""
-        device, profile = self.device, self.profile
+        device, profile, synced = self.device, self.clock, self.synced
         batch = self.task.to_device(batch, device, self.cfg)
-        clock = _tick(profile, "data", clock, device)
+        clock = _tick(profile, "data", clock, device, synced)
         t_out = None
         wanted = list(dict.fromkeys(k for m in stepping for k in m.method.needs.teacher))
         if wanted:
             t_out = self.teacher_outputs(batch, wanted)
-            clock = _tick(profile, "teacher", clock, device)
+            clock = _tick(profile, "teacher", clock, device, synced)
         if indices is not None and any(m.method.needs.indices for m in stepping):
             indices = indices.to(device, non_blocking=True)
         for m in stepping:
@@ -789,7 +807,7 @@ class FusedGroup:
                 self.fail(m, exc)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-        return _tick(profile, "students", clock, device)
+        return _tick(profile, "students", clock, device, synced)
 
     def teacher_outputs(self, batch: Any, names: list[str]) -> Outputs:
         """The teacher's outputs ``names`` on ``batch``: the logits alone as before (inference mode, copied out of it),
