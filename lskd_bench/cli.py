@@ -278,20 +278,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     split = _list_of(str, "--target")
     problems: list[str] = []
-    rows = analyze(
-        Path(args.runs),
-        split(args.target),
-        similar=split(args.similar) if args.similar else None,
-        dissimilar=split(args.dissimilar) if args.dissimilar else None,
-        t1=args.t1,
-        t2=args.t2,
-        task=args.task,
-        method=args.method,
-        seed=args.seed,
-        limit=args.limit,
-        problems=problems,
-    )
-    _warn(problems)
+    try:
+        rows = analyze(
+            Path(args.runs),
+            split(args.target),
+            similar=split(args.similar) if args.similar else None,
+            dissimilar=split(args.dissimilar) if args.dissimilar else None,
+            t1=args.t1,
+            t2=args.t2,
+            task=args.task,
+            method=args.method,
+            seed=args.seed,
+            limit=args.limit,
+            problems=problems,
+        )
+    finally:  # the results it skipped, also when what is left cannot be analysed
+        _warn(problems)
     out = (
         Path(args.out)
         if args.out
@@ -308,8 +310,10 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     classes = _list_of(str, "--classes")(args.classes) if args.classes else []
     name = "_".join(classes) if classes else "default"
     problems: list[str] = []
-    task = RunIndex(Path(args.runs), args.task, problems).task
-    _warn(problems)
+    try:
+        task = RunIndex(Path(args.runs), args.task, problems).task
+    finally:
+        _warn(problems)
     out = Path(args.out) if args.out else Path(args.runs) / task / "analysis" / f"projection_{name}_{args.split}.png"
     check_writable_dir(out.parent)
     path, (w, h) = visualize(
