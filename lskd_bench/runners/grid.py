@@ -244,5 +244,5 @@ def run_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridSumma
     t0 = time.perf_counter()
     plan = plan_grid(cfg, out, progress)
     outcomes, notes = run_plan(plan)
-    record_fingerprints(list(plan.cells), cfg, plan.out)  # what data each finished cell saw, for moved runs
+    notes = [*notes, *record_fingerprints(list(plan.cells), cfg, plan.out)]  # the data each cell saw (moved runs)
     return GridSummary.of(plan, outcomes, notes, time.perf_counter() - t0)
