@@ -27,7 +27,7 @@ from ..tasks import DEFAULT_TASK, Task, get_task
 from .cells import Cell, grid_values, plan_cells, validate_grid
 from .loggers import check_loggers
 from .moved import find_moved, record_fingerprints
-from .probe import check_feature_methods
+from .probe import check_feature_methods, check_input_size
 from .repair import repair_cells
 from .state import CellOutcome
 from .units import GridPlan
@@ -86,6 +86,7 @@ def check_run_config(task: Task, cfg: dict[str, Any], check_executor: bool = Tru
     _check_checkpoints(cfg)
     check_loggers(cfg)
     task.validate(cfg)
+    check_input_size(task, cfg)
     check_feature_methods(task, cfg)
 
 
