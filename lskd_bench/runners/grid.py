@@ -24,6 +24,7 @@ from ..models import init_path, read_checkpoint
 from ..registry import EXECUTORS
 from ..schema import deep_merge
 from ..tasks import DEFAULT_TASK, Task, get_task
+from . import loggers
 from .cells import Cell, grid_values, plan_cells, validate_grid
 from .loggers import check_loggers
 from .moved import find_moved, record_fingerprints
@@ -243,6 +244,7 @@ def run_plan(plan: GridPlan) -> tuple[list[CellOutcome], list[str]]:
 def run_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridSummary:
     """Train every unfinished cell of the grid in ``cfg`` under ``out``; finished cells are reused."""
     t0 = time.perf_counter()
+    loggers.new_run()
     plan = plan_grid(cfg, out, progress)
     outcomes, notes = run_plan(plan)
     notes = [*notes, *record_fingerprints(list(plan.cells), cfg, plan.out)]  # the data each cell saw (moved runs)
