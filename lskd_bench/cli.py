@@ -26,6 +26,7 @@ from .runners.cells import plan_cells
 from .runners.devices import parse_gpus, require_cuda
 from .runners.grid import resolve, run_grid
 from .runners.inference import find_cell, load_cell, read_text_lines, score_files, translate_lines
+from .runners.progress import event, json_stream, output_format
 from .runners.status import status_rows
 from .runners.train import auto_cpu_reason, resolve_device
 from .schema import RUN, _num, default_text
@@ -157,7 +158,33 @@ def _resolve(args: argparse.Namespace, check_executor: bool = True) -> Resolved:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _resolve(args).cfg
+    """``--log-format json`` (or ``logging.format: json``): every line on stdout and stderr is a JSON object, from a
+    ``start`` event to a ``summary`` event (also when every cell is reused, or the run stops on bad input)."""
+    try:
+        cfg = _resolve(args).cfg
+    except UsageError as exc:
+        if args.log_format != "json":
+            raise
+        cfg = None
+        error: UsageError | None = exc
+    else:
+        error = None
+        if output_format(cfg) != "json":
+            return _run(args, cfg)
+    out = Path(args.out)
+    with json_stream():
+        event("start", command="run", task=cfg["task"] if cfg else args.task, out=str(out), dry_run=args.dry_run)
+        try:
+            if error is not None:
+                raise error
+            return _run(args, cfg, json_events=True)
+        except UsageError as exc:
+            event("error", text=str(exc))
+            event("summary", ok=False, error=str(exc), out=str(out))
+            return 2
+
+
+def _run(args: argparse.Namespace, cfg: dict[str, Any], json_events: bool = False) -> int:
     out = Path(args.out)
     check_writable_dir(out)
     reason = auto_cpu_reason(cfg)
@@ -165,8 +192,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"device auto: training on the CPU: {reason}", file=sys.stderr)
     if args.dry_run:
         get_task(cfg["task"]).check_layout(cfg)  # the data check run makes before writing anything
-        for cell in plan_cells(cfg):
+        cells = plan_cells(cfg)
+        for cell in cells:
             print(cell.dir(out))
+        if json_events:
+            event("summary", ok=True, dry_run=True, cells=len(cells), out=str(out))
         return 0
     try:
         with raise_on_sigterm():
@@ -178,11 +208,31 @@ def cmd_run(args: argparse.Namespace) -> int:
             "run the same command again to resume",
             file=sys.stderr,
         )
+        if json_events:
+            event("summary", ok=False, interrupted=sig, out=str(out))
         return int(getattr(exc, "code", 130))
     rows = [r for r in collect(out) if r["task"] == cfg["task"]]
+    md, board = "", None
     if rows:
-        _, md = write_outputs(rows, out / cfg["task"] / "leaderboard")
-        print(md, end="")
+        board, md = write_outputs(rows, out / cfg["task"] / "leaderboard")
+    if json_events:  # the leaderboard's markdown is in its file; the lines below are the summary's fields
+        event(
+            "summary",
+            ok=summary.ok,
+            text=summary.line(),
+            cells=len(summary.cells),
+            trained=len(summary.trained),
+            reused=len(summary.reused),
+            failed=[{"cell": c.name, "reason": r} for c, r in summary.failed],
+            not_run=[{"cell": c.name, "teacher": c.teacher.name} for c in summary.blocked],
+            repairs=summary.repairs,
+            notes=summary.notes,
+            wall_s=round(summary.wall_s, 3),
+            out=str(out),
+            leaderboard=str(board) if board else None,
+        )
+        return 0 if summary.ok else 1
+    print(md, end="")
     for line in summary.repairs:
         print(line)
     print(summary.line())
