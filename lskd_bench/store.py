@@ -288,9 +288,14 @@ def text(choices: tuple[str, ...] | None = None, max_len: int = 4096) -> Rule:
     return check
 
 
+NAME_MAX_BYTES = 100  # with the prefixes and suffixes added to it, a file name stays under 255 bytes
+
+
 def name(v: Any) -> str | None:
-    """A plain name: one component of a file name (``safe_name``)."""
-    return None if safe_name(v) else f"{_show(v)} is not a plain name (no path separators)"
+    """A plain name: one component of a file name (``safe_name``), short enough to be one with more added."""
+    if not safe_name(v):
+        return f"{_show(v)} is not a plain name (no path separators)"
+    return None if len(v.encode("utf-8", "surrogateescape")) <= NAME_MAX_BYTES else f"{_show(v)} is too long a name"
 
 
 def boolean(v: Any) -> str | None:
@@ -505,6 +510,9 @@ def result_shape_problem(res: dict[str, Any]) -> str | None:
         if problem:
             return _at(key, problem)
     c = res["cell"]
+    sel = res.get("selection") or {}
+    if sel.get("split") == "valid" and "metric" not in sel:
+        return "selection: lacks metric (a selection on the valid split names it)"
     if c["alpha"] is None and c["role"] != "baseline":
         return f"cell.alpha: null in a {c['role']} cell (only a baseline has none)"
     best = selected_epoch(res)

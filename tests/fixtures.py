@@ -354,6 +354,8 @@ HOSTILE_EDITS = {
     "wall_s NaN": ("timings.wall_s", _set("timings", "wall_s", float("nan"))),
     "history epoch a word": ("history[0].epoch", _set("history", 0, "epoch", "one")),
     "cell a list": ("cell", _set("cell", ["student"])),
+    "task name of 5000 characters": ("cell.task", _set("cell", "task", "t" * 5000)),
+    "valid selection without its metric": ("selection", _set("selection", {"split": "valid", "mode": "min"})),
 }
 
 
