@@ -606,12 +606,22 @@ def write_error(cell_dir: Path, cell: Any, exc: BaseException, **where: Any) -> 
         pass
 
 
-def read_error(cell_dir: Path) -> dict[str, Any] | None:
-    p = Path(cell_dir) / ERROR
+def read_small_json(path: Path, max_bytes: int = 1 << 20) -> Any:
+    """The JSON in a small regular file of a run directory, or None: absent, not a regular file (a FIFO would block
+    the reader), larger than ``max_bytes``, unreadable or not JSON. For files no reader may fail or wait on."""
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return None
+        with open(path, "rb") as f:
+            return json.loads(f.read(max_bytes).decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
+
+
+def read_error(cell_dir: Path) -> dict[str, Any] | None:
+    err = read_small_json(Path(cell_dir) / ERROR)
+    return err if isinstance(err, dict) else None
 
 
 def clear_error(cell_dir: Path) -> None:

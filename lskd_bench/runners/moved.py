@@ -19,7 +19,6 @@ still holds the same data.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 from pathlib import Path
@@ -98,11 +97,8 @@ def _not_fingerprinted(root: str, why: str, problems: list[str] | None) -> None:
 
 
 def recorded_fingerprint(d: Path) -> str | None:
-    try:
-        rec = json.loads((Path(d) / DATA_JSON).read_text(encoding="utf-8"))
-        return str(rec["fingerprint"]) if isinstance(rec, dict) and rec.get("fingerprint") else None
-    except (OSError, ValueError, KeyError):
-        return None
+    rec = store.read_small_json(Path(d) / DATA_JSON)
+    return str(rec["fingerprint"]) if isinstance(rec, dict) and rec.get("fingerprint") else None
 
 
 def record_fingerprints(cells: list[Cell], cfg: dict[str, Any], out: Path) -> list[str]:

@@ -29,3 +29,30 @@ def test_a_cell_reused_from_another_data_path_is_one_row(tmp_path, tiny_cfg):
     # without the config that plans it, the link and its folder are still one cell: the folder
     (runs / "digits" / "configs" / "grid.yaml").unlink()
     assert [(r["cell"], r["state"]) for r in status_rows(runs)] == [(original.name, "finished")]
+
+
+def test_fifos_and_foreign_json_in_a_cell_folder_never_block_or_break_status(tmp_path):
+    """error.json, lock.json and data.json are untrusted like result.json: a FIFO in their place is not opened
+    (reading it would block status for ever), and JSON of another shape is nothing, not an AttributeError."""
+    import os
+    import subprocess
+    import sys
+
+    from ..fixtures import HANG_GUARD_S
+
+    cells = tmp_path / "runs" / "digits"
+    for i, (fifo, other) in enumerate([("error.json", "lock.json"), ("lock.json", "error.json"), ("data.json", "")]):
+        d = cells / f"student_kd_cnn_tiny_a0.1_T1_s{i}-0000000{i}"
+        d.mkdir(parents=True)
+        os.mkfifo(d / fifo)
+        if other:
+            (d / other).write_text("[1, 2]")
+    (cells / "student_kd_cnn_tiny_a0.1_T1_s2-00000002" / store.RESULT).write_text(REAL_RESULT.read_text())
+    p = subprocess.run(
+        [sys.executable, "-m", "lskd_bench", "status", "--runs", str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=HANG_GUARD_S,
+    )  # fmt: skip
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    lines = p.stdout.splitlines()
+    assert len(lines) == 4 and lines[-1].startswith("1 finished, 2 "), p.stdout  # an unreadable lock: by its age
+    assert "unreadable lock (cannot be read: not a regular file)" in p.stdout
