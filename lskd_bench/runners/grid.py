@@ -238,6 +238,7 @@ def run_plan(plan: GridPlan) -> tuple[list[CellOutcome], list[str]]:
     """The planned units through the configured executor: (the cells' outcomes, the executor's notes)."""
     if not plan.units:
         return [], []
+    loggers.preflight(plan.cfg)  # a tracker that does not answer: one warning for the grid, its workers included
     return EXECUTORS.get(plan.cfg["executor"]).for_config(plan.cfg).run(plan)
 
 
@@ -246,6 +247,9 @@ def run_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridSumma
     t0 = time.perf_counter()
     loggers.new_run()
     plan = plan_grid(cfg, out, progress)
-    outcomes, notes = run_plan(plan)
+    try:
+        outcomes, notes = run_plan(plan)
+    finally:
+        os.environ.pop(loggers.OFF_ENV, None)  # the workers have read it
     notes = [*notes, *record_fingerprints(list(plan.cells), cfg, plan.out)]  # the data each cell saw (moved runs)
     return GridSummary.of(plan, outcomes, notes, time.perf_counter() - t0)

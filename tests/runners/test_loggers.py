@@ -267,6 +267,7 @@ def fresh_process_state(monkeypatch):
     """The loggers' per-process memory (switched-off loggers, warnings given), as in a new process."""
     monkeypatch.setattr(loggers, "_off", {})
     monkeypatch.setattr(loggers, "_warned", set())
+    monkeypatch.delenv(loggers.OFF_ENV, raising=False)
 
 
 def _cell(tmp_path, name, close_timeout_s=HANG_GUARD_S, names=("mlflow",)):
@@ -399,3 +400,26 @@ def test_wandb_without_network_or_key_is_one_warning(tmp_path, monkeypatch, caps
         _cell(tmp_path, f"c{i}", close_timeout_s=5, names=("wandb",))
     (warning,) = _warnings(capsys.readouterr().err)
     assert "logger wandb " in warning and "(training goes on)" in warning
+
+
+def test_a_tracker_gone_before_the_grid_is_warned_once_for_every_worker_process(
+    tmp_path, monkeypatch, capsys, fresh_process_state
+):
+    """The grid's process checks each tracker once before any unit trains (``preflight``); one that does not
+    answer is switched off there and, through the environment, in the worker processes the executors start:
+    one warning and one connection attempt for the whole grid."""
+    require("mlflow", "the mlflow logger")
+    import socket
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    attempts = []
+    real = socket.create_connection
+    monkeypatch.setattr(socket, "create_connection", lambda a, *r, **k: attempts.append(a) or real(a, *r, **k))
+    cfg = {"logging": {"loggers": ["mlflow"], "tensorboard": False, "project": "p"}}
+    loggers.preflight(cfg)
+    assert loggers.switched_off().keys() == {"mlflow"} and loggers.os.environ[loggers.OFF_ENV] == "mlflow"
+    monkeypatch.setattr(loggers, "_off", {})  # a worker process: it inherits the environment only
+    assert _cell(tmp_path, "c1").names == []
+    assert attempts == [("127.0.0.1", 9)]
+    (warning,) = _warnings(capsys.readouterr().err)
+    assert "logger mlflow failed (ConnectionError: the MLflow tracking server http://127.0.0.1:9 does not" in warning

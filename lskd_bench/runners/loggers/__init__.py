@@ -237,6 +237,7 @@ _worker_lock = threading.Lock()
 # cells do not try again, so a tracker that is gone costs the grid seconds, not a wait per cell. (A logger that
 # fails for one cell's sake, a file where its folder belongs, is warned of once and tried again in the next cell.)
 _off: dict[str, str] = {}
+OFF_ENV = "LSKD_BENCH_LOGGERS_OFF"  # set by the grid's process for its workers: loggers off for the whole grid
 
 
 def _get_worker(name: str = "") -> _Worker:
@@ -252,6 +253,32 @@ def new_run() -> None:
     with _warn_lock:
         _off.clear()
         _warned.clear()
+    os.environ.pop(OFF_ENV, None)
+
+
+def preflight(cfg: dict[str, Any]) -> None:
+    """Before any unit trains: each logger's ``preflight(cfg)`` (a server that does not answer raises), once for
+    the grid. One that fails is switched off here and, through ``OFF_ENV``, in the worker processes the executors
+    start, so a tracker that is gone is warned of once per grid, not once per process."""
+    for name in logger_names(cfg):
+        check = getattr(LOGGERS.get(name), "preflight", None)
+        if check is None or name in _off:
+            continue
+        try:
+            check(cfg)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
+            _off[name] = why
+            warn_once(f"logger:{name}", f"logger {name} failed ({why}); it logs nothing more in this run "
+                      "(training goes on)")  # fmt: skip
+    if _off:
+        os.environ[OFF_ENV] = ",".join(sorted(_off))
+
+
+def _inherited_off() -> None:
+    """In a worker: the loggers its grid switched off (``OFF_ENV``)."""
+    for name in filter(None, os.environ.get(OFF_ENV, "").split(",")):
+        _off.setdefault(name, "switched off by the grid")
 
 
 def switched_off() -> dict[str, str]:
@@ -265,6 +292,7 @@ class CellLoggers:
     def __init__(self, names: list[str], run: CellRun, every: int, close_timeout_s: float):
         self.run, self.every, self.close_timeout_s = run, max(1, int(every)), close_timeout_s
         self.live: dict[str, Logger] = {}
+        _inherited_off()
         self.names = [n for n in names if n not in _off]
         self.workers = {n: _get_worker(n) for n in self.names}
         for name in self.names:

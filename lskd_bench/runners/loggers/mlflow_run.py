@@ -46,6 +46,11 @@ def check_server(uri: str) -> None:
 class MLflowLogger(Logger):
     requires = ("mlflow", "mlflow")
 
+    @staticmethod
+    def preflight(cfg: dict[str, Any]) -> None:
+        """The server of ``MLFLOW_TRACKING_URI`` takes a connection (checked once, before the grid trains)."""
+        check_server(os.environ.get("MLFLOW_TRACKING_URI", ""))
+
     def __init__(self, run: CellRun):
         super().__init__(run)
         from mlflow.entities import Metric, Param  # optional [mlflow] extra: only when this logger is on

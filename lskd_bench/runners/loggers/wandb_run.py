@@ -44,6 +44,11 @@ def check_server() -> None:
 class WandbLogger(Logger):
     requires = ("wandb", "wandb")
 
+    @staticmethod
+    def preflight(cfg: dict[str, Any]) -> None:
+        """The server of ``WANDB_BASE_URL`` takes a connection (checked once, before the grid trains)."""
+        check_server()
+
     def __init__(self, run: CellRun):
         super().__init__(run)
         os.environ.setdefault("WANDB_SILENT", "true")  # before the import: W&B reads it when it logs in
