@@ -74,7 +74,8 @@ def setup_method(
 _FORWARD_ERRORS = (RuntimeError, AssertionError, ValueError, TypeError, IndexError)  # what a too small input raises
 
 
-def _forward_problem(task: Task, arch: str, cfg: dict[str, Any], hp: dict[str, Any], shape, device: str) -> str | None:
+def _forward_problem(task: Task, arch: str, cfg: dict[str, Any], hp: dict[str, Any], shape, device: str):
+    """(why the probe forward on ``device`` fails, whether that is the input's fault); (None, False): it works."""
     with warnings.catch_warnings():  # library constructors' FutureWarnings (inception_v3's init...)
         warnings.simplefilter("ignore")
         with torch.device(device):
@@ -82,9 +83,12 @@ def _forward_problem(task: Task, arch: str, cfg: dict[str, Any], hp: dict[str, A
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
                 model(torch.zeros(2, *shape, device=device))
-        except _FORWARD_ERRORS as exc:
-            return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return None
+        except Exception as exc:
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if not isinstance(exc, _FORWARD_ERRORS):
+                return f"{type(exc).__name__}: {why}", False
+            return why, device != "meta" or "meta" not in why.lower()  # on meta: not what meta tensors cannot do
+    return None, False
 
 
 def check_input_size(task: Task, cfg: dict[str, Any]) -> None:
@@ -97,9 +101,9 @@ def check_input_size(task: Task, cfg: dict[str, Any]) -> None:
         return
     for role in ("teacher", "student"):
         arch, hp = cfg[role]["arch"], cfg[role]
-        why = _forward_problem(task, arch, cfg, hp, shape, "meta")
-        if why is not None and "meta" in why.lower():  # not a shape problem: what meta tensors cannot do
-            why = _forward_problem(task, arch, cfg, hp, shape, "cpu")
+        why, sure = _forward_problem(task, arch, cfg, hp, shape, "meta")
+        if why is not None and not sure:
+            why, _ = _forward_problem(task, arch, cfg, hp, shape, "cpu")
         if why is not None:
             size = "x".join(map(str, shape[1:])) + (" px" if len(shape) == 3 else "")
             knob = f"data.image_size={cfg['data']['image_size']}; " if "image_size" in cfg.get("data", {}) else ""
