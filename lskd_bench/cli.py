@@ -178,10 +178,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             if error is not None:
                 raise error
             return _run(args, cfg, json_events=True)
-        except UsageError as exc:
-            event("error", text=str(exc))
-            event("summary", ok=False, error=str(exc), out=str(out))
+        except (UsageError, OSError) as exc:  # what _main says in one line, said as events
+            if isinstance(exc, OSError) and not _one_line_os_error(exc):
+                raise
+            text = (
+                f"{exc.filename}: {exc.strerror}" if isinstance(exc, (IsADirectoryError, NotADirectoryError)) else exc
+            )
+            event("error", text=str(text))
+            event("summary", ok=False, error=str(text), out=str(out))
             return 2
+
+
+def _one_line_os_error(exc: OSError) -> bool:
+    """An OSError that is the input's or the machine's (a folder where a file goes, a full disk): one line."""
+    import errno
+
+    return isinstance(exc, (IsADirectoryError, NotADirectoryError)) or exc.errno == errno.ENOSPC
 
 
 def _run(args: argparse.Namespace, cfg: dict[str, Any], json_events: bool = False) -> int:

@@ -133,3 +133,14 @@ def test_json_stream_makes_every_line_a_json_object(capsys):
         ("message", "stdout", "3 cells: trained 0, reused 3 finished")
     ]
     assert not isinstance(sys.stdout, progress.JsonLines) and not isinstance(sys.stderr, progress.JsonLines)
+
+
+def test_json_run_that_stops_on_bad_input_is_still_start_error_summary(tmp_path, cli):
+    """Bad input (a config value out of range, a file where a folder belongs) under --log-format json: a start,
+    an error and a summary event, nothing else, exit 2."""
+    (tmp_path / "digits").write_text("a file")
+    for extra in (["--alphas", "5"], []):
+        rc, out, err = cli("run", "--out", str(tmp_path), *ARGS, "--log-format", "json", *extra)
+        events = [json.loads(line) for line in (out + err).splitlines()]
+        assert rc == 2 and [e["event"] for e in events] == ["start", "error", "summary"], err
+        assert events[-1]["ok"] is False and events[-1]["error"] == events[1]["text"]
