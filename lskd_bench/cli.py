@@ -27,6 +27,7 @@ from .runners.cells import plan_cells
 from .runners.devices import parse_gpus, require_cuda
 from .runners.grid import resolve, run_grid
 from .runners.inference import find_cell, load_cell, read_text_lines, score_files, translate_lines
+from .runners.progress import event, json_stream, output_format
 from .runners.status import status_rows
 from .runners.train import auto_cpu_reason, resolve_device
 from .schema import RUN, _num, default_text
@@ -158,7 +159,45 @@ def _resolve(args: argparse.Namespace, check_executor: bool = True) -> Resolved:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _resolve(args).cfg
+    """``--log-format json`` (or ``logging.format: json``): every line on stdout and stderr is a JSON object, from a
+    ``start`` event to a ``summary`` event (also when every cell is reused, or the run stops on bad input)."""
+    try:
+        cfg = _resolve(args).cfg
+    except UsageError as exc:
+        if args.log_format != "json":
+            raise
+        cfg = None
+        error: UsageError | None = exc
+    else:
+        error = None
+        if output_format(cfg) != "json":
+            return _run(args, cfg)
+    out = Path(args.out)
+    with json_stream():
+        event("start", command="run", task=cfg["task"] if cfg else args.task, out=str(out), dry_run=args.dry_run)
+        try:
+            if error is not None:
+                raise error
+            return _run(args, cfg, json_events=True)
+        except (UsageError, OSError) as exc:  # what _main says in one line, said as events
+            if isinstance(exc, OSError) and not _one_line_os_error(exc):
+                raise
+            text = (
+                f"{exc.filename}: {exc.strerror}" if isinstance(exc, (IsADirectoryError, NotADirectoryError)) else exc
+            )
+            event("error", text=str(text))
+            event("summary", ok=False, error=str(text), out=str(out))
+            return 2
+
+
+def _one_line_os_error(exc: OSError) -> bool:
+    """An OSError that is the input's or the machine's (a folder where a file goes, a full disk): one line."""
+    import errno
+
+    return isinstance(exc, (IsADirectoryError, NotADirectoryError)) or exc.errno == errno.ENOSPC
+
+
+def _run(args: argparse.Namespace, cfg: dict[str, Any], json_events: bool = False) -> int:
     out = Path(args.out)
     check_writable_dir(out)
     reason = auto_cpu_reason(cfg)
@@ -166,8 +205,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"device auto: training on the CPU: {reason}", file=sys.stderr)
     if args.dry_run:
         get_task(cfg["task"]).check_layout(cfg)  # the data check run makes before writing anything
-        for cell in plan_cells(cfg):
+        cells = plan_cells(cfg)
+        for cell in cells:
             print(cell.dir(out))
+        if json_events:
+            event("summary", ok=True, dry_run=True, cells=len(cells), out=str(out))
         return 0
     try:
         with raise_on_sigterm():
@@ -179,11 +221,31 @@ def cmd_run(args: argparse.Namespace) -> int:
             "run the same command again to resume",
             file=sys.stderr,
         )
+        if json_events:
+            event("summary", ok=False, interrupted=sig, out=str(out))
         return int(getattr(exc, "code", 130))
     rows = [r for r in collect(out) if r["task"] == cfg["task"]]
+    md, board = "", None
     if rows:
-        _, md = write_outputs(rows, out / cfg["task"] / "leaderboard", follow=False)
-        print(md, end="")
+        board, md = write_outputs(rows, out / cfg["task"] / "leaderboard", follow=False)
+    if json_events:  # the leaderboard's markdown is in its file; the lines below are the summary's fields
+        event(
+            "summary",
+            ok=summary.ok,
+            text=summary.line(),
+            cells=len(summary.cells),
+            trained=len(summary.trained),
+            reused=len(summary.reused),
+            failed=[{"cell": c.name, "reason": r} for c, r in summary.failed],
+            not_run=[{"cell": c.name, "teacher": c.teacher.name} for c in summary.blocked],
+            repairs=summary.repairs,
+            notes=summary.notes,
+            wall_s=round(summary.wall_s, 3),
+            out=str(out),
+            leaderboard=str(board) if board else None,
+        )
+        return 0 if summary.ok else 1
+    print(md, end="")
     for line in summary.repairs:
         print(line)
     print(summary.line())
@@ -297,21 +359,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     split = _list_of(str, "--target")
     problems: list[str] = []
-    rows = analyze(
-        Path(args.runs),
-        split(args.target),
-        similar=split(args.similar) if args.similar else None,
-        dissimilar=split(args.dissimilar) if args.dissimilar else None,
-        t1=args.t1,
-        t2=args.t2,
-        task=args.task,
-        method=args.method,
-        seed=args.seed,
-        limit=args.limit,
-        problems=problems,
-        hierarchy=args.hierarchy,
-    )
-    _warn(problems)
+    try:
+        rows = analyze(
+            Path(args.runs),
+            split(args.target),
+            similar=split(args.similar) if args.similar else None,
+            dissimilar=split(args.dissimilar) if args.dissimilar else None,
+            t1=args.t1,
+            t2=args.t2,
+            task=args.task,
+            method=args.method,
+            seed=args.seed,
+            limit=args.limit,
+            problems=problems,
+            hierarchy=args.hierarchy,
+        )
+    finally:  # the results it skipped, also when what is left cannot be analysed
+        _warn(problems)
     out = (
         Path(args.out)
         if args.out
@@ -328,8 +392,10 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     classes = _list_of(str, "--classes")(args.classes) if args.classes else []
     name = "_".join(classes) if classes else "default"
     problems: list[str] = []
-    task = RunIndex(Path(args.runs), args.task, problems).task
-    _warn(problems)
+    try:
+        task = RunIndex(Path(args.runs), args.task, problems).task
+    finally:
+        _warn(problems)
     out = args.out or Path(args.runs) / task / "analysis" / f"projection_{name}_{args.split}.png"
     _check_outputs(args.out, [out])
     path, (w, h) = visualize(

@@ -128,11 +128,22 @@ def load(runs_dir: Path, select: str = "selected", problems: list[str] | None = 
     env = sorted({k for r in rows for k in r if k.startswith("env_")})
     columns = ID_COLUMNS + list(metric_names) + _TAIL + env
     df = pd.DataFrame.from_records(rows, columns=columns)
+    for col in env:  # one type a column (Parquet's rule): env values of several kinds across rows become text
+        values = [v for v in df[col] if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        if len({_env_kind(v) for v in values}) > 1:
+            df[col] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in df[col]]
     df["seed"] = df["seed"].astype("int64")
     df["epochs"] = df["epochs"].astype("int64")
     for col in ("epoch", "selected_epoch", "teacher_epoch"):
         df[col] = df[col].astype("Int64")  # nullable: results without the value
     return df
+
+
+def _env_kind(v: Any) -> str:
+    """text, bool or number: what an env value is (store's spec admits no other values; numpy's as Python's)."""
+    if isinstance(v, str):
+        return "text"
+    return "bool" if isinstance(v, bool) or type(v).__name__ == "bool_" else "number"
 
 
 CELL_KEY = ["task", "role", "teacher_arch", "student_arch", "method", "alpha", "T", "seed"]

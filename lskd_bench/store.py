@@ -17,6 +17,7 @@ import contextlib
 import errno
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -354,19 +355,32 @@ def save_torch(path: Path, obj: Any) -> None:
 
 
 RESULT_KEYS = ("cell", "metrics", "epochs", "timings")
+RESULT_MAX_BYTES = 64 << 20  # a result.json is kilobytes; a larger file is not one lskd-bench wrote
 
 
 def load_result(cell_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """(result, problem): the cell's result.json if usable, else why not (both None: the cell has none)."""
+    """(result, problem): the cell's result.json if it fits ``RESULT_SPEC``, else why not (both None: the cell has
+    none). The one gate every reader of results passes through (SECURITY.md: a run directory is untrusted)."""
     p = Path(cell_dir) / RESULT
-    if not p.exists():
-        return None, None
     try:
-        res = json.loads(p.read_text(encoding="utf-8"))
+        st = p.stat()
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"cannot be read: {exc.strerror or exc}"
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader, a device never end
+        return None, "is not a regular file"
+    if st.st_size > RESULT_MAX_BYTES:
+        return None, f"is larger than any result ({st.st_size >> 20} MiB; {RESULT_MAX_BYTES >> 20} MiB at most)"
+    try:
+        with open(p, "rb") as f:
+            res = json.loads(f.read(RESULT_MAX_BYTES + 1).decode("utf-8"))
     except UnicodeDecodeError:
         return None, "is not UTF-8 text"
     except json.JSONDecodeError as exc:
         return None, f"is not valid JSON (truncated?): {exc}"
+    except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits; nesting deeper than the stack
+        return None, f"is not JSON lskd-bench reads ({type(exc).__name__}: {str(exc)[:80]})"
     except OSError as exc:
         return None, f"cannot be read: {exc.strerror or exc}"
     if not isinstance(res, dict):
@@ -379,8 +393,6 @@ def load_result(cell_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
 
 
 ROLES = ("teacher", "student", "baseline")
-_NAME_KEYS = ("task", "arch", "method", "hash")  # each becomes part of a file name somewhere
-_OPTIONAL_NAME_KEYS = ("name", "teacher_arch")  # absent from results of older versions (or None)
 
 
 def safe_name(value: Any) -> bool:
@@ -395,65 +407,310 @@ def safe_name(value: Any) -> bool:
     )
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+# ------------------------------------------------------------------------------------------ what a result.json is
+# A rule takes one value and says why it does not fit (None: it fits). ``RESULT_SPEC``, built from them below, is the
+# one description of a valid result.json: the types and ranges every reader (leaderboard, compare, analyze, plot,
+# status, report, export, ``results.load``) relies on; ``load_result`` refuses any file that does not fit it. Keys it
+# does not name are free. A result this version writes fits it unchanged (tests/data/result.json).
+Rule = Callable[[Any], "str | None"]
+INT64 = 2**63 - 1  # pandas and Parquet hold integers as int64
+_FLOAT_MAX = 1e308  # a larger integer is no float (OverflowError)
+_EPOCHS = 10**9
 
 
-def _metrics_problem(m: Any, what: str) -> str | None:
-    if not isinstance(m, dict) or not m:
-        return f"has {what} that are not a non-empty mapping of names to numbers ({type(m).__name__})"
-    bad = next((k for k, v in m.items() if not isinstance(k, str) or not _number(v)), None)
-    return None if bad is None else f"has {what} with a non-numeric value ({bad}: {m[bad]!r})"
+def _show(v: Any) -> str:
+    text = repr(v)
+    text = text if len(text) <= 40 else text[:37] + "..."
+    return f"a list {text}" if isinstance(v, list) else text  # a problem that starts with '[' names an item
+
+
+def _kind(v: Any) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def _at(where: str, problem: str) -> str:
+    return where + (problem if problem[:1] in (".", "[") else ": " + problem)
+
+
+def nullable(rule: Rule) -> Rule:
+    return lambda v: None if v is None else rule(v)
+
+
+def integer(lo: int = 0, hi: int = INT64) -> Rule:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, int) or isinstance(v, bool):
+            return f"{_show(v)} is not an integer"
+        return None if lo <= v <= hi else f"{_show(v)} is not in [{lo}, {hi}]"
+
+    return check
+
+
+def number(lo: float | None = None, hi: float | None = None, hi_open: bool = False, finite: bool = True) -> Rule:
+    """An int or a float (not a bool) that a float holds; ``finite``: no NaN or infinity; ``lo``/``hi``: a range."""
+
+    def check(v: Any) -> str | None:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            return f"{_show(v)} is not a number"
+        if isinstance(v, int) and abs(v) > _FLOAT_MAX:
+            return f"{_show(v)} is too large for a number"
+        if finite and not math.isfinite(v):
+            return f"{v} is not a finite number"
+        if (lo is not None and v < lo) or (hi is not None and (v >= hi if hi_open else v > hi)):
+            return f"{v} is not in [{lo:g}, {hi if hi is None else format(hi, 'g')}{')' if hi_open else ']'}"
+        return None
+
+    return check
+
+
+def real(v: Any) -> str | None:
+    """A float (a JSON number with a point)."""
+    return None if isinstance(v, float) else f"{_show(v)} is not a float"
+
+
+def text(choices: tuple[str, ...] | None = None, max_len: int = 4096) -> Rule:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, str):
+            return f"{_show(v)} is not a string"
+        if choices is not None and v not in choices:
+            return f"{_show(v)} is not one of {', '.join(choices)}"
+        return None if len(v) <= max_len else f"a string of {len(v)} characters (at most {max_len})"
+
+    return check
+
+
+NAME_MAX_BYTES = 100  # with the prefixes and suffixes added to it, a file name stays under 255 bytes
+
+
+def name(v: Any) -> str | None:
+    """A plain name: one component of a file name (``safe_name``), short enough to be one with more added."""
+    if not safe_name(v):
+        return f"{_show(v)} is not a plain name (no path separators)"
+    return None if len(v.encode("utf-8", "surrogateescape")) <= NAME_MAX_BYTES else f"{_show(v)} is too long a name"
+
+
+def boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"{_show(v)} is not true or false"
+
+
+def anything(v: Any) -> str | None:
+    return None
+
+
+def one_of(*rules: Rule, what: str) -> Rule:
+    def check(v: Any) -> str | None:
+        return None if any(r(v) is None for r in rules) else f"{_show(v)} is not {what}"
+
+    return check
+
+
+def list_of(item: Rule) -> Rule:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list):
+            return f"{_show(v)} is not a list"
+        for i, x in enumerate(v):
+            problem = item(x)
+            if problem:
+                return _at(f"[{i}]", problem)
+        return None
+
+    return check
+
+
+def mapping(
+    fields: dict[str, Rule] | None = None,
+    required: tuple[str, ...] = (),
+    other: Rule = anything,
+    nonempty: bool = False,
+    key: Rule | None = None,
+) -> Rule:
+    """A JSON object: the keys in ``fields`` fit their rules (those in ``required`` present), every other key fits
+    ``key`` and its value ``other``."""
+    fields = fields or {}
+    key = key or text(max_len=256)
+
+    def check(v: Any) -> str | None:
+        if not isinstance(v, dict):
+            return f"{_show(v)} is not a mapping"
+        if nonempty and not v:
+            return "is empty"
+        missing = [k for k in required if k not in v]
+        if missing:
+            return f"lacks {', '.join(missing)}"
+        for k, x in v.items():
+            rule = fields.get(k)
+            problem = rule(x) if rule else (key(k) and f"key {key(k)}") or other(x)
+            if problem:
+                return _at(f".{k}", problem) if rule or not key(k) else problem
+        return None
+
+    return check
+
+
+# The columns of a row of ``results.load`` and of the leaderboard: a metric may not take one of these names.
+ROW_KEYS = frozenset(
+    "task role cell teacher_arch student_arch method alpha T seed config_hash primary_metric select epoch "
+    "selected_epoch epochs selected_on teacher_cell teacher_weights teacher_epoch wall_s finished_at cell_dir".split()
+)
+
+
+def metric_name(v: Any) -> str | None:
+    if not isinstance(v, str) or not v or len(v) > 64 or not v.isprintable():
+        return f"{_show(v)} is not a metric name (1 to 64 printable characters)"
+    if v in ROW_KEYS or v.startswith("env_"):
+        return f"{_show(v)} is a table column, not a metric name"
+    return None
+
+
+def _number_format(v: Any) -> str | None:
+    try:
+        ok = isinstance(v, str) and len(v) <= 16 and isinstance(format(1.5, v), str)
+    except (TypeError, ValueError):
+        ok = False
+    return None if ok else f"{_show(v)} is not a number format (like .2f)"
+
+
+_METRICS = mapping(other=number(finite=False), key=metric_name, nonempty=True)  # a diverged loss may be NaN
+_EPOCH = integer(0, _EPOCHS)
+_SCALAR = nullable(one_of(text(), boolean, real, integer(-INT64, INT64), what="a string, number, true or false"))
+
+RESULT_SPEC: dict[str, Rule] = {
+    "cell": mapping(
+        {
+            "role": text(ROLES),
+            "task": name,
+            "arch": name,
+            "method": name,
+            "hash": name,
+            "name": nullable(name),
+            "teacher_arch": nullable(name),
+            "teacher": nullable(name),  # the teacher's cell folder
+            "alpha": nullable(number(0.0, 1.0, hi_open=True)),  # null only for a baseline (checked below)
+            "T": nullable(number(0.0, 1e6)),
+            "seed": integer(0, INT64),
+        },
+        required=("role", "task", "arch", "method", "hash", "alpha", "seed"),
+    ),
+    "metrics": _METRICS,
+    "best": nullable(
+        mapping(
+            {"epoch": nullable(_EPOCH), "metrics": _METRICS, "score": nullable(number(finite=False))},
+            required=("metrics",),
+        )
+    ),
+    "epochs": _EPOCH,
+    "init_epochs": _EPOCH,
+    "updates": nullable(integer()),
+    "num_params": nullable(integer()),
+    "timings": mapping(
+        {"wall_s": number(0.0), "train_s": number(0.0), "eval_s": number(0.0), "export_s": number(0.0)},
+        required=("wall_s",),
+    ),
+    "history": nullable(
+        list_of(
+            mapping(
+                {
+                    "epoch": number(0, _EPOCHS),
+                    "loss": number(finite=False),
+                    "eval": nullable(_METRICS),
+                    "lr": nullable(number(finite=False)),
+                    "updates": nullable(integer()),
+                },
+                required=("epoch", "loss"),
+            )
+        )
+    ),
+    "primary_metric": nullable(metric_name),
+    "metric_names": nullable(list_of(metric_name)),
+    "metric_specs": nullable(
+        list_of(
+            mapping(
+                {
+                    "name": metric_name,
+                    "label": text(max_len=200),
+                    "higher_is_better": boolean,
+                    "format": _number_format,
+                    "shown": boolean,
+                },
+                required=("name",),
+            )
+        )
+    ),
+    "metric_info": nullable(mapping({"split": text(max_len=64)})),
+    "selection": nullable(
+        mapping(
+            {
+                "split": text(max_len=64),
+                "metric": metric_name,
+                "mode": text(("max", "min")),
+                "epoch": nullable(_EPOCH),
+                "score": nullable(number(finite=False)),
+                "note": text(),
+            }
+        )
+    ),
+    "weights": nullable(mapping({"last": name, "selected": name})),
+    "teacher_weights": nullable(
+        mapping(
+            {
+                "cell": nullable(name),
+                "which": text(("last", "selected")),
+                "file": nullable(name),
+                "epoch": nullable(_EPOCH),
+                "last_epoch": nullable(_EPOCH),
+            }
+        )
+    ),
+    "files": nullable(mapping()),
+    "config": nullable(
+        mapping(
+            {
+                "task": nullable(text()),
+                "train": nullable(mapping()),
+                "method": nullable(mapping()),
+                "data": nullable(mapping()),
+            }
+        )
+    ),
+    "run_config": nullable(mapping({"teacher_weights": text(), "pair": nullable(text(max_len=256))})),
+    "env": nullable(
+        mapping(
+            {"threads": nullable(integer(0, 2**31)), "processes": nullable(integer(0, 2**31))},
+            other=one_of(_SCALAR, list_of(_SCALAR), what="a string, number, true, false, null or a list of them"),
+            key=text(max_len=64),
+        )
+    ),
+    "skipped_samples": nullable(list_of(text())),
+    "resumes": nullable(list_of(anything)),
+    "finished_at": text(max_len=64),
+}
+
+
+def _declared_metrics(res: dict[str, Any]) -> list[str]:
+    """The metrics a result declares (its tables' columns): ``metric_specs``, else ``metric_names``."""
+    if res.get("metric_specs"):
+        return [d["name"] for d in res["metric_specs"]]
+    return list(res.get("metric_names") or [])
 
 
 def result_shape_problem(res: dict[str, Any]) -> str | None:
-    """Why a parsed result.json (hand-edited, or from another program) cannot be read as train.py writes it: the
-    types every reader (leaderboard, compare, plot, analyze, status) relies on, and names safe as file names."""
+    """Why a parsed result.json (hand-edited, or from another program) does not fit ``RESULT_SPEC`` (None: it
+    fits): the rule of each key, then what holds across keys."""
+    for key, rule in RESULT_SPEC.items():
+        problem = rule(res[key]) if key in res else None
+        if problem:
+            return _at(key, problem)
     c = res["cell"]
-    if not isinstance(c, dict):
-        return f"has a cell entry that is not a mapping ({type(c).__name__})"
-    if c.get("role") not in ROLES:
-        return f"has cell.role {c.get('role')!r}, not one of {', '.join(ROLES)}"
-    for key in _NAME_KEYS + _OPTIONAL_NAME_KEYS:
-        if not safe_name(c.get(key)) and (key in _NAME_KEYS or c.get(key) is not None):
-            return f"has cell.{key} {c.get(key)!r}, not a plain name (no path separators)"
-    if not (_number(c.get("alpha")) or (c["role"] == "baseline" and c.get("alpha") is None)):
-        return f"has cell.alpha {c.get('alpha')!r}, not a number"
-    if not (c.get("T") is None or _number(c["T"])):
-        return f"has cell.T {c['T']!r}, not a number"
-    if not isinstance(c.get("seed"), int) or isinstance(c.get("seed"), bool):
-        return f"has cell.seed {c.get('seed')!r}, not an integer"
-    problem = _metrics_problem(res["metrics"], "metrics")
-    if problem:
-        return problem
+    sel = res.get("selection") or {}
+    if sel.get("split") == "valid" and "metric" not in sel:
+        return "selection: lacks metric (a selection on the valid split names it)"
+    if c["alpha"] is None and c["role"] != "baseline":
+        return f"cell.alpha: null in a {c['role']} cell (only a baseline has none)"
     best = selected_epoch(res)
-    if best is not None and (not isinstance(best, dict) or _metrics_problem(best.get("metrics"), "best.metrics")):
-        return _metrics_problem(best.get("metrics") if isinstance(best, dict) else None, "best.metrics")
-    if not isinstance(res["epochs"], int) or isinstance(res["epochs"], bool):
-        return f"has epochs {res['epochs']!r}, not an integer"
-    if not isinstance(res["timings"], dict) or not _number(res["timings"].get("wall_s")):
-        return "has timings without a numeric wall_s"
-    history = res.get("history")
-    if history is not None:
-        if not isinstance(history, list):
-            return f"has a history that is not a list ({type(history).__name__})"
-        for i, h in enumerate(history):
-            ok = isinstance(h, dict) and _number(h.get("epoch")) and _number(h.get("loss"))
-            if not ok or ("eval" in h and h["eval"] is not None and _metrics_problem(h["eval"], "eval")):
-                return f"has history row {i + 1} without a numeric epoch, loss and eval metrics ({str(h)[:60]})"
-    for key in ("selection", "metric_info", "env", "run_config", "config"):
-        if res.get(key) is not None and not isinstance(res[key], dict):
-            return f"has a {key} entry that is not a mapping ({type(res[key]).__name__})"
-    if res.get("primary_metric") is not None and not isinstance(res["primary_metric"], str):
-        return f"has primary_metric {res['primary_metric']!r}, not a name"
-    specs = res.get("metric_specs")
-    if specs is not None and not (
-        isinstance(specs, list) and all(isinstance(d, dict) and isinstance(d.get("name"), str) for d in specs)
-    ):
-        return "has metric_specs that are not a list of {name: ...} mappings"
-    names = res.get("metric_names")
-    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-        return "has metric_names that are not a list of names"
+    need = [*_declared_metrics(res), *([res["primary_metric"]] if res.get("primary_metric") else [])]
+    for where, metrics in (("metrics", res["metrics"]), ("best.metrics", (best or {}).get("metrics"))):
+        lacking = [m for m in dict.fromkeys(need) if metrics is not None and m not in metrics]
+        if lacking:
+            return f"{where}: lacks {', '.join(map(str, lacking))} (the metrics the result declares)"
     return None
 
 
@@ -518,7 +775,7 @@ def iter_results(root: Path, problems: list[str] | None = None) -> Iterator[dict
     for p in sorted(Path(root).rglob(RESULT)):
         res, problem = load_result(p.parent)
         if problem and problems is not None:
-            problems.append(f"{p} {problem}: skipped ('lskd-bench run' trains the cell again)")
+            problems.append(f"skipped: {p} ({problem}; 'lskd-bench run' trains the cell again)")
         if res is not None:
             res["cell_dir"] = str(p.parent)  # where it lies, never what the file claims
             yield res
@@ -539,12 +796,22 @@ def write_error(cell_dir: Path, cell: Any, exc: BaseException, **where: Any) -> 
         pass
 
 
-def read_error(cell_dir: Path) -> dict[str, Any] | None:
-    p = Path(cell_dir) / ERROR
+def read_small_json(path: Path, max_bytes: int = 1 << 20) -> Any:
+    """The JSON in a small regular file of a run directory, or None: absent, not a regular file (a FIFO would block
+    the reader), larger than ``max_bytes``, unreadable or not JSON. For files no reader may fail or wait on."""
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return None
+        with open(path, "rb") as f:
+            return json.loads(f.read(max_bytes).decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
+
+
+def read_error(cell_dir: Path) -> dict[str, Any] | None:
+    err = read_small_json(Path(cell_dir) / ERROR)
+    return err if isinstance(err, dict) else None
 
 
 def clear_error(cell_dir: Path) -> None:

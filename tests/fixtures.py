@@ -334,6 +334,74 @@ def fake_results(
         (d / store.RESULT).write_text(json.dumps(res))
 
 
+# ------------------------------------------------------------------------- a real result.json and hostile edits of it
+REAL_RESULT = ROOT / "tests" / "data" / "result.json"  # a kd student's result.json as this version writes it (digits)
+
+
+def real_result() -> dict:
+    return json.loads(REAL_RESULT.read_text())
+
+
+def _set(*path_value):
+    *path, value = path_value
+
+    def edit(r):
+        for k in path[:-1]:
+            r = r[k]
+        r[path[-1]] = value
+
+    return edit
+
+
+# A hand-edited result.json whose JSON types pass a shape check by type alone, keyed by what it breaks
+# (the key named in the reader's "skipped: FILE (why)" line).
+HOSTILE_EDITS = {
+    "teacher_weights a string": ("teacher_weights", _set("teacher_weights", "selected")),
+    "teacher_weights a list": ("teacher_weights", _set("teacher_weights", ["selected", 3])),
+    "best.epoch a word": ("best.epoch", _set("best", "epoch", "abc")),
+    "best.epoch a fraction": ("best.epoch", _set("best", "epoch", 1.5)),
+    "alpha 10**400": ("cell.alpha", _set("cell", "alpha", 10**400)),
+    "metric 10**400": ("metrics.top1", _set("metrics", "top1", 10**400)),
+    "best metric 10**400": ("best.metrics.top5", _set("best", "metrics", "top5", 10**400)),
+    "seed 10**30": ("cell.seed", _set("cell", "seed", 10**30)),
+    "epochs 10**30": ("epochs", _set("epochs", 10**30)),
+    "finished_at a number": ("finished_at", _set("finished_at", 1765000000)),
+    "env value a mapping": ("env.torch", _set("env", "torch", {"version": "2"})),
+    "env value nested lists": ("env.gpus", _set("env", "gpus", [["0"]])),
+    "env value 10**30": ("env.threads", _set("env", "threads", 10**30)),
+    "T infinite": ("cell.T", _set("cell", "T", float("inf"))),
+    "alpha null in a student": ("cell.alpha", _set("cell", "alpha", None)),
+    "metric named like a column": ("metrics", _set("metrics", "task", 1.0)),
+    "primary metric not reported": ("metrics", _set("primary_metric", "bleu")),
+    "best lacks a metric": ("best.metrics", lambda r: r["best"]["metrics"].pop("top5")),
+    "metric format bogus": ("metric_specs[0].format", _set("metric_specs", 0, "format", "%%q")),
+    "selection.metric a number": ("selection.metric", _set("selection", "metric", 5)),
+    "weights.selected a path": ("weights.selected", _set("weights", "selected", "../../model.pt")),
+    "wall_s NaN": ("timings.wall_s", _set("timings", "wall_s", float("nan"))),
+    "history epoch a word": ("history[0].epoch", _set("history", 0, "epoch", "one")),
+    "cell a list": ("cell", _set("cell", ["student"])),
+    "task name of 5000 characters": ("cell.task", _set("cell", "task", "t" * 5000)),
+    "valid selection without its metric": ("selection", _set("selection", {"split": "valid", "mode": "min"})),
+}
+
+
+def plant_results(runs: Path, edits: list[str]) -> dict[str, Path]:
+    """A run directory holding the real result and one copy per edit of ``HOSTILE_EDITS``, each in a cell folder of
+    its own: {edit: its result.json}."""
+    good = runs / "digits" / "student_kd_cnn_tiny_a0.1_T1_s0-824028d8"
+    good.mkdir(parents=True)
+    (good / store.RESULT).write_text(REAL_RESULT.read_text())
+    planted = {}
+    for i, edit in enumerate(edits):
+        res = real_result()
+        HOSTILE_EDITS[edit][1](res)
+        d = runs / "digits" / f"student_kd_cnn_tiny_a0.1_T1_s{i + 1}-{i + 1:08x}"
+        d.mkdir()
+        planted[edit] = d / store.RESULT
+        planted[edit].write_text(json.dumps(res))
+    return planted
+
+
 FAST = {"image_size": 32}
 
 

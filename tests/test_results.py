@@ -100,3 +100,40 @@ def test_export_errors(tmp_path, cli):
     assert rc == 2 and err.strip() == f"lskd-bench: error: no finished cells under {tmp_path}"
     rc, _, err = cli("export", "--runs", str(tmp_path / "nope"))
     assert rc == 2 and "does not exist" in err
+
+
+def test_load_skips_hostile_results_naming_each_and_every_format_exports(tmp_path):
+    """``results.load`` passes each result.json through store's one gate: every hostile edit is skipped with
+    "skipped: FILE (why)" and the rest exports as CSV, Parquet and JSON Lines (no ArrowInvalid, OverflowError...)."""
+    from .fixtures import HOSTILE_EDITS, plant_results
+
+    runs = tmp_path / "runs"
+    planted = plant_results(runs, list(HOSTILE_EDITS))
+    problems: list[str] = []
+    df = results.load(runs, problems=problems)
+    assert len(df) == 1 and len(problems) == len(planted)
+    for edit, path in planted.items():
+        assert any(p.startswith(f"skipped: {path} ({HOSTILE_EDITS[edit][0]}") for p in problems), (edit, problems)
+    for fmt in results.FORMATS:
+        results.export(df, tmp_path / f"out.{fmt}", fmt)
+    assert pd.read_parquet(tmp_path / "out.parquet")["seed"].tolist() == [0]
+
+
+def test_env_values_of_several_kinds_across_results_export_as_text(tmp_path):
+    """An env key that holds a number in one result and text or true/false in another (each valid alone) becomes a
+    text column: Parquet holds one type a column."""
+    from .fixtures import plant_results, real_result
+
+    runs = tmp_path / "runs"
+    plant_results(runs, [])
+    for seed, env in ((1, {"host": 5, "flag": True, "ratio": 1}), (2, {"host": "node-a", "flag": 1, "ratio": 0.5})):
+        res = real_result()
+        res["cell"]["seed"], res["env"] = seed, {**res["env"], **env}
+        d = runs / "digits" / f"student_kd_cnn_tiny_a0.1_T1_s{seed}-{seed:08x}"
+        d.mkdir()
+        store.write_json(d / store.RESULT, res)
+    df = results.load(runs)
+    results.export(df, tmp_path / "out.parquet", "parquet")
+    back = pd.read_parquet(tmp_path / "out.parquet")
+    assert back["env_host"].tolist()[1:] == ["5", "node-a"] and back["env_flag"].tolist()[1:] == ["True", "1"]
+    assert back["env_ratio"].tolist()[1:] == [1.0, 0.5]  # numbers of both kinds stay numbers

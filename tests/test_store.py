@@ -12,7 +12,7 @@ import torch
 
 from lskd_bench import store
 
-from .fixtures import TINY_ARGS
+from .fixtures import HOSTILE_EDITS, TINY_ARGS, fake_results, plant_results, real_result, result
 
 # ------------------------------------------------------------------------------------------ hand-edited results
 _EDITS = {
@@ -40,8 +40,6 @@ _EDITS = {
 def test_hand_edited_result_of_wrong_types_is_skipped_and_named(tmp_path, cli, edit):
     """leaderboard, compare and plot skip a result.json of the wrong types with a warning naming the file, as they do
     for one that is not JSON, and report the other cells."""
-    from .fixtures import fake_results
-
     runs = tmp_path / "runs"
     fake_results(runs)
     bad = next(p for p in sorted(runs.rglob(store.RESULT)) if "student_dkd" in str(p))
@@ -51,8 +49,70 @@ def test_hand_edited_result_of_wrong_types_is_skipped_and_named(tmp_path, cli, e
     for argv in (["leaderboard"], ["compare"], ["plot"]):
         rc, _, err = cli(*argv, "--runs", str(runs))
         assert rc == 0, (argv, err)
-        assert f"warning: {bad} " in err and "skipped" in err, (argv, err)
+        assert f"warning: skipped: {bad} (" in err, (argv, err)
         assert "Traceback" not in err
+
+
+def test_results_written_by_this_version_fit_the_spec(tmp_path):
+    """The one description of a valid result.json (``store.RESULT_SPEC``) takes a real result unchanged (a kd
+    student of digits, tests/data/result.json), the results the tests write by hand, and a teacher's and a
+    baseline's null fields."""
+    assert store.result_shape_problem(real_result()) is None
+    fake_results(tmp_path)
+    assert [store.result_problem(p.parent) for p in tmp_path.rglob(store.RESULT)] == [None] * 6
+    assert store.result_shape_problem(result("teacher", "cnn_wide", 0.1, None, 0, 50.0, 90.0, "0a")) is None
+    assert store.result_shape_problem(result("baseline", "cnn_tiny", None, None, 3, 50.0, 90.0, "0b")) is None
+    for key in ("teacher_weights", "best", "selection", "history", "env", "weights"):
+        assert store.result_shape_problem({**real_result(), key: None}) is None, key
+
+
+@pytest.mark.parametrize("edit", list(HOSTILE_EDITS))
+def test_a_hostile_result_is_refused_naming_its_key(tmp_path, edit):
+    """Values of the right JSON type but out of what a reader can hold (a string for a mapping, 10**400 for a
+    float, a seed beyond int64, a nested env value...) are refused by the one gate, which names the key."""
+    key, change = HOSTILE_EDITS[edit]
+    res = real_result()
+    change(res)
+    store.write_json(tmp_path / store.RESULT, res)
+    got, problem = store.load_result(tmp_path)
+    assert got is None and problem is not None and problem.startswith(key), problem
+
+
+def test_a_result_json_that_is_no_regular_file_or_no_json_python_reads_is_refused(tmp_path):
+    """A FIFO named result.json is refused unopened (reading it would block); an integer of 5000 digits and
+    nesting deeper than the interpreter's stack are refused, not raised."""
+    fifo, digits, deep = (tmp_path / n for n in ("fifo", "digits", "deep"))
+    for d in (fifo, digits, deep):
+        d.mkdir()
+    os.mkfifo(fifo / store.RESULT)
+    (digits / store.RESULT).write_text('{"epochs": 1' + "0" * 5000 + "}")
+    (deep / store.RESULT).write_text("[" * 100000 + "]" * 100000)
+    assert store.load_result(fifo) == (None, "is not a regular file")
+    assert store.load_result(digits)[1].startswith("is not JSON lskd-bench reads (ValueError")
+    assert store.load_result(deep)[1].startswith("is not JSON lskd-bench reads (RecursionError")
+
+
+def test_every_reader_skips_hostile_results_and_names_each(tmp_path, cli):
+    """leaderboard, compare, plot, export (every format), analyze and report read the good cell and say
+    "skipped: FILE (why)" of each hostile one; status shows each as damaged, with why."""
+    runs = tmp_path / "runs"
+    planted = plant_results(runs, list(HOSTILE_EDITS))
+    argvs = [["leaderboard"], ["compare"], ["plot"], ["analyze", "--target", "0"]]
+    argvs += [["export", "--format", f, "--out", str(tmp_path / f"r.{f}")] for f in ("csv", "parquet", "jsonl")]
+    for argv in argvs:
+        rc, _, err = cli(*argv, "--runs", str(runs))
+        assert "Traceback" not in err and rc == (2 if argv[0] == "analyze" else 0), (argv, err)
+        for edit, path in planted.items():
+            assert f"warning: skipped: {path} ({HOSTILE_EDITS[edit][0]}" in err, (argv, edit, err)
+    rc, out, err = cli("status", "--runs", str(runs))
+    assert rc == 0, err
+    for edit, path in planted.items():
+        line = next(x for x in out.splitlines() if x.startswith(path.parent.name))
+        assert "damaged" in line and HOSTILE_EDITS[edit][0] in line, (edit, line)
+    assert "1 finished" in out.splitlines()[-1]
+    rc, _, err = cli("report", "--runs", str(runs), "--out", str(tmp_path / "r.html"))
+    page = (tmp_path / "r.html").read_text()
+    assert rc == 0 and all(f"skipped: {path} (" in page for path in planted.values()), err
 
 
 @pytest.mark.parametrize("mask,mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])

@@ -116,8 +116,8 @@ def collect(runs: Path, select: str = "selected", problems: list[str] | None = N
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # hand-edited beyond what store checks
             if problems is not None:
                 problems.append(
-                    f"{Path(r['cell_dir']) / store.RESULT} has a malformed entry ({type(exc).__name__}: "
-                    f"{exc}): skipped ('lskd-bench run' trains the cell again)"
+                    f"skipped: {Path(r['cell_dir']) / store.RESULT} (a malformed entry: {type(exc).__name__}: "
+                    f"{exc}; 'lskd-bench run' trains the cell again)"
                 )
     return sorted(rows, key=_sort_key)
 

@@ -24,10 +24,11 @@ from ..models import init_path, read_checkpoint
 from ..registry import EXECUTORS
 from ..schema import deep_merge
 from ..tasks import DEFAULT_TASK, Task, get_task
+from . import loggers
 from .cells import Cell, grid_values, plan_cells, validate_grid
 from .loggers import check_loggers
 from .moved import find_moved, record_fingerprints
-from .probe import check_feature_methods
+from .probe import check_feature_methods, check_input_size
 from .repair import repair_cells
 from .state import CellOutcome
 from .units import GridPlan
@@ -86,6 +87,7 @@ def check_run_config(task: Task, cfg: dict[str, Any], check_executor: bool = Tru
     _check_checkpoints(cfg)
     check_loggers(cfg)
     task.validate(cfg)
+    check_input_size(task, cfg)
     check_feature_methods(task, cfg)
 
 
@@ -240,13 +242,18 @@ def run_plan(plan: GridPlan) -> tuple[list[CellOutcome], list[str]]:
     """The planned units through the configured executor: (the cells' outcomes, the executor's notes)."""
     if not plan.units:
         return [], []
+    loggers.preflight(plan.cfg)  # a tracker that does not answer: one warning for the grid, its workers included
     return EXECUTORS.get(plan.cfg["executor"]).for_config(plan.cfg).run(plan)
 
 
 def run_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridSummary:
     """Train every unfinished cell of the grid in ``cfg`` under ``out``; finished cells are reused."""
     t0 = time.perf_counter()
+    loggers.new_run()
     plan = plan_grid(cfg, out, progress)
-    outcomes, notes = run_plan(plan)
-    record_fingerprints(list(plan.cells), cfg, plan.out)  # what data each finished cell saw, for moved runs
+    try:
+        outcomes, notes = run_plan(plan)
+    finally:
+        os.environ.pop(loggers.OFF_ENV, None)  # the workers have read it
+    notes = [*notes, *record_fingerprints(list(plan.cells), cfg, plan.out)]  # the data each cell saw (moved runs)
     return GridSummary.of(plan, outcomes, notes, time.perf_counter() - t0)

@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -84,6 +85,8 @@ def read_lock(cell_dir: Path) -> LockInfo | None:
     """The lock of ``cell_dir``; None only when there is none."""
     path = Path(cell_dir) / LOCK
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the reader
+            raise OSError(errno.EINVAL, "not a regular file")
         raw = path.read_bytes()
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:

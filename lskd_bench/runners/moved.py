@@ -19,7 +19,6 @@ still holds the same data.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 from pathlib import Path
@@ -33,11 +32,15 @@ CONTENT_BYTES = 2 << 30  # data up to 2 GiB is fingerprinted by content, larger 
 _CACHE: dict[str, tuple[tuple, str]] = {}  # root -> (listing key, fingerprint): computed once per process
 
 
-def _listing(root: Path) -> list[tuple[str, int, str]]:
+def _listing(root: Path, unreadable: list[str]) -> list[tuple[str, int, str]]:
     """(relative path, size, absolute path) of every regular file under ``root`` (links followed, each real
-    directory once), sorted."""
+    directory once), sorted; a directory that cannot be listed is added to ``unreadable`` (path: why)."""
     out, seen = [], set()
-    for dirpath, dirs, names in os.walk(root, followlinks=True):
+
+    def failed(exc: OSError) -> None:
+        unreadable.append(f"{exc.filename}: {exc.strerror or exc}")
+
+    for dirpath, dirs, names in os.walk(root, followlinks=True, onerror=failed):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirs[:] = []
@@ -54,12 +57,17 @@ def _listing(root: Path) -> list[tuple[str, int, str]]:
     return sorted(out)
 
 
-def data_fingerprint(cfg: dict[str, Any]) -> str | None:
-    """The fingerprint of the data under ``cfg["data"]["root"]``; None without a root (built-in data)."""
+def data_fingerprint(cfg: dict[str, Any], problems: list[str] | None = None) -> str | None:
+    """The fingerprint of the data under ``cfg["data"]["root"]``; None without a root (built-in data), or when a
+    file or folder under it cannot be read (permission denied, an I/O error): then a line in ``problems`` names
+    it. The data's cells are then found at their own path only; nothing else depends on it."""
     root = (cfg.get("data") or {}).get("root")
     if not root or not Path(root).is_dir():
         return None
-    files = _listing(Path(root))
+    unreadable: list[str] = []
+    files = _listing(Path(root), unreadable)
+    if unreadable:
+        return _not_fingerprinted(root, unreadable[0], problems)
     key = tuple((rel, size) for rel, size, _ in files)
     cached = _CACHE.get(str(root))
     if cached and cached[0] == key:
@@ -69,25 +77,33 @@ def data_fingerprint(cfg: dict[str, Any]) -> str | None:
     for rel, size, path in files:
         h.update(f"{rel}\0{size}\n".encode("utf-8", "surrogateescape"))
         if by_content:
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
+            try:
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+            except OSError as exc:
+                return _not_fingerprinted(root, f"{path}: {exc.strerror or exc}", problems)
     fp = ("content:" if by_content else "listing:") + h.hexdigest()[:24]
     _CACHE[str(root)] = (key, fp)
     return fp
 
 
+def _not_fingerprinted(root: str, why: str, problems: list[str] | None) -> None:
+    if problems is not None:
+        line = f"not fingerprinted: the data at {root} (cannot read {why}): its cells are reused at this path only"
+        if line not in problems:
+            problems.append(line)
+    return None
+
+
 def recorded_fingerprint(d: Path) -> str | None:
-    try:
-        rec = json.loads((Path(d) / DATA_JSON).read_text(encoding="utf-8"))
-        return str(rec["fingerprint"]) if isinstance(rec, dict) and rec.get("fingerprint") else None
-    except (OSError, ValueError, KeyError):
-        return None
+    rec = store.read_small_json(Path(d) / DATA_JSON)
+    return str(rec["fingerprint"]) if isinstance(rec, dict) and rec.get("fingerprint") else None
 
 
-def record_fingerprints(cells: list[Cell], cfg: dict[str, Any], out: Path) -> None:
+def record_fingerprints(cells: list[Cell], cfg: dict[str, Any], out: Path) -> list[str]:
     """``data.json`` in each finished cell of ``cells`` that lacks one (the data at ``cfg``'s root is the cell's:
-    its hash covers that root)."""
+    its hash covers that root); a line for data that could not be fingerprinted (none is recorded then)."""
     todo = [
         c.dir(out)
         for c in cells
@@ -95,12 +111,14 @@ def record_fingerprints(cells: list[Cell], cfg: dict[str, Any], out: Path) -> No
         and store.read_result(c.dir(out)) is not None
         and recorded_fingerprint(c.dir(out)) is None
     ]
-    fp = data_fingerprint(cfg) if todo else None
+    problems: list[str] = []
+    fp = data_fingerprint(cfg, problems) if todo else None
     for d in todo if fp else []:
         try:
             store.write_json(d / DATA_JSON, {"fingerprint": fp, "root": cfg["data"]["root"]})
         except OSError:
             pass  # a read-only run directory: the cell is still found at its own path
+    return problems
 
 
 def _root_of(result: dict[str, Any]) -> str | None:
@@ -115,6 +133,7 @@ def find_moved(cells: list[Cell], cfg: dict[str, Any], out: Path) -> list[str]:
     if not (cfg.get("data") or {}).get("root"):
         return []
     lines: list[str] = []
+    problems: list[str] = []
     fp: str | None = None
     for c in cells:  # teachers first: a student's re-planned hash goes through its teacher's
         d = c.dir(out)
@@ -131,8 +150,8 @@ def find_moved(cells: list[Cell], cfg: dict[str, Any], out: Path) -> list[str]:
             twin = next((x for x in plan_cells(other) if x.name == c.name), None)
             if twin is None or twin.dir(out) != cand:  # differs in more than where the data lies
                 continue
-            theirs = recorded_fingerprint(cand) or data_fingerprint(other)
-            fp = fp or data_fingerprint(cfg)
+            theirs = recorded_fingerprint(cand) or data_fingerprint(other, problems)
+            fp = fp or data_fingerprint(cfg, problems)
             if theirs is None or theirs != fp:
                 continue
             try:
@@ -143,4 +162,4 @@ def find_moved(cells: list[Cell], cfg: dict[str, Any], out: Path) -> list[str]:
                 f"found: {c.name}: the same data (fingerprint {fp}) finished at {root}: {cand.name} reused as {d.name}"
             )
             break
-    return lines
+    return lines + problems

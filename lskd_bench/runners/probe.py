@@ -5,6 +5,7 @@ method needs exists in both models, and its parts can be sized)."""
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,51 @@ def setup_method(
     t = Outputs({k: view.probe[k] for k in t_names})
     method.setup(Probe(model, view.model, s, t, layout, view.layout, num_samples, num_classes, labels))
     return tap
+
+
+_FORWARD_ERRORS = (RuntimeError, AssertionError, ValueError, TypeError, IndexError)  # what a too small input raises
+
+
+def _forward_problem(task: Task, arch: str, cfg: dict[str, Any], hp: dict[str, Any], shape, device: str):
+    """(why the probe forward on ``device`` fails, whether that is the input's fault); (None, False): it works."""
+    with warnings.catch_warnings():  # library constructors' FutureWarnings (inception_v3's init...)
+        warnings.simplefilter("ignore")
+        with torch.device(device):
+            model = task.build_model(arch, _STAND_IN, cfg, hp).eval()
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                model(torch.zeros(2, *shape, device=device))
+        except Exception as exc:
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if not isinstance(exc, _FORWARD_ERRORS):
+                return f"{type(exc).__name__}: {why}", False
+            return why, device != "meta" or "meta" not in why.lower()  # on meta: not what meta tensors cannot do
+    return None, False
+
+
+def check_input_size(task: Task, cfg: dict[str, Any]) -> None:
+    """UsageError (one line naming arch and input size) if the teacher's or the student's architecture cannot take
+    the task's inputs (a torchvision/timm classifier at an image size it does not support: inception_v3 at 32 px):
+    one probe forward on the meta device (shapes only: no memory, no compute; on the CPU where the model does what
+    meta tensors cannot). Checked when a run's config is resolved (``run``, also ``--dry-run``)."""
+    shape = task.probe_shape(cfg)
+    if shape is None:
+        return
+    for role in ("teacher", "student"):
+        arch, hp = cfg[role]["arch"], cfg[role]
+        why, sure = _forward_problem(task, arch, cfg, hp, shape, "meta")
+        if why is not None and not sure:
+            why, _ = _forward_problem(task, arch, cfg, hp, shape, "cpu")
+        if why is not None:
+            size = "x".join(map(str, shape[1:])) + (" px" if len(shape) == 3 else "")
+            knob = f"data.image_size={cfg['data']['image_size']}; " if "image_size" in cfg.get("data", {}) else ""
+            raise UsageError(
+                f"{role} arch {arch} cannot take {task.name}'s inputs of {size} ({knob}{why[:200]}): choose "
+                "another arch or input size"
+            )
+
+
+_STAND_IN = TaskData(train=[], val=[], num_classes=10, class_names=[str(i) for i in range(10)])
 
 
 def check_feature_methods(task: Task, cfg: dict[str, Any]) -> None:

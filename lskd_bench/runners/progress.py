@@ -12,9 +12,11 @@ terminals, else ``plain``. Lines go to stderr, where the bars go.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -155,3 +157,86 @@ def say(cfg: dict[str, Any], text: str) -> None:
         )
     else:
         _emit(text)
+
+
+# ------------------------------------------------------------------------------------------ the JSON stream
+def _now() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def event(kind: str, **fields: Any) -> None:
+    """One JSON object on stderr: ``{"time", "event": kind, ...fields}`` (``json`` format: start, summary...)."""
+    _emit(json.dumps({"time": _now(), "event": kind, **_jsonable(fields)}))
+
+
+_PREFIXES = (("lskd-bench: warning: ", "warning"), ("lskd-bench: error: ", "error"))
+
+
+class JsonLines:
+    """A text stream in place of ``sys.stdout``/``sys.stderr`` while a run writes JSON lines: a line that is a
+    JSON object passes as it is; any other (a warning, a summary, a tracker library's own INFO line) becomes
+    ``{"time", "event": "message" (or "warning", "error"), "stream", "text"}``; blank lines are dropped. After
+    ``close_lines`` it passes everything through (a library may keep a handle on it)."""
+
+    def __init__(self, stream: Any, name: str):
+        self.stream, self.name, self.buf, self.on = stream, name, "", True
+
+    def write(self, s: str) -> int:
+        if not self.on:
+            return self.stream.write(s)
+        self.buf += s
+        while "\n" in self.buf:
+            line, self.buf = self.buf.split("\n", 1)
+            self._line(line)
+        return len(s)
+
+    def _line(self, line: str) -> None:
+        text = line.rstrip("\r")
+        if not text.strip():
+            return
+        if text.startswith("{"):
+            try:
+                if isinstance(json.loads(text), dict):
+                    self.stream.write(text + "\n")
+                    return
+            except ValueError:
+                pass
+        kind = next((k for prefix, k in _PREFIXES if text.startswith(prefix)), "message")
+        text = next((text[len(p) :] for p, k in _PREFIXES if k == kind), text)
+        self.stream.write(json.dumps({"time": _now(), "event": kind, "stream": self.name, "text": text}) + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close_lines(self) -> None:
+        if self.buf:
+            self._line(self.buf)
+            self.buf = ""
+        self.on = False
+        try:
+            self.flush()
+        except (OSError, ValueError):
+            pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str) -> Any:  # fileno, encoding, errors...: the stream's
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def json_stream() -> Iterator[None]:
+    """While active, every line on stdout and stderr is a JSON object (``JsonLines``)."""
+    saved = sys.stdout, sys.stderr
+    wrapped = JsonLines(saved[0], "stdout"), JsonLines(saved[1], "stderr")
+    sys.stdout, sys.stderr = wrapped
+    try:
+        yield
+    finally:
+        for w in wrapped:
+            w.close_lines()
+        sys.stdout, sys.stderr = saved

@@ -4,6 +4,7 @@ queue states, log tails)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -41,11 +42,23 @@ def planned_dirs(runs: Path, task: str | None = None) -> list[Path]:
     return dirs
 
 
+def _one_per_cell(dirs: list[Path], planned: set[Path]) -> list[Path]:
+    """One folder per cell: a cell reused from another data path (``moved.find_moved``) is a link to its folder;
+    of the two, the planned one is listed (else the folder itself)."""
+    by_real: dict[str, Path] = {}
+    for p in dirs:
+        real = os.path.realpath(p)
+        kept = by_real.get(real)
+        if kept is None or (p in planned, not p.is_symlink()) > (kept in planned, not kept.is_symlink()):
+            by_real[real] = p
+    return sorted(by_real.values())
+
+
 def status_rows(runs: Path, task: str | None = None) -> list[dict[str, str]]:
     """Per cell under ``runs`` (and per cell the newest run of each task planned but has not started):
     damaged / finished / running / queued / failed / interrupted / pending (``state.cell_state``), with job ids."""
-    dirs = cell_dirs(runs, task)
-    dirs = sorted(set(dirs) | set(planned_dirs(runs, task)))
+    planned = set(planned_dirs(runs, task))
+    dirs = _one_per_cell(sorted(set(cell_dirs(runs, task)) | planned), planned)
     views: dict[Path, dict[str, str]] = {}
     for _, executor in EXECUTORS.items():
         for p, v in executor.status(dirs).items():

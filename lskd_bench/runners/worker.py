@@ -16,6 +16,7 @@ import torch
 from ..errors import DataError, Interrupted, raise_on_sigterm
 from ..tasks import get_task
 from .cells import Cell, plan_cells
+from .progress import json_stream, output_format
 from .units import UnitContext, distributed, read_spec, train_unit
 
 
@@ -31,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cells", "--cell", required=True, help="comma-separated hashes of the cells to train together")
     args = ap.parse_args(argv)
     spec = read_spec(args.spec)
+    if output_format(spec["config"]) == "json":  # every line the parent passes on is a JSON object too
+        with json_stream():
+            return _train(args, spec)
+    return _train(args, spec)
+
+
+def _train(args: argparse.Namespace, spec: dict) -> int:
     cfg = spec["config"]
     by_hash = {c.hash: c for c in plan_cells(cfg)}
     unit = [by_hash[h] for h in args.cells.split(",")]

@@ -116,7 +116,7 @@ def test_analyze_and_visualize_say_which_results_they_skipped(digits_runs, cli, 
     torn.write_text('{"cell": {"task": "dig', encoding="utf-8")
     rc, _, err = cli("analyze", "--runs", str(runs), "--target", "3", "--out", str(tmp_path / "eta"))
     assert rc == 0, err
-    assert f"warning: {torn} " in err and "skipped" in err
+    assert f"warning: skipped: {torn} (" in err
     rc, _, err = cli("visualize", "--runs", str(runs), "--out", str(tmp_path / "p.png"))
     assert rc == 0, err
-    assert err.count(f"warning: {torn} ") == 1
+    assert err.count(f"warning: skipped: {torn} (") == 1

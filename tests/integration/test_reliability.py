@@ -373,3 +373,24 @@ def test_sigterm_releases_locks_records_interrupted_and_exits_143(tmp_path, cli)
     )
     _, out, _ = cli("status", "--runs", str(tmp_path))
     assert re.search(rf"{teacher.name} +interrupted +- +stopped by SIGTERM", out)
+
+
+# ------------------------------------------------------------------------------------------ JSON logs, trackers gone
+@pytest.mark.slow
+def test_json_logs_parse_line_by_line_with_a_tracker_gone_and_a_rerun_still_has_events(tmp_path, cli, monkeypatch):
+    """--log-format json with an MLflow server that does not answer: every line on stdout and stderr is a JSON
+    object (the logger's one warning too), from a start to a summary event; the results are written; a rerun
+    where every cell is reused still says start and summary."""
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    argv = ["run", "--out", str(tmp_path), *TINY_ARGS, "--log-format", "json", "--loggers", "mlflow"]
+    for reused in (0, 3):
+        rc, out, err = cli(*argv)
+        assert rc == 0, err
+        events = [json.loads(line) for line in (out + err).splitlines()]  # raises on a line that is not JSON
+        assert all(isinstance(e, dict) for e in events) and out == ""
+        assert events[0]["event"] == "start" and events[-1]["event"] == "summary", events
+        assert events[-1]["ok"] and (events[-1]["trained"], events[-1]["reused"]) == (3 - reused, reused)
+        warnings = [e["text"] for e in events if e["event"] == "warning"]
+        assert len(warnings) == (1 if not reused else 0) and all("logger mlflow failed" in w for w in warnings)
+    assert len(list(tmp_path.rglob(store.RESULT))) == 3

@@ -8,6 +8,7 @@ import json
 import struct
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -255,3 +256,170 @@ def test_unknown_or_missing_logger_is_one_error_line(tmp_path, cli, monkeypatch)
     rc, _, err = cli("run", "--out", str(tmp_path), *ARGS, "--loggers", "mlflow")
     assert rc == 2 and "logger mlflow needs the mlflow package: pip install 'lskd-bench[mlflow]'" in err
     assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------ trackers gone or hostile
+HANG_GUARD_S = 300  # only keeps a hung test from hanging the suite; no assertion depends on speed
+
+
+@pytest.fixture
+def fresh_process_state(monkeypatch):
+    """The loggers' per-process memory (switched-off loggers, warnings given), as in a new process."""
+    monkeypatch.setattr(loggers, "_off", {})
+    monkeypatch.setattr(loggers, "_warned", set())
+    monkeypatch.delenv(loggers.OFF_ENV, raising=False)
+
+
+def _cell(tmp_path, name, close_timeout_s=HANG_GUARD_S, names=("mlflow",)):
+    d = tmp_path / name
+    d.mkdir(exist_ok=True)
+    run = loggers.CellRun(d, None, {"logging": {"project": "lskd-test"}})
+    cell = loggers.CellLoggers(list(names), run, every=1, close_timeout_s=close_timeout_s)
+    cell.step(1, 0.5, 0.1)
+    cell.epoch(1, {"epoch": 1, "loss": 0.5, "eval": {"top1": 10.0}})
+    cell.finish({"metrics": {"top1": 10.0}, "updates": 1})
+    cell.close()
+    return cell
+
+
+def _warnings(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "warning" in line]
+
+
+def test_an_mlflow_server_that_does_not_answer_is_tried_once_and_warned_once(
+    tmp_path, monkeypatch, capsys, fresh_process_state
+):
+    """MLFLOW_TRACKING_URI=http://127.0.0.1:9 held every cell for the whole close timeout (MLflow's retries), with
+    no warning: now the first cell finds it (one TCP connection), warns once, and the next cells do not try."""
+    require("mlflow", "the mlflow logger")
+    import socket
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    attempts = []
+    real = socket.create_connection
+
+    def counted(address, *args, **kw):
+        attempts.append(address)
+        return real(address, *args, **kw)
+
+    monkeypatch.setattr(socket, "create_connection", counted)
+    first = _cell(tmp_path, "c1")
+    second = _cell(tmp_path, "c2")
+    assert attempts == [("127.0.0.1", 9)]
+    assert first.names == ["mlflow"] and second.names == []  # the second cell does not try again
+    (warning,) = _warnings(capsys.readouterr().err)
+    assert "logger mlflow failed (c1: ConnectionError: the MLflow tracking server http://127.0.0.1:9 does not" in (
+        warning
+    ) and warning.endswith("it logs nothing more in this run (training goes on)")
+
+
+class Counting(Logger):
+    calls: ClassVar[list] = []
+
+    def __init__(self, run):
+        super().__init__(run)
+        Counting.calls.append(("open", run.name))
+
+    def close(self):
+        Counting.calls.append(("close", self.run.name))
+
+
+def test_a_logger_that_does_not_answer_is_switched_off_and_the_others_go_on(tmp_path, capsys, fresh_process_state):
+    """A logger that hangs (a server that takes the connection and never answers) costs one close timeout: it
+    is switched off for the next cells, with one warning, and the other loggers, on threads of their own, log."""
+
+    class Hangs(Logger):
+        release, opened = threading.Event(), threading.Event()
+
+        def __init__(self, run):
+            super().__init__(run)
+            Hangs.opened.set()
+            Hangs.release.wait(HANG_GUARD_S)
+
+    LOGGERS.names()
+    LOGGERS.add("stuck", Hangs)
+    LOGGERS.add("counting", Counting)
+    Counting.calls = []
+    try:
+        first = _cell(tmp_path, "c1", close_timeout_s=0.2, names=("stuck", "counting"))
+        assert Hangs.opened.wait(HANG_GUARD_S)
+        second = _cell(tmp_path, "c2", close_timeout_s=HANG_GUARD_S, names=("stuck", "counting"))
+        assert first.names == ["stuck", "counting"] and second.names == ["counting"]
+        assert Counting.calls == [("open", "c1"), ("close", "c1"), ("open", "c2"), ("close", "c2")]
+        (warning,) = _warnings(capsys.readouterr().err)
+        assert "logger stuck does not answer (c1: still busy after 0.2 s, logging.close_timeout_s)" in warning
+        assert loggers.switched_off() == {"stuck": "does not answer"}
+    finally:
+        Hangs.release.set()
+        for name in ("stuck", "counting"):
+            LOGGERS._items.pop(name, None)
+
+
+def test_hostile_tracker_settings_are_one_warning_each_and_nothing_raises(
+    tmp_path, monkeypatch, capsys, fresh_process_state
+):
+    """A tensorboard folder blocked by a file and a garbage MLflow tracking URI: one warning line each, however
+    many cells; a loggers.json that is no small JSON object of strings (a list, a FIFO, ids of other types) is
+    nothing remembered, never an error or a block."""
+    require("tensorboard", "the tensorboard logger")
+    require("mlflow", "the mlflow logger")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "garbage://no/where")
+    for i in range(2):
+        (tmp_path / f"c{i}").mkdir()
+        (tmp_path / f"c{i}" / "tensorboard").write_text("a file where the folder belongs")
+        _cell(tmp_path, f"c{i}", names=("tensorboard", "mlflow"))
+    warnings = _warnings(capsys.readouterr().err)
+    assert len(warnings) == 2 and all("it logs nothing more for that cell" in w for w in warnings), warnings
+    assert {w.split("logger ")[1].split(" ")[0] for w in warnings} == {"tensorboard", "mlflow"}
+    state = tmp_path / "state"
+    state.mkdir()
+    import os
+
+    for content in ("[1, 2]", '{"mlflow": "run-1"}', '{"mlflow": {"run_id": ["x"]}}', '{"mlflow": {"run_id": 5}}'):
+        (state / STATE).write_text(content)
+        assert loggers.CellRun(state).recall("mlflow") is None, content
+    (state / STATE).unlink()
+    os.mkfifo(state / STATE)
+    assert loggers.CellRun(state).recall("mlflow") is None
+    loggers.CellRun(state).remember("mlflow", {"run_id": "r"})  # replaces the FIFO, does not open it
+    assert loggers.CellRun(state).recall("mlflow") == {"run_id": "r"}
+
+
+def test_wandb_without_network_or_key_is_one_warning(tmp_path, monkeypatch, capsys, fresh_process_state):
+    """W&B online with no API key and a server that does not answer: one warning line (it fails, or it does not
+    answer within the close timeout and is switched off), training code never waits past that."""
+    require("wandb", "the wandb logger")
+    for var in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    for i in range(2):
+        _cell(tmp_path, f"c{i}", close_timeout_s=5, names=("wandb",))
+    (warning,) = _warnings(capsys.readouterr().err)
+    assert "logger wandb " in warning and "(training goes on)" in warning
+
+
+def test_a_tracker_gone_before_the_grid_is_warned_once_for_every_worker_process(
+    tmp_path, monkeypatch, capsys, fresh_process_state
+):
+    """The grid's process checks each tracker once before any unit trains (``preflight``); one that does not
+    answer is switched off there and, through the environment, in the worker processes the executors start:
+    one warning and one connection attempt for the whole grid."""
+    require("mlflow", "the mlflow logger")
+    import socket
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    attempts = []
+    real = socket.create_connection
+    monkeypatch.setattr(socket, "create_connection", lambda a, *r, **k: attempts.append(a) or real(a, *r, **k))
+    cfg = {"logging": {"loggers": ["mlflow"], "tensorboard": False, "project": "p"}}
+    loggers.preflight(cfg)
+    assert loggers.switched_off().keys() == {"mlflow"} and loggers.os.environ[loggers.OFF_ENV] == "mlflow"
+    monkeypatch.setattr(loggers, "_off", {})  # a worker process: it inherits the environment only
+    assert _cell(tmp_path, "c1").names == []
+    assert attempts == [("127.0.0.1", 9)]
+    (warning,) = _warnings(capsys.readouterr().err)
+    assert "logger mlflow failed (ConnectionError: the MLflow tracking server http://127.0.0.1:9 does not" in warning

@@ -69,7 +69,8 @@ def test_json_format_one_object_a_line(tmp_path, cli):
     steps = [e for e in events if e["event"] == "step"]
     assert steps and all({"epoch", "epochs", "step", "steps", "steps_per_s", "loss"} <= set(e) for e in steps)
     assert all(0 < e["step"] <= e["steps"] for e in steps) and set(steps[0]["loss"]) == {"a0.1"}
-    assert "\r" not in err and "cells: trained 3" in out
+    assert "\r" not in err and out == ""  # stdout too is JSON only: here nothing, the leaderboard is in its file
+    assert kinds[0] == "start" and kinds[-1] == "summary" and "cells: trained 3" in events[-1]["text"]
 
 
 def test_auto_is_bars_on_a_terminal_only(monkeypatch):
@@ -97,3 +98,49 @@ def test_plain_epoch_lines_are_throttled_but_the_last_is_always_written(monkeypa
         lines.note("x", line=f"epoch {e}/4 done", throttle=e < 4)
     written = [ln.split("unit: ")[1] for ln in capsys.readouterr().err.splitlines()]
     assert written == ["epoch 3/4 done", "epoch 4/4 done"]
+
+
+def test_json_stream_makes_every_line_a_json_object(capsys):
+    """While a json run is on, a plain line anyone writes (a warning, a summary, a tracker library's INFO line
+    through logging, a line cut in pieces) becomes a JSON object; JSON objects pass as they are; blank lines go."""
+    import logging
+
+    log = logging.getLogger("some.tracker")
+    with progress.json_stream():
+        handler = logging.StreamHandler()  # made while the stream is on, as a library imported by a logger would
+        log.addHandler(handler)
+        try:
+            log.warning("INFO tracker: connecting to http://127.0.0.1:9")
+        finally:
+            log.removeHandler(handler)
+        print("lskd-bench: warning: logger mlflow failed", file=sys.stderr)
+        print("failed: cell_a: RuntimeError: boom (see x)", file=sys.stderr)
+        sys.stdout.write("3 cells: trained 0, ")
+        sys.stdout.write("reused 3 finished\n\n")
+        progress.event("summary", ok=True)
+        sys.stderr.write("no newline at the end")
+    cap = capsys.readouterr()
+    err = [json.loads(line) for line in cap.err.splitlines()]  # raises on any line that is not JSON
+    out = [json.loads(line) for line in cap.out.splitlines()]
+    assert [(e["event"], e.get("text")) for e in err] == [
+        ("message", "INFO tracker: connecting to http://127.0.0.1:9"),
+        ("warning", "logger mlflow failed"),
+        ("message", "failed: cell_a: RuntimeError: boom (see x)"),
+        ("summary", None),
+        ("message", "no newline at the end"),
+    ]
+    assert [(e["event"], e["stream"], e["text"]) for e in out] == [
+        ("message", "stdout", "3 cells: trained 0, reused 3 finished")
+    ]
+    assert not isinstance(sys.stdout, progress.JsonLines) and not isinstance(sys.stderr, progress.JsonLines)
+
+
+def test_json_run_that_stops_on_bad_input_is_still_start_error_summary(tmp_path, cli):
+    """Bad input (a config value out of range, a file where a folder belongs) under --log-format json: a start,
+    an error and a summary event, nothing else, exit 2."""
+    (tmp_path / "digits").write_text("a file")
+    for extra in (["--alphas", "5"], []):
+        rc, out, err = cli("run", "--out", str(tmp_path), *ARGS, "--log-format", "json", *extra)
+        events = [json.loads(line) for line in (out + err).splitlines()]
+        assert rc == 2 and [e["event"] for e in events] == ["start", "error", "summary"], err
+        assert events[-1]["ok"] is False and events[-1]["error"] == events[1]["text"]

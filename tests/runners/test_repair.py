@@ -184,7 +184,7 @@ def test_bad_result_json_is_reported_and_the_cell_retrained(tmp_path, cli, conte
     assert re.search(rf"{student.name} +damaged +- +result\.json {re.escape(problem)}", out)
     rc, out, err = cli("leaderboard", "--runs", str(tmp_path))
     assert rc == 0 and "### digits: cnn_wide\n" in out and "T = 1" not in out  # the damaged student is left out...
-    assert f"warning: {student / store.RESULT} {problem}" in err  # ...and said so
+    assert f"warning: skipped: {student / store.RESULT} ({problem}" in err  # ...and said so
     rc, out, err = cli("run", "--out", str(tmp_path), *TINY_ARGS, "--no-baseline")
     assert rc == 0, err
     assert re.search(

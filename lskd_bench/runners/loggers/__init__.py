@@ -26,7 +26,9 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 import queue
+import stat
 import sys
 import threading
 import time
@@ -50,6 +52,7 @@ LOGGERS: Registry[type] = Registry(
     ),
 )
 STATE = "loggers.json"  # CELL/loggers.json: each logger's run id, for a resumed cell
+STATE_MAX_BYTES = 1 << 20
 QUEUE_MAX = 100_000  # events waiting for the logger thread before new ones are dropped
 
 
@@ -80,22 +83,36 @@ class CellRun:
         """The resolved config, flattened (``teacher.lr``), values as strings."""
         return {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in flatten(self.cfg).items()}
 
-    def recall(self, logger: str) -> dict[str, Any] | None:
-        """What ``logger`` remembered of this cell's run (its id), or None."""
-        try:
-            return json.loads((Path(self.dir) / STATE).read_text()).get(logger)
-        except (OSError, ValueError, AttributeError):
+    def recall(self, logger: str) -> dict[str, str] | None:
+        """What ``logger`` remembered of this cell's run (its id: string values only), or None. CELL/loggers.json
+        is untrusted like the rest of a run directory: anything but a small JSON object is nothing remembered."""
+        value = _read_state(Path(self.dir) / STATE).get(logger)
+        if not isinstance(value, dict):
             return None
+        return {str(k): v for k, v in value.items() if isinstance(v, str)} or None
 
     def remember(self, logger: str, value: dict[str, Any]) -> None:
+        """Best effort: a cell whose loggers.json cannot be written (a folder in its place, a full disk) still
+        logs; only a resume would open a new tracker run."""
         path = Path(self.dir) / STATE
-        try:
-            state = json.loads(path.read_text())
-            state = state if isinstance(state, dict) else {}
-        except (OSError, ValueError):
-            state = {}
+        state = _read_state(path)
         state[logger] = value
-        store.write_json(path, state)
+        try:
+            store.write_json(path, state)
+        except OSError:
+            pass
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > STATE_MAX_BYTES:  # a FIFO would block the logger thread
+            return {}
+        with open(path, "rb") as f:
+            state = json.loads(f.read(STATE_MAX_BYTES).decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 class Logger:
@@ -189,11 +206,12 @@ def warn_once(key: str, line: str) -> None:
 
 
 class _Worker:
-    """The process's logger thread: runs queued calls one at a time, in order."""
+    """One logger's thread in this process: runs its queued calls one at a time, in order (a logger that hangs
+    holds up only its own calls)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
         self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_MAX)
-        self.thread = threading.Thread(target=self._loop, name="lskd-loggers", daemon=True)
+        self.thread = threading.Thread(target=self._loop, name=f"lskd-loggers-{name}", daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
@@ -212,92 +230,152 @@ class _Worker:
             return False
 
 
-_worker: _Worker | None = None
+_workers: dict[str, _Worker] = {}
 _worker_lock = threading.Lock()
+# Loggers switched off for the rest of this process, and why: one whose tracker could not be reached when it opened
+# a run (ConnectionError, TimeoutError) or did not answer within logging.close_timeout_s. Warned once; the next
+# cells do not try again, so a tracker that is gone costs the grid seconds, not a wait per cell. (A logger that
+# fails for one cell's sake, a file where its folder belongs, is warned of once and tried again in the next cell.)
+_off: dict[str, str] = {}
+OFF_ENV = "LSKD_BENCH_LOGGERS_OFF"  # set by the grid's process for its workers: loggers off for the whole grid
 
 
-def _get_worker() -> _Worker:
-    global _worker
+def _get_worker(name: str = "") -> _Worker:
     with _worker_lock:
-        if _worker is None or not _worker.thread.is_alive():
-            _worker = _Worker()
-        return _worker
+        w = _workers.get(name)
+        if w is None or not w.thread.is_alive():
+            w = _workers[name] = _Worker(name)
+        return w
+
+
+def new_run() -> None:
+    """A grid starts in this process: every logger may be tried again, and warned of again."""
+    with _warn_lock:
+        _off.clear()
+        _warned.clear()
+    os.environ.pop(OFF_ENV, None)
+
+
+def preflight(cfg: dict[str, Any]) -> None:
+    """Before any unit trains: each logger's ``preflight(cfg)`` (a server that does not answer raises), once for
+    the grid. One that fails is switched off here and, through ``OFF_ENV``, in the worker processes the executors
+    start, so a tracker that is gone is warned of once per grid, not once per process."""
+    for name in logger_names(cfg):
+        check = getattr(LOGGERS.get(name), "preflight", None)
+        if check is None or name in _off:
+            continue
+        try:
+            check(cfg)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
+            _off[name] = why
+            warn_once(f"logger:{name}", f"logger {name} failed ({why}); it logs nothing more in this run "
+                      "(training goes on)")  # fmt: skip
+    if _off:
+        os.environ[OFF_ENV] = ",".join(sorted(_off))
+
+
+def _inherited_off() -> None:
+    """In a worker: the loggers its grid switched off (``OFF_ENV``)."""
+    for name in filter(None, os.environ.get(OFF_ENV, "").split(",")):
+        _off.setdefault(name, "switched off by the grid")
+
+
+def switched_off() -> dict[str, str]:
+    """The loggers this process no longer opens (name: why)."""
+    return dict(_off)
 
 
 class CellLoggers:
-    """The loggers of one cell, called from the training loop; each call is queued for the logger thread."""
+    """The loggers of one cell, called from the training loop; each call is queued for its logger's thread."""
 
     def __init__(self, names: list[str], run: CellRun, every: int, close_timeout_s: float):
         self.run, self.every, self.close_timeout_s = run, max(1, int(every)), close_timeout_s
         self.live: dict[str, Logger] = {}
-        self.worker = _get_worker()
-        classes = {name: LOGGERS.get(name) for name in names}  # checked before the grid started
-        self._submit(lambda: self._open(classes))
+        _inherited_off()
+        self.names = [n for n in names if n not in _off]
+        self.workers = {n: _get_worker(n) for n in self.names}
+        for name in self.names:
+            cls = LOGGERS.get(name)  # checked before the grid started
+            self._submit(name, lambda name=name, cls=cls: self._open(name, cls))
 
-    def _open(self, classes: dict[str, type]) -> None:
-        for name, cls in classes.items():
-            try:
-                self.live[name] = cls(self.run)
-            except Exception as exc:
-                self._failed(name, exc)
+    def _open(self, name: str, cls: type) -> None:
+        if name in _off:  # switched off while this call waited
+            return
+        try:
+            self.live[name] = cls(self.run)
+        except Exception as exc:
+            self._failed(name, exc, opening=True)
 
-    def _failed(self, name: str, exc: BaseException) -> None:
+    def _failed(self, name: str, exc: BaseException, opening: bool = False) -> None:
         self.live.pop(name, None)
+        why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
+        if opening and isinstance(exc, (ConnectionError, TimeoutError)):  # the tracker, not this cell: gone for all
+            _off[name] = why
         warn_once(
             f"logger:{name}",
-            f"logger {name} failed ({self.run.name}: {type(exc).__name__}: {exc}); it logs "
-            "nothing more for that cell (training goes on)",
+            f"logger {name} failed ({self.run.name}: {why}); it logs nothing more "
+            f"{'in this run' if name in _off else 'for that cell'} (training goes on)",
         )
 
-    def _each(self, method: str, *args: Any) -> None:
-        for name, logger in list(self.live.items()):
-            try:
-                getattr(logger, method)(*args)
-            except Exception as exc:
-                self._failed(name, exc)
-                if method != "close":
-                    try:
-                        logger.close()
-                    except Exception:
-                        pass
+    def _call(self, name: str, method: str, *args: Any) -> None:
+        logger = self.live.get(name)
+        if logger is None:
+            return
+        try:
+            getattr(logger, method)(*args)
+        except Exception as exc:
+            self._failed(name, exc)
+            if method != "close":
+                try:
+                    logger.close()
+                except Exception:
+                    pass
 
-    def _submit(self, fn: Callable[[], None]) -> None:
-        if not self.worker.submit(fn):
+    def _each(self, method: str, *args: Any) -> None:
+        for name in self.names:
+            self._submit(name, lambda name=name: self._call(name, method, *args))
+
+    def _submit(self, name: str, fn: Callable[[], None]) -> None:
+        if not self.workers[name].submit(fn):
             warn_once("logger-queue", f"the loggers fall behind: events dropped ({QUEUE_MAX} waiting)")
 
     def step(self, update: int, loss: Any, lr: float) -> None:
         """``loss``: a float or a 0-d tensor, read (a host sync on CUDA) only on the updates logged."""
-        if update % self.every == 0:
-            loss_f, lr_f = float(loss), float(lr)
-            self._submit(lambda: self._each("step", update, loss_f, lr_f))
+        if update % self.every == 0 and self.names:
+            self._each("step", update, float(loss), float(lr))
 
     def epoch(self, update: int, entry: dict[str, Any]) -> None:
-        entry = copy.deepcopy(entry)
-        self._submit(lambda: self._each("epoch", update, entry))
+        self._each("epoch", update, copy.deepcopy(entry))
 
     def finish(self, result: dict[str, Any]) -> None:
-        self._submit(lambda: self._each("finish", result))
+        self._each("finish", result)
 
     def close(self) -> None:
-        """Close every logger, waiting at most ``logging.close_timeout_s`` for the queued events."""
-        done = threading.Event()
+        """Close every logger, waiting at most ``logging.close_timeout_s`` in all for the queued events; a logger
+        still busy then is switched off for the rest of this process (one warning)."""
+        done: dict[str, threading.Event] = {}
+        for name in self.names:
+            event = threading.Event()
 
-        def close_all() -> None:
-            try:
-                self._each("close")
-            finally:
-                self.live.clear()
-                done.set()
+            def close_one(name: str = name, event: threading.Event = event) -> None:
+                try:
+                    self._call(name, "close")
+                finally:
+                    self.live.pop(name, None)
+                    event.set()
 
-        if not self.worker.submit(close_all):
-            return
-        t0 = time.monotonic()
-        if not done.wait(self.close_timeout_s):
-            warn_once(
-                "logger-close",
-                f"the loggers of {self.run.name} are still busy after "
-                f"{time.monotonic() - t0:.0f} s (logging.close_timeout_s): training goes on without waiting",
-            )
+            if self.workers[name].submit(close_one):
+                done[name] = event
+        deadline = time.monotonic() + self.close_timeout_s
+        for name, event in done.items():
+            if not event.wait(max(0.0, deadline - time.monotonic())):
+                _off[name] = "does not answer"
+                warn_once(
+                    f"logger:{name}",
+                    f"logger {name} does not answer ({self.run.name}: still busy after {self.close_timeout_s:g} s, "
+                    "logging.close_timeout_s): it logs nothing more in this run (training goes on)",
+                )
 
 
 def open_loggers(

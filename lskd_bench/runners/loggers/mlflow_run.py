@@ -6,22 +6,50 @@ Params: the resolved config, flattened (``teacher.lr``). Tags: the cell (``cell`
 ``role``, ``method``, ``alpha``, ``T``, ``seed``, ``teacher``). Metrics: step = optimizer updates; the step
 values are sent in one batch at each epoch end. A resumed cell reopens its run (id in CELL/loggers.json); the
 values logged after its last checkpoint are logged again at the same steps.
+
+A server that does not answer is found before the run is opened: one TCP connection to an ``http(s)`` tracking
+URI, ``CONNECT_TIMEOUT_S`` at most; it fails the logger once (one warning) and the next cells do not try again.
+Unless set, MLflow's HTTP requests get ``MLFLOW_HTTP_REQUEST_TIMEOUT=20`` s and 2 retries (MLflow's own defaults,
+120 s and 7 retries with backoff, held each cell for minutes when a server went away).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import LOGGERS, CellRun, Logger, epoch_scalars, final_scalars
 
 MAX_PARAMS, MAX_METRICS, MAX_VALUE = 100, 1000, 6000  # MLflow's log_batch limits
+CONNECT_TIMEOUT_S = 5.0
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+
+
+def check_server(uri: str) -> None:
+    """ConnectionError unless the tracking server of an ``http(s)`` URI takes a TCP connection (other URIs:
+    nothing to check here; MLflow says what is wrong with them)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname or "", port), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ConnectionError(f"the MLflow tracking server {uri} does not answer ({why})") from None
 
 
 @LOGGERS.register("mlflow")
 class MLflowLogger(Logger):
     requires = ("mlflow", "mlflow")
+
+    @staticmethod
+    def preflight(cfg: dict[str, Any]) -> None:
+        """The server of ``MLFLOW_TRACKING_URI`` takes a connection (checked once, before the grid trains)."""
+        check_server(os.environ.get("MLFLOW_TRACKING_URI", ""))
 
     def __init__(self, run: CellRun):
         super().__init__(run)
@@ -29,8 +57,11 @@ class MLflowLogger(Logger):
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
+        for key, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
         self.Metric = Metric
         self.client = MlflowClient()
+        check_server(str(self.client.tracking_uri))
         self.pending: list = []
         self.finished = False
         prior = run.recall("mlflow")

@@ -3,22 +3,55 @@ no account (run files under ``WANDB_DIR``/wandb/, uploaded later with ``wandb sy
 ``logging.project``), ``WANDB_ENTITY``. Config: the resolved config and the cell; tags: task, role, method,
 alpha, T, seed; group: the task; metrics against ``update`` (optimizer updates); the selected and last
 epochs' metrics in the run summary. A resumed cell reopens its run (id in CELL/loggers.json).
+
+Online, a server that does not answer is found before the run is opened (one TCP connection to ``WANDB_BASE_URL``
+when set, ``CONNECT_TIMEOUT_S`` at most; not through a proxy) or by W&B's own time-out of the run's start
+(``INIT_TIMEOUT_S`` unless ``WANDB_INIT_TIMEOUT`` is set): either fails the logger once, for the rest of the run.
+W&B's own console lines are off (``WANDB_SILENT`` unless set; no git probing): lskd-bench's one warning says it.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import LOGGERS, CellRun, Logger, epoch_scalars, final_scalars
+
+CONNECT_TIMEOUT_S = 5.0
+INIT_TIMEOUT_S = 30.0
+
+
+def check_server() -> None:
+    """ConnectionError unless the W&B server that ``WANDB_BASE_URL`` names takes a TCP connection; nothing to check
+    without it (W&B's own host, which its settings files may change), offline, disabled or through a proxy."""
+    url = os.environ.get("WANDB_BASE_URL", "")
+    offline = os.environ.get("WANDB_MODE", "online") in ("offline", "disabled", "dryrun")
+    proxied = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"))
+    if not url or offline or proxied or os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1"):
+        return
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname or "", port), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ConnectionError(f"the W&B server {url} does not answer ({why})") from None
 
 
 @LOGGERS.register("wandb")
 class WandbLogger(Logger):
     requires = ("wandb", "wandb")
 
+    @staticmethod
+    def preflight(cfg: dict[str, Any]) -> None:
+        """The server of ``WANDB_BASE_URL`` takes a connection (checked once, before the grid trains)."""
+        check_server()
+
     def __init__(self, run: CellRun):
         super().__init__(run)
+        os.environ.setdefault("WANDB_SILENT", "true")  # before the import: W&B reads it when it logs in
         import wandb  # optional [wandb] extra: only when this logger is on
 
         tags = run.tags()
@@ -34,13 +67,22 @@ class WandbLogger(Logger):
                 if tags.get(k)
             ],
             "reinit": "create_new",  # several cells (a fused group) log at once
-            "settings": wandb.Settings(console="off", silent=True),
+            "settings": wandb.Settings(
+                console="off",
+                silent=True,
+                disable_git=True,
+                **({} if os.environ.get("WANDB_INIT_TIMEOUT") else {"init_timeout": INIT_TIMEOUT_S}),
+            ),
         }
         if prior and prior.get("id"):
             kw.update(id=prior["id"], resume="allow")
         else:
             kw["config"] = {**run.cfg, "cell": tags}
-        self.wb = wandb.init(**kw)
+        check_server()
+        try:
+            self.wb = wandb.init(**kw)
+        except wandb.errors.CommError as exc:  # the server, not this cell: no later cell tries again
+            raise ConnectionError(f"the W&B server does not answer ({exc})") from None
         self.wb.define_metric("update")
         self.wb.define_metric("*", step_metric="update")
         run.remember("wandb", {"id": self.wb.id})
