@@ -157,7 +157,7 @@ FORMULAS = {
     "env_cpu": "=cmd|' /C calc'!A0",
     "env_torch": "+SUM(1,2)",
     "env_device": "@SUM(1+1)*cmd|' /C calc'!A0",
-    "env_threads": "\t=1+1",
+    "env_python": "\t=1+1",  # (threads and processes must be integers: the result.json gate)
     "env_commit": "\r=1+1",
     "env_lskd_bench": " =1+1",  # a leading blank: some spreadsheets trim it
 }
