@@ -126,6 +126,19 @@ def ttm_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, gamma: fl
     return F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean")
 
 
+def wttm_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Weighted Transformed Teacher Matching (Zheng & Yang, ICLR 2024): ``mean_i(Z_i * KL(p_t,i^gamma / Z_i ||
+    softmax(s_i)))`` with ``Z_i = sum_k p_t,ik^gamma``: TTM's per-sample KL weighted by the power sum of the
+    teacher's probabilities (larger for a smoother teacher), no T^2 factor; as zkxufo/TTM distiller_zoo/wttm.py.
+    ``Z_i = exp(logsumexp(gamma * log_softmax(t_i)))`` and the transformed teacher is ``softmax(gamma * t_i)``."""
+    log_ps = F.log_softmax(_upcast(student_logits), dim=-1)
+    log_pow = gamma * F.log_softmax(_upcast(teacher_logits), dim=-1)  # log p_t^gamma
+    log_norm = torch.logsumexp(log_pow, dim=-1, keepdim=True)
+    log_pt = log_pow - log_norm  # log(p_t^gamma / Z)
+    kl = F.kl_div(log_ps, log_pt, log_target=True, reduction="none").sum(-1)
+    return (log_norm.squeeze(-1).exp() * kl).mean()
+
+
 def nkd_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, T: float, gamma: float
 ) -> torch.Tensor:
