@@ -347,35 +347,8 @@ def test_all_methods_on_image_tasks(task, fixture, roles, request, tmp_path):
         assert 0 <= res["metrics"]["top1"] <= 100
 
 
-def fused_with_kd(tmp_path, methods):
-    """Digits, a teacher (alpha 0.1, 1 epoch) and the students of ``methods`` and KD (T 4) under it: fused in one
-    group they train bit for bit as alone (tests/fixtures.py assert_fused_equals_alone)."""
-    from lskd_bench.runners.cells import plan_cells
-    from lskd_bench.runners.grid import resolve_config
-    from lskd_bench.runners.train import load_model, train_group
-    from lskd_bench.tasks import get_task
-
-    from ..fixtures import assert_fused_equals_alone, tiny_overrides
-
-    cfg = resolve_config(
-        "digits",
-        {},
-        tiny_overrides(
-            epochs=1, methods=[*methods, "kd"], grid={"alphas": [0.1], "temperatures": [4.0]}, baseline=False
-        ),
-    )
-    task = get_task("digits")
-    data = task.load_data(cfg)
-    cells = plan_cells(cfg)
-    teacher = next(c for c in cells if c.role == "teacher")
-    (o,) = train_group(task, [teacher], cfg, data, [teacher.dir(tmp_path / "t")], progress=False)
-    assert o.error is None
-    tmodel = load_model(task, teacher.arch, data, cfg, teacher.dir(tmp_path / "t") / store.MODEL, torch.device("cpu"))
-    students = [c for c in cells if c.role == "student"]
-    assert sorted(c.method for c in students) == sorted([*methods, "kd"])
-    assert_fused_equals_alone(task, students, cfg, data, tmodel, tmp_path)
-
-
 @pytest.mark.slow
 def test_wttm_fused_with_kd_equals_alone(tmp_path):
+    from ..fixtures import fused_with_kd
+
     fused_with_kd(tmp_path, ["wttm"])
