@@ -1,0 +1,151 @@
+"""torchdistill's methods (lskd_bench/methods/feat_torchdistill.py): each loss and its gradient against the
+reference's forward transcribed op for op (float64, the same inputs and weights), the defaults against the sample
+configs, and a fused digits run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lskd_bench.methods import LossContext, Probe, build_method
+from lskd_bench.outputs import Outputs
+
+
+def _rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def _outs(**named):
+    return Outputs(dict(named))
+
+
+def _setup(name, s, t, num_classes=10, **params):
+    m = build_method(name, {name: params})
+    m.setup(Probe(None, None, s, t, None, None, num_samples=100, num_classes=num_classes))
+    return m.double()
+
+
+# -- CCKD ---------------------------------------------------------------------------------------------------------
+
+
+class TorchdistillCCKD:
+    """Reference transcription of yoshitomo-matsubara/torchdistill@3e4373c torchdistill/losses/mid_level.py:757-788
+    (CCKDLoss: compute_cc_mat_by_bilinear_pool, compute_cc_mat_by_gaussian_rbf, forward with reduction
+    'batchmean'), op for op; the linear outputs are Linear4CCKD's (models/wrapper.py:423-425)."""
+
+    def __init__(self, kernel_type, gamma=0.4, max_p=2):
+        self.kernel_type, self.gamma, self.max_p = kernel_type, gamma, max_p
+
+    @staticmethod
+    def compute_cc_mat_by_bilinear_pool(linear_outputs):
+        return torch.matmul(linear_outputs, torch.t(linear_outputs))
+
+    def compute_cc_mat_by_gaussian_rbf(self, linear_outputs):
+        row_list = []
+        for _index, linear_output in enumerate(linear_outputs):
+            row = 1
+            right_term = torch.matmul(linear_output, torch.t(linear_outputs))
+            for p in range(1, self.max_p + 1):
+                left_term = ((2 * self.gamma) ** p) / (math.factorial(p))
+                row += left_term * (right_term**p)
+            row *= math.exp(-2 * self.gamma)
+            row_list.append(row.squeeze(0))
+        return torch.stack(row_list)
+
+    def __call__(self, student_linear_outputs, teacher_linear_outputs):
+        batch_size = teacher_linear_outputs.shape[0]
+        if self.kernel_type == "bilinear":
+            teacher_cc = self.compute_cc_mat_by_bilinear_pool(teacher_linear_outputs)
+            student_cc = self.compute_cc_mat_by_bilinear_pool(student_linear_outputs)
+        else:
+            teacher_cc = self.compute_cc_mat_by_gaussian_rbf(teacher_linear_outputs)
+            student_cc = self.compute_cc_mat_by_gaussian_rbf(student_linear_outputs)
+        cc_loss = torch.dist(student_cc, teacher_cc, 2)
+        return cc_loss / (batch_size**2)
+
+
+def torchdistill_kd_alpha0(student_logits, teacher_logits, temperature):
+    """mid_level.py:181-186 (KDLoss.forward with alpha 0: the batch-mean KL only)."""
+    return F.kl_div(
+        torch.log_softmax(student_logits / temperature, dim=1),
+        torch.softmax(teacher_logits / temperature, dim=1),
+        reduction="batchmean",
+    )
+
+
+def _cckd_case(seed, n=16, ds=24, dt=40, k=10):
+    g = torch.Generator().manual_seed(seed)
+    s = _outs(
+        embedding=torch.randn(n, ds, generator=g, dtype=torch.float64).relu().requires_grad_(True),
+        logits=(torch.randn(n, k, generator=g, dtype=torch.float64) * 3).requires_grad_(True),
+    )
+    t = _outs(
+        embedding=torch.randn(n, dt, generator=g, dtype=torch.float64).relu(),
+        logits=torch.randn(n, k, generator=g, dtype=torch.float64) * 5,
+    )
+    y = torch.randint(0, k, (n,), generator=g)
+    return s, t, y
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("kernel", ["gaussian", "bilinear"])
+def test_cckd_equals_torchdistill_loss_and_gradient(seed, kernel):
+    """The feature term and its gradient (student embedding, both linear layers), and the whole default loss
+    (0 x CE + 1 x KL at T 1 + 0.003 x CCKD); max relative difference <= 1e-12 (docstring: the measured maxima)."""
+    s, t, y = _cckd_case(seed)
+    torch.manual_seed(seed)
+    m = _setup("cckd", s, t, kernel=kernel)
+    assert m.linear_s.weight.shape == (128, 24) and m.linear_t.weight.shape == (128, 40)
+    out = m.compute(s, y, t, LossContext())
+    assert set(out) == {"ce", "feat", "kl"} and out["ce"].item() == 0.0
+    params = [s["embedding"], *m.linear_s.parameters(), *m.linear_t.parameters()]
+    ours = out["feat"] / m.p["beta"]
+    g_ours = torch.autograd.grad(ours, params, retain_graph=True)
+    ref = TorchdistillCCKD(kernel)(m.linear_s(s["embedding"]), m.linear_t(t["embedding"]))
+    g_ref = torch.autograd.grad(ref, params)
+    assert _rel(ours, ref) <= 1e-12
+    assert max(_rel(a, b) for a, b in zip(g_ours, g_ref)) <= 1e-12
+    # the whole loss: the config's sub-terms, kd (weight 1) and cckd (weight 0.003)
+    total = sum(out.values())
+    want = 1.0 * torchdistill_kd_alpha0(s["logits"], t["logits"], 1.0) + 0.003 * ref
+    assert total.item() == pytest.approx(want.item(), rel=1e-12)
+    (g_total,) = torch.autograd.grad(total, s["logits"])
+    (g_want,) = torch.autograd.grad(want, s["logits"])
+    assert _rel(g_total, g_want) <= 1e-12
+
+
+def test_cckd_defaults_are_torchdistills_sample_config():
+    m = build_method("cckd", {"cckd": {}})
+    assert m.p == {
+        "ce": 0.0,
+        "beta": 0.003,
+        "feat_dim": 128,
+        "kernel": "gaussian",
+        "gamma": 0.4,
+        "max_p": 2,
+        "kl_weight": 1.0,
+        "kl_T": 1.0,
+    }
+    assert "resnet18_from_resnet50.yaml:181" in m.params.fields["beta"].help
+    assert not m.uses_temperature and m.needs.needs_teacher and m.description
+    # the Gaussian kernel of order P is exp(-gamma |z_i - z_j|^2) for unit rows, up to the Taylor remainder
+    z = F.normalize(torch.randn(5, 7, dtype=torch.float64), dim=1)
+    from lskd_bench.methods.feat_torchdistill import cc_matrix
+
+    exact = torch.exp(-0.4 * torch.cdist(z, z) ** 2)
+    assert torch.allclose(cc_matrix(z, "gaussian", 0.4, 12), exact, atol=1e-12)
+    # without the KL term (kl_weight 0) there is no "kl" entry; with ce 1 the CE is back
+    s, t, y = _cckd_case(3)
+    m = _setup("cckd", s, t, kl_weight=0.0, ce=1.0)
+    out = m.compute(s, y, t, LossContext())
+    assert set(out) == {"ce", "feat"} and out["ce"].item() == pytest.approx(F.cross_entropy(s["logits"], y).item())
+
+
+@pytest.mark.slow
+def test_torchdistill_methods_fused_with_kd_equal_alone(tmp_path):
+    from ..fixtures import fused_with_kd
+
+    fused_with_kd(tmp_path, ["cckd"])
