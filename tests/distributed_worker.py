@@ -27,7 +27,7 @@ from lskd_bench.tasks import get_task
 # every classification method (seqkd trains on a translation teacher's beam outputs: no image task has it),
 # and a composite (a feature method + Hinton KD)
 METHODS = [
-    *("kd", "kd_std", "dkd", "nkd", "ctkd", "dist", "ttm", "wttm"),
+    *("kd", "kd_std", "dkd", "nkd", "ctkd", "dist", "ttm", "wttm", "skd"),
     *("fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd", "ofd", "reviewkd", "kdsvd"),
     "cckd",
     "crd+kd",
