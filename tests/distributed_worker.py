@@ -29,7 +29,7 @@ from lskd_bench.tasks import get_task
 METHODS = [
     *("kd", "kd_std", "dkd", "nkd", "ctkd", "dist", "ttm", "wttm", "skd"),
     *("fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd", "ofd", "reviewkd", "kdsvd"),
-    "cckd",
+    *("cckd", "dist_plus"),
     "crd+kd",
 ]
 BATCH = 32  # the global batch: 32 / WORLD per rank

@@ -1,6 +1,6 @@
 """Feature methods whose public reference is torchdistill (yoshitomo-matsubara/torchdistill@3e4373c,
 ``torchdistill/losses/mid_level.py`` and the sample configs ``configs/sample/ilsvrc2012/*/*.yaml``): CCKD's
-kernel form.
+kernel form, DIST+.
 
 torchdistill composes a run's loss from its config's ``criterion.kwargs.sub_terms`` (a weighted sum); each
 method's defaults here are those terms and weights, cited by config line. Parity is measured in the test module
@@ -14,10 +14,12 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..schema import Field
 from . import METHODS, FeatureMethod, Needs, Probe, feature_section
+from .feat_common import pool_to_smaller
 from .losses import kd_kl
 
 CCKD_CFG = "configs/sample/ilsvrc2012/cckd/resnet18_from_resnet50.yaml"
@@ -123,3 +125,108 @@ class CCKD(FeatureMethod):
         if p["kl_weight"]:
             out["kl"] = p["kl_weight"] * kd_kl(student["logits"], teacher["logits"], p["kl_T"])
         return out
+
+
+# -- DIST+ --------------------------------------------------------------------------------------------------------
+DISTP_CFG = "configs/sample/ilsvrc2012/dist_plus/resnet18_from_resnet34.yaml"
+
+
+def _pearson_loss(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    """``1 - mean_i pearson(a_i, b_i)`` over the rows, the cosine of centred rows with torch's
+    ``cosine_similarity`` (torchdistill ``DISTLoss``, mid_level.py:1637-1642)."""
+    return 1 - F.cosine_similarity(a - a.mean(1).unsqueeze(1), b - b.mean(1).unsqueeze(1), eps=eps).mean()
+
+
+def _pool_channels(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two maps (N, C, H, W) at the smaller channel count: the wider one's channels average-pooled in groups."""
+    c = min(a.shape[1], b.shape[1])
+
+    def fit(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == c:
+            return x
+        n, _, h, w = x.shape
+        return F.adaptive_avg_pool1d(x.flatten(2).transpose(1, 2), c).transpose(1, 2).reshape(n, c, h, w)
+
+    return fit(a), fit(b)
+
+
+def dist_plus_parts(
+    s_logits: torch.Tensor, t_logits: torch.Tensor, f_s: torch.Tensor, f_t: torch.Tensor, tau: float, eps: float
+) -> dict[str, torch.Tensor]:
+    """DIST+'s four relations as torchdistill ``DISTPlusLoss`` computes them (mid_level.py:1647-1658, 1838-1859):
+    ``inter`` and ``intra``, DIST's at ``tau`` (each x tau^2); ``channel``, the mean over samples and positions of
+    the Pearson correlation of the student's and the teacher's channel vectors (as coded there: the correlation
+    itself, not 1 minus it); ``spatial``, 1 - the mean over positions of the Pearson correlation across the batch
+    of the channel-summed maps."""
+    y_s = (_full(s_logits) / tau).softmax(dim=1)
+    y_t = (_full(t_logits) / tau).softmax(dim=1)
+    f_s, f_t = _full(f_s), _full(f_t)
+    cs, ct = f_s - f_s.mean(dim=1, keepdim=True), f_t - f_t.mean(dim=1, keepdim=True)
+    num = (cs * ct).sum(dim=1)
+    den = torch.sqrt((cs**2).sum(dim=1) * (ct**2).sum(dim=1))
+    return {
+        "inter": tau**2 * _pearson_loss(y_s, y_t, eps),
+        "intra": tau**2 * _pearson_loss(y_s.t(), y_t.t(), eps),
+        "channel": (num / (den + eps)).mean(),
+        "spatial": _pearson_loss(f_s.sum(dim=1).flatten(1).t(), f_t.sum(dim=1).flatten(1).t(), eps),
+    }
+
+
+@METHODS.register("dist_plus")
+class DISTPlus(FeatureMethod):
+    """DIST+ (Huang et al., TPAMI 2025) as torchdistill's ``DISTPlusLoss`` (mid_level.py:1784-1859@3e4373c) with
+    its sample config (configs/sample/ilsvrc2012/dist_plus/resnet18_from_resnet34.yaml:133-169): ``ce * CE +
+    beta * (inter_weight * inter + intra_weight * intra + channel_weight * channel + spatial_weight * spatial)``
+    (``dist_plus_parts``) on the logits at DIST's own ``tau`` (the grid's T does not apply) and the last stage of
+    each network (the config's ``layer4``, lines 160-163); defaults CE 1 (line 151), beta 2 (line 169), inter 2,
+    intra 2, channel 1, spatial 1, tau 1 (lines 164-168), eps 1e-8 (mid_level.py:1825).
+
+    As torchdistill codes it, the channel term is the mean correlation itself (mid_level.py:1845), where the other
+    three are 1 minus a correlation: minimising it drives the channel vectors towards anti-correlation. We follow
+    the code (parity is the contract); ``channel_form: one_minus`` gives ``1 - correlation`` instead. The two
+    maps must have the same channel count and spatial size there (resnet34 -> resnet18); where they differ (the
+    digits pair) the wider map's channels are average-pooled in groups and the larger map adaptive-average-pooled
+    to the smaller (our deviation, the identity where the shapes agree).
+
+    parity: yoshitomo-matsubara/torchdistill@3e4373c torchdistill/losses/mid_level.py:1637-1658 and 1838-1859,
+    transcribed op for op in tests/methods/test_feat_torchdistill.py::
+    test_dist_plus_equals_torchdistill_loss_and_gradient (float64, N 16, K 10, maps (16, 12, 4, 4), tau 1 and 4,
+    three seeds): the DIST+ term and its gradient (student logits and map) max relative difference 0.0e+00 /
+    0.0e+00 (the CE is ``FeatureMethod.cross_entropy``'s, in float32 as for every feature method)."""
+
+    description = "DIST+ (Huang et al. 2025, torchdistill): DIST's relations + channel and spatial map relations"
+    needs = Needs(student=("logits", "last_stage"), teacher=("logits", "last_stage"))
+    params = feature_section(
+        "DIST+",
+        2.0,
+        f"torchdistill {DISTP_CFG}:169",
+        inter_weight=Field(float, 2.0, f"weight of the inter-class relation (DISTPlusLoss beta; {DISTP_CFG}:164)",
+                           min=0.0, max=1e6),
+        intra_weight=Field(float, 2.0, f"weight of the intra-class relation (gamma; {DISTP_CFG}:165)", min=0.0,
+                           max=1e6),
+        channel_weight=Field(float, 1.0, f"weight of the channel relation (iota; {DISTP_CFG}:166)", min=0.0,
+                             max=1e6),
+        spatial_weight=Field(float, 1.0, f"weight of the spatial relation (kappa; {DISTP_CFG}:167)", min=0.0,
+                             max=1e6),
+        tau=Field(float, 1.0, f"DIST's temperature ({DISTP_CFG}:168)", min=0.0, min_exclusive=True, max=1e3),
+        channel_form=Field(
+            str,
+            "torchdistill",
+            "the channel term: 'torchdistill', the mean correlation as coded there (mid_level.py:1845); "
+            "'one_minus', 1 - it, as the other three relations",
+            choices=("torchdistill", "one_minus"),
+        ),
+    )  # fmt: skip
+
+    def loss(self, student, targets, teacher, ctx):
+        p = self.p
+        f_s, f_t = _pool_channels(*pool_to_smaller(student.stages()[-1], teacher.stages()[-1]))
+        r = dist_plus_parts(student["logits"], teacher["logits"], f_s, f_t, p["tau"], 1e-8)
+        channel = 1 - r["channel"] if p["channel_form"] == "one_minus" else r["channel"]
+        feat = (
+            p["inter_weight"] * r["inter"]
+            + p["intra_weight"] * r["intra"]
+            + p["channel_weight"] * channel
+            + p["spatial_weight"] * r["spatial"]
+        )
+        return {"ce": self.cross_entropy(student, targets), "feat": p["beta"] * feat}

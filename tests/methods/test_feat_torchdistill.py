@@ -144,8 +144,119 @@ def test_cckd_defaults_are_torchdistills_sample_config():
     assert set(out) == {"ce", "feat"} and out["ce"].item() == pytest.approx(F.cross_entropy(s["logits"], y).item())
 
 
+# -- DIST+ --------------------------------------------------------------------------------------------------------
+
+
+class TorchdistillDISTPlus:
+    """Reference transcription of yoshitomo-matsubara/torchdistill@3e4373c torchdistill/losses/mid_level.py
+    :1637-1655 (DISTLoss: pearson_correlation, inter/intra_class_relation, forward) and :1838-1859
+    (DISTPlusLoss: channel_relation, spatial_relation, forward), op for op, with the io_dict lookups replaced by
+    arguments."""
+
+    def __init__(self, beta=1.0, gamma=1.0, iota=1.0, kappa=1.0, tau=1.0, eps=1e-8):
+        self.beta, self.gamma, self.iota, self.kappa, self.tau, self.eps = beta, gamma, iota, kappa, tau, eps
+
+    @staticmethod
+    def pearson_correlation(y_s, y_t, eps):
+        return F.cosine_similarity(y_s - y_s.mean(1).unsqueeze(1), y_t - y_t.mean(1).unsqueeze(1), eps=eps)
+
+    def inter_class_relation(self, y_s, y_t):
+        return 1 - self.pearson_correlation(y_s, y_t, self.eps).mean()
+
+    def intra_class_relation(self, y_s, y_t):
+        return self.inter_class_relation(y_s.transpose(0, 1), y_t.transpose(0, 1))
+
+    def dist_forward(self, student_logits, teacher_logits):
+        y_s = (student_logits / self.tau).softmax(dim=1)
+        y_t = (teacher_logits / self.tau).softmax(dim=1)
+        inter_loss = self.tau**2 * self.inter_class_relation(y_s, y_t)
+        intra_loss = self.tau**2 * self.intra_class_relation(y_s, y_t)
+        return self.beta * inter_loss + self.gamma * intra_loss
+
+    def channel_relation(self, f_s, f_t):
+        c_mean_f_s = torch.mean(f_s, dim=1, keepdim=True)
+        c_mean_f_t = torch.mean(f_t, dim=1, keepdim=True)
+        c_centered_f_s = f_s - c_mean_f_s
+        c_centered_f_t = f_t - c_mean_f_t
+        numerator = torch.sum(c_centered_f_s * c_centered_f_t, dim=1)
+        denominator = torch.sqrt(torch.sum(c_centered_f_s**2, dim=1) * torch.sum(c_centered_f_t**2, dim=1))
+        return (numerator / (denominator + self.eps)).mean()
+
+    def spatial_relation(self, f_s, f_t):
+        aggregated_f_s = torch.sum(f_s, dim=1).flatten(1)
+        aggregated_f_t = torch.sum(f_t, dim=1).flatten(1)
+        return self.inter_class_relation(aggregated_f_s.transpose(0, 1), aggregated_f_t.transpose(0, 1))
+
+    def __call__(self, student_logits, teacher_logits, student_features, teacher_features):
+        dist_loss = self.dist_forward(student_logits, teacher_logits)
+        channel_relation_loss = self.channel_relation(student_features, teacher_features)
+        spatial_relation_loss = self.spatial_relation(student_features, teacher_features)
+        return dist_loss + self.iota * channel_relation_loss + self.kappa * spatial_relation_loss
+
+
+def _distp_case(seed, n=16, k=10, s_shape=(12, 4, 4), t_shape=(12, 4, 4)):
+    g = torch.Generator().manual_seed(seed)
+    s = _outs(
+        logits=(torch.randn(n, k, generator=g, dtype=torch.float64) * 3).requires_grad_(True),
+        stage1=torch.randn(n, *s_shape, generator=g, dtype=torch.float64).requires_grad_(True),
+    )
+    t = _outs(
+        logits=torch.randn(n, k, generator=g, dtype=torch.float64) * 5,
+        stage1=torch.randn(n, *t_shape, generator=g, dtype=torch.float64),
+    )
+    return s, t, torch.randint(0, k, (n,), generator=g)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("tau", [1.0, 4.0])
+def test_dist_plus_equals_torchdistill_loss_and_gradient(seed, tau):
+    """At the config's weights (CE 1 + 2 x DISTPlusLoss(beta 2, gamma 2, iota 1, kappa 1)): the DIST+ term and its
+    gradient (student logits and map) max relative difference <= 1e-12 (docstring: the measured maxima)."""
+    s, t, y = _distp_case(seed)
+    m = _setup("dist_plus", s, t, tau=tau)
+    out = m.compute(s, y, t, LossContext())
+    ref_term = TorchdistillDISTPlus(beta=2.0, gamma=2.0, iota=1.0, kappa=1.0, tau=tau)(
+        s["logits"], t["logits"], s["stage1"], t["stage1"]
+    )
+    assert _rel(out["feat"], 2.0 * ref_term) <= 1e-12
+    g_got = torch.autograd.grad(out["feat"], [s["logits"], s["stage1"]], retain_graph=True)
+    g_want = torch.autograd.grad(2.0 * ref_term, [s["logits"], s["stage1"]])
+    assert max(_rel(a, b) for a, b in zip(g_got, g_want)) <= 1e-12
+    # the CE term: FeatureMethod.cross_entropy takes it in float32 (as for every feature method)
+    want = 1.0 * F.cross_entropy(s["logits"], y) + 2.0 * ref_term
+    assert sum(out.values()).item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_dist_plus_defaults_channel_form_and_unequal_maps():
+    m = build_method("dist_plus", {"dist_plus": {}})
+    assert m.p == {
+        "ce": 1.0,
+        "beta": 2.0,
+        "inter_weight": 2.0,
+        "intra_weight": 2.0,
+        "channel_weight": 1.0,
+        "spatial_weight": 1.0,
+        "tau": 1.0,
+        "channel_form": "torchdistill",
+    }
+    assert "resnet18_from_resnet34.yaml:169" in m.params.fields["beta"].help
+    assert not m.uses_temperature and m.needs.teacher == ("logits", "last_stage")
+    s, t, y = _distp_case(4)
+    ref = TorchdistillDISTPlus(beta=2.0, gamma=2.0)
+    channel = ref.channel_relation(s["stage1"], t["stage1"])
+    a = _setup("dist_plus", s, t).compute(s, y, t, LossContext())["feat"]
+    b = _setup("dist_plus", s, t, channel_form="one_minus").compute(s, y, t, LossContext())["feat"]
+    assert (b - a).item() == pytest.approx(2.0 * (1 - 2 * channel.item()), rel=1e-12)
+    # a wider, larger teacher map: its channels pooled in pairs and its 8x8 map pooled to 4x4, then as above
+    s, t, y = _distp_case(5, t_shape=(24, 8, 8))
+    got = _setup("dist_plus", s, t).compute(s, y, t, LossContext())["feat"]
+    ft = t["stage1"].reshape(16, 12, 2, 4, 2, 4, 2).mean(dim=(2, 4, 6))
+    want = 2.0 * ref(s["logits"], t["logits"], s["stage1"], ft)
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+
+
 @pytest.mark.slow
 def test_torchdistill_methods_fused_with_kd_equal_alone(tmp_path):
     from ..fixtures import fused_with_kd
 
-    fused_with_kd(tmp_path, ["cckd"])
+    fused_with_kd(tmp_path, ["cckd", "dist_plus"])
