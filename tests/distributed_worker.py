@@ -29,7 +29,7 @@ from lskd_bench.tasks import get_task
 METHODS = [
     *("kd", "kd_std", "dkd", "nkd", "ctkd", "dist", "ttm", "wttm", "skd"),
     *("fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd", "ofd", "reviewkd", "kdsvd"),
-    *("cckd", "dist_plus"),
+    *("cckd", "dist_plus", "srd"),
     "crd+kd",
 ]
 BATCH = 32  # the global batch: 32 / WORLD per rank

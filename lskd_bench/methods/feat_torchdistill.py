@@ -1,6 +1,6 @@
 """Feature methods whose public reference is torchdistill (yoshitomo-matsubara/torchdistill@3e4373c,
 ``torchdistill/losses/mid_level.py`` and the sample configs ``configs/sample/ilsvrc2012/*/*.yaml``): CCKD's
-kernel form, DIST+.
+kernel form, DIST+, SRD.
 
 torchdistill composes a run's loss from its config's ``criterion.kwargs.sub_terms`` (a weighted sum); each
 method's defaults here are those terms and weights, cited by config line. Parity is measured in the test module
@@ -230,3 +230,57 @@ class DISTPlus(FeatureMethod):
             + p["spatial_weight"] * r["spatial"]
         )
         return {"ce": self.cross_entropy(student, targets), "feat": p["beta"] * feat}
+
+
+# -- SRD ----------------------------------------------------------------------------------------------------------
+SRD_CFG = "configs/sample/ilsvrc2012/srd/resnet18_from_resnet34.yaml"
+
+
+@METHODS.register("srd")
+class SRD(FeatureMethod):
+    """SRD, "Understanding the role of the projector in knowledge distillation" (Miles & Mikolajczyk, AAAI 2024),
+    as torchdistill's ``SRDLoss`` (mid_level.py:1659-1721@3e4373c) and ``SRDModelWrapper``
+    (torchdistill/models/wrapper.py:863-913) with the sample config (configs/sample/ilsvrc2012/srd/
+    resnet18_from_resnet34.yaml:104-190; the official roymiles/aaai2024 config has the same loss): the last stage
+    of each network averaged over its positions; the student's through a trainable linear projector to the
+    teacher's width (lines 135-137) then a BatchNorm1d without affine parameters, eps 1e-4 (lines 131-134), the
+    teacher's through its own such BatchNorm1d (lines 112-115); loss ``ce * CE + beta * (2 * log(sum |z_s -
+    z_t|^exponent) + KL(softmax(t/T) || softmax(s/T)))``, the KL batch-mean at SRD's own ``temperature``, no T^2
+    (the grid's T does not apply). Defaults CE 1 (line 174), beta 1 (line 190), exponent 4 (line 187),
+    temperature 1 (line 188).
+
+    Both BatchNorm1d layers normalise with the batch's statistics while training (torchdistill never puts the
+    auxiliary wrappers in eval mode: a module is created in training mode, and core/interfaces/pre_epoch_proc.py:22
+    sets only the student's); their running statistics are the method's buffers, saved with it.
+
+    parity: yoshitomo-matsubara/torchdistill@3e4373c torchdistill/losses/mid_level.py:1710-1721 and
+    torchdistill/models/wrapper.py:908-913, transcribed op for op in tests/methods/test_feat_torchdistill.py::
+    test_srd_equals_torchdistill_loss_gradient_and_state (float64, N 16, K 10, maps (16, 12, 4, 4) -> (16, 20, 2, 2),
+    the same projector weights, three seeds, exponent 4 and 2): loss and gradient (student logits and map,
+    projector) max relative difference 0.0e+00 / 2.2e-16; the BatchNorm running statistics equal."""
+
+    description = "SRD (Miles & Mikolajczyk 2024, torchdistill): 2*log(sum|BN(P(z_s))-BN(z_t)|^4) + KL, projector"
+    needs = Needs(student=("logits", "last_stage"), teacher=("logits", "last_stage"))
+    params = feature_section(
+        "SRD",
+        1.0,
+        f"torchdistill {SRD_CFG}:190",
+        exponent=Field(float, 4.0, f"exponent of the feature distance (SRDLoss exponent; {SRD_CFG}:187)", min=0.0,
+                       min_exclusive=True, max=64.0),
+        temperature=Field(float, 1.0, f"temperature of SRD's KL term ({SRD_CFG}:188)", min=0.0, min_exclusive=True,
+                          max=1e3),
+    )  # fmt: skip
+
+    def setup(self, probe: Probe) -> None:
+        c_s, c_t = probe.s.stages()[-1].shape[1], probe.t.stages()[-1].shape[1]
+        self.projector = nn.Linear(c_s, c_t)
+        self.norm_s = nn.BatchNorm1d(c_t, eps=1e-4, affine=False)
+        self.norm_t = nn.BatchNorm1d(c_t, eps=1e-4, affine=False)
+
+    def loss(self, student, targets, teacher, ctx):
+        z_s = self.norm_s(self.projector(_full(student.stages()[-1]).mean(-1).mean(-1)))
+        z_t = self.norm_t(_full(teacher.stages()[-1]).mean(-1).mean(-1))
+        feat = torch.log((z_s - z_t).abs().pow(self.p["exponent"]).sum())
+        T = self.p["temperature"]
+        kl = kd_kl(student["logits"], teacher["logits"], T)
+        return {"ce": self.cross_entropy(student, targets), "feat": self.p["beta"] * (2 * feat + kl)}

@@ -255,8 +255,59 @@ def test_dist_plus_defaults_channel_form_and_unequal_maps():
     assert got.item() == pytest.approx(want.item(), rel=1e-12)
 
 
+# -- SRD ----------------------------------------------------------------------------------------------------------
+
+
+def torchdistill_srd(s_map, t_map, s_logits, t_logits, linear, norm_s, norm_t, exponent=4.0, temperature=1.0):
+    """Reference transcription of yoshitomo-matsubara/torchdistill@3e4373c torchdistill/models/wrapper.py:908-913
+    (SRDModelWrapper.secondary_forward: the student's with its linear layer, the teacher's without) and
+    torchdistill/losses/mid_level.py:1710-1721 (SRDLoss.forward, reduction 'batchmean'), op for op."""
+    z = s_map.mean(-1).mean(-1)
+    z = linear(z)
+    student_features = norm_s(z)
+    teacher_features = norm_t(t_map.mean(-1).mean(-1))
+    diff_features = torch.abs(student_features - teacher_features)
+    feat_distill_loss = torch.log(diff_features.pow(exponent).sum())
+    kl_loss = torch.nn.KLDivLoss(reduction="batchmean")(
+        torch.log_softmax(s_logits / temperature, dim=1), torch.softmax(t_logits / temperature, dim=1)
+    )
+    return 2 * feat_distill_loss + kl_loss
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("exponent", [4.0, 2.0])
+def test_srd_equals_torchdistill_loss_gradient_and_state(seed, exponent):
+    """SRD's term and its gradient (student logits and map, projector) max relative difference <= 1e-12
+    (docstring: the measured maxima), the BatchNorm running statistics equal after the step."""
+    import copy
+
+    s, t, y = _distp_case(seed, t_shape=(20, 2, 2))
+    m = _setup("srd", s, t, exponent=exponent)
+    assert m.projector.weight.shape == (20, 12) and not m.norm_s.affine and m.norm_t.eps == 1e-4
+    linear, norm_s, norm_t = copy.deepcopy(m.projector), copy.deepcopy(m.norm_s), copy.deepcopy(m.norm_t)
+    m.train()
+    out = m.compute(s, y, t, LossContext())
+    ref = torchdistill_srd(
+        s["stage1"], t["stage1"], s["logits"], t["logits"], linear, norm_s, norm_t, exponent=exponent
+    )
+    assert _rel(out["feat"], ref) <= 1e-12
+    g_ours = torch.autograd.grad(out["feat"], [s["logits"], s["stage1"], *m.projector.parameters()])
+    g_ref = torch.autograd.grad(ref, [s["logits"], s["stage1"], *linear.parameters()])
+    assert max(_rel(a, b) for a, b in zip(g_ours, g_ref)) <= 1e-12
+    for ours, theirs in ((m.norm_s, norm_s), (m.norm_t, norm_t)):
+        assert torch.equal(ours.running_mean, theirs.running_mean) and torch.equal(ours.running_var, theirs.running_var)
+        assert ours.num_batches_tracked.item() == theirs.num_batches_tracked.item() == 1
+
+
+def test_srd_defaults_are_torchdistills_sample_config():
+    m = build_method("srd", {"srd": {}})
+    assert m.p == {"ce": 1.0, "beta": 1.0, "exponent": 4.0, "temperature": 1.0}
+    assert "srd/resnet18_from_resnet34.yaml:190" in m.params.fields["beta"].help
+    assert not m.uses_temperature and m.needs.student == ("logits", "last_stage")
+
+
 @pytest.mark.slow
 def test_torchdistill_methods_fused_with_kd_equal_alone(tmp_path):
     from ..fixtures import fused_with_kd
 
-    fused_with_kd(tmp_path, ["cckd", "dist_plus"])
+    fused_with_kd(tmp_path, ["cckd", "dist_plus", "srd"])
