@@ -126,6 +126,7 @@ def test_cckd_defaults_are_torchdistills_sample_config():
         "kernel": "gaussian",
         "gamma": 0.4,
         "max_p": 2,
+        "normalize": False,
         "kl_weight": 1.0,
         "kl_T": 1.0,
     }
@@ -137,6 +138,11 @@ def test_cckd_defaults_are_torchdistills_sample_config():
 
     exact = torch.exp(-0.4 * torch.cdist(z, z) ** 2)
     assert torch.allclose(cc_matrix(z, "gaussian", 0.4, 12), exact, atol=1e-12)
+    # normalize: the reference's kernel of the L2-normalised linear outputs
+    s, t, y = _cckd_case(5)
+    m = _setup("cckd", s, t, normalize=True)
+    ref = TorchdistillCCKD("gaussian")(F.normalize(m.linear_s(s["embedding"])), F.normalize(m.linear_t(t["embedding"])))
+    assert m.compute(s, y, t, LossContext())["feat"].item() == pytest.approx(0.003 * ref.item(), rel=1e-12)
     # without the KL term (kl_weight 0) there is no "kl" entry; with ce 1 the CE is back
     s, t, y = _cckd_case(3)
     m = _setup("cckd", s, t, kl_weight=0.0, ce=1.0)
