@@ -317,3 +317,29 @@ def test_torchdistill_methods_fused_with_kd_equal_alone(tmp_path):
     from ..fixtures import fused_with_kd
 
     fused_with_kd(tmp_path, ["cckd", "dist_plus", "srd"])
+
+
+@pytest.mark.slow
+def test_torchdistill_methods_resume_bit_identically_with_their_state(tmp_path):
+    """Killed at the end of epoch 2 of 3 and resumed: the same weights and loss history as uninterrupted; the
+    checkpoint holds each method's own parts (CCKD's linear layers, SRD's projector and BatchNorm statistics)."""
+    import json
+
+    from lskd_bench import store
+    from lskd_bench.runners.train import train_group
+
+    from ..fixtures import digits_students, same_weights, train_then_kill
+
+    cfg, task, data, students, tmodel = digits_students(tmp_path, ["cckd", "dist_plus", "srd"], epochs=3)
+    ref, cut = train_then_kill(task, students, cfg, data, tmodel, tmp_path / "run", at_epoch=2)
+    state = {c.method: torch.load(cut / c.name / store.STATE, weights_only=True)["method"] for c in students}
+    assert {"linear_s.weight", "linear_t.weight"} <= set(state["cckd"])
+    assert {"projector.weight", "norm_s.running_mean", "norm_t.running_var"} <= set(state["srd"])
+    assert state["srd"]["norm_t.num_batches_tracked"].item() > 0
+    out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False)
+    assert all(o.error is None for o in out)
+    for c in students:
+        assert same_weights(cut / c.name, ref / c.name), c.name
+        a, b = (json.loads((d / c.name / store.RESULT).read_text()) for d in (cut, ref))
+        assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]], c.name
+        assert a["metrics"] == b["metrics"], c.name
