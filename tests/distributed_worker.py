@@ -27,8 +27,9 @@ from lskd_bench.tasks import get_task
 
 # every classification method and a composite (a feature method + Hinton KD); the baseline trains with "ls"
 METHODS = [
-    *("kd", "kd_std", "dkd", "nkd", "ctkd", "dist", "ttm"),
-    *("fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd", "ofd", "reviewkd"),
+    *("kd", "kd_std", "dkd", "nkd", "ctkd", "dist", "ttm", "wttm", "skd"),
+    *("fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd", "ofd", "reviewkd", "kdsvd"),
+    *("cckd", "dist_plus", "srd"),
     "crd+kd",
 ]
 # translation (a tiny corpus, dropout off: each rank draws its own samples' dropout masks): token-level KD, a

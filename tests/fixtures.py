@@ -248,6 +248,40 @@ def assert_fused_equals_alone(task, students, cfg, data, tmodel, tmp_path) -> No
         assert [h["loss"] for h in f.result["history"]] == [h["loss"] for h in alone.result["history"]]
 
 
+def digits_students(tmp_path, methods, epochs: int = 1):
+    """Digits, a teacher (alpha 0.1, ``epochs`` epochs) trained under tmp_path/t, and the student cells of
+    ``methods`` and KD (T 4) under it: (cfg, task, data, students, teacher model)."""
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.grid import resolve_config
+    from lskd_bench.runners.train import load_model
+    from lskd_bench.tasks import get_task
+
+    cfg = resolve_config(
+        "digits",
+        {},
+        tiny_overrides(
+            epochs=epochs, methods=[*methods, "kd"], grid={"alphas": [0.1], "temperatures": [4.0]}, baseline=False
+        ),
+    )
+    task = get_task("digits")
+    data = task.load_data(cfg)
+    cells = plan_cells(cfg)
+    teacher = next(c for c in cells if c.role == "teacher")
+    (o,) = train_group(task, [teacher], cfg, data, [teacher.dir(tmp_path / "t")], progress=False)
+    assert o.error is None
+    tmodel = load_model(task, teacher.arch, data, cfg, teacher.dir(tmp_path / "t") / store.MODEL, torch.device("cpu"))
+    students = [c for c in cells if c.role == "student"]
+    assert sorted(c.method for c in students) == sorted([*methods, "kd"])
+    return cfg, task, data, students, tmodel
+
+
+def fused_with_kd(tmp_path, methods):
+    """The students of ``methods`` and KD (T 4) under a digits teacher (``digits_students``, 1 epoch): fused in
+    one group they train bit for bit as alone (``assert_fused_equals_alone``)."""
+    cfg, task, data, students, tmodel = digits_students(tmp_path, methods)
+    assert_fused_equals_alone(task, students, cfg, data, tmodel, tmp_path)
+
+
 def train_then_kill(task, students, cfg, data, tmodel, tmp_path, at_epoch: int = 2) -> tuple[Path, Path]:
     """``students`` trained as one fused group to the end under tmp_path/ref, and again under tmp_path/cut stopped
     by a KeyboardInterrupt at the end of epoch ``at_epoch``: (ref, cut), for the resume-identity tests."""

@@ -375,6 +375,7 @@ METHODS: Registry[type[Method]] = Registry(
         "lskd_bench.methods.feat_repd",
         "lskd_bench.methods.feat_crd",
         "lskd_bench.methods.feat_review",
+        "lskd_bench.methods.feat_torchdistill",
     ),
 )
 _COMPOSITES: dict[str, type[Method]] = {}

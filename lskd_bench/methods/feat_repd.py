@@ -1,5 +1,5 @@
 """Feature methods of RepDistiller's CIFAR-100 benchmark (HobbitLong/RepDistiller@b84f547,
-``distiller_zoo/*.py``, ``train_student.py``, ``helper/loops.py``): FitNet, AT, SP, CC, VID, RKD, PKT, NST.
+``distiller_zoo/*.py``, ``train_student.py``, ``helper/loops.py``): FitNet, AT, SP, CC, VID, RKD, PKT, NST, KDSVD.
 
 Each loss is ``ce * CE(s, y) + beta * L_feat`` with RepDistiller's default weights (its ``-r 1 -a 0 -b BETA``,
 ``scripts/run_cifar_distill.sh``); the student's CE is computed as in ``train_student.py``. Which features each
@@ -456,4 +456,95 @@ class PKT(FeatureMethod):
 
     def loss(self, student, targets, teacher, ctx):
         feat = pkt_loss(student["embedding"].flatten(1), teacher["embedding"].flatten(1))
+        return {"ce": self.cross_entropy(student, targets), "feat": self.p["beta"] * feat}
+
+
+# -- KDSVD ------------------------------------------------------------------------------------------------------
+
+
+def _right_singular_vectors(f: torch.Tensor, n: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` right singular vectors (N, C, n) and singular values (N, n) of each sample's (H*W, C) map,
+    each L2-normalised, NaN and inf set to 0 (RepDistiller ``KDSVD.svd``, ``KDSVD.py:45-61``; its reshape
+    ``view(-1, C, H*H)`` is ours for square maps). A map wider than ``channels`` has its channels average-pooled in
+    groups to that count first (our deviation: RepDistiller's pairs have equal widths)."""
+    x = f.flatten(2).transpose(1, 2)  # (N, H*W, C)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    if x.shape[2] > channels:
+        x = F.adaptive_avg_pool1d(x, channels)
+    _, sv, vh = torch.linalg.svd(x, full_matrices=False)
+    v = vh.transpose(-2, -1)
+
+    def finite(t: torch.Tensor) -> torch.Tensor:
+        return torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+
+    return F.normalize(finite(v)[:, :, :n], dim=1), F.normalize(finite(sv)[:, :n], dim=1)
+
+
+def kdsvd_loss(s_maps: list[torch.Tensor], t_maps: list[torch.Tensor], k: int) -> torch.Tensor:
+    """KDSVD's loss (RepDistiller ``KDSVD.forward``, ``KDSVD.py:17-43``, summed as ``helper/loops.py:157-161``):
+    per stage, the teacher's top-k right singular vectors scaled by its (normalised) singular values, and the
+    student's top-(k+3) matched to them by the largest absolute cosine (with its sign; ``align_rsv``,
+    ``KDSVD.py:68-75``) and scaled by the same values; between consecutive stages the Gaussian kernel
+    ``exp(-(v_i - v'_j)**2 / 8)`` of every pair of the two stages' channel entries, and the squared difference of
+    the student's and the teacher's kernels, summed (non-finite terms dropped) over the batch size."""
+    prev = None
+    total = s_maps[0].new_zeros((), dtype=torch.promote_types(s_maps[0].dtype, torch.float32))
+    for f_s, f_t in zip(s_maps, t_maps):
+        c = min(f_s.shape[1], f_t.shape[1])
+        v_t, s_t = _right_singular_vectors(f_t, k, c)
+        v_s, _ = _right_singular_vectors(f_s, k + 3, c)
+        cosine = v_s.transpose(-2, -1) @ v_t  # (N, k+3, k)
+        best = cosine.abs().amax(dim=1, keepdim=True)
+        match = torch.where(best == cosine.abs(), torch.sign(cosine), torch.zeros_like(cosine))
+        scale = s_t.unsqueeze(1)
+        v_s, v_t = (v_s @ match) * scale, v_t * scale
+        if prev is not None:
+            ps, pt = prev
+            k_s = torch.exp(-(v_s.unsqueeze(2) - ps.unsqueeze(1)).pow(2) / 8)
+            k_t = torch.exp(-(v_t.unsqueeze(2) - pt.unsqueeze(1)).pow(2) / 8)
+            sq = (k_s - k_t.detach()).pow(2)
+            total = total + torch.where(torch.isfinite(sq), sq, torch.zeros_like(sq)).sum() / s_maps[0].shape[0]
+        prev = (v_s, v_t)
+    return total
+
+
+@METHODS.register("kdsvd")
+class KDSVD(FeatureMethod):
+    """Self-supervised knowledge distillation using SVD (Lee et al., ECCV 2018), as RepDistiller's ``KDSVD``
+    (``distiller_zoo/KDSVD.py``) on the paired stages (``feat[1:-1]``, ``helper/loops.py:157-161``), k 1
+    (``KDSVD.py:13``; mdistiller's ``CFG.KDSVD.K``, ``mdistiller/engine/cfg.py:94``). RepDistiller's script has no
+    KDSVD line and ``-b`` has no default, so beta 1 and the CE weight 1 are mdistiller's
+    (``cfg.py:96-97``@a08d46f). Where a pair's stage widths differ (the digits pair), the wider map's channels
+    are average-pooled in groups to the narrower width before the SVD (the singular vectors live in channel space
+    and are compared across the networks); RepDistiller requires equal widths. mdistiller's ``svd``
+    (``mdistiller/distillers/KDSVD.py:42``@a08d46f) reshapes a map to ``(N, C*H, W)``, not to the (H*W, C) of
+    RepDistiller and the authors' TensorFlow code: not followed. As in RepDistiller, the SVD's gradient is
+    undefined where a student map has repeated singular values (e.g. two all-zero channels).
+
+    parity: HobbitLong/RepDistiller@b84f547 distiller_zoo/KDSVD.py:17-75 (file last changed at 1e2f816),
+    transcribed op for op in tests/methods/test_feat_repd.py::test_kdsvd_equals_repdistiller_loss_and_gradient
+    (float64; three stages of 8/12/16 channels at 8/4/2, N 6, k 1 and 2, three seeds): loss and gradient
+    (student maps) max relative difference 0.0e+00 / 0.0e+00 (the same LAPACK SVD; ours calls
+    ``torch.linalg.svd``, RepDistiller the deprecated ``torch.svd``)."""
+
+    description = "KDSVD (Lee et al. 2018): RBF relations of top singular vectors between stages, beta 1"
+    needs = Needs(student=("logits", "stages"), teacher=("stages",))
+    params = feature_section(
+        "KDSVD",
+        1.0,
+        "mdistiller mdistiller/engine/cfg.py:97; RepDistiller has no default",
+        k=Field(
+            int,
+            1,
+            "the teacher's singular vectors used per stage (the student's: k + 3; RepDistiller KDSVD(k=1), "
+            "distiller_zoo/KDSVD.py:13)",
+            min=1,
+            max=64,
+        ),
+    )
+
+    def loss(self, student, targets, teacher, ctx):
+        pairs = paired(student.stages(), teacher.stages())
+        feat = kdsvd_loss([s for s, _ in pairs], [t for _, t in pairs], self.p["k"])
         return {"ce": self.cross_entropy(student, targets), "feat": self.p["beta"] * feat}

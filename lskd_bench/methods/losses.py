@@ -126,6 +126,36 @@ def ttm_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, gamma: fl
     return F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean")
 
 
+def wttm_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Weighted Transformed Teacher Matching (Zheng & Yang, ICLR 2024): ``mean_i(Z_i * KL(p_t,i^gamma / Z_i ||
+    softmax(s_i)))`` with ``Z_i = sum_k p_t,ik^gamma``: TTM's per-sample KL weighted by the power sum of the
+    teacher's probabilities (larger for a smoother teacher), no T^2 factor; as zkxufo/TTM distiller_zoo/wttm.py.
+    ``Z_i = exp(logsumexp(gamma * log_softmax(t_i)))`` and the transformed teacher is ``softmax(gamma * t_i)``."""
+    log_ps = F.log_softmax(_upcast(student_logits), dim=-1)
+    log_pow = gamma * F.log_softmax(_upcast(teacher_logits), dim=-1)  # log p_t^gamma
+    log_norm = torch.logsumexp(log_pow, dim=-1, keepdim=True)
+    log_pt = log_pow - log_norm  # log(p_t^gamma / Z)
+    kl = F.kl_div(log_ps, log_pt, log_target=True, reduction="none").sum(-1)
+    return (log_norm.squeeze(-1).exp() * kl).mean()
+
+
+def skd_direction(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tikhonov: float) -> torch.Tensor:
+    """Streamlined KD's direction term (Jeong et al., CVPR 2026), as torchdistill ``SKDDirectionLoss``
+    (torchdistill/losses/mid_level.py:1937-1949): ``D = G_s - G_t`` for the batch Gram matrices of the
+    L2-normalised logits, ``Sigma' = cov(D) + tikhonov * I`` (the N columns of D as the variables, unbiased), and
+    the batch mean of the Mahalanobis norms ``sqrt(D_i^T Sigma'^-1 D_i)`` of D's rows; Sigma' depends on the
+    student and is differentiated through (its inverse from a Cholesky factor, as there). A batch of one sample
+    has no covariance (the reference's is NaN): its term is 0."""
+    if student_logits.shape[0] < 2:
+        return _upcast(student_logits).sum() * 0.0
+    zs = F.normalize(_upcast(student_logits), p=2, dim=1)
+    zt = F.normalize(_upcast(teacher_logits), p=2, dim=1)
+    diff = zs @ zs.t() - zt @ zt.t()
+    eye = torch.eye(diff.shape[1], dtype=diff.dtype, device=diff.device)
+    inv = torch.cholesky_inverse(torch.linalg.cholesky(torch.cov(diff.t()) + tikhonov * eye))
+    return torch.einsum("bi,ij,bj->b", diff, inv, diff).sqrt().mean()
+
+
 def nkd_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, T: float, gamma: float
 ) -> torch.Tensor:

@@ -25,8 +25,10 @@ from .losses import (
     dkd_parts,
     kd_kl,
     nkd_loss,
+    skd_direction,
     standardize,
     ttm_kl,
+    wttm_loss,
 )
 
 CE = {"ce_weight": Field(float, 1.0, "weight of the cross-entropy on the labels", min=0.0)}
@@ -149,6 +151,78 @@ class TTM(Method):
     def loss(self, student_logits, targets, teacher_logits, ctx):
         kl = ttm_kl(student_logits, teacher_logits, self.p["gamma"])
         return {"ce": _ce(student_logits, targets, self.p["ce_weight"]), "kd": self.p["kd_weight"] * kl}
+
+
+@METHODS.register("wttm")
+class WTTM(Method):
+    """Weighted Transformed Teacher Matching (Zheng & Yang, ICLR 2024): ``ce_weight * CE + kd_weight *
+    mean_i(Z_i * KL(p_t,i^gamma / Z_i || softmax(s_i)))``, ``Z_i = sum_k p_t,ik^gamma``: TTM (``ttm``) with each
+    sample's KL weighted by the power sum of its teacher probabilities (the teacher's temperature 1/gamma is its
+    own, so the grid's T does not apply). As zkxufo/TTM distiller_zoo/wttm.py:13-19@fe457b3 (the loss) and
+    helper/loops.py:83 (``gamma * CE + alpha * div + beta * kd``). Defaults: the only WTTM setting that repository
+    publishes, README.md:40-41@fe457b3 (``--add wttm --ttm_l 0.2 -a 4``, there added to CRD on vgg13 -> vgg8, CE
+    weight 1 by default: train_student.py:60); the paper's per-pair gamma and weights are not in the repository.
+
+    parity: zkxufo/TTM@fe457b3 distiller_zoo/wttm.py:13-19, transcribed op for op in
+    tests/methods/test_zoo.py::test_wttm_equals_the_authors_loss_and_gradient (float64, N 64, K 100, gamma 0.1 /
+    0.2 / 0.5 / 1, three seeds, teacher logits of std 5): loss and gradient (student logits) max relative
+    difference 1.4e-16 / 4.9e-16. The reference's ``p_t^gamma`` is ``softmax(t)**gamma``; ours is
+    ``exp(gamma * log_softmax(t))`` (the same value, without 0**gamma underflow for very confident teachers)."""
+
+    description = "WTTM (Zheng & Yang 2024): TTM's KL weighted per sample by sum_k p_t^gamma, no T^2"
+    uses_temperature = False
+    params = Section({
+        **CE,
+        "kd_weight": Field(float, 4.0, "weight of the WTTM term (zkxufo/TTM README.md:41, -a 4)", min=0.0),
+        "gamma": Field(float, 0.2, "exponent of the teacher's probabilities (temperature 1/gamma; zkxufo/TTM "
+                       "README.md:40, --ttm_l 0.2)", min=0.0, min_exclusive=True),
+    }, "Weighted TTM")  # fmt: skip
+
+    def loss(self, student_logits, targets, teacher_logits, ctx):
+        wttm = wttm_loss(student_logits, teacher_logits, self.p["gamma"])
+        return {"ce": _ce(student_logits, targets, self.p["ce_weight"]), "kd": self.p["kd_weight"] * wttm}
+
+
+SKD_CFG = "configs/sample/ilsvrc2012/skd/resnet18_from_resnet34.yaml"
+
+
+@METHODS.register("skd")
+class SKD(Method):
+    """Streamlined KD (Jeong et al., CVPR 2026) as torchdistill runs it (yoshitomo-matsubara/torchdistill@3e4373c,
+    torchdistill/losses/mid_level.py:1863-1949 and the sample config
+    configs/sample/ilsvrc2012/skd/resnet18_from_resnet34.yaml:127-150): ``ce_weight * CE +
+    instance_weight * KL(softmax(t/T) || softmax(s/T)) + direction_weight * L_DIR``, the instance term a batch-mean
+    KL without T^2 (``SKDInstanceLoss``, :1895-1900), L_DIR the Mahalanobis norm of the difference of the batch
+    Gram matrices of L2-normalised logits (``SKDDirectionLoss``, :1937-1949; ``losses.skd_direction``). The
+    instance term's temperature is the grid's T (the config's 4.0, line 139, is the T = 4 cell); weights 1 and 1
+    (lines 140, 150), Tikhonov 0.1 (line 149); the config has no cross-entropy term, so ``ce_weight`` is 0.
+    Classification only: the direction term inverts an N x N covariance (N the batch).
+
+    parity: yoshitomo-matsubara/torchdistill@3e4373c torchdistill/losses/mid_level.py:1895-1900 and 1937-1949,
+    transcribed op for op in tests/methods/test_zoo.py::test_skd_equals_torchdistill_loss_and_gradient (float64,
+    N 64, K 100, T 1 and 4, three seeds): loss and gradient (student logits) max relative difference 1.9e-16 /
+    2.2e-16 at Tikhonov 0.25; 4.1e-09 / 3.4e-09 at the default 0.1, where the reference's ``0.1 * torch.eye(n)``
+    is float32 (torch's default dtype), float32(0.1) = 0.1 + 1.5e-9 even for float64 logits, ours the exact value
+    of the logits' dtype (equal in float32 training)."""
+
+    description = "SKD (Jeong et al. 2026, torchdistill): KL at T (no T^2) + Mahalanobis norm of Gram differences"
+    task_kinds = ("classification",)
+    params = Section({
+        "ce_weight": Field(float, 0.0, f"weight of the cross-entropy on the labels (the config has none: {SKD_CFG}:"
+                           "127-150)", min=0.0),
+        "instance_weight": Field(float, 1.0, f"weight of the instance term ({SKD_CFG}:140)", min=0.0),
+        "direction_weight": Field(float, 1.0, f"weight of the direction term ({SKD_CFG}:150)", min=0.0),
+        "tikhonov": Field(float, 0.1, f"added to the covariance's diagonal ({SKD_CFG}:149)", min=0.0,
+                          min_exclusive=True),
+    }, "Streamlined KD")  # fmt: skip
+
+    def loss(self, student_logits, targets, teacher_logits, ctx):
+        out = {"ce": _ce(student_logits, targets, self.p["ce_weight"])}
+        out["kd"] = self.p["instance_weight"] * kd_kl(student_logits, teacher_logits, float(ctx.T))
+        out["direction"] = self.p["direction_weight"] * skd_direction(
+            student_logits, teacher_logits, self.p["tikhonov"]
+        )
+        return out
 
 
 @METHODS.register("nkd")

@@ -223,7 +223,7 @@ def test_methods_lists_per_pair_and_shared_settings(cli):
     block = out.split("cifar100 --pair NAME:")[1].split("\n\n")[0]
     assert "  dkd        per pair: beta\n" in block and "  kd_std     per pair: kd_weight\n" in block
     assert "  reviewkd   per pair: beta\n" in block  # ReviewKD@cede6ea CIFAR-100/script/reviewKD.sh:1-15
-    for m in ("dist", "ttm", "nkd", "ctkd"):
+    for m in ("dist", "ttm", "wttm", "skd", "nkd", "ctkd"):
         assert f"  {m:<10} one setting: " in block
 
 

@@ -250,3 +250,102 @@ def test_loss_is_ce_weight_times_ce_plus_beta_times_the_feature_term(name):
     assert a["ce"].item() == pytest.approx(ce) and b["ce"].item() == pytest.approx(0.5 * ce)
     assert b["feat"].item() == pytest.approx(2.0 * a["feat"].item() / base.p["beta"], rel=1e-10)
     assert a["feat"].item() > 0
+
+
+# -- KDSVD ------------------------------------------------------------------------------------------------------
+
+
+def repdistiller_kdsvd(g_s, g_t, k=1):
+    """Reference transcription of HobbitLong/RepDistiller@b84f547 distiller_zoo/KDSVD.py:17-75 (KDSVD.forward,
+    svd, removenan, align_rsv), op for op, summed as helper/loops.py:161 (``sum(loss_group)``)."""
+    import torch.nn.functional as F
+
+    def removenan(x):
+        return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+    def svd(feat, n=1):
+        size = feat.shape
+        x = feat.view(-1, size[1], size[2] * size[2]).transpose(-2, -1)
+        u, s, v = torch.svd(x)
+        u, s, v = removenan(u), removenan(s), removenan(v)
+        if n > 0:
+            u = F.normalize(u[:, :, :n], dim=1)
+            s = F.normalize(s[:, :n], dim=1)
+            v = F.normalize(v[:, :, :n], dim=1)
+        return u, s, v
+
+    def align_rsv(a, b):
+        cosine = torch.matmul(a.transpose(-2, -1), b)
+        max_abs_cosine, _ = torch.max(torch.abs(cosine), 1, keepdim=True)
+        mask = torch.where(torch.eq(max_abs_cosine, torch.abs(cosine)), torch.sign(cosine), torch.zeros_like(cosine))
+        return torch.matmul(a, mask), b
+
+    v_sb = v_tb = None
+    losses = []
+    for i, f_s, f_t in zip(range(len(g_s)), g_s, g_t):
+        _u_t, s_t, v_t = svd(f_t, k)
+        _u_s, _s_s, v_s = svd(f_s, k + 3)
+        v_s, v_t = align_rsv(v_s, v_t)
+        s_t = s_t.unsqueeze(1)
+        v_t = v_t * s_t
+        v_s = v_s * s_t
+        if i > 0:
+            s_rbf = torch.exp(-(v_s.unsqueeze(2) - v_sb.unsqueeze(1)).pow(2) / 8)
+            t_rbf = torch.exp(-(v_t.unsqueeze(2) - v_tb.unsqueeze(1)).pow(2) / 8)
+            l2loss = (s_rbf - t_rbf.detach()).pow(2)
+            l2loss = torch.where(torch.isfinite(l2loss), l2loss, torch.zeros_like(l2loss))
+            losses.append(l2loss.sum())
+        v_tb = v_t
+        v_sb = v_s
+    bsz = g_s[0].shape[0]
+    return sum(loss / bsz for loss in losses)
+
+
+def _rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+KDSVD_SHAPES = [(6, 8, 8, 8), (6, 12, 4, 4), (6, 16, 2, 2)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("k", [1, 2])
+def test_kdsvd_equals_repdistiller_loss_and_gradient(seed, k):
+    """Equal widths (RepDistiller's pairs): loss and gradient (student maps) equal the reference; max relative
+    difference <= 1e-12 (docstring: the measured maxima)."""
+    rng = _rng(10 + seed)
+    s, t = _maps(rng, KDSVD_SHAPES), _maps(rng, KDSVD_SHAPES)
+    so, to = _outs(s, grad=True), _outs(t)
+    m = _method("kdsvd", so, to, k=k)
+    ours = m.compute(so, torch.zeros(6, dtype=torch.long), to, LossContext())["feat"]
+    g_ours = torch.autograd.grad(ours, [so[f"stage{i + 1}"] for i in range(3)])
+    ref_in = [torch.tensor(x, requires_grad=True) for x in s]
+    ref = repdistiller_kdsvd(ref_in, [torch.tensor(x) for x in t], k)
+    g_ref = torch.autograd.grad(ref, ref_in)
+    assert ours.item() > 0 and _rel(ours, ref) <= 1e-12
+    assert max(_rel(a, b) for a, b in zip(g_ours, g_ref)) <= 1e-12
+
+
+def test_kdsvd_pools_the_wider_network_and_defaults_to_mdistillers_weights():
+    m = build_method("kdsvd", {"kdsvd": {}})
+    assert m.p == {"ce": 1.0, "beta": 1.0, "k": 1} and not m.uses_temperature
+    assert "mdistiller/engine/cfg.py:97" in m.params.fields["beta"].help
+    rng = _rng(20)
+    s = _maps(rng, [(6, 4, 8, 8), (6, 6, 4, 4)])
+    t = _maps(rng, [(6, 8, 8, 8), (6, 12, 4, 4), (6, 20, 2, 2)])  # twice as wide, one stage more
+    so, to = _outs(s, grad=True), _outs(t)
+    m = _method("kdsvd", so, to)
+    got = m.compute(so, torch.zeros(6, dtype=torch.long), to, LossContext())["feat"]
+    # = RepDistiller's loss on the teacher's first two stages with channel pairs averaged (4 and 6 channels)
+    pooled = [torch.tensor(x.reshape(6, x.shape[1] // 2, 2, *x.shape[2:]).mean(2)) for x in t[:2]]
+    want = repdistiller_kdsvd([torch.tensor(x) for x in s], pooled)
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+    got.backward()
+    assert all(torch.isfinite(so[k].grad).all() for k in ("stage1", "stage2"))
+
+
+@pytest.mark.slow
+def test_kdsvd_fused_with_kd_equals_alone(tmp_path):
+    from ..fixtures import fused_with_kd
+
+    fused_with_kd(tmp_path, ["kdsvd"])

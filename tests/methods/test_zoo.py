@@ -154,6 +154,115 @@ def test_ttm_power_transforms_the_teacher_only():
     assert run("ttm") == pytest.approx(expected, rel=1e-6)
 
 
+def authors_wttm(y_s, y_t, lam):
+    """Reference transcription of zkxufo/TTM@fe457b3 distiller_zoo/wttm.py:14-19 (WTTM.forward), op for op."""
+    import torch.nn.functional as F
+
+    p_s = F.log_softmax(y_s, dim=1)
+    p_t = torch.pow(torch.softmax(y_t, dim=1), lam)  # self.l
+    norm = torch.sum(p_t, dim=1)
+    p_t = p_t / norm.unsqueeze(1)
+    KL = torch.sum(F.kl_div(p_s, p_t, reduction="none"), dim=1)
+    return torch.mean(norm * KL)
+
+
+def _rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("gamma", [0.1, 0.2, 0.5, 1.0])
+def test_wttm_equals_the_authors_loss_and_gradient(gamma):
+    """loss and gradient (student logits) max relative difference <= 1e-15 in float64 (docstring: 1.4e-16 /
+    4.9e-16 over these gammas and seeds 0-2)."""
+    g = torch.Generator().manual_seed(1)
+    s = (torch.randn(64, 100, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
+    t = torch.randn(64, 100, generator=g, dtype=torch.float64) * 5
+    y = torch.randint(0, 100, (64,), generator=g)
+    m = build_method("wttm", {"wttm": {"gamma": gamma, "ce_weight": 0.0, "kd_weight": 1.0}})
+    ours = total_loss(m.loss(s, y, t, LossContext()))
+    (g_ours,) = torch.autograd.grad(ours, s)
+    ref = authors_wttm(s, t, gamma)
+    (g_ref,) = torch.autograd.grad(ref, s)
+    assert _rel(ours, ref) <= 1e-15 and _rel(g_ours, g_ref) <= 1e-15
+    # the full loss: CE weight 1 (-r 1) + 4 x WTTM (-a 4) at gamma 0.2, the defaults
+    m = build_method("wttm", {"wttm": {}})
+    assert (m.p["ce_weight"], m.p["kd_weight"], m.p["gamma"]) == (1.0, 4.0, 0.2)
+    want = torch.nn.functional.cross_entropy(s, y) + 4.0 * authors_wttm(s, t, 0.2)
+    assert total_loss(m.loss(s, y, t, LossContext())).item() == pytest.approx(want.item(), rel=1e-14)
+
+
+def test_wttm_is_ttm_weighted_by_the_teachers_power_sum():
+    gamma = 0.2
+    pt = softmax(TT) ** gamma
+    z = pt.sum(-1)
+    expected = ce(S, Y) + 4.0 * (z * kl(pt / z[:, None], softmax(S))).mean()
+    assert run("wttm") == pytest.approx(expected, rel=1e-12)
+    # gamma 1: Z = 1, plain KL(p_t || p_s)
+    assert run("wttm", {"gamma": 1.0, "ce_weight": 0.0, "kd_weight": 1.0}) == pytest.approx(
+        kl(softmax(TT), softmax(S)).mean(), rel=1e-12
+    )
+
+
+def torchdistill_skd(student_logits, teacher_logits, temperature, tikhonov):
+    """Reference transcription of yoshitomo-matsubara/torchdistill@3e4373c torchdistill/losses/mid_level.py:1895-1900
+    (SKDInstanceLoss.forward) and :1937-1949 (SKDDirectionLoss.forward), op for op; summed with the config's
+    weights 1 and 1 (configs/sample/ilsvrc2012/skd/resnet18_from_resnet34.yaml:140,150)."""
+    from torch.nn.functional import normalize
+
+    log_p_student = torch.log_softmax(student_logits / temperature, dim=1)
+    p_teacher = torch.softmax(teacher_logits / temperature, dim=1)
+    instance = torch.nn.functional.kl_div(log_p_student, p_teacher, reduction="batchmean")
+    student_gram = normalize(student_logits, p=2, dim=1)
+    teacher_gram = normalize(teacher_logits, p=2, dim=1)
+    student_gram = torch.mm(student_gram, student_gram.t())
+    teacher_gram = torch.mm(teacher_gram, teacher_gram.t())
+    diff = student_gram - teacher_gram
+    cov_matrix = torch.cov(diff.t()) + tikhonov * torch.eye(diff.size(1), device=diff.device)
+    cholesky_factor = torch.linalg.cholesky(cov_matrix)
+    inv_cov_matrix = torch.cholesky_inverse(cholesky_factor)
+    mahalanobis_dist = torch.einsum("bi,ij,bj->b", diff, inv_cov_matrix, diff)
+    return instance, torch.sqrt(mahalanobis_dist).mean()
+
+
+def _skd_case(seed, n=64, k=100):
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.randn(n, k, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
+    t = torch.randn(n, k, generator=g, dtype=torch.float64) * 5
+    return s, t, torch.randint(0, k, (n,), generator=g)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("T", [1.0, 4.0])
+def test_skd_equals_torchdistill_loss_and_gradient(seed, T):
+    """loss and gradient (student logits) max relative difference <= 1e-12 (docstring: the measured maxima),
+    each term and the sum, at a Tikhonov factor that float32 holds exactly (0.25: the reference's identity matrix is
+    float32, torch's default dtype, so its 0.1 * I is float32(0.1) = 0.1 + 1.5e-9 even in float64); at the
+    default 0.1 the difference is that rounding's (<= 1e-7)."""
+    s, t, y = _skd_case(seed)
+    m = build_method("skd", {"skd": {"tikhonov": 0.25}})
+    out = m.loss(s, y, t, LossContext(T=T))
+    assert out["ce"].item() == 0.0
+    instance, direction = torchdistill_skd(s, t, T, 0.25)
+    assert _rel(out["kd"], instance) <= 1e-12 and _rel(out["direction"], direction) <= 1e-12
+    for ours, ref in ((out["direction"], direction), (total_loss(out), instance + direction)):
+        (g_ours,) = torch.autograd.grad(ours, s, retain_graph=True)
+        (g_ref,) = torch.autograd.grad(ref, s, retain_graph=True)
+        assert _rel(g_ours, g_ref) <= 1e-12
+    # the defaults: no CE, weights 1 and 1, Tikhonov 0.1 (the float32 rounding of the reference's aside)
+    m = build_method("skd", {"skd": {}})
+    assert m.p == {"ce_weight": 0.0, "instance_weight": 1.0, "direction_weight": 1.0, "tikhonov": 0.1}
+    assert m.uses_temperature and m.task_kinds == ("classification",)
+    instance, direction = torchdistill_skd(s, t, T, 0.1)
+    assert _rel(total_loss(m.loss(s, y, t, LossContext(T=T))), instance + direction) <= 1e-7
+    # the weights and the CE
+    m = build_method("skd", {"skd": {"ce_weight": 1.0, "instance_weight": 0.5, "direction_weight": 2.0}})
+    want = torch.nn.functional.cross_entropy(s, y) + 0.5 * instance + 2.0 * direction
+    assert total_loss(m.loss(s, y, t, LossContext(T=T))).item() == pytest.approx(want.item(), rel=1e-7)
+    # a last batch of one sample: no covariance, the direction term is 0 (the reference's is NaN)
+    one = m.loss(s[:1], y[:1], t[:1], LossContext(T=T))
+    assert one["direction"].item() == 0.0 and torch.isfinite(total_loss(one))
+
+
 @pytest.mark.parametrize("T", [1.0, 3.0])
 def test_nkd_normalised_target_and_nontarget_terms(T):
     rows = np.arange(3)
@@ -191,13 +300,13 @@ def test_ctkd_curriculum_and_gradient_reversal():
 
 
 def test_every_method_is_registered_with_its_axes():
-    assert set(METHODS.names()) >= {"kd", "dkd", "dist", "kd_std", "ttm", "ctkd", "nkd", "seqkd"}
+    assert set(METHODS.names()) >= {"kd", "dkd", "dist", "kd_std", "ttm", "wttm", "ctkd", "nkd", "seqkd"}
     no_t = {
         n
         for n, c in METHODS.items()
         if not c.uses_temperature and c.needs.needs_teacher and not issubclass(c, FeatureMethod)
     }
-    assert no_t == {"dist", "ttm", "ctkd", "seqkd"}
+    assert no_t == {"dist", "ttm", "wttm", "ctkd", "seqkd"}
 
 
 def test_unknown_method_lists_the_known_ones(tmp_path, cli):
@@ -296,3 +405,10 @@ def test_all_methods_on_image_tasks(task, fixture, roles, request, tmp_path):
     for cell in summary.cells:
         res = json.loads((cell.dir(tmp_path) / store.RESULT).read_text())
         assert 0 <= res["metrics"]["top1"] <= 100
+
+
+@pytest.mark.slow
+def test_new_logit_methods_fused_with_kd_equal_alone(tmp_path):
+    from ..fixtures import fused_with_kd
+
+    fused_with_kd(tmp_path, ["wttm", "skd"])
