@@ -421,7 +421,10 @@ def _sources(name: str) -> list[str]:
             keep = True
             out.append(body)
         elif keep and line.startswith("#       "):
-            continue
+            if out[-1].count('"') % 2:  # a quoted title cut by the line's end: joined up to its closing quote
+                rest = body
+                end = rest.find('"')
+                out[-1] += " " + (rest[: end + 1] if end >= 0 else rest)
         elif not line.startswith("#"):
             break
     return out

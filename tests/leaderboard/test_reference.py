@@ -253,3 +253,12 @@ def test_every_reference_records_its_sources_selection_rule():
         selection_of({"rule": "final", "source": "x.py:1"}, "t")
     with pytest.raises(ValueError, match="has no source"):
         selection_of({"rule": "last"}, "t")
+
+
+def test_sources_line_names_each_source_with_its_whole_title():
+    """A source's quoted title that wraps in the reference file's header is joined, not cut mid-title."""
+    from lskd_bench.leaderboard.reference import kd_sources
+
+    text = kd_sources()
+    assert '"Benchmark Results on CIFAR-100"' in text and '"Main Benchmark Results"' in text
+    assert text.count('"') % 2 == 0
