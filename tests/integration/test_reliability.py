@@ -19,7 +19,16 @@ import torch
 from lskd_bench import store
 from lskd_bench.runners.lock import LOCK
 
-from ..fixtures import HANG_GUARD_S, IMAGE_ARGS, TINY_ARGS, WNIDS, cell_dirs, edit_cifar_train, make_imagefolder
+from ..fixtures import (
+    HANG_GUARD_S,
+    IMAGE_ARGS,
+    TINY_ARGS,
+    WNIDS,
+    cell_dirs,
+    edit_cifar_train,
+    make_imagefolder,
+    require,
+)
 
 
 @pytest.mark.slow
@@ -381,7 +390,7 @@ def test_json_logs_parse_line_by_line_with_a_tracker_gone_and_a_rerun_still_has_
     """--log-format json with an MLflow server that does not answer: every line on stdout and stderr is a JSON
     object (the logger's one warning too), from a start to a summary event; the results are written; a rerun
     where every cell is reused still says start and summary."""
-    pytest.importorskip("mlflow")
+    require("mlflow", "the mlflow logger (pip install 'lskd-bench[mlflow]')")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     argv = ["run", "--out", str(tmp_path), *TINY_ARGS, "--log-format", "json", "--loggers", "mlflow"]
     for reused in (0, 3):

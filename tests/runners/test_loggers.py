@@ -245,10 +245,13 @@ def test_a_hanging_logger_does_not_hold_up_training(tmp_path, cli, fake_loggers)
 
 
 def test_unknown_or_missing_logger_is_one_error_line(tmp_path, cli, monkeypatch):
-    rc, _, err = cli("run", "--out", str(tmp_path), *ARGS, "--loggers", "tensorboard,wandbb")
+    # the unknown name first: the error does not depend on which trackers are installed (an installed tracker
+    # named before it would be checked first, and one not installed would be the error then)
+    rc, _, err = cli("run", "--out", str(tmp_path), *ARGS, "--loggers", "wandbb,tensorboard")
     assert rc == 2 and err.strip().splitlines() == [
-        "lskd-bench: error: unknown logger 'wandbb' (known: mlflow, tensorboard, wandb)"
+        f"lskd-bench: error: unknown logger 'wandbb' (known: {', '.join(LOGGERS.names())})"
     ]
+    assert {"mlflow", "tensorboard", "wandb"} <= set(LOGGERS.names())  # the built-in loggers, plugins or not
     import importlib.util
 
     real = importlib.util.find_spec
