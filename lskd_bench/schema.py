@@ -458,7 +458,7 @@ RUN = Section(
             int,
             None,
             "intra-op CPU threads per training process (null: the CPUs this process may "
-            "use, divided by the cells trained at once)",
+            "use, divided by the cells trained at once; 1 for models under 5 M multiply-adds a sample)",
             min=1,
             max=4096,
             nullable=True,

@@ -39,6 +39,7 @@ from .cells import Cell
 from .devices import DevicePool, discover, require_cuda, worker_env
 from .scheduler import Handle, run_units
 from .state import CellOutcome, outcome_from_disk
+from .threads import thread_policy
 from .train import resolve_device, threads_scope
 from .units import GridPlan, UnitResult, train_unit
 
@@ -220,7 +221,7 @@ class SubprocessExecutor(Executor):
         else:
             at_once = jobs if jobs else 1
         share = devices.cpu_share(at_once * k)
-        threads = int(cfg["threads"]) if cfg["threads"] else share
+        threads = thread_policy(cfg, resolve_device(cfg), cpus=share)[0]
         workers = devices.loader_workers(cfg["num_workers"], at_once * k)
         return pool, max(1, at_once), threads, workers
 

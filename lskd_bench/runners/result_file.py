@@ -18,6 +18,7 @@ from ..envinfo import cpu_model, git_commit
 from .cells import teacher_weights
 from .devices import device_record
 from .evaluation import save_weights
+from .threads import thread_policy
 
 
 def environment(device: torch.device, processes: int = 1) -> dict[str, Any]:
@@ -75,7 +76,11 @@ def result_record(m: Any, last: dict[str, float], selected_file: str, files: dic
         "num_params": sum(p.numel() for p in m.model.parameters()),
         "skipped_samples": sorted(set(m.skipped)),
         "resumes": m.resumes,
-        "env": {**environment(m.device, processes=world), **device_record(m.device, world)},
+        "env": {
+            **environment(m.device, processes=world),
+            "threads_policy": thread_policy(m.cfg, m.device)[1],  # why env.threads is what it is
+            **device_record(m.device, world),
+        },
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

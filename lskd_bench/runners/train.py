@@ -41,7 +41,6 @@ from ..tasks import Task, TaskData, get_task
 from ..tasks.base import autocast, close_batches
 from .cells import Cell
 from .checkpoint import StateFiles
-from .devices import cpu_count
 from .distributed import average_grads, gather_step, sync_batchnorm
 from .distributed import world as dist_info
 from .epoch_loss import CellFailed, LossSums, NonFiniteWatch
@@ -54,6 +53,7 @@ from .progress import line_interval, progress_bar
 from .result_file import environment, result_record, save_final_weights  # noqa: F401  (environment: re-exported)
 from .rng import RngState
 from .selection import Selector
+from .threads import thread_policy
 
 
 def auto_cpu_reason(cfg: dict[str, Any]) -> str | None:
@@ -74,14 +74,11 @@ def resolve_device(cfg: dict[str, Any]) -> torch.device:
 
 
 def thread_count(cfg: dict[str, Any]) -> int:
-    """Intra-op threads of a local run (one training process): ``threads``, else the CPUs this process may
-    use (its affinity mask: taskset, cgroup cpusets, Slurm), at most ``OMP_NUM_THREADS`` when the environment
-    sets it. The subprocess/torchrun executors divide the CPUs among their workers themselves (``plan``)."""
-    if cfg["threads"]:
-        return int(cfg["threads"])
-    n = max(1, cpu_count())
-    omp = os.environ.get("OMP_NUM_THREADS", "")
-    return min(n, int(omp)) if omp.isdigit() and int(omp) > 0 else n
+    """Intra-op threads of a local run (one training process): ``threads``, else ``threads.thread_policy`` (one
+    for the tiny models, else the CPUs this process may use: its affinity mask, at most ``OMP_NUM_THREADS``). The
+    subprocess/torchrun executors divide the CPUs among their workers themselves (``layout``)."""
+    device = resolve_device(cfg) if "device" in cfg else torch.device("cpu")
+    return thread_policy(cfg, device)[0]
 
 
 @contextlib.contextmanager
