@@ -5,7 +5,7 @@ and resumed (tests/distributed_worker.py trains it; tests/runners/test_distribut
     python benchmarks/bench_distributed_equivalence.py [--kind images|translation] [--worlds 2,4] [--out DIR]
 
 Columns per process count N: ``state`` the largest difference of any weight, method-state or optimizer tensor,
-relative to the tensor's largest magnitude (at least 1e-3); ``loss`` the largest relative difference of an epoch's
+relative to the tensor's largest magnitude (at least 1e-2); ``loss`` the largest relative difference of an epoch's
 mean loss; ``metric`` the selected epoch's top-1 (BLEU) difference in points; ``ranks`` whether every rank held
 bit for bit rank 0's state at every checkpoint.
 """

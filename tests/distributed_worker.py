@@ -37,8 +37,9 @@ METHODS = [
 TRANSLATION_METHODS = ["kd", "ctkd", "dist", "seqkd"]
 BATCH = 32  # the global batch: 32 / WORLD per rank
 # a tensor's difference is taken relative to its largest magnitude, but at least this: a momentum whose gradient
-# is zero but for rounding (a conv bias before BatchNorm: ~1e-7) has no meaningful relative difference
-SCALE_FLOOR = 1e-3
+# is zero but for rounding (a bias just before a BatchNorm: ~1e-6, SRD's projector) has no meaningful relative
+# difference
+SCALE_FLOOR = 1e-2
 # parameters whose gradient is zero but for rounding, which Adam turns into full-size steps of noise: an attention
 # key's bias adds the same q.b to each of a query's scores, and softmax ignores it (the translation matrix)
 NO_GRADIENT = (".k_proj.bias",)

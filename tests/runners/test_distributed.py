@@ -23,7 +23,8 @@ from lskd_bench.runners.grid import resolve_config
 from ..distributed_worker import METHODS, TRANSLATION_METHODS, differences, launch, train_teacher
 from ..fixtures import require, tiny_overrides
 
-STATE_TOL = 5e-3  # measured: at most 7e-4 (FT's momenta, rounding of gradients that are ~0), most 1e-6
+STATE_TOL = 5e-3  # measured (floor 1e-3): at most 4e-3 (SRD's projector bias before a BatchNorm, a gradient that is
+# rounding), 7e-4 (FT), most 1e-6; with the floor of 1e-2 every cell under 1e-3
 LOSS_TOL = 1e-4  # measured: at most 5e-6
 HANG_GUARD_S = 15 * 60  # only prevents a hung test
 
