@@ -28,3 +28,19 @@ def test_a_non_finite_loss_fails_at_once_on_the_cpu():
     watch.check(0)
     with pytest.raises(CellFailed, match=r"non-finite loss \(nan\) at epoch 3, update 8"):
         watch.see(torch.tensor(float("nan")), epoch=2, update=7)
+
+
+def test_training_top1_counts_the_rows_whose_target_has_the_highest_logit_and_resumes():
+    sums = LossSums()
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, 0.0], [1.0, 4.0]])
+    sums.add(torch.tensor(0.5), None, 4, logits, torch.tensor([0, 1, 1, 0]))  # rows 0 and 1 right
+    assert sums.correct == 0.0  # on the device until synced
+    sums.sync()
+    assert sums.top1() == 50.0
+    again = LossSums()
+    again.load_state_dict(sums.state_dict())
+    again.add(torch.tensor(0.5), None, 2, logits[:2], torch.tensor([0, 1]))
+    again.sync()
+    assert again.top1() == pytest.approx(100.0 * 4 / 6)
+    again.reset()
+    assert again.top1() is None and LossSums().top1() is None
