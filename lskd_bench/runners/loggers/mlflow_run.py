@@ -2,7 +2,9 @@
 server); unset, MLflow's own default (``sqlite:///mlflow.db`` in the working directory since MLflow 3.7,
 ``./mlruns`` before). The experiment is ``MLFLOW_EXPERIMENT_NAME`` or ``logging.project``.
 
-Params: the resolved config, flattened (``teacher.lr``). Tags: the cell (``cell``, ``cell_hash``, ``task``,
+Params: the cell's grid values (``alpha``, ``T``, ``seed``, ``method``, ``arch``, ``pair``...; floats in their
+canonical form: ``search_runs(filter_string="params.T = '3.0'")`` finds the T = 3 cells) and the config sections
+the cell uses, flattened (``student.lr``, ``kd.lambda``). Tags: the cell (``cell``, ``cell_hash``, ``task``,
 ``role``, ``method``, ``alpha``, ``T``, ``seed``, ``teacher``). Metrics: step = optimizer updates; the step
 values are sent in one batch at each epoch end. A resumed cell reopens its run (id in CELL/loggers.json); the
 values logged after its last checkpoint are logged again at the same steps.
