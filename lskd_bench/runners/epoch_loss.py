@@ -41,6 +41,12 @@ class NonFiniteWatch:
                 raise CellFailed(f"non-finite loss ({value}) at update {bad + 1} (epoch {epoch + 1})")
 
 
+def hits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The number of rows of ``logits`` (N, K) whose integer target (N,) has the highest logit: a 0-d tensor on
+    their device (no host sync)."""
+    return logits.detach().argmax(dim=-1).eq(targets).sum()
+
+
 class LossSums:
     """The epoch's loss sum, sample count and named-term sums (a method returning a dict of terms), and the number
     of training samples (rows: tokens for translation) whose target had the highest logit (training top-1). Steps
@@ -55,24 +61,18 @@ class LossSums:
         self._term_acc: dict[str, torch.Tensor] | None = None  # the named terms' sums, on the device
         self._correct_acc: torch.Tensor | None = None  # the rows predicted right, on the device
 
-    def add(
-        self,
-        loss: torch.Tensor,
-        terms: Any,
-        n: int,
-        logits: torch.Tensor | None = None,
-        targets: torch.Tensor | None = None,
-    ) -> None:
-        """A step's mean ``loss`` (and its named ``terms``, when a dict) over ``n`` samples; with ``logits`` (N, K)
-        and integer ``targets`` (N,), the rows whose target has the highest logit are counted (on the device)."""
+    def add(self, loss: torch.Tensor, terms: Any, n: int, correct: torch.Tensor | None = None) -> None:
+        """A step's mean ``loss`` (and its named ``terms``, when a dict) over ``n`` samples; ``correct``: how many of
+        the ``n`` rows had their target's logit highest (a 0-d tensor: ``hits(logits, targets)``), added on the
+        device."""
         if self._loss_acc is None:  # torch.full: a fill kernel, not a host-to-device copy (which would sync)
             self._loss_acc = torch.full((), self.loss_sum, dtype=torch.float64, device=loss.device)
         self._loss_acc += loss.detach().double() * n
-        if logits is not None and targets is not None and logits.ndim == 2 and targets.shape == logits.shape[:1]:
+        if correct is not None:
             if self._correct_acc is None:
                 self._correct_acc = torch.full((), self.correct, dtype=torch.float64, device=loss.device)
-            self._correct_acc += logits.detach().argmax(dim=-1).eq(targets).sum().double()
-            self.counted += int(targets.shape[0])
+            self._correct_acc += correct.detach().double()
+            self.counted += n
         if isinstance(terms, dict):
             if self._term_acc is None:
                 self._term_acc = {

@@ -44,7 +44,7 @@ from .checkpoint import StateFiles
 from .devices import cpu_count
 from .distributed import average_grads, gather_step, sync_batchnorm
 from .distributed import world as dist_info
-from .epoch_loss import CellFailed, LossSums, NonFiniteWatch
+from .epoch_loss import CellFailed, LossSums, NonFiniteWatch, hits
 from .evaluation import Evaluator
 from .features import export_features, penultimate  # noqa: F401  (penultimate: re-exported)
 from .loggers import open_loggers
@@ -319,7 +319,7 @@ class Member:
         self.ctx.epoch = epoch - (0 if stage is not None else self.init.epochs)
         self.ctx.indices = indices
         with self.rng.scope():
-            loss, terms, n, (logits, targets) = self._loss(batch, t_out, stage, indices)
+            loss, terms, n, correct = self._loss(batch, t_out, stage, indices)
             self.watch.see(loss, epoch, self.update)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -330,7 +330,7 @@ class Member:
                     params or [*self.model.parameters(), *self.method_params], self.hp["clip_norm"]
                 )
             opt.step()
-        self.losses.add(loss, terms, n, logits, targets)  # training top-1 counted on the device (no host sync)
+        self.losses.add(loss, terms, n, correct)  # training top-1 counted on the device (no host sync)
         self.step += 1
         self.update += 1
         self.train_seconds += time.perf_counter() - t0  # on CUDA: host time (the queue keeps it near the device's)
@@ -350,9 +350,10 @@ class Member:
 
     def _loss(
         self, batch: Any, t_out: Outputs | None, stage: InitStage | None, indices: torch.Tensor | None
-    ) -> tuple[torch.Tensor, Any, int, tuple[torch.Tensor, torch.Tensor]]:
-        """(the step's loss, the method's terms, the number of samples, (the student's logits, the targets)): the
-        forward in training mode and the method's loss (the initialisation stage's, during it)."""
+    ) -> tuple[torch.Tensor, Any, int, torch.Tensor]:
+        """(the step's loss, the method's terms, the number of samples, how many of them the student's logits got
+        right, on the device): the forward in training mode and the method's loss (the initialisation stage's,
+        during it)."""
         if stage is not None:
             stage.train_mode(self.model)
         else:
@@ -375,7 +376,7 @@ class Member:
             self.ctx.indices = indices
         compute = self.method.init_loss if stage is not None else self.method.compute
         terms = compute(s_out, targets, t_out, self.ctx)
-        return total_loss(terms), terms, int(targets.shape[0]), (s_out["logits"], targets)
+        return total_loss(terms), terms, int(targets.shape[0]), hits(s_out["logits"], targets)
 
     def end_epoch(self, epoch: int) -> None:
         """The epoch's history entry, its evaluation when due, and a checkpoint."""

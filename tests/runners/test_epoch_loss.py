@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lskd_bench.runners.epoch_loss import CellFailed, LossSums, NonFiniteWatch
+from lskd_bench.runners.epoch_loss import CellFailed, LossSums, NonFiniteWatch, hits
 
 
 def test_sums_add_weighted_by_samples_and_resume_from_their_state():
@@ -33,13 +33,14 @@ def test_a_non_finite_loss_fails_at_once_on_the_cpu():
 def test_training_top1_counts_the_rows_whose_target_has_the_highest_logit_and_resumes():
     sums = LossSums()
     logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, 0.0], [1.0, 4.0]])
-    sums.add(torch.tensor(0.5), None, 4, logits, torch.tensor([0, 1, 1, 0]))  # rows 0 and 1 right
+    assert hits(logits, torch.tensor([0, 1, 1, 0])).item() == 2  # rows 0 and 1 right
+    sums.add(torch.tensor(0.5), None, 4, hits(logits, torch.tensor([0, 1, 1, 0])))
     assert sums.correct == 0.0  # on the device until synced
     sums.sync()
     assert sums.top1() == 50.0
     again = LossSums()
     again.load_state_dict(sums.state_dict())
-    again.add(torch.tensor(0.5), None, 2, logits[:2], torch.tensor([0, 1]))
+    again.add(torch.tensor(0.5), None, 2, hits(logits[:2], torch.tensor([0, 1])))
     again.sync()
     assert again.top1() == pytest.approx(100.0 * 4 / 6)
     again.reset()
