@@ -243,6 +243,11 @@ def tracked_grid(tmp_path_factory):
         for var in ("MLFLOW_EXPERIMENT_NAME", "WANDB_PROJECT"):
             mp.delenv(var, raising=False)
         args = ["run", "--out", str(tmp / "runs"), *TRACKED, "--no-progress", "--set", "logging.project=typed"]
+        args += ["--set", "logging.artifacts=true"]
+        from mlflow.tracking import MlflowClient
+
+        # the artifacts under tmp: a new experiment's default root is relative to the working directory
+        MlflowClient().create_experiment("typed", artifact_location=(tmp / "artifacts").as_uri())
         import wandb
 
         wandb.teardown()  # W&B keeps the settings (WANDB_DIR) of its first run in this process: read them anew
@@ -278,6 +283,8 @@ def test_mlflow_params_find_the_t3_cells_and_hold_no_other_methods_sections(trac
         assert metrics["val/loss"] == [(h["updates"], pytest.approx(h["eval_loss"])) for h in hist]
         assert all(0.0 <= h["train_top1"] <= 100.0 and h["eval_loss"] > 0 for h in hist)
         assert run.data.metrics["selected/top1"] == pytest.approx(result["best"]["metrics"]["top1"])
+        stored = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "weights")}
+        assert stored == set(result["weights"].values()) and "model.pt" in stored  # logging.artifacts
 
 
 @pytest.mark.slow
@@ -286,9 +293,12 @@ def test_wandb_config_holds_numeric_alpha_and_t(tracked_grid):
     files = sorted((tracked_grid / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 4
     for f in files:
-        (run,) = [r.run for r in _wandb_records(f) if r.WhichOneof("record_type") == "run"]
+        records = list(_wandb_records(f))
+        (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
         config = {u.key: json.loads(u.value_json) for u in run.config.update}
         cell = cells[config["cell_hash"]]["cell"]
+        (artifact,) = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+        assert artifact.type == "model" and artifact.name == f"weights-{cell['name']}"  # logging.artifacts
         assert config["seed"] == 0 and config["method"] == cell["method"]
         if cell["role"] != "baseline":
             assert isinstance(config["alpha"], float) and config["alpha"] == 0.1

@@ -20,8 +20,9 @@ method, alpha, T, seed) as tags, ``train/loss_step`` and ``train/lr`` every ``lo
 every number of an epoch's history entry as ``epoch/<key>``, the epoch's training loss and top-1 as
 ``train/loss`` and ``train/top1``, the evaluated metrics as ``val/<metric>`` and the evaluation's loss as
 ``val/loss`` (``test/<metric>`` for translation, its selection score as ``select/<metric>``), and at the end the
-selected epoch's metrics (``selected/<metric>``, ``selected/epoch``) and the last epoch's (``last/<metric>``).
-A logger that names a run keeps its id in CELL/loggers.json, so a resumed cell continues the same run.
+selected epoch's metrics (``selected/<metric>``, ``selected/epoch``) and the last epoch's (``last/<metric>``), and with
+``logging.artifacts: true`` the final weights as artifacts (``CellRun.weight_files``: MLflow, W&B). A logger
+that names a run keeps its id in CELL/loggers.json, so a resumed cell continues the same run.
 """
 
 from __future__ import annotations
@@ -123,6 +124,15 @@ class CellRun:
         strings, the form tracker params take: a float in its canonical form (``3.0``, what ``str(float)``
         writes, so MLflow's ``params.T = '3.0'`` finds the T = 3 cells), lists and mappings as JSON."""
         return {k: _param(v) for k, v in {**flatten(self.config()), **self.grid()}.items()}
+
+    def weight_files(self, result: dict[str, Any]) -> list[Path]:
+        """With ``logging.artifacts: true``, the finished cell's weights files (result.json's ``weights``: last and
+        selected) that exist in its folder; else none."""
+        if not (self.cfg.get("logging") or {}).get("artifacts"):
+            return []
+        names = (result.get("weights") or {}).values()
+        files = [Path(self.dir) / n for n in dict.fromkeys(names) if store.safe_name(n)]
+        return [f for f in files if f.is_file()]
 
     def recall(self, logger: str) -> dict[str, str] | None:
         """What ``logger`` remembered of this cell's run (its id: string values only), or None. CELL/loggers.json

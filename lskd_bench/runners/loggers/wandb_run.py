@@ -4,7 +4,8 @@ no account (run files under ``WANDB_DIR``/wandb/, uploaded later with ``wandb sy
 numbers, for parallel coordinates and scatter plots; ``method``, ``arch``, ``pair``, ``cell_hash``...) and the
 config sections the cell uses; tags: task, role, method, alpha, T, seed; group: the task; metrics against
 ``update`` (optimizer updates); the selected and last epochs' metrics in the run summary. A resumed cell
-reopens its run (id in CELL/loggers.json).
+reopens its run (id in CELL/loggers.json). ``logging.artifacts: true``: the final weights as a ``model`` artifact
+(``weights-<cell>``).
 
 Online, a server that does not answer is found before the run is opened (one TCP connection to ``WANDB_BASE_URL``
 when set, ``CONNECT_TIMEOUT_S`` at most; not through a proxy) or by W&B's own time-out of the run's start
@@ -98,6 +99,14 @@ class WandbLogger(Logger):
 
     def finish(self, result: dict[str, Any]) -> None:
         self.wb.summary.update(final_scalars(result))
+        files = self.run.weight_files(result)
+        if files:  # logging.artifacts: the final weights as one model artifact of the run
+            import wandb
+
+            artifact = wandb.Artifact(f"weights-{self.run.name}", type="model")
+            for path in files:
+                artifact.add_file(str(path))
+            self.wb.log_artifact(artifact)
         self.wb.finish()
         self.finished = True
 
