@@ -71,7 +71,7 @@ def identity_values(result: dict[str, Any], schemas: dict[str, Any] | None = Non
     for name, key in (("data", "data"), ("train", section)):
         value = cfg.get(name)
         if isinstance(value, dict):
-            parts[name] = schema.fields[key].identity(value) if schema is not None and key in schema.fields else value
+            parts[name] = _section_identity(schema, key, value)
     params = cfg.get("method")
     if isinstance(params, dict) and c["role"] == "student":
         params = _method_identity(c["method"], params)
@@ -96,6 +96,13 @@ def _schema(task: str, cache: dict[str, Any]) -> Any:
         except Exception:  # a plugin task not installed here: every recorded key is kept
             cache[task] = None
     return cache[task]
+
+
+def _section_identity(schema: Any, key: str, value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return schema.fields[key].identity(value)
+    except Exception:  # no schema (an unknown task), or a recorded value of another shape: as recorded
+        return value
 
 
 def _method_identity(method: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -224,3 +224,17 @@ def test_readme_dataframe_examples_run_and_keep_every_method(tmp_path, monkeypat
     assert sorted(set(kd.index.get_level_values("kd.lambda"))) == [0.5, 1.0] and len(kd) == 4  # lambda x T
     assert len(table.loc["fitnet"]) == 1 and (table[("count", 0.0)] == 2).all()  # two seeds a cell
     assert len(ns["current"]) == len(ns["df"])
+
+
+def test_config_keys_outside_the_hash_are_no_columns(tmp_path):
+    """``train.eval_every`` does not enter a cell's hash (schema: identity=False): cells that differ only there are
+    one config; ``train.lr`` does."""
+    _sweep(tmp_path)
+    paths = sorted(tmp_path.rglob("student_kd_*/" + store.RESULT))
+    for path, key, value in ((paths[0], "eval_every", 2), (paths[1], "lr", 0.2)):
+        res = json.loads(path.read_text())
+        res["config"]["train"][key] = value
+        store.write_json(path, res)
+    df = results.load(tmp_path)
+    assert results.config_columns(df) == ["kd.lambda", "train.lr"]
+    assert sorted(set(df[df["role"] == "student"]["train.lr"])) == [0.05, 0.2]
