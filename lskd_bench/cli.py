@@ -706,7 +706,8 @@ def _parser_export(sub) -> None:
         "export",
         help="every finished cell as one table row (CSV, Parquet or JSON Lines)",
         description="One row per finished cell: task, role, archs, method, teacher alpha, T, seed, every "
-        "metric, the selected epoch, the teacher epoch a student used, cell hash and environment columns "
+        "metric, the selected epoch, the teacher epoch a student used, cell hash, the config keys of a cell's "
+        "hash that differ between the cells (kd.lambda, data.*, train.*) and environment columns "
         "(in Python: lskd_bench.results.load(RUNS), a pandas DataFrame). In CSV, a text cell that starts with "
         "= + - @, a tab or a carriage return gets a leading ' (OWASP's advice against formula injection: a "
         "spreadsheet shows it as text); numbers are written as numbers. Parquet and JSON Lines keep every "

@@ -13,7 +13,12 @@ skipped, with a line in ``problems``) into one row per cell:
 - for students, the teacher they distilled from: ``teacher_cell``, ``teacher_weights`` (last / selected) and
   ``teacher_epoch`` (empty for results written before it was recorded);
 - ``wall_s``, ``finished_at``, ``cell_dir`` and the environment it ran in as ``env_<key>`` columns
-  (``env_lskd_bench``, ``env_commit``, ``env_torch``, ``env_device``, ``env_cpu``, ``env_threads``...).
+  (``env_lskd_bench``, ``env_commit``, ``env_torch``, ``env_device``, ``env_cpu``, ``env_threads``...);
+- right after the identity, the config keys that enter a cell's hash and differ between the loaded cells (of one
+  task and role): ``data.<key>``, ``train.<key>`` (the role's recipe), ``<method>.<key>`` (``kd.lambda``; a
+  composition ``X+kd``: ``X.<key>`` and ``compose.<key>``), from each result.json's ``config``; empty where a
+  cell has no such key (another method) or its result predates the record. ``config_columns(df)`` names them:
+  group by them too, so that a sweep of ``kd.lambda`` is never averaged together.
 
 pandas is imported when a frame is built (heavy: not on every CLI start).
 """
@@ -52,6 +57,77 @@ def select_name(select: str) -> str:
     if name not in SELECTIONS:
         raise UsageError(f"select must be selected (or best) or last, got {select!r}")
     return name
+
+
+def identity_values(result: dict[str, Any], schemas: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config values of one result that enter its cell's hash, flattened: ``data.<key>``, ``train.<key>`` (the
+    role's recipe), ``<section>.<key>`` of the method's parameters; lists as JSON text. Keys the task's schema
+    marks as no part of the identity (``eval_every``...) are left out; an unknown task's are all kept."""
+    cfg = result.get("config") or {}
+    c = result["cell"]
+    schema = _schema(c["task"], schemas if schemas is not None else {})
+    section = "teacher" if c["role"] == "teacher" else "student"
+    parts: dict[str, Any] = {}
+    for name, key in (("data", "data"), ("train", section)):
+        value = cfg.get(name)
+        if isinstance(value, dict):
+            parts[name] = _section_identity(schema, key, value)
+    params = cfg.get("method")
+    if isinstance(params, dict) and c["role"] == "student":
+        params = _method_identity(c["method"], params)
+        base = str(c["method"]).partition("+")[0]
+        compose = params.pop("compose", None) if "+" in str(c["method"]) else None
+        parts[base] = params
+        if isinstance(compose, dict):
+            parts["compose"] = compose
+    out: dict[str, Any] = {}
+    _flatten(parts, "", out)
+    return out
+
+
+def _schema(task: str, cache: dict[str, Any]) -> Any:
+    """The run schema of ``task`` (None: not a task this installation knows)."""
+    if task not in cache:
+        try:
+            from .config import full_schema
+            from .tasks import get_task
+
+            cache[task] = full_schema(get_task(task))
+        except Exception:  # a plugin task not installed here: every recorded key is kept
+            cache[task] = None
+    return cache[task]
+
+
+def _section_identity(schema: Any, key: str, value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return schema.fields[key].identity(value)
+    except Exception:  # no schema (an unknown task), or a recorded value of another shape: as recorded
+        return value
+
+
+def _method_identity(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    try:
+        from .methods import method_class
+
+        return dict(method_class(method).identity_params(dict(params)))
+    except Exception:  # a method not installed here, or parameters it would refuse: as recorded
+        return dict(params)
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, dict):
+                _flatten(v, f"{prefix}{k}.", out)
+            else:
+                out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
+
+
+def config_columns(df) -> list[str]:
+    """The config columns of a ``load`` frame (``data.<key>``, ``train.<key>``, ``<method>.<key>``)."""
+    methods = {m.partition("+")[0] for m in df["method"].dropna().astype(str)} if "method" in df else set()
+    prefixes = {"data", "train", "compose", *methods}
+    return [c for c in df.columns if isinstance(c, str) and "." in c and c.split(".")[0] in prefixes]
 
 
 def record(result: dict[str, Any], select: str = "selected") -> dict[str, Any]:
@@ -117,18 +193,25 @@ def load(runs_dir: Path, select: str = "selected", problems: list[str] | None = 
     role, method, alpha, T, seed). Unusable results are skipped (a line each in ``problems``)."""
     import pandas as pd  # heavy: imported when a frame is built
 
-    rows = sorted((record(r, select) for r in store.iter_results(Path(runs_dir), problems)), key=_sort_key)
-    if not rows:
+    schemas: dict[str, Any] = {}
+    pairs = [(record(r, select), identity_values(r, schemas)) for r in store.iter_results(Path(runs_dir), problems)]
+    if not pairs:
         return pd.DataFrame(columns=ID_COLUMNS)
+    config = varying_keys(pairs)
+    for row, ident in pairs:
+        row.update({k: ident[k] for k in config if k in ident})
+    rows = sorted((row for row, _ in pairs), key=_sort_key)
     metric_names: dict[str, None] = {}
-    for r in rows:  # metric columns right after the identity, in the order the rows hold them
+    for r in rows:  # metric columns right after the identity and config, in the order the rows hold them
         metric_names.update(
-            dict.fromkeys(k for k in r if k not in ID_COLUMNS and k not in _TAIL and not k.startswith("env_"))
+            dict.fromkeys(
+                k for k in r if k not in ID_COLUMNS and k not in _TAIL and k not in config and not k.startswith("env_")
+            )
         )
     env = sorted({k for r in rows for k in r if k.startswith("env_")})
-    columns = ID_COLUMNS + list(metric_names) + _TAIL + env
+    columns = ID_COLUMNS + config + list(metric_names) + _TAIL + env
     df = pd.DataFrame.from_records(rows, columns=columns)
-    for col in env:  # one type a column (Parquet's rule): env values of several kinds across rows become text
+    for col in config + env:  # one type a column (Parquet's rule): values of several kinds across rows become text
         values = [v for v in df[col] if v is not None and not (isinstance(v, float) and math.isnan(v))]
         if len({_env_kind(v) for v in values}) > 1:
             df[col] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in df[col]]
@@ -137,6 +220,16 @@ def load(runs_dir: Path, select: str = "selected", problems: list[str] | None = 
     for col in ("epoch", "selected_epoch", "teacher_epoch"):
         df[col] = df[col].astype("Int64")  # nullable: results without the value
     return df
+
+
+def varying_keys(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[str]:
+    """The identity config keys (``identity_values``) that take more than one value among the cells of one task and
+    role (a key a cell lacks is no value), sorted."""
+    seen: dict[tuple[Any, Any, str], set] = {}
+    for row, ident in pairs:
+        for k, v in ident.items():
+            seen.setdefault((row["task"], row["role"], k), set()).add(v)
+    return sorted({k for (_, _, k), values in seen.items() if len(values) > 1})
 
 
 def _env_kind(v: Any) -> str:
@@ -149,9 +242,12 @@ def _env_kind(v: Any) -> str:
 CELL_KEY = ["task", "role", "teacher_arch", "student_arch", "method", "alpha", "T", "seed"]
 
 
-def latest(df):
-    """Where one cell was run with several configs, its most recently finished row (ties: the later row)."""
-    return df.sort_values("finished_at", kind="stable").drop_duplicates(CELL_KEY, keep="last").sort_index()
+def latest(df, keep_apart: list[str] | tuple[str, ...] = ()):
+    """Where one cell (task, role, architectures, method, alpha, T, seed) was run with several configs, its most
+    recently finished row (ties: the later row). ``keep_apart``: columns whose values stay separate rows (a
+    deliberate sweep: ``keep_apart=["kd.lambda"]``, or ``config_columns(df)`` for every config that varies)."""
+    key = CELL_KEY + [c for c in keep_apart if c not in CELL_KEY]
+    return df.sort_values("finished_at", kind="stable").drop_duplicates(key, keep="last").sort_index()
 
 
 _TAIL = [

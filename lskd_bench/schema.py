@@ -399,6 +399,13 @@ LOGGING = Section(
             "MLFLOW_EXPERIMENT_NAME win when set)",
             identity=False,
         ),
+        "artifacts": Field(
+            bool,
+            False,
+            "loggers: upload each finished cell's final weights (last and selected) as artifacts of its run "
+            "(mlflow, wandb; tensorboard has none)",
+            identity=False,
+        ),
         "close_timeout_s": Field(
             float,
             60.0,

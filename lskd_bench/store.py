@@ -614,6 +614,8 @@ RESULT_SPEC: dict[str, Rule] = {
                     "eval": nullable(_METRICS),
                     "lr": nullable(number(finite=False)),
                     "updates": nullable(integer()),
+                    "train_top1": number(0.0, 100.0),  # optional (results before it lack it): training top-1, %
+                    "eval_loss": number(finite=False),  # optional: the evaluation's cross-entropy (image tasks)
                 },
                 required=("epoch", "loss"),
             )

@@ -137,3 +137,104 @@ def test_env_values_of_several_kinds_across_results_export_as_text(tmp_path):
     back = pd.read_parquet(tmp_path / "out.parquet")
     assert back["env_host"].tolist()[1:] == ["5", "node-a"] and back["env_flag"].tolist()[1:] == ["True", "1"]
     assert back["env_ratio"].tolist()[1:] == [1.0, 0.5]  # numbers of both kinds stay numbers
+
+
+# ------------------------------------------------------------------------------------------ config columns, README
+def _sweep(runs):
+    """Teachers (alpha 0, 0.1), the baseline, kd students at T 1 and 4 with kd.lambda 1.0 and 0.5, fitnet students
+    (no T): result.json files as this version writes them (tests/data/result.json, edited), seeds 0 and 1."""
+    from .fixtures import real_result
+
+    planted = []
+    for seed in (0, 1):
+        cells = [("teacher", "ls", a, None, None) for a in (0.0, 0.1)] + [("baseline", "ls", None, None, None)]
+        cells += [("student", "kd", a, t, lam) for a in (0.0, 0.1) for t in (1.0, 4.0) for lam in (1.0, 0.5)]
+        cells += [("student", "fitnet", a, None, None) for a in (0.0, 0.1)]
+        for role, method, alpha, T, lam in cells:
+            res = real_result()
+            i = len(planted)
+            name = f"{role}_{method}_{i}"
+            c = res["cell"]
+            c.update(role=role, method=method, alpha=alpha, T=T, seed=seed, hash=f"{i:08x}", name=name)
+            if role == "teacher":
+                c.update(arch="cnn_wide", teacher=None)
+                res["config"]["train"]["arch"] = "cnn_wide"
+            if role != "student":
+                res["config"]["method"] = None
+                res["teacher_weights"] = None
+            elif method == "fitnet":
+                res["config"]["method"] = {"beta": 100.0, "ce": 1.0, "hint_layer": 2}
+            else:
+                res["config"]["method"]["lambda"] = lam
+            res["metrics"] = res["best"]["metrics"] = {"top1": 50.0 + i, "top5": 90.0}
+            d = runs / "digits" / f"{name}-{i:08x}"
+            d.mkdir(parents=True)
+            store.write_json(d / store.RESULT, res)
+            planted.append(name)
+    return planted
+
+
+def test_the_varying_identity_keys_are_columns_and_a_lambda_sweep_stays_apart(tmp_path):
+    planted = _sweep(tmp_path)
+    df = results.load(tmp_path)
+    assert len(df) == len(planted)
+    config = results.config_columns(df)
+    # the teachers' recipe differs from the students' (their own role), but within a role only kd.lambda varies
+    assert config == ["kd.lambda"] and list(df.columns[10:11]) == config
+    kd = df[df["method"] == "kd"]
+    assert sorted(set(kd["kd.lambda"])) == [0.5, 1.0] and df[df["method"] != "kd"]["kd.lambda"].isna().all()
+    students = df[df["role"] == "student"]
+    means = students.groupby(["method", "kd.lambda", "T", "alpha"], dropna=False)["top1"].mean()
+    assert len(means) == 2 * 2 * 2 + 2  # kd: lambda x T x alpha, never averaged together; fitnet: alpha
+    assert len(results.latest(df)) == len(df) - 8  # one kd row per cell (the later lambda) ...
+    assert len(results.latest(df, keep_apart=config)) == len(df)  # ... unless the sweep is kept apart
+
+
+def test_config_values_of_one_key_with_several_kinds_export_as_text(tmp_path):
+    _sweep(tmp_path)
+    path = next(tmp_path.rglob("student_kd_*/" + store.RESULT))
+    res = json.loads(path.read_text())
+    res["config"]["method"]["lambda"] = "half"
+    store.write_json(path, res)
+    df = results.load(tmp_path)
+    results.export(df, tmp_path / "out.parquet", "parquet")
+    assert "half" in set(pd.read_parquet(tmp_path / "out.parquet")["kd.lambda"])
+
+
+def _readme_dataframe_blocks() -> list[str]:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("### Results as a DataFrame", 1)[1].split("\n### ", 1)[0]
+    return [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
+
+
+def test_readme_dataframe_examples_run_and_keep_every_method(tmp_path, monkeypatch):
+    blocks = _readme_dataframe_blocks()
+    assert len(blocks) >= 2 and any("results.latest(" in b for b in blocks)
+    _sweep(tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), ns)
+    table = ns["table"]
+    methods = set(table.index.get_level_values("method"))
+    assert methods == {"kd", "fitnet"}  # fitnet (no T) is kept
+    kd = table.loc["kd"]
+    assert sorted(set(kd.index.get_level_values("kd.lambda"))) == [0.5, 1.0] and len(kd) == 4  # lambda x T
+    assert len(table.loc["fitnet"]) == 1 and (table[("count", 0.0)] == 2).all()  # two seeds a cell
+    assert len(ns["current"]) == len(ns["df"])
+
+
+def test_config_keys_outside_the_hash_are_no_columns(tmp_path):
+    """``train.eval_every`` does not enter a cell's hash (schema: identity=False): cells that differ only there are
+    one config; ``train.lr`` does."""
+    _sweep(tmp_path)
+    paths = sorted(tmp_path.rglob("student_kd_*/" + store.RESULT))
+    for path, key, value in ((paths[0], "eval_every", 2), (paths[1], "lr", 0.2)):
+        res = json.loads(path.read_text())
+        res["config"]["train"][key] = value
+        store.write_json(path, res)
+    df = results.load(tmp_path)
+    assert results.config_columns(df) == ["kd.lambda", "train.lr"]
+    assert sorted(set(df[df["role"] == "student"]["train.lr"])) == [0.05, 0.2]

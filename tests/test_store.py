@@ -66,6 +66,20 @@ def test_results_written_by_this_version_fit_the_spec(tmp_path):
         assert store.result_shape_problem({**real_result(), key: None}) is None, key
 
 
+def test_history_training_top1_and_eval_loss_are_optional_numbers():
+    """Results written before the history held the training top-1 and the evaluation loss lack them (the real
+    result does); a result with them fits; a value of another type is refused, naming it."""
+    res = real_result()
+    assert not {"train_top1", "eval_loss"} & set(res["history"][0])
+    res["history"][0].update(train_top1=87.5, eval_loss=0.42)
+    assert store.result_shape_problem(res) is None
+    for key, bad in (("train_top1", "high"), ("train_top1", 101.0), ("eval_loss", [1.0])):
+        edited = real_result()
+        edited["history"][0][key] = bad
+        problem = store.result_shape_problem(edited)
+        assert problem is not None and problem.startswith(f"history[0].{key}"), problem
+
+
 @pytest.mark.parametrize("edit", list(HOSTILE_EDITS))
 def test_a_hostile_result_is_refused_naming_its_key(tmp_path, edit):
     """Values of the right JSON type but out of what a reader can hold (a string for a mapping, 10**400 for a

@@ -41,22 +41,38 @@ class NonFiniteWatch:
                 raise CellFailed(f"non-finite loss ({value}) at update {bad + 1} (epoch {epoch + 1})")
 
 
+def hits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The number of rows of ``logits`` (N, K) whose integer target (N,) has the highest logit: a 0-d tensor on
+    their device (no host sync)."""
+    return logits.detach().argmax(dim=-1).eq(targets).sum()
+
+
 class LossSums:
-    """The epoch's loss sum, sample count and named-term sums (a method returning a dict of terms). Steps add on
-    the device in float64, so the sum equals the Python-float sum of earlier versions bit for bit; ``sync``
+    """The epoch's loss sum, sample count and named-term sums (a method returning a dict of terms), and the number
+    of training samples (rows: tokens for translation) whose target had the highest logit (training top-1). Steps
+    add on the device in float64, so the sum equals the Python-float sum of earlier versions bit for bit; ``sync``
     brings it to the host (checkpoints and the epoch's end)."""
 
     def __init__(self) -> None:
         self.loss_sum, self.loss_count = 0.0, 0
         self.term_sums: dict[str, float] = {}
+        self.correct, self.counted = 0.0, 0  # rows predicted right this epoch, of the rows counted
         self._loss_acc: torch.Tensor | None = None  # the epoch's loss sum, on the device
         self._term_acc: dict[str, torch.Tensor] | None = None  # the named terms' sums, on the device
+        self._correct_acc: torch.Tensor | None = None  # the rows predicted right, on the device
 
-    def add(self, loss: torch.Tensor, terms: Any, n: int) -> None:
-        """A step's mean ``loss`` (and its named ``terms``, when a dict) over ``n`` samples."""
+    def add(self, loss: torch.Tensor, terms: Any, n: int, correct: torch.Tensor | None = None) -> None:
+        """A step's mean ``loss`` (and its named ``terms``, when a dict) over ``n`` samples; ``correct``: how many of
+        the ``n`` rows had their target's logit highest (a 0-d tensor: ``hits(logits, targets)``), added on the
+        device."""
         if self._loss_acc is None:  # torch.full: a fill kernel, not a host-to-device copy (which would sync)
             self._loss_acc = torch.full((), self.loss_sum, dtype=torch.float64, device=loss.device)
         self._loss_acc += loss.detach().double() * n
+        if correct is not None:
+            if self._correct_acc is None:
+                self._correct_acc = torch.full((), self.correct, dtype=torch.float64, device=loss.device)
+            self._correct_acc += correct.detach().double()
+            self.counted += n
         if isinstance(terms, dict):
             if self._term_acc is None:
                 self._term_acc = {
@@ -73,15 +89,24 @@ class LossSums:
             self.loss_sum = float(self._loss_acc)
         if self._term_acc is not None:
             self.term_sums = {k: float(v) for k, v in self._term_acc.items()}
+        if self._correct_acc is not None:
+            self.correct = float(self._correct_acc)
+
+    def top1(self) -> float | None:
+        """Training top-1 of the epoch so far, in percent (after ``sync``); None when no step counted it."""
+        return 100.0 * self.correct / self.counted if self.counted else None
 
     def reset(self) -> None:
         """A new epoch."""
-        self.loss_sum, self.loss_count, self.term_sums = 0.0, 0, {}
-        self._loss_acc, self._term_acc = None, None
+        self.loss_sum, self.loss_count, self.term_sums, self.correct, self.counted = 0.0, 0, {}, 0.0, 0
+        self._loss_acc, self._term_acc, self._correct_acc = None, None, None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"loss_sum": self.loss_sum, "loss_count": self.loss_count, "term_sums": self.term_sums}
+        st = {"loss_sum": self.loss_sum, "loss_count": self.loss_count, "term_sums": self.term_sums}
+        return {**st, "train_correct": self.correct, "train_counted": self.counted} if self.counted else st
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
         self.loss_sum, self.loss_count = st.get("loss_sum", 0.0), st.get("loss_count", 0)
         self.term_sums = st.get("term_sums", {})
+        # absent in checkpoints written before it was counted: the epoch's top-1 counts the rows from the resume on
+        self.correct, self.counted = float(st.get("train_correct", 0.0)), int(st.get("train_counted", 0))

@@ -46,12 +46,14 @@ class Evaluator:
         self.task, self.data, self.cfg, self.hp, self.dir, self.device = task, data, cfg, hp, cell_dir, device
         self.selector = selector
         self.seconds = 0.0
+        self.last_loss: float | None = None  # the last evaluation's loss, when the task computes one
 
     def __call__(self, model: nn.Module, epoch: int, rng: RngState) -> dict[str, float]:
         """Evaluate ``model`` after ``epoch`` epochs, in the random stream ``rng``; its metrics."""
         t0 = time.perf_counter()
         with rng.scope():
             ev = self.task.assess(model, self.data, self.cfg, self.device, self.hp)
+        self.last_loss = float(ev.loss) if getattr(ev, "loss", None) is not None else None
         selected = self.selector.update(epoch, ev.metrics, ev.selection)
         if selected:
             save_weights(self.dir / store.SELECTED, model)

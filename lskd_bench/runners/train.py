@@ -43,7 +43,7 @@ from .cells import Cell
 from .checkpoint import StateFiles
 from .distributed import average_grads, gather_step, sync_batchnorm
 from .distributed import world as dist_info
-from .epoch_loss import CellFailed, LossSums, NonFiniteWatch
+from .epoch_loss import CellFailed, LossSums, NonFiniteWatch, hits
 from .evaluation import Evaluator
 from .features import export_features, penultimate  # noqa: F401  (penultimate: re-exported)
 from .loggers import open_loggers
@@ -316,7 +316,7 @@ class Member:
         self.ctx.epoch = epoch - (0 if stage is not None else self.init.epochs)
         self.ctx.indices = indices
         with self.rng.scope():
-            loss, terms, n = self._loss(batch, t_out, stage, indices)
+            loss, terms, n, correct = self._loss(batch, t_out, stage, indices)
             self.watch.see(loss, epoch, self.update)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -327,7 +327,7 @@ class Member:
                     params or [*self.model.parameters(), *self.method_params], self.hp["clip_norm"]
                 )
             opt.step()
-        self.losses.add(loss, terms, n)
+        self.losses.add(loss, terms, n, correct)  # training top-1 counted on the device (no host sync)
         self.step += 1
         self.update += 1
         self.train_seconds += time.perf_counter() - t0  # on CUDA: host time (the queue keeps it near the device's)
@@ -347,9 +347,10 @@ class Member:
 
     def _loss(
         self, batch: Any, t_out: Outputs | None, stage: InitStage | None, indices: torch.Tensor | None
-    ) -> tuple[torch.Tensor, Any, int]:
-        """(the step's loss, the method's terms, the number of samples): the forward in training mode and the
-        method's loss (the initialisation stage's, during it)."""
+    ) -> tuple[torch.Tensor, Any, int, torch.Tensor]:
+        """(the step's loss, the method's terms, the number of samples, how many of them the student's logits got
+        right, on the device): the forward in training mode and the method's loss (the initialisation stage's,
+        during it)."""
         if stage is not None:
             stage.train_mode(self.model)
         else:
@@ -372,7 +373,7 @@ class Member:
             self.ctx.indices = indices
         compute = self.method.init_loss if stage is not None else self.method.compute
         terms = compute(s_out, targets, t_out, self.ctx)
-        return total_loss(terms), terms, int(targets.shape[0])
+        return total_loss(terms), terms, int(targets.shape[0]), hits(s_out["logits"], targets)
 
     def end_epoch(self, epoch: int) -> None:
         """The epoch's history entry, its evaluation when due, and a checkpoint."""
@@ -386,6 +387,8 @@ class Member:
         main = self.epoch - self.init.epochs
         if self.done() or (main > 0 and main % self.hp["eval_every"] == 0):
             entry["eval"] = self.evaluate()
+            if self.evaluator.last_loss is not None:
+                entry["eval_loss"] = self.evaluator.last_loss
             if self.selector.last_score is not None:
                 entry["selection"] = self.selector.last_score
         self.history.append(entry)
@@ -394,17 +397,20 @@ class Member:
         self.checkpoint()
 
     def _epoch_entry(self, epoch: int, in_init: bool) -> dict[str, Any]:
-        """The history entry of ``epoch``: mean loss (and terms), lr, updates. Under several processes every rank
+        """The history entry of ``epoch``: mean loss (and terms), training top-1 (``train_top1``, percent of the
+        rows whose target had the highest logit, in training mode), lr, updates. Under several processes every rank
         summed the losses of the global batch (``runners.distributed``): the same sums everywhere."""
         total, count = self.losses.loss_sum, self.losses.loss_count
         names = sorted(self.losses.term_sums)
         terms = [self.losses.term_sums[k] for k in names]
+        top1 = self.losses.top1()
         return {
             "epoch": epoch + 1,
             "loss": total / max(count, 1),
             "lr": self.init.lr if in_init else self.opt.param_groups[0]["lr"],
             "updates": self.update,
             **{f"loss_{k}": v / max(count, 1) for k, v in zip(names, terms)},
+            **({} if top1 is None else {"train_top1": top1}),
             **self.method.report(),
             **({"stage": "init"} if in_init else {}),
         }

@@ -133,11 +133,13 @@ class Evaluation:
     ``metrics``: the reported metrics (on ``data.val``: the test split). ``selection``: the score the best
     epoch is chosen on (None: ``metrics[primary_metric]``, higher is better). ``outputs``: files written into
     the cell directory, name -> lines; ``{which}`` in a name becomes ``last`` (every evaluation) and
-    ``selected`` (the evaluations that improve the selection score)."""
+    ``selected`` (the evaluations that improve the selection score). ``loss``: the mean cross-entropy (no label
+    smoothing) on the split the metrics are computed on, when the task computes it (loggers: ``val/loss``)."""
 
     metrics: dict[str, float]
     selection: float | None = None
     outputs: dict[str, list[str]] = field(default_factory=dict)
+    loss: float | None = None
 
 
 def refuse_special(path: Path) -> None:
@@ -346,14 +348,25 @@ class Task:
     def assess(
         self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device, hp: dict[str, Any]
     ) -> Evaluation:
-        """One evaluation for the training loop (``hp``: the role's recipe); see ``Evaluation``."""
-        return Evaluation(self.evaluate(model, data, cfg, device))
+        """One evaluation for the training loop (``hp``: the role's recipe); see ``Evaluation``. With the default
+        ``evaluate``, the loss of the same pass too."""
+        if getattr(self.evaluate, "__func__", None) is not Task.evaluate:  # a task's own metrics: no loss from them
+            return Evaluation(self.evaluate(model, data, cfg, device))
+        metrics, loss = self._classify(model, data, cfg, device)
+        return Evaluation(metrics, loss=loss)
+
+    def evaluate(self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device) -> dict[str, float]:
+        return self._classify(model, data, cfg, device)[0]
 
     @torch.inference_mode()
-    def evaluate(self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device) -> dict[str, float]:
+    def _classify(
+        self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device
+    ) -> tuple[dict[str, float], float]:
+        """(top-1/top-5 in percent, mean cross-entropy) of ``data.test``; the loss summed on the device."""
         model.eval()
         totals = {1: 0, 5: 0}
         n = 0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for x, y in iterate_batches(
             data.test, cfg["eval_batch_size"], num_workers=cfg["num_workers"], on_bad_sample=on_bad_sample(cfg)
         ):
@@ -362,9 +375,10 @@ class Task:
                 logits = model(x)
             for k, c in topk_correct(logits.float(), y, (1, 5)).items():
                 totals[k] += c
+            loss_sum += torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
             n += int(y.numel())
         n = max(n, 1)
-        return {"top1": 100.0 * totals[1] / n, "top5": 100.0 * totals[5] / n}
+        return {"top1": 100.0 * totals[1] / n, "top5": 100.0 * totals[5] / n}, float(loss_sum) / n
 
 
 def on_bad_sample(cfg: dict[str, Any]) -> str:

@@ -68,7 +68,8 @@ def test_mlflow_one_run_per_cell_with_params_tags_and_metrics(tmp_path, cli, mon
         assert tags["seed"] == "0"
         assert tags["alpha"] == str(cell["alpha"]) and tags["T"] == ("" if cell["T"] is None else str(cell["T"]))
         params = run.data.params
-        assert params["teacher.epochs"] == "2" and params["logging.loggers"] == '["mlflow"]'
+        section = "teacher" if cell["role"] == "teacher" else "student"
+        assert params[f"{section}.epochs"] == "2" and params["logging.loggers"] == '["mlflow"]'
         assert params["grid.temperatures"] == "[4.0]" and params["task"] == "digits"
 
         def history(key, run=run):
@@ -162,12 +163,13 @@ def test_wandb_offline_run_files_hold_the_metrics(tmp_path, cli, monkeypatch):
         records = list(_wandb_records(f))
         (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
         config = {u.key: json.loads(u.value_json) for u in run.config.update}
-        result = cells[config["cell"]["cell_hash"]]
+        result = cells[config["cell_hash"]]
         seen.add(result["cell"]["hash"])
         cell_dir = tmp_path / "runs" / "digits" / f"{result['cell']['name']}-{result['cell']['hash']}"
         assert json.loads((cell_dir / STATE).read_text())["wandb"]["id"] == run.run_id
         assert run.display_name == result["cell"]["name"] and run.project == "lskd-bench"
-        assert config["teacher"]["epochs"] == 2 and "role=" not in " ".join(run.tags) and "seed=0" in run.tags
+        section = "teacher" if result["cell"]["role"] == "teacher" else "student"
+        assert config[section]["epochs"] == 2 and "role=" not in " ".join(run.tags) and "seed=0" in run.tags
         rows = [
             {_key(i): json.loads(i.value_json) for i in r.history.item}
             for r in records
@@ -184,6 +186,152 @@ def test_wandb_offline_run_files_hold_the_metrics(tmp_path, cli, monkeypatch):
         }
         assert summary["selected/top1"] == pytest.approx(result["best"]["metrics"]["top1"])
     assert seen == set(cells)
+
+
+# ------------------------------------------------------------------------------------------ the grid, typed
+def test_cell_params_are_the_typed_grid_values_and_only_the_sections_the_cell_uses():
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.grid import resolve_config
+
+    cfg = resolve_config("digits", {}, {"methods": ["kd", "fitnet"], "grid": {"temperatures": [1, 3]}})
+    cells = {(c.role, c.method, c.alpha, c.T, c.seed): c for c in plan_cells(cfg)}
+    kd = loggers.CellRun(Path("x"), cells[("student", "kd", 0.0, 3.0, 0)], cfg)
+    grid = kd.grid()
+    assert (grid["alpha"], grid["T"], grid["seed"], grid["method"]) == (0.0, 3.0, 0, "kd")
+    assert type(grid["T"]) is float and type(grid["alpha"]) is float and type(grid["seed"]) is int
+    assert grid["pair"] == "cnn_wide-cnn_tiny" and grid["teacher_cell"].startswith("teacher_cnn_wide_a0_s0-")
+    params = kd.params()
+    assert (params["T"], params["alpha"], params["seed"]) == ("3.0", "0.0", "0")  # canonical: params.T = '3.0'
+    assert params["kd.lambda"] == "1.0" and "student.lr" in params
+    assert not any(k.split(".")[0] in ("crd", "fitnet", "dkd", "teacher", "slurm") for k in params), params
+    fitnet = loggers.CellRun(Path("x"), cells[("student", "fitnet", 0.0, None, 0)], cfg).params()
+    assert "T" not in fitnet and "fitnet.beta" in fitnet and not any(k.startswith("kd.") for k in fitnet)
+    teacher = loggers.CellRun(Path("x"), cells[("teacher", "ls", 0.0, None, 0)], cfg).params()
+    assert "teacher.lr" in teacher and not any(k.startswith(("student.", "kd.")) for k in teacher)
+    baseline = loggers.CellRun(Path("x"), cells[("baseline", "ls", 0.0, None, 0)], cfg).grid()
+    assert "alpha" not in baseline and "T" not in baseline
+
+
+def test_epoch_scalars_name_the_training_top1_and_losses():
+    entry = {"epoch": 1, "loss": 0.5, "train_top1": 80.0, "updates": 3, "eval": {"top1": 70.0}, "eval_loss": 0.9}
+    assert loggers.epoch_scalars(entry) == {
+        "epoch/epoch": 1.0,
+        "epoch/loss": 0.5,
+        "train/loss": 0.5,
+        "train/top1": 80.0,
+        "val/top1": 70.0,
+        "val/loss": 0.9,
+    }
+
+
+TRACKED = ["--alphas", "0.1", "--temperatures", "1,3", "--seeds", "0", "--epochs", "1", "--methods", "kd"]
+
+
+@pytest.fixture(scope="module")
+def tracked_grid(tmp_path_factory):
+    """One grid (teacher, baseline, kd at T 1 and 3) logged to MLflow (SQLite), W&B (offline) and TensorBoard."""
+    require("mlflow", "the mlflow logger (pip install 'lskd-bench[mlflow]')")
+    require("wandb", "the wandb logger (pip install 'lskd-bench[wandb]')")
+    require("tensorboard", "the tensorboard logger (pip install 'lskd-bench[tensorboard]')")
+    from lskd_bench.cli import main
+
+    tmp = tmp_path_factory.mktemp("tracked")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_DIR", str(tmp))
+        for var in ("MLFLOW_EXPERIMENT_NAME", "WANDB_PROJECT"):
+            mp.delenv(var, raising=False)
+        args = ["run", "--out", str(tmp / "runs"), *TRACKED, "--no-progress", "--set", "logging.project=typed"]
+        args += ["--set", "logging.artifacts=true"]
+        from mlflow.tracking import MlflowClient
+
+        # the artifacts under tmp: a new experiment's default root is relative to the working directory
+        MlflowClient().create_experiment("typed", artifact_location=(tmp / "artifacts").as_uri())
+        import wandb
+
+        wandb.teardown()  # W&B keeps the settings (WANDB_DIR) of its first run in this process: read them anew
+        try:
+            assert main([*args, "--loggers", "mlflow,wandb,tensorboard"]) == 0
+        finally:
+            wandb.teardown()
+    return tmp
+
+
+@pytest.mark.slow
+def test_mlflow_params_find_the_t3_cells_and_hold_no_other_methods_sections(tracked_grid):
+    from mlflow.tracking import MlflowClient
+
+    cells = _cells(tracked_grid / "runs")
+    assert len(cells) == 4
+    client = MlflowClient(f"sqlite:///{tracked_grid / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("typed").experiment_id
+    t3 = client.search_runs([exp], filter_string="params.T = '3.0'")
+    assert [r.data.tags["cell_hash"] for r in t3] == [h for h, r in cells.items() if r["cell"]["T"] == 3.0]
+    kd = client.search_runs([exp], filter_string="params.method = 'kd' and params.alpha = '0.1'")
+    assert len(kd) == 2
+    for run in client.search_runs([exp]):
+        result, params = cells[run.data.tags["cell_hash"]], run.data.params
+        assert not any(k.startswith(("crd.", "dkd.", "fitnet.", "slurm.")) for k in params), sorted(params)
+        if result["cell"]["role"] == "student":
+            assert params["kd.lambda"] == "1.0" and not any(k.startswith("teacher.") for k in params)
+        hist = result["history"]
+        metrics = {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)] for k in
+                   ("train/top1", "train/loss", "val/loss")}  # fmt: skip
+        assert metrics["train/top1"] == [(h["updates"], pytest.approx(h["train_top1"])) for h in hist]
+        assert metrics["train/loss"] == [(h["updates"], pytest.approx(h["loss"])) for h in hist]
+        assert metrics["val/loss"] == [(h["updates"], pytest.approx(h["eval_loss"])) for h in hist]
+        assert all(0.0 <= h["train_top1"] <= 100.0 and h["eval_loss"] > 0 for h in hist)
+        assert run.data.metrics["selected/top1"] == pytest.approx(result["best"]["metrics"]["top1"])
+        stored = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "weights")}
+        assert stored == set(result["weights"].values()) and "model.pt" in stored  # logging.artifacts
+
+
+@pytest.mark.slow
+def test_wandb_config_holds_numeric_alpha_and_t(tracked_grid):
+    cells = _cells(tracked_grid / "runs")
+    files = sorted((tracked_grid / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 4
+    for f in files:
+        records = list(_wandb_records(f))
+        (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        config = {u.key: json.loads(u.value_json) for u in run.config.update}
+        cell = cells[config["cell_hash"]]["cell"]
+        (artifact,) = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+        assert artifact.type == "model" and artifact.name == f"weights-{cell['name']}"  # logging.artifacts
+        assert config["seed"] == 0 and config["method"] == cell["method"]
+        if cell["role"] != "baseline":
+            assert isinstance(config["alpha"], float) and config["alpha"] == 0.1
+        if cell["T"] is not None:
+            assert isinstance(config["T"], float) and config["T"] == cell["T"]
+            assert config["kd"]["lambda"] == 1.0 and "crd" not in config and "teacher" not in config
+        else:
+            assert "T" not in config
+
+
+@pytest.mark.slow
+def test_tensorboard_hparams_list_every_cell(tracked_grid):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    cells = _cells(tracked_grid / "runs")
+    seen = {}
+    for h, result in cells.items():
+        d = tracked_grid / "runs" / "digits" / f"{result['cell']['name']}-{h}" / "tensorboard"
+        acc = EventAccumulator(str(d))
+        acc.Reload()
+        content = acc.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        hp = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in
+              start.session_start_info.hparams.items()}  # fmt: skip
+        exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+        assert "selected/top1" in {m.name.tag for m in exp.metric_infos}
+        assert hp["cell_hash"] == h and hp["seed"] == 0 and hp["method"] == result["cell"]["method"]
+        if result["cell"]["T"] is not None:
+            assert hp["T"] == result["cell"]["T"]
+        seen[h] = hp
+        assert acc.Scalars("selected/top1")[-1].value == pytest.approx(result["best"]["metrics"]["top1"])
+    assert set(seen) == set(cells) and sorted(hp.get("T", 0) for hp in seen.values()) == [0, 0, 1.0, 3.0]
 
 
 # ------------------------------------------------------------------------------------------ failures

@@ -13,12 +13,16 @@ as before), so a slow tracker (a server far away or gone) never slows training, 
 (no disk, no server) is switched off for that cell with one warning per logger and process: training never
 fails because of a tracker. A full queue drops events (one warning).
 
-Each tracker run holds the resolved config as parameters, the cell (hash, task, role, method, alpha, T,
-seed) as tags, ``train/loss_step`` and ``train/lr`` every ``logging.every_updates`` updates, every number of
-an epoch's history entry as ``epoch/<key>``, the evaluated metrics as ``val/<metric>`` (``test/<metric>``
-for translation, its selection score as ``select/<metric>``), and at the end the selected epoch's metrics
-(``selected/<metric>``, ``selected/epoch``) and the last epoch's (``last/<metric>``). A logger that names a
-run keeps its id in CELL/loggers.json, so a resumed cell continues the same run.
+Each tracker run holds the cell's grid values, typed (``CellRun.grid``: ``alpha`` and ``T`` floats, ``seed`` an
+int, ``method``, ``arch``, ``pair``, ``teacher_cell``...) and the config sections the cell uses (``CellRun.config``:
+its own role's recipe and method section, not the other methods') as parameters, the cell (hash, task, role,
+method, alpha, T, seed) as tags, ``train/loss_step`` and ``train/lr`` every ``logging.every_updates`` updates,
+every number of an epoch's history entry as ``epoch/<key>``, the epoch's training loss and top-1 as
+``train/loss`` and ``train/top1``, the evaluated metrics as ``val/<metric>`` and the evaluation's loss as
+``val/loss`` (``test/<metric>`` for translation, its selection score as ``select/<metric>``), and at the end the
+selected epoch's metrics (``selected/<metric>``, ``selected/epoch``) and the last epoch's (``last/<metric>``), and with
+``logging.artifacts: true`` the final weights as artifacts (``CellRun.weight_files``: MLflow, W&B). A logger
+that names a run keeps its id in CELL/loggers.json, so a resumed cell continues the same run.
 """
 
 from __future__ import annotations
@@ -79,9 +83,56 @@ class CellRun:
         keys = ("task", "role", "method", "arch", "alpha", "T", "seed", "teacher")
         return {"cell": d["name"], "cell_hash": d["hash"], **{k: "" if d[k] is None else str(d[k]) for k in keys}}
 
+    def grid(self) -> dict[str, Any]:
+        """The cell's grid values, typed: ``alpha`` and ``T`` floats (absent: a baseline's alpha, a method without
+        a temperature's T), ``seed`` an int, ``task``, ``role``, ``method``, ``arch``, ``teacher_arch``, ``pair``
+        (teacher_arch-arch, students), ``teacher_cell`` (a student's teacher), ``cell_name``, ``cell_hash``."""
+        if self.cell is None:
+            return {}
+        d = self.cell.describe()
+        out: dict[str, Any] = {"task": d["task"], "role": d["role"], "method": d["method"], "arch": d["arch"]}
+        if d["teacher_arch"]:
+            out["teacher_arch"] = d["teacher_arch"]
+        if d["role"] != "teacher" and d["teacher_arch"]:
+            out["pair"] = f"{d['teacher_arch']}-{d['arch']}"
+        if d["alpha"] is not None and d["role"] != "baseline":
+            out["alpha"] = float(d["alpha"])
+        if d["T"] is not None:
+            out["T"] = float(d["T"])
+        out["seed"] = int(d["seed"])
+        if d["teacher"]:
+            out["teacher_cell"] = d["teacher"]
+        return {**out, "cell_name": d["name"], "cell_hash": d["hash"]}
+
+    def config(self) -> dict[str, Any]:
+        """The sections of the resolved config the cell uses: every setting but the other role's recipe (a teacher
+        gets ``teacher``, a student ``student``), the methods' sections but its own method's (a kd student gets
+        ``kd``, not ``crd``; ``X+kd``: X's and ``compose``) and ``slurm`` unless the executor is slurm."""
+        if self.cell is None:
+            return dict(self.cfg)
+        from ...methods import method_sections  # the registry: imported when a cell is logged
+
+        own = self.cell.method.partition("+")[0]
+        drop = {s for s in method_sections() if s != own and not (s == "compose" and "+" in self.cell.method)}
+        drop.add("student" if self.cell.role == "teacher" else "teacher")
+        if self.cfg.get("executor") != "slurm":
+            drop.add("slurm")
+        return {k: v for k, v in self.cfg.items() if k not in drop}
+
     def params(self) -> dict[str, str]:
-        """The resolved config, flattened (``teacher.lr``), values as strings."""
-        return {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in flatten(self.cfg).items()}
+        """The grid values (``grid``) and the used config sections (``config``, flattened: ``student.lr``) as
+        strings, the form tracker params take: a float in its canonical form (``3.0``, what ``str(float)``
+        writes, so MLflow's ``params.T = '3.0'`` finds the T = 3 cells), lists and mappings as JSON."""
+        return {k: _param(v) for k, v in {**flatten(self.config()), **self.grid()}.items()}
+
+    def weight_files(self, result: dict[str, Any]) -> list[Path]:
+        """With ``logging.artifacts: true``, the finished cell's weights files (result.json's ``weights``: last and
+        selected) that exist in its folder; else none."""
+        if not (self.cfg.get("logging") or {}).get("artifacts"):
+            return []
+        names = (result.get("weights") or {}).values()
+        files = [Path(self.dir) / n for n in dict.fromkeys(names) if store.safe_name(n)]
+        return [f for f in files if f.is_file()]
 
     def recall(self, logger: str) -> dict[str, str] | None:
         """What ``logger`` remembered of this cell's run (its id: string values only), or None. CELL/loggers.json
@@ -138,18 +189,32 @@ class Logger:
         """The training process leaves the cell (finished, failed or interrupted)."""
 
 
+def _param(v: Any) -> str:
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return repr(float(v)) if isinstance(v, float) else str(v)
+
+
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def epoch_scalars(entry: dict[str, Any], selection: dict[str, Any] | None = None) -> dict[str, float]:
-    """The numbers of one history entry, named as every logger writes them: ``epoch/<key>``, the metrics by the
-    split they are computed on (``val/<metric>``, or ``test/<metric>`` for a task that selects on a split of its
-    own, whose score is ``select/<metric>``)."""
+    """The numbers of one history entry, named as every logger writes them: ``epoch/<key>``, ``train/loss`` and
+    ``train/top1`` (the epoch's mean training loss and training top-1), the metrics and the evaluation's loss by
+    the split they are computed on (``val/<metric>``, ``val/loss``, or ``test/<metric>`` for a task that selects
+    on a split of its own, whose score is ``select/<metric>``)."""
     selection = selection or {}
     prefix = "val" if selection.get("split", "val") == "val" else "test"
-    out = {f"epoch/{k}": float(v) for k, v in entry.items() if k not in ("updates", "eval", "selection") and _number(v)}
+    own = ("updates", "eval", "selection", "train_top1", "eval_loss")
+    out = {f"epoch/{k}": float(v) for k, v in entry.items() if k not in own and _number(v)}
+    if _number(entry.get("loss")):
+        out["train/loss"] = float(entry["loss"])
+    if _number(entry.get("train_top1")):
+        out["train/top1"] = float(entry["train_top1"])
     out.update({f"{prefix}/{k}": float(v) for k, v in (entry.get("eval") or {}).items() if _number(v)})
+    if _number(entry.get("eval_loss")) and "loss" not in (entry.get("eval") or {}):
+        out[f"{prefix}/loss"] = float(entry["eval_loss"])
     if _number(entry.get("selection")):
         out[f"select/{selection.get('metric', 'score')}"] = float(entry["selection"])
     return out

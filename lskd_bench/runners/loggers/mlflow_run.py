@@ -2,10 +2,13 @@
 server); unset, MLflow's own default (``sqlite:///mlflow.db`` in the working directory since MLflow 3.7,
 ``./mlruns`` before). The experiment is ``MLFLOW_EXPERIMENT_NAME`` or ``logging.project``.
 
-Params: the resolved config, flattened (``teacher.lr``). Tags: the cell (``cell``, ``cell_hash``, ``task``,
+Params: the cell's grid values (``alpha``, ``T``, ``seed``, ``method``, ``arch``, ``pair``...; floats in their
+canonical form: ``search_runs(filter_string="params.T = '3.0'")`` finds the T = 3 cells) and the config sections
+the cell uses, flattened (``student.lr``, ``kd.lambda``). Tags: the cell (``cell``, ``cell_hash``, ``task``,
 ``role``, ``method``, ``alpha``, ``T``, ``seed``, ``teacher``). Metrics: step = optimizer updates; the step
 values are sent in one batch at each epoch end. A resumed cell reopens its run (id in CELL/loggers.json); the
-values logged after its last checkpoint are logged again at the same steps.
+values logged after its last checkpoint are logged again at the same steps. ``logging.artifacts: true``: the final
+weights (``model.pt``, ``model_selected.pt``) as the run's artifacts under ``weights/``.
 
 A server that does not answer is found before the run is opened: one TCP connection to an ``http(s)`` tracking
 URI, ``CONNECT_TIMEOUT_S`` at most; it fails the logger once (one warning) and the next cells do not try again.
@@ -112,6 +115,8 @@ class MLflowLogger(Logger):
     def finish(self, result: dict[str, Any]) -> None:
         self._add(final_scalars(result), int(result.get("updates") or 0))
         self._flush()
+        for path in self.run.weight_files(result):  # logging.artifacts: the final weights, under weights/
+            self.client.log_artifact(self.run_id, str(path), artifact_path="weights")
         self.client.set_terminated(self.run_id, "FINISHED")
         self.finished = True
 

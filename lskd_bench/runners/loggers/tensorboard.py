@@ -1,7 +1,9 @@
 """``tensorboard``: TensorBoard event files per cell, CELL/tensorboard/ (``tensorboard --logdir RUNS``).
 
 Step axis: optimizer updates. A resumed cell purges the events written after its checkpoint, so each cell
-shows one clean curve while the grid trains.
+shows one clean curve while the grid trains. A finished cell writes an hparams summary (the HParams dashboard:
+one session per cell): its grid values (``CellRun.grid``: alpha, T, seed, method, arch, pair...) against the
+selected epoch's metrics (``selected/<metric>``).
 """
 
 from __future__ import annotations
@@ -35,8 +37,16 @@ class TensorBoardLogger(Logger):
         self.writer.flush()
 
     def finish(self, result: dict[str, Any]) -> None:
-        for tag, value in final_scalars(result).items():
+        from torch.utils.tensorboard.summary import hparams
+
+        final = final_scalars(result)
+        for tag, value in final.items():
             self.writer.add_scalar(tag, value, int(result.get("updates") or 0))
+        selected = {k: v for k, v in final.items() if k.startswith("selected/")}
+        hp = {k: v for k, v in self.run.grid().items() if isinstance(v, (int, float, str, bool))}
+        if hp:  # in this run's own event file (add_hparams would open a sub-run): the dashboard lists the cell
+            for summary in hparams(hp, selected):
+                self.writer._get_file_writer().add_summary(summary)
         self.writer.flush()
 
     def close(self) -> None:

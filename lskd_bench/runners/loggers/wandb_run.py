@@ -1,8 +1,11 @@
 """``wandb``: one Weights & Biases run per cell. W&B's own settings apply: ``WANDB_MODE=offline`` works with
 no account (run files under ``WANDB_DIR``/wandb/, uploaded later with ``wandb sync``), ``WANDB_PROJECT`` (else
-``logging.project``), ``WANDB_ENTITY``. Config: the resolved config and the cell; tags: task, role, method,
-alpha, T, seed; group: the task; metrics against ``update`` (optimizer updates); the selected and last
-epochs' metrics in the run summary. A resumed cell reopens its run (id in CELL/loggers.json).
+``logging.project``), ``WANDB_ENTITY``. Config: the cell's grid values, typed (``alpha``, ``T``, ``seed``:
+numbers, for parallel coordinates and scatter plots; ``method``, ``arch``, ``pair``, ``cell_hash``...) and the
+config sections the cell uses; tags: task, role, method, alpha, T, seed; group: the task; metrics against
+``update`` (optimizer updates); the selected and last epochs' metrics in the run summary. A resumed cell
+reopens its run (id in CELL/loggers.json). ``logging.artifacts: true``: the final weights as a ``model`` artifact
+(``weights-<cell>``).
 
 Online, a server that does not answer is found before the run is opened (one TCP connection to ``WANDB_BASE_URL``
 when set, ``CONNECT_TIMEOUT_S`` at most; not through a proxy) or by W&B's own time-out of the run's start
@@ -77,7 +80,7 @@ class WandbLogger(Logger):
         if prior and prior.get("id"):
             kw.update(id=prior["id"], resume="allow")
         else:
-            kw["config"] = {**run.cfg, "cell": tags}
+            kw["config"] = {**run.config(), **run.grid()}
         check_server()
         try:
             self.wb = wandb.init(**kw)
@@ -96,6 +99,14 @@ class WandbLogger(Logger):
 
     def finish(self, result: dict[str, Any]) -> None:
         self.wb.summary.update(final_scalars(result))
+        files = self.run.weight_files(result)
+        if files:  # logging.artifacts: the final weights as one model artifact of the run
+            import wandb
+
+            artifact = wandb.Artifact(f"weights-{self.run.name}", type="model")
+            for path in files:
+                artifact.add_file(str(path))
+            self.wb.log_artifact(artifact)
         self.wb.finish()
         self.finished = True
 
