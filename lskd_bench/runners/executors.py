@@ -30,6 +30,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .. import store
 from ..errors import UsageError
 from ..registry import EXECUTORS
@@ -221,7 +223,8 @@ class SubprocessExecutor(Executor):
         else:
             at_once = jobs if jobs else 1
         share = devices.cpu_share(at_once * k)
-        threads = thread_policy(cfg, resolve_device(cfg), cpus=share)[0]
+        device = torch.device("cuda") if pool else resolve_device(cfg)  # with GPUs the units train on them
+        threads = thread_policy(cfg, device, cpus=share)[0]
         workers = devices.loader_workers(cfg["num_workers"], at_once * k)
         return pool, max(1, at_once), threads, workers
 

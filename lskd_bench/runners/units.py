@@ -28,7 +28,7 @@ from ..tasks import Task, TaskData
 from . import progress
 from .cells import Cell, teacher_weights
 from .lock import CellLock, Heartbeat
-from .train import Outcome, dist_info, load_model, resolve_device, train_group
+from .train import Outcome, dist_info, load_model, resolve_device, threads_scope, train_group
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,8 @@ def train_unit(
     outcomes: list[Outcome] = []
     try:
         if got.mine:
-            with Heartbeat(got.locks, ctx.cfg["lock"]["heartbeat_s"]):
+            # the thread policy (runners.threads) whatever executor runs the unit: the same threads, the same rounding
+            with Heartbeat(got.locks, ctx.cfg["lock"]["heartbeat_s"]), threads_scope(ctx.cfg):
                 outcomes = _train_claimed(ctx, got.mine, device, teacher_cache)
     finally:
         got.release()

@@ -79,6 +79,8 @@ def test_threads_and_loader_workers_are_divided(monkeypatch, tiny_cfg, tmp_path)
     assert plan(SubprocessExecutor(), gpus="0,1,2,3", per_gpu=2, num_workers=1) == (["0", "1", "2", "3"], 8, 2, 1)
     assert plan(SubprocessExecutor(), gpus="0,1,2,3", jobs=2) == (["0", "1", "2", "3"], 2, 8, 0)
     assert plan(TorchrunExecutor(), gpus="0,1,2,3", nproc_per_node=2) == (["0", "1", "2", "3"], 2, 4, 0)
+    assert plan(SubprocessExecutor(), device="cpu", jobs=3)[1:3] == (3, 1)  # digits' tiny CNNs: one thread each
+    monkeypatch.setattr("lskd_bench.runners.threads.SMALL_WORK", 0)  # models that use threads: the CPUs divided
     assert plan(SubprocessExecutor(), device="cpu", jobs=3)[1:3] == (3, 5)
     env = devices.worker_env({"PATH": "/bin"}, ["2", "3"], 4)
     assert (env["CUDA_VISIBLE_DEVICES"], env["LSKD_GPUS"], env["OMP_NUM_THREADS"]) == ("2,3", "2,3", "4")
