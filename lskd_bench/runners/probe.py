@@ -101,7 +101,7 @@ def _forward_problem(task: Task, arch: str, cfg: dict[str, Any], hp: dict[str, A
     with warnings.catch_warnings():  # library constructors' FutureWarnings (inception_v3's init...)
         warnings.simplefilter("ignore")
         with torch.device(device):
-            model = task.build_model(arch, _STAND_IN, cfg, hp).eval()
+            model = task.build_model(arch, STAND_IN, cfg, hp).eval()
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
                 model(torch.zeros(2, *shape, device=device))
@@ -135,7 +135,8 @@ def check_input_size(task: Task, cfg: dict[str, Any]) -> None:
             )
 
 
-_STAND_IN = TaskData(train=[], val=[], num_classes=10, class_names=[str(i) for i in range(10)])
+# the data a model is built for when only its shapes matter (probe forwards, multiply-adds): 10 classes
+STAND_IN = TaskData(train=[], val=[], num_classes=10, class_names=[str(i) for i in range(10)])
 
 
 def check_feature_methods(task: Task, cfg: dict[str, Any]) -> None:
@@ -151,11 +152,10 @@ def check_feature_methods(task: Task, cfg: dict[str, Any]) -> None:
             f"methods {', '.join(names)} read intermediate outputs, which task {task.name} does not give "
             "(they apply to the image tasks)"
         )
-    stand_in = TaskData(train=[], val=[], num_classes=10, class_names=[str(i) for i in range(10)])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        teacher = task.build_model(cfg["teacher"]["arch"], stand_in, cfg, cfg["teacher"]).eval()
-        student = task.build_model(cfg["student"]["arch"], stand_in, cfg, cfg["student"])
+        teacher = task.build_model(cfg["teacher"]["arch"], STAND_IN, cfg, cfg["teacher"]).eval()
+        student = task.build_model(cfg["student"]["arch"], STAND_IN, cfg, cfg["student"])
         x = torch.randn(2, *shape)
         t_layout = describe(teacher, x)
         for name in names:

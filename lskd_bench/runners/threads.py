@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..tasks import TaskData, get_task
+from ..tasks import get_task
 from .devices import cpu_count
+from .probe import STAND_IN
 
 SMALL_WORK = 5_000_000  # multiply-adds a sample of the larger model below which one thread trains it
-_STAND_IN = TaskData(train=[], val=[], num_classes=10, class_names=[str(i) for i in range(10)])
 
 
 def usable_cpus() -> int:
@@ -83,7 +83,7 @@ def _estimate(task: Any, cfg: dict[str, Any], shape: tuple[int, ...]) -> int | N
             warnings.simplefilter("ignore")
             for role in ("teacher", "student"):
                 with torch.device("meta"), torch.random.fork_rng(devices=[]):
-                    model = task.build_model(cfg[role]["arch"], _STAND_IN, cfg, cfg[role]).eval()
+                    model = task.build_model(cfg[role]["arch"], STAND_IN, cfg, cfg[role]).eval()
                 out = max(out, multiply_adds(model, shape))
     except Exception:  # a model the meta device cannot run: no estimate (every CPU, as before)
         return None
