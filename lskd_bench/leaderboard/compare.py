@@ -32,7 +32,7 @@ from .. import results, store
 from ..errors import UsageError
 from ..tasks import get_task
 from . import collect, environment_md, latest, mean_std, spec_of
-from .reference import RULE_TEXT, SIGNIFICANCE, kd_references, kd_sources, ls_answer_text, welch_p
+from .reference import RULE_TEXT, SIGNIFICANCE, kd_references, kd_sources, ls_answer_text, ls_verdict, welch_p
 
 NO_T = ""  # the T of a cell whose method has no temperature
 
@@ -179,21 +179,7 @@ class Comparison:
                 v0, v1 = self.values.get((m, a0, t)), self.values.get((m, a1, t))
                 if not v0 or not v1:
                     continue
-                d = statistics.mean(v1) - statistics.mean(v0)
-                p = welch_p(v1, v0)
-                direction = (
-                    "equal"
-                    if d == 0
-                    else "LS teacher better"
-                    if self.spec.better(statistics.mean(v1), statistics.mean(v0))
-                    else "LS teacher worse"
-                )
-                if p is None:  # a single seed on a side: no test, no verdict
-                    verdict = "undetermined (1 seed)"
-                else:
-                    verdict = direction + (
-                        f" (significant, p < {SIGNIFICANCE:g})" if p < SIGNIFICANCE else " (not significant)"
-                    )
+                ans = ls_verdict(v0, v1, self.spec.better)
                 out.append(
                     {
                         "task": self.task,
@@ -204,13 +190,13 @@ class Comparison:
                         "alpha_0": a0,
                         "mean_ls": statistics.mean(v1),
                         "mean_0": statistics.mean(v0),
-                        "delta": d,
-                        "p_value": p,
+                        "delta": ans.delta,
+                        "p_value": ans.p_value,
                         "n_ls": len(v1),
                         "n_0": len(v0),
-                        "direction": direction,
-                        "significant": "" if p is None else "yes" if p < SIGNIFICANCE else "no",
-                        "verdict": verdict,
+                        "direction": ans.direction,
+                        "significant": "" if ans.significant is None else "yes" if ans.significant else "no",
+                        "verdict": ans.verdict,
                     }
                 )
         return out
@@ -252,7 +238,7 @@ class Comparison:
             t = "no T" if r["T"] == NO_T else f"{r['T']:g}"
             both = f"{self._ms(v0)} | {self._ms(v1)}"
             lines.append(f"| {r['method']} | {t} | {both} | {ls_answer_text(v0, v1, self.spec.better)} |")
-        lines += ["", f"Welch's t-test over seeds; helps / hurts: p < {SIGNIFICANCE:g}; one seed a side: undetermined."]
+        lines += ["", f"Welch's t-test over seeds; better / worse: p < {SIGNIFICANCE:g}; one seed a side: undetermined."]
         return "\n".join(lines) + "\n"
 
     # -- plot ---------------------------------------------------------------------------------------
