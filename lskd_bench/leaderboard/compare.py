@@ -238,7 +238,10 @@ class Comparison:
             t = "no T" if r["T"] == NO_T else f"{r['T']:g}"
             both = f"{self._ms(v0)} | {self._ms(v1)}"
             lines.append(f"| {r['method']} | {t} | {both} | {ls_answer_text(v0, v1, self.spec.better)} |")
-        lines += ["", f"Welch's t-test over seeds; better / worse: p < {SIGNIFICANCE:g}; one seed a side: undetermined."]
+        lines += [
+            "",
+            f"Welch's t-test over seeds; better / worse: p < {SIGNIFICANCE:g}; one seed a side: undetermined.",
+        ]
         return "\n".join(lines) + "\n"
 
     # -- plot ---------------------------------------------------------------------------------------
