@@ -154,7 +154,8 @@ def build_report(runs: Path, interactive: bool | None = None) -> str:
         f'<section id="{text(sid)}"><h2>{text(title)}</h2>\n{content}\n</section>' for sid, title, content in sections
     )
     hint = "click a column header to sort a table" + (", hover a chart for values, drag to zoom" if live else "")
-    note = f'<p class="note">{text(STATIC_NOTE)}</p>\n' if live is None and rows else ""
+    missing = interactive is None and lib is None and rows  # static because plotly is missing, not asked for
+    note = f'<p class="note">{text(STATIC_NOTE)}</p>\n' if missing else ""
     scripts = f"<script>{TABLE_JS}</script>\n"
     if live is not None:
         scripts += f"{live.script()}\n<script>{lib}</script>\n<script>{charts.CHARTS_JS}</script>\n"
