@@ -463,10 +463,12 @@ def compare(
     select: str = "selected",
     problems: list[str] | None = None,
     follow: bool = True,
+    plot: bool = True,
 ) -> tuple[str, list[Path]]:
     """Write OUT.md, OUT.csv (table 1 cells), OUT_ls.csv (table 2), OUT_reference.csv (table 3, where published
-    references exist) and OUT_<task>.png; return the markdown. The tables are output files
-    (``store.write_output``); the figures, named after tasks, are never written through a link."""
+    references exist) and OUT_<task>.png (unless not ``plot``: the report draws its own chart); return the
+    markdown. The tables are output files (``store.write_output``); the figures, named after tasks, are never
+    written through a link."""
     rows = collect(Path(runs), select, problems)  # unusable results: a line each in ``problems``
     frame = results.load(Path(runs), select)  # the per-cell values every table aggregates (groupby)
     tasks = sorted({r["task"] for r in rows if r["role"] == "student"})
@@ -483,7 +485,8 @@ def compare(
         refs += ref
         cells += cmp.cells()
         ls += cmp.ls_rows()
-        written.append(cmp.plot(out.parent / f"{out.name}_{t}.png"))
+        if plot:
+            written.append(cmp.plot(out.parent / f"{out.name}_{t}.png"))
     text = "\n".join(x for x in md if x) + "\n" + NOTE + "\n\n" + environment_md(rows)
     md_path, csv_path, ls_path, ref_path = output_paths(out)
     store.write_output(md_path, lambda f: f.write(text), mode="w", follow=follow)

@@ -92,7 +92,8 @@ def _task_sections(
                 png = heatmap_png(cmp)
                 if png is not None:
                     parts.append(heading + img(png, f"{task} alpha x T heatmap"))
-            md, paths = compare(runs, work / f"compare_{ids('work', task)}", baseline=baseline, task=task)
+            prefix = work / f"compare_{ids('work', task)}"
+            md, paths = compare(runs, prefix, baseline=baseline, task=task, plot=live is None)
             parts.append(markdown_html(md.split("\nEnvironment:\n", 1)[0]))  # the environment has its own section
             if live is not None:
                 fig = charts.vs_t_figure(cmp)

@@ -269,7 +269,10 @@ def test_feature_methods_get_the_ls_answer_with_welchs_test(tmp_path):
     p_fit = stats.ttest_ind(values[("fitnet", 0.1)], values[("fitnet", 0.0)], equal_var=False).pvalue
     p_at = stats.ttest_ind(values[("at", 0.1)], values[("at", 0.0)], equal_var=False).pvalue
     assert p_fit < 0.05 <= p_at
-    assert f"| fitnet | no T | 61.00 ± 1.00 | 65.00 ± 1.00 | LS teacher better (significant, p < 0.05): +4.00, p = {p_fit:.3g}, n = 3 |" in table
+    assert (
+        f"| fitnet | no T | 61.00 ± 1.00 | 65.00 ± 1.00 | LS teacher better (significant, p < 0.05): +4.00, p = {p_fit:.3g}, n = 3 |"
+        in table
+    )
     assert (
         f"| at | no T | 71.00 ± 1.00 | 71.17 ± 2.02 | no significant difference: +0.17, p = {p_at:.3g}, n = 3 |"
         in table
