@@ -132,6 +132,59 @@ def test_run_prints_leaderboard_and_resumes(tmp_path, cli):
     assert rc == 0 and "3 cells: trained 0, reused 3" in out
 
 
+def test_run_header_counts_a_partly_finished_grid(tmp_path, cli):
+    """Before the first cell trains, run says how many cells it trains and reuses, the executor and the run dir;
+    with finished cells of the task in the run dir, an estimate (here: the 2 new students, fused in one unit,
+    take the median seconds an epoch took the finished students). With --log-format json: a 'plan' event."""
+    import json
+    import statistics
+
+    argv = ["run", "--out", str(tmp_path), "--alphas", "0.1", "--temperatures", "2", "--epochs", "1", "--no-progress"]
+    rc, _, err = cli(*argv, "--seeds", "0")
+    assert rc == 0, err
+    header = [ln for ln in err.splitlines() if ln.startswith("digits: ")]
+    assert len(header) == 1 and "estimate" not in err  # nothing finished yet: no estimate
+    assert header[0].startswith("digits: 3 cells, 3 to train in 2 units, 0 finished (reused); executor auto (")
+    assert header[0].endswith(f"; run dir {tmp_path}")
+    rates = []  # seconds an epoch of the finished students (the KD student and the baseline) took
+    for result in (tmp_path / "digits").glob("*/result.json"):
+        r = json.loads(result.read_text())
+        if r["cell"]["role"] != "teacher":
+            rates.append(r["timings"]["wall_s"] / r["epochs"])
+    assert len(rates) == 2
+    rc, _, err = cli(*argv, "--seeds", "0,1", "--log-format", "json")
+    assert rc == 0, err
+    plan = [e for e in map(json.loads, err.splitlines()) if e["event"] == "plan"]
+    assert len(plan) == 1
+    assert {k: plan[0][k] for k in ("task", "cells", "train", "units", "reuse", "estimated_from", "out")} == {
+        "task": "digits",
+        "cells": 5,  # the teacher, and per seed the KD student and the baseline
+        "train": 2,  # seed 1's students
+        "units": 1,  # fused: one teacher, one seed
+        "reuse": 3,
+        "estimated_from": 3,
+        "out": str(tmp_path),
+    }
+    assert plan[0]["estimate_s"] == round(statistics.median(rates) * 1, 1)  # 1 epoch
+    rc, _, err = cli(*argv, "--seeds", "0,1")
+    assert rc == 0 and "digits: " not in err  # nothing to train: no header
+
+
+def test_run_header_text():
+    from pathlib import Path
+
+    from lskd_bench.runners.grid import Outline
+
+    o = Outline("digits", 21, 14, 9, 7, "auto (local)", Path("runs"), 750.0, 7)
+    assert o.lines() == [
+        "digits: 21 cells, 14 to train in 9 units, 7 finished (reused); executor auto (local); run dir runs",
+        "estimate: ~12 min of training, one unit at a time (from 7 finished cells of digits in runs)",
+    ]
+    assert Outline("digits", 3, 3, 3, 0, "local", Path("r")).lines() == [
+        "digits: 3 cells, 3 to train, 0 finished (reused); executor local; run dir r"
+    ]
+
+
 @pytest.mark.slow
 def test_status_of_a_task_without_cells_names_the_task(tmp_path, cli):
     rc, _, err = cli(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from ..config import describe_config
 from ..errors import UsageError, raise_on_sigterm
 from ..leaderboard import collect, write_outputs
 from ..runners.cells import plan_cells
-from ..runners.grid import run_grid
+from ..runners.grid import Outline, run_grid
 from ..runners.progress import event, json_stream, output_format
 from ..runners.status import status_rows
 from ..runners.train import auto_cpu_reason
@@ -70,7 +71,7 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], json_events: bool = Fals
         return 0
     try:
         with raise_on_sigterm():
-            summary = run_grid(cfg, out, progress=not args.no_progress)
+            summary = run_grid(cfg, out, progress=not args.no_progress, on_plan=partial(_header, json_events))
     except KeyboardInterrupt as exc:
         sig = getattr(exc, "signal_name", "SIGINT")
         print(
@@ -114,6 +115,19 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], json_events: bool = Fals
         print("run the same command again to retry the failed cells", file=sys.stderr)
         return 1
     return 0
+
+
+def _header(json_events: bool, outline: Outline) -> None:
+    """Before the first cell trains: the cells to train and to reuse, the executor, the run directory and an
+    estimate of the training's wall time when finished cells of the task allow one (stderr; a ``plan`` event
+    with --log-format json). Nothing to train: no header (the summary line says it)."""
+    if json_events:
+        estimate = None if outline.estimate_s is None else round(outline.estimate_s, 1)
+        fields = {k: v for k, v in vars(outline).items() if k not in ("out", "estimate_s")}
+        event("plan", **fields, out=str(outline.out), estimate_s=estimate)
+    elif outline.train:
+        for line in outline.lines():
+            print(line, file=sys.stderr, flush=True)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
