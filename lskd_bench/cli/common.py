@@ -52,10 +52,6 @@ def number(kind: type, flag: str, lo: float, hi: float, lo_open: bool = False) -
     return parse
 
 
-def add_runs(parser: argparse.ArgumentParser, help: str = "run directory") -> None:
-    parser.add_argument("--runs", default=DEFAULT_RUNS, help=f"{help} (default: {DEFAULT_RUNS})")
-
-
 def runs_dir(args: argparse.Namespace) -> Path:
     runs = Path(args.runs)
     if not runs.is_dir():
