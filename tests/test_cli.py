@@ -139,7 +139,10 @@ def test_run_header_counts_a_partly_finished_grid(tmp_path, cli):
     import json
     import statistics
 
-    argv = ["run", "--out", str(tmp_path), "--alphas", "0.1", "--temperatures", "2", "--epochs", "1", "--no-progress"]
+    grid = ["--alphas", "0.1", "--temperatures", "2", "--epochs", "1"]
+    rc, _, err = cli("run", "--out", str(tmp_path / "quiet"), *grid, "--seeds", "0", "--no-progress")
+    assert rc == 0 and "digits: " not in err  # --no-progress: no progress output, no header
+    argv = ["run", "--out", str(tmp_path), *grid]
     rc, _, err = cli(*argv, "--seeds", "0")
     assert rc == 0, err
     header = [ln for ln in err.splitlines() if ln.startswith("digits: ")]
@@ -147,7 +150,7 @@ def test_run_header_counts_a_partly_finished_grid(tmp_path, cli):
     assert header[0].startswith("digits: 3 cells, 3 to train in 2 units, 0 finished (reused); executor auto (")
     assert header[0].endswith(f"; run dir {tmp_path}")
     rates = []  # seconds an epoch of the finished students (the KD student and the baseline) took
-    for result in (tmp_path / "digits").glob("*/result.json"):
+    for result in (tmp_path / "digits").glob("*/result.json"):  # (the quiet run's are in another run dir)
         r = json.loads(result.read_text())
         if r["cell"]["role"] != "teacher":
             rates.append(r["timings"]["wall_s"] / r["epochs"])

@@ -71,7 +71,9 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], json_events: bool = Fals
         return 0
     try:
         with raise_on_sigterm():
-            summary = run_grid(cfg, out, progress=not args.no_progress, on_plan=partial(_header, json_events))
+            summary = run_grid(
+                cfg, out, progress=not args.no_progress, on_plan=partial(_header, json_events, not args.no_progress)
+            )
     except KeyboardInterrupt as exc:
         sig = getattr(exc, "signal_name", "SIGINT")
         print(
@@ -117,15 +119,16 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], json_events: bool = Fals
     return 0
 
 
-def _header(json_events: bool, outline: Outline) -> None:
+def _header(json_events: bool, show: bool, outline: Outline) -> None:
     """Before the first cell trains: the cells to train and to reuse, the executor, the run directory and an
-    estimate of the training's wall time when finished cells of the task allow one (stderr; a ``plan`` event
-    with --log-format json). Nothing to train: no header (the summary line says it)."""
+    estimate of the training's wall time when finished cells of the task allow one (stderr, as progress is:
+    not with --no-progress; a ``plan`` event with --log-format json, always). Nothing to train: no header (the
+    summary line says it)."""
     if json_events:
         estimate = None if outline.estimate_s is None else round(outline.estimate_s, 1)
         fields = {k: v for k, v in vars(outline).items() if k not in ("out", "estimate_s")}
         event("plan", **fields, out=str(outline.out), estimate_s=estimate)
-    elif outline.train:
+    elif show and outline.train:
         for line in outline.lines():
             print(line, file=sys.stderr, flush=True)
 
@@ -180,7 +183,9 @@ def add_run(sub) -> None:
     add_config_options(r)
     r.add_argument("--out", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     r.add_argument("--dry-run", action="store_true", help="check the data layout, list the cell directories and exit")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument(
+        "--no-progress", action="store_true", help="no progress output: bars (or plain lines) and the header"
+    )
     r.set_defaults(func=cmd_run)
 
 
