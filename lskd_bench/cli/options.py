@@ -47,8 +47,7 @@ class Option:
         if self.flag.const is not None:
             return self.flag.const
         if isinstance(self.field.type, list):
-            kind = self.field.type[0]
-            return list_of(str if kind is str else kind, self.flag.name)(raw)
+            return list_of(self.field.type[0], self.flag.name)(raw)
         return str(Path(raw).absolute()) if self.flag.path else raw
 
     def help(self) -> str:
