@@ -42,7 +42,7 @@ from ..components import Component, Stage
 from ..errors import UsageError
 from ..outputs import Outputs
 from ..registry import Registry
-from ..schema import Field, Section
+from ..schema import Field, Flag, Section
 from .losses import kd_kl, kd_loss, kd_terms, ls_cross_entropy, smoothed_targets
 
 Loss = torch.Tensor | dict[str, torch.Tensor]  # what Method.loss returns
@@ -499,8 +499,20 @@ class HintonKD(Method):
                 "the official code's objective)",
                 min=0.0,
                 max=1.0,
+                flags=(
+                    Flag(
+                        "--kd-lambda",
+                        help="kd method: weight of the KD term (default {default}: pure KD, the "
+                        "paper's and the official code's objective)",
+                    ),
+                ),
             ),
-            "t_squared": Field(bool, True, "scale the KD term by T^2 (Hinton et al.)"),
+            "t_squared": Field(
+                bool,
+                True,
+                "scale the KD term by T^2 (Hinton et al.)",
+                flags=(Flag("--no-t-squared", help="do not scale the KD term by T^2", const=False),),
+            ),
         },
         "Hinton KD",
     )

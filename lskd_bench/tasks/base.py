@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from ..errors import UsageError
 from ..metrics import TOPK, MetricSpec, topk_correct
 from ..models import ClassifierNet  # noqa: F401  (re-exported: task plugins build it)
-from ..schema import TRAIN, Field, Section, _suggest, deep_merge
+from ..schema import TRAIN, Field, Flag, Section, _suggest, deep_merge
 
 # the loading engine (tasks/loading.py), re-exported: task plugins build their batches with these
 from .loading import (  # noqa: F401
@@ -121,8 +121,20 @@ def load_recipe(name: str) -> dict[str, Any]:
 PAIR = Field(
     str,
     None,
-    "teacher-student pair whose published recipe is applied over the task's (--pair; 'lskd-bench tasks' lists them)",
+    "teacher-student pair whose published recipe (archs, lr, method hyper-parameters) is applied over the task's, "
+    "e.g. resnet32x4-resnet8x4 (cifar100); 'lskd-bench tasks' lists them",
     nullable=True,
+    flags=(Flag("--pair"),),
+)
+
+# the option of every task's data.root (one option, whatever the task: its help names each task's layout)
+DATA_ROOT_FLAGS = (
+    Flag(
+        "--data-root",
+        help="data directory (ImageFolder for imagenet* and imagefolder, CUB_200_2011/ for cub200*, "
+        "cifar-100-python/ for cifar100, the raw IWSLT release or train/valid/test.<lang> for iwslt_*)",
+        path=True,
+    ),
 )
 
 
