@@ -4,6 +4,8 @@ entry point, run and compared like the zoo."""
 
 from __future__ import annotations
 
+import csv
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +90,40 @@ def test_compare_tables_csv_and_plot(tmp_path, cli):
     assert "digits,top1,dist,,0.1,0,94,93,1,,1,1,LS teacher better,,undetermined (1 seed)" in ls
     png = (tmp_path / "compare_digits.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_never_averages_cells_whose_config_differs(tmp_path, cli):
+    """A sweep of kd.lambda in one run dir: kd at lambda 1 (seeds 0-2: 90, 91, 92) and lambda 0.5 (seeds 3-5: 80,
+    81, 82) are two rows with their own means (91 and 81), not one kd row of 6 seeds averaging 86; dkd (95, 96, 97)
+    is compared with the baseline's first config (lambda 0.5, named in the title): +15."""
+    rows = [result("teacher", "big", a, None, 0, 99.0, 100.0, f"t{a}", "big") for a in (0.0, 0.1)]
+    for a in (0.0, 0.1):
+        for lam, seeds, vs in ((1.0, (0, 1, 2), (90, 91, 92)), (0.5, (3, 4, 5), (80, 81, 82))):
+            for s, v in zip(seeds, vs):
+                r = result("student", "small", a, 4.0, s, float(v), 99.0, f"kd{a}-{lam}-{s}", "big", method="kd")
+                r["config"] = {"method": {"lambda": lam}}
+                rows.append(r)
+        for s, v in enumerate((95, 96, 97)):
+            rows.append(result("student", "small", a, 4.0, s, float(v), 99.0, f"dkd{a}-{s}", "big", method="dkd"))
+    for i, r in enumerate(rows):
+        store.write_json(tmp_path / "digits" / f"c{i}" / store.RESULT, r)
+    rc, out, err = cli("compare", "--runs", str(tmp_path))
+    assert rc == 0, err
+    assert "### digits: methods vs kd (kd.lambda = 0.5) (top1)" in out
+    assert "| method | kd.lambda | α = 0.0, T = 4 | α = 0.1, T = 4 |" in out
+    assert "| kd | 0.5 | 81.00 ± 1.00 | 81.00 ± 1.00 |" in out  # the baseline's row: no difference to itself
+    assert "| kd | 1 | 91.00 ± 1.00 (+10.00 **) | 91.00 ± 1.00 (+10.00 **) |" in out
+    assert "| dkd | — | **96.00 ± 1.00** (+15.00 **) | **96.00 ± 1.00** (+15.00 **) |" in out
+    cells = list(csv.DictReader(io.StringIO((tmp_path / "compare.csv").read_text())))
+    kd = sorted((c["kd.lambda"], c["alpha"], c["n"], c["mean"]) for c in cells if c["method"] == "kd")
+    assert kd == [("0.5", "0", "3", "81"), ("0.5", "0.1", "3", "81"), ("1", "0", "3", "91"), ("1", "0.1", "3", "91")]
+    assert {c["baseline_config"] for c in cells} == {"kd.lambda = 0.5"}
+    ls = list(csv.DictReader(io.StringIO((tmp_path / "compare_ls.csv").read_text())))
+    assert sorted((r["method"], r["kd.lambda"], r["n_0"]) for r in ls) == [
+        ("dkd", "", "3"),
+        ("kd", "0.5", "3"),
+        ("kd", "1", "3"),
+    ]
 
 
 def test_compare_errors(tmp_path, cli):
