@@ -36,7 +36,7 @@ from typing import Any
 from .. import results, store
 from ..errors import UsageError
 from ..tasks import get_task
-from . import collect, environment_md, latest, mean_std, spec_of
+from . import collect, config_order, config_text, config_value, environment_md, latest, mean_std, spec_of
 from .reference import RULE_TEXT, SIGNIFICANCE, kd_references, kd_sources, ls_answer_text, welch_p
 
 NO_T = ""  # the T of a cell whose method has no temperature
@@ -62,11 +62,6 @@ def _value(v: Any) -> Any:
 def _shared(column: str) -> bool:
     """A config column every method's cells have: data.* and train.* (not a method's own section)."""
     return column.startswith(("data.", "train."))
-
-
-def config_text(cfg: tuple) -> str:
-    """``kd.lambda = 0.5, train.lr = 0.1``: the config values of a row."""
-    return ", ".join(f"{c} = {v:g}" if isinstance(v, float) else f"{c} = {v}" for c, v in cfg)
 
 
 class Comparison:
@@ -123,10 +118,7 @@ class Comparison:
 
     def _row_order(self, row: Row):
         """Baseline method first, then by name; a method's configs by their values (numbers before text)."""
-        values = tuple(
-            (0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, str(v)) for _, v in row[1]
-        )
-        return (row[0] != self.baseline, row[0], tuple(c for c, _ in row[1]), values)
+        return (row[0] != self.baseline, row[0], config_order(row[1]))
 
     def label(self, row: Row) -> str:
         """``kd`` or ``kd (kd.lambda = 0.5)``."""
@@ -201,10 +193,7 @@ class Comparison:
 
     def _config_text_cells(self, cfg: tuple) -> str:
         """The config columns of a markdown row ("—" where the row has no such key)."""
-        return "".join(
-            f"{'—' if v is None else f'{v:g}' if isinstance(v, float) else v} | "
-            for v in self._config_cells(cfg).values()
-        )
+        return "".join(f"{'—' if v is None else config_value(v)} | " for v in self._config_cells(cfg).values())
 
     def table(self) -> str:
         head = [f"α = {a:.1f}, " + ("no T" if t == NO_T else f"T = {t:g}") for a, t in self.columns]
@@ -221,7 +210,7 @@ class Comparison:
         lines = [
             f"### {self.task}: methods vs {title} ({self.metric})",
             "",
-            "| method | " + "".join(f"{c} | " for c in self.config) + " | ".join(head) + " |",
+            "| method | " + "".join(f"{config_value(c)} | " for c in self.config) + " | ".join(head) + " |",
             "|---|" + "---|" * (len(self.config) + len(head)),
         ]
         for cfg in sorted({c for c, _ in self.teacher}, key=lambda c: self._row_order(("", c))):
@@ -318,7 +307,7 @@ class Comparison:
         if not rows:
             return ""
         a0, a1 = rows[0][1]["alpha_0"], rows[0][1]["alpha_ls"]
-        cols = "".join(f"{c} | " for c in self.config)
+        cols = "".join(f"{config_value(c)} | " for c in self.config)
         lines = [
             f"#### Is the LS teacher (α = {a1:g}) better than α = {a0:g}? ({self.metric})",
             "",
@@ -343,7 +332,7 @@ class Comparison:
         if not feats:
             return ""
         a0, a1 = feats[0][1]["alpha_0"], feats[0][1]["alpha_ls"]
-        cols = "".join(f"{c} | " for c in self.config)
+        cols = "".join(f"{config_value(c)} | " for c in self.config)
         lines = [
             f"#### Feature distillation: does the LS teacher (α = {a1:g}) help or hurt? ({self.metric})",
             "",

@@ -15,7 +15,7 @@ import pytest
 from lskd_bench import store
 from lskd_bench.leaderboard.compare import welch_p
 
-from ..fixtures import example_site, result
+from ..fixtures import example_site, lambda_sweep, result
 
 VALUES = {
     ("kd", 0.0, 1.0): [90, 91, 92], ("kd", 0.1, 1.0): [92, 93, 94], ("kd", 0.0, 4.0): [89, 90, 91], ("kd", 0.1, 4.0): [85, 86, 87],
@@ -96,17 +96,7 @@ def test_compare_never_averages_cells_whose_config_differs(tmp_path, cli):
     """A sweep of kd.lambda in one run dir: kd at lambda 1 (seeds 0-2: 90, 91, 92) and lambda 0.5 (seeds 3-5: 80,
     81, 82) are two rows with their own means (91 and 81), not one kd row of 6 seeds averaging 86; dkd (95, 96, 97)
     is compared with the baseline's first config (lambda 0.5, named in the title): +15."""
-    rows = [result("teacher", "big", a, None, 0, 99.0, 100.0, f"t{a}", "big") for a in (0.0, 0.1)]
-    for a in (0.0, 0.1):
-        for lam, seeds, vs in ((1.0, (0, 1, 2), (90, 91, 92)), (0.5, (3, 4, 5), (80, 81, 82))):
-            for s, v in zip(seeds, vs):
-                r = result("student", "small", a, 4.0, s, float(v), 99.0, f"kd{a}-{lam}-{s}", "big", method="kd")
-                r["config"] = {"method": {"lambda": lam}}
-                rows.append(r)
-        for s, v in enumerate((95, 96, 97)):
-            rows.append(result("student", "small", a, 4.0, s, float(v), 99.0, f"dkd{a}-{s}", "big", method="dkd"))
-    for i, r in enumerate(rows):
-        store.write_json(tmp_path / "digits" / f"c{i}" / store.RESULT, r)
+    lambda_sweep(tmp_path)
     rc, out, err = cli("compare", "--runs", str(tmp_path))
     assert rc == 0, err
     assert "### digits: methods vs kd (kd.lambda = 0.5) (top1)" in out
