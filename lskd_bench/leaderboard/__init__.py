@@ -150,7 +150,7 @@ def config_order(cfg: tuple) -> tuple:
     )
 
 
-def _by_config(rows: list[dict[str, Any]]) -> list[tuple[tuple, list[dict[str, Any]]]]:
+def by_config(rows: list[dict[str, Any]]) -> list[tuple[tuple, list[dict[str, Any]]]]:
     """``rows`` split by their ``_config``, in ``config_order``."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -272,7 +272,7 @@ def to_markdown(rows: Iterable[dict[str, Any]]) -> str:
         shown = {g[1] for g in groups}
         for arch in sorted({r["student_arch"] for r in baselines} - shown):  # baselines without a KD table
             out.append(f"### {task}: {arch} without KD\n\n")
-            for cfg, base in _by_config([r for r in baselines if r["student_arch"] == arch]):
+            for cfg, base in by_config([r for r in baselines if r["student_arch"] == arch]):
                 what = f"{arch}, cross-entropy" + (f", {config_text(cfg)}" if cfg else "")
                 out[-1] += f"Student without KD ({what}): {cell_text(base)}\n"
         on = sorted({r["selected_on"] for r in trs})
@@ -345,7 +345,7 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines, cfg=()) 
     same = ref is not None and not differ
     paper = (lambda a, T=None: ref.value(a, T)) if same else (lambda a, T=None: None)
     rule = ref.selection if same else None
-    for tcfg, trs in _by_config(tch) or [((), [])]:  # teachers of several configs: a row each
+    for tcfg, trs in by_config(tch) or [((), [])]:  # teachers of several configs: a row each
         lines.append(
             f"| Teacher ({t_arch}"
             + (f", {config_text(tcfg)}" if tcfg else "")
@@ -362,7 +362,7 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines, cfg=()) 
         label = "no T" if t == "" else f"T = {_fmt_num(t)}"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
-    for bcfg, base in _by_config([r for r in baselines if r["student_arch"] == s_arch]):
+    for bcfg, base in by_config([r for r in baselines if r["student_arch"] == s_arch]):
         what = f"{s_arch}, cross-entropy" + (f", {config_text(bcfg)}" if bcfg else "")
         lines += [f"Student without KD ({what}): {cell_text(base)}", ""]
     if same:

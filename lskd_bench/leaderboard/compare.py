@@ -36,7 +36,7 @@ from typing import Any
 from .. import results, store
 from ..errors import UsageError
 from ..tasks import get_task
-from . import collect, config_order, config_text, config_value, environment_md, latest, mean_std, spec_of
+from . import by_config, collect, config_order, config_text, config_value, environment_md, latest, mean_std, spec_of
 from .reference import RULE_TEXT, SIGNIFICANCE, kd_references, kd_sources, ls_answer_text, welch_p
 
 NO_T = ""  # the T of a cell whose method has no temperature
@@ -429,38 +429,47 @@ def reference_rows(rows: list[dict[str, Any]], task: str, metric: str) -> list[d
         return []
     students = [r for r in latest(rows) if r["task"] == task and r["role"] == "student"]
     ran = {(r["teacher_arch"], r["student_arch"], r["method"]) for r in students}
+    configs = any(r.get("_config") for r in students)
     out = []
     for ref in kd_references():
         if ref.task != task or (ref.teacher_arch, ref.student_arch, ref.method) not in ran:
             continue
         T = NO_T if ref.T is None else ref.T
-        v = [
-            r["_by_select"][ref.selection.select][metric]
+        ours = [
+            r
             for r in students
             if (r["teacher_arch"], r["student_arch"], r["method"]) == (ref.teacher_arch, ref.student_arch, ref.method)
             and r["alpha"] == 0.0
             and r["T"] == T
         ]
-        mean = statistics.mean(v) if v else None
-        out.append(
-            {
-                "task": task,
-                "pair": ref.pair,
-                "method": ref.method,
-                "alpha": 0.0,
-                "T": ref.T,
-                "rule": ref.selection.rule,
-                "reference": ref.top1,
-                "n": len(v),
-                "mean": mean,
-                "std": statistics.stdev(v) if len(v) > 1 else 0.0 if v else None,
-                "delta": None if mean is None else mean - ref.top1,
-                "source": ref.source,
-                "rule_source": ref.selection.source,
-                "recipe": ref.recipe,
-            }
-        )
+        for cfg, part in by_config(ours) or [((), [])]:  # configs that differ (a kd.lambda sweep): a row each
+            v = [r["_by_select"][ref.selection.select][metric] for r in part]
+            out.append(_reference_row(ref, task, v, cfg if configs else None))
     return out
+
+
+def _reference_row(ref, task: str, v: list[float], cfg: tuple | None) -> dict[str, Any]:
+    """One reference beside our values ``v``; ``config`` (the config they share) where the task's students differ."""
+    mean = statistics.mean(v) if v else None
+    row: dict[str, Any] = {"task": task, "pair": ref.pair, "method": ref.method}
+    if cfg is not None:
+        row["config"] = config_text(cfg)
+    row.update(
+        {
+            "alpha": 0.0,
+            "T": ref.T,
+            "rule": ref.selection.rule,
+            "reference": ref.top1,
+            "n": len(v),
+            "mean": mean,
+            "std": statistics.stdev(v) if len(v) > 1 else 0.0 if v else None,
+            "delta": None if mean is None else mean - ref.top1,
+            "source": ref.source,
+            "rule_source": ref.selection.source,
+            "recipe": ref.recipe,
+        }
+    )
+    return row
 
 
 def reference_table(refs: list[dict[str, Any]]) -> str:
@@ -481,8 +490,9 @@ def reference_table(refs: list[dict[str, Any]]) -> str:
         )
         delta = "—" if r["delta"] is None else f"{r['delta']:+.2f}"
         cell = "α = 0" + ("" if r["T"] is None else f", T = {r['T']:g}")
+        method = r["method"] + (f" [{r['config']}]" if r.get("config") else "")  # a config of a sweep
         lines.append(
-            f"| {r['pair']} | {r['method']} | {cell} | {RULE_TEXT[r['rule']]} | {r['reference']:.2f} | {ours} | "
+            f"| {r['pair']} | {method} | {cell} | {RULE_TEXT[r['rule']]} | {r['reference']:.2f} | {ours} | "
             f"{delta} | {r['source']} | {r['recipe']} |"
         )
     rules = {r["rule_source"]: r["rule"] for r in refs}

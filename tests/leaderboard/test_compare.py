@@ -392,3 +392,29 @@ def test_repdistillers_kd_numbers_without_an_mdistiller_row_are_shown(tmp_path, 
     assert rc == 0, err
     assert "| resnet110-resnet20 | kd | α = 0, T = 4 | last epoch | 70.67 | 70.00 | -0.67 | [R] README.md:80 |" in out
     assert "| ResNet50-vgg8 | kd | α = 0, T = 4 | last epoch | 73.81 | 73.00 | -0.81 | [R] README.md:99 |" in out
+
+
+def test_a_reference_is_set_beside_each_config_of_a_sweep(tmp_path, cli):
+    """kd on resnet32x4-resnet8x4 at lambda 1 (last epochs 70, 72) and lambda 0.5 (60, 62): mdistiller's 73.33
+    beside each (71 and 61, n 2 each), not beside their mean of 66 over 4 cells."""
+    for i, (lam, s, last) in enumerate([(1.0, 0, 70.0), (1.0, 1, 72.0), (0.5, 2, 60.0), (0.5, 3, 62.0)]):
+        r = _cifar_result("resnet32x4-resnet8x4", "kd", 4.0, s, last, last + 1, f"h{i}")
+        r["config"] = {"method": {"lambda": lam}}
+        store.write_json(tmp_path / "cifar100" / f"c{i}" / store.RESULT, r)
+    rc, out, err = cli("compare", "--runs", str(tmp_path))
+    assert rc == 0, err
+    table = out.split("#### cifar100: published references")[1]
+    assert (
+        "| resnet32x4-resnet8x4 | kd [kd.lambda = 0.5] | α = 0, T = 4 | last epoch | 73.33 | 61.00 ± 1.41 (n=2) | -12.33 |"
+        in table
+    )
+    assert (
+        "| resnet32x4-resnet8x4 | kd [kd.lambda = 1] | α = 0, T = 4 | last epoch | 73.33 | 71.00 ± 1.41 (n=2) | -2.33 |"
+        in table
+    )
+    ref_csv = (tmp_path / "compare_reference.csv").read_text().splitlines()
+    assert ref_csv[0].startswith("task,pair,method,config,alpha,T,rule,reference,n,mean,")
+    assert [line.split(",")[3:10] for line in ref_csv[1:]] == [
+        ["kd.lambda = 0.5", "0", "4", "last", "73.33", "2", "61"],
+        ["kd.lambda = 1", "0", "4", "last", "73.33", "2", "71"],
+    ]
