@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, results, store
+from . import __version__, store
 from .analysis.curves import plot_curves
 from .errors import UsageError
 from .leaderboard import collect, environment_md, to_markdown
@@ -245,14 +245,13 @@ def _status_section(runs: Path) -> str:
 def _task_sections(runs: Path, rows: list[dict[str, Any]], work: Path) -> list[tuple[str, str]]:
     """Per task with KD students: its heatmap, and the comparison of its methods with the tests."""
     out = []
-    frame = results.load(runs, "selected")  # the cells' config columns: configs that differ are not averaged
     for task in sorted({r["task"] for r in rows if r["role"] == "student"}):
         methods = sorted({r["method"] for r in rows if r["task"] == task and r["role"] == "student"})
         baseline = "kd" if "kd" in methods else methods[0]
         primary = next(r["primary"] for r in rows if r["task"] == task)
         parts = []
         try:
-            png = heatmap_png(Comparison(rows, task, primary, baseline, frame))
+            png = heatmap_png(Comparison(rows, task, primary, baseline))  # rows' _config: configs apart
             if png is not None:
                 parts.append(
                     f"<h3>{_text(task)}: α × T ({_text(primary)})</h3>" + _img(png, f"{task} alpha x T heatmap")

@@ -407,15 +407,20 @@ def _is_feature(method: str) -> bool:
 
 
 def _frame(rows: list[dict[str, Any]], metric: str):
-    """The columns of ``results.load``'s frame that the comparison reads, from leaderboard rows."""
+    """The columns of ``results.load``'s frame that the comparison reads, from leaderboard rows (their config
+    columns from each row's ``_config``)."""
     import pandas as pd  # heavy: imported when a comparison is built
 
-    return pd.DataFrame.from_records(
-        [
-            {**{k: r[k] for k in results.CELL_KEY}, metric: r["metrics"].get(metric), "finished_at": r["_finished_at"]}
-            for r in rows
-        ]
-    ).replace({"alpha": {"": math.nan}, "T": {"": math.nan}})
+    records = [
+        {
+            **{k: r[k] for k in results.CELL_KEY},
+            **dict(r.get("_config", ())),
+            metric: r["metrics"].get(metric),
+            "finished_at": r["_finished_at"],
+        }
+        for r in rows
+    ]
+    return pd.DataFrame.from_records(records).replace({"alpha": {"": math.nan}, "T": {"": math.nan}})
 
 
 # ------------------------------------------------------------------------------------ published references

@@ -108,6 +108,11 @@ def test_compare_never_averages_cells_whose_config_differs(tmp_path, cli):
     kd = sorted((c["kd.lambda"], c["alpha"], c["n"], c["mean"]) for c in cells if c["method"] == "kd")
     assert kd == [("0.5", "0", "3", "81"), ("0.5", "0.1", "3", "81"), ("1", "0", "3", "91"), ("1", "0.1", "3", "91")]
     assert {c["baseline_config"] for c in cells} == {"kd.lambda = 0.5"}
+    from lskd_bench.leaderboard import collect
+    from lskd_bench.leaderboard.compare import Comparison
+
+    cmp = Comparison(collect(tmp_path), "digits", "top1", None)  # from the leaderboard's rows alone (the report's)
+    assert [cmp.label(r) for r in cmp.rows] == ["kd (kd.lambda = 0.5)", "kd (kd.lambda = 1)", "dkd"]
     ls = list(csv.DictReader(io.StringIO((tmp_path / "compare_ls.csv").read_text())))
     assert sorted((r["method"], r["kd.lambda"], r["n_0"]) for r in ls) == [
         ("dkd", "", "3"),
