@@ -445,7 +445,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     runs = _runs_dir(args)
     out = args.out or runs / "report.html"
     _check_outputs(args.out, [out])
-    kind, size = write_html_report(runs, out, follow=bool(args.out))
+    kind, size = write_html_report(runs, out, follow=bool(args.out), interactive=False if args.static else None)
     if kind == "stdout":  # the page is on stdout: the note goes to stderr
         print(f"wrote the report to stdout ({size / 1e3:.0f} kB)", file=sys.stderr)
     else:
@@ -972,16 +972,23 @@ def _parser_report(sub) -> None:
     rp = sub.add_parser(
         "report",
         help="one self-contained HTML page of a run directory (tables, heatmaps, curves)",
-        description="One static HTML file, opened offline in any browser (CSS, JavaScript and images "
-        "inline, no network): per-cell status, the leaderboard with the paper's numbers and deltas, "
-        "per task the alpha x T heatmap of the students and the methods' comparison with its tests, "
-        "the training curves and the environment. Click a column header to sort a table.",
+        description="One static HTML file, opened offline in any browser (CSS, JavaScript, chart data and "
+        "images inline, no network): every cell with its state and primary metric (filter by task, method, "
+        "alpha, T; click a column header to sort), the leaderboard with the paper's numbers and deltas, per task "
+        "the alpha x T heatmap of the students, the methods' comparison with its tests and the metric vs T (log "
+        "scale), the training curves overlaid per task and method, and the environment. Charts are interactive "
+        "(hover, zoom) with the report extra (plotly), static PNGs without it.",
     )
     rp.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     rp.add_argument(
         "--out",
         help="HTML file; - for stdout; a device or FIFO (/dev/null, a link to one) is written to, not replaced "
         "(default: RUNS/report.html)",
+    )
+    rp.add_argument(
+        "--static",
+        action="store_true",
+        help="static PNG figures even where plotly is installed (a page of ~0.3 MB instead of ~5 MB)",
     )
     rp.set_defaults(func=cmd_report)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from .components import component_sections
 from .errors import UsageError
 from .methods import method_sections
 from .registry import EXECUTORS
@@ -113,7 +114,8 @@ def executor_sections() -> dict[str, Section]:
 
 def full_schema(task: Task) -> Section:
     """The schema of a run of ``task``: the common sections, the task's data and role sections, one section
-    per registered KD method with parameters and one per registered executor with a config section."""
+    per registered KD method with parameters, one per registered executor with a config section and one per
+    registered cell component (``lskd_bench.components``)."""
     return RUN.extend(
         {
             "data": task.data_schema,
@@ -122,6 +124,7 @@ def full_schema(task: Task) -> Section:
             **executor_sections(),
             **task.extra_sections,
             **method_sections(),
+            **component_sections(),
         }
     )
 

@@ -1,9 +1,11 @@
 """The typed config schema: every key lskd-bench reads, its type, default, bounds and help.
 
-A config is a plain nested dict. ``Section`` describes one level of it: ``Field`` leaves and nested
+A config is a nested dict. ``Section`` describes one level of it: ``Field`` leaves and nested
 sections. ``Section.check(value)`` returns the value with every default filled in and every type
 normalised (an int given for a float becomes a float), or raises ``UsageError`` naming the dotted key,
-the expected type and, for a typo, the closest known key (``did you mean teacher.epochs?``).
+the expected type and, for a typo, the closest known key (``did you mean teacher.epochs?``). The checked value
+is a ``Config``: a dict (``cfg["student"]["lr"]``) whose keys are also typed attributes (``cfg.student.lr``,
+``cfg.kd.lambda_`` for a key that is a Python keyword); an attribute the schema lacks names its dotted key.
 
 The schema is the single place that lists defaults. Tasks add their own ``data`` section and extend
 the ``teacher``/``student`` sections; KD methods add one section each, named after the method.
@@ -144,7 +146,7 @@ class Section:
                     else " ('lskd-bench config' lists every key)"
                 )
                 raise UsageError(f"unknown config key {dotted}{hint}")
-        out: dict[str, Any] = {}
+        out = Config(path=path)
         for key, f in self.fields.items():
             dotted = f"{path}.{key}" if path else key
             if isinstance(f, Section):
@@ -164,6 +166,49 @@ class Section:
             elif f.identity:
                 out[key] = value[key]
         return out
+
+
+class Config(dict):
+    """A checked section of the config (``Section.check``): a dict whose keys are also attributes, each of the type
+    its ``Field`` declares (``cfg.student.lr`` is a float, ``cfg.grid.seeds`` a list of ints). ``path`` is the
+    section's dotted key; ``name_`` reads key ``name`` where that is a Python keyword (``cfg.kd.lambda_``); an
+    attribute that is not a key raises ``AttributeError`` naming the dotted key and the closest one."""
+
+    def __init__(self, *args: Any, path: str = "", **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.__dict__["path"] = path
+
+    def __getattr__(self, name: str) -> Any:
+        key = name[:-1] if name.endswith("_") and name[:-1] in self else name
+        if key in self:
+            return self[key]
+        if name.startswith("__"):
+            raise AttributeError(name)
+        path = self.__dict__.get("path", "")
+        dotted = f"{path}.{name}" if path else name
+        known = [f"{path}.{k}" if path else str(k) for k in self]
+        raise AttributeError(f"no config key {dotted}{_suggest(dotted, known)}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"config key {name}: set it as an item (cfg[{name!r}] = ...), or in a config layer")
+
+    def __reduce__(self) -> Any:  # pickles as the plain dict it holds
+        return (dict, (dict(self),))
+
+    def __deepcopy__(self, memo: dict) -> Config:
+        return Config(copy.deepcopy(dict(self), memo), path=self.__dict__.get("path", ""))
+
+
+def _represent_config(dumper: Any, data: Config) -> Any:
+    return dumper.represent_dict(dict(data))
+
+
+try:  # yaml.safe_dump writes a Config as the dict it is
+    import yaml
+
+    yaml.SafeDumper.add_representer(Config, _represent_config)
+except ImportError:  # pragma: no cover - yaml is a dependency
+    pass
 
 
 def _copy(v: Any) -> Any:

@@ -120,3 +120,25 @@ def test_the_run_schema_holds_the_defaults_the_config_command_prints():
 
     defaults = full_schema(get_task("digits")).defaults()
     assert defaults["grid"]["alphas"] == [0.0, 0.1] and defaults["kd"]["t_squared"] is True
+
+
+def test_a_checked_config_reads_as_typed_attributes_and_names_a_wrong_key():
+    import json
+    import pickle
+
+    import yaml
+
+    from lskd_bench.methods import METHODS
+    from lskd_bench.runners.grid import resolve_config
+
+    cfg = resolve_config("digits", {}, {"student": {"lr": 1}, "kd": {"lambda": 0.5}})
+    assert cfg.student.lr == cfg["student"]["lr"] == 1.0 and isinstance(cfg.student.lr, float)  # typed by the schema
+    assert cfg.kd.lambda_ == 0.5 and cfg.grid.seeds == [0]
+    with pytest.raises(AttributeError, match=r"no config key student\.lrr \(did you mean student\.lr\?\)"):
+        _ = cfg.student.lrr
+    # it stays the dict it was: JSON, YAML and pickle see a plain dict
+    assert json.loads(json.dumps(cfg)) == cfg and yaml.safe_load(yaml.safe_dump(cfg)) == cfg
+    assert type(pickle.loads(pickle.dumps(cfg))) is dict
+    # a method built directly names its config key, not its class
+    with pytest.raises(UsageError, match=r"^kd\.lambda must be in \[0, 1\], got 2\.0$"):
+        METHODS.get("kd")({"lambda": 2})

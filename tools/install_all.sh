@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install lskd-bench with every extra (test, nmt, slurm, tensorboard, wandb, mlflow) into the active Python environment.
+# Install lskd-bench with every extra (test, nmt, slurm, tensorboard, wandb, mlflow, report) into the active Python environment.
 #
 # fairseq-fixed (a fork of fairseq 0.12 that installs on Python 3.11) ships as an sdist with Cython
 # extensions. pip's default isolated build installs a second torch into a throw-away build environment
@@ -10,4 +10,4 @@ pip install -e ".[test]"
 pip install cython wheel "setuptools>=64" "numpy>=1.24"
 pip install --no-build-isolation "fairseq-fixed==0.12.3.1"
 # mlflow: pinned in pyproject (mlflow==3.17.2, client and `mlflow ui` server of one version)
-pip install -e ".[test,nmt,slurm,tensorboard,wandb,mlflow]"
+pip install -e ".[test,nmt,slurm,tensorboard,wandb,mlflow,report]"

@@ -37,7 +37,7 @@ from .. import results, store
 from ..errors import UsageError
 from ..tasks import get_task
 from . import by_config, collect, config_order, config_text, config_value, environment_md, latest, mean_std, spec_of
-from .reference import RULE_TEXT, SIGNIFICANCE, kd_references, kd_sources, ls_answer_text, welch_p
+from .reference import RULE_TEXT, SIGNIFICANCE, kd_references, kd_sources, ls_answer_text, ls_verdict, welch_p
 
 NO_T = ""  # the T of a cell whose method has no temperature
 
@@ -264,21 +264,7 @@ class Comparison:
                 v0, v1 = self.values.get((row, a0, t)), self.values.get((row, a1, t))
                 if not v0 or not v1:
                     continue
-                d = statistics.mean(v1) - statistics.mean(v0)
-                p = welch_p(v1, v0)
-                direction = (
-                    "equal"
-                    if d == 0
-                    else "LS teacher better"
-                    if self.spec.better(statistics.mean(v1), statistics.mean(v0))
-                    else "LS teacher worse"
-                )
-                if p is None:  # a single seed on a side: no test, no verdict
-                    verdict = "undetermined (1 seed)"
-                else:
-                    verdict = direction + (
-                        f" (significant, p < {SIGNIFICANCE:g})" if p < SIGNIFICANCE else " (not significant)"
-                    )
+                ans = ls_verdict(v0, v1, self.spec.better)
                 item = {"task": self.task, "metric": self.metric, "method": row[0], **self._config_cells(row[1])}
                 item.update(
                     {
@@ -287,13 +273,13 @@ class Comparison:
                         "alpha_0": a0,
                         "mean_ls": statistics.mean(v1),
                         "mean_0": statistics.mean(v0),
-                        "delta": d,
-                        "p_value": p,
+                        "delta": ans.delta,
+                        "p_value": ans.p_value,
                         "n_ls": len(v1),
                         "n_0": len(v0),
-                        "direction": direction,
-                        "significant": "" if p is None else "yes" if p < SIGNIFICANCE else "no",
-                        "verdict": verdict,
+                        "direction": ans.direction,
+                        "significant": "" if ans.significant is None else "yes" if ans.significant else "no",
+                        "verdict": ans.verdict,
                     }
                 )
                 out.append((row, item))
@@ -345,7 +331,10 @@ class Comparison:
             both = f"{self._ms(v0)} | {self._ms(v1)}"
             answer = ls_answer_text(v0, v1, self.spec.better)
             lines.append(f"| {r['method']} | {self._config_text_cells(row[1])}{t} | {both} | {answer} |")
-        lines += ["", f"Welch's t-test over seeds; helps / hurts: p < {SIGNIFICANCE:g}; one seed a side: undetermined."]
+        lines += [
+            "",
+            f"Welch's t-test over seeds; better / worse: p < {SIGNIFICANCE:g}; one seed a side: undetermined.",
+        ]
         return "\n".join(lines) + "\n"
 
     # -- plot ---------------------------------------------------------------------------------------
@@ -583,10 +572,12 @@ def compare(
     select: str = "selected",
     problems: list[str] | None = None,
     follow: bool = True,
+    plot: bool = True,
 ) -> tuple[str, list[Path]]:
     """Write OUT.md, OUT.csv (table 1 cells), OUT_ls.csv (table 2), OUT_reference.csv (table 3, where published
-    references exist) and OUT_<task>.png; return the markdown. The tables are output files
-    (``store.write_output``); the figures, named after tasks, are never written through a link."""
+    references exist) and OUT_<task>.png (unless not ``plot``: the report draws its own chart); return the
+    markdown. The tables are output files (``store.write_output``); the figures, named after tasks, are never
+    written through a link."""
     rows = collect(Path(runs), select, problems)  # unusable results: a line each in ``problems``
     frame = results.load(Path(runs), select)  # the per-cell values every table aggregates (groupby)
     tasks = sorted({r["task"] for r in rows if r["role"] == "student"})
@@ -603,7 +594,8 @@ def compare(
         refs += ref
         cells += cmp.cells()
         ls += cmp.ls_rows()
-        written.append(cmp.plot(out.parent / f"{out.name}_{t}.png"))
+        if plot:
+            written.append(cmp.plot(out.parent / f"{out.name}_{t}.png"))
     text = "\n".join(x for x in md if x) + "\n" + NOTE + "\n\n" + environment_md(rows)
     md_path, csv_path, ls_path, ref_path = output_paths(out)
     store.write_output(md_path, lambda f: f.write(text), mode="w", follow=follow)

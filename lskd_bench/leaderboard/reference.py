@@ -206,24 +206,50 @@ class Claim:
         return f"{self.delta:+.2f}, p = {self.p_value:.3g}, {n}: {sig}"
 
 
-def ls_answer(v0: Sequence[float], v1: Sequence[float], better) -> tuple[str, float, float | None]:
-    """Does the label-smoothed teacher help its student? (answer, difference of means ``v1 - v0``, Welch p):
-    ``helps`` / ``hurts`` (significant, by the metric's direction ``better(a, b)``), ``no significant difference``,
-    or ``undetermined (1 seed)`` when a side has one value."""
-    d = statistics.mean(v1) - statistics.mean(v0)
+@dataclass(frozen=True)
+class LSVerdict:
+    """Is the label-smoothed teacher's student better than alpha = 0's? ``verdict`` is the one wording of the
+    answer everywhere (compare's table 2 and compare_ls.csv, its feature-method table, the leaderboard's line
+    under a table without T, the report): ``LS teacher better (significant, p < 0.05)`` / ``LS teacher worse
+    (significant, p < 0.05)`` when Welch's p < SIGNIFICANCE, ``no significant difference`` otherwise, and
+    ``undetermined (1 seed)`` when a side has one value (no test). ``direction``: the sign alone, whatever p."""
+
+    verdict: str
+    direction: str  # "LS teacher better" / "LS teacher worse" / "equal"
+    delta: float  # mean(v1) - mean(v0)
+    p_value: float | None
+    n: tuple[int, int]  # values on the LS side, on the alpha = 0 side
+
+    @property
+    def significant(self) -> bool | None:
+        return None if self.p_value is None else self.p_value < SIGNIFICANCE
+
+    def text(self) -> str:
+        """``LS teacher better (significant, p < 0.05): +0.96, p = 0.03, n = 3`` (n: seeds per side)."""
+        n = f"{self.n[0]}" if self.n[0] == self.n[1] else f"{self.n[0]} and {self.n[1]}"
+        p = "" if self.p_value is None else f", p = {self.p_value:.3g}"
+        return f"{self.verdict}: {self.delta:+.2f}{p}, n = {n}"
+
+
+def ls_verdict(v0: Sequence[float], v1: Sequence[float], better) -> LSVerdict:
+    """The answer for the values ``v0`` (alpha = 0's students, per seed) and ``v1`` (the LS teacher's), by the
+    metric's direction ``better(a, b)``: the single source of the LS verdict's wording (``LSVerdict``)."""
+    m0, m1 = statistics.mean(v0), statistics.mean(v1)
+    d = m1 - m0
+    direction = "equal" if d == 0 else "LS teacher better" if better(m1, m0) else "LS teacher worse"
     p = welch_p(v1, v0)
     if p is None:
-        return "undetermined (1 seed)", d, p
-    if p >= SIGNIFICANCE:
-        return "no significant difference", d, p
-    return ("helps" if better(statistics.mean(v1), statistics.mean(v0)) else "hurts"), d, p
+        verdict = "undetermined (1 seed)"
+    elif p >= SIGNIFICANCE or d == 0:
+        verdict = "no significant difference"
+    else:
+        verdict = f"{direction} (significant, p < {SIGNIFICANCE:g})"
+    return LSVerdict(verdict, direction, d, p, (len(v1), len(v0)))
 
 
 def ls_answer_text(v0: Sequence[float], v1: Sequence[float], better) -> str:
-    """``helps: +0.96, p = 0.03, n = 3`` (n: seeds per side)."""
-    answer, d, p = ls_answer(v0, v1, better)
-    n = f"{len(v1)}" if len(v1) == len(v0) else f"{len(v1)} and {len(v0)}"
-    return f"{answer}: {d:+.2f}" + ("" if p is None else f", p = {p:.3g}") + f", n = {n}"
+    """``LSVerdict.text`` of ``ls_verdict``."""
+    return ls_verdict(v0, v1, better).text()
 
 
 def _values(cells: dict, alpha: float, T: float) -> dict:

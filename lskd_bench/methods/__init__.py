@@ -30,6 +30,7 @@ Third-party methods register through the ``lskd_bench.methods`` entry-point grou
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..components import Component, Stage
 from ..errors import UsageError
 from ..outputs import Outputs
 from ..registry import Registry
@@ -123,7 +125,61 @@ class LossContext:
     epoch: int = 0  # 0-based epoch of this step
     epochs: int = 1  # epochs of the run
     indices: torch.Tensor | None = None  # the batch's sample indices in the training set (needs.indices)
+    batch: Any = None  # the step's batch as the task gives it (a method that runs the models on other views)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Site:
+    """Where a method builds the parts it brings to a cell (``Method.components``): the student, its recipe
+    (``hp``), the device, and ``probe()``: both models' outputs on a probe batch (``Probe``; built on the first
+    call, which also sets up the capture of the student's named outputs ``needs.student``)."""
+
+    student: nn.Module
+    hp: dict[str, Any]
+    device: torch.device
+    probe: Callable[[], Probe]
+
+
+class MethodState(Component):
+    """A method's own parameters and buffers (connectors, a memory bank, a learned temperature): trained with the
+    student's optimizer, kept in every checkpoint under ``method``, never part of the student's exported weights."""
+
+    key = "method"
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def params(self) -> list[nn.Parameter]:
+        return list(self.module.parameters())
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state:
+            self.module.load_state_dict(state)
+
+
+class InitStage(Component):
+    """A method's initialisation stage (RepDistiller's AB, FT, FSP: ``helper/pretrain.py`` ``init``): the first
+    ``epochs`` epochs of the cell train ``modules`` alone with the method's ``init_loss`` and their own SGD at a
+    constant lr, the rest of the student in eval mode (``model_s.eval(); init_modules.train()``)."""
+
+    key = "init"
+
+    def __init__(self, epochs: int, stage: Stage):
+        self.lead_epochs, self._stage = epochs, stage
+
+    def stage(self, epoch: int) -> Stage | None:
+        return self._stage if epoch < self.lead_epochs else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self._stage.opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state:
+            self._stage.opt.load_state_dict(state["optimizer"])
 
 
 class Method:
@@ -142,7 +198,7 @@ class Method:
             cls.needs = Needs.from_signal(cls.teacher_signal)
 
     def __init__(self, params: dict[str, Any] | None = None):
-        self.p = self.params.check(params or {}, type(self).__name__)  # alpha and T: read ctx.alpha / ctx.T
+        self.p = self.params.check(params or {}, registered_name(type(self)))  # alpha and T: ctx.alpha / ctx.T
 
     @classmethod
     def identity_params(cls, p: dict[str, Any]) -> dict[str, Any]:
@@ -166,6 +222,13 @@ class Method:
 
     def setup(self, probe: Probe) -> None:
         """Build trainable parts from a probe forward (feature methods); nothing for logit methods."""
+
+    def components(self, site: Site) -> list[Component]:
+        """The parts this method brings to a cell (``lskd_bench.components``): its trainable state, an
+        initialisation stage, an optimizer that treats the loss terms apart... Called once per cell, after the
+        student is built, in the cell's random stream (initial values drawn here are the cell's). A plain loss
+        brings none."""
+        return []
 
     def compute(self, student: Outputs, targets: torch.Tensor, teacher: Outputs | None, ctx: LossContext) -> Loss:
         """The loss from named outputs: a logit method's ``loss`` on the logits."""
@@ -225,7 +288,20 @@ def feature_section(title: str, beta: float, source: str, **more: Field) -> Sect
     )
 
 
-class FeatureMethod(nn.Module, Method):
+class ModuleMethod(nn.Module, Method):
+    """A method with parameters or buffers of its own (a learned temperature, connectors): they move to the cell's
+    device and are trained and checkpointed as the ``method`` component (``MethodState``)."""
+
+    def __init__(self, params: dict[str, Any] | None = None):
+        nn.Module.__init__(self)
+        Method.__init__(self, params)
+
+    def components(self, site: Site) -> list[Component]:
+        self.to(site.device)
+        return [MethodState(self)]
+
+
+class FeatureMethod(ModuleMethod):
     """A method that reads named outputs (``needs``) and may own trainable parts, built in ``setup`` from a
     probe forward. ``loss(student, targets, teacher, ctx)`` receives ``Outputs`` of both models; the usual
     objective is ``ce * CE + beta * feature term`` (``self.cross_entropy`` gives the first)."""
@@ -235,12 +311,23 @@ class FeatureMethod(nn.Module, Method):
     uses_temperature = False
     task_kinds = ("classification",)
 
-    def __init__(self, params: dict[str, Any] | None = None):
-        nn.Module.__init__(self)
-        Method.__init__(self, params)
-
     def compute(self, student: Outputs, targets: torch.Tensor, teacher: Outputs | None, ctx: LossContext) -> Loss:
         return self.loss(student, targets, teacher, ctx)
+
+    def components(self, site: Site) -> list[Component]:
+        """Its parts sized from a probe forward of both models (``setup``), then its state and, when it has one,
+        its initialisation stage."""
+        self.setup(site.probe())
+        parts = super().components(site)
+        epochs = int(self.init_stage())
+        if epochs:
+            modules = self.init_modules(site.student)
+            lr = float(self.init_lr(site.hp))
+            params = [p for m in modules for p in m.parameters() if p.requires_grad]
+            hp = site.hp
+            opt = torch.optim.SGD(params, lr=lr, momentum=hp["momentum"], weight_decay=hp["weight_decay"])
+            parts.append(InitStage(epochs, Stage("init", modules, opt, lr, self.init_loss, params)))
+        return parts
 
     def loss(self, student: Outputs, targets: torch.Tensor, teacher: Outputs, ctx: LossContext) -> Loss:  # type: ignore[override]
         raise NotImplementedError
@@ -295,7 +382,7 @@ class Composite(FeatureMethod):
         params = dict(params or {})
         compose = params.pop("compose", {})
         nn.Module.__init__(self)
-        self.p = self.params.check(params, self.base.__name__)
+        self.p = self.params.check(params, registered_name(self.base))
         self.compose = COMPOSE.check(compose, "compose")
         self.inner = self.base(self.p)
         n = self.inner.needs
@@ -448,6 +535,11 @@ class SequenceKD(Method):
         return ls_cross_entropy(student_logits, targets, self.p["label_smoothing"])
 
 
+def registered_name(cls: type) -> str:
+    """The name ``cls`` is registered under (its config section: errors name ``kd.lambda``), else its class name."""
+    return next((n for n, c in METHODS.items() if c is cls), cls.__name__)
+
+
 def method_class(name: str) -> type[Method]:
     if "+" in name:
         if name not in _COMPOSITES:
@@ -497,10 +589,14 @@ __all__ = [
     "TEACHER_MODES",
     "Composite",
     "FeatureMethod",
+    "InitStage",
     "LossContext",
     "Method",
+    "MethodState",
+    "ModuleMethod",
     "Needs",
     "Probe",
+    "Site",
     "build_method",
     "check_student_methods",
     "feature_section",

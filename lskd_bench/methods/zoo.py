@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..schema import Field, Section
-from . import METHODS, LossContext, Method
+from . import METHODS, LossContext, Method, ModuleMethod
 from .losses import (
     GradientReversal,
     _upcast,
@@ -245,7 +245,7 @@ class NKD(Method):
 
 
 @METHODS.register("ctkd")
-class CTKD(nn.Module, Method):
+class CTKD(ModuleMethod):
     """Curriculum Temperature KD (Li et al., AAAI 2023), section 3: a learnable global temperature
     ``T = t_start + t_end * sigmoid(theta)`` (theta starts at 1) trained *against* the KD loss through a gradient
     reversal whose strength follows a cosine curriculum from ``grl_start`` to ``grl_end`` over ``grl_epochs``
@@ -270,8 +270,7 @@ class CTKD(nn.Module, Method):
     }, "Curriculum Temperature KD")  # fmt: skip
 
     def __init__(self, params: dict[str, Any] | None = None):
-        nn.Module.__init__(self)
-        Method.__init__(self, params)
+        super().__init__(params)
         self.theta = nn.Parameter(torch.ones(1))
 
     def grl_scale(self, epoch: int) -> float:

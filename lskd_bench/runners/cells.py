@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import store
+from ..components import component_identity
 from ..config import config_hash, full_schema
 from ..errors import UsageError
 from ..methods import method_class, method_params
@@ -69,6 +70,7 @@ def _identity(task: str, role: str, cfg: dict[str, Any], schema: Section) -> dic
         "data": schema.fields["data"].identity(cfg["data"]),
         "train": schema.fields[section].identity(cfg[section]),
         **_batchnorm_identity(cfg),
+        **component_identity(cfg),  # a component's section, when it differs from its defaults
     }
 
 

@@ -11,11 +11,14 @@ from typing import Any
 import torch
 
 from .. import store
+from ..components import Component
 
 
-class StateFiles:
+class StateFiles(Component):
     """``state.pt`` and ``state.prev.pt`` of one cell directory; ``notes`` collects the repairs made on reading
     (one line each, shown to the user)."""
+
+    key = "checkpoint"
 
     def __init__(self, cell_dir: Path, name: str, notes: list[str]):
         self.path, self.prev = cell_dir / store.STATE, cell_dir / store.STATE_PREV
@@ -57,3 +60,41 @@ class StateFiles:
         for path in (self.path, self.prev):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+FORMAT = 2  # state.pt's layout: {"format", "position", "model", "optimizer", "parts": {component key: state}}
+
+
+def pack(position: dict[str, int], model: dict, optimizer: dict, parts: dict[str, Any]) -> dict[str, Any]:
+    """A member's checkpoint: its position, model and optimizer states and each component's state by its key."""
+    return {"format": FORMAT, "position": dict(position), "model": model, "optimizer": optimizer, "parts": parts}
+
+
+# the flat checkpoint of lskd-bench before components (up to b9ee720 and after): which keys each component kept
+_FLAT_PARTS = {
+    "rng": ("rng", "cuda_rng"),
+    "losses": ("loss_sum", "loss_count", "term_sums", "train_correct", "train_counted"),
+    "selection": ("best",),
+    "evaluation": ("eval_seconds",),
+    "record": ("history", "train_seconds", "skipped", "resumes", "epoch_times"),
+}
+
+
+def unpack(state: dict[str, Any]) -> tuple[dict[str, int], dict, dict, dict[str, Any]]:
+    """(position, model, optimizer, parts) of a checkpoint, in this layout or the flat one written before
+    components existed: one dict of the member's and its collaborators' keys, the method's parameters under
+    ``method`` and an initialisation stage's optimizer and start of the main schedule under ``init``."""
+    if "parts" in state:
+        return state["position"], state["model"], state["optimizer"], state["parts"]
+    init = state.get("init") or {}
+    position = {
+        "epoch": state["epoch"],
+        "step": state.get("step", 0),
+        "update": state.get("update", 0),
+        "main_from": init.get("updates", 0),
+    }
+    parts = {key: {k: state[k] for k in keys if k in state} for key, keys in _FLAT_PARTS.items()}
+    parts["method"] = state.get("method")
+    if init:
+        parts["init"] = {"optimizer": init["optimizer"]}
+    return position, state["model"], state["optimizer"], parts

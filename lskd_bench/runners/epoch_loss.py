@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from ..components import Component
+
 
 class CellFailed(Exception):
     """One member of a group failed (non-finite loss, out of memory...): the others carry on."""
@@ -47,13 +49,16 @@ def hits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return logits.detach().argmax(dim=-1).eq(targets).sum()
 
 
-class LossSums:
+class LossSums(Component):
     """The epoch's loss sum, sample count and named-term sums (a method returning a dict of terms), and the number
     of training samples (rows: tokens for translation) whose target had the highest logit (training top-1). Steps
     add on the device in float64, so the sum equals the Python-float sum of earlier versions bit for bit; ``sync``
-    brings it to the host (checkpoints and the epoch's end)."""
+    brings it to the host (checkpoints and the epoch's end). ``watch``: the steps' deferred non-finite check."""
+
+    key = "losses"
 
     def __init__(self) -> None:
+        self.watch = NonFiniteWatch()
         self.loss_sum, self.loss_count = 0.0, 0
         self.term_sums: dict[str, float] = {}
         self.correct, self.counted = 0.0, 0  # rows predicted right this epoch, of the rows counted
@@ -84,7 +89,11 @@ class LossSums:
                 self._term_acc[k] += v.detach().double() * n
         self.loss_count += n
 
-    def sync(self) -> None:
+    def sync(self, epoch: int | None = None) -> None:
+        """Bring the sums to the host; with ``epoch`` (0-based) first raise ``CellFailed`` if a step since the start
+        had a non-finite loss."""
+        if epoch is not None:
+            self.watch.check(epoch)
         if self._loss_acc is not None:
             self.loss_sum = float(self._loss_acc)
         if self._term_acc is not None:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .. import store
+from ..components import Component
 from ..tasks import Task, TaskData
 from .rng import RngState
 from .selection import Selector
@@ -30,8 +31,10 @@ def write_outputs(cell_dir: Path, outputs: dict[str, list[str]], selected: bool)
             store.write_lines(cell_dir / name.format(which=which), lines)
 
 
-class Evaluator:
+class Evaluator(Component):
     """Evaluates one member's model after an epoch; ``seconds``: the time spent evaluating (checkpointed)."""
+
+    key = "evaluation"
 
     def __init__(
         self,

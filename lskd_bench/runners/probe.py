@@ -74,6 +74,24 @@ def teacher_view(teacher: nn.Module, data: TaskData, device: torch.device, needs
     return TeacherView(teacher, layout, x, probe_outputs(teacher, layout, names, x))
 
 
+def method_probe(
+    method: Method,
+    model: nn.Module,
+    view: TeacherView,
+    num_samples: int,
+    num_classes: int,
+    labels: torch.Tensor | None = None,
+) -> tuple[Tap, Probe]:
+    """The student's tap for ``method.needs.student`` and the probe forward of both models a method sizes its parts
+    from (``labels``: the training samples' classes, for methods that read sample indices)."""
+    layout = describe(model, view.x)
+    tap = Tap(model, layout, method.needs.student)
+    s = probe_outputs(model, layout, tap.names, view.x)
+    t_names = [*Tap(view.model, view.layout, method.needs.teacher).names, "logits"]
+    t = Outputs({k: view.probe[k] for k in t_names})
+    return tap, Probe(model, view.model, s, t, layout, view.layout, num_samples, num_classes, labels)
+
+
 def setup_method(
     method: Method,
     model: nn.Module,
@@ -82,14 +100,9 @@ def setup_method(
     num_classes: int,
     labels: torch.Tensor | None = None,
 ) -> Tap:
-    """The student's tap for ``method.needs.student``, after ``method.setup`` from a probe forward of both models
-    (``labels``: the training samples' classes, for methods that read sample indices)."""
-    layout = describe(model, view.x)
-    tap = Tap(model, layout, method.needs.student)
-    s = probe_outputs(model, layout, tap.names, view.x)
-    t_names = [*Tap(view.model, view.layout, method.needs.teacher).names, "logits"]
-    t = Outputs({k: view.probe[k] for k in t_names})
-    method.setup(Probe(model, view.model, s, t, layout, view.layout, num_samples, num_classes, labels))
+    """The student's tap, after ``method.setup`` from a probe forward of both models (``method_probe``)."""
+    tap, probe = method_probe(method, model, view, num_samples, num_classes, labels)
+    method.setup(probe)
     return tap
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import platform
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,39 @@ from torch import nn
 
 from .. import __version__, store
 from ..envinfo import cpu_model, git_commit
-from .cells import teacher_weights
+from ..methods import Method
+from ..tasks import Task
+from .cells import Cell, teacher_weights
 from .devices import device_record
 from .evaluation import save_weights
+from .selection import Selector
 from .threads import thread_policy
+
+
+@dataclass
+class CellRecord:
+    """What result.json says of a finished member besides its last metrics: the cell and how it was trained
+    (``runners.member.Member.describe``)."""
+
+    task: Task
+    cell: Cell
+    cfg: dict[str, Any]
+    hp: dict[str, Any]  # the role's recipe
+    method: Method
+    device: torch.device
+    world: int  # processes
+    run_dir: Path
+    epochs: int  # epochs trained (0: a given teacher)
+    init_epochs: int  # of them, an initialisation stage's
+    updates: int
+    history: list[dict[str, Any]]
+    num_params: int
+    skipped: list[int]
+    resumes: list[dict[str, Any]]
+    selector: Selector
+    eval_seconds: float
+    train_seconds: float
+    epoch_times: list[dict[str, Any]]
 
 
 def environment(device: torch.device, processes: int = 1) -> dict[str, Any]:
@@ -49,8 +79,8 @@ def save_final_weights(cell_dir: Path, model: nn.Module, selected: dict[str, Any
     return store.MODEL
 
 
-def result_record(m: Any, last: dict[str, float], selected_file: str, files: dict[str, Any], t0: float) -> dict:
-    """result.json of the finished member ``m`` (a ``train.Member``): ``last`` the last evaluation's metrics,
+def result_record(m: CellRecord, last: dict[str, float], selected_file: str, files: dict[str, Any], t0: float) -> dict:
+    """result.json of the finished member ``m``: ``last`` the last evaluation's metrics,
     ``selected_file`` the selected epoch's weights, ``files`` the task's artifacts, ``t0`` when exporting began.
     ``best`` is the selected epoch (the key every result has had; ``store.selected_epoch`` reads it)."""
     task, cfg, world = m.task, m.cfg, m.world
@@ -66,15 +96,15 @@ def result_record(m: Any, last: dict[str, float], selected_file: str, files: dic
         "weights": {"last": store.MODEL, "selected": selected_file},
         "teacher_weights": _teacher_epoch(m),
         "files": files,
-        "epochs": m.epoch if not m.given else 0,
-        **({"init_epochs": m.init.epochs} if m.init.epochs else {}),
-        "updates": m.update,
+        "epochs": m.epochs,
+        **({"init_epochs": m.init_epochs} if m.init_epochs else {}),
+        "updates": m.updates,
         "config": _config(m),
         "run_config": cfg,  # the whole resolved config: what 'lskd-bench translate' rebuilds the cell from
         "timings": _timings(m, t0),
         "history": m.history,
-        "num_params": sum(p.numel() for p in m.model.parameters()),
-        "skipped_samples": sorted(set(m.skipped)),
+        "num_params": m.num_params,
+        "skipped_samples": m.skipped,
         "resumes": m.resumes,
         "env": {
             **environment(m.device, processes=world),
@@ -85,14 +115,14 @@ def result_record(m: Any, last: dict[str, float], selected_file: str, files: dic
     }
 
 
-def _teacher_epoch(m: Any) -> Any:
+def _teacher_epoch(m: CellRecord) -> Any:
     """Which teacher epoch a student distilled from (None for a teacher or a baseline)."""
     if m.cell.teacher is None:
         return None
-    return teacher_weights(m.cell.teacher, m.dir.parent.parent, m.cfg["teacher_weights"])[1]
+    return teacher_weights(m.cell.teacher, m.run_dir, m.cfg["teacher_weights"])[1]
 
 
-def _config(m: Any) -> dict[str, Any]:
+def _config(m: CellRecord) -> dict[str, Any]:
     """What the cell was trained with: ``train`` is the role's recipe (``hp``: the teacher's or the student's)."""
     method = m.method
     return {
@@ -103,7 +133,7 @@ def _config(m: Any) -> dict[str, Any]:
     }
 
 
-def _timings(m: Any, t0: float) -> dict[str, Any]:
+def _timings(m: CellRecord, t0: float) -> dict[str, Any]:
     """Where the cell's time went. ``wall_s``: the wall time of the passes it trained in (shared with the cells
     fused with it: ``epochs[i].shared_by``) plus its own evaluations; of the passes, ``data_s`` loading batches and
     ``teacher_s`` in the teacher (shared too); ``train_s`` its own steps; ``eval_s`` its evaluations; ``export_s``
@@ -111,11 +141,11 @@ def _timings(m: Any, t0: float) -> dict[str, Any]:
     steps do not wait for the device); ``wall_s`` is the device's too (each epoch ends waiting for it)."""
     times = m.epoch_times
     return {
-        "wall_s": sum(t["wall_s"] for t in times) + m.evaluator.seconds,
+        "wall_s": sum(t["wall_s"] for t in times) + m.eval_seconds,
         "data_s": sum(t["data_s"] for t in times),
         "teacher_s": sum(t["teacher_s"] for t in times),
         "train_s": m.train_seconds,
-        "eval_s": m.evaluator.seconds,
+        "eval_s": m.eval_seconds,
         "export_s": time.perf_counter() - t0,
         "synced": m.device.type != "cuda",
         "epochs": times,

@@ -8,9 +8,13 @@ from typing import Any
 
 import torch
 
+from ..components import Component
 
-class RngState:
+
+class RngState(Component):
     """The CPU generator's state and, on CUDA, the device's; captured from the process when built."""
+
+    key = "rng"
 
     def __init__(self, device: torch.device):
         self.device = device

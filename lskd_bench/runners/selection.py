@@ -11,13 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..components import Component
+
 
 @dataclass
-class Selector:
+class Selector(Component):
     """``metric``, ``mode`` ("max" or "min") and ``split`` of the selection; ``note`` says how (result.json).
     ``selected``: the selected epoch so far, ``{"epoch", "metrics", "score"}`` or None;
     ``last_score``: the task's own selection score of the last evaluation (None: it reports none)."""
 
+    key = "selection"
     metric: str
     mode: str
     split: str

@@ -38,11 +38,11 @@ EXPECTED = """\
 
 | method | T | α = 0 | α = 0.1 | Δ | Welch p | n | verdict |
 |---|---|---|---|---|---|---|---|
-| kd | 1 | 91.00 ± 1.00 | 93.00 ± 1.00 | +2.00 | 0.0705 | 3 | LS teacher better (not significant) |
+| kd | 1 | 91.00 ± 1.00 | 93.00 ± 1.00 | +2.00 | 0.0705 | 3 | no significant difference |
 | kd | 4 | 90.00 ± 1.00 | 86.00 ± 1.00 | -4.00 | 0.00805 | 3 | LS teacher worse (significant, p < 0.05) |
 | dist | no T | 93.00 | 94.00 | +1.00 | n/a | 1 | undetermined (1 seed) |
 | dkd | 1 | 96.00 ± 1.00 | 93.33 ± 1.04 | -2.67 | 0.033 | 3 | LS teacher worse (significant, p < 0.05) |
-| dkd | 4 | 90.50 ± 0.50 | 89.00 ± 1.00 | -1.50 | 0.104 | 3 | LS teacher worse (not significant) |
+| dkd | 4 | 90.50 ± 0.50 | 89.00 ± 1.00 | -1.50 | 0.104 | 3 | no significant difference |
 
 Cells: mean ± sample std over seeds (difference to the baseline method in the same cell; Welch's two-sided \
 t-test over seeds: * p < 0.05, ** p < 0.01, n/a with a single seed). Methods without a temperature ('no T' \
@@ -268,7 +268,7 @@ def test_pair_applies_its_published_kd_std_weight():
 
 
 def test_feature_methods_get_the_ls_answer_with_welchs_test(tmp_path):
-    """Per feature method: helps / hurts only when Welch's p < 0.05 (the p printed is scipy's), otherwise no
+    """Per feature method: LS teacher better / worse only when Welch's p < 0.05 (the p printed is scipy's), otherwise no
     significant difference; one seed a side is undetermined; the leaderboard says the same under the method's
     table; compare's default baseline is kd, or the first method when the run has no kd."""
     from scipy import stats
@@ -300,14 +300,17 @@ def test_feature_methods_get_the_ls_answer_with_welchs_test(tmp_path):
     p_fit = stats.ttest_ind(values[("fitnet", 0.1)], values[("fitnet", 0.0)], equal_var=False).pvalue
     p_at = stats.ttest_ind(values[("at", 0.1)], values[("at", 0.0)], equal_var=False).pvalue
     assert p_fit < 0.05 <= p_at
-    assert f"| fitnet | no T | 61.00 ± 1.00 | 65.00 ± 1.00 | helps: +4.00, p = {p_fit:.3g}, n = 3 |" in table
+    assert (
+        f"| fitnet | no T | 61.00 ± 1.00 | 65.00 ± 1.00 | LS teacher better (significant, p < 0.05): +4.00, p = {p_fit:.3g}, n = 3 |"
+        in table
+    )
     assert (
         f"| at | no T | 71.00 ± 1.00 | 71.17 ± 2.02 | no significant difference: +0.17, p = {p_at:.3g}, n = 3 |"
         in table
     )
     assert "| crd | no T | 50.00 | 40.00 | undetermined (1 seed): -10.00, n = 1 |" in table
     md = to_markdown(collect(tmp_path))
-    assert f"ours **helps: +4.00, p = {p_fit:.3g}, n = 3**" in md
+    assert f"ours **LS teacher better (significant, p < 0.05): +4.00, p = {p_fit:.3g}, n = 3**" in md
     assert "ours **undetermined (1 seed): -10.00, n = 1**" in md
 
 

@@ -262,3 +262,38 @@ def test_sources_line_names_each_source_with_its_whole_title():
     text = kd_sources()
     assert '"Benchmark Results on CIFAR-100"' in text and '"Main Benchmark Results"' in text
     assert text.count('"') % 2 == 0
+
+
+def test_ls_verdict_is_one_wording_for_every_table():
+    """ls_verdict words the LS answer for compare's table 2 (and compare_ls.csv), its feature-method table and the
+    leaderboard's line alike: significant (Welch p < 0.05) better / worse by the metric's direction, otherwise
+    "no significant difference" whatever the sign, "undetermined (1 seed)" with one value a side."""
+    from scipy import stats
+
+    from lskd_bench.leaderboard.reference import ls_answer_text, ls_verdict
+
+    def higher(a, b):
+        return a > b
+
+    def lower(a, b):
+        return a < b
+
+    v0, v1 = [60.0, 61.0, 62.0], [64.0, 65.0, 66.0]
+    p = stats.ttest_ind(v1, v0, equal_var=False).pvalue
+    assert p < 0.05
+    better = ls_verdict(v0, v1, higher)
+    assert (better.verdict, better.direction, better.delta, better.n) == (
+        "LS teacher better (significant, p < 0.05)", "LS teacher better", 4.0, (3, 3)
+    )  # fmt: skip
+    assert better.p_value == pytest.approx(p) and better.significant
+    assert ls_verdict(v0, v1, lower).verdict == "LS teacher worse (significant, p < 0.05)"  # a loss: higher is worse
+    close = ls_verdict([70.0, 72.0, 71.0], [69.0, 73.0, 71.5], higher)
+    assert (close.verdict, close.direction, close.significant) == (
+        "no significant difference",
+        "LS teacher better",
+        False,
+    )
+    one = ls_verdict([50.0], [40.0], higher)
+    assert (one.verdict, one.p_value, one.significant) == ("undetermined (1 seed)", None, None)
+    assert ls_answer_text([50.0], [40.0], higher) == "undetermined (1 seed): -10.00, n = 1"
+    assert ls_answer_text(v0, v1, higher) == f"LS teacher better (significant, p < 0.05): +4.00, p = {p:.3g}, n = 3"

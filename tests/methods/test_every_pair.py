@@ -1,8 +1,8 @@
-"""Every published pair runs every method: each registered KD method of the image tasks is set up (the runner's
-``setup_method`` from a probe of both models, its ``InitStage``, ``build_optimizer``) and stepped (forward, loss,
-backward, optimizer step; the initialisation stage's step too where it has one) on every ``cifar100`` pair
-(``configs/cifar100_pairs.yaml``) at 32 x 32, and on the ImageNet / CUB pairs (each image task's recipe and
-``--pair``s) at 64 x 64, batch 2. The methods and pairs are read from the registries, not listed here. A
+"""Every published pair runs every method: each registered KD method of the image tasks is set up (the
+runner's ``Method.components`` from a probe of both models, its initialisation stage, ``build_optimizer``) and
+stepped (forward, loss, backward, optimizer step; the initialisation stage's step too where it has one) on every
+``cifar100`` pair (``configs/cifar100_pairs.yaml``) at 32 x 32, and on the ImageNet / CUB pairs (each image task's
+recipe and ``--pair``s) at 64 x 64, batch 2. The methods and pairs are read from the registries, not listed here. A
 combination that cannot run is one that ``run`` (and ``--dry-run``) refuses with a one-line reason:
 ``REFUSED`` lists those, and is empty for the CIFAR-100 pairs."""
 
@@ -16,14 +16,14 @@ from functools import lru_cache
 import pytest
 import torch
 
+from lskd_bench.components import Parts
 from lskd_bench.config import resolve_layers
 from lskd_bench.errors import UsageError
-from lskd_bench.methods import METHODS, LossContext, build_method, total_loss
+from lskd_bench.methods import METHODS, LossContext, Site, build_method, total_loss
 from lskd_bench.models import resolve_arch
 from lskd_bench.outputs import Outputs, Tap, describe
 from lskd_bench.runners.optim import build_optimizer
-from lskd_bench.runners.probe import TeacherView, check_feature_methods, probe_outputs, setup_method
-from lskd_bench.runners.train import InitStage
+from lskd_bench.runners.probe import TeacherView, check_feature_methods, method_probe, probe_outputs
 from lskd_bench.tasks import TaskData, get_task
 
 from ..fixtures import require
@@ -138,13 +138,17 @@ def test_every_method_steps_on_every_pair(task_name, pair, name):
     student = copy.deepcopy(student0)
     torch.manual_seed(1)
     method = build_method(name, one)
-    tap = None
-    if method.needs.features:
+    taps = []
+
+    def probe():
         labels = torch.arange(NUM_SAMPLES) % NUM_CLASSES if method.needs.indices else None
-        tap = setup_method(method, student, view, NUM_SAMPLES, NUM_CLASSES, labels)
-    params = list(method.parameters()) if isinstance(method, torch.nn.Module) else []
-    opt = build_optimizer([*student.parameters(), *params], cfg["student"])
-    init = InitStage.of(method, student, cfg["student"])
+        tap, probe = method_probe(method, student, view, NUM_SAMPLES, NUM_CLASSES, labels)
+        taps.append(tap)
+        return probe
+
+    parts = Parts(method.components(Site(student, cfg["student"], torch.device("cpu"), probe)))
+    tap = taps[0] if taps else None
+    opt = build_optimizer([*student.parameters(), *parts.params()], cfg["student"])
     cls = METHODS.get(name)
     ctx = LossContext(
         alpha=0.0,
@@ -154,8 +158,9 @@ def test_every_method_steps_on_every_pair(task_name, pair, name):
         indices=torch.arange(BATCH) if method.needs.indices else None,
     )
     before = [p.detach().clone() for p in student.parameters()]
-    if init.epochs:  # the initialisation stage's step (AB, FT, FSP), as Member._loss runs it
-        loss = _step(method.init_loss, student, tap, x, y, t_out, ctx, init.opt, init.train_mode)
+    stage = parts.stage(0)
+    if stage is not None:  # the initialisation stage's step (AB, FT, FSP), as Member._loss runs it
+        loss = _step(stage.loss, student, tap, x, y, t_out, ctx, stage.opt, stage.train_mode)
         assert math.isfinite(loss), f"{name} init stage: loss {loss}"
     loss = _step(method.compute, student, tap, x, y, t_out, ctx, opt, lambda m: m.train())
     assert math.isfinite(loss), f"{name}: loss {loss}"

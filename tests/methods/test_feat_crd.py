@@ -355,8 +355,8 @@ def test_killed_crd_and_ab_cells_resume_bit_identically(tmp_path):
         )
     crd = next(c for c in students if c.method == "crd")
     state = torch.load(cut / crd.name / store.STATE, weights_only=False)
-    assert {"memory_s", "memory_t", "z", "labels", "_extra_state"} <= set(state["method"])
-    assert state["method"]["_extra_state"]["generator"] is not None
+    assert {"memory_s", "memory_t", "z", "labels", "_extra_state"} <= set(state["parts"]["method"])
+    assert state["parts"]["method"]["_extra_state"]["generator"] is not None
     out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False)
     assert all(o.error is None for o in out)
     assert all(same_weights(cut / c.name, ref / c.name) for c in students)

@@ -352,7 +352,7 @@ def test_ctkd_temperature_survives_resume(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_cell(task, student, cfg, data, tmp_path / "cut", teacher=tmodel, progress=False, on_epoch_end=stop)
     st = torch.load(tmp_path / "cut" / store.STATE, weights_only=False)
-    assert st["method"]["theta"].item() != 1.0
+    assert st["parts"]["method"]["theta"].item() != 1.0
     res = train_cell(task, student, cfg, data, tmp_path / "cut", teacher=tmodel, progress=False)
     assert [h["temperature"] for h in res["history"]] == temps
     assert res["metrics"] == ref["metrics"]

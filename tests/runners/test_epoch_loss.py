@@ -72,7 +72,8 @@ def test_training_top1_and_eval_loss_are_in_the_history_and_survive_a_resume_mid
     with pytest.raises(KeyboardInterrupt):
         train_cell(task, teacher, cfg, data, tmp_path / "cut", progress=False, on_step=stop_in_epoch_two)
     state = torch.load(tmp_path / "cut" / store.STATE, weights_only=False)
-    assert state["epoch"] == 1 and state["step"] > 0 and state["train_counted"] > 0  # within the epoch
+    assert state["position"]["epoch"] == 1 and state["position"]["step"] > 0
+    assert state["parts"]["losses"]["train_counted"] > 0  # within the epoch
     resumed = train_cell(task, teacher, cfg, data, tmp_path / "cut", progress=False)
     assert [h["train_top1"] for h in resumed["history"]] == [h["train_top1"] for h in ref["history"]]
     assert [h["eval_loss"] for h in resumed["history"]] == [h["eval_loss"] for h in ref["history"]]

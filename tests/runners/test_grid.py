@@ -97,7 +97,7 @@ def test_interrupted_cell_resumes_to_identical_weights(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_cell(task, teacher, cfg, data, cut_dir, progress=False, on_epoch_end=stop_after_two)
     assert (cut_dir / store.STATE).is_file() and not (cut_dir / store.RESULT).exists()
-    assert torch.load(cut_dir / store.STATE, weights_only=False)["epoch"] == 2
+    assert torch.load(cut_dir / store.STATE, weights_only=False)["position"]["epoch"] == 2
 
     seen = []
     res = train_cell(task, teacher, cfg, data, cut_dir, progress=False, on_epoch_end=seen.append)

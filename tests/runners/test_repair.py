@@ -123,7 +123,7 @@ def test_damaged_checkpoint_resumes_from_the_one_before(tmp_path):
     d = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
         train_cell(task, teacher, cfg, data, d, progress=False, on_epoch_end=stop_after_three)
-    assert torch.load(d / store.STATE_PREV, weights_only=False)["epoch"] == 2
+    assert torch.load(d / store.STATE_PREV, weights_only=False)["position"]["epoch"] == 2
     data_pt = (d / store.STATE).read_bytes()
     (d / store.STATE).write_bytes(data_pt[: len(data_pt) // 2])
 

@@ -135,7 +135,7 @@ def test_scancelled_job_resumes_from_its_checkpoint_on_resubmission(slurm, tmp_p
         try:
             import torch
 
-            return torch.load(tdir / store.STATE, weights_only=False)["epoch"] >= 2
+            return torch.load(tdir / store.STATE, weights_only=False)["position"]["epoch"] >= 2
         except Exception:
             return False
 

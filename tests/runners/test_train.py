@@ -62,7 +62,7 @@ def test_fused_students_equal_students_trained_alone(setup, tmp_path):
 def test_killed_fused_group_resumes_every_member(setup, tmp_path):
     cfg, task, data, students, tmodel, _ = setup
     ref, cut = train_then_kill(task, students, cfg, data, tmodel, tmp_path, at_epoch=2)
-    assert all(torch.load(cut / c.name / store.STATE, weights_only=False)["epoch"] == 2 for c in students)
+    assert all(torch.load(cut / c.name / store.STATE, weights_only=False)["position"]["epoch"] == 2 for c in students)
     # one member finishes alone in the meantime; the others resume from epoch 2 in a group that still holds it
     (o,) = train_group(task, [students[1]], cfg, data, [cut / students[1].name], teacher=tmodel, progress=False)
     assert o.error is None
@@ -178,7 +178,7 @@ def test_disk_full_fails_the_cell_cleanly(tmp_path, monkeypatch, tiny_cfg, targe
     assert not (d / store.RESULT).exists()
     assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]  # no partial file
     assert json.loads((d / store.ERROR).read_text())["error"] == "DiskFull"
-    assert torch.load(d / store.STATE, weights_only=False)["epoch"] == expect_epoch  # intact checkpoint
+    assert torch.load(d / store.STATE, weights_only=False)["position"]["epoch"] == expect_epoch  # intact checkpoint
     seen = []
     (outcome,) = train_group(task, [teacher], cfg, data, [d], progress=False, on_epoch_end=seen.append)
     assert outcome.error is None and (d / store.RESULT).is_file() and not (d / store.ERROR).exists()

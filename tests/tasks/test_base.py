@@ -133,7 +133,10 @@ def test_read_ahead_results_equal_epoch_by_epoch_loading_fused_alone_and_resumed
     else:
         pytest.fail("not interrupted")
     state = torch.load(tmp_path / "cut" / students[0].name / store.STATE, weights_only=False)
-    assert (state["epoch"], state["step"]) == (0, 3)  # the mid-epoch checkpoint (checkpoint_every=1)
+    assert (state["position"]["epoch"], state["position"]["step"]) == (
+        0,
+        3,
+    )  # the mid-epoch checkpoint (checkpoint_every=1)
     assert same(run("cut", students), alone)
     assert _no_workers_left()
 

@@ -229,7 +229,7 @@ def test_fused_and_resumed_students_identical_with_gpu_decode(imagenet_root, tmp
             progress=False,
             on_step=stop_mid_epoch,
         )
-    assert all(torch.load(cut / c.name / store.STATE, weights_only=False)["epoch"] == 1 for c in students)
+    assert all(torch.load(cut / c.name / store.STATE, weights_only=False)["position"]["epoch"] == 1 for c in students)
     out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False)
     assert all(o.error is None for o in out)
     assert all(same_weights(cut / c.name, tmp_path / "alone" / c.name) for c in students)

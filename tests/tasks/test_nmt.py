@@ -389,7 +389,7 @@ def test_killed_mid_epoch_resumes_to_identical_weights(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_cell(task, teacher, cfg, data, cut, progress=False, on_step=stop)
     st = torch.load(cut / store.STATE, weights_only=False)
-    assert (st["epoch"], st["step"]) == (1, 3)  # mid-epoch: 3 batches of the 2nd epoch done
+    assert (st["position"]["epoch"], st["position"]["step"]) == (1, 3)  # mid-epoch: 3 batches of the 2nd epoch done
     seen = []
     res = train_cell(task, teacher, cfg, data, cut, progress=False, on_step=lambda e, i: seen.append((e, i)))
     assert seen[0] == (1, 3) and len(seen) == steps - 3  # only the remaining batches ran
