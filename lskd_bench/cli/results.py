@@ -144,7 +144,9 @@ def add_compare(sub) -> None:
         "over seeds; a second table asks whether the LS teacher beats alpha = 0 at each T; where the run's pairs "
         "have published numbers (mdistiller, RepDistiller...), a third sets each beside ours at the epoch its "
         "source reports (RepDistiller the last, mdistiller's own runs the best: the table names the rule); a PNG "
-        "of the metric vs T per method. Writes OUT.md, OUT.csv, OUT_ls.csv, OUT_reference.csv and OUT_<task>.png.",
+        "of the metric vs T per method. Cells whose configs differ (a sweep of kd.lambda, two train.lr) are never "
+        "averaged: a row per config, its values in extra columns. Writes OUT.md, OUT.csv, OUT_ls.csv, "
+        "OUT_reference.csv and OUT_<task>.png.",
     )
     cp.add_argument("--runs", default=DEFAULT_RUNS, help=f"run directory (default: {DEFAULT_RUNS})")
     cp.add_argument(
