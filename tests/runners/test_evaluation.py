@@ -40,7 +40,7 @@ def test_metrics_of_a_tiny_digits_model_match_a_direct_computation(tmp_path):
 
 
 def _at_batches(task, data, cfg, model, batches):
-    """{eval_batch_size: (metrics, loss)} of ``model`` evaluated at each of ``batches`` (None: the per-device default)."""
+    """{eval_batch_size: (metrics, loss)} of ``model`` at each of ``batches`` (None: the per-device default)."""
     return {b: task._classify(model, data, {**cfg, "eval_batch_size": b}, CPU) for b in batches}
 
 
