@@ -405,8 +405,12 @@ def eval_batch_size(model: nn.Module, ds: Dataset, cfg: dict[str, Any], device: 
 
 def largest_activation(model: nn.Module, ds: Dataset, cfg: dict[str, Any], device: torch.device) -> int:
     """Bytes of the largest tensor a module of ``model`` outputs for the first sample of ``ds`` (0 for an empty
-    split); one forward in eval mode, without gradients, the random state untouched."""
-    if len(ds) == 0:
+    split, or a first sample skipped as unreadable); one forward in eval mode, without gradients, the random state
+    untouched."""
+    first = next(
+        iter(iterate_batches(ds, 1, indices=torch.arange(min(1, len(ds))), on_bad_sample=on_bad_sample(cfg))), None
+    )
+    if first is None or len(first[0]) == 0:
         return 0
     largest = 0
 
@@ -415,7 +419,7 @@ def largest_activation(model: nn.Module, ds: Dataset, cfg: dict[str, Any], devic
         if isinstance(out, torch.Tensor):
             largest = max(largest, out.numel() * out.element_size())
 
-    x, _ = next(iter(iterate_batches(ds, 1, indices=torch.arange(1), on_bad_sample=on_bad_sample(cfg))))
+    x = first[0]
     was_training = model.training
     hooks = [m.register_forward_hook(measure) for m in model.modules()]
     try:

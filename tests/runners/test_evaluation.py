@@ -13,7 +13,7 @@ from lskd_bench.runners.evaluation import Evaluator
 from lskd_bench.runners.grid import resolve_config
 from lskd_bench.runners.rng import RngState
 from lskd_bench.runners.selection import Selector
-from lskd_bench.tasks import get_task
+from lskd_bench.tasks import InMemoryDataset, get_task
 from lskd_bench.tasks.base import EVAL_BATCH_CUDA, Evaluation, eval_batch_size, largest_activation
 
 from ..fixtures import make_cifar100, tiny_overrides
@@ -90,6 +90,8 @@ def test_evaluation_batch_is_chosen_per_device(tmp_path):
     assert eval_batch_size(small, digits.load_data(digits_cfg).test, digits_cfg, CPU) == 256  # 2 KiB a sample
     wide = nn.Conv2d(3, 1024, 1)  # 1024 channels of 32 x 32 floats = 4 MiB a sample: 2 would fit, the floor is 16
     assert eval_batch_size(wide, data.test, cfg, CPU) == 16
+    empty = InMemoryDataset(torch.zeros(0, 3, 32, 32), torch.zeros(0, dtype=torch.long))
+    assert largest_activation(wide, empty, cfg, CPU) == 0 and eval_batch_size(wide, empty, cfg, CPU) == 256
 
 
 class Scripted:
