@@ -633,7 +633,15 @@ RUN = Section(
             identity=False,
             flags=(Flag("--threads"),),
         ),
-        "eval_batch_size": Field(int, 256, "batch size of evaluation and feature export", min=1, identity=False),
+        "eval_batch_size": Field(
+            int,
+            None,
+            "batch size of evaluation and feature export (null: per device: 256 on CUDA; on the CPU the largest "
+            "power of two from 16 to 256 whose largest activation stays within 8 MiB, 32 for CIFAR's ResNets)",
+            min=1,
+            nullable=True,
+            identity=False,  # metrics do not depend on it (tests/runners/test_evaluation.py)
+        ),
         "executor": Field(
             str,
             "auto",
