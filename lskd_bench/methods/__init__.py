@@ -376,6 +376,8 @@ METHODS: Registry[type[Method]] = Registry(
         "lskd_bench.methods.feat_crd",
         "lskd_bench.methods.feat_review",
         "lskd_bench.methods.feat_torchdistill",
+        "lskd_bench.methods.feat_semckd",
+        "lskd_bench.methods.feat_catkd",
     ),
 )
 _COMPOSITES: dict[str, type[Method]] = {}

@@ -253,7 +253,7 @@ def test_semckd_defaults_and_batch_rule():
     assert not m.uses_temperature and m.needs.student == ("logits", "stages")
     s, t, y = _case(0, 6)
     m = _setup(s, t, 0, batch_size=4)
-    with pytest.raises(ValueError, match="larger than semckd.batch_size"):
+    with pytest.raises(ValueError, match=r"larger than semckd\.batch_size"):
         m.compute(s, y, t, LossContext())
     # the attention is a per-sample distribution over the teacher stages; the loss is CE + beta * feat
     m = _setup(s, t, 0, batch_size=8)
@@ -276,4 +276,3 @@ def test_semckd_fused_with_kd_equals_alone(tmp_path):
     from ..fixtures import fused_with_kd
 
     fused_with_kd(tmp_path, ["semckd"])
-

@@ -385,7 +385,8 @@ def test_pad_equals_torchdistill_loss_gradient_and_state(seed):
     g_ref = torch.autograd.grad(ref, [s["embedding"], *ref_branch.parameters()])
     assert max(_rel(a, b) for a, b in zip(g_ours, g_ref)) <= 1e-12
     ours_bn, ref_bn = m.var_estimator[1], ref_branch[1]
-    assert torch.equal(ours_bn.running_mean, ref_bn.running_mean) and torch.equal(ours_bn.running_var, ref_bn.running_var)
+    assert torch.equal(ours_bn.running_mean, ref_bn.running_mean)
+    assert torch.equal(ours_bn.running_var, ref_bn.running_var)
     assert ours_bn.num_batches_tracked.item() == ref_bn.num_batches_tracked.item() == 1
     want = F.cross_entropy(s["logits"], y) + 1.0 * ref
     assert sum(out.values()).item() == pytest.approx(want.item(), rel=1e-6)
