@@ -10,10 +10,13 @@ tests/methods/test_feat_semckd.py against the reference transcribed op for op (f
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError
 from ..schema import Field
 from . import METHODS, FeatureMethod, Needs, Probe, feature_section
 
@@ -67,8 +70,9 @@ class SemCKD(FeatureMethod):
     ...)``, train_student.py:271), and the authors' loop skips a smaller batch (helper/loops.py:105-106). Here a
     smaller batch (an epoch's last, a short smoke run) has its rows zero-padded to ``batch_size`` (equal to the
     reference at the full batch), and a larger one is an error: set ``semckd.batch_size`` to the student's batch
-    size (under several processes, the global batch). The attention is not detached (as there: the MLPs train
-    through it). A non-square map is pooled to the other's height and width (the reference's squares).
+    size (under several processes, the global batch); ``run`` refuses a student batch size above it up front.
+    The attention is not detached (as there: the MLPs train through it). A non-square map is pooled to the other's
+    height and width (the reference's squares).
 
     parity: DefangChen/SemCKD@ebe5db1 models/util.py:55-196 and distiller_zoo/SemCKD.py:14-23, transcribed op
     for op in tests/methods/test_feat_semckd.py::test_semckd_equals_authors_loss_gradient_and_state (float64,
@@ -104,6 +108,14 @@ class SemCKD(FeatureMethod):
         self.key = nn.ModuleList(MLPEmbed(b, d) for _ in t_ch)
         self.query = nn.ModuleList(MLPEmbed(b, d) for _ in s_ch)
         self.regressor = nn.ModuleList(nn.ModuleList(aa_embed(cs, ct) for ct in t_ch) for cs in s_ch)
+
+    def check_run(self, cfg: dict[str, Any]) -> None:
+        batch = cfg.get("student", {}).get("batch_size")
+        if isinstance(batch, int) and batch > self.p["batch_size"]:
+            raise UsageError(
+                f"semckd.batch_size ({self.p['batch_size']}) is smaller than the student's batch size ({batch}): "
+                f"its key/query MLPs read one similarity row per batch; set --set semckd.batch_size={batch}"
+            )
 
     def _similarity(self, f: torch.Tensor) -> torch.Tensor:
         x = f.reshape(f.shape[0], -1)

@@ -276,3 +276,16 @@ def test_semckd_fused_with_kd_equals_alone(tmp_path):
     from ..fixtures import fused_with_kd
 
     fused_with_kd(tmp_path, ["semckd"])
+
+
+def test_run_refuses_a_student_batch_above_semckd_batch_size():
+    """Resolving a run's config (run and --dry-run: ``check_feature_methods``) refuses, in one line, a student
+    batch size the key/query MLPs cannot read; at the batch size it passes (digits' recipe: batch 64)."""
+    from lskd_bench.errors import UsageError
+    from lskd_bench.runners.grid import resolve_config
+
+    with pytest.raises(UsageError, match=r"method semckd\+kd: .*semckd\.batch_size=64$") as exc:
+        resolve_config("digits", {}, {"methods": ["semckd+kd"], "semckd": {"batch_size": 32}})
+    assert "\n" not in str(exc.value) and "(32) is smaller than the student's batch size (64)" in str(exc.value)
+    cfg = resolve_config("digits", {}, {"methods": ["semckd", "semckd+kd"]})
+    assert cfg["student"]["batch_size"] == cfg["semckd"]["batch_size"] == 64
