@@ -289,3 +289,27 @@ def test_run_refuses_a_student_batch_above_semckd_batch_size():
     assert "\n" not in str(exc.value) and "(32) is smaller than the student's batch size (64)" in str(exc.value)
     cfg = resolve_config("digits", {}, {"methods": ["semckd", "semckd+kd"]})
     assert cfg["student"]["batch_size"] == cfg["semckd"]["batch_size"] == 64
+
+
+@pytest.mark.slow
+def test_semckd_resumes_bit_identically(tmp_path):
+    """Killed at the end of epoch 2 of 3 and resumed: the same weights, loss history and metrics as
+    uninterrupted (the checkpoint holds the key/query MLPs, the regressors and their BatchNorm statistics)."""
+    import json
+
+    from lskd_bench import store
+    from lskd_bench.runners.train import train_group
+
+    from ..fixtures import digits_students, same_weights, train_then_kill
+
+    cfg, task, data, students, tmodel = digits_students(tmp_path, ["semckd"], epochs=3)
+    ref, cut = train_then_kill(task, students, cfg, data, tmodel, tmp_path / "run", at_epoch=2)
+    state = {c.method: torch.load(cut / c.name / store.STATE, weights_only=True)["method"] for c in students}
+    assert {"key.0.linear1.weight", "query.0.linear2.bias", "regressor.0.0.1.running_mean"} <= set(state["semckd"])
+    out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False)
+    assert all(o.error is None for o in out)
+    for c in students:
+        assert same_weights(cut / c.name, ref / c.name), c.name
+        a, b = (json.loads((d / c.name / store.RESULT).read_text()) for d in (cut, ref))
+        assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]], c.name
+        assert a["metrics"] == b["metrics"], c.name

@@ -316,13 +316,14 @@ def test_srd_defaults_are_torchdistills_sample_config():
 def test_torchdistill_methods_fused_with_kd_equal_alone(tmp_path):
     from ..fixtures import fused_with_kd
 
-    fused_with_kd(tmp_path, ["cckd", "dist_plus", "srd"])
+    fused_with_kd(tmp_path, ["cckd", "dist_plus", "srd", "pad"])
 
 
 @pytest.mark.slow
 def test_torchdistill_methods_resume_bit_identically_with_their_state(tmp_path):
     """Killed at the end of epoch 2 of 3 and resumed: the same weights and loss history as uninterrupted; the
-    checkpoint holds each method's own parts (CCKD's linear layers, SRD's projector and BatchNorm statistics)."""
+    checkpoint holds each method's own parts (CCKD's linear layers, SRD's projector and BatchNorm statistics, PAD's
+    variance branch and its BatchNorm statistics)."""
     import json
 
     from lskd_bench import store
@@ -330,12 +331,14 @@ def test_torchdistill_methods_resume_bit_identically_with_their_state(tmp_path):
 
     from ..fixtures import digits_students, same_weights, train_then_kill
 
-    cfg, task, data, students, tmodel = digits_students(tmp_path, ["cckd", "dist_plus", "srd"], epochs=3)
+    cfg, task, data, students, tmodel = digits_students(tmp_path, ["cckd", "dist_plus", "srd", "pad"], epochs=3)
     ref, cut = train_then_kill(task, students, cfg, data, tmodel, tmp_path / "run", at_epoch=2)
     state = {c.method: torch.load(cut / c.name / store.STATE, weights_only=True)["method"] for c in students}
     assert {"linear_s.weight", "linear_t.weight"} <= set(state["cckd"])
     assert {"projector.weight", "norm_s.running_mean", "norm_t.running_var"} <= set(state["srd"])
     assert state["srd"]["norm_t.num_batches_tracked"].item() > 0
+    assert {"var_estimator.0.weight", "var_estimator.1.running_var"} <= set(state["pad"])
+    assert state["pad"]["var_estimator.1.num_batches_tracked"].item() > 0 and "connector.weight" in state["pad"]
     out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False)
     assert all(o.error is None for o in out)
     for c in students:
