@@ -29,7 +29,7 @@ from lskd_bench.tasks import get_task
 METHODS = [
     *("kd", "kd_std", "dkd", "nkd", "ctkd", "dist", "ttm", "wttm", "skd"),
     *("fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd", "ofd", "reviewkd", "kdsvd"),
-    *("cckd", "dist_plus", "srd"),
+    *("cckd", "dist_plus", "srd", "pad", "semckd", "catkd"),
     "crd+kd",
 ]
 # translation (a tiny corpus, dropout off: each rank draws its own samples' dropout masks): token-level KD, a

@@ -230,6 +230,10 @@ class Method:
         brings none."""
         return []
 
+    def check_run(self, cfg: dict[str, Any]) -> None:
+        """UsageError (one line) where the run's resolved config ``cfg`` cannot work with this method (checked by
+        ``run`` and ``--dry-run`` before anything is written, for feature methods); nothing by default."""
+
     def compute(self, student: Outputs, targets: torch.Tensor, teacher: Outputs | None, ctx: LossContext) -> Loss:
         """The loss from named outputs: a logit method's ``loss`` on the logits."""
         return self.loss(student["logits"], targets, None if teacher is None else teacher.get("logits"), ctx)
@@ -401,6 +405,9 @@ class Composite(FeatureMethod):
     def setup(self, probe: Probe) -> None:
         self.inner.setup(probe)
 
+    def check_run(self, cfg: dict[str, Any]) -> None:
+        self.inner.check_run(cfg)
+
     def init_stage(self) -> int:
         return self.inner.init_stage()
 
@@ -463,6 +470,8 @@ METHODS: Registry[type[Method]] = Registry(
         "lskd_bench.methods.feat_crd",
         "lskd_bench.methods.feat_review",
         "lskd_bench.methods.feat_torchdistill",
+        "lskd_bench.methods.feat_semckd",
+        "lskd_bench.methods.feat_catkd",
     ),
 )
 _COMPOSITES: dict[str, type[Method]] = {}
