@@ -38,7 +38,7 @@ from ..methods import LossContext, Method, build_method, method_teacher_mode, to
 from ..models import init_path, load_init_checkpoint
 from ..outputs import Outputs, Tap
 from ..tasks import Task, TaskData, get_task
-from ..tasks.base import autocast, close_batches
+from ..tasks.base import BatchRequest, autocast, close_batches
 from .cells import Cell
 from .checkpoint import StateFiles
 from .distributed import average_grads, gather_step, sync_batchnorm
@@ -713,17 +713,9 @@ class FusedGroup:
             if key == (epoch, first):
                 return opened
             close_batches(opened[2])
-        batches = self.task.train_batches(
-            self.data,
-            self.hp,
-            self.cfg,
-            seed=self.seed,
-            epoch=epoch,
-            shard=(self.rank, self.world),
-            start=first,
-            pin_memory=self.device.type == "cuda",
-            skipped=self.skipped,
-        )
+        pin = self.device.type == "cuda"
+        req = BatchRequest(self.seed, epoch, (self.rank, self.world), first, pin, self.skipped)
+        batches = self.task.open_batches(self.data, self.hp, self.cfg, req)
         return len(batches), batches.lead, iter(batches), batches.plan
 
     def open_ahead(self, epoch: int) -> None:
