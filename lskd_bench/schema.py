@@ -439,6 +439,13 @@ RUN = Section(
         "task": Field(str, "digits", "task name"),
         "methods": Field([str], ["kd"], "KD methods students are trained with"),
         "baseline": Field(bool, True, "train the no-KD student (cross-entropy) per seed"),
+        "metrics": Field(
+            [str],
+            [],
+            "registered metrics (lskd_bench.metrics entry points) cells report besides their task's own; "
+            "computed when a cell is evaluated, not part of its identity",
+            identity=False,
+        ),
         "teacher_weights": Field(
             str,
             "last",

@@ -37,8 +37,9 @@ import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
+from .. import store
 from ..errors import UsageError
-from ..metrics import TOPK, MetricSpec, topk_correct
+from ..metrics import METRICS, TOPK, Metric, MetricSpec
 from ..models import ClassifierNet  # noqa: F401  (re-exported: task plugins build it)
 from ..schema import TRAIN, Field, Section, _suggest, deep_merge
 
@@ -251,6 +252,7 @@ class Task:
     description: str = ""
     kind: str = "classification"  # or "translation": which KD methods apply
     metrics: tuple[MetricSpec, ...] = TOPK  # what evaluate() returns, in table order
+    extra_metrics: tuple[str, ...] = ()  # registered metrics (lskd_bench.metrics) it reports too, after ``metrics``
     primary_metric: str = "top1"  # picks the selected epoch (in its direction) and the leaderboard's bold cell
     supports_analysis: bool = True  # penultimate features exported for analyze / visualize
     projection_classes: tuple[str, ...] = ()  # visualize's default class triple
@@ -265,6 +267,37 @@ class Task:
 
     def metric(self, name: str) -> MetricSpec:
         return next(m for m in self.metrics if m.name == name)
+
+    @property
+    def feeds_metrics(self) -> bool:
+        """Does its evaluation feed registered metrics (the classification pass: the default ``evaluate`` and
+        ``assess``)? A task with its own evaluation (translation) reports its own ``metrics`` only."""
+        cls = type(self)
+        return cls.assess is Task.assess and cls.evaluate is Task.evaluate
+
+    def registered_metrics(self, cfg: dict[str, Any]) -> tuple[str, ...]:
+        """The registered metrics this task reports besides its own: ``extra_metrics``, then the run's ``metrics``
+        (the config key), each once. UsageError for an unknown one, one whose name is not a metric name or is one
+        of the task's own, or any at all for a task whose evaluation does not feed them."""
+        names = tuple(dict.fromkeys([*self.extra_metrics, *cfg.get("metrics", ())]))
+        if names and not self.feeds_metrics:
+            raise UsageError(
+                f"task {self.name} computes its own metrics ({', '.join(self.metric_names)}): registered metrics "
+                f"({', '.join(names)}) need the classification evaluation"
+            )
+        for name in names:
+            spec = METRICS.get(name).spec
+            problem = store.metric_name(name) or (f"its spec is named {spec.name!r}" if spec.name != name else None)
+            if problem:
+                raise UsageError(f"metric {name!r} cannot be reported: {problem}")
+            if name in self.metric_names:
+                raise UsageError(f"metric {name!r} is already reported by task {self.name}: drop it from 'metrics'")
+        return names
+
+    def reported_metrics(self, cfg: dict[str, Any]) -> tuple[MetricSpec, ...]:
+        """The specs of every metric a cell trained with ``cfg`` reports, in table order (result.json's
+        ``metric_specs``): the task's own, then the registered ones (``registered_metrics``)."""
+        return (*self.metrics, *(METRICS.get(n).spec for n in self.registered_metrics(cfg)))
 
     pairs_recipe: str = ""  # <name>.yaml with the task's teacher-student pairs (--pair), found as ``recipe`` is
 
@@ -446,9 +479,11 @@ class Task:
     def _classify(
         self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device
     ) -> tuple[dict[str, float], float]:
-        """(top-1/top-5 in percent, mean cross-entropy) of ``data.test``; the loss summed on the device."""
+        """(top-1/top-5 in percent and the registered metrics the task reports, mean cross-entropy) of
+        ``data.test``; the loss summed on the device."""
         model.eval()
-        totals = {1: 0, 5: 0}
+        names = (*(m.name for m in TOPK), *(self.registered_metrics(cfg) if self.feeds_metrics else ()))
+        metrics: dict[str, Metric] = {name: METRICS.get(name)() for name in names}
         n = 0
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for x, y in iterate_batches(
@@ -457,12 +492,11 @@ class Task:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, cfg):
                 logits = model(x)
-            for k, c in topk_correct(logits.float(), y, (1, 5)).items():
-                totals[k] += c
+            for m in metrics.values():
+                m.update(logits.float(), y)
             loss_sum += torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
             n += int(y.numel())
-        n = max(n, 1)
-        return {"top1": 100.0 * totals[1] / n, "top5": 100.0 * totals[5] / n}, float(loss_sum) / n
+        return {name: float(m.compute()) for name, m in metrics.items()}, float(loss_sum) / max(n, 1)
 
 
 @functools.cache
