@@ -65,7 +65,8 @@ class Metric:
     """A registered metric: one instance per evaluation, fed every evaluated batch (``update``) with what the
     classification evaluation produces, the batch's logits (N, K) in float32 and integer targets (N,), then
     ``compute()``d into one number. ``spec``: its name (the registry's), label, direction and format. The
-    value is a function of the evaluated split alone (never of the batch size or order of batches)."""
+    value is a function of the evaluated split alone (never of the batch size or order of batches); the tensors
+    are shared with the other metrics (read them, never modify them in place)."""
 
     spec: ClassVar[MetricSpec]
 

@@ -491,10 +491,10 @@ class Task:
         ):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, cfg):
-                logits = model(x)
+                logits = model(x).float()
             for m in metrics.values():
-                m.update(logits.float(), y)
-            loss_sum += torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
+                m.update(logits, y)
+            loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").double()
             n += int(y.numel())
         return {name: float(m.compute()) for name, m in metrics.items()}, float(loss_sum) / max(n, 1)
 
