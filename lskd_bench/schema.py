@@ -583,6 +583,13 @@ RUN = Section(
             "train the no-KD student (cross-entropy) per seed",
             flags=(Flag("--no-baseline", help="skip the no-KD baseline student", const=False),),
         ),
+        "metrics": Field(
+            [str],
+            [],
+            "registered metrics (lskd_bench.metrics entry points) cells report besides their task's own; "
+            "computed when a cell is evaluated, not part of its identity",
+            identity=False,
+        ),
         "teacher_weights": Field(
             str,
             "last",

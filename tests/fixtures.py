@@ -298,20 +298,25 @@ def train_then_kill(task, students, cfg, data, tmodel, tmp_path, at_epoch: int =
     return ref, cut
 
 
-def example_site(tmp_path: Path, example: str, module: str, entry_point: str) -> dict[str, str]:
-    """The module of ``examples/<example>`` made importable as ``pip install`` would leave it: copied to a site
-    folder with a .dist-info holding its ``lskd_bench.methods`` entry point (``name = module:Class``). Returns
-    the environment of a process that sees it."""
+def example_site(tmp_path: Path, example: str, module: str, entry_point: str | dict[str, str]) -> dict[str, str]:
+    """The module (or package folder) ``module`` of ``examples/<example>`` made importable as ``pip install``
+    would leave it: copied to a site folder with a .dist-info holding its entry points (``name = module:Class``
+    in ``lskd_bench.methods``, or {group: lines}). Returns the environment of a process that sees it."""
     import shutil
 
     site = tmp_path / "site"
     site.mkdir()
-    shutil.copy(ROOT / "examples" / example / f"{module}.py", site)
+    source = ROOT / "examples" / example / module
+    if source.is_dir():  # a package, with its data files (a task's recipe)
+        shutil.copytree(source, site / module, ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        shutil.copy(source.with_suffix(".py"), site)
     dist = module.replace("_", "-")
     info = site / f"{module}-0.1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text(f"[lskd_bench.methods]\n{entry_point}\n")
+    groups = entry_point if isinstance(entry_point, dict) else {"lskd_bench.methods": entry_point}
+    (info / "entry_points.txt").write_text("".join(f"[{g}]\n{lines}\n" for g, lines in groups.items()))
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
 

@@ -1,18 +1,23 @@
 """Contracts every registered plugin keeps, parametrised over the registries (as timm tests every model of
-``list_models()``): a method, task or executor added later is checked without editing this file."""
+``list_models()``): a method, task, metric or executor added later is checked without editing this file. The
+example plugin package (examples/third_party_task: a task with its own recipe, and a metric) is loaded from
+outside the package and checked by these same contracts."""
 
 from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
+from lskd_bench import store
 from lskd_bench.config import resolve_layers
 from lskd_bench.methods import METHODS, FeatureMethod, LossContext, Probe, build_method, method_class, total_loss
-from lskd_bench.metrics import MetricSpec
+from lskd_bench.metrics import METRICS, MetricSpec
 from lskd_bench.outputs import Outputs, Tap, describe
 from lskd_bench.registry import EXECUTORS
 from lskd_bench.runners.executors import Executor
@@ -20,7 +25,7 @@ from lskd_bench.runners.grid import resolve_config, run_grid
 from lskd_bench.schema import Section
 from lskd_bench.tasks import get_task, task_names
 
-from .fixtures import tiny_overrides
+from .fixtures import ROOT, example_site, tiny_overrides
 
 K = 7
 
@@ -124,6 +129,23 @@ def test_task_declares_its_metrics_and_its_recipe_resolves(name):
         assert set(res.cfg[role]) == set(task.train_schema.fields)
 
 
+@pytest.mark.parametrize("name", METRICS.names())
+def test_metric_is_named_as_registered_and_a_function_of_the_evaluated_split(name):
+    """Every registered metric: its spec carries its registry name (a valid metric name), and its value over
+    known logits is one finite number whatever the batches they come in."""
+    cls = METRICS.get(name)
+    assert cls.spec.name == name and store.metric_name(name) is None and isinstance(cls.spec, MetricSpec)
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(40, K, generator=g) * 3, torch.randint(0, K, (40,), generator=g)
+    whole, parts = cls(), cls()
+    whole.update(logits, y)
+    for i in range(0, 40, 16):  # uneven batches
+        parts.update(logits[i : i + 16], y[i : i + 16])
+    value = whole.compute()
+    assert isinstance(value, float) and math.isfinite(value)
+    assert parts.compute() == pytest.approx(value, rel=1e-9, abs=1e-12)
+
+
 @pytest.mark.parametrize("name", EXECUTORS.names())
 def test_executor_is_an_executor(name):
     """Every executor starts units through the handle API: it (or the one ``for_config`` picks, for ``auto``)
@@ -150,3 +172,49 @@ def test_loss_terms_are_logged_per_epoch(tmp_path):
         assert h["loss_ce"] > 0 and h["loss_kd"] > 0
         assert h["loss_ce"] + h["loss_kd"] == pytest.approx(h["loss"], rel=1e-6)
     assert [m["name"] for m in res["metric_specs"]] == ["top1", "top5"] and res["metric_specs"][0]["higher_is_better"]
+
+
+EXAMPLE_ENTRY_POINTS = {
+    "lskd_bench.tasks": "blobs = lskd_example_task:BlobsTask",
+    "lskd_bench.metrics": "ece = lskd_example_task.calibration:ECE",
+}
+
+
+@pytest.mark.slow
+def test_example_plugin_task_with_its_own_recipe_and_metric(tmp_path):
+    """examples/third_party_task, made importable with a .dist-info entry-point file as pip install writes it: the
+    contracts above pass for its task and metric; its recipe is read from its own package; a tiny grid reports the
+    metric in result.json, ``compare --metric ece`` and the leaderboard."""
+    env = example_site(tmp_path, "third_party_task", "lskd_example_task", EXAMPLE_ENTRY_POINTS)
+    base = [sys.executable, "-m", "lskd_bench"]
+
+    def cli(*args):
+        p = subprocess.run([*base, *args], env=env, capture_output=True, text=True, cwd=tmp_path)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    here = str(ROOT / "tests" / "test_contracts.py")
+    p = subprocess.run(
+        [sys.executable, "-m", "pytest", here, "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-k", "blobs or ece"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert p.returncode == 0 and "2 passed" in p.stdout, p.stdout[-2000:]
+    out = cli("config", "--task", "blobs")
+    assert "recipe package lskd_example_task/blobs.yaml" in out and "mlp_tiny" in out
+    runs = tmp_path / "runs"
+    cli("run", "--task", "blobs", "--out", str(runs), "--alphas", "0.1", "--epochs", "2", "--no-progress")
+    results = [json.loads(f.read_text()) for f in sorted(runs.rglob("result.json"))]
+    assert len(results) == 3  # teacher, no-KD student, kd student (the recipe's one seed and T)
+    for r in results:
+        assert r["metric_names"] == ["top1", "top5", "ece"] and 0 <= r["metrics"]["ece"] <= 100
+        assert r["metric_specs"][2]["higher_is_better"] is False and r["cell"]["task"] == "blobs"
+        assert r["history"][-1]["epoch"] == 2 and r["run_config"]["teacher"]["arch"] == "mlp_wide"
+    kd = next(r for r in results if r["cell"]["method"] == "kd")
+    out = cli("compare", "--runs", str(runs), "--metric", "ece")
+    assert "### blobs: methods vs kd (ece)" in out and f"{kd['best']['metrics']['ece']:.2f}" in out
+    cli("leaderboard", "--runs", str(runs))
+    header = (runs / "leaderboard.csv").read_text().splitlines()[0].split(",")
+    assert header[header.index("top1") : header.index("top1") + 3] == ["top1", "top5", "ece"]

@@ -22,10 +22,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         per_pair, shared = task.pair_settings()
         if not per_pair and not shared:
             continue
-        print(
-            f"\n{tname} --pair NAME: method settings per pair (lskd_bench/configs/{task.pairs_recipe}.yaml, each value "
-            "cited):"
-        )
+        print(f"\n{tname} --pair NAME: method settings per pair ({task.pairs_source()}, each value cited):")
         for m, keys in per_pair.items():
             print(f"  {m:<10} per pair: {', '.join(keys)}")
         for m, why in shared.items():

@@ -39,7 +39,7 @@ from ..schema import Section
 from . import devices
 from .cells import Cell
 from .devices import DevicePool, discover, require_cuda, worker_env
-from .scheduler import Handle, run_units
+from .scheduler import Done, Handle, run_units
 from .state import CellOutcome, outcome_from_disk
 from .threads import thread_policy
 from .train import resolve_device, threads_scope
@@ -103,22 +103,6 @@ class Executor:
         return {}
 
 
-@dataclass
-class Finished:
-    """The handle of a unit that ran to its end inside ``start`` (the local executor)."""
-
-    outcomes: list[CellOutcome]
-
-    def poll(self) -> bool:
-        return True
-
-    def result(self) -> list[CellOutcome]:
-        return self.outcomes
-
-    def cancel(self) -> None:
-        pass
-
-
 def unit_result_outcomes(done: UnitResult) -> list[CellOutcome]:
     """``units.train_unit``'s result as the cells' outcomes (repair lines with the cell they name)."""
     notes: dict[str, list[str]] = {}
@@ -154,9 +138,9 @@ class LocalExecutor(Executor):
         self.scope = contextlib.ExitStack()
         self.scope.enter_context(threads_scope(self.ctx.cfg))
 
-    def start(self, plan: GridPlan, unit: list[Cell], gpus: list[str] | None) -> Finished:
+    def start(self, plan: GridPlan, unit: list[Cell], gpus: list[str] | None) -> Done:
         done = train_unit(self.ctx, unit, device=self.device, teacher_cache=self.teacher_cache)
-        return Finished(unit_result_outcomes(done))
+        return Done(unit_result_outcomes(done))
 
     def close(self) -> list[str]:
         self.scope.close()

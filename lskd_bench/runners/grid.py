@@ -89,6 +89,7 @@ def check_run_config(task: Task, cfg: dict[str, Any], check_executor: bool = Tru
     _check_checkpoints(cfg)
     check_loggers(cfg)
     task.validate(cfg)
+    task.registered_metrics(cfg)  # known, reportable, and the task's evaluation feeds them
     check_input_size(task, cfg)
     check_feature_methods(task, cfg)
 

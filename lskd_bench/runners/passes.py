@@ -12,7 +12,7 @@ from torch import nn
 from ..methods import Method, method_teacher_mode
 from ..outputs import Outputs, Tap
 from ..tasks import Task, TaskData
-from ..tasks.base import autocast, close_batches
+from ..tasks.base import BatchRequest, autocast, close_batches
 from .cells import Cell
 from .distributed import sync_batchnorm
 from .distributed import world as dist_info
@@ -106,17 +106,8 @@ class BatchReader:
                 return opened
             close_batches(opened[2])
         rank, world = dist_info()
-        batches = self.task.train_batches(
-            self.data,
-            self.hp,
-            self.cfg,
-            seed=self.seed,
-            epoch=epoch,
-            shard=(rank, world),
-            start=first,
-            pin_memory=self.device.type == "cuda",
-            skipped=self.skipped,
-        )
+        req = BatchRequest(self.seed, epoch, (rank, world), first, self.device.type == "cuda", self.skipped)
+        batches = self.task.open_batches(self.data, self.hp, self.cfg, req)
         return len(batches), batches.lead, iter(batches), batches.plan
 
     def open_next(self, epoch: int, members: Sequence[Member]) -> None:

@@ -147,6 +147,23 @@ class Handle(Protocol):
     def cancel(self) -> None: ...
 
 
+@dataclass
+class Done:
+    """The handle of a unit whose outcomes are known when ``start`` returns: one the local executor trained to
+    its end inside ``start``, or one handed to Slurm without waiting (``slurm.wait`` false)."""
+
+    outcomes: list[CellOutcome]
+
+    def poll(self) -> bool:
+        return True
+
+    def result(self) -> list[CellOutcome]:
+        return self.outcomes
+
+    def cancel(self) -> None:
+        pass
+
+
 class Starter(Protocol):
     """What the loop needs of an executor (``executors.Executor``)."""
 

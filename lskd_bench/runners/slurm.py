@@ -37,7 +37,7 @@ from ..schema import Field, Section
 from ..tasks import get_task
 from .cells import Cell, plan_cells
 from .executors import Executor
-from .scheduler import Handle
+from .scheduler import Done, Handle
 from .state import CellOutcome, outcome_from_disk
 from .units import GridPlan, UnitContext, distributed, read_spec, train_unit
 
@@ -214,7 +214,7 @@ class SlurmExecutor(Executor):
             self._submit(plan, todo)
         if self.prof["wait"]:
             return WaitingJobs(self, plan.out, unit, plan.cfg["lock"]["stale_s"])
-        return Submitted([CellOutcome(c, "queued") for c in queued] + [CellOutcome(c, "submitted") for c in todo])
+        return Done([CellOutcome(c, "queued") for c in queued] + [CellOutcome(c, "submitted") for c in todo])
 
     def _submit(self, plan: GridPlan, todo: list[Cell]) -> None:
         import submitit  # optional [slurm] extra: imported where the executor runs
@@ -289,22 +289,6 @@ class SlurmExecutor(Executor):
             subprocess.run([_require("scancel"), *stuck], capture_output=True, timeout=60)
             states = {j: v for j, v in states.items() if j not in stuck}
         return {h: (i["job_id"], states[i["job_id"]][0]) for h, i in infos.items() if i and i["job_id"] in states}
-
-
-@dataclass
-class Submitted:
-    """The handle of a unit handed to Slurm without waiting (``slurm.wait`` false): done at once."""
-
-    outcomes: list[CellOutcome]
-
-    def poll(self) -> bool:
-        return True
-
-    def result(self) -> list[CellOutcome]:
-        return self.outcomes
-
-    def cancel(self) -> None:
-        pass
 
 
 class QueueView:

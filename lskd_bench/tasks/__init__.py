@@ -10,7 +10,7 @@ from typing import Any
 
 from ..metrics import MetricSpec
 from ..registry import Registry
-from .base import ClassifierNet, InMemoryDataset, Task, TaskData, iterate_batches
+from .base import BatchRequest, ClassifierNet, InMemoryDataset, Task, TaskData, iterate_batches
 
 # the built-in task modules register themselves when the registry is first looked up
 TASKS: Registry[type[Task]] = Registry(
@@ -51,6 +51,7 @@ def result_metrics(result: Mapping[str, Any]) -> list[MetricSpec]:
 __all__ = [
     "DEFAULT_TASK",
     "TASKS",
+    "BatchRequest",
     "ClassifierNet",
     "InMemoryDataset",
     "Task",

@@ -3,10 +3,11 @@
 The shared training loop (``runners/train.py``) owns optimisation, schedules, resume, DDP and the result
 store. A task owns its data and models and tells the loop three things:
 
-- ``train_batches(...)``: the batches of one epoch, in an order that depends only on (seed, epoch), so a
-  resumed or fused run sees exactly the batches an uninterrupted, unfused run sees. The loop opens the next
-  epoch's batches (``iter()``) while the last ``Batches.lead`` batches of the current one are consumed, so
-  loading that starts at ``iter()`` (DataLoader workers) runs across the epoch boundary;
+- ``train_batches(data, role_cfg, cfg, req)``: the batches of one epoch (``req``: a ``BatchRequest``), in an
+  order that depends only on (seed, epoch), so a resumed or fused run sees exactly the batches an
+  uninterrupted, unfused run sees. The loop opens the next epoch's batches (``iter()``) while the last
+  ``Batches.lead`` batches of the current one are consumed, so loading that starts at ``iter()`` (DataLoader
+  workers) runs across the epoch boundary;
 - ``forward(model, batch)``: logits and integer targets over the positions that count, shape (N, K) and
   (N,): one row per image, or one row per non-pad target token for translation;
 - ``evaluate(model, data, cfg, device)``: the task's metrics (top-1/top-5, BLEU...);
@@ -21,20 +22,24 @@ public names are re-exported here, where task plugins import them.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import stat
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
+from .. import store
 from ..errors import UsageError
-from ..metrics import TOPK, MetricSpec, topk_correct
+from ..metrics import METRICS, TOPK, Metric, MetricSpec
 from ..models import ClassifierNet  # noqa: F401  (re-exported: task plugins build it)
 from ..schema import TRAIN, Field, Flag, Section, _suggest, deep_merge
 
@@ -59,6 +64,28 @@ from .loading import (  # noqa: F401
     train_plan,
     unwrap_batch,
 )
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable  # Python 3.11+; a name in annotations only
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """Which training batches ``Task.train_batches`` gives: those of ``epoch`` in the order drawn from (``seed``,
+    ``epoch``) alone, process ``shard`` = (rank, world size)'s share, from batch number ``start`` on (a resumed
+    run); ``pin_memory`` when they go to a GPU; unreadable samples skipped under ``on_bad_sample: skip`` are
+    appended to ``skipped`` (the training loop's list, shared, so it is not part of the request's equality)."""
+
+    seed: int
+    epoch: int
+    shard: tuple[int, int] = (0, 1)
+    start: int = 0
+    pin_memory: bool = False
+    skipped: list[str] | None = field(default=None, compare=False)
+
+    def keywords(self) -> dict[str, Any]:
+        """The fields as the keyword arguments of the earlier ``train_batches`` signature."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
@@ -107,13 +134,64 @@ class TaskData:
 
 
 # ------------------------------------------------------------------------------------------------ Task
-def load_recipe(name: str) -> dict[str, Any]:
-    """The recipe ``lskd_bench/configs/<name>.yaml``; ``base: other`` merges it over ``other.yaml`` (compact
-    recipes extend their parents)."""
-    text = resources.files("lskd_bench").joinpath("configs", f"{name}.yaml").read_text(encoding="utf-8")
-    data = yaml.safe_load(text) or {}
+BUILTIN_CONFIGS = "lskd_bench/configs"
+
+
+@dataclass(frozen=True)
+class RecipeFolder:
+    """Where a task's recipe and pair files are (``Task.recipe_folder``): ``root`` to read from, ``label`` to show."""
+
+    root: Traversable
+    label: str
+
+    def file(self, name: str) -> Traversable | None:
+        """The file ``name`` (``x`` means ``x.yaml``; a name ending in .yaml/.yml is taken as given), or None."""
+        leaf = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
+        path = self.root.joinpath(*leaf.split("/"))
+        return path if path.is_file() else None
+
+    def where(self, name: str) -> str:
+        leaf = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
+        return f"{self.label}/{leaf}"
+
+
+BUILTIN = RecipeFolder(resources.files("lskd_bench").joinpath("configs"), BUILTIN_CONFIGS)
+
+
+def recipe_folder(cls: type) -> RecipeFolder:
+    """The folder of the module that defines task class ``cls``, as package resources (a plugin ships its YAML
+    beside its code, declared as package data); lskd_bench/configs for the built-in tasks."""
+    module = cls.__module__
+    if module.partition(".")[0] == "lskd_bench":
+        return BUILTIN
+    mod = sys.modules.get(module)
+    if mod is not None and hasattr(mod, "__path__"):  # the class is defined in a package's __init__
+        return RecipeFolder(resources.files(module), f"package {module}")
+    if mod is not None and mod.__package__:
+        return RecipeFolder(resources.files(mod.__package__), f"package {mod.__package__}")
+    folder = Path(getattr(mod, "__file__", None) or ".").resolve().parent  # a top-level module: its folder
+    return RecipeFolder(folder, str(folder))
+
+
+def load_recipe(name: str, folder: RecipeFolder = BUILTIN, task: str = "") -> dict[str, Any]:
+    """The recipe ``<name>.yaml`` in ``folder`` (lskd_bench/configs by default); ``base: other`` merges it over
+    ``other.yaml``, looked up in the same folder, then in lskd_bench/configs (compact recipes extend their
+    parents; a plugin's recipe may extend a built-in one). A missing file: one UsageError naming ``task`` and
+    where it looked."""
+    data = yaml.safe_load(_read(name, folder, task, "recipe")) or {}
     base = data.pop("base", None)
-    return deep_merge(load_recipe(base), data) if base else data
+    if not base:
+        return data
+    parent = folder if folder.file(base) is not None or folder is BUILTIN else BUILTIN
+    return deep_merge(load_recipe(base, parent, task), data)
+
+
+def _read(name: str, folder: RecipeFolder, task: str, what: str) -> str:
+    path = folder.file(name)
+    if path is None:
+        who = f"task {task}: " if task else ""
+        raise UsageError(f"{who}{what} {name!r} not found (looked for {folder.where(name)})")
+    return path.read_text(encoding="utf-8")
 
 
 # top-level config key of tasks with pairs (``Task.pairs_recipe``): not part of a cell's identity, the values
@@ -186,10 +264,11 @@ class Task:
     description: str = ""
     kind: str = "classification"  # or "translation": which KD methods apply
     metrics: tuple[MetricSpec, ...] = TOPK  # what evaluate() returns, in table order
+    extra_metrics: tuple[str, ...] = ()  # registered metrics (lskd_bench.metrics) it reports too, after ``metrics``
     primary_metric: str = "top1"  # picks the selected epoch (in its direction) and the leaderboard's bold cell
     supports_analysis: bool = True  # penultimate features exported for analyze / visualize
     projection_classes: tuple[str, ...] = ()  # visualize's default class triple
-    recipe: str = ""  # lskd_bench/configs/<recipe>.yaml: the task's default config over the schema's
+    recipe: str = ""  # <recipe>.yaml next to the task's module (built-ins: lskd_bench/configs): its default config
     data_schema: Section = Section({})
     train_schema: Section = TRAIN
     extra_sections: ClassVar[dict[str, Section]] = {}  # more top-level config sections of this task
@@ -201,24 +280,65 @@ class Task:
     def metric(self, name: str) -> MetricSpec:
         return next(m for m in self.metrics if m.name == name)
 
-    pairs_recipe: str = ""  # lskd_bench/configs/<name>.yaml with the task's teacher-student pairs (--pair)
+    @property
+    def feeds_metrics(self) -> bool:
+        """Does its evaluation feed registered metrics (the classification pass: the default ``evaluate`` and
+        ``assess``)? A task with its own evaluation (translation) reports its own ``metrics`` only."""
+        cls = type(self)
+        return cls.assess is Task.assess and cls.evaluate is Task.evaluate
+
+    def registered_metrics(self, cfg: dict[str, Any]) -> tuple[str, ...]:
+        """The registered metrics this task reports besides its own: ``extra_metrics``, then the run's ``metrics``
+        (the config key), each once. UsageError for an unknown one, one whose name is not a metric name or is one
+        of the task's own, or any at all for a task whose evaluation does not feed them."""
+        names = tuple(dict.fromkeys([*self.extra_metrics, *cfg.get("metrics", ())]))
+        if names and not self.feeds_metrics:
+            raise UsageError(
+                f"task {self.name} computes its own metrics ({', '.join(self.metric_names)}): registered metrics "
+                f"({', '.join(names)}) need the classification evaluation"
+            )
+        for name in names:
+            spec = METRICS.get(name).spec
+            problem = store.metric_name(name) or (f"its spec is named {spec.name!r}" if spec.name != name else None)
+            if problem:
+                raise UsageError(f"metric {name!r} cannot be reported: {problem}")
+            if name in self.metric_names:
+                raise UsageError(f"metric {name!r} is already reported by task {self.name}: drop it from 'metrics'")
+        return names
+
+    def reported_metrics(self, cfg: dict[str, Any]) -> tuple[MetricSpec, ...]:
+        """The specs of every metric a cell trained with ``cfg`` reports, in table order (result.json's
+        ``metric_specs``): the task's own, then the registered ones (``registered_metrics``)."""
+        return (*self.metrics, *(METRICS.get(n).spec for n in self.registered_metrics(cfg)))
+
+    pairs_recipe: str = ""  # <name>.yaml with the task's teacher-student pairs (--pair), found as ``recipe`` is
 
     # -- config -----------------------------------------------------------------------------------
+    @classmethod
+    def recipe_folder(cls) -> RecipeFolder:
+        """Where ``recipe`` and ``pairs_recipe`` are found: next to the module that defines the task class (its
+        package's resources); lskd_bench/configs for the built-in tasks."""
+        return recipe_folder(cls)
+
     def default_config(self) -> dict[str, Any]:
-        """The task's recipe (values that differ from the schema defaults): ``lskd_bench/configs/<recipe>.yaml``."""
-        return load_recipe(self.recipe) if self.recipe else {}
+        """The task's recipe (values that differ from the schema defaults): ``<recipe>.yaml`` in ``recipe_folder``."""
+        return load_recipe(self.recipe, self.recipe_folder(), self.name) if self.recipe else {}
 
     def recipe_source(self) -> str:
-        return f"recipe lskd_bench/configs/{self.recipe}.yaml" if self.recipe else f"task {self.name} defaults"
+        return f"recipe {self.recipe_folder().where(self.recipe)}" if self.recipe else f"task {self.name} defaults"
+
+    def pairs_source(self) -> str:
+        """The pairs file as shown to users (e.g. ``lskd_bench/configs/cifar100_pairs.yaml``)."""
+        return self.recipe_folder().where(self.pairs_recipe)
+
+    def _pairs_file(self) -> dict[str, Any]:
+        return yaml.safe_load(_read(self.pairs_recipe, self.recipe_folder(), self.name, "pairs recipe")) or {}
 
     def pairs(self) -> dict[str, dict[str, Any]]:
         """Named teacher-student pairs, each a partial config (its published recipe) with a ``source``."""
         if not self.pairs_recipe:
             return {}
-        text = (
-            resources.files("lskd_bench").joinpath("configs", f"{self.pairs_recipe}.yaml").read_text(encoding="utf-8")
-        )
-        return dict(yaml.safe_load(text)["pairs"])
+        return dict(self._pairs_file()["pairs"])
 
     def pair_settings(self) -> tuple[dict[str, list[str]], dict[str, str]]:
         """KD-method settings across the pairs: ({method: keys some pair sets}, {method: why it has one setting for
@@ -226,8 +346,7 @@ class Task:
         values)."""
         if not self.pairs_recipe:
             return {}, {}
-        text = resources.files("lskd_bench").joinpath("configs", f"{self.pairs_recipe}.yaml").read_text()
-        data = yaml.safe_load(text)
+        data = self._pairs_file()
         per_pair: dict[str, set] = {}
         for layer in data["pairs"].values():
             for section, values in layer.items():
@@ -245,7 +364,7 @@ class Task:
                 f"unknown pair {pair!r} for task {self.name}{_suggest(pair, list(pairs))} (known: {', '.join(pairs)})"
             )
         layer = {k: v for k, v in pairs[pair].items() if k != "source"}
-        return f"pair {pair} (lskd_bench/configs/{self.pairs_recipe}.yaml)", {**layer, "pair": pair}
+        return f"pair {pair} ({self.pairs_source()})", {**layer, "pair": pair}
 
     def validate(self, cfg: dict[str, Any]) -> None:
         """Cheap checks of task-specific settings (data root layout, arch names); raise UsageError."""
@@ -309,30 +428,28 @@ class Task:
 
     # -- the training loop's hooks (classification defaults) ---------------------------------------
     def train_batches(
-        self,
-        data: TaskData,
-        role_cfg: dict[str, Any],
-        cfg: dict[str, Any],
-        *,
-        seed: int,
-        epoch: int,
-        shard: tuple[int, int] = (0, 1),
-        start: int = 0,
-        pin_memory: bool = False,
-        skipped: list[str] | None = None,
+        self, data: TaskData, role_cfg: dict[str, Any], cfg: dict[str, Any], req: BatchRequest
     ) -> Batches:
-        """The training batches of ``epoch`` from batch number ``start`` on."""
-        plan = train_plan(len(data.train), int(role_cfg["batch_size"]), seed=seed, epoch=epoch, shard=shard)
+        """The training batches of ``req.epoch`` from batch number ``req.start`` on (see ``BatchRequest``)."""
+        plan = train_plan(len(data.train), int(role_cfg["batch_size"]), seed=req.seed, epoch=req.epoch, shard=req.shard)
         return load_batches(
             data.train,
-            plan[start:],
-            seed=seed,
-            epoch=epoch,
+            plan[req.start :],
+            seed=req.seed,
+            epoch=req.epoch,
             num_workers=cfg["num_workers"],
-            pin_memory=pin_memory,
+            pin_memory=req.pin_memory,
             on_bad_sample=on_bad_sample(cfg),
-            skipped=skipped,
+            skipped=req.skipped,
         )
+
+    def open_batches(self, data: TaskData, role_cfg: dict[str, Any], cfg: dict[str, Any], req: BatchRequest) -> Batches:
+        """``train_batches`` as the training loop calls it. A task written against the keyword signature of
+        earlier versions (``train_batches(data, role_cfg, cfg, *, seed, epoch, shard, start, pin_memory,
+        skipped)``) is called with the request's fields as keywords."""
+        if _keyword_hook(type(self).train_batches):
+            return self.train_batches(data, role_cfg, cfg, **req.keywords())  # type: ignore[call-arg]
+        return self.train_batches(data, role_cfg, cfg, req)
 
     def to_device(self, batch: Any, device: torch.device, cfg: dict[str, Any]) -> Any:
         x, y = batch
@@ -374,22 +491,29 @@ class Task:
     def _classify(
         self, model: nn.Module, data: TaskData, cfg: dict[str, Any], device: torch.device
     ) -> tuple[dict[str, float], float]:
-        """(top-1/top-5 in percent, mean cross-entropy) of ``data.test``; the loss summed on the device."""
+        """(top-1/top-5 in percent and the registered metrics the task reports, mean cross-entropy) of
+        ``data.test``; the loss summed on the device."""
         model.eval()
-        totals = {1: 0, 5: 0}
+        names = (*(m.name for m in TOPK), *(self.registered_metrics(cfg) if self.feeds_metrics else ()))
+        metrics: dict[str, Metric] = {name: METRICS.get(name)() for name in names}
         n = 0
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         batch = eval_batch_size(model, data.test, cfg, device)
         for x, y in iterate_batches(data.test, batch, num_workers=cfg["num_workers"], on_bad_sample=on_bad_sample(cfg)):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, cfg):
-                logits = model(x)
-            for k, c in topk_correct(logits.float(), y, (1, 5)).items():
-                totals[k] += c
-            loss_sum += torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
+                logits = model(x).float()
+            for m in metrics.values():
+                m.update(logits, y)
+            loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").double()
             n += int(y.numel())
-        n = max(n, 1)
-        return {"top1": 100.0 * totals[1] / n, "top5": 100.0 * totals[5] / n}, float(loss_sum) / n
+        return {name: float(m.compute()) for name, m in metrics.items()}, float(loss_sum) / max(n, 1)
+
+
+@functools.cache
+def _keyword_hook(fn: Any) -> bool:
+    """Is ``fn`` a ``train_batches`` of the keyword signature (a ``seed`` parameter) rather than one request?"""
+    return "seed" in inspect.signature(fn).parameters
 
 
 EVAL_BATCH_CUDA = 256  # the evaluation batch on CUDA (eval_batch_size null)

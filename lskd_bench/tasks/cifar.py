@@ -27,7 +27,7 @@ from ..errors import UsageError
 from ..models import build_image_model, check_library_arch, is_library_arch
 from ..schema import Field, Section
 from . import TASKS
-from .base import DATA_ROOT_FLAGS, PAIR, DataReport, Task, TaskData
+from .base import DATA_ROOT_FLAGS, PAIR, BatchRequest, DataReport, Task, TaskData
 from .cache import KeyedCache, files_key
 from .loading import Batches, InMemoryDataset, train_plan
 
@@ -339,20 +339,11 @@ class CIFAR100Task(Task):
 
     # -- augmentation on batched tensors --------------------------------------------------------------
     def train_batches(
-        self,
-        data: TaskData,
-        role_cfg: dict[str, Any],
-        cfg: dict[str, Any],
-        *,
-        seed: int,
-        epoch: int,
-        shard: tuple[int, int] = (0, 1),
-        start: int = 0,
-        pin_memory: bool = False,
-        skipped: list[str] | None = None,
+        self, data: TaskData, role_cfg: dict[str, Any], cfg: dict[str, Any], req: BatchRequest
     ) -> Batches:
         ds: CifarSplit = data.train  # type: ignore[assignment]
-        plan = train_plan(len(ds), int(role_cfg["batch_size"]), seed=seed, epoch=epoch, shard=shard)[start:]
+        seed, epoch = req.seed, req.epoch
+        plan = train_plan(len(ds), int(role_cfg["batch_size"]), seed=seed, epoch=epoch, shard=req.shard)[req.start :]
         if not cfg["data"]["augment"]:
             return Batches(len(plan), lambda: ((normalise(ds.raw[idx]), ds.y[idx]) for idx in plan), plan=plan)
         if data.extras.get("padded") is None:  # zero padding as RandomCrop(32, padding=4), once per process
@@ -362,7 +353,7 @@ class CIFAR100Task(Task):
         def it():
             for idx in plan:
                 parts = (xp[idx], augment_params(idx, seed, epoch), ds.y[idx])
-                yield AugmentedBatch(t.pin_memory() for t in parts) if pin_memory else AugmentedBatch(parts)
+                yield AugmentedBatch(t.pin_memory() for t in parts) if req.pin_memory else AugmentedBatch(parts)
 
         return Batches(len(plan), it, plan=plan)
 

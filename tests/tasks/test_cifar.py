@@ -14,6 +14,7 @@ from lskd_bench.cifar_models import CIFAR_ARCHS, MobileNetV1, build_cifar_model
 from lskd_bench.errors import UsageError
 from lskd_bench.runners.grid import resolve
 from lskd_bench.tasks import get_task
+from lskd_bench.tasks.base import BatchRequest
 from lskd_bench.tasks.cifar import MEAN, STD, augment_params, crop_flip
 
 from ..fixtures import edit_cifar_train, make_cifar100
@@ -190,7 +191,7 @@ def test_resumed_epoch_sees_the_same_batches(cifar_root):
     def batches(start):
         return [
             task.to_device(b, cpu, cfg)
-            for b in task.train_batches(data, cfg["student"], cfg, seed=1, epoch=2, start=start)
+            for b in task.train_batches(data, cfg["student"], cfg, BatchRequest(seed=1, epoch=2, start=start))
         ]
 
     full, tail = batches(0), batches(4)

@@ -11,6 +11,7 @@ import torch
 
 from lskd_bench import store
 from lskd_bench.errors import UsageError
+from lskd_bench.tasks.base import BatchRequest
 from lskd_bench.tasks.nmt.corpus import read_corpus
 
 from ..fixtures import make_plain, make_raw_iwslt, pairs, require
@@ -377,7 +378,7 @@ def test_killed_mid_epoch_resumes_to_identical_weights(tmp_path):
     task = get_task("iwslt_ende")
     data = task.load_data(cfg, cache_dir=tmp_path / "cache")
     teacher = next(c for c in plan_cells(cfg) if c.role == "teacher")
-    steps = len(task.train_batches(data, cfg["teacher"], cfg, seed=0, epoch=1))
+    steps = len(task.train_batches(data, cfg["teacher"], cfg, BatchRequest(seed=0, epoch=1)))
     assert steps >= 4
     ref = train_cell(task, teacher, cfg, data, tmp_path / "ref", progress=False)
 
@@ -759,8 +760,8 @@ def test_pad_to_multiple_repeats_shapes_and_keeps_the_loss(tmp_path):
     task = get_task("iwslt_ende")
     data = task.load_data(cfg, cache_dir=tmp_path / "cache")
     plain_cfg = {**cfg["teacher"], "pad_to_multiple": 1}
-    padded = list(task.train_batches(data, cfg["teacher"], cfg, seed=0, epoch=0))
-    plain = list(task.train_batches(data, plain_cfg, cfg, seed=0, epoch=0))
+    padded = list(task.train_batches(data, cfg["teacher"], cfg, BatchRequest(seed=0, epoch=0)))
+    plain = list(task.train_batches(data, plain_cfg, cfg, BatchRequest(seed=0, epoch=0)))
     assert len(padded) == len(plain) > 1
     assert any(b["target"].shape[1] % 8 for b in plain)  # the plain lengths vary
     torch.manual_seed(0)
@@ -866,8 +867,11 @@ def test_ddp_ranks_share_each_batch_and_their_target_rows_in_rank_order_are_one_
     cfg = resolve_config("iwslt_ende", {}, tiny_nmt(root, teacher={"dropout": 0.0}))
     task = get_task("iwslt_ende")
     data = task.load_data(cfg, cache_dir=tmp_path / "cache")
-    one = list(task.train_batches(data, cfg["teacher"], cfg, seed=0, epoch=1))
-    ranks = [list(task.train_batches(data, cfg["teacher"], cfg, seed=0, epoch=1, shard=(r, 2))) for r in range(2)]
+    one = list(task.train_batches(data, cfg["teacher"], cfg, BatchRequest(seed=0, epoch=1)))
+    ranks = [
+        list(task.train_batches(data, cfg["teacher"], cfg, BatchRequest(seed=0, epoch=1, shard=(r, 2))))
+        for r in range(2)
+    ]
     assert len(one) > 1 and [len(r) for r in ranks] == [len(one)] * 2
     torch.manual_seed(0)
     model = task.build_model("transformer_micro", data, cfg, cfg["teacher"]).eval()
@@ -878,4 +882,4 @@ def test_ddp_ranks_share_each_batch_and_their_target_rows_in_rank_order_are_one_
     # more processes than a batch has sentences: every rank refuses alike (none would wait on a rank with nothing)
     fewest = min(len(b["id"]) for b in one)
     with pytest.raises(UsageError, match=f"a batch of {fewest} sentence.s. cannot be shared by {fewest + 1} processes"):
-        task.train_batches(data, cfg["teacher"], cfg, seed=0, epoch=1, shard=(0, fewest + 1))
+        task.train_batches(data, cfg["teacher"], cfg, BatchRequest(seed=0, epoch=1, shard=(0, fewest + 1)))

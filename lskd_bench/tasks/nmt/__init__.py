@@ -34,7 +34,7 @@ from ...errors import UsageError
 from ...metrics import MetricSpec
 from ...schema import TRAIN, Field, Section
 from .. import TASKS
-from ..base import DATA_ROOT_FLAGS, DataReport, Evaluation, Task, TaskData, autocast
+from ..base import DATA_ROOT_FLAGS, BatchRequest, DataReport, Evaluation, Task, TaskData, autocast
 from ..cache import KeyedCache, files_key
 from ..loading import Batches
 from . import fairseq_adapter
@@ -356,17 +356,7 @@ class TranslationTask(Task):
 
     # -- the training loop's hooks ------------------------------------------------------------------
     def train_batches(
-        self,
-        data: TaskData,
-        role_cfg: dict[str, Any],
-        cfg: dict[str, Any],
-        *,
-        seed: int,
-        epoch: int,
-        shard: tuple[int, int] = (0, 1),
-        start: int = 0,
-        pin_memory: bool = False,
-        skipped: list[str] | None = None,
+        self, data: TaskData, role_cfg: dict[str, Any], cfg: dict[str, Any], req: BatchRequest
     ) -> Batches:
         """Length-bucketed batches of ``max_tokens``, in an order drawn from
         (seed, epoch): a random permutation, stably sorted by source then target length, cut into batches,
@@ -375,12 +365,12 @@ class TranslationTask(Task):
         in rank order are one process's (``runners.distributed``)."""
         split: Split = data.train
         src_lens, tgt_lens = split.lens()
-        rng = np.random.default_rng([seed, epoch])
+        rng = np.random.default_rng([req.seed, req.epoch])
         perm = rng.permutation(len(split))
         order = perm[np.lexsort((tgt_lens[perm], src_lens[perm]))]
         batches = length_batches(src_lens, tgt_lens, int(role_cfg["max_tokens"]), role_cfg["batch_size"], order)
         batches = [batches[i] for i in rng.permutation(len(batches))]
-        rank, world = shard
+        rank, world = req.shard
         if world > 1:  # in collate's order (longest source first), so that the shares in rank order are the batch
             fewest = min(len(b) for b in batches)
             if fewest < world:  # every rank decides alike: none waits for a rank that has nothing to step on
@@ -389,7 +379,7 @@ class TranslationTask(Task):
                     "raise max_tokens or batch_size, or train with fewer processes"
                 )
             batches = [np.array_split(b[np.argsort(-src_lens[b], kind="stable")], world)[rank] for b in batches]
-        batches = batches[start:]
+        batches = batches[req.start :]
         multiple = int(role_cfg["pad_to_multiple"])
         return Batches(len(batches), lambda: (self.collate(split, b, multiple) for b in batches))
 
