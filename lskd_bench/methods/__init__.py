@@ -149,9 +149,12 @@ class MethodState(Component):
 
     def __init__(self, module: nn.Module):
         self.module = module
+        # what the main schedule trains: the parameters trainable now, after setup (an initialisation stage's
+        # connector, frozen by setup and trained by the stage alone, stays out even once the stage unfreezes it)
+        self.trainable = [p for p in module.parameters() if p.requires_grad]
 
     def params(self) -> list[nn.Parameter]:
-        return list(self.module.parameters())
+        return self.trainable
 
     def state_dict(self) -> dict[str, Any]:
         return self.module.state_dict()
