@@ -151,7 +151,7 @@ class DOT(Method):
         "kd_weight": Field(float, 0.5, "weight of the T^2 * KL term (configs/imagenet/r34_r18/dot.yaml:30; cifar100: "
                            "0.9, engine/cfg.py:64)", min=0.0),
         "delta": Field(float, 0.09, "momentum offset: task m - delta, KD m + delta (configs/imagenet/r34_r18/dot.yaml:"
-                       "24; cifar100: 0.075, configs/cifar100/dot/*.yaml:20)", min=0.0),
+                       "25; cifar100: 0.075, configs/cifar100/dot/*.yaml:20)", min=0.0),
     }, "Distillation-Oriented Trainer")  # fmt: skip
 
     def components(self, site: Site) -> list[Component]:
