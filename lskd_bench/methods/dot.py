@@ -43,9 +43,12 @@ class DistillationOrientedSGD(torch.optim.Optimizer):
         self._kd: list[list[tuple[torch.Tensor, torch.Tensor]]] = []  # per group: (param, its KD gradient)
 
     @torch.no_grad()
-    def step_kd(self) -> None:
-        """Record the gradients now held (the distillation loss's) for the next ``step``."""
-        self._kd = [[(p, p.grad) for p in g["params"] if p.grad is not None] for g in self.param_groups]
+    def step_kd(self, grads: dict[int, torch.Tensor] | None = None) -> None:
+        """Record the distillation loss's gradients for the next ``step``: those the parameters now hold
+        (mdistiller's ``step_kd``), or ``grads`` (parameter id -> gradient; a parameter absent has none)."""
+        if grads is None:
+            grads = {id(p): p.grad for g in self.param_groups for p in g["params"] if p.grad is not None}
+        self._kd = [[(p, grads[id(p)]) for p in g["params"] if id(p) in grads] for g in self.param_groups]
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -92,9 +95,11 @@ class DistillationOrientedSGD(torch.optim.Optimizer):
 class DOTStep(Component):
     """DOT's part of a cell: the student's SGD replaced by ``DistillationOrientedSGD`` (momenta ``m -/+ delta``,
     the same parameter groups, weight decay and lr; the main schedule sets the lr on it as on any optimizer), and
-    the step's two backward passes: the distillation terms (every term but ``ce``), then ``ce``. Gradient clipping
-    (``clip_norm``) clips the task gradient only (mdistiller clips neither). One process only: DistributedDataParallel
-    reduces one backward pass per forward."""
+    the step's two backward passes: the distillation terms (every term but ``ce``), then ``ce``. The first pass is
+    ``torch.autograd.grad`` (the same gradients as mdistiller's ``loss_kd.backward()`` into empty ``.grad``s) so
+    that DistributedDataParallel, which reduces one ``backward`` per forward, reduces the CE pass; under several
+    processes the KD gradients are averaged over the ranks here, as DDP averages the CE ones. Gradient clipping
+    (``clip_norm``) clips the task gradient only (mdistiller clips neither)."""
 
     key = "dot"
 
@@ -103,9 +108,6 @@ class DOTStep(Component):
         self.opt: DistillationOrientedSGD | None = None
 
     def optimizer(self, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            if torch.distributed.get_world_size() > 1:
-                raise UsageError("method dot trains in one process only (its two backward passes per step)")
         m = opt.defaults["momentum"]
         if self.delta > m:
             raise UsageError(f"dot.delta {self.delta} exceeds the student's momentum {m} (task momentum m - delta)")
@@ -116,14 +118,32 @@ class DOTStep(Component):
     def backward(self, terms: Any, loss: torch.Tensor) -> bool:
         assert self.opt is not None and isinstance(terms, dict)
         kd = [t for k, t in terms.items() if k != "ce" and t.requires_grad]
-        self.opt.zero_grad(set_to_none=True)
+        params = [p for g in self.opt.param_groups for p in g["params"] if p.requires_grad]
+        grads: dict[int, torch.Tensor] = {}
         if kd:
-            sum(kd[1:], kd[0]).backward(retain_graph=True)
-        self.opt.step_kd()
-        self.opt.zero_grad(set_to_none=True)
+            found = torch.autograd.grad(sum(kd[1:], kd[0]), params, retain_graph=True, allow_unused=True)
+            grads = {id(p): g for p, g in zip(params, found) if g is not None}
+            _average_over_ranks(list(grads.values()))
+        self.opt.step_kd(grads)
         if terms["ce"].requires_grad:
             terms["ce"].backward()
         return True
+
+
+def _average_over_ranks(grads: list[torch.Tensor]) -> None:
+    """Average ``grads`` over the processes of a distributed run (one flat all-reduce); nothing in one process."""
+    if not grads or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    at = 0
+    for g in grads:
+        g.copy_(flat[at : at + g.numel()].view_as(g))
+        at += g.numel()
 
 
 @METHODS.register("dot")
@@ -136,7 +156,7 @@ class DOT(Method):
     T = 1 cell), CE 0.5, KD 0.5); on ``cifar100`` the recipe sets its CIFAR configs' delta 0.075
     (configs/cifar100/dot/*.yaml:20; they set no KD section: CE 0.1, KD 0.9, T 4 of engine/cfg.py:61-64).
     Needs the student's optimizer to be SGD without Nesterov (mdistiller's DOT implements SGD only:
-    trainer.py:231-244).
+    trainer.py:231-244) and a CE term (``ce_weight`` > 0) under several processes (DDP reduces the CE pass).
 
     parity: megvii-research/mdistiller@a08d46f mdistiller/engine/dot.py:15-166 and engine/trainer.py:272-279,
     transcribed in tests/methods/test_dot.py::test_dot_equals_mdistillers_trainer (float64, a small network, 6
@@ -161,6 +181,9 @@ class DOT(Method):
                 f"method dot needs the student's optimizer to be SGD without Nesterov (got {hp['optimizer']}"
                 f"{', nesterov' if hp['nesterov'] else ''}): DOT is an SGD with two momenta"
             )
+        if self.p["ce_weight"] == 0 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            if torch.distributed.get_world_size() > 1:
+                raise UsageError("method dot with dot.ce_weight 0 trains in one process only (DDP reduces the CE pass)")
         return [DOTStep(self.p["delta"])]
 
     def loss(self, student_logits, targets, teacher_logits, ctx):

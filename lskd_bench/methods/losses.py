@@ -226,7 +226,9 @@ def mlkd_terms(
         return tau * tau * kd_kl(s, t, tau)
 
     kd_weak = sum(kd(s_weak, t_weak, tau) for tau in temps)
-    kd_strong = sum(kd(s_strong, t_strong, tau) for tau in temps[:3]) + sum(kd(s_weak, t_weak, tau) for tau in temps[3:])
+    kd_strong = sum(kd(s_strong, t_strong, tau) for tau in temps[:3]) + sum(
+        kd(s_weak, t_weak, tau) for tau in temps[3:]
+    )
     cc = sum(mlkd_relations(s_weak, t_weak, tau, classes=True) for tau in temps)
     bc = sum(mlkd_relations(s_weak, t_weak, tau, classes=False) for tau in temps)
     return {

@@ -55,8 +55,8 @@ class RefDOT(torch.optim.Optimizer):
     """DistillationOrientedTrainer (dot.py:59-166), transcribed."""
 
     def __init__(self, params, lr, momentum=0, momentum_kd=0, dampening=0, weight_decay=0):
-        defaults = dict(lr=lr, momentum=momentum, momentum_kd=momentum_kd, dampening=dampening,
-                        weight_decay=weight_decay)  # fmt: skip
+        defaults = {"lr": lr, "momentum": momentum, "momentum_kd": momentum_kd, "dampening": dampening,
+                    "weight_decay": weight_decay}  # fmt: skip
         self.kd_grad_buffer, self.kd_grad_params, self.kd_momentum_buffer = [], [], []
         super().__init__(params, defaults)
 

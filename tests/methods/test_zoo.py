@@ -292,8 +292,13 @@ def authors_mlkd(s_w, s_s, t_w, t_s, target, temperature=4.0, ce_w=0.1, kd_w=0.9
     temps = (temperature, 3.0, 5.0, 2.0, 6.0)
     loss_ce = ce_w * (F.cross_entropy(s_w, target) + F.cross_entropy(s_s, target))
     loss_kd_weak = sum(kd_w * ((kd_loss(s_w, t_w, T) * mask).mean()) for T in temps)
-    loss_kd_strong = (kd_w * kd_loss(s_s, t_s, temps[0]) + kd_w * kd_loss(s_s, t_s, 3.0)
-                      + kd_w * kd_loss(s_s, t_s, 5.0) + kd_w * kd_loss(s_w, t_w, 2.0) + kd_w * kd_loss(s_w, t_w, 6.0))
+    loss_kd_strong = (
+        kd_w * kd_loss(s_s, t_s, temps[0])
+        + kd_w * kd_loss(s_s, t_s, 3.0)
+        + kd_w * kd_loss(s_s, t_s, 5.0)
+        + kd_w * kd_loss(s_w, t_w, 2.0)
+        + kd_w * kd_loss(s_w, t_w, 6.0)
+    )
     loss_cc_weak = sum(kd_w * ((cc_loss(s_w, t_w, T) * class_conf_mask).mean()) for T in temps)
     loss_bc_weak = sum(kd_w * ((bc_loss(s_w, t_w, T) * mask).mean()) for T in temps)
     return {"ce": loss_ce, "kd": loss_kd_weak + loss_kd_strong, "cc": loss_cc_weak, "bc": loss_bc_weak}  # fmt: skip
@@ -351,7 +356,9 @@ def test_mlkd_masks_scale_by_the_fraction_kept():
           for T in temps]  # fmt: skip
     assert F.softmax(t, 1).sum(0).argsort().tolist() == [1, 2, 0]  # summed probabilities (median: class 2's)
     assert float(out["kd"]) == pytest.approx(1.5 * float(sum(kl)), rel=1e-12)
-    assert float(out["cc"]) == pytest.approx(float(sum(mlkd_relations(s, t, T, True) for T in temps)) * 2 / 3, rel=1e-12)
+    assert float(out["cc"]) == pytest.approx(
+        float(sum(mlkd_relations(s, t, T, True) for T in temps)) * 2 / 3, rel=1e-12
+    )
     assert float(out["bc"]) == pytest.approx(float(sum(mlkd_relations(s, t, T, False) for T in temps)) / 2, rel=1e-12)
     assert float(out["ce"]) == pytest.approx(2 * float(F.cross_entropy(s, y)), rel=1e-12)
     pt, ps = F.softmax(t, 1), F.softmax(s, 1)  # the class-level Gram by hand at T 1
@@ -506,4 +513,4 @@ def test_all_methods_on_image_tasks(task, fixture, roles, request, tmp_path):
 def test_new_logit_methods_fused_with_kd_equal_alone(tmp_path):
     from ..fixtures import fused_with_kd
 
-    fused_with_kd(tmp_path, ["wttm", "skd"])
+    fused_with_kd(tmp_path, ["wttm", "skd", "mlkd"])
