@@ -443,6 +443,7 @@ class ShuffleNetV2(CifarNet):
         self.layer3 = self._layer(out_channels[2], num_blocks[2])
         self.conv2 = nn.Conv2d(out_channels[2], out_channels[3], 1, 1, 0, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels[3])
+        self.relu2 = nn.ReLU()  # F.relu as a module: its output is the pooled map (lskd_bench.outputs)
         self.linear = nn.Linear(out_channels[3], num_classes)
         self.feature_preacts = {f"stage{i + 1}": f"layer{i + 1}.{n}.preact" for i, n in enumerate(num_blocks)}
 
@@ -455,7 +456,7 @@ class ShuffleNetV2(CifarNet):
     def features(self, x):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
+        x = self.relu2(self.bn2(self.conv2(x)))
         return F.avg_pool2d(x, 4).flatten(1)
 
 

@@ -7,6 +7,11 @@ Names (the same tensors RepDistiller's ``is_feat=True`` / mdistiller's ``feats``
 - ``stage0``: the stem's output, where the model's table names one (RepDistiller's ``feat[0]``; for timm models
   the first level of ``feature_info``, at reduction 2);
 - ``stage1`` ... ``stageN``: the output of each stage (post-activation, ``feat[1:-1]``);
+- ``pooled_map``: the feature map whose global average is ``embedding`` (the head's input before the global
+  pooling: a ResNet's last stage, a WRN's map after its final BN and ReLU, a MobileNet-V2's after its last 1x1
+  conv), where a module outputs it: found by the probe forward as the last 4-d output of a module other than a
+  pooling one before the head runs, and offered only if its spatial mean equals the head's input there (CAT-KD's
+  class activation maps);
 - ``preact_stageK``: the same stage before its final activation (RepDistiller's ``preact=True``): where the
   model's table ``feature_preacts`` says (stage name -> the path of the module whose input is the
   pre-activation: lskd-bench's WRN, ShuffleNets and MobileNet-V2, whose pre-activations RepDistiller takes outside
@@ -62,15 +67,18 @@ def _modules_by_path(model: nn.Module) -> dict[str, nn.Module]:
 @dataclass
 class Layout:
     """Where a model's named outputs come from: ``stages`` name -> module path, ``preact`` name -> the path of
-    the module whose input is that stage's pre-activation (``preact_input``), ``shapes`` name -> per-sample
+    the module whose input is that stage's pre-activation (``preact_input``), ``pooled_map`` the path of the module
+    whose output is the map global-pooled into the embedding (None: none found), ``shapes`` name -> per-sample
     shape."""
 
     stages: dict[str, str] = field(default_factory=dict)
     preact: dict[str, str] = field(default_factory=dict)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    pooled_map: str | None = None
 
     def names(self) -> list[str]:
-        return ["logits", "embedding", *self.stages, *(f"preact_{k}" for k in self.preact)]
+        pooled = ["pooled_map"] if self.pooled_map else []
+        return ["logits", "embedding", *self.stages, *(f"preact_{k}" for k in self.preact), *pooled]
 
 
 def preact_input(inputs: tuple) -> torch.Tensor:
@@ -104,17 +112,26 @@ def describe(model: nn.Module, x: torch.Tensor) -> Layout:
         if ts and all(t.dim() == ts[0].dim() >= 2 for t in ts):
             in_shape[p] = (sum(t.shape[1] for t in ts), *ts[0].shape[2:])
 
+    last_map: list = [None]  # (path, output) of the last module other than a pooling one to output a 4-d tensor
+
+    def done(p: str, mod: nn.Module, out) -> None:
+        order.append((p, tuple(out.shape[1:]) if torch.is_tensor(out) else ()))
+        if torch.is_tensor(out) and out.dim() == 4 and not isinstance(mod, POOLS):
+            last_map[0] = (p, out)
+
     for path, m in mods.items():
         if not path:
             continue
         hooks.append(m.register_forward_pre_hook(lambda mod, inp, p=path: called(p, inp)))
-        hooks.append(
-            m.register_forward_hook(
-                lambda mod, inp, out, p=path: order.append((p, tuple(out.shape[1:]) if torch.is_tensor(out) else ()))
-            )
-        )
+        hooks.append(m.register_forward_hook(lambda mod, inp, out, p=path: done(p, mod, out)))
     head_in: list[tuple[int, ...]] = []
-    hooks.append(head_module(model).register_forward_pre_hook(lambda mod, inp: head_in.append(tuple(inp[0].shape[1:]))))
+    before_head: list = []  # (last_map at the head's call, the head's input)
+
+    def head_called(inp: tuple) -> None:
+        head_in.append(tuple(inp[0].shape[1:]))
+        before_head.append((last_map[0], inp[0]))
+
+    hooks.append(head_module(model).register_forward_pre_hook(lambda mod, inp: head_called(inp)))
     was_training = model.training
     model.eval()
     try:
@@ -129,8 +146,10 @@ def describe(model: nn.Module, x: torch.Tensor) -> Layout:
         shape_of[p] = s  # the last call of a module (a ReLU used twice in a block) wins
     stages = getattr(model, "feature_stages", None) or _timm_stages(model) or _probe_stages(order, mods)
     stages = {k: v for k, v in stages.items() if v in mods}
-    layout = Layout(stages=dict(stages))
+    layout = Layout(stages=dict(stages), pooled_map=_pooled_map(before_head))
     layout.shapes = {"embedding": head_in[-1] if head_in else (), **{k: shape_of.get(v, ()) for k, v in stages.items()}}
+    if layout.pooled_map:
+        layout.shapes["pooled_map"] = tuple(before_head[-1][0][1].shape[1:])
     table = getattr(model, "feature_preacts", None) or {}
     for name, path in stages.items():
         if name in table:  # the model's own table; a stage it leaves out follows the rule below
@@ -149,6 +168,19 @@ def describe(model: nn.Module, x: torch.Tensor) -> Layout:
 
 
 POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.Flatten)
+
+
+def _pooled_map(before_head: list) -> str | None:
+    """The path of the module whose output, averaged over its positions, is the head's input (the last call of the
+    head, and the last 4-d output of a module other than a pooling one before it), or None."""
+    if not before_head or before_head[-1][0] is None:
+        return None
+    (path, fmap), emb = before_head[-1]
+    emb = emb.flatten(1)
+    if fmap.shape[0] != emb.shape[0] or fmap.shape[1] != emb.shape[1]:
+        return None
+    mean = fmap.float().mean(dim=(2, 3))
+    return path if torch.allclose(mean, emb.float(), rtol=1e-4, atol=1e-5) else None
 
 
 def _probe_stages(order: list[tuple[str, tuple[int, ...]]], mods: dict[str, nn.Module]) -> dict[str, str]:
@@ -207,6 +239,7 @@ class Tap:
             n
             for n in self.names
             if n != "embedding"
+            and not (n == "pooled_map" and layout.pooled_map)
             and n not in layout.stages
             and not (n.startswith("preact_") and n.removeprefix("preact_") in layout.preact)
         ]
@@ -214,6 +247,8 @@ class Tap:
             why = ""
             if missing[0].startswith("preact_") and missing[0].removeprefix("preact_") in layout.stages:
                 why = "; its stage does not end in an activation module and the model lists no feature_preacts"
+            if missing[0] == "pooled_map":
+                why = "; no module outputs the map that it global-average-pools into its embedding"
             raise UsageError(
                 f"{type(model).__name__} has no output {missing[0]!r} (it has: {', '.join(layout.names())}){why}"
             )
@@ -229,6 +264,8 @@ class Tap:
         for n in self.names:
             if n == "embedding":
                 h = head_module(self.model).register_forward_pre_hook(lambda m, inp, n=n: self._put(n, inp[0]))
+            elif n == "pooled_map":
+                h = mods[self.layout.pooled_map].register_forward_hook(lambda m, inp, out, n=n: self._put(n, out))
             elif n.startswith("preact_"):
                 path = self.layout.preact[n.removeprefix("preact_")]
                 h = mods[path].register_forward_pre_hook(lambda m, inp, n=n: self._put(n, preact_input(inp)))

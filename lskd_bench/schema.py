@@ -32,6 +32,29 @@ def _num(x: float) -> str:
 
 
 @dataclass(frozen=True)
+class Flag:
+    """How a ``Field`` is set from the command line of ``run``, ``config`` and ``check-data``: the CLI generates
+    each option from these (``lskd_bench.cli.options``), so a key with a ``Flag`` gets its option without any
+    code in the CLI. The option's type, bounds, choices and default are the Field's; its help is ``help`` (else
+    the Field's), then ``note``, then the default when ``show_default``, then the config key(s) it sets. ``help``
+    and ``note`` may name a default, read from the schema: ``{default}`` (this key's), ``{default:KEY}``.
+
+    ``const``: a switch that sets this value (``--no-fuse``: ``False``); else the option takes a value (a
+    comma-separated list for a list Field). ``path``: the value is a file or folder, made absolute. ``under``:
+    the option sets the key only in this section (``teacher``), for a Field a section shares (the training
+    recipe of teacher and student); one option name met at several keys sets them all (``--epochs``)."""
+
+    name: str
+    help: str = ""
+    note: str = ""
+    metavar: str | None = None
+    const: Any = None
+    path: bool = False
+    show_default: bool = False
+    under: str | None = None
+
+
+@dataclass(frozen=True)
 class Field:
     """One config value.
 
@@ -51,6 +74,7 @@ class Field:
     nullable: bool = False
     identity: bool = True
     check: Callable[[Any], str | None] | None = None  # extra rule: returns an error text or None
+    flags: tuple[Flag, ...] = ()  # the command-line options that set this key (``Flag``)
 
     def type_name(self) -> str:
         if isinstance(self.type, list):
@@ -275,6 +299,13 @@ def grid_values(cfg: Mapping[str, Any]) -> tuple[list[float], list[float]]:
 
 
 # ------------------------------------------------------------------------------------------------ sections
+def _gpu_ids(value: str) -> str | None:
+    ids = [p.strip() for p in value.split(",")]
+    if not all(ids):
+        return "must be comma-separated GPU ids"
+    return "names a GPU twice" if len(set(ids)) != len(ids) else None
+
+
 def positive_int(help: str, default: Any, **kw) -> Field:
     return Field(int, default, help, min=1, **kw)
 
@@ -282,13 +313,13 @@ def positive_int(help: str, default: Any, **kw) -> Field:
 TRAIN = Section(
     {
         "arch": Field(str, "", "model architecture (the task lists the ones it offers)"),
-        "epochs": positive_int("training epochs", 30),
+        "epochs": positive_int("training epochs", 30, flags=(Flag("--epochs"),)),
         "max_updates": Field(
             int, None, "stop after this many optimizer updates (epochs still bound the run)", min=1, nullable=True
         ),
-        "batch_size": positive_int("global batch size (split across DDP processes)", 64),
+        "batch_size": positive_int("global batch size (split across DDP processes)", 64, flags=(Flag("--batch-size"),)),
         "optimizer": Field(str, "sgd", "optimizer", choices=("sgd", "adam", "adamw")),
-        "lr": Field(float, 0.05, "base learning rate", min=0.0, min_exclusive=True),
+        "lr": Field(float, 0.05, "base learning rate", min=0.0, min_exclusive=True, flags=(Flag("--lr"),)),
         "momentum": Field(float, 0.9, "SGD momentum", min=0.0, max=1.0),
         "nesterov": Field(bool, False, "Nesterov momentum (SGD)"),
         "weight_decay": Field(float, 0.0, "weight decay", min=0.0),
@@ -329,10 +360,38 @@ TRAIN = Section(
         "clip_norm": Field(float, 0.0, "gradient-norm clipping (0: off)", min=0.0),
         "seed": Field(int, None, "teacher seed (default: the first grid seed)", min=0, nullable=True),
         "init_checkpoint": Field(
-            str, None, "local weights to start from (lskd-bench or library format)", nullable=True
+            str,
+            None,
+            "local weights to start from (lskd-bench or library format)",
+            nullable=True,
+            flags=(
+                Flag(
+                    "--init-checkpoint",
+                    help="local weights to start the teacher from (e.g. ImageNet-pretrained for CUB)",
+                    path=True,
+                    under="teacher",
+                ),
+                Flag(
+                    "--student-init-checkpoint",
+                    help="local weights to start the students from",
+                    path=True,
+                    under="student",
+                ),
+            ),
         ),
         "checkpoint": Field(
-            str, None, "teacher only: an already trained teacher, evaluated and distilled, not trained", nullable=True
+            str,
+            None,
+            "teacher only: an already trained teacher, evaluated and distilled, not trained",
+            nullable=True,
+            flags=(
+                Flag(
+                    "--teacher-checkpoint",
+                    help="an already trained teacher (one alpha): evaluated and distilled, not trained",
+                    path=True,
+                    under="teacher",
+                ),
+            ),
         ),
         "checkpoint_every": Field(
             int,
@@ -351,7 +410,20 @@ TRAIN = Section(
 
 GRID = Section(
     {
-        "axes": Field([str], ["alpha", "T"], "swept axes", choices=("alpha", "T")),
+        "axes": Field(
+            [str],
+            ["alpha", "T"],
+            "swept axes",
+            choices=("alpha", "T"),
+            flags=(
+                Flag(
+                    "--grid",
+                    note="an axis not swept takes grid.fixed (alpha {default:grid.fixed.alpha}, "
+                    "T {default:grid.fixed.T})",
+                    show_default=True,
+                ),
+            ),
+        ),
         "alphas": Field(
             [float],
             [0.0, 0.1],
@@ -360,6 +432,7 @@ GRID = Section(
             max=1.0,
             max_exclusive=True,
             check=lambda v: None if v else "needs at least one value",
+            flags=(Flag("--alphas", show_default=True),),
         ),
         "temperatures": Field(
             [float],
@@ -368,8 +441,16 @@ GRID = Section(
             min=0.0,
             min_exclusive=True,
             check=lambda v: None if v else "needs at least one value",
+            flags=(Flag("--temperatures", show_default=True),),
         ),
-        "seeds": Field([int], [0], "student seeds", min=0, check=lambda v: None if v else "needs at least one seed"),
+        "seeds": Field(
+            [int],
+            [0],
+            "student seeds",
+            min=0,
+            check=lambda v: None if v else "needs at least one seed",
+            flags=(Flag("--seeds", note="default: the task's; 'lskd-bench config --task NAME' shows them"),),
+        ),
         "fixed": Section(
             {
                 "alpha": Field(
@@ -436,6 +517,7 @@ LOGGING = Section(
             "experiment trackers, one run per cell: tensorboard, wandb, mlflow or a plugin "
             "(entry points lskd_bench.loggers); logging.tensorboard: true adds tensorboard",
             identity=False,
+            flags=(Flag("--loggers", note="W&B and MLflow read their own WANDB_* / MLFLOW_* variables"),),
         ),
         "project": Field(
             str,
@@ -466,6 +548,13 @@ LOGGING = Section(
             "stderr are terminals, else plain)",
             choices=("auto", "bar", "plain", "json"),
             identity=False,
+            flags=(
+                Flag(
+                    "--log-format",
+                    note="interval_s: logging.interval_s, default {default:logging.interval_s} s",
+                    show_default=True,
+                ),
+            ),
         ),
         "interval_s": Field(
             float,
@@ -482,8 +571,18 @@ LOGGING = Section(
 RUN = Section(
     {
         "task": Field(str, "digits", "task name"),
-        "methods": Field([str], ["kd"], "KD methods students are trained with"),
-        "baseline": Field(bool, True, "train the no-KD student (cross-entropy) per seed"),
+        "methods": Field(
+            [str],
+            ["kd"],
+            "KD methods students are trained with",
+            flags=(Flag("--methods", note="see 'lskd-bench methods'", show_default=True),),
+        ),
+        "baseline": Field(
+            bool,
+            True,
+            "train the no-KD student (cross-entropy) per seed",
+            flags=(Flag("--no-baseline", help="skip the no-KD baseline student", const=False),),
+        ),
         "teacher_weights": Field(
             str,
             "last",
@@ -501,11 +600,28 @@ RUN = Section(
             "auto (cuda if available, unless the task's models are too small to gain from it), cpu or cuda",
             choices=("auto", "cpu", "cuda"),
             identity=False,
+            flags=(Flag("--device"),),
         ),
         "amp": Field(str, "bf16", "bf16 autocast on CUDA, or fp32", choices=("bf16", "fp32"), identity=False),
-        "compile": Field(bool, False, "torch.compile the model being trained", identity=False),
-        "channels_last": Field(bool, False, "channels_last memory format on CUDA", identity=False),
-        "num_workers": Field(int, 0, "data-loader worker processes", min=0, max=1024, identity=False),
+        "compile": Field(
+            bool, False, "torch.compile the model being trained", identity=False, flags=(Flag("--compile", const=True),)
+        ),
+        "channels_last": Field(
+            bool,
+            False,
+            "channels_last memory format on CUDA",
+            identity=False,
+            flags=(Flag("--channels-last", const=True),),
+        ),
+        "num_workers": Field(
+            int,
+            0,
+            "data-loader worker processes",
+            min=0,
+            max=1024,
+            identity=False,
+            flags=(Flag("--num-workers", note="image tasks"),),
+        ),
         "threads": Field(
             int,
             None,
@@ -515,8 +631,17 @@ RUN = Section(
             max=4096,
             nullable=True,
             identity=False,
+            flags=(Flag("--threads"),),
         ),
-        "eval_batch_size": Field(int, 256, "batch size of evaluation and feature export", min=1, identity=False),
+        "eval_batch_size": Field(
+            int,
+            None,
+            "batch size of evaluation and feature export (null: per device: 256 on CUDA; on the CPU the largest "
+            "power of two from 16 to 256 whose largest activation stays within 8 MiB, 32 for CIFAR's ResNets)",
+            min=1,
+            nullable=True,
+            identity=False,  # metrics do not depend on it (tests/runners/test_evaluation.py)
+        ),
         "executor": Field(
             str,
             "auto",
@@ -524,6 +649,7 @@ RUN = Section(
             "subprocess over every GPU with several GPUs (or gpus/per_gpu given), torchrun with "
             "nproc_per_node > 1, else local",
             identity=False,
+            flags=(Flag("--executor"),),
         ),
         "jobs": Field(
             int,
@@ -532,6 +658,7 @@ RUN = Section(
             min=1,
             nullable=True,
             identity=False,
+            flags=(Flag("--jobs"),),
         ),
         "gpus": Field(
             str,
@@ -540,13 +667,26 @@ RUN = Section(
             "(null: CUDA_VISIBLE_DEVICES if set, else every GPU)",
             nullable=True,
             identity=False,
-            check=lambda v: None if all(p.strip() for p in v.split(",")) else "must be comma-separated GPU ids",
+            check=_gpu_ids,
+            flags=(Flag("--gpus", note="each unit's worker sees only its own"),),
         ),
         "per_gpu": Field(
-            int, 1, "units sharing one GPU at a time (subprocess/torchrun executors)", min=1, max=256, identity=False
+            int,
+            1,
+            "units sharing one GPU at a time (subprocess/torchrun executors)",
+            min=1,
+            max=256,
+            identity=False,
+            flags=(Flag("--per-gpu", note="small models: 2-8", show_default=True),),
         ),
         "nproc_per_node": Field(
-            int, 1, "DDP processes (GPUs) per unit (torchrun executor)", min=1, max=1024, identity=False
+            int,
+            1,
+            "DDP processes (GPUs) per unit (torchrun executor)",
+            min=1,
+            max=1024,
+            identity=False,
+            flags=(Flag("--nproc-per-node", note="with --executor left out, N > 1 selects the torchrun executor"),),
         ),
         "sync_batchnorm": Field(
             bool,
@@ -556,7 +696,18 @@ RUN = Section(
             identity=False,  # in the hash only when false: runners.cells._batchnorm_identity
         ),
         "fuse": Field(
-            bool, True, "train the students of one teacher (and seed) in one shared data pass", identity=False
+            bool,
+            True,
+            "train the students of one teacher (and seed) in one shared data pass",
+            identity=False,
+            flags=(
+                Flag(
+                    "--no-fuse",
+                    help="train every cell in its own data pass (default: the students of one teacher share each "
+                    "batch and the teacher forward)",
+                    const=False,
+                ),
+            ),
         ),
         "max_fused": Field(
             int, 8, "at most this many cells in one fused pass (larger groups are split)", min=1, identity=False

@@ -328,6 +328,23 @@ def result(role, arch, alpha, T, seed, top1, top5, h, teacher_arch=None, method=
     }  # fmt: skip
 
 
+def lambda_sweep(root: Path) -> None:
+    """A kd.lambda sweep in one run dir (hand-written results): teachers at alpha 0 and 0.1; at each alpha and T 4,
+    kd with lambda 1 (seeds 0-2: top1 90, 91, 92) and lambda 0.5 (seeds 3-5: 80, 81, 82), dkd (seeds 0-2: 95, 96,
+    97)."""
+    rows = [result("teacher", "big", a, None, 0, 99.0, 100.0, f"t{a}", "big") for a in (0.0, 0.1)]
+    for a in (0.0, 0.1):
+        for lam, seeds, vs in ((1.0, (0, 1, 2), (90, 91, 92)), (0.5, (3, 4, 5), (80, 81, 82))):
+            for s, v in zip(seeds, vs):
+                r = result("student", "small", a, 4.0, s, float(v), 99.0, f"kd{a}-{lam}-{s}", "big", method="kd")
+                r["config"] = {"method": {"lambda": lam}}
+                rows.append(r)
+        for s, v in enumerate((95, 96, 97)):
+            rows.append(result("student", "small", a, 4.0, s, float(v), 99.0, f"dkd{a}-{s}", "big", method="dkd"))
+    for i, r in enumerate(rows):
+        store.write_json(root / "digits" / f"c{i}" / store.RESULT, r)
+
+
 # ------------------------------------------------------------------------------ results written as train.py writes them
 def fake_results(
     runs: Path,

@@ -132,6 +132,62 @@ def test_run_prints_leaderboard_and_resumes(tmp_path, cli):
     assert rc == 0 and "3 cells: trained 0, reused 3" in out
 
 
+def test_run_header_counts_a_partly_finished_grid(tmp_path, cli):
+    """Before the first cell trains, run says how many cells it trains and reuses, the executor and the run dir;
+    with finished cells of the task in the run dir, an estimate (here: the 2 new students, fused in one unit,
+    take the median seconds an epoch took the finished students). With --log-format json: a 'plan' event."""
+    import json
+    import statistics
+
+    grid = ["--alphas", "0.1", "--temperatures", "2", "--epochs", "1"]
+    rc, _, err = cli("run", "--out", str(tmp_path / "quiet"), *grid, "--seeds", "0", "--no-progress")
+    assert rc == 0 and "digits: " not in err  # --no-progress: no progress output, no header
+    argv = ["run", "--out", str(tmp_path), *grid]
+    rc, _, err = cli(*argv, "--seeds", "0")
+    assert rc == 0, err
+    header = [ln for ln in err.splitlines() if ln.startswith("digits: ")]
+    assert len(header) == 1 and "estimate" not in err  # nothing finished yet: no estimate
+    assert header[0].startswith("digits: 3 cells, 3 to train in 2 units, 0 finished (reused); executor auto (")
+    assert header[0].endswith(f"; run dir {tmp_path}")
+    rates = []  # seconds an epoch of the finished students (the KD student and the baseline) took
+    for result in (tmp_path / "digits").glob("*/result.json"):  # (the quiet run's are in another run dir)
+        r = json.loads(result.read_text())
+        if r["cell"]["role"] != "teacher":
+            rates.append(r["timings"]["wall_s"] / r["epochs"])
+    assert len(rates) == 2
+    rc, _, err = cli(*argv, "--seeds", "0,1", "--log-format", "json")
+    assert rc == 0, err
+    plan = [e for e in map(json.loads, err.splitlines()) if e["event"] == "plan"]
+    assert len(plan) == 1
+    assert {k: plan[0][k] for k in ("task", "cells", "train", "units", "reuse", "estimated_from", "out")} == {
+        "task": "digits",
+        "cells": 5,  # the teacher, and per seed the KD student and the baseline
+        "train": 2,  # seed 1's students
+        "units": 1,  # fused: one teacher, one seed
+        "reuse": 3,
+        "estimated_from": 3,
+        "out": str(tmp_path),
+    }
+    assert plan[0]["estimate_s"] == round(statistics.median(rates) * 1, 1)  # 1 epoch
+    rc, _, err = cli(*argv, "--seeds", "0,1")
+    assert rc == 0 and "digits: " not in err  # nothing to train: no header
+
+
+def test_run_header_text():
+    from pathlib import Path
+
+    from lskd_bench.runners.grid import Outline
+
+    o = Outline("digits", 21, 14, 9, 7, "auto (local)", Path("runs"), 750.0, 7)
+    assert o.lines() == [
+        "digits: 21 cells, 14 to train in 9 units, 7 finished (reused); executor auto (local); run dir runs",
+        "estimate: ~12 min of training, one unit at a time (from 7 finished cells of digits in runs)",
+    ]
+    assert Outline("digits", 3, 3, 3, 0, "local", Path("r")).lines() == [
+        "digits: 3 cells, 3 to train, 0 finished (reused); executor local; run dir r"
+    ]
+
+
 @pytest.mark.slow
 def test_status_of_a_task_without_cells_names_the_task(tmp_path, cli):
     rc, _, err = cli(
@@ -225,25 +281,158 @@ def test_translate_cell_name_suggests_the_close_finished_cell(tmp_path, cli):
     assert rc == 2 and "(did you mean teacher_transformer_micro_a0_s0?)" in err
 
 
-def test_run_help_shows_the_schemas_defaults_not_its_own(monkeypatch):
+def _help_of(option: str, schemas=None) -> str:
+    import argparse
+
+    from lskd_bench.cli.options import add_config_options
+
+    parser = argparse.ArgumentParser()
+    add_config_options(parser, schemas)
+    return next(a for a in parser._actions if option in a.option_strings).help
+
+
+def test_run_help_shows_the_schemas_defaults_not_its_own():
     """The CLI help reads defaults from the schema (the one place a default lives): change a schema default
     and the help text follows."""
-    import argparse
     import dataclasses
 
-    from lskd_bench import cli, schema
-
-    def help_of(option: str) -> str:
-        parser = argparse.ArgumentParser()
-        cli._add_config_options(parser)
-        action = next(a for a in parser._actions if option in a.option_strings)
-        return action.help
+    from lskd_bench import schema
 
     assert schema.default_text(schema.RUN, "grid.alphas") == "0,0.1"
-    assert "(default: 0,0.1)" in help_of("--alphas") and "(default: 1,2,3,64)" in help_of("--temperatures")
-    assert "(alpha 0.1, T 1)" in help_of("--grid") and "default 60 s" in help_of("--log-format")
+    assert "default: 0,0.1)" in _help_of("--alphas") and "default: 1,2,3,64)" in _help_of("--temperatures")
+    assert "(alpha 0.1, T 1)" in _help_of("--grid") and "default 60 s" in _help_of("--log-format")
+    assert "(default 1: pure KD" in _help_of("--kd-lambda")
     temps = dataclasses.replace(schema.field_at(schema.RUN, "grid.temperatures"), default=[1.0, 4.0])
-    monkeypatch.setattr(cli, "RUN", schema.RUN.extend({"grid": schema.GRID.extend({"temperatures": temps})}))
-    assert "(default: 1,4)" in help_of("--temperatures")
+    patched = schema.RUN.extend({"grid": schema.GRID.extend({"temperatures": temps})})
+    assert "default: 1,4)" in _help_of("--temperatures", [patched])
     with pytest.raises(KeyError):
         schema.field_at(schema.RUN, "grid.nope")
+
+
+def _typed_value(field, kind):
+    """A value of ``kind`` that ``field`` accepts and that differs from its default (what a test types)."""
+    if field.choices:
+        return next(c for c in field.choices if c != field.default and [c] != field.default)
+    if kind is str:
+        return "x1"
+    lo = field.min if field.min is not None else 0
+    hi = field.max if field.max is not None else lo + 10
+    value = kind((lo + hi) / 2) if kind is float else int(lo) + 2
+    return value + 1 if value == field.default or [value] == field.default else value
+
+
+def test_every_generated_option_lands_on_its_schema_key_and_only_there(capsys):
+    """For every option generated from a schema Flag: argparse sets no default (the schema's applies), its help
+    is the schema's (the Field's description or the Flag's own words, the keys it sets), and ``--flag value``
+    changes exactly its key(s) in the resolved config, to that value, marked as set by the command line."""
+    import argparse
+    import re
+    from pathlib import Path
+
+    from lskd_bench.cli.options import add_config_options, run_overrides, schema_options
+    from lskd_bench.config import full_schema, resolve_layers
+    from lskd_bench.schema import field_at, flatten
+    from lskd_bench.tasks import get_task
+
+    options = schema_options()
+    names = {o.flag.name for o in options}
+    # the options the hand-written CLI had, every one now generated from its key
+    assert {"--alphas", "--epochs", "--kd-lambda", "--no-t-squared", "--data-root", "--pair", "--gpus"} <= names
+    epochs = next(o for o in options if o.flag.name == "--epochs")
+    assert epochs.keys == ("teacher.epochs", "student.epochs")
+    parser = argparse.ArgumentParser()
+    add_config_options(parser)
+    empty = parser.parse_args([])
+    assert run_overrides(empty) == {}
+    tasks = [get_task(n) for n in TASKS.names()]
+    for opt in options:
+        action = next(a for a in parser._actions if opt.flag.name in a.option_strings)
+        assert action.default is None and getattr(empty, opt.dest) is None, opt.flag.name
+        words = re.split(r"\{default[^}]*\}", opt.flag.help or opt.field.help)  # around the defaults it names
+        assert all(w in action.help.replace("%%", "%") for w in words), opt.flag.name
+        assert action.help.endswith("]") and all(k in action.help.rsplit("[", 1)[1] for k in opt.keys)
+        task = next(t for t in tasks if all(_has(full_schema(t), k) for k in opt.keys))
+        if opt.flag.const is not None:
+            argv, expected = [opt.flag.name], opt.flag.const
+        else:
+            kind = opt.field.type[0] if isinstance(opt.field.type, list) else opt.field.type
+            value = _typed_value(opt.field, kind)
+            argv = [opt.flag.name, str(value)]
+            expected = [value] if isinstance(opt.field.type, list) else value
+            if opt.flag.path:
+                expected = str(Path(value).absolute())
+        layer = run_overrides(parser.parse_args(argv))
+        base = flatten(resolve_layers(task, []).cfg)
+        res = resolve_layers(task, [("command line", layer)])
+        flat = flatten(res.cfg)
+        changed = {k for k in flat if flat[k] != base[k]}
+        also = {"executor"} if opt.flag.name == "--nproc-per-node" else set()  # N > 1 selects torchrun
+        assert changed == set(opt.keys) | also, (opt.flag.name, changed)
+        for key in opt.keys:
+            assert flat[key] == field_at(full_schema(task), key).normalise(expected, key), opt.flag.name
+            assert res.provenance[key] == "command line"
+        if also:
+            assert flat["executor"] == "torchrun"
+
+
+def _has(schema, key) -> bool:
+    from lskd_bench.schema import field_at
+
+    try:
+        field_at(schema, key)
+    except KeyError:
+        return False
+    return True
+
+
+def test_a_field_with_a_flag_gets_its_option_without_cli_code(monkeypatch, cli):
+    """A plugin (here a KD method) that declares a Flag on a key of its section gets a command-line option: in
+    the help of run, config and check-data, with its description and default, setting that key."""
+    import argparse
+
+    from lskd_bench.cli import build_parser
+    from lskd_bench.cli.options import add_config_options, run_overrides
+    from lskd_bench.methods import HintonKD
+    from lskd_bench.schema import RUN, Field, Flag, Section
+
+    class Toy(HintonKD):
+        params = Section(
+            {
+                "beta": Field(
+                    float, 0.5, "weight of the toy term", min=0.0, flags=(Flag("--toy-beta", show_default=True),)
+                )
+            }
+        )
+
+    METHODS.names()  # the built-in methods registered first
+    monkeypatch.setitem(METHODS._items, "toy", Toy)
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("run", "config", "check-data"):
+        assert "--toy-beta" in sub.choices[command].format_help()
+    assert _help_of("--toy-beta") == "weight of the toy term (default: 0.5) [toy.beta]"
+    rc, out, err = cli("config", "--toy-beta", "0.25")
+    assert rc == 0, err
+    assert "toy.beta: 0.25" in out and out.split("toy.beta: 0.25")[1].split("\n")[0].strip() == "# command line"
+    rc, _, err = cli("config", "--toy-beta", "-1")
+    assert rc == 2 and "toy.beta must be >= 0, got -1.0 (command line)" in err
+    # and a key of the common schema: a new Field of RUN is an option of a parser built over it
+    knob = RUN.extend({"knob": Field(int, 3, "a knob", min=1, flags=(Flag("--knob", show_default=True),))})
+    assert _help_of("--knob", [knob]) == "a knob (default: 3) [knob]"
+    parser = argparse.ArgumentParser()
+    add_config_options(parser, [knob])
+    assert run_overrides(parser.parse_args(["--knob", "5"])) == {"knob": 5}
+    assert run_overrides(parser.parse_args([])) == {}
+
+
+def test_a_flag_declared_twice_differently_is_refused():
+    from lskd_bench.cli.options import schema_options
+    from lskd_bench.schema import Field, Flag, Section
+
+    twice = Section(
+        {"a": Field(int, 1, "a", flags=(Flag("--n"),)), "b": Field(int, 1, "b", flags=(Flag("--n", note="x"),))}
+    )
+    with pytest.raises(ValueError, match="--n is declared twice differently"):
+        schema_options([twice])
+    switch = Section({"on": Field(bool, False, "on", flags=(Flag("--on"),))})
+    with pytest.raises(ValueError, match="needs a const"):
+        schema_options([switch])

@@ -36,6 +36,13 @@ def test_default_grid_hashes():
     assert _names(resolve(None, {}, {}).cfg) == GOLDEN["digits"]
 
 
+@pytest.mark.parametrize("batch", [7, 256, 100_000])
+def test_evaluation_batches_keep_the_hashes(batch):
+    """eval_batch_size (null by default: chosen per device) stays out of the hash: the metrics do not depend on it."""
+    assert resolve(None, {}, {}).cfg["eval_batch_size"] is None
+    assert _names(resolve(None, {}, {"eval_batch_size": batch}).cfg) == GOLDEN["digits"]
+
+
 def test_methods_grid_hashes():
     cfg = resolve(
         "digits", {}, {"methods": ["kd", "dkd", "dist", "kd_std", "ttm", "ctkd", "nkd"], "grid": {"seeds": [0, 1, 2]}}

@@ -504,3 +504,20 @@ def test_report_draws_dollar_names_as_text_not_mathtext(tmp_path, cli):
     assert rc == 0, err
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert page.count("<img ") >= 3 and 'class="err"' not in page  # heatmap, metric vs T, curves: all drawn
+
+
+def test_charts_keep_each_config_of_a_sweep_apart(tmp_path):
+    """A kd.lambda sweep (tests/fixtures.lambda_sweep: kd at lambda 1, 91 on average, and 0.5, 81): a heatmap each
+    with its own means, and lines of their own in the metric-vs-T chart, never one kd averaging 86."""
+    from lskd_bench.leaderboard.compare import Comparison
+
+    from .fixtures import lambda_sweep
+
+    lambda_sweep(tmp_path)
+    cmp = Comparison(collect(tmp_path), "digits", "top1", "kd")
+    maps = dict(charts.heatmap_figures(cmp))
+    assert list(maps) == ["kd (kd.lambda = 0.5)", "kd (kd.lambda = 1)", "dkd"]
+    assert maps["kd (kd.lambda = 0.5)"]["data"][0]["z"] == [[81.0], [81.0]]
+    assert maps["kd (kd.lambda = 1)"]["data"][0]["z"] == [[91.0], [91.0]]
+    lines = {t["name"]: t["y"] for t in charts.vs_t_figure(cmp)["data"] if t["mode"] == "lines+markers"}
+    assert lines["kd (kd.lambda = 1), α = 0"] == [91.0] and lines["kd (kd.lambda = 0.5), α = 0.1"] == [81.0]

@@ -238,3 +238,53 @@ def test_config_keys_outside_the_hash_are_no_columns(tmp_path):
     df = results.load(tmp_path)
     assert results.config_columns(df) == ["kd.lambda", "train.lr"]
     assert sorted(set(df[df["role"] == "student"]["train.lr"])) == [0.05, 0.2]
+
+
+NOTEBOOK_CHECK = """\
+import json
+print("CHECK" + json.dumps({
+    "config": config,
+    "rows": [[m, None if lam != lam else lam, None if t != t else t] for m, lam, t in table.index],
+    "kd": table.loc[("kd", 1.0, 4.0), ("mean", 0.0)],
+    "fitnet": table.xs("fitnet", level="method")[("mean", 0.1)].iloc[0],
+    "by_config": len(students.groupby(["method", *config], dropna=False)),
+}))
+"""
+
+
+@pytest.mark.slow
+def test_the_example_notebook_runs_headless_on_a_run_dir(tmp_path, monkeypatch):
+    """examples/explore_results.ipynb executed by a kernel (nbclient) on a hand-made run dir (``_sweep``: a
+    kd.lambda sweep and fitnet without T, two seeds), RUNS from LSKD_RUNS: its α × T table keeps fitnet and both
+    lambdas (kd, lambda 1, T 4, alpha 0: planted cells 5 and 18 -> top1 55 and 68, mean 61.5; fitnet at alpha 0.1:
+    cells 12 and 25 -> 68.5), its groupby over the config has 3 groups and its plot cell draws a PNG."""
+    from pathlib import Path
+
+    from .fixtures import require
+
+    nbformat = require("nbformat", "the notebook test (pip install 'lskd-bench[test]')")
+    nbclient = require("nbclient", "the notebook test (pip install 'lskd-bench[test]')")
+    require("ipykernel", "the notebook test (pip install 'lskd-bench[test]')")
+    _sweep(tmp_path / "runs")
+    monkeypatch.setenv("LSKD_RUNS", str(tmp_path / "runs"))
+    path = Path(__file__).resolve().parents[1] / "examples" / "explore_results.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed without outputs
+    nb.cells.append(nbformat.v4.new_code_cell(NOTEBOOK_CHECK))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    out = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.output_type == "stream")
+    check = json.loads(out.split("CHECK", 1)[1])
+    assert check["config"] == ["kd.lambda"]
+    assert check["rows"] == [
+        ["fitnet", None, None],
+        ["kd", 0.5, 1.0],
+        ["kd", 0.5, 4.0],
+        ["kd", 1.0, 1.0],
+        ["kd", 1.0, 4.0],
+    ]
+    assert check["kd"] == 61.5 and check["fitnet"] == 68.5 and check["by_config"] == 3
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 1

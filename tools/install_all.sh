@@ -9,4 +9,5 @@ cd "$(dirname "$0")/.."
 pip install -e ".[test]"
 pip install cython wheel "setuptools>=64" "numpy>=1.24"
 pip install --no-build-isolation "fairseq-fixed==0.12.3.1"
+# mlflow: pinned in pyproject (mlflow==3.17.2, client and `mlflow ui` server of one version)
 pip install -e ".[test,nmt,slurm,tensorboard,wandb,mlflow,report]"

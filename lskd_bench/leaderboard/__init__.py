@@ -25,7 +25,7 @@ from typing import Any
 from .. import __version__, store
 from ..envinfo import git_commit
 from ..metrics import MetricSpec
-from ..results import OTHER_PREFIX, select_name
+from ..results import OTHER_PREFIX, identity_values, select_name
 from ..tasks import result_metrics
 from .reference import Selection, claim_rows, claims_text, find, ls_answer_text, recipe_differences
 
@@ -108,18 +108,54 @@ def _sort_key(r: dict[str, Any]):
 
 
 def collect(runs: Path, select: str = "selected", problems: list[str] | None = None) -> list[dict[str, Any]]:
-    """Rows for every finished cell under ``runs``, in a stable order (unusable results: a line in ``problems``)."""
-    rows = []
+    """Rows for every finished cell under ``runs``, in a stable order (unusable results: a line in ``problems``).
+    Each row's ``_config``: the hashed config values (``results.identity_values``: ``kd.lambda``, ``train.lr``...)
+    that differ between the cells of its task and role, as ``((key, value), ...)``; () where none does."""
+    pairs = []
+    schemas: dict[str, Any] = {}
     for r in store.iter_results(Path(runs), problems):
         try:
-            rows.append(row_of(r, select))
+            pairs.append((row_of(r, select), identity_values(r, schemas)))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # hand-edited beyond what store checks
             if problems is not None:
                 problems.append(
                     f"skipped: {Path(r['cell_dir']) / store.RESULT} (a malformed entry: {type(exc).__name__}: "
                     f"{exc}; 'lskd-bench run' trains the cell again)"
                 )
-    return sorted(rows, key=_sort_key)
+    seen: dict[tuple, set] = defaultdict(set)
+    for row, ident in pairs:
+        for k, v in ident.items():
+            seen[(row["task"], row["role"], k)].add(v)
+    for row, ident in pairs:
+        row["_config"] = tuple((k, v) for k, v in sorted(ident.items()) if len(seen[(row["task"], row["role"], k)]) > 1)
+    return sorted((row for row, _ in pairs), key=_sort_key)
+
+
+def config_value(v: Any) -> str:
+    """A config value (from result.json) as the text of one markdown table cell: floats as ``g``; a ``|`` escaped
+    and line breaks made spaces, so that a hand-edited value cannot split a cell or a row."""
+    text = f"{v:g}" if isinstance(v, float) else str(v)
+    return text.replace("\r", " ").replace("\n", " ").replace("|", "\\|")
+
+
+def config_text(cfg: tuple) -> str:
+    """``kd.lambda = 0.5, train.lr = 0.1``: a row's ``_config``."""
+    return ", ".join(f"{config_value(c)} = {config_value(v)}" for c, v in cfg)
+
+
+def config_order(cfg: tuple) -> tuple:
+    """A sort key of ``_config`` values: numbers by value, before text."""
+    return tuple(
+        (c, 0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (c, 1, 0, str(v)) for c, v in cfg
+    )
+
+
+def by_config(rows: list[dict[str, Any]]) -> list[tuple[tuple, list[dict[str, Any]]]]:
+    """``rows`` split by their ``_config``, in ``config_order``."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[r.get("_config", ())].append(r)
+    return sorted(groups.items(), key=lambda kv: config_order(kv[0]))
 
 
 def metric_columns(rows: Iterable[dict[str, Any]]) -> list[str]:
@@ -150,10 +186,12 @@ def to_csv(rows: Iterable[dict[str, Any]]) -> str:
 
 
 def latest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Where one cell was run with several configs, keep the most recently finished one."""
+    """Where one cell was run with several configs, keep the most recently finished one (configs that differ
+    between the cells, ``_config``, stay apart)."""
     best: dict[tuple, dict[str, Any]] = {}
-    for r in rows:
+    for r in rows:  # configs that differ on purpose (a kd.lambda sweep: ``_config``) are cells of their own
         key = (r["task"], r["role"], r["teacher_arch"], r["student_arch"], r["method"], r["alpha"], r["T"], r["seed"])
+        key += (r.get("_config", ()),)
         if key not in best or r["_finished_at"] >= best[key]["_finished_at"]:
             best[key] = r
     return list(best.values())
@@ -223,17 +261,20 @@ def to_markdown(rows: Iterable[dict[str, Any]]) -> str:
         teachers = [r for r in trs if r["role"] == "teacher"]
         students = [r for r in trs if r["role"] == "student"]
         baselines = [r for r in trs if r["role"] == "baseline"]
-        groups = sorted({(r["teacher_arch"], r["student_arch"], r["method"]) for r in students})
+        groups = sorted(
+            {(r["teacher_arch"], r["student_arch"], r["method"], r.get("_config", ())) for r in students},
+            key=lambda g: (*g[:3], config_order(g[3])),
+        )  # a student config of its own (a kd.lambda sweep): a table of its own, never averaged with another
         if not groups:  # teachers (and baselines) only
-            groups = sorted({(r["teacher_arch"], "", "") for r in teachers})
-        for t_arch, s_arch, method in groups:
-            out.append(_table(task, t_arch, s_arch, method, teachers, students, baselines))
-        shown = {s_arch for _, s_arch, _ in groups}
+            groups = sorted({(r["teacher_arch"], "", "", ()) for r in teachers})
+        for t_arch, s_arch, method, cfg in groups:
+            out.append(_table(task, t_arch, s_arch, method, teachers, students, baselines, cfg))
+        shown = {g[1] for g in groups}
         for arch in sorted({r["student_arch"] for r in baselines} - shown):  # baselines without a KD table
-            out.append(
-                f"### {task}: {arch} without KD\n\nStudent without KD ({arch}, cross-entropy): "
-                f"{cell_text([r for r in baselines if r['student_arch'] == arch])}\n"
-            )
+            out.append(f"### {task}: {arch} without KD\n\n")
+            for cfg, base in by_config([r for r in baselines if r["student_arch"] == arch]):
+                what = f"{arch}, cross-entropy" + (f", {config_text(cfg)}" if cfg else "")
+                out[-1] += f"Student without KD ({what}): {cell_text(base)}\n"
         on = sorted({r["selected_on"] for r in trs})
         labels = tuple(spec_of(trs[0], m).label for m in trs[0]["display"])
         notes[(labels, trs[0]["split"], trs[0]["select"], tuple(on))] = None
@@ -262,10 +303,14 @@ def to_markdown(rows: Iterable[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n".join(lines) + "\n"
 
 
-def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
+def _table(task, t_arch, s_arch, method, teachers, students, baselines, cfg=()) -> str:
     ref = find(task, t_arch, s_arch, method) if s_arch else None
     tch = [r for r in teachers if r["teacher_arch"] == t_arch]
-    stu = [r for r in students if (r["teacher_arch"], r["student_arch"], r["method"]) == (t_arch, s_arch, method)]
+    stu = [
+        r
+        for r in students
+        if (r["teacher_arch"], r["student_arch"], r["method"], r.get("_config", ())) == (t_arch, s_arch, method, cfg)
+    ]
     alphas = sorted({r["alpha"] for r in tch + stu})
     temps = sorted({r["T"] for r in stu}, key=lambda t: -1 if t == "" else t)
 
@@ -279,7 +324,11 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
         if select(stu, a, t)
     }
     best = spec_of((stu or tch)[0], (stu or tch)[0]["primary"]).best(list(means.values())) if means else None
-    title = f"### {task}: {t_arch}" + (f" → {s_arch} ({method})" if s_arch else "")
+    title = (
+        f"### {task}: {t_arch}"
+        + (f" → {s_arch} ({method})" if s_arch else "")
+        + (f" [{config_text(cfg)}]" if cfg else "")
+    )
     lines = [title, "", "| | " + " | ".join(f"α = {a:.1f}" for a in alphas) + " |", "|---|" + "---|" * len(alphas)]
     differ: list[str] = []  # why the paper's numbers are not compared cell by cell
     if ref is not None:
@@ -296,11 +345,14 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
     same = ref is not None and not differ
     paper = (lambda a, T=None: ref.value(a, T)) if same else (lambda a, T=None: None)
     rule = ref.selection if same else None
-    lines.append(
-        f"| Teacher ({t_arch}) | "
-        + " | ".join(cell_text(select(tch, a), paper=paper(a), rule=rule) for a in alphas)
-        + " |"
-    )
+    for tcfg, trs in by_config(tch) or [((), [])]:  # teachers of several configs: a row each
+        lines.append(
+            f"| Teacher ({t_arch}"
+            + (f", {config_text(tcfg)}" if tcfg else "")
+            + ") | "
+            + " | ".join(cell_text(select(trs, a), paper=paper(a), rule=rule) for a in alphas)
+            + " |"
+        )
     for t in temps:
         cells = []
         for a in alphas:
@@ -310,9 +362,9 @@ def _table(task, t_arch, s_arch, method, teachers, students, baselines) -> str:
         label = "no T" if t == "" else f"T = {_fmt_num(t)}"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
-    base = [r for r in baselines if r["student_arch"] == s_arch]
-    if base:
-        lines += [f"Student without KD ({s_arch}, cross-entropy): {cell_text(base)}", ""]
+    for bcfg, base in by_config([r for r in baselines if r["student_arch"] == s_arch]):
+        what = f"{s_arch}, cross-entropy" + (f", {config_text(bcfg)}" if bcfg else "")
+        lines += [f"Student without KD ({what}): {cell_text(base)}", ""]
     if same:
         lines += [
             f"Paper values: {ref.source}; (paper P, ±D) = the paper's {ref.metrics[0]} and ours minus it "
@@ -374,6 +426,7 @@ CLAIM_COLUMNS = [
     "significant",
     "paper_direction",
     "paper_delta",
+    "config",  # the config values that split the method's cells (kd.lambda...); last: the others keep their place
 ]
 
 
@@ -384,9 +437,13 @@ def claims_csv(rows: Iterable[dict[str, Any]]) -> str:
     out = []
     for task in sorted({r["task"] for r in rows}):
         stu_all = [r for r in rows if r["task"] == task and r["role"] == "student"]
-        for t_arch, s_arch, method in sorted({(r["teacher_arch"], r["student_arch"], r["method"]) for r in stu_all}):
+        groups = {(r["teacher_arch"], r["student_arch"], r["method"], r.get("_config", ())) for r in stu_all}
+        for t_arch, s_arch, method, cfg in sorted(groups, key=lambda g: (*g[:3], config_order(g[3]))):
             stu = [
-                r for r in stu_all if (r["teacher_arch"], r["student_arch"], r["method"]) == (t_arch, s_arch, method)
+                r
+                for r in stu_all
+                if (r["teacher_arch"], r["student_arch"], r["method"], r.get("_config", ()))
+                == (t_arch, s_arch, method, cfg)
             ]
             if not any(r["T"] != "" for r in stu):
                 continue
@@ -397,6 +454,7 @@ def claims_csv(rows: Iterable[dict[str, Any]]) -> str:
                 teacher_arch=t_arch,
                 student_arch=s_arch,
                 method=method,
+                config=config_text(cfg),
                 metric=stu[0]["primary"],
             )
     buf = io.StringIO()

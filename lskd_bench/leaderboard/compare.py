@@ -7,6 +7,11 @@ variances) gives p < 0.05 (*) or p < 0.01 (**); "n/a" where a side has a single 
 temperature (DIST, TTM, CTKD, seqKD) fill the "no T" columns and are compared with the baseline method at
 T = 1 (the paper's recommended setting; its lowest T if 1 was not run). The best mean per column is bold.
 
+Cells whose configs differ (``results.config_columns``: a sweep of ``kd.lambda``, two ``train.lr``...) are never
+averaged together: each config a method ran is a row of its own, its values in extra columns (``kd.lambda``) of
+every table and CSV. A row is compared with the baseline method's row of the same ``data.*`` and ``train.*``
+values (the first, in the table's order, where the baseline method itself ran several configs: the title names it).
+
 Table 2 answers the paper's question per method: is the label-smoothed teacher (the largest alpha) better
 or worse than alpha = 0 at each T (difference, Welch p)?
 
@@ -31,7 +36,7 @@ from typing import Any
 from .. import results, store
 from ..errors import UsageError
 from ..tasks import get_task
-from . import collect, environment_md, latest, mean_std, spec_of
+from . import by_config, collect, config_order, config_text, config_value, environment_md, latest, mean_std, spec_of
 from .reference import RULE_TEXT, SIGNIFICANCE, kd_references, kd_sources, ls_answer_text, ls_verdict, welch_p
 
 NO_T = ""  # the T of a cell whose method has no temperature
@@ -43,10 +48,27 @@ def mark(p: float | None) -> str:
     return " **" if p < 0.01 else " *" if p < 0.05 else ""
 
 
+Row = tuple[str, tuple]  # (method, ((config column, value), ...)): one config a method ran; () when none varies
+
+
+def _value(v: Any) -> Any:
+    """A config cell of the frame: None where the cell has no such key (NaN, None, NA)."""
+    try:
+        return None if v is None or v != v else v  # NaN and NA: not equal to themselves
+    except TypeError:  # pandas.NA compares to NA
+        return None
+
+
+def _shared(column: str) -> bool:
+    """A config column every method's cells have: data.* and train.* (not a method's own section)."""
+    return column.startswith(("data.", "train."))
+
+
 class Comparison:
     def __init__(self, rows: list[dict[str, Any]], task: str, metric: str, baseline: str | None, frame: Any = None):
         """``rows``: the leaderboard's rows (metric specs); ``frame``: the same results as ``results.load``'s
-        DataFrame, whose per-cell values the tables aggregate (built from ``rows`` when not given)."""
+        DataFrame, whose per-cell values the tables aggregate and whose config columns split the rows (built from
+        ``rows``, without config columns, when not given)."""
         self.task, self.metric, self.baseline = task, metric, baseline
         rows = [r for r in latest(rows) if r["task"] == task]
         if not rows:
@@ -56,20 +78,29 @@ class Comparison:
             have = sorted(rows[0]["metrics"])
             raise UsageError(f"metric {metric!r} is not in the results of task {task!r} (have: {', '.join(have)})")
         self.spec = spec_of(rows[0], metric)  # its direction decides "best" and "better"
-        self.values: dict[tuple, list[float]] = defaultdict(list)  # (method, alpha, T) -> per-seed values
-        self.teacher: dict[float, list[float]] = defaultdict(list)
         if frame is None:
             frame = _frame(rows, metric)
-        df = results.latest(frame)
+        df = results.latest(frame, keep_apart=results.config_columns(frame))  # a sweep's configs stay apart
         df = df[df["task"] == task]
-        for (m, a, t), v in df[df["role"] == "student"].groupby(["method", "alpha", "T"], dropna=False, sort=False)[
-            metric
-        ]:
-            self.values[(m, float(a), NO_T if math.isnan(t) else float(t))] = v.tolist()
-        for a, v in df[df["role"] == "teacher"].groupby("alpha", sort=False)[metric]:
-            self.teacher[float(a)] = v.tolist()
-        self.no_kd: list[float] = df.loc[df["role"] == "baseline", metric].tolist()
-        found = sorted({k[0] for k in self.values})
+        self.config: list[str] = []  # the config columns that split this task's rows, in the frame's order
+        self.values: dict[tuple, list[float]] = defaultdict(list)  # (row, alpha, T) -> per-seed values
+        self.teacher: dict[tuple, list[float]] = defaultdict(list)  # (config, alpha) -> per-seed values
+        self.no_kd: dict[tuple, list[float]] = defaultdict(list)  # config -> per-seed values
+        for role in ("student", "teacher", "baseline"):
+            part = df[df["role"] == role]
+            split = [c for c in results.config_columns(df) if part[c].map(_value).dropna().nunique() > 1]
+            self.config += [c for c in split if c not in self.config]
+            for r in part.to_dict("records"):
+                cfg = tuple((c, _value(r[c])) for c in split if _value(r[c]) is not None)
+                if role == "student":
+                    t = NO_T if math.isnan(r["T"]) else float(r["T"])
+                    self.values[((r["method"], cfg), float(r["alpha"]), t)].append(r[metric])
+                elif role == "teacher":
+                    self.teacher[(cfg, float(r["alpha"]))].append(r[metric])
+                else:
+                    self.no_kd[cfg].append(r[metric])
+        self.config = [c for c in results.config_columns(df) if c in self.config]
+        found = sorted({k[0][0] for k in self.values})
         if baseline is None:  # not asked for: kd, else the first method this task ran (said in the table's title)
             baseline = self.baseline = "kd" if "kd" in found or not found else found[0]
         self.methods = sorted(found, key=lambda m: (m != baseline, m))
@@ -78,87 +109,139 @@ class Comparison:
                 f"baseline method {baseline!r} has no finished students in task {task!r} "
                 f"(found: {', '.join(self.methods) or 'none'})"
             )
-        self.alphas = sorted({k[1] for k in self.values} | set(self.teacher))
+        self.rows: list[Row] = sorted({k[0] for k in self.values}, key=self._row_order)
+        self.alphas = sorted({k[1] for k in self.values} | {a for _, a in self.teacher})
         temps = sorted({k[2] for k in self.values if k[2] != NO_T})
         self.columns = [(a, t) for a in self.alphas for t in temps]
         if any(k[2] == NO_T for k in self.values):
             self.columns += [(a, NO_T) for a in self.alphas]
 
+    def _row_order(self, row: Row):
+        """Baseline method first, then by name; a method's configs by their values (numbers before text)."""
+        return (row[0] != self.baseline, row[0], config_order(row[1]))
+
+    def label(self, row: Row) -> str:
+        """``kd`` or ``kd (kd.lambda = 0.5)``."""
+        return row[0] + (f" ({config_text(row[1])})" if row[1] else "")
+
+    def base_row(self, cfg: tuple) -> Row | None:
+        """The baseline method's row compared with a row of config ``cfg``: the first (in the table's order) with
+        the same data.* and train.* values."""
+        shared = {(c, v) for c, v in cfg if _shared(c)}
+        for row in self.rows:
+            if row[0] == self.baseline and {(c, v) for c, v in row[1] if _shared(c)} == shared:
+                return row
+        return None
+
     def _ms(self, values: list[float]) -> str:
         """Mean ± sample std over seeds in the metric's own format (the leaderboard's ``mean_std``)."""
         return mean_std(values, self.spec.format)
 
-    def baseline_cell(self, alpha: float, T: Any) -> list[float]:
+    def baseline_cell(self, alpha: float, T: Any, cfg: tuple = ()) -> list[float]:
+        """The baseline method's values in the column (alpha, T) for a row of config ``cfg`` (``base_row``); a
+        method without T: the baseline at T = 1, else its lowest T."""
+        base = self.base_row(cfg)
+        if base is None:
+            return []
         if T != NO_T:
-            return self.values.get((self.baseline, alpha, T), [])
-        ts = sorted(t for (m, a, t) in self.values if m == self.baseline and a == alpha and t != NO_T)
+            return self.values.get((base, alpha, T), [])
+        ts = sorted(t for (r, a, t) in self.values if r == base and a == alpha and t != NO_T)
         if not ts:
-            return self.values.get((self.baseline, alpha, NO_T), [])
-        return self.values[(self.baseline, alpha, 1.0 if 1.0 in ts else ts[0])]
+            return self.values.get((base, alpha, NO_T), [])
+        return self.values[(base, alpha, 1.0 if 1.0 in ts else ts[0])]
+
+    def _config_cells(self, cfg: tuple) -> dict[str, Any]:
+        """The config columns of a row (None where it has no such key)."""
+        have = dict(cfg)
+        return {c: have.get(c) for c in self.config}
 
     # -- table 1 -----------------------------------------------------------------------------------
-    def cells(self) -> list[dict[str, Any]]:
+    def cells_by_row(self) -> list[tuple[Row, dict[str, Any]]]:
+        """Each (row, alpha, T) cell of table 1 with its statistics, in the table's order."""
         out = []
-        for m in self.methods:
+        for row in self.rows:
+            m, cfg = row
+            base_row = self.base_row(cfg)
             for a, t in self.columns:
-                v = self.values.get((m, a, t))
+                v = self.values.get((row, a, t))
                 if not v:
                     continue
-                base = self.baseline_cell(a, t)
-                p = welch_p(v, base) if base and m != self.baseline else None
-                out.append(
+                base = self.baseline_cell(a, t, cfg)
+                p = welch_p(v, base) if base and row != base_row else None
+                cell = {"task": self.task, "metric": self.metric, "method": m, **self._config_cells(cfg)}
+                cell.update(
                     {
-                        "task": self.task,
-                        "metric": self.metric,
-                        "method": m,
                         "alpha": a,
                         "T": t,
                         "n": len(v),
                         "mean": statistics.mean(v),
                         "std": statistics.stdev(v) if len(v) > 1 else 0.0,
                         "baseline": self.baseline,
+                        **({"baseline_config": config_text(base_row[1]) if base_row else ""} if self.config else {}),
                         "baseline_mean": statistics.mean(base) if base else None,
                         "delta": statistics.mean(v) - statistics.mean(base) if base else None,
                         "p_value": p,
                     }
                 )
+                out.append((row, cell))
         return out
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Table 1 as rows of the CSV: method, its config columns, alpha, T, n, mean, std, the baseline's mean,
+        the difference and Welch's p."""
+        return [cell for _, cell in self.cells_by_row()]
+
+    def _config_text_cells(self, cfg: tuple) -> str:
+        """The config columns of a markdown row ("—" where the row has no such key)."""
+        return "".join(f"{'—' if v is None else config_value(v)} | " for v in self._config_cells(cfg).values())
 
     def table(self) -> str:
         head = [f"α = {a:.1f}, " + ("no T" if t == NO_T else f"T = {t:g}") for a, t in self.columns]
         best = {}
         for col in self.columns:
-            means = [statistics.mean(self.values[(m, *col)]) for m in self.methods if self.values.get((m, *col))]
+            means = [statistics.mean(self.values[(r, *col)]) for r in self.rows if self.values.get((r, *col))]
             best[col] = self.spec.best(means) if means else None
+        title = self.baseline
+        if (
+            sum(r[0] == self.baseline for r in self.rows) > 1
+        ):  # the baseline ran several configs: the ones compared with
+            used = dict.fromkeys(self.base_row(r[1]) for r in self.rows)
+            title += " (" + "; ".join(config_text(r[1]) for r in used if r is not None) + ")"
         lines = [
-            f"### {self.task}: methods vs {self.baseline} ({self.metric})",
+            f"### {self.task}: methods vs {title} ({self.metric})",
             "",
-            "| method | " + " | ".join(head) + " |",
-            "|---|" + "---|" * len(head),
+            "| method | " + "".join(f"{config_value(c)} | " for c in self.config) + " | ".join(head) + " |",
+            "|---|" + "---|" * (len(self.config) + len(head)),
         ]
-        lines.append(
-            "| teacher | "
-            + " | ".join(self._ms(self.teacher[a]) if self.teacher.get(a) else "—" for a, _ in self.columns)
-            + " |"
-        )
-        if self.no_kd:
+        for cfg in sorted({c for c, _ in self.teacher}, key=lambda c: self._row_order(("", c))):
             lines.append(
-                "| no KD | "
-                + " | ".join(self._cell(self.no_kd, self.baseline_cell(a, t), False) for a, t in self.columns)
+                "| teacher | "
+                + self._config_text_cells(cfg)
+                + " | ".join(
+                    self._ms(self.teacher[(cfg, a)]) if self.teacher.get((cfg, a)) else "—" for a, _ in self.columns
+                )
                 + " |"
             )
-        for m in self.methods:
+        for cfg in sorted(self.no_kd, key=lambda c: self._row_order(("", c))):
+            lines.append(
+                "| no KD | "
+                + self._config_text_cells(cfg)
+                + " | ".join(self._cell(self.no_kd[cfg], self.baseline_cell(a, t, cfg), False) for a, t in self.columns)
+                + " |"
+            )
+        for row in self.rows:
+            m, cfg = row
             cells = []
             for col in self.columns:
-                v = self.values.get((m, *col))
+                v = self.values.get((row, *col))
                 if not v:
                     cells.append("—")
                     continue
-                text = self._cell(v, self.baseline_cell(*col), m != self.baseline)
+                text = self._cell(v, self.baseline_cell(*col, cfg), row != self.base_row(cfg))
                 cells.append(
                     text.replace(self._ms(v), f"**{self._ms(v)}**", 1) if statistics.mean(v) == best[col] else text
                 )
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+            lines.append(f"| {m} | " + self._config_text_cells(cfg) + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
     def _cell(self, v: list[float], base: list[float], compare: bool) -> str:
@@ -169,22 +252,22 @@ class Comparison:
         return text
 
     # -- table 2 ----------------------------------------------------------------------------------
-    def ls_rows(self) -> list[dict[str, Any]]:
+    def ls_by_row(self) -> list[tuple[Row, dict[str, Any]]]:
+        """Table 2: per row (a method and its config) and T, the largest alpha against alpha 0."""
         if len(self.alphas) < 2:
             return []
         a0, a1 = self.alphas[0], self.alphas[-1]
         out = []
-        for m in self.methods:
-            for t in sorted({k[2] for k in self.values if k[0] == m}, key=lambda x: (x == NO_T, x if x != NO_T else 0)):
-                v0, v1 = self.values.get((m, a0, t)), self.values.get((m, a1, t))
+        for row in self.rows:
+            ts = {k[2] for k in self.values if k[0] == row}
+            for t in sorted(ts, key=lambda x: (x == NO_T, x if x != NO_T else 0)):
+                v0, v1 = self.values.get((row, a0, t)), self.values.get((row, a1, t))
                 if not v0 or not v1:
                     continue
                 ans = ls_verdict(v0, v1, self.spec.better)
-                out.append(
+                item = {"task": self.task, "metric": self.metric, "method": row[0], **self._config_cells(row[1])}
+                item.update(
                     {
-                        "task": self.task,
-                        "metric": self.metric,
-                        "method": m,
                         "T": t,
                         "alpha_ls": a1,
                         "alpha_0": a0,
@@ -199,45 +282,55 @@ class Comparison:
                         "verdict": ans.verdict,
                     }
                 )
+                out.append((row, item))
         return out
 
+    def ls_rows(self) -> list[dict[str, Any]]:
+        return [item for _, item in self.ls_by_row()]
+
     def ls_table(self) -> str:
-        rows = self.ls_rows()
+        rows = self.ls_by_row()
         if not rows:
             return ""
-        a0, a1 = rows[0]["alpha_0"], rows[0]["alpha_ls"]
+        a0, a1 = rows[0][1]["alpha_0"], rows[0][1]["alpha_ls"]
+        cols = "".join(f"{config_value(c)} | " for c in self.config)
         lines = [
             f"#### Is the LS teacher (α = {a1:g}) better than α = {a0:g}? ({self.metric})",
             "",
-            f"| method | T | α = {a0:g} | α = {a1:g} | Δ | Welch p | n | verdict |",
-            "|---|---|---|---|---|---|---|---|",
+            f"| method | {cols}T | α = {a0:g} | α = {a1:g} | Δ | Welch p | n | verdict |",
+            "|---|" + "---|" * len(self.config) + "---|---|---|---|---|---|---|",
         ]
-        for r in rows:
-            v0, v1 = self.values[(r["method"], a0, r["T"])], self.values[(r["method"], a1, r["T"])]
+        for row, r in rows:
+            v0, v1 = self.values[(row, a0, r["T"])], self.values[(row, a1, r["T"])]
             p = "n/a" if r["p_value"] is None else f"{r['p_value']:.3g}"
             t = "no T" if r["T"] == NO_T else f"{r['T']:g}"
             n = f"{r['n_ls']}" if r["n_ls"] == r["n_0"] else f"{r['n_ls']} and {r['n_0']}"
             both = f"{self._ms(v0)} | {self._ms(v1)}"
-            lines.append(f"| {r['method']} | {t} | {both} | {r['delta']:+.2f} | {p} | {n} | {r['verdict']} |")
+            lines.append(
+                f"| {r['method']} | {self._config_text_cells(row[1])}{t} | {both} | {r['delta']:+.2f} | {p} | {n} | "
+                f"{r['verdict']} |"
+            )
         return "\n".join(lines) + "\n"
 
     def feature_ls_table(self) -> str:
         """The project's question asked of the feature methods: does the LS teacher help or hurt each one?"""
-        feats = [r for r in self.ls_rows() if _is_feature(r["method"])]
+        feats = [(row, r) for row, r in self.ls_by_row() if _is_feature(r["method"])]
         if not feats:
             return ""
-        a0, a1 = feats[0]["alpha_0"], feats[0]["alpha_ls"]
+        a0, a1 = feats[0][1]["alpha_0"], feats[0][1]["alpha_ls"]
+        cols = "".join(f"{config_value(c)} | " for c in self.config)
         lines = [
             f"#### Feature distillation: does the LS teacher (α = {a1:g}) help or hurt? ({self.metric})",
             "",
-            f"| method | T | α = {a0:g} | α = {a1:g} | answer |",
-            "|---|---|---|---|---|",
+            f"| method | {cols}T | α = {a0:g} | α = {a1:g} | answer |",
+            "|---|" + "---|" * len(self.config) + "---|---|---|---|",
         ]
-        for r in feats:
-            v0, v1 = self.values[(r["method"], a0, r["T"])], self.values[(r["method"], a1, r["T"])]
+        for row, r in feats:
+            v0, v1 = self.values[(row, a0, r["T"])], self.values[(row, a1, r["T"])]
             t = "no T" if r["T"] == NO_T else f"{r['T']:g}"
             both = f"{self._ms(v0)} | {self._ms(v1)}"
-            lines.append(f"| {r['method']} | {t} | {both} | {ls_answer_text(v0, v1, self.spec.better)} |")
+            answer = ls_answer_text(v0, v1, self.spec.better)
+            lines.append(f"| {r['method']} | {self._config_text_cells(row[1])}{t} | {both} | {answer} |")
         lines += [
             "",
             f"Welch's t-test over seeds; better / worse: p < {SIGNIFICANCE:g}; one seed a side: undetermined.",
@@ -252,15 +345,15 @@ class Comparison:
         matplotlib.rcParams["text.parse_math"] = False  # names from result.json are text, never mathtext ($)
         import matplotlib.pyplot as plt
 
-        n = len(self.methods)
+        n = len(self.rows)
         cols = min(4, n)
         temps = sorted({t for (_, _, t) in self.values if t != NO_T}) or [1.0]
         fig, axes = plt.subplots(
             math.ceil(n / cols), cols, figsize=(3.2 * cols, 2.6 * math.ceil(n / cols)), squeeze=False, sharey=True
         )
-        for ax, m in zip(axes.flat, self.methods):
+        for ax, row in zip(axes.flat, self.rows):
             for a in self.alphas:
-                pts = sorted((t, v) for (mm, aa, t), v in self.values.items() if mm == m and aa == a and t != NO_T)
+                pts = sorted((t, v) for (rr, aa, t), v in self.values.items() if rr == row and aa == a and t != NO_T)
                 if pts:
                     ax.errorbar(
                         [t for t, _ in pts],
@@ -270,15 +363,15 @@ class Comparison:
                         capsize=3,
                         label=f"α = {a:g}",
                     )
-                elif self.values.get((m, a, NO_T)):
-                    v = self.values[(m, a, NO_T)]
+                elif self.values.get((row, a, NO_T)):
+                    v = self.values[(row, a, NO_T)]
                     ax.axhline(
                         statistics.mean(v), linestyle="--", color=f"C{self.alphas.index(a)}", label=f"α = {a:g} (no T)"
                     )
             ax.set_xscale("log")
             ax.set_xticks(temps, [f"{t:g}" for t in temps])
             ax.minorticks_off()
-            ax.set_title(m, fontsize=9)
+            ax.set_title(self.label(row), fontsize=9)
             ax.set_xlabel("T")
             ax.legend(fontsize=7)
         for ax in list(axes.flat)[n:]:
@@ -303,15 +396,20 @@ def _is_feature(method: str) -> bool:
 
 
 def _frame(rows: list[dict[str, Any]], metric: str):
-    """The columns of ``results.load``'s frame that the comparison reads, from leaderboard rows."""
+    """The columns of ``results.load``'s frame that the comparison reads, from leaderboard rows (their config
+    columns from each row's ``_config``)."""
     import pandas as pd  # heavy: imported when a comparison is built
 
-    return pd.DataFrame.from_records(
-        [
-            {**{k: r[k] for k in results.CELL_KEY}, metric: r["metrics"].get(metric), "finished_at": r["_finished_at"]}
-            for r in rows
-        ]
-    ).replace({"alpha": {"": math.nan}, "T": {"": math.nan}})
+    records = [
+        {
+            **{k: r[k] for k in results.CELL_KEY},
+            **dict(r.get("_config", ())),
+            metric: r["metrics"].get(metric),
+            "finished_at": r["_finished_at"],
+        }
+        for r in rows
+    ]
+    return pd.DataFrame.from_records(records).replace({"alpha": {"": math.nan}, "T": {"": math.nan}})
 
 
 # ------------------------------------------------------------------------------------ published references
@@ -325,38 +423,47 @@ def reference_rows(rows: list[dict[str, Any]], task: str, metric: str) -> list[d
         return []
     students = [r for r in latest(rows) if r["task"] == task and r["role"] == "student"]
     ran = {(r["teacher_arch"], r["student_arch"], r["method"]) for r in students}
+    configs = any(r.get("_config") for r in students)
     out = []
     for ref in kd_references():
         if ref.task != task or (ref.teacher_arch, ref.student_arch, ref.method) not in ran:
             continue
         T = NO_T if ref.T is None else ref.T
-        v = [
-            r["_by_select"][ref.selection.select][metric]
+        ours = [
+            r
             for r in students
             if (r["teacher_arch"], r["student_arch"], r["method"]) == (ref.teacher_arch, ref.student_arch, ref.method)
             and r["alpha"] == 0.0
             and r["T"] == T
         ]
-        mean = statistics.mean(v) if v else None
-        out.append(
-            {
-                "task": task,
-                "pair": ref.pair,
-                "method": ref.method,
-                "alpha": 0.0,
-                "T": ref.T,
-                "rule": ref.selection.rule,
-                "reference": ref.top1,
-                "n": len(v),
-                "mean": mean,
-                "std": statistics.stdev(v) if len(v) > 1 else 0.0 if v else None,
-                "delta": None if mean is None else mean - ref.top1,
-                "source": ref.source,
-                "rule_source": ref.selection.source,
-                "recipe": ref.recipe,
-            }
-        )
+        for cfg, part in by_config(ours) or [((), [])]:  # configs that differ (a kd.lambda sweep): a row each
+            v = [r["_by_select"][ref.selection.select][metric] for r in part]
+            out.append(_reference_row(ref, task, v, cfg if configs else None))
     return out
+
+
+def _reference_row(ref, task: str, v: list[float], cfg: tuple | None) -> dict[str, Any]:
+    """One reference beside our values ``v``; ``config`` (the config they share) where the task's students differ."""
+    mean = statistics.mean(v) if v else None
+    row: dict[str, Any] = {"task": task, "pair": ref.pair, "method": ref.method}
+    if cfg is not None:
+        row["config"] = config_text(cfg)
+    row.update(
+        {
+            "alpha": 0.0,
+            "T": ref.T,
+            "rule": ref.selection.rule,
+            "reference": ref.top1,
+            "n": len(v),
+            "mean": mean,
+            "std": statistics.stdev(v) if len(v) > 1 else 0.0 if v else None,
+            "delta": None if mean is None else mean - ref.top1,
+            "source": ref.source,
+            "rule_source": ref.selection.source,
+            "recipe": ref.recipe,
+        }
+    )
+    return row
 
 
 def reference_table(refs: list[dict[str, Any]]) -> str:
@@ -377,8 +484,9 @@ def reference_table(refs: list[dict[str, Any]]) -> str:
         )
         delta = "—" if r["delta"] is None else f"{r['delta']:+.2f}"
         cell = "α = 0" + ("" if r["T"] is None else f", T = {r['T']:g}")
+        method = r["method"] + (f" [{r['config']}]" if r.get("config") else "")  # a config of a sweep
         lines.append(
-            f"| {r['pair']} | {r['method']} | {cell} | {RULE_TEXT[r['rule']]} | {r['reference']:.2f} | {ours} | "
+            f"| {r['pair']} | {method} | {cell} | {RULE_TEXT[r['rule']]} | {r['reference']:.2f} | {ours} | "
             f"{delta} | {r['source']} | {r['recipe']} |"
         )
     rules = {r["rule_source"]: r["rule"] for r in refs}
@@ -398,7 +506,8 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator=store.CSV_LINETERMINATOR)
+    fields = list(dict.fromkeys(k for r in rows for k in r))  # tasks of several configs: each one's columns
+    w = csv.DictWriter(buf, fieldnames=fields, restval="", lineterminator=store.CSV_LINETERMINATOR)
     w.writerow(dict(zip(w.fieldnames, store.csv_row(w.fieldnames))))  # the header, as writeheader() but neutralised
     for r in rows:
         w.writerow(

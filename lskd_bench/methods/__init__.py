@@ -42,7 +42,7 @@ from ..components import Component, Stage
 from ..errors import UsageError
 from ..outputs import Outputs
 from ..registry import Registry
-from ..schema import Field, Section
+from ..schema import Field, Flag, Section
 from .losses import kd_kl, kd_loss, kd_terms, ls_cross_entropy, smoothed_targets
 
 Loss = torch.Tensor | dict[str, torch.Tensor]  # what Method.loss returns
@@ -230,6 +230,10 @@ class Method:
         brings none."""
         return []
 
+    def check_run(self, cfg: dict[str, Any]) -> None:
+        """UsageError (one line) where the run's resolved config ``cfg`` cannot work with this method (checked by
+        ``run`` and ``--dry-run`` before anything is written, for feature methods); nothing by default."""
+
     def compute(self, student: Outputs, targets: torch.Tensor, teacher: Outputs | None, ctx: LossContext) -> Loss:
         """The loss from named outputs: a logit method's ``loss`` on the logits."""
         return self.loss(student["logits"], targets, None if teacher is None else teacher.get("logits"), ctx)
@@ -401,6 +405,9 @@ class Composite(FeatureMethod):
     def setup(self, probe: Probe) -> None:
         self.inner.setup(probe)
 
+    def check_run(self, cfg: dict[str, Any]) -> None:
+        self.inner.check_run(cfg)
+
     def init_stage(self) -> int:
         return self.inner.init_stage()
 
@@ -463,6 +470,8 @@ METHODS: Registry[type[Method]] = Registry(
         "lskd_bench.methods.feat_crd",
         "lskd_bench.methods.feat_review",
         "lskd_bench.methods.feat_torchdistill",
+        "lskd_bench.methods.feat_semckd",
+        "lskd_bench.methods.feat_catkd",
         "lskd_bench.methods.dot",
     ),
 )
@@ -500,8 +509,20 @@ class HintonKD(Method):
                 "the official code's objective)",
                 min=0.0,
                 max=1.0,
+                flags=(
+                    Flag(
+                        "--kd-lambda",
+                        help="kd method: weight of the KD term (default {default}: pure KD, the "
+                        "paper's and the official code's objective)",
+                    ),
+                ),
             ),
-            "t_squared": Field(bool, True, "scale the KD term by T^2 (Hinton et al.)"),
+            "t_squared": Field(
+                bool,
+                True,
+                "scale the KD term by T^2 (Hinton et al.)",
+                flags=(Flag("--no-t-squared", help="do not scale the KD term by T^2", const=False),),
+            ),
         },
         "Hinton KD",
     )

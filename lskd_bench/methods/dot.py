@@ -174,13 +174,17 @@ class DOT(Method):
                        "25; cifar100: 0.075, configs/cifar100/dot/*.yaml:20)", min=0.0),
     }, "Distillation-Oriented Trainer")  # fmt: skip
 
-    def components(self, site: Site) -> list[Component]:
-        hp = site.hp
+    def check_run(self, cfg: dict[str, Any]) -> None:
+        hp = cfg["student"]
         if hp["optimizer"] != "sgd" or hp["nesterov"]:
             raise UsageError(
                 f"method dot needs the student's optimizer to be SGD without Nesterov (got {hp['optimizer']}"
-                f"{', nesterov' if hp['nesterov'] else ''}): DOT is an SGD with two momenta"
+                f"{', nesterov' if hp['nesterov'] else ''}): DOT is an SGD with two momenta "
+                "(--set student.nesterov=false)"
             )
+
+    def components(self, site: Site) -> list[Component]:
+        self.check_run({"student": site.hp})
         if self.p["ce_weight"] == 0 and torch.distributed.is_available() and torch.distributed.is_initialized():
             if torch.distributed.get_world_size() > 1:
                 raise UsageError("method dot with dot.ce_weight 0 trains in one process only (DDP reduces the CE pass)")

@@ -1,6 +1,6 @@
 """Feature methods whose public reference is torchdistill (yoshitomo-matsubara/torchdistill@3e4373c,
 ``torchdistill/losses/mid_level.py`` and the sample configs ``configs/sample/ilsvrc2012/*/*.yaml``): CCKD's
-kernel form, DIST+, SRD.
+kernel form, DIST+, SRD, PAD.
 
 torchdistill composes a run's loss from its config's ``criterion.kwargs.sub_terms`` (a weighted sum); each
 method's defaults here are those terms and weights, cited by config line. Parity is measured in the test module
@@ -298,3 +298,59 @@ class SRD(FeatureMethod):
         T = self.p["temperature"]
         kl = kd_kl(student["logits"], teacher["logits"], T)
         return {"ce": self.cross_entropy(student, targets), "feat": self.p["beta"] * (2 * feat + kl)}
+
+
+# -- PAD ----------------------------------------------------------------------------------------------------------
+PAD_CFG = "configs/sample/ilsvrc2012/pad/resnet18_from_resnet34.yaml"
+
+
+def pad_l2(z_s: torch.Tensor, z_t: torch.Tensor, log_var: torch.Tensor, eps: float) -> torch.Tensor:
+    """PAD's L2 term (torchdistill ``PADL2Loss.forward``, mid_level.py:1316-1325, reduction 'mean'): per sample,
+    the mean over the features of ``(z_t - z_s)**2 / (eps + exp(log_var)) + log_var``, then the batch mean."""
+    return torch.mean((z_t - z_s) ** 2 / (eps + torch.exp(log_var)) + log_var, dim=1).mean()
+
+
+@METHODS.register("pad")
+class PAD(FeatureMethod):
+    """Prime-Aware Adaptive Distillation (Zhang et al., ECCV 2020) as torchdistill's ``PADL2Loss``
+    (mid_level.py:1263-1325@3e4373c) with ``VarianceBranch4PAD`` (torchdistill/models/wrapper.py:607-651) and the
+    sample config's second stage (configs/sample/ilsvrc2012/pad/resnet18_from_resnet34.yaml:170-224): the
+    student's and the teacher's ``embedding`` (the config's ``avgpool`` outputs, lines 216-219), a trainable
+    variance branch on the student's embedding, ``Linear`` then ``BatchNorm1d`` (wrapper.py:636-639; batch
+    statistics while training, as SRD's), whose output is each feature's log-variance; loss ``ce * CE + beta *
+    pad_l2``: CE 1 (line 211), beta 1 (line 224), eps 1e-6 (line 222).
+
+    Deviations, stated: that config's first stage (lines 80-169: 10 epochs of CE + MSE of the embeddings, which
+    also initialise the variance branch's checkpoint) is not run: lskd-bench trains the second stage's loss from
+    the first epoch. torchdistill needs equal embedding widths (resnet34 -> resnet18: 512); where they differ a
+    trainable linear connector (with bias) maps the student's embedding to the teacher's width and the variance
+    branch maps the student's embedding to that width too; where they agree there is no connector (torchdistill's
+    loss exactly).
+
+    parity: yoshitomo-matsubara/torchdistill@3e4373c torchdistill/losses/mid_level.py:1316-1325 and
+    torchdistill/models/wrapper.py:636-639, 649-651, transcribed op for op in
+    tests/methods/test_feat_torchdistill.py::test_pad_equals_torchdistill_loss_gradient_and_state (float64, N 16,
+    embeddings 24 -> 24, the same variance-branch weights, three seeds): loss and gradient (student embedding,
+    variance branch) max relative difference 0.0e+00 / 0.0e+00; the BatchNorm running statistics equal."""
+
+    description = "PAD (Zhang et al. 2020, torchdistill): embedding L2 over a learned per-sample variance + log-var"
+    needs = Needs(student=("logits", "embedding"), teacher=("embedding",))
+    params = feature_section(
+        "PAD",
+        1.0,
+        f"torchdistill {PAD_CFG}:224",
+        eps=Field(float, 1e-6, f"added to the variance (PADL2Loss eps; {PAD_CFG}:222)", min=0.0, max=1.0),
+    )
+
+    def setup(self, probe: Probe) -> None:
+        d_s, d_t = probe.s["embedding"].flatten(1).shape[1], probe.t["embedding"].flatten(1).shape[1]
+        self.connector = nn.Linear(d_s, d_t) if d_s != d_t else None
+        self.var_estimator = nn.Sequential(nn.Linear(d_s, d_t), nn.BatchNorm1d(d_t))
+
+    def loss(self, student, targets, teacher, ctx):
+        z_s = _full(student["embedding"]).flatten(1)
+        log_var = self.var_estimator(z_s)
+        if self.connector is not None:
+            z_s = self.connector(z_s)
+        feat = pad_l2(z_s, _full(teacher["embedding"]).flatten(1), log_var, self.p["eps"])
+        return {"ce": self.cross_entropy(student, targets), "feat": self.p["beta"] * feat}

@@ -19,6 +19,7 @@ from functools import cache
 from typing import Any
 
 from ..analysis.curves import metric_title
+from ..leaderboard import config_order, config_text
 from ..leaderboard.compare import NO_T, Comparison
 from ..tasks import result_metrics
 
@@ -97,9 +98,10 @@ def vs_t_figure(cmp: Comparison) -> dict[str, Any] | None:
     span = [temps[0], temps[-1]] if len(temps) > 1 else [temps[0] / 1.5, temps[0] * 1.5]
     data: list[dict[str, Any]] = []
     colour = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(cmp.alphas)}
-    for i, m in enumerate(cmp.methods):
+    for i, row in enumerate(cmp.rows):  # a method, or each config it ran where configs differ (never averaged)
+        m = cmp.label(row)
         for a in cmp.alphas:
-            pts = sorted((t, v) for (mm, aa, t), v in cmp.values.items() if mm == m and aa == a and t != NO_T)
+            pts = sorted((t, v) for (rr, aa, t), v in cmp.values.items() if rr == row and aa == a and t != NO_T)
             name = label(f"{m}, α = {a:g}")
             if pts:
                 stats = [_ms(v) for _, v in pts]
@@ -110,20 +112,27 @@ def vs_t_figure(cmp: Comparison) -> dict[str, Any] | None:
                     "text": [f"n = {len(v)}" for _, v in pts],
                     "line": {"color": colour[a], "dash": DASHES[i % len(DASHES)]},
                 })  # fmt: skip
-            elif cmp.values.get((m, a, NO_T)):
-                mean, _ = _ms(cmp.values[(m, a, NO_T)])
+            elif cmp.values.get((row, a, NO_T)):
+                mean, _ = _ms(cmp.values[(row, a, NO_T)])
                 data.append({
                     "type": "scatter", "mode": "lines", "name": name + " (no T)", "legendgroup": label(m),
                     "x": span, "y": [mean, mean], "line": {"color": colour[a], "dash": "dash", "width": 1},
                 })  # fmt: skip
-    refs = [(f"teacher, α = {a:g}", cmp.teacher[a], colour[a]) for a in cmp.alphas if cmp.teacher.get(a)]
-    if cmp.no_kd:
-        refs.append(("no KD", cmp.no_kd, "black"))
-    for name, values, col in refs:
+    refs = [
+        (f"teacher, α = {a:g}" + (f" ({config_text(cfg)})" if cfg else ""), values, colour[a], "legendonly")
+        for (cfg, a), values in sorted(cmp.teacher.items(), key=lambda kv: (kv[0][1], config_order(kv[0][0])))
+        if values
+    ]
+    refs += [
+        ("no KD" + (f" ({config_text(cfg)})" if cfg else ""), values, "black", True)
+        for cfg, values in sorted(cmp.no_kd.items(), key=lambda kv: config_order(kv[0]))
+        if values
+    ]
+    for name, values, col, visible in refs:
         mean, _ = _ms(values)
         data.append({
-            "type": "scatter", "mode": "lines", "name": name, "x": span, "y": [mean, mean],
-            "line": {"color": col, "dash": "dot", "width": 1}, "visible": "legendonly" if name != "no KD" else True,
+            "type": "scatter", "mode": "lines", "name": label(name), "x": span, "y": [mean, mean],
+            "line": {"color": col, "dash": "dot", "width": 1}, "visible": visible,
         })  # fmt: skip
     title = label(f"{cmp.task}: {cmp.metric} vs T (mean ± std over seeds)")
     layout = _layout(
@@ -135,17 +144,20 @@ def vs_t_figure(cmp: Comparison) -> dict[str, Any] | None:
 
 
 def heatmap_figures(cmp: Comparison) -> list[tuple[str, dict[str, Any]]]:
-    """Per method with a T axis: (method, the alpha x T heatmap of its students' mean metric over seeds), one
-    colour scale for all (the metric's direction: the better, the brighter)."""
-    cells = [c for c in cmp.cells() if c["T"] != NO_T]
+    """Per method with a T axis (per config it ran, where configs differ): (its label, the alpha x T heatmap of its
+    students' mean metric over seeds), one colour scale for all (the metric's direction: the better, the
+    brighter)."""
+    by_row = [(row, c) for row, c in cmp.cells_by_row() if c["T"] != NO_T]
+    cells = [c for _, c in by_row]
     if not cells:
         return []
     alphas = sorted({c["alpha"] for c in cells})
     temps = sorted({c["T"] for c in cells})
     lo, hi = min(c["mean"] for c in cells), max(c["mean"] for c in cells)
     out = []
-    for m in cmp.methods:
-        mine = {(c["alpha"], c["T"]): c for c in cells if c["method"] == m}
+    for row in cmp.rows:  # a method, or each config it ran where configs differ (never averaged)
+        m = cmp.label(row)
+        mine = {(c["alpha"], c["T"]): c for r, c in by_row if r == row}
         if not mine:
             continue
         z = [[mine[(a, t)]["mean"] if (a, t) in mine else None for t in temps] for a in alphas]

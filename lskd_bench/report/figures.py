@@ -21,10 +21,12 @@ def img(data: bytes, alt: str) -> str:
 
 
 def heatmap_png(cmp: Comparison) -> bytes | None:
-    """Mean metric over seeds of each (method, alpha, T) student cell (``Comparison.cells``), one panel per method
-    with a T axis: rows alpha, columns T. None when no method has one."""
-    cells = [c for c in cmp.cells() if c["T"] != NO_T]
-    methods = [m for m in cmp.methods if any(c["method"] == m for c in cells)]
+    """Mean metric over seeds of each (method, alpha, T) student cell (``Comparison.cells_by_row``), one panel per
+    method (per config it ran, where configs differ) with a T axis: rows alpha, columns T. None when no method has
+    one."""
+    by_row = [(row, c) for row, c in cmp.cells_by_row() if c["T"] != NO_T]
+    cells = [c for _, c in by_row]
+    methods = [row for row in cmp.rows if any(r == row for r, _ in by_row)]  # a method's configs: a panel each
     if not methods:
         return None
     import matplotlib  # heavy: imported only when a figure is drawn
@@ -45,8 +47,8 @@ def heatmap_png(cmp: Comparison) -> bytes | None:
     reverse = not cmp.spec.higher_is_better
     for ax, m in zip(axes.flat, methods):
         grid = [[math.nan] * len(temps) for _ in alphas]
-        for c in cells:
-            if c["method"] == m:
+        for row, c in by_row:
+            if row == m:
                 grid[alphas.index(c["alpha"])][temps.index(c["T"])] = c["mean"]
         im = ax.imshow(grid, cmap="viridis_r" if reverse else "viridis", vmin=lo, vmax=hi, aspect="auto")
         for r in range(len(alphas)):
@@ -60,7 +62,7 @@ def heatmap_png(cmp: Comparison) -> bytes | None:
         ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
         ax.set_xlabel("T")
         ax.set_ylabel("teacher α")
-        ax.set_title(m, fontsize=9)
+        ax.set_title(cmp.label(m), fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.05)
     for ax in list(axes.flat)[len(methods) :]:
         ax.axis("off")

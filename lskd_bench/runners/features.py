@@ -18,7 +18,7 @@ from torch import nn
 from .. import store
 from ..outputs import Layout, Tap
 from ..tasks import TaskData, iterate_batches
-from ..tasks.base import autocast, on_bad_sample
+from ..tasks.base import autocast, eval_batch_size, on_bad_sample
 
 
 @torch.inference_mode()
@@ -26,8 +26,9 @@ def penultimate(model: nn.Module, ds, cfg: dict[str, Any], device: torch.device,
     """The named output ``embedding`` (the head's input) of every sample of ``ds``."""
     model.eval()
     feats = []
+    batch = eval_batch_size(model, ds, cfg, device)
     for x, _ in iterate_batches(
-        ds, cfg["eval_batch_size"], indices=indices, num_workers=cfg["num_workers"], on_bad_sample=on_bad_sample(cfg)
+        ds, batch, indices=indices, num_workers=cfg["num_workers"], on_bad_sample=on_bad_sample(cfg)
     ):
         with autocast(device, cfg), Tap(model, Layout(), ["embedding"]) as tap:
             model(x.to(device))

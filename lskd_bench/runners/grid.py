@@ -7,9 +7,10 @@ outcomes (``GridSummary``)."""
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from .cells import Cell, grid_values, plan_cells, validate_grid
 from .loggers import check_loggers
 from .moved import find_moved, record_fingerprints
 from .probe import check_feature_methods, check_input_size
+from .progress import duration
 from .repair import repair_cells
 from .state import CellOutcome
 from .units import GridPlan
@@ -246,11 +248,94 @@ def run_plan(plan: GridPlan) -> tuple[list[CellOutcome], list[str]]:
     return EXECUTORS.get(plan.cfg["executor"]).for_config(plan.cfg).run(plan)
 
 
-def run_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridSummary:
-    """Train every unfinished cell of the grid in ``cfg`` under ``out``; finished cells are reused."""
+@dataclass(frozen=True)
+class Outline:
+    """What a grid is about to do, said before its first cell trains (the header of ``lskd-bench run``): its cells,
+    those to train (in ``units``) and those reused (finished), the executor (``auto``: with the one it chooses),
+    the run directory, and the wall time of the training one unit at a time, estimated from the finished cells of
+    the task in the run directory (None: none of a pending cell's recipe has finished there)."""
+
+    task: str
+    cells: int
+    train: int
+    units: int
+    reuse: int
+    executor: str
+    out: Path
+    estimate_s: float | None = None
+    estimated_from: int = 0
+
+    def lines(self) -> list[str]:
+        units = f" in {self.units} units" if self.units != self.train else ""
+        lines = [
+            f"{self.task}: {self.cells} cells, {self.train} to train{units}, {self.reuse} finished (reused); "
+            f"executor {self.executor}; run dir {self.out}"
+        ]
+        if self.estimate_s is not None:
+            lines.append(
+                f"estimate: ~{duration(self.estimate_s)} of training, one unit at a time (from "
+                f"{self.estimated_from} finished cells of {self.task} in {self.out})"
+            )
+        return lines
+
+
+def outline(plan: GridPlan) -> Outline:
+    cfg = plan.cfg
+    name = cfg["executor"]
+    choose = getattr(EXECUTORS.get(name), "choose", None)  # auto: the executor it picks for this config
+    estimate, seen = _estimate(plan)
+    return Outline(
+        cfg["task"], len(plan.cells), sum(len(u) for u in plan.units), len(plan.units), len(plan.reused),
+        f"{name} ({choose(cfg)})" if choose else name, plan.out, estimate, seen,
+    )  # fmt: skip
+
+
+def _recipe(role: str) -> str:
+    return "teacher" if role == "teacher" else "student"  # the baseline trains with the student's recipe
+
+
+def _estimate(plan: GridPlan) -> tuple[float | None, int]:
+    """(seconds, finished cells read): each pending unit takes the longest of its cells, a cell its recipe's
+    epochs times the median seconds an epoch took in the finished cells of that recipe (and arch, when some
+    have it) under RUNS/TASK; the units one after the other. A result file is untrusted input: only its
+    checked numbers (``timings.wall_s``, ``epochs``) are read."""
+    per_epoch: dict[tuple[str, str], list[float]] = defaultdict(list)
+    seen = 0
+    task_dir = plan.out / plan.cfg["task"]
+    for d in sorted(task_dir.iterdir()) if task_dir.is_dir() else ():
+        result = store.read_result(d) if d.is_dir() else None
+        wall = ((result or {}).get("timings") or {}).get("wall_s")
+        if not wall or not result.get("epochs"):
+            continue
+        cell = result["cell"]
+        rate = float(wall) / result["epochs"]
+        per_epoch[(_recipe(cell["role"]), cell["arch"])].append(rate)
+        per_epoch[(_recipe(cell["role"]), "")].append(rate)
+        seen += 1
+    if not seen or not plan.units:
+        return None, seen
+    total = 0.0
+    for unit in plan.units:
+        longest = 0.0
+        for c in unit:
+            rates = per_epoch.get((_recipe(c.role), c.arch)) or per_epoch.get((_recipe(c.role), ""))
+            if not rates:
+                return None, seen
+            longest = max(longest, statistics.median(rates) * plan.cfg[_recipe(c.role)]["epochs"])
+        total += longest
+    return total, seen
+
+
+def run_grid(
+    cfg: dict[str, Any], out: Path, progress: bool = True, on_plan: Callable[[Outline], None] | None = None
+) -> GridSummary:
+    """Train every unfinished cell of the grid in ``cfg`` under ``out``; finished cells are reused. ``on_plan``
+    receives the grid's ``Outline`` once it is planned, before any cell trains."""
     t0 = time.perf_counter()
     loggers.new_run()
     plan = plan_grid(cfg, out, progress)
+    if on_plan is not None:
+        on_plan(outline(plan))
     try:
         outcomes, notes = run_plan(plan)
     finally:

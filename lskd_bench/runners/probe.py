@@ -180,6 +180,7 @@ def check_feature_methods(task: Task, cfg: dict[str, Any]) -> None:
             view = TeacherView(teacher, t_layout, x, probe_outputs(teacher, t_layout, t_names, x))
             try:
                 setup_method(method, student, view, 2, 10)
+                method.check_run(cfg)
             except UsageError as exc:
                 archs = f"{cfg['teacher']['arch']} -> {cfg['student']['arch']}"
                 raise UsageError(f"method {name}: {archs}: {exc}") from None

@@ -5,7 +5,8 @@
 ``logging.interval_s`` seconds; at an epoch's end when ``interval_s`` passed since the unit's previous line,
 and always at its last epoch (so epochs longer than the interval each get a line, short ones do not flood the
 log), e.g.
-``2026-01-05 10:00:00 teacher_cnn_wide_a0_s0: epoch 3/30 step 120/400, 11.52 steps/s, loss a0=0.512``.
+``2026-01-05 10:00:00 teacher_cnn_wide_a0_s0: epoch 3/30 step 120/400, 11.52 steps/s, loss a0=0.512``; an
+epoch's line ends with the unit's ETA at the pace of its epochs so far (``, ETA 10:42:10 (40 min left)``).
 ``json``: the same events as one JSON object a line. ``auto``: ``bar`` when stdout and stderr are both
 terminals, else ``plain``. Lines go to stderr, where the bars go.
 """
@@ -17,7 +18,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -81,7 +82,7 @@ class Lines:
     """The same interface as ``Bar``, writing a line (``plain``) or a JSON object (``json``) at each ``note``."""
 
     def __init__(self, fmt: str, desc: str, total: int, unit: str, initial: int = 0, interval: float = 0.0):
-        self.fmt, self.desc, self.total, self.unit, self.n = fmt, desc, total, unit, initial
+        self.fmt, self.desc, self.total, self.unit, self.n, self.initial = fmt, desc, total, unit, initial, initial
         self.interval = interval
         self.t0 = self.last = time.monotonic()
 
@@ -96,6 +97,7 @@ class Lines:
             return
         self.last = mono
         now = datetime.now(timezone.utc).astimezone()
+        eta = self.eta(mono) if fields.get("event") == "epoch" else None
         if self.fmt == "json":
             record = {
                 "time": now.isoformat(timespec="seconds"),
@@ -108,13 +110,32 @@ class Lines:
             }
             if "event" not in record:
                 record["event"] = "progress"
+            if eta is not None:
+                record["eta_s"] = round(eta, 1)
             _emit(json.dumps(record))
         else:
             body = line if line is not None else f"{self.n}/{self.total} {self.unit}s, {text}"
+            if eta is not None:
+                body += f", ETA {now + timedelta(seconds=eta):%H:%M:%S} ({duration(eta)} left)"
             _emit(f"{now:%Y-%m-%d %H:%M:%S} {self.desc}: {body}")
+
+    def eta(self, mono: float) -> float | None:
+        """Seconds until the last of ``total``, at the mean pace since this bar began (None: none done since, or
+        every one done)."""
+        done = self.n - self.initial
+        if done <= 0 or self.n >= self.total:
+            return None
+        return (mono - self.t0) / done * (self.total - self.n)
 
     def close(self) -> None:
         pass
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3.2 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
 
 
 class Off:

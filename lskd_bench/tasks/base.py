@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from ..errors import UsageError
 from ..metrics import TOPK, MetricSpec, topk_correct
 from ..models import ClassifierNet  # noqa: F401  (re-exported: task plugins build it)
-from ..schema import TRAIN, Field, Section, _suggest, deep_merge
+from ..schema import TRAIN, Field, Flag, Section, _suggest, deep_merge
 
 # the loading engine (tasks/loading.py), re-exported: task plugins build their batches with these
 from .loading import (  # noqa: F401
@@ -121,8 +121,20 @@ def load_recipe(name: str) -> dict[str, Any]:
 PAIR = Field(
     str,
     None,
-    "teacher-student pair whose published recipe is applied over the task's (--pair; 'lskd-bench tasks' lists them)",
+    "teacher-student pair whose published recipe (archs, lr, method hyper-parameters) is applied over the task's, "
+    "e.g. resnet32x4-resnet8x4 (cifar100); 'lskd-bench tasks' lists them",
     nullable=True,
+    flags=(Flag("--pair"),),
+)
+
+# the option of every task's data.root (one option, whatever the task: its help names each task's layout)
+DATA_ROOT_FLAGS = (
+    Flag(
+        "--data-root",
+        help="data directory (ImageFolder for imagenet* and imagefolder, CUB_200_2011/ for cub200*, "
+        "cifar-100-python/ for cifar100, the raw IWSLT release or train/valid/test.<lang> for iwslt_*)",
+        path=True,
+    ),
 )
 
 
@@ -367,9 +379,8 @@ class Task:
         totals = {1: 0, 5: 0}
         n = 0
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for x, y in iterate_batches(
-            data.test, cfg["eval_batch_size"], num_workers=cfg["num_workers"], on_bad_sample=on_bad_sample(cfg)
-        ):
+        batch = eval_batch_size(model, data.test, cfg, device)
+        for x, y in iterate_batches(data.test, batch, num_workers=cfg["num_workers"], on_bad_sample=on_bad_sample(cfg)):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, cfg):
                 logits = model(x)
@@ -379,6 +390,58 @@ class Task:
             n += int(y.numel())
         n = max(n, 1)
         return {"top1": 100.0 * totals[1] / n, "top5": 100.0 * totals[5] / n}, float(loss_sum) / n
+
+
+EVAL_BATCH_CUDA = 256  # the evaluation batch on CUDA (eval_batch_size null)
+EVAL_BATCH_CPU = (16, 256)  # the bounds of the CPU's
+EVAL_BYTES_CPU = 8 * 2**20  # the CPU's batch: the largest whose largest activation stays within this
+
+
+def eval_batch_size(model: nn.Module, ds: Dataset, cfg: dict[str, Any], device: torch.device) -> int:
+    """The batch ``model`` is evaluated at on ``ds``: ``eval_batch_size`` when set; else ``EVAL_BATCH_CUDA`` off the
+    CPU; on the CPU the largest power of two within ``EVAL_BATCH_CPU`` whose largest activation (a module's output,
+    measured on one sample of ``ds``) stays within ``EVAL_BYTES_CPU``. A batch of a CPU-evaluated model that
+    outgrows the cache runs slower per sample: CIFAR's resnet32x4 at 256 took 1.36-1.65x the time of 32 (issue
+    36), while a model of a few kilobytes an activation (digits) gains from large batches. The metrics do not
+    depend on the batch (every sample is scored alone); its logits only differ in float rounding."""
+    if cfg["eval_batch_size"]:
+        return int(cfg["eval_batch_size"])
+    if device.type != "cpu":
+        return EVAL_BATCH_CUDA
+    lo, batch = EVAL_BATCH_CPU
+    per_sample = largest_activation(model, ds, cfg, device)
+    while batch > lo and batch * per_sample > EVAL_BYTES_CPU:
+        batch //= 2
+    return batch
+
+
+def largest_activation(model: nn.Module, ds: Dataset, cfg: dict[str, Any], device: torch.device) -> int:
+    """Bytes of the largest tensor a module of ``model`` outputs for the first sample of ``ds`` (0 for an empty
+    split, or a first sample skipped as unreadable); one forward in eval mode, without gradients, the random state
+    untouched."""
+    first = next(
+        iter(iterate_batches(ds, 1, indices=torch.arange(min(1, len(ds))), on_bad_sample=on_bad_sample(cfg))), None
+    )
+    if first is None or len(first[0]) == 0:
+        return 0
+    largest = 0
+
+    def measure(_m: nn.Module, _inp: Any, out: Any) -> None:
+        nonlocal largest
+        if isinstance(out, torch.Tensor):
+            largest = max(largest, out.numel() * out.element_size())
+
+    x = first[0]
+    was_training = model.training
+    hooks = [m.register_forward_hook(measure) for m in model.modules()]
+    try:
+        with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+            model.eval()(x.to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return largest
 
 
 def on_bad_sample(cfg: dict[str, Any]) -> str:

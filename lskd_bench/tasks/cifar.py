@@ -27,7 +27,7 @@ from ..errors import UsageError
 from ..models import build_image_model, check_library_arch, is_library_arch
 from ..schema import Field, Section
 from . import TASKS
-from .base import PAIR, DataReport, Task, TaskData
+from .base import DATA_ROOT_FLAGS, PAIR, DataReport, Task, TaskData
 from .cache import KeyedCache, files_key
 from .loading import Batches, InMemoryDataset, train_plan
 
@@ -39,7 +39,9 @@ LAYOUT = "expected DIR/cifar-100-python/{train,test,meta} (or that folder itself
 
 CIFAR_DATA = Section(
     {
-        "root": Field(str, None, "data directory holding cifar-100-python/ (--data-root)", nullable=True),
+        "root": Field(
+            str, None, "data directory holding cifar-100-python/ (--data-root)", nullable=True, flags=DATA_ROOT_FLAGS
+        ),
         "augment": Field(bool, True, "random crop 32 (padding 4) + horizontal flip while training"),
     }
 )

@@ -22,6 +22,7 @@ from ..models import ClassifierNet, build_image_model, check_library_arch, init_
 from ..schema import Field, Section, grid_values
 from . import TASKS
 from .base import (
+    DATA_ROOT_FLAGS,
     PAIR,
     DataReport,
     Task,
@@ -37,7 +38,7 @@ IMG_EXT = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".w
 
 IMAGE_DATA = Section(
     {
-        "root": Field(str, None, "data directory (--data-root)", nullable=True),
+        "root": Field(str, None, "data directory (--data-root)", nullable=True, flags=DATA_ROOT_FLAGS),
         "image_size": Field(int, 224, "training crop / evaluation size in pixels", min=8, max=8192),
         "eval_resize": Field(
             int,

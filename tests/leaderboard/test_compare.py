@@ -4,6 +4,8 @@ entry point, run and compared like the zoo."""
 
 from __future__ import annotations
 
+import csv
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 from lskd_bench import store
 from lskd_bench.leaderboard.compare import welch_p
 
-from ..fixtures import example_site, result
+from ..fixtures import example_site, lambda_sweep, result
 
 VALUES = {
     ("kd", 0.0, 1.0): [90, 91, 92], ("kd", 0.1, 1.0): [92, 93, 94], ("kd", 0.0, 4.0): [89, 90, 91], ("kd", 0.1, 4.0): [85, 86, 87],
@@ -88,6 +90,35 @@ def test_compare_tables_csv_and_plot(tmp_path, cli):
     assert "digits,top1,dist,,0.1,0,94,93,1,,1,1,LS teacher better,,undetermined (1 seed)" in ls
     png = (tmp_path / "compare_digits.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_never_averages_cells_whose_config_differs(tmp_path, cli):
+    """A sweep of kd.lambda in one run dir: kd at lambda 1 (seeds 0-2: 90, 91, 92) and lambda 0.5 (seeds 3-5: 80,
+    81, 82) are two rows with their own means (91 and 81), not one kd row of 6 seeds averaging 86; dkd (95, 96, 97)
+    is compared with the baseline's first config (lambda 0.5, named in the title): +15."""
+    lambda_sweep(tmp_path)
+    rc, out, err = cli("compare", "--runs", str(tmp_path))
+    assert rc == 0, err
+    assert "### digits: methods vs kd (kd.lambda = 0.5) (top1)" in out
+    assert "| method | kd.lambda | α = 0.0, T = 4 | α = 0.1, T = 4 |" in out
+    assert "| kd | 0.5 | 81.00 ± 1.00 | 81.00 ± 1.00 |" in out  # the baseline's row: no difference to itself
+    assert "| kd | 1 | 91.00 ± 1.00 (+10.00 **) | 91.00 ± 1.00 (+10.00 **) |" in out
+    assert "| dkd | — | **96.00 ± 1.00** (+15.00 **) | **96.00 ± 1.00** (+15.00 **) |" in out
+    cells = list(csv.DictReader(io.StringIO((tmp_path / "compare.csv").read_text())))
+    kd = sorted((c["kd.lambda"], c["alpha"], c["n"], c["mean"]) for c in cells if c["method"] == "kd")
+    assert kd == [("0.5", "0", "3", "81"), ("0.5", "0.1", "3", "81"), ("1", "0", "3", "91"), ("1", "0.1", "3", "91")]
+    assert {c["baseline_config"] for c in cells} == {"kd.lambda = 0.5"}
+    from lskd_bench.leaderboard import collect
+    from lskd_bench.leaderboard.compare import Comparison
+
+    cmp = Comparison(collect(tmp_path), "digits", "top1", None)  # from the leaderboard's rows alone (the report's)
+    assert [cmp.label(r) for r in cmp.rows] == ["kd (kd.lambda = 0.5)", "kd (kd.lambda = 1)", "dkd"]
+    ls = list(csv.DictReader(io.StringIO((tmp_path / "compare_ls.csv").read_text())))
+    assert sorted((r["method"], r["kd.lambda"], r["n_0"]) for r in ls) == [
+        ("dkd", "", "3"),
+        ("kd", "0.5", "3"),
+        ("kd", "1", "3"),
+    ]
 
 
 def test_compare_errors(tmp_path, cli):
@@ -369,3 +400,29 @@ def test_repdistillers_kd_numbers_without_an_mdistiller_row_are_shown(tmp_path, 
     assert rc == 0, err
     assert "| resnet110-resnet20 | kd | α = 0, T = 4 | last epoch | 70.67 | 70.00 | -0.67 | [R] README.md:80 |" in out
     assert "| ResNet50-vgg8 | kd | α = 0, T = 4 | last epoch | 73.81 | 73.00 | -0.81 | [R] README.md:99 |" in out
+
+
+def test_a_reference_is_set_beside_each_config_of_a_sweep(tmp_path, cli):
+    """kd on resnet32x4-resnet8x4 at lambda 1 (last epochs 70, 72) and lambda 0.5 (60, 62): mdistiller's 73.33
+    beside each (71 and 61, n 2 each), not beside their mean of 66 over 4 cells."""
+    for i, (lam, s, last) in enumerate([(1.0, 0, 70.0), (1.0, 1, 72.0), (0.5, 2, 60.0), (0.5, 3, 62.0)]):
+        r = _cifar_result("resnet32x4-resnet8x4", "kd", 4.0, s, last, last + 1, f"h{i}")
+        r["config"] = {"method": {"lambda": lam}}
+        store.write_json(tmp_path / "cifar100" / f"c{i}" / store.RESULT, r)
+    rc, out, err = cli("compare", "--runs", str(tmp_path))
+    assert rc == 0, err
+    table = out.split("#### cifar100: published references")[1]
+    assert (
+        "| resnet32x4-resnet8x4 | kd [kd.lambda = 0.5] | α = 0, T = 4 | last epoch | 73.33 | 61.00 ± 1.41 (n=2) | -12.33 |"
+        in table
+    )
+    assert (
+        "| resnet32x4-resnet8x4 | kd [kd.lambda = 1] | α = 0, T = 4 | last epoch | 73.33 | 71.00 ± 1.41 (n=2) | -2.33 |"
+        in table
+    )
+    ref_csv = (tmp_path / "compare_reference.csv").read_text().splitlines()
+    assert ref_csv[0].startswith("task,pair,method,config,alpha,T,rule,reference,n,mean,")
+    assert [line.split(",")[3:10] for line in ref_csv[1:]] == [
+        ["kd.lambda = 0.5", "0", "4", "last", "73.33", "2", "61"],
+        ["kd.lambda = 1", "0", "4", "last", "73.33", "2", "71"],
+    ]

@@ -10,7 +10,7 @@ import pytest
 from lskd_bench import store
 from lskd_bench.leaderboard import collect, to_csv, to_markdown, write_outputs
 
-from ..fixtures import TINY_ARGS, result
+from ..fixtures import TINY_ARGS, lambda_sweep, result
 
 FIXTURE = [
     result("teacher", "big", 0.0, None, 0, 99.0, 100.0, "t0", "big"),
@@ -87,6 +87,56 @@ def test_latest_result_wins_in_markdown_but_csv_keeps_all(tmp_path):
     assert len(rows) == len(FIXTURE) + 1
     md = to_markdown(rows)
     assert "| T = 1 | **96.50 ± 0.71 / 99.60 ± 0.14** | 90.00 / 95.00 |" in md
+
+
+def test_a_lambda_sweep_is_two_tables_never_averaged(tmp_path):
+    """kd at lambda 1 (seeds 0-2: 90, 91, 92) and 0.5 (seeds 3-5: 80, 81, 82) in one run dir: a table each (91 and
+    81, n 3 each), not one kd table of 6 seeds averaging 86. At T = 1 (added here) lambda 1 gains 3 points from the
+    LS teacher (90-92 -> 93-95) and lambda 0.5 none (80-82 both): claim 1's delta per config, +3 and 0, n = 3."""
+    import csv
+    import io
+
+    from lskd_bench.leaderboard import claims_csv
+
+    lambda_sweep(tmp_path)
+    for lam, seeds, gain in ((1.0, (0, 1, 2), 3.0), (0.5, (3, 4, 5), 0.0)):
+        for a in (0.0, 0.1):
+            for s in seeds:
+                v = (90.0 if lam == 1.0 else 80.0) + s % 3 + (gain if a else 0.0)
+                r = result("student", "small", a, 1.0, s, v, 99.0, f"t1-{lam}-{a}-{s}", "big", method="kd")
+                r["config"] = {"method": {"lambda": lam}}
+                store.write_json(tmp_path / "digits" / f"t1-{lam}-{a}-{s}" / store.RESULT, r)
+    rows = collect(tmp_path)
+    md = to_markdown(rows)
+    tables = {t.split("\n", 1)[0]: t for t in md.split("### ")[1:]}
+    assert sorted(tables) == ["digits: big → small (dkd)", "digits: big → small (kd) [kd.lambda = 0.5]",
+                              "digits: big → small (kd) [kd.lambda = 1]"]  # fmt: skip
+    assert (
+        "| T = 4 | **81.00 ± 1.00 / 99.00 ± 0.00** | **81.00 ± 1.00 / 99.00 ± 0.00** |"
+        in tables["digits: big → small (kd) [kd.lambda = 0.5]"]
+    )
+    assert (
+        "| T = 4 | 91.00 ± 1.00 / 99.00 ± 0.00 | 91.00 ± 1.00 / 99.00 ± 0.00 |"
+        in tables["digits: big → small (kd) [kd.lambda = 1]"]
+    )
+    assert (
+        "| T = 1 | 91.00 ± 1.00 / 99.00 ± 0.00 | **94.00 ± 1.00 / 99.00 ± 0.00** |"
+        in tables["digits: big → small (kd) [kd.lambda = 1]"]
+    )
+    assert "86.00" not in md
+    claims = list(csv.DictReader(io.StringIO(claims_csv(rows))))
+    first = {(c["method"], c["config"]): (c["delta"], c["n_ls"], c["n_0"]) for c in claims if c["claim"] == "1"}
+    assert first == {
+        ("dkd", ""): ("", "0", "0"),
+        ("kd", "kd.lambda = 0.5"): ("0", "3", "3"),
+        ("kd", "kd.lambda = 1"): ("3", "3", "3"),
+    }
+
+
+def test_a_config_value_from_result_json_stays_in_its_markdown_cell():
+    from lskd_bench.leaderboard import config_text
+
+    assert config_text((("kd.lambda", 0.5), ("data.x", "a|b\nc"))) == "kd.lambda = 0.5, data.x = a\\|b c"
 
 
 def test_csv_md_pair_keeps_dots_in_the_name(tmp_path):

@@ -316,13 +316,14 @@ def test_srd_defaults_are_torchdistills_sample_config():
 def test_torchdistill_methods_fused_with_kd_equal_alone(tmp_path):
     from ..fixtures import fused_with_kd
 
-    fused_with_kd(tmp_path, ["cckd", "dist_plus", "srd"])
+    fused_with_kd(tmp_path, ["cckd", "dist_plus", "srd", "pad"])
 
 
 @pytest.mark.slow
 def test_torchdistill_methods_resume_bit_identically_with_their_state(tmp_path):
     """Killed at the end of epoch 2 of 3 and resumed: the same weights and loss history as uninterrupted; the
-    checkpoint holds each method's own parts (CCKD's linear layers, SRD's projector and BatchNorm statistics)."""
+    checkpoint holds each method's own parts (CCKD's linear layers, SRD's projector and BatchNorm statistics, PAD's
+    variance branch and its BatchNorm statistics)."""
     import json
 
     from lskd_bench import store
@@ -330,12 +331,14 @@ def test_torchdistill_methods_resume_bit_identically_with_their_state(tmp_path):
 
     from ..fixtures import digits_students, same_weights, train_then_kill
 
-    cfg, task, data, students, tmodel = digits_students(tmp_path, ["cckd", "dist_plus", "srd"], epochs=3)
+    cfg, task, data, students, tmodel = digits_students(tmp_path, ["cckd", "dist_plus", "srd", "pad"], epochs=3)
     ref, cut = train_then_kill(task, students, cfg, data, tmodel, tmp_path / "run", at_epoch=2)
     state = {c.method: torch.load(cut / c.name / store.STATE, weights_only=True)["parts"]["method"] for c in students}
     assert {"linear_s.weight", "linear_t.weight"} <= set(state["cckd"])
     assert {"projector.weight", "norm_s.running_mean", "norm_t.running_var"} <= set(state["srd"])
     assert state["srd"]["norm_t.num_batches_tracked"].item() > 0
+    assert {"var_estimator.0.weight", "var_estimator.1.running_var"} <= set(state["pad"])
+    assert state["pad"]["var_estimator.1.num_batches_tracked"].item() > 0 and "connector.weight" in state["pad"]
     out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False)
     assert all(o.error is None for o in out)
     for c in students:
@@ -343,3 +346,75 @@ def test_torchdistill_methods_resume_bit_identically_with_their_state(tmp_path):
         a, b = (json.loads((d / c.name / store.RESULT).read_text()) for d in (cut, ref))
         assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]], c.name
         assert a["metrics"] == b["metrics"], c.name
+
+
+# -- PAD ----------------------------------------------------------------------------------------------------------
+
+
+def torchdistill_pad(s_embed, t_embed, var_estimator, eps=1e-6, reduction="mean"):
+    """Reference transcription of yoshitomo-matsubara/torchdistill@3e4373c torchdistill/models/wrapper.py:649-651
+    (VarianceBranch4PAD.secondary_forward: the variance branch on the student's flattened embedding) and
+    torchdistill/losses/mid_level.py:1316-1325 (PADL2Loss.forward), op for op, the io_dict lookups replaced by
+    arguments."""
+    embed_outputs = s_embed.flatten(1)
+    log_variances = var_estimator(embed_outputs)
+    student_embed_outputs = s_embed.flatten(1)
+    teacher_embed_outputs = t_embed.flatten(1)
+    # The author's provided code takes average of losses
+    squared_losses = torch.mean(
+        (teacher_embed_outputs - student_embed_outputs) ** 2 / (eps + torch.exp(log_variances)) + log_variances,
+        dim=1,
+    )
+    return squared_losses.mean() if reduction == "mean" else squared_losses.sum()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pad_equals_torchdistill_loss_gradient_and_state(seed):
+    """PAD's term and its gradient (student embedding, variance branch) max relative difference <= 1e-12
+    (docstring: the measured maxima), the BatchNorm running statistics equal after the step; the whole default
+    loss is CE 1 + PADL2 1 (the config's sub-terms)."""
+    import copy
+
+    s, t, y = _cckd_case(seed, ds=24, dt=24)
+    torch.manual_seed(seed)
+    m = _setup("pad", s, t)
+    assert m.connector is None and m.var_estimator[0].weight.shape == (24, 24)
+    ref_branch = copy.deepcopy(m.var_estimator)
+    m.train()
+    out = m.compute(s, y, t, LossContext())
+    ref = torchdistill_pad(s["embedding"], t["embedding"], ref_branch)
+    assert _rel(out["feat"], ref) <= 1e-12
+    g_ours = torch.autograd.grad(out["feat"], [s["embedding"], *m.var_estimator.parameters()], retain_graph=True)
+    g_ref = torch.autograd.grad(ref, [s["embedding"], *ref_branch.parameters()])
+    assert max(_rel(a, b) for a, b in zip(g_ours, g_ref)) <= 1e-12
+    ours_bn, ref_bn = m.var_estimator[1], ref_branch[1]
+    assert torch.equal(ours_bn.running_mean, ref_bn.running_mean)
+    assert torch.equal(ours_bn.running_var, ref_bn.running_var)
+    assert ours_bn.num_batches_tracked.item() == ref_bn.num_batches_tracked.item() == 1
+    want = F.cross_entropy(s["logits"], y) + 1.0 * ref
+    assert sum(out.values()).item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_pad_defaults_and_unequal_widths():
+    m = build_method("pad", {"pad": {}})
+    assert m.p == {"ce": 1.0, "beta": 1.0, "eps": 1e-6}
+    assert "pad/resnet18_from_resnet34.yaml:224" in m.params.fields["beta"].help
+    assert not m.uses_temperature and m.needs.teacher == ("embedding",)
+    # a hand case: z_s = 0, z_t = 2, log-variance 0 everywhere (the branch's BN of a constant batch gives its bias,
+    # 0): each term (4 / (eps + 1) + 0), mean 4 / (1 + 1e-6)
+    s = _outs(embedding=torch.zeros(4, 3, dtype=torch.float64), logits=torch.zeros(4, 5, dtype=torch.float64))
+    t = _outs(embedding=torch.full((4, 3), 2.0, dtype=torch.float64))
+    m = _setup("pad", s, t)
+    m.train()
+    got = m.compute(s, torch.zeros(4, dtype=torch.long), t, LossContext())["feat"]
+    assert got.item() == pytest.approx(4 / (1 + 1e-6), rel=1e-12)
+    # a narrower student: a linear connector to the teacher's width; the variance branch maps 24 -> 40
+    s, t, y = _cckd_case(4)
+    m = _setup("pad", s, t)
+    assert m.connector.weight.shape == (40, 24) and m.var_estimator[0].weight.shape == (40, 24)
+    m.train()
+    got = m.compute(s, y, t, LossContext())["feat"]
+    z = s["embedding"]
+    log_var = m.var_estimator(z)
+    want = torch.mean((t["embedding"] - m.connector(z)) ** 2 / (1e-6 + log_var.exp()) + log_var, dim=1).mean()
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)

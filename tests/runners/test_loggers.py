@@ -4,9 +4,17 @@ training."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from pathlib import Path
 from typing import ClassVar
 
@@ -285,6 +293,90 @@ def test_mlflow_params_find_the_t3_cells_and_hold_no_other_methods_sections(trac
         assert run.data.metrics["selected/top1"] == pytest.approx(result["best"]["metrics"]["top1"])
         stored = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "weights")}
         assert stored == set(result["weights"].values()) and "model.pt" in stored  # logging.artifacts
+
+
+def _require_mlflow_ui() -> None:
+    """The full mlflow package (server and web app) of the client's version, or skip (under LSKD_REQUIRE_ALL=1, as
+    ``require``: fail)."""
+    from importlib import metadata
+
+    def version(dist):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    full, client = version("mlflow"), version("mlflow-skinny")
+    if full is None or client not in (None, full):
+        why = f"the MLflow UI needs the full mlflow package of the client's version (mlflow {full}, mlflow-skinny "
+        why += f"{client}): pip install 'lskd-bench[mlflow]'"
+        (pytest.fail if os.environ.get("LSKD_REQUIRE_ALL") == "1" else pytest.skip)(why)
+    require("flask", "the MLflow UI (pip install 'lskd-bench[mlflow]')")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http(url: str, body: dict | None = None) -> str:
+    """The text a GET (``body`` None) or a JSON POST of ``url`` answers."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.read().decode()
+
+
+@pytest.mark.slow
+def test_mlflow_ui_serves_the_store_the_logger_wrote(tracked_grid):
+    """The README's way to look at a grid: ``mlflow ui --backend-store-uri sqlite:///...`` on the SQLite store the
+    mlflow logger wrote (the [mlflow] extra pins client and server to one version: of two versions, the server
+    refused the client's store). Read through the server's REST API: the T = 3 cell, its alpha and T, a metric."""
+    _require_mlflow_ui()
+    cells = _cells(tracked_grid / "runs")
+    (t3,) = [r for r in cells.values() if r["cell"]["T"] == 3.0]
+    port = _free_port()
+    log = tracked_grid / "mlflow_ui.log"
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{tracked_grid / 'mlflow.db'}"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=tracked_grid, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240  # a guard, not a measure: the server starts in ~20 s on a busy machine
+        while True:
+            assert proc.poll() is None, f"mlflow ui exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"mlflow ui did not answer:\n{log.read_text()[-3000:]}"
+            try:
+                _http(base + "/health")  # an HTTP error or no server yet: OSError
+                break
+            except OSError:
+                time.sleep(1)
+        assert "<!doctype html>" in _http(base + "/").lower()  # the web app, not only the REST API
+        exp = json.loads(_http(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=typed"))["experiment"]
+        search = {"experiment_ids": [exp["experiment_id"]], "filter": "params.T = '3.0'"}
+        found = json.loads(_http(base + "/api/2.0/mlflow/runs/search", search))
+        (run,) = found["runs"]
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        assert tags["cell_hash"] == t3["cell"]["hash"]
+        assert (float(params["alpha"]), float(params["T"])) == (0.1, 3.0) == (t3["cell"]["alpha"], t3["cell"]["T"])
+        assert params["method"] == "kd" and params["kd.lambda"] == "1.0"
+        assert metrics["selected/top1"] == pytest.approx(t3["best"]["metrics"]["top1"])
+    finally:  # the server in its own session: its process group holds it and the processes it started
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 @pytest.mark.slow

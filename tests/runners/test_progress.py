@@ -73,6 +73,31 @@ def test_json_format_one_object_a_line(tmp_path, cli):
     assert kinds[0] == "start" and kinds[-1] == "summary" and "cells: trained 3" in events[-1]["text"]
 
 
+def test_plain_and_json_epoch_lines_carry_the_units_eta(monkeypatch, capsys):
+    """An epoch's line ends with the ETA of the unit's last epoch at the pace so far: epochs of 25 s, 4 to train,
+    after the first 75 s are left; a resumed unit (2 of 4 done before) counts only the epochs it trained."""
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    fresh = progress.Lines("plain", "unit", total=4, unit="ep", interval=0.0)
+    resumed = progress.Lines("json", "unit", total=4, unit="ep", initial=2, interval=0.0)
+    now[0] += 25.0
+    for bar in (fresh, resumed):
+        bar.update(1)
+        bar.note("x", line="epoch done", event="epoch")
+    err = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(STAMP + r"unit: epoch done, ETA (\d\d:\d\d:\d\d) \(75 s left\)", err[0])
+
+    def seconds(hms: str) -> int:
+        h, m, sec = map(int, hms.split(":"))
+        return h * 3600 + m * 60 + sec
+
+    assert (seconds(err[0].split("ETA ")[1][:8]) - seconds(err[0][11:19])) % 86400 == 75  # the line's time + 75 s
+    assert json.loads(err[1])["eta_s"] == 25.0  # 1 epoch of 25 s left
+    fresh.update(3)
+    fresh.note("x", line="epoch 4/4 done", event="epoch")  # the last: no ETA
+    assert capsys.readouterr().err.rstrip().endswith("unit: epoch 4/4 done")
+
+
 def test_auto_is_bars_on_a_terminal_only(monkeypatch):
     cfg = {"logging": {"format": "auto", "interval_s": 60.0}}
 

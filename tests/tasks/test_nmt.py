@@ -704,6 +704,38 @@ def test_translate_obeys_generation_max_tokens_and_keeps_order(tmp_path, monkeyp
     assert all(n * width <= 20 or n == 1 for n, width in shapes)
 
 
+@pytest.mark.slow
+def test_bleu_does_not_depend_on_the_decoding_batch(tmp_path):
+    """Translation's evaluation batch is ``generation.max_sentences`` (outside the hash, as ``eval_batch_size``): the
+    hypotheses of a (briefly trained) model, and so BLEU, are the same decoded one sentence at a time, three at a
+    time or all at once. A padded batch changes a sentence's scores in float rounding only (about 1e-6), which
+    decides only between near-tied candidates: an untrained or barely trained model (a repeated token against the
+    end of the sentence) decodes otherwise at another batch (after 6 epochs here it still did), this one (10) not."""
+    from lskd_bench.runners.grid import resolve_config
+    from lskd_bench.tasks import get_task
+
+    root = make_plain(tmp_path / "data")
+    cfg = resolve_config("iwslt_ende", {}, tiny_nmt(root, teacher={"dropout": 0.0}))
+    task = get_task("iwslt_ende")
+    data = task.load_data(cfg, cache_dir=tmp_path / "cache")
+    torch.manual_seed(0)
+    model = task.build_model("transformer_micro", data, cfg, cfg["teacher"])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for epoch in range(10):
+        for batch in task.train_batches(data, cfg["teacher"], cfg, seed=0, epoch=epoch):
+            loss = torch.nn.functional.cross_entropy(*task.forward(model.train(), batch))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    cpu, got = torch.device("cpu"), {}
+    for n in (1, 3, 128):
+        c = {**cfg, "generation": {**cfg["generation"], "max_sentences": n}}
+        got[n] = (task.translate(model, data, data.extras["valid"], c, cpu), task.evaluate(model, data, c, cpu))
+    assert got[128][1]["bleu"] > 0  # a model that translates something
+    for n in (1, 3):
+        assert got[n] == got[128], n
+
+
 def test_device_auto_keeps_tiny_translation_models_on_the_cpu(tmp_path, monkeypatch):
     from lskd_bench.runners import train
     from lskd_bench.runners.grid import resolve_config

@@ -32,6 +32,7 @@ import importlib.util
 import json
 import os
 import queue
+import socket
 import stat
 import sys
 import threading
@@ -40,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ... import store
 from ...errors import UsageError
@@ -58,6 +60,7 @@ LOGGERS: Registry[type] = Registry(
 STATE = "loggers.json"  # CELL/loggers.json: each logger's run id, for a resumed cell
 STATE_MAX_BYTES = 1 << 20
 QUEUE_MAX = 100_000  # events waiting for the logger thread before new ones are dropped
+CONNECT_TIMEOUT_S = 5.0  # check_server: one TCP connection to a tracker's server, before its run is opened
 
 
 @dataclass
@@ -229,6 +232,21 @@ def final_scalars(result: dict[str, Any]) -> dict[str, float]:
         out["selected/epoch"] = float(best["epoch"])
     out.update({f"last/{k}": float(v) for k, v in (result.get("metrics") or {}).items() if _number(v)})
     return out
+
+
+def check_server(url: str, what: str) -> None:
+    """ConnectionError unless the server of the ``http(s)`` URL ``url`` takes a TCP connection within
+    ``CONNECT_TIMEOUT_S`` (``what`` names it in the message: "the MLflow tracking server"); other URLs: nothing to
+    check here."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname or "", port), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ConnectionError(f"{what} {url} does not answer ({why})") from None
 
 
 # ------------------------------------------------------------------------------------------ names

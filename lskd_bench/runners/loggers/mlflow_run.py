@@ -11,7 +11,8 @@ values logged after its last checkpoint are logged again at the same steps. ``lo
 weights (``model.pt``, ``model_selected.pt``) as the run's artifacts under ``weights/``.
 
 A server that does not answer is found before the run is opened: one TCP connection to an ``http(s)`` tracking
-URI, ``CONNECT_TIMEOUT_S`` at most; it fails the logger once (one warning) and the next cells do not try again.
+URI (``loggers.check_server``, 5 s at most); it fails the logger once (one warning) and the next cells do not try
+again.
 Unless set, MLflow's HTTP requests get ``MLFLOW_HTTP_REQUEST_TIMEOUT=20`` s and 2 retries (MLflow's own defaults,
 120 s and 7 retries with backoff, held each cell for minutes when a server went away).
 """
@@ -19,30 +20,20 @@ Unless set, MLflow's HTTP requests get ``MLFLOW_HTTP_REQUEST_TIMEOUT=20`` s and 
 from __future__ import annotations
 
 import os
-import socket
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 from . import LOGGERS, CellRun, Logger, epoch_scalars, final_scalars
+from . import check_server as _check_server
 
 MAX_PARAMS, MAX_METRICS, MAX_VALUE = 100, 1000, 6000  # MLflow's log_batch limits
-CONNECT_TIMEOUT_S = 5.0
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
 
 
 def check_server(uri: str) -> None:
     """ConnectionError unless the tracking server of an ``http(s)`` URI takes a TCP connection (other URIs:
     nothing to check here; MLflow says what is wrong with them)."""
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https"):
-        return
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        socket.create_connection((parts.hostname or "", port), timeout=CONNECT_TIMEOUT_S).close()
-    except (OSError, ValueError) as exc:
-        why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise ConnectionError(f"the MLflow tracking server {uri} does not answer ({why})") from None
+    _check_server(uri, "the MLflow tracking server")
 
 
 @LOGGERS.register("mlflow")

@@ -8,7 +8,7 @@ reopens its run (id in CELL/loggers.json). ``logging.artifacts: true``: the fina
 (``weights-<cell>``).
 
 Online, a server that does not answer is found before the run is opened (one TCP connection to ``WANDB_BASE_URL``
-when set, ``CONNECT_TIMEOUT_S`` at most; not through a proxy) or by W&B's own time-out of the run's start
+when set, ``loggers.check_server``, 5 s at most; not through a proxy) or by W&B's own time-out of the run's start
 (``INIT_TIMEOUT_S`` unless ``WANDB_INIT_TIMEOUT`` is set): either fails the logger once, for the rest of the run.
 W&B's own console lines are off (``WANDB_SILENT`` unless set; no git probing): lskd-bench's one warning says it.
 """
@@ -16,13 +16,11 @@ W&B's own console lines are off (``WANDB_SILENT`` unless set; no git probing): l
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any
-from urllib.parse import urlsplit
 
 from . import LOGGERS, CellRun, Logger, epoch_scalars, final_scalars
+from . import check_server as _check_server
 
-CONNECT_TIMEOUT_S = 5.0
 INIT_TIMEOUT_S = 30.0
 
 
@@ -34,13 +32,7 @@ def check_server() -> None:
     proxied = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"))
     if not url or offline or proxied or os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1"):
         return
-    parts = urlsplit(url)
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        socket.create_connection((parts.hostname or "", port), timeout=CONNECT_TIMEOUT_S).close()
-    except (OSError, ValueError) as exc:
-        why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise ConnectionError(f"the W&B server {url} does not answer ({why})") from None
+    _check_server(url, "the W&B server")
 
 
 @LOGGERS.register("wandb")

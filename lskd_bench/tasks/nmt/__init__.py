@@ -34,7 +34,7 @@ from ...errors import UsageError
 from ...metrics import MetricSpec
 from ...schema import TRAIN, Field, Section
 from .. import TASKS
-from ..base import DataReport, Evaluation, Task, TaskData, autocast
+from ..base import DATA_ROOT_FLAGS, DataReport, Evaluation, Task, TaskData, autocast
 from ..cache import KeyedCache, files_key
 from ..loading import Batches
 from . import fairseq_adapter
@@ -57,7 +57,11 @@ def _direction(v: str) -> str | None:
 NMT_DATA = Section(
     {
         "root": Field(
-            str, None, "IWSLT data directory (--data-root): the raw release or a plain layout", nullable=True
+            str,
+            None,
+            "IWSLT data directory (--data-root): the raw release or a plain layout",
+            nullable=True,
+            flags=DATA_ROOT_FLAGS,
         ),
         "direction": Field(
             str, "en-de", "source-target languages, e.g. en-de (or de-en for the reverse)", check=_direction
