@@ -98,7 +98,8 @@ class DOTStep(Component):
     the step's two backward passes: the distillation terms (every term but ``ce``), then ``ce``. The first pass is
     ``torch.autograd.grad`` (the same gradients as mdistiller's ``loss_kd.backward()`` into empty ``.grad``s) so
     that DistributedDataParallel, which reduces one ``backward`` per forward, reduces the CE pass; under several
-    processes the KD gradients are averaged over the ranks here, as DDP averages the CE ones. Gradient clipping
+    processes the KD gradients are averaged over the ranks here, as DDP averages the CE ones (tests/methods/
+    test_dot.py::test_dot_under_ddp_equals_one_process: two gloo processes equal one to 1e-12). Gradient clipping
     (``clip_norm``) clips the task gradient only (mdistiller clips neither)."""
 
     key = "dot"

@@ -241,3 +241,58 @@ def test_dot_resumes_bit_identically_with_both_momenta(tmp_path):
         assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]], c.name
         assert a["metrics"] == b["metrics"], c.name
         assert all(math.isfinite(h["loss"]) for h in a["history"])
+
+
+def _ddp_rank(rank: int, world: int, store: str, out: str) -> None:
+    """One rank of ``test_dot_under_ddp_equals_one_process``: its half of each batch through DDP and DOTStep."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        model, steps = _ddp_case()
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        _train(ddp, steps, slice(rank * 8, rank * 8 + 8))
+        if rank == 0:
+            torch.save(model.state_dict(), out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _ddp_case():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 5)).double()
+    g = torch.Generator().manual_seed(1)
+    steps = [
+        (torch.randn(16, 6, generator=g, dtype=torch.float64), torch.randint(0, 5, (16,), generator=g),
+         3 * torch.randn(16, 5, generator=g, dtype=torch.float64))
+        for _ in range(4)
+    ]  # fmt: skip
+    return model, steps
+
+
+def _train(model, steps, rows) -> None:
+    part = DOTStep(0.075)
+    opt = part.optimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4))
+    for x, y, t in steps:
+        z = model(x[rows])
+        terms = {"ce": 0.1 * F.cross_entropy(z, y[rows]), "kd": 0.9 * 16 * F.kl_div(
+            F.log_softmax(z / 4, 1), F.softmax(t[rows] / 4, 1), reduction="batchmean")}  # fmt: skip
+        opt.zero_grad(set_to_none=True)
+        part.backward(terms, total_loss(terms))
+        opt.step()
+
+
+@pytest.mark.slow
+def test_dot_under_ddp_equals_one_process(tmp_path):
+    """Two gloo processes, each with half of every batch, the model in DistributedDataParallel: DDP reduces the CE
+    pass, DOTStep averages the KD gradients itself; four steps land where one process on the whole batch does
+    (float64, relative 1e-12: the order of the sums differs)."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "rank0.pt"
+    mp.spawn(_ddp_rank, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=True)
+    model, steps = _ddp_case()
+    _train(model, steps, slice(0, 16))
+    got = torch.load(out, weights_only=True)
+    start, _ = _ddp_case()
+    for k, v in model.state_dict().items():
+        assert not torch.equal(v, start.state_dict()[k]), k  # trained
+        assert float((got[k] - v).abs().max() / v.abs().max()) <= 1e-12, k
