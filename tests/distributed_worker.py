@@ -119,7 +119,9 @@ def _dump_every_checkpoint(rank: int) -> None:
         real(self)
         method = self.method.state_dict() if isinstance(self.method, nn.Module) else {}
         held = {"model": self.model.state_dict(), "method": method, "optimizer": self.opt.state_dict()}
-        torch.save({**held, "history": self.history, "update": self.update}, self.dir / f"rank{rank}-u{self.update}.pt")
+        torch.save(
+            {**held, "history": self.record.history, "update": self.update}, self.dir / f"rank{rank}-u{self.update}.pt"
+        )
 
     Member.checkpoint = checkpoint  # type: ignore[method-assign]
 
