@@ -248,21 +248,20 @@ def assert_fused_equals_alone(task, students, cfg, data, tmodel, tmp_path) -> No
         assert [h["loss"] for h in f.result["history"]] == [h["loss"] for h in alone.result["history"]]
 
 
-def digits_students(tmp_path, methods, epochs: int = 1):
+def digits_students(tmp_path, methods, epochs: int = 1, student: dict | None = None):
     """Digits, a teacher (alpha 0.1, ``epochs`` epochs) trained under tmp_path/t, and the student cells of
-    ``methods`` and KD (T 4) under it: (cfg, task, data, students, teacher model)."""
+    ``methods`` and KD (T 4) under it (``student``: more of the students' recipe): (cfg, task, data, students,
+    teacher model)."""
     from lskd_bench.runners.cells import plan_cells
     from lskd_bench.runners.grid import resolve_config
     from lskd_bench.runners.train import load_model
     from lskd_bench.tasks import get_task
 
-    cfg = resolve_config(
-        "digits",
-        {},
-        tiny_overrides(
-            epochs=epochs, methods=[*methods, "kd"], grid={"alphas": [0.1], "temperatures": [4.0]}, baseline=False
-        ),
+    overrides = tiny_overrides(
+        epochs=epochs, methods=[*methods, "kd"], grid={"alphas": [0.1], "temperatures": [4.0]}, baseline=False
     )
+    overrides["student"].update(student or {})
+    cfg = resolve_config("digits", {}, overrides)
     task = get_task("digits")
     data = task.load_data(cfg)
     cells = plan_cells(cfg)
@@ -275,10 +274,11 @@ def digits_students(tmp_path, methods, epochs: int = 1):
     return cfg, task, data, students, tmodel
 
 
-def fused_with_kd(tmp_path, methods):
-    """The students of ``methods`` and KD (T 4) under a digits teacher (``digits_students``, 1 epoch): fused in
-    one group they train bit for bit as alone (``assert_fused_equals_alone``)."""
-    cfg, task, data, students, tmodel = digits_students(tmp_path, methods)
+def fused_with_kd(tmp_path, methods, student: dict | None = None):
+    """The students of ``methods`` and KD (T 4) under a digits teacher (``digits_students``, 1 epoch; ``student``:
+    more of the students' recipe): fused in one group they train bit for bit as alone
+    (``assert_fused_equals_alone``)."""
+    cfg, task, data, students, tmodel = digits_students(tmp_path, methods, student=student)
     assert_fused_equals_alone(task, students, cfg, data, tmodel, tmp_path)
 
 

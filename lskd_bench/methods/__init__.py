@@ -463,7 +463,7 @@ def _composite(name: str) -> type[Method]:
 
 
 # the built-in method modules register themselves when the registry is first looked up: methods/zoo.py (dkd,
-# kd_std, dist, ttm, nkd, ctkd) and the feature methods (feat_*.py)
+# kd_std, dist, ttm, nkd, ctkd), the feature methods (feat_*.py) and the methods that bring an optimizer (dot.py)
 METHODS: Registry[type[Method]] = Registry(
     "method",
     "lskd_bench.methods",
@@ -475,6 +475,7 @@ METHODS: Registry[type[Method]] = Registry(
         "lskd_bench.methods.feat_torchdistill",
         "lskd_bench.methods.feat_semckd",
         "lskd_bench.methods.feat_catkd",
+        "lskd_bench.methods.dot",
     ),
 )
 _COMPOSITES: dict[str, type[Method]] = {}

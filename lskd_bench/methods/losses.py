@@ -174,6 +174,71 @@ def nkd_loss(
     return loss_t - gamma * T * T * loss_non
 
 
+MLKD_SRC = "Jin-Ying/Multi-Level-Logit-Distillation@5ee473f mdistiller/distillers/KD_ours.py"
+MLKD_TEMPERATURES = (3.0, 5.0, 2.0, 6.0)  # beside the grid's T (KD_ours.py:115-140: T, 3, 5, 2, 6)
+
+
+def _below_median(x: torch.Tensor) -> torch.Tensor:
+    """The fraction of the entries of ``x`` at or below their median (numpy's ``percentile(x, 50)``, linear
+    interpolation, as MLKD's masks ``x.le(percentile(x, 50))``)."""
+    x = x.detach()
+    return (x <= torch.quantile(x, 0.5)).to(x.dtype).mean()
+
+
+def mlkd_relations(s: torch.Tensor, t: torch.Tensor, T: float, classes: bool) -> torch.Tensor:
+    """MLKD's class-level (``classes``: ``cc_loss``, KD_ours.py:24-34, the K x K Gram ``P^T P`` of the softened
+    probabilities, squared differences summed over K) or batch-level (``bc_loss`` :37-47, the N x N ``P P^T``,
+    summed over N) alignment at temperature ``T``; no T^2."""
+    ps, pt = F.softmax(s / T, dim=1), F.softmax(t / T, dim=1)
+    if classes:
+        gs, gt = ps.t() @ ps, pt.t() @ pt
+        return ((gt - gs) ** 2).sum() / s.shape[1]
+    gs, gt = ps @ ps.t(), pt @ pt.t()
+    return ((gt - gs) ** 2).sum() / s.shape[0]
+
+
+def mlkd_terms(
+    s_weak: torch.Tensor,
+    t_weak: torch.Tensor,
+    s_strong: torch.Tensor,
+    t_strong: torch.Tensor,
+    targets: torch.Tensor,
+    T: float,
+    ce_weight: float,
+    kd_weight: float,
+) -> dict[str, torch.Tensor]:
+    """Multi-Level Logit Distillation (Jin et al., CVPR 2023) as its authors' ``KD_ours.forward_train``
+    (KD_ours.py:89-255@5ee473f) on a weak and a strong view: ``ce`` (CE of both views), ``kd`` (instance level:
+    T^2 KL at T, 3, 5, 2, 6 on the weak view scaled by the fraction of samples whose teacher confidence is at or
+    below the batch median, plus the strong view's at T, 3, 5 and, as the reference codes it (:154-161), the weak
+    view's again at 2 and 6, unscaled), ``cc`` (class level on the weak view, scaled by the fraction of classes
+    whose summed teacher probability is at or below the median) and ``bc`` (batch level on the weak view, scaled
+    by the samples' fraction). The reference computes each level's loss reduced to a scalar and multiplies by the
+    boolean mask before ``.mean()`` (``reduce=False`` is commented out): the mask scales the loss by the fraction
+    it keeps, which is what is computed here."""
+    s_weak, t_weak, s_strong, t_strong = (_upcast(x) for x in (s_weak, t_weak, s_strong, t_strong))
+    p_t = F.softmax(t_weak.detach(), dim=1)
+    frac = _below_median(p_t.max(dim=1).values)  # KD_ours.py:98-104
+    frac_classes = _below_median(p_t.sum(dim=0))  # :106-111
+    temps = (T, *MLKD_TEMPERATURES)
+
+    def kd(s: torch.Tensor, t: torch.Tensor, tau: float) -> torch.Tensor:
+        return tau * tau * kd_kl(s, t, tau)
+
+    kd_weak = sum(kd(s_weak, t_weak, tau) for tau in temps)
+    kd_strong = sum(kd(s_strong, t_strong, tau) for tau in temps[:3]) + sum(
+        kd(s_weak, t_weak, tau) for tau in temps[3:]
+    )
+    cc = sum(mlkd_relations(s_weak, t_weak, tau, classes=True) for tau in temps)
+    bc = sum(mlkd_relations(s_weak, t_weak, tau, classes=False) for tau in temps)
+    return {
+        "ce": ce_weight * (F.cross_entropy(s_weak, targets) + F.cross_entropy(s_strong, targets)),
+        "kd": kd_weight * (frac * kd_weak + kd_strong),
+        "cc": kd_weight * frac_classes * cc,
+        "bc": kd_weight * frac * bc,
+    }
+
+
 class GradientReversal(torch.autograd.Function):
     """Identity forward; the backward multiplies the gradient by ``scale`` (CTKD's curriculum value, from 0 down
     to -1: the temperature ascends the KD loss the student descends), as zhengli97/CTKD models/temp_global.py."""

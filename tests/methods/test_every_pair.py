@@ -2,7 +2,8 @@
 runner's ``Method.components`` from a probe of both models, its initialisation stage, ``build_optimizer``) and
 stepped (forward, loss, backward, optimizer step; the initialisation stage's step too where it has one) on every
 ``cifar100`` pair (``configs/cifar100_pairs.yaml``) at 32 x 32, and on the ImageNet / CUB pairs (each image task's
-recipe and ``--pair``s) at 64 x 64, batch 2. The methods and pairs are read from the registries, not listed here. A
+recipe and ``--pair``s) at 64 x 64, batch 2 (the optimizer and the backward pass as the method's components make
+them: DOT's). The methods and pairs are read from the registries, not listed here. A
 combination that cannot run is one that ``run`` (and ``--dry-run``) refuses with a one-line reason:
 ``REFUSED`` lists those, and is empty for the CIFAR-100 pairs."""
 
@@ -109,17 +110,19 @@ def _has(model, layout, name) -> bool:
     return True
 
 
-def _step(loss_fn, student, tap, x, y, t_out, ctx, opt, train_mode) -> float:
-    """One optimizer step as ``Member.train_step`` / ``Member._loss`` make it."""
+def _step(loss_fn, student, tap, x, y, t_out, ctx, opt, train_mode, parts=None) -> float:
+    """One optimizer step as ``Member.train_step`` / ``Member._loss`` make it (the main schedule's backward through
+    the method's ``parts``: DOT's two passes)."""
     train_mode(student)
     with tap or contextlib.nullcontext():
         logits = student(x)
     s_out = Outputs(logits=logits.float())
     if tap is not None:
         s_out.update({k: v.float() for k, v in tap.out.items()})
-    loss = total_loss(loss_fn(s_out, y, t_out, ctx))
+    terms = loss_fn(s_out, y, t_out, ctx)
+    loss = total_loss(terms)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    parts.backward(terms, loss) if parts is not None else loss.backward()
     opt.step()
     return float(loss.detach())
 
@@ -148,7 +151,7 @@ def test_every_method_steps_on_every_pair(task_name, pair, name):
 
     parts = Parts(method.components(Site(student, cfg["student"], torch.device("cpu"), probe)))
     tap = taps[0] if taps else None
-    opt = build_optimizer([*student.parameters(), *parts.params()], cfg["student"])
+    opt = parts.optimizer(build_optimizer([*student.parameters(), *parts.params()], cfg["student"]))
     cls = METHODS.get(name)
     ctx = LossContext(
         alpha=0.0,
@@ -162,7 +165,7 @@ def test_every_method_steps_on_every_pair(task_name, pair, name):
     if stage is not None:  # the initialisation stage's step (AB, FT, FSP), as Member._loss runs it
         loss = _step(stage.loss, student, tap, x, y, t_out, ctx, stage.opt, stage.train_mode)
         assert math.isfinite(loss), f"{name} init stage: loss {loss}"
-    loss = _step(method.compute, student, tap, x, y, t_out, ctx, opt, lambda m: m.train())
+    loss = _step(method.compute, student, tap, x, y, t_out, ctx, opt, lambda m: m.train(), parts)
     assert math.isfinite(loss), f"{name}: loss {loss}"
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters())), "the student did not change"
 

@@ -263,6 +263,108 @@ def test_skd_equals_torchdistill_loss_and_gradient(seed, T):
     assert one["direction"].item() == 0.0 and torch.isfinite(total_loss(one))
 
 
+def authors_mlkd(s_w, s_s, t_w, t_s, target, temperature=4.0, ce_w=0.1, kd_w=0.9):
+    """Jin-Ying/Multi-Level-Logit-Distillation@5ee473f mdistiller/distillers/KD_ours.py:13-47 (kd_loss, cc_loss,
+    bc_loss) and :96-255 (KD_ours.forward_train after the forward passes), op for op."""
+    import torch.nn.functional as F
+
+    def kd_loss(ls, lt, temperature):
+        log_pred_student = F.log_softmax(ls / temperature, dim=1)
+        pred_teacher = F.softmax(lt / temperature, dim=1)
+        return F.kl_div(log_pred_student, pred_teacher, reduction="none").sum(1).mean() * temperature**2
+
+    def cc_loss(ls, lt, temperature):
+        _, class_num = lt.shape
+        ps, pt = F.softmax(ls / temperature, dim=1), F.softmax(lt / temperature, dim=1)
+        return ((torch.mm(pt.transpose(1, 0), pt) - torch.mm(ps.transpose(1, 0), ps)) ** 2).sum() / class_num
+
+    def bc_loss(ls, lt, temperature):
+        batch_size, _ = lt.shape
+        ps, pt = F.softmax(ls / temperature, dim=1), F.softmax(lt / temperature, dim=1)
+        return ((torch.mm(pt, pt.transpose(1, 0)) - torch.mm(ps, ps.transpose(1, 0))) ** 2).sum() / batch_size
+
+    pred_teacher_weak = F.softmax(t_w.detach(), dim=1)
+    confidence, _ = pred_teacher_weak.max(dim=1)
+    confidence = confidence.detach()
+    mask = confidence.le(np.percentile(confidence.cpu().numpy().flatten(), 50)).bool()
+    class_confidence = torch.sum(pred_teacher_weak, dim=0).detach()
+    class_conf_mask = class_confidence.le(np.percentile(class_confidence.cpu().numpy().flatten(), 50)).bool()
+    temps = (temperature, 3.0, 5.0, 2.0, 6.0)
+    loss_ce = ce_w * (F.cross_entropy(s_w, target) + F.cross_entropy(s_s, target))
+    loss_kd_weak = sum(kd_w * ((kd_loss(s_w, t_w, T) * mask).mean()) for T in temps)
+    loss_kd_strong = (
+        kd_w * kd_loss(s_s, t_s, temps[0])
+        + kd_w * kd_loss(s_s, t_s, 3.0)
+        + kd_w * kd_loss(s_s, t_s, 5.0)
+        + kd_w * kd_loss(s_w, t_w, 2.0)
+        + kd_w * kd_loss(s_w, t_w, 6.0)
+    )
+    loss_cc_weak = sum(kd_w * ((cc_loss(s_w, t_w, T) * class_conf_mask).mean()) for T in temps)
+    loss_bc_weak = sum(kd_w * ((bc_loss(s_w, t_w, T) * mask).mean()) for T in temps)
+    return {"ce": loss_ce, "kd": loss_kd_weak + loss_kd_strong, "cc": loss_cc_weak, "bc": loss_bc_weak}  # fmt: skip
+
+
+MLKD_WORST = {"loss": 0.0, "grad": 0.0}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("T", [4.0, 2.0])
+@pytest.mark.parametrize("n", [64, 63])
+def test_mlkd_equals_the_authors_loss_and_gradient(seed, T, n):
+    """Each term, the sum and the gradient of both views' student logits against the transcription, on distinct
+    weak and strong views (``losses.mlkd_terms``) and through the method (weak = strong = the batch), N 64 and
+    63 (an odd batch: the median is a sample's): max relative difference <= 1e-12 (measured: 4.2e-16 loss,
+    4.1e-16 gradient)."""
+    from lskd_bench.methods.losses import mlkd_terms
+
+    g = torch.Generator().manual_seed(seed)
+    k = 100
+    s_w, s_s = ((torch.randn(n, k, generator=g, dtype=torch.float64) * 3).requires_grad_(True) for _ in range(2))
+    t_w, t_s = (torch.randn(n, k, generator=g, dtype=torch.float64) * 5 for _ in range(2))
+    y = torch.randint(0, k, (n,), generator=g)
+    ours, ref = mlkd_terms(s_w, t_w, s_s, t_s, y, T, 0.1, 0.9), authors_mlkd(s_w, s_s, t_w, t_s, y, T)
+    assert list(ours) == list(ref)
+    for key in ref:
+        MLKD_WORST["loss"] = max(MLKD_WORST["loss"], _rel(ours[key], ref[key]))
+    (ga, gb), (ra, rb) = (torch.autograd.grad(total_loss(x), (s_w, s_s)) for x in (ours, ref))
+    MLKD_WORST["grad"] = max(MLKD_WORST["grad"], _rel(ga, ra), _rel(gb, rb))
+    m = build_method("mlkd", {"mlkd": {"ce_weight": 0.1, "kd_weight": 0.9}})
+    same = m.loss(s_w, y, t_w, LossContext(T=T))
+    ref = authors_mlkd(s_w, s_w, t_w, t_w, y, T)
+    for key in ref:
+        MLKD_WORST["loss"] = max(MLKD_WORST["loss"], _rel(same[key], ref[key]))
+    (ga,), (ra,) = (torch.autograd.grad(total_loss(x), s_w) for x in (same, ref))
+    MLKD_WORST["grad"] = max(MLKD_WORST["grad"], _rel(ga, ra))
+    print(f"MLKD parity so far: {MLKD_WORST}")
+    assert MLKD_WORST["loss"] <= 1e-12 and MLKD_WORST["grad"] <= 1e-12, MLKD_WORST
+
+
+def test_mlkd_masks_scale_by_the_fraction_kept():
+    """By hand on 4 samples, 3 classes: two samples at or below the median confidence (the instance and batch
+    levels x 1/2), two classes of three at or below the median summed probability, the middle one included (the
+    class level x 2/3)."""
+    import torch.nn.functional as F
+
+    from lskd_bench.methods.losses import mlkd_relations
+
+    t = torch.tensor([[4.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0], [0.5, 0.0, 0.0]], dtype=torch.float64)
+    s = torch.tensor([[1.0, 0.2, 0.0], [0.3, 0.0, 0.1], [0.0, 0.4, 1.0], [0.2, 0.1, 0.0]], dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0])
+    out = build_method("mlkd", {"mlkd": {"ce_weight": 1.0, "kd_weight": 1.0}}).loss(s, y, t, LossContext(T=4.0))
+    temps = (4.0, 3.0, 5.0, 2.0, 6.0)
+    kl = [T * T * (F.softmax(t / T, 1) * (F.log_softmax(t / T, 1) - F.log_softmax(s / T, 1))).sum(1).mean()
+          for T in temps]  # fmt: skip
+    assert F.softmax(t, 1).sum(0).argsort().tolist() == [1, 2, 0]  # summed probabilities (median: class 2's)
+    assert float(out["kd"]) == pytest.approx(1.5 * float(sum(kl)), rel=1e-12)
+    assert float(out["cc"]) == pytest.approx(
+        float(sum(mlkd_relations(s, t, T, True) for T in temps)) * 2 / 3, rel=1e-12
+    )
+    assert float(out["bc"]) == pytest.approx(float(sum(mlkd_relations(s, t, T, False) for T in temps)) / 2, rel=1e-12)
+    assert float(out["ce"]) == pytest.approx(2 * float(F.cross_entropy(s, y)), rel=1e-12)
+    pt, ps = F.softmax(t, 1), F.softmax(s, 1)  # the class-level Gram by hand at T 1
+    assert float(mlkd_relations(s, t, 1.0, True)) == pytest.approx(float(((pt.T @ pt - ps.T @ ps) ** 2).sum() / 3))
+
+
 @pytest.mark.parametrize("T", [1.0, 3.0])
 def test_nkd_normalised_target_and_nontarget_terms(T):
     rows = np.arange(3)
@@ -411,4 +513,4 @@ def test_all_methods_on_image_tasks(task, fixture, roles, request, tmp_path):
 def test_new_logit_methods_fused_with_kd_equal_alone(tmp_path):
     from ..fixtures import fused_with_kd
 
-    fused_with_kd(tmp_path, ["wttm", "skd"])
+    fused_with_kd(tmp_path, ["wttm", "skd", "mlkd"])

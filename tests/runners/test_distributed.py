@@ -20,7 +20,7 @@ from lskd_bench.runners.cells import plan_cells
 from lskd_bench.runners.distributed import sync_batchnorm
 from lskd_bench.runners.grid import resolve_config
 
-from ..distributed_worker import METHODS, TRANSLATION_METHODS, differences, launch, train_teacher
+from ..distributed_worker import METHODS, NOT_IN_MATRIX, TRANSLATION_METHODS, differences, launch, train_teacher
 from ..fixtures import require, tiny_overrides
 
 STATE_TOL = 5e-3  # measured (floor 1e-3): at most 4e-3 (SRD's projector bias before a BatchNorm, a gradient that is
@@ -62,7 +62,8 @@ def test_every_method_is_in_the_matrix():
     """A new method joins the matrix (or says here why it cannot)."""
     from lskd_bench.methods import METHODS as REGISTRY
 
-    assert set(REGISTRY.names()) - {"ls"} <= {*METHODS, *TRANSLATION_METHODS}  # ls: the baseline, in both
+    assert set(REGISTRY.names()) - {"ls"} <= {*METHODS, *TRANSLATION_METHODS, *NOT_IN_MATRIX}  # ls: the baseline
+    assert not set(NOT_IN_MATRIX) & {*METHODS, *TRANSLATION_METHODS}
 
 
 def test_batchnorm_synchronised_in_place_keeps_its_parameters_and_refuses_what_it_cannot():
