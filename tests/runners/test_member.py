@@ -85,7 +85,17 @@ def test_a_flat_checkpoint_unpacks_into_the_components_states():
 @pytest.mark.slow
 def test_checkpoints_written_by_b9ee720_resume_bit_for_bit(tmp_path):
     """ab (an initialisation stage and method parameters) and kd stopped after epoch 2 of 3 by lskd-bench at
-    b9ee720 (``checkpoints_b9ee720/make.py``): resumed now, they end where an uninterrupted run ends."""
+    b9ee720 (``checkpoints_b9ee720/make.py``, one intra-op thread): resumed now, they end where an uninterrupted run
+    ends (with the same thread: results are bit-identical at one thread count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _resume_old_checkpoints(tmp_path)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _resume_old_checkpoints(tmp_path):
     over = tiny_overrides(epochs=3, methods=["ab", "kd"], grid={"alphas": [0.1], "temperatures": [4.0]})
     cfg = resolve_config("digits", {}, {**over, "baseline": False})
     task, cells = get_task("digits"), plan_cells(cfg)
