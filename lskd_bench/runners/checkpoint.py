@@ -43,7 +43,7 @@ class StateFiles(Component):
                 why = damaged or f"{store.STATE} is missing (the run stopped while checkpointing)"
                 self.notes.append(
                     f"repaired: {self.name}: {why}; resumed from the previous checkpoint "
-                    f"{store.STATE_PREV} (epoch {state['epoch'] + 1}, step {state.get('step', 0)})"
+                    f"{store.STATE_PREV} (epoch {_where(state)['epoch'] + 1}, step {_where(state).get('step', 0)})"
                 )
             return state
         if damaged:
@@ -78,6 +78,11 @@ _FLAT_PARTS = {
     "evaluation": ("eval_seconds",),
     "record": ("history", "train_seconds", "skipped", "resumes", "epoch_times"),
 }
+
+
+def _where(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's position (epoch, step) in either layout."""
+    return state["position"] if "position" in state else state
 
 
 def unpack(state: dict[str, Any]) -> tuple[dict[str, int], dict, dict, dict[str, Any]]:

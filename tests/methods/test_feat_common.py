@@ -150,7 +150,7 @@ def test_killed_feature_group_resumes_bit_identically_and_exports_only_the_stude
     state = torch.load(cut / fit.name / store.STATE, weights_only=True)
     assert any(k.startswith("regressor.") for k in state["parts"]["method"])  # the connector is checkpointed
     crd = torch.load(cut / next(c for c in students if c.method == "crd").name / store.STATE, weights_only=True)
-    assert {"memory_s", "memory_t"} <= {k.rsplit(".", 1)[-1] for k in crd["method"]}  # and CRD's memory bank
+    assert {"memory_s", "memory_t"} <= {k.rsplit(".", 1)[-1] for k in crd["parts"]["method"]}  # and CRD's memory bank
     out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False)
     assert all(o.error is None for o in out)
     assert all(same_weights(cut / c.name, ref / c.name) for c in students)

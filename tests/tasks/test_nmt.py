@@ -723,7 +723,7 @@ def test_bleu_does_not_depend_on_the_decoding_batch(tmp_path):
     model = task.build_model("transformer_micro", data, cfg, cfg["teacher"])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for epoch in range(10):
-        for batch in task.train_batches(data, cfg["teacher"], cfg, seed=0, epoch=epoch):
+        for batch in task.train_batches(data, cfg["teacher"], cfg, BatchRequest(seed=0, epoch=epoch)):
             loss = torch.nn.functional.cross_entropy(*task.forward(model.train(), batch))
             opt.zero_grad()
             loss.backward()
