@@ -1,8 +1,8 @@
 """The thread policy under contention (issue 36): wall time of ``lskd-bench run --seeds 0`` (the default digits
-grid, one seed) with the default threads and with ``--threads 1`` / ``--threads N``, quiet and with BURNERS
-CPU-bound processes beside it, rounds alternated; prints the median of each and the ratios.
+grid, one seed) with the default threads and with ``--threads 1`` / ``--threads N`` / ``--jobs N``, quiet and with
+BURNERS CPU-bound processes beside it, rounds alternated; prints the median of each and the ratios.
 
-    python benchmarks/bench_threads.py [--rounds 2] [--burners 3] [--options default,1,2] [--epochs E]
+    python benchmarks/bench_threads.py [--rounds 2] [--burners 3] [--options default,1,2,jobs2] [--epochs E]
 
 Take it while nothing else runs on the machine. Each run trains from scratch in a fresh folder.
 """
@@ -25,10 +25,19 @@ def burn(stop) -> None:
             x += i * i
 
 
+def option_args(option: str) -> list[str]:
+    """``default``: no option; ``jobsN``: ``--jobs N`` (units as N processes at once); a number: ``--threads``."""
+    if option == "default":
+        return []
+    if option.startswith("jobs"):
+        return ["--jobs", option[4:]]
+    return ["--threads", option]
+
+
 def run(option: str, epochs: int | None) -> float:
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "lskd_bench", "run", "--seeds", "0", "--out", out, "--no-progress"]
-        cmd += [] if option == "default" else ["--threads", option]
+        cmd += option_args(option)
         cmd += [] if epochs is None else ["--epochs", str(epochs)]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -39,7 +48,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--burners", type=int, default=3)
-    ap.add_argument("--options", default="default,1,2", help="default and --threads values, comma-separated")
+    ap.add_argument(
+        "--options", default="default,1,2", help="default, --threads values and jobsN (--jobs N), comma-separated"
+    )
     ap.add_argument("--epochs", type=int, help="epochs for teacher and student (default: the task's)")
     args = ap.parse_args()
     options = args.options.split(",")

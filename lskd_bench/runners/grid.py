@@ -20,7 +20,7 @@ import yaml
 from .. import store
 from ..config import Resolved, config_hash, resolve_layers
 from ..errors import UsageError
-from ..methods import check_student_methods, method_class, method_teacher_mode
+from ..methods import build_method, check_student_methods, method_class, method_teacher_mode
 from ..models import init_path, read_checkpoint
 from ..registry import EXECUTORS
 from ..schema import deep_merge
@@ -83,6 +83,7 @@ def check_run_config(task: Task, cfg: dict[str, Any], check_executor: bool = Tru
             f"({cfg['lock']['stale_s']:g}): a lock is taken over when its heartbeat is older than stale_s"
         )
     check_student_methods(cfg["methods"], task.kind)
+    check_logit_methods(cfg)
     executor = EXECUTORS.get(cfg["executor"])
     if check_executor and hasattr(executor, "validate"):
         executor.validate(cfg)
@@ -92,6 +93,14 @@ def check_run_config(task: Task, cfg: dict[str, Any], check_executor: bool = Tru
     task.registered_metrics(cfg)  # known, reportable, and the task's evaluation feeds them
     check_input_size(task, cfg)
     check_feature_methods(task, cfg)
+
+
+def check_logit_methods(cfg: dict[str, Any]) -> None:
+    """Each method without intermediate outputs checks the run's config (``Method.check_run``: DOT's optimizer)
+    before anything is written; feature methods are checked with their probe (``check_feature_methods``)."""
+    for name in cfg["methods"]:
+        if not method_class(name).needs.features:
+            build_method(name, cfg).check_run(cfg)
 
 
 def _check_checkpoints(cfg: dict[str, Any]) -> None:

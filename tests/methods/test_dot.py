@@ -296,3 +296,15 @@ def test_dot_under_ddp_equals_one_process(tmp_path):
     for k, v in model.state_dict().items():
         assert not torch.equal(v, start.state_dict()[k]), k  # trained
         assert float((got[k] - v).abs().max() / v.abs().max()) <= 1e-12, k
+
+
+def test_run_refuses_dot_with_nesterov_before_writing_anything(tmp_path, capsys):
+    """The check runs at planning (``--dry-run`` too), not when the cell starts: one line, exit 2, nothing written."""
+    from lskd_bench.cli import main
+
+    out = tmp_path / "runs"
+    argv = ["run", "--methods", "dot", "--seeds", "0", "--out", str(out), "--set", "student.nesterov=true"]
+    assert main([*argv, "--dry-run"]) == 2
+    assert "method dot needs the student's optimizer to be SGD without Nesterov" in capsys.readouterr().err
+    assert main(argv) == 2
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
