@@ -177,7 +177,10 @@ def launch(
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "tests.distributed_worker", str(out), str(world)]
-    procs = [subprocess.Popen([*cmd, str(r), kind, ",".join(methods or [])], cwd=root, env=env, stderr=subprocess.PIPE) for r in range(world)]
+    names = ",".join(methods or [])
+    procs = [
+        subprocess.Popen([*cmd, str(r), kind, names], cwd=root, env=env, stderr=subprocess.PIPE) for r in range(world)
+    ]
     errors = [p.communicate(timeout=hang_guard_s)[1].decode() for p in procs]
     if any(p.returncode != 0 for p in procs):
         raise RuntimeError("\n".join(errors))
