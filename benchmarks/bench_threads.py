@@ -2,7 +2,7 @@
 grid, one seed) with the default threads and with ``--threads 1`` / ``--threads N`` / ``--jobs N``, quiet and with
 BURNERS CPU-bound processes beside it, rounds alternated; prints the median of each and the ratios.
 
-    python benchmarks/bench_threads.py [--rounds 2] [--burners 3] [--options default,1,2,jobs2] [--epochs E]
+    python benchmarks/bench_threads.py [--rounds 2] [--burners 3] [--options default,1,2,2p,jobs2] [--epochs E]
 
 Take it while nothing else runs on the machine. Each run trains from scratch in a fresh folder.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import statistics
 import subprocess
 import sys
@@ -26,12 +27,21 @@ def burn(stop) -> None:
 
 
 def option_args(option: str) -> list[str]:
-    """``default``: no option; ``jobsN``: ``--jobs N`` (units as N processes at once); a number: ``--threads``."""
+    """``default``: no option; ``jobsN``: ``--jobs N`` (units as N processes at once); a number: ``--threads``
+    (a trailing ``p``: with ``OMP_WAIT_POLICY=PASSIVE``, see ``option_env``)."""
+    option = option.removesuffix("p")
     if option == "default":
         return []
     if option.startswith("jobs"):
         return ["--jobs", option[4:]]
     return ["--threads", option]
+
+
+def option_env(option: str) -> dict[str, str]:
+    """The environment of a run: OpenMP threads that sleep at once when idle (``OMP_WAIT_POLICY=PASSIVE``) for an
+    option ending in ``p``, instead of spinning for a while."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    return {**env, "OMP_WAIT_POLICY": "PASSIVE"} if option.endswith("p") else env
 
 
 def run(option: str, epochs: int | None) -> float:
@@ -40,7 +50,7 @@ def run(option: str, epochs: int | None) -> float:
         cmd += option_args(option)
         cmd += [] if epochs is None else ["--epochs", str(epochs)]
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=option_env(option))
         return time.perf_counter() - t0
 
 
@@ -49,7 +59,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--burners", type=int, default=3)
     ap.add_argument(
-        "--options", default="default,1,2", help="default, --threads values and jobsN (--jobs N), comma-separated"
+        "--options",
+        default="default,1,2",
+        help="default, --threads values and jobsN (--jobs N), comma-separated; a trailing p: OMP_WAIT_POLICY=PASSIVE",
     )
     ap.add_argument("--epochs", type=int, help="epochs for teacher and student (default: the task's)")
     args = ap.parse_args()
