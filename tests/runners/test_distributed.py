@@ -86,6 +86,22 @@ def test_a_method_that_amplifies_rounding_differs_across_processes_as_across_thr
     assert processes[cell]["loss"] < 10 * LOSS_TOL, processes[cell]
 
 
+@pytest.mark.slow
+def test_a_method_with_its_own_recipe_trains_with_n_processes_what_one_process_trains(tmp_path):
+    """DOT needs SGD without Nesterov (the matrix's shared recipe has it): its own group, the matrix's bounds."""
+    methods = ["dot"]
+    train_teacher(tmp_path, methods=methods)
+    run(tmp_path, 1, 0, methods=methods)
+    launch(tmp_path, 2, hang_guard_s=HANG_GUARD_S, methods=methods)
+    rows = differences(tmp_path, 2)
+    assert any("dot" in name for name in rows)
+    for name, d in rows.items():
+        assert d["ranks_equal"], f"{name}: the ranks' states differ"
+        assert d["state"] < STATE_TOL, (name, d)
+        assert d["loss"] < LOSS_TOL, (name, d)
+        assert d["metric"] == 0.0, (name, d)
+
+
 def test_every_method_is_in_the_matrix():
     """A new method joins the matrix (or says here why it cannot)."""
     from lskd_bench.methods import METHODS as REGISTRY
