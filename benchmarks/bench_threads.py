@@ -64,11 +64,13 @@ def main() -> None:
         help="default, --threads values and jobsN (--jobs N), comma-separated; a trailing p: OMP_WAIT_POLICY=PASSIVE",
     )
     ap.add_argument("--epochs", type=int, help="epochs for teacher and student (default: the task's)")
+    ap.add_argument("--loads", default="quiet,busy", help="quiet, busy or both (comma-separated)")
     args = ap.parse_args()
+    loads = args.loads.split(",")
     options = args.options.split(",")
     times: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds):
-        for load in ("quiet", "busy"):
+        for load in loads:
             stop = mp.Event()
             procs = [mp.Process(target=burn, args=(stop,)) for _ in range(args.burners if load == "busy" else 0)]
             for p in procs:
@@ -82,7 +84,7 @@ def main() -> None:
                 stop.set()
                 for p in procs:
                     p.join()
-    for load in ("quiet", "busy"):
+    for load in loads:
         med = {o: statistics.median(times[(load, o)]) for o in options}
         best = min(med.values())
         line = ", ".join(f"{o} {med[o]:.1f} s" for o in options)
