@@ -441,7 +441,8 @@ def feature_references(logit: Collection[tuple[str, str, str]] = ()) -> tuple[KD
 
 def kd_sources() -> str:
     """The header lines of the reference files that name the sources (``[M]``, ``[S]``, ``[R]``...)."""
-    return "; ".join(_sources("kd_reference.yaml") + _sources("feature_reference.yaml")[:1])  # [R] (not [O]: unmapped)
+    feature = [s for s in _sources("feature_reference.yaml") if not s.startswith("[O]")]  # [R], [D] ([O]: unmapped)
+    return "; ".join(_sources("kd_reference.yaml") + feature)
 
 
 def _sources(name: str) -> list[str]:

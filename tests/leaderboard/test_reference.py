@@ -269,6 +269,8 @@ def test_sources_line_names_each_source_with_its_whole_title():
 
     text = kd_sources()
     assert '"Benchmark Results on CIFAR-100"' in text and '"Main Benchmark Results"' in text
+    assert 'DefangChen/SimKD@2b389c31ed7779aea31e7aaf0bb0f2d8b6ac2f01 README.md "Some results on CIFAR-100"' in text
+    assert "overhaul-distillation" not in text  # [O]: unmapped rows only, never in the table
     assert text.count('"') % 2 == 0
 
 
