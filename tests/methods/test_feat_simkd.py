@@ -137,6 +137,40 @@ def test_teacher_classifier_is_a_frozen_copy_outside_the_optimizer():
     assert m.head.weight.grad is None and t_net.head.weight.grad is None
 
 
+def test_training_top1_counts_each_epoch_afresh_and_resumes_from_the_state():
+    """``train_top1`` is the reused classifier's hits over the epoch's rows: a new epoch starts from zero, and the
+    counts travel in the method's state (a checkpoint mid-epoch resumes them)."""
+    s, t, y, s_net, t_net = _case(0)
+    m = _setup(s, t, s_net, t_net)
+    with torch.no_grad():
+        pred = m.head(m.mapped(s["stage3"], t["stage3"])[0].mean((2, 3)))
+    hits = int((pred.argmax(1) == y).sum())
+    m.compute(s, y, t, LossContext(epoch=0))
+    m.compute(s, y, t, LossContext(epoch=0))
+    assert (int(m.hits), int(m.rows)) == (2 * hits, 16)
+    resumed = _setup(s, t, s_net, t_net)
+    resumed.load_state_dict(m.state_dict())
+    assert resumed.report() == m.report() == {"train_top1": 100.0 * hits / 8}
+    m.compute(s, y, t, LossContext(epoch=1))
+    assert (int(m.rows), int(m.epoch_of)) == (8, 1)
+
+
+def test_simkd_plus_kd_is_evaluated_as_the_same_deployed_model():
+    """``simkd+kd`` (the authors' ``-d``: KD on the student's own logits) deploys SimKD's model and reports its
+    training top-1."""
+    from lskd_bench.methods.feat_simkd import SimKDDeployed
+
+    s, t, y, s_net, t_net = _case(0)
+    t["logits"] = torch.randn(8, 10, dtype=torch.float64)
+    m = build_method("simkd+kd", {"simkd": {}, "compose": {"kd_weight": 1.0}})
+    m.setup(Probe(s_net, t_net, s, t, Layout(stages={"stage3": "x"}), None, num_samples=100, num_classes=10))
+    m.double()
+    out = m.compute(s, y, t, LossContext(T=4.0))
+    assert set(out) == {"ce", "feat", "kd"} and set(m.report()) == {"train_top1"}
+    deployed = m.deployed(s_net)
+    assert isinstance(deployed, SimKDDeployed) and deployed.head is m.inner.head
+
+
 def test_simkd_defaults_and_refusals():
     m = build_method("simkd", {"simkd": {}})
     assert m.p == {"ce": 0.0, "beta": 1.0, "factor": 2}
