@@ -94,7 +94,7 @@ class SimKD(FeatureMethod):
     (``feat[-2]``, ``last_stage``; train_student.py:268-270), the larger map adaptive-average-pooled to the other's
     size; the student map through the projector (``projector``: 1x1 conv -> BN-ReLU -> 3x3 conv -> BN-ReLU ->
     1x1 conv -> BN-ReLU, middle width ``t_n // factor``); the loss ``ce * CE + beta * MSE(projected, teacher
-    map)``, where CE is on the student's own head (``loss_cls`` of helper/loops.py:116, computed before the
+    map)``, where CE is on the student's own head (``loss_cls`` of helper/loops.py:115, computed before the
     logits are replaced). Defaults are the README's run (README.md:43: ``-c 0 -d 0 -b 1``, no CE, no KD; the
     ``-d`` KD term is ``simkd+kd`` here, on the student's own logits as there) and factor 2
     (train_student.py:67; README.md:63-65 reports f = 8, 4, 2).
