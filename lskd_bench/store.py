@@ -39,6 +39,8 @@ from .errors import UsageError
 RESULT = "result.json"
 MODEL = "model.pt"
 SELECTED = "model_selected.pt"
+DEPLOYED = "deployed.pt"  # the model a cell is evaluated as, where it is not the student (SimKD)
+DEPLOYED_SELECTED = "deployed_selected.pt"
 STATE = "state.pt"
 STATE_PREV = "state.prev.pt"  # the checkpoint before state.pt: resumed from when state.pt is damaged
 FEATURES = "features.npz"

@@ -29,7 +29,7 @@ from lskd_bench.tasks import get_task
 METHODS = [
     *("kd", "kd_std", "dkd", "nkd", "ctkd", "dist", "ttm", "wttm", "skd", "mlkd"),
     *("fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd", "ofd", "reviewkd", "kdsvd"),
-    *("cckd", "dist_plus", "srd", "pad", "catkd"),
+    *("cckd", "dist_plus", "srd", "pad", "catkd", "simkd"),
     "crd+kd",
 ]
 # registered methods the matrix leaves out, and why

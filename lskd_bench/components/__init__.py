@@ -14,6 +14,10 @@ concerns such as an exponential moving average of the weights (``components.ema`
   state per loss term wraps or replaces it; its state is checkpointed as the student's optimizer's);
 - ``backward(terms, loss)``: do the step's backward pass itself (True) instead of ``loss.backward()`` (an optimizer
   that treats the loss terms apart);
+- ``deployed(model)``: the model this cell is evaluated and exported as, given the student ``model`` (default: the
+  student itself). A method whose inference is not the student's own forward (SimKD's projector and reused teacher
+  classifier) returns a module that wraps the student; the evaluations, the selected epoch and result.json read
+  it, the student's own weights stay ``model.pt`` (``runners.result_file.save_deployed``);
 - hooks: ``on_step_end(cell, step)`` after each optimizer step, ``on_epoch_end(cell, entry)`` with the epoch's
   history entry (it may add keys), ``on_finish(cell, result)`` with result.json's record before it is written (it
   may add keys).
@@ -114,6 +118,9 @@ class Component:
     def backward(self, terms: Any, loss: torch.Tensor) -> bool:
         return False
 
+    def deployed(self, model: nn.Module) -> nn.Module:
+        return model
+
     def on_step_end(self, cell: Trainee, step: StepInfo) -> None:
         return None
 
@@ -163,6 +170,12 @@ class Parts:
     def backward(self, terms: Any, loss: torch.Tensor) -> None:
         if not any(p.backward(terms, loss) for p in self.items):
             loss.backward()
+
+    def deployed(self, model: nn.Module) -> nn.Module:
+        """The model the member is evaluated and exported as: ``model`` through each part's ``deployed``."""
+        for p in self.items:
+            model = p.deployed(model)
+        return model
 
     def state_dict(self) -> dict[str, Any]:
         return {p.key: p.state_dict() for p in self.items}

@@ -407,16 +407,22 @@ KD_RECIPE = (
     "(train_student.py:78), -r 0.1 -a 0.9 (scripts/run_cifar_distill.sh:5)"
 )
 KD_T = 4.0  # RepDistiller's --kd_T default (train_student.py:78), the cell of its KD numbers
+SIMKD_RECIPE = (
+    "SimKD's authors: 240 epochs, batch 64, SGD lr 0.05 (train_student.py:42-51), -c 0 -d 0 -b 1, factor 2 "
+    "(README.md:43)"
+)
 
 
 def feature_references(logit: Collection[tuple[str, str, str]] = ()) -> tuple[KDReference, ...]:
-    """RepDistiller's README numbers (``data/feature_reference.yaml``), one per pair and method: a feature
+    """RepDistiller's README numbers and SimKD's authors' (``data/feature_reference.yaml``, each at its source's
+    selection rule), one per pair and method: a feature
     method's cell is alpha 0 with no T (``T`` None), KD's alpha 0 at T 4. A KD number is kept only where
     ``logit`` (``(task, pair, method)`` of ``kd_reference.yaml``'s rows) has none for the pair: mdistiller's KD
     rows are RepDistiller's numbers, and RepDistiller alone publishes resnet110-resnet20 and ResNet50-vgg8."""
     from .feature_reference import load, rows
 
-    rule = _rule_of(source_rules(load(), "feature_reference.yaml"), "[R]", "feature_reference.yaml")
+    rules = source_rules(load(), "feature_reference.yaml")
+    recipes = {"[D]": SIMKD_RECIPE}  # SimKD's authors' rows; RepDistiller's ([R]) by method
     return tuple(
         KDReference(
             "cifar100",
@@ -424,9 +430,9 @@ def feature_references(logit: Collection[tuple[str, str, str]] = ()) -> tuple[KD
             what,
             KD_T if what == "kd" else None,
             top1,
-            "[R] " + source.removeprefix("[R] "),
-            KD_RECIPE if what == "kd" else FEATURE_RECIPE,
-            rule,
+            source,
+            recipes.get(_tag(source), KD_RECIPE if what == "kd" else FEATURE_RECIPE),
+            _rule_of(rules, _tag(source), "feature_reference.yaml"),
         )
         for pair, what, top1, source in rows()
         if what not in ("teacher", "student") and ("cifar100", pair, what) not in logit
@@ -435,7 +441,8 @@ def feature_references(logit: Collection[tuple[str, str, str]] = ()) -> tuple[KD
 
 def kd_sources() -> str:
     """The header lines of the reference files that name the sources (``[M]``, ``[S]``, ``[R]``...)."""
-    return "; ".join(_sources("kd_reference.yaml") + _sources("feature_reference.yaml")[:1])  # [R] (not [O]: unmapped)
+    feature = [s for s in _sources("feature_reference.yaml") if not s.startswith("[O]")]  # [R], [D] ([O]: unmapped)
+    return "; ".join(_sources("kd_reference.yaml") + feature)
 
 
 def _sources(name: str) -> list[str]:

@@ -23,7 +23,9 @@ teachers run in different modes never share a pass (``method_teacher_mode``).
 ``loss`` returns a scalar tensor, or named terms (``{"ce": ..., "kd": ...}``) whose sum is the loss: each
 term's epoch mean is logged (``loss_<name>`` in result.json's history, the progress bar, TensorBoard).
 A method that is an ``nn.Module`` has its parameters trained with the student's optimizer and its state
-(parameters and buffers) saved in every checkpoint; none of it is part of the student's exported weights.
+(parameters and buffers) saved in every checkpoint; none of it is part of the student's exported weights. A method
+whose inference is not the student's own forward (SimKD) says so with ``deployed(model)``: the model its cells
+are evaluated as, its weights written beside the student's (``deployed.pt``).
 ``a+kd`` (e.g. ``crd+kd``) composes a feature method with Hinton KD (``Composite``).
 Third-party methods register through the ``lskd_bench.methods`` entry-point group.
 """
@@ -147,8 +149,9 @@ class MethodState(Component):
 
     key = "method"
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, deployed: Callable[[nn.Module], nn.Module] | None = None):
         self.module = module
+        self._deployed = deployed  # the method's ``deployed`` (None: the student is what the cell deploys)
         # what the main schedule trains: the parameters trainable now, after setup (an initialisation stage's
         # connector, frozen by setup and trained by the stage alone, stays out even once the stage unfreezes it)
         self.trainable = [p for p in module.parameters() if p.requires_grad]
@@ -162,6 +165,9 @@ class MethodState(Component):
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if state:
             self.module.load_state_dict(state)
+
+    def deployed(self, model: nn.Module) -> nn.Module:
+        return model if self._deployed is None else self._deployed(model)
 
 
 class InitStage(Component):
@@ -255,6 +261,12 @@ class Method:
         """Values worth logging per epoch (a learned temperature...), saved in the history."""
         return {}
 
+    def deployed(self, model: nn.Module) -> nn.Module:
+        """The model a cell of this method is evaluated and exported as, given its student ``model``: the student
+        itself, unless the method's inference adds parts of its own (SimKD: projector and reused teacher
+        classifier; ``components.Component.deployed``)."""
+        return model
+
 
 TEACHER_MODES = ("eval", "train")
 
@@ -305,7 +317,7 @@ class ModuleMethod(nn.Module, Method):
 
     def components(self, site: Site) -> list[Component]:
         self.to(site.device)
-        return [MethodState(self)]
+        return [MethodState(self, self.deployed)]
 
 
 class FeatureMethod(ModuleMethod):
@@ -433,6 +445,9 @@ class Composite(FeatureMethod):
     def report(self) -> dict[str, float]:
         return self.inner.report()
 
+    def deployed(self, model: nn.Module) -> nn.Module:
+        return self.inner.deployed(model)
+
 
 def _composite(name: str) -> type[Method]:
     """The class of ``X+kd`` (X a feature method)."""
@@ -475,6 +490,7 @@ METHODS: Registry[type[Method]] = Registry(
         "lskd_bench.methods.feat_torchdistill",
         "lskd_bench.methods.feat_semckd",
         "lskd_bench.methods.feat_catkd",
+        "lskd_bench.methods.feat_simkd",
         "lskd_bench.methods.dot",
     ),
 )

@@ -51,15 +51,22 @@ class Evaluator(Component):
         self.seconds = 0.0
         self.last_loss: float | None = None  # the last evaluation's loss, when the task computes one
 
-    def __call__(self, model: nn.Module, epoch: int, rng: RngState) -> dict[str, float]:
-        """Evaluate ``model`` after ``epoch`` epochs, in the random stream ``rng``; its metrics."""
+    def __call__(
+        self, model: nn.Module, epoch: int, rng: RngState, deployed: nn.Module | None = None
+    ) -> dict[str, float]:
+        """Evaluate ``model`` after ``epoch`` epochs, in the random stream ``rng``; its metrics. ``deployed``: the
+        model the cell is evaluated as when it is not ``model`` itself (``Component.deployed``): it is assessed,
+        and a selected epoch keeps its weights (``deployed_selected.pt``) besides the student's."""
         t0 = time.perf_counter()
+        served = model if deployed is None else deployed
         with rng.scope():
-            ev = self.task.assess(model, self.data, self.cfg, self.device, self.hp)
+            ev = self.task.assess(served, self.data, self.cfg, self.device, self.hp)
         self.last_loss = float(ev.loss) if getattr(ev, "loss", None) is not None else None
         selected = self.selector.update(epoch, ev.metrics, ev.selection)
         if selected:
             save_weights(self.dir / store.SELECTED, model)
+            if served is not model:
+                save_weights(self.dir / store.DEPLOYED_SELECTED, served)
         write_outputs(self.dir, ev.outputs, selected)
         self.seconds += time.perf_counter() - t0
         return ev.metrics

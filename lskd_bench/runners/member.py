@@ -38,7 +38,7 @@ from .features import export_features
 from .loggers import open_loggers
 from .optim import build_optimizer, learning_rate
 from .probe import TeacherView, method_probe
-from .result_file import CellRecord, result_record, save_final_weights
+from .result_file import CellRecord, result_record, save_deployed, save_final_weights
 from .rng import RngState
 from .selection import Selector
 
@@ -298,7 +298,8 @@ class Member:
         """Evaluate (rank 0): the metrics; the selected epoch and the task's output files updated."""
         metrics: dict[str, float] = {}
         if self.run.rank == 0:
-            metrics = self.parts["evaluation"](self.model, self.pos.epoch, self.parts["rng"])
+            parts = self.parts
+            metrics = parts["evaluation"](self.model, self.pos.epoch, parts["rng"], parts.deployed(self.model))
         if self.run.world > 1:
             torch.distributed.barrier()
         return metrics
@@ -406,10 +407,12 @@ def write_result(m: Member) -> dict[str, Any]:
         last = m.evaluate()
     t0 = time.perf_counter()
     selected = save_final_weights(run.dir, m.model, m.parts["selection"].selected, m.pos.epoch)
+    deployed = save_deployed(run.dir, m.model, m.parts.deployed(m.model), selected)  # {} for most methods
     files = run.task.export_artifacts(run.data, run.cfg, run.dir)
     if run.task.supports_analysis and run.cfg["analysis"]["export"]:  # else analyze computes them when asked
         export_features(m.model, run.data, run.cfg, run.device, run.dir / store.FEATURES)
     result = result_record(cell_record(m), last, selected, files, t0)
+    result["weights"].update(deployed)
     m.parts.on_finish(m, result)
     store.write_json(run.dir / store.RESULT, result)
     m.parts["checkpoint"].remove()

@@ -79,6 +79,22 @@ def save_final_weights(cell_dir: Path, model: nn.Module, selected: dict[str, Any
     return store.MODEL
 
 
+def save_deployed(cell_dir: Path, model: nn.Module, deployed: nn.Module, selected_file: str) -> dict[str, str]:
+    """Where the cell is evaluated as another model than its student (``Component.deployed``: SimKD's student,
+    projector and reused teacher classifier): that model's whole state (``deployed.pt``, keys ``student.*`` and
+    the parts it adds) beside the student's own ``model.pt``, which stays loadable as the student's architecture.
+    result.json's ``weights.deployed``: ``{"last", "selected"}``; nothing when the student is what is deployed."""
+    stale = cell_dir / store.DEPLOYED_SELECTED
+    if deployed is model:
+        return {}
+    save_weights(cell_dir / store.DEPLOYED, deployed)
+    if selected_file == store.SELECTED and stale.is_file():
+        return {"deployed": {"last": store.DEPLOYED, "selected": store.DEPLOYED_SELECTED}}
+    with contextlib.suppress(FileNotFoundError):
+        stale.unlink()
+    return {"deployed": {"last": store.DEPLOYED, "selected": store.DEPLOYED}}
+
+
 def result_record(m: CellRecord, last: dict[str, float], selected_file: str, files: dict[str, Any], t0: float) -> dict:
     """result.json of the finished member ``m``: ``last`` the last evaluation's metrics,
     ``selected_file`` the selected epoch's weights, ``files`` the task's artifacts, ``t0`` when exporting began.

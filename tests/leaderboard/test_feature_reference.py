@@ -17,10 +17,10 @@ REPD = ["kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp"
 
 def test_every_row_has_a_source_line_and_a_number():
     all_rows = list(rows())
-    assert len(all_rows) == 13 * 2 + 162  # teacher + student per pair; 7 x 13 - 1 (FSP N/A) + 6 x 12 methods
+    assert len(all_rows) == 13 * 2 + 162 + 1  # teacher + student per pair; 7 x 13 - 1 (FSP N/A) + 6 x 12; SimKD
     for pair, what, top1, source in all_rows:
         assert 0 < top1 <= 100, (pair, what)
-        assert re.fullmatch(r"\[[RO]\] \S+:\d+", source), (pair, what, source)
+        assert re.fullmatch(r"\[[RO]\] \S+:\d+" if what != "simkd" else r"\[D\] \S+:\d+", source), (pair, what)
     for row in load()["unmapped"]:
         assert re.fullmatch(r"\[O\] \S+:\d+", row["source"])
         err, alone = (float(x) for x in re.findall(r"([\d.]+)%", row["reported"]))
@@ -45,7 +45,9 @@ def test_pairs_are_lskd_pairs_of_known_archs():
         "vgg13-vgg8",
     ]
     for key in same_type:
-        assert list(data[key]["methods"]) == [m for m in REPD if not (key == "wrn_40_2-wrn_40_1" and m == "fsp")]
+        simkd = ["simkd"] if key == "resnet32x4-resnet8x4" else []  # SimKD's authors' one mapped column
+        expect = [m for m in REPD if not (key == "wrn_40_2-wrn_40_1" and m == "fsp")] + simkd
+        assert list(data[key]["methods"]) == expect
     for key in set(data) - set(same_type):
         assert list(data[key]["methods"]) == [m for m in REPD if m != "fsp"]
 
@@ -57,6 +59,8 @@ def test_spot_values_from_the_readme():
     assert p["ResNet50-vgg8"]["methods"]["kd"]["top1"] == 73.81
     assert (p["wrn_40_2-ShuffleV1"]["teacher"]["top1"], p["wrn_40_2-ShuffleV1"]["student"]["top1"]) == (75.61, 70.50)
     assert p["vgg13-MobileNetV2"]["methods"]["nst"] == {"top1": 58.16, "source": "[R] README.md:109"}
+    # DefangChen/SimKD@2b389c3 README.md:65, "SimKD (f=2) | **78.08** | ..." (the ResNet-8x4 column)
+    assert p["resnet32x4-resnet8x4"]["methods"]["simkd"] == {"top1": 78.08, "source": "[D] README.md:65"}
 
 
 def test_a_row_without_a_source_or_number_is_refused(monkeypatch):

@@ -240,6 +240,14 @@ def test_every_reference_records_its_sources_selection_rule():
     assert {r.selection.rule for r in refs if tag[r] == "[R]"} == {"last"}
     assert "[R] train_student.py:333-334" in next(r for r in refs if tag[r] == "[R]").selection.source
     assert {r.selection.rule for r in refs if tag[r] == "[S]"} == {"best"}
+    (simkd,) = [r for r in refs if tag[r] == "[D]"]  # SimKD's authors keep the best epoch's metrics
+    assert (simkd.method, simkd.pair, simkd.top1, simkd.selection.rule) == (
+        "simkd",
+        "resnet32x4-resnet8x4",
+        78.08,
+        "best",
+    )
+    assert "train_student.py:393-410" in simkd.selection.source and "-c 0 -d 0 -b 1" in simkd.recipe
     mdist = [r for r in refs if tag[r] == "[M]"]
     repd = load()["pairs"]
     for r in mdist:
@@ -261,6 +269,8 @@ def test_sources_line_names_each_source_with_its_whole_title():
 
     text = kd_sources()
     assert '"Benchmark Results on CIFAR-100"' in text and '"Main Benchmark Results"' in text
+    assert 'DefangChen/SimKD@2b389c31ed7779aea31e7aaf0bb0f2d8b6ac2f01 README.md "Some results on CIFAR-100"' in text
+    assert "overhaul-distillation" not in text  # [O]: unmapped rows only, never in the table
     assert text.count('"') % 2 == 0
 
 
