@@ -74,8 +74,9 @@ class Trainee(Protocol):
 @dataclass
 class Stage:
     """A stage that replaces the main schedule's step for some epochs: ``modules`` train alone with ``loss`` (the
-    method's stage loss) and their own optimizer ``opt`` at the constant ``lr``, the rest of the student in eval
-    mode. ``name`` is written in the history entries of its epochs (``stage``)."""
+    method's stage loss) and their own optimizer ``opt`` at the constant ``lr``, or, given ``lr_at``, at
+    ``lr_at(epoch)`` (the cell's 0-based epoch; SSKD's multistep schedule), the rest of the student in eval mode.
+    ``name`` is written in the history entries of its epochs (``stage``)."""
 
     name: str
     modules: list[nn.Module]
@@ -83,10 +84,21 @@ class Stage:
     lr: float
     loss: Callable[..., Any]
     params: list[nn.Parameter] = field(default_factory=list)
+    lr_at: Callable[[int], float] | None = None
 
     def __post_init__(self) -> None:
         if not self.params:
             self.params = [p for m in self.modules for p in m.parameters() if p.requires_grad]
+
+    def epoch_lr(self, epoch: int) -> float:
+        """The stage's learning rate in ``epoch``, set on its optimizer when it has a schedule (``lr_at``; a
+        constant-lr stage's optimizer is left as it was built)."""
+        if self.lr_at is None:
+            return self.lr
+        lr = float(self.lr_at(epoch))
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        return lr
 
     def train_mode(self, model: nn.Module) -> None:
         model.eval()

@@ -10,6 +10,9 @@ The teacher runs once per batch for a fused group and returns the union of what 
 A method with a ``teacher_mode`` parameter (``teacher_mode_field``: ReviewKD, OFD) may ask for the teacher's
 BatchNorm layers to normalise with the batch's statistics, as its authors' train-mode teacher does; members whose
 teachers run in different modes never share a pass (``method_teacher_mode``).
+A method may train on another view of the batch (``batch_view`` names it, ``train_view(batch)`` makes it: SSKD's
+four rotations of each image): the student's and the teacher's training forwards both run on it, and members with
+different views never share a pass; evaluation runs on the task's batch.
 
 - A **logit method** (``Method``) implements ``loss(student_logits, targets, teacher_logits, ctx)``, called on the
   positions that count: one row per image, or one row per non-pad target token for translation. Its needs are
@@ -200,6 +203,7 @@ class Method:
     uses_temperature: bool = True  # False: one student per alpha, the T axis does not apply
     task_kinds: tuple[str, ...] = ("classification", "translation")
     params: Section = Section({})
+    batch_view: str | None = None  # the name of another view of the batch the method trains on (``train_view``)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -266,6 +270,13 @@ class Method:
         itself, unless the method's inference adds parts of its own (SimKD: projector and reused teacher
         classifier; ``components.Component.deployed``)."""
         return model
+
+    def train_view(self, batch: Any) -> Any:
+        """The batch the student's and the teacher's training forwards run on: the task's batch itself, unless the
+        method names another view (``batch_view``; SSKD: each image followed by its three rotations). Members whose
+        views differ never share a teacher pass (``grid.fuse_units``); evaluation and the probe use the task's
+        batch."""
+        return batch
 
 
 TEACHER_MODES = ("eval", "train")
@@ -345,7 +356,8 @@ class FeatureMethod(ModuleMethod):
             params = [p for m in modules for p in m.parameters() if p.requires_grad]
             hp = site.hp
             opt = torch.optim.SGD(params, lr=lr, momentum=hp["momentum"], weight_decay=hp["weight_decay"])
-            parts.append(InitStage(epochs, Stage("init", modules, opt, lr, self.init_loss, params)))
+            stage = Stage("init", modules, opt, lr, self.init_loss, params, self.init_schedule(site.hp))
+            parts.append(InitStage(epochs, stage))
         return parts
 
     def loss(self, student: Outputs, targets: torch.Tensor, teacher: Outputs, ctx: LossContext) -> Loss:  # type: ignore[override]
@@ -363,6 +375,10 @@ class FeatureMethod(ModuleMethod):
     def init_lr(self, hp: dict[str, Any]) -> float:
         """The initialisation stage's constant SGD learning rate (``hp``: the student's recipe)."""
         return float(hp["lr"])
+
+    def init_schedule(self, hp: dict[str, Any]) -> Callable[[int], float] | None:
+        """The stage's learning rate per epoch (0-based, from the cell's start), or None: ``init_lr`` throughout."""
+        return None
 
     def init_loss(self, student: Outputs, targets: torch.Tensor, teacher: Outputs, ctx: LossContext) -> Loss:
         raise NotImplementedError
@@ -432,8 +448,14 @@ class Composite(FeatureMethod):
     def init_lr(self, hp: dict[str, Any]) -> float:
         return self.inner.init_lr(hp)
 
+    def init_schedule(self, hp: dict[str, Any]) -> Callable[[int], float] | None:
+        return self.inner.init_schedule(hp)
+
     def init_loss(self, student, targets, teacher, ctx):
         return self.inner.init_loss(student, targets, teacher, ctx)
+
+    def train_view(self, batch: Any) -> Any:
+        return self.inner.train_view(batch)
 
     def loss(self, student, targets, teacher, ctx):
         terms = self.inner.compute(student, targets, teacher, ctx)
@@ -466,6 +488,7 @@ def _composite(name: str) -> type[Method]:
         {
             "base": base,
             "params": base.params,
+            "batch_view": base.batch_view,
             "needs": Needs(
                 student=tuple(dict.fromkeys((*needs.student, "logits"))),
                 teacher=tuple(dict.fromkeys((*needs.teacher, "logits"))),
@@ -478,7 +501,8 @@ def _composite(name: str) -> type[Method]:
 
 
 # the built-in method modules register themselves when the registry is first looked up: methods/zoo.py (dkd,
-# kd_std, dist, ttm, nkd, ctkd), the feature methods (feat_*.py) and the methods that bring an optimizer (dot.py)
+# kd_std, dist, ttm, nkd, ctkd), the feature methods (feat_*.py), the methods that bring an optimizer (dot.py) and
+# SSKD (sskd.py: trains on rotated views, with a teacher-head stage)
 METHODS: Registry[type[Method]] = Registry(
     "method",
     "lskd_bench.methods",
@@ -492,6 +516,7 @@ METHODS: Registry[type[Method]] = Registry(
         "lskd_bench.methods.feat_catkd",
         "lskd_bench.methods.feat_simkd",
         "lskd_bench.methods.dot",
+        "lskd_bench.methods.sskd",
     ),
 )
 _COMPOSITES: dict[str, type[Method]] = {}

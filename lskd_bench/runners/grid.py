@@ -125,7 +125,8 @@ def resolve_config(task_name: str | None, file_cfg: Mapping[str, Any], overrides
 # ------------------------------------------------------------------------------------------ units
 def fuse_units(cells: list[Cell], cfg: dict[str, Any], *, fuse: bool, max_fused: int) -> list[list[Cell]]:
     """Group cells that can share one data pass: same role recipe, same seed and the same teacher run in the same
-    mode (``method_teacher_mode`` under ``cfg``: the teacher runs once per batch for the group; teachers of all
+    mode (``method_teacher_mode`` under ``cfg``: the teacher runs once per batch for the group) on the same view of
+    the batch (``Method.batch_view``, in the key only where a method has one; teachers of all
     alphas together; the no-KD baseline joins the first student group of its seed; students on teacher-generated
     targets train on other data, so they group only with each other). Groups larger than ``max_fused`` are split.
     Without ``fuse`` every cell is its own unit."""
@@ -144,6 +145,8 @@ def fuse_units(cells: list[Cell], cfg: dict[str, Any], *, fuse: bool, max_fused:
             key = (
                 ("targets", c.seed, c.teacher.hash, c.method) if targets else ("student", c.seed, c.teacher.hash, mode)
             )
+            view = method_class(c.method).batch_view
+            key = key if view is None else (*key, view)  # another view of the batch: another teacher pass
             groups[key].append(c)
     for b in baselines:
         host = next((k for k in groups if k[0] == "student" and k[1] == b.seed), None)

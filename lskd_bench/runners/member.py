@@ -318,7 +318,7 @@ def schedule(m: Member, stage: Stage | None, epoch: int, steps_per_epoch: int) -
     """(the optimizer, the learning rate) of a step in ``epoch``: a stage's own, or the main schedule's (set
     on the student's optimizer)."""
     if stage is not None:
-        return stage.opt, stage.lr
+        return stage.opt, stage.epoch_lr(epoch)
     lead = m.parts.lead_epochs
     lr = learning_rate(m.run.hp, epoch - lead, m.pos.update - m.pos.main_from, steps_per_epoch)
     for g in m.opt.param_groups:
@@ -334,7 +334,7 @@ def step_loss(m: Member, batch: Any, t_out: Outputs | None, stage: Stage | None,
     stage.train_mode(m.model) if stage is not None else m.model.train()
     model = m.step_model if stage is None else m.model
     with autocast(m.run.device, m.run.cfg), m.tap or contextlib.nullcontext():
-        s_logits, targets = m.run.task.forward(model, batch)
+        s_logits, targets = m.run.task.forward(model, m.method.train_view(batch))  # the teacher's pass: the same view
     if indices is not None and indices.numel() != targets.numel():
         raise CellFailed(
             f"method {m.run.cell.method} reads each sample's index, but this batch lost samples "
@@ -389,7 +389,7 @@ def epoch_entry(m: Member, epoch: int, stage: Stage | None) -> dict[str, Any]:
     return {
         "epoch": epoch + 1,
         "loss": losses.loss_sum / count,
-        "lr": stage.lr if stage is not None else m.opt.param_groups[0]["lr"],
+        "lr": stage.epoch_lr(epoch) if stage is not None else m.opt.param_groups[0]["lr"],
         "updates": m.pos.update,
         **{f"loss_{k}": losses.term_sums[k] / count for k in sorted(losses.term_sums)},
         **({} if top1 is None else {"train_top1": top1}),

@@ -44,6 +44,13 @@ class TeacherPass:
         if len(modes) > 1:  # one teacher forward per batch
             raise ValueError("a fused group runs its teacher in one mode: " + ", ".join(c.name for c in cells))
         self.mode = modes.pop() if modes else None
+        # the view of the batch the teacher's members train on (Method.train_view): one for all, like the mode
+        readers = [m for c, m in zip(cells, methods) if c.role == "student" and m.needs.teacher]
+        if len({m.batch_view for m in readers}) > 1:
+            raise ValueError(
+                "a fused group's members train on one view of the batch: " + ", ".join(c.name for c in cells)
+            )
+        self.viewer: Method | None = readers[0] if readers else None
         if self.mode == "train" and dist_info()[1] > 1 and cfg["sync_batchnorm"]:
             sync_batchnorm(teacher, "the teacher")  # its batch statistics: the global batch's (runners.distributed)
         self.view: TeacherView | None = None
@@ -51,9 +58,12 @@ class TeacherPass:
             self.view = teacher_view(teacher, data, device, needs)
 
     def for_members(self, batch: Any, methods: Sequence[Method]) -> Outputs | None:
-        """The union of the teacher outputs ``methods`` read, on ``batch`` (None: they read none)."""
+        """The union of the teacher outputs ``methods`` read, on ``batch`` as they train on it (``train_view``;
+        None: they read none)."""
         wanted = list(dict.fromkeys(k for m in methods for k in m.needs.teacher))
-        return self.outputs(batch, wanted) if wanted else None
+        if not wanted:
+            return None
+        return self.outputs(self.viewer.train_view(batch) if self.viewer is not None else batch, wanted)
 
     def outputs(self, batch: Any, names: list[str]) -> Outputs:
         """The teacher's outputs ``names`` on ``batch``: the logits alone (inference mode, copied out of it), or,

@@ -3,9 +3,9 @@ runner's ``Method.components`` from a probe of both models, its initialisation s
 stepped (forward, loss, backward, optimizer step; the initialisation stage's step too where it has one) on every
 ``cifar100`` pair (``configs/cifar100_pairs.yaml``) at 32 x 32, and on the ImageNet / CUB pairs (each image task's
 recipe and ``--pair``s) at 64 x 64, batch 2 (the optimizer and the backward pass as the method's components make
-them: DOT's). The methods and pairs are read from the registries, not listed here. A
-combination that cannot run is one that ``run`` (and ``--dry-run``) refuses with a one-line reason:
-``REFUSED`` lists those, and is empty for the CIFAR-100 pairs."""
+them: DOT's; on the method's view of the batch: SSKD's rotations). The methods and pairs are read from the
+registries, not listed here. A combination that cannot run is one that ``run`` (and ``--dry-run``) refuses with a
+one-line reason: ``REFUSED`` lists those, and is empty for the CIFAR-100 pairs."""
 
 from __future__ import annotations
 
@@ -110,6 +110,18 @@ def _has(model, layout, name) -> bool:
     return True
 
 
+def _on_view(method, view, x, y, t_out):
+    """The batch and the teacher's outputs on the view the method trains on (``Method.train_view``: SSKD's four
+    rotations of each image), as the member's forward and the group's teacher pass make them."""
+    if method.batch_view is None:
+        return x, y, t_out
+    x, y = method.train_view((x, y))
+    names = [k for k in t_out if k != "logits"]
+    with torch.no_grad(), Tap(view.model, view.layout, names) as tap:
+        t_logits = view.model(x)
+    return x, y, Outputs({**tap.out, "logits": t_logits})
+
+
 def _step(loss_fn, student, tap, x, y, t_out, ctx, opt, train_mode, parts=None) -> float:
     """One optimizer step as ``Member.train_step`` / ``Member._loss`` make it (the main schedule's backward through
     the method's ``parts``: DOT's two passes)."""
@@ -160,6 +172,7 @@ def test_every_method_steps_on_every_pair(task_name, pair, name):
         epochs=2,
         indices=torch.arange(BATCH) if method.needs.indices else None,
     )
+    x, y, t_out = _on_view(method, view, x, y, t_out)
     before = [p.detach().clone() for p in student.parameters()]
     stage = parts.stage(0)
     if stage is not None:  # the initialisation stage's step (AB, FT, FSP), as Member._loss runs it

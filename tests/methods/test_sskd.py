@@ -1,5 +1,7 @@
-"""SSKD's losses (lskd_bench/methods/sskd.py, not yet a registered method) against xuguodong03/SSKD@661b972
-student.py transcribed op for op, and its rotated batch against cifar.py's np.rot90."""
+"""SSKD (lskd_bench/methods/sskd.py, registered as ``sskd``) against xuguodong03/SSKD@661b972: its losses and the
+registered method's (projection heads, the grid's T) against student.py transcribed op for op, its rotated batch
+against cifar.py's np.rot90, its teacher-head stage's lr against MultiStepLR; trained on digits: fused = alone and
+killed-and-resumed (inside the teacher-head stage and after it) bit for bit."""
 
 from __future__ import annotations
 
@@ -8,8 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lskd_bench.methods import total_loss
+from lskd_bench import store
+from lskd_bench.errors import UsageError
+from lskd_bench.methods import LossContext, Probe, build_method, method_class, total_loss
 from lskd_bench.methods.sskd import SSKD_DEFAULTS, rotated_views, sskd_student_terms, sskd_teacher_loss
+from lskd_bench.outputs import Outputs
+
+from ..fixtures import same_weights, tiny_overrides
 
 
 def ref_student(output, s_feat, knowledge, t_feat, target, args):
@@ -148,3 +155,157 @@ def test_rotated_views_are_the_authors_rot90():
         for r in range(4):
             want = torch.from_numpy(np.rot90(hwc, r).copy()).permute(2, 0, 1)
             assert torch.equal(out[4 * i + r], want)
+
+
+def _method(d_s: int, d_t: int, **params):
+    """The registered ``sskd`` with its heads built for embeddings of widths ``d_s`` / ``d_t`` (float64)."""
+    m = build_method("sskd", {"sskd": method_class("sskd").params.check(params, "sskd")})
+    probe = Probe(None, None, Outputs(embedding=torch.zeros(2, d_s)), Outputs(embedding=torch.zeros(2, d_t)),
+                  None, None, 10, 10)  # fmt: skip
+    m.setup(probe)
+    return m.double()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("T", [4.0, 2.0])
+def test_the_registered_sskd_equals_the_authors_student_and_teacher_head(seed, T):
+    """The registered method (heads included) on random logits and embeddings of B 16 images x 4 rows, K 20,
+    widths 12 (student) and 24 (teacher), float64: its terms against student.py:235-295 with the heads of
+    wrapper.py:13-17,26 applied to the same embeddings, the grid's T as --kd-T; the gradients with respect to the
+    student's logits, embedding and projection head; the teacher-head stage's loss (student.py:137-150) and its
+    gradient with respect to the teacher's head. Max relative difference <= 1e-12 (measured: printed)."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    b, k = 16, 20
+    m = _method(12, 24)
+    s_logits = (torch.randn(4 * b, k, generator=g, dtype=torch.float64) * 2).requires_grad_(True)
+    s_emb = torch.randn(4 * b, 12, generator=g, dtype=torch.float64).requires_grad_(True)
+    t_logits = torch.randn(4 * b, k, generator=g, dtype=torch.float64) * 3
+    t_emb = torch.randn(4 * b, 24, generator=g, dtype=torch.float64)
+    y = torch.randint(0, k, (b,), generator=g)
+    ctx = LossContext(T=T)
+    ours = m.loss(Outputs(logits=s_logits, embedding=s_emb), y.repeat_interleave(4),
+                  Outputs(logits=t_logits, embedding=t_emb), ctx)  # fmt: skip
+    with torch.no_grad():
+        t_rep = m.t_head(t_emb)
+    ref, _ = ref_student(s_logits, m.s_head(s_emb), t_logits, t_rep, y, {**SSKD_DEFAULTS, "kd_T": T})
+    assert list(ours) == ["ce", "kd", "tf", "ss"]
+    worst_loss = max(_rel(ours[key], ref[key]) for key in ref)
+    wrt = (s_logits, s_emb, *m.s_head.parameters())
+    grads = [torch.autograd.grad(total_loss(x), wrt) for x in (ours, ref)]
+    worst_grad = max(_rel(a, b) for a, b in zip(*grads))
+    for p in m.t_head.parameters():
+        p.requires_grad_(True)  # as the stage unfreezes it (init_modules)
+    stage = m.init_loss(Outputs(), None, Outputs(embedding=t_emb), ctx)["teacher_ss"]
+    ref_t = ref_teacher(m.t_head(t_emb.detach()))
+    worst_loss = max(worst_loss, _rel(stage, ref_t))
+    ga, gb = (torch.autograd.grad(x, list(m.t_head.parameters())) for x in (stage, ref_t))
+    worst_grad = max(worst_grad, *(_rel(a, b) for a, b in zip(ga, gb)))
+    print(f"registered SSKD parity (T {T}, seed {seed}): loss {worst_loss:.1e}, gradient {worst_grad:.1e}")
+    assert worst_loss <= 1e-12 and worst_grad <= 1e-12
+
+
+def test_sskd_heads_view_and_schedule():
+    """The heads are wrapper.py's Linear(d, d)-ReLU-Linear(d, d); the teacher's is frozen for the main schedule
+    (trained by the stage only); the view is rotated_views with each label repeated per row; the stage's lr is
+    student.py's MultiStepLR(0.05, [30, 45], 0.1) stepped per epoch over 60 epochs; non-square images refused."""
+    m = _method(6, 8)
+    assert [type(x).__name__ for x in m.t_head] == ["Linear", "ReLU", "Linear"]
+    assert m.t_head[0].weight.shape == (8, 8) and m.s_head[2].weight.shape == (6, 6)
+    assert not any(p.requires_grad for p in m.t_head.parameters())
+    assert all(p.requires_grad for p in m.s_head.parameters())
+    assert m.batch_view == "rotations" and method_class("kd").batch_view is None
+    x, y = torch.randn(3, 1, 4, 4), torch.tensor([2, 0, 1])
+    vx, vy = m.train_view((x, y))
+    assert torch.equal(vx, rotated_views(x)) and vy.tolist() == [2, 2, 2, 2, 0, 0, 0, 0, 1, 1, 1, 1]
+    with pytest.raises(UsageError, match="square"):
+        m.train_view((torch.randn(2, 1, 4, 5), y[:2]))
+    lin = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.05)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[30, 45], gamma=0.1)
+    lr_at = m.init_schedule({})
+    for epoch in range(60):
+        assert lr_at(epoch) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-15), epoch
+        opt.step()
+        sched.step()
+    assert m.init_stage() == 60 and m.init_lr({}) == 0.05
+
+
+def _digits(tmp_path, epochs: int, **sskd):
+    """Digits, a teacher (alpha 0.1) trained under tmp_path/t, and the kd and sskd students at T 1 and 4."""
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.grid import resolve_config
+    from lskd_bench.runners.train import load_model, train_group
+    from lskd_bench.tasks import get_task
+
+    overrides = tiny_overrides(epochs=epochs, methods=["kd", "sskd"], grid={"alphas": [0.1]}, baseline=True)
+    cfg = resolve_config("digits", {}, {**overrides, "sskd": {"t_epochs": 1, **sskd}})
+    task = get_task("digits")
+    data = task.load_data(cfg)
+    cells = plan_cells(cfg)
+    teacher = next(c for c in cells if c.role == "teacher")
+    (o,) = train_group(task, [teacher], cfg, data, [teacher.dir(tmp_path / "t")], progress=False)
+    assert o.error is None
+    tmodel = load_model(task, teacher.arch, data, cfg, teacher.dir(tmp_path / "t") / store.MODEL, torch.device("cpu"))
+    return cfg, task, data, [c for c in cells if c.role != "teacher"], tmodel
+
+
+@pytest.mark.slow
+def test_sskd_fused_with_kd_equals_alone(tmp_path):
+    """A run of kd and sskd (T 1 and 4) and the baseline: ``fuse_units`` puts the sskd students in a group of their
+    own (their teacher pass is on the rotated view), kd's keep the group key they had; each fused group trains
+    every member bit for bit as alone (weights, metrics, loss history)."""
+    from lskd_bench.runners.grid import fuse_units
+    from lskd_bench.runners.passes import TeacherPass
+    from lskd_bench.runners.train import train_group
+
+    cfg, task, data, cells, tmodel = _digits(tmp_path, epochs=1)
+    units = fuse_units(cells, cfg, fuse=True, max_fused=8)
+    assert sorted(sorted(c.method for c in u) for u in units) == [["kd", "kd", "ls"], ["sskd", "sskd"]]
+    sskd = next(u for u in units if u[0].method == "sskd")
+    mixed = [sskd[0], next(c for c in cells if c.method == "kd")]
+    with pytest.raises(ValueError, match="one view"):  # one teacher forward per batch: one view
+        TeacherPass(task, tmodel, mixed, [build_method(c.method, cfg) for c in mixed], cfg, data, "cpu")
+    for unit in units:
+        fused = train_group(task, unit, cfg, data, [tmp_path / "fused" / c.name for c in unit], teacher=tmodel,
+                            progress=False)  # fmt: skip
+        for c, f in zip(unit, fused):
+            (alone,) = train_group(task, [c], cfg, data, [tmp_path / "alone" / c.name], teacher=tmodel, progress=False)
+            assert f.error is None and alone.error is None, (f.error, alone.error)
+            assert same_weights(tmp_path / "fused" / c.name, tmp_path / "alone" / c.name), c.name
+            assert f.result["metrics"] == alone.result["metrics"]
+            assert [h["loss"] for h in f.result["history"]] == [h["loss"] for h in alone.result["history"]]
+            if c.method == "sskd":
+                stage, main = f.result["history"]
+                assert stage["stage"] == "init" and set(stage) >= {"loss_teacher_ss"}
+                assert {"loss_ce", "loss_kd", "loss_tf", "loss_ss"} <= set(main) and "stage" not in main
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("at_epoch", [1, 3])
+def test_sskd_resumes_bit_identically(tmp_path, at_epoch):
+    """Two teacher-head epochs (lr 0.05 then 0.005: t_milestones [1]) then two student epochs, killed at the end
+    of epoch 1 (inside the teacher-head stage) or 3 (inside the main schedule) and resumed: the same weights, loss
+    history (the stage's lr per epoch included) and metrics as uninterrupted; the checkpoint holds both heads and
+    the stage's optimizer."""
+    import json
+
+    from lskd_bench.runners.train import train_group
+
+    from ..fixtures import train_then_kill
+
+    cfg, task, data, cells, tmodel = _digits(tmp_path, epochs=2, t_epochs=2, t_milestones=[1])
+    students = [c for c in cells if c.method == "sskd"]
+    ref, cut = train_then_kill(task, students, cfg, data, tmodel, tmp_path / "run", at_epoch=at_epoch)
+    for c in students:
+        parts = torch.load(cut / c.name / store.STATE, weights_only=True)["parts"]
+        assert {"s_head.0.weight", "t_head.2.bias"} <= set(parts["method"])
+        assert parts["init"]["optimizer"]["state"]  # the stage's momentum
+    out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False)
+    assert all(o.error is None for o in out)
+    for c in students:
+        assert same_weights(cut / c.name, ref / c.name), c.name
+        a, b = (json.loads((d / c.name / store.RESULT).read_text()) for d in (cut, ref))
+        assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]], c.name
+        assert [h["lr"] for h in a["history"][:2]] == [0.05, pytest.approx(0.005, rel=1e-12)]
+        assert a["metrics"] == b["metrics"], c.name
