@@ -21,7 +21,7 @@ from torch import nn
 
 from ..tasks import get_task
 from .devices import cpu_count
-from .probe import STAND_IN
+from .probe import STAND_IN, probe_device
 
 SMALL_WORK = 5_000_000  # multiply-adds a sample of the larger model below which one thread trains it
 
@@ -36,7 +36,7 @@ def usable_cpus() -> int:
 
 def multiply_adds(model: nn.Module, shape: tuple[int, ...]) -> int:
     """Multiply-adds of the convolutions and linear layers of one sample of ``shape`` through ``model``, counted on
-    the model's device (built on the meta device: shapes only, nothing is computed)."""
+    the model's device (a large model built on the meta device: shapes only, nothing is computed)."""
     total = 0
 
     def count(m: nn.Module, _inp: Any, out: Any) -> None:
@@ -82,7 +82,8 @@ def _estimate(task: Any, cfg: dict[str, Any], shape: tuple[int, ...]) -> int | N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for role in ("teacher", "student"):
-                with torch.device("meta"), torch.random.fork_rng(devices=[]):
+                device = probe_device(shape)  # small inputs: the CPU, faster than the meta device's first use
+                with torch.device(device), torch.random.fork_rng(devices=[]):
                     model = task.build_model(cfg[role]["arch"], STAND_IN, cfg, cfg[role]).eval()
                 out = max(out, multiply_adds(model, shape))
     except Exception:  # a model the meta device cannot run: no estimate (every CPU, as before)

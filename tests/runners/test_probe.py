@@ -38,7 +38,7 @@ class _Task:
         self.model = model
 
     def probe_shape(self, cfg):
-        return (3, 8, 8)
+        return (3, 80, 80)  # larger than CPU_PROBE_VALUES: probed on the meta device first
 
     def build_model(self, arch, data, cfg, hp):
         return self.model()
@@ -49,7 +49,7 @@ class _ReadsAValue(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.lin = nn.Linear(3 * 8 * 8, 2)
+        self.lin = nn.Linear(3 * 80 * 80, 2)
 
     def forward(self, x):
         return self.lin(x.flatten(1)) * (1.0 + 0 * x.sum().item())
@@ -57,12 +57,12 @@ class _ReadsAValue(nn.Module):
 
 class _TooBig(nn.Module):
     def forward(self, x):
-        return nn.functional.max_pool2d(x, 16)
+        return nn.functional.max_pool2d(x, 160)
 
 
 def test_what_meta_tensors_cannot_do_is_tried_on_the_cpu_before_it_is_an_error():
     cfg = {"teacher": {"arch": "a"}, "student": {"arch": "b"}, "data": {}}
     check_input_size(_Task(_ReadsAValue), cfg)
-    with pytest.raises(UsageError, match=r"^teacher arch a cannot take fake's inputs of 8x8 px \(.*\): choose"):
+    with pytest.raises(UsageError, match=r"^teacher arch a cannot take fake's inputs of 80x80 px \(.*\): choose"):
         check_input_size(_Task(_TooBig), cfg)
     assert torch.empty(1).device.type == "cpu"  # the default device is left as it was

@@ -38,3 +38,34 @@ def test_tiny_models_train_with_one_thread_and_larger_ones_with_every_cpu(monkey
     monkeypatch.setattr("lskd_bench.runners.threads.SMALL_WORK", 100_000)
     assert thread_policy(wide, CPU) == (4, "auto: the 4 CPUs this process may use")
     assert thread_policy({**wide, "task": None}, CPU)[0] == 4  # no estimate (no task): every CPU
+
+
+def test_small_inputs_are_probed_on_the_cpu_with_the_meta_devices_count(monkeypatch):
+    """The multiply-adds of digits' and CIFAR's models counted on the CPU (``probe_device``: no torch._dynamo import,
+    ~1.2 s of start-up) equal the meta device's count; larger inputs stay on the meta device."""
+    from lskd_bench.runners import threads
+    from lskd_bench.runners.grid import resolve_config
+    from lskd_bench.runners.probe import probe_device
+
+    assert probe_device((3, 32, 32)) == "cpu" and probe_device((3, 224, 224)) == "meta"
+    cfg = resolve_config("digits", {}, {})
+    threads._WORK.clear()
+    on_cpu = threads.work_per_sample(cfg)
+    monkeypatch.setattr(threads, "probe_device", lambda shape: "meta")
+    threads._WORK.clear()
+    assert threads.work_per_sample(cfg) == on_cpu == 609536
+    threads._WORK.clear()
+
+
+def test_resolving_a_small_task_does_not_start_the_meta_device():
+    """A fresh process resolves and checks the digits run (input size, thread estimate) without importing
+    torch._dynamo, which the meta device's first operation imports."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from lskd_bench.runners.grid import resolve_config; from lskd_bench.runners.threads import "
+        "work_per_sample; work_per_sample(resolve_config('digits', {}, {})); print('torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
