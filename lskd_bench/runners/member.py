@@ -407,10 +407,12 @@ def write_result(m: Member) -> dict[str, Any]:
         last = m.evaluate()
     t0 = time.perf_counter()
     selected = save_final_weights(run.dir, m.model, m.parts["selection"].selected, m.pos.epoch)
-    deployed = save_deployed(run.dir, m.model, m.parts.deployed(m.model), selected)  # {} for most methods
+    model = m.parts.deployed(m.model)
+    deployed = save_deployed(run.dir, m.model, model, selected)  # {} for most methods
     files = run.task.export_artifacts(run.data, run.cfg, run.dir)
-    if run.task.supports_analysis and run.cfg["analysis"]["export"]:  # else analyze computes them when asked
-        export_features(m.model, run.data, run.cfg, run.device, run.dir / store.FEATURES)
+    # else analyze computes them from model.pt when asked; a deployed model (SimKD's) it cannot rebuild: now
+    if run.task.supports_analysis and (run.cfg["analysis"]["export"] or model is not m.model):
+        export_features(model, run.data, run.cfg, run.device, run.dir / store.FEATURES)
     result = result_record(cell_record(m), last, selected, files, t0)
     result["weights"].update(deployed)
     m.parts.on_finish(m, result)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -258,6 +259,12 @@ def test_a_simkd_cell_is_evaluated_as_its_deployed_model(tmp_path):
     again = task.assess(deployed, data, cfg, cpu, cfg["student"]).metrics
     assert again == result["metrics"] == result["best"]["metrics"]
     assert own["top1"] != result["metrics"]["top1"]
+    # the analysis reads the deployed model too (written at the end, analysis.export off): the head's input (the
+    # pooled projected map, the teacher's width) and the reused teacher classifier
+    feats = np.load(d / store.FEATURES)
+    assert np.array_equal(feats["head_weight"], m.head.weight.detach().numpy())
+    assert feats["val_features"].shape[1] == m.head.weight.shape[1] != student.head.weight.shape[1]
+    assert np.array_equal(feats["val_labels"], data.labels("val").numpy())
 
 
 def _probe(student, teacher, data):
