@@ -96,6 +96,7 @@ def test_feature_method_sets_up_from_a_probe_and_trains_the_student_and_its_part
     )
     m.setup(probe)
     y = torch.randint(0, k, (len(x),))
+    x, y = m.train_view((x, y))  # the batch as the method trains on it (SSKD: each image and its rotations)
     t = _outputs(teacher, t_layout, t_names, x, False)
     student.train()
     s = _outputs(student, s_layout, m.needs.student, x, True)
