@@ -27,13 +27,13 @@ def burn(stop) -> None:
 
 
 def option_args(option: str) -> list[str]:
-    """``default``: no option; ``jobsN``: ``--jobs N`` (units as N processes at once); a number: ``--threads``
-    (a trailing ``p``: with ``OMP_WAIT_POLICY=PASSIVE``, see ``option_env``)."""
+    """``default``: no option; ``jobsN``: ``--executor subprocess --jobs N`` (units as N processes at once); a
+    number: ``--threads`` (a trailing ``p``: with ``OMP_WAIT_POLICY=PASSIVE``, see ``option_env``)."""
     option = option.removesuffix("p")
     if option == "default":
         return []
     if option.startswith("jobs"):
-        return ["--jobs", option[4:]]
+        return ["--executor", "subprocess", "--jobs", option[4:]]
     return ["--threads", option]
 
 

@@ -654,14 +654,16 @@ RUN = Section(
             "auto",
             "where cells train: local, subprocess, torchrun, slurm or a plugin; auto: "
             "subprocess over every GPU with several GPUs (or gpus/per_gpu given), torchrun with "
-            "nproc_per_node > 1, else local",
+            "nproc_per_node > 1, subprocess on the CPU when several units train at once there (jobs), else local",
             identity=False,
             flags=(Flag("--executor"),),
         ),
         "jobs": Field(
             int,
             None,
-            "units trained at once by the subprocess/torchrun executors (null: one per GPU slot, 1 without GPUs)",
+            "units trained at once by the subprocess/torchrun executors (null: one per GPU slot; on the CPU one "
+            "per CPU, each a process of one thread, for models under 5 M multiply-adds a sample in a grid of at "
+            "least 1e11 multiply-adds of training, else 1)",
             min=1,
             nullable=True,
             identity=False,

@@ -153,7 +153,7 @@ def test_executor_is_an_executor(name):
     implements ``start``; the scheduling loop (``Executor.run``) is the base class's, never its own."""
     cls = EXECUTORS.get(name)
     assert issubclass(cls, Executor) and cls.run is Executor.run
-    cfg = {"nproc_per_node": 1, "gpus": None, "per_gpu": 1, "device": "cpu"}
+    cfg = {"nproc_per_node": 1, "gpus": None, "per_gpu": 1, "device": "cpu", "jobs": None, "threads": None}
     chosen = type(cls.for_config(cfg)) if cls.for_config.__func__ is not Executor.for_config.__func__ else cls
     assert chosen.start is not Executor.start, f"{name}: no start(plan, unit, gpus)"
     assert cls.config_section is None or isinstance(cls.config_section, Section)

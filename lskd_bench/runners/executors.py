@@ -2,11 +2,12 @@
 
 - ``local``: one unit after the other in this process (default; data and the current teacher are cached).
 - ``subprocess``: each unit in a fresh ``python -m lskd_bench.runners.worker`` process, one per GPU (``--gpus``,
-  ``--per-gpu``; ``runners/devices.py``) or ``--jobs N`` at a time on the CPU, a student starting only after
-  its teacher finished.
+  ``--per-gpu``; ``runners/devices.py``) or ``--jobs N`` at a time on the CPU (by default one per CPU for small
+  models with enough training: ``threads.cpu_jobs``), a student starting only after its teacher finished.
 - ``torchrun``: each unit as a DDP job of ``--nproc-per-node N`` processes on N GPUs of its own (gloo on the
   CPU), as many units at once as the GPUs allow.
 - ``auto`` (default): subprocess on a machine with several GPUs, torchrun with ``--nproc-per-node`` > 1,
+  subprocess on the CPU when several units train at once there (``--jobs N``, or ``threads.cpu_jobs``'s default),
   else local.
 
 Whatever the executor, the process that trains a cell holds its lock (``runners/lock.py``): cells held by
@@ -41,7 +42,7 @@ from .cells import Cell
 from .devices import DevicePool, discover, require_cuda, worker_env
 from .scheduler import Done, Handle, run_units
 from .state import CellOutcome, outcome_from_disk
-from .threads import thread_policy
+from .threads import cpu_jobs, thread_policy
 from .train import resolve_device, threads_scope
 from .units import GridPlan, UnitResult, train_unit
 
@@ -75,6 +76,12 @@ class Executor:
 
     def capacity(self, plan: GridPlan) -> tuple[DevicePool | None, int, int]:
         return None, 1, 1
+
+    @classmethod
+    def units_at_once(cls, cfg: dict[str, Any]) -> int:
+        """How many units this executor trains at once for ``cfg`` (the planner splits the teachers' pass over
+        them: ``grid.fuse_units``'s ``spread``)."""
+        return 1
 
     def open(self, plan: GridPlan) -> None:
         """Before the first unit starts (a spec file, a note for the user)."""
@@ -126,10 +133,11 @@ class LocalExecutor(Executor):
 
     def open(self, plan: GridPlan) -> None:
         cfg = plan.cfg
-        if cfg["gpus"] is not None or cfg["per_gpu"] > 1:
+        if cfg["gpus"] is not None or cfg["per_gpu"] > 1 or (cfg["jobs"] or 1) > 1:
             plan.say(
-                "note: --gpus and --per-gpu are used by the subprocess and torchrun executors; the local executor "
-                "trains one unit at a time on one device (--executor subprocess to spread units over GPUs)"
+                "note: --gpus, --per-gpu and --jobs are used by the subprocess and torchrun executors; the local "
+                "executor trains one unit at a time on one device (--executor subprocess to spread units over GPUs "
+                "or CPUs)"
             )
         # one process trains: its loader workers are capped at the machine's cores, as the subprocess path does
         self.ctx = plan.with_cfg(num_workers=devices.loader_workers(cfg["num_workers"], 1)).context()
@@ -205,7 +213,7 @@ class SubprocessExecutor(Executor):
             at_once = pool.slots // k
             at_once = min(jobs, at_once) if jobs else at_once
         else:
-            at_once = jobs if jobs else 1
+            at_once = jobs if jobs else cpu_jobs(cfg)[0] if k == 1 else 1  # a DDP unit's ranks share the CPUs
         share = devices.cpu_share(at_once * k)
         device = torch.device("cuda") if pool else resolve_device(cfg)  # with GPUs the units train on them
         threads = thread_policy(cfg, device, cpus=share)[0]
@@ -215,6 +223,10 @@ class SubprocessExecutor(Executor):
     def capacity(self, plan: GridPlan) -> tuple[DevicePool | None, int, int]:
         pool, jobs, _, _ = self.layout(plan.cfg)
         return (pool if pool else None), self.procs_per_unit(plan.cfg), jobs
+
+    @classmethod
+    def units_at_once(cls, cfg: dict[str, Any]) -> int:
+        return cls().layout(cfg)[1]
 
     def open(self, plan: GridPlan) -> None:
         pool, jobs, threads, workers = self.layout(plan.cfg)
@@ -235,6 +247,11 @@ class SubprocessExecutor(Executor):
             plan.say(
                 f"note: --per-gpu {plan.cfg['per_gpu']} has no effect: no GPU here; {jobs} unit{s} at a time on "
                 "the CPU (--jobs N)"
+            )
+        elif jobs > 1:
+            plan.say(
+                f"CPU: {jobs} units at a time as worker processes, {threads} thread{'s' if threads > 1 else ''} "
+                f"each ({cpu_jobs(plan.cfg)[1]}; --jobs 1 or --executor local for one at a time)"
             )
 
     def start(self, plan: GridPlan, unit: list[Cell], gpus: list[str] | None) -> WorkerHandle:
@@ -347,7 +364,9 @@ class TorchrunExecutor(SubprocessExecutor):
 @EXECUTORS.register("auto")
 class AutoExecutor(Executor):
     """The default: ``torchrun`` when ``nproc_per_node > 1``; ``subprocess`` over the GPUs when there are
-    several (or ``gpus`` / ``per_gpu`` were given): one unit per GPU; else ``local`` (in this process)."""
+    several (or ``gpus`` / ``per_gpu`` were given): one unit per GPU; ``subprocess`` on the CPU when several units
+    train at once there (``jobs``, or by default ``threads.cpu_jobs``: small models, several CPUs, enough
+    training); else ``local`` (in this process)."""
 
     @staticmethod
     def choose(cfg: dict) -> str:
@@ -355,7 +374,13 @@ class AutoExecutor(Executor):
             return "torchrun"
         if cfg["gpus"] is not None or cfg["per_gpu"] > 1 or len(discover(cfg)) > 1:
             return "subprocess"
+        if resolve_device(cfg).type == "cpu" and cpu_jobs(cfg)[0] > 1:
+            return "subprocess"
         return "local"
+
+    @classmethod
+    def units_at_once(cls, cfg: dict[str, Any]) -> int:
+        return EXECUTORS.get(cls.choose(cfg)).units_at_once(cfg)
 
     @classmethod
     def validate(cls, cfg: dict) -> None:

@@ -123,13 +123,18 @@ def resolve_config(task_name: str | None, file_cfg: Mapping[str, Any], overrides
 
 
 # ------------------------------------------------------------------------------------------ units
-def fuse_units(cells: list[Cell], cfg: dict[str, Any], *, fuse: bool, max_fused: int) -> list[list[Cell]]:
+def fuse_units(
+    cells: list[Cell], cfg: dict[str, Any], *, fuse: bool, max_fused: int, spread: int = 1
+) -> list[list[Cell]]:
     """Group cells that can share one data pass: same role recipe, same seed and the same teacher run in the same
     mode (``method_teacher_mode`` under ``cfg``: the teacher runs once per batch for the group) on the same view of
     the batch (``Method.batch_view``, in the key only where a method has one; teachers of all
     alphas together; the no-KD baseline joins the first student group of its seed; students on teacher-generated
     targets train on other data, so they group only with each other). Groups larger than ``max_fused`` are split.
-    Without ``fuse`` every cell is its own unit."""
+    ``spread``: units the executor trains at once; where there are fewer teachers' groups than that, each is split
+    into up to ``spread // groups`` parts (teachers share only the data pass, no teacher forward: splitting them
+    costs little, and their units would otherwise train one at a time while the students wait for them; results
+    are the same fused or not). Without ``fuse`` every cell is its own unit."""
     if not fuse:
         return [[c] for c in cells]
     groups: dict[tuple, list[Cell]] = defaultdict(list)
@@ -151,9 +156,12 @@ def fuse_units(cells: list[Cell], cfg: dict[str, Any], *, fuse: bool, max_fused:
     for b in baselines:
         host = next((k for k in groups if k[0] == "student" and k[1] == b.seed), None)
         groups[host if host is not None else ("baseline", b.seed)].append(b)
+    teacher_groups = sum(k[0] == "teacher" for k in groups)
+    parts = max(1, spread // teacher_groups) if teacher_groups else 1
     units = []
-    for members in groups.values():
-        units += [members[i : i + max_fused] for i in range(0, len(members), max_fused)]
+    for key, members in groups.items():
+        size = max_fused if key[0] != "teacher" else min(max_fused, -(-len(members) // parts))
+        units += [members[i : i + size] for i in range(0, len(members), size)]
     return units
 
 
@@ -238,7 +246,9 @@ def plan_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridPlan
     repairs += find_moved(cells, cfg, out)  # the same data at another path: its finished cells are reused
     pending = [c for c in cells if store.read_result(c.dir(out)) is None]
     _record_config(cfg, out)
-    units = fuse_units(pending, cfg, fuse=cfg["fuse"], max_fused=cfg["max_fused"]) if pending else []
+    at_once = getattr(EXECUTORS.get(cfg["executor"]), "units_at_once", None)  # a plugin may lack it
+    spread = at_once(cfg) if pending and at_once else 1
+    units = fuse_units(pending, cfg, fuse=cfg["fuse"], max_fused=cfg["max_fused"], spread=spread) if pending else []
     return GridPlan(
         task, cfg, out, tuple(cells), tuple(tuple(u) for u in units),
         tuple(c for c in cells if c not in pending), tuple(repairs), progress,

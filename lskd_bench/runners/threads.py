@@ -6,6 +6,11 @@ machine (a login node, a laptop, a shared GPU node) for a core, so a grid there 
 the CPU (issue 36: 8.1x with three CPU-bound processes beside it at the default 2 threads, against 2.2x with one).
 Such models train with one thread; every other model uses the CPUs the process may use. The choice and its
 reason are recorded in result.json (``env.threads``, ``env.threads_policy``).
+
+The other CPUs are not left idle: on a machine with several, a grid of such models with enough training to pay for
+starting processes trains its units side by side as worker processes of one thread each (``cpu_jobs``; the
+``auto`` executor then picks ``subprocess``). One thread a unit gives the same floating-point results as the one
+thread of a local run, and processes that do not wait for each other slow down only by their share on a busy machine.
 """
 
 from __future__ import annotations
@@ -20,10 +25,15 @@ import torch
 from torch import nn
 
 from ..tasks import get_task
+from .cells import plan_cells
 from .devices import cpu_count
 from .probe import STAND_IN, probe_device
 
 SMALL_WORK = 5_000_000  # multiply-adds a sample of the larger model below which one thread trains it
+# multiply-adds of a grid's training from which its units train side by side as processes (``cpu_jobs``): a worker
+# process takes ~2 s to start (torch's import); the default digits grid's seed 0 is ~2e11 (~30 s on one core), a
+# 1-epoch grid ~6e9
+PARALLEL_WORK = 100_000_000_000
 
 
 def usable_cpus() -> int:
@@ -105,3 +115,37 @@ def thread_policy(cfg: dict[str, Any], device: torch.device, cpus: int | None = 
             "threads wait for each other, and on a busy machine for a core)"
         )
     return n, f"auto: the {n} CPU{'s' if n > 1 else ''} this process may use"
+
+
+def grid_work(cfg: dict[str, Any]) -> float | None:
+    """Multiply-adds of training every cell of ``cfg``'s grid: 3 (forward and backward) x the larger model's
+    multiply-adds a sample x the task's training samples x the cell's epochs, summed; None where the task does not
+    know its sample count without reading its data (``Task.train_samples``) or there is no per-sample estimate."""
+    work = work_per_sample(cfg)
+    samples = get_task(cfg["task"]).train_samples(cfg) if cfg.get("task") else None
+    if work is None or samples is None:
+        return None
+    epochs = sum(cfg["teacher" if c.role == "teacher" else "student"]["epochs"] for c in plan_cells(cfg))
+    return float(3 * work * samples * epochs)
+
+
+def cpu_jobs(cfg: dict[str, Any]) -> tuple[int, str]:
+    """(units trained at once on the CPU, why): the ``jobs`` setting; else, where the models train with one thread
+    (``thread_policy``), neither ``threads`` nor ``OMP_NUM_THREADS`` asks for more, this process may use several CPUs
+    and the grid has at least ``PARALLEL_WORK`` multiply-adds of training (``grid_work``), one unit per CPU (each a
+    worker process of one thread); else 1 (one unit at a time, its threads on the CPUs)."""
+    if cfg["jobs"]:
+        return int(cfg["jobs"]), "the jobs setting"
+    n = usable_cpus()
+    if cfg["threads"] or n < 2:
+        return 1, "one unit at a time"
+    work = work_per_sample(cfg)
+    if work is None or work >= SMALL_WORK:
+        return 1, "one unit at a time, its threads on the CPUs"
+    total = grid_work(cfg)
+    if total is None or total < PARALLEL_WORK:
+        return 1, "one unit at a time (too little training for worker processes to pay for their start)"
+    return n, (
+        f"auto: the models take {work / 1e6:.2g} M multiply-adds a sample, one thread each, and the grid "
+        f"{total:.2g} of training: one unit per CPU"
+    )

@@ -379,6 +379,11 @@ class Task:
         any data is read; None: the task's models have no named outputs (translation)."""
         return None
 
+    def train_samples(self, cfg: dict[str, Any]) -> int | None:
+        """How many training samples an epoch reads, if the task knows without reading its data folder (a data set
+        in memory); None: unknown. Sizes the grid's training work (``runners/threads.cpu_jobs``)."""
+        return None
+
     def cpu_reason(self, cfg: dict[str, Any]) -> str | None:
         """Why ``device: auto`` should train on the CPU although a GPU is there (models too small to gain from
         it), or None."""

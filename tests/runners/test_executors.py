@@ -10,6 +10,7 @@ import json
 import threading
 
 import pytest
+import torch
 
 from lskd_bench import store
 from lskd_bench.registry import EXECUTORS
@@ -216,3 +217,30 @@ def test_a_toy_thread_executor_trains_the_grid_like_the_local_one(tmp_path, cli,
     assert local == thread  # the same metrics, selected epoch and losses
     rc, out, _ = cli("run", "--out", str(tmp_path / "thread"), *TOY_ARGS, "--executor", "thread")
     assert rc == 0 and "trained 0, reused 4 finished" in out
+
+
+@pytest.mark.slow
+def test_units_side_by_side_on_the_cpu_train_what_one_unit_at_a_time_trains(tmp_path, cli):
+    """``--jobs 2`` without GPUs: the auto executor picks subprocess, the two teachers train in units of their own
+    and two worker processes of one thread run at once (as ``threads.cpu_jobs`` does by default for a large grid
+    of small models); every cell's weights equal the local executor's bit for bit."""
+    args = ["--alphas", "0,0.1", "--temperatures", "2", "--epochs", "2", "--seeds", "0", "--no-progress"]
+    rc, out, err = cli("run", "--out", str(tmp_path / "local"), *args, "--executor", "local", "--threads", "1")
+    assert rc == 0, err
+    rc, out, err = cli("run", "--out", str(tmp_path / "jobs"), *args, "--jobs", "2")
+    assert rc == 0, err
+    assert "CPU: 2 units at a time as worker processes, 1 thread each (the jobs setting" in err + out
+    local, jobs = _results(tmp_path / "local"), _results(tmp_path / "jobs")
+    assert sorted(local) == sorted(jobs) and len(local) == 5 and local == jobs
+    for d in (tmp_path / "local").rglob(store.MODEL):
+        a = torch.load(d, weights_only=True)
+        b = torch.load(tmp_path / "jobs" / d.relative_to(tmp_path / "local"), weights_only=True)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), d.parent.name
+    envs = [json.loads(p.read_text())["env"] for p in (tmp_path / "jobs").rglob(store.RESULT)]
+    assert {e["threads"] for e in envs} == {1} and {e["processes"] for e in envs} == {1}
+
+    def shared(run: str) -> set[int]:  # how many teachers shared each epoch's data pass
+        found = [json.loads(p.read_text()) for p in (tmp_path / run).rglob(store.RESULT)]
+        return {e["shared_by"] for r in found if r["cell"]["role"] == "teacher" for e in r["timings"]["epochs"]}
+
+    assert shared("local") == {2} and shared("jobs") == {1}  # one pass for both, a unit each
