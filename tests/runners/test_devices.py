@@ -296,8 +296,9 @@ def test_interrupted_run_logs_the_end_of_every_unit_it_stopped(tmp_path, cli, mo
     rc, _, _ = cli("run", "--out", str(runs), *TINY, "--temperatures", "1", "--no-baseline", "--gpus", "0,1")
     assert rc == 130
     log = replay(runs)  # asserts every started unit ended and no GPU stays loaded
-    assert [e for e, _ in log["order"]] == ["start", "end"]
-    assert log["order"][1][1] == log["order"][0][1]
+    assert [e for e, _ in log["order"]] == ["start", "start", "end", "end"]  # the two teachers: a unit per GPU
+    started = [u for e, u in log["order"] if e == "start"]
+    assert sorted(u for e, u in log["order"] if e == "end") == sorted(started) and started[0] != started[1]
     assert (runs / "digits" / "devices.log").read_text().splitlines()[-1].endswith(" stopped")
 
 
@@ -322,7 +323,7 @@ def test_gpu_flags_that_cannot_apply_are_said(tmp_path, cli, monkeypatch):
         "local",
     )
     assert rc == 0, err
-    assert "note: --gpus and --per-gpu are used by the subprocess and torchrun executors" in err
+    assert "note: --gpus, --per-gpu and --jobs are used by the subprocess and torchrun executors" in err
     rc, _, err = cli(
         "run",
         "--out",
