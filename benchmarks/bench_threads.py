@@ -50,7 +50,9 @@ def run(option: str, epochs: int | None) -> float:
         cmd += option_args(option)
         cmd += [] if epochs is None else ["--epochs", str(epochs)]
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=option_env(option))
+        p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=option_env(option))
+        if p.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
         return time.perf_counter() - t0
 
 

@@ -91,8 +91,8 @@ def check_run_config(task: Task, cfg: dict[str, Any], check_executor: bool = Tru
     check_loggers(cfg)
     task.validate(cfg)
     task.registered_metrics(cfg)  # known, reportable, and the task's evaluation feeds them
-    check_input_size(task, cfg)
-    check_feature_methods(task, cfg)
+    models = check_input_size(task, cfg)  # small inputs: the CPU models it built, for the next check too
+    check_feature_methods(task, cfg, models)
 
 
 def check_logit_methods(cfg: dict[str, Any]) -> None:

@@ -122,6 +122,49 @@ def probe_device(shape: Sequence[int]) -> str:
 _FORWARD_ERRORS = (RuntimeError, AssertionError, ValueError, TypeError, IndexError)  # what a too small input raises
 
 
+@dataclass
+class ProbeModels:
+    """The teacher and the student the checks before a run build once for both (``check_input_size``, then
+    ``check_feature_methods``): CPU models built under seed 0 (teacher first), the probe batch ``x`` (two random
+    samples drawn after them) and the teacher's layout, found by the input-size check's forward."""
+
+    teacher: nn.Module
+    student: nn.Module
+    x: torch.Tensor
+    teacher_layout: Layout | None  # None: describing the teacher failed (check_feature_methods says why)
+
+    @staticmethod
+    def build(task: Task, cfg: dict[str, Any], shape: Sequence[int]) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # library constructors' FutureWarnings (inception_v3's init...)
+            torch.manual_seed(0)
+            teacher = task.build_model(cfg["teacher"]["arch"], STAND_IN, cfg, cfg["teacher"]).eval()
+            student = task.build_model(cfg["student"]["arch"], STAND_IN, cfg, cfg["student"])
+            return teacher, student, torch.randn(2, *shape)
+
+
+def _problem(exc: Exception, device: str) -> tuple[str, bool]:
+    """(why a probe forward on ``device`` failed, whether that is the input's fault)."""
+    why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if not isinstance(exc, _FORWARD_ERRORS):
+        return f"{type(exc).__name__}: {why}", False
+    return why, device != "meta" or "meta" not in why.lower()  # on meta: not what meta tensors cannot do
+
+
+def _cpu_forward_problem(model: nn.Module, x: torch.Tensor) -> str | None:
+    """Why ``model`` cannot run ``x`` (eval mode, no gradient; its mode and the random state left as they were),
+    or None."""
+    was_training = model.training
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model.eval()(x)
+    except Exception as exc:
+        return _problem(exc, "cpu")[0]
+    finally:
+        model.train(was_training)
+    return None
+
+
 def _forward_problem(task: Task, arch: str, cfg: dict[str, Any], hp: dict[str, Any], shape, device: str):
     """(why the probe forward on ``device`` fails, whether that is the input's fault); (None, False): it works."""
     with warnings.catch_warnings():  # library constructors' FutureWarnings (inception_v3's init...)
@@ -132,45 +175,60 @@ def _forward_problem(task: Task, arch: str, cfg: dict[str, Any], hp: dict[str, A
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
                 model(torch.zeros(2, *shape, device=device))
         except Exception as exc:
-            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            if not isinstance(exc, _FORWARD_ERRORS):
-                return f"{type(exc).__name__}: {why}", False
-            return why, device != "meta" or "meta" not in why.lower()  # on meta: not what meta tensors cannot do
+            return _problem(exc, device)
     return None, False
 
 
-def check_input_size(task: Task, cfg: dict[str, Any]) -> None:
+def check_input_size(task: Task, cfg: dict[str, Any]) -> ProbeModels | None:
     """UsageError (one line naming arch and input size) if the teacher's or the student's architecture cannot take
     the task's inputs (a torchvision/timm classifier at an image size it does not support: inception_v3 at 32 px):
     one probe forward on the meta device (shapes only: no memory, no compute; on the CPU where the model does what
-    meta tensors cannot; small inputs' models on the CPU: ``probe_device``). Checked when a run's config is resolved
-    (``run``, also ``--dry-run``)."""
+    meta tensors cannot). Small inputs' models (``probe_device``) are built on the CPU once for this check and
+    ``check_feature_methods`` (returned; the teacher's forward is its layout's). Checked when a run's config is
+    resolved (``run``, also ``--dry-run``)."""
     shape = task.probe_shape(cfg)
     if shape is None:
-        return
+        return None
+    if probe_device(shape) == "cpu":
+        teacher, student, x = ProbeModels.build(task, cfg, shape)
+        try:
+            layout = describe(teacher, x)  # its forward is the check; the layout serves check_feature_methods
+        except Exception:
+            layout = None  # the plain forward below tells whether the input is the problem
+        for role, model in (("teacher", teacher), ("student", student)):
+            if role == "student" or layout is None:
+                why = _cpu_forward_problem(model, x)
+                if why is not None:
+                    _refuse(task, cfg, role, shape, why)
+        return ProbeModels(teacher, student, x, layout)
     for role in ("teacher", "student"):
         arch, hp = cfg[role]["arch"], cfg[role]
-        device = probe_device(shape)
-        why, sure = _forward_problem(task, arch, cfg, hp, shape, device)
-        if why is not None and not sure and device == "meta":
+        why, sure = _forward_problem(task, arch, cfg, hp, shape, "meta")
+        if why is not None and not sure:
             why, _ = _forward_problem(task, arch, cfg, hp, shape, "cpu")
         if why is not None:
-            size = "x".join(map(str, shape[1:])) + (" px" if len(shape) == 3 else "")
-            knob = f"data.image_size={cfg['data']['image_size']}; " if "image_size" in cfg.get("data", {}) else ""
-            raise UsageError(
-                f"{role} arch {arch} cannot take {task.name}'s inputs of {size} ({knob}{why[:200]}): choose "
-                "another arch or input size"
-            )
+            _refuse(task, cfg, role, shape, why)
+    return None
+
+
+def _refuse(task: Task, cfg: dict[str, Any], role: str, shape: Sequence[int], why: str) -> None:
+    arch = cfg[role]["arch"]
+    size = "x".join(map(str, shape[1:])) + (" px" if len(shape) == 3 else "")
+    knob = f"data.image_size={cfg['data']['image_size']}; " if "image_size" in cfg.get("data", {}) else ""
+    raise UsageError(
+        f"{role} arch {arch} cannot take {task.name}'s inputs of {size} ({knob}{why[:200]}): choose another arch "
+        "or input size"
+    )
 
 
 # the data a model is built for when only its shapes matter (probe forwards, multiply-adds): 10 classes
 STAND_IN = TaskData(train=[], val=[], num_classes=10, class_names=[str(i) for i in range(10)])
 
 
-def check_feature_methods(task: Task, cfg: dict[str, Any]) -> None:
+def check_feature_methods(task: Task, cfg: dict[str, Any], models: ProbeModels | None = None) -> None:
     """UsageError (one line) if a feature method of ``cfg["methods"]`` needs an output the teacher or student
-    lacks, or cannot size its parts from them: checked on freshly built models and a random probe batch, before
-    any data is read or anything is written."""
+    lacks, or cannot size its parts from them: checked on freshly built models and a random probe batch (those of
+    the input-size check, ``models``, when it built them), before any data is read or anything is written."""
     names = [n for n in cfg["methods"] if method_class(n).needs.features]
     if not names:
         return
@@ -180,12 +238,14 @@ def check_feature_methods(task: Task, cfg: dict[str, Any]) -> None:
             f"methods {', '.join(names)} read intermediate outputs, which task {task.name} does not give "
             "(they apply to the image tasks)"
         )
+    if models is None:
+        teacher, student, x = ProbeModels.build(task, cfg, shape)
+        t_layout = describe(teacher, x)
+    else:
+        teacher, student, x, t_layout = models.teacher, models.student, models.x, models.teacher_layout
+        t_layout = t_layout if t_layout is not None else describe(teacher, x)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        teacher = task.build_model(cfg["teacher"]["arch"], STAND_IN, cfg, cfg["teacher"]).eval()
-        student = task.build_model(cfg["student"]["arch"], STAND_IN, cfg, cfg["student"])
-        x = torch.randn(2, *shape)
-        t_layout = describe(teacher, x)
         for name in names:
             method = build_method(name, cfg)
             try:
