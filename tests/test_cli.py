@@ -186,6 +186,26 @@ def test_run_header_text():
     assert Outline("digits", 3, 3, 3, 0, "local", Path("r")).lines() == [
         "digits: 3 cells, 3 to train, 0 finished (reused); executor local; run dir r"
     ]
+    o = Outline("digits", 11, 11, 4, 0, "auto (subprocess)", Path("runs"), 30.0, 11, 2)
+    assert o.lines()[1] == "estimate: ~30 s of training, 2 units at a time (from 11 finished cells of digits in runs)"
+
+
+def test_the_estimate_schedules_units_at_once_after_their_teachers():
+    """Two teachers' units (10 s each) then their students' units (8 s, 6 s): 34 s one at a time; 2 at a time the
+    teachers together, then the students together: 18 s; 3 at a time no faster (the students wait for them)."""
+    from lskd_bench.runners.cells import plan_cells
+    from lskd_bench.runners.grid import _schedule, fuse_units, resolve_config
+
+    from .fixtures import tiny_overrides
+
+    cfg = resolve_config("digits", {}, tiny_overrides())
+    units = fuse_units(plan_cells(cfg), cfg, fuse=True, max_fused=8, spread=2)
+    assert [u[0].role for u in units] == ["teacher", "teacher", "student", "student"]
+    assert units[2][0].teacher is units[0][0] or units[2][0].teacher.hash == units[0][0].hash
+    spans = [10.0, 10.0, 8.0, 6.0]
+    assert _schedule(units, spans, 1) == 34.0
+    assert _schedule(units, spans, 2) == 18.0 == _schedule(units, spans, 3)
+    assert _schedule(units, [10.0, 1.0, 8.0, 6.0], 2) == 18.0  # a0.1's students start at 1 s, end at 7 s
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import os
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,8 +275,8 @@ def run_plan(plan: GridPlan) -> tuple[list[CellOutcome], list[str]]:
 class Outline:
     """What a grid is about to do, said before its first cell trains (the header of ``lskd-bench run``): its cells,
     those to train (in ``units``) and those reused (finished), the executor (``auto``: with the one it chooses),
-    the run directory, and the wall time of the training one unit at a time, estimated from the finished cells of
-    the task in the run directory (None: none of a pending cell's recipe has finished there)."""
+    the run directory, and the wall time of the training with ``at_once`` units at a time, estimated from the
+    finished cells of the task in the run directory (None: none of a pending cell's recipe has finished there)."""
 
     task: str
     cells: int
@@ -287,6 +287,7 @@ class Outline:
     out: Path
     estimate_s: float | None = None
     estimated_from: int = 0
+    at_once: int = 1
 
     def lines(self) -> list[str]:
         units = f" in {self.units} units" if self.units != self.train else ""
@@ -296,7 +297,8 @@ class Outline:
         ]
         if self.estimate_s is not None:
             lines.append(
-                f"estimate: ~{duration(self.estimate_s)} of training, one unit at a time (from "
+                f"estimate: ~{duration(self.estimate_s)} of training, "
+                f"{'one unit' if self.at_once == 1 else f'{self.at_once} units'} at a time (from "
                 f"{self.estimated_from} finished cells of {self.task} in {self.out})"
             )
         return lines
@@ -306,10 +308,12 @@ def outline(plan: GridPlan) -> Outline:
     cfg = plan.cfg
     name = cfg["executor"]
     choose = getattr(EXECUTORS.get(name), "choose", None)  # auto: the executor it picks for this config
-    estimate, seen = _estimate(plan)
+    units_at_once = getattr(EXECUTORS.get(name), "units_at_once", None)
+    at_once = max(1, units_at_once(cfg)) if units_at_once and plan.units else 1
+    estimate, seen = _estimate(plan, at_once)
     return Outline(
         cfg["task"], len(plan.cells), sum(len(u) for u in plan.units), len(plan.units), len(plan.reused),
-        f"{name} ({choose(cfg)})" if choose else name, plan.out, estimate, seen,
+        f"{name} ({choose(cfg)})" if choose else name, plan.out, estimate, seen, at_once,
     )  # fmt: skip
 
 
@@ -317,10 +321,11 @@ def _recipe(role: str) -> str:
     return "teacher" if role == "teacher" else "student"  # the baseline trains with the student's recipe
 
 
-def _estimate(plan: GridPlan) -> tuple[float | None, int]:
+def _estimate(plan: GridPlan, at_once: int = 1) -> tuple[float | None, int]:
     """(seconds, finished cells read): each pending unit takes the longest of its cells, a cell its recipe's
     epochs times the median seconds an epoch took in the finished cells of that recipe (and arch, when some
-    have it) under RUNS/TASK; the units one after the other. A result file is untrusted input: only its
+    have it) under RUNS/TASK; the units one after the other, or, ``at_once`` at a time, each in plan order on the
+    first free slot once its teachers' units ended (``_schedule``). A result file is untrusted input: only its
     checked numbers (``timings.wall_s``, ``epochs``) are read."""
     per_epoch: dict[tuple[str, str], list[float]] = defaultdict(list)
     seen = 0
@@ -337,7 +342,7 @@ def _estimate(plan: GridPlan) -> tuple[float | None, int]:
         seen += 1
     if not seen or not plan.units:
         return None, seen
-    total = 0.0
+    spans = []
     for unit in plan.units:
         longest = 0.0
         for c in unit:
@@ -345,8 +350,20 @@ def _estimate(plan: GridPlan) -> tuple[float | None, int]:
             if not rates:
                 return None, seen
             longest = max(longest, statistics.median(rates) * plan.cfg[_recipe(c.role)]["epochs"])
-        total += longest
-    return total, seen
+        spans.append(longest)
+    return _schedule(plan.units, spans, at_once), seen
+
+
+def _schedule(units: Sequence[Sequence[Cell]], spans: list[float], at_once: int) -> float:
+    """When the last of ``units`` (taking ``spans`` seconds) ends, ``at_once`` at a time: each in order on the slot
+    free first, not before the units training its cells' teachers ended."""
+    unit_of = {c.hash: i for i, u in enumerate(units) for c in u}
+    ends, slots = [0.0] * len(units), [0.0] * max(1, at_once)
+    for i, unit in enumerate(units):
+        ready = max((ends[unit_of[c.teacher.hash]] for c in unit if c.teacher and c.teacher.hash in unit_of), default=0)
+        k = min(range(len(slots)), key=slots.__getitem__)
+        ends[i] = slots[k] = max(slots[k], ready) + spans[i]
+    return max(ends, default=0.0)
 
 
 def run_grid(
