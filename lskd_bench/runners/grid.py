@@ -246,13 +246,18 @@ def plan_grid(cfg: dict[str, Any], out: Path, progress: bool = True) -> GridPlan
     repairs += find_moved(cells, cfg, out)  # the same data at another path: its finished cells are reused
     pending = [c for c in cells if store.read_result(c.dir(out)) is None]
     _record_config(cfg, out)
-    at_once = getattr(EXECUTORS.get(cfg["executor"]), "units_at_once", None)  # a plugin may lack it
-    spread = at_once(cfg) if pending and at_once else 1
+    spread = units_at_once(cfg) if pending else 1
     units = fuse_units(pending, cfg, fuse=cfg["fuse"], max_fused=cfg["max_fused"], spread=spread) if pending else []
     return GridPlan(
         task, cfg, out, tuple(cells), tuple(tuple(u) for u in units),
         tuple(c for c in cells if c not in pending), tuple(repairs), progress,
     )  # fmt: skip
+
+
+def units_at_once(cfg: dict[str, Any]) -> int:
+    """How many units the configured executor trains at once (1 for a plugin executor that does not say)."""
+    at_once = getattr(EXECUTORS.get(cfg["executor"]), "units_at_once", None)
+    return max(1, at_once(cfg)) if at_once else 1
 
 
 def _record_config(cfg: dict[str, Any], out: Path) -> None:
@@ -308,8 +313,7 @@ def outline(plan: GridPlan) -> Outline:
     cfg = plan.cfg
     name = cfg["executor"]
     choose = getattr(EXECUTORS.get(name), "choose", None)  # auto: the executor it picks for this config
-    units_at_once = getattr(EXECUTORS.get(name), "units_at_once", None)
-    at_once = max(1, units_at_once(cfg)) if units_at_once and plan.units else 1
+    at_once = units_at_once(cfg) if plan.units else 1
     estimate, seen = _estimate(plan, at_once)
     return Outline(
         cfg["task"], len(plan.cells), sum(len(u) for u in plan.units), len(plan.units), len(plan.reused),

@@ -151,18 +151,18 @@ def _problem(exc: Exception, device: str) -> tuple[str, bool]:
     return why, device != "meta" or "meta" not in why.lower()  # on meta: not what meta tensors cannot do
 
 
-def _cpu_forward_problem(model: nn.Module, x: torch.Tensor) -> str | None:
-    """Why ``model`` cannot run ``x`` (eval mode, no gradient; its mode and the random state left as they were),
-    or None."""
+def _run_problem(model: nn.Module, x: torch.Tensor, device: str) -> tuple[str | None, bool]:
+    """(why ``model`` cannot run ``x`` on ``device``, whether that is the input's fault); (None, False): it runs.
+    Eval mode, no gradient; the model's mode and the random state are left as they were."""
     was_training = model.training
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             model.eval()(x)
     except Exception as exc:
-        return _problem(exc, "cpu")[0]
+        return _problem(exc, device)
     finally:
         model.train(was_training)
-    return None
+    return None, False
 
 
 def _forward_problem(task: Task, arch: str, cfg: dict[str, Any], hp: dict[str, Any], shape, device: str):
@@ -171,12 +171,7 @@ def _forward_problem(task: Task, arch: str, cfg: dict[str, Any], hp: dict[str, A
         warnings.simplefilter("ignore")
         with torch.device(device):
             model = task.build_model(arch, STAND_IN, cfg, hp).eval()
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                model(torch.zeros(2, *shape, device=device))
-        except Exception as exc:
-            return _problem(exc, device)
-    return None, False
+        return _run_problem(model, torch.zeros(2, *shape, device=device), device)
 
 
 def check_input_size(task: Task, cfg: dict[str, Any]) -> ProbeModels | None:
@@ -194,12 +189,13 @@ def check_input_size(task: Task, cfg: dict[str, Any]) -> ProbeModels | None:
         try:
             layout = describe(teacher, x)  # its forward is the check; the layout serves check_feature_methods
         except Exception:
-            layout = None  # the plain forward below tells whether the input is the problem
-        for role, model in (("teacher", teacher), ("student", student)):
-            if role == "student" or layout is None:
-                why = _cpu_forward_problem(model, x)
-                if why is not None:
-                    _refuse(task, cfg, role, shape, why)
+            layout = None  # a plain forward tells whether the input is the problem
+            why = _run_problem(teacher, x, "cpu")[0]
+            if why is not None:
+                _refuse(task, cfg, "teacher", shape, why)
+        why = _run_problem(student, x, "cpu")[0]
+        if why is not None:
+            _refuse(task, cfg, "student", shape, why)
         return ProbeModels(teacher, student, x, layout)
     for role in ("teacher", "student"):
         arch, hp = cfg[role]["arch"], cfg[role]

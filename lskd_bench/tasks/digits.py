@@ -79,6 +79,11 @@ def read_digits() -> tuple[np.ndarray, np.ndarray]:
     return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
 
 
+def _split(cfg: dict[str, Any]):
+    """(train x, train y, val x, val y) of the configured split."""
+    return _load_split(float(cfg["data"]["val_fraction"]), int(cfg["data"]["split_seed"]))
+
+
 @lru_cache(maxsize=1)
 def _load_split(val_fraction: float, split_seed: int):
     images, target = read_digits()
@@ -125,7 +130,7 @@ class DigitsTask(Task):
                 raise UsageError(f"unknown {role} arch {arch!r} for task digits (known: {', '.join(sorted(ARCHS))})")
 
     def load_data(self, cfg: dict[str, Any], cache_dir=None) -> TaskData:
-        xtr, ytr, xva, yva = _load_split(float(cfg["data"]["val_fraction"]), int(cfg["data"]["split_seed"]))
+        xtr, ytr, xva, yva = _split(cfg)
         return TaskData(
             train=InMemoryDataset(xtr, ytr),
             val=InMemoryDataset(xva, yva),
@@ -137,7 +142,7 @@ class DigitsTask(Task):
         return (1, 8, 8)
 
     def train_samples(self, cfg: dict[str, Any]) -> int:
-        return len(_load_split(float(cfg["data"]["val_fraction"]), int(cfg["data"]["split_seed"]))[1])
+        return len(_split(cfg)[1])
 
     def build_model(self, arch: str, data: TaskData, cfg: dict[str, Any], hp: dict[str, Any]) -> ClassifierNet:
         return cnn(ARCHS[arch], data.num_classes)

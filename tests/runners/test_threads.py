@@ -24,9 +24,13 @@ def test_multiply_adds_of_convolutions_and_linear_layers_by_hand():
     assert multiply_adds(model, (3, 8, 8)) == 13824 + 9216 + 5120
 
 
-def test_tiny_models_train_with_one_thread_and_larger_ones_with_every_cpu(monkeypatch):
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(4)), raising=False)
+def _cpus(monkeypatch, n: int) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(n)), raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+
+def test_tiny_models_train_with_one_thread_and_larger_ones_with_every_cpu(monkeypatch):
+    _cpus(monkeypatch, 4)
     digits = resolve_config("digits", {}, tiny_overrides())
     assert work_per_sample(digits) == 609536 < SMALL_WORK  # cnn_wide: 18432 + 294912 + 294912 + 1280
     n, why = thread_policy(digits, CPU)
@@ -72,11 +76,6 @@ def test_resolving_a_small_task_does_not_start_the_meta_device():
 
 
 # ------------------------------------------------------------------------------------------ units side by side
-def _cpus(monkeypatch, n: int) -> None:
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(n)), raising=False)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-
-
 def test_grid_work_by_hand():
     from lskd_bench.runners.threads import grid_work
 
