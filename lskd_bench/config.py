@@ -24,9 +24,10 @@ from .methods import method_sections
 from .registry import EXECUTORS
 from .schema import RUN, Section, deep_merge, flatten
 from .tasks import Task
+from .tasks.base import SAFE_LOADER
 
 
-class _StrictLoader(yaml.SafeLoader):
+class _StrictLoader(SAFE_LOADER):  # type: ignore[misc,valid-type]
     """``yaml.safe_load`` that refuses a key given twice in one mapping (plain YAML keeps the last one, so a
     second ``teacher:`` block silently drops the first)."""
 
