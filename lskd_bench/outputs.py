@@ -100,29 +100,77 @@ def _timm_stages(model: nn.Module) -> dict[str, str] | None:
 def describe(model: nn.Module, x: torch.Tensor) -> Layout:
     """The layout of ``model``'s named outputs, from one probe forward of ``x`` (eval mode; the caller's random
     state and the model's mode are left as they were)."""
+    return look(model, x).layout
+
+
+@dataclass
+class Look:
+    """One probe forward of a model: its ``layout`` and, where ``look`` was asked to keep them, the tensors of its
+    named outputs, so that a probe's outputs need no second forward (``outputs``)."""
+
+    layout: Layout
+    logits: torch.Tensor | None = None
+    kept: dict[str, tuple[int, torch.Tensor]] = field(default_factory=dict)  # name -> (first capture, last value)
+
+    def outputs(self, model: nn.Module, names: Iterable[str]) -> Outputs:
+        """The named outputs ``names`` (shorthands expanded) and ``logits``: the tensors a ``Tap`` of ``names`` open
+        during the same forward holds, in the order it captures them first (UsageError, as ``Tap``, for a name the
+        model lacks)."""
+        wanted = Tap(model, self.layout, names).names
+        lost = [n for n in wanted if n not in self.kept]
+        if lost or self.logits is None:
+            raise ValueError(f"look(keep=...) did not keep {lost or ['logits']}")
+        order = sorted(wanted, key=lambda n: self.kept[n][0])
+        return Outputs({**{n: self.kept[n][1] for n in order}, "logits": self.logits})
+
+
+@torch.no_grad()
+def look(model: nn.Module, x: torch.Tensor, keep: bool = False, preacts: bool = False) -> Look:
+    """``describe``'s probe forward; ``keep``: also the tensors of every named output of the layout (each where a
+    ``Tap`` would take it: the last call of its module), ``preacts``: the pre-activations' too (cloned at each call,
+    as ``Tap`` does). Only block-level outputs are held during the forward, not every module's."""
     mods = _modules_by_path(model)
     order: list[tuple[str, tuple[int, ...]]] = []  # (path, output shape) in order of completion
     calls: list[str] = []  # paths in order of call
     in_shape: dict[str, tuple[int, ...]] = {}  # path -> the shape of its input (channels summed over several)
     hooks = []
+    table = getattr(model, "feature_stages", None) or _timm_stages(model)
+    root = "backbone." if "backbone" in mods and "head" in mods else ""
+    # what a named output can be: a stage's module (the table's, else a block-level one), the pooled map's (the
+    # last 4-d output before the head), a pre-activation's module (the table's, or an activation)
+    held = set(table.values()) if table else {p for p in mods if p.startswith(root) and p[len(root) :].count(".") <= 1}
+    pre_table = set((getattr(model, "feature_preacts", None) or {}).values())
+    first: dict[tuple[str, str], int] = {}  # ("in" | "out", path) -> the index of its first hook event
+    out_of: dict[str, torch.Tensor] = {}  # held path -> its last output
+    pre_of: dict[str, torch.Tensor] = {}  # path -> its last pre-activation input (cloned)
 
-    def called(p: str, inp: tuple) -> None:
+    def event(kind: str, p: str) -> None:
+        first.setdefault((kind, p), len(first))
+
+    def called(p: str, mod: nn.Module, inp: tuple) -> None:
         calls.append(p)
+        event("in", p)
         ts = [t for t in inp if torch.is_tensor(t)]
         if ts and all(t.dim() == ts[0].dim() >= 2 for t in ts):
             in_shape[p] = (sum(t.shape[1] for t in ts), *ts[0].shape[2:])
+            if preacts and (p in pre_table or isinstance(mod, ACTIVATIONS)):
+                pre_of[p] = preact_input(inp)
 
     last_map: list = [None]  # (path, output) of the last module other than a pooling one to output a 4-d tensor
 
     def done(p: str, mod: nn.Module, out) -> None:
         order.append((p, tuple(out.shape[1:]) if torch.is_tensor(out) else ()))
-        if torch.is_tensor(out) and out.dim() == 4 and not isinstance(mod, POOLS):
-            last_map[0] = (p, out)
+        event("out", p)
+        if torch.is_tensor(out):
+            if keep and p in held:
+                out_of[p] = out
+            if out.dim() == 4 and not isinstance(mod, POOLS):
+                last_map[0] = (p, out)
 
     for path, m in mods.items():
         if not path:
             continue
-        hooks.append(m.register_forward_pre_hook(lambda mod, inp, p=path: called(p, inp)))
+        hooks.append(m.register_forward_pre_hook(lambda mod, inp, p=path: called(p, mod, inp)))
         hooks.append(m.register_forward_hook(lambda mod, inp, out, p=path: done(p, mod, out)))
     head_in: list[tuple[int, ...]] = []
     before_head: list = []  # (last_map at the head's call, the head's input)
@@ -130,13 +178,14 @@ def describe(model: nn.Module, x: torch.Tensor) -> Layout:
     def head_called(inp: tuple) -> None:
         head_in.append(tuple(inp[0].shape[1:]))
         before_head.append((last_map[0], inp[0]))
+        event("head", "")
 
     hooks.append(head_module(model).register_forward_pre_hook(lambda mod, inp: head_called(inp)))
     was_training = model.training
     model.eval()
     try:
         with torch.random.fork_rng(devices=[]):
-            model(x)
+            logits = model(x)
     finally:
         model.train(was_training)
         for h in hooks:
@@ -144,16 +193,16 @@ def describe(model: nn.Module, x: torch.Tensor) -> Layout:
     shape_of = {}
     for p, s in order:
         shape_of[p] = s  # the last call of a module (a ReLU used twice in a block) wins
-    stages = getattr(model, "feature_stages", None) or _timm_stages(model) or _probe_stages(order, mods)
+    stages = table or _probe_stages(order, mods)
     stages = {k: v for k, v in stages.items() if v in mods}
     layout = Layout(stages=dict(stages), pooled_map=_pooled_map(before_head))
     layout.shapes = {"embedding": head_in[-1] if head_in else (), **{k: shape_of.get(v, ()) for k, v in stages.items()}}
     if layout.pooled_map:
         layout.shapes["pooled_map"] = tuple(before_head[-1][0][1].shape[1:])
-    table = getattr(model, "feature_preacts", None) or {}
+    pre_paths = getattr(model, "feature_preacts", None) or {}
     for name, path in stages.items():
-        if name in table:  # the model's own table; a stage it leaves out follows the rule below
-            pre = table[name]
+        if name in pre_paths:  # the model's own table; a stage it leaves out follows the rule below
+            pre = pre_paths[name]
             if pre not in in_shape:
                 continue
         else:
@@ -164,7 +213,15 @@ def describe(model: nn.Module, x: torch.Tensor) -> Layout:
             pre = leaves[-1]
         layout.preact[name] = pre
         layout.shapes[f"preact_{name}"] = in_shape.get(pre, layout.shapes[name])
-    return layout
+    if not keep:
+        return Look(layout)
+    kept = {k: (first["out", v], out_of[v]) for k, v in stages.items() if v in out_of}
+    if before_head:
+        kept["embedding"] = (first["head", ""], before_head[-1][1])
+    if layout.pooled_map:  # its output at the head's last call
+        kept["pooled_map"] = (first["out", layout.pooled_map], before_head[-1][0][1])
+    kept.update({f"preact_{k}": (first["in", v], pre_of[v]) for k, v in layout.preact.items() if v in pre_of})
+    return Look(layout, logits, kept)
 
 
 POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.Flatten)

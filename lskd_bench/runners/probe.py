@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..methods import Method, Probe, build_method, method_class
-from ..outputs import Layout, Outputs, Tap, describe
+from ..outputs import Layout, Look, Outputs, Tap, look
 from ..tasks import Task, TaskData, iterate_batches
 
 
@@ -70,9 +70,14 @@ def teacher_view(teacher: nn.Module, data: TaskData, device: torch.device, needs
     ds = data.split("train_eval")
     x, _ = next(iter(iterate_batches(ds, 2, indices=torch.arange(min(2, len(ds))), on_bad_sample="error")))
     x = x.to(device)
-    layout = describe(teacher, x)
     names = list(dict.fromkeys(k for n in needs for k in n.teacher))
-    return TeacherView(teacher, layout, x, probe_outputs(teacher, layout, names, x))
+    seen = look(teacher, x, keep=True, preacts=wants_preacts(names))  # one forward: the layout and the outputs
+    return TeacherView(teacher, seen.layout, x, seen.outputs(teacher, names))
+
+
+def wants_preacts(names: Sequence[str]) -> bool:
+    """Whether ``names`` (a method's needs, shorthands unexpanded) read a pre-activation."""
+    return any(n.startswith("preact_") for n in names)
 
 
 def method_probe(
@@ -82,12 +87,16 @@ def method_probe(
     num_samples: int,
     num_classes: int,
     labels: torch.Tensor | None = None,
+    seen: Look | None = None,
 ) -> tuple[Tap, Probe]:
     """The student's tap for ``method.needs.student`` and the probe forward of both models a method sizes its parts
-    from (``labels``: the training samples' classes, for methods that read sample indices)."""
-    layout = describe(model, view.x)
-    tap = Tap(model, layout, method.needs.student)
-    s = probe_outputs(model, layout, tap.names, view.x)
+    from (``labels``: the training samples' classes, for methods that read sample indices; ``seen``: the student's
+    probe forward on ``view.x`` already made, with its outputs kept)."""
+    needs = method.needs.student
+    seen = seen or look(model, view.x, keep=True, preacts=wants_preacts(needs))
+    layout = seen.layout
+    tap = Tap(model, layout, needs)
+    s = seen.outputs(model, tap.names)
     t_names = [*Tap(view.model, view.layout, method.needs.teacher).names, "logits"]
     t = Outputs({k: view.probe[k] for k in t_names})
     return tap, Probe(model, view.model, s, t, layout, view.layout, num_samples, num_classes, labels)
@@ -100,9 +109,10 @@ def setup_method(
     num_samples: int,
     num_classes: int,
     labels: torch.Tensor | None = None,
+    seen: Look | None = None,
 ) -> Tap:
     """The student's tap, after ``method.setup`` from a probe forward of both models (``method_probe``)."""
-    tap, probe = method_probe(method, model, view, num_samples, num_classes, labels)
+    tap, probe = method_probe(method, model, view, num_samples, num_classes, labels, seen)
     method.setup(probe)
     return tap
 
@@ -126,12 +136,14 @@ _FORWARD_ERRORS = (RuntimeError, AssertionError, ValueError, TypeError, IndexErr
 class ProbeModels:
     """The teacher and the student the checks before a run build once for both (``check_input_size``, then
     ``check_feature_methods``): CPU models built under seed 0 (teacher first), the probe batch ``x`` (two random
-    samples drawn after them) and the teacher's layout, found by the input-size check's forward."""
+    samples drawn after them) and each model's probe forward made by the input-size check (its layout, and the
+    outputs the run's feature methods read)."""
 
     teacher: nn.Module
     student: nn.Module
     x: torch.Tensor
-    teacher_layout: Layout | None  # None: describing the teacher failed (check_feature_methods says why)
+    teacher_seen: Look | None  # None: describing the model failed (check_feature_methods says why)
+    student_seen: Look | None
 
     @staticmethod
     def build(task: Task, cfg: dict[str, Any], shape: Sequence[int]) -> tuple[nn.Module, nn.Module, torch.Tensor]:
@@ -186,17 +198,18 @@ def check_input_size(task: Task, cfg: dict[str, Any]) -> ProbeModels | None:
         return None
     if probe_device(shape) == "cpu":
         teacher, student, x = ProbeModels.build(task, cfg, shape)
-        try:
-            layout = describe(teacher, x)  # its forward is the check; the layout serves check_feature_methods
-        except Exception:
-            layout = None  # a plain forward tells whether the input is the problem
-            why = _run_problem(teacher, x, "cpu")[0]
-            if why is not None:
-                _refuse(task, cfg, "teacher", shape, why)
-        why = _run_problem(student, x, "cpu")[0]
-        if why is not None:
-            _refuse(task, cfg, "student", shape, why)
-        return ProbeModels(teacher, student, x, layout)
+        needs = [method_class(n).needs for n in cfg["methods"] if method_class(n).needs.features]
+        seen = {}
+        for role, model in (("teacher", teacher), ("student", student)):
+            names = [k for n in needs for k in getattr(n, role)]
+            try:  # its forward is the check; its layout and outputs serve check_feature_methods
+                seen[role] = look(model, x, keep=bool(names), preacts=wants_preacts(names))
+            except Exception:
+                seen[role] = None  # a plain forward tells whether the input is the problem
+                why = _run_problem(model, x, "cpu")[0]
+                if why is not None:
+                    _refuse(task, cfg, role, shape, why)
+        return ProbeModels(teacher, student, x, seen["teacher"], seen["student"])
     for role in ("teacher", "student"):
         arch, hp = cfg[role]["arch"], cfg[role]
         why, sure = _forward_problem(task, arch, cfg, hp, shape, "meta")
@@ -236,21 +249,24 @@ def check_feature_methods(task: Task, cfg: dict[str, Any], models: ProbeModels |
         )
     if models is None:
         teacher, student, x = ProbeModels.build(task, cfg, shape)
-        t_layout = describe(teacher, x)
+        t_seen = s_seen = None
     else:
-        teacher, student, x, t_layout = models.teacher, models.student, models.x, models.teacher_layout
-        t_layout = t_layout if t_layout is not None else describe(teacher, x)
+        teacher, student, x = models.teacher, models.student, models.x
+        t_seen, s_seen = models.teacher_seen, models.student_seen
+    needs = [method_class(n).needs for n in names]
+    t_names, s_names = [k for n in needs for k in n.teacher], [k for n in needs for k in n.student]
+    t_seen = t_seen or look(teacher, x, keep=True, preacts=wants_preacts(t_names))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         for name in names:
             method = build_method(name, cfg)
             try:
-                t_names = Tap(teacher, t_layout, method.needs.teacher).names
+                view = TeacherView(teacher, t_seen.layout, x, t_seen.outputs(teacher, method.needs.teacher))
             except UsageError as exc:
                 raise UsageError(f"method {name}: teacher {cfg['teacher']['arch']}: {exc}") from None
-            view = TeacherView(teacher, t_layout, x, probe_outputs(teacher, t_layout, t_names, x))
             try:
-                setup_method(method, student, view, 2, 10)
+                s_seen = s_seen or look(student, x, keep=True, preacts=wants_preacts(s_names))
+                setup_method(method, student, view, 2, 10, seen=s_seen)
                 method.check_run(cfg)
             except UsageError as exc:
                 archs = f"{cfg['teacher']['arch']} -> {cfg['student']['arch']}"

@@ -312,3 +312,44 @@ def test_third_party_feature_method_through_entry_point(tmp_path):
     p = subprocess.run([*base, "compare", "--runs", str(runs)], env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "| cosine_hint |" in p.stdout and "| cosine_hint+kd |" in p.stdout
+
+
+@pytest.mark.parametrize(
+    "arch,shape",
+    [
+        ("resnet8x4", (3, 32, 32)),  # feature_stages; preacts where the stage ends in a ReLU
+        ("wrn_16_2", (3, 32, 32)),  # feature_preacts outside the stage, pooled map after the final BN and ReLU
+        ("ShuffleV1", (3, 32, 32)),  # pre-activations assembled from two tensors
+        ("MobileNetV2", (3, 32, 32)),
+        ("vgg8", (3, 32, 32)),
+        ("resnet18", (3, 64, 64)),  # torchvision: stages found by the probe, pre-activations by rule
+        ("digits:cnn_tiny", (1, 8, 8)),
+    ],
+)
+def test_one_probe_forward_keeps_what_a_tap_of_a_second_forward_takes(arch, shape):
+    """``look(keep=True)``'s outputs (the probes of a teacher view, a method's setup and the checks before a run)
+    are the tensors ``probe_outputs`` takes with a ``Tap`` in a second forward: every name of the layout, equal bit
+    for bit, in the same order; ``describe`` gives the same layout."""
+    from lskd_bench.outputs import look
+    from lskd_bench.runners.probe import probe_outputs
+    from lskd_bench.tasks.digits import ARCHS, cnn
+
+    torch.manual_seed(0)
+    if arch.startswith("digits:"):
+        m = cnn(ARCHS[arch.removeprefix("digits:")], 10)
+    elif arch in ("resnet18",):
+        m = build_image_model(arch, 7)
+    else:
+        m = build_cifar_model(arch, 100)
+    x = torch.randn(2, *shape)
+    seen = look(m, x, keep=True, preacts=True)
+    layout = describe(m, x)
+    assert seen.layout == layout
+    names = layout.names()
+    assert any(n.startswith("preact_") for n in names) and "embedding" in names
+    for wanted in (names, list(reversed(names)), ["stages", "embedding"]):
+        ours, tapped = seen.outputs(m, wanted), probe_outputs(m, layout, Tap(m, layout, wanted).names, x)
+        assert list(ours) == list(tapped)
+        assert all(torch.equal(ours[k], tapped[k]) for k in tapped)
+    with pytest.raises(UsageError, match="has no output 'stage9'"):
+        seen.outputs(m, ["stage9"])

@@ -68,12 +68,10 @@ def test_what_meta_tensors_cannot_do_is_tried_on_the_cpu_before_it_is_an_error()
     assert torch.empty(1).device.type == "cpu"  # the default device is left as it was
 
 
-def test_the_checks_before_a_run_build_each_model_once(monkeypatch, tmp_path):
+def test_the_checks_before_a_run_build_each_model_once_and_run_it_once(monkeypatch, tmp_path):
     """Resolving a CIFAR-100 run with a feature method (CRD): the input-size check and the feature-method check
-    share one teacher and one student (built under seed 0 on the CPU: 32 px inputs) and the teacher's layout;
-    they built four models and ran the teacher's probe twice before."""
-    from lskd_bench import outputs
-    from lskd_bench.runners import probe
+    share one teacher and one student (built under seed 0 on the CPU: 32 px inputs), and each model's one probe
+    forward gives its layout and the outputs CRD's setup reads (before: four models built, then five forwards)."""
     from lskd_bench.runners.grid import resolve_config
     from lskd_bench.tasks import get_task
 
@@ -81,12 +79,17 @@ def test_the_checks_before_a_run_build_each_model_once(monkeypatch, tmp_path):
 
     root = make_cifar100(tmp_path)
     task = type(get_task("cifar100"))
-    built, described = [], []
-    build, describe = task.build_model, probe.describe
-    monkeypatch.setattr(task, "build_model", lambda self, arch, *a: built.append(arch) or build(self, arch, *a))
-    monkeypatch.setattr(probe, "describe", lambda m, x: described.append(type(m).__name__) or describe(m, x))
+    built, forwards = [], []
+    build = task.build_model
+
+    def counted(self, arch, *a):
+        built.append(arch)
+        model = build(self, arch, *a)
+        model.register_forward_pre_hook(lambda m, inp: forwards.append(arch))
+        return model
+
+    monkeypatch.setattr(task, "build_model", counted)
     over = {"methods": ["crd"], "grid": {"alphas": [0.0], "temperatures": [4.0], "seeds": [0]}, "threads": 1}
     resolve_config("cifar100", {}, {**over, "pair": "resnet32x4-resnet8x4", "data": {"root": str(root)}})
     assert built == ["resnet32x4", "resnet8x4"]
-    assert len(described) == 2  # the teacher's layout once, the student's for CRD's setup
-    assert outputs.describe is describe  # the module's own function is untouched
+    assert forwards == ["resnet32x4", "resnet8x4"]
