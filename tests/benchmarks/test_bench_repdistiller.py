@@ -29,7 +29,8 @@ def test_quick_mode_prints_one_row_of_ratios_per_method():
     lines = p.stdout.splitlines()
     assert lines[0].startswith("load before:") and any(line.startswith("load after:") for line in lines)
     assert "200 train / 100 test images, median of 1 round(s)" in p.stdout
-    assert "| method | training | start-up (first step) | evaluation |" in lines
+    header = "| method | training | start-up (first step) | start-up without the teacher's validation | evaluation |"
+    assert header in lines
     (row,) = [line for line in lines if line.startswith("| kd |")]
     ratios = [float(v) for v in re.findall(r"\d+\.\d+", row)]
-    assert len(ratios) == 3 and all(r > 0 for r in ratios), row
+    assert len(ratios) == 4 and all(r > 0 for r in ratios), row
