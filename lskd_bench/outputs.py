@@ -200,6 +200,7 @@ def look(model: nn.Module, x: torch.Tensor, keep: bool = False, preacts: bool = 
     if layout.pooled_map:
         layout.shapes["pooled_map"] = tuple(before_head[-1][0][1].shape[1:])
     pre_paths = getattr(model, "feature_preacts", None) or {}
+    parents = {q.rpartition(".")[0] for q in mods if "." in q}  # the paths that hold other modules
     for name, path in stages.items():
         if name in pre_paths:  # the model's own table; a stage it leaves out follows the rule below
             pre = pre_paths[name]
@@ -207,7 +208,7 @@ def look(model: nn.Module, x: torch.Tensor, keep: bool = False, preacts: bool = 
                 continue
         else:
             inside = [p for p in calls if p == path or p.startswith(path + ".")]
-            leaves = [p for p in inside if not any(q.startswith(p + ".") for q in mods if q != p)]
+            leaves = [p for p in inside if p not in parents]
             if not leaves or not isinstance(mods[leaves[-1]], ACTIVATIONS):
                 continue
             pre = leaves[-1]

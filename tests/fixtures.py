@@ -298,6 +298,23 @@ def train_then_kill(task, students, cfg, data, tmodel, tmp_path, at_epoch: int =
     return ref, cut
 
 
+def resume_matches(task, students, cfg, data, tmodel, ref: Path, cut: Path, keys=("loss",)) -> list[tuple]:
+    """The group killed under ``cut`` (``train_then_kill``) resumed to its end: every student equals the
+    uninterrupted one under ``ref`` in weights (bit for bit), in each history ``keys`` and in metrics. Returns each
+    student's (resumed, uninterrupted) result, for a test's own checks."""
+    out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False)
+    assert all(o.error is None for o in out)
+    results = []
+    for c in students:
+        assert same_weights(cut / c.name, ref / c.name), c.name
+        a, b = (json.loads((d / c.name / store.RESULT).read_text()) for d in (cut, ref))
+        for key in keys:
+            assert [h[key] for h in a["history"]] == [h[key] for h in b["history"]], (c.name, key)
+        assert a["metrics"] == b["metrics"], c.name
+        results.append((a, b))
+    return results
+
+
 def example_site(tmp_path: Path, example: str, module: str, entry_point: str | dict[str, str]) -> dict[str, str]:
     """The module (or package folder) ``module`` of ``examples/<example>`` made importable as ``pip install``
     would leave it: copied to a site folder with a .dist-info holding its entry points (``name = module:Class``

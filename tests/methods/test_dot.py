@@ -3,7 +3,6 @@ transcribed op for op, the loss by hand, the refusals, fused training and resume
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -223,9 +222,8 @@ def test_dot_fused_with_kd_equals_alone(tmp_path):
 def test_dot_resumes_bit_identically_with_both_momenta(tmp_path):
     """Killed at the end of epoch 2 of 3 and resumed: the same weights, loss history and metrics; the checkpoint's
     optimizer state holds both momentum buffers."""
-    from lskd_bench.runners.train import train_group
 
-    from ..fixtures import digits_students, same_weights, train_then_kill
+    from ..fixtures import digits_students, resume_matches, train_then_kill
 
     cfg, task, data, students, tmodel = digits_students(tmp_path, ["dot"], epochs=3, student={"nesterov": False})
     ref, cut = train_then_kill(task, students, cfg, data, tmodel, tmp_path / "run", at_epoch=2)
@@ -233,13 +231,7 @@ def test_dot_resumes_bit_identically_with_both_momenta(tmp_path):
     opt = torch.load(cut / dot.name / store.STATE, weights_only=True)["optimizer"]
     assert all({"momentum_buffer", "momentum_kd_buffer"} <= set(s) for s in opt["state"].values())
     assert opt["param_groups"][0]["momentum"] == pytest.approx(0.9 - 0.09)
-    out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False)
-    assert all(o.error is None for o in out)
-    for c in students:
-        assert same_weights(cut / c.name, ref / c.name), c.name
-        a, b = (json.loads((d / c.name / store.RESULT).read_text()) for d in (cut, ref))
-        assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]], c.name
-        assert a["metrics"] == b["metrics"], c.name
+    for a, _b in resume_matches(task, students, cfg, data, tmodel, ref, cut):
         assert all(math.isfinite(h["loss"]) for h in a["history"])
 
 

@@ -181,22 +181,14 @@ def test_catkd_fused_with_kd_equals_alone(tmp_path):
 def test_catkd_resumes_bit_identically(tmp_path):
     """Killed at the end of epoch 2 of 3 and resumed: the same weights, loss history and metrics as
     uninterrupted (CAT-KD has no state of its own: the heads it reads are the models')."""
-    import json
 
     from lskd_bench import store
-    from lskd_bench.runners.train import train_group
 
-    from ..fixtures import digits_students, same_weights, train_then_kill
+    from ..fixtures import digits_students, resume_matches, train_then_kill
 
     cfg, task, data, students, tmodel = digits_students(tmp_path, ["catkd"], epochs=3)
     ref, cut = train_then_kill(task, students, cfg, data, tmodel, tmp_path / "run", at_epoch=2)
     parts = {c.method: torch.load(cut / c.name / store.STATE, weights_only=True)["parts"] for c in students}
     state = {m: p.get("method") for m, p in parts.items()}  # kd brings no part
     assert not state["catkd"]  # None or empty: nothing of its own
-    out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False)
-    assert all(o.error is None for o in out)
-    for c in students:
-        assert same_weights(cut / c.name, ref / c.name), c.name
-        a, b = (json.loads((d / c.name / store.RESULT).read_text()) for d in (cut, ref))
-        assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]], c.name
-        assert a["metrics"] == b["metrics"], c.name
+    resume_matches(task, students, cfg, data, tmodel, ref, cut)

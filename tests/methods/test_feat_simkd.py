@@ -291,22 +291,14 @@ def test_simkd_fused_with_kd_equals_alone(tmp_path):
 def test_simkd_resumes_bit_identically(tmp_path):
     """Killed at the end of epoch 2 of 3 and resumed: the same weights (student and deployed), loss and training
     top-1 history and metrics as uninterrupted; the checkpoint holds the projector and the frozen classifier."""
-    from lskd_bench.runners.train import train_group
 
-    from ..fixtures import digits_students, same_weights, train_then_kill
+    from ..fixtures import digits_students, resume_matches, train_then_kill
 
     cfg, task, data, students, tmodel = digits_students(tmp_path, ["simkd"], epochs=3)
     ref, cut = train_then_kill(task, students, cfg, data, tmodel, tmp_path / "run", at_epoch=2)
     simkd = next(c for c in students if c.method == "simkd")
     parts = torch.load(cut / simkd.name / store.STATE, weights_only=True)["parts"]
     assert {"projector.0.weight", "head.weight"} <= set(parts["method"])
-    out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False)
-    assert all(o.error is None for o in out)
-    for c in students:
-        assert same_weights(cut / c.name, ref / c.name), c.name
-        a, b = (json.loads((d / c.name / store.RESULT).read_text()) for d in (cut, ref))
-        for key in ("loss", "train_top1"):
-            assert [h[key] for h in a["history"]] == [h[key] for h in b["history"]], (c.name, key)
-        assert a["metrics"] == b["metrics"], c.name
+    resume_matches(task, students, cfg, data, tmodel, ref, cut, keys=("loss", "train_top1"))
     da, db = (torch.load(d / simkd.name / store.DEPLOYED, weights_only=True) for d in (cut, ref))
     assert da.keys() == db.keys() and all(torch.equal(da[k], db[k]) for k in da)

@@ -324,12 +324,10 @@ def test_torchdistill_methods_resume_bit_identically_with_their_state(tmp_path):
     """Killed at the end of epoch 2 of 3 and resumed: the same weights and loss history as uninterrupted; the
     checkpoint holds each method's own parts (CCKD's linear layers, SRD's projector and BatchNorm statistics, PAD's
     variance branch and its BatchNorm statistics)."""
-    import json
 
     from lskd_bench import store
-    from lskd_bench.runners.train import train_group
 
-    from ..fixtures import digits_students, same_weights, train_then_kill
+    from ..fixtures import digits_students, resume_matches, train_then_kill
 
     cfg, task, data, students, tmodel = digits_students(tmp_path, ["cckd", "dist_plus", "srd", "pad"], epochs=3)
     ref, cut = train_then_kill(task, students, cfg, data, tmodel, tmp_path / "run", at_epoch=2)
@@ -340,13 +338,7 @@ def test_torchdistill_methods_resume_bit_identically_with_their_state(tmp_path):
     assert state["srd"]["norm_t.num_batches_tracked"].item() > 0
     assert {"var_estimator.0.weight", "var_estimator.1.running_var"} <= set(state["pad"])
     assert state["pad"]["var_estimator.1.num_batches_tracked"].item() > 0 and "connector.weight" in state["pad"]
-    out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False)
-    assert all(o.error is None for o in out)
-    for c in students:
-        assert same_weights(cut / c.name, ref / c.name), c.name
-        a, b = (json.loads((d / c.name / store.RESULT).read_text()) for d in (cut, ref))
-        assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]], c.name
-        assert a["metrics"] == b["metrics"], c.name
+    resume_matches(task, students, cfg, data, tmodel, ref, cut)
 
 
 # -- PAD ----------------------------------------------------------------------------------------------------------

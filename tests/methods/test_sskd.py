@@ -288,11 +288,8 @@ def test_sskd_resumes_bit_identically(tmp_path, at_epoch):
     of epoch 1 (inside the teacher-head stage) or 3 (inside the main schedule) and resumed: the same weights, loss
     history (the stage's lr per epoch included) and metrics as uninterrupted; the checkpoint holds both heads and
     the stage's optimizer."""
-    import json
 
-    from lskd_bench.runners.train import train_group
-
-    from ..fixtures import train_then_kill
+    from ..fixtures import resume_matches, train_then_kill
 
     cfg, task, data, cells, tmodel = _digits(tmp_path, epochs=2, t_epochs=2, t_milestones=[1])
     students = [c for c in cells if c.method == "sskd"]
@@ -301,11 +298,5 @@ def test_sskd_resumes_bit_identically(tmp_path, at_epoch):
         parts = torch.load(cut / c.name / store.STATE, weights_only=True)["parts"]
         assert {"s_head.0.weight", "t_head.2.bias"} <= set(parts["method"])
         assert parts["init"]["optimizer"]["state"]  # the stage's momentum
-    out = train_group(task, students, cfg, data, [cut / c.name for c in students], teacher=tmodel, progress=False)
-    assert all(o.error is None for o in out)
-    for c in students:
-        assert same_weights(cut / c.name, ref / c.name), c.name
-        a, b = (json.loads((d / c.name / store.RESULT).read_text()) for d in (cut, ref))
-        assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]], c.name
+    for a, _b in resume_matches(task, students, cfg, data, tmodel, ref, cut):
         assert [h["lr"] for h in a["history"][:2]] == [0.05, pytest.approx(0.005, rel=1e-12)]
-        assert a["metrics"] == b["metrics"], c.name
