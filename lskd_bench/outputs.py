@@ -111,17 +111,34 @@ class Look:
     layout: Layout
     logits: torch.Tensor | None = None
     kept: dict[str, tuple[int, torch.Tensor]] = field(default_factory=dict)  # name -> (first capture, last value)
+    x: torch.Tensor | None = None  # the probe batch
 
     def outputs(self, model: nn.Module, names: Iterable[str]) -> Outputs:
         """The named outputs ``names`` (shorthands expanded) and ``logits``: the tensors a ``Tap`` of ``names`` open
         during the same forward holds, in the order it captures them first (UsageError, as ``Tap``, for a name the
-        model lacks)."""
+        model lacks). Where the forward did not leave one as a ``Tap`` takes it (a model that calls the pooled map's
+        module again after its head, applies its head as a function, never calls a module its table names...),
+        a second forward with a ``Tap`` gives them all (``probe_outputs``)."""
         wanted = Tap(model, self.layout, names).names
-        lost = [n for n in wanted if n not in self.kept]
-        if lost or self.logits is None:
-            raise ValueError(f"look(keep=...) did not keep {lost or ['logits']}")
+        if self.logits is None or self.x is None:
+            raise ValueError("look(keep=False) keeps no outputs")
+        if any(n not in self.kept for n in wanted):
+            return probe_outputs(model, self.layout, wanted, self.x)
         order = sorted(wanted, key=lambda n: self.kept[n][0])
         return Outputs({**{n: self.kept[n][1] for n in order}, "logits": self.logits})
+
+
+def probe_outputs(model: nn.Module, layout: Layout, names: Iterable[str], x: torch.Tensor) -> Outputs:
+    """``model``'s named outputs ``names`` on ``x`` from a forward with a ``Tap`` (eval mode, no gradient, the
+    caller's random state untouched)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), Tap(model, layout, names) as tap:
+            logits = model(x)
+    finally:
+        model.train(was_training)
+    return Outputs({**tap.out, "logits": logits})
 
 
 @torch.no_grad()
@@ -141,8 +158,9 @@ def look(model: nn.Module, x: torch.Tensor, keep: bool = False, preacts: bool = 
     held = set(table.values()) if table else {p for p in mods if p.startswith(root) and p[len(root) :].count(".") <= 1}
     pre_table = set((getattr(model, "feature_preacts", None) or {}).values())
     first: dict[tuple[str, str], int] = {}  # ("in" | "out", path) -> the index of its first hook event
+    last_out: dict[str, int] = {}  # path -> the index of its last output (a count of every module's outputs)
     out_of: dict[str, torch.Tensor] = {}  # held path -> its last output
-    pre_of: dict[str, torch.Tensor] = {}  # path -> its last pre-activation input (cloned)
+    pre_of: dict[str, torch.Tensor | None] = {}  # path -> its last pre-activation input, cloned (None: not taken)
 
     def event(kind: str, p: str) -> None:
         first.setdefault((kind, p), len(first))
@@ -153,19 +171,25 @@ def look(model: nn.Module, x: torch.Tensor, keep: bool = False, preacts: bool = 
         ts = [t for t in inp if torch.is_tensor(t)]
         if ts and all(t.dim() == ts[0].dim() >= 2 for t in ts):
             in_shape[p] = (sum(t.shape[1] for t in ts), *ts[0].shape[2:])
-            if preacts and (p in pre_table or isinstance(mod, ACTIVATIONS)):
+        if preacts and (p in pre_table or isinstance(mod, ACTIVATIONS)):
+            try:  # at every call, as a Tap's pre-hook (where that would fail, ``outputs`` runs the Tap itself)
                 pre_of[p] = preact_input(inp)
+            except Exception:
+                pre_of[p] = None
 
     last_map: list = [None]  # (path, output) of the last module other than a pooling one to output a 4-d tensor
+    map_at: list[int] = [0]  # the index of that output (as ``last_out``)
 
     def done(p: str, mod: nn.Module, out) -> None:
         order.append((p, tuple(out.shape[1:]) if torch.is_tensor(out) else ()))
         event("out", p)
+        last_out[p] = len(order)
         if torch.is_tensor(out):
             if keep and p in held:
                 out_of[p] = out
             if out.dim() == 4 and not isinstance(mod, POOLS):
                 last_map[0] = (p, out)
+                map_at[0] = len(order)
 
     for path, m in mods.items():
         if not path:
@@ -175,9 +199,12 @@ def look(model: nn.Module, x: torch.Tensor, keep: bool = False, preacts: bool = 
     head_in: list[tuple[int, ...]] = []
     before_head: list = []  # (last_map at the head's call, the head's input)
 
+    map_mark: list[int] = [0]  # ``map_at`` at the head's last call
+
     def head_called(inp: tuple) -> None:
         head_in.append(tuple(inp[0].shape[1:]))
         before_head.append((last_map[0], inp[0]))
+        map_mark[0] = map_at[0]
         event("head", "")
 
     hooks.append(head_module(model).register_forward_pre_hook(lambda mod, inp: head_called(inp)))
@@ -219,10 +246,11 @@ def look(model: nn.Module, x: torch.Tensor, keep: bool = False, preacts: bool = 
     kept = {k: (first["out", v], out_of[v]) for k, v in stages.items() if v in out_of}
     if before_head:
         kept["embedding"] = (first["head", ""], before_head[-1][1])
-    if layout.pooled_map:  # its output at the head's last call
+    if layout.pooled_map and last_out[layout.pooled_map] == map_mark[0]:  # its module's last output: a Tap's too
         kept["pooled_map"] = (first["out", layout.pooled_map], before_head[-1][0][1])
-    kept.update({f"preact_{k}": (first["in", v], pre_of[v]) for k, v in layout.preact.items() if v in pre_of})
-    return Look(layout, logits, kept)
+    pres = {f"preact_{k}": (first["in", v], pre_of.get(v)) for k, v in layout.preact.items()}
+    kept.update({k: (i, t) for k, (i, t) in pres.items() if t is not None})
+    return Look(layout, logits, kept, x)
 
 
 POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.Flatten)

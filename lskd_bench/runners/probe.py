@@ -31,18 +31,6 @@ class TeacherView:
     probe: Outputs
 
 
-def probe_outputs(model: nn.Module, layout: Layout, names: Sequence[str], x: torch.Tensor) -> Outputs:
-    """``model``'s named outputs on ``x`` (eval mode, no gradient, the caller's random state untouched)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]), Tap(model, layout, names) as tap:
-            logits = model(x)
-    finally:
-        model.train(was_training)
-    return Outputs({**tap.out, "logits": logits})
-
-
 @contextlib.contextmanager
 def teacher_mode(model: nn.Module, mode: str | None) -> Iterator[None]:
     """Run ``model`` (a teacher, under ``no_grad``) in ``mode`` for the block: "train" puts its BatchNorm layers

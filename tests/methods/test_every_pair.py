@@ -22,9 +22,9 @@ from lskd_bench.config import resolve_layers
 from lskd_bench.errors import UsageError
 from lskd_bench.methods import METHODS, LossContext, Site, build_method, total_loss
 from lskd_bench.models import resolve_arch
-from lskd_bench.outputs import Outputs, Tap, describe
+from lskd_bench.outputs import Outputs, Tap, describe, probe_outputs
 from lskd_bench.runners.optim import build_optimizer
-from lskd_bench.runners.probe import TeacherView, check_feature_methods, method_probe, probe_outputs
+from lskd_bench.runners.probe import TeacherView, check_feature_methods, method_probe
 from lskd_bench.tasks import TaskData, get_task
 
 from ..fixtures import require

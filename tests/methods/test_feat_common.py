@@ -5,6 +5,8 @@ one line before anything is written."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -330,8 +332,7 @@ def test_one_probe_forward_keeps_what_a_tap_of_a_second_forward_takes(arch, shap
     """``look(keep=True)``'s outputs (the probes of a teacher view, a method's setup and the checks before a run)
     are the tensors ``probe_outputs`` takes with a ``Tap`` in a second forward: every name of the layout, equal bit
     for bit, in the same order; ``describe`` gives the same layout."""
-    from lskd_bench.outputs import look
-    from lskd_bench.runners.probe import probe_outputs
+    from lskd_bench.outputs import look, probe_outputs
     from lskd_bench.tasks.digits import ARCHS, cnn
 
     torch.manual_seed(0)
@@ -353,3 +354,77 @@ def test_one_probe_forward_keeps_what_a_tap_of_a_second_forward_takes(arch, shap
         assert all(torch.equal(ours[k], tapped[k]) for k in tapped)
     with pytest.raises(UsageError, match="has no output 'stage9'"):
         seen.outputs(m, ["stage9"])
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(cin, cout, 3, stride, 1)
+        self.act = torch.nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.conv(x))
+
+
+class _Odd(torch.nn.Module):
+    """Two stages and a head, wired in one of the ways a forward may surprise a probe (``kind``)."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.b1, self.b2, self.spare = _Block(3, 8, 1), _Block(8, 16, 2), _Block(16, 16, 1)
+        self.gate = torch.nn.Parameter(torch.randn(16))
+        self.head = torch.nn.Linear(16, 7)
+        if kind == "table names an uncalled module":
+            self.feature_stages = {"stage1": "b1", "stage2": "b2", "stage3": "spare"}
+
+    def forward(self, x):
+        x = self.b2(self.b1(x))
+        if self.kind == "stage changed in place after its block":
+            x.mul_(2)
+        if self.kind == "activation last called on a vector":
+            x = x * self.b2.act(self.gate).view(1, -1, 1, 1)
+        emb = x.mean((2, 3))
+        if self.kind == "pooled map's module reused on the embedding":
+            emb = self.b2.act(emb)
+        if self.kind == "head applied as a function":
+            return F.linear(emb, self.head.weight, self.head.bias)
+        logits = self.head(emb)
+        if self.kind == "pooled map's module called after the head":
+            logits = logits + 0 * self.b2(self.b1(x[:, :3].repeat(1, 1, 2, 2))).mean()
+        return logits
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "stage changed in place after its block",
+        "activation last called on a vector",
+        "pooled map's module reused on the embedding",
+        "head applied as a function",
+        "pooled map's module called after the head",
+        "table names an uncalled module",
+    ],
+)
+def test_one_probe_forward_equals_a_tap_on_models_that_call_modules_oddly(kind):
+    """Where one forward cannot keep an output as a ``Tap`` takes it (a module called again after the head, a
+    pre-activation last taken from a vector, a head applied as a function, a table naming an uncalled module),
+    ``look(...).outputs`` still returns the ``Tap``'s tensors: bit for bit, same keys, same order."""
+    from lskd_bench.outputs import look, probe_outputs
+
+    torch.manual_seed(0)
+    m = _Odd(kind)
+    x = torch.randn(2, 3, 16, 16)
+    seen = look(m, x, keep=True, preacts=True)
+    layout = describe(m, x)
+    assert seen.layout == layout
+    for wanted in (layout.names(), ["stages"], ["preact_stages"], ["pooled_map", "embedding"]):
+        try:
+            tapped = probe_outputs(m, layout, Tap(m, layout, wanted).names, x)
+        except UsageError as exc:
+            with pytest.raises(UsageError, match=re.escape(str(exc))):
+                seen.outputs(m, wanted)
+            continue
+        ours = seen.outputs(m, wanted)
+        assert list(ours) == list(tapped), wanted
+        assert all(torch.equal(ours[k], tapped[k]) for k in tapped), wanted
