@@ -122,7 +122,10 @@ def build_image_model(arch: str, num_classes: int) -> nn.Module:
         return getattr(cifar_models, name)(num_classes)
     if lib == "timm":
         backbone = _timm_net(name)
-        return ClassifierNet(backbone, backbone.num_features, num_classes)
+        # what its forward returns: the pre-logits width where the model has a hidden head layer (MobileNetV3's
+        # 1x1 conv_head: 1024, where num_features is 288), else num_features
+        dim = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+        return ClassifierNet(backbone, dim, num_classes)
     net, dim = _strip_classifier(_torchvision_net(name))
     model = ClassifierNet(net, dim, num_classes)
     table = TORCHVISION_STAGES.get(type(net).__name__)
