@@ -186,10 +186,9 @@ def check_input_size(task: Task, cfg: dict[str, Any]) -> ProbeModels | None:
         return None
     if probe_device(shape) == "cpu":
         teacher, student, x = ProbeModels.build(task, cfg, shape)
-        needs = [method_class(n).needs for n in cfg["methods"] if method_class(n).needs.features]
         seen = {}
         for role, model in (("teacher", teacher), ("student", student)):
-            names = [k for n in needs for k in getattr(n, role)]
+            names = _feature_needs(cfg, role)
             try:  # its forward is the check; its layout and outputs serve check_feature_methods
                 seen[role] = look(model, x, keep=bool(names), preacts=wants_preacts(names))
             except Exception:
@@ -206,6 +205,12 @@ def check_input_size(task: Task, cfg: dict[str, Any]) -> ProbeModels | None:
         if why is not None:
             _refuse(task, cfg, role, shape, why)
     return None
+
+
+def _feature_needs(cfg: dict[str, Any], role: str) -> list[str]:
+    """The outputs of the ``role`` model ("teacher" or "student") that the run's feature methods read (shorthands
+    unexpanded): what the checks' probe forwards keep."""
+    return [k for n in cfg["methods"] if method_class(n).needs.features for k in getattr(method_class(n).needs, role)]
 
 
 def _refuse(task: Task, cfg: dict[str, Any], role: str, shape: Sequence[int], why: str) -> None:
@@ -241,8 +246,7 @@ def check_feature_methods(task: Task, cfg: dict[str, Any], models: ProbeModels |
     else:
         teacher, student, x = models.teacher, models.student, models.x
         t_seen, s_seen = models.teacher_seen, models.student_seen
-    needs = [method_class(n).needs for n in names]
-    t_names, s_names = [k for n in needs for k in n.teacher], [k for n in needs for k in n.student]
+    t_names, s_names = _feature_needs(cfg, "teacher"), _feature_needs(cfg, "student")
     t_seen = t_seen or look(teacher, x, keep=True, preacts=wants_preacts(t_names))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
